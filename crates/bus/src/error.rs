@@ -1,0 +1,44 @@
+use async_nats::jetstream::context::{PublishError, PublishErrorKind};
+
+/// What can go wrong on the bus.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// The first connection failed.
+    #[error("cannot connect to NATS at {url}")]
+    Connect {
+        /// The server URL.
+        url: String,
+        /// Why.
+        #[source]
+        source: Box<async_nats::ConnectError>,
+    },
+    /// The connection is down, or JetStream did not confirm in time.
+    #[error("NATS is unavailable")]
+    Unavailable,
+    /// The message is larger than the server's `max_payload`.
+    #[error("message is larger than the NATS server accepts")]
+    PayloadTooLarge,
+    /// No stream listens on the subject (deleted, or the server lost its state).
+    #[error("no JetStream stream for the subject")]
+    NoStream,
+    /// A publish failed for another reason.
+    #[error("publish failed: {0}")]
+    Publish(String),
+    /// Creating a stream or consumer failed.
+    #[error("JetStream setup failed: {0}")]
+    Setup(String),
+    /// A message could not be encoded.
+    #[error("cannot encode message")]
+    Encode(#[source] serde_json::Error),
+}
+
+impl BusError {
+    pub(crate) fn from_publish(e: PublishError) -> BusError {
+        match e.kind() {
+            PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe => BusError::Unavailable,
+            PublishErrorKind::MaxPayloadExceeded => BusError::PayloadTooLarge,
+            PublishErrorKind::StreamNotFound => BusError::NoStream,
+            _ => BusError::Publish(e.to_string()),
+        }
+    }
+}

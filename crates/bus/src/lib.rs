@@ -1,0 +1,199 @@
+//! The NATS side of Switchyard: one connection per process, JetStream streams and
+//! consumers created idempotently, typed publishes, and the reply demultiplexer.
+//!
+//! [`Bus`] wraps one `async_nats::Client` and its JetStream context. It creates the
+//! request stream (`<NS>_REQ`: work-queue retention, file storage, `Nats-Msg-Id`
+//! dedup) and each provider's durable pull consumer (`worker-<provider>`, whose
+//! `max_ack_pending` is the cluster-wide concurrency cap), publishes
+//! [`RequestEnvelope`]s and waits for JetStream's ack, and publishes reply frames
+//! and cancels on core NATS. [`ReplyRouter`] is the ingress's single wildcard
+//! subscription on `<ns>.reply.<ingress>.*`, routing each frame's raw bytes to the
+//! request waiting for it. Messages are JSON (see `sy-protocol` and `schemas/`).
+
+mod error;
+mod reply;
+
+pub use error::BusError;
+pub use reply::{ReplyReceiver, ReplyRouter};
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream};
+use async_nats::{Client, ConnectOptions, HeaderMap};
+use bytes::Bytes;
+use serde::Serialize;
+use sy_config::NatsConfig;
+use sy_protocol::{Cancel, ReplyFrame, RequestEnvelope, Subjects};
+
+/// How long JetStream remembers a `Nats-Msg-Id` to drop a duplicate publish.
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+/// One NATS connection and what Switchyard does with it. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Bus {
+    client: Client,
+    js: jetstream::Context,
+    subjects: Subjects,
+    config: NatsConfig,
+}
+
+impl Bus {
+    /// Connects to `config.url`. The first connect must succeed; later losses are
+    /// retried forever in the background (requests meanwhile fail fast with
+    /// [`BusError::Unavailable`]) and subscriptions come back on their own.
+    pub async fn connect(config: &NatsConfig, name: &str) -> Result<Bus, BusError> {
+        let client = ConnectOptions::new()
+            .name(name)
+            .connection_timeout(Duration::from_secs(5))
+            .max_reconnects(None)
+            .reconnect_delay_callback(|attempts| {
+                // Quick first retries so a restarted server is back in use at once,
+                // capped so a long outage does not hammer it.
+                Duration::from_millis((50u64 << attempts.min(5)).min(2_000))
+            })
+            .event_callback(|event| async move {
+                match event {
+                    async_nats::Event::Connected => tracing::info!("Connected to NATS."),
+                    async_nats::Event::Disconnected => {
+                        tracing::warn!("Lost the NATS connection, reconnecting.")
+                    }
+                    other => tracing::debug!(event = %other, "NATS event."),
+                }
+            })
+            .connect(config.url.as_str())
+            .await
+            .map_err(|source| BusError::Connect {
+                url: config.url.clone(),
+                source: Box::new(source),
+            })?;
+        Ok(Bus::from_client(client, config))
+    }
+
+    /// Wraps an existing connection.
+    pub fn from_client(client: Client, config: &NatsConfig) -> Bus {
+        let mut js = jetstream::new(client.clone());
+        js.set_timeout(config.publish_timeout);
+        Bus {
+            client,
+            js,
+            subjects: Subjects::new(&config.namespace),
+            config: config.clone(),
+        }
+    }
+
+    /// The underlying connection.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The JetStream context.
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    /// Subject and stream names for this namespace.
+    pub fn subjects(&self) -> &Subjects {
+        &self.subjects
+    }
+
+    /// True while the connection is up.
+    pub fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Creates the request stream, or updates it to this configuration.
+    pub async fn ensure_request_stream(&self) -> Result<(), BusError> {
+        let config = stream::Config {
+            name: self.subjects.request_stream(),
+            subjects: vec![self.subjects.request_all()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            max_age: self.config.request_max_age,
+            duplicate_window: DUPLICATE_WINDOW,
+            num_replicas: self.config.replicas,
+            description: Some("Switchyard requests waiting for a worker".into()),
+            ..Default::default()
+        };
+        self.js
+            .create_or_update_stream(config)
+            .await
+            .map_err(|e| BusError::Setup(format!("request stream: {e}")))?;
+        Ok(())
+    }
+
+    /// Creates (or updates) the durable pull consumer of `provider`'s worker pool.
+    pub async fn ensure_worker_consumer(
+        &self,
+        provider: &str,
+        max_ack_pending: u32,
+    ) -> Result<consumer::PullConsumer, BusError> {
+        let stream = self
+            .js
+            .get_stream(self.subjects.request_stream())
+            .await
+            .map_err(|e| BusError::Setup(format!("request stream: {e}")))?;
+        let name = self.subjects.worker_consumer(provider);
+        stream
+            .create_consumer(consumer::pull::Config {
+                durable_name: Some(name.clone()),
+                filter_subject: self.subjects.request_filter(provider),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: self.config.ack_wait,
+                max_deliver: self.config.max_deliver,
+                max_ack_pending: i64::from(max_ack_pending),
+                description: Some(format!("Switchyard workers for provider {provider}")),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| BusError::Setup(format!("consumer {name}: {e}")))
+    }
+
+    /// Publishes a request to its provider's subject and waits for JetStream to
+    /// store it. The request id is the `Nats-Msg-Id`, so a repeated publish is dropped.
+    pub async fn publish_request(&self, envelope: &RequestEnvelope) -> Result<(), BusError> {
+        if !self.is_connected() {
+            return Err(BusError::Unavailable);
+        }
+        let subject = self.subjects.request(
+            &envelope.provider,
+            &sy_protocol::route_token(&envelope.route),
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            async_nats::header::NATS_MESSAGE_ID,
+            format!("{}-{}", envelope.request_id.as_simple(), envelope.attempt).as_str(),
+        );
+        let ack = self
+            .js
+            .publish_with_headers(subject, headers, encode(envelope)?)
+            .await
+            .map_err(BusError::from_publish)?;
+        match tokio::time::timeout(self.config.publish_timeout, ack).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(BusError::from_publish(e)),
+            Err(_) => Err(BusError::Unavailable),
+        }
+    }
+
+    /// Publishes one reply frame on core NATS (no ack; the ingress checks `seq`).
+    pub async fn publish_frame(&self, reply_to: &str, frame: &ReplyFrame) -> Result<(), BusError> {
+        self.client
+            .publish(reply_to.to_owned(), encode(frame)?)
+            .await
+            .map_err(|e| BusError::Publish(e.to_string()))
+    }
+
+    /// Tells every worker that nobody waits for this request any more.
+    pub async fn publish_cancel(&self, cancel: &Cancel) -> Result<(), BusError> {
+        self.client
+            .publish(self.subjects.cancel(cancel.request_id), encode(cancel)?)
+            .await
+            .map_err(|e| BusError::Publish(e.to_string()))
+    }
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Bytes, BusError> {
+    serde_json::to_vec(value)
+        .map(Bytes::from)
+        .map_err(BusError::Encode)
+}

@@ -1,0 +1,61 @@
+//! Switchyard's configuration: TOML text → [`RawConfig`] → validated [`Config`].
+//!
+//! The file says what the operator wrote; [`Config`] says what the program may
+//! assume: socket addresses, URLs and durations are parsed, every route's targets
+//! name a configured provider, names are valid NATS subject tokens, secrets are
+//! wrapped in [`Secret`] (printed as `***`). `${VAR}` in the text is replaced from
+//! an [`EnvSource`] before parsing (`${VAR:-default}` gives a default, `$${` is a
+//! literal `${`). Every problem is reported with its key path
+//! (`providers.openai.base_url: not a URL`), all at once, by [`Config::load`];
+//! `switchyard config check` prints them. The JSON Schema of the file is
+//! `schemas/config.schema.json`. No I/O beyond reading the file.
+
+mod env;
+mod error;
+mod raw;
+mod validate;
+
+pub use env::{EnvSource, MapEnv, ProcessEnv, interpolate};
+pub use error::{ConfigError, ConfigErrors, LoadError};
+pub use raw::{RawConfig, RawKey, RawModel, RawNats, RawProvider, RawServer, RawTarget};
+pub use validate::{
+    ApiKey, Config, ModelRoute, NatsConfig, ProviderConfig, ProviderKind, Secret, ServerConfig,
+    Target,
+};
+
+use std::path::Path;
+
+impl Config {
+    /// Reads, interpolates, parses and validates the file at `path`.
+    pub fn load(path: &Path, env: &dyn EnvSource) -> Result<Config, LoadError> {
+        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::from_toml(&text, env)
+    }
+
+    /// Interpolates, parses and validates TOML text.
+    pub fn from_toml(text: &str, env: &dyn EnvSource) -> Result<Config, LoadError> {
+        let text = interpolate(text, env).map_err(LoadError::Invalid)?;
+        let raw = RawConfig::parse(&text)?;
+        Config::validate(raw).map_err(LoadError::Invalid)
+    }
+}
+
+impl RawConfig {
+    /// Parses TOML text, naming the key path of the first problem.
+    pub fn parse(text: &str) -> Result<RawConfig, LoadError> {
+        let de = toml::de::Deserializer::parse(text).map_err(|e| LoadError::Syntax {
+            message: e.message().to_owned(),
+        })?;
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let message = e.into_inner().message().to_owned();
+            LoadError::Invalid(ConfigErrors(vec![ConfigError::new(path, message)]))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

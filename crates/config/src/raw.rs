@@ -1,0 +1,133 @@
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// The configuration file as written (after `${VAR}` interpolation).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// The HTTP ingress.
+    #[serde(default)]
+    pub server: RawServer,
+    /// The NATS connection and JetStream settings.
+    #[serde(default)]
+    pub nats: RawNats,
+    /// Static API keys accepted by the ingress.
+    #[serde(default)]
+    pub keys: Vec<RawKey>,
+    /// Provider entries by name; the name is used in subjects, headers and analytics.
+    #[serde(default)]
+    pub providers: BTreeMap<String, RawProvider>,
+    /// Models clients may ask for, by the name they use, with the targets serving each.
+    #[serde(default)]
+    pub models: BTreeMap<String, RawModel>,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawServer {
+    /// Address the ingress listens on.
+    pub listen: String,
+    /// Largest accepted request body in bytes.
+    pub max_body_bytes: u64,
+    /// Time a request may take in all, e.g. "120s".
+    pub request_timeout: String,
+    /// Name of this ingress instance in reply subjects; random when unset.
+    pub ingress_id: Option<String>,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        RawServer {
+            listen: "127.0.0.1:8080".into(),
+            max_body_bytes: 4 * 1024 * 1024,
+            request_timeout: "120s".into(),
+            ingress_id: None,
+        }
+    }
+}
+
+/// `[nats]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawNats {
+    /// Server URL, e.g. "nats://127.0.0.1:4222".
+    pub url: String,
+    /// Prefix of every subject and stream name (`sy` → `sy.req.…`, `SY_REQ`).
+    pub namespace: String,
+    /// How long an unconsumed request may wait in the request stream.
+    pub request_max_age: String,
+    /// How long a worker may hold a request without an ack or progress before redelivery.
+    pub ack_wait: String,
+    /// How many times a request is delivered at most.
+    pub max_deliver: i64,
+    /// How long the ingress waits for JetStream to confirm a publish.
+    pub publish_timeout: String,
+    /// Replicas of the streams (1 on a single server).
+    pub replicas: usize,
+}
+
+impl Default for RawNats {
+    fn default() -> Self {
+        RawNats {
+            url: "nats://127.0.0.1:4222".into(),
+            namespace: "sy".into(),
+            request_max_age: "10m".into(),
+            ack_wait: "30s".into(),
+            max_deliver: 3,
+            publish_timeout: "2s".into(),
+            replicas: 1,
+        }
+    }
+}
+
+/// `[[keys]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKey {
+    /// A name for the key, recorded with each request.
+    pub name: String,
+    /// The bearer token clients send.
+    pub key: String,
+}
+
+/// `[providers.<name>]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProvider {
+    /// The dialect: "openai_compatible" (alias "openai").
+    pub kind: String,
+    /// Base URL including the version path, e.g. "https://api.openai.com/v1".
+    pub base_url: String,
+    /// Bearer key sent to the provider; usually "${OPENAI_API_KEY}".
+    #[serde(default)]
+    pub api_key: Option<String>,
+    /// TCP/TLS connect timeout, e.g. "5s".
+    #[serde(default)]
+    pub connect_timeout: Option<String>,
+    /// Most requests in flight to this provider across the cluster.
+    #[serde(default)]
+    pub max_concurrency: Option<u32>,
+    /// Extra headers sent on every call (e.g. OpenAI-Organization).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// `[models.<name>]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModel {
+    /// Targets in order of preference.
+    pub targets: Vec<RawTarget>,
+}
+
+/// One target of a model.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTarget {
+    /// A provider entry's name.
+    pub provider: String,
+    /// The model name at that provider.
+    pub model: String,
+}

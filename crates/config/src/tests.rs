@@ -1,0 +1,165 @@
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use super::*;
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn env(pairs: &[(&str, &str)]) -> MapEnv {
+    MapEnv(
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<HashMap<_, _>>(),
+    )
+}
+
+fn problems(text: &str) -> Vec<String> {
+    match Config::from_toml(text, &env(&[])) {
+        Ok(_) => panic!("config was accepted"),
+        Err(e) => e.problems().iter().map(|p| p.to_string()).collect(),
+    }
+}
+
+#[test]
+fn local_stack_config_is_valid() {
+    let config =
+        Config::load(&repo_root().join("deploy/local/switchyard.toml"), &env(&[])).unwrap();
+    assert_eq!(config.server.listen.port(), 8080);
+    assert!(
+        config
+            .keys
+            .iter()
+            .any(|k| k.key.expose() == "sk-sy-local-dev")
+    );
+    for model in ["gpt-4o-mini", "gpt-4o"] {
+        assert_eq!(config.models[model].targets[0].provider, "openai");
+    }
+    assert_eq!(
+        config.providers["openai"].kind,
+        ProviderKind::OpenAiCompatible
+    );
+    assert_eq!(config.models["gpt-4.1"].token, "gpt-4_1");
+}
+
+#[test]
+fn interpolation_fills_secrets_and_defaults() {
+    let text = "a = \"${KEY}\"\nb = \"${MISSING:-fallback}\"\nc = \"$${KEY}\"";
+    let out = interpolate(text, &env(&[("KEY", "s3cret")])).unwrap();
+    assert_eq!(out, "a = \"s3cret\"\nb = \"fallback\"\nc = \"${KEY}\"");
+}
+
+#[test]
+fn missing_variable_names_it_and_its_line() {
+    let errs = interpolate("x = 1\ny = \"${NOPE}\"", &env(&[])).unwrap_err();
+    assert_eq!(errs.0.len(), 1);
+    assert_eq!(errs.0[0].path, "line 2");
+    assert!(errs.0[0].message.contains("NOPE"));
+}
+
+#[test]
+fn secret_prints_as_stars() {
+    let s = Secret::new("sk-live-123");
+    assert_eq!(format!("{s:?}"), "***");
+}
+
+#[test]
+fn unknown_key_is_reported_with_its_path() {
+    let p = problems("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n");
+    assert_eq!(p.len(), 1);
+    assert!(p[0].starts_with("server.lisen"), "{p:?}");
+}
+
+#[test]
+fn wrong_type_is_reported_with_its_path() {
+    let p = problems("[providers.openai]\nkind = \"openai\"\nbase_url = 5\n");
+    assert!(p[0].starts_with("providers.openai.base_url"), "{p:?}");
+}
+
+#[test]
+fn every_semantic_problem_is_reported_at_once() {
+    let p = problems(
+        r#"
+[server]
+listen = "nowhere"
+request_timeout = "soon"
+
+[nats]
+namespace = "a.b"
+
+[[keys]]
+name = "short"
+key = "abc"
+
+[providers.openai]
+kind = "cohere-ish"
+base_url = "not a url"
+
+[providers.vllm]
+kind = "openai_compatible"
+base_url = "http://127.0.0.1:8000/v1"
+
+[models."m"]
+targets = [{ provider = "nope", model = "x" }]
+
+[models."empty"]
+targets = []
+"#,
+    );
+    let paths: Vec<&str> = p.iter().map(|s| s.split(':').next().unwrap()).collect();
+    for expected in [
+        "server.listen",
+        "server.request_timeout",
+        "nats.namespace",
+        "keys[0].key",
+        "providers.openai.kind",
+        "providers.openai.base_url",
+        "models.\"m\".targets[0].provider",
+        "models.\"empty\".targets",
+    ] {
+        assert!(paths.contains(&expected), "{expected} missing from {p:?}");
+    }
+}
+
+#[test]
+fn colliding_route_tokens_are_refused() {
+    let p = problems(
+        r#"
+[providers.p]
+kind = "openai"
+base_url = "http://127.0.0.1:1/v1"
+[models."gpt-4.1"]
+targets = [{ provider = "p", model = "a" }]
+[models."gpt-4_1"]
+targets = [{ provider = "p", model = "b" }]
+"#,
+    );
+    assert!(p.iter().any(|s| s.contains("same subject token")), "{p:?}");
+}
+
+#[test]
+fn local_config_matches_the_json_schema() {
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_root().join("schemas/config.schema.json")).unwrap(),
+    )
+    .unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let text = std::fs::read_to_string(repo_root().join("deploy/local/switchyard.toml")).unwrap();
+    let doc: serde_json::Value = toml::from_str(&text).unwrap();
+    let errors: Vec<String> = validator.iter_errors(&doc).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    let bad: serde_json::Value = serde_json::json!({"server": {"lisen": 1}});
+    assert!(!validator.is_valid(&bad));
+}
+
+#[test]
+fn comments_are_not_interpolated() {
+    let text = "# api_key = \"${UNSET}\"\nk = \"a#b\" # ${ALSO_UNSET}\nv = \"${SET}\"\n";
+    let out = interpolate(text, &env(&[("SET", "x")])).unwrap();
+    assert_eq!(
+        out,
+        "# api_key = \"${UNSET}\"\nk = \"a#b\" # ${ALSO_UNSET}\nv = \"x\"\n"
+    );
+}

@@ -1,0 +1,372 @@
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use sy_protocol::{is_valid_token, route_token};
+use url::Url;
+
+use crate::{ConfigError, ConfigErrors, RawConfig};
+
+/// A secret value: usable, but printed as `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+
+    /// The secret itself; never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The HTTP ingress.
+    pub server: ServerConfig,
+    /// NATS.
+    pub nats: NatsConfig,
+    /// Accepted API keys.
+    pub keys: Vec<ApiKey>,
+    /// Provider entries by name.
+    pub providers: BTreeMap<String, ProviderConfig>,
+    /// Model routes by the name clients use.
+    pub models: BTreeMap<String, ModelRoute>,
+}
+
+/// `[server]`, validated.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Largest accepted body.
+    pub max_body_bytes: usize,
+    /// Whole-request deadline.
+    pub request_timeout: Duration,
+    /// This ingress's name in reply subjects, if fixed.
+    pub ingress_id: Option<String>,
+}
+
+/// `[nats]`, validated.
+#[derive(Debug, Clone)]
+pub struct NatsConfig {
+    /// Server URL.
+    pub url: String,
+    /// Subject and stream prefix.
+    pub namespace: String,
+    /// Max age of requests in the request stream.
+    pub request_max_age: Duration,
+    /// Consumer ack wait.
+    pub ack_wait: Duration,
+    /// Consumer max deliveries.
+    pub max_deliver: i64,
+    /// Wait for a publish ack at most this long.
+    pub publish_timeout: Duration,
+    /// Stream replicas.
+    pub replicas: usize,
+}
+
+/// An accepted API key.
+#[derive(Debug, Clone)]
+pub struct ApiKey {
+    /// Its name.
+    pub name: String,
+    /// The token.
+    pub key: Secret,
+}
+
+/// The dialect a provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderKind {
+    /// OpenAI Chat Completions (OpenAI, vLLM, DeepSeek, Groq, …).
+    OpenAiCompatible,
+}
+
+impl ProviderKind {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::OpenAiCompatible => "openai_compatible",
+        }
+    }
+}
+
+/// A provider entry, validated.
+#[derive(Debug, Clone)]
+pub struct ProviderConfig {
+    /// Its name (a subject token).
+    pub name: String,
+    /// Its dialect.
+    pub kind: ProviderKind,
+    /// Base URL, ending without a slash.
+    pub base_url: Url,
+    /// Bearer key, if any.
+    pub api_key: Option<Secret>,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Cluster-wide cap on requests in flight (the consumer's max_ack_pending).
+    pub max_concurrency: NonZeroU32,
+    /// Extra headers.
+    pub headers: BTreeMap<String, String>,
+}
+
+/// A model clients may ask for.
+#[derive(Debug, Clone)]
+pub struct ModelRoute {
+    /// The name clients use.
+    pub name: String,
+    /// Its subject token.
+    pub token: String,
+    /// Targets in order of preference; never empty.
+    pub targets: Vec<Target>,
+}
+
+/// One provider/model pair serving a route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Provider entry name.
+    pub provider: String,
+    /// Upstream model.
+    pub model: String,
+}
+
+fn duration(path: &str, text: &str, errors: &mut Vec<ConfigError>) -> Duration {
+    match humantime::parse_duration(text) {
+        Ok(d) if !d.is_zero() => d,
+        Ok(_) => {
+            errors.push(ConfigError::new(path, "must be longer than zero"));
+            Duration::from_secs(1)
+        }
+        Err(e) => {
+            errors.push(ConfigError::new(
+                path,
+                format!("not a duration like \"30s\": {e}"),
+            ));
+            Duration::from_secs(1)
+        }
+    }
+}
+
+impl Config {
+    /// Checks everything, collecting every problem with its key path.
+    pub fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
+        let mut errors = Vec::new();
+        let e = &mut errors;
+
+        let listen = raw.server.listen.parse().unwrap_or_else(|_| {
+            e.push(ConfigError::new(
+                "server.listen",
+                "not a socket address like \"127.0.0.1:8080\"",
+            ));
+            SocketAddr::from(([127, 0, 0, 1], 8080))
+        });
+        if raw.server.max_body_bytes == 0 {
+            e.push(ConfigError::new(
+                "server.max_body_bytes",
+                "must be greater than zero",
+            ));
+        }
+        let request_timeout = duration("server.request_timeout", &raw.server.request_timeout, e);
+        if let Some(id) = &raw.server.ingress_id {
+            if !is_valid_token(id) {
+                e.push(ConfigError::new(
+                    "server.ingress_id",
+                    "use 1-64 letters, digits, '_' or '-'",
+                ));
+            }
+        }
+        let server = ServerConfig {
+            listen,
+            max_body_bytes: usize::try_from(raw.server.max_body_bytes).unwrap_or(usize::MAX),
+            request_timeout,
+            ingress_id: raw.server.ingress_id,
+        };
+
+        if !raw.nats.url.starts_with("nats://")
+            && !raw.nats.url.starts_with("tls://")
+            && Url::parse(&raw.nats.url).is_err()
+        {
+            e.push(ConfigError::new("nats.url", "not a NATS URL"));
+        }
+        if !is_valid_token(&raw.nats.namespace) {
+            e.push(ConfigError::new(
+                "nats.namespace",
+                "use 1-64 letters, digits, '_' or '-'",
+            ));
+        }
+        if raw.nats.max_deliver < 1 {
+            e.push(ConfigError::new("nats.max_deliver", "must be at least 1"));
+        }
+        if raw.nats.replicas == 0 || raw.nats.replicas > 5 {
+            e.push(ConfigError::new("nats.replicas", "must be 1 to 5"));
+        }
+        let nats = NatsConfig {
+            request_max_age: duration("nats.request_max_age", &raw.nats.request_max_age, e),
+            ack_wait: duration("nats.ack_wait", &raw.nats.ack_wait, e),
+            publish_timeout: duration("nats.publish_timeout", &raw.nats.publish_timeout, e),
+            max_deliver: raw.nats.max_deliver,
+            replicas: raw.nats.replicas,
+            url: raw.nats.url,
+            namespace: raw.nats.namespace,
+        };
+
+        let mut keys = Vec::new();
+        let mut seen_keys = HashMap::new();
+        for (i, k) in raw.keys.into_iter().enumerate() {
+            if k.key.len() < 8 {
+                e.push(ConfigError::new(
+                    format!("keys[{i}].key"),
+                    "must be at least 8 characters",
+                ));
+            }
+            if let Some(first) = seen_keys.insert(k.key.clone(), i) {
+                e.push(ConfigError::new(
+                    format!("keys[{i}].key"),
+                    format!("same key as keys[{first}]"),
+                ));
+            }
+            keys.push(ApiKey {
+                name: k.name,
+                key: Secret::new(k.key),
+            });
+        }
+
+        let mut providers = BTreeMap::new();
+        for (name, p) in raw.providers {
+            let at = |field: &str| format!("providers.{name}.{field}");
+            if !is_valid_token(&name) {
+                e.push(ConfigError::new(
+                    format!("providers.{name}"),
+                    "a provider name must be 1-64 letters, digits, '_' or '-'",
+                ));
+            }
+            let kind = match p.kind.as_str() {
+                "openai_compatible" | "openai" => ProviderKind::OpenAiCompatible,
+                other => {
+                    e.push(ConfigError::new(
+                        at("kind"),
+                        format!("unknown kind \"{other}\"; expected \"openai_compatible\""),
+                    ));
+                    ProviderKind::OpenAiCompatible
+                }
+            };
+            let base_url = match Url::parse(p.base_url.trim_end_matches('/')) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") => u,
+                Ok(_) => {
+                    e.push(ConfigError::new(at("base_url"), "must be http or https"));
+                    continue;
+                }
+                Err(err) => {
+                    e.push(ConfigError::new(
+                        at("base_url"),
+                        format!("not a URL: {err}"),
+                    ));
+                    continue;
+                }
+            };
+            let connect_timeout = match &p.connect_timeout {
+                Some(t) => duration(&at("connect_timeout"), t, e),
+                None => Duration::from_secs(5),
+            };
+            let max_concurrency = match p.max_concurrency.map(NonZeroU32::new) {
+                None => NonZeroU32::new(1024).expect("1024 is not zero"),
+                Some(Some(n)) => n,
+                Some(None) => {
+                    e.push(ConfigError::new(
+                        at("max_concurrency"),
+                        "must be at least 1",
+                    ));
+                    NonZeroU32::MIN
+                }
+            };
+            let api_key = p.api_key.filter(|k| !k.is_empty()).map(Secret::new);
+            providers.insert(
+                name.clone(),
+                ProviderConfig {
+                    name,
+                    kind,
+                    base_url,
+                    api_key,
+                    connect_timeout,
+                    max_concurrency,
+                    headers: p.headers,
+                },
+            );
+        }
+
+        let mut models = BTreeMap::new();
+        let mut tokens: HashMap<String, String> = HashMap::new();
+        for (name, m) in raw.models {
+            let token = route_token(&name);
+            if name.is_empty() || name.len() > 128 {
+                e.push(ConfigError::new(
+                    format!("models.\"{name}\""),
+                    "a model name must be 1-128 characters",
+                ));
+            }
+            if let Some(other) = tokens.insert(token.clone(), name.clone()) {
+                e.push(ConfigError::new(
+                    format!("models.\"{name}\""),
+                    format!("routes on the same subject token \"{token}\" as models.\"{other}\""),
+                ));
+            }
+            if m.targets.is_empty() {
+                e.push(ConfigError::new(
+                    format!("models.\"{name}\".targets"),
+                    "needs at least one target",
+                ));
+            }
+            let mut targets = Vec::new();
+            for (i, t) in m.targets.into_iter().enumerate() {
+                if !providers.contains_key(&t.provider) {
+                    e.push(ConfigError::new(
+                        format!("models.\"{name}\".targets[{i}].provider"),
+                        format!("no provider named \"{}\" in [providers]", t.provider),
+                    ));
+                }
+                if t.model.is_empty() {
+                    e.push(ConfigError::new(
+                        format!("models.\"{name}\".targets[{i}].model"),
+                        "must not be empty",
+                    ));
+                }
+                targets.push(Target {
+                    provider: t.provider,
+                    model: t.model,
+                });
+            }
+            models.insert(
+                name.clone(),
+                ModelRoute {
+                    name,
+                    token,
+                    targets,
+                },
+            );
+        }
+
+        if errors.is_empty() {
+            Ok(Config {
+                server,
+                nats,
+                keys,
+                providers,
+                models,
+            })
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+}

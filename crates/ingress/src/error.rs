@@ -1,0 +1,106 @@
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use sy_protocol::{ErrorCode, FrameError};
+
+/// An error for the client, rendered in its API's format by [`ApiError::into_response`].
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// What kind.
+    pub code: ErrorCode,
+    /// HTTP status.
+    pub status: StatusCode,
+    /// What to tell the client.
+    pub message: String,
+    /// The offending request parameter, if one.
+    pub param: Option<String>,
+    /// Seconds to wait before retrying (429/503).
+    pub retry_after_secs: Option<u64>,
+}
+
+impl ApiError {
+    /// An error with the code's own status.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ApiError {
+            code,
+            status: StatusCode::from_u16(code.http_status())
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            message: message.into(),
+            param: None,
+            retry_after_secs: None,
+        }
+    }
+
+    /// A 400 about one parameter.
+    pub fn invalid(param: impl Into<String>, message: impl Into<String>) -> Self {
+        ApiError {
+            param: Some(param.into()),
+            ..ApiError::new(ErrorCode::InvalidRequest, message)
+        }
+    }
+
+    /// An error a worker reported.
+    pub fn from_frame(e: &FrameError) -> Self {
+        ApiError {
+            status: StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_GATEWAY),
+            retry_after_secs: e.retry_after_ms.map(|ms| ms.div_ceil(1000)),
+            ..ApiError::new(e.code, e.message.clone())
+        }
+    }
+
+    /// The OpenAI `type` field for this error.
+    fn openai_type(&self) -> &'static str {
+        match self.status.as_u16() {
+            401 => "authentication_error",
+            429 => "rate_limit_error",
+            400..=499 => "invalid_request_error",
+            503 => "service_unavailable",
+            _ => "server_error",
+        }
+    }
+
+    /// The OpenAI error body `{"error":{"message","type","param","code"}}`.
+    pub fn openai_body(&self) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            error: Inner<'a>,
+        }
+        #[derive(Serialize)]
+        struct Inner<'a> {
+            message: &'a str,
+            #[serde(rename = "type")]
+            kind: &'a str,
+            param: Option<&'a str>,
+            code: &'a str,
+        }
+        serde_json::to_vec(&Body {
+            error: Inner {
+                message: &self.message,
+                kind: self.openai_type(),
+                param: self.param.as_deref(),
+                code: self.code.as_str(),
+            },
+        })
+        .unwrap_or_default()
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut resp = (
+            self.status,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            self.openai_body(),
+        )
+            .into_response();
+        if let Some(secs) = self.retry_after_secs {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        resp.extensions_mut().insert(self.code);
+        resp
+    }
+}

@@ -1,0 +1,486 @@
+//! The HTTP ingress: authenticate, validate, route, publish, relay.
+//!
+//! [`run`] serves the OpenAI-compatible API with axum: `POST /v1/chat/completions`
+//! (streamed as OpenAI SSE or not), `GET /v1/models`, and `GET /healthz` and
+//! `GET /readyz`. A request is authenticated (static bearer keys), parsed once,
+//! validated, resolved to its route's first target, and published as a
+//! `RequestEnvelope` on `<ns>.req.<provider>.<route>`; no provider HTTP happens
+//! here. Replies come back on one wildcard subscription per process
+//! (`sy_bus::ReplyRouter`) and are relayed to the client in OpenAI's wire format as
+//! they arrive. Errors are rendered by [`ApiError`] in OpenAI's error body with the
+//! right status; a bad request never reaches the bus. When the client goes away
+//! before the answer is complete, a `Cancel` stops the worker's upstream call.
+
+mod error;
+mod relay;
+mod validate;
+
+pub use error::ApiError;
+pub use relay::{Aggregate, Pending, ResponseNames, SseEncoder};
+pub use validate::{parse_chat, validate_chat};
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::serve::ListenerExt;
+use sy_bus::{Bus, BusError, ReplyRouter};
+use sy_config::{Config, ModelRoute};
+use sy_protocol::{
+    ApiSurface, ErrorCode, ReplyFrame, RequestEnvelope, StartInfo, header as hdr, now_unix_ms,
+};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Frames buffered per request before a slow client is cut off.
+const REPLY_BUFFER: usize = 1024;
+
+/// Why the ingress could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum IngressError {
+    /// The listen address is taken or not ours.
+    #[error("cannot listen on {addr}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The bus failed during setup.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    /// The server failed.
+    #[error("HTTP server failed")]
+    Serve(#[source] std::io::Error),
+}
+
+struct AppState {
+    bus: Bus,
+    replies: ReplyRouter,
+    ingress_id: String,
+    keys: HashMap<String, String>,
+    models: HashMap<String, ModelRoute>,
+    model_list: Bytes,
+    max_body_bytes: usize,
+    request_timeout: std::time::Duration,
+}
+
+/// Serves the API on `config.server.listen` until `shutdown` fires, then drains.
+pub async fn run(
+    config: Arc<Config>,
+    bus: Bus,
+    shutdown: CancellationToken,
+) -> Result<(), IngressError> {
+    let listener = tokio::net::TcpListener::bind(config.server.listen)
+        .await
+        .map_err(|source| IngressError::Bind {
+            addr: config.server.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(IngressError::Serve)?;
+    let app = router(config, bus).await?;
+    tracing::info!(%addr, "Ingress listening.");
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+        .map_err(IngressError::Serve)
+}
+
+/// The API as an axum router (also used by tests that bind their own listener).
+pub async fn router(config: Arc<Config>, bus: Bus) -> Result<Router, IngressError> {
+    bus.ensure_request_stream().await?;
+    let ingress_id = config
+        .server
+        .ingress_id
+        .clone()
+        .unwrap_or_else(|| Uuid::new_v4().simple().to_string());
+    let replies = ReplyRouter::start(bus.client(), bus.subjects(), &ingress_id).await?;
+    let model_list = serde_json::json!({
+        "object": "list",
+        "data": config.models.keys().map(|m| serde_json::json!({
+            "id": m, "object": "model", "created": 0, "owned_by": "switchyard"
+        })).collect::<Vec<_>>(),
+    });
+    let state = Arc::new(AppState {
+        bus,
+        replies,
+        ingress_id,
+        keys: config
+            .keys
+            .iter()
+            .map(|k| (k.key.expose().to_owned(), k.name.clone()))
+            .collect(),
+        models: config
+            .models
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        model_list: Bytes::from(serde_json::to_vec(&model_list).unwrap_or_default()),
+        max_body_bytes: config.server.max_body_bytes,
+        request_timeout: config.server.request_timeout,
+    });
+    Ok(Router::new()
+        .route(
+            "/v1/chat/completions",
+            post(chat_completions).fallback(method_not_allowed),
+        )
+        .route("/v1/models", get(list_models).fallback(method_not_allowed))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .with_state(state))
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    if state.bus.is_connected() {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "NATS is not connected").into_response()
+    }
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::new(
+        ErrorCode::NotFound,
+        format!("Invalid URL ({} {})", req.method(), req.uri().path()),
+    )
+}
+
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        format!(
+            "Method {} is not allowed on {}",
+            req.method(),
+            req.uri().path()
+        ),
+    )
+}
+
+fn authenticate<'a>(state: &'a AppState, headers: &HeaderMap) -> Result<&'a str, ApiError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Err(ApiError::new(
+            ErrorCode::Unauthenticated,
+            "You didn't provide an API key. Send it in the Authorization header as 'Bearer KEY'.",
+        ));
+    };
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .unwrap_or("");
+    state
+        .keys
+        .get(token)
+        .map(String::as_str)
+        .ok_or_else(|| ApiError::new(ErrorCode::Unauthenticated, "Incorrect API key provided."))
+}
+
+async fn list_models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Err(e) = authenticate(&state, &headers) {
+        return e.into_response();
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        state.model_list.clone(),
+    )
+        .into_response()
+}
+
+fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    match headers.get(header::CONTENT_TYPE) {
+        // curl and many clients omit it; the body still has to be JSON.
+        None => Ok(()),
+        Some(v) => {
+            let mime = v
+                .to_str()
+                .unwrap_or("")
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim();
+            if mime.eq_ignore_ascii_case("application/json") {
+                Ok(())
+            } else {
+                Err(ApiError::new(
+                    ErrorCode::UnsupportedMediaType,
+                    format!("Unsupported content type '{mime}'; send 'application/json'."),
+                ))
+            }
+        }
+    }
+}
+
+async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+    let limit = state.max_body_bytes;
+    let too_large = || {
+        ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("The request body is larger than the {limit} bytes this server accepts."),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let over_limit = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if over_limit {
+            too_large()
+        } else {
+            ApiError::new(
+                ErrorCode::InvalidRequest,
+                "The request body could not be read.",
+            )
+        }
+    })
+}
+
+fn resolve<'a>(state: &'a AppState, model: &str) -> Result<&'a ModelRoute, ApiError> {
+    state.models.get(model).ok_or_else(|| ApiError {
+        param: Some("model".into()),
+        ..ApiError::new(
+            ErrorCode::ModelNotFound,
+            format!("The model '{model}' does not exist or you do not have access to it."),
+        )
+    })
+}
+
+fn with_headers(mut resp: Response, request_id: Uuid, start: Option<&StartInfo>) -> Response {
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&request_id.to_string()) {
+        h.insert(hdr::REQUEST_ID, v);
+    }
+    if let Some(s) = start {
+        if let Ok(v) = HeaderValue::from_str(&s.provider) {
+            h.insert(hdr::PROVIDER, v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&s.model) {
+            h.insert(hdr::MODEL, v);
+        }
+        h.insert(hdr::ATTEMPTS, HeaderValue::from(s.attempt));
+    }
+    resp
+}
+
+fn start_of(frame: &ReplyFrame) -> Option<&StartInfo> {
+    match frame {
+        ReplyFrame::Chunk(c) => c.start.as_ref(),
+        ReplyFrame::Final(f) => f.start.as_ref(),
+    }
+}
+
+#[tracing::instrument(name = "ingress.request", skip_all, fields(request_id, model, stream))]
+async fn chat_completions(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let request_id = Uuid::now_v7();
+    tracing::Span::current().record("request_id", tracing::field::display(request_id));
+    match chat(&state, request_id, req).await {
+        Ok(resp) => resp,
+        Err((e, start)) => {
+            tracing::debug!(code = %e.code, error = %e.message, "Request failed.");
+            with_headers(e.into_response(), request_id, start.as_ref())
+        }
+    }
+}
+
+type ChatError = (ApiError, Option<StartInfo>);
+
+async fn chat(
+    state: &Arc<AppState>,
+    request_id: Uuid,
+    req: Request,
+) -> Result<Response, ChatError> {
+    let received_unix_ms = now_unix_ms();
+    let (parts, body) = req.into_parts();
+    let key_id = authenticate(state, &parts.headers).map_err(|e| (e, None))?;
+    check_content_type(&parts.headers).map_err(|e| (e, None))?;
+    let body = read_body(state, &parts.headers, body)
+        .await
+        .map_err(|e| (e, None))?;
+    let request = parse_chat(&body).map_err(|e| (e, None))?;
+    validate_chat(&request).map_err(|e| (e, None))?;
+    let route = resolve(state, &request.model).map_err(|e| (e, None))?;
+    let target = &route.targets[0];
+    let span = tracing::Span::current();
+    span.record("model", tracing::field::display(&request.model));
+    span.record("stream", request.is_stream());
+
+    let deadline = tokio::time::Instant::now() + state.request_timeout;
+    let stream = request.is_stream();
+    let include_usage = request.wants_stream_usage();
+    let envelope = RequestEnvelope {
+        request_id,
+        attempt: 1,
+        ingress_id: state.ingress_id.clone(),
+        reply_to: state.bus.subjects().reply(&state.ingress_id, request_id),
+        received_unix_ms,
+        deadline_unix_ms: received_unix_ms + state.request_timeout.as_millis() as u64,
+        key_id: key_id.to_owned(),
+        api: ApiSurface::ChatCompletions,
+        route: route.name.clone(),
+        provider: target.provider.clone(),
+        model: target.model.clone(),
+        request,
+    };
+    // Register before publishing so that no frame can arrive unseen.
+    let rx = state.replies.register(request_id, REPLY_BUFFER);
+    if let Err(e) = state.bus.publish_request(&envelope).await {
+        drop(rx);
+        let err = match e {
+            BusError::PayloadTooLarge => ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                "The request is larger than the message bus accepts.",
+            ),
+            BusError::Unavailable | BusError::NoStream => {
+                if matches!(e, BusError::NoStream) {
+                    // The server lost the stream (e.g. restarted without its store):
+                    // recreate it so the next request goes through.
+                    let bus = state.bus.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = bus.ensure_request_stream().await {
+                            tracing::warn!(error = %e, "Recreating the request stream failed.");
+                        }
+                    });
+                }
+                ApiError {
+                    retry_after_secs: Some(1),
+                    ..ApiError::new(
+                        ErrorCode::BusUnavailable,
+                        "The request queue is unavailable; retry shortly.",
+                    )
+                }
+            }
+            other => {
+                tracing::error!(error = %other, "Publishing a request failed.");
+                ApiError::new(
+                    ErrorCode::BusUnavailable,
+                    "The request could not be queued.",
+                )
+            }
+        };
+        return Err((err, None));
+    }
+    let mut pending = Pending::new(rx, state.bus.clone(), deadline);
+    let first = pending.next().await.map_err(|e| (e, None))?;
+    let start = start_of(&first).cloned();
+    let names = ResponseNames::from_start(start.as_ref(), request_id, &envelope.model);
+    if let ReplyFrame::Final(f) = &first {
+        if let Some(e) = &f.error {
+            return Err((ApiError::from_frame(e), start));
+        }
+    }
+    let resp = if stream {
+        sse_response(pending, first, SseEncoder::new(names, include_usage))
+    } else {
+        json_response(pending, first, &names)
+            .await
+            .map_err(|e| (e, start.clone()))?
+    };
+    Ok(with_headers(resp, request_id, start.as_ref()))
+}
+
+async fn json_response(
+    mut pending: Pending,
+    first: ReplyFrame,
+    names: &ResponseNames,
+) -> Result<Response, ApiError> {
+    let mut agg = Aggregate::default();
+    let mut frame = first;
+    let usage = loop {
+        match frame {
+            ReplyFrame::Chunk(c) => agg.add(c.choices),
+            ReplyFrame::Final(f) => {
+                if let Some(e) = &f.error {
+                    return Err(ApiError::from_frame(e));
+                }
+                break f.usage;
+            }
+        }
+        frame = pending.next().await?;
+    };
+    let body = agg.into_body(names, usage.as_ref());
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response())
+}
+
+struct SseState {
+    pending: Pending,
+    encoder: SseEncoder,
+    first: Option<ReplyFrame>,
+    done: bool,
+}
+
+fn sse_response(pending: Pending, first: ReplyFrame, encoder: SseEncoder) -> Response {
+    let state = SseState {
+        pending,
+        encoder,
+        first: Some(first),
+        done: false,
+    };
+    let events = futures::stream::unfold(state, |mut st| async move {
+        if st.done {
+            return None;
+        }
+        let frame = match st.first.take() {
+            Some(f) => Ok(f),
+            None => st.pending.next().await,
+        };
+        let bytes = match frame {
+            Ok(ReplyFrame::Chunk(c)) => st.encoder.chunk(&c.choices),
+            Ok(ReplyFrame::Final(f)) => {
+                st.done = true;
+                match &f.error {
+                    Some(e) => st.encoder.error(&ApiError::from_frame(e)),
+                    None => st.encoder.finish(f.usage.as_ref()),
+                }
+            }
+            Err(e) => {
+                st.done = true;
+                st.encoder.error(&e)
+            }
+        };
+        Some((Ok::<_, Infallible>(bytes), st))
+    });
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            ),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+            (
+                header::HeaderName::from_static("x-accel-buffering"),
+                HeaderValue::from_static("no"),
+            ),
+        ],
+        Body::from_stream(events),
+    )
+        .into_response()
+}

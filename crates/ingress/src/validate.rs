@@ -1,0 +1,263 @@
+//! Request parsing and validation: bad input never reaches a provider.
+
+use sy_protocol::chat::{ChatRequest, Content, Role};
+
+use crate::ApiError;
+
+/// Parses a chat request body, naming the offending field on failure.
+pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, ApiError> {
+    match serde_json::from_slice::<ChatRequest>(body) {
+        Ok(req) => Ok(req),
+        // The fast parse failed; parse again only to say where and why.
+        Err(e) if e.is_syntax() || e.is_eof() => Err(ApiError::new(
+            sy_protocol::ErrorCode::InvalidRequest,
+            format!(
+                "We could not parse the JSON body of your request: {e}. The body must be a JSON object."
+            ),
+        )),
+        Err(_) => {
+            let de = &mut serde_json::Deserializer::from_slice(body);
+            match serde_path_to_error::deserialize::<_, ChatRequest>(de) {
+                Ok(req) => Ok(req),
+                Err(e) => {
+                    let path = e.path().to_string();
+                    let inner = e.into_inner().to_string();
+                    let inner = inner.split(" at line ").next().unwrap_or(&inner).to_owned();
+                    if let Some(field) = inner
+                        .strip_prefix("missing field `")
+                        .and_then(|s| s.strip_suffix('`'))
+                    {
+                        let param = if path == "." {
+                            field.to_owned()
+                        } else {
+                            format!("{path}.{field}")
+                        };
+                        Err(ApiError::invalid(
+                            param.clone(),
+                            format!("Missing required parameter: '{param}'."),
+                        ))
+                    } else if path == "." {
+                        Err(ApiError::new(
+                            sy_protocol::ErrorCode::InvalidRequest,
+                            format!("The request body must be a JSON object: {inner}."),
+                        ))
+                    } else {
+                        Err(ApiError::invalid(
+                            path.clone(),
+                            format!("Invalid value for '{path}': {inner}."),
+                        ))
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Checks the rules serde cannot express.
+pub fn validate_chat(req: &ChatRequest) -> Result<(), ApiError> {
+    if req.model.trim().is_empty() {
+        return Err(ApiError::invalid("model", "'model' must not be empty."));
+    }
+    if req.messages.is_empty() {
+        return Err(ApiError::invalid(
+            "messages",
+            "'messages' must contain at least one message.",
+        ));
+    }
+    for (i, m) in req.messages.iter().enumerate() {
+        let at = |f: &str| format!("messages[{i}].{f}");
+        match m.role {
+            Role::Assistant => {
+                if m.content.is_none() && m.tool_calls.is_none() && m.refusal.is_none() {
+                    return Err(ApiError::invalid(
+                        at("content"),
+                        format!(
+                            "'messages[{i}]': an assistant message needs 'content' or 'tool_calls'."
+                        ),
+                    ));
+                }
+            }
+            Role::Tool => {
+                if m.tool_call_id.as_deref().is_none_or(str::is_empty) {
+                    return Err(ApiError::invalid(
+                        at("tool_call_id"),
+                        format!("Missing required parameter: 'messages[{i}].tool_call_id'."),
+                    ));
+                }
+                if m.content.is_none() {
+                    return Err(ApiError::invalid(
+                        at("content"),
+                        format!("Missing required parameter: 'messages[{i}].content'."),
+                    ));
+                }
+            }
+            _ => {
+                if m.content.is_none() {
+                    return Err(ApiError::invalid(
+                        at("content"),
+                        format!("Missing required parameter: 'messages[{i}].content'."),
+                    ));
+                }
+            }
+        }
+        if let Some(Content::Parts(parts)) = &m.content {
+            if parts.is_empty() && m.role != Role::Assistant {
+                return Err(ApiError::invalid(
+                    at("content"),
+                    format!("'messages[{i}].content' must not be an empty array."),
+                ));
+            }
+        }
+    }
+    if let Some(t) = req.temperature {
+        if !(0.0..=2.0).contains(&t) {
+            return Err(ApiError::invalid(
+                "temperature",
+                "'temperature' must be between 0 and 2.",
+            ));
+        }
+    }
+    if let Some(p) = req.top_p {
+        if !(0.0..=1.0).contains(&p) {
+            return Err(ApiError::invalid(
+                "top_p",
+                "'top_p' must be between 0 and 1.",
+            ));
+        }
+    }
+    if let Some(n) = req.n {
+        if !(1..=128).contains(&n) {
+            return Err(ApiError::invalid("n", "'n' must be between 1 and 128."));
+        }
+    }
+    for (name, v) in [
+        ("max_tokens", req.max_tokens),
+        ("max_completion_tokens", req.max_completion_tokens),
+    ] {
+        if v == Some(0) {
+            return Err(ApiError::invalid(
+                name,
+                format!("'{name}' must be at least 1."),
+            ));
+        }
+    }
+    if let Some(sy_protocol::chat::Stop::Many(s)) = &req.stop {
+        if s.len() > 4 {
+            return Err(ApiError::invalid(
+                "stop",
+                "'stop' takes at most 4 sequences.",
+            ));
+        }
+    }
+    if req.stream_options.is_some() && !req.is_stream() {
+        return Err(ApiError::invalid(
+            "stream_options",
+            "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+        ));
+    }
+    if let Some(tools) = &req.tools {
+        for (i, t) in tools.iter().enumerate() {
+            if t.kind != "function" {
+                return Err(ApiError::invalid(
+                    format!("tools[{i}].type"),
+                    format!("'tools[{i}].type' must be 'function'."),
+                ));
+            }
+            let name = &t.function.name;
+            let ok = !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if !ok {
+                return Err(ApiError::invalid(
+                    format!("tools[{i}].function.name"),
+                    format!("'tools[{i}].function.name' must match ^[a-zA-Z0-9_-]{{1,64}}$."),
+                ));
+            }
+        }
+    }
+    if req.tool_choice.is_some() && req.tools.as_ref().is_none_or(Vec::is_empty) {
+        if req.tool_choice.as_ref().and_then(|v| v.as_str()) != Some("none") {
+            return Err(ApiError::invalid(
+                "tool_choice",
+                "'tool_choice' is only allowed when 'tools' are specified.",
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(body: &str) -> ApiError {
+        match parse_chat(body.as_bytes()).and_then(|r| validate_chat(&r).map(|()| r)) {
+            Ok(_) => panic!("accepted: {body}"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn bad_bodies_name_the_problem() {
+        assert!(err("{not json").message.contains("parse the JSON"));
+        assert_eq!(
+            err(r#"{"messages":[{"role":"user","content":"x"}]}"#)
+                .param
+                .as_deref(),
+            Some("model")
+        );
+        assert_eq!(err(r#"{"model":"m"}"#).param.as_deref(), Some("messages"));
+        assert_eq!(
+            err(r#"{"model":"m","messages":[]}"#).param.as_deref(),
+            Some("messages")
+        );
+        assert_eq!(
+            err(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"temperature":"hot"}"#)
+                .param
+                .as_deref(),
+            Some("temperature")
+        );
+        assert_eq!(
+            err(r#"{"model":"m","messages":[{"role":"wizard","content":"x"}]}"#)
+                .param
+                .as_deref(),
+            Some("messages[0].role")
+        );
+        assert_eq!(
+            err(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"temperature":3}"#)
+                .param
+                .as_deref(),
+            Some("temperature")
+        );
+        assert_eq!(
+            err(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream_options":{"include_usage":true}}"#)
+                .param
+                .as_deref(),
+            Some("stream_options")
+        );
+        assert_eq!(
+            err(r#"{"model":"m","messages":[{"role":"tool","content":"x"}]}"#)
+                .param
+                .as_deref(),
+            Some("messages[0].tool_call_id")
+        );
+        assert!(err("[1,2]").message.contains("JSON object"));
+    }
+
+    #[test]
+    fn a_full_request_is_accepted() {
+        let body = r#"{"model":"m","messages":[
+            {"role":"system","content":"s"},
+            {"role":"user","content":[{"type":"text","text":"t"}]},
+            {"role":"assistant","content":null,"tool_calls":[{"id":"c","type":"function","function":{"name":"f","arguments":"{}"}}]},
+            {"role":"tool","tool_call_id":"c","content":"r"}],
+            "temperature":0.2,"top_p":0.9,"max_tokens":10,"max_completion_tokens":10,"stop":"x","seed":1,"user":"u","n":2,
+            "tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object"}}}],"tool_choice":"auto",
+            "response_format":{"type":"json_object"},"stream":true,"stream_options":{"include_usage":true},"logit_bias":{}}"#;
+        let req = parse_chat(body.as_bytes()).unwrap();
+        validate_chat(&req).unwrap();
+        assert!(req.extra.contains_key("logit_bias"));
+    }
+}

@@ -1,0 +1,98 @@
+use serde::{Deserialize, Serialize};
+
+/// The closed list of error kinds that cross the bus (in [`crate::FinalFrame`]) and
+/// reach clients. Each maps to one HTTP status; the ingress renders it in the
+/// client's own API format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The request is malformed or violates the API's rules (400).
+    InvalidRequest,
+    /// No key, or a key Switchyard does not know (401).
+    Unauthenticated,
+    /// No route serves the requested model (404).
+    ModelNotFound,
+    /// No such endpoint (404).
+    NotFound,
+    /// The endpoint exists but not for this method (405).
+    MethodNotAllowed,
+    /// The body is larger than `server.max_body_bytes` (413).
+    PayloadTooLarge,
+    /// The body is not `application/json` (415).
+    UnsupportedMediaType,
+    /// A rate limit said no; `Retry-After` says when to come back (429).
+    RateLimited,
+    /// The provider failed; its status when it means something to the client, else 502.
+    ProviderError,
+    /// The provider did not answer in time (504).
+    ProviderTimeout,
+    /// The request's deadline passed before it finished (504).
+    DeadlineExceeded,
+    /// NATS is unreachable or did not confirm the publish (503).
+    BusUnavailable,
+    /// A bug or an impossible state (500).
+    Internal,
+}
+
+impl ErrorCode {
+    /// The HTTP status this code answers with by default.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::InvalidRequest => 400,
+            ErrorCode::Unauthenticated => 401,
+            ErrorCode::ModelNotFound | ErrorCode::NotFound => 404,
+            ErrorCode::MethodNotAllowed => 405,
+            ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::UnsupportedMediaType => 415,
+            ErrorCode::RateLimited => 429,
+            ErrorCode::ProviderError => 502,
+            ErrorCode::ProviderTimeout | ErrorCode::DeadlineExceeded => 504,
+            ErrorCode::BusUnavailable => 503,
+            ErrorCode::Internal => 500,
+        }
+    }
+
+    /// The snake_case name, as on the wire and in metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidRequest => "invalid_request",
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::ModelNotFound => "model_not_found",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::ProviderError => "provider_error",
+            ErrorCode::ProviderTimeout => "provider_timeout",
+            ErrorCode::DeadlineExceeded => "deadline_exceeded",
+            ErrorCode::BusUnavailable => "bus_unavailable",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_name_matches_as_str() {
+        for code in [
+            ErrorCode::InvalidRequest,
+            ErrorCode::ModelNotFound,
+            ErrorCode::RateLimited,
+            ErrorCode::DeadlineExceeded,
+            ErrorCode::BusUnavailable,
+        ] {
+            let json = serde_json::to_value(code).unwrap();
+            assert_eq!(json, serde_json::Value::String(code.as_str().to_owned()));
+        }
+    }
+}

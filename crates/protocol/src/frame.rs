@@ -1,0 +1,213 @@
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::ErrorCode;
+use crate::chat::{ChatRequest, ChoiceDelta, Usage};
+
+/// Which client API a request came in on; decides the reply's wire format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApiSurface {
+    /// `POST /v1/chat/completions`.
+    ChatCompletions,
+}
+
+/// A request on its way from the ingress to a worker pool, published to
+/// `<ns>.req.<provider>.<route>` on the request stream with `Nats-Msg-Id` = request id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestEnvelope {
+    /// UUIDv7, also the response's `x-switchyard-request-id`.
+    pub request_id: Uuid,
+    /// 1 for the first attempt; fallbacks count up.
+    pub attempt: u32,
+    /// The ingress instance waiting for the reply.
+    pub ingress_id: String,
+    /// Core NATS subject for the reply frames.
+    pub reply_to: String,
+    /// When the ingress received the request.
+    pub received_unix_ms: u64,
+    /// After this instant nobody waits for the answer: workers drop the request.
+    pub deadline_unix_ms: u64,
+    /// The API key's name (tenant identity until tenancy lands).
+    pub key_id: String,
+    /// The client API the request came in on.
+    pub api: ApiSurface,
+    /// The route (the model name the client asked for).
+    pub route: String,
+    /// The provider entry (config name) this attempt targets.
+    pub provider: String,
+    /// The upstream model to ask the provider for.
+    pub model: String,
+    /// The client's request, validated.
+    pub request: ChatRequest,
+}
+
+/// What a worker sends back on the reply subject: chunks in `seq` order, then one final frame.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ReplyFrame {
+    /// Part of the answer.
+    Chunk(ChunkFrame),
+    /// The end of the answer: usage, or an error.
+    Final(FinalFrame),
+}
+
+impl ReplyFrame {
+    /// The frame's sequence number; frames of one attempt count 0, 1, 2, … without gaps.
+    pub fn seq(&self) -> u32 {
+        match self {
+            ReplyFrame::Chunk(c) => c.seq,
+            ReplyFrame::Final(f) => f.seq,
+        }
+    }
+}
+
+/// Who answered and how the provider named the answer; on the first frame of a reply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StartInfo {
+    /// The provider entry (config name) that served the request.
+    pub provider: String,
+    /// The upstream model Switchyard asked for.
+    pub model: String,
+    /// The model the provider says answered (may be a dated snapshot name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_model: Option<String>,
+    /// The provider's response id (`chatcmpl-…`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_id: Option<String>,
+    /// The provider's creation time, Unix seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<i64>,
+    /// The provider's system fingerprint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_fingerprint: Option<String>,
+    /// Which attempt produced this reply.
+    pub attempt: u32,
+}
+
+/// A piece of the answer: one or more choice deltas.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChunkFrame {
+    /// Position in the reply, from 0.
+    pub seq: u32,
+    /// Present on the first frame only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<StartInfo>,
+    /// The increments; in a non-streamed answer, the whole messages.
+    pub choices: Vec<ChoiceDelta>,
+}
+
+/// The last frame of a reply; exactly one per reply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FinalFrame {
+    /// Position in the reply (the number of chunks before it).
+    pub seq: u32,
+    /// Present when no chunk came before (an error before the first token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<StartInfo>,
+    /// Why choice 0 ended, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finish_reason: Option<String>,
+    /// Usage as the provider reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+    /// Set when the request failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<FrameError>,
+}
+
+/// Why a request failed, in terms the ingress can render for any client API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FrameError {
+    /// What kind of failure.
+    pub code: ErrorCode,
+    /// A message for the client (never a secret).
+    pub message: String,
+    /// The provider's HTTP status, when a provider answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_status: Option<u16>,
+    /// When to retry, from the provider's `Retry-After`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
+}
+
+impl FrameError {
+    /// An error with just a code and a message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        FrameError {
+            code,
+            message: message.into(),
+            provider_status: None,
+            retry_after_ms: None,
+        }
+    }
+
+    /// The HTTP status to answer the client with: the provider's own status when
+    /// it tells the client something true about its request (400, 404, 413, 422, 429),
+    /// else the code's status.
+    pub fn http_status(&self) -> u16 {
+        match (self.code, self.provider_status) {
+            (ErrorCode::ProviderError, Some(s @ (400 | 404 | 413 | 422 | 429))) => s,
+            (code, _) => code.http_status(),
+        }
+    }
+}
+
+/// Published by the ingress on `<ns>.cancel.<request>` when nobody waits any more.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cancel {
+    /// The abandoned request.
+    pub request_id: Uuid,
+    /// Why.
+    pub reason: CancelReason,
+}
+
+/// Why a request was cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CancelReason {
+    /// The client closed the connection.
+    ClientDisconnected,
+    /// The request's deadline passed.
+    DeadlineExceeded,
+    /// The client read too slowly, or frames were lost on the way.
+    ReplyBroken,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn frames_are_tagged_by_type() {
+        let f = ReplyFrame::Final(FinalFrame {
+            seq: 3,
+            start: None,
+            finish_reason: Some("stop".into()),
+            usage: None,
+            error: None,
+        });
+        let v = serde_json::to_value(&f).unwrap();
+        assert_eq!(
+            v,
+            json!({"type": "final", "seq": 3, "finish_reason": "stop"})
+        );
+        assert_eq!(serde_json::from_value::<ReplyFrame>(v).unwrap(), f);
+    }
+
+    #[test]
+    fn provider_status_passes_through_only_when_meaningful() {
+        let mut e = FrameError::new(ErrorCode::ProviderError, "bad");
+        e.provider_status = Some(400);
+        assert_eq!(e.http_status(), 400);
+        e.provider_status = Some(503);
+        assert_eq!(e.http_status(), 502);
+        e.provider_status = Some(401);
+        assert_eq!(e.http_status(), 502);
+        assert_eq!(
+            FrameError::new(ErrorCode::RateLimited, "x").http_status(),
+            429
+        );
+    }
+}

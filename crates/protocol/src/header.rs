@@ -1,0 +1,12 @@
+//! HTTP header names Switchyard sets or reads. No header literal lives elsewhere.
+
+/// The request id (UUIDv7) on every response.
+pub const REQUEST_ID: &str = "x-switchyard-request-id";
+/// The provider entry (its name in the config) that served the request.
+pub const PROVIDER: &str = "x-switchyard-provider";
+/// The upstream model the provider was asked for.
+pub const MODEL: &str = "x-switchyard-model";
+/// How many attempts the request took (1 without retries or fallback).
+pub const ATTEMPTS: &str = "x-switchyard-attempts";
+/// The request class chosen by the classifier (or given by the client).
+pub const CLASS: &str = "x-switchyard-class";

@@ -1,0 +1,33 @@
+//! The wire contracts of Switchyard, with no I/O.
+//!
+//! This crate owns every message that crosses NATS — [`RequestEnvelope`] on the
+//! request stream, [`ReplyFrame`]s (`ChunkFrame`, `FinalFrame`) on a request's
+//! reply subject, [`Cancel`] on the cancel subject — plus the canonical chat
+//! model they carry ([`chat`]), the closed list of [`ErrorCode`]s, the subject
+//! builders ([`Subjects`]) and the HTTP header names ([`header`]).
+//!
+//! All messages are JSON (serde). Their JSON Schemas live in `schemas/` at the
+//! repository root and a test checks real messages against them. Nothing here
+//! talks to the network: `sy-bus` moves these types, `sy-ingress` and
+//! `sy-worker` produce and consume them.
+
+pub mod chat;
+mod error;
+mod frame;
+pub mod header;
+mod subject;
+
+pub use error::ErrorCode;
+pub use frame::{
+    ApiSurface, Cancel, CancelReason, ChunkFrame, FinalFrame, FrameError, ReplyFrame,
+    RequestEnvelope, StartInfo,
+};
+pub use subject::{Subjects, is_valid_token, route_token};
+
+/// Milliseconds since the Unix epoch, the time unit of every timestamp on the bus.
+pub fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

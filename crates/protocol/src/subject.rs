@@ -1,0 +1,154 @@
+use uuid::Uuid;
+
+/// Builds every NATS subject and stream name. No subject literal lives elsewhere.
+///
+/// All names hang off a namespace (`sy` by default; tests use a unique one each):
+/// `sy.req.<provider>.<route>`, `sy.reply.<ingress>.<request>`, `sy.cancel.<request>`,
+/// `sy.usage`, and the streams `SY_REQ`, `SY_USAGE`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subjects {
+    ns: String,
+    stream_prefix: String,
+}
+
+impl Subjects {
+    /// Subjects under `namespace`, which must be a valid subject token (see [`is_valid_token`]).
+    pub fn new(namespace: &str) -> Self {
+        Subjects {
+            ns: namespace.to_owned(),
+            stream_prefix: namespace.to_ascii_uppercase().replace('-', "_"),
+        }
+    }
+
+    /// The namespace these subjects hang off.
+    pub fn namespace(&self) -> &str {
+        &self.ns
+    }
+
+    /// Where the ingress publishes a request for `provider` on `route` (both tokens).
+    pub fn request(&self, provider: &str, route: &str) -> String {
+        format!("{}.req.{provider}.{route}", self.ns)
+    }
+
+    /// Filter for every request to one provider: a worker pool's consumer filter.
+    pub fn request_filter(&self, provider: &str) -> String {
+        format!("{}.req.{provider}.>", self.ns)
+    }
+
+    /// Filter for every request subject: the request stream's subjects.
+    pub fn request_all(&self) -> String {
+        format!("{}.req.>", self.ns)
+    }
+
+    /// Where the worker sends the frames of one request back to its ingress.
+    pub fn reply(&self, ingress_id: &str, request_id: Uuid) -> String {
+        format!("{}.reply.{ingress_id}.{}", self.ns, request_id.as_simple())
+    }
+
+    /// The one wildcard subscription an ingress holds for all its replies.
+    pub fn reply_filter(&self, ingress_id: &str) -> String {
+        format!("{}.reply.{ingress_id}.*", self.ns)
+    }
+
+    /// Where the ingress says that nobody waits for `request_id` any more.
+    pub fn cancel(&self, request_id: Uuid) -> String {
+        format!("{}.cancel.{}", self.ns, request_id.as_simple())
+    }
+
+    /// The one wildcard subscription a worker process holds for cancels.
+    pub fn cancel_filter(&self) -> String {
+        format!("{}.cancel.*", self.ns)
+    }
+
+    /// Where workers publish usage events (one per attempt).
+    pub fn usage(&self) -> String {
+        format!("{}.usage", self.ns)
+    }
+
+    /// Name of the JetStream work-queue stream holding requests.
+    pub fn request_stream(&self) -> String {
+        format!("{}_REQ", self.stream_prefix)
+    }
+
+    /// Name of the JetStream stream holding usage events.
+    pub fn usage_stream(&self) -> String {
+        format!("{}_USAGE", self.stream_prefix)
+    }
+
+    /// Name of the durable consumer of one provider's worker pool.
+    pub fn worker_consumer(&self, provider: &str) -> String {
+        format!("worker-{provider}")
+    }
+}
+
+/// The request id at the end of a reply or cancel subject, if it is one.
+pub fn request_id_of(subject: &str) -> Option<Uuid> {
+    let last = subject.rsplit('.').next()?;
+    Uuid::try_parse(last).ok()
+}
+
+impl Subjects {
+    /// The request id a reply or cancel subject names, if any.
+    pub fn request_id_of(subject: &str) -> Option<Uuid> {
+        request_id_of(subject)
+    }
+}
+
+/// True when `s` can stand as one subject token and in a stream name:
+/// ASCII letters, digits, `_` and `-`, 1 to 64 characters.
+pub fn is_valid_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// The subject token for a route (model) name: characters a subject cannot hold
+/// (`.`, `*`, `>`, spaces, …) become `_`, so `gpt-4.1` routes on `gpt-4_1`.
+pub fn route_token(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_follow_the_architecture() {
+        let s = Subjects::new("sy");
+        let id = Uuid::now_v7();
+        assert_eq!(s.request("openai", "gpt-4o"), "sy.req.openai.gpt-4o");
+        assert_eq!(s.request_filter("openai"), "sy.req.openai.>");
+        assert_eq!(s.request_stream(), "SY_REQ");
+        assert_eq!(s.usage_stream(), "SY_USAGE");
+        let reply = s.reply("ing1", id);
+        assert!(reply.starts_with("sy.reply.ing1."));
+        assert_eq!(Subjects::request_id_of(&reply), Some(id));
+        assert_eq!(Subjects::request_id_of(&s.cancel(id)), Some(id));
+        assert_eq!(Subjects::request_id_of("sy.reply.ing1.nope"), None);
+    }
+
+    #[test]
+    fn namespaces_isolate_streams() {
+        let s = Subjects::new("t-1a2b");
+        assert_eq!(s.request_stream(), "T_1A2B_REQ");
+        assert_eq!(s.request_all(), "t-1a2b.req.>");
+    }
+
+    #[test]
+    fn route_tokens_are_valid_tokens() {
+        assert_eq!(route_token("gpt-4.1"), "gpt-4_1");
+        assert_eq!(route_token("a b*c>d"), "a_b_c_d");
+        assert!(is_valid_token(&route_token("claude-3.5-sonnet")));
+        assert!(!is_valid_token("a.b"));
+        assert!(!is_valid_token(""));
+    }
+}

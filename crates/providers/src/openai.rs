@@ -1,0 +1,439 @@
+//! OpenAI Chat Completions, and every server that speaks it (vLLM, DeepSeek, Groq…).
+//! Wire format: <https://platform.openai.com/docs/api-reference/chat>.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use http::HeaderMap;
+use http::header::{AUTHORIZATION, HeaderName, HeaderValue, RETRY_AFTER};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use sy_config::{ProviderConfig, ProviderKind};
+use sy_protocol::chat::{
+    ChatRequest, ChoiceDelta, Delta, FunctionCallDelta, Role, StreamOptions, ToolCall,
+    ToolCallDelta, Usage,
+};
+
+use crate::sse::SseParser;
+use crate::{CallContext, Chunk, ChunkStream, Provider, ProviderError, ResponseMeta};
+
+/// The config `kind` of this dialect.
+pub const KIND: &str = "openai_compatible";
+
+/// An OpenAI-compatible provider: one pooled HTTP client per entry.
+#[derive(Debug, Clone)]
+pub struct OpenAiAdapter {
+    client: reqwest::Client,
+    url: String,
+    headers: HeaderMap,
+}
+
+impl OpenAiAdapter {
+    /// Builds the adapter for a provider entry.
+    pub fn from_config(config: &ProviderConfig) -> Result<Self, ProviderError> {
+        let mut headers = HeaderMap::new();
+        if let Some(key) = &config.api_key {
+            let mut v =
+                HeaderValue::from_str(&format!("Bearer {}", key.expose())).map_err(|_| {
+                    ProviderError::Protocol("api_key is not a valid header value".into())
+                })?;
+            v.set_sensitive(true);
+            headers.insert(AUTHORIZATION, v);
+        }
+        for (k, v) in &config.headers {
+            let name = HeaderName::from_bytes(k.as_bytes())
+                .map_err(|_| ProviderError::Protocol(format!("bad header name {k}")))?;
+            let value = HeaderValue::from_str(v)
+                .map_err(|_| ProviderError::Protocol(format!("bad value for header {k}")))?;
+            headers.insert(name, value);
+        }
+        let client = reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .connect_timeout(config.connect_timeout)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build()
+            .map_err(ProviderError::Transport)?;
+        Ok(OpenAiAdapter {
+            client,
+            url: format!(
+                "{}/chat/completions",
+                config.base_url.as_str().trim_end_matches('/')
+            ),
+            headers,
+        })
+    }
+
+    fn body(req: &ChatRequest, cx: &CallContext) -> Result<Vec<u8>, ProviderError> {
+        let mut wire = req.clone();
+        wire.model.clone_from(&cx.model);
+        if cx.stream {
+            wire.stream = Some(true);
+            // Usage at the end of every stream, for accounting, whatever the client asked.
+            let mut opts = wire.stream_options.take().unwrap_or(StreamOptions {
+                include_usage: None,
+                extra: Map::new(),
+            });
+            opts.include_usage = Some(true);
+            wire.stream_options = Some(opts);
+        } else {
+            wire.stream = None;
+            wire.stream_options = None;
+        }
+        serde_json::to_vec(&wire).map_err(|e| ProviderError::Protocol(e.to_string()))
+    }
+}
+
+impl Provider for OpenAiAdapter {
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::OpenAiCompatible
+    }
+
+    async fn chat(
+        &self,
+        req: &ChatRequest,
+        cx: &CallContext,
+    ) -> Result<ChunkStream, ProviderError> {
+        let resp = self
+            .client
+            .post(&self.url)
+            .headers(self.headers.clone())
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Self::body(req, cx)?)
+            .send()
+            .await
+            .map_err(transport)?;
+        let status = resp.status();
+        if !status.is_success() {
+            let retry_after = retry_after(resp.headers());
+            let body = resp.bytes().await.unwrap_or_default();
+            return Err(classify(status.as_u16(), &body, retry_after));
+        }
+        if cx.stream {
+            Ok(sse_chunks(resp))
+        } else {
+            let body = resp.bytes().await.map_err(transport)?;
+            let chunk = from_completion(&body)?;
+            Ok(futures::stream::once(async move { Ok(chunk) }).boxed())
+        }
+    }
+}
+
+fn transport(e: reqwest::Error) -> ProviderError {
+    if e.is_connect() {
+        ProviderError::Connect(e)
+    } else {
+        ProviderError::Transport(e)
+    }
+}
+
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let v = headers.get(RETRY_AFTER)?.to_str().ok()?;
+    v.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|s| *s >= 0.0)
+        .map(Duration::from_secs_f64)
+}
+
+/// Turns an error status and body into a [`ProviderError`], keeping the
+/// provider's message but never echoing credentials.
+pub fn classify(status: u16, body: &[u8], retry_after: Option<Duration>) -> ProviderError {
+    let message = match status {
+        401 | 403 => "the provider rejected Switchyard's credentials for it".to_owned(),
+        _ => error_message(body),
+    };
+    if status == 429 {
+        ProviderError::RateLimited {
+            retry_after,
+            message,
+        }
+    } else {
+        ProviderError::Upstream { status, message }
+    }
+}
+
+fn error_message(body: &[u8]) -> String {
+    #[derive(Deserialize)]
+    struct Envelope {
+        error: ErrorBody,
+    }
+    #[derive(Deserialize)]
+    struct ErrorBody {
+        message: Option<String>,
+    }
+    match serde_json::from_slice::<Envelope>(body) {
+        Ok(Envelope {
+            error: ErrorBody { message: Some(m) },
+        }) => m,
+        _ => {
+            let text = String::from_utf8_lossy(body);
+            let text = text.trim();
+            if text.is_empty() {
+                "no error message".to_owned()
+            } else {
+                text.chars().take(300).collect()
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct WireCompletion {
+    id: Option<String>,
+    model: Option<String>,
+    created: Option<i64>,
+    system_fingerprint: Option<String>,
+    #[serde(default)]
+    choices: Vec<WireChoice>,
+    usage: Option<Usage>,
+}
+
+#[derive(Deserialize)]
+struct WireChoice {
+    #[serde(default)]
+    index: u32,
+    message: WireMessage,
+    finish_reason: Option<String>,
+    logprobs: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct WireMessage {
+    role: Option<Role>,
+    content: Option<String>,
+    refusal: Option<String>,
+    tool_calls: Option<Vec<ToolCall>>,
+    #[serde(flatten)]
+    extra: Map<String, Value>,
+}
+
+/// A non-streamed completion as one chunk of whole messages.
+pub fn from_completion(body: &[u8]) -> Result<Chunk, ProviderError> {
+    let c: WireCompletion =
+        serde_json::from_slice(body).map_err(|e| ProviderError::Protocol(e.to_string()))?;
+    let choices = c
+        .choices
+        .into_iter()
+        .map(|ch| ChoiceDelta {
+            index: ch.index,
+            delta: Delta {
+                role: Some(ch.message.role.unwrap_or(Role::Assistant)),
+                content: ch.message.content,
+                refusal: ch.message.refusal,
+                tool_calls: ch.message.tool_calls.map(|calls| {
+                    calls
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, call)| ToolCallDelta {
+                            index: i as u32,
+                            id: Some(call.id),
+                            kind: Some(call.kind),
+                            function: Some(FunctionCallDelta {
+                                name: Some(call.function.name),
+                                arguments: Some(call.function.arguments),
+                            }),
+                        })
+                        .collect()
+                }),
+                extra: ch.message.extra,
+            },
+            finish_reason: ch.finish_reason,
+            logprobs: ch.logprobs.filter(|v| !v.is_null()),
+        })
+        .collect();
+    Ok(Chunk {
+        meta: Some(ResponseMeta {
+            id: c.id,
+            model: c.model,
+            created: c.created,
+            system_fingerprint: c.system_fingerprint,
+        }),
+        choices,
+        usage: c.usage,
+    })
+}
+
+#[derive(Deserialize)]
+struct WireChunk {
+    id: Option<String>,
+    model: Option<String>,
+    created: Option<i64>,
+    system_fingerprint: Option<String>,
+    #[serde(default)]
+    choices: Vec<ChoiceDelta>,
+    usage: Option<Usage>,
+    error: Option<Value>,
+}
+
+/// One SSE `data:` payload of a stream as a chunk; `None` for `[DONE]`.
+pub fn from_stream_data(data: &str, first: bool) -> Result<Option<Chunk>, ProviderError> {
+    if data.trim() == "[DONE]" {
+        return Ok(None);
+    }
+    let c: WireChunk =
+        serde_json::from_str(data).map_err(|e| ProviderError::Protocol(e.to_string()))?;
+    if let Some(err) = c.error {
+        let body = serde_json::json!({ "error": err }).to_string();
+        return Err(ProviderError::Upstream {
+            status: 502,
+            message: error_message(body.as_bytes()),
+        });
+    }
+    Ok(Some(Chunk {
+        meta: first.then_some(ResponseMeta {
+            id: c.id,
+            model: c.model,
+            created: c.created,
+            system_fingerprint: c.system_fingerprint,
+        }),
+        choices: c.choices,
+        usage: c.usage,
+    }))
+}
+
+struct StreamState {
+    body: futures::stream::BoxStream<'static, reqwest::Result<Bytes>>,
+    parser: SseParser,
+    first: bool,
+    finished: bool,
+    done: bool,
+}
+
+fn sse_chunks(resp: reqwest::Response) -> ChunkStream {
+    let state = StreamState {
+        body: resp.bytes_stream().boxed(),
+        parser: SseParser::new(),
+        first: true,
+        finished: false,
+        done: false,
+    };
+    futures::stream::unfold(state, |mut st| async move {
+        loop {
+            if st.done {
+                return None;
+            }
+            let event = match st.parser.next_event() {
+                Some(ev) => Some(ev),
+                None => match st.body.next().await {
+                    Some(Ok(bytes)) => {
+                        st.parser.push(&bytes);
+                        continue;
+                    }
+                    Some(Err(e)) => {
+                        st.done = true;
+                        tracing::debug!(error = %e, "Provider stream broke.");
+                        return Some((Err(ProviderError::StreamCut), st));
+                    }
+                    None => st.parser.finish(),
+                },
+            };
+            let Some(event) = event else {
+                // The body ended. Without a finish reason the answer is incomplete.
+                st.done = true;
+                if st.finished {
+                    return None;
+                }
+                return Some((Err(ProviderError::StreamCut), st));
+            };
+            match from_stream_data(&event.data, st.first) {
+                Ok(None) => {
+                    st.done = true;
+                    if st.finished {
+                        return None;
+                    }
+                    return Some((Err(ProviderError::StreamCut), st));
+                }
+                Ok(Some(chunk)) => {
+                    st.first = false;
+                    if chunk.choices.iter().any(|c| c.finish_reason.is_some()) {
+                        st.finished = true;
+                    }
+                    return Some((Ok(chunk), st));
+                }
+                Err(e) => {
+                    st.done = true;
+                    return Some((Err(e), st));
+                }
+            }
+        }
+    })
+    .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn completion_becomes_one_chunk_with_whole_message() {
+        let body = br#"{"id":"chatcmpl-1","object":"chat.completion","created":5,"model":"gpt-4o-2024","system_fingerprint":"fp","choices":[{"index":0,"message":{"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"f","arguments":"{\"a\":1}"}}]},"logprobs":null,"finish_reason":"tool_calls"}],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#;
+        let chunk = from_completion(body).unwrap();
+        let meta = chunk.meta.unwrap();
+        assert_eq!(meta.id.as_deref(), Some("chatcmpl-1"));
+        assert_eq!(meta.model.as_deref(), Some("gpt-4o-2024"));
+        let choice = &chunk.choices[0];
+        assert_eq!(choice.finish_reason.as_deref(), Some("tool_calls"));
+        let call = &choice.delta.tool_calls.as_ref().unwrap()[0];
+        assert_eq!(call.id.as_deref(), Some("call_1"));
+        assert_eq!(
+            call.function.as_ref().unwrap().arguments.as_deref(),
+            Some("{\"a\":1}")
+        );
+        assert_eq!(chunk.usage.unwrap().total_tokens, 7);
+    }
+
+    #[test]
+    fn stream_data_maps_deltas_usage_and_done() {
+        let c = from_stream_data(
+            r#"{"id":"x","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":null}]}"#,
+            true,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(c.choices[0].delta.content.as_deref(), Some("Hi"));
+        assert!(c.meta.is_some());
+        let u = from_stream_data(
+            r#"{"id":"x","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#,
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(u.meta.is_none());
+        assert_eq!(u.usage.unwrap().completion_tokens, 2);
+        assert!(from_stream_data("[DONE]", false).unwrap().is_none());
+    }
+
+    #[test]
+    fn error_event_in_stream_is_an_error() {
+        let e = from_stream_data(
+            r#"{"error":{"message":"overloaded","type":"server_error"}}"#,
+            false,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(e, ProviderError::Upstream { status: 502, ref message } if message == "overloaded")
+        );
+    }
+
+    #[test]
+    fn statuses_classify_without_leaking_keys() {
+        let e = classify(
+            401,
+            br#"{"error":{"message":"Incorrect API key provided: sk-abc***xyz"}}"#,
+            None,
+        );
+        assert!(!e.to_string().contains("sk-abc"));
+        let e = classify(
+            429,
+            br#"{"error":{"message":"slow down"}}"#,
+            Some(Duration::from_secs(2)),
+        );
+        let fe = e.to_frame_error("openai");
+        assert_eq!(fe.code, sy_protocol::ErrorCode::RateLimited);
+        assert_eq!(fe.retry_after_ms, Some(2000));
+        let fe = classify(400, b"plain text", None).to_frame_error("openai");
+        assert_eq!(fe.http_status(), 400);
+        assert!(fe.message.contains("plain text"));
+    }
+}

@@ -1,0 +1,174 @@
+//! `switchyard`: every component of the router in one binary.
+//!
+//! Subcommands: `all` (ingress and workers in one process, one NATS connection),
+//! `ingress`, `worker [--providers a,b]`, and `config check [PATH]`. The config
+//! file comes from `--config` or `SWITCHYARD_CONFIG`. Startup errors are printed
+//! with their causes and exit non-zero; SIGINT/SIGTERM drain and exit 0.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use sy_bus::Bus;
+use sy_config::{Config, ProcessEnv};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser, Debug)]
+#[command(name = "switchyard", version, about = "The Switchyard LLM API router")]
+struct Cli {
+    /// Configuration file (TOML).
+    #[arg(
+        long,
+        global = true,
+        env = "SWITCHYARD_CONFIG",
+        default_value = "switchyard.toml"
+    )]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Ingress and workers for every provider, in one process.
+    All,
+    /// The HTTP ingress only.
+    Ingress,
+    /// Workers only.
+    Worker {
+        /// Providers to serve (config names, comma-separated); all when omitted.
+        #[arg(long, value_delimiter = ',')]
+        providers: Vec<String>,
+    },
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCommand {
+    /// Validates a config file and prints every problem with its key path.
+    Check {
+        /// The file to check (defaults to --config).
+        path: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Config {
+        command: ConfigCommand::Check { path },
+    } = &cli.command
+    {
+        return config_check(path.as_ref().unwrap_or(&cli.config));
+    }
+    sy_telemetry::init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "Switchyard stopped.");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn config_check(path: &PathBuf) -> ExitCode {
+    match Config::load(path, &ProcessEnv) {
+        Ok(c) => {
+            let _ = writeln!(
+                std::io::stdout(),
+                "{}: OK ({} providers, {} models, {} keys)",
+                path.display(),
+                c.providers.len(),
+                c.models.len(),
+                c.keys.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{}: invalid", path.display());
+            for p in e.problems() {
+                eprintln!("  {p}");
+            }
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn serve(cli: Cli) -> anyhow::Result<()> {
+    // reqwest is built without a default TLS backend; ring is the one we ship.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let config = Config::load(&cli.config, &ProcessEnv)
+        .with_context(|| format!("loading config {}", cli.config.display()))?;
+    let config = Arc::new(config);
+    let role = match &cli.command {
+        Command::All => "all",
+        Command::Ingress => "ingress",
+        Command::Worker { .. } => "worker",
+        Command::Config { .. } => unreachable!("handled before the runtime starts"),
+    };
+    let bus = Bus::connect(&config.nats, &format!("switchyard-{role}"))
+        .await
+        .with_context(|| format!("connecting to NATS at {}", config.nats.url))?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(watch_signals(shutdown.clone()));
+    match cli.command {
+        Command::Ingress => sy_ingress::run(config, bus, shutdown).await?,
+        Command::Worker { providers } => sy_worker::run(config, bus, providers, shutdown).await?,
+        Command::All => {
+            let worker = tokio::spawn(sy_worker::run(
+                config.clone(),
+                bus.clone(),
+                Vec::new(),
+                shutdown.clone(),
+            ));
+            let ingress = sy_ingress::run(config, bus, shutdown.clone()).await;
+            shutdown.cancel();
+            let worker = worker.await.context("worker task panicked")?;
+            ingress?;
+            worker?;
+        }
+        Command::Config { .. } => unreachable!("handled before the runtime starts"),
+    }
+    tracing::info!("Switchyard stopped.");
+    Ok(())
+}
+
+async fn watch_signals(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("Shutdown requested, draining.");
+    shutdown.cancel();
+}

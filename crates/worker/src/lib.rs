@@ -1,0 +1,184 @@
+//! The worker: a pull consumer per provider, calling the provider and streaming
+//! the answer back to the ingress.
+//!
+//! For each provider it serves, [`run`] creates (idempotently) the durable consumer
+//! `worker-<provider>` on `<ns>.req.<provider>.>` and handles every
+//! [`RequestEnvelope`] it pulls in its own task: drop it if its deadline passed or
+//! it was cancelled, call the provider through its adapter (`sy-providers`), publish
+//! [`ChunkFrame`]s with consecutive `seq` and then exactly one [`FinalFrame`] to the
+//! envelope's `reply_to`, and ack. Long calls send in-progress acks so JetStream
+//! does not redeliver them. A [`Cancel`] on `<ns>.cancel.<request>` (one wildcard
+//! subscription per process) drops the upstream call, which closes the provider
+//! connection: an abandoned request stops costing tokens. Retries and fallback
+//! belong to a later stage (see docs/architecture-notes.md).
+//!
+//! [`ChunkFrame`]: sy_protocol::ChunkFrame
+//! [`FinalFrame`]: sy_protocol::FinalFrame
+//! [`Cancel`]: sy_protocol::Cancel
+
+mod cancel;
+mod handle;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use sy_bus::Bus;
+use sy_config::Config;
+use sy_providers::AnyProvider;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use cancel::CancelRegistry;
+pub use sy_protocol::RequestEnvelope;
+
+/// Why the worker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// A provider named on the command line is not in the config.
+    #[error("no provider named \"{0}\" in the config")]
+    UnknownProvider(String),
+    /// A provider's adapter could not be built.
+    #[error("provider {name}: {source}")]
+    Provider {
+        /// The provider entry.
+        name: String,
+        /// Why.
+        #[source]
+        source: sy_providers::ProviderError,
+    },
+    /// The bus failed during setup.
+    #[error(transparent)]
+    Bus(#[from] sy_bus::BusError),
+}
+
+/// How long in-flight requests may take to finish after shutdown is asked.
+const DRAIN_GRACE: Duration = Duration::from_secs(30);
+
+/// Serves `providers` (all configured ones when empty) until `shutdown` fires,
+/// then stops pulling and waits for in-flight requests (up to a grace period).
+pub async fn run(
+    config: Arc<Config>,
+    bus: Bus,
+    providers: Vec<String>,
+    shutdown: CancellationToken,
+) -> Result<(), WorkerError> {
+    let names: Vec<String> = if providers.is_empty() {
+        config.providers.keys().cloned().collect()
+    } else {
+        providers
+    };
+    let mut adapters = HashMap::new();
+    for name in &names {
+        let pc = config
+            .providers
+            .get(name)
+            .ok_or_else(|| WorkerError::UnknownProvider(name.clone()))?;
+        let adapter = AnyProvider::from_config(pc).map_err(|source| WorkerError::Provider {
+            name: name.clone(),
+            source,
+        })?;
+        adapters.insert(name.clone(), (adapter, pc.max_concurrency.get()));
+    }
+    bus.ensure_request_stream().await?;
+    let cancels = CancelRegistry::start(&bus).await?;
+    let tracker = TaskTracker::new();
+    let ack_wait = config.nats.ack_wait;
+    let mut pools = Vec::new();
+    for (name, (adapter, max_in_flight)) in adapters {
+        let cx = Arc::new(handle::Shared {
+            bus: bus.clone(),
+            provider_name: name.clone(),
+            adapter,
+            cancels: cancels.clone(),
+            progress_every: ack_wait / 3,
+        });
+        pools.push(tokio::spawn(pool(
+            cx,
+            max_in_flight,
+            tracker.clone(),
+            shutdown.clone(),
+        )));
+    }
+    tracing::info!(providers = ?names, "Worker started.");
+    shutdown.cancelled().await;
+    tracing::info!(in_flight = tracker.len(), "Worker draining.");
+    for p in pools {
+        p.abort();
+    }
+    tracker.close();
+    if tokio::time::timeout(DRAIN_GRACE, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            in_flight = tracker.len(),
+            "Worker stopped with requests in flight; JetStream will redeliver them."
+        );
+    }
+    Ok(())
+}
+
+/// Pulls one provider's requests forever, re-creating the consumer after errors
+/// (a NATS restart, a deleted stream).
+async fn pool(
+    cx: Arc<handle::Shared>,
+    max_in_flight: u32,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match pull(&cx, max_in_flight, &tracker, &shutdown).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(provider = %cx.provider_name, error = %e, "Pulling requests failed, retrying.");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                if let Err(e) = cx.bus.ensure_request_stream().await {
+                    tracing::debug!(error = %e, "Request stream not ready yet.");
+                }
+            }
+        }
+    }
+}
+
+async fn pull(
+    cx: &Arc<handle::Shared>,
+    max_in_flight: u32,
+    tracker: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> Result<(), String> {
+    let consumer = cx
+        .bus
+        .ensure_worker_consumer(&cx.provider_name, max_in_flight)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(max_in_flight.clamp(1, 256) as usize)
+        .heartbeat(Duration::from_secs(5))
+        .expires(Duration::from_secs(30))
+        .messages()
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::info!(provider = %cx.provider_name, "Pulling requests.");
+    loop {
+        let next = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            next = messages.next() => next,
+        };
+        match next {
+            Some(Ok(msg)) => {
+                let cx = cx.clone();
+                tracker.spawn(async move { handle::handle(cx, msg).await });
+            }
+            Some(Err(e)) => return Err(e.to_string()),
+            None => return Err("message stream ended".into()),
+        }
+    }
+}

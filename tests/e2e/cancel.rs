@@ -1,0 +1,120 @@
+//! Abandoned and expired requests stop costing tokens.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::{Value, json};
+use sy_protocol::{ErrorCode, ReplyFrame, RequestEnvelope};
+use sy_test_support::eventually;
+
+use crate::stack::{Stack, StackOptions, body};
+
+#[tokio::test]
+async fn client_disconnect_mid_stream_cancels_the_upstream_call() {
+    let stack = Stack::start().await;
+    let mut b = body("gpt-4o-mini", "slow story [[mock:tokens=200,delay_ms=50]]");
+    b["stream"] = json!(true);
+    let resp = stack.chat(&b).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.bytes_stream();
+    let first = body.next().await.unwrap().unwrap();
+    assert!(first.starts_with(b"data: "));
+    drop(body);
+    let mock = &stack.mock;
+    assert!(
+        eventually(Duration::from_secs(5), || mock.stats().cancelled == 1).await,
+        "the mock never saw the cancel: {:?}",
+        mock.stats()
+    );
+    assert_eq!(mock.stats().completed, 0);
+}
+
+#[tokio::test]
+async fn client_disconnect_while_waiting_cancels_a_non_streamed_call() {
+    let stack = Stack::start().await;
+    let b = body("gpt-4o-mini", "think hard [[mock:ttft_ms=10000]]");
+    let req = stack
+        .chat(&b)
+        .timeout(Duration::from_millis(300))
+        .send()
+        .await;
+    assert!(req.is_err(), "the client gave up first");
+    let mock = &stack.mock;
+    assert!(
+        eventually(Duration::from_secs(5), || mock.stats().cancelled == 1).await,
+        "the mock never saw the cancel: {:?}",
+        mock.stats()
+    );
+}
+
+#[tokio::test]
+async fn request_past_its_deadline_gets_504_and_the_upstream_call_is_dropped() {
+    let stack = Stack::start_with(StackOptions {
+        request_timeout: "700ms",
+        ..Default::default()
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let resp = stack
+        .chat(&body("gpt-4o-mini", "hang on [[mock:hang=1]]"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 504);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "deadline_exceeded");
+    let mock = &stack.mock;
+    assert!(
+        eventually(Duration::from_secs(5), || mock.stats().cancelled == 1).await,
+        "the hung upstream call was not dropped: {:?}",
+        mock.stats()
+    );
+}
+
+/// A request that waited in the stream past its deadline is answered with an
+/// error by the worker and never sent to the provider.
+#[tokio::test]
+async fn expired_envelope_never_reaches_the_provider() {
+    let stack = Stack::start().await;
+    let nats = sy_test_support::nats().await;
+    let subjects = sy_protocol::Subjects::new(&stack.namespace);
+    let request_id = uuid::Uuid::now_v7();
+    let reply_to = format!("{}.test-reply.{}", stack.namespace, request_id.as_simple());
+    let mut replies = nats.subscribe(reply_to.clone()).await.unwrap();
+    let now = sy_protocol::now_unix_ms();
+    let envelope = RequestEnvelope {
+        request_id,
+        attempt: 1,
+        ingress_id: "test".into(),
+        reply_to,
+        received_unix_ms: now - 10_000,
+        deadline_unix_ms: now - 5_000,
+        key_id: "test".into(),
+        api: sy_protocol::ApiSurface::ChatCompletions,
+        route: "gpt-4o-mini".into(),
+        provider: "openai".into(),
+        model: "gpt-4o-mini".into(),
+        request: serde_json::from_value(body("gpt-4o-mini", "too late")).unwrap(),
+    };
+    let js = async_nats::jetstream::new(nats.clone());
+    js.publish(
+        subjects.request("openai", "gpt-4o-mini"),
+        serde_json::to_vec(&envelope).unwrap().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let msg = tokio::time::timeout(Duration::from_secs(5), replies.next())
+        .await
+        .expect("no reply from the worker")
+        .unwrap();
+    let frame: ReplyFrame = serde_json::from_slice(&msg.payload).unwrap();
+    let ReplyFrame::Final(f) = frame else {
+        panic!("expected a final frame")
+    };
+    assert_eq!(f.seq, 0);
+    assert_eq!(f.error.unwrap().code, ErrorCode::DeadlineExceeded);
+    assert_eq!(stack.mock.stats().requests, 0);
+}

@@ -1,0 +1,12 @@
+//! End-to-end tests: the real `switchyard all` binary against real NATS and the
+//! mock provider (the only stand-in), over HTTP and SSE.
+
+mod bad_input;
+mod cancel;
+mod chat;
+mod config_check;
+mod load;
+mod restart;
+mod schema;
+mod sdk;
+mod stack;

@@ -1,0 +1,114 @@
+//! Real messages on the bus match the JSON Schemas in schemas/ and round-trip
+//! through the Rust types.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::{Value, json};
+use sy_protocol::{Cancel, ReplyFrame, RequestEnvelope};
+use sy_test_support::{eventually, repo_root};
+
+use crate::stack::{Stack, body};
+
+fn validator(name: &str) -> jsonschema::Validator {
+    let text = std::fs::read_to_string(repo_root().join("schemas").join(name)).unwrap();
+    jsonschema::validator_for(&serde_json::from_str(&text).unwrap()).unwrap()
+}
+
+fn check<T: serde::de::DeserializeOwned + serde::Serialize>(
+    v: &jsonschema::Validator,
+    msg: &Value,
+) {
+    let errors: Vec<String> = v
+        .iter_errors(msg)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(errors.is_empty(), "{msg}\n{errors:?}");
+    let typed: T = serde_json::from_value(msg.clone()).unwrap();
+    assert_eq!(
+        &serde_json::to_value(&typed).unwrap(),
+        msg,
+        "round trip changed the message"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bus_messages_match_their_schemas() {
+    let stack = Stack::start().await;
+    let nats = sy_test_support::nats().await;
+    let mut sub = nats
+        .subscribe(format!("{}.>", stack.namespace))
+        .await
+        .unwrap();
+    nats.flush().await.unwrap();
+
+    let mut streamed = body("gpt-4o-mini", "stream me [[mock:tokens=3]]");
+    streamed["stream"] = json!(true);
+    streamed["stream_options"] = json!({"include_usage": true});
+    let mut tools = body("gpt-4o-mini", "call [[mock:tool_call=lookup]]");
+    tools["tools"] = json!([{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]);
+    for b in [
+        body("gpt-4o-mini", "plain"),
+        streamed,
+        tools,
+        body("gpt-4o-mini", "fail [[mock:status=429,retry_after=1]]"),
+    ] {
+        let _ = stack.chat(&b).send().await.unwrap().bytes().await.unwrap();
+    }
+    // A cancelled request.
+    let _ = stack
+        .chat(&body("gpt-4o-mini", "wait [[mock:hang=1]]"))
+        .timeout(Duration::from_millis(200))
+        .send()
+        .await;
+    let mock = &stack.mock;
+    assert!(eventually(Duration::from_secs(5), || mock.stats().cancelled == 1).await);
+
+    let envelope = validator("request-envelope.schema.json");
+    let frame = validator("reply-frame.schema.json");
+    let cancel = validator("cancel.schema.json");
+    let mut seen = [0usize; 3];
+    let mut finals_with_error = 0;
+    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_millis(500), sub.next()).await {
+        let v: Value = serde_json::from_slice(&msg.payload).unwrap();
+        let kind = msg.subject.split('.').nth(1).unwrap();
+        match kind {
+            "req" => {
+                check::<RequestEnvelope>(&envelope, &v);
+                seen[0] += 1;
+            }
+            "reply" => {
+                check::<ReplyFrame>(&frame, &v);
+                if v["type"] == "final" && v.get("error").is_some() {
+                    finals_with_error += 1;
+                }
+                seen[1] += 1;
+            }
+            "cancel" => {
+                check::<Cancel>(&cancel, &v);
+                seen[2] += 1;
+            }
+            other => panic!("unexpected subject kind {other} ({})", msg.subject),
+        }
+    }
+    assert_eq!(seen[0], 5, "one envelope per request");
+    assert!(seen[1] >= 10, "chunks and finals: {seen:?}");
+    assert!(seen[2] >= 1, "the abandoned request was cancelled");
+    assert_eq!(finals_with_error, 1);
+}
+
+#[test]
+fn schemas_reject_malformed_messages() {
+    let frame = validator("reply-frame.schema.json");
+    assert!(!frame.is_valid(&json!({"type": "chunk", "seq": -1, "choices": []})));
+    assert!(
+        !frame.is_valid(
+            &json!({"type": "final", "seq": 0, "error": {"code": "nope", "message": "x"}})
+        )
+    );
+    assert!(frame.is_valid(
+        &json!({"type": "final", "seq": 0, "error": {"code": "rate_limited", "message": "x"}})
+    ));
+    let envelope = validator("request-envelope.schema.json");
+    assert!(!envelope.is_valid(&json!({"request_id": "x"})));
+}

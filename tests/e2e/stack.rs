@@ -1,0 +1,192 @@
+//! Starts a whole stack per test: a mock provider in-process, `switchyard all`
+//! as a child process on a free port, in a namespace of its own.
+
+use std::io::Read;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sy_mock_provider::{MockOptions, MockProvider};
+use sy_test_support as support;
+
+pub const KEY: &str = "sk-sy-test-key-1";
+
+pub struct StackOptions {
+    pub nats_url: String,
+    pub request_timeout: &'static str,
+    pub max_body_bytes: u64,
+    pub mock_defaults: &'static str,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        StackOptions {
+            nats_url: support::nats_url(),
+            request_timeout: "30s",
+            max_body_bytes: 65536,
+            mock_defaults: "",
+        }
+    }
+}
+
+pub struct Stack {
+    pub mock: MockProvider,
+    pub base: String,
+    pub namespace: String,
+    pub http: reqwest::Client,
+    nats_url: String,
+    child: Option<Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl Stack {
+    pub async fn start() -> Stack {
+        Stack::start_with(StackOptions::default()).await
+    }
+
+    pub async fn start_with(opts: StackOptions) -> Stack {
+        let mock =
+            MockProvider::start(MockOptions::new("openai").with_defaults(opts.mock_defaults))
+                .await
+                .expect("starting the mock provider");
+        let namespace = support::unique_namespace();
+        let port = support::free_port();
+        let dir = tempfile::tempdir().unwrap();
+        let config = format!(
+            r#"
+[server]
+listen = "127.0.0.1:{port}"
+max_body_bytes = {max_body}
+request_timeout = "{timeout}"
+
+[nats]
+url = "{nats}"
+namespace = "{namespace}"
+publish_timeout = "1s"
+
+[[keys]]
+name = "test"
+key = "{KEY}"
+
+[providers.openai]
+kind = "openai_compatible"
+base_url = "{base}"
+
+[models."gpt-4o-mini"]
+targets = [{{ provider = "openai", model = "gpt-4o-mini" }}]
+
+[models."gpt-4.1"]
+targets = [{{ provider = "openai", model = "gpt-4.1-2025" }}]
+"#,
+            max_body = opts.max_body_bytes,
+            timeout = opts.request_timeout,
+            nats = opts.nats_url,
+            base = mock.base_url(),
+        );
+        let path = dir.path().join("switchyard.toml");
+        std::fs::write(&path, config).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .arg("--config")
+            .arg(&path)
+            .arg("all")
+            .env("SWITCHYARD_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting switchyard");
+        let mut stack = Stack {
+            mock,
+            base: format!("http://127.0.0.1:{port}"),
+            namespace,
+            http: reqwest::Client::new(),
+            nats_url: opts.nats_url,
+            child: Some(child),
+            _dir: dir,
+        };
+        stack.wait_ready().await;
+        stack
+    }
+
+    async fn wait_ready(&mut self) {
+        for _ in 0..400 {
+            if let Ok(r) = self.http.get(self.url("/readyz")).send().await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                let mut err = String::new();
+                if let Some(mut e) = self.child.as_mut().and_then(|c| c.stderr.take()) {
+                    let _ = e.read_to_string(&mut err);
+                }
+                panic!("switchyard exited with {status} before it was ready:\n{err}");
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("switchyard did not become ready at {}", self.base);
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// A chat completion request with the test key and a JSON body.
+    pub fn chat(&self, body: &Value) -> reqwest::RequestBuilder {
+        self.http
+            .post(self.url("/v1/chat/completions"))
+            .bearer_auth(KEY)
+            .json(body)
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let url = self.nats_url.clone();
+        let ns = self.namespace.clone();
+        // Clean up this test's streams without blocking the test's runtime.
+        let _ = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                rt.block_on(async {
+                    if let Ok(c) = async_nats::connect(&url).await {
+                        support::delete_namespace(&c, &ns).await;
+                    }
+                });
+            }
+        })
+        .join();
+    }
+}
+
+/// A one-message chat body.
+pub fn body(model: &str, prompt: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": prompt}]})
+}
+
+/// The `content` of choice 0 of a non-streamed completion.
+pub fn content(v: &Value) -> &str {
+    v["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or_default()
+}
+
+/// Concatenated content deltas of choice `index` of a stream's data payloads.
+pub fn streamed_content(data: &[String], index: u64) -> String {
+    data.iter()
+        .filter(|d| d.as_str() != "[DONE]")
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .flat_map(|v| v["choices"].as_array().cloned().unwrap_or_default())
+        .filter(|c| c["index"].as_u64() == Some(index))
+        .filter_map(|c| c["delta"]["content"].as_str().map(str::to_owned))
+        .collect()
+}
