@@ -179,13 +179,13 @@ impl Config {
             ));
         }
         let request_timeout = duration("server.request_timeout", &raw.server.request_timeout, e);
-        if let Some(id) = &raw.server.ingress_id {
-            if !is_valid_token(id) {
-                e.push(ConfigError::new(
-                    "server.ingress_id",
-                    "use 1-64 letters, digits, '_' or '-'",
-                ));
-            }
+        if let Some(id) = &raw.server.ingress_id
+            && !is_valid_token(id)
+        {
+            e.push(ConfigError::new(
+                "server.ingress_id",
+                "use 1-64 letters, digits, '_' or '-'",
+            ));
         }
         let server = ServerConfig {
             listen,

@@ -385,11 +385,10 @@ async fn chat(
     let first = pending.next().await.map_err(|e| (e, None))?;
     let start = start_of(&first).cloned();
     let names = ResponseNames::from_start(start.as_ref(), request_id, &envelope.model);
-    if let ReplyFrame::Final(f) = &first {
-        if let Some(e) = &f.error {
+    if let ReplyFrame::Final(f) = &first
+        && let Some(e) = &f.error {
             return Err((ApiError::from_frame(e), start));
         }
-    }
     let resp = if stream {
         sse_response(pending, first, SseEncoder::new(names, include_usage))
     } else {
