@@ -98,7 +98,7 @@ targets = [{{ provider = "openai", model = "gpt-4.1-2025" }}]
             mock,
             base: format!("http://127.0.0.1:{port}"),
             namespace,
-            http: reqwest::Client::new(),
+            http: support::http(),
             nats_url: opts.nats_url,
             child: Some(child),
             _dir: dir,

@@ -228,7 +228,14 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
+/// Bytes of an oversized body read and discarded before answering 413, so the
+/// client (still uploading) reads the answer instead of a connection reset.
+/// Larger bodies are cut off: the connection closes after the 413.
+const DRAIN_CAP: usize = 16 * 1024 * 1024;
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
 async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+    use http_body_util::BodyExt;
     let limit = state.max_body_bytes;
     let too_large = || {
         ApiError::new(
@@ -240,21 +247,38 @@ async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(too_large());
-    }
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let over_limit = std::error::Error::source(&e)
-            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-        if over_limit {
-            too_large()
+    let mut body = body;
+    let mut buf = bytes::BytesMut::with_capacity(declared.map_or(8192, |n| n.min(limit as u64) as usize));
+    let mut over = declared.is_some_and(|n| n > limit as u64);
+    let mut seen = 0usize;
+    let drain_until = tokio::time::Instant::now() + DRAIN_TIME;
+    loop {
+        let frame = if over {
+            match tokio::time::timeout_at(drain_until, body.frame()).await {
+                Ok(f) => f,
+                Err(_) => break,
+            }
         } else {
-            ApiError::new(
-                ErrorCode::InvalidRequest,
-                "The request body could not be read.",
-            )
+            body.frame().await
+        };
+        let Some(frame) = frame else { break };
+        let frame = frame.map_err(|_| {
+            ApiError::new(ErrorCode::InvalidRequest, "The request body could not be read.")
+        })?;
+        let Ok(data) = frame.into_data() else { continue };
+        seen += data.len();
+        if over {
+            if seen > DRAIN_CAP {
+                break;
+            }
+        } else if seen > limit {
+            over = true;
+            buf = bytes::BytesMut::new();
+        } else {
+            buf.extend_from_slice(&data);
         }
-    })
+    }
+    if over { Err(too_large()) } else { Ok(buf.freeze()) }
 }
 
 fn resolve<'a>(state: &'a AppState, model: &str) -> Result<&'a ModelRoute, ApiError> {

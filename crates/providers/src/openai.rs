@@ -48,6 +48,7 @@ impl OpenAiAdapter {
                 .map_err(|_| ProviderError::Protocol(format!("bad value for header {k}")))?;
             headers.insert(name, value);
         }
+        install_crypto_provider();
         let client = reqwest::Client::builder()
             .tcp_nodelay(true)
             .connect_timeout(config.connect_timeout)
@@ -117,6 +118,12 @@ impl Provider for OpenAiAdapter {
             Ok(futures::stream::once(async move { Ok(chunk) }).boxed())
         }
     }
+}
+
+/// reqwest is built without a default TLS backend; ring (already used by
+/// async-nats) is the one we ship. Installing twice is a no-op.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 fn transport(e: reqwest::Error) -> ProviderError {
@@ -364,6 +371,35 @@ fn sse_chunks(resp: reqwest::Response) -> ChunkStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wire_body_keeps_unknown_fields_and_asks_for_stream_usage() {
+        let req: ChatRequest = serde_json::from_value(serde_json::json!({
+            "model": "route-name",
+            "messages": [{"role": "user", "content": "hi"}],
+            "stream": true,
+            "stream_options": {"include_usage": false, "x_opt": 1},
+            "logit_bias": {"1": 2},
+            "parallel_tool_calls": false
+        }))
+        .unwrap();
+        let cx = CallContext {
+            model: "gpt-4o-2024".into(),
+            stream: true,
+        };
+        let wire: Value = serde_json::from_slice(&OpenAiAdapter::body(&req, &cx).unwrap()).unwrap();
+        assert_eq!(wire["model"], "gpt-4o-2024");
+        assert_eq!(wire["logit_bias"], serde_json::json!({"1": 2}));
+        assert_eq!(wire["parallel_tool_calls"], false);
+        assert_eq!(wire["stream_options"]["include_usage"], true);
+        assert_eq!(wire["stream_options"]["x_opt"], 1);
+        let plain = CallContext {
+            model: "m".into(),
+            stream: false,
+        };
+        let wire: Value = serde_json::from_slice(&OpenAiAdapter::body(&req, &plain).unwrap()).unwrap();
+        assert!(wire.get("stream").is_none() && wire.get("stream_options").is_none());
+    }
 
     #[test]
     fn completion_becomes_one_chunk_with_whole_message() {

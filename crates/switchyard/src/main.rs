@@ -112,8 +112,6 @@ fn config_check(path: &PathBuf) -> ExitCode {
 }
 
 async fn serve(cli: Cli) -> anyhow::Result<()> {
-    // reqwest is built without a default TLS backend; ring is the one we ship.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let config = Config::load(&cli.config, &ProcessEnv)
         .with_context(|| format!("loading config {}", cli.config.display()))?;
     let config = Arc::new(config);

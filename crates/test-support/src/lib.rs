@@ -157,6 +157,12 @@ impl Drop for NatsServer {
     }
 }
 
+/// An HTTP client for tests (installs the TLS crypto provider reqwest needs).
+pub fn http() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
 /// The `data:` payloads of an SSE response, in order, until the body ends.
 pub async fn sse_data(resp: reqwest::Response) -> Vec<String> {
     let mut out = Vec::new();

@@ -1,0 +1,119 @@
+"""Drives Switchyard with the official `openai` Python SDK, unchanged.
+
+Run by the e2e test `sdk::official_openai_python_sdk_works_unchanged`:
+    python tests/sdk/openai_conformance.py --base-url URL --api-key KEY --model MODEL
+Exits 0 when every check passes; prints one line per check.
+"""
+
+import argparse
+import json
+import sys
+
+import openai
+
+
+def check(name, cond, detail=""):
+    print(("ok   " if cond else "FAIL ") + name + (f": {detail}" if detail and not cond else ""))
+    if not cond:
+        sys.exit(1)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--base-url", required=True)
+    ap.add_argument("--api-key", required=True)
+    ap.add_argument("--model", required=True)
+    args = ap.parse_args()
+    client = openai.OpenAI(base_url=args.base_url, api_key=args.api_key, max_retries=0)
+    model = args.model
+    prompt = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a river."}]
+
+    # Non-streamed, with the raw response for headers.
+    raw = client.chat.completions.with_raw_response.create(model=model, messages=prompt)
+    completion = raw.parse()
+    check("non-stream has request id header", bool(raw.headers.get("x-switchyard-request-id")))
+    check("non-stream provider header", raw.headers.get("x-switchyard-provider") == "openai")
+    text = completion.choices[0].message.content
+    check("non-stream content", bool(text), repr(text))
+    check("non-stream finish_reason", completion.choices[0].finish_reason == "stop")
+    check("non-stream usage", completion.usage is not None and completion.usage.total_tokens > 0)
+
+    # Streamed with usage: same text as the non-streamed answer (the mock is deterministic).
+    stream = client.chat.completions.create(
+        model=model, messages=prompt, stream=True, stream_options={"include_usage": True}
+    )
+    parts, last = [], None
+    for chunk in stream:
+        last = chunk
+        if chunk.choices and chunk.choices[0].delta.content:
+            parts.append(chunk.choices[0].delta.content)
+    check("stream content equals non-stream", "".join(parts) == text, "".join(parts))
+    check("stream ends with usage", last is not None and last.usage is not None and last.usage.total_tokens > 0)
+
+    # Tools, non-streamed and streamed.
+    tools = [{
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Current weather in a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+    }]
+    tool_prompt = [{"role": "user", "content": "Weather in Paris? [[mock:tool_call=get_weather]]"}]
+    c = client.chat.completions.create(model=model, messages=tool_prompt, tools=tools)
+    call = c.choices[0].message.tool_calls[0]
+    check("tool call name", call.function.name == "get_weather")
+    check("tool call arguments are JSON", isinstance(json.loads(call.function.arguments), dict))
+    check("tool call finish_reason", c.choices[0].finish_reason == "tool_calls")
+    args_parts, names = [], []
+    for chunk in client.chat.completions.create(model=model, messages=tool_prompt, tools=tools, stream=True):
+        if not chunk.choices:
+            continue
+        for tc in chunk.choices[0].delta.tool_calls or []:
+            if tc.function and tc.function.name:
+                names.append(tc.function.name)
+            if tc.function and tc.function.arguments:
+                args_parts.append(tc.function.arguments)
+    check("streamed tool call name", names == ["get_weather"], repr(names))
+    check("streamed tool arguments assemble to JSON", isinstance(json.loads("".join(args_parts)), dict))
+
+    # A tool result round trip is accepted.
+    follow = [{"role": "user", "content": "Weather in Paris?"}] + [
+        {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+        {"role": "tool", "tool_call_id": call.id, "content": "18C and sunny"},
+    ]
+    c = client.chat.completions.create(model=model, messages=follow, tools=tools)
+    check("tool result accepted", c.choices[0].message.content is not None)
+
+    # Errors surface as the SDK's own exception types.
+    bad = openai.OpenAI(base_url=args.base_url, api_key="sk-wrong-key-000", max_retries=0)
+    try:
+        bad.chat.completions.create(model=model, messages=prompt)
+        check("wrong key raises AuthenticationError", False)
+    except openai.AuthenticationError as e:
+        check("wrong key raises AuthenticationError", e.status_code == 401)
+    try:
+        client.chat.completions.create(model="no-such-model", messages=prompt)
+        check("unknown model raises NotFoundError", False)
+    except openai.NotFoundError as e:
+        check("unknown model raises NotFoundError", e.status_code == 404)
+    try:
+        client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "hi [[mock:status=429,retry_after=1]]"}]
+        )
+        check("provider 429 raises RateLimitError", False)
+    except openai.RateLimitError as e:
+        check("provider 429 raises RateLimitError", e.status_code == 429)
+    try:
+        client.chat.completions.create(model=model, messages=[])
+        check("empty messages raises BadRequestError", False)
+    except openai.BadRequestError as e:
+        check("empty messages raises BadRequestError", e.status_code == 400)
+
+    models = [m.id for m in client.models.list()]
+    check("models.list includes the model", model in models, repr(models))
+    print("all checks passed")
+
+
+if __name__ == "__main__":
+    main()
