@@ -1,6 +1,8 @@
 //! End-to-end tests: the real `switchyard all` binary against real NATS and the
 //! mock provider (the only stand-in), over HTTP and SSE.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 mod bad_input;
 mod cancel;
 mod chat;

@@ -85,6 +85,9 @@ targets = [{{ provider = "openai", model = "gpt-4.1-2025" }}]
         );
         let path = dir.path().join("switchyard.toml");
         std::fs::write(&path, config).unwrap();
+        let http = support::http();
+        // Nothing that can panic between spawning the child and owning it in `Stack`,
+        // whose Drop kills it.
         let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
             .arg("--config")
             .arg(&path)
@@ -98,7 +101,7 @@ targets = [{{ provider = "openai", model = "gpt-4.1-2025" }}]
             mock,
             base: format!("http://127.0.0.1:{port}"),
             namespace,
-            http: support::http(),
+            http,
             nats_url: opts.nats_url,
             child: Some(child),
             _dir: dir,
@@ -109,10 +112,10 @@ targets = [{{ provider = "openai", model = "gpt-4.1-2025" }}]
 
     async fn wait_ready(&mut self) {
         for _ in 0..400 {
-            if let Ok(r) = self.http.get(self.url("/readyz")).send().await {
-                if r.status() == 200 {
-                    return;
-                }
+            if let Ok(r) = self.http.get(self.url("/readyz")).send().await
+                && r.status() == 200
+            {
+                return;
             }
             if let Some(status) = self
                 .child

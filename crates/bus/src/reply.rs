@@ -44,10 +44,11 @@ impl ReplyRouter {
                 };
                 let mut map = task_routes.lock().expect("reply routes lock poisoned");
                 if let Some(tx) = map.get(&id)
-                    && tx.try_send(msg.payload).is_err() {
-                        // Full (too slow) or closed: either way, stop feeding it.
-                        map.remove(&id);
-                    }
+                    && tx.try_send(msg.payload).is_err()
+                {
+                    // Full (too slow) or closed: either way, stop feeding it.
+                    map.remove(&id);
+                }
             }
             tracing::info!("Reply subscription closed.");
         });

@@ -248,7 +248,8 @@ async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let mut body = body;
-    let mut buf = bytes::BytesMut::with_capacity(declared.map_or(8192, |n| n.min(limit as u64) as usize));
+    let mut buf =
+        bytes::BytesMut::with_capacity(declared.map_or(8192, |n| n.min(limit as u64) as usize));
     let mut over = declared.is_some_and(|n| n > limit as u64);
     let mut seen = 0usize;
     let drain_until = tokio::time::Instant::now() + DRAIN_TIME;
@@ -263,9 +264,14 @@ async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<
         };
         let Some(frame) = frame else { break };
         let frame = frame.map_err(|_| {
-            ApiError::new(ErrorCode::InvalidRequest, "The request body could not be read.")
+            ApiError::new(
+                ErrorCode::InvalidRequest,
+                "The request body could not be read.",
+            )
         })?;
-        let Ok(data) = frame.into_data() else { continue };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
         seen += data.len();
         if over {
             if seen > DRAIN_CAP {
@@ -278,7 +284,11 @@ async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<
             buf.extend_from_slice(&data);
         }
     }
-    if over { Err(too_large()) } else { Ok(buf.freeze()) }
+    if over {
+        Err(too_large())
+    } else {
+        Ok(buf.freeze())
+    }
 }
 
 fn resolve<'a>(state: &'a AppState, model: &str) -> Result<&'a ModelRoute, ApiError> {
@@ -405,14 +415,17 @@ async fn chat(
         };
         return Err((err, None));
     }
+    tracing::trace!("Request published.");
     let mut pending = Pending::new(rx, state.bus.clone(), deadline);
     let first = pending.next().await.map_err(|e| (e, None))?;
+    tracing::trace!("First frame received.");
     let start = start_of(&first).cloned();
     let names = ResponseNames::from_start(start.as_ref(), request_id, &envelope.model);
     if let ReplyFrame::Final(f) = &first
-        && let Some(e) = &f.error {
-            return Err((ApiError::from_frame(e), start));
-        }
+        && let Some(e) = &f.error
+    {
+        return Err((ApiError::from_frame(e), start));
+    }
     let resp = if stream {
         sse_response(pending, first, SseEncoder::new(names, include_usage))
     } else {

@@ -101,31 +101,36 @@ pub fn validate_chat(req: &ChatRequest) -> Result<(), ApiError> {
             }
         }
         if let Some(Content::Parts(parts)) = &m.content
-            && parts.is_empty() && m.role != Role::Assistant {
-                return Err(ApiError::invalid(
-                    at("content"),
-                    format!("'messages[{i}].content' must not be an empty array."),
-                ));
-            }
+            && parts.is_empty()
+            && m.role != Role::Assistant
+        {
+            return Err(ApiError::invalid(
+                at("content"),
+                format!("'messages[{i}].content' must not be an empty array."),
+            ));
+        }
     }
     if let Some(t) = req.temperature
-        && !(0.0..=2.0).contains(&t) {
-            return Err(ApiError::invalid(
-                "temperature",
-                "'temperature' must be between 0 and 2.",
-            ));
-        }
+        && !(0.0..=2.0).contains(&t)
+    {
+        return Err(ApiError::invalid(
+            "temperature",
+            "'temperature' must be between 0 and 2.",
+        ));
+    }
     if let Some(p) = req.top_p
-        && !(0.0..=1.0).contains(&p) {
-            return Err(ApiError::invalid(
-                "top_p",
-                "'top_p' must be between 0 and 1.",
-            ));
-        }
+        && !(0.0..=1.0).contains(&p)
+    {
+        return Err(ApiError::invalid(
+            "top_p",
+            "'top_p' must be between 0 and 1.",
+        ));
+    }
     if let Some(n) = req.n
-        && !(1..=128).contains(&n) {
-            return Err(ApiError::invalid("n", "'n' must be between 1 and 128."));
-        }
+        && !(1..=128).contains(&n)
+    {
+        return Err(ApiError::invalid("n", "'n' must be between 1 and 128."));
+    }
     for (name, v) in [
         ("max_tokens", req.max_tokens),
         ("max_completion_tokens", req.max_completion_tokens),
@@ -138,12 +143,13 @@ pub fn validate_chat(req: &ChatRequest) -> Result<(), ApiError> {
         }
     }
     if let Some(sy_protocol::chat::Stop::Many(s)) = &req.stop
-        && s.len() > 4 {
-            return Err(ApiError::invalid(
-                "stop",
-                "'stop' takes at most 4 sequences.",
-            ));
-        }
+        && s.len() > 4
+    {
+        return Err(ApiError::invalid(
+            "stop",
+            "'stop' takes at most 4 sequences.",
+        ));
+    }
     if req.stream_options.is_some() && !req.is_stream() {
         return Err(ApiError::invalid(
             "stream_options",
@@ -172,13 +178,15 @@ pub fn validate_chat(req: &ChatRequest) -> Result<(), ApiError> {
             }
         }
     }
-    if req.tool_choice.is_some() && req.tools.as_ref().is_none_or(Vec::is_empty)
-        && req.tool_choice.as_ref().and_then(|v| v.as_str()) != Some("none") {
-            return Err(ApiError::invalid(
-                "tool_choice",
-                "'tool_choice' is only allowed when 'tools' are specified.",
-            ));
-        }
+    if req.tool_choice.is_some()
+        && req.tools.as_ref().is_none_or(Vec::is_empty)
+        && req.tool_choice.as_ref().and_then(|v| v.as_str()) != Some("none")
+    {
+        return Err(ApiError::invalid(
+            "tool_choice",
+            "'tool_choice' is only allowed when 'tools' are specified.",
+        ));
+    }
     Ok(())
 }
 

@@ -33,7 +33,15 @@ impl Directives {
         macro_rules! take {
             ($($f:ident),*) => { $( if other.$f.is_some() { self.$f = other.$f; } )* };
         }
-        take!(status, retry_after, ttft, delay, tokens, cut_after, tool_call);
+        take!(
+            status,
+            retry_after,
+            ttft,
+            delay,
+            tokens,
+            cut_after,
+            tool_call
+        );
         self.hang |= other.hang;
     }
 }
@@ -56,7 +64,9 @@ pub fn parse_list(text: &str, instance: &str) -> Result<Option<Directives>, Dire
             "status" => {
                 let s = num(value)?;
                 if !(100..=599).contains(&s) {
-                    return Err(DirectiveError(format!("mock directive status: {s} is not an HTTP status")));
+                    return Err(DirectiveError(format!(
+                        "mock directive status: {s} is not an HTTP status"
+                    )));
                 }
                 d.status = Some(s as u16);
             }
@@ -69,12 +79,18 @@ pub fn parse_list(text: &str, instance: &str) -> Result<Option<Directives>, Dire
                 d.hang = match value {
                     "1" | "true" => true,
                     "0" | "false" => false,
-                    v => return Err(DirectiveError(format!("mock directive hang: '{v}' is not a boolean"))),
+                    v => {
+                        return Err(DirectiveError(format!(
+                            "mock directive hang: '{v}' is not a boolean"
+                        )));
+                    }
                 }
             }
             "tool_call" => {
                 if value.is_empty() {
-                    return Err(DirectiveError("mock directive tool_call: needs a tool name".into()));
+                    return Err(DirectiveError(
+                        "mock directive tool_call: needs a tool name".into(),
+                    ));
                 }
                 d.tool_call = Some(value.to_owned());
             }
@@ -91,7 +107,9 @@ pub fn extract(text: &str) -> (String, Vec<String>) {
     let mut blocks = Vec::new();
     let mut s = text;
     while let Some(start) = s.find("[[mock:") {
-        let Some(end) = s[start..].find("]]") else { break };
+        let Some(end) = s[start..].find("]]") else {
+            break;
+        };
         rest.push_str(&s[..start]);
         blocks.push(s[start + 7..start + end].to_owned());
         s = &s[start + end + 2..];
@@ -108,10 +126,10 @@ pub fn resolve(
     instance: &str,
 ) -> Result<Directives, DirectiveError> {
     let mut d = parse_list(defaults, instance)?.unwrap_or_default();
-    if let Some(h) = header {
-        if let Some(hd) = parse_list(h, instance)? {
-            d.overlay(hd);
-        }
+    if let Some(h) = header
+        && let Some(hd) = parse_list(h, instance)?
+    {
+        d.overlay(hd);
     }
     for b in blocks {
         if let Some(bd) = parse_list(b, instance)? {
@@ -127,14 +145,21 @@ mod tests {
 
     #[test]
     fn blocks_are_extracted_from_text() {
-        let (rest, blocks) = extract("Hello [[mock:status=429,retry_after=2]] there [[mock:tokens=3]]");
+        let (rest, blocks) =
+            extract("Hello [[mock:status=429,retry_after=2]] there [[mock:tokens=3]]");
         assert_eq!(rest, "Hello  there");
         assert_eq!(blocks, vec!["status=429,retry_after=2", "tokens=3"]);
     }
 
     #[test]
     fn precedence_is_message_over_header_over_defaults() {
-        let d = resolve("tokens=1,ttft_ms=5", Some("tokens=2,delay_ms=7"), &["tokens=3".into()], "a").unwrap();
+        let d = resolve(
+            "tokens=1,ttft_ms=5",
+            Some("tokens=2,delay_ms=7"),
+            &["tokens=3".into()],
+            "a",
+        )
+        .unwrap();
         assert_eq!(d.tokens, Some(3));
         assert_eq!(d.delay, Some(Duration::from_millis(7)));
         assert_eq!(d.ttft, Some(Duration::from_millis(5)));
@@ -142,16 +167,35 @@ mod tests {
 
     #[test]
     fn only_applies_to_the_named_instance() {
-        let blocks = vec!["status=500,only=openai".to_owned(), "status=429,only=anthropic".to_owned()];
-        assert_eq!(resolve("", None, &blocks, "openai").unwrap().status, Some(500));
-        assert_eq!(resolve("", None, &blocks, "anthropic").unwrap().status, Some(429));
+        let blocks = vec![
+            "status=500,only=openai".to_owned(),
+            "status=429,only=anthropic".to_owned(),
+        ];
+        assert_eq!(
+            resolve("", None, &blocks, "openai").unwrap().status,
+            Some(500)
+        );
+        assert_eq!(
+            resolve("", None, &blocks, "anthropic").unwrap().status,
+            Some(429)
+        );
         assert_eq!(resolve("", None, &blocks, "vllm").unwrap().status, None);
     }
 
     #[test]
     fn bad_directives_name_the_key() {
-        assert!(resolve("", None, &["colour=blue".into()], "a").unwrap_err().0.contains("colour"));
-        assert!(resolve("", None, &["tokens=many".into()], "a").unwrap_err().0.contains("tokens"));
+        assert!(
+            resolve("", None, &["colour=blue".into()], "a")
+                .unwrap_err()
+                .0
+                .contains("colour")
+        );
+        assert!(
+            resolve("", None, &["tokens=many".into()], "a")
+                .unwrap_err()
+                .0
+                .contains("tokens")
+        );
         assert!(resolve("", None, &["status=42".into()], "a").is_err());
         assert!(resolve("", None, &["hang=1".into()], "a").unwrap().hang);
     }

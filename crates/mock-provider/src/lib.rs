@@ -24,8 +24,8 @@ pub const DEFAULT_TOKENS: usize = 16;
 const WORDS: [&str; 32] = [
     "river", "stone", "light", "quiet", "north", "amber", "signal", "orbit", "garden", "copper",
     "window", "harbor", "echo", "meadow", "vector", "lantern", "cloud", "ember", "canyon",
-    "silver", "pulse", "forest", "tide", "marble", "falcon", "prism", "valley", "thunder",
-    "maple", "comet", "anchor", "willow",
+    "silver", "pulse", "forest", "tide", "marble", "falcon", "prism", "valley", "thunder", "maple",
+    "comet", "anchor", "willow",
 ];
 
 fn seed(prompt: &str, index: usize) -> u64 {
@@ -90,6 +90,9 @@ mod tests {
 
     #[test]
     fn prompt_tokens_count_words_and_messages() {
-        assert_eq!(prompt_tokens(&["one two".into(), "three".into()]), 2 + 3 + 1 + 3);
+        assert_eq!(
+            prompt_tokens(&["one two".into(), "three".into()]),
+            2 + 3 + 1 + 3
+        );
     }
 }

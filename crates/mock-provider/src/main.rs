@@ -6,7 +6,10 @@ use clap::Parser;
 use sy_mock_provider::{MockOptions, MockProvider};
 
 #[derive(Parser, Debug)]
-#[command(name = "mock-provider", about = "Deterministic OpenAI-dialect mock with fault injection")]
+#[command(
+    name = "mock-provider",
+    about = "Deterministic OpenAI-dialect mock with fault injection"
+)]
 struct Args {
     /// Instance name, matched by `only=` directives.
     #[arg(long, env = "MOCK_NAME", default_value = "openai")]

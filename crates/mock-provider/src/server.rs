@@ -183,7 +183,10 @@ fn json_response(status: StatusCode, v: &Value) -> Response {
     let body = serde_json::to_vec(v).unwrap_or_default();
     (
         status,
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
         body,
     )
         .into_response()
@@ -218,7 +221,10 @@ impl Outcome {
 
     fn complete(mut self) {
         self.done = true;
-        self.shared.counters.completed.fetch_add(1, Ordering::SeqCst);
+        self.shared
+            .counters
+            .completed
+            .fetch_add(1, Ordering::SeqCst);
     }
 
     fn cut(mut self) {
@@ -229,7 +235,10 @@ impl Outcome {
 impl Drop for Outcome {
     fn drop(&mut self) {
         if !self.done {
-            self.shared.counters.cancelled.fetch_add(1, Ordering::SeqCst);
+            self.shared
+                .counters
+                .cancelled
+                .fetch_add(1, Ordering::SeqCst);
         }
     }
 }
@@ -298,17 +307,37 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
             .and_then(|v| v.strip_prefix("Bearer "))
             == Some(key.as_str());
         if !ok {
-            return error(401, "Incorrect API key provided", None, Some("invalid_api_key"));
+            return error(
+                401,
+                "Incorrect API key provided",
+                None,
+                Some("invalid_api_key"),
+            );
         }
     }
     let Ok(req) = serde_json::from_slice::<Value>(&body) else {
-        return error(400, "We could not parse the JSON body of your request.", None, None);
+        return error(
+            400,
+            "We could not parse the JSON body of your request.",
+            None,
+            None,
+        );
     };
     let Some(model) = req["model"].as_str() else {
-        return error(400, "you must provide a model parameter", Some("model"), None);
+        return error(
+            400,
+            "you must provide a model parameter",
+            Some("model"),
+            None,
+        );
     };
     let Some(messages) = req["messages"].as_array().filter(|m| !m.is_empty()) else {
-        return error(400, "'messages' must be a non-empty array", Some("messages"), None);
+        return error(
+            400,
+            "'messages' must be a non-empty array",
+            Some("messages"),
+            None,
+        );
     };
     let texts: Vec<String> = messages.iter().map(message_text).collect();
     let last_user = messages
@@ -318,7 +347,12 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
         .unwrap_or("");
     let (prompt, blocks) = extract(last_user);
     let header_directives = headers.get("x-mock").and_then(|v| v.to_str().ok());
-    let d = match resolve(&shared.opts.defaults, header_directives, &blocks, &shared.opts.name) {
+    let d = match resolve(
+        &shared.opts.defaults,
+        header_directives,
+        &blocks,
+        &shared.opts.name,
+    ) {
         Ok(d) => d,
         Err(e) => return error(400, &e.0, None, None),
     };
@@ -327,7 +361,10 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
         return error(400, "the mock supports n from 1 to 8", Some("n"), None);
     }
     let plan = Plan {
-        id: format!("chatcmpl-mock-{}", shared.counters.ids.fetch_add(1, Ordering::Relaxed)),
+        id: format!(
+            "chatcmpl-mock-{}",
+            shared.counters.ids.fetch_add(1, Ordering::Relaxed)
+        ),
         created: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -336,7 +373,9 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
         prompt,
         n: n as usize,
         prompt_tokens: prompt_tokens(&texts),
-        include_usage: req["stream_options"]["include_usage"].as_bool().unwrap_or(false),
+        include_usage: req["stream_options"]["include_usage"]
+            .as_bool()
+            .unwrap_or(false),
         d,
     };
     let outcome = Outcome::new(&shared);
@@ -352,7 +391,8 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
         let code = (status == 429).then_some("rate_limit_exceeded");
         let mut resp = error(status, &format!("mock fault: status {status}"), None, code);
         if let Some(secs) = plan.d.retry_after {
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         outcome.complete();
         return resp;
@@ -422,17 +462,35 @@ fn events(plan: &Plan) -> Vec<(Bytes, bool)> {
             let piece = args.len().div_ceil(3).max(1);
             for part in args.chunks(piece) {
                 let frag: String = part.iter().collect();
-                out.push((chunk(plan, json!([{"index": i, "delta": {"tool_calls": [{"index": 0,
-                    "function": {"arguments": frag}}]}, "logprobs": null, "finish_reason": null}])), true));
+                out.push((
+                    chunk(
+                        plan,
+                        json!([{"index": i, "delta": {"tool_calls": [{"index": 0,
+                    "function": {"arguments": frag}}]}, "logprobs": null, "finish_reason": null}]),
+                    ),
+                    true,
+                ));
             }
             out.push((chunk(plan, json!([{"index": i, "delta": {}, "logprobs": null, "finish_reason": "tool_calls"}])), false));
         } else {
-            out.push((chunk(plan, json!([{"index": i, "delta": {"role": "assistant", "content": ""},
-                "logprobs": null, "finish_reason": null}])), false));
+            out.push((
+                chunk(
+                    plan,
+                    json!([{"index": i, "delta": {"role": "assistant", "content": ""},
+                "logprobs": null, "finish_reason": null}]),
+                ),
+                false,
+            ));
             for t in reply_tokens(&plan.prompt, plan.tokens(), i) {
                 out.push((chunk(plan, json!([{"index": i, "delta": {"content": t}, "logprobs": null, "finish_reason": null}])), true));
             }
-            out.push((chunk(plan, json!([{"index": i, "delta": {}, "logprobs": null, "finish_reason": "stop"}])), false));
+            out.push((
+                chunk(
+                    plan,
+                    json!([{"index": i, "delta": {}, "logprobs": null, "finish_reason": "stop"}]),
+                ),
+                false,
+            ));
         }
     }
     if plan.include_usage {
@@ -499,11 +557,13 @@ fn stream(shared: Arc<Shared>, plan: Plan, outcome: Outcome) -> Response {
     });
     (
         [
-            (header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream")),
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            ),
             (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
         ],
         Body::from_stream(body),
     )
         .into_response()
 }
-

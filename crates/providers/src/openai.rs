@@ -397,7 +397,8 @@ mod tests {
             model: "m".into(),
             stream: false,
         };
-        let wire: Value = serde_json::from_slice(&OpenAiAdapter::body(&req, &plain).unwrap()).unwrap();
+        let wire: Value =
+            serde_json::from_slice(&OpenAiAdapter::body(&req, &plain).unwrap()).unwrap();
         assert!(wire.get("stream").is_none() && wire.get("stream_options").is_none());
     }
 

@@ -88,7 +88,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn config_check(path: &PathBuf) -> ExitCode {
+fn config_check(path: &std::path::Path) -> ExitCode {
     match Config::load(path, &ProcessEnv) {
         Ok(c) => {
             let _ = writeln!(

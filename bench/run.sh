@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Measures, in one run on this machine, a direct call to the mock provider against
+# the same call through Switchyard: p50/p99 latency at concurrency 1 and
+# throughput at concurrency 64, non-streamed and streamed (time to first token).
+# Starts its own mock (18081) and switchyard (18080, NATS namespace "bench") and
+# stops them at the end; uses the NATS on 4222, starting one if none answers.
+# Raw results go to bench/results/<UTC date>.jsonl; a summary table to stdout.
+#
+#   bench/run.sh            # full run (~2-3 min)
+#   QUICK=1 bench/run.sh    # fewer requests, for a smoke check
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+export SY_STATE_DIR="${SY_STATE_DIR:-$ROOT/.local/bench}"
+# shellcheck source=../scripts/lib/services.sh
+source "$ROOT/scripts/lib/services.sh"
+TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
+
+started_nats=0
+cleanup() {
+  stop_pidfile "$RUN_DIR/bench-switchyard.pid" switchyard
+  stop_pidfile "$RUN_DIR/bench-mock.pid" mock-provider
+  if ((started_nats)); then stop_nats; fi
+}
+trap cleanup EXIT
+
+if ! port_open 4222; then started_nats=1; fi
+ensure_nats
+
+say "Building release binaries"
+cargo build --release --locked --bin switchyard --bin mock-provider --bin sy-bench
+
+for port in 18080 18081; do
+  if port_open "$port"; then echo "port $port is in use; stop what runs there first" >&2; exit 1; fi
+done
+
+"$TARGET/release/mock-provider" --name openai --listen 127.0.0.1:18081 >"$LOG_DIR/bench-mock.log" 2>&1 &
+echo $! >"$RUN_DIR/bench-mock.pid"
+conf="$STATE_DIR/bench-switchyard.toml"
+cat >"$conf" <<'TOML'
+[server]
+listen = "127.0.0.1:18080"
+
+[nats]
+url = "nats://127.0.0.1:4222"
+namespace = "bench"
+
+[[keys]]
+name = "bench"
+key = "sk-sy-local-dev"
+
+[providers.openai]
+kind = "openai_compatible"
+base_url = "http://127.0.0.1:18081/v1"
+
+[models."gpt-4o-mini"]
+targets = [{ provider = "openai", model = "gpt-4o-mini" }]
+TOML
+SWITCHYARD_LOG=warn "$TARGET/release/switchyard" --config "$conf" all >"$LOG_DIR/bench-switchyard.log" 2>&1 &
+echo $! >"$RUN_DIR/bench-switchyard.pid"
+wait_http http://127.0.0.1:18081/healthz 20
+wait_http http://127.0.0.1:18080/readyz 30 || { tail -20 "$LOG_DIR/bench-switchyard.log" >&2; exit 1; }
+
+scale=1
+if [[ -n ${QUICK:-} ]]; then scale=10; fi
+out="bench/results/$(date -u +%Y-%m-%d).jsonl"
+tmp=$(mktemp)
+run() { # label url concurrency requests warmup [--stream]
+  "$TARGET/release/sy-bench" --label "$1" --url "$2" --concurrency "$3" \
+    --requests $(($4 / scale)) --warmup $(($5 / scale)) "${@:6}" | tee -a "$tmp"
+}
+direct=http://127.0.0.1:18081/v1/chat/completions
+via=http://127.0.0.1:18080/v1/chat/completions
+say "Non-streamed, concurrency 1"
+run direct "$direct" 1 3000 300
+run switchyard "$via" 1 3000 300
+say "Non-streamed, concurrency 64"
+run direct "$direct" 64 20000 2000
+run switchyard "$via" 64 20000 2000
+say "Streamed, concurrency 1"
+run direct "$direct" 1 2000 200 --stream
+run switchyard "$via" 1 2000 200 --stream
+say "Streamed, concurrency 64"
+run direct "$direct" 64 10000 1000 --stream
+run switchyard "$via" 64 10000 1000 --stream
+
+{
+  echo "{\"machine\": \"$(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(uname -r)\", \"date\": \"$(date -u +%FT%TZ)\", \"commit\": \"$(git rev-parse --short HEAD 2>/dev/null || echo none)\"}"
+  cat "$tmp"
+} >>"$out"
+python3 - "$tmp" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+print()
+print("| mode | conc | direct p50 | via p50 | added p50 | direct p99 | via p99 | added p99 | direct rps | via rps | errors |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
+for d, v in zip(rows[0::2], rows[1::2]):
+    key = "ttft_p" if d["stream"] else "p"
+    mode = "stream (TTFT)" if d["stream"] else "non-stream"
+    p50d, p50v = d[key + "50_ms"], v[key + "50_ms"]
+    p99d, p99v = d[key + "99_ms"], v[key + "99_ms"]
+    print(f"| {mode} | {d['concurrency']} | {p50d:.3f} | {p50v:.3f} | {p50v - p50d:+.3f} | {p99d:.3f} | {p99v:.3f} | {p99v - p99d:+.3f} | {d['rps']:.0f} | {v['rps']:.0f} | {d['errors']}/{v['errors']} |")
+PY
+rm -f "$tmp"
+echo "Raw results appended to $out" >&2

@@ -1,0 +1,194 @@
+//! `sy-bench`: a closed-loop load generator for chat completions.
+//!
+//! C workers send N requests in all over keep-alive connections (TCP_NODELAY) and
+//! record each request's latency: send → whole body read (non-streamed), or
+//! send → first content token and send → `[DONE]` (streamed). Prints one JSON
+//! line with percentiles and throughput. bench/run.sh runs it against the mock
+//! directly and through Switchyard, in one run, to measure the added latency.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use futures::StreamExt;
+use serde_json::json;
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "sy-bench",
+    about = "Closed-loop load generator for chat completions"
+)]
+struct Args {
+    /// Full URL of the chat completions endpoint.
+    #[arg(long)]
+    url: String,
+    /// Bearer key.
+    #[arg(long, default_value = "sk-sy-local-dev")]
+    key: String,
+    /// Model to ask for.
+    #[arg(long, default_value = "gpt-4o-mini")]
+    model: String,
+    /// Concurrent workers.
+    #[arg(long, default_value_t = 1)]
+    concurrency: usize,
+    /// Measured requests in all.
+    #[arg(long, default_value_t = 1000)]
+    requests: usize,
+    /// Unmeasured requests first.
+    #[arg(long, default_value_t = 100)]
+    warmup: usize,
+    /// Stream the answers.
+    #[arg(long)]
+    stream: bool,
+    /// The user message.
+    #[arg(long, default_value = "Say something short. [[mock:tokens=16]]")]
+    prompt: String,
+    /// A label for the result line.
+    #[arg(long, default_value = "run")]
+    label: String,
+}
+
+#[derive(Default)]
+struct Sample {
+    total_ms: f64,
+    ttft_ms: Option<f64>,
+}
+
+async fn one(client: &reqwest::Client, args: &Args, body: &[u8]) -> anyhow::Result<Sample> {
+    let start = Instant::now();
+    let resp = client
+        .post(&args.url)
+        .bearer_auth(&args.key)
+        .header("content-type", "application/json")
+        .body(body.to_vec())
+        .send()
+        .await?;
+    anyhow::ensure!(resp.status().is_success(), "status {}", resp.status());
+    if !args.stream {
+        let bytes = resp.bytes().await?;
+        anyhow::ensure!(!bytes.is_empty(), "empty body");
+        return Ok(Sample {
+            total_ms: start.elapsed().as_secs_f64() * 1e3,
+            ttft_ms: None,
+        });
+    }
+    let mut ttft = None;
+    let mut seen = Vec::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        if ttft.is_none() {
+            seen.extend_from_slice(&chunk);
+            // The first token: a content delta that is not empty.
+            if let Some(pos) = find(&seen, b"\"content\":\"") {
+                if seen.get(pos + 11).is_some_and(|&b| b != b'"') {
+                    ttft = Some(start.elapsed().as_secs_f64() * 1e3);
+                    seen.clear();
+                } else {
+                    seen.drain(..pos + 11);
+                }
+            }
+        }
+    }
+    Ok(Sample {
+        total_ms: start.elapsed().as_secs_f64() * 1e3,
+        ttft_ms: ttft,
+    })
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn round(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let args = Arc::new(Args::parse());
+    let client = reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(args.concurrency.max(1) * 2)
+        .timeout(Duration::from_secs(60))
+        .build()?;
+    let body = Arc::new(serde_json::to_vec(&json!({
+        "model": args.model,
+        "stream": args.stream,
+        "messages": [{"role": "user", "content": args.prompt}],
+    }))?);
+
+    // Warm-up: open the connections and the caches, unmeasured.
+    let warm = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..args.concurrency {
+        let (client, args, body, warm) = (client.clone(), args.clone(), body.clone(), warm.clone());
+        tasks.push(tokio::spawn(async move {
+            while warm.fetch_add(1, Ordering::Relaxed) < args.warmup {
+                let _ = one(&client, &args, &body).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..args.concurrency {
+        let (client, args, body, next) = (client.clone(), args.clone(), body.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut samples = Vec::new();
+            let mut errors = 0usize;
+            while next.fetch_add(1, Ordering::Relaxed) < args.requests {
+                match one(&client, &args, &body).await {
+                    Ok(s) => samples.push(s),
+                    Err(_) => errors += 1,
+                }
+            }
+            (samples, errors)
+        }));
+    }
+    let mut samples = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (s, e) = t.await?;
+        samples.extend(s);
+        errors += e;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut total: Vec<f64> = samples.iter().map(|s| s.total_ms).collect();
+    total.sort_by(f64::total_cmp);
+    let mut ttft: Vec<f64> = samples.iter().filter_map(|s| s.ttft_ms).collect();
+    ttft.sort_by(f64::total_cmp);
+    let mut line = json!({
+        "label": args.label,
+        "stream": args.stream,
+        "concurrency": args.concurrency,
+        "requests": samples.len(),
+        "errors": errors,
+        "p50_ms": round(pct(&total, 0.50)),
+        "p90_ms": round(pct(&total, 0.90)),
+        "p99_ms": round(pct(&total, 0.99)),
+        "mean_ms": round(total.iter().sum::<f64>() / total.len().max(1) as f64),
+        "rps": (samples.len() as f64 / elapsed).round(),
+    });
+    if args.stream {
+        line["ttft_p50_ms"] = json!(round(pct(&ttft, 0.50)));
+        line["ttft_p99_ms"] = json!(round(pct(&ttft, 0.99)));
+    }
+    writeln!(std::io::stdout().lock(), "{line}")?;
+    Ok(())
+}

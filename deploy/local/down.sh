@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Stops exactly what deploy/local/up.sh started (by the pids it recorded), and
+# nothing else.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+# shellcheck source=../../scripts/lib/services.sh
+source "$ROOT/scripts/lib/services.sh"
+stop_pidfile "$RUN_DIR/switchyard.pid" switchyard
+stop_pidfile "$RUN_DIR/mock-openai.pid" mock-provider
+stop_nats
+say "Stopped what deploy/local/up.sh started."

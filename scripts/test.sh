@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: formatting, lints, unit, integration and end-to-end
+# tests, and the official openai SDK conformance run. Installs and starts what is
+# missing first (idempotently) and stops only what it started.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+export SY_STATE_DIR="${SY_STATE_DIR:-$ROOT/.local/test}"
+# shellcheck source=lib/services.sh
+source "$ROOT/scripts/lib/services.sh"
+
+started_nats=0
+cleanup() { if ((started_nats)); then stop_nats; fi; }
+trap cleanup EXIT
+
+ensure_venv
+if ! port_open 4222; then started_nats=1; fi
+ensure_nats
+export SY_TEST_NATS_URL="${SY_TEST_NATS_URL:-nats://127.0.0.1:4222}"
+
+say "cargo fmt --check"
+cargo fmt --all -- --check
+
+say "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+say "tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked --no-fail-fast
+else
+  cargo test --workspace --locked --no-fail-fast
+fi
