@@ -118,3 +118,33 @@ async fn expired_envelope_never_reaches_the_provider() {
     assert_eq!(f.error.unwrap().code, ErrorCode::DeadlineExceeded);
     assert_eq!(stack.mock.stats().requests, 0);
 }
+
+/// A stream longer than the consumer's ack wait is kept in progress, not
+/// redelivered to a second worker (which would call the provider twice).
+#[tokio::test]
+async fn long_streams_send_progress_acks_and_are_not_redelivered() {
+    let stack = Stack::start_with(StackOptions {
+        ack_wait: "1s",
+        ..Default::default()
+    })
+    .await;
+    let mut b = body(
+        "gpt-4o-mini",
+        "a long answer [[mock:tokens=30,delay_ms=100]]",
+    );
+    b["stream"] = json!(true);
+    let started = std::time::Instant::now();
+    let data = sy_test_support::sse_data(stack.chat(&b).send().await.unwrap()).await;
+    assert!(
+        started.elapsed() > Duration::from_secs(2),
+        "the stream outlived the ack wait"
+    );
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+    // Give a redelivery (ack wait 1 s) the chance to show up.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        stack.mock.stats().requests,
+        1,
+        "the request was redelivered"
+    );
+}

@@ -16,6 +16,7 @@ pub struct StackOptions {
     pub request_timeout: &'static str,
     pub max_body_bytes: u64,
     pub mock_defaults: &'static str,
+    pub ack_wait: &'static str,
 }
 
 impl Default for StackOptions {
@@ -25,6 +26,7 @@ impl Default for StackOptions {
             request_timeout: "30s",
             max_body_bytes: 65536,
             mock_defaults: "",
+            ack_wait: "30s",
         }
     }
 }
@@ -63,6 +65,7 @@ request_timeout = "{timeout}"
 url = "{nats}"
 namespace = "{namespace}"
 publish_timeout = "1s"
+ack_wait = "{ack_wait}"
 
 [[keys]]
 name = "test"
@@ -81,6 +84,7 @@ targets = [{{ provider = "openai", model = "gpt-4.1-2025" }}]
             max_body = opts.max_body_bytes,
             timeout = opts.request_timeout,
             nats = opts.nats_url,
+            ack_wait = opts.ack_wait,
             base = mock.base_url(),
         );
         let path = dir.path().join("switchyard.toml");

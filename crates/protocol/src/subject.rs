@@ -81,16 +81,10 @@ impl Subjects {
     }
 }
 
-/// The request id at the end of a reply or cancel subject, if it is one.
-pub fn request_id_of(subject: &str) -> Option<Uuid> {
-    let last = subject.rsplit('.').next()?;
-    Uuid::try_parse(last).ok()
-}
-
 impl Subjects {
-    /// The request id a reply or cancel subject names, if any.
+    /// The request id at the end of a reply or cancel subject, if it is one.
     pub fn request_id_of(subject: &str) -> Option<Uuid> {
-        request_id_of(subject)
+        Uuid::try_parse(subject.rsplit('.').next()?).ok()
     }
 }
 
