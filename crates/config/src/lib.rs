@@ -12,15 +12,19 @@
 
 mod env;
 mod error;
+pub mod price;
 mod raw;
 mod validate;
 
 pub use env::{EnvSource, MapEnv, ProcessEnv, interpolate};
 pub use error::{ConfigError, ConfigErrors, LoadError};
-pub use raw::{RawConfig, RawKey, RawModel, RawNats, RawProvider, RawServer, RawTarget};
+pub use raw::{
+    RawAccounting, RawBilling, RawClickhouse, RawConfig, RawKey, RawModel, RawNats, RawPrice,
+    RawProvider, RawServer, RawTarget,
+};
 pub use validate::{
-    ApiKey, Config, ModelRoute, NatsConfig, ProviderConfig, ProviderKind, Secret, ServerConfig,
-    Target,
+    AccountingConfig, ApiKey, ClickhouseConfig, Config, ModelRoute, NatsConfig, ProviderConfig,
+    ProviderKind, Secret, ServerConfig, Target,
 };
 
 use std::path::Path;

@@ -21,6 +21,78 @@ pub struct RawConfig {
     /// Models clients may ask for, by the name they use, with the targets serving each.
     #[serde(default)]
     pub models: BTreeMap<String, RawModel>,
+    /// What tenants are billed on top of provider cost.
+    #[serde(default)]
+    pub billing: RawBilling,
+    /// Where usage rows go; without it no accounting runs.
+    #[serde(default)]
+    pub clickhouse: Option<RawClickhouse>,
+    /// The accounting consumer.
+    #[serde(default)]
+    pub accounting: RawAccounting,
+}
+
+/// `[billing]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawBilling {
+    /// Markup on provider cost in percent, a decimal string like "20" or "7.5".
+    pub markup_percent: String,
+}
+
+impl Default for RawBilling {
+    fn default() -> Self {
+        RawBilling {
+            markup_percent: "0".into(),
+        }
+    }
+}
+
+/// `[clickhouse]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClickhouse {
+    /// HTTP URL, e.g. "http://127.0.0.1:8123".
+    pub url: String,
+    /// Database holding the `requests` table.
+    #[serde(default = "default_database")]
+    pub database: String,
+    /// User.
+    #[serde(default = "default_user")]
+    pub user: String,
+    /// Password.
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+fn default_database() -> String {
+    "switchyard".into()
+}
+
+fn default_user() -> String {
+    "default".into()
+}
+
+/// `[accounting]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAccounting {
+    /// Insert when this many events are waiting.
+    pub max_rows: usize,
+    /// Insert at the latest this long after the first waiting event, e.g. "1s".
+    pub max_wait: String,
+    /// How long usage events stay in the usage stream, e.g. "7d".
+    pub usage_max_age: String,
+}
+
+impl Default for RawAccounting {
+    fn default() -> Self {
+        RawAccounting {
+            max_rows: 5000,
+            max_wait: "1s".into(),
+            usage_max_age: "7d".into(),
+        }
+    }
 }
 
 /// `[server]`.
@@ -112,6 +184,25 @@ pub struct RawProvider {
     /// Extra headers sent on every call (e.g. OpenAI-Organization).
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// Prices by upstream model name.
+    #[serde(default)]
+    pub prices: BTreeMap<String, RawPrice>,
+}
+
+/// `[providers.<name>.prices."<model>"]`: USD per million tokens, as decimal strings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrice {
+    /// Uncached input tokens, e.g. "0.15".
+    pub input: String,
+    /// Output tokens, e.g. "0.60".
+    pub output: String,
+    /// Input tokens read from the cache; the input price when unset.
+    #[serde(default)]
+    pub cached_input: Option<String>,
+    /// Input tokens written to the cache; the input price when unset.
+    #[serde(default)]
+    pub cache_write: Option<String>,
 }
 
 /// `[models.<name>]`.

@@ -42,6 +42,53 @@ fn local_stack_config_is_valid() {
         ProviderKind::OpenAiCompatible
     );
     assert_eq!(config.models["gpt-4.1"].token, "gpt-4_1");
+    let p = config.providers["openai"].prices["gpt-4o-mini"];
+    assert_eq!(
+        (p.input, p.cached_input, p.output),
+        (150_000_000, 75_000_000, 600_000_000)
+    );
+}
+
+#[test]
+fn prices_markup_and_clickhouse_are_validated() {
+    let p = problems(
+        r#"
+[billing]
+markup_percent = "lots"
+[clickhouse]
+url = "tcp://x"
+[accounting]
+max_rows = 0
+[providers.p]
+kind = "openai"
+base_url = "http://127.0.0.1:1/v1"
+[providers.p.prices."m"]
+input = "-1"
+output = "0.5"
+"#,
+    );
+    for expected in [
+        "billing.markup_percent",
+        "clickhouse.url",
+        "accounting.max_rows",
+        "providers.p.prices.\"m\".input",
+    ] {
+        assert!(
+            p.iter().any(|s| s.starts_with(expected)),
+            "{expected} missing from {p:?}"
+        );
+    }
+    let ok = Config::from_toml(
+        "[billing]\nmarkup_percent = \"20\"\n[providers.p]\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:1/v1\"\n[providers.p.prices.\"m\"]\ninput = \"1\"\noutput = \"2\"\n",
+        &env(&[]),
+    )
+    .unwrap();
+    assert_eq!(ok.markup_ppb, 200_000_000);
+    let price = ok.providers["p"].prices["m"];
+    assert_eq!(
+        price.cached_input, price.input,
+        "cached input defaults to the input price"
+    );
 }
 
 #[test]

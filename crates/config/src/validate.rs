@@ -7,6 +7,7 @@ use std::time::Duration;
 use sy_protocol::{is_valid_token, route_token};
 use url::Url;
 
+use crate::price::{Price, parse_nanos};
 use crate::{ConfigError, ConfigErrors, RawConfig};
 
 /// A secret value: usable, but printed as `***`.
@@ -44,6 +45,36 @@ pub struct Config {
     pub providers: BTreeMap<String, ProviderConfig>,
     /// Model routes by the name clients use.
     pub models: BTreeMap<String, ModelRoute>,
+    /// Markup on provider cost, parts per billion (10⁹ = +100 %).
+    pub markup_ppb: i64,
+    /// Where usage rows go, if anywhere.
+    pub clickhouse: Option<ClickhouseConfig>,
+    /// The accounting consumer.
+    pub accounting: AccountingConfig,
+}
+
+/// `[clickhouse]`, validated.
+#[derive(Debug, Clone)]
+pub struct ClickhouseConfig {
+    /// HTTP URL.
+    pub url: Url,
+    /// Database of the `requests` table.
+    pub database: String,
+    /// User.
+    pub user: String,
+    /// Password.
+    pub password: Option<Secret>,
+}
+
+/// `[accounting]`, validated.
+#[derive(Debug, Clone)]
+pub struct AccountingConfig {
+    /// Batch size that triggers an insert.
+    pub max_rows: usize,
+    /// Batch age that triggers an insert.
+    pub max_wait: Duration,
+    /// Max age of events in the usage stream.
+    pub usage_max_age: Duration,
 }
 
 /// `[server]`, validated.
@@ -120,6 +151,8 @@ pub struct ProviderConfig {
     pub max_concurrency: NonZeroU32,
     /// Extra headers.
     pub headers: BTreeMap<String, String>,
+    /// Prices by upstream model; a model without one has an unknown price.
+    pub prices: BTreeMap<String, Price>,
 }
 
 /// A model clients may ask for.
@@ -292,6 +325,37 @@ impl Config {
                 }
             };
             let api_key = p.api_key.filter(|k| !k.is_empty()).map(Secret::new);
+            let mut prices = BTreeMap::new();
+            for (model, rp) in p.prices {
+                let mut field = |f: &str, v: &str| {
+                    parse_nanos(v).unwrap_or_else(|| {
+                        e.push(ConfigError::new(
+                            format!("providers.{name}.prices.\"{model}\".{f}"),
+                            "not a non-negative decimal like \"0.15\" (USD per million tokens)",
+                        ));
+                        0
+                    })
+                };
+                let input = field("input", &rp.input);
+                let output = field("output", &rp.output);
+                let cached_input = rp
+                    .cached_input
+                    .as_deref()
+                    .map_or(input, |v| field("cached_input", v));
+                let cache_write = rp
+                    .cache_write
+                    .as_deref()
+                    .map_or(input, |v| field("cache_write", v));
+                prices.insert(
+                    model,
+                    Price {
+                        input,
+                        cached_input,
+                        cache_write,
+                        output,
+                    },
+                );
+            }
             providers.insert(
                 name.clone(),
                 ProviderConfig {
@@ -302,6 +366,7 @@ impl Config {
                     connect_timeout,
                     max_concurrency,
                     headers: p.headers,
+                    prices,
                 },
             );
         }
@@ -357,6 +422,42 @@ impl Config {
             );
         }
 
+        let markup_ppb = parse_nanos(&raw.billing.markup_percent)
+            .map(|n| n / 100)
+            .unwrap_or_else(|| {
+                e.push(ConfigError::new(
+                    "billing.markup_percent",
+                    "not a non-negative decimal like \"20\"",
+                ));
+                0
+            });
+        let clickhouse = raw.clickhouse.and_then(|c| match Url::parse(&c.url) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") => Some(ClickhouseConfig {
+                url,
+                database: c.database,
+                user: c.user,
+                password: c.password.filter(|p| !p.is_empty()).map(Secret::new),
+            }),
+            _ => {
+                e.push(ConfigError::new(
+                    "clickhouse.url",
+                    "not an http(s) URL like \"http://127.0.0.1:8123\"",
+                ));
+                None
+            }
+        });
+        if raw.accounting.max_rows == 0 {
+            e.push(ConfigError::new(
+                "accounting.max_rows",
+                "must be at least 1",
+            ));
+        }
+        let accounting = AccountingConfig {
+            max_rows: raw.accounting.max_rows.max(1),
+            max_wait: duration("accounting.max_wait", &raw.accounting.max_wait, e),
+            usage_max_age: duration("accounting.usage_max_age", &raw.accounting.usage_max_age, e),
+        };
+
         if errors.is_empty() {
             Ok(Config {
                 server,
@@ -364,6 +465,9 @@ impl Config {
                 keys,
                 providers,
                 models,
+                markup_ppb,
+                clickhouse,
+                accounting,
             })
         } else {
             Err(ConfigErrors(errors))

@@ -9,13 +9,15 @@
 //! All messages are JSON (serde). Their JSON Schemas live in `schemas/` at the
 //! repository root and a test checks real messages against them. Nothing here
 //! talks to the network: `sy-bus` moves these types, `sy-ingress` and
-//! `sy-worker` produce and consume them.
+//! `sy-worker` produce and consume them; [`UsageEvent`] goes from the worker to
+//! the accounting consumer on `<ns>.usage`.
 
 pub mod chat;
 mod error;
 mod frame;
 pub mod header;
 mod subject;
+mod usage;
 
 pub use error::ErrorCode;
 pub use frame::{
@@ -23,6 +25,7 @@ pub use frame::{
     RequestEnvelope, StartInfo,
 };
 pub use subject::{Subjects, is_valid_token, route_token};
+pub use usage::{TokenSource, UsageEvent, UsageStatus};
 
 /// Milliseconds since the Unix epoch, the time unit of every timestamp on the bus.
 pub fn now_unix_ms() -> u64 {

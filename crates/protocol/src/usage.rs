@@ -1,0 +1,159 @@
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{ApiSurface, ErrorCode};
+
+/// One attempt's accounting record, published by the worker on `<ns>.usage`
+/// (stream `<NS>_USAGE`) with `Nats-Msg-Id` = [`UsageEvent::event_id`], and
+/// inserted by the accounting consumer as one row of `switchyard.requests`.
+///
+/// Money is in nano-USD (10⁻⁹ USD) integers: exact, never floating point; the
+/// table stores it as `Decimal(18, 9)`. Token classes are normalised whatever the
+/// provider's convention: `input_tokens + cached_input_tokens + cache_write_tokens`
+/// is the whole prompt, each token in exactly one class; `reasoning_tokens` is the
+/// part of `output_tokens` spent reasoning (billed as output).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UsageEvent {
+    /// `<request id without dashes>-<attempt>`; the dedup key everywhere.
+    pub event_id: String,
+    /// The request.
+    pub request_id: Uuid,
+    /// Which attempt (1 without fallback).
+    pub attempt: u32,
+    /// When the ingress received the request.
+    pub received_unix_ms: u64,
+    /// When the worker took it from the queue.
+    pub dispatched_unix_ms: u64,
+    /// When the first token came back, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_token_unix_ms: Option<u64>,
+    /// When the attempt ended.
+    pub finished_unix_ms: u64,
+    /// The API key's name.
+    pub key_id: String,
+    /// The organisation (once tenancy lands).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org_id: Option<String>,
+    /// The project (once tenancy lands).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project_id: Option<String>,
+    /// The ingress instance.
+    pub ingress_id: String,
+    /// The worker instance.
+    pub worker_id: String,
+    /// The client API.
+    pub api: ApiSurface,
+    /// The model the client asked for.
+    pub route: String,
+    /// The request class (once the classifier lands).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<String>,
+    /// The provider entry.
+    pub provider: String,
+    /// The upstream model asked for.
+    pub model: String,
+    /// The model the provider says answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_model: Option<String>,
+    /// Streamed to the client.
+    pub stream: bool,
+    /// How the attempt ended.
+    pub status: UsageStatus,
+    /// The error, when it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<ErrorCode>,
+    /// The provider's HTTP status, when it answered with an error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_status: Option<u16>,
+    /// Why choice 0 ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finish_reason: Option<String>,
+    /// Prompt tokens not read from a cache.
+    pub input_tokens: u64,
+    /// Prompt tokens read from the provider's cache.
+    pub cached_input_tokens: u64,
+    /// Prompt tokens written to the provider's cache (where billed separately).
+    pub cache_write_tokens: u64,
+    /// Output tokens, reasoning included.
+    pub output_tokens: u64,
+    /// The reasoning part of `output_tokens`.
+    pub reasoning_tokens: u64,
+    /// Where the input counts came from.
+    pub input_tokens_source: TokenSource,
+    /// Where the output counts came from.
+    pub output_tokens_source: TokenSource,
+    /// Cost at the provider's price, nano-USD; absent when the price is unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_nanos: Option<i64>,
+    /// What the tenant is billed, nano-USD; absent when the price is unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub billed_nanos: Option<i64>,
+    /// Time in the queue: dispatched − received.
+    pub queue_wait_ms: u64,
+    /// Time to first token from dispatch, if a token came.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttft_ms: Option<u64>,
+    /// Received → finished.
+    pub latency_ms: u64,
+    /// Why this attempt is a fallback (attempt > 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback_reason: Option<String>,
+    /// The client went away before the answer was complete.
+    pub client_disconnected: bool,
+}
+
+impl UsageEvent {
+    /// The event id of a request's attempt.
+    pub fn event_id_of(request_id: Uuid, attempt: u32) -> String {
+        format!("{}-{attempt}", request_id.as_simple())
+    }
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UsageStatus {
+    /// Answered in full.
+    Ok,
+    /// Failed (see `error_code`).
+    Error,
+    /// The client went away; the upstream call was dropped.
+    Cancelled,
+    /// The deadline passed before or during the call.
+    Expired,
+}
+
+impl UsageStatus {
+    /// The snake_case name, as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UsageStatus::Ok => "ok",
+            UsageStatus::Error => "error",
+            UsageStatus::Cancelled => "cancelled",
+            UsageStatus::Expired => "expired",
+        }
+    }
+}
+
+/// Where a token count came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenSource {
+    /// The provider reported it.
+    Provider,
+    /// Switchyard counted it with a tokenizer (the provider reported nothing).
+    Estimated,
+    /// Nothing to count (the call never reached the provider).
+    None,
+}
+
+impl TokenSource {
+    /// The snake_case name, as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenSource::Provider => "provider",
+            TokenSource::Estimated => "estimated",
+            TokenSource::None => "none",
+        }
+    }
+}
