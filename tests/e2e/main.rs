@@ -12,3 +12,4 @@ mod restart;
 mod schema;
 mod sdk;
 mod stack;
+mod usage;

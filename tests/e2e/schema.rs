@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use serde_json::{Value, json};
-use sy_protocol::{Cancel, ReplyFrame, RequestEnvelope};
+use sy_protocol::{Cancel, ReplyFrame, RequestEnvelope, UsageEvent};
 use sy_test_support::{eventually, repo_root};
 
 use crate::stack::{Stack, body};
@@ -67,7 +67,8 @@ async fn bus_messages_match_their_schemas() {
     let envelope = validator("request-envelope.schema.json");
     let frame = validator("reply-frame.schema.json");
     let cancel = validator("cancel.schema.json");
-    let mut seen = [0usize; 3];
+    let usage = validator("usage-event.schema.json");
+    let mut seen = [0usize; 4];
     let mut finals_with_error = 0;
     while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_millis(500), sub.next()).await {
         let v: Value = serde_json::from_slice(&msg.payload).unwrap();
@@ -88,12 +89,17 @@ async fn bus_messages_match_their_schemas() {
                 check::<Cancel>(&cancel, &v);
                 seen[2] += 1;
             }
+            "usage" => {
+                check::<UsageEvent>(&usage, &v);
+                seen[3] += 1;
+            }
             other => panic!("unexpected subject kind {other} ({})", msg.subject),
         }
     }
     assert_eq!(seen[0], 5, "one envelope per request");
     assert!(seen[1] >= 10, "chunks and finals: {seen:?}");
     assert!(seen[2] >= 1, "the abandoned request was cancelled");
+    assert_eq!(seen[3], 5, "one usage event per attempt");
     assert_eq!(finals_with_error, 1);
 }
 

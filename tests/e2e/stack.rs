@@ -75,6 +75,14 @@ key = "{KEY}"
 kind = "openai_compatible"
 base_url = "{base}"
 
+[providers.openai.prices."gpt-4o-mini"]
+input = "0.15"
+cached_input = "0.075"
+output = "0.60"
+
+[billing]
+markup_percent = "20"
+
 [models."gpt-4o-mini"]
 targets = [{{ provider = "openai", model = "gpt-4o-mini" }}]
 

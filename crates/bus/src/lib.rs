@@ -23,7 +23,7 @@ use async_nats::{Client, ConnectOptions, HeaderMap};
 use bytes::Bytes;
 use serde::Serialize;
 use sy_config::NatsConfig;
-use sy_protocol::{Cancel, ReplyFrame, RequestEnvelope, Subjects};
+use sy_protocol::{Cancel, ReplyFrame, RequestEnvelope, Subjects, UsageEvent};
 
 /// How long JetStream remembers a `Nats-Msg-Id` to drop a duplicate publish.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
@@ -119,6 +119,44 @@ impl Bus {
             .await
             .map_err(|e| BusError::Setup(format!("request stream: {e}")))?;
         Ok(())
+    }
+
+    /// Creates the usage stream (limits retention, `max_age`, file storage), or
+    /// updates it to this configuration. Event ids dedup within the window.
+    pub async fn ensure_usage_stream(&self, max_age: Duration) -> Result<(), BusError> {
+        let config = stream::Config {
+            name: self.subjects.usage_stream(),
+            subjects: vec![self.subjects.usage()],
+            retention: stream::RetentionPolicy::Limits,
+            storage: stream::StorageType::File,
+            max_age,
+            duplicate_window: DUPLICATE_WINDOW,
+            num_replicas: self.config.replicas,
+            description: Some("Switchyard usage events, one per attempt".into()),
+            ..Default::default()
+        };
+        self.js
+            .create_or_update_stream(config)
+            .await
+            .map_err(|e| BusError::Setup(format!("usage stream: {e}")))?;
+        Ok(())
+    }
+
+    /// Publishes a usage event and waits until JetStream stored it. The event id is
+    /// the `Nats-Msg-Id`: a repeat within the duplicate window is dropped.
+    pub async fn publish_usage(&self, event: &UsageEvent) -> Result<(), BusError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, event.event_id.as_str());
+        let ack = self
+            .js
+            .publish_with_headers(self.subjects.usage(), headers, encode(event)?)
+            .await
+            .map_err(BusError::from_publish)?;
+        match tokio::time::timeout(self.config.publish_timeout, ack).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(BusError::from_publish(e)),
+            Err(_) => Err(BusError::Unavailable),
+        }
     }
 
     /// Creates (or updates) the durable pull consumer of `provider`'s worker pool.

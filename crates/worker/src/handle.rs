@@ -4,27 +4,45 @@ use std::time::Duration;
 use async_nats::jetstream::{self, AckKind};
 use futures::StreamExt;
 use sy_bus::Bus;
+use sy_config::ProviderConfig;
 use sy_protocol::chat::Usage;
 use sy_protocol::{
     ChunkFrame, ErrorCode, FinalFrame, FrameError, ReplyFrame, RequestEnvelope, StartInfo,
-    now_unix_ms,
+    UsageStatus, now_unix_ms,
 };
-use sy_providers::{AnyProvider, CallContext, Provider, ProviderError};
+use sy_providers::{AnyProvider, CallContext, Provider, ProviderError, ResponseMeta};
 use tracing::Instrument;
 
 use crate::CancelRegistry;
+use crate::usage::{self, Ended};
 
 /// What every request of one provider pool shares.
 pub(crate) struct Shared {
     pub bus: Bus,
-    pub provider_name: String,
+    pub provider: ProviderConfig,
     pub adapter: AnyProvider,
     pub cancels: CancelRegistry,
     pub progress_every: Duration,
+    pub worker_id: String,
+    pub markup_ppb: i64,
+}
+
+/// What an attempt learned, kept outside the call so that it survives a cancel.
+#[derive(Debug, Default)]
+pub(crate) struct AttemptState {
+    pub reached_provider: bool,
+    pub first_token_unix_ms: Option<u64>,
+    pub served_model: Option<String>,
+    pub usage: Option<Usage>,
+    pub finish_reason: Option<String>,
+    /// Generated text (content, refusals, tool arguments), for estimates only.
+    pub output_text: String,
+    pub error: Option<FrameError>,
 }
 
 /// Handles one pulled message from start to ack.
 pub(crate) async fn handle(cx: Arc<Shared>, msg: jetstream::Message) {
+    let dispatched_unix_ms = now_unix_ms();
     let (msg, acker) = msg.split();
     let env: RequestEnvelope = match serde_json::from_slice(&msg.payload) {
         Ok(env) => env,
@@ -37,57 +55,60 @@ pub(crate) async fn handle(cx: Arc<Shared>, msg: jetstream::Message) {
     let span = tracing::debug_span!(
         "worker.attempt",
         request_id = %env.request_id,
-        provider = %cx.provider_name,
+        provider = %cx.provider.name,
         model = %env.model,
         attempt = env.attempt,
     );
     async move {
         tracing::trace!("Request pulled.");
-        let replier = Replier::new(&cx, &env);
-        if now_unix_ms() >= env.deadline_unix_ms {
+        let mut state = AttemptState::default();
+        let ended = if dispatched_unix_ms >= env.deadline_unix_ms {
             tracing::debug!("Request expired before a worker took it.");
-            replier
-                .fail(FrameError::new(
-                    ErrorCode::DeadlineExceeded,
-                    "the request's deadline passed before a worker took it",
-                ))
-                .await;
-            let _ = acker.ack().await;
-            return;
-        }
-        let Some(running) = cx.cancels.begin(env.request_id) else {
-            tracing::debug!("Request was cancelled before a worker took it.");
-            let _ = acker.ack().await;
-            return;
-        };
-        let deadline = tokio::time::Instant::now()
-            + Duration::from_millis(env.deadline_unix_ms.saturating_sub(now_unix_ms()));
-        let call = replier.run(&cx.adapter);
-        tokio::pin!(call);
-        // First progress ack one period from now. (Awaiting an interval's immediate
-        // first tick costs a trip through the millisecond timer wheel: ~1 ms of
-        // latency on every request.)
-        let mut progress = tokio::time::interval_at(
-            tokio::time::Instant::now() + cx.progress_every,
-            cx.progress_every,
-        );
-        loop {
-            tokio::select! {
-                () = &mut call => break,
-                _ = running.token().cancelled() => {
-                    tracing::debug!("Request cancelled by the client; upstream call dropped.");
-                    break;
-                }
-                _ = tokio::time::sleep_until(deadline) => {
-                    tracing::debug!("Request deadline passed; upstream call dropped.");
-                    break;
-                }
-                _ = progress.tick() => {
-                    let _ = acker.ack_with(AckKind::Progress).await;
+            let error = FrameError::new(
+                ErrorCode::DeadlineExceeded,
+                "the request's deadline passed before a worker took it",
+            );
+            Replier::new(&cx, &env).fail(error.clone()).await;
+            state.error = Some(error);
+            Ended::Expired
+        } else if let Some(running) = cx.cancels.begin(env.request_id) {
+            let deadline = tokio::time::Instant::now()
+                + Duration::from_millis(env.deadline_unix_ms.saturating_sub(now_unix_ms()));
+            let call = Replier::new(&cx, &env).run(&cx.adapter, &mut state);
+            tokio::pin!(call);
+            // First progress ack one period from now. (Awaiting an interval's immediate
+            // first tick costs a trip through the millisecond timer wheel: ~1 ms of
+            // latency on every request.)
+            let mut progress = tokio::time::interval_at(
+                tokio::time::Instant::now() + cx.progress_every,
+                cx.progress_every,
+            );
+            loop {
+                tokio::select! {
+                    () = &mut call => break Ended::Done,
+                    _ = running.token().cancelled() => {
+                        tracing::debug!("Request cancelled by the client; upstream call dropped.");
+                        break Ended::Cancelled;
+                    }
+                    _ = tokio::time::sleep_until(deadline) => {
+                        tracing::debug!("Request deadline passed; upstream call dropped.");
+                        break Ended::Expired;
+                    }
+                    _ = progress.tick() => {
+                        let _ = acker.ack_with(AckKind::Progress).await;
+                    }
                 }
             }
+            // The upstream call is dropped here at the latest, closing its connection.
+        } else {
+            tracing::debug!("Request was cancelled before a worker took it.");
+            Ended::Cancelled
+        };
+        let event = usage::event(&cx, &env, &state, ended, dispatched_unix_ms);
+        if event.status != UsageStatus::Ok {
+            tracing::debug!(status = event.status.as_str(), "Attempt did not complete.");
         }
-        // The upstream call is dropped here at the latest, closing its connection.
+        usage::publish(&cx.bus, &event, &acker).await;
         if let Err(e) = acker.ack().await {
             tracing::warn!(error = %e, "Ack failed; the request may be redelivered.");
         }
@@ -109,12 +130,12 @@ impl<'a> Replier<'a> {
         Replier {
             bus: &cx.bus,
             env,
-            provider: &cx.provider_name,
+            provider: &cx.provider.name,
             seq: 0,
         }
     }
 
-    fn start_info(&self, meta: Option<sy_providers::ResponseMeta>) -> StartInfo {
+    fn start_info(&self, meta: Option<ResponseMeta>) -> StartInfo {
         let meta = meta.unwrap_or_default();
         StartInfo {
             provider: self.provider.to_owned(),
@@ -147,36 +168,48 @@ impl<'a> Replier<'a> {
     }
 
     /// Calls the provider and relays its answer; always ends with a final frame.
-    async fn run(mut self, adapter: &AnyProvider) {
+    /// Everything learned goes into `state` as it happens.
+    async fn run(mut self, adapter: &AnyProvider, state: &mut AttemptState) {
         let cx = CallContext {
             model: self.env.model.clone(),
             stream: self.env.request.is_stream(),
         };
+        state.reached_provider = true;
         let mut stream = match adapter.chat(&self.env.request, &cx).await {
             Ok(s) => s,
-            Err(e) => return self.provider_failed(e).await,
+            Err(e) => return self.provider_failed(e, state).await,
         };
         tracing::trace!("Provider answered.");
-        let mut usage: Option<Usage> = None;
-        let mut finish_reason = None;
         while let Some(item) = stream.next().await {
             let chunk = match item {
                 Ok(c) => c,
-                Err(e) => return self.provider_failed(e).await,
+                Err(e) => return self.provider_failed(e, state).await,
             };
             if chunk.usage.is_some() {
-                usage = chunk.usage;
+                state.usage = chunk.usage;
             }
-            if let Some(f) = chunk
-                .choices
-                .iter()
-                .find(|c| c.index == 0)
-                .and_then(|c| c.finish_reason.clone())
-            {
-                finish_reason = Some(f);
+            if let Some(meta) = &chunk.meta {
+                state.served_model.clone_from(&meta.model);
+            }
+            for c in &chunk.choices {
+                let d = &c.delta;
+                for piece in [&d.content, &d.refusal].into_iter().flatten() {
+                    state.output_text.push_str(piece);
+                }
+                for tc in d.tool_calls.iter().flatten() {
+                    if let Some(args) = tc.function.as_ref().and_then(|f| f.arguments.as_ref()) {
+                        state.output_text.push_str(args);
+                    }
+                }
+                if c.index == 0 && c.finish_reason.is_some() {
+                    state.finish_reason.clone_from(&c.finish_reason);
+                }
             }
             if chunk.choices.is_empty() && (self.seq > 0 || chunk.meta.is_none()) {
                 continue;
+            }
+            if state.first_token_unix_ms.is_none() {
+                state.first_token_unix_ms = Some(now_unix_ms());
             }
             let start = (self.seq == 0).then(|| self.start_info(chunk.meta));
             let frame = ReplyFrame::Chunk(ChunkFrame {
@@ -190,17 +223,18 @@ impl<'a> Replier<'a> {
         let frame = ReplyFrame::Final(FinalFrame {
             seq: self.seq,
             start,
-            finish_reason,
-            usage,
+            finish_reason: state.finish_reason.clone(),
+            usage: state.usage.clone(),
             error: None,
         });
         self.publish(frame).await;
         tracing::trace!("Final frame published.");
     }
 
-    async fn provider_failed(self, e: ProviderError) {
+    async fn provider_failed(self, e: ProviderError, state: &mut AttemptState) {
         tracing::debug!(error = %e, "Provider call failed.");
         let fe = e.to_frame_error(self.provider);
+        state.error = Some(fe.clone());
         self.fail(fe).await;
     }
 }

@@ -9,8 +9,10 @@
 //! envelope's `reply_to`, and ack. Long calls send in-progress acks so JetStream
 //! does not redeliver them. A [`Cancel`] on `<ns>.cancel.<request>` (one wildcard
 //! subscription per process) drops the upstream call, which closes the provider
-//! connection: an abandoned request stops costing tokens. Retries and fallback
-//! belong to a later stage (see docs/architecture-notes.md).
+//! connection: an abandoned request stops costing tokens. Every attempt ends with
+//! one [`UsageEvent`](sy_protocol::UsageEvent) on `<ns>.usage` (see [`usage`]),
+//! stored before the request is acked. Retries and fallback belong to a later
+//! stage (see docs/design.md).
 //!
 //! [`ChunkFrame`]: sy_protocol::ChunkFrame
 //! [`FinalFrame`]: sy_protocol::FinalFrame
@@ -18,6 +20,8 @@
 
 mod cancel;
 mod handle;
+pub mod tokens;
+mod usage;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -79,20 +83,31 @@ pub async fn run(
             name: name.clone(),
             source,
         })?;
-        adapters.insert(name.clone(), (adapter, pc.max_concurrency.get()));
+        adapters.insert(name.clone(), (adapter, pc.clone()));
     }
     bus.ensure_request_stream().await?;
+    bus.ensure_usage_stream(config.accounting.usage_max_age)
+        .await?;
+    // Tokenizers load once per process, off the async runtime, before traffic needs them.
+    tokio::task::spawn_blocking(tokens::warm_up);
+    let worker_id = format!(
+        "worker-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
     let cancels = CancelRegistry::start(&bus).await?;
     let tracker = TaskTracker::new();
     let ack_wait = config.nats.ack_wait;
     let mut pools = Vec::new();
-    for (name, (adapter, max_in_flight)) in adapters {
+    for (_, (adapter, provider)) in adapters {
+        let max_in_flight = provider.max_concurrency.get();
         let cx = Arc::new(handle::Shared {
             bus: bus.clone(),
-            provider_name: name.clone(),
+            provider,
             adapter,
             cancels: cancels.clone(),
             progress_every: ack_wait / 3,
+            worker_id: worker_id.clone(),
+            markup_ppb: config.markup_ppb,
         });
         pools.push(tokio::spawn(pool(
             cx,
@@ -133,7 +148,7 @@ async fn pool(
         match pull(&cx, max_in_flight, &tracker, &shutdown).await {
             Ok(()) => return,
             Err(e) => {
-                tracing::warn!(provider = %cx.provider_name, error = %e, "Pulling requests failed, retrying.");
+                tracing::warn!(provider = %cx.provider.name, error = %e, "Pulling requests failed, retrying.");
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(backoff) => {}
@@ -155,7 +170,7 @@ async fn pull(
 ) -> Result<(), String> {
     let consumer = cx
         .bus
-        .ensure_worker_consumer(&cx.provider_name, max_in_flight)
+        .ensure_worker_consumer(&cx.provider.name, max_in_flight)
         .await
         .map_err(|e| e.to_string())?;
     let mut messages = consumer
@@ -166,7 +181,7 @@ async fn pull(
         .messages()
         .await
         .map_err(|e| e.to_string())?;
-    tracing::info!(provider = %cx.provider_name, "Pulling requests.");
+    tracing::info!(provider = %cx.provider.name, "Pulling requests.");
     loop {
         let next = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),

@@ -1,0 +1,76 @@
+//! Token estimates for attempts whose provider reported no usage (a stream cut
+//! short, a client disconnect, a provider without usage). Encoders are loaded
+//! once per process ([`warm_up`] at start, off the async runtime), never per request.
+
+use sy_protocol::chat::ChatRequest;
+use tiktoken_rs::CoreBPE;
+
+/// Which encoding counts `model`'s tokens: o200k for the GPT-4o/4.1/5 and o-series
+/// families, cl100k for GPT-4 and GPT-3.5; o200k as the approximation for every
+/// other family (their tokenizers are not public or not in tiktoken).
+pub fn encoder_for(model: &str) -> &'static CoreBPE {
+    let m = model.to_ascii_lowercase();
+    let cl100k = (m.starts_with("gpt-4") && !m.starts_with("gpt-4o") && !m.starts_with("gpt-4."))
+        || m.starts_with("gpt-3.5")
+        || m.starts_with("text-embedding");
+    if cl100k {
+        tiktoken_rs::cl100k_base_singleton()
+    } else {
+        tiktoken_rs::o200k_base_singleton()
+    }
+}
+
+/// Loads every encoder (150-250 ms each); call once at start on a blocking thread.
+pub fn warm_up() {
+    let _ = tiktoken_rs::o200k_base_singleton();
+    let _ = tiktoken_rs::cl100k_base_singleton();
+}
+
+/// Prompt tokens as OpenAI counts chat input: each message's text plus 3 tokens of
+/// framing per message, plus 3 for the reply's priming.
+pub fn estimate_prompt(model: &str, req: &ChatRequest) -> u64 {
+    let bpe = encoder_for(model);
+    let text: u64 = req
+        .messages
+        .iter()
+        .map(|m| bpe.count_ordinary(&m.text()) as u64 + 3)
+        .sum();
+    text + 3
+}
+
+/// Output tokens of generated text.
+pub fn estimate_output(model: &str, text: &str) -> u64 {
+    if text.is_empty() {
+        return 0;
+    }
+    encoder_for(model).count_ordinary(text) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_pick_their_encoding() {
+        let o200k = tiktoken_rs::o200k_base_singleton() as *const CoreBPE;
+        let cl100k = tiktoken_rs::cl100k_base_singleton() as *const CoreBPE;
+        assert_eq!(encoder_for("gpt-4o-mini") as *const CoreBPE, o200k);
+        assert_eq!(encoder_for("gpt-4.1") as *const CoreBPE, o200k);
+        assert_eq!(encoder_for("o3-mini") as *const CoreBPE, o200k);
+        assert_eq!(encoder_for("gpt-4-turbo") as *const CoreBPE, cl100k);
+        assert_eq!(encoder_for("gpt-3.5-turbo") as *const CoreBPE, cl100k);
+        assert_eq!(encoder_for("claude-sonnet-4-5") as *const CoreBPE, o200k);
+    }
+
+    #[test]
+    fn estimates_count_real_tokens() {
+        assert_eq!(estimate_output("gpt-4o", ""), 0);
+        let n = estimate_output("gpt-4o", "Hello world, how are you today?");
+        assert!((6..=10).contains(&n), "{n}");
+        let req: ChatRequest = serde_json::from_value(serde_json::json!({
+            "model": "m", "messages": [{"role": "user", "content": "Hello world"}]
+        }))
+        .unwrap();
+        assert_eq!(estimate_prompt("gpt-4o", &req), 2 + 3 + 3);
+    }
+}

@@ -1,0 +1,163 @@
+//! One usage event per attempt: what it cost, built from what the attempt learned.
+//!
+//! Token rules: the provider's own usage when it reported any (OpenAI convention:
+//! `prompt_tokens` includes cached tokens, so `input = prompt − cached`); otherwise,
+//! when the provider worked on the request (answered, or was cut off, cancelled or
+//! timed out after it had the request), tiktoken estimates of the prompt and of the
+//! output generated until then, marked `estimated`. An error answer (4xx/5xx) or a
+//! call that never reached the provider counts no tokens. A client disconnect is
+//! thus billed for the prompt and the output produced before the upstream call was
+//! dropped: never zero, never the whole `max_tokens`.
+
+use std::time::Duration;
+
+use async_nats::jetstream::AckKind;
+use async_nats::jetstream::message::Acker;
+use sy_bus::Bus;
+use sy_config::price::{TokenCounts, apply_markup};
+use sy_protocol::{ErrorCode, RequestEnvelope, TokenSource, UsageEvent, UsageStatus, now_unix_ms};
+
+use crate::handle::{AttemptState, Shared};
+use crate::tokens;
+
+/// How an attempt ended, from the worker's point of view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ended {
+    /// The call ran to its end (an answer or an error).
+    Done,
+    /// The client went away (or had before the worker took the request).
+    Cancelled,
+    /// The deadline passed.
+    Expired,
+}
+
+fn detail(map: Option<&serde_json::Map<String, serde_json::Value>>, key: &str) -> u64 {
+    map.and_then(|m| m.get(key))
+        .and_then(|v| v.as_u64())
+        .unwrap_or(0)
+}
+
+/// Builds the attempt's usage event.
+pub(crate) fn event(
+    cx: &Shared,
+    env: &RequestEnvelope,
+    state: &AttemptState,
+    ended: Ended,
+    dispatched_unix_ms: u64,
+) -> UsageEvent {
+    let finished = now_unix_ms();
+    let status = match (ended, &state.error) {
+        (Ended::Done, None) => UsageStatus::Ok,
+        (Ended::Done, Some(_)) => UsageStatus::Error,
+        (Ended::Cancelled, _) => UsageStatus::Cancelled,
+        (Ended::Expired, _) => UsageStatus::Expired,
+    };
+    let provider_answered_error = state
+        .error
+        .as_ref()
+        .is_some_and(|e| e.provider_status.is_some());
+    let (counts, reasoning, source) = if let Some(u) = &state.usage {
+        let cached = detail(u.prompt_tokens_details.as_ref(), "cached_tokens").min(u.prompt_tokens);
+        let counts = TokenCounts {
+            input: u.prompt_tokens - cached,
+            cached_input: cached,
+            cache_write: 0,
+            output: u.completion_tokens,
+        };
+        let reasoning = detail(u.completion_tokens_details.as_ref(), "reasoning_tokens");
+        (counts, reasoning, TokenSource::Provider)
+    } else if state.reached_provider
+        && !provider_answered_error
+        && (status != UsageStatus::Error || !state.output_text.is_empty())
+    {
+        let counts = TokenCounts {
+            input: tokens::estimate_prompt(&env.model, &env.request),
+            output: tokens::estimate_output(&env.model, &state.output_text),
+            ..TokenCounts::default()
+        };
+        (counts, 0, TokenSource::Estimated)
+    } else {
+        (TokenCounts::default(), 0, TokenSource::None)
+    };
+    let cost = cx
+        .provider
+        .prices
+        .get(&env.model)
+        .map(|p| p.cost_nanos(counts));
+    let error_code = match (status, &state.error) {
+        (_, Some(e)) => Some(e.code),
+        (UsageStatus::Expired, None) => Some(ErrorCode::DeadlineExceeded),
+        _ => None,
+    };
+    UsageEvent {
+        event_id: UsageEvent::event_id_of(env.request_id, env.attempt),
+        request_id: env.request_id,
+        attempt: env.attempt,
+        received_unix_ms: env.received_unix_ms,
+        dispatched_unix_ms,
+        first_token_unix_ms: state.first_token_unix_ms,
+        finished_unix_ms: finished,
+        key_id: env.key_id.clone(),
+        org_id: None,
+        project_id: None,
+        ingress_id: env.ingress_id.clone(),
+        worker_id: cx.worker_id.clone(),
+        api: env.api,
+        route: env.route.clone(),
+        class: None,
+        provider: cx.provider.name.clone(),
+        model: env.model.clone(),
+        served_model: state.served_model.clone(),
+        stream: env.request.is_stream(),
+        status,
+        error_code,
+        provider_status: state.error.as_ref().and_then(|e| e.provider_status),
+        finish_reason: state.finish_reason.clone(),
+        input_tokens: counts.input,
+        cached_input_tokens: counts.cached_input,
+        cache_write_tokens: counts.cache_write,
+        output_tokens: counts.output,
+        reasoning_tokens: reasoning,
+        input_tokens_source: source,
+        output_tokens_source: source,
+        cost_nanos: cost,
+        billed_nanos: cost.map(|c| apply_markup(c, cx.markup_ppb)),
+        queue_wait_ms: dispatched_unix_ms.saturating_sub(env.received_unix_ms),
+        ttft_ms: state
+            .first_token_unix_ms
+            .map(|t| t.saturating_sub(env.received_unix_ms)),
+        latency_ms: finished.saturating_sub(env.received_unix_ms),
+        fallback_reason: None,
+        client_disconnected: ended == Ended::Cancelled,
+    }
+}
+
+/// How long a worker keeps trying to store a usage event before it gives up.
+const PUBLISH_FOR: Duration = Duration::from_secs(60);
+
+/// Publishes the event, retrying while NATS is away and keeping the request in
+/// progress meanwhile (so it is not redelivered and called again). An event that
+/// still cannot be stored is logged whole at error level: an operator must act.
+pub(crate) async fn publish(bus: &Bus, event: &UsageEvent, acker: &Acker) {
+    let until = tokio::time::Instant::now() + PUBLISH_FOR;
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match bus.publish_usage(event).await {
+            Ok(()) => return,
+            Err(e) if tokio::time::Instant::now() + backoff < until => {
+                tracing::warn!(error = %e, "Publishing a usage event failed, retrying.");
+                let _ = acker.ack_with(AckKind::Progress).await;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => {
+                tracing::error!(
+                    error = %e,
+                    event = %serde_json::to_string(event).unwrap_or_default(),
+                    "Usage event lost: could not store it in JetStream."
+                );
+                return;
+            }
+        }
+    }
+}
