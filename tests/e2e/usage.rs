@@ -59,11 +59,7 @@ async fn each_request_yields_one_usage_event_with_provider_tokens_and_exact_cost
             .to_owned();
         let text = resp.text().await.unwrap();
         let usage: serde_json::Value = if i % 2 == 0 {
-            let line = text
-                .lines()
-                .filter(|l| l.contains("\"usage\":{"))
-                .next_back()
-                .unwrap();
+            let line = text.lines().rfind(|l| l.contains("\"usage\":{")).unwrap();
             serde_json::from_str::<serde_json::Value>(&line[6..]).unwrap()["usage"].clone()
         } else {
             serde_json::from_str::<serde_json::Value>(&text).unwrap()["usage"].clone()
