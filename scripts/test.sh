@@ -10,13 +10,20 @@ export SY_STATE_DIR="${SY_STATE_DIR:-$ROOT/.local/test}"
 source "$ROOT/scripts/lib/services.sh"
 
 started_nats=0
-cleanup() { if ((started_nats)); then stop_nats; fi; }
+started_clickhouse=0
+cleanup() {
+  if ((started_nats)); then stop_nats; fi
+  if ((started_clickhouse)); then stop_clickhouse; fi
+}
 trap cleanup EXIT
 
 ensure_venv
 if ! port_open 4222; then started_nats=1; fi
 ensure_nats
+if ! port_open 8123; then started_clickhouse=1; fi
+ensure_clickhouse
 export SY_TEST_NATS_URL="${SY_TEST_NATS_URL:-nats://127.0.0.1:4222}"
+export SY_TEST_CLICKHOUSE_URL="${SY_TEST_CLICKHOUSE_URL:-http://127.0.0.1:8123}"
 
 say "cargo fmt --check"
 cargo fmt --all -- --check

@@ -8,4 +8,5 @@ source "$ROOT/scripts/lib/services.sh"
 stop_pidfile "$RUN_DIR/switchyard.pid" switchyard
 stop_pidfile "$RUN_DIR/mock-openai.pid" mock-provider
 stop_nats
+stop_clickhouse
 say "Stopped what deploy/local/up.sh started."

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Brings up the whole local stack: NATS (JetStream), the OpenAI-dialect mock
-# provider named `openai` on 8081, and `switchyard all` on 8080, then prints a
-# curl example. Idempotent: whatever already answers is left alone; only what
+# Brings up the whole local stack: NATS (JetStream), ClickHouse (usage rows),
+# the OpenAI-dialect mock provider named `openai` on 8081, and `switchyard all`
+# (ingress, workers, accounting) on 8080, then prints a curl example. Idempotent: whatever already answers is left alone; only what
 # this script starts is recorded for deploy/local/down.sh to stop.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -12,9 +12,13 @@ CONFIG="$ROOT/deploy/local/switchyard.toml"
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 
 ensure_nats
+ensure_clickhouse
 
 say "Building Switchyard (release)"
 cargo build --release --locked --bin switchyard --bin mock-provider
+
+say "Applying ClickHouse migrations"
+"$TARGET/release/switchyard" --config "$CONFIG" migrate
 
 if curl -sf -o /dev/null http://127.0.0.1:8081/healthz; then
   say "Mock provider already answers on 8081"
@@ -51,6 +55,11 @@ Streamed:
   curl -sN http://127.0.0.1:8080/v1/chat/completions \
     -H 'Authorization: Bearer sk-sy-local-dev' -H 'Content-Type: application/json' \
     -d '{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"Hello!"}]}'
+
+Every call is a row in ClickHouse (database switchyard) within a second or so:
+
+  clickhouse-client --query "SELECT ts, model, provider, status, input_tokens, output_tokens, cost, latency_ms
+    FROM switchyard.requests FINAL ORDER BY ts DESC LIMIT 10"
 
 Faults from the mock: put e.g. [[mock:status=429,retry_after=2]] or [[mock:tokens=50,delay_ms=20]]
 in the message. Stop everything this script started with: deploy/local/down.sh

@@ -94,3 +94,33 @@ CONF
 
 # stop_nats: stops nats-server if (and only if) we started it.
 stop_nats() { stop_pidfile "$RUN_DIR/nats.pid" nats-server; }
+
+# ensure_clickhouse: ClickHouse (Debian's 18.16) with HTTP on 8123 and native on 9000,
+# its data under $STATE_DIR/clickhouse. Installs the Debian packages when missing.
+ensure_clickhouse() {
+  if curl -sf http://127.0.0.1:8123/ping >/dev/null 2>&1; then
+    return 0
+  fi
+  if ! command -v clickhouse-server >/dev/null 2>&1; then
+    say "Installing clickhouse-server from Debian"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clickhouse-server clickhouse-client >/dev/null
+  fi
+  say "Starting ClickHouse on 127.0.0.1:8123"
+  local dir="$STATE_DIR/clickhouse"
+  mkdir -p "$dir/tmp" "$dir/uf" "$dir/fs"
+  clickhouse-server --config=/etc/clickhouse-server/config.xml -- \
+    --path="$dir/" --tmp_path="$dir/tmp/" --user_files_path="$dir/uf/" \
+    --format_schema_path="$dir/fs/" --listen_host=127.0.0.1 --http_port=8123 --tcp_port=9000 \
+    --interserver_http_port=9009 --logger.log="$dir/server.log" \
+    --logger.errorlog="$dir/server.err.log" >>"$LOG_DIR/clickhouse.log" 2>&1 &
+  echo $! >"$RUN_DIR/clickhouse.pid"
+  if ! wait_http http://127.0.0.1:8123/ping 30; then
+    tail -20 "$dir/server.err.log" "$LOG_DIR/clickhouse.log" >&2 2>/dev/null || true
+    echo "ClickHouse did not become ready" >&2
+    return 1
+  fi
+}
+
+# stop_clickhouse: stops ClickHouse if (and only if) we started it.
+stop_clickhouse() { stop_pidfile "$RUN_DIR/clickhouse.pid" clickhouse-server; }

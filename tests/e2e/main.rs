@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
+mod accounting;
 mod bad_input;
 mod cancel;
 mod chat;

@@ -17,6 +17,8 @@ pub struct StackOptions {
     pub max_body_bytes: u64,
     pub mock_defaults: &'static str,
     pub ack_wait: &'static str,
+    /// Run accounting into a fresh ClickHouse database (migrated first).
+    pub clickhouse: bool,
 }
 
 impl Default for StackOptions {
@@ -27,12 +29,15 @@ impl Default for StackOptions {
             max_body_bytes: 65536,
             mock_defaults: "",
             ack_wait: "30s",
+            clickhouse: false,
         }
     }
 }
 
 pub struct Stack {
     pub mock: MockProvider,
+    /// The ClickHouse database of this stack, when accounting runs.
+    pub clickhouse: Option<sy_config::ClickhouseConfig>,
     pub base: String,
     pub namespace: String,
     pub http: reqwest::Client,
@@ -95,6 +100,23 @@ targets = [{{ provider = "openai", model = "gpt-4.1-2025" }}]
             ack_wait = opts.ack_wait,
             base = mock.base_url(),
         );
+        let mut config = config;
+        let mut clickhouse = None;
+        if opts.clickhouse {
+            support::require_clickhouse().await;
+            let db = support::unique_database();
+            config.push_str(&format!(
+                "\n[clickhouse]\nurl = \"{}\"\ndatabase = \"{db}\"\n\n[accounting]\nmax_rows = 100\nmax_wait = \"100ms\"\n",
+                support::clickhouse_url()
+            ));
+            let parsed =
+                sy_config::Config::from_toml(&config, &sy_config::MapEnv::default()).unwrap();
+            let ch = parsed.clickhouse.unwrap();
+            sy_accounting::migrate(&ch)
+                .await
+                .expect("migrating the test database");
+            clickhouse = Some(ch);
+        }
         let path = dir.path().join("switchyard.toml");
         std::fs::write(&path, config).unwrap();
         let http = support::http();
@@ -111,6 +133,7 @@ targets = [{{ provider = "openai", model = "gpt-4.1-2025" }}]
             .expect("starting switchyard");
         let mut stack = Stack {
             mock,
+            clickhouse,
             base: format!("http://127.0.0.1:{port}"),
             namespace,
             http,
@@ -166,6 +189,7 @@ impl Drop for Stack {
         }
         let url = self.nats_url.clone();
         let ns = self.namespace.clone();
+        let ch = self.clickhouse.take();
         // Clean up this test's streams without blocking the test's runtime.
         let _ = std::thread::spawn(move || {
             if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
@@ -175,6 +199,12 @@ impl Drop for Stack {
                 rt.block_on(async {
                     if let Ok(c) = async_nats::connect(&url).await {
                         support::delete_namespace(&c, &ns).await;
+                    }
+                    if let Some(ch) = ch {
+                        let _ = sy_accounting::client(&ch)
+                            .query(&format!("DROP DATABASE IF EXISTS {}", ch.database))
+                            .execute()
+                            .await;
                     }
                 });
             }

@@ -1,7 +1,8 @@
 //! `switchyard`: every component of the router in one binary.
 //!
-//! Subcommands: `all` (ingress and workers in one process, one NATS connection),
-//! `ingress`, `worker [--providers a,b]`, and `config check [PATH]`. The config
+//! Subcommands: `all` (ingress, workers and, with `[clickhouse]` configured,
+//! accounting, in one process with one NATS connection), `ingress`,
+//! `worker [--providers a,b]`, `accounting`, `migrate`, and `config check [PATH]`. The config
 //! file comes from `--config` or `SWITCHYARD_CONFIG`. Startup errors are printed
 //! with their causes and exit non-zero; SIGINT/SIGTERM drain and exit 0.
 
@@ -37,6 +38,10 @@ enum Command {
     All,
     /// The HTTP ingress only.
     Ingress,
+    /// The accounting consumer only (usage events into ClickHouse).
+    Accounting,
+    /// Applies the ClickHouse migrations (idempotent).
+    Migrate,
     /// Workers only.
     Worker {
         /// Providers to serve (config names, comma-separated); all when omitted.
@@ -119,6 +124,8 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         Command::All => "all",
         Command::Ingress => "ingress",
         Command::Worker { .. } => "worker",
+        Command::Accounting => "accounting",
+        Command::Migrate => return migrate(&config).await,
         Command::Config { .. } => unreachable!("handled before the runtime starts"),
     };
     let bus = Bus::connect(&config.nats, &format!("switchyard-{role}"))
@@ -129,6 +136,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Ingress => sy_ingress::run(config, bus, shutdown).await?,
         Command::Worker { providers } => sy_worker::run(config, bus, providers, shutdown).await?,
+        Command::Accounting => sy_accounting::run(config, bus, shutdown).await?,
         Command::All => {
             let worker = tokio::spawn(sy_worker::run(
                 config.clone(),
@@ -136,15 +144,45 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
                 Vec::new(),
                 shutdown.clone(),
             ));
+            let accounting = config.clickhouse.is_some().then(|| {
+                tokio::spawn(sy_accounting::run(
+                    config.clone(),
+                    bus.clone(),
+                    shutdown.clone(),
+                ))
+            });
             let ingress = sy_ingress::run(config, bus, shutdown.clone()).await;
             shutdown.cancel();
             let worker = worker.await.context("worker task panicked")?;
+            if let Some(a) = accounting {
+                a.await.context("accounting task panicked")??;
+            }
             ingress?;
             worker?;
         }
-        Command::Config { .. } => unreachable!("handled before the runtime starts"),
+        Command::Migrate | Command::Config { .. } => {
+            unreachable!("handled before connecting to NATS")
+        }
     }
     tracing::info!("Switchyard stopped.");
+    Ok(())
+}
+
+async fn migrate(config: &Config) -> anyhow::Result<()> {
+    let ch = config
+        .clickhouse
+        .as_ref()
+        .context("`switchyard migrate` needs a [clickhouse] section in the config")?;
+    let applied = sy_accounting::migrate(ch)
+        .await
+        .with_context(|| format!("migrating ClickHouse at {}", ch.url))?;
+    let mut out = std::io::stdout();
+    if applied.is_empty() {
+        writeln!(out, "ClickHouse database {} is up to date.", ch.database)?;
+    }
+    for name in applied {
+        writeln!(out, "applied {name}")?;
+    }
     Ok(())
 }
 

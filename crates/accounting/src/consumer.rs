@@ -1,0 +1,226 @@
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::message::Acker;
+use async_nats::jetstream::{AckKind, consumer};
+use futures::StreamExt;
+use sy_bus::Bus;
+use sy_config::{ClickhouseConfig, Config};
+use sy_protocol::UsageEvent;
+use tokio_util::sync::CancellationToken;
+
+use crate::{AccountingError, RequestRow, client};
+
+/// The durable consumer every accounting process shares.
+pub const CONSUMER: &str = "accounting";
+
+/// Consumes usage events into ClickHouse until `shutdown` fires; the batch in
+/// hand is inserted (or naked) before returning.
+pub async fn run(
+    config: Arc<Config>,
+    bus: Bus,
+    shutdown: CancellationToken,
+) -> Result<(), AccountingError> {
+    let ch_config = config
+        .clickhouse
+        .clone()
+        .ok_or(AccountingError::NotConfigured)?;
+    bus.ensure_usage_stream(config.accounting.usage_max_age)
+        .await?;
+    let writer = Writer {
+        // The crate quotes the table name as one identifier: name the database here.
+        client: client(&ch_config).with_database(&ch_config.database),
+        table: "requests".to_owned(),
+        config: ch_config,
+    };
+    let max_rows = config.accounting.max_rows;
+    let max_wait = config.accounting.max_wait;
+    tracing::info!(max_rows, ?max_wait, "Accounting started.");
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match consume(&bus, &writer, max_rows, max_wait, &shutdown).await {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                tracing::warn!(error = %e, "Consuming usage events failed, retrying.");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+async fn consume(
+    bus: &Bus,
+    writer: &Writer,
+    max_rows: usize,
+    max_wait: Duration,
+    shutdown: &CancellationToken,
+) -> Result<(), String> {
+    let stream = bus
+        .jetstream()
+        .get_stream(bus.subjects().usage_stream())
+        .await
+        .map_err(|e| e.to_string())?;
+    let consumer = stream
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some(CONSUMER.into()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(60),
+            // Twice the batch, so one process can fill a batch while the last is inserted.
+            max_ack_pending: i64::try_from(max_rows * 2).unwrap_or(i64::MAX),
+            description: Some("Switchyard accounting: usage events into ClickHouse".into()),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(max_rows.min(10_000))
+        .heartbeat(Duration::from_secs(5))
+        .expires(Duration::from_secs(30))
+        .messages()
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut batch: Vec<(UsageEvent, Acker, bool)> = Vec::with_capacity(max_rows);
+    loop {
+        // The first event of a batch may wait forever; the rest at most max_wait.
+        let flush_at = tokio::time::Instant::now() + max_wait;
+        while batch.len() < max_rows {
+            let next = if batch.is_empty() {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    next = messages.next() => next,
+                }
+            } else {
+                match tokio::time::timeout_at(flush_at, messages.next()).await {
+                    Ok(next) => next,
+                    Err(_) => break,
+                }
+            };
+            let msg = match next {
+                Some(Ok(m)) => m,
+                Some(Err(e)) => {
+                    writer.nak_all(&mut batch).await;
+                    return Err(e.to_string());
+                }
+                None => {
+                    writer.nak_all(&mut batch).await;
+                    return Err("usage message stream ended".into());
+                }
+            };
+            let redelivered = msg.info().map(|i| i.delivered > 1).unwrap_or(false);
+            let (msg, acker) = msg.split();
+            match serde_json::from_slice::<UsageEvent>(&msg.payload) {
+                Ok(event) => batch.push((event, acker, redelivered)),
+                Err(e) => {
+                    tracing::error!(error = %e, "Dropping an unreadable usage event.");
+                    let _ = acker.ack_with(AckKind::Term).await;
+                }
+            }
+        }
+        writer.flush(&mut batch).await;
+    }
+}
+
+struct Writer {
+    client: clickhouse::Client,
+    table: String,
+    config: ClickhouseConfig,
+}
+
+impl Writer {
+    /// Inserts the batch and acks it; on failure naks it with a delay so it comes back.
+    #[tracing::instrument(name = "accounting.flush", skip_all, fields(rows = batch.len()))]
+    async fn flush(&self, batch: &mut Vec<(UsageEvent, Acker, bool)>) {
+        if batch.is_empty() {
+            return;
+        }
+        match self.insert(batch).await {
+            Ok(inserted) => {
+                tracing::debug!(inserted, "Usage rows inserted.");
+                for (_, acker, _) in batch.drain(..) {
+                    if let Err(e) = acker.ack().await {
+                        tracing::warn!(error = %e, "Acking a usage event failed; it will be redelivered and skipped.");
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, rows = batch.len(), "Inserting usage rows failed; they stay in the stream.");
+                self.nak_all(batch).await;
+            }
+        }
+    }
+
+    async fn nak_all(&self, batch: &mut Vec<(UsageEvent, Acker, bool)>) {
+        for (_, acker, _) in batch.drain(..) {
+            let _ = acker
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(2))))
+                .await;
+        }
+    }
+
+    /// Inserts the rows not stored yet; returns how many were inserted.
+    async fn insert(&self, batch: &[(UsageEvent, Acker, bool)]) -> Result<usize, AccountingError> {
+        let stored = self.already_stored(batch).await?;
+        let mut insert = self.client.insert::<RequestRow>(&self.table).await?;
+        let mut n = 0;
+        for (event, _, _) in batch {
+            if stored.contains(&event.event_id) {
+                continue;
+            }
+            insert.write(&RequestRow::from(event)).await?;
+            n += 1;
+        }
+        if n == 0 {
+            return Ok(0);
+        }
+        insert.end().await?;
+        Ok(n)
+    }
+
+    /// Event ids of redelivered events whose row exists (inserted, but the ack was lost).
+    async fn already_stored(
+        &self,
+        batch: &[(UsageEvent, Acker, bool)],
+    ) -> Result<HashSet<String>, AccountingError> {
+        let again: Vec<&UsageEvent> = batch
+            .iter()
+            .filter(|(_, _, r)| *r)
+            .map(|(e, _, _)| e)
+            .collect();
+        if again.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let min_ts = again
+            .iter()
+            .map(|e| e.received_unix_ms / 1000)
+            .min()
+            .unwrap_or(0);
+        let max_ts = again
+            .iter()
+            .map(|e| e.received_unix_ms / 1000)
+            .max()
+            .unwrap_or(0);
+        // Event ids are `<32 hex>-<digits>` (checked by the schema): safe to inline.
+        let ids: Vec<String> = again
+            .iter()
+            .filter(|e| {
+                e.event_id
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() || b == b'-')
+            })
+            .map(|e| format!("'{}'", e.event_id))
+            .collect();
+        let query = format!(
+            "SELECT event_id FROM {}.requests WHERE ts >= toDateTime({min_ts}) AND ts <= toDateTime({max_ts}) AND event_id IN ({})",
+            self.config.database,
+            ids.join(",")
+        );
+        let found: Vec<String> = self.client.query(&query).fetch_all().await?;
+        Ok(found.into_iter().collect())
+    }
+}

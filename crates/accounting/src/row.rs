@@ -1,0 +1,140 @@
+use serde::Serialize;
+use sy_protocol::UsageEvent;
+use uuid::Uuid;
+
+/// One row of `switchyard.requests`, in column order (RowBinary).
+#[derive(Debug, Clone, PartialEq, clickhouse::Row, Serialize)]
+pub struct RequestRow {
+    /// Received time, Unix seconds (DateTime).
+    pub ts: u32,
+    /// `<request>-<attempt>`.
+    pub event_id: String,
+    /// The request.
+    #[serde(with = "clickhouse::serde::uuid")]
+    pub request_id: Uuid,
+    /// The attempt.
+    pub attempt: u32,
+    /// Received, Unix ms.
+    pub received_ms: u64,
+    /// Dispatched to a worker, Unix ms.
+    pub dispatched_ms: u64,
+    /// First token, Unix ms.
+    pub first_token_ms: Option<u64>,
+    /// Finished, Unix ms.
+    pub finished_ms: u64,
+    /// API key name.
+    pub key_id: String,
+    /// Organisation.
+    pub org_id: String,
+    /// Project.
+    pub project_id: String,
+    /// Ingress instance.
+    pub ingress_id: String,
+    /// Worker instance.
+    pub worker_id: String,
+    /// Client API.
+    pub api: String,
+    /// The model the client asked for.
+    pub model: String,
+    /// Request class.
+    pub class: String,
+    /// Provider entry.
+    pub provider: String,
+    /// Model asked of the provider.
+    pub upstream_model: String,
+    /// Model the provider says answered.
+    pub served_model: String,
+    /// Streamed (0/1).
+    pub stream: u8,
+    /// ok | error | cancelled | expired.
+    pub status: String,
+    /// ErrorCode or empty.
+    pub error_code: String,
+    /// Provider HTTP status or 0.
+    pub provider_status: u16,
+    /// Finish reason or empty.
+    pub finish_reason: String,
+    /// Uncached input tokens.
+    pub input_tokens: u64,
+    /// Cached input tokens.
+    pub cached_input_tokens: u64,
+    /// Cache-write tokens.
+    pub cache_write_tokens: u64,
+    /// Output tokens.
+    pub output_tokens: u64,
+    /// Reasoning part of output.
+    pub reasoning_tokens: u64,
+    /// provider | estimated | none.
+    pub input_tokens_source: String,
+    /// provider | estimated | none.
+    pub output_tokens_source: String,
+    /// Decimal(18, 9) as its raw nano value; NULL when the price is unknown.
+    pub cost: Option<i64>,
+    /// Decimal(18, 9) as its raw nano value; NULL when the price is unknown.
+    pub billed: Option<i64>,
+    /// Queue wait, ms.
+    pub queue_wait_ms: u32,
+    /// Received → first token, ms.
+    pub ttft_ms: Option<u32>,
+    /// Received → finished, ms.
+    pub latency_ms: u32,
+    /// Fallback reason or empty.
+    pub fallback_reason: String,
+    /// Client went away (0/1).
+    pub client_disconnected: u8,
+}
+
+fn ms32(v: u64) -> u32 {
+    u32::try_from(v).unwrap_or(u32::MAX)
+}
+
+impl From<&UsageEvent> for RequestRow {
+    fn from(e: &UsageEvent) -> Self {
+        RequestRow {
+            ts: u32::try_from(e.received_unix_ms / 1000).unwrap_or(u32::MAX),
+            event_id: e.event_id.clone(),
+            request_id: e.request_id,
+            attempt: e.attempt,
+            received_ms: e.received_unix_ms,
+            dispatched_ms: e.dispatched_unix_ms,
+            first_token_ms: e.first_token_unix_ms,
+            finished_ms: e.finished_unix_ms,
+            key_id: e.key_id.clone(),
+            org_id: e.org_id.clone().unwrap_or_default(),
+            project_id: e.project_id.clone().unwrap_or_default(),
+            ingress_id: e.ingress_id.clone(),
+            worker_id: e.worker_id.clone(),
+            api: serde_json::to_value(e.api)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            model: e.route.clone(),
+            class: e.class.clone().unwrap_or_default(),
+            provider: e.provider.clone(),
+            upstream_model: e.model.clone(),
+            served_model: e.served_model.clone().unwrap_or_default(),
+            stream: u8::from(e.stream),
+            status: e.status.as_str().to_owned(),
+            error_code: e
+                .error_code
+                .map(|c| c.as_str().to_owned())
+                .unwrap_or_default(),
+            provider_status: e.provider_status.unwrap_or(0),
+            finish_reason: e.finish_reason.clone().unwrap_or_default(),
+            input_tokens: e.input_tokens,
+            cached_input_tokens: e.cached_input_tokens,
+            cache_write_tokens: e.cache_write_tokens,
+            output_tokens: e.output_tokens,
+            reasoning_tokens: e.reasoning_tokens,
+            input_tokens_source: e.input_tokens_source.as_str().to_owned(),
+            output_tokens_source: e.output_tokens_source.as_str().to_owned(),
+            cost: e.cost_nanos,
+            billed: e.billed_nanos,
+            queue_wait_ms: ms32(e.queue_wait_ms),
+            ttft_ms: e.ttft_ms.map(ms32),
+            latency_ms: ms32(e.latency_ms),
+            fallback_reason: e.fallback_reason.clone().unwrap_or_default(),
+            client_disconnected: u8::from(e.client_disconnected),
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! Usage reaches ClickHouse: one row per attempt, exact tokens and cost, each
+//! event counted once.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sy_protocol::UsageEvent;
+
+use crate::stack::{Stack, StackOptions, body};
+
+fn ch(stack: &Stack) -> (clickhouse::Client, String) {
+    let c = stack.clickhouse.as_ref().unwrap();
+    (sy_accounting::client(c), c.database.clone())
+}
+
+async fn wait_rows(stack: &Stack, n: u64) -> u64 {
+    let (client, db) = ch(stack);
+    let until = Instant::now() + Duration::from_secs(15);
+    loop {
+        let count: u64 = client
+            .query(&format!("SELECT count() FROM {db}.requests FINAL"))
+            .fetch_one()
+            .await
+            .unwrap();
+        if count >= n || Instant::now() > until {
+            return count;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn n_requests_make_n_rows_with_the_mocks_tokens_and_the_price_tables_cost() {
+    let stack = Stack::start_with(StackOptions {
+        clickhouse: true,
+        ..Default::default()
+    })
+    .await;
+    let (mut prompt, mut completion) = (0u64, 0u64);
+    for i in 0..20u64 {
+        let mut b = body("gpt-4o-mini", &format!("row {i} [[mock:tokens={}]]", 3 + i));
+        if i % 4 == 0 {
+            b["stream"] = json!(true);
+            b["stream_options"] = json!({"include_usage": true});
+            let text = stack.chat(&b).send().await.unwrap().text().await.unwrap();
+            let line = text.lines().rfind(|l| l.contains("\"usage\":{")).unwrap();
+            let v: Value = serde_json::from_str(&line[6..]).unwrap();
+            prompt += v["usage"]["prompt_tokens"].as_u64().unwrap();
+            completion += v["usage"]["completion_tokens"].as_u64().unwrap();
+        } else {
+            let v: Value = stack.chat(&b).send().await.unwrap().json().await.unwrap();
+            prompt += v["usage"]["prompt_tokens"].as_u64().unwrap();
+            completion += v["usage"]["completion_tokens"].as_u64().unwrap();
+        }
+    }
+    assert_eq!(wait_rows(&stack, 20).await, 20);
+    let (client, db) = ch(&stack);
+    #[derive(clickhouse::Row, serde::Deserialize)]
+    struct Totals {
+        rows: u64,
+        input: u64,
+        cached: u64,
+        output: u64,
+        cost: String,
+        billed: String,
+        providers: u64,
+    }
+    let t: Totals = client
+        .query(&format!(
+            "SELECT count() AS rows, sum(input_tokens) AS input, sum(cached_input_tokens) AS cached, \
+             sum(output_tokens) AS output, toString(sum(assumeNotNull(cost))) AS cost, toString(sum(assumeNotNull(billed))) AS billed, \
+             uniqExact(provider) AS providers FROM {db}.requests FINAL WHERE status = 'ok'"
+        ))
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(t.rows, 20);
+    assert_eq!(t.providers, 1);
+    assert_eq!(t.input + t.cached, prompt);
+    assert_eq!(t.output, completion);
+    // $0.15 in / $0.60 out per million tokens; +20 % billed; no cached tokens from the mock.
+    let cost_nanos = t.input * 150 + t.output * 600;
+    let parsed = sy_config::price::parse_nanos(&t.cost).unwrap();
+    assert_eq!(parsed, cost_nanos as i64);
+    let billed = sy_config::price::parse_nanos(&t.billed).unwrap();
+    assert!(
+        (billed - parsed * 12 / 10).abs() <= 20,
+        "billed {billed} vs cost {parsed} +20 %"
+    );
+
+    // The daily roll-up agrees with the rows.
+    #[derive(clickhouse::Row, serde::Deserialize)]
+    struct Daily {
+        requests: u64,
+        cost: String,
+    }
+    let d: Daily = client
+        .query(&format!(
+            "SELECT sum(requests) AS requests, toString(sum(cost_sum)) AS cost FROM {db}.daily_spend"
+        ))
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(d.requests, 20);
+    assert_eq!(
+        sy_config::price::parse_nanos(&d.cost).unwrap(),
+        cost_nanos as i64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_event_published_twice_is_counted_once() {
+    let stack = Stack::start_with(StackOptions {
+        clickhouse: true,
+        ..Default::default()
+    })
+    .await;
+    let resp = stack
+        .chat(&body("gpt-4o-mini", "once"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(wait_rows(&stack, 1).await, 1);
+    // Re-publish the stored event, as a worker retrying its publish would.
+    let (client, db) = ch(&stack);
+    let event_id: String = client
+        .query(&format!("SELECT event_id FROM {db}.requests"))
+        .fetch_one()
+        .await
+        .unwrap();
+    let nats = sy_test_support::nats().await;
+    let js = async_nats::jetstream::new(nats);
+    let subjects = sy_protocol::Subjects::new(&stack.namespace);
+    let stream = js.get_stream(subjects.usage_stream()).await.unwrap();
+    let raw = stream
+        .get_last_raw_message_by_subject(&subjects.usage())
+        .await
+        .unwrap();
+    let event: UsageEvent = serde_json::from_slice(&raw.payload).unwrap();
+    assert_eq!(event.event_id, event_id);
+    for _ in 0..2 {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, event.event_id.as_str());
+        js.publish_with_headers(subjects.usage(), headers, raw.payload.clone())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let rows: u64 = client
+        .query(&format!("SELECT count() FROM {db}.requests"))
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(rows, 1, "duplicates must not reach the table");
+    let daily: u64 = client
+        .query(&format!("SELECT sum(requests) FROM {db}.daily_spend"))
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(daily, 1);
+}
