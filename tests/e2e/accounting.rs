@@ -162,3 +162,140 @@ async fn the_same_event_published_twice_is_counted_once() {
         .unwrap();
     assert_eq!(daily, 1);
 }
+
+/// Every `sql` block of docs/analytics.md runs on real rows and returns some.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_documented_analytics_query_runs_on_real_rows() {
+    let stack = Stack::start_with(StackOptions {
+        clickhouse: true,
+        ..Default::default()
+    })
+    .await;
+    for prompt in [
+        "a [[mock:tokens=4]]",
+        "b [[mock:status=500]]",
+        "c [[mock:tool_call=f]]",
+    ] {
+        let _ = stack
+            .chat(&body("gpt-4o-mini", prompt))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await;
+    }
+    assert_eq!(wait_rows(&stack, 3).await, 3);
+    let (_, db) = ch(&stack);
+    let doc =
+        std::fs::read_to_string(sy_test_support::repo_root().join("docs/analytics.md")).unwrap();
+    let queries: Vec<String> = doc
+        .split("```sql")
+        .skip(1)
+        .map(|block| {
+            block
+                .split("```")
+                .next()
+                .unwrap()
+                .trim()
+                .replace("switchyard.", &format!("{db}."))
+        })
+        .collect();
+    assert!(queries.len() >= 6, "found {} queries", queries.len());
+    let http = sy_test_support::http();
+    for q in queries {
+        let resp = http
+            .post(sy_test_support::clickhouse_url())
+            .body(format!("{q}\nFORMAT TSV"))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        assert!(status.is_success(), "query failed: {text}\n{q}");
+        assert!(!text.trim().is_empty(), "query returned no rows:\n{q}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_endpoint_shows_the_callers_own_usage_only() {
+    use crate::stack::{KEY, OTHER_KEY};
+    let stack = Stack::start_with(StackOptions {
+        clickhouse: true,
+        ..Default::default()
+    })
+    .await;
+    for i in 0..3 {
+        let b = body("gpt-4o-mini", &format!("mine {i} [[mock:tokens=10]]"));
+        assert_eq!(stack.chat(&b).send().await.unwrap().status(), 200);
+    }
+    let other = stack
+        .http
+        .post(stack.url("/v1/chat/completions"))
+        .bearer_auth(OTHER_KEY)
+        .json(&body("gpt-4.1", "theirs"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 200);
+    assert_eq!(wait_rows(&stack, 4).await, 4);
+
+    let get = |key: &'static str, query: &'static str| {
+        stack
+            .http
+            .get(stack.url(&format!("/v1/usage{query}")))
+            .bearer_auth(key)
+            .send()
+    };
+    let v: Value = get(KEY, "?group_by=model")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let data = v["data"].as_array().unwrap();
+    assert_eq!(data.len(), 1, "{v}");
+    assert_eq!(data[0]["group"], "gpt-4o-mini");
+    assert_eq!(data[0]["requests"], 3);
+    assert_eq!(data[0]["output_tokens"], 30);
+    let cost = sy_config::price::parse_nanos(data[0]["cost"].as_str().unwrap()).unwrap();
+    let input = data[0]["input_tokens"].as_u64().unwrap() as i64;
+    assert_eq!(cost, input * 150 + 30 * 600);
+    assert_eq!(data[0]["unpriced_attempts"], 0);
+
+    let v: Value = get(OTHER_KEY, "?group_by=day")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let data = v["data"].as_array().unwrap();
+    assert_eq!(data.len(), 1);
+    assert_eq!(data[0]["requests"], 1);
+    assert_eq!(
+        data[0]["unpriced_attempts"], 1,
+        "gpt-4.1 has no price in this config: unknown, not zero"
+    );
+    assert_eq!(v["key_id"], "other");
+
+    for bad in [
+        "?start=yesterday",
+        "?group_by=week",
+        "?start=2026-11-23&end=2026-11-01",
+        "?foo=1",
+    ] {
+        let resp = get(KEY, bad).await.unwrap();
+        assert_eq!(resp.status(), 400, "{bad}");
+        let e: Value = resp.json().await.unwrap();
+        assert_eq!(e["error"]["code"], "invalid_request");
+    }
+    assert_eq!(
+        stack
+            .http
+            .get(stack.url("/v1/usage"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+}

@@ -10,6 +10,8 @@ use sy_mock_provider::{MockOptions, MockProvider};
 use sy_test_support as support;
 
 pub const KEY: &str = "sk-sy-test-key-1";
+/// A second tenant's key.
+pub const OTHER_KEY: &str = "sk-sy-test-key-2";
 
 pub struct StackOptions {
     pub nats_url: String,
@@ -75,6 +77,10 @@ ack_wait = "{ack_wait}"
 [[keys]]
 name = "test"
 key = "{KEY}"
+
+[[keys]]
+name = "other"
+key = "{OTHER_KEY}"
 
 [providers.openai]
 kind = "openai_compatible"

@@ -9,17 +9,20 @@
 //! events stay in the stream (naked with a delay) and arrive when it is back.
 //! A redelivered event whose row is already stored is skipped, and the table is a
 //! ReplacingMergeTree on (request_id, attempt), so nothing is counted twice.
-//! [`migrate`] applies `migrations/clickhouse/*.sql` in order, recording each.
+//! [`migrate`] applies `migrations/clickhouse/*.sql` in order, recording each;
+//! [`usage_for_key`] answers `GET /v1/usage` for the ingress.
 //!
 //! [`UsageEvent`]: sy_protocol::UsageEvent
 
 mod consumer;
 mod migrate;
 mod row;
+mod usage_query;
 
 pub use consumer::run;
 pub use migrate::{MIGRATIONS, migrate};
 pub use row::RequestRow;
+pub use usage_query::{GroupBy, UsageGroup, usage_for_key};
 
 use sy_config::ClickhouseConfig;
 

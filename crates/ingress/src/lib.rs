@@ -1,8 +1,8 @@
 //! The HTTP ingress: authenticate, validate, route, publish, relay.
 //!
 //! [`run`] serves the OpenAI-compatible API with axum: `POST /v1/chat/completions`
-//! (streamed as OpenAI SSE or not), `GET /v1/models`, and `GET /healthz` and
-//! `GET /readyz`. A request is authenticated (static bearer keys), parsed once,
+//! (streamed as OpenAI SSE or not), `GET /v1/models`, `GET /v1/usage` (the key's
+//! own usage from ClickHouse), and `GET /healthz` and `GET /readyz`. A request is authenticated (static bearer keys), parsed once,
 //! validated, resolved to its route's first target, and published as a
 //! `RequestEnvelope` on `<ns>.req.<provider>.<route>`; no provider HTTP happens
 //! here. Replies come back on one wildcard subscription per process
@@ -13,6 +13,7 @@
 
 mod error;
 mod relay;
+mod usage;
 mod validate;
 
 pub use error::ApiError;
@@ -70,6 +71,7 @@ struct AppState {
     model_list: Bytes,
     max_body_bytes: usize,
     request_timeout: std::time::Duration,
+    clickhouse: Option<sy_config::ClickhouseConfig>,
 }
 
 /// Serves the API on `config.server.listen` until `shutdown` fires, then drains.
@@ -128,6 +130,7 @@ pub async fn router(config: Arc<Config>, bus: Bus) -> Result<Router, IngressErro
         model_list: Bytes::from(serde_json::to_vec(&model_list).unwrap_or_default()),
         max_body_bytes: config.server.max_body_bytes,
         request_timeout: config.server.request_timeout,
+        clickhouse: config.clickhouse.clone(),
     });
     Ok(Router::new()
         .route(
@@ -135,6 +138,7 @@ pub async fn router(config: Arc<Config>, bus: Bus) -> Result<Router, IngressErro
             post(chat_completions).fallback(method_not_allowed),
         )
         .route("/v1/models", get(list_models).fallback(method_not_allowed))
+        .route("/v1/usage", get(get_usage).fallback(method_not_allowed))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .fallback(not_found)
@@ -202,6 +206,21 @@ async fn list_models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> 
         state.model_list.clone(),
     )
         .into_response()
+}
+
+async fn get_usage(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    axum::extract::Query(params): axum::extract::Query<HashMap<String, String>>,
+) -> Response {
+    let key_id = match authenticate(&state, &headers) {
+        Ok(k) => k,
+        Err(e) => return e.into_response(),
+    };
+    match usage::usage(state.clickhouse.as_ref(), key_id, &params).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
 }
 
 fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
