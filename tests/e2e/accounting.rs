@@ -299,3 +299,160 @@ async fn usage_endpoint_shows_the_callers_own_usage_only() {
         401
     );
 }
+
+/// ClickHouse goes away under traffic and comes back: every event arrives, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clickhouse_outage_under_traffic_loses_nothing() {
+    let mut server = sy_test_support::ClickhouseServer::start().await;
+    let stack = Stack::start_with(StackOptions {
+        clickhouse: true,
+        clickhouse_url: Some(server.url()),
+        ..Default::default()
+    })
+    .await;
+    let send = |i: usize| {
+        let req = stack.chat(&body(
+            "gpt-4o-mini",
+            &format!("outage {i} [[mock:tokens=4]]"),
+        ));
+        async move {
+            let resp = req.send().await.unwrap();
+            assert_eq!(resp.status(), 200, "requests do not depend on ClickHouse");
+        }
+    };
+    for i in 0..10 {
+        send(i).await;
+    }
+    assert_eq!(wait_rows(&stack, 10).await, 10);
+    server.stop();
+    for i in 10..40 {
+        send(i).await;
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    server.restart().await;
+    assert_eq!(
+        wait_rows(&stack, 40).await,
+        40,
+        "events kept while ClickHouse was down arrive"
+    );
+    let (client, db) = ch(&stack);
+    let raw: u64 = client
+        .query(&format!("SELECT count() FROM {db}.requests"))
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(raw, 40, "and none twice, even before merges");
+}
+
+/// An accounting process killed with a batch in hand, then another started:
+/// no row lost, none doubled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accounting_killed_mid_batch_loses_and_doubles_nothing() {
+    use std::process::{Command, Stdio};
+    // The stack itself runs no accounting; separate processes do.
+    let stack = Stack::start().await;
+    sy_test_support::require_clickhouse().await;
+    let db = sy_test_support::unique_database();
+    // The first process holds its batch for 20 s, so the kill always lands mid-batch;
+    // the second flushes quickly.
+    let config_with = |max_wait: &str| {
+        format!(
+            "{}\n[clickhouse]\nurl = \"{}\"\ndatabase = \"{db}\"\n\n[accounting]\nmax_rows = 1000\nmax_wait = \"{max_wait}\"\nack_wait = \"2s\"\n",
+            stack.config_text,
+            sy_test_support::clickhouse_url()
+        )
+    };
+    let config = config_with("20s");
+    let ch_config = sy_config::Config::from_toml(&config, &sy_config::MapEnv::default())
+        .unwrap()
+        .clickhouse
+        .unwrap();
+    sy_accounting::migrate(&ch_config).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let slow = dir.path().join("slow.toml");
+    std::fs::write(&slow, &config).unwrap();
+    let quick = dir.path().join("quick.toml");
+    std::fs::write(&quick, config_with("200ms")).unwrap();
+    let spawn = |path: &std::path::Path| {
+        Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .arg("--config")
+            .arg(path)
+            .arg("accounting")
+            .env("SWITCHYARD_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut first = spawn(&slow);
+    for i in 0..30 {
+        let resp = stack
+            .chat(&body("gpt-4o-mini", &format!("batch {i}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    // Wait until the first process holds all 30 events unacked in its batch, then kill it.
+    let js = async_nats::jetstream::new(sy_test_support::nats().await);
+    let usage_stream = js
+        .get_stream(sy_protocol::Subjects::new(&stack.namespace).usage_stream())
+        .await
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(10);
+    let mut held = 0;
+    while Instant::now() < until {
+        if let Ok(info) = usage_stream.consumer_info(sy_accounting::CONSUMER).await {
+            held = info.num_ack_pending;
+            if held == 30 {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(held, 30, "the first process should hold the batch");
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let client = sy_accounting::client(&ch_config);
+    let before: u64 = client
+        .query(&format!("SELECT count() FROM {db}.requests"))
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(before, 0, "killed before its batch was inserted");
+    let mut second = spawn(&quick);
+    let until = Instant::now() + Duration::from_secs(20);
+    let mut rows = 0;
+    while Instant::now() < until {
+        rows = client
+            .query(&format!("SELECT count() FROM {db}.requests"))
+            .fetch_one()
+            .await
+            .unwrap();
+        if rows >= 30 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Let any late redelivery show up before counting doubles.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let raw: u64 = client
+        .query(&format!("SELECT count() FROM {db}.requests"))
+        .fetch_one()
+        .await
+        .unwrap();
+    let distinct: u64 = client
+        .query(&format!("SELECT uniqExact(event_id) FROM {db}.requests"))
+        .fetch_one()
+        .await
+        .unwrap();
+    second.kill().unwrap();
+    second.wait().unwrap();
+    let _ = client
+        .query(&format!("DROP DATABASE IF EXISTS {db}"))
+        .execute()
+        .await;
+    assert!(rows >= 30, "rows never arrived: {rows}");
+    assert_eq!(distinct, 30, "no event lost");
+    assert_eq!(raw, 30, "no event doubled");
+}

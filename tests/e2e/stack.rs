@@ -21,6 +21,8 @@ pub struct StackOptions {
     pub ack_wait: &'static str,
     /// Run accounting into a fresh ClickHouse database (migrated first).
     pub clickhouse: bool,
+    /// The ClickHouse to use (default: the shared one).
+    pub clickhouse_url: Option<String>,
 }
 
 impl Default for StackOptions {
@@ -32,6 +34,7 @@ impl Default for StackOptions {
             mock_defaults: "",
             ack_wait: "30s",
             clickhouse: false,
+            clickhouse_url: None,
         }
     }
 }
@@ -43,6 +46,8 @@ pub struct Stack {
     pub base: String,
     pub namespace: String,
     pub http: reqwest::Client,
+    /// The config file `switchyard all` runs with.
+    pub config_text: String,
     nats_url: String,
     child: Option<Child>,
     _dir: tempfile::TempDir,
@@ -109,11 +114,16 @@ targets = [{{ provider = "openai", model = "gpt-4.1-2025" }}]
         let mut config = config;
         let mut clickhouse = None;
         if opts.clickhouse {
-            support::require_clickhouse().await;
+            let url = match opts.clickhouse_url {
+                Some(u) => u,
+                None => {
+                    support::require_clickhouse().await;
+                    support::clickhouse_url()
+                }
+            };
             let db = support::unique_database();
             config.push_str(&format!(
-                "\n[clickhouse]\nurl = \"{}\"\ndatabase = \"{db}\"\n\n[accounting]\nmax_rows = 100\nmax_wait = \"100ms\"\n",
-                support::clickhouse_url()
+                "\n[clickhouse]\nurl = \"{url}\"\ndatabase = \"{db}\"\n\n[accounting]\nmax_rows = 100\nmax_wait = \"100ms\"\n"
             ));
             let parsed =
                 sy_config::Config::from_toml(&config, &sy_config::MapEnv::default()).unwrap();
@@ -124,7 +134,8 @@ targets = [{{ provider = "openai", model = "gpt-4.1-2025" }}]
             clickhouse = Some(ch);
         }
         let path = dir.path().join("switchyard.toml");
-        std::fs::write(&path, config).unwrap();
+        std::fs::write(&path, &config).unwrap();
+        let config_text = config;
         let http = support::http();
         // Nothing that can panic between spawning the child and owning it in `Stack`,
         // whose Drop kills it.
@@ -143,6 +154,7 @@ targets = [{{ provider = "openai", model = "gpt-4.1-2025" }}]
             base: format!("http://127.0.0.1:{port}"),
             namespace,
             http,
+            config_text,
             nats_url: opts.nats_url,
             child: Some(child),
             _dir: dir,

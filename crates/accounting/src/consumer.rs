@@ -36,10 +36,11 @@ pub async fn run(
     };
     let max_rows = config.accounting.max_rows;
     let max_wait = config.accounting.max_wait;
+    let ack_wait = config.accounting.ack_wait;
     tracing::info!(max_rows, ?max_wait, "Accounting started.");
     let mut backoff = Duration::from_millis(100);
     loop {
-        match consume(&bus, &writer, max_rows, max_wait, &shutdown).await {
+        match consume(&bus, &writer, max_rows, max_wait, ack_wait, &shutdown).await {
             Ok(()) => return Ok(()),
             Err(e) => {
                 tracing::warn!(error = %e, "Consuming usage events failed, retrying.");
@@ -58,6 +59,7 @@ async fn consume(
     writer: &Writer,
     max_rows: usize,
     max_wait: Duration,
+    ack_wait: Duration,
     shutdown: &CancellationToken,
 ) -> Result<(), String> {
     let stream = bus
@@ -69,7 +71,7 @@ async fn consume(
         .create_consumer(consumer::pull::Config {
             durable_name: Some(CONSUMER.into()),
             ack_policy: consumer::AckPolicy::Explicit,
-            ack_wait: Duration::from_secs(60),
+            ack_wait,
             // Twice the batch, so one process can fill a batch while the last is inserted.
             max_ack_pending: i64::try_from(max_rows * 2).unwrap_or(i64::MAX),
             description: Some("Switchyard accounting: usage events into ClickHouse".into()),

@@ -19,7 +19,7 @@ mod migrate;
 mod row;
 mod usage_query;
 
-pub use consumer::run;
+pub use consumer::{CONSUMER, run};
 pub use migrate::{MIGRATIONS, migrate};
 pub use row::RequestRow;
 pub use usage_query::{GroupBy, UsageGroup, usage_for_key};

@@ -83,6 +83,8 @@ pub struct RawAccounting {
     pub max_wait: String,
     /// How long usage events stay in the usage stream, e.g. "7d".
     pub usage_max_age: String,
+    /// How long a consumer may hold events unacked before they go to another, e.g. "30s".
+    pub ack_wait: String,
 }
 
 impl Default for RawAccounting {
@@ -91,6 +93,7 @@ impl Default for RawAccounting {
             max_rows: 5000,
             max_wait: "1s".into(),
             usage_max_age: "7d".into(),
+            ack_wait: "30s".into(),
         }
     }
 }

@@ -75,6 +75,8 @@ pub struct AccountingConfig {
     pub max_wait: Duration,
     /// Max age of events in the usage stream.
     pub usage_max_age: Duration,
+    /// The consumer's ack wait: a crashed consumer's events go to another after it.
+    pub ack_wait: Duration,
 }
 
 /// `[server]`, validated.
@@ -456,6 +458,7 @@ impl Config {
             max_rows: raw.accounting.max_rows.max(1),
             max_wait: duration("accounting.max_wait", &raw.accounting.max_wait, e),
             usage_max_age: duration("accounting.usage_max_age", &raw.accounting.usage_max_age, e),
+            ack_wait: duration("accounting.ack_wait", &raw.accounting.ack_wait, e),
         };
 
         if errors.is_empty() {

@@ -189,6 +189,99 @@ pub fn http() -> reqwest::Client {
     reqwest::Client::new()
 }
 
+/// A throw-away ClickHouse server (Debian's `clickhouse-server`, or
+/// `SY_CLICKHOUSE_SERVER_BIN`) on free ports with its data in a temp dir, for
+/// tests that stop or restart it. Stopping and starting keeps ports and data.
+/// Killed when dropped.
+pub struct ClickhouseServer {
+    child: Option<Child>,
+    http_port: u16,
+    tcp_port: u16,
+    inter_port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl ClickhouseServer {
+    /// Starts one and waits until `/ping` answers.
+    pub async fn start() -> ClickhouseServer {
+        let mut s = ClickhouseServer {
+            child: None,
+            http_port: free_port(),
+            tcp_port: free_port(),
+            inter_port: free_port(),
+            dir: tempfile::tempdir().expect("creating a temp dir for clickhouse-server"),
+        };
+        s.restart().await;
+        s
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    /// Kills the server (SIGKILL: like a crash).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same ports and data; waits until it answers.
+    pub async fn restart(&mut self) {
+        self.stop();
+        let d = self.dir.path();
+        for sub in ["tmp", "uf", "fs"] {
+            let _ = std::fs::create_dir_all(d.join(sub));
+        }
+        let bin = std::env::var("SY_CLICKHOUSE_SERVER_BIN")
+            .unwrap_or_else(|_| "clickhouse-server".into());
+        let child = Command::new(&bin)
+            .arg("--config=/etc/clickhouse-server/config.xml")
+            .arg("--")
+            .arg(format!("--path={}/", d.display()))
+            .arg(format!("--tmp_path={}/tmp/", d.display()))
+            .arg(format!("--user_files_path={}/uf/", d.display()))
+            .arg(format!("--format_schema_path={}/fs/", d.display()))
+            .arg("--listen_host=127.0.0.1")
+            .arg(format!("--http_port={}", self.http_port))
+            .arg(format!("--tcp_port={}", self.tcp_port))
+            .arg(format!("--interserver_http_port={}", self.inter_port))
+            .arg(format!("--logger.log={}/server.log", d.display()))
+            .arg(format!("--logger.errorlog={}/server.err.log", d.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start {bin} (SY_CLICKHOUSE_SERVER_BIN): {e}. Run scripts/test.sh, which installs it.")
+            });
+        self.child = Some(child);
+        let client = http();
+        for _ in 0..300 {
+            if client
+                .get(format!("{}/ping", self.url()))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "clickhouse-server on port {} did not come up",
+            self.http_port
+        );
+    }
+}
+
+impl Drop for ClickhouseServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 /// The `data:` payloads of an SSE response, in order, until the body ends.
 pub async fn sse_data(resp: reqwest::Response) -> Vec<String> {
     let mut out = Vec::new();
