@@ -18,6 +18,7 @@ cleanup() {
 trap cleanup EXIT
 
 ensure_venv
+ensure_chdb
 if ! port_open 4222; then started_nats=1; fi
 ensure_nats
 if ! port_open 8123; then started_clickhouse=1; fi

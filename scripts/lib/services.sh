@@ -63,6 +63,22 @@ ensure_venv() {
   export SY_TEST_PYTHON="$VENV/bin/python"
 }
 
+# ensure_chdb: PyPI's chdb-core (current ClickHouse, in-process; ~900 MB) in the
+# venv, for the test that checks the schema on a current release. When it cannot
+# be installed, SY_CHDB_UNAVAILABLE says why and that one test skips saying so.
+ensure_chdb() {
+  ensure_venv
+  if "$VENV/bin/python" -c 'import chdb' 2>/dev/null; then
+    return 0
+  fi
+  say "Installing chdb-core (current ClickHouse, for schema checks) into $VENV"
+  local err
+  if ! err=$("$VENV/bin/pip" install -q --disable-pip-version-check chdb-core 2>&1); then
+    export SY_CHDB_UNAVAILABLE="pip install chdb-core failed: $(printf '%s' "$err" | tail -1)"
+    echo "warning: $SY_CHDB_UNAVAILABLE" >&2
+  fi
+}
+
 # ensure_nats: NATS 2.15 with JetStream on 4222 (monitoring on 8222).
 ensure_nats() {
   ensure_venv

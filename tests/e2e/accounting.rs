@@ -456,3 +456,35 @@ async fn accounting_killed_mid_batch_loses_and_doubles_nothing() {
     assert_eq!(distinct, 30, "no event lost");
     assert_eq!(raw, 30, "no event doubled");
 }
+
+/// The migrations and every query of docs/analytics.md also run on current
+/// ClickHouse (in-process through PyPI's chdb-core), not only on Debian's 18.16.
+#[test]
+fn schema_and_queries_run_on_current_clickhouse() {
+    if let Ok(why) = std::env::var("SY_CHDB_UNAVAILABLE") {
+        eprintln!("SKIPPED: current-ClickHouse check not run: {why}");
+        return;
+    }
+    let python = std::env::var("SY_TEST_PYTHON").unwrap_or_else(|_| {
+        sy_test_support::repo_root()
+            .join(".venv/bin/python")
+            .display()
+            .to_string()
+    });
+    let root = sy_test_support::repo_root();
+    let out = std::process::Command::new(&python)
+        .arg(root.join("tests/sql/chdb_check.py"))
+        .arg(&root)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run {python} (SY_TEST_PYTHON): {e}. Run scripts/test.sh.")
+        });
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "on current ClickHouse:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("applied 0002_daily_spend.sql"), "{stdout}");
+    assert!(stdout.contains("analytics queries"), "{stdout}");
+}
