@@ -4,7 +4,10 @@
 # throughput at concurrency 64, non-streamed and streamed (time to first token).
 # Starts its own mock (18081) and switchyard (18080, NATS namespace "bench") and
 # stops them at the end; uses the NATS on 4222, starting one if none answers.
-# Raw results go to bench/results/<UTC date>.jsonl; a summary table to stdout.
+# Then the accounting pipeline (usage stream -> ClickHouse): throughput, lag at
+# 1,000 events/s, and the cost of a token estimate (needs ClickHouse on 8123;
+# started when missing). Raw results go to bench/results/<UTC date>.jsonl; a
+# summary table to stdout.
 #
 #   bench/run.sh            # full run (~2-3 min)
 #   QUICK=1 bench/run.sh    # fewer requests, for a smoke check
@@ -17,18 +20,22 @@ source "$ROOT/scripts/lib/services.sh"
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 
 started_nats=0
+started_clickhouse=0
 cleanup() {
   stop_pidfile "$RUN_DIR/bench-switchyard.pid" switchyard
   stop_pidfile "$RUN_DIR/bench-mock.pid" mock-provider
   if ((started_nats)); then stop_nats; fi
+  if ((started_clickhouse)); then stop_clickhouse; fi
 }
 trap cleanup EXIT
 
 if ! port_open 4222; then started_nats=1; fi
 ensure_nats
+if ! port_open 8123; then started_clickhouse=1; fi
+ensure_clickhouse
 
 say "Building release binaries"
-cargo build --release --locked --bin switchyard --bin mock-provider --bin sy-bench
+cargo build --release --locked --bin switchyard --bin mock-provider --bin sy-bench --bin sy-accounting-bench
 
 for port in 18080 18081; do
   if port_open "$port"; then echo "port $port is in use; stop what runs there first" >&2; exit 1; fi
@@ -84,9 +91,12 @@ say "Streamed, concurrency 64"
 run direct "$direct" 64 10000 1000 --stream
 run switchyard "$via" 64 10000 1000 --stream
 
+say "Accounting: throughput, lag at 1,000 events/s, token estimate cost"
+"$TARGET/release/sy-accounting-bench" --events $((200000 / scale)) --seconds $((10 / scale + 1)) 2>/dev/null | tee -a "$tmp.acct"
+
 {
   echo "{\"machine\": \"$(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(uname -r)\", \"date\": \"$(date -u +%FT%TZ)\", \"commit\": \"$(git rev-parse --short HEAD 2>/dev/null || echo none)\"}"
-  cat "$tmp"
+  cat "$tmp" "$tmp.acct"
 } >>"$out"
 python3 - "$tmp" <<'PY'
 import json, sys
@@ -101,5 +111,5 @@ for d, v in zip(rows[0::2], rows[1::2]):
     p99d, p99v = d[key + "99_ms"], v[key + "99_ms"]
     print(f"| {mode} | {d['concurrency']} | {p50d:.3f} | {p50v:.3f} | {p50v - p50d:+.3f} | {p99d:.3f} | {p99v:.3f} | {p99v - p99d:+.3f} | {d['rps']:.0f} | {v['rps']:.0f} | {d['errors']}/{v['errors']} |")
 PY
-rm -f "$tmp"
+rm -f "$tmp" "$tmp.acct"
 echo "Raw results appended to $out" >&2

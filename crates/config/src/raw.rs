@@ -90,7 +90,7 @@ pub struct RawAccounting {
 impl Default for RawAccounting {
     fn default() -> Self {
         RawAccounting {
-            max_rows: 5000,
+            max_rows: 10_000,
             max_wait: "1s".into(),
             usage_max_age: "7d".into(),
             ack_wait: "30s".into(),
