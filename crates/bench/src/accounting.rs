@@ -66,7 +66,7 @@ fn event(i: usize) -> UsageEvent {
         provider: "openai".into(),
         model: "gpt-4o-mini".into(),
         served_model: None,
-        stream: i % 2 == 0,
+        stream: i.is_multiple_of(2),
         status: UsageStatus::Ok,
         error_code: None,
         provider_status: None,
