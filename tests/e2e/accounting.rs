@@ -488,3 +488,73 @@ fn schema_and_queries_run_on_current_clickhouse() {
     assert!(stdout.contains("applied 0002_daily_spend.sql"), "{stdout}");
     assert!(stdout.contains("analytics queries"), "{stdout}");
 }
+
+/// Cached prompt tokens (OpenAI convention: included in prompt_tokens) land in
+/// their own column, priced at the cached rate; a stream the client cut is a row
+/// with estimated output tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_tokens_are_normalised_and_cut_streams_are_rows() {
+    use futures::StreamExt;
+    let stack = Stack::start_with(StackOptions {
+        clickhouse: true,
+        ..Default::default()
+    })
+    .await;
+    let b = body(
+        "gpt-4o-mini",
+        "one two three four five six seven [[mock:tokens=10,cached_tokens=6]]",
+    );
+    let v: Value = stack.chat(&b).send().await.unwrap().json().await.unwrap();
+    let prompt = v["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert_eq!(v["usage"]["prompt_tokens_details"]["cached_tokens"], 6);
+
+    let mut cut = body("gpt-4o-mini", "a long one [[mock:tokens=200,delay_ms=20]]");
+    cut["stream"] = json!(true);
+    let mut s = stack.chat(&cut).send().await.unwrap().bytes_stream();
+    for _ in 0..3 {
+        s.next().await.unwrap().unwrap();
+    }
+    drop(s);
+    assert_eq!(wait_rows(&stack, 2).await, 2);
+
+    let (client, db) = ch(&stack);
+    #[derive(clickhouse::Row, serde::Deserialize)]
+    struct Row {
+        input_tokens: u64,
+        cached_input_tokens: u64,
+        output_tokens: u64,
+        output_tokens_source: String,
+        status: String,
+        cost: String,
+        client_disconnected: u8,
+    }
+    let rows: Vec<Row> = client
+        .query(&format!(
+            "SELECT input_tokens, cached_input_tokens, output_tokens, output_tokens_source, status, \
+             toString(assumeNotNull(cost)) AS cost, client_disconnected \
+             FROM {db}.requests FINAL ORDER BY received_ms"
+        ))
+        .fetch_all()
+        .await
+        .unwrap();
+    let cached = &rows[0];
+    assert_eq!(cached.cached_input_tokens, 6);
+    assert_eq!(
+        cached.input_tokens + cached.cached_input_tokens,
+        prompt,
+        "every prompt token in one class"
+    );
+    assert_eq!(cached.output_tokens_source, "provider");
+    // $0.15 uncached, $0.075 cached, $0.60 output per million tokens.
+    let expected = (cached.input_tokens * 150 + 6 * 75 + 10 * 600) as i64;
+    assert_eq!(
+        sy_config::price::parse_nanos(&cached.cost).unwrap(),
+        expected
+    );
+
+    let cut = &rows[1];
+    assert_eq!(cut.status, "cancelled");
+    assert_eq!(cut.client_disconnected, 1);
+    assert_eq!(cut.output_tokens_source, "estimated");
+    assert!(cut.input_tokens > 0 && cut.output_tokens > 0 && cut.output_tokens < 200);
+}

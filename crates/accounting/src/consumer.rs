@@ -89,14 +89,17 @@ async fn consume(
         .map_err(|e| e.to_string())?;
     let mut batch: Vec<(UsageEvent, Acker, bool)> = Vec::with_capacity(max_rows);
     loop {
-        // The first event of a batch may wait forever; the rest at most max_wait.
-        let flush_at = tokio::time::Instant::now() + max_wait;
+        // The first event of a batch may wait forever; the rest until max_wait
+        // after the first arrived.
+        let mut flush_at = tokio::time::Instant::now() + max_wait;
         while batch.len() < max_rows {
             let next = if batch.is_empty() {
-                tokio::select! {
+                let next = tokio::select! {
                     _ = shutdown.cancelled() => return Ok(()),
                     next = messages.next() => next,
-                }
+                };
+                flush_at = tokio::time::Instant::now() + max_wait;
+                next
             } else {
                 match tokio::time::timeout_at(flush_at, messages.next()).await {
                     Ok(next) => next,

@@ -103,53 +103,76 @@ impl Bus {
 
     /// Creates the request stream, or updates it to this configuration.
     pub async fn ensure_request_stream(&self) -> Result<(), BusError> {
-        let config = stream::Config {
-            name: self.subjects.request_stream(),
-            subjects: vec![self.subjects.request_all()],
-            retention: stream::RetentionPolicy::WorkQueue,
-            storage: stream::StorageType::File,
-            max_age: self.config.request_max_age,
-            duplicate_window: DUPLICATE_WINDOW,
-            num_replicas: self.config.replicas,
-            description: Some("Switchyard requests waiting for a worker".into()),
-            ..Default::default()
-        };
-        self.js
-            .create_or_update_stream(config)
-            .await
-            .map_err(|e| BusError::Setup(format!("request stream: {e}")))?;
-        Ok(())
+        self.ensure_stream(
+            self.subjects.request_stream(),
+            self.subjects.request_all(),
+            stream::RetentionPolicy::WorkQueue,
+            self.config.request_max_age,
+            "Switchyard requests waiting for a worker",
+        )
+        .await
     }
 
     /// Creates the usage stream (limits retention, `max_age`, file storage), or
     /// updates it to this configuration. Event ids dedup within the window.
     pub async fn ensure_usage_stream(&self, max_age: Duration) -> Result<(), BusError> {
+        self.ensure_stream(
+            self.subjects.usage_stream(),
+            self.subjects.usage(),
+            stream::RetentionPolicy::Limits,
+            max_age,
+            "Switchyard usage events, one per attempt",
+        )
+        .await
+    }
+
+    /// A file-stored stream with `Nats-Msg-Id` dedup, created or updated.
+    async fn ensure_stream(
+        &self,
+        name: String,
+        subject: String,
+        retention: stream::RetentionPolicy,
+        max_age: Duration,
+        description: &str,
+    ) -> Result<(), BusError> {
         let config = stream::Config {
-            name: self.subjects.usage_stream(),
-            subjects: vec![self.subjects.usage()],
-            retention: stream::RetentionPolicy::Limits,
+            name: name.clone(),
+            subjects: vec![subject],
+            retention,
             storage: stream::StorageType::File,
             max_age,
             duplicate_window: DUPLICATE_WINDOW,
             num_replicas: self.config.replicas,
-            description: Some("Switchyard usage events, one per attempt".into()),
+            description: Some(description.to_owned()),
             ..Default::default()
         };
         self.js
             .create_or_update_stream(config)
             .await
-            .map_err(|e| BusError::Setup(format!("usage stream: {e}")))?;
+            .map_err(|e| BusError::Setup(format!("stream {name}: {e}")))?;
         Ok(())
     }
 
     /// Publishes a usage event and waits until JetStream stored it. The event id is
     /// the `Nats-Msg-Id`: a repeat within the duplicate window is dropped.
     pub async fn publish_usage(&self, event: &UsageEvent) -> Result<(), BusError> {
+        self.publish_stored(self.subjects.usage(), &event.event_id, encode(event)?)
+            .await
+    }
+
+    /// Publishes to a stream with `Nats-Msg-Id` = `msg_id` and waits (at most
+    /// `publish_timeout`) until JetStream confirms it stored the message.
+    async fn publish_stored(
+        &self,
+        subject: String,
+        msg_id: &str,
+        payload: Bytes,
+    ) -> Result<(), BusError> {
         let mut headers = HeaderMap::new();
-        headers.insert(async_nats::header::NATS_MESSAGE_ID, event.event_id.as_str());
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id);
         let ack = self
             .js
-            .publish_with_headers(self.subjects.usage(), headers, encode(event)?)
+            .publish_with_headers(subject, headers, payload)
             .await
             .map_err(BusError::from_publish)?;
         match tokio::time::timeout(self.config.publish_timeout, ack).await {
@@ -196,21 +219,9 @@ impl Bus {
             &envelope.provider,
             &sy_protocol::route_token(&envelope.route),
         );
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            async_nats::header::NATS_MESSAGE_ID,
-            format!("{}-{}", envelope.request_id.as_simple(), envelope.attempt).as_str(),
-        );
-        let ack = self
-            .js
-            .publish_with_headers(subject, headers, encode(envelope)?)
+        let msg_id = UsageEvent::event_id_of(envelope.request_id, envelope.attempt);
+        self.publish_stored(subject, &msg_id, encode(envelope)?)
             .await
-            .map_err(BusError::from_publish)?;
-        match tokio::time::timeout(self.config.publish_timeout, ack).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(BusError::from_publish(e)),
-            Err(_) => Err(BusError::Unavailable),
-        }
     }
 
     /// Publishes one reply frame on core NATS (no ack; the ingress checks `seq`).

@@ -21,6 +21,8 @@ pub struct Directives {
     pub hang: bool,
     /// Answer with a call to this tool.
     pub tool_call: Option<String>,
+    /// Report this many of the prompt tokens as read from the cache.
+    pub cached_tokens: Option<u64>,
 }
 
 /// A bad directive: the key and why.
@@ -40,7 +42,8 @@ impl Directives {
             delay,
             tokens,
             cut_after,
-            tool_call
+            tool_call,
+            cached_tokens
         );
         self.hang |= other.hang;
     }
@@ -94,6 +97,7 @@ pub fn parse_list(text: &str, instance: &str) -> Result<Option<Directives>, Dire
                 }
                 d.tool_call = Some(value.to_owned());
             }
+            "cached_tokens" => d.cached_tokens = Some(num(value)?),
             "only" => applies = value == instance,
             other => return Err(DirectiveError(format!("unknown mock directive '{other}'"))),
         }

@@ -279,11 +279,13 @@ impl Plan {
         } else {
             (self.tokens() * self.n) as u64
         };
+        // OpenAI's convention: prompt_tokens includes the cached ones.
+        let cached = self.d.cached_tokens.unwrap_or(0).min(self.prompt_tokens);
         json!({
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": completion,
             "total_tokens": self.prompt_tokens + completion,
-            "prompt_tokens_details": {"cached_tokens": 0},
+            "prompt_tokens_details": {"cached_tokens": cached},
             "completion_tokens_details": {"reasoning_tokens": 0}
         })
     }
