@@ -13,15 +13,25 @@ fn ch(stack: &Stack) -> (clickhouse::Client, String) {
     (sy_accounting::client(c), c.database.clone())
 }
 
+/// A stack whose accounting writes into a fresh database on the shared ClickHouse.
+async fn accounting_stack() -> Stack {
+    Stack::start_with(StackOptions {
+        clickhouse: true,
+        ..Default::default()
+    })
+    .await
+}
+
+/// The single `u64` a query returns.
+async fn scalar(client: &clickhouse::Client, sql: &str) -> u64 {
+    client.query(sql).fetch_one().await.unwrap()
+}
+
 async fn wait_rows(stack: &Stack, n: u64) -> u64 {
     let (client, db) = ch(stack);
     let until = Instant::now() + Duration::from_secs(15);
     loop {
-        let count: u64 = client
-            .query(&format!("SELECT count() FROM {db}.requests FINAL"))
-            .fetch_one()
-            .await
-            .unwrap();
+        let count: u64 = scalar(&client, &format!("SELECT count() FROM {db}.requests FINAL")).await;
         if count >= n || Instant::now() > until {
             return count;
         }
@@ -31,11 +41,7 @@ async fn wait_rows(stack: &Stack, n: u64) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn n_requests_make_n_rows_with_the_mocks_tokens_and_the_price_tables_cost() {
-    let stack = Stack::start_with(StackOptions {
-        clickhouse: true,
-        ..Default::default()
-    })
-    .await;
+    let stack = accounting_stack().await;
     let (mut prompt, mut completion) = (0u64, 0u64);
     for i in 0..20u64 {
         let mut b = body("gpt-4o-mini", &format!("row {i} [[mock:tokens={}]]", 3 + i));
@@ -110,11 +116,7 @@ async fn n_requests_make_n_rows_with_the_mocks_tokens_and_the_price_tables_cost(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_event_published_twice_is_counted_once() {
-    let stack = Stack::start_with(StackOptions {
-        clickhouse: true,
-        ..Default::default()
-    })
-    .await;
+    let stack = accounting_stack().await;
     let resp = stack
         .chat(&body("gpt-4o-mini", "once"))
         .send()
@@ -149,28 +151,20 @@ async fn the_same_event_published_twice_is_counted_once() {
             .unwrap();
     }
     tokio::time::sleep(Duration::from_millis(800)).await;
-    let rows: u64 = client
-        .query(&format!("SELECT count() FROM {db}.requests"))
-        .fetch_one()
-        .await
-        .unwrap();
+    let rows: u64 = scalar(&client, &format!("SELECT count() FROM {db}.requests")).await;
     assert_eq!(rows, 1, "duplicates must not reach the table");
-    let daily: u64 = client
-        .query(&format!("SELECT sum(requests) FROM {db}.daily_spend"))
-        .fetch_one()
-        .await
-        .unwrap();
+    let daily: u64 = scalar(
+        &client,
+        &format!("SELECT sum(requests) FROM {db}.daily_spend"),
+    )
+    .await;
     assert_eq!(daily, 1);
 }
 
 /// Every `sql` block of docs/analytics.md runs on real rows and returns some.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_documented_analytics_query_runs_on_real_rows() {
-    let stack = Stack::start_with(StackOptions {
-        clickhouse: true,
-        ..Default::default()
-    })
-    .await;
+    let stack = accounting_stack().await;
     for prompt in [
         "a [[mock:tokens=4]]",
         "b [[mock:status=500]]",
@@ -219,11 +213,7 @@ async fn every_documented_analytics_query_runs_on_real_rows() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usage_endpoint_shows_the_callers_own_usage_only() {
     use crate::stack::{KEY, OTHER_KEY};
-    let stack = Stack::start_with(StackOptions {
-        clickhouse: true,
-        ..Default::default()
-    })
-    .await;
+    let stack = accounting_stack().await;
     for i in 0..3 {
         let b = body("gpt-4o-mini", &format!("mine {i} [[mock:tokens=10]]"));
         assert_eq!(stack.chat(&b).send().await.unwrap().status(), 200);
@@ -336,11 +326,7 @@ async fn clickhouse_outage_under_traffic_loses_nothing() {
         "events kept while ClickHouse was down arrive"
     );
     let (client, db) = ch(&stack);
-    let raw: u64 = client
-        .query(&format!("SELECT count() FROM {db}.requests"))
-        .fetch_one()
-        .await
-        .unwrap();
+    let raw: u64 = scalar(&client, &format!("SELECT count() FROM {db}.requests")).await;
     assert_eq!(raw, 40, "and none twice, even before merges");
 }
 
@@ -414,21 +400,13 @@ async fn accounting_killed_mid_batch_loses_and_doubles_nothing() {
     first.kill().unwrap();
     first.wait().unwrap();
     let client = sy_accounting::client(&ch_config);
-    let before: u64 = client
-        .query(&format!("SELECT count() FROM {db}.requests"))
-        .fetch_one()
-        .await
-        .unwrap();
+    let before: u64 = scalar(&client, &format!("SELECT count() FROM {db}.requests")).await;
     assert_eq!(before, 0, "killed before its batch was inserted");
     let mut second = spawn(&quick);
     let until = Instant::now() + Duration::from_secs(20);
     let mut rows = 0;
     while Instant::now() < until {
-        rows = client
-            .query(&format!("SELECT count() FROM {db}.requests"))
-            .fetch_one()
-            .await
-            .unwrap();
+        rows = scalar(&client, &format!("SELECT count() FROM {db}.requests")).await;
         if rows >= 30 {
             break;
         }
@@ -436,16 +414,12 @@ async fn accounting_killed_mid_batch_loses_and_doubles_nothing() {
     }
     // Let any late redelivery show up before counting doubles.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let raw: u64 = client
-        .query(&format!("SELECT count() FROM {db}.requests"))
-        .fetch_one()
-        .await
-        .unwrap();
-    let distinct: u64 = client
-        .query(&format!("SELECT uniqExact(event_id) FROM {db}.requests"))
-        .fetch_one()
-        .await
-        .unwrap();
+    let raw: u64 = scalar(&client, &format!("SELECT count() FROM {db}.requests")).await;
+    let distinct: u64 = scalar(
+        &client,
+        &format!("SELECT uniqExact(event_id) FROM {db}.requests"),
+    )
+    .await;
     second.kill().unwrap();
     second.wait().unwrap();
     let _ = client
@@ -495,11 +469,7 @@ fn schema_and_queries_run_on_current_clickhouse() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cached_tokens_are_normalised_and_cut_streams_are_rows() {
     use futures::StreamExt;
-    let stack = Stack::start_with(StackOptions {
-        clickhouse: true,
-        ..Default::default()
-    })
-    .await;
+    let stack = accounting_stack().await;
     let b = body(
         "gpt-4o-mini",
         "one two three four five six seven [[mock:tokens=10,cached_tokens=6]]",
