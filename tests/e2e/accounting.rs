@@ -290,9 +290,11 @@ async fn usage_endpoint_shows_the_callers_own_usage_only() {
     );
 }
 
-/// ClickHouse goes away under traffic and comes back: every event arrives, once.
+/// ClickHouse goes away for 30 s under steady traffic (a request every 100 ms)
+/// and comes back: every event arrives, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clickhouse_outage_under_traffic_loses_nothing() {
+    const OUTAGE: Duration = Duration::from_secs(30);
     let mut server = sy_test_support::ClickhouseServer::start().await;
     let stack = Stack::start_with(StackOptions {
         clickhouse: true,
@@ -301,10 +303,12 @@ async fn clickhouse_outage_under_traffic_loses_nothing() {
     })
     .await;
     let send = |i: usize| {
-        let req = stack.chat(&body(
-            "gpt-4o-mini",
-            &format!("outage {i} [[mock:tokens=4]]"),
-        ));
+        let req = stack
+            .chat(&body(
+                "gpt-4o-mini",
+                &format!("outage {i} [[mock:tokens=4]]"),
+            ))
+            .timeout(Duration::from_secs(10));
         async move {
             let resp = req.send().await.unwrap();
             assert_eq!(resp.status(), 200, "requests do not depend on ClickHouse");
@@ -315,19 +319,25 @@ async fn clickhouse_outage_under_traffic_loses_nothing() {
     }
     assert_eq!(wait_rows(&stack, 10).await, 10);
     server.stop();
-    for i in 10..40 {
-        send(i).await;
+    let down_since = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut sent = 10;
+    while down_since.elapsed() < OUTAGE {
+        tick.tick().await;
+        send(sent).await;
+        sent += 1;
     }
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(sent > 200, "traffic kept flowing during the outage: {sent}");
     server.restart().await;
+    let n = u64::try_from(sent).unwrap();
     assert_eq!(
-        wait_rows(&stack, 40).await,
-        40,
+        wait_rows(&stack, n).await,
+        n,
         "events kept while ClickHouse was down arrive"
     );
     let (client, db) = ch(&stack);
     let raw: u64 = scalar(&client, &format!("SELECT count() FROM {db}.requests")).await;
-    assert_eq!(raw, 40, "and none twice, even before merges");
+    assert_eq!(raw, n, "and none twice, even before merges");
 }
 
 /// An accounting process killed with a batch in hand, then another started:

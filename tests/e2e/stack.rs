@@ -219,10 +219,14 @@ impl Drop for Stack {
                         support::delete_namespace(&c, &ns).await;
                     }
                     if let Some(ch) = ch {
-                        let _ = sy_accounting::client(&ch)
-                            .query(&format!("DROP DATABASE IF EXISTS {}", ch.database))
-                            .execute()
-                            .await;
+                        // Bounded: the server may be the one a failed test left stopped.
+                        let _ = tokio::time::timeout(
+                            Duration::from_secs(10),
+                            sy_accounting::client(&ch)
+                                .query(&format!("DROP DATABASE IF EXISTS {}", ch.database))
+                                .execute(),
+                        )
+                        .await;
                     }
                 });
             }

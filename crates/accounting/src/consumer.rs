@@ -33,6 +33,8 @@ pub async fn run(
         client: client(&ch_config).with_database(&ch_config.database),
         table: "requests".to_owned(),
         config: ch_config,
+        // An insert that outlives the ack wait races its own redelivery; give up earlier.
+        timeout: config.accounting.ack_wait / 2,
     };
     let max_rows = config.accounting.max_rows;
     let max_wait = config.accounting.max_wait;
@@ -135,6 +137,7 @@ struct Writer {
     client: clickhouse::Client,
     table: String,
     config: ClickhouseConfig,
+    timeout: Duration,
 }
 
 impl Writer {
@@ -144,7 +147,10 @@ impl Writer {
         if batch.is_empty() {
             return;
         }
-        match self.insert(batch).await {
+        let result = tokio::time::timeout(self.timeout, self.insert(batch))
+            .await
+            .unwrap_or_else(|_| Err(AccountingError::Timeout(self.timeout)));
+        match result {
             Ok(inserted) => {
                 tracing::debug!(inserted, "Usage rows inserted.");
                 for (_, acker, _) in batch.drain(..) {

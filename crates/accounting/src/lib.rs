@@ -38,6 +38,9 @@ pub enum AccountingError {
     /// No `[clickhouse]` section in the config.
     #[error("no [clickhouse] section in the config")]
     NotConfigured,
+    /// ClickHouse did not finish an insert in time.
+    #[error("ClickHouse did not finish the insert within {0:?}")]
+    Timeout(std::time::Duration),
 }
 
 /// A ClickHouse client for `config` (validation off: 18.16 lacks the format it uses).

@@ -186,7 +186,10 @@ impl Drop for NatsServer {
 /// An HTTP client for tests (installs the TLS crypto provider reqwest needs).
 pub fn http() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::new()
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .build()
+        .expect("building an HTTP client")
 }
 
 /// A throw-away ClickHouse server (Debian's `clickhouse-server`, or
