@@ -23,8 +23,8 @@ pub use raw::{
     RawProvider, RawServer, RawTarget,
 };
 pub use validate::{
-    AccountingConfig, ApiKey, ClickhouseConfig, Config, ModelRoute, NatsConfig, ProviderConfig,
-    ProviderKind, Secret, ServerConfig, Target,
+    AccountingConfig, ApiKey, ClickhouseConfig, Config, ModelRoute, NatsConfig, PROVIDER_KINDS,
+    ProviderConfig, ProviderKind, Secret, ServerConfig, Target,
 };
 
 use std::path::Path;

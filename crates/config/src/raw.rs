@@ -171,13 +171,23 @@ pub struct RawKey {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawProvider {
-    /// The dialect: "openai_compatible" (alias "openai").
+    /// The dialect or preset: "openai_compatible" (alias "openai"), "azure_openai",
+    /// "deepseek", "mistral", "groq", "together", "openrouter", "vllm", "ollama",
+    /// "anthropic", "gemini", "cohere".
     pub kind: String,
-    /// Base URL including the version path, e.g. "https://api.openai.com/v1".
-    pub base_url: String,
-    /// Bearer key sent to the provider; usually "${OPENAI_API_KEY}".
+    /// Base URL including the version path, e.g. "https://api.openai.com/v1";
+    /// presets have a default.
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// Key sent to the provider; usually "${OPENAI_API_KEY}".
     #[serde(default)]
     pub api_key: Option<String>,
+    /// Azure's `api-version` query parameter; Anthropic's `anthropic-version` header.
+    #[serde(default)]
+    pub api_version: Option<String>,
+    /// Anthropic requires max_tokens: used when the client gave none.
+    #[serde(default)]
+    pub default_max_tokens: Option<u32>,
     /// TCP/TLS connect timeout, e.g. "5s".
     #[serde(default)]
     pub connect_timeout: Option<String>,

@@ -125,16 +125,55 @@ pub struct ApiKey {
 pub enum ProviderKind {
     /// OpenAI Chat Completions (OpenAI, vLLM, DeepSeek, Groq, …).
     OpenAiCompatible,
+    /// Azure OpenAI: deployment URLs, `api-version`, `api-key` header.
+    AzureOpenAi,
+    /// Anthropic Messages.
+    Anthropic,
+    /// Google Gemini (generateContent).
+    Gemini,
+    /// Cohere v2 chat.
+    Cohere,
 }
 
 impl ProviderKind {
-    /// The config spelling.
+    /// The dialect's config spelling.
     pub fn as_str(self) -> &'static str {
         match self {
             ProviderKind::OpenAiCompatible => "openai_compatible",
+            ProviderKind::AzureOpenAi => "azure_openai",
+            ProviderKind::Anthropic => "anthropic",
+            ProviderKind::Gemini => "gemini",
+            ProviderKind::Cohere => "cohere",
         }
     }
+
+    /// A config `kind` (dialect or preset): its dialect and default base URL.
+    pub fn preset(kind: &str) -> Option<(ProviderKind, Option<&'static str>)> {
+        use ProviderKind::*;
+        Some(match kind {
+            "openai_compatible" => (OpenAiCompatible, None),
+            "openai" => (OpenAiCompatible, Some("https://api.openai.com/v1")),
+            "azure_openai" => (AzureOpenAi, None),
+            "deepseek" => (OpenAiCompatible, Some("https://api.deepseek.com/v1")),
+            "mistral" => (OpenAiCompatible, Some("https://api.mistral.ai/v1")),
+            "groq" => (OpenAiCompatible, Some("https://api.groq.com/openai/v1")),
+            "together" => (OpenAiCompatible, Some("https://api.together.xyz/v1")),
+            "openrouter" => (OpenAiCompatible, Some("https://openrouter.ai/api/v1")),
+            "vllm" => (OpenAiCompatible, Some("http://127.0.0.1:8000/v1")),
+            "ollama" => (OpenAiCompatible, Some("http://127.0.0.1:11434/v1")),
+            "anthropic" => (Anthropic, Some("https://api.anthropic.com/v1")),
+            "gemini" => (
+                Gemini,
+                Some("https://generativelanguage.googleapis.com/v1beta"),
+            ),
+            "cohere" => (Cohere, Some("https://api.cohere.com/v2")),
+            _ => return None,
+        })
+    }
 }
+
+/// Every `kind` spelling, for error messages and docs.
+pub const PROVIDER_KINDS: &str = "openai_compatible, openai, azure_openai, deepseek, mistral, groq, together, openrouter, vllm, ollama, anthropic, gemini, cohere";
 
 /// A provider entry, validated.
 #[derive(Debug, Clone)]
@@ -145,8 +184,12 @@ pub struct ProviderConfig {
     pub kind: ProviderKind,
     /// Base URL, ending without a slash.
     pub base_url: Url,
-    /// Bearer key, if any.
+    /// The provider's key, if any (sent the dialect's way).
     pub api_key: Option<Secret>,
+    /// Azure's `api-version`; Anthropic's `anthropic-version`.
+    pub api_version: Option<String>,
+    /// Anthropic: max_tokens when the client gave none.
+    pub default_max_tokens: u32,
     /// Connect timeout.
     pub connect_timeout: Duration,
     /// Cluster-wide cap on requests in flight (the consumer's max_ack_pending).
@@ -287,17 +330,27 @@ impl Config {
                     "a provider name must be 1-64 letters, digits, '_' or '-'",
                 ));
             }
-            let kind = match p.kind.as_str() {
-                "openai_compatible" | "openai" => ProviderKind::OpenAiCompatible,
-                other => {
+            let (kind, default_url) = match ProviderKind::preset(&p.kind) {
+                Some(k) => k,
+                None => {
                     e.push(ConfigError::new(
                         at("kind"),
-                        format!("unknown kind \"{other}\"; expected \"openai_compatible\""),
+                        format!(
+                            "unknown kind \"{}\"; expected one of {PROVIDER_KINDS}",
+                            p.kind
+                        ),
                     ));
-                    ProviderKind::OpenAiCompatible
+                    (ProviderKind::OpenAiCompatible, None)
                 }
             };
-            let base_url = match Url::parse(p.base_url.trim_end_matches('/')) {
+            let Some(url) = p.base_url.as_deref().or(default_url) else {
+                e.push(ConfigError::new(
+                    at("base_url"),
+                    format!("required for kind \"{}\"", p.kind),
+                ));
+                continue;
+            };
+            let base_url = match Url::parse(url.trim_end_matches('/')) {
                 Ok(u) if matches!(u.scheme(), "http" | "https") => u,
                 Ok(_) => {
                     e.push(ConfigError::new(at("base_url"), "must be http or https"));
@@ -310,6 +363,28 @@ impl Config {
                     ));
                     continue;
                 }
+            };
+            let api_version = match (kind, p.api_version) {
+                (ProviderKind::AzureOpenAi, None) => {
+                    e.push(ConfigError::new(
+                        at("api_version"),
+                        "required for azure_openai, e.g. \"2024-10-21\"",
+                    ));
+                    None
+                }
+                (ProviderKind::Anthropic, None) => Some("2023-06-01".to_owned()),
+                (_, v) => v,
+            };
+            let default_max_tokens = match p.default_max_tokens {
+                Some(0) => {
+                    e.push(ConfigError::new(
+                        at("default_max_tokens"),
+                        "must be at least 1",
+                    ));
+                    1
+                }
+                Some(n) => n,
+                None => 4096,
             };
             let connect_timeout = match &p.connect_timeout {
                 Some(t) => duration(&at("connect_timeout"), t, e),
@@ -365,6 +440,8 @@ impl Config {
                     kind,
                     base_url,
                     api_key,
+                    api_version,
+                    default_max_tokens,
                     connect_timeout,
                     max_concurrency,
                     headers: p.headers,

@@ -23,6 +23,11 @@ pub struct Directives {
     pub tool_call: Option<String>,
     /// Report this many of the prompt tokens as read from the cache.
     pub cached_tokens: Option<u64>,
+    /// Report this many of the prompt tokens as written to the cache (Anthropic).
+    pub cache_write: Option<u64>,
+    /// With `status`: which error to describe, in the dialect's words
+    /// (`rate_limit`, `overloaded`, `context_length`, `content_filter`).
+    pub error: Option<String>,
 }
 
 /// A bad directive: the key and why.
@@ -43,7 +48,9 @@ impl Directives {
             tokens,
             cut_after,
             tool_call,
-            cached_tokens
+            cached_tokens,
+            cache_write,
+            error
         );
         self.hang |= other.hang;
     }
@@ -98,6 +105,17 @@ pub fn parse_list(text: &str, instance: &str) -> Result<Option<Directives>, Dire
                 d.tool_call = Some(value.to_owned());
             }
             "cached_tokens" => d.cached_tokens = Some(num(value)?),
+            "cache_write" => d.cache_write = Some(num(value)?),
+            "error" => match value {
+                "rate_limit" | "overloaded" | "context_length" | "content_filter" => {
+                    d.error = Some(value.to_owned());
+                }
+                v => {
+                    return Err(DirectiveError(format!(
+                        "mock directive error: '{v}' is not rate_limit, overloaded, context_length or content_filter"
+                    )));
+                }
+            },
             "only" => applies = value == instance,
             other => return Err(DirectiveError(format!("unknown mock directive '{other}'"))),
         }

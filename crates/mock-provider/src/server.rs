@@ -12,6 +12,11 @@ use axum::routing::{get, post};
 use axum::serve::ListenerExt;
 use serde_json::{Value, json};
 
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query};
+
+use crate::dialect::{Dialect, GeminiTarget};
 use crate::directives::{Directives, extract, resolve};
 use crate::{DEFAULT_TOKENS, prompt_tokens, reply_tokens};
 
@@ -115,8 +120,12 @@ impl MockProvider {
             counters: Counters::default(),
         });
         let app = Router::new()
-            .route("/v1/chat/completions", post(chat))
-            .route("/chat/completions", post(chat))
+            .route("/v1/chat/completions", post(openai))
+            .route("/chat/completions", post(openai))
+            .route("/v1/messages", post(anthropic))
+            .route("/v1beta/models/{action}", post(gemini))
+            .route("/v1/models/{action}", post(gemini))
+            .route("/v2/chat", post(cohere))
             .route("/v1/models", get(models))
             .route("/mock/stats", get(stats))
             .route("/mock/reset", post(reset))
@@ -138,9 +147,20 @@ impl MockProvider {
         self.addr
     }
 
-    /// `http://ADDR/v1`, the base URL a provider entry points at.
+    /// `http://ADDR/v1`, the base URL an OpenAI-compatible or Anthropic provider
+    /// entry points at.
     pub fn base_url(&self) -> String {
         format!("http://{}/v1", self.addr)
+    }
+
+    /// The base URL for a provider entry of config kind `kind`: `/v1beta` for
+    /// Gemini, `/v2` for Cohere, `/v1` otherwise.
+    pub fn base_url_for(&self, kind: &str) -> String {
+        match kind {
+            "gemini" => format!("http://{}/v1beta", self.addr),
+            "cohere" => format!("http://{}/v2", self.addr),
+            _ => self.base_url(),
+        }
     }
 
     /// The counters now.
@@ -179,7 +199,7 @@ async fn models() -> Response {
     )
 }
 
-fn json_response(status: StatusCode, v: &Value) -> Response {
+pub(crate) fn json_response(status: StatusCode, v: &Value) -> Response {
     let body = serde_json::to_vec(v).unwrap_or_default();
     (
         status,
@@ -190,18 +210,6 @@ fn json_response(status: StatusCode, v: &Value) -> Response {
         body,
     )
         .into_response()
-}
-
-fn error(status: u16, message: &str, param: Option<&str>, code: Option<&str>) -> Response {
-    let kind = match status {
-        429 => "requests",
-        500..=599 => "server_error",
-        _ => "invalid_request_error",
-    };
-    json_response(
-        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-        &json!({"error": {"message": message, "type": kind, "param": param, "code": code}}),
-    )
 }
 
 /// Counts a response as completed when finished, or cancelled when dropped early
@@ -243,111 +251,112 @@ impl Drop for Outcome {
     }
 }
 
-fn message_text(m: &Value) -> String {
-    match &m["content"] {
-        Value::String(s) => s.clone(),
-        Value::Array(parts) => parts
-            .iter()
-            .filter(|p| p["type"] == "text")
-            .filter_map(|p| p["text"].as_str())
-            .collect::<Vec<_>>()
-            .join("\n"),
-        _ => String::new(),
-    }
-}
-
 /// What to answer, decided from the request.
-struct Plan {
-    id: String,
-    created: u64,
-    model: String,
-    prompt: String,
-    n: usize,
-    prompt_tokens: u64,
-    d: Directives,
-    include_usage: bool,
+pub(crate) struct Plan {
+    pub dialect: Dialect,
+    pub seq: u64,
+    pub created: u64,
+    pub model: String,
+    pub prompt: String,
+    pub n: usize,
+    pub prompt_tokens: u64,
+    pub d: Directives,
+    pub include_usage: bool,
 }
 
 impl Plan {
-    fn tokens(&self) -> usize {
+    pub fn tokens(&self) -> usize {
         self.d.tokens.unwrap_or(DEFAULT_TOKENS)
     }
 
-    fn usage(&self) -> Value {
-        let completion = if self.d.tool_call.is_some() {
+    pub fn completion_tokens(&self) -> u64 {
+        if self.d.tool_call.is_some() {
             self.tool_arguments().len().div_ceil(4) as u64
         } else {
             (self.tokens() * self.n) as u64
-        };
-        // OpenAI's convention: prompt_tokens includes the cached ones.
-        let cached = self.d.cached_tokens.unwrap_or(0).min(self.prompt_tokens);
-        json!({
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": completion,
-            "total_tokens": self.prompt_tokens + completion,
-            "prompt_tokens_details": {"cached_tokens": cached},
-            "completion_tokens_details": {"reasoning_tokens": 0}
-        })
+        }
     }
 
-    fn tool_arguments(&self) -> String {
+    /// Prompt tokens read from and written to the cache (inside `prompt_tokens`).
+    pub fn cache(&self) -> (u64, u64) {
+        let cached = self.d.cached_tokens.unwrap_or(0).min(self.prompt_tokens);
+        let write = self
+            .d
+            .cache_write
+            .unwrap_or(0)
+            .min(self.prompt_tokens - cached);
+        (cached, write)
+    }
+
+    pub fn tool_arguments(&self) -> String {
         let query: Vec<&str> = self.prompt.split_whitespace().take(3).collect();
         json!({"query": query.join(" ")}).to_string()
     }
 
-    fn tool_call_id(&self) -> String {
-        format!("call_mock_{}", &self.id["chatcmpl-mock-".len()..])
+    pub fn id(&self) -> String {
+        format!("{}mock-{}", self.dialect.id_prefix(), self.seq)
+    }
+
+    pub fn tool_call_id(&self) -> String {
+        format!("{}mock_{}", self.dialect.call_prefix(), self.seq)
+    }
+
+    pub fn text(&self, index: usize) -> Vec<String> {
+        reply_tokens(&self.prompt, self.tokens(), index)
     }
 }
 
-async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn openai(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    serve(shared, Dialect::OpenAi, headers, None, body).await
+}
+
+async fn anthropic(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    serve(shared, Dialect::Anthropic, headers, None, body).await
+}
+
+async fn cohere(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    serve(shared, Dialect::Cohere, headers, None, body).await
+}
+
+async fn gemini(
+    State(shared): State<Arc<Shared>>,
+    Path(action): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let target = GeminiTarget {
+        action,
+        key: query.get("key").cloned(),
+    };
+    serve(shared, Dialect::Gemini, headers, Some(target), body).await
+}
+
+async fn serve(
+    shared: Arc<Shared>,
+    dialect: Dialect,
+    headers: HeaderMap,
+    gemini: Option<GeminiTarget>,
+    body: Bytes,
+) -> Response {
     shared.counters.requests.fetch_add(1, Ordering::SeqCst);
-    if let Some(key) = &shared.opts.api_key {
-        let ok = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            == Some(key.as_str());
-        if !ok {
-            return error(
-                401,
-                "Incorrect API key provided",
-                None,
-                Some("invalid_api_key"),
-            );
-        }
+    if let Some(key) = &shared.opts.api_key
+        && !dialect.authorized(&headers, gemini.as_ref(), key)
+    {
+        return dialect.error(401, "Incorrect API key provided", Some("invalid_api_key"));
     }
     let Ok(req) = serde_json::from_slice::<Value>(&body) else {
-        return error(
+        return dialect.error(
             400,
             "We could not parse the JSON body of your request.",
             None,
-            None,
         );
     };
-    let Some(model) = req["model"].as_str() else {
-        return error(
-            400,
-            "you must provide a model parameter",
-            Some("model"),
-            None,
-        );
+    let parsed = match dialect.parse(&req, gemini.as_ref()) {
+        Ok(p) => p,
+        Err(message) => return dialect.error(400, &message, None),
     };
-    let Some(messages) = req["messages"].as_array().filter(|m| !m.is_empty()) else {
-        return error(
-            400,
-            "'messages' must be a non-empty array",
-            Some("messages"),
-            None,
-        );
-    };
-    let texts: Vec<String> = messages.iter().map(message_text).collect();
-    let last_user = messages
-        .iter()
-        .rposition(|m| m["role"] == "user")
-        .map(|i| texts[i].as_str())
-        .unwrap_or("");
-    let (prompt, blocks) = extract(last_user);
+    let (prompt, blocks) = extract(&parsed.last_user);
     let header_directives = headers.get("x-mock").and_then(|v| v.to_str().ok());
     let d = match resolve(
         &shared.opts.defaults,
@@ -356,28 +365,23 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
         &shared.opts.name,
     ) {
         Ok(d) => d,
-        Err(e) => return error(400, &e.0, None, None),
+        Err(e) => return dialect.error(400, &e.0, None),
     };
-    let n = req["n"].as_u64().unwrap_or(1);
-    if !(1..=8).contains(&n) {
-        return error(400, "the mock supports n from 1 to 8", Some("n"), None);
+    if !(1..=8).contains(&parsed.n) {
+        return dialect.error(400, "the mock supports n from 1 to 8", None);
     }
     let plan = Plan {
-        id: format!(
-            "chatcmpl-mock-{}",
-            shared.counters.ids.fetch_add(1, Ordering::Relaxed)
-        ),
+        dialect,
+        seq: shared.counters.ids.fetch_add(1, Ordering::Relaxed),
         created: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0),
-        model: model.to_owned(),
+        model: parsed.model,
         prompt,
-        n: n as usize,
-        prompt_tokens: prompt_tokens(&texts),
-        include_usage: req["stream_options"]["include_usage"]
-            .as_bool()
-            .unwrap_or(false),
+        n: parsed.n,
+        prompt_tokens: prompt_tokens(&parsed.texts),
+        include_usage: parsed.include_usage,
         d,
     };
     let outcome = Outcome::new(&shared);
@@ -385,13 +389,16 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
         shared.counters.faults.fetch_add(1, Ordering::SeqCst);
         std::future::pending::<()>().await;
     }
-    if let Some(status) = plan.d.status {
+    if let Some(status) = plan
+        .d
+        .status
+        .or_else(|| dialect.error_status(plan.d.error.as_deref()))
+    {
         shared.counters.faults.fetch_add(1, Ordering::SeqCst);
         if let Some(t) = plan.d.ttft {
             tokio::time::sleep(t).await;
         }
-        let code = (status == 429).then_some("rate_limit_exceeded");
-        let mut resp = error(status, &format!("mock fault: status {status}"), None, code);
+        let mut resp = dialect.fault(status, plan.d.error.as_deref(), plan.prompt_tokens);
         if let Some(secs) = plan.d.retry_after {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
@@ -399,8 +406,8 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
         outcome.complete();
         return resp;
     }
-    if req["stream"].as_bool().unwrap_or(false) {
-        return stream(shared, plan, outcome);
+    if parsed.stream {
+        return stream(shared, &plan, outcome);
     }
     if let Some(t) = plan.d.ttft {
         tokio::time::sleep(t).await;
@@ -413,97 +420,9 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
         }));
         return (StatusCode::OK, body).into_response();
     }
-    let choices: Vec<Value> = (0..plan.n)
-        .map(|i| {
-            if let Some(tool) = &plan.d.tool_call {
-                json!({"index": i, "message": {"role": "assistant", "content": null, "refusal": null,
-                    "tool_calls": [{"id": plan.tool_call_id(), "type": "function",
-                        "function": {"name": tool, "arguments": plan.tool_arguments()}}]},
-                    "logprobs": null, "finish_reason": "tool_calls"})
-            } else {
-                json!({"index": i, "message": {"role": "assistant",
-                    "content": reply_tokens(&plan.prompt, plan.tokens(), i).concat(), "refusal": null},
-                    "logprobs": null, "finish_reason": "stop"})
-            }
-        })
-        .collect();
-    let resp = json_response(
-        StatusCode::OK,
-        &json!({"id": plan.id, "object": "chat.completion", "created": plan.created, "model": plan.model,
-            "choices": choices, "usage": plan.usage(), "system_fingerprint": "fp_mock"}),
-    );
+    let resp = json_response(StatusCode::OK, &dialect.answer(&plan));
     outcome.complete();
     resp
-}
-
-fn chunk(plan: &Plan, choices: Value) -> Bytes {
-    let mut v = json!({"id": plan.id, "object": "chat.completion.chunk", "created": plan.created,
-        "model": plan.model, "system_fingerprint": "fp_mock", "choices": choices});
-    if plan.include_usage {
-        v["usage"] = Value::Null;
-    }
-    sse(&v)
-}
-
-fn sse(v: &Value) -> Bytes {
-    let mut buf = b"data: ".to_vec();
-    let _ = serde_json::to_writer(&mut buf, v);
-    buf.extend_from_slice(b"\n\n");
-    Bytes::from(buf)
-}
-
-/// Every event of a streamed answer, in order; the bool marks content chunks (for cut_after).
-fn events(plan: &Plan) -> Vec<(Bytes, bool)> {
-    let mut out = Vec::new();
-    for i in 0..plan.n {
-        if let Some(tool) = &plan.d.tool_call {
-            out.push((chunk(plan, json!([{"index": i, "delta": {"role": "assistant", "content": null,
-                "tool_calls": [{"index": 0, "id": plan.tool_call_id(), "type": "function",
-                    "function": {"name": tool, "arguments": ""}}]}, "logprobs": null, "finish_reason": null}])), false));
-            let args: Vec<char> = plan.tool_arguments().chars().collect();
-            let piece = args.len().div_ceil(3).max(1);
-            for part in args.chunks(piece) {
-                let frag: String = part.iter().collect();
-                out.push((
-                    chunk(
-                        plan,
-                        json!([{"index": i, "delta": {"tool_calls": [{"index": 0,
-                    "function": {"arguments": frag}}]}, "logprobs": null, "finish_reason": null}]),
-                    ),
-                    true,
-                ));
-            }
-            out.push((chunk(plan, json!([{"index": i, "delta": {}, "logprobs": null, "finish_reason": "tool_calls"}])), false));
-        } else {
-            out.push((
-                chunk(
-                    plan,
-                    json!([{"index": i, "delta": {"role": "assistant", "content": ""},
-                "logprobs": null, "finish_reason": null}]),
-                ),
-                false,
-            ));
-            for t in reply_tokens(&plan.prompt, plan.tokens(), i) {
-                out.push((chunk(plan, json!([{"index": i, "delta": {"content": t}, "logprobs": null, "finish_reason": null}])), true));
-            }
-            out.push((
-                chunk(
-                    plan,
-                    json!([{"index": i, "delta": {}, "logprobs": null, "finish_reason": "stop"}]),
-                ),
-                false,
-            ));
-        }
-    }
-    if plan.include_usage {
-        out.push((
-            sse(&json!({"id": plan.id, "object": "chat.completion.chunk", "created": plan.created,
-                "model": plan.model, "system_fingerprint": "fp_mock", "choices": [], "usage": plan.usage()})),
-            false,
-        ));
-    }
-    out.push((Bytes::from_static(b"data: [DONE]\n\n"), false));
-    out
 }
 
 struct StreamState {
@@ -517,9 +436,9 @@ struct StreamState {
     shared: Arc<Shared>,
 }
 
-fn stream(shared: Arc<Shared>, plan: Plan, outcome: Outcome) -> Response {
+fn stream(shared: Arc<Shared>, plan: &Plan, outcome: Outcome) -> Response {
     let state = StreamState {
-        events: events(&plan).into_iter(),
+        events: plan.dialect.events(plan).into_iter(),
         ttft: plan.d.ttft,
         delay: plan.d.delay,
         cut_after: plan.d.cut_after,

@@ -51,6 +51,21 @@ pub struct ChatRequest {
     /// `{"type":"text"|"json_object"|"json_schema", ...}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_format: Option<Value>,
+    /// `minimal | low | medium | high`: how hard a reasoning model thinks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_effort: Option<String>,
+    /// Top-k sampling (Anthropic, Gemini, Cohere, vLLM; OpenAI itself refuses it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<u32>,
+    /// An exact thinking budget in tokens, from an Anthropic client's `thinking`;
+    /// adapters without budgets use `reasoning_effort` instead. Never sent to
+    /// OpenAI-compatible providers.
+    #[serde(
+        default,
+        rename = "x_switchyard_thinking_budget",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub thinking_budget: Option<u32>,
     /// Every other field, passed through unchanged to OpenAI-compatible providers.
     #[serde(flatten)]
     pub extra: Map<String, Value>,

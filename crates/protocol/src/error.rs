@@ -24,6 +24,13 @@ pub enum ErrorCode {
     RateLimited,
     /// The provider failed; its status when it means something to the client, else 502.
     ProviderError,
+    /// The provider is overloaded (Anthropic's 529, a 503); retry later (503).
+    Overloaded,
+    /// The prompt does not fit the model's context window (400).
+    ContextLengthExceeded,
+    /// The provider refused the request or its answer on content-policy grounds (400).
+    #[serde(rename = "content_filter")]
+    ContentFiltered,
     /// The provider did not answer in time (504).
     ProviderTimeout,
     /// The request's deadline passed before it finished (504).
@@ -38,7 +45,9 @@ impl ErrorCode {
     /// The HTTP status this code answers with by default.
     pub fn http_status(self) -> u16 {
         match self {
-            ErrorCode::InvalidRequest => 400,
+            ErrorCode::InvalidRequest
+            | ErrorCode::ContextLengthExceeded
+            | ErrorCode::ContentFiltered => 400,
             ErrorCode::Unauthenticated => 401,
             ErrorCode::ModelNotFound | ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
@@ -47,7 +56,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => 429,
             ErrorCode::ProviderError => 502,
             ErrorCode::ProviderTimeout | ErrorCode::DeadlineExceeded => 504,
-            ErrorCode::BusUnavailable => 503,
+            ErrorCode::BusUnavailable | ErrorCode::Overloaded => 503,
             ErrorCode::Internal => 500,
         }
     }
@@ -64,6 +73,9 @@ impl ErrorCode {
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::ProviderError => "provider_error",
+            ErrorCode::Overloaded => "overloaded",
+            ErrorCode::ContextLengthExceeded => "context_length_exceeded",
+            ErrorCode::ContentFiltered => "content_filter",
             ErrorCode::ProviderTimeout => "provider_timeout",
             ErrorCode::DeadlineExceeded => "deadline_exceeded",
             ErrorCode::BusUnavailable => "bus_unavailable",

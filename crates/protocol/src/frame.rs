@@ -10,6 +10,12 @@ use crate::chat::{ChatRequest, ChoiceDelta, Usage};
 pub enum ApiSurface {
     /// `POST /v1/chat/completions`.
     ChatCompletions,
+    /// `POST /v1/messages` (Anthropic Messages).
+    Messages,
+    /// `POST /v1/responses` (OpenAI Responses).
+    Responses,
+    /// `POST /v1/embeddings`.
+    Embeddings,
 }
 
 /// A request on its way from the ingress to a worker pool, published to

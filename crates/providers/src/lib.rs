@@ -4,16 +4,26 @@
 //! over them (built from a [`ProviderConfig`] by [`AnyProvider::from_config`]). An
 //! adapter turns a canonical [`ChatRequest`] into the provider's HTTP call and the
 //! provider's answer (JSON or SSE) into a [`ChunkStream`] of canonical [`Chunk`]s,
-//! and classifies failures into [`ProviderError`]s. The only dialect today is
-//! OpenAI Chat Completions ([`openai`]), which also serves vLLM, DeepSeek, Groq and
-//! every other OpenAI-compatible server. [`sse`] is the shared SSE parser.
+//! and classifies failures into [`ProviderError`]s (one [`classify`] for every
+//! dialect). Dialects: OpenAI Chat Completions ([`openai`], also Azure, vLLM,
+//! DeepSeek, Groq and every other compatible server), Anthropic Messages
+//! ([`anthropic`]), Google Gemini ([`gemini`]) and Cohere v2 ([`cohere`]). Adding
+//! one is one module plus a variant here. [`call`] holds the shared client,
+//! error handling and SSE-to-chunk plumbing, [`sse`] the SSE parser, and
+//! [`translate`] the rules for fields a dialect cannot honour.
 //! Dropping a stream (or the future returning it) aborts the upstream request.
 
+pub mod anthropic;
+pub mod call;
+pub mod cohere;
 mod error;
+pub mod gemini;
 pub mod openai;
 pub mod sse;
+pub mod translate;
 
-pub use error::ProviderError;
+pub use call::install_crypto_provider;
+pub use error::{ErrorBody, ProviderError, classify};
 
 use std::future::Future;
 
@@ -74,16 +84,31 @@ pub trait Provider: Send + Sync {
 /// Every adapter, for dispatch without boxing.
 #[derive(Debug, Clone)]
 pub enum AnyProvider {
-    /// OpenAI Chat Completions and compatibles.
+    /// OpenAI Chat Completions and compatibles, Azure OpenAI.
     OpenAi(openai::OpenAiAdapter),
+    /// Anthropic Messages.
+    Anthropic(anthropic::AnthropicAdapter),
+    /// Google Gemini.
+    Gemini(gemini::GeminiAdapter),
+    /// Cohere v2 chat.
+    Cohere(cohere::CohereAdapter),
 }
 
 impl AnyProvider {
     /// Builds the adapter a provider entry asks for.
     pub fn from_config(config: &ProviderConfig) -> Result<AnyProvider, ProviderError> {
         match config.kind {
-            ProviderKind::OpenAiCompatible => {
+            ProviderKind::OpenAiCompatible | ProviderKind::AzureOpenAi => {
                 openai::OpenAiAdapter::from_config(config).map(AnyProvider::OpenAi)
+            }
+            ProviderKind::Anthropic => {
+                anthropic::AnthropicAdapter::from_config(config).map(AnyProvider::Anthropic)
+            }
+            ProviderKind::Gemini => {
+                gemini::GeminiAdapter::from_config(config).map(AnyProvider::Gemini)
+            }
+            ProviderKind::Cohere => {
+                cohere::CohereAdapter::from_config(config).map(AnyProvider::Cohere)
             }
         }
     }
@@ -93,6 +118,9 @@ impl Provider for AnyProvider {
     fn kind(&self) -> ProviderKind {
         match self {
             AnyProvider::OpenAi(a) => a.kind(),
+            AnyProvider::Anthropic(a) => a.kind(),
+            AnyProvider::Gemini(a) => a.kind(),
+            AnyProvider::Cohere(a) => a.kind(),
         }
     }
 
@@ -103,6 +131,9 @@ impl Provider for AnyProvider {
     ) -> Result<ChunkStream, ProviderError> {
         match self {
             AnyProvider::OpenAi(a) => a.chat(req, cx).await,
+            AnyProvider::Anthropic(a) => a.chat(req, cx).await,
+            AnyProvider::Gemini(a) => a.chat(req, cx).await,
+            AnyProvider::Cohere(a) => a.chat(req, cx).await,
         }
     }
 }

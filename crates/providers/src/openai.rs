@@ -1,12 +1,11 @@
-//! OpenAI Chat Completions, and every server that speaks it (vLLM, DeepSeek, Groq…).
+//! OpenAI Chat Completions, and every server that speaks it (vLLM, DeepSeek, Groq…),
+//! plus Azure OpenAI's deployment URLs and `api-key` header.
 //! Wire format: <https://platform.openai.com/docs/api-reference/chat>.
 
-use std::time::Duration;
-
-use bytes::Bytes;
 use futures::StreamExt;
+
 use http::HeaderMap;
-use http::header::{AUTHORIZATION, HeaderName, HeaderValue, RETRY_AFTER};
+use http::header::{AUTHORIZATION, HeaderName};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use sy_config::{ProviderConfig, ProviderKind};
@@ -15,7 +14,9 @@ use sy_protocol::chat::{
     ToolCallDelta, Usage,
 };
 
-use crate::sse::SseParser;
+use crate::call::{self, Decoder, Step};
+use crate::error::ErrorBody;
+use crate::sse::SseEvent;
 use crate::{CallContext, Chunk, ChunkStream, Provider, ProviderError, ResponseMeta};
 
 /// The config `kind` of this dialect.
@@ -24,50 +25,50 @@ pub const KIND: &str = "openai_compatible";
 /// An OpenAI-compatible provider: one pooled HTTP client per entry.
 #[derive(Debug, Clone)]
 pub struct OpenAiAdapter {
+    kind: ProviderKind,
     client: reqwest::Client,
-    url: String,
+    base: String,
+    api_version: Option<String>,
     headers: HeaderMap,
 }
 
 impl OpenAiAdapter {
-    /// Builds the adapter for a provider entry.
+    /// Builds the adapter for a provider entry (OpenAI-compatible or Azure OpenAI).
     pub fn from_config(config: &ProviderConfig) -> Result<Self, ProviderError> {
-        let mut headers = HeaderMap::new();
-        if let Some(key) = &config.api_key {
-            let mut v =
-                HeaderValue::from_str(&format!("Bearer {}", key.expose())).map_err(|_| {
-                    ProviderError::Protocol("api_key is not a valid header value".into())
-                })?;
-            v.set_sensitive(true);
-            headers.insert(AUTHORIZATION, v);
-        }
-        for (k, v) in &config.headers {
-            let name = HeaderName::from_bytes(k.as_bytes())
-                .map_err(|_| ProviderError::Protocol(format!("bad header name {k}")))?;
-            let value = HeaderValue::from_str(v)
-                .map_err(|_| ProviderError::Protocol(format!("bad value for header {k}")))?;
-            headers.insert(name, value);
-        }
-        install_crypto_provider();
-        let client = reqwest::Client::builder()
-            .tcp_nodelay(true)
-            .connect_timeout(config.connect_timeout)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build()
-            .map_err(ProviderError::Transport)?;
+        let azure = config.kind == ProviderKind::AzureOpenAi;
+        let credential = config.api_key.as_ref().map(|key| {
+            if azure {
+                (HeaderName::from_static("api-key"), key.expose().to_owned())
+            } else {
+                (AUTHORIZATION, format!("Bearer {}", key.expose()))
+            }
+        });
         Ok(OpenAiAdapter {
-            client,
-            url: format!(
-                "{}/chat/completions",
-                config.base_url.as_str().trim_end_matches('/')
-            ),
-            headers,
+            kind: config.kind,
+            client: call::client(config)?,
+            base: config.base_url.as_str().trim_end_matches('/').to_owned(),
+            api_version: azure.then(|| config.api_version.clone().unwrap_or_default()),
+            headers: call::headers(config, credential)?,
         })
+    }
+
+    /// Where to post: `{base}/chat/completions`, or Azure's deployment URL (the
+    /// target's model is the deployment name).
+    fn url(&self, model: &str) -> String {
+        match &self.api_version {
+            None => format!("{}/chat/completions", self.base),
+            Some(v) => format!(
+                "{}/openai/deployments/{model}/chat/completions?api-version={v}",
+                self.base
+            ),
+        }
     }
 
     fn body(req: &ChatRequest, cx: &CallContext) -> Result<Vec<u8>, ProviderError> {
         let mut wire = req.clone();
         wire.model.clone_from(&cx.model);
+        // Anthropic's exact budget has no OpenAI spelling; reasoning_effort carries it.
+        wire.thinking_budget = None;
         if cx.stream {
             wire.stream = Some(true);
             // Usage at the end of every stream, for accounting, whatever the client asked.
@@ -87,7 +88,7 @@ impl OpenAiAdapter {
 
 impl Provider for OpenAiAdapter {
     fn kind(&self) -> ProviderKind {
-        ProviderKind::OpenAiCompatible
+        self.kind
     }
 
     async fn chat(
@@ -95,94 +96,40 @@ impl Provider for OpenAiAdapter {
         req: &ChatRequest,
         cx: &CallContext,
     ) -> Result<ChunkStream, ProviderError> {
-        let resp = self
-            .client
-            .post(&self.url)
-            .headers(self.headers.clone())
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(Self::body(req, cx)?)
-            .send()
-            .await
-            .map_err(transport)?;
-        let status = resp.status();
-        if !status.is_success() {
-            let retry_after = retry_after(resp.headers());
-            let body = resp.bytes().await.unwrap_or_default();
-            return Err(classify(status.as_u16(), &body, retry_after));
-        }
+        let resp = call::post_json(
+            &self.client,
+            &self.url(&cx.model),
+            &self.headers,
+            Self::body(req, cx)?,
+            read_error,
+        )
+        .await?;
         if cx.stream {
-            Ok(sse_chunks(resp))
+            Ok(call::sse_stream(resp, OpenAiDecoder::default()))
         } else {
-            let body = resp.bytes().await.map_err(transport)?;
+            let body = call::body(resp).await?;
             let chunk = from_completion(&body)?;
             Ok(futures::stream::once(async move { Ok(chunk) }).boxed())
         }
     }
 }
 
-/// reqwest is built without a default TLS backend; ring (already used by
-/// async-nats) is the one we ship. Installing twice is a no-op.
-pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+/// OpenAI's error body: `{"error": {"message", "type", "code"}}`.
+pub fn read_error(raw: &[u8]) -> ErrorBody {
+    call::read_error_fields(
+        raw,
+        &[&["error", "message"], &["message"]],
+        &[&["error", "code"], &["error", "type"]],
+    )
 }
 
-fn transport(e: reqwest::Error) -> ProviderError {
-    if e.is_connect() {
-        ProviderError::Connect(e)
-    } else {
-        ProviderError::Transport(e)
-    }
-}
-
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let v = headers.get(RETRY_AFTER)?.to_str().ok()?;
-    v.trim()
-        .parse::<f64>()
-        .ok()
-        .filter(|s| *s >= 0.0)
-        .map(Duration::from_secs_f64)
-}
-
-/// Turns an error status and body into a [`ProviderError`], keeping the
-/// provider's message but never echoing credentials.
-pub fn classify(status: u16, body: &[u8], retry_after: Option<Duration>) -> ProviderError {
-    let message = match status {
-        401 | 403 => "the provider rejected Switchyard's credentials for it".to_owned(),
-        _ => error_message(body),
-    };
-    if status == 429 {
-        ProviderError::RateLimited {
-            retry_after,
-            message,
-        }
-    } else {
-        ProviderError::Upstream { status, message }
-    }
-}
-
-fn error_message(body: &[u8]) -> String {
-    #[derive(Deserialize)]
-    struct Envelope {
-        error: ErrorBody,
-    }
-    #[derive(Deserialize)]
-    struct ErrorBody {
-        message: Option<String>,
-    }
-    match serde_json::from_slice::<Envelope>(body) {
-        Ok(Envelope {
-            error: ErrorBody { message: Some(m) },
-        }) => m,
-        _ => {
-            let text = String::from_utf8_lossy(body);
-            let text = text.trim();
-            if text.is_empty() {
-                "no error message".to_owned()
-            } else {
-                text.chars().take(300).collect()
-            }
-        }
-    }
+/// Turns an error status and body into a [`ProviderError`].
+pub fn classify(
+    status: u16,
+    body: &[u8],
+    retry_after: Option<std::time::Duration>,
+) -> ProviderError {
+    crate::error::classify(status, read_error(body), body, retry_after)
 }
 
 #[derive(Deserialize)]
@@ -281,11 +228,13 @@ pub fn from_stream_data(data: &str, first: bool) -> Result<Option<Chunk>, Provid
     let c: WireChunk =
         serde_json::from_str(data).map_err(|e| ProviderError::Protocol(e.to_string()))?;
     if let Some(err) = c.error {
-        let body = serde_json::json!({ "error": err }).to_string();
-        return Err(ProviderError::Upstream {
-            status: 502,
-            message: error_message(body.as_bytes()),
-        });
+        let raw = serde_json::json!({ "error": err }).to_string();
+        return Err(crate::error::classify(
+            502,
+            read_error(raw.as_bytes()),
+            raw.as_bytes(),
+            None,
+        ));
     }
     Ok(Some(Chunk {
         meta: first.then_some(ResponseMeta {
@@ -299,78 +248,36 @@ pub fn from_stream_data(data: &str, first: bool) -> Result<Option<Chunk>, Provid
     }))
 }
 
-struct StreamState {
-    body: futures::stream::BoxStream<'static, reqwest::Result<Bytes>>,
-    parser: SseParser,
-    first: bool,
+/// Reads `chat.completion.chunk` events until `[DONE]`.
+#[derive(Debug, Default)]
+pub struct OpenAiDecoder {
+    started: bool,
     finished: bool,
-    done: bool,
 }
 
-fn sse_chunks(resp: reqwest::Response) -> ChunkStream {
-    let state = StreamState {
-        body: resp.bytes_stream().boxed(),
-        parser: SseParser::new(),
-        first: true,
-        finished: false,
-        done: false,
-    };
-    futures::stream::unfold(state, |mut st| async move {
-        loop {
-            if st.done {
-                return None;
-            }
-            let event = match st.parser.next_event() {
-                Some(ev) => Some(ev),
-                None => match st.body.next().await {
-                    Some(Ok(bytes)) => {
-                        st.parser.push(&bytes);
-                        continue;
-                    }
-                    Some(Err(e)) => {
-                        st.done = true;
-                        tracing::debug!(error = %e, "Provider stream broke.");
-                        return Some((Err(ProviderError::StreamCut), st));
-                    }
-                    None => st.parser.finish(),
-                },
-            };
-            let Some(event) = event else {
-                // The body ended. Without a finish reason the answer is incomplete.
-                st.done = true;
-                if st.finished {
-                    return None;
+impl Decoder for OpenAiDecoder {
+    fn event(&mut self, event: SseEvent) -> Result<Step, ProviderError> {
+        match from_stream_data(&event.data, !self.started)? {
+            None => Ok(Step::Done),
+            Some(chunk) => {
+                self.started = true;
+                if chunk.choices.iter().any(|c| c.finish_reason.is_some()) {
+                    self.finished = true;
                 }
-                return Some((Err(ProviderError::StreamCut), st));
-            };
-            match from_stream_data(&event.data, st.first) {
-                Ok(None) => {
-                    st.done = true;
-                    if st.finished {
-                        return None;
-                    }
-                    return Some((Err(ProviderError::StreamCut), st));
-                }
-                Ok(Some(chunk)) => {
-                    st.first = false;
-                    if chunk.choices.iter().any(|c| c.finish_reason.is_some()) {
-                        st.finished = true;
-                    }
-                    return Some((Ok(chunk), st));
-                }
-                Err(e) => {
-                    st.done = true;
-                    return Some((Err(e), st));
-                }
+                Ok(Step::Chunk(chunk))
             }
         }
-    })
-    .boxed()
+    }
+
+    fn complete(&self) -> bool {
+        self.finished
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn wire_body_keeps_unknown_fields_and_asks_for_stream_usage() {
@@ -388,6 +295,7 @@ mod tests {
             stream: true,
         };
         let wire: Value = serde_json::from_slice(&OpenAiAdapter::body(&req, &cx).unwrap()).unwrap();
+        assert!(wire.get("x_switchyard_thinking_budget").is_none());
         assert_eq!(wire["model"], "gpt-4o-2024");
         assert_eq!(wire["logit_bias"], serde_json::json!({"1": 2}));
         assert_eq!(wire["parallel_tool_calls"], false);

@@ -1,7 +1,9 @@
 //! One usage event per attempt: what it cost, built from what the attempt learned.
 //!
-//! Token rules: the provider's own usage when it reported any (OpenAI convention:
-//! `prompt_tokens` includes cached tokens, so `input = prompt − cached`); otherwise,
+//! Token rules: the provider's own usage when it reported any, in the canonical
+//! (OpenAI) convention the adapters normalise to: `prompt_tokens` includes cache
+//! reads (`cached_tokens`) and cache writes (`cache_write_tokens`), so
+//! `input = prompt − cached − cache writes`; otherwise,
 //! when the provider worked on the request (answered, or was cut off, cancelled or
 //! timed out after it had the request), tiktoken estimates of the prompt and of the
 //! output generated until then, marked `estimated`. An error answer (4xx/5xx) or a
@@ -57,11 +59,14 @@ pub(crate) fn event(
         .as_ref()
         .is_some_and(|e| e.provider_status.is_some());
     let (counts, reasoning, source) = if let Some(u) = &state.usage {
-        let cached = detail(u.prompt_tokens_details.as_ref(), "cached_tokens").min(u.prompt_tokens);
+        let details = u.prompt_tokens_details.as_ref();
+        let cached = detail(details, "cached_tokens").min(u.prompt_tokens);
+        // Adapters put cache writes (Anthropic's) here, inside prompt_tokens.
+        let cache_write = detail(details, "cache_write_tokens").min(u.prompt_tokens - cached);
         let counts = TokenCounts {
-            input: u.prompt_tokens - cached,
+            input: u.prompt_tokens - cached - cache_write,
             cached_input: cached,
-            cache_write: 0,
+            cache_write,
             output: u.completion_tokens,
         };
         let reasoning = detail(u.completion_tokens_details.as_ref(), "reasoning_tokens");

@@ -1,0 +1,611 @@
+//! The wire dialects the mock speaks: OpenAI Chat Completions, Anthropic Messages,
+//! Gemini generateContent and Cohere v2 chat. Each parses its request into the
+//! few things the mock needs, and renders answers, streams and errors in its own
+//! format, written from the providers' public documentation.
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::Response;
+use serde_json::{Value, json};
+
+use crate::server::{Plan, json_response};
+
+/// A wire dialect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// OpenAI Chat Completions.
+    OpenAi,
+    /// Anthropic Messages.
+    Anthropic,
+    /// Google Gemini.
+    Gemini,
+    /// Cohere v2 chat.
+    Cohere,
+}
+
+/// Gemini puts the model and the method in the path and may put the key in the query.
+pub struct GeminiTarget {
+    /// `<model>:generateContent` or `<model>:streamGenerateContent`.
+    pub action: String,
+    /// `?key=`.
+    pub key: Option<String>,
+}
+
+/// What the mock needs from a request.
+pub struct Parsed {
+    pub model: String,
+    /// Every message's text, for the prompt token count.
+    pub texts: Vec<String>,
+    /// The last user message's text (where directives live).
+    pub last_user: String,
+    pub stream: bool,
+    pub n: usize,
+    pub include_usage: bool,
+}
+
+/// Text of a content value: a string, or the text of its text blocks / parts
+/// (tool results included).
+fn text_of(content: &Value) -> String {
+    match content {
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| match p {
+                Value::String(s) => Some(s.clone()),
+                _ if p["type"] == "text" || p.get("text").is_some() && p.get("type").is_none() => {
+                    p["text"].as_str().map(str::to_owned)
+                }
+                _ if p["type"] == "tool_result" => Some(text_of(&p["content"])),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => String::new(),
+    }
+}
+
+fn sse_event(name: Option<&str>, v: &Value) -> Bytes {
+    let mut buf = Vec::with_capacity(128);
+    if let Some(n) = name {
+        buf.extend_from_slice(b"event: ");
+        buf.extend_from_slice(n.as_bytes());
+        buf.push(b'\n');
+    }
+    buf.extend_from_slice(b"data: ");
+    let _ = serde_json::to_writer(&mut buf, v);
+    buf.extend_from_slice(b"\n\n");
+    Bytes::from(buf)
+}
+
+/// Splits `s` into about three pieces on char boundaries (streamed tool arguments).
+fn pieces(s: &str) -> Vec<String> {
+    let chars: Vec<char> = s.chars().collect();
+    let size = chars.len().div_ceil(3).max(1);
+    chars.chunks(size).map(|c| c.iter().collect()).collect()
+}
+
+impl Dialect {
+    pub fn id_prefix(self) -> &'static str {
+        match self {
+            Dialect::OpenAi => "chatcmpl-",
+            Dialect::Anthropic => "msg_",
+            Dialect::Gemini => "resp-",
+            Dialect::Cohere => "cohere-",
+        }
+    }
+
+    pub fn call_prefix(self) -> &'static str {
+        match self {
+            Dialect::Anthropic => "toolu_",
+            _ => "call_",
+        }
+    }
+
+    pub fn authorized(self, headers: &HeaderMap, gemini: Option<&GeminiTarget>, key: &str) -> bool {
+        let h = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        match self {
+            Dialect::OpenAi | Dialect::Cohere => {
+                h(header::AUTHORIZATION.as_str()).and_then(|v| v.strip_prefix("Bearer "))
+                    == Some(key)
+            }
+            Dialect::Anthropic => h("x-api-key") == Some(key),
+            Dialect::Gemini => {
+                h("x-goog-api-key") == Some(key)
+                    || gemini.and_then(|g| g.key.as_deref()) == Some(key)
+            }
+        }
+    }
+
+    pub fn parse(self, req: &Value, gemini: Option<&GeminiTarget>) -> Result<Parsed, String> {
+        match self {
+            Dialect::OpenAi | Dialect::Cohere => {
+                let model = req["model"]
+                    .as_str()
+                    .ok_or("you must provide a model parameter")?;
+                let messages = req["messages"]
+                    .as_array()
+                    .filter(|m| !m.is_empty())
+                    .ok_or("'messages' must be a non-empty array")?;
+                let texts: Vec<String> = messages.iter().map(|m| text_of(&m["content"])).collect();
+                let last_user = messages
+                    .iter()
+                    .rposition(|m| m["role"] == "user")
+                    .map(|i| texts[i].clone())
+                    .unwrap_or_default();
+                Ok(Parsed {
+                    model: model.to_owned(),
+                    texts,
+                    last_user,
+                    stream: req["stream"].as_bool().unwrap_or(false),
+                    n: if self == Dialect::OpenAi {
+                        req["n"].as_u64().unwrap_or(1) as usize
+                    } else {
+                        1
+                    },
+                    include_usage: self == Dialect::Cohere
+                        || req["stream_options"]["include_usage"]
+                            .as_bool()
+                            .unwrap_or(false),
+                })
+            }
+            Dialect::Anthropic => {
+                let model = req["model"].as_str().ok_or("model: Field required")?;
+                if !req["max_tokens"].is_u64() {
+                    return Err("max_tokens: Field required".into());
+                }
+                let messages = req["messages"]
+                    .as_array()
+                    .filter(|m| !m.is_empty())
+                    .ok_or("messages: at least one message is required")?;
+                let mut texts: Vec<String> =
+                    messages.iter().map(|m| text_of(&m["content"])).collect();
+                let last_user = messages
+                    .iter()
+                    .rposition(|m| m["role"] == "user")
+                    .map(|i| {
+                        text_of(&Value::Array(
+                            messages[i]["content"]
+                                .as_array()
+                                .map(|a| {
+                                    a.iter().filter(|b| b["type"] == "text").cloned().collect()
+                                })
+                                .unwrap_or_else(|| vec![messages[i]["content"].clone()]),
+                        ))
+                    })
+                    .unwrap_or_default();
+                if !req["system"].is_null() {
+                    texts.push(text_of(&req["system"]));
+                }
+                Ok(Parsed {
+                    model: model.to_owned(),
+                    texts,
+                    last_user,
+                    stream: req["stream"].as_bool().unwrap_or(false),
+                    n: 1,
+                    include_usage: true,
+                })
+            }
+            Dialect::Gemini => {
+                let target = gemini.ok_or("no model in the path")?;
+                let (model, method) = target
+                    .action
+                    .split_once(':')
+                    .ok_or("the path must be models/<model>:generateContent")?;
+                let stream = match method {
+                    "generateContent" => false,
+                    "streamGenerateContent" => true,
+                    other => return Err(format!("unknown method {other}")),
+                };
+                let contents = req["contents"]
+                    .as_array()
+                    .filter(|c| !c.is_empty())
+                    .ok_or("* GenerateContentRequest.contents: contents is not specified")?;
+                let parts_text = |c: &Value| text_of(&c["parts"]);
+                let mut texts: Vec<String> = contents.iter().map(parts_text).collect();
+                let last_user = contents
+                    .iter()
+                    .rposition(|c| c["role"] == "user" || c["role"].is_null())
+                    .map(|i| parts_text(&contents[i]))
+                    .unwrap_or_default();
+                if !req["systemInstruction"].is_null() {
+                    texts.push(parts_text(&req["systemInstruction"]));
+                }
+                Ok(Parsed {
+                    model: model.to_owned(),
+                    texts,
+                    last_user,
+                    stream,
+                    n: 1,
+                    include_usage: true,
+                })
+            }
+        }
+    }
+
+    /// A plain error in the dialect's format.
+    pub fn error(self, status: u16, message: &str, code: Option<&str>) -> Response {
+        let st = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = match self {
+            Dialect::OpenAi => {
+                let kind = match status {
+                    429 => "requests",
+                    500..=599 => "server_error",
+                    _ => "invalid_request_error",
+                };
+                json!({"error": {"message": message, "type": kind, "param": null, "code": code}})
+            }
+            Dialect::Anthropic => {
+                let kind = match status {
+                    400 => "invalid_request_error",
+                    401 => "authentication_error",
+                    403 => "permission_error",
+                    404 => "not_found_error",
+                    413 => "request_too_large",
+                    429 => "rate_limit_error",
+                    529 => "overloaded_error",
+                    _ => "api_error",
+                };
+                json!({"type": "error", "error": {"type": kind, "message": message}})
+            }
+            Dialect::Gemini => {
+                let kind = match status {
+                    400 => "INVALID_ARGUMENT",
+                    401 => "UNAUTHENTICATED",
+                    403 => "PERMISSION_DENIED",
+                    404 => "NOT_FOUND",
+                    429 => "RESOURCE_EXHAUSTED",
+                    503 => "UNAVAILABLE",
+                    504 => "DEADLINE_EXCEEDED",
+                    _ => "INTERNAL",
+                };
+                json!({"error": {"code": status, "message": message, "status": kind}})
+            }
+            Dialect::Cohere => json!({"message": message}),
+        };
+        json_response(st, &body)
+    }
+
+    /// The status of an `error=` directive without `status=`.
+    pub fn error_status(self, kind: Option<&str>) -> Option<u16> {
+        Some(match kind? {
+            "rate_limit" => 429,
+            "overloaded" if self == Dialect::Anthropic => 529,
+            "overloaded" => 503,
+            _ => 400,
+        })
+    }
+
+    /// A fault answer: `kind` described the way this dialect describes it.
+    pub fn fault(self, status: u16, kind: Option<&str>, prompt_tokens: u64) -> Response {
+        let (message, code) = match (self, kind) {
+            (Dialect::OpenAi, Some("context_length")) => (
+                format!("This model's maximum context length is 8 tokens. However, your messages resulted in {prompt_tokens} tokens."),
+                Some("context_length_exceeded"),
+            ),
+            (Dialect::Anthropic, Some("context_length")) => {
+                (format!("prompt is too long: {prompt_tokens} tokens > 8 maximum"), None)
+            }
+            (Dialect::Gemini, Some("context_length")) => (
+                format!("The input token count ({prompt_tokens}) exceeds the maximum number of tokens allowed (8)."),
+                None,
+            ),
+            (Dialect::Cohere, Some("context_length")) => (
+                format!("too many tokens: total number of tokens in the prompt cannot exceed 8 - received {prompt_tokens}"),
+                None,
+            ),
+            (Dialect::OpenAi, Some("content_filter")) => (
+                "The response was filtered due to the prompt triggering the content management policy.".into(),
+                Some("content_filter"),
+            ),
+            (_, Some("content_filter")) => (
+                "mock fault: the request was blocked by the provider's safety / content policy.".into(),
+                None,
+            ),
+            (_, Some("overloaded")) => ("mock fault: the model is overloaded".into(), None),
+            (Dialect::OpenAi, Some("rate_limit")) | (Dialect::OpenAi, None) if status == 429 => {
+                (format!("mock fault: status {status}"), Some("rate_limit_exceeded"))
+            }
+            _ => (format!("mock fault: status {status}"), None),
+        };
+        self.error(status, &message, code)
+    }
+
+    /// A whole (non-streamed) answer.
+    pub fn answer(self, plan: &Plan) -> Value {
+        let tool = plan.d.tool_call.as_deref();
+        let (cached, write) = plan.cache();
+        let completion = plan.completion_tokens();
+        match self {
+            Dialect::OpenAi => {
+                let choices: Vec<Value> = (0..plan.n)
+                    .map(|i| match tool {
+                        Some(tool) => json!({"index": i, "message": {"role": "assistant", "content": null, "refusal": null,
+                            "tool_calls": [{"id": plan.tool_call_id(), "type": "function",
+                                "function": {"name": tool, "arguments": plan.tool_arguments()}}]},
+                            "logprobs": null, "finish_reason": "tool_calls"}),
+                        None => json!({"index": i, "message": {"role": "assistant",
+                            "content": plan.text(i).concat(), "refusal": null},
+                            "logprobs": null, "finish_reason": "stop"}),
+                    })
+                    .collect();
+                json!({"id": plan.id(), "object": "chat.completion", "created": plan.created, "model": plan.model,
+                    "choices": choices, "usage": openai_usage(plan), "system_fingerprint": "fp_mock"})
+            }
+            Dialect::Anthropic => {
+                let content = match tool {
+                    Some(tool) => {
+                        json!([{"type": "tool_use", "id": plan.tool_call_id(), "name": tool,
+                        "input": serde_json::from_str::<Value>(&plan.tool_arguments()).unwrap_or_default()}])
+                    }
+                    None => json!([{"type": "text", "text": plan.text(0).concat()}]),
+                };
+                json!({"id": plan.id(), "type": "message", "role": "assistant", "model": plan.model,
+                    "content": content, "stop_reason": if tool.is_some() { "tool_use" } else { "end_turn" },
+                    "stop_sequence": null,
+                    "usage": {"input_tokens": plan.prompt_tokens - cached - write, "output_tokens": completion,
+                        "cache_read_input_tokens": cached, "cache_creation_input_tokens": write}})
+            }
+            Dialect::Gemini => {
+                let parts = match tool {
+                    Some(tool) => json!([{"functionCall": {"name": tool,
+                        "args": serde_json::from_str::<Value>(&plan.tool_arguments()).unwrap_or_default()}}]),
+                    None => json!([{"text": plan.text(0).concat()}]),
+                };
+                json!({"candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": "STOP", "index": 0}],
+                    "usageMetadata": gemini_usage(plan), "modelVersion": plan.model, "responseId": plan.id()})
+            }
+            Dialect::Cohere => {
+                let (message, reason) = match tool {
+                    Some(tool) => (
+                        json!({"role": "assistant", "tool_plan": "I will call the tool.",
+                            "tool_calls": [{"id": plan.tool_call_id(), "type": "function",
+                                "function": {"name": tool, "arguments": plan.tool_arguments()}}]}),
+                        "TOOL_CALL",
+                    ),
+                    None => (
+                        json!({"role": "assistant", "content": [{"type": "text", "text": plan.text(0).concat()}]}),
+                        "COMPLETE",
+                    ),
+                };
+                json!({"id": plan.id(), "finish_reason": reason, "message": message, "usage": cohere_usage(plan)})
+            }
+        }
+    }
+
+    /// Every event of a streamed answer, in order; the bool marks content events
+    /// (counted by `cut_after`).
+    pub fn events(self, plan: &Plan) -> Vec<(Bytes, bool)> {
+        match self {
+            Dialect::OpenAi => openai_events(plan),
+            Dialect::Anthropic => anthropic_events(plan),
+            Dialect::Gemini => gemini_events(plan),
+            Dialect::Cohere => cohere_events(plan),
+        }
+    }
+}
+
+fn openai_usage(plan: &Plan) -> Value {
+    // OpenAI's convention: prompt_tokens includes the cached ones.
+    let (cached, _) = plan.cache();
+    let completion = plan.completion_tokens();
+    json!({
+        "prompt_tokens": plan.prompt_tokens,
+        "completion_tokens": completion,
+        "total_tokens": plan.prompt_tokens + completion,
+        "prompt_tokens_details": {"cached_tokens": cached},
+        "completion_tokens_details": {"reasoning_tokens": 0}
+    })
+}
+
+fn gemini_usage(plan: &Plan) -> Value {
+    let (cached, _) = plan.cache();
+    let completion = plan.completion_tokens();
+    json!({"promptTokenCount": plan.prompt_tokens, "candidatesTokenCount": completion,
+        "totalTokenCount": plan.prompt_tokens + completion, "cachedContentTokenCount": cached})
+}
+
+fn cohere_usage(plan: &Plan) -> Value {
+    let completion = plan.completion_tokens();
+    json!({"billed_units": {"input_tokens": plan.prompt_tokens, "output_tokens": completion},
+        "tokens": {"input_tokens": plan.prompt_tokens + 50, "output_tokens": completion}})
+}
+
+fn openai_events(plan: &Plan) -> Vec<(Bytes, bool)> {
+    let chunk = |choices: Value| {
+        let mut v = json!({"id": plan.id(), "object": "chat.completion.chunk", "created": plan.created,
+            "model": plan.model, "system_fingerprint": "fp_mock", "choices": choices});
+        if plan.include_usage {
+            v["usage"] = Value::Null;
+        }
+        sse_event(None, &v)
+    };
+    let mut out = Vec::new();
+    for i in 0..plan.n {
+        if let Some(tool) = &plan.d.tool_call {
+            out.push((chunk(json!([{"index": i, "delta": {"role": "assistant", "content": null,
+                "tool_calls": [{"index": 0, "id": plan.tool_call_id(), "type": "function",
+                    "function": {"name": tool, "arguments": ""}}]}, "logprobs": null, "finish_reason": null}])), false));
+            for frag in pieces(&plan.tool_arguments()) {
+                out.push((
+                    chunk(json!([{"index": i, "delta": {"tool_calls": [{"index": 0,
+                    "function": {"arguments": frag}}]}, "logprobs": null, "finish_reason": null}])),
+                    true,
+                ));
+            }
+            out.push((chunk(json!([{"index": i, "delta": {}, "logprobs": null, "finish_reason": "tool_calls"}])), false));
+        } else {
+            out.push((
+                chunk(
+                    json!([{"index": i, "delta": {"role": "assistant", "content": ""},
+                "logprobs": null, "finish_reason": null}]),
+                ),
+                false,
+            ));
+            for t in plan.text(i) {
+                out.push((chunk(json!([{"index": i, "delta": {"content": t}, "logprobs": null, "finish_reason": null}])), true));
+            }
+            out.push((
+                chunk(
+                    json!([{"index": i, "delta": {}, "logprobs": null, "finish_reason": "stop"}]),
+                ),
+                false,
+            ));
+        }
+    }
+    if plan.include_usage {
+        out.push((
+            sse_event(None, &json!({"id": plan.id(), "object": "chat.completion.chunk", "created": plan.created,
+                "model": plan.model, "system_fingerprint": "fp_mock", "choices": [], "usage": openai_usage(plan)})),
+            false,
+        ));
+    }
+    out.push((Bytes::from_static(b"data: [DONE]\n\n"), false));
+    out
+}
+
+fn anthropic_events(plan: &Plan) -> Vec<(Bytes, bool)> {
+    let (cached, write) = plan.cache();
+    let ev = |name: &str, v: Value| sse_event(Some(name), &v);
+    let mut out = vec![
+        (
+            ev(
+                "message_start",
+                json!({"type": "message_start", "message": {"id": plan.id(), "type": "message",
+                "role": "assistant", "model": plan.model, "content": [], "stop_reason": null, "stop_sequence": null,
+                "usage": {"input_tokens": plan.prompt_tokens - cached - write, "output_tokens": 1,
+                    "cache_read_input_tokens": cached, "cache_creation_input_tokens": write}}}),
+            ),
+            false,
+        ),
+        (ev("ping", json!({"type": "ping"})), false),
+    ];
+    let stop = if let Some(tool) = &plan.d.tool_call {
+        out.push((ev("content_block_start", json!({"type": "content_block_start", "index": 0,
+            "content_block": {"type": "tool_use", "id": plan.tool_call_id(), "name": tool, "input": {}}})), false));
+        for frag in pieces(&plan.tool_arguments()) {
+            out.push((
+                ev(
+                    "content_block_delta",
+                    json!({"type": "content_block_delta", "index": 0,
+                "delta": {"type": "input_json_delta", "partial_json": frag}}),
+                ),
+                true,
+            ));
+        }
+        "tool_use"
+    } else {
+        out.push((
+            ev(
+                "content_block_start",
+                json!({"type": "content_block_start", "index": 0,
+            "content_block": {"type": "text", "text": ""}}),
+            ),
+            false,
+        ));
+        for t in plan.text(0) {
+            out.push((
+                ev(
+                    "content_block_delta",
+                    json!({"type": "content_block_delta", "index": 0,
+                "delta": {"type": "text_delta", "text": t}}),
+                ),
+                true,
+            ));
+        }
+        "end_turn"
+    };
+    out.push((
+        ev(
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": 0}),
+        ),
+        false,
+    ));
+    out.push((
+        ev(
+            "message_delta",
+            json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null},
+        "usage": {"output_tokens": plan.completion_tokens()}}),
+        ),
+        false,
+    ));
+    out.push((ev("message_stop", json!({"type": "message_stop"})), false));
+    out
+}
+
+fn gemini_events(plan: &Plan) -> Vec<(Bytes, bool)> {
+    let event = |parts: Value, last: bool| {
+        let mut cand = json!({"content": {"role": "model", "parts": parts}, "index": 0});
+        let mut v = json!({"modelVersion": plan.model, "responseId": plan.id()});
+        if last {
+            cand["finishReason"] = json!("STOP");
+            v["usageMetadata"] = gemini_usage(plan);
+        }
+        v["candidates"] = json!([cand]);
+        (sse_event(None, &v), true)
+    };
+    if let Some(tool) = &plan.d.tool_call {
+        let args = serde_json::from_str::<Value>(&plan.tool_arguments()).unwrap_or_default();
+        return vec![event(
+            json!([{"functionCall": {"name": tool, "args": args}}]),
+            true,
+        )];
+    }
+    let tokens = plan.text(0);
+    if tokens.is_empty() {
+        return vec![event(json!([{"text": ""}]), true)];
+    }
+    let last = tokens.len() - 1;
+    tokens
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| event(json!([{"text": t}]), i == last))
+        .collect()
+}
+
+fn cohere_events(plan: &Plan) -> Vec<(Bytes, bool)> {
+    let ev = |name: &str, v: Value| sse_event(Some(name), &v);
+    let mut out = vec![(
+        ev(
+            "message-start",
+            json!({"id": plan.id(), "type": "message-start", "delta": {"message": {
+            "role": "assistant", "content": [], "tool_plan": "", "tool_calls": [], "citations": []}}}),
+        ),
+        false,
+    )];
+    let reason = if let Some(tool) = &plan.d.tool_call {
+        out.push((ev("tool-plan-delta", json!({"type": "tool-plan-delta", "delta": {"message": {"tool_plan": "I will call the tool."}}})), false));
+        out.push((ev("tool-call-start", json!({"type": "tool-call-start", "index": 0, "delta": {"message": {"tool_calls": {
+            "id": plan.tool_call_id(), "type": "function", "function": {"name": tool, "arguments": ""}}}}})), false));
+        for frag in pieces(&plan.tool_arguments()) {
+            out.push((
+                ev(
+                    "tool-call-delta",
+                    json!({"type": "tool-call-delta", "index": 0, "delta": {"message": {
+                "tool_calls": {"function": {"arguments": frag}}}}}),
+                ),
+                true,
+            ));
+        }
+        out.push((
+            ev(
+                "tool-call-end",
+                json!({"type": "tool-call-end", "index": 0}),
+            ),
+            false,
+        ));
+        "TOOL_CALL"
+    } else {
+        out.push((ev("content-start", json!({"type": "content-start", "index": 0, "delta": {"message": {"content": {"type": "text", "text": ""}}}})), false));
+        for t in plan.text(0) {
+            out.push((ev("content-delta", json!({"type": "content-delta", "index": 0, "delta": {"message": {"content": {"text": t}}}})), true));
+        }
+        out.push((
+            ev("content-end", json!({"type": "content-end", "index": 0})),
+            false,
+        ));
+        "COMPLETE"
+    };
+    out.push((ev("message-end", json!({"type": "message-end", "delta": {"finish_reason": reason, "usage": cohere_usage(plan)}})), false));
+    out
+}

@@ -1,0 +1,783 @@
+//! Anthropic Messages: `POST {base}/messages` with `x-api-key` and
+//! `anthropic-version`, top-level `system`, required `max_tokens`, content blocks,
+//! `tool_use` / `tool_result`, and its SSE events (message_start,
+//! content_block_start/delta/stop, message_delta, message_stop, ping, error).
+//! Wire format: <https://docs.anthropic.com/en/api/messages>.
+//!
+//! Usage is normalised to the canonical (OpenAI) convention: Anthropic's
+//! `input_tokens` excludes cache reads and writes, so `prompt_tokens` =
+//! input + cache reads + cache writes, with `cached_tokens` (reads) and
+//! `cache_write_tokens` (writes) in `prompt_tokens_details`.
+
+use futures::StreamExt;
+use http::HeaderMap;
+use http::header::HeaderName;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use sy_config::{ProviderConfig, ProviderKind};
+use sy_protocol::chat::{
+    ChatRequest, ChoiceDelta, Content, ContentPart, Delta, FunctionCallDelta, Role, ToolCallDelta,
+    Usage,
+};
+
+use crate::call::{self, Decoder, Step};
+use crate::error::ErrorBody;
+use crate::sse::SseEvent;
+use crate::translate::{self, unsupported};
+use crate::{CallContext, Chunk, ChunkStream, Provider, ProviderError, ResponseMeta};
+
+const DIALECT: &str = "Anthropic";
+
+/// An Anthropic Messages provider.
+#[derive(Debug, Clone)]
+pub struct AnthropicAdapter {
+    client: reqwest::Client,
+    url: String,
+    headers: HeaderMap,
+    default_max_tokens: u32,
+}
+
+impl AnthropicAdapter {
+    /// Builds the adapter for a provider entry.
+    pub fn from_config(config: &ProviderConfig) -> Result<Self, ProviderError> {
+        let credential = config
+            .api_key
+            .as_ref()
+            .map(|k| (HeaderName::from_static("x-api-key"), k.expose().to_owned()));
+        let mut headers = call::headers(config, credential)?;
+        let version = config.api_version.as_deref().unwrap_or("2023-06-01");
+        headers.insert(
+            HeaderName::from_static("anthropic-version"),
+            call::header_value(version)?,
+        );
+        Ok(AnthropicAdapter {
+            client: call::client(config)?,
+            url: format!(
+                "{}/messages",
+                config.base_url.as_str().trim_end_matches('/')
+            ),
+            headers,
+            default_max_tokens: config.default_max_tokens,
+        })
+    }
+}
+
+impl Provider for AnthropicAdapter {
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Anthropic
+    }
+
+    async fn chat(
+        &self,
+        req: &ChatRequest,
+        cx: &CallContext,
+    ) -> Result<ChunkStream, ProviderError> {
+        let wire = to_wire(req, &cx.model, cx.stream, self.default_max_tokens)?;
+        let body = serde_json::to_vec(&wire).map_err(|e| ProviderError::Protocol(e.to_string()))?;
+        let resp =
+            call::post_json(&self.client, &self.url, &self.headers, body, read_error).await?;
+        if cx.stream {
+            Ok(call::sse_stream(resp, AnthropicDecoder::default()))
+        } else {
+            let chunk = from_message(&call::body(resp).await?)?;
+            Ok(futures::stream::once(async move { Ok(chunk) }).boxed())
+        }
+    }
+}
+
+/// Anthropic's error body: `{"type":"error","error":{"type","message"}}`.
+pub fn read_error(raw: &[u8]) -> ErrorBody {
+    call::read_error_fields(raw, &[&["error", "message"]], &[&["error", "type"]])
+}
+
+fn push_block(messages: &mut Vec<Value>, role: &str, block: Value) {
+    if let Some(last) = messages.last_mut()
+        && last["role"] == role
+        && let Some(blocks) = last["content"].as_array_mut()
+    {
+        blocks.push(block);
+        return;
+    }
+    messages.push(json!({"role": role, "content": [block]}));
+}
+
+fn image_block(url: &str) -> Value {
+    match translate::data_url(url) {
+        Some((mime, data)) => {
+            json!({"type": "image", "source": {"type": "base64", "media_type": mime, "data": data}})
+        }
+        None => json!({"type": "image", "source": {"type": "url", "url": url}}),
+    }
+}
+
+/// The canonical request in Anthropic's shape. Rules (docs/translation.md):
+/// system and developer messages become `system` (joined, in order); tool
+/// messages become `tool_result` blocks in a user turn; consecutive turns of one
+/// role merge; `max_tokens` defaults to the provider's `default_max_tokens`;
+/// `reasoning_effort` or an exact budget becomes `thinking`; `seed`,
+/// `presence_penalty`, `frequency_penalty` and the hints in
+/// [`translate::DROPPED_HINTS`] are dropped; `response_format` json, `n` > 1,
+/// `logprobs`, audio and file parts, and `temperature` above 1 are refused.
+pub fn to_wire(
+    req: &ChatRequest,
+    model: &str,
+    stream: bool,
+    default_max_tokens: u32,
+) -> Result<Value, ProviderError> {
+    translate::check_common(req, DIALECT)?;
+    if let Some(rf) = &req.response_format
+        && rf["type"] != "text"
+    {
+        return Err(unsupported(DIALECT, "'response_format' (JSON mode)"));
+    }
+    let mut system: Vec<String> = Vec::new();
+    let mut messages: Vec<Value> = Vec::new();
+    for (i, m) in req.messages.iter().enumerate() {
+        let at = format!("messages[{i}]");
+        match m.role {
+            Role::System | Role::Developer => system.push(translate::plain_text(m, DIALECT, &at)?),
+            Role::User => match &m.content {
+                Some(Content::Text(s)) => {
+                    push_block(&mut messages, "user", json!({"type": "text", "text": s}))
+                }
+                Some(Content::Parts(parts)) => {
+                    for p in parts {
+                        let block = match p {
+                            ContentPart::Text { text } => json!({"type": "text", "text": text}),
+                            ContentPart::ImageUrl { image_url } => image_block(&image_url.url),
+                            ContentPart::File { .. } | ContentPart::InputAudio { .. } => {
+                                return Err(unsupported(
+                                    DIALECT,
+                                    &format!("an audio or file part in {at}"),
+                                ));
+                            }
+                            ContentPart::Refusal { refusal } => {
+                                json!({"type": "text", "text": refusal})
+                            }
+                        };
+                        push_block(&mut messages, "user", block);
+                    }
+                }
+                None => {}
+            },
+            Role::Assistant => {
+                let text = translate::plain_text(m, DIALECT, &at)?;
+                if !text.is_empty() {
+                    push_block(
+                        &mut messages,
+                        "assistant",
+                        json!({"type": "text", "text": text}),
+                    );
+                }
+                for call in m.tool_calls.iter().flatten() {
+                    let input = translate::arguments_object(&call.function.arguments, DIALECT)?;
+                    push_block(
+                        &mut messages,
+                        "assistant",
+                        json!({"type": "tool_use", "id": call.id, "name": call.function.name, "input": input}),
+                    );
+                }
+            }
+            Role::Tool | Role::Function => {
+                let text = translate::plain_text(m, DIALECT, &at)?;
+                let id = m.tool_call_id.clone().unwrap_or_default();
+                push_block(
+                    &mut messages,
+                    "user",
+                    json!({"type": "tool_result", "tool_use_id": id, "content": text}),
+                );
+            }
+        }
+    }
+    let mut max_tokens = translate::max_tokens(req).unwrap_or(default_max_tokens);
+    let mut wire = Map::new();
+    wire.insert("model".into(), json!(model));
+    if let Some(budget) = translate::thinking_budget(req) {
+        if translate::max_tokens(req).is_none() && max_tokens <= budget {
+            max_tokens = budget + default_max_tokens;
+        }
+        if max_tokens <= budget {
+            return Err(ProviderError::Unsupported(format!(
+                "max_tokens ({max_tokens}) must be larger than the thinking budget ({budget}) for Anthropic models"
+            )));
+        }
+        wire.insert(
+            "thinking".into(),
+            json!({"type": "enabled", "budget_tokens": budget}),
+        );
+    }
+    wire.insert("max_tokens".into(), json!(max_tokens));
+    wire.insert("messages".into(), Value::Array(messages));
+    if !system.is_empty() {
+        wire.insert("system".into(), json!(system.join("\n\n")));
+    }
+    if let Some(t) = req.temperature {
+        if t > 1.0 {
+            return Err(unsupported(DIALECT, "'temperature' above 1"));
+        }
+        wire.insert("temperature".into(), json!(t));
+    }
+    if let Some(p) = req.top_p {
+        wire.insert("top_p".into(), json!(p));
+    }
+    if let Some(k) = req.top_k {
+        wire.insert("top_k".into(), json!(k));
+    }
+    if let Some(stops) = translate::stops(req) {
+        wire.insert("stop_sequences".into(), json!(stops));
+    }
+    if let Some(user) = &req.user {
+        wire.insert("metadata".into(), json!({"user_id": user}));
+    }
+    if let Some(tools) = &req.tools {
+        let tools: Vec<Value> = tools
+            .iter()
+            .map(|t| {
+                let mut v = json!({
+                    "name": t.function.name,
+                    "input_schema": t.function.parameters.clone()
+                        .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
+                });
+                if let Some(d) = &t.function.description {
+                    v["description"] = json!(d);
+                }
+                v
+            })
+            .collect();
+        wire.insert("tools".into(), Value::Array(tools));
+    }
+    let no_parallel = req.extra.get("parallel_tool_calls") == Some(&Value::Bool(false));
+    let choice = match &req.tool_choice {
+        None => no_parallel.then(|| json!({"type": "auto"})),
+        Some(Value::String(s)) if s == "auto" => Some(json!({"type": "auto"})),
+        Some(Value::String(s)) if s == "required" => Some(json!({"type": "any"})),
+        Some(Value::String(s)) if s == "none" => Some(json!({"type": "none"})),
+        Some(v) => match v["function"]["name"].as_str() {
+            Some(name) => Some(json!({"type": "tool", "name": name})),
+            None => return Err(unsupported(DIALECT, "this 'tool_choice'")),
+        },
+    };
+    if let Some(mut c) = choice {
+        if no_parallel && c["type"] != "none" {
+            c["disable_parallel_tool_use"] = json!(true);
+        }
+        wire.insert("tool_choice".into(), c);
+    }
+    if stream {
+        wire.insert("stream".into(), json!(true));
+    }
+    Ok(Value::Object(wire))
+}
+
+/// Anthropic's stop reason as a canonical finish reason.
+pub fn finish_reason(stop_reason: &str) -> &'static str {
+    match stop_reason {
+        "max_tokens" | "model_context_window_exceeded" => "length",
+        "tool_use" => "tool_calls",
+        "refusal" => "content_filter",
+        _ => "stop",
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct WireUsage {
+    #[serde(default)]
+    input_tokens: Option<u64>,
+    #[serde(default)]
+    output_tokens: Option<u64>,
+    #[serde(default)]
+    cache_read_input_tokens: Option<u64>,
+    #[serde(default)]
+    cache_creation_input_tokens: Option<u64>,
+}
+
+impl WireUsage {
+    fn merge(&mut self, other: WireUsage) {
+        macro_rules! take {
+            ($($f:ident),*) => { $( if other.$f.is_some() { self.$f = other.$f; } )* };
+        }
+        take!(
+            input_tokens,
+            output_tokens,
+            cache_read_input_tokens,
+            cache_creation_input_tokens
+        );
+    }
+
+    fn canonical(&self) -> Usage {
+        let read = self.cache_read_input_tokens.unwrap_or(0);
+        let write = self.cache_creation_input_tokens.unwrap_or(0);
+        let prompt = self.input_tokens.unwrap_or(0) + read + write;
+        let completion = self.output_tokens.unwrap_or(0);
+        let mut details = Map::new();
+        details.insert("cached_tokens".into(), json!(read));
+        details.insert("cache_write_tokens".into(), json!(write));
+        Usage {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            total_tokens: prompt + completion,
+            prompt_tokens_details: Some(details),
+            completion_tokens_details: None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct WireMessage {
+    id: Option<String>,
+    model: Option<String>,
+    #[serde(default)]
+    content: Vec<Value>,
+    stop_reason: Option<String>,
+    #[serde(default)]
+    usage: WireUsage,
+}
+
+/// A non-streamed message as one chunk with the whole answer.
+pub fn from_message(body: &[u8]) -> Result<Chunk, ProviderError> {
+    let m: WireMessage = call::json(body)?;
+    let mut text: Option<String> = None;
+    let mut thinking: Option<String> = None;
+    let mut calls = Vec::new();
+    for block in &m.content {
+        match block["type"].as_str() {
+            Some("text") => text
+                .get_or_insert_with(String::new)
+                .push_str(block["text"].as_str().unwrap_or("")),
+            Some("thinking") => thinking
+                .get_or_insert_with(String::new)
+                .push_str(block["thinking"].as_str().unwrap_or("")),
+            Some("tool_use") => calls.push(ToolCallDelta {
+                index: calls.len() as u32,
+                id: block["id"].as_str().map(str::to_owned),
+                kind: Some("function".into()),
+                function: Some(FunctionCallDelta {
+                    name: block["name"].as_str().map(str::to_owned),
+                    arguments: Some(block["input"].to_string()),
+                }),
+            }),
+            _ => {}
+        }
+    }
+    let mut extra = Map::new();
+    if let Some(t) = thinking {
+        extra.insert("reasoning_content".into(), json!(t));
+    }
+    Ok(Chunk {
+        meta: Some(ResponseMeta {
+            id: m.id,
+            model: m.model,
+            created: None,
+            system_fingerprint: None,
+        }),
+        choices: vec![ChoiceDelta {
+            index: 0,
+            delta: Delta {
+                role: Some(Role::Assistant),
+                content: text,
+                refusal: None,
+                tool_calls: (!calls.is_empty()).then_some(calls),
+                extra,
+            },
+            finish_reason: Some(
+                finish_reason(m.stop_reason.as_deref().unwrap_or("end_turn")).into(),
+            ),
+            logprobs: None,
+        }],
+        usage: Some(m.usage.canonical()),
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Block {
+    Text,
+    Thinking,
+    Tool(u32),
+    Other,
+}
+
+/// Reads Anthropic's stream events.
+#[derive(Debug, Default)]
+pub struct AnthropicDecoder {
+    blocks: Vec<(u64, Block)>,
+    tools: u32,
+    usage: WireUsage,
+    finished: bool,
+}
+
+fn one(delta: Delta, finish_reason: Option<String>) -> Vec<ChoiceDelta> {
+    vec![ChoiceDelta {
+        index: 0,
+        delta,
+        finish_reason,
+        logprobs: None,
+    }]
+}
+
+impl Decoder for AnthropicDecoder {
+    fn event(&mut self, event: SseEvent) -> Result<Step, ProviderError> {
+        let v: Value = call::json(event.data.as_bytes())?;
+        let kind = v["type"].as_str().or(event.event.as_deref()).unwrap_or("");
+        let chunk = |choices, usage| {
+            Step::Chunk(Chunk {
+                meta: None,
+                choices,
+                usage,
+            })
+        };
+        match kind {
+            "message_start" => {
+                let m = &v["message"];
+                if let Ok(u) = serde_json::from_value::<WireUsage>(m["usage"].clone()) {
+                    self.usage.merge(u);
+                }
+                Ok(Step::Chunk(Chunk {
+                    meta: Some(ResponseMeta {
+                        id: m["id"].as_str().map(str::to_owned),
+                        model: m["model"].as_str().map(str::to_owned),
+                        created: None,
+                        system_fingerprint: None,
+                    }),
+                    choices: one(
+                        Delta {
+                            role: Some(Role::Assistant),
+                            content: Some(String::new()),
+                            ..Delta::default()
+                        },
+                        None,
+                    ),
+                    usage: None,
+                }))
+            }
+            "content_block_start" => {
+                let index = v["index"].as_u64().unwrap_or(0);
+                let b = &v["content_block"];
+                let block = match b["type"].as_str() {
+                    Some("text") => Block::Text,
+                    Some("thinking") => Block::Thinking,
+                    Some("tool_use") => {
+                        self.tools += 1;
+                        Block::Tool(self.tools - 1)
+                    }
+                    _ => Block::Other,
+                };
+                self.blocks.push((index, block));
+                match block {
+                    Block::Tool(i) => Ok(chunk(
+                        one(
+                            Delta {
+                                tool_calls: Some(vec![ToolCallDelta {
+                                    index: i,
+                                    id: b["id"].as_str().map(str::to_owned),
+                                    kind: Some("function".into()),
+                                    function: Some(FunctionCallDelta {
+                                        name: b["name"].as_str().map(str::to_owned),
+                                        arguments: Some(String::new()),
+                                    }),
+                                }]),
+                                ..Delta::default()
+                            },
+                            None,
+                        ),
+                        None,
+                    )),
+                    Block::Text => match b["text"].as_str().filter(|t| !t.is_empty()) {
+                        Some(t) => Ok(chunk(
+                            one(
+                                Delta {
+                                    content: Some(t.to_owned()),
+                                    ..Delta::default()
+                                },
+                                None,
+                            ),
+                            None,
+                        )),
+                        None => Ok(Step::Skip),
+                    },
+                    _ => Ok(Step::Skip),
+                }
+            }
+            "content_block_delta" => {
+                let index = v["index"].as_u64().unwrap_or(0);
+                let block = self
+                    .blocks
+                    .iter()
+                    .rev()
+                    .find(|(i, _)| *i == index)
+                    .map_or(Block::Other, |(_, b)| *b);
+                let d = &v["delta"];
+                let delta = match (d["type"].as_str(), block) {
+                    (Some("text_delta"), _) => Delta {
+                        content: d["text"].as_str().map(str::to_owned),
+                        ..Delta::default()
+                    },
+                    (Some("thinking_delta"), _) => {
+                        let mut extra = Map::new();
+                        extra.insert("reasoning_content".into(), d["thinking"].clone());
+                        Delta {
+                            extra,
+                            ..Delta::default()
+                        }
+                    }
+                    (Some("input_json_delta"), Block::Tool(i)) => Delta {
+                        tool_calls: Some(vec![ToolCallDelta {
+                            index: i,
+                            function: Some(FunctionCallDelta {
+                                name: None,
+                                arguments: d["partial_json"].as_str().map(str::to_owned),
+                            }),
+                            ..ToolCallDelta::default()
+                        }]),
+                        ..Delta::default()
+                    },
+                    _ => return Ok(Step::Skip),
+                };
+                Ok(chunk(one(delta, None), None))
+            }
+            "message_delta" => {
+                if let Ok(u) = serde_json::from_value::<WireUsage>(v["usage"].clone()) {
+                    self.usage.merge(u);
+                }
+                let reason = v["delta"]["stop_reason"].as_str().map(finish_reason);
+                if reason.is_some() {
+                    self.finished = true;
+                }
+                Ok(chunk(
+                    one(Delta::default(), reason.map(str::to_owned)),
+                    Some(self.usage.canonical()),
+                ))
+            }
+            "message_stop" => Ok(Step::Done),
+            "error" => {
+                let raw = v.to_string();
+                // Mid-stream errors carry no status; Anthropic's type says what it was.
+                let status = match v["error"]["type"].as_str() {
+                    Some("overloaded_error") => 529,
+                    Some("rate_limit_error") => 429,
+                    Some("invalid_request_error") => 400,
+                    _ => 502,
+                };
+                Err(crate::error::classify(
+                    status,
+                    read_error(raw.as_bytes()),
+                    raw.as_bytes(),
+                    None,
+                ))
+            }
+            _ => Ok(Step::Skip),
+        }
+    }
+
+    fn complete(&self) -> bool {
+        self.finished
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sse::SseParser;
+
+    fn req(v: Value) -> ChatRequest {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn request_maps_system_tools_images_and_tool_results() {
+        let r = req(json!({
+            "model": "route",
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "developer", "content": "Use tools."},
+                {"role": "user", "content": [
+                    {"type": "text", "text": "What is in"},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+                    {"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg"}}
+                ]},
+                {"role": "assistant", "content": null, "tool_calls": [
+                    {"id": "toolu_1", "type": "function", "function": {"name": "look", "arguments": "{\"q\":\"cat\"}"}}
+                ]},
+                {"role": "tool", "tool_call_id": "toolu_1", "content": "a cat"},
+                {"role": "user", "content": "thanks"}
+            ],
+            "tools": [{"type": "function", "function": {"name": "look", "description": "Looks.", "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}}],
+            "tool_choice": {"type": "function", "function": {"name": "look"}},
+            "parallel_tool_calls": false,
+            "stop": "END",
+            "temperature": 0.5,
+            "max_tokens": 100,
+            "seed": 7,
+            "user": "u-1"
+        }));
+        let w = to_wire(&r, "claude-x", true, 4096).unwrap();
+        assert_eq!(
+            w,
+            json!({
+                "model": "claude-x",
+                "max_tokens": 100,
+                "system": "Be brief.\n\nUse tools.",
+                "messages": [
+                    {"role": "user", "content": [
+                        {"type": "text", "text": "What is in"},
+                        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}},
+                        {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.jpg"}}
+                    ]},
+                    {"role": "assistant", "content": [
+                        {"type": "tool_use", "id": "toolu_1", "name": "look", "input": {"q": "cat"}}
+                    ]},
+                    {"role": "user", "content": [
+                        {"type": "tool_result", "tool_use_id": "toolu_1", "content": "a cat"},
+                        {"type": "text", "text": "thanks"}
+                    ]}
+                ],
+                "temperature": 0.5,
+                "stop_sequences": ["END"],
+                "metadata": {"user_id": "u-1"},
+                "tools": [{"name": "look", "description": "Looks.", "input_schema": {"type": "object", "properties": {"q": {"type": "string"}}}}],
+                "tool_choice": {"type": "tool", "name": "look", "disable_parallel_tool_use": true},
+                "stream": true
+            })
+        );
+    }
+
+    #[test]
+    fn max_tokens_defaults_and_thinking_comes_from_effort() {
+        let r = req(json!({"model": "m", "messages": [{"role": "user", "content": "x"}]}));
+        assert_eq!(to_wire(&r, "c", false, 1234).unwrap()["max_tokens"], 1234);
+        let r = req(
+            json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "reasoning_effort": "medium"}),
+        );
+        let w = to_wire(&r, "c", false, 1000).unwrap();
+        assert_eq!(
+            w["thinking"],
+            json!({"type": "enabled", "budget_tokens": 4096})
+        );
+        assert_eq!(w["max_tokens"], 5096);
+        let r = req(
+            json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "reasoning_effort": "high", "max_tokens": 100}),
+        );
+        assert!(matches!(
+            to_wire(&r, "c", false, 1000),
+            Err(ProviderError::Unsupported(_))
+        ));
+    }
+
+    #[test]
+    fn fields_anthropic_cannot_honour_are_refused() {
+        for extra in [
+            json!({"response_format": {"type": "json_object"}}),
+            json!({"n": 2}),
+            json!({"temperature": 1.5}),
+            json!({"logprobs": true}),
+        ] {
+            let mut v = json!({"model": "m", "messages": [{"role": "user", "content": "x"}]});
+            for (k, val) in extra.as_object().unwrap() {
+                v[k] = val.clone();
+            }
+            let e = to_wire(&req(v), "c", false, 10).unwrap_err();
+            assert!(matches!(e, ProviderError::Unsupported(_)), "{extra}: {e}");
+            assert_eq!(e.code(), sy_protocol::ErrorCode::InvalidRequest);
+        }
+    }
+
+    #[test]
+    fn message_maps_text_tool_use_and_cache_usage() {
+        let body = br#"{"id":"msg_1","type":"message","role":"assistant","model":"claude-x-2025","content":[{"type":"thinking","thinking":"hmm","signature":"s"},{"type":"text","text":"Let me look."},{"type":"tool_use","id":"toolu_9","name":"look","input":{"q":"cat"}}],"stop_reason":"tool_use","stop_sequence":null,"usage":{"input_tokens":10,"output_tokens":7,"cache_read_input_tokens":100,"cache_creation_input_tokens":20}}"#;
+        let c = from_message(body).unwrap();
+        assert_eq!(c.meta.unwrap().model.as_deref(), Some("claude-x-2025"));
+        let ch = &c.choices[0];
+        assert_eq!(ch.delta.content.as_deref(), Some("Let me look."));
+        assert_eq!(ch.delta.extra["reasoning_content"], "hmm");
+        assert_eq!(ch.finish_reason.as_deref(), Some("tool_calls"));
+        let call = &ch.delta.tool_calls.as_ref().unwrap()[0];
+        assert_eq!(call.id.as_deref(), Some("toolu_9"));
+        assert_eq!(
+            call.function.as_ref().unwrap().arguments.as_deref(),
+            Some("{\"q\":\"cat\"}")
+        );
+        let u = c.usage.unwrap();
+        assert_eq!(u.prompt_tokens, 130, "input + cache reads + cache writes");
+        assert_eq!(
+            u.prompt_tokens_details.as_ref().unwrap()["cached_tokens"],
+            100
+        );
+        assert_eq!(
+            u.prompt_tokens_details.as_ref().unwrap()["cache_write_tokens"],
+            20
+        );
+        assert_eq!(u.completion_tokens, 7);
+    }
+
+    /// A tool-use stream as Anthropic documents it, fed in arbitrary splits.
+    const TOOL_STREAM: &str = concat!(
+        "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_2\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude-x\",\"content\":[],\"stop_reason\":null,\"usage\":{\"input_tokens\":50,\"cache_read_input_tokens\":5,\"output_tokens\":1}}}\n\n",
+        "event: ping\ndata: {\"type\":\"ping\"}\n\n",
+        "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Looking \u{1f50e}\"}}\n\n",
+        "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n",
+        "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":1,\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_1\",\"name\":\"look\",\"input\":{}}}\n\n",
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{\\\"q\\\":\"}}\n\n",
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"\\\"cat\\\"}\"}}\n\n",
+        "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":1}\n\n",
+        "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"tool_use\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":12}}\n\n",
+        "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+    );
+
+    fn decode(bytes: &[u8], cut: usize) -> (Vec<Chunk>, bool) {
+        let mut p = SseParser::new();
+        let mut d = AnthropicDecoder::default();
+        let mut out = Vec::new();
+        let mut done = false;
+        for part in [&bytes[..cut], &bytes[cut..]] {
+            p.push(part);
+            while let Some(ev) = p.next_event() {
+                match d.event(ev).unwrap() {
+                    Step::Chunk(c) => out.push(c),
+                    Step::Skip => {}
+                    Step::Done => done = true,
+                }
+            }
+        }
+        (out, done && d.complete())
+    }
+
+    #[test]
+    fn tool_stream_decodes_the_same_at_every_split() {
+        let bytes = TOOL_STREAM.as_bytes();
+        let (whole, complete) = decode(bytes, 0);
+        assert!(complete);
+        assert_eq!(whole[0].meta.as_ref().unwrap().id.as_deref(), Some("msg_2"));
+        let text: String = whole
+            .iter()
+            .filter_map(|c| c.choices[0].delta.content.clone())
+            .collect();
+        assert_eq!(text, "Looking \u{1f50e}");
+        let args: String = whole
+            .iter()
+            .flat_map(|c| c.choices[0].delta.tool_calls.clone().unwrap_or_default())
+            .filter_map(|t| t.function.and_then(|f| f.arguments))
+            .collect();
+        assert_eq!(args, "{\"q\":\"cat\"}");
+        let last = whole.last().unwrap();
+        assert_eq!(last.choices[0].finish_reason.as_deref(), Some("tool_calls"));
+        let u = last.usage.as_ref().unwrap();
+        assert_eq!((u.prompt_tokens, u.completion_tokens), (55, 12));
+        for cut in 1..bytes.len() {
+            assert_eq!(decode(bytes, cut).0, whole, "split at {cut}");
+        }
+    }
+
+    #[test]
+    fn stream_error_event_is_classified() {
+        let mut d = AnthropicDecoder::default();
+        let e = d
+            .event(SseEvent {
+                event: Some("error".into()),
+                data:
+                    r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#
+                        .into(),
+            })
+            .unwrap_err();
+        assert_eq!(e.code(), sy_protocol::ErrorCode::Overloaded);
+    }
+}
