@@ -6,7 +6,9 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 # shellcheck source=../../scripts/lib/services.sh
 source "$ROOT/scripts/lib/services.sh"
 stop_pidfile "$RUN_DIR/switchyard.pid" switchyard
-stop_pidfile "$RUN_DIR/mock-openai.pid" mock-provider
+for name in openai anthropic gemini cohere; do
+  stop_pidfile "$RUN_DIR/mock-$name.pid" mock-provider
+done
 stop_nats
 stop_clickhouse
 say "Stopped what deploy/local/up.sh started."

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Brings up the whole local stack: NATS (JetStream), ClickHouse (usage rows),
-# the OpenAI-dialect mock provider named `openai` on 8081, and `switchyard all`
+# mock providers `openai`, `anthropic`, `gemini` and `cohere` on 8081-8084, and `switchyard all`
 # (ingress, workers, accounting) on 8080, then prints a curl example. Idempotent: whatever already answers is left alone; only what
 # this script starts is recorded for deploy/local/down.sh to stop.
 set -euo pipefail
@@ -20,14 +20,21 @@ cargo build --release --locked --bin switchyard --bin mock-provider
 say "Applying ClickHouse migrations"
 "$TARGET/release/switchyard" --config "$CONFIG" migrate
 
-if curl -sf -o /dev/null http://127.0.0.1:8081/healthz; then
-  say "Mock provider already answers on 8081"
-else
-  say "Starting the mock provider 'openai' on 127.0.0.1:8081"
-  "$TARGET/release/mock-provider" --name openai --listen 127.0.0.1:8081 >>"$LOG_DIR/mock-openai.log" 2>&1 &
-  echo $! >"$RUN_DIR/mock-openai.pid"
-  wait_http http://127.0.0.1:8081/healthz 20 || { tail -20 "$LOG_DIR/mock-openai.log" >&2; exit 1; }
-fi
+# One mock instance per provider entry (every instance speaks every dialect; the
+# entry's kind decides which one is used): openai 8081, anthropic 8082, gemini 8083,
+# cohere 8084.
+for entry in openai:8081 anthropic:8082 gemini:8083 cohere:8084; do
+  name=${entry%%:*}
+  port=${entry##*:}
+  if curl -sf -o /dev/null "http://127.0.0.1:$port/healthz"; then
+    say "Mock provider '$name' already answers on $port"
+  else
+    say "Starting the mock provider '$name' on 127.0.0.1:$port"
+    "$TARGET/release/mock-provider" --name "$name" --listen "127.0.0.1:$port" >>"$LOG_DIR/mock-$name.log" 2>&1 &
+    echo $! >"$RUN_DIR/mock-$name.pid"
+    wait_http "http://127.0.0.1:$port/healthz" 20 || { tail -20 "$LOG_DIR/mock-$name.log" >&2; exit 1; }
+  fi
+done
 
 if curl -sf -o /dev/null http://127.0.0.1:8080/readyz; then
   say "Switchyard already answers on 8080"
@@ -55,6 +62,18 @@ Streamed:
   curl -sN http://127.0.0.1:8080/v1/chat/completions \
     -H 'Authorization: Bearer sk-sy-local-dev' -H 'Content-Type: application/json' \
     -d '{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"Hello!"}]}'
+
+The same from an Anthropic client, served by the OpenAI-dialect target (and any
+client API reaches any dialect: claude-sonnet-4-5 is served by the Anthropic
+mock, gemini-2.5-flash by the Gemini one, command-r-plus by the Cohere one):
+
+  curl -s http://127.0.0.1:8080/v1/messages \
+    -H 'x-api-key: sk-sy-local-dev' -H 'anthropic-version: 2023-06-01' -H 'Content-Type: application/json' \
+    -d '{"model":"gpt-4o-mini","max_tokens":100,"messages":[{"role":"user","content":"Hello!"}]}'
+
+  curl -s http://127.0.0.1:8080/v1/chat/completions \
+    -H 'Authorization: Bearer sk-sy-local-dev' -H 'Content-Type: application/json' \
+    -d '{"model":"gemini-2.5-flash","messages":[{"role":"user","content":"Hello!"}]}'
 
 Every call is a row in ClickHouse (database switchyard) within a second or so:
 

@@ -538,3 +538,48 @@ async fn cached_tokens_are_normalised_and_cut_streams_are_rows() {
     assert_eq!(cut.output_tokens_source, "estimated");
     assert!(cut.input_tokens > 0 && cut.output_tokens > 0 && cut.output_tokens < 200);
 }
+
+/// Anthropic's convention (input excludes cache reads and writes) lands in the
+/// same columns as OpenAI's: input + cached + cache writes is the whole prompt,
+/// each priced at its own rate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_cache_reads_and_writes_are_normalised_and_priced() {
+    let stack = accounting_stack().await;
+    let b = body(
+        "claude-sonnet-4-5",
+        "one two three four five six seven [[mock:tokens=10,cached_tokens=4,cache_write=3]]",
+    );
+    let v: Value = stack.chat(&b).send().await.unwrap().json().await.unwrap();
+    let prompt = v["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert_eq!(v["usage"]["prompt_tokens_details"]["cached_tokens"], 4);
+    assert_eq!(wait_rows(&stack, 1).await, 1);
+    let (client, db) = ch(&stack);
+    #[derive(clickhouse::Row, serde::Deserialize)]
+    struct Row {
+        provider: String,
+        input_tokens: u64,
+        cached_input_tokens: u64,
+        cache_write_tokens: u64,
+        output_tokens: u64,
+        cost: String,
+    }
+    let row: Row = client
+        .query(&format!(
+            "SELECT provider, input_tokens, cached_input_tokens, cache_write_tokens, output_tokens, \
+             toString(assumeNotNull(cost)) AS cost FROM {db}.requests FINAL"
+        ))
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(row.provider, "anthropic");
+    assert_eq!((row.cached_input_tokens, row.cache_write_tokens), (4, 3));
+    assert_eq!(
+        row.input_tokens + row.cached_input_tokens + row.cache_write_tokens,
+        prompt,
+        "no prompt token counted twice or missed"
+    );
+    assert_eq!(row.output_tokens, 10);
+    // $3 input, $0.30 cache read, $3.75 cache write, $15 output per million tokens.
+    let expected = (row.input_tokens * 3000 + 4 * 300 + 3 * 3750 + 10 * 15000) as i64;
+    assert_eq!(sy_config::price::parse_nanos(&row.cost).unwrap(), expected);
+}

@@ -8,6 +8,7 @@ mod bad_input;
 mod cancel;
 mod chat;
 mod config_check;
+mod dialects;
 mod load;
 mod restart;
 mod schema;

@@ -1,35 +1,138 @@
-//! The official `openai` Python SDK works unchanged against Switchyard.
+//! The official `openai` and `anthropic` Python SDKs work unchanged against
+//! Switchyard, whichever dialect serves the model, and every call is accounted.
 
 use std::process::Command;
+use std::time::{Duration, Instant};
 
-use crate::stack::{KEY, Stack};
+use crate::stack::{KEY, Stack, StackOptions};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn official_openai_python_sdk_works_unchanged() {
+/// Runs one conformance script against `model` (served by `provider`); panics
+/// with the script's output when a check fails.
+async fn run(script: &'static str, base: String, model: &'static str, provider: &'static str) {
     let python = std::env::var("SY_TEST_PYTHON").unwrap_or_else(|_| {
         sy_test_support::repo_root()
             .join(".venv/bin/python")
             .display()
             .to_string()
     });
-    let stack = Stack::start().await;
-    let script = sy_test_support::repo_root().join("tests/sdk/openai_conformance.py");
-    let base = format!("{}/v1", stack.base);
+    let path = sy_test_support::repo_root().join("tests/sdk").join(script);
     let out = tokio::task::spawn_blocking(move || {
         Command::new(&python)
-            .arg(&script)
-            .args(["--base-url", &base, "--api-key", KEY, "--model", "gpt-4o-mini"])
+            .arg(&path)
+            .args(["--base-url", &base, "--api-key", KEY, "--model", model, "--provider", provider])
             .output()
             .unwrap_or_else(|e| {
-                panic!("cannot run {python} (SY_TEST_PYTHON): {e}. Run scripts/test.sh, which creates .venv with the openai SDK.")
+                panic!("cannot run {python} (SY_TEST_PYTHON): {e}. Run scripts/test.sh, which creates .venv with the SDKs.")
             })
     })
     .await
     .unwrap();
     assert!(
         out.status.success(),
-        "SDK conformance failed:\n{}\n{}",
+        "{script} against {model} ({provider}) failed:\n{}\n{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Successful usage rows per provider for `api`, once at least `min` each arrived.
+async fn rows_per_provider(
+    stack: &Stack,
+    api: &str,
+    providers: &[&str],
+    min: u64,
+) -> Vec<(String, u64)> {
+    let ch = stack.clickhouse.as_ref().unwrap();
+    let client = sy_accounting::client(ch);
+    let until = Instant::now() + Duration::from_secs(15);
+    loop {
+        let rows: Vec<(String, u64)> = client
+            .query(&format!(
+                "SELECT provider, count() FROM {}.requests FINAL WHERE api = '{api}' AND status = 'ok' \
+                 AND output_tokens > 0 AND input_tokens_source = 'provider' GROUP BY provider ORDER BY provider",
+                ch.database
+            ))
+            .fetch_all()
+            .await
+            .unwrap();
+        let done = providers
+            .iter()
+            .all(|p| rows.iter().any(|(q, n)| q == p && *n >= min));
+        if done || Instant::now() > until {
+            return rows;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn accounted_stack() -> Stack {
+    Stack::start_with(StackOptions {
+        clickhouse: true,
+        ..Default::default()
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_openai_python_sdk_works_unchanged_against_every_dialect() {
+    let stack = accounted_stack().await;
+    let base = format!("{}/v1", stack.base);
+    let targets = [
+        ("gpt-4o-mini", "openai"),
+        ("claude-sonnet-4-5", "anthropic"),
+        ("gemini-2.5-flash", "gemini"),
+        ("command-r-plus", "cohere"),
+    ];
+    let runs: Vec<_> = targets
+        .iter()
+        .map(|&(model, provider)| {
+            tokio::spawn(run("openai_conformance.py", base.clone(), model, provider))
+        })
+        .collect();
+    for r in runs {
+        r.await.unwrap();
+    }
+    let providers: Vec<&str> = targets.iter().map(|t| t.1).collect();
+    // Each script makes 5 successful calls: plain, streamed, tool call plain and
+    // streamed, tool result follow-up.
+    let rows = rows_per_provider(&stack, "chat_completions", &providers, 5).await;
+    for p in providers {
+        assert!(
+            rows.iter().any(|(q, n)| q == p && *n >= 5),
+            "usage rows with provider-reported tokens for {p}: {rows:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_anthropic_python_sdk_works_unchanged_against_every_dialect() {
+    let stack = accounted_stack().await;
+    let targets = [
+        ("gpt-4o-mini", "openai"),
+        ("claude-sonnet-4-5", "anthropic"),
+        ("gemini-2.5-flash", "gemini"),
+        ("command-r-plus", "cohere"),
+    ];
+    let runs: Vec<_> = targets
+        .iter()
+        .map(|&(model, provider)| {
+            tokio::spawn(run(
+                "anthropic_conformance.py",
+                stack.base.clone(),
+                model,
+                provider,
+            ))
+        })
+        .collect();
+    for r in runs {
+        r.await.unwrap();
+    }
+    let providers: Vec<&str> = targets.iter().map(|t| t.1).collect();
+    let rows = rows_per_provider(&stack, "messages", &providers, 5).await;
+    for p in providers {
+        assert!(
+            rows.iter().any(|(q, n)| q == p && *n >= 5),
+            "usage rows with provider-reported tokens for {p}: {rows:?}"
+        );
+    }
 }

@@ -40,7 +40,10 @@ impl Default for StackOptions {
 }
 
 pub struct Stack {
+    /// The `openai` provider (OpenAI dialect).
     pub mock: MockProvider,
+    /// The `anthropic`, `gemini` and `cohere` providers, each its own mock.
+    pub dialect_mocks: Vec<(&'static str, MockProvider)>,
     /// The ClickHouse database of this stack, when accounting runs.
     pub clickhouse: Option<sy_config::ClickhouseConfig>,
     pub base: String,
@@ -63,6 +66,13 @@ impl Stack {
             MockProvider::start(MockOptions::new("openai").with_defaults(opts.mock_defaults))
                 .await
                 .expect("starting the mock provider");
+        let mut dialect_mocks = Vec::new();
+        for name in ["anthropic", "gemini", "cohere"] {
+            let m = MockProvider::start(MockOptions::new(name).with_defaults(opts.mock_defaults))
+                .await
+                .expect("starting a mock provider");
+            dialect_mocks.push((name, m));
+        }
         let namespace = support::unique_namespace();
         let port = support::free_port();
         let dir = tempfile::tempdir().unwrap();
@@ -96,8 +106,35 @@ input = "0.15"
 cached_input = "0.075"
 output = "0.60"
 
+[providers.anthropic]
+kind = "anthropic"
+base_url = "{anthropic}"
+
+[providers.anthropic.prices."claude-sonnet-4-5"]
+input = "3"
+cached_input = "0.3"
+cache_write = "3.75"
+output = "15"
+
+[providers.gemini]
+kind = "gemini"
+base_url = "{gemini}"
+
+[providers.cohere]
+kind = "cohere"
+base_url = "{cohere}"
+
 [billing]
 markup_percent = "20"
+
+[models."claude-sonnet-4-5"]
+targets = [{{ provider = "anthropic", model = "claude-sonnet-4-5" }}]
+
+[models."gemini-2.5-flash"]
+targets = [{{ provider = "gemini", model = "gemini-2.5-flash" }}]
+
+[models."command-r-plus"]
+targets = [{{ provider = "cohere", model = "command-r-plus" }}]
 
 [models."gpt-4o-mini"]
 targets = [{{ provider = "openai", model = "gpt-4o-mini" }}]
@@ -110,6 +147,9 @@ targets = [{{ provider = "openai", model = "gpt-4.1-2025" }}]
             nats = opts.nats_url,
             ack_wait = opts.ack_wait,
             base = mock.base_url(),
+            anthropic = dialect_mocks[0].1.base_url_for("anthropic"),
+            gemini = dialect_mocks[1].1.base_url_for("gemini"),
+            cohere = dialect_mocks[2].1.base_url_for("cohere"),
         );
         let mut config = config;
         let mut clickhouse = None;
@@ -150,6 +190,7 @@ targets = [{{ provider = "openai", model = "gpt-4.1-2025" }}]
             .expect("starting switchyard");
         let mut stack = Stack {
             mock,
+            dialect_mocks,
             clickhouse,
             base: format!("http://127.0.0.1:{port}"),
             namespace,
@@ -191,6 +232,15 @@ targets = [{{ provider = "openai", model = "gpt-4.1-2025" }}]
     }
 
     /// A chat completion request with the test key and a JSON body.
+    /// `POST /v1/messages` as an Anthropic client sends it.
+    pub fn messages(&self, body: &Value) -> reqwest::RequestBuilder {
+        self.http
+            .post(self.url("/v1/messages"))
+            .header("x-api-key", KEY)
+            .header("anthropic-version", "2023-06-01")
+            .json(body)
+    }
+
     pub fn chat(&self, body: &Value) -> reqwest::RequestBuilder {
         self.http
             .post(self.url("/v1/chat/completions"))

@@ -1,7 +1,7 @@
 """Drives Switchyard with the official `openai` Python SDK, unchanged.
 
 Run by the e2e test `sdk::official_openai_python_sdk_works_unchanged`:
-    python tests/sdk/openai_conformance.py --base-url URL --api-key KEY --model MODEL
+    python tests/sdk/openai_conformance.py --base-url URL --api-key KEY --model MODEL --provider NAME
 Exits 0 when every check passes; prints one line per check.
 """
 
@@ -23,6 +23,7 @@ def main():
     ap.add_argument("--base-url", required=True)
     ap.add_argument("--api-key", required=True)
     ap.add_argument("--model", required=True)
+    ap.add_argument("--provider", default="openai", help="the provider entry expected to serve MODEL")
     args = ap.parse_args()
     client = openai.OpenAI(base_url=args.base_url, api_key=args.api_key, max_retries=0)
     model = args.model
@@ -32,7 +33,8 @@ def main():
     raw = client.chat.completions.with_raw_response.create(model=model, messages=prompt)
     completion = raw.parse()
     check("non-stream has request id header", bool(raw.headers.get("x-switchyard-request-id")))
-    check("non-stream provider header", raw.headers.get("x-switchyard-provider") == "openai")
+    check("non-stream provider header", raw.headers.get("x-switchyard-provider") == args.provider,
+          raw.headers.get("x-switchyard-provider"))
     text = completion.choices[0].message.content
     check("non-stream content", bool(text), repr(text))
     check("non-stream finish_reason", completion.choices[0].finish_reason == "stop")
@@ -104,6 +106,14 @@ def main():
         check("provider 429 raises RateLimitError", False)
     except openai.RateLimitError as e:
         check("provider 429 raises RateLimitError", e.status_code == 429)
+    try:
+        client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "hi [[mock:error=context_length]]"}]
+        )
+        check("provider context overflow raises BadRequestError", False)
+    except openai.BadRequestError as e:
+        check("provider context overflow raises BadRequestError", e.status_code == 400 and e.code == "context_length_exceeded",
+              f"{e.status_code} {e.code}")
     try:
         client.chat.completions.create(model=model, messages=[])
         check("empty messages raises BadRequestError", False)

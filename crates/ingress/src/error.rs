@@ -1,7 +1,7 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use sy_protocol::{ErrorCode, FrameError};
+use sy_protocol::{ApiSurface, ErrorCode, FrameError};
 
 /// An error for the client, rendered in its API's format by [`ApiError::into_response`].
 #[derive(Debug, Clone)]
@@ -54,6 +54,7 @@ impl ApiError {
             401 => "authentication_error",
             429 => "rate_limit_error",
             400..=499 => "invalid_request_error",
+            503 if self.code == ErrorCode::Overloaded => "server_error",
             503 => "service_unavailable",
             _ => "server_error",
         }
@@ -85,15 +86,54 @@ impl ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// Anthropic's status for this error: overloads are 529 there.
+    fn anthropic_status(&self) -> StatusCode {
+        match self.code {
+            ErrorCode::Overloaded => StatusCode::from_u16(529).unwrap_or(self.status),
+            _ => self.status,
+        }
+    }
+
+    /// The Anthropic error object `{"type":"error","error":{"type","message"}}`.
+    pub fn anthropic_value(&self) -> serde_json::Value {
+        let kind = match self.anthropic_status().as_u16() {
+            401 => "authentication_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            413 => "request_too_large",
+            429 => "rate_limit_error",
+            529 => "overloaded_error",
+            504 => "timeout_error",
+            400..=499 => "invalid_request_error",
+            _ => "api_error",
+        };
+        serde_json::json!({"type": "error", "error": {"type": kind, "message": self.message}})
+    }
+
+    /// The error as a response in the format of the client's API.
+    pub fn render(self, surface: ApiSurface) -> Response {
+        match surface {
+            ApiSurface::Messages => {
+                let status = self.anthropic_status();
+                let body = serde_json::to_vec(&self.anthropic_value()).unwrap_or_default();
+                self.respond(status, body)
+            }
+            _ => {
+                let (status, body) = (self.status, self.openai_body());
+                self.respond(status, body)
+            }
+        }
+    }
+
+    fn respond(self, status: StatusCode, body: Vec<u8>) -> Response {
         let mut resp = (
-            self.status,
+            status,
             [(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
             )],
-            self.openai_body(),
+            body,
         )
             .into_response();
         if let Some(secs) = self.retry_after_secs {
@@ -102,5 +142,11 @@ impl IntoResponse for ApiError {
         }
         resp.extensions_mut().insert(self.code);
         resp
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        self.render(ApiSurface::ChatCompletions)
     }
 }

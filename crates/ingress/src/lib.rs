@@ -1,7 +1,8 @@
 //! The HTTP ingress: authenticate, validate, route, publish, relay.
 //!
-//! [`run`] serves the OpenAI-compatible API with axum: `POST /v1/chat/completions`
-//! (streamed as OpenAI SSE or not), `GET /v1/models`, `GET /v1/usage` (the key's
+//! [`run`] serves the client APIs with axum: `POST /v1/chat/completions`
+//! (streamed as OpenAI SSE or not), `POST /v1/messages` (Anthropic's Messages API,
+//! translated by [`messages`]), `GET /v1/models`, `GET /v1/usage` (the key's
 //! own usage from ClickHouse), and `GET /healthz` and `GET /readyz`. A request is authenticated (static bearer keys), parsed once,
 //! validated, resolved to its route's first target, and published as a
 //! `RequestEnvelope` on `<ns>.req.<provider>.<route>`; no provider HTTP happens
@@ -12,12 +13,15 @@
 //! before the answer is complete, a `Cancel` stops the worker's upstream call.
 
 mod error;
+pub mod messages;
 mod relay;
 mod usage;
 mod validate;
 
 pub use error::ApiError;
-pub use relay::{Aggregate, Pending, ResponseNames, SseEncoder};
+pub use relay::{
+    Aggregate, AggregatedCall, AggregatedChoice, Pending, ResponseNames, SseEncoder, StreamEncoder,
+};
 pub use validate::{parse_chat, validate_chat};
 
 use std::collections::HashMap;
@@ -137,6 +141,7 @@ pub async fn router(config: Arc<Config>, bus: Bus) -> Result<Router, IngressErro
             "/v1/chat/completions",
             post(chat_completions).fallback(method_not_allowed),
         )
+        .route("/v1/messages", post(messages).fallback(method_not_allowed))
         .route("/v1/models", get(list_models).fallback(method_not_allowed))
         .route("/v1/usage", get(get_usage).fallback(method_not_allowed))
         .route("/healthz", get(|| async { "ok" }))
@@ -171,22 +176,29 @@ async fn method_not_allowed(req: Request) -> ApiError {
     )
 }
 
+/// The caller's key name. The key comes as `Authorization: Bearer KEY` (OpenAI
+/// clients) or `x-api-key: KEY` (Anthropic clients), on every endpoint.
 fn authenticate<'a>(state: &'a AppState, headers: &HeaderMap) -> Result<&'a str, ApiError> {
-    let Some(value) = headers.get(header::AUTHORIZATION) else {
+    let bearer = headers.get(header::AUTHORIZATION).map(|value| {
+        value
+            .to_str()
+            .ok()
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .unwrap_or("")
+    });
+    let api_key = headers
+        .get("x-api-key")
+        .map(|v| v.to_str().map(str::trim).unwrap_or(""));
+    let Some(token) = bearer.filter(|t| !t.is_empty()).or(api_key) else {
         return Err(ApiError::new(
             ErrorCode::Unauthenticated,
-            "You didn't provide an API key. Send it in the Authorization header as 'Bearer KEY'.",
+            "You didn't provide an API key. Send it in the Authorization header as 'Bearer KEY' (or as x-api-key).",
         ));
     };
-    let token = value
-        .to_str()
-        .ok()
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim)
-        .unwrap_or("");
     state
         .keys
         .get(token)
@@ -344,23 +356,45 @@ fn start_of(frame: &ReplyFrame) -> Option<&StartInfo> {
     }
 }
 
-#[tracing::instrument(name = "ingress.request", skip_all, fields(request_id, model, stream))]
 async fn chat_completions(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    handle(state, ApiSurface::ChatCompletions, req).await
+}
+
+async fn messages(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    handle(state, ApiSurface::Messages, req).await
+}
+
+#[tracing::instrument(name = "ingress.request", skip_all, fields(request_id, api = ?surface, model, stream))]
+async fn handle(state: Arc<AppState>, surface: ApiSurface, req: Request) -> Response {
     let request_id = Uuid::now_v7();
     tracing::Span::current().record("request_id", tracing::field::display(request_id));
-    match chat(&state, request_id, req).await {
+    match chat(&state, surface, request_id, req).await {
         Ok(resp) => resp,
         Err((e, start)) => {
             tracing::debug!(code = %e.code, error = %e.message, "Request failed.");
-            with_headers(e.into_response(), request_id, start.as_ref())
+            with_headers(e.render(surface), request_id, start.as_ref())
         }
     }
 }
 
 type ChatError = (ApiError, Option<StartInfo>);
 
+/// Parses and validates a body of `surface` into the canonical request.
+fn parse_request(
+    surface: ApiSurface,
+    body: &[u8],
+) -> Result<sy_protocol::chat::ChatRequest, ApiError> {
+    let request = match surface {
+        ApiSurface::Messages => messages::parse(body)?,
+        _ => parse_chat(body)?,
+    };
+    validate_chat(&request)?;
+    Ok(request)
+}
+
 async fn chat(
     state: &Arc<AppState>,
+    surface: ApiSurface,
     request_id: Uuid,
     req: Request,
 ) -> Result<Response, ChatError> {
@@ -371,8 +405,7 @@ async fn chat(
     let body = read_body(state, &parts.headers, body)
         .await
         .map_err(|e| (e, None))?;
-    let request = parse_chat(&body).map_err(|e| (e, None))?;
-    validate_chat(&request).map_err(|e| (e, None))?;
+    let request = parse_request(surface, &body).map_err(|e| (e, None))?;
     let route = resolve(state, &request.model).map_err(|e| (e, None))?;
     let target = &route.targets[0];
     let span = tracing::Span::current();
@@ -390,7 +423,7 @@ async fn chat(
         received_unix_ms,
         deadline_unix_ms: received_unix_ms + state.request_timeout.as_millis() as u64,
         key_id: key_id.to_owned(),
-        api: ApiSurface::ChatCompletions,
+        api: surface,
         route: route.name.clone(),
         provider: target.provider.clone(),
         model: target.model.clone(),
@@ -445,36 +478,50 @@ async fn chat(
     {
         return Err((ApiError::from_frame(e), start));
     }
-    let resp = if stream {
-        sse_response(pending, first, SseEncoder::new(names, include_usage))
-    } else {
-        json_response(pending, first, &names)
+    let resp = match (surface, stream) {
+        (ApiSurface::Messages, true) => {
+            sse_response(pending, first, messages::MessagesEncoder::new(names))
+        }
+        (_, true) => sse_response(pending, first, SseEncoder::new(names, include_usage)),
+        (surface, false) => json_response(surface, pending, first, &names)
             .await
-            .map_err(|e| (e, start.clone()))?
+            .map_err(|e| (e, start.clone()))?,
     };
     Ok(with_headers(resp, request_id, start.as_ref()))
 }
 
 async fn json_response(
+    surface: ApiSurface,
     mut pending: Pending,
     first: ReplyFrame,
     names: &ResponseNames,
 ) -> Result<Response, ApiError> {
     let mut agg = Aggregate::default();
     let mut frame = first;
-    let usage = loop {
+    let (usage, finish) = loop {
         match frame {
             ReplyFrame::Chunk(c) => agg.add(c.choices),
             ReplyFrame::Final(f) => {
                 if let Some(e) = &f.error {
                     return Err(ApiError::from_frame(e));
                 }
-                break f.usage;
+                break (f.usage, f.finish_reason);
             }
         }
         frame = pending.next().await?;
     };
-    let body = agg.into_body(names, usage.as_ref());
+    let body = match surface {
+        ApiSurface::Messages => {
+            let mut choice = agg.into_first();
+            if let Some(c) = &mut choice
+                && c.finish_reason.is_none()
+            {
+                c.finish_reason = finish;
+            }
+            messages::body(choice, names, usage.as_ref())
+        }
+        _ => agg.into_body(names, usage.as_ref()),
+    };
     Ok((
         [(
             header::CONTENT_TYPE,
@@ -485,14 +532,14 @@ async fn json_response(
         .into_response())
 }
 
-struct SseState {
+struct SseState<E> {
     pending: Pending,
-    encoder: SseEncoder,
+    encoder: E,
     first: Option<ReplyFrame>,
     done: bool,
 }
 
-fn sse_response(pending: Pending, first: ReplyFrame, encoder: SseEncoder) -> Response {
+fn sse_response<E: StreamEncoder>(pending: Pending, first: ReplyFrame, encoder: E) -> Response {
     let state = SseState {
         pending,
         encoder,
@@ -513,7 +560,9 @@ fn sse_response(pending: Pending, first: ReplyFrame, encoder: SseEncoder) -> Res
                 st.done = true;
                 match &f.error {
                     Some(e) => st.encoder.error(&ApiError::from_frame(e)),
-                    None => st.encoder.finish(f.usage.as_ref()),
+                    None => st
+                        .encoder
+                        .finish(f.finish_reason.as_deref(), f.usage.as_ref()),
                 }
             }
             Err(e) => {

@@ -138,6 +138,32 @@ impl ResponseNames {
     }
 }
 
+/// One choice of a non-streamed answer, whole.
+#[derive(Debug, Default)]
+pub struct AggregatedChoice {
+    /// The text.
+    pub content: Option<String>,
+    /// A refusal.
+    pub refusal: Option<String>,
+    /// Tool calls, in order.
+    pub tool_calls: Vec<AggregatedCall>,
+    /// Why it ended.
+    pub finish_reason: Option<String>,
+    /// Other fields (e.g. `reasoning_content`).
+    pub extra: Map<String, Value>,
+}
+
+/// One whole tool call.
+#[derive(Debug, Default)]
+pub struct AggregatedCall {
+    /// Its id.
+    pub id: String,
+    /// The function.
+    pub name: String,
+    /// JSON arguments.
+    pub arguments: String,
+}
+
 /// Collects deltas into whole messages for a non-streamed answer.
 #[derive(Debug, Default)]
 pub struct Aggregate {
@@ -224,6 +250,25 @@ impl Aggregate {
                 acc.logprobs = c.logprobs;
             }
         }
+    }
+
+    /// Choice 0, whole (for APIs without `n`).
+    pub fn into_first(self) -> Option<AggregatedChoice> {
+        self.choices.into_iter().next().map(|c| AggregatedChoice {
+            content: c.content,
+            refusal: c.refusal,
+            tool_calls: c
+                .tool_calls
+                .into_iter()
+                .map(|t| AggregatedCall {
+                    id: t.id,
+                    name: t.name,
+                    arguments: t.arguments,
+                })
+                .collect(),
+            finish_reason: c.finish_reason,
+            extra: c.extra,
+        })
     }
 
     /// The OpenAI `chat.completion` body.
@@ -317,6 +362,30 @@ struct OutToolCall {
 struct OutFunction {
     name: String,
     arguments: String,
+}
+
+/// Renders a streamed answer in one client API's SSE format.
+pub trait StreamEncoder: Send + 'static {
+    /// The events for one frame's deltas.
+    fn chunk(&mut self, choices: &[ChoiceDelta]) -> Bytes;
+    /// The end of a successful stream.
+    fn finish(&mut self, finish_reason: Option<&str>, usage: Option<&Usage>) -> Bytes;
+    /// An error ending the stream.
+    fn error(&mut self, e: &ApiError) -> Bytes;
+}
+
+impl StreamEncoder for SseEncoder {
+    fn chunk(&mut self, choices: &[ChoiceDelta]) -> Bytes {
+        SseEncoder::chunk(self, choices)
+    }
+
+    fn finish(&mut self, _finish_reason: Option<&str>, usage: Option<&Usage>) -> Bytes {
+        SseEncoder::finish(self, usage)
+    }
+
+    fn error(&mut self, e: &ApiError) -> Bytes {
+        SseEncoder::error(self, e)
+    }
 }
 
 /// Writes OpenAI `chat.completion.chunk` events.

@@ -8,7 +8,7 @@ use sy_mock_provider::{MockOptions, MockProvider};
 #[derive(Parser, Debug)]
 #[command(
     name = "mock-provider",
-    about = "Deterministic OpenAI-dialect mock with fault injection"
+    about = "Deterministic mock LLM provider (OpenAI, Anthropic, Gemini and Cohere dialects) with fault injection"
 )]
 struct Args {
     /// Instance name, matched by `only=` directives.

@@ -1,0 +1,743 @@
+//! `POST /v1/messages`: Anthropic's Messages API in and out, whatever provider
+//! serves the request. The request is translated to the canonical (OpenAI-shaped)
+//! model once; the answer's frames are rendered as an Anthropic message or as
+//! Anthropic's SSE events (message_start, content_block_start/delta/stop,
+//! message_delta, message_stop; `error` mid-stream). Rules for what has no
+//! equivalent are in docs/translation.md.
+
+use bytes::Bytes;
+use serde_json::{Map, Value, json};
+use sy_protocol::ErrorCode;
+use sy_protocol::chat::{
+    ChatRequest, ChoiceDelta, Content, ContentPart, FunctionCall, FunctionDef, ImageUrl, Message,
+    Role, Stop, Tool, ToolCall, Usage,
+};
+
+use crate::ApiError;
+use crate::relay::{AggregatedChoice, ResponseNames, StreamEncoder};
+
+fn invalid(param: &str, message: impl Into<String>) -> ApiError {
+    ApiError::invalid(param, message)
+}
+
+/// Text of a `system` value or a `tool_result` content: a string or text blocks.
+fn blocks_text(v: &Value, at: &str) -> Result<String, ApiError> {
+    match v {
+        Value::Null => Ok(String::new()),
+        Value::String(s) => Ok(s.clone()),
+        Value::Array(blocks) => {
+            let mut out = Vec::new();
+            for (i, b) in blocks.iter().enumerate() {
+                match b["type"].as_str() {
+                    Some("text") => out.push(b["text"].as_str().unwrap_or("").to_owned()),
+                    other => {
+                        return Err(invalid(
+                            &format!("{at}.{i}.type"),
+                            format!(
+                                "{at}.{i}: only text blocks are supported here, not {:?}",
+                                other.unwrap_or("(none)")
+                            ),
+                        ));
+                    }
+                }
+            }
+            Ok(out.join("\n"))
+        }
+        _ => Err(invalid(
+            at,
+            format!("{at}: expected a string or a list of text blocks"),
+        )),
+    }
+}
+
+fn image_url(source: &Value, at: &str) -> Result<String, ApiError> {
+    match source["type"].as_str() {
+        Some("base64") => {
+            let mime = source["media_type"].as_str().unwrap_or("image/png");
+            let data = source["data"].as_str().ok_or_else(|| {
+                invalid(
+                    &format!("{at}.source.data"),
+                    format!("{at}.source.data: Field required"),
+                )
+            })?;
+            Ok(format!("data:{mime};base64,{data}"))
+        }
+        Some("url") => source["url"].as_str().map(str::to_owned).ok_or_else(|| {
+            invalid(
+                &format!("{at}.source.url"),
+                format!("{at}.source.url: Field required"),
+            )
+        }),
+        _ => Err(invalid(
+            &format!("{at}.source.type"),
+            format!("{at}.source.type: expected 'base64' or 'url'"),
+        )),
+    }
+}
+
+/// Top-level fields Switchyard reads; anything else is refused (as Anthropic does).
+const KNOWN: &[&str] = &[
+    "model",
+    "messages",
+    "max_tokens",
+    "system",
+    "stop_sequences",
+    "stream",
+    "temperature",
+    "top_p",
+    "top_k",
+    "tools",
+    "tool_choice",
+    "metadata",
+    "thinking",
+    "service_tier",
+];
+
+/// Parses an Anthropic Messages body into the canonical request.
+pub fn parse(body: &[u8]) -> Result<ChatRequest, ApiError> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("The request body is not valid JSON: {e}"),
+        )
+    })?;
+    let Value::Object(obj) = &v else {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "The request body must be a JSON object.",
+        ));
+    };
+    if let Some(k) = obj.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+        return Err(invalid(k, format!("{k}: Extra inputs are not permitted")));
+    }
+    let model = v["model"]
+        .as_str()
+        .ok_or_else(|| invalid("model", "model: Field required"))?
+        .to_owned();
+    let max_tokens = match &v["max_tokens"] {
+        Value::Null => return Err(invalid("max_tokens", "max_tokens: Field required")),
+        m => m
+            .as_u64()
+            .filter(|m| *m >= 1)
+            .and_then(|m| u32::try_from(m).ok())
+            .ok_or_else(|| invalid("max_tokens", "max_tokens: must be a positive integer"))?,
+    };
+    let mut messages = Vec::new();
+    let system = blocks_text(&v["system"], "system")?;
+    if !system.is_empty() {
+        messages.push(message(Role::System, Some(Content::Text(system))));
+    }
+    let list = v["messages"]
+        .as_array()
+        .ok_or_else(|| invalid("messages", "messages: Field required"))?;
+    for (i, m) in list.iter().enumerate() {
+        let at = format!("messages.{i}");
+        let role = match m["role"].as_str() {
+            Some("user") => Role::User,
+            Some("assistant") => Role::Assistant,
+            _ => {
+                return Err(invalid(
+                    &format!("{at}.role"),
+                    format!("{at}.role: Input should be 'user' or 'assistant'"),
+                ));
+            }
+        };
+        let blocks: Vec<Value> = match &m["content"] {
+            Value::String(s) => vec![json!({"type": "text", "text": s})],
+            Value::Array(b) => b.clone(),
+            _ => {
+                return Err(invalid(
+                    &format!("{at}.content"),
+                    format!("{at}.content: expected a string or a list of content blocks"),
+                ));
+            }
+        };
+        let mut parts = Vec::new();
+        let mut calls = Vec::new();
+        for (j, b) in blocks.iter().enumerate() {
+            let bat = format!("{at}.content.{j}");
+            match (b["type"].as_str(), role) {
+                (Some("text"), _) => parts.push(ContentPart::Text {
+                    text: b["text"].as_str().unwrap_or("").to_owned(),
+                }),
+                (Some("image"), Role::User) => parts.push(ContentPart::ImageUrl {
+                    image_url: ImageUrl {
+                        url: image_url(&b["source"], &bat)?,
+                        detail: None,
+                    },
+                }),
+                (Some("tool_result"), Role::User) => {
+                    let id = b["tool_use_id"].as_str().ok_or_else(|| {
+                        invalid(
+                            &format!("{bat}.tool_use_id"),
+                            format!("{bat}.tool_use_id: Field required"),
+                        )
+                    })?;
+                    let mut text = blocks_text(&b["content"], &format!("{bat}.content"))?;
+                    if b["is_error"].as_bool() == Some(true) {
+                        text = format!("Error: {text}");
+                    }
+                    let mut tm = message(Role::Tool, Some(Content::Text(text)));
+                    tm.tool_call_id = Some(id.to_owned());
+                    messages.push(tm);
+                }
+                (Some("tool_use"), Role::Assistant) => calls.push(ToolCall {
+                    id: b["id"].as_str().unwrap_or("").to_owned(),
+                    kind: "function".into(),
+                    function: FunctionCall {
+                        name: b["name"].as_str().unwrap_or("").to_owned(),
+                        arguments: b.get("input").unwrap_or(&json!({})).to_string(),
+                    },
+                }),
+                // Earlier thinking is the provider's own; no other provider can read it.
+                (Some("thinking" | "redacted_thinking"), Role::Assistant) => {}
+                (other, _) => {
+                    return Err(invalid(
+                        &format!("{bat}.type"),
+                        format!(
+                            "{bat}: content blocks of type {:?} are not supported in {} messages by Switchyard",
+                            other.unwrap_or("(none)"),
+                            if role == Role::User {
+                                "user"
+                            } else {
+                                "assistant"
+                            }
+                        ),
+                    ));
+                }
+            }
+        }
+        if role == Role::User && parts.is_empty() {
+            continue;
+        }
+        let content = match parts.as_slice() {
+            [] => None,
+            [ContentPart::Text { text }] => Some(Content::Text(text.clone())),
+            _ => Some(Content::Parts(parts)),
+        };
+        let mut msg = message(role, content);
+        if !calls.is_empty() {
+            msg.tool_calls = Some(calls);
+        }
+        if role == Role::Assistant && msg.content.is_none() && msg.tool_calls.is_none() {
+            msg.content = Some(Content::Text(String::new()));
+        }
+        messages.push(msg);
+    }
+    let mut extra = Map::new();
+    let tools = match &v["tools"] {
+        Value::Null => None,
+        Value::Array(list) => {
+            let mut out = Vec::new();
+            for (i, t) in list.iter().enumerate() {
+                if t.get("type").is_some_and(|ty| ty != "custom") {
+                    return Err(invalid(
+                        &format!("tools.{i}.type"),
+                        format!(
+                            "tools.{i}: server tools ({}) are not supported by Switchyard",
+                            t["type"]
+                        ),
+                    ));
+                }
+                out.push(Tool {
+                    kind: "function".into(),
+                    function: FunctionDef {
+                        name: t["name"]
+                            .as_str()
+                            .ok_or_else(|| {
+                                invalid(
+                                    &format!("tools.{i}.name"),
+                                    format!("tools.{i}.name: Field required"),
+                                )
+                            })?
+                            .to_owned(),
+                        description: t["description"].as_str().map(str::to_owned),
+                        parameters: Some(t["input_schema"].clone()).filter(|s| !s.is_null()),
+                        strict: None,
+                    },
+                });
+            }
+            Some(out)
+        }
+        _ => return Err(invalid("tools", "tools: expected a list")),
+    };
+    let tool_choice = match &v["tool_choice"] {
+        Value::Null => None,
+        tc => {
+            if tc["disable_parallel_tool_use"].as_bool() == Some(true) {
+                extra.insert("parallel_tool_calls".into(), json!(false));
+            }
+            Some(match tc["type"].as_str() {
+                Some("auto") => json!("auto"),
+                Some("any") => json!("required"),
+                Some("none") => json!("none"),
+                Some("tool") => json!({"type": "function", "function": {"name": tc["name"]}}),
+                _ => {
+                    return Err(invalid(
+                        "tool_choice.type",
+                        "tool_choice.type: expected 'auto', 'any', 'tool' or 'none'",
+                    ));
+                }
+            })
+        }
+    };
+    let (thinking_budget, reasoning_effort) = match v["thinking"]["type"].as_str() {
+        Some("enabled") => {
+            let b = v["thinking"]["budget_tokens"]
+                .as_u64()
+                .and_then(|b| u32::try_from(b).ok())
+                .ok_or_else(|| {
+                    invalid(
+                        "thinking.budget_tokens",
+                        "thinking.budget_tokens: Field required",
+                    )
+                })?;
+            let effort = match b {
+                0..2048 => "low",
+                2048..8192 => "medium",
+                _ => "high",
+            };
+            (Some(b), Some(effort.to_owned()))
+        }
+        _ => (None, None),
+    };
+    let num = |k: &str| v[k].as_f64();
+    let stop = match &v["stop_sequences"] {
+        Value::Array(s) => Some(Stop::Many(
+            s.iter()
+                .filter_map(|x| x.as_str().map(str::to_owned))
+                .collect(),
+        )),
+        _ => None,
+    };
+    let req = ChatRequest {
+        model,
+        messages,
+        stream: v["stream"].as_bool(),
+        stream_options: None,
+        temperature: num("temperature"),
+        top_p: num("top_p"),
+        max_tokens: Some(max_tokens),
+        max_completion_tokens: None,
+        stop,
+        seed: None,
+        user: v["metadata"]["user_id"].as_str().map(str::to_owned),
+        n: None,
+        tools,
+        tool_choice,
+        response_format: None,
+        reasoning_effort,
+        top_k: v["top_k"].as_u64().and_then(|k| u32::try_from(k).ok()),
+        thinking_budget,
+        extra,
+    };
+    if req.temperature.is_some_and(|t| !(0.0..=1.0).contains(&t)) {
+        return Err(invalid(
+            "temperature",
+            "temperature: must be between 0 and 1",
+        ));
+    }
+    if req.messages.iter().all(|m| m.role == Role::System) {
+        return Err(invalid(
+            "messages",
+            "messages: at least one message is required",
+        ));
+    }
+    Ok(req)
+}
+
+fn message(role: Role, content: Option<Content>) -> Message {
+    Message {
+        role,
+        content,
+        name: None,
+        tool_calls: None,
+        tool_call_id: None,
+        refusal: None,
+        extra: Map::new(),
+    }
+}
+
+/// A canonical finish reason as Anthropic's stop reason.
+pub fn stop_reason(finish: Option<&str>) -> &'static str {
+    match finish {
+        Some("length") => "max_tokens",
+        Some("tool_calls") => "tool_use",
+        Some("content_filter") => "refusal",
+        _ => "end_turn",
+    }
+}
+
+/// Canonical usage as Anthropic's (input excludes cache reads and writes).
+pub fn usage(u: Option<&Usage>) -> Value {
+    let Some(u) = u else {
+        return json!({"input_tokens": 0, "output_tokens": 0});
+    };
+    let d = |k: &str| {
+        u.prompt_tokens_details
+            .as_ref()
+            .and_then(|m| m.get(k))
+            .and_then(Value::as_u64)
+            .unwrap_or(0)
+    };
+    let (read, write) = (d("cached_tokens"), d("cache_write_tokens"));
+    json!({
+        "input_tokens": u.prompt_tokens.saturating_sub(read + write),
+        "output_tokens": u.completion_tokens,
+        "cache_read_input_tokens": read,
+        "cache_creation_input_tokens": write,
+    })
+}
+
+fn message_id(names: &ResponseNames) -> String {
+    if names.id.starts_with("msg_") {
+        names.id.clone()
+    } else {
+        format!("msg_{}", names.id.trim_start_matches("chatcmpl-"))
+    }
+}
+
+/// The whole answer as an Anthropic `message`.
+pub fn body(choice: Option<AggregatedChoice>, names: &ResponseNames, u: Option<&Usage>) -> Vec<u8> {
+    let choice = choice.unwrap_or_default();
+    let mut content = Vec::new();
+    if let Some(Value::String(t)) = choice.extra.get("reasoning_content") {
+        content.push(json!({"type": "thinking", "thinking": t, "signature": ""}));
+    }
+    let text = choice.content.or(choice.refusal).unwrap_or_default();
+    if !text.is_empty() {
+        content.push(json!({"type": "text", "text": text}));
+    }
+    for t in choice.tool_calls {
+        let input = serde_json::from_str::<Value>(&t.arguments).unwrap_or_else(|_| json!({}));
+        content.push(json!({"type": "tool_use", "id": t.id, "name": t.name, "input": input}));
+    }
+    serde_json::to_vec(&json!({
+        "id": message_id(names),
+        "type": "message",
+        "role": "assistant",
+        "model": names.model,
+        "content": content,
+        "stop_reason": stop_reason(choice.finish_reason.as_deref()),
+        "stop_sequence": null,
+        "usage": usage(u),
+    }))
+    .unwrap_or_default()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Open {
+    None,
+    Text,
+    Thinking,
+    Tool(u32),
+}
+
+/// Writes Anthropic's stream events from canonical deltas.
+pub struct MessagesEncoder {
+    names: ResponseNames,
+    started: bool,
+    open: Open,
+    index: u32,
+    finish: Option<String>,
+}
+
+impl MessagesEncoder {
+    /// An encoder naming the message with `names`.
+    pub fn new(names: ResponseNames) -> Self {
+        MessagesEncoder {
+            names,
+            started: false,
+            open: Open::None,
+            index: 0,
+            finish: None,
+        }
+    }
+
+    fn event(out: &mut Vec<u8>, name: &str, v: &Value) {
+        out.extend_from_slice(b"event: ");
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b"\ndata: ");
+        let _ = serde_json::to_writer(&mut *out, v);
+        out.extend_from_slice(b"\n\n");
+    }
+
+    fn start(&mut self, out: &mut Vec<u8>) {
+        if self.started {
+            return;
+        }
+        self.started = true;
+        Self::event(
+            out,
+            "message_start",
+            &json!({"type": "message_start", "message": {
+                "id": message_id(&self.names), "type": "message", "role": "assistant",
+                "model": self.names.model, "content": [], "stop_reason": null, "stop_sequence": null,
+                "usage": {"input_tokens": 0, "output_tokens": 0}}}),
+        );
+    }
+
+    fn close(&mut self, out: &mut Vec<u8>) {
+        if self.open != Open::None {
+            Self::event(
+                out,
+                "content_block_stop",
+                &json!({"type": "content_block_stop", "index": self.index}),
+            );
+            self.index += 1;
+            self.open = Open::None;
+        }
+    }
+
+    fn open(&mut self, out: &mut Vec<u8>, kind: Open, block: Value) {
+        self.close(out);
+        self.open = kind;
+        Self::event(
+            out,
+            "content_block_start",
+            &json!({"type": "content_block_start", "index": self.index, "content_block": block}),
+        );
+    }
+
+    fn delta(&self, out: &mut Vec<u8>, delta: Value) {
+        Self::event(
+            out,
+            "content_block_delta",
+            &json!({"type": "content_block_delta", "index": self.index, "delta": delta}),
+        );
+    }
+}
+
+impl StreamEncoder for MessagesEncoder {
+    fn chunk(&mut self, choices: &[ChoiceDelta]) -> Bytes {
+        let mut out = Vec::with_capacity(256);
+        self.start(&mut out);
+        for c in choices.iter().filter(|c| c.index == 0) {
+            let d = &c.delta;
+            if let Some(Value::String(t)) = d.extra.get("reasoning_content")
+                && !t.is_empty()
+            {
+                if self.open != Open::Thinking {
+                    self.open(
+                        &mut out,
+                        Open::Thinking,
+                        json!({"type": "thinking", "thinking": ""}),
+                    );
+                }
+                self.delta(&mut out, json!({"type": "thinking_delta", "thinking": t}));
+            }
+            for text in [&d.content, &d.refusal].into_iter().flatten() {
+                if text.is_empty() {
+                    continue;
+                }
+                if self.open != Open::Text {
+                    self.open(&mut out, Open::Text, json!({"type": "text", "text": ""}));
+                }
+                self.delta(&mut out, json!({"type": "text_delta", "text": text}));
+            }
+            for tc in d.tool_calls.iter().flatten() {
+                if self.open != Open::Tool(tc.index) {
+                    let f = tc.function.as_ref();
+                    self.open(
+                        &mut out,
+                        Open::Tool(tc.index),
+                        json!({"type": "tool_use", "id": tc.id.clone().unwrap_or_default(),
+                            "name": f.and_then(|f| f.name.clone()).unwrap_or_default(), "input": {}}),
+                    );
+                }
+                if let Some(args) = tc.function.as_ref().and_then(|f| f.arguments.as_ref())
+                    && !args.is_empty()
+                {
+                    self.delta(
+                        &mut out,
+                        json!({"type": "input_json_delta", "partial_json": args}),
+                    );
+                }
+            }
+            if c.finish_reason.is_some() {
+                self.finish.clone_from(&c.finish_reason);
+            }
+        }
+        Bytes::from(out)
+    }
+
+    fn finish(&mut self, finish_reason: Option<&str>, u: Option<&Usage>) -> Bytes {
+        let mut out = Vec::with_capacity(256);
+        self.start(&mut out);
+        self.close(&mut out);
+        let reason = finish_reason.or(self.finish.as_deref());
+        Self::event(
+            &mut out,
+            "message_delta",
+            &json!({"type": "message_delta",
+                "delta": {"stop_reason": stop_reason(reason), "stop_sequence": null},
+                "usage": usage(u)}),
+        );
+        Self::event(&mut out, "message_stop", &json!({"type": "message_stop"}));
+        Bytes::from(out)
+    }
+
+    fn error(&mut self, e: &ApiError) -> Bytes {
+        let mut out = Vec::new();
+        Self::event(&mut out, "error", &e.anthropic_value());
+        Bytes::from(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names() -> ResponseNames {
+        ResponseNames {
+            id: "chatcmpl-abc".into(),
+            created: 1,
+            model: "gpt-x".into(),
+            system_fingerprint: None,
+        }
+    }
+
+    #[test]
+    fn request_translates_system_blocks_tools_and_results() {
+        let body = json!({
+            "model": "claude-sonnet-4-5",
+            "max_tokens": 256,
+            "system": [{"type": "text", "text": "Be brief."}],
+            "messages": [
+                {"role": "user", "content": [
+                    {"type": "text", "text": "What is this?", "cache_control": {"type": "ephemeral"}},
+                    {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}}
+                ]},
+                {"role": "assistant", "content": [
+                    {"type": "thinking", "thinking": "hm", "signature": "x"},
+                    {"type": "text", "text": "Let me look."},
+                    {"type": "tool_use", "id": "toolu_1", "name": "look", "input": {"q": 1}}
+                ]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "toolu_1", "content": [{"type": "text", "text": "a cat"}]},
+                    {"type": "text", "text": "So?"}
+                ]}
+            ],
+            "tools": [{"name": "look", "description": "Looks.", "input_schema": {"type": "object"}}],
+            "tool_choice": {"type": "any", "disable_parallel_tool_use": true},
+            "stop_sequences": ["END"],
+            "temperature": 0.3,
+            "top_k": 5,
+            "metadata": {"user_id": "u1"},
+            "thinking": {"type": "enabled", "budget_tokens": 3000},
+            "stream": true
+        });
+        let req = parse(body.to_string().as_bytes()).unwrap();
+        let v = serde_json::to_value(&req).unwrap();
+        assert_eq!(
+            v["messages"],
+            json!([
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": [
+                    {"type": "text", "text": "What is this?"},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+                ]},
+                {"role": "assistant", "content": "Let me look.", "tool_calls": [
+                    {"id": "toolu_1", "type": "function", "function": {"name": "look", "arguments": "{\"q\":1}"}}
+                ]},
+                {"role": "tool", "content": "a cat", "tool_call_id": "toolu_1"},
+                {"role": "user", "content": "So?"}
+            ])
+        );
+        assert_eq!(
+            v["tools"][0]["function"]["parameters"],
+            json!({"type": "object"})
+        );
+        assert_eq!(v["tool_choice"], "required");
+        assert_eq!(v["parallel_tool_calls"], false);
+        assert_eq!(v["stop"], json!(["END"]));
+        assert_eq!(v["max_tokens"], 256);
+        assert_eq!(v["user"], "u1");
+        assert_eq!(req.top_k, Some(5));
+        assert_eq!(req.thinking_budget, Some(3000));
+        assert_eq!(req.reasoning_effort.as_deref(), Some("medium"));
+        assert!(req.is_stream());
+    }
+
+    #[test]
+    fn bad_requests_name_the_field() {
+        let e = |v: Value| parse(v.to_string().as_bytes()).unwrap_err();
+        let msgs = json!([{"role": "user", "content": "x"}]);
+        assert_eq!(
+            e(json!({"model": "m", "messages": msgs})).param.as_deref(),
+            Some("max_tokens")
+        );
+        assert_eq!(
+            e(json!({"model": "m", "max_tokens": 5, "messages": msgs, "n": 2}))
+                .param
+                .as_deref(),
+            Some("n")
+        );
+        assert_eq!(
+            e(json!({"model": "m", "max_tokens": 5, "messages": [{"role": "system", "content": "x"}]}))
+                .param
+                .as_deref(),
+            Some("messages.0.role")
+        );
+        assert_eq!(
+            e(
+                json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": [
+                {"type": "document", "source": {}}]}]})
+            )
+            .param
+            .as_deref(),
+            Some("messages.0.content.0.type")
+        );
+        assert_eq!(
+            e(json!({"model": "m", "max_tokens": 5, "messages": msgs, "temperature": 1.5}))
+                .param
+                .as_deref(),
+            Some("temperature")
+        );
+        assert_eq!(
+            e(json!({"model": "m", "max_tokens": 5, "messages": msgs,
+                "tools": [{"type": "web_search_20250305", "name": "web_search"}]}))
+            .param
+            .as_deref(),
+            Some("tools.0.type")
+        );
+    }
+
+    #[test]
+    fn stream_events_follow_anthropics_order() {
+        let mut enc = MessagesEncoder::new(names());
+        let d = |v: Value| -> ChoiceDelta { serde_json::from_value(v).unwrap() };
+        let mut text = String::new();
+        for b in [
+            enc.chunk(&[d(json!({"index": 0, "delta": {"role": "assistant", "content": ""}}))]),
+            enc.chunk(&[d(json!({"index": 0, "delta": {"content": "Hi"}}))]),
+            enc.chunk(&[d(json!({"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "c1", "type": "function", "function": {"name": "f", "arguments": ""}}]}}))]),
+            enc.chunk(&[d(json!({"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "{\"a\":1}"}}]}, "finish_reason": "tool_calls"}))]),
+            enc.finish(None, Some(&Usage { prompt_tokens: 9, completion_tokens: 4, total_tokens: 13, ..Default::default() })),
+        ] {
+            text.push_str(std::str::from_utf8(&b).unwrap());
+        }
+        let events: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("event: "))
+            .collect();
+        assert_eq!(
+            events,
+            [
+                "message_start",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_stop",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_stop",
+                "message_delta",
+                "message_stop"
+            ]
+        );
+        assert!(text.contains(r#""stop_reason":"tool_use""#));
+        assert!(text.contains(r#""partial_json":"{\"a\":1}""#));
+        assert!(text.contains(r#""input_tokens":9"#));
+        assert!(text.contains(r#""id":"msg_abc""#));
+    }
+}
