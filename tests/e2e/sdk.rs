@@ -95,12 +95,16 @@ async fn official_openai_python_sdk_works_unchanged_against_every_dialect() {
     let providers: Vec<&str> = targets.iter().map(|t| t.1).collect();
     // Each script makes 5 successful calls: plain, streamed, tool call plain and
     // streamed, tool result follow-up.
-    let rows = rows_per_provider(&stack, "chat_completions", &providers, 5).await;
-    for p in providers {
-        assert!(
-            rows.iter().any(|(q, n)| q == p && *n >= 5),
-            "usage rows with provider-reported tokens for {p}: {rows:?}"
-        );
+    // And 6 through the Responses API: plain, streamed twice, tool call plain and
+    // streamed, tool result follow-up.
+    for (api, min) in [("chat_completions", 5), ("responses", 6)] {
+        let rows = rows_per_provider(&stack, api, &providers, min).await;
+        for p in &providers {
+            assert!(
+                rows.iter().any(|(q, n)| q == p && *n >= min),
+                "{api} usage rows with provider-reported tokens for {p}: {rows:?}"
+            );
+        }
     }
 }
 

@@ -87,6 +87,42 @@ def main():
     c = client.chat.completions.create(model=model, messages=follow, tools=tools)
     check("tool result accepted", c.choices[0].message.content is not None)
 
+    # The Responses API (stateless), plain, streamed and with a tool round trip.
+    r = client.responses.create(model=model, instructions="Be brief.", input="Name a river.")
+    check("responses output_text", r.output_text == text, repr(r.output_text))
+    check("responses usage", r.usage is not None and r.usage.total_tokens > 0 and r.status == "completed")
+    deltas, kinds = [], []
+    for ev in client.responses.create(model=model, instructions="Be brief.", input="Name a river.", stream=True):
+        kinds.append(ev.type)
+        if ev.type == "response.output_text.delta":
+            deltas.append(ev.delta)
+    check("responses stream text", "".join(deltas) == text, "".join(deltas))
+    check("responses stream lifecycle", kinds[0] == "response.created" and kinds[-1] == "response.completed", repr(kinds))
+    with client.responses.stream(model=model, instructions="Be brief.", input="Name a river.") as stream:
+        final = stream.get_final_response()
+    check("responses stream helper", final.output_text == text, repr(final.output_text))
+    rtools = [{"type": "function", "name": "get_weather", "description": "Current weather in a city",
+               "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]
+    r = client.responses.create(model=model, input="Weather in Paris? [[mock:tool_call=get_weather]]", tools=rtools)
+    fc = [o for o in r.output if o.type == "function_call"]
+    check("responses function_call", len(fc) == 1 and fc[0].name == "get_weather", repr(r.output))
+    check("responses function_call arguments", isinstance(json.loads(fc[0].arguments), dict))
+    with client.responses.stream(model=model, input="Weather in Paris? [[mock:tool_call=get_weather]]", tools=rtools) as stream:
+        final = stream.get_final_response()
+    sfc = [o for o in final.output if o.type == "function_call"]
+    check("responses streamed function_call", len(sfc) == 1 and sfc[0].arguments == fc[0].arguments, repr(final.output))
+    r = client.responses.create(model=model, tools=rtools, input=[
+        {"role": "user", "content": "Weather in Paris?"},
+        {"type": "function_call", "call_id": fc[0].call_id, "name": "get_weather", "arguments": fc[0].arguments},
+        {"type": "function_call_output", "call_id": fc[0].call_id, "output": "18C and sunny"},
+    ])
+    check("responses tool result round trip", bool(r.output_text), repr(r.output))
+    try:
+        client.responses.create(model=model, input="x", previous_response_id="resp_123")
+        check("responses previous_response_id refused", False)
+    except openai.BadRequestError as e:
+        check("responses previous_response_id refused", e.status_code == 400)
+
     # Errors surface as the SDK's own exception types.
     bad = openai.OpenAI(base_url=args.base_url, api_key="sk-wrong-key-000", max_retries=0)
     try:

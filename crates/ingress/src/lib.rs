@@ -2,7 +2,8 @@
 //!
 //! [`run`] serves the client APIs with axum: `POST /v1/chat/completions`
 //! (streamed as OpenAI SSE or not), `POST /v1/messages` (Anthropic's Messages API,
-//! translated by [`messages`]), `GET /v1/models`, `GET /v1/usage` (the key's
+//! translated by [`messages`]), `POST /v1/responses` (OpenAI's Responses API,
+//! stateless, by [`responses`]), `GET /v1/models`, `GET /v1/usage` (the key's
 //! own usage from ClickHouse), and `GET /healthz` and `GET /readyz`. A request is authenticated (static bearer keys), parsed once,
 //! validated, resolved to its route's first target, and published as a
 //! `RequestEnvelope` on `<ns>.req.<provider>.<route>`; no provider HTTP happens
@@ -15,6 +16,7 @@
 mod error;
 pub mod messages;
 mod relay;
+pub mod responses;
 mod usage;
 mod validate;
 
@@ -142,6 +144,10 @@ pub async fn router(config: Arc<Config>, bus: Bus) -> Result<Router, IngressErro
             post(chat_completions).fallback(method_not_allowed),
         )
         .route("/v1/messages", post(messages).fallback(method_not_allowed))
+        .route(
+            "/v1/responses",
+            post(responses).fallback(method_not_allowed),
+        )
         .route("/v1/models", get(list_models).fallback(method_not_allowed))
         .route("/v1/usage", get(get_usage).fallback(method_not_allowed))
         .route("/healthz", get(|| async { "ok" }))
@@ -364,6 +370,10 @@ async fn messages(State(state): State<Arc<AppState>>, req: Request) -> Response 
     handle(state, ApiSurface::Messages, req).await
 }
 
+async fn responses(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    handle(state, ApiSurface::Responses, req).await
+}
+
 #[tracing::instrument(name = "ingress.request", skip_all, fields(request_id, api = ?surface, model, stream))]
 async fn handle(state: Arc<AppState>, surface: ApiSurface, req: Request) -> Response {
     let request_id = Uuid::now_v7();
@@ -386,6 +396,7 @@ fn parse_request(
 ) -> Result<sy_protocol::chat::ChatRequest, ApiError> {
     let request = match surface {
         ApiSurface::Messages => messages::parse(body)?,
+        ApiSurface::Responses => responses::parse(body)?,
         _ => parse_chat(body)?,
     };
     validate_chat(&request)?;
@@ -482,6 +493,9 @@ async fn chat(
         (ApiSurface::Messages, true) => {
             sse_response(pending, first, messages::MessagesEncoder::new(names))
         }
+        (ApiSurface::Responses, true) => {
+            sse_response(pending, first, responses::ResponsesEncoder::new(names))
+        }
         (_, true) => sse_response(pending, first, SseEncoder::new(names, include_usage)),
         (surface, false) => json_response(surface, pending, first, &names)
             .await
@@ -510,16 +524,18 @@ async fn json_response(
         }
         frame = pending.next().await?;
     };
-    let body = match surface {
-        ApiSurface::Messages => {
-            let mut choice = agg.into_first();
-            if let Some(c) = &mut choice
-                && c.finish_reason.is_none()
-            {
-                c.finish_reason = finish;
-            }
-            messages::body(choice, names, usage.as_ref())
+    let first_choice = |agg: Aggregate| {
+        let mut choice = agg.into_first();
+        if let Some(c) = &mut choice
+            && c.finish_reason.is_none()
+        {
+            c.finish_reason = finish;
         }
+        choice
+    };
+    let body = match surface {
+        ApiSurface::Messages => messages::body(first_choice(agg), names, usage.as_ref()),
+        ApiSurface::Responses => responses::body(first_choice(agg), names, usage.as_ref()),
         _ => agg.into_body(names, usage.as_ref()),
     };
     Ok((
