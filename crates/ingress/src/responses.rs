@@ -748,8 +748,8 @@ mod tests {
         );
         let data = text
             .lines()
-            .filter_map(|l| l.strip_prefix("data: "))
-            .last()
+            .rev()
+            .find_map(|l| l.strip_prefix("data: "))
             .unwrap();
         let last: Value = serde_json::from_str(data).unwrap();
         assert_eq!(last["response"]["output"][1]["arguments"], "{\"a\":1}");
