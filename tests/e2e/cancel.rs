@@ -96,6 +96,7 @@ async fn expired_envelope_never_reaches_the_provider() {
         provider: "openai".into(),
         model: "gpt-4o-mini".into(),
         request: serde_json::from_value(body("gpt-4o-mini", "too late")).unwrap(),
+        embeddings: None,
     };
     let js = async_nats::jetstream::new(nats.clone());
     js.publish(

@@ -9,6 +9,7 @@ mod cancel;
 mod chat;
 mod config_check;
 mod dialects;
+mod embeddings;
 mod load;
 mod restart;
 mod schema;

@@ -8,7 +8,13 @@ use crate::stack::{KEY, Stack, StackOptions};
 
 /// Runs one conformance script against `model` (served by `provider`); panics
 /// with the script's output when a check fails.
-async fn run(script: &'static str, base: String, model: &'static str, provider: &'static str) {
+async fn run(
+    script: &'static str,
+    base: String,
+    model: &'static str,
+    provider: &'static str,
+    embedding_model: Option<&'static str>,
+) {
     let python = std::env::var("SY_TEST_PYTHON").unwrap_or_else(|_| {
         sy_test_support::repo_root()
             .join(".venv/bin/python")
@@ -17,9 +23,13 @@ async fn run(script: &'static str, base: String, model: &'static str, provider: 
     });
     let path = sy_test_support::repo_root().join("tests/sdk").join(script);
     let out = tokio::task::spawn_blocking(move || {
-        Command::new(&python)
-            .arg(&path)
-            .args(["--base-url", &base, "--api-key", KEY, "--model", model, "--provider", provider])
+        let mut cmd = Command::new(&python);
+        cmd.arg(&path)
+            .args(["--base-url", &base, "--api-key", KEY, "--model", model, "--provider", provider]);
+        if let Some(m) = embedding_model {
+            cmd.args(["--embedding-model", m]);
+        }
+        cmd
             .output()
             .unwrap_or_else(|e| {
                 panic!("cannot run {python} (SY_TEST_PYTHON): {e}. Run scripts/test.sh, which creates .venv with the SDKs.")
@@ -78,15 +88,21 @@ async fn official_openai_python_sdk_works_unchanged_against_every_dialect() {
     let stack = accounted_stack().await;
     let base = format!("{}/v1", stack.base);
     let targets = [
-        ("gpt-4o-mini", "openai"),
-        ("claude-sonnet-4-5", "anthropic"),
-        ("gemini-2.5-flash", "gemini"),
-        ("command-r-plus", "cohere"),
+        ("gpt-4o-mini", "openai", Some("text-embedding-3-small")),
+        ("claude-sonnet-4-5", "anthropic", None),
+        ("gemini-2.5-flash", "gemini", Some("gemini-embedding-001")),
+        ("command-r-plus", "cohere", Some("embed-v4.0")),
     ];
     let runs: Vec<_> = targets
         .iter()
-        .map(|&(model, provider)| {
-            tokio::spawn(run("openai_conformance.py", base.clone(), model, provider))
+        .map(|&(model, provider, embed)| {
+            tokio::spawn(run(
+                "openai_conformance.py",
+                base.clone(),
+                model,
+                provider,
+                embed,
+            ))
         })
         .collect();
     for r in runs {
@@ -125,6 +141,7 @@ async fn official_anthropic_python_sdk_works_unchanged_against_every_dialect() {
                 stack.base.clone(),
                 model,
                 provider,
+                None,
             ))
         })
         .collect();

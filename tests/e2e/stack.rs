@@ -101,6 +101,10 @@ key = "{OTHER_KEY}"
 kind = "openai_compatible"
 base_url = "{base}"
 
+[providers.openai.prices."text-embedding-3-small"]
+input = "0.02"
+output = "0"
+
 [providers.openai.prices."gpt-4o-mini"]
 input = "0.15"
 cached_input = "0.075"
@@ -135,6 +139,15 @@ targets = [{{ provider = "gemini", model = "gemini-2.5-flash" }}]
 
 [models."command-r-plus"]
 targets = [{{ provider = "cohere", model = "command-r-plus" }}]
+
+[models."text-embedding-3-small"]
+targets = [{{ provider = "openai", model = "text-embedding-3-small" }}]
+
+[models."gemini-embedding-001"]
+targets = [{{ provider = "gemini", model = "gemini-embedding-001" }}]
+
+[models."embed-v4.0"]
+targets = [{{ provider = "cohere", model = "embed-v4.0" }}]
 
 [models."gpt-4o-mini"]
 targets = [{{ provider = "openai", model = "gpt-4o-mini" }}]

@@ -24,6 +24,7 @@ def main():
     ap.add_argument("--api-key", required=True)
     ap.add_argument("--model", required=True)
     ap.add_argument("--provider", default="openai", help="the provider entry expected to serve MODEL")
+    ap.add_argument("--embedding-model", help="an embedding model served by the same provider")
     args = ap.parse_args()
     client = openai.OpenAI(base_url=args.base_url, api_key=args.api_key, max_retries=0)
     model = args.model
@@ -155,6 +156,15 @@ def main():
         check("empty messages raises BadRequestError", False)
     except openai.BadRequestError as e:
         check("empty messages raises BadRequestError", e.status_code == 400)
+
+    if args.embedding_model:
+        # The SDK asks for base64 by default and decodes it.
+        e = client.embeddings.create(model=args.embedding_model, input=["a river", "copper light"])
+        check("embeddings count", len(e.data) == 2 and [d.index for d in e.data] == [0, 1])
+        check("embeddings vectors", all(len(d.embedding) > 0 and all(-1 <= x <= 1 for x in d.embedding) for d in e.data))
+        e2 = client.embeddings.create(model=args.embedding_model, input="a river", encoding_format="float")
+        check("embeddings base64 equals float", e2.data[0].embedding == e.data[0].embedding)
+        check("embeddings usage", e.usage.prompt_tokens > 0)
 
     models = [m.id for m in client.models.list()]
     check("models.list includes the model", model in models, repr(models))

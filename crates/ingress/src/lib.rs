@@ -13,6 +13,7 @@
 //! right status; a bad request never reaches the bus. When the client goes away
 //! before the answer is complete, a `Cancel` stops the worker's upstream call.
 
+pub mod embeddings;
 mod error;
 pub mod messages;
 mod relay;
@@ -147,6 +148,10 @@ pub async fn router(config: Arc<Config>, bus: Bus) -> Result<Router, IngressErro
         .route(
             "/v1/responses",
             post(responses).fallback(method_not_allowed),
+        )
+        .route(
+            "/v1/embeddings",
+            post(embeddings_handler).fallback(method_not_allowed),
         )
         .route("/v1/models", get(list_models).fallback(method_not_allowed))
         .route("/v1/usage", get(get_usage).fallback(method_not_allowed))
@@ -358,6 +363,7 @@ fn with_headers(mut resp: Response, request_id: Uuid, start: Option<&StartInfo>)
 fn start_of(frame: &ReplyFrame) -> Option<&StartInfo> {
     match frame {
         ReplyFrame::Chunk(c) => c.start.as_ref(),
+        ReplyFrame::Embedding(e) => e.start.as_ref(),
         ReplyFrame::Final(f) => f.start.as_ref(),
     }
 }
@@ -372,6 +378,10 @@ async fn messages(State(state): State<Arc<AppState>>, req: Request) -> Response 
 
 async fn responses(State(state): State<Arc<AppState>>, req: Request) -> Response {
     handle(state, ApiSurface::Responses, req).await
+}
+
+async fn embeddings_handler(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    handle(state, ApiSurface::Embeddings, req).await
 }
 
 #[tracing::instrument(name = "ingress.request", skip_all, fields(request_id, api = ?surface, model, stream))]
@@ -416,7 +426,18 @@ async fn chat(
     let body = read_body(state, &parts.headers, body)
         .await
         .map_err(|e| (e, None))?;
-    let request = parse_request(surface, &body).map_err(|e| (e, None))?;
+    let (request, embeddings) = if surface == ApiSurface::Embeddings {
+        let e = embeddings::parse(&body).map_err(|e| (e, None))?;
+        (
+            sy_protocol::chat::ChatRequest::model_only(&e.model),
+            Some(e),
+        )
+    } else {
+        (parse_request(surface, &body).map_err(|e| (e, None))?, None)
+    };
+    let base64 = embeddings
+        .as_ref()
+        .is_some_and(|e| e.encoding_format.as_deref() == Some("base64"));
     let route = resolve(state, &request.model).map_err(|e| (e, None))?;
     let target = &route.targets[0];
     let span = tracing::Span::current();
@@ -439,6 +460,7 @@ async fn chat(
         provider: target.provider.clone(),
         model: target.model.clone(),
         request,
+        embeddings,
     };
     // Register before publishing so that no frame can arrive unseen.
     let rx = state.replies.register(request_id, REPLY_BUFFER);
@@ -497,7 +519,7 @@ async fn chat(
             sse_response(pending, first, responses::ResponsesEncoder::new(names))
         }
         (_, true) => sse_response(pending, first, SseEncoder::new(names, include_usage)),
-        (surface, false) => json_response(surface, pending, first, &names)
+        (surface, false) => json_response(surface, pending, first, &names, base64)
             .await
             .map_err(|e| (e, start.clone()))?,
     };
@@ -509,12 +531,15 @@ async fn json_response(
     mut pending: Pending,
     first: ReplyFrame,
     names: &ResponseNames,
+    base64: bool,
 ) -> Result<Response, ApiError> {
     let mut agg = Aggregate::default();
+    let mut vectors = Vec::new();
     let mut frame = first;
     let (usage, finish) = loop {
         match frame {
             ReplyFrame::Chunk(c) => agg.add(c.choices),
+            ReplyFrame::Embedding(e) => vectors.push(e),
             ReplyFrame::Final(f) => {
                 if let Some(e) = &f.error {
                     return Err(ApiError::from_frame(e));
@@ -536,6 +561,7 @@ async fn json_response(
     let body = match surface {
         ApiSurface::Messages => messages::body(first_choice(agg), names, usage.as_ref()),
         ApiSurface::Responses => responses::body(first_choice(agg), names, usage.as_ref()),
+        ApiSurface::Embeddings => embeddings::body(vectors, base64, names, usage.as_ref()),
         _ => agg.into_body(names, usage.as_ref()),
     };
     Ok((
@@ -572,6 +598,8 @@ fn sse_response<E: StreamEncoder>(pending: Pending, first: ReplyFrame, encoder: 
         };
         let bytes = match frame {
             Ok(ReplyFrame::Chunk(c)) => st.encoder.chunk(&c.choices),
+            // Never in a chat stream.
+            Ok(ReplyFrame::Embedding(_)) => Bytes::new(),
             Ok(ReplyFrame::Final(f)) => {
                 st.done = true;
                 match &f.error {

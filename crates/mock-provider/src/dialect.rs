@@ -43,6 +43,23 @@ pub struct Parsed {
     pub include_usage: bool,
 }
 
+/// What the mock needs from an embeddings request.
+pub struct EmbedParsed {
+    pub model: String,
+    pub texts: Vec<String>,
+    pub dimensions: usize,
+}
+
+/// The mock's embedding of `text`: `dims` deterministic values in [-1, 1).
+pub fn vector(text: &str, dims: usize) -> Vec<f32> {
+    (0..dims)
+        .map(|i| {
+            let h = crate::seed(text, i);
+            ((h >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
 /// Text of a content value: a string, or the text of its text blocks / parts
 /// (tool results included).
 fn text_of(content: &Value) -> String {
@@ -219,6 +236,79 @@ impl Dialect {
                     include_usage: true,
                 })
             }
+        }
+    }
+
+    /// Parses an embeddings request (OpenAI `/v1/embeddings`, Gemini
+    /// `batchEmbedContents`, Cohere `/v2/embed`).
+    pub fn parse_embed(
+        self,
+        req: &Value,
+        gemini: Option<&GeminiTarget>,
+    ) -> Result<EmbedParsed, String> {
+        let strings = |v: &Value| -> Option<Vec<String>> {
+            match v {
+                Value::String(s) => Some(vec![s.clone()]),
+                Value::Array(a) => a.iter().map(|x| x.as_str().map(str::to_owned)).collect(),
+                _ => None,
+            }
+        };
+        let dims = |v: &Value| v.as_u64().map_or(8, |d| d.clamp(1, 4096) as usize);
+        match self {
+            Dialect::OpenAi => Ok(EmbedParsed {
+                model: req["model"]
+                    .as_str()
+                    .ok_or("you must provide a model parameter")?
+                    .to_owned(),
+                texts: strings(&req["input"])
+                    // Token arrays: embed their decimal text.
+                    .or_else(|| Some(vec![req["input"].to_string()]))
+                    .ok_or("input is required")?,
+                dimensions: dims(&req["dimensions"]),
+            }),
+            Dialect::Cohere => Ok(EmbedParsed {
+                model: req["model"].as_str().ok_or("model is required")?.to_owned(),
+                texts: strings(&req["texts"]).ok_or("texts is required")?,
+                dimensions: dims(&req["output_dimension"]),
+            }),
+            Dialect::Gemini => {
+                let target = gemini.ok_or("no model in the path")?;
+                let model = target.action.split(':').next().unwrap_or("").to_owned();
+                let requests = req["requests"].as_array().ok_or("requests is required")?;
+                Ok(EmbedParsed {
+                    model,
+                    texts: requests
+                        .iter()
+                        .map(|r| text_of(&r["content"]["parts"]))
+                        .collect(),
+                    dimensions: requests
+                        .first()
+                        .map_or(8, |r| dims(&r["outputDimensionality"])),
+                })
+            }
+            Dialect::Anthropic => Err("Anthropic has no embeddings API".into()),
+        }
+    }
+
+    /// An embeddings answer for `texts`.
+    pub fn embed_answer(self, p: &EmbedParsed) -> Value {
+        let vectors: Vec<Vec<f32>> = p.texts.iter().map(|t| vector(t, p.dimensions)).collect();
+        let tokens: u64 = p
+            .texts
+            .iter()
+            .map(|t| t.split_whitespace().count() as u64)
+            .sum();
+        match self {
+            Dialect::Gemini => {
+                json!({"embeddings": vectors.iter().map(|v| json!({"values": v})).collect::<Vec<_>>()})
+            }
+            Dialect::Cohere => {
+                json!({"id": "embed-mock", "embeddings": {"float": vectors}, "texts": p.texts,
+                "meta": {"billed_units": {"input_tokens": tokens}}})
+            }
+            _ => json!({"object": "list", "model": p.model, "data": vectors.iter().enumerate()
+                    .map(|(i, v)| json!({"object": "embedding", "index": i, "embedding": v})).collect::<Vec<_>>(),
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}),
         }
     }
 

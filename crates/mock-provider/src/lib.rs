@@ -16,6 +16,7 @@ mod dialect;
 mod directives;
 mod server;
 
+pub use dialect::vector as embedding_vector;
 pub use directives::{DirectiveError, Directives, extract, resolve};
 pub use server::{MockOptions, MockProvider, MockStats};
 
@@ -29,7 +30,7 @@ const WORDS: [&str; 32] = [
     "comet", "anchor", "willow",
 ];
 
-fn seed(prompt: &str, index: usize) -> u64 {
+pub(crate) fn seed(prompt: &str, index: usize) -> u64 {
     // FNV-1a: stable across runs and platforms.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in prompt.bytes().chain((index as u64).to_le_bytes()) {

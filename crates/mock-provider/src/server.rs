@@ -126,6 +126,9 @@ impl MockProvider {
             .route("/v1beta/models/{action}", post(gemini))
             .route("/v1/models/{action}", post(gemini))
             .route("/v2/chat", post(cohere))
+            .route("/v1/embeddings", post(openai_embed))
+            .route("/embeddings", post(openai_embed))
+            .route("/v2/embed", post(cohere_embed))
             .route("/v1/models", get(models))
             .route("/mock/stats", get(stats))
             .route("/mock/reset", post(reset))
@@ -325,11 +328,82 @@ async fn gemini(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let embed = action.ends_with(":batchEmbedContents");
     let target = GeminiTarget {
         action,
         key: query.get("key").cloned(),
     };
+    if embed {
+        return serve_embed(shared, Dialect::Gemini, headers, Some(target), body).await;
+    }
     serve(shared, Dialect::Gemini, headers, Some(target), body).await
+}
+
+async fn openai_embed(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    serve_embed(shared, Dialect::OpenAi, headers, None, body).await
+}
+
+async fn cohere_embed(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    serve_embed(shared, Dialect::Cohere, headers, None, body).await
+}
+
+/// Embeddings: deterministic vectors of each text; directives in any text apply.
+async fn serve_embed(
+    shared: Arc<Shared>,
+    dialect: Dialect,
+    headers: HeaderMap,
+    gemini: Option<GeminiTarget>,
+    body: Bytes,
+) -> Response {
+    shared.counters.requests.fetch_add(1, Ordering::SeqCst);
+    if let Some(key) = &shared.opts.api_key
+        && !dialect.authorized(&headers, gemini.as_ref(), key)
+    {
+        return dialect.error(401, "Incorrect API key provided", Some("invalid_api_key"));
+    }
+    let Ok(req) = serde_json::from_slice::<Value>(&body) else {
+        return dialect.error(
+            400,
+            "We could not parse the JSON body of your request.",
+            None,
+        );
+    };
+    let parsed = match dialect.parse_embed(&req, gemini.as_ref()) {
+        Ok(p) => p,
+        Err(message) => return dialect.error(400, &message, None),
+    };
+    let blocks: Vec<String> = parsed.texts.iter().flat_map(|t| extract(t).1).collect();
+    let header_directives = headers.get("x-mock").and_then(|v| v.to_str().ok());
+    let d = match resolve(
+        &shared.opts.defaults,
+        header_directives,
+        &blocks,
+        &shared.opts.name,
+    ) {
+        Ok(d) => d,
+        Err(e) => return dialect.error(400, &e.0, None),
+    };
+    if let Some(status) = d
+        .status
+        .or_else(|| dialect.error_status(d.error.as_deref()))
+    {
+        shared.counters.faults.fetch_add(1, Ordering::SeqCst);
+        return dialect.fault(status, d.error.as_deref(), 0);
+    }
+    if let Some(t) = d.ttft {
+        tokio::time::sleep(t).await;
+    }
+    let resp = json_response(StatusCode::OK, &dialect.embed_answer(&parsed));
+    shared.counters.completed.fetch_add(1, Ordering::SeqCst);
+    resp
 }
 
 async fn serve(

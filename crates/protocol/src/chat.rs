@@ -72,6 +72,31 @@ pub struct ChatRequest {
 }
 
 impl ChatRequest {
+    /// A request with only a model: what an embeddings envelope carries in `request`.
+    pub fn model_only(model: &str) -> Self {
+        ChatRequest {
+            model: model.to_owned(),
+            messages: Vec::new(),
+            stream: None,
+            stream_options: None,
+            temperature: None,
+            top_p: None,
+            max_tokens: None,
+            max_completion_tokens: None,
+            stop: None,
+            seed: None,
+            user: None,
+            n: None,
+            tools: None,
+            tool_choice: None,
+            response_format: None,
+            reasoning_effort: None,
+            top_k: None,
+            thinking_budget: None,
+            extra: Map::new(),
+        }
+    }
+
     /// True when the client asked for a streamed answer.
     pub fn is_stream(&self) -> bool {
         self.stream.unwrap_or(false)

@@ -44,8 +44,12 @@ pub struct RequestEnvelope {
     pub provider: String,
     /// The upstream model to ask the provider for.
     pub model: String,
-    /// The client's request, validated.
+    /// The client's request, validated. For embeddings it carries only the model
+    /// (and no messages); the input is in `embeddings`.
     pub request: ChatRequest,
+    /// An embeddings request (`api` = embeddings).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embeddings: Option<crate::embeddings::EmbeddingsRequest>,
 }
 
 /// What a worker sends back on the reply subject: chunks in `seq` order, then one final frame.
@@ -54,6 +58,8 @@ pub struct RequestEnvelope {
 pub enum ReplyFrame {
     /// Part of the answer.
     Chunk(ChunkFrame),
+    /// One vector of an embeddings answer.
+    Embedding(crate::embeddings::EmbeddingFrame),
     /// The end of the answer: usage, or an error.
     Final(FinalFrame),
 }
@@ -63,6 +69,7 @@ impl ReplyFrame {
     pub fn seq(&self) -> u32 {
         match self {
             ReplyFrame::Chunk(c) => c.seq,
+            ReplyFrame::Embedding(e) => e.seq,
             ReplyFrame::Final(f) => f.seq,
         }
     }

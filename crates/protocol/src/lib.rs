@@ -13,6 +13,7 @@
 //! the accounting consumer on `<ns>.usage`.
 
 pub mod chat;
+pub mod embeddings;
 mod error;
 mod frame;
 pub mod header;

@@ -24,7 +24,8 @@ use crate::call::{self, Decoder, Step};
 use crate::error::ErrorBody;
 use crate::sse::SseEvent;
 use crate::translate::{self, unsupported};
-use crate::{CallContext, Chunk, ChunkStream, Provider, ProviderError, ResponseMeta};
+use crate::{CallContext, Chunk, ChunkStream, Embeddings, Provider, ProviderError, ResponseMeta};
+use sy_protocol::embeddings::EmbeddingsRequest;
 
 const DIALECT: &str = "Anthropic";
 
@@ -82,6 +83,16 @@ impl Provider for AnthropicAdapter {
             let chunk = from_message(&call::body(resp).await?)?;
             Ok(futures::stream::once(async move { Ok(chunk) }).boxed())
         }
+    }
+
+    async fn embed(
+        &self,
+        _req: &EmbeddingsRequest,
+        _cx: &CallContext,
+    ) -> Result<Embeddings, ProviderError> {
+        Err(ProviderError::Unsupported(
+            "Anthropic has no embeddings API; route this model to an OpenAI-compatible, Gemini or Cohere embedding model".into(),
+        ))
     }
 }
 

@@ -20,7 +20,8 @@ use crate::call::{self, Decoder, Step};
 use crate::error::ErrorBody;
 use crate::sse::SseEvent;
 use crate::translate::{self, unsupported};
-use crate::{CallContext, Chunk, ChunkStream, Provider, ProviderError, ResponseMeta};
+use crate::{CallContext, Chunk, ChunkStream, Embeddings, Provider, ProviderError, ResponseMeta};
+use sy_protocol::embeddings::EmbeddingsRequest;
 
 const DIALECT: &str = "Cohere";
 
@@ -67,6 +68,43 @@ impl Provider for CohereAdapter {
             let chunk = from_response(&call::body(resp).await?)?;
             Ok(futures::stream::once(async move { Ok(chunk) }).boxed())
         }
+    }
+
+    /// `POST {base}/embed` with `input_type` `search_document` (the client cannot
+    /// say otherwise through OpenAI's API) and float vectors.
+    async fn embed(
+        &self,
+        req: &EmbeddingsRequest,
+        cx: &CallContext,
+    ) -> Result<Embeddings, ProviderError> {
+        let texts = req
+            .input
+            .texts()
+            .ok_or_else(|| unsupported(DIALECT, "token-array 'input'"))?;
+        let mut wire = json!({"model": cx.model, "texts": texts, "input_type": "search_document",
+            "embedding_types": ["float"]});
+        if let Some(d) = req.dimensions {
+            wire["output_dimension"] = json!(d);
+        }
+        let body = serde_json::to_vec(&wire).map_err(|e| ProviderError::Protocol(e.to_string()))?;
+        let url = self.url.replace("/chat", "/embed");
+        let resp = call::post_json(&self.client, &url, &self.headers, body, read_error).await?;
+        let v: Value = call::json(&call::body(resp).await?)?;
+        let vectors: Vec<Vec<f32>> = serde_json::from_value(v["embeddings"]["float"].clone())
+            .map_err(|e| ProviderError::Protocol(format!("Cohere embeddings: {e}")))?;
+        let usage = v["meta"]["billed_units"]["input_tokens"]
+            .as_f64()
+            .map(|n| Usage {
+                prompt_tokens: n as u64,
+                completion_tokens: 0,
+                total_tokens: n as u64,
+                ..Usage::default()
+            });
+        Ok(Embeddings {
+            vectors,
+            usage,
+            model: None,
+        })
     }
 }
 

@@ -23,7 +23,8 @@ use crate::call::{self, Decoder, Step};
 use crate::error::ErrorBody;
 use crate::sse::SseEvent;
 use crate::translate::{self, unsupported};
-use crate::{CallContext, Chunk, ChunkStream, Provider, ProviderError, ResponseMeta};
+use crate::{CallContext, Chunk, ChunkStream, Embeddings, Provider, ProviderError, ResponseMeta};
+use sy_protocol::embeddings::EmbeddingsRequest;
 
 const DIALECT: &str = "Gemini";
 
@@ -81,6 +82,46 @@ impl Provider for GeminiAdapter {
             let chunk = d.response(call::json(&raw)?)?;
             Ok(futures::stream::once(async move { Ok(chunk) }).boxed())
         }
+    }
+
+    /// `batchEmbedContents`: one request per input text. Gemini reports no usage;
+    /// the worker estimates it.
+    async fn embed(
+        &self,
+        req: &EmbeddingsRequest,
+        cx: &CallContext,
+    ) -> Result<Embeddings, ProviderError> {
+        let texts = req
+            .input
+            .texts()
+            .ok_or_else(|| unsupported(DIALECT, "token-array 'input'"))?;
+        let requests: Vec<Value> = texts
+            .iter()
+            .map(|t| {
+                let mut r = json!({"model": format!("models/{}", cx.model), "content": {"parts": [{"text": t}]}});
+                if let Some(d) = req.dimensions {
+                    r["outputDimensionality"] = json!(d);
+                }
+                r
+            })
+            .collect();
+        let body = serde_json::to_vec(&json!({"requests": requests}))
+            .map_err(|e| ProviderError::Protocol(e.to_string()))?;
+        let url = format!("{}/models/{}:batchEmbedContents", self.base, cx.model);
+        let resp = call::post_json(&self.client, &url, &self.headers, body, read_error).await?;
+        let v: Value = call::json(&call::body(resp).await?)?;
+        let vectors = v["embeddings"]
+            .as_array()
+            .ok_or_else(|| ProviderError::Protocol("no embeddings in Gemini's answer".into()))?
+            .iter()
+            .map(|e| serde_json::from_value::<Vec<f32>>(e["values"].clone()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ProviderError::Protocol(e.to_string()))?;
+        Ok(Embeddings {
+            vectors,
+            usage: None,
+            model: None,
+        })
     }
 }
 

@@ -30,6 +30,7 @@ use std::future::Future;
 use futures::stream::BoxStream;
 use sy_config::{ProviderConfig, ProviderKind};
 use sy_protocol::chat::{ChatRequest, ChoiceDelta, Usage};
+use sy_protocol::embeddings::EmbeddingsRequest;
 
 /// A provider's answer as canonical chunks; ends after the last one or an error.
 pub type ChunkStream = BoxStream<'static, Result<Chunk, ProviderError>>;
@@ -67,6 +68,17 @@ pub struct CallContext {
     pub stream: bool,
 }
 
+/// An embeddings answer: one vector per input, in input order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Embeddings {
+    /// The vectors.
+    pub vectors: Vec<Vec<f32>>,
+    /// Usage, when the provider reports it (prompt tokens only).
+    pub usage: Option<Usage>,
+    /// The model the provider says answered.
+    pub model: Option<String>,
+}
+
 /// The contract every adapter meets.
 pub trait Provider: Send + Sync {
     /// Which dialect.
@@ -79,6 +91,13 @@ pub trait Provider: Send + Sync {
         req: &'a ChatRequest,
         cx: &'a CallContext,
     ) -> impl Future<Output = Result<ChunkStream, ProviderError>> + Send + 'a;
+
+    /// Embeds `req`'s input (a dialect without embeddings answers `Unsupported`).
+    fn embed<'a>(
+        &'a self,
+        req: &'a EmbeddingsRequest,
+        cx: &'a CallContext,
+    ) -> impl Future<Output = Result<Embeddings, ProviderError>> + Send + 'a;
 }
 
 /// Every adapter, for dispatch without boxing.
@@ -134,6 +153,19 @@ impl Provider for AnyProvider {
             AnyProvider::Anthropic(a) => a.chat(req, cx).await,
             AnyProvider::Gemini(a) => a.chat(req, cx).await,
             AnyProvider::Cohere(a) => a.chat(req, cx).await,
+        }
+    }
+
+    async fn embed(
+        &self,
+        req: &EmbeddingsRequest,
+        cx: &CallContext,
+    ) -> Result<Embeddings, ProviderError> {
+        match self {
+            AnyProvider::OpenAi(a) => a.embed(req, cx).await,
+            AnyProvider::Anthropic(a) => a.embed(req, cx).await,
+            AnyProvider::Gemini(a) => a.embed(req, cx).await,
+            AnyProvider::Cohere(a) => a.embed(req, cx).await,
         }
     }
 }

@@ -17,7 +17,8 @@ use sy_protocol::chat::{
 use crate::call::{self, Decoder, Step};
 use crate::error::ErrorBody;
 use crate::sse::SseEvent;
-use crate::{CallContext, Chunk, ChunkStream, Provider, ProviderError, ResponseMeta};
+use crate::{CallContext, Chunk, ChunkStream, Embeddings, Provider, ProviderError, ResponseMeta};
+use sy_protocol::embeddings::EmbeddingsRequest;
 
 /// The config `kind` of this dialect.
 pub const KIND: &str = "openai_compatible";
@@ -52,13 +53,13 @@ impl OpenAiAdapter {
         })
     }
 
-    /// Where to post: `{base}/chat/completions`, or Azure's deployment URL (the
-    /// target's model is the deployment name).
-    fn url(&self, model: &str) -> String {
+    /// Where to post `path` (`chat/completions`, `embeddings`): under the base, or
+    /// under Azure's deployment URL (the target's model is the deployment name).
+    fn url(&self, model: &str, path: &str) -> String {
         match &self.api_version {
-            None => format!("{}/chat/completions", self.base),
+            None => format!("{}/{path}", self.base),
             Some(v) => format!(
-                "{}/openai/deployments/{model}/chat/completions?api-version={v}",
+                "{}/openai/deployments/{model}/{path}?api-version={v}",
                 self.base
             ),
         }
@@ -98,7 +99,7 @@ impl Provider for OpenAiAdapter {
     ) -> Result<ChunkStream, ProviderError> {
         let resp = call::post_json(
             &self.client,
-            &self.url(&cx.model),
+            &self.url(&cx.model, "chat/completions"),
             &self.headers,
             Self::body(req, cx)?,
             read_error,
@@ -112,6 +113,59 @@ impl Provider for OpenAiAdapter {
             Ok(futures::stream::once(async move { Ok(chunk) }).boxed())
         }
     }
+
+    async fn embed(
+        &self,
+        req: &EmbeddingsRequest,
+        cx: &CallContext,
+    ) -> Result<Embeddings, ProviderError> {
+        let mut wire = req.clone();
+        wire.model.clone_from(&cx.model);
+        // Floats on the wire; the ingress encodes base64 for clients that ask.
+        wire.encoding_format = Some("float".into());
+        let body = serde_json::to_vec(&wire).map_err(|e| ProviderError::Protocol(e.to_string()))?;
+        let resp = call::post_json(
+            &self.client,
+            &self.url(&cx.model, "embeddings"),
+            &self.headers,
+            body,
+            read_error,
+        )
+        .await?;
+        from_embeddings(&call::body(resp).await?)
+    }
+}
+
+/// An OpenAI embeddings answer, vectors in input order.
+pub fn from_embeddings(raw: &[u8]) -> Result<Embeddings, ProviderError> {
+    #[derive(Deserialize)]
+    struct Wire {
+        data: Vec<Item>,
+        model: Option<String>,
+        usage: Option<WireUsage>,
+    }
+    #[derive(Deserialize)]
+    struct Item {
+        #[serde(default)]
+        index: usize,
+        embedding: Vec<f32>,
+    }
+    #[derive(Deserialize)]
+    struct WireUsage {
+        prompt_tokens: u64,
+    }
+    let mut w: Wire = call::json(raw)?;
+    w.data.sort_by_key(|i| i.index);
+    Ok(Embeddings {
+        vectors: w.data.into_iter().map(|i| i.embedding).collect(),
+        usage: w.usage.map(|u| Usage {
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: 0,
+            total_tokens: u.prompt_tokens,
+            ..Usage::default()
+        }),
+        model: w.model,
+    })
 }
 
 /// OpenAI's error body: `{"error": {"message", "type", "code"}}`.

@@ -324,3 +324,59 @@ async fn dropping_the_stream_cancels_the_upstream_call() {
         assert_eq!(mock.stats().cancelled, 1, "{kind}");
     }
 }
+
+#[tokio::test]
+async fn embeddings_come_back_in_input_order() {
+    use sy_protocol::embeddings::{EmbeddingInput, EmbeddingsRequest};
+    let req = |input: EmbeddingInput| EmbeddingsRequest {
+        model: "route".into(),
+        input,
+        encoding_format: Some("base64".into()),
+        dimensions: Some(4),
+        user: None,
+        extra: Default::default(),
+    };
+    for kind in ["openai_compatible", "gemini", "cohere"] {
+        let (_mock, p) = setup(kind).await;
+        let texts = vec!["first text".to_owned(), "second".to_owned()];
+        let e = p
+            .embed(&req(EmbeddingInput::Many(texts.clone())), &cx(false))
+            .await
+            .unwrap();
+        let want: Vec<Vec<f32>> = texts
+            .iter()
+            .map(|t| sy_mock_provider::embedding_vector(t, 4))
+            .collect();
+        assert_eq!(e.vectors, want, "{kind}");
+        let reported = e.usage.map(|u| u.prompt_tokens);
+        // Gemini reports no usage; the worker estimates it.
+        assert_eq!(reported, (kind != "gemini").then_some(3), "{kind}");
+        let err = collect_embed_err(&p, "x [[mock:status=429]]").await;
+        assert_eq!(err.code(), ErrorCode::RateLimited, "{kind}");
+    }
+    let (_mock, p) = setup("anthropic").await;
+    let e = p
+        .embed(&req(EmbeddingInput::One("x".into())), &cx(false))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::InvalidRequest);
+    let (_mock, p) = setup("gemini").await;
+    let e = p
+        .embed(&req(EmbeddingInput::Tokens(vec![1, 2])), &cx(false))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ProviderError::Unsupported(_)), "{e:?}");
+}
+
+async fn collect_embed_err(p: &AnyProvider, text: &str) -> ProviderError {
+    use sy_protocol::embeddings::{EmbeddingInput, EmbeddingsRequest};
+    let req = EmbeddingsRequest {
+        model: "route".into(),
+        input: EmbeddingInput::One(text.into()),
+        encoding_format: None,
+        dimensions: None,
+        user: None,
+        extra: Default::default(),
+    };
+    p.embed(&req, &cx(false)).await.unwrap_err()
+}

@@ -6,6 +6,7 @@ use futures::StreamExt;
 use sy_bus::Bus;
 use sy_config::ProviderConfig;
 use sy_protocol::chat::Usage;
+use sy_protocol::embeddings::{EmbeddingFrame, EmbeddingsRequest};
 use sy_protocol::{
     ChunkFrame, ErrorCode, FinalFrame, FrameError, ReplyFrame, RequestEnvelope, StartInfo,
     UsageStatus, now_unix_ms,
@@ -167,9 +168,75 @@ impl<'a> Replier<'a> {
         self.publish(frame).await;
     }
 
+    /// Embeds the input and sends one frame per vector, then the final frame.
+    async fn run_embeddings(
+        mut self,
+        adapter: &AnyProvider,
+        req: &EmbeddingsRequest,
+        state: &mut AttemptState,
+    ) {
+        let cx = CallContext {
+            model: self.env.model.clone(),
+            stream: false,
+        };
+        state.reached_provider = true;
+        let emb = match adapter.embed(req, &cx).await {
+            Ok(e) => e,
+            Err(e) => return self.provider_failed(e, state).await,
+        };
+        if emb.vectors.len() != req.input.len() {
+            let e = ProviderError::Protocol(format!(
+                "{} vectors for {} inputs",
+                emb.vectors.len(),
+                req.input.len()
+            ));
+            return self.provider_failed(e, state).await;
+        }
+        state.first_token_unix_ms = Some(now_unix_ms());
+        state.served_model.clone_from(&emb.model);
+        state.usage.clone_from(&emb.usage);
+        let meta = ResponseMeta {
+            model: emb.model,
+            ..ResponseMeta::default()
+        };
+        let mut meta = Some(meta);
+        for (i, v) in emb.vectors.into_iter().enumerate() {
+            let start = (self.seq == 0).then(|| self.start_info(meta.take()));
+            let frame = ReplyFrame::Embedding(EmbeddingFrame {
+                seq: self.seq,
+                start,
+                index: i as u32,
+                embedding: v,
+            });
+            self.publish(frame).await;
+        }
+        // The client's usage: the provider's, else our estimate (the usage event
+        // marks it as estimated).
+        let usage = state.usage.clone().unwrap_or_else(|| {
+            let n = crate::tokens::estimate_embeddings(&self.env.model, req);
+            Usage {
+                prompt_tokens: n,
+                total_tokens: n,
+                ..Usage::default()
+            }
+        });
+        let start = (self.seq == 0).then(|| self.start_info(None));
+        let frame = ReplyFrame::Final(FinalFrame {
+            seq: self.seq,
+            start,
+            finish_reason: None,
+            usage: Some(usage),
+            error: None,
+        });
+        self.publish(frame).await;
+    }
+
     /// Calls the provider and relays its answer; always ends with a final frame.
     /// Everything learned goes into `state` as it happens.
     async fn run(mut self, adapter: &AnyProvider, state: &mut AttemptState) {
+        if let Some(req) = &self.env.embeddings {
+            return self.run_embeddings(adapter, req, state).await;
+        }
         let cx = CallContext {
             model: self.env.model.clone(),
             stream: self.env.request.is_stream(),

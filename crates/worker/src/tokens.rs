@@ -3,6 +3,7 @@
 //! once per process ([`warm_up`] at start, off the async runtime), never per request.
 
 use sy_protocol::chat::ChatRequest;
+use sy_protocol::embeddings::EmbeddingsRequest;
 use tiktoken_rs::CoreBPE;
 
 /// Which encoding counts `model`'s tokens: o200k for the GPT-4o/4.1/5 and o-series
@@ -36,6 +37,24 @@ pub fn estimate_prompt(model: &str, req: &ChatRequest) -> u64 {
         .map(|m| bpe.count_ordinary(&m.text()) as u64 + 3)
         .sum();
     text + 3
+}
+
+/// Input tokens of an embeddings request: its texts' tokens, or the token arrays' lengths.
+pub fn estimate_embeddings(model: &str, req: &EmbeddingsRequest) -> u64 {
+    use sy_protocol::embeddings::EmbeddingInput;
+    match &req.input {
+        EmbeddingInput::Tokens(t) => t.len() as u64,
+        EmbeddingInput::ManyTokens(v) => v.iter().map(|t| t.len() as u64).sum(),
+        input => {
+            let bpe = encoder_for(model);
+            input
+                .texts()
+                .unwrap_or_default()
+                .iter()
+                .map(|t| bpe.count_ordinary(t) as u64)
+                .sum()
+        }
+    }
 }
 
 /// Output tokens of generated text.

@@ -75,8 +75,12 @@ pub(crate) fn event(
         && !provider_answered_error
         && (status != UsageStatus::Error || !state.output_text.is_empty())
     {
+        let input = match &env.embeddings {
+            Some(e) => tokens::estimate_embeddings(&env.model, e),
+            None => tokens::estimate_prompt(&env.model, &env.request),
+        };
         let counts = TokenCounts {
-            input: tokens::estimate_prompt(&env.model, &env.request),
+            input,
             output: tokens::estimate_output(&env.model, &state.output_text),
             ..TokenCounts::default()
         };
