@@ -205,7 +205,19 @@ async fn models_endpoint_lists_configured_models() {
         .map(|m| m["id"].as_str().unwrap())
         .collect();
     ids.sort();
-    assert_eq!(ids, vec!["gpt-4.1", "gpt-4o-mini"]);
+    assert_eq!(
+        ids,
+        vec![
+            "claude-sonnet-4-5",
+            "command-r-plus",
+            "embed-v4.0",
+            "gemini-2.5-flash",
+            "gemini-embedding-001",
+            "gpt-4.1",
+            "gpt-4o-mini",
+            "text-embedding-3-small"
+        ]
+    );
     assert_eq!(v["object"], "list");
 }
 

@@ -61,6 +61,27 @@ async fn bus_messages_match_their_schemas() {
         );
         let _ = resp.bytes().await.unwrap();
     }
+    // Another client API, and embeddings (one frame per vector).
+    let resp = stack
+        .messages(
+            &json!({"model": "claude-sonnet-4-5", "max_tokens": 20, "stream": true,
+            "messages": [{"role": "user", "content": "hello [[mock:tokens=3]]"}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let _ = resp.bytes().await.unwrap();
+    let resp = stack
+        .http
+        .post(stack.url("/v1/embeddings"))
+        .bearer_auth(crate::stack::KEY)
+        .json(&json!({"model": "text-embedding-3-small", "input": ["a", "b"], "dimensions": 3}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let _ = resp.bytes().await.unwrap();
     // A cancelled request.
     let _ = stack
         .chat(&body("gpt-4o-mini", "wait [[mock:hang=1]]"))
@@ -76,6 +97,7 @@ async fn bus_messages_match_their_schemas() {
     let usage = validator("usage-event.schema.json");
     let mut seen = [0usize; 4];
     let mut finals_with_error = 0;
+    let mut embedding_frames = 0;
     while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(2), sub.next()).await {
         let v: Value = serde_json::from_slice(&msg.payload).unwrap();
         let kind = msg.subject.split('.').nth(1).unwrap();
@@ -83,6 +105,15 @@ async fn bus_messages_match_their_schemas() {
             "req" => {
                 check::<RequestEnvelope>(&envelope, &v);
                 seen[0] += 1;
+            }
+            // f32 vectors print shorter than the f64 that JSON values hold: check
+            // the schema and the typed parse, not byte equality.
+            "reply" if v["type"] == "embedding" => {
+                assert!(frame.is_valid(&v), "{v}");
+                let typed: ReplyFrame = serde_json::from_value(v.clone()).unwrap();
+                assert!(matches!(typed, ReplyFrame::Embedding(_)));
+                embedding_frames += 1;
+                seen[1] += 1;
             }
             "reply" => {
                 check::<ReplyFrame>(&frame, &v);
@@ -102,10 +133,11 @@ async fn bus_messages_match_their_schemas() {
             other => panic!("unexpected subject kind {other} ({})", msg.subject),
         }
     }
-    assert_eq!(seen[0], 5, "one envelope per request");
+    assert_eq!(seen[0], 7, "one envelope per request");
+    assert_eq!(embedding_frames, 2, "one frame per vector");
     assert!(seen[1] >= 10, "chunks and finals: {seen:?}");
     assert!(seen[2] >= 1, "the abandoned request was cancelled");
-    assert_eq!(seen[3], 5, "one usage event per attempt");
+    assert_eq!(seen[3], 7, "one usage event per attempt");
     assert_eq!(finals_with_error, 1);
 }
 
