@@ -60,8 +60,15 @@ key = "sk-sy-local-dev"
 kind = "openai_compatible"
 base_url = "http://127.0.0.1:18081/v1"
 
+[providers.anthropic]
+kind = "anthropic"
+base_url = "http://127.0.0.1:18081/v1"
+
 [models."gpt-4o-mini"]
 targets = [{ provider = "openai", model = "gpt-4o-mini" }]
+
+[models."claude-bench"]
+targets = [{ provider = "anthropic", model = "claude-bench" }]
 TOML
 SWITCHYARD_LOG=warn "$TARGET/release/switchyard" --config "$conf" all >"$LOG_DIR/bench-switchyard.log" 2>&1 &
 echo $! >"$RUN_DIR/bench-switchyard.pid"
@@ -91,6 +98,18 @@ say "Streamed, concurrency 64"
 run direct "$direct" 64 10000 1000 --stream
 run switchyard "$via" 64 10000 1000 --stream
 
+say "Translation, concurrency 1: Anthropic client to an Anthropic target, and to an OpenAI target"
+amsg=http://127.0.0.1:18081/v1/messages
+vmsg=http://127.0.0.1:18080/v1/messages
+run direct-anthropic "$amsg" 1 3000 300 --api messages --model claude-bench
+run messages-to-anthropic "$vmsg" 1 3000 300 --api messages --model claude-bench
+run direct-anthropic "$amsg" 1 2000 200 --api messages --model claude-bench --stream
+run messages-to-anthropic "$vmsg" 1 2000 200 --api messages --model claude-bench --stream
+run direct "$direct" 1 3000 300
+run messages-to-openai "$vmsg" 1 3000 300 --api messages
+run direct "$direct" 1 2000 200 --stream
+run messages-to-openai "$vmsg" 1 2000 200 --api messages --stream
+
 say "Accounting: throughput, lag at 1,000 events/s, token estimate cost"
 "$TARGET/release/sy-accounting-bench" --events $((200000 / scale)) --seconds $((10 / scale + 1)) 2>/dev/null | tee -a "$tmp.acct"
 
@@ -102,14 +121,16 @@ python3 - "$tmp" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 print()
-print("| mode | conc | direct p50 | via p50 | added p50 | direct p99 | via p99 | added p99 | direct rps | via rps | errors |")
-print("|---|---|---|---|---|---|---|---|---|---|---|")
+print("| path | mode | conc | direct p50 | via p50 | added p50 | direct p99 | via p99 | added p99 | direct rps | via rps | errors |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|")
 for d, v in zip(rows[0::2], rows[1::2]):
     key = "ttft_p" if d["stream"] else "p"
     mode = "stream (TTFT)" if d["stream"] else "non-stream"
-    p50d, p50v = d[key + "50_ms"], v[key + "50_ms"]
-    p99d, p99v = d[key + "99_ms"], v[key + "99_ms"]
-    print(f"| {mode} | {d['concurrency']} | {p50d:.3f} | {p50v:.3f} | {p50v - p50d:+.3f} | {p99d:.3f} | {p99v:.3f} | {p99v - p99d:+.3f} | {d['rps']:.0f} | {v['rps']:.0f} | {d['errors']}/{v['errors']} |")
+    path = v["label"] if v["label"] != "switchyard" else "chat-to-openai"
+    num = lambda x: float("nan") if x is None else x
+    p50d, p50v = num(d[key + "50_ms"]), num(v[key + "50_ms"])
+    p99d, p99v = num(d[key + "99_ms"]), num(v[key + "99_ms"])
+    print(f"| {path} | {mode} | {d['concurrency']} | {p50d:.3f} | {p50v:.3f} | {p50v - p50d:+.3f} | {p99d:.3f} | {p99v:.3f} | {p99v - p99d:+.3f} | {d['rps']:.0f} | {v['rps']:.0f} | {d['errors']}/{v['errors']} |")
 PY
 rm -f "$tmp" "$tmp.acct"
 echo "Raw results appended to $out" >&2

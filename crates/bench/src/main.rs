@@ -48,6 +48,10 @@ struct Args {
     /// A label for the result line.
     #[arg(long, default_value = "run")]
     label: String,
+    /// The client API of `url`: `chat` (OpenAI Chat Completions) or `messages`
+    /// (Anthropic Messages).
+    #[arg(long, default_value = "chat")]
+    api: String,
 }
 
 #[derive(Default)]
@@ -61,6 +65,8 @@ async fn one(client: &reqwest::Client, args: &Args, body: &[u8]) -> anyhow::Resu
     let resp = client
         .post(&args.url)
         .bearer_auth(&args.key)
+        .header("x-api-key", &args.key)
+        .header("anthropic-version", "2023-06-01")
         .header("content-type", "application/json")
         .body(body.to_vec())
         .send()
@@ -76,18 +82,24 @@ async fn one(client: &reqwest::Client, args: &Args, body: &[u8]) -> anyhow::Resu
     }
     let mut ttft = None;
     let mut seen = Vec::new();
+    // The first token: a content (OpenAI) or text delta (Anthropic; serde_json
+    // writes the delta's keys sorted, so "text" comes first) that is not empty.
+    let needle: &[u8] = if args.api == "messages" {
+        b"\"delta\":{\"text\":\""
+    } else {
+        b"\"content\":\""
+    };
     let mut stream = resp.bytes_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk?;
         if ttft.is_none() {
             seen.extend_from_slice(&chunk);
-            // The first token: a content delta that is not empty.
-            if let Some(pos) = find(&seen, b"\"content\":\"") {
-                if seen.get(pos + 11).is_some_and(|&b| b != b'"') {
+            if let Some(pos) = find(&seen, needle) {
+                if seen.get(pos + needle.len()).is_some_and(|&b| b != b'"') {
                     ttft = Some(start.elapsed().as_secs_f64() * 1e3);
                     seen.clear();
                 } else {
-                    seen.drain(..pos + 11);
+                    seen.drain(..pos + needle.len());
                 }
             }
         }
@@ -125,6 +137,7 @@ async fn main() -> anyhow::Result<()> {
         .build()?;
     let body = Arc::new(serde_json::to_vec(&json!({
         "model": args.model,
+        "max_tokens": 256,
         "stream": args.stream,
         "messages": [{"role": "user", "content": args.prompt}],
     }))?);
@@ -175,6 +188,7 @@ async fn main() -> anyhow::Result<()> {
     ttft.sort_by(f64::total_cmp);
     let mut line = json!({
         "label": args.label,
+        "api": args.api,
         "stream": args.stream,
         "concurrency": args.concurrency,
         "requests": samples.len(),
