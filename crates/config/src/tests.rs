@@ -210,3 +210,32 @@ fn comments_are_not_interpolated() {
         "# api_key = \"${UNSET}\"\nk = \"a#b\" # ${ALSO_UNSET}\nv = \"x\"\n"
     );
 }
+
+#[test]
+fn presets_default_their_url_and_dialects_check_their_fields() {
+    let c = Config::from_toml(
+        "[providers.a]\nkind = \"anthropic\"\n[providers.g]\nkind = \"gemini\"\n[providers.d]\nkind = \"deepseek\"\n",
+        &MapEnv::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        c.providers["a"].base_url.as_str(),
+        "https://api.anthropic.com/v1"
+    );
+    assert_eq!(c.providers["a"].api_version.as_deref(), Some("2023-06-01"));
+    assert_eq!(c.providers["a"].default_max_tokens, 4096);
+    assert_eq!(c.providers["g"].kind, crate::ProviderKind::Gemini);
+    assert_eq!(c.providers["d"].kind, crate::ProviderKind::OpenAiCompatible);
+    assert_eq!(
+        c.providers["d"].base_url.as_str(),
+        "https://api.deepseek.com/v1"
+    );
+    let p = problems("[providers.x]\nkind = \"openai_compatible\"\n");
+    assert!(p[0].starts_with("providers.x.base_url"), "{p:?}");
+    let p = problems(
+        "[providers.x]\nkind = \"azure_openai\"\nbase_url = \"https://r.openai.azure.com\"\n",
+    );
+    assert!(p[0].starts_with("providers.x.api_version"), "{p:?}");
+    let p = problems("[providers.x]\nkind = \"bard\"\n");
+    assert!(p[0].contains("anthropic, gemini, cohere"), "{p:?}");
+}

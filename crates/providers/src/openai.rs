@@ -365,6 +365,33 @@ mod tests {
     }
 
     #[test]
+    fn azure_posts_to_the_deployment_with_its_key_header() {
+        let config = sy_config::Config::from_toml(
+            "[providers.az]\nkind = \"azure_openai\"\nbase_url = \"https://res.openai.azure.com\"\napi_key = \"k-1\"\napi_version = \"2024-10-21\"\n",
+            &sy_config::MapEnv::default(),
+        )
+        .unwrap();
+        let a = OpenAiAdapter::from_config(&config.providers["az"]).unwrap();
+        assert_eq!(
+            a.url("my-gpt4o", "chat/completions"),
+            "https://res.openai.azure.com/openai/deployments/my-gpt4o/chat/completions?api-version=2024-10-21"
+        );
+        assert_eq!(a.headers["api-key"], "k-1");
+        assert!(a.headers.get(AUTHORIZATION).is_none());
+        let config = sy_config::Config::from_toml(
+            "[providers.o]\nkind = \"openai\"\napi_key = \"k-2\"\n",
+            &sy_config::MapEnv::default(),
+        )
+        .unwrap();
+        let o = OpenAiAdapter::from_config(&config.providers["o"]).unwrap();
+        assert_eq!(
+            o.url("gpt-4o", "embeddings"),
+            "https://api.openai.com/v1/embeddings"
+        );
+        assert_eq!(o.headers[AUTHORIZATION], "Bearer k-2");
+    }
+
+    #[test]
     fn completion_becomes_one_chunk_with_whole_message() {
         let body = br#"{"id":"chatcmpl-1","object":"chat.completion","created":5,"model":"gpt-4o-2024","system_fingerprint":"fp","choices":[{"index":0,"message":{"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"f","arguments":"{\"a\":1}"}}]},"logprobs":null,"finish_reason":"tool_calls"}],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#;
         let chunk = from_completion(body).unwrap();
