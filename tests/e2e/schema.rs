@@ -85,7 +85,7 @@ async fn bus_messages_match_their_schemas() {
     // A cancelled request.
     let _ = stack
         .chat(&body("gpt-4o-mini", "wait [[mock:hang=1]]"))
-        .timeout(Duration::from_millis(500))
+        .timeout(Duration::from_millis(1500))
         .send()
         .await;
     let mock = &stack.mock;
@@ -98,7 +98,19 @@ async fn bus_messages_match_their_schemas() {
     let mut seen = [0usize; 4];
     let mut finals_with_error = 0;
     let mut embedding_frames = 0;
-    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(2), sub.next()).await {
+    // Until every expected message arrived (7 envelopes, 7 usage events, a
+    // cancel), then 1 s more for strays; at most 15 s.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let complete = seen[0] >= 7 && seen[3] >= 7 && seen[2] >= 1;
+        let wait = if complete {
+            Duration::from_secs(1)
+        } else {
+            deadline.saturating_duration_since(tokio::time::Instant::now())
+        };
+        let Ok(Some(msg)) = tokio::time::timeout(wait, sub.next()).await else {
+            break;
+        };
         let v: Value = serde_json::from_slice(&msg.payload).unwrap();
         let kind = msg.subject.split('.').nth(1).unwrap();
         match kind {
