@@ -1,0 +1,356 @@
+//! The request classifier: `simple`, `medium`, `complex`, `code` or `image`.
+//!
+//! Image parts decide `image` structurally; everything else goes through a small
+//! multinomial logistic regression trained offline by
+//! scripts/classifier/train.py (docs/routing.md) over hashed word n-grams, a
+//! static token-embedding mean and structural features of a bounded window of
+//! the last user message. The artifact (model/) is compiled into the binary and
+//! parsed once ([`Classifier::load`]); inference is deterministic, in-process,
+//! allocation-light and takes microseconds.
+
+mod features;
+
+use std::collections::HashMap;
+
+use base64::Engine;
+use serde::Deserialize;
+use sy_protocol::chat::{ChatRequest, Content, ContentPart, Role};
+
+pub use features::{HASH_DIM, WINDOW};
+
+const MODEL_JSON: &str = include_str!("../model/classifier.json");
+const EMBEDDINGS: &[u8] = include_bytes!("../model/embeddings.bin");
+const VOCAB: &str = include_str!("../model/vocab.txt");
+
+/// A request class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Class {
+    /// A cheap model answers it in a sentence or two.
+    Simple,
+    /// Ordinary assistant work.
+    Medium,
+    /// Needs a strong (reasoning) model.
+    Complex,
+    /// Programming.
+    Code,
+    /// Image input, or a request to generate an image.
+    Image,
+}
+
+/// Every class, in the model's order.
+pub const CLASSES: [Class; 5] = [
+    Class::Simple,
+    Class::Medium,
+    Class::Complex,
+    Class::Code,
+    Class::Image,
+];
+
+impl Class {
+    /// The snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Class::Simple => "simple",
+            Class::Medium => "medium",
+            Class::Complex => "complex",
+            Class::Code => "code",
+            Class::Image => "image",
+        }
+    }
+
+    /// Parses a class name.
+    pub fn parse(s: &str) -> Option<Class> {
+        CLASSES.into_iter().find(|c| c.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for Class {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the classifier decided and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prediction {
+    /// The most probable class.
+    pub class: Class,
+    /// Probability per class, in [`CLASSES`] order.
+    pub probs: [f64; 5],
+    /// `model`, or `image_part` when an image part decided it.
+    pub source: &'static str,
+}
+
+/// The artifact could not be read (a build with a broken model/ directory).
+#[derive(Debug, thiserror::Error)]
+#[error("classifier artifact: {0}")]
+pub struct ClassifierError(String);
+
+#[derive(Deserialize)]
+struct Artifact {
+    format: u32,
+    classes: Vec<String>,
+    hash_dim: usize,
+    window: usize,
+    emb_dims: usize,
+    emb_weight: f64,
+    dense_weight: f64,
+    dense_mean: Vec<f64>,
+    dense_std: Vec<f64>,
+    bias: Vec<f64>,
+    weights_f32_le_base64: String,
+}
+
+/// The loaded model. Cheap to share (`Arc`); classification takes `&self`.
+pub struct Classifier {
+    /// Weights, class-major: `[class][feature]`.
+    weights: Vec<f32>,
+    features: usize,
+    bias: [f64; 5],
+    emb_dims: usize,
+    emb_weight: f64,
+    dense_weight: f64,
+    dense_mean: Vec<f64>,
+    dense_std: Vec<f64>,
+    /// Dequantised token embeddings, row-major.
+    table: Vec<f32>,
+    vocab: HashMap<String, u32>,
+    unk: u32,
+}
+
+impl std::fmt::Debug for Classifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Classifier")
+            .field("features", &self.features)
+            .field("vocab", &self.vocab.len())
+            .finish()
+    }
+}
+
+impl Classifier {
+    /// Parses the artifact compiled into the binary (tens of milliseconds: call
+    /// once at start, off the async runtime).
+    pub fn load() -> Result<Classifier, ClassifierError> {
+        let e = |m: String| ClassifierError(m);
+        let a: Artifact = serde_json::from_str(MODEL_JSON).map_err(|x| e(x.to_string()))?;
+        let names: Vec<&str> = CLASSES.iter().map(|c| c.as_str()).collect();
+        if a.format != 1 || a.classes != names || a.hash_dim != HASH_DIM || a.window != WINDOW {
+            return Err(e(
+                "the artifact does not match this build's feature code".into()
+            ));
+        }
+        if a.dense_mean.len() != features::DENSE || a.dense_std.len() != features::DENSE {
+            return Err(e("dense feature count mismatch".into()));
+        }
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(&a.weights_f32_le_base64)
+            .map_err(|x| e(x.to_string()))?;
+        let nfeat = HASH_DIM + a.emb_dims + features::DENSE;
+        if raw.len() != 5 * nfeat * 4 {
+            return Err(e(format!(
+                "{} weight bytes, expected {}",
+                raw.len(),
+                5 * nfeat * 4
+            )));
+        }
+        let weights: Vec<f32> = raw
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        // embeddings.bin: "SYEMB001", n u32, dims u32, n f32 scales, n*dims i8.
+        let bad = || e("embeddings.bin is malformed".into());
+        if EMBEDDINGS.len() < 16 || &EMBEDDINGS[..8] != b"SYEMB001" {
+            return Err(bad());
+        }
+        let u32_at = |i: usize| {
+            u32::from_le_bytes([
+                EMBEDDINGS[i],
+                EMBEDDINGS[i + 1],
+                EMBEDDINGS[i + 2],
+                EMBEDDINGS[i + 3],
+            ]) as usize
+        };
+        let (n, dims) = (u32_at(8), u32_at(12));
+        if dims != a.emb_dims || EMBEDDINGS.len() != 16 + 4 * n + n * dims {
+            return Err(bad());
+        }
+        let scales = &EMBEDDINGS[16..16 + 4 * n];
+        let rows = &EMBEDDINGS[16 + 4 * n..];
+        let mut table = Vec::with_capacity(n * dims);
+        for r in 0..n {
+            let s = f32::from_le_bytes([
+                scales[4 * r],
+                scales[4 * r + 1],
+                scales[4 * r + 2],
+                scales[4 * r + 3],
+            ]);
+            for &q in &rows[r * dims..(r + 1) * dims] {
+                table.push(f32::from(q as i8) * s);
+            }
+        }
+        let vocab: HashMap<String, u32> = VOCAB
+            .split('\n')
+            .take(n)
+            .enumerate()
+            .map(|(i, t)| (t.to_owned(), i as u32))
+            .collect();
+        let unk = *vocab
+            .get("[UNK]")
+            .ok_or_else(|| e("no [UNK] in vocab".into()))?;
+        let bias: [f64; 5] = a
+            .bias
+            .try_into()
+            .map_err(|_| e("bias must have 5 values".into()))?;
+        Ok(Classifier {
+            weights,
+            features: nfeat,
+            bias,
+            emb_dims: dims,
+            emb_weight: a.emb_weight,
+            dense_weight: a.dense_weight,
+            dense_mean: a.dense_mean,
+            dense_std: a.dense_std,
+            table,
+            vocab,
+            unk,
+        })
+    }
+
+    /// Classifies one text (the last user message) with the conversation's turn
+    /// count and whether tools were offered.
+    pub fn classify_text(&self, text: &str, turns: usize, tools: bool) -> Prediction {
+        let tokens = features::basic_tokens(text);
+        let win = features::window(&tokens);
+        let mut logits = self.bias;
+        let w = |c: usize, f: usize| f64::from(self.weights[c * self.features + f]);
+        for (b, v) in features::hashed(&win) {
+            for (c, l) in logits.iter_mut().enumerate() {
+                *l += w(c, b) * v;
+            }
+        }
+        let mut ids = Vec::with_capacity(win.len() * 2);
+        features::wordpiece(&win, &self.vocab, self.unk, &mut ids);
+        if !ids.is_empty() {
+            let mut mean = vec![0.0f64; self.emb_dims];
+            for &id in &ids {
+                let row =
+                    &self.table[id as usize * self.emb_dims..(id as usize + 1) * self.emb_dims];
+                for (m, x) in mean.iter_mut().zip(row) {
+                    *m += f64::from(*x);
+                }
+            }
+            let n = ids.len() as f64;
+            mean.iter_mut().for_each(|m| *m /= n);
+            let norm = mean.iter().map(|m| m * m).sum::<f64>().sqrt();
+            if norm > 0.0 {
+                for (j, m) in mean.iter().enumerate() {
+                    let v = m / norm * self.emb_weight;
+                    for (c, l) in logits.iter_mut().enumerate() {
+                        *l += w(c, HASH_DIM + j) * v;
+                    }
+                }
+            }
+        }
+        let d = features::dense(text, turns, tools);
+        for (k, x) in d.iter().enumerate() {
+            let v = (x - self.dense_mean[k]) / self.dense_std[k] * self.dense_weight;
+            for (c, l) in logits.iter_mut().enumerate() {
+                *l += w(c, HASH_DIM + self.emb_dims + k) * v;
+            }
+        }
+        let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let mut probs = logits.map(|l| (l - max).exp());
+        let sum: f64 = probs.iter().sum();
+        probs.iter_mut().for_each(|p| *p /= sum);
+        let best = (0..5).fold(0, |b, i| if probs[i] > probs[b] { i } else { b });
+        Prediction {
+            class: CLASSES[best],
+            probs,
+            source: "model",
+        }
+    }
+
+    /// Classifies a chat request: image parts make it `image`; otherwise the
+    /// model reads the last user message.
+    pub fn classify(&self, req: &ChatRequest) -> Prediction {
+        let has_image = req.messages.iter().any(|m| {
+            matches!(&m.content, Some(Content::Parts(parts))
+                if parts.iter().any(|p| matches!(p, ContentPart::ImageUrl { .. })))
+        });
+        if has_image {
+            let mut probs = [0.0; 5];
+            probs[4] = 1.0;
+            return Prediction {
+                class: Class::Image,
+                probs,
+                source: "image_part",
+            };
+        }
+        let text = req
+            .messages
+            .iter()
+            .rev()
+            .find(|m| m.role == Role::User)
+            .map(|m| m.text())
+            .unwrap_or_default();
+        let tools = req.tools.as_ref().is_some_and(|t| !t.is_empty());
+        self.classify_text(&text, req.messages.len(), tools)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn reproduces_the_training_scripts_predictions() {
+        let c = Classifier::load().unwrap();
+        let sample = include_str!("../model/sample.jsonl");
+        let mut n = 0;
+        for line in sample.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let text = v["text"].as_str().unwrap();
+            let want: Vec<f64> = serde_json::from_value(v["probs"].clone()).unwrap();
+            let got = c.classify_text(text, 1, false);
+            for (g, w) in got.probs.iter().zip(&want) {
+                assert!(
+                    (g - w).abs() < 1e-3,
+                    "{text:?}: {:?} vs {want:?}",
+                    got.probs
+                );
+            }
+            n += 1;
+        }
+        assert!(n >= 50, "the sample has {n} rows");
+    }
+
+    #[test]
+    fn image_parts_decide_image_and_text_is_classified() {
+        let c = Classifier::load().unwrap();
+        let req: ChatRequest = serde_json::from_value(serde_json::json!({
+            "model": "auto", "messages": [{"role": "user", "content": [
+                {"type": "text", "text": "what is this"},
+                {"type": "image_url", "image_url": {"url": "https://x/y.png"}}]}]
+        }))
+        .unwrap();
+        let p = c.classify(&req);
+        assert_eq!((p.class, p.source), (Class::Image, "image_part"));
+        let code = c.classify_text(
+            "Write a Python function that reverses a linked list.",
+            1,
+            false,
+        );
+        assert_eq!(code.class, Class::Code);
+        let img = c.classify_text(
+            "Generate an image of a red fox in the snow, watercolor style",
+            1,
+            false,
+        );
+        assert_eq!(img.class, Class::Image);
+        let long = "word ".repeat(5000);
+        let p = c.classify_text(&long, 1, false);
+        assert!((p.probs.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+    }
+}

@@ -1,0 +1,178 @@
+"""Feature extraction for the request classifier, mirrored exactly by the Rust
+crate `sy-classifier` (crates/classifier/src/features.rs). Change one, change both;
+`train.py --check` and the Rust test `reproduces_the_training_scripts_predictions`
+catch a drift.
+
+A prompt becomes three blocks:
+  * hashed word unigrams and bigrams of a bounded window (the first and last
+    WINDOW tokens), signed FNV-1a hashing into HASH_DIM buckets, L2-normalised;
+  * the mean static embedding of the window's WordPiece tokens (a lookup in the
+    table made by make_embeddings.py), L2-normalised;
+  * a few structural features of the whole text (length, lines, code and maths
+    signals, question marks, non-ASCII share, turns, tools).
+"""
+
+import math
+
+HASH_DIM = 1 << 14
+WINDOW = 256
+MAX_WORD_CHARS = 100
+FNV_OFFSET = 0xCBF29CE484222325
+FNV_PRIME = 0x100000001B3
+MASK = (1 << 64) - 1
+DENSE_NAMES = [
+    "log_chars", "log_words", "log_lines", "code_fence", "code_chars", "math_chars",
+    "latex", "digits", "question", "non_ascii", "upper", "log_turns", "tools",
+]
+CODE_CHARS = set("{}[]();=<>_#/\\|`")
+MATH_CHARS = set("$^+-*/=<>")
+
+
+def fnv1a(data: bytes) -> int:
+    h = FNV_OFFSET
+    for b in data:
+        h ^= b
+        h = (h * FNV_PRIME) & MASK
+    return h
+
+
+def is_ws(c: str) -> bool:
+    return c in " \t\n\r\x0b\x0c" or (ord(c) > 127 and c.isspace())
+
+
+def is_punct(c: str) -> bool:
+    o = ord(c)
+    if o < 128:
+        return 33 <= o <= 47 or 58 <= o <= 64 or 91 <= o <= 96 or 123 <= o <= 126
+    return not c.isalnum()
+
+
+def is_cjk(c: str) -> bool:
+    o = ord(c)
+    return (0x4E00 <= o <= 0x9FFF or 0x3400 <= o <= 0x4DBF or 0x20000 <= o <= 0x2A6DF
+            or 0x2A700 <= o <= 0x2CEAF or 0xF900 <= o <= 0xFAFF or 0x2F800 <= o <= 0x2FA1F)
+
+
+def basic_tokens(text: str) -> list:
+    """Lower-cased BERT-style tokens: words, and each punctuation or CJK char alone."""
+    out, cur = [], []
+    for c in text.lower():
+        o = ord(c)
+        if (o < 32 and not is_ws(c)) or o == 127 or o == 0xFFFD:
+            continue
+        if is_ws(c):
+            if cur:
+                out.append("".join(cur))
+                cur = []
+        elif is_punct(c) or is_cjk(c):
+            if cur:
+                out.append("".join(cur))
+                cur = []
+            out.append(c)
+        else:
+            cur.append(c)
+    if cur:
+        out.append("".join(cur))
+    return out
+
+
+def window(tokens: list) -> list:
+    if len(tokens) <= 2 * WINDOW:
+        return tokens
+    return tokens[:WINDOW] + tokens[-WINDOW:]
+
+
+def norm_word(t: str) -> str:
+    return "0" if t.isascii() and t.isdigit() else t
+
+
+def hashed(tokens: list) -> dict:
+    """bucket -> value, L2-normalised."""
+    acc = {}
+    prev = None
+    for t in tokens:
+        t = norm_word(t)
+        for key in (("w:" + t), None if prev is None else ("b:" + prev + " " + t)):
+            if key is None:
+                continue
+            h = fnv1a(key.encode("utf-8"))
+            b = h % HASH_DIM
+            acc[b] = acc.get(b, 0.0) + (1.0 if (h >> 63) == 0 else -1.0)
+        prev = t
+    norm = math.sqrt(sum(v * v for v in acc.values()))
+    if norm == 0:
+        return {}
+    return {b: v / norm for b, v in acc.items() if v != 0}
+
+
+def wordpiece(tokens: list, vocab: dict) -> list:
+    ids = []
+    unk = vocab["[UNK]"]
+    for t in tokens:
+        chars = list(t)
+        if len(chars) > MAX_WORD_CHARS:
+            ids.append(unk)
+            continue
+        pieces, start, bad = [], 0, False
+        while start < len(chars):
+            end, found = len(chars), None
+            while start < end:
+                sub = "".join(chars[start:end])
+                if start > 0:
+                    sub = "##" + sub
+                if sub in vocab:
+                    found = vocab[sub]
+                    break
+                end -= 1
+            if found is None:
+                bad = True
+                break
+            pieces.append(found)
+            start = end
+        ids.extend([unk] if bad else pieces)
+    return ids
+
+
+def embedding(tokens: list, vocab: dict, table) -> list:
+    """Mean of the window's token rows (dequantised), L2-normalised."""
+    import numpy as np
+
+    ids = wordpiece(tokens, vocab)
+    dims = table.shape[1]
+    if not ids:
+        return [0.0] * dims
+    v = table[np.array(ids)].astype(np.float64).sum(0) / len(ids)
+    n = float(np.sqrt((v * v).sum()))
+    return list(v / n) if n > 0 else [0.0] * dims
+
+
+def dense(text: str, turns: int = 1, tools: bool = False) -> list:
+    chars = len(text) or 1
+    words, inword = 0, False
+    for c in text:
+        if is_ws(c):
+            inword = False
+        elif not inword:
+            words, inword = words + 1, True
+    lines = text.count("\n") + 1
+    code = sum(1 for c in text if c in CODE_CHARS)
+    math_c = sum(1 for c in text if c in MATH_CHARS)
+    digits = sum(1 for c in text if c.isascii() and c.isdigit())
+    non_ascii = sum(1 for c in text if ord(c) > 127)
+    upper = sum(1 for c in text if c.isascii() and c.isupper())
+    latex = text.count("\\frac") + text.count("\\(") + text.count("\\[") + text.count("$$")
+    return [
+        math.log1p(len(text)),
+        math.log1p(words),
+        math.log1p(lines),
+        1.0 if "```" in text else 0.0,
+        code / chars,
+        math_c / chars,
+        math.log1p(latex),
+        digits / chars,
+        1.0 if "?" in text else 0.0,
+        non_ascii / chars,
+        upper / chars,
+        math.log1p(turns),
+        1.0 if tools else 0.0,
+    ]
