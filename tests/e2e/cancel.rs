@@ -97,6 +97,7 @@ async fn expired_envelope_never_reaches_the_provider() {
         model: "gpt-4o-mini".into(),
         request: serde_json::from_value(body("gpt-4o-mini", "too late")).unwrap(),
         embeddings: None,
+        class: None,
     };
     let js = async_nats::jetstream::new(nats.clone());
     js.publish(

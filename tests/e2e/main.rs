@@ -12,6 +12,7 @@ mod dialects;
 mod embeddings;
 mod load;
 mod restart;
+mod routing;
 mod schema;
 mod sdk;
 mod stack;

@@ -45,13 +45,207 @@ fn is_cjk(c: char) -> bool {
         || (0x2F800..=0x2FA1F).contains(&o)
 }
 
-/// Lower-cased BERT-style tokens: words, and each punctuation or CJK char alone.
+/// A fast, deterministic hasher for the vocabulary and bucket maps (FNV-1a;
+/// the keys are short and not attacker-chosen in a way that matters here: a
+/// collision only costs time, bounded by the window).
+#[derive(Default, Clone, Copy)]
+pub struct Fnv(u64);
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let h = if self.0 == 0 { FNV_OFFSET } else { self.0 };
+        self.0 = fnv(h, bytes);
+    }
+}
+
+/// Builds [`Fnv`] hashers.
+pub type FnvBuild = std::hash::BuildHasherDefault<Fnv>;
+
+fn skip(c: char) -> bool {
+    let o = c as u32;
+    (o < 32 && !is_ws(c)) || o == 127 || o == 0xFFFD
+}
+
+/// Classes of char for token boundaries: part of a word, a token alone
+/// (punctuation, CJK), a separator (whitespace), or ignored (control).
+#[derive(PartialEq, Eq, Clone, Copy)]
+enum Kind {
+    Word,
+    Alone,
+    Space,
+    Skip,
+}
+
+fn kind(c: char) -> Kind {
+    if skip(c) {
+        Kind::Skip
+    } else if is_ws(c) {
+        Kind::Space
+    } else if is_punct(c) || is_cjk(c) {
+        Kind::Alone
+    } else {
+        Kind::Word
+    }
+}
+
+/// The kind of each ASCII byte, precomputed.
+const ASCII_KIND: [Kind; 128] = {
+    let mut t = [Kind::Word; 128];
+    let mut i = 0;
+    while i < 128 {
+        let c = i as u8;
+        t[i] = if matches!(c, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c) {
+            Kind::Space
+        } else if c < 32 || c == 127 {
+            Kind::Skip
+        } else if (33 <= c && c <= 47)
+            || (58 <= c && c <= 64)
+            || (91 <= c && c <= 96)
+            || (123 <= c && c <= 126)
+        {
+            Kind::Alone
+        } else {
+            Kind::Word
+        };
+        i += 1;
+    }
+    t
+};
+
+/// Byte ranges of up to `limit` tokens read from the start (or, with `rev`,
+/// from the end, returned last-first). Boundaries depend only on each char's
+/// kind, so both directions find the same tokens.
+fn token_ranges(text: &str, limit: usize, rev: bool) -> Vec<(usize, usize)> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(limit.min(bytes.len() / 2 + 1));
+    let mut open: Option<(usize, usize)> = None;
+    let mut i = if rev { bytes.len() } else { 0 };
+    loop {
+        // The next char in scan order: its start, end and kind.
+        let (start, end, k) = if rev {
+            if i == 0 {
+                break;
+            }
+            let mut s = i - 1;
+            while s > 0 && (bytes[s] & 0xC0) == 0x80 {
+                s -= 1;
+            }
+            let k = if bytes[s] < 128 {
+                ASCII_KIND[bytes[s] as usize]
+            } else {
+                text[s..i].chars().next().map_or(Kind::Skip, kind)
+            };
+            let r = (s, i, k);
+            i = s;
+            r
+        } else {
+            if i >= bytes.len() {
+                break;
+            }
+            let b = bytes[i];
+            let (len, k) = if b < 128 {
+                (1, ASCII_KIND[b as usize])
+            } else {
+                let c = text[i..].chars().next().unwrap_or('\u{FFFD}');
+                (c.len_utf8(), kind(c))
+            };
+            let r = (i, i + len, k);
+            i += len;
+            r
+        };
+        match k {
+            Kind::Skip => {}
+            Kind::Space => {
+                if let Some(w) = open.take() {
+                    out.push(w);
+                }
+            }
+            Kind::Alone => {
+                if let Some(w) = open.take() {
+                    out.push(w);
+                }
+                out.push((start, end));
+            }
+            Kind::Word => {
+                open = Some(match open {
+                    None => (start, end),
+                    Some((s, e)) => (s.min(start), e.max(end)),
+                });
+            }
+        }
+        if out.len() >= limit {
+            out.truncate(limit);
+            return out;
+        }
+    }
+    if let Some(w) = open {
+        out.push(w);
+    }
+    out.truncate(limit);
+    out
+}
+
+/// The window's tokens, lower-cased: the first and last `WINDOW` tokens of a
+/// long prompt, every token of a short one. Only the window is lower-cased.
+pub struct Tokens {
+    buf: String,
+    spans: Vec<(usize, usize)>,
+}
+
+impl Tokens {
+    /// Tokenizes `text` and keeps its window.
+    pub fn window(text: &str) -> Tokens {
+        // Up to 2 * WINDOW + 1 tokens from the start tells whether the text is long.
+        let mut keep = token_ranges(text, 2 * WINDOW + 1, false);
+        if keep.len() > 2 * WINDOW {
+            keep.truncate(WINDOW);
+            let mut tail = token_ranges(text, WINDOW, true);
+            tail.reverse();
+            keep.extend(tail);
+        }
+        let mut buf = String::with_capacity(keep.iter().map(|(s, e)| e - s).sum::<usize>() + 8);
+        let mut spans = Vec::with_capacity(keep.len());
+        for (s, e) in keep {
+            let at = buf.len();
+            let t = &text[s..e];
+            if t.is_ascii() {
+                buf.extend(
+                    t.bytes()
+                        .filter(|&b| !(b < 32 || b == 127))
+                        .map(|b| b.to_ascii_lowercase() as char),
+                );
+            } else {
+                buf.extend(t.to_lowercase().chars().filter(|&c| !skip(c)));
+            }
+            if buf.len() > at {
+                spans.push((at, buf.len()));
+            }
+        }
+        Tokens { buf, spans }
+    }
+
+    /// The tokens, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.spans.iter().map(|&(s, e)| &self.buf[s..e])
+    }
+
+    /// How many.
+    pub fn count(&self) -> usize {
+        self.spans.len()
+    }
+}
+
+/// Lower-cased BERT-style tokens of the whole text: the reference the window
+/// tokenizer is tested against (features.py does exactly this).
+#[cfg(test)]
 pub fn basic_tokens(text: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut cur = String::new();
     for c in text.to_lowercase().chars() {
-        let o = c as u32;
-        if (o < 32 && !is_ws(c)) || o == 127 || o == 0xFFFD {
+        if skip(c) {
             continue;
         }
         if is_ws(c) {
@@ -73,19 +267,6 @@ pub fn basic_tokens(text: &str) -> Vec<String> {
     out
 }
 
-/// The first and last `WINDOW` tokens of a long prompt.
-pub fn window(tokens: &[String]) -> Vec<&str> {
-    if tokens.len() <= 2 * WINDOW {
-        tokens.iter().map(String::as_str).collect()
-    } else {
-        tokens[..WINDOW]
-            .iter()
-            .chain(&tokens[tokens.len() - WINDOW..])
-            .map(String::as_str)
-            .collect()
-    }
-}
-
 fn norm_word(t: &str) -> &str {
     if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
         "0"
@@ -95,11 +276,12 @@ fn norm_word(t: &str) -> &str {
 }
 
 /// Signed hashed unigrams and bigrams, L2-normalised: (bucket, value) pairs.
-pub fn hashed(tokens: &[&str]) -> Vec<(usize, f64)> {
-    let mut acc: HashMap<usize, f64> = HashMap::with_capacity(tokens.len() * 2);
+pub fn hashed<'a>(tokens: impl Iterator<Item = &'a str>) -> Vec<(usize, f64)> {
+    // (bucket, ±1) per n-gram, then sorted and summed per bucket: cheaper than a map.
+    let mut hits: Vec<(u32, i32)> = Vec::with_capacity(1024);
     let mut add = |h: u64| {
-        let b = (h % HASH_DIM as u64) as usize;
-        *acc.entry(b).or_insert(0.0) += if h >> 63 == 0 { 1.0 } else { -1.0 };
+        let b = (h % HASH_DIM as u64) as u32;
+        hits.push((b, if h >> 63 == 0 { 1 } else { -1 }));
     };
     let mut prev: Option<&str> = None;
     for t in tokens {
@@ -114,21 +296,42 @@ pub fn hashed(tokens: &[&str]) -> Vec<(usize, f64)> {
         }
         prev = Some(t);
     }
-    let norm = acc.values().map(|v| v * v).sum::<f64>().sqrt();
+    hits.sort_unstable_by_key(|&(b, _)| b);
+    let mut acc: Vec<(usize, f64)> = Vec::with_capacity(hits.len());
+    for (b, v) in hits {
+        match acc.last_mut() {
+            Some((lb, lv)) if *lb == b as usize => *lv += f64::from(v),
+            _ => acc.push((b as usize, f64::from(v))),
+        }
+    }
+    acc.retain(|(_, v)| *v != 0.0);
+    let norm = acc.iter().map(|(_, v)| v * v).sum::<f64>().sqrt();
     if norm == 0.0 {
         return Vec::new();
     }
-    acc.into_iter()
-        .filter(|(_, v)| *v != 0.0)
-        .map(|(b, v)| (b, v / norm))
-        .collect()
+    acc.iter_mut().for_each(|(_, v)| *v /= norm);
+    acc
 }
 
 /// WordPiece ids of the tokens (greedy longest match, `##` continuations).
-pub fn wordpiece(tokens: &[&str], vocab: &HashMap<String, u32>, unk: u32, out: &mut Vec<u32>) {
+pub fn wordpiece<'a>(
+    tokens: impl Iterator<Item = &'a str>,
+    vocab: &HashMap<String, u32, FnvBuild>,
+    unk: u32,
+    out: &mut Vec<u32>,
+) {
     let mut buf = String::new();
+    let mut chars: Vec<char> = Vec::with_capacity(32);
     for t in tokens {
-        let chars: Vec<char> = t.chars().collect();
+        // The whole word first: most words are in the vocabulary.
+        if t.len() <= MAX_WORD_CHARS
+            && let Some(&id) = vocab.get(t)
+        {
+            out.push(id);
+            continue;
+        }
+        chars.clear();
+        chars.extend(t.chars());
         if chars.len() > MAX_WORD_CHARS {
             out.push(unk);
             continue;
@@ -169,55 +372,145 @@ pub fn wordpiece(tokens: &[&str], vocab: &HashMap<String, u32>, unk: u32, out: &
     }
 }
 
-/// The structural features of the whole text.
+const SPACE: u8 = 1;
+const CODE: u8 = 2;
+const MATH: u8 = 4;
+const DIGIT: u8 = 8;
+const UPPER: u8 = 16;
+/// Newline, '?', backslash, backtick: looked at more closely.
+const OTHER: u8 = 32;
+
+/// Per ASCII byte: which counters of [`dense`] it feeds.
+const ASCII_FLAGS: [u8; 128] = {
+    let mut t = [0u8; 128];
+    let mut i = 0;
+    while i < 128 {
+        let b = i as u8;
+        let mut f = 0;
+        if matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c) {
+            f |= SPACE;
+        }
+        if matches!(
+            b,
+            b'{' | b'}'
+                | b'['
+                | b']'
+                | b'('
+                | b')'
+                | b';'
+                | b'='
+                | b'<'
+                | b'>'
+                | b'_'
+                | b'#'
+                | b'/'
+                | b'\\'
+                | b'|'
+                | b'`'
+        ) {
+            f |= CODE;
+        }
+        if matches!(
+            b,
+            b'$' | b'^' | b'+' | b'-' | b'*' | b'/' | b'=' | b'<' | b'>'
+        ) {
+            f |= MATH;
+        }
+        if b.is_ascii_digit() {
+            f |= DIGIT;
+        }
+        if b.is_ascii_uppercase() {
+            f |= UPPER;
+        }
+        if matches!(b, b'\n' | b'?' | b'\\' | b'`') {
+            f |= OTHER;
+        }
+        t[i] = f;
+        i += 1;
+    }
+    t
+};
+
+/// The structural features of the whole text (one pass over its bytes).
 pub fn dense(text: &str, turns: usize, tools: bool) -> [f64; DENSE] {
-    let mut chars = 0usize;
-    let (mut words, mut inword) = (0usize, false);
-    let (mut lines, mut code, mut math, mut digits, mut non_ascii, mut upper) =
-        (1usize, 0usize, 0usize, 0usize, 0usize, 0usize);
-    for c in text.chars() {
+    let bytes = text.as_bytes();
+    let (mut chars, mut words, mut inword) = (0usize, 0usize, false);
+    let (mut lines, mut code, mut math, mut digits, mut non_ascii, mut upper, mut latex) =
+        (1usize, 0usize, 0usize, 0usize, 0usize, 0usize, 0usize);
+    let (mut fence, mut question) = (false, false);
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b >= 128 {
+            // A non-ASCII char: decode it for whitespace; it counts as one char.
+            let c = text[i..].chars().next().unwrap_or('\u{FFFD}');
+            let len = c.len_utf8();
+            chars += 1;
+            non_ascii += 1;
+            if c.is_whitespace() {
+                inword = false;
+            } else if !inword {
+                words += 1;
+                inword = true;
+            }
+            i += len;
+            continue;
+        }
         chars += 1;
-        if is_ws(c) {
+        let f = ASCII_FLAGS[b as usize];
+        if f & SPACE != 0 {
             inword = false;
         } else if !inword {
             words += 1;
             inword = true;
         }
-        if c == '\n' {
-            lines += 1;
+        if f != 0 {
+            code += usize::from(f & CODE != 0);
+            math += usize::from(f & MATH != 0);
+            digits += usize::from(f & DIGIT != 0);
+            upper += usize::from(f & UPPER != 0);
+            if f & OTHER != 0 {
+                match b {
+                    b'\n' => lines += 1,
+                    b'?' => question = true,
+                    b'\\' => {
+                        let rest = &bytes[i..];
+                        if rest.starts_with(b"\\frac")
+                            || rest.starts_with(b"\\(")
+                            || rest.starts_with(b"\\[")
+                        {
+                            latex += 1;
+                        }
+                    }
+                    b'`' => fence |= bytes[i..].starts_with(b"```"),
+                    _ => {}
+                }
+            }
         }
-        if "{}[]();=<>_#/\\|`".contains(c) {
-            code += 1;
-        }
-        if "$^+-*/=<>".contains(c) {
-            math += 1;
-        }
-        if c.is_ascii_digit() {
-            digits += 1;
-        }
-        if !c.is_ascii() {
-            non_ascii += 1;
-        }
-        if c.is_ascii_uppercase() {
-            upper += 1;
+        i += 1;
+    }
+    // "$$" counted without overlap, as str::count / Python's str.count do.
+    let mut j = 0;
+    while j + 1 < bytes.len() {
+        if bytes[j] == b'$' && bytes[j + 1] == b'$' {
+            latex += 1;
+            j += 2;
+        } else {
+            j += 1;
         }
     }
     let n = chars.max(1) as f64;
-    let latex = text.matches("\\frac").count()
-        + text.matches("\\(").count()
-        + text.matches("\\[").count()
-        + text.matches("$$").count();
     let ln = |x: usize| (x as f64).ln_1p();
     [
         ln(chars),
         ln(words),
         ln(lines),
-        if text.contains("```") { 1.0 } else { 0.0 },
+        if fence { 1.0 } else { 0.0 },
         code as f64 / n,
         math as f64 / n,
         ln(latex),
         digits as f64 / n,
-        if text.contains('?') { 1.0 } else { 0.0 },
+        if question { 1.0 } else { 0.0 },
         non_ascii as f64 / n,
         upper as f64 / n,
         ln(turns),

@@ -104,7 +104,7 @@ struct Artifact {
 
 /// The loaded model. Cheap to share (`Arc`); classification takes `&self`.
 pub struct Classifier {
-    /// Weights, class-major: `[class][feature]`.
+    /// Weights, feature-major: `[feature][class]`.
     weights: Vec<f32>,
     features: usize,
     bias: [f64; 5],
@@ -115,7 +115,7 @@ pub struct Classifier {
     dense_std: Vec<f64>,
     /// Dequantised token embeddings, row-major.
     table: Vec<f32>,
-    vocab: HashMap<String, u32>,
+    vocab: HashMap<String, u32, features::FnvBuild>,
     unk: u32,
 }
 
@@ -154,10 +154,17 @@ impl Classifier {
                 5 * nfeat * 4
             )));
         }
-        let weights: Vec<f32> = raw
+        let class_major: Vec<f32> = raw
             .chunks_exact(4)
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect();
+        // Feature-major, so one feature's five weights share a cache line.
+        let mut weights = vec![0.0f32; class_major.len()];
+        for c in 0..5 {
+            for f in 0..nfeat {
+                weights[f * 5 + c] = class_major[c * nfeat + f];
+            }
+        }
         // embeddings.bin: "SYEMB001", n u32, dims u32, n f32 scales, n*dims i8.
         let bad = || e("embeddings.bin is malformed".into());
         if EMBEDDINGS.len() < 16 || &EMBEDDINGS[..8] != b"SYEMB001" {
@@ -189,7 +196,7 @@ impl Classifier {
                 table.push(f32::from(q as i8) * s);
             }
         }
-        let vocab: HashMap<String, u32> = VOCAB
+        let vocab: HashMap<String, u32, features::FnvBuild> = VOCAB
             .split('\n')
             .take(n)
             .enumerate()
@@ -220,17 +227,16 @@ impl Classifier {
     /// Classifies one text (the last user message) with the conversation's turn
     /// count and whether tools were offered.
     pub fn classify_text(&self, text: &str, turns: usize, tools: bool) -> Prediction {
-        let tokens = features::basic_tokens(text);
-        let win = features::window(&tokens);
+        let win = features::Tokens::window(text);
         let mut logits = self.bias;
-        let w = |c: usize, f: usize| f64::from(self.weights[c * self.features + f]);
-        for (b, v) in features::hashed(&win) {
+        let w = |c: usize, f: usize| f64::from(self.weights[f * 5 + c]);
+        for (b, v) in features::hashed(win.iter()) {
             for (c, l) in logits.iter_mut().enumerate() {
                 *l += w(c, b) * v;
             }
         }
-        let mut ids = Vec::with_capacity(win.len() * 2);
-        features::wordpiece(&win, &self.vocab, self.unk, &mut ids);
+        let mut ids = Vec::with_capacity(win.count() * 2);
+        features::wordpiece(win.iter(), &self.vocab, self.unk, &mut ids);
         if !ids.is_empty() {
             let mut mean = vec![0.0f64; self.emb_dims];
             for &id in &ids {
@@ -324,6 +330,28 @@ mod tests {
             n += 1;
         }
         assert!(n >= 50, "the sample has {n} rows");
+    }
+
+    #[test]
+    fn the_fast_window_tokenizer_matches_the_reference() {
+        for text in [
+            "Hello, World! x=1; ÀÉÎ Straße 東京タワー\u{1}ctrl\ttab",
+            "ΣΊΣΥΦΟΣ. ends in sigma",
+            &"a b c ".repeat(400),
+        ] {
+            let all = features::basic_tokens(text);
+            let want: Vec<&str> = if all.len() <= 2 * WINDOW {
+                all.iter().map(String::as_str).collect()
+            } else {
+                all[..WINDOW]
+                    .iter()
+                    .chain(&all[all.len() - WINDOW..])
+                    .map(String::as_str)
+                    .collect()
+            };
+            let got = features::Tokens::window(text);
+            assert_eq!(got.iter().collect::<Vec<_>>(), want, "{text:?}");
+        }
     }
 
     #[test]

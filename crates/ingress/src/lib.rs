@@ -13,6 +13,7 @@
 //! right status; a bad request never reaches the bus. When the client goes away
 //! before the answer is complete, a `Cancel` stops the worker's upstream call.
 
+mod classify;
 pub mod embeddings;
 mod error;
 pub mod messages;
@@ -67,6 +68,9 @@ pub enum IngressError {
     /// The server failed.
     #[error("HTTP server failed")]
     Serve(#[source] std::io::Error),
+    /// The classifier's artifact did not load.
+    #[error("classifier: {0}")]
+    Classifier(String),
 }
 
 struct AppState {
@@ -79,6 +83,7 @@ struct AppState {
     max_body_bytes: usize,
     request_timeout: std::time::Duration,
     clickhouse: Option<sy_config::ClickhouseConfig>,
+    classifier: Arc<sy_classifier::Classifier>,
 }
 
 /// Serves the API on `config.server.listen` until `shutdown` fires, then drains.
@@ -114,6 +119,11 @@ pub async fn router(config: Arc<Config>, bus: Bus) -> Result<Router, IngressErro
         .clone()
         .unwrap_or_else(|| Uuid::new_v4().simple().to_string());
     let replies = ReplyRouter::start(bus.client(), bus.subjects(), &ingress_id).await?;
+    // Parsing the compiled-in model takes tens of milliseconds: off the runtime.
+    let classifier = tokio::task::spawn_blocking(sy_classifier::Classifier::load)
+        .await
+        .map_err(|e| IngressError::Classifier(e.to_string()))?
+        .map_err(|e| IngressError::Classifier(e.to_string()))?;
     let model_list = serde_json::json!({
         "object": "list",
         "data": config.models.keys().map(|m| serde_json::json!({
@@ -138,6 +148,7 @@ pub async fn router(config: Arc<Config>, bus: Bus) -> Result<Router, IngressErro
         max_body_bytes: config.server.max_body_bytes,
         request_timeout: config.server.request_timeout,
         clickhouse: config.clickhouse.clone(),
+        classifier: Arc::new(classifier),
     });
     Ok(Router::new()
         .route(
@@ -343,10 +354,18 @@ fn resolve<'a>(state: &'a AppState, model: &str) -> Result<&'a ModelRoute, ApiEr
     })
 }
 
-fn with_headers(mut resp: Response, request_id: Uuid, start: Option<&StartInfo>) -> Response {
+fn with_headers(
+    mut resp: Response,
+    request_id: Uuid,
+    start: Option<&StartInfo>,
+    class: Option<sy_classifier::Class>,
+) -> Response {
     let h = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&request_id.to_string()) {
         h.insert(hdr::REQUEST_ID, v);
+    }
+    if let Some(c) = class {
+        h.insert(hdr::CLASS, HeaderValue::from_static(c.as_str()));
     }
     if let Some(s) = start {
         if let Ok(v) = HeaderValue::from_str(&s.provider) {
@@ -390,14 +409,14 @@ async fn handle(state: Arc<AppState>, surface: ApiSurface, req: Request) -> Resp
     tracing::Span::current().record("request_id", tracing::field::display(request_id));
     match chat(&state, surface, request_id, req).await {
         Ok(resp) => resp,
-        Err((e, start)) => {
+        Err((e, start, class)) => {
             tracing::debug!(code = %e.code, error = %e.message, "Request failed.");
-            with_headers(e.render(surface), request_id, start.as_ref())
+            with_headers(e.render(surface), request_id, start.as_ref(), class)
         }
     }
 }
 
-type ChatError = (ApiError, Option<StartInfo>);
+type ChatError = (ApiError, Option<StartInfo>, Option<sy_classifier::Class>);
 
 /// Parses and validates a body of `surface` into the canonical request.
 fn parse_request(
@@ -421,24 +440,36 @@ async fn chat(
 ) -> Result<Response, ChatError> {
     let received_unix_ms = now_unix_ms();
     let (parts, body) = req.into_parts();
-    let key_id = authenticate(state, &parts.headers).map_err(|e| (e, None))?;
-    check_content_type(&parts.headers).map_err(|e| (e, None))?;
+    let key_id = authenticate(state, &parts.headers).map_err(|e| (e, None, None))?;
+    check_content_type(&parts.headers).map_err(|e| (e, None, None))?;
     let body = read_body(state, &parts.headers, body)
         .await
-        .map_err(|e| (e, None))?;
+        .map_err(|e| (e, None, None))?;
     let (request, embeddings) = if surface == ApiSurface::Embeddings {
-        let e = embeddings::parse(&body).map_err(|e| (e, None))?;
+        let e = embeddings::parse(&body).map_err(|e| (e, None, None))?;
         (
             sy_protocol::chat::ChatRequest::model_only(&e.model),
             Some(e),
         )
     } else {
-        (parse_request(surface, &body).map_err(|e| (e, None))?, None)
+        (
+            parse_request(surface, &body).map_err(|e| (e, None, None))?,
+            None,
+        )
     };
     let base64 = embeddings
         .as_ref()
         .is_some_and(|e| e.encoding_format.as_deref() == Some("base64"));
-    let route = resolve(state, &request.model).map_err(|e| (e, None))?;
+    let class = if embeddings.is_some() {
+        None
+    } else {
+        Some(
+            classify::decide(&state.classifier, &parts.headers, &request)
+                .map_err(|e| (e, None, None))?
+                .class,
+        )
+    };
+    let route = resolve(state, &request.model).map_err(|e| (e, None, None))?;
     let target = &route.targets[0];
     let span = tracing::Span::current();
     span.record("model", tracing::field::display(&request.model));
@@ -461,6 +492,7 @@ async fn chat(
         model: target.model.clone(),
         request,
         embeddings,
+        class: class.map(|c| c.as_str().to_owned()),
     };
     // Register before publishing so that no frame can arrive unseen.
     let rx = state.replies.register(request_id, REPLY_BUFFER);
@@ -498,18 +530,18 @@ async fn chat(
                 )
             }
         };
-        return Err((err, None));
+        return Err((err, None, class));
     }
     tracing::trace!("Request published.");
     let mut pending = Pending::new(rx, state.bus.clone(), deadline);
-    let first = pending.next().await.map_err(|e| (e, None))?;
+    let first = pending.next().await.map_err(|e| (e, None, class))?;
     tracing::trace!("First frame received.");
     let start = start_of(&first).cloned();
     let names = ResponseNames::from_start(start.as_ref(), request_id, &envelope.model);
     if let ReplyFrame::Final(f) = &first
         && let Some(e) = &f.error
     {
-        return Err((ApiError::from_frame(e), start));
+        return Err((ApiError::from_frame(e), start, class));
     }
     let resp = match (surface, stream) {
         (ApiSurface::Messages, true) => {
@@ -521,9 +553,9 @@ async fn chat(
         (_, true) => sse_response(pending, first, SseEncoder::new(names, include_usage)),
         (surface, false) => json_response(surface, pending, first, &names, base64)
             .await
-            .map_err(|e| (e, start.clone()))?,
+            .map_err(|e| (e, start.clone(), class))?,
     };
-    Ok(with_headers(resp, request_id, start.as_ref()))
+    Ok(with_headers(resp, request_id, start.as_ref(), class))
 }
 
 async fn json_response(

@@ -50,6 +50,9 @@ pub struct RequestEnvelope {
     /// An embeddings request (`api` = embeddings).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub embeddings: Option<crate::embeddings::EmbeddingsRequest>,
+    /// The request class (classifier or client hint); none for embeddings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<String>,
 }
 
 /// What a worker sends back on the reply subject: chunks in `seq` order, then one final frame.

@@ -10,3 +10,5 @@ pub const MODEL: &str = "x-switchyard-model";
 pub const ATTEMPTS: &str = "x-switchyard-attempts";
 /// The request class chosen by the classifier (or given by the client).
 pub const CLASS: &str = "x-switchyard-class";
+/// A client's task type hint (e.g. `code`, `creative_writing`); wins over the classifier.
+pub const TASK_TYPE: &str = "x-switchyard-task-type";

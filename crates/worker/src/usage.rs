@@ -113,7 +113,7 @@ pub(crate) fn event(
         worker_id: cx.worker_id.clone(),
         api: env.api,
         route: env.route.clone(),
-        class: None,
+        class: env.class.clone(),
         provider: cx.provider.name.clone(),
         model: env.model.clone(),
         served_model: state.served_model.clone(),

@@ -1,0 +1,98 @@
+//! The request's class: the client's explicit hint when it gave one, else the
+//! classifier's prediction.
+//!
+//! Hints, strongest first: the `x-switchyard-class` header (a class name; any
+//! other value is a 400), then a task type from the `x-switchyard-task-type`
+//! header or the request's `metadata.task_type`, mapped by [`class_of_task`]
+//! (an unknown task type is ignored and the model decides).
+
+use axum::http::HeaderMap;
+use sy_classifier::{Class, Classifier, Prediction};
+use sy_protocol::chat::ChatRequest;
+use sy_protocol::header as hdr;
+
+use crate::ApiError;
+
+/// The class a task type names, if Switchyard knows it (docs/routing.md).
+pub fn class_of_task(task: &str) -> Option<Class> {
+    let t = task.trim().to_ascii_lowercase().replace(['-', ' '], "_");
+    Some(match t.as_str() {
+        "code" | "coding" | "programming" | "code_generation" | "debugging" => Class::Code,
+        "image" | "image_generation" | "text_to_image" | "vision" => Class::Image,
+        "chitchat" | "chit_chat" | "greeting" | "simple_qa" | "factoid" | "lookup" => Class::Simple,
+        "creative_writing"
+        | "writing"
+        | "rewriting"
+        | "summarization"
+        | "summarisation"
+        | "translation"
+        | "technical_explanation"
+        | "explanation"
+        | "extraction"
+        | "classification"
+        | "roleplay" => Class::Medium,
+        "reasoning" | "math" | "maths" | "analysis" | "planning" | "research" | "complex" => {
+            Class::Complex
+        }
+        other => return Class::parse(other),
+    })
+}
+
+/// Decides the class of `req`.
+pub fn decide(
+    c: &Classifier,
+    headers: &HeaderMap,
+    req: &ChatRequest,
+) -> Result<Prediction, ApiError> {
+    let hinted = |class: Class, source: &'static str| {
+        let mut probs = [0.0; 5];
+        probs[sy_classifier::CLASSES
+            .iter()
+            .position(|x| *x == class)
+            .unwrap_or(0)] = 1.0;
+        Prediction {
+            class,
+            probs,
+            source,
+        }
+    };
+    if let Some(v) = headers.get(hdr::CLASS) {
+        let name = v.to_str().unwrap_or("");
+        return match Class::parse(name.trim()) {
+            Some(class) => Ok(hinted(class, "header")),
+            None => Err(ApiError::invalid(
+                hdr::CLASS,
+                format!(
+                    "'{}' must be one of simple, medium, complex, code, image; got '{name}'.",
+                    hdr::CLASS
+                ),
+            )),
+        };
+    }
+    let task = headers
+        .get(hdr::TASK_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| {
+            req.extra
+                .get("metadata")
+                .and_then(|m| m["task_type"].as_str())
+        });
+    if let Some(class) = task.and_then(class_of_task) {
+        return Ok(hinted(class, "task_type"));
+    }
+    Ok(c.classify(req))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_types_map_to_classes() {
+        assert_eq!(class_of_task("Creative-Writing"), Some(Class::Medium));
+        assert_eq!(class_of_task("code"), Some(Class::Code));
+        assert_eq!(class_of_task("technical explanation"), Some(Class::Medium));
+        assert_eq!(class_of_task("complex"), Some(Class::Complex));
+        assert_eq!(class_of_task("astrology"), None);
+    }
+}
