@@ -35,7 +35,7 @@ if ! port_open 8123; then started_clickhouse=1; fi
 ensure_clickhouse
 
 say "Building release binaries"
-cargo build --release --locked --bin switchyard --bin mock-provider --bin sy-bench --bin sy-accounting-bench
+cargo build --release --locked --bin switchyard --bin mock-provider --bin sy-bench --bin sy-accounting-bench --bin sy-classifier-bench
 
 for port in 18080 18081; do
   if port_open "$port"; then echo "port $port is in use; stop what runs there first" >&2; exit 1; fi
@@ -109,6 +109,9 @@ run direct "$direct" 1 3000 300
 run messages-to-openai "$vmsg" 1 3000 300 --api messages
 run direct "$direct" 1 2000 200 --stream
 run messages-to-openai "$vmsg" 1 2000 200 --api messages --stream
+
+say "Classifier: cost per prompt (in-process)"
+"$TARGET/release/sy-classifier-bench" --iterations $((20000 / scale)) | tee -a "$tmp.acct"
 
 say "Accounting: throughput, lag at 1,000 events/s, token estimate cost"
 "$TARGET/release/sy-accounting-bench" --events $((200000 / scale)) --seconds $((10 / scale + 1)) 2>/dev/null | tee -a "$tmp.acct"

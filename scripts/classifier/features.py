@@ -15,6 +15,8 @@ A prompt becomes three blocks:
 import math
 
 HASH_DIM = 1 << 14
+# Word bigrams as well as unigrams (the Rust side reads the same flag from the artifact).
+BIGRAMS = False
 WINDOW = 256
 MAX_WORD_CHARS = 100
 FNV_OFFSET = 0xCBF29CE484222325
@@ -24,6 +26,18 @@ DENSE_NAMES = [
     "log_chars", "log_words", "log_lines", "code_fence", "code_chars", "math_chars",
     "latex", "digits", "question", "non_ascii", "upper", "log_turns", "tools",
 ]
+KEYWORDS = [
+    ("kw_question", "what who when where which whom whose how"),
+    ("kw_code", "code function python java javascript sql bug error compile script regex api class method array list string return print def int loop"),
+    ("kw_image", "image picture photo photograph draw drawing painting illustration render sketch logo poster style generate imagine depict scene"),
+    ("kw_math", "solve calculate compute find equation integer number sum probability value many much total"),
+    ("kw_proof", "prove show theorem derive premises conclusion therefore follows true false uncertain hence lemma"),
+    ("kw_writing", "write essay story poem rewrite summarize summarise explain describe act role pretend letter email blog"),
+    ("kw_constraint", "must should exactly least most words sentences paragraphs bullet format include avoid without only"),
+    ("kw_chat", "you your i me my hi hello hey thanks love like feel are"),
+]
+KEYWORD_SETS = [set(words.split()) for _, words in KEYWORDS]
+DENSE_NAMES = DENSE_NAMES + [name for name, _ in KEYWORDS] + ["log_numbers"]
 CODE_CHARS = set("{}[]();=<>_#/\\|`")
 MATH_CHARS = set("$^+-*/=<>")
 
@@ -92,7 +106,7 @@ def hashed(tokens: list) -> dict:
     prev = None
     for t in tokens:
         t = norm_word(t)
-        for key in (("w:" + t), None if prev is None else ("b:" + prev + " " + t)):
+        for key in (("w:" + t), None if prev is None or not BIGRAMS else ("b:" + prev + " " + t)):
             if key is None:
                 continue
             h = fnv1a(key.encode("utf-8"))
@@ -176,3 +190,15 @@ def dense(text: str, turns: int = 1, tools: bool = False) -> list:
         math.log1p(turns),
         1.0 if tools else 0.0,
     ]
+
+
+def keywords(tokens: list) -> list:
+    """log1p counts of each keyword group, and of number tokens, over the window."""
+    counts = [0] * (len(KEYWORD_SETS) + 1)
+    for t in tokens:
+        for i, kw in enumerate(KEYWORD_SETS):
+            if t in kw:
+                counts[i] += 1
+        if t.isascii() and t.isdigit():
+            counts[-1] += 1
+    return [math.log1p(c) for c in counts]

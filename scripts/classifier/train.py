@@ -36,8 +36,8 @@ import features as F  # noqa: E402
 
 CLASSES = ["simple", "medium", "complex", "code", "image"]
 EMB_WEIGHT = 2.0
-DENSE_WEIGHT = 0.5
-C = 4.0
+DENSE_WEIGHT = 1.0
+C = 2.0
 
 
 def load_table(d):
@@ -62,7 +62,7 @@ def featurize(rows, table, vocab):
             data.append(h[b])
         ptr.append(len(ind))
         emb.append(F.embedding(toks, vocab, table))
-        den.append(F.dense(r["text"]))
+        den.append(F.dense(r["text"]) + F.keywords(toks))
     hs = sparse.csr_matrix((data, ind, ptr), shape=(len(rows), F.HASH_DIM))
     return hs, np.array(emb), np.array(den)
 
@@ -83,7 +83,7 @@ def weights(rows):
 
 
 def fit(X, y, w):
-    m = LogisticRegression(C=C, max_iter=2000, tol=1e-6)
+    m = LogisticRegression(C=C, max_iter=500, tol=1e-4)
     m.fit(X, y, sample_weight=w)
     return m
 
@@ -147,6 +147,7 @@ def main():
         "classes": CLASSES,
         "hash_dim": F.HASH_DIM,
         "window": F.WINDOW,
+        "bigrams": F.BIGRAMS,
         "emb_dims": int(table.shape[1]),
         "emb_weight": EMB_WEIGHT,
         "dense_weight": DENSE_WEIGHT,

@@ -10,8 +10,50 @@ pub const WINDOW: usize = 256;
 const MAX_WORD_CHARS: usize = 100;
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0100_0000_01b3;
-/// Number of structural features.
-pub const DENSE: usize = 13;
+/// Number of structural features of the text.
+pub const TEXT_DENSE: usize = 13;
+/// Number of keyword-group features of the window (8 groups and numbers).
+pub const KEYWORD_DENSE: usize = 9;
+/// All dense features.
+pub const DENSE: usize = TEXT_DENSE + KEYWORD_DENSE;
+
+/// The keyword group of a window token (features.py's KEYWORDS, in order).
+fn keyword_group(t: &str) -> Option<usize> {
+    Some(match t {
+        "what" | "who" | "when" | "where" | "which" | "whom" | "whose" | "how" => 0,
+        "code" | "function" | "python" | "java" | "javascript" | "sql" | "bug" | "error"
+        | "compile" | "script" | "regex" | "api" | "class" | "method" | "array" | "list"
+        | "string" | "return" | "print" | "def" | "int" | "loop" => 1,
+        "image" | "picture" | "photo" | "photograph" | "draw" | "drawing" | "painting"
+        | "illustration" | "render" | "sketch" | "logo" | "poster" | "style" | "generate"
+        | "imagine" | "depict" | "scene" => 2,
+        "solve" | "calculate" | "compute" | "find" | "equation" | "integer" | "number" | "sum"
+        | "probability" | "value" | "many" | "much" | "total" => 3,
+        "prove" | "show" | "theorem" | "derive" | "premises" | "conclusion" | "therefore"
+        | "follows" | "true" | "false" | "uncertain" | "hence" | "lemma" => 4,
+        "write" | "essay" | "story" | "poem" | "rewrite" | "summarize" | "summarise"
+        | "explain" | "describe" | "act" | "role" | "pretend" | "letter" | "email" | "blog" => 5,
+        "must" | "should" | "exactly" | "least" | "most" | "words" | "sentences" | "paragraphs"
+        | "bullet" | "format" | "include" | "avoid" | "without" | "only" => 6,
+        "you" | "your" | "i" | "me" | "my" | "hi" | "hello" | "hey" | "thanks" | "love"
+        | "like" | "feel" | "are" => 7,
+        _ => return None,
+    })
+}
+
+/// log1p counts of each keyword group, and of number tokens, over the window.
+pub fn keywords<'a>(tokens: impl Iterator<Item = &'a str>) -> [f64; KEYWORD_DENSE] {
+    let mut counts = [0usize; KEYWORD_DENSE];
+    for t in tokens {
+        if let Some(g) = keyword_group(t) {
+            counts[g] += 1;
+        }
+        if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+            counts[KEYWORD_DENSE - 1] += 1;
+        }
+    }
+    counts.map(|c| (c as f64).ln_1p())
+}
 
 fn fnv(h: u64, bytes: &[u8]) -> u64 {
     bytes
@@ -276,7 +318,7 @@ fn norm_word(t: &str) -> &str {
 }
 
 /// Signed hashed unigrams and bigrams, L2-normalised: (bucket, value) pairs.
-pub fn hashed<'a>(tokens: impl Iterator<Item = &'a str>) -> Vec<(usize, f64)> {
+pub fn hashed<'a>(tokens: impl Iterator<Item = &'a str>, bigrams: bool) -> Vec<(usize, f64)> {
     // (bucket, ±1) per n-gram, then sorted and summed per bucket: cheaper than a map.
     let mut hits: Vec<(u32, i32)> = Vec::with_capacity(1024);
     let mut add = |h: u64| {
@@ -287,7 +329,7 @@ pub fn hashed<'a>(tokens: impl Iterator<Item = &'a str>) -> Vec<(usize, f64)> {
     for t in tokens {
         let t = norm_word(t);
         add(fnv(fnv(FNV_OFFSET, b"w:"), t.as_bytes()));
-        if let Some(p) = prev {
+        if let Some(p) = prev.filter(|_| bigrams) {
             let h = fnv(
                 fnv(fnv(fnv(FNV_OFFSET, b"b:"), p.as_bytes()), b" "),
                 t.as_bytes(),
@@ -432,7 +474,7 @@ const ASCII_FLAGS: [u8; 128] = {
 };
 
 /// The structural features of the whole text (one pass over its bytes).
-pub fn dense(text: &str, turns: usize, tools: bool) -> [f64; DENSE] {
+pub fn dense(text: &str, turns: usize, tools: bool) -> [f64; TEXT_DENSE] {
     let bytes = text.as_bytes();
     let (mut chars, mut words, mut inword) = (0usize, 0usize, false);
     let (mut lines, mut code, mut math, mut digits, mut non_ascii, mut upper, mut latex) =

@@ -87,12 +87,18 @@ pub struct Prediction {
 #[error("classifier artifact: {0}")]
 pub struct ClassifierError(String);
 
+fn yes() -> bool {
+    true
+}
+
 #[derive(Deserialize)]
 struct Artifact {
     format: u32,
     classes: Vec<String>,
     hash_dim: usize,
     window: usize,
+    #[serde(default = "yes")]
+    bigrams: bool,
     emb_dims: usize,
     emb_weight: f64,
     dense_weight: f64,
@@ -109,6 +115,7 @@ pub struct Classifier {
     features: usize,
     bias: [f64; 5],
     emb_dims: usize,
+    bigrams: bool,
     emb_weight: f64,
     dense_weight: f64,
     dense_mean: Vec<f64>,
@@ -214,6 +221,7 @@ impl Classifier {
             features: nfeat,
             bias,
             emb_dims: dims,
+            bigrams: a.bigrams,
             emb_weight: a.emb_weight,
             dense_weight: a.dense_weight,
             dense_mean: a.dense_mean,
@@ -230,7 +238,7 @@ impl Classifier {
         let win = features::Tokens::window(text);
         let mut logits = self.bias;
         let w = |c: usize, f: usize| f64::from(self.weights[f * 5 + c]);
-        for (b, v) in features::hashed(win.iter()) {
+        for (b, v) in features::hashed(win.iter(), self.bigrams) {
             for (c, l) in logits.iter_mut().enumerate() {
                 *l += w(c, b) * v;
             }
@@ -259,7 +267,8 @@ impl Classifier {
             }
         }
         let d = features::dense(text, turns, tools);
-        for (k, x) in d.iter().enumerate() {
+        let kw = features::keywords(win.iter());
+        for (k, x) in d.iter().chain(&kw).enumerate() {
             let v = (x - self.dense_mean[k]) / self.dense_std[k] * self.dense_weight;
             for (c, l) in logits.iter_mut().enumerate() {
                 *l += w(c, HASH_DIM + self.emb_dims + k) * v;
