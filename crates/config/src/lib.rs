@@ -14,6 +14,7 @@ mod env;
 mod error;
 pub mod price;
 mod raw;
+pub mod routing;
 mod validate;
 
 pub use env::{EnvSource, MapEnv, ProcessEnv, interpolate};

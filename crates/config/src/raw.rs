@@ -21,6 +21,9 @@ pub struct RawConfig {
     /// Models clients may ask for, by the name they use, with the targets serving each.
     #[serde(default)]
     pub models: BTreeMap<String, RawModel>,
+    /// Smart routers (`model: "auto"`, `"auto:<name>"`).
+    #[serde(default)]
+    pub routers: BTreeMap<String, crate::routing::RawRouter>,
     /// What tenants are billed on top of provider cost.
     #[serde(default)]
     pub billing: RawBilling,
@@ -200,6 +203,9 @@ pub struct RawProvider {
     /// Prices by upstream model name.
     #[serde(default)]
     pub prices: BTreeMap<String, RawPrice>,
+    /// Facts about upstream models (context window, quality per class), for routing.
+    #[serde(default)]
+    pub models: BTreeMap<String, crate::routing::RawModelInfo>,
 }
 
 /// `[providers.<name>.prices."<model>"]`: USD per million tokens, as decimal strings.

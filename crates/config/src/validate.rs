@@ -45,6 +45,8 @@ pub struct Config {
     pub providers: BTreeMap<String, ProviderConfig>,
     /// Model routes by the name clients use.
     pub models: BTreeMap<String, ModelRoute>,
+    /// Smart routers by name (`auto`, `auto:<name>`).
+    pub routers: BTreeMap<String, crate::routing::RouterConfig>,
     /// Markup on provider cost, parts per billion (10⁹ = +100 %).
     pub markup_ppb: i64,
     /// Where usage rows go, if anywhere.
@@ -198,6 +200,8 @@ pub struct ProviderConfig {
     pub headers: BTreeMap<String, String>,
     /// Prices by upstream model; a model without one has an unknown price.
     pub prices: BTreeMap<String, Price>,
+    /// Facts about upstream models, for routing.
+    pub models: BTreeMap<String, crate::routing::ModelInfo>,
 }
 
 /// A model clients may ask for.
@@ -433,6 +437,7 @@ impl Config {
                     },
                 );
             }
+            let model_facts = crate::routing::model_infos(&name, p.models, e);
             providers.insert(
                 name.clone(),
                 ProviderConfig {
@@ -446,6 +451,7 @@ impl Config {
                     max_concurrency,
                     headers: p.headers,
                     prices,
+                    models: model_facts,
                 },
             );
         }
@@ -501,6 +507,9 @@ impl Config {
             );
         }
 
+        let provider_names: std::collections::HashSet<String> = providers.keys().cloned().collect();
+        let routers = crate::routing::routers(raw.routers, &provider_names, e);
+
         let markup_ppb = parse_nanos(&raw.billing.markup_percent)
             .map(|n| n / 100)
             .unwrap_or_else(|| {
@@ -545,6 +554,7 @@ impl Config {
                 keys,
                 providers,
                 models,
+                routers,
                 markup_ppb,
                 clickhouse,
                 accounting,

@@ -1,0 +1,400 @@
+//! Target selection for smart routes: given a router (`auto`, `auto:<name>`), the
+//! request's class, task type and estimated size, and what is known live about
+//! each target (health, load, latency), pick a route, rank its targets by the
+//! route's strategy, skip the ones that cannot serve, and say why.
+//!
+//! Pure and deterministic: randomness (the weighted strategy) comes from the
+//! caller's `rng`, live state through the [`Live`] trait.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use sy_config::ProviderConfig;
+use sy_config::price::TokenCounts;
+use sy_config::routing::{RouterConfig, Strategy};
+
+/// What the router needs to know about a request.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteRequest<'a> {
+    /// The class (classifier or hint).
+    pub class: &'a str,
+    /// The client's task type, if any.
+    pub task_type: Option<&'a str>,
+    /// Estimated prompt tokens.
+    pub input_tokens: u64,
+    /// Expected output tokens (`max_tokens`, or a default).
+    pub output_tokens: u64,
+}
+
+/// Live facts about targets, shared by all ingresses.
+pub trait Live {
+    /// False while the target's breaker is open or its health check fails.
+    fn healthy(&self, provider: &str, model: &str) -> bool;
+    /// True while the provider has as many requests in flight as it may.
+    fn saturated(&self, provider: &str) -> bool;
+    /// Recent time to first token, exponentially weighted, if measured.
+    fn latency_ms(&self, provider: &str, model: &str) -> Option<f64>;
+}
+
+/// No live data: everything healthy, nothing measured.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoLive;
+
+impl Live for NoLive {
+    fn healthy(&self, _: &str, _: &str) -> bool {
+        true
+    }
+    fn saturated(&self, _: &str) -> bool {
+        false
+    }
+    fn latency_ms(&self, _: &str, _: &str) -> Option<f64> {
+        None
+    }
+}
+
+/// One target as the router saw it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Candidate {
+    /// Provider entry.
+    pub provider: String,
+    /// Upstream model.
+    pub model: String,
+    /// The strategy's score (higher is better); none when skipped.
+    pub score: Option<f64>,
+    /// Estimated cost of this request there, nano-USD; none when unpriced.
+    pub cost_nanos: Option<i64>,
+    /// Live latency, if measured.
+    pub latency_ms: Option<f64>,
+    /// Quality for the class, if configured.
+    pub quality: Option<f64>,
+    /// Why it cannot serve this request.
+    pub skipped: Option<String>,
+}
+
+/// The decision: route, strategy, every candidate, the choice and the fallbacks.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Decision {
+    /// The router.
+    pub router: String,
+    /// The matched route.
+    pub route: String,
+    /// Its strategy.
+    pub strategy: &'static str,
+    /// Every target of the route, in config order.
+    pub candidates: Vec<Candidate>,
+    /// Indexes into `candidates`: the chosen one first, then the fallback order.
+    pub order: Vec<usize>,
+}
+
+impl Decision {
+    /// The chosen candidate, if any can serve.
+    pub fn chosen(&self) -> Option<&Candidate> {
+        self.order.first().map(|&i| &self.candidates[i])
+    }
+}
+
+/// Picks a target for `req` on `router`. `rng` returns uniform values in [0, 1).
+pub fn decide(
+    router: &RouterConfig,
+    providers: &BTreeMap<String, ProviderConfig>,
+    req: &RouteRequest<'_>,
+    live: &dyn Live,
+    rng: &mut dyn FnMut() -> f64,
+) -> Decision {
+    // Validation guarantees a catch-all last route.
+    let route = router
+        .routes
+        .iter()
+        .find(|r| r.matches(req.class, req.task_type))
+        .or_else(|| router.routes.last());
+    let Some(route) = route else {
+        return Decision {
+            router: router.name.clone(),
+            route: String::new(),
+            strategy: "none",
+            candidates: Vec::new(),
+            order: Vec::new(),
+        };
+    };
+    let mut candidates: Vec<Candidate> = route
+        .targets
+        .iter()
+        .map(|t| {
+            let p = providers.get(&t.provider);
+            let info = p.and_then(|p| p.models.get(&t.model));
+            let cost_nanos = p.and_then(|p| p.prices.get(&t.model)).map(|price| {
+                price.cost_nanos(TokenCounts {
+                    input: req.input_tokens,
+                    output: req.output_tokens,
+                    ..TokenCounts::default()
+                })
+            });
+            let window = info.and_then(|i| i.context_window);
+            let need = req.input_tokens + req.output_tokens;
+            let skipped = if !live.healthy(&t.provider, &t.model) {
+                Some("unhealthy".to_owned())
+            } else if live.saturated(&t.provider) {
+                Some("at its concurrency cap".to_owned())
+            } else if let Some(w) = window.filter(|w| req.input_tokens > *w) {
+                Some(format!("context window {w} < {} estimated prompt tokens", req.input_tokens))
+            } else if let Some(w) = window.filter(|w| need > *w) {
+                Some(format!("context window {w} < {need} prompt and output tokens"))
+            } else {
+                None
+            };
+            Candidate {
+                provider: t.provider.clone(),
+                model: t.model.clone(),
+                score: None,
+                cost_nanos,
+                latency_ms: live.latency_ms(&t.provider, &t.model),
+                quality: info.and_then(|i| i.quality.get(req.class).copied()),
+                skipped,
+            }
+        })
+        .collect();
+    let eligible: Vec<usize> = (0..candidates.len())
+        .filter(|&i| candidates[i].skipped.is_none())
+        .collect();
+    let max_cost = eligible
+        .iter()
+        .filter_map(|&i| candidates[i].cost_nanos)
+        .max()
+        .unwrap_or(0)
+        .max(1) as f64;
+    let max_lat = eligible
+        .iter()
+        .filter_map(|&i| candidates[i].latency_ms)
+        .fold(0.0f64, f64::max)
+        .max(1e-9);
+    for &i in &eligible {
+        let c = &candidates[i];
+        let score = match route.strategy {
+            Strategy::Weighted => f64::from(route.targets[i].weight),
+            // Unknown cost or latency ranks after every known one.
+            Strategy::Cheapest => c.cost_nanos.map_or(f64::NEG_INFINITY, |n| -(n as f64)),
+            Strategy::Fastest => c.latency_ms.map_or(f64::NEG_INFINITY, |l| -l),
+            Strategy::Balanced => {
+                let b = router.balance;
+                let cost = c.cost_nanos.map_or(1.0, |n| n as f64 / max_cost);
+                let lat = c.latency_ms.map_or(0.5, |l| l / max_lat);
+                b.quality * c.quality.unwrap_or(0.5) - b.cost * cost - b.latency * lat
+            }
+        };
+        candidates[i].score = Some(score);
+    }
+    let mut order = eligible.clone();
+    // Best first; ties keep config order (stable sort).
+    order.sort_by(|&a, &b| {
+        let (sa, sb) = (candidates[a].score.unwrap_or(f64::NEG_INFINITY), candidates[b].score.unwrap_or(f64::NEG_INFINITY));
+        sb.total_cmp(&sa)
+    });
+    if route.strategy == Strategy::Weighted {
+        // Draw the first by weight; the rest fall back in config order.
+        let total: f64 = eligible.iter().map(|&i| f64::from(route.targets[i].weight)).sum();
+        if total > 0.0 {
+            let mut x = rng() * total;
+            let mut pick = eligible[0];
+            for &i in &eligible {
+                let w = f64::from(route.targets[i].weight);
+                if w > 0.0 && x < w {
+                    pick = i;
+                    break;
+                }
+                x -= w;
+            }
+            order = std::iter::once(pick)
+                .chain(eligible.iter().copied().filter(|&i| i != pick))
+                .collect();
+        }
+    }
+    Decision {
+        router: router.name.clone(),
+        route: route.name.clone(),
+        strategy: route.strategy.as_str(),
+        candidates,
+        order,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use sy_config::{Config, MapEnv};
+
+    const CONFIG: &str = r#"
+[providers.cheap]
+kind = "openai_compatible"
+base_url = "http://127.0.0.1:1/v1"
+[providers.cheap.prices."mini"]
+input = "0.15"
+output = "0.60"
+[providers.cheap.models."mini"]
+context_window = 1000
+quality = { simple = 0.9, complex = 0.3 }
+
+[providers.strong]
+kind = "openai_compatible"
+base_url = "http://127.0.0.1:2/v1"
+[providers.strong.prices."big"]
+input = "3"
+output = "15"
+[providers.strong.models."big"]
+context_window = 200000
+quality = { simple = 0.95, complex = 0.95 }
+
+[routers.auto]
+strategy = "balanced"
+balance = { cost = 1, latency = 0, quality = 2 }
+[[routers.auto.routes]]
+name = "canary"
+classes = ["code"]
+strategy = "weighted"
+targets = [{ provider = "cheap", model = "mini", weight = 95 }, { provider = "strong", model = "big", weight = 5 }]
+[[routers.auto.routes]]
+name = "cheap-first"
+classes = ["simple"]
+strategy = "cheapest"
+targets = [{ provider = "strong", model = "big" }, { provider = "cheap", model = "mini" }]
+[[routers.auto.routes]]
+name = "fast"
+task_types = ["chat"]
+strategy = "fastest"
+targets = [{ provider = "cheap", model = "mini" }, { provider = "strong", model = "big" }]
+[[routers.auto.routes]]
+name = "default"
+targets = [{ provider = "cheap", model = "mini" }, { provider = "strong", model = "big" }]
+"#;
+
+    fn config() -> Config {
+        Config::from_toml(CONFIG, &MapEnv::default()).unwrap()
+    }
+
+    fn req(class: &str) -> RouteRequest<'_> {
+        RouteRequest {
+            class,
+            task_type: None,
+            input_tokens: 100,
+            output_tokens: 100,
+        }
+    }
+
+    /// A seeded generator (64-bit LCG), so draws repeat.
+    fn lcg(seed: u64) -> impl FnMut() -> f64 {
+        let mut s = seed;
+        move || {
+            s = s.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            (s >> 11) as f64 / (1u64 << 53) as f64
+        }
+    }
+
+    struct Fake {
+        down: &'static str,
+        busy: &'static str,
+        lat: [(&'static str, f64); 2],
+    }
+
+    impl Live for Fake {
+        fn healthy(&self, p: &str, _: &str) -> bool {
+            p != self.down
+        }
+        fn saturated(&self, p: &str) -> bool {
+            p == self.busy
+        }
+        fn latency_ms(&self, p: &str, _: &str) -> Option<f64> {
+            self.lat.iter().find(|(q, _)| *q == p).map(|(_, l)| *l)
+        }
+    }
+
+    fn chosen(d: &Decision) -> &str {
+        &d.chosen().unwrap().provider
+    }
+
+    #[test]
+    fn weighted_split_matches_the_weights() {
+        let c = config();
+        let r = &c.routers["auto"];
+        let mut rng = lcg(7);
+        let n = 100_000;
+        let strong = (0..n)
+            .filter(|_| chosen(&decide(r, &c.providers, &req("code"), &NoLive, &mut rng)) == "strong")
+            .count();
+        let share = strong as f64 / n as f64;
+        assert!((share - 0.05).abs() < 0.005, "strong got {share}");
+        // Same seed, same draws.
+        let draws = |seed| {
+            let mut g = lcg(seed);
+            (0..50)
+                .map(|_| decide(r, &c.providers, &req("code"), &NoLive, &mut g).order)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(draws(1), draws(1));
+        assert_ne!(draws(1), draws(2));
+    }
+
+    #[test]
+    fn cheapest_picks_the_lowest_estimated_cost_and_falls_back_by_cost() {
+        let c = config();
+        let d = decide(&c.routers["auto"], &c.providers, &req("simple"), &NoLive, &mut lcg(1));
+        assert_eq!((d.route.as_str(), d.strategy), ("cheap-first", "cheapest"));
+        assert_eq!(chosen(&d), "cheap");
+        assert_eq!(d.order, vec![1, 0]);
+        // 100 in at $0.15/M + 100 out at $0.60/M = 75,000 nano-USD.
+        assert_eq!(d.candidates[1].cost_nanos, Some(75_000));
+    }
+
+    #[test]
+    fn fastest_uses_live_latency_and_task_type_matches() {
+        let c = config();
+        let live = Fake { down: "", busy: "", lat: [("cheap", 900.0), ("strong", 300.0)] };
+        let mut r = req("medium");
+        r.task_type = Some("chat");
+        let d = decide(&c.routers["auto"], &c.providers, &r, &live, &mut lcg(1));
+        assert_eq!((d.route.as_str(), chosen(&d)), ("fast", "strong"));
+    }
+
+    #[test]
+    fn balanced_weighs_quality_against_cost() {
+        let c = config();
+        // complex: mini's quality 0.3 loses to big's 0.95 despite the cost.
+        let d = decide(&c.routers["auto"], &c.providers, &req("complex"), &NoLive, &mut lcg(1));
+        assert_eq!((d.route.as_str(), d.strategy, chosen(&d)), ("default", "balanced", "strong"));
+        // medium: no quality configured (0.5 each): the cheaper wins.
+        let d = decide(&c.routers["auto"], &c.providers, &req("medium"), &NoLive, &mut lcg(1));
+        assert_eq!(chosen(&d), "cheap");
+    }
+
+    #[test]
+    fn unhealthy_saturated_and_too_small_targets_are_skipped_with_reasons() {
+        let c = config();
+        let r = &c.routers["auto"];
+        let down = Fake { down: "cheap", busy: "", lat: [("", 0.0); 2] };
+        let d = decide(r, &c.providers, &req("simple"), &down, &mut lcg(1));
+        assert_eq!(d.candidates[1].skipped.as_deref(), Some("unhealthy"));
+        assert_eq!((chosen(&d), d.order.len()), ("strong", 1));
+        let busy = Fake { down: "", busy: "cheap", lat: [("", 0.0); 2] };
+        let d = decide(r, &c.providers, &req("simple"), &busy, &mut lcg(1));
+        assert_eq!(d.candidates[1].skipped.as_deref(), Some("at its concurrency cap"));
+        let mut big = req("simple");
+        big.input_tokens = 5000;
+        let d = decide(r, &c.providers, &big, &NoLive, &mut lcg(1));
+        assert!(d.candidates[1].skipped.as_deref().unwrap().starts_with("context window 1000"));
+        assert_eq!(chosen(&d), "strong");
+        let all_down = Fake { down: "cheap", busy: "strong", lat: [("", 0.0); 2] };
+        let d = decide(r, &c.providers, &req("simple"), &all_down, &mut lcg(1));
+        assert!(d.chosen().is_none());
+    }
+
+    #[test]
+    fn router_config_is_validated() {
+        let bad = |extra: &str| {
+            Config::from_toml(&format!("{CONFIG}\n{extra}"), &MapEnv::default())
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(bad("[routers.cheapo]\nroutes = [{ name = \"x\", targets = [{ provider = \"cheap\", model = \"mini\" }] }]").contains("auto:<name>"));
+        assert!(bad("[routers.\"auto:x\"]\nroutes = [{ name = \"x\", classes = [\"code\"], targets = [{ provider = \"cheap\", model = \"mini\" }] }]").contains("last route must match every request"));
+        assert!(bad("[routers.\"auto:y\"]\nstrategy = \"luckiest\"\nroutes = [{ name = \"x\", targets = [{ provider = \"nope\", model = \"m\" }] }]").contains("no provider named"));
+    }
+}
