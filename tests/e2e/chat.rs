@@ -208,6 +208,8 @@ async fn models_endpoint_lists_configured_models() {
     assert_eq!(
         ids,
         vec![
+            "auto",
+            "auto:canary",
             "claude-sonnet-4-5",
             "command-r-plus",
             "embed-v4.0",

@@ -105,3 +105,89 @@ async fn class_is_decided_reported_and_recorded() {
         ["code", "image", "complex", "medium", "code", "image"]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_routes_by_class_and_explain_shows_the_same_decision() {
+    let stack = Stack::start().await;
+    for (prompt, route, provider) in [
+        (
+            "Write a Python function that merges two sorted lists.",
+            "code",
+            "anthropic",
+        ),
+        ("what is the capital of france", "simple", "openai"),
+        (
+            "Generate an image of a lighthouse at dusk, oil painting",
+            "default",
+            "openai",
+        ),
+    ] {
+        let b = body("auto", prompt);
+        let explained: Value = stack
+            .http
+            .post(stack.url("/v1/route/explain"))
+            .bearer_auth(crate::stack::KEY)
+            .json(&b)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(explained["route"], route, "{explained}");
+        assert_eq!(explained["chosen"]["provider"], provider, "{explained}");
+        assert!(explained["probabilities"].as_object().unwrap().len() == 5);
+        let resp = stack.chat(&b).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let h = |k: &str| resp.headers()[k].to_str().unwrap().to_owned();
+        assert_eq!(h("x-switchyard-route"), route);
+        assert_eq!(
+            h("x-switchyard-provider"),
+            provider,
+            "explain matches what the request did"
+        );
+        assert_eq!(
+            h("x-switchyard-class"),
+            explained["class"].as_str().unwrap()
+        );
+    }
+    // The cheapest route ranks by the price table; the explain lists why.
+    let v: Value = stack
+        .http
+        .post(stack.url("/v1/route/explain"))
+        .bearer_auth(crate::stack::KEY)
+        .json(&body("auto", "what is the capital of france"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["strategy"], "cheapest");
+    assert_eq!(v["fallback"][0]["provider"], "anthropic");
+    assert_eq!(v["candidates"].as_array().unwrap().len(), 2);
+    // Weighted canary: about 10 % to gemini.
+    let mut gemini = 0;
+    for i in 0..200 {
+        let resp = stack
+            .chat(&body("auto:canary", &format!("hello {i}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        if resp.headers()["x-switchyard-provider"] == "gemini" {
+            gemini += 1;
+        }
+    }
+    assert!((5..=40).contains(&gemini), "gemini served {gemini} of 200");
+    // Embeddings cannot use a chat router.
+    let resp = stack
+        .http
+        .post(stack.url("/v1/embeddings"))
+        .bearer_auth(crate::stack::KEY)
+        .json(&json!({"model": "auto", "input": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+}

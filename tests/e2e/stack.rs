@@ -131,6 +131,39 @@ base_url = "{cohere}"
 [billing]
 markup_percent = "20"
 
+[providers.openai.models."gpt-4o-mini"]
+context_window = 128000
+quality = {{ simple = 0.9, medium = 0.7, complex = 0.4, code = 0.6, image = 0.5 }}
+
+[providers.anthropic.models."claude-sonnet-4-5"]
+context_window = 200000
+
+[routers.auto]
+strategy = "balanced"
+
+[[routers.auto.routes]]
+name = "code"
+classes = ["code"]
+strategy = "weighted"
+targets = [{{ provider = "anthropic", model = "claude-sonnet-4-5", weight = 1 }}, {{ provider = "openai", model = "gpt-4o-mini", weight = 0 }}]
+
+[[routers.auto.routes]]
+name = "simple"
+classes = ["simple"]
+strategy = "cheapest"
+targets = [{{ provider = "anthropic", model = "claude-sonnet-4-5" }}, {{ provider = "openai", model = "gpt-4o-mini" }}]
+
+[[routers.auto.routes]]
+name = "default"
+targets = [{{ provider = "openai", model = "gpt-4o-mini" }}]
+
+[routers."auto:canary"]
+strategy = "weighted"
+
+[[routers."auto:canary".routes]]
+name = "all"
+targets = [{{ provider = "openai", model = "gpt-4o-mini", weight = 90 }}, {{ provider = "gemini", model = "gemini-2.5-flash", weight = 10 }}]
+
 [models."claude-sonnet-4-5"]
 targets = [{{ provider = "anthropic", model = "claude-sonnet-4-5" }}]
 

@@ -205,7 +205,10 @@ pub(crate) fn model_infos(
         for (class, q) in &m.quality {
             let at = format!("providers.{provider}.models.\"{model}\".quality.{class}");
             if !CLASSES.contains(&class.as_str()) {
-                e.push(ConfigError::new(&at, format!("unknown class; expected one of {}", CLASSES.join(", "))));
+                e.push(ConfigError::new(
+                    &at,
+                    format!("unknown class; expected one of {}", CLASSES.join(", ")),
+                ));
             }
             if !(0.0..=1.0).contains(q) {
                 e.push(ConfigError::new(&at, "must be between 0 and 1"));
@@ -237,7 +240,7 @@ pub(crate) fn routers(
     let mut out = BTreeMap::new();
     for (name, r) in raw {
         let at = |f: &str| format!("routers.\"{name}\".{f}");
-        if name != "auto" && !name.strip_prefix("auto:").is_some_and(|n| !n.is_empty()) {
+        if name != "auto" && name.strip_prefix("auto:").is_none_or(str::is_empty) {
             e.push(ConfigError::new(
                 format!("routers.\"{name}\""),
                 "a router is named \"auto\" or \"auto:<name>\" (what clients put in model)",
@@ -246,11 +249,15 @@ pub(crate) fn routers(
         let strategy = |s: Option<&str>, path: String, e: &mut Vec<ConfigError>| match s {
             None => None,
             Some(s) => Strategy::parse(s).or_else(|| {
-                e.push(ConfigError::new(path, "expected weighted, cheapest, fastest or balanced"));
+                e.push(ConfigError::new(
+                    path,
+                    "expected weighted, cheapest, fastest or balanced",
+                ));
                 None
             }),
         };
-        let default = strategy(r.strategy.as_deref(), at("strategy"), e).unwrap_or(Strategy::Weighted);
+        let default =
+            strategy(r.strategy.as_deref(), at("strategy"), e).unwrap_or(Strategy::Weighted);
         let balance = r.balance.map_or(
             Balance {
                 cost: 1.0,
@@ -264,7 +271,10 @@ pub(crate) fn routers(
             },
         );
         if balance.cost < 0.0 || balance.latency < 0.0 || balance.quality < 0.0 {
-            e.push(ConfigError::new(at("balance"), "weights must not be negative"));
+            e.push(ConfigError::new(
+                at("balance"),
+                "weights must not be negative",
+            ));
         }
         if r.routes.is_empty() {
             e.push(ConfigError::new(at("routes"), "needs at least one route"));
@@ -277,7 +287,10 @@ pub(crate) fn routers(
                 if !CLASSES.contains(&c.as_str()) {
                     e.push(ConfigError::new(
                         rat("classes"),
-                        format!("unknown class \"{c}\"; expected one of {}", CLASSES.join(", ")),
+                        format!(
+                            "unknown class \"{c}\"; expected one of {}",
+                            CLASSES.join(", ")
+                        ),
                     ));
                 }
             }
@@ -289,7 +302,10 @@ pub(crate) fn routers(
             }
             let s = strategy(route.strategy.as_deref(), rat("strategy"), e).unwrap_or(default);
             if route.targets.is_empty() {
-                e.push(ConfigError::new(rat("targets"), "needs at least one target"));
+                e.push(ConfigError::new(
+                    rat("targets"),
+                    "needs at least one target",
+                ));
             }
             for (j, t) in route.targets.iter().enumerate() {
                 if !providers.contains(&t.provider) {
@@ -300,7 +316,10 @@ pub(crate) fn routers(
                 }
             }
             if s == Strategy::Weighted && route.targets.iter().all(|t| t.weight == 0) {
-                e.push(ConfigError::new(rat("targets"), "weighted: at least one weight must be above 0"));
+                e.push(ConfigError::new(
+                    rat("targets"),
+                    "weighted: at least one weight must be above 0",
+                ));
             }
             routes.push(RouteConfig {
                 name: route.name,

@@ -19,6 +19,7 @@ mod error;
 pub mod messages;
 mod relay;
 pub mod responses;
+mod route;
 mod usage;
 mod validate;
 
@@ -84,6 +85,8 @@ struct AppState {
     request_timeout: std::time::Duration,
     clickhouse: Option<sy_config::ClickhouseConfig>,
     classifier: Arc<sy_classifier::Classifier>,
+    routers: std::collections::BTreeMap<String, sy_config::routing::RouterConfig>,
+    providers: std::collections::BTreeMap<String, sy_config::ProviderConfig>,
 }
 
 /// Serves the API on `config.server.listen` until `shutdown` fires, then drains.
@@ -126,7 +129,7 @@ pub async fn router(config: Arc<Config>, bus: Bus) -> Result<Router, IngressErro
         .map_err(|e| IngressError::Classifier(e.to_string()))?;
     let model_list = serde_json::json!({
         "object": "list",
-        "data": config.models.keys().map(|m| serde_json::json!({
+        "data": config.models.keys().chain(config.routers.keys()).map(|m| serde_json::json!({
             "id": m, "object": "model", "created": 0, "owned_by": "switchyard"
         })).collect::<Vec<_>>(),
     });
@@ -149,6 +152,8 @@ pub async fn router(config: Arc<Config>, bus: Bus) -> Result<Router, IngressErro
         request_timeout: config.server.request_timeout,
         clickhouse: config.clickhouse.clone(),
         classifier: Arc::new(classifier),
+        routers: config.routers.clone(),
+        providers: config.providers.clone(),
     });
     Ok(Router::new()
         .route(
@@ -163,6 +168,10 @@ pub async fn router(config: Arc<Config>, bus: Bus) -> Result<Router, IngressErro
         .route(
             "/v1/embeddings",
             post(embeddings_handler).fallback(method_not_allowed),
+        )
+        .route(
+            "/v1/route/explain",
+            post(route_explain).fallback(method_not_allowed),
         )
         .route("/v1/models", get(list_models).fallback(method_not_allowed))
         .route("/v1/usage", get(get_usage).fallback(method_not_allowed))
@@ -399,6 +408,31 @@ async fn responses(State(state): State<Arc<AppState>>, req: Request) -> Response
     handle(state, ApiSurface::Responses, req).await
 }
 
+async fn route_explain(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let request_id = Uuid::now_v7();
+    let (parts, body) = req.into_parts();
+    let result = async {
+        authenticate(&state, &parts.headers)?;
+        check_content_type(&parts.headers)?;
+        let body = read_body(&state, &parts.headers, body).await?;
+        let request = parse_request(ApiSurface::ChatCompletions, &body)?;
+        let prediction = classify::decide(&state.classifier, &parts.headers, &request)?;
+        route::explain(&state, &request, &prediction, request_id)
+    }
+    .await;
+    match result {
+        Ok(v) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            serde_json::to_vec(&v).unwrap_or_default(),
+        )
+            .into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
 async fn embeddings_handler(State(state): State<Arc<AppState>>, req: Request) -> Response {
     handle(state, ApiSurface::Embeddings, req).await
 }
@@ -469,8 +503,69 @@ async fn chat(
                 .class,
         )
     };
-    let route = resolve(state, &request.model).map_err(|e| (e, None, None))?;
-    let target = &route.targets[0];
+    let (route_name, provider, model, route_header) = match state.routers.get(&request.model) {
+        Some(router) => {
+            let Some(c) = class else {
+                return Err((
+                    ApiError::invalid(
+                        "model",
+                        format!(
+                            "'{}' routes chat requests; name an embedding model.",
+                            request.model
+                        ),
+                    ),
+                    None,
+                    None,
+                ));
+            };
+            let decision = route::decide(state, router, &request, c, request_id);
+            let Some(chosen) = decision.chosen() else {
+                let why: Vec<String> = decision
+                    .candidates
+                    .iter()
+                    .map(|c| {
+                        format!(
+                            "{}/{}: {}",
+                            c.provider,
+                            c.model,
+                            c.skipped.as_deref().unwrap_or("?")
+                        )
+                    })
+                    .collect();
+                return Err((
+                    ApiError {
+                        retry_after_secs: Some(1),
+                        ..ApiError::new(
+                            ErrorCode::Overloaded,
+                            format!(
+                                "No target of route '{}' can serve this request now ({}).",
+                                decision.route,
+                                why.join("; ")
+                            ),
+                        )
+                    },
+                    None,
+                    class,
+                ));
+            };
+            (
+                router.name.clone(),
+                chosen.provider.clone(),
+                chosen.model.clone(),
+                decision.route.clone(),
+            )
+        }
+        None => {
+            let route = resolve(state, &request.model).map_err(|e| (e, None, class))?;
+            let target = &route.targets[0];
+            (
+                route.name.clone(),
+                target.provider.clone(),
+                target.model.clone(),
+                route.name.clone(),
+            )
+        }
+    };
     let span = tracing::Span::current();
     span.record("model", tracing::field::display(&request.model));
     span.record("stream", request.is_stream());
@@ -487,9 +582,9 @@ async fn chat(
         deadline_unix_ms: received_unix_ms + state.request_timeout.as_millis() as u64,
         key_id: key_id.to_owned(),
         api: surface,
-        route: route.name.clone(),
-        provider: target.provider.clone(),
-        model: target.model.clone(),
+        route: route_name,
+        provider,
+        model,
         request,
         embeddings,
         class: class.map(|c| c.as_str().to_owned()),
@@ -555,7 +650,11 @@ async fn chat(
             .await
             .map_err(|e| (e, start.clone(), class))?,
     };
-    Ok(with_headers(resp, request_id, start.as_ref(), class))
+    let mut resp = with_headers(resp, request_id, start.as_ref(), class);
+    if let Ok(v) = HeaderValue::from_str(&route_header) {
+        resp.headers_mut().insert(hdr::ROUTE, v);
+    }
+    Ok(resp)
 }
 
 async fn json_response(

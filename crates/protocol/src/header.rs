@@ -12,3 +12,5 @@ pub const ATTEMPTS: &str = "x-switchyard-attempts";
 pub const CLASS: &str = "x-switchyard-class";
 /// A client's task type hint (e.g. `code`, `creative_writing`); wins over the classifier.
 pub const TASK_TYPE: &str = "x-switchyard-task-type";
+/// The smart route that served the request (`model: "auto"`), or the model route.
+pub const ROUTE: &str = "x-switchyard-route";

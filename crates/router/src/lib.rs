@@ -136,11 +136,14 @@ pub fn decide(
             } else if live.saturated(&t.provider) {
                 Some("at its concurrency cap".to_owned())
             } else if let Some(w) = window.filter(|w| req.input_tokens > *w) {
-                Some(format!("context window {w} < {} estimated prompt tokens", req.input_tokens))
-            } else if let Some(w) = window.filter(|w| need > *w) {
-                Some(format!("context window {w} < {need} prompt and output tokens"))
+                Some(format!(
+                    "context window {w} < {} estimated prompt tokens",
+                    req.input_tokens
+                ))
             } else {
-                None
+                window
+                    .filter(|w| need > *w)
+                    .map(|w| format!("context window {w} < {need} prompt and output tokens"))
             };
             Candidate {
                 provider: t.provider.clone(),
@@ -186,12 +189,18 @@ pub fn decide(
     let mut order = eligible.clone();
     // Best first; ties keep config order (stable sort).
     order.sort_by(|&a, &b| {
-        let (sa, sb) = (candidates[a].score.unwrap_or(f64::NEG_INFINITY), candidates[b].score.unwrap_or(f64::NEG_INFINITY));
+        let (sa, sb) = (
+            candidates[a].score.unwrap_or(f64::NEG_INFINITY),
+            candidates[b].score.unwrap_or(f64::NEG_INFINITY),
+        );
         sb.total_cmp(&sa)
     });
     if route.strategy == Strategy::Weighted {
         // Draw the first by weight; the rest fall back in config order.
-        let total: f64 = eligible.iter().map(|&i| f64::from(route.targets[i].weight)).sum();
+        let total: f64 = eligible
+            .iter()
+            .map(|&i| f64::from(route.targets[i].weight))
+            .sum();
         if total > 0.0 {
             let mut x = rng() * total;
             let mut pick = eligible[0];
@@ -284,7 +293,9 @@ targets = [{ provider = "cheap", model = "mini" }, { provider = "strong", model 
     fn lcg(seed: u64) -> impl FnMut() -> f64 {
         let mut s = seed;
         move || {
-            s = s.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            s = s
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
             (s >> 11) as f64 / (1u64 << 53) as f64
         }
     }
@@ -318,7 +329,9 @@ targets = [{ provider = "cheap", model = "mini" }, { provider = "strong", model 
         let mut rng = lcg(7);
         let n = 100_000;
         let strong = (0..n)
-            .filter(|_| chosen(&decide(r, &c.providers, &req("code"), &NoLive, &mut rng)) == "strong")
+            .filter(|_| {
+                chosen(&decide(r, &c.providers, &req("code"), &NoLive, &mut rng)) == "strong"
+            })
             .count();
         let share = strong as f64 / n as f64;
         assert!((share - 0.05).abs() < 0.005, "strong got {share}");
@@ -336,7 +349,13 @@ targets = [{ provider = "cheap", model = "mini" }, { provider = "strong", model 
     #[test]
     fn cheapest_picks_the_lowest_estimated_cost_and_falls_back_by_cost() {
         let c = config();
-        let d = decide(&c.routers["auto"], &c.providers, &req("simple"), &NoLive, &mut lcg(1));
+        let d = decide(
+            &c.routers["auto"],
+            &c.providers,
+            &req("simple"),
+            &NoLive,
+            &mut lcg(1),
+        );
         assert_eq!((d.route.as_str(), d.strategy), ("cheap-first", "cheapest"));
         assert_eq!(chosen(&d), "cheap");
         assert_eq!(d.order, vec![1, 0]);
@@ -347,7 +366,11 @@ targets = [{ provider = "cheap", model = "mini" }, { provider = "strong", model 
     #[test]
     fn fastest_uses_live_latency_and_task_type_matches() {
         let c = config();
-        let live = Fake { down: "", busy: "", lat: [("cheap", 900.0), ("strong", 300.0)] };
+        let live = Fake {
+            down: "",
+            busy: "",
+            lat: [("cheap", 900.0), ("strong", 300.0)],
+        };
         let mut r = req("medium");
         r.task_type = Some("chat");
         let d = decide(&c.routers["auto"], &c.providers, &r, &live, &mut lcg(1));
@@ -358,10 +381,25 @@ targets = [{ provider = "cheap", model = "mini" }, { provider = "strong", model 
     fn balanced_weighs_quality_against_cost() {
         let c = config();
         // complex: mini's quality 0.3 loses to big's 0.95 despite the cost.
-        let d = decide(&c.routers["auto"], &c.providers, &req("complex"), &NoLive, &mut lcg(1));
-        assert_eq!((d.route.as_str(), d.strategy, chosen(&d)), ("default", "balanced", "strong"));
+        let d = decide(
+            &c.routers["auto"],
+            &c.providers,
+            &req("complex"),
+            &NoLive,
+            &mut lcg(1),
+        );
+        assert_eq!(
+            (d.route.as_str(), d.strategy, chosen(&d)),
+            ("default", "balanced", "strong")
+        );
         // medium: no quality configured (0.5 each): the cheaper wins.
-        let d = decide(&c.routers["auto"], &c.providers, &req("medium"), &NoLive, &mut lcg(1));
+        let d = decide(
+            &c.routers["auto"],
+            &c.providers,
+            &req("medium"),
+            &NoLive,
+            &mut lcg(1),
+        );
         assert_eq!(chosen(&d), "cheap");
     }
 
@@ -369,19 +407,40 @@ targets = [{ provider = "cheap", model = "mini" }, { provider = "strong", model 
     fn unhealthy_saturated_and_too_small_targets_are_skipped_with_reasons() {
         let c = config();
         let r = &c.routers["auto"];
-        let down = Fake { down: "cheap", busy: "", lat: [("", 0.0); 2] };
+        let down = Fake {
+            down: "cheap",
+            busy: "",
+            lat: [("", 0.0); 2],
+        };
         let d = decide(r, &c.providers, &req("simple"), &down, &mut lcg(1));
         assert_eq!(d.candidates[1].skipped.as_deref(), Some("unhealthy"));
         assert_eq!((chosen(&d), d.order.len()), ("strong", 1));
-        let busy = Fake { down: "", busy: "cheap", lat: [("", 0.0); 2] };
+        let busy = Fake {
+            down: "",
+            busy: "cheap",
+            lat: [("", 0.0); 2],
+        };
         let d = decide(r, &c.providers, &req("simple"), &busy, &mut lcg(1));
-        assert_eq!(d.candidates[1].skipped.as_deref(), Some("at its concurrency cap"));
+        assert_eq!(
+            d.candidates[1].skipped.as_deref(),
+            Some("at its concurrency cap")
+        );
         let mut big = req("simple");
         big.input_tokens = 5000;
         let d = decide(r, &c.providers, &big, &NoLive, &mut lcg(1));
-        assert!(d.candidates[1].skipped.as_deref().unwrap().starts_with("context window 1000"));
+        assert!(
+            d.candidates[1]
+                .skipped
+                .as_deref()
+                .unwrap()
+                .starts_with("context window 1000")
+        );
         assert_eq!(chosen(&d), "strong");
-        let all_down = Fake { down: "cheap", busy: "strong", lat: [("", 0.0); 2] };
+        let all_down = Fake {
+            down: "cheap",
+            busy: "strong",
+            lat: [("", 0.0); 2],
+        };
         let d = decide(r, &c.providers, &req("simple"), &all_down, &mut lcg(1));
         assert!(d.chosen().is_none());
     }

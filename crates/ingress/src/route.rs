@@ -1,0 +1,124 @@
+//! `model: "auto"` (and `"auto:<name>"`): the smart router's decision for a
+//! request, and `POST /v1/route/explain`, which shows that decision without
+//! calling a provider.
+//!
+//! Live state (health, load, latency) is not wired yet: every target counts as
+//! healthy and unmeasured ([`sy_router::NoLive`]), so `fastest` keeps config order.
+
+use serde_json::{Value, json};
+use sy_classifier::{CLASSES, Class, Prediction};
+use sy_config::routing::RouterConfig;
+use sy_protocol::chat::ChatRequest;
+use sy_router::{Decision, NoLive, RouteRequest};
+use uuid::Uuid;
+
+use crate::{ApiError, AppState};
+
+/// Output tokens assumed when the client set no limit.
+const DEFAULT_OUTPUT_TOKENS: u64 = 1024;
+
+/// A cheap prompt-size estimate: about four characters per token.
+pub fn estimate_input_tokens(req: &ChatRequest) -> u64 {
+    let chars: usize = req.messages.iter().map(|m| m.text().chars().count()).sum();
+    (chars as u64).div_ceil(4) + 3 * req.messages.len() as u64
+}
+
+fn output_tokens(req: &ChatRequest) -> u64 {
+    req.max_completion_tokens
+        .or(req.max_tokens)
+        .map_or(DEFAULT_OUTPUT_TOKENS, u64::from)
+}
+
+/// A generator seeded by the request id: a request's draw is reproducible.
+fn rng(request_id: Uuid) -> impl FnMut() -> f64 {
+    let mut s = request_id.as_u128() as u64 | 1;
+    move || {
+        s = s
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (s >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+fn task_type(req: &ChatRequest) -> Option<&str> {
+    req.extra
+        .get("metadata")
+        .and_then(|m| m["task_type"].as_str())
+}
+
+/// The router's decision for `req` of `class`.
+pub(crate) fn decide(
+    state: &AppState,
+    router: &RouterConfig,
+    req: &ChatRequest,
+    class: Class,
+    request_id: Uuid,
+) -> Decision {
+    let r = RouteRequest {
+        class: class.as_str(),
+        task_type: task_type(req),
+        input_tokens: estimate_input_tokens(req),
+        output_tokens: output_tokens(req),
+    };
+    sy_router::decide(router, &state.providers, &r, &NoLive, &mut rng(request_id))
+}
+
+/// The explain document for `req`.
+pub(crate) fn explain(
+    state: &AppState,
+    req: &ChatRequest,
+    p: &Prediction,
+    request_id: Uuid,
+) -> Result<Value, ApiError> {
+    let probabilities: serde_json::Map<String, Value> = CLASSES
+        .iter()
+        .zip(p.probs)
+        .map(|(c, x)| {
+            (
+                c.as_str().to_owned(),
+                json!((x * 10_000.0).round() / 10_000.0),
+            )
+        })
+        .collect();
+    let mut doc = json!({
+        "class": p.class.as_str(),
+        "class_source": p.source,
+        "probabilities": probabilities,
+        "estimated_input_tokens": estimate_input_tokens(req),
+        "expected_output_tokens": output_tokens(req),
+        "model": req.model,
+    });
+    if let Some(router) = state.routers.get(&req.model) {
+        let d = decide(state, router, req, p.class, request_id);
+        let pick = |i: &usize| json!({"provider": d.candidates[*i].provider, "model": d.candidates[*i].model});
+        doc["router"] = json!(d.router);
+        doc["route"] = json!(d.route);
+        doc["strategy"] = json!(d.strategy);
+        doc["chosen"] = d.order.first().map_or(Value::Null, pick);
+        doc["fallback"] = Value::Array(d.order.iter().skip(1).map(pick).collect());
+        doc["candidates"] = serde_json::to_value(&d.candidates).unwrap_or_default();
+    } else if let Some(route) = state.models.get(&req.model) {
+        let targets: Vec<Value> = route
+            .targets
+            .iter()
+            .map(|t| json!({"provider": t.provider, "model": t.model}))
+            .collect();
+        doc["router"] = Value::Null;
+        doc["route"] = json!(route.name);
+        doc["strategy"] = json!("fixed");
+        doc["chosen"] = targets.first().cloned().unwrap_or(Value::Null);
+        doc["fallback"] = Value::Array(targets.into_iter().skip(1).collect());
+    } else {
+        return Err(ApiError {
+            param: Some("model".into()),
+            ..ApiError::new(
+                sy_protocol::ErrorCode::ModelNotFound,
+                format!(
+                    "The model '{}' does not exist or you do not have access to it.",
+                    req.model
+                ),
+            )
+        });
+    }
+    Ok(doc)
+}
