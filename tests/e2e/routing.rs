@@ -191,3 +191,81 @@ async fn auto_routes_by_class_and_explain_shows_the_same_decision() {
         .unwrap();
     assert_eq!(resp.status(), 400);
 }
+
+/// The routing table reloads on SIGHUP while requests keep flowing; none fails,
+/// and an invalid file is refused with the old table kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routing_table_reloads_under_load_without_failing_a_request() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let stack = Arc::new(Stack::start().await);
+    let provider_of = |stack: Arc<Stack>| async move {
+        let resp = stack
+            .chat(&body("auto", "Tell me a short story about a fox."))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.headers()["x-switchyard-provider"]
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(provider_of(stack.clone()).await, "openai");
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (stack, stop, ok, failed) = (stack.clone(), stop.clone(), ok.clone(), failed.clone());
+        load.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let r = stack
+                    .chat(&body("auto", "hello [[mock:tokens=4,delay_ms=2]]"))
+                    .send()
+                    .await;
+                let good = match r {
+                    Ok(r) => r.status() == 200 && r.bytes().await.is_ok(),
+                    Err(_) => false,
+                };
+                if good {
+                    ok.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let old = "name = \"default\"\ntargets = [{ provider = \"openai\", model = \"gpt-4o-mini\" }]";
+    assert!(stack.config_text.contains(old));
+    let new_text = stack.config_text.replace(
+        old,
+        "name = \"default\"\ntargets = [{ provider = \"gemini\", model = \"gemini-2.5-flash\" }]",
+    );
+    std::fs::write(&stack.config_path, &new_text).unwrap();
+    stack.hangup();
+    let until = Instant::now() + Duration::from_secs(10);
+    while provider_of(stack.clone()).await != "gemini" {
+        assert!(Instant::now() < until, "the new table never took effect");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // An invalid file is refused: the table stays as it was.
+    std::fs::write(
+        &stack.config_path,
+        new_text.replace("strategy = \"balanced\"", "strategy = \"luckiest\""),
+    )
+    .unwrap();
+    stack.hangup();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(provider_of(stack.clone()).await, "gemini");
+    stop.store(true, Ordering::Relaxed);
+    for l in load {
+        l.await.unwrap();
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    assert_eq!(
+        failed, 0,
+        "{failed} requests failed across the reloads ({ok} succeeded)"
+    );
+    assert!(ok > 50, "load kept flowing: {ok}");
+}

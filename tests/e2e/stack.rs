@@ -51,6 +51,7 @@ pub struct Stack {
     pub http: reqwest::Client,
     /// The config file `switchyard all` runs with.
     pub config_text: String,
+    pub config_path: std::path::PathBuf,
     nats_url: String,
     child: Option<Child>,
     _dir: tempfile::TempDir,
@@ -242,6 +243,7 @@ targets = [{{ provider = "openai", model = "gpt-4.1-2025" }}]
             namespace,
             http,
             config_text,
+            config_path: path.clone(),
             nats_url: opts.nats_url,
             child: Some(child),
             _dir: dir,
@@ -271,6 +273,17 @@ targets = [{{ provider = "openai", model = "gpt-4.1-2025" }}]
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         panic!("switchyard did not become ready at {}", self.base);
+    }
+
+    /// Sends SIGHUP to the switchyard process (reload its routing table).
+    pub fn hangup(&self) {
+        let pid = self.child.as_ref().map(|c| c.id()).unwrap();
+        let ok = Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -HUP {pid}");
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -18,6 +18,7 @@ pub mod embeddings;
 mod error;
 pub mod messages;
 mod relay;
+mod reload;
 pub mod responses;
 mod route;
 mod usage;
@@ -79,19 +80,39 @@ struct AppState {
     replies: ReplyRouter,
     ingress_id: String,
     keys: HashMap<String, String>,
-    models: HashMap<String, ModelRoute>,
-    model_list: Bytes,
+    routing: std::sync::RwLock<Arc<reload::Routing>>,
     max_body_bytes: usize,
     request_timeout: std::time::Duration,
     clickhouse: Option<sy_config::ClickhouseConfig>,
     classifier: Arc<sy_classifier::Classifier>,
-    routers: std::collections::BTreeMap<String, sy_config::routing::RouterConfig>,
     providers: std::collections::BTreeMap<String, sy_config::ProviderConfig>,
+}
+
+impl AppState {
+    /// The routing table now (models and routers); a reload swaps it whole.
+    fn routing(&self) -> Arc<reload::Routing> {
+        match self.routing.read() {
+            Ok(r) => r.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
 }
 
 /// Serves the API on `config.server.listen` until `shutdown` fires, then drains.
 pub async fn run(
     config: Arc<Config>,
+    bus: Bus,
+    shutdown: CancellationToken,
+) -> Result<(), IngressError> {
+    run_reloading(config, None, bus, shutdown).await
+}
+
+/// [`run`], reloading the routing table (models and routers) from `config_path`
+/// on SIGHUP or when the file changes; an invalid file is refused, logged, and
+/// the old table kept. Requests in flight keep the table they started with.
+pub async fn run_reloading(
+    config: Arc<Config>,
+    config_path: Option<std::path::PathBuf>,
     bus: Bus,
     shutdown: CancellationToken,
 ) -> Result<(), IngressError> {
@@ -102,7 +123,10 @@ pub async fn run(
             source,
         })?;
     let addr = listener.local_addr().map_err(IngressError::Serve)?;
-    let app = router(config, bus).await?;
+    let (app, state) = build(config, bus).await?;
+    if let Some(path) = config_path {
+        reload::spawn(state, path, shutdown.clone());
+    }
     tracing::info!(%addr, "Ingress listening.");
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
@@ -115,6 +139,10 @@ pub async fn run(
 
 /// The API as an axum router (also used by tests that bind their own listener).
 pub async fn router(config: Arc<Config>, bus: Bus) -> Result<Router, IngressError> {
+    Ok(build(config, bus).await?.0)
+}
+
+async fn build(config: Arc<Config>, bus: Bus) -> Result<(Router, Arc<AppState>), IngressError> {
     bus.ensure_request_stream().await?;
     let ingress_id = config
         .server
@@ -127,12 +155,6 @@ pub async fn router(config: Arc<Config>, bus: Bus) -> Result<Router, IngressErro
         .await
         .map_err(|e| IngressError::Classifier(e.to_string()))?
         .map_err(|e| IngressError::Classifier(e.to_string()))?;
-    let model_list = serde_json::json!({
-        "object": "list",
-        "data": config.models.keys().chain(config.routers.keys()).map(|m| serde_json::json!({
-            "id": m, "object": "model", "created": 0, "owned_by": "switchyard"
-        })).collect::<Vec<_>>(),
-    });
     let state = Arc::new(AppState {
         bus,
         replies,
@@ -142,20 +164,14 @@ pub async fn router(config: Arc<Config>, bus: Bus) -> Result<Router, IngressErro
             .iter()
             .map(|k| (k.key.expose().to_owned(), k.name.clone()))
             .collect(),
-        models: config
-            .models
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
-        model_list: Bytes::from(serde_json::to_vec(&model_list).unwrap_or_default()),
+        routing: std::sync::RwLock::new(Arc::new(reload::Routing::from_config(&config))),
         max_body_bytes: config.server.max_body_bytes,
         request_timeout: config.server.request_timeout,
         clickhouse: config.clickhouse.clone(),
         classifier: Arc::new(classifier),
-        routers: config.routers.clone(),
         providers: config.providers.clone(),
     });
-    Ok(Router::new()
+    let app = Router::new()
         .route(
             "/v1/chat/completions",
             post(chat_completions).fallback(method_not_allowed),
@@ -178,7 +194,8 @@ pub async fn router(config: Arc<Config>, bus: Bus) -> Result<Router, IngressErro
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .fallback(not_found)
-        .with_state(state))
+        .with_state(state.clone());
+    Ok((app, state))
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
@@ -246,7 +263,7 @@ async fn list_models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> 
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         )],
-        state.model_list.clone(),
+        state.routing().model_list.clone(),
     )
         .into_response()
 }
@@ -353,8 +370,8 @@ async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<
     }
 }
 
-fn resolve<'a>(state: &'a AppState, model: &str) -> Result<&'a ModelRoute, ApiError> {
-    state.models.get(model).ok_or_else(|| ApiError {
+fn resolve<'a>(routing: &'a reload::Routing, model: &str) -> Result<&'a ModelRoute, ApiError> {
+    routing.models.get(model).ok_or_else(|| ApiError {
         param: Some("model".into()),
         ..ApiError::new(
             ErrorCode::ModelNotFound,
@@ -503,7 +520,8 @@ async fn chat(
                 .class,
         )
     };
-    let (route_name, provider, model, route_header) = match state.routers.get(&request.model) {
+    let routing = state.routing();
+    let (route_name, provider, model, route_header) = match routing.routers.get(&request.model) {
         Some(router) => {
             let Some(c) = class else {
                 return Err((
@@ -556,7 +574,7 @@ async fn chat(
             )
         }
         None => {
-            let route = resolve(state, &request.model).map_err(|e| (e, None, class))?;
+            let route = resolve(&routing, &request.model).map_err(|e| (e, None, class))?;
             let target = &route.targets[0];
             (
                 route.name.clone(),

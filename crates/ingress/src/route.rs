@@ -88,7 +88,8 @@ pub(crate) fn explain(
         "expected_output_tokens": output_tokens(req),
         "model": req.model,
     });
-    if let Some(router) = state.routers.get(&req.model) {
+    let routing = state.routing();
+    if let Some(router) = routing.routers.get(&req.model) {
         let d = decide(state, router, req, p.class, request_id);
         let pick = |i: &usize| json!({"provider": d.candidates[*i].provider, "model": d.candidates[*i].model});
         doc["router"] = json!(d.router);
@@ -97,7 +98,7 @@ pub(crate) fn explain(
         doc["chosen"] = d.order.first().map_or(Value::Null, pick);
         doc["fallback"] = Value::Array(d.order.iter().skip(1).map(pick).collect());
         doc["candidates"] = serde_json::to_value(&d.candidates).unwrap_or_default();
-    } else if let Some(route) = state.models.get(&req.model) {
+    } else if let Some(route) = routing.models.get(&req.model) {
         let targets: Vec<Value> = route
             .targets
             .iter()

@@ -3,8 +3,10 @@
 //! Subcommands: `all` (ingress, workers and, with `[clickhouse]` configured,
 //! accounting, in one process with one NATS connection), `ingress`,
 //! `worker [--providers a,b]`, `accounting`, `migrate`, and `config check [PATH]`. The config
-//! file comes from `--config` or `SWITCHYARD_CONFIG`. Startup errors are printed
-//! with their causes and exit non-zero; SIGINT/SIGTERM drain and exit 0.
+//! file comes from `--config` or `SWITCHYARD_CONFIG`; the ingress reloads its
+//! routing table (models and routers) from it on SIGHUP or when it changes.
+//! Startup errors are printed with their causes and exit non-zero; SIGINT/SIGTERM
+//! drain and exit 0.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -134,7 +136,9 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(watch_signals(shutdown.clone()));
     match cli.command {
-        Command::Ingress => sy_ingress::run(config, bus, shutdown).await?,
+        Command::Ingress => {
+            sy_ingress::run_reloading(config, Some(cli.config.clone()), bus, shutdown).await?
+        }
         Command::Worker { providers } => sy_worker::run(config, bus, providers, shutdown).await?,
         Command::Accounting => sy_accounting::run(config, bus, shutdown).await?,
         Command::All => {
@@ -151,7 +155,9 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
                     shutdown.clone(),
                 ))
             });
-            let ingress = sy_ingress::run(config, bus, shutdown.clone()).await;
+            let ingress =
+                sy_ingress::run_reloading(config, Some(cli.config.clone()), bus, shutdown.clone())
+                    .await;
             shutdown.cancel();
             let worker = worker.await.context("worker task panicked")?;
             if let Some(a) = accounting {
