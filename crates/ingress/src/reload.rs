@@ -6,7 +6,7 @@
 //! fixed at start): a file that changes them is refused, asking for a restart.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -44,7 +44,7 @@ impl Routing {
     }
 }
 
-fn modified(path: &PathBuf) -> Option<SystemTime> {
+fn modified(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
@@ -78,8 +78,8 @@ pub(crate) fn spawn(state: Arc<AppState>, path: PathBuf, shutdown: CancellationT
     });
 }
 
-async fn reload(state: &AppState, path: &PathBuf, why: &str) {
-    let p = path.clone();
+async fn reload(state: &AppState, path: &Path, why: &str) {
+    let p = path.to_path_buf();
     let loaded = tokio::task::spawn_blocking(move || Config::load(&p, &ProcessEnv)).await;
     let config = match loaded {
         Ok(Ok(c)) => c,
