@@ -269,3 +269,61 @@ async fn routing_table_reloads_under_load_without_failing_a_request() {
     );
     assert!(ok > 50, "load kept flowing: {ok}");
 }
+
+/// `switchyard route simulate` replays prompts through the classifier and the
+/// router and compares the cost with the strongest target.
+#[test]
+fn route_simulate_reports_the_mix_and_the_saving() {
+    let dir = tempfile::tempdir().unwrap();
+    let prompts = dir.path().join("prompts.jsonl");
+    std::fs::write(
+        &prompts,
+        [
+            r#"{"text": "Write a Python function that merges two sorted lists."}"#,
+            r#"{"text": "what is the capital of france"}"#,
+            r#"{"messages": [{"role": "user", "content": "Tell me a short story about a fox."}]}"#,
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    let config = sy_test_support::repo_root().join("deploy/local/switchyard.toml");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .arg("--config")
+        .arg(&config)
+        .args(["route", "simulate", "--input"])
+        .arg(&prompts)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("3 prompts through router \"auto\""), "{text}");
+    assert!(
+        text.contains("| code | 1 |") && text.contains("| simple | 1 |"),
+        "{text}"
+    );
+    assert!(
+        text.contains("everything to anthropic / claude-sonnet-4-5"),
+        "{text}"
+    );
+    let saving: f64 = text
+        .split("saving ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap();
+    assert!(saving > 0.0, "{text}");
+    // A router that does not exist is a clear error.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .arg("--config")
+        .arg(&config)
+        .args(["route", "simulate", "--router", "auto:nope", "--input"])
+        .arg(&prompts)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no router \"auto:nope\""));
+}

@@ -28,6 +28,7 @@ pub use error::ApiError;
 pub use relay::{
     Aggregate, AggregatedCall, AggregatedChoice, Pending, ResponseNames, SseEncoder, StreamEncoder,
 };
+pub use route::{estimate_input_tokens, expected_output_tokens};
 pub use validate::{parse_chat, validate_chat};
 
 use std::collections::HashMap;

@@ -23,7 +23,8 @@ pub fn estimate_input_tokens(req: &ChatRequest) -> u64 {
     (chars as u64).div_ceil(4) + 3 * req.messages.len() as u64
 }
 
-fn output_tokens(req: &ChatRequest) -> u64 {
+/// Output tokens the router plans for: `max_tokens`, else 1,024.
+pub fn expected_output_tokens(req: &ChatRequest) -> u64 {
     req.max_completion_tokens
         .or(req.max_tokens)
         .map_or(DEFAULT_OUTPUT_TOKENS, u64::from)
@@ -58,7 +59,7 @@ pub(crate) fn decide(
         class: class.as_str(),
         task_type: task_type(req),
         input_tokens: estimate_input_tokens(req),
-        output_tokens: output_tokens(req),
+        output_tokens: expected_output_tokens(req),
     };
     sy_router::decide(router, &state.providers, &r, &NoLive, &mut rng(request_id))
 }
@@ -85,7 +86,7 @@ pub(crate) fn explain(
         "class_source": p.source,
         "probabilities": probabilities,
         "estimated_input_tokens": estimate_input_tokens(req),
-        "expected_output_tokens": output_tokens(req),
+        "expected_output_tokens": expected_output_tokens(req),
         "model": req.model,
     });
     let routing = state.routing();

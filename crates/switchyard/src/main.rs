@@ -17,6 +17,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use sy_bus::Bus;
 use sy_config::{Config, ProcessEnv};
+
+mod simulate;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]
@@ -55,6 +57,28 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Routing tools.
+    Route {
+        #[command(subcommand)]
+        command: RouteCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum RouteCommand {
+    /// Replays prompts through the classifier and a router; reports the class and
+    /// target mix and the cost against one baseline target. Calls no provider.
+    Simulate {
+        /// JSONL: {"text": ...} or chat request bodies, one per line.
+        #[arg(long)]
+        input: PathBuf,
+        /// The router (`auto`, `auto:<name>`).
+        #[arg(long, default_value = "auto")]
+        router: String,
+        /// PROVIDER/MODEL to compare with (default: the router's most expensive target).
+        #[arg(long)]
+        baseline: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -73,6 +97,34 @@ fn main() -> ExitCode {
     } = &cli.command
     {
         return config_check(path.as_ref().unwrap_or(&cli.config));
+    }
+    if let Command::Route {
+        command:
+            RouteCommand::Simulate {
+                input,
+                router,
+                baseline,
+            },
+    } = &cli.command
+    {
+        let run = || -> anyhow::Result<()> {
+            let config = Config::load(&cli.config, &ProcessEnv)
+                .with_context(|| format!("loading config {}", cli.config.display()))?;
+            simulate::run(
+                &config,
+                input,
+                router,
+                baseline.as_deref(),
+                &mut std::io::stdout().lock(),
+            )
+        };
+        return match run() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
     }
     sy_telemetry::init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -128,7 +180,9 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         Command::Worker { .. } => "worker",
         Command::Accounting => "accounting",
         Command::Migrate => return migrate(&config).await,
-        Command::Config { .. } => unreachable!("handled before the runtime starts"),
+        Command::Config { .. } | Command::Route { .. } => {
+            unreachable!("handled before the runtime starts")
+        }
     };
     let bus = Bus::connect(&config.nats, &format!("switchyard-{role}"))
         .await
@@ -166,7 +220,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
             ingress?;
             worker?;
         }
-        Command::Migrate | Command::Config { .. } => {
+        Command::Migrate | Command::Config { .. } | Command::Route { .. } => {
             unreachable!("handled before connecting to NATS")
         }
     }
