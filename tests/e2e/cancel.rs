@@ -98,6 +98,7 @@ async fn expired_envelope_never_reaches_the_provider() {
         request: serde_json::from_value(body("gpt-4o-mini", "too late")).unwrap(),
         embeddings: None,
         class: None,
+        choice: None,
     };
     let js = async_nats::jetstream::new(nats.clone());
     js.publish(

@@ -15,6 +15,11 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         "0002_daily_spend.sql",
         include_str!("../../../migrations/clickhouse/0002_daily_spend.sql"),
     ),
+    (
+        3,
+        "0003_routing.sql",
+        include_str!("../../../migrations/clickhouse/0003_routing.sql"),
+    ),
 ];
 
 /// The statements of a migration file for database `db`: comment lines dropped

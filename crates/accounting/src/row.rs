@@ -38,6 +38,12 @@ pub struct RequestRow {
     pub model: String,
     /// Request class.
     pub class: String,
+    /// The smart route (empty for a named model).
+    pub route: String,
+    /// The route's strategy (`fixed` for a named model).
+    pub strategy: String,
+    /// The serving target's position in the route's list (0 when unknown).
+    pub target_rank: u8,
     /// Provider entry.
     pub provider: String,
     /// Model asked of the provider.
@@ -110,6 +116,9 @@ impl From<&UsageEvent> for RequestRow {
                 .unwrap_or_default(),
             model: e.route.clone(),
             class: e.class.clone().unwrap_or_default(),
+            route: e.smart_route.clone().unwrap_or_default(),
+            strategy: e.strategy.clone().unwrap_or_default(),
+            target_rank: e.target_rank.map_or(0, |r| r.min(255) as u8),
             provider: e.provider.clone(),
             upstream_model: e.model.clone(),
             served_model: e.served_model.clone().unwrap_or_default(),

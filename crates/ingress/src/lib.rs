@@ -45,7 +45,8 @@ use axum::serve::ListenerExt;
 use sy_bus::{Bus, BusError, ReplyRouter};
 use sy_config::{Config, ModelRoute};
 use sy_protocol::{
-    ApiSurface, ErrorCode, ReplyFrame, RequestEnvelope, StartInfo, header as hdr, now_unix_ms,
+    ApiSurface, ErrorCode, ReplyFrame, RequestEnvelope, RouteChoice, StartInfo, header as hdr,
+    now_unix_ms,
 };
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -522,69 +523,82 @@ async fn chat(
         )
     };
     let routing = state.routing();
-    let (route_name, provider, model, route_header) = match routing.routers.get(&request.model) {
-        Some(router) => {
-            let Some(c) = class else {
-                return Err((
-                    ApiError::invalid(
-                        "model",
-                        format!(
-                            "'{}' routes chat requests; name an embedding model.",
-                            request.model
-                        ),
-                    ),
-                    None,
-                    None,
-                ));
-            };
-            let decision = route::decide(state, router, &request, c, request_id);
-            let Some(chosen) = decision.chosen() else {
-                let why: Vec<String> = decision
-                    .candidates
-                    .iter()
-                    .map(|c| {
-                        format!(
-                            "{}/{}: {}",
-                            c.provider,
-                            c.model,
-                            c.skipped.as_deref().unwrap_or("?")
-                        )
-                    })
-                    .collect();
-                return Err((
-                    ApiError {
-                        retry_after_secs: Some(1),
-                        ..ApiError::new(
-                            ErrorCode::Overloaded,
+    let (route_name, provider, model, route_header, choice) =
+        match routing.routers.get(&request.model) {
+            Some(router) => {
+                let Some(c) = class else {
+                    return Err((
+                        ApiError::invalid(
+                            "model",
                             format!(
-                                "No target of route '{}' can serve this request now ({}).",
-                                decision.route,
-                                why.join("; ")
+                                "'{}' routes chat requests; name an embedding model.",
+                                request.model
                             ),
-                        )
-                    },
-                    None,
-                    class,
-                ));
-            };
-            (
-                router.name.clone(),
-                chosen.provider.clone(),
-                chosen.model.clone(),
-                decision.route.clone(),
-            )
-        }
-        None => {
-            let route = resolve(&routing, &request.model).map_err(|e| (e, None, class))?;
-            let target = &route.targets[0];
-            (
-                route.name.clone(),
-                target.provider.clone(),
-                target.model.clone(),
-                route.name.clone(),
-            )
-        }
-    };
+                        ),
+                        None,
+                        None,
+                    ));
+                };
+                let decision = route::decide(state, router, &request, c, request_id);
+                let Some(chosen) = decision.chosen() else {
+                    let why: Vec<String> = decision
+                        .candidates
+                        .iter()
+                        .map(|c| {
+                            format!(
+                                "{}/{}: {}",
+                                c.provider,
+                                c.model,
+                                c.skipped.as_deref().unwrap_or("?")
+                            )
+                        })
+                        .collect();
+                    return Err((
+                        ApiError {
+                            retry_after_secs: Some(1),
+                            ..ApiError::new(
+                                ErrorCode::Overloaded,
+                                format!(
+                                    "No target of route '{}' can serve this request now ({}).",
+                                    decision.route,
+                                    why.join("; ")
+                                ),
+                            )
+                        },
+                        None,
+                        class,
+                    ));
+                };
+                let choice = RouteChoice {
+                    route: decision.route.clone(),
+                    strategy: decision.strategy.to_owned(),
+                    rank: decision.order.first().map_or(1, |i| *i as u32 + 1),
+                };
+                (
+                    router.name.clone(),
+                    chosen.provider.clone(),
+                    chosen.model.clone(),
+                    decision.route.clone(),
+                    choice,
+                )
+            }
+            None => {
+                let route = resolve(&routing, &request.model).map_err(|e| (e, None, class))?;
+                let target = &route.targets[0];
+                let choice = RouteChoice {
+                    route: String::new(),
+                    strategy: "fixed".into(),
+                    rank: 1,
+                };
+                (
+                    route.name.clone(),
+                    target.provider.clone(),
+                    target.model.clone(),
+                    route.name.clone(),
+                    choice,
+                )
+            }
+        };
     let span = tracing::Span::current();
     span.record("model", tracing::field::display(&request.model));
     span.record("stream", request.is_stream());
@@ -607,6 +621,7 @@ async fn chat(
         request,
         embeddings,
         class: class.map(|c| c.as_str().to_owned()),
+        choice: Some(choice),
     };
     // Register before publishing so that no frame can arrive unseen.
     let rx = state.replies.register(request_id, REPLY_BUFFER);

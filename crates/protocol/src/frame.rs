@@ -53,6 +53,20 @@ pub struct RequestEnvelope {
     /// The request class (classifier or client hint); none for embeddings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub class: Option<String>,
+    /// How the target was chosen: the smart route, strategy and rank.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub choice: Option<RouteChoice>,
+}
+
+/// How a request's target was chosen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteChoice {
+    /// The router's route (empty for a named model).
+    pub route: String,
+    /// `weighted`, `cheapest`, `fastest`, `balanced`, or `fixed` (a named model).
+    pub strategy: String,
+    /// The target's position in the route's target list, from 1.
+    pub rank: u32,
 }
 
 /// What a worker sends back on the reply subject: chunks in `seq` order, then one final frame.

@@ -23,7 +23,7 @@ mod usage;
 pub use error::ErrorCode;
 pub use frame::{
     ApiSurface, Cancel, CancelReason, ChunkFrame, FinalFrame, FrameError, ReplyFrame,
-    RequestEnvelope, StartInfo,
+    RequestEnvelope, RouteChoice, StartInfo,
 };
 pub use subject::{Subjects, is_valid_token, route_token};
 pub use usage::{TokenSource, UsageEvent, UsageStatus};

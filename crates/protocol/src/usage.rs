@@ -45,9 +45,18 @@ pub struct UsageEvent {
     pub api: ApiSurface,
     /// The model the client asked for.
     pub route: String,
-    /// The request class (once the classifier lands).
+    /// The request class (classifier or client hint).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub class: Option<String>,
+    /// The smart route that chose the target (empty for a named model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smart_route: Option<String>,
+    /// The route's strategy (`fixed` for a named model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<String>,
+    /// The serving target's position in the route's list, from 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_rank: Option<u32>,
     /// The provider entry.
     pub provider: String,
     /// The upstream model asked for.
