@@ -17,7 +17,9 @@ import math
 HASH_DIM = 1 << 14
 # Word bigrams as well as unigrams (the Rust side reads the same flag from the artifact).
 BIGRAMS = False
-WINDOW = 256
+WINDOW = 128
+# Structural features read at most this many chars from each end of the text.
+DENSE_CHARS = 1024
 MAX_WORD_CHARS = 100
 FNV_OFFSET = 0xCBF29CE484222325
 FNV_PRIME = 0x100000001B3
@@ -161,30 +163,40 @@ def embedding(tokens: list, vocab: dict, table) -> list:
 
 
 def dense(text: str, turns: int = 1, tools: bool = False) -> list:
-    chars = len(text) or 1
-    words, inword = 0, False
-    for c in text:
-        if is_ws(c):
-            inword = False
-        elif not inword:
-            words, inword = words + 1, True
-    lines = text.count("\n") + 1
-    code = sum(1 for c in text if c in CODE_CHARS)
-    math_c = sum(1 for c in text if c in MATH_CHARS)
-    digits = sum(1 for c in text if c.isascii() and c.isdigit())
-    non_ascii = sum(1 for c in text if ord(c) > 127)
-    upper = sum(1 for c in text if c.isascii() and c.isupper())
-    latex = text.count("\\frac") + text.count("\\(") + text.count("\\[") + text.count("$$")
+    """Structural features: sizes of the whole text (UTF-8 bytes, newlines), the
+    rest over its first and last DENSE_CHARS characters (all of a short text)."""
+    if len(text) > 2 * DENSE_CHARS:
+        regions = [text[:DENSE_CHARS], text[-DENSE_CHARS:]]
+    else:
+        regions = [text]
+    chars = sum(len(r) for r in regions) or 1
+    words = code = math_c = digits = non_ascii = upper = latex = 0
+    fence = question = False
+    for r in regions:
+        inword = False
+        for c in r:
+            if is_ws(c):
+                inword = False
+            elif not inword:
+                words, inword = words + 1, True
+        code += sum(1 for c in r if c in CODE_CHARS)
+        math_c += sum(1 for c in r if c in MATH_CHARS)
+        digits += sum(1 for c in r if c.isascii() and c.isdigit())
+        non_ascii += sum(1 for c in r if ord(c) > 127)
+        upper += sum(1 for c in r if c.isascii() and c.isupper())
+        latex += r.count("\\frac") + r.count("\\(") + r.count("\\[") + r.count("$$")
+        fence = fence or "```" in r
+        question = question or "?" in r
     return [
-        math.log1p(len(text)),
+        math.log1p(len(text.encode("utf-8"))),
         math.log1p(words),
-        math.log1p(lines),
-        1.0 if "```" in text else 0.0,
+        math.log1p(text.count("\n") + 1),
+        1.0 if fence else 0.0,
         code / chars,
         math_c / chars,
         math.log1p(latex),
         digits / chars,
-        1.0 if "?" in text else 0.0,
+        1.0 if question else 0.0,
         non_ascii / chars,
         upper / chars,
         math.log1p(turns),

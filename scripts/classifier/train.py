@@ -163,6 +163,12 @@ def main():
     # permissively licensed source.
     ok = {"MIT", "Apache-2.0", "CC0-1.0", "CC-BY-4.0"}
     sample = [r for r in evals if r.get("license") in ok][::20]
+    # And long prompts (past the token window and the structural-feature regions),
+    # with non-ASCII text, so the bounded paths are checked too.
+    long_rows = [r["text"] for r in evals if r.get("license") in ok]
+    for k in range(3):
+        text = "\n\n".join(long_rows[k * 40 : k * 40 + 40]) + " Überprüfe das, 東京 ✓"
+        sample.append({"text": text})
     probs = model.predict_proba(assemble(*featurize(sample, table, vocab), mean, std))
     with open(out / "sample.jsonl", "w", encoding="utf-8") as f:
         for r, p in zip(sample, probs):

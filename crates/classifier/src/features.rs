@@ -6,7 +6,9 @@ use std::collections::HashMap;
 /// Hashed n-gram buckets.
 pub const HASH_DIM: usize = 1 << 14;
 /// Tokens read from each end of a long prompt.
-pub const WINDOW: usize = 256;
+pub const WINDOW: usize = 128;
+/// Structural features read at most this many chars from each end of the text.
+pub const DENSE_CHARS: usize = 1024;
 const MAX_WORD_CHARS: usize = 100;
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0100_0000_01b3;
@@ -473,88 +475,122 @@ const ASCII_FLAGS: [u8; 128] = {
     t
 };
 
-/// The structural features of the whole text (one pass over its bytes).
-pub fn dense(text: &str, turns: usize, tools: bool) -> [f64; TEXT_DENSE] {
+#[derive(Default)]
+struct Counts {
+    chars: usize,
+    words: usize,
+    code: usize,
+    math: usize,
+    digits: usize,
+    non_ascii: usize,
+    upper: usize,
+    latex: usize,
+    fence: bool,
+    question: bool,
+}
+
+/// Adds one region's counts (one pass over its bytes).
+fn count(text: &str, k: &mut Counts) {
     let bytes = text.as_bytes();
-    let (mut chars, mut words, mut inword) = (0usize, 0usize, false);
-    let (mut lines, mut code, mut math, mut digits, mut non_ascii, mut upper, mut latex) =
-        (1usize, 0usize, 0usize, 0usize, 0usize, 0usize, 0usize);
-    let (mut fence, mut question) = (false, false);
+    let mut inword = false;
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
         if b >= 128 {
             // A non-ASCII char: decode it for whitespace; it counts as one char.
             let c = text[i..].chars().next().unwrap_or('\u{FFFD}');
-            let len = c.len_utf8();
-            chars += 1;
-            non_ascii += 1;
+            k.chars += 1;
+            k.non_ascii += 1;
             if c.is_whitespace() {
                 inword = false;
             } else if !inword {
-                words += 1;
+                k.words += 1;
                 inword = true;
             }
-            i += len;
+            i += c.len_utf8();
             continue;
         }
-        chars += 1;
+        k.chars += 1;
         let f = ASCII_FLAGS[b as usize];
         if f & SPACE != 0 {
             inword = false;
         } else if !inword {
-            words += 1;
+            k.words += 1;
             inword = true;
         }
         if f != 0 {
-            code += usize::from(f & CODE != 0);
-            math += usize::from(f & MATH != 0);
-            digits += usize::from(f & DIGIT != 0);
-            upper += usize::from(f & UPPER != 0);
+            k.code += usize::from(f & CODE != 0);
+            k.math += usize::from(f & MATH != 0);
+            k.digits += usize::from(f & DIGIT != 0);
+            k.upper += usize::from(f & UPPER != 0);
             if f & OTHER != 0 {
                 match b {
-                    b'\n' => lines += 1,
-                    b'?' => question = true,
+                    b'?' => k.question = true,
                     b'\\' => {
                         let rest = &bytes[i..];
                         if rest.starts_with(b"\\frac")
                             || rest.starts_with(b"\\(")
                             || rest.starts_with(b"\\[")
                         {
-                            latex += 1;
+                            k.latex += 1;
                         }
                     }
-                    b'`' => fence |= bytes[i..].starts_with(b"```"),
+                    b'`' => k.fence |= bytes[i..].starts_with(b"```"),
                     _ => {}
                 }
             }
         }
         i += 1;
     }
-    // "$$" counted without overlap, as str::count / Python's str.count do.
+    // "$$" counted without overlap, as Python's str.count does.
     let mut j = 0;
     while j + 1 < bytes.len() {
         if bytes[j] == b'$' && bytes[j + 1] == b'$' {
-            latex += 1;
+            k.latex += 1;
             j += 2;
         } else {
             j += 1;
         }
     }
-    let n = chars.max(1) as f64;
+}
+
+/// Structural features: sizes of the whole text (UTF-8 bytes, newlines), the rest
+/// over its first and last `DENSE_CHARS` chars (all of a short text), so the
+/// cost is bounded whatever the prompt's length.
+pub fn dense(text: &str, turns: usize, tools: bool) -> [f64; TEXT_DENSE] {
+    let mut k = Counts::default();
+    // Byte offset of char 2 * DENSE_CHARS, if the text is longer than that.
+    let long = text.char_indices().nth(2 * DENSE_CHARS).is_some();
+    if long {
+        let head_end = text
+            .char_indices()
+            .nth(DENSE_CHARS)
+            .map_or(text.len(), |(i, _)| i);
+        let tail_start = text
+            .char_indices()
+            .rev()
+            .nth(DENSE_CHARS - 1)
+            .map_or(0, |(i, _)| i);
+        count(&text[..head_end], &mut k);
+        count(&text[tail_start..], &mut k);
+    } else {
+        count(text, &mut k);
+    }
+    let lines = 1 + text.bytes().filter(|&b| b == b'\n').count();
+    let n = k.chars.max(1) as f64;
     let ln = |x: usize| (x as f64).ln_1p();
     [
-        ln(chars),
-        ln(words),
+        ln(text.len()),
+        ln(k.words),
         ln(lines),
-        if fence { 1.0 } else { 0.0 },
-        code as f64 / n,
-        math as f64 / n,
-        ln(latex),
-        digits as f64 / n,
-        if question { 1.0 } else { 0.0 },
-        non_ascii as f64 / n,
-        upper as f64 / n,
+        if k.fence { 1.0 } else { 0.0 },
+        k.code as f64 / n,
+        k.math as f64 / n,
+        ln(k.latex),
+        k.digits as f64 / n,
+        if k.question { 1.0 } else { 0.0 },
+        k.non_ascii as f64 / n,
+        k.upper as f64 / n,
         ln(turns),
         if tools { 1.0 } else { 0.0 },
     ]
