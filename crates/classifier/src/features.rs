@@ -421,7 +421,7 @@ const CODE: u8 = 2;
 const MATH: u8 = 4;
 const DIGIT: u8 = 8;
 const UPPER: u8 = 16;
-/// Newline, '?', backslash, backtick: looked at more closely.
+/// '?', backslash, backtick: looked at more closely.
 const OTHER: u8 = 32;
 
 /// Per ASCII byte: which counters of [`dense`] it feeds.
@@ -466,7 +466,7 @@ const ASCII_FLAGS: [u8; 128] = {
         if b.is_ascii_uppercase() {
             f |= UPPER;
         }
-        if matches!(b, b'\n' | b'?' | b'\\' | b'`') {
+        if matches!(b, b'?' | b'\\' | b'`') {
             f |= OTHER;
         }
         t[i] = f;

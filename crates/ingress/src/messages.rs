@@ -7,7 +7,6 @@
 
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
-use sy_protocol::ErrorCode;
 use sy_protocol::chat::{
     ChatRequest, ChoiceDelta, Content, ContentPart, FunctionCall, FunctionDef, ImageUrl, Message,
     Role, Stop, Tool, ToolCall, Usage,
@@ -95,20 +94,9 @@ const KNOWN: &[&str] = &[
 
 /// Parses an Anthropic Messages body into the canonical request.
 pub fn parse(body: &[u8]) -> Result<ChatRequest, ApiError> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| {
-        ApiError::new(
-            ErrorCode::InvalidRequest,
-            format!("The request body is not valid JSON: {e}"),
-        )
-    })?;
-    let Value::Object(obj) = &v else {
-        return Err(ApiError::new(
-            ErrorCode::InvalidRequest,
-            "The request body must be a JSON object.",
-        ));
-    };
-    if let Some(k) = obj.keys().find(|k| !KNOWN.contains(&k.as_str())) {
-        return Err(invalid(k, format!("{k}: Extra inputs are not permitted")));
+    let (v, unknown) = crate::validate::json_object(body, KNOWN)?;
+    if let Some(k) = unknown {
+        return Err(invalid(&k, format!("{k}: Extra inputs are not permitted")));
     }
     let model = v["model"]
         .as_str()

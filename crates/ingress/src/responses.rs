@@ -7,7 +7,6 @@
 
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
-use sy_protocol::ErrorCode;
 use sy_protocol::chat::{
     ChatRequest, ChoiceDelta, Content, ContentPart, FunctionCall, FunctionDef, ImageUrl, Message,
     Role, Tool, ToolCall, Usage,
@@ -109,26 +108,15 @@ fn content_of(v: &Value, at: &str) -> Result<Option<Content>, ApiError> {
 
 /// Parses a Responses API body into the canonical request.
 pub fn parse(body: &[u8]) -> Result<ChatRequest, ApiError> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| {
-        ApiError::new(
-            ErrorCode::InvalidRequest,
-            format!("We could not parse the JSON body of your request: {e}."),
-        )
-    })?;
-    let Value::Object(obj) = &v else {
-        return Err(ApiError::new(
-            ErrorCode::InvalidRequest,
-            "The request body must be a JSON object.",
-        ));
-    };
-    if let Some(k) = obj.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+    let (v, unknown) = crate::validate::json_object(body, KNOWN)?;
+    if let Some(k) = unknown {
         let why = match k.as_str() {
             "previous_response_id" | "conversation" | "background" | "prompt" => {
                 "Switchyard's Responses API is stateless: send the whole conversation in 'input'."
             }
             _ => "This parameter is not supported by Switchyard.",
         };
-        return Err(invalid(k, format!("Unsupported parameter: '{k}'. {why}")));
+        return Err(invalid(&k, format!("Unsupported parameter: '{k}'. {why}")));
     }
     let model = v["model"]
         .as_str()

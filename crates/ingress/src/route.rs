@@ -32,13 +32,7 @@ pub fn expected_output_tokens(req: &ChatRequest) -> u64 {
 
 /// A generator seeded by the request id: a request's draw is reproducible.
 fn rng(request_id: Uuid) -> impl FnMut() -> f64 {
-    let mut s = request_id.as_u128() as u64 | 1;
-    move || {
-        s = s
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        (s >> 11) as f64 / (1u64 << 53) as f64
-    }
+    sy_router::seeded_rng(request_id.as_u128() as u64)
 }
 
 fn task_type(req: &ChatRequest) -> Option<&str> {

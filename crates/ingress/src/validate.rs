@@ -4,6 +4,28 @@ use sy_protocol::chat::{ChatRequest, Content, Role};
 
 use crate::ApiError;
 
+/// Parses a body that must be a JSON object, for the surfaces translated by hand
+/// (Messages, Responses); returns it with the first key not in `known`, if any.
+pub(crate) fn json_object(
+    body: &[u8],
+    known: &[&str],
+) -> Result<(serde_json::Value, Option<String>), ApiError> {
+    let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            sy_protocol::ErrorCode::InvalidRequest,
+            format!("We could not parse the JSON body of your request: {e}."),
+        )
+    })?;
+    let Some(obj) = v.as_object() else {
+        return Err(ApiError::new(
+            sy_protocol::ErrorCode::InvalidRequest,
+            "The request body must be a JSON object.",
+        ));
+    };
+    let unknown = obj.keys().find(|k| !known.contains(&k.as_str())).cloned();
+    Ok((v, unknown))
+}
+
 /// Parses a chat request body, naming the offending field on failure.
 pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, ApiError> {
     match serde_json::from_slice::<ChatRequest>(body) {

@@ -355,6 +355,46 @@ async fn cohere_embed(
     serve_embed(shared, Dialect::Cohere, headers, None, body).await
 }
 
+/// Counts the request, checks the key the dialect's way and parses the JSON body;
+/// a refusal comes back as the dialect's error response.
+fn admit(
+    shared: &Shared,
+    dialect: Dialect,
+    headers: &HeaderMap,
+    gemini: Option<&GeminiTarget>,
+    body: &[u8],
+) -> Result<Value, Box<Response>> {
+    shared.counters.requests.fetch_add(1, Ordering::SeqCst);
+    if let Some(key) = &shared.opts.api_key
+        && !dialect.authorized(headers, gemini, key)
+    {
+        return Err(Box::new(dialect.error(
+            401,
+            "Incorrect API key provided",
+            Some("invalid_api_key"),
+        )));
+    }
+    serde_json::from_slice::<Value>(body).map_err(|_| {
+        Box::new(dialect.error(
+            400,
+            "We could not parse the JSON body of your request.",
+            None,
+        ))
+    })
+}
+
+/// The request's directives: defaults < `x-mock` header < message `blocks`.
+fn directives(
+    shared: &Shared,
+    dialect: Dialect,
+    headers: &HeaderMap,
+    blocks: &[String],
+) -> Result<Directives, Box<Response>> {
+    let header = headers.get("x-mock").and_then(|v| v.to_str().ok());
+    resolve(&shared.opts.defaults, header, blocks, &shared.opts.name)
+        .map_err(|e| Box::new(dialect.error(400, &e.0, None)))
+}
+
 /// Embeddings: deterministic vectors of each text; directives in any text apply.
 async fn serve_embed(
     shared: Arc<Shared>,
@@ -363,33 +403,18 @@ async fn serve_embed(
     gemini: Option<GeminiTarget>,
     body: Bytes,
 ) -> Response {
-    shared.counters.requests.fetch_add(1, Ordering::SeqCst);
-    if let Some(key) = &shared.opts.api_key
-        && !dialect.authorized(&headers, gemini.as_ref(), key)
-    {
-        return dialect.error(401, "Incorrect API key provided", Some("invalid_api_key"));
-    }
-    let Ok(req) = serde_json::from_slice::<Value>(&body) else {
-        return dialect.error(
-            400,
-            "We could not parse the JSON body of your request.",
-            None,
-        );
+    let req = match admit(&shared, dialect, &headers, gemini.as_ref(), &body) {
+        Ok(v) => v,
+        Err(resp) => return *resp,
     };
     let parsed = match dialect.parse_embed(&req, gemini.as_ref()) {
         Ok(p) => p,
         Err(message) => return dialect.error(400, &message, None),
     };
     let blocks: Vec<String> = parsed.texts.iter().flat_map(|t| extract(t).1).collect();
-    let header_directives = headers.get("x-mock").and_then(|v| v.to_str().ok());
-    let d = match resolve(
-        &shared.opts.defaults,
-        header_directives,
-        &blocks,
-        &shared.opts.name,
-    ) {
+    let d = match directives(&shared, dialect, &headers, &blocks) {
         Ok(d) => d,
-        Err(e) => return dialect.error(400, &e.0, None),
+        Err(resp) => return *resp,
     };
     if let Some(status) = d
         .status
@@ -413,33 +438,18 @@ async fn serve(
     gemini: Option<GeminiTarget>,
     body: Bytes,
 ) -> Response {
-    shared.counters.requests.fetch_add(1, Ordering::SeqCst);
-    if let Some(key) = &shared.opts.api_key
-        && !dialect.authorized(&headers, gemini.as_ref(), key)
-    {
-        return dialect.error(401, "Incorrect API key provided", Some("invalid_api_key"));
-    }
-    let Ok(req) = serde_json::from_slice::<Value>(&body) else {
-        return dialect.error(
-            400,
-            "We could not parse the JSON body of your request.",
-            None,
-        );
+    let req = match admit(&shared, dialect, &headers, gemini.as_ref(), &body) {
+        Ok(v) => v,
+        Err(resp) => return *resp,
     };
     let parsed = match dialect.parse(&req, gemini.as_ref()) {
         Ok(p) => p,
         Err(message) => return dialect.error(400, &message, None),
     };
     let (prompt, blocks) = extract(&parsed.last_user);
-    let header_directives = headers.get("x-mock").and_then(|v| v.to_str().ok());
-    let d = match resolve(
-        &shared.opts.defaults,
-        header_directives,
-        &blocks,
-        &shared.opts.name,
-    ) {
+    let d = match directives(&shared, dialect, &headers, &blocks) {
         Ok(d) => d,
-        Err(e) => return dialect.error(400, &e.0, None),
+        Err(resp) => return *resp,
     };
     if !(1..=8).contains(&parsed.n) {
         return dialect.error(400, "the mock supports n from 1 to 8", None);

@@ -587,7 +587,6 @@ impl Decoder for AnthropicDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sse::SseParser;
 
     fn req(v: Value) -> ChatRequest {
         serde_json::from_value(v).unwrap()
@@ -735,21 +734,8 @@ mod tests {
     );
 
     fn decode(bytes: &[u8], cut: usize) -> (Vec<Chunk>, bool) {
-        let mut p = SseParser::new();
-        let mut d = AnthropicDecoder::default();
-        let mut out = Vec::new();
-        let mut done = false;
-        for part in [&bytes[..cut], &bytes[cut..]] {
-            p.push(part);
-            while let Some(ev) = p.next_event() {
-                match d.event(ev).unwrap() {
-                    Step::Chunk(c) => out.push(c),
-                    Step::Skip => {}
-                    Step::Done => done = true,
-                }
-            }
-        }
-        (out, done && d.complete())
+        let (out, done, complete) = call::decode_split(AnthropicDecoder::default(), bytes, cut);
+        (out, done && complete)
     }
 
     #[test]

@@ -217,6 +217,31 @@ pub(crate) fn sse_stream<D: Decoder>(resp: reqwest::Response, decoder: D) -> Chu
     .boxed()
 }
 
+/// Feeds `bytes` to `decoder` in two reads split at `cut`, as a network might
+/// deliver them: the chunks, whether a `Done` event came, and whether the
+/// decoder saw the answer complete. For the dialects' split-point tests.
+#[cfg(test)]
+pub(crate) fn decode_split<D: Decoder>(
+    mut decoder: D,
+    bytes: &[u8],
+    cut: usize,
+) -> (Vec<Chunk>, bool, bool) {
+    let mut parser = SseParser::new();
+    let (mut out, mut done) = (Vec::new(), false);
+    for part in [&bytes[..cut], &bytes[cut..]] {
+        parser.push(part);
+        while let Some(ev) = parser.next_event() {
+            match decoder.event(ev) {
+                Ok(Step::Chunk(c)) => out.push(c),
+                Ok(Step::Skip) => {}
+                Ok(Step::Done) => done = true,
+                Err(e) => panic!("decoding failed at split {cut}: {e}"),
+            }
+        }
+    }
+    (out, done, decoder.complete())
+}
+
 /// Parses JSON from a provider, as a protocol error when it is not what we expect.
 pub(crate) fn json<T: serde::de::DeserializeOwned>(raw: &[u8]) -> Result<T, ProviderError> {
     serde_json::from_slice(raw).map_err(|e| ProviderError::Protocol(e.to_string()))

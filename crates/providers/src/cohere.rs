@@ -473,7 +473,6 @@ impl Decoder for CohereDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sse::SseParser;
 
     fn req(v: Value) -> ChatRequest {
         serde_json::from_value(v).unwrap()
@@ -546,18 +545,8 @@ mod tests {
     fn tool_stream_decodes_the_same_at_every_split() {
         let bytes = STREAM.as_bytes();
         let run = |cut: usize| {
-            let mut p = SseParser::new();
-            let mut d = CohereDecoder::default();
-            let mut out = Vec::new();
-            for part in [&bytes[..cut], &bytes[cut..]] {
-                p.push(part);
-                while let Some(ev) = p.next_event() {
-                    if let Step::Chunk(c) = d.event(ev).unwrap() {
-                        out.push(c);
-                    }
-                }
-            }
-            assert!(d.complete());
+            let (out, _, complete) = call::decode_split(CohereDecoder::default(), bytes, cut);
+            assert!(complete);
             out
         };
         let whole = run(0);

@@ -493,7 +493,6 @@ impl Decoder for GeminiDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sse::SseParser;
 
     fn req(v: Value) -> ChatRequest {
         serde_json::from_value(v).unwrap()
@@ -616,18 +615,8 @@ mod tests {
     fn stream_decodes_the_same_at_every_split() {
         let bytes = STREAM.as_bytes();
         let run = |cut: usize| {
-            let mut p = SseParser::new();
-            let mut d = GeminiDecoder::default();
-            let mut out = Vec::new();
-            for part in [&bytes[..cut], &bytes[cut..]] {
-                p.push(part);
-                while let Some(ev) = p.next_event() {
-                    if let Step::Chunk(c) = d.event(ev).unwrap() {
-                        out.push(c);
-                    }
-                }
-            }
-            assert!(d.complete());
+            let (out, _, complete) = call::decode_split(GeminiDecoder::default(), bytes, cut);
+            assert!(complete);
             out
         };
         let whole = run(0);

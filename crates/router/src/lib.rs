@@ -93,6 +93,18 @@ impl Decision {
     }
 }
 
+/// A seeded uniform generator in [0, 1) (64-bit LCG) for [`decide`]'s `rng`:
+/// the same seed gives the same draws, so a decision can be replayed.
+pub fn seeded_rng(seed: u64) -> impl FnMut() -> f64 {
+    let mut s = seed | 1;
+    move || {
+        s = s
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (s >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
 /// Picks a target for `req` on `router`. `rng` returns uniform values in [0, 1).
 pub fn decide(
     router: &RouterConfig,
@@ -289,15 +301,8 @@ targets = [{ provider = "cheap", model = "mini" }, { provider = "strong", model 
         }
     }
 
-    /// A seeded generator (64-bit LCG), so draws repeat.
     fn lcg(seed: u64) -> impl FnMut() -> f64 {
-        let mut s = seed;
-        move || {
-            s = s
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            (s >> 11) as f64 / (1u64 << 53) as f64
-        }
+        seeded_rng(seed)
     }
 
     struct Fake {

@@ -96,13 +96,7 @@ pub fn run(
             output_tokens: sy_ingress::expected_output_tokens(&req),
         };
         // One reproducible draw per line.
-        let mut s = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        let mut rng = move || {
-            s = s
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            (s >> 11) as f64 / (1u64 << 53) as f64
-        };
+        let mut rng = sy_router::seeded_rng((i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let d = sy_router::decide(router, &config.providers, &r, &NoLive, &mut rng);
         n += 1;
         *classes.entry(class.as_str().to_owned()).or_default() += 1;
