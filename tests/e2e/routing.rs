@@ -327,3 +327,134 @@ fn route_simulate_reports_the_mix_and_the_saving() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no router \"auto:nope\""));
 }
+
+/// Live state: every worker's call results reach the ingress, so `fastest`
+/// follows measured time to first token, failing targets are skipped for the
+/// cool-down, and a provider at its concurrency cap with a queue is skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fastest_follows_live_latency_and_skips_failing_and_saturated_targets() {
+    let stack = Stack::start().await;
+    let explain = |model: &'static str| {
+        let req = stack
+            .http
+            .post(stack.url("/v1/route/explain"))
+            .bearer_auth(crate::stack::KEY)
+            .json(&body(model, "hello there"));
+        async move { req.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let targets = || {
+        let req = stack
+            .http
+            .get(stack.url("/v1/route/targets"))
+            .bearer_auth(crate::stack::KEY);
+        async move { req.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let measured = |v: &Value, provider: &str| {
+        v["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["provider"] == provider)
+            .and_then(|t| t["ttft_ms"].as_f64())
+    };
+    // Nothing measured yet: config order.
+    assert_eq!(explain("auto:fast").await["chosen"]["provider"], "openai");
+    // The openai target is slow (300 ms to first token), anthropic is quick;
+    // both are learned from requests to the named models.
+    for _ in 0..3 {
+        let slow = body("gpt-4o-mini", "hi [[mock:ttft_ms=300]]");
+        assert_eq!(stack.chat(&slow).send().await.unwrap().status(), 200);
+        let quick = body("claude-sonnet-4-5", "hi");
+        assert_eq!(stack.chat(&quick).send().await.unwrap().status(), 200);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = targets().await;
+        if let (Some(slow), Some(quick)) = (measured(&v, "openai"), measured(&v, "anthropic")) {
+            assert!(slow >= 250.0 && quick < 200.0, "{v}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never measured: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let v = explain("auto:fast").await;
+    assert_eq!(v["chosen"]["provider"], "anthropic", "{v}");
+    assert_eq!(v["fallback"][0]["provider"], "openai", "{v}");
+    let resp = stack
+        .chat(&body("auto:fast", "hello there"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-switchyard-provider"], "anthropic");
+
+    // Three consecutive failures make anthropic unhealthy: skipped, with the reason.
+    for _ in 0..3 {
+        let failing = body("claude-sonnet-4-5", "hi [[mock:status=500]]");
+        assert_eq!(stack.chat(&failing).send().await.unwrap().status(), 502);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let v = loop {
+        let v = explain("auto:fast").await;
+        if v["chosen"]["provider"] == "openai" {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "never skipped: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let why = v["candidates"][1]["skipped"].as_str().unwrap();
+    assert!(
+        why.starts_with("unhealthy: 3 consecutive failures (last: provider_error)"),
+        "{why}"
+    );
+    let resp = stack
+        .chat(&body("auto:fast", "hello there"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["x-switchyard-provider"], "openai");
+    // After the cool-down (2 s in the test stack) it gets traffic again.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(
+        explain("auto:fast").await["chosen"]["provider"],
+        "anthropic"
+    );
+
+    // cohere (max_concurrency 2) with two calls in flight and two queued is skipped.
+    let mut slow_calls = Vec::new();
+    for _ in 0..4 {
+        let req = stack.chat(&body("command-r-plus", "hi [[mock:ttft_ms=4000]]"));
+        slow_calls.push(tokio::spawn(
+            async move { req.send().await.unwrap().status() },
+        ));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = explain("auto:fast").await;
+        if v["candidates"][2]["skipped"] == "at its concurrency cap" {
+            let load = targets().await;
+            let cohere = load["providers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["provider"] == "cohere")
+                .cloned()
+                .unwrap();
+            assert_eq!(cohere["cap"], 2, "{load}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "cohere never saturated: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for c in slow_calls {
+        assert_eq!(c.await.unwrap(), 200);
+    }
+    // The operator view needs a key.
+    let resp = stack
+        .http
+        .get(stack.url("/v1/route/targets"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+}

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use serde_json::{Value, json};
-use sy_protocol::{Cancel, ReplyFrame, RequestEnvelope, UsageEvent};
+use sy_protocol::{Cancel, Observation, ReplyFrame, RequestEnvelope, UsageEvent};
 use sy_test_support::{eventually, repo_root};
 
 use crate::stack::{Stack, body};
@@ -95,14 +95,17 @@ async fn bus_messages_match_their_schemas() {
     let frame = validator("reply-frame.schema.json");
     let cancel = validator("cancel.schema.json");
     let usage = validator("usage-event.schema.json");
-    let mut seen = [0usize; 4];
+    let observation = validator("observation.schema.json");
+    let mut seen = [0usize; 5];
+    let mut failed_observations = 0;
     let mut finals_with_error = 0;
     let mut embedding_frames = 0;
     // Until every expected message arrived (7 envelopes, 7 usage events, a
-    // cancel), then 1 s more for strays; at most 15 s.
+    // cancel, 6 observations: all but the cancelled call), then 1 s more for
+    // strays; at most 15 s.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
-        let complete = seen[0] >= 7 && seen[3] >= 7 && seen[2] >= 1;
+        let complete = seen[0] >= 7 && seen[3] >= 7 && seen[2] >= 1 && seen[4] >= 6;
         let wait = if complete {
             Duration::from_secs(1)
         } else {
@@ -142,6 +145,14 @@ async fn bus_messages_match_their_schemas() {
                 check::<UsageEvent>(&usage, &v);
                 seen[3] += 1;
             }
+            "live" => {
+                check::<Observation>(&observation, &v);
+                if v["outcome"] == "failed" {
+                    assert_eq!(v["error_code"], "rate_limited", "{v}");
+                    failed_observations += 1;
+                }
+                seen[4] += 1;
+            }
             other => panic!("unexpected subject kind {other} ({})", msg.subject),
         }
     }
@@ -151,6 +162,8 @@ async fn bus_messages_match_their_schemas() {
     assert!(seen[2] >= 1, "the abandoned request was cancelled");
     assert_eq!(seen[3], 7, "one usage event per attempt");
     assert_eq!(finals_with_error, 1);
+    assert_eq!(seen[4], 6, "one observation per call that ran to its end");
+    assert_eq!(failed_observations, 1, "the 429");
 }
 
 #[test]

@@ -128,6 +128,11 @@ base_url = "{gemini}"
 [providers.cohere]
 kind = "cohere"
 base_url = "{cohere}"
+max_concurrency = 2
+
+[health]
+failure_threshold = 3
+cool_down = "2s"
 
 [billing]
 markup_percent = "20"
@@ -164,6 +169,13 @@ strategy = "weighted"
 [[routers."auto:canary".routes]]
 name = "all"
 targets = [{{ provider = "openai", model = "gpt-4o-mini", weight = 90 }}, {{ provider = "gemini", model = "gemini-2.5-flash", weight = 10 }}]
+
+[routers."auto:fast"]
+strategy = "fastest"
+
+[[routers."auto:fast".routes]]
+name = "all"
+targets = [{{ provider = "openai", model = "gpt-4o-mini" }}, {{ provider = "anthropic", model = "claude-sonnet-4-5" }}, {{ provider = "cohere", model = "command-r-plus" }}]
 
 [models."claude-sonnet-4-5"]
 targets = [{{ provider = "anthropic", model = "claude-sonnet-4-5" }}]

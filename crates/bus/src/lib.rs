@@ -23,7 +23,7 @@ use async_nats::{Client, ConnectOptions, HeaderMap};
 use bytes::Bytes;
 use serde::Serialize;
 use sy_config::NatsConfig;
-use sy_protocol::{Cancel, ReplyFrame, RequestEnvelope, Subjects, UsageEvent};
+use sy_protocol::{Cancel, Observation, ReplyFrame, RequestEnvelope, Subjects, UsageEvent};
 
 /// How long JetStream remembers a `Nats-Msg-Id` to drop a duplicate publish.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
@@ -230,6 +230,42 @@ impl Bus {
             .publish(reply_to.to_owned(), encode(frame)?)
             .await
             .map_err(|e| BusError::Publish(e.to_string()))
+    }
+
+    /// Broadcasts what a call taught about its target (core NATS, at most once).
+    pub async fn publish_observation(&self, o: &Observation) -> Result<(), BusError> {
+        self.client
+            .publish(self.subjects.live(&o.provider), encode(o)?)
+            .await
+            .map_err(|e| BusError::Publish(e.to_string()))
+    }
+
+    /// Every worker's observations (one subscription per process).
+    pub async fn subscribe_live(&self) -> Result<async_nats::Subscriber, BusError> {
+        self.client
+            .subscribe(self.subjects.live_filter())
+            .await
+            .map_err(|e| BusError::Setup(format!("live subscription: {e}")))
+    }
+
+    /// `provider`'s load as its worker pool's consumer reports it: requests
+    /// delivered and not acked, requests waiting, and the cap (max_ack_pending).
+    /// An error until the pool's consumer exists.
+    pub async fn worker_load(&self, provider: &str) -> Result<(u64, u64, u64), BusError> {
+        let stream = self
+            .js
+            .get_stream_no_info(self.subjects.request_stream())
+            .await
+            .map_err(|e| BusError::Setup(format!("request stream: {e}")))?;
+        let info = stream
+            .consumer_info(self.subjects.worker_consumer(provider))
+            .await
+            .map_err(|e| BusError::Setup(format!("consumer of {provider}: {e}")))?;
+        Ok((
+            info.num_ack_pending as u64,
+            info.num_pending,
+            u64::try_from(info.config.max_ack_pending).unwrap_or(u64::MAX),
+        ))
     }
 
     /// Tells every worker that nobody waits for this request any more.

@@ -33,6 +33,28 @@ pub struct RawConfig {
     /// The accounting consumer.
     #[serde(default)]
     pub accounting: RawAccounting,
+    /// Live target health as smart routers see it.
+    #[serde(default)]
+    pub health: RawHealth,
+}
+
+/// `[health]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawHealth {
+    /// Consecutive failed calls after which a target counts as unhealthy.
+    pub failure_threshold: u32,
+    /// How long an unhealthy target is skipped before it gets traffic again.
+    pub cool_down: String,
+}
+
+impl Default for RawHealth {
+    fn default() -> Self {
+        RawHealth {
+            failure_threshold: 3,
+            cool_down: "10s".into(),
+        }
+    }
 }
 
 /// `[billing]`.

@@ -53,6 +53,26 @@ pub struct Config {
     pub clickhouse: Option<ClickhouseConfig>,
     /// The accounting consumer.
     pub accounting: AccountingConfig,
+    /// Live target health.
+    pub health: HealthConfig,
+}
+
+/// `[health]`, validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthConfig {
+    /// Consecutive failed calls after which a target counts as unhealthy.
+    pub failure_threshold: u32,
+    /// How long an unhealthy target is skipped before it gets traffic again.
+    pub cool_down: Duration,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            failure_threshold: 3,
+            cool_down: Duration::from_secs(10),
+        }
+    }
 }
 
 /// `[clickhouse]`, validated.
@@ -547,6 +567,17 @@ impl Config {
             ack_wait: duration("accounting.ack_wait", &raw.accounting.ack_wait, e),
         };
 
+        if raw.health.failure_threshold == 0 {
+            e.push(ConfigError::new(
+                "health.failure_threshold",
+                "must be at least 1",
+            ));
+        }
+        let health = HealthConfig {
+            failure_threshold: raw.health.failure_threshold.max(1),
+            cool_down: duration("health.cool_down", &raw.health.cool_down, e),
+        };
+
         if errors.is_empty() {
             Ok(Config {
                 server,
@@ -558,6 +589,7 @@ impl Config {
                 markup_ppb,
                 clickhouse,
                 accounting,
+                health,
             })
         } else {
             Err(ConfigErrors(errors))

@@ -16,6 +16,7 @@
 mod classify;
 pub mod embeddings;
 mod error;
+mod live;
 pub mod messages;
 mod relay;
 mod reload;
@@ -88,6 +89,7 @@ struct AppState {
     clickhouse: Option<sy_config::ClickhouseConfig>,
     classifier: Arc<sy_classifier::Classifier>,
     providers: std::collections::BTreeMap<String, sy_config::ProviderConfig>,
+    live: Arc<sy_router::live::LiveTable>,
 }
 
 impl AppState {
@@ -157,6 +159,8 @@ async fn build(config: Arc<Config>, bus: Bus) -> Result<(Router, Arc<AppState>),
         .await
         .map_err(|e| IngressError::Classifier(e.to_string()))?
         .map_err(|e| IngressError::Classifier(e.to_string()))?;
+    let live = Arc::new(sy_router::live::LiveTable::new(config.health));
+    live::start(&bus, &live, config.providers.keys().cloned().collect()).await?;
     let state = Arc::new(AppState {
         bus,
         replies,
@@ -172,6 +176,7 @@ async fn build(config: Arc<Config>, bus: Bus) -> Result<(Router, Arc<AppState>),
         clickhouse: config.clickhouse.clone(),
         classifier: Arc::new(classifier),
         providers: config.providers.clone(),
+        live: live.clone(),
     });
     let app = Router::new()
         .route(
@@ -190,6 +195,10 @@ async fn build(config: Arc<Config>, bus: Bus) -> Result<(Router, Arc<AppState>),
         .route(
             "/v1/route/explain",
             post(route_explain).fallback(method_not_allowed),
+        )
+        .route(
+            "/v1/route/targets",
+            get(live::targets).fallback(method_not_allowed),
         )
         .route("/v1/models", get(list_models).fallback(method_not_allowed))
         .route("/v1/usage", get(get_usage).fallback(method_not_allowed))

@@ -2,14 +2,14 @@
 //! request, and `POST /v1/route/explain`, which shows that decision without
 //! calling a provider.
 //!
-//! Live state (health, load, latency) is not wired yet: every target counts as
-//! healthy and unmeasured ([`sy_router::NoLive`]), so `fastest` keeps config order.
+//! Live state (health, load, time to first token) comes from the ingress's
+//! [`sy_router::live::LiveTable`], fed by every worker's observations.
 
 use serde_json::{Value, json};
 use sy_classifier::{CLASSES, Class, Prediction};
 use sy_config::routing::RouterConfig;
 use sy_protocol::chat::ChatRequest;
-use sy_router::{Decision, NoLive, RouteRequest};
+use sy_router::{Decision, RouteRequest};
 use uuid::Uuid;
 
 use crate::{ApiError, AppState};
@@ -55,7 +55,13 @@ pub(crate) fn decide(
         input_tokens: estimate_input_tokens(req),
         output_tokens: expected_output_tokens(req),
     };
-    sy_router::decide(router, &state.providers, &r, &NoLive, &mut rng(request_id))
+    sy_router::decide(
+        router,
+        &state.providers,
+        &r,
+        &state.live.at(sy_protocol::now_unix_ms()),
+        &mut rng(request_id),
+    )
 }
 
 /// The explain document for `req`.

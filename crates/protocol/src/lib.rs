@@ -10,13 +10,15 @@
 //! repository root and a test checks real messages against them. Nothing here
 //! talks to the network: `sy-bus` moves these types, `sy-ingress` and
 //! `sy-worker` produce and consume them; [`UsageEvent`] goes from the worker to
-//! the accounting consumer on `<ns>.usage`.
+//! the accounting consumer on `<ns>.usage`; [`Observation`]s go from workers to
+//! every ingress on `<ns>.live.<provider>` (core NATS) for live routing state.
 
 pub mod chat;
 pub mod embeddings;
 mod error;
 mod frame;
 pub mod header;
+mod live;
 mod subject;
 mod usage;
 
@@ -25,6 +27,7 @@ pub use frame::{
     ApiSurface, Cancel, CancelReason, ChunkFrame, FinalFrame, FrameError, ReplyFrame,
     RequestEnvelope, RouteChoice, StartInfo,
 };
+pub use live::{Observation, Outcome};
 pub use subject::{Subjects, is_valid_token, route_token};
 pub use usage::{TokenSource, UsageEvent, UsageStatus};
 

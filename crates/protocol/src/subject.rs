@@ -4,7 +4,7 @@ use uuid::Uuid;
 ///
 /// All names hang off a namespace (`sy` by default; tests use a unique one each):
 /// `sy.req.<provider>.<route>`, `sy.reply.<ingress>.<request>`, `sy.cancel.<request>`,
-/// `sy.usage`, and the streams `SY_REQ`, `SY_USAGE`.
+/// `sy.usage`, `sy.live.<provider>`, and the streams `SY_REQ`, `SY_USAGE`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subjects {
     ns: String,
@@ -63,6 +63,16 @@ impl Subjects {
     /// Where workers publish usage events (one per attempt).
     pub fn usage(&self) -> String {
         format!("{}.usage", self.ns)
+    }
+
+    /// Where workers broadcast what each call taught about `provider`'s targets.
+    pub fn live(&self, provider: &str) -> String {
+        format!("{}.live.{provider}", self.ns)
+    }
+
+    /// The one subscription an ingress holds for every live observation.
+    pub fn live_filter(&self) -> String {
+        format!("{}.live.*", self.ns)
     }
 
     /// Name of the JetStream work-queue stream holding requests.

@@ -6,6 +6,8 @@
 //! Pure and deterministic: randomness (the weighted strategy) comes from the
 //! caller's `rng`, live state through the [`Live`] trait.
 
+pub mod live;
+
 use std::collections::BTreeMap;
 
 use serde::Serialize;
@@ -28,8 +30,8 @@ pub struct RouteRequest<'a> {
 
 /// Live facts about targets, shared by all ingresses.
 pub trait Live {
-    /// False while the target's breaker is open or its health check fails.
-    fn healthy(&self, provider: &str, model: &str) -> bool;
+    /// Why the target may not take traffic now (its recent calls failed), if so.
+    fn unhealthy(&self, provider: &str, model: &str) -> Option<String>;
     /// True while the provider has as many requests in flight as it may.
     fn saturated(&self, provider: &str) -> bool;
     /// Recent time to first token, exponentially weighted, if measured.
@@ -41,8 +43,8 @@ pub trait Live {
 pub struct NoLive;
 
 impl Live for NoLive {
-    fn healthy(&self, _: &str, _: &str) -> bool {
-        true
+    fn unhealthy(&self, _: &str, _: &str) -> Option<String> {
+        None
     }
     fn saturated(&self, _: &str) -> bool {
         false
@@ -143,8 +145,8 @@ pub fn decide(
             });
             let window = info.and_then(|i| i.context_window);
             let need = req.input_tokens + req.output_tokens;
-            let skipped = if !live.healthy(&t.provider, &t.model) {
-                Some("unhealthy".to_owned())
+            let skipped = if let Some(why) = live.unhealthy(&t.provider, &t.model) {
+                Some(why)
             } else if live.saturated(&t.provider) {
                 Some("at its concurrency cap".to_owned())
             } else if let Some(w) = window.filter(|w| req.input_tokens > *w) {
@@ -312,8 +314,8 @@ targets = [{ provider = "cheap", model = "mini" }, { provider = "strong", model 
     }
 
     impl Live for Fake {
-        fn healthy(&self, p: &str, _: &str) -> bool {
-            p != self.down
+        fn unhealthy(&self, p: &str, _: &str) -> Option<String> {
+            (p == self.down).then(|| "unhealthy".to_owned())
         }
         fn saturated(&self, p: &str) -> bool {
             p == self.busy

@@ -109,6 +109,12 @@ pub(crate) async fn handle(cx: Arc<Shared>, msg: jetstream::Message) {
         if event.status != UsageStatus::Ok {
             tracing::debug!(status = event.status.as_str(), "Attempt did not complete.");
         }
+        if let Some(o) = usage::observation(&event, ended) {
+            // At most once: a lost observation only delays what routers learn.
+            if let Err(e) = cx.bus.publish_observation(&o).await {
+                tracing::debug!(error = %e, "Live observation not sent.");
+            }
+        }
         usage::publish(&cx.bus, &event, &acker).await;
         if let Err(e) = acker.ack().await {
             tracing::warn!(error = %e, "Ack failed; the request may be redelivered.");

@@ -17,7 +17,10 @@ use async_nats::jetstream::AckKind;
 use async_nats::jetstream::message::Acker;
 use sy_bus::Bus;
 use sy_config::price::{TokenCounts, apply_markup};
-use sy_protocol::{ErrorCode, RequestEnvelope, TokenSource, UsageEvent, UsageStatus, now_unix_ms};
+use sy_protocol::{
+    ErrorCode, Observation, Outcome, RequestEnvelope, TokenSource, UsageEvent, UsageStatus,
+    now_unix_ms,
+};
 
 use crate::handle::{AttemptState, Shared};
 use crate::tokens;
@@ -142,6 +145,30 @@ pub(crate) fn event(
         fallback_reason: None,
         client_disconnected: ended == Ended::Cancelled,
     }
+}
+
+/// What the attempt says about its target, for every ingress's live state: only
+/// calls that ran to their end (a cancel or an expired deadline says nothing
+/// about the provider).
+pub(crate) fn observation(event: &UsageEvent, ended: Ended) -> Option<Observation> {
+    if ended != Ended::Done {
+        return None;
+    }
+    let outcome = Outcome::of(event.error_code, event.provider_status);
+    (outcome != Outcome::Neutral).then(|| Observation {
+        provider: event.provider.clone(),
+        model: event.model.clone(),
+        worker_id: event.worker_id.clone(),
+        outcome,
+        error_code: event.error_code,
+        ttft_ms: event
+            .first_token_unix_ms
+            .map(|t| t.saturating_sub(event.dispatched_unix_ms)),
+        duration_ms: event
+            .finished_unix_ms
+            .saturating_sub(event.dispatched_unix_ms),
+        at_unix_ms: event.finished_unix_ms,
+    })
 }
 
 /// How long a worker keeps trying to store a usage event before it gives up.

@@ -1,0 +1,103 @@
+//! What workers tell every ingress about the targets they call.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ErrorCode;
+
+/// How an attempt reflects on its target's health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The target answered.
+    Ok,
+    /// The target failed: a 5xx, overload, rate limit, timeout or a connection
+    /// that could not be made or broke.
+    Failed,
+    /// The attempt says nothing about the target: the request was refused for
+    /// its own content (bad request, context length, content filter) or the
+    /// client went away.
+    Neutral,
+}
+
+impl Outcome {
+    /// The health meaning of an attempt that ended with `code` (none: success)
+    /// and, when the provider answered with an error, its HTTP status. A
+    /// provider's 400/413/422 blames the request; its 401/403/404 (a bad key or
+    /// model in the config) and every 5xx blame the target.
+    pub fn of(code: Option<ErrorCode>, provider_status: Option<u16>) -> Outcome {
+        match code {
+            None => Outcome::Ok,
+            Some(ErrorCode::ProviderError)
+                if matches!(provider_status, Some(400 | 409 | 413 | 415 | 422)) =>
+            {
+                Outcome::Neutral
+            }
+            Some(
+                ErrorCode::ProviderError
+                | ErrorCode::Overloaded
+                | ErrorCode::RateLimited
+                | ErrorCode::ProviderTimeout,
+            ) => Outcome::Failed,
+            Some(_) => Outcome::Neutral,
+        }
+    }
+}
+
+/// One attempt's result, broadcast by the worker on `<ns>.live.<provider>`
+/// (core NATS, at most once) after every call it made. Each ingress folds these
+/// into its live view of the targets: health, time to first token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Observation {
+    /// The provider entry.
+    pub provider: String,
+    /// The upstream model.
+    pub model: String,
+    /// The worker instance that made the call.
+    pub worker_id: String,
+    /// What the attempt says about the target.
+    pub outcome: Outcome,
+    /// The error, when it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<ErrorCode>,
+    /// From the worker taking the request to the first token, when one came.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttft_ms: Option<u64>,
+    /// From the worker taking the request to the end of the call.
+    pub duration_ms: u64,
+    /// When the call ended.
+    pub at_unix_ms: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_targets_own_failures_count_against_it() {
+        assert_eq!(Outcome::of(None, None), Outcome::Ok);
+        assert_eq!(
+            Outcome::of(Some(ErrorCode::ProviderError), Some(400)),
+            Outcome::Neutral
+        );
+        assert_eq!(
+            Outcome::of(Some(ErrorCode::ProviderError), Some(401)),
+            Outcome::Failed
+        );
+        for c in [
+            ErrorCode::ProviderError,
+            ErrorCode::Overloaded,
+            ErrorCode::RateLimited,
+            ErrorCode::ProviderTimeout,
+        ] {
+            assert_eq!(Outcome::of(Some(c), None), Outcome::Failed, "{c:?}");
+        }
+        for c in [
+            ErrorCode::InvalidRequest,
+            ErrorCode::ContextLengthExceeded,
+            ErrorCode::ContentFiltered,
+            ErrorCode::DeadlineExceeded,
+        ] {
+            assert_eq!(Outcome::of(Some(c), None), Outcome::Neutral, "{c:?}");
+        }
+    }
+}

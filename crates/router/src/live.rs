@@ -1,0 +1,339 @@
+//! The live state of every target as one process sees it: health (consecutive
+//! failures and a cool-down), time to first token (exponentially weighted) and
+//! load (the provider's in-flight requests against its concurrency cap).
+//!
+//! Fed by [`Observation`]s that every worker broadcasts after each call, so all
+//! ingresses learn from every call in the cluster, and by the load the ingress
+//! reads from each provider's JetStream consumer. [`LiveTable::at`] gives a
+//! [`Live`] view at one instant for a routing decision.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+use serde::Serialize;
+use sy_config::HealthConfig;
+use sy_protocol::{ErrorCode, Observation, Outcome};
+
+use crate::Live;
+
+/// Weight of the newest sample in the moving averages.
+pub const EWMA_ALPHA: f64 = 0.3;
+/// Load older than this is ignored (the poller stopped or lags).
+pub const LOAD_FRESH_MS: u64 = 5_000;
+
+/// What is known about one target.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct TargetLive {
+    /// Moving average of the time to first token, ms.
+    pub ttft_ms: Option<f64>,
+    /// Moving average of the whole call, ms.
+    pub duration_ms: Option<f64>,
+    /// Successful calls seen.
+    pub ok: u64,
+    /// Failed calls seen.
+    pub failed: u64,
+    /// Failures since the last success.
+    pub consecutive_failures: u32,
+    /// Skipped until then (Unix ms) after too many consecutive failures.
+    pub unhealthy_until_unix_ms: Option<u64>,
+    /// The latest failure's code.
+    pub last_error: Option<ErrorCode>,
+    /// When the latest observation arrived (Unix ms).
+    pub last_seen_unix_ms: u64,
+}
+
+/// A provider's load, from its worker pool's consumer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Load {
+    /// Requests taken by workers and not finished.
+    pub in_flight: u64,
+    /// Requests waiting for a worker.
+    pub queued: u64,
+    /// The cluster-wide cap (the consumer's max_ack_pending).
+    pub cap: u64,
+    /// When it was read (Unix ms).
+    pub read_unix_ms: u64,
+}
+
+/// One target in a [`Snapshot`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TargetRow {
+    /// Provider entry.
+    pub provider: String,
+    /// Upstream model.
+    pub model: String,
+    /// Whether routers may pick it now.
+    pub healthy: bool,
+    /// What is known.
+    #[serde(flatten)]
+    pub state: TargetLive,
+}
+
+/// One provider's load in a [`Snapshot`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProviderLoad {
+    /// Provider entry.
+    pub provider: String,
+    /// Its load.
+    #[serde(flatten)]
+    pub load: Load,
+}
+
+/// The whole table at one instant (`GET /v1/route/targets`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Snapshot {
+    /// When it was taken.
+    pub now_unix_ms: u64,
+    /// Every target seen, by provider and model.
+    pub targets: Vec<TargetRow>,
+    /// Every provider's load, by name.
+    pub providers: Vec<ProviderLoad>,
+}
+
+/// Every target's live state; cheap to read, shared behind an `Arc`.
+#[derive(Debug, Default)]
+pub struct LiveTable {
+    health: HealthConfig,
+    targets: RwLock<HashMap<String, HashMap<String, TargetLive>>>,
+    load: RwLock<HashMap<String, Load>>,
+}
+
+fn ewma(old: Option<f64>, x: f64) -> f64 {
+    old.map_or(x, |o| o + EWMA_ALPHA * (x - o))
+}
+
+impl LiveTable {
+    /// An empty table with these health rules.
+    pub fn new(health: HealthConfig) -> Self {
+        LiveTable {
+            health,
+            ..LiveTable::default()
+        }
+    }
+
+    /// Folds in one call's result, received at `now_ms`.
+    pub fn observe(&self, o: &Observation, now_ms: u64) {
+        if o.outcome == Outcome::Neutral {
+            return;
+        }
+        let mut targets = self.targets.write().unwrap_or_else(|e| e.into_inner());
+        let t = targets
+            .entry(o.provider.clone())
+            .or_default()
+            .entry(o.model.clone())
+            .or_default();
+        t.last_seen_unix_ms = now_ms;
+        match o.outcome {
+            Outcome::Ok => {
+                t.ok += 1;
+                t.consecutive_failures = 0;
+                t.unhealthy_until_unix_ms = None;
+                let first = o.ttft_ms.unwrap_or(o.duration_ms);
+                t.ttft_ms = Some(ewma(t.ttft_ms, first as f64));
+                t.duration_ms = Some(ewma(t.duration_ms, o.duration_ms as f64));
+            }
+            Outcome::Failed => {
+                t.failed += 1;
+                t.consecutive_failures = t.consecutive_failures.saturating_add(1);
+                t.last_error = o.error_code;
+                if t.consecutive_failures >= self.health.failure_threshold {
+                    t.unhealthy_until_unix_ms =
+                        Some(now_ms + self.health.cool_down.as_millis() as u64);
+                }
+            }
+            Outcome::Neutral => {}
+        }
+    }
+
+    /// Records `provider`'s load as read at `now_ms`.
+    pub fn set_load(&self, provider: &str, load: Load) {
+        let mut all = self.load.write().unwrap_or_else(|e| e.into_inner());
+        all.insert(provider.to_owned(), load);
+    }
+
+    /// Every target's state and every provider's load at `now_ms`, for operators.
+    pub fn snapshot(&self, now_ms: u64) -> Snapshot {
+        let targets = self.targets.read().unwrap_or_else(|e| e.into_inner());
+        let mut rows: Vec<TargetRow> = targets
+            .iter()
+            .flat_map(|(p, models)| {
+                models.iter().map(move |(m, s)| TargetRow {
+                    provider: p.clone(),
+                    model: m.clone(),
+                    healthy: s.unhealthy_until_unix_ms.is_none_or(|u| u <= now_ms),
+                    state: s.clone(),
+                })
+            })
+            .collect();
+        rows.sort_by(|a, b| (&a.provider, &a.model).cmp(&(&b.provider, &b.model)));
+        let load = self.load.read().unwrap_or_else(|e| e.into_inner());
+        let mut providers: Vec<ProviderLoad> = load
+            .iter()
+            .map(|(p, l)| ProviderLoad {
+                provider: p.clone(),
+                load: *l,
+            })
+            .collect();
+        providers.sort_by(|a, b| a.provider.cmp(&b.provider));
+        Snapshot {
+            now_unix_ms: now_ms,
+            targets: rows,
+            providers,
+        }
+    }
+
+    /// The table as it stands at `now_ms`, for one decision.
+    pub fn at(&self, now_ms: u64) -> LiveAt<'_> {
+        LiveAt {
+            table: self,
+            now_ms,
+        }
+    }
+
+    fn with<R>(&self, provider: &str, model: &str, f: impl FnOnce(&TargetLive) -> R) -> Option<R> {
+        let targets = self.targets.read().unwrap_or_else(|e| e.into_inner());
+        targets.get(provider).and_then(|m| m.get(model)).map(f)
+    }
+}
+
+/// A [`LiveTable`] at one instant.
+#[derive(Debug, Clone, Copy)]
+pub struct LiveAt<'a> {
+    table: &'a LiveTable,
+    now_ms: u64,
+}
+
+impl Live for LiveAt<'_> {
+    fn unhealthy(&self, provider: &str, model: &str) -> Option<String> {
+        self.table
+            .with(provider, model, |t| {
+                let until = t.unhealthy_until_unix_ms.filter(|u| *u > self.now_ms)?;
+                Some(format!(
+                    "unhealthy: {} consecutive failures{}, retried in {:.1} s",
+                    t.consecutive_failures,
+                    t.last_error
+                        .map(|c| format!(" (last: {})", c.as_str()))
+                        .unwrap_or_default(),
+                    (until - self.now_ms) as f64 / 1000.0
+                ))
+            })
+            .flatten()
+    }
+
+    fn saturated(&self, provider: &str) -> bool {
+        let load = self.table.load.read().unwrap_or_else(|e| e.into_inner());
+        load.get(provider).is_some_and(|l| {
+            self.now_ms.saturating_sub(l.read_unix_ms) <= LOAD_FRESH_MS
+                && l.in_flight >= l.cap
+                && l.queued > 0
+        })
+    }
+
+    fn latency_ms(&self, provider: &str, model: &str) -> Option<f64> {
+        self.table.with(provider, model, |t| t.ttft_ms).flatten()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::time::Duration;
+
+    use super::*;
+
+    fn obs(provider: &str, outcome: Outcome, ttft: u64) -> Observation {
+        Observation {
+            provider: provider.into(),
+            model: "m".into(),
+            worker_id: "w".into(),
+            outcome,
+            error_code: (outcome == Outcome::Failed).then_some(ErrorCode::ProviderError),
+            ttft_ms: Some(ttft),
+            duration_ms: ttft * 2,
+            at_unix_ms: 0,
+        }
+    }
+
+    fn table() -> LiveTable {
+        LiveTable::new(HealthConfig {
+            failure_threshold: 3,
+            cool_down: Duration::from_secs(10),
+        })
+    }
+
+    #[test]
+    fn latency_is_an_exponentially_weighted_average_of_successes() {
+        let t = table();
+        assert_eq!(t.at(0).latency_ms("a", "m"), None);
+        t.observe(&obs("a", Outcome::Ok, 100), 1);
+        assert_eq!(t.at(1).latency_ms("a", "m"), Some(100.0));
+        t.observe(&obs("a", Outcome::Ok, 200), 2);
+        // 100 + 0.3 × (200 − 100)
+        assert!((t.at(2).latency_ms("a", "m").unwrap() - 130.0).abs() < 1e-9);
+        // Failures and neutral results leave it alone.
+        t.observe(&obs("a", Outcome::Failed, 5000), 3);
+        t.observe(&obs("a", Outcome::Neutral, 5000), 4);
+        assert!((t.at(4).latency_ms("a", "m").unwrap() - 130.0).abs() < 1e-9);
+        assert_eq!(t.at(4).latency_ms("a", "other"), None);
+    }
+
+    #[test]
+    fn consecutive_failures_make_a_target_unhealthy_for_the_cool_down() {
+        let t = table();
+        t.observe(&obs("a", Outcome::Failed, 0), 1_000);
+        t.observe(&obs("a", Outcome::Failed, 0), 1_000);
+        assert_eq!(t.at(1_000).unhealthy("a", "m"), None, "below the threshold");
+        // A success in between resets the count.
+        t.observe(&obs("a", Outcome::Ok, 10), 1_000);
+        t.observe(&obs("a", Outcome::Failed, 0), 1_000);
+        t.observe(&obs("a", Outcome::Failed, 0), 1_000);
+        assert_eq!(t.at(1_000).unhealthy("a", "m"), None);
+        t.observe(&obs("a", Outcome::Failed, 0), 2_000);
+        let why = t.at(2_000).unhealthy("a", "m").unwrap();
+        assert!(
+            why.contains("3 consecutive failures (last: provider_error)"),
+            "{why}"
+        );
+        assert!(t.at(11_999).unhealthy("a", "m").is_some());
+        // After the cool-down it gets traffic again; one more failure closes it at once.
+        assert_eq!(t.at(12_000).unhealthy("a", "m"), None);
+        t.observe(&obs("a", Outcome::Failed, 0), 12_500);
+        assert!(t.at(12_500).unhealthy("a", "m").is_some());
+        // A success (another worker's, say) makes it healthy immediately.
+        t.observe(&obs("a", Outcome::Ok, 10), 13_000);
+        assert_eq!(t.at(13_000).unhealthy("a", "m"), None);
+        let row = &t.snapshot(13_000).targets[0];
+        assert!(row.healthy);
+        assert_eq!((row.state.ok, row.state.failed), (2, 6));
+        // Other targets are unaffected.
+        assert_eq!(t.at(2_000).unhealthy("b", "m"), None);
+    }
+
+    #[test]
+    fn saturation_needs_a_full_cap_a_queue_and_a_fresh_reading() {
+        let t = table();
+        let load = |in_flight, queued, read| Load {
+            in_flight,
+            queued,
+            cap: 4,
+            read_unix_ms: read,
+        };
+        assert!(!t.at(0).saturated("a"), "unknown load");
+        t.set_load("a", load(4, 0, 1_000));
+        assert!(!t.at(1_000).saturated("a"), "full but nothing waits");
+        t.set_load("a", load(3, 9, 1_000));
+        assert!(!t.at(1_000).saturated("a"), "a free slot");
+        t.set_load("a", load(4, 1, 1_000));
+        assert!(t.at(1_000).saturated("a"));
+        assert!(!t.at(1_000 + LOAD_FRESH_MS + 1).saturated("a"), "stale");
+        let snap = t.snapshot(1_000);
+        assert!(snap.targets.is_empty());
+        assert_eq!(
+            snap.providers,
+            vec![ProviderLoad {
+                provider: "a".into(),
+                load: load(4, 1, 1_000)
+            }]
+        );
+    }
+}
