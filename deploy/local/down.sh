@@ -6,7 +6,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 # shellcheck source=../../scripts/lib/services.sh
 source "$ROOT/scripts/lib/services.sh"
 stop_pidfile "$RUN_DIR/switchyard.pid" switchyard
-for name in openai anthropic gemini cohere; do
+for name in openai anthropic gemini cohere vllm; do
   stop_pidfile "$RUN_DIR/mock-$name.pid" mock-provider
 done
 stop_nats

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Brings up the whole local stack: NATS (JetStream), ClickHouse (usage rows),
-# mock providers `openai`, `anthropic`, `gemini` and `cohere` on 8081-8084, and `switchyard all`
+# mock providers `openai`, `anthropic`, `gemini`, `cohere` and `vllm` on 8081-8085, and `switchyard all`
 # (ingress, workers, accounting) on 8080, then prints a curl example. Idempotent: whatever already answers is left alone; only what
 # this script starts is recorded for deploy/local/down.sh to stop.
 set -euo pipefail
@@ -22,8 +22,8 @@ say "Applying ClickHouse migrations"
 
 # One mock instance per provider entry (every instance speaks every dialect; the
 # entry's kind decides which one is used): openai 8081, anthropic 8082, gemini 8083,
-# cohere 8084.
-for entry in openai:8081 anthropic:8082 gemini:8083 cohere:8084; do
+# cohere 8084, vllm 8085.
+for entry in openai:8081 anthropic:8082 gemini:8083 cohere:8084 vllm:8085; do
   name=${entry%%:*}
   port=${entry##*:}
   if curl -sf -o /dev/null "http://127.0.0.1:$port/healthz"; then
@@ -81,5 +81,11 @@ Every call is a row in ClickHouse (database switchyard) within a second or so:
     FROM switchyard.requests FINAL ORDER BY ts DESC LIMIT 10"
 
 Faults from the mock: put e.g. [[mock:status=429,retry_after=2]] or [[mock:tokens=50,delay_ms=20]]
-in the message. Stop everything this script started with: deploy/local/down.sh
+in the message. gpt-4o-mini falls back openai -> anthropic -> vllm; watch it happen
+(x-switchyard-provider: anthropic, x-switchyard-attempts: 4 after openai's retries):
+
+  curl -si http://127.0.0.1:8080/v1/chat/completions \
+    -H 'Authorization: Bearer sk-sy-local-dev' -H 'Content-Type: application/json' \
+    -d '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hi [[mock:status=500,only=openai]]"}]}'
+ Stop everything this script started with: deploy/local/down.sh
 MSG

@@ -99,6 +99,8 @@ async fn expired_envelope_never_reaches_the_provider() {
         embeddings: None,
         class: None,
         choice: None,
+        fallback: Vec::new(),
+        fallback_reason: None,
     };
     let js = async_nats::jetstream::new(nats.clone());
     js.publish(

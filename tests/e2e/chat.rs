@@ -210,6 +210,8 @@ async fn models_endpoint_lists_configured_models() {
         vec![
             "auto",
             "auto:canary",
+            "auto:fast",
+            "chain",
             "claude-sonnet-4-5",
             "command-r-plus",
             "embed-v4.0",

@@ -18,6 +18,23 @@ fn config_check_accepts_the_local_config() {
 }
 
 #[test]
+fn config_check_accepts_the_fallback_chain_example() {
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["config", "check"])
+        .arg(sy_test_support::repo_root().join("deploy/examples/fallback-chain.toml"))
+        .env("SWITCHYARD_APP_KEY", "sk-app-0123456789")
+        .env("OPENAI_API_KEY", "sk-openai")
+        .env("ANTHROPIC_API_KEY", "sk-ant")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn config_check_lists_every_problem_and_exits_non_zero() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");

@@ -11,6 +11,7 @@ mod config_check;
 mod dialects;
 mod embeddings;
 mod load;
+mod resilience;
 mod restart;
 mod routing;
 mod schema;

@@ -23,6 +23,13 @@ pub struct StackOptions {
     pub clickhouse: bool,
     /// The ClickHouse to use (default: the shared one).
     pub clickhouse_url: Option<String>,
+    /// Retries per target (0 by default, so that an injected error reaches the
+    /// client at once; resilience tests raise it).
+    pub retries: u32,
+    /// Streamed calls' first-token and idle limits, and the limit for calls
+    /// that are not streamed.
+    pub ttft_timeout: &'static str,
+    pub response_timeout: &'static str,
 }
 
 impl Default for StackOptions {
@@ -35,6 +42,9 @@ impl Default for StackOptions {
             ack_wait: "30s",
             clickhouse: false,
             clickhouse_url: None,
+            retries: 0,
+            ttft_timeout: "10s",
+            response_timeout: "60s",
         }
     }
 }
@@ -42,7 +52,8 @@ impl Default for StackOptions {
 pub struct Stack {
     /// The `openai` provider (OpenAI dialect).
     pub mock: MockProvider,
-    /// The `anthropic`, `gemini` and `cohere` providers, each its own mock.
+    /// The `anthropic`, `gemini`, `cohere` and `vllm` (OpenAI dialect)
+    /// providers, each its own mock.
     pub dialect_mocks: Vec<(&'static str, MockProvider)>,
     /// The ClickHouse database of this stack, when accounting runs.
     pub clickhouse: Option<sy_config::ClickhouseConfig>,
@@ -68,7 +79,7 @@ impl Stack {
                 .await
                 .expect("starting the mock provider");
         let mut dialect_mocks = Vec::new();
-        for name in ["anthropic", "gemini", "cohere"] {
+        for name in ["anthropic", "gemini", "cohere", "vllm"] {
             let m = MockProvider::start(MockOptions::new(name).with_defaults(opts.mock_defaults))
                 .await
                 .expect("starting a mock provider");
@@ -99,6 +110,10 @@ name = "other"
 key = "{OTHER_KEY}"
 
 [providers.openai]
+retries = {retries}
+ttft_timeout = "{ttft}"
+idle_timeout = "{ttft}"
+response_timeout = "{response}"
 kind = "openai_compatible"
 base_url = "{base}"
 
@@ -112,6 +127,10 @@ cached_input = "0.075"
 output = "0.60"
 
 [providers.anthropic]
+retries = {retries}
+ttft_timeout = "{ttft}"
+idle_timeout = "{ttft}"
+response_timeout = "{response}"
 kind = "anthropic"
 base_url = "{anthropic}"
 
@@ -122,13 +141,32 @@ cache_write = "3.75"
 output = "15"
 
 [providers.gemini]
+retries = {retries}
+ttft_timeout = "{ttft}"
+idle_timeout = "{ttft}"
+response_timeout = "{response}"
 kind = "gemini"
 base_url = "{gemini}"
 
 [providers.cohere]
+retries = {retries}
+ttft_timeout = "{ttft}"
+idle_timeout = "{ttft}"
+response_timeout = "{response}"
 kind = "cohere"
 base_url = "{cohere}"
 max_concurrency = 2
+
+[providers.vllm]
+retries = {retries}
+ttft_timeout = "{ttft}"
+idle_timeout = "{ttft}"
+response_timeout = "{response}"
+kind = "vllm"
+base_url = "{vllm}"
+
+[providers.vllm.models."llama-3.1-8b"]
+context_window = 8192
 
 [health]
 failure_threshold = 3
@@ -177,6 +215,10 @@ strategy = "fastest"
 name = "all"
 targets = [{{ provider = "openai", model = "gpt-4o-mini" }}, {{ provider = "anthropic", model = "claude-sonnet-4-5" }}, {{ provider = "cohere", model = "command-r-plus" }}]
 
+# The classic chain: OpenAI, then Anthropic, then a self-hosted vLLM.
+[models."chain"]
+targets = [{{ provider = "openai", model = "gpt-4o-mini" }}, {{ provider = "anthropic", model = "claude-sonnet-4-5" }}, {{ provider = "vllm", model = "llama-3.1-8b" }}]
+
 [models."claude-sonnet-4-5"]
 targets = [{{ provider = "anthropic", model = "claude-sonnet-4-5" }}]
 
@@ -209,6 +251,10 @@ targets = [{{ provider = "openai", model = "gpt-4.1-2025" }}]
             anthropic = dialect_mocks[0].1.base_url_for("anthropic"),
             gemini = dialect_mocks[1].1.base_url_for("gemini"),
             cohere = dialect_mocks[2].1.base_url_for("cohere"),
+            vllm = dialect_mocks[3].1.base_url_for("openai"),
+            retries = opts.retries,
+            ttft = opts.ttft_timeout,
+            response = opts.response_timeout,
         );
         let mut config = config;
         let mut clickhouse = None;

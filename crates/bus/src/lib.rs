@@ -21,6 +21,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer, stream};
 use async_nats::{Client, ConnectOptions, HeaderMap};
 use bytes::Bytes;
+use futures::StreamExt;
 use serde::Serialize;
 use sy_config::NatsConfig;
 use sy_protocol::{Cancel, Observation, ReplyFrame, RequestEnvelope, Subjects, UsageEvent};
@@ -240,12 +241,23 @@ impl Bus {
             .map_err(|e| BusError::Publish(e.to_string()))
     }
 
-    /// Every worker's observations (one subscription per process).
-    pub async fn subscribe_live(&self) -> Result<async_nats::Subscriber, BusError> {
-        self.client
+    /// Every worker's observations (one subscription per process); unreadable
+    /// ones are skipped.
+    pub async fn subscribe_live(
+        &self,
+    ) -> Result<impl futures::Stream<Item = Observation> + Send + Unpin + 'static, BusError> {
+        let sub = self
+            .client
             .subscribe(self.subjects.live_filter())
             .await
-            .map_err(|e| BusError::Setup(format!("live subscription: {e}")))
+            .map_err(|e| BusError::Setup(format!("live subscription: {e}")))?;
+        Ok(sub.filter_map(|msg| {
+            let parsed = serde_json::from_slice::<Observation>(&msg.payload);
+            if let Err(e) = &parsed {
+                tracing::debug!(error = %e, "Ignoring an unreadable observation.");
+            }
+            futures::future::ready(parsed.ok())
+        }))
     }
 
     /// `provider`'s load as its worker pool's consumer reports it: requests

@@ -219,6 +219,18 @@ pub struct RawProvider {
     /// Most requests in flight to this provider across the cluster.
     #[serde(default)]
     pub max_concurrency: Option<u32>,
+    /// Retries on this target after a 429, 5xx or failed connection (default 2).
+    #[serde(default)]
+    pub retries: Option<u32>,
+    /// Streamed calls: longest wait for the first token, e.g. "10s".
+    #[serde(default)]
+    pub ttft_timeout: Option<String>,
+    /// Streamed calls: longest silence between two chunks, e.g. "10s".
+    #[serde(default)]
+    pub idle_timeout: Option<String>,
+    /// Calls that are not streamed: longest wait for the whole answer, e.g. "60s".
+    #[serde(default)]
+    pub response_timeout: Option<String>,
     /// Extra headers sent on every call (e.g. OpenAI-Organization).
     #[serde(default)]
     pub headers: BTreeMap<String, String>,

@@ -216,6 +216,14 @@ pub struct ProviderConfig {
     pub connect_timeout: Duration,
     /// Cluster-wide cap on requests in flight (the consumer's max_ack_pending).
     pub max_concurrency: NonZeroU32,
+    /// Retries on this target after a 429, 5xx or failed connection.
+    pub retries: u32,
+    /// Streamed calls: longest wait for the first token.
+    pub ttft_timeout: Duration,
+    /// Streamed calls: longest silence between chunks.
+    pub idle_timeout: Duration,
+    /// Calls that are not streamed: longest wait for the answer.
+    pub response_timeout: Duration,
     /// Extra headers.
     pub headers: BTreeMap<String, String>,
     /// Prices by upstream model; a model without one has an unknown price.
@@ -425,6 +433,18 @@ impl Config {
                     NonZeroU32::MIN
                 }
             };
+            let timeout =
+                |key: &str, v: &Option<String>, default: u64, e: &mut Vec<ConfigError>| {
+                    v.as_deref()
+                        .map_or(Duration::from_secs(default), |t| duration(&at(key), t, e))
+                };
+            let ttft_timeout = timeout("ttft_timeout", &p.ttft_timeout, 10, e);
+            let idle_timeout = timeout("idle_timeout", &p.idle_timeout, 10, e);
+            let response_timeout = timeout("response_timeout", &p.response_timeout, 60, e);
+            let retries = p.retries.unwrap_or(2);
+            if retries > 10 {
+                e.push(ConfigError::new(at("retries"), "must be at most 10"));
+            }
             let api_key = p.api_key.filter(|k| !k.is_empty()).map(Secret::new);
             let mut prices = BTreeMap::new();
             for (model, rp) in p.prices {
@@ -469,6 +489,10 @@ impl Config {
                     default_max_tokens,
                     connect_timeout,
                     max_concurrency,
+                    retries: retries.min(10),
+                    ttft_timeout,
+                    idle_timeout,
+                    response_timeout,
                     headers: p.headers,
                     prices,
                     models: model_facts,

@@ -46,8 +46,8 @@ use axum::serve::ListenerExt;
 use sy_bus::{Bus, BusError, ReplyRouter};
 use sy_config::{Config, ModelRoute};
 use sy_protocol::{
-    ApiSurface, ErrorCode, ReplyFrame, RequestEnvelope, RouteChoice, StartInfo, header as hdr,
-    now_unix_ms,
+    ApiSurface, ErrorCode, FallbackTarget, ReplyFrame, RequestEnvelope, RouteChoice, StartInfo,
+    header as hdr, now_unix_ms,
 };
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -532,7 +532,7 @@ async fn chat(
         )
     };
     let routing = state.routing();
-    let (route_name, provider, model, route_header, choice) =
+    let (route_name, provider, model, route_header, choice, fallback) =
         match routing.routers.get(&request.model) {
             Some(router) => {
                 let Some(c) = class else {
@@ -583,28 +583,39 @@ async fn chat(
                     strategy: decision.strategy.to_owned(),
                     rank: decision.order.first().map_or(1, |i| *i as u32 + 1),
                 };
+                let fallback = decision.order[1..]
+                    .iter()
+                    .map(|&i| FallbackTarget {
+                        provider: decision.candidates[i].provider.clone(),
+                        model: decision.candidates[i].model.clone(),
+                        rank: i as u32 + 1,
+                    })
+                    .collect();
                 (
                     router.name.clone(),
                     chosen.provider.clone(),
                     chosen.model.clone(),
                     decision.route.clone(),
                     choice,
+                    fallback,
                 )
             }
             None => {
                 let route = resolve(&routing, &request.model).map_err(|e| (e, None, class))?;
-                let target = &route.targets[0];
+                let mut order = route::fixed_order(state, route);
+                let first = order.remove(0);
                 let choice = RouteChoice {
                     route: String::new(),
                     strategy: "fixed".into(),
-                    rank: 1,
+                    rank: first.rank,
                 };
                 (
                     route.name.clone(),
-                    target.provider.clone(),
-                    target.model.clone(),
+                    first.provider,
+                    first.model,
                     route.name.clone(),
                     choice,
+                    order,
                 )
             }
         };
@@ -631,6 +642,8 @@ async fn chat(
         embeddings,
         class: class.map(|c| c.as_str().to_owned()),
         choice: Some(choice),
+        fallback,
+        fallback_reason: None,
     };
     // Register before publishing so that no frame can arrive unseen.
     let rx = state.replies.register(request_id, REPLY_BUFFER);

@@ -12,7 +12,7 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use sy_bus::Bus;
-use sy_protocol::{Observation, now_unix_ms};
+use sy_protocol::now_unix_ms;
 use sy_router::live::{LiveTable, Load};
 
 use crate::{AppState, authenticate};
@@ -31,12 +31,9 @@ pub(crate) async fn start(
     tokio::spawn({
         let weak = weak.clone();
         async move {
-            while let Some(msg) = sub.next().await {
+            while let Some(o) = sub.next().await {
                 let Some(table) = weak.upgrade() else { break };
-                match serde_json::from_slice::<Observation>(&msg.payload) {
-                    Ok(o) => table.observe(&o, now_unix_ms()),
-                    Err(e) => tracing::debug!(error = %e, "Ignoring an unreadable observation."),
-                }
+                table.observe(&o, now_unix_ms());
             }
         }
     });

@@ -7,9 +7,11 @@
 
 use serde_json::{Value, json};
 use sy_classifier::{CLASSES, Class, Prediction};
+use sy_config::ModelRoute;
 use sy_config::routing::RouterConfig;
+use sy_protocol::FallbackTarget;
 use sy_protocol::chat::ChatRequest;
-use sy_router::{Decision, RouteRequest};
+use sy_router::{Decision, Live, RouteRequest};
 use uuid::Uuid;
 
 use crate::{ApiError, AppState};
@@ -64,6 +66,25 @@ pub(crate) fn decide(
     )
 }
 
+/// A named model's targets in the order to try them: config order, except that
+/// targets that are unhealthy now go last (their outage costs no failed call
+/// first; they stay as a last resort).
+pub(crate) fn fixed_order(state: &AppState, route: &ModelRoute) -> Vec<FallbackTarget> {
+    let live = state.live.at(sy_protocol::now_unix_ms());
+    let (mut healthy, sick): (Vec<_>, Vec<_>) = route
+        .targets
+        .iter()
+        .enumerate()
+        .map(|(i, t)| FallbackTarget {
+            provider: t.provider.clone(),
+            model: t.model.clone(),
+            rank: i as u32 + 1,
+        })
+        .partition(|t| live.unhealthy(&t.provider, &t.model).is_none());
+    healthy.extend(sick);
+    healthy
+}
+
 /// The explain document for `req`.
 pub(crate) fn explain(
     state: &AppState,
@@ -100,10 +121,9 @@ pub(crate) fn explain(
         doc["fallback"] = Value::Array(d.order.iter().skip(1).map(pick).collect());
         doc["candidates"] = serde_json::to_value(&d.candidates).unwrap_or_default();
     } else if let Some(route) = routing.models.get(&req.model) {
-        let targets: Vec<Value> = route
-            .targets
+        let targets: Vec<Value> = fixed_order(state, route)
             .iter()
-            .map(|t| json!({"provider": t.provider, "model": t.model}))
+            .map(|t| json!({"provider": t.provider, "model": t.model, "rank": t.rank}))
             .collect();
         doc["router"] = Value::Null;
         doc["route"] = json!(route.name);

@@ -24,7 +24,8 @@ pub enum ApiSurface {
 pub struct RequestEnvelope {
     /// UUIDv7, also the response's `x-switchyard-request-id`.
     pub request_id: Uuid,
-    /// 1 for the first attempt; fallbacks count up.
+    /// 1 for the first call; every further call (a retry on the same target or
+    /// a fallback) counts up. Each attempt is one usage row.
     pub attempt: u32,
     /// The ingress instance waiting for the reply.
     pub ingress_id: String,
@@ -56,6 +57,24 @@ pub struct RequestEnvelope {
     /// How the target was chosen: the smart route, strategy and rank.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub choice: Option<RouteChoice>,
+    /// Targets to try next, in order, when this one fails before any output
+    /// reached the client. The worker republishes the envelope to the first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallback: Vec<FallbackTarget>,
+    /// Why the previous target gave up (set on a fallback's envelope).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback_reason: Option<String>,
+}
+
+/// A target further down a request's fallback order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FallbackTarget {
+    /// Provider entry.
+    pub provider: String,
+    /// Upstream model.
+    pub model: String,
+    /// Its position in the route's target list, from 1.
+    pub rank: u32,
 }
 
 /// How a request's target was chosen.

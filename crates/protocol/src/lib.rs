@@ -24,8 +24,8 @@ mod usage;
 
 pub use error::ErrorCode;
 pub use frame::{
-    ApiSurface, Cancel, CancelReason, ChunkFrame, FinalFrame, FrameError, ReplyFrame,
-    RequestEnvelope, RouteChoice, StartInfo,
+    ApiSurface, Cancel, CancelReason, ChunkFrame, FallbackTarget, FinalFrame, FrameError,
+    ReplyFrame, RequestEnvelope, RouteChoice, StartInfo,
 };
 pub use live::{Observation, Outcome};
 pub use subject::{Subjects, is_valid_token, route_token};

@@ -45,6 +45,10 @@ pub enum ProviderError {
     /// The provider sent something that is not its dialect.
     #[error("provider sent an unreadable response: {0}")]
     Protocol(String),
+    /// A watchdog gave up on the call: no first token, a stalled stream, or no
+    /// answer in time.
+    #[error("provider timed out: {0}")]
+    Timeout(String),
     /// No connection could be made.
     #[error("cannot connect to provider")]
     Connect(#[source] reqwest::Error),
@@ -62,6 +66,7 @@ impl ProviderError {
             ProviderError::ContextLength(_) => ErrorCode::ContextLengthExceeded,
             ProviderError::ContentFilter(_) => ErrorCode::ContentFiltered,
             ProviderError::Unsupported(_) => ErrorCode::InvalidRequest,
+            ProviderError::Timeout(_) => ErrorCode::ProviderTimeout,
             ProviderError::Transport(e) if e.is_timeout() => ErrorCode::ProviderTimeout,
             _ => ErrorCode::ProviderError,
         }

@@ -1,17 +1,24 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+
+use async_nats::jetstream::message::Acker;
 use async_nats::jetstream::{self, AckKind};
+use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::StreamExt;
 use sy_bus::Bus;
 use sy_config::ProviderConfig;
 use sy_protocol::chat::Usage;
 use sy_protocol::embeddings::{EmbeddingFrame, EmbeddingsRequest};
 use sy_protocol::{
-    ChunkFrame, ErrorCode, FinalFrame, FrameError, ReplyFrame, RequestEnvelope, StartInfo,
-    UsageStatus, now_unix_ms,
+    ChunkFrame, ErrorCode, FallbackTarget, FinalFrame, FrameError, ReplyFrame, RequestEnvelope,
+    StartInfo, UsageStatus, now_unix_ms,
 };
 use sy_providers::{AnyProvider, CallContext, Provider, ProviderError, ResponseMeta};
+use sy_router::Live;
+use sy_router::live::LiveTable;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::CancelRegistry;
@@ -26,6 +33,10 @@ pub(crate) struct Shared {
     pub progress_every: Duration,
     pub worker_id: String,
     pub markup_ppb: i64,
+    /// Every provider entry (context windows for fallback choices).
+    pub all_providers: Arc<BTreeMap<String, ProviderConfig>>,
+    /// Live target health, shared with every ingress through observations.
+    pub live: Arc<LiveTable>,
 }
 
 /// What an attempt learned, kept outside the call so that it survives a cancel.
@@ -41,9 +52,14 @@ pub(crate) struct AttemptState {
     pub error: Option<FrameError>,
 }
 
+/// Attempt numbers of a redelivered message start this far above the original
+/// delivery's, so a call made after a worker crash never reuses a usage event id.
+const ATTEMPT_STRIDE: u32 = 16;
+
 /// Handles one pulled message from start to ack.
 pub(crate) async fn handle(cx: Arc<Shared>, msg: jetstream::Message) {
     let dispatched_unix_ms = now_unix_ms();
+    let delivered = msg.info().map_or(1, |i| i.delivered.max(1));
     let (msg, acker) = msg.split();
     let env: RequestEnvelope = match serde_json::from_slice(&msg.payload) {
         Ok(env) => env,
@@ -54,7 +70,7 @@ pub(crate) async fn handle(cx: Arc<Shared>, msg: jetstream::Message) {
         }
     };
     let span = tracing::debug_span!(
-        "worker.attempt",
+        "worker.request",
         request_id = %env.request_id,
         provider = %cx.provider.name,
         model = %env.model,
@@ -62,32 +78,146 @@ pub(crate) async fn handle(cx: Arc<Shared>, msg: jetstream::Message) {
     );
     async move {
         tracing::trace!("Request pulled.");
-        let mut state = AttemptState::default();
-        let ended = if dispatched_unix_ms >= env.deadline_unix_ms {
+        let first_attempt = env
+            .attempt
+            .saturating_add((delivered.min(1 << 20) as u32 - 1) * ATTEMPT_STRIDE);
+        if dispatched_unix_ms >= env.deadline_unix_ms {
             tracing::debug!("Request expired before a worker took it.");
             let error = FrameError::new(
                 ErrorCode::DeadlineExceeded,
                 "the request's deadline passed before a worker took it",
             );
-            Replier::new(&cx, &env).fail(error.clone()).await;
-            state.error = Some(error);
-            Ended::Expired
+            Replier::new(&cx, &env, first_attempt)
+                .fail(error.clone())
+                .await;
+            let state = AttemptState {
+                error: Some(error),
+                ..AttemptState::default()
+            };
+            let call = Call::first(first_attempt, &env, dispatched_unix_ms);
+            let event = usage::event(&cx, &env, &call, &state, Ended::Expired);
+            usage::publish(&cx.bus, &event, &acker).await;
         } else if let Some(running) = cx.cancels.begin(env.request_id) {
-            let deadline = tokio::time::Instant::now()
-                + Duration::from_millis(env.deadline_unix_ms.saturating_sub(now_unix_ms()));
-            let call = Replier::new(&cx, &env).run(&cx.adapter, &mut state);
-            tokio::pin!(call);
-            // First progress ack one period from now. (Awaiting an interval's immediate
-            // first tick costs a trip through the millisecond timer wheel: ~1 ms of
-            // latency on every request.)
+            serve(
+                &cx,
+                &env,
+                &acker,
+                running.token(),
+                first_attempt,
+                dispatched_unix_ms,
+            )
+            .await;
+        } else {
+            tracing::debug!("Request was cancelled before a worker took it.");
+            let call = Call::first(first_attempt, &env, dispatched_unix_ms);
+            let event = usage::event(&cx, &env, &call, &AttemptState::default(), Ended::Cancelled);
+            usage::publish(&cx.bus, &event, &acker).await;
+        }
+        if let Err(e) = acker.ack().await {
+            tracing::warn!(error = %e, "Ack failed; the request may be redelivered.");
+        }
+    }
+    .instrument(span)
+    .await;
+}
+
+/// One call to the provider: its attempt number, when it started, and why it
+/// was made (a retry or a fallback).
+#[derive(Debug, Clone)]
+pub(crate) struct Call {
+    pub attempt: u32,
+    pub started_unix_ms: u64,
+    pub reason: Option<String>,
+}
+
+impl Call {
+    fn first(attempt: u32, env: &RequestEnvelope, started_unix_ms: u64) -> Call {
+        Call {
+            attempt,
+            started_unix_ms,
+            reason: env.fallback_reason.clone(),
+        }
+    }
+}
+
+/// What to do after a call failed before any output reached the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Next {
+    /// Call the same target again after a backoff (at least this long).
+    Retry(Option<Duration>),
+    /// Do not call this target again for this request: the next target.
+    Fallback,
+    /// The client gets this error.
+    Final,
+}
+
+/// The failure table (docs/reliability.md): 429, overload, 5xx and connections
+/// that failed before an answer are retried and then fall back; a target that
+/// stayed silent past its timeout, or whose context window is too small, is
+/// not called again; refusals and other 4xx are final.
+pub(crate) fn next_step(e: &FrameError) -> Next {
+    match e.code {
+        ErrorCode::RateLimited | ErrorCode::Overloaded => {
+            Next::Retry(e.retry_after_ms.map(Duration::from_millis))
+        }
+        ErrorCode::ProviderError => match e.provider_status {
+            None | Some(408 | 500..) => Next::Retry(None),
+            Some(_) => Next::Final,
+        },
+        ErrorCode::ProviderTimeout | ErrorCode::ContextLengthExceeded => Next::Fallback,
+        _ => Next::Final,
+    }
+}
+
+/// Serves one request on this target: calls, retries with backoff, and hands
+/// over to the next target when this one cannot answer. Always ends with the
+/// client answered (frames on the reply subject), the request republished to a
+/// fallback, or the client gone.
+async fn serve(
+    cx: &Shared,
+    env: &RequestEnvelope,
+    acker: &Acker,
+    cancelled: &CancellationToken,
+    first_attempt: u32,
+    dispatched_unix_ms: u64,
+) {
+    let deadline = tokio::time::Instant::now()
+        + Duration::from_millis(env.deadline_unix_ms.saturating_sub(now_unix_ms()));
+    let mut backoff = ExponentialBuilder::new()
+        .with_min_delay(RETRY_MIN)
+        .with_max_delay(RETRY_MAX)
+        .with_jitter()
+        .with_max_times(cx.provider.retries as usize)
+        .build();
+    let mut call = Call::first(first_attempt, env, dispatched_unix_ms);
+    // A target whose breaker is open is not called while another can serve.
+    if let Some(why) = cx
+        .live
+        .at(now_unix_ms())
+        .unhealthy(&cx.provider.name, &env.model)
+        && !env.fallback.is_empty()
+    {
+        let reason = format!("{}/{} {why}", cx.provider.name, env.model);
+        let error = FrameError::new(ErrorCode::Overloaded, reason.clone());
+        return fall_back(cx, env, call.attempt, &error, reason).await;
+    }
+    loop {
+        let mut state = AttemptState::default();
+        let mut replier = Replier::new(cx, env, call.attempt);
+        let ended = {
+            let run = replier.run(&cx.adapter, &cx.provider, &mut state);
+            tokio::pin!(run);
+            // First progress ack one period from now. (Awaiting an interval's
+            // immediate first tick costs a trip through the millisecond timer
+            // wheel: ~1 ms of latency on every request.)
             let mut progress = tokio::time::interval_at(
                 tokio::time::Instant::now() + cx.progress_every,
                 cx.progress_every,
             );
             loop {
                 tokio::select! {
-                    () = &mut call => break Ended::Done,
-                    _ = running.token().cancelled() => {
+                    () = &mut run => break Ended::Done,
+                    _ = cancelled.cancelled() => {
                         tracing::debug!("Request cancelled by the client; upstream call dropped.");
                         break Ended::Cancelled;
                     }
@@ -101,27 +231,129 @@ pub(crate) async fn handle(cx: Arc<Shared>, msg: jetstream::Message) {
                 }
             }
             // The upstream call is dropped here at the latest, closing its connection.
-        } else {
-            tracing::debug!("Request was cancelled before a worker took it.");
-            Ended::Cancelled
         };
-        let event = usage::event(&cx, &env, &state, ended, dispatched_unix_ms);
+        let sent = replier.seq;
+        let event = usage::event(cx, env, &call, &state, ended);
         if event.status != UsageStatus::Ok {
             tracing::debug!(status = event.status.as_str(), "Attempt did not complete.");
         }
         if let Some(o) = usage::observation(&event, ended) {
             // At most once: a lost observation only delays what routers learn.
+            cx.live.observe(&o, now_unix_ms());
             if let Err(e) = cx.bus.publish_observation(&o).await {
                 tracing::debug!(error = %e, "Live observation not sent.");
             }
         }
-        usage::publish(&cx.bus, &event, &acker).await;
-        if let Err(e) = acker.ack().await {
-            tracing::warn!(error = %e, "Ack failed; the request may be redelivered.");
+        usage::publish(&cx.bus, &event, acker).await;
+        let error = match (ended, state.error) {
+            (Ended::Done, Some(e)) if sent == 0 => e,
+            // Answered, failed after output reached the client (the final error
+            // frame is out), or nobody waits any more.
+            _ => return,
+        };
+        let code = error.code.as_str();
+        match next_step(&error) {
+            Next::Retry(after) => {
+                let delay = backoff.next().map(|d| d.max(after.unwrap_or_default()));
+                let Some(delay) = delay.filter(|d| tokio::time::Instant::now() + *d < deadline)
+                else {
+                    let reason = format!("{}/{} failed: {code}", cx.provider.name, env.model);
+                    return fall_back(cx, env, call.attempt, &error, reason).await;
+                };
+                tracing::debug!(?delay, code, "Retrying the same target.");
+                if !wait(delay, cancelled, acker, cx.progress_every).await {
+                    return;
+                }
+                call = Call {
+                    attempt: call.attempt + 1,
+                    started_unix_ms: now_unix_ms(),
+                    reason: Some(format!("retry after {code}")),
+                };
+            }
+            Next::Fallback => {
+                let reason = format!("{}/{} failed: {code}", cx.provider.name, env.model);
+                return fall_back(cx, env, call.attempt, &error, reason).await;
+            }
+            Next::Final => return Replier::new(cx, env, call.attempt).fail(error).await,
         }
     }
-    .instrument(span)
-    .await;
+}
+
+/// Shortest and longest backoff between retries on one target (with jitter).
+const RETRY_MIN: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Sleeps `d` unless the client goes away (false), keeping the message in progress.
+async fn wait(d: Duration, cancelled: &CancellationToken, acker: &Acker, every: Duration) -> bool {
+    let until = tokio::time::Instant::now() + d;
+    loop {
+        let step = (until - tokio::time::Instant::now()).min(every);
+        tokio::select! {
+            _ = cancelled.cancelled() => return false,
+            _ = tokio::time::sleep(step) => {}
+        }
+        if tokio::time::Instant::now() >= until {
+            return true;
+        }
+        let _ = acker.ack_with(AckKind::Progress).await;
+    }
+}
+
+/// Republishes the request to the next target that can serve it, or, when none
+/// is left, gives the client `error`. After a context-length error, targets
+/// whose window is known to be no larger are skipped; targets whose breaker is
+/// open are skipped unless nothing else is left.
+async fn fall_back(
+    cx: &Shared,
+    env: &RequestEnvelope,
+    attempt: u32,
+    error: &FrameError,
+    reason: String,
+) {
+    let window = |p: &str, m: &str| {
+        cx.all_providers
+            .get(p)
+            .and_then(|p| p.models.get(m))
+            .and_then(|i| i.context_window)
+    };
+    let here = window(&cx.provider.name, &env.model);
+    let fits = |t: &FallbackTarget| {
+        error.code != ErrorCode::ContextLengthExceeded
+            || match (here, window(&t.provider, &t.model)) {
+                (Some(a), Some(b)) => b > a,
+                _ => true,
+            }
+    };
+    let live = cx.live.at(now_unix_ms());
+    let candidates: Vec<usize> = (0..env.fallback.len())
+        .filter(|&i| fits(&env.fallback[i]))
+        .collect();
+    let pick = candidates
+        .iter()
+        .copied()
+        .find(|&i| {
+            let t = &env.fallback[i];
+            live.unhealthy(&t.provider, &t.model).is_none()
+        })
+        .or_else(|| candidates.first().copied());
+    let Some(i) = pick else {
+        return Replier::new(cx, env, attempt).fail(error.clone()).await;
+    };
+    let next = &env.fallback[i];
+    let mut out = env.clone();
+    out.attempt = attempt + 1;
+    out.provider.clone_from(&next.provider);
+    out.model.clone_from(&next.model);
+    out.fallback = env.fallback[i + 1..].to_vec();
+    out.fallback_reason = Some(reason);
+    if let Some(choice) = &mut out.choice {
+        choice.rank = next.rank;
+    }
+    tracing::debug!(to = %next.provider, model = %next.model, "Falling back.");
+    if let Err(e) = cx.bus.publish_request(&out).await {
+        tracing::warn!(error = %e, "Could not hand the request to its fallback.");
+        Replier::new(cx, env, attempt).fail(error.clone()).await;
+    }
 }
 
 /// Publishes one request's frames in order.
@@ -129,15 +361,17 @@ struct Replier<'a> {
     bus: &'a Bus,
     env: &'a RequestEnvelope,
     provider: &'a str,
+    attempt: u32,
     seq: u32,
 }
 
 impl<'a> Replier<'a> {
-    fn new(cx: &'a Shared, env: &'a RequestEnvelope) -> Self {
+    fn new(cx: &'a Shared, env: &'a RequestEnvelope, attempt: u32) -> Self {
         Replier {
             bus: &cx.bus,
             env,
             provider: &cx.provider.name,
+            attempt,
             seq: 0,
         }
     }
@@ -151,7 +385,7 @@ impl<'a> Replier<'a> {
             response_id: meta.id,
             created: meta.created,
             system_fingerprint: meta.system_fingerprint,
-            attempt: self.env.attempt,
+            attempt: self.attempt,
         }
     }
 
@@ -162,7 +396,7 @@ impl<'a> Replier<'a> {
         }
     }
 
-    async fn fail(mut self, error: FrameError) {
+    async fn fail(&mut self, error: FrameError) {
         let start = (self.seq == 0).then(|| self.start_info(None));
         let frame = ReplyFrame::Final(FinalFrame {
             seq: self.seq,
@@ -176,7 +410,7 @@ impl<'a> Replier<'a> {
 
     /// Embeds the input and sends one frame per vector, then the final frame.
     async fn run_embeddings(
-        mut self,
+        &mut self,
         adapter: &AnyProvider,
         req: &EmbeddingsRequest,
         state: &mut AttemptState,
@@ -237,24 +471,74 @@ impl<'a> Replier<'a> {
         self.publish(frame).await;
     }
 
-    /// Calls the provider and relays its answer; always ends with a final frame.
-    /// Everything learned goes into `state` as it happens.
-    async fn run(mut self, adapter: &AnyProvider, state: &mut AttemptState) {
-        if let Some(req) = &self.env.embeddings {
+    /// Calls the provider and relays its answer. Ends with a final frame, except
+    /// when the call failed before anything was sent (`seq` still 0): then the
+    /// error is in `state` and the caller decides (retry, fallback or final).
+    /// Everything learned goes into `state` as it happens. Streamed calls must
+    /// bring their first token within `ttft_timeout` and then never stay silent
+    /// longer than `idle_timeout`; other calls must answer within `response_timeout`.
+    async fn run(
+        &mut self,
+        adapter: &AnyProvider,
+        provider: &ProviderConfig,
+        state: &mut AttemptState,
+    ) {
+        let env = self.env;
+        if let Some(req) = &env.embeddings {
             return self.run_embeddings(adapter, req, state).await;
         }
+        let stream_mode = env.request.is_stream();
         let cx = CallContext {
-            model: self.env.model.clone(),
-            stream: self.env.request.is_stream(),
+            model: env.model.clone(),
+            stream: stream_mode,
+        };
+        let started = tokio::time::Instant::now();
+        let first_by = started
+            + if stream_mode {
+                provider.ttft_timeout
+            } else {
+                provider.response_timeout
+            };
+        let silent = |what: &str, limit: Duration| {
+            ProviderError::Timeout(format!("{what} within {} s", limit.as_secs_f64()))
         };
         state.reached_provider = true;
-        let mut stream = match adapter.chat(&self.env.request, &cx).await {
-            Ok(s) => s,
-            Err(e) => return self.provider_failed(e, state).await,
-        };
+        let mut stream =
+            match tokio::time::timeout_at(first_by, adapter.chat(&env.request, &cx)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return self.provider_failed(e, state).await,
+                Err(_) => {
+                    let e = if stream_mode {
+                        silent("no first token", provider.ttft_timeout)
+                    } else {
+                        silent("no answer", provider.response_timeout)
+                    };
+                    return self.provider_failed(e, state).await;
+                }
+            };
         tracing::trace!("Provider answered.");
-        while let Some(item) = stream.next().await {
-            let chunk = match item {
+        // Meta-only events (a stream's opening) wait for the first content, so
+        // that nothing reaches the client before the target has really answered.
+        let mut held_meta = None;
+        loop {
+            let by = if !stream_mode || self.seq == 0 {
+                first_by
+            } else {
+                tokio::time::Instant::now() + provider.idle_timeout
+            };
+            let item = match tokio::time::timeout_at(by, stream.next()).await {
+                Ok(Some(item)) => item,
+                Ok(None) => break,
+                Err(_) => {
+                    let e = match (stream_mode, self.seq) {
+                        (true, 0) => silent("no first token", provider.ttft_timeout),
+                        (true, _) => silent("the stream stalled: no chunk", provider.idle_timeout),
+                        (false, _) => silent("no answer", provider.response_timeout),
+                    };
+                    return self.provider_failed(e, state).await;
+                }
+            };
+            let mut chunk = match item {
                 Ok(c) => c,
                 Err(e) => return self.provider_failed(e, state).await,
             };
@@ -278,13 +562,17 @@ impl<'a> Replier<'a> {
                     state.finish_reason.clone_from(&c.finish_reason);
                 }
             }
-            if chunk.choices.is_empty() && (self.seq > 0 || chunk.meta.is_none()) {
+            if chunk.choices.is_empty() {
+                if self.seq == 0 && held_meta.is_none() {
+                    held_meta = chunk.meta;
+                }
                 continue;
             }
             if state.first_token_unix_ms.is_none() {
                 state.first_token_unix_ms = Some(now_unix_ms());
             }
-            let start = (self.seq == 0).then(|| self.start_info(chunk.meta));
+            let meta = chunk.meta.take().or_else(|| held_meta.take());
+            let start = (self.seq == 0).then(|| self.start_info(meta));
             let frame = ReplyFrame::Chunk(ChunkFrame {
                 seq: self.seq,
                 start,
@@ -292,7 +580,7 @@ impl<'a> Replier<'a> {
             });
             self.publish(frame).await;
         }
-        let start = (self.seq == 0).then(|| self.start_info(None));
+        let start = (self.seq == 0).then(|| self.start_info(held_meta.take()));
         let frame = ReplyFrame::Final(FinalFrame {
             seq: self.seq,
             start,
@@ -304,10 +592,73 @@ impl<'a> Replier<'a> {
         tracing::trace!("Final frame published.");
     }
 
-    async fn provider_failed(self, e: ProviderError, state: &mut AttemptState) {
+    /// Records the failure; once output reached the client, also ends its answer
+    /// with the error (a cut answer never ends like a success).
+    async fn provider_failed(&mut self, e: ProviderError, state: &mut AttemptState) {
         tracing::debug!(error = %e, "Provider call failed.");
         let fe = e.to_frame_error(self.provider);
         state.error = Some(fe.clone());
-        self.fail(fe).await;
+        if self.seq > 0 {
+            self.fail(fe).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(code: ErrorCode, status: Option<u16>, retry_after_ms: Option<u64>) -> FrameError {
+        let mut e = FrameError::new(code, "x");
+        e.provider_status = status;
+        e.retry_after_ms = retry_after_ms;
+        e
+    }
+
+    /// docs/reliability.md's failure table, row by row.
+    #[test]
+    fn the_failure_table() {
+        let rows: [(FrameError, Next); 12] = [
+            (
+                err(ErrorCode::RateLimited, Some(429), Some(1500)),
+                Next::Retry(Some(Duration::from_millis(1500))),
+            ),
+            (
+                err(ErrorCode::RateLimited, Some(429), None),
+                Next::Retry(None),
+            ),
+            (
+                err(ErrorCode::Overloaded, Some(529), None),
+                Next::Retry(None),
+            ),
+            (
+                err(ErrorCode::ProviderError, Some(500), None),
+                Next::Retry(None),
+            ),
+            (
+                err(ErrorCode::ProviderError, Some(502), None),
+                Next::Retry(None),
+            ),
+            (
+                err(ErrorCode::ProviderError, Some(408), None),
+                Next::Retry(None),
+            ),
+            // Connection refused or reset, an unreadable answer: no status.
+            (err(ErrorCode::ProviderError, None, None), Next::Retry(None)),
+            (err(ErrorCode::ProviderTimeout, None, None), Next::Fallback),
+            (
+                err(ErrorCode::ContextLengthExceeded, Some(400), None),
+                Next::Fallback,
+            ),
+            (
+                err(ErrorCode::ContentFiltered, Some(400), None),
+                Next::Final,
+            ),
+            (err(ErrorCode::ProviderError, Some(401), None), Next::Final),
+            (err(ErrorCode::InvalidRequest, None, None), Next::Final),
+        ];
+        for (e, want) in rows {
+            assert_eq!(next_step(&e), want, "{:?} {:?}", e.code, e.provider_status);
+        }
     }
 }

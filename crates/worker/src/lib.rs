@@ -95,6 +95,24 @@ pub async fn run(
         &uuid::Uuid::new_v4().simple().to_string()[..12]
     );
     let cancels = CancelRegistry::start(&bus).await?;
+    // Live health from every worker's calls (this one's included), so that a
+    // target another worker found dead is not called while a fallback can serve.
+    let live = Arc::new(sy_router::live::LiveTable::new(config.health));
+    let mut observations = bus.subscribe_live().await?;
+    tokio::spawn({
+        let live = Arc::downgrade(&live);
+        let me = worker_id.clone();
+        async move {
+            while let Some(o) = observations.next().await {
+                let Some(live) = live.upgrade() else { break };
+                // This worker's own calls were folded in already.
+                if o.worker_id != me {
+                    live.observe(&o, sy_protocol::now_unix_ms());
+                }
+            }
+        }
+    });
+    let all_providers = Arc::new(config.providers.clone());
     let tracker = TaskTracker::new();
     let ack_wait = config.nats.ack_wait;
     let mut pools = Vec::new();
@@ -108,6 +126,8 @@ pub async fn run(
             progress_every: ack_wait / 3,
             worker_id: worker_id.clone(),
             markup_ppb: config.markup_ppb,
+            all_providers: all_providers.clone(),
+            live: live.clone(),
         });
         pools.push(tokio::spawn(pool(
             cx,

@@ -22,7 +22,7 @@ use sy_protocol::{
     now_unix_ms,
 };
 
-use crate::handle::{AttemptState, Shared};
+use crate::handle::{AttemptState, Call, Shared};
 use crate::tokens;
 
 /// How an attempt ended, from the worker's point of view.
@@ -46,10 +46,11 @@ fn detail(map: Option<&serde_json::Map<String, serde_json::Value>>, key: &str) -
 pub(crate) fn event(
     cx: &Shared,
     env: &RequestEnvelope,
+    call: &Call,
     state: &AttemptState,
     ended: Ended,
-    dispatched_unix_ms: u64,
 ) -> UsageEvent {
+    let dispatched_unix_ms = call.started_unix_ms;
     let finished = now_unix_ms();
     let status = match (ended, &state.error) {
         (Ended::Done, None) => UsageStatus::Ok,
@@ -102,9 +103,9 @@ pub(crate) fn event(
         _ => None,
     };
     UsageEvent {
-        event_id: UsageEvent::event_id_of(env.request_id, env.attempt),
+        event_id: UsageEvent::event_id_of(env.request_id, call.attempt),
         request_id: env.request_id,
-        attempt: env.attempt,
+        attempt: call.attempt,
         received_unix_ms: env.received_unix_ms,
         dispatched_unix_ms,
         first_token_unix_ms: state.first_token_unix_ms,
@@ -142,7 +143,7 @@ pub(crate) fn event(
             .first_token_unix_ms
             .map(|t| t.saturating_sub(env.received_unix_ms)),
         latency_ms: finished.saturating_sub(env.received_unix_ms),
-        fallback_reason: None,
+        fallback_reason: call.reason.clone(),
         client_disconnected: ended == Ended::Cancelled,
     }
 }

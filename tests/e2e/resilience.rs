@@ -1,0 +1,318 @@
+//! Retries, fallback, watchdogs and breakers (docs/reliability.md), with faults
+//! injected by the mock providers. The stack's `chain` model is the classic
+//! chain: openai/gpt-4o-mini → anthropic/claude-sonnet-4-5 → vllm/llama-3.1-8b.
+//! Each test prints and asserts its figures.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sy_test_support::sse_data;
+
+use crate::stack::{Stack, StackOptions, body, streamed_content};
+
+fn calls(stack: &Stack) -> [u64; 3] {
+    [
+        stack.mock.stats().requests,
+        stack.dialect_mocks[0].1.stats().requests,
+        stack.dialect_mocks[3].1.stats().requests,
+    ]
+}
+
+fn header(resp: &reqwest::Response, name: &str) -> String {
+    resp.headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+#[derive(clickhouse::Row, serde::Deserialize, Debug)]
+struct AttemptRow {
+    attempt: u32,
+    provider: String,
+    status: String,
+    fallback_reason: String,
+}
+
+/// The usage rows of one request, by attempt, once `n` have arrived.
+async fn attempts(stack: &Stack, request_id: &str, n: usize) -> Vec<AttemptRow> {
+    let c = stack.clickhouse.as_ref().unwrap();
+    let client = sy_accounting::client(c);
+    let sql = format!(
+        "SELECT attempt, provider, status, fallback_reason FROM {}.requests FINAL \
+         WHERE toString(request_id) = '{request_id}' ORDER BY attempt",
+        c.database
+    );
+    let until = Instant::now() + Duration::from_secs(15);
+    loop {
+        let rows: Vec<AttemptRow> = client.query(&sql).fetch_all().await.unwrap();
+        if rows.len() >= n || Instant::now() > until {
+            return rows;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_primary_is_retried_then_the_fallback_answers() {
+    let stack = Stack::start_with(StackOptions {
+        retries: 1,
+        clickhouse: true,
+        ..Default::default()
+    })
+    .await;
+    let resp = stack
+        .chat(&body("chain", "hello [[mock:status=500,only=openai]]"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(header(&resp, "x-switchyard-provider"), "anthropic");
+    assert_eq!(header(&resp, "x-switchyard-model"), "claude-sonnet-4-5");
+    assert_eq!(header(&resp, "x-switchyard-attempts"), "3");
+    let id = header(&resp, "x-switchyard-request-id");
+    let v: Value = resp.json().await.unwrap();
+    assert!(
+        v["model"].as_str().unwrap().starts_with("claude"),
+        "the model that answered: {v}"
+    );
+    assert_eq!(
+        calls(&stack),
+        [2, 1, 0],
+        "openai twice (one retry), then anthropic"
+    );
+    let rows = attempts(&stack, &id, 3).await;
+    println!("usage rows: {rows:?}");
+    let path: Vec<_> = rows
+        .iter()
+        .map(|r| (r.attempt, r.provider.as_str(), r.status.as_str()))
+        .collect();
+    assert_eq!(
+        path,
+        [
+            (1, "openai", "error"),
+            (2, "openai", "error"),
+            (3, "anthropic", "ok")
+        ]
+    );
+    assert_eq!(rows[0].fallback_reason, "");
+    assert_eq!(rows[1].fallback_reason, "retry after provider_error");
+    assert_eq!(
+        rows[2].fallback_reason,
+        "openai/gpt-4o-mini failed: provider_error"
+    );
+
+    // Streamed: the client sees one clean stream from the fallback.
+    let mut b = body("chain", "stream [[mock:status=503,only=openai]]");
+    b["stream"] = json!(true);
+    let resp = stack.chat(&b).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(header(&resp, "x-switchyard-provider"), "anthropic");
+    let data = sse_data(resp).await;
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+    assert!(!streamed_content(&data, 0).is_empty());
+    assert_eq!(data.iter().filter(|d| d.contains("\"error\"")).count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_is_waited_for_and_a_429_storm_goes_to_the_fallback() {
+    let stack = Stack::start_with(StackOptions {
+        retries: 1,
+        ..Default::default()
+    })
+    .await;
+    let started = Instant::now();
+    let resp = stack
+        .chat(&body(
+            "chain",
+            "hi [[mock:status=429,retry_after=1,only=openai]]",
+        ))
+        .send()
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(header(&resp, "x-switchyard-provider"), "anthropic");
+    assert!(took >= Duration::from_secs(1), "the retry waited: {took:?}");
+    assert!(took < Duration::from_secs(4), "{took:?}");
+    assert_eq!(calls(&stack), [2, 1, 0]);
+
+    // A storm: every request is served, none fails, no retry comes early.
+    let (mut ok, mut failed) = (0, 0);
+    for i in 0..10 {
+        let resp = stack
+            .chat(&body(
+                "chain",
+                &format!("storm {i} [[mock:status=429,only=openai]]"),
+            ))
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == 200 && header(&resp, "x-switchyard-provider") == "anthropic" {
+            ok += 1;
+        } else {
+            failed += 1;
+        }
+    }
+    println!("429 storm: sent 10, served by the fallback {ok}, failed {failed}");
+    assert_eq!((ok, failed), (10, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_target_times_out_once_and_the_fallback_answers_in_time() {
+    let stack = Stack::start_with(StackOptions {
+        retries: 2,
+        ttft_timeout: "500ms",
+        response_timeout: "500ms",
+        ..Default::default()
+    })
+    .await;
+    // Streamed: no first token within 500 ms.
+    let mut b = body("chain", "hi [[mock:ttft_ms=5000,only=openai]]");
+    b["stream"] = json!(true);
+    let started = Instant::now();
+    let resp = stack.chat(&b).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(header(&resp, "x-switchyard-provider"), "anthropic");
+    let data = sse_data(resp).await;
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(2500), "{took:?}");
+    // Not streamed: no answer at all.
+    let resp = stack
+        .chat(&body("chain", "hi [[mock:hang=1,only=openai]]"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(header(&resp, "x-switchyard-provider"), "anthropic");
+    assert_eq!(
+        calls(&stack),
+        [2, 2, 0],
+        "the silent target is never called twice for one request"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn context_length_falls_back_only_to_larger_windows_and_refusals_are_final() {
+    let stack = Stack::start_with(StackOptions {
+        retries: 2,
+        ..Default::default()
+    })
+    .await;
+    let resp = stack
+        .chat(&body(
+            "chain",
+            "long [[mock:status=400,error=context_length,only=openai]]",
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(header(&resp, "x-switchyard-provider"), "anthropic");
+    assert_eq!(calls(&stack), [1, 1, 0], "no resend to the same window");
+    // Too long for anthropic too: vllm's 8k window is smaller, so it is skipped
+    // and the client gets the context-length error.
+    let resp = stack
+        .chat(&body(
+            "chain",
+            "longer [[mock:status=400,error=context_length,only=openai]] \
+             [[mock:status=400,error=context_length,only=anthropic]]",
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "context_length_exceeded", "{v}");
+    assert_eq!(calls(&stack), [2, 2, 0]);
+    // A content refusal: one call, no fallback, a clean 400.
+    let resp = stack
+        .chat(&body(
+            "chain",
+            "bad [[mock:status=400,error=content_filter,only=openai]]",
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "content_filter", "{v}");
+    assert_eq!(calls(&stack), [3, 2, 0]);
+    // Another 4xx (the provider rejects our key): final, no fallback, no key leaked.
+    let resp = stack
+        .chat(&body("chain", "auth [[mock:status=401,only=openai]]"))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_client_error() || resp.status() == 502);
+    let text = resp.text().await.unwrap();
+    assert!(text.contains("credentials"), "{text}");
+    assert_eq!(calls(&stack), [4, 2, 0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_breaker_sends_traffic_straight_to_the_fallback_until_it_recovers() {
+    let stack = Stack::start().await;
+    // Three failures (the stack's threshold) open openai's breaker.
+    for i in 0..3 {
+        let resp = stack
+            .chat(&body(
+                "chain",
+                &format!("x{i} [[mock:status=500,only=openai]]"),
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(header(&resp, "x-switchyard-provider"), "anthropic");
+    }
+    assert_eq!(calls(&stack), [3, 3, 0]);
+    // Now healthy requests skip openai entirely: no failed primary attempt first.
+    let until = Instant::now() + Duration::from_secs(5);
+    let mut skipped = 0;
+    while skipped < 5 {
+        let resp = stack.chat(&body("chain", "fine")).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        if header(&resp, "x-switchyard-provider") == "anthropic" {
+            assert_eq!(header(&resp, "x-switchyard-attempts"), "1");
+            skipped += 1;
+        }
+        assert!(Instant::now() < until, "the breaker never steered traffic");
+    }
+    assert_eq!(
+        stack.mock.stats().requests,
+        3,
+        "openai not called while open"
+    );
+    // After the cool-down (2 s) traffic returns to the primary.
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let resp = stack.chat(&body("chain", "fine")).send().await.unwrap();
+    assert_eq!(header(&resp, "x-switchyard-provider"), "openai");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_cut_after_output_ends_with_an_error_never_a_success() {
+    let stack = Stack::start_with(StackOptions {
+        retries: 2,
+        ..Default::default()
+    })
+    .await;
+    let mut b = body("chain", "cut [[mock:tokens=20,cut_after=3,only=openai]]");
+    b["stream"] = json!(true);
+    let resp = stack.chat(&b).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let data = sse_data(resp).await;
+    println!("{data:?}");
+    assert!(
+        !streamed_content(&data, 0).is_empty(),
+        "output reached the client"
+    );
+    assert_ne!(data.last().map(String::as_str), Some("[DONE]"));
+    assert!(
+        !data
+            .iter()
+            .any(|d| d.contains("\"finish_reason\":\"stop\"")),
+        "a cut answer never ends like a success"
+    );
+    assert!(data.last().unwrap().contains("\"error\""), "{data:?}");
+    assert_eq!(calls(&stack), [1, 0, 0], "no retry once output was sent");
+}
