@@ -101,6 +101,8 @@ async fn expired_envelope_never_reaches_the_provider() {
         choice: None,
         fallback: Vec::new(),
         fallback_reason: None,
+        mid_stream: Default::default(),
+        resume: None,
     };
     let js = async_nats::jetstream::new(nats.clone());
     js.publish(

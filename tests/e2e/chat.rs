@@ -212,6 +212,8 @@ async fn models_endpoint_lists_configured_models() {
             "auto:canary",
             "auto:fast",
             "chain",
+            "chain-splice",
+            "chain-strict",
             "claude-sonnet-4-5",
             "command-r-plus",
             "embed-v4.0",

@@ -296,7 +296,10 @@ async fn a_stream_cut_after_output_ends_with_an_error_never_a_success() {
         ..Default::default()
     })
     .await;
-    let mut b = body("chain", "cut [[mock:tokens=20,cut_after=3,only=openai]]");
+    let mut b = body(
+        "chain-strict",
+        "cut [[mock:tokens=20,cut_after=3,only=openai]]",
+    );
     b["stream"] = json!(true);
     let resp = stack.chat(&b).send().await.unwrap();
     assert_eq!(resp.status(), 200);
@@ -315,4 +318,74 @@ async fn a_stream_cut_after_output_ends_with_an_error_never_a_success() {
     );
     assert!(data.last().unwrap().contains("\"error\""), "{data:?}");
     assert_eq!(calls(&stack), [1, 0, 0], "no retry once output was sent");
+}
+
+/// Streams `prompt` on `model` and returns (content, last data line, every line).
+async fn stream(stack: &Stack, model: &str, prompt: &str) -> (String, String, Vec<String>) {
+    let mut b = body(model, prompt);
+    b["stream"] = json!(true);
+    let resp = stack.chat(&b).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let data = sse_data(resp).await;
+    (
+        streamed_content(&data, 0),
+        data.last().cloned().unwrap_or_default(),
+        data,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_stream_is_recovered_by_prefill_or_splice_and_never_garbled() {
+    let stack = Stack::start().await;
+    let whole = sy_mock_provider::reply_text("tell me", 20, 0);
+    // Prefill: anthropic continues the 5 tokens the client already has.
+    let (content, last, data) = stream(
+        &stack,
+        "chain",
+        "tell me [[mock:tokens=20]] [[mock:cut_after=5,only=openai]]",
+    )
+    .await;
+    assert_eq!(content, whole, "{data:?}");
+    assert_eq!(last, "[DONE]");
+    assert_eq!(calls(&stack), [1, 1, 0]);
+    // The prefill is refused by anthropic: vllm continues it instead.
+    let (content, last, data) = stream(
+        &stack,
+        "chain",
+        "tell me [[mock:tokens=20]] [[mock:cut_after=7,only=openai]] [[mock:no_prefill=1,only=anthropic]]",
+    )
+    .await;
+    assert_eq!(content, whole, "{data:?}");
+    assert_eq!(last, "[DONE]");
+    assert_eq!(calls(&stack), [2, 2, 1]);
+    // Splice: gemini cannot continue a prefill; it regenerates, the 5 tokens
+    // already sent are held back, the rest flows.
+    let gemini = || stack.dialect_mocks[1].1.stats().requests;
+    let (content, last, data) = stream(
+        &stack,
+        "chain-splice",
+        "tell me [[mock:tokens=20]] [[mock:cut_after=5,only=openai]]",
+    )
+    .await;
+    assert_eq!(content, whole, "{data:?}");
+    assert_eq!(last, "[DONE]");
+    assert_eq!(gemini(), 1);
+    // Three cuts opened openai's breaker (requests would start on gemini): let
+    // the cool-down pass first.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // A regeneration that stops short of what was sent (diverges): a clean error.
+    let (content, last, data) = stream(
+        &stack,
+        "chain-splice",
+        "tell me [[mock:tokens=20]] [[mock:cut_after=8,only=openai]] [[mock:tokens=4,only=gemini]]",
+    )
+    .await;
+    let sent = sy_mock_provider::reply_tokens("tell me", 20, 0)[..8].concat();
+    assert_eq!(content, sent, "{data:?}");
+    assert!(last.contains("\"error\""), "{data:?}");
+    assert!(!data.iter().any(|d| d == "[DONE]"));
+    assert_eq!(gemini(), 2);
+    println!(
+        "recovery: prefill 2 of 2 complete, splice 1 complete, 1 divergence ended with an error"
+    );
 }

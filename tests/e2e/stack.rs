@@ -219,6 +219,15 @@ targets = [{{ provider = "openai", model = "gpt-4o-mini" }}, {{ provider = "anth
 [models."chain"]
 targets = [{{ provider = "openai", model = "gpt-4o-mini" }}, {{ provider = "anthropic", model = "claude-sonnet-4-5" }}, {{ provider = "vllm", model = "llama-3.1-8b" }}]
 
+# Gemini cannot continue a prefill: a cut stream is regenerated and spliced.
+[models."chain-splice"]
+targets = [{{ provider = "openai", model = "gpt-4o-mini" }}, {{ provider = "gemini", model = "gemini-2.5-flash" }}]
+
+# Recovery off: a cut stream ends with an error.
+[models."chain-strict"]
+mid_stream = "error"
+targets = [{{ provider = "openai", model = "gpt-4o-mini" }}, {{ provider = "anthropic", model = "claude-sonnet-4-5" }}]
+
 [models."claude-sonnet-4-5"]
 targets = [{{ provider = "anthropic", model = "claude-sonnet-4-5" }}]
 

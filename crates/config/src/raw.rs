@@ -231,6 +231,10 @@ pub struct RawProvider {
     /// Calls that are not streamed: longest wait for the whole answer, e.g. "60s".
     #[serde(default)]
     pub response_timeout: Option<String>,
+    /// The target continues a final assistant message (prefill); default true
+    /// for anthropic and vllm.
+    #[serde(default)]
+    pub prefill: Option<bool>,
     /// Extra headers sent on every call (e.g. OpenAI-Organization).
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
@@ -264,6 +268,10 @@ pub struct RawPrice {
 pub struct RawModel {
     /// Targets in order of preference.
     pub targets: Vec<RawTarget>,
+    /// "recover" (default) or "error": a stream that fails after output reached
+    /// the client continues on the next target, or ends with an error.
+    #[serde(default)]
+    pub mid_stream: Option<String>,
 }
 
 /// One target of a model.

@@ -35,6 +35,9 @@ pub struct RawRouter {
     /// Routes, first match wins; the last must match everything.
     #[serde(default)]
     pub routes: Vec<RawRoute>,
+    /// "recover" (default) or "error", for streams that fail after output.
+    #[serde(default)]
+    pub mid_stream: Option<String>,
 }
 
 /// Weights over cost, latency and quality.
@@ -148,6 +151,8 @@ pub struct RouterConfig {
     pub balance: Balance,
     /// Routes, first match wins; the last matches everything.
     pub routes: Vec<RouteConfig>,
+    /// Streams that fail after output: recover or end with an error.
+    pub mid_stream: sy_protocol::MidStream,
 }
 
 /// A validated route.
@@ -279,6 +284,7 @@ pub(crate) fn routers(
         if r.routes.is_empty() {
             e.push(ConfigError::new(at("routes"), "needs at least one route"));
         }
+        let raw_mid_stream = r.mid_stream.clone();
         let mut routes = Vec::new();
         let n = r.routes.len();
         for (i, route) in r.routes.into_iter().enumerate() {
@@ -340,9 +346,14 @@ pub(crate) fn routers(
         out.insert(
             name.clone(),
             RouterConfig {
-                name,
+                name: name.clone(),
                 balance,
                 routes,
+                mid_stream: crate::validate::mid_stream(
+                    &format!("routers.\"{name}\".mid_stream"),
+                    raw_mid_stream.as_deref(),
+                    e,
+                ),
             },
         );
     }

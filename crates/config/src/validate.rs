@@ -224,6 +224,8 @@ pub struct ProviderConfig {
     pub idle_timeout: Duration,
     /// Calls that are not streamed: longest wait for the answer.
     pub response_timeout: Duration,
+    /// The target continues a final assistant message (assistant prefill).
+    pub prefill: bool,
     /// Extra headers.
     pub headers: BTreeMap<String, String>,
     /// Prices by upstream model; a model without one has an unknown price.
@@ -241,6 +243,8 @@ pub struct ModelRoute {
     pub token: String,
     /// Targets in order of preference; never empty.
     pub targets: Vec<Target>,
+    /// Streams that fail after output: recover or end with an error.
+    pub mid_stream: sy_protocol::MidStream,
 }
 
 /// One provider/model pair serving a route.
@@ -250,6 +254,25 @@ pub struct Target {
     pub provider: String,
     /// Upstream model.
     pub model: String,
+}
+
+/// `mid_stream = "recover" | "error"` (default recover).
+pub(crate) fn mid_stream(
+    path: &str,
+    text: Option<&str>,
+    errors: &mut Vec<ConfigError>,
+) -> sy_protocol::MidStream {
+    match text {
+        None | Some("recover") => sy_protocol::MidStream::Recover,
+        Some("error") => sy_protocol::MidStream::Error,
+        Some(other) => {
+            errors.push(ConfigError::new(
+                path,
+                format!("\"{other}\": expected \"recover\" or \"error\""),
+            ));
+            sy_protocol::MidStream::Recover
+        }
+    }
 }
 
 fn duration(path: &str, text: &str, errors: &mut Vec<ConfigError>) -> Duration {
@@ -362,6 +385,7 @@ impl Config {
                     "a provider name must be 1-64 letters, digits, '_' or '-'",
                 ));
             }
+            let raw_kind = p.kind.clone();
             let (kind, default_url) = match ProviderKind::preset(&p.kind) {
                 Some(k) => k,
                 None => {
@@ -493,6 +517,9 @@ impl Config {
                     ttft_timeout,
                     idle_timeout,
                     response_timeout,
+                    prefill: p
+                        .prefill
+                        .unwrap_or(kind == ProviderKind::Anthropic || raw_kind == "vllm"),
                     headers: p.headers,
                     prices,
                     models: model_facts,
@@ -541,12 +568,18 @@ impl Config {
                     model: t.model,
                 });
             }
+            let mid = mid_stream(
+                &format!("models.\"{name}\".mid_stream"),
+                m.mid_stream.as_deref(),
+                e,
+            );
             models.insert(
                 name.clone(),
                 ModelRoute {
                     name,
                     token,
                     targets,
+                    mid_stream: mid,
                 },
             );
         }

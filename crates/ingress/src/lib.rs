@@ -532,7 +532,7 @@ async fn chat(
         )
     };
     let routing = state.routing();
-    let (route_name, provider, model, route_header, choice, fallback) =
+    let (route_name, provider, model, route_header, choice, fallback, mid_stream) =
         match routing.routers.get(&request.model) {
             Some(router) => {
                 let Some(c) = class else {
@@ -598,6 +598,7 @@ async fn chat(
                     decision.route.clone(),
                     choice,
                     fallback,
+                    router.mid_stream,
                 )
             }
             None => {
@@ -616,6 +617,7 @@ async fn chat(
                     route.name.clone(),
                     choice,
                     order,
+                    route.mid_stream,
                 )
             }
         };
@@ -644,6 +646,8 @@ async fn chat(
         choice: Some(choice),
         fallback,
         fallback_reason: None,
+        mid_stream,
+        resume: None,
     };
     // Register before publishing so that no frame can arrive unseen.
     let rx = state.replies.register(request_id, REPLY_BUFFER);

@@ -38,6 +38,9 @@ pub struct Parsed {
     pub texts: Vec<String>,
     /// The last user message's text (where directives live).
     pub last_user: String,
+    /// A final assistant message to continue (Anthropic's prefill; vLLM's with
+    /// `continue_final_message`).
+    pub prefill: Option<String>,
     pub stream: bool,
     pub n: usize,
     pub include_usage: bool,
@@ -149,10 +152,15 @@ impl Dialect {
                     .rposition(|m| m["role"] == "user")
                     .map(|i| texts[i].clone())
                     .unwrap_or_default();
+                let prefill = (self == Dialect::OpenAi
+                    && req["continue_final_message"] == true
+                    && messages.last().is_some_and(|m| m["role"] == "assistant"))
+                .then(|| texts[texts.len() - 1].clone());
                 Ok(Parsed {
                     model: model.to_owned(),
                     texts,
                     last_user,
+                    prefill,
                     stream: req["stream"].as_bool().unwrap_or(false),
                     n: if self == Dialect::OpenAi {
                         req["n"].as_u64().unwrap_or(1) as usize
@@ -190,6 +198,16 @@ impl Dialect {
                         ))
                     })
                     .unwrap_or_default();
+                let prefill = messages
+                    .last()
+                    .filter(|m| m["role"] == "assistant")
+                    .map(|m| text_of(&m["content"]));
+                if prefill.as_deref().is_some_and(|p| p.trim_end() != p) {
+                    return Err(
+                        "messages: final assistant content cannot end with trailing whitespace"
+                            .into(),
+                    );
+                }
                 if !req["system"].is_null() {
                     texts.push(text_of(&req["system"]));
                 }
@@ -197,6 +215,7 @@ impl Dialect {
                     model: model.to_owned(),
                     texts,
                     last_user,
+                    prefill,
                     stream: req["stream"].as_bool().unwrap_or(false),
                     n: 1,
                     include_usage: true,
@@ -231,6 +250,7 @@ impl Dialect {
                     model: model.to_owned(),
                     texts,
                     last_user,
+                    prefill: None,
                     stream,
                     n: 1,
                     include_usage: true,

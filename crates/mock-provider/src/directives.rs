@@ -19,6 +19,8 @@ pub struct Directives {
     pub cut_after: Option<usize>,
     /// Accept and never answer.
     pub hang: bool,
+    /// Refuse requests that end with an assistant prefill (400).
+    pub no_prefill: bool,
     /// Answer with a call to this tool.
     pub tool_call: Option<String>,
     /// Report this many of the prompt tokens as read from the cache.
@@ -53,6 +55,7 @@ impl Directives {
             error
         );
         self.hang |= other.hang;
+        self.no_prefill |= other.no_prefill;
     }
 }
 
@@ -85,15 +88,20 @@ pub fn parse_list(text: &str, instance: &str) -> Result<Option<Directives>, Dire
             "delay_ms" => d.delay = Some(Duration::from_millis(num(value)?)),
             "tokens" => d.tokens = Some(num(value)? as usize),
             "cut_after" => d.cut_after = Some(num(value)? as usize),
-            "hang" => {
-                d.hang = match value {
+            "hang" | "no_prefill" => {
+                let on = match value {
                     "1" | "true" => true,
                     "0" | "false" => false,
                     v => {
                         return Err(DirectiveError(format!(
-                            "mock directive hang: '{v}' is not a boolean"
+                            "mock directive {key}: '{v}' is not a boolean"
                         )));
                     }
+                };
+                if key == "hang" {
+                    d.hang = on;
+                } else {
+                    d.no_prefill = on;
                 }
             }
             "tool_call" => {

@@ -265,6 +265,8 @@ pub(crate) struct Plan {
     pub prompt_tokens: u64,
     pub d: Directives,
     pub include_usage: bool,
+    /// Leading tokens of the answer the client supplied as an assistant prefill.
+    pub skip: usize,
 }
 
 impl Plan {
@@ -276,7 +278,7 @@ impl Plan {
         if self.d.tool_call.is_some() {
             self.tool_arguments().len().div_ceil(4) as u64
         } else {
-            (self.tokens() * self.n) as u64
+            (self.tokens().saturating_sub(self.skip) * self.n) as u64
         }
     }
 
@@ -305,7 +307,9 @@ impl Plan {
     }
 
     pub fn text(&self, index: usize) -> Vec<String> {
-        reply_tokens(&self.prompt, self.tokens(), index)
+        let mut t = reply_tokens(&self.prompt, self.tokens(), index);
+        t.drain(..self.skip.min(t.len()));
+        t
     }
 }
 
@@ -454,6 +458,22 @@ async fn serve(
     if !(1..=8).contains(&parsed.n) {
         return dialect.error(400, "the mock supports n from 1 to 8", None);
     }
+    if parsed.prefill.is_some() && d.no_prefill {
+        return dialect.error(400, "this model does not continue assistant messages", None);
+    }
+    // A prefill that is the start of the answer is continued; any other
+    // prefill gets the whole answer (as a real model would say something else).
+    let skip = parsed.prefill.as_deref().map_or(0, |p| {
+        let tokens = reply_tokens(&prompt, d.tokens.unwrap_or(DEFAULT_TOKENS), 0);
+        let mut acc = String::new();
+        tokens
+            .iter()
+            .position(|t| {
+                acc.push_str(t);
+                acc == p.trim_end()
+            })
+            .map_or(0, |k| k + 1)
+    });
     let plan = Plan {
         dialect,
         seq: shared.counters.ids.fetch_add(1, Ordering::Relaxed),
@@ -467,6 +487,7 @@ async fn serve(
         prompt_tokens: prompt_tokens(&parsed.texts),
         include_usage: parsed.include_usage,
         d,
+        skip,
     };
     let outcome = Outcome::new(&shared);
     if plan.d.hang {

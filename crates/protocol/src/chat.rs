@@ -176,6 +176,19 @@ pub struct Message {
 }
 
 impl Message {
+    /// An assistant message holding `text` (e.g. an assistant prefill).
+    pub fn assistant_text(text: &str) -> Message {
+        Message {
+            role: Role::Assistant,
+            content: Some(Content::Text(text.to_owned())),
+            name: None,
+            tool_calls: None,
+            tool_call_id: None,
+            refusal: None,
+            extra: Map::new(),
+        }
+    }
+
     /// The message's text: the string, or its text parts joined by newlines.
     pub fn text(&self) -> String {
         match &self.content {

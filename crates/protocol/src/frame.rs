@@ -64,6 +64,40 @@ pub struct RequestEnvelope {
     /// Why the previous target gave up (set on a fallback's envelope).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback_reason: Option<String>,
+    /// What to do when a stream fails after output reached the client.
+    #[serde(default, skip_serializing_if = "MidStream::is_recover")]
+    pub mid_stream: MidStream,
+    /// Set when this attempt continues a stream another target started: the
+    /// client already has `text` in frames up to `seq` − 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume: Option<Resume>,
+}
+
+/// A route's choice for streams that fail after output reached the client.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MidStream {
+    /// Continue on the next target (assistant prefill, or regenerate and splice).
+    #[default]
+    Recover,
+    /// End the client's stream with an error.
+    Error,
+}
+
+impl MidStream {
+    /// The default.
+    pub fn is_recover(&self) -> bool {
+        *self == MidStream::Recover
+    }
+}
+
+/// Where a continued stream picks up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resume {
+    /// The next frame's `seq`.
+    pub seq: u32,
+    /// The content the client already received (choice 0).
+    pub text: String,
 }
 
 /// A target further down a request's fallback order.

@@ -25,7 +25,7 @@ mod usage;
 pub use error::ErrorCode;
 pub use frame::{
     ApiSurface, Cancel, CancelReason, ChunkFrame, FallbackTarget, FinalFrame, FrameError,
-    ReplyFrame, RequestEnvelope, RouteChoice, StartInfo,
+    MidStream, ReplyFrame, RequestEnvelope, Resume, RouteChoice, StartInfo,
 };
 pub use live::{Observation, Outcome};
 pub use subject::{Subjects, is_valid_token, route_token};

@@ -12,8 +12,8 @@ use sy_config::ProviderConfig;
 use sy_protocol::chat::Usage;
 use sy_protocol::embeddings::{EmbeddingFrame, EmbeddingsRequest};
 use sy_protocol::{
-    ChunkFrame, ErrorCode, FallbackTarget, FinalFrame, FrameError, ReplyFrame, RequestEnvelope,
-    StartInfo, UsageStatus, now_unix_ms,
+    ChunkFrame, ErrorCode, FallbackTarget, FinalFrame, FrameError, MidStream, ReplyFrame,
+    RequestEnvelope, Resume, StartInfo, UsageStatus, now_unix_ms,
 };
 use sy_providers::{AnyProvider, CallContext, Provider, ProviderError, ResponseMeta};
 use sy_router::Live;
@@ -49,7 +49,66 @@ pub(crate) struct AttemptState {
     pub finish_reason: Option<String>,
     /// Generated text (content, refusals, tool arguments), for estimates only.
     pub output_text: String,
+    /// Choice 0's content as sent to the client by this attempt.
+    pub content: String,
+    /// The answer had more than plain text of one choice (tool calls, a
+    /// refusal, several choices): a cut cannot be recovered.
+    pub not_plain: bool,
+    /// A regenerated continuation did not reproduce what the client had.
+    pub diverged: bool,
     pub error: Option<FrameError>,
+}
+
+/// How a continued stream's content is fitted to what the client already has.
+#[derive(Debug)]
+pub(crate) enum Fit {
+    /// A fresh answer: nothing to fit.
+    Fresh,
+    /// The target continues an assistant prefill that lost its trailing
+    /// whitespace (`ws`); the continuation's copy of it is dropped once.
+    Prefill { ws: String },
+    /// The target answers anew: its output is held back until it reproduced
+    /// `text` exactly, then the rest flows.
+    Splice { text: String, matched: usize },
+}
+
+impl Fit {
+    /// The part of `piece` to send on; `None` when the answer diverged.
+    pub(crate) fn take<'p>(&mut self, piece: &'p str) -> Option<&'p str> {
+        match self {
+            Fit::Fresh => Some(piece),
+            Fit::Prefill { ws } => {
+                if piece.is_empty() {
+                    return Some(piece);
+                }
+                let out = piece.strip_prefix(ws.as_str()).unwrap_or(piece);
+                ws.clear();
+                Some(out)
+            }
+            Fit::Splice { text, matched } => {
+                let rest = &text[*matched..];
+                if rest.is_empty() {
+                    Some(piece)
+                } else if rest.starts_with(piece) {
+                    *matched += piece.len();
+                    Some("")
+                } else if let Some(tail) = piece.strip_prefix(rest) {
+                    *matched = text.len();
+                    Some(tail)
+                } else {
+                    None
+                }
+            }
+        }
+    }
+
+    /// False while a splice has not yet reproduced everything sent.
+    pub(crate) fn caught_up(&self) -> bool {
+        match self {
+            Fit::Splice { text, matched } => *matched == text.len(),
+            _ => true,
+        }
+    }
 }
 
 /// Attempt numbers of a redelivered message start this far above the original
@@ -199,7 +258,7 @@ async fn serve(
     {
         let reason = format!("{}/{} {why}", cx.provider.name, env.model);
         let error = FrameError::new(ErrorCode::Overloaded, reason.clone());
-        return fall_back(cx, env, call.attempt, &error, reason).await;
+        return fall_back(cx, env, call.attempt, &error, reason, None).await;
     }
     loop {
         let mut state = AttemptState::default();
@@ -245,20 +304,41 @@ async fn serve(
             }
         }
         usage::publish(&cx.bus, &event, acker).await;
-        let error = match (ended, state.error) {
-            (Ended::Done, Some(e)) if sent == 0 => e,
-            // Answered, failed after output reached the client (the final error
-            // frame is out), or nobody waits any more.
+        let error = match (ended, state.error.take()) {
+            (Ended::Done, Some(e)) => e,
+            // Answered, or nobody waits any more.
             _ => return,
         };
         let code = error.code.as_str();
+        if sent > 0 {
+            // Output reached the client: continue on the next target, or end
+            // the client's stream with the error (never like a success).
+            let recoverable = env.mid_stream == MidStream::Recover
+                && !state.not_plain
+                && !state.diverged
+                && env.request.n.unwrap_or(1) == 1
+                && !env.fallback.is_empty();
+            if recoverable {
+                let before = env.resume.as_ref().map_or("", |r| r.text.as_str());
+                let resume = Resume {
+                    seq: sent,
+                    text: format!("{before}{}", state.content),
+                };
+                let reason = format!(
+                    "mid-stream recovery: {}/{} failed after output: {code}",
+                    cx.provider.name, env.model
+                );
+                return fall_back(cx, env, call.attempt, &error, reason, Some(resume)).await;
+            }
+            return replier.fail(error).await;
+        }
         match next_step(&error) {
             Next::Retry(after) => {
                 let delay = backoff.next().map(|d| d.max(after.unwrap_or_default()));
                 let Some(delay) = delay.filter(|d| tokio::time::Instant::now() + *d < deadline)
                 else {
                     let reason = format!("{}/{} failed: {code}", cx.provider.name, env.model);
-                    return fall_back(cx, env, call.attempt, &error, reason).await;
+                    return fall_back(cx, env, call.attempt, &error, reason, None).await;
                 };
                 tracing::debug!(?delay, code, "Retrying the same target.");
                 if !wait(delay, cancelled, acker, cx.progress_every).await {
@@ -272,7 +352,7 @@ async fn serve(
             }
             Next::Fallback => {
                 let reason = format!("{}/{} failed: {code}", cx.provider.name, env.model);
-                return fall_back(cx, env, call.attempt, &error, reason).await;
+                return fall_back(cx, env, call.attempt, &error, reason, None).await;
             }
             Next::Final => return Replier::new(cx, env, call.attempt).fail(error).await,
         }
@@ -299,7 +379,8 @@ async fn wait(d: Duration, cancelled: &CancellationToken, acker: &Acker, every: 
     }
 }
 
-/// Republishes the request to the next target that can serve it, or, when none
+/// Republishes the request to the next target that can serve it (continuing a
+/// stream from `resume` when output already reached the client), or, when none
 /// is left, gives the client `error`. After a context-length error, targets
 /// whose window is known to be no larger are skipped; targets whose breaker is
 /// open are skipped unless nothing else is left.
@@ -309,7 +390,17 @@ async fn fall_back(
     attempt: u32,
     error: &FrameError,
     reason: String,
+    resume: Option<Resume>,
 ) {
+    let resume = resume.or_else(|| env.resume.clone());
+    // The client's stream continues at `resume.seq` (or starts at 0).
+    let fail = |error: FrameError| async {
+        let mut r = Replier::new(cx, env, attempt);
+        if let Some(resume) = &resume {
+            r.seq = resume.seq;
+        }
+        r.fail(error).await;
+    };
     let window = |p: &str, m: &str| {
         cx.all_providers
             .get(p)
@@ -337,7 +428,7 @@ async fn fall_back(
         })
         .or_else(|| candidates.first().copied());
     let Some(i) = pick else {
-        return Replier::new(cx, env, attempt).fail(error.clone()).await;
+        return fail(error.clone()).await;
     };
     let next = &env.fallback[i];
     let mut out = env.clone();
@@ -346,13 +437,16 @@ async fn fall_back(
     out.model.clone_from(&next.model);
     out.fallback = env.fallback[i + 1..].to_vec();
     out.fallback_reason = Some(reason);
+    if resume.is_some() {
+        out.resume.clone_from(&resume);
+    }
     if let Some(choice) = &mut out.choice {
         choice.rank = next.rank;
     }
     tracing::debug!(to = %next.provider, model = %next.model, "Falling back.");
     if let Err(e) = cx.bus.publish_request(&out).await {
         tracing::warn!(error = %e, "Could not hand the request to its fallback.");
-        Replier::new(cx, env, attempt).fail(error.clone()).await;
+        fail(error.clone()).await;
     }
 }
 
@@ -372,7 +466,7 @@ impl<'a> Replier<'a> {
             env,
             provider: &cx.provider.name,
             attempt,
-            seq: 0,
+            seq: env.resume.as_ref().map_or(0, |r| r.seq),
         }
     }
 
@@ -492,6 +586,34 @@ impl<'a> Replier<'a> {
             model: env.model.clone(),
             stream: stream_mode,
         };
+        // A continued stream: the target continues the text as an assistant
+        // prefill when it can, else answers anew and is spliced.
+        let (request, mut fit) = match &env.resume {
+            None => (std::borrow::Cow::Borrowed(&env.request), Fit::Fresh),
+            Some(r) if provider.prefill => {
+                let kept = r.text.trim_end();
+                let mut req = env.request.clone();
+                req.messages
+                    .push(sy_protocol::chat::Message::assistant_text(kept));
+                if provider.kind == sy_config::ProviderKind::OpenAiCompatible {
+                    // vLLM's spelling of "continue this assistant message".
+                    req.extra
+                        .insert("continue_final_message".into(), true.into());
+                    req.extra
+                        .insert("add_generation_prompt".into(), false.into());
+                }
+                let ws = r.text[kept.len()..].to_owned();
+                (std::borrow::Cow::Owned(req), Fit::Prefill { ws })
+            }
+            Some(r) => (
+                std::borrow::Cow::Borrowed(&env.request),
+                Fit::Splice {
+                    text: r.text.clone(),
+                    matched: 0,
+                },
+            ),
+        };
+        let base = self.seq;
         let started = tokio::time::Instant::now();
         let first_by = started
             + if stream_mode {
@@ -503,25 +625,25 @@ impl<'a> Replier<'a> {
             ProviderError::Timeout(format!("{what} within {} s", limit.as_secs_f64()))
         };
         state.reached_provider = true;
-        let mut stream =
-            match tokio::time::timeout_at(first_by, adapter.chat(&env.request, &cx)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => return self.provider_failed(e, state).await,
-                Err(_) => {
-                    let e = if stream_mode {
-                        silent("no first token", provider.ttft_timeout)
-                    } else {
-                        silent("no answer", provider.response_timeout)
-                    };
-                    return self.provider_failed(e, state).await;
-                }
-            };
+        let mut stream = match tokio::time::timeout_at(first_by, adapter.chat(&request, &cx)).await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return self.provider_failed(e, state).await,
+            Err(_) => {
+                let e = if stream_mode {
+                    silent("no first token", provider.ttft_timeout)
+                } else {
+                    silent("no answer", provider.response_timeout)
+                };
+                return self.provider_failed(e, state).await;
+            }
+        };
         tracing::trace!("Provider answered.");
         // Meta-only events (a stream's opening) wait for the first content, so
         // that nothing reaches the client before the target has really answered.
         let mut held_meta = None;
         loop {
-            let by = if !stream_mode || self.seq == 0 {
+            let by = if !stream_mode || self.seq == base {
                 first_by
             } else {
                 tokio::time::Instant::now() + provider.idle_timeout
@@ -530,9 +652,11 @@ impl<'a> Replier<'a> {
                 Ok(Some(item)) => item,
                 Ok(None) => break,
                 Err(_) => {
-                    let e = match (stream_mode, self.seq) {
-                        (true, 0) => silent("no first token", provider.ttft_timeout),
-                        (true, _) => silent("the stream stalled: no chunk", provider.idle_timeout),
+                    let e = match (stream_mode, self.seq == base) {
+                        (true, true) => silent("no first token", provider.ttft_timeout),
+                        (true, false) => {
+                            silent("the stream stalled: no chunk", provider.idle_timeout)
+                        }
                         (false, _) => silent("no answer", provider.response_timeout),
                     };
                     return self.provider_failed(e, state).await;
@@ -548,7 +672,29 @@ impl<'a> Replier<'a> {
             if let Some(meta) = &chunk.meta {
                 state.served_model.clone_from(&meta.model);
             }
-            for c in &chunk.choices {
+            for c in &mut chunk.choices {
+                if c.index != 0 || c.delta.refusal.is_some() || c.delta.tool_calls.is_some() {
+                    state.not_plain = true;
+                }
+                if c.index == 0
+                    && let Some(text) = &c.delta.content
+                {
+                    let Some(sent) = fit.take(text) else {
+                        state.diverged = true;
+                        let e = ProviderError::Protocol(
+                            "the fallback's answer diverged from the text already sent".into(),
+                        );
+                        return self.provider_failed(e, state).await;
+                    };
+                    state.content.push_str(sent);
+                    if sent.len() != text.len() {
+                        c.delta.content = Some(sent.to_owned());
+                    }
+                }
+                if env.resume.is_some() {
+                    // The client has its opening already.
+                    c.delta.role = None;
+                }
                 let d = &c.delta;
                 for piece in [&d.content, &d.refusal].into_iter().flatten() {
                     state.output_text.push_str(piece);
@@ -562,6 +708,15 @@ impl<'a> Replier<'a> {
                     state.finish_reason.clone_from(&c.finish_reason);
                 }
             }
+            // Choices left with nothing to say (held back, or an opening the
+            // client already has) are not sent.
+            chunk.choices.retain(|c| {
+                c.finish_reason.is_some()
+                    || c.delta.refusal.is_some()
+                    || c.delta.tool_calls.is_some()
+                    || c.delta.content.as_deref().is_some_and(|t| !t.is_empty())
+                    || (c.delta.role.is_some() && env.resume.is_none())
+            });
             if chunk.choices.is_empty() {
                 if self.seq == 0 && held_meta.is_none() {
                     held_meta = chunk.meta;
@@ -580,6 +735,13 @@ impl<'a> Replier<'a> {
             });
             self.publish(frame).await;
         }
+        if !fit.caught_up() {
+            state.diverged = true;
+            let e = ProviderError::Protocol(
+                "the fallback's answer ended before reproducing the text already sent".into(),
+            );
+            return self.provider_failed(e, state).await;
+        }
         let start = (self.seq == 0).then(|| self.start_info(held_meta.take()));
         let frame = ReplyFrame::Final(FinalFrame {
             seq: self.seq,
@@ -592,15 +754,11 @@ impl<'a> Replier<'a> {
         tracing::trace!("Final frame published.");
     }
 
-    /// Records the failure; once output reached the client, also ends its answer
-    /// with the error (a cut answer never ends like a success).
+    /// Records the failure; the caller decides what the client gets (a retry,
+    /// a fallback, a recovery, or the error).
     async fn provider_failed(&mut self, e: ProviderError, state: &mut AttemptState) {
         tracing::debug!(error = %e, "Provider call failed.");
-        let fe = e.to_frame_error(self.provider);
-        state.error = Some(fe.clone());
-        if self.seq > 0 {
-            self.fail(fe).await;
-        }
+        state.error = Some(e.to_frame_error(self.provider));
     }
 }
 
@@ -660,5 +818,35 @@ mod tests {
         for (e, want) in rows {
             assert_eq!(next_step(&e), want, "{:?} {:?}", e.code, e.provider_status);
         }
+    }
+
+    #[test]
+    fn splicing_holds_back_until_the_sent_text_is_reproduced() {
+        let mut f = Fit::Splice {
+            text: "Hello wor".into(),
+            matched: 0,
+        };
+        assert_eq!(f.take("Hel"), Some(""));
+        assert!(!f.caught_up());
+        assert_eq!(f.take("lo"), Some(""));
+        // The piece that completes the sent text carries the first new bytes.
+        assert_eq!(f.take(" world"), Some("ld"));
+        assert!(f.caught_up());
+        assert_eq!(f.take("!"), Some("!"));
+        let mut g = Fit::Splice {
+            text: "Hello".into(),
+            matched: 0,
+        };
+        assert_eq!(g.take("Help"), None, "diverged");
+    }
+
+    #[test]
+    fn a_prefill_continuation_drops_the_whitespace_the_prefill_lost_once() {
+        let mut f = Fit::Prefill { ws: " ".into() };
+        assert_eq!(f.take(""), Some(""));
+        assert_eq!(f.take(" next"), Some("next"));
+        assert_eq!(f.take(" word"), Some(" word"));
+        let mut g = Fit::Prefill { ws: "\n".into() };
+        assert_eq!(g.take(" other"), Some(" other"), "kept when it differs");
     }
 }
