@@ -10,6 +10,7 @@ mod chat;
 mod config_check;
 mod dialects;
 mod embeddings;
+mod idempotency;
 mod load;
 mod resilience;
 mod restart;

@@ -127,6 +127,26 @@ impl Bus {
         .await
     }
 
+    /// The KV bucket of `Idempotency-Key`s; entries expire after `window`.
+    pub async fn idempotency_store(
+        &self,
+        window: Duration,
+    ) -> Result<jetstream::kv::Store, BusError> {
+        let bucket = self.subjects.idempotency_bucket();
+        self.js
+            .create_or_update_key_value(jetstream::kv::Config {
+                bucket: bucket.clone(),
+                description: "Switchyard Idempotency-Keys: running marks and first results".into(),
+                history: 1,
+                max_age: window,
+                storage: stream::StorageType::File,
+                num_replicas: self.config.replicas,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| BusError::Setup(format!("bucket {bucket}: {e}")))
+    }
+
     /// A file-stored stream with `Nats-Msg-Id` dedup, created or updated.
     async fn ensure_stream(
         &self,

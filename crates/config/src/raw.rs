@@ -135,6 +135,8 @@ pub struct RawServer {
     pub request_timeout: String,
     /// Name of this ingress instance in reply subjects; random when unset.
     pub ingress_id: Option<String>,
+    /// How long an `Idempotency-Key` and its first result are remembered.
+    pub idempotency_window: String,
 }
 
 impl Default for RawServer {
@@ -144,6 +146,7 @@ impl Default for RawServer {
             max_body_bytes: 4 * 1024 * 1024,
             request_timeout: "120s".into(),
             ingress_id: None,
+            idempotency_window: "24h".into(),
         }
     }
 }

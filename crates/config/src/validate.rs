@@ -112,6 +112,8 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     /// This ingress's name in reply subjects, if fixed.
     pub ingress_id: Option<String>,
+    /// How long an `Idempotency-Key` and its first result are remembered.
+    pub idempotency_window: Duration,
 }
 
 /// `[nats]`, validated.
@@ -325,6 +327,11 @@ impl Config {
             max_body_bytes: usize::try_from(raw.server.max_body_bytes).unwrap_or(usize::MAX),
             request_timeout,
             ingress_id: raw.server.ingress_id,
+            idempotency_window: duration(
+                "server.idempotency_window",
+                &raw.server.idempotency_window,
+                e,
+            ),
         };
 
         if !raw.nats.url.starts_with("nats://")

@@ -16,6 +16,7 @@
 mod classify;
 pub mod embeddings;
 mod error;
+mod idempotency;
 mod live;
 pub mod messages;
 mod relay;
@@ -90,6 +91,8 @@ struct AppState {
     classifier: Arc<sy_classifier::Classifier>,
     providers: std::collections::BTreeMap<String, sy_config::ProviderConfig>,
     live: Arc<sy_router::live::LiveTable>,
+    /// The `Idempotency-Key` store; none if NATS refused to create it.
+    idempotency: Option<async_nats::jetstream::kv::Store>,
 }
 
 impl AppState {
@@ -159,6 +162,16 @@ async fn build(config: Arc<Config>, bus: Bus) -> Result<(Router, Arc<AppState>),
         .await
         .map_err(|e| IngressError::Classifier(e.to_string()))?
         .map_err(|e| IngressError::Classifier(e.to_string()))?;
+    let idempotency = match bus
+        .idempotency_store(config.server.idempotency_window)
+        .await
+    {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "No idempotency key store: requests with Idempotency-Key get 503.");
+            None
+        }
+    };
     let live = Arc::new(sy_router::live::LiveTable::new(config.health));
     live::start(&bus, &live, config.providers.keys().cloned().collect()).await?;
     let state = Arc::new(AppState {
@@ -177,6 +190,7 @@ async fn build(config: Arc<Config>, bus: Bus) -> Result<(Router, Arc<AppState>),
         classifier: Arc::new(classifier),
         providers: config.providers.clone(),
         live: live.clone(),
+        idempotency,
     });
     let app = Router::new()
         .route(
@@ -467,6 +481,16 @@ async fn embeddings_handler(State(state): State<Arc<AppState>>, req: Request) ->
 
 #[tracing::instrument(name = "ingress.request", skip_all, fields(request_id, api = ?surface, model, stream))]
 async fn handle(state: Arc<AppState>, surface: ApiSurface, req: Request) -> Response {
+    if req.headers().contains_key(idempotency::HEADER) {
+        return idempotency::serve(state, surface, req, move |state, req| {
+            handle_once(state, surface, req)
+        })
+        .await;
+    }
+    handle_once(state, surface, req).await
+}
+
+async fn handle_once(state: Arc<AppState>, surface: ApiSurface, req: Request) -> Response {
     let request_id = Uuid::now_v7();
     tracing::Span::current().record("request_id", tracing::field::display(request_id));
     match chat(&state, surface, request_id, req).await {
