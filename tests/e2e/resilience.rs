@@ -389,3 +389,70 @@ async fn a_cut_stream_is_recovered_by_prefill_or_splice_and_never_garbled() {
         "recovery: prefill 2 of 2 complete, splice 1 complete, 1 divergence ended with an error"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_sheds_new_requests_early_with_retry_after() {
+    let stack = Stack::start().await;
+    // cohere: 2 in flight at most, new requests refused while 3 wait.
+    let mut slow = Vec::new();
+    for i in 0..5 {
+        let req = stack.chat(&body(
+            "command-r-plus",
+            &format!("slow {i} [[mock:ttft_ms=3000]]"),
+        ));
+        slow.push(tokio::spawn(
+            async move { req.send().await.unwrap().status() },
+        ));
+    }
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        let v: Value = stack
+            .http
+            .get(stack.url("/v1/route/targets"))
+            .bearer_auth(crate::stack::KEY)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let queued = v["providers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["provider"] == "cohere")
+            .and_then(|p| p["queued"].as_u64())
+            .unwrap_or(0);
+        if queued >= 3 {
+            break;
+        }
+        assert!(Instant::now() < until, "the queue never filled: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let started = Instant::now();
+    let resp = stack
+        .chat(&body("command-r-plus", "one more"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "refused early"
+    );
+    assert_eq!(resp.headers()["retry-after"], "1");
+    let v: Value = resp.json().await.unwrap();
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("requests queued for cohere (limit 3)"),
+        "{msg}"
+    );
+    let mut served = 0;
+    for s in slow {
+        if s.await.unwrap() == 200 {
+            served += 1;
+        }
+    }
+    println!("shedding: 5 queued requests served {served}, 1 refused early");
+    assert_eq!(served, 5, "shedding never drops what was queued");
+}

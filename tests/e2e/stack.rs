@@ -156,6 +156,7 @@ response_timeout = "{response}"
 kind = "cohere"
 base_url = "{cohere}"
 max_concurrency = 2
+max_queue = 3
 
 [providers.vllm]
 retries = {retries}

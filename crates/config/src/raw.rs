@@ -222,6 +222,9 @@ pub struct RawProvider {
     /// Most requests in flight to this provider across the cluster.
     #[serde(default)]
     pub max_concurrency: Option<u32>,
+    /// New requests skip this provider (or get 503) while this many wait for it.
+    #[serde(default)]
+    pub max_queue: Option<u64>,
     /// Retries on this target after a 429, 5xx or failed connection (default 2).
     #[serde(default)]
     pub retries: Option<u32>,

@@ -218,6 +218,8 @@ pub struct ProviderConfig {
     pub connect_timeout: Duration,
     /// Cluster-wide cap on requests in flight (the consumer's max_ack_pending).
     pub max_concurrency: NonZeroU32,
+    /// New requests skip this provider (or get 503) while this many wait for it.
+    pub max_queue: Option<u64>,
     /// Retries on this target after a 429, 5xx or failed connection.
     pub retries: u32,
     /// Streamed calls: longest wait for the first token.
@@ -520,6 +522,7 @@ impl Config {
                     default_max_tokens,
                     connect_timeout,
                     max_concurrency,
+                    max_queue: p.max_queue,
                     retries: retries.min(10),
                     ttft_timeout,
                     idle_timeout,

@@ -645,6 +645,23 @@ async fn chat(
                 )
             }
         };
+    // Load shedding: skip targets whose queue is full or too slow for the deadline.
+    let (first, fallback) = route::shed(
+        state,
+        std::iter::once(FallbackTarget {
+            provider,
+            model,
+            rank: choice.rank,
+        })
+        .chain(fallback)
+        .collect(),
+    )
+    .map_err(|e| (e, None, class))?;
+    let (provider, model) = (first.provider, first.model);
+    let choice = RouteChoice {
+        rank: first.rank,
+        ..choice
+    };
     let span = tracing::Span::current();
     span.record("model", tracing::field::display(&request.model));
     span.record("stream", request.is_stream());

@@ -85,6 +85,34 @@ pub(crate) fn fixed_order(state: &AppState, route: &ModelRoute) -> Vec<FallbackT
     healthy
 }
 
+/// Load shedding: the first target of `order` whose provider can take the
+/// request now (its queue below `max_queue`, its estimated wait within the
+/// request's time), with the targets after it as the fallback order; 503 with
+/// `Retry-After` when none can.
+pub(crate) fn shed(
+    state: &AppState,
+    order: Vec<FallbackTarget>,
+) -> Result<(FallbackTarget, Vec<FallbackTarget>), ApiError> {
+    let live = state.live.at(sy_protocol::now_unix_ms());
+    let budget = state.request_timeout.as_millis() as u64;
+    let mut why = Vec::new();
+    let mut order = order.into_iter();
+    for t in order.by_ref() {
+        let max_queue = state.providers.get(&t.provider).and_then(|p| p.max_queue);
+        match live.shed(&t.provider, &t.model, max_queue, budget) {
+            None => return Ok((t, order.collect())),
+            Some(w) => why.push(format!("{}/{}: {w}", t.provider, t.model)),
+        }
+    }
+    Err(ApiError {
+        retry_after_secs: Some(1),
+        ..ApiError::new(
+            sy_protocol::ErrorCode::Overloaded,
+            format!("Every target is overloaded now ({}).", why.join("; ")),
+        )
+    })
+}
+
 /// The explain document for `req`.
 pub(crate) fn explain(
     state: &AppState,

@@ -203,6 +203,46 @@ pub struct LiveAt<'a> {
     now_ms: u64,
 }
 
+impl LiveAt<'_> {
+    /// Why a new request for `provider`/`model` should not be queued there now:
+    /// its provider's queue is at `max_queue`, or the estimated wait (rounds
+    /// of the queue through the concurrency cap, times the target's average
+    /// call) exceeds `budget_ms`, the time the request has left.
+    pub fn shed(
+        &self,
+        provider: &str,
+        model: &str,
+        max_queue: Option<u64>,
+        budget_ms: u64,
+    ) -> Option<String> {
+        let load = {
+            let all = self.table.load.read().unwrap_or_else(|e| e.into_inner());
+            *all.get(provider)?
+        };
+        if self.now_ms.saturating_sub(load.read_unix_ms) > LOAD_FRESH_MS || load.queued == 0 {
+            return None;
+        }
+        if let Some(max) = max_queue.filter(|m| load.queued >= *m) {
+            return Some(format!(
+                "{} requests queued for {provider} (limit {max})",
+                load.queued
+            ));
+        }
+        let avg = self
+            .table
+            .with(provider, model, |t| t.duration_ms)
+            .flatten()?;
+        let rounds = load.queued.div_ceil(load.cap.max(1));
+        let wait = rounds as f64 * avg;
+        (wait > budget_ms as f64).then(|| {
+            format!(
+                "estimated wait {:.0} ms for {provider} exceeds the {budget_ms} ms left",
+                wait
+            )
+        })
+    }
+}
+
 impl Live for LiveAt<'_> {
     fn unhealthy(&self, provider: &str, model: &str) -> Option<String> {
         self.table
@@ -334,6 +374,38 @@ mod tests {
                 provider: "a".into(),
                 load: load(4, 1, 1_000)
             }]
+        );
+    }
+
+    #[test]
+    fn shedding_on_queue_depth_and_on_a_deadline_that_cannot_be_met() {
+        let t = table();
+        let load = |queued| Load {
+            in_flight: 4,
+            queued,
+            cap: 4,
+            read_unix_ms: 1_000,
+        };
+        assert_eq!(
+            t.at(1_000).shed("a", "m", Some(10), 1_000),
+            None,
+            "no load known"
+        );
+        t.set_load("a", load(10));
+        let why = t.at(1_000).shed("a", "m", Some(10), 60_000).unwrap();
+        assert!(
+            why.starts_with("10 requests queued for a (limit 10)"),
+            "{why}"
+        );
+        assert_eq!(t.at(1_000).shed("a", "m", Some(11), 60_000), None);
+        // 10 queued through a cap of 4 is 3 rounds of the 200 ms average call.
+        t.observe(&obs("a", Outcome::Ok, 100), 1_000);
+        assert!(t.at(1_000).shed("a", "m", None, 599).is_some());
+        assert_eq!(t.at(1_000).shed("a", "m", None, 600), None);
+        assert_eq!(
+            t.at(1_000 + LOAD_FRESH_MS + 1).shed("a", "m", Some(1), 1),
+            None,
+            "stale load sheds nothing"
         );
     }
 }
