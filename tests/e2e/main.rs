@@ -8,6 +8,7 @@ mod bad_input;
 mod cancel;
 mod chat;
 mod config_check;
+mod crash;
 mod dialects;
 mod embeddings;
 mod idempotency;

@@ -30,6 +30,10 @@ pub struct StackOptions {
     /// that are not streamed.
     pub ttft_timeout: &'static str,
     pub response_timeout: &'static str,
+    /// 0: `switchyard all` in one process. N: `switchyard ingress` (with
+    /// `accounting` beside it when ClickHouse is on) and N `switchyard worker`
+    /// processes, which a test may kill.
+    pub split_workers: usize,
 }
 
 impl Default for StackOptions {
@@ -45,6 +49,7 @@ impl Default for StackOptions {
             retries: 0,
             ttft_timeout: "10s",
             response_timeout: "60s",
+            split_workers: 0,
         }
     }
 }
@@ -65,7 +70,24 @@ pub struct Stack {
     pub config_path: std::path::PathBuf,
     nats_url: String,
     child: Option<Child>,
+    /// Worker processes (split stacks), by index; `None` once reaped.
+    workers: std::sync::Mutex<Vec<Option<Child>>>,
+    /// The accounting process of a split stack.
+    others: Vec<Child>,
     _dir: tempfile::TempDir,
+}
+
+/// Starts `switchyard --config PATH <args>` with warnings logged to a pipe.
+fn switchyard(path: &std::path::Path, args: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .arg("--config")
+        .arg(path)
+        .args(args)
+        .env("SWITCHYARD_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting switchyard")
 }
 
 impl Stack {
@@ -294,15 +316,8 @@ targets = [{{ provider = "openai", model = "gpt-4.1-2025" }}]
         let http = support::http();
         // Nothing that can panic between spawning the child and owning it in `Stack`,
         // whose Drop kills it.
-        let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-            .arg("--config")
-            .arg(&path)
-            .arg("all")
-            .env("SWITCHYARD_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting switchyard");
+        let split = opts.split_workers;
+        let child = switchyard(&path, &[if split > 0 { "ingress" } else { "all" }]);
         let mut stack = Stack {
             mock,
             dialect_mocks,
@@ -314,8 +329,18 @@ targets = [{{ provider = "openai", model = "gpt-4.1-2025" }}]
             config_path: path.clone(),
             nats_url: opts.nats_url,
             child: Some(child),
+            workers: std::sync::Mutex::new(Vec::new()),
+            others: Vec::new(),
             _dir: dir,
         };
+        if split > 0 {
+            if stack.clickhouse.is_some() {
+                stack.others.push(switchyard(&path, &["accounting"]));
+            }
+            for _ in 0..split {
+                stack.start_worker();
+            }
+        }
         stack.wait_ready().await;
         stack
     }
@@ -341,6 +366,33 @@ targets = [{{ provider = "openai", model = "gpt-4.1-2025" }}]
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         panic!("switchyard did not become ready at {}", self.base);
+    }
+
+    /// Starts one more worker process; returns its index.
+    pub fn start_worker(&self) -> usize {
+        let mut w = self.workers.lock().unwrap();
+        w.push(Some(switchyard(&self.config_path, &["worker"])));
+        w.len() - 1
+    }
+
+    /// Sends `signal` (e.g. "-KILL", "-TERM") to worker `i`.
+    pub fn signal_worker(&self, i: usize, signal: &str) {
+        let pid = self.workers.lock().unwrap()[i]
+            .as_ref()
+            .map(Child::id)
+            .expect("a live worker");
+        let ok = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {signal} {pid}");
+    }
+
+    /// Waits for worker `i` to exit (after a signal); its exit status.
+    pub fn wait_worker(&self, i: usize) -> std::process::ExitStatus {
+        let c = self.workers.lock().unwrap()[i].take();
+        c.expect("a live worker").wait().unwrap()
     }
 
     /// Sends SIGHUP to the switchyard process (reload its routing table).
@@ -378,7 +430,18 @@ targets = [{{ provider = "openai", model = "gpt-4.1-2025" }}]
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
+        let children = self
+            .child
+            .take()
+            .into_iter()
+            .chain(
+                self.workers
+                    .get_mut()
+                    .map(|w| w.iter_mut().filter_map(Option::take).collect::<Vec<_>>())
+                    .unwrap_or_default(),
+            )
+            .chain(self.others.drain(..));
+        for mut c in children {
             let _ = c.kill();
             let _ = c.wait();
         }
