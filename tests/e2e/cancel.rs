@@ -103,6 +103,8 @@ async fn expired_envelope_never_reaches_the_provider() {
         fallback_reason: None,
         mid_stream: Default::default(),
         resume: None,
+        fallback_on_refusal: false,
+        watchdogs: Default::default(),
     };
     let js = async_nats::jetstream::new(nats.clone());
     js.publish(

@@ -212,6 +212,7 @@ async fn models_endpoint_lists_configured_models() {
             "auto:canary",
             "auto:fast",
             "chain",
+            "chain-lenient",
             "chain-splice",
             "chain-strict",
             "claude-sonnet-4-5",

@@ -456,3 +456,107 @@ async fn a_full_queue_sheds_new_requests_early_with_retry_after() {
     println!("shedding: 5 queued requests served {served}, 1 refused early");
     assert_eq!(served, 5, "shedding never drops what was queued");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_forces_a_target_off_and_gives_it_back() {
+    let stack = Stack::start().await;
+    let force = |b: Value| {
+        stack
+            .http
+            .put(stack.url("/v1/route/targets"))
+            .bearer_auth(crate::stack::KEY)
+            .json(&b)
+            .send()
+    };
+    let resp = force(json!({"provider": "openai", "model": "gpt-4o-mini", "state": "off"}))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["by"], "test", "the audit names the key");
+    let schema = std::fs::read_to_string(
+        sy_test_support::repo_root().join("schemas/target-override.schema.json"),
+    )
+    .unwrap();
+    let validator = jsonschema::validator_for(&serde_json::from_str(&schema).unwrap()).unwrap();
+    assert!(validator.is_valid(&v), "{v}");
+    for _ in 0..3 {
+        let resp = stack.chat(&body("chain", "hi")).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(header(&resp, "x-switchyard-provider"), "anthropic");
+        assert_eq!(header(&resp, "x-switchyard-attempts"), "1");
+    }
+    assert_eq!(calls(&stack)[0], 0, "openai never called while off");
+    let v: Value = stack
+        .http
+        .get(stack.url("/v1/route/targets"))
+        .bearer_auth(crate::stack::KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let openai = v["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["provider"] == "openai")
+        .unwrap();
+    assert_eq!(
+        (openai["healthy"].clone(), openai["forced"].clone()),
+        (json!(false), json!(false))
+    );
+    // Given back to its health: traffic returns.
+    let resp = force(json!({"provider": "openai", "model": "gpt-4o-mini", "state": "auto"}))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let resp = stack.chat(&body("chain", "hi")).send().await.unwrap();
+    assert_eq!(header(&resp, "x-switchyard-provider"), "openai");
+    // Bad input: a clear 400; no key: 401.
+    let resp = force(json!({"provider": "nope", "model": "m", "state": "off"}))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let resp = force(json!({"provider": "openai", "model": "m", "state": "sideways"}))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let resp = stack
+        .http
+        .put(stack.url("/v1/route/targets"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_can_let_refusals_fall_back_and_tighten_the_watchdogs() {
+    let stack = Stack::start().await;
+    let resp = stack
+        .chat(&body(
+            "chain-lenient",
+            "bad [[mock:status=400,error=content_filter,only=openai]]",
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "the route opted in to refusal fallback");
+    assert_eq!(header(&resp, "x-switchyard-provider"), "anthropic");
+    // The route's 300 ms first-token limit, not the target's 10 s.
+    let mut b = body("chain-lenient", "slow [[mock:ttft_ms=3000,only=openai]]");
+    b["stream"] = json!(true);
+    let started = Instant::now();
+    let resp = stack.chat(&b).send().await.unwrap();
+    assert_eq!(header(&resp, "x-switchyard-provider"), "anthropic");
+    let data = sse_data(resp).await;
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+}

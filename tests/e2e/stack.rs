@@ -251,6 +251,12 @@ targets = [{{ provider = "openai", model = "gpt-4o-mini" }}, {{ provider = "gemi
 mid_stream = "error"
 targets = [{{ provider = "openai", model = "gpt-4o-mini" }}, {{ provider = "anthropic", model = "claude-sonnet-4-5" }}]
 
+# Refusals may fall back; a tighter first-token watchdog than the targets'.
+[models."chain-lenient"]
+fallback_on_refusal = true
+ttft_timeout = "300ms"
+targets = [{{ provider = "openai", model = "gpt-4o-mini" }}, {{ provider = "anthropic", model = "claude-sonnet-4-5" }}]
+
 [models."claude-sonnet-4-5"]
 targets = [{{ provider = "anthropic", model = "claude-sonnet-4-5" }}]
 

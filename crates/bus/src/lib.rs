@@ -24,7 +24,9 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde::Serialize;
 use sy_config::NatsConfig;
-use sy_protocol::{Cancel, Observation, ReplyFrame, RequestEnvelope, Subjects, UsageEvent};
+use sy_protocol::{
+    Cancel, Observation, ReplyFrame, RequestEnvelope, Subjects, TargetOverride, UsageEvent,
+};
 
 /// How long JetStream remembers a `Nats-Msg-Id` to drop a duplicate publish.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
@@ -145,6 +147,57 @@ impl Bus {
             })
             .await
             .map_err(|e| BusError::Setup(format!("bucket {bucket}: {e}")))
+    }
+
+    /// The KV bucket of operators' target overrides.
+    pub async fn target_overrides(&self) -> Result<jetstream::kv::Store, BusError> {
+        let bucket = self.subjects.targets_bucket();
+        self.js
+            .create_or_update_key_value(jetstream::kv::Config {
+                bucket: bucket.clone(),
+                description: "Switchyard target overrides (operators forcing a target off or on)"
+                    .into(),
+                history: 1,
+                storage: stream::StorageType::File,
+                num_replicas: self.config.replicas,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| BusError::Setup(format!("bucket {bucket}: {e}")))
+    }
+
+    /// Calls `apply` with every target override now in force and every later
+    /// one, for as long as `apply` returns true; follows NATS restarts.
+    pub fn follow_overrides(&self, apply: impl Fn(TargetOverride) -> bool + Send + 'static) {
+        let bus = self.clone();
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                let watch = match bus.target_overrides().await {
+                    Ok(store) => store
+                        .watch_with_history(">")
+                        .await
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                match watch {
+                    Ok(mut w) => {
+                        backoff = Duration::from_millis(100);
+                        while let Some(entry) = w.next().await {
+                            let Ok(entry) = entry else { break };
+                            if let Ok(o) = serde_json::from_slice::<TargetOverride>(&entry.value)
+                                && !apply(o)
+                            {
+                                return;
+                            }
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "Target overrides not readable yet."),
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        });
     }
 
     /// A file-stored stream with `Nats-Msg-Id` dedup, created or updated.

@@ -46,6 +46,13 @@ pub struct RawHealth {
     pub failure_threshold: u32,
     /// How long an unhealthy target is skipped before it gets traffic again.
     pub cool_down: String,
+    /// Share of failed calls among the last `window` that makes a target
+    /// unhealthy (a flapping provider), once `min_calls` were seen.
+    pub error_rate: f64,
+    /// Calls the error rate is measured over (at most 64).
+    pub window: u32,
+    /// Calls needed before the error rate counts.
+    pub min_calls: u32,
 }
 
 impl Default for RawHealth {
@@ -53,6 +60,9 @@ impl Default for RawHealth {
         RawHealth {
             failure_threshold: 3,
             cool_down: "10s".into(),
+            error_rate: 0.5,
+            window: 20,
+            min_calls: 10,
         }
     }
 }
@@ -278,6 +288,18 @@ pub struct RawModel {
     /// the client continues on the next target, or ends with an error.
     #[serde(default)]
     pub mid_stream: Option<String>,
+    /// A content refusal falls back to the next target (default false).
+    #[serde(default)]
+    pub fallback_on_refusal: bool,
+    /// Watchdogs for this route, overriding its targets' (e.g. "30s").
+    #[serde(default)]
+    pub ttft_timeout: Option<String>,
+    /// See `ttft_timeout`.
+    #[serde(default)]
+    pub idle_timeout: Option<String>,
+    /// See `ttft_timeout`.
+    #[serde(default)]
+    pub response_timeout: Option<String>,
 }
 
 /// One target of a model.

@@ -58,12 +58,18 @@ pub struct Config {
 }
 
 /// `[health]`, validated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct HealthConfig {
     /// Consecutive failed calls after which a target counts as unhealthy.
     pub failure_threshold: u32,
     /// How long an unhealthy target is skipped before it gets traffic again.
     pub cool_down: Duration,
+    /// Failed share of the last `window` calls that makes a target unhealthy.
+    pub error_rate: f64,
+    /// Calls the error rate is measured over (1 to 64).
+    pub window: u32,
+    /// Calls needed before the error rate counts.
+    pub min_calls: u32,
 }
 
 impl Default for HealthConfig {
@@ -71,6 +77,9 @@ impl Default for HealthConfig {
         HealthConfig {
             failure_threshold: 3,
             cool_down: Duration::from_secs(10),
+            error_rate: 0.5,
+            window: 20,
+            min_calls: 10,
         }
     }
 }
@@ -249,6 +258,10 @@ pub struct ModelRoute {
     pub targets: Vec<Target>,
     /// Streams that fail after output: recover or end with an error.
     pub mid_stream: sy_protocol::MidStream,
+    /// A content refusal falls back to the next target.
+    pub fallback_on_refusal: bool,
+    /// Watchdog overrides.
+    pub watchdogs: sy_protocol::Watchdogs,
 }
 
 /// One provider/model pair serving a route.
@@ -583,6 +596,15 @@ impl Config {
                 m.mid_stream.as_deref(),
                 e,
             );
+            let ms = |key: &str, v: &Option<String>, e: &mut Vec<ConfigError>| {
+                v.as_deref()
+                    .map(|t| duration(&format!("models.\"{name}\".{key}"), t, e).as_millis() as u64)
+            };
+            let watchdogs = sy_protocol::Watchdogs {
+                ttft_ms: ms("ttft_timeout", &m.ttft_timeout, e),
+                idle_ms: ms("idle_timeout", &m.idle_timeout, e),
+                response_ms: ms("response_timeout", &m.response_timeout, e),
+            };
             models.insert(
                 name.clone(),
                 ModelRoute {
@@ -590,6 +612,8 @@ impl Config {
                     token,
                     targets,
                     mid_stream: mid,
+                    fallback_on_refusal: m.fallback_on_refusal,
+                    watchdogs,
                 },
             );
         }
@@ -640,9 +664,28 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        let h = &raw.health;
+        if !(h.error_rate > 0.0 && h.error_rate <= 1.0) {
+            e.push(ConfigError::new(
+                "health.error_rate",
+                "must be above 0 and at most 1",
+            ));
+        }
+        if !(1..=64).contains(&h.window) {
+            e.push(ConfigError::new("health.window", "must be 1 to 64 calls"));
+        }
+        if h.min_calls == 0 || h.min_calls > h.window {
+            e.push(ConfigError::new(
+                "health.min_calls",
+                "must be at least 1 and at most health.window",
+            ));
+        }
         let health = HealthConfig {
-            failure_threshold: raw.health.failure_threshold.max(1),
-            cool_down: duration("health.cool_down", &raw.health.cool_down, e),
+            failure_threshold: h.failure_threshold.max(1),
+            cool_down: duration("health.cool_down", &h.cool_down, e),
+            error_rate: h.error_rate,
+            window: h.window.clamp(1, 64),
+            min_calls: h.min_calls.max(1),
         };
 
         if errors.is_empty() {

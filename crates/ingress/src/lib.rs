@@ -174,6 +174,7 @@ async fn build(config: Arc<Config>, bus: Bus) -> Result<(Router, Arc<AppState>),
     };
     let live = Arc::new(sy_router::live::LiveTable::new(config.health));
     live::start(&bus, &live, config.providers.keys().cloned().collect()).await?;
+    live::follow_overrides(&bus, &live);
     let state = Arc::new(AppState {
         bus,
         replies,
@@ -212,7 +213,9 @@ async fn build(config: Arc<Config>, bus: Bus) -> Result<(Router, Arc<AppState>),
         )
         .route(
             "/v1/route/targets",
-            get(live::targets).fallback(method_not_allowed),
+            get(live::targets)
+                .put(live::force)
+                .fallback(method_not_allowed),
         )
         .route("/v1/models", get(list_models).fallback(method_not_allowed))
         .route("/v1/usage", get(get_usage).fallback(method_not_allowed))
@@ -556,7 +559,7 @@ async fn chat(
         )
     };
     let routing = state.routing();
-    let (route_name, provider, model, route_header, choice, fallback, mid_stream) =
+    let (route_name, provider, model, route_header, choice, fallback, policy) =
         match routing.routers.get(&request.model) {
             Some(router) => {
                 let Some(c) = class else {
@@ -622,7 +625,7 @@ async fn chat(
                     decision.route.clone(),
                     choice,
                     fallback,
-                    router.mid_stream,
+                    (router.mid_stream, false, Default::default()),
                 )
             }
             None => {
@@ -641,7 +644,7 @@ async fn chat(
                     route.name.clone(),
                     choice,
                     order,
-                    route.mid_stream,
+                    (route.mid_stream, route.fallback_on_refusal, route.watchdogs),
                 )
             }
         };
@@ -687,8 +690,10 @@ async fn chat(
         choice: Some(choice),
         fallback,
         fallback_reason: None,
-        mid_stream,
+        mid_stream: policy.0,
         resume: None,
+        fallback_on_refusal: policy.1,
+        watchdogs: policy.2,
     };
     // Register before publishing so that no frame can arrive unseen.
     let rx = state.replies.register(request_id, REPLY_BUFFER);

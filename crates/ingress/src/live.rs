@@ -64,10 +64,84 @@ pub(crate) async fn start(
     Ok(())
 }
 
+/// Follows operators' target overrides into `table` (all ingresses and workers
+/// see the same bucket).
+pub(crate) fn follow_overrides(bus: &Bus, table: &Arc<LiveTable>) {
+    let weak = Arc::downgrade(table);
+    bus.follow_overrides(move |o| {
+        let Some(table) = weak.upgrade() else {
+            return false;
+        };
+        table.force(&o.provider, &o.model, o.state.forced());
+        true
+    });
+}
+
 /// `GET /v1/route/targets`: every target's live state and every provider's load.
 pub(crate) async fn targets(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     if let Err(e) = authenticate(&state, &headers) {
         return e.into_response();
     }
     Json(state.live.snapshot(now_unix_ms())).into_response()
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ForceBody {
+    provider: String,
+    model: String,
+    state: sy_protocol::ForcedState,
+}
+
+/// `PUT /v1/route/targets`: `{"provider", "model", "state": "off"|"on"|"auto"}`
+/// forces a target off or on for every ingress and worker (NATS KV), or gives
+/// it back to its health. Logged as an audit line (an audit table once tenancy
+/// lands).
+pub(crate) async fn force(
+    State(state): State<Arc<AppState>>,
+    req: axum::extract::Request,
+) -> Response {
+    let (parts, body) = req.into_parts();
+    let result: Result<Response, crate::ApiError> = async {
+        let by = authenticate(&state, &parts.headers)?.to_owned();
+        crate::check_content_type(&parts.headers)?;
+        let body = crate::read_body(&state, &parts.headers, body).await?;
+        let f: ForceBody = serde_json::from_slice(&body)
+            .map_err(|e| crate::ApiError::invalid("body", format!("Expected {{\"provider\", \"model\", \"state\": \"off\"|\"on\"|\"auto\"}}: {e}")))?;
+        if !state.providers.contains_key(&f.provider) {
+            return Err(crate::ApiError::invalid(
+                "provider",
+                format!("No provider named '{}'.", f.provider),
+            ));
+        }
+        let o = sy_protocol::TargetOverride {
+            provider: f.provider,
+            model: f.model,
+            state: f.state,
+            by,
+            at_unix_ms: now_unix_ms(),
+        };
+        let store = state.bus.target_overrides().await.map_err(|_| {
+            crate::ApiError::new(
+                sy_protocol::ErrorCode::BusUnavailable,
+                "The target override store is unavailable; retry shortly.",
+            )
+        })?;
+        let value = bytes::Bytes::from(serde_json::to_vec(&o).unwrap_or_default());
+        store
+            .put(sy_protocol::TargetOverride::key(&o.provider, &o.model), value)
+            .await
+            .map_err(|_| {
+                crate::ApiError::new(
+                    sy_protocol::ErrorCode::BusUnavailable,
+                    "The target override could not be stored; retry shortly.",
+                )
+            })?;
+        // Applied here at once; other processes within one NATS hop.
+        state.live.force(&o.provider, &o.model, o.state.forced());
+        tracing::info!(target: "audit", by = %o.by, provider = %o.provider, model = %o.model, state = ?o.state, "Target forced.");
+        Ok(Json(o).into_response())
+    }
+    .await;
+    result.unwrap_or_else(|e| e.into_response())
 }

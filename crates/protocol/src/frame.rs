@@ -71,6 +71,33 @@ pub struct RequestEnvelope {
     /// client already has `text` in frames up to `seq` − 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume: Option<Resume>,
+    /// The route lets a content refusal fall back to the next target.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fallback_on_refusal: bool,
+    /// The route's watchdog limits, overriding the targets' own.
+    #[serde(default, skip_serializing_if = "Watchdogs::is_empty")]
+    pub watchdogs: Watchdogs,
+}
+
+/// Watchdog limits in milliseconds; unset ones are the target's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Watchdogs {
+    /// Streamed calls: first token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttft_ms: Option<u64>,
+    /// Streamed calls: silence between chunks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_ms: Option<u64>,
+    /// Calls that are not streamed: the whole answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_ms: Option<u64>,
+}
+
+impl Watchdogs {
+    /// Nothing overridden.
+    pub fn is_empty(&self) -> bool {
+        *self == Watchdogs::default()
+    }
 }
 
 /// A route's choice for streams that fail after output reached the client.

@@ -25,9 +25,9 @@ mod usage;
 pub use error::ErrorCode;
 pub use frame::{
     ApiSurface, Cancel, CancelReason, ChunkFrame, FallbackTarget, FinalFrame, FrameError,
-    MidStream, ReplyFrame, RequestEnvelope, Resume, RouteChoice, StartInfo,
+    MidStream, ReplyFrame, RequestEnvelope, Resume, RouteChoice, StartInfo, Watchdogs,
 };
-pub use live::{Observation, Outcome};
+pub use live::{ForcedState, Observation, Outcome, TargetOverride};
 pub use subject::{Subjects, is_valid_token, route_token};
 pub use usage::{TokenSource, UsageEvent, UsageStatus};
 

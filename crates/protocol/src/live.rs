@@ -68,6 +68,55 @@ pub struct Observation {
     pub at_unix_ms: u64,
 }
 
+/// An operator's word on a target, kept in the KV bucket `<NS>_TARGETS` (one
+/// key per target) and followed by every ingress and worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetOverride {
+    /// The provider entry.
+    pub provider: String,
+    /// The upstream model.
+    pub model: String,
+    /// `off`: never routed to; `on`: routed to whatever its health; `auto`:
+    /// as its health says.
+    pub state: ForcedState,
+    /// Who said so (the API key's name).
+    pub by: String,
+    /// When.
+    pub at_unix_ms: u64,
+}
+
+/// See [`TargetOverride`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ForcedState {
+    /// Never routed to.
+    Off,
+    /// Routed to whatever its health.
+    On,
+    /// As its health says.
+    Auto,
+}
+
+impl ForcedState {
+    /// `Some(false)` off, `Some(true)` on, `None` auto.
+    pub fn forced(self) -> Option<bool> {
+        match self {
+            ForcedState::Off => Some(false),
+            ForcedState::On => Some(true),
+            ForcedState::Auto => None,
+        }
+    }
+}
+
+impl TargetOverride {
+    /// The KV key: the provider and the model, each hex-encoded (model names
+    /// hold characters keys cannot).
+    pub fn key(provider: &str, model: &str) -> String {
+        let hex = |s: &str| s.bytes().map(|b| format!("{b:02x}")).collect::<String>();
+        format!("{}.{}", hex(provider), hex(model))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

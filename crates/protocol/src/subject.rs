@@ -80,6 +80,11 @@ impl Subjects {
         format!("{}_REQ", self.stream_prefix)
     }
 
+    /// Name of the KV bucket holding operators' target overrides.
+    pub fn targets_bucket(&self) -> String {
+        format!("{}_TARGETS", self.stream_prefix)
+    }
+
     /// Name of the KV bucket remembering `Idempotency-Key`s.
     pub fn idempotency_bucket(&self) -> String {
         format!("{}_IDEMPOTENCY", self.stream_prefix)

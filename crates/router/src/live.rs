@@ -38,6 +38,15 @@ pub struct TargetLive {
     pub unhealthy_until_unix_ms: Option<u64>,
     /// The latest failure's code.
     pub last_error: Option<ErrorCode>,
+    /// The last calls, newest in bit 0 (1 = failed).
+    #[serde(skip)]
+    pub recent: u64,
+    /// How many calls `recent` holds (at most the window).
+    #[serde(skip)]
+    pub recent_calls: u32,
+    /// Forced by an operator: `Some(false)` off, `Some(true)` on whatever
+    /// its health; `None` as its health says.
+    pub forced: Option<bool>,
     /// When the latest observation arrived (Unix ms).
     pub last_seen_unix_ms: u64,
 }
@@ -123,6 +132,9 @@ impl LiveTable {
             .entry(o.model.clone())
             .or_default();
         t.last_seen_unix_ms = now_ms;
+        let window = self.health.window.clamp(1, 64);
+        t.recent = (t.recent << 1) | u64::from(o.outcome == Outcome::Failed);
+        t.recent_calls = (t.recent_calls + 1).min(window);
         match o.outcome {
             Outcome::Ok => {
                 t.ok += 1;
@@ -136,13 +148,33 @@ impl LiveTable {
                 t.failed += 1;
                 t.consecutive_failures = t.consecutive_failures.saturating_add(1);
                 t.last_error = o.error_code;
-                if t.consecutive_failures >= self.health.failure_threshold {
+                let mask = if window == 64 {
+                    u64::MAX
+                } else {
+                    (1u64 << window) - 1
+                };
+                let failed = (t.recent & mask).count_ones();
+                let flapping = t.recent_calls >= self.health.min_calls
+                    && f64::from(failed) >= self.health.error_rate * f64::from(t.recent_calls);
+                if t.consecutive_failures >= self.health.failure_threshold || flapping {
                     t.unhealthy_until_unix_ms =
                         Some(now_ms + self.health.cool_down.as_millis() as u64);
                 }
             }
             Outcome::Neutral => {}
         }
+    }
+
+    /// An operator forced the target off (`Some(false)`), on (`Some(true)`), or
+    /// back to its health (`None`).
+    pub fn force(&self, provider: &str, model: &str, forced: Option<bool>) {
+        let mut targets = self.targets.write().unwrap_or_else(|e| e.into_inner());
+        targets
+            .entry(provider.to_owned())
+            .or_default()
+            .entry(model.to_owned())
+            .or_default()
+            .forced = forced;
     }
 
     /// Records `provider`'s load as read at `now_ms`.
@@ -160,7 +192,10 @@ impl LiveTable {
                 models.iter().map(move |(m, s)| TargetRow {
                     provider: p.clone(),
                     model: m.clone(),
-                    healthy: s.unhealthy_until_unix_ms.is_none_or(|u| u <= now_ms),
+                    healthy: match s.forced {
+                        Some(on) => on,
+                        None => s.unhealthy_until_unix_ms.is_none_or(|u| u <= now_ms),
+                    },
                     state: s.clone(),
                 })
             })
@@ -247,10 +282,28 @@ impl Live for LiveAt<'_> {
     fn unhealthy(&self, provider: &str, model: &str) -> Option<String> {
         self.table
             .with(provider, model, |t| {
+                match t.forced {
+                    Some(false) => return Some("disabled by an operator".to_owned()),
+                    Some(true) => return None,
+                    None => {}
+                }
                 let until = t.unhealthy_until_unix_ms.filter(|u| *u > self.now_ms)?;
+                let why = if t.consecutive_failures >= self.table.health.failure_threshold {
+                    format!("{} consecutive failures", t.consecutive_failures)
+                } else {
+                    let window = t.recent_calls;
+                    let mask = if window >= 64 {
+                        u64::MAX
+                    } else {
+                        (1u64 << window) - 1
+                    };
+                    format!(
+                        "{} of the last {window} calls failed",
+                        (t.recent & mask).count_ones()
+                    )
+                };
                 Some(format!(
-                    "unhealthy: {} consecutive failures{}, retried in {:.1} s",
-                    t.consecutive_failures,
+                    "unhealthy: {why}{}, retried in {:.1} s",
                     t.last_error
                         .map(|c| format!(" (last: {})", c.as_str()))
                         .unwrap_or_default(),
@@ -298,6 +351,7 @@ mod tests {
         LiveTable::new(HealthConfig {
             failure_threshold: 3,
             cool_down: Duration::from_secs(10),
+            ..HealthConfig::default()
         })
     }
 
@@ -407,5 +461,47 @@ mod tests {
             None,
             "stale load sheds nothing"
         );
+    }
+
+    #[test]
+    fn a_flapping_target_is_taken_out_by_its_error_rate() {
+        let t = table(); // threshold 3, error rate 0.5 over 20, 10 calls minimum
+        let mut now = 0;
+        for i in 0..9 {
+            now += 1;
+            let o = if i % 2 == 0 {
+                Outcome::Failed
+            } else {
+                Outcome::Ok
+            };
+            t.observe(&obs("a", o, 10), now);
+        }
+        assert_eq!(t.at(now).unhealthy("a", "m"), None, "fewer than 10 calls");
+        t.observe(&obs("a", Outcome::Ok, 10), now);
+        t.observe(&obs("a", Outcome::Failed, 10), now);
+        let why = t.at(now).unhealthy("a", "m").unwrap();
+        assert!(
+            why.starts_with("unhealthy: 6 of the last 11 calls failed"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn an_operator_override_beats_health() {
+        let t = table();
+        t.force("a", "m", Some(false));
+        assert_eq!(
+            t.at(0).unhealthy("a", "m").as_deref(),
+            Some("disabled by an operator")
+        );
+        for _ in 0..5 {
+            t.observe(&obs("b", Outcome::Failed, 0), 0);
+        }
+        t.force("b", "m", Some(true));
+        assert_eq!(t.at(0).unhealthy("b", "m"), None, "forced on");
+        t.force("b", "m", None);
+        assert!(t.at(0).unhealthy("b", "m").is_some(), "back to its health");
+        let snap = t.snapshot(0);
+        assert!(!snap.targets[0].healthy && !snap.targets[1].healthy);
     }
 }

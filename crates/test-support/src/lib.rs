@@ -64,14 +64,16 @@ pub fn unique_namespace() -> String {
     format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
 }
 
-/// Deletes every JetStream stream of `namespace` (best effort).
+/// Deletes every JetStream stream of `namespace`, its KV buckets' included
+/// (best effort).
 pub async fn delete_namespace(client: &async_nats::Client, namespace: &str) {
     let js = async_nats::jetstream::new(client.clone());
     let prefix = format!("{}_", namespace.to_ascii_uppercase().replace('-', "_"));
+    let kv_prefix = format!("KV_{prefix}");
     let mut names = js.stream_names();
     let mut doomed = Vec::new();
     while let Some(Ok(name)) = names.next().await {
-        if name.starts_with(&prefix) {
+        if name.starts_with(&prefix) || name.starts_with(&kv_prefix) {
             doomed.push(name);
         }
     }

@@ -214,8 +214,9 @@ pub(crate) enum Next {
 /// that failed before an answer are retried and then fall back; a target that
 /// stayed silent past its timeout, or whose context window is too small, is
 /// not called again; refusals and other 4xx are final.
-pub(crate) fn next_step(e: &FrameError) -> Next {
+pub(crate) fn next_step(e: &FrameError, fallback_on_refusal: bool) -> Next {
     match e.code {
+        ErrorCode::ContentFiltered if fallback_on_refusal => Next::Fallback,
         ErrorCode::RateLimited | ErrorCode::Overloaded => {
             Next::Retry(e.retry_after_ms.map(Duration::from_millis))
         }
@@ -332,7 +333,7 @@ async fn serve(
             }
             return replier.fail(error).await;
         }
-        match next_step(&error) {
+        match next_step(&error, env.fallback_on_refusal) {
             Next::Retry(after) => {
                 let delay = backoff.next().map(|d| d.max(after.unwrap_or_default()));
                 let Some(delay) = delay.filter(|d| tokio::time::Instant::now() + *d < deadline)
@@ -614,12 +615,17 @@ impl<'a> Replier<'a> {
             ),
         };
         let base = self.seq;
+        let limit =
+            |route: Option<u64>, target: Duration| route.map_or(target, Duration::from_millis);
+        let ttft_timeout = limit(env.watchdogs.ttft_ms, provider.ttft_timeout);
+        let idle_timeout = limit(env.watchdogs.idle_ms, provider.idle_timeout);
+        let response_timeout = limit(env.watchdogs.response_ms, provider.response_timeout);
         let started = tokio::time::Instant::now();
         let first_by = started
             + if stream_mode {
-                provider.ttft_timeout
+                ttft_timeout
             } else {
-                provider.response_timeout
+                response_timeout
             };
         let silent = |what: &str, limit: Duration| {
             ProviderError::Timeout(format!("{what} within {} s", limit.as_secs_f64()))
@@ -646,18 +652,16 @@ impl<'a> Replier<'a> {
             let by = if !stream_mode || self.seq == base {
                 first_by
             } else {
-                tokio::time::Instant::now() + provider.idle_timeout
+                tokio::time::Instant::now() + idle_timeout
             };
             let item = match tokio::time::timeout_at(by, stream.next()).await {
                 Ok(Some(item)) => item,
                 Ok(None) => break,
                 Err(_) => {
                     let e = match (stream_mode, self.seq == base) {
-                        (true, true) => silent("no first token", provider.ttft_timeout),
-                        (true, false) => {
-                            silent("the stream stalled: no chunk", provider.idle_timeout)
-                        }
-                        (false, _) => silent("no answer", provider.response_timeout),
+                        (true, true) => silent("no first token", ttft_timeout),
+                        (true, false) => silent("the stream stalled: no chunk", idle_timeout),
+                        (false, _) => silent("no answer", response_timeout),
                     };
                     return self.provider_failed(e, state).await;
                 }
@@ -773,6 +777,13 @@ mod tests {
         e
     }
 
+    #[test]
+    fn a_route_may_let_refusals_fall_back() {
+        let e = err(ErrorCode::ContentFiltered, Some(400), None);
+        assert_eq!(next_step(&e, true), Next::Fallback);
+        assert_eq!(next_step(&e, false), Next::Final);
+    }
+
     /// docs/reliability.md's failure table, row by row.
     #[test]
     fn the_failure_table() {
@@ -816,7 +827,13 @@ mod tests {
             (err(ErrorCode::InvalidRequest, None, None), Next::Final),
         ];
         for (e, want) in rows {
-            assert_eq!(next_step(&e), want, "{:?} {:?}", e.code, e.provider_status);
+            assert_eq!(
+                next_step(&e, false),
+                want,
+                "{:?} {:?}",
+                e.code,
+                e.provider_status
+            );
         }
     }
 

@@ -112,6 +112,16 @@ pub async fn run(
             }
         }
     });
+    bus.follow_overrides({
+        let live = Arc::downgrade(&live);
+        move |o| {
+            let Some(live) = live.upgrade() else {
+                return false;
+            };
+            live.force(&o.provider, &o.model, o.state.forced());
+            true
+        }
+    });
     let all_providers = Arc::new(config.providers.clone());
     let tracker = TaskTracker::new();
     let ack_wait = config.nats.ack_wait;
