@@ -322,24 +322,40 @@ async fn a_stream_cut_after_output_ends_with_an_error_never_a_success() {
 
 /// Streams `prompt` on `model` and returns (content, last data line, every line).
 async fn stream(stack: &Stack, model: &str, prompt: &str) -> (String, String, Vec<String>) {
+    let (content, last, data, _) = stream_with_id(stack, model, prompt).await;
+    (content, last, data)
+}
+
+/// [`stream`], and the request id.
+async fn stream_with_id(
+    stack: &Stack,
+    model: &str,
+    prompt: &str,
+) -> (String, String, Vec<String>, String) {
     let mut b = body(model, prompt);
     b["stream"] = json!(true);
     let resp = stack.chat(&b).send().await.unwrap();
     assert_eq!(resp.status(), 200);
+    let id = header(&resp, "x-switchyard-request-id");
     let data = sse_data(resp).await;
     (
         streamed_content(&data, 0),
         data.last().cloned().unwrap_or_default(),
         data,
+        id,
     )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_stream_is_recovered_by_prefill_or_splice_and_never_garbled() {
-    let stack = Stack::start().await;
+    let stack = Stack::start_with(StackOptions {
+        clickhouse: true,
+        ..Default::default()
+    })
+    .await;
     let whole = sy_mock_provider::reply_text("tell me", 20, 0);
     // Prefill: anthropic continues the 5 tokens the client already has.
-    let (content, last, data) = stream(
+    let (content, last, data, id) = stream_with_id(
         &stack,
         "chain",
         "tell me [[mock:tokens=20]] [[mock:cut_after=5,only=openai]]",
@@ -348,6 +364,20 @@ async fn a_cut_stream_is_recovered_by_prefill_or_splice_and_never_garbled() {
     assert_eq!(content, whole, "{data:?}");
     assert_eq!(last, "[DONE]");
     assert_eq!(calls(&stack), [1, 1, 0]);
+    let rows = attempts(&stack, &id, 2).await;
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(
+        (rows[0].provider.as_str(), rows[0].status.as_str()),
+        ("openai", "error")
+    );
+    assert_eq!(
+        (rows[1].provider.as_str(), rows[1].status.as_str()),
+        ("anthropic", "ok")
+    );
+    assert_eq!(
+        rows[1].fallback_reason,
+        "mid-stream recovery: openai/gpt-4o-mini failed after output: provider_error, continued by prefill"
+    );
     // The prefill is refused by anthropic: vllm continues it instead.
     let (content, last, data) = stream(
         &stack,
@@ -559,4 +589,84 @@ async fn a_route_can_let_refusals_fall_back_and_tighten_the_watchdogs() {
         "{:?}",
         started.elapsed()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transient_failure_is_retried_and_the_same_target_answers() {
+    let stack = Stack::start_with(StackOptions {
+        retries: 3,
+        ..Default::default()
+    })
+    .await;
+    let reset = stack
+        .http
+        .post(format!(
+            "{}/mock/reset",
+            stack.mock.base_url().trim_end_matches("/v1")
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert!(reset.status().is_success());
+    // openai fails for 150 ms after the reset, then recovers.
+    let resp = stack
+        .chat(&body(
+            "chain",
+            "hi [[mock:status=500,fail_for_ms=150,only=openai]]",
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        header(&resp, "x-switchyard-provider"),
+        "openai",
+        "retried, not failed over"
+    );
+    let attempts: u32 = header(&resp, "x-switchyard-attempts").parse().unwrap();
+    assert!((2..=4).contains(&attempts), "{attempts}");
+    assert_eq!(calls(&stack)[1], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stall_or_an_unreadable_event_mid_stream_is_recovered_and_no_done_is_complete() {
+    let stack = Stack::start_with(StackOptions {
+        ttft_timeout: "500ms",
+        ..Default::default()
+    })
+    .await;
+    let whole = sy_mock_provider::reply_text("tell me", 20, 0);
+    let started = Instant::now();
+    let (content, last, data) = stream(
+        &stack,
+        "chain",
+        "tell me [[mock:tokens=20]] [[mock:stall_after=6,only=openai]]",
+    )
+    .await;
+    assert_eq!(content, whole, "{data:?}");
+    assert_eq!(last, "[DONE]");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    let (content, last, data) = stream(
+        &stack,
+        "chain",
+        "tell me [[mock:tokens=20]] [[mock:garbage_after=4,only=openai]]",
+    )
+    .await;
+    assert_eq!(content, whole, "{data:?}");
+    assert_eq!(last, "[DONE]");
+    assert_eq!(calls(&stack), [2, 2, 0]);
+    // A stream that ends with its finish reason but no [DONE] is complete.
+    let (content, last, data) = stream(
+        &stack,
+        "gpt-4o-mini",
+        "tell me [[mock:tokens=20,no_done=1]]",
+    )
+    .await;
+    assert_eq!(content, whole, "{data:?}");
+    assert_eq!(last, "[DONE]");
+    assert_eq!(calls(&stack), [3, 2, 0], "no retry, no fallback");
 }

@@ -21,6 +21,14 @@ pub struct Directives {
     pub hang: bool,
     /// Refuse requests that end with an assistant prefill (400).
     pub no_prefill: bool,
+    /// Streamed: go silent (connection open) after this many content chunks.
+    pub stall_after: Option<usize>,
+    /// Streamed: send an unreadable event after this many content chunks, then end.
+    pub garbage_after: Option<usize>,
+    /// Streamed (OpenAI dialect): end without `data: [DONE]`.
+    pub no_done: bool,
+    /// `status` applies only this long after the mock started or was reset.
+    pub fail_for: Option<Duration>,
     /// Answer with a call to this tool.
     pub tool_call: Option<String>,
     /// Report this many of the prompt tokens as read from the cache.
@@ -52,10 +60,14 @@ impl Directives {
             tool_call,
             cached_tokens,
             cache_write,
-            error
+            error,
+            stall_after,
+            garbage_after,
+            fail_for
         );
         self.hang |= other.hang;
         self.no_prefill |= other.no_prefill;
+        self.no_done |= other.no_done;
     }
 }
 
@@ -88,7 +100,10 @@ pub fn parse_list(text: &str, instance: &str) -> Result<Option<Directives>, Dire
             "delay_ms" => d.delay = Some(Duration::from_millis(num(value)?)),
             "tokens" => d.tokens = Some(num(value)? as usize),
             "cut_after" => d.cut_after = Some(num(value)? as usize),
-            "hang" | "no_prefill" => {
+            "stall_after" => d.stall_after = Some(num(value)? as usize),
+            "garbage_after" => d.garbage_after = Some(num(value)? as usize),
+            "fail_for_ms" => d.fail_for = Some(Duration::from_millis(num(value)?)),
+            "hang" | "no_prefill" | "no_done" => {
                 let on = match value {
                     "1" | "true" => true,
                     "0" | "false" => false,
@@ -98,10 +113,10 @@ pub fn parse_list(text: &str, instance: &str) -> Result<Option<Directives>, Dire
                         )));
                     }
                 };
-                if key == "hang" {
-                    d.hang = on;
-                } else {
-                    d.no_prefill = on;
+                match key {
+                    "hang" => d.hang = on,
+                    "no_prefill" => d.no_prefill = on,
+                    _ => d.no_done = on,
                 }
             }
             "tool_call" => {

@@ -99,6 +99,8 @@ impl Counters {
 struct Shared {
     opts: MockOptions,
     counters: Counters,
+    /// When the mock started or was last reset (`fail_for_ms` counts from it).
+    since: std::sync::Mutex<tokio::time::Instant>,
 }
 
 /// A running mock; the server stops when this is dropped.
@@ -118,6 +120,7 @@ impl MockProvider {
         let shared = Arc::new(Shared {
             opts,
             counters: Counters::default(),
+            since: std::sync::Mutex::new(tokio::time::Instant::now()),
         });
         let app = Router::new()
             .route("/v1/chat/completions", post(openai))
@@ -192,6 +195,7 @@ async fn reset(State(s): State<Arc<Shared>>) -> StatusCode {
     for a in [&c.requests, &c.completed, &c.cancelled, &c.faults] {
         a.store(0, Ordering::SeqCst);
     }
+    *s.since.lock().unwrap_or_else(|e| e.into_inner()) = tokio::time::Instant::now();
     StatusCode::NO_CONTENT
 }
 
@@ -494,10 +498,19 @@ async fn serve(
         shared.counters.faults.fetch_add(1, Ordering::SeqCst);
         std::future::pending::<()>().await;
     }
+    let failing = plan.d.fail_for.is_none_or(|t| {
+        shared
+            .since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .elapsed()
+            < t
+    });
     if let Some(status) = plan
         .d
         .status
         .or_else(|| dialect.error_status(plan.d.error.as_deref()))
+        .filter(|_| failing)
     {
         shared.counters.faults.fetch_add(1, Ordering::SeqCst);
         if let Some(t) = plan.d.ttft {
@@ -535,6 +548,8 @@ struct StreamState {
     ttft: Option<Duration>,
     delay: Option<Duration>,
     cut_after: Option<usize>,
+    stall_after: Option<usize>,
+    garbage_after: Option<usize>,
     content_sent: usize,
     first: bool,
     outcome: Option<Outcome>,
@@ -543,10 +558,18 @@ struct StreamState {
 
 fn stream(shared: Arc<Shared>, plan: &Plan, outcome: Outcome) -> Response {
     let state = StreamState {
-        events: plan.dialect.events(plan).into_iter(),
+        events: {
+            let mut events = plan.dialect.events(plan);
+            if plan.d.no_done {
+                events.retain(|(b, _)| b.as_ref() != b"data: [DONE]\n\n");
+            }
+            events.into_iter()
+        },
         ttft: plan.d.ttft,
         delay: plan.d.delay,
         cut_after: plan.d.cut_after,
+        stall_after: plan.d.stall_after,
+        garbage_after: plan.d.garbage_after,
         content_sent: 0,
         first: true,
         outcome: Some(outcome),
@@ -564,6 +587,20 @@ fn stream(shared: Arc<Shared>, plan: &Plan, outcome: Outcome) -> Response {
             // before aborting the connection.
             tokio::time::sleep(Duration::from_millis(20)).await;
             return Some((Err(std::io::Error::other("mock fault: cut")), st));
+        }
+        if st.stall_after.is_some_and(|n| st.content_sent >= n) {
+            st.shared.counters.faults.fetch_add(1, Ordering::SeqCst);
+            std::future::pending::<()>().await;
+        }
+        if st.garbage_after.is_some_and(|n| st.content_sent >= n) {
+            st.shared.counters.faults.fetch_add(1, Ordering::SeqCst);
+            st.garbage_after = None;
+            st.events = Vec::new().into_iter();
+            if let Some(o) = st.outcome.take() {
+                o.cut();
+            }
+            let junk = Bytes::from_static(b"data: {\"choices\": [{\"delta\": \n\n");
+            return Some((Ok(junk), st));
         }
         let Some((bytes, is_content)) = st.events.next() else {
             if let Some(o) = st.outcome.take() {

@@ -250,6 +250,15 @@ async fn serve(
         .with_max_times(cx.provider.retries as usize)
         .build();
     let mut call = Call::first(first_attempt, env, dispatched_unix_ms);
+    if let (Some(r), Some(reason)) = (&env.resume, &mut call.reason) {
+        // The usage row says how the stream was continued.
+        let kind = if cx.provider.prefill && !r.text.trim_end().is_empty() {
+            "prefill"
+        } else {
+            "splice"
+        };
+        reason.push_str(&format!(", continued by {kind}"));
+    }
     // A target whose breaker is open is not called while another can serve.
     if let Some(why) = cx
         .live
@@ -591,7 +600,8 @@ impl<'a> Replier<'a> {
         // prefill when it can, else answers anew and is spliced.
         let (request, mut fit) = match &env.resume {
             None => (std::borrow::Cow::Borrowed(&env.request), Fit::Fresh),
-            Some(r) if provider.prefill => {
+            // (A prefill of nothing but whitespace would be refused: splice.)
+            Some(r) if provider.prefill && !r.text.trim_end().is_empty() => {
                 let kept = r.text.trim_end();
                 let mut req = env.request.clone();
                 req.messages
