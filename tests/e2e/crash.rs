@@ -98,10 +98,25 @@ async fn a_worker_killed_mid_stream_loses_no_request() {
         let s = &stack;
         calls.push(async move { streamed(s, prompt, tokens).await });
     }
-    let run = futures::future::join_all(calls);
+    // And requests still waiting for their first token: nothing reached
+    // their clients, so a redelivery serves them transparently.
+    let waiting = 6;
+    let mut quiet = Vec::new();
+    for i in 0..waiting {
+        let s = &stack;
+        quiet.push(async move {
+            let b = body("gpt-4o-mini", &format!("quiet {i} [[mock:ttft_ms=1500]]"));
+            let resp = s.chat(&b).timeout(Duration::from_secs(40)).send().await;
+            resp.map(|r| r.status().as_u16()).unwrap_or(0)
+        });
+    }
+    let run = futures::future::join(
+        futures::future::join_all(calls),
+        futures::future::join_all(quiet),
+    );
     tokio::pin!(run);
-    // Half a second in, both workers are streaming: kill one outright.
-    let ends = tokio::select! {
+    // Half a second in, both workers are busy: kill one outright.
+    let (ends, quiet) = tokio::select! {
         ends = &mut run => ends,
         () = tokio::time::sleep(Duration::from_millis(500)) => {
             stack_kill(&stack);
@@ -109,15 +124,22 @@ async fn a_worker_killed_mid_stream_loses_no_request() {
         }
     };
     let (complete, clean, lost) = tally(&ends);
-    let (with_rows, rows) = wait_usage(&stack, n as u64).await;
+    let served_quietly = quiet.iter().filter(|s| **s == 200).count();
+    let total = (n + waiting) as u64;
+    let (with_rows, rows) = wait_usage(&stack, total).await;
     println!(
-        "worker SIGKILL mid-stream: sent {n}, completed {complete}, failed cleanly {clean}, lost {lost}; \
-         requests with usage rows {with_rows}, rows {rows}"
+        "worker SIGKILL: streams sent {n}, completed {complete}, failed cleanly {clean}, lost {lost}; \
+         waiting for a first token {waiting}, served {served_quietly}; \
+         requests with usage rows {with_rows} of {total}, rows {rows}"
     );
     assert_eq!(lost, 0, "{ends:?}");
     assert_eq!(complete + clean, n);
     assert!(complete > 0, "the surviving worker served");
-    assert_eq!(with_rows, n as u64, "every request has its usage rows");
+    assert_eq!(
+        served_quietly, waiting,
+        "redelivered transparently: {quiet:?}"
+    );
+    assert_eq!(with_rows, total, "every request has its usage rows");
     // The survivor keeps serving.
     let end = streamed(&stack, "after [[mock:tokens=5]]".into(), 5).await;
     assert_eq!(end, End::Complete);
