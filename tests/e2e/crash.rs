@@ -239,3 +239,30 @@ async fn nats_restarted_under_load_service_resumes_without_a_restart() {
     assert_eq!(lost, 0);
     assert!(ok_after_restart >= 5);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ingress_stopped_with_sigterm_finishes_its_streams_and_takes_no_new_work() {
+    let mut stack = Stack::start_with(StackOptions {
+        split_workers: 1,
+        ..Default::default()
+    })
+    .await;
+    let end = {
+        let prompt = "long story [[mock:tokens=20,delay_ms=100]]".to_owned();
+        let s = &stack;
+        let running = async move { streamed(s, prompt, 20).await };
+        tokio::pin!(running);
+        tokio::select! {
+            end = &mut running => end,
+            () = tokio::time::sleep(Duration::from_millis(400)) => {
+                stack.signal_ingress("-TERM");
+                running.await
+            }
+        }
+    };
+    assert_eq!(end, End::Complete, "the stream in flight finished");
+    let status = stack.wait_ingress();
+    assert!(status.success(), "a clean exit: {status:?}");
+    let refused = stack.chat(&body("gpt-4o-mini", "late")).send().await;
+    assert!(refused.is_err(), "no new work after shutdown");
+}

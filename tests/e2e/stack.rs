@@ -401,6 +401,22 @@ targets = [{{ provider = "openai", model = "gpt-4.1-2025" }}]
         c.expect("a live worker").wait().unwrap()
     }
 
+    /// Sends `signal` to the ingress (or `all`) process.
+    pub fn signal_ingress(&self, signal: &str) {
+        let pid = self.child.as_ref().map(Child::id).expect("running");
+        let ok = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {signal} {pid}");
+    }
+
+    /// Waits for the ingress (or `all`) process to exit.
+    pub fn wait_ingress(&mut self) -> std::process::ExitStatus {
+        self.child.take().expect("running").wait().unwrap()
+    }
+
     /// Sends SIGHUP to the switchyard process (reload its routing table).
     pub fn hangup(&self) {
         let pid = self.child.as_ref().map(|c| c.id()).unwrap();

@@ -138,11 +138,26 @@ pub async fn run_reloading(
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
-        .map_err(IngressError::Serve)
+    // On shutdown: stop accepting, let responses in flight finish, but not for
+    // longer than the drain deadline.
+    let stop = shutdown.clone();
+    let serve = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .into_future();
+    tokio::select! {
+        r = serve => r.map_err(IngressError::Serve),
+        () = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(DRAIN_DEADLINE).await;
+        } => {
+            tracing::warn!("Drain deadline passed; closing the responses still open.");
+            Ok(())
+        }
+    }
 }
+
+/// How long responses in flight may take to finish after shutdown is asked.
+const DRAIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The API as an axum router (also used by tests that bind their own listener).
 pub async fn router(config: Arc<Config>, bus: Bus) -> Result<Router, IngressError> {
