@@ -260,11 +260,11 @@ async fn serve(
         reason.push_str(&format!(", continued by {kind}"));
     }
     // A target whose breaker is open is not called while another can serve.
-    if let Some(why) = cx
-        .live
-        .at(now_unix_ms())
-        .unhealthy(&cx.provider.name, &env.model)
-        && !env.fallback.is_empty()
+    if !env.fallback.is_empty()
+        && let Some(why) = cx
+            .live
+            .at(now_unix_ms())
+            .unhealthy(&cx.provider.name, &env.model)
     {
         let reason = format!("{}/{} {why}", cx.provider.name, env.model);
         let error = FrameError::new(ErrorCode::Overloaded, reason.clone());
