@@ -552,6 +552,12 @@ async fn anthropic_cache_reads_and_writes_are_normalised_and_priced() {
     let v: Value = stack.chat(&b).send().await.unwrap().json().await.unwrap();
     let prompt = v["usage"]["prompt_tokens"].as_u64().unwrap();
     assert_eq!(v["usage"]["prompt_tokens_details"]["cached_tokens"], 4);
+    assert!(
+        v["usage"]["prompt_tokens_details"]
+            .get("cache_write_tokens")
+            .is_none(),
+        "an OpenAI client sees OpenAI's fields only: {v}"
+    );
     assert_eq!(wait_rows(&stack, 1).await, 1);
     let (client, db) = ch(&stack);
     #[derive(clickhouse::Row, serde::Deserialize)]

@@ -14,6 +14,22 @@ use uuid::Uuid;
 
 use crate::ApiError;
 
+/// Usage as OpenAI clients know it: without `cache_write_tokens`, the
+/// canonical model's note of Anthropic's cache writes (inside `prompt_tokens`;
+/// accounting prices them, OpenAI's API has no such field).
+fn openai_usage(u: &Usage) -> std::borrow::Cow<'_, Usage> {
+    match &u.prompt_tokens_details {
+        Some(d) if d.contains_key("cache_write_tokens") => {
+            let mut u = u.clone();
+            if let Some(d) = &mut u.prompt_tokens_details {
+                d.remove("cache_write_tokens");
+            }
+            std::borrow::Cow::Owned(u)
+        }
+        _ => std::borrow::Cow::Borrowed(u),
+    }
+}
+
 /// A request whose frames are awaited. Dropping it before the final frame (the
 /// client went away, or the ingress gave up) tells the workers to stop.
 pub struct Pending {
@@ -273,6 +289,8 @@ impl Aggregate {
 
     /// The OpenAI `chat.completion` body.
     pub fn into_body(self, names: &ResponseNames, usage: Option<&Usage>) -> Vec<u8> {
+        let usage = usage.map(openai_usage);
+        let usage = usage.as_deref();
         let choices: Vec<OutChoice> = self
             .choices
             .into_iter()
@@ -458,7 +476,8 @@ impl SseEncoder {
         let mut out = Vec::new();
         if self.include_usage {
             let fallback = Usage::default();
-            out.extend_from_slice(&self.event(&[], Some(Some(usage.unwrap_or(&fallback)))));
+            let usage = openai_usage(usage.unwrap_or(&fallback));
+            out.extend_from_slice(&self.event(&[], Some(Some(&usage))));
         }
         out.extend_from_slice(b"data: [DONE]\n\n");
         Bytes::from(out)
