@@ -9,7 +9,9 @@ A prompt becomes three blocks:
   * the mean static embedding of the window's WordPiece tokens (a lookup in the
     table made by make_embeddings.py), L2-normalised;
   * a few structural features of the whole text (length, lines, code and maths
-    signals, question marks, non-ASCII share, turns, tools).
+    signals, question marks, non-ASCII share, turns, tools), intent-word group
+    counts (keywords()) and shape features (extra(): sentences, options, lists,
+    numbers, stop words, the first word, type/token and punctuation shares).
 """
 
 import math
@@ -40,6 +42,18 @@ KEYWORDS = [
 ]
 KEYWORD_SETS = [set(words.split()) for _, words in KEYWORDS]
 DENSE_NAMES = DENSE_NAMES + [name for name, _ in KEYWORDS] + ["log_numbers"]
+# Extra structural features (extra()): sentence ends, word length, multiple-choice
+# options, trailing '?', list items, distinct numbers, stop-word share, imperative or
+# question-word start, type/token ratio, punctuation share, longest number, number share.
+EXTRA_NAMES = [
+    "log_sentences", "log_word_len", "log_mc_options", "ends_question", "log_list_items",
+    "log_distinct_numbers", "stop_ratio", "imperative_start", "question_start", "type_token_ratio",
+    "punct_ratio", "log_max_number_len", "number_ratio",
+]
+DENSE_NAMES = DENSE_NAMES + EXTRA_NAMES
+STOPWORDS = set("a an the of to in on at for from by with about as into and or but if then so than that this these those it its is are was were be been being do does did have has had i you he she we they me him her us them my your his our their what which who whom whose when where why how not no can could would should will shall may might must there here all any some each".split())
+IMPERATIVES = set("write create generate make give list explain describe summarize summarise draw design implement build translate rewrite compose tell provide find calculate compute solve show prove suggest help act imagine pretend convert fix develop plan outline analyze analyse compare evaluate identify classify name define".split())
+QUESTION_STARTS = set("what who when where which whom whose how why is are was were do does did can could would should will shall may".split())
 CODE_CHARS = set("{}[]();=<>_#/\\|`")
 MATH_CHARS = set("$^+-*/=<>")
 
@@ -201,6 +215,58 @@ def dense(text: str, turns: int = 1, tools: bool = False) -> list:
         upper / chars,
         math.log1p(turns),
         1.0 if tools else 0.0,
+    ]
+
+
+def extra(text: str, tokens: list) -> list:
+    """More structural features. Character counts over the same regions as dense()
+    (first and last DENSE_CHARS chars, or all of a short text); token counts over the
+    window's basic tokens (the same list keywords() reads)."""
+    if len(text) > 2 * DENSE_CHARS:
+        regions = [text[:DENSE_CHARS], text[-DENSE_CHARS:]]
+    else:
+        regions = [text]
+    sentences = non_ws = words = options = items = 0
+    for r in regions:
+        inword = False
+        for k, c in enumerate(r):
+            if is_ws(c):
+                inword = False
+            else:
+                non_ws += 1
+                if not inword:
+                    words, inword = words + 1, True
+            # a sentence end: . ! or ? followed by whitespace or the end of the region
+            if c in ".!?" and (k + 1 == len(r) or is_ws(r[k + 1])):
+                sentences += 1
+        for line in r.split("\n"):
+            s = line.lstrip(" \t")
+            # a multiple-choice option line: "A. ", "A) ", "A: ", "(A) " ... with A-E upper case
+            t = s[1:] if s.startswith("(") else s
+            if len(t) >= 3 and t[0] in "ABCDE" and t[1] in ".):" and t[2] == " ":
+                options += 1
+            # a list item line: "- ", "* ", "• ", or one ASCII digit then "." or ")" then " "
+            if s.startswith(("- ", "* ", "\u2022 ")) or (
+                    len(s) >= 3 and s[0].isascii() and s[0].isdigit() and s[1] in ".)" and s[2] == " "):
+                items += 1
+    n = len(tokens) or 1
+    numbers = [t for t in tokens if t.isascii() and t.isdigit()]
+    puncts = sum(1 for t in tokens if len(t) == 1 and is_punct(t))
+    first = next((t for t in tokens if not (len(t) == 1 and is_punct(t))), "")
+    return [
+        math.log1p(sentences),
+        math.log1p(non_ws / max(words, 1)),
+        math.log1p(options),
+        1.0 if text.rstrip().endswith("?") else 0.0,
+        math.log1p(items),
+        math.log1p(len(set(numbers))),
+        sum(1 for t in tokens if t in STOPWORDS) / n,
+        1.0 if first in IMPERATIVES else 0.0,
+        1.0 if first in QUESTION_STARTS else 0.0,
+        len(set(tokens)) / n,
+        puncts / n,
+        math.log1p(max((len(t) for t in numbers), default=0)),
+        len(numbers) / n,
     ]
 
 

@@ -4,8 +4,11 @@
         --embeddings crates/classifier/model --out crates/classifier/model [--loso]
 
 Model: multinomial logistic regression (scikit-learn, lbfgs, L2) over the
-features of features.py. Rows are weighted by the inverse size of their dataset
-(the part of `source` before ':'), so no single dataset's style dominates.
+features of features.py, with an ordinal head (class Ordinal) that shares the
+simple+medium+complex probability out by two cumulative binary models. Rows are
+weighted by the inverse size of their dataset (the part of `source` before
+':'), so no single dataset's style dominates, then so that each class carries
+the same total weight.
 Deterministic: no random draws anywhere (lbfgs from zeros).
 
 Reports accuracy, macro-F1 and the confusion matrix on eval.jsonl, and with
@@ -36,7 +39,13 @@ import features as F  # noqa: E402
 
 CLASSES = ["simple", "medium", "complex", "code", "image"]
 EMB_WEIGHT = 2.0
-DENSE_WEIGHT = 1.0
+DENSE_WEIGHT = 2.0
+# Also equalise the classes' total weight (after the per-dataset weighting).
+CLASS_BALANCE = True
+# Split simple/medium/complex with two ordinal (cumulative) binary models; see Ordinal.
+ORDINAL = True
+# Inverse regularisation strength of the two ordinal cut models.
+C_ORD = 4.0
 C = 2.0
 
 
@@ -62,7 +71,7 @@ def featurize(rows, table, vocab):
             data.append(h[b])
         ptr.append(len(ind))
         emb.append(F.embedding(toks, vocab, table))
-        den.append(F.dense(r["text"]) + F.keywords(toks))
+        den.append(F.dense(r["text"]) + F.keywords(toks) + F.extra(r["text"], toks))
     hs = sparse.csr_matrix((data, ind, ptr), shape=(len(rows), F.HASH_DIM))
     return hs, np.array(emb), np.array(den)
 
@@ -79,13 +88,53 @@ def dataset(src):
 def weights(rows):
     n = Counter(dataset(r["source"]) for r in rows)
     w = np.array([1.0 / n[dataset(r["source"])] for r in rows])
+    if CLASS_BALANCE:
+        labels = [r["label"] for r in rows]
+        total = Counter()
+        for l, x in zip(labels, w):
+            total[l] += x
+        w = w * np.array([sum(total.values()) / (len(total) * total[l]) for l in labels])
     return w * len(rows) / w.sum()
+
+
+class Ordinal:
+    """The 5-way model gives P(code), P(image) and the text mass P(simple)+P(medium)+P(complex);
+    two binary models on the text rows (Frank & Hall), P(y > simple) and P(y > medium), share that
+    mass out: simple = text (1 - g0), medium = text (g0 - g1), complex = text g1, g1 = min(g1, g0).
+    Each binary model's rows are reweighted so its two sides carry equal weight."""
+
+    def __init__(self, five, cuts):
+        self.five, self.cuts = five, cuts
+        self.coef_, self.intercept_ = five.coef_, five.intercept_
+
+    def predict_proba(self, X):
+        p = self.five.predict_proba(X)
+        text = p[:, :3].sum(1)
+        g0 = self.cuts[0].predict_proba(X)[:, 1]
+        g1 = np.minimum(self.cuts[1].predict_proba(X)[:, 1], g0)
+        p[:, 0], p[:, 1], p[:, 2] = text * (1 - g0), text * (g0 - g1), text * g1
+        return p
+
+    def predict(self, X):
+        return self.predict_proba(X).argmax(1)
 
 
 def fit(X, y, w):
     m = LogisticRegression(C=C, max_iter=500, tol=1e-4)
     m.fit(X, y, sample_weight=w)
-    return m
+    if not ORDINAL:
+        return m
+    t = y <= 2
+    cuts = []
+    for k in (0, 1):
+        yy = (y[t] > k).astype(int)
+        ww = w[t].copy()
+        side = np.array([ww[yy == 0].sum(), ww[yy == 1].sum()])
+        ww = ww * (side.sum() / (2 * side))[yy]
+        b = LogisticRegression(C=C_ORD, max_iter=500, tol=1e-4)
+        b.fit(X[t], yy, sample_weight=ww)
+        cuts.append(b)
+    return Ordinal(m, cuts)
 
 
 def report(name, y, p):
@@ -156,7 +205,11 @@ def main():
         "dense_std": std.tolist(),
         "bias": model.intercept_.tolist(),
         "weights_f32_le_base64": base64.b64encode(coef.tobytes()).decode(),
-        "trained_on": {"rows": len(train), "C": C},
+        "ordinal": None if not ORDINAL else {
+            "bias": [float(b.intercept_[0]) for b in model.cuts],
+            "weights_f32_le_base64": [base64.b64encode(b.coef_[0].astype("<f4").tobytes()).decode() for b in model.cuts],
+        },
+        "trained_on": {"rows": len(train), "C": C, "class_balance": CLASS_BALANCE, "ordinal": ORDINAL, "C_ord": C_ORD},
         "results": results,
     }, open(out / "classifier.json", "w"), indent=1)
     # A fixed sample for the Rust reproduction test: every 20th eval row of a

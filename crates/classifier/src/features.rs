@@ -17,7 +17,7 @@ pub const TEXT_DENSE: usize = 13;
 /// Number of keyword-group features of the window (8 groups and numbers).
 pub const KEYWORD_DENSE: usize = 9;
 /// All dense features.
-pub const DENSE: usize = TEXT_DENSE + KEYWORD_DENSE;
+pub const DENSE: usize = TEXT_DENSE + KEYWORD_DENSE + EXTRA_DENSE;
 
 /// The keyword group of a window token (features.py's KEYWORDS, in order).
 fn keyword_group(t: &str) -> Option<usize> {
@@ -424,7 +424,7 @@ const UPPER: u8 = 16;
 /// '?', backslash, backtick: looked at more closely.
 const OTHER: u8 = 32;
 
-/// Per ASCII byte: which counters of [`dense`] it feeds.
+/// Per ASCII byte: which counters of [`structure`] it feeds.
 const ASCII_FLAGS: [u8; 128] = {
     let mut t = [0u8; 128];
     let mut i = 0;
@@ -487,6 +487,43 @@ struct Counts {
     latex: usize,
     fence: bool,
     question: bool,
+    /// Whitespace chars.
+    spaces: usize,
+    /// '.', '!' or '?' followed by whitespace or the region's end.
+    sentences: usize,
+    /// Lines that look like a multiple-choice option ("A) ", "(B) ", "C: ").
+    options: usize,
+    /// Lines that look like a list item ("- ", "* ", "• ", "1. ", "2) ").
+    items: usize,
+}
+
+/// Classifies the line starting at `rest` (its first bytes) as an option or a
+/// list item, as features.py's `extra` does after `lstrip(" \t")`.
+fn line_start(rest: &[u8], k: &mut Counts) {
+    let s = {
+        let n = rest
+            .iter()
+            .take_while(|&&b| b == b' ' || b == b'\t')
+            .count();
+        &rest[n..]
+    };
+    let t = s.strip_prefix(b"(").unwrap_or(s);
+    if t.len() >= 3
+        && (b'A'..=b'E').contains(&t[0])
+        && matches!(t[1], b'.' | b')' | b':')
+        && t[2] == b' '
+    {
+        k.options += 1;
+    }
+    let numbered =
+        s.len() >= 3 && s[0].is_ascii_digit() && matches!(s[1], b'.' | b')') && s[2] == b' ';
+    if numbered
+        || s.starts_with(b"- ")
+        || s.starts_with(b"* ")
+        || s.starts_with("\u{2022} ".as_bytes())
+    {
+        k.items += 1;
+    }
 }
 
 /// Adds one region's counts (one pass over its bytes).
@@ -494,8 +531,13 @@ fn count(text: &str, k: &mut Counts) {
     let bytes = text.as_bytes();
     let mut inword = false;
     let mut i = 0;
+    let mut at_line_start = true;
     while i < bytes.len() {
         let b = bytes[i];
+        if at_line_start {
+            line_start(&bytes[i..], k);
+            at_line_start = false;
+        }
         if b >= 128 {
             // A non-ASCII char: decode it for whitespace; it counts as one char.
             let c = text[i..].chars().next().unwrap_or('\u{FFFD}');
@@ -503,6 +545,7 @@ fn count(text: &str, k: &mut Counts) {
             k.non_ascii += 1;
             if c.is_whitespace() {
                 inword = false;
+                k.spaces += 1;
             } else if !inword {
                 k.words += 1;
                 inword = true;
@@ -514,9 +557,19 @@ fn count(text: &str, k: &mut Counts) {
         let f = ASCII_FLAGS[b as usize];
         if f & SPACE != 0 {
             inword = false;
+            k.spaces += 1;
+            at_line_start = b == b'\n';
         } else if !inword {
             k.words += 1;
             inword = true;
+        }
+        if matches!(b, b'.' | b'!' | b'?') {
+            let ends = match bytes.get(i + 1) {
+                None => true,
+                Some(&n) if n < 128 => ASCII_FLAGS[n as usize] & SPACE != 0,
+                Some(_) => text[i + 1..].chars().next().is_some_and(is_ws),
+            };
+            k.sentences += usize::from(ends);
         }
         if f != 0 {
             k.code += usize::from(f & CODE != 0);
@@ -554,14 +607,10 @@ fn count(text: &str, k: &mut Counts) {
     }
 }
 
-/// Structural features: sizes of the whole text (UTF-8 bytes, newlines), the rest
-/// over its first and last `DENSE_CHARS` chars (all of a short text), so the
-/// cost is bounded whatever the prompt's length.
-pub fn dense(text: &str, turns: usize, tools: bool) -> [f64; TEXT_DENSE] {
-    let mut k = Counts::default();
-    // Byte offset of char 2 * DENSE_CHARS, if the text is longer than that.
-    let long = text.char_indices().nth(2 * DENSE_CHARS).is_some();
-    if long {
+/// The first and last `DENSE_CHARS` chars of a text longer than twice that;
+/// else the whole text (and an empty second region).
+fn regions(text: &str) -> [&str; 2] {
+    if text.char_indices().nth(2 * DENSE_CHARS).is_some() {
         let head_end = text
             .char_indices()
             .nth(DENSE_CHARS)
@@ -571,11 +620,39 @@ pub fn dense(text: &str, turns: usize, tools: bool) -> [f64; TEXT_DENSE] {
             .rev()
             .nth(DENSE_CHARS - 1)
             .map_or(0, |(i, _)| i);
-        count(&text[..head_end], &mut k);
-        count(&text[tail_start..], &mut k);
+        [&text[..head_end], &text[tail_start..]]
     } else {
-        count(text, &mut k);
+        [text, ""]
     }
+}
+
+/// One pass over the regions of `text`, for the structural and extra features.
+fn counts(text: &str) -> Counts {
+    let mut k = Counts::default();
+    for r in regions(text) {
+        count(r, &mut k);
+    }
+    k
+}
+
+/// The structural features (features.py's `dense`: sizes of the whole text,
+/// UTF-8 bytes and newlines, the rest over its first and last `DENSE_CHARS`
+/// chars, all of a short text, so the cost is bounded whatever the prompt's
+/// length) and the extra ones ([`extra`]), from one pass over the text.
+pub fn structure(
+    text: &str,
+    win: &Tokens,
+    turns: usize,
+    tools: bool,
+) -> ([f64; TEXT_DENSE], [f64; EXTRA_DENSE]) {
+    let k = counts(text);
+    (
+        dense_from(text, &k, turns, tools),
+        extra_from(text, &k, win),
+    )
+}
+
+fn dense_from(text: &str, k: &Counts, turns: usize, tools: bool) -> [f64; TEXT_DENSE] {
     let lines = 1 + text.bytes().filter(|&b| b == b'\n').count();
     let n = k.chars.max(1) as f64;
     let ln = |x: usize| (x as f64).ln_1p();
@@ -593,5 +670,247 @@ pub fn dense(text: &str, turns: usize, tools: bool) -> [f64; TEXT_DENSE] {
         k.upper as f64 / n,
         ln(turns),
         if tools { 1.0 } else { 0.0 },
+    ]
+}
+
+/// Number of extra structural features ([`extra`]).
+pub const EXTRA_DENSE: usize = 13;
+
+fn is_stopword(t: &str) -> bool {
+    matches!(
+        t,
+        "a" | "an"
+            | "the"
+            | "of"
+            | "to"
+            | "in"
+            | "on"
+            | "at"
+            | "for"
+            | "from"
+            | "by"
+            | "with"
+            | "about"
+            | "as"
+            | "into"
+            | "and"
+            | "or"
+            | "but"
+            | "if"
+            | "then"
+            | "so"
+            | "than"
+            | "that"
+            | "this"
+            | "these"
+            | "those"
+            | "it"
+            | "its"
+            | "is"
+            | "are"
+            | "was"
+            | "were"
+            | "be"
+            | "been"
+            | "being"
+            | "do"
+            | "does"
+            | "did"
+            | "have"
+            | "has"
+            | "had"
+            | "i"
+            | "you"
+            | "he"
+            | "she"
+            | "we"
+            | "they"
+            | "me"
+            | "him"
+            | "her"
+            | "us"
+            | "them"
+            | "my"
+            | "your"
+            | "his"
+            | "our"
+            | "their"
+            | "what"
+            | "which"
+            | "who"
+            | "whom"
+            | "whose"
+            | "when"
+            | "where"
+            | "why"
+            | "how"
+            | "not"
+            | "no"
+            | "can"
+            | "could"
+            | "would"
+            | "should"
+            | "will"
+            | "shall"
+            | "may"
+            | "might"
+            | "must"
+            | "there"
+            | "here"
+            | "all"
+            | "any"
+            | "some"
+            | "each"
+    )
+}
+
+fn is_imperative(t: &str) -> bool {
+    matches!(
+        t,
+        "write"
+            | "create"
+            | "generate"
+            | "make"
+            | "give"
+            | "list"
+            | "explain"
+            | "describe"
+            | "summarize"
+            | "summarise"
+            | "draw"
+            | "design"
+            | "implement"
+            | "build"
+            | "translate"
+            | "rewrite"
+            | "compose"
+            | "tell"
+            | "provide"
+            | "find"
+            | "calculate"
+            | "compute"
+            | "solve"
+            | "show"
+            | "prove"
+            | "suggest"
+            | "help"
+            | "act"
+            | "imagine"
+            | "pretend"
+            | "convert"
+            | "fix"
+            | "develop"
+            | "plan"
+            | "outline"
+            | "analyze"
+            | "analyse"
+            | "compare"
+            | "evaluate"
+            | "identify"
+            | "classify"
+            | "name"
+            | "define"
+    )
+}
+
+fn is_question_start(t: &str) -> bool {
+    matches!(
+        t,
+        "what"
+            | "who"
+            | "when"
+            | "where"
+            | "which"
+            | "whom"
+            | "whose"
+            | "how"
+            | "why"
+            | "is"
+            | "are"
+            | "was"
+            | "were"
+            | "do"
+            | "does"
+            | "did"
+            | "can"
+            | "could"
+            | "would"
+            | "should"
+            | "will"
+            | "shall"
+            | "may"
+    )
+}
+
+/// A whitespace char as Python's `str.isspace` sees it (for `rstrip`).
+fn py_space(c: char) -> bool {
+    c.is_whitespace() || ('\x1c'..='\x1f').contains(&c)
+}
+
+fn is_digits(t: &str) -> bool {
+    !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit())
+}
+
+fn single_punct(t: &str) -> bool {
+    let mut c = t.chars();
+    matches!((c.next(), c.next()), (Some(x), None) if is_punct(x))
+}
+
+/// More structural features (features.py's `extra`): sentence ends, mean word
+/// length, multiple-choice option lines, a trailing '?', list lines (over the
+/// same regions as [`structure`]), and over the window's tokens: distinct numbers,
+/// stop-word share, an imperative or question-word start, type/token ratio,
+/// punctuation share, the longest number and the number share.
+#[cfg(test)]
+pub fn extra(text: &str, win: &Tokens) -> [f64; EXTRA_DENSE] {
+    extra_from(text, &counts(text), win)
+}
+
+fn extra_from(text: &str, k: &Counts, win: &Tokens) -> [f64; EXTRA_DENSE] {
+    let (sentences, words, options, items) = (k.sentences, k.words, k.options, k.items);
+    let non_ws = k.chars - k.spaces;
+    let n = win.count().max(1) as f64;
+    // Distinct tokens and numbers by 64-bit hash: sorting integers is cheaper
+    // than sorting strings, and a collision among 256 tokens is negligible.
+    let mut numbers: Vec<u64> = Vec::new();
+    let mut all: Vec<u64> = Vec::with_capacity(win.count());
+    let (mut stop, mut puncts, mut longest, mut count) = (0usize, 0usize, 0usize, 0usize);
+    let mut first = None;
+    for t in win.iter() {
+        let h = fnv(FNV_OFFSET, t.as_bytes());
+        all.push(h);
+        if is_digits(t) {
+            numbers.push(h);
+            longest = longest.max(t.len());
+            count += 1;
+        }
+        stop += usize::from(is_stopword(t));
+        if single_punct(t) {
+            puncts += 1;
+        } else if first.is_none() {
+            first = Some(t);
+        }
+    }
+    numbers.sort_unstable();
+    numbers.dedup();
+    all.sort_unstable();
+    all.dedup();
+    let first = first.unwrap_or("");
+    let ln = |x: usize| (x as f64).ln_1p();
+    let flag = |b: bool| if b { 1.0 } else { 0.0 };
+    [
+        ln(sentences),
+        (non_ws as f64 / words.max(1) as f64).ln_1p(),
+        ln(options),
+        flag(text.trim_end_matches(py_space).ends_with('?')),
+        ln(items),
+        ln(numbers.len()),
+        stop as f64 / n,
+        flag(is_imperative(first)),
+        flag(is_question_start(first)),
+        all.len() as f64 / n,
+        puncts as f64 / n,
+        ln(longest),
+        count as f64 / n,
     ]
 }

@@ -106,14 +106,28 @@ struct Artifact {
     dense_std: Vec<f64>,
     bias: Vec<f64>,
     weights_f32_le_base64: String,
+    /// Two cumulative binary models sharing out simple/medium/complex.
+    #[serde(default)]
+    ordinal: Option<OrdinalHead>,
 }
+
+#[derive(serde::Deserialize)]
+struct OrdinalHead {
+    bias: Vec<f64>,
+    weights_f32_le_base64: Vec<String>,
+}
+
+/// Rows of the weight matrix: five classes, then two ordinal cuts.
+const ROWS: usize = 7;
 
 /// The loaded model. Cheap to share (`Arc`); classification takes `&self`.
 pub struct Classifier {
-    /// Weights, feature-major: `[feature][class]`.
+    /// Weights, feature-major: `[feature][row]`, rows as in [`ROWS`] (the
+    /// ordinal rows zero when the artifact has none).
     weights: Vec<f32>,
     features: usize,
-    bias: [f64; 5],
+    bias: [f64; ROWS],
+    ordinal: bool,
     emb_dims: usize,
     bigrams: bool,
     emb_weight: f64,
@@ -161,15 +175,35 @@ impl Classifier {
                 5 * nfeat * 4
             )));
         }
-        let class_major: Vec<f32> = raw
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        // Feature-major, so one feature's five weights share a cache line.
-        let mut weights = vec![0.0f32; class_major.len()];
-        for c in 0..5 {
+        let floats = |raw: &[u8]| -> Vec<f32> {
+            raw.chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect()
+        };
+        let mut row_major = floats(&raw);
+        let mut extra_bias = [0.0f64; 2];
+        if let Some(o) = &a.ordinal {
+            if o.bias.len() != 2 || o.weights_f32_le_base64.len() != 2 {
+                return Err(e("the ordinal head needs two cuts".into()));
+            }
+            for (k, w) in o.weights_f32_le_base64.iter().enumerate() {
+                let raw = base64::engine::general_purpose::STANDARD
+                    .decode(w)
+                    .map_err(|x| e(x.to_string()))?;
+                if raw.len() != nfeat * 4 {
+                    return Err(e("ordinal weight count mismatch".into()));
+                }
+                row_major.extend(floats(&raw));
+                extra_bias[k] = o.bias[k];
+            }
+        } else {
+            row_major.extend(std::iter::repeat_n(0.0, 2 * nfeat));
+        }
+        // Feature-major, so one feature's weights share a cache line.
+        let mut weights = vec![0.0f32; row_major.len()];
+        for c in 0..ROWS {
             for f in 0..nfeat {
-                weights[f * 5 + c] = class_major[c * nfeat + f];
+                weights[f * ROWS + c] = row_major[c * nfeat + f];
             }
         }
         // embeddings.bin: "SYEMB001", n u32, dims u32, n f32 scales, n*dims i8.
@@ -212,14 +246,19 @@ impl Classifier {
         let unk = *vocab
             .get("[UNK]")
             .ok_or_else(|| e("no [UNK] in vocab".into()))?;
-        let bias: [f64; 5] = a
+        let five: [f64; 5] = a
             .bias
+            .clone()
             .try_into()
             .map_err(|_| e("bias must have 5 values".into()))?;
+        let mut bias = [0.0f64; ROWS];
+        bias[..5].copy_from_slice(&five);
+        bias[5..].copy_from_slice(&extra_bias);
         Ok(Classifier {
             weights,
             features: nfeat,
             bias,
+            ordinal: a.ordinal.is_some(),
             emb_dims: dims,
             bigrams: a.bigrams,
             emb_weight: a.emb_weight,
@@ -237,7 +276,7 @@ impl Classifier {
     pub fn classify_text(&self, text: &str, turns: usize, tools: bool) -> Prediction {
         let win = features::Tokens::window(text);
         let mut logits = self.bias;
-        let w = |c: usize, f: usize| f64::from(self.weights[f * 5 + c]);
+        let w = |c: usize, f: usize| f64::from(self.weights[f * ROWS + c]);
         for (b, v) in features::hashed(win.iter(), self.bigrams) {
             for (c, l) in logits.iter_mut().enumerate() {
                 *l += w(c, b) * v;
@@ -266,18 +305,29 @@ impl Classifier {
                 }
             }
         }
-        let d = features::dense(text, turns, tools);
+        let (d, ex) = features::structure(text, &win, turns, tools);
         let kw = features::keywords(win.iter());
-        for (k, x) in d.iter().chain(&kw).enumerate() {
+        for (k, x) in d.iter().chain(&kw).chain(&ex).enumerate() {
             let v = (x - self.dense_mean[k]) / self.dense_std[k] * self.dense_weight;
             for (c, l) in logits.iter_mut().enumerate() {
                 *l += w(c, HASH_DIM + self.emb_dims + k) * v;
             }
         }
-        let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        let mut probs = logits.map(|l| (l - max).exp());
+        let five = [logits[0], logits[1], logits[2], logits[3], logits[4]];
+        let max = five.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let mut probs = five.map(|l| (l - max).exp());
         let sum: f64 = probs.iter().sum();
         probs.iter_mut().for_each(|p| *p /= sum);
+        if self.ordinal {
+            // P(harder than simple), P(harder than medium) share out the text mass.
+            let sigmoid = |z: f64| 1.0 / (1.0 + (-z).exp());
+            let g0 = sigmoid(logits[5]);
+            let g1 = sigmoid(logits[6]).min(g0);
+            let text = probs[0] + probs[1] + probs[2];
+            probs[0] = text * (1.0 - g0);
+            probs[1] = text * (g0 - g1);
+            probs[2] = text * g1;
+        }
         let best = (0..5).fold(0, |b, i| if probs[i] > probs[b] { i } else { b });
         Prediction {
             class: CLASSES[best],
@@ -318,6 +368,112 @@ impl Classifier {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    #[allow(clippy::excessive_precision)]
+    fn extra_features_match_the_script() {
+        // features.py's extra() on the same texts (printed by the script).
+        let long = format!("{} A. option? {}end?", "x".repeat(3000), "y. ".repeat(400));
+        let cases: [(&str, [f64; 13]); 6] = [
+            (
+                "Write a poem about 3 cats and 12 dogs. Make it short!",
+                [
+                    1.098612288668,
+                    1.504077396776,
+                    0.0,
+                    0.0,
+                    0.0,
+                    1.098612288668,
+                    0.285714285714,
+                    1.0,
+                    0.0,
+                    1.0,
+                    0.142857142857,
+                    1.098612288668,
+                    0.142857142857,
+                ],
+            ),
+            (
+                "What is 2+2?\nA) 3\n(B) 4\nC: 5\n- first item\n* second\n\u{2022} third\n1. numbered\n2) again  ",
+                [
+                    1.098612288668,
+                    1.38629436112,
+                    1.38629436112,
+                    0.0,
+                    1.791759469228,
+                    1.791759469228,
+                    0.103448275862,
+                    0.0,
+                    1.0,
+                    0.862068965517,
+                    0.379310344828,
+                    std::f64::consts::LN_2,
+                    0.241379310345,
+                ],
+            ),
+            (
+                "  ...hello, world... is this it?  \t",
+                [
+                    1.098612288668,
+                    1.824549292051,
+                    0.0,
+                    1.0,
+                    0.0,
+                    0.0,
+                    0.230769230769,
+                    0.0,
+                    0.0,
+                    0.615384615385,
+                    0.615384615385,
+                    0.0,
+                    0.0,
+                ],
+            ),
+            ("", [0.0; 13]),
+            (
+                "\u{dc}ber stra\u{df}e \u{6771}\u{4eac} \u{2713} 42 42 0042. Done",
+                [
+                    std::f64::consts::LN_2,
+                    1.446918982936,
+                    0.0,
+                    0.0,
+                    0.0,
+                    1.098612288668,
+                    0.0,
+                    0.0,
+                    0.0,
+                    0.9,
+                    0.2,
+                    1.609437912434,
+                    0.3,
+                ],
+            ),
+            (
+                &long,
+                [
+                    5.834810737063,
+                    1.79078433507,
+                    0.0,
+                    1.0,
+                    0.0,
+                    0.0,
+                    0.00390625,
+                    0.0,
+                    0.0,
+                    0.02734375,
+                    0.49609375,
+                    0.0,
+                    0.0,
+                ],
+            ),
+        ];
+        for (text, want) in cases {
+            let got = features::extra(text, &features::Tokens::window(text));
+            for (i, (g, w)) in got.iter().zip(want).enumerate() {
+                assert!((g - w).abs() < 1e-9, "{text:.40?} feature {i}: {g} vs {w}");
+            }
+        }
+    }
 
     #[test]
     fn reproduces_the_training_scripts_predictions() {
