@@ -610,6 +610,14 @@ fn count(text: &str, k: &mut Counts) {
 /// The first and last `DENSE_CHARS` chars of a text longer than twice that;
 /// else the whole text (and an empty second region).
 fn regions(text: &str) -> [&str; 2] {
+    if text.len() <= 2 * DENSE_CHARS {
+        // Fewer bytes than chars needed: short whatever its encoding.
+        return [text, ""];
+    }
+    if text.is_ascii() {
+        // One byte per char.
+        return [&text[..DENSE_CHARS], &text[text.len() - DENSE_CHARS..]];
+    }
     if text.char_indices().nth(2 * DENSE_CHARS).is_some() {
         let head_end = text
             .char_indices()
@@ -653,7 +661,7 @@ pub fn structure(
 }
 
 fn dense_from(text: &str, k: &Counts, turns: usize, tools: bool) -> [f64; TEXT_DENSE] {
-    let lines = 1 + text.bytes().filter(|&b| b == b'\n').count();
+    let lines = 1 + memchr::memchr_iter(b'\n', text.as_bytes()).count();
     let n = k.chars.max(1) as f64;
     let ln = |x: usize| (x as f64).ln_1p();
     [
@@ -676,92 +684,64 @@ fn dense_from(text: &str, k: &Counts, turns: usize, tools: bool) -> [f64; TEXT_D
 /// Number of extra structural features ([`extra`]).
 pub const EXTRA_DENSE: usize = 13;
 
-fn is_stopword(t: &str) -> bool {
-    matches!(
-        t,
-        "a" | "an"
-            | "the"
-            | "of"
-            | "to"
-            | "in"
-            | "on"
-            | "at"
-            | "for"
-            | "from"
-            | "by"
-            | "with"
-            | "about"
-            | "as"
-            | "into"
-            | "and"
-            | "or"
-            | "but"
-            | "if"
-            | "then"
-            | "so"
-            | "than"
-            | "that"
-            | "this"
-            | "these"
-            | "those"
-            | "it"
-            | "its"
-            | "is"
-            | "are"
-            | "was"
-            | "were"
-            | "be"
-            | "been"
-            | "being"
-            | "do"
-            | "does"
-            | "did"
-            | "have"
-            | "has"
-            | "had"
-            | "i"
-            | "you"
-            | "he"
-            | "she"
-            | "we"
-            | "they"
-            | "me"
-            | "him"
-            | "her"
-            | "us"
-            | "them"
-            | "my"
-            | "your"
-            | "his"
-            | "our"
-            | "their"
-            | "what"
-            | "which"
-            | "who"
-            | "whom"
-            | "whose"
-            | "when"
-            | "where"
-            | "why"
-            | "how"
-            | "not"
-            | "no"
-            | "can"
-            | "could"
-            | "would"
-            | "should"
-            | "will"
-            | "shall"
-            | "may"
-            | "might"
-            | "must"
-            | "there"
-            | "here"
-            | "all"
-            | "any"
-            | "some"
-            | "each"
-    )
+/// features.py's STOPWORDS.
+const STOPWORDS: [&str; 83] = [
+    "a", "an", "the", "of", "to", "in", "on", "at", "for", "from", "by", "with", "about", "as",
+    "into", "and", "or", "but", "if", "then", "so", "than", "that", "this", "these", "those", "it",
+    "its", "is", "are", "was", "were", "be", "been", "being", "do", "does", "did", "have", "has",
+    "had", "i", "you", "he", "she", "we", "they", "me", "him", "her", "us", "them", "my", "your",
+    "his", "our", "their", "what", "which", "who", "whom", "whose", "when", "where", "why", "how",
+    "not", "no", "can", "could", "would", "should", "will", "shall", "may", "might", "must",
+    "there", "here", "all", "any", "some", "each",
+];
+
+/// FNV-1a hashes of [`STOPWORDS`], sorted for binary search.
+fn stopword_hashes() -> &'static [u64] {
+    static HASHES: std::sync::OnceLock<Vec<u64>> = std::sync::OnceLock::new();
+    HASHES.get_or_init(|| {
+        let mut h: Vec<u64> = STOPWORDS
+            .iter()
+            .map(|w| fnv(FNV_OFFSET, w.as_bytes()))
+            .collect();
+        h.sort_unstable();
+        h
+    })
+}
+
+/// A set of nonzero 64-bit hashes for at most a few hundred entries.
+struct SmallSet {
+    slots: [u64; 512],
+    len: usize,
+}
+
+impl SmallSet {
+    fn new() -> Self {
+        SmallSet {
+            slots: [0; 512],
+            len: 0,
+        }
+    }
+
+    fn insert(&mut self, h: u64) {
+        // Never full (the window is far smaller); stop counting rather than loop.
+        if self.len * 4 >= self.slots.len() * 3 {
+            return;
+        }
+        let h = h.max(1);
+        let mask = self.slots.len() - 1;
+        let mut i = (h as usize) & mask;
+        loop {
+            match self.slots[i] {
+                0 => {
+                    self.slots[i] = h;
+                    self.len += 1;
+                    return;
+                }
+                x if x == h => return,
+                _ => i = (i + 1) & mask,
+            }
+        }
+    }
 }
 
 fn is_imperative(t: &str) -> bool {
@@ -870,31 +850,29 @@ fn extra_from(text: &str, k: &Counts, win: &Tokens) -> [f64; EXTRA_DENSE] {
     let (sentences, words, options, items) = (k.sentences, k.words, k.options, k.items);
     let non_ws = k.chars - k.spaces;
     let n = win.count().max(1) as f64;
-    // Distinct tokens and numbers by 64-bit hash: sorting integers is cheaper
-    // than sorting strings, and a collision among 256 tokens is negligible.
-    let mut numbers: Vec<u64> = Vec::new();
-    let mut all: Vec<u64> = Vec::with_capacity(win.count());
+    // Distinct tokens and numbers by 64-bit hash in a small open-addressing
+    // set (the window has at most 2 * WINDOW + 1 tokens); a collision among
+    // them is negligible.
+    let mut all = SmallSet::new();
+    let mut numbers = SmallSet::new();
     let (mut stop, mut puncts, mut longest, mut count) = (0usize, 0usize, 0usize, 0usize);
     let mut first = None;
     for t in win.iter() {
         let h = fnv(FNV_OFFSET, t.as_bytes());
-        all.push(h);
+        all.insert(h);
         if is_digits(t) {
-            numbers.push(h);
+            numbers.insert(h);
             longest = longest.max(t.len());
             count += 1;
         }
-        stop += usize::from(is_stopword(t));
+        // (No stop word is longer than 8 bytes.)
+        stop += usize::from(t.len() <= 8 && stopword_hashes().binary_search(&h).is_ok());
         if single_punct(t) {
             puncts += 1;
         } else if first.is_none() {
             first = Some(t);
         }
     }
-    numbers.sort_unstable();
-    numbers.dedup();
-    all.sort_unstable();
-    all.dedup();
     let first = first.unwrap_or("");
     let ln = |x: usize| (x as f64).ln_1p();
     let flag = |b: bool| if b { 1.0 } else { 0.0 };
@@ -904,11 +882,11 @@ fn extra_from(text: &str, k: &Counts, win: &Tokens) -> [f64; EXTRA_DENSE] {
         ln(options),
         flag(text.trim_end_matches(py_space).ends_with('?')),
         ln(items),
-        ln(numbers.len()),
+        ln(numbers.len),
         stop as f64 / n,
         flag(is_imperative(first)),
         flag(is_question_start(first)),
-        all.len() as f64 / n,
+        all.len as f64 / n,
         puncts as f64 / n,
         ln(longest),
         count as f64 / n,

@@ -117,14 +117,21 @@ struct OrdinalHead {
     weights_f32_le_base64: Vec<String>,
 }
 
-/// Rows of the weight matrix: five classes, then two ordinal cuts.
-const ROWS: usize = 7;
+/// Rows of the weight matrix: five classes, then two ordinal cuts, and one
+/// of padding.
+const ROWS: usize = 8;
+
+/// One feature's weights for every row: 32 bytes, aligned so that they never
+/// straddle a cache line (hashed features are read at random).
+#[derive(Clone, Copy, Default)]
+#[repr(align(32))]
+struct FeatureWeights([f32; ROWS]);
 
 /// The loaded model. Cheap to share (`Arc`); classification takes `&self`.
 pub struct Classifier {
     /// Weights, feature-major: `[feature][row]`, rows as in [`ROWS`] (the
     /// ordinal rows zero when the artifact has none).
-    weights: Vec<f32>,
+    weights: Vec<FeatureWeights>,
     features: usize,
     bias: [f64; ROWS],
     ordinal: bool,
@@ -200,10 +207,10 @@ impl Classifier {
             row_major.extend(std::iter::repeat_n(0.0, 2 * nfeat));
         }
         // Feature-major, so one feature's weights share a cache line.
-        let mut weights = vec![0.0f32; row_major.len()];
-        for c in 0..ROWS {
-            for f in 0..nfeat {
-                weights[f * ROWS + c] = row_major[c * nfeat + f];
+        let mut weights = vec![FeatureWeights::default(); nfeat];
+        for c in 0..7 {
+            for (f, w) in weights.iter_mut().enumerate() {
+                w.0[c] = row_major[c * nfeat + f];
             }
         }
         // embeddings.bin: "SYEMB001", n u32, dims u32, n f32 scales, n*dims i8.
@@ -253,7 +260,7 @@ impl Classifier {
             .map_err(|_| e("bias must have 5 values".into()))?;
         let mut bias = [0.0f64; ROWS];
         bias[..5].copy_from_slice(&five);
-        bias[5..].copy_from_slice(&extra_bias);
+        bias[5..7].copy_from_slice(&extra_bias);
         Ok(Classifier {
             weights,
             features: nfeat,
@@ -276,7 +283,7 @@ impl Classifier {
     pub fn classify_text(&self, text: &str, turns: usize, tools: bool) -> Prediction {
         let win = features::Tokens::window(text);
         let mut logits = self.bias;
-        let w = |c: usize, f: usize| f64::from(self.weights[f * ROWS + c]);
+        let w = |c: usize, f: usize| f64::from(self.weights[f].0[c]);
         for (b, v) in features::hashed(win.iter(), self.bigrams) {
             for (c, l) in logits.iter_mut().enumerate() {
                 *l += w(c, b) * v;
