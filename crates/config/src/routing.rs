@@ -38,6 +38,18 @@ pub struct RawRouter {
     /// "recover" (default) or "error", for streams that fail after output.
     #[serde(default)]
     pub mid_stream: Option<String>,
+    /// A content refusal falls back to the next target (default false).
+    #[serde(default)]
+    pub fallback_on_refusal: bool,
+    /// Watchdogs for this router's requests, overriding the targets'.
+    #[serde(default)]
+    pub ttft_timeout: Option<String>,
+    /// See `ttft_timeout`.
+    #[serde(default)]
+    pub idle_timeout: Option<String>,
+    /// See `ttft_timeout`.
+    #[serde(default)]
+    pub response_timeout: Option<String>,
 }
 
 /// Weights over cost, latency and quality.
@@ -153,6 +165,10 @@ pub struct RouterConfig {
     pub routes: Vec<RouteConfig>,
     /// Streams that fail after output: recover or end with an error.
     pub mid_stream: sy_protocol::MidStream,
+    /// A content refusal falls back to the next target.
+    pub fallback_on_refusal: bool,
+    /// Watchdog overrides.
+    pub watchdogs: sy_protocol::Watchdogs,
 }
 
 /// A validated route.
@@ -285,6 +301,16 @@ pub(crate) fn routers(
             e.push(ConfigError::new(at("routes"), "needs at least one route"));
         }
         let raw_mid_stream = r.mid_stream.clone();
+        let ms = |key: &str, v: &Option<String>, e: &mut Vec<ConfigError>| {
+            v.as_deref()
+                .map(|t| crate::validate::duration(&at(key), t, e).as_millis() as u64)
+        };
+        let watchdogs = sy_protocol::Watchdogs {
+            ttft_ms: ms("ttft_timeout", &r.ttft_timeout, e),
+            idle_ms: ms("idle_timeout", &r.idle_timeout, e),
+            response_ms: ms("response_timeout", &r.response_timeout, e),
+        };
+        let fallback_on_refusal = r.fallback_on_refusal;
         let mut routes = Vec::new();
         let n = r.routes.len();
         for (i, route) in r.routes.into_iter().enumerate() {
@@ -354,6 +380,8 @@ pub(crate) fn routers(
                     raw_mid_stream.as_deref(),
                     e,
                 ),
+                fallback_on_refusal,
+                watchdogs,
             },
         );
     }

@@ -239,3 +239,63 @@ fn presets_default_their_url_and_dialects_check_their_fields() {
     let p = problems("[providers.x]\nkind = \"bard\"\n");
     assert!(p[0].contains("anthropic, gemini, cohere"), "{p:?}");
 }
+
+#[test]
+fn resilience_settings_per_provider_model_and_router() {
+    let text = r#"
+[providers.p]
+kind = "openai"
+retries = 1
+ttft_timeout = "2s"
+max_queue = 50
+[providers.a]
+kind = "anthropic"
+[models.m]
+mid_stream = "error"
+fallback_on_refusal = true
+idle_timeout = "750ms"
+targets = [{ provider = "p", model = "x" }, { provider = "a", model = "y" }]
+[routers.auto]
+fallback_on_refusal = true
+ttft_timeout = "3s"
+routes = [{ name = "all", targets = [{ provider = "p", model = "x" }] }]
+[health]
+error_rate = 0.4
+window = 30
+min_calls = 5
+"#;
+    let c = Config::from_toml(text, &env(&[])).unwrap();
+    let p = &c.providers["p"];
+    assert_eq!((p.retries, p.max_queue, p.prefill), (1, Some(50), false));
+    assert_eq!(p.ttft_timeout, std::time::Duration::from_secs(2));
+    assert!(c.providers["a"].prefill, "anthropic continues prefills");
+    let m = &c.models["m"];
+    assert_eq!(m.mid_stream, sy_protocol::MidStream::Error);
+    assert!(m.fallback_on_refusal);
+    assert_eq!(m.watchdogs.idle_ms, Some(750));
+    let r = &c.routers["auto"];
+    assert!(r.fallback_on_refusal);
+    assert_eq!(r.watchdogs.ttft_ms, Some(3000));
+    assert_eq!((c.health.window, c.health.min_calls), (30, 5));
+    let bad = problems(
+        r#"
+[providers.p]
+kind = "openai"
+retries = 11
+[models.m]
+mid_stream = "sometimes"
+targets = [{ provider = "p", model = "x" }]
+[health]
+error_rate = 0
+window = 65
+"#,
+    );
+    for want in [
+        "providers.p.retries",
+        "models.\"m\".mid_stream",
+        "health.error_rate",
+        "health.window",
+    ] {
+        assert!(bad.iter().any(|p| p.starts_with(want)), "{want}: {bad:?}");
+    }
+}

@@ -292,7 +292,7 @@ pub(crate) fn mid_stream(
     }
 }
 
-fn duration(path: &str, text: &str, errors: &mut Vec<ConfigError>) -> Duration {
+pub(crate) fn duration(path: &str, text: &str, errors: &mut Vec<ConfigError>) -> Duration {
     match humantime::parse_duration(text) {
         Ok(d) if !d.is_zero() => d,
         Ok(_) => {

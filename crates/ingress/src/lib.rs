@@ -640,7 +640,11 @@ async fn chat(
                     decision.route.clone(),
                     choice,
                     fallback,
-                    (router.mid_stream, false, Default::default()),
+                    (
+                        router.mid_stream,
+                        router.fallback_on_refusal,
+                        router.watchdogs,
+                    ),
                 )
             }
             None => {
