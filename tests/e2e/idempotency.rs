@@ -81,3 +81,45 @@ async fn a_retried_request_gets_the_first_result_without_a_second_provider_call(
     let resp = send(&b, " ").await.unwrap();
     assert_eq!(resp.status(), 400);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_mark_left_by_a_dead_ingress_is_released() {
+    use sha2::{Digest, Sha256};
+    let stack = Stack::start().await;
+    // What an ingress that died mid-request leaves: a `running` mark, long ago.
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let b = body("gpt-4o-mini", "once");
+    let body_bytes = serde_json::to_vec(&b).unwrap();
+    let js = async_nats::jetstream::new(sy_test_support::nats().await);
+    let bucket = format!("{}_IDEMPOTENCY", stack.namespace.to_ascii_uppercase());
+    let kv = js.get_key_value(&bucket).await.unwrap();
+    let key = hex(&Sha256::digest(b"test\0k-dead"));
+    let mark = json!({"state": "running", "body_sha256": hex(&Sha256::digest(&body_bytes)),
+        "started_unix_ms": 1});
+    kv.put(&key, serde_json::to_vec(&mark).unwrap().into())
+        .await
+        .unwrap();
+    let send = || {
+        stack
+            .http
+            .post(stack.url("/v1/chat/completions"))
+            .bearer_auth(crate::stack::KEY)
+            .header("Idempotency-Key", "k-dead")
+            .header("content-type", "application/json")
+            .body(body_bytes.clone())
+            .send()
+    };
+    let resp = send().await.unwrap();
+    assert_eq!(resp.status(), 409);
+    let v: Value = resp.json().await.unwrap();
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("abandoned"),
+        "{v}"
+    );
+    let resp = send().await.unwrap();
+    assert_eq!(resp.status(), 200, "the retry after the release runs");
+    assert_eq!(stack.mock.stats().requests, 1);
+}

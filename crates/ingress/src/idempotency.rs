@@ -10,7 +10,8 @@
 //! becomes `done` with the status, the `content-type` and `x-switchyard-*`
 //! headers and the body. Replays answer from it with `idempotent-replayed:
 //! true`. A request that failed with a 5xx, or whose client went away before
-//! the end, leaves no entry, so the client's retry runs again.
+//! the end, leaves no entry, so the client's retry runs again; so does a
+//! `running` mark older than twice the request timeout (its ingress died).
 
 use std::sync::Arc;
 
@@ -42,7 +43,9 @@ const MAX_STORED_BYTES: usize = 768 * 1024;
 enum Entry {
     Running {
         body_sha256: String,
-        request_id: String,
+        /// When it started; a mark older than twice the request timeout was
+        /// left by a crashed ingress.
+        started_unix_ms: u64,
     },
     Done {
         body_sha256: String,
@@ -105,13 +108,14 @@ where
         ));
         let running = Entry::Running {
             body_sha256: body_sha256.clone(),
-            request_id: String::new(),
+            started_unix_ms: sy_protocol::now_unix_ms(),
         };
         let value = Bytes::from(serde_json::to_vec(&running).unwrap_or_default());
         match store.create(&key, value).await {
             Ok(_) => {}
             Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {
-                return replay(&store, &key, &body_sha256).await;
+                let stale_after = 2 * state.request_timeout.as_millis() as u64;
+                return replay(&store, &key, &body_sha256, stale_after).await;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "Idempotency key store unavailable.");
@@ -140,7 +144,12 @@ fn unavailable() -> ApiError {
 
 /// The answer for a key that exists: the stored result, 409 while it runs, 422
 /// for a different body.
-async fn replay(store: &Store, key: &str, body_sha256: &str) -> Result<Response, ApiError> {
+async fn replay(
+    store: &Store,
+    key: &str,
+    body_sha256: &str,
+    stale_after_ms: u64,
+) -> Result<Response, ApiError> {
     let raw = store.get(key).await.map_err(|_| unavailable())?;
     let Some(entry) = raw.and_then(|b| serde_json::from_slice::<Entry>(&b).ok()) else {
         // Deleted or expired in between: the client may simply retry.
@@ -157,6 +166,13 @@ async fn replay(store: &Store, key: &str, body_sha256: &str) -> Result<Response,
         });
     }
     match entry {
+        Entry::Running {
+            started_unix_ms, ..
+        } if sy_protocol::now_unix_ms().saturating_sub(started_unix_ms) > stale_after_ms => {
+            // Its ingress died mid-request: release the key for the retry.
+            release(store, key).await;
+            Err(conflict("was abandoned by a stopped server; retry"))
+        }
         Entry::Running { .. } => Err(conflict("is still running")),
         Entry::Done {
             status,

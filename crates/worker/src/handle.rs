@@ -323,7 +323,9 @@ async fn serve(
         if sent > 0 {
             // Output reached the client: continue on the next target, or end
             // the client's stream with the error (never like a success).
+            // (A refusal is not routed around unless the route says so.)
             let recoverable = env.mid_stream == MidStream::Recover
+                && (error.code != ErrorCode::ContentFiltered || env.fallback_on_refusal)
                 && !state.not_plain
                 && !state.diverged
                 && env.request.n.unwrap_or(1) == 1
