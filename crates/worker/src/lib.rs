@@ -11,8 +11,11 @@
 //! subscription per process) drops the upstream call, which closes the provider
 //! connection: an abandoned request stops costing tokens. Every attempt ends with
 //! one [`UsageEvent`](sy_protocol::UsageEvent) on `<ns>.usage` (see [`usage`]),
-//! stored before the request is acked. Retries and fallback belong to a later
-//! stage (see docs/design.md).
+//! stored before the request is acked. A failed call is retried with backoff,
+//! handed to the next target of the request's order (republished), or, after
+//! output reached the client, continued there (mid-stream recovery); every call
+//! broadcasts an [`Observation`](sy_protocol::Observation) that feeds every
+//! process's breakers (see `handle` and docs/reliability.md).
 //!
 //! [`ChunkFrame`]: sy_protocol::ChunkFrame
 //! [`FinalFrame`]: sy_protocol::FinalFrame
