@@ -120,7 +120,7 @@ class Ordinal:
 
 
 def fit(X, y, w):
-    m = LogisticRegression(C=C, max_iter=500, tol=1e-4)
+    m = LogisticRegression(C=C, max_iter=3000, tol=1e-4)
     m.fit(X, y, sample_weight=w)
     if not ORDINAL:
         return m
@@ -131,7 +131,7 @@ def fit(X, y, w):
         ww = w[t].copy()
         side = np.array([ww[yy == 0].sum(), ww[yy == 1].sum()])
         ww = ww * (side.sum() / (2 * side))[yy]
-        b = LogisticRegression(C=C_ORD, max_iter=500, tol=1e-4)
+        b = LogisticRegression(C=C_ORD, max_iter=3000, tol=1e-4)
         b.fit(X[t], yy, sample_weight=ww)
         cuts.append(b)
     return Ordinal(m, cuts)
