@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use sy_test_support::sse_data;
 
-use crate::stack::{Stack, StackOptions, body, streamed_content};
+use crate::stack::{Stack, StackOptions, body, live_entry, streamed_content};
 
 fn calls(stack: &Stack) -> [u64; 3] {
     [
@@ -436,21 +436,8 @@ async fn a_full_queue_sheds_new_requests_early_with_retry_after() {
     }
     let until = Instant::now() + Duration::from_secs(5);
     loop {
-        let v: Value = stack
-            .http
-            .get(stack.url("/v1/route/targets"))
-            .bearer_auth(crate::stack::KEY)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let queued = v["providers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["provider"] == "cohere")
+        let v = stack.live_targets().await;
+        let queued = live_entry(&v, "providers", "cohere")
             .and_then(|p| p["queued"].as_u64())
             .unwrap_or(0);
         if queued >= 3 {
@@ -517,22 +504,8 @@ async fn an_operator_forces_a_target_off_and_gives_it_back() {
         assert_eq!(header(&resp, "x-switchyard-attempts"), "1");
     }
     assert_eq!(calls(&stack)[0], 0, "openai never called while off");
-    let v: Value = stack
-        .http
-        .get(stack.url("/v1/route/targets"))
-        .bearer_auth(crate::stack::KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let openai = v["targets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["provider"] == "openai")
-        .unwrap();
+    let v = stack.live_targets().await;
+    let openai = live_entry(&v, "targets", "openai").unwrap();
     assert_eq!(
         (openai["healthy"].clone(), openai["forced"].clone()),
         (json!(false), json!(false))

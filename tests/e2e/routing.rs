@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::stack::{Stack, StackOptions, body};
+use crate::stack::{Stack, StackOptions, body, live_entry};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn class_is_decided_reported_and_recorded() {
@@ -342,20 +342,8 @@ async fn fastest_follows_live_latency_and_skips_failing_and_saturated_targets() 
             .json(&body(model, "hello there"));
         async move { req.send().await.unwrap().json::<Value>().await.unwrap() }
     };
-    let targets = || {
-        let req = stack
-            .http
-            .get(stack.url("/v1/route/targets"))
-            .bearer_auth(crate::stack::KEY);
-        async move { req.send().await.unwrap().json::<Value>().await.unwrap() }
-    };
     let measured = |v: &Value, provider: &str| {
-        v["targets"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|t| t["provider"] == provider)
-            .and_then(|t| t["ttft_ms"].as_f64())
+        live_entry(v, "targets", provider).and_then(|t| t["ttft_ms"].as_f64())
     };
     // Nothing measured yet: config order.
     assert_eq!(explain("auto:fast").await["chosen"]["provider"], "openai");
@@ -369,7 +357,7 @@ async fn fastest_follows_live_latency_and_skips_failing_and_saturated_targets() 
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let v = targets().await;
+        let v = stack.live_targets().await;
         if let (Some(slow), Some(quick)) = (measured(&v, "openai"), measured(&v, "anthropic")) {
             assert!(slow >= 250.0 && quick < 200.0, "{v}");
             break;
@@ -432,14 +420,8 @@ async fn fastest_follows_live_latency_and_skips_failing_and_saturated_targets() 
     loop {
         let v = explain("auto:fast").await;
         if v["candidates"][2]["skipped"] == "at its concurrency cap" {
-            let load = targets().await;
-            let cohere = load["providers"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|p| p["provider"] == "cohere")
-                .cloned()
-                .unwrap();
+            let load = stack.live_targets().await;
+            let cohere = live_entry(&load, "providers", "cohere").unwrap();
             assert_eq!(cohere["cap"], 2, "{load}");
             break;
         }

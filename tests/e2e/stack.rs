@@ -442,6 +442,19 @@ targets = [{{ provider = "openai", model = "gpt-4.1-2025" }}]
             .json(body)
     }
 
+    /// `GET /v1/route/targets` with the test key: every target's live state.
+    pub async fn live_targets(&self) -> Value {
+        self.http
+            .get(self.url("/v1/route/targets"))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     pub fn chat(&self, body: &Value) -> reqwest::RequestBuilder {
         self.http
             .post(self.url("/v1/chat/completions"))
@@ -518,4 +531,13 @@ pub fn streamed_content(data: &[String], index: u64) -> String {
         .filter(|c| c["index"].as_u64() == Some(index))
         .filter_map(|c| c["delta"]["content"].as_str().map(str::to_owned))
         .collect()
+}
+
+/// The first entry of `provider` in a [`Stack::live_targets`] document's
+/// `list` (`"targets"` or `"providers"`).
+pub fn live_entry<'a>(v: &'a Value, list: &str, provider: &str) -> Option<&'a Value> {
+    v[list]
+        .as_array()?
+        .iter()
+        .find(|t| t["provider"] == provider)
 }

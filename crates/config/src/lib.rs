@@ -25,7 +25,7 @@ pub use raw::{
 };
 pub use validate::{
     AccountingConfig, ApiKey, ClickhouseConfig, Config, HealthConfig, ModelRoute, NatsConfig,
-    PROVIDER_KINDS, ProviderConfig, ProviderKind, Secret, ServerConfig, Target,
+    PROVIDER_KINDS, ProviderConfig, ProviderKind, RoutePolicy, Secret, ServerConfig, Target,
 };
 
 use std::path::Path;

@@ -163,12 +163,8 @@ pub struct RouterConfig {
     pub balance: Balance,
     /// Routes, first match wins; the last matches everything.
     pub routes: Vec<RouteConfig>,
-    /// Streams that fail after output: recover or end with an error.
-    pub mid_stream: sy_protocol::MidStream,
-    /// A content refusal falls back to the next target.
-    pub fallback_on_refusal: bool,
-    /// Watchdog overrides.
-    pub watchdogs: sy_protocol::Watchdogs,
+    /// How its requests fail over.
+    pub policy: crate::RoutePolicy,
 }
 
 /// A validated route.
@@ -300,17 +296,14 @@ pub(crate) fn routers(
         if r.routes.is_empty() {
             e.push(ConfigError::new(at("routes"), "needs at least one route"));
         }
-        let raw_mid_stream = r.mid_stream.clone();
-        let ms = |key: &str, v: &Option<String>, e: &mut Vec<ConfigError>| {
-            v.as_deref()
-                .map(|t| crate::validate::duration(&at(key), t, e).as_millis() as u64)
-        };
-        let watchdogs = sy_protocol::Watchdogs {
-            ttft_ms: ms("ttft_timeout", &r.ttft_timeout, e),
-            idle_ms: ms("idle_timeout", &r.idle_timeout, e),
-            response_ms: ms("response_timeout", &r.response_timeout, e),
-        };
-        let fallback_on_refusal = r.fallback_on_refusal;
+        let policy = crate::validate::RawPolicy {
+            mid_stream: r.mid_stream.as_deref(),
+            fallback_on_refusal: r.fallback_on_refusal,
+            ttft_timeout: r.ttft_timeout.as_deref(),
+            idle_timeout: r.idle_timeout.as_deref(),
+            response_timeout: r.response_timeout.as_deref(),
+        }
+        .validate(&format!("routers.\"{name}\""), e);
         let mut routes = Vec::new();
         let n = r.routes.len();
         for (i, route) in r.routes.into_iter().enumerate() {
@@ -375,13 +368,7 @@ pub(crate) fn routers(
                 name: name.clone(),
                 balance,
                 routes,
-                mid_stream: crate::validate::mid_stream(
-                    &format!("routers.\"{name}\".mid_stream"),
-                    raw_mid_stream.as_deref(),
-                    e,
-                ),
-                fallback_on_refusal,
-                watchdogs,
+                policy,
             },
         );
     }

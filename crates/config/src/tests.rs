@@ -270,12 +270,12 @@ min_calls = 5
     assert_eq!(p.ttft_timeout, std::time::Duration::from_secs(2));
     assert!(c.providers["a"].prefill, "anthropic continues prefills");
     let m = &c.models["m"];
-    assert_eq!(m.mid_stream, sy_protocol::MidStream::Error);
-    assert!(m.fallback_on_refusal);
-    assert_eq!(m.watchdogs.idle_ms, Some(750));
+    assert_eq!(m.policy.mid_stream, sy_protocol::MidStream::Error);
+    assert!(m.policy.fallback_on_refusal);
+    assert_eq!(m.policy.watchdogs.idle_ms, Some(750));
     let r = &c.routers["auto"];
-    assert!(r.fallback_on_refusal);
-    assert_eq!(r.watchdogs.ttft_ms, Some(3000));
+    assert!(r.policy.fallback_on_refusal);
+    assert_eq!(r.policy.watchdogs.ttft_ms, Some(3000));
     assert_eq!((c.health.window, c.health.min_calls), (30, 5));
     let bad = problems(
         r#"

@@ -256,12 +256,47 @@ pub struct ModelRoute {
     pub token: String,
     /// Targets in order of preference; never empty.
     pub targets: Vec<Target>,
+    /// How its requests fail over.
+    pub policy: RoutePolicy,
+}
+
+/// How a model's or a router's requests fail over (docs/reliability.md).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RoutePolicy {
     /// Streams that fail after output: recover or end with an error.
     pub mid_stream: sy_protocol::MidStream,
     /// A content refusal falls back to the next target.
     pub fallback_on_refusal: bool,
     /// Watchdog overrides.
     pub watchdogs: sy_protocol::Watchdogs,
+}
+
+/// The policy keys as written in `[models."<name>"]` or `[routers."<name>"]`.
+pub(crate) struct RawPolicy<'a> {
+    pub mid_stream: Option<&'a str>,
+    pub fallback_on_refusal: bool,
+    pub ttft_timeout: Option<&'a str>,
+    pub idle_timeout: Option<&'a str>,
+    pub response_timeout: Option<&'a str>,
+}
+
+impl RawPolicy<'_> {
+    /// Validates the keys under `prefix` (e.g. `models."gpt-4o"`).
+    pub(crate) fn validate(&self, prefix: &str, e: &mut Vec<ConfigError>) -> RoutePolicy {
+        let mut ms = |key: &str, v: Option<&str>| {
+            v.map(|t| duration(&format!("{prefix}.{key}"), t, e).as_millis() as u64)
+        };
+        let watchdogs = sy_protocol::Watchdogs {
+            ttft_ms: ms("ttft_timeout", self.ttft_timeout),
+            idle_ms: ms("idle_timeout", self.idle_timeout),
+            response_ms: ms("response_timeout", self.response_timeout),
+        };
+        RoutePolicy {
+            mid_stream: mid_stream(&format!("{prefix}.mid_stream"), self.mid_stream, e),
+            fallback_on_refusal: self.fallback_on_refusal,
+            watchdogs,
+        }
+    }
 }
 
 /// One provider/model pair serving a route.
@@ -274,7 +309,7 @@ pub struct Target {
 }
 
 /// `mid_stream = "recover" | "error"` (default recover).
-pub(crate) fn mid_stream(
+fn mid_stream(
     path: &str,
     text: Option<&str>,
     errors: &mut Vec<ConfigError>,
@@ -591,29 +626,21 @@ impl Config {
                     model: t.model,
                 });
             }
-            let mid = mid_stream(
-                &format!("models.\"{name}\".mid_stream"),
-                m.mid_stream.as_deref(),
-                e,
-            );
-            let ms = |key: &str, v: &Option<String>, e: &mut Vec<ConfigError>| {
-                v.as_deref()
-                    .map(|t| duration(&format!("models.\"{name}\".{key}"), t, e).as_millis() as u64)
-            };
-            let watchdogs = sy_protocol::Watchdogs {
-                ttft_ms: ms("ttft_timeout", &m.ttft_timeout, e),
-                idle_ms: ms("idle_timeout", &m.idle_timeout, e),
-                response_ms: ms("response_timeout", &m.response_timeout, e),
-            };
+            let policy = RawPolicy {
+                mid_stream: m.mid_stream.as_deref(),
+                fallback_on_refusal: m.fallback_on_refusal,
+                ttft_timeout: m.ttft_timeout.as_deref(),
+                idle_timeout: m.idle_timeout.as_deref(),
+                response_timeout: m.response_timeout.as_deref(),
+            }
+            .validate(&format!("models.\"{name}\""), e);
             models.insert(
                 name.clone(),
                 ModelRoute {
                     name,
                     token,
                     targets,
-                    mid_stream: mid,
-                    fallback_on_refusal: m.fallback_on_refusal,
-                    watchdogs,
+                    policy,
                 },
             );
         }

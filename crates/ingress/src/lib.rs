@@ -640,11 +640,7 @@ async fn chat(
                     decision.route.clone(),
                     choice,
                     fallback,
-                    (
-                        router.mid_stream,
-                        router.fallback_on_refusal,
-                        router.watchdogs,
-                    ),
+                    router.policy,
                 )
             }
             None => {
@@ -663,7 +659,7 @@ async fn chat(
                     route.name.clone(),
                     choice,
                     order,
-                    (route.mid_stream, route.fallback_on_refusal, route.watchdogs),
+                    route.policy,
                 )
             }
         };
@@ -709,10 +705,10 @@ async fn chat(
         choice: Some(choice),
         fallback,
         fallback_reason: None,
-        mid_stream: policy.0,
+        mid_stream: policy.mid_stream,
         resume: None,
-        fallback_on_refusal: policy.1,
-        watchdogs: policy.2,
+        fallback_on_refusal: policy.fallback_on_refusal,
+        watchdogs: policy.watchdogs,
     };
     // Register before publishing so that no frame can arrive unseen.
     let rx = state.replies.register(request_id, REPLY_BUFFER);
