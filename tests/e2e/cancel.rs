@@ -105,6 +105,7 @@ async fn expired_envelope_never_reaches_the_provider() {
         resume: None,
         fallback_on_refusal: false,
         watchdogs: Default::default(),
+        batch: None,
     };
     let js = async_nats::jetstream::new(nats.clone());
     js.publish(

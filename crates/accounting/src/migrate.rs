@@ -20,6 +20,11 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         "0003_routing.sql",
         include_str!("../../../migrations/clickhouse/0003_routing.sql"),
     ),
+    (
+        4,
+        "0004_batch.sql",
+        include_str!("../../../migrations/clickhouse/0004_batch.sql"),
+    ),
 ];
 
 /// The statements of a migration file for database `db`: comment lines dropped

@@ -88,6 +88,8 @@ pub struct RequestRow {
     pub fallback_reason: String,
     /// Client went away (0/1).
     pub client_disconnected: u8,
+    /// The batch the call ran for, or empty.
+    pub batch_id: String,
 }
 
 fn ms32(v: u64) -> u32 {
@@ -144,6 +146,7 @@ impl From<&UsageEvent> for RequestRow {
             latency_ms: ms32(e.latency_ms),
             fallback_reason: e.fallback_reason.clone().unwrap_or_default(),
             client_disconnected: u8::from(e.client_disconnected),
+            batch_id: e.batch_id.clone().unwrap_or_default(),
         }
     }
 }

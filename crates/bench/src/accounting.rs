@@ -88,6 +88,7 @@ fn event(i: usize) -> UsageEvent {
         latency_ms: 20,
         fallback_reason: None,
         client_disconnected: false,
+        batch_id: None,
     }
 }
 

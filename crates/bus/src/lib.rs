@@ -10,9 +10,11 @@
 //! subscription on `<ns>.reply.<ingress>.*`, routing each frame's raw bytes to the
 //! request waiting for it. Messages are JSON (see `sy-protocol` and `schemas/`).
 
+mod batch;
 mod error;
 mod reply;
 
+pub use batch::JOB_ACK_WAIT;
 pub use error::BusError;
 pub use reply::{ReplyReceiver, ReplyRouter};
 
@@ -285,14 +287,20 @@ impl Bus {
 
     /// Publishes a request to its provider's subject and waits for JetStream to
     /// store it. The request id is the `Nats-Msg-Id`, so a repeated publish is dropped.
+    /// A batch item goes to the batch request stream (`<ns>.breq.<provider>.<batch>`).
     pub async fn publish_request(&self, envelope: &RequestEnvelope) -> Result<(), BusError> {
         if !self.is_connected() {
             return Err(BusError::Unavailable);
         }
-        let subject = self.subjects.request(
-            &envelope.provider,
-            &sy_protocol::route_token(&envelope.route),
-        );
+        let subject = match &envelope.batch {
+            Some(item) => self
+                .subjects
+                .batch_request(&envelope.provider, &item.batch_id),
+            None => self.subjects.request(
+                &envelope.provider,
+                &sy_protocol::route_token(&envelope.route),
+            ),
+        };
         let msg_id = UsageEvent::event_id_of(envelope.request_id, envelope.attempt);
         self.publish_stored(subject, &msg_id, encode(envelope)?)
             .await

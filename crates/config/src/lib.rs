@@ -20,12 +20,13 @@ mod validate;
 pub use env::{EnvSource, MapEnv, ProcessEnv, interpolate};
 pub use error::{ConfigError, ConfigErrors, LoadError};
 pub use raw::{
-    RawAccounting, RawBilling, RawClickhouse, RawConfig, RawHealth, RawKey, RawModel, RawNats,
-    RawPrice, RawProvider, RawServer, RawTarget,
+    RawAccounting, RawBatch, RawBilling, RawClickhouse, RawConfig, RawHealth, RawKey, RawModel,
+    RawNats, RawPrice, RawProvider, RawServer, RawTarget,
 };
 pub use validate::{
-    AccountingConfig, ApiKey, ClickhouseConfig, Config, HealthConfig, ModelRoute, NatsConfig,
-    PROVIDER_KINDS, ProviderConfig, ProviderKind, RoutePolicy, Secret, ServerConfig, Target,
+    AccountingConfig, ApiKey, BatchConfig, ClickhouseConfig, Config, HealthConfig, ModelRoute,
+    NatsConfig, PROVIDER_KINDS, ProviderConfig, ProviderKind, RoutePolicy, Secret, ServerConfig,
+    Target,
 };
 
 use std::path::Path;

@@ -71,6 +71,12 @@ pub fn apply_markup(cost_nanos: i64, markup_ppb: i64) -> i64 {
     i64::try_from((billed + 500_000_000) / 1_000_000_000).unwrap_or(i64::MAX)
 }
 
+/// Scales a price by a factor in parts per billion (10⁹ = ×1), rounding half up.
+pub fn scale(nanos: i64, factor_ppb: i64) -> i64 {
+    let scaled = i128::from(nanos) * i128::from(factor_ppb);
+    i64::try_from((scaled + 500_000_000) / 1_000_000_000).unwrap_or(i64::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

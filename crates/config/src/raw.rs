@@ -36,6 +36,40 @@ pub struct RawConfig {
     /// Live target health as smart routers see it.
     #[serde(default)]
     pub health: RawHealth,
+    /// Batch jobs (the Files and Batches API, `<ns>.batch.submit`).
+    #[serde(default)]
+    pub batch: RawBatch,
+}
+
+/// `[batch]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawBatch {
+    /// Largest input file, bytes.
+    pub max_file_bytes: u64,
+    /// Most lines in an input file.
+    pub max_lines: u64,
+    /// Billed price of a batch item relative to an interactive call, a decimal like "0.5".
+    pub price_multiplier: String,
+    /// Items of one batch dispatched and not yet answered, at most.
+    pub window: u32,
+    /// How long uploaded and produced files are kept, e.g. "30d".
+    pub file_max_age: String,
+    /// Key signing completion webhooks (HMAC-SHA256); webhooks are unsigned without it.
+    pub webhook_secret: Option<String>,
+}
+
+impl Default for RawBatch {
+    fn default() -> Self {
+        RawBatch {
+            max_file_bytes: 200 * 1024 * 1024,
+            max_lines: 50_000,
+            price_multiplier: "0.5".into(),
+            window: 64,
+            file_max_age: "30d".into(),
+            webhook_secret: None,
+        }
+    }
 }
 
 /// `[health]`.
@@ -235,6 +269,9 @@ pub struct RawProvider {
     /// New requests skip this provider (or get 503) while this many wait for it.
     #[serde(default)]
     pub max_queue: Option<u64>,
+    /// Cap on batch items in flight to this provider (cluster-wide), beside `max_concurrency`.
+    #[serde(default)]
+    pub batch_concurrency: Option<u32>,
     /// Retries on this target after a 429, 5xx or failed connection (default 2).
     #[serde(default)]
     pub retries: Option<u32>,

@@ -55,6 +55,38 @@ pub struct Config {
     pub accounting: AccountingConfig,
     /// Live target health.
     pub health: HealthConfig,
+    /// Batch jobs.
+    pub batch: BatchConfig,
+}
+
+/// `[batch]`, validated.
+#[derive(Debug, Clone)]
+pub struct BatchConfig {
+    /// Largest input file, bytes.
+    pub max_file_bytes: u64,
+    /// Most lines in an input file.
+    pub max_lines: u64,
+    /// Billed price of a batch item relative to an interactive call, parts per billion.
+    pub price_multiplier_ppb: i64,
+    /// Items of one batch dispatched and not yet answered, at most.
+    pub window: u32,
+    /// How long uploaded and produced files are kept.
+    pub file_max_age: Duration,
+    /// Key signing completion webhooks.
+    pub webhook_secret: Option<Secret>,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_file_bytes: 200 * 1024 * 1024,
+            max_lines: 50_000,
+            price_multiplier_ppb: 500_000_000,
+            window: 64,
+            file_max_age: Duration::from_secs(30 * 86_400),
+            webhook_secret: None,
+        }
+    }
 }
 
 /// `[health]`, validated.
@@ -229,6 +261,9 @@ pub struct ProviderConfig {
     pub max_concurrency: NonZeroU32,
     /// New requests skip this provider (or get 503) while this many wait for it.
     pub max_queue: Option<u64>,
+    /// Cluster-wide cap on batch items in flight (the batch consumer's
+    /// max_ack_pending), on top of `max_concurrency`; default a quarter of it, at most 64.
+    pub batch_concurrency: NonZeroU32,
     /// Retries on this target after a 429, 5xx or failed connection.
     pub retries: u32,
     /// Streamed calls: longest wait for the first token.
@@ -571,6 +606,13 @@ impl Config {
                     connect_timeout,
                     max_concurrency,
                     max_queue: p.max_queue,
+                    batch_concurrency: p
+                        .batch_concurrency
+                        .and_then(NonZeroU32::new)
+                        .unwrap_or_else(|| {
+                            NonZeroU32::new((max_concurrency.get() / 4).clamp(1, 64))
+                                .unwrap_or(NonZeroU32::MIN)
+                        }),
                     retries: retries.min(10),
                     ttft_timeout,
                     idle_timeout,
@@ -715,6 +757,36 @@ impl Config {
             min_calls: h.min_calls.max(1),
         };
 
+        let b = &raw.batch;
+        let price_multiplier_ppb = parse_nanos(&b.price_multiplier).unwrap_or_else(|| {
+            e.push(ConfigError::new(
+                "batch.price_multiplier",
+                "not a non-negative decimal like \"0.5\"",
+            ));
+            500_000_000
+        });
+        if b.max_file_bytes == 0 || b.max_lines == 0 {
+            e.push(ConfigError::new(
+                "batch",
+                "max_file_bytes and max_lines must be at least 1",
+            ));
+        }
+        if !(1..=10_000).contains(&b.window) {
+            e.push(ConfigError::new("batch.window", "must be 1 to 10000 items"));
+        }
+        let batch = BatchConfig {
+            max_file_bytes: b.max_file_bytes.max(1),
+            max_lines: b.max_lines.max(1),
+            price_multiplier_ppb,
+            window: b.window.clamp(1, 10_000),
+            file_max_age: duration("batch.file_max_age", &b.file_max_age, e),
+            webhook_secret: b
+                .webhook_secret
+                .clone()
+                .filter(|s| !s.is_empty())
+                .map(Secret::new),
+        };
+
         if errors.is_empty() {
             Ok(Config {
                 server,
@@ -727,6 +799,7 @@ impl Config {
                 clickhouse,
                 accounting,
                 health,
+                batch,
             })
         } else {
             Err(ConfigErrors(errors))

@@ -13,6 +13,7 @@
 //! right status; a bad request never reaches the bus. When the client goes away
 //! before the answer is complete, a `Cancel` stops the worker's upstream call.
 
+pub mod batch;
 mod classify;
 pub mod embeddings;
 mod error;
@@ -93,6 +94,8 @@ struct AppState {
     live: Arc<sy_router::live::LiveTable>,
     /// The `Idempotency-Key` store; none if NATS refused to create it.
     idempotency: Option<async_nats::jetstream::kv::Store>,
+    /// Batch records and files; none if NATS refused to create them.
+    batches: Option<Arc<batch::Stores>>,
 }
 
 impl AppState {
@@ -123,6 +126,46 @@ pub async fn run_reloading(
     bus: Bus,
     shutdown: CancellationToken,
 ) -> Result<(), IngressError> {
+    run_roles(config, config_path, bus, shutdown, Roles::default()).await
+}
+
+/// What an ingress process does: serve the HTTP API, run batch jobs, or both.
+#[derive(Debug, Clone, Copy)]
+pub struct Roles {
+    /// Serve the HTTP API.
+    pub http: bool,
+    /// Run batch jobs from `<ns>.batch.submit` (the batch dispatcher).
+    pub dispatcher: bool,
+}
+
+impl Default for Roles {
+    fn default() -> Self {
+        Roles {
+            http: true,
+            dispatcher: true,
+        }
+    }
+}
+
+/// [`run_reloading`] with the roles chosen: `Roles { http: false, dispatcher: true }`
+/// is a batch dispatcher alone (`switchyard dispatcher`).
+pub async fn run_roles(
+    config: Arc<Config>,
+    config_path: Option<std::path::PathBuf>,
+    bus: Bus,
+    shutdown: CancellationToken,
+    roles: Roles,
+) -> Result<(), IngressError> {
+    if !roles.http {
+        let (_, state) = build(config, bus).await?;
+        if let Some(path) = config_path {
+            reload::spawn(state.clone(), path, shutdown.clone());
+        }
+        if roles.dispatcher {
+            batch::dispatch::run(state, shutdown).await;
+        }
+        return Ok(());
+    }
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .map_err(|source| IngressError::Bind {
@@ -132,8 +175,12 @@ pub async fn run_reloading(
     let addr = listener.local_addr().map_err(IngressError::Serve)?;
     let (app, state) = build(config, bus).await?;
     if let Some(path) = config_path {
-        reload::spawn(state, path, shutdown.clone());
+        reload::spawn(state.clone(), path, shutdown.clone());
     }
+    let dispatcher = roles
+        .dispatcher
+        .then(|| tokio::spawn(batch::dispatch::run(state, shutdown.clone())));
+    let _dispatcher = AbortOnDrop(dispatcher);
     tracing::info!(%addr, "Ingress listening.");
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
@@ -152,6 +199,17 @@ pub async fn run_reloading(
         } => {
             tracing::warn!("Drain deadline passed; closing the responses still open.");
             Ok(())
+        }
+    }
+}
+
+/// Stops the dispatcher task when the ingress returns.
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(h) = &self.0 {
+            h.abort();
         }
     }
 }
@@ -187,6 +245,13 @@ async fn build(config: Arc<Config>, bus: Bus) -> Result<(Router, Arc<AppState>),
             None
         }
     };
+    let batches = match batch::Stores::open(&bus, &config.batch).await {
+        Ok(s) => Some(Arc::new(s)),
+        Err(e) => {
+            tracing::warn!(error = %e, "No batch storage: the Files and Batches API answers 503.");
+            None
+        }
+    };
     let live = Arc::new(sy_router::live::LiveTable::new(config.health));
     live::start(&bus, &live, config.providers.keys().cloned().collect()).await?;
     live::follow_overrides(&bus, &live);
@@ -207,7 +272,11 @@ async fn build(config: Arc<Config>, bus: Bus) -> Result<(Router, Arc<AppState>),
         providers: config.providers.clone(),
         live: live.clone(),
         idempotency,
+        batches,
     });
+    let file_limit = usize::try_from(config.batch.max_file_bytes)
+        .unwrap_or(usize::MAX)
+        .saturating_add(1 << 20);
     let app = Router::new()
         .route(
             "/v1/chat/completions",
@@ -231,6 +300,37 @@ async fn build(config: Arc<Config>, bus: Bus) -> Result<(Router, Arc<AppState>),
             get(live::targets)
                 .put(live::force)
                 .fallback(method_not_allowed),
+        )
+        .route(
+            "/v1/files",
+            post(batch::api::upload)
+                .get(batch::api::list_files)
+                .layer(axum::extract::DefaultBodyLimit::max(file_limit))
+                .fallback(method_not_allowed),
+        )
+        .route(
+            "/v1/files/{id}",
+            get(batch::api::get_file)
+                .delete(batch::api::delete_file)
+                .fallback(method_not_allowed),
+        )
+        .route(
+            "/v1/files/{id}/content",
+            get(batch::api::file_content).fallback(method_not_allowed),
+        )
+        .route(
+            "/v1/batches",
+            post(batch::api::create)
+                .get(batch::api::list)
+                .fallback(method_not_allowed),
+        )
+        .route(
+            "/v1/batches/{id}",
+            get(batch::api::get).fallback(method_not_allowed),
+        )
+        .route(
+            "/v1/batches/{id}/cancel",
+            post(batch::api::cancel).fallback(method_not_allowed),
         )
         .route("/v1/models", get(list_models).fallback(method_not_allowed))
         .route("/v1/usage", get(get_usage).fallback(method_not_allowed))
@@ -549,167 +649,32 @@ async fn chat(
     let body = read_body(state, &parts.headers, body)
         .await
         .map_err(|e| (e, None, None))?;
-    let (request, embeddings) = if surface == ApiSurface::Embeddings {
-        let e = embeddings::parse(&body).map_err(|e| (e, None, None))?;
-        (
-            sy_protocol::chat::ChatRequest::model_only(&e.model),
-            Some(e),
-        )
-    } else {
-        (
-            parse_request(surface, &body).map_err(|e| (e, None, None))?,
-            None,
-        )
-    };
-    let base64 = embeddings
-        .as_ref()
-        .is_some_and(|e| e.encoding_format.as_deref() == Some("base64"));
-    let class = if embeddings.is_some() {
-        None
-    } else {
-        Some(
-            classify::decide(&state.classifier, &parts.headers, &request)
-                .map_err(|e| (e, None, None))?
-                .class,
-        )
-    };
-    let routing = state.routing();
-    let (route_name, provider, model, route_header, choice, fallback, policy) =
-        match routing.routers.get(&request.model) {
-            Some(router) => {
-                let Some(c) = class else {
-                    return Err((
-                        ApiError::invalid(
-                            "model",
-                            format!(
-                                "'{}' routes chat requests; name an embedding model.",
-                                request.model
-                            ),
-                        ),
-                        None,
-                        None,
-                    ));
-                };
-                let decision = route::decide(state, router, &request, c, request_id);
-                let Some(chosen) = decision.chosen() else {
-                    let why: Vec<String> = decision
-                        .candidates
-                        .iter()
-                        .map(|c| {
-                            format!(
-                                "{}/{}: {}",
-                                c.provider,
-                                c.model,
-                                c.skipped.as_deref().unwrap_or("?")
-                            )
-                        })
-                        .collect();
-                    return Err((
-                        ApiError {
-                            retry_after_secs: Some(1),
-                            ..ApiError::new(
-                                ErrorCode::Overloaded,
-                                format!(
-                                    "No target of route '{}' can serve this request now ({}).",
-                                    decision.route,
-                                    why.join("; ")
-                                ),
-                            )
-                        },
-                        None,
-                        class,
-                    ));
-                };
-                let choice = RouteChoice {
-                    route: decision.route.clone(),
-                    strategy: decision.strategy.to_owned(),
-                    rank: decision.order.first().map_or(1, |i| *i as u32 + 1),
-                };
-                let fallback = decision.order[1..]
-                    .iter()
-                    .map(|&i| FallbackTarget {
-                        provider: decision.candidates[i].provider.clone(),
-                        model: decision.candidates[i].model.clone(),
-                        rank: i as u32 + 1,
-                    })
-                    .collect();
-                (
-                    router.name.clone(),
-                    chosen.provider.clone(),
-                    chosen.model.clone(),
-                    decision.route.clone(),
-                    choice,
-                    fallback,
-                    router.policy,
-                )
-            }
-            None => {
-                let route = resolve(&routing, &request.model).map_err(|e| (e, None, class))?;
-                let mut order = route::fixed_order(state, route);
-                let first = order.remove(0);
-                let choice = RouteChoice {
-                    route: String::new(),
-                    strategy: "fixed".into(),
-                    rank: first.rank,
-                };
-                (
-                    route.name.clone(),
-                    first.provider,
-                    first.model,
-                    route.name.clone(),
-                    choice,
-                    order,
-                    route.policy,
-                )
-            }
-        };
-    // Load shedding: skip targets whose queue is full or too slow for the deadline.
-    let (first, fallback) = route::shed(
+    let prepared = prepare(
         state,
-        std::iter::once(FallbackTarget {
-            provider,
-            model,
-            rank: choice.rank,
-        })
-        .chain(fallback)
-        .collect(),
+        surface,
+        &parts.headers,
+        &body,
+        Origin {
+            request_id,
+            key_id,
+            received_unix_ms,
+            deadline_unix_ms: received_unix_ms + state.request_timeout.as_millis() as u64,
+            batch: None,
+        },
     )
-    .map_err(|e| (e, None, class))?;
-    let (provider, model) = (first.provider, first.model);
-    let choice = RouteChoice {
-        rank: first.rank,
-        ..choice
-    };
+    .map_err(|(e, class)| (e, None, class))?;
+    let Prepared {
+        envelope,
+        class,
+        route_header,
+        base64,
+    } = prepared;
     let span = tracing::Span::current();
-    span.record("model", tracing::field::display(&request.model));
-    span.record("stream", request.is_stream());
-
+    span.record("model", tracing::field::display(&envelope.request.model));
+    span.record("stream", envelope.request.is_stream());
     let deadline = tokio::time::Instant::now() + state.request_timeout;
-    let stream = request.is_stream();
-    let include_usage = request.wants_stream_usage();
-    let envelope = RequestEnvelope {
-        request_id,
-        attempt: 1,
-        ingress_id: state.ingress_id.clone(),
-        reply_to: state.bus.subjects().reply(&state.ingress_id, request_id),
-        received_unix_ms,
-        deadline_unix_ms: received_unix_ms + state.request_timeout.as_millis() as u64,
-        key_id: key_id.to_owned(),
-        api: surface,
-        route: route_name,
-        provider,
-        model,
-        request,
-        embeddings,
-        class: class.map(|c| c.as_str().to_owned()),
-        choice: Some(choice),
-        fallback,
-        fallback_reason: None,
-        mid_stream: policy.mid_stream,
-        resume: None,
-        fallback_on_refusal: policy.fallback_on_refusal,
-        watchdogs: policy.watchdogs,
-    };
+    let stream = envelope.request.is_stream();
+    let include_usage = envelope.request.wants_stream_usage();
     // Register before publishing so that no frame can arrive unseen.
     let rx = state.replies.register(request_id, REPLY_BUFFER);
     if let Err(e) = state.bus.publish_request(&envelope).await {
@@ -778,6 +743,213 @@ async fn chat(
     Ok(resp)
 }
 
+/// Where a request comes from: the HTTP client, or a batch's dispatcher.
+pub(crate) struct Origin<'a> {
+    pub request_id: Uuid,
+    pub key_id: &'a str,
+    pub received_unix_ms: u64,
+    pub deadline_unix_ms: u64,
+    /// Set for a batch item: routed the same way, but not shed (it waits in
+    /// its own queue) and answered on the batch's result subject.
+    pub batch: Option<sy_protocol::batch::BatchItem>,
+}
+
+/// A request parsed, validated, classified and routed, ready to publish.
+pub(crate) struct Prepared {
+    pub envelope: RequestEnvelope,
+    pub class: Option<sy_classifier::Class>,
+    pub route_header: String,
+    /// Embeddings answered as base64.
+    pub base64: bool,
+}
+
+/// Parses, validates, classifies and routes a body of `surface`: everything the
+/// ingress does before it publishes, shared with the batch dispatcher.
+pub(crate) fn prepare(
+    state: &AppState,
+    surface: ApiSurface,
+    headers: &HeaderMap,
+    body: &[u8],
+    origin: Origin<'_>,
+) -> Result<Prepared, (ApiError, Option<sy_classifier::Class>)> {
+    let Origin {
+        request_id,
+        key_id,
+        received_unix_ms,
+        deadline_unix_ms,
+        batch,
+    } = origin;
+    let (request, embeddings) = if surface == ApiSurface::Embeddings {
+        let e = embeddings::parse(body).map_err(|e| (e, None))?;
+        (
+            sy_protocol::chat::ChatRequest::model_only(&e.model),
+            Some(e),
+        )
+    } else {
+        (parse_request(surface, body).map_err(|e| (e, None))?, None)
+    };
+    let base64 = embeddings
+        .as_ref()
+        .is_some_and(|e| e.encoding_format.as_deref() == Some("base64"));
+    let class = if embeddings.is_some() {
+        None
+    } else {
+        Some(
+            classify::decide(&state.classifier, headers, &request)
+                .map_err(|e| (e, None))?
+                .class,
+        )
+    };
+    let routing = state.routing();
+    let (route_name, provider, model, route_header, choice, fallback, policy) =
+        match routing.routers.get(&request.model) {
+            Some(router) => {
+                let Some(c) = class else {
+                    return Err((
+                        ApiError::invalid(
+                            "model",
+                            format!(
+                                "'{}' routes chat requests; name an embedding model.",
+                                request.model
+                            ),
+                        ),
+                        None,
+                    ));
+                };
+                let decision = route::decide(state, router, &request, c, request_id);
+                let Some(chosen) = decision.chosen() else {
+                    let why: Vec<String> = decision
+                        .candidates
+                        .iter()
+                        .map(|c| {
+                            format!(
+                                "{}/{}: {}",
+                                c.provider,
+                                c.model,
+                                c.skipped.as_deref().unwrap_or("?")
+                            )
+                        })
+                        .collect();
+                    return Err((
+                        ApiError {
+                            retry_after_secs: Some(1),
+                            ..ApiError::new(
+                                ErrorCode::Overloaded,
+                                format!(
+                                    "No target of route '{}' can serve this request now ({}).",
+                                    decision.route,
+                                    why.join("; ")
+                                ),
+                            )
+                        },
+                        class,
+                    ));
+                };
+                let choice = RouteChoice {
+                    route: decision.route.clone(),
+                    strategy: decision.strategy.to_owned(),
+                    rank: decision.order.first().map_or(1, |i| *i as u32 + 1),
+                };
+                let fallback = decision.order[1..]
+                    .iter()
+                    .map(|&i| FallbackTarget {
+                        provider: decision.candidates[i].provider.clone(),
+                        model: decision.candidates[i].model.clone(),
+                        rank: i as u32 + 1,
+                    })
+                    .collect();
+                (
+                    router.name.clone(),
+                    chosen.provider.clone(),
+                    chosen.model.clone(),
+                    decision.route.clone(),
+                    choice,
+                    fallback,
+                    router.policy,
+                )
+            }
+            None => {
+                let route = resolve(&routing, &request.model).map_err(|e| (e, class))?;
+                let mut order = route::fixed_order(state, route);
+                let first = order.remove(0);
+                let choice = RouteChoice {
+                    route: String::new(),
+                    strategy: "fixed".into(),
+                    rank: first.rank,
+                };
+                (
+                    route.name.clone(),
+                    first.provider,
+                    first.model,
+                    route.name.clone(),
+                    choice,
+                    order,
+                    route.policy,
+                )
+            }
+        };
+    let targets: Vec<FallbackTarget> = std::iter::once(FallbackTarget {
+        provider,
+        model,
+        rank: choice.rank,
+    })
+    .chain(fallback)
+    .collect();
+    // Load shedding: skip targets whose queue is full or too slow for the
+    // deadline. (Batch items wait in their own queue and are not shed.)
+    let (first, fallback) = if batch.is_some() {
+        let mut targets = targets.into_iter();
+        let Some(first) = targets.next() else {
+            return Err((
+                ApiError::new(ErrorCode::Internal, "a route without targets"),
+                class,
+            ));
+        };
+        (first, targets.collect())
+    } else {
+        route::shed(state, targets).map_err(|e| (e, class))?
+    };
+    let (provider, model) = (first.provider, first.model);
+    let choice = RouteChoice {
+        rank: first.rank,
+        ..choice
+    };
+    let reply_to = match &batch {
+        Some(_) => String::new(),
+        None => state.bus.subjects().reply(&state.ingress_id, request_id),
+    };
+    let envelope = RequestEnvelope {
+        request_id,
+        attempt: 1,
+        ingress_id: state.ingress_id.clone(),
+        reply_to,
+        received_unix_ms,
+        deadline_unix_ms,
+        key_id: key_id.to_owned(),
+        api: surface,
+        route: route_name,
+        provider,
+        model,
+        request,
+        embeddings,
+        class: class.map(|c| c.as_str().to_owned()),
+        choice: Some(choice),
+        fallback,
+        fallback_reason: None,
+        mid_stream: policy.mid_stream,
+        resume: None,
+        fallback_on_refusal: policy.fallback_on_refusal,
+        watchdogs: policy.watchdogs,
+        batch,
+    };
+    Ok(Prepared {
+        envelope,
+        class,
+        route_header,
+        base64,
+    })
+}
+
 async fn json_response(
     surface: ApiSurface,
     mut pending: Pending,
@@ -785,10 +957,33 @@ async fn json_response(
     names: &ResponseNames,
     base64: bool,
 ) -> Result<Response, ApiError> {
+    let mut frames = vec![first];
+    while !matches!(frames.last(), Some(ReplyFrame::Final(_))) {
+        frames.push(pending.next().await?);
+    }
+    let body = answer_body(surface, frames, names, base64)?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response())
+}
+
+/// The JSON body a client that did not stream gets for an answer's frames
+/// (ending with the final frame), or the error the final frame carries.
+pub(crate) fn answer_body(
+    surface: ApiSurface,
+    frames: Vec<ReplyFrame>,
+    names: &ResponseNames,
+    base64: bool,
+) -> Result<Vec<u8>, ApiError> {
     let mut agg = Aggregate::default();
     let mut vectors = Vec::new();
-    let mut frame = first;
-    let (usage, finish) = loop {
+    let mut end = None;
+    for frame in frames {
         match frame {
             ReplyFrame::Chunk(c) => agg.add(c.choices),
             ReplyFrame::Embedding(e) => vectors.push(e),
@@ -796,10 +991,16 @@ async fn json_response(
                 if let Some(e) = &f.error {
                     return Err(ApiError::from_frame(e));
                 }
-                break (f.usage, f.finish_reason);
+                end = Some((f.usage, f.finish_reason));
+                break;
             }
         }
-        frame = pending.next().await?;
+    }
+    let Some((usage, finish)) = end else {
+        return Err(ApiError::new(
+            ErrorCode::Internal,
+            "the answer ended without its final frame",
+        ));
     };
     let first_choice = |agg: Aggregate| {
         let mut choice = agg.into_first();
@@ -810,20 +1011,12 @@ async fn json_response(
         }
         choice
     };
-    let body = match surface {
+    Ok(match surface {
         ApiSurface::Messages => messages::body(first_choice(agg), names, usage.as_ref()),
         ApiSurface::Responses => responses::body(first_choice(agg), names, usage.as_ref()),
         ApiSurface::Embeddings => embeddings::body(vectors, base64, names, usage.as_ref()),
         _ => agg.into_body(names, usage.as_ref()),
-    };
-    Ok((
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        body,
-    )
-        .into_response())
+    })
 }
 
 struct SseState<E> {

@@ -77,6 +77,10 @@ pub struct RequestEnvelope {
     /// The route's watchdog limits, overriding the targets' own.
     #[serde(default, skip_serializing_if = "Watchdogs::is_empty")]
     pub watchdogs: Watchdogs,
+    /// Set on a batch item: its answer is stored on the batch's result subject
+    /// (not sent to `reply_to`), and it travels on the batch request stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<crate::batch::BatchItem>,
 }
 
 /// Watchdog limits in milliseconds; unset ones are the target's.

@@ -11,8 +11,10 @@
 //! talks to the network: `sy-bus` moves these types, `sy-ingress` and
 //! `sy-worker` produce and consume them; [`UsageEvent`] goes from the worker to
 //! the accounting consumer on `<ns>.usage`; [`Observation`]s go from workers to
-//! every ingress on `<ns>.live.<provider>` (core NATS) for live routing state.
+//! every ingress on `<ns>.live.<provider>` (core NATS) for live routing state;
+//! batch jobs, records, items and results are in [`batch`].
 
+pub mod batch;
 pub mod chat;
 pub mod embeddings;
 mod error;

@@ -99,6 +99,86 @@ impl Subjects {
     pub fn worker_consumer(&self, provider: &str) -> String {
         format!("worker-{provider}")
     }
+
+    /// Where batch jobs are submitted (HTTP API and native clients).
+    pub fn batch_submit(&self) -> String {
+        format!("{}.batch.submit", self.ns)
+    }
+
+    /// Where the dispatcher publishes a batch item for `provider` (batch request stream).
+    pub fn batch_request(&self, provider: &str, batch_id: &str) -> String {
+        format!("{}.breq.{provider}.{batch_id}", self.ns)
+    }
+
+    /// Filter for every batch item to one provider: its batch consumer's filter.
+    pub fn batch_request_filter(&self, provider: &str) -> String {
+        format!("{}.breq.{provider}.>", self.ns)
+    }
+
+    /// Where a worker stores the answer of item `index` of a batch.
+    pub fn batch_result(&self, batch_id: &str, index: u32) -> String {
+        format!("{}.batch.result.{batch_id}.{index}", self.ns)
+    }
+
+    /// Every result of one batch.
+    pub fn batch_results_of(&self, batch_id: &str) -> String {
+        format!("{}.batch.result.{batch_id}.*", self.ns)
+    }
+
+    /// Where a batch's completion is announced.
+    pub fn batch_done(&self, batch_id: &str) -> String {
+        format!("{}.batch.done.{batch_id}", self.ns)
+    }
+
+    /// Name of the work-queue stream of batch jobs (`<ns>.batch.submit`).
+    pub fn batch_jobs_stream(&self) -> String {
+        format!("{}_BATCH_JOBS", self.stream_prefix)
+    }
+
+    /// Name of the work-queue stream of batch items (`<ns>.breq.>`).
+    pub fn batch_request_stream(&self) -> String {
+        format!("{}_BATCH_REQ", self.stream_prefix)
+    }
+
+    /// Name of the stream of batch item results (`<ns>.batch.result.>`).
+    pub fn batch_results_stream(&self) -> String {
+        format!("{}_BATCH_RESULTS", self.stream_prefix)
+    }
+
+    /// Name of the stream of completion announcements (`<ns>.batch.done.>`).
+    pub fn batch_done_stream(&self) -> String {
+        format!("{}_BATCH_DONE", self.stream_prefix)
+    }
+
+    /// Name of the KV bucket of batch records.
+    pub fn batches_bucket(&self) -> String {
+        format!("{}_BATCHES", self.stream_prefix)
+    }
+
+    /// Name of the object store of batch input and output files.
+    pub fn files_bucket(&self) -> String {
+        format!("{}_FILES", self.stream_prefix)
+    }
+
+    /// Name of the durable consumer of one provider's batch items.
+    pub fn batch_worker_consumer(&self, provider: &str) -> String {
+        format!("batch-{provider}")
+    }
+
+    /// Name of the dispatchers' durable consumer of batch jobs.
+    pub fn dispatcher_consumer(&self) -> String {
+        "dispatcher".into()
+    }
+
+    /// The subjects of the four batch streams: jobs, items, results, announcements.
+    pub fn batch_filters(&self) -> [String; 4] {
+        [
+            self.batch_submit(),
+            format!("{}.breq.>", self.ns),
+            format!("{}.batch.result.>", self.ns),
+            format!("{}.batch.done.>", self.ns),
+        ]
+    }
 }
 
 impl Subjects {
@@ -143,6 +223,13 @@ mod tests {
         assert_eq!(s.request_filter("openai"), "sy.req.openai.>");
         assert_eq!(s.request_stream(), "SY_REQ");
         assert_eq!(s.usage_stream(), "SY_USAGE");
+        assert_eq!(s.batch_submit(), "sy.batch.submit");
+        assert_eq!(s.batch_done("batch_1"), "sy.batch.done.batch_1");
+        assert_eq!(
+            s.batch_request("openai", "batch_1"),
+            "sy.breq.openai.batch_1"
+        );
+        assert_eq!(s.batch_result("batch_1", 7), "sy.batch.result.batch_1.7");
         let reply = s.reply("ing1", id);
         assert!(reply.starts_with("sy.reply.ing1."));
         assert_eq!(Subjects::request_id_of(&reply), Some(id));

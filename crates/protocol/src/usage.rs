@@ -109,6 +109,9 @@ pub struct UsageEvent {
     pub fallback_reason: Option<String>,
     /// The client went away before the answer was complete.
     pub client_disconnected: bool,
+    /// The batch this call ran for (billed at the batch price multiplier).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_id: Option<String>,
 }
 
 impl UsageEvent {

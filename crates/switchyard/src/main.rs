@@ -1,8 +1,10 @@
 //! `switchyard`: every component of the router in one binary.
 //!
-//! Subcommands: `all` (ingress, workers and, with `[clickhouse]` configured,
-//! accounting, in one process with one NATS connection), `ingress`,
-//! `worker [--providers a,b]`, `accounting`, `migrate`, and `config check [PATH]`. The config
+//! Subcommands: `all` (ingress, batch dispatcher, workers and, with
+//! `[clickhouse]` configured, accounting, in one process with one NATS
+//! connection), `ingress [--no-dispatcher]`, `dispatcher`,
+//! `worker [--providers a,b]`, `accounting`, `migrate`, `config check [PATH]`,
+//! `route simulate`, and the Batches API client `batch submit|status|list|cancel|results`. The config
 //! file comes from `--config` or `SWITCHYARD_CONFIG`; the ingress reloads its
 //! routing table (models and routers) from it on SIGHUP or when it changes.
 //! Startup errors are printed with their causes and exit non-zero; SIGINT/SIGTERM
@@ -18,6 +20,7 @@ use clap::{Parser, Subcommand};
 use sy_bus::Bus;
 use sy_config::{Config, ProcessEnv};
 
+mod batch_cli;
 mod simulate;
 use tokio_util::sync::CancellationToken;
 
@@ -40,8 +43,14 @@ struct Cli {
 enum Command {
     /// Ingress and workers for every provider, in one process.
     All,
-    /// The HTTP ingress only.
-    Ingress,
+    /// The HTTP ingress (and, unless told otherwise, a batch dispatcher).
+    Ingress {
+        /// Serve HTTP only; batch jobs run on other processes.
+        #[arg(long)]
+        no_dispatcher: bool,
+    },
+    /// The batch dispatcher only (runs batch jobs from `<ns>.batch.submit`).
+    Dispatcher,
     /// The accounting consumer only (usage events into ClickHouse).
     Accounting,
     /// Applies the ClickHouse migrations (idempotent).
@@ -61,6 +70,17 @@ enum Command {
     Route {
         #[command(subcommand)]
         command: RouteCommand,
+    },
+    /// Batch jobs through a running ingress (OpenAI's Batches API).
+    Batch {
+        /// The ingress.
+        #[arg(long, env = "SWITCHYARD_URL", default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// The API key.
+        #[arg(long, env = "SWITCHYARD_API_KEY", hide_env_values = true)]
+        api_key: String,
+        #[command(subcommand)]
+        command: batch_cli::BatchCommand,
     },
 }
 
@@ -126,6 +146,14 @@ fn main() -> ExitCode {
             }
         };
     }
+    let cli = match cli.command {
+        Command::Batch {
+            url,
+            api_key,
+            command,
+        } => return batch(command, url, api_key),
+        _ => cli,
+    };
     sy_telemetry::init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -141,6 +169,28 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "Switchyard stopped.");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn batch(command: batch_cli::BatchCommand, url: String, key: String) -> ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(batch_cli::run(command, url, key)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(3),
+        Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
@@ -176,11 +226,12 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let role = match &cli.command {
         Command::All => "all",
-        Command::Ingress => "ingress",
+        Command::Ingress { .. } => "ingress",
+        Command::Dispatcher => "dispatcher",
         Command::Worker { .. } => "worker",
         Command::Accounting => "accounting",
         Command::Migrate => return migrate(&config).await,
-        Command::Config { .. } | Command::Route { .. } => {
+        Command::Config { .. } | Command::Route { .. } | Command::Batch { .. } => {
             unreachable!("handled before the runtime starts")
         }
     };
@@ -190,8 +241,19 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(watch_signals(shutdown.clone()));
     match cli.command {
-        Command::Ingress => {
-            sy_ingress::run_reloading(config, Some(cli.config.clone()), bus, shutdown).await?
+        Command::Ingress { no_dispatcher } => {
+            let roles = sy_ingress::Roles {
+                http: true,
+                dispatcher: !no_dispatcher,
+            };
+            sy_ingress::run_roles(config, Some(cli.config.clone()), bus, shutdown, roles).await?
+        }
+        Command::Dispatcher => {
+            let roles = sy_ingress::Roles {
+                http: false,
+                dispatcher: true,
+            };
+            sy_ingress::run_roles(config, Some(cli.config.clone()), bus, shutdown, roles).await?
         }
         Command::Worker { providers } => sy_worker::run(config, bus, providers, shutdown).await?,
         Command::Accounting => sy_accounting::run(config, bus, shutdown).await?,
@@ -220,7 +282,10 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
             ingress?;
             worker?;
         }
-        Command::Migrate | Command::Config { .. } | Command::Route { .. } => {
+        Command::Migrate
+        | Command::Config { .. }
+        | Command::Route { .. }
+        | Command::Batch { .. } => {
             unreachable!("handled before connecting to NATS")
         }
     }

@@ -9,6 +9,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::StreamExt;
 use sy_bus::Bus;
 use sy_config::ProviderConfig;
+use sy_protocol::batch::BatchResult;
 use sy_protocol::chat::Usage;
 use sy_protocol::embeddings::{EmbeddingFrame, EmbeddingsRequest};
 use sy_protocol::{
@@ -37,6 +38,10 @@ pub(crate) struct Shared {
     pub all_providers: Arc<BTreeMap<String, ProviderConfig>>,
     /// Live target health, shared with every ingress through observations.
     pub live: Arc<LiveTable>,
+    /// Billed price of a batch item relative to an interactive call, ppb.
+    pub batch_price_ppb: i64,
+    /// Batch items whose result could not be stored: nak'd, not acked.
+    pub unsettled: std::sync::Mutex<std::collections::HashSet<uuid::Uuid>>,
 }
 
 /// What an attempt learned, kept outside the call so that it survives a cancel.
@@ -137,6 +142,22 @@ pub(crate) async fn handle(cx: Arc<Shared>, msg: jetstream::Message) {
     );
     async move {
         tracing::trace!("Request pulled.");
+        if let Some(item) = &env.batch {
+            // A worker that stored the answer and died before acking: the item is done.
+            match cx.bus.batch_result_exists(&item.batch_id, item.index).await {
+                Ok(true) => {
+                    tracing::debug!(batch = %item.batch_id, index = item.index, "Batch item already answered.");
+                    let _ = acker.ack().await;
+                    return;
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "Cannot tell whether the batch item ran; retrying later.");
+                    let _ = acker.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                    return;
+                }
+            }
+        }
         let first_attempt = env
             .attempt
             .saturating_add((delivered.min(1 << 20) as u32 - 1) * ATTEMPT_STRIDE);
@@ -172,7 +193,16 @@ pub(crate) async fn handle(cx: Arc<Shared>, msg: jetstream::Message) {
             let event = usage::event(&cx, &env, &call, &AttemptState::default(), Ended::Cancelled);
             usage::publish(&cx.bus, &event, &acker).await;
         }
-        if let Err(e) = acker.ack().await {
+        let unsettled = env.batch.is_some()
+            && cx
+                .unsettled
+                .lock()
+                .map(|mut u| u.remove(&env.request_id))
+                .unwrap_or(false);
+        if unsettled {
+            // Its answer was not stored: run it again rather than lose it.
+            let _ = acker.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+        } else if let Err(e) = acker.ack().await {
             tracing::warn!(error = %e, "Ack failed; the request may be redelivered.");
         }
     }
@@ -301,7 +331,9 @@ async fn serve(
             }
             // The upstream call is dropped here at the latest, closing its connection.
         };
-        let sent = replier.seq;
+        // A batch item's frames are stored only with its final frame: a failed
+        // attempt sent nothing, and the next one starts afresh.
+        let sent = if env.batch.is_some() { 0 } else { replier.seq };
         let event = usage::event(cx, env, &call, &state, ended);
         if event.status != UsageStatus::Ok {
             tracing::debug!(status = event.status.as_str(), "Attempt did not complete.");
@@ -462,13 +494,17 @@ async fn fall_back(
     }
 }
 
-/// Publishes one request's frames in order.
+/// Publishes one request's frames in order (a batch item's: stores them all
+/// with the final frame as its result).
 struct Replier<'a> {
     bus: &'a Bus,
     env: &'a RequestEnvelope,
     provider: &'a str,
     attempt: u32,
     seq: u32,
+    /// A batch item's frames so far.
+    held: Vec<ReplyFrame>,
+    unsettled: &'a std::sync::Mutex<std::collections::HashSet<uuid::Uuid>>,
 }
 
 impl<'a> Replier<'a> {
@@ -479,6 +515,8 @@ impl<'a> Replier<'a> {
             provider: &cx.provider.name,
             attempt,
             seq: env.resume.as_ref().map_or(0, |r| r.seq),
+            held: Vec::new(),
+            unsettled: &cx.unsettled,
         }
     }
 
@@ -497,8 +535,42 @@ impl<'a> Replier<'a> {
 
     async fn publish(&mut self, frame: ReplyFrame) {
         self.seq += 1;
+        if let Some(item) = &self.env.batch {
+            let last = matches!(frame, ReplyFrame::Final(_));
+            self.held.push(frame);
+            if last {
+                let result = BatchResult {
+                    batch_id: item.batch_id.clone(),
+                    index: item.index,
+                    custom_id: item.custom_id.clone(),
+                    request_id: self.env.request_id,
+                    frames: std::mem::take(&mut self.held),
+                };
+                self.store(&result).await;
+            }
+            return;
+        }
         if let Err(e) = self.bus.publish_frame(&self.env.reply_to, &frame).await {
             tracing::warn!(error = %e, "Publishing a reply frame failed.");
+        }
+    }
+
+    /// Stores a batch item's result, retrying briefly; marks the item unsettled
+    /// (to be run again) when the bus would not take it.
+    async fn store(&self, result: &BatchResult) {
+        let mut delay = Duration::from_millis(100);
+        for _ in 0..4 {
+            match self.bus.publish_batch_result(result).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "Storing a batch result failed; retrying.");
+                    tokio::time::sleep(delay).await;
+                    delay *= 3;
+                }
+            }
+        }
+        if let Ok(mut u) = self.unsettled.lock() {
+            u.insert(self.env.request_id);
         }
     }
 

@@ -89,6 +89,7 @@ pub async fn run(
         adapters.insert(name.clone(), (adapter, pc.clone()));
     }
     bus.ensure_request_stream().await?;
+    bus.ensure_batch_streams().await?;
     bus.ensure_usage_stream(config.accounting.usage_max_age)
         .await?;
     // Tokenizers load once per process, off the async runtime, before traffic needs them.
@@ -141,9 +142,22 @@ pub async fn run(
             markup_ppb: config.markup_ppb,
             all_providers: all_providers.clone(),
             live: live.clone(),
+            batch_price_ppb: config.batch.price_multiplier_ppb,
+            unsettled: Default::default(),
         });
+        // Batch items come from their own stream and consumer, whose cap keeps
+        // a running batch from crowding out interactive requests.
+        let batch_cap = cx.provider.batch_concurrency.get();
+        pools.push(tokio::spawn(pool(
+            cx.clone(),
+            Queue::Batch,
+            batch_cap,
+            tracker.clone(),
+            shutdown.clone(),
+        )));
         pools.push(tokio::spawn(pool(
             cx,
+            Queue::Interactive,
             max_in_flight,
             tracker.clone(),
             shutdown.clone(),
@@ -168,26 +182,40 @@ pub async fn run(
     Ok(())
 }
 
+/// Which of a provider's two queues a pool pulls from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Queue {
+    /// `<ns>.req.<provider>.>`: clients waiting.
+    Interactive,
+    /// `<ns>.breq.<provider>.>`: batch items.
+    Batch,
+}
+
 /// Pulls one provider's requests forever, re-creating the consumer after errors
 /// (a NATS restart, a deleted stream).
 async fn pool(
     cx: Arc<handle::Shared>,
+    queue: Queue,
     max_in_flight: u32,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        match pull(&cx, max_in_flight, &tracker, &shutdown).await {
+        match pull(&cx, queue, max_in_flight, &tracker, &shutdown).await {
             Ok(()) => return,
             Err(e) => {
-                tracing::warn!(provider = %cx.provider.name, error = %e, "Pulling requests failed, retrying.");
+                tracing::warn!(provider = %cx.provider.name, ?queue, error = %e, "Pulling requests failed, retrying.");
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(2));
-                if let Err(e) = cx.bus.ensure_request_stream().await {
+                let ensured = match queue {
+                    Queue::Interactive => cx.bus.ensure_request_stream().await,
+                    Queue::Batch => cx.bus.ensure_batch_streams().await,
+                };
+                if let Err(e) = ensured {
                     tracing::debug!(error = %e, "Request stream not ready yet.");
                 }
             }
@@ -197,15 +225,24 @@ async fn pool(
 
 async fn pull(
     cx: &Arc<handle::Shared>,
+    queue: Queue,
     max_in_flight: u32,
     tracker: &TaskTracker,
     shutdown: &CancellationToken,
 ) -> Result<(), String> {
-    let consumer = cx
-        .bus
-        .ensure_worker_consumer(&cx.provider.name, max_in_flight)
-        .await
-        .map_err(|e| e.to_string())?;
+    let consumer = match queue {
+        Queue::Interactive => {
+            cx.bus
+                .ensure_worker_consumer(&cx.provider.name, max_in_flight)
+                .await
+        }
+        Queue::Batch => {
+            cx.bus
+                .ensure_batch_worker_consumer(&cx.provider.name, max_in_flight)
+                .await
+        }
+    }
+    .map_err(|e| e.to_string())?;
     let mut messages = consumer
         .stream()
         .max_messages_per_batch(max_in_flight.clamp(1, 256) as usize)
@@ -214,7 +251,7 @@ async fn pull(
         .messages()
         .await
         .map_err(|e| e.to_string())?;
-    tracing::info!(provider = %cx.provider.name, "Pulling requests.");
+    tracing::info!(provider = %cx.provider.name, ?queue, "Pulling requests.");
     loop {
         let next = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),

@@ -16,7 +16,7 @@ use std::time::Duration;
 use async_nats::jetstream::AckKind;
 use async_nats::jetstream::message::Acker;
 use sy_bus::Bus;
-use sy_config::price::{TokenCounts, apply_markup};
+use sy_config::price::{TokenCounts, apply_markup, scale};
 use sy_protocol::{
     ErrorCode, Observation, Outcome, RequestEnvelope, TokenSource, UsageEvent, UsageStatus,
     now_unix_ms,
@@ -137,7 +137,14 @@ pub(crate) fn event(
         input_tokens_source: source,
         output_tokens_source: source,
         cost_nanos: cost,
-        billed_nanos: cost.map(|c| apply_markup(c, cx.markup_ppb)),
+        billed_nanos: cost.map(|c| {
+            let billed = apply_markup(c, cx.markup_ppb);
+            if env.batch.is_some() {
+                scale(billed, cx.batch_price_ppb)
+            } else {
+                billed
+            }
+        }),
         queue_wait_ms: dispatched_unix_ms.saturating_sub(env.received_unix_ms),
         ttft_ms: state
             .first_token_unix_ms
@@ -145,6 +152,7 @@ pub(crate) fn event(
         latency_ms: finished.saturating_sub(env.received_unix_ms),
         fallback_reason: call.reason.clone(),
         client_disconnected: ended == Ended::Cancelled,
+        batch_id: env.batch.as_ref().map(|b| b.batch_id.clone()),
     }
 }
 

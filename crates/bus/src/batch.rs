@@ -1,0 +1,271 @@
+//! The batch side of the bus: the streams, the KV bucket of batch records, the
+//! object store of files, and typed publishes for jobs, results and announcements.
+//!
+//! | stream / bucket | subjects | retention |
+//! |---|---|---|
+//! | `<NS>_BATCH_JOBS` | `<ns>.batch.submit` | work queue: a job stays until its batch ended |
+//! | `<NS>_BATCH_REQ` | `<ns>.breq.<provider>.<batch>` | work queue, dedup over the completion window |
+//! | `<NS>_BATCH_RESULTS` | `<ns>.batch.result.<batch>.<index>` | limits; purged once the output file is written |
+//! | `<NS>_BATCH_DONE` | `<ns>.batch.done.<batch>` | limits, 7 days |
+//! | `<NS>_BATCHES` (KV) | key = batch id | the batch record |
+//! | `<NS>_FILES` (object store) | name = file id | input and output files |
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, object_store, stream};
+use sy_protocol::batch::{BatchDone, BatchJob, BatchResult, COMPLETION_WINDOW_SECS};
+
+use crate::{Bus, BusError, encode};
+
+/// How long the dispatcher may go without a sign of life before its jobs go to another.
+pub const JOB_ACK_WAIT: Duration = Duration::from_secs(15);
+
+/// The batch request stream remembers item ids this long (longer than any batch runs).
+const ITEM_DEDUP: Duration = Duration::from_secs(COMPLETION_WINDOW_SECS + 3600);
+
+/// Results and announcements are kept at most this long.
+const RESULT_MAX_AGE: Duration = Duration::from_secs(7 * 86_400);
+
+impl Bus {
+    /// Creates (or updates) the four batch streams.
+    pub async fn ensure_batch_streams(&self) -> Result<(), BusError> {
+        let s = &self.subjects;
+        let [jobs, items, results, done] = s.batch_filters();
+        let specs = [
+            (
+                s.batch_jobs_stream(),
+                jobs,
+                stream::RetentionPolicy::WorkQueue,
+                Duration::from_secs(2 * COMPLETION_WINDOW_SECS),
+                Duration::from_secs(120),
+                "Switchyard batch jobs (acked when the batch ended)",
+            ),
+            (
+                s.batch_request_stream(),
+                items,
+                stream::RetentionPolicy::WorkQueue,
+                ITEM_DEDUP,
+                ITEM_DEDUP,
+                "Switchyard batch items waiting for a worker",
+            ),
+            (
+                s.batch_results_stream(),
+                results,
+                stream::RetentionPolicy::Limits,
+                RESULT_MAX_AGE,
+                Duration::from_secs(3600),
+                "Switchyard batch item results",
+            ),
+            (
+                s.batch_done_stream(),
+                done,
+                stream::RetentionPolicy::Limits,
+                RESULT_MAX_AGE,
+                Duration::from_secs(3600),
+                "Switchyard batch completion announcements",
+            ),
+        ];
+        for (name, subject, retention, max_age, duplicate_window, description) in specs {
+            let config = stream::Config {
+                name: name.clone(),
+                subjects: vec![subject],
+                retention,
+                storage: stream::StorageType::File,
+                max_age,
+                duplicate_window,
+                num_replicas: self.config.replicas,
+                description: Some(description.to_owned()),
+                ..Default::default()
+            };
+            self.js
+                .create_or_update_stream(config)
+                .await
+                .map_err(|e| BusError::Setup(format!("stream {name}: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// The KV bucket of batch records (key = batch id); records expire after `max_age`.
+    pub async fn batch_store(&self, max_age: Duration) -> Result<jetstream::kv::Store, BusError> {
+        let bucket = self.subjects.batches_bucket();
+        self.js
+            .create_or_update_key_value(jetstream::kv::Config {
+                bucket: bucket.clone(),
+                description: "Switchyard batch records (status, counts, owner)".into(),
+                history: 1,
+                max_age,
+                storage: stream::StorageType::File,
+                num_replicas: self.config.replicas,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| BusError::Setup(format!("bucket {bucket}: {e}")))
+    }
+
+    /// The object store of batch files; files expire after `max_age`.
+    pub async fn file_store(
+        &self,
+        max_age: Duration,
+    ) -> Result<object_store::ObjectStore, BusError> {
+        let bucket = self.subjects.files_bucket();
+        let created = self
+            .js
+            .create_object_store(object_store::Config {
+                bucket: bucket.clone(),
+                description: Some("Switchyard batch input and output files".into()),
+                max_age,
+                storage: stream::StorageType::File,
+                num_replicas: self.config.replicas,
+                ..Default::default()
+            })
+            .await;
+        match created {
+            Ok(store) => Ok(store),
+            // Created before with other settings: use it as it is.
+            Err(create) => self
+                .js
+                .get_object_store(&bucket)
+                .await
+                .map_err(|e| BusError::Setup(format!("object store {bucket}: {create}; {e}"))),
+        }
+    }
+
+    /// Submits a batch job on `<ns>.batch.submit` (stored; `msg_id` dedups a repeat).
+    pub async fn publish_batch_job(&self, job: &BatchJob, msg_id: &str) -> Result<(), BusError> {
+        self.publish_stored(self.subjects.batch_submit(), msg_id, encode(job)?)
+            .await
+    }
+
+    /// Stores an item's result; a repeat for the same item is dropped.
+    pub async fn publish_batch_result(&self, result: &BatchResult) -> Result<(), BusError> {
+        let msg_id = format!("{}.{}", result.batch_id, result.index);
+        self.publish_stored(
+            self.subjects.batch_result(&result.batch_id, result.index),
+            &msg_id,
+            encode(result)?,
+        )
+        .await
+    }
+
+    /// True when item `index` of the batch has a stored result.
+    pub async fn batch_result_exists(&self, batch_id: &str, index: u32) -> Result<bool, BusError> {
+        let stream = self
+            .js
+            .get_stream_no_info(self.subjects.batch_results_stream())
+            .await
+            .map_err(|e| BusError::Setup(format!("results stream: {e}")))?;
+        match stream
+            .get_last_raw_message_by_subject(&self.subjects.batch_result(batch_id, index))
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(false),
+            Err(e) => Err(BusError::Publish(format!("reading a batch result: {e}"))),
+        }
+    }
+
+    /// Every stored result of a batch, from the first, then each new one as it
+    /// is stored: an ordered consumer, and how many results it held when made.
+    pub async fn follow_batch_results(
+        &self,
+        batch_id: &str,
+    ) -> Result<(u64, consumer::pull::Ordered), BusError> {
+        let stream = self
+            .js
+            .get_stream_no_info(self.subjects.batch_results_stream())
+            .await
+            .map_err(|e| BusError::Setup(format!("results stream: {e}")))?;
+        let consumer = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: self.subjects.batch_results_of(batch_id),
+                deliver_policy: consumer::DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| BusError::Setup(format!("results of {batch_id}: {e}")))?;
+        let stored = consumer.cached_info().num_pending;
+        let messages = consumer
+            .messages()
+            .await
+            .map_err(|e| BusError::Setup(format!("results of {batch_id}: {e}")))?;
+        Ok((stored, messages))
+    }
+
+    /// Drops a batch's results (its files hold them now).
+    pub async fn purge_batch_results(&self, batch_id: &str) -> Result<(), BusError> {
+        let stream = self
+            .js
+            .get_stream_no_info(self.subjects.batch_results_stream())
+            .await
+            .map_err(|e| BusError::Setup(format!("results stream: {e}")))?;
+        stream
+            .purge()
+            .filter(self.subjects.batch_results_of(batch_id))
+            .await
+            .map(|_| ())
+            .map_err(|e| BusError::Publish(format!("purging results of {batch_id}: {e}")))
+    }
+
+    /// Announces a batch's end on `<ns>.batch.done.<id>` (stored, once).
+    pub async fn publish_batch_done(&self, done: &BatchDone) -> Result<(), BusError> {
+        let id = &done.batch.id;
+        self.publish_stored(
+            self.subjects.batch_done(id),
+            &format!("done-{id}"),
+            encode(done)?,
+        )
+        .await
+    }
+
+    /// Creates (or updates) the durable consumer of `provider`'s batch items;
+    /// `cap` is the cluster-wide number of batch items in flight to it.
+    pub async fn ensure_batch_worker_consumer(
+        &self,
+        provider: &str,
+        cap: u32,
+    ) -> Result<consumer::PullConsumer, BusError> {
+        let stream = self
+            .js
+            .get_stream(self.subjects.batch_request_stream())
+            .await
+            .map_err(|e| BusError::Setup(format!("batch request stream: {e}")))?;
+        let name = self.subjects.batch_worker_consumer(provider);
+        stream
+            .create_consumer(consumer::pull::Config {
+                durable_name: Some(name.clone()),
+                filter_subject: self.subjects.batch_request_filter(provider),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: self.config.ack_wait,
+                max_ack_pending: i64::from(cap),
+                description: Some(format!("Switchyard batch items for provider {provider}")),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| BusError::Setup(format!("consumer {name}: {e}")))
+    }
+
+    /// Creates (or updates) the dispatchers' durable consumer of batch jobs;
+    /// `max_running` batches run at once across all dispatchers.
+    pub async fn ensure_dispatcher_consumer(
+        &self,
+        max_running: u32,
+    ) -> Result<consumer::PullConsumer, BusError> {
+        let stream = self
+            .js
+            .get_stream(self.subjects.batch_jobs_stream())
+            .await
+            .map_err(|e| BusError::Setup(format!("batch jobs stream: {e}")))?;
+        let name = self.subjects.dispatcher_consumer();
+        stream
+            .create_consumer(consumer::pull::Config {
+                durable_name: Some(name.clone()),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: JOB_ACK_WAIT,
+                max_ack_pending: i64::from(max_running),
+                description: Some("Switchyard batch dispatchers".into()),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| BusError::Setup(format!("consumer {name}: {e}")))
+    }
+}

@@ -1,0 +1,698 @@
+//! The batch dispatcher: takes jobs from `<ns>.batch.submit` (durable consumer
+//! `dispatcher`, shared by every replica) and runs each batch to its end.
+//!
+//! A job's message stays unacked while its batch runs (in-progress acks every
+//! few seconds); if its dispatcher dies, JetStream hands the job to another
+//! (or the restarted one) after [`sy_bus::JOB_ACK_WAIT`], which resumes it:
+//!
+//! 1. the batch record is created if the job came from a native client (its
+//!    input checked; a bad one ends the batch `failed`), then claimed by
+//!    writing this runner's name into it (compare-and-set on the revision);
+//! 2. the results already stored for the batch are read, and every item
+//!    without one is dispatched, at most `[batch] window` at a time, routed
+//!    exactly like an interactive request, to the batch request stream. An
+//!    item's request id (and so its `Nats-Msg-Id`) is derived from the batch
+//!    and line, so an item dispatched again by a resumed runner is dropped as
+//!    a duplicate, and a worker skips an item whose result is stored already;
+//! 3. results are counted as workers store them; the record's counts are
+//!    written once a second, and a cancel or the expiry stops dispatching (the
+//!    items in flight finish);
+//! 4. the output and error files are written in input order (ids derived from
+//!    the batch id, so a resumed finalisation writes the same files), the
+//!    record gets its final status, the results are purged, and the end is
+//!    announced on `<ns>.batch.done.<id>` and to the webhook.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{AckKind, Message};
+use axum::http::HeaderMap;
+use futures::StreamExt;
+use sy_protocol::batch::{
+    BatchDone, BatchError, BatchErrors, BatchItem, BatchJob, BatchObject, BatchRecord, BatchResult,
+    BatchStatus,
+};
+use sy_protocol::{ApiSurface, FinalFrame, FrameError, ReplyFrame, now_unix_ms};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+use super::{FileObject, Stores, input, now_secs, output, webhook};
+use crate::{AppState, Origin};
+
+/// Batches running at once across every dispatcher.
+const MAX_RUNNING: u32 = 32;
+
+/// How often a running batch's record is written and re-read (cancel, takeover).
+const TICK: Duration = Duration::from_secs(1);
+
+/// Runs batch jobs until `shutdown`; jobs in hand are handed back (nak) so
+/// another dispatcher resumes them at once.
+pub(crate) async fn run(state: Arc<AppState>, shutdown: CancellationToken) {
+    let Some(stores) = state.batches.clone() else {
+        tracing::warn!("No batch storage: the batch dispatcher does not run.");
+        return;
+    };
+    let tracker = TaskTracker::new();
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match pull(&state, &stores, &tracker, &shutdown).await {
+            Ok(()) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, "Pulling batch jobs failed, retrying.");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                if let Err(e) = state.bus.ensure_batch_streams().await {
+                    tracing::debug!(error = %e, "Batch streams not ready yet.");
+                }
+            }
+        }
+    }
+    tracker.close();
+    tracker.wait().await;
+}
+
+async fn pull(
+    state: &Arc<AppState>,
+    stores: &Arc<Stores>,
+    tracker: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> Result<(), String> {
+    let consumer = state
+        .bus
+        .ensure_dispatcher_consumer(MAX_RUNNING)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(4)
+        .heartbeat(Duration::from_secs(5))
+        .expires(Duration::from_secs(30))
+        .messages()
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::info!("Batch dispatcher pulling jobs.");
+    loop {
+        let next = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            next = messages.next() => next,
+        };
+        match next {
+            Some(Ok(msg)) => {
+                let (state, stores, stop) = (state.clone(), stores.clone(), shutdown.clone());
+                tracker.spawn(async move { job(state, stores, msg, stop).await });
+            }
+            Some(Err(e)) => return Err(e.to_string()),
+            None => return Err("job stream ended".into()),
+        }
+    }
+}
+
+/// How a run of a job ended.
+enum Outcome {
+    /// The batch ended and was announced: ack the job.
+    Done,
+    /// Try again later (here or on another dispatcher): nak.
+    Retry(String),
+    /// Another runner owns the batch now: leave the job alone.
+    Abandon,
+}
+
+async fn job(state: Arc<AppState>, stores: Arc<Stores>, msg: Message, stop: CancellationToken) {
+    let (seq, delivered) = msg
+        .info()
+        .map(|i| (i.stream_sequence, i.delivered))
+        .unwrap_or((0, 1));
+    let (msg, acker) = msg.split();
+    let acker = Arc::new(acker);
+    let job: BatchJob = match serde_json::from_slice(&msg.payload) {
+        Ok(j) => j,
+        Err(e) => {
+            tracing::error!(error = %e, "Dropping an unreadable batch job.");
+            let _ = acker.ack_with(AckKind::Term).await;
+            return;
+        }
+    };
+    let id = job.id.clone().unwrap_or_else(|| {
+        let ns = state.bus.subjects().namespace();
+        format!(
+            "batch_{}",
+            Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("{ns}/job/{seq}").as_bytes()).simple()
+        )
+    });
+    if !sy_protocol::is_valid_token(&id) {
+        tracing::error!(batch = %id, "Dropping a batch job whose id is not a plain token.");
+        let _ = acker.ack_with(AckKind::Term).await;
+        return;
+    }
+    let runner = format!("{}/{}", state.ingress_id, delivered);
+    // Keep the job ours while the batch runs.
+    let alive = CancellationToken::new();
+    let beat = {
+        let alive = alive.clone();
+        let acker = acker.clone();
+        tokio::spawn(async move {
+            let every = sy_bus::JOB_ACK_WAIT / 3;
+            loop {
+                tokio::select! {
+                    _ = alive.cancelled() => return,
+                    _ = tokio::time::sleep(every) => {
+                        let _ = acker.ack_with(AckKind::Progress).await;
+                    }
+                }
+            }
+        })
+    };
+    let span = tracing::info_span!("batch", batch = %id, runner = %runner);
+    let outcome =
+        tracing::Instrument::instrument(drive(&state, &stores, &job, &id, &runner, &stop), span)
+            .await;
+    alive.cancel();
+    let _ = beat.await;
+    match outcome {
+        Outcome::Done => {
+            if let Err(e) = acker.ack().await {
+                tracing::warn!(batch = %id, error = %e, "Acking a finished batch job failed.");
+            }
+        }
+        Outcome::Retry(why) => {
+            tracing::info!(batch = %id, %why, "Batch handed back for another run.");
+            let _ = acker
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                .await;
+        }
+        Outcome::Abandon => tracing::info!(batch = %id, "Another runner took the batch over."),
+    }
+}
+
+/// Why a running batch stops dispatching before its last item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Cancelled,
+    Expired,
+}
+
+async fn drive(
+    state: &Arc<AppState>,
+    stores: &Stores,
+    job: &BatchJob,
+    id: &str,
+    runner: &str,
+    stop: &CancellationToken,
+) -> Outcome {
+    macro_rules! tryo {
+        ($e:expr) => {
+            match $e {
+                Ok(v) => v,
+                Err(e) => return Outcome::Retry(e.to_string()),
+            }
+        };
+    }
+    let (mut record, mut revision) = match tryo!(stores.record(id).await) {
+        Some(r) => r,
+        None => match tryo!(create_native(state, stores, job, id).await) {
+            Some(r) => r,
+            None => return Outcome::Retry("record created concurrently".into()),
+        },
+    };
+    if record.batch.status.is_terminal() {
+        return announce(state, stores, record, revision).await;
+    }
+    // Claim the batch.
+    loop {
+        record.runner = Some(runner.to_owned());
+        match tryo!(stores.save(&record, revision).await) {
+            Some(r) => {
+                revision = r;
+                break;
+            }
+            None => match tryo!(stores.record(id).await) {
+                Some((r, rev)) if !r.batch.status.is_terminal() => (record, revision) = (r, rev),
+                Some((r, rev)) => return announce(state, stores, r, rev).await,
+                None => return Outcome::Done,
+            },
+        }
+    }
+    let data = tryo!(stores.file_content(&record.batch.input_file_id).await);
+    let lines = match input::parse(&data, &record.batch.endpoint, u64::MAX) {
+        Ok(l) => l,
+        Err(e) => {
+            // Checked when the batch was created; the file changed since.
+            record.batch.errors = Some(BatchErrors {
+                object: "list".into(),
+                data: vec![e],
+            });
+            record.batch.set_status(BatchStatus::Failed, now_secs());
+            return match tryo!(stores.save(&record, revision).await) {
+                Some(rev) => announce(state, stores, record, rev).await,
+                None => Outcome::Retry("record changed".into()),
+            };
+        }
+    };
+    let n = lines.len();
+    if record.batch.status == BatchStatus::Validating {
+        record.batch.set_status(BatchStatus::InProgress, now_secs());
+        record.batch.request_counts.total = n as u64;
+        if tryo!(stores.save(&record, revision).await).is_none() {
+            return Outcome::Retry("record changed while starting".into());
+        }
+        tracing::info!(items = n, "Batch started.");
+    }
+    let surface = surface_of(&record.batch.endpoint);
+    let (stored, mut results) = tryo!(state.bus.follow_batch_results(id).await);
+    // 0: no result yet; 1: answered; 2: failed.
+    let mut done = vec![0u8; n];
+    let mark = |payload: &[u8], done: &mut Vec<u8>| -> Option<u32> {
+        let r: BatchResult = serde_json::from_slice(payload).ok()?;
+        let slot = done.get_mut(r.index as usize)?;
+        if *slot == 0 {
+            *slot = if r.failed() { 2 } else { 1 };
+        }
+        Some(r.index)
+    };
+    for _ in 0..stored {
+        match results.next().await {
+            Some(Ok(m)) => {
+                mark(&m.payload, &mut done);
+            }
+            Some(Err(e)) => return Outcome::Retry(format!("reading results: {e}")),
+            None => return Outcome::Retry("results ended".into()),
+        }
+    }
+    let window = stores.config.window as usize;
+    let expires_ms = record.batch.expires_at.unwrap_or(u64::MAX / 2000) * 1000;
+    let mut stopping = (record.batch.status == BatchStatus::Cancelling).then_some(Stop::Cancelled);
+    let mut in_flight: HashSet<u32> = HashSet::new();
+    let mut next = 0usize;
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + TICK, TICK);
+    loop {
+        if stopping.is_none() && now_unix_ms() >= expires_ms {
+            stopping = Some(Stop::Expired);
+        }
+        while stopping.is_none() && in_flight.len() < window && next < n {
+            let i = next;
+            if done[i] != 0 {
+                next += 1;
+                continue;
+            }
+            let item = BatchItem {
+                batch_id: id.to_owned(),
+                index: i as u32,
+                custom_id: lines[i].custom_id.clone(),
+            };
+            if let Err(e) =
+                dispatch(state, surface, &record, &lines[i].body, item, expires_ms).await
+            {
+                tracing::warn!(error = %e, "Dispatching a batch item failed; retrying.");
+                break;
+            }
+            in_flight.insert(i as u32);
+            next += 1;
+        }
+        let all_sent = next >= n || stopping.is_some();
+        if in_flight.is_empty() && all_sent {
+            break;
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return Outcome::Retry("dispatcher shutting down".into()),
+            m = results.next() => match m {
+                Some(Ok(m)) => {
+                    if let Some(i) = mark(&m.payload, &mut done) {
+                        in_flight.remove(&i);
+                    }
+                }
+                Some(Err(e)) => return Outcome::Retry(format!("reading results: {e}")),
+                None => return Outcome::Retry("results ended".into()),
+            },
+            _ = tick.tick() => {
+                let Some((mut now, rev)) = tryo!(stores.record(id).await) else {
+                    return Outcome::Done;
+                };
+                if now.runner.as_deref() != Some(runner) {
+                    return Outcome::Abandon;
+                }
+                if now.batch.status == BatchStatus::Cancelling && stopping.is_none() {
+                    tracing::info!(in_flight = in_flight.len(), "Batch cancelled: dispatching stopped.");
+                    stopping = Some(Stop::Cancelled);
+                }
+                now.batch.request_counts = counts(&done);
+                if tryo!(stores.save(&now, rev).await).is_some() {
+                    record = now;
+                }
+            }
+        }
+    }
+    finalize(state, stores, id, runner, &lines, surface, stopping).await
+}
+
+fn counts(done: &[u8]) -> sy_protocol::batch::RequestCounts {
+    sy_protocol::batch::RequestCounts {
+        total: done.len() as u64,
+        completed: done.iter().filter(|&&d| d == 1).count() as u64,
+        failed: done.iter().filter(|&&d| d == 2).count() as u64,
+    }
+}
+
+fn surface_of(endpoint: &str) -> ApiSurface {
+    if endpoint == "/v1/embeddings" {
+        ApiSurface::Embeddings
+    } else {
+        ApiSurface::ChatCompletions
+    }
+}
+
+/// Routes one item like an interactive request and queues it; an item that
+/// fails before a provider would be called (a bad body, an unknown model) gets
+/// its error stored as its result right away.
+async fn dispatch(
+    state: &AppState,
+    surface: ApiSurface,
+    record: &BatchRecord,
+    body: &serde_json::value::RawValue,
+    item: BatchItem,
+    expires_ms: u64,
+) -> Result<(), sy_bus::BusError> {
+    let request_id = item.request_id();
+    let origin = Origin {
+        request_id,
+        key_id: &record.key_id,
+        received_unix_ms: now_unix_ms(),
+        deadline_unix_ms: expires_ms,
+        batch: Some(item.clone()),
+    };
+    match crate::prepare(
+        state,
+        surface,
+        &HeaderMap::new(),
+        body.get().as_bytes(),
+        origin,
+    ) {
+        Ok(p) => state.bus.publish_request(&p.envelope).await,
+        Err((e, _)) => {
+            let result = BatchResult {
+                batch_id: item.batch_id,
+                index: item.index,
+                custom_id: item.custom_id,
+                request_id,
+                frames: vec![ReplyFrame::Final(FinalFrame {
+                    seq: 0,
+                    start: None,
+                    finish_reason: None,
+                    usage: None,
+                    error: Some(FrameError::new(e.code, e.message)),
+                })],
+            };
+            state.bus.publish_batch_result(&result).await
+        }
+    }
+}
+
+/// Creates the record of a job submitted on the bus (the HTTP API creates its
+/// own): checks it and its input, and stores inline requests as a file. A bad
+/// job is a `failed` batch with the reason in `errors`.
+async fn create_native(
+    state: &AppState,
+    stores: &Stores,
+    job: &BatchJob,
+    id: &str,
+) -> Result<Option<(BatchRecord, u64)>, String> {
+    let derived = |what: &str| {
+        format!(
+            "file-{}",
+            Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("{id}/{what}").as_bytes()).simple()
+        )
+    };
+    let mut problem: Option<BatchError> = None;
+    fn fail(problem: &mut Option<BatchError>, code: &str, message: String) {
+        problem.get_or_insert(BatchError {
+            code: code.into(),
+            message,
+            param: None,
+            line: None,
+        });
+    }
+    if !state.keys.values().any(|k| k == &job.key_id) {
+        fail(
+            &mut problem,
+            "invalid_key",
+            format!("key_id '{}' names no configured API key.", job.key_id),
+        );
+    }
+    if let Err(e) = super::api::check_job(job) {
+        fail(&mut problem, "invalid_request", e.message);
+    }
+    let mut total = 0;
+    let input_file_id = match (&job.input_file_id, job.requests.is_empty()) {
+        (Some(f), true) => f.clone(),
+        (None, false) => {
+            let mut data = Vec::new();
+            for r in &job.requests {
+                data.extend(serde_json::to_vec(r).map_err(|e| e.to_string())?);
+                data.push(b'\n');
+            }
+            let file = FileObject::new(
+                derived("input"),
+                data.len() as u64,
+                format!("{id}_input.jsonl"),
+                "batch",
+            );
+            stores.put_file(&file, &job.key_id, &data).await?;
+            file.id
+        }
+        _ => {
+            fail(
+                &mut problem,
+                "invalid_request",
+                "A job names an input_file_id or carries requests, not both and not neither."
+                    .into(),
+            );
+            String::new()
+        }
+    };
+    if problem.is_none() {
+        match stores.file(&input_file_id, &job.key_id).await? {
+            None => fail(
+                &mut problem,
+                "invalid_input_file",
+                format!("No file {input_file_id} belongs to key '{}'.", job.key_id),
+            ),
+            Some(_) => {
+                let data = stores.file_content(&input_file_id).await?;
+                match input::parse(&data, &job.endpoint, stores.config.max_lines) {
+                    Ok(lines) => total = lines.len() as u64,
+                    Err(e) => problem = Some(e),
+                }
+            }
+        }
+    }
+    let mut batch = BatchObject::new(id.to_owned(), job, input_file_id, now_secs());
+    batch.request_counts.total = total;
+    if let Some(p) = problem {
+        tracing::info!(batch = %id, error = %p.message, "Batch job refused.");
+        batch.errors = Some(BatchErrors {
+            object: "list".into(),
+            data: vec![p],
+        });
+        batch.set_status(BatchStatus::Failed, now_secs());
+    }
+    let record = BatchRecord {
+        batch,
+        key_id: job.key_id.clone(),
+        webhook_url: job.webhook_url.clone(),
+        runner: None,
+        announced: false,
+        webhook_state: None,
+    };
+    Ok(stores.create(&record).await?.map(|rev| (record, rev)))
+}
+
+/// Writes the output and error files, gives the batch its final status, and announces it.
+async fn finalize(
+    state: &AppState,
+    stores: &Stores,
+    id: &str,
+    runner: &str,
+    lines: &[input::Line],
+    surface: ApiSurface,
+    stopping: Option<Stop>,
+) -> Outcome {
+    macro_rules! tryo {
+        ($e:expr) => {
+            match $e {
+                Ok(v) => v,
+                Err(e) => return Outcome::Retry(e.to_string()),
+            }
+        };
+    }
+    let n = lines.len();
+    if stopping.is_none() {
+        let Some((mut record, rev)) = tryo!(stores.record(id).await) else {
+            return Outcome::Done;
+        };
+        if record.runner.as_deref() != Some(runner) {
+            return Outcome::Abandon;
+        }
+        record.batch.set_status(BatchStatus::Finalizing, now_secs());
+        if tryo!(stores.save(&record, rev).await).is_none() {
+            return Outcome::Retry("record changed while finalizing".into());
+        }
+    }
+    let (stored, mut results) = tryo!(state.bus.follow_batch_results(id).await);
+    let mut by_index: Vec<Option<BatchResult>> = (0..n).map(|_| None).collect();
+    for _ in 0..stored {
+        match results.next().await {
+            Some(Ok(m)) => {
+                if let Ok(r) = serde_json::from_slice::<BatchResult>(&m.payload)
+                    && let Some(slot) = by_index.get_mut(r.index as usize)
+                    && slot.is_none()
+                {
+                    *slot = Some(r);
+                }
+            }
+            Some(Err(e)) => return Outcome::Retry(format!("reading results: {e}")),
+            None => return Outcome::Retry("results ended".into()),
+        }
+    }
+    drop(results);
+    let (code, why) = match stopping {
+        Some(Stop::Expired) => (
+            "batch_expired",
+            "The batch expired before this request could be run.",
+        ),
+        _ => (
+            "batch_cancelled",
+            "The batch was cancelled before this request was run.",
+        ),
+    };
+    let mut out = Vec::new();
+    let mut err = Vec::new();
+    let mut counts = sy_protocol::batch::RequestCounts {
+        total: n as u64,
+        ..Default::default()
+    };
+    for (i, slot) in by_index.iter().enumerate() {
+        match slot {
+            Some(r) => {
+                let base64 = surface == ApiSurface::Embeddings
+                    && serde_json::from_str::<serde_json::Value>(lines[i].body.get())
+                        .ok()
+                        .is_some_and(|v| v["encoding_format"] == "base64");
+                let (line, failed) = output::line(surface, r, base64);
+                if failed {
+                    counts.failed += 1;
+                    err.extend(line);
+                    err.push(b'\n');
+                } else {
+                    counts.completed += 1;
+                    out.extend(line);
+                    out.push(b'\n');
+                }
+            }
+            None => {
+                let item = BatchItem {
+                    batch_id: id.to_owned(),
+                    index: i as u32,
+                    custom_id: lines[i].custom_id.clone(),
+                };
+                err.extend(output::not_run(
+                    &item.custom_id,
+                    item.request_id(),
+                    code,
+                    why,
+                ));
+                err.push(b'\n');
+            }
+        }
+    }
+    let file_id = |what: &str| {
+        format!(
+            "file-{}",
+            Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("{id}/{what}").as_bytes()).simple()
+        )
+    };
+    let Some((mut record, _)) = tryo!(stores.record(id).await) else {
+        return Outcome::Done;
+    };
+    let mut files = [(None, "output", &out), (None, "errors", &err)];
+    for (slot, what, data) in &mut files {
+        if data.is_empty() {
+            continue;
+        }
+        let file = FileObject::new(
+            file_id(what),
+            data.len() as u64,
+            format!("{id}_{what}.jsonl"),
+            "batch_output",
+        );
+        tryo!(stores.put_file(&file, &record.key_id, data).await);
+        *slot = Some(file.id);
+    }
+    let [(output_file_id, _, _), (error_file_id, _, _)] = files;
+    let status = match stopping {
+        Some(Stop::Cancelled) => BatchStatus::Cancelled,
+        Some(Stop::Expired) => BatchStatus::Expired,
+        None => BatchStatus::Completed,
+    };
+    let revision = loop {
+        let Some((mut now, rev)) = tryo!(stores.record(id).await) else {
+            return Outcome::Done;
+        };
+        if now.runner.as_deref() != Some(runner) {
+            return Outcome::Abandon;
+        }
+        now.batch.output_file_id.clone_from(&output_file_id);
+        now.batch.error_file_id.clone_from(&error_file_id);
+        now.batch.request_counts = counts;
+        now.batch.set_status(status, now_secs());
+        if let Some(r) = tryo!(stores.save(&now, rev).await) {
+            record = now;
+            break r;
+        }
+    };
+    tracing::info!(
+        status = status.as_str(),
+        completed = counts.completed,
+        failed = counts.failed,
+        "Batch ended."
+    );
+    if let Err(e) = state.bus.purge_batch_results(id).await {
+        tracing::warn!(error = %e, "Purging batch results failed; they expire on their own.");
+    }
+    announce(state, stores, record, revision).await
+}
+
+/// Publishes `<ns>.batch.done.<id>` and calls the webhook, once per batch.
+async fn announce(
+    state: &AppState,
+    stores: &Stores,
+    mut record: BatchRecord,
+    revision: u64,
+) -> Outcome {
+    if record.announced {
+        return Outcome::Done;
+    }
+    let done = BatchDone {
+        batch: record.batch.clone(),
+    };
+    if let Err(e) = state.bus.publish_batch_done(&done).await {
+        return Outcome::Retry(format!("announcing: {e}"));
+    }
+    if let Some(url) = &record.webhook_url {
+        let secret = stores
+            .config
+            .webhook_secret
+            .as_ref()
+            .map(|s| s.expose().to_owned());
+        let outcome = webhook::deliver(&stores.http, url, secret.as_deref(), &record.batch).await;
+        record.webhook_state = Some(outcome);
+    }
+    record.announced = true;
+    match stores.save(&record, revision).await {
+        Ok(_) => Outcome::Done,
+        Err(e) => Outcome::Retry(e),
+    }
+}

@@ -1,0 +1,204 @@
+//! Batch jobs: the OpenAI Files and Batches API ([`api`]), the dispatcher that
+//! runs a batch's items through the same routing as interactive requests
+//! ([`dispatch`]), input checking ([`input`]) and the output format ([`output`]).
+//!
+//! State lives in NATS only, so any ingress or dispatcher replica can serve any
+//! batch: records in the `<NS>_BATCHES` KV bucket (written with compare-and-set
+//! on the entry's revision), files in the `<NS>_FILES` object store, items on
+//! the batch request stream, results on the results stream. See docs/batches.md.
+
+pub(crate) mod api;
+pub(crate) mod dispatch;
+pub mod input;
+pub mod output;
+mod webhook;
+
+use std::collections::HashMap;
+
+use async_nats::jetstream::kv;
+use async_nats::jetstream::object_store::{ObjectMetadata, ObjectStore};
+use serde::Serialize;
+use sy_bus::Bus;
+use sy_config::BatchConfig;
+use sy_protocol::batch::BatchRecord;
+use tokio::io::AsyncReadExt;
+
+/// The stores every batch endpoint and the dispatcher use.
+pub(crate) struct Stores {
+    pub records: kv::Store,
+    pub files: ObjectStore,
+    pub config: BatchConfig,
+    /// For completion webhooks.
+    pub http: reqwest::Client,
+}
+
+impl Stores {
+    /// Creates (or opens) the streams, the bucket and the object store.
+    pub async fn open(bus: &Bus, config: &BatchConfig) -> Result<Stores, sy_bus::BusError> {
+        bus.ensure_request_stream().await?;
+        bus.ensure_batch_streams().await?;
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| sy_bus::BusError::Setup(format!("webhook client: {e}")))?;
+        Ok(Stores {
+            records: bus.batch_store(config.file_max_age).await?,
+            files: bus.file_store(config.file_max_age).await?,
+            config: config.clone(),
+            http,
+        })
+    }
+
+    /// A batch record and its revision.
+    pub async fn record(&self, id: &str) -> Result<Option<(BatchRecord, u64)>, String> {
+        if !valid_id(id) {
+            return Ok(None);
+        }
+        let entry = self.records.entry(id).await.map_err(|e| e.to_string())?;
+        Ok(entry.and_then(|e| {
+            if e.operation != kv::Operation::Put {
+                return None;
+            }
+            serde_json::from_slice(&e.value)
+                .ok()
+                .map(|r| (r, e.revision))
+        }))
+    }
+
+    /// Writes a record if nobody changed it since `revision`; the new revision,
+    /// or `None` when someone did (reload and decide again).
+    pub async fn save(&self, record: &BatchRecord, revision: u64) -> Result<Option<u64>, String> {
+        let value = serde_json::to_vec(record).map_err(|e| e.to_string())?;
+        match self
+            .records
+            .update(&record.batch.id, value.into(), revision)
+            .await
+        {
+            Ok(r) => Ok(Some(r)),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Creates a record; `None` when one exists already.
+    pub async fn create(&self, record: &BatchRecord) -> Result<Option<u64>, String> {
+        let value = serde_json::to_vec(record).map_err(|e| e.to_string())?;
+        match self.records.create(&record.batch.id, value.into()).await {
+            Ok(r) => Ok(Some(r)),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Stores a file owned by `key_id`.
+    pub async fn put_file(
+        &self,
+        file: &FileObject,
+        key_id: &str,
+        data: &[u8],
+    ) -> Result<(), String> {
+        let mut metadata = HashMap::new();
+        metadata.insert("owner".to_owned(), key_id.to_owned());
+        metadata.insert("purpose".to_owned(), file.purpose.clone());
+        metadata.insert("filename".to_owned(), file.filename.clone());
+        metadata.insert("created_at".to_owned(), file.created_at.to_string());
+        let meta = ObjectMetadata {
+            name: file.id.clone(),
+            metadata,
+            ..Default::default()
+        };
+        let mut reader = data;
+        self.files
+            .put(meta, &mut reader)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// A file's object, if it exists and belongs to `key_id`.
+    pub async fn file(&self, id: &str, key_id: &str) -> Result<Option<FileObject>, String> {
+        if !valid_id(id) {
+            return Ok(None);
+        }
+        match self.files.info(id).await {
+            Ok(info) if !info.deleted => {
+                let f = FileObject::from_info(&info);
+                Ok((info.metadata.get("owner").map(String::as_str) == Some(key_id)).then_some(f))
+            }
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == async_nats::jetstream::object_store::InfoErrorKind::NotFound => {
+                Ok(None)
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// A file's bytes (the caller checked the owner).
+    pub async fn file_content(&self, id: &str) -> Result<Vec<u8>, String> {
+        let mut object = self.files.get(id).await.map_err(|e| e.to_string())?;
+        let mut data = Vec::with_capacity(object.info().size);
+        object
+            .read_to_end(&mut data)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(data)
+    }
+}
+
+/// OpenAI's file object.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct FileObject {
+    pub id: String,
+    pub object: &'static str,
+    pub bytes: u64,
+    pub created_at: u64,
+    pub filename: String,
+    pub purpose: String,
+    pub status: &'static str,
+}
+
+impl FileObject {
+    pub fn new(id: String, bytes: u64, filename: String, purpose: &str) -> Self {
+        FileObject {
+            id,
+            object: "file",
+            bytes,
+            created_at: sy_protocol::now_unix_ms() / 1000,
+            filename,
+            purpose: purpose.to_owned(),
+            status: "processed",
+        }
+    }
+
+    fn from_info(info: &async_nats::jetstream::object_store::ObjectInfo) -> Self {
+        let m = &info.metadata;
+        FileObject {
+            id: info.name.clone(),
+            object: "file",
+            bytes: info.size as u64,
+            created_at: m
+                .get("created_at")
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0),
+            filename: m.get("filename").cloned().unwrap_or_default(),
+            purpose: m.get("purpose").cloned().unwrap_or_default(),
+            status: "processed",
+        }
+    }
+}
+
+/// A new id with a prefix (`file-`, `batch_`): time-ordered, unguessable.
+pub(crate) fn new_id(prefix: &str) -> String {
+    format!("{prefix}{}", uuid::Uuid::now_v7().simple())
+}
+
+/// Ids are NATS keys and object names: letters, digits, `-` and `_` only.
+fn valid_id(id: &str) -> bool {
+    sy_protocol::is_valid_token(id)
+}
+
+/// Now, Unix seconds.
+pub(crate) fn now_secs() -> u64 {
+    sy_protocol::now_unix_ms() / 1000
+}
