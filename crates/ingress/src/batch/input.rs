@@ -191,7 +191,7 @@ mod tests {
                 Some(2),
             ),
             (
-                format!("{}\n{}\n{}\n", line("a"), line("b"), line("a")),
+                format!("{}\n\n{}\n", line("a"), line("a")),
                 "duplicate_custom_id",
                 Some(3),
             ),
