@@ -5,6 +5,7 @@
 
 mod accounting;
 mod bad_input;
+mod batch;
 mod cancel;
 mod chat;
 mod config_check;

@@ -34,6 +34,11 @@ pub struct StackOptions {
     /// `accounting` beside it when ClickHouse is on) and N `switchyard worker`
     /// processes, which a test may kill.
     pub split_workers: usize,
+    /// Run the batch dispatcher as a process of its own (`switchyard
+    /// dispatcher`, the ingress with `--no-dispatcher`), which a test may kill.
+    pub split_dispatcher: bool,
+    /// `[batch] window`: items of one batch in flight at most.
+    pub batch_window: u32,
 }
 
 impl Default for StackOptions {
@@ -50,6 +55,8 @@ impl Default for StackOptions {
             ttft_timeout: "10s",
             response_timeout: "60s",
             split_workers: 0,
+            split_dispatcher: false,
+            batch_window: 64,
         }
     }
 }
@@ -72,6 +79,7 @@ pub struct Stack {
     child: Option<Child>,
     /// Worker processes (split stacks), by index; `None` once reaped.
     workers: std::sync::Mutex<Vec<Option<Child>>>,
+    dispatcher: std::sync::Mutex<Option<Child>>,
     /// The accounting process of a split stack.
     others: Vec<Child>,
     _dir: tempfile::TempDir,
@@ -195,6 +203,12 @@ context_window = 8192
 failure_threshold = 3
 cool_down = "2s"
 
+[batch]
+max_file_bytes = 2000000
+max_lines = 2000
+window = {batch_window}
+webhook_secret = "whsec-test"
+
 [billing]
 markup_percent = "20"
 
@@ -293,6 +307,7 @@ targets = [{{ provider = "openai", model = "gpt-4.1-2025" }}]
             retries = opts.retries,
             ttft = opts.ttft_timeout,
             response = opts.response_timeout,
+            batch_window = opts.batch_window,
         );
         let mut config = config;
         let mut clickhouse = None;
@@ -323,7 +338,12 @@ targets = [{{ provider = "openai", model = "gpt-4.1-2025" }}]
         // Nothing that can panic between spawning the child and owning it in `Stack`,
         // whose Drop kills it.
         let split = opts.split_workers;
-        let child = switchyard(&path, &[if split > 0 { "ingress" } else { "all" }]);
+        let role: &[&str] = match (split > 0, opts.split_dispatcher) {
+            (false, false) => &["all"],
+            (true, false) => &["ingress"],
+            (_, true) => &["ingress", "--no-dispatcher"],
+        };
+        let child = switchyard(&path, role);
         let mut stack = Stack {
             mock,
             dialect_mocks,
@@ -336,9 +356,14 @@ targets = [{{ provider = "openai", model = "gpt-4.1-2025" }}]
             nats_url: opts.nats_url,
             child: Some(child),
             workers: std::sync::Mutex::new(Vec::new()),
+            dispatcher: std::sync::Mutex::new(None),
             others: Vec::new(),
             _dir: dir,
         };
+        if opts.split_dispatcher {
+            assert!(split > 0, "split_dispatcher needs split_workers");
+            stack.start_dispatcher();
+        }
         if split > 0 {
             if stack.clickhouse.is_some() {
                 stack.others.push(switchyard(&path, &["accounting"]));
@@ -372,6 +397,23 @@ targets = [{{ provider = "openai", model = "gpt-4.1-2025" }}]
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         panic!("switchyard did not become ready at {}", self.base);
+    }
+
+    /// Starts the batch dispatcher process (split_dispatcher).
+    pub fn start_dispatcher(&self) {
+        *self.dispatcher.lock().unwrap() = Some(switchyard(&self.config_path, &["dispatcher"]));
+    }
+
+    /// kill -9 of the batch dispatcher process, waiting for it to die.
+    pub fn kill_dispatcher(&self) {
+        let mut c = self
+            .dispatcher
+            .lock()
+            .unwrap()
+            .take()
+            .expect("a dispatcher");
+        c.kill().unwrap();
+        c.wait().unwrap();
     }
 
     /// Starts one more worker process; returns its index.
@@ -475,7 +517,8 @@ impl Drop for Stack {
                     .map(|w| w.iter_mut().filter_map(Option::take).collect::<Vec<_>>())
                     .unwrap_or_default(),
             )
-            .chain(self.others.drain(..));
+            .chain(self.others.drain(..))
+            .chain(self.dispatcher.get_mut().ok().and_then(Option::take));
         for mut c in children {
             let _ = c.kill();
             let _ = c.wait();

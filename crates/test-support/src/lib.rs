@@ -70,10 +70,14 @@ pub async fn delete_namespace(client: &async_nats::Client, namespace: &str) {
     let js = async_nats::jetstream::new(client.clone());
     let prefix = format!("{}_", namespace.to_ascii_uppercase().replace('-', "_"));
     let kv_prefix = format!("KV_{prefix}");
+    let obj_prefix = format!("OBJ_{prefix}");
     let mut names = js.stream_names();
     let mut doomed = Vec::new();
     while let Some(Ok(name)) = names.next().await {
-        if name.starts_with(&prefix) || name.starts_with(&kv_prefix) {
+        if name.starts_with(&prefix)
+            || name.starts_with(&kv_prefix)
+            || name.starts_with(&obj_prefix)
+        {
             doomed.push(name);
         }
     }
