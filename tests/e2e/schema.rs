@@ -183,3 +183,86 @@ fn schemas_reject_malformed_messages() {
     let envelope = validator("request-envelope.schema.json");
     assert!(!envelope.is_valid(&json!({"request_id": "x"})));
 }
+
+/// A validator for one `$defs` entry of schemas/batch.schema.json.
+fn batch_validator(def: &str) -> jsonschema::Validator {
+    let text = std::fs::read_to_string(repo_root().join("schemas/batch.schema.json")).unwrap();
+    let mut schema: Value = serde_json::from_str(&text).unwrap();
+    let defs = schema["$defs"].take();
+    jsonschema::validator_for(&json!({"$defs": defs, "$ref": format!("#/$defs/{def}")})).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_messages_match_their_schemas() {
+    use sy_protocol::batch::{BatchDone, BatchJob, BatchRecord, BatchResult};
+    let stack = Stack::start().await;
+    let nats = sy_test_support::nats().await;
+    let ns = stack.namespace.clone();
+    let mut sub = nats.subscribe(format!("{ns}.>")).await.unwrap();
+    nats.flush().await.unwrap();
+    // A native job with two lines, one of which fails at the provider.
+    let line = |id: &str, prompt: &str| {
+        json!({"custom_id": id, "method": "POST", "url": "/v1/chat/completions",
+               "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": prompt}]}})
+    };
+    let job = json!({"id": "batch_schema1", "key_id": "test", "endpoint": "/v1/chat/completions",
+                     "completion_window": "24h",
+                     "requests": [line("a", "hello"), line("b", "[[mock:status=500]] fail")]});
+    let js = async_nats::jetstream::new(nats.clone());
+    js.publish(
+        format!("{ns}.batch.submit"),
+        serde_json::to_vec(&job).unwrap().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let (jobs, results, dones, envelope, usage) = (
+        batch_validator("job"),
+        batch_validator("result"),
+        batch_validator("done"),
+        validator("request-envelope.schema.json"),
+        validator("usage-event.schema.json"),
+    );
+    let mut seen = [0usize; 5];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while seen[3] == 0 {
+        let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let Ok(Some(msg)) = tokio::time::timeout(wait, sub.next()).await else {
+            break;
+        };
+        let v: Value = serde_json::from_slice(&msg.payload).unwrap_or(Value::Null);
+        let subject = msg.subject.as_str();
+        if subject == format!("{ns}.batch.submit") {
+            check::<BatchJob>(&jobs, &v);
+            seen[0] += 1;
+        } else if subject.starts_with(&format!("{ns}.breq.")) {
+            check::<RequestEnvelope>(&envelope, &v);
+            assert_eq!(v["batch"]["batch_id"], "batch_schema1");
+            seen[1] += 1;
+        } else if subject.starts_with(&format!("{ns}.batch.result.")) {
+            check::<BatchResult>(&results, &v);
+            seen[2] += 1;
+        } else if subject.starts_with(&format!("{ns}.batch.done.")) {
+            check::<BatchDone>(&dones, &v);
+            seen[3] += 1;
+        } else if subject == format!("{ns}.usage") && v.get("batch_id").is_some() {
+            check::<UsageEvent>(&usage, &v);
+            seen[4] += 1;
+        }
+    }
+    assert_eq!(seen[..4], [1, 2, 2, 1], "job, items, results, announcement");
+    assert!(seen[4] >= 2, "usage events carry the batch id: {seen:?}");
+    // The record in the KV bucket.
+    let kv = js
+        .get_key_value(format!(
+            "{}_BATCHES",
+            ns.to_ascii_uppercase().replace('-', "_")
+        ))
+        .await
+        .unwrap();
+    let record: Value =
+        serde_json::from_slice(&kv.get("batch_schema1").await.unwrap().unwrap()).unwrap();
+    check::<BatchRecord>(&batch_validator("record"), &record);
+    assert_eq!(record["batch"]["request_counts"]["failed"], 1);
+}

@@ -157,3 +157,69 @@ async fn official_anthropic_python_sdk_works_unchanged_against_every_dialect() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_openai_python_sdk_runs_a_1000_item_batch_and_clickhouse_agrees() {
+    let stack = accounted_stack().await;
+    let python = std::env::var("SY_TEST_PYTHON").unwrap_or_else(|_| {
+        sy_test_support::repo_root()
+            .join(".venv/bin/python")
+            .display()
+            .to_string()
+    });
+    let script = sy_test_support::repo_root().join("tests/sdk/openai_batch.py");
+    let base = format!("{}/v1", stack.base);
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(&python)
+            .arg(&script)
+            .args([
+                "--base-url",
+                &base,
+                "--api-key",
+                KEY,
+                "--model",
+                "gpt-4o-mini",
+            ])
+            .args(["--items", "1000"])
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {python}: {e}"))
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "openai_batch.py failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let usage: Vec<u64> = stdout
+        .lines()
+        .last()
+        .and_then(|l| l.strip_prefix("usage "))
+        .expect("the script's last line is the output's usage")
+        .split(' ')
+        .map(|n| n.parse().unwrap())
+        .collect();
+    // Token sums in ClickHouse equal the output file's usage.
+    let ch = stack.clickhouse.as_ref().unwrap();
+    let client = sy_accounting::client(ch);
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (rows, prompt, completion): (u64, u64, u64) = client
+            .query(&format!(
+                "SELECT count(), toUInt64(sum(input_tokens + cached_input_tokens + cache_write_tokens)), \
+                 toUInt64(sum(output_tokens)) FROM {}.requests FINAL \
+                 WHERE batch_id != '' AND status = 'ok'",
+                ch.database
+            ))
+            .fetch_one()
+            .await
+            .unwrap();
+        if rows >= 1000 || Instant::now() > until {
+            assert_eq!(rows, 1000, "one ok row per item");
+            assert_eq!((prompt, completion), (usage[0], usage[1]));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
