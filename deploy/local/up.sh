@@ -87,5 +87,11 @@ in the message. gpt-4o-mini falls back openai -> anthropic -> vllm; watch it hap
   curl -si http://127.0.0.1:8080/v1/chat/completions \
     -H 'Authorization: Bearer sk-sy-local-dev' -H 'Content-Type: application/json' \
     -d '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hi [[mock:status=500,only=openai]]"}]}'
+
+A batch, from the repository root (OpenAI's Batches API; the openai SDK works too):
+
+  for i in 1 2 3; do echo '{"custom_id":"q'$i'","method":"POST","url":"/v1/chat/completions","body":{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Question '$i'"}]}}'; done > /tmp/batch.jsonl
+  SWITCHYARD_API_KEY=sk-sy-local-dev target/release/switchyard batch submit /tmp/batch.jsonl --wait
+
  Stop everything this script started with: deploy/local/down.sh
 MSG
