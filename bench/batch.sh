@@ -10,7 +10,7 @@
 # missing). Raw results go to bench/results/<UTC date>-batch.jsonl.
 #
 #   bench/batch.sh                 # full run (~2 min)
-#   CAP=16 ITEMS=20000 bench/batch.sh
+#   CAP=16 RATE=0 ITEMS=20000 bench/batch.sh   # RATE: [batch] max_rate (0: none)
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -19,8 +19,9 @@ export SY_STATE_DIR="${SY_STATE_DIR:-$ROOT/.local/bench}"
 source "$ROOT/scripts/lib/services.sh"
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 CAP=${CAP:-4}
+RATE=${RATE:-100}
 ITEMS=${ITEMS:-10000}
-REQS=${REQS:-3000}
+REQS=${REQS:-10000}
 
 started_nats=0
 cleanup() {
@@ -57,6 +58,9 @@ key = "sk-sy-local-dev"
 kind = "openai_compatible"
 base_url = "http://127.0.0.1:18081/v1"
 batch_concurrency = $CAP
+
+[batch]
+max_rate = $RATE
 
 [models."gpt-4o-mini"]
 targets = [{ provider = "openai", model = "gpt-4o-mini" }]
@@ -101,7 +105,7 @@ run() { # label url
 direct=http://127.0.0.1:18081/v1/chat/completions
 via=http://127.0.0.1:18080/v1/chat/completions
 
-say "Batch alone: $ITEMS items, batch_concurrency $CAP"
+say "Batch alone: $ITEMS items, batch_concurrency $CAP, max_rate $RATE"
 id=$(submit)
 alone=$(wait_batch "$id")
 echo "$alone"
@@ -116,12 +120,15 @@ until [[ $(poll "$id" | cut -d' ' -f1) == in_progress ]]; do sleep 0.1; done
 run direct-during-batch "$direct"
 run switchyard-during-batch "$via"
 read -r status done failed t < <(poll "$id")
-echo "batch still $status after the interactive run ($done of $ITEMS done)"
+echo "batch $status after the interactive run ($done of $ITEMS done)"
+if [[ $status != in_progress ]]; then
+  echo "WARNING: the batch ended before the interactive run did; raise ITEMS" >&2
+fi
 during=$(wait_batch "$id")
 echo "$during"
 
 {
-  echo "{\"machine\": \"$(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(uname -r)\", \"date\": \"$(date -u +%FT%TZ)\", \"commit\": \"$(git rev-parse --short HEAD 2>/dev/null || echo none)\", \"batch_concurrency\": $CAP, \"items\": $ITEMS, \"alone\": \"$alone\", \"status_after_interactive\": \"$status $done\", \"with_interactive\": \"$during\"}"
+  echo "{\"machine\": \"$(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(uname -r)\", \"date\": \"$(date -u +%FT%TZ)\", \"commit\": \"$(git rev-parse --short HEAD 2>/dev/null || echo none)\", \"batch_concurrency\": $CAP, \"max_rate\": $RATE, \"items\": $ITEMS, \"alone\": \"$alone\", \"status_after_interactive\": \"$status $done\", \"with_interactive\": \"$during\"}"
   cat "$tmp"
 } >>"$out"
 python3 - "$tmp" <<'PY'

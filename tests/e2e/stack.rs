@@ -207,6 +207,7 @@ cool_down = "2s"
 max_file_bytes = 2000000
 max_lines = 2000
 window = {batch_window}
+max_rate = 1000
 webhook_secret = "whsec-test"
 
 [billing]

@@ -53,6 +53,8 @@ pub struct RawBatch {
     pub price_multiplier: String,
     /// Items of one batch dispatched and not yet answered, at most.
     pub window: u32,
+    /// Items dispatched per second by one dispatcher process, at most (0: no limit).
+    pub max_rate: u32,
     /// How long uploaded and produced files are kept, e.g. "30d".
     pub file_max_age: String,
     /// Key signing completion webhooks (HMAC-SHA256); webhooks are unsigned without it.
@@ -66,6 +68,7 @@ impl Default for RawBatch {
             max_lines: 50_000,
             price_multiplier: "0.5".into(),
             window: 64,
+            max_rate: 100,
             file_max_age: "30d".into(),
             webhook_secret: None,
         }

@@ -299,3 +299,46 @@ window = 65
         assert!(bad.iter().any(|p| p.starts_with(want)), "{want}: {bad:?}");
     }
 }
+
+#[test]
+fn batch_settings_and_their_defaults() {
+    let text = r#"
+[providers.p]
+kind = "openai"
+max_concurrency = 40
+[providers.q]
+kind = "openai"
+batch_concurrency = 3
+[batch]
+max_lines = 10
+price_multiplier = "0.25"
+max_rate = 0
+webhook_secret = "${HOOK_SECRET}"
+"#;
+    let c = Config::from_toml(text, &env(&[("HOOK_SECRET", "s3cret")])).unwrap();
+    assert_eq!(
+        c.providers["p"].batch_concurrency.get(),
+        10,
+        "a quarter of max_concurrency"
+    );
+    assert_eq!(c.providers["q"].batch_concurrency.get(), 3);
+    assert_eq!(c.batch.max_lines, 10);
+    assert_eq!(c.batch.price_multiplier_ppb, 250_000_000);
+    assert_eq!(c.batch.max_rate, 0);
+    assert_eq!(
+        c.batch.webhook_secret.as_ref().map(Secret::expose),
+        Some("s3cret")
+    );
+    assert_eq!(
+        c.batch.max_file_bytes,
+        200 * 1024 * 1024,
+        "OpenAI's limit by default"
+    );
+    let d = Config::from_toml("", &env(&[])).unwrap();
+    assert_eq!((d.batch.window, d.batch.max_rate), (64, 100));
+    assert_eq!(d.batch.price_multiplier_ppb, 500_000_000, "OpenAI's 50 %");
+    let bad = problems("[batch]\nprice_multiplier = \"half\"\nwindow = 0\n");
+    for want in ["batch.price_multiplier", "batch.window"] {
+        assert!(bad.iter().any(|p| p.starts_with(want)), "{want}: {bad:?}");
+    }
+}

@@ -70,6 +70,8 @@ pub struct BatchConfig {
     pub price_multiplier_ppb: i64,
     /// Items of one batch dispatched and not yet answered, at most.
     pub window: u32,
+    /// Items dispatched per second by one dispatcher process, at most (0: no limit).
+    pub max_rate: u32,
     /// How long uploaded and produced files are kept.
     pub file_max_age: Duration,
     /// Key signing completion webhooks.
@@ -83,6 +85,7 @@ impl Default for BatchConfig {
             max_lines: 50_000,
             price_multiplier_ppb: 500_000_000,
             window: 64,
+            max_rate: 100,
             file_max_age: Duration::from_secs(30 * 86_400),
             webhook_secret: None,
         }
@@ -779,6 +782,7 @@ impl Config {
             max_lines: b.max_lines.max(1),
             price_multiplier_ppb,
             window: b.window.clamp(1, 10_000),
+            max_rate: b.max_rate,
             file_max_age: duration("batch.file_max_age", &b.file_max_age, e),
             webhook_secret: b
                 .webhook_secret

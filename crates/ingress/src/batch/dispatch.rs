@@ -299,6 +299,7 @@ async fn drive(
                 next += 1;
                 continue;
             }
+            stores.pace().await;
             let item = BatchItem {
                 batch_id: id.to_owned(),
                 index: i as u32,

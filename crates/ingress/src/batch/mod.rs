@@ -30,6 +30,8 @@ pub(crate) struct Stores {
     pub config: BatchConfig,
     /// For completion webhooks.
     pub http: reqwest::Client,
+    /// When this process may dispatch its next item (`[batch] max_rate`).
+    pacer: tokio::sync::Mutex<tokio::time::Instant>,
 }
 
 impl Stores {
@@ -47,7 +49,25 @@ impl Stores {
             files: bus.file_store(config.file_max_age).await?,
             config: config.clone(),
             http,
+            pacer: tokio::sync::Mutex::new(tokio::time::Instant::now()),
         })
+    }
+
+    /// Waits for this process's next dispatch slot: at most `[batch] max_rate`
+    /// items a second across every batch it runs, so that batches leave the
+    /// CPU to interactive traffic (docs/BENCHMARKS.md).
+    pub async fn pace(&self) {
+        if self.config.max_rate == 0 {
+            return;
+        }
+        let step = std::time::Duration::from_secs(1) / self.config.max_rate;
+        let slot = {
+            let mut next = self.pacer.lock().await;
+            let slot = (*next).max(tokio::time::Instant::now());
+            *next = slot + step;
+            slot
+        };
+        tokio::time::sleep_until(slot).await;
     }
 
     /// A batch record and its revision.
