@@ -698,3 +698,83 @@ async fn killing_a_worker_and_the_dispatcher_mid_batch_loses_and_repeats_nothing
     let (ok_rows, distinct, _, _, _) = batch_rows(&stack, id, n).await;
     assert_eq!((ok_rows, distinct), (n, n));
 }
+
+#[tokio::test]
+async fn the_cli_submits_waits_and_writes_results_and_embeddings_batch_too() {
+    let stack = Stack::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    // An embeddings batch through the CLI.
+    let input = dir.path().join("vectors.jsonl");
+    let lines: Vec<String> = (0..3)
+        .map(|i| {
+            json!({"custom_id": format!("e{i}"), "method": "POST", "url": "/v1/embeddings",
+                   "body": {"model": "text-embedding-3-small", "input": format!("text {i}"), "dimensions": 4}})
+            .to_string()
+        })
+        .collect();
+    std::fs::write(&input, lines.join("\n")).unwrap();
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .arg("batch")
+            .args(["--url", &stack.base, "--api-key", KEY])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let input_arg = input.display().to_string();
+    let out = tokio::task::spawn_blocking({
+        let cli_args = vec![
+            "submit",
+            &input_arg,
+            "--endpoint",
+            "/v1/embeddings",
+            "--wait",
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect::<Vec<_>>();
+        let base = stack.base.clone();
+        move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+                .arg("batch")
+                .args(["--url", &base, "--api-key", KEY])
+                .args(&cli_args)
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("3/3  done 3  failed 0"),
+        "progress line: {stderr}"
+    );
+    let id = stdout.lines().next().unwrap().to_owned();
+    assert!(id.starts_with("batch_"), "{stdout}");
+    let written = std::fs::read_to_string(dir.path().join("vectors.output.jsonl")).unwrap();
+    let rows: Vec<Value> = written
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(custom_ids(&rows), ["e0", "e1", "e2"]);
+    for r in &rows {
+        let body = &r["response"]["body"];
+        assert_eq!(body["object"], "list");
+        assert_eq!(body["data"][0]["embedding"].as_array().unwrap().len(), 4);
+    }
+    // list, status and results.
+    let list = cli(&["list"]);
+    assert!(String::from_utf8_lossy(&list.stdout).contains(&format!("{id}  completed")));
+    let status = cli(&["status", &id]);
+    let b: Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(b["endpoint"], "/v1/embeddings");
+    let results = cli(&["results", &id]);
+    assert_eq!(String::from_utf8_lossy(&results.stdout), written);
+    // An error from the server is the CLI's error, with a non-zero exit.
+    let missing = cli(&["status", "batch_nope"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("No such Batch"));
+}
