@@ -192,14 +192,15 @@ async fn official_openai_python_sdk_runs_a_1000_item_batch_and_clickhouse_agrees
         "openai_batch.py failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let usage: Vec<u64> = stdout
+    let last: Vec<&str> = stdout
         .lines()
         .last()
         .and_then(|l| l.strip_prefix("usage "))
         .expect("the script's last line is the output's usage")
         .split(' ')
-        .map(|n| n.parse().unwrap())
         .collect();
+    let batch_id = last[0].to_owned();
+    let usage: Vec<u64> = last[1..].iter().map(|n| n.parse().unwrap()).collect();
     // Token sums in ClickHouse equal the output file's usage.
     let ch = stack.clickhouse.as_ref().unwrap();
     let client = sy_accounting::client(ch);
@@ -209,7 +210,7 @@ async fn official_openai_python_sdk_runs_a_1000_item_batch_and_clickhouse_agrees
             .query(&format!(
                 "SELECT count(), toUInt64(sum(input_tokens + cached_input_tokens + cache_write_tokens)), \
                  toUInt64(sum(output_tokens)) FROM {}.requests FINAL \
-                 WHERE batch_id != '' AND status = 'ok'",
+                 WHERE batch_id = '{batch_id}' AND status = 'ok'",
                 ch.database
             ))
             .fetch_one()

@@ -2,7 +2,7 @@
 files.create → batches.create → batches.retrieve (until it ends) → batches.list →
 files.content of the output (and error) file; checks every custom_id appears
 exactly once, in input order, and prints the output's total token usage as the
-last line (`usage <prompt> <completion>`) for the caller to compare with ClickHouse.
+last line (`usage <batch id> <prompt> <completion>`) for the caller to compare with ClickHouse.
 
 Run by the e2e test `sdk::official_openai_python_sdk_runs_a_batch`:
     python tests/sdk/openai_batch.py --base-url URL --api-key KEY --model MODEL [--items N]
@@ -97,7 +97,29 @@ def main():
     check("every custom_id exactly once, in input order", got == ids)
     meta = client.files.retrieve(b.output_file_id)
     check("output file object", meta.purpose == "batch_output", meta)
-    print(f"usage {prompt} {completion}")
+    usage_line = f"usage {b.id} {prompt} {completion}"
+
+    # Cancel through the SDK: slow items, cancelled at once; partial files.
+    slow = "\n".join(
+        json.dumps({"custom_id": f"slow-{i}", "method": "POST", "url": "/v1/chat/completions",
+                    "body": {"model": args.model, "messages": [{"role": "user", "content": f"[[mock:ttft_ms=1000]] slow {i}"}]}})
+        for i in range(300)
+    ).encode()
+    f2 = client.files.create(file=("slow.jsonl", io.BytesIO(slow)), purpose="batch")
+    c = client.batches.create(input_file_id=f2.id, endpoint="/v1/chat/completions", completion_window="24h")
+    c = client.batches.cancel(c.id)
+    check("cancelling", c.status in ("cancelling", "cancelled"), c.status)
+    deadline = time.time() + 60
+    while c.status != "cancelled":
+        check("cancel ends in time", time.time() < deadline, c)
+        time.sleep(0.2)
+        c = client.batches.retrieve(c.id)
+    check("cancelled batch ran only what was in flight", c.request_counts.completed < 300, c.request_counts)
+    errs = client.files.content(c.error_file_id).text.splitlines()
+    not_run = [json.loads(l) for l in errs if json.loads(l)["error"]]
+    check("items never run are in the error file", len(not_run) + c.request_counts.completed == 300
+          and all(e["error"]["code"] == "batch_cancelled" for e in not_run), len(not_run))
+    print(usage_line)
 
 
 if __name__ == "__main__":
