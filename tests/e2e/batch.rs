@@ -713,35 +713,28 @@ async fn the_cli_submits_waits_and_writes_results_and_embeddings_batch_too() {
         })
         .collect();
     std::fs::write(&input, lines.join("\n")).unwrap();
-    let cli = |args: &[&str]| {
+    let base = stack.base.clone();
+    let cli = move |args: Vec<String>| {
         std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
             .arg("batch")
-            .args(["--url", &stack.base, "--api-key", KEY])
+            .args(["--url", &base, "--api-key", KEY])
             .args(args)
             .output()
             .unwrap()
     };
+    let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let input_arg = input.display().to_string();
+    // Off the test's runtime: the mock provider answering the batch runs on it.
+    let submit = args(&[
+        "submit",
+        &input_arg,
+        "--endpoint",
+        "/v1/embeddings",
+        "--wait",
+    ]);
     let out = tokio::task::spawn_blocking({
-        let cli_args = vec![
-            "submit",
-            &input_arg,
-            "--endpoint",
-            "/v1/embeddings",
-            "--wait",
-        ]
-        .into_iter()
-        .map(str::to_owned)
-        .collect::<Vec<_>>();
-        let base = stack.base.clone();
-        move || {
-            std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
-                .arg("batch")
-                .args(["--url", &base, "--api-key", KEY])
-                .args(&cli_args)
-                .output()
-                .unwrap()
-        }
+        let cli = cli.clone();
+        move || cli(submit)
     })
     .await
     .unwrap();
@@ -766,15 +759,15 @@ async fn the_cli_submits_waits_and_writes_results_and_embeddings_batch_too() {
         assert_eq!(body["data"][0]["embedding"].as_array().unwrap().len(), 4);
     }
     // list, status and results.
-    let list = cli(&["list"]);
+    let list = cli(args(&["list"]));
     assert!(String::from_utf8_lossy(&list.stdout).contains(&format!("{id}  completed")));
-    let status = cli(&["status", &id]);
+    let status = cli(args(&["status", &id]));
     let b: Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(b["endpoint"], "/v1/embeddings");
-    let results = cli(&["results", &id]);
+    let results = cli(args(&["results", &id]));
     assert_eq!(String::from_utf8_lossy(&results.stdout), written);
     // An error from the server is the CLI's error, with a non-zero exit.
-    let missing = cli(&["status", "batch_nope"]);
+    let missing = cli(args(&["status", "batch_nope"]));
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("No such Batch"));
 }

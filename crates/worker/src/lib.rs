@@ -17,6 +17,13 @@
 //! broadcasts an [`Observation`](sy_protocol::Observation) that feeds every
 //! process's breakers (see `handle` and docs/reliability.md).
 //!
+//! Batch items come through a second consumer per provider, `batch-<provider>`
+//! on `<ns>.breq.<provider>.>`, capped by the provider's `batch_concurrency`.
+//! They are served the same way, except that their frames are kept and stored
+//! with the final frame as the item's result (`<ns>.batch.result.<batch>.<index>`)
+//! before the ack, and an item whose result is stored already is skipped
+//! (docs/batches.md).
+//!
 //! [`ChunkFrame`]: sy_protocol::ChunkFrame
 //! [`FinalFrame`]: sy_protocol::FinalFrame
 //! [`Cancel`]: sy_protocol::Cancel
