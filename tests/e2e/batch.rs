@@ -79,6 +79,37 @@ async fn batch(stack: &Stack, id: &str) -> Value {
         .unwrap()
 }
 
+/// `n` lines `<prefix><i>` whose answers take `ttft_ms` each.
+fn slow_lines(prefix: &str, n: usize, ttft_ms: u64) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            line(
+                &format!("{prefix}{i}"),
+                "gpt-4o-mini",
+                &format!("[[mock:ttft_ms={ttft_ms}]] item {i}"),
+            )
+        })
+        .collect()
+}
+
+/// Polls until at least `min` items of the batch were answered; the count.
+async fn wait_completed(stack: &Stack, id: &str, min: u64, within: Duration) -> u64 {
+    let until = Instant::now() + within;
+    loop {
+        let done = batch(stack, id).await["request_counts"]["completed"]
+            .as_u64()
+            .unwrap_or(0);
+        if done >= min {
+            return done;
+        }
+        assert!(
+            Instant::now() < until,
+            "batch {id}: {done} of {min} answered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Polls until the batch reaches a final status.
 async fn wait_end(stack: &Stack, id: &str, within: Duration) -> Value {
     let until = Instant::now() + within;
@@ -428,27 +459,11 @@ async fn cancel_stops_dispatching_lets_items_in_flight_finish_and_writes_partial
     })
     .await;
     let n = 120;
-    let lines: Vec<String> = (0..n)
-        .map(|i| {
-            line(
-                &format!("c{i}"),
-                "gpt-4o-mini",
-                &format!("[[mock:ttft_ms=150]] item {i}"),
-            )
-        })
-        .collect();
+    let lines = slow_lines("c", n, 150);
     let b = submit(&stack, &lines).await;
     let id = b["id"].as_str().unwrap();
     // Let some items finish first.
-    let until = Instant::now() + Duration::from_secs(20);
-    while batch(&stack, id).await["request_counts"]["completed"]
-        .as_u64()
-        .unwrap_or(0)
-        < 8
-    {
-        assert!(Instant::now() < until);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_completed(&stack, id, 8, Duration::from_secs(20)).await;
     let r = stack
         .http
         .post(stack.url(&format!("/v1/batches/{id}/cancel")))
@@ -591,10 +606,7 @@ async fn a_job_published_on_the_bus_runs_and_is_announced_and_signed_to_its_webh
     let out = file_lines(&stack, b["output_file_id"].as_str()).await;
     assert_eq!(custom_ids(&out), ["n0", "n1", "n2", "n3", "n4"]);
     let kv = js
-        .get_key_value(format!(
-            "{}_BATCHES",
-            ns.to_ascii_uppercase().replace('-', "_")
-        ))
+        .get_key_value(sy_protocol::Subjects::new(ns).batches_bucket())
         .await
         .unwrap();
     let record: Value =
@@ -658,32 +670,16 @@ async fn killing_a_worker_and_the_dispatcher_mid_batch_loses_and_repeats_nothing
     })
     .await;
     let n = 200;
-    let lines: Vec<String> = (0..n)
-        .map(|i| {
-            line(
-                &format!("k{i}"),
-                "gpt-4o-mini",
-                &format!("[[mock:ttft_ms=60]] item {i}"),
-            )
-        })
-        .collect();
+    let lines = slow_lines("k", n as usize, 60);
     let b = submit(&stack, &lines).await;
     let id = b["id"].as_str().unwrap();
-    let progress = |v: &Value| v["request_counts"]["completed"].as_u64().unwrap_or(0);
-    let until = Instant::now() + Duration::from_secs(30);
-    while progress(&batch(&stack, id).await) < 30 {
-        assert!(Instant::now() < until);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_completed(&stack, id, 30, Duration::from_secs(30)).await;
     // kill -9 the worker with items in flight; a new one takes over.
     stack.signal_worker(0, "-KILL");
     stack.wait_worker(0);
     stack.start_worker();
-    let at = progress(&batch(&stack, id).await);
-    while progress(&batch(&stack, id).await) < at + 30 {
-        assert!(Instant::now() < until + Duration::from_secs(30));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let at = wait_completed(&stack, id, 0, Duration::from_secs(1)).await;
+    wait_completed(&stack, id, at + 30, Duration::from_secs(60)).await;
     // kill -9 the dispatcher; its job goes to the restarted one.
     stack.kill_dispatcher();
     stack.start_dispatcher();

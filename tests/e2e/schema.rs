@@ -255,10 +255,7 @@ async fn batch_messages_match_their_schemas() {
     assert!(seen[4] >= 2, "usage events carry the batch id: {seen:?}");
     // The record in the KV bucket.
     let kv = js
-        .get_key_value(format!(
-            "{}_BATCHES",
-            ns.to_ascii_uppercase().replace('-', "_")
-        ))
+        .get_key_value(sy_protocol::Subjects::new(&ns).batches_bucket())
         .await
         .unwrap();
     let record: Value =

@@ -224,24 +224,16 @@ impl Bus {
         provider: &str,
         cap: u32,
     ) -> Result<consumer::PullConsumer, BusError> {
-        let stream = self
-            .js
-            .get_stream(self.subjects.batch_request_stream())
-            .await
-            .map_err(|e| BusError::Setup(format!("batch request stream: {e}")))?;
-        let name = self.subjects.batch_worker_consumer(provider);
-        stream
-            .create_consumer(consumer::pull::Config {
-                durable_name: Some(name.clone()),
-                filter_subject: self.subjects.batch_request_filter(provider),
-                ack_policy: consumer::AckPolicy::Explicit,
-                ack_wait: self.config.ack_wait,
-                max_ack_pending: i64::from(cap),
-                description: Some(format!("Switchyard batch items for provider {provider}")),
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| BusError::Setup(format!("consumer {name}: {e}")))
+        self.ensure_pull_consumer(
+            self.subjects.batch_request_stream(),
+            self.subjects.batch_worker_consumer(provider),
+            self.subjects.batch_request_filter(provider),
+            cap,
+            // A batch waits for every item: never give one up.
+            -1,
+            format!("Switchyard batch items for provider {provider}"),
+        )
+        .await
     }
 
     /// Creates (or updates) the dispatchers' durable consumer of batch jobs;

@@ -264,21 +264,43 @@ impl Bus {
         provider: &str,
         max_ack_pending: u32,
     ) -> Result<consumer::PullConsumer, BusError> {
+        self.ensure_pull_consumer(
+            self.subjects.request_stream(),
+            self.subjects.worker_consumer(provider),
+            self.subjects.request_filter(provider),
+            max_ack_pending,
+            self.config.max_deliver,
+            format!("Switchyard workers for provider {provider}"),
+        )
+        .await
+    }
+
+    /// A durable pull consumer of a work stream: explicit acks, the configured
+    /// ack wait, at most `max_deliver` deliveries (-1: no limit) and
+    /// `max_ack_pending` in flight.
+    pub(crate) async fn ensure_pull_consumer(
+        &self,
+        stream: String,
+        name: String,
+        filter: String,
+        max_ack_pending: u32,
+        max_deliver: i64,
+        description: String,
+    ) -> Result<consumer::PullConsumer, BusError> {
         let stream = self
             .js
-            .get_stream(self.subjects.request_stream())
+            .get_stream(&stream)
             .await
-            .map_err(|e| BusError::Setup(format!("request stream: {e}")))?;
-        let name = self.subjects.worker_consumer(provider);
+            .map_err(|e| BusError::Setup(format!("stream {stream}: {e}")))?;
         stream
             .create_consumer(consumer::pull::Config {
                 durable_name: Some(name.clone()),
-                filter_subject: self.subjects.request_filter(provider),
+                filter_subject: filter,
                 ack_policy: consumer::AckPolicy::Explicit,
                 ack_wait: self.config.ack_wait,
-                max_deliver: self.config.max_deliver,
+                max_deliver,
                 max_ack_pending: i64::from(max_ack_pending),
-                description: Some(format!("Switchyard workers for provider {provider}")),
+                description: Some(description),
                 ..Default::default()
             })
             .await

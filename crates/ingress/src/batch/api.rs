@@ -214,11 +214,7 @@ pub(crate) async fn get_file(
     respond(
         async {
             let key_id = authenticate(&state, &headers)?;
-            let f = stores(&state)?
-                .file(&id, key_id)
-                .await
-                .map_err(storage_error)?
-                .ok_or_else(|| no_such("File", &id))?;
+            let f = owned_file(&state, &id, key_id).await?;
             Ok(json(StatusCode::OK, &f))
         }
         .await,
@@ -234,13 +230,11 @@ pub(crate) async fn file_content(
     respond(
         async {
             let key_id = authenticate(&state, &headers)?;
-            let stores = stores(&state)?;
-            stores
-                .file(&id, key_id)
+            owned_file(&state, &id, key_id).await?;
+            let data = stores(&state)?
+                .file_content(&id)
                 .await
-                .map_err(storage_error)?
-                .ok_or_else(|| no_such("File", &id))?;
-            let data = stores.file_content(&id).await.map_err(storage_error)?;
+                .map_err(storage_error)?;
             Ok((
                 StatusCode::OK,
                 [(
@@ -264,13 +258,8 @@ pub(crate) async fn delete_file(
     respond(
         async {
             let key_id = authenticate(&state, &headers)?;
-            let stores = stores(&state)?;
-            stores
-                .file(&id, key_id)
-                .await
-                .map_err(storage_error)?
-                .ok_or_else(|| no_such("File", &id))?;
-            stores
+            owned_file(&state, &id, key_id).await?;
+            stores(&state)?
                 .files
                 .delete(&id)
                 .await
@@ -368,13 +357,11 @@ pub(crate) async fn create(
                 webhook_url: req.webhook_url,
             };
             check_job(&job)?;
-            let file = stores
-                .file(&req.input_file_id, key_id)
+            let file = owned_file(&state, &req.input_file_id, key_id)
                 .await
-                .map_err(storage_error)?
-                .ok_or_else(|| ApiError {
+                .map_err(|e| ApiError {
                     param: Some("input_file_id".into()),
-                    ..no_such("File", &req.input_file_id)
+                    ..e
                 })?;
             if file.purpose != "batch" {
                 return Err(ApiError::invalid(
@@ -436,6 +423,16 @@ pub(crate) async fn get(
     )
 }
 
+/// A file of `key_id`'s, or 404 (whether it does not exist or is another key's).
+async fn owned_file(state: &AppState, id: &str, key_id: &str) -> Result<FileObject, ApiError> {
+    stores(state)?
+        .file(id, key_id)
+        .await
+        .map_err(storage_error)?
+        .ok_or_else(|| no_such("File", id))
+}
+
+/// A batch of `key_id`'s and its revision, or 404.
 async fn owned(state: &AppState, id: &str, key_id: &str) -> Result<(BatchRecord, u64), ApiError> {
     stores(state)?
         .record(id)

@@ -41,6 +41,29 @@ use uuid::Uuid;
 use super::{FileObject, Stores, input, now_secs, output, webhook};
 use crate::{AppState, Origin};
 
+/// The value, or (from the enclosing function) `Outcome::Retry` with the error.
+macro_rules! tryo {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(e) => return Outcome::Retry(e.to_string()),
+        }
+    };
+}
+
+/// A file id derived from the batch (`input`, `output`, `errors`): the same
+/// whenever a resumed run writes that file again.
+fn derived_file_id(batch_id: &str, what: &str) -> String {
+    format!(
+        "file-{}",
+        Uuid::new_v5(
+            &Uuid::NAMESPACE_OID,
+            format!("{batch_id}/{what}").as_bytes()
+        )
+        .simple()
+    )
+}
+
 /// Batches running at once across every dispatcher.
 const MAX_RUNNING: u32 = 32;
 
@@ -204,14 +227,6 @@ async fn drive(
     runner: &str,
     stop: &CancellationToken,
 ) -> Outcome {
-    macro_rules! tryo {
-        ($e:expr) => {
-            match $e {
-                Ok(v) => v,
-                Err(e) => return Outcome::Retry(e.to_string()),
-            }
-        };
-    }
     let (mut record, mut revision) = match tryo!(stores.record(id).await) {
         Some(r) => r,
         None => match tryo!(create_native(state, stores, job, id).await) {
@@ -421,12 +436,6 @@ async fn create_native(
     job: &BatchJob,
     id: &str,
 ) -> Result<Option<(BatchRecord, u64)>, String> {
-    let derived = |what: &str| {
-        format!(
-            "file-{}",
-            Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("{id}/{what}").as_bytes()).simple()
-        )
-    };
     let mut problem: Option<BatchError> = None;
     fn fail(problem: &mut Option<BatchError>, code: &str, message: String) {
         problem.get_or_insert(BatchError {
@@ -456,7 +465,7 @@ async fn create_native(
                 data.push(b'\n');
             }
             let file = FileObject::new(
-                derived("input"),
+                derived_file_id(id, "input"),
                 data.len() as u64,
                 format!("{id}_input.jsonl"),
                 "batch",
@@ -521,14 +530,6 @@ async fn finalize(
     surface: ApiSurface,
     stopping: Option<Stop>,
 ) -> Outcome {
-    macro_rules! tryo {
-        ($e:expr) => {
-            match $e {
-                Ok(v) => v,
-                Err(e) => return Outcome::Retry(e.to_string()),
-            }
-        };
-    }
     let n = lines.len();
     if stopping.is_none() {
         let Some((mut record, rev)) = tryo!(stores.record(id).await) else {
@@ -609,12 +610,6 @@ async fn finalize(
             }
         }
     }
-    let file_id = |what: &str| {
-        format!(
-            "file-{}",
-            Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("{id}/{what}").as_bytes()).simple()
-        )
-    };
     let Some((mut record, _)) = tryo!(stores.record(id).await) else {
         return Outcome::Done;
     };
@@ -624,7 +619,7 @@ async fn finalize(
             continue;
         }
         let file = FileObject::new(
-            file_id(what),
+            derived_file_id(id, what),
             data.len() as u64,
             format!("{id}_{what}.jsonl"),
             "batch_output",

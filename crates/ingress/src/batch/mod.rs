@@ -37,7 +37,7 @@ pub(crate) struct Stores {
 impl Stores {
     /// Creates (or opens) the streams, the bucket and the object store.
     pub async fn open(bus: &Bus, config: &BatchConfig) -> Result<Stores, sy_bus::BusError> {
-        bus.ensure_request_stream().await?;
+        // (The request stream is the ingress's own, made before this.)
         bus.ensure_batch_streams().await?;
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
