@@ -1,17 +1,20 @@
 """Feature extraction for the request classifier, mirrored exactly by the Rust
 crate `sy-classifier` (crates/classifier/src/features.rs). Change one, change both;
-`train.py --check` and the Rust test `reproduces_the_training_scripts_predictions`
-catch a drift.
+the Rust tests `reproduces_the_training_scripts_predictions`,
+`keyword_features_match_the_script` and `extra_features_match_the_script` catch a
+drift.
 
 A prompt becomes three blocks:
-  * hashed word unigrams and bigrams of a bounded window (the first and last
-    WINDOW tokens), signed FNV-1a hashing into HASH_DIM buckets, L2-normalised;
+  * hashed word unigrams (bigrams when BIGRAMS) of a bounded window (the first
+    and last WINDOW tokens), signed FNV-1a hashing into HASH_DIM buckets,
+    L2-normalised;
   * the mean static embedding of the window's WordPiece tokens (a lookup in the
     table made by make_embeddings.py), L2-normalised;
   * a few structural features of the whole text (length, lines, code and maths
     signals, question marks, non-ASCII share, turns, tools), intent-word group
-    counts (keywords()) and shape features (extra(): sentences, options, lists,
-    numbers, stop words, the first word, type/token and punctuation shares).
+    counts and the share of code words (keywords()), and shape features
+    (extra(): sentences, options, lists, numbers, stop words, the first word,
+    type/token and punctuation shares).
 """
 
 import math
@@ -32,7 +35,21 @@ DENSE_NAMES = [
 ]
 KEYWORDS = [
     ("kw_question", "what who when where which whom whose how"),
-    ("kw_code", "code function python java javascript sql bug error compile script regex api class method array list string return print def int loop"),
+    # Programming vocabulary: languages, tools and libraries, and the words people
+    # use about code. Short Stack Overflow-style questions ("how do I merge two
+    # dicts") carry little else, so the group's share of the window counts too.
+    ("kw_code", "code coding program programming function functions variable variables script syntax snippet compile compiler runtime "
+                "debug bug bugs error exception exceptions implement implementation algorithm recursion recursive "
+                "python java javascript typescript ruby php perl bash shell powershell sql mysql postgres postgresql sqlite "
+                "html css json xml yaml csv regex regexp kotlin swift scala haskell matlab golang rust cpp csharp vba "
+                "numpy pandas dataframe matplotlib django flask react nodejs node npm pip git github docker kubernetes "
+                "linux unix tensorflow pytorch sklearn jquery angular vue spring excel "
+                "api endpoint http url request server client framework library libraries module modules package import "
+                "database query queries column columns index file files directory folder path command terminal console "
+                "class classes object objects method methods array arrays list dict dictionary dictionaries tuple tuples "
+                "string strings substring char character characters int float boolean bool byte bytes unicode encode decode "
+                "loop loops iterate iteration lambda def return print const var null async await thread threads stack queue "
+                "pointer pointers struct sort sorted append element elements input output repository"),
     ("kw_image", "image picture photo photograph draw drawing painting illustration render sketch logo poster style generate imagine depict scene"),
     ("kw_math", "solve calculate compute find equation integer number sum probability value many much total"),
     ("kw_proof", "prove show theorem derive premises conclusion therefore follows true false uncertain hence lemma"),
@@ -41,7 +58,9 @@ KEYWORDS = [
     ("kw_chat", "you your i me my hi hello hey thanks love like feel are"),
 ]
 KEYWORD_SETS = [set(words.split()) for _, words in KEYWORDS]
-DENSE_NAMES = DENSE_NAMES + [name for name, _ in KEYWORDS] + ["log_numbers"]
+# No word is in two groups (the Rust side maps a word to one group).
+assert sum(len(k) for k in KEYWORD_SETS) == len(set().union(*KEYWORD_SETS))
+DENSE_NAMES = DENSE_NAMES + [name for name, _ in KEYWORDS] + ["log_numbers", "code_share"]
 # Extra structural features (extra()): sentence ends, word length, multiple-choice
 # options, trailing '?', list items, distinct numbers, stop-word share, imperative or
 # question-word start, type/token ratio, punctuation share, longest number, number share.
@@ -271,7 +290,8 @@ def extra(text: str, tokens: list) -> list:
 
 
 def keywords(tokens: list) -> list:
-    """log1p counts of each keyword group, and of number tokens, over the window."""
+    """log1p counts of each keyword group, and of number tokens, over the window;
+    then the share of the window's tokens that are programming words."""
     counts = [0] * (len(KEYWORD_SETS) + 1)
     for t in tokens:
         for i, kw in enumerate(KEYWORD_SETS):
@@ -279,4 +299,4 @@ def keywords(tokens: list) -> list:
                 counts[i] += 1
         if t.isascii() and t.isdigit():
             counts[-1] += 1
-    return [math.log1p(c) for c in counts]
+    return [math.log1p(c) for c in counts] + [counts[1] / (len(tokens) or 1)]

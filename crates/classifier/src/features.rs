@@ -14,47 +14,122 @@ const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0100_0000_01b3;
 /// Number of structural features of the text.
 pub const TEXT_DENSE: usize = 13;
-/// Number of keyword-group features of the window (8 groups and numbers).
-pub const KEYWORD_DENSE: usize = 9;
+/// Number of keyword-group features of the window (8 groups, numbers, the
+/// share of programming words).
+pub const KEYWORD_DENSE: usize = 10;
 /// All dense features.
 pub const DENSE: usize = TEXT_DENSE + KEYWORD_DENSE + EXTRA_DENSE;
 
-/// The keyword group of a window token (features.py's KEYWORDS, in order).
-fn keyword_group(t: &str) -> Option<usize> {
-    Some(match t {
-        "what" | "who" | "when" | "where" | "which" | "whom" | "whose" | "how" => 0,
-        "code" | "function" | "python" | "java" | "javascript" | "sql" | "bug" | "error"
-        | "compile" | "script" | "regex" | "api" | "class" | "method" | "array" | "list"
-        | "string" | "return" | "print" | "def" | "int" | "loop" => 1,
-        "image" | "picture" | "photo" | "photograph" | "draw" | "drawing" | "painting"
-        | "illustration" | "render" | "sketch" | "logo" | "poster" | "style" | "generate"
-        | "imagine" | "depict" | "scene" => 2,
-        "solve" | "calculate" | "compute" | "find" | "equation" | "integer" | "number" | "sum"
-        | "probability" | "value" | "many" | "much" | "total" => 3,
-        "prove" | "show" | "theorem" | "derive" | "premises" | "conclusion" | "therefore"
-        | "follows" | "true" | "false" | "uncertain" | "hence" | "lemma" => 4,
-        "write" | "essay" | "story" | "poem" | "rewrite" | "summarize" | "summarise"
-        | "explain" | "describe" | "act" | "role" | "pretend" | "letter" | "email" | "blog" => 5,
-        "must" | "should" | "exactly" | "least" | "most" | "words" | "sentences" | "paragraphs"
-        | "bullet" | "format" | "include" | "avoid" | "without" | "only" => 6,
-        "you" | "your" | "i" | "me" | "my" | "hi" | "hello" | "hey" | "thanks" | "love"
-        | "like" | "feel" | "are" => 7,
-        _ => return None,
-    })
+/// The keyword groups (features.py's KEYWORDS, in order). No word is in two groups.
+#[rustfmt::skip]
+const KEYWORDS: [&[&str]; KEYWORD_DENSE - 2] = [
+    // kw_question
+    &["what", "who", "when", "where", "which", "whom", "whose", "how"],
+    // kw_code
+    &["code", "coding", "program", "programming", "function", "functions", "variable",
+        "variables", "script", "syntax", "snippet", "compile", "compiler", "runtime", "debug",
+        "bug", "bugs", "error", "exception", "exceptions", "implement", "implementation",
+        "algorithm", "recursion", "recursive", "python", "java", "javascript", "typescript",
+        "ruby", "php", "perl", "bash", "shell", "powershell", "sql", "mysql", "postgres",
+        "postgresql", "sqlite", "html", "css", "json", "xml", "yaml", "csv", "regex", "regexp",
+        "kotlin", "swift", "scala", "haskell", "matlab", "golang", "rust", "cpp", "csharp", "vba",
+        "numpy", "pandas", "dataframe", "matplotlib", "django", "flask", "react", "nodejs",
+        "node", "npm", "pip", "git", "github", "docker", "kubernetes", "linux", "unix",
+        "tensorflow", "pytorch", "sklearn", "jquery", "angular", "vue", "spring", "excel", "api",
+        "endpoint", "http", "url", "request", "server", "client", "framework", "library",
+        "libraries", "module", "modules", "package", "import", "database", "query", "queries",
+        "column", "columns", "index", "file", "files", "directory", "folder", "path", "command",
+        "terminal", "console", "class", "classes", "object", "objects", "method", "methods",
+        "array", "arrays", "list", "dict", "dictionary", "dictionaries", "tuple", "tuples",
+        "string", "strings", "substring", "char", "character", "characters", "int", "float",
+        "boolean", "bool", "byte", "bytes", "unicode", "encode", "decode", "loop", "loops",
+        "iterate", "iteration", "lambda", "def", "return", "print", "const", "var", "null",
+        "async", "await", "thread", "threads", "stack", "queue", "pointer", "pointers", "struct",
+        "sort", "sorted", "append", "element", "elements", "input", "output", "repository"],
+    // kw_image
+    &["image", "picture", "photo", "photograph", "draw", "drawing", "painting", "illustration",
+        "render", "sketch", "logo", "poster", "style", "generate", "imagine", "depict", "scene"],
+    // kw_math
+    &["solve", "calculate", "compute", "find", "equation", "integer", "number", "sum",
+        "probability", "value", "many", "much", "total"],
+    // kw_proof
+    &["prove", "show", "theorem", "derive", "premises", "conclusion", "therefore", "follows",
+        "true", "false", "uncertain", "hence", "lemma"],
+    // kw_writing
+    &["write", "essay", "story", "poem", "rewrite", "summarize", "summarise", "explain",
+        "describe", "act", "role", "pretend", "letter", "email", "blog"],
+    // kw_constraint
+    &["must", "should", "exactly", "least", "most", "words", "sentences", "paragraphs", "bullet",
+        "format", "include", "avoid", "without", "only"],
+    // kw_chat
+    &["you", "your", "i", "me", "my", "hi", "hello", "hey", "thanks", "love", "like", "feel",
+        "are"],
+];
+
+/// Stop words and keyword groups by FNV-1a hash, in one open-addressed table:
+/// one probe (rarely two) per window token tells both.
+struct Words {
+    /// (hash, bit 7: a stop word, low bits: keyword group + 1 or 0); hash 0 = empty.
+    slots: Vec<(u64, u8)>,
 }
 
-/// log1p counts of each keyword group, and of number tokens, over the window.
-pub fn keywords<'a>(tokens: impl Iterator<Item = &'a str>) -> [f64; KEYWORD_DENSE] {
-    let mut counts = [0usize; KEYWORD_DENSE];
-    for t in tokens {
-        if let Some(g) = keyword_group(t) {
-            counts[g] += 1;
+const STOP: u8 = 0x80;
+
+impl Words {
+    fn build() -> Self {
+        let mut w = Words {
+            slots: vec![(0, 0); 1024],
+        };
+        for (g, words) in KEYWORDS.iter().enumerate() {
+            for word in *words {
+                *w.entry(fnv(FNV_OFFSET, word.as_bytes())) |= g as u8 + 1;
+            }
         }
-        if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
-            counts[KEYWORD_DENSE - 1] += 1;
+        for word in STOPWORDS {
+            *w.entry(fnv(FNV_OFFSET, word.as_bytes())) |= STOP;
+        }
+        w
+    }
+
+    fn entry(&mut self, h: u64) -> &mut u8 {
+        let h = h.max(1);
+        let mask = self.slots.len() - 1;
+        let mut i = (h as usize) & mask;
+        while self.slots[i].0 != 0 && self.slots[i].0 != h {
+            i = (i + 1) & mask;
+        }
+        self.slots[i].0 = h;
+        &mut self.slots[i].1
+    }
+
+    fn get(&self, h: u64) -> u8 {
+        let h = h.max(1);
+        let mask = self.slots.len() - 1;
+        let mut i = (h as usize) & mask;
+        loop {
+            let (k, v) = self.slots[i];
+            if k == h {
+                return v;
+            }
+            if k == 0 {
+                return 0;
+            }
+            i = (i + 1) & mask;
         }
     }
-    counts.map(|c| (c as f64).ln_1p())
+}
+
+fn word_table() -> &'static Words {
+    static WORDS: std::sync::OnceLock<Words> = std::sync::OnceLock::new();
+    WORDS.get_or_init(Words::build)
+}
+
+/// features.py's `keywords`: log1p counts of each keyword group, and of number
+/// tokens, over the window; then the share of the window's tokens that are
+/// programming words.
+#[cfg(test)]
+pub fn keywords(text: &str, win: &Tokens) -> [f64; KEYWORD_DENSE] {
+    extra_from(text, &counts(text), win).0
 }
 
 fn fnv(h: u64, bytes: &[u8]) -> u64 {
@@ -652,12 +727,10 @@ pub fn structure(
     win: &Tokens,
     turns: usize,
     tools: bool,
-) -> ([f64; TEXT_DENSE], [f64; EXTRA_DENSE]) {
+) -> ([f64; TEXT_DENSE], [f64; KEYWORD_DENSE], [f64; EXTRA_DENSE]) {
     let k = counts(text);
-    (
-        dense_from(text, &k, turns, tools),
-        extra_from(text, &k, win),
-    )
+    let (kw, extra) = extra_from(text, &k, win);
+    (dense_from(text, &k, turns, tools), kw, extra)
 }
 
 fn dense_from(text: &str, k: &Counts, turns: usize, tools: bool) -> [f64; TEXT_DENSE] {
@@ -694,19 +767,6 @@ const STOPWORDS: [&str; 83] = [
     "not", "no", "can", "could", "would", "should", "will", "shall", "may", "might", "must",
     "there", "here", "all", "any", "some", "each",
 ];
-
-/// FNV-1a hashes of [`STOPWORDS`], sorted for binary search.
-fn stopword_hashes() -> &'static [u64] {
-    static HASHES: std::sync::OnceLock<Vec<u64>> = std::sync::OnceLock::new();
-    HASHES.get_or_init(|| {
-        let mut h: Vec<u64> = STOPWORDS
-            .iter()
-            .map(|w| fnv(FNV_OFFSET, w.as_bytes()))
-            .collect();
-        h.sort_unstable();
-        h
-    })
-}
 
 /// A set of nonzero 64-bit hashes for at most a few hundred entries.
 struct SmallSet {
@@ -843,10 +903,12 @@ fn single_punct(t: &str) -> bool {
 /// punctuation share, the longest number and the number share.
 #[cfg(test)]
 pub fn extra(text: &str, win: &Tokens) -> [f64; EXTRA_DENSE] {
-    extra_from(text, &counts(text), win)
+    extra_from(text, &counts(text), win).1
 }
 
-fn extra_from(text: &str, k: &Counts, win: &Tokens) -> [f64; EXTRA_DENSE] {
+/// The keyword features ([`keywords`]) and the extra ones ([`extra`]), from one
+/// pass over the window's tokens.
+fn extra_from(text: &str, k: &Counts, win: &Tokens) -> ([f64; KEYWORD_DENSE], [f64; EXTRA_DENSE]) {
     let (sentences, words, options, items) = (k.sentences, k.words, k.options, k.items);
     let non_ws = k.chars - k.spaces;
     let n = win.count().max(1) as f64;
@@ -857,16 +919,21 @@ fn extra_from(text: &str, k: &Counts, win: &Tokens) -> [f64; EXTRA_DENSE] {
     let mut numbers = SmallSet::new();
     let (mut stop, mut puncts, mut longest, mut count) = (0usize, 0usize, 0usize, 0usize);
     let mut first = None;
+    let mut groups = [0usize; KEYWORD_DENSE - 2];
+    let table = word_table();
     for t in win.iter() {
         let h = fnv(FNV_OFFSET, t.as_bytes());
         all.insert(h);
+        let w = table.get(h);
+        stop += usize::from(w & STOP != 0);
+        if let Some(g) = usize::from(w & !STOP).checked_sub(1) {
+            groups[g] += 1;
+        }
         if is_digits(t) {
             numbers.insert(h);
             longest = longest.max(t.len());
             count += 1;
         }
-        // (No stop word is longer than 8 bytes.)
-        stop += usize::from(t.len() <= 8 && stopword_hashes().binary_search(&h).is_ok());
         if single_punct(t) {
             puncts += 1;
         } else if first.is_none() {
@@ -876,7 +943,13 @@ fn extra_from(text: &str, k: &Counts, win: &Tokens) -> [f64; EXTRA_DENSE] {
     let first = first.unwrap_or("");
     let ln = |x: usize| (x as f64).ln_1p();
     let flag = |b: bool| if b { 1.0 } else { 0.0 };
-    [
+    let mut kw = [0.0; KEYWORD_DENSE];
+    for (o, c) in kw.iter_mut().zip(groups) {
+        *o = ln(c);
+    }
+    kw[KEYWORD_DENSE - 2] = ln(count);
+    kw[KEYWORD_DENSE - 1] = groups[1] as f64 / n;
+    let extra = [
         ln(sentences),
         (non_ws as f64 / words.max(1) as f64).ln_1p(),
         ln(options),
@@ -890,5 +963,6 @@ fn extra_from(text: &str, k: &Counts, win: &Tokens) -> [f64; EXTRA_DENSE] {
         puncts as f64 / n,
         ln(longest),
         count as f64 / n,
-    ]
+    ];
+    (kw, extra)
 }

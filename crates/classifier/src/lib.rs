@@ -312,8 +312,7 @@ impl Classifier {
                 }
             }
         }
-        let (d, ex) = features::structure(text, &win, turns, tools);
-        let kw = features::keywords(win.iter());
+        let (d, kw, ex) = features::structure(text, &win, turns, tools);
         for (k, x) in d.iter().chain(&kw).chain(&ex).enumerate() {
             let v = (x - self.dense_mean[k]) / self.dense_std[k] * self.dense_weight;
             for (c, l) in logits.iter_mut().enumerate() {
@@ -476,6 +475,42 @@ mod tests {
         ];
         for (text, want) in cases {
             let got = features::extra(text, &features::Tokens::window(text));
+            for (i, (g, w)) in got.iter().zip(want).enumerate() {
+                assert!((g - w).abs() < 1e-9, "{text:.40?} feature {i}: {g} vs {w}");
+            }
+        }
+    }
+
+    #[test]
+    #[allow(clippy::excessive_precision)]
+    fn keyword_features_match_the_script() {
+        // features.py's keywords() on the same texts (printed by the script).
+        let long = format!(
+            "implementation implementations Python3 PYTHON json.loads(x) {} sql",
+            "word ".repeat(300)
+        );
+        let (l2, l3, l5) = (std::f64::consts::LN_2, 1.098612288668, 1.609437912434);
+        let cases: [(&str, [f64; 10]); 5] = [
+            (
+                "How do I merge two dicts in pandas? Show me the code.",
+                [l2, l3, 0.0, 0.0, l2, 0.0, 0.0, l3, 0.0, 0.142857142857],
+            ),
+            (
+                "Hi! What is the total sum? Write a story; you must prove it without any error.",
+                [l2, l2, 0.0, l3, l2, l3, l3, l3, 0.0, 0.05],
+            ),
+            ("", [0.0; 10]),
+            (
+                &long,
+                [0.0, l5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.015625],
+            ),
+            (
+                "\u{dc}ber stra\u{df}e \u{6771}\u{4eac} \u{2713} 42 code",
+                [0.0, l2, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, l2, 0.142857142857],
+            ),
+        ];
+        for (text, want) in cases {
+            let got = features::keywords(text, &features::Tokens::window(text));
             for (i, (g, w)) in got.iter().zip(want).enumerate() {
                 assert!((g - w).abs() < 1e-9, "{text:.40?} feature {i}: {g} vs {w}");
             }
