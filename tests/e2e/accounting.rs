@@ -589,3 +589,100 @@ async fn anthropic_cache_reads_and_writes_are_normalised_and_priced() {
     let expected = (row.input_tokens * 3000 + 4 * 300 + 3 * 3750 + 10 * 15000) as i64;
     assert_eq!(sy_config::price::parse_nanos(&row.cost).unwrap(), expected);
 }
+
+/// Prompt caching end to end: `cache_control` breakpoints from an Anthropic
+/// client (and from an OpenAI client, OpenRouter-style) reach the Anthropic
+/// target, whose cache (the mock's, Anthropic's rules) writes the prefix on the
+/// first call and reads it on the next; usage and ClickHouse rows say so, and a
+/// request without breakpoints caches nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_breakpoints_reach_anthropic_and_its_cache_is_billed() {
+    let stack = accounting_stack().await;
+    let document = "A long reference document the client wants cached. ".repeat(40);
+    let messages_body = json!({
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 16,
+        "system": [
+            {"type": "text", "text": "You answer questions about the document."},
+            {"type": "text", "text": document, "cache_control": {"type": "ephemeral"}}
+        ],
+        "messages": [{"role": "user", "content": "What is it about?"}]
+    });
+    let mut usage = Vec::new();
+    for _ in 0..2 {
+        let r = stack.messages(&messages_body).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.unwrap();
+        usage.push(v["usage"].clone());
+    }
+    let written = usage[0]["cache_creation_input_tokens"].as_u64().unwrap();
+    assert!(
+        written > 320,
+        "the document (320 words) is written to the cache: {usage:?}"
+    );
+    assert_eq!(usage[0]["cache_read_input_tokens"], 0, "{usage:?}");
+    assert_eq!(usage[1]["cache_read_input_tokens"], written, "{usage:?}");
+    assert_eq!(usage[1]["cache_creation_input_tokens"], 0, "{usage:?}");
+    assert_eq!(usage[0]["input_tokens"], usage[1]["input_tokens"]);
+
+    // An OpenAI client marks the same kind of prefix on a text part.
+    let chat_body = json!({
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 16,
+        "messages": [
+            {"role": "system", "content": [
+                {"type": "text", "text": document, "cache_control": {"type": "ephemeral"}}
+            ]},
+            {"role": "user", "content": "Summarise it."}
+        ]
+    });
+    let mut cached = Vec::new();
+    for _ in 0..2 {
+        let v: Value = stack
+            .chat(&chat_body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        cached.push(
+            v["usage"]["prompt_tokens_details"]["cached_tokens"]
+                .as_u64()
+                .unwrap_or(0),
+        );
+    }
+    assert_eq!(cached[0], 0, "first call writes");
+    assert!(cached[1] > 320, "second call reads the prefix: {cached:?}");
+
+    // Without breakpoints nothing is cached, however often it is sent.
+    let plain = json!({"model": "claude-sonnet-4-5", "max_tokens": 16,
+        "system": document, "messages": [{"role": "user", "content": "Again?"}]});
+    for _ in 0..2 {
+        let v: Value = stack
+            .messages(&plain)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["usage"]["cache_creation_input_tokens"], 0, "{v}");
+        assert_eq!(v["usage"]["cache_read_input_tokens"], 0, "{v}");
+    }
+
+    assert_eq!(wait_rows(&stack, 6).await, 6);
+    let (client, db) = ch(&stack);
+    let writes: u64 = scalar(
+        &client,
+        &format!("SELECT sum(cache_write_tokens) FROM {db}.requests FINAL"),
+    )
+    .await;
+    let reads: u64 = scalar(
+        &client,
+        &format!("SELECT sum(cached_input_tokens) FROM {db}.requests FINAL"),
+    )
+    .await;
+    assert_eq!(writes, written + cached[1], "both prefixes written once");
+    assert_eq!(reads, written + cached[1], "and read once each");
+}

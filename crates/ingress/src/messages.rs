@@ -19,6 +19,19 @@ fn invalid(param: &str, message: impl Into<String>) -> ApiError {
     ApiError::invalid(param, message)
 }
 
+/// Whether a block carries a prompt-caching breakpoint.
+fn has_cache(b: &Value) -> bool {
+    !b["cache_control"].is_null()
+}
+
+/// A text block as a canonical text part, with its caching breakpoint.
+fn text_part(b: &Value) -> ContentPart {
+    ContentPart::Text {
+        text: b["text"].as_str().unwrap_or("").to_owned(),
+        cache_control: Some(b["cache_control"].clone()).filter(|c| !c.is_null()),
+    }
+}
+
 /// Text of a `system` value or a `tool_result` content: a string or text blocks.
 fn blocks_text(v: &Value, at: &str) -> Result<String, ApiError> {
     match v {
@@ -112,7 +125,11 @@ pub fn parse(body: &[u8]) -> Result<ChatRequest, ApiError> {
     };
     let mut messages = Vec::new();
     let system = blocks_text(&v["system"], "system")?;
-    if !system.is_empty() {
+    if let Some(blocks) = v["system"].as_array().filter(|b| b.iter().any(has_cache)) {
+        // Caching breakpoints in the system prompt keep its blocks apart.
+        let parts = blocks.iter().map(text_part).collect();
+        messages.push(message(Role::System, Some(Content::Parts(parts))));
+    } else if !system.is_empty() {
         messages.push(message(Role::System, Some(Content::Text(system))));
     }
     let list = v["messages"]
@@ -145,9 +162,7 @@ pub fn parse(body: &[u8]) -> Result<ChatRequest, ApiError> {
         for (j, b) in blocks.iter().enumerate() {
             let bat = format!("{at}.content.{j}");
             match (b["type"].as_str(), role) {
-                (Some("text"), _) => parts.push(ContentPart::Text {
-                    text: b["text"].as_str().unwrap_or("").to_owned(),
-                }),
+                (Some("text"), _) => parts.push(text_part(b)),
                 (Some("image"), Role::User) => parts.push(ContentPart::ImageUrl {
                     image_url: ImageUrl {
                         url: image_url(&b["source"], &bat)?,
@@ -165,7 +180,15 @@ pub fn parse(body: &[u8]) -> Result<ChatRequest, ApiError> {
                     if b["is_error"].as_bool() == Some(true) {
                         text = format!("Error: {text}");
                     }
-                    let mut tm = message(Role::Tool, Some(Content::Text(text)));
+                    let content = if has_cache(b) {
+                        Content::Parts(vec![ContentPart::Text {
+                            text,
+                            cache_control: Some(b["cache_control"].clone()),
+                        }])
+                    } else {
+                        Content::Text(text)
+                    };
+                    let mut tm = message(Role::Tool, Some(content));
                     tm.tool_call_id = Some(id.to_owned());
                     messages.push(tm);
                 }
@@ -200,7 +223,12 @@ pub fn parse(body: &[u8]) -> Result<ChatRequest, ApiError> {
         }
         let content = match parts.as_slice() {
             [] => None,
-            [ContentPart::Text { text }] => Some(Content::Text(text.clone())),
+            [
+                ContentPart::Text {
+                    text,
+                    cache_control: None,
+                },
+            ] => Some(Content::Text(text.clone())),
             _ => Some(Content::Parts(parts)),
         };
         let mut msg = message(role, content);
@@ -243,6 +271,7 @@ pub fn parse(body: &[u8]) -> Result<ChatRequest, ApiError> {
                         parameters: Some(t["input_schema"].clone()).filter(|s| !s.is_null()),
                         strict: None,
                     },
+                    cache_control: Some(t["cache_control"].clone()).filter(|c| !c.is_null()),
                 });
             }
             Some(out)
@@ -586,6 +615,83 @@ mod tests {
     }
 
     #[test]
+    fn cache_breakpoints_reach_the_canonical_request() {
+        let mark = json!({"type": "ephemeral"});
+        let body = json!({
+            "model": "claude-sonnet-4-5",
+            "max_tokens": 64,
+            "system": [
+                {"type": "text", "text": "Long instructions."},
+                {"type": "text", "text": "A large document.", "cache_control": {"type": "ephemeral", "ttl": "1h"}}
+            ],
+            "messages": [
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "toolu_1", "content": "a cat", "cache_control": mark},
+                    {"type": "text", "text": "Go on."}
+                ]}
+            ],
+            "tools": [{"name": "look", "input_schema": {"type": "object"}, "cache_control": mark}]
+        });
+        let req = parse(body.to_string().as_bytes()).unwrap();
+        crate::validate_chat(&req).unwrap();
+        let v = serde_json::to_value(&req).unwrap();
+        assert_eq!(
+            v["messages"],
+            json!([
+                {"role": "system", "content": [
+                    {"type": "text", "text": "Long instructions."},
+                    {"type": "text", "text": "A large document.", "cache_control": {"type": "ephemeral", "ttl": "1h"}}
+                ]},
+                {"role": "tool", "content": [{"type": "text", "text": "a cat", "cache_control": mark}], "tool_call_id": "toolu_1"},
+                {"role": "user", "content": "Go on."}
+            ])
+        );
+        assert_eq!(v["tools"][0]["cache_control"], mark);
+
+        // Without breakpoints the system prompt stays one string.
+        let plain = json!({"model": "m", "max_tokens": 8,
+            "system": [{"type": "text", "text": "A"}, {"type": "text", "text": "B"}],
+            "messages": [{"role": "user", "content": "hi"}]});
+        let v = serde_json::to_value(parse(plain.to_string().as_bytes()).unwrap()).unwrap();
+        assert_eq!(
+            v["messages"][0],
+            json!({"role": "system", "content": "A\nB"})
+        );
+    }
+
+    #[test]
+    fn bad_cache_breakpoints_are_refused_before_any_provider() {
+        for (cc, param) in [
+            (
+                json!({"type": "persistent"}),
+                "messages[0].content[0].cache_control",
+            ),
+            (
+                json!({"type": "ephemeral", "ttl": "2d"}),
+                "messages[0].content[0].cache_control",
+            ),
+            (json!("ephemeral"), "messages[0].content[0].cache_control"),
+        ] {
+            let body = json!({"model": "m", "max_tokens": 8, "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "hi", "cache_control": cc}]}]});
+            let err = parse(body.to_string().as_bytes())
+                .and_then(|r| crate::validate_chat(&r))
+                .unwrap_err();
+            assert_eq!(err.status, axum::http::StatusCode::BAD_REQUEST, "{cc}");
+            assert_eq!(err.param.as_deref(), Some(param), "{cc}");
+        }
+        let five: Vec<Value> = (0..5)
+            .map(|i| json!({"type": "text", "text": format!("part {i}"), "cache_control": {"type": "ephemeral"}}))
+            .collect();
+        let body =
+            json!({"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": five}]});
+        let err = parse(body.to_string().as_bytes())
+            .and_then(|r| crate::validate_chat(&r))
+            .unwrap_err();
+        assert!(err.message.contains("maximum of 4"), "{}", err.message);
+    }
+
+    #[test]
     fn request_translates_system_blocks_tools_and_results() {
         let body = json!({
             "model": "claude-sonnet-4-5",
@@ -622,7 +728,7 @@ mod tests {
             json!([
                 {"role": "system", "content": "Be brief."},
                 {"role": "user", "content": [
-                    {"type": "text", "text": "What is this?"},
+                    {"type": "text", "text": "What is this?", "cache_control": {"type": "ephemeral"}},
                     {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
                 ]},
                 {"role": "assistant", "content": "Let me look.", "tool_calls": [

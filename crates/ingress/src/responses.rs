@@ -65,6 +65,7 @@ fn content_of(v: &Value, at: &str) -> Result<Option<Content>, ApiError> {
                 match p["type"].as_str() {
                     Some("input_text" | "output_text" | "text") => out.push(ContentPart::Text {
                         text: p["text"].as_str().unwrap_or("").to_owned(),
+                        cache_control: None,
                     }),
                     Some("refusal") => out.push(ContentPart::Refusal {
                         refusal: p["refusal"].as_str().unwrap_or("").to_owned(),
@@ -95,7 +96,12 @@ fn content_of(v: &Value, at: &str) -> Result<Option<Content>, ApiError> {
                 }
             }
             Ok(match out.as_slice() {
-                [ContentPart::Text { text }] => Some(Content::Text(text.clone())),
+                [
+                    ContentPart::Text {
+                        text,
+                        cache_control: None,
+                    },
+                ] => Some(Content::Text(text.clone())),
                 _ => Some(Content::Parts(out)),
             })
         }
@@ -223,6 +229,7 @@ pub fn parse(body: &[u8]) -> Result<ChatRequest, ApiError> {
                         parameters: Some(t["parameters"].clone()).filter(|p| !p.is_null()),
                         strict: t["strict"].as_bool(),
                     },
+                    cache_control: None,
                 });
             }
             Some(out)

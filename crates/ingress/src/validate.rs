@@ -1,6 +1,6 @@
 //! Request parsing and validation: bad input never reaches a provider.
 
-use sy_protocol::chat::{ChatRequest, Content, Role};
+use sy_protocol::chat::{ChatRequest, Content, ContentPart, Role};
 
 use crate::ApiError;
 
@@ -200,6 +200,7 @@ pub fn validate_chat(req: &ChatRequest) -> Result<(), ApiError> {
             }
         }
     }
+    check_cache_marks(req)?;
     if req.tool_choice.is_some()
         && req.tools.as_ref().is_none_or(Vec::is_empty)
         && req.tool_choice.as_ref().and_then(|v| v.as_str()) != Some("none")
@@ -207,6 +208,61 @@ pub fn validate_chat(req: &ChatRequest) -> Result<(), ApiError> {
         return Err(ApiError::invalid(
             "tool_choice",
             "'tool_choice' is only allowed when 'tools' are specified.",
+        ));
+    }
+    Ok(())
+}
+
+/// Most caching breakpoints a request may carry (Anthropic's limit).
+pub const MAX_CACHE_MARKS: usize = 4;
+
+/// Prompt-caching breakpoints (`cache_control` on text parts and tools) are
+/// `{"type": "ephemeral"}` with an optional `"ttl": "5m" | "1h"`, at most
+/// [`MAX_CACHE_MARKS`] per request; checked here so a bad one never reaches a
+/// provider.
+fn check_cache_marks(req: &ChatRequest) -> Result<(), ApiError> {
+    let mut marks = Vec::new();
+    for (i, m) in req.messages.iter().enumerate() {
+        if let Some(Content::Parts(parts)) = &m.content {
+            for (j, p) in parts.iter().enumerate() {
+                if let ContentPart::Text {
+                    cache_control: Some(c),
+                    ..
+                } = p
+                {
+                    marks.push((format!("messages[{i}].content[{j}].cache_control"), c));
+                }
+            }
+        }
+    }
+    for (i, t) in req.tools.iter().flatten().enumerate() {
+        if let Some(c) = &t.cache_control {
+            marks.push((format!("tools[{i}].cache_control"), c));
+        }
+    }
+    for (at, c) in &marks {
+        let ok = c.as_object().is_some_and(|o| {
+            o.get("type").and_then(|t| t.as_str()) == Some("ephemeral")
+                && o.get("ttl")
+                    .is_none_or(|t| matches!(t.as_str(), Some("5m" | "1h")))
+                && o.keys().all(|k| k == "type" || k == "ttl")
+        });
+        if !ok {
+            return Err(ApiError::invalid(
+                at.clone(),
+                format!(
+                    "'{at}' must be {{\"type\": \"ephemeral\"}}, optionally with \"ttl\": \"5m\" or \"1h\"."
+                ),
+            ));
+        }
+    }
+    if marks.len() > MAX_CACHE_MARKS {
+        return Err(ApiError::invalid(
+            "cache_control",
+            format!(
+                "A maximum of {MAX_CACHE_MARKS} blocks with cache_control may be provided. Found {}.",
+                marks.len()
+            ),
         ));
     }
     Ok(())

@@ -44,6 +44,48 @@ pub struct Parsed {
     pub stream: bool,
     pub n: usize,
     pub include_usage: bool,
+    /// Anthropic prompt caching: (a hash of, mock tokens in) the prompt up to
+    /// the last `cache_control` breakpoint, when there is one.
+    pub cache_prefix: Option<(u64, u64)>,
+}
+
+/// Anthropic's cache prefix: tools, then system, then messages, up to and
+/// including the last block with `cache_control`; its hash and its tokens as
+/// [`crate::prompt_tokens`] counts them (words, plus 3 per system or message
+/// entry reached).
+fn cache_prefix(req: &Value) -> Option<(u64, u64)> {
+    use std::hash::{Hash, Hasher};
+    let blocks = |v: &Value| -> Vec<Value> {
+        match v {
+            Value::Array(b) => b.clone(),
+            Value::Null => Vec::new(),
+            other => vec![json!({"type": "text", "text": other})],
+        }
+    };
+    // (entry index, block) in cache order; tools are entry 0, system 1.
+    let mut order: Vec<(usize, Value)> = Vec::new();
+    order.extend(blocks(&req["tools"]).into_iter().map(|b| (0, b)));
+    order.extend(blocks(&req["system"]).into_iter().map(|b| (1, b)));
+    for (i, m) in req["messages"].as_array().into_iter().flatten().enumerate() {
+        order.extend(blocks(&m["content"]).into_iter().map(|b| (i + 2, b)));
+    }
+    let last = order
+        .iter()
+        .rposition(|(_, b)| !b["cache_control"].is_null())?;
+    let prefix = &order[..=last];
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let mut words = 0u64;
+    let mut entries = std::collections::BTreeSet::new();
+    for (entry, b) in prefix {
+        b.to_string().hash(&mut h);
+        if *entry > 0 {
+            entries.insert(*entry);
+            words += text_of(&Value::Array(vec![b.clone()]))
+                .split_whitespace()
+                .count() as u64;
+        }
+    }
+    Some((h.finish(), words + 3 * entries.len() as u64))
 }
 
 /// What the mock needs from an embeddings request.
@@ -171,6 +213,7 @@ impl Dialect {
                         || req["stream_options"]["include_usage"]
                             .as_bool()
                             .unwrap_or(false),
+                    cache_prefix: None,
                 })
             }
             Dialect::Anthropic => {
@@ -219,6 +262,7 @@ impl Dialect {
                     stream: req["stream"].as_bool().unwrap_or(false),
                     n: 1,
                     include_usage: true,
+                    cache_prefix: cache_prefix(req),
                 })
             }
             Dialect::Gemini => {
@@ -254,6 +298,7 @@ impl Dialect {
                     stream,
                     n: 1,
                     include_usage: true,
+                    cache_prefix: None,
                 })
             }
         }

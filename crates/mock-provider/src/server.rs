@@ -101,6 +101,9 @@ struct Shared {
     counters: Counters,
     /// When the mock started or was last reset (`fail_for_ms` counts from it).
     since: std::sync::Mutex<tokio::time::Instant>,
+    /// Anthropic prompt-cache prefixes seen (hashes), as a provider's cache would
+    /// hold them; cleared by `/mock/reset`.
+    cached_prefixes: std::sync::Mutex<std::collections::HashSet<u64>>,
 }
 
 /// A running mock; the server stops when this is dropped.
@@ -121,6 +124,7 @@ impl MockProvider {
             opts,
             counters: Counters::default(),
             since: std::sync::Mutex::new(tokio::time::Instant::now()),
+            cached_prefixes: std::sync::Mutex::default(),
         });
         let app = Router::new()
             .route("/v1/chat/completions", post(openai))
@@ -196,6 +200,10 @@ async fn reset(State(s): State<Arc<Shared>>) -> StatusCode {
         a.store(0, Ordering::SeqCst);
     }
     *s.since.lock().unwrap_or_else(|e| e.into_inner()) = tokio::time::Instant::now();
+    s.cached_prefixes
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clear();
     StatusCode::NO_CONTENT
 }
 
@@ -271,6 +279,9 @@ pub(crate) struct Plan {
     pub include_usage: bool,
     /// Leading tokens of the answer the client supplied as an assistant prefill.
     pub skip: usize,
+    /// (read, written) by Anthropic cache breakpoints: the prefix up to the last
+    /// one is written the first time the mock sees it and read after.
+    pub prompt_cache: (u64, u64),
 }
 
 impl Plan {
@@ -286,15 +297,20 @@ impl Plan {
         }
     }
 
-    /// Prompt tokens read from and written to the cache (inside `prompt_tokens`).
+    /// Prompt tokens read from and written to the cache (inside `prompt_tokens`):
+    /// the directives' when given, else what the request's cache breakpoints
+    /// found ([`Plan::prompt_cache`]).
     pub fn cache(&self) -> (u64, u64) {
-        let cached = self.d.cached_tokens.unwrap_or(0).min(self.prompt_tokens);
-        let write = self
-            .d
-            .cache_write
-            .unwrap_or(0)
-            .min(self.prompt_tokens - cached);
-        (cached, write)
+        let (read, write) = if self.d.cached_tokens.is_some() || self.d.cache_write.is_some() {
+            (
+                self.d.cached_tokens.unwrap_or(0),
+                self.d.cache_write.unwrap_or(0),
+            )
+        } else {
+            self.prompt_cache
+        };
+        let cached = read.min(self.prompt_tokens);
+        (cached, write.min(self.prompt_tokens - cached))
     }
 
     pub fn tool_arguments(&self) -> String {
@@ -478,6 +494,14 @@ async fn serve(
             })
             .map_or(0, |k| k + 1)
     });
+    let prompt_cache = parsed.cache_prefix.map_or((0, 0), |(hash, tokens)| {
+        let fresh = shared
+            .cached_prefixes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(hash);
+        if fresh { (0, tokens) } else { (tokens, 0) }
+    });
     let plan = Plan {
         dialect,
         seq: shared.counters.ids.fetch_add(1, Ordering::Relaxed),
@@ -492,6 +516,7 @@ async fn serve(
         include_usage: parsed.include_usage,
         d,
         skip,
+        prompt_cache,
     };
     let outcome = Outcome::new(&shared);
     if plan.d.hang {

@@ -197,7 +197,7 @@ impl Message {
             Some(Content::Parts(parts)) => parts
                 .iter()
                 .filter_map(|p| match p {
-                    ContentPart::Text { text } => Some(text.as_str()),
+                    ContentPart::Text { text, .. } => Some(text.as_str()),
                     _ => None,
                 })
                 .collect::<Vec<_>>()
@@ -224,6 +224,11 @@ pub enum ContentPart {
     Text {
         /// The text.
         text: String,
+        /// A prompt-caching breakpoint after this text (Anthropic's
+        /// `{"type": "ephemeral"}`, optionally with `"ttl": "5m" | "1h"`): sent
+        /// to Anthropic targets, dropped for the others.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cache_control: Option<Value>,
     },
     /// An image by URL or `data:` URL.
     ImageUrl {
@@ -265,6 +270,10 @@ pub struct Tool {
     pub kind: String,
     /// The function's name, description and JSON Schema parameters.
     pub function: FunctionDef,
+    /// A prompt-caching breakpoint after the tool definitions up to this one
+    /// (as on [`ContentPart::Text`]): sent to Anthropic targets only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_control: Option<Value>,
 }
 
 /// A function definition.

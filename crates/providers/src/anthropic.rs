@@ -16,8 +16,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use sy_config::{ProviderConfig, ProviderKind};
 use sy_protocol::chat::{
-    ChatRequest, ChoiceDelta, Content, ContentPart, Delta, FunctionCallDelta, Role, ToolCallDelta,
-    Usage,
+    ChatRequest, ChoiceDelta, Content, ContentPart, Delta, FunctionCallDelta, Message, Role,
+    ToolCallDelta, Usage,
 };
 
 use crate::call::{self, Decoder, Step};
@@ -121,8 +121,34 @@ fn image_block(url: &str) -> Value {
     }
 }
 
+/// A text block, with its caching breakpoint if any.
+fn text_block(text: &str, cache_control: Option<&Value>) -> Value {
+    cached(json!({"type": "text", "text": text}), cache_control)
+}
+
+/// A block with the caching breakpoint, if any.
+fn cached(mut block: Value, cache_control: Option<&Value>) -> Value {
+    if let Some(c) = cache_control {
+        block["cache_control"] = c.clone();
+    }
+    block
+}
+
+/// The last caching breakpoint among a message's text parts (for messages sent
+/// as one block: assistant text, tool results).
+fn last_mark(m: &Message) -> Option<&Value> {
+    match &m.content {
+        Some(Content::Parts(parts)) => parts.iter().rev().find_map(|p| match p {
+            ContentPart::Text { cache_control, .. } => cache_control.as_ref(),
+            _ => None,
+        }),
+        _ => None,
+    }
+}
+
 /// The canonical request in Anthropic's shape. Rules (docs/translation.md):
-/// system and developer messages become `system` (joined, in order); tool
+/// system and developer messages become `system` (joined, in order; as blocks
+/// when one carries a caching breakpoint); `cache_control` goes on its block; tool
 /// messages become `tool_result` blocks in a user turn; consecutive turns of one
 /// role merge; `max_tokens` defaults to the provider's `default_max_tokens`;
 /// `reasoning_effort` or an exact budget becomes `thinking`; `seed`,
@@ -142,11 +168,32 @@ pub fn to_wire(
         return Err(unsupported(DIALECT, "'response_format' (JSON mode)"));
     }
     let mut system: Vec<String> = Vec::new();
+    // The system prompt as blocks, sent as such when one carries a caching breakpoint.
+    let mut system_blocks: Vec<Value> = Vec::new();
     let mut messages: Vec<Value> = Vec::new();
     for (i, m) in req.messages.iter().enumerate() {
         let at = format!("messages[{i}]");
         match m.role {
-            Role::System | Role::Developer => system.push(translate::plain_text(m, DIALECT, &at)?),
+            Role::System | Role::Developer => {
+                let text = translate::plain_text(m, DIALECT, &at)?;
+                match &m.content {
+                    Some(Content::Parts(parts)) => {
+                        system_blocks.extend(parts.iter().map(|p| match p {
+                            ContentPart::Text {
+                                text,
+                                cache_control,
+                            } => text_block(text, cache_control.as_ref()),
+                            ContentPart::Refusal { refusal } => {
+                                json!({"type": "text", "text": refusal})
+                            }
+                            // (plain_text refused every other part.)
+                            _ => json!({"type": "text", "text": ""}),
+                        }));
+                    }
+                    _ => system_blocks.push(json!({"type": "text", "text": text})),
+                }
+                system.push(text);
+            }
             Role::User => match &m.content {
                 Some(Content::Text(s)) => {
                     push_block(&mut messages, "user", json!({"type": "text", "text": s}))
@@ -154,7 +201,10 @@ pub fn to_wire(
                 Some(Content::Parts(parts)) => {
                     for p in parts {
                         let block = match p {
-                            ContentPart::Text { text } => json!({"type": "text", "text": text}),
+                            ContentPart::Text {
+                                text,
+                                cache_control,
+                            } => text_block(text, cache_control.as_ref()),
                             ContentPart::ImageUrl { image_url } => image_block(&image_url.url),
                             ContentPart::File { .. } | ContentPart::InputAudio { .. } => {
                                 return Err(unsupported(
@@ -174,11 +224,7 @@ pub fn to_wire(
             Role::Assistant => {
                 let text = translate::plain_text(m, DIALECT, &at)?;
                 if !text.is_empty() {
-                    push_block(
-                        &mut messages,
-                        "assistant",
-                        json!({"type": "text", "text": text}),
-                    );
+                    push_block(&mut messages, "assistant", text_block(&text, last_mark(m)));
                 }
                 for call in m.tool_calls.iter().flatten() {
                     let input = translate::arguments_object(&call.function.arguments, DIALECT)?;
@@ -195,7 +241,10 @@ pub fn to_wire(
                 push_block(
                     &mut messages,
                     "user",
-                    json!({"type": "tool_result", "tool_use_id": id, "content": text}),
+                    cached(
+                        json!({"type": "tool_result", "tool_use_id": id, "content": text}),
+                        last_mark(m),
+                    ),
                 );
             }
         }
@@ -219,7 +268,12 @@ pub fn to_wire(
     }
     wire.insert("max_tokens".into(), json!(max_tokens));
     wire.insert("messages".into(), Value::Array(messages));
-    if !system.is_empty() {
+    if system_blocks
+        .iter()
+        .any(|b| b.get("cache_control").is_some())
+    {
+        wire.insert("system".into(), Value::Array(system_blocks));
+    } else if !system.is_empty() {
         wire.insert("system".into(), json!(system.join("\n\n")));
     }
     if let Some(t) = req.temperature {
@@ -251,6 +305,9 @@ pub fn to_wire(
                 });
                 if let Some(d) = &t.function.description {
                     v["description"] = json!(d);
+                }
+                if let Some(c) = &t.cache_control {
+                    v["cache_control"] = c.clone();
                 }
                 v
             })
@@ -590,6 +647,45 @@ mod tests {
 
     fn req(v: Value) -> ChatRequest {
         serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn cache_breakpoints_are_sent_on_their_blocks() {
+        let mark = json!({"type": "ephemeral"});
+        let r = req(json!({
+            "model": "route",
+            "messages": [
+                {"role": "system", "content": [
+                    {"type": "text", "text": "Rules."},
+                    {"type": "text", "text": "A long document.", "cache_control": {"type": "ephemeral", "ttl": "1h"}}
+                ]},
+                {"role": "system", "content": "More rules."},
+                {"role": "user", "content": [{"type": "text", "text": "Read it.", "cache_control": mark}]},
+                {"role": "assistant", "content": [{"type": "text", "text": "Done.", "cache_control": mark}]},
+                {"role": "tool", "tool_call_id": "toolu_1", "content": [{"type": "text", "text": "a cat", "cache_control": mark}]}
+            ],
+            "tools": [{"type": "function", "function": {"name": "look"}, "cache_control": mark}]
+        }));
+        let w = to_wire(&r, "claude-x", false, 1024).unwrap();
+        assert_eq!(
+            w["system"],
+            json!([
+                {"type": "text", "text": "Rules."},
+                {"type": "text", "text": "A long document.", "cache_control": {"type": "ephemeral", "ttl": "1h"}},
+                {"type": "text", "text": "More rules."}
+            ])
+        );
+        assert_eq!(
+            w["messages"],
+            json!([
+                {"role": "user", "content": [{"type": "text", "text": "Read it.", "cache_control": mark}]},
+                {"role": "assistant", "content": [{"type": "text", "text": "Done.", "cache_control": mark}]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "toolu_1", "content": "a cat", "cache_control": mark}
+                ]}
+            ])
+        );
+        assert_eq!(w["tools"][0]["cache_control"], mark);
     }
 
     #[test]

@@ -140,7 +140,7 @@ pub fn to_wire(req: &ChatRequest, model: &str, stream: bool) -> Result<Value, Pr
                         let mut out = Vec::new();
                         for p in parts {
                             out.push(match p {
-                                ContentPart::Text { text } => json!({"type": "text", "text": text}),
+                                ContentPart::Text { text, .. } => json!({"type": "text", "text": text}),
                                 ContentPart::ImageUrl { image_url } => {
                                     json!({"type": "image_url", "image_url": {"url": image_url.url}})
                                 }

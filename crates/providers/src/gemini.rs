@@ -198,7 +198,7 @@ pub fn to_wire(req: &ChatRequest) -> Result<Value, ProviderError> {
                 Some(Content::Parts(parts)) => {
                     for p in parts {
                         let part = match p {
-                            ContentPart::Text { text } => json!({"text": text}),
+                            ContentPart::Text { text, .. } => json!({"text": text}),
                             ContentPart::ImageUrl { image_url } => image_part(&image_url.url),
                             ContentPart::Refusal { refusal } => json!({"text": refusal}),
                             ContentPart::File { .. } | ContentPart::InputAudio { .. } => {

@@ -10,8 +10,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use sy_config::{ProviderConfig, ProviderKind};
 use sy_protocol::chat::{
-    ChatRequest, ChoiceDelta, Delta, FunctionCallDelta, Role, StreamOptions, ToolCall,
-    ToolCallDelta, Usage,
+    ChatRequest, ChoiceDelta, Content, ContentPart, Delta, FunctionCallDelta, Role, StreamOptions,
+    ToolCall, ToolCallDelta, Usage,
 };
 
 use crate::call::{self, Decoder, Step};
@@ -70,6 +70,19 @@ impl OpenAiAdapter {
         wire.model.clone_from(&cx.model);
         // Anthropic's exact budget has no OpenAI spelling; reasoning_effort carries it.
         wire.thinking_budget = None;
+        // Caching breakpoints are Anthropic's; OpenAI-compatible APIs cache on their own.
+        for m in &mut wire.messages {
+            if let Some(Content::Parts(parts)) = &mut m.content {
+                for p in parts {
+                    if let ContentPart::Text { cache_control, .. } = p {
+                        *cache_control = None;
+                    }
+                }
+            }
+        }
+        for t in wire.tools.iter_mut().flatten() {
+            t.cache_control = None;
+        }
         if cx.stream {
             wire.stream = Some(true);
             // Usage at the end of every stream, for accounting, whatever the client asked.
@@ -332,6 +345,30 @@ impl Decoder for OpenAiDecoder {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn cache_breakpoints_are_not_sent_to_openai_compatible_providers() {
+        let mark = serde_json::json!({"type": "ephemeral"});
+        let req: ChatRequest = serde_json::from_value(serde_json::json!({
+            "model": "m",
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "hi", "cache_control": mark}]}],
+            "tools": [{"type": "function", "function": {"name": "look"}, "cache_control": mark}]
+        }))
+        .unwrap();
+        let cx = CallContext {
+            model: "gpt-4o".into(),
+            stream: false,
+        };
+        let wire: Value = serde_json::from_slice(&OpenAiAdapter::body(&req, &cx).unwrap()).unwrap();
+        assert_eq!(
+            wire["messages"][0]["content"],
+            serde_json::json!([{"type": "text", "text": "hi"}])
+        );
+        assert_eq!(
+            wire["tools"][0],
+            serde_json::json!({"type": "function", "function": {"name": "look"}})
+        );
+    }
 
     #[test]
     fn wire_body_keeps_unknown_fields_and_asks_for_stream_usage() {

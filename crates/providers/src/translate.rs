@@ -79,7 +79,7 @@ pub fn plain_text(m: &Message, dialect: &str, at: &str) -> Result<String, Provid
             let mut out = Vec::new();
             for p in parts {
                 match p {
-                    ContentPart::Text { text } => out.push(text.as_str()),
+                    ContentPart::Text { text, .. } => out.push(text.as_str()),
                     ContentPart::Refusal { refusal } => out.push(refusal.as_str()),
                     _ => return Err(unsupported(dialect, &format!("a non-text part in {at}"))),
                 }
