@@ -12,12 +12,8 @@
 #   bench/batch.sh                 # full run (~2 min)
 #   CAP=16 RATE=0 ITEMS=20000 bench/batch.sh   # RATE: [batch] max_rate (0: none)
 set -euo pipefail
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$ROOT"
-export SY_STATE_DIR="${SY_STATE_DIR:-$ROOT/.local/bench}"
-# shellcheck source=../scripts/lib/services.sh
-source "$ROOT/scripts/lib/services.sh"
-TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 CAP=${CAP:-4}
 RATE=${RATE:-100}
 ITEMS=${ITEMS:-10000}
@@ -25,8 +21,7 @@ REQS=${REQS:-10000}
 
 started_nats=0
 cleanup() {
-  stop_pidfile "$RUN_DIR/bench-switchyard.pid" switchyard
-  stop_pidfile "$RUN_DIR/bench-mock.pid" mock-provider
+  stop_bench_processes
   if ((started_nats)); then stop_nats; fi
 }
 trap cleanup EXIT
@@ -36,11 +31,8 @@ ensure_nats
 say "Building release binaries"
 cargo build --release --locked --bin switchyard --bin mock-provider --bin sy-bench
 
-for port in 18080 18081; do
-  if port_open "$port"; then echo "port $port is in use; stop what runs there first" >&2; exit 1; fi
-done
-"$TARGET/release/mock-provider" --name openai --listen 127.0.0.1:18081 >"$LOG_DIR/bench-mock.log" 2>&1 &
-echo $! >"$RUN_DIR/bench-mock.pid"
+bench_ports_free
+start_bench_mock
 conf="$STATE_DIR/bench-batch.toml"
 cat >"$conf" <<TOML
 [server]

@@ -12,18 +12,13 @@
 #   bench/run.sh            # full run (~2-3 min)
 #   QUICK=1 bench/run.sh    # fewer requests, for a smoke check
 set -euo pipefail
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$ROOT"
-export SY_STATE_DIR="${SY_STATE_DIR:-$ROOT/.local/bench}"
-# shellcheck source=../scripts/lib/services.sh
-source "$ROOT/scripts/lib/services.sh"
-TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 started_nats=0
 started_clickhouse=0
 cleanup() {
-  stop_pidfile "$RUN_DIR/bench-switchyard.pid" switchyard
-  stop_pidfile "$RUN_DIR/bench-mock.pid" mock-provider
+  stop_bench_processes
   if ((started_nats)); then stop_nats; fi
   if ((started_clickhouse)); then stop_clickhouse; fi
 }
@@ -37,12 +32,9 @@ ensure_clickhouse
 say "Building release binaries"
 cargo build --release --locked --bin switchyard --bin mock-provider --bin sy-bench --bin sy-accounting-bench --bin sy-classifier-bench
 
-for port in 18080 18081; do
-  if port_open "$port"; then echo "port $port is in use; stop what runs there first" >&2; exit 1; fi
-done
+bench_ports_free
 
-"$TARGET/release/mock-provider" --name openai --listen 127.0.0.1:18081 >"$LOG_DIR/bench-mock.log" 2>&1 &
-echo $! >"$RUN_DIR/bench-mock.pid"
+start_bench_mock
 conf="$STATE_DIR/bench-switchyard.toml"
 cat >"$conf" <<'TOML'
 [server]

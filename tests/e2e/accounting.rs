@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use sy_protocol::UsageEvent;
 
-use crate::stack::{Stack, StackOptions, body};
+use crate::stack::{Stack, StackOptions, body, json_of};
 
 fn ch(stack: &Stack) -> (clickhouse::Client, String) {
     let c = stack.clickhouse.as_ref().unwrap();
@@ -638,14 +638,7 @@ async fn cache_breakpoints_reach_anthropic_and_its_cache_is_billed() {
     });
     let mut cached = Vec::new();
     for _ in 0..2 {
-        let v: Value = stack
-            .chat(&chat_body)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = json_of(stack.chat(&chat_body)).await;
         cached.push(
             v["usage"]["prompt_tokens_details"]["cached_tokens"]
                 .as_u64()
@@ -659,14 +652,7 @@ async fn cache_breakpoints_reach_anthropic_and_its_cache_is_billed() {
     let plain = json!({"model": "claude-sonnet-4-5", "max_tokens": 16,
         "system": document, "messages": [{"role": "user", "content": "Again?"}]});
     for _ in 0..2 {
-        let v: Value = stack
-            .messages(&plain)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = json_of(stack.messages(&plain)).await;
         assert_eq!(v["usage"]["cache_creation_input_tokens"], 0, "{v}");
         assert_eq!(v["usage"]["cache_read_input_tokens"], 0, "{v}");
     }

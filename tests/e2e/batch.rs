@@ -550,7 +550,6 @@ async fn webhook_receiver() -> (
 
 #[tokio::test]
 async fn a_job_published_on_the_bus_runs_and_is_announced_and_signed_to_its_webhook() {
-    use futures::StreamExt;
     use hmac::Mac;
     let stack = Stack::start().await;
     let (hook, mut hooks) = webhook_receiver().await;
@@ -581,18 +580,7 @@ async fn a_job_published_on_the_bus_runs_and_is_announced_and_signed_to_its_webh
         "webhook_url": hook,
     });
     let js = async_nats::jetstream::new(client.clone());
-    js.publish(
-        format!("{ns}.batch.submit"),
-        serde_json::to_vec(&job).unwrap().into(),
-    )
-    .await
-    .unwrap()
-    .await
-    .unwrap();
-    let msg = tokio::time::timeout(Duration::from_secs(30), done_sub.next())
-        .await
-        .unwrap()
-        .unwrap();
+    let msg = submit_native(&js, ns, &job, &mut done_sub).await;
     assert_eq!(
         msg.subject.as_str(),
         format!("{ns}.batch.done.batch_native1")
@@ -637,18 +625,7 @@ async fn a_job_published_on_the_bus_runs_and_is_announced_and_signed_to_its_webh
     assert_eq!(payload["data"]["id"], "batch_native1");
     // A bad native job ends `failed`, with the reason, and is announced too.
     let bad = json!({"id": "batch_native2", "key_id": "nobody", "endpoint": CHAT, "requests": [requests[0]]});
-    js.publish(
-        format!("{ns}.batch.submit"),
-        serde_json::to_vec(&bad).unwrap().into(),
-    )
-    .await
-    .unwrap()
-    .await
-    .unwrap();
-    let msg = tokio::time::timeout(Duration::from_secs(30), done_sub.next())
-        .await
-        .unwrap()
-        .unwrap();
+    let msg = submit_native(&js, ns, &bad, &mut done_sub).await;
     let failed: Value = serde_json::from_slice(&msg.payload).unwrap();
     assert_eq!(failed["batch"]["status"], "failed");
     assert!(
@@ -766,4 +743,27 @@ async fn the_cli_submits_waits_and_writes_results_and_embeddings_batch_too() {
     let missing = cli(args(&["status", "batch_nope"]));
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("No such Batch"));
+}
+
+/// Publishes a native batch job on `<ns>.batch.submit` (stored by JetStream) and
+/// returns the next completion announcement from `done`.
+pub(crate) async fn submit_native(
+    js: &async_nats::jetstream::Context,
+    ns: &str,
+    job: &Value,
+    done: &mut async_nats::Subscriber,
+) -> async_nats::Message {
+    use futures::StreamExt;
+    js.publish(
+        sy_protocol::Subjects::new(ns).batch_submit(),
+        serde_json::to_vec(job).unwrap().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    tokio::time::timeout(Duration::from_secs(30), done.next())
+        .await
+        .unwrap()
+        .unwrap()
 }

@@ -554,6 +554,11 @@ impl Drop for Stack {
     }
 }
 
+/// Sends a request and parses its JSON answer (whatever the status).
+pub async fn json_of(r: reqwest::RequestBuilder) -> Value {
+    r.send().await.unwrap().json().await.unwrap()
+}
+
 /// A one-message chat body.
 pub fn body(model: &str, prompt: &str) -> Value {
     json!({"model": model, "messages": [{"role": "user", "content": prompt}]})

@@ -66,21 +66,15 @@ impl Bus {
             ),
         ];
         for (name, subject, retention, max_age, duplicate_window, description) in specs {
-            let config = stream::Config {
-                name: name.clone(),
-                subjects: vec![subject],
+            self.ensure_stream(
+                name,
+                subject,
                 retention,
-                storage: stream::StorageType::File,
                 max_age,
                 duplicate_window,
-                num_replicas: self.config.replicas,
-                description: Some(description.to_owned()),
-                ..Default::default()
-            };
-            self.js
-                .create_or_update_stream(config)
-                .await
-                .map_err(|e| BusError::Setup(format!("stream {name}: {e}")))?;
+                description,
+            )
+            .await?;
         }
         Ok(())
     }

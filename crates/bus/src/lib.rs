@@ -113,6 +113,7 @@ impl Bus {
             self.subjects.request_all(),
             stream::RetentionPolicy::WorkQueue,
             self.config.request_max_age,
+            DUPLICATE_WINDOW,
             "Switchyard requests waiting for a worker",
         )
         .await
@@ -126,6 +127,7 @@ impl Bus {
             self.subjects.usage(),
             stream::RetentionPolicy::Limits,
             max_age,
+            DUPLICATE_WINDOW,
             "Switchyard usage events, one per attempt",
         )
         .await
@@ -202,13 +204,15 @@ impl Bus {
         });
     }
 
-    /// A file-stored stream with `Nats-Msg-Id` dedup, created or updated.
+    /// A file-stored stream with `Nats-Msg-Id` dedup over `duplicate_window`,
+    /// created or updated.
     async fn ensure_stream(
         &self,
         name: String,
         subject: String,
         retention: stream::RetentionPolicy,
         max_age: Duration,
+        duplicate_window: Duration,
         description: &str,
     ) -> Result<(), BusError> {
         let config = stream::Config {
@@ -217,7 +221,7 @@ impl Bus {
             retention,
             storage: stream::StorageType::File,
             max_age,
-            duplicate_window: DUPLICATE_WINDOW,
+            duplicate_window,
             num_replicas: self.config.replicas,
             description: Some(description.to_owned()),
             ..Default::default()
@@ -396,4 +400,36 @@ fn encode<T: Serialize>(value: &T) -> Result<Bytes, BusError> {
     serde_json::to_vec(value)
         .map(Bytes::from)
         .map_err(BusError::Encode)
+}
+
+/// Pulls from `consumer`, at most `per_pull` messages per pull request (server
+/// heartbeats every 5 s, pulls expiring after 30 s), and hands each message to
+/// `each` until `stop` completes (`Ok`), or the stream fails or ends (`Err`).
+/// The pull loop of the worker pools and the batch dispatcher.
+pub async fn pull_each(
+    consumer: &consumer::PullConsumer,
+    per_pull: usize,
+    stop: impl std::future::Future<Output = ()>,
+    mut each: impl FnMut(jetstream::Message),
+) -> Result<(), String> {
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(per_pull)
+        .heartbeat(Duration::from_secs(5))
+        .expires(Duration::from_secs(30))
+        .messages()
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        let next = tokio::select! {
+            () = &mut stop => return Ok(()),
+            next = messages.next() => next,
+        };
+        match next {
+            Some(Ok(msg)) => each(msg),
+            Some(Err(e)) => return Err(e.to_string()),
+            None => return Err("message stream ended".into()),
+        }
+    }
 }

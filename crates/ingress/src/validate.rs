@@ -221,7 +221,27 @@ pub const MAX_CACHE_MARKS: usize = 4;
 /// [`MAX_CACHE_MARKS`] per request; checked here so a bad one never reaches a
 /// provider.
 fn check_cache_marks(req: &ChatRequest) -> Result<(), ApiError> {
-    let mut marks = Vec::new();
+    let mut marks = 0usize;
+    // The path is only formatted for an error.
+    let mut check = |c: &serde_json::Value, at: &dyn Fn() -> String| {
+        marks += 1;
+        let ok = c.as_object().is_some_and(|o| {
+            o.get("type").and_then(|t| t.as_str()) == Some("ephemeral")
+                && o.get("ttl")
+                    .is_none_or(|t| matches!(t.as_str(), Some("5m" | "1h")))
+                && o.keys().all(|k| k == "type" || k == "ttl")
+        });
+        if ok {
+            return Ok(());
+        }
+        let at = at();
+        Err(ApiError::invalid(
+            at.clone(),
+            format!(
+                "'{at}' must be {{\"type\": \"ephemeral\"}}, optionally with \"ttl\": \"5m\" or \"1h\"."
+            ),
+        ))
+    };
     for (i, m) in req.messages.iter().enumerate() {
         if let Some(Content::Parts(parts)) = &m.content {
             for (j, p) in parts.iter().enumerate() {
@@ -230,38 +250,21 @@ fn check_cache_marks(req: &ChatRequest) -> Result<(), ApiError> {
                     ..
                 } = p
                 {
-                    marks.push((format!("messages[{i}].content[{j}].cache_control"), c));
+                    check(c, &|| format!("messages[{i}].content[{j}].cache_control"))?;
                 }
             }
         }
     }
     for (i, t) in req.tools.iter().flatten().enumerate() {
         if let Some(c) = &t.cache_control {
-            marks.push((format!("tools[{i}].cache_control"), c));
+            check(c, &|| format!("tools[{i}].cache_control"))?;
         }
     }
-    for (at, c) in &marks {
-        let ok = c.as_object().is_some_and(|o| {
-            o.get("type").and_then(|t| t.as_str()) == Some("ephemeral")
-                && o.get("ttl")
-                    .is_none_or(|t| matches!(t.as_str(), Some("5m" | "1h")))
-                && o.keys().all(|k| k == "type" || k == "ttl")
-        });
-        if !ok {
-            return Err(ApiError::invalid(
-                at.clone(),
-                format!(
-                    "'{at}' must be {{\"type\": \"ephemeral\"}}, optionally with \"ttl\": \"5m\" or \"1h\"."
-                ),
-            ));
-        }
-    }
-    if marks.len() > MAX_CACHE_MARKS {
+    if marks > MAX_CACHE_MARKS {
         return Err(ApiError::invalid(
             "cache_control",
             format!(
-                "A maximum of {MAX_CACHE_MARKS} blocks with cache_control may be provided. Found {}.",
-                marks.len()
+                "A maximum of {MAX_CACHE_MARKS} blocks with cache_control may be provided. Found {marks}."
             ),
         ));
     }

@@ -155,15 +155,8 @@ fn main() -> ExitCode {
         _ => cli,
     };
     sy_telemetry::init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime(tokio::runtime::Builder::new_multi_thread()) else {
+        return ExitCode::FAILURE;
     };
     match runtime.block_on(serve(cli)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -175,17 +168,19 @@ fn main() -> ExitCode {
     }
 }
 
-fn batch(command: batch_cli::BatchCommand, url: String, key: String) -> ExitCode {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+/// The async runtime from `builder`, or `None` after saying why it could not start.
+fn runtime(mut builder: tokio::runtime::Builder) -> Option<tokio::runtime::Runtime> {
+    builder
         .enable_all()
         .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        .map_err(|e| eprintln!("error: cannot start the async runtime: {e}"))
+        .ok()
+}
+
+fn batch(command: batch_cli::BatchCommand, url: String, key: String) -> ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let Some(runtime) = runtime(tokio::runtime::Builder::new_current_thread()) else {
+        return ExitCode::FAILURE;
     };
     match runtime.block_on(batch_cli::run(command, url, key)) {
         Ok(true) => ExitCode::SUCCESS,

@@ -250,27 +250,11 @@ async fn pull(
         }
     }
     .map_err(|e| e.to_string())?;
-    let mut messages = consumer
-        .stream()
-        .max_messages_per_batch(max_in_flight.clamp(1, 256) as usize)
-        .heartbeat(Duration::from_secs(5))
-        .expires(Duration::from_secs(30))
-        .messages()
-        .await
-        .map_err(|e| e.to_string())?;
     tracing::info!(provider = %cx.provider.name, ?queue, "Pulling requests.");
-    loop {
-        let next = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            next = messages.next() => next,
-        };
-        match next {
-            Some(Ok(msg)) => {
-                let cx = cx.clone();
-                tracker.spawn(async move { handle::handle(cx, msg).await });
-            }
-            Some(Err(e)) => return Err(e.to_string()),
-            None => return Err("message stream ended".into()),
-        }
-    }
+    let per_pull = max_in_flight.clamp(1, 256) as usize;
+    sy_bus::pull_each(&consumer, per_pull, shutdown.cancelled(), |msg| {
+        let cx = cx.clone();
+        tracker.spawn(async move { handle::handle(cx, msg).await });
+    })
+    .await
 }

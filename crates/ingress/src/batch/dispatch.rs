@@ -110,29 +110,12 @@ async fn pull(
         .ensure_dispatcher_consumer(MAX_RUNNING)
         .await
         .map_err(|e| e.to_string())?;
-    let mut messages = consumer
-        .stream()
-        .max_messages_per_batch(4)
-        .heartbeat(Duration::from_secs(5))
-        .expires(Duration::from_secs(30))
-        .messages()
-        .await
-        .map_err(|e| e.to_string())?;
     tracing::info!("Batch dispatcher pulling jobs.");
-    loop {
-        let next = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            next = messages.next() => next,
-        };
-        match next {
-            Some(Ok(msg)) => {
-                let (state, stores, stop) = (state.clone(), stores.clone(), shutdown.clone());
-                tracker.spawn(async move { job(state, stores, msg, stop).await });
-            }
-            Some(Err(e)) => return Err(e.to_string()),
-            None => return Err("job stream ended".into()),
-        }
-    }
+    sy_bus::pull_each(&consumer, 4, shutdown.cancelled(), |msg| {
+        let (state, stores, stop) = (state.clone(), stores.clone(), shutdown.clone());
+        tracker.spawn(async move { job(state, stores, msg, stop).await });
+    })
+    .await
 }
 
 /// How a run of a job ended.
