@@ -11,7 +11,7 @@ use crate::stack::{KEY, OTHER_KEY, Stack, StackOptions};
 
 const CHAT: &str = "/v1/chat/completions";
 
-fn line(id: &str, model: &str, prompt: &str) -> String {
+pub(crate) fn line(id: &str, model: &str, prompt: &str) -> String {
     json!({
         "custom_id": id,
         "method": "POST",
@@ -21,7 +21,7 @@ fn line(id: &str, model: &str, prompt: &str) -> String {
     .to_string()
 }
 
-async fn upload(stack: &Stack, key: &str, data: Vec<u8>) -> reqwest::Response {
+pub(crate) async fn upload(stack: &Stack, key: &str, data: Vec<u8>) -> reqwest::Response {
     let form = reqwest::multipart::Form::new()
         .text("purpose", "batch")
         .part(
@@ -38,7 +38,7 @@ async fn upload(stack: &Stack, key: &str, data: Vec<u8>) -> reqwest::Response {
         .unwrap()
 }
 
-async fn create(stack: &Stack, key: &str, file_id: &str) -> reqwest::Response {
+pub(crate) async fn create(stack: &Stack, key: &str, file_id: &str) -> reqwest::Response {
     stack
         .http
         .post(stack.url("/v1/batches"))
@@ -111,10 +111,19 @@ async fn wait_completed(stack: &Stack, id: &str, min: u64, within: Duration) -> 
 }
 
 /// Polls until the batch reaches a final status.
-async fn wait_end(stack: &Stack, id: &str, within: Duration) -> Value {
+pub(crate) async fn wait_end(stack: &Stack, id: &str, within: Duration) -> Value {
+    wait_end_as(stack, KEY, id, within).await
+}
+
+/// [`wait_end`] for a batch of `key`.
+pub(crate) async fn wait_end_as(stack: &Stack, key: &str, id: &str, within: Duration) -> Value {
     let until = Instant::now() + within;
     loop {
-        let b = batch(stack, id).await;
+        let b: Value = get(stack, key, &format!("/v1/batches/{id}"))
+            .await
+            .json()
+            .await
+            .unwrap();
         if matches!(
             b["status"].as_str(),
             Some("completed" | "failed" | "cancelled" | "expired")
@@ -127,7 +136,7 @@ async fn wait_end(stack: &Stack, id: &str, within: Duration) -> Value {
 }
 
 /// A file's lines as JSON.
-async fn file_lines(stack: &Stack, id: Option<&str>) -> Vec<Value> {
+pub(crate) async fn file_lines(stack: &Stack, id: Option<&str>) -> Vec<Value> {
     let Some(id) = id else { return Vec::new() };
     let text = get(stack, KEY, &format!("/v1/files/{id}/content"))
         .await

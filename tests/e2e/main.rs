@@ -12,6 +12,7 @@ mod config_check;
 mod crash;
 mod dialects;
 mod embeddings;
+mod hostile;
 mod idempotency;
 mod load;
 mod resilience;

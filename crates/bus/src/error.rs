@@ -27,12 +27,28 @@ pub enum BusError {
     /// Creating a stream or consumer failed.
     #[error("JetStream setup failed: {0}")]
     Setup(String),
+    /// A subject or key that the bus refuses to send (too long, or with
+    /// characters NATS would misread); nothing was sent.
+    #[error("refusing to publish on an invalid subject ({len} bytes)")]
+    BadSubject {
+        /// Its length.
+        len: usize,
+    },
     /// A message could not be encoded.
     #[error("cannot encode message")]
     Encode(#[source] serde_json::Error),
 }
 
 impl BusError {
+    /// `Ok` for a subject the bus may publish to ([`sy_protocol::is_valid_subject`]).
+    pub fn check_subject(subject: &str) -> Result<(), BusError> {
+        if sy_protocol::is_valid_subject(subject) {
+            Ok(())
+        } else {
+            Err(BusError::BadSubject { len: subject.len() })
+        }
+    }
+
     pub(crate) fn from_publish(e: PublishError) -> BusError {
         match e.kind() {
             PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe => BusError::Unavailable,

@@ -153,6 +153,25 @@ impl Bus {
             .map_err(|e| BusError::Setup(format!("bucket {bucket}: {e}")))
     }
 
+    /// The KV bucket of completion marks (see [`Bus::mark_done`]). Marks live as
+    /// long as a request message can: the request stream's `max_age`.
+    pub async fn done_store(&self) -> Result<jetstream::kv::Store, BusError> {
+        let bucket = self.subjects.done_bucket();
+        self.js
+            .create_or_update_key_value(jetstream::kv::Config {
+                bucket: bucket.clone(),
+                description: "Switchyard completion marks: request messages a worker finished"
+                    .into(),
+                history: 1,
+                max_age: self.config.request_max_age,
+                storage: stream::StorageType::File,
+                num_replicas: self.config.replicas,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| BusError::Setup(format!("bucket {bucket}: {e}")))
+    }
+
     /// The KV bucket of operators' target overrides.
     pub async fn target_overrides(&self) -> Result<jetstream::kv::Store, BusError> {
         let bucket = self.subjects.targets_bucket();
@@ -168,6 +187,18 @@ impl Bus {
             })
             .await
             .map_err(|e| BusError::Setup(format!("bucket {bucket}: {e}")))
+    }
+
+    /// Stores a target override (its key is checked like a subject).
+    pub async fn put_override(&self, o: &TargetOverride) -> Result<(), BusError> {
+        let key = TargetOverride::key(&o.provider, &o.model);
+        BusError::check_subject(&key)?;
+        let store = self.target_overrides().await?;
+        store
+            .put(key, encode(o)?)
+            .await
+            .map(|_| ())
+            .map_err(|e| BusError::Publish(e.to_string()))
     }
 
     /// Calls `apply` with every target override now in force and every later
@@ -248,6 +279,7 @@ impl Bus {
         msg_id: &str,
         payload: Bytes,
     ) -> Result<(), BusError> {
+        BusError::check_subject(&subject)?;
         let mut headers = HeaderMap::new();
         headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id);
         let ack = self
@@ -334,6 +366,7 @@ impl Bus {
 
     /// Publishes one reply frame on core NATS (no ack; the ingress checks `seq`).
     pub async fn publish_frame(&self, reply_to: &str, frame: &ReplyFrame) -> Result<(), BusError> {
+        BusError::check_subject(reply_to)?;
         self.client
             .publish(reply_to.to_owned(), encode(frame)?)
             .await
@@ -342,8 +375,10 @@ impl Bus {
 
     /// Broadcasts what a call taught about its target (core NATS, at most once).
     pub async fn publish_observation(&self, o: &Observation) -> Result<(), BusError> {
+        let subject = self.subjects.live(&o.provider);
+        BusError::check_subject(&subject)?;
         self.client
-            .publish(self.subjects.live(&o.provider), encode(o)?)
+            .publish(subject, encode(o)?)
             .await
             .map_err(|e| BusError::Publish(e.to_string()))
     }

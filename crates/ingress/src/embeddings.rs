@@ -26,14 +26,25 @@ pub fn parse(body: &[u8]) -> Result<EmbeddingsRequest, ApiError> {
         }
         let msg = inner.to_string();
         let msg = msg.split(" at line ").next().unwrap_or(&msg).to_owned();
-        if let Some(field) = msg.strip_prefix("missing field `").and_then(|s| s.strip_suffix('`')) {
+        if let Some(field) = msg
+            .strip_prefix("missing field `")
+            .and_then(|s| s.strip_suffix('`'))
+        {
             return ApiError::invalid(field, format!("Missing required parameter: '{field}'."));
         }
-        let param = if path == "." { "input".to_owned() } else { path };
-        ApiError::invalid(
-            param.clone(),
-            format!("Invalid value for '{param}': it must be a string, an array of strings, or an array of token arrays."),
-        )
+        if path == "." {
+            // Not an object, or a field this API does not have.
+            return ApiError::new(
+                sy_protocol::ErrorCode::InvalidRequest,
+                format!("The request body must be a JSON object of the embeddings API: {msg}."),
+            );
+        }
+        let why = if path == "input" || path.starts_with("input.") || path.starts_with("input[") {
+            "it must be a string, an array of strings, or an array of token arrays".to_owned()
+        } else {
+            msg
+        };
+        ApiError::invalid(path.clone(), format!("Invalid value for '{path}': {why}."))
     })?;
     if req.model.trim().is_empty() {
         return Err(ApiError::invalid("model", "'model' must not be empty."));
@@ -112,6 +123,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_bad_field_other_than_input_is_not_blamed_on_input() {
+        let e = parse(br#"{"model":"m","input":"a","dimensions":"x"}"#).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("dimensions"));
+        assert!(!e.message.contains("token arrays"), "{}", e.message);
+        let e = parse(b"[1]").unwrap_err();
+        assert_eq!(e.param, None, "{}", e.message);
+    }
+
+    #[test]
     fn inputs_parse_and_bad_ones_name_the_field() {
         for ok in [
             r#"{"model":"m","input":"a"}"#,
@@ -131,6 +151,11 @@ mod tests {
                 r#"{"model":"m","input":"a","encoding_format":"hex"}"#,
                 "encoding_format",
             ),
+            (
+                r#"{"model":"m","input":"a","dimensions":"x"}"#,
+                "dimensions",
+            ),
+            (r#"{"model":5,"input":"a"}"#, "model"),
         ] {
             assert_eq!(
                 parse(bad.as_bytes()).unwrap_err().param.as_deref(),

@@ -16,7 +16,10 @@
 pub mod batch;
 mod classify;
 pub mod embeddings;
+#[cfg(test)]
+mod envelope_depth_tests;
 mod error;
+mod extract;
 mod idempotency;
 mod live;
 pub mod messages;
@@ -337,6 +340,7 @@ async fn build(config: Arc<Config>, bus: Bus) -> Result<(Router, Arc<AppState>),
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(extract::json_errors))
         .with_state(state.clone());
     Ok((app, state))
 }
@@ -414,7 +418,7 @@ async fn list_models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> 
 async fn get_usage(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    axum::extract::Query(params): axum::extract::Query<HashMap<String, String>>,
+    extract::JsonQuery(params): extract::JsonQuery<HashMap<String, String>>,
 ) -> Response {
     let key_id = match authenticate(&state, &headers) {
         Ok(k) => k,
@@ -627,6 +631,7 @@ fn parse_request(
     surface: ApiSurface,
     body: &[u8],
 ) -> Result<sy_protocol::chat::ChatRequest, ApiError> {
+    validate::check_depth(body)?;
     let request = match surface {
         ApiSurface::Messages => messages::parse(body)?,
         ApiSurface::Responses => responses::parse(body)?,
@@ -780,6 +785,7 @@ pub(crate) fn prepare(
         batch,
     } = origin;
     let (request, embeddings) = if surface == ApiSurface::Embeddings {
+        validate::check_depth(body).map_err(|e| (e, None))?;
         let e = embeddings::parse(body).map_err(|e| (e, None))?;
         (
             sy_protocol::chat::ChatRequest::model_only(&e.model),

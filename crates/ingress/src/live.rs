@@ -108,10 +108,13 @@ pub(crate) async fn force(
         let body = crate::read_body(&state, &parts.headers, body).await?;
         let f: ForceBody = serde_json::from_slice(&body)
             .map_err(|e| crate::ApiError::invalid("body", format!("Expected {{\"provider\", \"model\", \"state\": \"off\"|\"on\"|\"auto\"}}: {e}")))?;
-        if !state.providers.contains_key(&f.provider) {
+        // Only a configured target can be forced: anything else would be a
+        // key in the override bucket that nothing reads (and client text of
+        // any length in a NATS key).
+        if !state.routing().serves(&f.provider, &f.model) {
             return Err(crate::ApiError::invalid(
-                "provider",
-                format!("No provider named '{}'.", f.provider),
+                "model",
+                "No configured route sends requests to that provider and model.",
             ));
         }
         let o = sy_protocol::TargetOverride {
@@ -121,22 +124,12 @@ pub(crate) async fn force(
             by,
             at_unix_ms: now_unix_ms(),
         };
-        let store = state.bus.target_overrides().await.map_err(|_| {
+        state.bus.put_override(&o).await.map_err(|_| {
             crate::ApiError::new(
                 sy_protocol::ErrorCode::BusUnavailable,
-                "The target override store is unavailable; retry shortly.",
+                "The target override could not be stored; retry shortly.",
             )
         })?;
-        let value = bytes::Bytes::from(serde_json::to_vec(&o).unwrap_or_default());
-        store
-            .put(sy_protocol::TargetOverride::key(&o.provider, &o.model), value)
-            .await
-            .map_err(|_| {
-                crate::ApiError::new(
-                    sy_protocol::ErrorCode::BusUnavailable,
-                    "The target override could not be stored; retry shortly.",
-                )
-            })?;
         // Applied here at once; other processes within one NATS hop.
         state.live.force(&o.provider, &o.model, o.state.forced());
         tracing::info!(target: "audit", by = %o.by, provider = %o.provider, model = %o.model, state = ?o.state, "Target forced.");

@@ -25,6 +25,20 @@ pub(crate) struct Routing {
 }
 
 impl Routing {
+    /// True when some model or router sends requests to `model` at `provider`.
+    pub fn serves(&self, provider: &str, model: &str) -> bool {
+        self.models
+            .values()
+            .flat_map(|m| &m.targets)
+            .any(|t| t.provider == provider && t.model == model)
+            || self
+                .routers
+                .values()
+                .flat_map(|r| &r.routes)
+                .flat_map(|r| &r.targets)
+                .any(|t| t.provider == provider && t.model == model)
+    }
+
     pub fn from_config(config: &Config) -> Routing {
         let list = serde_json::json!({
             "object": "list",

@@ -4,6 +4,22 @@ use sy_protocol::chat::{ChatRequest, Content, ContentPart, Role};
 
 use crate::ApiError;
 
+/// Refuses a body nested deeper than [`MAX_BODY_DEPTH`](sy_protocol::json::MAX_BODY_DEPTH)
+/// before any parser sees it, on every surface: the envelope that carries it
+/// must stay readable by the worker.
+pub(crate) fn check_depth(body: &[u8]) -> Result<(), ApiError> {
+    let limit = sy_protocol::json::MAX_BODY_DEPTH;
+    match sy_protocol::json::nesting_depth(body, limit) {
+        Some(_) => Ok(()),
+        None => Err(ApiError::new(
+            sy_protocol::ErrorCode::InvalidRequest,
+            format!(
+                "The JSON body nests arrays and objects more than {limit} levels deep, the most this server accepts."
+            ),
+        )),
+    }
+}
+
 /// Parses a body that must be a JSON object, for the surfaces translated by hand
 /// (Messages, Responses); returns it with the first key not in `known`, if any.
 pub(crate) fn json_object(

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
+use axum::extract::DefaultBodyLimit;
 use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -19,6 +21,16 @@ use axum::extract::{Path, Query};
 use crate::dialect::{Dialect, GeminiTarget};
 use crate::directives::{Directives, extract, resolve};
 use crate::{DEFAULT_TOKENS, prompt_tokens, reply_tokens};
+
+/// A request body, or why it could not be read (counted like any request).
+type ReadBody = Result<Bytes, BytesRejection>;
+
+/// The largest body the mock reads: above any gateway's own limit, so that a
+/// request the gateway accepted is never refused here for its size.
+pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+
+/// Prompts whose calls are counted one by one (see [`MockProvider::calls_for`]).
+const COUNTED_PROMPTS: usize = 100_000;
 
 /// How to run a mock.
 #[derive(Debug, Clone)]
@@ -104,6 +116,9 @@ struct Shared {
     /// Anthropic prompt-cache prefixes seen (hashes), as a provider's cache would
     /// hold them; cleared by `/mock/reset`.
     cached_prefixes: std::sync::Mutex<std::collections::HashSet<u64>>,
+    /// Chat calls per prompt (the last user message without directives), for
+    /// tests that prove a request was never run twice.
+    prompt_calls: std::sync::Mutex<HashMap<String, u64>>,
 }
 
 /// A running mock; the server stops when this is dropped.
@@ -125,6 +140,7 @@ impl MockProvider {
             counters: Counters::default(),
             since: std::sync::Mutex::new(tokio::time::Instant::now()),
             cached_prefixes: std::sync::Mutex::default(),
+            prompt_calls: std::sync::Mutex::default(),
         });
         let app = Router::new()
             .route("/v1/chat/completions", post(openai))
@@ -140,6 +156,7 @@ impl MockProvider {
             .route("/mock/stats", get(stats))
             .route("/mock/reset", post(reset))
             .route("/healthz", get(|| async { "ok" }))
+            .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
             .with_state(shared.clone());
         let listener = listener.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
@@ -178,6 +195,16 @@ impl MockProvider {
         self.shared.counters.snapshot()
     }
 
+    /// Chat calls whose prompt (the last user message, directives removed) was
+    /// `prompt`, since start or the last reset.
+    pub fn calls_for(&self, prompt: &str) -> u64 {
+        self.shared
+            .prompt_calls
+            .lock()
+            .map(|m| m.get(prompt).copied().unwrap_or(0))
+            .unwrap_or(0)
+    }
+
     /// Stops serving.
     pub async fn shutdown(self) {
         self.task.abort();
@@ -201,6 +228,10 @@ async fn reset(State(s): State<Arc<Shared>>) -> StatusCode {
     }
     *s.since.lock().unwrap_or_else(|e| e.into_inner()) = tokio::time::Instant::now();
     s.cached_prefixes
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clear();
+    s.prompt_calls
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .clear();
@@ -333,15 +364,19 @@ impl Plan {
     }
 }
 
-async fn openai(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn openai(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: ReadBody) -> Response {
     serve(shared, Dialect::OpenAi, headers, None, body).await
 }
 
-async fn anthropic(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn anthropic(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: ReadBody,
+) -> Response {
     serve(shared, Dialect::Anthropic, headers, None, body).await
 }
 
-async fn cohere(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn cohere(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: ReadBody) -> Response {
     serve(shared, Dialect::Cohere, headers, None, body).await
 }
 
@@ -350,7 +385,7 @@ async fn gemini(
     Path(action): Path<String>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: ReadBody,
 ) -> Response {
     let embed = action.ends_with(":batchEmbedContents");
     let target = GeminiTarget {
@@ -366,7 +401,7 @@ async fn gemini(
 async fn openai_embed(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: ReadBody,
 ) -> Response {
     serve_embed(shared, Dialect::OpenAi, headers, None, body).await
 }
@@ -374,7 +409,7 @@ async fn openai_embed(
 async fn cohere_embed(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: ReadBody,
 ) -> Response {
     serve_embed(shared, Dialect::Cohere, headers, None, body).await
 }
@@ -386,9 +421,16 @@ fn admit(
     dialect: Dialect,
     headers: &HeaderMap,
     gemini: Option<&GeminiTarget>,
-    body: &[u8],
+    body: &ReadBody,
 ) -> Result<Value, Box<Response>> {
     shared.counters.requests.fetch_add(1, Ordering::SeqCst);
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => {
+            let status = e.status().as_u16();
+            return Err(Box::new(dialect.error(status, &e.body_text(), None)));
+        }
+    };
     if let Some(key) = &shared.opts.api_key
         && !dialect.authorized(headers, gemini, key)
     {
@@ -425,7 +467,7 @@ async fn serve_embed(
     dialect: Dialect,
     headers: HeaderMap,
     gemini: Option<GeminiTarget>,
-    body: Bytes,
+    body: ReadBody,
 ) -> Response {
     let req = match admit(&shared, dialect, &headers, gemini.as_ref(), &body) {
         Ok(v) => v,
@@ -460,7 +502,7 @@ async fn serve(
     dialect: Dialect,
     headers: HeaderMap,
     gemini: Option<GeminiTarget>,
-    body: Bytes,
+    body: ReadBody,
 ) -> Response {
     let req = match admit(&shared, dialect, &headers, gemini.as_ref(), &body) {
         Ok(v) => v,
@@ -471,6 +513,11 @@ async fn serve(
         Err(message) => return dialect.error(400, &message, None),
     };
     let (prompt, blocks) = extract(&parsed.last_user);
+    if let Ok(mut calls) = shared.prompt_calls.lock()
+        && (calls.len() < COUNTED_PROMPTS || calls.contains_key(&prompt))
+    {
+        *calls.entry(prompt.clone()).or_default() += 1;
+    }
     let d = match directives(&shared, dialect, &headers, &blocks) {
         Ok(d) => d,
         Err(resp) => return *resp,

@@ -18,6 +18,27 @@ pub enum ApiSurface {
     Embeddings,
 }
 
+/// The fields of a [`RequestEnvelope`] a worker needs to answer it, read from
+/// an envelope that does not parse whole: the rest is skipped without nesting
+/// limits, so whoever waits (a client on `reply_to`, a batch) still gets an error.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct EnvelopeHead {
+    /// The request's id.
+    pub request_id: Uuid,
+    /// The attempt number.
+    #[serde(default)]
+    pub attempt: u32,
+    /// Where the frames go (empty for a batch item).
+    #[serde(default)]
+    pub reply_to: String,
+    /// The key's name.
+    #[serde(default)]
+    pub key_id: String,
+    /// The batch item, if it is one.
+    #[serde(default)]
+    pub batch: Option<crate::batch::BatchItem>,
+}
+
 /// A request on its way from the ingress to a worker pool, published to
 /// `<ns>.req.<provider>.<route>` on the request stream with `Nats-Msg-Id` = request id.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -20,17 +20,18 @@ pub mod embeddings;
 mod error;
 mod frame;
 pub mod header;
+pub mod json;
 mod live;
 mod subject;
 mod usage;
 
 pub use error::ErrorCode;
 pub use frame::{
-    ApiSurface, Cancel, CancelReason, ChunkFrame, FallbackTarget, FinalFrame, FrameError,
-    MidStream, ReplyFrame, RequestEnvelope, Resume, RouteChoice, StartInfo, Watchdogs,
+    ApiSurface, Cancel, CancelReason, ChunkFrame, EnvelopeHead, FallbackTarget, FinalFrame,
+    FrameError, MidStream, ReplyFrame, RequestEnvelope, Resume, RouteChoice, StartInfo, Watchdogs,
 };
 pub use live::{ForcedState, Observation, Outcome, TargetOverride};
-pub use subject::{Subjects, is_valid_token, route_token};
+pub use subject::{MAX_SUBJECT_LEN, Subjects, is_valid_subject, is_valid_token, route_token};
 pub use usage::{TokenSource, UsageEvent, UsageStatus};
 
 /// Milliseconds since the Unix epoch, the time unit of every timestamp on the bus.

@@ -85,6 +85,12 @@ impl Subjects {
         format!("{}_TARGETS", self.stream_prefix)
     }
 
+    /// Name of the KV bucket of completion marks: one key per request message
+    /// a worker finished, so a redelivery is acked without calling the provider.
+    pub fn done_bucket(&self) -> String {
+        format!("{}_DONE", self.stream_prefix)
+    }
+
     /// Name of the KV bucket remembering `Idempotency-Key`s.
     pub fn idempotency_bucket(&self) -> String {
         format!("{}_IDEMPOTENCY", self.stream_prefix)
@@ -195,6 +201,21 @@ pub fn is_valid_token(s: &str) -> bool {
         && s.len() <= 64
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// The longest subject (or KV key) Switchyard publishes. NATS closes the whole
+/// connection on a control line past its limit (4 KiB by default), which would
+/// cut every request of the process; nothing near that is ever sent.
+pub const MAX_SUBJECT_LEN: usize = 512;
+
+/// True when `s` is a subject the bus may publish to: at most
+/// [`MAX_SUBJECT_LEN`] bytes, non-empty dot-separated tokens, printable ASCII
+/// without spaces (so a control line cannot be broken or split).
+pub fn is_valid_subject(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_SUBJECT_LEN
+        && s.bytes().all(|b| b.is_ascii_graphic())
+        && s.split('.').all(|t| !t.is_empty())
 }
 
 /// The subject token for a route (model) name: characters a subject cannot hold

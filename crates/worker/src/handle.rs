@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::CancelRegistry;
+use crate::done::Mark;
 use crate::usage::{self, Ended};
 
 /// What every request of one provider pool shares.
@@ -42,6 +43,8 @@ pub(crate) struct Shared {
     pub batch_price_ppb: i64,
     /// Batch items whose result could not be stored: nak'd, not acked.
     pub unsettled: std::sync::Mutex<std::collections::HashSet<uuid::Uuid>>,
+    /// Completion marks of interactive requests (see `done`).
+    pub done: Arc<crate::done::DoneMarks>,
 }
 
 /// What an attempt learned, kept outside the call so that it survives a cancel.
@@ -128,7 +131,8 @@ pub(crate) async fn handle(cx: Arc<Shared>, msg: jetstream::Message) {
     let env: RequestEnvelope = match serde_json::from_slice(&msg.payload) {
         Ok(env) => env,
         Err(e) => {
-            tracing::error!(subject = %msg.subject, error = %e, "Dropping an unreadable request envelope.");
+            tracing::error!(subject = %msg.subject, error = %e, "Refusing an unreadable request envelope.");
+            answer_unreadable(&cx.bus, &msg.payload).await;
             let _ = acker.ack_with(AckKind::Term).await;
             return;
         }
@@ -140,8 +144,22 @@ pub(crate) async fn handle(cx: Arc<Shared>, msg: jetstream::Message) {
         model = %env.model,
         attempt = env.attempt,
     );
+    // The message's identity: a fallback's republish is another message.
+    let message_id = sy_protocol::UsageEvent::event_id_of(env.request_id, env.attempt);
     async move {
         tracing::trace!("Request pulled.");
+        if env.batch.is_none()
+            && delivered > 1
+            && let Mark::Done(event) = cx.done.get(&message_id).await
+        {
+            // Finished before; only the ack was lost (a reconnect, a crash).
+            tracing::debug!(delivered, "Redelivered request was finished already; acked without a call.");
+            if let Some(event) = event {
+                usage::publish(&cx.bus, &event, &acker).await;
+            }
+            let _ = acker.ack().await;
+            return;
+        }
         if let Some(item) = &env.batch {
             // A worker that stored the answer and died before acking: the item is done.
             match cx.bus.batch_result_exists(&item.batch_id, item.index).await {
@@ -202,12 +220,57 @@ pub(crate) async fn handle(cx: Arc<Shared>, msg: jetstream::Message) {
         if unsettled {
             // Its answer was not stored: run it again rather than lose it.
             let _ = acker.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
-        } else if let Err(e) = acker.ack().await {
+            return;
+        }
+        if env.batch.is_none() {
+            cx.done.finished(&message_id).await;
+        }
+        if let Err(e) = acker.ack().await {
             tracing::warn!(error = %e, "Ack failed; the request may be redelivered.");
         }
     }
     .instrument(span)
     .await;
+}
+
+/// Answers whoever waits for an envelope that does not parse: the client on
+/// its reply subject, or the batch (an error result, so the batch can end).
+/// Nothing is answered when not even the envelope's head can be read.
+async fn answer_unreadable(bus: &Bus, payload: &[u8]) {
+    let head: sy_protocol::EnvelopeHead = match serde_json::from_slice(payload) {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::error!(error = %e, "Not even the envelope's head is readable; nobody can be told.");
+            return;
+        }
+    };
+    let frame = ReplyFrame::Final(FinalFrame {
+        seq: 0,
+        start: None,
+        finish_reason: None,
+        usage: None,
+        error: Some(FrameError::new(
+            ErrorCode::Internal,
+            "the request could not be read by the worker",
+        )),
+    });
+    let sent = match &head.batch {
+        Some(item) => {
+            let result = BatchResult {
+                batch_id: item.batch_id.clone(),
+                index: item.index,
+                custom_id: item.custom_id.clone(),
+                request_id: head.request_id,
+                frames: vec![frame],
+            };
+            bus.publish_batch_result(&result).await
+        }
+        None if !head.reply_to.is_empty() => bus.publish_frame(&head.reply_to, &frame).await,
+        None => Ok(()),
+    };
+    if let Err(e) = sent {
+        tracing::warn!(request_id = %head.request_id, error = %e, "Answering an unreadable request failed.");
+    }
 }
 
 /// One call to the provider: its attempt number, when it started, and why it
@@ -344,6 +407,13 @@ async fn serve(
             if let Err(e) = cx.bus.publish_observation(&o).await {
                 tracing::debug!(error = %e, "Live observation not sent.");
             }
+        }
+        // Answered (or nobody waits any more): mark the message done, with
+        // this event, before publishing it (see `done`).
+        let answered = ended != Ended::Done || state.error.is_none();
+        if answered && env.batch.is_none() {
+            let message_id = sy_protocol::UsageEvent::event_id_of(env.request_id, env.attempt);
+            cx.done.answered(&message_id, &event).await;
         }
         usage::publish(&cx.bus, &event, acker).await;
         let error = match (ended, state.error.take()) {

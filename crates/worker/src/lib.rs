@@ -29,6 +29,7 @@
 //! [`Cancel`]: sy_protocol::Cancel
 
 mod cancel;
+mod done;
 mod handle;
 pub mod tokens;
 mod usage;
@@ -106,6 +107,7 @@ pub async fn run(
         &uuid::Uuid::new_v4().simple().to_string()[..12]
     );
     let cancels = CancelRegistry::start(&bus).await?;
+    let done = Arc::new(done::DoneMarks::open(&bus).await);
     // Live health from every worker's calls (this one's included), so that a
     // target another worker found dead is not called while a fallback can serve.
     let live = Arc::new(sy_router::live::LiveTable::new(config.health));
@@ -151,6 +153,7 @@ pub async fn run(
             live: live.clone(),
             batch_price_ppb: config.batch.price_multiplier_ppb,
             unsettled: Default::default(),
+            done: done.clone(),
         });
         // Batch items come from their own stream and consumer, whose cap keeps
         // a running batch from crowding out interactive requests.

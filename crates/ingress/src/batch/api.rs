@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Multipart, Path, Query, State};
+use axum::extract::{Multipart, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -23,6 +23,7 @@ use sy_protocol::batch::{
 };
 
 use super::{FileObject, Stores, input, new_id, now_secs};
+use crate::extract::{Caller, JsonPath, JsonQuery};
 use crate::{ApiError, AppState, authenticate};
 
 fn json(status: StatusCode, value: &impl serde::Serialize) -> Response {
@@ -151,10 +152,17 @@ async fn upload_inner(
         )
     })?;
     if purpose != "batch" {
+        // Echo a bounded prefix: the field is the client's, of any length.
+        let shown: String = purpose.chars().take(64).collect();
+        let more = if shown.len() < purpose.len() {
+            "…"
+        } else {
+            ""
+        };
         return Err(ApiError::invalid(
             "purpose",
             format!(
-                "Unsupported purpose '{purpose}'; Switchyard stores files with purpose 'batch'."
+                "Unsupported purpose '{shown}{more}'; Switchyard stores files with purpose 'batch'."
             ),
         ));
     }
@@ -172,7 +180,7 @@ async fn upload_inner(
 pub(crate) async fn list_files(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    Query(params): Query<HashMap<String, String>>,
+    JsonQuery(params): JsonQuery<HashMap<String, String>>,
 ) -> Response {
     respond(
         async {
@@ -209,7 +217,7 @@ pub(crate) async fn list_files(
 pub(crate) async fn get_file(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    JsonPath(id): JsonPath<String>,
 ) -> Response {
     respond(
         async {
@@ -225,7 +233,7 @@ pub(crate) async fn get_file(
 pub(crate) async fn file_content(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    JsonPath(id): JsonPath<String>,
 ) -> Response {
     respond(
         async {
@@ -253,7 +261,7 @@ pub(crate) async fn file_content(
 pub(crate) async fn delete_file(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    JsonPath(id): JsonPath<String>,
 ) -> Response {
     respond(
         async {
@@ -333,12 +341,16 @@ pub(crate) fn check_job(job: &BatchJob) -> Result<(), ApiError> {
 /// `POST /v1/batches`.
 pub(crate) async fn create(
     State(state): State<Arc<AppState>>,
+    Caller(key_id): Caller,
     headers: HeaderMap,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Response {
     respond(
         async {
-            let key_id = authenticate(&state, &headers)?;
+            // The key was checked before a byte of the body was read.
+            let key_id = key_id.as_str();
+            crate::check_content_type(&headers)?;
+            let body = crate::read_body(&state, &headers, body).await?;
             let stores = stores(&state)?;
             let req: CreateBatch = serde_json::from_slice(&body).map_err(|e| {
                 ApiError::new(
@@ -411,7 +423,7 @@ pub(crate) async fn create(
 pub(crate) async fn get(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    JsonPath(id): JsonPath<String>,
 ) -> Response {
     respond(
         async {
@@ -446,7 +458,7 @@ async fn owned(state: &AppState, id: &str, key_id: &str) -> Result<(BatchRecord,
 pub(crate) async fn list(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    Query(params): Query<HashMap<String, String>>,
+    JsonQuery(params): JsonQuery<HashMap<String, String>>,
 ) -> Response {
     respond(
         async {
@@ -509,7 +521,7 @@ pub(crate) async fn list(
 pub(crate) async fn cancel(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    JsonPath(id): JsonPath<String>,
 ) -> Response {
     respond(
         async {

@@ -1,0 +1,92 @@
+//! Completion marks: a request message that a worker answered is never run again.
+//!
+//! JetStream delivers at least once: an ack lost in a NATS reconnect, or a
+//! worker that dies between answering and acking, brings the message back after
+//! `ack_wait`. So the worker writes a mark keyed by the message's id (request
+//! id and envelope attempt, its `Nats-Msg-Id`) into the `<NS>_DONE` bucket:
+//!
+//! - when an attempt answered the client (or the client is gone), the mark holds
+//!   that attempt's usage event and is written *before* the event is published;
+//! - before the ack, every other ending (an error sent, a fallback republished)
+//!   leaves an empty mark, unless one exists.
+//!
+//! A redelivered message (delivery count above one) whose mark exists is acked
+//! without a provider call or a reply; the usage event in the mark is published
+//! again (its id dedups it in JetStream and ClickHouse), so a worker that died
+//! between answering and publishing loses no usage either. First deliveries
+//! never look, so a request costs one KV write, made after the client has its
+//! final frame.
+
+use async_nats::jetstream::kv::{CreateErrorKind, Store};
+use sy_bus::Bus;
+use sy_protocol::UsageEvent;
+
+/// The marks, or nothing when NATS would not create the bucket (then a
+/// redelivery runs again, as before).
+pub(crate) struct DoneMarks(Option<Store>);
+
+/// What a redelivered message's mark says.
+#[derive(Debug)]
+pub(crate) enum Mark {
+    /// No mark: the message was never finished.
+    Absent,
+    /// Finished; the answered attempt's usage event, when the mark holds one.
+    Done(Option<Box<UsageEvent>>),
+}
+
+impl DoneMarks {
+    /// Opens (creates) the bucket.
+    pub(crate) async fn open(bus: &Bus) -> DoneMarks {
+        match bus.done_store().await {
+            Ok(s) => DoneMarks(Some(s)),
+            Err(e) => {
+                tracing::warn!(error = %e, "No completion marks: a redelivered request may run twice.");
+                DoneMarks(None)
+            }
+        }
+    }
+
+    /// The mark of message `key`. An unreadable bucket answers `Absent`:
+    /// running twice beats never answering.
+    pub(crate) async fn get(&self, key: &str) -> Mark {
+        let Some(store) = &self.0 else {
+            return Mark::Absent;
+        };
+        match store.get(key).await {
+            Ok(Some(v)) => Mark::Done(serde_json::from_slice(&v).ok().map(Box::new)),
+            Ok(None) => Mark::Absent,
+            Err(e) => {
+                tracing::warn!(error = %e, "Cannot read the completion mark; running the request.");
+                Mark::Absent
+            }
+        }
+    }
+
+    /// Marks message `key` answered by the attempt of `event`; waits until
+    /// JetStream stored the mark.
+    pub(crate) async fn answered(&self, key: &str, event: &UsageEvent) {
+        let Some(store) = &self.0 else { return };
+        let value = match serde_json::to_vec(event) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %e, "Cannot encode the completion mark.");
+                return;
+            }
+        };
+        if let Err(e) = store.put(key, value.into()).await {
+            tracing::warn!(error = %e, "Writing the completion mark failed; a redelivery would run again.");
+        }
+    }
+
+    /// Marks message `key` finished unless it is marked already.
+    pub(crate) async fn finished(&self, key: &str) {
+        let Some(store) = &self.0 else { return };
+        match store.create(key, bytes::Bytes::new()).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "Writing the completion mark failed; a redelivery would run again.");
+            }
+        }
+    }
+}

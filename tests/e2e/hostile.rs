@@ -1,0 +1,510 @@
+//! What hostile and careless clients tried (issue 24): each class refused with
+//! a clean error in the surface's own format, no provider call, and the service
+//! still answering afterwards; answered requests never run twice.
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde_json::{Value, json};
+use sy_protocol::{ErrorCode, ReplyFrame, Subjects, UsageEvent};
+
+use crate::batch;
+use crate::stack::{KEY, OTHER_KEY, Stack, StackOptions, body, content};
+
+/// A valid body of `path` with nested arrays where the surface takes free-form
+/// JSON, `depth` levels deep in all.
+fn deep_body(path: &str, depth: usize) -> Value {
+    let with = |v: Value| match path {
+        "/v1/messages" => json!({"model": "gpt-4o-mini", "max_tokens": 5,
+            "messages": [{"role": "user", "content": "hi"}],
+            "tools": [{"name": "f", "input_schema": {"type": "object", "properties": {"p": v}}}]}),
+        "/v1/responses" => json!({"model": "gpt-4o-mini", "input": "hi",
+            "tools": [{"type": "function", "name": "f",
+                "parameters": {"type": "object", "properties": {"p": v}}}]}),
+        "/v1/embeddings" => json!({"model": "text-embedding-3-small", "input": "hi", "x": v}),
+        _ => {
+            json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "x": v})
+        }
+    };
+    let nested = |levels: usize| (0..levels).fold(json!(0), |v, _| json!([v]));
+    let depth_of = |v: &Value| {
+        sy_protocol::json::nesting_depth(&serde_json::to_vec(v).unwrap(), usize::MAX).unwrap()
+    };
+    // Levels around the free-form value.
+    let around = depth_of(&with(nested(500))) - 500;
+    let body = with(nested(depth - around));
+    assert_eq!(depth_of(&body), depth);
+    body
+}
+
+async fn post(stack: &Stack, path: &str, body: &Value) -> (u16, Value, Duration) {
+    let started = Instant::now();
+    let resp = stack
+        .http
+        .post(stack.url(path))
+        .bearer_auth(KEY)
+        .header("x-api-key", KEY)
+        .header("anthropic-version", "2023-06-01")
+        .json(body)
+        .timeout(Duration::from_secs(20))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let v: Value = resp.json().await.unwrap_or(Value::Null);
+    (status, v, started.elapsed())
+}
+
+/// The surface's error type: OpenAI's `error.code`, Anthropic's `error.type`.
+fn is_invalid_request(path: &str, v: &Value) -> bool {
+    if path == "/v1/messages" {
+        v["type"] == "error" && v["error"]["type"] == "invalid_request_error"
+    } else {
+        v["error"]["code"] == "invalid_request"
+    }
+}
+
+fn provider_calls(stack: &Stack) -> u64 {
+    stack.mock.stats().requests
+        + stack
+            .dialect_mocks
+            .iter()
+            .map(|(_, m)| m.stats().requests)
+            .sum::<u64>()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_deep_bodies_are_refused_at_once_on_every_surface() {
+    let stack = Stack::start().await;
+    let limit = sy_protocol::json::MAX_BODY_DEPTH;
+    for path in [
+        "/v1/chat/completions",
+        "/v1/messages",
+        "/v1/responses",
+        "/v1/embeddings",
+        "/v1/route/explain",
+    ] {
+        for depth in [limit + 1, 127, 128, 1000] {
+            let before = provider_calls(&stack);
+            let (status, v, took) = post(&stack, path, &deep_body(path, depth)).await;
+            assert_eq!(status, 400, "{path} depth {depth}: {v}");
+            assert!(is_invalid_request(path, &v), "{path} depth {depth}: {v}");
+            assert!(
+                took < Duration::from_secs(2),
+                "{path} depth {depth} took {took:?}"
+            );
+            assert_eq!(
+                provider_calls(&stack),
+                before,
+                "{path} depth {depth} reached a provider"
+            );
+        }
+    }
+    // At the limit (and below), the body is read and answered: the worker can read it.
+    for path in ["/v1/chat/completions", "/v1/messages", "/v1/responses"] {
+        for depth in [limit - 1, limit] {
+            let (status, v, _) = post(&stack, path, &deep_body(path, depth)).await;
+            assert_eq!(status, 200, "{path} depth {depth}: {v}");
+        }
+    }
+    let resp = stack
+        .chat(&body("gpt-4o-mini", "still here"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+/// An envelope the worker cannot parse (not one the ingress would send; a
+/// bug or another publisher) is answered with an error, not dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_envelope_is_answered_with_an_error_not_dropped() {
+    let stack = Stack::start().await;
+    let nats = sy_test_support::nats().await;
+    let subjects = Subjects::new(&stack.namespace);
+    let request_id = uuid::Uuid::now_v7();
+    let reply_to = format!("{}.test-reply.{}", stack.namespace, request_id.as_simple());
+    let mut replies = nats.subscribe(reply_to.clone()).await.unwrap();
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    let payload = format!(
+        r#"{{"request_id":"{request_id}","attempt":1,"reply_to":"{reply_to}","key_id":"test","request":{deep}}}"#
+    );
+    let js = async_nats::jetstream::new(nats.clone());
+    js.publish(subjects.request("openai", "gpt-4o-mini"), payload.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let msg = tokio::time::timeout(Duration::from_secs(5), replies.next())
+        .await
+        .expect("the worker answered nothing")
+        .unwrap();
+    let ReplyFrame::Final(f) = serde_json::from_slice(&msg.payload).unwrap() else {
+        panic!("expected a final frame")
+    };
+    assert_eq!(f.error.unwrap().code, ErrorCode::Internal);
+    assert_eq!(stack.mock.stats().requests, 0);
+}
+
+/// Issue 24, defect 1: a batch line nested deep enough to be unreadable
+/// inside an envelope used to wedge its batch (and 32 of them every batch).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_too_deep_batch_line_fails_alone_and_every_batch_ends() {
+    let stack = Stack::start().await;
+    let deep = json!({"custom_id": "deep", "method": "POST", "url": "/v1/chat/completions",
+        "body": deep_body("/v1/chat/completions", 127)})
+    .to_string();
+    let lines = [batch::line("ok", "gpt-4o-mini", "fine"), deep];
+    let mut ids = Vec::new();
+    for key in [KEY, KEY, KEY, OTHER_KEY] {
+        let file: Value = batch::upload(&stack, key, lines.join("\n").into_bytes())
+            .await
+            .json()
+            .await
+            .unwrap();
+        let r = batch::create(&stack, key, file["id"].as_str().unwrap()).await;
+        assert_eq!(r.status(), 200);
+        let b: Value = r.json().await.unwrap();
+        ids.push((key, b["id"].as_str().unwrap().to_owned()));
+    }
+    for (key, id) in &ids {
+        let b = batch::wait_end_as(&stack, key, id, Duration::from_secs(30)).await;
+        assert_eq!(b["status"], "completed", "{b}");
+        assert_eq!(b["request_counts"]["completed"], 1, "{b}");
+        assert_eq!(b["request_counts"]["failed"], 1, "{b}");
+    }
+    // The error file names the deep line with a 400.
+    let (_, id) = &ids[0];
+    let b = batch::wait_end_as(&stack, KEY, id, Duration::from_secs(1)).await;
+    let errors = batch::file_lines(&stack, b["error_file_id"].as_str()).await;
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0]["custom_id"], "deep");
+    assert_eq!(errors[0]["response"]["status_code"], 400, "{}", errors[0]);
+}
+
+/// Issue 24, defect 2: a long model name in an override used to make a NATS
+/// key past the server's control-line limit, which dropped the connection of
+/// the whole process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn override_keys_are_bounded_and_only_for_configured_targets() {
+    let stack = Stack::start().await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Traffic meanwhile: not one request may fail.
+    let traffic = {
+        let (http, url, stop) = (
+            stack.http.clone(),
+            stack.url("/v1/chat/completions"),
+            stop.clone(),
+        );
+        tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, 0u32);
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let r = http
+                    .post(&url)
+                    .bearer_auth(KEY)
+                    .json(&body("gpt-4o-mini", "steady"))
+                    .send()
+                    .await;
+                match r {
+                    Ok(r) if r.status() == 200 => ok += 1,
+                    _ => failed += 1,
+                }
+            }
+            (ok, failed)
+        })
+    };
+    let force = |b: Value| {
+        stack
+            .http
+            .put(stack.url("/v1/route/targets"))
+            .bearer_auth(KEY)
+            .json(&b)
+            .send()
+    };
+    for model in [
+        "m".repeat(2_100),
+        "m".repeat(60_000),
+        "not-configured".into(),
+        "gpt-4o-mini\r\nPUB x 1".into(),
+    ] {
+        for _ in 0..3 {
+            let r = force(json!({"provider": "openai", "model": model, "state": "off"}))
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 400);
+            let v: Value = r.json().await.unwrap();
+            assert_eq!(v["error"]["code"], "invalid_request", "{v}");
+            assert_eq!(v["error"]["param"], "model", "{v}");
+        }
+    }
+    // A configured target still works.
+    let r = force(json!({"provider": "openai", "model": "gpt-4o-mini", "state": "auto"}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (ok, failed) = traffic.await.unwrap();
+    assert!(ok > 0);
+    assert_eq!(
+        failed, 0,
+        "{failed} requests failed while overrides were refused"
+    );
+}
+
+/// Issue 24, defect 10: the mock read at most 2 MB, below the ingress's
+/// limit, so valid large requests failed in the local stack.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_of_three_megabytes_reaches_the_provider_when_the_limit_allows_it() {
+    let stack = Stack::start_with(StackOptions {
+        max_body_bytes: 4 * 1024 * 1024,
+        ..Default::default()
+    })
+    .await;
+    let prompt = "word ".repeat(600_000);
+    let resp = stack
+        .chat(&body("gpt-4o-mini", &prompt))
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.unwrap();
+    assert!(!content(&v).is_empty());
+    assert_eq!(stack.mock.stats().requests, 1);
+}
+
+/// Issue 24, defect 3: a worker that answered and then lost its ack (a crash
+/// here; a NATS reconnect in the report) must not call the provider again when
+/// the message comes back, and the answered attempt's usage is not lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_answered_request_is_acked_without_a_second_call() {
+    let stack = Stack::start_with(StackOptions {
+        split_workers: 1,
+        ack_wait: "2s",
+        ..Default::default()
+    })
+    .await;
+    let nats = sy_test_support::nats().await;
+    let js = async_nats::jetstream::new(nats.clone());
+    let subjects = Subjects::new(&stack.namespace);
+    // With the usage stream gone, the worker answers, marks the request done
+    // and then keeps retrying its usage event without acking: kill it there.
+    js.delete_stream(subjects.usage_stream()).await.unwrap();
+    let prompt = "answered once";
+    let resp = stack
+        .chat(&body("gpt-4o-mini", prompt))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let request_id = resp.headers()["x-switchyard-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stack.signal_worker(0, "-KILL");
+    stack.wait_worker(0);
+    // The next worker recreates the usage stream and gets the redelivery.
+    stack.start_worker();
+    let until = Instant::now() + Duration::from_secs(20);
+    let event = loop {
+        let found = match js.get_stream(subjects.usage_stream()).await {
+            Ok(s) => s
+                .get_last_raw_message_by_subject(&subjects.usage())
+                .await
+                .ok()
+                .and_then(|m| serde_json::from_slice::<UsageEvent>(&m.payload).ok()),
+            Err(_) => None,
+        };
+        if let Some(e) = found {
+            break e;
+        }
+        assert!(
+            Instant::now() < until,
+            "the answered attempt's usage never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(event.request_id.to_string(), request_id);
+    assert_eq!(event.status.as_str(), "ok");
+    // The redelivered message was acked (nothing left to deliver) and the
+    // provider was called once.
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let info = js
+            .get_stream(subjects.request_stream())
+            .await
+            .unwrap()
+            .consumer_info(subjects.worker_consumer("openai"))
+            .await
+            .unwrap();
+        if info.num_ack_pending == 0 && info.num_pending == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the redelivery was never acked: {info:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        stack.mock.calls_for(prompt),
+        1,
+        "the provider was called again"
+    );
+}
+
+/// Issue 24, defect 3 as reported: NATS restarts while answers are being
+/// acked under load; no answered request is run or billed twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_restart_while_acking_runs_and_bills_nothing_twice() {
+    let mut nats = sy_test_support::NatsServer::start().await;
+    let stack = Stack::start_with(StackOptions {
+        nats_url: nats.url(),
+        ack_wait: "2s",
+        clickhouse: true,
+        ..Default::default()
+    })
+    .await;
+    let n = 40;
+    let prompts: Vec<String> = (0..n)
+        .map(|i| format!("restart {i} [[mock:ttft_ms={}]]", 700 + 5 * i / 2))
+        .collect();
+    let mut tasks = Vec::new();
+    for p in &prompts {
+        let req = stack
+            .chat(&body("gpt-4o-mini", p))
+            .timeout(Duration::from_secs(20));
+        tasks.push(tokio::spawn(async move { req.send().await }));
+    }
+    // The answers arrive from 700 to 800 ms: kill NATS in the middle.
+    tokio::time::sleep(Duration::from_millis(750)).await;
+    nats.stop();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    nats.restart().await;
+    let mut answered = Vec::new();
+    for (i, t) in tasks.into_iter().enumerate() {
+        if let Ok(Ok(r)) = t.await
+            && r.status() == 200
+        {
+            answered.push(i);
+        }
+    }
+    // Redeliveries come after the ack wait; give them time.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    for &i in &answered {
+        let bare = format!("restart {i}");
+        assert_eq!(
+            stack.mock.calls_for(&bare),
+            1,
+            "request {i} was answered and then run again"
+        );
+    }
+    let c = stack.clickhouse.as_ref().unwrap();
+    let client = sy_accounting::client(c);
+    let dup: u64 = client
+        .query(&format!(
+            "SELECT count() FROM (SELECT request_id, countIf(status = 'ok') AS n FROM {}.requests FINAL GROUP BY request_id HAVING n > 1)",
+            c.database
+        ))
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(dup, 0, "requests with two ok rows");
+    println!(
+        "nats restart: {} of {n} answered, none run twice",
+        answered.len()
+    );
+}
+
+/// Issue 24, defects 6 and 12: a keyless body is never read (401, not a
+/// plain-text 413), and no extractor answers in plain text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_refusal_is_json_and_keyless_bodies_are_not_read() {
+    let stack = Stack::start().await;
+    let big = vec![b'x'; 3 * 1024 * 1024];
+    let cases: Vec<(&str, reqwest::RequestBuilder, u16)> = vec![
+        (
+            "keyless batch create with a 3 MB body",
+            stack
+                .http
+                .post(stack.url("/v1/batches"))
+                .header("content-type", "application/json")
+                .body(big.clone()),
+            401,
+        ),
+        (
+            "keyless file upload with a 3 MB body",
+            stack
+                .http
+                .post(stack.url("/v1/files"))
+                .header("content-type", "multipart/form-data; boundary=x")
+                .body(big.clone()),
+            401,
+        ),
+        (
+            "keyless chat with a 3 MB body",
+            stack
+                .http
+                .post(stack.url("/v1/chat/completions"))
+                .body(big.clone()),
+            401,
+        ),
+        (
+            "a path that is not UTF-8",
+            stack
+                .http
+                .get(stack.url("/v1/files/%ff%fe"))
+                .bearer_auth(KEY),
+            400,
+        ),
+        (
+            "a batch id that is not UTF-8",
+            stack
+                .http
+                .post(stack.url("/v1/batches/%ff/cancel"))
+                .bearer_auth(KEY),
+            400,
+        ),
+        (
+            "a batch create that is not JSON",
+            stack
+                .http
+                .post(stack.url("/v1/batches"))
+                .bearer_auth(KEY)
+                .header("content-type", "text/plain")
+                .body("{}"),
+            415,
+        ),
+        (
+            "a batch create larger than the body limit",
+            stack
+                .http
+                .post(stack.url("/v1/batches"))
+                .bearer_auth(KEY)
+                .header("content-type", "application/json")
+                .body(big.clone()),
+            413,
+        ),
+    ];
+    for (name, req, status) in cases {
+        let resp = req
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(resp.status().as_u16(), status, "{name}");
+        let ct = resp.headers()["content-type"].to_str().unwrap().to_owned();
+        assert!(ct.starts_with("application/json"), "{name}: {ct}");
+        let v: Value = resp.json().await.unwrap();
+        assert!(v["error"]["message"].is_string(), "{name}: {v}");
+    }
+    assert_eq!(provider_calls(&stack), 0);
+    let resp = stack
+        .chat(&body("gpt-4o-mini", "still here"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
