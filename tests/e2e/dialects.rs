@@ -6,16 +6,6 @@ use serde_json::{Value, json};
 
 use crate::stack::{Stack, body};
 
-/// Requests the mocks of every provider received in total.
-fn upstream_requests(stack: &Stack) -> u64 {
-    stack.mock.stats().requests
-        + stack
-            .dialect_mocks
-            .iter()
-            .map(|(_, m)| m.stats().requests)
-            .sum::<u64>()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fields_a_target_cannot_honour_are_refused_in_the_clients_format() {
     let stack = Stack::start().await;
@@ -45,7 +35,7 @@ async fn fields_a_target_cannot_honour_are_refused_in_the_clients_format() {
             "{v}"
         );
     }
-    assert_eq!(upstream_requests(&stack), 0, "no provider was called");
+    assert_eq!(stack.upstream_requests(), 0, "no provider was called");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -91,7 +81,7 @@ async fn anthropic_clients_get_anthropic_errors() {
     assert_eq!(resp.status(), 401);
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["error"]["type"], "authentication_error");
-    assert_eq!(upstream_requests(&stack), 0, "no provider was called");
+    assert_eq!(stack.upstream_requests(), 0, "no provider was called");
 
     // Provider errors are translated: Gemini's RESOURCE_EXHAUSTED is Anthropic's 429,
     // Cohere's overload is Anthropic's 529; a mid-stream cut is an `error` event.

@@ -400,6 +400,16 @@ targets = [{{ provider = "openai", model = "gpt-4.1-2025" }}]
         panic!("switchyard did not become ready at {}", self.base);
     }
 
+    /// Requests the mocks of every provider received in total.
+    pub fn upstream_requests(&self) -> u64 {
+        self.mock.stats().requests
+            + self
+                .dialect_mocks
+                .iter()
+                .map(|(_, m)| m.stats().requests)
+                .sum::<u64>()
+    }
+
     /// Starts the batch dispatcher process (split_dispatcher).
     pub fn start_dispatcher(&self) {
         *self.dispatcher.lock().unwrap() = Some(switchyard(&self.config_path, &["dispatcher"]));

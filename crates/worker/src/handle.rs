@@ -45,6 +45,19 @@ pub(crate) struct Shared {
     pub unsettled: std::sync::Mutex<std::collections::HashSet<uuid::Uuid>>,
     /// Completion marks of interactive requests (see `done`).
     pub done: Arc<crate::done::DoneMarks>,
+    /// Request messages this process is handling now (by message id).
+    pub in_hand: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+/// A message in hand; forgotten when dropped.
+struct InHand<'a>(&'a Shared, String);
+
+impl Drop for InHand<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut h) = self.0.in_hand.lock() {
+            h.remove(&self.1);
+        }
+    }
 }
 
 /// What an attempt learned, kept outside the call so that it survives a cancel.
@@ -148,6 +161,19 @@ pub(crate) async fn handle(cx: Arc<Shared>, msg: jetstream::Message) {
     let message_id = sy_protocol::UsageEvent::event_id_of(env.request_id, env.attempt);
     async move {
         tracing::trace!("Request pulled.");
+        let fresh = cx
+            .in_hand
+            .lock()
+            .map(|mut h| h.insert(message_id.clone()))
+            .unwrap_or(true);
+        if !fresh {
+            // Redelivered while this process still handles it (its progress
+            // acks were lost, e.g. in a NATS outage): the first handling acks
+            // it; leaving this delivery alone keeps it safe if we die first.
+            tracing::debug!(delivered, "Redelivered request is still in hand here; left to the first handling.");
+            return;
+        }
+        let _in_hand = InHand(&cx, message_id.clone());
         if env.batch.is_none()
             && delivered > 1
             && let Mark::Done(event) = cx.done.get(&message_id).await

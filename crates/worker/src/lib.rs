@@ -154,6 +154,7 @@ pub async fn run(
             batch_price_ppb: config.batch.price_multiplier_ppb,
             unsettled: Default::default(),
             done: done.clone(),
+            in_hand: Default::default(),
         });
         // Batch items come from their own stream and consumer, whose cap keeps
         // a running batch from crowding out interactive requests.
