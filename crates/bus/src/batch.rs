@@ -81,19 +81,12 @@ impl Bus {
 
     /// The KV bucket of batch records (key = batch id); records expire after `max_age`.
     pub async fn batch_store(&self, max_age: Duration) -> Result<jetstream::kv::Store, BusError> {
-        let bucket = self.subjects.batches_bucket();
-        self.js
-            .create_or_update_key_value(jetstream::kv::Config {
-                bucket: bucket.clone(),
-                description: "Switchyard batch records (status, counts, owner)".into(),
-                history: 1,
-                max_age,
-                storage: stream::StorageType::File,
-                num_replicas: self.config.replicas,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| BusError::Setup(format!("bucket {bucket}: {e}")))
+        self.ensure_kv(
+            self.subjects.batches_bucket(),
+            "Switchyard batch records (status, counts, owner)",
+            max_age,
+        )
+        .await
     }
 
     /// The object store of batch files; files expire after `max_age`.

@@ -138,49 +138,50 @@ impl Bus {
         &self,
         window: Duration,
     ) -> Result<jetstream::kv::Store, BusError> {
-        let bucket = self.subjects.idempotency_bucket();
-        self.js
-            .create_or_update_key_value(jetstream::kv::Config {
-                bucket: bucket.clone(),
-                description: "Switchyard Idempotency-Keys: running marks and first results".into(),
-                history: 1,
-                max_age: window,
-                storage: stream::StorageType::File,
-                num_replicas: self.config.replicas,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| BusError::Setup(format!("bucket {bucket}: {e}")))
+        self.ensure_kv(
+            self.subjects.idempotency_bucket(),
+            "Switchyard Idempotency-Keys: running marks and first results",
+            window,
+        )
+        .await
     }
 
-    /// The KV bucket of completion marks (see [`Bus::mark_done`]). Marks live as
-    /// long as a request message can: the request stream's `max_age`.
+    /// The KV bucket of completion marks (the worker's `done` module). Marks
+    /// live as long as a request message can: the request stream's `max_age`.
     pub async fn done_store(&self) -> Result<jetstream::kv::Store, BusError> {
-        let bucket = self.subjects.done_bucket();
-        self.js
-            .create_or_update_key_value(jetstream::kv::Config {
-                bucket: bucket.clone(),
-                description: "Switchyard completion marks: request messages a worker finished"
-                    .into(),
-                history: 1,
-                max_age: self.config.request_max_age,
-                storage: stream::StorageType::File,
-                num_replicas: self.config.replicas,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| BusError::Setup(format!("bucket {bucket}: {e}")))
+        self.ensure_kv(
+            self.subjects.done_bucket(),
+            "Switchyard completion marks: request messages a worker finished",
+            self.config.request_max_age,
+        )
+        .await
     }
 
     /// The KV bucket of operators' target overrides.
     pub async fn target_overrides(&self) -> Result<jetstream::kv::Store, BusError> {
-        let bucket = self.subjects.targets_bucket();
+        // No max age: an override stands until an operator changes it.
+        self.ensure_kv(
+            self.subjects.targets_bucket(),
+            "Switchyard target overrides (operators forcing a target off or on)",
+            Duration::ZERO,
+        )
+        .await
+    }
+
+    /// A file-stored KV bucket keeping one value per key, created or updated;
+    /// entries expire after `max_age` (never when zero).
+    pub(crate) async fn ensure_kv(
+        &self,
+        bucket: String,
+        description: &str,
+        max_age: Duration,
+    ) -> Result<jetstream::kv::Store, BusError> {
         self.js
             .create_or_update_key_value(jetstream::kv::Config {
                 bucket: bucket.clone(),
-                description: "Switchyard target overrides (operators forcing a target off or on)"
-                    .into(),
+                description: description.to_owned(),
                 history: 1,
+                max_age,
                 storage: stream::StorageType::File,
                 num_replicas: self.config.replicas,
                 ..Default::default()

@@ -1,16 +1,17 @@
-//! Extractors whose every rejection is an error in the client's API format.
+//! Every refusal in the client's API format, and the key checked first.
 //!
-//! axum's own extractors answer a bad path, query or body with a plain-text
-//! body; these wrap them so that each refusal is an [`ApiError`], and
-//! [`Caller`] authenticates from the headers alone, so a handler that takes it
-//! before its body never reads a byte of a keyless request.
+//! [`Caller`] authenticates from the headers alone: a handler that takes it
+//! before its body never reads a byte of a keyless request. [`json_errors`] is
+//! the one place where error responses that are not JSON (axum's extractor
+//! rejections for a bad path, query or body are plain text) become the
+//! surface's error body, keeping the status and the rejection's words.
 
 use std::sync::Arc;
 
-use axum::extract::{FromRequestParts, Path, Query};
+use axum::extract::FromRequestParts;
+use axum::http::header;
 use axum::http::request::Parts;
-use axum::response::{IntoResponse, Response};
-use serde::de::DeserializeOwned;
+use axum::response::Response;
 use sy_protocol::{ApiSurface, ErrorCode};
 
 use crate::{ApiError, AppState, authenticate};
@@ -41,55 +42,13 @@ impl FromRequestParts<Arc<AppState>> for Caller {
     }
 }
 
-/// A path parameter; an unreadable one (bad percent-encoding, not UTF-8) is a
-/// 400 in JSON.
-#[derive(Debug)]
-pub(crate) struct JsonPath<T>(pub T);
+/// The most of a plain-text error body kept as the JSON error's message (it
+/// may quote the client's input).
+const MESSAGE_CAP: usize = 512;
 
-impl<T, S> FromRequestParts<S> for JsonPath<T>
-where
-    T: DeserializeOwned + Send,
-    S: Send + Sync,
-{
-    type Rejection = Response;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        match Path::<T>::from_request_parts(parts, state).await {
-            Ok(Path(v)) => Ok(JsonPath(v)),
-            Err(e) => Err(ApiError::new(
-                ErrorCode::InvalidRequest,
-                format!("The URL path could not be read: {}", e.body_text()),
-            )
-            .render(surface_of_path(parts.uri.path()))),
-        }
-    }
-}
-
-/// A query string; an unreadable one is a 400 in JSON.
-#[derive(Debug)]
-pub(crate) struct JsonQuery<T>(pub T);
-
-impl<T, S> FromRequestParts<S> for JsonQuery<T>
-where
-    T: DeserializeOwned + Send,
-    S: Send + Sync,
-{
-    type Rejection = Response;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        match Query::<T>::from_request_parts(parts, state).await {
-            Ok(Query(v)) => Ok(JsonQuery(v)),
-            Err(e) => Err(ApiError::new(
-                ErrorCode::InvalidRequest,
-                format!("The query string could not be read: {}", e.body_text()),
-            )
-            .render(surface_of_path(parts.uri.path()))),
-        }
-    }
-}
-
-/// Last line of defence: an error response with a plain-text (or no) body,
-/// from anything below the handlers, becomes an error in the client's format.
+/// Turns an error response whose body is not JSON (nor an event stream) into
+/// the surface's JSON error with the same status and headers; every other
+/// response passes untouched.
 pub(crate) async fn json_errors(
     req: axum::extract::Request,
     next: axum::middleware::Next,
@@ -97,12 +56,15 @@ pub(crate) async fn json_errors(
     let surface = surface_of_path(req.uri().path());
     let resp = next.run(req).await;
     let status = resp.status();
-    let json = resp
+    if !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let typed = resp
         .headers()
-        .get(axum::http::header::CONTENT_TYPE)
+        .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json") || v.starts_with("text/event-stream"));
-    if !(status.is_client_error() || status.is_server_error()) || json {
+    if typed {
         return resp;
     }
     let code = match status.as_u16() {
@@ -116,18 +78,23 @@ pub(crate) async fn json_errors(
         500.. => ErrorCode::Internal,
         _ => ErrorCode::InvalidRequest,
     };
-    let reason = status.canonical_reason().unwrap_or("error");
-    let mut out = ApiError::new(
-        code,
-        format!("The request was refused ({status} {reason})."),
-    )
-    .render(surface);
-    // Keep what the status says beyond the body (Retry-After, Allow).
-    for (name, value) in resp.headers() {
-        if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, MESSAGE_CAP * 4)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    let message = match text.char_indices().nth(MESSAGE_CAP) {
+        _ if text.is_empty() => status.canonical_reason().unwrap_or("error").to_owned(),
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text,
+    };
+    let mut out = ApiError::new(code, message).render(surface);
+    // Keep what the response says beyond its body (Retry-After, Allow).
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
             out.headers_mut().insert(name.clone(), value.clone());
         }
     }
-    *out.status_mut() = status;
-    out.into_response()
+    *out.status_mut() = parts.status;
+    out
 }

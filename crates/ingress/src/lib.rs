@@ -401,10 +401,7 @@ fn authenticate<'a>(state: &'a AppState, headers: &HeaderMap) -> Result<&'a str,
         .ok_or_else(|| ApiError::new(ErrorCode::Unauthenticated, "Incorrect API key provided."))
 }
 
-async fn list_models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Err(e) = authenticate(&state, &headers) {
-        return e.into_response();
-    }
+async fn list_models(State(state): State<Arc<AppState>>, _: extract::Caller) -> Response {
     (
         [(
             header::CONTENT_TYPE,
@@ -417,14 +414,10 @@ async fn list_models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> 
 
 async fn get_usage(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    extract::JsonQuery(params): extract::JsonQuery<HashMap<String, String>>,
+    extract::Caller(key_id): extract::Caller,
+    axum::extract::Query(params): axum::extract::Query<HashMap<String, String>>,
 ) -> Response {
-    let key_id = match authenticate(&state, &headers) {
-        Ok(k) => k,
-        Err(e) => return e.into_response(),
-    };
-    match usage::usage(state.clickhouse.as_ref(), key_id, &params).await {
+    match usage::usage(state.clickhouse.as_ref(), &key_id, &params).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
@@ -572,11 +565,14 @@ async fn responses(State(state): State<Arc<AppState>>, req: Request) -> Response
     handle(state, ApiSurface::Responses, req).await
 }
 
-async fn route_explain(State(state): State<Arc<AppState>>, req: Request) -> Response {
+async fn route_explain(
+    State(state): State<Arc<AppState>>,
+    _: extract::Caller,
+    req: Request,
+) -> Response {
     let request_id = Uuid::now_v7();
     let (parts, body) = req.into_parts();
     let result = async {
-        authenticate(&state, &parts.headers)?;
         check_content_type(&parts.headers)?;
         let body = read_body(&state, &parts.headers, body).await?;
         let request = parse_request(ApiSurface::ChatCompletions, &body)?;

@@ -8,14 +8,14 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use sy_bus::Bus;
 use sy_protocol::now_unix_ms;
 use sy_router::live::{LiveTable, Load};
 
-use crate::{AppState, authenticate};
+use crate::AppState;
+use crate::extract::Caller;
 
 /// How often each provider's load is read.
 const LOAD_EVERY: Duration = Duration::from_secs(1);
@@ -78,10 +78,7 @@ pub(crate) fn follow_overrides(bus: &Bus, table: &Arc<LiveTable>) {
 }
 
 /// `GET /v1/route/targets`: every target's live state and every provider's load.
-pub(crate) async fn targets(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Err(e) = authenticate(&state, &headers) {
-        return e.into_response();
-    }
+pub(crate) async fn targets(State(state): State<Arc<AppState>>, _: Caller) -> Response {
     Json(state.live.snapshot(now_unix_ms())).into_response()
 }
 
@@ -99,11 +96,11 @@ pub(crate) struct ForceBody {
 /// lands).
 pub(crate) async fn force(
     State(state): State<Arc<AppState>>,
+    Caller(by): Caller,
     req: axum::extract::Request,
 ) -> Response {
     let (parts, body) = req.into_parts();
     let result: Result<Response, crate::ApiError> = async {
-        let by = authenticate(&state, &parts.headers)?.to_owned();
         crate::check_content_type(&parts.headers)?;
         let body = crate::read_body(&state, &parts.headers, body).await?;
         let f: ForceBody = serde_json::from_slice(&body)

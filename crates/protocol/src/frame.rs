@@ -25,15 +25,9 @@ pub enum ApiSurface {
 pub struct EnvelopeHead {
     /// The request's id.
     pub request_id: Uuid,
-    /// The attempt number.
-    #[serde(default)]
-    pub attempt: u32,
     /// Where the frames go (empty for a batch item).
     #[serde(default)]
     pub reply_to: String,
-    /// The key's name.
-    #[serde(default)]
-    pub key_id: String,
     /// The batch item, if it is one.
     #[serde(default)]
     pub batch: Option<crate::batch::BatchItem>,

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Multipart, State};
+use axum::extract::{Multipart, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -23,8 +23,8 @@ use sy_protocol::batch::{
 };
 
 use super::{FileObject, Stores, input, new_id, now_secs};
-use crate::extract::{Caller, JsonPath, JsonQuery};
-use crate::{ApiError, AppState, authenticate};
+use crate::extract::Caller;
+use crate::{ApiError, AppState};
 
 fn json(status: StatusCode, value: &impl serde::Serialize) -> Response {
     (
@@ -70,18 +70,17 @@ fn respond(r: Result<Response, ApiError>) -> Response {
 /// `POST /v1/files`.
 pub(crate) async fn upload(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    Caller(key_id): Caller,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Response {
-    respond(upload_inner(&state, &headers, multipart).await)
+    respond(upload_inner(&state, &key_id, multipart).await)
 }
 
 async fn upload_inner(
     state: &AppState,
-    headers: &HeaderMap,
+    key_id: &str,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Result<Response, ApiError> {
-    let key_id = authenticate(state, headers)?;
     let stores = stores(state)?;
     let mut multipart = multipart.map_err(|e| {
         ApiError::new(
@@ -179,12 +178,12 @@ async fn upload_inner(
 /// `GET /v1/files`.
 pub(crate) async fn list_files(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    JsonQuery(params): JsonQuery<HashMap<String, String>>,
+    Caller(key_id): Caller,
+    Query(params): Query<HashMap<String, String>>,
 ) -> Response {
     respond(
         async {
-            let key_id = authenticate(&state, &headers)?;
+            let key_id = key_id.as_str();
             let stores = stores(&state)?;
             let mut list = stores
                 .files
@@ -216,12 +215,12 @@ pub(crate) async fn list_files(
 /// `GET /v1/files/{id}`.
 pub(crate) async fn get_file(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    JsonPath(id): JsonPath<String>,
+    Caller(key_id): Caller,
+    Path(id): Path<String>,
 ) -> Response {
     respond(
         async {
-            let key_id = authenticate(&state, &headers)?;
+            let key_id = key_id.as_str();
             let f = owned_file(&state, &id, key_id).await?;
             Ok(json(StatusCode::OK, &f))
         }
@@ -232,12 +231,12 @@ pub(crate) async fn get_file(
 /// `GET /v1/files/{id}/content`.
 pub(crate) async fn file_content(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    JsonPath(id): JsonPath<String>,
+    Caller(key_id): Caller,
+    Path(id): Path<String>,
 ) -> Response {
     respond(
         async {
-            let key_id = authenticate(&state, &headers)?;
+            let key_id = key_id.as_str();
             owned_file(&state, &id, key_id).await?;
             let data = stores(&state)?
                 .file_content(&id)
@@ -260,12 +259,12 @@ pub(crate) async fn file_content(
 /// `DELETE /v1/files/{id}`.
 pub(crate) async fn delete_file(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    JsonPath(id): JsonPath<String>,
+    Caller(key_id): Caller,
+    Path(id): Path<String>,
 ) -> Response {
     respond(
         async {
-            let key_id = authenticate(&state, &headers)?;
+            let key_id = key_id.as_str();
             owned_file(&state, &id, key_id).await?;
             stores(&state)?
                 .files
@@ -422,12 +421,12 @@ pub(crate) async fn create(
 /// `GET /v1/batches/{id}`.
 pub(crate) async fn get(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    JsonPath(id): JsonPath<String>,
+    Caller(key_id): Caller,
+    Path(id): Path<String>,
 ) -> Response {
     respond(
         async {
-            let key_id = authenticate(&state, &headers)?;
+            let key_id = key_id.as_str();
             let (record, _) = owned(&state, &id, key_id).await?;
             Ok(json(StatusCode::OK, &record.batch))
         }
@@ -457,12 +456,12 @@ async fn owned(state: &AppState, id: &str, key_id: &str) -> Result<(BatchRecord,
 /// `GET /v1/batches?limit=&after=`: newest first.
 pub(crate) async fn list(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    JsonQuery(params): JsonQuery<HashMap<String, String>>,
+    Caller(key_id): Caller,
+    Query(params): Query<HashMap<String, String>>,
 ) -> Response {
     respond(
         async {
-            let key_id = authenticate(&state, &headers)?;
+            let key_id = key_id.as_str();
             let stores = stores(&state)?;
             let limit = match params.get("limit") {
                 None => 20,
@@ -520,12 +519,12 @@ pub(crate) async fn list(
 /// and the batch ends `cancelled` with partial files.
 pub(crate) async fn cancel(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    JsonPath(id): JsonPath<String>,
+    Caller(key_id): Caller,
+    Path(id): Path<String>,
 ) -> Response {
     respond(
         async {
-            let key_id = authenticate(&state, &headers)?;
+            let key_id = key_id.as_str();
             let stores = stores(&state)?;
             for _ in 0..20 {
                 let (mut record, revision) = owned(&state, &id, key_id).await?;
