@@ -14,7 +14,7 @@ use sy_protocol::chat::Usage;
 use sy_protocol::embeddings::{EmbeddingFrame, EmbeddingsRequest};
 use sy_protocol::{
     ChunkFrame, ErrorCode, FallbackTarget, FinalFrame, FrameError, MidStream, ReplyFrame,
-    RequestEnvelope, Resume, StartInfo, UsageStatus, now_unix_ms,
+    RequestEnvelope, Resume, StartInfo, UsageEvent, UsageStatus, now_unix_ms,
 };
 use sy_providers::{AnyProvider, CallContext, Provider, ProviderError, ResponseMeta};
 use sy_router::Live;
@@ -158,7 +158,7 @@ pub(crate) async fn handle(cx: Arc<Shared>, msg: jetstream::Message) {
         attempt = env.attempt,
     );
     // The message's identity: a fallback's republish is another message.
-    let message_id = sy_protocol::UsageEvent::event_id_of(env.request_id, env.attempt);
+    let message_id = UsageEvent::event_id_of(env.request_id, env.attempt);
     async move {
         tracing::trace!("Request pulled.");
         let fresh = cx
@@ -205,6 +205,8 @@ pub(crate) async fn handle(cx: Arc<Shared>, msg: jetstream::Message) {
         let first_attempt = env
             .attempt
             .saturating_add((delivered.min(1 << 20) as u32 - 1) * ATTEMPT_STRIDE);
+        // Whether the ending wrote its completion mark already (see `done`).
+        let marked;
         if dispatched_unix_ms >= env.deadline_unix_ms {
             tracing::debug!("Request expired before a worker took it.");
             let error = FrameError::new(
@@ -220,9 +222,9 @@ pub(crate) async fn handle(cx: Arc<Shared>, msg: jetstream::Message) {
             };
             let call = Call::first(first_attempt, &env, dispatched_unix_ms);
             let event = usage::event(&cx, &env, &call, &state, Ended::Expired);
-            usage::publish(&cx.bus, &event, &acker).await;
+            marked = finish(&cx, &env, &event, &acker).await;
         } else if let Some(running) = cx.cancels.begin(env.request_id) {
-            serve(
+            marked = serve(
                 &cx,
                 &env,
                 &acker,
@@ -235,7 +237,7 @@ pub(crate) async fn handle(cx: Arc<Shared>, msg: jetstream::Message) {
             tracing::debug!("Request was cancelled before a worker took it.");
             let call = Call::first(first_attempt, &env, dispatched_unix_ms);
             let event = usage::event(&cx, &env, &call, &AttemptState::default(), Ended::Cancelled);
-            usage::publish(&cx.bus, &event, &acker).await;
+            marked = finish(&cx, &env, &event, &acker).await;
         }
         let unsettled = env.batch.is_some()
             && cx
@@ -248,7 +250,8 @@ pub(crate) async fn handle(cx: Arc<Shared>, msg: jetstream::Message) {
             let _ = acker.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
             return;
         }
-        if env.batch.is_none() {
+        if env.batch.is_none() && !marked {
+            // Ended with an error sent or a fallback republished.
             cx.done.finished(&message_id).await;
         }
         if let Err(e) = acker.ack().await {
@@ -359,7 +362,7 @@ async fn serve(
     cancelled: &CancellationToken,
     first_attempt: u32,
     dispatched_unix_ms: u64,
-) {
+) -> bool {
     let deadline = tokio::time::Instant::now()
         + Duration::from_millis(env.deadline_unix_ms.saturating_sub(now_unix_ms()));
     let mut backoff = ExponentialBuilder::new()
@@ -387,7 +390,8 @@ async fn serve(
     {
         let reason = format!("{}/{} {why}", cx.provider.name, env.model);
         let error = FrameError::new(ErrorCode::Overloaded, reason.clone());
-        return fall_back(cx, env, call.attempt, &error, reason, None).await;
+        fall_back(cx, env, call.attempt, &error, reason, None).await;
+        return false;
     }
     loop {
         let mut state = AttemptState::default();
@@ -434,18 +438,13 @@ async fn serve(
                 tracing::debug!(error = %e, "Live observation not sent.");
             }
         }
-        // Answered (or nobody waits any more): mark the message done, with
-        // this event, before publishing it (see `done`).
-        let answered = ended != Ended::Done || state.error.is_none();
-        if answered && env.batch.is_none() {
-            let message_id = sy_protocol::UsageEvent::event_id_of(env.request_id, env.attempt);
-            cx.done.answered(&message_id, &event).await;
-        }
-        usage::publish(&cx.bus, &event, acker).await;
         let error = match (ended, state.error.take()) {
-            (Ended::Done, Some(e)) => e,
+            (Ended::Done, Some(e)) => {
+                usage::publish(&cx.bus, &event, acker).await;
+                e
+            }
             // Answered, or nobody waits any more.
-            _ => return,
+            _ => return finish(cx, env, &event, acker).await,
         };
         let code = error.code.as_str();
         if sent > 0 {
@@ -468,9 +467,11 @@ async fn serve(
                     "mid-stream recovery: {}/{} failed after output: {code}",
                     cx.provider.name, env.model
                 );
-                return fall_back(cx, env, call.attempt, &error, reason, Some(resume)).await;
+                fall_back(cx, env, call.attempt, &error, reason, Some(resume)).await;
+                return false;
             }
-            return replier.fail(error).await;
+            replier.fail(error).await;
+            return false;
         }
         match next_step(&error, env.fallback_on_refusal) {
             Next::Retry(after) => {
@@ -478,11 +479,12 @@ async fn serve(
                 let Some(delay) = delay.filter(|d| tokio::time::Instant::now() + *d < deadline)
                 else {
                     let reason = format!("{}/{} failed: {code}", cx.provider.name, env.model);
-                    return fall_back(cx, env, call.attempt, &error, reason, None).await;
+                    fall_back(cx, env, call.attempt, &error, reason, None).await;
+                    return false;
                 };
                 tracing::debug!(?delay, code, "Retrying the same target.");
                 if !wait(delay, cancelled, acker, cx.progress_every).await {
-                    return;
+                    return false;
                 }
                 call = Call {
                     attempt: call.attempt + 1,
@@ -492,11 +494,28 @@ async fn serve(
             }
             Next::Fallback => {
                 let reason = format!("{}/{} failed: {code}", cx.provider.name, env.model);
-                return fall_back(cx, env, call.attempt, &error, reason, None).await;
+                fall_back(cx, env, call.attempt, &error, reason, None).await;
+                return false;
             }
-            Next::Final => return Replier::new(cx, env, call.attempt).fail(error).await,
+            Next::Final => {
+                Replier::new(cx, env, call.attempt).fail(error).await;
+                return false;
+            }
         }
     }
+}
+
+/// Ends a request whose client was answered (or is gone): writes the
+/// completion mark holding `event`, then publishes the event (see `done`).
+/// True when the mark was the ending's (a batch item has none).
+async fn finish(cx: &Shared, env: &RequestEnvelope, event: &UsageEvent, acker: &Acker) -> bool {
+    let interactive = env.batch.is_none();
+    if interactive {
+        let message_id = UsageEvent::event_id_of(env.request_id, env.attempt);
+        cx.done.answered(&message_id, event).await;
+    }
+    usage::publish(&cx.bus, event, acker).await;
+    interactive
 }
 
 /// Shortest and longest backoff between retries on one target (with jitter).
