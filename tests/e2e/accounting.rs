@@ -32,7 +32,15 @@ async fn wait_rows(stack: &Stack, n: u64) -> u64 {
     let until = Instant::now() + Duration::from_secs(15);
     loop {
         let count: u64 = scalar(&client, &format!("SELECT count() FROM {db}.requests FINAL")).await;
-        if count >= n || Instant::now() > until {
+        // ClickHouse writes a block to the table, then to its materialized view:
+        // a reader in between sees rows that the daily roll-up does not have yet.
+        let raw: u64 = scalar(&client, &format!("SELECT count() FROM {db}.requests")).await;
+        let rolled: u64 = scalar(
+            &client,
+            &format!("SELECT toUInt64(sum(requests)) FROM {db}.daily_spend"),
+        )
+        .await;
+        if (count >= n && rolled >= raw) || Instant::now() > until {
             return count;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
