@@ -515,8 +515,22 @@ async fn an_operator_forces_a_target_off_and_gives_it_back() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    let resp = stack.chat(&body("chain", "hi")).send().await.unwrap();
-    assert_eq!(header(&resp, "x-switchyard-provider"), "openai");
+    // This ingress applies it at once; the workers within one NATS hop (a
+    // worker that has not seen it yet still skips the target), so traffic
+    // returns within moments, not necessarily on the very next request.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let resp = stack.chat(&body("chain", "hi")).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        if header(&resp, "x-switchyard-provider") == "openai" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "openai never served again after auto"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // Bad input: a clear 400; no key: 401.
     let resp = force(json!({"provider": "nope", "model": "m", "state": "off"}))
         .await
