@@ -61,7 +61,7 @@ async fn submit(stack: &Stack, lines: &[String]) -> Value {
     r.json().await.unwrap()
 }
 
-async fn get(stack: &Stack, key: &str, path: &str) -> reqwest::Response {
+pub(crate) async fn get(stack: &Stack, key: &str, path: &str) -> reqwest::Response {
     stack
         .http
         .get(stack.url(path))
@@ -461,7 +461,7 @@ async fn another_key_cannot_see_cancel_or_download_a_batch() {
 }
 
 #[tokio::test]
-async fn cancel_stops_dispatching_lets_items_in_flight_finish_and_writes_partial_files() {
+async fn cancel_stops_dispatching_cancels_items_in_flight_and_writes_partial_files() {
     let stack = Stack::start_with(StackOptions {
         batch_window: 4,
         ..StackOptions::default()
@@ -560,7 +560,12 @@ async fn webhook_receiver() -> (
 #[tokio::test]
 async fn a_job_published_on_the_bus_runs_and_is_announced_and_signed_to_its_webhook() {
     use hmac::Mac;
-    let stack = Stack::start().await;
+    // The receiver listens on loopback, which webhooks reach only when allowed.
+    let stack = Stack::start_with(StackOptions {
+        batch_extra: "webhook_allow = [\"127.0.0.1\"]",
+        ..StackOptions::default()
+    })
+    .await;
     let (hook, mut hooks) = webhook_receiver().await;
     let client = async_nats::connect(sy_test_support::nats_url())
         .await
@@ -632,6 +637,17 @@ async fn a_job_published_on_the_bus_runs_and_is_announced_and_signed_to_its_webh
     );
     let payload: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(payload["data"]["id"], "batch_native1");
+    // The batch object says it was delivered.
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let b = batch(&stack, "batch_native1").await;
+        if b["webhook"]["status"] == "delivered" {
+            assert_eq!(b["webhook"]["attempts"], 1, "{b}");
+            break;
+        }
+        assert!(Instant::now() < until, "{b}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // A bad native job ends `failed`, with the reason, and is announced too.
     let bad = json!({"id": "batch_native2", "key_id": "nobody", "endpoint": CHAT, "requests": [requests[0]]});
     let msg = submit_native(&js, ns, &bad, &mut done_sub).await;

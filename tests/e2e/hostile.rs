@@ -501,3 +501,338 @@ async fn every_refusal_is_json_and_keyless_bodies_are_not_read() {
     assert_eq!(stack.upstream_requests(), 0);
     still_answers(&stack).await;
 }
+
+/// Uploads `lines` as `key` and starts a batch; its id.
+async fn submit_as(stack: &Stack, key: &str, lines: &[String]) -> String {
+    let file: Value = batch::upload(stack, key, lines.join("\n").into_bytes())
+        .await
+        .json()
+        .await
+        .unwrap();
+    let r = batch::create(stack, key, file["id"].as_str().unwrap()).await;
+    assert_eq!(r.status(), 200);
+    let b: Value = r.json().await.unwrap();
+    b["id"].as_str().unwrap().to_owned()
+}
+
+async fn batch_as(stack: &Stack, key: &str, id: &str) -> Value {
+    batch::get(stack, key, &format!("/v1/batches/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Issue 24, defect 1: one key's batches cannot hold every dispatcher slot,
+/// and a cancelled batch ends at once although its items are still running
+/// (they are cancelled), so nothing waits on an item forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_keys_batches_take_turns_and_a_cancel_ends_running_items_at_once() {
+    let stack = Stack::start_with(StackOptions {
+        batch_extra: "max_running_per_key = 1",
+        ..StackOptions::default()
+    })
+    .await;
+    let slow = |id: &str| batch::line(id, "gpt-4o-mini", "[[mock:ttft_ms=60000]] slow");
+    let first = submit_as(&stack, KEY, &[slow("s0"), slow("s1")]).await;
+    let second = submit_as(&stack, KEY, &[batch::line("q0", "gpt-4o-mini", "quick")]).await;
+    let other = submit_as(
+        &stack,
+        OTHER_KEY,
+        &[batch::line("o0", "gpt-4o-mini", "quick")],
+    )
+    .await;
+    // The other key's batch runs while this key's second waits for its turn.
+    let b = batch::wait_end_as(&stack, OTHER_KEY, &other, Duration::from_secs(15)).await;
+    assert_eq!(b["status"], "completed", "{b}");
+    let waiting = batch_as(&stack, KEY, &second).await;
+    assert_eq!(
+        waiting["status"], "validating",
+        "one batch per key here: {waiting}"
+    );
+    // Both slow calls are running; cancel ends the batch within moments.
+    let until = Instant::now() + Duration::from_secs(10);
+    while stack.mock.stats().requests < 3 {
+        assert!(Instant::now() < until, "{:?}", stack.mock.stats());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = stack
+        .http
+        .post(stack.url(&format!("/v1/batches/{first}/cancel")))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let started = Instant::now();
+    let b = batch::wait_end(&stack, &first, Duration::from_secs(10)).await;
+    assert_eq!(b["status"], "cancelled", "{b}");
+    println!("cancelled with 2 items running in {:?}", started.elapsed());
+    let errors = batch::file_lines(&stack, b["error_file_id"].as_str()).await;
+    assert_eq!(errors.len(), 2);
+    assert!(
+        errors
+            .iter()
+            .all(|e| e["error"]["code"] == "batch_cancelled"),
+        "{errors:?}"
+    );
+    // The running calls were dropped, not left to run for nobody.
+    let until = Instant::now() + Duration::from_secs(5);
+    while stack.mock.stats().cancelled < 2 {
+        assert!(Instant::now() < until, "{:?}", stack.mock.stats());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The key's turn came back: its waiting batch runs.
+    let b = batch::wait_end(&stack, &second, Duration::from_secs(20)).await;
+    assert_eq!(b["status"], "completed", "{b}");
+    assert_eq!(b["request_counts"]["completed"], 1);
+    still_answers(&stack).await;
+}
+
+/// Issue 24, defect 1: an item its worker died on until its deliveries ran out
+/// used to stay unanswered, holding its batch; now it gets an error result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_item_whose_deliveries_run_out_gets_an_error_and_its_batch_ends() {
+    let stack = Stack::start_with(StackOptions {
+        split_workers: 1,
+        ack_wait: "1s",
+        batch_extra: "max_deliver = 1",
+        ..StackOptions::default()
+    })
+    .await;
+    let lines = [
+        batch::line("fine", "gpt-4o-mini", "quick"),
+        batch::line("doomed", "gpt-4o-mini", "[[mock:ttft_ms=60000]] slow"),
+    ];
+    let id = submit_as(&stack, KEY, &lines).await;
+    let until = Instant::now() + Duration::from_secs(10);
+    while stack.mock.stats().requests < 2 || stack.mock.stats().completed < 1 {
+        assert!(Instant::now() < until, "{:?}", stack.mock.stats());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The worker dies holding the slow item; with one delivery allowed,
+    // JetStream gives up on it instead of redelivering.
+    stack.signal_worker(0, "-KILL");
+    stack.wait_worker(0);
+    stack.start_worker();
+    let b = batch::wait_end(&stack, &id, Duration::from_secs(20)).await;
+    assert_eq!(b["status"], "completed", "{b}");
+    assert_eq!(
+        (
+            b["request_counts"]["completed"].clone(),
+            b["request_counts"]["failed"].clone()
+        ),
+        (json!(1), json!(1)),
+        "{b}"
+    );
+    let errors = batch::file_lines(&stack, b["error_file_id"].as_str()).await;
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0]["custom_id"], "doomed");
+    assert_eq!(errors[0]["response"]["status_code"], 500, "{}", errors[0]);
+    let message = errors[0]["response"]["body"]["error"]["message"]
+        .as_str()
+        .unwrap_or("");
+    assert!(message.contains("deliveries"), "{}", errors[0]);
+    assert_eq!(
+        stack.mock.stats().requests,
+        2,
+        "the doomed item was not run again"
+    );
+}
+
+/// The batch object once the batch ended and its webhook is no longer pending.
+async fn webhook_outcome(stack: &Stack, id: &str) -> Value {
+    batch::wait_end(stack, id, Duration::from_secs(20)).await;
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let b = batch_as(stack, KEY, id).await;
+        if b["webhook"]["status"] != "pending" {
+            return b;
+        }
+        assert!(Instant::now() < until, "{b}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A name of this machine that resolves only to internal addresses (its host
+/// name: 127.0.x.1 or a private address on any usual setup).
+async fn internal_host_name() -> String {
+    let name = String::from_utf8(
+        std::process::Command::new("hostname")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_owned();
+    let addrs: Vec<_> = tokio::net::lookup_host((name.as_str(), 80))
+        .await
+        .unwrap()
+        .collect();
+    assert!(
+        !addrs.is_empty()
+            && addrs.iter().all(|a| match a.ip() {
+                std::net::IpAddr::V4(v4) =>
+                    v4.is_loopback() || v4.is_private() || v4.is_link_local(),
+                std::net::IpAddr::V6(v6) =>
+                    v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00,
+            }),
+        "the test needs the host name {name} to resolve internally: {addrs:?}"
+    );
+    name
+}
+
+/// Issue 24, defect 5: webhooks were a way into the server's own network.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_reach_only_public_destinations() {
+    let stack = Stack::start().await;
+    let mock = stack.mock.addr();
+    let file: Value = batch::upload(
+        &stack,
+        KEY,
+        batch::line("a", "gpt-4o-mini", "hi").into_bytes(),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let file_id = file["id"].as_str().unwrap();
+    let long = format!("https://example.com/{}", "a".repeat(3000));
+    let refused = [
+        format!("http://{mock}/mock/reset"),
+        format!("http://localhost:{}/mock/reset", mock.port()),
+        format!("http://2130706433:{}/mock/reset", mock.port()),
+        format!("http://[::1]:{}/", mock.port()),
+        format!("http://[::ffff:127.0.0.1]:{}/", mock.port()),
+        "http://169.254.169.254/latest/meta-data/".into(),
+        "http://10.0.0.1/hook".into(),
+        "http://192.168.1.1/hook".into(),
+        "http://user:secret@example.com/hook".into(),
+        "gopher://example.com/".into(),
+        long,
+    ];
+    for url in &refused {
+        let r = stack
+            .http
+            .post(stack.url("/v1/batches"))
+            .bearer_auth(KEY)
+            .json(
+                &json!({"input_file_id": file_id, "endpoint": "/v1/chat/completions",
+                "completion_window": "24h", "webhook_url": url}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{url}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["param"], "webhook_url", "{url}: {v}");
+        assert!(
+            v.to_string().len() < 1024,
+            "the URL is not echoed whole: {v}"
+        );
+    }
+    // A name is checked once resolved: this machine's own name is refused
+    // when the batch ends, and the outcome is on the batch object.
+    let host = internal_host_name().await;
+    let r = stack
+        .http
+        .post(stack.url("/v1/batches"))
+        .bearer_auth(KEY)
+        .json(
+            &json!({"input_file_id": file_id, "endpoint": "/v1/chat/completions",
+            "completion_window": "24h",
+            "webhook_url": format!("http://{host}:{}/mock/reset", mock.port())}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let b: Value = r.json().await.unwrap();
+    assert_eq!(b["webhook"]["status"], "pending", "{b}");
+    let id = b["id"].as_str().unwrap();
+    let b = webhook_outcome(&stack, id).await;
+    assert_eq!(b["webhook"]["status"], "refused", "{b}");
+    assert_eq!(b["webhook"]["attempts"], 0, "{b}");
+    assert!(
+        b["webhook"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("address"),
+        "{b}"
+    );
+    assert_eq!(stack.mock.stats().requests, 1, "the mock was not reset");
+    still_answers(&stack).await;
+}
+
+/// A one-connection server that redirects every request to `location`.
+async fn redirector(location: String) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let mut buf = [0u8; 65536];
+            let _ = sock.read(&mut buf).await;
+            let answer = format!(
+                "HTTP/1.1 307 Temporary Redirect\r\nlocation: {location}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            );
+            let _ = sock.write_all(answer.as_bytes()).await;
+        }
+    });
+    url
+}
+
+/// Issue 24, defect 5: a webhook that redirects is not followed (a redirect
+/// could point anywhere), and the batch says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_redirect_is_not_followed() {
+    // Loopback allowed for the redirecting receiver, as an operator would
+    // allow an internal receiver.
+    let stack = Stack::start_with(StackOptions {
+        batch_extra: "webhook_allow = [\"127.0.0.1\"]",
+        ..StackOptions::default()
+    })
+    .await;
+    let hook = redirector(format!("http://{}/mock/reset", stack.mock.addr())).await;
+    let file: Value = batch::upload(
+        &stack,
+        KEY,
+        batch::line("a", "gpt-4o-mini", "hi").into_bytes(),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let r = stack
+        .http
+        .post(stack.url("/v1/batches"))
+        .bearer_auth(KEY)
+        .json(
+            &json!({"input_file_id": file["id"], "endpoint": "/v1/chat/completions",
+            "completion_window": "24h", "webhook_url": hook}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let b = webhook_outcome(&stack, &id).await;
+    assert_eq!(b["webhook"]["status"], "failed", "{b}");
+    assert_eq!(b["webhook"]["attempts"], 1, "a redirect is final: {b}");
+    assert!(
+        b["webhook"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("redirect"),
+        "{b}"
+    );
+    assert_eq!(
+        stack.mock.stats().requests,
+        1,
+        "the redirect target was never called"
+    );
+}

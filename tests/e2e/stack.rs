@@ -39,6 +39,8 @@ pub struct StackOptions {
     pub split_dispatcher: bool,
     /// `[batch] window`: items of one batch in flight at most.
     pub batch_window: u32,
+    /// More `[batch]` lines (e.g. `max_running_per_key = 1`).
+    pub batch_extra: &'static str,
 }
 
 impl Default for StackOptions {
@@ -57,6 +59,7 @@ impl Default for StackOptions {
             split_workers: 0,
             split_dispatcher: false,
             batch_window: 64,
+            batch_extra: "",
         }
     }
 }
@@ -209,6 +212,7 @@ max_lines = 2000
 window = {batch_window}
 max_rate = 1000
 webhook_secret = "whsec-test"
+{batch_extra}
 
 [billing]
 markup_percent = "20"
@@ -309,6 +313,7 @@ targets = [{{ provider = "openai", model = "gpt-4.1-2025" }}]
             ttft = opts.ttft_timeout,
             response = opts.response_timeout,
             batch_window = opts.batch_window,
+            batch_extra = opts.batch_extra,
         );
         let mut config = config;
         let mut clickhouse = None;

@@ -134,6 +134,51 @@ impl Bus {
         .await
     }
 
+    /// JetStream's announcements of batch items whose deliveries ran out
+    /// (`max_deliver`): each names the item's stream sequence (`stream_seq`).
+    pub async fn follow_exhausted_batch_items(&self) -> Result<async_nats::Subscriber, BusError> {
+        let subject = format!(
+            "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.*",
+            self.subjects.batch_request_stream()
+        );
+        self.client
+            .subscribe(subject)
+            .await
+            .map_err(|e| BusError::Setup(format!("max-deliveries advisories: {e}")))
+    }
+
+    /// Message `seq` of the batch request stream; `None` when it is gone.
+    pub async fn batch_request(&self, seq: u64) -> Result<Option<bytes::Bytes>, BusError> {
+        let stream = self.batch_request_stream().await?;
+        match stream.get_raw_message(seq).await {
+            Ok(m) => Ok(Some(m.payload)),
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(BusError::Publish(format!("reading item {seq}: {e}"))),
+        }
+    }
+
+    /// Removes message `seq` from the batch request stream (gone already is fine).
+    pub async fn drop_batch_request(&self, seq: u64) -> Result<(), BusError> {
+        let stream = self.batch_request_stream().await?;
+        match stream.delete_message(seq).await {
+            Ok(_) => Ok(()),
+            Err(e)
+                if matches!(e.kind(), stream::DeleteMessageErrorKind::JetStream(ref j)
+                    if j.error_code() == async_nats::jetstream::ErrorCode::NO_MESSAGE_FOUND) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(BusError::Publish(format!("removing item {seq}: {e}"))),
+        }
+    }
+
+    async fn batch_request_stream(&self) -> Result<stream::Stream<stream::Info>, BusError> {
+        self.js
+            .get_stream(self.subjects.batch_request_stream())
+            .await
+            .map_err(|e| BusError::Setup(format!("batch request stream: {e}")))
+    }
+
     /// True when item `index` of the batch has a stored result.
     pub async fn batch_result_exists(&self, batch_id: &str, index: u32) -> Result<bool, BusError> {
         let stream = self
@@ -205,19 +250,21 @@ impl Bus {
     }
 
     /// Creates (or updates) the durable consumer of `provider`'s batch items;
-    /// `cap` is the cluster-wide number of batch items in flight to it.
+    /// `cap` is the cluster-wide number of batch items in flight to it, and an
+    /// item is given up after `max_deliver` deliveries (its batch is told: see
+    /// [`Bus::follow_exhausted_batch_items`]).
     pub async fn ensure_batch_worker_consumer(
         &self,
         provider: &str,
         cap: u32,
+        max_deliver: u32,
     ) -> Result<consumer::PullConsumer, BusError> {
         self.ensure_pull_consumer(
             self.subjects.batch_request_stream(),
             self.subjects.batch_worker_consumer(provider),
             self.subjects.batch_request_filter(provider),
             cap,
-            // A batch waits for every item: never give one up.
-            -1,
+            i64::from(max_deliver.max(1)),
             format!("Switchyard batch items for provider {provider}"),
         )
         .await

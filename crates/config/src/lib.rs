@@ -24,9 +24,9 @@ pub use raw::{
     RawNats, RawPrice, RawProvider, RawServer, RawTarget,
 };
 pub use validate::{
-    AccountingConfig, ApiKey, BatchConfig, ClickhouseConfig, Config, HealthConfig, ModelRoute,
-    NatsConfig, PROVIDER_KINDS, ProviderConfig, ProviderKind, RoutePolicy, Secret, ServerConfig,
-    Target,
+    AccountingConfig, ApiKey, BatchConfig, ClickhouseConfig, Config, HealthConfig,
+    MAX_RUNNING_BATCHES, ModelRoute, NatsConfig, PROVIDER_KINDS, ProviderConfig, ProviderKind,
+    RoutePolicy, Secret, ServerConfig, Target,
 };
 
 use std::path::Path;

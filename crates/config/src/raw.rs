@@ -59,6 +59,13 @@ pub struct RawBatch {
     pub file_max_age: String,
     /// Key signing completion webhooks (HMAC-SHA256); webhooks are unsigned without it.
     pub webhook_secret: Option<String>,
+    /// Networks (CIDR, e.g. "10.1.0.0/16", or one address) that webhooks may
+    /// reach although loopback, private or link-local (refused by default).
+    pub webhook_allow: Vec<String>,
+    /// Batches of one API key that one dispatcher process runs at once.
+    pub max_running_per_key: u32,
+    /// Deliveries of one item to workers before it is given up with an error.
+    pub max_deliver: u32,
 }
 
 impl Default for RawBatch {
@@ -71,6 +78,9 @@ impl Default for RawBatch {
             max_rate: 100,
             file_max_age: "30d".into(),
             webhook_secret: None,
+            webhook_allow: Vec::new(),
+            max_running_per_key: 4,
+            max_deliver: 10,
         }
     }
 }

@@ -314,6 +314,9 @@ max_lines = 10
 price_multiplier = "0.25"
 max_rate = 0
 webhook_secret = "${HOOK_SECRET}"
+webhook_allow = ["10.1.0.0/16", "127.0.0.1"]
+max_running_per_key = 2
+max_deliver = 4
 "#;
     let c = Config::from_toml(text, &env(&[("HOOK_SECRET", "s3cret")])).unwrap();
     assert_eq!(
@@ -326,6 +329,16 @@ webhook_secret = "${HOOK_SECRET}"
     assert_eq!(c.batch.price_multiplier_ppb, 250_000_000);
     assert_eq!(c.batch.max_rate, 0);
     assert_eq!(
+        c.batch.webhook_allow,
+        vec![
+            "10.1.0.0/16".parse::<ipnet::IpNet>().unwrap(),
+            "127.0.0.1/32".parse().unwrap()
+        ],
+        "a bare address is a network of one"
+    );
+    assert_eq!(c.batch.max_running_per_key, 2);
+    assert_eq!(c.batch.max_deliver, 4);
+    assert_eq!(
         c.batch.webhook_secret.as_ref().map(Secret::expose),
         Some("s3cret")
     );
@@ -337,8 +350,21 @@ webhook_secret = "${HOOK_SECRET}"
     let d = Config::from_toml("", &env(&[])).unwrap();
     assert_eq!((d.batch.window, d.batch.max_rate), (64, 100));
     assert_eq!(d.batch.price_multiplier_ppb, 500_000_000, "OpenAI's 50 %");
-    let bad = problems("[batch]\nprice_multiplier = \"half\"\nwindow = 0\n");
-    for want in ["batch.price_multiplier", "batch.window"] {
+    assert!(
+        d.batch.webhook_allow.is_empty(),
+        "nothing internal by default"
+    );
+    assert_eq!((d.batch.max_running_per_key, d.batch.max_deliver), (4, 10));
+    let bad = problems(
+        "[batch]\nprice_multiplier = \"half\"\nwindow = 0\nwebhook_allow = [\"10.0.0.0/33\"]\nmax_running_per_key = 0\nmax_deliver = 0\n",
+    );
+    for want in [
+        "batch.price_multiplier",
+        "batch.window",
+        "batch.webhook_allow[0]",
+        "batch.max_running_per_key",
+        "batch.max_deliver",
+    ] {
         assert!(bad.iter().any(|p| p.starts_with(want)), "{want}: {bad:?}");
     }
 }

@@ -76,6 +76,12 @@ pub struct BatchConfig {
     pub file_max_age: Duration,
     /// Key signing completion webhooks.
     pub webhook_secret: Option<Secret>,
+    /// Networks webhooks may reach although loopback, private or link-local.
+    pub webhook_allow: Vec<ipnet::IpNet>,
+    /// Batches of one API key that one dispatcher process runs at once.
+    pub max_running_per_key: u32,
+    /// Deliveries of one item to workers before it is given up with an error.
+    pub max_deliver: u32,
 }
 
 impl Default for BatchConfig {
@@ -88,6 +94,9 @@ impl Default for BatchConfig {
             max_rate: 100,
             file_max_age: Duration::from_secs(30 * 86_400),
             webhook_secret: None,
+            webhook_allow: Vec::new(),
+            max_running_per_key: 4,
+            max_deliver: 10,
         }
     }
 }
@@ -239,6 +248,9 @@ impl ProviderKind {
         })
     }
 }
+
+/// Batches running at once across every dispatcher of a deployment.
+pub const MAX_RUNNING_BATCHES: u32 = 32;
 
 /// Every `kind` spelling, for error messages and docs.
 pub const PROVIDER_KINDS: &str = "openai_compatible, openai, azure_openai, deepseek, mistral, groq, together, openrouter, vllm, ollama, anthropic, gemini, cohere";
@@ -777,6 +789,32 @@ impl Config {
         if !(1..=10_000).contains(&b.window) {
             e.push(ConfigError::new("batch.window", "must be 1 to 10000 items"));
         }
+        if !(1..=MAX_RUNNING_BATCHES).contains(&b.max_running_per_key) {
+            e.push(ConfigError::new(
+                "batch.max_running_per_key",
+                format!("must be 1 to {MAX_RUNNING_BATCHES} batches"),
+            ));
+        }
+        if b.max_deliver == 0 {
+            e.push(ConfigError::new("batch.max_deliver", "must be at least 1"));
+        }
+        let webhook_allow = b
+            .webhook_allow
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| {
+                let net = n
+                    .parse::<ipnet::IpNet>()
+                    .or_else(|_| n.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+                net.map_err(|_| {
+                    e.push(ConfigError::new(
+                        format!("batch.webhook_allow[{i}]"),
+                        format!("'{n}' is not a network like \"10.1.0.0/16\" or an address"),
+                    ))
+                })
+                .ok()
+            })
+            .collect();
         let batch = BatchConfig {
             max_file_bytes: b.max_file_bytes.max(1),
             max_lines: b.max_lines.max(1),
@@ -789,6 +827,9 @@ impl Config {
                 .clone()
                 .filter(|s| !s.is_empty())
                 .map(Secret::new),
+            webhook_allow,
+            max_running_per_key: b.max_running_per_key.clamp(1, MAX_RUNNING_BATCHES),
+            max_deliver: b.max_deliver.max(1),
         };
 
         if errors.is_empty() {

@@ -180,6 +180,50 @@ pub struct BatchObject {
     pub request_counts: RequestCounts,
     /// The submitter's pairs.
     pub metadata: Option<BTreeMap<String, String>>,
+    /// Switchyard's addition: how the completion webhook went (absent without one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookDelivery>,
+}
+
+/// Where a batch's completion webhook stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookDelivery {
+    /// `pending` until the batch ends and the call is made.
+    pub status: WebhookStatus,
+    /// Calls made.
+    pub attempts: u32,
+    /// Why the last call failed or the destination was refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Unix seconds when it was delivered, given up or refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<u64>,
+}
+
+/// How a completion webhook went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WebhookStatus {
+    /// Not called yet (the batch has not ended).
+    Pending,
+    /// Answered 2xx.
+    Delivered,
+    /// Never answered 2xx (the retries ran out, or it redirected).
+    Failed,
+    /// Not called: the destination is internal (loopback, private, link-local, …).
+    Refused,
+}
+
+impl WebhookStatus {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WebhookStatus::Pending => "pending",
+            WebhookStatus::Delivered => "delivered",
+            WebhookStatus::Failed => "failed",
+            WebhookStatus::Refused => "refused",
+        }
+    }
 }
 
 impl BatchObject {
@@ -206,6 +250,12 @@ impl BatchObject {
             cancelled_at: None,
             request_counts: RequestCounts::default(),
             metadata: (!job.metadata.is_empty()).then(|| job.metadata.clone()),
+            webhook: job.webhook_url.as_ref().map(|_| WebhookDelivery {
+                status: WebhookStatus::Pending,
+                attempts: 0,
+                last_error: None,
+                at: None,
+            }),
         }
     }
 
@@ -244,9 +294,6 @@ pub struct BatchRecord {
     /// `<ns>.batch.done.<id>` was published (and the webhook called or given up).
     #[serde(default)]
     pub announced: bool,
-    /// The webhook's last outcome (`delivered`, or the last error).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub webhook_state: Option<String>,
 }
 
 /// Where an item sits in its batch; set on the envelope of a batch item. Its

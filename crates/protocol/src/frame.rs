@@ -301,6 +301,8 @@ pub enum CancelReason {
     DeadlineExceeded,
     /// The client read too slowly, or frames were lost on the way.
     ReplyBroken,
+    /// The request is an item of a batch that was cancelled.
+    BatchCancelled,
 }
 
 #[cfg(test)]

@@ -41,6 +41,8 @@ pub(crate) struct Shared {
     pub live: Arc<LiveTable>,
     /// Billed price of a batch item relative to an interactive call, ppb.
     pub batch_price_ppb: i64,
+    /// Deliveries of a batch item before JetStream gives it up (`[batch] max_deliver`).
+    pub batch_max_deliver: u32,
     /// Batch items whose result could not be stored: nak'd, not acked.
     pub unsettled: std::sync::Mutex<std::collections::HashSet<uuid::Uuid>>,
     /// Completion marks of interactive requests (see `done`).
@@ -442,6 +444,16 @@ async fn serve(
             (Ended::Done, Some(e)) => {
                 usage::publish(&cx.bus, &event, acker).await;
                 e
+            }
+            (Ended::Expired, _) if env.batch.is_some() => {
+                // The batch waits for every item's result: this one's is the
+                // deadline (a cancelled item's is written by the dispatcher).
+                let error = FrameError::new(
+                    ErrorCode::DeadlineExceeded,
+                    "the item's deadline passed before the call ended ([batch] item_timeout or the batch's expiry)",
+                );
+                Replier::new(cx, env, call.attempt).fail(error).await;
+                return finish(cx, env, &event, acker).await;
             }
             // Answered, or nobody waits any more.
             _ => return finish(cx, env, &event, acker).await,

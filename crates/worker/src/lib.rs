@@ -152,6 +152,7 @@ pub async fn run(
             all_providers: all_providers.clone(),
             live: live.clone(),
             batch_price_ppb: config.batch.price_multiplier_ppb,
+            batch_max_deliver: config.batch.max_deliver,
             unsettled: Default::default(),
             done: done.clone(),
             in_hand: Default::default(),
@@ -249,7 +250,11 @@ async fn pull(
         }
         Queue::Batch => {
             cx.bus
-                .ensure_batch_worker_consumer(&cx.provider.name, max_in_flight)
+                .ensure_batch_worker_consumer(
+                    &cx.provider.name,
+                    max_in_flight,
+                    cx.batch_max_deliver,
+                )
                 .await
         }
     }

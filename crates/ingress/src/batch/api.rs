@@ -152,16 +152,11 @@ async fn upload_inner(
     })?;
     if purpose != "batch" {
         // Echo a bounded prefix: the field is the client's, of any length.
-        let shown: String = purpose.chars().take(64).collect();
-        let more = if shown.len() < purpose.len() {
-            "…"
-        } else {
-            ""
-        };
         return Err(ApiError::invalid(
             "purpose",
             format!(
-                "Unsupported purpose '{shown}{more}'; Switchyard stores files with purpose 'batch'."
+                "Unsupported purpose '{}'; Switchyard stores files with purpose 'batch'.",
+                sy_protocol::bounded(&purpose, 64)
             ),
         ));
     }
@@ -294,7 +289,7 @@ struct CreateBatch {
 }
 
 /// Checks what a batch is asked to be; shared with the native submission path.
-pub(crate) fn check_job(job: &BatchJob) -> Result<(), ApiError> {
+pub(crate) fn check_job(job: &BatchJob, webhook_allow: &[ipnet::IpNet]) -> Result<(), ApiError> {
     if !BATCH_ENDPOINTS.contains(&job.endpoint.as_str()) {
         return Err(ApiError::invalid(
             "endpoint",
@@ -326,13 +321,8 @@ pub(crate) fn check_job(job: &BatchJob) -> Result<(), ApiError> {
         ));
     }
     if let Some(url) = &job.webhook_url {
-        let ok = url::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
-        if !ok {
-            return Err(ApiError::invalid(
-                "webhook_url",
-                format!("webhook_url '{url}' is not an http(s) URL."),
-            ));
-        }
+        super::webhook::check_url(url, webhook_allow)
+            .map_err(|e| ApiError::invalid("webhook_url", e))?;
     }
     Ok(())
 }
@@ -367,7 +357,7 @@ pub(crate) async fn create(
                 requests: Vec::new(),
                 webhook_url: req.webhook_url,
             };
-            check_job(&job)?;
+            check_job(&job, &stores.config.webhook_allow)?;
             let file = owned_file(&state, &req.input_file_id, key_id)
                 .await
                 .map_err(|e| ApiError {
@@ -403,7 +393,6 @@ pub(crate) async fn create(
                 webhook_url: job.webhook_url.clone(),
                 runner: None,
                 announced: false,
-                webhook_state: None,
             };
             stores.create(&record).await.map_err(storage_error)?;
             if let Err(e) = state.bus.publish_batch_job(&job, &id).await {
@@ -515,8 +504,8 @@ pub(crate) async fn list(
     )
 }
 
-/// `POST /v1/batches/{id}/cancel`: stops dispatching; items in flight finish
-/// and the batch ends `cancelled` with partial files.
+/// `POST /v1/batches/{id}/cancel`: stops dispatching and cancels the items in flight;
+/// the batch ends `cancelled` with partial files.
 pub(crate) async fn cancel(
     State(state): State<Arc<AppState>>,
     Caller(key_id): Caller,

@@ -15,8 +15,13 @@
 //!    and line, so an item dispatched again by a resumed runner is dropped as
 //!    a duplicate, and a worker skips an item whose result is stored already;
 //! 3. results are counted as workers store them; the record's counts are
-//!    written once a second, and a cancel or the expiry stops dispatching (the
-//!    items in flight finish);
+//!    written once a second, and a cancel or the expiry stops dispatching.
+//!    Every item's deadline is the batch's expiry, which the worker enforces
+//!    (dropping the call and storing an error result); a cancel cancels the
+//!    items in flight. Either way the results still missing are waited for at
+//!    most [`STOP_GRACE`], so a stopped batch always ends. An item whose
+//!    deliveries ran out (`[nats] max_deliver`: its worker crashed on it again
+//!    and again) gets an error result from [`answer_exhausted`];
 //! 4. the output and error files are written in input order (ids derived from
 //!    the batch id, so a resumed finalisation writes the same files), the
 //!    record gets its final status, the results are purged, and the end is
@@ -65,7 +70,16 @@ fn derived_file_id(batch_id: &str, what: &str) -> String {
 }
 
 /// Batches running at once across every dispatcher.
-const MAX_RUNNING: u32 = 32;
+const MAX_RUNNING: u32 = sy_config::MAX_RUNNING_BATCHES;
+
+/// How long a cancelled or expired batch waits for the results of the items
+/// still in flight (a cancel cancels their calls; at the expiry the workers
+/// drop them and store their errors at once).
+const STOP_GRACE: Duration = Duration::from_secs(3);
+
+/// How long a job waits, holding its slot, before going to the back of the
+/// queue when its key already runs `[batch] max_running_per_key` batches here.
+const TURN_WAIT: Duration = Duration::from_secs(2);
 
 /// How often a running batch's record is written and re-read (cancel, takeover).
 const TICK: Duration = Duration::from_secs(1);
@@ -78,6 +92,7 @@ pub(crate) async fn run(state: Arc<AppState>, shutdown: CancellationToken) {
         return;
     };
     let tracker = TaskTracker::new();
+    tracker.spawn(answer_exhausted(state.clone(), shutdown.clone()));
     let mut backoff = Duration::from_millis(200);
     loop {
         match pull(&state, &stores, &tracker, &shutdown).await {
@@ -118,6 +133,82 @@ async fn pull(
     .await
 }
 
+/// Gives an error result to every batch item whose deliveries ran out (its
+/// worker crashed on it `[nats] max_deliver` times, or could never store its
+/// result), which JetStream would otherwise keep unanswered while its batch
+/// waits: the item is taken off the stream and its batch told. (Every
+/// dispatcher hears the announcement; the result stream keeps one result per
+/// item.) An item announced while no dispatcher runs waits for the batch's
+/// expiry.
+async fn answer_exhausted(state: Arc<AppState>, shutdown: CancellationToken) {
+    #[derive(serde::Deserialize)]
+    struct Advisory {
+        stream_seq: u64,
+        deliveries: u64,
+    }
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let mut advisories = match state.bus.follow_exhausted_batch_items().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(error = %e, "Not following exhausted batch items yet.");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        loop {
+            let msg = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                m = advisories.next() => match m {
+                    Some(m) => m,
+                    None => break,
+                },
+            };
+            let Ok(a) = serde_json::from_slice::<Advisory>(&msg.payload) else {
+                continue;
+            };
+            let payload = match state.bus.batch_request(a.stream_seq).await {
+                Ok(Some(p)) => p,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, seq = a.stream_seq, "An exhausted batch item could not be read; it waits for its batch's expiry.");
+                    continue;
+                }
+            };
+            let Ok(sy_protocol::EnvelopeHead {
+                batch: Some(item), ..
+            }) = serde_json::from_slice(&payload)
+            else {
+                continue;
+            };
+            tracing::warn!(batch = %item.batch_id, index = item.index, deliveries = a.deliveries, "Batch item's deliveries ran out; answered with an error.");
+            let error = FrameError::new(
+                sy_protocol::ErrorCode::Internal,
+                format!(
+                    "The request could not be run: its {} deliveries to a worker all ended without an answer.",
+                    a.deliveries
+                ),
+            );
+            if let Err(e) = state
+                .bus
+                .publish_batch_result(&error_result(item, error))
+                .await
+            {
+                tracing::warn!(error = %e, "Storing an exhausted item's result failed; it waits for its batch's expiry.");
+                continue;
+            }
+            // Answered: off the stream (where nothing would deliver it again).
+            if let Err(e) = state.bus.drop_batch_request(a.stream_seq).await {
+                tracing::debug!(error = %e, "Removing an exhausted item failed.");
+            }
+        }
+    }
+}
+
 /// How a run of a job ended.
 enum Outcome {
     /// The batch ended and was announced: ack the job.
@@ -155,6 +246,33 @@ async fn job(state: Arc<AppState>, stores: Arc<Stores>, msg: Message, stop: Canc
         let _ = acker.ack_with(AckKind::Term).await;
         return;
     }
+    // One key runs at most `max_running_per_key` batches in this process; its
+    // others go to the back of the queue, so that every key gets its turn.
+    let Some(_turn) = stores.take_turn(&job.key_id) else {
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = tokio::time::sleep(TURN_WAIT) => {}
+        }
+        let mut again = job;
+        again.id = Some(id.clone());
+        let requeued = state
+            .bus
+            .publish_batch_job(&again, &format!("{id}/turn/{seq}"))
+            .await;
+        match requeued {
+            Ok(()) => {
+                tracing::debug!(batch = %id, key = %again.key_id, "Batch waits for its key's turn.");
+                let _ = acker.ack().await;
+            }
+            Err(e) => {
+                tracing::warn!(batch = %id, error = %e, "Requeueing a waiting batch failed.");
+                let _ = acker
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                    .await;
+            }
+        }
+        return;
+    };
     let runner = format!("{}/{}", state.ingress_id, delivered);
     // Keep the job ours while the batch runs.
     let alive = CancellationToken::new();
@@ -283,13 +401,20 @@ async fn drive(
     }
     let window = stores.config.window as usize;
     let expires_ms = record.batch.expires_at.unwrap_or(u64::MAX / 2000) * 1000;
-    let mut stopping = (record.batch.status == BatchStatus::Cancelling).then_some(Stop::Cancelled);
+    let mut stopping = None;
+    // When a stopped batch ends without the results still missing.
+    let mut stop_by = u64::MAX;
     let mut in_flight: HashSet<u32> = HashSet::new();
     let mut next = 0usize;
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + TICK, TICK);
+    if record.batch.status == BatchStatus::Cancelling {
+        stopping = Some(Stop::Cancelled);
+        stop_by = now_unix_ms() + STOP_GRACE.as_millis() as u64;
+    }
     loop {
         if stopping.is_none() && now_unix_ms() >= expires_ms {
             stopping = Some(Stop::Expired);
+            stop_by = now_unix_ms() + STOP_GRACE.as_millis() as u64;
         }
         while stopping.is_none() && in_flight.len() < window && next < n {
             let i = next;
@@ -316,6 +441,13 @@ async fn drive(
         if in_flight.is_empty() && all_sent {
             break;
         }
+        if now_unix_ms() >= stop_by {
+            tracing::info!(
+                missing = in_flight.len(),
+                "Batch stopped; results still missing are not waited for."
+            );
+            break;
+        }
         tokio::select! {
             _ = stop.cancelled() => return Outcome::Retry("dispatcher shutting down".into()),
             m = results.next() => match m {
@@ -335,8 +467,10 @@ async fn drive(
                     return Outcome::Abandon;
                 }
                 if now.batch.status == BatchStatus::Cancelling && stopping.is_none() {
-                    tracing::info!(in_flight = in_flight.len(), "Batch cancelled: dispatching stopped.");
+                    tracing::info!(in_flight = in_flight.len(), "Batch cancelled: dispatching stopped, items in flight cancelled.");
                     stopping = Some(Stop::Cancelled);
+                    stop_by = now_unix_ms() + STOP_GRACE.as_millis() as u64;
+                    cancel_in_flight(state, id, &lines, &in_flight).await;
                 }
                 now.batch.request_counts = counts(&done);
                 if tryo!(stores.save(&now, rev).await).is_some() {
@@ -346,6 +480,54 @@ async fn drive(
         }
     }
     finalize(state, stores, id, runner, &lines, surface, stopping).await
+}
+
+/// Asks the workers to drop the calls of the items in flight (at most once
+/// each; an item not taken yet is dropped when it is).
+async fn cancel_in_flight(
+    state: &AppState,
+    id: &str,
+    lines: &[input::Line],
+    in_flight: &HashSet<u32>,
+) {
+    for &i in in_flight {
+        let item = item_of(id, lines, i);
+        let cancel = sy_protocol::Cancel {
+            request_id: item.request_id(),
+            reason: sy_protocol::CancelReason::BatchCancelled,
+        };
+        if let Err(e) = state.bus.publish_cancel(&cancel).await {
+            tracing::debug!(error = %e, "Cancelling a batch item failed.");
+        }
+    }
+}
+
+fn item_of(id: &str, lines: &[input::Line], i: u32) -> BatchItem {
+    BatchItem {
+        batch_id: id.to_owned(),
+        index: i,
+        custom_id: lines
+            .get(i as usize)
+            .map(|l| l.custom_id.clone())
+            .unwrap_or_default(),
+    }
+}
+
+/// An item's result that is only an error.
+fn error_result(item: BatchItem, error: FrameError) -> BatchResult {
+    BatchResult {
+        request_id: item.request_id(),
+        batch_id: item.batch_id,
+        index: item.index,
+        custom_id: item.custom_id,
+        frames: vec![ReplyFrame::Final(FinalFrame {
+            seq: 0,
+            start: None,
+            finish_reason: None,
+            usage: None,
+            error: Some(error),
+        })],
+    }
 }
 
 fn counts(done: &[u8]) -> sy_protocol::batch::RequestCounts {
@@ -392,19 +574,7 @@ async fn dispatch(
     ) {
         Ok(p) => state.bus.publish_request(&p.envelope).await,
         Err((e, _)) => {
-            let result = BatchResult {
-                batch_id: item.batch_id,
-                index: item.index,
-                custom_id: item.custom_id,
-                request_id,
-                frames: vec![ReplyFrame::Final(FinalFrame {
-                    seq: 0,
-                    start: None,
-                    finish_reason: None,
-                    usage: None,
-                    error: Some(FrameError::new(e.code, e.message)),
-                })],
-            };
+            let result = error_result(item, FrameError::new(e.code, e.message));
             state.bus.publish_batch_result(&result).await
         }
     }
@@ -435,7 +605,7 @@ async fn create_native(
             format!("key_id '{}' names no configured API key.", job.key_id),
         );
     }
-    if let Err(e) = super::api::check_job(job) {
+    if let Err(e) = super::api::check_job(job, &stores.config.webhook_allow) {
         fail(&mut problem, "invalid_request", e.message);
     }
     let mut total = 0;
@@ -498,7 +668,6 @@ async fn create_native(
         webhook_url: job.webhook_url.clone(),
         runner: None,
         announced: false,
-        webhook_state: None,
     };
     Ok(stores.create(&record).await?.map(|rev| (record, rev)))
 }
@@ -550,7 +719,7 @@ async fn finalize(
         ),
         _ => (
             "batch_cancelled",
-            "The batch was cancelled before this request was run.",
+            "The batch was cancelled before this request completed.",
         ),
     };
     let mut out = Vec::new();
@@ -661,13 +830,9 @@ async fn announce(
         return Outcome::Retry(format!("announcing: {e}"));
     }
     if let Some(url) = &record.webhook_url {
-        let secret = stores
-            .config
-            .webhook_secret
-            .as_ref()
-            .map(|s| s.expose().to_owned());
-        let outcome = webhook::deliver(&stores.http, url, secret.as_deref(), &record.batch).await;
-        record.webhook_state = Some(outcome);
+        let secret = stores.config.webhook_secret.as_ref().map(|s| s.expose());
+        let allow = &stores.config.webhook_allow;
+        record.batch.webhook = Some(webhook::deliver(url, allow, secret, &record.batch).await);
     }
     record.announced = true;
     match stores.save(&record, revision).await {

@@ -28,10 +28,28 @@ pub(crate) struct Stores {
     pub records: kv::Store,
     pub files: ObjectStore,
     pub config: BatchConfig,
-    /// For completion webhooks.
-    pub http: reqwest::Client,
     /// When this process may dispatch its next item (`[batch] max_rate`).
     pacer: tokio::sync::Mutex<tokio::time::Instant>,
+    /// Batches this process runs, per API key (`[batch] max_running_per_key`).
+    turns: std::sync::Mutex<HashMap<String, u32>>,
+}
+
+/// A batch this process runs for a key: the key's turn, given back when dropped.
+pub(crate) struct Turn {
+    stores: std::sync::Arc<Stores>,
+    key: String,
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let mut turns = self.stores.turns.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = turns.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                turns.remove(&self.key);
+            }
+        }
+    }
 }
 
 impl Stores {
@@ -39,17 +57,29 @@ impl Stores {
     pub async fn open(bus: &Bus, config: &BatchConfig) -> Result<Stores, sy_bus::BusError> {
         // (The request stream is the ingress's own, made before this.)
         bus.ensure_batch_streams().await?;
+        // For completion webhooks (a client per delivery: see webhook.rs).
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .tcp_nodelay(true)
-            .build()
-            .map_err(|e| sy_bus::BusError::Setup(format!("webhook client: {e}")))?;
         Ok(Stores {
             records: bus.batch_store(config.file_max_age).await?,
             files: bus.file_store(config.file_max_age).await?,
             config: config.clone(),
-            http,
             pacer: tokio::sync::Mutex::new(tokio::time::Instant::now()),
+            turns: Default::default(),
+        })
+    }
+
+    /// A turn for one more batch of `key` in this process, unless the key
+    /// runs `[batch] max_running_per_key` here already.
+    pub fn take_turn(self: &std::sync::Arc<Self>, key: &str) -> Option<Turn> {
+        let mut turns = self.turns.lock().unwrap_or_else(|e| e.into_inner());
+        let n = turns.entry(key.to_owned()).or_default();
+        if *n >= self.config.max_running_per_key {
+            return None;
+        }
+        *n += 1;
+        Some(Turn {
+            stores: self.clone(),
+            key: key.to_owned(),
         })
     }
 
