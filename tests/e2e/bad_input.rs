@@ -97,8 +97,14 @@ async fn every_bad_input_is_refused_before_the_provider() {
             ..case("wrong content type", ok, 415, "unsupported_media_type")
         },
         Case {
+            // `curl -d` labels JSON a form, which is accepted; a real form is not JSON.
             content_type: Some("application/x-www-form-urlencoded"),
-            ..case("form content type", ok, 415, "unsupported_media_type")
+            ..case(
+                "form body",
+                b"model=gpt-4o-mini&stream=true",
+                400,
+                "invalid_request",
+            )
         },
     ];
     for c in cases {

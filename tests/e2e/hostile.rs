@@ -836,3 +836,119 @@ async fn a_webhook_redirect_is_not_followed() {
         "the redirect target was never called"
     );
 }
+
+/// Sends `body` to `path` with raw `headers`; the status and the JSON body.
+async fn send_raw(
+    stack: &Stack,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> (u16, Value) {
+    let mut req = stack
+        .http
+        .post(stack.url(path))
+        .bearer_auth(KEY)
+        .header("x-api-key", KEY)
+        .header("anthropic-version", "2023-06-01")
+        .body(body);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// Issue 24, defect 12: `curl -d` labels JSON as a form and got a 415 although
+/// a missing Content-Type was accepted "because curl omits it"; compressed
+/// bodies were read as if they were plain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_style_bodies_work_and_compressed_ones_are_refused() {
+    let stack = Stack::start().await;
+    let chat = serde_json::to_vec(&body("gpt-4o-mini", "typed as curl -d sends it")).unwrap();
+    let form = [("content-type", "application/x-www-form-urlencoded")];
+    let (status, v) = send_raw(&stack, "/v1/chat/completions", &form, chat.clone()).await;
+    assert_eq!(status, 200, "{v}");
+    let messages = serde_json::to_vec(&json!({"model": "gpt-4o-mini", "max_tokens": 50,
+        "messages": [{"role": "user", "content": "hi"}]}))
+    .unwrap();
+    let (status, v) = send_raw(&stack, "/v1/messages", &form, messages.clone()).await;
+    assert_eq!(status, 200, "{v}");
+    let calls = stack.mock.stats().requests;
+    assert_eq!(calls, 2);
+    // A real form is still not JSON; other types are refused.
+    let (status, v) = send_raw(
+        &stack,
+        "/v1/chat/completions",
+        &form,
+        b"model=gpt-4o-mini&x=1".to_vec(),
+    )
+    .await;
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(v["error"]["code"], "invalid_request", "{v}");
+    let (status, v) = send_raw(
+        &stack,
+        "/v1/chat/completions",
+        &[("content-type", "text/plain")],
+        chat.clone(),
+    )
+    .await;
+    assert_eq!(status, 415, "{v}");
+    // Compressed bodies: 415 in each surface's format, whatever the bytes.
+    let gzip = [
+        ("content-type", "application/json"),
+        ("content-encoding", "gzip"),
+    ];
+    for (path, payload) in [
+        ("/v1/chat/completions", chat.clone()),
+        (
+            "/v1/responses",
+            serde_json::to_vec(&json!({"model": "gpt-4o-mini", "input": "hi"})).unwrap(),
+        ),
+        (
+            "/v1/embeddings",
+            serde_json::to_vec(&json!({"model": "text-embedding-3-small", "input": "hi"})).unwrap(),
+        ),
+        ("/v1/batches", b"{}".to_vec()),
+    ] {
+        let (status, v) = send_raw(&stack, path, &gzip, payload).await;
+        assert_eq!(status, 415, "{path}: {v}");
+        assert_eq!(v["error"]["code"], "unsupported_media_type", "{path}: {v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains("gzip"),
+            "{v}"
+        );
+    }
+    let (status, v) = send_raw(&stack, "/v1/messages", &gzip, messages).await;
+    assert_eq!(status, 415, "{v}");
+    assert_eq!(v["type"], "error", "Anthropic's format: {v}");
+    let upload = stack
+        .http
+        .post(stack.url("/v1/files"))
+        .bearer_auth(KEY)
+        .header("content-encoding", "br")
+        .multipart(
+            reqwest::multipart::Form::new()
+                .text("purpose", "batch")
+                .part(
+                    "file",
+                    reqwest::multipart::Part::bytes(b"x".to_vec()).file_name("a.jsonl"),
+                ),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(upload.status(), 415);
+    assert_eq!(
+        stack.mock.stats().requests,
+        calls,
+        "nothing refused reached a provider"
+    );
+    // Saying "identity" is saying nothing.
+    let identity = [
+        ("content-type", "application/json"),
+        ("content-encoding", "identity"),
+    ];
+    let (status, v) = send_raw(&stack, "/v1/chat/completions", &identity, chat).await;
+    assert_eq!(status, 200, "{v}");
+}

@@ -83,10 +83,10 @@ pub(crate) async fn json_errors(
         .await
         .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
         .unwrap_or_default();
-    let message = match text.char_indices().nth(MESSAGE_CAP) {
-        _ if text.is_empty() => status.canonical_reason().unwrap_or("error").to_owned(),
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text,
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_owned()
+    } else {
+        sy_protocol::bounded(&text, MESSAGE_CAP).into_owned()
     };
     let mut out = ApiError::new(code, message).render(surface);
     // Keep what the response says beyond its body (Retry-After, Allow).

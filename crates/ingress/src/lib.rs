@@ -427,6 +427,16 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     match headers.get(header::CONTENT_TYPE) {
         // curl and many clients omit it; the body still has to be JSON.
         None => Ok(()),
+        // `curl -d '{…}'` labels its JSON a form; the body still has to be
+        // JSON (a real form is a 400). Browsers cannot send it cross-site with
+        // a key: the Authorization header needs a CORS preflight.
+        Some(v)
+            if v.as_bytes()
+                .get(..33)
+                .is_some_and(|p| p.eq_ignore_ascii_case(b"application/x-www-form-urlencoded")) =>
+        {
+            Ok(())
+        }
         Some(v) => {
             let mime = v
                 .to_str()
@@ -453,8 +463,25 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
 const DRAIN_CAP: usize = 16 * 1024 * 1024;
 const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// Refuses a compressed body (415): decoding one would let a few kilobytes on
+/// the wire become gigabytes in memory, and no client of these APIs needs it.
+fn check_encoding(headers: &HeaderMap) -> Result<(), ApiError> {
+    match headers.get(header::CONTENT_ENCODING) {
+        None => Ok(()),
+        Some(v) if v.as_bytes().eq_ignore_ascii_case(b"identity") => Ok(()),
+        Some(v) => Err(ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            format!(
+                "Content-Encoding '{}' is not supported; send the body uncompressed.",
+                sy_protocol::bounded(&String::from_utf8_lossy(v.as_bytes()), 32)
+            ),
+        )),
+    }
+}
+
 async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
     use http_body_util::BodyExt;
+    check_encoding(headers)?;
     let limit = state.max_body_bytes;
     let too_large = || {
         ApiError::new(

@@ -2,7 +2,8 @@
 //!
 //! [`init`] installs a `tracing` subscriber writing to stderr, filtered by
 //! `SWITCHYARD_LOG` (an `EnvFilter` directive such as `info` or
-//! `sy_ingress=debug,info`; default `info`) and formatted as text, or as one JSON
+//! `sy_ingress=debug,info`), else `RUST_LOG` as every Rust program reads it,
+//! else `info`, and formatted as text, or as one JSON
 //! object per line when `SWITCHYARD_LOG_FORMAT=json`. Metric names will live here
 //! as constants (`sy_telemetry::metrics`) once metrics are exported.
 
@@ -10,8 +11,9 @@ use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber; a second call is a no-op.
 pub fn init() {
-    let filter =
-        EnvFilter::try_from_env("SWITCHYARD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_env("SWITCHYARD_LOG")
+        .or_else(|_| EnvFilter::try_from_env("RUST_LOG"))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var("SWITCHYARD_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -71,8 +71,12 @@ fn respond(r: Result<Response, ApiError>) -> Response {
 pub(crate) async fn upload(
     State(state): State<Arc<AppState>>,
     Caller(key_id): Caller,
+    headers: HeaderMap,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Response {
+    if let Err(e) = crate::check_encoding(&headers) {
+        return e.into_response();
+    }
     respond(upload_inner(&state, &key_id, multipart).await)
 }
 
