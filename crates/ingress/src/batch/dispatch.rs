@@ -20,7 +20,7 @@
 //!    (dropping the call and storing an error result); a cancel cancels the
 //!    items in flight. Either way the results still missing are waited for at
 //!    most [`STOP_GRACE`], so a stopped batch always ends. An item whose
-//!    deliveries ran out (`[nats] max_deliver`: its worker crashed on it again
+//!    deliveries ran out (`[batch] max_deliver`: its workers stopped on it again
 //!    and again) gets an error result from [`answer_exhausted`];
 //! 4. the output and error files are written in input order (ids derived from
 //!    the batch id, so a resumed finalisation writes the same files), the
@@ -134,7 +134,7 @@ async fn pull(
 }
 
 /// Gives an error result to every batch item whose deliveries ran out (its
-/// worker crashed on it `[nats] max_deliver` times, or could never store its
+/// workers stopped on it `[batch] max_deliver` times, or could never store its
 /// result), which JetStream would otherwise keep unanswered while its batch
 /// waits: the item is taken off the stream and its batch told. (Every
 /// dispatcher hears the announcement; the result stream keeps one result per
