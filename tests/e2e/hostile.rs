@@ -640,6 +640,35 @@ async fn an_item_whose_deliveries_run_out_gets_an_error_and_its_batch_ends() {
     );
 }
 
+/// Uploads a one-line batch input as `KEY`; the file's id.
+async fn one_line_file(stack: &Stack) -> String {
+    let file: Value = batch::upload(
+        stack,
+        KEY,
+        batch::line("a", "gpt-4o-mini", "hi").into_bytes(),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    file["id"].as_str().unwrap().to_owned()
+}
+
+/// `POST /v1/batches` of `file_id` with `webhook_url`.
+async fn create_with_webhook(stack: &Stack, file_id: &str, url: &str) -> reqwest::Response {
+    stack
+        .http
+        .post(stack.url("/v1/batches"))
+        .bearer_auth(KEY)
+        .json(
+            &json!({"input_file_id": file_id, "endpoint": "/v1/chat/completions",
+            "completion_window": "24h", "webhook_url": url}),
+        )
+        .send()
+        .await
+        .unwrap()
+}
+
 /// The batch object once the batch ended and its webhook is no longer pending.
 async fn webhook_outcome(stack: &Stack, id: &str) -> Value {
     batch::wait_end(stack, id, Duration::from_secs(20)).await;
@@ -688,16 +717,7 @@ async fn internal_host_name() -> String {
 async fn webhooks_reach_only_public_destinations() {
     let stack = Stack::start().await;
     let mock = stack.mock.addr();
-    let file: Value = batch::upload(
-        &stack,
-        KEY,
-        batch::line("a", "gpt-4o-mini", "hi").into_bytes(),
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
-    let file_id = file["id"].as_str().unwrap();
+    let file_id = one_line_file(&stack).await;
     let long = format!("https://example.com/{}", "a".repeat(3000));
     let refused = [
         format!("http://{mock}/mock/reset"),
@@ -713,17 +733,7 @@ async fn webhooks_reach_only_public_destinations() {
         long,
     ];
     for url in &refused {
-        let r = stack
-            .http
-            .post(stack.url("/v1/batches"))
-            .bearer_auth(KEY)
-            .json(
-                &json!({"input_file_id": file_id, "endpoint": "/v1/chat/completions",
-                "completion_window": "24h", "webhook_url": url}),
-            )
-            .send()
-            .await
-            .unwrap();
+        let r = create_with_webhook(&stack, &file_id, url).await;
         assert_eq!(r.status(), 400, "{url}");
         let v: Value = r.json().await.unwrap();
         assert_eq!(v["error"]["param"], "webhook_url", "{url}: {v}");
@@ -735,18 +745,8 @@ async fn webhooks_reach_only_public_destinations() {
     // A name is checked once resolved: this machine's own name is refused
     // when the batch ends, and the outcome is on the batch object.
     let host = internal_host_name().await;
-    let r = stack
-        .http
-        .post(stack.url("/v1/batches"))
-        .bearer_auth(KEY)
-        .json(
-            &json!({"input_file_id": file_id, "endpoint": "/v1/chat/completions",
-            "completion_window": "24h",
-            "webhook_url": format!("http://{host}:{}/mock/reset", mock.port())}),
-        )
-        .send()
-        .await
-        .unwrap();
+    let url = format!("http://{host}:{}/mock/reset", mock.port());
+    let r = create_with_webhook(&stack, &file_id, &url).await;
     assert_eq!(r.status(), 200);
     let b: Value = r.json().await.unwrap();
     assert_eq!(b["webhook"]["status"], "pending", "{b}");
@@ -795,26 +795,8 @@ async fn a_webhook_redirect_is_not_followed() {
     })
     .await;
     let hook = redirector(format!("http://{}/mock/reset", stack.mock.addr())).await;
-    let file: Value = batch::upload(
-        &stack,
-        KEY,
-        batch::line("a", "gpt-4o-mini", "hi").into_bytes(),
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
-    let r = stack
-        .http
-        .post(stack.url("/v1/batches"))
-        .bearer_auth(KEY)
-        .json(
-            &json!({"input_file_id": file["id"], "endpoint": "/v1/chat/completions",
-            "completion_window": "24h", "webhook_url": hook}),
-        )
-        .send()
-        .await
-        .unwrap();
+    let file_id = one_line_file(&stack).await;
+    let r = create_with_webhook(&stack, &file_id, &hook).await;
     assert_eq!(r.status(), 200);
     let id = r.json::<Value>().await.unwrap()["id"]
         .as_str()
