@@ -697,6 +697,138 @@ async fn killing_a_worker_and_the_dispatcher_mid_batch_loses_and_repeats_nothing
     assert_eq!((ok_rows, distinct), (n, n));
 }
 
+/// A worker stored an item's answer and died before it published the usage
+/// event (the answer and its bill are one stored result): the worker that gets
+/// the item next publishes the stored event, once however often the item comes
+/// back, and calls no provider.
+#[tokio::test]
+async fn an_item_answered_before_its_worker_died_is_billed_once_from_its_stored_result() {
+    let stack = Stack::start_with(StackOptions {
+        clickhouse: true,
+        ..StackOptions::default()
+    })
+    .await;
+    let nats = sy_test_support::nats().await;
+    let js = async_nats::jetstream::new(nats);
+    let subjects = sy_protocol::Subjects::new(&stack.namespace);
+    let item = sy_protocol::batch::BatchItem {
+        batch_id: "batch_crash1".into(),
+        index: 0,
+        custom_id: "c0".into(),
+    };
+    let request_id = item.request_id();
+    let now = sy_protocol::now_unix_ms();
+    let event_id = sy_protocol::UsageEvent::event_id_of(request_id, 1);
+    let event: sy_protocol::UsageEvent = serde_json::from_value(json!({
+        "event_id": event_id, "request_id": request_id, "attempt": 1,
+        "received_unix_ms": now - 2_000, "dispatched_unix_ms": now - 1_500,
+        "finished_unix_ms": now - 1_000, "key_id": "test", "ingress_id": "dispatcher",
+        "worker_id": "the-worker-that-died", "api": "chat_completions",
+        "route": "gpt-4o-mini", "provider": "openai", "model": "gpt-4o-mini",
+        "stream": false, "status": "ok", "input_tokens": 7, "cached_input_tokens": 0,
+        "cache_write_tokens": 0, "output_tokens": 5, "reasoning_tokens": 0,
+        "input_tokens_source": "provider", "output_tokens_source": "provider",
+        "cost_nanos": 1_234, "billed_nanos": 617, "queue_wait_ms": 500,
+        "latency_ms": 1_000, "client_disconnected": false, "batch_id": "batch_crash1",
+    }))
+    .unwrap();
+    let frame: sy_protocol::ReplyFrame = serde_json::from_value(json!({
+        "type": "final", "seq": 0, "finish_reason": "stop",
+        "usage": {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12},
+    }))
+    .unwrap();
+    let result = sy_protocol::batch::BatchResult {
+        batch_id: item.batch_id.clone(),
+        index: 0,
+        custom_id: item.custom_id.clone(),
+        request_id,
+        frames: vec![frame],
+        usage: Some(event),
+    };
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(async_nats::header::NATS_MESSAGE_ID, "batch_crash1.0");
+    js.publish_with_headers(
+        subjects.batch_result("batch_crash1", 0),
+        headers,
+        serde_json::to_vec(&result).unwrap().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    // The item, as JetStream redelivers it (twice: two crashes).
+    let envelope = sy_protocol::RequestEnvelope {
+        request_id,
+        attempt: 1,
+        ingress_id: "dispatcher".into(),
+        reply_to: String::new(),
+        received_unix_ms: now - 2_000,
+        deadline_unix_ms: now + 60_000,
+        key_id: "test".into(),
+        api: sy_protocol::ApiSurface::ChatCompletions,
+        route: "gpt-4o-mini".into(),
+        provider: "openai".into(),
+        model: "gpt-4o-mini".into(),
+        request: serde_json::from_value(
+            json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .unwrap(),
+        embeddings: None,
+        class: None,
+        choice: None,
+        fallback: Vec::new(),
+        fallback_reason: None,
+        mid_stream: Default::default(),
+        resume: None,
+        fallback_on_refusal: false,
+        watchdogs: Default::default(),
+        batch: Some(item),
+    };
+    for delivery in 0..2 {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            async_nats::header::NATS_MESSAGE_ID,
+            format!("crash-test-{delivery}").as_str(),
+        );
+        js.publish_with_headers(
+            subjects.batch_request("openai", "batch_crash1"),
+            headers,
+            serde_json::to_vec(&envelope).unwrap().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+    let ch = stack.clickhouse.as_ref().unwrap();
+    let client = sy_accounting::client(ch);
+    let query = format!(
+        "SELECT count(), any(worker_id), toString(sum(assumeNotNull(billed))) \
+         FROM {}.requests WHERE request_id = '{request_id}'",
+        ch.database
+    );
+    let until = Instant::now() + Duration::from_secs(15);
+    let row = loop {
+        let row: (u64, String, String) = client.query(&query).fetch_one().await.unwrap();
+        if row.0 > 0 || Instant::now() > until {
+            break row;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(row.0, 1, "the stored usage event, once: {row:?}");
+    assert_eq!(row.1, "the-worker-that-died");
+    assert_eq!(row.2.parse::<f64>().unwrap(), 0.000_000_617);
+    // Both deliveries were handled (and answered nothing new) by now.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let row: (u64, String, String) = client.query(&query).fetch_one().await.unwrap();
+    assert_eq!(row.0, 1, "{row:?}");
+    assert_eq!(
+        stack.mock.stats().requests,
+        0,
+        "the answered item was called again"
+    );
+}
+
 #[tokio::test]
 async fn the_cli_submits_waits_and_writes_results_and_embeddings_batch_too() {
     let stack = Stack::start().await;

@@ -379,7 +379,33 @@ targets = [{{ provider = "openai", model = "gpt-4.1-2025" }}]
             }
         }
         stack.wait_ready().await;
+        if split > 0 {
+            stack.wait_workers_pulling(split).await;
+        }
         stack
+    }
+
+    /// Waits until `n` worker processes pull openai's requests (each keeps a
+    /// pull request waiting on the pool's consumer), so that work sent next is
+    /// shared among them rather than taken by whichever started first.
+    pub async fn wait_workers_pulling(&self, n: usize) {
+        let subjects = sy_protocol::Subjects::new(&self.namespace);
+        let js = async_nats::jetstream::new(support::nats().await);
+        let mut waiting = 0;
+        for _ in 0..400 {
+            if let Ok(stream) = js.get_stream(subjects.request_stream()).await
+                && let Ok(info) = stream
+                    .consumer_info(subjects.worker_consumer("openai"))
+                    .await
+            {
+                waiting = info.num_waiting;
+                if waiting >= n {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("{waiting} of {n} workers pull requests after 10 s");
     }
 
     async fn wait_ready(&mut self) {

@@ -13,6 +13,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, object_store, stream};
+use sy_protocol::UsageEvent;
 use sy_protocol::batch::{BatchDone, BatchJob, BatchResult, COMPLETION_WINDOW_SECS};
 
 use crate::{Bus, BusError, encode};
@@ -179,8 +180,20 @@ impl Bus {
             .map_err(|e| BusError::Setup(format!("batch request stream: {e}")))
     }
 
-    /// True when item `index` of the batch has a stored result.
-    pub async fn batch_result_exists(&self, batch_id: &str, index: u32) -> Result<bool, BusError> {
+    /// Whether item `index` has a stored result: `None` when not yet, else the
+    /// usage event stored with it (`Some(None)` for a result stored without
+    /// one, e.g. an error no call stands behind).
+    pub async fn batch_result_usage(
+        &self,
+        batch_id: &str,
+        index: u32,
+    ) -> Result<Option<Option<UsageEvent>>, BusError> {
+        /// Only the part of a result that is needed here.
+        #[derive(serde::Deserialize)]
+        struct Stored {
+            #[serde(default)]
+            usage: Option<UsageEvent>,
+        }
         let stream = self
             .js
             .get_stream_no_info(self.subjects.batch_results_stream())
@@ -190,8 +203,14 @@ impl Bus {
             .get_last_raw_message_by_subject(&self.subjects.batch_result(batch_id, index))
             .await
         {
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(false),
+            Ok(m) => match serde_json::from_slice::<Stored>(&m.payload) {
+                Ok(stored) => Ok(Some(stored.usage)),
+                Err(e) => {
+                    tracing::warn!(batch = batch_id, index, error = %e, "A stored batch result's usage is unreadable.");
+                    Ok(Some(None))
+                }
+            },
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
             Err(e) => Err(BusError::Publish(format!("reading a batch result: {e}"))),
         }
     }

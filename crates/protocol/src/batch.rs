@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::ReplyFrame;
+use crate::{ReplyFrame, UsageEvent};
 
 /// Endpoints a batch may target (OpenAI's `endpoint` values that Switchyard serves).
 pub const BATCH_ENDPOINTS: [&str; 2] = ["/v1/chat/completions", "/v1/embeddings"];
@@ -334,6 +334,11 @@ pub struct BatchResult {
     pub request_id: Uuid,
     /// The frames, ending with the final frame.
     pub frames: Vec<ReplyFrame>,
+    /// The usage event of the call that produced the answer, stored with it:
+    /// a worker that finds the item answered after a crash publishes it again
+    /// (deduplicated by its event id), so the answer is never unbilled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<UsageEvent>,
 }
 
 impl BatchResult {

@@ -189,14 +189,20 @@ pub(crate) async fn handle(cx: Arc<Shared>, msg: jetstream::Message) {
             return;
         }
         if let Some(item) = &env.batch {
-            // A worker that stored the answer and died before acking: the item is done.
-            match cx.bus.batch_result_exists(&item.batch_id, item.index).await {
-                Ok(true) => {
+            // A worker that stored the answer and died before acking: the item
+            // is done, and its usage event (stored with the answer) is
+            // published again in case the crash came before it was (the
+            // usage stream and ClickHouse keep one per event id).
+            match cx.bus.batch_result_usage(&item.batch_id, item.index).await {
+                Ok(Some(stored)) => {
                     tracing::debug!(batch = %item.batch_id, index = item.index, "Batch item already answered.");
+                    if let Some(event) = stored {
+                        usage::publish(&cx.bus, &event, &acker).await;
+                    }
                     let _ = acker.ack().await;
                     return;
                 }
-                Ok(false) => {}
+                Ok(None) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, "Cannot tell whether the batch item ran; retrying later.");
                     let _ = acker.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
@@ -215,15 +221,15 @@ pub(crate) async fn handle(cx: Arc<Shared>, msg: jetstream::Message) {
                 ErrorCode::DeadlineExceeded,
                 "the request's deadline passed before a worker took it",
             );
-            Replier::new(&cx, &env, first_attempt)
-                .fail(error.clone())
-                .await;
             let state = AttemptState {
-                error: Some(error),
+                error: Some(error.clone()),
                 ..AttemptState::default()
             };
             let call = Call::first(first_attempt, &env, dispatched_unix_ms);
             let event = usage::event(&cx, &env, &call, &state, Ended::Expired);
+            Replier::new(&cx, &env, first_attempt)
+                .fail_billed(error, &event)
+                .await;
             marked = finish(&cx, &env, &event, &acker).await;
         } else if let Some(running) = cx.cancels.begin(env.request_id) {
             marked = serve(
@@ -293,6 +299,7 @@ async fn answer_unreadable(bus: &Bus, payload: &[u8]) {
                 custom_id: item.custom_id.clone(),
                 request_id: head.request_id,
                 frames: vec![frame],
+                usage: None,
             };
             bus.publish_batch_result(&result).await
         }
@@ -398,6 +405,7 @@ async fn serve(
     loop {
         let mut state = AttemptState::default();
         let mut replier = Replier::new(cx, env, call.attempt);
+        replier.deferred = true;
         let ended = {
             let run = replier.run(&cx.adapter, &cx.provider, &mut state);
             tokio::pin!(run);
@@ -430,6 +438,8 @@ async fn serve(
         // attempt sent nothing, and the next one starts afresh.
         let sent = if env.batch.is_some() { 0 } else { replier.seq };
         let event = usage::event(cx, env, &call, &state, ended);
+        // A batch item's answer is stored together with its usage event.
+        replier.settle(&event).await;
         if event.status != UsageStatus::Ok {
             tracing::debug!(status = event.status.as_str(), "Attempt did not complete.");
         }
@@ -452,7 +462,9 @@ async fn serve(
                     ErrorCode::DeadlineExceeded,
                     "the item's deadline passed before the call ended ([batch] item_timeout or the batch's expiry)",
                 );
-                Replier::new(cx, env, call.attempt).fail(error).await;
+                Replier::new(cx, env, call.attempt)
+                    .fail_billed(error, &event)
+                    .await;
                 return finish(cx, env, &event, acker).await;
             }
             // Answered, or nobody waits any more.
@@ -631,6 +643,9 @@ struct Replier<'a> {
     seq: u32,
     /// A batch item's frames so far.
     held: Vec<ReplyFrame>,
+    /// A batch item's result waits for `settle` (to be stored with its usage
+    /// event) instead of being stored with the final frame.
+    deferred: bool,
     unsettled: &'a std::sync::Mutex<std::collections::HashSet<uuid::Uuid>>,
 }
 
@@ -643,6 +658,7 @@ impl<'a> Replier<'a> {
             attempt,
             seq: env.resume.as_ref().map_or(0, |r| r.seq),
             held: Vec::new(),
+            deferred: false,
             unsettled: &cx.unsettled,
         }
     }
@@ -665,13 +681,14 @@ impl<'a> Replier<'a> {
         if let Some(item) = &self.env.batch {
             let last = matches!(frame, ReplyFrame::Final(_));
             self.held.push(frame);
-            if last {
+            if last && !self.deferred {
                 let result = BatchResult {
                     batch_id: item.batch_id.clone(),
                     index: item.index,
                     custom_id: item.custom_id.clone(),
                     request_id: self.env.request_id,
                     frames: std::mem::take(&mut self.held),
+                    usage: None,
                 };
                 self.store(&result).await;
             }
@@ -680,6 +697,34 @@ impl<'a> Replier<'a> {
         if let Err(e) = self.bus.publish_frame(&self.env.reply_to, &frame).await {
             tracing::warn!(error = %e, "Publishing a reply frame failed.");
         }
+    }
+
+    /// Stores a deferred batch item's result, once it holds its final frame,
+    /// with the usage event of the call behind it: the answer and its bill are
+    /// stored in one message, so no crash can keep one without the other.
+    async fn settle(&mut self, event: &UsageEvent) {
+        let Some(item) = &self.env.batch else {
+            return;
+        };
+        if !matches!(self.held.last(), Some(ReplyFrame::Final(_))) {
+            return;
+        }
+        let result = BatchResult {
+            batch_id: item.batch_id.clone(),
+            index: item.index,
+            custom_id: item.custom_id.clone(),
+            request_id: self.env.request_id,
+            frames: std::mem::take(&mut self.held),
+            usage: Some(event.clone()),
+        };
+        self.store(&result).await;
+    }
+
+    /// Ends the request with `error`; a batch item's result carries `event`.
+    async fn fail_billed(mut self, error: FrameError, event: &UsageEvent) {
+        self.deferred = true;
+        self.fail(error).await;
+        self.settle(event).await;
     }
 
     /// Stores a batch item's result, retrying briefly; marks the item unsettled

@@ -527,6 +527,7 @@ fn error_result(item: BatchItem, error: FrameError) -> BatchResult {
             usage: None,
             error: Some(error),
         })],
+        usage: None,
     }
 }
 

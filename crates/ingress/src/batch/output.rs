@@ -98,6 +98,7 @@ mod tests {
             custom_id: "req-1".into(),
             request_id: uuid::Uuid::nil(),
             frames,
+            usage: None,
         }
     }
 
