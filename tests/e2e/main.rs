@@ -14,6 +14,7 @@ mod dialects;
 mod embeddings;
 mod hostile;
 mod idempotency;
+mod intake;
 mod load;
 mod resilience;
 mod restart;

@@ -41,6 +41,8 @@ pub struct StackOptions {
     pub batch_window: u32,
     /// More `[batch]` lines (e.g. `max_running_per_key = 1`).
     pub batch_extra: &'static str,
+    /// More `[server]` lines (e.g. `max_connections = 3`).
+    pub server_extra: &'static str,
 }
 
 impl Default for StackOptions {
@@ -60,6 +62,7 @@ impl Default for StackOptions {
             split_dispatcher: false,
             batch_window: 64,
             batch_extra: "",
+            server_extra: "",
         }
     }
 }
@@ -127,6 +130,7 @@ impl Stack {
 listen = "127.0.0.1:{port}"
 max_body_bytes = {max_body}
 request_timeout = "{timeout}"
+{server_extra}
 
 [nats]
 url = "{nats}"
@@ -314,6 +318,7 @@ targets = [{{ provider = "openai", model = "gpt-4.1-2025" }}]
             response = opts.response_timeout,
             batch_window = opts.batch_window,
             batch_extra = opts.batch_extra,
+            server_extra = opts.server_extra,
         );
         let mut config = config;
         let mut clickhouse = None;

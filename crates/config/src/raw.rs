@@ -194,6 +194,17 @@ pub struct RawServer {
     pub ingress_id: Option<String>,
     /// How long an `Idempotency-Key` and its first result are remembered.
     pub idempotency_window: String,
+    /// Open connections at most; one more is answered 503 and closed.
+    pub max_connections: u64,
+    /// Time a connection has to send a request's headers (also the idle
+    /// keep-alive limit), e.g. "30s".
+    pub header_timeout: String,
+    /// Time a body may take before `min_body_rate` applies, e.g. "10s".
+    pub body_timeout: String,
+    /// Bytes per second a body must average after `body_timeout`.
+    pub min_body_rate: u64,
+    /// Body bytes being received by all requests together, at most.
+    pub max_body_bytes_in_flight: u64,
 }
 
 impl Default for RawServer {
@@ -204,6 +215,11 @@ impl Default for RawServer {
             request_timeout: "120s".into(),
             ingress_id: None,
             idempotency_window: "24h".into(),
+            max_connections: 10_000,
+            header_timeout: "30s".into(),
+            body_timeout: "10s".into(),
+            min_body_rate: 32 * 1024,
+            max_body_bytes_in_flight: 256 * 1024 * 1024,
         }
     }
 }

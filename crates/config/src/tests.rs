@@ -368,3 +368,32 @@ max_deliver = 4
         assert!(bad.iter().any(|p| p.starts_with(want)), "{want}: {bad:?}");
     }
 }
+
+#[test]
+fn connection_and_body_limits_have_defaults_and_are_checked() {
+    let base = "[providers.openai]\nkind = \"openai_compatible\"\nbase_url = \"http://127.0.0.1:1/v1\"\n";
+    let c = Config::from_toml(base, &env(&[])).unwrap();
+    let s = &c.server;
+    assert_eq!(s.max_connections, 10_000);
+    assert_eq!(s.header_timeout, std::time::Duration::from_secs(30));
+    assert_eq!(s.body_timeout, std::time::Duration::from_secs(10));
+    assert_eq!(s.min_body_rate, 32 * 1024);
+    assert_eq!(s.max_body_bytes_in_flight, 256 * 1024 * 1024);
+    assert!(s.max_body_bytes_in_flight as u64 >= c.batch.max_file_bytes);
+    let p = problems(&format!(
+        "[server]\nmax_connections = 0\nheader_timeout = \"0s\"\nbody_timeout = \"0s\"\n\
+         min_body_rate = 0\nmax_body_bytes = 2000000\nmax_body_bytes_in_flight = 1000000\n\n\
+         [batch]\nmax_file_bytes = 1500000\n\n{base}"
+    ));
+    let paths: Vec<&str> = p.iter().map(|s| s.split(':').next().unwrap()).collect();
+    for expected in [
+        "server.max_connections",
+        "server.header_timeout",
+        "server.body_timeout",
+        "server.min_body_rate",
+        "server.max_body_bytes_in_flight",
+        "batch.max_file_bytes",
+    ] {
+        assert!(paths.contains(&expected), "{expected} missing from {p:?}");
+    }
+}

@@ -167,6 +167,16 @@ pub struct ServerConfig {
     pub ingress_id: Option<String>,
     /// How long an `Idempotency-Key` and its first result are remembered.
     pub idempotency_window: Duration,
+    /// Open connections at most.
+    pub max_connections: usize,
+    /// Time for a request's headers to arrive (and idle keep-alive limit).
+    pub header_timeout: Duration,
+    /// Time a body may take before the minimum rate applies.
+    pub body_timeout: Duration,
+    /// Average bytes per second a body must arrive at after `body_timeout`.
+    pub min_body_rate: u64,
+    /// Body bytes being received by all requests together, at most.
+    pub max_body_bytes_in_flight: usize,
 }
 
 /// `[nats]`, validated.
@@ -432,7 +442,43 @@ impl Config {
                 &raw.server.idempotency_window,
                 e,
             ),
+            max_connections: usize::try_from(raw.server.max_connections).unwrap_or(usize::MAX),
+            header_timeout: duration("server.header_timeout", &raw.server.header_timeout, e),
+            body_timeout: duration("server.body_timeout", &raw.server.body_timeout, e),
+            min_body_rate: raw.server.min_body_rate,
+            max_body_bytes_in_flight: usize::try_from(raw.server.max_body_bytes_in_flight)
+                .unwrap_or(usize::MAX),
         };
+        if !(1..=1_000_000).contains(&raw.server.max_connections) {
+            e.push(ConfigError::new(
+                "server.max_connections",
+                "must be 1 to 1000000",
+            ));
+        }
+        for (path, d) in [
+            ("server.header_timeout", server.header_timeout),
+            ("server.body_timeout", server.body_timeout),
+        ] {
+            if d.is_zero() {
+                e.push(ConfigError::new(path, "must be longer than zero"));
+            }
+        }
+        if raw.server.min_body_rate == 0 {
+            e.push(ConfigError::new(
+                "server.min_body_rate",
+                "must be at least 1 byte per second",
+            ));
+        }
+        // One request of the largest size must always fit (the batch file
+        // limit is checked against it with [batch]).
+        if raw.server.max_body_bytes_in_flight < raw.server.max_body_bytes
+            || raw.server.max_body_bytes_in_flight > u64::from(u32::MAX)
+        {
+            e.push(ConfigError::new(
+                "server.max_body_bytes_in_flight",
+                "must be at least server.max_body_bytes and at most 4294967295",
+            ));
+        }
 
         if !raw.nats.url.starts_with("nats://")
             && !raw.nats.url.starts_with("tls://")
@@ -780,6 +826,12 @@ impl Config {
             ));
             500_000_000
         });
+        if b.max_file_bytes > raw.server.max_body_bytes_in_flight {
+            e.push(ConfigError::new(
+                "batch.max_file_bytes",
+                "must not exceed server.max_body_bytes_in_flight (an upload of the largest file must fit)",
+            ));
+        }
         if b.max_file_bytes == 0 || b.max_lines == 0 {
             e.push(ConfigError::new(
                 "batch",

@@ -104,7 +104,7 @@ impl ApiError {
             413 => "request_too_large",
             429 => "rate_limit_error",
             529 => "overloaded_error",
-            504 => "timeout_error",
+            408 | 504 => "timeout_error",
             400..=499 => "invalid_request_error",
             _ => "api_error",
         };

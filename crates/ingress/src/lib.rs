@@ -21,6 +21,7 @@ mod envelope_depth_tests;
 mod error;
 mod extract;
 mod idempotency;
+mod intake;
 mod live;
 pub mod messages;
 mod relay;
@@ -47,7 +48,6 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use sy_bus::{Bus, BusError, ReplyRouter};
 use sy_config::{Config, ModelRoute};
 use sy_protocol::{
@@ -90,6 +90,8 @@ struct AppState {
     keys: HashMap<String, String>,
     routing: std::sync::RwLock<Arc<reload::Routing>>,
     max_body_bytes: usize,
+    /// Bounds on connections and on bodies being received.
+    limits: Arc<intake::Limits>,
     request_timeout: std::time::Duration,
     clickhouse: Option<sy_config::ClickhouseConfig>,
     classifier: Arc<sy_classifier::Classifier>,
@@ -180,22 +182,17 @@ pub async fn run_roles(
     if let Some(path) = config_path {
         reload::spawn(state.clone(), path, shutdown.clone());
     }
+    let limits = state.limits.clone();
     let dispatcher = roles
         .dispatcher
         .then(|| tokio::spawn(batch::dispatch::run(state, shutdown.clone())));
     let _dispatcher = AbortOnDrop(dispatcher);
     tracing::info!(%addr, "Ingress listening.");
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
     // On shutdown: stop accepting, let responses in flight finish, but not for
     // longer than the drain deadline.
-    let stop = shutdown.clone();
-    let serve = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .into_future();
+    let serve = intake::serve(listener, app, limits, shutdown.clone());
     tokio::select! {
-        r = serve => r.map_err(IngressError::Serve),
+        () = serve => Ok(()),
         () = async {
             shutdown.cancelled().await;
             tokio::time::sleep(DRAIN_DEADLINE).await;
@@ -255,6 +252,7 @@ async fn build(config: Arc<Config>, bus: Bus) -> Result<(Router, Arc<AppState>),
             None
         }
     };
+    let limits = Arc::new(intake::Limits::new(&config.server));
     let live = Arc::new(sy_router::live::LiveTable::new(config.health));
     live::start(&bus, &live, config.providers.keys().cloned().collect()).await?;
     live::follow_overrides(&bus, &live);
@@ -269,6 +267,7 @@ async fn build(config: Arc<Config>, bus: Bus) -> Result<(Router, Arc<AppState>),
             .collect(),
         routing: std::sync::RwLock::new(Arc::new(reload::Routing::from_config(&config))),
         max_body_bytes: config.server.max_body_bytes,
+        limits: limits.clone(),
         request_timeout: config.server.request_timeout,
         clickhouse: config.clickhouse.clone(),
         classifier: Arc::new(classifier),
@@ -341,6 +340,9 @@ async fn build(config: Arc<Config>, bus: Bus) -> Result<(Router, Arc<AppState>),
         .route("/readyz", get(readyz))
         .fallback(not_found)
         .layer(axum::middleware::from_fn(extract::json_errors))
+        .layer(axum::middleware::from_fn(move |req, next| {
+            intake::guard_bodies(limits.clone(), req, next)
+        }))
         .with_state(state.clone());
     Ok((app, state))
 }
@@ -509,11 +511,12 @@ async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<
             body.frame().await
         };
         let Some(frame) = frame else { break };
-        let frame = frame.map_err(|_| {
-            ApiError::new(
+        let frame = frame.map_err(|e| match intake::BodyRefused::find(&e) {
+            Some(refused) => refused.api_error(),
+            None => ApiError::new(
                 ErrorCode::InvalidRequest,
                 "The request body could not be read.",
-            )
+            ),
         })?;
         let Ok(data) = frame.into_data() else {
             continue;

@@ -18,6 +18,9 @@ pub enum ErrorCode {
     MethodNotAllowed,
     /// The body is larger than `server.max_body_bytes` (413).
     PayloadTooLarge,
+    /// The request was not received in time: its body arrived slower than
+    /// `server.min_body_rate` allows (408).
+    RequestTimeout,
     /// The body is not `application/json` (415).
     UnsupportedMediaType,
     /// A rate limit said no; `Retry-After` says when to come back (429).
@@ -52,6 +55,7 @@ impl ErrorCode {
             ErrorCode::ModelNotFound | ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::RequestTimeout => 408,
             ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::RateLimited => 429,
             ErrorCode::ProviderError => 502,
@@ -70,6 +74,7 @@ impl ErrorCode {
             ErrorCode::NotFound => "not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::RequestTimeout => "request_timeout",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::ProviderError => "provider_error",

@@ -63,6 +63,18 @@ fn no_such(kind: &str, id: &str) -> ApiError {
     ApiError::new(ErrorCode::NotFound, format!("No such {kind}: {id}"))
 }
 
+/// A multipart read that failed: the body's refusal (too slow, no room),
+/// else a 400 naming `what`.
+fn unreadable(e: &axum::extract::multipart::MultipartError, what: &str) -> ApiError {
+    match crate::intake::BodyRefused::find(e) {
+        Some(refused) => refused.api_error(),
+        None => ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("{what} could not be read: {e}"),
+        ),
+    }
+}
+
 fn respond(r: Result<Response, ApiError>) -> Response {
     r.unwrap_or_else(IntoResponse::into_response)
 }
@@ -106,18 +118,20 @@ async fn upload_inner(
             Ok(Some(f)) => f,
             Ok(None) => break,
             Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => return Err(too_large()),
-            Err(e) => {
-                return Err(ApiError::new(
-                    ErrorCode::InvalidRequest,
-                    format!("The multipart body could not be read: {e}"),
-                ));
-            }
+            Err(e) => return Err(unreadable(&e, "The multipart body")),
         };
         match field.name() {
             Some("purpose") => {
-                purpose = Some(field.text().await.map_err(|e| {
-                    ApiError::invalid("purpose", format!("purpose could not be read: {e}"))
-                })?);
+                purpose =
+                    Some(field.text().await.map_err(
+                        |e| match crate::intake::BodyRefused::find(&e) {
+                            Some(refused) => refused.api_error(),
+                            None => ApiError::invalid(
+                                "purpose",
+                                format!("purpose could not be read: {e}"),
+                            ),
+                        },
+                    )?);
             }
             Some("file") => {
                 let name = field.file_name().unwrap_or("upload.jsonl").to_owned();
@@ -135,12 +149,7 @@ async fn upload_inner(
                         Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
                             return Err(too_large());
                         }
-                        Err(e) => {
-                            return Err(ApiError::new(
-                                ErrorCode::InvalidRequest,
-                                format!("The file could not be read: {e}"),
-                            ));
-                        }
+                        Err(e) => return Err(unreadable(&e, "The file")),
                     }
                 }
                 file = Some((name, data));

@@ -1,0 +1,291 @@
+//! What the ingress takes in before a handler runs: connections and bodies,
+//! each bounded so that slow or greedy clients cannot hold the process.
+//!
+//! - **Connections**: at most `[server] max_connections` at once. One over the
+//!   cap is answered `503` (`overloaded`, JSON, `Retry-After: 1`) and closed
+//!   without its request being read.
+//! - **Headers**: a connection must deliver a request's headers within
+//!   `[server] header_timeout`, counted from the moment it is ready for one
+//!   (so this is also how long an idle keep-alive connection stays open); then
+//!   it is closed. No response is possible: there is no request to answer.
+//! - **Bodies**: after a grace of `[server] body_timeout`, a body must keep
+//!   arriving at `[server] min_body_rate` bytes per second on average since
+//!   its headers came; a slower one (or one that stops short of its
+//!   `Content-Length`) is answered `408` (`request_timeout`).
+//! - **Body bytes in flight**: every body byte received counts against
+//!   `[server] max_body_bytes_in_flight`, shared by all requests, until the
+//!   handler is done reading the body; a byte that does not fit gets the
+//!   request `503` (`overloaded`, `Retry-After: 1`). Memory held by bodies
+//!   being received is thereby bounded whatever clients do.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::Response;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::CancellationToken;
+
+use crate::ApiError;
+use sy_protocol::ErrorCode;
+
+/// The bounds on connections and bodies (from `[server]`).
+#[derive(Debug)]
+pub(crate) struct Limits {
+    /// Open connections at most.
+    pub max_connections: usize,
+    /// Time for a request's headers to arrive.
+    pub header_timeout: Duration,
+    /// Time a body may take before the minimum rate applies.
+    pub body_timeout: Duration,
+    /// Average bytes per second a body must arrive at after the grace.
+    pub min_body_rate: u64,
+    /// Body bytes received and not yet released, in all.
+    budget: Arc<Semaphore>,
+}
+
+impl Limits {
+    pub(crate) fn new(server: &sy_config::ServerConfig) -> Limits {
+        Limits {
+            max_connections: server.max_connections,
+            header_timeout: server.header_timeout,
+            body_timeout: server.body_timeout,
+            min_body_rate: server.min_body_rate,
+            budget: Arc::new(Semaphore::new(server.max_body_bytes_in_flight)),
+        }
+    }
+}
+
+/// Why the ingress stopped reading a request body.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BodyRefused {
+    /// It arrived slower than the minimum rate (or stopped short).
+    #[error(
+        "the request body arrived slower than {min_rate} bytes per second after {grace_secs} s"
+    )]
+    TooSlow {
+        /// `[server] min_body_rate`.
+        min_rate: u64,
+        /// `[server] body_timeout`, seconds.
+        grace_secs: u64,
+    },
+    /// The bytes in flight of all requests are at their cap.
+    #[error("the server is receiving as many request bodies as it can hold")]
+    Busy,
+}
+
+impl BodyRefused {
+    /// The refusal behind a body read error, if the error is one.
+    pub(crate) fn find<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a BodyRefused> {
+        let mut cur = Some(e);
+        while let Some(e) = cur {
+            if let Some(r) = e.downcast_ref::<BodyRefused>() {
+                return Some(r);
+            }
+            cur = e.source();
+        }
+        None
+    }
+
+    /// What the client gets.
+    pub(crate) fn api_error(&self) -> ApiError {
+        match self {
+            BodyRefused::TooSlow { .. } => ApiError::new(
+                ErrorCode::RequestTimeout,
+                format!("The request was not received in time: {self}."),
+            ),
+            BodyRefused::Busy => ApiError {
+                retry_after_secs: Some(1),
+                ..ApiError::new(
+                    ErrorCode::Overloaded,
+                    "The server is receiving as many request bodies as it can hold; retry shortly.",
+                )
+            },
+        }
+    }
+}
+
+/// Middleware: every request body is read through a [`Guarded`] body.
+pub(crate) async fn guard_bodies(limits: Arc<Limits>, req: Request, next: Next) -> Response {
+    if req.body().size_hint().exact() == Some(0) {
+        return next.run(req).await;
+    }
+    let req = req.map(|inner| {
+        Body::new(Guarded {
+            inner,
+            limits,
+            started: Instant::now(),
+            seen: 0,
+            sleep: None,
+            held: None,
+        })
+    });
+    next.run(req).await
+}
+
+/// A request body that enforces the minimum rate and counts its bytes
+/// against the shared budget (released when the body is dropped).
+struct Guarded {
+    inner: Body,
+    limits: Arc<Limits>,
+    started: Instant,
+    seen: u64,
+    /// The deadline for the next bytes; made only when the body waits.
+    sleep: Option<Pin<Box<Sleep>>>,
+    held: Option<OwnedSemaphorePermit>,
+}
+
+impl Guarded {
+    /// When the next byte must have arrived: the grace, plus the time the
+    /// minimum rate allows for the bytes so far and one more.
+    fn deadline(&self) -> Instant {
+        let rate = self.limits.min_body_rate.max(1);
+        let allowed = Duration::from_secs_f64((self.seen + 1) as f64 / rate as f64);
+        self.started + self.limits.body_timeout + allowed
+    }
+
+    fn hold(&mut self, n: usize) -> Result<(), BodyRefused> {
+        let n = u32::try_from(n).map_err(|_| BodyRefused::Busy)?;
+        let permit = self
+            .limits
+            .budget
+            .clone()
+            .try_acquire_many_owned(n)
+            .map_err(|_| BodyRefused::Busy)?;
+        match &mut self.held {
+            Some(held) => held.merge(permit),
+            None => self.held = Some(permit),
+        }
+        Ok(())
+    }
+}
+
+impl HttpBody for Guarded {
+    type Data = Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref()
+                    && !data.is_empty()
+                {
+                    let n = data.len();
+                    if let Err(refused) = this.hold(n) {
+                        return Poll::Ready(Some(Err(refused.into())));
+                    }
+                    this.seen += n as u64;
+                    // The deadline moves with the bytes received.
+                    this.sleep = None;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                let deadline = this.deadline();
+                let sleep = this
+                    .sleep
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                match sleep.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(BodyRefused::TooSlow {
+                        min_rate: this.limits.min_body_rate,
+                        grace_secs: this.limits.body_timeout.as_secs(),
+                    }
+                    .into()))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Serves `app` on `listener` until `shutdown` fires, then stops accepting
+/// and waits for the connections open to finish their requests.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: Arc<Limits>,
+    shutdown: CancellationToken,
+) {
+    let open = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = shutdown.cancelled() => break,
+        };
+        let tcp = match accepted {
+            Ok((tcp, _)) => tcp,
+            Err(e) => {
+                // Out of file descriptors and the like: wait rather than spin.
+                tracing::warn!(error = %e, "Accepting a connection failed.");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            tokio::spawn(refuse(tcp, limits.max_connections));
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(tcp), service));
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "Connection ended with an error.");
+            }
+            drop(permit);
+        });
+    }
+    graceful.shutdown().await;
+}
+
+/// Answers a connection over the cap with a 503 and closes it.
+async fn refuse(mut tcp: TcpStream, cap: usize) {
+    let error = ApiError {
+        retry_after_secs: Some(1),
+        ..ApiError::new(
+            ErrorCode::Overloaded,
+            format!("The server holds its maximum of {cap} connections; retry shortly."),
+        )
+    };
+    let body = error.openai_body();
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    let write = async {
+        tcp.write_all(head.as_bytes()).await?;
+        tcp.write_all(&body).await?;
+        tcp.shutdown().await
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
+}

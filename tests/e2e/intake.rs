@@ -1,0 +1,343 @@
+//! Slow and greedy clients (issue 24, defect 7): headers that never finish,
+//! bodies that trickle or stop short of their length, more connections than
+//! the cap, and more body bytes at once than the budget. Each gets a bounded
+//! wait and a clean answer (or a closed connection where no request exists),
+//! no provider call, and the service answers afterwards.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::stack::{KEY, Stack, StackOptions, body};
+
+fn addr(stack: &Stack) -> String {
+    stack.base.trim_start_matches("http://").to_owned()
+}
+
+/// Reads one HTTP/1.1 response: its status, its headers (lower-cased names)
+/// and its body as JSON.
+async fn read_response(tcp: &mut TcpStream) -> (u16, Vec<(String, String)>, Value) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = tcp.read(&mut chunk).await.unwrap();
+        assert!(
+            n > 0,
+            "closed before a response: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let len: usize = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .map(|(_, v)| v.parse().unwrap())
+        .expect("a content-length");
+    while buf.len() < head_end + len {
+        let n = tcp.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed mid-body");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let body = serde_json::from_slice(&buf[head_end..head_end + len]).unwrap();
+    (status, headers, body)
+}
+
+/// Waits for the server to close `tcp`; how long that took.
+async fn closed_within(tcp: &mut TcpStream, limit: Duration) -> Duration {
+    let started = Instant::now();
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(limit, tcp.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return started.elapsed(),
+            Ok(Ok(_)) => {}
+            Err(_) => panic!("the connection was still open after {limit:?}"),
+        }
+    }
+}
+
+async fn still_answers(stack: &Stack) {
+    let resp = stack
+        .chat(&body("gpt-4o-mini", "still there?"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+/// Headers sent in part, or not at all: the connection is closed once
+/// `header_timeout` has passed (there is no request to answer), and a
+/// keep-alive connection left idle is closed the same way.
+#[tokio::test]
+async fn headers_that_never_finish_get_their_connection_closed() {
+    let stack = Stack::start_with(StackOptions {
+        server_extra: "header_timeout = \"1s\"",
+        ..StackOptions::default()
+    })
+    .await;
+    let a = addr(&stack);
+    let mut partial = TcpStream::connect(&a).await.unwrap();
+    partial
+        .write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bea")
+        .await
+        .unwrap();
+    let mut silent = TcpStream::connect(&a).await.unwrap();
+    // A request answered, then nothing more on the connection.
+    let mut idle = TcpStream::connect(&a).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let n = idle.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    for (name, tcp) in [
+        ("partial headers", &mut partial),
+        ("no bytes", &mut silent),
+        ("idle keep-alive", &mut idle),
+    ] {
+        let took = closed_within(tcp, Duration::from_secs(5)).await;
+        assert!(took < Duration::from_secs(3), "{name}: {took:?}");
+    }
+    assert_eq!(stack.upstream_requests(), 0);
+    still_answers(&stack).await;
+}
+
+/// A body that stops short of its Content-Length, or trickles below the
+/// minimum rate, is answered 408 in the surface's own format once the grace
+/// and the rate allow no more; a body that keeps the rate is served.
+#[tokio::test]
+async fn bodies_slower_than_the_minimum_rate_get_408_in_the_clients_format() {
+    let stack = Stack::start_with(StackOptions {
+        server_extra: "body_timeout = \"1s\"\nmin_body_rate = 1000",
+        ..StackOptions::default()
+    })
+    .await;
+    let a = addr(&stack);
+    for (path, ct) in [
+        ("/v1/chat/completions", "application/json"),
+        ("/v1/messages", "application/json"),
+        ("/v1/embeddings", "application/json"),
+        ("/v1/files", "multipart/form-data; boundary=XyZ"),
+    ] {
+        let mut tcp = TcpStream::connect(&a).await.unwrap();
+        let start = if path == "/v1/files" {
+            "--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.jsonl\"\r\n\r\n{\"custom_id\":"
+        } else {
+            "{\"model\": \"gpt-4o-mini\", \"messages\": [{\"role\": \"user\", \"content\": \""
+        };
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nx-api-key: {KEY}\r\n\
+             anthropic-version: 2023-06-01\r\nContent-Type: {ct}\r\nContent-Length: 5000\r\n\r\n{start}"
+        );
+        let sent = Instant::now();
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        let (status, _, v) = tokio::time::timeout(Duration::from_secs(10), read_response(&mut tcp))
+            .await
+            .unwrap_or_else(|_| panic!("{path}: no answer to a body that stopped short"));
+        let took = sent.elapsed();
+        assert_eq!(status, 408, "{path}: {v}");
+        assert!(
+            took >= Duration::from_secs(1) && took < Duration::from_secs(4),
+            "{path}: {took:?}"
+        );
+        if path == "/v1/messages" {
+            assert_eq!(v["type"], "error", "{v}");
+            assert_eq!(v["error"]["type"], "timeout_error", "{v}");
+        } else {
+            assert_eq!(v["error"]["code"], "request_timeout", "{path}: {v}");
+            assert!(
+                v["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("1000 bytes per second"),
+                "{path}: {v}"
+            );
+        }
+    }
+    // A body sent in pieces at twice the minimum rate, for longer than the grace.
+    let text = "word ".repeat(600);
+    let full = serde_json::to_vec(&body("gpt-4o-mini", &text)).unwrap();
+    let mut tcp = TcpStream::connect(&a).await.unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        full.len()
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    for piece in full.chunks(500) {
+        tcp.write_all(piece).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let (status, _, v) = read_response(&mut tcp).await;
+    assert!(
+        started.elapsed() > Duration::from_secs(1),
+        "the grace was passed"
+    );
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(
+        stack.upstream_requests(),
+        1,
+        "only the complete body reached a provider"
+    );
+    still_answers(&stack).await;
+}
+
+/// Connections over `max_connections` are answered 503 in JSON and closed;
+/// once connections close, new ones are served.
+#[tokio::test]
+async fn connections_over_the_cap_get_503_and_the_service_recovers() {
+    let stack = Stack::start_with(StackOptions {
+        server_extra: "max_connections = 3",
+        ..StackOptions::default()
+    })
+    .await;
+    let a = addr(&stack);
+    // Keep-alive connections, each with a request answered, until one is
+    // refused (the test's own HTTP client may hold one of the three).
+    let mut open = Vec::new();
+    let refused = loop {
+        assert!(open.len() <= 3, "more than 3 connections served at once");
+        let mut tcp = TcpStream::connect(&a).await.unwrap();
+        tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        if buf[..n].starts_with(b"HTTP/1.1 200") {
+            open.push(tcp);
+            continue;
+        }
+        let mut tcp_for_read = tcp;
+        // Re-read as a whole response (the head may already be in `buf`).
+        let text = String::from_utf8_lossy(&buf[..n]).to_string();
+        let rest = {
+            let mut more = Vec::new();
+            let _ =
+                tokio::time::timeout(Duration::from_secs(2), tcp_for_read.read_to_end(&mut more))
+                    .await;
+            String::from_utf8_lossy(&more).to_string()
+        };
+        break format!("{text}{rest}");
+    };
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    let lower = refused.to_ascii_lowercase();
+    assert!(
+        lower.contains("content-type: application/json"),
+        "{refused}"
+    );
+    assert!(lower.contains("retry-after: 1"), "{refused}");
+    let json_at = refused.find("\r\n\r\n").unwrap() + 4;
+    let v: Value = serde_json::from_str(&refused[json_at..]).unwrap();
+    assert_eq!(v["error"]["code"], "overloaded", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("3 connections"),
+        "{v}"
+    );
+    // Closing them frees their places.
+    drop(open);
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        match stack.chat(&body("gpt-4o-mini", "after")).send().await {
+            Ok(r) if r.status() == 200 => break,
+            other => {
+                assert!(Instant::now() < until, "not served again: {other:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Body bytes being received are capped for all requests together: with an
+/// upload holding most of the budget, a chat body that does not fit gets 503
+/// (`overloaded`, Retry-After), and fits again once the upload is gone.
+#[tokio::test]
+async fn body_bytes_in_flight_are_capped_and_released() {
+    // The budget must hold one file of [batch] max_file_bytes (2,000,000 in
+    // the test stack).
+    let stack = Stack::start_with(StackOptions {
+        server_extra: "max_body_bytes_in_flight = 2000000",
+        ..StackOptions::default()
+    })
+    .await;
+    let a = addr(&stack);
+    let mut upload = TcpStream::connect(&a).await.unwrap();
+    let part =
+        "--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.jsonl\"\r\n\r\n";
+    let head = format!(
+        "POST /v1/files HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n\
+         Content-Type: multipart/form-data; boundary=XyZ\r\nContent-Length: 1999000\r\n\r\n{part}"
+    );
+    upload.write_all(head.as_bytes()).await.unwrap();
+    upload.write_all(&vec![b'x'; 1_960_000]).await.unwrap();
+    let big = body("gpt-4o-mini", &"word ".repeat(12_000));
+    assert!(serde_json::to_vec(&big).unwrap().len() > 50_000);
+    // Once the upload's bytes are in, the chat body does not fit.
+    let mut served = 0;
+    let until = Instant::now() + Duration::from_secs(5);
+    let resp = loop {
+        let resp = stack.chat(&big).send().await.unwrap();
+        if resp.status() == 503 || Instant::now() > until {
+            break resp;
+        }
+        assert_eq!(resp.status(), 200);
+        served += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.headers()["retry-after"], "1");
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "overloaded", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("request bodies"),
+        "{v}"
+    );
+    // A small body still fits.
+    still_answers(&stack).await;
+    served += 1;
+    // The upload gone, its bytes are released.
+    drop(upload);
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        let resp = stack.chat(&big).send().await.unwrap();
+        if resp.status() == 200 {
+            served += 1;
+            break;
+        }
+        assert!(Instant::now() < until, "{}", resp.status());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        stack.upstream_requests(),
+        served,
+        "a refused body reached a provider"
+    );
+}
