@@ -172,6 +172,24 @@ async fn bodies_slower_than_the_minimum_rate_get_408_in_the_clients_format() {
             );
         }
     }
+    // Bytes sent fast do not buy a long pause: 4,000 of 5,000 bytes at once,
+    // then nothing, is cut one grace after the last bytes (the rate alone
+    // would allow 5 s).
+    let mut tcp = TcpStream::connect(&a).await.unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n\
+         Content-Type: application/json\r\nContent-Length: 5000\r\n\r\n{{\"model\": \"gpt-4o-mini\", \"x\": \"{}",
+        "y".repeat(4000)
+    );
+    let sent = Instant::now();
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let (status, _, v) = read_response(&mut tcp).await;
+    assert_eq!(status, 408, "{v}");
+    assert!(
+        sent.elapsed() < Duration::from_millis(2500),
+        "{:?}",
+        sent.elapsed()
+    );
     // A body sent in pieces at twice the minimum rate, for longer than the grace.
     let text = "word ".repeat(600);
     let full = serde_json::to_vec(&body("gpt-4o-mini", &text)).unwrap();

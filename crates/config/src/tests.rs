@@ -371,7 +371,8 @@ max_deliver = 4
 
 #[test]
 fn connection_and_body_limits_have_defaults_and_are_checked() {
-    let base = "[providers.openai]\nkind = \"openai_compatible\"\nbase_url = \"http://127.0.0.1:1/v1\"\n";
+    let base =
+        "[providers.openai]\nkind = \"openai_compatible\"\nbase_url = \"http://127.0.0.1:1/v1\"\n";
     let c = Config::from_toml(base, &env(&[])).unwrap();
     let s = &c.server;
     assert_eq!(s.max_connections, 10_000);

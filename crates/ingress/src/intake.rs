@@ -10,8 +10,9 @@
 //!   it is closed. No response is possible: there is no request to answer.
 //! - **Bodies**: after a grace of `[server] body_timeout`, a body must keep
 //!   arriving at `[server] min_body_rate` bytes per second on average since
-//!   its headers came; a slower one (or one that stops short of its
-//!   `Content-Length`) is answered `408` (`request_timeout`).
+//!   its headers came, and may never pause for longer than `body_timeout`; a
+//!   slower one (or one that stops short of its `Content-Length`) is answered
+//!   `408` (`request_timeout`).
 //! - **Body bytes in flight**: every body byte received counts against
 //!   `[server] max_body_bytes_in_flight`, shared by all requests, until the
 //!   handler is done reading the body; a byte that does not fit gets the
@@ -72,7 +73,7 @@ impl Limits {
 pub(crate) enum BodyRefused {
     /// It arrived slower than the minimum rate (or stopped short).
     #[error(
-        "the request body arrived slower than {min_rate} bytes per second after {grace_secs} s"
+        "the request body arrived slower than {min_rate} bytes per second, or paused for {grace_secs} s"
     )]
     TooSlow {
         /// `[server] min_body_rate`.
@@ -121,11 +122,13 @@ pub(crate) async fn guard_bodies(limits: Arc<Limits>, req: Request, next: Next) 
     if req.body().size_hint().exact() == Some(0) {
         return next.run(req).await;
     }
+    let now = Instant::now();
     let req = req.map(|inner| {
         Body::new(Guarded {
             inner,
             limits,
-            started: Instant::now(),
+            started: now,
+            last: now,
             seen: 0,
             sleep: None,
             held: None,
@@ -140,6 +143,8 @@ struct Guarded {
     inner: Body,
     limits: Arc<Limits>,
     started: Instant,
+    /// When the last bytes came.
+    last: Instant,
     seen: u64,
     /// The deadline for the next bytes; made only when the body waits.
     sleep: Option<Pin<Box<Sleep>>>,
@@ -147,12 +152,15 @@ struct Guarded {
 }
 
 impl Guarded {
-    /// When the next byte must have arrived: the grace, plus the time the
-    /// minimum rate allows for the bytes so far and one more.
+    /// When the next byte must have arrived: the grace plus the time the
+    /// minimum rate allows for the bytes so far and one more, and no later
+    /// than one grace after the last bytes (bytes sent fast early do not buy
+    /// a long stall).
     fn deadline(&self) -> Instant {
         let rate = self.limits.min_body_rate.max(1);
         let allowed = Duration::from_secs_f64((self.seen + 1) as f64 / rate as f64);
-        self.started + self.limits.body_timeout + allowed
+        let by_rate = self.started + self.limits.body_timeout + allowed;
+        by_rate.min(self.last + self.limits.body_timeout)
     }
 
     fn hold(&mut self, n: usize) -> Result<(), BodyRefused> {
@@ -191,6 +199,7 @@ impl HttpBody for Guarded {
                     }
                     this.seen += n as u64;
                     // The deadline moves with the bytes received.
+                    this.last = Instant::now();
                     this.sleep = None;
                 }
                 Poll::Ready(Some(Ok(frame)))
