@@ -11,6 +11,7 @@
 #
 #   bench/run.sh            # full run (~2-3 min)
 #   QUICK=1 bench/run.sh    # fewer requests, for a smoke check
+#   SWITCHYARD_BIN=/tmp/old NOTE=before bench/run.sh   # another build of switchyard
 set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -62,7 +63,7 @@ targets = [{ provider = "openai", model = "gpt-4o-mini" }]
 [models."claude-bench"]
 targets = [{ provider = "anthropic", model = "claude-bench" }]
 TOML
-SWITCHYARD_LOG=warn "$TARGET/release/switchyard" --config "$conf" all >"$LOG_DIR/bench-switchyard.log" 2>&1 &
+SWITCHYARD_LOG=warn "${SWITCHYARD_BIN:-$TARGET/release/switchyard}" --config "$conf" all >"$LOG_DIR/bench-switchyard.log" 2>&1 &
 echo $! >"$RUN_DIR/bench-switchyard.pid"
 wait_http http://127.0.0.1:18081/healthz 20
 wait_http http://127.0.0.1:18080/readyz 30 || { tail -20 "$LOG_DIR/bench-switchyard.log" >&2; exit 1; }
@@ -109,7 +110,7 @@ say "Accounting: throughput, lag at 1,000 events/s, token estimate cost"
 "$TARGET/release/sy-accounting-bench" --events $((200000 / scale)) --seconds $((10 / scale + 1)) 2>/dev/null | tee -a "$tmp.acct"
 
 {
-  echo "{\"machine\": \"$(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(uname -r)\", \"date\": \"$(date -u +%FT%TZ)\", \"commit\": \"$(git rev-parse --short HEAD 2>/dev/null || echo none)\"}"
+  echo "{\"machine\": \"$(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(uname -r)\", \"date\": \"$(date -u +%FT%TZ)\", \"commit\": \"$(git rev-parse --short HEAD 2>/dev/null || echo none)\", \"binary\": \"${SWITCHYARD_BIN:-release}\", \"note\": \"${NOTE:-}\"}"
   cat "$tmp" "$tmp.acct"
 } >>"$out"
 python3 - "$tmp" <<'PY'

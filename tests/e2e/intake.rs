@@ -359,3 +359,84 @@ async fn body_bytes_in_flight_are_capped_and_released() {
         "a refused body reached a provider"
     );
 }
+
+/// A streaming client that stops reading (issue 24, defect 8): once the
+/// ingress's reply buffer is full, the request is cancelled at once, so the
+/// provider stops generating for nobody; the client's stream ends with an error
+/// (not `[DONE]`) and the usage row says `cut_off`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_cut_off_and_its_upstream_call_dropped() {
+    let stack = Stack::start_with(StackOptions {
+        clickhouse: true,
+        ..StackOptions::default()
+    })
+    .await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut tcp = socket.connect(addr(&stack).parse().unwrap()).await.unwrap();
+    let mut b = body("gpt-4o-mini", "a very long answer [[mock:tokens=200000]]");
+    b["stream"] = serde_json::json!(true);
+    let payload = serde_json::to_vec(&b).unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        payload.len()
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(&payload).await.unwrap();
+    // Read nothing: the upstream call must end long before 200,000 tokens.
+    let mock = &stack.mock;
+    let until = Instant::now() + Duration::from_secs(20);
+    while mock.stats().cancelled == 0 {
+        assert!(
+            Instant::now() < until,
+            "the upstream call ran on for a client that reads nothing: {:?}",
+            mock.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(mock.stats().completed, 0, "{:?}", mock.stats());
+    // Now read it all: what was buffered, then an error, never [DONE].
+    let mut got = Vec::new();
+    let mut chunk = vec![0u8; 65536];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(3), tcp.read(&mut chunk)).await {
+            Ok(Ok(0)) | Err(_) => break,
+            Ok(Ok(n)) => {
+                got.extend_from_slice(&chunk[..n]);
+                if got.ends_with(b"0\r\n\r\n") {
+                    break;
+                }
+            }
+            Ok(Err(e)) => panic!("{e}"),
+        }
+    }
+    let tail = String::from_utf8_lossy(&got[got.len().saturating_sub(2000)..]).to_string();
+    assert!(got.starts_with(b"HTTP/1.1 200"), "{tail}");
+    assert!(!tail.contains("[DONE]"), "{tail}");
+    assert!(tail.contains("read too slowly"), "{tail}");
+    // The usage row says what the client got.
+    let ch = stack.clickhouse.as_ref().unwrap();
+    let client = sy_accounting::client(ch);
+    let until = Instant::now() + Duration::from_secs(15);
+    let (status, output): (String, u64) = loop {
+        let rows: Vec<(String, u64)> = client
+            .query(&format!(
+                "SELECT status, output_tokens FROM {}.requests FINAL",
+                ch.database
+            ))
+            .fetch_all()
+            .await
+            .unwrap();
+        if let Some(r) = rows.into_iter().next() {
+            break r;
+        }
+        assert!(Instant::now() < until, "no usage row");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(status, "cut_off");
+    assert!(
+        output > 0 && output < 200_000,
+        "the tokens produced until the cut are billed: {output}"
+    );
+}

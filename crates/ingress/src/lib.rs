@@ -57,9 +57,6 @@ use sy_protocol::{
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-/// Frames buffered per request before a slow client is cut off.
-const REPLY_BUFFER: usize = 1024;
-
 /// Why the ingress could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum IngressError {
@@ -707,7 +704,9 @@ async fn chat(
     let stream = envelope.request.is_stream();
     let include_usage = envelope.request.wants_stream_usage();
     // Register before publishing so that no frame can arrive unseen.
-    let rx = state.replies.register(request_id, REPLY_BUFFER);
+    let rx = state
+        .replies
+        .register(request_id, sy_protocol::REPLY_BUFFER_FRAMES);
     if let Err(e) = state.bus.publish_request(&envelope).await {
         drop(rx);
         let err = match e {

@@ -101,12 +101,17 @@ async fn a_silent_worker_past_the_deadline_is_deadline_exceeded() {
 }
 
 #[tokio::test]
-async fn a_reader_too_slow_is_cut_off_instead_of_buffered() {
+async fn a_reader_too_slow_is_cut_off_at_once_and_its_request_cancelled() {
     let bus = bus().await;
     let router = ReplyRouter::start(bus.client(), bus.subjects(), "ing")
         .await
         .unwrap();
     let id = Uuid::now_v7();
+    let mut cancels = bus
+        .client()
+        .subscribe(bus.subjects().cancel(id))
+        .await
+        .unwrap();
     let mut pending = Pending::new(
         router.register(id, 2),
         bus.clone(),
@@ -123,7 +128,16 @@ async fn a_reader_too_slow_is_cut_off_instead_of_buffered() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(router.waiting(), 0);
-    assert_eq!(pending.next().await.unwrap().seq(), 0);
-    assert_eq!(pending.next().await.unwrap().seq(), 1);
-    assert_eq!(pending.next().await.unwrap_err().code, ErrorCode::Internal);
+    // The workers are told at once, without waiting for the reader.
+    let msg = tokio::time::timeout(Duration::from_secs(5), cancels.next())
+        .await
+        .expect("no cancel for the cut-off request")
+        .unwrap();
+    let cancel: Cancel = serde_json::from_slice(&msg.payload).unwrap();
+    assert_eq!(cancel.request_id, id);
+    assert_eq!(cancel.reason, CancelReason::ReplyBroken);
+    // The reader gets the error next, not the frames still buffered.
+    let e = pending.next().await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::Internal);
+    assert!(e.message.contains("too slowly"), "{}", e.message);
 }

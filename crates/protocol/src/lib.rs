@@ -21,6 +21,12 @@ mod error;
 mod frame;
 pub mod header;
 pub mod json;
+
+/// Reply frames an ingress buffers per request before it cuts off a client that
+/// reads too slowly (it then cancels the request with reason `reply_broken`).
+/// A worker that sent at least this many frames of a stream waits a moment for
+/// such a cancel before it records the answer as delivered.
+pub const REPLY_BUFFER_FRAMES: usize = 1024;
 mod live;
 mod subject;
 mod usage;

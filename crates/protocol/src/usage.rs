@@ -133,6 +133,9 @@ pub enum UsageStatus {
     Cancelled,
     /// The deadline passed before or during the call.
     Expired,
+    /// The client read the stream too slowly: the ingress ended it with an
+    /// error and the upstream call was dropped (or had just finished).
+    CutOff,
 }
 
 impl UsageStatus {
@@ -143,6 +146,7 @@ impl UsageStatus {
             UsageStatus::Error => "error",
             UsageStatus::Cancelled => "cancelled",
             UsageStatus::Expired => "expired",
+            UsageStatus::CutOff => "cut_off",
         }
     }
 }

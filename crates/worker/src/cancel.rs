@@ -1,10 +1,10 @@
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use sy_bus::{Bus, BusError};
-use sy_protocol::Subjects;
+use sy_protocol::{Cancel, CancelReason, Subjects};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -12,6 +12,13 @@ use uuid::Uuid;
 /// overtake its request, which may still wait in the stream.
 const REMEMBER: Duration = Duration::from_secs(120);
 const REMEMBER_MAX: usize = 100_000;
+
+/// A request running here: its token, and why it was cancelled.
+#[derive(Debug, Clone, Default)]
+struct Running {
+    token: CancellationToken,
+    reason: Arc<OnceLock<CancelReason>>,
+}
 
 /// Requests in flight in this process, by id, and recent cancels.
 #[derive(Clone, Debug, Default)]
@@ -21,7 +28,7 @@ pub struct CancelRegistry {
 
 #[derive(Debug, Default)]
 struct Inner {
-    running: HashMap<Uuid, CancellationToken>,
+    running: HashMap<Uuid, Running>,
     recent: HashSet<Uuid>,
     order: VecDeque<(Instant, Uuid)>,
 }
@@ -39,19 +46,25 @@ impl CancelRegistry {
         tokio::spawn(async move {
             while let Some(msg) = sub.next().await {
                 if let Some(id) = Subjects::request_id_of(&msg.subject) {
-                    r.cancel(id);
+                    // The reason decides the usage row's status; an unreadable
+                    // one still cancels.
+                    let reason = serde_json::from_slice::<Cancel>(&msg.payload)
+                        .map_or(CancelReason::ClientDisconnected, |c| c.reason);
+                    r.cancel(id, reason);
                 }
             }
         });
         Ok(registry)
     }
 
-    /// Marks `id` cancelled: stops it if running here, remembers it otherwise.
-    pub fn cancel(&self, id: Uuid) {
+    /// Marks `id` cancelled for `reason`: stops it if running here, remembers
+    /// it otherwise.
+    pub fn cancel(&self, id: Uuid, reason: CancelReason) {
         let mut inner = self.inner.lock().expect("cancel registry lock poisoned");
-        if let Some(token) = inner.running.get(&id) {
-            tracing::debug!(request_id = %id, "Cancelling request.");
-            token.cancel();
+        if let Some(running) = inner.running.get(&id) {
+            tracing::debug!(request_id = %id, ?reason, "Cancelling request.");
+            let _ = running.reason.set(reason);
+            running.token.cancel();
             return;
         }
         let now = Instant::now();
@@ -73,11 +86,11 @@ impl CancelRegistry {
         if inner.recent.contains(&id) {
             return None;
         }
-        let token = CancellationToken::new();
-        inner.running.insert(id, token.clone());
+        let running = Running::default();
+        inner.running.insert(id, running.clone());
         Some(RunningGuard {
             id,
-            token,
+            running,
             registry: self.clone(),
         })
     }
@@ -87,14 +100,19 @@ impl CancelRegistry {
 #[derive(Debug)]
 pub struct RunningGuard {
     id: Uuid,
-    token: CancellationToken,
+    running: Running,
     registry: CancelRegistry,
 }
 
 impl RunningGuard {
     /// Fires when the request is cancelled.
     pub fn token(&self) -> &CancellationToken {
-        &self.token
+        &self.running.token
+    }
+
+    /// Why it was cancelled, once it was.
+    pub fn reason(&self) -> Option<CancelReason> {
+        self.running.reason.get().copied()
     }
 }
 
@@ -114,7 +132,7 @@ mod tests {
     fn cancel_before_begin_is_remembered() {
         let r = CancelRegistry::default();
         let id = Uuid::now_v7();
-        r.cancel(id);
+        r.cancel(id, CancelReason::ClientDisconnected);
         assert!(r.begin(id).is_none());
         assert!(r.begin(Uuid::now_v7()).is_some());
     }
@@ -125,8 +143,13 @@ mod tests {
         let id = Uuid::now_v7();
         let guard = r.begin(id).unwrap();
         assert!(!guard.token().is_cancelled());
-        r.cancel(id);
+        assert_eq!(guard.reason(), None);
+        r.cancel(id, CancelReason::ReplyBroken);
         assert!(guard.token().is_cancelled());
+        assert_eq!(guard.reason(), Some(CancelReason::ReplyBroken));
+        // The first reason stays.
+        r.cancel(id, CancelReason::ClientDisconnected);
+        assert_eq!(guard.reason(), Some(CancelReason::ReplyBroken));
         drop(guard);
         assert!(r.inner.lock().unwrap().running.is_empty());
     }

@@ -13,8 +13,8 @@ use sy_protocol::batch::BatchResult;
 use sy_protocol::chat::Usage;
 use sy_protocol::embeddings::{EmbeddingFrame, EmbeddingsRequest};
 use sy_protocol::{
-    ChunkFrame, ErrorCode, FallbackTarget, FinalFrame, FrameError, MidStream, ReplyFrame,
-    RequestEnvelope, Resume, StartInfo, UsageEvent, UsageStatus, now_unix_ms,
+    CancelReason, ChunkFrame, ErrorCode, FallbackTarget, FinalFrame, FrameError, MidStream,
+    ReplyFrame, RequestEnvelope, Resume, StartInfo, UsageEvent, UsageStatus, now_unix_ms,
 };
 use sy_providers::{AnyProvider, CallContext, Provider, ProviderError, ResponseMeta};
 use sy_router::Live;
@@ -236,7 +236,7 @@ pub(crate) async fn handle(cx: Arc<Shared>, msg: jetstream::Message) {
                 &cx,
                 &env,
                 &acker,
-                running.token(),
+                &running,
                 first_attempt,
                 dispatched_unix_ms,
             )
@@ -368,10 +368,17 @@ async fn serve(
     cx: &Shared,
     env: &RequestEnvelope,
     acker: &Acker,
-    cancelled: &CancellationToken,
+    running: &crate::cancel::RunningGuard,
     first_attempt: u32,
     dispatched_unix_ms: u64,
 ) -> bool {
+    let cancelled = running.token();
+    // Why a cancel came: a client cut off for reading too slowly is not one
+    // that went away.
+    let cancel_ending = || match running.reason() {
+        Some(CancelReason::ReplyBroken) => Ended::CutOff,
+        _ => Ended::Cancelled,
+    };
     let deadline = tokio::time::Instant::now()
         + Duration::from_millis(env.deadline_unix_ms.saturating_sub(now_unix_ms()));
     let mut backoff = ExponentialBuilder::new()
@@ -420,8 +427,8 @@ async fn serve(
                 tokio::select! {
                     () = &mut run => break Ended::Done,
                     _ = cancelled.cancelled() => {
-                        tracing::debug!("Request cancelled by the client; upstream call dropped.");
-                        break Ended::Cancelled;
+                        tracing::debug!(reason = ?running.reason(), "Request cancelled; upstream call dropped.");
+                        break cancel_ending();
                     }
                     _ = tokio::time::sleep_until(deadline) => {
                         tracing::debug!("Request deadline passed; upstream call dropped.");
@@ -433,6 +440,23 @@ async fn serve(
                 }
             }
             // The upstream call is dropped here at the latest, closing its connection.
+        };
+        // The ingress holds REPLY_BUFFER_FRAMES of a reply: a stream that long
+        // may have been cut off at its last frames, which the ingress's cancel
+        // says just after them. Wait a moment for it, so that the usage row
+        // says what the client got.
+        let ended = if ended == Ended::Done
+            && env.batch.is_none()
+            && env.request.is_stream()
+            && state.error.is_none()
+            && replier.seq as usize >= sy_protocol::REPLY_BUFFER_FRAMES
+        {
+            match tokio::time::timeout(CUT_OFF_GRACE, cancelled.cancelled()).await {
+                Ok(()) if running.reason() == Some(CancelReason::ReplyBroken) => Ended::CutOff,
+                _ => ended,
+            }
+        } else {
+            ended
         };
         // A batch item's frames are stored only with its final frame: a failed
         // attempt sent nothing, and the next one starts afresh.
@@ -541,6 +565,10 @@ async fn finish(cx: &Shared, env: &RequestEnvelope, event: &UsageEvent, acker: &
     usage::publish(&cx.bus, event, acker).await;
     interactive
 }
+
+/// How long a worker waits after the last frame of a stream long enough to
+/// have been cut off for the ingress's cancel saying so.
+const CUT_OFF_GRACE: Duration = Duration::from_millis(250);
 
 /// Shortest and longest backoff between retries on one target (with jitter).
 const RETRY_MIN: Duration = Duration::from_millis(100);

@@ -34,6 +34,8 @@ pub(crate) enum Ended {
     Cancelled,
     /// The deadline passed.
     Expired,
+    /// The ingress cut the client off for reading too slowly.
+    CutOff,
 }
 
 fn detail(map: Option<&serde_json::Map<String, serde_json::Value>>, key: &str) -> u64 {
@@ -56,6 +58,7 @@ pub(crate) fn event(
         (Ended::Done, None) => UsageStatus::Ok,
         (Ended::Done, Some(_)) => UsageStatus::Error,
         (Ended::Cancelled, _) => UsageStatus::Cancelled,
+        (Ended::CutOff, _) => UsageStatus::CutOff,
         (Ended::Expired, _) => UsageStatus::Expired,
     };
     let provider_answered_error = state
