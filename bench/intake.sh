@@ -22,8 +22,10 @@ trap cleanup EXIT
 if ! port_open 4222; then started_nats=1; fi
 ensure_nats
 
-say "Building release binaries"
-cargo build --release --locked --bin switchyard --bin mock-provider
+if [[ -z ${SKIP_BUILD:-} ]]; then
+  say "Building release binaries"
+  cargo build --release --locked --bin switchyard --bin mock-provider
+fi
 
 bench_ports_free
 start_bench_mock

@@ -12,6 +12,7 @@
 #   bench/run.sh            # full run (~2-3 min)
 #   QUICK=1 bench/run.sh    # fewer requests, for a smoke check
 #   SWITCHYARD_BIN=/tmp/old NOTE=before bench/run.sh   # another build of switchyard
+#   SKIP_BUILD=1 ...        # use the release binaries as they are
 set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -30,8 +31,10 @@ ensure_nats
 if ! port_open 8123; then started_clickhouse=1; fi
 ensure_clickhouse
 
-say "Building release binaries"
-cargo build --release --locked --bin switchyard --bin mock-provider --bin sy-bench --bin sy-accounting-bench --bin sy-classifier-bench
+if [[ -z ${SKIP_BUILD:-} ]]; then
+  say "Building release binaries"
+  cargo build --release --locked --bin switchyard --bin mock-provider --bin sy-bench --bin sy-accounting-bench --bin sy-classifier-bench
+fi
 
 bench_ports_free
 
