@@ -934,3 +934,169 @@ async fn curl_style_bodies_work_and_compressed_ones_are_refused() {
     let (status, v) = send_raw(&stack, "/v1/chat/completions", &identity, chat).await;
     assert_eq!(status, 200, "{v}");
 }
+
+/// Issue 24, defect 9: wrong types, trailing data and duplicate keys are
+/// refused the same way on every surface, in its own format, with no provider
+/// call (they used to be dropped or last-wins on Messages and Responses).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_types_trailing_data_and_duplicate_keys_are_refused_on_every_surface() {
+    let stack = Stack::start().await;
+    let msg = || json!({"model": "gpt-4o-mini", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]});
+    let resp = || json!({"model": "gpt-4o-mini", "input": "hi"});
+    let with = |mut v: Value, k: &str, x: Value| {
+        v[k] = x;
+        v
+    };
+    let cases: Vec<(&str, Value, &str)> = vec![
+        (
+            "/v1/messages",
+            with(msg(), "temperature", json!("abc")),
+            "temperature",
+        ),
+        ("/v1/messages", with(msg(), "top_k", json!(-1)), "top_k"),
+        (
+            "/v1/messages",
+            with(msg(), "stop_sequences", json!("x")),
+            "stop_sequences",
+        ),
+        (
+            "/v1/messages",
+            with(msg(), "stream", json!("yes")),
+            "stream",
+        ),
+        (
+            "/v1/messages",
+            with(msg(), "metadata", json!({"user_id": 5})),
+            "metadata.user_id",
+        ),
+        (
+            "/v1/messages",
+            with(
+                msg(),
+                "messages",
+                json!([{"role": "user", "content": [{"type": "text"}]}]),
+            ),
+            "messages.0.content.0.text",
+        ),
+        (
+            "/v1/messages",
+            with(
+                msg(),
+                "messages",
+                json!([{"role": "user", "content": [{"type": "text", "text": 42}]}]),
+            ),
+            "messages.0.content.0.text",
+        ),
+        (
+            "/v1/messages",
+            with(
+                msg(),
+                "messages",
+                json!([
+                    {"role": "user", "content": "hi"},
+                    {"role": "assistant", "content": [{"type": "tool_use", "name": "f", "input": {}}]},
+                    {"role": "user", "content": "ok"},
+                ]),
+            ),
+            "messages.1.content.0.id",
+        ),
+        (
+            "/v1/messages",
+            with(
+                msg(),
+                "tools",
+                json!([{"name": "f", "description": 5, "input_schema": {"type": "object"}}]),
+            ),
+            "tools.0.description",
+        ),
+        (
+            "/v1/responses",
+            with(
+                resp(),
+                "input",
+                json!([{"type": "function_call", "name": "f", "arguments": "{}"}]),
+            ),
+            "call_id",
+        ),
+        (
+            "/v1/responses",
+            with(resp(), "instructions", json!(5)),
+            "instructions",
+        ),
+        (
+            "/v1/responses",
+            with(resp(), "temperature", json!("hot")),
+            "temperature",
+        ),
+        ("/v1/responses", with(resp(), "stream", json!(1)), "stream"),
+        (
+            "/v1/responses",
+            with(
+                resp(),
+                "input",
+                json!([{"role": "user", "content": [{"type": "input_text", "text": 42}]}]),
+            ),
+            "text",
+        ),
+        (
+            "/v1/chat/completions",
+            with(body("gpt-4o-mini", "hi"), "tool_choice", json!(5)),
+            "tool_choice",
+        ),
+    ];
+    for (path, b, param) in &cases {
+        let (status, v, _) = post(&stack, path, b).await;
+        assert_eq!(status, 400, "{path} {b}: {v}");
+        assert!(is_invalid_request(path, &v), "{path}: {v}");
+        let said = if *path == "/v1/messages" {
+            v["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        } else {
+            v["error"]["param"].as_str().unwrap_or_default().to_owned()
+        };
+        assert!(said.contains(param), "{path} {b}: {v}");
+    }
+    // Trailing data and duplicate keys, as raw bodies.
+    let raw: Vec<(&str, String)> = vec![
+        (
+            "/v1/embeddings",
+            r#"{"model": "text-embedding-3-small", "input": "hi"} trailing"#.into(),
+        ),
+        (
+            "/v1/messages",
+            r#"{"model": "gpt-4o-mini", "max_tokens": 5, "max_tokens": 6, "messages": [{"role": "user", "content": "hi"}]}"#.into(),
+        ),
+        (
+            "/v1/responses",
+            r#"{"model": "gpt-4o-mini", "input": "hi", "input": "again"}"#.into(),
+        ),
+        (
+            "/v1/chat/completions",
+            r#"{"model": "gpt-4o-mini", "model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}"#.into(),
+        ),
+    ];
+    for (path, text) in &raw {
+        let r = stack
+            .http
+            .post(stack.url(path))
+            .bearer_auth(KEY)
+            .header("x-api-key", KEY)
+            .header("anthropic-version", "2023-06-01")
+            .header("content-type", "application/json")
+            .body(text.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{path}: {text}");
+        let v: Value = r.json().await.unwrap();
+        assert!(is_invalid_request(path, &v), "{path}: {v}");
+    }
+    assert_eq!(
+        stack.upstream_requests(),
+        0,
+        "a refused body reached a provider"
+    );
+    still_answers(&stack).await;
+}

@@ -15,7 +15,7 @@ pub const MAX_INPUTS: usize = 2048;
 /// Parses and validates an embeddings body.
 pub fn parse(body: &[u8]) -> Result<EmbeddingsRequest, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(body);
-    let req: EmbeddingsRequest = serde_path_to_error::deserialize(de).map_err(|e| {
+    let req: EmbeddingsRequest = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         if inner.is_syntax() || inner.is_eof() {
@@ -45,6 +45,13 @@ pub fn parse(body: &[u8]) -> Result<EmbeddingsRequest, ApiError> {
             msg
         };
         ApiError::invalid(path.clone(), format!("Invalid value for '{path}': {why}."))
+    })?;
+    // Nothing may follow the object (serde_path_to_error stops at its end).
+    de.end().map_err(|e| {
+        ApiError::new(
+            sy_protocol::ErrorCode::InvalidRequest,
+            format!("We could not parse the JSON body of your request: {e}."),
+        )
     })?;
     if req.model.trim().is_empty() {
         return Err(ApiError::invalid("model", "'model' must not be empty."));

@@ -14,6 +14,7 @@ use sy_protocol::chat::{
 
 use crate::ApiError;
 use crate::relay::{AggregatedChoice, ResponseNames, StreamEncoder};
+use crate::validate::{need_str, opt_bool, opt_f64, opt_str, opt_u32};
 
 fn invalid(param: &str, message: impl Into<String>) -> ApiError {
     ApiError::invalid(param, message)
@@ -24,12 +25,27 @@ fn has_cache(b: &Value) -> bool {
     !b["cache_control"].is_null()
 }
 
+/// A text block's text: a string is required (Anthropic refuses the block otherwise).
+fn block_text<'a>(b: &'a Value, at: &str) -> Result<&'a str, ApiError> {
+    b["text"].as_str().ok_or_else(|| {
+        invalid(
+            &format!("{at}.text"),
+            format!("{at}.text: Input should be a valid string"),
+        )
+    })
+}
+
 /// A text block as a canonical text part, with its caching breakpoint.
-fn text_part(b: &Value) -> ContentPart {
-    ContentPart::Text {
-        text: b["text"].as_str().unwrap_or("").to_owned(),
+fn text_part(b: &Value, at: &str) -> Result<ContentPart, ApiError> {
+    Ok(ContentPart::Text {
+        text: block_text(b, at)?.to_owned(),
         cache_control: Some(b["cache_control"].clone()).filter(|c| !c.is_null()),
-    }
+    })
+}
+
+/// A field of the wrong type, in Anthropic's words.
+fn wrong(key: &str, what: &str) -> ApiError {
+    invalid(key, format!("{key}: Input should be {what}"))
 }
 
 /// Text of a `system` value or a `tool_result` content: a string or text blocks.
@@ -41,7 +57,7 @@ fn blocks_text(v: &Value, at: &str) -> Result<String, ApiError> {
             let mut out = Vec::new();
             for (i, b) in blocks.iter().enumerate() {
                 match b["type"].as_str() {
-                    Some("text") => out.push(b["text"].as_str().unwrap_or("").to_owned()),
+                    Some("text") => out.push(block_text(b, &format!("{at}.{i}"))?.to_owned()),
                     other => {
                         return Err(invalid(
                             &format!("{at}.{i}.type"),
@@ -127,7 +143,11 @@ pub fn parse(body: &[u8]) -> Result<ChatRequest, ApiError> {
     let system = blocks_text(&v["system"], "system")?;
     if let Some(blocks) = v["system"].as_array().filter(|b| b.iter().any(has_cache)) {
         // Caching breakpoints in the system prompt keep its blocks apart.
-        let parts = blocks.iter().map(text_part).collect();
+        let parts = blocks
+            .iter()
+            .enumerate()
+            .map(|(i, b)| text_part(b, &format!("system.{i}")))
+            .collect::<Result<_, _>>()?;
         messages.push(message(Role::System, Some(Content::Parts(parts))));
     } else if !system.is_empty() {
         messages.push(message(Role::System, Some(Content::Text(system))));
@@ -162,7 +182,7 @@ pub fn parse(body: &[u8]) -> Result<ChatRequest, ApiError> {
         for (j, b) in blocks.iter().enumerate() {
             let bat = format!("{at}.content.{j}");
             match (b["type"].as_str(), role) {
-                (Some("text"), _) => parts.push(text_part(b)),
+                (Some("text"), _) => parts.push(text_part(b, &bat)?),
                 (Some("image"), Role::User) => parts.push(ContentPart::ImageUrl {
                     image_url: ImageUrl {
                         url: image_url(&b["source"], &bat)?,
@@ -193,10 +213,10 @@ pub fn parse(body: &[u8]) -> Result<ChatRequest, ApiError> {
                     messages.push(tm);
                 }
                 (Some("tool_use"), Role::Assistant) => calls.push(ToolCall {
-                    id: b["id"].as_str().unwrap_or("").to_owned(),
+                    id: need_str(&b["id"], &format!("{bat}.id"), wrong)?.to_owned(),
                     kind: "function".into(),
                     function: FunctionCall {
-                        name: b["name"].as_str().unwrap_or("").to_owned(),
+                        name: need_str(&b["name"], &format!("{bat}.name"), wrong)?.to_owned(),
                         arguments: b.get("input").unwrap_or(&json!({})).to_string(),
                     },
                 }),
@@ -267,7 +287,12 @@ pub fn parse(body: &[u8]) -> Result<ChatRequest, ApiError> {
                                 )
                             })?
                             .to_owned(),
-                        description: t["description"].as_str().map(str::to_owned),
+                        description: opt_str(
+                            &t["description"],
+                            &format!("tools.{i}.description"),
+                            wrong,
+                        )?
+                        .map(str::to_owned),
                         parameters: Some(t["input_schema"].clone()).filter(|s| !s.is_null()),
                         strict: None,
                     },
@@ -318,33 +343,65 @@ pub fn parse(body: &[u8]) -> Result<ChatRequest, ApiError> {
         }
         _ => (None, None),
     };
-    let num = |k: &str| v[k].as_f64();
     let stop = match &v["stop_sequences"] {
+        Value::Null => None,
         Value::Array(s) => Some(Stop::Many(
             s.iter()
-                .filter_map(|x| x.as_str().map(str::to_owned))
-                .collect(),
+                .enumerate()
+                .map(|(i, x)| {
+                    x.as_str().map(str::to_owned).ok_or_else(|| {
+                        invalid(
+                            &format!("stop_sequences.{i}"),
+                            format!("stop_sequences.{i}: Input should be a valid string"),
+                        )
+                    })
+                })
+                .collect::<Result<_, _>>()?,
         )),
-        _ => None,
+        _ => {
+            return Err(invalid(
+                "stop_sequences",
+                "stop_sequences: Input should be a valid list",
+            ));
+        }
+    };
+    let user = match &v["metadata"] {
+        Value::Null => None,
+        Value::Object(m) => match m.get("user_id") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(u)) => Some(u.clone()),
+            Some(_) => {
+                return Err(invalid(
+                    "metadata.user_id",
+                    "metadata.user_id: Input should be a valid string",
+                ));
+            }
+        },
+        _ => {
+            return Err(invalid(
+                "metadata",
+                "metadata: Input should be a valid dictionary",
+            ));
+        }
     };
     let req = ChatRequest {
         model,
         messages,
-        stream: v["stream"].as_bool(),
+        stream: opt_bool(&v["stream"], "stream", wrong)?,
         stream_options: None,
-        temperature: num("temperature"),
-        top_p: num("top_p"),
+        temperature: opt_f64(&v["temperature"], "temperature", wrong)?,
+        top_p: opt_f64(&v["top_p"], "top_p", wrong)?,
         max_tokens: Some(max_tokens),
         max_completion_tokens: None,
         stop,
         seed: None,
-        user: v["metadata"]["user_id"].as_str().map(str::to_owned),
+        user,
         n: None,
         tools,
         tool_choice,
         response_format: None,
         reasoning_effort,
-        top_k: v["top_k"].as_u64().and_then(|k| u32::try_from(k).ok()),
+        top_k: opt_u32(&v["top_k"], "top_k", wrong)?,
         thinking_budget,
         extra,
     };

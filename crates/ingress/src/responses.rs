@@ -14,6 +14,12 @@ use sy_protocol::chat::{
 
 use crate::ApiError;
 use crate::relay::{AggregatedChoice, ResponseNames, StreamEncoder};
+use crate::validate::{need_str, opt_bool, opt_f64, opt_str};
+
+/// A field of the wrong type, in OpenAI's words.
+fn wrong(key: &str, what: &str) -> ApiError {
+    invalid(key, format!("Invalid type for '{key}': expected {what}."))
+}
 
 fn invalid(param: &str, message: impl Into<String>) -> ApiError {
     ApiError::invalid(param, message)
@@ -64,7 +70,10 @@ fn content_of(v: &Value, at: &str) -> Result<Option<Content>, ApiError> {
             for (i, p) in parts.iter().enumerate() {
                 match p["type"].as_str() {
                     Some("input_text" | "output_text" | "text") => out.push(ContentPart::Text {
-                        text: p["text"].as_str().unwrap_or("").to_owned(),
+                        text: p["text"]
+                            .as_str()
+                            .ok_or_else(|| wrong(&format!("{at}[{i}].text"), "a string"))?
+                            .to_owned(),
                         cache_control: None,
                     }),
                     Some("refusal") => out.push(ContentPart::Refusal {
@@ -129,7 +138,7 @@ pub fn parse(body: &[u8]) -> Result<ChatRequest, ApiError> {
         .ok_or_else(|| invalid("model", "Missing required parameter: 'model'."))?
         .to_owned();
     let mut messages = Vec::new();
-    if let Some(i) = v["instructions"].as_str() {
+    if let Some(i) = opt_str(&v["instructions"], "instructions", wrong)? {
         messages.push(message(Role::System, Some(Content::Text(i.to_owned()))));
     }
     match &v["input"] {
@@ -158,11 +167,19 @@ pub fn parse(body: &[u8]) -> Result<ChatRequest, ApiError> {
                     }
                     Some("function_call") => {
                         let call = ToolCall {
-                            id: item["call_id"].as_str().unwrap_or("").to_owned(),
+                            id: need_str(&item["call_id"], &format!("{at}.call_id"), wrong)?
+                                .to_owned(),
                             kind: "function".into(),
                             function: FunctionCall {
-                                name: item["name"].as_str().unwrap_or("").to_owned(),
-                                arguments: item["arguments"].as_str().unwrap_or("{}").to_owned(),
+                                name: need_str(&item["name"], &format!("{at}.name"), wrong)?
+                                    .to_owned(),
+                                arguments: opt_str(
+                                    &item["arguments"],
+                                    &format!("{at}.arguments"),
+                                    wrong,
+                                )?
+                                .unwrap_or("{}")
+                                .to_owned(),
                             },
                         };
                         // Consecutive calls belong to one assistant turn.
@@ -183,7 +200,9 @@ pub fn parse(body: &[u8]) -> Result<ChatRequest, ApiError> {
                             other => other.to_string(),
                         };
                         let mut m = message(Role::Tool, Some(Content::Text(output)));
-                        m.tool_call_id = item["call_id"].as_str().map(str::to_owned);
+                        m.tool_call_id = Some(
+                            need_str(&item["call_id"], &format!("{at}.call_id"), wrong)?.to_owned(),
+                        );
                         messages.push(m);
                     }
                     // A reasoning item is the provider's own state; nothing else can read it.
@@ -224,10 +243,15 @@ pub fn parse(body: &[u8]) -> Result<ChatRequest, ApiError> {
                 out.push(Tool {
                     kind: "function".into(),
                     function: FunctionDef {
-                        name: t["name"].as_str().unwrap_or("").to_owned(),
-                        description: t["description"].as_str().map(str::to_owned),
+                        name: need_str(&t["name"], &format!("tools[{i}].name"), wrong)?.to_owned(),
+                        description: opt_str(
+                            &t["description"],
+                            &format!("tools[{i}].description"),
+                            wrong,
+                        )?
+                        .map(str::to_owned),
                         parameters: Some(t["parameters"].clone()).filter(|p| !p.is_null()),
-                        strict: t["strict"].as_bool(),
+                        strict: opt_bool(&t["strict"], &format!("tools[{i}].strict"), wrong)?,
                     },
                     cache_control: None,
                 });
@@ -260,7 +284,7 @@ pub fn parse(body: &[u8]) -> Result<ChatRequest, ApiError> {
         },
     };
     let mut extra = Map::new();
-    if let Some(p) = v["parallel_tool_calls"].as_bool() {
+    if let Some(p) = opt_bool(&v["parallel_tool_calls"], "parallel_tool_calls", wrong)? {
         extra.insert("parallel_tool_calls".into(), json!(p));
     }
     let max_output = match &v["max_output_tokens"] {
@@ -280,17 +304,20 @@ pub fn parse(body: &[u8]) -> Result<ChatRequest, ApiError> {
     Ok(ChatRequest {
         model,
         messages,
-        stream: v["stream"].as_bool(),
+        stream: opt_bool(&v["stream"], "stream", wrong)?,
         stream_options: None,
-        temperature: v["temperature"].as_f64(),
-        top_p: v["top_p"].as_f64(),
+        temperature: opt_f64(&v["temperature"], "temperature", wrong)?,
+        top_p: opt_f64(&v["top_p"], "top_p", wrong)?,
         max_tokens: None,
         max_completion_tokens: max_output,
         stop: None,
         seed: None,
-        user: v["user"]
-            .as_str()
-            .or(v["safety_identifier"].as_str())
+        user: opt_str(&v["user"], "user", wrong)?
+            .or(opt_str(
+                &v["safety_identifier"],
+                "safety_identifier",
+                wrong,
+            )?)
             .map(str::to_owned),
         n: None,
         tools,

@@ -26,12 +26,14 @@ pub(crate) fn json_object(
     body: &[u8],
     known: &[&str],
 ) -> Result<(serde_json::Value, Option<String>), ApiError> {
-    let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
-        ApiError::new(
-            sy_protocol::ErrorCode::InvalidRequest,
-            format!("We could not parse the JSON body of your request: {e}."),
-        )
-    })?;
+    let v = serde_json::from_slice::<Strict>(body)
+        .map_err(|e| {
+            ApiError::new(
+                sy_protocol::ErrorCode::InvalidRequest,
+                format!("We could not parse the JSON body of your request: {e}."),
+            )
+        })?
+        .0;
     let Some(obj) = v.as_object() else {
         return Err(ApiError::new(
             sy_protocol::ErrorCode::InvalidRequest,
@@ -40,6 +42,157 @@ pub(crate) fn json_object(
     };
     let unknown = obj.keys().find(|k| !known.contains(&k.as_str())).cloned();
     Ok((v, unknown))
+}
+
+/// A JSON value parsed as serde_json parses one, except that an object with
+/// the same key twice, at any depth, is an error (serde_json keeps the last),
+/// as it is for the surfaces parsed into typed structs.
+struct Strict(serde_json::Value);
+
+impl<'de> serde::Deserialize<'de> for Strict {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(Strict)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = serde_json::Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, b: bool) -> Result<Self::Value, E> {
+        Ok(b.into())
+    }
+
+    fn visit_i64<E>(self, n: i64) -> Result<Self::Value, E> {
+        Ok(n.into())
+    }
+
+    fn visit_u64<E>(self, n: u64) -> Result<Self::Value, E> {
+        Ok(n.into())
+    }
+
+    fn visit_f64<E>(self, n: f64) -> Result<Self::Value, E> {
+        Ok(serde_json::Number::from_f64(n).map_or(serde_json::Value::Null, Into::into))
+    }
+
+    fn visit_str<E>(self, s: &str) -> Result<Self::Value, E> {
+        Ok(s.into())
+    }
+
+    fn visit_string<E>(self, s: String) -> Result<Self::Value, E> {
+        Ok(s.into())
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::Null)
+    }
+
+    fn visit_none<E>(self) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::Null)
+    }
+
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        serde::Deserialize::deserialize(d).map(|Strict(v)| v)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(Strict(v)) = seq.next_element()? {
+            out.push(v);
+        }
+        Ok(serde_json::Value::Array(out))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        use serde::de::Error;
+        let mut out = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let Strict(v) = map.next_value()?;
+            if out.contains_key(&key) {
+                return Err(A::Error::custom(format_args!(
+                    "duplicate key `{}`",
+                    sy_protocol::bounded(&key, 64)
+                )));
+            }
+            out.insert(key, v);
+        }
+        Ok(serde_json::Value::Object(out))
+    }
+}
+
+/// How a surface words a field of the wrong type: `(key, what it should be)`.
+pub(crate) type Wrong = fn(&str, &str) -> ApiError;
+
+/// Optional fields of the surfaces read from JSON by hand (Messages,
+/// Responses), typed: `x` is the field's value (`Null` when absent), `param`
+/// its name for the error. Absent or `null` is `None`, a value of the wrong
+/// type is an error in the surface's words (never silently dropped).
+pub(crate) fn opt_f64(
+    x: &serde_json::Value,
+    param: &str,
+    wrong: Wrong,
+) -> Result<Option<f64>, ApiError> {
+    match x {
+        serde_json::Value::Null => Ok(None),
+        serde_json::Value::Number(n) => Ok(n.as_f64()),
+        _ => Err(wrong(param, "a valid number")),
+    }
+}
+
+/// See [`opt_f64`]: a non-negative integer that fits 32 bits.
+pub(crate) fn opt_u32(
+    x: &serde_json::Value,
+    param: &str,
+    wrong: Wrong,
+) -> Result<Option<u32>, ApiError> {
+    match x {
+        serde_json::Value::Null => Ok(None),
+        n => n
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .map(Some)
+            .ok_or_else(|| wrong(param, "a valid integer greater than or equal to 0")),
+    }
+}
+
+/// See [`opt_f64`]: a boolean.
+pub(crate) fn opt_bool(
+    x: &serde_json::Value,
+    param: &str,
+    wrong: Wrong,
+) -> Result<Option<bool>, ApiError> {
+    match x {
+        serde_json::Value::Null => Ok(None),
+        serde_json::Value::Bool(b) => Ok(Some(*b)),
+        _ => Err(wrong(param, "a valid boolean")),
+    }
+}
+
+/// See [`opt_f64`]: a string.
+pub(crate) fn opt_str<'a>(
+    x: &'a serde_json::Value,
+    param: &str,
+    wrong: Wrong,
+) -> Result<Option<&'a str>, ApiError> {
+    match x {
+        serde_json::Value::Null => Ok(None),
+        serde_json::Value::String(s) => Ok(Some(s)),
+        _ => Err(wrong(param, "a valid string")),
+    }
+}
+
+/// A required string field: absent, `null` or another type is an error.
+pub(crate) fn need_str<'a>(
+    x: &'a serde_json::Value,
+    param: &str,
+    wrong: Wrong,
+) -> Result<&'a str, ApiError> {
+    x.as_str().ok_or_else(|| wrong(param, "a valid string"))
 }
 
 /// Parses a chat request body, naming the offending field on failure.
@@ -217,6 +370,9 @@ pub fn validate_chat(req: &ChatRequest) -> Result<(), ApiError> {
         }
     }
     check_cache_marks(req)?;
+    if let Some(tc) = &req.tool_choice {
+        check_tool_choice(tc)?;
+    }
     if req.tool_choice.is_some()
         && req.tools.as_ref().is_none_or(Vec::is_empty)
         && req.tool_choice.as_ref().and_then(|v| v.as_str()) != Some("none")
@@ -227,6 +383,33 @@ pub fn validate_chat(req: &ChatRequest) -> Result<(), ApiError> {
         ));
     }
     Ok(())
+}
+
+/// `tool_choice` in OpenAI's shapes: `"none"`, `"auto"`, `"required"`, or an
+/// object naming a function (`{"type":"function","function":{"name":…}}`) or
+/// allowing some tools (`{"type":"allowed_tools",…}`). Anything else would be
+/// dropped or misread by a provider's translation, so it is refused here.
+fn check_tool_choice(tc: &serde_json::Value) -> Result<(), ApiError> {
+    let ok = match tc {
+        serde_json::Value::String(s) => matches!(s.as_str(), "none" | "auto" | "required"),
+        serde_json::Value::Object(o) => match o.get("type").and_then(|t| t.as_str()) {
+            Some("function") => o
+                .get("function")
+                .and_then(|f| f.get("name"))
+                .is_some_and(serde_json::Value::is_string),
+            Some("allowed_tools") => o.get("allowed_tools").is_some_and(|a| a.is_object()),
+            _ => false,
+        },
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
+            "tool_choice",
+            "'tool_choice' must be 'none', 'auto', 'required', or {\"type\": \"function\", \"function\": {\"name\": ...}}.",
+        ))
+    }
 }
 
 /// Most caching breakpoints a request may carry (Anthropic's limit).
