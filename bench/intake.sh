@@ -29,7 +29,7 @@ fi
 
 bench_ports_free
 start_bench_mock
-conf="$STATE_DIR/bench-intake.toml"
+conf="$STATE_DIR/bench-switchyard-intake.toml"
 cat >"$conf" <<'TOML'
 [server]
 listen = "127.0.0.1:18080"

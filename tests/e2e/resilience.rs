@@ -378,6 +378,19 @@ async fn a_cut_stream_is_recovered_by_prefill_or_splice_and_never_garbled() {
         rows[1].fallback_reason,
         "mid-stream recovery: openai/gpt-4o-mini failed after output: provider_error, continued by prefill"
     );
+    // Each chunk names the model that produced it: the primary's before the
+    // cut, the fallback's after.
+    let models: Vec<String> = data
+        .iter()
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|v| v["model"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(
+        models.first().map(String::as_str),
+        Some("gpt-4o-mini"),
+        "{models:?}"
+    );
+    assert!(models.last().unwrap().contains("claude"), "{models:?}");
     // The prefill is refused by anthropic: vllm continues it instead.
     let (content, last, data) = stream(
         &stack,
@@ -656,4 +669,65 @@ async fn a_stall_or_an_unreadable_event_mid_stream_is_recovered_and_no_done_is_c
     assert_eq!(content, whole, "{data:?}");
     assert_eq!(last, "[DONE]");
     assert_eq!(calls(&stack), [3, 2, 0], "no retry, no fallback");
+}
+
+/// Issue 24, defect 11: a half-open breaker's probe is one call, however many
+/// retries the target has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_open_breakers_probe_is_one_call() {
+    let stack = Stack::start_with(StackOptions {
+        retries: 2,
+        ..Default::default()
+    })
+    .await;
+    let failing = || body("gpt-4o-mini", "x [[mock:status=500]]");
+    // One request, three failed calls (a call and two retries): the breaker opens.
+    let r = stack.chat(&failing()).send().await.unwrap();
+    assert_ne!(r.status(), 200);
+    assert_eq!(stack.mock.stats().requests, 3);
+    // After the cool-down (2 s) the next call is a probe: once, no retries.
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let r = stack.chat(&failing()).send().await.unwrap();
+    assert_ne!(r.status(), 200);
+    assert_eq!(stack.mock.stats().requests, 4, "the probe was retried");
+}
+
+/// Issue 24, defect 11: the wait for a streamed call's headers and the wait
+/// for its first token are two settings: with `header_timeout` set, a target
+/// may take longer than `ttft_timeout` to answer with headers, and still fails
+/// when no token follows them within `ttft_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_and_the_first_token_have_their_own_limits() {
+    let stack = Stack::start_with(StackOptions {
+        ttft_timeout: "1s",
+        openai_extra: "header_timeout = \"4s\"",
+        ..Default::default()
+    })
+    .await;
+    // Headers after 1.5 s (past ttft_timeout), the first token at once: served.
+    let (content, last, data) = stream(
+        &stack,
+        "gpt-4o-mini",
+        "slow door [[mock:headers_ms=1500,tokens=3]]",
+    )
+    .await;
+    assert_eq!(last, "[DONE]", "{data:?}");
+    assert!(!content.is_empty());
+    // Headers at once, no token for 2.5 s (past ttft_timeout from the headers):
+    // the call fails before anything was sent, so the client gets the error.
+    let mut b = body("gpt-4o-mini", "slow start [[mock:ttft_ms=2500,tokens=3]]");
+    b["stream"] = json!(true);
+    let started = Instant::now();
+    let resp = stack.chat(&b).send().await.unwrap();
+    assert_eq!(resp.status(), 504);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "provider_timeout", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no first token"),
+        "{v}"
+    );
+    assert!(started.elapsed() < Duration::from_millis(2400));
 }

@@ -43,6 +43,8 @@ pub struct StackOptions {
     pub batch_extra: &'static str,
     /// More `[server]` lines (e.g. `max_connections = 3`).
     pub server_extra: &'static str,
+    /// More `[providers.openai]` lines (e.g. `header_timeout = "3s"`).
+    pub openai_extra: &'static str,
 }
 
 impl Default for StackOptions {
@@ -63,6 +65,7 @@ impl Default for StackOptions {
             batch_window: 64,
             batch_extra: "",
             server_extra: "",
+            openai_extra: "",
         }
     }
 }
@@ -153,6 +156,7 @@ idle_timeout = "{ttft}"
 response_timeout = "{response}"
 kind = "openai_compatible"
 base_url = "{base}"
+{openai_extra}
 
 [providers.openai.prices."text-embedding-3-small"]
 input = "0.02"
@@ -319,6 +323,7 @@ targets = [{{ provider = "openai", model = "gpt-4.1-2025" }}]
             batch_window = opts.batch_window,
             batch_extra = opts.batch_extra,
             server_extra = opts.server_extra,
+            openai_extra = opts.openai_extra,
         );
         let mut config = config;
         let mut clickhouse = None;

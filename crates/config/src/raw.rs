@@ -307,6 +307,10 @@ pub struct RawProvider {
     /// Streamed calls: longest wait for the first token, e.g. "10s".
     #[serde(default)]
     pub ttft_timeout: Option<String>,
+    /// Streamed calls: longest wait for the response's headers, e.g. "30s";
+    /// when set, `ttft_timeout` counts from the headers.
+    #[serde(default)]
+    pub header_timeout: Option<String>,
     /// Streamed calls: longest silence between two chunks, e.g. "10s".
     #[serde(default)]
     pub idle_timeout: Option<String>,

@@ -291,8 +291,12 @@ pub struct ProviderConfig {
     pub batch_concurrency: NonZeroU32,
     /// Retries on this target after a 429, 5xx or failed connection.
     pub retries: u32,
-    /// Streamed calls: longest wait for the first token.
+    /// Streamed calls: longest wait for the first token (from the request,
+    /// or from the headers when `header_timeout` is set).
     pub ttft_timeout: Duration,
+    /// Streamed calls: longest wait for the response's headers; unset, the
+    /// headers and the first token share `ttft_timeout` from the request.
+    pub header_timeout: Option<Duration>,
     /// Streamed calls: longest silence between chunks.
     pub idle_timeout: Duration,
     /// Calls that are not streamed: longest wait for the answer.
@@ -616,6 +620,10 @@ impl Config {
                         .map_or(Duration::from_secs(default), |t| duration(&at(key), t, e))
                 };
             let ttft_timeout = timeout("ttft_timeout", &p.ttft_timeout, 10, e);
+            let header_timeout = p
+                .header_timeout
+                .as_deref()
+                .map(|t| duration(&at("header_timeout"), t, e));
             let idle_timeout = timeout("idle_timeout", &p.idle_timeout, 10, e);
             let response_timeout = timeout("response_timeout", &p.response_timeout, 60, e);
             let retries = p.retries.unwrap_or(2);
@@ -676,6 +684,7 @@ impl Config {
                         }),
                     retries: retries.min(10),
                     ttft_timeout,
+                    header_timeout,
                     idle_timeout,
                     response_timeout,
                     prefill: p

@@ -1073,7 +1073,14 @@ fn sse_response<E: StreamEncoder>(pending: Pending, first: ReplyFrame, encoder: 
             None => st.pending.next().await,
         };
         let bytes = match frame {
-            Ok(ReplyFrame::Chunk(c)) => st.encoder.chunk(&c.choices),
+            Ok(ReplyFrame::Chunk(c)) => {
+                if let Some(start) = &c.start {
+                    // The first frame's names are the encoder's already; a
+                    // later start is a fallback continuing the stream.
+                    st.encoder.continued_by(start);
+                }
+                st.encoder.chunk(&c.choices)
+            }
             // Never in a chat stream.
             Ok(ReplyFrame::Embedding(_)) => Bytes::new(),
             Ok(ReplyFrame::Final(f)) => {

@@ -390,6 +390,10 @@ pub trait StreamEncoder: Send + 'static {
     fn finish(&mut self, finish_reason: Option<&str>, usage: Option<&Usage>) -> Bytes;
     /// An error ending the stream.
     fn error(&mut self, e: &ApiError) -> Bytes;
+    /// Another target continues the stream (mid-stream recovery): later
+    /// events name the model that produces them, where the format names one
+    /// per event.
+    fn continued_by(&mut self, _start: &StartInfo) {}
 }
 
 impl StreamEncoder for SseEncoder {
@@ -403,6 +407,13 @@ impl StreamEncoder for SseEncoder {
 
     fn error(&mut self, e: &ApiError) -> Bytes {
         SseEncoder::error(self, e)
+    }
+
+    fn continued_by(&mut self, start: &StartInfo) {
+        self.names.model = start
+            .served_model
+            .clone()
+            .unwrap_or_else(|| start.model.clone());
     }
 }
 

@@ -11,6 +11,8 @@ pub struct Directives {
     pub retry_after: Option<u64>,
     /// Delay before the first token.
     pub ttft: Option<Duration>,
+    /// Delay before the response's status and headers.
+    pub headers: Option<Duration>,
     /// Delay between streamed chunks.
     pub delay: Option<Duration>,
     /// Answer length in tokens.
@@ -54,6 +56,7 @@ impl Directives {
             status,
             retry_after,
             ttft,
+            headers,
             delay,
             tokens,
             cut_after,
@@ -97,6 +100,7 @@ pub fn parse_list(text: &str, instance: &str) -> Result<Option<Directives>, Dire
             }
             "retry_after" => d.retry_after = Some(num(value)?),
             "ttft_ms" => d.ttft = Some(Duration::from_millis(num(value)?)),
+            "headers_ms" => d.headers = Some(Duration::from_millis(num(value)?)),
             "delay_ms" => d.delay = Some(Duration::from_millis(num(value)?)),
             "tokens" => d.tokens = Some(num(value)? as usize),
             "cut_after" => d.cut_after = Some(num(value)? as usize),

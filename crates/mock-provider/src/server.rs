@@ -570,6 +570,9 @@ async fn serve(
         shared.counters.faults.fetch_add(1, Ordering::SeqCst);
         std::future::pending::<()>().await;
     }
+    if let Some(t) = plan.d.headers {
+        tokio::time::sleep(t).await;
+    }
     let failing = plan.d.fail_for.is_none_or(|t| {
         shared
             .since

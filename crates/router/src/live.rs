@@ -278,6 +278,19 @@ impl LiveAt<'_> {
     }
 }
 
+impl LiveAt<'_> {
+    /// True when `provider`/`model`'s breaker is half open: its cool-down has
+    /// passed and no call has succeeded since. The next call is a probe, made
+    /// once: a failure opens the breaker again at once.
+    pub fn half_open(&self, provider: &str, model: &str) -> bool {
+        self.table
+            .with(provider, model, |t| {
+                t.forced.is_none() && t.unhealthy_until_unix_ms.is_some_and(|u| u <= self.now_ms)
+            })
+            .unwrap_or(false)
+    }
+}
+
 impl Live for LiveAt<'_> {
     fn unhealthy(&self, provider: &str, model: &str) -> Option<String> {
         self.table

@@ -381,11 +381,18 @@ async fn serve(
     };
     let deadline = tokio::time::Instant::now()
         + Duration::from_millis(env.deadline_unix_ms.saturating_sub(now_unix_ms()));
+    // A half-open breaker's probe is one call: no retries on the target that
+    // just failed its way to a cool-down.
+    let probe = cx
+        .live
+        .at(now_unix_ms())
+        .half_open(&cx.provider.name, &env.model);
+    let retries = if probe { 0 } else { cx.provider.retries };
     let mut backoff = ExponentialBuilder::new()
         .with_min_delay(RETRY_MIN)
         .with_max_delay(RETRY_MAX)
         .with_jitter()
-        .with_max_times(cx.provider.retries as usize)
+        .with_max_times(retries as usize)
         .build();
     let mut call = Call::first(first_attempt, env, dispatched_unix_ms);
     if let (Some(r), Some(reason)) = (&env.resume, &mut call.reason) {
@@ -410,6 +417,9 @@ async fn serve(
         return false;
     }
     loop {
+        // Logs of this call carry its own attempt number (the span starts
+        // with the envelope's).
+        tracing::Span::current().record("attempt", call.attempt);
         let mut state = AttemptState::default();
         let mut replier = Replier::new(cx, env, call.attempt);
         replier.deferred = true;
@@ -530,7 +540,12 @@ async fn serve(
                     fall_back(cx, env, call.attempt, &error, reason, None).await;
                     return false;
                 };
-                tracing::debug!(?delay, code, "Retrying the same target.");
+                tracing::debug!(
+                    ?delay,
+                    code,
+                    next_attempt = call.attempt + 1,
+                    "Retrying the same target."
+                );
                 if !wait(delay, cancelled, acker, cx.progress_every).await {
                     return false;
                 }
@@ -905,28 +920,36 @@ impl<'a> Replier<'a> {
         let idle_timeout = limit(env.watchdogs.idle_ms, provider.idle_timeout);
         let response_timeout = limit(env.watchdogs.response_ms, provider.response_timeout);
         let started = tokio::time::Instant::now();
-        let first_by = started
-            + if stream_mode {
-                ttft_timeout
-            } else {
-                response_timeout
+        // Streamed: the headers within `header_timeout` when it is set (the
+        // first token then within `ttft_timeout` of them), else both within
+        // `ttft_timeout` of the request.
+        let separate_headers = provider.header_timeout.filter(|_| stream_mode);
+        let headers_by = started
+            + match (stream_mode, separate_headers) {
+                (true, Some(h)) => h,
+                (true, None) => ttft_timeout,
+                (false, _) => response_timeout,
             };
         let silent = |what: &str, limit: Duration| {
             ProviderError::Timeout(format!("{what} within {} s", limit.as_secs_f64()))
         };
         state.reached_provider = true;
-        let mut stream = match tokio::time::timeout_at(first_by, adapter.chat(&request, &cx)).await
-        {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return self.provider_failed(e, state).await,
-            Err(_) => {
-                let e = if stream_mode {
-                    silent("no first token", provider.ttft_timeout)
-                } else {
-                    silent("no answer", provider.response_timeout)
-                };
-                return self.provider_failed(e, state).await;
-            }
+        let mut stream =
+            match tokio::time::timeout_at(headers_by, adapter.chat(&request, &cx)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return self.provider_failed(e, state).await,
+                Err(_) => {
+                    let e = match (stream_mode, separate_headers) {
+                        (true, Some(h)) => silent("no response headers", h),
+                        (true, None) => silent("no first token", ttft_timeout),
+                        (false, _) => silent("no answer", response_timeout),
+                    };
+                    return self.provider_failed(e, state).await;
+                }
+            };
+        let first_by = match separate_headers {
+            Some(_) => tokio::time::Instant::now() + ttft_timeout,
+            None => headers_by,
         };
         tracing::trace!("Provider answered.");
         // Meta-only events (a stream's opening) wait for the first content, so
@@ -1006,7 +1029,7 @@ impl<'a> Replier<'a> {
                     || (c.delta.role.is_some() && env.resume.is_none())
             });
             if chunk.choices.is_empty() {
-                if self.seq == 0 && held_meta.is_none() {
+                if self.seq == base && held_meta.is_none() {
                     held_meta = chunk.meta;
                 }
                 continue;
@@ -1015,7 +1038,8 @@ impl<'a> Replier<'a> {
                 state.first_token_unix_ms = Some(now_unix_ms());
             }
             let meta = chunk.meta.take().or_else(|| held_meta.take());
-            let start = (self.seq == 0).then(|| self.start_info(meta));
+            // A continued stream's first frame says who continues it.
+            let start = (self.seq == base).then(|| self.start_info(meta));
             let frame = ReplyFrame::Chunk(ChunkFrame {
                 seq: self.seq,
                 start,
@@ -1030,7 +1054,7 @@ impl<'a> Replier<'a> {
             );
             return self.provider_failed(e, state).await;
         }
-        let start = (self.seq == 0).then(|| self.start_info(held_meta.take()));
+        let start = (self.seq == base).then(|| self.start_info(held_meta.take()));
         let frame = ReplyFrame::Final(FinalFrame {
             seq: self.seq,
             start,
