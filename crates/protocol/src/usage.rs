@@ -133,8 +133,9 @@ pub enum UsageStatus {
     Cancelled,
     /// The deadline passed before or during the call.
     Expired,
-    /// The client read the stream too slowly: the ingress ended it with an
-    /// error and the upstream call was dropped (or had just finished).
+    /// The ingress ended the client's stream with an error while the call
+    /// ran (the client read too slowly, or frames were lost on the way) and
+    /// the upstream call was dropped (or had just finished).
     CutOff,
 }
 
