@@ -28,9 +28,15 @@
 //! [`FinalFrame`]: sy_protocol::FinalFrame
 //! [`Cancel`]: sy_protocol::Cancel
 
+mod attempt;
 mod cancel;
 mod done;
+mod failover;
+mod failure;
 mod handle;
+mod replier;
+mod shared;
+mod splice;
 pub mod tokens;
 mod usage;
 
@@ -141,7 +147,7 @@ pub async fn run(
     let mut pools = Vec::new();
     for (_, (adapter, provider)) in adapters {
         let max_in_flight = provider.max_concurrency.get();
-        let cx = Arc::new(handle::Shared {
+        let cx = Arc::new(shared::Shared {
             bus: bus.clone(),
             provider,
             adapter,
@@ -206,7 +212,7 @@ enum Queue {
 /// Pulls one provider's requests forever, re-creating the consumer after errors
 /// (a NATS restart, a deleted stream).
 async fn pool(
-    cx: Arc<handle::Shared>,
+    cx: Arc<shared::Shared>,
     queue: Queue,
     max_in_flight: u32,
     tracker: TaskTracker,
@@ -236,7 +242,7 @@ async fn pool(
 }
 
 async fn pull(
-    cx: &Arc<handle::Shared>,
+    cx: &Arc<shared::Shared>,
     queue: Queue,
     max_in_flight: u32,
     tracker: &TaskTracker,

@@ -22,7 +22,8 @@ use sy_protocol::{
     now_unix_ms,
 };
 
-use crate::handle::{AttemptState, Call, Shared};
+use crate::attempt::{AttemptState, Call};
+use crate::shared::Shared;
 use crate::tokens;
 
 /// How an attempt ended, from the worker's point of view.

@@ -1,0 +1,43 @@
+//! One call to a provider: why it was made, and what it learned.
+
+use sy_protocol::chat::Usage;
+use sy_protocol::{FrameError, RequestEnvelope};
+
+/// What an attempt learned, kept outside the call so that it survives a cancel.
+#[derive(Debug, Default)]
+pub(crate) struct AttemptState {
+    pub reached_provider: bool,
+    pub first_token_unix_ms: Option<u64>,
+    pub served_model: Option<String>,
+    pub usage: Option<Usage>,
+    pub finish_reason: Option<String>,
+    /// Generated text (content, refusals, tool arguments), for estimates only.
+    pub output_text: String,
+    /// Choice 0's content as sent to the client by this attempt.
+    pub content: String,
+    /// The answer had more than plain text of one choice (tool calls, a
+    /// refusal, several choices): a cut cannot be recovered.
+    pub not_plain: bool,
+    /// A regenerated continuation did not reproduce what the client had.
+    pub diverged: bool,
+    pub error: Option<FrameError>,
+}
+
+/// One call to the provider: its attempt number, when it started, and why it
+/// was made (a retry or a fallback).
+#[derive(Debug, Clone)]
+pub(crate) struct Call {
+    pub attempt: u32,
+    pub started_unix_ms: u64,
+    pub reason: Option<String>,
+}
+
+impl Call {
+    pub(crate) fn first(attempt: u32, env: &RequestEnvelope, started_unix_ms: u64) -> Call {
+        Call {
+            attempt,
+            started_unix_ms,
+            reason: env.fallback_reason.clone(),
+        }
+    }
+}

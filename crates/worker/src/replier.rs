@@ -1,0 +1,414 @@
+//! The upstream call and its frames: calling the provider, relaying the answer
+//! frame by frame (a batch item's: stored whole with its usage event).
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use sy_bus::Bus;
+use sy_config::ProviderConfig;
+use sy_protocol::batch::BatchResult;
+use sy_protocol::chat::Usage;
+use sy_protocol::embeddings::{EmbeddingFrame, EmbeddingsRequest};
+use sy_protocol::{
+    ChunkFrame, FinalFrame, FrameError, ReplyFrame, RequestEnvelope, StartInfo, UsageEvent,
+    now_unix_ms,
+};
+use sy_providers::{AnyProvider, CallContext, Provider, ProviderError, ResponseMeta};
+
+use crate::attempt::AttemptState;
+use crate::shared::Shared;
+use crate::splice::Fit;
+
+/// Publishes one request's frames in order (a batch item's: stores them all
+/// with the final frame as its result).
+pub(crate) struct Replier<'a> {
+    pub(crate) bus: &'a Bus,
+    pub(crate) env: &'a RequestEnvelope,
+    pub(crate) provider: &'a str,
+    pub(crate) attempt: u32,
+    pub(crate) seq: u32,
+    /// A batch item's frames so far.
+    pub(crate) held: Vec<ReplyFrame>,
+    /// A batch item's result waits for `settle` (to be stored with its usage
+    /// event) instead of being stored with the final frame.
+    pub(crate) deferred: bool,
+    pub(crate) unsettled: &'a std::sync::Mutex<std::collections::HashSet<uuid::Uuid>>,
+}
+
+impl<'a> Replier<'a> {
+    pub(crate) fn new(cx: &'a Shared, env: &'a RequestEnvelope, attempt: u32) -> Self {
+        Replier {
+            bus: &cx.bus,
+            env,
+            provider: &cx.provider.name,
+            attempt,
+            seq: env.resume.as_ref().map_or(0, |r| r.seq),
+            held: Vec::new(),
+            deferred: false,
+            unsettled: &cx.unsettled,
+        }
+    }
+
+    pub(crate) fn start_info(&self, meta: Option<ResponseMeta>) -> StartInfo {
+        let meta = meta.unwrap_or_default();
+        StartInfo {
+            provider: self.provider.to_owned(),
+            model: self.env.model.clone(),
+            served_model: meta.model,
+            response_id: meta.id,
+            created: meta.created,
+            system_fingerprint: meta.system_fingerprint,
+            attempt: self.attempt,
+        }
+    }
+
+    pub(crate) async fn publish(&mut self, frame: ReplyFrame) {
+        self.seq += 1;
+        if self.env.batch.is_some() {
+            let last = matches!(frame, ReplyFrame::Final(_));
+            self.held.push(frame);
+            if last && !self.deferred {
+                self.store_held(None).await;
+            }
+            return;
+        }
+        if let Err(e) = self.bus.publish_frame(&self.env.reply_to, &frame).await {
+            tracing::warn!(error = %e, "Publishing a reply frame failed.");
+        }
+    }
+
+    /// Stores a deferred batch item's result, once it holds its final frame,
+    /// with the usage event of the call behind it: the answer and its bill are
+    /// stored in one message, so no crash can keep one without the other.
+    pub(crate) async fn settle(&mut self, event: &UsageEvent) {
+        if self.env.batch.is_some() && matches!(self.held.last(), Some(ReplyFrame::Final(_))) {
+            self.store_held(Some(event.clone())).await;
+        }
+    }
+
+    /// Stores a batch item's frames held so far as its result, with `usage`.
+    async fn store_held(&mut self, usage: Option<UsageEvent>) {
+        let Some(item) = &self.env.batch else {
+            return;
+        };
+        let result = BatchResult {
+            batch_id: item.batch_id.clone(),
+            index: item.index,
+            custom_id: item.custom_id.clone(),
+            request_id: self.env.request_id,
+            frames: std::mem::take(&mut self.held),
+            usage,
+        };
+        self.store(&result).await;
+    }
+
+    /// Ends the request with `error`; a batch item's result carries `event`.
+    pub(crate) async fn fail_billed(mut self, error: FrameError, event: &UsageEvent) {
+        self.deferred = true;
+        self.fail(error).await;
+        self.settle(event).await;
+    }
+
+    /// Stores a batch item's result, retrying briefly; marks the item unsettled
+    /// (to be run again) when the bus would not take it.
+    pub(crate) async fn store(&self, result: &BatchResult) {
+        let mut delay = Duration::from_millis(100);
+        for _ in 0..4 {
+            match self.bus.publish_batch_result(result).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "Storing a batch result failed; retrying.");
+                    tokio::time::sleep(delay).await;
+                    delay *= 3;
+                }
+            }
+        }
+        if let Ok(mut u) = self.unsettled.lock() {
+            u.insert(self.env.request_id);
+        }
+    }
+
+    pub(crate) async fn fail(&mut self, error: FrameError) {
+        let start = (self.seq == 0).then(|| self.start_info(None));
+        let frame = ReplyFrame::Final(FinalFrame {
+            seq: self.seq,
+            start,
+            finish_reason: None,
+            usage: None,
+            error: Some(error),
+        });
+        self.publish(frame).await;
+    }
+
+    /// Embeds the input and sends one frame per vector, then the final frame.
+    pub(crate) async fn run_embeddings(
+        &mut self,
+        adapter: &AnyProvider,
+        req: &EmbeddingsRequest,
+        state: &mut AttemptState,
+    ) {
+        let cx = CallContext {
+            model: self.env.model.clone(),
+            stream: false,
+        };
+        state.reached_provider = true;
+        let emb = match adapter.embed(req, &cx).await {
+            Ok(e) => e,
+            Err(e) => return self.provider_failed(e, state).await,
+        };
+        if emb.vectors.len() != req.input.len() {
+            let e = ProviderError::Protocol(format!(
+                "{} vectors for {} inputs",
+                emb.vectors.len(),
+                req.input.len()
+            ));
+            return self.provider_failed(e, state).await;
+        }
+        state.first_token_unix_ms = Some(now_unix_ms());
+        state.served_model.clone_from(&emb.model);
+        state.usage.clone_from(&emb.usage);
+        let meta = ResponseMeta {
+            model: emb.model,
+            ..ResponseMeta::default()
+        };
+        let mut meta = Some(meta);
+        for (i, v) in emb.vectors.into_iter().enumerate() {
+            let start = (self.seq == 0).then(|| self.start_info(meta.take()));
+            let frame = ReplyFrame::Embedding(EmbeddingFrame {
+                seq: self.seq,
+                start,
+                index: i as u32,
+                embedding: v,
+            });
+            self.publish(frame).await;
+        }
+        // The client's usage: the provider's, else our estimate (the usage event
+        // marks it as estimated).
+        let usage = state.usage.clone().unwrap_or_else(|| {
+            let n = crate::tokens::estimate_embeddings(&self.env.model, req);
+            Usage {
+                prompt_tokens: n,
+                total_tokens: n,
+                ..Usage::default()
+            }
+        });
+        let start = (self.seq == 0).then(|| self.start_info(None));
+        let frame = ReplyFrame::Final(FinalFrame {
+            seq: self.seq,
+            start,
+            finish_reason: None,
+            usage: Some(usage),
+            error: None,
+        });
+        self.publish(frame).await;
+    }
+
+    /// Calls the provider and relays its answer. Ends with a final frame, except
+    /// when the call failed before anything was sent (`seq` still 0): then the
+    /// error is in `state` and the caller decides (retry, fallback or final).
+    /// Everything learned goes into `state` as it happens. Streamed calls must
+    /// bring their first token within `ttft_timeout` and then never stay silent
+    /// longer than `idle_timeout`; other calls must answer within `response_timeout`.
+    pub(crate) async fn run(
+        &mut self,
+        adapter: &AnyProvider,
+        provider: &ProviderConfig,
+        state: &mut AttemptState,
+    ) {
+        let env = self.env;
+        if let Some(req) = &env.embeddings {
+            return self.run_embeddings(adapter, req, state).await;
+        }
+        let stream_mode = env.request.is_stream();
+        let cx = CallContext {
+            model: env.model.clone(),
+            stream: stream_mode,
+        };
+        // A continued stream: the target continues the text as an assistant
+        // prefill when it can, else answers anew and is spliced.
+        let (request, mut fit) = match &env.resume {
+            None => (std::borrow::Cow::Borrowed(&env.request), Fit::Fresh),
+            // (A prefill of nothing but whitespace would be refused: splice.)
+            Some(r) if provider.prefill && !r.text.trim_end().is_empty() => {
+                let kept = r.text.trim_end();
+                let mut req = env.request.clone();
+                req.messages
+                    .push(sy_protocol::chat::Message::assistant_text(kept));
+                if provider.kind == sy_config::ProviderKind::OpenAiCompatible {
+                    // vLLM's spelling of "continue this assistant message".
+                    req.extra
+                        .insert("continue_final_message".into(), true.into());
+                    req.extra
+                        .insert("add_generation_prompt".into(), false.into());
+                }
+                let ws = r.text[kept.len()..].to_owned();
+                (std::borrow::Cow::Owned(req), Fit::Prefill { ws })
+            }
+            Some(r) => (
+                std::borrow::Cow::Borrowed(&env.request),
+                Fit::Splice {
+                    text: r.text.clone(),
+                    matched: 0,
+                },
+            ),
+        };
+        let base = self.seq;
+        let limit =
+            |route: Option<u64>, target: Duration| route.map_or(target, Duration::from_millis);
+        let ttft_timeout = limit(env.watchdogs.ttft_ms, provider.ttft_timeout);
+        let idle_timeout = limit(env.watchdogs.idle_ms, provider.idle_timeout);
+        let response_timeout = limit(env.watchdogs.response_ms, provider.response_timeout);
+        let started = tokio::time::Instant::now();
+        // Streamed: the headers within `header_timeout` when it is set (the
+        // first token then within `ttft_timeout` of them), else both within
+        // `ttft_timeout` of the request.
+        let separate_headers = provider.header_timeout.filter(|_| stream_mode);
+        let headers_by = started
+            + match (stream_mode, separate_headers) {
+                (true, Some(h)) => h,
+                (true, None) => ttft_timeout,
+                (false, _) => response_timeout,
+            };
+        let silent = |what: &str, limit: Duration| {
+            ProviderError::Timeout(format!("{what} within {} s", limit.as_secs_f64()))
+        };
+        state.reached_provider = true;
+        let mut stream =
+            match tokio::time::timeout_at(headers_by, adapter.chat(&request, &cx)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return self.provider_failed(e, state).await,
+                Err(_) => {
+                    let e = match (stream_mode, separate_headers) {
+                        (true, Some(h)) => silent("no response headers", h),
+                        (true, None) => silent("no first token", ttft_timeout),
+                        (false, _) => silent("no answer", response_timeout),
+                    };
+                    return self.provider_failed(e, state).await;
+                }
+            };
+        let first_by = match separate_headers {
+            Some(_) => tokio::time::Instant::now() + ttft_timeout,
+            None => headers_by,
+        };
+        tracing::trace!("Provider answered.");
+        // Meta-only events (a stream's opening) wait for the first content, so
+        // that nothing reaches the client before the target has really answered.
+        let mut held_meta = None;
+        loop {
+            let by = if !stream_mode || self.seq == base {
+                first_by
+            } else {
+                tokio::time::Instant::now() + idle_timeout
+            };
+            let item = match tokio::time::timeout_at(by, stream.next()).await {
+                Ok(Some(item)) => item,
+                Ok(None) => break,
+                Err(_) => {
+                    let e = match (stream_mode, self.seq == base) {
+                        (true, true) => silent("no first token", ttft_timeout),
+                        (true, false) => silent("the stream stalled: no chunk", idle_timeout),
+                        (false, _) => silent("no answer", response_timeout),
+                    };
+                    return self.provider_failed(e, state).await;
+                }
+            };
+            let mut chunk = match item {
+                Ok(c) => c,
+                Err(e) => return self.provider_failed(e, state).await,
+            };
+            if chunk.usage.is_some() {
+                state.usage = chunk.usage;
+            }
+            if let Some(meta) = &chunk.meta {
+                state.served_model.clone_from(&meta.model);
+            }
+            for c in &mut chunk.choices {
+                if c.index != 0 || c.delta.refusal.is_some() || c.delta.tool_calls.is_some() {
+                    state.not_plain = true;
+                }
+                if c.index == 0
+                    && let Some(text) = &c.delta.content
+                {
+                    let Some(sent) = fit.take(text) else {
+                        state.diverged = true;
+                        let e = ProviderError::Protocol(
+                            "the fallback's answer diverged from the text already sent".into(),
+                        );
+                        return self.provider_failed(e, state).await;
+                    };
+                    state.content.push_str(sent);
+                    if sent.len() != text.len() {
+                        c.delta.content = Some(sent.to_owned());
+                    }
+                }
+                if env.resume.is_some() {
+                    // The client has its opening already.
+                    c.delta.role = None;
+                }
+                let d = &c.delta;
+                for piece in [&d.content, &d.refusal].into_iter().flatten() {
+                    state.output_text.push_str(piece);
+                }
+                for tc in d.tool_calls.iter().flatten() {
+                    if let Some(args) = tc.function.as_ref().and_then(|f| f.arguments.as_ref()) {
+                        state.output_text.push_str(args);
+                    }
+                }
+                if c.index == 0 && c.finish_reason.is_some() {
+                    state.finish_reason.clone_from(&c.finish_reason);
+                }
+            }
+            // Choices left with nothing to say (held back, or an opening the
+            // client already has) are not sent.
+            chunk.choices.retain(|c| {
+                c.finish_reason.is_some()
+                    || c.delta.refusal.is_some()
+                    || c.delta.tool_calls.is_some()
+                    || c.delta.content.as_deref().is_some_and(|t| !t.is_empty())
+                    || (c.delta.role.is_some() && env.resume.is_none())
+            });
+            if chunk.choices.is_empty() {
+                if self.seq == base && held_meta.is_none() {
+                    held_meta = chunk.meta;
+                }
+                continue;
+            }
+            if state.first_token_unix_ms.is_none() {
+                state.first_token_unix_ms = Some(now_unix_ms());
+            }
+            let meta = chunk.meta.take().or_else(|| held_meta.take());
+            // A continued stream's first frame says who continues it.
+            let start = (self.seq == base).then(|| self.start_info(meta));
+            let frame = ReplyFrame::Chunk(ChunkFrame {
+                seq: self.seq,
+                start,
+                choices: chunk.choices,
+            });
+            self.publish(frame).await;
+        }
+        if !fit.caught_up() {
+            state.diverged = true;
+            let e = ProviderError::Protocol(
+                "the fallback's answer ended before reproducing the text already sent".into(),
+            );
+            return self.provider_failed(e, state).await;
+        }
+        let start = (self.seq == base).then(|| self.start_info(held_meta.take()));
+        let frame = ReplyFrame::Final(FinalFrame {
+            seq: self.seq,
+            start,
+            finish_reason: state.finish_reason.clone(),
+            usage: state.usage.clone(),
+            error: None,
+        });
+        self.publish(frame).await;
+        tracing::trace!("Final frame published.");
+    }
+
+    /// Records the failure; the caller decides what the client gets (a retry,
+    /// a fallback, a recovery, or the error).
+    pub(crate) async fn provider_failed(&mut self, e: ProviderError, state: &mut AttemptState) {
+        tracing::debug!(error = %e, "Provider call failed.");
+        state.error = Some(e.to_frame_error(self.provider));
+    }
+}

@@ -1,0 +1,48 @@
+//! What every request of one provider pool shares, and the messages in hand.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sy_bus::Bus;
+use sy_config::ProviderConfig;
+use sy_providers::AnyProvider;
+use sy_router::live::LiveTable;
+
+use crate::CancelRegistry;
+
+/// What every request of one provider pool shares.
+pub(crate) struct Shared {
+    pub bus: Bus,
+    pub provider: ProviderConfig,
+    pub adapter: AnyProvider,
+    pub cancels: CancelRegistry,
+    pub progress_every: Duration,
+    pub worker_id: String,
+    pub markup_ppb: i64,
+    /// Every provider entry (context windows for fallback choices).
+    pub all_providers: Arc<BTreeMap<String, ProviderConfig>>,
+    /// Live target health, shared with every ingress through observations.
+    pub live: Arc<LiveTable>,
+    /// Billed price of a batch item relative to an interactive call, ppb.
+    pub batch_price_ppb: i64,
+    /// Deliveries of a batch item before JetStream gives it up (`[batch] max_deliver`).
+    pub batch_max_deliver: u32,
+    /// Batch items whose result could not be stored: nak'd, not acked.
+    pub unsettled: std::sync::Mutex<std::collections::HashSet<uuid::Uuid>>,
+    /// Completion marks of interactive requests (see `done`).
+    pub done: Arc<crate::done::DoneMarks>,
+    /// Request messages this process is handling now (by message id).
+    pub in_hand: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+/// A message in hand; forgotten when dropped.
+pub(crate) struct InHand<'a>(pub(crate) &'a Shared, pub(crate) String);
+
+impl Drop for InHand<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut h) = self.0.in_hand.lock() {
+            h.remove(&self.1);
+        }
+    }
+}
