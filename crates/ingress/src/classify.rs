@@ -6,7 +6,7 @@
 //! header or the request's `metadata.task_type`, mapped by [`class_of_task`]
 //! (an unknown task type is ignored and the model decides).
 
-use axum::http::HeaderMap;
+use crate::admission::Hints;
 use sy_classifier::{Class, Classifier, Prediction};
 use sy_protocol::chat::ChatRequest;
 use sy_protocol::header as hdr;
@@ -39,9 +39,9 @@ pub fn class_of_task(task: &str) -> Option<Class> {
 }
 
 /// Decides the class of `req`.
-pub fn decide(
+pub(crate) fn decide(
     c: &Classifier,
-    headers: &HeaderMap,
+    hints: &Hints<'_>,
     req: &ChatRequest,
 ) -> Result<Prediction, ApiError> {
     let hinted = |class: Class, source: &'static str| {
@@ -56,8 +56,7 @@ pub fn decide(
             source,
         }
     };
-    if let Some(v) = headers.get(hdr::CLASS) {
-        let name = v.to_str().unwrap_or("");
+    if let Some(name) = hints.class {
         return match Class::parse(name.trim()) {
             Some(class) => Ok(hinted(class, "header")),
             None => Err(ApiError::invalid(
@@ -69,14 +68,11 @@ pub fn decide(
             )),
         };
     }
-    let task = headers
-        .get(hdr::TASK_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| {
-            req.extra
-                .get("metadata")
-                .and_then(|m| m["task_type"].as_str())
-        });
+    let task = hints.task_type.or_else(|| {
+        req.extra
+            .get("metadata")
+            .and_then(|m| m["task_type"].as_str())
+    });
     if let Some(class) = task.and_then(class_of_task) {
         return Ok(hinted(class, "task_type"));
     }

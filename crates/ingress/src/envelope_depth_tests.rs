@@ -5,7 +5,8 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 use sy_protocol::{ApiSurface, RequestEnvelope};
 
-use crate::{embeddings, parse_request};
+use crate::admission::parse_request;
+use crate::embeddings;
 
 /// A JSON value: `wrappers` arrays (`true`) or objects (`false`) around a small tree.
 fn wrapped(wrappers: &[bool], leaf: Value) -> Value {

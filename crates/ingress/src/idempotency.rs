@@ -27,7 +27,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sy_protocol::{ApiSurface, ErrorCode};
 
-use crate::{ApiError, AppState, authenticate, read_body};
+use crate::intake::read_body;
+use crate::{ApiError, AppState, authenticate};
 
 /// The request header.
 pub const HEADER: &str = "idempotency-key";

@@ -1,5 +1,7 @@
 //! What the ingress takes in before a handler runs: connections and bodies,
-//! each bounded so that slow or greedy clients cannot hold the process.
+//! each bounded so that slow or greedy clients cannot hold the process; and
+//! the reading of a whole body (`read_body`) with its Content-Type and
+//! Content-Encoding checks.
 //!
 //! - **Connections**: at most `[server] max_connections` at once. One over the
 //!   cap is answered `503` (`overloaded`, JSON, `Retry-After: 1`) and closed
@@ -28,6 +30,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::Request;
+use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
 use axum::response::Response;
 use http_body::{Body as HttpBody, Frame, SizeHint};
@@ -38,7 +41,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
-use crate::ApiError;
+use crate::{ApiError, AppState};
 use sy_protocol::ErrorCode;
 
 /// The bounds on connections and bodies (from `[server]`).
@@ -297,4 +300,127 @@ async fn refuse(mut tcp: TcpStream, cap: usize) {
         tcp.shutdown().await
     };
     let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
+}
+
+/// Accepts a JSON body's Content-Type (or none, or what `curl -d` sends).
+pub(crate) fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    match headers.get(header::CONTENT_TYPE) {
+        // curl and many clients omit it; the body still has to be JSON.
+        None => Ok(()),
+        // `curl -d '{…}'` labels its JSON a form; the body still has to be
+        // JSON (a real form is a 400). Browsers cannot send it cross-site with
+        // a key: the Authorization header needs a CORS preflight.
+        Some(v)
+            if v.as_bytes()
+                .get(..33)
+                .is_some_and(|p| p.eq_ignore_ascii_case(b"application/x-www-form-urlencoded")) =>
+        {
+            Ok(())
+        }
+        Some(v) => {
+            let mime = v
+                .to_str()
+                .unwrap_or("")
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim();
+            if mime.eq_ignore_ascii_case("application/json") {
+                Ok(())
+            } else {
+                Err(ApiError::new(
+                    ErrorCode::UnsupportedMediaType,
+                    format!("Unsupported content type '{mime}'; send 'application/json'."),
+                ))
+            }
+        }
+    }
+}
+
+/// Bytes of an oversized body read and discarded before answering 413, so the
+/// client (still uploading) reads the answer instead of a connection reset.
+/// Larger bodies are cut off: the connection closes after the 413.
+const DRAIN_CAP: usize = 16 * 1024 * 1024;
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Refuses a compressed body (415): decoding one would let a few kilobytes on
+/// the wire become gigabytes in memory, and no client of these APIs needs it.
+pub(crate) fn check_encoding(headers: &HeaderMap) -> Result<(), ApiError> {
+    match headers.get(header::CONTENT_ENCODING) {
+        None => Ok(()),
+        Some(v) if v.as_bytes().eq_ignore_ascii_case(b"identity") => Ok(()),
+        Some(v) => Err(ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            format!(
+                "Content-Encoding '{}' is not supported; send the body uncompressed.",
+                sy_protocol::bounded(&String::from_utf8_lossy(v.as_bytes()), 32)
+            ),
+        )),
+    }
+}
+
+/// Reads a whole body up to `server.max_body_bytes` (413 beyond, on the
+/// declared length first), refusing compressed bodies; a body the intake
+/// guard cut off (too slow, no room) gets its 408 or 503.
+pub(crate) async fn read_body(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Bytes, ApiError> {
+    use http_body_util::BodyExt;
+    check_encoding(headers)?;
+    let limit = state.max_body_bytes;
+    let too_large = || {
+        ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("The request body is larger than the {limit} bytes this server accepts."),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let mut body = body;
+    let mut buf =
+        bytes::BytesMut::with_capacity(declared.map_or(8192, |n| n.min(limit as u64) as usize));
+    let mut over = declared.is_some_and(|n| n > limit as u64);
+    let mut seen = 0usize;
+    let drain_until = tokio::time::Instant::now() + DRAIN_TIME;
+    loop {
+        let frame = if over {
+            match tokio::time::timeout_at(drain_until, body.frame()).await {
+                Ok(f) => f,
+                Err(_) => break,
+            }
+        } else {
+            body.frame().await
+        };
+        let Some(frame) = frame else { break };
+        let frame = frame.map_err(|e| match BodyRefused::find(&e) {
+            Some(refused) => refused.api_error(),
+            None => ApiError::new(
+                ErrorCode::InvalidRequest,
+                "The request body could not be read.",
+            ),
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        seen += data.len();
+        if over {
+            if seen > DRAIN_CAP {
+                break;
+            }
+        } else if seen > limit {
+            over = true;
+            buf = bytes::BytesMut::new();
+        } else {
+            buf.extend_from_slice(&data);
+        }
+    }
+    if over {
+        Err(too_large())
+    } else {
+        Ok(buf.freeze())
+    }
 }

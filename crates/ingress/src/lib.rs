@@ -13,6 +13,7 @@
 //! right status; a bad request never reaches the bus. When the client goes away
 //! before the answer is complete, a `Cancel` stops the worker's upstream call.
 
+mod admission;
 pub mod batch;
 mod classify;
 pub mod embeddings;
@@ -26,6 +27,7 @@ mod live;
 pub mod messages;
 mod relay;
 mod reload;
+mod respond;
 pub mod responses;
 mod route;
 mod usage;
@@ -39,23 +41,21 @@ pub use route::{estimate_input_tokens, expected_output_tokens};
 pub use validate::{parse_chat, validate_chat};
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use sy_bus::{Bus, BusError, ReplyRouter};
-use sy_config::{Config, ModelRoute};
-use sy_protocol::{
-    ApiSurface, ErrorCode, FallbackTarget, ReplyFrame, RequestEnvelope, RouteChoice, StartInfo,
-    header as hdr, now_unix_ms,
-};
+use sy_config::Config;
+use sy_protocol::{ApiSurface, ErrorCode, ReplyFrame, StartInfo, header as hdr, now_unix_ms};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+use crate::intake::{check_content_type, read_body};
+use crate::respond::{json_response, sse_response, start_of, with_headers};
 
 /// Why the ingress could not start.
 #[derive(Debug, thiserror::Error)]
@@ -422,164 +422,6 @@ async fn get_usage(
     }
 }
 
-fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
-    match headers.get(header::CONTENT_TYPE) {
-        // curl and many clients omit it; the body still has to be JSON.
-        None => Ok(()),
-        // `curl -d '{…}'` labels its JSON a form; the body still has to be
-        // JSON (a real form is a 400). Browsers cannot send it cross-site with
-        // a key: the Authorization header needs a CORS preflight.
-        Some(v)
-            if v.as_bytes()
-                .get(..33)
-                .is_some_and(|p| p.eq_ignore_ascii_case(b"application/x-www-form-urlencoded")) =>
-        {
-            Ok(())
-        }
-        Some(v) => {
-            let mime = v
-                .to_str()
-                .unwrap_or("")
-                .split(';')
-                .next()
-                .unwrap_or("")
-                .trim();
-            if mime.eq_ignore_ascii_case("application/json") {
-                Ok(())
-            } else {
-                Err(ApiError::new(
-                    ErrorCode::UnsupportedMediaType,
-                    format!("Unsupported content type '{mime}'; send 'application/json'."),
-                ))
-            }
-        }
-    }
-}
-
-/// Bytes of an oversized body read and discarded before answering 413, so the
-/// client (still uploading) reads the answer instead of a connection reset.
-/// Larger bodies are cut off: the connection closes after the 413.
-const DRAIN_CAP: usize = 16 * 1024 * 1024;
-const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// Refuses a compressed body (415): decoding one would let a few kilobytes on
-/// the wire become gigabytes in memory, and no client of these APIs needs it.
-fn check_encoding(headers: &HeaderMap) -> Result<(), ApiError> {
-    match headers.get(header::CONTENT_ENCODING) {
-        None => Ok(()),
-        Some(v) if v.as_bytes().eq_ignore_ascii_case(b"identity") => Ok(()),
-        Some(v) => Err(ApiError::new(
-            ErrorCode::UnsupportedMediaType,
-            format!(
-                "Content-Encoding '{}' is not supported; send the body uncompressed.",
-                sy_protocol::bounded(&String::from_utf8_lossy(v.as_bytes()), 32)
-            ),
-        )),
-    }
-}
-
-async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
-    use http_body_util::BodyExt;
-    check_encoding(headers)?;
-    let limit = state.max_body_bytes;
-    let too_large = || {
-        ApiError::new(
-            ErrorCode::PayloadTooLarge,
-            format!("The request body is larger than the {limit} bytes this server accepts."),
-        )
-    };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let mut body = body;
-    let mut buf =
-        bytes::BytesMut::with_capacity(declared.map_or(8192, |n| n.min(limit as u64) as usize));
-    let mut over = declared.is_some_and(|n| n > limit as u64);
-    let mut seen = 0usize;
-    let drain_until = tokio::time::Instant::now() + DRAIN_TIME;
-    loop {
-        let frame = if over {
-            match tokio::time::timeout_at(drain_until, body.frame()).await {
-                Ok(f) => f,
-                Err(_) => break,
-            }
-        } else {
-            body.frame().await
-        };
-        let Some(frame) = frame else { break };
-        let frame = frame.map_err(|e| match intake::BodyRefused::find(&e) {
-            Some(refused) => refused.api_error(),
-            None => ApiError::new(
-                ErrorCode::InvalidRequest,
-                "The request body could not be read.",
-            ),
-        })?;
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        seen += data.len();
-        if over {
-            if seen > DRAIN_CAP {
-                break;
-            }
-        } else if seen > limit {
-            over = true;
-            buf = bytes::BytesMut::new();
-        } else {
-            buf.extend_from_slice(&data);
-        }
-    }
-    if over {
-        Err(too_large())
-    } else {
-        Ok(buf.freeze())
-    }
-}
-
-fn resolve<'a>(routing: &'a reload::Routing, model: &str) -> Result<&'a ModelRoute, ApiError> {
-    routing.models.get(model).ok_or_else(|| ApiError {
-        param: Some("model".into()),
-        ..ApiError::new(
-            ErrorCode::ModelNotFound,
-            format!("The model '{model}' does not exist or you do not have access to it."),
-        )
-    })
-}
-
-fn with_headers(
-    mut resp: Response,
-    request_id: Uuid,
-    start: Option<&StartInfo>,
-    class: Option<sy_classifier::Class>,
-) -> Response {
-    let h = resp.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&request_id.to_string()) {
-        h.insert(hdr::REQUEST_ID, v);
-    }
-    if let Some(c) = class {
-        h.insert(hdr::CLASS, HeaderValue::from_static(c.as_str()));
-    }
-    if let Some(s) = start {
-        if let Ok(v) = HeaderValue::from_str(&s.provider) {
-            h.insert(hdr::PROVIDER, v);
-        }
-        if let Ok(v) = HeaderValue::from_str(&s.model) {
-            h.insert(hdr::MODEL, v);
-        }
-        h.insert(hdr::ATTEMPTS, HeaderValue::from(s.attempt));
-    }
-    resp
-}
-
-fn start_of(frame: &ReplyFrame) -> Option<&StartInfo> {
-    match frame {
-        ReplyFrame::Chunk(c) => c.start.as_ref(),
-        ReplyFrame::Embedding(e) => e.start.as_ref(),
-        ReplyFrame::Final(f) => f.start.as_ref(),
-    }
-}
-
 async fn chat_completions(State(state): State<Arc<AppState>>, req: Request) -> Response {
     handle(state, ApiSurface::ChatCompletions, req).await
 }
@@ -602,8 +444,9 @@ async fn route_explain(
     let result = async {
         check_content_type(&parts.headers)?;
         let body = read_body(&state, &parts.headers, body).await?;
-        let request = parse_request(ApiSurface::ChatCompletions, &body)?;
-        let prediction = classify::decide(&state.classifier, &parts.headers, &request)?;
+        let request = admission::parse_request(ApiSurface::ChatCompletions, &body)?;
+        let hints = admission::Hints::from_headers(&parts.headers);
+        let prediction = classify::decide(&state.classifier, &hints, &request)?;
         route::explain(&state, &request, &prediction, request_id)
     }
     .await;
@@ -649,21 +492,6 @@ async fn handle_once(state: Arc<AppState>, surface: ApiSurface, req: Request) ->
 
 type ChatError = (ApiError, Option<StartInfo>, Option<sy_classifier::Class>);
 
-/// Parses and validates a body of `surface` into the canonical request.
-fn parse_request(
-    surface: ApiSurface,
-    body: &[u8],
-) -> Result<sy_protocol::chat::ChatRequest, ApiError> {
-    validate::check_depth(body)?;
-    let request = match surface {
-        ApiSurface::Messages => messages::parse(body)?,
-        ApiSurface::Responses => responses::parse(body)?,
-        _ => parse_chat(body)?,
-    };
-    validate_chat(&request)?;
-    Ok(request)
-}
-
 async fn chat(
     state: &Arc<AppState>,
     surface: ApiSurface,
@@ -677,26 +505,26 @@ async fn chat(
     let body = read_body(state, &parts.headers, body)
         .await
         .map_err(|e| (e, None, None))?;
-    let prepared = prepare(
+    let admitted = admission::admit(
         state,
         surface,
-        &parts.headers,
         &body,
-        Origin {
+        admission::Admission {
             request_id,
             key_id,
+            hints: admission::Hints::from_headers(&parts.headers),
             received_unix_ms,
             deadline_unix_ms: received_unix_ms + state.request_timeout.as_millis() as u64,
             batch: None,
         },
     )
     .map_err(|(e, class)| (e, None, class))?;
-    let Prepared {
+    let admission::Admitted {
         envelope,
         class,
         route_header,
         base64,
-    } = prepared;
+    } = admitted;
     let span = tracing::Span::current();
     span.record("model", tracing::field::display(&envelope.request.model));
     span.record("stream", envelope.request.is_stream());
@@ -771,347 +599,4 @@ async fn chat(
         resp.headers_mut().insert(hdr::ROUTE, v);
     }
     Ok(resp)
-}
-
-/// Where a request comes from: the HTTP client, or a batch's dispatcher.
-pub(crate) struct Origin<'a> {
-    pub request_id: Uuid,
-    pub key_id: &'a str,
-    pub received_unix_ms: u64,
-    pub deadline_unix_ms: u64,
-    /// Set for a batch item: routed the same way, but not shed (it waits in
-    /// its own queue) and answered on the batch's result subject.
-    pub batch: Option<sy_protocol::batch::BatchItem>,
-}
-
-/// A request parsed, validated, classified and routed, ready to publish.
-pub(crate) struct Prepared {
-    pub envelope: RequestEnvelope,
-    pub class: Option<sy_classifier::Class>,
-    pub route_header: String,
-    /// Embeddings answered as base64.
-    pub base64: bool,
-}
-
-/// Parses, validates, classifies and routes a body of `surface`: everything the
-/// ingress does before it publishes, shared with the batch dispatcher.
-pub(crate) fn prepare(
-    state: &AppState,
-    surface: ApiSurface,
-    headers: &HeaderMap,
-    body: &[u8],
-    origin: Origin<'_>,
-) -> Result<Prepared, (ApiError, Option<sy_classifier::Class>)> {
-    let Origin {
-        request_id,
-        key_id,
-        received_unix_ms,
-        deadline_unix_ms,
-        batch,
-    } = origin;
-    let (request, embeddings) = if surface == ApiSurface::Embeddings {
-        validate::check_depth(body).map_err(|e| (e, None))?;
-        let e = embeddings::parse(body).map_err(|e| (e, None))?;
-        (
-            sy_protocol::chat::ChatRequest::model_only(&e.model),
-            Some(e),
-        )
-    } else {
-        (parse_request(surface, body).map_err(|e| (e, None))?, None)
-    };
-    let base64 = embeddings
-        .as_ref()
-        .is_some_and(|e| e.encoding_format.as_deref() == Some("base64"));
-    let class = if embeddings.is_some() {
-        None
-    } else {
-        Some(
-            classify::decide(&state.classifier, headers, &request)
-                .map_err(|e| (e, None))?
-                .class,
-        )
-    };
-    let routing = state.routing();
-    let (route_name, provider, model, route_header, choice, fallback, policy) =
-        match routing.routers.get(&request.model) {
-            Some(router) => {
-                let Some(c) = class else {
-                    return Err((
-                        ApiError::invalid(
-                            "model",
-                            format!(
-                                "'{}' routes chat requests; name an embedding model.",
-                                request.model
-                            ),
-                        ),
-                        None,
-                    ));
-                };
-                let decision = route::decide(state, router, &request, c, request_id);
-                let Some(chosen) = decision.chosen() else {
-                    let why: Vec<String> = decision
-                        .candidates
-                        .iter()
-                        .map(|c| {
-                            format!(
-                                "{}/{}: {}",
-                                c.provider,
-                                c.model,
-                                c.skipped.as_deref().unwrap_or("?")
-                            )
-                        })
-                        .collect();
-                    return Err((
-                        ApiError {
-                            retry_after_secs: Some(1),
-                            ..ApiError::new(
-                                ErrorCode::Overloaded,
-                                format!(
-                                    "No target of route '{}' can serve this request now ({}).",
-                                    decision.route,
-                                    why.join("; ")
-                                ),
-                            )
-                        },
-                        class,
-                    ));
-                };
-                let choice = RouteChoice {
-                    route: decision.route.clone(),
-                    strategy: decision.strategy.to_owned(),
-                    rank: decision.order.first().map_or(1, |i| *i as u32 + 1),
-                };
-                let fallback = decision.order[1..]
-                    .iter()
-                    .map(|&i| FallbackTarget {
-                        provider: decision.candidates[i].provider.clone(),
-                        model: decision.candidates[i].model.clone(),
-                        rank: i as u32 + 1,
-                    })
-                    .collect();
-                (
-                    router.name.clone(),
-                    chosen.provider.clone(),
-                    chosen.model.clone(),
-                    decision.route.clone(),
-                    choice,
-                    fallback,
-                    router.policy,
-                )
-            }
-            None => {
-                let route = resolve(&routing, &request.model).map_err(|e| (e, class))?;
-                let mut order = route::fixed_order(state, route);
-                let first = order.remove(0);
-                let choice = RouteChoice {
-                    route: String::new(),
-                    strategy: "fixed".into(),
-                    rank: first.rank,
-                };
-                (
-                    route.name.clone(),
-                    first.provider,
-                    first.model,
-                    route.name.clone(),
-                    choice,
-                    order,
-                    route.policy,
-                )
-            }
-        };
-    let targets: Vec<FallbackTarget> = std::iter::once(FallbackTarget {
-        provider,
-        model,
-        rank: choice.rank,
-    })
-    .chain(fallback)
-    .collect();
-    // Load shedding: skip targets whose queue is full or too slow for the
-    // deadline. (Batch items wait in their own queue and are not shed.)
-    let (first, fallback) = if batch.is_some() {
-        let mut targets = targets.into_iter();
-        let Some(first) = targets.next() else {
-            return Err((
-                ApiError::new(ErrorCode::Internal, "a route without targets"),
-                class,
-            ));
-        };
-        (first, targets.collect())
-    } else {
-        route::shed(state, targets).map_err(|e| (e, class))?
-    };
-    let (provider, model) = (first.provider, first.model);
-    let choice = RouteChoice {
-        rank: first.rank,
-        ..choice
-    };
-    let reply_to = match &batch {
-        Some(_) => String::new(),
-        None => state.bus.subjects().reply(&state.ingress_id, request_id),
-    };
-    let envelope = RequestEnvelope {
-        request_id,
-        attempt: 1,
-        ingress_id: state.ingress_id.clone(),
-        reply_to,
-        received_unix_ms,
-        deadline_unix_ms,
-        key_id: key_id.to_owned(),
-        api: surface,
-        route: route_name,
-        provider,
-        model,
-        request,
-        embeddings,
-        class: class.map(|c| c.as_str().to_owned()),
-        choice: Some(choice),
-        fallback,
-        fallback_reason: None,
-        mid_stream: policy.mid_stream,
-        resume: None,
-        fallback_on_refusal: policy.fallback_on_refusal,
-        watchdogs: policy.watchdogs,
-        batch,
-    };
-    Ok(Prepared {
-        envelope,
-        class,
-        route_header,
-        base64,
-    })
-}
-
-async fn json_response(
-    surface: ApiSurface,
-    mut pending: Pending,
-    first: ReplyFrame,
-    names: &ResponseNames,
-    base64: bool,
-) -> Result<Response, ApiError> {
-    let mut frames = vec![first];
-    while !matches!(frames.last(), Some(ReplyFrame::Final(_))) {
-        frames.push(pending.next().await?);
-    }
-    let body = answer_body(surface, frames, names, base64)?;
-    Ok((
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        body,
-    )
-        .into_response())
-}
-
-/// The JSON body a client that did not stream gets for an answer's frames
-/// (ending with the final frame), or the error the final frame carries.
-pub(crate) fn answer_body(
-    surface: ApiSurface,
-    frames: Vec<ReplyFrame>,
-    names: &ResponseNames,
-    base64: bool,
-) -> Result<Vec<u8>, ApiError> {
-    let mut agg = Aggregate::default();
-    let mut vectors = Vec::new();
-    let mut end = None;
-    for frame in frames {
-        match frame {
-            ReplyFrame::Chunk(c) => agg.add(c.choices),
-            ReplyFrame::Embedding(e) => vectors.push(e),
-            ReplyFrame::Final(f) => {
-                if let Some(e) = &f.error {
-                    return Err(ApiError::from_frame(e));
-                }
-                end = Some((f.usage, f.finish_reason));
-                break;
-            }
-        }
-    }
-    let Some((usage, finish)) = end else {
-        return Err(ApiError::new(
-            ErrorCode::Internal,
-            "the answer ended without its final frame",
-        ));
-    };
-    let first_choice = |agg: Aggregate| {
-        let mut choice = agg.into_first();
-        if let Some(c) = &mut choice
-            && c.finish_reason.is_none()
-        {
-            c.finish_reason = finish;
-        }
-        choice
-    };
-    Ok(match surface {
-        ApiSurface::Messages => messages::body(first_choice(agg), names, usage.as_ref()),
-        ApiSurface::Responses => responses::body(first_choice(agg), names, usage.as_ref()),
-        ApiSurface::Embeddings => embeddings::body(vectors, base64, names, usage.as_ref()),
-        _ => agg.into_body(names, usage.as_ref()),
-    })
-}
-
-struct SseState<E> {
-    pending: Pending,
-    encoder: E,
-    first: Option<ReplyFrame>,
-    done: bool,
-}
-
-fn sse_response<E: StreamEncoder>(pending: Pending, first: ReplyFrame, encoder: E) -> Response {
-    let state = SseState {
-        pending,
-        encoder,
-        first: Some(first),
-        done: false,
-    };
-    let events = futures::stream::unfold(state, |mut st| async move {
-        if st.done {
-            return None;
-        }
-        let frame = match st.first.take() {
-            Some(f) => Ok(f),
-            None => st.pending.next().await,
-        };
-        let bytes = match frame {
-            Ok(ReplyFrame::Chunk(c)) => {
-                if let Some(start) = &c.start {
-                    // The first frame's names are the encoder's already; a
-                    // later start is a fallback continuing the stream.
-                    st.encoder.continued_by(start);
-                }
-                st.encoder.chunk(&c.choices)
-            }
-            // Never in a chat stream.
-            Ok(ReplyFrame::Embedding(_)) => Bytes::new(),
-            Ok(ReplyFrame::Final(f)) => {
-                st.done = true;
-                match &f.error {
-                    Some(e) => st.encoder.error(&ApiError::from_frame(e)),
-                    None => st
-                        .encoder
-                        .finish(f.finish_reason.as_deref(), f.usage.as_ref()),
-                }
-            }
-            Err(e) => {
-                st.done = true;
-                st.encoder.error(&e)
-            }
-        };
-        Some((Ok::<_, Infallible>(bytes), st))
-    });
-    (
-        [
-            (
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/event-stream"),
-            ),
-            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
-            (
-                header::HeaderName::from_static("x-accel-buffering"),
-                HeaderValue::from_static("no"),
-            ),
-        ],
-        Body::from_stream(events),
-    )
-        .into_response()
 }

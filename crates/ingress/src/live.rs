@@ -101,8 +101,8 @@ pub(crate) async fn force(
 ) -> Response {
     let (parts, body) = req.into_parts();
     let result: Result<Response, crate::ApiError> = async {
-        crate::check_content_type(&parts.headers)?;
-        let body = crate::read_body(&state, &parts.headers, body).await?;
+        crate::intake::check_content_type(&parts.headers)?;
+        let body = crate::intake::read_body(&state, &parts.headers, body).await?;
         let f: ForceBody = serde_json::from_slice(&body)
             .map_err(|e| crate::ApiError::invalid("body", format!("Expected {{\"provider\", \"model\", \"state\": \"off\"|\"on\"|\"auto\"}}: {e}")))?;
         // Only a configured target can be forced: anything else would be a

@@ -86,7 +86,7 @@ pub(crate) async fn upload(
     headers: HeaderMap,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Response {
-    if let Err(e) = crate::check_encoding(&headers) {
+    if let Err(e) = crate::intake::check_encoding(&headers) {
         return e.into_response();
     }
     respond(upload_inner(&state, &key_id, multipart).await)
@@ -351,8 +351,8 @@ pub(crate) async fn create(
         async {
             // The key was checked before a byte of the body was read.
             let key_id = key_id.as_str();
-            crate::check_content_type(&headers)?;
-            let body = crate::read_body(&state, &headers, body).await?;
+            crate::intake::check_content_type(&headers)?;
+            let body = crate::intake::read_body(&state, &headers, body).await?;
             let stores = stores(&state)?;
             let req: CreateBatch = serde_json::from_slice(&body).map_err(|e| {
                 ApiError::new(

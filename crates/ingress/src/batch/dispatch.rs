@@ -32,7 +32,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{AckKind, Message};
-use axum::http::HeaderMap;
 use futures::StreamExt;
 use sy_protocol::batch::{
     BatchDone, BatchError, BatchErrors, BatchItem, BatchJob, BatchObject, BatchRecord, BatchResult,
@@ -44,7 +43,8 @@ use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use super::{FileObject, Stores, input, now_secs, output, webhook};
-use crate::{AppState, Origin};
+use crate::AppState;
+use crate::admission::{Admission, Hints, admit};
 
 /// The value, or (from the enclosing function) `Outcome::Retry` with the error.
 macro_rules! tryo {
@@ -559,20 +559,15 @@ async fn dispatch(
     expires_ms: u64,
 ) -> Result<(), sy_bus::BusError> {
     let request_id = item.request_id();
-    let origin = Origin {
+    let admission = Admission {
         request_id,
         key_id: &record.key_id,
+        hints: Hints::default(),
         received_unix_ms: now_unix_ms(),
         deadline_unix_ms: expires_ms,
         batch: Some(item.clone()),
     };
-    match crate::prepare(
-        state,
-        surface,
-        &HeaderMap::new(),
-        body.get().as_bytes(),
-        origin,
-    ) {
+    match admit(state, surface, body.get().as_bytes(), admission) {
         Ok(p) => state.bus.publish_request(&p.envelope).await,
         Err((e, _)) => {
             let result = error_result(item, FrameError::new(e.code, e.message));

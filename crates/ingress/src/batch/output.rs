@@ -43,7 +43,7 @@ pub fn line(surface: ApiSurface, result: &BatchResult, base64: bool) -> (Vec<u8>
     let model = start.map_or("", |s| s.model.as_str());
     let names = ResponseNames::from_start(start, result.request_id, model);
     let (status, body, failed) =
-        match crate::answer_body(surface, result.frames.clone(), &names, base64) {
+        match crate::respond::answer_body(surface, result.frames.clone(), &names, base64) {
             Ok(body) => (200, body, false),
             Err(e) => (e.status.as_u16(), e.openai_body(), true),
         };

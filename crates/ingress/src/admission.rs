@@ -1,0 +1,455 @@
+//! Admission: everything between an authenticated request and the bus, the
+//! same for every client API and for batch items. A request's body of one
+//! surface is parsed and validated into the canonical request, classified
+//! (client hints first), routed (a router's decision or a named model's fixed
+//! order), shed when its targets cannot serve it in time, and built into the
+//! envelope to publish. Later steps (tenancy, limits, budgets, caching) plug
+//! in here, in this order.
+
+use axum::http::HeaderMap;
+use sy_config::ModelRoute;
+use sy_protocol::{
+    ApiSurface, ErrorCode, FallbackTarget, RequestEnvelope, RouteChoice, header as hdr,
+};
+use uuid::Uuid;
+
+use crate::validate::{parse_chat, validate_chat};
+use crate::{
+    ApiError, AppState, classify, embeddings, messages, reload, responses, route, validate,
+};
+
+/// A request to admit, whoever sends it (an HTTP client or a batch's
+/// dispatcher): the caller, the client's hints, the times, and for a batch
+/// item its place in the batch. Nothing of HTTP.
+pub(crate) struct Admission<'a> {
+    pub request_id: Uuid,
+    /// The caller's key name.
+    pub key_id: &'a str,
+    /// What the client said about the request besides its body.
+    pub hints: Hints<'a>,
+    pub received_unix_ms: u64,
+    pub deadline_unix_ms: u64,
+    /// Set for a batch item: routed the same way, but not shed (it waits in
+    /// its own queue) and answered on the batch's result subject.
+    pub batch: Option<sy_protocol::batch::BatchItem>,
+}
+
+/// The client's hints for classification: `x-switchyard-class` and
+/// `x-switchyard-task-type` over HTTP; none for a batch item (its body's
+/// `metadata.task_type` still counts).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Hints<'a> {
+    /// A class named by the client (checked against the classes).
+    pub class: Option<&'a str>,
+    /// A task type named by the client (mapped to a class when known).
+    pub task_type: Option<&'a str>,
+}
+
+impl<'a> Hints<'a> {
+    /// The hints an HTTP request carries in its headers. A header that is
+    /// not valid text counts as an empty value (refused as a class).
+    pub(crate) fn from_headers(headers: &'a HeaderMap) -> Hints<'a> {
+        Hints {
+            class: headers.get(hdr::CLASS).map(|v| v.to_str().unwrap_or("")),
+            task_type: headers.get(hdr::TASK_TYPE).and_then(|v| v.to_str().ok()),
+        }
+    }
+}
+
+/// Where a request goes: the route that chose, its targets in order, and
+/// the policy they run under.
+struct Decision {
+    /// The model or router the client named.
+    route_name: String,
+    /// `x-switchyard-route`: the model's name, or the route chosen inside a router.
+    route_header: String,
+    /// The chosen target first, then the fallbacks.
+    targets: Vec<FallbackTarget>,
+    choice: RouteChoice,
+    policy: sy_config::RoutePolicy,
+}
+
+/// A request parsed, validated, classified and routed, ready to publish.
+pub(crate) struct Admitted {
+    pub envelope: RequestEnvelope,
+    pub class: Option<sy_classifier::Class>,
+    pub route_header: String,
+    /// Embeddings answered as base64.
+    pub base64: bool,
+}
+
+/// Parses, validates, classifies and routes a body of `surface`: everything the
+/// ingress does before it publishes, the same for HTTP clients and the batch
+/// dispatcher. (Authentication happened before; tenancy, limits, budgets and
+/// caching will plug in here.)
+pub(crate) fn admit(
+    state: &AppState,
+    surface: ApiSurface,
+    body: &[u8],
+    admission: Admission<'_>,
+) -> Result<Admitted, (ApiError, Option<sy_classifier::Class>)> {
+    let Admission {
+        request_id,
+        key_id,
+        hints,
+        received_unix_ms,
+        deadline_unix_ms,
+        batch,
+    } = admission;
+    let (request, embeddings) = if surface == ApiSurface::Embeddings {
+        validate::check_depth(body).map_err(|e| (e, None))?;
+        let e = embeddings::parse(body).map_err(|e| (e, None))?;
+        (
+            sy_protocol::chat::ChatRequest::model_only(&e.model),
+            Some(e),
+        )
+    } else {
+        (parse_request(surface, body).map_err(|e| (e, None))?, None)
+    };
+    let base64 = embeddings
+        .as_ref()
+        .is_some_and(|e| e.encoding_format.as_deref() == Some("base64"));
+    let class = if embeddings.is_some() {
+        None
+    } else {
+        Some(
+            classify::decide(&state.classifier, &hints, &request)
+                .map_err(|e| (e, None))?
+                .class,
+        )
+    };
+    let decision = decide(state, &request, class, request_id).map_err(|e| (e, class))?;
+    let Decision {
+        route_name,
+        route_header,
+        targets,
+        choice,
+        policy,
+    } = decision;
+    // Load shedding: skip targets whose queue is full or too slow for the
+    // deadline. (Batch items wait in their own queue and are not shed.)
+    let (first, fallback) = if batch.is_some() {
+        let mut targets = targets.into_iter();
+        let Some(first) = targets.next() else {
+            return Err((
+                ApiError::new(ErrorCode::Internal, "a route without targets"),
+                class,
+            ));
+        };
+        (first, targets.collect())
+    } else {
+        route::shed(state, targets).map_err(|e| (e, class))?
+    };
+    let (provider, model) = (first.provider, first.model);
+    let choice = RouteChoice {
+        rank: first.rank,
+        ..choice
+    };
+    let reply_to = match &batch {
+        Some(_) => String::new(),
+        None => state.bus.subjects().reply(&state.ingress_id, request_id),
+    };
+    let envelope = RequestEnvelope {
+        request_id,
+        attempt: 1,
+        ingress_id: state.ingress_id.clone(),
+        reply_to,
+        received_unix_ms,
+        deadline_unix_ms,
+        key_id: key_id.to_owned(),
+        api: surface,
+        route: route_name,
+        provider,
+        model,
+        request,
+        embeddings,
+        class: class.map(|c| c.as_str().to_owned()),
+        choice: Some(choice),
+        fallback,
+        fallback_reason: None,
+        mid_stream: policy.mid_stream,
+        resume: None,
+        fallback_on_refusal: policy.fallback_on_refusal,
+        watchdogs: policy.watchdogs,
+        batch,
+    };
+    Ok(Admitted {
+        envelope,
+        class,
+        route_header,
+        base64,
+    })
+}
+
+/// Chooses the route and the order of its targets: a router's decision
+/// (by class, strategy and live state), or a named model's fixed order.
+fn decide(
+    state: &AppState,
+    request: &sy_protocol::chat::ChatRequest,
+    class: Option<sy_classifier::Class>,
+    request_id: Uuid,
+) -> Result<Decision, ApiError> {
+    let routing = state.routing();
+    let Some(router) = routing.routers.get(&request.model) else {
+        let route = resolve(&routing, &request.model)?;
+        let targets = route::fixed_order(state, route);
+        let rank = targets.first().map_or(1, |t| t.rank);
+        return Ok(Decision {
+            route_name: route.name.clone(),
+            route_header: route.name.clone(),
+            targets,
+            choice: RouteChoice {
+                route: String::new(),
+                strategy: "fixed".into(),
+                rank,
+            },
+            policy: route.policy,
+        });
+    };
+    let Some(c) = class else {
+        return Err(ApiError::invalid(
+            "model",
+            format!(
+                "'{}' routes chat requests; name an embedding model.",
+                request.model
+            ),
+        ));
+    };
+    let decision = route::decide(state, router, request, c, request_id);
+    let Some(chosen) = decision.chosen() else {
+        let why: Vec<String> = decision
+            .candidates
+            .iter()
+            .map(|c| {
+                format!(
+                    "{}/{}: {}",
+                    c.provider,
+                    c.model,
+                    c.skipped.as_deref().unwrap_or("?")
+                )
+            })
+            .collect();
+        return Err(ApiError {
+            retry_after_secs: Some(1),
+            ..ApiError::new(
+                ErrorCode::Overloaded,
+                format!(
+                    "No target of route '{}' can serve this request now ({}).",
+                    decision.route,
+                    why.join("; ")
+                ),
+            )
+        });
+    };
+    let choice = RouteChoice {
+        route: decision.route.clone(),
+        strategy: decision.strategy.to_owned(),
+        rank: decision.order.first().map_or(1, |i| *i as u32 + 1),
+    };
+    let targets = std::iter::once(FallbackTarget {
+        provider: chosen.provider.clone(),
+        model: chosen.model.clone(),
+        rank: choice.rank,
+    })
+    .chain(decision.order[1..].iter().map(|&i| FallbackTarget {
+        provider: decision.candidates[i].provider.clone(),
+        model: decision.candidates[i].model.clone(),
+        rank: i as u32 + 1,
+    }))
+    .collect();
+    Ok(Decision {
+        route_name: router.name.clone(),
+        route_header: decision.route.clone(),
+        targets,
+        choice,
+        policy: router.policy,
+    })
+}
+
+/// Parses and validates a body of `surface` into the canonical request.
+pub(crate) fn parse_request(
+    surface: ApiSurface,
+    body: &[u8],
+) -> Result<sy_protocol::chat::ChatRequest, ApiError> {
+    validate::check_depth(body)?;
+    let request = match surface {
+        ApiSurface::Messages => messages::parse(body)?,
+        ApiSurface::Responses => responses::parse(body)?,
+        _ => parse_chat(body)?,
+    };
+    validate_chat(&request)?;
+    Ok(request)
+}
+
+fn resolve<'a>(routing: &'a reload::Routing, model: &str) -> Result<&'a ModelRoute, ApiError> {
+    routing.models.get(model).ok_or_else(|| ApiError {
+        param: Some("model".into()),
+        ..ApiError::new(
+            ErrorCode::ModelNotFound,
+            format!("The model '{model}' does not exist or you do not have access to it."),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use sy_config::{Config, MapEnv};
+    use sy_protocol::batch::BatchItem;
+
+    use super::*;
+
+    /// An ingress state on a fresh namespace of the test NATS, with a named
+    /// model of two targets and a router.
+    async fn state() -> Arc<AppState> {
+        let ns = sy_test_support::unique_namespace();
+        let config = Config::from_toml(
+            &format!(
+                r#"
+[nats]
+url = "{url}"
+namespace = "{ns}"
+
+[providers.openai]
+kind = "openai_compatible"
+base_url = "http://127.0.0.1:9/v1"
+
+[providers.anthropic]
+kind = "anthropic"
+base_url = "http://127.0.0.1:9/v1"
+
+[providers.openai.models."gpt-4o-mini"]
+context_window = 128000
+
+[models."chain"]
+targets = [{{ provider = "openai", model = "gpt-4o-mini" }}, {{ provider = "anthropic", model = "claude-sonnet-4-5" }}]
+
+[routers.auto]
+strategy = "cheapest"
+
+[[routers.auto.routes]]
+name = "code"
+classes = ["code"]
+targets = [{{ provider = "anthropic", model = "claude-sonnet-4-5" }}, {{ provider = "openai", model = "gpt-4o-mini" }}]
+
+[[routers.auto.routes]]
+name = "rest"
+targets = [{{ provider = "openai", model = "gpt-4o-mini" }}]
+"#,
+                url = sy_test_support::nats_url()
+            ),
+            &MapEnv::default(),
+        )
+        .unwrap();
+        let bus = sy_bus::Bus::from_client(sy_test_support::nats().await, &config.nats);
+        crate::build(Arc::new(config), bus).await.unwrap().1
+    }
+
+    fn admission<'a>(hints: Hints<'a>, batch: Option<BatchItem>) -> Admission<'a> {
+        Admission {
+            request_id: Uuid::now_v7(),
+            key_id: "test",
+            hints,
+            received_unix_ms: 1_000,
+            deadline_unix_ms: 61_000,
+            batch,
+        }
+    }
+
+    const CHAT: &[u8] = br#"{"model": "chain", "messages": [{"role": "user", "content": "hi"}]}"#;
+
+    #[tokio::test]
+    async fn a_named_model_goes_to_its_first_target_with_the_rest_as_fallbacks() {
+        let state = state().await;
+        let a = admit(
+            &state,
+            ApiSurface::ChatCompletions,
+            CHAT,
+            admission(Hints::default(), None),
+        )
+        .map_err(|(e, _)| e)
+        .unwrap();
+        let env = &a.envelope;
+        assert_eq!(
+            (
+                env.route.as_str(),
+                env.provider.as_str(),
+                env.model.as_str()
+            ),
+            ("chain", "openai", "gpt-4o-mini")
+        );
+        assert_eq!(env.fallback.len(), 1);
+        assert_eq!(env.fallback[0].provider, "anthropic");
+        assert_eq!(env.choice.as_ref().unwrap().strategy, "fixed");
+        assert_eq!(a.route_header, "chain");
+        assert!(
+            env.reply_to
+                .contains(&env.request_id.as_simple().to_string())
+        );
+        assert_eq!(env.deadline_unix_ms, 61_000);
+    }
+
+    #[tokio::test]
+    async fn a_router_routes_by_the_class_a_hint_names() {
+        let state = state().await;
+        let body = br#"{"model": "auto", "messages": [{"role": "user", "content": "hi"}]}"#;
+        let hints = Hints {
+            class: Some("code"),
+            task_type: None,
+        };
+        let a = admit(
+            &state,
+            ApiSurface::ChatCompletions,
+            body,
+            admission(hints, None),
+        )
+        .map_err(|(e, _)| e)
+        .unwrap();
+        assert_eq!(a.class, Some(sy_classifier::Class::Code));
+        let env = &a.envelope;
+        assert_eq!(env.route, "auto");
+        assert_eq!(a.route_header, "code");
+        assert_eq!(env.choice.as_ref().unwrap().route, "code");
+        assert_eq!(env.class.as_deref(), Some("code"));
+        // A hint that names no class is the client's error.
+        let bad = Hints {
+            class: Some("poetry"),
+            task_type: None,
+        };
+        let (e, _) = admit(
+            &state,
+            ApiSurface::ChatCompletions,
+            body,
+            admission(bad, None),
+        )
+        .err()
+        .unwrap();
+        assert_eq!(e.param.as_deref(), Some(hdr::CLASS));
+    }
+
+    #[tokio::test]
+    async fn a_batch_item_is_admitted_without_any_http_and_answered_on_its_batch() {
+        let state = state().await;
+        let item = BatchItem {
+            batch_id: "batch_1".into(),
+            index: 3,
+            custom_id: "c3".into(),
+        };
+        let a = admit(
+            &state,
+            ApiSurface::ChatCompletions,
+            CHAT,
+            admission(Hints::default(), Some(item.clone())),
+        )
+        .map_err(|(e, _)| e)
+        .unwrap();
+        let env = &a.envelope;
+        assert_eq!(env.batch.as_ref(), Some(&item));
+        assert!(
+            env.reply_to.is_empty(),
+            "a batch item's answer goes to its batch"
+        );
+        assert_eq!(env.provider, "openai");
+    }
+}

@@ -1,0 +1,190 @@
+//! Writing answers: a non-streamed answer as one JSON body in the client's
+//! format, a streamed one as server-sent events, and Switchyard's response
+//! headers.
+
+use std::convert::Infallible;
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use sy_protocol::{ApiSurface, ErrorCode, ReplyFrame, StartInfo, header as hdr};
+use uuid::Uuid;
+
+use crate::relay::{Aggregate, Pending, ResponseNames, StreamEncoder};
+use crate::{ApiError, embeddings, messages, responses};
+
+/// Switchyard's response headers: the request id, the class, and who answered.
+pub(crate) fn with_headers(
+    mut resp: Response,
+    request_id: Uuid,
+    start: Option<&StartInfo>,
+    class: Option<sy_classifier::Class>,
+) -> Response {
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&request_id.to_string()) {
+        h.insert(hdr::REQUEST_ID, v);
+    }
+    if let Some(c) = class {
+        h.insert(hdr::CLASS, HeaderValue::from_static(c.as_str()));
+    }
+    if let Some(s) = start {
+        if let Ok(v) = HeaderValue::from_str(&s.provider) {
+            h.insert(hdr::PROVIDER, v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&s.model) {
+            h.insert(hdr::MODEL, v);
+        }
+        h.insert(hdr::ATTEMPTS, HeaderValue::from(s.attempt));
+    }
+    resp
+}
+
+/// The start info a frame carries (the first frame of an answer).
+pub(crate) fn start_of(frame: &ReplyFrame) -> Option<&StartInfo> {
+    match frame {
+        ReplyFrame::Chunk(c) => c.start.as_ref(),
+        ReplyFrame::Embedding(e) => e.start.as_ref(),
+        ReplyFrame::Final(f) => f.start.as_ref(),
+    }
+}
+
+/// A non-streamed answer: waits for every frame, then one JSON body.
+pub(crate) async fn json_response(
+    surface: ApiSurface,
+    mut pending: Pending,
+    first: ReplyFrame,
+    names: &ResponseNames,
+    base64: bool,
+) -> Result<Response, ApiError> {
+    let mut frames = vec![first];
+    while !matches!(frames.last(), Some(ReplyFrame::Final(_))) {
+        frames.push(pending.next().await?);
+    }
+    let body = answer_body(surface, frames, names, base64)?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response())
+}
+
+/// The JSON body a client that did not stream gets for an answer's frames
+/// (ending with the final frame), or the error the final frame carries.
+pub(crate) fn answer_body(
+    surface: ApiSurface,
+    frames: Vec<ReplyFrame>,
+    names: &ResponseNames,
+    base64: bool,
+) -> Result<Vec<u8>, ApiError> {
+    let mut agg = Aggregate::default();
+    let mut vectors = Vec::new();
+    let mut end = None;
+    for frame in frames {
+        match frame {
+            ReplyFrame::Chunk(c) => agg.add(c.choices),
+            ReplyFrame::Embedding(e) => vectors.push(e),
+            ReplyFrame::Final(f) => {
+                if let Some(e) = &f.error {
+                    return Err(ApiError::from_frame(e));
+                }
+                end = Some((f.usage, f.finish_reason));
+                break;
+            }
+        }
+    }
+    let Some((usage, finish)) = end else {
+        return Err(ApiError::new(
+            ErrorCode::Internal,
+            "the answer ended without its final frame",
+        ));
+    };
+    let first_choice = |agg: Aggregate| {
+        let mut choice = agg.into_first();
+        if let Some(c) = &mut choice
+            && c.finish_reason.is_none()
+        {
+            c.finish_reason = finish;
+        }
+        choice
+    };
+    Ok(match surface {
+        ApiSurface::Messages => messages::body(first_choice(agg), names, usage.as_ref()),
+        ApiSurface::Responses => responses::body(first_choice(agg), names, usage.as_ref()),
+        ApiSurface::Embeddings => embeddings::body(vectors, base64, names, usage.as_ref()),
+        _ => agg.into_body(names, usage.as_ref()),
+    })
+}
+
+struct SseState<E> {
+    pending: Pending,
+    encoder: E,
+    first: Option<ReplyFrame>,
+    done: bool,
+}
+
+/// A streamed answer: each frame encoded as it arrives, in the surface's events.
+pub(crate) fn sse_response<E: StreamEncoder>(
+    pending: Pending,
+    first: ReplyFrame,
+    encoder: E,
+) -> Response {
+    let state = SseState {
+        pending,
+        encoder,
+        first: Some(first),
+        done: false,
+    };
+    let events = futures::stream::unfold(state, |mut st| async move {
+        if st.done {
+            return None;
+        }
+        let frame = match st.first.take() {
+            Some(f) => Ok(f),
+            None => st.pending.next().await,
+        };
+        let bytes = match frame {
+            Ok(ReplyFrame::Chunk(c)) => {
+                if let Some(start) = &c.start {
+                    // The first frame's names are the encoder's already; a
+                    // later start is a fallback continuing the stream.
+                    st.encoder.continued_by(start);
+                }
+                st.encoder.chunk(&c.choices)
+            }
+            // Never in a chat stream.
+            Ok(ReplyFrame::Embedding(_)) => Bytes::new(),
+            Ok(ReplyFrame::Final(f)) => {
+                st.done = true;
+                match &f.error {
+                    Some(e) => st.encoder.error(&ApiError::from_frame(e)),
+                    None => st
+                        .encoder
+                        .finish(f.finish_reason.as_deref(), f.usage.as_ref()),
+                }
+            }
+            Err(e) => {
+                st.done = true;
+                st.encoder.error(&e)
+            }
+        };
+        Some((Ok::<_, Infallible>(bytes), st))
+    });
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            ),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+            (
+                header::HeaderName::from_static("x-accel-buffering"),
+                HeaderValue::from_static("no"),
+            ),
+        ],
+        Body::from_stream(events),
+    )
+        .into_response()
+}
