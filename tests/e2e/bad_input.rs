@@ -197,3 +197,62 @@ async fn unknown_paths_and_methods_get_openai_errors() {
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["error"]["code"], "method_not_allowed");
 }
+
+/// Every /v1 route authenticates before its handler (issue 15): without a key
+/// the answer is 401 in the route's format with a request id, whatever the
+/// body; a method the route does not have is still 405.
+#[tokio::test]
+async fn every_v1_route_authenticates_first_and_names_the_request() {
+    let stack = Stack::start().await;
+    let routes: [(reqwest::Method, &str); 16] = [
+        (reqwest::Method::POST, "/v1/chat/completions"),
+        (reqwest::Method::POST, "/v1/messages"),
+        (reqwest::Method::POST, "/v1/responses"),
+        (reqwest::Method::POST, "/v1/embeddings"),
+        (reqwest::Method::POST, "/v1/route/explain"),
+        (reqwest::Method::GET, "/v1/route/targets"),
+        (reqwest::Method::PUT, "/v1/route/targets"),
+        (reqwest::Method::POST, "/v1/files"),
+        (reqwest::Method::GET, "/v1/files"),
+        (reqwest::Method::GET, "/v1/files/file-x"),
+        (reqwest::Method::GET, "/v1/files/file-x/content"),
+        (reqwest::Method::POST, "/v1/batches"),
+        (reqwest::Method::GET, "/v1/batches/batch_x"),
+        (reqwest::Method::POST, "/v1/batches/batch_x/cancel"),
+        (reqwest::Method::GET, "/v1/models"),
+        (reqwest::Method::GET, "/v1/usage"),
+    ];
+    for (method, path) in routes {
+        let resp = stack
+            .http
+            .request(method.clone(), stack.url(path))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 401, "{method} {path}");
+        assert!(
+            resp.headers()
+                .get(sy_protocol::header::REQUEST_ID)
+                .is_some(),
+            "{method} {path}"
+        );
+        let v: Value = resp.json().await.unwrap();
+        if path == "/v1/messages" {
+            assert_eq!(v["error"]["type"], "authentication_error", "{v}");
+        } else {
+            assert_eq!(
+                v["error"]["code"], "unauthenticated",
+                "{method} {path}: {v}"
+            );
+        }
+    }
+    let resp = stack
+        .http
+        .delete(stack.url("/v1/models"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 405);
+    assert_eq!(stack.upstream_requests(), 0);
+}

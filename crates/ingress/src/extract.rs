@@ -1,20 +1,24 @@
 //! Every refusal in the client's API format, and the key checked first.
 //!
-//! [`Caller`] authenticates from the headers alone: a handler that takes it
-//! before its body never reads a byte of a keyless request. [`json_errors`] is
+//! [`identify`] runs before every `/v1` handler (a method route layer, so a
+//! wrong method still gets 405): it gives the request its id and checks the
+//! key from the headers alone, so no handler reads a byte of a keyless
+//! request. Handlers take the result as [`Caller`] (and [`RequestId`]). [`json_errors`] is
 //! the one place where error responses that are not JSON (axum's extractor
 //! rejections for a bad path, query or body are plain text) become the
 //! surface's error body, keeping the status and the rejection's words.
 
 use std::sync::Arc;
 
-use axum::extract::FromRequestParts;
-use axum::http::header;
+use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
-use axum::response::Response;
+use axum::http::{HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use sy_protocol::{ApiSurface, ErrorCode};
+use uuid::Uuid;
 
-use crate::{ApiError, AppState, authenticate};
+use crate::{ApiError, AppState};
 
 /// The client API a path belongs to: errors on `/v1/messages` are Anthropic's.
 pub(crate) fn surface_of_path(path: &str) -> ApiSurface {
@@ -25,20 +29,100 @@ pub(crate) fn surface_of_path(path: &str) -> ApiSurface {
     }
 }
 
-/// The authenticated caller: the key's name.
+/// The authenticated caller: the key's name (later its org and project).
 #[derive(Debug, Clone)]
 pub(crate) struct Caller(pub String);
 
-impl FromRequestParts<Arc<AppState>> for Caller {
+/// The request's id, given by [`identify`] (UUIDv7): in every usage row, log
+/// line and `x-switchyard-request-id` header of the request.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RequestId(pub Uuid);
+
+/// Gives the request its id and authenticates it; a request without a valid
+/// key gets 401 in its surface's format, with the id, and goes no further.
+pub(crate) async fn identify(
+    State(state): State<Arc<AppState>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let request_id = Uuid::now_v7();
+    req.extensions_mut().insert(RequestId(request_id));
+    match authenticate(&state, req.headers()) {
+        Ok(key) => {
+            let caller = Caller(key.to_owned());
+            req.extensions_mut().insert(caller);
+            next.run(req).await
+        }
+        Err(e) => {
+            let mut resp = e.render(surface_of_path(req.uri().path()));
+            if let Ok(v) = HeaderValue::from_str(&request_id.to_string()) {
+                resp.headers_mut()
+                    .insert(sy_protocol::header::REQUEST_ID, v);
+            }
+            resp
+        }
+    }
+}
+
+/// The caller's key name. The key comes as `Authorization: Bearer KEY` (OpenAI
+/// clients) or `x-api-key: KEY` (Anthropic clients), on every endpoint.
+fn authenticate<'a>(
+    state: &'a AppState,
+    headers: &axum::http::HeaderMap,
+) -> Result<&'a str, ApiError> {
+    let bearer = headers.get(header::AUTHORIZATION).map(|value| {
+        value
+            .to_str()
+            .ok()
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .unwrap_or("")
+    });
+    let api_key = headers
+        .get("x-api-key")
+        .map(|v| v.to_str().map(str::trim).unwrap_or(""));
+    let Some(token) = bearer.filter(|t| !t.is_empty()).or(api_key) else {
+        return Err(ApiError::new(
+            ErrorCode::Unauthenticated,
+            "You didn't provide an API key. Send it in the Authorization header as 'Bearer KEY' (or as x-api-key).",
+        ));
+    };
+    state
+        .keys
+        .get(token)
+        .map(String::as_str)
+        .ok_or_else(|| ApiError::new(ErrorCode::Unauthenticated, "Incorrect API key provided."))
+}
+
+/// What a handler outside [`identify`] gets: a bug, never a client's fault.
+fn not_identified() -> Response {
+    ApiError::new(ErrorCode::Internal, "the request was not authenticated").into_response()
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = Response;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &Arc<AppState>,
-    ) -> Result<Self, Self::Rejection> {
-        authenticate(state, &parts.headers)
-            .map(|k| Caller(k.to_owned()))
-            .map_err(|e| e.render(surface_of_path(parts.uri.path())))
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
+            .ok_or_else(not_identified)
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestId {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<RequestId>()
+            .copied()
+            .ok_or_else(not_identified)
     }
 }
 

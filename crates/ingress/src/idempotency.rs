@@ -28,7 +28,7 @@ use sha2::{Digest, Sha256};
 use sy_protocol::{ApiSurface, ErrorCode};
 
 use crate::intake::read_body;
-use crate::{ApiError, AppState, authenticate};
+use crate::{ApiError, AppState};
 
 /// The request header.
 pub const HEADER: &str = "idempotency-key";
@@ -82,7 +82,13 @@ where
 {
     let (parts, body) = req.into_parts();
     let result: Result<Response, ApiError> = async {
-        let key_id = authenticate(&state, &parts.headers)?.to_owned();
+        let key_id = parts
+            .extensions
+            .get::<crate::extract::Caller>()
+            .map(|c| c.0.clone())
+            .ok_or_else(|| {
+                ApiError::new(ErrorCode::Internal, "the request was not authenticated")
+            })?;
         let client_key = parts
             .headers
             .get(HEADER)

@@ -45,7 +45,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use sy_bus::{Bus, BusError, ReplyRouter};
@@ -276,28 +276,45 @@ async fn build(config: Arc<Config>, bus: Bus) -> Result<(Router, Arc<AppState>),
     let file_limit = usize::try_from(config.batch.max_file_bytes)
         .unwrap_or(usize::MAX)
         .saturating_add(1 << 20);
+    // Every /v1 handler runs after `identify` (request id, key); a wrong
+    // method or an unknown path is answered without it.
+    let identify = axum::middleware::from_fn_with_state(state.clone(), extract::identify);
     let app = Router::new()
         .route(
             "/v1/chat/completions",
-            post(chat_completions).fallback(method_not_allowed),
+            post(chat_completions)
+                .route_layer(identify.clone())
+                .fallback(method_not_allowed),
         )
-        .route("/v1/messages", post(messages).fallback(method_not_allowed))
+        .route(
+            "/v1/messages",
+            post(messages)
+                .route_layer(identify.clone())
+                .fallback(method_not_allowed),
+        )
         .route(
             "/v1/responses",
-            post(responses).fallback(method_not_allowed),
+            post(responses)
+                .route_layer(identify.clone())
+                .fallback(method_not_allowed),
         )
         .route(
             "/v1/embeddings",
-            post(embeddings_handler).fallback(method_not_allowed),
+            post(embeddings_handler)
+                .route_layer(identify.clone())
+                .fallback(method_not_allowed),
         )
         .route(
             "/v1/route/explain",
-            post(route_explain).fallback(method_not_allowed),
+            post(route_explain)
+                .route_layer(identify.clone())
+                .fallback(method_not_allowed),
         )
         .route(
             "/v1/route/targets",
             get(live::targets)
                 .put(live::force)
+                .route_layer(identify.clone())
                 .fallback(method_not_allowed),
         )
         .route(
@@ -305,34 +322,53 @@ async fn build(config: Arc<Config>, bus: Bus) -> Result<(Router, Arc<AppState>),
             post(batch::api::upload)
                 .get(batch::api::list_files)
                 .layer(axum::extract::DefaultBodyLimit::max(file_limit))
+                .route_layer(identify.clone())
                 .fallback(method_not_allowed),
         )
         .route(
             "/v1/files/{id}",
             get(batch::api::get_file)
                 .delete(batch::api::delete_file)
+                .route_layer(identify.clone())
                 .fallback(method_not_allowed),
         )
         .route(
             "/v1/files/{id}/content",
-            get(batch::api::file_content).fallback(method_not_allowed),
+            get(batch::api::file_content)
+                .route_layer(identify.clone())
+                .fallback(method_not_allowed),
         )
         .route(
             "/v1/batches",
             post(batch::api::create)
                 .get(batch::api::list)
+                .route_layer(identify.clone())
                 .fallback(method_not_allowed),
         )
         .route(
             "/v1/batches/{id}",
-            get(batch::api::get).fallback(method_not_allowed),
+            get(batch::api::get)
+                .route_layer(identify.clone())
+                .fallback(method_not_allowed),
         )
         .route(
             "/v1/batches/{id}/cancel",
-            post(batch::api::cancel).fallback(method_not_allowed),
+            post(batch::api::cancel)
+                .route_layer(identify.clone())
+                .fallback(method_not_allowed),
         )
-        .route("/v1/models", get(list_models).fallback(method_not_allowed))
-        .route("/v1/usage", get(get_usage).fallback(method_not_allowed))
+        .route(
+            "/v1/models",
+            get(list_models)
+                .route_layer(identify.clone())
+                .fallback(method_not_allowed),
+        )
+        .route(
+            "/v1/usage",
+            get(get_usage)
+                .route_layer(identify.clone())
+                .fallback(method_not_allowed),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .fallback(not_found)
@@ -368,36 +404,6 @@ async fn method_not_allowed(req: Request) -> ApiError {
             req.uri().path()
         ),
     )
-}
-
-/// The caller's key name. The key comes as `Authorization: Bearer KEY` (OpenAI
-/// clients) or `x-api-key: KEY` (Anthropic clients), on every endpoint.
-fn authenticate<'a>(state: &'a AppState, headers: &HeaderMap) -> Result<&'a str, ApiError> {
-    let bearer = headers.get(header::AUTHORIZATION).map(|value| {
-        value
-            .to_str()
-            .ok()
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .unwrap_or("")
-    });
-    let api_key = headers
-        .get("x-api-key")
-        .map(|v| v.to_str().map(str::trim).unwrap_or(""));
-    let Some(token) = bearer.filter(|t| !t.is_empty()).or(api_key) else {
-        return Err(ApiError::new(
-            ErrorCode::Unauthenticated,
-            "You didn't provide an API key. Send it in the Authorization header as 'Bearer KEY' (or as x-api-key).",
-        ));
-    };
-    state
-        .keys
-        .get(token)
-        .map(String::as_str)
-        .ok_or_else(|| ApiError::new(ErrorCode::Unauthenticated, "Incorrect API key provided."))
 }
 
 async fn list_models(State(state): State<Arc<AppState>>, _: extract::Caller) -> Response {
@@ -437,9 +443,9 @@ async fn responses(State(state): State<Arc<AppState>>, req: Request) -> Response
 async fn route_explain(
     State(state): State<Arc<AppState>>,
     _: extract::Caller,
+    extract::RequestId(request_id): extract::RequestId,
     req: Request,
 ) -> Response {
-    let request_id = Uuid::now_v7();
     let (parts, body) = req.into_parts();
     let result = async {
         check_content_type(&parts.headers)?;
@@ -479,7 +485,13 @@ async fn handle(state: Arc<AppState>, surface: ApiSurface, req: Request) -> Resp
 }
 
 async fn handle_once(state: Arc<AppState>, surface: ApiSurface, req: Request) -> Response {
-    let request_id = Uuid::now_v7();
+    let request_id = match req.extensions().get::<extract::RequestId>() {
+        Some(id) => id.0,
+        None => {
+            return ApiError::new(ErrorCode::Internal, "the request was not identified")
+                .render(surface);
+        }
+    };
     tracing::Span::current().record("request_id", tracing::field::display(request_id));
     match chat(&state, surface, request_id, req).await {
         Ok(resp) => resp,
@@ -500,7 +512,14 @@ async fn chat(
 ) -> Result<Response, ChatError> {
     let received_unix_ms = now_unix_ms();
     let (parts, body) = req.into_parts();
-    let key_id = authenticate(state, &parts.headers).map_err(|e| (e, None, None))?;
+    let key_id = parts
+        .extensions
+        .get::<extract::Caller>()
+        .map(|c| c.0.as_str())
+        .ok_or_else(|| {
+            let e = ApiError::new(ErrorCode::Internal, "the request was not authenticated");
+            (e, None, None)
+        })?;
     check_content_type(&parts.headers).map_err(|e| (e, None, None))?;
     let body = read_body(state, &parts.headers, body)
         .await
