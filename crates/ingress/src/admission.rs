@@ -13,10 +13,9 @@ use sy_protocol::{
 };
 use uuid::Uuid;
 
+use crate::surface::{embeddings, messages, responses};
 use crate::validate::{parse_chat, validate_chat};
-use crate::{
-    ApiError, AppState, classify, embeddings, messages, reload, responses, route, validate,
-};
+use crate::{ApiError, AppState, classify, reload, route, validate};
 
 /// A request to admit, whoever sends it (an HTTP client or a batch's
 /// dispatcher): the caller, the client's hints, the times, and for a batch

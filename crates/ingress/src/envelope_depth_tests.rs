@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use sy_protocol::{ApiSurface, RequestEnvelope};
 
 use crate::admission::parse_request;
-use crate::embeddings;
+use crate::surface::embeddings;
 
 /// A JSON value: `wrappers` arrays (`true`) or objects (`false`) around a small tree.
 fn wrapped(wrappers: &[bool], leaf: Value) -> Value {

@@ -16,7 +16,6 @@
 mod admission;
 pub mod batch;
 mod classify;
-pub mod embeddings;
 #[cfg(test)]
 mod envelope_depth_tests;
 mod error;
@@ -24,12 +23,11 @@ mod extract;
 mod idempotency;
 mod intake;
 mod live;
-pub mod messages;
 mod relay;
 mod reload;
 mod respond;
-pub mod responses;
 mod route;
+pub mod surface;
 mod usage;
 mod validate;
 
@@ -56,6 +54,7 @@ use uuid::Uuid;
 
 use crate::intake::{check_content_type, read_body};
 use crate::respond::{json_response, sse_response, start_of, with_headers};
+use crate::surface::{messages, responses};
 
 /// Why the ingress could not start.
 #[derive(Debug, thiserror::Error)]

@@ -10,8 +10,9 @@ use axum::response::{IntoResponse, Response};
 use sy_protocol::{ApiSurface, ErrorCode, ReplyFrame, StartInfo, header as hdr};
 use uuid::Uuid;
 
+use crate::ApiError;
 use crate::relay::{Aggregate, Pending, ResponseNames, StreamEncoder};
-use crate::{ApiError, embeddings, messages, responses};
+use crate::surface::{embeddings, messages, responses};
 
 /// Switchyard's response headers: the request id, the class, and who answered.
 pub(crate) fn with_headers(
