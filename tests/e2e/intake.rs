@@ -440,3 +440,51 @@ async fn a_client_that_stops_reading_is_cut_off_and_its_upstream_call_dropped() 
         "the tokens produced until the cut are billed: {output}"
     );
 }
+
+/// A stream long enough to have been cut off waits a moment for the cut-off
+/// cancel before its usage row is written; the row's end time is still the
+/// call's, not the end of that wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_streams_row_keeps_the_calls_end_time() {
+    let stack = Stack::start_with(StackOptions {
+        clickhouse: true,
+        ..StackOptions::default()
+    })
+    .await;
+    let mut b = body("gpt-4o-mini", "a long answer [[mock:tokens=1500]]");
+    b["stream"] = serde_json::json!(true);
+    let resp = stack.chat(&b).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let data = sy_test_support::sse_data(resp).await;
+    let done_at = sy_protocol::now_unix_ms();
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+    assert!(
+        data.len() > sy_protocol::REPLY_BUFFER_FRAMES,
+        "{}",
+        data.len()
+    );
+    let ch = stack.clickhouse.as_ref().unwrap();
+    let client = sy_accounting::client(ch);
+    let until = Instant::now() + Duration::from_secs(15);
+    let (status, finished): (String, u64) = loop {
+        let rows: Vec<(String, u64)> = client
+            .query(&format!(
+                "SELECT status, finished_ms FROM {}.requests FINAL",
+                ch.database
+            ))
+            .fetch_all()
+            .await
+            .unwrap();
+        if let Some(r) = rows.into_iter().next() {
+            break r;
+        }
+        assert!(Instant::now() < until, "no usage row");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(status, "ok");
+    assert!(
+        finished <= done_at + 100,
+        "the row ends {} ms after the client had [DONE]",
+        finished.saturating_sub(done_at)
+    );
+}

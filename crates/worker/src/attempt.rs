@@ -21,6 +21,9 @@ pub(crate) struct AttemptState {
     /// A regenerated continuation did not reproduce what the client had.
     pub diverged: bool,
     pub error: Option<FrameError>,
+    /// When the call ended, if the usage event is made later (after the
+    /// wait for a cut-off cancel); else the event's own time.
+    pub ended_unix_ms: Option<u64>,
 }
 
 /// One call to the provider: its attempt number, when it started, and why it

@@ -304,6 +304,8 @@ async fn serve(
             && state.error.is_none()
             && replier.seq as usize >= sy_protocol::REPLY_BUFFER_FRAMES
         {
+            // The row's times are the call's, not the wait's.
+            state.ended_unix_ms = Some(now_unix_ms());
             match tokio::time::timeout(CUT_OFF_GRACE, cancelled.cancelled()).await {
                 Ok(()) if running.reason() == Some(CancelReason::ReplyBroken) => Ended::CutOff,
                 _ => ended,

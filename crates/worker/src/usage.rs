@@ -54,7 +54,7 @@ pub(crate) fn event(
     ended: Ended,
 ) -> UsageEvent {
     let dispatched_unix_ms = call.started_unix_ms;
-    let finished = now_unix_ms();
+    let finished = state.ended_unix_ms.unwrap_or_else(now_unix_ms);
     let status = match (ended, &state.error) {
         (Ended::Done, None) => UsageStatus::Ok,
         (Ended::Done, Some(_)) => UsageStatus::Error,
