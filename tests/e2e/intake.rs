@@ -451,7 +451,12 @@ async fn a_long_streams_row_keeps_the_calls_end_time() {
         ..StackOptions::default()
     })
     .await;
-    let mut b = body("gpt-4o-mini", "a long answer [[mock:tokens=1500]]");
+    // Paced (1 ms a chunk): unpaced, a loaded box's debug-build ingress can
+    // fall 1,024 frames behind the worker and cut even a fast reader off.
+    let mut b = body(
+        "gpt-4o-mini",
+        "a long answer [[mock:tokens=1100,delay_ms=1]]",
+    );
     b["stream"] = serde_json::json!(true);
     let resp = stack.chat(&b).send().await.unwrap();
     assert_eq!(resp.status(), 200);
