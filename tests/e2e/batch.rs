@@ -758,31 +758,9 @@ async fn an_item_answered_before_its_worker_died_is_billed_once_from_its_stored_
     .unwrap();
     // The item, as JetStream redelivers it (twice: two crashes).
     let envelope = sy_protocol::RequestEnvelope {
-        request_id,
-        attempt: 1,
         ingress_id: "dispatcher".into(),
-        reply_to: String::new(),
-        received_unix_ms: now - 2_000,
-        deadline_unix_ms: now + 60_000,
-        key_id: "test".into(),
-        api: sy_protocol::ApiSurface::ChatCompletions,
-        route: "gpt-4o-mini".into(),
-        provider: "openai".into(),
-        model: "gpt-4o-mini".into(),
-        request: serde_json::from_value(
-            json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}),
-        )
-        .unwrap(),
-        embeddings: None,
-        class: None,
-        choice: None,
-        fallback: Vec::new(),
-        fallback_reason: None,
-        mid_stream: Default::default(),
-        resume: None,
-        fallback_on_refusal: false,
-        watchdogs: Default::default(),
         batch: Some(item),
+        ..crate::stack::envelope(request_id, String::new(), now - 2_000, now + 60_000, "hi")
     };
     for delivery in 0..2 {
         let mut headers = async_nats::HeaderMap::new();

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use serde_json::{Value, json};
-use sy_protocol::{ErrorCode, ReplyFrame, RequestEnvelope};
+use sy_protocol::{ErrorCode, ReplyFrame};
 use sy_test_support::eventually;
 
 use crate::stack::{Stack, StackOptions, body};
@@ -83,30 +83,8 @@ async fn expired_envelope_never_reaches_the_provider() {
     let reply_to = format!("{}.test-reply.{}", stack.namespace, request_id.as_simple());
     let mut replies = nats.subscribe(reply_to.clone()).await.unwrap();
     let now = sy_protocol::now_unix_ms();
-    let envelope = RequestEnvelope {
-        request_id,
-        attempt: 1,
-        ingress_id: "test".into(),
-        reply_to,
-        received_unix_ms: now - 10_000,
-        deadline_unix_ms: now - 5_000,
-        key_id: "test".into(),
-        api: sy_protocol::ApiSurface::ChatCompletions,
-        route: "gpt-4o-mini".into(),
-        provider: "openai".into(),
-        model: "gpt-4o-mini".into(),
-        request: serde_json::from_value(body("gpt-4o-mini", "too late")).unwrap(),
-        embeddings: None,
-        class: None,
-        choice: None,
-        fallback: Vec::new(),
-        fallback_reason: None,
-        mid_stream: Default::default(),
-        resume: None,
-        fallback_on_refusal: false,
-        watchdogs: Default::default(),
-        batch: None,
-    };
+    let envelope =
+        crate::stack::envelope(request_id, reply_to, now - 10_000, now - 5_000, "too late");
     let js = async_nats::jetstream::new(nats.clone());
     js.publish(
         subjects.request("openai", "gpt-4o-mini"),

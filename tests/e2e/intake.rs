@@ -74,6 +74,29 @@ async fn closed_within(tcp: &mut TcpStream, limit: Duration) -> Duration {
     }
 }
 
+/// The stack's one usage row (waiting up to 15 s for it): its status and
+/// the UInt64 column `column`.
+async fn the_usage_row(stack: &Stack, column: &str) -> (String, u64) {
+    let ch = stack.clickhouse.as_ref().unwrap();
+    let client = sy_accounting::client(ch);
+    let until = Instant::now() + Duration::from_secs(15);
+    loop {
+        let rows: Vec<(String, u64)> = client
+            .query(&format!(
+                "SELECT status, {column} FROM {}.requests FINAL",
+                ch.database
+            ))
+            .fetch_all()
+            .await
+            .unwrap();
+        if let Some(r) = rows.into_iter().next() {
+            return r;
+        }
+        assert!(Instant::now() < until, "no usage row");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 async fn still_answers(stack: &Stack) {
     let resp = stack
         .chat(&body("gpt-4o-mini", "still there?"))
@@ -416,24 +439,7 @@ async fn a_client_that_stops_reading_is_cut_off_and_its_upstream_call_dropped() 
     assert!(!tail.contains("[DONE]"), "{tail}");
     assert!(tail.contains("read too slowly"), "{tail}");
     // The usage row says what the client got.
-    let ch = stack.clickhouse.as_ref().unwrap();
-    let client = sy_accounting::client(ch);
-    let until = Instant::now() + Duration::from_secs(15);
-    let (status, output): (String, u64) = loop {
-        let rows: Vec<(String, u64)> = client
-            .query(&format!(
-                "SELECT status, output_tokens FROM {}.requests FINAL",
-                ch.database
-            ))
-            .fetch_all()
-            .await
-            .unwrap();
-        if let Some(r) = rows.into_iter().next() {
-            break r;
-        }
-        assert!(Instant::now() < until, "no usage row");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let (status, output) = the_usage_row(&stack, "output_tokens").await;
     assert_eq!(status, "cut_off");
     assert!(
         output > 0 && output < 200_000,
@@ -468,24 +474,7 @@ async fn a_long_streams_row_keeps_the_calls_end_time() {
         "{}",
         data.len()
     );
-    let ch = stack.clickhouse.as_ref().unwrap();
-    let client = sy_accounting::client(ch);
-    let until = Instant::now() + Duration::from_secs(15);
-    let (status, finished): (String, u64) = loop {
-        let rows: Vec<(String, u64)> = client
-            .query(&format!(
-                "SELECT status, finished_ms FROM {}.requests FINAL",
-                ch.database
-            ))
-            .fetch_all()
-            .await
-            .unwrap();
-        if let Some(r) = rows.into_iter().next() {
-            break r;
-        }
-        assert!(Instant::now() < until, "no usage row");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let (status, finished) = the_usage_row(&stack, "finished_ms").await;
     assert_eq!(status, "ok");
     assert!(
         finished <= done_at + 100,

@@ -615,6 +615,42 @@ pub fn body(model: &str, prompt: &str) -> Value {
     json!({"model": model, "messages": [{"role": "user", "content": prompt}]})
 }
 
+/// The envelope an ingress would publish for a chat request of
+/// `gpt-4o-mini` to openai, as a test publishes it by hand (key `test`,
+/// attempt 1, no route choice or fallbacks); adjust fields as needed.
+pub fn envelope(
+    request_id: uuid::Uuid,
+    reply_to: String,
+    received_unix_ms: u64,
+    deadline_unix_ms: u64,
+    prompt: &str,
+) -> sy_protocol::RequestEnvelope {
+    sy_protocol::RequestEnvelope {
+        request_id,
+        attempt: 1,
+        ingress_id: "test".into(),
+        reply_to,
+        received_unix_ms,
+        deadline_unix_ms,
+        key_id: "test".into(),
+        api: sy_protocol::ApiSurface::ChatCompletions,
+        route: "gpt-4o-mini".into(),
+        provider: "openai".into(),
+        model: "gpt-4o-mini".into(),
+        request: serde_json::from_value(body("gpt-4o-mini", prompt)).unwrap(),
+        embeddings: None,
+        class: None,
+        choice: None,
+        fallback: Vec::new(),
+        fallback_reason: None,
+        mid_stream: Default::default(),
+        resume: None,
+        fallback_on_refusal: false,
+        watchdogs: Default::default(),
+        batch: None,
+    }
+}
+
 /// The `content` of choice 0 of a non-streamed completion.
 pub fn content(v: &Value) -> &str {
     v["choices"][0]["message"]["content"]

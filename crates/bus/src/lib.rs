@@ -425,11 +425,21 @@ impl Bus {
 
     /// Tells every worker that nobody waits for this request any more.
     pub async fn publish_cancel(&self, cancel: &Cancel) -> Result<(), BusError> {
-        self.client
-            .publish(self.subjects.cancel(cancel.request_id), encode(cancel)?)
-            .await
-            .map_err(|e| BusError::Publish(e.to_string()))
+        publish_cancel(&self.client, &self.subjects, cancel).await
     }
+}
+
+/// [`Bus::publish_cancel`] for holders of a client and the subjects (the
+/// reply router, which has no `Bus`).
+pub(crate) async fn publish_cancel(
+    client: &async_nats::Client,
+    subjects: &Subjects,
+    cancel: &Cancel,
+) -> Result<(), BusError> {
+    client
+        .publish(subjects.cancel(cancel.request_id), encode(cancel)?)
+        .await
+        .map_err(|e| BusError::Publish(e.to_string()))
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Bytes, BusError> {

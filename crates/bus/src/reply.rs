@@ -79,9 +79,7 @@ impl ReplyRouter {
                         request_id: id,
                         reason: CancelReason::ReplyBroken,
                     };
-                    if let Ok(payload) = serde_json::to_vec(&cancel)
-                        && let Err(e) = client.publish(subjects.cancel(id), payload.into()).await
-                    {
+                    if let Err(e) = crate::publish_cancel(&client, &subjects, &cancel).await {
                         tracing::warn!(error = %e, "Publishing a cancel failed.");
                     }
                 }
