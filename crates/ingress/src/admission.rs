@@ -13,8 +13,9 @@ use sy_protocol::{
 };
 use uuid::Uuid;
 
+use crate::surface::chat::parse_chat;
 use crate::surface::{embeddings, messages, responses};
-use crate::validate::{parse_chat, validate_chat};
+use crate::validate::validate_chat;
 use crate::{ApiError, AppState, classify, reload, route, validate};
 
 /// A request to admit, whoever sends it (an HTTP client or a batch's

@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::ApiError;
 use crate::relay::{Aggregate, Pending, ResponseNames, StreamEncoder};
-use crate::surface::{embeddings, messages, responses};
+use crate::surface::{chat, embeddings, messages, responses};
 
 /// Switchyard's response headers: the request id, the class, and who answered.
 pub(crate) fn with_headers(
@@ -115,7 +115,7 @@ pub(crate) fn answer_body(
         ApiSurface::Messages => messages::body(first_choice(agg), names, usage.as_ref()),
         ApiSurface::Responses => responses::body(first_choice(agg), names, usage.as_ref()),
         ApiSurface::Embeddings => embeddings::body(vectors, base64, names, usage.as_ref()),
-        _ => agg.into_body(names, usage.as_ref()),
+        _ => chat::body(agg.into_choices(), names, usage.as_ref()),
     })
 }
 

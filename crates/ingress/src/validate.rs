@@ -195,55 +195,6 @@ pub(crate) fn need_str<'a>(
     x.as_str().ok_or_else(|| wrong(param, "a valid string"))
 }
 
-/// Parses a chat request body, naming the offending field on failure.
-pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, ApiError> {
-    match serde_json::from_slice::<ChatRequest>(body) {
-        Ok(req) => Ok(req),
-        // The fast parse failed; parse again only to say where and why.
-        Err(e) if e.is_syntax() || e.is_eof() => Err(ApiError::new(
-            sy_protocol::ErrorCode::InvalidRequest,
-            format!(
-                "We could not parse the JSON body of your request: {e}. The body must be a JSON object."
-            ),
-        )),
-        Err(_) => {
-            let de = &mut serde_json::Deserializer::from_slice(body);
-            match serde_path_to_error::deserialize::<_, ChatRequest>(de) {
-                Ok(req) => Ok(req),
-                Err(e) => {
-                    let path = e.path().to_string();
-                    let inner = e.into_inner().to_string();
-                    let inner = inner.split(" at line ").next().unwrap_or(&inner).to_owned();
-                    if let Some(field) = inner
-                        .strip_prefix("missing field `")
-                        .and_then(|s| s.strip_suffix('`'))
-                    {
-                        let param = if path == "." {
-                            field.to_owned()
-                        } else {
-                            format!("{path}.{field}")
-                        };
-                        Err(ApiError::invalid(
-                            param.clone(),
-                            format!("Missing required parameter: '{param}'."),
-                        ))
-                    } else if path == "." {
-                        Err(ApiError::new(
-                            sy_protocol::ErrorCode::InvalidRequest,
-                            format!("The request body must be a JSON object: {inner}."),
-                        ))
-                    } else {
-                        Err(ApiError::invalid(
-                            path.clone(),
-                            format!("Invalid value for '{path}': {inner}."),
-                        ))
-                    }
-                }
-            }
-        }
-    }
-}
-
 /// Checks the rules serde cannot express.
 pub fn validate_chat(req: &ChatRequest) -> Result<(), ApiError> {
     if req.model.trim().is_empty() {
@@ -473,6 +424,7 @@ fn check_cache_marks(req: &ChatRequest) -> Result<(), ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::surface::chat::parse_chat;
 
     fn err(body: &str) -> ApiError {
         match parse_chat(body.as_bytes()).and_then(|r| validate_chat(&r).map(|()| r)) {

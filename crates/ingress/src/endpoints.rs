@@ -1,0 +1,94 @@
+//! The endpoints besides the model calls: readiness, the model list, the
+//! key's usage, route explanations, and the answers to unknown paths and
+//! wrong methods.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use sy_protocol::{ApiSurface, ErrorCode};
+
+use crate::intake::{check_content_type, read_body};
+use crate::{ApiError, AppState, admission, classify, extract, route, usage};
+
+pub(crate) async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    if state.bus.is_connected() {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "NATS is not connected").into_response()
+    }
+}
+
+pub(crate) async fn not_found(req: Request) -> ApiError {
+    ApiError::new(
+        ErrorCode::NotFound,
+        format!("Invalid URL ({} {})", req.method(), req.uri().path()),
+    )
+}
+
+pub(crate) async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        format!(
+            "Method {} is not allowed on {}",
+            req.method(),
+            req.uri().path()
+        ),
+    )
+}
+
+pub(crate) async fn list_models(
+    State(state): State<Arc<AppState>>,
+    _: extract::Caller,
+) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        state.routing().model_list.clone(),
+    )
+        .into_response()
+}
+
+pub(crate) async fn get_usage(
+    State(state): State<Arc<AppState>>,
+    extract::Caller(key_id): extract::Caller,
+    axum::extract::Query(params): axum::extract::Query<HashMap<String, String>>,
+) -> Response {
+    match usage::usage(state.clickhouse.as_ref(), &key_id, &params).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+pub(crate) async fn route_explain(
+    State(state): State<Arc<AppState>>,
+    _: extract::Caller,
+    extract::RequestId(request_id): extract::RequestId,
+    req: Request,
+) -> Response {
+    let (parts, body) = req.into_parts();
+    let result = async {
+        check_content_type(&parts.headers)?;
+        let body = read_body(&state, &parts.headers, body).await?;
+        let request = admission::parse_request(ApiSurface::ChatCompletions, &body)?;
+        let hints = admission::Hints::from_headers(&parts.headers);
+        let prediction = classify::decide(&state.classifier, &hints, &request)?;
+        route::explain(&state, &request, &prediction, request_id)
+    }
+    .await;
+    match result {
+        Ok(v) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            serde_json::to_vec(&v).unwrap_or_default(),
+        )
+            .into_response(),
+        Err(e) => e.into_response(),
+    }
+}

@@ -1,0 +1,185 @@
+//! The request flow of every model call, whatever its client API: read the
+//! body, admit it (`admission`), publish the envelope, wait for the first
+//! reply frame, then answer whole (`respond::json_response`) or stream it
+//! (`respond::sse_response`) in the client's format.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::HeaderValue;
+use axum::response::Response;
+use sy_bus::BusError;
+use sy_protocol::{ApiSurface, ErrorCode, ReplyFrame, StartInfo, header as hdr, now_unix_ms};
+use uuid::Uuid;
+
+use crate::intake::{check_content_type, read_body};
+use crate::relay::{Pending, ResponseNames};
+use crate::respond::{json_response, sse_response, start_of, with_headers};
+use crate::surface::{chat::SseEncoder, messages, responses};
+use crate::{ApiError, AppState, admission, extract, idempotency};
+
+pub(crate) async fn chat_completions(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    handle(state, ApiSurface::ChatCompletions, req).await
+}
+
+pub(crate) async fn messages(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    handle(state, ApiSurface::Messages, req).await
+}
+
+pub(crate) async fn responses(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    handle(state, ApiSurface::Responses, req).await
+}
+
+pub(crate) async fn embeddings_handler(
+    State(state): State<Arc<AppState>>,
+    req: Request,
+) -> Response {
+    handle(state, ApiSurface::Embeddings, req).await
+}
+
+#[tracing::instrument(name = "ingress.request", skip_all, fields(request_id, api = ?surface, model, stream))]
+pub(crate) async fn handle(state: Arc<AppState>, surface: ApiSurface, req: Request) -> Response {
+    if req.headers().contains_key(idempotency::HEADER) {
+        return idempotency::serve(state, surface, req, move |state, req| {
+            handle_once(state, surface, req)
+        })
+        .await;
+    }
+    handle_once(state, surface, req).await
+}
+
+async fn handle_once(state: Arc<AppState>, surface: ApiSurface, req: Request) -> Response {
+    let request_id = match req.extensions().get::<extract::RequestId>() {
+        Some(id) => id.0,
+        None => {
+            return ApiError::new(ErrorCode::Internal, "the request was not identified")
+                .render(surface);
+        }
+    };
+    tracing::Span::current().record("request_id", tracing::field::display(request_id));
+    match chat(&state, surface, request_id, req).await {
+        Ok(resp) => resp,
+        Err((e, start, class)) => {
+            tracing::debug!(code = %e.code, error = %e.message, "Request failed.");
+            with_headers(e.render(surface), request_id, start.as_ref(), class)
+        }
+    }
+}
+
+type ChatError = (ApiError, Option<StartInfo>, Option<sy_classifier::Class>);
+
+async fn chat(
+    state: &Arc<AppState>,
+    surface: ApiSurface,
+    request_id: Uuid,
+    req: Request,
+) -> Result<Response, ChatError> {
+    let received_unix_ms = now_unix_ms();
+    let (parts, body) = req.into_parts();
+    let key_id = parts
+        .extensions
+        .get::<extract::Caller>()
+        .map(|c| c.0.as_str())
+        .ok_or_else(|| {
+            let e = ApiError::new(ErrorCode::Internal, "the request was not authenticated");
+            (e, None, None)
+        })?;
+    check_content_type(&parts.headers).map_err(|e| (e, None, None))?;
+    let body = read_body(state, &parts.headers, body)
+        .await
+        .map_err(|e| (e, None, None))?;
+    let admitted = admission::admit(
+        state,
+        surface,
+        &body,
+        admission::Admission {
+            request_id,
+            key_id,
+            hints: admission::Hints::from_headers(&parts.headers),
+            received_unix_ms,
+            deadline_unix_ms: received_unix_ms + state.request_timeout.as_millis() as u64,
+            batch: None,
+        },
+    )
+    .map_err(|(e, class)| (e, None, class))?;
+    let admission::Admitted {
+        envelope,
+        class,
+        route_header,
+        base64,
+    } = admitted;
+    let span = tracing::Span::current();
+    span.record("model", tracing::field::display(&envelope.request.model));
+    span.record("stream", envelope.request.is_stream());
+    let deadline = tokio::time::Instant::now() + state.request_timeout;
+    let stream = envelope.request.is_stream();
+    let include_usage = envelope.request.wants_stream_usage();
+    // Register before publishing so that no frame can arrive unseen.
+    let rx = state
+        .replies
+        .register(request_id, sy_protocol::REPLY_BUFFER_FRAMES);
+    if let Err(e) = state.bus.publish_request(&envelope).await {
+        drop(rx);
+        let err = match e {
+            BusError::PayloadTooLarge => ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                "The request is larger than the message bus accepts.",
+            ),
+            BusError::Unavailable | BusError::NoStream => {
+                if matches!(e, BusError::NoStream) {
+                    // The server lost the stream (e.g. restarted without its store):
+                    // recreate it so the next request goes through.
+                    let bus = state.bus.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = bus.ensure_request_stream().await {
+                            tracing::warn!(error = %e, "Recreating the request stream failed.");
+                        }
+                    });
+                }
+                ApiError {
+                    retry_after_secs: Some(1),
+                    ..ApiError::new(
+                        ErrorCode::BusUnavailable,
+                        "The request queue is unavailable; retry shortly.",
+                    )
+                }
+            }
+            other => {
+                tracing::error!(error = %other, "Publishing a request failed.");
+                ApiError::new(
+                    ErrorCode::BusUnavailable,
+                    "The request could not be queued.",
+                )
+            }
+        };
+        return Err((err, None, class));
+    }
+    tracing::trace!("Request published.");
+    let mut pending = Pending::new(rx, state.bus.clone(), deadline);
+    let first = pending.next().await.map_err(|e| (e, None, class))?;
+    tracing::trace!("First frame received.");
+    let start = start_of(&first).cloned();
+    let names = ResponseNames::from_start(start.as_ref(), request_id, &envelope.model);
+    if let ReplyFrame::Final(f) = &first
+        && let Some(e) = &f.error
+    {
+        return Err((ApiError::from_frame(e), start, class));
+    }
+    let resp = match (surface, stream) {
+        (ApiSurface::Messages, true) => {
+            sse_response(pending, first, messages::MessagesEncoder::new(names))
+        }
+        (ApiSurface::Responses, true) => {
+            sse_response(pending, first, responses::ResponsesEncoder::new(names))
+        }
+        (_, true) => sse_response(pending, first, SseEncoder::new(names, include_usage)),
+        (surface, false) => json_response(surface, pending, first, &names, base64)
+            .await
+            .map_err(|e| (e, start.clone(), class))?,
+    };
+    let mut resp = with_headers(resp, request_id, start.as_ref(), class);
+    if let Ok(v) = HeaderValue::from_str(&route_header) {
+        resp.headers_mut().insert(hdr::ROUTE, v);
+    }
+    Ok(resp)
+}
