@@ -75,13 +75,17 @@ async fn each_request_yields_one_usage_event_with_provider_tokens_and_exact_cost
         assert_eq!(e.provider, "openai");
         assert_eq!(e.input_tokens_source, TokenSource::Provider);
         assert_eq!(
-            e.input_tokens + e.cached_input_tokens,
+            e.tokens.input_tokens + e.tokens.cached_input_tokens,
             u["prompt_tokens"].as_u64().unwrap()
         );
-        assert_eq!(e.output_tokens, u["completion_tokens"].as_u64().unwrap());
+        assert_eq!(
+            e.tokens.output_tokens,
+            u["completion_tokens"].as_u64().unwrap()
+        );
         // $0.15 / $0.60 per million, rounded half up once; billed +20 %.
-        let expected =
-            (e.input_tokens * 150 + e.cached_input_tokens * 75 + e.output_tokens * 600) as i64;
+        let expected = (e.tokens.input_tokens * 150
+            + e.tokens.cached_input_tokens * 75
+            + e.tokens.output_tokens * 600) as i64;
         assert_eq!(e.cost_nanos, Some(expected));
         assert_eq!(e.billed_nanos, Some((expected * 12 + 5) / 10));
         assert!(e.latency_ms >= e.queue_wait_ms);
@@ -113,11 +117,11 @@ async fn a_stream_cut_by_the_client_is_billed_with_estimated_tokens() {
     assert_eq!(e.status, UsageStatus::Cancelled);
     assert!(e.client_disconnected);
     assert_eq!(e.output_tokens_source, TokenSource::Estimated);
-    assert!(e.input_tokens > 0, "the prompt is billed");
+    assert!(e.tokens.input_tokens > 0, "the prompt is billed");
     assert!(
-        e.output_tokens > 0 && e.output_tokens < 200,
+        e.tokens.output_tokens > 0 && e.tokens.output_tokens < 200,
         "only what was generated: {}",
-        e.output_tokens
+        e.tokens.output_tokens
     );
     assert!(e.cost_nanos.unwrap() > 0);
 }

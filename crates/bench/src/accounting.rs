@@ -74,11 +74,11 @@ fn event(i: usize) -> UsageEvent {
         error_code: None,
         provider_status: None,
         finish_reason: Some("stop".into()),
-        input_tokens: 100 + (i % 900) as u64,
-        cached_input_tokens: 0,
-        cache_write_tokens: 0,
-        output_tokens: 50,
-        reasoning_tokens: 0,
+        tokens: sy_protocol::TokenUsage {
+            input_tokens: 100 + (i % 900) as u64,
+            output_tokens: 50,
+            ..Default::default()
+        },
         input_tokens_source: TokenSource::Provider,
         output_tokens_source: TokenSource::Provider,
         cost_nanos: Some(45_000),

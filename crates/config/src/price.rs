@@ -1,5 +1,7 @@
 //! Prices and cost arithmetic in exact fixed point: nano-USD (10⁻⁹ USD) integers.
 
+use sy_protocol::TokenUsage;
+
 /// Parses a non-negative decimal like `"0.15"` or `"2"` into nano-units (×10⁹).
 /// At most nine fractional digits; no exponent, no sign, no float on the way.
 pub fn parse_nanos(text: &str) -> Option<i64> {
@@ -41,26 +43,13 @@ pub struct Price {
     pub output: i64,
 }
 
-/// Token counts of one attempt, by class (each token in exactly one class).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct TokenCounts {
-    /// Uncached input.
-    pub input: u64,
-    /// Cached input.
-    pub cached_input: u64,
-    /// Cache writes.
-    pub cache_write: u64,
-    /// Output.
-    pub output: u64,
-}
-
 impl Price {
     /// The cost of `tokens`, nano-USD, rounded half up once at the end.
-    pub fn cost_nanos(&self, tokens: TokenCounts) -> i64 {
-        let sum = i128::from(tokens.input) * i128::from(self.input)
-            + i128::from(tokens.cached_input) * i128::from(self.cached_input)
-            + i128::from(tokens.cache_write) * i128::from(self.cache_write)
-            + i128::from(tokens.output) * i128::from(self.output);
+    pub fn cost_nanos(&self, tokens: &TokenUsage) -> i64 {
+        let sum = i128::from(tokens.input_tokens) * i128::from(self.input)
+            + i128::from(tokens.cached_input_tokens) * i128::from(self.cached_input)
+            + i128::from(tokens.cache_write_tokens) * i128::from(self.cache_write)
+            + i128::from(tokens.output_tokens) * i128::from(self.output);
         i64::try_from((sum + 500_000) / 1_000_000).unwrap_or(i64::MAX)
     }
 }
@@ -103,14 +92,14 @@ mod tests {
             cache_write: 150_000_000,
             output: 600_000_000,
         };
-        let t = TokenCounts {
-            input: 1_000,
-            cached_input: 2_000,
-            cache_write: 0,
-            output: 500,
+        let t = TokenUsage {
+            input_tokens: 1_000,
+            cached_input_tokens: 2_000,
+            output_tokens: 500,
+            ..TokenUsage::default()
         };
         // 1000×0.15 + 2000×0.075 + 500×0.60 = 150 + 150 + 300 = 600 µ$ per… per million → 0.0006 $.
-        assert_eq!(p.cost_nanos(t), 600_000);
+        assert_eq!(p.cost_nanos(&t), 600_000);
         // Sub-nano amounts round half up once: 1 token at $0.0015/M = 1.5 nano$ → 2.
         let tiny = Price {
             input: 1_500_000,
@@ -119,8 +108,8 @@ mod tests {
             output: 0,
         };
         assert_eq!(
-            tiny.cost_nanos(TokenCounts {
-                input: 1,
+            tiny.cost_nanos(&TokenUsage {
+                input_tokens: 1,
                 ..Default::default()
             }),
             2

@@ -5,7 +5,8 @@
 use bytes::Bytes;
 use serde_json::{Map, Value};
 use sy_bus::{Bus, ReplyReceiver};
-use sy_protocol::chat::{ChoiceDelta, Delta, Role, Usage};
+use sy_protocol::TokenUsage;
+use sy_protocol::chat::{ChoiceDelta, Delta, Role};
 use sy_protocol::{Cancel, CancelReason, ErrorCode, ReplyFrame, StartInfo, now_unix_ms};
 use tokio::time::Instant;
 use uuid::Uuid;
@@ -292,7 +293,7 @@ pub trait StreamEncoder: Send + 'static {
     /// The events for one frame's deltas.
     fn chunk(&mut self, choices: &[ChoiceDelta]) -> Bytes;
     /// The end of a successful stream.
-    fn finish(&mut self, finish_reason: Option<&str>, usage: Option<&Usage>) -> Bytes;
+    fn finish(&mut self, finish_reason: Option<&str>, usage: Option<&TokenUsage>) -> Bytes;
     /// An error ending the stream.
     fn error(&mut self, e: &ApiError) -> Bytes;
     /// Another target continues the stream (mid-stream recovery): later

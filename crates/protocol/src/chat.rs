@@ -375,23 +375,6 @@ pub struct FunctionCallDelta {
     pub arguments: Option<String>,
 }
 
-/// Token usage of a whole request, as the provider reported it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Usage {
-    /// Input tokens.
-    pub prompt_tokens: u64,
-    /// Output tokens (reasoning included).
-    pub completion_tokens: u64,
-    /// Their sum.
-    pub total_tokens: u64,
-    /// `{"cached_tokens": N, ...}`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub prompt_tokens_details: Option<Map<String, Value>>,
-    /// `{"reasoning_tokens": N, ...}`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub completion_tokens_details: Option<Map<String, Value>>,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

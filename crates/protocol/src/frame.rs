@@ -2,7 +2,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::ErrorCode;
-use crate::chat::{ChatRequest, ChoiceDelta, Usage};
+use crate::chat::{ChatRequest, ChoiceDelta};
+use crate::usage::TokenUsage;
 
 /// Which client API a request came in on; decides the reply's wire format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -237,9 +238,9 @@ pub struct FinalFrame {
     /// Why choice 0 ended, if it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finish_reason: Option<String>,
-    /// Usage as the provider reported it.
+    /// The tokens, as the provider reported them (normalised by its adapter).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub usage: Option<Usage>,
+    pub usage: Option<TokenUsage>,
     /// Set when the request failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<FrameError>,

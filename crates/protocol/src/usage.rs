@@ -3,15 +3,73 @@ use uuid::Uuid;
 
 use crate::{ApiSurface, ErrorCode};
 
+/// The tokens of one answer by class, each token in exactly one class: from
+/// the provider adapter (which normalises its provider's convention) through
+/// the final reply frame and the usage event to the ClickHouse row, whose
+/// columns have these names. Client surfaces render it into their own shape
+/// (OpenAI's `prompt_tokens` is the sum of the three input classes).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenUsage {
+    /// Prompt tokens neither read from nor written to a provider's cache.
+    #[serde(default)]
+    pub input_tokens: u64,
+    /// Prompt tokens read from the provider's cache.
+    #[serde(default)]
+    pub cached_input_tokens: u64,
+    /// Prompt tokens written to the provider's cache (where billed separately).
+    #[serde(default)]
+    pub cache_write_tokens: u64,
+    /// Output tokens, reasoning included.
+    #[serde(default)]
+    pub output_tokens: u64,
+    /// The reasoning part of `output_tokens`.
+    #[serde(default)]
+    pub reasoning_tokens: u64,
+}
+
+impl TokenUsage {
+    /// From counts in OpenAI's convention, where the prompt count includes
+    /// cache reads and writes: each part is bounded by what is left of the
+    /// whole, so a provider's inconsistent report never yields more tokens
+    /// than it said it read (reasoning likewise within the output).
+    pub fn from_prompt_total(
+        prompt: u64,
+        cached: u64,
+        cache_write: u64,
+        output: u64,
+        reasoning: u64,
+    ) -> Self {
+        let cached = cached.min(prompt);
+        let cache_write = cache_write.min(prompt - cached);
+        TokenUsage {
+            input_tokens: prompt - cached - cache_write,
+            cached_input_tokens: cached,
+            cache_write_tokens: cache_write,
+            output_tokens: output,
+            reasoning_tokens: reasoning.min(output),
+        }
+    }
+
+    /// The whole prompt: every input class.
+    pub fn prompt_tokens(&self) -> u64 {
+        self.input_tokens
+            .saturating_add(self.cached_input_tokens)
+            .saturating_add(self.cache_write_tokens)
+    }
+
+    /// Prompt and output.
+    pub fn total_tokens(&self) -> u64 {
+        self.prompt_tokens().saturating_add(self.output_tokens)
+    }
+}
+
 /// One attempt's accounting record, published by the worker on `<ns>.usage`
 /// (stream `<NS>_USAGE`) with `Nats-Msg-Id` = [`UsageEvent::event_id`], and
 /// inserted by the accounting consumer as one row of `switchyard.requests`.
 ///
 /// Money is in nano-USD (10⁻⁹ USD) integers: exact, never floating point; the
-/// table stores it as `Decimal(18, 9)`. Token classes are normalised whatever the
-/// provider's convention: `input_tokens + cached_input_tokens + cache_write_tokens`
-/// is the whole prompt, each token in exactly one class; `reasoning_tokens` is the
-/// part of `output_tokens` spent reasoning (billed as output).
+/// table stores it as `Decimal(18, 9)`. Token classes are a [`TokenUsage`],
+/// flattened into the event (and the row) under its field names.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UsageEvent {
     /// `<request id without dashes>-<attempt>`; the dedup key everywhere.
@@ -77,16 +135,9 @@ pub struct UsageEvent {
     /// Why choice 0 ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finish_reason: Option<String>,
-    /// Prompt tokens not read from a cache.
-    pub input_tokens: u64,
-    /// Prompt tokens read from the provider's cache.
-    pub cached_input_tokens: u64,
-    /// Prompt tokens written to the provider's cache (where billed separately).
-    pub cache_write_tokens: u64,
-    /// Output tokens, reasoning included.
-    pub output_tokens: u64,
-    /// The reasoning part of `output_tokens`.
-    pub reasoning_tokens: u64,
+    /// The tokens by class.
+    #[serde(flatten)]
+    pub tokens: TokenUsage,
     /// Where the input counts came from.
     pub input_tokens_source: TokenSource,
     /// Where the output counts came from.

@@ -4,10 +4,9 @@
 //! content_block_start/delta/stop, message_delta, message_stop, ping, error).
 //! Wire format: <https://docs.anthropic.com/en/api/messages>.
 //!
-//! Usage is normalised to the canonical (OpenAI) convention: Anthropic's
-//! `input_tokens` excludes cache reads and writes, so `prompt_tokens` =
-//! input + cache reads + cache writes, with `cached_tokens` (reads) and
-//! `cache_write_tokens` (writes) in `prompt_tokens_details`.
+//! Usage maps onto [`TokenUsage`] class by class: Anthropic's `input_tokens`
+//! already excludes cache reads (`cache_read_input_tokens`) and writes
+//! (`cache_creation_input_tokens`).
 
 use futures::StreamExt;
 use http::HeaderMap;
@@ -15,9 +14,10 @@ use http::header::HeaderName;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use sy_config::{ProviderConfig, ProviderKind};
+use sy_protocol::TokenUsage;
 use sy_protocol::chat::{
     ChatRequest, ChoiceDelta, Content, ContentPart, Delta, FunctionCallDelta, Message, Role,
-    ToolCallDelta, Usage,
+    ToolCallDelta,
 };
 
 use crate::call::{self, Decoder, Step};
@@ -372,20 +372,13 @@ impl WireUsage {
         );
     }
 
-    fn canonical(&self) -> Usage {
-        let read = self.cache_read_input_tokens.unwrap_or(0);
-        let write = self.cache_creation_input_tokens.unwrap_or(0);
-        let prompt = self.input_tokens.unwrap_or(0) + read + write;
-        let completion = self.output_tokens.unwrap_or(0);
-        let mut details = Map::new();
-        details.insert("cached_tokens".into(), json!(read));
-        details.insert("cache_write_tokens".into(), json!(write));
-        Usage {
-            prompt_tokens: prompt,
-            completion_tokens: completion,
-            total_tokens: prompt + completion,
-            prompt_tokens_details: Some(details),
-            completion_tokens_details: None,
+    fn canonical(&self) -> TokenUsage {
+        TokenUsage {
+            input_tokens: self.input_tokens.unwrap_or(0),
+            cached_input_tokens: self.cache_read_input_tokens.unwrap_or(0),
+            cache_write_tokens: self.cache_creation_input_tokens.unwrap_or(0),
+            output_tokens: self.output_tokens.unwrap_or(0),
+            reasoning_tokens: 0,
         }
     }
 }
@@ -802,16 +795,10 @@ mod tests {
             Some("{\"q\":\"cat\"}")
         );
         let u = c.usage.unwrap();
-        assert_eq!(u.prompt_tokens, 130, "input + cache reads + cache writes");
-        assert_eq!(
-            u.prompt_tokens_details.as_ref().unwrap()["cached_tokens"],
-            100
-        );
-        assert_eq!(
-            u.prompt_tokens_details.as_ref().unwrap()["cache_write_tokens"],
-            20
-        );
-        assert_eq!(u.completion_tokens, 7);
+        assert_eq!(u.prompt_tokens(), 130, "input + cache reads + cache writes");
+        assert_eq!(u.cached_input_tokens, 100);
+        assert_eq!(u.cache_write_tokens, 20);
+        assert_eq!(u.output_tokens, 7);
     }
 
     /// A tool-use stream as Anthropic documents it, fed in arbitrary splits.
@@ -854,7 +841,7 @@ mod tests {
         let last = whole.last().unwrap();
         assert_eq!(last.choices[0].finish_reason.as_deref(), Some("tool_calls"));
         let u = last.usage.as_ref().unwrap();
-        assert_eq!((u.prompt_tokens, u.completion_tokens), (55, 12));
+        assert_eq!((u.prompt_tokens(), u.output_tokens), (55, 12));
         for cut in 1..bytes.len() {
             assert_eq!(decode(bytes, cut).0, whole, "split at {cut}");
         }

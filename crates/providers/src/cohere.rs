@@ -11,9 +11,9 @@ use http::HeaderMap;
 use http::header::AUTHORIZATION;
 use serde_json::{Map, Value, json};
 use sy_config::{ProviderConfig, ProviderKind};
+use sy_protocol::TokenUsage;
 use sy_protocol::chat::{
     ChatRequest, ChoiceDelta, Content, ContentPart, Delta, FunctionCallDelta, Role, ToolCallDelta,
-    Usage,
 };
 
 use crate::call::{self, Decoder, Step};
@@ -94,11 +94,9 @@ impl Provider for CohereAdapter {
             .map_err(|e| ProviderError::Protocol(format!("Cohere embeddings: {e}")))?;
         let usage = v["meta"]["billed_units"]["input_tokens"]
             .as_f64()
-            .map(|n| Usage {
-                prompt_tokens: n as u64,
-                completion_tokens: 0,
-                total_tokens: n as u64,
-                ..Usage::default()
+            .map(|n| TokenUsage {
+                input_tokens: n as u64,
+                ..TokenUsage::default()
             });
         Ok(Embeddings {
             vectors,
@@ -275,7 +273,7 @@ pub fn finish_reason(reason: &str) -> &'static str {
     }
 }
 
-fn usage(u: &Value) -> Option<Usage> {
+fn usage(u: &Value) -> Option<TokenUsage> {
     if !u.is_object() {
         return None;
     }
@@ -285,13 +283,10 @@ fn usage(u: &Value) -> Option<Usage> {
             .or_else(|| u["tokens"][k].as_f64())
             .unwrap_or(0.0) as u64
     };
-    let (prompt, completion) = (pick("input_tokens"), pick("output_tokens"));
-    Some(Usage {
-        prompt_tokens: prompt,
-        completion_tokens: completion,
-        total_tokens: prompt + completion,
-        prompt_tokens_details: None,
-        completion_tokens_details: None,
+    Some(TokenUsage {
+        input_tokens: pick("input_tokens"),
+        output_tokens: pick("output_tokens"),
+        ..TokenUsage::default()
     })
 }
 
@@ -528,7 +523,7 @@ mod tests {
             ch.delta.tool_calls.as_ref().unwrap()[0].id.as_deref(),
             Some("w_1")
         );
-        assert_eq!(c.usage.as_ref().unwrap().prompt_tokens, 9);
+        assert_eq!(c.usage.as_ref().unwrap().prompt_tokens(), 9);
     }
 
     const STREAM: &str = concat!(
@@ -558,7 +553,7 @@ mod tests {
         assert_eq!(args, "{\"city\":\"\u{d8}slo\"}");
         let last = whole.last().unwrap();
         assert_eq!(last.choices[0].finish_reason.as_deref(), Some("tool_calls"));
-        assert_eq!(last.usage.as_ref().unwrap().completion_tokens, 4);
+        assert_eq!(last.usage.as_ref().unwrap().output_tokens, 4);
         for cut in 1..bytes.len() {
             assert_eq!(run(cut), whole, "split at {cut}");
         }

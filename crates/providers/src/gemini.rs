@@ -14,9 +14,9 @@ use http::HeaderMap;
 use http::header::HeaderName;
 use serde_json::{Map, Value, json};
 use sy_config::{ProviderConfig, ProviderKind};
+use sy_protocol::TokenUsage;
 use sy_protocol::chat::{
     ChatRequest, ChoiceDelta, Content, ContentPart, Delta, FunctionCallDelta, Role, ToolCallDelta,
-    Usage,
 };
 
 use crate::call::{self, Decoder, Step};
@@ -362,25 +362,21 @@ pub fn finish_reason(reason: &str, called_tools: bool) -> &'static str {
     }
 }
 
-fn usage(u: &Value) -> Option<Usage> {
+/// Gemini's `promptTokenCount` includes `cachedContentTokenCount`; its
+/// output is the candidates plus the thoughts.
+fn usage(u: &Value) -> Option<TokenUsage> {
     let n = |k: &str| u[k].as_u64().unwrap_or(0);
     if !u.is_object() {
         return None;
     }
-    let prompt = n("promptTokenCount");
     let thoughts = n("thoughtsTokenCount");
-    let completion = n("candidatesTokenCount") + thoughts;
-    let mut pd = Map::new();
-    pd.insert("cached_tokens".into(), json!(n("cachedContentTokenCount")));
-    let mut cd = Map::new();
-    cd.insert("reasoning_tokens".into(), json!(thoughts));
-    Some(Usage {
-        prompt_tokens: prompt,
-        completion_tokens: completion,
-        total_tokens: prompt + completion,
-        prompt_tokens_details: Some(pd),
-        completion_tokens_details: Some(cd),
-    })
+    Some(TokenUsage::from_prompt_total(
+        n("promptTokenCount"),
+        n("cachedContentTokenCount"),
+        0,
+        n("candidatesTokenCount") + thoughts,
+        thoughts,
+    ))
 }
 
 /// Reads Gemini responses (a whole one, or each streamed one).
@@ -582,8 +578,8 @@ mod tests {
             Some("{\"city\":\"Oslo\"}")
         );
         let u = c.usage.unwrap();
-        assert_eq!((u.prompt_tokens, u.completion_tokens), (20, 8));
-        assert_eq!(u.prompt_tokens_details.unwrap()["cached_tokens"], 8);
+        assert_eq!((u.prompt_tokens(), u.output_tokens), (20, 8));
+        assert_eq!(u.cached_input_tokens, 8);
         assert_eq!(
             c.meta.unwrap().model.as_deref(),
             Some("gemini-2.5-flash-001")
@@ -625,7 +621,7 @@ mod tests {
             .filter_map(|c| c.choices[0].delta.content.clone())
             .collect();
         assert_eq!(text, "H\u{e9}llo w\u{f6}rld");
-        assert_eq!(whole[1].usage.as_ref().unwrap().completion_tokens, 2);
+        assert_eq!(whole[1].usage.as_ref().unwrap().output_tokens, 2);
         for cut in 1..bytes.len() {
             assert_eq!(run(cut), whole, "split at {cut}");
         }

@@ -29,7 +29,8 @@ use std::future::Future;
 
 use futures::stream::BoxStream;
 use sy_config::{ProviderConfig, ProviderKind};
-use sy_protocol::chat::{ChatRequest, ChoiceDelta, Usage};
+use sy_protocol::TokenUsage;
+use sy_protocol::chat::{ChatRequest, ChoiceDelta};
 use sy_protocol::embeddings::EmbeddingsRequest;
 
 /// A provider's answer as canonical chunks; ends after the last one or an error.
@@ -43,7 +44,7 @@ pub struct Chunk {
     /// Choice increments (a non-streamed answer comes as one chunk of whole messages).
     pub choices: Vec<ChoiceDelta>,
     /// Usage, when the provider reports it (usually on the last chunk).
-    pub usage: Option<Usage>,
+    pub usage: Option<TokenUsage>,
 }
 
 /// The provider's own names for an answer.
@@ -74,7 +75,7 @@ pub struct Embeddings {
     /// The vectors.
     pub vectors: Vec<Vec<f32>>,
     /// Usage, when the provider reports it (prompt tokens only).
-    pub usage: Option<Usage>,
+    pub usage: Option<TokenUsage>,
     /// The model the provider says answered.
     pub model: Option<String>,
 }

@@ -11,13 +11,14 @@ use serde_json::{Map, Value};
 use sy_config::{ProviderConfig, ProviderKind};
 use sy_protocol::chat::{
     ChatRequest, ChoiceDelta, Content, ContentPart, Delta, FunctionCallDelta, Role, StreamOptions,
-    ToolCall, ToolCallDelta, Usage,
+    ToolCall, ToolCallDelta,
 };
 
 use crate::call::{self, Decoder, Step};
 use crate::error::ErrorBody;
 use crate::sse::SseEvent;
 use crate::{CallContext, Chunk, ChunkStream, Embeddings, Provider, ProviderError, ResponseMeta};
+use sy_protocol::TokenUsage;
 use sy_protocol::embeddings::EmbeddingsRequest;
 
 /// The config `kind` of this dialect.
@@ -155,7 +156,7 @@ pub fn from_embeddings(raw: &[u8]) -> Result<Embeddings, ProviderError> {
     struct Wire {
         data: Vec<Item>,
         model: Option<String>,
-        usage: Option<WireUsage>,
+        usage: Option<PromptOnly>,
     }
     #[derive(Deserialize)]
     struct Item {
@@ -164,18 +165,16 @@ pub fn from_embeddings(raw: &[u8]) -> Result<Embeddings, ProviderError> {
         embedding: Vec<f32>,
     }
     #[derive(Deserialize)]
-    struct WireUsage {
+    struct PromptOnly {
         prompt_tokens: u64,
     }
     let mut w: Wire = call::json(raw)?;
     w.data.sort_by_key(|i| i.index);
     Ok(Embeddings {
         vectors: w.data.into_iter().map(|i| i.embedding).collect(),
-        usage: w.usage.map(|u| Usage {
-            prompt_tokens: u.prompt_tokens,
-            completion_tokens: 0,
-            total_tokens: u.prompt_tokens,
-            ..Usage::default()
+        usage: w.usage.map(|u| TokenUsage {
+            input_tokens: u.prompt_tokens,
+            ..TokenUsage::default()
         }),
         model: w.model,
     })
@@ -207,7 +206,59 @@ struct WireCompletion {
     system_fingerprint: Option<String>,
     #[serde(default)]
     choices: Vec<WireChoice>,
-    usage: Option<Usage>,
+    usage: Option<WireUsage>,
+}
+
+/// OpenAI's usage object: `prompt_tokens` includes cache reads
+/// (`prompt_tokens_details.cached_tokens`, or DeepSeek's
+/// `prompt_cache_hit_tokens`), `completion_tokens` includes reasoning.
+#[derive(Deserialize)]
+struct WireUsage {
+    #[serde(default)]
+    prompt_tokens: u64,
+    #[serde(default)]
+    completion_tokens: u64,
+    #[serde(default)]
+    prompt_tokens_details: Option<WirePromptDetails>,
+    #[serde(default)]
+    completion_tokens_details: Option<WireCompletionDetails>,
+    #[serde(default)]
+    prompt_cache_hit_tokens: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct WirePromptDetails {
+    #[serde(default)]
+    cached_tokens: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct WireCompletionDetails {
+    #[serde(default)]
+    reasoning_tokens: Option<u64>,
+}
+
+impl WireUsage {
+    fn tokens(&self) -> TokenUsage {
+        let cached = self
+            .prompt_tokens_details
+            .as_ref()
+            .and_then(|d| d.cached_tokens)
+            .or(self.prompt_cache_hit_tokens)
+            .unwrap_or(0);
+        let reasoning = self
+            .completion_tokens_details
+            .as_ref()
+            .and_then(|d| d.reasoning_tokens)
+            .unwrap_or(0);
+        TokenUsage::from_prompt_total(
+            self.prompt_tokens,
+            cached,
+            0,
+            self.completion_tokens,
+            reasoning,
+        )
+    }
 }
 
 #[derive(Deserialize)]
@@ -271,7 +322,7 @@ pub fn from_completion(body: &[u8]) -> Result<Chunk, ProviderError> {
             system_fingerprint: c.system_fingerprint,
         }),
         choices,
-        usage: c.usage,
+        usage: c.usage.as_ref().map(WireUsage::tokens),
     })
 }
 
@@ -283,7 +334,7 @@ struct WireChunk {
     system_fingerprint: Option<String>,
     #[serde(default)]
     choices: Vec<ChoiceDelta>,
-    usage: Option<Usage>,
+    usage: Option<WireUsage>,
     error: Option<Value>,
 }
 
@@ -311,7 +362,7 @@ pub fn from_stream_data(data: &str, first: bool) -> Result<Option<Chunk>, Provid
             system_fingerprint: c.system_fingerprint,
         }),
         choices: c.choices,
-        usage: c.usage,
+        usage: c.usage.as_ref().map(WireUsage::tokens),
     }))
 }
 
@@ -443,7 +494,7 @@ mod tests {
             call.function.as_ref().unwrap().arguments.as_deref(),
             Some("{\"a\":1}")
         );
-        assert_eq!(chunk.usage.unwrap().total_tokens, 7);
+        assert_eq!(chunk.usage.unwrap().total_tokens(), 7);
     }
 
     #[test]
@@ -463,7 +514,7 @@ mod tests {
         .unwrap()
         .unwrap();
         assert!(u.meta.is_none());
-        assert_eq!(u.usage.unwrap().completion_tokens, 2);
+        assert_eq!(u.usage.unwrap().output_tokens, 2);
         assert!(from_stream_data("[DONE]", false).unwrap().is_none());
     }
 

@@ -88,12 +88,8 @@ async fn plain_and_streamed_answers_carry_the_same_text_and_usage() {
             Some("stop"),
             "{kind}"
         );
-        let prompt = plain[0].usage.as_ref().unwrap().prompt_tokens;
-        assert_eq!(
-            plain[0].usage.as_ref().unwrap().completion_tokens,
-            5,
-            "{kind}"
-        );
+        let prompt = plain[0].usage.as_ref().unwrap().prompt_tokens();
+        assert_eq!(plain[0].usage.as_ref().unwrap().output_tokens, 5, "{kind}");
         let streamed = collect(&p, "hi [[mock:tokens=5]]", true).await.unwrap();
         assert!(streamed.len() >= 5, "{kind}");
         assert_eq!(text(&streamed), reply_text("hi", 5, 0), "{kind}");
@@ -104,10 +100,10 @@ async fn plain_and_streamed_answers_carry_the_same_text_and_usage() {
         let usage = streamed
             .iter()
             .rev()
-            .find_map(|c| c.usage.clone())
+            .find_map(|c| c.usage)
             .expect("usage is always asked for in streams");
         assert_eq!(
-            (usage.prompt_tokens, usage.completion_tokens),
+            (usage.prompt_tokens(), usage.output_tokens),
             (prompt, 5),
             "{kind}"
         );
@@ -131,17 +127,13 @@ async fn cached_tokens_are_normalised_to_one_convention() {
             )
             .await
             .unwrap();
-            let u = chunks.iter().rev().find_map(|c| c.usage.clone()).unwrap();
-            let cached = u
-                .prompt_tokens_details
-                .as_ref()
-                .and_then(|d| d.get("cached_tokens"))
-                .and_then(|v| v.as_u64())
-                .unwrap_or(0);
+            let u = chunks.iter().rev().find_map(|c| c.usage).unwrap();
+            let cached = u.cached_input_tokens;
             // The mock counts 7 words (the directive is one) + 3 = 10 prompt
             // tokens; Cohere reports no cache.
             assert_eq!(
-                u.prompt_tokens, 10,
+                u.prompt_tokens(),
+                10,
                 "{kind} stream={stream}: prompt includes cached"
             );
             let want = if kind == "cohere" { 0 } else { 4 };
@@ -160,11 +152,10 @@ async fn anthropic_cache_writes_are_inside_the_prompt_and_reported_apart() {
     )
     .await
     .unwrap();
-    let u = chunks[0].usage.clone().unwrap();
-    let d = u.prompt_tokens_details.unwrap();
-    assert_eq!(u.prompt_tokens, 11, "8 words + 3, whatever was cached");
-    assert_eq!(d["cached_tokens"], 3);
-    assert_eq!(d["cache_write_tokens"], 2);
+    let u = chunks[0].usage.unwrap();
+    assert_eq!(u.prompt_tokens(), 11, "8 words + 3, whatever was cached");
+    assert_eq!(u.cached_input_tokens, 3);
+    assert_eq!(u.cache_write_tokens, 2);
 }
 
 #[tokio::test]
@@ -348,7 +339,7 @@ async fn embeddings_come_back_in_input_order() {
             .map(|t| sy_mock_provider::embedding_vector(t, 4))
             .collect();
         assert_eq!(e.vectors, want, "{kind}");
-        let reported = e.usage.map(|u| u.prompt_tokens);
+        let reported = e.usage.map(|u| u.prompt_tokens());
         // Gemini reports no usage; the worker estimates it.
         assert_eq!(reported, (kind != "gemini").then_some(3), "{kind}");
         let err = collect_embed_err(&p, "x [[mock:status=429]]").await;

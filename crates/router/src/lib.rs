@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 use sy_config::ProviderConfig;
-use sy_config::price::TokenCounts;
 use sy_config::routing::{RouterConfig, Strategy};
+use sy_protocol::TokenUsage;
 
 /// What the router needs to know about a request.
 #[derive(Debug, Clone, Copy)]
@@ -137,10 +137,10 @@ pub fn decide(
             let p = providers.get(&t.provider);
             let info = p.and_then(|p| p.models.get(&t.model));
             let cost_nanos = p.and_then(|p| p.prices.get(&t.model)).map(|price| {
-                price.cost_nanos(TokenCounts {
-                    input: req.input_tokens,
-                    output: req.output_tokens,
-                    ..TokenCounts::default()
+                price.cost_nanos(&TokenUsage {
+                    input_tokens: req.input_tokens,
+                    output_tokens: req.output_tokens,
+                    ..TokenUsage::default()
                 })
             });
             let window = info.and_then(|i| i.context_window);

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use anyhow::{Context, bail};
 use sy_config::Config;
-use sy_config::price::TokenCounts;
+use sy_protocol::TokenUsage;
 use sy_protocol::chat::ChatRequest;
 use sy_router::{NoLive, RouteRequest};
 
@@ -100,17 +100,17 @@ pub fn run(
         let d = sy_router::decide(router, &config.providers, &r, &NoLive, &mut rng);
         n += 1;
         *classes.entry(class.as_str().to_owned()).or_default() += 1;
-        let tokens = TokenCounts {
-            input: r.input_tokens,
-            output: r.output_tokens,
-            ..TokenCounts::default()
+        let tokens = TokenUsage {
+            input_tokens: r.input_tokens,
+            output_tokens: r.output_tokens,
+            ..TokenUsage::default()
         };
         if let Some(bp) = price(&baseline.0, &baseline.1) {
-            baseline_cost += bp.cost_nanos(tokens);
+            baseline_cost += bp.cost_nanos(&tokens);
         }
         match d.chosen() {
             Some(c) => {
-                let cost = price(&c.provider, &c.model).map(|p| p.cost_nanos(tokens));
+                let cost = price(&c.provider, &c.model).map(|p| p.cost_nanos(&tokens));
                 let e = targets
                     .entry(format!("{} / {} ({})", c.provider, c.model, d.route))
                     .or_default();

@@ -1,6 +1,6 @@
 //! One call to a provider: why it was made, and what it learned.
 
-use sy_protocol::chat::Usage;
+use sy_protocol::TokenUsage;
 use sy_protocol::{FrameError, RequestEnvelope};
 
 /// What an attempt learned, kept outside the call so that it survives a cancel.
@@ -9,7 +9,7 @@ pub(crate) struct AttemptState {
     pub reached_provider: bool,
     pub first_token_unix_ms: Option<u64>,
     pub served_model: Option<String>,
-    pub usage: Option<Usage>,
+    pub usage: Option<TokenUsage>,
     pub finish_reason: Option<String>,
     /// Generated text (content, refusals, tool arguments), for estimates only.
     pub output_text: String,

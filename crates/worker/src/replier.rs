@@ -6,8 +6,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use sy_bus::Bus;
 use sy_config::ProviderConfig;
+use sy_protocol::TokenUsage;
 use sy_protocol::batch::BatchResult;
-use sy_protocol::chat::Usage;
 use sy_protocol::embeddings::{EmbeddingFrame, EmbeddingsRequest};
 use sy_protocol::{
     ChunkFrame, FinalFrame, FrameError, ReplyFrame, RequestEnvelope, StartInfo, UsageEvent,
@@ -166,7 +166,7 @@ impl<'a> Replier<'a> {
         }
         state.first_token_unix_ms = Some(now_unix_ms());
         state.served_model.clone_from(&emb.model);
-        state.usage.clone_from(&emb.usage);
+        state.usage = emb.usage;
         let meta = ResponseMeta {
             model: emb.model,
             ..ResponseMeta::default()
@@ -184,13 +184,9 @@ impl<'a> Replier<'a> {
         }
         // The client's usage: the provider's, else our estimate (the usage event
         // marks it as estimated).
-        let usage = state.usage.clone().unwrap_or_else(|| {
-            let n = crate::tokens::estimate_embeddings(&self.env.model, req);
-            Usage {
-                prompt_tokens: n,
-                total_tokens: n,
-                ..Usage::default()
-            }
+        let usage = state.usage.unwrap_or_else(|| TokenUsage {
+            input_tokens: crate::tokens::estimate_embeddings(&self.env.model, req),
+            ..TokenUsage::default()
         });
         let start = (self.seq == 0).then(|| self.start_info(None));
         let frame = ReplyFrame::Final(FinalFrame {
@@ -398,7 +394,7 @@ impl<'a> Replier<'a> {
             seq: self.seq,
             start,
             finish_reason: state.finish_reason.clone(),
-            usage: state.usage.clone(),
+            usage: state.usage,
             error: None,
         });
         self.publish(frame).await;

@@ -1,9 +1,7 @@
 //! One usage event per attempt: what it cost, built from what the attempt learned.
 //!
-//! Token rules: the provider's own usage when it reported any, in the canonical
-//! (OpenAI) convention the adapters normalise to: `prompt_tokens` includes cache
-//! reads (`cached_tokens`) and cache writes (`cache_write_tokens`), so
-//! `input = prompt − cached − cache writes`; otherwise,
+//! Token rules: the provider's own usage when it reported any (a
+//! [`TokenUsage`], which its adapter normalised class by class); otherwise,
 //! when the provider worked on the request (answered, or was cut off, cancelled or
 //! timed out after it had the request), tiktoken estimates of the prompt and of the
 //! output generated until then, marked `estimated`. An error answer (4xx/5xx) or a
@@ -16,10 +14,10 @@ use std::time::Duration;
 use async_nats::jetstream::AckKind;
 use async_nats::jetstream::message::Acker;
 use sy_bus::Bus;
-use sy_config::price::{TokenCounts, apply_markup, scale};
+use sy_config::price::{apply_markup, scale};
 use sy_protocol::{
-    ErrorCode, Observation, Outcome, RequestEnvelope, TokenSource, UsageEvent, UsageStatus,
-    now_unix_ms,
+    ErrorCode, Observation, Outcome, RequestEnvelope, TokenSource, TokenUsage, UsageEvent,
+    UsageStatus, now_unix_ms,
 };
 
 use crate::attempt::{AttemptState, Call};
@@ -37,12 +35,6 @@ pub(crate) enum Ended {
     Expired,
     /// The ingress cut the client off for reading too slowly.
     CutOff,
-}
-
-fn detail(map: Option<&serde_json::Map<String, serde_json::Value>>, key: &str) -> u64 {
-    map.and_then(|m| m.get(key))
-        .and_then(|v| v.as_u64())
-        .unwrap_or(0)
 }
 
 /// Builds the attempt's usage event.
@@ -66,19 +58,8 @@ pub(crate) fn event(
         .error
         .as_ref()
         .is_some_and(|e| e.provider_status.is_some());
-    let (counts, reasoning, source) = if let Some(u) = &state.usage {
-        let details = u.prompt_tokens_details.as_ref();
-        let cached = detail(details, "cached_tokens").min(u.prompt_tokens);
-        // Adapters put cache writes (Anthropic's) here, inside prompt_tokens.
-        let cache_write = detail(details, "cache_write_tokens").min(u.prompt_tokens - cached);
-        let counts = TokenCounts {
-            input: u.prompt_tokens - cached - cache_write,
-            cached_input: cached,
-            cache_write,
-            output: u.completion_tokens,
-        };
-        let reasoning = detail(u.completion_tokens_details.as_ref(), "reasoning_tokens");
-        (counts, reasoning, TokenSource::Provider)
+    let (tokens, source) = if let Some(u) = state.usage {
+        (u, TokenSource::Provider)
     } else if state.reached_provider
         && !provider_answered_error
         && (status != UsageStatus::Error || !state.output_text.is_empty())
@@ -87,20 +68,20 @@ pub(crate) fn event(
             Some(e) => tokens::estimate_embeddings(&env.model, e),
             None => tokens::estimate_prompt(&env.model, &env.request),
         };
-        let counts = TokenCounts {
-            input,
-            output: tokens::estimate_output(&env.model, &state.output_text),
-            ..TokenCounts::default()
+        let estimated = TokenUsage {
+            input_tokens: input,
+            output_tokens: tokens::estimate_output(&env.model, &state.output_text),
+            ..TokenUsage::default()
         };
-        (counts, 0, TokenSource::Estimated)
+        (estimated, TokenSource::Estimated)
     } else {
-        (TokenCounts::default(), 0, TokenSource::None)
+        (TokenUsage::default(), TokenSource::None)
     };
     let cost = cx
         .provider
         .prices
         .get(&env.model)
-        .map(|p| p.cost_nanos(counts));
+        .map(|p| p.cost_nanos(&tokens));
     let error_code = match (status, &state.error) {
         (_, Some(e)) => Some(e.code),
         (UsageStatus::Expired, None) => Some(ErrorCode::DeadlineExceeded),
@@ -133,11 +114,7 @@ pub(crate) fn event(
         error_code,
         provider_status: state.error.as_ref().and_then(|e| e.provider_status),
         finish_reason: state.finish_reason.clone(),
-        input_tokens: counts.input,
-        cached_input_tokens: counts.cached_input,
-        cache_write_tokens: counts.cache_write,
-        output_tokens: counts.output,
-        reasoning_tokens: reasoning,
+        tokens,
         input_tokens_source: source,
         output_tokens_source: source,
         cost_nanos: cost,

@@ -76,7 +76,8 @@ pub fn not_run(custom_id: &str, request_id: uuid::Uuid, code: &str, message: &st
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sy_protocol::chat::{ChoiceDelta, Delta, Usage};
+    use sy_protocol::TokenUsage;
+    use sy_protocol::chat::{ChoiceDelta, Delta};
     use sy_protocol::{ChunkFrame, ErrorCode, FinalFrame, FrameError};
 
     fn start() -> StartInfo {
@@ -122,11 +123,10 @@ mod tests {
                 seq: 1,
                 start: None,
                 finish_reason: Some("stop".into()),
-                usage: Some(Usage {
-                    prompt_tokens: 5,
-                    completion_tokens: 2,
-                    total_tokens: 7,
-                    ..Usage::default()
+                usage: Some(TokenUsage {
+                    input_tokens: 5,
+                    output_tokens: 2,
+                    ..TokenUsage::default()
                 }),
                 error: None,
             }),

@@ -9,7 +9,8 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use sy_protocol::StartInfo;
-use sy_protocol::chat::{ChatRequest, ChoiceDelta, Delta, Role, Usage};
+use sy_protocol::TokenUsage;
+use sy_protocol::chat::{ChatRequest, ChoiceDelta, Delta, Role};
 
 use crate::ApiError;
 use crate::relay::{AggregatedChoice, ResponseNames, StreamEncoder};
@@ -63,19 +64,40 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, ApiError> {
     }
 }
 
-/// Usage as OpenAI clients know it: without `cache_write_tokens`, the
-/// canonical model's note of Anthropic's cache writes (inside `prompt_tokens`;
-/// accounting prices them, OpenAI's API has no such field).
-fn openai_usage(u: &Usage) -> std::borrow::Cow<'_, Usage> {
-    match &u.prompt_tokens_details {
-        Some(d) if d.contains_key("cache_write_tokens") => {
-            let mut u = u.clone();
-            if let Some(d) = &mut u.prompt_tokens_details {
-                d.remove("cache_write_tokens");
-            }
-            std::borrow::Cow::Owned(u)
-        }
-        _ => std::borrow::Cow::Borrowed(u),
+/// OpenAI's usage object: `prompt_tokens` counts every input class (a cache
+/// write is an input token OpenAI's API has no field for; accounting prices
+/// it apart), `completion_tokens` includes reasoning.
+#[derive(Debug, Serialize)]
+pub(crate) struct WireUsage {
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    total_tokens: u64,
+    prompt_tokens_details: PromptDetails,
+    completion_tokens_details: CompletionDetails,
+}
+
+#[derive(Debug, Serialize)]
+struct PromptDetails {
+    cached_tokens: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct CompletionDetails {
+    reasoning_tokens: u64,
+}
+
+/// Token usage in OpenAI's shape.
+pub(crate) fn usage(u: &TokenUsage) -> WireUsage {
+    WireUsage {
+        prompt_tokens: u.prompt_tokens(),
+        completion_tokens: u.output_tokens,
+        total_tokens: u.total_tokens(),
+        prompt_tokens_details: PromptDetails {
+            cached_tokens: u.cached_input_tokens,
+        },
+        completion_tokens_details: CompletionDetails {
+            reasoning_tokens: u.reasoning_tokens,
+        },
     }
 }
 
@@ -83,10 +105,9 @@ fn openai_usage(u: &Usage) -> std::borrow::Cow<'_, Usage> {
 pub fn body(
     choices: Vec<AggregatedChoice>,
     names: &ResponseNames,
-    usage: Option<&Usage>,
+    usage: Option<&TokenUsage>,
 ) -> Vec<u8> {
-    let usage = usage.map(openai_usage);
-    let usage = usage.as_deref();
+    let usage = usage.map(self::usage);
     let choices: Vec<OutChoice> = choices
         .into_iter()
         .enumerate()
@@ -139,7 +160,7 @@ struct OutCompletion<'a> {
     model: &'a str,
     choices: Vec<OutChoice>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    usage: Option<&'a Usage>,
+    usage: Option<WireUsage>,
     system_fingerprint: Option<&'a str>,
 }
 
@@ -181,7 +202,7 @@ impl StreamEncoder for SseEncoder {
         SseEncoder::chunk(self, choices)
     }
 
-    fn finish(&mut self, _finish_reason: Option<&str>, usage: Option<&Usage>) -> Bytes {
+    fn finish(&mut self, _finish_reason: Option<&str>, usage: Option<&TokenUsage>) -> Bytes {
         SseEncoder::finish(self, usage)
     }
 
@@ -212,7 +233,7 @@ struct OutChunk<'a> {
     system_fingerprint: Option<&'a str>,
     choices: Vec<OutChunkChoice<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    usage: Option<Option<&'a Usage>>,
+    usage: Option<Option<&'a WireUsage>>,
 }
 
 #[derive(Serialize)]
@@ -232,7 +253,7 @@ impl SseEncoder {
         }
     }
 
-    fn event(&self, choices: &[ChoiceDelta], usage: Option<Option<&Usage>>) -> Bytes {
+    fn event(&self, choices: &[ChoiceDelta], usage: Option<Option<&WireUsage>>) -> Bytes {
         let chunk = OutChunk {
             id: &self.names.id,
             object: "chat.completion.chunk",
@@ -263,11 +284,10 @@ impl SseEncoder {
     }
 
     /// The end of a successful stream: the usage chunk if asked for, then `[DONE]`.
-    pub fn finish(&self, usage: Option<&Usage>) -> Bytes {
+    pub fn finish(&self, usage: Option<&TokenUsage>) -> Bytes {
         let mut out = Vec::new();
         if self.include_usage {
-            let fallback = Usage::default();
-            let usage = openai_usage(usage.unwrap_or(&fallback));
+            let usage = self::usage(&usage.copied().unwrap_or_default());
             out.extend_from_slice(&self.event(&[], Some(Some(&usage))));
         }
         out.extend_from_slice(b"data: [DONE]\n\n");
@@ -313,10 +333,9 @@ mod tests {
             model: "m".into(),
             system_fingerprint: None,
         };
-        let usage = Usage {
-            prompt_tokens: 1,
-            completion_tokens: 2,
-            total_tokens: 3,
+        let usage = TokenUsage {
+            input_tokens: 1,
+            output_tokens: 2,
             ..Default::default()
         };
         let body: Value =
@@ -352,5 +371,25 @@ mod tests {
         let end = std::str::from_utf8(&end).unwrap();
         assert!(end.ends_with("data: [DONE]\n\n"));
         assert!(end.contains("\"choices\":[]"));
+    }
+
+    #[test]
+    fn token_usage_renders_in_openai_shape_with_every_input_class_in_the_prompt() {
+        let u = TokenUsage {
+            input_tokens: 10,
+            cached_input_tokens: 100,
+            cache_write_tokens: 20,
+            output_tokens: 7,
+            reasoning_tokens: 3,
+        };
+        let v = serde_json::to_value(usage(&u)).unwrap();
+        assert_eq!(
+            v,
+            json!({
+                "prompt_tokens": 130, "completion_tokens": 7, "total_tokens": 137,
+                "prompt_tokens_details": {"cached_tokens": 100},
+                "completion_tokens_details": {"reasoning_tokens": 3},
+            })
+        );
     }
 }

@@ -3,7 +3,7 @@
 
 use base64::Engine;
 use serde_json::{Value, json};
-use sy_protocol::chat::Usage;
+use sy_protocol::TokenUsage;
 use sy_protocol::embeddings::{EmbeddingFrame, EmbeddingInput, EmbeddingsRequest};
 
 use crate::ApiError;
@@ -100,7 +100,7 @@ pub fn body(
     mut vectors: Vec<EmbeddingFrame>,
     base64: bool,
     names: &ResponseNames,
-    usage: Option<&Usage>,
+    usage: Option<&TokenUsage>,
 ) -> Vec<u8> {
     vectors.sort_by_key(|v| v.index);
     let data: Vec<Value> = vectors
@@ -115,7 +115,7 @@ pub fn body(
             json!({"object": "embedding", "index": v.index, "embedding": embedding})
         })
         .collect();
-    let prompt = usage.map_or(0, |u| u.prompt_tokens);
+    let prompt = usage.map_or(0, TokenUsage::prompt_tokens);
     serde_json::to_vec(&json!({
         "object": "list",
         "data": data,

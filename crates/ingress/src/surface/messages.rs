@@ -7,9 +7,10 @@
 
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
+use sy_protocol::TokenUsage;
 use sy_protocol::chat::{
     ChatRequest, ChoiceDelta, Content, ContentPart, FunctionCall, FunctionDef, ImageUrl, Message,
-    Role, Stop, Tool, ToolCall, Usage,
+    Role, Stop, Tool, ToolCall,
 };
 
 use crate::ApiError;
@@ -442,25 +443,33 @@ pub fn stop_reason(finish: Option<&str>) -> &'static str {
     }
 }
 
-/// Canonical usage as Anthropic's (input excludes cache reads and writes).
-pub fn usage(u: Option<&Usage>) -> Value {
-    let Some(u) = u else {
-        return json!({"input_tokens": 0, "output_tokens": 0});
-    };
-    let d = |k: &str| {
-        u.prompt_tokens_details
-            .as_ref()
-            .and_then(|m| m.get(k))
-            .and_then(Value::as_u64)
-            .unwrap_or(0)
-    };
-    let (read, write) = (d("cached_tokens"), d("cache_write_tokens"));
-    json!({
-        "input_tokens": u.prompt_tokens.saturating_sub(read + write),
-        "output_tokens": u.completion_tokens,
-        "cache_read_input_tokens": read,
-        "cache_creation_input_tokens": write,
-    })
+/// Anthropic's usage object: its `input_tokens` excludes cache reads and writes.
+#[derive(Debug, serde::Serialize, PartialEq, Eq)]
+pub struct WireUsage {
+    input_tokens: u64,
+    output_tokens: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cache_read_input_tokens: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cache_creation_input_tokens: Option<u64>,
+}
+
+/// Token usage in Anthropic's shape (zeros when the provider reported none).
+pub fn usage(u: Option<&TokenUsage>) -> WireUsage {
+    match u {
+        None => WireUsage {
+            input_tokens: 0,
+            output_tokens: 0,
+            cache_read_input_tokens: None,
+            cache_creation_input_tokens: None,
+        },
+        Some(u) => WireUsage {
+            input_tokens: u.input_tokens,
+            output_tokens: u.output_tokens,
+            cache_read_input_tokens: Some(u.cached_input_tokens),
+            cache_creation_input_tokens: Some(u.cache_write_tokens),
+        },
+    }
 }
 
 fn message_id(names: &ResponseNames) -> String {
@@ -472,7 +481,11 @@ fn message_id(names: &ResponseNames) -> String {
 }
 
 /// The whole answer as an Anthropic `message`.
-pub fn body(choice: Option<AggregatedChoice>, names: &ResponseNames, u: Option<&Usage>) -> Vec<u8> {
+pub fn body(
+    choice: Option<AggregatedChoice>,
+    names: &ResponseNames,
+    u: Option<&TokenUsage>,
+) -> Vec<u8> {
     let choice = choice.unwrap_or_default();
     let mut content = Vec::new();
     if let Some(Value::String(t)) = choice.extra.get("reasoning_content") {
@@ -635,7 +648,7 @@ impl StreamEncoder for MessagesEncoder {
         Bytes::from(out)
     }
 
-    fn finish(&mut self, finish_reason: Option<&str>, u: Option<&Usage>) -> Bytes {
+    fn finish(&mut self, finish_reason: Option<&str>, u: Option<&TokenUsage>) -> Bytes {
         let mut out = Vec::with_capacity(256);
         self.start(&mut out);
         self.close(&mut out);
@@ -864,7 +877,7 @@ mod tests {
             enc.chunk(&[d(json!({"index": 0, "delta": {"content": "Hi"}}))]),
             enc.chunk(&[d(json!({"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "c1", "type": "function", "function": {"name": "f", "arguments": ""}}]}}))]),
             enc.chunk(&[d(json!({"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "{\"a\":1}"}}]}, "finish_reason": "tool_calls"}))]),
-            enc.finish(None, Some(&Usage { prompt_tokens: 9, completion_tokens: 4, total_tokens: 13, ..Default::default() })),
+            enc.finish(None, Some(&TokenUsage { input_tokens: 9, output_tokens: 4, ..Default::default() })),
         ] {
             text.push_str(std::str::from_utf8(&b).unwrap());
         }
@@ -890,5 +903,27 @@ mod tests {
         assert!(text.contains(r#""partial_json":"{\"a\":1}""#));
         assert!(text.contains(r#""input_tokens":9"#));
         assert!(text.contains(r#""id":"msg_abc""#));
+    }
+
+    #[test]
+    fn token_usage_renders_in_anthropic_shape_with_cache_reads_and_writes_apart() {
+        let u = TokenUsage {
+            input_tokens: 10,
+            cached_input_tokens: 100,
+            cache_write_tokens: 20,
+            output_tokens: 7,
+            reasoning_tokens: 3,
+        };
+        assert_eq!(
+            serde_json::to_value(usage(Some(&u))).unwrap(),
+            json!({
+                "input_tokens": 10, "output_tokens": 7,
+                "cache_read_input_tokens": 100, "cache_creation_input_tokens": 20,
+            })
+        );
+        assert_eq!(
+            serde_json::to_value(usage(None)).unwrap(),
+            json!({"input_tokens": 0, "output_tokens": 0})
+        );
     }
 }

@@ -7,9 +7,10 @@
 
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
+use sy_protocol::TokenUsage;
 use sy_protocol::chat::{
     ChatRequest, ChoiceDelta, Content, ContentPart, FunctionCall, FunctionDef, ImageUrl, Message,
-    Role, Tool, ToolCall, Usage,
+    Role, Tool, ToolCall,
 };
 
 use crate::ApiError;
@@ -330,21 +331,15 @@ pub fn parse(body: &[u8]) -> Result<ChatRequest, ApiError> {
     })
 }
 
-/// Canonical usage as the Responses API's.
-pub fn usage(u: Option<&Usage>) -> Value {
-    let u = u.cloned().unwrap_or_default();
-    let d = |m: &Option<Map<String, Value>>, k: &str| {
-        m.as_ref()
-            .and_then(|m| m.get(k))
-            .and_then(Value::as_u64)
-            .unwrap_or(0)
-    };
+/// Token usage in the Responses API's shape.
+pub fn usage(u: Option<&TokenUsage>) -> Value {
+    let u = u.copied().unwrap_or_default();
     json!({
-        "input_tokens": u.prompt_tokens,
-        "input_tokens_details": {"cached_tokens": d(&u.prompt_tokens_details, "cached_tokens")},
-        "output_tokens": u.completion_tokens,
-        "output_tokens_details": {"reasoning_tokens": d(&u.completion_tokens_details, "reasoning_tokens")},
-        "total_tokens": u.prompt_tokens + u.completion_tokens,
+        "input_tokens": u.prompt_tokens(),
+        "input_tokens_details": {"cached_tokens": u.cached_input_tokens},
+        "output_tokens": u.output_tokens,
+        "output_tokens_details": {"reasoning_tokens": u.reasoning_tokens},
+        "total_tokens": u.total_tokens(),
     })
 }
 
@@ -364,7 +359,7 @@ fn envelope(
     status: &str,
     output: Vec<Value>,
     finish: Option<&str>,
-    u: Option<&Usage>,
+    u: Option<&TokenUsage>,
 ) -> Value {
     let incomplete = match finish {
         Some("length") => json!({"reason": "max_output_tokens"}),
@@ -404,7 +399,11 @@ fn call_item(id: &str, call_id: &str, name: &str, arguments: &str, status: &str)
 }
 
 /// The whole answer as a `response` object.
-pub fn body(choice: Option<AggregatedChoice>, names: &ResponseNames, u: Option<&Usage>) -> Vec<u8> {
+pub fn body(
+    choice: Option<AggregatedChoice>,
+    names: &ResponseNames,
+    u: Option<&TokenUsage>,
+) -> Vec<u8> {
     let choice = choice.unwrap_or_default();
     let rid = response_id(names);
     let mut output = Vec::new();
@@ -624,7 +623,7 @@ impl StreamEncoder for ResponsesEncoder {
         Bytes::from(out)
     }
 
-    fn finish(&mut self, finish_reason: Option<&str>, u: Option<&Usage>) -> Bytes {
+    fn finish(&mut self, finish_reason: Option<&str>, u: Option<&TokenUsage>) -> Bytes {
         let mut out = Vec::with_capacity(512);
         self.start(&mut out);
         self.close(&mut out);
