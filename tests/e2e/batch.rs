@@ -724,7 +724,7 @@ async fn an_item_answered_before_its_worker_died_is_billed_once_from_its_stored_
         "received_unix_ms": now - 2_000, "dispatched_unix_ms": now - 1_500,
         "finished_unix_ms": now - 1_000, "key_id": "test", "ingress_id": "dispatcher",
         "worker_id": "the-worker-that-died", "api": "chat_completions",
-        "route": "gpt-4o-mini", "provider": "openai", "model": "gpt-4o-mini",
+        "model": "gpt-4o-mini", "provider": "openai", "upstream_model": "gpt-4o-mini",
         "stream": false, "status": "ok", "input_tokens": 7, "cached_input_tokens": 0,
         "cache_write_tokens": 0, "output_tokens": 5, "reasoning_tokens": 0,
         "input_tokens_source": "provider", "output_tokens_source": "provider",
@@ -734,7 +734,7 @@ async fn an_item_answered_before_its_worker_died_is_billed_once_from_its_stored_
     .unwrap();
     let frame: sy_protocol::ReplyFrame = serde_json::from_value(json!({
         "type": "final", "seq": 0, "finish_reason": "stop",
-        "usage": {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12},
+        "usage": {"input_tokens": 7, "output_tokens": 5},
     }))
     .unwrap();
     let result = sy_protocol::batch::BatchResult {

@@ -121,7 +121,7 @@ async fn consume(
             };
             let redelivered = msg.info().map(|i| i.delivered > 1).unwrap_or(false);
             let (msg, acker) = msg.split();
-            match serde_json::from_slice::<UsageEvent>(&msg.payload) {
+            match sy_protocol::legacy::read_usage_event(&msg.payload) {
                 Ok(event) => batch.push((event, acker, redelivered)),
                 Err(e) => {
                     tracing::error!(error = %e, "Dropping an unreadable usage event.");

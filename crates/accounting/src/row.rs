@@ -116,13 +116,13 @@ impl From<&UsageEvent> for RequestRow {
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_owned))
                 .unwrap_or_default(),
-            model: e.route.clone(),
+            model: e.model.clone(),
             class: e.class.clone().unwrap_or_default(),
-            route: e.smart_route.clone().unwrap_or_default(),
+            route: e.route.clone().unwrap_or_default(),
             strategy: e.strategy.clone().unwrap_or_default(),
             target_rank: e.target_rank.map_or(0, |r| r.min(255) as u8),
             provider: e.provider.clone(),
-            upstream_model: e.model.clone(),
+            upstream_model: e.upstream_model.clone(),
             served_model: e.served_model.clone().unwrap_or_default(),
             stream: u8::from(e.stream),
             status: e.status.as_str().to_owned(),

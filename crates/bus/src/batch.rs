@@ -191,7 +191,10 @@ impl Bus {
         /// Only the part of a result that is needed here.
         #[derive(serde::Deserialize)]
         struct Stored {
-            #[serde(default)]
+            #[serde(
+                default,
+                deserialize_with = "sy_protocol::legacy::optional_usage_event"
+            )]
             usage: Option<UsageEvent>,
         }
         let stream = self

@@ -357,7 +357,7 @@ impl Bus {
                 .batch_request(&envelope.provider, &item.batch_id),
             None => self.subjects.request(
                 &envelope.provider,
-                &sy_protocol::route_token(&envelope.route),
+                &sy_protocol::route_token(&envelope.model),
             ),
         };
         let msg_id = UsageEvent::event_id_of(envelope.request_id, envelope.attempt);

@@ -140,7 +140,7 @@ pub(crate) fn admit(
     } else {
         route::shed(state, targets).map_err(|e| (e, class))?
     };
-    let (provider, model) = (first.provider, first.model);
+    let (provider, model) = (first.provider, first.upstream_model);
     let choice = RouteChoice {
         rank: first.rank,
         ..choice
@@ -158,9 +158,9 @@ pub(crate) fn admit(
         deadline_unix_ms,
         key_id: key_id.to_owned(),
         api: surface,
-        route: route_name,
+        model: route_name,
         provider,
-        model,
+        upstream_model: model,
         request,
         embeddings,
         class: class.map(|c| c.as_str().to_owned()),
@@ -248,12 +248,12 @@ fn decide(
     };
     let targets = std::iter::once(FallbackTarget {
         provider: chosen.provider.clone(),
-        model: chosen.model.clone(),
+        upstream_model: chosen.model.clone(),
         rank: choice.rank,
     })
     .chain(decision.order[1..].iter().map(|&i| FallbackTarget {
         provider: decision.candidates[i].provider.clone(),
-        model: decision.candidates[i].model.clone(),
+        upstream_model: decision.candidates[i].model.clone(),
         rank: i as u32 + 1,
     }))
     .collect();
@@ -373,9 +373,9 @@ targets = [{{ provider = "openai", model = "gpt-4o-mini" }}]
         let env = &a.envelope;
         assert_eq!(
             (
-                env.route.as_str(),
+                env.model.as_str(),
                 env.provider.as_str(),
-                env.model.as_str()
+                env.upstream_model.as_str()
             ),
             ("chain", "openai", "gpt-4o-mini")
         );
@@ -408,7 +408,7 @@ targets = [{{ provider = "openai", model = "gpt-4o-mini" }}]
         .unwrap();
         assert_eq!(a.class, Some(sy_classifier::Class::Code));
         let env = &a.envelope;
-        assert_eq!(env.route, "auto");
+        assert_eq!(env.model, "auto");
         assert_eq!(a.route_header, "code");
         assert_eq!(env.choice.as_ref().unwrap().route, "code");
         assert_eq!(env.class.as_deref(), Some("code"));

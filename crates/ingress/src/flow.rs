@@ -159,7 +159,7 @@ async fn chat(
     let first = pending.next().await.map_err(|e| (e, None, class))?;
     tracing::trace!("First frame received.");
     let start = start_of(&first).cloned();
-    let names = ResponseNames::from_start(start.as_ref(), request_id, &envelope.model);
+    let names = ResponseNames::from_start(start.as_ref(), request_id, &envelope.upstream_model);
     if let ReplyFrame::Final(f) = &first
         && let Some(e) = &f.error
     {

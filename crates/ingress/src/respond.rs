@@ -32,7 +32,7 @@ pub(crate) fn with_headers(
         if let Ok(v) = HeaderValue::from_str(&s.provider) {
             h.insert(hdr::PROVIDER, v);
         }
-        if let Ok(v) = HeaderValue::from_str(&s.model) {
+        if let Ok(v) = HeaderValue::from_str(&s.upstream_model) {
             h.insert(hdr::MODEL, v);
         }
         h.insert(hdr::ATTEMPTS, HeaderValue::from(s.attempt));

@@ -77,10 +77,10 @@ pub(crate) fn fixed_order(state: &AppState, route: &ModelRoute) -> Vec<FallbackT
         .enumerate()
         .map(|(i, t)| FallbackTarget {
             provider: t.provider.clone(),
-            model: t.model.clone(),
+            upstream_model: t.model.clone(),
             rank: i as u32 + 1,
         })
-        .partition(|t| live.unhealthy(&t.provider, &t.model).is_none());
+        .partition(|t| live.unhealthy(&t.provider, &t.upstream_model).is_none());
     healthy.extend(sick);
     healthy
 }
@@ -99,9 +99,9 @@ pub(crate) fn shed(
     let mut order = order.into_iter();
     for t in order.by_ref() {
         let max_queue = state.providers.get(&t.provider).and_then(|p| p.max_queue);
-        match live.shed(&t.provider, &t.model, max_queue, budget) {
+        match live.shed(&t.provider, &t.upstream_model, max_queue, budget) {
             None => return Ok((t, order.collect())),
-            Some(w) => why.push(format!("{}/{}: {w}", t.provider, t.model)),
+            Some(w) => why.push(format!("{}/{}: {w}", t.provider, t.upstream_model)),
         }
     }
     Err(ApiError {
@@ -151,7 +151,7 @@ pub(crate) fn explain(
     } else if let Some(route) = routing.models.get(&req.model) {
         let targets: Vec<Value> = fixed_order(state, route)
             .iter()
-            .map(|t| json!({"provider": t.provider, "model": t.model, "rank": t.rank}))
+            .map(|t| json!({"provider": t.provider, "model": t.upstream_model, "rank": t.rank}))
             .collect();
         doc["router"] = Value::Null;
         doc["route"] = json!(route.name);

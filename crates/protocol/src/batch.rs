@@ -337,7 +337,11 @@ pub struct BatchResult {
     /// The usage event of the call that produced the answer, stored with it:
     /// a worker that finds the item answered after a crash publishes it again
     /// (deduplicated by its event id), so the answer is never unbilled.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::legacy::optional_usage_event"
+    )]
     pub usage: Option<UsageEvent>,
 }
 

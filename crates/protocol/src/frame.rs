@@ -35,7 +35,8 @@ pub struct EnvelopeHead {
 }
 
 /// A request on its way from the ingress to a worker pool, published to
-/// `<ns>.req.<provider>.<route>` on the request stream with `Nats-Msg-Id` = request id.
+/// `<ns>.req.<provider>.<model token>` (the requested model) on the request
+/// stream with `Nats-Msg-Id` = request id.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RequestEnvelope {
     /// UUIDv7, also the response's `x-switchyard-request-id`.
@@ -55,12 +56,13 @@ pub struct RequestEnvelope {
     pub key_id: String,
     /// The client API the request came in on.
     pub api: ApiSurface,
-    /// The route (the model name the client asked for).
-    pub route: String,
+    /// The model the client asked for (a model or a router name): the
+    /// request body's `model`, also the subject's last token.
+    pub model: String,
     /// The provider entry (config name) this attempt targets.
     pub provider: String,
     /// The upstream model to ask the provider for.
-    pub model: String,
+    pub upstream_model: String,
     /// The client's request, validated. For embeddings it carries only the model
     /// (and no messages); the input is in `embeddings`.
     pub request: ChatRequest,
@@ -152,8 +154,9 @@ pub struct Resume {
 pub struct FallbackTarget {
     /// Provider entry.
     pub provider: String,
-    /// Upstream model.
-    pub model: String,
+    /// Upstream model (messages written before the names were unified say `model`; both are read).
+    #[serde(alias = "model")]
+    pub upstream_model: String,
     /// Its position in the route's target list, from 1.
     pub rank: u32,
 }
@@ -197,8 +200,10 @@ impl ReplyFrame {
 pub struct StartInfo {
     /// The provider entry (config name) that served the request.
     pub provider: String,
-    /// The upstream model Switchyard asked for.
-    pub model: String,
+    /// The upstream model Switchyard asked for (messages written before the names were unified,
+    /// e.g. stored batch results, say `model`; both are read).
+    #[serde(alias = "model")]
+    pub upstream_model: String,
     /// The model the provider says answered (may be a dated snapshot name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub served_model: Option<String>,

@@ -101,14 +101,15 @@ pub struct UsageEvent {
     pub worker_id: String,
     /// The client API.
     pub api: ApiSurface,
-    /// The model the client asked for.
-    pub route: String,
+
+    /// The model the client asked for (a model or a router name).
+    pub model: String,
     /// The request class (classifier or client hint).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub class: Option<String>,
-    /// The smart route that chose the target (empty for a named model).
+    /// The router's route that chose the target (none for a named model).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub smart_route: Option<String>,
+    pub route: Option<String>,
     /// The route's strategy (`fixed` for a named model).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strategy: Option<String>,
@@ -118,7 +119,7 @@ pub struct UsageEvent {
     /// The provider entry.
     pub provider: String,
     /// The upstream model asked for.
-    pub model: String,
+    pub upstream_model: String,
     /// The model the provider says answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub served_model: Option<String>,

@@ -73,7 +73,7 @@ impl Provider for AnthropicAdapter {
         req: &ChatRequest,
         cx: &CallContext,
     ) -> Result<ChunkStream, ProviderError> {
-        let wire = to_wire(req, &cx.model, cx.stream, self.default_max_tokens)?;
+        let wire = to_wire(req, &cx.upstream_model, cx.stream, self.default_max_tokens)?;
         let body = serde_json::to_vec(&wire).map_err(|e| ProviderError::Protocol(e.to_string()))?;
         let resp =
             call::post_json(&self.client, &self.url, &self.headers, body, read_error).await?;

@@ -58,7 +58,7 @@ impl Provider for CohereAdapter {
         req: &ChatRequest,
         cx: &CallContext,
     ) -> Result<ChunkStream, ProviderError> {
-        let wire = to_wire(req, &cx.model, cx.stream)?;
+        let wire = to_wire(req, &cx.upstream_model, cx.stream)?;
         let body = serde_json::to_vec(&wire).map_err(|e| ProviderError::Protocol(e.to_string()))?;
         let resp =
             call::post_json(&self.client, &self.url, &self.headers, body, read_error).await?;
@@ -81,7 +81,7 @@ impl Provider for CohereAdapter {
             .input
             .texts()
             .ok_or_else(|| unsupported(DIALECT, "token-array 'input'"))?;
-        let mut wire = json!({"model": cx.model, "texts": texts, "input_type": "search_document",
+        let mut wire = json!({"model": cx.upstream_model, "texts": texts, "input_type": "search_document",
             "embedding_types": ["float"]});
         if let Some(d) = req.dimensions {
             wire["output_dimension"] = json!(d);

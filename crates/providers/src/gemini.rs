@@ -68,10 +68,10 @@ impl Provider for GeminiAdapter {
         let url = if cx.stream {
             format!(
                 "{}/models/{}:streamGenerateContent?alt=sse",
-                self.base, cx.model
+                self.base, cx.upstream_model
             )
         } else {
-            format!("{}/models/{}:generateContent", self.base, cx.model)
+            format!("{}/models/{}:generateContent", self.base, cx.upstream_model)
         };
         let resp = call::post_json(&self.client, &url, &self.headers, body, read_error).await?;
         if cx.stream {
@@ -98,7 +98,7 @@ impl Provider for GeminiAdapter {
         let requests: Vec<Value> = texts
             .iter()
             .map(|t| {
-                let mut r = json!({"model": format!("models/{}", cx.model), "content": {"parts": [{"text": t}]}});
+                let mut r = json!({"model": format!("models/{}", cx.upstream_model), "content": {"parts": [{"text": t}]}});
                 if let Some(d) = req.dimensions {
                     r["outputDimensionality"] = json!(d);
                 }
@@ -107,7 +107,10 @@ impl Provider for GeminiAdapter {
             .collect();
         let body = serde_json::to_vec(&json!({"requests": requests}))
             .map_err(|e| ProviderError::Protocol(e.to_string()))?;
-        let url = format!("{}/models/{}:batchEmbedContents", self.base, cx.model);
+        let url = format!(
+            "{}/models/{}:batchEmbedContents",
+            self.base, cx.upstream_model
+        );
         let resp = call::post_json(&self.client, &url, &self.headers, body, read_error).await?;
         let v: Value = call::json(&call::body(resp).await?)?;
         let vectors = v["embeddings"]

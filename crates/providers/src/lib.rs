@@ -64,7 +64,7 @@ pub struct ResponseMeta {
 #[derive(Debug, Clone)]
 pub struct CallContext {
     /// The upstream model to ask for.
-    pub model: String,
+    pub upstream_model: String,
     /// Stream the answer.
     pub stream: bool,
 }

@@ -68,7 +68,7 @@ impl OpenAiAdapter {
 
     fn body(req: &ChatRequest, cx: &CallContext) -> Result<Vec<u8>, ProviderError> {
         let mut wire = req.clone();
-        wire.model.clone_from(&cx.model);
+        wire.model.clone_from(&cx.upstream_model);
         // Anthropic's exact budget has no OpenAI spelling; reasoning_effort carries it.
         wire.thinking_budget = None;
         // Caching breakpoints are Anthropic's; OpenAI-compatible APIs cache on their own.
@@ -113,7 +113,7 @@ impl Provider for OpenAiAdapter {
     ) -> Result<ChunkStream, ProviderError> {
         let resp = call::post_json(
             &self.client,
-            &self.url(&cx.model, "chat/completions"),
+            &self.url(&cx.upstream_model, "chat/completions"),
             &self.headers,
             Self::body(req, cx)?,
             read_error,
@@ -134,13 +134,13 @@ impl Provider for OpenAiAdapter {
         cx: &CallContext,
     ) -> Result<Embeddings, ProviderError> {
         let mut wire = req.clone();
-        wire.model.clone_from(&cx.model);
+        wire.model.clone_from(&cx.upstream_model);
         // Floats on the wire; the ingress encodes base64 for clients that ask.
         wire.encoding_format = Some("float".into());
         let body = serde_json::to_vec(&wire).map_err(|e| ProviderError::Protocol(e.to_string()))?;
         let resp = call::post_json(
             &self.client,
-            &self.url(&cx.model, "embeddings"),
+            &self.url(&cx.upstream_model, "embeddings"),
             &self.headers,
             body,
             read_error,
@@ -407,7 +407,7 @@ mod tests {
         }))
         .unwrap();
         let cx = CallContext {
-            model: "gpt-4o".into(),
+            upstream_model: "gpt-4o".into(),
             stream: false,
         };
         let wire: Value = serde_json::from_slice(&OpenAiAdapter::body(&req, &cx).unwrap()).unwrap();
@@ -433,7 +433,7 @@ mod tests {
         }))
         .unwrap();
         let cx = CallContext {
-            model: "gpt-4o-2024".into(),
+            upstream_model: "gpt-4o-2024".into(),
             stream: true,
         };
         let wire: Value = serde_json::from_slice(&OpenAiAdapter::body(&req, &cx).unwrap()).unwrap();
@@ -444,7 +444,7 @@ mod tests {
         assert_eq!(wire["stream_options"]["include_usage"], true);
         assert_eq!(wire["stream_options"]["x_opt"], 1);
         let plain = CallContext {
-            model: "m".into(),
+            upstream_model: "m".into(),
             stream: false,
         };
         let wire: Value =

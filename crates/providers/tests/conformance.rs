@@ -47,7 +47,7 @@ fn request(prompt: &str) -> ChatRequest {
 
 fn cx(stream: bool) -> CallContext {
     CallContext {
-        model: "upstream-model".into(),
+        upstream_model: "upstream-model".into(),
         stream,
     }
 }

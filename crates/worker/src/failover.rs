@@ -34,10 +34,10 @@ pub(crate) async fn fall_back(
             .and_then(|p| p.models.get(m))
             .and_then(|i| i.context_window)
     };
-    let here = window(&cx.provider.name, &env.model);
+    let here = window(&cx.provider.name, &env.upstream_model);
     let fits = |t: &FallbackTarget| {
         error.code != ErrorCode::ContextLengthExceeded
-            || match (here, window(&t.provider, &t.model)) {
+            || match (here, window(&t.provider, &t.upstream_model)) {
                 (Some(a), Some(b)) => b > a,
                 _ => true,
             }
@@ -51,7 +51,7 @@ pub(crate) async fn fall_back(
         .copied()
         .find(|&i| {
             let t = &env.fallback[i];
-            live.unhealthy(&t.provider, &t.model).is_none()
+            live.unhealthy(&t.provider, &t.upstream_model).is_none()
         })
         .or_else(|| candidates.first().copied());
     let Some(i) = pick else {
@@ -61,7 +61,7 @@ pub(crate) async fn fall_back(
     let mut out = env.clone();
     out.attempt = attempt + 1;
     out.provider.clone_from(&next.provider);
-    out.model.clone_from(&next.model);
+    out.upstream_model.clone_from(&next.upstream_model);
     out.fallback = env.fallback[i + 1..].to_vec();
     out.fallback_reason = Some(reason);
     if resume.is_some() {
@@ -70,7 +70,7 @@ pub(crate) async fn fall_back(
     if let Some(choice) = &mut out.choice {
         choice.rank = next.rank;
     }
-    tracing::debug!(to = %next.provider, model = %next.model, "Falling back.");
+    tracing::debug!(to = %next.provider, model = %next.upstream_model, "Falling back.");
     if let Err(e) = cx.bus.publish_request(&out).await {
         tracing::warn!(error = %e, "Could not hand the request to its fallback.");
         fail(error.clone()).await;

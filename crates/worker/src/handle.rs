@@ -35,7 +35,7 @@ pub(crate) async fn handle(cx: Arc<Shared>, msg: jetstream::Message) {
     let dispatched_unix_ms = now_unix_ms();
     let delivered = msg.info().map_or(1, |i| i.delivered.max(1));
     let (msg, acker) = msg.split();
-    let env: RequestEnvelope = match serde_json::from_slice(&msg.payload) {
+    let env: RequestEnvelope = match sy_protocol::legacy::read_envelope(&msg.payload) {
         Ok(env) => env,
         Err(e) => {
             tracing::error!(subject = %msg.subject, error = %e, "Refusing an unreadable request envelope.");
@@ -48,7 +48,7 @@ pub(crate) async fn handle(cx: Arc<Shared>, msg: jetstream::Message) {
         "worker.request",
         request_id = %env.request_id,
         provider = %cx.provider.name,
-        model = %env.model,
+        model = %env.upstream_model,
         attempt = env.attempt,
     );
     // The message's identity: a fallback's republish is another message.
@@ -229,7 +229,7 @@ async fn serve(
     let probe = cx
         .live
         .at(now_unix_ms())
-        .half_open(&cx.provider.name, &env.model);
+        .half_open(&cx.provider.name, &env.upstream_model);
     let retries = if probe { 0 } else { cx.provider.retries };
     let mut backoff = ExponentialBuilder::new()
         .with_min_delay(RETRY_MIN)
@@ -252,9 +252,9 @@ async fn serve(
         && let Some(why) = cx
             .live
             .at(now_unix_ms())
-            .unhealthy(&cx.provider.name, &env.model)
+            .unhealthy(&cx.provider.name, &env.upstream_model)
     {
-        let reason = format!("{}/{} {why}", cx.provider.name, env.model);
+        let reason = format!("{}/{} {why}", cx.provider.name, env.upstream_model);
         let error = FrameError::new(ErrorCode::Overloaded, reason.clone());
         fall_back(cx, env, call.attempt, &error, reason, None).await;
         return false;
@@ -368,7 +368,7 @@ async fn serve(
                 };
                 let reason = format!(
                     "mid-stream recovery: {}/{} failed after output: {code}",
-                    cx.provider.name, env.model
+                    cx.provider.name, env.upstream_model
                 );
                 fall_back(cx, env, call.attempt, &error, reason, Some(resume)).await;
                 return false;
@@ -381,7 +381,8 @@ async fn serve(
                 let delay = backoff.next().map(|d| d.max(after.unwrap_or_default()));
                 let Some(delay) = delay.filter(|d| tokio::time::Instant::now() + *d < deadline)
                 else {
-                    let reason = format!("{}/{} failed: {code}", cx.provider.name, env.model);
+                    let reason =
+                        format!("{}/{} failed: {code}", cx.provider.name, env.upstream_model);
                     fall_back(cx, env, call.attempt, &error, reason, None).await;
                     return false;
                 };
@@ -401,7 +402,7 @@ async fn serve(
                 };
             }
             Next::Fallback => {
-                let reason = format!("{}/{} failed: {code}", cx.provider.name, env.model);
+                let reason = format!("{}/{} failed: {code}", cx.provider.name, env.upstream_model);
                 fall_back(cx, env, call.attempt, &error, reason, None).await;
                 return false;
             }

@@ -53,7 +53,7 @@ impl<'a> Replier<'a> {
         let meta = meta.unwrap_or_default();
         StartInfo {
             provider: self.provider.to_owned(),
-            model: self.env.model.clone(),
+            upstream_model: self.env.upstream_model.clone(),
             served_model: meta.model,
             response_id: meta.id,
             created: meta.created,
@@ -148,7 +148,7 @@ impl<'a> Replier<'a> {
         state: &mut AttemptState,
     ) {
         let cx = CallContext {
-            model: self.env.model.clone(),
+            upstream_model: self.env.upstream_model.clone(),
             stream: false,
         };
         state.reached_provider = true;
@@ -185,7 +185,7 @@ impl<'a> Replier<'a> {
         // The client's usage: the provider's, else our estimate (the usage event
         // marks it as estimated).
         let usage = state.usage.unwrap_or_else(|| TokenUsage {
-            input_tokens: crate::tokens::estimate_embeddings(&self.env.model, req),
+            input_tokens: crate::tokens::estimate_embeddings(&self.env.upstream_model, req),
             ..TokenUsage::default()
         });
         let start = (self.seq == 0).then(|| self.start_info(None));
@@ -217,7 +217,7 @@ impl<'a> Replier<'a> {
         }
         let stream_mode = env.request.is_stream();
         let cx = CallContext {
-            model: env.model.clone(),
+            upstream_model: env.upstream_model.clone(),
             stream: stream_mode,
         };
         // A continued stream: the target continues the text as an assistant

@@ -65,12 +65,12 @@ pub(crate) fn event(
         && (status != UsageStatus::Error || !state.output_text.is_empty())
     {
         let input = match &env.embeddings {
-            Some(e) => tokens::estimate_embeddings(&env.model, e),
-            None => tokens::estimate_prompt(&env.model, &env.request),
+            Some(e) => tokens::estimate_embeddings(&env.upstream_model, e),
+            None => tokens::estimate_prompt(&env.upstream_model, &env.request),
         };
         let estimated = TokenUsage {
             input_tokens: input,
-            output_tokens: tokens::estimate_output(&env.model, &state.output_text),
+            output_tokens: tokens::estimate_output(&env.upstream_model, &state.output_text),
             ..TokenUsage::default()
         };
         (estimated, TokenSource::Estimated)
@@ -80,7 +80,7 @@ pub(crate) fn event(
     let cost = cx
         .provider
         .prices
-        .get(&env.model)
+        .get(&env.upstream_model)
         .map(|p| p.cost_nanos(&tokens));
     let error_code = match (status, &state.error) {
         (_, Some(e)) => Some(e.code),
@@ -101,13 +101,13 @@ pub(crate) fn event(
         ingress_id: env.ingress_id.clone(),
         worker_id: cx.worker_id.clone(),
         api: env.api,
-        route: env.route.clone(),
+        model: env.model.clone(),
         class: env.class.clone(),
-        smart_route: env.choice.as_ref().map(|c| c.route.clone()),
+        route: env.choice.as_ref().map(|c| c.route.clone()),
         strategy: env.choice.as_ref().map(|c| c.strategy.clone()),
         target_rank: env.choice.as_ref().map(|c| c.rank),
         provider: cx.provider.name.clone(),
-        model: env.model.clone(),
+        upstream_model: env.upstream_model.clone(),
         served_model: state.served_model.clone(),
         stream: env.request.is_stream(),
         status,
@@ -147,7 +147,7 @@ pub(crate) fn observation(event: &UsageEvent, ended: Ended) -> Option<Observatio
     let outcome = Outcome::of(event.error_code, event.provider_status);
     (outcome != Outcome::Neutral).then(|| Observation {
         provider: event.provider.clone(),
-        model: event.model.clone(),
+        model: event.upstream_model.clone(),
         worker_id: event.worker_id.clone(),
         outcome,
         error_code: event.error_code,

@@ -40,7 +40,7 @@ pub fn line(surface: ApiSurface, result: &BatchResult, base64: bool) -> (Vec<u8>
         ReplyFrame::Embedding(e) => e.start.as_ref(),
         ReplyFrame::Final(f) => f.start.as_ref(),
     });
-    let model = start.map_or("", |s| s.model.as_str());
+    let model = start.map_or("", |s| s.upstream_model.as_str());
     let names = ResponseNames::from_start(start, result.request_id, model);
     let (status, body, failed) =
         match crate::respond::answer_body(surface, result.frames.clone(), &names, base64) {
@@ -83,7 +83,7 @@ mod tests {
     fn start() -> StartInfo {
         StartInfo {
             provider: "openai".into(),
-            model: "gpt-4o-mini".into(),
+            upstream_model: "gpt-4o-mini".into(),
             served_model: None,
             response_id: Some("chatcmpl-1".into()),
             created: Some(1),

@@ -214,7 +214,7 @@ impl StreamEncoder for SseEncoder {
         self.names.model = start
             .served_model
             .clone()
-            .unwrap_or_else(|| start.model.clone());
+            .unwrap_or_else(|| start.upstream_model.clone());
     }
 }
 
