@@ -13,7 +13,7 @@ use sy_protocol::{ApiSurface, ErrorCode, ReplyFrame, StartInfo, header as hdr, n
 use uuid::Uuid;
 
 use crate::intake::{check_content_type, read_body};
-use crate::relay::{Pending, ResponseNames};
+use crate::relay::{Pending, answer_meta};
 use crate::respond::{json_response, sse_response, start_of, with_headers};
 use crate::surface::{chat::SseEncoder, messages, responses};
 use crate::{ApiError, AppState, admission, extract, idempotency};
@@ -159,7 +159,7 @@ async fn chat(
     let first = pending.next().await.map_err(|e| (e, None, class))?;
     tracing::trace!("First frame received.");
     let start = start_of(&first).cloned();
-    let names = ResponseNames::from_start(start.as_ref(), request_id, &envelope.upstream_model);
+    let names = answer_meta(start.as_ref(), request_id, &envelope.upstream_model);
     if let ReplyFrame::Final(f) = &first
         && let Some(e) = &f.error
     {

@@ -34,9 +34,7 @@ mod usage;
 mod validate;
 
 pub use error::ApiError;
-pub use relay::{
-    Aggregate, AggregatedCall, AggregatedChoice, Pending, ResponseNames, StreamEncoder,
-};
+pub use relay::{Aggregate, AggregatedCall, AggregatedChoice, Pending, StreamEncoder, answer_meta};
 pub use route::{estimate_input_tokens, expected_output_tokens};
 pub use surface::chat::{SseEncoder, parse_chat};
 pub use validate::validate_chat;

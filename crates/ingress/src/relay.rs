@@ -7,7 +7,9 @@ use serde_json::{Map, Value};
 use sy_bus::{Bus, ReplyReceiver};
 use sy_protocol::TokenUsage;
 use sy_protocol::chat::{ChoiceDelta, Delta, Role};
-use sy_protocol::{Cancel, CancelReason, ErrorCode, ReplyFrame, StartInfo, now_unix_ms};
+use sy_protocol::{
+    Cancel, CancelReason, ErrorCode, ReplyFrame, ResponseMeta, StartInfo, now_unix_ms,
+};
 use tokio::time::Instant;
 use uuid::Uuid;
 
@@ -106,34 +108,28 @@ impl Drop for Pending {
     }
 }
 
-/// How the answer is named in OpenAI responses.
-#[derive(Debug, Clone)]
-pub struct ResponseNames {
-    /// `id`.
-    pub id: String,
-    /// `created`.
-    pub created: i64,
-    /// `model`.
-    pub model: String,
-    /// `system_fingerprint`.
-    pub system_fingerprint: Option<String>,
-}
-
-impl ResponseNames {
-    /// From the first frame's start info.
-    pub fn from_start(start: Option<&StartInfo>, request_id: Uuid, model: &str) -> Self {
-        ResponseNames {
-            id: start
-                .and_then(|s| s.response_id.clone())
+/// The answer's identity as clients see it: the provider's names from the
+/// first frame's start info, with what the provider did not say filled in
+/// (an id from the request id, the time now, the upstream `model`).
+pub fn answer_meta(start: Option<&StartInfo>, request_id: Uuid, model: &str) -> ResponseMeta {
+    let given = start.map(|s| &s.response);
+    ResponseMeta {
+        response_id: Some(
+            given
+                .and_then(|r| r.response_id.clone())
                 .unwrap_or_else(|| format!("chatcmpl-{}", request_id.as_simple())),
-            created: start
-                .and_then(|s| s.created)
+        ),
+        created: Some(
+            given
+                .and_then(|r| r.created)
                 .unwrap_or_else(|| (now_unix_ms() / 1000) as i64),
-            model: start
-                .and_then(|s| s.served_model.clone())
+        ),
+        served_model: Some(
+            given
+                .and_then(|r| r.served_model.clone())
                 .unwrap_or_else(|| model.to_owned()),
-            system_fingerprint: start.and_then(|s| s.system_fingerprint.clone()),
-        }
+        ),
+        system_fingerprint: given.and_then(|r| r.system_fingerprint.clone()),
     }
 }
 

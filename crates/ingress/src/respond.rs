@@ -11,8 +11,9 @@ use sy_protocol::{ApiSurface, ErrorCode, ReplyFrame, StartInfo, header as hdr};
 use uuid::Uuid;
 
 use crate::ApiError;
-use crate::relay::{Aggregate, Pending, ResponseNames, StreamEncoder};
+use crate::relay::{Aggregate, Pending, StreamEncoder};
 use crate::surface::{chat, embeddings, messages, responses};
+use sy_protocol::ResponseMeta;
 
 /// Switchyard's response headers: the request id, the class, and who answered.
 pub(crate) fn with_headers(
@@ -54,7 +55,7 @@ pub(crate) async fn json_response(
     surface: ApiSurface,
     mut pending: Pending,
     first: ReplyFrame,
-    names: &ResponseNames,
+    names: &ResponseMeta,
     base64: bool,
 ) -> Result<Response, ApiError> {
     let mut frames = vec![first];
@@ -77,7 +78,7 @@ pub(crate) async fn json_response(
 pub(crate) fn answer_body(
     surface: ApiSurface,
     frames: Vec<ReplyFrame>,
-    names: &ResponseNames,
+    names: &ResponseMeta,
     base64: bool,
 ) -> Result<Vec<u8>, ApiError> {
     let mut agg = Aggregate::default();

@@ -195,6 +195,43 @@ impl ReplyFrame {
     }
 }
 
+/// How the provider named an answer: the one type for an answer's identity,
+/// from the adapter (which reads it from the provider's first chunk) through
+/// the first reply frame ([`StartInfo`]) to the client surfaces, which write it
+/// in their own format (the ingress fills in what the provider did not say).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResponseMeta {
+    /// The provider's response id (`chatcmpl-…`, `msg_…`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_id: Option<String>,
+    /// The model the provider says answered (may be a dated snapshot name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_model: Option<String>,
+    /// The creation time, Unix seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<i64>,
+    /// The provider's system fingerprint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_fingerprint: Option<String>,
+}
+
+impl ResponseMeta {
+    /// The response id, or `""` when none is known.
+    pub fn id(&self) -> &str {
+        self.response_id.as_deref().unwrap_or_default()
+    }
+
+    /// The model that answered, or `""` when none is known.
+    pub fn model(&self) -> &str {
+        self.served_model.as_deref().unwrap_or_default()
+    }
+
+    /// The creation time, or 0 when none is known.
+    pub fn created(&self) -> i64 {
+        self.created.unwrap_or_default()
+    }
+}
+
 /// Who answered and how the provider named the answer; on the first frame of a reply.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StartInfo {
@@ -204,18 +241,9 @@ pub struct StartInfo {
     /// e.g. stored batch results, say `model`; both are read).
     #[serde(alias = "model")]
     pub upstream_model: String,
-    /// The model the provider says answered (may be a dated snapshot name).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub served_model: Option<String>,
-    /// The provider's response id (`chatcmpl-…`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub response_id: Option<String>,
-    /// The provider's creation time, Unix seconds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub created: Option<i64>,
-    /// The provider's system fingerprint.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub system_fingerprint: Option<String>,
+    /// How the provider named the answer (its fields sit beside these).
+    #[serde(flatten)]
+    pub response: ResponseMeta,
     /// Which attempt produced this reply.
     pub attempt: u32,
 }

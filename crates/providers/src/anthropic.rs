@@ -426,8 +426,8 @@ pub fn from_message(body: &[u8]) -> Result<Chunk, ProviderError> {
     }
     Ok(Chunk {
         meta: Some(ResponseMeta {
-            id: m.id,
-            model: m.model,
+            response_id: m.id,
+            served_model: m.model,
             created: None,
             system_fingerprint: None,
         }),
@@ -494,8 +494,8 @@ impl Decoder for AnthropicDecoder {
                 }
                 Ok(Step::Chunk(Chunk {
                     meta: Some(ResponseMeta {
-                        id: m["id"].as_str().map(str::to_owned),
-                        model: m["model"].as_str().map(str::to_owned),
+                        response_id: m["id"].as_str().map(str::to_owned),
+                        served_model: m["model"].as_str().map(str::to_owned),
                         created: None,
                         system_fingerprint: None,
                     }),
@@ -783,7 +783,10 @@ mod tests {
     fn message_maps_text_tool_use_and_cache_usage() {
         let body = br#"{"id":"msg_1","type":"message","role":"assistant","model":"claude-x-2025","content":[{"type":"thinking","thinking":"hmm","signature":"s"},{"type":"text","text":"Let me look."},{"type":"tool_use","id":"toolu_9","name":"look","input":{"q":"cat"}}],"stop_reason":"tool_use","stop_sequence":null,"usage":{"input_tokens":10,"output_tokens":7,"cache_read_input_tokens":100,"cache_creation_input_tokens":20}}"#;
         let c = from_message(body).unwrap();
-        assert_eq!(c.meta.unwrap().model.as_deref(), Some("claude-x-2025"));
+        assert_eq!(
+            c.meta.unwrap().served_model.as_deref(),
+            Some("claude-x-2025")
+        );
         let ch = &c.choices[0];
         assert_eq!(ch.delta.content.as_deref(), Some("Let me look."));
         assert_eq!(ch.delta.extra["reasoning_content"], "hmm");
@@ -826,7 +829,10 @@ mod tests {
         let bytes = TOOL_STREAM.as_bytes();
         let (whole, complete) = decode(bytes, 0);
         assert!(complete);
-        assert_eq!(whole[0].meta.as_ref().unwrap().id.as_deref(), Some("msg_2"));
+        assert_eq!(
+            whole[0].meta.as_ref().unwrap().response_id.as_deref(),
+            Some("msg_2")
+        );
         let text: String = whole
             .iter()
             .filter_map(|c| c.choices[0].delta.content.clone())

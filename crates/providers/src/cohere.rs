@@ -322,7 +322,7 @@ pub fn from_response(body: &[u8]) -> Result<Chunk, ProviderError> {
     }
     Ok(Chunk {
         meta: Some(ResponseMeta {
-            id: v["id"].as_str().map(str::to_owned),
+            response_id: v["id"].as_str().map(str::to_owned),
             ..ResponseMeta::default()
         }),
         choices: vec![ChoiceDelta {
@@ -374,7 +374,7 @@ impl Decoder for CohereDecoder {
         match kind {
             "message-start" => Ok(Step::Chunk(Chunk {
                 meta: Some(ResponseMeta {
-                    id: v["id"].as_str().map(str::to_owned),
+                    response_id: v["id"].as_str().map(str::to_owned),
                     ..ResponseMeta::default()
                 }),
                 choices: vec![ChoiceDelta {

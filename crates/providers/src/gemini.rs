@@ -394,8 +394,8 @@ impl GeminiDecoder {
     /// One `GenerateContentResponse` as a chunk.
     pub fn response(&mut self, v: Value) -> Result<Chunk, ProviderError> {
         let meta = (!self.started).then(|| ResponseMeta {
-            id: v["responseId"].as_str().map(str::to_owned),
-            model: v["modelVersion"].as_str().map(str::to_owned),
+            response_id: v["responseId"].as_str().map(str::to_owned),
+            served_model: v["modelVersion"].as_str().map(str::to_owned),
             created: None,
             system_fingerprint: None,
         });
@@ -584,7 +584,7 @@ mod tests {
         assert_eq!((u.prompt_tokens(), u.output_tokens), (20, 8));
         assert_eq!(u.cached_input_tokens, 8);
         assert_eq!(
-            c.meta.unwrap().model.as_deref(),
+            c.meta.unwrap().served_model.as_deref(),
             Some("gemini-2.5-flash-001")
         );
 

@@ -29,6 +29,7 @@ use std::future::Future;
 
 use futures::stream::BoxStream;
 use sy_config::{ProviderConfig, ProviderKind};
+pub use sy_protocol::ResponseMeta;
 use sy_protocol::TokenUsage;
 use sy_protocol::chat::{ChatRequest, ChoiceDelta};
 use sy_protocol::embeddings::EmbeddingsRequest;
@@ -45,19 +46,6 @@ pub struct Chunk {
     pub choices: Vec<ChoiceDelta>,
     /// Usage, when the provider reports it (usually on the last chunk).
     pub usage: Option<TokenUsage>,
-}
-
-/// The provider's own names for an answer.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ResponseMeta {
-    /// Response id.
-    pub id: Option<String>,
-    /// The model that answered.
-    pub model: Option<String>,
-    /// Creation time, Unix seconds.
-    pub created: Option<i64>,
-    /// System fingerprint.
-    pub system_fingerprint: Option<String>,
 }
 
 /// What a call needs beyond the request.

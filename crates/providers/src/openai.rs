@@ -316,8 +316,8 @@ pub fn from_completion(body: &[u8]) -> Result<Chunk, ProviderError> {
         .collect();
     Ok(Chunk {
         meta: Some(ResponseMeta {
-            id: c.id,
-            model: c.model,
+            response_id: c.id,
+            served_model: c.model,
             created: c.created,
             system_fingerprint: c.system_fingerprint,
         }),
@@ -356,8 +356,8 @@ pub fn from_stream_data(data: &str, first: bool) -> Result<Option<Chunk>, Provid
     }
     Ok(Some(Chunk {
         meta: first.then_some(ResponseMeta {
-            id: c.id,
-            model: c.model,
+            response_id: c.id,
+            served_model: c.model,
             created: c.created,
             system_fingerprint: c.system_fingerprint,
         }),
@@ -484,8 +484,8 @@ mod tests {
         let body = br#"{"id":"chatcmpl-1","object":"chat.completion","created":5,"model":"gpt-4o-2024","system_fingerprint":"fp","choices":[{"index":0,"message":{"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"f","arguments":"{\"a\":1}"}}]},"logprobs":null,"finish_reason":"tool_calls"}],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#;
         let chunk = from_completion(body).unwrap();
         let meta = chunk.meta.unwrap();
-        assert_eq!(meta.id.as_deref(), Some("chatcmpl-1"));
-        assert_eq!(meta.model.as_deref(), Some("gpt-4o-2024"));
+        assert_eq!(meta.response_id.as_deref(), Some("chatcmpl-1"));
+        assert_eq!(meta.served_model.as_deref(), Some("gpt-4o-2024"));
         let choice = &chunk.choices[0];
         assert_eq!(choice.finish_reason.as_deref(), Some("tool_calls"));
         let call = &choice.delta.tool_calls.as_ref().unwrap()[0];

@@ -77,7 +77,7 @@ async fn plain_and_streamed_answers_carry_the_same_text_and_usage() {
         assert_eq!(plain.len(), 1, "{kind}");
         assert_eq!(text(&plain), reply_text("hi", 5, 0), "{kind}");
         // Cohere's answers do not name the model.
-        let served = plain[0].meta.as_ref().unwrap().model.as_deref();
+        let served = plain[0].meta.as_ref().unwrap().served_model.as_deref();
         assert_eq!(
             served,
             (kind != "cohere").then_some("upstream-model"),

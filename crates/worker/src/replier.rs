@@ -50,14 +50,10 @@ impl<'a> Replier<'a> {
     }
 
     pub(crate) fn start_info(&self, meta: Option<ResponseMeta>) -> StartInfo {
-        let meta = meta.unwrap_or_default();
         StartInfo {
             provider: self.provider.to_owned(),
             upstream_model: self.env.upstream_model.clone(),
-            served_model: meta.model,
-            response_id: meta.id,
-            created: meta.created,
-            system_fingerprint: meta.system_fingerprint,
+            response: meta.unwrap_or_default(),
             attempt: self.attempt,
         }
     }
@@ -168,7 +164,7 @@ impl<'a> Replier<'a> {
         state.served_model.clone_from(&emb.model);
         state.usage = emb.usage;
         let meta = ResponseMeta {
-            model: emb.model,
+            served_model: emb.model,
             ..ResponseMeta::default()
         };
         let mut meta = Some(meta);
@@ -316,7 +312,7 @@ impl<'a> Replier<'a> {
                 state.usage = chunk.usage;
             }
             if let Some(meta) = &chunk.meta {
-                state.served_model.clone_from(&meta.model);
+                state.served_model.clone_from(&meta.served_model);
             }
             for c in &mut chunk.choices {
                 if c.index != 0 || c.delta.refusal.is_some() || c.delta.tool_calls.is_some() {

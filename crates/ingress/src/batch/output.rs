@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 use sy_protocol::batch::BatchResult;
 use sy_protocol::{ApiSurface, ReplyFrame, StartInfo};
 
-use crate::relay::ResponseNames;
+use crate::relay::answer_meta;
 
 #[derive(Serialize)]
 struct OutLine<'a> {
@@ -41,7 +41,7 @@ pub fn line(surface: ApiSurface, result: &BatchResult, base64: bool) -> (Vec<u8>
         ReplyFrame::Final(f) => f.start.as_ref(),
     });
     let model = start.map_or("", |s| s.upstream_model.as_str());
-    let names = ResponseNames::from_start(start, result.request_id, model);
+    let names = answer_meta(start, result.request_id, model);
     let (status, body, failed) =
         match crate::respond::answer_body(surface, result.frames.clone(), &names, base64) {
             Ok(body) => (200, body, false),
@@ -78,16 +78,17 @@ mod tests {
     use super::*;
     use sy_protocol::TokenUsage;
     use sy_protocol::chat::{ChoiceDelta, Delta};
-    use sy_protocol::{ChunkFrame, ErrorCode, FinalFrame, FrameError};
+    use sy_protocol::{ChunkFrame, ErrorCode, FinalFrame, FrameError, ResponseMeta};
 
     fn start() -> StartInfo {
         StartInfo {
             provider: "openai".into(),
             upstream_model: "gpt-4o-mini".into(),
-            served_model: None,
-            response_id: Some("chatcmpl-1".into()),
-            created: Some(1),
-            system_fingerprint: None,
+            response: ResponseMeta {
+                response_id: Some("chatcmpl-1".into()),
+                created: Some(1),
+                ..ResponseMeta::default()
+            },
             attempt: 1,
         }
     }

@@ -13,7 +13,8 @@ use sy_protocol::TokenUsage;
 use sy_protocol::chat::{ChatRequest, ChoiceDelta, Delta, Role};
 
 use crate::ApiError;
-use crate::relay::{AggregatedChoice, ResponseNames, StreamEncoder};
+use crate::relay::{AggregatedChoice, StreamEncoder};
+use sy_protocol::ResponseMeta;
 
 /// Parses a chat request body, naming the offending field on failure.
 pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, ApiError> {
@@ -104,7 +105,7 @@ pub(crate) fn usage(u: &TokenUsage) -> WireUsage {
 /// The OpenAI `chat.completion` body of a non-streamed answer.
 pub fn body(
     choices: Vec<AggregatedChoice>,
-    names: &ResponseNames,
+    names: &ResponseMeta,
     usage: Option<&TokenUsage>,
 ) -> Vec<u8> {
     let usage = usage.map(self::usage);
@@ -141,10 +142,10 @@ pub fn body(
         })
         .collect();
     serde_json::to_vec(&OutCompletion {
-        id: &names.id,
+        id: names.id(),
         object: "chat.completion",
-        created: names.created,
-        model: &names.model,
+        created: names.created(),
+        model: names.model(),
         choices,
         usage,
         system_fingerprint: names.system_fingerprint.as_deref(),
@@ -211,16 +212,19 @@ impl StreamEncoder for SseEncoder {
     }
 
     fn continued_by(&mut self, start: &StartInfo) {
-        self.names.model = start
-            .served_model
-            .clone()
-            .unwrap_or_else(|| start.upstream_model.clone());
+        self.names.served_model = Some(
+            start
+                .response
+                .served_model
+                .clone()
+                .unwrap_or_else(|| start.upstream_model.clone()),
+        );
     }
 }
 
 /// Writes OpenAI `chat.completion.chunk` events.
 pub struct SseEncoder {
-    names: ResponseNames,
+    names: ResponseMeta,
     include_usage: bool,
 }
 
@@ -246,7 +250,7 @@ struct OutChunkChoice<'a> {
 
 impl SseEncoder {
     /// An encoder naming every chunk with `names`.
-    pub fn new(names: ResponseNames, include_usage: bool) -> Self {
+    pub fn new(names: ResponseMeta, include_usage: bool) -> Self {
         SseEncoder {
             names,
             include_usage,
@@ -255,10 +259,10 @@ impl SseEncoder {
 
     fn event(&self, choices: &[ChoiceDelta], usage: Option<Option<&WireUsage>>) -> Bytes {
         let chunk = OutChunk {
-            id: &self.names.id,
+            id: self.names.id(),
             object: "chat.completion.chunk",
-            created: self.names.created,
-            model: &self.names.model,
+            created: self.names.created(),
+            model: self.names.model(),
             system_fingerprint: self.names.system_fingerprint.as_deref(),
             choices: choices
                 .iter()
@@ -327,10 +331,10 @@ mod tests {
         agg.add(vec![delta(
             json!({"index":0,"delta":{"content":"lo"},"finish_reason":"stop"}),
         )]);
-        let names = ResponseNames {
-            id: "x".into(),
-            created: 1,
-            model: "m".into(),
+        let names = ResponseMeta {
+            response_id: Some("x".into()),
+            created: Some(1),
+            served_model: Some("m".into()),
             system_fingerprint: None,
         };
         let usage = TokenUsage {
@@ -353,10 +357,10 @@ mod tests {
 
     #[test]
     fn sse_events_have_openai_shape() {
-        let names = ResponseNames {
-            id: "x".into(),
-            created: 1,
-            model: "m".into(),
+        let names = ResponseMeta {
+            response_id: Some("x".into()),
+            created: Some(1),
+            served_model: Some("m".into()),
             system_fingerprint: Some("fp".into()),
         };
         let enc = SseEncoder::new(names, true);

@@ -7,7 +7,7 @@ use sy_protocol::TokenUsage;
 use sy_protocol::embeddings::{EmbeddingFrame, EmbeddingInput, EmbeddingsRequest};
 
 use crate::ApiError;
-use crate::relay::ResponseNames;
+use sy_protocol::ResponseMeta;
 
 /// Most inputs in one request (OpenAI's limit).
 pub const MAX_INPUTS: usize = 2048;
@@ -99,7 +99,7 @@ pub fn parse(body: &[u8]) -> Result<EmbeddingsRequest, ApiError> {
 pub fn body(
     mut vectors: Vec<EmbeddingFrame>,
     base64: bool,
-    names: &ResponseNames,
+    names: &ResponseMeta,
     usage: Option<&TokenUsage>,
 ) -> Vec<u8> {
     vectors.sort_by_key(|v| v.index);
@@ -119,7 +119,7 @@ pub fn body(
     serde_json::to_vec(&json!({
         "object": "list",
         "data": data,
-        "model": names.model,
+        "model": names.model(),
         "usage": {"prompt_tokens": prompt, "total_tokens": prompt},
     }))
     .unwrap_or_default()
@@ -174,10 +174,10 @@ mod tests {
 
     #[test]
     fn base64_is_little_endian_f32() {
-        let names = ResponseNames {
-            id: "x".into(),
-            created: 0,
-            model: "m".into(),
+        let names = ResponseMeta {
+            response_id: Some("x".into()),
+            created: Some(0),
+            served_model: Some("m".into()),
             system_fingerprint: None,
         };
         let frames = vec![EmbeddingFrame {

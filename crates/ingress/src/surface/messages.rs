@@ -14,8 +14,9 @@ use sy_protocol::chat::{
 };
 
 use crate::ApiError;
-use crate::relay::{AggregatedChoice, ResponseNames, StreamEncoder};
+use crate::relay::{AggregatedChoice, StreamEncoder};
 use crate::validate::{need_str, opt_bool, opt_f64, opt_str, opt_u32};
+use sy_protocol::ResponseMeta;
 
 fn invalid(param: &str, message: impl Into<String>) -> ApiError {
     ApiError::invalid(param, message)
@@ -472,18 +473,18 @@ pub fn usage(u: Option<&TokenUsage>) -> WireUsage {
     }
 }
 
-fn message_id(names: &ResponseNames) -> String {
-    if names.id.starts_with("msg_") {
-        names.id.clone()
+fn message_id(names: &ResponseMeta) -> String {
+    if names.id().starts_with("msg_") {
+        names.id().to_owned()
     } else {
-        format!("msg_{}", names.id.trim_start_matches("chatcmpl-"))
+        format!("msg_{}", names.id().trim_start_matches("chatcmpl-"))
     }
 }
 
 /// The whole answer as an Anthropic `message`.
 pub fn body(
     choice: Option<AggregatedChoice>,
-    names: &ResponseNames,
+    names: &ResponseMeta,
     u: Option<&TokenUsage>,
 ) -> Vec<u8> {
     let choice = choice.unwrap_or_default();
@@ -503,7 +504,7 @@ pub fn body(
         "id": message_id(names),
         "type": "message",
         "role": "assistant",
-        "model": names.model,
+        "model": names.model(),
         "content": content,
         "stop_reason": stop_reason(choice.finish_reason.as_deref()),
         "stop_sequence": null,
@@ -522,7 +523,7 @@ enum Open {
 
 /// Writes Anthropic's stream events from canonical deltas.
 pub struct MessagesEncoder {
-    names: ResponseNames,
+    names: ResponseMeta,
     started: bool,
     open: Open,
     index: u32,
@@ -531,7 +532,7 @@ pub struct MessagesEncoder {
 
 impl MessagesEncoder {
     /// An encoder naming the message with `names`.
-    pub fn new(names: ResponseNames) -> Self {
+    pub fn new(names: ResponseMeta) -> Self {
         MessagesEncoder {
             names,
             started: false,
@@ -559,7 +560,7 @@ impl MessagesEncoder {
             "message_start",
             &json!({"type": "message_start", "message": {
                 "id": message_id(&self.names), "type": "message", "role": "assistant",
-                "model": self.names.model, "content": [], "stop_reason": null, "stop_sequence": null,
+                "model": self.names.model(), "content": [], "stop_reason": null, "stop_sequence": null,
                 "usage": {"input_tokens": 0, "output_tokens": 0}}}),
         );
     }
@@ -675,11 +676,11 @@ impl StreamEncoder for MessagesEncoder {
 mod tests {
     use super::*;
 
-    fn names() -> ResponseNames {
-        ResponseNames {
-            id: "chatcmpl-abc".into(),
-            created: 1,
-            model: "gpt-x".into(),
+    fn names() -> ResponseMeta {
+        ResponseMeta {
+            response_id: Some("chatcmpl-abc".into()),
+            created: Some(1),
+            served_model: Some("gpt-x".into()),
             system_fingerprint: None,
         }
     }

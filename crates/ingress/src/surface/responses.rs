@@ -14,8 +14,9 @@ use sy_protocol::chat::{
 };
 
 use crate::ApiError;
-use crate::relay::{AggregatedChoice, ResponseNames, StreamEncoder};
+use crate::relay::{AggregatedChoice, StreamEncoder};
 use crate::validate::{need_str, opt_bool, opt_f64, opt_str};
+use sy_protocol::ResponseMeta;
 
 /// A field of the wrong type, in OpenAI's words.
 fn wrong(key: &str, what: &str) -> ApiError {
@@ -343,11 +344,11 @@ pub fn usage(u: Option<&TokenUsage>) -> Value {
     })
 }
 
-fn response_id(names: &ResponseNames) -> String {
+fn response_id(names: &ResponseMeta) -> String {
     format!(
         "resp_{}",
         names
-            .id
+            .id()
             .trim_start_matches("chatcmpl-")
             .trim_start_matches("msg_")
     )
@@ -355,7 +356,7 @@ fn response_id(names: &ResponseNames) -> String {
 
 /// The `response` object around `output`.
 fn envelope(
-    names: &ResponseNames,
+    names: &ResponseMeta,
     status: &str,
     output: Vec<Value>,
     finish: Option<&str>,
@@ -374,11 +375,11 @@ fn envelope(
     json!({
         "id": response_id(names),
         "object": "response",
-        "created_at": names.created,
+        "created_at": names.created(),
         "status": status,
         "error": null,
         "incomplete_details": incomplete,
-        "model": names.model,
+        "model": names.model(),
         "output": output,
         "parallel_tool_calls": true,
         "tool_choice": "auto",
@@ -401,7 +402,7 @@ fn call_item(id: &str, call_id: &str, name: &str, arguments: &str, status: &str)
 /// The whole answer as a `response` object.
 pub fn body(
     choice: Option<AggregatedChoice>,
-    names: &ResponseNames,
+    names: &ResponseMeta,
     u: Option<&TokenUsage>,
 ) -> Vec<u8> {
     let choice = choice.unwrap_or_default();
@@ -451,7 +452,7 @@ enum Item {
 
 /// Writes the Responses API's streaming events from canonical deltas.
 pub struct ResponsesEncoder {
-    names: ResponseNames,
+    names: ResponseMeta,
     seq: u64,
     started: bool,
     open: Option<Item>,
@@ -461,7 +462,7 @@ pub struct ResponsesEncoder {
 
 impl ResponsesEncoder {
     /// An encoder naming the response with `names`.
-    pub fn new(names: ResponseNames) -> Self {
+    pub fn new(names: ResponseMeta) -> Self {
         ResponsesEncoder {
             names,
             seq: 0,
@@ -727,10 +728,10 @@ mod tests {
 
     #[test]
     fn stream_events_build_items_in_order() {
-        let names = ResponseNames {
-            id: "chatcmpl-1".into(),
-            created: 5,
-            model: "m".into(),
+        let names = ResponseMeta {
+            response_id: Some("chatcmpl-1".into()),
+            created: Some(5),
+            served_model: Some("m".into()),
             system_fingerprint: None,
         };
         let mut enc = ResponsesEncoder::new(names);
