@@ -14,6 +14,7 @@
 //! every ingress on `<ns>.live.<provider>` (core NATS) for live routing state;
 //! batch jobs, records, items and results are in [`batch`].
 
+pub mod anthropic;
 pub mod batch;
 pub mod chat;
 pub mod embeddings;

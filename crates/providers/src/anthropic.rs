@@ -11,10 +11,13 @@
 use futures::StreamExt;
 use http::HeaderMap;
 use http::header::HeaderName;
-use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use sy_config::{ProviderConfig, ProviderKind};
 use sy_protocol::TokenUsage;
+use sy_protocol::anthropic::{
+    self as wire, Block, BlockDelta, ImageSource, InputMessage, MessagesRequest, Metadata,
+    Role as WireRole, StreamEvent, System, Thinking, Tool, ToolChoice, ToolChoiceKind, Usage,
+};
 use sy_protocol::chat::{
     ChatRequest, ChoiceDelta, Content, ContentPart, Delta, FunctionCallDelta, Message, Role,
     ToolCallDelta,
@@ -101,37 +104,35 @@ pub fn read_error(raw: &[u8]) -> ErrorBody {
     call::read_error_fields(raw, &[&["error", "message"]], &[&["error", "type"]])
 }
 
-fn push_block(messages: &mut Vec<Value>, role: &str, block: Value) {
-    if let Some(last) = messages.last_mut()
-        && last["role"] == role
-        && let Some(blocks) = last["content"].as_array_mut()
-    {
-        blocks.push(block);
-        return;
+fn push_block(messages: &mut Vec<InputMessage>, role: WireRole, block: Block) {
+    match messages.last_mut() {
+        Some(last) if last.role == role => last.content.push(block),
+        _ => messages.push(InputMessage {
+            role,
+            content: vec![block],
+        }),
     }
-    messages.push(json!({"role": role, "content": [block]}));
 }
 
-fn image_block(url: &str) -> Value {
-    match translate::data_url(url) {
-        Some((mime, data)) => {
-            json!({"type": "image", "source": {"type": "base64", "media_type": mime, "data": data}})
-        }
-        None => json!({"type": "image", "source": {"type": "url", "url": url}}),
-    }
+fn image_block(url: &str) -> Block {
+    let source = match translate::data_url(url) {
+        Some((mime, data)) => ImageSource::Base64 {
+            media_type: mime.to_owned(),
+            data: data.to_owned(),
+        },
+        None => ImageSource::Url {
+            url: url.to_owned(),
+        },
+    };
+    Block::Image { source }
 }
 
 /// A text block, with its caching breakpoint if any.
-fn text_block(text: &str, cache_control: Option<&Value>) -> Value {
-    cached(json!({"type": "text", "text": text}), cache_control)
-}
-
-/// A block with the caching breakpoint, if any.
-fn cached(mut block: Value, cache_control: Option<&Value>) -> Value {
-    if let Some(c) = cache_control {
-        block["cache_control"] = c.clone();
+fn text_block(text: &str, cache_control: Option<&Value>) -> Block {
+    Block::Text {
+        text: text.to_owned(),
+        cache_control: cache_control.cloned(),
     }
-    block
 }
 
 /// The last caching breakpoint among a message's text parts (for messages sent
@@ -160,7 +161,7 @@ pub fn to_wire(
     model: &str,
     stream: bool,
     default_max_tokens: u32,
-) -> Result<Value, ProviderError> {
+) -> Result<MessagesRequest, ProviderError> {
     translate::check_common(req, DIALECT)?;
     if let Some(rf) = &req.response_format
         && rf["type"] != "text"
@@ -169,8 +170,8 @@ pub fn to_wire(
     }
     let mut system: Vec<String> = Vec::new();
     // The system prompt as blocks, sent as such when one carries a caching breakpoint.
-    let mut system_blocks: Vec<Value> = Vec::new();
-    let mut messages: Vec<Value> = Vec::new();
+    let mut system_blocks: Vec<Block> = Vec::new();
+    let mut messages: Vec<InputMessage> = Vec::new();
     for (i, m) in req.messages.iter().enumerate() {
         let at = format!("messages[{i}]");
         match m.role {
@@ -183,20 +184,18 @@ pub fn to_wire(
                                 text,
                                 cache_control,
                             } => text_block(text, cache_control.as_ref()),
-                            ContentPart::Refusal { refusal } => {
-                                json!({"type": "text", "text": refusal})
-                            }
+                            ContentPart::Refusal { refusal } => Block::text(refusal.as_str()),
                             // (plain_text refused every other part.)
-                            _ => json!({"type": "text", "text": ""}),
+                            _ => Block::text(""),
                         }));
                     }
-                    _ => system_blocks.push(json!({"type": "text", "text": text})),
+                    _ => system_blocks.push(Block::text(text.as_str())),
                 }
                 system.push(text);
             }
             Role::User => match &m.content {
                 Some(Content::Text(s)) => {
-                    push_block(&mut messages, "user", json!({"type": "text", "text": s}))
+                    push_block(&mut messages, WireRole::User, Block::text(s.as_str()))
                 }
                 Some(Content::Parts(parts)) => {
                     for p in parts {
@@ -212,11 +211,9 @@ pub fn to_wire(
                                     &format!("an audio or file part in {at}"),
                                 ));
                             }
-                            ContentPart::Refusal { refusal } => {
-                                json!({"type": "text", "text": refusal})
-                            }
+                            ContentPart::Refusal { refusal } => Block::text(refusal.as_str()),
                         };
-                        push_block(&mut messages, "user", block);
+                        push_block(&mut messages, WireRole::User, block);
                     }
                 }
                 None => {}
@@ -224,34 +221,41 @@ pub fn to_wire(
             Role::Assistant => {
                 let text = translate::plain_text(m, DIALECT, &at)?;
                 if !text.is_empty() {
-                    push_block(&mut messages, "assistant", text_block(&text, last_mark(m)));
+                    push_block(
+                        &mut messages,
+                        WireRole::Assistant,
+                        text_block(&text, last_mark(m)),
+                    );
                 }
                 for call in m.tool_calls.iter().flatten() {
                     let input = translate::arguments_object(&call.function.arguments, DIALECT)?;
                     push_block(
                         &mut messages,
-                        "assistant",
-                        json!({"type": "tool_use", "id": call.id, "name": call.function.name, "input": input}),
+                        WireRole::Assistant,
+                        Block::ToolUse {
+                            id: call.id.clone(),
+                            name: call.function.name.clone(),
+                            input,
+                        },
                     );
                 }
             }
             Role::Tool | Role::Function => {
                 let text = translate::plain_text(m, DIALECT, &at)?;
-                let id = m.tool_call_id.clone().unwrap_or_default();
                 push_block(
                     &mut messages,
-                    "user",
-                    cached(
-                        json!({"type": "tool_result", "tool_use_id": id, "content": text}),
-                        last_mark(m),
-                    ),
+                    WireRole::User,
+                    Block::ToolResult {
+                        tool_use_id: m.tool_call_id.clone().unwrap_or_default(),
+                        content: text,
+                        cache_control: last_mark(m).cloned(),
+                    },
                 );
             }
         }
     }
     let mut max_tokens = translate::max_tokens(req).unwrap_or(default_max_tokens);
-    let mut wire = Map::new();
-    wire.insert("model".into(), json!(model));
+    let mut thinking = None;
     if let Some(budget) = translate::thinking_budget(req) {
         if translate::max_tokens(req).is_none() && max_tokens <= budget {
             max_tokens = budget + default_max_tokens;
@@ -261,80 +265,76 @@ pub fn to_wire(
                 "max_tokens ({max_tokens}) must be larger than the thinking budget ({budget}) for Anthropic models"
             )));
         }
-        wire.insert(
-            "thinking".into(),
-            json!({"type": "enabled", "budget_tokens": budget}),
-        );
+        thinking = Some(Thinking::Enabled {
+            budget_tokens: budget,
+        });
     }
-    wire.insert("max_tokens".into(), json!(max_tokens));
-    wire.insert("messages".into(), Value::Array(messages));
-    if system_blocks
-        .iter()
-        .any(|b| b.get("cache_control").is_some())
-    {
-        wire.insert("system".into(), Value::Array(system_blocks));
-    } else if !system.is_empty() {
-        wire.insert("system".into(), json!(system.join("\n\n")));
+    let marked = system_blocks.iter().any(|b| {
+        matches!(
+            b,
+            Block::Text {
+                cache_control: Some(_),
+                ..
+            }
+        )
+    });
+    let system = if marked {
+        Some(System::Blocks(system_blocks))
+    } else {
+        (!system.is_empty()).then(|| System::Text(system.join("\n\n")))
+    };
+    if req.temperature.is_some_and(|t| t > 1.0) {
+        return Err(unsupported(DIALECT, "'temperature' above 1"));
     }
-    if let Some(t) = req.temperature {
-        if t > 1.0 {
-            return Err(unsupported(DIALECT, "'temperature' above 1"));
-        }
-        wire.insert("temperature".into(), json!(t));
-    }
-    if let Some(p) = req.top_p {
-        wire.insert("top_p".into(), json!(p));
-    }
-    if let Some(k) = req.top_k {
-        wire.insert("top_k".into(), json!(k));
-    }
-    if let Some(stops) = translate::stops(req) {
-        wire.insert("stop_sequences".into(), json!(stops));
-    }
-    if let Some(user) = &req.user {
-        wire.insert("metadata".into(), json!({"user_id": user}));
-    }
-    if let Some(tools) = &req.tools {
-        let tools: Vec<Value> = tools
+    let tools = req.tools.as_ref().map(|tools| {
+        tools
             .iter()
-            .map(|t| {
-                let mut v = json!({
-                    "name": t.function.name,
-                    "input_schema": t.function.parameters.clone()
-                        .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
-                });
-                if let Some(d) = &t.function.description {
-                    v["description"] = json!(d);
-                }
-                if let Some(c) = &t.cache_control {
-                    v["cache_control"] = c.clone();
-                }
-                v
+            .map(|t| Tool {
+                name: t.function.name.clone(),
+                description: t.function.description.clone(),
+                input_schema: t
+                    .function
+                    .parameters
+                    .clone()
+                    .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
+                cache_control: t.cache_control.clone(),
             })
-            .collect();
-        wire.insert("tools".into(), Value::Array(tools));
-    }
+            .collect()
+    });
     let no_parallel = req.extra.get("parallel_tool_calls") == Some(&Value::Bool(false));
-    let choice = match &req.tool_choice {
-        None => no_parallel.then(|| json!({"type": "auto"})),
-        Some(Value::String(s)) if s == "auto" => Some(json!({"type": "auto"})),
-        Some(Value::String(s)) if s == "required" => Some(json!({"type": "any"})),
-        Some(Value::String(s)) if s == "none" => Some(json!({"type": "none"})),
+    let choice = |kind| ToolChoice {
+        kind,
+        name: None,
+        disable_parallel_tool_use: no_parallel && kind != ToolChoiceKind::None,
+    };
+    let tool_choice = match &req.tool_choice {
+        None => no_parallel.then(|| choice(ToolChoiceKind::Auto)),
+        Some(Value::String(s)) if s == "auto" => Some(choice(ToolChoiceKind::Auto)),
+        Some(Value::String(s)) if s == "required" => Some(choice(ToolChoiceKind::Any)),
+        Some(Value::String(s)) if s == "none" => Some(choice(ToolChoiceKind::None)),
         Some(v) => match v["function"]["name"].as_str() {
-            Some(name) => Some(json!({"type": "tool", "name": name})),
+            Some(name) => Some(ToolChoice {
+                name: Some(name.to_owned()),
+                ..choice(ToolChoiceKind::Tool)
+            }),
             None => return Err(unsupported(DIALECT, "this 'tool_choice'")),
         },
     };
-    if let Some(mut c) = choice {
-        if no_parallel && c["type"] != "none" {
-            c["disable_parallel_tool_use"] = json!(true);
-        }
-        wire.insert("tool_choice".into(), c);
-    }
-    if stream {
-        wire.insert("stream".into(), json!(true));
-    }
-    Ok(Value::Object(wire))
+    Ok(MessagesRequest {
+        model: model.to_owned(),
+        thinking,
+        max_tokens,
+        messages,
+        system,
+        temperature: req.temperature,
+        top_p: req.top_p,
+        top_k: req.top_k,
+        stop_sequences: translate::stops(req),
+        metadata: req.user.as_ref().map(|u| Metadata { user_id: u.clone() }),
+        tools,
+        tool_choice,
+        stream,
+    })
 }
 
 /// Anthropic's stop reason as a canonical finish reason.
@@ -347,74 +347,25 @@ pub fn finish_reason(stop_reason: &str) -> &'static str {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
-struct WireUsage {
-    #[serde(default)]
-    input_tokens: Option<u64>,
-    #[serde(default)]
-    output_tokens: Option<u64>,
-    #[serde(default)]
-    cache_read_input_tokens: Option<u64>,
-    #[serde(default)]
-    cache_creation_input_tokens: Option<u64>,
-}
-
-impl WireUsage {
-    fn merge(&mut self, other: WireUsage) {
-        macro_rules! take {
-            ($($f:ident),*) => { $( if other.$f.is_some() { self.$f = other.$f; } )* };
-        }
-        take!(
-            input_tokens,
-            output_tokens,
-            cache_read_input_tokens,
-            cache_creation_input_tokens
-        );
-    }
-
-    fn canonical(&self) -> TokenUsage {
-        TokenUsage {
-            input_tokens: self.input_tokens.unwrap_or(0),
-            cached_input_tokens: self.cache_read_input_tokens.unwrap_or(0),
-            cache_write_tokens: self.cache_creation_input_tokens.unwrap_or(0),
-            output_tokens: self.output_tokens.unwrap_or(0),
-            reasoning_tokens: 0,
-        }
-    }
-}
-
-#[derive(Deserialize)]
-struct WireMessage {
-    id: Option<String>,
-    model: Option<String>,
-    #[serde(default)]
-    content: Vec<Value>,
-    stop_reason: Option<String>,
-    #[serde(default)]
-    usage: WireUsage,
-}
-
 /// A non-streamed message as one chunk with the whole answer.
 pub fn from_message(body: &[u8]) -> Result<Chunk, ProviderError> {
-    let m: WireMessage = call::json(body)?;
+    let m: wire::Message = call::json(body)?;
     let mut text: Option<String> = None;
     let mut thinking: Option<String> = None;
     let mut calls = Vec::new();
-    for block in &m.content {
-        match block["type"].as_str() {
-            Some("text") => text
-                .get_or_insert_with(String::new)
-                .push_str(block["text"].as_str().unwrap_or("")),
-            Some("thinking") => thinking
-                .get_or_insert_with(String::new)
-                .push_str(block["thinking"].as_str().unwrap_or("")),
-            Some("tool_use") => calls.push(ToolCallDelta {
+    for block in m.content {
+        match block {
+            Block::Text { text: t, .. } => text.get_or_insert_with(String::new).push_str(&t),
+            Block::Thinking { thinking: t, .. } => {
+                thinking.get_or_insert_with(String::new).push_str(&t)
+            }
+            Block::ToolUse { id, name, input } => calls.push(ToolCallDelta {
                 index: calls.len() as u32,
-                id: block["id"].as_str().map(str::to_owned),
+                id: Some(id),
                 kind: Some("function".into()),
                 function: Some(FunctionCallDelta {
-                    name: block["name"].as_str().map(str::to_owned),
-                    arguments: Some(block["input"].to_string()),
+                    name: Some(name),
+                    arguments: Some(input.to_string()),
                 }),
             }),
             _ => {}
@@ -422,14 +373,13 @@ pub fn from_message(body: &[u8]) -> Result<Chunk, ProviderError> {
     }
     let mut extra = Map::new();
     if let Some(t) = thinking {
-        extra.insert("reasoning_content".into(), json!(t));
+        extra.insert("reasoning_content".into(), Value::String(t));
     }
     Ok(Chunk {
         meta: Some(ResponseMeta {
             response_id: m.id,
             served_model: m.model,
-            created: None,
-            system_fingerprint: None,
+            ..ResponseMeta::default()
         }),
         choices: vec![ChoiceDelta {
             index: 0,
@@ -445,12 +395,13 @@ pub fn from_message(body: &[u8]) -> Result<Chunk, ProviderError> {
             ),
             logprobs: None,
         }],
-        usage: Some(m.usage.canonical()),
+        usage: Some(m.usage.tokens()),
     })
 }
 
+/// What a stream's block at some index is.
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Block {
+enum Open {
     Text,
     Thinking,
     Tool(u32),
@@ -460,9 +411,9 @@ enum Block {
 /// Reads Anthropic's stream events.
 #[derive(Debug, Default)]
 pub struct AnthropicDecoder {
-    blocks: Vec<(u64, Block)>,
+    blocks: Vec<(u64, Open)>,
     tools: u32,
-    usage: WireUsage,
+    usage: Usage,
     finished: bool,
 }
 
@@ -475,29 +426,42 @@ fn one(delta: Delta, finish_reason: Option<String>) -> Vec<ChoiceDelta> {
     }]
 }
 
+fn chunk(choices: Vec<ChoiceDelta>, usage: Option<TokenUsage>) -> Step {
+    Step::Chunk(Chunk {
+        meta: None,
+        choices,
+        usage,
+    })
+}
+
+/// An event's data; one without a `type` takes the SSE event's name.
+fn read_event(event: &SseEvent) -> Result<StreamEvent, ProviderError> {
+    match serde_json::from_str::<StreamEvent>(&event.data) {
+        Ok(e) => Ok(e),
+        Err(first) => {
+            let mut v: Value = call::json(event.data.as_bytes())?;
+            match (v.as_object_mut(), event.event.as_deref()) {
+                (Some(o), Some(name)) if !o.contains_key("type") => {
+                    o.insert("type".into(), Value::String(name.to_owned()));
+                    serde_json::from_value(v)
+                        .map_err(|e| ProviderError::Protocol(format!("{DIALECT} event: {e}")))
+                }
+                _ => Err(ProviderError::Protocol(format!("{DIALECT} event: {first}"))),
+            }
+        }
+    }
+}
+
 impl Decoder for AnthropicDecoder {
     fn event(&mut self, event: SseEvent) -> Result<Step, ProviderError> {
-        let v: Value = call::json(event.data.as_bytes())?;
-        let kind = v["type"].as_str().or(event.event.as_deref()).unwrap_or("");
-        let chunk = |choices, usage| {
-            Step::Chunk(Chunk {
-                meta: None,
-                choices,
-                usage,
-            })
-        };
-        match kind {
-            "message_start" => {
-                let m = &v["message"];
-                if let Ok(u) = serde_json::from_value::<WireUsage>(m["usage"].clone()) {
-                    self.usage.merge(u);
-                }
+        match read_event(&event)? {
+            StreamEvent::MessageStart { message } => {
+                self.usage.merge(message.usage);
                 Ok(Step::Chunk(Chunk {
                     meta: Some(ResponseMeta {
-                        response_id: m["id"].as_str().map(str::to_owned),
-                        served_model: m["model"].as_str().map(str::to_owned),
-                        created: None,
-                        system_fingerprint: None,
+                        response_id: message.id,
+                        served_model: message.model,
+                        ..ResponseMeta::default()
                     }),
                     choices: one(
                         Delta {
@@ -510,29 +474,30 @@ impl Decoder for AnthropicDecoder {
                     usage: None,
                 }))
             }
-            "content_block_start" => {
-                let index = v["index"].as_u64().unwrap_or(0);
-                let b = &v["content_block"];
-                let block = match b["type"].as_str() {
-                    Some("text") => Block::Text,
-                    Some("thinking") => Block::Thinking,
-                    Some("tool_use") => {
+            StreamEvent::ContentBlockStart {
+                index,
+                content_block,
+            } => {
+                let open = match &content_block {
+                    Block::Text { .. } => Open::Text,
+                    Block::Thinking { .. } => Open::Thinking,
+                    Block::ToolUse { .. } => {
                         self.tools += 1;
-                        Block::Tool(self.tools - 1)
+                        Open::Tool(self.tools - 1)
                     }
-                    _ => Block::Other,
+                    _ => Open::Other,
                 };
-                self.blocks.push((index, block));
-                match block {
-                    Block::Tool(i) => Ok(chunk(
+                self.blocks.push((index, open));
+                match (open, content_block) {
+                    (Open::Tool(i), Block::ToolUse { id, name, .. }) => Ok(chunk(
                         one(
                             Delta {
                                 tool_calls: Some(vec![ToolCallDelta {
                                     index: i,
-                                    id: b["id"].as_str().map(str::to_owned),
+                                    id: Some(id),
                                     kind: Some("function".into()),
                                     function: Some(FunctionCallDelta {
-                                        name: b["name"].as_str().map(str::to_owned),
+                                        name: Some(name),
                                         arguments: Some(String::new()),
                                     }),
                                 }]),
@@ -542,50 +507,45 @@ impl Decoder for AnthropicDecoder {
                         ),
                         None,
                     )),
-                    Block::Text => match b["text"].as_str().filter(|t| !t.is_empty()) {
-                        Some(t) => Ok(chunk(
-                            one(
-                                Delta {
-                                    content: Some(t.to_owned()),
-                                    ..Delta::default()
-                                },
-                                None,
-                            ),
+                    (_, Block::Text { text, .. }) if !text.is_empty() => Ok(chunk(
+                        one(
+                            Delta {
+                                content: Some(text),
+                                ..Delta::default()
+                            },
                             None,
-                        )),
-                        None => Ok(Step::Skip),
-                    },
+                        ),
+                        None,
+                    )),
                     _ => Ok(Step::Skip),
                 }
             }
-            "content_block_delta" => {
-                let index = v["index"].as_u64().unwrap_or(0);
-                let block = self
+            StreamEvent::ContentBlockDelta { index, delta } => {
+                let open = self
                     .blocks
                     .iter()
                     .rev()
                     .find(|(i, _)| *i == index)
-                    .map_or(Block::Other, |(_, b)| *b);
-                let d = &v["delta"];
-                let delta = match (d["type"].as_str(), block) {
-                    (Some("text_delta"), _) => Delta {
-                        content: d["text"].as_str().map(str::to_owned),
+                    .map_or(Open::Other, |(_, b)| *b);
+                let delta = match (delta, open) {
+                    (BlockDelta::TextDelta { text }, _) => Delta {
+                        content: Some(text),
                         ..Delta::default()
                     },
-                    (Some("thinking_delta"), _) => {
+                    (BlockDelta::ThinkingDelta { thinking }, _) => {
                         let mut extra = Map::new();
-                        extra.insert("reasoning_content".into(), d["thinking"].clone());
+                        extra.insert("reasoning_content".into(), Value::String(thinking));
                         Delta {
                             extra,
                             ..Delta::default()
                         }
                     }
-                    (Some("input_json_delta"), Block::Tool(i)) => Delta {
+                    (BlockDelta::InputJsonDelta { partial_json }, Open::Tool(i)) => Delta {
                         tool_calls: Some(vec![ToolCallDelta {
                             index: i,
                             function: Some(FunctionCallDelta {
                                 name: None,
-                                arguments: d["partial_json"].as_str().map(str::to_owned),
+                                arguments: Some(partial_json),
                             }),
                             ..ToolCallDelta::default()
                         }]),
@@ -595,37 +555,32 @@ impl Decoder for AnthropicDecoder {
                 };
                 Ok(chunk(one(delta, None), None))
             }
-            "message_delta" => {
-                if let Ok(u) = serde_json::from_value::<WireUsage>(v["usage"].clone()) {
-                    self.usage.merge(u);
-                }
-                let reason = v["delta"]["stop_reason"].as_str().map(finish_reason);
+            StreamEvent::MessageDelta { delta, usage } => {
+                self.usage.merge(usage);
+                let reason = delta.stop_reason.as_deref().map(finish_reason);
                 if reason.is_some() {
                     self.finished = true;
                 }
                 Ok(chunk(
                     one(Delta::default(), reason.map(str::to_owned)),
-                    Some(self.usage.canonical()),
+                    Some(self.usage.tokens()),
                 ))
             }
-            "message_stop" => Ok(Step::Done),
-            "error" => {
-                let raw = v.to_string();
+            StreamEvent::MessageStop => Ok(Step::Done),
+            StreamEvent::Error { error } => {
+                let raw = event.data.as_bytes();
                 // Mid-stream errors carry no status; Anthropic's type says what it was.
-                let status = match v["error"]["type"].as_str() {
-                    Some("overloaded_error") => 529,
-                    Some("rate_limit_error") => 429,
-                    Some("invalid_request_error") => 400,
+                let status = match error.kind.as_str() {
+                    "overloaded_error" => 529,
+                    "rate_limit_error" => 429,
+                    "invalid_request_error" => 400,
                     _ => 502,
                 };
-                Err(crate::error::classify(
-                    status,
-                    read_error(raw.as_bytes()),
-                    raw.as_bytes(),
-                    None,
-                ))
+                Err(crate::error::classify(status, read_error(raw), raw, None))
             }
-            _ => Ok(Step::Skip),
+            StreamEvent::ContentBlockStop { .. } | StreamEvent::Ping | StreamEvent::Other => {
+                Ok(Step::Skip)
+            }
         }
     }
 
@@ -637,6 +592,10 @@ impl Decoder for AnthropicDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn wire_json(r: &ChatRequest, model: &str, stream: bool, max: u32) -> Value {
+        serde_json::to_value(to_wire(r, model, stream, max).unwrap()).unwrap()
+    }
 
     fn req(v: Value) -> ChatRequest {
         serde_json::from_value(v).unwrap()
@@ -659,7 +618,7 @@ mod tests {
             ],
             "tools": [{"type": "function", "function": {"name": "look"}, "cache_control": mark}]
         }));
-        let w = to_wire(&r, "claude-x", false, 1024).unwrap();
+        let w = wire_json(&r, "claude-x", false, 1024);
         assert_eq!(
             w["system"],
             json!([
@@ -708,7 +667,7 @@ mod tests {
             "seed": 7,
             "user": "u-1"
         }));
-        let w = to_wire(&r, "claude-x", true, 4096).unwrap();
+        let w = wire_json(&r, "claude-x", true, 4096);
         assert_eq!(
             w,
             json!({
@@ -742,11 +701,11 @@ mod tests {
     #[test]
     fn max_tokens_defaults_and_thinking_comes_from_effort() {
         let r = req(json!({"model": "m", "messages": [{"role": "user", "content": "x"}]}));
-        assert_eq!(to_wire(&r, "c", false, 1234).unwrap()["max_tokens"], 1234);
+        assert_eq!(wire_json(&r, "c", false, 1234)["max_tokens"], 1234);
         let r = req(
             json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "reasoning_effort": "medium"}),
         );
-        let w = to_wire(&r, "c", false, 1000).unwrap();
+        let w = wire_json(&r, "c", false, 1000);
         assert_eq!(
             w["thinking"],
             json!({"type": "enabled", "budget_tokens": 4096})

@@ -8,6 +8,7 @@
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 use sy_protocol::TokenUsage;
+use sy_protocol::anthropic::{self as wire, Block, BlockDelta, StreamEvent};
 use sy_protocol::chat::{
     ChatRequest, ChoiceDelta, Content, ContentPart, FunctionCall, FunctionDef, ImageUrl, Message,
     Role, Stop, Tool, ToolCall,
@@ -444,33 +445,9 @@ pub fn stop_reason(finish: Option<&str>) -> &'static str {
     }
 }
 
-/// Anthropic's usage object: its `input_tokens` excludes cache reads and writes.
-#[derive(Debug, serde::Serialize, PartialEq, Eq)]
-pub struct WireUsage {
-    input_tokens: u64,
-    output_tokens: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    cache_read_input_tokens: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    cache_creation_input_tokens: Option<u64>,
-}
-
 /// Token usage in Anthropic's shape (zeros when the provider reported none).
-pub fn usage(u: Option<&TokenUsage>) -> WireUsage {
-    match u {
-        None => WireUsage {
-            input_tokens: 0,
-            output_tokens: 0,
-            cache_read_input_tokens: None,
-            cache_creation_input_tokens: None,
-        },
-        Some(u) => WireUsage {
-            input_tokens: u.input_tokens,
-            output_tokens: u.output_tokens,
-            cache_read_input_tokens: Some(u.cached_input_tokens),
-            cache_creation_input_tokens: Some(u.cache_write_tokens),
-        },
-    }
+pub fn usage(u: Option<&TokenUsage>) -> wire::Usage {
+    wire::Usage::from_tokens(u)
 }
 
 fn message_id(names: &ResponseMeta) -> String {
@@ -478,6 +455,21 @@ fn message_id(names: &ResponseMeta) -> String {
         names.id().to_owned()
     } else {
         format!("msg_{}", names.id().trim_start_matches("chatcmpl-"))
+    }
+}
+
+/// The answer as an Anthropic message (empty content, `stop_reason` null: the
+/// start of a stream).
+fn answer(names: &ResponseMeta, content: Vec<Block>, stop: Option<&str>) -> wire::Message {
+    wire::Message {
+        id: Some(message_id(names)),
+        kind: "message".into(),
+        role: wire::Role::Assistant,
+        model: Some(names.model().to_owned()),
+        content,
+        stop_reason: stop.map(str::to_owned),
+        stop_sequence: None,
+        usage: usage(None),
     }
 }
 
@@ -490,27 +482,27 @@ pub fn body(
     let choice = choice.unwrap_or_default();
     let mut content = Vec::new();
     if let Some(Value::String(t)) = choice.extra.get("reasoning_content") {
-        content.push(json!({"type": "thinking", "thinking": t, "signature": ""}));
+        content.push(Block::Thinking {
+            thinking: t.clone(),
+            signature: Some(String::new()),
+        });
     }
     let text = choice.content.or(choice.refusal).unwrap_or_default();
     if !text.is_empty() {
-        content.push(json!({"type": "text", "text": text}));
+        content.push(Block::text(text));
     }
     for t in choice.tool_calls {
         let input = serde_json::from_str::<Value>(&t.arguments).unwrap_or_else(|_| json!({}));
-        content.push(json!({"type": "tool_use", "id": t.id, "name": t.name, "input": input}));
+        content.push(Block::ToolUse {
+            id: t.id,
+            name: t.name,
+            input,
+        });
     }
-    serde_json::to_vec(&json!({
-        "id": message_id(names),
-        "type": "message",
-        "role": "assistant",
-        "model": names.model(),
-        "content": content,
-        "stop_reason": stop_reason(choice.finish_reason.as_deref()),
-        "stop_sequence": null,
-        "usage": usage(u),
-    }))
-    .unwrap_or_default()
+    let reason = stop_reason(choice.finish_reason.as_deref());
+    let mut m = answer(names, content, Some(reason));
+    m.usage = usage(u);
+    serde_json::to_vec(&m).unwrap_or_default()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -542,7 +534,7 @@ impl MessagesEncoder {
         }
     }
 
-    fn event(out: &mut Vec<u8>, name: &str, v: &Value) {
+    fn event(out: &mut Vec<u8>, name: &str, v: &impl serde::Serialize) {
         out.extend_from_slice(b"event: ");
         out.extend_from_slice(name.as_bytes());
         out.extend_from_slice(b"\ndata: ");
@@ -558,10 +550,9 @@ impl MessagesEncoder {
         Self::event(
             out,
             "message_start",
-            &json!({"type": "message_start", "message": {
-                "id": message_id(&self.names), "type": "message", "role": "assistant",
-                "model": self.names.model(), "content": [], "stop_reason": null, "stop_sequence": null,
-                "usage": {"input_tokens": 0, "output_tokens": 0}}}),
+            &StreamEvent::MessageStart {
+                message: answer(&self.names, Vec::new(), None),
+            },
         );
     }
 
@@ -570,28 +561,36 @@ impl MessagesEncoder {
             Self::event(
                 out,
                 "content_block_stop",
-                &json!({"type": "content_block_stop", "index": self.index}),
+                &StreamEvent::ContentBlockStop {
+                    index: self.index.into(),
+                },
             );
             self.index += 1;
             self.open = Open::None;
         }
     }
 
-    fn open(&mut self, out: &mut Vec<u8>, kind: Open, block: Value) {
+    fn open(&mut self, out: &mut Vec<u8>, kind: Open, block: Block) {
         self.close(out);
         self.open = kind;
         Self::event(
             out,
             "content_block_start",
-            &json!({"type": "content_block_start", "index": self.index, "content_block": block}),
+            &StreamEvent::ContentBlockStart {
+                index: self.index.into(),
+                content_block: block,
+            },
         );
     }
 
-    fn delta(&self, out: &mut Vec<u8>, delta: Value) {
+    fn delta(&self, out: &mut Vec<u8>, delta: BlockDelta) {
         Self::event(
             out,
             "content_block_delta",
-            &json!({"type": "content_block_delta", "index": self.index, "delta": delta}),
+            &StreamEvent::ContentBlockDelta {
+                index: self.index.into(),
+                delta,
+            },
         );
     }
 }
@@ -609,19 +608,27 @@ impl StreamEncoder for MessagesEncoder {
                     self.open(
                         &mut out,
                         Open::Thinking,
-                        json!({"type": "thinking", "thinking": ""}),
+                        Block::Thinking {
+                            thinking: String::new(),
+                            signature: None,
+                        },
                     );
                 }
-                self.delta(&mut out, json!({"type": "thinking_delta", "thinking": t}));
+                self.delta(
+                    &mut out,
+                    BlockDelta::ThinkingDelta {
+                        thinking: t.clone(),
+                    },
+                );
             }
             for text in [&d.content, &d.refusal].into_iter().flatten() {
                 if text.is_empty() {
                     continue;
                 }
                 if self.open != Open::Text {
-                    self.open(&mut out, Open::Text, json!({"type": "text", "text": ""}));
+                    self.open(&mut out, Open::Text, Block::text(""));
                 }
-                self.delta(&mut out, json!({"type": "text_delta", "text": text}));
+                self.delta(&mut out, BlockDelta::TextDelta { text: text.clone() });
             }
             for tc in d.tool_calls.iter().flatten() {
                 if self.open != Open::Tool(tc.index) {
@@ -629,8 +636,11 @@ impl StreamEncoder for MessagesEncoder {
                     self.open(
                         &mut out,
                         Open::Tool(tc.index),
-                        json!({"type": "tool_use", "id": tc.id.clone().unwrap_or_default(),
-                            "name": f.and_then(|f| f.name.clone()).unwrap_or_default(), "input": {}}),
+                        Block::ToolUse {
+                            id: tc.id.clone().unwrap_or_default(),
+                            name: f.and_then(|f| f.name.clone()).unwrap_or_default(),
+                            input: json!({}),
+                        },
                     );
                 }
                 if let Some(args) = tc.function.as_ref().and_then(|f| f.arguments.as_ref())
@@ -638,7 +648,9 @@ impl StreamEncoder for MessagesEncoder {
                 {
                     self.delta(
                         &mut out,
-                        json!({"type": "input_json_delta", "partial_json": args}),
+                        BlockDelta::InputJsonDelta {
+                            partial_json: args.clone(),
+                        },
                     );
                 }
             }
@@ -657,11 +669,15 @@ impl StreamEncoder for MessagesEncoder {
         Self::event(
             &mut out,
             "message_delta",
-            &json!({"type": "message_delta",
-                "delta": {"stop_reason": stop_reason(reason), "stop_sequence": null},
-                "usage": usage(u)}),
+            &StreamEvent::MessageDelta {
+                delta: wire::MessageEnd {
+                    stop_reason: Some(stop_reason(reason).to_owned()),
+                    stop_sequence: None,
+                },
+                usage: usage(u),
+            },
         );
-        Self::event(&mut out, "message_stop", &json!({"type": "message_stop"}));
+        Self::event(&mut out, "message_stop", &StreamEvent::MessageStop);
         Bytes::from(out)
     }
 
