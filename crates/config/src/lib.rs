@@ -15,6 +15,7 @@ mod error;
 pub mod price;
 mod raw;
 pub mod routing;
+mod settings;
 mod validate;
 
 pub use env::{EnvSource, MapEnv, ProcessEnv, interpolate};
@@ -23,7 +24,7 @@ pub use raw::{
     RawAccounting, RawBatch, RawBilling, RawClickhouse, RawConfig, RawHealth, RawKey, RawModel,
     RawNats, RawPrice, RawProvider, RawServer, RawTarget,
 };
-pub use validate::{
+pub use settings::{
     AccountingConfig, ApiKey, BatchConfig, ClickhouseConfig, Config, HealthConfig,
     MAX_RUNNING_BATCHES, ModelRoute, NatsConfig, PROVIDER_KINDS, ProviderConfig, ProviderKind,
     RoutePolicy, Secret, ServerConfig, Target,

@@ -7,8 +7,20 @@
 //! on the entry's revision), files in the `<NS>_FILES` object store, items on
 //! the batch request stream, results on the results stream. See docs/batches.md.
 
+/// The value, or (from the enclosing function) `Outcome::Retry` with the error.
+/// (For the dispatcher and the batch's end.)
+macro_rules! tryo {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(e) => return Outcome::Retry(e.to_string()),
+        }
+    };
+}
+
 pub(crate) mod api;
 pub(crate) mod dispatch;
+mod finish;
 pub mod input;
 pub mod output;
 mod webhook;

@@ -1,0 +1,346 @@
+//! The validated configuration: what the program may assume once
+//! [`Config::validate`](crate::Config::validate) has accepted the file.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use url::Url;
+
+use crate::price::Price;
+
+/// A secret value: usable, but printed as `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+
+    /// The secret itself; never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The HTTP ingress.
+    pub server: ServerConfig,
+    /// NATS.
+    pub nats: NatsConfig,
+    /// Accepted API keys.
+    pub keys: Vec<ApiKey>,
+    /// Provider entries by name.
+    pub providers: BTreeMap<String, ProviderConfig>,
+    /// Model routes by the name clients use.
+    pub models: BTreeMap<String, ModelRoute>,
+    /// Smart routers by name (`auto`, `auto:<name>`).
+    pub routers: BTreeMap<String, crate::routing::RouterConfig>,
+    /// Markup on provider cost, parts per billion (10⁹ = +100 %).
+    pub markup_ppb: i64,
+    /// Where usage rows go, if anywhere.
+    pub clickhouse: Option<ClickhouseConfig>,
+    /// The accounting consumer.
+    pub accounting: AccountingConfig,
+    /// Live target health.
+    pub health: HealthConfig,
+    /// Batch jobs.
+    pub batch: BatchConfig,
+}
+
+/// `[batch]`, validated.
+#[derive(Debug, Clone)]
+pub struct BatchConfig {
+    /// Largest input file, bytes.
+    pub max_file_bytes: u64,
+    /// Most lines in an input file.
+    pub max_lines: u64,
+    /// Billed price of a batch item relative to an interactive call, parts per billion.
+    pub price_multiplier_ppb: i64,
+    /// Items of one batch dispatched and not yet answered, at most.
+    pub window: u32,
+    /// Items dispatched per second by one dispatcher process, at most (0: no limit).
+    pub max_rate: u32,
+    /// How long uploaded and produced files are kept.
+    pub file_max_age: Duration,
+    /// Key signing completion webhooks.
+    pub webhook_secret: Option<Secret>,
+    /// Networks webhooks may reach although loopback, private or link-local.
+    pub webhook_allow: Vec<ipnet::IpNet>,
+    /// Batches of one API key that one dispatcher process runs at once.
+    pub max_running_per_key: u32,
+    /// Deliveries of one item to workers before it is given up with an error.
+    pub max_deliver: u32,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_file_bytes: 200 * 1024 * 1024,
+            max_lines: 50_000,
+            price_multiplier_ppb: 500_000_000,
+            window: 64,
+            max_rate: 100,
+            file_max_age: Duration::from_secs(30 * 86_400),
+            webhook_secret: None,
+            webhook_allow: Vec::new(),
+            max_running_per_key: 4,
+            max_deliver: 10,
+        }
+    }
+}
+
+/// `[health]`, validated.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HealthConfig {
+    /// Consecutive failed calls after which a target counts as unhealthy.
+    pub failure_threshold: u32,
+    /// How long an unhealthy target is skipped before it gets traffic again.
+    pub cool_down: Duration,
+    /// Failed share of the last `window` calls that makes a target unhealthy.
+    pub error_rate: f64,
+    /// Calls the error rate is measured over (1 to 64).
+    pub window: u32,
+    /// Calls needed before the error rate counts.
+    pub min_calls: u32,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            failure_threshold: 3,
+            cool_down: Duration::from_secs(10),
+            error_rate: 0.5,
+            window: 20,
+            min_calls: 10,
+        }
+    }
+}
+
+/// `[clickhouse]`, validated.
+#[derive(Debug, Clone)]
+pub struct ClickhouseConfig {
+    /// HTTP URL.
+    pub url: Url,
+    /// Database of the `requests` table.
+    pub database: String,
+    /// User.
+    pub user: String,
+    /// Password.
+    pub password: Option<Secret>,
+}
+
+/// `[accounting]`, validated.
+#[derive(Debug, Clone)]
+pub struct AccountingConfig {
+    /// Batch size that triggers an insert.
+    pub max_rows: usize,
+    /// Batch age that triggers an insert.
+    pub max_wait: Duration,
+    /// Max age of events in the usage stream.
+    pub usage_max_age: Duration,
+    /// The consumer's ack wait: a crashed consumer's events go to another after it.
+    pub ack_wait: Duration,
+}
+
+/// `[server]`, validated.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Largest accepted body.
+    pub max_body_bytes: usize,
+    /// Whole-request deadline.
+    pub request_timeout: Duration,
+    /// This ingress's name in reply subjects, if fixed.
+    pub ingress_id: Option<String>,
+    /// How long an `Idempotency-Key` and its first result are remembered.
+    pub idempotency_window: Duration,
+    /// Open connections at most.
+    pub max_connections: usize,
+    /// Time for a request's headers to arrive (and idle keep-alive limit).
+    pub header_timeout: Duration,
+    /// Time a body may take before the minimum rate applies.
+    pub body_timeout: Duration,
+    /// Average bytes per second a body must arrive at after `body_timeout`.
+    pub min_body_rate: u64,
+    /// Body bytes being received by all requests together, at most.
+    pub max_body_bytes_in_flight: usize,
+}
+
+/// `[nats]`, validated.
+#[derive(Debug, Clone)]
+pub struct NatsConfig {
+    /// Server URL.
+    pub url: String,
+    /// Subject and stream prefix.
+    pub namespace: String,
+    /// Max age of requests in the request stream.
+    pub request_max_age: Duration,
+    /// Consumer ack wait.
+    pub ack_wait: Duration,
+    /// Consumer max deliveries.
+    pub max_deliver: i64,
+    /// Wait for a publish ack at most this long.
+    pub publish_timeout: Duration,
+    /// Stream replicas.
+    pub replicas: usize,
+}
+
+/// An accepted API key.
+#[derive(Debug, Clone)]
+pub struct ApiKey {
+    /// Its name.
+    pub name: String,
+    /// The token.
+    pub key: Secret,
+}
+
+/// The dialect a provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderKind {
+    /// OpenAI Chat Completions (OpenAI, vLLM, DeepSeek, Groq, …).
+    OpenAiCompatible,
+    /// Azure OpenAI: deployment URLs, `api-version`, `api-key` header.
+    AzureOpenAi,
+    /// Anthropic Messages.
+    Anthropic,
+    /// Google Gemini (generateContent).
+    Gemini,
+    /// Cohere v2 chat.
+    Cohere,
+}
+
+impl ProviderKind {
+    /// The dialect's config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::OpenAiCompatible => "openai_compatible",
+            ProviderKind::AzureOpenAi => "azure_openai",
+            ProviderKind::Anthropic => "anthropic",
+            ProviderKind::Gemini => "gemini",
+            ProviderKind::Cohere => "cohere",
+        }
+    }
+
+    /// A config `kind` (dialect or preset): its dialect and default base URL.
+    pub fn preset(kind: &str) -> Option<(ProviderKind, Option<&'static str>)> {
+        use ProviderKind::*;
+        Some(match kind {
+            "openai_compatible" => (OpenAiCompatible, None),
+            "openai" => (OpenAiCompatible, Some("https://api.openai.com/v1")),
+            "azure_openai" => (AzureOpenAi, None),
+            "deepseek" => (OpenAiCompatible, Some("https://api.deepseek.com/v1")),
+            "mistral" => (OpenAiCompatible, Some("https://api.mistral.ai/v1")),
+            "groq" => (OpenAiCompatible, Some("https://api.groq.com/openai/v1")),
+            "together" => (OpenAiCompatible, Some("https://api.together.xyz/v1")),
+            "openrouter" => (OpenAiCompatible, Some("https://openrouter.ai/api/v1")),
+            "vllm" => (OpenAiCompatible, Some("http://127.0.0.1:8000/v1")),
+            "ollama" => (OpenAiCompatible, Some("http://127.0.0.1:11434/v1")),
+            "anthropic" => (Anthropic, Some("https://api.anthropic.com/v1")),
+            "gemini" => (
+                Gemini,
+                Some("https://generativelanguage.googleapis.com/v1beta"),
+            ),
+            "cohere" => (Cohere, Some("https://api.cohere.com/v2")),
+            _ => return None,
+        })
+    }
+}
+
+/// Batches running at once across every dispatcher of a deployment.
+pub const MAX_RUNNING_BATCHES: u32 = 32;
+
+/// Every `kind` spelling, for error messages and docs.
+pub const PROVIDER_KINDS: &str = "openai_compatible, openai, azure_openai, deepseek, mistral, groq, together, openrouter, vllm, ollama, anthropic, gemini, cohere";
+
+/// A provider entry, validated.
+#[derive(Debug, Clone)]
+pub struct ProviderConfig {
+    /// Its name (a subject token).
+    pub name: String,
+    /// Its dialect.
+    pub kind: ProviderKind,
+    /// Base URL, ending without a slash.
+    pub base_url: Url,
+    /// The provider's key, if any (sent the dialect's way).
+    pub api_key: Option<Secret>,
+    /// Azure's `api-version`; Anthropic's `anthropic-version`.
+    pub api_version: Option<String>,
+    /// Anthropic: max_tokens when the client gave none.
+    pub default_max_tokens: u32,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Cluster-wide cap on requests in flight (the consumer's max_ack_pending).
+    pub max_concurrency: NonZeroU32,
+    /// New requests skip this provider (or get 503) while this many wait for it.
+    pub max_queue: Option<u64>,
+    /// Cluster-wide cap on batch items in flight (the batch consumer's
+    /// max_ack_pending), on top of `max_concurrency`; default a quarter of it, at most 64.
+    pub batch_concurrency: NonZeroU32,
+    /// Retries on this target after a 429, 5xx or failed connection.
+    pub retries: u32,
+    /// Streamed calls: longest wait for the first token (from the request,
+    /// or from the headers when `header_timeout` is set).
+    pub ttft_timeout: Duration,
+    /// Streamed calls: longest wait for the response's headers; unset, the
+    /// headers and the first token share `ttft_timeout` from the request.
+    pub header_timeout: Option<Duration>,
+    /// Streamed calls: longest silence between chunks.
+    pub idle_timeout: Duration,
+    /// Calls that are not streamed: longest wait for the answer.
+    pub response_timeout: Duration,
+    /// The target continues a final assistant message (assistant prefill).
+    pub prefill: bool,
+    /// Extra headers.
+    pub headers: BTreeMap<String, String>,
+    /// Prices by upstream model; a model without one has an unknown price.
+    pub prices: BTreeMap<String, Price>,
+    /// Facts about upstream models, for routing.
+    pub models: BTreeMap<String, crate::routing::ModelInfo>,
+}
+
+/// A model clients may ask for.
+#[derive(Debug, Clone)]
+pub struct ModelRoute {
+    /// The name clients use.
+    pub name: String,
+    /// Its subject token.
+    pub token: String,
+    /// Targets in order of preference; never empty.
+    pub targets: Vec<Target>,
+    /// How its requests fail over.
+    pub policy: RoutePolicy,
+}
+
+/// How a model's or a router's requests fail over (docs/reliability.md).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RoutePolicy {
+    /// Streams that fail after output: recover or end with an error.
+    pub mid_stream: sy_protocol::MidStream,
+    /// A content refusal falls back to the next target.
+    pub fallback_on_refusal: bool,
+    /// Watchdog overrides.
+    pub watchdogs: sy_protocol::Watchdogs,
+}
+
+/// One provider/model pair serving a route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Provider entry name.
+    pub provider: String,
+    /// Upstream model.
+    pub model: String,
+}
