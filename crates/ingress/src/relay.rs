@@ -284,6 +284,63 @@ impl Aggregate {
     }
 }
 
+/// One piece of choice 0's output, as the formats that rebuild the answer
+/// block by block (Messages, Responses) take it.
+pub(crate) enum Piece<'a> {
+    /// Reasoning text.
+    Reasoning(&'a str),
+    /// Answer text (or refusal text).
+    Text(&'a str),
+    /// A tool call: its id and name on its first piece, then arguments.
+    Call {
+        /// The call's index among the answer's calls.
+        index: u32,
+        /// Its id (first piece).
+        id: Option<&'a str>,
+        /// The function (first piece).
+        name: Option<&'a str>,
+        /// A fragment of the JSON arguments (may be empty).
+        arguments: &'a str,
+    },
+}
+
+/// Calls `f` with each non-empty piece of choice 0 in a frame's deltas, in
+/// order; returns the finish reason if one of them carried it.
+pub(crate) fn each_piece<'a>(
+    choices: &'a [ChoiceDelta],
+    mut f: impl FnMut(Piece<'a>),
+) -> Option<&'a str> {
+    let mut finish = None;
+    for c in choices.iter().filter(|c| c.index == 0) {
+        let d = &c.delta;
+        if let Some(Value::String(t)) = d.extra.get("reasoning_content")
+            && !t.is_empty()
+        {
+            f(Piece::Reasoning(t));
+        }
+        for t in [&d.content, &d.refusal].into_iter().flatten() {
+            if !t.is_empty() {
+                f(Piece::Text(t));
+            }
+        }
+        for tc in d.tool_calls.iter().flatten() {
+            let func = tc.function.as_ref();
+            f(Piece::Call {
+                index: tc.index,
+                id: tc.id.as_deref(),
+                name: func.and_then(|f| f.name.as_deref()),
+                arguments: func
+                    .and_then(|f| f.arguments.as_deref())
+                    .unwrap_or_default(),
+            });
+        }
+        if c.finish_reason.is_some() {
+            finish = c.finish_reason.as_deref();
+        }
+    }
+    finish
+}
+
 /// Renders a streamed answer in one client API's SSE format.
 pub trait StreamEncoder: Send + 'static {
     /// The events for one frame's deltas.

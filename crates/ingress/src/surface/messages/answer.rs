@@ -3,7 +3,7 @@
 //! message_stop; `error` mid-stream), written with `sy_protocol::anthropic`.
 
 use crate::ApiError;
-use crate::relay::{AggregatedChoice, StreamEncoder};
+use crate::relay::{AggregatedChoice, Piece, StreamEncoder, each_piece};
 use bytes::Bytes;
 use serde_json::{Value, json};
 use sy_protocol::ResponseMeta;
@@ -171,18 +171,13 @@ impl MessagesEncoder {
     }
 }
 
-impl StreamEncoder for MessagesEncoder {
-    fn chunk(&mut self, choices: &[ChoiceDelta]) -> Bytes {
-        let mut out = Vec::with_capacity(256);
-        self.start(&mut out);
-        for c in choices.iter().filter(|c| c.index == 0) {
-            let d = &c.delta;
-            if let Some(Value::String(t)) = d.extra.get("reasoning_content")
-                && !t.is_empty()
-            {
+impl MessagesEncoder {
+    fn piece(&mut self, out: &mut Vec<u8>, piece: Piece<'_>) {
+        match piece {
+            Piece::Reasoning(t) => {
                 if self.open != Open::Thinking {
                     self.open(
-                        &mut out,
+                        out,
                         Open::Thinking,
                         Block::Thinking {
                             thinking: String::new(),
@@ -191,48 +186,54 @@ impl StreamEncoder for MessagesEncoder {
                     );
                 }
                 self.delta(
-                    &mut out,
+                    out,
                     BlockDelta::ThinkingDelta {
-                        thinking: t.clone(),
+                        thinking: t.to_owned(),
                     },
                 );
             }
-            for text in [&d.content, &d.refusal].into_iter().flatten() {
-                if text.is_empty() {
-                    continue;
-                }
+            Piece::Text(t) => {
                 if self.open != Open::Text {
-                    self.open(&mut out, Open::Text, Block::text(""));
+                    self.open(out, Open::Text, Block::text(""));
                 }
-                self.delta(&mut out, BlockDelta::TextDelta { text: text.clone() });
+                self.delta(out, BlockDelta::TextDelta { text: t.to_owned() });
             }
-            for tc in d.tool_calls.iter().flatten() {
-                if self.open != Open::Tool(tc.index) {
-                    let f = tc.function.as_ref();
+            Piece::Call {
+                index,
+                id,
+                name,
+                arguments,
+            } => {
+                if self.open != Open::Tool(index) {
                     self.open(
-                        &mut out,
-                        Open::Tool(tc.index),
+                        out,
+                        Open::Tool(index),
                         Block::ToolUse {
-                            id: tc.id.clone().unwrap_or_default(),
-                            name: f.and_then(|f| f.name.clone()).unwrap_or_default(),
+                            id: id.unwrap_or_default().to_owned(),
+                            name: name.unwrap_or_default().to_owned(),
                             input: json!({}),
                         },
                     );
                 }
-                if let Some(args) = tc.function.as_ref().and_then(|f| f.arguments.as_ref())
-                    && !args.is_empty()
-                {
+                if !arguments.is_empty() {
                     self.delta(
-                        &mut out,
+                        out,
                         BlockDelta::InputJsonDelta {
-                            partial_json: args.clone(),
+                            partial_json: arguments.to_owned(),
                         },
                     );
                 }
             }
-            if c.finish_reason.is_some() {
-                self.finish.clone_from(&c.finish_reason);
-            }
+        }
+    }
+}
+
+impl StreamEncoder for MessagesEncoder {
+    fn chunk(&mut self, choices: &[ChoiceDelta]) -> Bytes {
+        let mut out = Vec::with_capacity(256);
+        self.start(&mut out);
+        if let Some(f) = each_piece(choices, |p| self.piece(&mut out, p)) {
+            self.finish = Some(f.to_owned());
         }
         Bytes::from(out)
     }

@@ -2,7 +2,7 @@
 //! the stream of `response.*` events that builds its output items.
 
 use crate::ApiError;
-use crate::relay::{AggregatedChoice, StreamEncoder};
+use crate::relay::{AggregatedChoice, Piece, StreamEncoder, each_piece};
 use bytes::Bytes;
 use serde_json::{Value, json};
 use sy_protocol::ResponseMeta;
@@ -238,65 +238,64 @@ impl ResponsesEncoder {
     }
 }
 
+impl ResponsesEncoder {
+    fn piece(&mut self, out: &mut Vec<u8>, piece: Piece<'_>) {
+        match piece {
+            // Reasoning text has no item of its own here.
+            Piece::Reasoning(_) => {}
+            Piece::Text(t) => self.text(out, t),
+            Piece::Call {
+                index: call,
+                id,
+                name,
+                arguments,
+            } => {
+                let same = matches!(&self.open, Some(Item::Call { index: i, .. }) if *i == call);
+                if !same {
+                    self.close(out);
+                    let index = self.done.len();
+                    let item_id = format!("fc_{}_{index}", response_id(&self.names));
+                    let call_id = id.unwrap_or_default().to_owned();
+                    let name = name.unwrap_or_default().to_owned();
+                    self.event(
+                        out,
+                        "response.output_item.added",
+                        json!({"output_index": index,
+                        "item": call_item(&item_id, &call_id, &name, "", "in_progress")}),
+                    );
+                    self.open = Some(Item::Call {
+                        id: item_id,
+                        call_id,
+                        name,
+                        arguments: String::new(),
+                        index: call,
+                    });
+                }
+                if !arguments.is_empty()
+                    && let Some(Item::Call {
+                        id, arguments: all, ..
+                    }) = &mut self.open
+                {
+                    all.push_str(arguments);
+                    let id = id.clone();
+                    let index = self.done.len();
+                    self.event(
+                        out,
+                        "response.function_call_arguments.delta",
+                        json!({"item_id": id, "output_index": index, "delta": arguments}),
+                    );
+                }
+            }
+        }
+    }
+}
+
 impl StreamEncoder for ResponsesEncoder {
     fn chunk(&mut self, choices: &[ChoiceDelta]) -> Bytes {
         let mut out = Vec::with_capacity(256);
         self.start(&mut out);
-        for c in choices.iter().filter(|c| c.index == 0) {
-            let d = &c.delta;
-            for t in [&d.content, &d.refusal].into_iter().flatten() {
-                if !t.is_empty() {
-                    self.text(&mut out, t);
-                }
-            }
-            for tc in d.tool_calls.iter().flatten() {
-                let same =
-                    matches!(&self.open, Some(Item::Call { index: i, .. }) if *i == tc.index);
-                if !same {
-                    self.close(&mut out);
-                    let index = self.done.len();
-                    let id = format!("fc_{}_{index}", response_id(&self.names));
-                    let call_id = tc.id.clone().unwrap_or_default();
-                    let name = tc
-                        .function
-                        .as_ref()
-                        .and_then(|f| f.name.clone())
-                        .unwrap_or_default();
-                    self.event(
-                        &mut out,
-                        "response.output_item.added",
-                        json!({"output_index": index,
-                        "item": call_item(&id, &call_id, &name, "", "in_progress")}),
-                    );
-                    self.open = Some(Item::Call {
-                        id,
-                        call_id,
-                        name,
-                        arguments: String::new(),
-                        index: tc.index,
-                    });
-                }
-                let args = tc
-                    .function
-                    .as_ref()
-                    .and_then(|f| f.arguments.clone())
-                    .unwrap_or_default();
-                if !args.is_empty()
-                    && let Some(Item::Call { id, arguments, .. }) = &mut self.open
-                {
-                    arguments.push_str(&args);
-                    let id = id.clone();
-                    let index = self.done.len();
-                    self.event(
-                        &mut out,
-                        "response.function_call_arguments.delta",
-                        json!({"item_id": id, "output_index": index, "delta": args}),
-                    );
-                }
-            }
-            if c.finish_reason.is_some() {
-                self.finish.clone_from(&c.finish_reason);
-            }
+        if let Some(f) = each_piece(choices, |p| self.piece(&mut out, p)) {
+            self.finish = Some(f.to_owned());
         }
         Bytes::from(out)
     }
