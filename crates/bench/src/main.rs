@@ -82,19 +82,23 @@ async fn one(client: &reqwest::Client, args: &Args, body: &[u8]) -> anyhow::Resu
     }
     let mut ttft = None;
     let mut seen = Vec::new();
-    // The first token: a content (OpenAI) or text delta (Anthropic; serde_json
-    // writes the delta's keys sorted, so "text" comes first) that is not empty.
-    let needle: &[u8] = if args.api == "messages" {
-        b"\"delta\":{\"text\":\""
+    // The first token: a content (OpenAI) or text delta (Anthropic) that is not
+    // empty. A text delta's keys come in Anthropic's order (`"type":"text_delta",
+    // "text":`); builds before 2026-12-05 wrote them sorted (`"delta":{"text":`).
+    let needles: &[&[u8]] = if args.api == "messages" {
+        &[b"\"text_delta\",\"text\":\"", b"\"delta\":{\"text\":\""]
     } else {
-        b"\"content\":\""
+        &[b"\"content\":\""]
     };
     let mut stream = resp.bytes_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk?;
         if ttft.is_none() {
             seen.extend_from_slice(&chunk);
-            if let Some(pos) = find(&seen, needle) {
+            if let Some((pos, needle)) = needles
+                .iter()
+                .find_map(|n| find(&seen, n).map(|pos| (pos, *n)))
+            {
                 if seen.get(pos + needle.len()).is_some_and(|&b| b != b'"') {
                     ttft = Some(start.elapsed().as_secs_f64() * 1e3);
                     seen.clear();
