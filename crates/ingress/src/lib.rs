@@ -311,41 +311,41 @@ async fn build(config: Arc<Config>, bus: Bus) -> Result<(Router, Arc<AppState>),
         )
         .route(
             "/v1/files",
-            post(batch::api::upload)
-                .get(batch::api::list_files)
+            post(surface::files::upload)
+                .get(surface::files::list_files)
                 .layer(axum::extract::DefaultBodyLimit::max(file_limit))
                 .route_layer(identify.clone())
                 .fallback(endpoints::method_not_allowed),
         )
         .route(
             "/v1/files/{id}",
-            get(batch::api::get_file)
-                .delete(batch::api::delete_file)
+            get(surface::files::get_file)
+                .delete(surface::files::delete_file)
                 .route_layer(identify.clone())
                 .fallback(endpoints::method_not_allowed),
         )
         .route(
             "/v1/files/{id}/content",
-            get(batch::api::file_content)
+            get(surface::files::file_content)
                 .route_layer(identify.clone())
                 .fallback(endpoints::method_not_allowed),
         )
         .route(
             "/v1/batches",
-            post(batch::api::create)
-                .get(batch::api::list)
+            post(surface::batches::create)
+                .get(surface::batches::list)
                 .route_layer(identify.clone())
                 .fallback(endpoints::method_not_allowed),
         )
         .route(
             "/v1/batches/{id}",
-            get(batch::api::get)
+            get(surface::batches::get)
                 .route_layer(identify.clone())
                 .fallback(endpoints::method_not_allowed),
         )
         .route(
             "/v1/batches/{id}/cancel",
-            post(batch::api::cancel)
+            post(surface::batches::cancel)
                 .route_layer(identify.clone())
                 .fallback(endpoints::method_not_allowed),
         )

@@ -592,7 +592,7 @@ async fn create_native(
             format!("key_id '{}' names no configured API key.", job.key_id),
         );
     }
-    if let Err(e) = super::api::check_job(job, &stores.config.webhook_allow) {
+    if let Err(e) = crate::surface::batches::check_job(job, &stores.config.webhook_allow) {
         fail(&mut problem, "invalid_request", e.message);
     }
     let mut total = 0;

@@ -1,6 +1,8 @@
-//! Batch jobs: the OpenAI Files and Batches API ([`api`]), the dispatcher that
-//! runs a batch's items through the same routing as interactive requests
-//! ([`dispatch`]), input checking ([`input`]) and the output format ([`output`]).
+//! Batch jobs: the stores behind the Files and Batches APIs (whose endpoints
+//! are `surface::files` and `surface::batches`, sharing `http`), the
+//! dispatcher that runs a batch's items through the same admission as
+//! interactive requests (`dispatch`) and a batch's end (`finish`), input
+//! checking ([`input`]) and the output format ([`output`]).
 //!
 //! State lives in NATS only, so any ingress or dispatcher replica can serve any
 //! batch: records in the `<NS>_BATCHES` KV bucket (written with compare-and-set
@@ -18,12 +20,12 @@ macro_rules! tryo {
     };
 }
 
-pub(crate) mod api;
 pub(crate) mod dispatch;
 mod finish;
+pub(crate) mod http;
 pub mod input;
 pub mod output;
-mod webhook;
+pub(crate) mod webhook;
 
 use std::collections::HashMap;
 
@@ -233,7 +235,7 @@ impl FileObject {
         }
     }
 
-    fn from_info(info: &async_nats::jetstream::object_store::ObjectInfo) -> Self {
+    pub(crate) fn from_info(info: &async_nats::jetstream::object_store::ObjectInfo) -> Self {
         let m = &info.metadata;
         FileObject {
             id: info.name.clone(),

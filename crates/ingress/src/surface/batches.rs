@@ -1,0 +1,282 @@
+//! The OpenAI Batches API: `POST /v1/batches`, `GET /v1/batches`,
+//! `GET /v1/batches/{id}`, `POST /v1/batches/{id}/cancel`. Every batch belongs
+//! to the API key that created it; another key gets 404. Creating a batch reads
+//! and checks its whole input file first: a bad file is a 400 naming its first
+//! bad line, and nothing is dispatched (the batch dispatcher, `batch::dispatch`,
+//! runs it).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use serde::Deserialize;
+use sy_protocol::ErrorCode;
+use sy_protocol::batch::{
+    BATCH_ENDPOINTS, BatchJob, BatchObject, BatchRecord, BatchStatus, COMPLETION_WINDOW,
+};
+
+use crate::batch::http::{json, owned, owned_file, respond, storage_error, stores};
+use crate::batch::{input, new_id, now_secs};
+use crate::extract::Caller;
+use crate::{ApiError, AppState};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBatch {
+    input_file_id: String,
+    endpoint: String,
+    completion_window: String,
+    #[serde(default)]
+    metadata: Option<BTreeMap<String, String>>,
+    /// Switchyard's addition: called when the batch ends.
+    #[serde(default)]
+    webhook_url: Option<String>,
+}
+
+/// Checks what a batch is asked to be; shared with the native submission path.
+pub(crate) fn check_job(job: &BatchJob, webhook_allow: &[ipnet::IpNet]) -> Result<(), ApiError> {
+    if !BATCH_ENDPOINTS.contains(&job.endpoint.as_str()) {
+        return Err(ApiError::invalid(
+            "endpoint",
+            format!(
+                "Unsupported endpoint '{}'; batches run {}.",
+                job.endpoint,
+                BATCH_ENDPOINTS.join(" or ")
+            ),
+        ));
+    }
+    if job.completion_window != COMPLETION_WINDOW {
+        return Err(ApiError::invalid(
+            "completion_window",
+            format!(
+                "Unsupported completion_window '{}'; only '{COMPLETION_WINDOW}' is supported.",
+                job.completion_window
+            ),
+        ));
+    }
+    if job.metadata.len() > 16
+        || job
+            .metadata
+            .iter()
+            .any(|(k, v)| k.len() > 64 || v.len() > 512)
+    {
+        return Err(ApiError::invalid(
+            "metadata",
+            "metadata holds at most 16 pairs, keys up to 64 and values up to 512 characters.",
+        ));
+    }
+    if let Some(url) = &job.webhook_url {
+        crate::batch::webhook::check_url(url, webhook_allow)
+            .map_err(|e| ApiError::invalid("webhook_url", e))?;
+    }
+    Ok(())
+}
+
+/// `POST /v1/batches`.
+pub(crate) async fn create(
+    State(state): State<Arc<AppState>>,
+    Caller(key_id): Caller,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    respond(
+        async {
+            // The key was checked before a byte of the body was read.
+            let key_id = key_id.as_str();
+            crate::intake::check_content_type(&headers)?;
+            let body = crate::intake::read_body(&state, &headers, body).await?;
+            let stores = stores(&state)?;
+            let req: CreateBatch = serde_json::from_slice(&body).map_err(|e| {
+                ApiError::new(
+                    ErrorCode::InvalidRequest,
+                    format!("The request body is not a valid batch: {e}"),
+                )
+            })?;
+            let job = BatchJob {
+                id: Some(new_id("batch_")),
+                key_id: key_id.to_owned(),
+                endpoint: req.endpoint,
+                completion_window: req.completion_window,
+                metadata: req.metadata.unwrap_or_default(),
+                input_file_id: Some(req.input_file_id.clone()),
+                requests: Vec::new(),
+                webhook_url: req.webhook_url,
+            };
+            check_job(&job, &stores.config.webhook_allow)?;
+            let file = owned_file(&state, &req.input_file_id, key_id)
+                .await
+                .map_err(|e| ApiError {
+                    param: Some("input_file_id".into()),
+                    ..e
+                })?;
+            if file.purpose != "batch" {
+                return Err(ApiError::invalid(
+                    "input_file_id",
+                    format!(
+                        "File {} has purpose '{}', not 'batch'.",
+                        file.id, file.purpose
+                    ),
+                ));
+            }
+            let data = stores.file_content(&file.id).await.map_err(storage_error)?;
+            let lines =
+                input::parse(&data, &job.endpoint, stores.config.max_lines).map_err(|e| {
+                    ApiError {
+                        param: e.param.clone(),
+                        ..ApiError::new(
+                            ErrorCode::InvalidRequest,
+                            format!("Invalid input file {}: {} [{}]", file.id, e.message, e.code),
+                        )
+                    }
+                })?;
+            let id = job.id.clone().unwrap_or_default();
+            let mut batch = BatchObject::new(id.clone(), &job, file.id.clone(), now_secs());
+            batch.request_counts.total = lines.len() as u64;
+            let record = BatchRecord {
+                batch,
+                key_id: key_id.to_owned(),
+                webhook_url: job.webhook_url.clone(),
+                runner: None,
+                announced: false,
+            };
+            stores.create(&record).await.map_err(storage_error)?;
+            if let Err(e) = state.bus.publish_batch_job(&job, &id).await {
+                // Not submitted: the batch must not linger as if it were.
+                let _ = stores.records.purge(&id).await;
+                return Err(storage_error(e.to_string()));
+            }
+            tracing::info!(batch = %id, items = lines.len(), key = key_id, "Batch created.");
+            Ok(json(StatusCode::OK, &record.batch))
+        }
+        .await,
+    )
+}
+
+/// `GET /v1/batches/{id}`.
+pub(crate) async fn get(
+    State(state): State<Arc<AppState>>,
+    Caller(key_id): Caller,
+    Path(id): Path<String>,
+) -> Response {
+    respond(
+        async {
+            let key_id = key_id.as_str();
+            let (record, _) = owned(&state, &id, key_id).await?;
+            Ok(json(StatusCode::OK, &record.batch))
+        }
+        .await,
+    )
+}
+
+/// `GET /v1/batches?limit=&after=`: newest first.
+pub(crate) async fn list(
+    State(state): State<Arc<AppState>>,
+    Caller(key_id): Caller,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    respond(
+        async {
+            let key_id = key_id.as_str();
+            let stores = stores(&state)?;
+            let limit = match params.get("limit") {
+                None => 20,
+                Some(l) => l
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|l| (1..=100).contains(l))
+                    .ok_or_else(|| ApiError::invalid("limit", "limit must be 1 to 100."))?,
+            };
+            use futures::StreamExt;
+            let mut keys: Vec<String> = stores
+                .records
+                .keys()
+                .await
+                .map_err(|e| storage_error(e.to_string()))?
+                .filter_map(|k| async move { k.ok() })
+                .collect()
+                .await;
+            // Ids are time-ordered: newest first.
+            keys.sort_by(|a, b| b.cmp(a));
+            if let Some(after) = params.get("after") {
+                keys.retain(|k| k.as_str() < after.as_str());
+            }
+            let mut data = Vec::new();
+            let mut has_more = false;
+            for k in keys {
+                let Some((r, _)) = stores.record(&k).await.map_err(storage_error)? else {
+                    continue;
+                };
+                if r.key_id != key_id {
+                    continue;
+                }
+                if data.len() == limit {
+                    has_more = true;
+                    break;
+                }
+                data.push(r.batch);
+            }
+            Ok(json(
+                StatusCode::OK,
+                &serde_json::json!({
+                    "object": "list",
+                    "data": data,
+                    "first_id": data.first().map(|b| b.id.clone()),
+                    "last_id": data.last().map(|b| b.id.clone()),
+                    "has_more": has_more,
+                }),
+            ))
+        }
+        .await,
+    )
+}
+
+/// `POST /v1/batches/{id}/cancel`: stops dispatching and cancels the items in flight;
+/// the batch ends `cancelled` with partial files.
+pub(crate) async fn cancel(
+    State(state): State<Arc<AppState>>,
+    Caller(key_id): Caller,
+    Path(id): Path<String>,
+) -> Response {
+    respond(
+        async {
+            let key_id = key_id.as_str();
+            let stores = stores(&state)?;
+            for _ in 0..20 {
+                let (mut record, revision) = owned(&state, &id, key_id).await?;
+                match record.batch.status {
+                    BatchStatus::Validating | BatchStatus::InProgress => {}
+                    BatchStatus::Cancelling | BatchStatus::Cancelled => {
+                        return Ok(json(StatusCode::OK, &record.batch));
+                    }
+                    other => {
+                        return Err(ApiError {
+                            status: StatusCode::CONFLICT,
+                            ..ApiError::new(
+                                ErrorCode::InvalidRequest,
+                                format!(
+                                    "Batch {id} is {}; it can no longer be cancelled.",
+                                    other.as_str()
+                                ),
+                            )
+                        });
+                    }
+                }
+                record.batch.set_status(BatchStatus::Cancelling, now_secs());
+                if stores
+                    .save(&record, revision)
+                    .await
+                    .map_err(storage_error)?
+                    .is_some()
+                {
+                    tracing::info!(batch = %id, "Batch cancel asked.");
+                    return Ok(json(StatusCode::OK, &record.batch));
+                }
+                // The dispatcher wrote progress meanwhile: read again.
+            }
+            Err(storage_error("the batch record kept changing".into()))
+        }
+        .await,
+    )
+}
