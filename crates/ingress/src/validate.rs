@@ -144,22 +144,6 @@ pub(crate) fn opt_f64(
     }
 }
 
-/// See [`opt_f64`]: a non-negative integer that fits 32 bits.
-pub(crate) fn opt_u32(
-    x: &serde_json::Value,
-    param: &str,
-    wrong: Wrong,
-) -> Result<Option<u32>, ApiError> {
-    match x {
-        serde_json::Value::Null => Ok(None),
-        n => n
-            .as_u64()
-            .and_then(|n| u32::try_from(n).ok())
-            .map(Some)
-            .ok_or_else(|| wrong(param, "a valid integer greater than or equal to 0")),
-    }
-}
-
 /// See [`opt_f64`]: a boolean.
 pub(crate) fn opt_bool(
     x: &serde_json::Value,

@@ -13,49 +13,55 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// `POST /v1/messages`, as Switchyard sends it to Anthropic.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// `POST /v1/messages`: what Switchyard sends to Anthropic, and what the
+/// Messages surface reads from its clients (which may write a message's
+/// content or the system prompt as one string, and a tool result's content
+/// as text blocks).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MessagesRequest {
     /// The upstream model.
     pub model: String,
     /// Extended thinking, with its token budget.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub thinking: Option<Thinking>,
     /// The output cap (thinking included).
     pub max_tokens: u32,
     /// The turns, alternating user and assistant.
     pub messages: Vec<InputMessage>,
     /// The system prompt.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system: Option<System>,
     /// Sampling temperature, 0 to 1.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub temperature: Option<f64>,
     /// Nucleus sampling.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top_p: Option<f64>,
     /// Top-k sampling.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top_k: Option<u32>,
     /// Custom stop sequences.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_sequences: Option<Vec<String>>,
     /// The end user, for Anthropic's abuse detection.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<Metadata>,
     /// Tools the model may call.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tools: Option<Vec<Tool>>,
     /// How the model must use the tools.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_choice: Option<ToolChoice>,
     /// Stream the answer as server-sent events.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub stream: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<bool>,
+    /// The client's service tier (read, not passed on).
+    #[serde(default, skip_serializing)]
+    pub service_tier: Option<Value>,
 }
 
 /// `thinking`: `{"type": "enabled", "budget_tokens": N}`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Thinking {
     /// Thinking on, within this many tokens.
@@ -63,6 +69,9 @@ pub enum Thinking {
         /// The budget.
         budget_tokens: u32,
     },
+    /// Thinking off, or a kind this version does not know (read only).
+    #[serde(other, skip_serializing)]
+    Off,
 }
 
 /// `system`: one string, or blocks (when one carries a caching breakpoint).
@@ -76,10 +85,11 @@ pub enum System {
 }
 
 /// `metadata`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Metadata {
     /// An opaque id of the end user.
-    pub user_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
 }
 
 /// The two roles of a turn.
@@ -93,11 +103,12 @@ pub enum Role {
 }
 
 /// One turn of the conversation.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InputMessage {
     /// Whose turn.
     pub role: Role,
-    /// Its blocks.
+    /// Its blocks (a client may send one string: one text block).
+    #[serde(deserialize_with = "string_or_blocks")]
     pub content: Vec<Block>,
 }
 
@@ -108,7 +119,6 @@ pub enum Block {
     /// Text.
     Text {
         /// The text.
-        #[serde(default)]
         text: String,
         /// A caching breakpoint.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -118,25 +128,31 @@ pub enum Block {
     Image {
         /// Where it is.
         source: ImageSource,
+        /// A caching breakpoint (read, not passed on).
+        #[serde(default, skip_serializing)]
+        cache_control: Option<Value>,
     },
     /// A call of a tool by the model.
     ToolUse {
         /// Its id.
-        #[serde(default)]
         id: String,
         /// The tool.
-        #[serde(default)]
         name: String,
         /// The arguments, a JSON object.
-        #[serde(default)]
+        #[serde(default = "empty_object")]
         input: Value,
     },
     /// A tool's result, in a user turn.
     ToolResult {
         /// The call it answers.
         tool_use_id: String,
-        /// What the tool returned.
+        /// What the tool returned (a client may send text blocks: joined by
+        /// newlines).
+        #[serde(default, deserialize_with = "text_of_blocks")]
         content: String,
+        /// The tool failed (read; Switchyard prefixes the content with `Error: `).
+        #[serde(default, skip_serializing)]
+        is_error: Option<bool>,
         /// A caching breakpoint.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         cache_control: Option<Value>,
@@ -151,9 +167,20 @@ pub enum Block {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         signature: Option<String>,
     },
+    /// Reasoning Anthropic withheld (read only).
+    #[serde(skip_serializing)]
+    RedactedThinking {
+        /// The encrypted reasoning.
+        #[serde(default)]
+        data: String,
+    },
     /// A block type this version does not know (read only).
     #[serde(other, skip_serializing)]
     Other,
+}
+
+fn empty_object() -> Value {
+    Value::Object(serde_json::Map::new())
 }
 
 impl Block {
@@ -172,7 +199,8 @@ impl Block {
 pub enum ImageSource {
     /// Inline bytes.
     Base64 {
-        /// `image/png`, …
+        /// `image/png`, … (PNG when a client leaves it out).
+        #[serde(default = "png")]
         media_type: String,
         /// Base64 data.
         data: String,
@@ -184,37 +212,46 @@ pub enum ImageSource {
     },
 }
 
+fn png() -> String {
+    "image/png".into()
+}
+
 /// A tool the model may call.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Tool {
+    /// `custom` (or absent) for a client's tool; Anthropic's server tools
+    /// have their own (`web_search_20250305`, …).
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
     /// Its name.
     pub name: String,
     /// What it does.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
     /// Its arguments' JSON schema.
+    #[serde(default)]
     pub input_schema: Value,
     /// A caching breakpoint.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_control: Option<Value>,
 }
 
 /// `tool_choice`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ToolChoice {
     /// How.
     #[serde(rename = "type")]
     pub kind: ToolChoiceKind,
     /// The tool, for [`ToolChoiceKind::Tool`].
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// At most one tool call per turn.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub disable_parallel_tool_use: bool,
 }
 
 /// The kinds of `tool_choice`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ToolChoiceKind {
     /// The model decides.
@@ -426,6 +463,89 @@ pub struct ErrorDetail {
     /// What happened.
     #[serde(default)]
     pub message: String,
+}
+
+/// Errors the request readers below raise name where they happened, below
+/// the block serde is reading (which it reads whole, so its path ends there),
+/// before this separator (e.g. `content.2.type`): the Messages surface turns
+/// them into Anthropic's dotted paths.
+pub const AT: char = '\u{1f}';
+
+/// A message's content: one string (a text block) or a list of blocks.
+fn string_or_blocks<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Vec<Block>, D::Error> {
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = Vec<Block>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a string or a list of content blocks")
+        }
+        fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Self::Value, E> {
+            Ok(vec![Block::text(s)])
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+            Deserialize::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))
+        }
+    }
+    de.deserialize_any(V)
+}
+
+impl<'de> Deserialize<'de> for System {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = System;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string or a list of text blocks")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Self::Value, E> {
+                Ok(System::Text(s.to_owned()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                Deserialize::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))
+                    .map(System::Blocks)
+            }
+        }
+        de.deserialize_any(V)
+    }
+}
+
+/// A tool result's content: a string, or text blocks joined by newlines.
+fn text_of_blocks<'de, D: serde::Deserializer<'de>>(de: D) -> Result<String, D::Error> {
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = String;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a string or a list of text blocks")
+        }
+        fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Self::Value, E> {
+            Ok(s.to_owned())
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(String::new())
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out: Vec<String> = Vec::new();
+            while let Some(b) = seq.next_element::<Block>()? {
+                match b {
+                    Block::Text { text, .. } => out.push(text),
+                    _ => {
+                        return Err(serde::de::Error::custom(format!(
+                            "content.{}.type{AT}only text blocks are supported here",
+                            out.len()
+                        )));
+                    }
+                }
+            }
+            Ok(out.join("\n"))
+        }
+    }
+    de.deserialize_any(V)
 }
 
 #[cfg(test)]

@@ -124,7 +124,10 @@ fn image_block(url: &str) -> Block {
             url: url.to_owned(),
         },
     };
-    Block::Image { source }
+    Block::Image {
+        source,
+        cache_control: None,
+    }
 }
 
 /// A text block, with its caching breakpoint if any.
@@ -248,6 +251,7 @@ pub fn to_wire(
                     Block::ToolResult {
                         tool_use_id: m.tool_call_id.clone().unwrap_or_default(),
                         content: text,
+                        is_error: None,
                         cache_control: last_mark(m).cloned(),
                     },
                 );
@@ -290,6 +294,7 @@ pub fn to_wire(
         tools
             .iter()
             .map(|t| Tool {
+                kind: None,
                 name: t.function.name.clone(),
                 description: t.function.description.clone(),
                 input_schema: t
@@ -330,10 +335,13 @@ pub fn to_wire(
         top_p: req.top_p,
         top_k: req.top_k,
         stop_sequences: translate::stops(req),
-        metadata: req.user.as_ref().map(|u| Metadata { user_id: u.clone() }),
+        metadata: req.user.as_ref().map(|u| Metadata {
+            user_id: Some(u.clone()),
+        }),
         tools,
         tool_choice,
-        stream,
+        stream: stream.then_some(true),
+        service_tier: None,
     })
 }
 

@@ -1,104 +1,25 @@
 //! `POST /v1/messages`: Anthropic's Messages API in and out, whatever provider
-//! serves the request. The request is translated to the canonical (OpenAI-shaped)
-//! model once; the answer's frames are rendered as an Anthropic message or as
-//! Anthropic's SSE events (message_start, content_block_start/delta/stop,
-//! message_delta, message_stop; `error` mid-stream). Rules for what has no
-//! equivalent are in docs/translation.md.
+//! serves the request. The request is read into `sy_protocol::anthropic`'s
+//! typed structs and translated to the canonical (OpenAI-shaped) model once;
+//! the answer's frames are rendered as an Anthropic message or as Anthropic's
+//! SSE events (`answer`). Errors name the field in Anthropic's dotted form
+//! (`messages.0.content.1.text: Input should be a valid string`). Rules for
+//! what has no equivalent are in docs/translation.md.
 
 use serde_json::{Map, Value, json};
+use serde_path_to_error::Segment;
+use sy_protocol::anthropic::{
+    self as wire, AT, Block, ImageSource, MessagesRequest, System, Thinking, ToolChoiceKind,
+};
 use sy_protocol::chat::{
     ChatRequest, Content, ContentPart, FunctionCall, FunctionDef, ImageUrl, Message, Role, Stop,
     Tool, ToolCall,
 };
 
 use crate::ApiError;
-use crate::validate::{need_str, opt_bool, opt_f64, opt_str, opt_u32};
 
 fn invalid(param: &str, message: impl Into<String>) -> ApiError {
     ApiError::invalid(param, message)
-}
-
-/// Whether a block carries a prompt-caching breakpoint.
-fn has_cache(b: &Value) -> bool {
-    !b["cache_control"].is_null()
-}
-
-/// A text block's text: a string is required (Anthropic refuses the block otherwise).
-fn block_text<'a>(b: &'a Value, at: &str) -> Result<&'a str, ApiError> {
-    b["text"].as_str().ok_or_else(|| {
-        invalid(
-            &format!("{at}.text"),
-            format!("{at}.text: Input should be a valid string"),
-        )
-    })
-}
-
-/// A text block as a canonical text part, with its caching breakpoint.
-fn text_part(b: &Value, at: &str) -> Result<ContentPart, ApiError> {
-    Ok(ContentPart::Text {
-        text: block_text(b, at)?.to_owned(),
-        cache_control: Some(b["cache_control"].clone()).filter(|c| !c.is_null()),
-    })
-}
-
-/// A field of the wrong type, in Anthropic's words.
-fn wrong(key: &str, what: &str) -> ApiError {
-    invalid(key, format!("{key}: Input should be {what}"))
-}
-
-/// Text of a `system` value or a `tool_result` content: a string or text blocks.
-fn blocks_text(v: &Value, at: &str) -> Result<String, ApiError> {
-    match v {
-        Value::Null => Ok(String::new()),
-        Value::String(s) => Ok(s.clone()),
-        Value::Array(blocks) => {
-            let mut out = Vec::new();
-            for (i, b) in blocks.iter().enumerate() {
-                match b["type"].as_str() {
-                    Some("text") => out.push(block_text(b, &format!("{at}.{i}"))?.to_owned()),
-                    other => {
-                        return Err(invalid(
-                            &format!("{at}.{i}.type"),
-                            format!(
-                                "{at}.{i}: only text blocks are supported here, not {:?}",
-                                other.unwrap_or("(none)")
-                            ),
-                        ));
-                    }
-                }
-            }
-            Ok(out.join("\n"))
-        }
-        _ => Err(invalid(
-            at,
-            format!("{at}: expected a string or a list of text blocks"),
-        )),
-    }
-}
-
-fn image_url(source: &Value, at: &str) -> Result<String, ApiError> {
-    match source["type"].as_str() {
-        Some("base64") => {
-            let mime = source["media_type"].as_str().unwrap_or("image/png");
-            let data = source["data"].as_str().ok_or_else(|| {
-                invalid(
-                    &format!("{at}.source.data"),
-                    format!("{at}.source.data: Field required"),
-                )
-            })?;
-            Ok(format!("data:{mime};base64,{data}"))
-        }
-        Some("url") => source["url"].as_str().map(str::to_owned).ok_or_else(|| {
-            invalid(
-                &format!("{at}.source.url"),
-                format!("{at}.source.url: Field required"),
-            )
-        }),
-        _ => Err(invalid(
-            &format!("{at}.source.type"),
-            format!("{at}.source.type: expected 'base64' or 'url'"),
-        )),
-    }
 }
 
 /// Top-level fields Switchyard reads; anything else is refused (as Anthropic does).
@@ -119,113 +40,270 @@ const KNOWN: &[&str] = &[
     "service_tier",
 ];
 
+/// The field of a tagged object (a content block) that holds a value of the
+/// kind serde's message names: serde reads such an object whole before its
+/// fields, so its path ends at the object.
+fn culprit(v: &Value, path: &[String], message: &str) -> Option<String> {
+    let found = message.strip_prefix("invalid type: ")?;
+    let object = if path.is_empty() {
+        Some(v)
+    } else {
+        v.pointer(&format!("/{}", path.join("/")))
+    }?
+    .as_object()?;
+    object.get("type")?;
+    let is = |x: &Value| match x {
+        Value::Null => found.starts_with("null"),
+        Value::Bool(_) => found.starts_with("boolean"),
+        Value::Number(_) => found.starts_with("integer") || found.starts_with("floating"),
+        Value::String(_) => found.starts_with("string"),
+        Value::Array(_) => found.starts_with("sequence"),
+        Value::Object(_) => found.starts_with("map"),
+    };
+    object
+        .iter()
+        .find(|(k, x)| k.as_str() != "type" && is(x))
+        .map(|(k, _)| k.clone())
+}
+
+/// What serde could not read, in Anthropic's words, naming the field (`v`
+/// is the body).
+fn anthropic_error(e: serde_path_to_error::Error<serde_json::Error>, v: &Value) -> ApiError {
+    let mut path: Vec<String> = e
+        .path()
+        .iter()
+        .filter_map(|s| match s {
+            Segment::Seq { index } => Some(index.to_string()),
+            Segment::Map { key } => Some(key.clone()),
+            Segment::Enum { .. } | Segment::Unknown => None,
+        })
+        .collect();
+    let inner = e.into_inner().to_string();
+    let mut message = inner.as_str();
+    // The readers of `sy_protocol::anthropic` say where, below the value.
+    if let Some((below, rest)) = message.split_once(AT) {
+        path.extend(below.split('.').map(str::to_owned));
+        message = rest;
+    }
+    if let Some(field) = culprit(v, &path, message) {
+        path.push(field);
+    }
+    if let Some(field) = message
+        .strip_prefix("missing field `")
+        .and_then(|f| f.strip_suffix('`'))
+    {
+        path.push(field.to_owned());
+        let at = path.join(".");
+        return invalid(&at, format!("{at}: Field required"));
+    }
+    if let Some(variant) = message
+        .strip_prefix("unknown variant `")
+        .and_then(|m| m.split('`').next())
+    {
+        // A tagged object inside a block (an image's source) is read with it.
+        let at = format!("/{}", path.join("/"));
+        if let Some((key, _)) = v.pointer(&at).and_then(Value::as_object).and_then(|o| {
+            o.iter()
+                .find(|(k, x)| k.as_str() != "type" && x["type"] == variant)
+        }) {
+            path.push(key.clone());
+        }
+        let last = path.last().cloned();
+        let last = last.as_deref();
+        if last != Some("role") && last != Some("type") {
+            path.push("type".into());
+        }
+        let at = path.join(".");
+        let what = match (at.as_str(), last) {
+            (_, Some("role")) => "Input should be 'user' or 'assistant'",
+            ("tool_choice.type", _) => "expected 'auto', 'any', 'tool' or 'none'",
+            (_, Some("source")) => "expected 'base64' or 'url'",
+            _ => message,
+        };
+        return invalid(&at, format!("{at}: {what}"));
+    }
+    let at = path.join(".");
+    if at == "max_tokens" {
+        return invalid(&at, "max_tokens: must be a positive integer");
+    }
+    let expected = message
+        .strip_prefix("invalid type: ")
+        .or_else(|| message.strip_prefix("invalid value: "))
+        .and_then(|m| m.split_once(", expected "))
+        .map(|(_, expected)| expected);
+    let what = match expected {
+        Some("a string") => "Input should be a valid string".to_owned(),
+        Some("f64") => "Input should be a valid number".to_owned(),
+        Some("u32" | "u64") => {
+            "Input should be a valid integer greater than or equal to 0".to_owned()
+        }
+        Some("a boolean") => "Input should be a valid boolean".to_owned(),
+        Some("a sequence") => "Input should be a valid list".to_owned(),
+        Some(e) if e.starts_with("struct ") || e == "a map" => {
+            "Input should be a valid dictionary".to_owned()
+        }
+        Some(e) => format!("expected {e}"),
+        None => message.to_owned(),
+    };
+    invalid(&at, format!("{at}: {what}"))
+}
+
+/// A block's `type`, for an error about it (`v` is the body).
+fn type_of(b: &Block, v: &Value, pointer: &str) -> String {
+    match b {
+        Block::Text { .. } => "text".into(),
+        Block::Image { .. } => "image".into(),
+        Block::ToolUse { .. } => "tool_use".into(),
+        Block::ToolResult { .. } => "tool_result".into(),
+        Block::Thinking { .. } => "thinking".into(),
+        Block::RedactedThinking { .. } => "redacted_thinking".into(),
+        Block::Other => v
+            .pointer(pointer)
+            .and_then(Value::as_str)
+            .unwrap_or("(none)")
+            .to_owned(),
+    }
+}
+
+/// The system prompt: text blocks joined by newlines, or kept apart when one
+/// carries a caching breakpoint.
+fn system(s: System, v: &Value) -> Result<Option<Content>, ApiError> {
+    let blocks = match s {
+        System::Text(t) => return Ok((!t.is_empty()).then_some(Content::Text(t))),
+        System::Blocks(blocks) => blocks,
+    };
+    let mut parts = Vec::new();
+    for (i, b) in blocks.into_iter().enumerate() {
+        match b {
+            Block::Text {
+                text,
+                cache_control,
+            } => parts.push(ContentPart::Text {
+                text,
+                cache_control,
+            }),
+            other => {
+                let kind = type_of(&other, v, &format!("/system/{i}/type"));
+                return Err(invalid(
+                    &format!("system.{i}.type"),
+                    format!("system.{i}: only text blocks are supported here, not {kind:?}"),
+                ));
+            }
+        }
+    }
+    let marked = parts.iter().any(|p| {
+        matches!(
+            p,
+            ContentPart::Text {
+                cache_control: Some(_),
+                ..
+            }
+        )
+    });
+    if marked {
+        return Ok(Some(Content::Parts(parts)));
+    }
+    let text = parts
+        .into_iter()
+        .filter_map(|p| match p {
+            ContentPart::Text { text, .. } => Some(text),
+            _ => None,
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    Ok((!text.is_empty()).then_some(Content::Text(text)))
+}
+
 /// Parses an Anthropic Messages body into the canonical request.
 pub fn parse(body: &[u8]) -> Result<ChatRequest, ApiError> {
     let (v, unknown) = crate::validate::json_object(body, KNOWN)?;
     if let Some(k) = unknown {
         return Err(invalid(&k, format!("{k}: Extra inputs are not permitted")));
     }
-    let model = v["model"]
-        .as_str()
-        .ok_or_else(|| invalid("model", "model: Field required"))?
-        .to_owned();
-    let max_tokens = match &v["max_tokens"] {
-        Value::Null => return Err(invalid("max_tokens", "max_tokens: Field required")),
-        m => m
-            .as_u64()
-            .filter(|m| *m >= 1)
-            .and_then(|m| u32::try_from(m).ok())
-            .ok_or_else(|| invalid("max_tokens", "max_tokens: must be a positive integer"))?,
-    };
-    let mut messages = Vec::new();
-    let system = blocks_text(&v["system"], "system")?;
-    if let Some(blocks) = v["system"].as_array().filter(|b| b.iter().any(has_cache)) {
-        // Caching breakpoints in the system prompt keep its blocks apart.
-        let parts = blocks
-            .iter()
-            .enumerate()
-            .map(|(i, b)| text_part(b, &format!("system.{i}")))
-            .collect::<Result<_, _>>()?;
-        messages.push(message(Role::System, Some(Content::Parts(parts))));
-    } else if !system.is_empty() {
-        messages.push(message(Role::System, Some(Content::Text(system))));
+    let r: MessagesRequest =
+        serde_path_to_error::deserialize(&v).map_err(|e| anthropic_error(e, &v))?;
+    if r.max_tokens == 0 {
+        return Err(invalid(
+            "max_tokens",
+            "max_tokens: must be a positive integer",
+        ));
     }
-    let list = v["messages"]
-        .as_array()
-        .ok_or_else(|| invalid("messages", "messages: Field required"))?;
-    for (i, m) in list.iter().enumerate() {
-        let at = format!("messages.{i}");
-        let role = match m["role"].as_str() {
-            Some("user") => Role::User,
-            Some("assistant") => Role::Assistant,
-            _ => {
-                return Err(invalid(
-                    &format!("{at}.role"),
-                    format!("{at}.role: Input should be 'user' or 'assistant'"),
-                ));
-            }
-        };
-        let blocks: Vec<Value> = match &m["content"] {
-            Value::String(s) => vec![json!({"type": "text", "text": s})],
-            Value::Array(b) => b.clone(),
-            _ => {
-                return Err(invalid(
-                    &format!("{at}.content"),
-                    format!("{at}.content: expected a string or a list of content blocks"),
-                ));
-            }
+    let mut messages = Vec::new();
+    if let Some(content) = r.system.map(|s| system(s, &v)).transpose()?.flatten() {
+        messages.push(message(Role::System, Some(content)));
+    }
+    for (i, m) in r.messages.into_iter().enumerate() {
+        let role = match m.role {
+            wire::Role::User => Role::User,
+            wire::Role::Assistant => Role::Assistant,
         };
         let mut parts = Vec::new();
         let mut calls = Vec::new();
-        for (j, b) in blocks.iter().enumerate() {
-            let bat = format!("{at}.content.{j}");
-            match (b["type"].as_str(), role) {
-                (Some("text"), _) => parts.push(text_part(b, &bat)?),
-                (Some("image"), Role::User) => parts.push(ContentPart::ImageUrl {
+        for (j, b) in m.content.into_iter().enumerate() {
+            match (b, role) {
+                (
+                    Block::Text {
+                        text,
+                        cache_control,
+                    },
+                    _,
+                ) => parts.push(ContentPart::Text {
+                    text,
+                    cache_control,
+                }),
+                (Block::Image { source, .. }, Role::User) => parts.push(ContentPart::ImageUrl {
                     image_url: ImageUrl {
-                        url: image_url(&b["source"], &bat)?,
+                        url: match source {
+                            ImageSource::Base64 { media_type, data } => {
+                                format!("data:{media_type};base64,{data}")
+                            }
+                            ImageSource::Url { url } => url,
+                        },
                         detail: None,
                     },
                 }),
-                (Some("tool_result"), Role::User) => {
-                    let id = b["tool_use_id"].as_str().ok_or_else(|| {
-                        invalid(
-                            &format!("{bat}.tool_use_id"),
-                            format!("{bat}.tool_use_id: Field required"),
-                        )
-                    })?;
-                    let mut text = blocks_text(&b["content"], &format!("{bat}.content"))?;
-                    if b["is_error"].as_bool() == Some(true) {
-                        text = format!("Error: {text}");
-                    }
-                    let content = if has_cache(b) {
-                        Content::Parts(vec![ContentPart::Text {
-                            text,
-                            cache_control: Some(b["cache_control"].clone()),
-                        }])
+                (
+                    Block::ToolResult {
+                        tool_use_id,
+                        content,
+                        is_error,
+                        cache_control,
+                    },
+                    Role::User,
+                ) => {
+                    let text = if is_error == Some(true) {
+                        format!("Error: {content}")
                     } else {
-                        Content::Text(text)
+                        content
+                    };
+                    let content = match cache_control {
+                        Some(c) => Content::Parts(vec![ContentPart::Text {
+                            text,
+                            cache_control: Some(c),
+                        }]),
+                        None => Content::Text(text),
                     };
                     let mut tm = message(Role::Tool, Some(content));
-                    tm.tool_call_id = Some(id.to_owned());
+                    tm.tool_call_id = Some(tool_use_id);
                     messages.push(tm);
                 }
-                (Some("tool_use"), Role::Assistant) => calls.push(ToolCall {
-                    id: need_str(&b["id"], &format!("{bat}.id"), wrong)?.to_owned(),
+                (Block::ToolUse { id, name, input }, Role::Assistant) => calls.push(ToolCall {
+                    id,
                     kind: "function".into(),
                     function: FunctionCall {
-                        name: need_str(&b["name"], &format!("{bat}.name"), wrong)?.to_owned(),
-                        arguments: b.get("input").unwrap_or(&json!({})).to_string(),
+                        name,
+                        arguments: input.to_string(),
                     },
                 }),
                 // Earlier thinking is the provider's own; no other provider can read it.
-                (Some("thinking" | "redacted_thinking"), Role::Assistant) => {}
+                (Block::Thinking { .. } | Block::RedactedThinking { .. }, Role::Assistant) => {}
                 (other, _) => {
+                    let bat = format!("messages.{i}.content.{j}");
+                    let kind = type_of(&other, &v, &format!("/messages/{i}/content/{j}/type"));
                     return Err(invalid(
                         &format!("{bat}.type"),
                         format!(
-                            "{bat}: content blocks of type {:?} are not supported in {} messages by Switchyard",
-                            other.unwrap_or("(none)"),
+                            "{bat}: content blocks of type {kind:?} are not supported in {} messages by Switchyard",
                             if role == Role::User {
                                 "user"
                             } else {
@@ -259,79 +337,46 @@ pub fn parse(body: &[u8]) -> Result<ChatRequest, ApiError> {
         messages.push(msg);
     }
     let mut extra = Map::new();
-    let tools = match &v["tools"] {
-        Value::Null => None,
-        Value::Array(list) => {
-            let mut out = Vec::new();
-            for (i, t) in list.iter().enumerate() {
-                if t.get("type").is_some_and(|ty| ty != "custom") {
+    let tools = match r.tools {
+        None => None,
+        Some(list) => {
+            let mut out = Vec::with_capacity(list.len());
+            for (i, t) in list.into_iter().enumerate() {
+                if let Some(kind) = t.kind.as_deref().filter(|k| *k != "custom") {
                     return Err(invalid(
                         &format!("tools.{i}.type"),
                         format!(
-                            "tools.{i}: server tools ({}) are not supported by Switchyard",
-                            t["type"]
+                            "tools.{i}: server tools ({kind:?}) are not supported by Switchyard"
                         ),
                     ));
                 }
                 out.push(Tool {
                     kind: "function".into(),
                     function: FunctionDef {
-                        name: t["name"]
-                            .as_str()
-                            .ok_or_else(|| {
-                                invalid(
-                                    &format!("tools.{i}.name"),
-                                    format!("tools.{i}.name: Field required"),
-                                )
-                            })?
-                            .to_owned(),
-                        description: opt_str(
-                            &t["description"],
-                            &format!("tools.{i}.description"),
-                            wrong,
-                        )?
-                        .map(str::to_owned),
-                        parameters: Some(t["input_schema"].clone()).filter(|s| !s.is_null()),
+                        name: t.name,
+                        description: t.description,
+                        parameters: Some(t.input_schema).filter(|s| !s.is_null()),
                         strict: None,
                     },
-                    cache_control: Some(t["cache_control"].clone()).filter(|c| !c.is_null()),
+                    cache_control: t.cache_control,
                 });
             }
             Some(out)
         }
-        _ => return Err(invalid("tools", "tools: expected a list")),
     };
-    let tool_choice = match &v["tool_choice"] {
-        Value::Null => None,
-        tc => {
-            if tc["disable_parallel_tool_use"].as_bool() == Some(true) {
-                extra.insert("parallel_tool_calls".into(), json!(false));
-            }
-            Some(match tc["type"].as_str() {
-                Some("auto") => json!("auto"),
-                Some("any") => json!("required"),
-                Some("none") => json!("none"),
-                Some("tool") => json!({"type": "function", "function": {"name": tc["name"]}}),
-                _ => {
-                    return Err(invalid(
-                        "tool_choice.type",
-                        "tool_choice.type: expected 'auto', 'any', 'tool' or 'none'",
-                    ));
-                }
-            })
+    let tool_choice = r.tool_choice.map(|tc| {
+        if tc.disable_parallel_tool_use {
+            extra.insert("parallel_tool_calls".into(), json!(false));
         }
-    };
-    let (thinking_budget, reasoning_effort) = match v["thinking"]["type"].as_str() {
-        Some("enabled") => {
-            let b = v["thinking"]["budget_tokens"]
-                .as_u64()
-                .and_then(|b| u32::try_from(b).ok())
-                .ok_or_else(|| {
-                    invalid(
-                        "thinking.budget_tokens",
-                        "thinking.budget_tokens: Field required",
-                    )
-                })?;
+        match tc.kind {
+            ToolChoiceKind::Auto => json!("auto"),
+            ToolChoiceKind::Any => json!("required"),
+            ToolChoiceKind::None => json!("none"),
+            ToolChoiceKind::Tool => json!({"type": "function", "function": {"name": tc.name}}),
+        }
+    });
+    let (thinking_budget, reasoning_effort) = match r.thinking {
+        Some(Thinking::Enabled { budget_tokens: b }) => {
             let effort = match b {
                 0..2048 => "low",
                 2048..8192 => "medium",
@@ -341,65 +386,24 @@ pub fn parse(body: &[u8]) -> Result<ChatRequest, ApiError> {
         }
         _ => (None, None),
     };
-    let stop = match &v["stop_sequences"] {
-        Value::Null => None,
-        Value::Array(s) => Some(Stop::Many(
-            s.iter()
-                .enumerate()
-                .map(|(i, x)| {
-                    x.as_str().map(str::to_owned).ok_or_else(|| {
-                        invalid(
-                            &format!("stop_sequences.{i}"),
-                            format!("stop_sequences.{i}: Input should be a valid string"),
-                        )
-                    })
-                })
-                .collect::<Result<_, _>>()?,
-        )),
-        _ => {
-            return Err(invalid(
-                "stop_sequences",
-                "stop_sequences: Input should be a valid list",
-            ));
-        }
-    };
-    let user = match &v["metadata"] {
-        Value::Null => None,
-        Value::Object(m) => match m.get("user_id") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(u)) => Some(u.clone()),
-            Some(_) => {
-                return Err(invalid(
-                    "metadata.user_id",
-                    "metadata.user_id: Input should be a valid string",
-                ));
-            }
-        },
-        _ => {
-            return Err(invalid(
-                "metadata",
-                "metadata: Input should be a valid dictionary",
-            ));
-        }
-    };
     let req = ChatRequest {
-        model,
+        model: r.model,
         messages,
-        stream: opt_bool(&v["stream"], "stream", wrong)?,
+        stream: r.stream,
         stream_options: None,
-        temperature: opt_f64(&v["temperature"], "temperature", wrong)?,
-        top_p: opt_f64(&v["top_p"], "top_p", wrong)?,
-        max_tokens: Some(max_tokens),
+        temperature: r.temperature,
+        top_p: r.top_p,
+        max_tokens: Some(r.max_tokens),
         max_completion_tokens: None,
-        stop,
+        stop: r.stop_sequences.map(Stop::Many),
         seed: None,
-        user,
+        user: r.metadata.and_then(|m| m.user_id),
         n: None,
         tools,
         tool_choice,
         response_format: None,
         reasoning_effort,
-        top_k: opt_u32(&v["top_k"], "top_k", wrong)?,
+        top_k: r.top_k,
         thinking_budget,
         extra,
     };
@@ -617,6 +621,101 @@ mod tests {
             .param
             .as_deref(),
             Some("tools.0.type")
+        );
+    }
+
+    #[test]
+    fn type_errors_name_the_field_in_anthropics_words() {
+        let e = |v: Value| parse(v.to_string().as_bytes()).unwrap_err();
+        let case = |v: Value| {
+            let e = e(v);
+            (e.param.unwrap_or_default(), e.message)
+        };
+        let base = |extra: Value| {
+            let mut v = json!({"model": "m", "max_tokens": 8,
+                "messages": [{"role": "user", "content": "x"}]});
+            v.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            v
+        };
+        assert_eq!(
+            case(base(json!({"messages": [{"role": "user", "content": [
+                {"type": "text", "text": "a"}, {"type": "text", "text": 5}]}]}))),
+            (
+                "messages.0.content.1.text".into(),
+                "messages.0.content.1.text: Input should be a valid string".into()
+            )
+        );
+        assert_eq!(
+            case(base(json!({"messages": [{"role": "user", "content": [
+                {"type": "text"}]}]})))
+            .0,
+            "messages.0.content.0.text"
+        );
+        assert_eq!(
+            case(base(json!({"messages": [{"role": "user", "content": 5}]}))),
+            (
+                "messages.0.content".into(),
+                "messages.0.content: expected a string or a list of content blocks".into()
+            )
+        );
+        assert_eq!(
+            case(base(json!({"messages": [{"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "t", "content": [
+                    {"type": "text", "text": "ok"}, {"type": "image", "source": {"type": "url", "url": "u"}}]}]}]})))
+            .0,
+            "messages.0.content.0.content.1.type"
+        );
+        assert_eq!(
+            case(base(json!({"messages": [{"role": "user", "content": [
+                {"type": "image", "source": {"type": "file", "file_id": "f"}}]}]}))),
+            (
+                "messages.0.content.0.source.type".into(),
+                "messages.0.content.0.source.type: expected 'base64' or 'url'".into()
+            )
+        );
+        assert_eq!(
+            case(base(json!({"top_k": "many"}))),
+            (
+                "top_k".into(),
+                "top_k: Input should be a valid integer greater than or equal to 0".into()
+            )
+        );
+        assert_eq!(case(base(json!({"max_tokens": -1}))).0, "max_tokens");
+        assert_eq!(case(base(json!({"max_tokens": 0}))).0, "max_tokens");
+        assert_eq!(
+            case(base(json!({"tool_choice": {"type": "sometimes"}}))),
+            (
+                "tool_choice.type".into(),
+                "tool_choice.type: expected 'auto', 'any', 'tool' or 'none'".into()
+            )
+        );
+        assert_eq!(
+            case(base(json!({"metadata": {"user_id": 7}}))).0,
+            "metadata.user_id"
+        );
+        assert_eq!(
+            case(base(
+                json!({"system": [{"type": "image", "source": {"type": "url", "url": "u"}}]})
+            )),
+            (
+                "system.0.type".into(),
+                "system.0: only text blocks are supported here, not \"image\"".into()
+            )
+        );
+        // A tool result's text blocks are joined; its failure is marked.
+        let r = parse(
+            base(json!({"messages": [{"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "t", "is_error": true,
+                 "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]}]}))
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(
+            serde_json::to_value(&r.messages[0].content).unwrap(),
+            json!("Error: a\nb")
         );
     }
 }
