@@ -61,10 +61,6 @@ pub(crate) fn unreadable(e: &axum::extract::multipart::MultipartError, what: &st
     }
 }
 
-pub(crate) fn respond(r: Result<Response, ApiError>) -> Response {
-    r.unwrap_or_else(IntoResponse::into_response)
-}
-
 /// A file of `key_id`'s, or 404 (whether it does not exist or is another key's).
 pub(crate) async fn owned_file(
     state: &AppState,

@@ -17,7 +17,7 @@ use sy_protocol::batch::{
     BATCH_ENDPOINTS, BatchJob, BatchObject, BatchRecord, BatchStatus, COMPLETION_WINDOW,
 };
 
-use crate::batch::http::{json, owned, owned_file, respond, storage_error, stores};
+use crate::batch::http::{json, owned, owned_file, storage_error, stores};
 use crate::batch::{input, new_id, now_secs};
 use crate::extract::Caller;
 use crate::{ApiError, AppState};
@@ -80,78 +80,71 @@ pub(crate) async fn create(
     Caller(key_id): Caller,
     headers: HeaderMap,
     body: axum::body::Body,
-) -> Response {
-    respond(
-        async {
-            // The key was checked before a byte of the body was read.
-            let key_id = key_id.as_str();
-            crate::intake::check_content_type(&headers)?;
-            let body = crate::intake::read_body(&state, &headers, body).await?;
-            let stores = stores(&state)?;
-            let req: CreateBatch = serde_json::from_slice(&body).map_err(|e| {
-                ApiError::new(
-                    ErrorCode::InvalidRequest,
-                    format!("The request body is not a valid batch: {e}"),
-                )
-            })?;
-            let job = BatchJob {
-                id: Some(new_id("batch_")),
-                key_id: key_id.to_owned(),
-                endpoint: req.endpoint,
-                completion_window: req.completion_window,
-                metadata: req.metadata.unwrap_or_default(),
-                input_file_id: Some(req.input_file_id.clone()),
-                requests: Vec::new(),
-                webhook_url: req.webhook_url,
-            };
-            check_job(&job, &stores.config.webhook_allow)?;
-            let file = owned_file(&state, &req.input_file_id, key_id)
-                .await
-                .map_err(|e| ApiError {
-                    param: Some("input_file_id".into()),
-                    ..e
-                })?;
-            if file.purpose != "batch" {
-                return Err(ApiError::invalid(
-                    "input_file_id",
-                    format!(
-                        "File {} has purpose '{}', not 'batch'.",
-                        file.id, file.purpose
-                    ),
-                ));
-            }
-            let data = stores.file_content(&file.id).await.map_err(storage_error)?;
-            let lines =
-                input::parse(&data, &job.endpoint, stores.config.max_lines).map_err(|e| {
-                    ApiError {
-                        param: e.param.clone(),
-                        ..ApiError::new(
-                            ErrorCode::InvalidRequest,
-                            format!("Invalid input file {}: {} [{}]", file.id, e.message, e.code),
-                        )
-                    }
-                })?;
-            let id = job.id.clone().unwrap_or_default();
-            let mut batch = BatchObject::new(id.clone(), &job, file.id.clone(), now_secs());
-            batch.request_counts.total = lines.len() as u64;
-            let record = BatchRecord {
-                batch,
-                key_id: key_id.to_owned(),
-                webhook_url: job.webhook_url.clone(),
-                runner: None,
-                announced: false,
-            };
-            stores.create(&record).await.map_err(storage_error)?;
-            if let Err(e) = state.bus.publish_batch_job(&job, &id).await {
-                // Not submitted: the batch must not linger as if it were.
-                let _ = stores.records.purge(&id).await;
-                return Err(storage_error(e.to_string()));
-            }
-            tracing::info!(batch = %id, items = lines.len(), key = key_id, "Batch created.");
-            Ok(json(StatusCode::OK, &record.batch))
-        }
-        .await,
-    )
+) -> Result<Response, ApiError> {
+    // The key was checked before a byte of the body was read.
+    let key_id = key_id.as_str();
+    crate::intake::check_content_type(&headers)?;
+    let body = crate::intake::read_body(&state, &headers, body).await?;
+    let stores = stores(&state)?;
+    let req: CreateBatch = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("The request body is not a valid batch: {e}"),
+        )
+    })?;
+    let job = BatchJob {
+        id: Some(new_id("batch_")),
+        key_id: key_id.to_owned(),
+        endpoint: req.endpoint,
+        completion_window: req.completion_window,
+        metadata: req.metadata.unwrap_or_default(),
+        input_file_id: Some(req.input_file_id.clone()),
+        requests: Vec::new(),
+        webhook_url: req.webhook_url,
+    };
+    check_job(&job, &stores.config.webhook_allow)?;
+    let file = owned_file(&state, &req.input_file_id, key_id)
+        .await
+        .map_err(|e| ApiError {
+            param: Some("input_file_id".into()),
+            ..e
+        })?;
+    if file.purpose != "batch" {
+        return Err(ApiError::invalid(
+            "input_file_id",
+            format!(
+                "File {} has purpose '{}', not 'batch'.",
+                file.id, file.purpose
+            ),
+        ));
+    }
+    let data = stores.file_content(&file.id).await.map_err(storage_error)?;
+    let lines =
+        input::parse(&data, &job.endpoint, stores.config.max_lines).map_err(|e| ApiError {
+            param: e.param.clone(),
+            ..ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!("Invalid input file {}: {} [{}]", file.id, e.message, e.code),
+            )
+        })?;
+    let id = job.id.clone().unwrap_or_default();
+    let mut batch = BatchObject::new(id.clone(), &job, file.id.clone(), now_secs());
+    batch.request_counts.total = lines.len() as u64;
+    let record = BatchRecord {
+        batch,
+        key_id: key_id.to_owned(),
+        webhook_url: job.webhook_url.clone(),
+        runner: None,
+        announced: false,
+    };
+    stores.create(&record).await.map_err(storage_error)?;
+    if let Err(e) = state.bus.publish_batch_job(&job, &id).await {
+        // Not submitted: the batch must not linger as if it were.
+        let _ = stores.records.purge(&id).await;
+        return Err(storage_error(e.to_string()));
+    }
+    tracing::info!(batch = %id, items = lines.len(), key = key_id, "Batch created.");
+    Ok(json(StatusCode::OK, &record.batch))
 }
 
 /// `GET /v1/batches/{id}`.
@@ -159,15 +152,10 @@ pub(crate) async fn get(
     State(state): State<Arc<AppState>>,
     Caller(key_id): Caller,
     Path(id): Path<String>,
-) -> Response {
-    respond(
-        async {
-            let key_id = key_id.as_str();
-            let (record, _) = owned(&state, &id, key_id).await?;
-            Ok(json(StatusCode::OK, &record.batch))
-        }
-        .await,
-    )
+) -> Result<Response, ApiError> {
+    let key_id = key_id.as_str();
+    let (record, _) = owned(&state, &id, key_id).await?;
+    Ok(json(StatusCode::OK, &record.batch))
 }
 
 /// `GET /v1/batches?limit=&after=`: newest first.
@@ -175,61 +163,56 @@ pub(crate) async fn list(
     State(state): State<Arc<AppState>>,
     Caller(key_id): Caller,
     Query(params): Query<HashMap<String, String>>,
-) -> Response {
-    respond(
-        async {
-            let key_id = key_id.as_str();
-            let stores = stores(&state)?;
-            let limit = match params.get("limit") {
-                None => 20,
-                Some(l) => l
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|l| (1..=100).contains(l))
-                    .ok_or_else(|| ApiError::invalid("limit", "limit must be 1 to 100."))?,
-            };
-            use futures::StreamExt;
-            let mut keys: Vec<String> = stores
-                .records
-                .keys()
-                .await
-                .map_err(|e| storage_error(e.to_string()))?
-                .filter_map(|k| async move { k.ok() })
-                .collect()
-                .await;
-            // Ids are time-ordered: newest first.
-            keys.sort_by(|a, b| b.cmp(a));
-            if let Some(after) = params.get("after") {
-                keys.retain(|k| k.as_str() < after.as_str());
-            }
-            let mut data = Vec::new();
-            let mut has_more = false;
-            for k in keys {
-                let Some((r, _)) = stores.record(&k).await.map_err(storage_error)? else {
-                    continue;
-                };
-                if r.key_id != key_id {
-                    continue;
-                }
-                if data.len() == limit {
-                    has_more = true;
-                    break;
-                }
-                data.push(r.batch);
-            }
-            Ok(json(
-                StatusCode::OK,
-                &serde_json::json!({
-                    "object": "list",
-                    "data": data,
-                    "first_id": data.first().map(|b| b.id.clone()),
-                    "last_id": data.last().map(|b| b.id.clone()),
-                    "has_more": has_more,
-                }),
-            ))
+) -> Result<Response, ApiError> {
+    let key_id = key_id.as_str();
+    let stores = stores(&state)?;
+    let limit = match params.get("limit") {
+        None => 20,
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|l| (1..=100).contains(l))
+            .ok_or_else(|| ApiError::invalid("limit", "limit must be 1 to 100."))?,
+    };
+    use futures::StreamExt;
+    let mut keys: Vec<String> = stores
+        .records
+        .keys()
+        .await
+        .map_err(|e| storage_error(e.to_string()))?
+        .filter_map(|k| async move { k.ok() })
+        .collect()
+        .await;
+    // Ids are time-ordered: newest first.
+    keys.sort_by(|a, b| b.cmp(a));
+    if let Some(after) = params.get("after") {
+        keys.retain(|k| k.as_str() < after.as_str());
+    }
+    let mut data = Vec::new();
+    let mut has_more = false;
+    for k in keys {
+        let Some((r, _)) = stores.record(&k).await.map_err(storage_error)? else {
+            continue;
+        };
+        if r.key_id != key_id {
+            continue;
         }
-        .await,
-    )
+        if data.len() == limit {
+            has_more = true;
+            break;
+        }
+        data.push(r.batch);
+    }
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "object": "list",
+            "data": data,
+            "first_id": data.first().map(|b| b.id.clone()),
+            "last_id": data.last().map(|b| b.id.clone()),
+            "has_more": has_more,
+        }),
+    ))
 }
 
 /// `POST /v1/batches/{id}/cancel`: stops dispatching and cancels the items in flight;
@@ -238,45 +221,40 @@ pub(crate) async fn cancel(
     State(state): State<Arc<AppState>>,
     Caller(key_id): Caller,
     Path(id): Path<String>,
-) -> Response {
-    respond(
-        async {
-            let key_id = key_id.as_str();
-            let stores = stores(&state)?;
-            for _ in 0..20 {
-                let (mut record, revision) = owned(&state, &id, key_id).await?;
-                match record.batch.status {
-                    BatchStatus::Validating | BatchStatus::InProgress => {}
-                    BatchStatus::Cancelling | BatchStatus::Cancelled => {
-                        return Ok(json(StatusCode::OK, &record.batch));
-                    }
-                    other => {
-                        return Err(ApiError {
-                            status: StatusCode::CONFLICT,
-                            ..ApiError::new(
-                                ErrorCode::InvalidRequest,
-                                format!(
-                                    "Batch {id} is {}; it can no longer be cancelled.",
-                                    other.as_str()
-                                ),
-                            )
-                        });
-                    }
-                }
-                record.batch.set_status(BatchStatus::Cancelling, now_secs());
-                if stores
-                    .save(&record, revision)
-                    .await
-                    .map_err(storage_error)?
-                    .is_some()
-                {
-                    tracing::info!(batch = %id, "Batch cancel asked.");
-                    return Ok(json(StatusCode::OK, &record.batch));
-                }
-                // The dispatcher wrote progress meanwhile: read again.
+) -> Result<Response, ApiError> {
+    let key_id = key_id.as_str();
+    let stores = stores(&state)?;
+    for _ in 0..20 {
+        let (mut record, revision) = owned(&state, &id, key_id).await?;
+        match record.batch.status {
+            BatchStatus::Validating | BatchStatus::InProgress => {}
+            BatchStatus::Cancelling | BatchStatus::Cancelled => {
+                return Ok(json(StatusCode::OK, &record.batch));
             }
-            Err(storage_error("the batch record kept changing".into()))
+            other => {
+                return Err(ApiError {
+                    status: StatusCode::CONFLICT,
+                    ..ApiError::new(
+                        ErrorCode::InvalidRequest,
+                        format!(
+                            "Batch {id} is {}; it can no longer be cancelled.",
+                            other.as_str()
+                        ),
+                    )
+                });
+            }
         }
-        .await,
-    )
+        record.batch.set_status(BatchStatus::Cancelling, now_secs());
+        if stores
+            .save(&record, revision)
+            .await
+            .map_err(storage_error)?
+            .is_some()
+        {
+            tracing::info!(batch = %id, "Batch cancel asked.");
+            return Ok(json(StatusCode::OK, &record.batch));
+        }
+        // The dispatcher wrote progress meanwhile: read again.
+    }
+    Err(storage_error("the batch record kept changing".into()))
 }

@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use sy_protocol::ErrorCode;
 
-use crate::batch::http::{json, owned_file, respond, storage_error, stores, unreadable};
+use crate::batch::http::{json, owned_file, storage_error, stores, unreadable};
 use crate::batch::{FileObject, new_id};
 use crate::extract::Caller;
 use crate::{ApiError, AppState};
@@ -23,11 +23,9 @@ pub(crate) async fn upload(
     Caller(key_id): Caller,
     headers: HeaderMap,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
-) -> Response {
-    if let Err(e) = crate::intake::check_encoding(&headers) {
-        return e.into_response();
-    }
-    respond(upload_inner(&state, &key_id, multipart).await)
+) -> Result<Response, ApiError> {
+    crate::intake::check_encoding(&headers)?;
+    upload_inner(&state, &key_id, multipart).await
 }
 
 async fn upload_inner(
@@ -126,36 +124,31 @@ pub(crate) async fn list_files(
     State(state): State<Arc<AppState>>,
     Caller(key_id): Caller,
     Query(params): Query<HashMap<String, String>>,
-) -> Response {
-    respond(
-        async {
-            let key_id = key_id.as_str();
-            let stores = stores(&state)?;
-            let mut list = stores
-                .files
-                .list()
-                .await
-                .map_err(|e| storage_error(e.to_string()))?;
-            let mut data = Vec::new();
-            use futures::StreamExt;
-            while let Some(info) = list.next().await {
-                let info = info.map_err(|e| storage_error(e.to_string()))?;
-                if info.deleted || info.metadata.get("owner").map(String::as_str) != Some(key_id) {
-                    continue;
-                }
-                let f = FileObject::from_info(&info);
-                if params.get("purpose").is_none_or(|p| *p == f.purpose) {
-                    data.push(f);
-                }
-            }
-            data.sort_by(|a, b| b.id.cmp(&a.id));
-            Ok(json(
-                StatusCode::OK,
-                &serde_json::json!({"object": "list", "data": data, "has_more": false}),
-            ))
+) -> Result<Response, ApiError> {
+    let key_id = key_id.as_str();
+    let stores = stores(&state)?;
+    let mut list = stores
+        .files
+        .list()
+        .await
+        .map_err(|e| storage_error(e.to_string()))?;
+    let mut data = Vec::new();
+    use futures::StreamExt;
+    while let Some(info) = list.next().await {
+        let info = info.map_err(|e| storage_error(e.to_string()))?;
+        if info.deleted || info.metadata.get("owner").map(String::as_str) != Some(key_id) {
+            continue;
         }
-        .await,
-    )
+        let f = FileObject::from_info(&info);
+        if params.get("purpose").is_none_or(|p| *p == f.purpose) {
+            data.push(f);
+        }
+    }
+    data.sort_by(|a, b| b.id.cmp(&a.id));
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({"object": "list", "data": data, "has_more": false}),
+    ))
 }
 
 /// `GET /v1/files/{id}`.
@@ -163,15 +156,10 @@ pub(crate) async fn get_file(
     State(state): State<Arc<AppState>>,
     Caller(key_id): Caller,
     Path(id): Path<String>,
-) -> Response {
-    respond(
-        async {
-            let key_id = key_id.as_str();
-            let f = owned_file(&state, &id, key_id).await?;
-            Ok(json(StatusCode::OK, &f))
-        }
-        .await,
-    )
+) -> Result<Response, ApiError> {
+    let key_id = key_id.as_str();
+    let f = owned_file(&state, &id, key_id).await?;
+    Ok(json(StatusCode::OK, &f))
 }
 
 /// `GET /v1/files/{id}/content`.
@@ -179,27 +167,22 @@ pub(crate) async fn file_content(
     State(state): State<Arc<AppState>>,
     Caller(key_id): Caller,
     Path(id): Path<String>,
-) -> Response {
-    respond(
-        async {
-            let key_id = key_id.as_str();
-            owned_file(&state, &id, key_id).await?;
-            let data = stores(&state)?
-                .file_content(&id)
-                .await
-                .map_err(storage_error)?;
-            Ok((
-                StatusCode::OK,
-                [(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/octet-stream"),
-                )],
-                Bytes::from(data),
-            )
-                .into_response())
-        }
-        .await,
+) -> Result<Response, ApiError> {
+    let key_id = key_id.as_str();
+    owned_file(&state, &id, key_id).await?;
+    let data = stores(&state)?
+        .file_content(&id)
+        .await
+        .map_err(storage_error)?;
+    Ok((
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        )],
+        Bytes::from(data),
     )
+        .into_response())
 }
 
 /// `DELETE /v1/files/{id}`.
@@ -207,21 +190,16 @@ pub(crate) async fn delete_file(
     State(state): State<Arc<AppState>>,
     Caller(key_id): Caller,
     Path(id): Path<String>,
-) -> Response {
-    respond(
-        async {
-            let key_id = key_id.as_str();
-            owned_file(&state, &id, key_id).await?;
-            stores(&state)?
-                .files
-                .delete(&id)
-                .await
-                .map_err(|e| storage_error(e.to_string()))?;
-            Ok(json(
-                StatusCode::OK,
-                &serde_json::json!({"id": id, "object": "file", "deleted": true}),
-            ))
-        }
-        .await,
-    )
+) -> Result<Response, ApiError> {
+    let key_id = key_id.as_str();
+    owned_file(&state, &id, key_id).await?;
+    stores(&state)?
+        .files
+        .delete(&id)
+        .await
+        .map_err(|e| storage_error(e.to_string()))?;
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({"id": id, "object": "file", "deleted": true}),
+    ))
 }
