@@ -6,17 +6,17 @@
 //! envelope to publish. Later steps (tenancy, limits, budgets, caching) plug
 //! in here, in this order.
 
-use axum::http::HeaderMap;
 use sy_config::ModelRoute;
-use sy_protocol::{
-    ApiSurface, ErrorCode, FallbackTarget, RequestEnvelope, RouteChoice, header as hdr,
-};
+use sy_protocol::{ApiSurface, ErrorCode, FallbackTarget, RequestEnvelope, RouteChoice};
 use uuid::Uuid;
 
+pub(crate) use crate::classify::Hints;
+use crate::error::ApiError;
+use crate::state::AppState;
 use crate::surface::chat::parse_chat;
 use crate::surface::{embeddings, messages, responses};
 use crate::validate::validate_chat;
-use crate::{ApiError, AppState, classify, reload, route, validate};
+use crate::{classify, route, validate};
 
 /// A request to admit, whoever sends it (an HTTP client or a batch's
 /// dispatcher): the caller, the client's hints, the times, and for a batch
@@ -32,28 +32,6 @@ pub(crate) struct Admission<'a> {
     /// Set for a batch item: routed the same way, but not shed (it waits in
     /// its own queue) and answered on the batch's result subject.
     pub batch: Option<sy_protocol::batch::BatchItem>,
-}
-
-/// The client's hints for classification: `x-switchyard-class` and
-/// `x-switchyard-task-type` over HTTP; none for a batch item (its body's
-/// `metadata.task_type` still counts).
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct Hints<'a> {
-    /// A class named by the client (checked against the classes).
-    pub class: Option<&'a str>,
-    /// A task type named by the client (mapped to a class when known).
-    pub task_type: Option<&'a str>,
-}
-
-impl<'a> Hints<'a> {
-    /// The hints an HTTP request carries in its headers. A header that is
-    /// not valid text counts as an empty value (refused as a class).
-    pub(crate) fn from_headers(headers: &'a HeaderMap) -> Hints<'a> {
-        Hints {
-            class: headers.get(hdr::CLASS).map(|v| v.to_str().unwrap_or("")),
-            task_type: headers.get(hdr::TASK_TYPE).and_then(|v| v.to_str().ok()),
-        }
-    }
 }
 
 /// Where a request goes: the route that chose, its targets in order, and
@@ -281,7 +259,10 @@ pub(crate) fn parse_request(
     Ok(request)
 }
 
-fn resolve<'a>(routing: &'a reload::Routing, model: &str) -> Result<&'a ModelRoute, ApiError> {
+fn resolve<'a>(
+    routing: &'a crate::state::Routing,
+    model: &str,
+) -> Result<&'a ModelRoute, ApiError> {
     routing.models.get(model).ok_or_else(|| ApiError {
         param: Some("model".into()),
         ..ApiError::new(
@@ -425,7 +406,7 @@ targets = [{{ provider = "openai", model = "gpt-4o-mini" }}]
         )
         .err()
         .unwrap();
-        assert_eq!(e.param.as_deref(), Some(hdr::CLASS));
+        assert_eq!(e.param.as_deref(), Some(sy_protocol::header::CLASS));
     }
 
     #[tokio::test]

@@ -6,12 +6,34 @@
 //! header or the request's `metadata.task_type`, mapped by [`class_of_task`]
 //! (an unknown task type is ignored and the model decides).
 
-use crate::admission::Hints;
+use axum::http::HeaderMap;
 use sy_classifier::{Class, Classifier, Prediction};
 use sy_protocol::chat::ChatRequest;
 use sy_protocol::header as hdr;
 
-use crate::ApiError;
+use crate::error::ApiError;
+
+/// The client's hints for classification: `x-switchyard-class` and
+/// `x-switchyard-task-type` over HTTP; none for a batch item (its body's
+/// `metadata.task_type` still counts).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Hints<'a> {
+    /// A class named by the client (checked against the classes).
+    pub class: Option<&'a str>,
+    /// A task type named by the client (mapped to a class when known).
+    pub task_type: Option<&'a str>,
+}
+
+impl<'a> Hints<'a> {
+    /// The hints an HTTP request carries in its headers. A header that is
+    /// not valid text counts as an empty value (refused as a class).
+    pub(crate) fn from_headers(headers: &'a HeaderMap) -> Hints<'a> {
+        Hints {
+            class: headers.get(hdr::CLASS).map(|v| v.to_str().unwrap_or("")),
+            task_type: headers.get(hdr::TASK_TYPE).and_then(|v| v.to_str().ok()),
+        }
+    }
+}
 
 /// The class a task type names, if Switchyard knows it (docs/routing.md).
 pub fn class_of_task(task: &str) -> Option<Class> {

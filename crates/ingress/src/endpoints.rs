@@ -10,8 +10,10 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use sy_protocol::{ApiSurface, ErrorCode};
 
+use crate::error::ApiError;
 use crate::intake::{check_content_type, read_body};
-use crate::{ApiError, AppState, admission, classify, extract, route, usage};
+use crate::state::AppState;
+use crate::{admission, classify, extract, route, usage};
 
 pub(crate) async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     if state.bus.is_connected() {
@@ -73,7 +75,7 @@ pub(crate) async fn route_explain(
     let (parts, body) = req.into_parts();
     let result = async {
         check_content_type(&parts.headers)?;
-        let body = read_body(&state, &parts.headers, body).await?;
+        let body = read_body(state.max_body_bytes, &parts.headers, body).await?;
         let request = admission::parse_request(ApiSurface::ChatCompletions, &body)?;
         let hints = admission::Hints::from_headers(&parts.headers);
         let prediction = classify::decide(&state.classifier, &hints, &request)?;

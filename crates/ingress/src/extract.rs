@@ -18,7 +18,8 @@ use axum::response::{IntoResponse, Response};
 use sy_protocol::{ApiSurface, ErrorCode};
 use uuid::Uuid;
 
-use crate::{ApiError, AppState};
+use crate::error::ApiError;
+use crate::state::AppState;
 
 /// The client API a path belongs to: errors on `/v1/messages` are Anthropic's.
 pub(crate) fn surface_of_path(path: &str) -> ApiSurface {

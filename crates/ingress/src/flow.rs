@@ -12,11 +12,13 @@ use sy_bus::BusError;
 use sy_protocol::{ApiSurface, ErrorCode, ReplyFrame, StartInfo, header as hdr, now_unix_ms};
 use uuid::Uuid;
 
+use crate::error::ApiError;
 use crate::intake::{check_content_type, read_body};
 use crate::relay::{Pending, answer_meta};
 use crate::respond::{json_response, sse_response, start_of, with_headers};
+use crate::state::AppState;
 use crate::surface::{chat::SseEncoder, messages, responses};
-use crate::{ApiError, AppState, admission, extract, idempotency};
+use crate::{admission, extract, idempotency};
 
 pub(crate) async fn chat_completions(State(state): State<Arc<AppState>>, req: Request) -> Response {
     handle(state, ApiSurface::ChatCompletions, req).await
@@ -85,7 +87,7 @@ async fn chat(
             (e, None, None)
         })?;
     check_content_type(&parts.headers).map_err(|e| (e, None, None))?;
-    let body = read_body(state, &parts.headers, body)
+    let body = read_body(state.max_body_bytes, &parts.headers, body)
         .await
         .map_err(|e| (e, None, None))?;
     let admitted = admission::admit(

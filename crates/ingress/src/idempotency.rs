@@ -27,8 +27,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sy_protocol::{ApiSurface, ErrorCode};
 
+use crate::error::ApiError;
 use crate::intake::read_body;
-use crate::{ApiError, AppState};
+use crate::state::AppState;
 
 /// The request header.
 pub const HEADER: &str = "idempotency-key";
@@ -108,7 +109,7 @@ where
                 "Idempotency keys are unavailable: the key store could not be set up.",
             ));
         };
-        let body = read_body(&state, &parts.headers, body).await?;
+        let body = read_body(state.max_body_bytes, &parts.headers, body).await?;
         let body_sha256 = hex(&Sha256::digest(&body));
         let key = hex(&Sha256::digest(
             format!("{key_id}\0{client_key}").as_bytes(),

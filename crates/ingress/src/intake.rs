@@ -41,7 +41,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
-use crate::{ApiError, AppState};
+use crate::error::ApiError;
 use sy_protocol::ErrorCode;
 
 /// The bounds on connections and bodies (from `[server]`).
@@ -363,13 +363,12 @@ pub(crate) fn check_encoding(headers: &HeaderMap) -> Result<(), ApiError> {
 /// declared length first), refusing compressed bodies; a body the intake
 /// guard cut off (too slow, no room) gets its 408 or 503.
 pub(crate) async fn read_body(
-    state: &AppState,
+    limit: usize,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Bytes, ApiError> {
     use http_body_util::BodyExt;
     check_encoding(headers)?;
-    let limit = state.max_body_bytes;
     let too_large = || {
         ApiError::new(
             ErrorCode::PayloadTooLarge,

@@ -29,6 +29,7 @@ mod relay;
 mod reload;
 mod respond;
 mod route;
+mod state;
 pub mod surface;
 mod usage;
 mod validate;
@@ -39,7 +40,6 @@ pub use route::{estimate_input_tokens, expected_output_tokens};
 pub use surface::chat::{SseEncoder, parse_chat};
 pub use validate::validate_chat;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Router;
@@ -48,6 +48,8 @@ use sy_bus::{Bus, BusError, ReplyRouter};
 use sy_config::Config;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+use crate::state::AppState;
 
 /// Why the ingress could not start.
 #[derive(Debug, thiserror::Error)]
@@ -70,36 +72,6 @@ pub enum IngressError {
     /// The classifier's artifact did not load.
     #[error("classifier: {0}")]
     Classifier(String),
-}
-
-struct AppState {
-    bus: Bus,
-    replies: ReplyRouter,
-    ingress_id: String,
-    keys: HashMap<String, String>,
-    routing: std::sync::RwLock<Arc<reload::Routing>>,
-    max_body_bytes: usize,
-    /// Bounds on connections and on bodies being received.
-    limits: Arc<intake::Limits>,
-    request_timeout: std::time::Duration,
-    clickhouse: Option<sy_config::ClickhouseConfig>,
-    classifier: Arc<sy_classifier::Classifier>,
-    providers: std::collections::BTreeMap<String, sy_config::ProviderConfig>,
-    live: Arc<sy_router::live::LiveTable>,
-    /// The `Idempotency-Key` store; none if NATS refused to create it.
-    idempotency: Option<async_nats::jetstream::kv::Store>,
-    /// Batch records and files; none if NATS refused to create them.
-    batches: Option<Arc<batch::Stores>>,
-}
-
-impl AppState {
-    /// The routing table now (models and routers); a reload swaps it whole.
-    fn routing(&self) -> Arc<reload::Routing> {
-        match self.routing.read() {
-            Ok(r) => r.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
-    }
 }
 
 /// Serves the API on `config.server.listen` until `shutdown` fires, then drains.
@@ -254,7 +226,7 @@ async fn build(config: Arc<Config>, bus: Bus) -> Result<(Router, Arc<AppState>),
             .iter()
             .map(|k| (k.key.expose().to_owned(), k.name.clone()))
             .collect(),
-        routing: std::sync::RwLock::new(Arc::new(reload::Routing::from_config(&config))),
+        routing: std::sync::RwLock::new(Arc::new(crate::state::Routing::from_config(&config))),
         max_body_bytes: config.server.max_body_bytes,
         limits: limits.clone(),
         request_timeout: config.server.request_timeout,

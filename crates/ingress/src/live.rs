@@ -14,8 +14,8 @@ use sy_bus::Bus;
 use sy_protocol::now_unix_ms;
 use sy_router::live::{LiveTable, Load};
 
-use crate::AppState;
 use crate::extract::Caller;
+use crate::state::AppState;
 
 /// How often each provider's load is read.
 const LOAD_EVERY: Duration = Duration::from_secs(1);
@@ -100,16 +100,16 @@ pub(crate) async fn force(
     req: axum::extract::Request,
 ) -> Response {
     let (parts, body) = req.into_parts();
-    let result: Result<Response, crate::ApiError> = async {
+    let result: Result<Response, crate::error::ApiError> = async {
         crate::intake::check_content_type(&parts.headers)?;
-        let body = crate::intake::read_body(&state, &parts.headers, body).await?;
+        let body = crate::intake::read_body(state.max_body_bytes, &parts.headers, body).await?;
         let f: ForceBody = serde_json::from_slice(&body)
-            .map_err(|e| crate::ApiError::invalid("body", format!("Expected {{\"provider\", \"model\", \"state\": \"off\"|\"on\"|\"auto\"}}: {e}")))?;
+            .map_err(|e| crate::error::ApiError::invalid("body", format!("Expected {{\"provider\", \"model\", \"state\": \"off\"|\"on\"|\"auto\"}}: {e}")))?;
         // Only a configured target can be forced: anything else would be a
         // key in the override bucket that nothing reads (and client text of
         // any length in a NATS key).
         if !state.routing().serves(&f.provider, &f.model) {
-            return Err(crate::ApiError::invalid(
+            return Err(crate::error::ApiError::invalid(
                 "model",
                 "No configured route sends requests to that provider and model.",
             ));
@@ -122,7 +122,7 @@ pub(crate) async fn force(
             at_unix_ms: now_unix_ms(),
         };
         state.bus.put_override(&o).await.map_err(|_| {
-            crate::ApiError::new(
+            crate::error::ApiError::new(
                 sy_protocol::ErrorCode::BusUnavailable,
                 "The target override could not be stored; retry shortly.",
             )

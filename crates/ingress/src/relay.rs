@@ -13,7 +13,7 @@ use sy_protocol::{
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use crate::ApiError;
+use crate::error::ApiError;
 
 /// A request whose frames are awaited. Dropping it before the final frame (the
 /// client went away, or the ingress gave up) tells the workers to stop.

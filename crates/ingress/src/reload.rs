@@ -1,62 +1,18 @@
-//! The routing table (model routes and smart routers) and its reload: on SIGHUP,
+//! The routing table's reload (the table is `crate::state::Routing`): on SIGHUP,
 //! or when the config file's modification time changes (checked every second),
 //! the file is loaded and validated whole; a valid one replaces the table in one
 //! swap, an invalid one is refused with every problem logged and the old table
 //! kept. Provider entries are not reloaded (their workers and consumers are
 //! fixed at start): a file that changes them is refused, asking for a restart.
 
-use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
-use sy_config::routing::RouterConfig;
-use sy_config::{Config, ModelRoute, ProcessEnv};
+use sy_config::{Config, ProcessEnv};
 use tokio_util::sync::CancellationToken;
 
-use crate::AppState;
-
-/// What a request is routed by; swapped whole on reload.
-pub(crate) struct Routing {
-    pub models: HashMap<String, ModelRoute>,
-    pub routers: BTreeMap<String, RouterConfig>,
-    pub model_list: Bytes,
-}
-
-impl Routing {
-    /// True when some model or router sends requests to `model` at `provider`.
-    pub fn serves(&self, provider: &str, model: &str) -> bool {
-        self.models
-            .values()
-            .flat_map(|m| &m.targets)
-            .any(|t| t.provider == provider && t.model == model)
-            || self
-                .routers
-                .values()
-                .flat_map(|r| &r.routes)
-                .flat_map(|r| &r.targets)
-                .any(|t| t.provider == provider && t.model == model)
-    }
-
-    pub fn from_config(config: &Config) -> Routing {
-        let list = serde_json::json!({
-            "object": "list",
-            "data": config.models.keys().chain(config.routers.keys()).map(|m| serde_json::json!({
-                "id": m, "object": "model", "created": 0, "owned_by": "switchyard"
-            })).collect::<Vec<_>>(),
-        });
-        Routing {
-            models: config
-                .models
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            routers: config.routers.clone(),
-            model_list: Bytes::from(serde_json::to_vec(&list).unwrap_or_default()),
-        }
-    }
-}
+use crate::state::{AppState, Routing};
 
 fn modified(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use sy_protocol::{ApiSurface, ErrorCode, ReplyFrame, StartInfo, header as hdr};
 use uuid::Uuid;
 
-use crate::ApiError;
+use crate::error::ApiError;
 use crate::relay::{Aggregate, Pending, StreamEncoder};
 use crate::surface::{chat, embeddings, messages, responses};
 use sy_protocol::ResponseMeta;

@@ -14,7 +14,8 @@ use sy_protocol::chat::ChatRequest;
 use sy_router::{Decision, Live, RouteRequest};
 use uuid::Uuid;
 
-use crate::{ApiError, AppState};
+use crate::error::ApiError;
+use crate::state::AppState;
 
 /// Output tokens assumed when the client set no limit.
 const DEFAULT_OUTPUT_TOKENS: u64 = 1024;

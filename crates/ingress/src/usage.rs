@@ -9,7 +9,7 @@ use sy_accounting::{GroupBy, UsageGroup};
 use sy_config::ClickhouseConfig;
 use sy_protocol::{ErrorCode, now_unix_ms};
 
-use crate::ApiError;
+use crate::error::ApiError;
 
 const DEFAULT_DAYS: u64 = 30;
 

@@ -2,7 +2,7 @@
 
 use sy_protocol::chat::{ChatRequest, Content, ContentPart, Role};
 
-use crate::ApiError;
+use crate::error::ApiError;
 
 /// Refuses a body nested deeper than [`MAX_BODY_DEPTH`](sy_protocol::json::MAX_BODY_DEPTH)
 /// before any parser sees it, on every surface: the envelope that carries it

@@ -42,23 +42,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-use super::finish::{announce, finalize};
+use super::finish::{Outcome, Stop, announce, derived_file_id, finalize};
 use super::{FileObject, Stores, input, now_secs};
-use crate::AppState;
 use crate::admission::{Admission, Hints, admit};
-
-/// A file id derived from the batch (`input`, `output`, `errors`): the same
-/// whenever a resumed run writes that file again.
-pub(super) fn derived_file_id(batch_id: &str, what: &str) -> String {
-    format!(
-        "file-{}",
-        Uuid::new_v5(
-            &Uuid::NAMESPACE_OID,
-            format!("{batch_id}/{what}").as_bytes()
-        )
-        .simple()
-    )
-}
+use crate::state::AppState;
 
 /// Batches running at once across every dispatcher.
 const MAX_RUNNING: u32 = sy_config::MAX_RUNNING_BATCHES;
@@ -200,16 +187,6 @@ async fn answer_exhausted(state: Arc<AppState>, shutdown: CancellationToken) {
     }
 }
 
-/// How a run of a job ended.
-pub(super) enum Outcome {
-    /// The batch ended and was announced: ack the job.
-    Done,
-    /// Try again later (here or on another dispatcher): nak.
-    Retry(String),
-    /// Another runner owns the batch now: leave the job alone.
-    Abandon,
-}
-
 async fn job(state: Arc<AppState>, stores: Arc<Stores>, msg: Message, stop: CancellationToken) {
     let (seq, delivered) = msg
         .info()
@@ -302,13 +279,6 @@ async fn job(state: Arc<AppState>, stores: Arc<Stores>, msg: Message, stop: Canc
         }
         Outcome::Abandon => tracing::info!(batch = %id, "Another runner took the batch over."),
     }
-}
-
-/// Why a running batch stops dispatching before its last item.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Stop {
-    Cancelled,
-    Expired,
 }
 
 async fn drive(
@@ -592,7 +562,7 @@ async fn create_native(
             format!("key_id '{}' names no configured API key.", job.key_id),
         );
     }
-    if let Err(e) = crate::surface::batches::check_job(job, &stores.config.webhook_allow) {
+    if let Err(e) = super::check_job(job, &stores.config.webhook_allow) {
         fail(&mut problem, "invalid_request", e.message);
     }
     let mut total = 0;

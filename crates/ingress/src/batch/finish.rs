@@ -6,10 +6,40 @@
 use futures::StreamExt;
 use sy_protocol::ApiSurface;
 use sy_protocol::batch::{BatchDone, BatchItem, BatchRecord, BatchResult, BatchStatus};
+use uuid::Uuid;
 
-use super::dispatch::{Outcome, Stop, derived_file_id};
 use super::{FileObject, Stores, input, now_secs, output, webhook};
-use crate::AppState;
+use crate::state::AppState;
+
+/// A file id derived from the batch (`input`, `output`, `errors`): the same
+/// whenever a resumed run writes that file again.
+pub(super) fn derived_file_id(batch_id: &str, what: &str) -> String {
+    format!(
+        "file-{}",
+        Uuid::new_v5(
+            &Uuid::NAMESPACE_OID,
+            format!("{batch_id}/{what}").as_bytes()
+        )
+        .simple()
+    )
+}
+
+/// How a run of a job ended.
+pub(super) enum Outcome {
+    /// The batch ended and was announced: ack the job.
+    Done,
+    /// Try again later (here or on another dispatcher): nak.
+    Retry(String),
+    /// Another runner owns the batch now: leave the job alone.
+    Abandon,
+}
+
+/// Why a running batch stops dispatching before its last item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Stop {
+    Cancelled,
+    Expired,
+}
 
 /// Writes the output and error files, gives the batch its final status, and announces it.
 pub(super) async fn finalize(

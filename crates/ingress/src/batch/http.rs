@@ -10,7 +10,8 @@ use sy_protocol::ErrorCode;
 use sy_protocol::batch::BatchRecord;
 
 use super::{FileObject, Stores};
-use crate::{ApiError, AppState};
+use crate::error::ApiError;
+use crate::state::AppState;
 
 pub(crate) fn json(status: StatusCode, value: &impl serde::Serialize) -> Response {
     (

@@ -34,8 +34,10 @@ use async_nats::jetstream::object_store::{ObjectMetadata, ObjectStore};
 use serde::Serialize;
 use sy_bus::Bus;
 use sy_config::BatchConfig;
-use sy_protocol::batch::BatchRecord;
+use sy_protocol::batch::{BATCH_ENDPOINTS, BatchJob, BatchRecord, COMPLETION_WINDOW};
 use tokio::io::AsyncReadExt;
+
+use crate::error::ApiError;
 
 /// The stores every batch endpoint and the dispatcher use.
 pub(crate) struct Stores {
@@ -265,4 +267,43 @@ fn valid_id(id: &str) -> bool {
 /// Now, Unix seconds.
 pub(crate) fn now_secs() -> u64 {
     sy_protocol::now_unix_ms() / 1000
+}
+
+/// Checks what a batch is asked to be; shared with the native submission path.
+pub(crate) fn check_job(job: &BatchJob, webhook_allow: &[ipnet::IpNet]) -> Result<(), ApiError> {
+    if !BATCH_ENDPOINTS.contains(&job.endpoint.as_str()) {
+        return Err(ApiError::invalid(
+            "endpoint",
+            format!(
+                "Unsupported endpoint '{}'; batches run {}.",
+                job.endpoint,
+                BATCH_ENDPOINTS.join(" or ")
+            ),
+        ));
+    }
+    if job.completion_window != COMPLETION_WINDOW {
+        return Err(ApiError::invalid(
+            "completion_window",
+            format!(
+                "Unsupported completion_window '{}'; only '{}' is supported.",
+                job.completion_window, COMPLETION_WINDOW
+            ),
+        ));
+    }
+    if job.metadata.len() > 16
+        || job
+            .metadata
+            .iter()
+            .any(|(k, v)| k.len() > 64 || v.len() > 512)
+    {
+        return Err(ApiError::invalid(
+            "metadata",
+            "metadata holds at most 16 pairs, keys up to 64 and values up to 512 characters.",
+        ));
+    }
+    if let Some(url) = &job.webhook_url {
+        crate::batch::webhook::check_url(url, webhook_allow)
+            .map_err(|e| ApiError::invalid("webhook_url", e))?;
+    }
+    Ok(())
 }

@@ -13,14 +13,13 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde::Deserialize;
 use sy_protocol::ErrorCode;
-use sy_protocol::batch::{
-    BATCH_ENDPOINTS, BatchJob, BatchObject, BatchRecord, BatchStatus, COMPLETION_WINDOW,
-};
+use sy_protocol::batch::{BatchJob, BatchObject, BatchRecord, BatchStatus};
 
 use crate::batch::http::{json, owned, owned_file, storage_error, stores};
 use crate::batch::{input, new_id, now_secs};
+use crate::error::ApiError;
 use crate::extract::Caller;
-use crate::{ApiError, AppState};
+use crate::state::AppState;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -35,45 +34,6 @@ struct CreateBatch {
     webhook_url: Option<String>,
 }
 
-/// Checks what a batch is asked to be; shared with the native submission path.
-pub(crate) fn check_job(job: &BatchJob, webhook_allow: &[ipnet::IpNet]) -> Result<(), ApiError> {
-    if !BATCH_ENDPOINTS.contains(&job.endpoint.as_str()) {
-        return Err(ApiError::invalid(
-            "endpoint",
-            format!(
-                "Unsupported endpoint '{}'; batches run {}.",
-                job.endpoint,
-                BATCH_ENDPOINTS.join(" or ")
-            ),
-        ));
-    }
-    if job.completion_window != COMPLETION_WINDOW {
-        return Err(ApiError::invalid(
-            "completion_window",
-            format!(
-                "Unsupported completion_window '{}'; only '{COMPLETION_WINDOW}' is supported.",
-                job.completion_window
-            ),
-        ));
-    }
-    if job.metadata.len() > 16
-        || job
-            .metadata
-            .iter()
-            .any(|(k, v)| k.len() > 64 || v.len() > 512)
-    {
-        return Err(ApiError::invalid(
-            "metadata",
-            "metadata holds at most 16 pairs, keys up to 64 and values up to 512 characters.",
-        ));
-    }
-    if let Some(url) = &job.webhook_url {
-        crate::batch::webhook::check_url(url, webhook_allow)
-            .map_err(|e| ApiError::invalid("webhook_url", e))?;
-    }
-    Ok(())
-}
-
 /// `POST /v1/batches`.
 pub(crate) async fn create(
     State(state): State<Arc<AppState>>,
@@ -84,7 +44,7 @@ pub(crate) async fn create(
     // The key was checked before a byte of the body was read.
     let key_id = key_id.as_str();
     crate::intake::check_content_type(&headers)?;
-    let body = crate::intake::read_body(&state, &headers, body).await?;
+    let body = crate::intake::read_body(state.max_body_bytes, &headers, body).await?;
     let stores = stores(&state)?;
     let req: CreateBatch = serde_json::from_slice(&body).map_err(|e| {
         ApiError::new(
@@ -102,7 +62,7 @@ pub(crate) async fn create(
         requests: Vec::new(),
         webhook_url: req.webhook_url,
     };
-    check_job(&job, &stores.config.webhook_allow)?;
+    crate::batch::check_job(&job, &stores.config.webhook_allow)?;
     let file = owned_file(&state, &req.input_file_id, key_id)
         .await
         .map_err(|e| ApiError {

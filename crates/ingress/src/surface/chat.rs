@@ -12,7 +12,7 @@ use sy_protocol::StartInfo;
 use sy_protocol::TokenUsage;
 use sy_protocol::chat::{ChatRequest, ChoiceDelta, Delta, Role};
 
-use crate::ApiError;
+use crate::error::ApiError;
 use crate::relay::{AggregatedChoice, StreamEncoder};
 use sy_protocol::ResponseMeta;
 

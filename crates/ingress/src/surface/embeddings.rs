@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use sy_protocol::TokenUsage;
 use sy_protocol::embeddings::{EmbeddingFrame, EmbeddingInput, EmbeddingsRequest};
 
-use crate::ApiError;
+use crate::error::ApiError;
 use sy_protocol::ResponseMeta;
 
 /// Most inputs in one request (OpenAI's limit).

@@ -14,8 +14,9 @@ use sy_protocol::ErrorCode;
 
 use crate::batch::http::{json, owned_file, storage_error, stores, unreadable};
 use crate::batch::{FileObject, new_id};
+use crate::error::ApiError;
 use crate::extract::Caller;
-use crate::{ApiError, AppState};
+use crate::state::AppState;
 
 /// `POST /v1/files`.
 pub(crate) async fn upload(

@@ -2,7 +2,7 @@
 //! events (message_start, content_block_start/delta/stop, message_delta,
 //! message_stop; `error` mid-stream), written with `sy_protocol::anthropic`.
 
-use crate::ApiError;
+use crate::error::ApiError;
 use crate::relay::{AggregatedChoice, Piece, StreamEncoder, each_piece};
 use bytes::Bytes;
 use serde_json::{Value, json};

@@ -16,7 +16,7 @@ use sy_protocol::chat::{
     Tool, ToolCall,
 };
 
-use crate::ApiError;
+use crate::error::ApiError;
 
 fn invalid(param: &str, message: impl Into<String>) -> ApiError {
     ApiError::invalid(param, message)

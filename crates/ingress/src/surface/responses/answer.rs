@@ -1,7 +1,7 @@
 //! Answers in the Responses API's format: a whole `response` object, or
 //! the stream of `response.*` events that builds its output items.
 
-use crate::ApiError;
+use crate::error::ApiError;
 use crate::relay::{AggregatedChoice, Piece, StreamEncoder, each_piece};
 use bytes::Bytes;
 use serde_json::{Value, json};

@@ -11,7 +11,7 @@ use sy_protocol::chat::{
     ToolCall,
 };
 
-use crate::ApiError;
+use crate::error::ApiError;
 use crate::validate::{need_str, opt_bool, opt_f64, opt_str};
 
 /// A field of the wrong type, in OpenAI's words.

@@ -1,0 +1,85 @@
+//! What every handler of one ingress process shares: the bus, the reply
+//! router, the keys, the routing table (swapped whole on reload), the limits
+//! and the stores.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use sy_bus::{Bus, ReplyRouter};
+
+use bytes::Bytes;
+use sy_config::routing::RouterConfig;
+use sy_config::{Config, ModelRoute};
+
+use crate::{batch, intake};
+
+pub(crate) struct AppState {
+    pub(crate) bus: Bus,
+    pub(crate) replies: ReplyRouter,
+    pub(crate) ingress_id: String,
+    pub(crate) keys: HashMap<String, String>,
+    pub(crate) routing: std::sync::RwLock<Arc<Routing>>,
+    pub(crate) max_body_bytes: usize,
+    /// Bounds on connections and on bodies being received.
+    pub(crate) limits: Arc<intake::Limits>,
+    pub(crate) request_timeout: std::time::Duration,
+    pub(crate) clickhouse: Option<sy_config::ClickhouseConfig>,
+    pub(crate) classifier: Arc<sy_classifier::Classifier>,
+    pub(crate) providers: std::collections::BTreeMap<String, sy_config::ProviderConfig>,
+    pub(crate) live: Arc<sy_router::live::LiveTable>,
+    /// The `Idempotency-Key` store; none if NATS refused to create it.
+    pub(crate) idempotency: Option<async_nats::jetstream::kv::Store>,
+    /// Batch records and files; none if NATS refused to create them.
+    pub(crate) batches: Option<Arc<batch::Stores>>,
+}
+
+impl AppState {
+    /// The routing table now (models and routers); a reload swaps it whole.
+    pub(crate) fn routing(&self) -> Arc<Routing> {
+        match self.routing.read() {
+            Ok(r) => r.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+}
+
+/// What a request is routed by; swapped whole on reload.
+pub(crate) struct Routing {
+    pub models: HashMap<String, ModelRoute>,
+    pub routers: BTreeMap<String, RouterConfig>,
+    pub model_list: Bytes,
+}
+
+impl Routing {
+    /// True when some model or router sends requests to `model` at `provider`.
+    pub fn serves(&self, provider: &str, model: &str) -> bool {
+        self.models
+            .values()
+            .flat_map(|m| &m.targets)
+            .any(|t| t.provider == provider && t.model == model)
+            || self
+                .routers
+                .values()
+                .flat_map(|r| &r.routes)
+                .flat_map(|r| &r.targets)
+                .any(|t| t.provider == provider && t.model == model)
+    }
+
+    pub fn from_config(config: &Config) -> Routing {
+        let list = serde_json::json!({
+            "object": "list",
+            "data": config.models.keys().chain(config.routers.keys()).map(|m| serde_json::json!({
+                "id": m, "object": "model", "created": 0, "owned_by": "switchyard"
+            })).collect::<Vec<_>>(),
+        });
+        Routing {
+            models: config
+                .models
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            routers: config.routers.clone(),
+            model_list: Bytes::from(serde_json::to_vec(&list).unwrap_or_default()),
+        }
+    }
+}
