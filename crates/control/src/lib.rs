@@ -1,0 +1,9 @@
+//! The control plane: tenants (orgs → projects → API keys), their admin API,
+//! the in-memory key table the ingress authenticates from, and its NATS feed
+//! (issue 16, built in slices; docs/tenancy.md says what stands).
+//!
+//! What stands today is the key itself ([`key`]): its format, the checksum a
+//! typo or a secret scanner can check without a lookup, and the keyed hash
+//! that is all a database ever stores of it.
+
+pub mod key;
