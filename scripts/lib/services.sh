@@ -5,8 +5,8 @@
 # Every server gets one ensure_<name> function: it leaves a server that already
 # answers alone, installs what is missing, starts one otherwise, and records the
 # pid in $RUN_DIR/<name>.pid only when it started it, so that stop_pidfile stops
-# exactly what we started. Later stages add ensure_clickhouse, ensure_postgres and
-# ensure_redis here in the same shape.
+# exactly what we started (PostgreSQL, a Debian cluster, is remembered by name
+# in $RUN_DIR/postgres.cluster). Later stages add ensure_redis in the same shape.
 
 : "${ROOT:?set ROOT to the repository root before sourcing services.sh}"
 STATE_DIR="${SY_STATE_DIR:-$ROOT/.local}"
@@ -141,3 +141,56 @@ ensure_clickhouse() {
 
 # stop_clickhouse: stops ClickHouse if (and only if) we started it.
 stop_clickhouse() { stop_pidfile "$RUN_DIR/clickhouse.pid" clickhouse-server; }
+
+# The local and test database (role and password `switchyard`: local development
+# and tests only; production gives its own URL).
+SY_POSTGRES_URL_DEFAULT="postgres://switchyard:switchyard@127.0.0.1:5432/switchyard"
+
+# ensure_postgres: PostgreSQL on 127.0.0.1:5432 with the `switchyard` role and
+# database. Starts Debian's cluster on that port (installing PostgreSQL when
+# missing) unless a server already answers there.
+ensure_postgres() {
+  if ! command -v pg_isready >/dev/null 2>&1 || ! command -v pg_ctlcluster >/dev/null 2>&1; then
+    say "Installing postgresql from Debian"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  fi
+  if ! pg_isready -q -h 127.0.0.1 -p 5432; then
+    local cluster
+    cluster=$(pg_lsclusters -h 2>/dev/null | awk '$3 == 5432 {print $1 " " $2; exit}')
+    if [[ -z $cluster ]]; then
+      echo "No PostgreSQL cluster listens on port 5432 (pg_lsclusters)" >&2
+      return 1
+    fi
+    say "Starting PostgreSQL $cluster on 127.0.0.1:5432"
+    # shellcheck disable=SC2086 # "<version> <name>" are two arguments
+    pg_ctlcluster $cluster start
+    echo "$cluster" >"$RUN_DIR/postgres.cluster"
+    local deadline=$((SECONDS + 30))
+    until pg_isready -q -h 127.0.0.1 -p 5432; do
+      if ((SECONDS >= deadline)); then
+        echo "PostgreSQL did not become ready" >&2
+        return 1
+      fi
+      sleep 0.2
+    done
+  fi
+  local psql=(runuser -u postgres -- psql -qtA -p 5432)
+  if [[ $("${psql[@]}" -c "SELECT 1 FROM pg_roles WHERE rolname = 'switchyard'") != 1 ]]; then
+    "${psql[@]}" -c "CREATE ROLE switchyard LOGIN PASSWORD 'switchyard'" >/dev/null
+  fi
+  if [[ $("${psql[@]}" -c "SELECT 1 FROM pg_database WHERE datname = 'switchyard'") != 1 ]]; then
+    "${psql[@]}" -c "CREATE DATABASE switchyard OWNER switchyard" >/dev/null
+  fi
+}
+
+# stop_postgres: stops the cluster if (and only if) we started it.
+stop_postgres() {
+  local marker="$RUN_DIR/postgres.cluster" cluster
+  if [[ -f $marker ]]; then
+    cluster=$(cat "$marker")
+    # shellcheck disable=SC2086
+    pg_ctlcluster $cluster stop >/dev/null 2>&1 || true
+    rm -f "$marker"
+  fi
+}

@@ -2,8 +2,11 @@
 //! the in-memory key table the ingress authenticates from, and its NATS feed
 //! (issue 16, built in slices; docs/tenancy.md says what stands).
 //!
-//! What stands today is the key itself ([`key`]): its format, the checksum a
-//! typo or a secret scanner can check without a lookup, and the keyed hash
-//! that is all a database ever stores of it.
+//! What stands today: the key itself ([`key`]: its format, the checksum a
+//! typo or a secret scanner can check without a lookup, the keyed hash that is
+//! all a database ever stores of it) and the tenants' tables in PostgreSQL
+//! ([`store`]: orgs, projects, keys; create, rotate with grace, revoke,
+//! authenticate).
 
 pub mod key;
+pub mod store;

@@ -1,0 +1,219 @@
+//! The tenants' tables in PostgreSQL (sqlx; migrations in
+//! `migrations/postgres/`, embedded at build time and applied by
+//! [`Store::migrate`], idempotently). Orgs own projects, projects own keys; a
+//! key row holds its public id and keyed hash only (see [`crate::key`]).
+
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use uuid::Uuid;
+
+use crate::key::{self, KeyError, NewKey, Pepper};
+
+/// The PostgreSQL migrations, in order.
+pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/postgres");
+
+/// Why a store call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database refused or could not be reached.
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    /// A migration failed.
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The org, project or key does not exist.
+    #[error("no such {0}")]
+    NotFound(&'static str),
+    /// A key could not be made.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+}
+
+/// Whose a key is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyOwner {
+    /// The key's id (the same across rotations).
+    pub key_id: Uuid,
+    /// Its project.
+    pub project_id: Uuid,
+    /// The project's org.
+    pub org_id: Uuid,
+}
+
+/// A key's row as authentication reads it.
+#[derive(sqlx::FromRow)]
+struct KeyRow {
+    key_id: Uuid,
+    project_id: Uuid,
+    org_id: Uuid,
+    secret_hash: Vec<u8>,
+    previous_hash: Option<Vec<u8>>,
+    in_grace: bool,
+}
+
+/// The tenants' tables.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: PgPool,
+    pepper: Pepper,
+    env: String,
+}
+
+impl Store {
+    /// Connects (a small pool: the control plane is not on the request path).
+    /// `env` is the deployment kind new keys name (`live`, `test`, …).
+    pub async fn connect(
+        options: PgConnectOptions,
+        pepper: Pepper,
+        env: &str,
+    ) -> Result<Self, StoreError> {
+        if !key::valid_env(env) {
+            return Err(KeyError::Malformed.into());
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        Ok(Store {
+            pool,
+            pepper,
+            env: env.to_owned(),
+        })
+    }
+
+    /// Applies the migrations not applied yet.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// A new org.
+    pub async fn create_org(&self, name: &str) -> Result<Uuid, StoreError> {
+        let id = Uuid::now_v7();
+        sqlx::query("INSERT INTO orgs (id, name) VALUES ($1, $2)")
+            .bind(id)
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(id)
+    }
+
+    /// A new project of `org_id`.
+    pub async fn create_project(&self, org_id: Uuid, name: &str) -> Result<Uuid, StoreError> {
+        let id = Uuid::now_v7();
+        let done = sqlx::query(
+            "INSERT INTO projects (id, org_id, name) SELECT $1, id, $3 FROM orgs WHERE id = $2",
+        )
+        .bind(id)
+        .bind(org_id)
+        .bind(name)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound("org"));
+        }
+        Ok(id)
+    }
+
+    /// A new key of `project_id`: its id, and the key to show once.
+    pub async fn create_key(
+        &self,
+        project_id: Uuid,
+        name: &str,
+    ) -> Result<(Uuid, NewKey), StoreError> {
+        let id = Uuid::now_v7();
+        let new = key::generate(&self.env, &self.pepper)?;
+        let done = sqlx::query(
+            "INSERT INTO api_keys (id, project_id, name, env, public_id, secret_hash) \
+             SELECT $1, id, $3, $4, $5, $6 FROM projects WHERE id = $2",
+        )
+        .bind(id)
+        .bind(project_id)
+        .bind(name)
+        .bind(&self.env)
+        .bind(&new.public_id)
+        .bind(&new.hash[..])
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound("project"));
+        }
+        Ok((id, new))
+    }
+
+    /// A new secret for key `id`; the old one stays valid for `grace_seconds`.
+    pub async fn rotate_key(&self, id: Uuid, grace_seconds: u32) -> Result<NewKey, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let row: Option<(String, String)> = sqlx::query_as(
+            "SELECT env, public_id FROM api_keys WHERE id = $1 AND status = 'active' FOR UPDATE",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((env, public_id)) = row else {
+            return Err(StoreError::NotFound("key"));
+        };
+        let new = key::with_public_id(&env, &public_id, &self.pepper)?;
+        sqlx::query(
+            "UPDATE api_keys SET previous_hash = secret_hash, \
+             previous_valid_until = now() + make_interval(secs => $2), \
+             secret_hash = $3, updated_at = now() WHERE id = $1",
+        )
+        .bind(id)
+        .bind(f64::from(grace_seconds))
+        .bind(&new.hash[..])
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(new)
+    }
+
+    /// Revokes key `id` (every secret of it, at once).
+    pub async fn revoke_key(&self, id: Uuid) -> Result<(), StoreError> {
+        let done =
+            sqlx::query("UPDATE api_keys SET status = 'revoked', updated_at = now() WHERE id = $1")
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound("key"));
+        }
+        Ok(())
+    }
+
+    /// Whose `key` is, if it is a live key: well formed (checked before any
+    /// query), active, not expired, its org and project active, and its
+    /// secret the current one or the previous one within its grace period.
+    pub async fn authenticate(&self, key: &str) -> Result<Option<KeyOwner>, StoreError> {
+        let parsed = key::parse(key)?;
+        let row: Option<KeyRow> = sqlx::query_as(
+            "SELECT k.id AS key_id, p.id AS project_id, o.id AS org_id, k.secret_hash, \
+                    k.previous_hash, coalesce(k.previous_valid_until > now(), false) AS in_grace \
+             FROM api_keys k JOIN projects p ON p.id = k.project_id JOIN orgs o ON o.id = p.org_id \
+             WHERE k.public_id = $1 AND k.status = 'active' \
+               AND (k.expires_at IS NULL OR k.expires_at > now()) \
+               AND p.status = 'active' AND o.status = 'active'",
+        )
+        .bind(parsed.public_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let ok = self.pepper.verify(key, &row.secret_hash)
+            || (row.in_grace
+                && row
+                    .previous_hash
+                    .is_some_and(|p| self.pepper.verify(key, &p)));
+        Ok(ok.then_some(KeyOwner {
+            key_id: row.key_id,
+            project_id: row.project_id,
+            org_id: row.org_id,
+        }))
+    }
+
+    /// The pool (for tests and the admin API's transactions).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}

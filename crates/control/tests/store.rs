@@ -1,0 +1,188 @@
+//! The tenants' store against a real PostgreSQL (scripts/test.sh starts one;
+//! `SY_POSTGRES_URL` names it). Each test migrates a schema of its own.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+use std::str::FromStr;
+
+use sqlx::postgres::PgConnectOptions;
+use sy_control::key::{KeyError, Pepper};
+use sy_control::store::{Store, StoreError};
+
+fn url() -> String {
+    std::env::var("SY_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://switchyard:switchyard@127.0.0.1:5432/switchyard".into())
+}
+
+fn pepper() -> Pepper {
+    Pepper::new(*b"test pepper, 32 bytes or more...").unwrap()
+}
+
+/// A store on a fresh schema, migrated.
+async fn store() -> Store {
+    let base = PgConnectOptions::from_str(&url()).unwrap();
+    let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
+    let admin = Store::connect(base.clone(), pepper(), "test")
+        .await
+        .unwrap();
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(admin.pool())
+        .await
+        .unwrap();
+    let store = Store::connect(base.options([("search_path", &schema)]), pepper(), "test")
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    store
+}
+
+/// Every row of every table of the store's schema, as JSON text.
+async fn dump(store: &Store) -> String {
+    let tables: Vec<(String,)> = sqlx::query_as(
+        "SELECT table_name::text FROM information_schema.tables WHERE table_schema = current_schema()",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    assert!(tables.iter().any(|(t,)| t == "api_keys"), "{tables:?}");
+    let mut out = String::new();
+    for (t,) in tables {
+        let rows: Vec<(String,)> =
+            sqlx::query_as(&format!("SELECT row_to_json(x)::text FROM \"{t}\" x"))
+                .fetch_all(store.pool())
+                .await
+                .unwrap();
+        for (r,) in rows {
+            out.push_str(&r);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_key_is_shown_once_and_no_table_holds_its_secret() {
+    let s = store().await;
+    let org = s.create_org("Acme").await.unwrap();
+    let project = s.create_project(org, "chatbot").await.unwrap();
+    let (id, new) = s.create_key(project, "prod").await.unwrap();
+    let owner = s
+        .authenticate(&new.key)
+        .await
+        .unwrap()
+        .expect("the new key works");
+    assert_eq!(
+        (owner.key_id, owner.project_id, owner.org_id),
+        (id, project, org)
+    );
+    let secret = new.key.split('_').nth(3).unwrap();
+    let dumped = dump(&s).await;
+    assert!(dumped.contains(&new.public_id), "the public id is stored");
+    assert!(!dumped.contains(secret) && !dumped.contains(&new.key));
+    // The checksum refuses a typo before any query; an unknown key is no one's.
+    let mut typo = new.key.clone();
+    let last = typo.pop().unwrap();
+    typo.push(if last == 'a' { 'b' } else { 'a' });
+    assert!(matches!(
+        s.authenticate(&typo).await,
+        Err(StoreError::Key(KeyError::Checksum))
+    ));
+    let stranger = sy_control::key::generate("test", &pepper()).unwrap();
+    assert_eq!(s.authenticate(&stranger.key).await.unwrap(), None);
+    // Same public id, another secret (as if guessed): refused.
+    let forged = sy_control::key::with_public_id("test", &new.public_id, &pepper()).unwrap();
+    assert_eq!(s.authenticate(&forged.key).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn a_rotated_key_keeps_its_id_and_the_old_secret_lives_only_through_its_grace() {
+    let s = store().await;
+    let org = s.create_org("Acme").await.unwrap();
+    let project = s.create_project(org, "p").await.unwrap();
+    let (id, old) = s.create_key(project, "k").await.unwrap();
+    let new = s.rotate_key(id, 3600).await.unwrap();
+    assert_eq!(new.public_id, old.public_id);
+    for k in [&old.key, &new.key] {
+        assert_eq!(s.authenticate(k).await.unwrap().unwrap().key_id, id);
+    }
+    // The grace period ends.
+    sqlx::query("UPDATE api_keys SET previous_valid_until = now() - interval '1 second'")
+        .execute(s.pool())
+        .await
+        .unwrap();
+    assert_eq!(s.authenticate(&old.key).await.unwrap(), None);
+    assert_eq!(s.authenticate(&new.key).await.unwrap().unwrap().key_id, id);
+    // A rotation without grace refuses the old secret at once.
+    let newer = s.rotate_key(id, 0).await.unwrap();
+    assert_eq!(s.authenticate(&new.key).await.unwrap(), None);
+    assert!(s.authenticate(&newer.key).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn revoked_and_expired_keys_and_missing_owners_are_refused() {
+    let s = store().await;
+    let org = s.create_org("Acme").await.unwrap();
+    let project = s.create_project(org, "p").await.unwrap();
+    let (revoked, r) = s.create_key(project, "r").await.unwrap();
+    let (expired, e) = s.create_key(project, "e").await.unwrap();
+    s.revoke_key(revoked).await.unwrap();
+    sqlx::query("UPDATE api_keys SET expires_at = now() - interval '1 second' WHERE id = $1")
+        .bind(expired)
+        .execute(s.pool())
+        .await
+        .unwrap();
+    assert_eq!(s.authenticate(&r.key).await.unwrap(), None);
+    assert_eq!(s.authenticate(&e.key).await.unwrap(), None);
+    assert!(matches!(
+        s.rotate_key(revoked, 60).await,
+        Err(StoreError::NotFound("key"))
+    ));
+    let nobody = uuid::Uuid::now_v7();
+    assert!(matches!(
+        s.create_project(nobody, "p").await,
+        Err(StoreError::NotFound("org"))
+    ));
+    assert!(matches!(
+        s.create_key(nobody, "k").await,
+        Err(StoreError::NotFound("project"))
+    ));
+    // A disabled org takes its keys with it.
+    let (live, l) = s.create_key(project, "l").await.unwrap();
+    assert_eq!(s.authenticate(&l.key).await.unwrap().unwrap().key_id, live);
+    sqlx::query("UPDATE orgs SET status = 'disabled'")
+        .execute(s.pool())
+        .await
+        .unwrap();
+    assert_eq!(s.authenticate(&l.key).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn migrating_again_changes_nothing() {
+    let s = store().await;
+    let org = s.create_org("kept").await.unwrap();
+    s.migrate().await.unwrap();
+    let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM orgs WHERE id = $1")
+        .bind(org)
+        .fetch_one(s.pool())
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+}
+
+#[tokio::test]
+async fn hostile_names_are_stored_verbatim() {
+    let s = store().await;
+    for name in [
+        "'; DROP TABLE orgs; --",
+        "Ünïcödé ✓ 名前",
+        "control\u{1}chars\ttab",
+        &"x".repeat(10_000),
+    ] {
+        let id = s.create_org(name).await.unwrap();
+        let (back,): (String,) = sqlx::query_as("SELECT name FROM orgs WHERE id = $1")
+            .bind(id)
+            .fetch_one(s.pool())
+            .await
+            .unwrap();
+        assert_eq!(back, name);
+    }
+}
