@@ -22,4 +22,5 @@ mod routing;
 mod schema;
 mod sdk;
 mod stack;
+mod tenants;
 mod usage;

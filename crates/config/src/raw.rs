@@ -30,6 +30,9 @@ pub struct RawConfig {
     /// Where usage rows go; without it no accounting runs.
     #[serde(default)]
     pub clickhouse: Option<RawClickhouse>,
+    /// The control plane's database (tenants and keys).
+    #[serde(default)]
+    pub postgres: Option<RawPostgres>,
     /// The accounting consumer.
     #[serde(default)]
     pub accounting: RawAccounting,
@@ -128,6 +131,14 @@ impl Default for RawBilling {
             markup_percent: "0".into(),
         }
     }
+}
+
+/// `[postgres]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPostgres {
+    /// Connection URL, e.g. "postgres://switchyard:...@127.0.0.1:5432/switchyard".
+    pub url: String,
 }
 
 /// `[clickhouse]`.

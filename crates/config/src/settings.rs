@@ -52,6 +52,8 @@ pub struct Config {
     pub markup_ppb: i64,
     /// Where usage rows go, if anywhere.
     pub clickhouse: Option<ClickhouseConfig>,
+    /// The control plane's database, if configured.
+    pub postgres: Option<PostgresConfig>,
     /// The accounting consumer.
     pub accounting: AccountingConfig,
     /// Live target health.
@@ -127,6 +129,14 @@ impl Default for HealthConfig {
             min_calls: 10,
         }
     }
+}
+
+/// `[postgres]`, validated.
+#[derive(Debug, Clone)]
+pub struct PostgresConfig {
+    /// Connection URL (`postgres://` or `postgresql://`); a secret, since it
+    /// may carry the password.
+    pub url: Secret,
 }
 
 /// `[clickhouse]`, validated.

@@ -50,6 +50,24 @@ fn local_stack_config_is_valid() {
 }
 
 #[test]
+fn the_postgres_url_is_checked_and_kept_secret() {
+    let p = problems("[postgres]\nurl = \"mysql://root:pw@db/x\"\n");
+    assert!(p.iter().any(|s| s.starts_with("postgres.url")), "{p:?}");
+    assert!(!p.iter().any(|s| s.contains("pw@")), "{p:?}");
+    let c = Config::from_toml(
+        "[postgres]\nurl = \"postgresql://u:secret@127.0.0.1:5432/switchyard\"\n",
+        &MapEnv::default(),
+    )
+    .unwrap();
+    let pg = c.postgres.unwrap();
+    assert_eq!(
+        pg.url.expose(),
+        "postgresql://u:secret@127.0.0.1:5432/switchyard"
+    );
+    assert!(!format!("{pg:?}").contains("secret"));
+}
+
+#[test]
 fn prices_markup_and_clickhouse_are_validated() {
     let p = problems(
         r#"

@@ -9,8 +9,8 @@ use url::Url;
 use crate::price::{Price, parse_nanos};
 use crate::{
     AccountingConfig, ApiKey, BatchConfig, ClickhouseConfig, Config, ConfigError, ConfigErrors,
-    HealthConfig, MAX_RUNNING_BATCHES, ModelRoute, NatsConfig, PROVIDER_KINDS, ProviderConfig,
-    ProviderKind, RawConfig, RoutePolicy, Secret, ServerConfig, Target,
+    HealthConfig, MAX_RUNNING_BATCHES, ModelRoute, NatsConfig, PROVIDER_KINDS, PostgresConfig,
+    ProviderConfig, ProviderKind, RawConfig, RoutePolicy, Secret, ServerConfig, Target,
 };
 
 /// The policy keys as written in `[models."<name>"]` or `[routers."<name>"]`.
@@ -453,6 +453,20 @@ impl Config {
                 None
             }
         });
+        let postgres = raw.postgres.and_then(|p| match Url::parse(&p.url) {
+            Ok(url) if matches!(url.scheme(), "postgres" | "postgresql") && url.has_host() => {
+                Some(PostgresConfig {
+                    url: Secret::new(p.url),
+                })
+            }
+            _ => {
+                e.push(ConfigError::new(
+                    "postgres.url",
+                    "not a PostgreSQL URL like \"postgres://user:password@127.0.0.1:5432/switchyard\"",
+                ));
+                None
+            }
+        });
         if raw.accounting.max_rows == 0 {
             e.push(ConfigError::new(
                 "accounting.max_rows",
@@ -572,6 +586,7 @@ impl Config {
                 routers,
                 markup_ppb,
                 clickhouse,
+                postgres,
                 accounting,
                 health,
                 batch,

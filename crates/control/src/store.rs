@@ -12,6 +12,29 @@ use crate::key::{self, KeyError, NewKey, Pepper};
 /// The PostgreSQL migrations, in order.
 pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/postgres");
 
+/// Applies the migrations not yet applied to the database at `url`, and
+/// names those it applied (`switchyard migrate`).
+pub async fn migrate_url(url: &str) -> Result<Vec<String>, StoreError> {
+    let pool = PgPoolOptions::new().max_connections(1).connect(url).await?;
+    let (exists,): (bool,) = sqlx::query_as("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+        .fetch_one(&pool)
+        .await?;
+    let before: Vec<i64> = if exists {
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+            .fetch_all(&pool)
+            .await?
+    } else {
+        Vec::new()
+    };
+    MIGRATOR.run(&pool).await?;
+    pool.close().await;
+    Ok(MIGRATOR
+        .iter()
+        .filter(|m| !before.contains(&m.version))
+        .map(|m| format!("{:04}_{}", m.version, m.description.replace(' ', "_")))
+        .collect())
+}
+
 /// Why a store call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

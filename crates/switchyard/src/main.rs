@@ -289,19 +289,34 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn migrate(config: &Config) -> anyhow::Result<()> {
-    let ch = config
-        .clickhouse
-        .as_ref()
-        .context("`switchyard migrate` needs a [clickhouse] section in the config")?;
-    let applied = sy_accounting::migrate(ch)
-        .await
-        .with_context(|| format!("migrating ClickHouse at {}", ch.url))?;
-    let mut out = std::io::stdout();
-    if applied.is_empty() {
-        writeln!(out, "ClickHouse database {} is up to date.", ch.database)?;
+    if config.clickhouse.is_none() && config.postgres.is_none() {
+        anyhow::bail!(
+            "`switchyard migrate` needs a [clickhouse] or a [postgres] section in the config"
+        );
     }
-    for name in applied {
-        writeln!(out, "applied {name}")?;
+    let mut out = std::io::stdout();
+    if let Some(ch) = &config.clickhouse {
+        let applied = sy_accounting::migrate(ch)
+            .await
+            .with_context(|| format!("migrating ClickHouse at {}", ch.url))?;
+        if applied.is_empty() {
+            writeln!(out, "ClickHouse database {} is up to date.", ch.database)?;
+        }
+        for name in applied {
+            writeln!(out, "applied {name}")?;
+        }
+    }
+    if let Some(pg) = &config.postgres {
+        // The URL may carry a password: never in a message.
+        let applied = sy_control::store::migrate_url(pg.url.expose())
+            .await
+            .context("migrating PostgreSQL ([postgres] url)")?;
+        if applied.is_empty() {
+            writeln!(out, "PostgreSQL database is up to date.")?;
+        }
+        for name in applied {
+            writeln!(out, "applied postgres/{name}")?;
+        }
     }
     Ok(())
 }

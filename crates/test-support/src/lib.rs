@@ -29,6 +29,12 @@ pub fn clickhouse_url() -> String {
     std::env::var("SY_TEST_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8123".into())
 }
 
+/// The PostgreSQL the tests use (`SY_POSTGRES_URL`, set by scripts/test.sh).
+pub fn postgres_url() -> String {
+    std::env::var("SY_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://switchyard:switchyard@127.0.0.1:5432/switchyard".into())
+}
+
 /// A database name no other test uses: `test_` and 12 hex digits.
 pub fn unique_database() -> String {
     format!("test_{}", &uuid::Uuid::new_v4().simple().to_string()[..12])

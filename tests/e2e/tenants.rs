@@ -1,0 +1,46 @@
+//! The control plane's database from the command line: `switchyard migrate`
+//! applies the PostgreSQL migrations (crates/control) once.
+
+use std::process::Command;
+
+#[tokio::test]
+async fn migrate_applies_the_postgres_migrations_once_and_never_prints_the_url() {
+    let url = sy_test_support::postgres_url();
+    let schema = format!("m_{}", uuid::Uuid::new_v4().simple());
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pg.toml");
+    let scoped = format!("{url}?options=-c%20search_path%3D{schema}");
+    std::fs::write(&path, format!("[postgres]\nurl = \"{scoped}\"\n")).unwrap();
+    let run = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .arg("--config")
+            .arg(&path)
+            .arg("migrate")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{text}");
+        assert!(!text.contains("switchyard:switchyard@"), "{text}");
+        text
+    };
+    assert!(run().contains("applied postgres/0001_tenants"));
+    assert!(run().contains("PostgreSQL database is up to date."));
+    let (n,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM information_schema.tables \
+         WHERE table_schema = $1 AND table_name IN ('orgs', 'projects', 'api_keys')",
+    )
+    .bind(&schema)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(n, 3);
+}
