@@ -44,3 +44,55 @@ async fn migrate_applies_the_postgres_migrations_once_and_never_prints_the_url()
     .unwrap();
     assert_eq!(n, 3);
 }
+
+#[tokio::test]
+async fn admin_audit_verify_checks_the_chain_in_the_database_and_names_an_edited_row() {
+    let url = sy_test_support::postgres_url();
+    let schema = format!("a_{}", uuid::Uuid::new_v4().simple());
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    let scoped = format!("{url}?options=-c%20search_path%3D{schema}");
+    let store = sy_control::store::Store::connect(
+        scoped.parse().unwrap(),
+        sy_control::key::Pepper::new(vec![9u8; 32]).unwrap(),
+        "test",
+    )
+    .await
+    .unwrap();
+    store.migrate().await.unwrap();
+    let actor = sy_control::audit::Actor {
+        identity: "ops".into(),
+        role: "owner".into(),
+    };
+    let org = store.create_org(&actor, "Acme").await.unwrap();
+    store.create_project(&actor, org, "p").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pg.toml");
+    std::fs::write(&path, format!("[postgres]\nurl = \"{scoped}\"\n")).unwrap();
+    let verify = || {
+        Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .arg("--config")
+            .arg(&path)
+            .args(["admin", "audit", "verify"])
+            .output()
+            .unwrap()
+    };
+    let out = verify();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("verifies: 2 rows"));
+    sqlx::query(&format!(
+        "UPDATE {schema}.audit_log SET actor = 'mallory' WHERE seq = 1"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let out = verify();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("audit row 1 does not match"),
+        "{out:?}"
+    );
+}

@@ -6,7 +6,9 @@
 //! typo or a secret scanner can check without a lookup, the keyed hash that is
 //! all a database ever stores of it) and the tenants' tables in PostgreSQL
 //! ([`store`]: orgs, projects, keys; create, rotate with grace, revoke,
-//! authenticate).
+//! authenticate), every write with its row in the hash-chained audit log
+//! ([`audit`]) in the same transaction.
 
+pub mod audit;
 pub mod key;
 pub mod store;

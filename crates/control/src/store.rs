@@ -7,6 +7,9 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use uuid::Uuid;
 
+use serde_json::json;
+
+use crate::audit::{self, Actor, Entry};
 use crate::key::{self, KeyError, NewKey, Pepper};
 
 /// The PostgreSQL migrations, in order.
@@ -111,41 +114,68 @@ impl Store {
     }
 
     /// A new org.
-    pub async fn create_org(&self, name: &str) -> Result<Uuid, StoreError> {
+    pub async fn create_org(&self, actor: &Actor, name: &str) -> Result<Uuid, StoreError> {
         let id = Uuid::now_v7();
+        let mut tx = self.pool.begin().await?;
         sqlx::query("INSERT INTO orgs (id, name) VALUES ($1, $2)")
             .bind(id)
             .bind(name)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        let entry = Entry {
+            action: "org.create",
+            target_kind: "org",
+            target_id: id.to_string(),
+            before: None,
+            after: Some(json!({"id": id, "name": name, "status": "active"})),
+        };
+        audit::append(&mut tx, actor, entry).await?;
+        tx.commit().await?;
         Ok(id)
     }
 
     /// A new project of `org_id`.
-    pub async fn create_project(&self, org_id: Uuid, name: &str) -> Result<Uuid, StoreError> {
+    pub async fn create_project(
+        &self,
+        actor: &Actor,
+        org_id: Uuid,
+        name: &str,
+    ) -> Result<Uuid, StoreError> {
         let id = Uuid::now_v7();
+        let mut tx = self.pool.begin().await?;
         let done = sqlx::query(
             "INSERT INTO projects (id, org_id, name) SELECT $1, id, $3 FROM orgs WHERE id = $2",
         )
         .bind(id)
         .bind(org_id)
         .bind(name)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound("org"));
         }
+        let entry = Entry {
+            action: "project.create",
+            target_kind: "project",
+            target_id: id.to_string(),
+            before: None,
+            after: Some(json!({"id": id, "org_id": org_id, "name": name, "status": "active"})),
+        };
+        audit::append(&mut tx, actor, entry).await?;
+        tx.commit().await?;
         Ok(id)
     }
 
     /// A new key of `project_id`: its id, and the key to show once.
     pub async fn create_key(
         &self,
+        actor: &Actor,
         project_id: Uuid,
         name: &str,
     ) -> Result<(Uuid, NewKey), StoreError> {
         let id = Uuid::now_v7();
         let new = key::generate(&self.env, &self.pepper)?;
+        let mut tx = self.pool.begin().await?;
         let done = sqlx::query(
             "INSERT INTO api_keys (id, project_id, name, env, public_id, secret_hash) \
              SELECT $1, id, $3, $4, $5, $6 FROM projects WHERE id = $2",
@@ -156,16 +186,31 @@ impl Store {
         .bind(&self.env)
         .bind(&new.public_id)
         .bind(&new.hash[..])
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound("project"));
         }
+        let entry = Entry {
+            action: "key.create",
+            target_kind: "key",
+            target_id: id.to_string(),
+            before: None,
+            after: Some(json!({"id": id, "project_id": project_id, "name": name,
+                "public_id": new.public_id, "status": "active"})),
+        };
+        audit::append(&mut tx, actor, entry).await?;
+        tx.commit().await?;
         Ok((id, new))
     }
 
     /// A new secret for key `id`; the old one stays valid for `grace_seconds`.
-    pub async fn rotate_key(&self, id: Uuid, grace_seconds: u32) -> Result<NewKey, StoreError> {
+    pub async fn rotate_key(
+        &self,
+        actor: &Actor,
+        id: Uuid,
+        grace_seconds: u32,
+    ) -> Result<NewKey, StoreError> {
         let mut tx = self.pool.begin().await?;
         let row: Option<(String, String)> = sqlx::query_as(
             "SELECT env, public_id FROM api_keys WHERE id = $1 AND status = 'active' FOR UPDATE",
@@ -187,20 +232,42 @@ impl Store {
         .bind(&new.hash[..])
         .execute(&mut *tx)
         .await?;
+        let entry = Entry {
+            action: "key.rotate",
+            target_kind: "key",
+            target_id: id.to_string(),
+            before: Some(json!({"id": id, "public_id": public_id})),
+            after: Some(json!({"id": id, "public_id": public_id, "grace_seconds": grace_seconds})),
+        };
+        audit::append(&mut tx, actor, entry).await?;
         tx.commit().await?;
         Ok(new)
     }
 
     /// Revokes key `id` (every secret of it, at once).
-    pub async fn revoke_key(&self, id: Uuid) -> Result<(), StoreError> {
-        let done =
-            sqlx::query("UPDATE api_keys SET status = 'revoked', updated_at = now() WHERE id = $1")
+    pub async fn revoke_key(&self, actor: &Actor, id: Uuid) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let before: Option<(String,)> =
+            sqlx::query_as("SELECT status FROM api_keys WHERE id = $1 FOR UPDATE")
                 .bind(id)
-                .execute(&self.pool)
+                .fetch_optional(&mut *tx)
                 .await?;
-        if done.rows_affected() == 0 {
+        let Some((status,)) = before else {
             return Err(StoreError::NotFound("key"));
-        }
+        };
+        sqlx::query("UPDATE api_keys SET status = 'revoked', updated_at = now() WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let entry = Entry {
+            action: "key.revoke",
+            target_kind: "key",
+            target_id: id.to_string(),
+            before: Some(json!({"id": id, "status": status})),
+            after: Some(json!({"id": id, "status": "revoked"})),
+        };
+        audit::append(&mut tx, actor, entry).await?;
+        tx.commit().await?;
         Ok(())
     }
 

@@ -5,12 +5,20 @@
 use std::str::FromStr;
 
 use sqlx::postgres::PgConnectOptions;
+use sy_control::audit::{self, Actor, Broken};
 use sy_control::key::{KeyError, Pepper};
 use sy_control::store::{Store, StoreError};
 
 fn url() -> String {
     std::env::var("SY_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://switchyard:switchyard@127.0.0.1:5432/switchyard".into())
+}
+
+fn actor() -> Actor {
+    Actor {
+        identity: "test-owner".into(),
+        role: "owner".into(),
+    }
 }
 
 fn pepper() -> Pepper {
@@ -62,9 +70,9 @@ async fn dump(store: &Store) -> String {
 #[tokio::test]
 async fn a_key_is_shown_once_and_no_table_holds_its_secret() {
     let s = store().await;
-    let org = s.create_org("Acme").await.unwrap();
-    let project = s.create_project(org, "chatbot").await.unwrap();
-    let (id, new) = s.create_key(project, "prod").await.unwrap();
+    let org = s.create_org(&actor(), "Acme").await.unwrap();
+    let project = s.create_project(&actor(), org, "chatbot").await.unwrap();
+    let (id, new) = s.create_key(&actor(), project, "prod").await.unwrap();
     let owner = s
         .authenticate(&new.key)
         .await
@@ -96,10 +104,10 @@ async fn a_key_is_shown_once_and_no_table_holds_its_secret() {
 #[tokio::test]
 async fn a_rotated_key_keeps_its_id_and_the_old_secret_lives_only_through_its_grace() {
     let s = store().await;
-    let org = s.create_org("Acme").await.unwrap();
-    let project = s.create_project(org, "p").await.unwrap();
-    let (id, old) = s.create_key(project, "k").await.unwrap();
-    let new = s.rotate_key(id, 3600).await.unwrap();
+    let org = s.create_org(&actor(), "Acme").await.unwrap();
+    let project = s.create_project(&actor(), org, "p").await.unwrap();
+    let (id, old) = s.create_key(&actor(), project, "k").await.unwrap();
+    let new = s.rotate_key(&actor(), id, 3600).await.unwrap();
     assert_eq!(new.public_id, old.public_id);
     for k in [&old.key, &new.key] {
         assert_eq!(s.authenticate(k).await.unwrap().unwrap().key_id, id);
@@ -112,7 +120,7 @@ async fn a_rotated_key_keeps_its_id_and_the_old_secret_lives_only_through_its_gr
     assert_eq!(s.authenticate(&old.key).await.unwrap(), None);
     assert_eq!(s.authenticate(&new.key).await.unwrap().unwrap().key_id, id);
     // A rotation without grace refuses the old secret at once.
-    let newer = s.rotate_key(id, 0).await.unwrap();
+    let newer = s.rotate_key(&actor(), id, 0).await.unwrap();
     assert_eq!(s.authenticate(&new.key).await.unwrap(), None);
     assert!(s.authenticate(&newer.key).await.unwrap().is_some());
 }
@@ -120,11 +128,11 @@ async fn a_rotated_key_keeps_its_id_and_the_old_secret_lives_only_through_its_gr
 #[tokio::test]
 async fn revoked_and_expired_keys_and_missing_owners_are_refused() {
     let s = store().await;
-    let org = s.create_org("Acme").await.unwrap();
-    let project = s.create_project(org, "p").await.unwrap();
-    let (revoked, r) = s.create_key(project, "r").await.unwrap();
-    let (expired, e) = s.create_key(project, "e").await.unwrap();
-    s.revoke_key(revoked).await.unwrap();
+    let org = s.create_org(&actor(), "Acme").await.unwrap();
+    let project = s.create_project(&actor(), org, "p").await.unwrap();
+    let (revoked, r) = s.create_key(&actor(), project, "r").await.unwrap();
+    let (expired, e) = s.create_key(&actor(), project, "e").await.unwrap();
+    s.revoke_key(&actor(), revoked).await.unwrap();
     sqlx::query("UPDATE api_keys SET expires_at = now() - interval '1 second' WHERE id = $1")
         .bind(expired)
         .execute(s.pool())
@@ -133,20 +141,20 @@ async fn revoked_and_expired_keys_and_missing_owners_are_refused() {
     assert_eq!(s.authenticate(&r.key).await.unwrap(), None);
     assert_eq!(s.authenticate(&e.key).await.unwrap(), None);
     assert!(matches!(
-        s.rotate_key(revoked, 60).await,
+        s.rotate_key(&actor(), revoked, 60).await,
         Err(StoreError::NotFound("key"))
     ));
     let nobody = uuid::Uuid::now_v7();
     assert!(matches!(
-        s.create_project(nobody, "p").await,
+        s.create_project(&actor(), nobody, "p").await,
         Err(StoreError::NotFound("org"))
     ));
     assert!(matches!(
-        s.create_key(nobody, "k").await,
+        s.create_key(&actor(), nobody, "k").await,
         Err(StoreError::NotFound("project"))
     ));
     // A disabled org takes its keys with it.
-    let (live, l) = s.create_key(project, "l").await.unwrap();
+    let (live, l) = s.create_key(&actor(), project, "l").await.unwrap();
     assert_eq!(s.authenticate(&l.key).await.unwrap().unwrap().key_id, live);
     sqlx::query("UPDATE orgs SET status = 'disabled'")
         .execute(s.pool())
@@ -158,7 +166,7 @@ async fn revoked_and_expired_keys_and_missing_owners_are_refused() {
 #[tokio::test]
 async fn migrating_again_changes_nothing() {
     let s = store().await;
-    let org = s.create_org("kept").await.unwrap();
+    let org = s.create_org(&actor(), "kept").await.unwrap();
     s.migrate().await.unwrap();
     let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM orgs WHERE id = $1")
         .bind(org)
@@ -177,7 +185,7 @@ async fn hostile_names_are_stored_verbatim() {
         "control\u{1}chars\ttab",
         &"x".repeat(10_000),
     ] {
-        let id = s.create_org(name).await.unwrap();
+        let id = s.create_org(&actor(), name).await.unwrap();
         let (back,): (String,) = sqlx::query_as("SELECT name FROM orgs WHERE id = $1")
             .bind(id)
             .fetch_one(s.pool())
@@ -185,4 +193,74 @@ async fn hostile_names_are_stored_verbatim() {
             .unwrap();
         assert_eq!(back, name);
     }
+}
+
+#[tokio::test]
+async fn every_write_leaves_one_chained_audit_row_and_an_edit_is_named() {
+    let s = store().await;
+    let org = s.create_org(&actor(), "Acme").await.unwrap();
+    let project = s.create_project(&actor(), org, "p").await.unwrap();
+    let (key, _) = s.create_key(&actor(), project, "k").await.unwrap();
+    s.rotate_key(&actor(), key, 60).await.unwrap();
+    s.revoke_key(&actor(), key).await.unwrap();
+    // A refused write leaves no row.
+    assert!(
+        s.create_project(&actor(), uuid::Uuid::now_v7(), "x")
+            .await
+            .is_err()
+    );
+    let rows: Vec<(i64, String, String, String)> =
+        sqlx::query_as("SELECT seq, action, target_id, actor FROM audit_log ORDER BY seq")
+            .fetch_all(s.pool())
+            .await
+            .unwrap();
+    let actions: Vec<&str> = rows.iter().map(|r| r.1.as_str()).collect();
+    assert_eq!(
+        actions,
+        [
+            "org.create",
+            "project.create",
+            "key.create",
+            "key.rotate",
+            "key.revoke"
+        ]
+    );
+    assert!(rows.iter().all(|r| r.3 == "test-owner"));
+    assert_eq!(rows[4].2, key.to_string());
+    assert_eq!(audit::verify(s.pool()).await.unwrap(), Ok(5));
+    // Someone edits row 3 in the database: verify names it.
+    sqlx::query(
+        "UPDATE audit_log SET after = jsonb_set(after, '{name}', '\"other\"') WHERE seq = 3",
+    )
+    .execute(s.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        audit::verify(s.pool()).await.unwrap(),
+        Err(Broken::Row { seq: 3 })
+    );
+    // Or deletes it.
+    sqlx::query("DELETE FROM audit_log WHERE seq = 3")
+        .execute(s.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        audit::verify(s.pool()).await.unwrap(),
+        Err(Broken::Gap { seq: 4 })
+    );
+}
+
+#[tokio::test]
+async fn concurrent_writers_keep_one_chain() {
+    let s = store().await;
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move { s.create_org(&actor(), &format!("org {i}")).await.unwrap() })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(audit::verify(s.pool()).await.unwrap(), Ok(16));
 }

@@ -53,8 +53,13 @@ enum Command {
     Dispatcher,
     /// The accounting consumer only (usage events into ClickHouse).
     Accounting,
-    /// Applies the ClickHouse migrations (idempotent).
+    /// Applies the ClickHouse and PostgreSQL migrations (idempotent).
     Migrate,
+    /// Control-plane tools (tenants; reads `[postgres]`).
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
     /// Workers only.
     Worker {
         /// Providers to serve (config names, comma-separated); all when omitted.
@@ -82,6 +87,22 @@ enum Command {
         #[command(subcommand)]
         command: batch_cli::BatchCommand,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum AdminCommand {
+    /// The audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditCommand {
+    /// Recomputes the audit log's hash chain from the database itself and
+    /// names the first row that does not fit (exit 1).
+    Verify,
 }
 
 #[derive(Subcommand, Debug)]
@@ -226,6 +247,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         Command::Worker { .. } => "worker",
         Command::Accounting => "accounting",
         Command::Migrate => return migrate(&config).await,
+        Command::Admin { command } => return admin(&config, command).await,
         Command::Config { .. } | Command::Route { .. } | Command::Batch { .. } => {
             unreachable!("handled before the runtime starts")
         }
@@ -278,6 +300,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
             worker?;
         }
         Command::Migrate
+        | Command::Admin { .. }
         | Command::Config { .. }
         | Command::Route { .. }
         | Command::Batch { .. } => {
@@ -316,6 +339,27 @@ async fn migrate(config: &Config) -> anyhow::Result<()> {
         }
         for name in applied {
             writeln!(out, "applied postgres/{name}")?;
+        }
+    }
+    Ok(())
+}
+
+async fn admin(config: &Config, command: &AdminCommand) -> anyhow::Result<()> {
+    let pg = config
+        .postgres
+        .as_ref()
+        .context("`switchyard admin` needs a [postgres] section in the config")?;
+    match command {
+        AdminCommand::Audit {
+            command: AuditCommand::Verify,
+        } => {
+            let pool = sqlx::PgPool::connect(pg.url.expose())
+                .await
+                .context("connecting to PostgreSQL ([postgres] url)")?;
+            match sy_control::audit::verify(&pool).await? {
+                Ok(n) => writeln!(std::io::stdout(), "The audit chain verifies: {n} rows.")?,
+                Err(broken) => anyhow::bail!("{broken}"),
+            }
         }
     }
     Ok(())
