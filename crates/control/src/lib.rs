@@ -7,8 +7,11 @@
 //! all a database ever stores of it) and the tenants' tables in PostgreSQL
 //! ([`store`]: orgs, projects, keys; create, rotate with grace, revoke,
 //! authenticate), every write with its row in the hash-chained audit log
-//! ([`audit`]) in the same transaction.
+//! ([`audit`]) in the same transaction; and the in-memory table the ingress
+//! will authenticate from ([`keytable`]), loaded from the store and kept
+//! current by applying changes.
 
 pub mod audit;
 pub mod key;
+pub mod keytable;
 pub mod store;

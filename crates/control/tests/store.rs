@@ -7,6 +7,7 @@ use std::str::FromStr;
 use sqlx::postgres::PgConnectOptions;
 use sy_control::audit::{self, Actor, Broken};
 use sy_control::key::{KeyError, Pepper};
+use sy_control::keytable::{KeyTable, Refused};
 use sy_control::store::{Store, StoreError};
 
 fn url() -> String {
@@ -263,4 +264,35 @@ async fn concurrent_writers_keep_one_chain() {
         t.await.unwrap();
     }
     assert_eq!(audit::verify(s.pool()).await.unwrap(), Ok(16));
+}
+
+#[tokio::test]
+async fn the_in_memory_table_loads_exactly_the_live_keys() {
+    let s = store().await;
+    let org = s.create_org(&actor(), "Acme").await.unwrap();
+    let project = s.create_project(&actor(), org, "p").await.unwrap();
+    let (live, l) = s.create_key(&actor(), project, "live").await.unwrap();
+    let (revoked, r) = s.create_key(&actor(), project, "revoked").await.unwrap();
+    let (rotated, old) = s.create_key(&actor(), project, "rotated").await.unwrap();
+    let new = s.rotate_key(&actor(), rotated, 3600).await.unwrap();
+    s.revoke_key(&actor(), revoked).await.unwrap();
+    let table = KeyTable::load(&s).await.unwrap();
+    assert_eq!(table.len(), 2);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let p = pepper();
+    assert_eq!(table.authenticate(&p, &l.key, now).unwrap().key_id, live);
+    assert_eq!(table.authenticate(&p, &r.key, now), Err(Refused::Unknown));
+    for k in [&old.key, &new.key] {
+        let owner = table.authenticate(&p, k, now).unwrap();
+        assert_eq!((owner.key_id, owner.org_id), (rotated, org));
+    }
+    // The old secret's grace ends an hour from now, as the store said.
+    assert_eq!(
+        table.authenticate(&p, &old.key, now + 3_601_000),
+        Err(Refused::Unknown)
+    );
+    assert!(table.authenticate(&p, &new.key, now + 3_601_000).is_ok());
 }
