@@ -3,19 +3,32 @@
 
 use std::process::Command;
 
-#[tokio::test]
-async fn migrate_applies_the_postgres_migrations_once_and_never_prints_the_url() {
+/// A schema of its own in the test database: a pool, its name, and a URL
+/// whose connections use it.
+async fn fresh_schema(prefix: &str) -> (sqlx::PgPool, String, String) {
     let url = sy_test_support::postgres_url();
-    let schema = format!("m_{}", uuid::Uuid::new_v4().simple());
+    let schema = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
     sqlx::query(&format!("CREATE SCHEMA {schema}"))
         .execute(&pool)
         .await
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("pg.toml");
     let scoped = format!("{url}?options=-c%20search_path%3D{schema}");
-    std::fs::write(&path, format!("[postgres]\nurl = \"{scoped}\"\n")).unwrap();
+    (pool, schema, scoped)
+}
+
+/// A config file holding only `[postgres] url = <url>`.
+fn postgres_config(dir: &tempfile::TempDir, url: &str) -> std::path::PathBuf {
+    let path = dir.path().join("pg.toml");
+    std::fs::write(&path, format!("[postgres]\nurl = \"{url}\"\n")).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn migrate_applies_the_postgres_migrations_once_and_never_prints_the_url() {
+    let (pool, schema, scoped) = fresh_schema("m").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = postgres_config(&dir, &scoped);
     let run = || {
         let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
             .arg("--config")
@@ -47,14 +60,7 @@ async fn migrate_applies_the_postgres_migrations_once_and_never_prints_the_url()
 
 #[tokio::test]
 async fn admin_audit_verify_checks_the_chain_in_the_database_and_names_an_edited_row() {
-    let url = sy_test_support::postgres_url();
-    let schema = format!("a_{}", uuid::Uuid::new_v4().simple());
-    let pool = sqlx::PgPool::connect(&url).await.unwrap();
-    sqlx::query(&format!("CREATE SCHEMA {schema}"))
-        .execute(&pool)
-        .await
-        .unwrap();
-    let scoped = format!("{url}?options=-c%20search_path%3D{schema}");
+    let (pool, schema, scoped) = fresh_schema("a").await;
     let store = sy_control::store::Store::connect(
         scoped.parse().unwrap(),
         sy_control::key::Pepper::new(vec![9u8; 32]).unwrap(),
@@ -70,8 +76,7 @@ async fn admin_audit_verify_checks_the_chain_in_the_database_and_names_an_edited
     let org = store.create_org(&actor, "Acme").await.unwrap();
     store.create_project(&actor, org, "p").await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("pg.toml");
-    std::fs::write(&path, format!("[postgres]\nurl = \"{scoped}\"\n")).unwrap();
+    let path = postgres_config(&dir, &scoped);
     let verify = || {
         Command::new(env!("CARGO_BIN_EXE_switchyard"))
             .arg("--config")
