@@ -10,11 +10,6 @@ use sy_control::key::{KeyError, Pepper};
 use sy_control::keytable::{KeyTable, Refused};
 use sy_control::store::{Store, StoreError};
 
-fn url() -> String {
-    std::env::var("SY_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://switchyard:switchyard@127.0.0.1:5432/switchyard".into())
-}
-
 fn actor() -> Actor {
     Actor {
         identity: "test-owner".into(),
@@ -28,7 +23,7 @@ fn pepper() -> Pepper {
 
 /// A store on a fresh schema, migrated.
 async fn store() -> Store {
-    let base = PgConnectOptions::from_str(&url()).unwrap();
+    let base = PgConnectOptions::from_str(&sy_test_support::postgres_url()).unwrap();
     let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
     let admin = Store::connect(base.clone(), pepper(), "test")
         .await
