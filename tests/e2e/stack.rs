@@ -45,6 +45,8 @@ pub struct StackOptions {
     pub server_extra: &'static str,
     /// More `[providers.openai]` lines (e.g. `header_timeout = "3s"`).
     pub openai_extra: &'static str,
+    /// Whole sections appended to the config (e.g. `[postgres]` and `[tenants]`).
+    pub sections: String,
 }
 
 impl Default for StackOptions {
@@ -66,6 +68,7 @@ impl Default for StackOptions {
             batch_extra: "",
             server_extra: "",
             openai_extra: "",
+            sections: String::new(),
         }
     }
 }
@@ -326,6 +329,7 @@ targets = [{{ provider = "openai", model = "gpt-4.1-2025" }}]
             openai_extra = opts.openai_extra,
         );
         let mut config = config;
+        config.push_str(&opts.sections);
         let mut clickhouse = None;
         if opts.clickhouse {
             let url = match opts.clickhouse_url {
@@ -416,6 +420,35 @@ targets = [{{ provider = "openai", model = "gpt-4.1-2025" }}]
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         panic!("{waiting} of {n} workers pull requests after 10 s");
+    }
+
+    /// Starts one more ingress process (`switchyard ingress --no-dispatcher`)
+    /// on the same bus, on a port of its own; returns its base URL once ready.
+    pub async fn start_other_ingress(&mut self) -> String {
+        let port = support::free_port();
+        let listen = self
+            .config_text
+            .lines()
+            .find(|l| l.starts_with("listen = "))
+            .unwrap()
+            .to_owned();
+        let text = self
+            .config_text
+            .replace(&listen, &format!("listen = \"127.0.0.1:{port}\""));
+        let path = self._dir.path().join(format!("ingress-{port}.toml"));
+        std::fs::write(&path, text).unwrap();
+        self.others
+            .push(switchyard(&path, &["ingress", "--no-dispatcher"]));
+        let base = format!("http://127.0.0.1:{port}");
+        for _ in 0..400 {
+            if let Ok(r) = self.http.get(format!("{base}/readyz")).send().await
+                && r.status() == 200
+            {
+                return base;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the second ingress did not become ready at {base}");
     }
 
     async fn wait_ready(&mut self) {
@@ -633,6 +666,8 @@ pub fn envelope(
         received_unix_ms,
         deadline_unix_ms,
         key_id: "test".into(),
+        org_id: None,
+        project_id: None,
         api: sy_protocol::ApiSurface::ChatCompletions,
         model: "gpt-4o-mini".into(),
         provider: "openai".into(),

@@ -1,7 +1,11 @@
-//! The control plane's database from the command line: `switchyard migrate`
-//! applies the PostgreSQL migrations (crates/control) once.
+//! The control plane end to end: `switchyard migrate` applies the PostgreSQL
+//! migrations once, `switchyard admin audit verify` checks the chain, and an
+//! ingress authenticates tenants' keys from memory, holds them to their
+//! scope, networks and expiry, and feels a revocation on every replica.
 
 use std::process::Command;
+
+use crate::stack::{KEY, Stack, StackOptions, body};
 
 /// A schema of its own in the test database: a pool, its name, and a URL
 /// whose connections use it.
@@ -100,4 +104,263 @@ async fn admin_audit_verify_checks_the_chain_in_the_database_and_names_an_edited
         String::from_utf8_lossy(&out.stderr).contains("audit row 1 does not match"),
         "{out:?}"
     );
+}
+
+/// The control plane's store on a schema of its own, migrated, and the
+/// config sections that point a stack at it.
+async fn tenants_store(prefix: &str) -> (sy_control::store::Store, String) {
+    let (_, _, scoped) = fresh_schema(prefix).await;
+    let pepper = "a test pepper of at least thirty-two bytes";
+    let store = sy_control::store::Store::connect(
+        scoped.parse().unwrap(),
+        sy_control::key::Pepper::new(pepper.as_bytes()).unwrap(),
+        "test",
+    )
+    .await
+    .unwrap();
+    store.migrate().await.unwrap();
+    let sections = format!(
+        "\n[postgres]\nurl = \"{scoped}\"\n\n[tenants]\nkey_pepper = \"{pepper}\"\nkey_env = \"test\"\n"
+    );
+    (store, sections)
+}
+
+fn owner() -> sy_control::audit::Actor {
+    sy_control::audit::Actor {
+        identity: "e2e".into(),
+        role: "owner".into(),
+    }
+}
+
+fn now_ms() -> i64 {
+    sy_protocol::now_unix_ms() as i64
+}
+
+/// The error body's OpenAI `type` and `code`, or Anthropic's `type`.
+async fn refusal(resp: reqwest::Response) -> (u16, String, String) {
+    let status = resp.status().as_u16();
+    let v: serde_json::Value = resp.json().await.unwrap();
+    let e = &v["error"];
+    (
+        status,
+        e["type"].as_str().unwrap_or_default().to_owned(),
+        format!(
+            "{} {}",
+            e["code"].as_str().unwrap_or_default(),
+            e["message"].as_str().unwrap_or_default()
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_keys_authenticate_from_memory_and_are_held_to_scope_network_and_expiry() {
+    use sy_control::store::KeySpec;
+    let (store, sections) = tenants_store("e").await;
+    let actor = owner();
+    let org = store.create_org(&actor, "Acme").await.unwrap();
+    let project = store.create_project(&actor, org, "web").await.unwrap();
+    let (plain_id, plain) = store
+        .create_key(&actor, project, &KeySpec::named("plain"))
+        .await
+        .unwrap();
+    let scoped = KeySpec {
+        models: Some(vec!["claude-sonnet-4-5".into()]),
+        ..KeySpec::named("scoped")
+    };
+    let (_, scoped) = store.create_key(&actor, project, &scoped).await.unwrap();
+    let elsewhere = KeySpec {
+        allowed_cidrs: vec!["10.0.0.0/8".parse().unwrap()],
+        ..KeySpec::named("elsewhere")
+    };
+    let (_, elsewhere) = store.create_key(&actor, project, &elsewhere).await.unwrap();
+    let here = KeySpec {
+        allowed_cidrs: vec!["127.0.0.0/8".parse().unwrap()],
+        ..KeySpec::named("here")
+    };
+    let (_, here) = store.create_key(&actor, project, &here).await.unwrap();
+    let expired = KeySpec {
+        expires_at_ms: Some(now_ms() - 1_000),
+        ..KeySpec::named("expired")
+    };
+    let (_, expired) = store.create_key(&actor, project, &expired).await.unwrap();
+    let (revoked_id, revoked) = store
+        .create_key(&actor, project, &KeySpec::named("revoked"))
+        .await
+        .unwrap();
+    store.revoke_key(&actor, revoked_id).await.unwrap();
+
+    let stack = Stack::start_with(StackOptions {
+        clickhouse: true,
+        sections,
+        ..Default::default()
+    })
+    .await;
+    let chat = |key: &str, model: &str| {
+        stack
+            .http
+            .post(stack.url("/v1/chat/completions"))
+            .bearer_auth(key)
+            .json(&body(model, "hello"))
+            .send()
+    };
+    let messages = |key: &str, model: &str| {
+        stack
+            .http
+            .post(stack.url("/v1/messages"))
+            .header("x-api-key", key)
+            .header("anthropic-version", "2023-06-01")
+            .json(&serde_json::json!({"model": model, "max_tokens": 16,
+                "messages": [{"role": "user", "content": "hello"}]}))
+            .send()
+    };
+    // A tenant's key works on both surfaces; the file's development key too.
+    assert_eq!(chat(&plain.key, "gpt-4o-mini").await.unwrap().status(), 200);
+    assert_eq!(
+        messages(&plain.key, "claude-sonnet-4-5")
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(chat(KEY, "gpt-4o-mini").await.unwrap().status(), 200);
+    assert_eq!(chat(&here.key, "gpt-4o-mini").await.unwrap().status(), 200);
+    assert_eq!(
+        chat(&scoped.key, "claude-sonnet-4-5")
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let upstream = stack.upstream_requests();
+
+    // Outside its scope: 403 naming the scope, in each surface's format.
+    let (status, kind, text) = refusal(chat(&scoped.key, "gpt-4o-mini").await.unwrap()).await;
+    assert_eq!((status, kind.as_str()), (403, "permission_error"), "{text}");
+    assert!(
+        text.starts_with("permission_denied") && text.contains("[claude-sonnet-4-5]"),
+        "{text}"
+    );
+    let (status, kind, _) = refusal(messages(&scoped.key, "gpt-4o-mini").await.unwrap()).await;
+    assert_eq!((status, kind.as_str()), (403, "permission_error"));
+    // From outside its networks: 403.
+    let (status, kind, text) = refusal(chat(&elsewhere.key, "gpt-4o-mini").await.unwrap()).await;
+    assert_eq!((status, kind.as_str()), (403, "permission_error"), "{text}");
+    assert!(text.contains("127.0.0.1"), "{text}");
+    // Expired, revoked, mistyped, unknown: 401.
+    let (status, kind, text) = refusal(chat(&expired.key, "gpt-4o-mini").await.unwrap()).await;
+    assert_eq!((status, kind.as_str()), (401, "authentication_error"));
+    assert!(text.contains("expired"), "{text}");
+    let (status, _, text) = refusal(chat(&revoked.key, "gpt-4o-mini").await.unwrap()).await;
+    assert_eq!(status, 401, "{text}");
+    let mut typo = plain.key.clone();
+    typo.replace_range(25..26, if &typo[25..26] == "a" { "b" } else { "a" });
+    let (status, _, text) = refusal(chat(&typo, "gpt-4o-mini").await.unwrap()).await;
+    assert_eq!(status, 401);
+    assert!(text.contains("checksum"), "{text}");
+    let (status, kind, _) =
+        refusal(messages(&revoked.key, "claude-sonnet-4-5").await.unwrap()).await;
+    assert_eq!((status, kind.as_str()), (401, "authentication_error"));
+    assert_eq!(
+        stack.upstream_requests(),
+        upstream,
+        "no refused request reached a provider"
+    );
+
+    // The usage row names the key, its project and its org.
+    let ch = stack.clickhouse.as_ref().unwrap();
+    let client = sy_accounting::client(ch);
+    let sql = format!(
+        "SELECT org_id, project_id FROM {}.requests FINAL WHERE key_id = '{plain_id}'",
+        ch.database
+    );
+    let mut rows: Vec<(String, String)> = Vec::new();
+    for _ in 0..150 {
+        rows = client.query(&sql).fetch_all().await.unwrap();
+        if rows.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(
+        rows.iter()
+            .all(|r| *r == (org.to_string(), project.to_string())),
+        "{rows:?}"
+    );
+    // The key sees its own usage, not the development key's.
+    let usage: serde_json::Value = stack
+        .http
+        .get(stack.url("/v1/usage"))
+        .bearer_auth(&plain.key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(usage["key_id"], plain_id.to_string(), "{usage}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_key_is_refused_by_a_second_ingress_within_a_second() {
+    use sy_control::store::KeySpec;
+    let (store, sections) = tenants_store("r").await;
+    let actor = owner();
+    let org = store.create_org(&actor, "Acme").await.unwrap();
+    let project = store.create_project(&actor, org, "p").await.unwrap();
+    let mut stack = Stack::start_with(StackOptions {
+        sections,
+        ..Default::default()
+    })
+    .await;
+    let other = stack.start_other_ingress().await;
+    let subject = sy_protocol::Subjects::new(&stack.namespace).key_notices();
+    let store = store.announcing(sy_control::feed::Notifier::new(
+        sy_test_support::nats().await,
+        subject,
+    ));
+    let models = |key: &str| {
+        stack
+            .http
+            .get(format!("{other}/v1/models"))
+            .bearer_auth(key)
+            .send()
+    };
+    let mut delays = Vec::new();
+    for i in 0..50 {
+        let (id, k) = store
+            .create_key(&actor, project, &KeySpec::named(&format!("k{i}")))
+            .await
+            .unwrap();
+        // A new key reaches the other ingress too.
+        let mut ok = false;
+        for _ in 0..200 {
+            if models(&k.key).await.unwrap().status() == 200 {
+                ok = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert!(ok, "key {i} never reached the second ingress");
+        let started = std::time::Instant::now();
+        store.revoke_key(&actor, id).await.unwrap();
+        loop {
+            if models(&k.key).await.unwrap().status() == 401 {
+                break;
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(5),
+                "key {i} still works"
+            );
+        }
+        delays.push(started.elapsed());
+    }
+    delays.sort();
+    // Nearest rank: the 25th and the 50th of 50.
+    let (p50, p99) = (delays[24], delays[49]);
+    println!(
+        "revocation felt on a second ingress over 50: p50 {p50:?}, p99 {p99:?}, max {:?}",
+        delays[49]
+    );
+    assert!(p99 < std::time::Duration::from_secs(1), "p99 {p99:?}");
 }

@@ -22,12 +22,12 @@ pub use env::{EnvSource, MapEnv, ProcessEnv, interpolate};
 pub use error::{ConfigError, ConfigErrors, LoadError};
 pub use raw::{
     RawAccounting, RawBatch, RawBilling, RawClickhouse, RawConfig, RawHealth, RawKey, RawModel,
-    RawNats, RawPostgres, RawPrice, RawProvider, RawServer, RawTarget,
+    RawNats, RawPostgres, RawPrice, RawProvider, RawServer, RawTarget, RawTenants,
 };
 pub use settings::{
     AccountingConfig, ApiKey, BatchConfig, ClickhouseConfig, Config, HealthConfig,
     MAX_RUNNING_BATCHES, ModelRoute, NatsConfig, PROVIDER_KINDS, PostgresConfig, ProviderConfig,
-    ProviderKind, RoutePolicy, Secret, ServerConfig, Target,
+    ProviderKind, RoutePolicy, Secret, ServerConfig, Target, TenantsConfig,
 };
 
 use std::path::Path;

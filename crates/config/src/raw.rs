@@ -33,6 +33,9 @@ pub struct RawConfig {
     /// The control plane's database (tenants and keys).
     #[serde(default)]
     pub postgres: Option<RawPostgres>,
+    /// Tenants' API keys from the control plane (needs `[postgres]`).
+    #[serde(default)]
+    pub tenants: Option<RawTenants>,
     /// The accounting consumer.
     #[serde(default)]
     pub accounting: RawAccounting,
@@ -139,6 +142,30 @@ impl Default for RawBilling {
 pub struct RawPostgres {
     /// Connection URL, e.g. "postgres://switchyard:...@127.0.0.1:5432/switchyard".
     pub url: String,
+}
+
+/// `[tenants]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTenants {
+    /// The server-side secret API keys are hashed with (at least 32 bytes),
+    /// normally `"${SWITCHYARD_KEY_PEPPER}"`.
+    pub key_pepper: String,
+    /// What new keys name as their deployment (`sy_<env>_…`).
+    #[serde(default = "default_key_env")]
+    pub key_env: String,
+    /// Seconds between full reloads of the key table (a safety net: changes
+    /// arrive over NATS at once).
+    #[serde(default = "default_resync_seconds")]
+    pub resync_seconds: u64,
+}
+
+fn default_key_env() -> String {
+    "live".into()
+}
+
+fn default_resync_seconds() -> u64 {
+    60
 }
 
 /// `[clickhouse]`.

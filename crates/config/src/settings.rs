@@ -54,6 +54,8 @@ pub struct Config {
     pub clickhouse: Option<ClickhouseConfig>,
     /// The control plane's database, if configured.
     pub postgres: Option<PostgresConfig>,
+    /// Tenants' API keys from the control plane, if on.
+    pub tenants: Option<TenantsConfig>,
     /// The accounting consumer.
     pub accounting: AccountingConfig,
     /// Live target health.
@@ -137,6 +139,18 @@ pub struct PostgresConfig {
     /// Connection URL (`postgres://` or `postgresql://`); a secret, since it
     /// may carry the password.
     pub url: Secret,
+}
+
+/// `[tenants]`, validated: tenants' keys are authenticated from the control
+/// plane's table (kept in memory, current over NATS).
+#[derive(Debug, Clone)]
+pub struct TenantsConfig {
+    /// The pepper keys are hashed with (at least 32 bytes).
+    pub key_pepper: Secret,
+    /// What new keys name as their deployment.
+    pub key_env: String,
+    /// Time between full reloads of the key table.
+    pub resync: std::time::Duration,
 }
 
 /// `[clickhouse]`, validated.

@@ -68,6 +68,32 @@ fn the_postgres_url_is_checked_and_kept_secret() {
 }
 
 #[test]
+fn tenants_need_postgres_a_long_pepper_and_a_short_env() {
+    let p = problems("[tenants]\nkey_pepper = \"short\"\nkey_env = \"Live\"\nresync_seconds = 0\n");
+    for field in [
+        "tenants.key_pepper",
+        "tenants.key_env",
+        "tenants.resync_seconds",
+        "tenants:",
+    ] {
+        assert!(p.iter().any(|s| s.starts_with(field)), "{field}: {p:?}");
+    }
+    assert!(
+        !p.iter().any(|s| s.contains("short")),
+        "the pepper is not echoed: {p:?}"
+    );
+    let c = Config::from_toml(
+        "[postgres]\nurl = \"postgres://u@127.0.0.1/s\"\n[tenants]\nkey_pepper = \"${PEPPER}\"\n",
+        &env(&[("PEPPER", "0123456789abcdef0123456789abcdef")]),
+    )
+    .unwrap();
+    let t = c.tenants.unwrap();
+    assert_eq!(t.key_pepper.expose(), "0123456789abcdef0123456789abcdef");
+    assert_eq!((t.key_env.as_str(), t.resync.as_secs()), ("live", 60));
+    assert!(!format!("{t:?}").contains("0123456789"));
+}
+
+#[test]
 fn prices_markup_and_clickhouse_are_validated() {
     let p = problems(
         r#"

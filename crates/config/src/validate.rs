@@ -11,6 +11,7 @@ use crate::{
     AccountingConfig, ApiKey, BatchConfig, ClickhouseConfig, Config, ConfigError, ConfigErrors,
     HealthConfig, MAX_RUNNING_BATCHES, ModelRoute, NatsConfig, PROVIDER_KINDS, PostgresConfig,
     ProviderConfig, ProviderKind, RawConfig, RoutePolicy, Secret, ServerConfig, Target,
+    TenantsConfig,
 };
 
 /// The policy keys as written in `[models."<name>"]` or `[routers."<name>"]`.
@@ -453,6 +454,7 @@ impl Config {
                 None
             }
         });
+        let has_postgres = raw.postgres.is_some();
         let postgres = raw.postgres.and_then(|p| match Url::parse(&p.url) {
             Ok(url) if matches!(url.scheme(), "postgres" | "postgresql") && url.has_host() => {
                 Some(PostgresConfig {
@@ -466,6 +468,45 @@ impl Config {
                 ));
                 None
             }
+        });
+        let tenants = raw.tenants.and_then(|t| {
+            let mut ok = true;
+            if t.key_pepper.len() < 32 {
+                ok = false;
+                e.push(ConfigError::new(
+                    "tenants.key_pepper",
+                    "must have at least 32 bytes (e.g. the output of `openssl rand -base64 48`)",
+                ));
+            }
+            if t.key_env.is_empty()
+                || t.key_env.len() > 8
+                || !t.key_env.bytes().all(|b| b.is_ascii_lowercase())
+            {
+                ok = false;
+                e.push(ConfigError::new(
+                    "tenants.key_env",
+                    "must be 1 to 8 lowercase letters, like \"live\" or \"test\"",
+                ));
+            }
+            if t.resync_seconds == 0 {
+                ok = false;
+                e.push(ConfigError::new(
+                    "tenants.resync_seconds",
+                    "must be at least 1",
+                ));
+            }
+            if !has_postgres {
+                ok = false;
+                e.push(ConfigError::new(
+                    "tenants",
+                    "needs [postgres]: tenants' keys live in the control plane's database",
+                ));
+            }
+            ok.then(|| TenantsConfig {
+                key_pepper: Secret::new(t.key_pepper),
+                key_env: t.key_env,
+                resync: std::time::Duration::from_secs(t.resync_seconds),
+            })
         });
         if raw.accounting.max_rows == 0 {
             e.push(ConfigError::new(
@@ -587,6 +628,7 @@ impl Config {
                 markup_ppb,
                 clickhouse,
                 postgres,
+                tenants,
                 accounting,
                 health,
                 batch,

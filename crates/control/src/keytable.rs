@@ -1,21 +1,64 @@
 //! The keys an ingress authenticates from, in memory: loaded whole from the
 //! store at start (and after a reconnect), then kept current by applying each
-//! change (the NATS feed that carries them is the next slice). A lookup is a
-//! hash-map probe and one HMAC: no database on the request path.
+//! change ([`crate::feed`] carries them over NATS). A lookup is a hash-map
+//! probe and one HMAC: no database on the request path.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
 
+use ipnet::IpNet;
 use sqlx::FromRow;
 use uuid::Uuid;
 
 use crate::key::{self, KeyError, Pepper};
 use crate::store::{KeyOwner, Store, StoreError};
 
+/// What a key may do, once authenticated: whose it is, which models and
+/// routers it may name, from which client networks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// Who the key belongs to.
+    pub owner: KeyOwner,
+    /// The models and routers (`auto`, `auto:<name>`) it may name; none
+    /// means every one.
+    pub models: Option<Box<[String]>>,
+    /// The client networks it may be used from; empty means any.
+    pub allowed_cidrs: Box<[IpNet]>,
+}
+
+impl Grant {
+    /// A grant for any model, from anywhere.
+    pub fn unrestricted(owner: KeyOwner) -> Self {
+        Grant {
+            owner,
+            models: None,
+            allowed_cidrs: Box::new([]),
+        }
+    }
+
+    /// Whether the key may name `model` (a model or a router).
+    pub fn allows_model(&self, model: &str) -> bool {
+        self.models
+            .as_ref()
+            .is_none_or(|m| m.iter().any(|x| x == model))
+    }
+
+    /// Whether the key may be used from `addr`.
+    pub fn allows_addr(&self, addr: IpAddr) -> bool {
+        let addr = match addr {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
+            v4 => v4,
+        };
+        self.allowed_cidrs.is_empty() || self.allowed_cidrs.iter().any(|n| n.contains(&addr))
+    }
+}
+
 /// What the table knows of one key (never the key itself).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyEntry {
-    /// Who the key belongs to.
-    pub owner: KeyOwner,
+    /// Who the key belongs to and what it may do.
+    pub grant: Arc<Grant>,
     /// `HMAC-SHA-256(pepper, key)` of the current secret.
     pub secret_hash: Vec<u8>,
     /// The previous secret's hash and until when (Unix ms) it is valid.
@@ -55,10 +98,11 @@ pub enum KeyChange {
     },
 }
 
-/// The live keys by public id.
+/// The live keys by public id (and their grants by key id).
 #[derive(Debug, Clone, Default)]
 pub struct KeyTable {
     by_public_id: HashMap<String, KeyEntry>,
+    by_key_id: HashMap<Uuid, Arc<Grant>>,
 }
 
 #[derive(FromRow)]
@@ -71,38 +115,91 @@ struct Row {
     previous_hash: Option<Vec<u8>>,
     previous_until_ms: Option<i64>,
     expires_at_ms: Option<i64>,
+    scopes: serde_json::Value,
+    allowed_cidrs: Vec<String>,
 }
+
+impl Row {
+    fn into_entry(self) -> (String, KeyEntry) {
+        let models = self
+            .scopes
+            .get("models")
+            .and_then(|m| m.as_array())
+            .map(|m| {
+                m.iter()
+                    .filter_map(|x| x.as_str().map(str::to_owned))
+                    .collect::<Box<[String]>>()
+            });
+        // The store accepts only valid networks; one that does not parse (an
+        // edit by hand) counts as a network nothing is in, never as "any".
+        let unparsable = || IpNet::from(IpAddr::from([255, 255, 255, 255]));
+        let allowed_cidrs = self
+            .allowed_cidrs
+            .iter()
+            .map(|c| c.parse().unwrap_or_else(|_| unparsable()))
+            .collect();
+        let grant = Grant {
+            owner: KeyOwner {
+                key_id: self.key_id,
+                project_id: self.project_id,
+                org_id: self.org_id,
+            },
+            models,
+            allowed_cidrs,
+        };
+        let entry = KeyEntry {
+            grant: Arc::new(grant),
+            secret_hash: self.secret_hash,
+            previous: self.previous_hash.zip(self.previous_until_ms),
+            expires_at_ms: self.expires_at_ms,
+        };
+        (self.public_id, entry)
+    }
+}
+
+/// The columns of a live key, and the condition that makes it live.
+const LIVE_KEYS: &str = "SELECT k.public_id, k.id AS key_id, p.id AS project_id, o.id AS org_id, \
+        k.secret_hash, k.previous_hash, \
+        (extract(epoch FROM k.previous_valid_until) * 1000)::bigint AS previous_until_ms, \
+        (extract(epoch FROM k.expires_at) * 1000)::bigint AS expires_at_ms, \
+        k.scopes, k.allowed_cidrs \
+    FROM api_keys k JOIN projects p ON p.id = k.project_id JOIN orgs o ON o.id = p.org_id \
+    WHERE k.status = 'active' AND p.status = 'active' AND o.status = 'active'";
 
 impl KeyTable {
     /// Every live key in the store: active, of an active project and org.
     pub async fn load(store: &Store) -> Result<Self, StoreError> {
-        let rows: Vec<Row> = sqlx::query_as(
-            "SELECT k.public_id, k.id AS key_id, p.id AS project_id, o.id AS org_id, \
-                    k.secret_hash, k.previous_hash, \
-                    (extract(epoch FROM k.previous_valid_until) * 1000)::bigint AS previous_until_ms, \
-                    (extract(epoch FROM k.expires_at) * 1000)::bigint AS expires_at_ms \
-             FROM api_keys k JOIN projects p ON p.id = k.project_id JOIN orgs o ON o.id = p.org_id \
-             WHERE k.status = 'active' AND p.status = 'active' AND o.status = 'active'",
-        )
-        .fetch_all(store.pool())
-        .await?;
-        let by_public_id = rows
-            .into_iter()
-            .map(|r| {
-                let entry = KeyEntry {
-                    owner: KeyOwner {
-                        key_id: r.key_id,
-                        project_id: r.project_id,
-                        org_id: r.org_id,
-                    },
-                    secret_hash: r.secret_hash,
-                    previous: r.previous_hash.zip(r.previous_until_ms),
-                    expires_at_ms: r.expires_at_ms,
-                };
-                (r.public_id, entry)
-            })
-            .collect();
-        Ok(KeyTable { by_public_id })
+        let rows: Vec<Row> = sqlx::query_as(LIVE_KEYS).fetch_all(store.pool()).await?;
+        let mut table = KeyTable::default();
+        for row in rows {
+            let (public_id, entry) = row.into_entry();
+            table.apply(KeyChange::Upsert { public_id, entry });
+        }
+        Ok(table)
+    }
+
+    /// What the store says of the key with this public id now: its entry if
+    /// it is live, else a removal.
+    pub async fn load_one(store: &Store, public_id: &str) -> Result<KeyChange, StoreError> {
+        let row: Option<Row> = sqlx::query_as(&format!("{LIVE_KEYS} AND k.public_id = $1"))
+            .bind(public_id)
+            .fetch_optional(store.pool())
+            .await?;
+        Ok(match row {
+            Some(row) => {
+                let (public_id, entry) = row.into_entry();
+                KeyChange::Upsert { public_id, entry }
+            }
+            None => KeyChange::Remove {
+                public_id: public_id.to_owned(),
+            },
+        })
+    }
+
+    /// The grant of the live key with id `key_id` (a batch runs under its
+    /// key's grant after the request that made it is gone).
+    pub fn grant_of(&self, key_id: Uuid) -> Option<Arc<Grant>> {
+        self.by_key_id.get(&key_id).cloned()
     }
 
     /// How many live keys the table holds.
@@ -119,21 +216,25 @@ impl KeyTable {
     pub fn apply(&mut self, change: KeyChange) {
         match change {
             KeyChange::Upsert { public_id, entry } => {
+                self.by_key_id
+                    .insert(entry.grant.owner.key_id, entry.grant.clone());
                 self.by_public_id.insert(public_id, entry);
             }
             KeyChange::Remove { public_id } => {
-                self.by_public_id.remove(&public_id);
+                if let Some(gone) = self.by_public_id.remove(&public_id) {
+                    self.by_key_id.remove(&gone.grant.owner.key_id);
+                }
             }
         }
     }
 
-    /// Whose `key` is at `now_ms`, or why it is refused.
+    /// Whose `key` is at `now_ms` and what it may do, or why it is refused.
     pub fn authenticate(
         &self,
         pepper: &Pepper,
         key: &str,
         now_ms: i64,
-    ) -> Result<KeyOwner, Refused> {
+    ) -> Result<&Arc<Grant>, Refused> {
         let parsed = key::parse(key)?;
         let entry = self
             .by_public_id
@@ -152,7 +253,7 @@ impl KeyTable {
         if entry.expires_at_ms.is_some_and(|t| now_ms >= t) {
             return Err(Refused::Expired);
         }
-        Ok(entry.owner)
+        Ok(&entry.grant)
     }
 }
 
@@ -182,27 +283,36 @@ mod tests {
         t.apply(KeyChange::Upsert {
             public_id: old.public_id.clone(),
             entry: KeyEntry {
-                owner: who,
+                grant: Arc::new(Grant::unrestricted(who)),
                 secret_hash: old.hash.to_vec(),
                 previous: None,
                 expires_at_ms: None,
             },
         });
-        assert_eq!(t.authenticate(&p, &old.key, 0), Ok(who));
+        assert_eq!(
+            t.authenticate(&p, &old.key, 0),
+            Ok(&Arc::new(Grant::unrestricted(who)))
+        );
         assert_eq!(t.authenticate(&p, &new.key, 0), Err(Refused::Unknown));
         // Rotated with a grace until t = 1,000.
         t.apply(KeyChange::Upsert {
             public_id: old.public_id.clone(),
             entry: KeyEntry {
-                owner: who,
+                grant: Arc::new(Grant::unrestricted(who)),
                 secret_hash: new.hash.to_vec(),
                 previous: Some((old.hash.to_vec(), 1_000)),
                 expires_at_ms: Some(5_000),
             },
         });
-        assert_eq!(t.authenticate(&p, &old.key, 999), Ok(who));
+        assert_eq!(
+            t.authenticate(&p, &old.key, 999),
+            Ok(&Arc::new(Grant::unrestricted(who)))
+        );
         assert_eq!(t.authenticate(&p, &old.key, 1_000), Err(Refused::Unknown));
-        assert_eq!(t.authenticate(&p, &new.key, 4_999), Ok(who));
+        assert_eq!(
+            t.authenticate(&p, &new.key, 4_999),
+            Ok(&Arc::new(Grant::unrestricted(who)))
+        );
         assert_eq!(t.authenticate(&p, &new.key, 5_000), Err(Refused::Expired));
         let mut typo = new.key.clone();
         typo.pop();
@@ -215,5 +325,27 @@ mod tests {
         });
         assert_eq!(t.authenticate(&p, &new.key, 0), Err(Refused::Unknown));
         assert!(t.is_empty());
+        assert_eq!(t.grant_of(who.key_id), None);
+    }
+
+    #[test]
+    fn a_grant_limits_models_and_client_networks() {
+        let mut g = Grant::unrestricted(owner());
+        assert!(g.allows_model("anything"));
+        assert!(g.allows_addr("203.0.113.9".parse().unwrap()));
+        g.models = Some(vec!["gpt-4o".to_owned(), "auto:code".to_owned()].into());
+        g.allowed_cidrs = vec![
+            "10.0.0.0/8".parse().unwrap(),
+            "2001:db8::/32".parse().unwrap(),
+        ]
+        .into();
+        assert!(g.allows_model("gpt-4o") && g.allows_model("auto:code"));
+        assert!(!g.allows_model("auto") && !g.allows_model("GPT-4O"));
+        assert!(g.allows_addr("10.1.2.3".parse().unwrap()));
+        // An IPv4 client on a dual-stack socket comes as a mapped IPv6 address.
+        assert!(g.allows_addr("::ffff:10.1.2.3".parse().unwrap()));
+        assert!(g.allows_addr("2001:db8::1".parse().unwrap()));
+        assert!(!g.allows_addr("11.0.0.1".parse().unwrap()));
+        assert!(!g.allows_addr("127.0.0.1".parse().unwrap()));
     }
 }

@@ -8,10 +8,11 @@
 //! ([`store`]: orgs, projects, keys; create, rotate with grace, revoke,
 //! authenticate), every write with its row in the hash-chained audit log
 //! ([`audit`]) in the same transaction; and the in-memory table the ingress
-//! will authenticate from ([`keytable`]), loaded from the store and kept
-//! current by applying changes.
+//! authenticates from ([`keytable`]: what each key may do, as a [`keytable::Grant`]),
+//! loaded from the store and kept current over NATS ([`feed`]).
 
 pub mod audit;
+pub mod feed;
 pub mod key;
 pub mod keytable;
 pub mod store;

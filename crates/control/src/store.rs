@@ -3,13 +3,14 @@
 //! [`Store::migrate`], idempotently). Orgs own projects, projects own keys; a
 //! key row holds its public id and keyed hash only (see [`crate::key`]).
 
+use ipnet::IpNet;
+use serde_json::json;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use uuid::Uuid;
 
-use serde_json::json;
-
 use crate::audit::{self, Actor, Entry};
+use crate::feed::{KeyNotice, Notifier};
 use crate::key::{self, KeyError, NewKey, Pepper};
 
 /// The PostgreSQL migrations, in order.
@@ -53,6 +54,9 @@ pub enum StoreError {
     /// A key could not be made.
     #[error(transparent)]
     Key(#[from] KeyError),
+    /// The NATS feed of key changes could not be followed.
+    #[error("key feed: {0}")]
+    Feed(String),
 }
 
 /// Whose a key is.
@@ -64,6 +68,45 @@ pub struct KeyOwner {
     pub project_id: Uuid,
     /// The project's org.
     pub org_id: Uuid,
+}
+
+/// What a new key is: its name and what it may do.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeySpec {
+    /// A name for people (not unique, not secret).
+    pub name: String,
+    /// The models and routers it may name; none means every one.
+    pub models: Option<Vec<String>>,
+    /// When it stops working (Unix ms), if ever.
+    pub expires_at_ms: Option<i64>,
+    /// The client networks it may be used from; empty means any.
+    pub allowed_cidrs: Vec<IpNet>,
+    /// Free-form data kept with it (a JSON object).
+    pub metadata: serde_json::Value,
+}
+
+impl KeySpec {
+    /// A key named `name` for every model, from anywhere, forever.
+    pub fn named(name: &str) -> Self {
+        KeySpec {
+            name: name.to_owned(),
+            models: None,
+            expires_at_ms: None,
+            allowed_cidrs: Vec::new(),
+            metadata: json!({}),
+        }
+    }
+
+    fn scopes(&self) -> serde_json::Value {
+        match &self.models {
+            Some(m) => json!({ "models": m }),
+            None => json!({}),
+        }
+    }
+
+    fn cidrs(&self) -> Vec<String> {
+        self.allowed_cidrs.iter().map(ToString::to_string).collect()
+    }
 }
 
 /// A key's row as authentication reads it.
@@ -83,6 +126,7 @@ pub struct Store {
     pool: PgPool,
     pepper: Pepper,
     env: String,
+    notifier: Option<Notifier>,
 }
 
 impl Store {
@@ -104,7 +148,30 @@ impl Store {
             pool,
             pepper,
             env: env.to_owned(),
+            notifier: None,
         })
+    }
+
+    /// The same store, announcing every key change it commits on `notifier`
+    /// (so every ingress's key table applies it at once).
+    pub fn announcing(self, notifier: Notifier) -> Self {
+        Store {
+            notifier: Some(notifier),
+            ..self
+        }
+    }
+
+    /// Announces a committed change, if this store announces. A lost
+    /// announcement is made good by the tables' periodic resync.
+    async fn announce(&self, notice: KeyNotice) {
+        if let Some(n) = &self.notifier {
+            n.announce(&notice).await;
+        }
+    }
+
+    /// The pepper keys are hashed with.
+    pub fn pepper(&self) -> &Pepper {
+        &self.pepper
     }
 
     /// Applies the migrations not applied yet.
@@ -171,21 +238,27 @@ impl Store {
         &self,
         actor: &Actor,
         project_id: Uuid,
-        name: &str,
+        spec: &KeySpec,
     ) -> Result<(Uuid, NewKey), StoreError> {
         let id = Uuid::now_v7();
         let new = key::generate(&self.env, &self.pepper)?;
         let mut tx = self.pool.begin().await?;
         let done = sqlx::query(
-            "INSERT INTO api_keys (id, project_id, name, env, public_id, secret_hash) \
-             SELECT $1, id, $3, $4, $5, $6 FROM projects WHERE id = $2",
+            "INSERT INTO api_keys (id, project_id, name, env, public_id, secret_hash, \
+                                   scopes, allowed_cidrs, metadata, expires_at) \
+             SELECT $1, id, $3, $4, $5, $6, $7, $8, $9, to_timestamp($10::float8 / 1000) \
+             FROM projects WHERE id = $2",
         )
         .bind(id)
         .bind(project_id)
-        .bind(name)
+        .bind(&spec.name)
         .bind(&self.env)
         .bind(&new.public_id)
         .bind(&new.hash[..])
+        .bind(spec.scopes())
+        .bind(spec.cidrs())
+        .bind(&spec.metadata)
+        .bind(spec.expires_at_ms.map(|ms| ms as f64))
         .execute(&mut *tx)
         .await?;
         if done.rows_affected() == 0 {
@@ -196,11 +269,19 @@ impl Store {
             target_kind: "key",
             target_id: id.to_string(),
             before: None,
-            after: Some(json!({"id": id, "project_id": project_id, "name": name,
-                "public_id": new.public_id, "status": "active"})),
+            after: Some(
+                json!({"id": id, "project_id": project_id, "name": spec.name,
+                "public_id": new.public_id, "status": "active", "scopes": spec.scopes(),
+                "allowed_cidrs": spec.cidrs(), "metadata": spec.metadata,
+                "expires_at_ms": spec.expires_at_ms}),
+            ),
         };
         audit::append(&mut tx, actor, entry).await?;
         tx.commit().await?;
+        self.announce(KeyNotice::Changed {
+            public_id: new.public_id.clone(),
+        })
+        .await;
         Ok((id, new))
     }
 
@@ -241,18 +322,19 @@ impl Store {
         };
         audit::append(&mut tx, actor, entry).await?;
         tx.commit().await?;
+        self.announce(KeyNotice::Changed { public_id }).await;
         Ok(new)
     }
 
     /// Revokes key `id` (every secret of it, at once).
     pub async fn revoke_key(&self, actor: &Actor, id: Uuid) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        let before: Option<(String,)> =
-            sqlx::query_as("SELECT status FROM api_keys WHERE id = $1 FOR UPDATE")
+        let before: Option<(String, String)> =
+            sqlx::query_as("SELECT status, public_id FROM api_keys WHERE id = $1 FOR UPDATE")
                 .bind(id)
                 .fetch_optional(&mut *tx)
                 .await?;
-        let Some((status,)) = before else {
+        let Some((status, public_id)) = before else {
             return Err(StoreError::NotFound("key"));
         };
         sqlx::query("UPDATE api_keys SET status = 'revoked', updated_at = now() WHERE id = $1")
@@ -268,6 +350,7 @@ impl Store {
         };
         audit::append(&mut tx, actor, entry).await?;
         tx.commit().await?;
+        self.announce(KeyNotice::Revoked { public_id }).await;
         Ok(())
     }
 

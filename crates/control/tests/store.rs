@@ -2,42 +2,13 @@
 //! `SY_POSTGRES_URL` names it). Each test migrates a schema of its own.
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-use std::str::FromStr;
+mod common;
 
-use sqlx::postgres::PgConnectOptions;
-use sy_control::audit::{self, Actor, Broken};
-use sy_control::key::{KeyError, Pepper};
+use common::{actor, pepper, store};
+use sy_control::audit::{self, Broken};
+use sy_control::key::KeyError;
 use sy_control::keytable::{KeyTable, Refused};
-use sy_control::store::{Store, StoreError};
-
-fn actor() -> Actor {
-    Actor {
-        identity: "test-owner".into(),
-        role: "owner".into(),
-    }
-}
-
-fn pepper() -> Pepper {
-    Pepper::new(*b"test pepper, 32 bytes or more...").unwrap()
-}
-
-/// A store on a fresh schema, migrated.
-async fn store() -> Store {
-    let base = PgConnectOptions::from_str(&sy_test_support::postgres_url()).unwrap();
-    let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
-    let admin = Store::connect(base.clone(), pepper(), "test")
-        .await
-        .unwrap();
-    sqlx::query(&format!("CREATE SCHEMA {schema}"))
-        .execute(admin.pool())
-        .await
-        .unwrap();
-    let store = Store::connect(base.options([("search_path", &schema)]), pepper(), "test")
-        .await
-        .unwrap();
-    store.migrate().await.unwrap();
-    store
-}
+use sy_control::store::{KeySpec, Store, StoreError};
 
 /// Every row of every table of the store's schema, as JSON text.
 async fn dump(store: &Store) -> String {
@@ -68,7 +39,10 @@ async fn a_key_is_shown_once_and_no_table_holds_its_secret() {
     let s = store().await;
     let org = s.create_org(&actor(), "Acme").await.unwrap();
     let project = s.create_project(&actor(), org, "chatbot").await.unwrap();
-    let (id, new) = s.create_key(&actor(), project, "prod").await.unwrap();
+    let (id, new) = s
+        .create_key(&actor(), project, &KeySpec::named("prod"))
+        .await
+        .unwrap();
     let owner = s
         .authenticate(&new.key)
         .await
@@ -102,7 +76,10 @@ async fn a_rotated_key_keeps_its_id_and_the_old_secret_lives_only_through_its_gr
     let s = store().await;
     let org = s.create_org(&actor(), "Acme").await.unwrap();
     let project = s.create_project(&actor(), org, "p").await.unwrap();
-    let (id, old) = s.create_key(&actor(), project, "k").await.unwrap();
+    let (id, old) = s
+        .create_key(&actor(), project, &KeySpec::named("k"))
+        .await
+        .unwrap();
     let new = s.rotate_key(&actor(), id, 3600).await.unwrap();
     assert_eq!(new.public_id, old.public_id);
     for k in [&old.key, &new.key] {
@@ -126,8 +103,14 @@ async fn revoked_and_expired_keys_and_missing_owners_are_refused() {
     let s = store().await;
     let org = s.create_org(&actor(), "Acme").await.unwrap();
     let project = s.create_project(&actor(), org, "p").await.unwrap();
-    let (revoked, r) = s.create_key(&actor(), project, "r").await.unwrap();
-    let (expired, e) = s.create_key(&actor(), project, "e").await.unwrap();
+    let (revoked, r) = s
+        .create_key(&actor(), project, &KeySpec::named("r"))
+        .await
+        .unwrap();
+    let (expired, e) = s
+        .create_key(&actor(), project, &KeySpec::named("e"))
+        .await
+        .unwrap();
     s.revoke_key(&actor(), revoked).await.unwrap();
     sqlx::query("UPDATE api_keys SET expires_at = now() - interval '1 second' WHERE id = $1")
         .bind(expired)
@@ -146,11 +129,14 @@ async fn revoked_and_expired_keys_and_missing_owners_are_refused() {
         Err(StoreError::NotFound("org"))
     ));
     assert!(matches!(
-        s.create_key(&actor(), nobody, "k").await,
+        s.create_key(&actor(), nobody, &KeySpec::named("k")).await,
         Err(StoreError::NotFound("project"))
     ));
     // A disabled org takes its keys with it.
-    let (live, l) = s.create_key(&actor(), project, "l").await.unwrap();
+    let (live, l) = s
+        .create_key(&actor(), project, &KeySpec::named("l"))
+        .await
+        .unwrap();
     assert_eq!(s.authenticate(&l.key).await.unwrap().unwrap().key_id, live);
     sqlx::query("UPDATE orgs SET status = 'disabled'")
         .execute(s.pool())
@@ -196,7 +182,10 @@ async fn every_write_leaves_one_chained_audit_row_and_an_edit_is_named() {
     let s = store().await;
     let org = s.create_org(&actor(), "Acme").await.unwrap();
     let project = s.create_project(&actor(), org, "p").await.unwrap();
-    let (key, _) = s.create_key(&actor(), project, "k").await.unwrap();
+    let (key, _) = s
+        .create_key(&actor(), project, &KeySpec::named("k"))
+        .await
+        .unwrap();
     s.rotate_key(&actor(), key, 60).await.unwrap();
     s.revoke_key(&actor(), key).await.unwrap();
     // A refused write leaves no row.
@@ -266,9 +255,18 @@ async fn the_in_memory_table_loads_exactly_the_live_keys() {
     let s = store().await;
     let org = s.create_org(&actor(), "Acme").await.unwrap();
     let project = s.create_project(&actor(), org, "p").await.unwrap();
-    let (live, l) = s.create_key(&actor(), project, "live").await.unwrap();
-    let (revoked, r) = s.create_key(&actor(), project, "revoked").await.unwrap();
-    let (rotated, old) = s.create_key(&actor(), project, "rotated").await.unwrap();
+    let (live, l) = s
+        .create_key(&actor(), project, &KeySpec::named("live"))
+        .await
+        .unwrap();
+    let (revoked, r) = s
+        .create_key(&actor(), project, &KeySpec::named("revoked"))
+        .await
+        .unwrap();
+    let (rotated, old) = s
+        .create_key(&actor(), project, &KeySpec::named("rotated"))
+        .await
+        .unwrap();
     let new = s.rotate_key(&actor(), rotated, 3600).await.unwrap();
     s.revoke_key(&actor(), revoked).await.unwrap();
     let table = KeyTable::load(&s).await.unwrap();
@@ -278,11 +276,14 @@ async fn the_in_memory_table_loads_exactly_the_live_keys() {
         .unwrap()
         .as_millis() as i64;
     let p = pepper();
-    assert_eq!(table.authenticate(&p, &l.key, now).unwrap().key_id, live);
+    assert_eq!(
+        table.authenticate(&p, &l.key, now).unwrap().owner.key_id,
+        live
+    );
     assert_eq!(table.authenticate(&p, &r.key, now), Err(Refused::Unknown));
     for k in [&old.key, &new.key] {
         let owner = table.authenticate(&p, k, now).unwrap();
-        assert_eq!((owner.key_id, owner.org_id), (rotated, org));
+        assert_eq!((owner.owner.key_id, owner.owner.org_id), (rotated, org));
     }
     // The old secret's grace ends an hour from now, as the store said.
     assert_eq!(
@@ -290,4 +291,48 @@ async fn the_in_memory_table_loads_exactly_the_live_keys() {
         Err(Refused::Unknown)
     );
     assert!(table.authenticate(&p, &new.key, now + 3_601_000).is_ok());
+}
+
+#[tokio::test]
+async fn a_keys_scopes_networks_and_expiry_reach_the_table() {
+    let s = store().await;
+    let org = s.create_org(&actor(), "Acme").await.unwrap();
+    let project = s.create_project(&actor(), org, "p").await.unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let spec = KeySpec {
+        models: Some(vec!["gpt-4o-mini".into(), "auto".into()]),
+        expires_at_ms: Some(now + 60_000),
+        allowed_cidrs: vec!["10.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()],
+        metadata: serde_json::json!({"team": "search"}),
+        ..KeySpec::named("scoped")
+    };
+    let (id, k) = s.create_key(&actor(), project, &spec).await.unwrap();
+    let table = KeyTable::load(&s).await.unwrap();
+    let grant = table.authenticate(&pepper(), &k.key, now).unwrap();
+    assert_eq!(grant.owner.key_id, id);
+    assert!(grant.allows_model("auto") && !grant.allows_model("gpt-4o"));
+    assert!(grant.allows_addr("10.9.9.9".parse().unwrap()));
+    assert!(grant.allows_addr("::1".parse().unwrap()));
+    assert!(!grant.allows_addr("127.0.0.1".parse().unwrap()));
+    // Expiry to the millisecond PostgreSQL keeps (it stores microseconds).
+    assert!(table.authenticate(&pepper(), &k.key, now + 59_999).is_ok());
+    assert_eq!(
+        table.authenticate(&pepper(), &k.key, now + 60_000),
+        Err(Refused::Expired)
+    );
+    assert_eq!(table.grant_of(id).as_deref(), Some(&**grant));
+    // The audit row says what the key may do, never its secret.
+    let (after,): (String,) =
+        sqlx::query_as("SELECT after::text FROM audit_log WHERE action = 'key.create'")
+            .fetch_one(s.pool())
+            .await
+            .unwrap();
+    assert!(
+        after.contains("gpt-4o-mini") && after.contains("10.0.0.0/8"),
+        "{after}"
+    );
+    assert!(!after.contains(&k.key[k.key.len() - 20..]), "{after}");
 }

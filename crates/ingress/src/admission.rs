@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 pub(crate) use crate::classify::Hints;
 use crate::error::ApiError;
+use crate::extract::Caller;
 use crate::state::AppState;
 use crate::surface::chat::parse_chat;
 use crate::surface::{embeddings, messages, responses};
@@ -23,8 +24,8 @@ use crate::{classify, route, validate};
 /// item its place in the batch. Nothing of HTTP.
 pub(crate) struct Admission<'a> {
     pub request_id: Uuid,
-    /// The caller's key name.
-    pub key_id: &'a str,
+    /// Who is asking: the key, and what it may do.
+    pub caller: &'a Caller,
     /// What the client said about the request besides its body.
     pub hints: Hints<'a>,
     pub received_unix_ms: u64,
@@ -68,7 +69,7 @@ pub(crate) fn admit(
 ) -> Result<Admitted, (ApiError, Option<sy_classifier::Class>)> {
     let Admission {
         request_id,
-        key_id,
+        caller,
         hints,
         received_unix_ms,
         deadline_unix_ms,
@@ -84,6 +85,7 @@ pub(crate) fn admit(
     } else {
         (parse_request(surface, body).map_err(|e| (e, None))?, None)
     };
+    caller.may_use(&request.model).map_err(|e| (e, None))?;
     let base64 = embeddings
         .as_ref()
         .is_some_and(|e| e.encoding_format.as_deref() == Some("base64"));
@@ -134,7 +136,12 @@ pub(crate) fn admit(
         reply_to,
         received_unix_ms,
         deadline_unix_ms,
-        key_id: key_id.to_owned(),
+        key_id: caller.key_id.clone(),
+        org_id: caller.grant.as_ref().map(|g| g.owner.org_id.to_string()),
+        project_id: caller
+            .grant
+            .as_ref()
+            .map(|g| g.owner.project_id.to_string()),
         api: surface,
         model: route_name,
         provider,
@@ -327,10 +334,17 @@ targets = [{{ provider = "openai", model = "gpt-4o-mini" }}]
         crate::build(Arc::new(config), bus).await.unwrap().1
     }
 
+    fn file_key() -> &'static Caller {
+        Box::leak(Box::new(Caller {
+            key_id: "test".into(),
+            grant: None,
+        }))
+    }
+
     fn admission<'a>(hints: Hints<'a>, batch: Option<BatchItem>) -> Admission<'a> {
         Admission {
             request_id: Uuid::now_v7(),
-            key_id: "test",
+            caller: file_key(),
             hints,
             received_unix_ms: 1_000,
             deadline_unix_ms: 61_000,
@@ -432,5 +446,46 @@ targets = [{{ provider = "openai", model = "gpt-4o-mini" }}]
             "a batch item's answer goes to its batch"
         );
         assert_eq!(env.provider, "openai");
+    }
+
+    #[tokio::test]
+    async fn a_tenants_key_names_its_owner_and_is_held_to_its_scope() {
+        let state = state().await;
+        let owner = sy_control::store::KeyOwner {
+            key_id: Uuid::now_v7(),
+            project_id: Uuid::now_v7(),
+            org_id: Uuid::now_v7(),
+        };
+        let grant = sy_control::keytable::Grant {
+            models: Some(vec!["auto".to_owned()].into()),
+            ..sy_control::keytable::Grant::unrestricted(owner)
+        };
+        let caller = Caller {
+            key_id: owner.key_id.to_string(),
+            grant: Some(std::sync::Arc::new(grant)),
+        };
+        let admission = || Admission {
+            caller: &caller,
+            ..admission(Hints::default(), None)
+        };
+        let (e, class) = admit(&state, ApiSurface::ChatCompletions, CHAT, admission())
+            .err()
+            .unwrap();
+        assert_eq!(e.code, ErrorCode::PermissionDenied);
+        assert_eq!(e.status.as_u16(), 403);
+        assert!(
+            e.message.contains("'chain'") && e.message.contains("[auto]"),
+            "{}",
+            e.message
+        );
+        assert_eq!(class, None, "refused before it is classified");
+        let body = br#"{"model": "auto", "messages": [{"role": "user", "content": "hi"}]}"#;
+        let a = admit(&state, ApiSurface::ChatCompletions, body, admission())
+            .map_err(|(e, _)| e)
+            .unwrap();
+        let env = &a.envelope;
+        assert_eq!(env.key_id, owner.key_id.to_string());
+        assert_eq!(env.org_id, Some(owner.org_id.to_string()));
+        assert_eq!(env.project_id, Some(owner.project_id.to_string()));
     }
 }

@@ -57,7 +57,7 @@ pub(crate) async fn list_models(
 
 pub(crate) async fn get_usage(
     State(state): State<Arc<AppState>>,
-    extract::Caller(key_id): extract::Caller,
+    extract::Caller { key_id, .. }: extract::Caller,
     axum::extract::Query(params): axum::extract::Query<HashMap<String, String>>,
 ) -> Response {
     match usage::usage(state.clickhouse.as_ref(), &key_id, &params).await {

@@ -97,6 +97,8 @@ fn envelope(surface: ApiSurface, body: &[u8]) -> Option<RequestEnvelope> {
         received_unix_ms: 1,
         deadline_unix_ms: 2,
         key_id: "k".into(),
+        org_id: None,
+        project_id: None,
         api: surface,
         model: "m".into(),
         provider: "p".into(),

@@ -52,6 +52,7 @@ impl ApiError {
     fn openai_type(&self) -> &'static str {
         match self.status.as_u16() {
             401 => "authentication_error",
+            403 => "permission_error",
             429 => "rate_limit_error",
             400..=499 => "invalid_request_error",
             503 if self.code == ErrorCode::Overloaded => "server_error",

@@ -15,7 +15,10 @@ use axum::http::request::Parts;
 use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use sy_protocol::{ApiSurface, ErrorCode};
+use std::net::IpAddr;
+use sy_control::key::KeyError;
+use sy_control::keytable::{Grant, Refused};
+use sy_protocol::{ApiSurface, ErrorCode, now_unix_ms};
 use uuid::Uuid;
 
 use crate::error::ApiError;
@@ -30,9 +33,41 @@ pub(crate) fn surface_of_path(path: &str) -> ApiSurface {
     }
 }
 
-/// The authenticated caller: the key's name (later its org and project).
+/// The authenticated caller: a tenant's key (its grant says whose it is and
+/// what it may do), or a development key from the config file.
 #[derive(Debug, Clone)]
-pub(crate) struct Caller(pub String);
+pub(crate) struct Caller {
+    /// The key's id (a UUID) for a tenant's key, its name for a file key:
+    /// what usage rows, files and batches are recorded under.
+    pub key_id: String,
+    /// A tenant's key's owner and scope; none for a file key (any model).
+    pub grant: Option<Arc<Grant>>,
+}
+
+impl Caller {
+    /// Whether the caller may name `model`; a 403 naming the scope if not.
+    pub(crate) fn may_use(&self, model: &str) -> Result<(), ApiError> {
+        match &self.grant {
+            Some(g) if !g.allows_model(model) => {
+                let allowed = g.models.as_deref().unwrap_or_default().join(", ");
+                Err(ApiError {
+                    param: Some("model".into()),
+                    ..ApiError::new(
+                        ErrorCode::PermissionDenied,
+                        format!(
+                            "This API key may not use model '{model}': its scope allows only [{allowed}]."
+                        ),
+                    )
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The client's address, as the connection came (set by `intake::serve`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Peer(pub std::net::SocketAddr);
 
 /// The request's id, given by [`identify`] (UUIDv7): in every usage row, log
 /// line and `x-switchyard-request-id` header of the request.
@@ -48,9 +83,9 @@ pub(crate) async fn identify(
 ) -> Response {
     let request_id = Uuid::now_v7();
     req.extensions_mut().insert(RequestId(request_id));
-    match authenticate(&state, req.headers()) {
-        Ok(key) => {
-            let caller = Caller(key.to_owned());
+    let peer = req.extensions().get::<Peer>().map(|p| p.0.ip());
+    match authenticate(&state, req.headers()).and_then(|c| from_allowed_network(c, peer)) {
+        Ok(caller) => {
             req.extensions_mut().insert(caller);
             next.run(req).await
         }
@@ -65,12 +100,28 @@ pub(crate) async fn identify(
     }
 }
 
-/// The caller's key name. The key comes as `Authorization: Bearer KEY` (OpenAI
-/// clients) or `x-api-key: KEY` (Anthropic clients), on every endpoint.
-fn authenticate<'a>(
-    state: &'a AppState,
-    headers: &axum::http::HeaderMap,
-) -> Result<&'a str, ApiError> {
+/// The caller, if its key may be used from `peer`: a key with allowed
+/// networks is refused (403) from any other address, and when the address is
+/// unknown.
+fn from_allowed_network(caller: Caller, peer: Option<IpAddr>) -> Result<Caller, ApiError> {
+    match (&caller.grant, peer) {
+        (Some(g), _) if g.allowed_cidrs.is_empty() => Ok(caller),
+        (Some(g), Some(ip)) if g.allows_addr(ip) => Ok(caller),
+        (Some(_), _) => Err(ApiError::new(
+            ErrorCode::PermissionDenied,
+            format!(
+                "This API key may not be used from {}: it is limited to its allowed networks.",
+                peer.map_or_else(|| "an unknown address".to_owned(), |ip| ip.to_string())
+            ),
+        )),
+        (None, _) => Ok(caller),
+    }
+}
+
+/// The caller. The key comes as `Authorization: Bearer KEY` (OpenAI clients)
+/// or `x-api-key: KEY` (Anthropic clients), on every endpoint; a key from the
+/// config file is looked up first, then the tenants' table (memory only).
+fn authenticate(state: &AppState, headers: &axum::http::HeaderMap) -> Result<Caller, ApiError> {
     let bearer = headers.get(header::AUTHORIZATION).map(|value| {
         value
             .to_str()
@@ -91,11 +142,29 @@ fn authenticate<'a>(
             "You didn't provide an API key. Send it in the Authorization header as 'Bearer KEY' (or as x-api-key).",
         ));
     };
-    state
-        .keys
-        .get(token)
-        .map(String::as_str)
-        .ok_or_else(|| ApiError::new(ErrorCode::Unauthenticated, "Incorrect API key provided."))
+    if let Some(name) = state.keys.get(token) {
+        return Ok(Caller {
+            key_id: name.clone(),
+            grant: None,
+        });
+    }
+    let incorrect = || ApiError::new(ErrorCode::Unauthenticated, "Incorrect API key provided.");
+    let Some(tenants) = &state.tenants else {
+        return Err(incorrect());
+    };
+    let now_ms = i64::try_from(now_unix_ms()).unwrap_or(i64::MAX);
+    match tenants.authenticate(token, now_ms) {
+        Ok(grant) => Ok(Caller {
+            key_id: grant.owner.key_id.to_string(),
+            grant: Some(grant),
+        }),
+        Err(Refused::Unknown | Refused::Malformed(KeyError::Malformed)) => Err(incorrect()),
+        // A checksum miss is a typo (or a made-up key); an expired key, expired.
+        Err(why) => Err(ApiError::new(
+            ErrorCode::Unauthenticated,
+            format!("Incorrect API key provided: {why}."),
+        )),
+    }
 }
 
 /// What a handler outside [`identify`] gets: a bug, never a client's fault.

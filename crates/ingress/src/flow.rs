@@ -78,14 +78,10 @@ async fn chat(
 ) -> Result<Response, ChatError> {
     let received_unix_ms = now_unix_ms();
     let (parts, body) = req.into_parts();
-    let key_id = parts
-        .extensions
-        .get::<extract::Caller>()
-        .map(|c| c.0.as_str())
-        .ok_or_else(|| {
-            let e = ApiError::new(ErrorCode::Internal, "the request was not authenticated");
-            (e, None, None)
-        })?;
+    let caller = parts.extensions.get::<extract::Caller>().ok_or_else(|| {
+        let e = ApiError::new(ErrorCode::Internal, "the request was not authenticated");
+        (e, None, None)
+    })?;
     check_content_type(&parts.headers).map_err(|e| (e, None, None))?;
     let body = read_body(state.max_body_bytes, &parts.headers, body)
         .await
@@ -96,7 +92,7 @@ async fn chat(
         &body,
         admission::Admission {
             request_id,
-            key_id,
+            caller,
             hints: admission::Hints::from_headers(&parts.headers),
             received_unix_ms,
             deadline_unix_ms: received_unix_ms + state.request_timeout.as_millis() as u64,

@@ -86,7 +86,7 @@ where
         let key_id = parts
             .extensions
             .get::<crate::extract::Caller>()
-            .map(|c| c.0.clone())
+            .map(|c| c.key_id.clone())
             .ok_or_else(|| {
                 ApiError::new(ErrorCode::Internal, "the request was not authenticated")
             })?;

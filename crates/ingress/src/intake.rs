@@ -253,8 +253,8 @@ pub(crate) async fn serve(
             a = listener.accept() => a,
             () = shutdown.cancelled() => break,
         };
-        let tcp = match accepted {
-            Ok((tcp, _)) => tcp,
+        let (tcp, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(e) => {
                 // Out of file descriptors and the like: wait rather than spin.
                 tracing::warn!(error = %e, "Accepting a connection failed.");
@@ -267,7 +267,16 @@ pub(crate) async fn serve(
             tokio::spawn(refuse(tcp, limits.max_connections));
             continue;
         };
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        // Every request of the connection knows its client's address (a key
+        // may be limited to some networks).
+        let service = tower::ServiceExt::map_request(
+            app.clone(),
+            move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(crate::extract::Peer(peer));
+                req
+            },
+        );
+        let service = hyper_util::service::TowerToHyperService::new(service);
         let conn = graceful.watch(http.serve_connection(TokioIo::new(tcp), service));
         tokio::spawn(async move {
             if let Err(e) = conn.await {

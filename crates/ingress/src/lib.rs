@@ -31,6 +31,7 @@ mod respond;
 mod route;
 mod state;
 pub mod surface;
+mod tenants;
 mod usage;
 mod validate;
 
@@ -72,6 +73,9 @@ pub enum IngressError {
     /// The classifier's artifact did not load.
     #[error("classifier: {0}")]
     Classifier(String),
+    /// The tenants' key table could not be loaded from the control plane.
+    #[error("tenants' keys: {0}")]
+    Tenants(String),
 }
 
 /// Serves the API on `config.server.listen` until `shutdown` fires, then drains.
@@ -213,6 +217,10 @@ async fn build(config: Arc<Config>, bus: Bus) -> Result<(Router, Arc<AppState>),
             None
         }
     };
+    let tenants = match &config.tenants {
+        Some(_) => Some(tenants::follow(&config, &bus).await?),
+        None => None,
+    };
     let limits = Arc::new(intake::Limits::new(&config.server));
     let live = Arc::new(sy_router::live::LiveTable::new(config.health));
     live::start(&bus, &live, config.providers.keys().cloned().collect()).await?;
@@ -226,6 +234,7 @@ async fn build(config: Arc<Config>, bus: Bus) -> Result<(Router, Arc<AppState>),
             .iter()
             .map(|k| (k.key.expose().to_owned(), k.name.clone()))
             .collect(),
+        tenants,
         routing: std::sync::RwLock::new(Arc::new(crate::state::Routing::from_config(&config))),
         max_body_bytes: config.server.max_body_bytes,
         limits: limits.clone(),

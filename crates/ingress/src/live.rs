@@ -96,7 +96,7 @@ pub(crate) struct ForceBody {
 /// lands).
 pub(crate) async fn force(
     State(state): State<Arc<AppState>>,
-    Caller(by): Caller,
+    Caller { key_id: by, .. }: Caller,
     req: axum::extract::Request,
 ) -> Response {
     let (parts, body) = req.into_parts();

@@ -17,7 +17,10 @@ pub(crate) struct AppState {
     pub(crate) bus: Bus,
     pub(crate) replies: ReplyRouter,
     pub(crate) ingress_id: String,
+    /// Keys from the config file (development keys): token → name.
     pub(crate) keys: HashMap<String, String>,
+    /// Tenants' keys, from the control plane (when `[tenants]` is on).
+    pub(crate) tenants: Option<Arc<sy_control::feed::LiveKeys>>,
     pub(crate) routing: std::sync::RwLock<Arc<Routing>>,
     pub(crate) max_body_bytes: usize,
     /// Bounds on connections and on bodies being received.
@@ -34,6 +37,24 @@ pub(crate) struct AppState {
 }
 
 impl AppState {
+    /// The caller a stored key id (a batch's) stands for now: a file key by
+    /// name, a tenant's live key by id; none once the key is gone (revoked,
+    /// or removed from the file).
+    pub(crate) fn caller_by_key_id(&self, key_id: &str) -> Option<crate::extract::Caller> {
+        if self.keys.values().any(|name| name == key_id) {
+            return Some(crate::extract::Caller {
+                key_id: key_id.to_owned(),
+                grant: None,
+            });
+        }
+        let id = uuid::Uuid::parse_str(key_id).ok()?;
+        let grant = self.tenants.as_ref()?.grant_of(id)?;
+        Some(crate::extract::Caller {
+            key_id: key_id.to_owned(),
+            grant: Some(grant),
+        })
+    }
+
     /// The routing table now (models and routers); a reload swaps it whole.
     pub(crate) fn routing(&self) -> Arc<Routing> {
         match self.routing.read() {

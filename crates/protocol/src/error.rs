@@ -10,6 +10,9 @@ pub enum ErrorCode {
     InvalidRequest,
     /// No key, or a key Switchyard does not know (401).
     Unauthenticated,
+    /// The key is valid but may not do this: a model outside its scope, a
+    /// client address outside its allowed networks (403).
+    PermissionDenied,
     /// No route serves the requested model (404).
     ModelNotFound,
     /// No such endpoint (404).
@@ -52,6 +55,7 @@ impl ErrorCode {
             | ErrorCode::ContextLengthExceeded
             | ErrorCode::ContentFiltered => 400,
             ErrorCode::Unauthenticated => 401,
+            ErrorCode::PermissionDenied => 403,
             ErrorCode::ModelNotFound | ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::PayloadTooLarge => 413,
@@ -70,6 +74,7 @@ impl ErrorCode {
         match self {
             ErrorCode::InvalidRequest => "invalid_request",
             ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::PermissionDenied => "permission_denied",
             ErrorCode::ModelNotFound => "model_not_found",
             ErrorCode::NotFound => "not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
@@ -103,6 +108,7 @@ mod tests {
     fn wire_name_matches_as_str() {
         for code in [
             ErrorCode::InvalidRequest,
+            ErrorCode::PermissionDenied,
             ErrorCode::ModelNotFound,
             ErrorCode::RateLimited,
             ErrorCode::DeadlineExceeded,

@@ -52,8 +52,15 @@ pub struct RequestEnvelope {
     pub received_unix_ms: u64,
     /// After this instant nobody waits for the answer: workers drop the request.
     pub deadline_unix_ms: u64,
-    /// The API key's name (tenant identity until tenancy lands).
+    /// The API key: its id for a tenant's key (a UUID), its name for a key
+    /// from the config file.
     pub key_id: String,
+    /// The key's org (none for a key from the config file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org_id: Option<String>,
+    /// The key's project (none for a key from the config file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project_id: Option<String>,
     /// The client API the request came in on.
     pub api: ApiSurface,
     /// The model the client asked for (a model or a router name): the

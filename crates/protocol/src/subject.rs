@@ -25,6 +25,12 @@ impl Subjects {
         &self.ns
     }
 
+    /// Where the control plane announces a change to an API key (core NATS):
+    /// every ingress applies it to its key table.
+    pub fn key_notices(&self) -> String {
+        format!("{}.control.keys", self.ns)
+    }
+
     /// Where the ingress publishes a request for `provider` on `route` (both tokens).
     pub fn request(&self, provider: &str, route: &str) -> String {
         format!("{}.req.{provider}.{route}", self.ns)

@@ -37,7 +37,7 @@ use sy_protocol::batch::{
     BatchError, BatchErrors, BatchItem, BatchJob, BatchObject, BatchRecord, BatchResult,
     BatchStatus,
 };
-use sy_protocol::{ApiSurface, FinalFrame, FrameError, ReplyFrame, now_unix_ms};
+use sy_protocol::{ApiSurface, ErrorCode, FinalFrame, FrameError, ReplyFrame, now_unix_ms};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
@@ -520,9 +520,18 @@ async fn dispatch(
     expires_ms: u64,
 ) -> Result<(), sy_bus::BusError> {
     let request_id = item.request_id();
+    // The batch runs under its key as the key is now: a revoked key's
+    // items fail, a narrowed scope holds.
+    let Some(caller) = state.caller_by_key_id(&record.key_id) else {
+        let e = FrameError::new(
+            ErrorCode::Unauthenticated,
+            "The batch's API key was revoked or removed.",
+        );
+        return state.bus.publish_batch_result(&error_result(item, e)).await;
+    };
     let admission = Admission {
         request_id,
-        key_id: &record.key_id,
+        caller: &caller,
         hints: Hints::default(),
         received_unix_ms: now_unix_ms(),
         deadline_unix_ms: expires_ms,
@@ -555,11 +564,11 @@ async fn create_native(
             line: None,
         });
     }
-    if !state.keys.values().any(|k| k == &job.key_id) {
+    if state.caller_by_key_id(&job.key_id).is_none() {
         fail(
             &mut problem,
             "invalid_key",
-            format!("key_id '{}' names no configured API key.", job.key_id),
+            format!("key_id '{}' names no live API key.", job.key_id),
         );
     }
     if let Err(e) = super::check_job(job, &stores.config.webhook_allow) {

@@ -37,7 +37,7 @@ struct CreateBatch {
 /// `POST /v1/batches`.
 pub(crate) async fn create(
     State(state): State<Arc<AppState>>,
-    Caller(key_id): Caller,
+    Caller { key_id, .. }: Caller,
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Result<Response, ApiError> {
@@ -110,7 +110,7 @@ pub(crate) async fn create(
 /// `GET /v1/batches/{id}`.
 pub(crate) async fn get(
     State(state): State<Arc<AppState>>,
-    Caller(key_id): Caller,
+    Caller { key_id, .. }: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let key_id = key_id.as_str();
@@ -121,7 +121,7 @@ pub(crate) async fn get(
 /// `GET /v1/batches?limit=&after=`: newest first.
 pub(crate) async fn list(
     State(state): State<Arc<AppState>>,
-    Caller(key_id): Caller,
+    Caller { key_id, .. }: Caller,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let key_id = key_id.as_str();
@@ -179,7 +179,7 @@ pub(crate) async fn list(
 /// the batch ends `cancelled` with partial files.
 pub(crate) async fn cancel(
     State(state): State<Arc<AppState>>,
-    Caller(key_id): Caller,
+    Caller { key_id, .. }: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let key_id = key_id.as_str();

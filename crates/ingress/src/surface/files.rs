@@ -21,7 +21,7 @@ use crate::state::AppState;
 /// `POST /v1/files`.
 pub(crate) async fn upload(
     State(state): State<Arc<AppState>>,
-    Caller(key_id): Caller,
+    Caller { key_id, .. }: Caller,
     headers: HeaderMap,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Result<Response, ApiError> {
@@ -123,7 +123,7 @@ async fn upload_inner(
 /// `GET /v1/files`.
 pub(crate) async fn list_files(
     State(state): State<Arc<AppState>>,
-    Caller(key_id): Caller,
+    Caller { key_id, .. }: Caller,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let key_id = key_id.as_str();
@@ -155,7 +155,7 @@ pub(crate) async fn list_files(
 /// `GET /v1/files/{id}`.
 pub(crate) async fn get_file(
     State(state): State<Arc<AppState>>,
-    Caller(key_id): Caller,
+    Caller { key_id, .. }: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let key_id = key_id.as_str();
@@ -166,7 +166,7 @@ pub(crate) async fn get_file(
 /// `GET /v1/files/{id}/content`.
 pub(crate) async fn file_content(
     State(state): State<Arc<AppState>>,
-    Caller(key_id): Caller,
+    Caller { key_id, .. }: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let key_id = key_id.as_str();
@@ -189,7 +189,7 @@ pub(crate) async fn file_content(
 /// `DELETE /v1/files/{id}`.
 pub(crate) async fn delete_file(
     State(state): State<Arc<AppState>>,
-    Caller(key_id): Caller,
+    Caller { key_id, .. }: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let key_id = key_id.as_str();
