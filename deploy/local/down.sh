@@ -11,4 +11,5 @@ for name in openai anthropic gemini cohere vllm; do
 done
 stop_nats
 stop_clickhouse
+stop_postgres
 say "Stopped what deploy/local/up.sh started."

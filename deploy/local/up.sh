@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Brings up the whole local stack: NATS (JetStream), ClickHouse (usage rows),
+# PostgreSQL (tenants and keys),
 # mock providers `openai`, `anthropic`, `gemini`, `cohere` and `vllm` on 8081-8085, and `switchyard all`
 # (ingress, workers, accounting) on 8080, then prints a curl example. Idempotent: whatever already answers is left alone; only what
 # this script starts is recorded for deploy/local/down.sh to stop.
@@ -13,11 +14,12 @@ TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 
 ensure_nats
 ensure_clickhouse
+ensure_postgres
 
 say "Building Switchyard (release)"
 cargo build --release --locked --bin switchyard --bin mock-provider
 
-say "Applying ClickHouse migrations"
+say "Applying the ClickHouse and PostgreSQL migrations"
 "$TARGET/release/switchyard" --config "$CONFIG" migrate
 
 # One mock instance per provider entry (every instance speaks every dialect; the
@@ -92,6 +94,17 @@ A batch, from the repository root (OpenAI's Batches API; the openai SDK works to
 
   for i in 1 2 3; do echo '{"custom_id":"q'$i'","method":"POST","url":"/v1/chat/completions","body":{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Question '$i'"}]}}'; done > /tmp/batch.jsonl
   SWITCHYARD_API_KEY=sk-sy-local-dev target/release/switchyard batch submit /tmp/batch.jsonl --wait
+
+Tenants (orgs -> projects -> API keys, docs/tenancy.md) through the admin API,
+with the local owner token (a development token: docs/admin-api.md):
+
+  export SWITCHYARD_ADMIN_TOKEN=sk-sy-admin-local-dev
+  sy=target/release/switchyard
+  org=$($sy admin orgs create Acme --json | jq -r .id)
+  project=$($sy admin projects create --org "$org" web --json | jq -r .id)
+  $sy admin keys create --project "$project" --model gpt-4o-mini prod   # prints the key once
+  $sy admin keys list
+  curl -s http://127.0.0.1:8080/admin/v1/audit -H "Authorization: Bearer $SWITCHYARD_ADMIN_TOKEN"
 
  Stop everything this script started with: deploy/local/down.sh
 MSG

@@ -73,10 +73,7 @@ async fn admin_audit_verify_checks_the_chain_in_the_database_and_names_an_edited
     .await
     .unwrap();
     store.migrate().await.unwrap();
-    let actor = sy_control::audit::Actor {
-        identity: "ops".into(),
-        role: "owner".into(),
-    };
+    let actor = sy_control::audit::Actor::local("ops", "owner");
     let org = store.create_org(&actor, "Acme").await.unwrap();
     store.create_project(&actor, org, "p").await.unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -126,10 +123,7 @@ async fn tenants_store(prefix: &str) -> (sy_control::store::Store, String) {
 }
 
 fn owner() -> sy_control::audit::Actor {
-    sy_control::audit::Actor {
-        identity: "e2e".into(),
-        role: "owner".into(),
-    }
+    sy_control::audit::Actor::local("e2e", "owner")
 }
 
 fn now_ms() -> i64 {
@@ -363,4 +357,131 @@ async fn a_revoked_key_is_refused_by_a_second_ingress_within_a_second() {
         delays[49]
     );
     assert!(p99 < std::time::Duration::from_secs(1), "p99 {p99:?}");
+}
+
+const ADMIN: &str = "sk-sy-admin-e2e-token-1";
+
+/// `switchyard admin --url URL --token ADMIN <args>`: stdout, or a panic with stderr.
+fn admin_cli(url: &str, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["admin", "--url", url, "--token", ADMIN])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_on_the_ingress_and_its_cli_make_keys_that_work_at_once() {
+    let (_, sections) = tenants_store("c").await;
+    let sections = format!(
+        "{sections}\n[[admin_tokens]]\nname = \"ops\"\ntoken = \"{ADMIN}\"\nrole = \"owner\"\n"
+    );
+    let stack = Stack::start_with(StackOptions {
+        sections,
+        ..Default::default()
+    })
+    .await;
+    let base = stack.url("");
+    let base = base.trim_end_matches('/');
+    let json = |args: &[&str]| -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        serde_json::from_str(&admin_cli(base, &all)).unwrap()
+    };
+    let org = json(&["orgs", "create", "Acme"]);
+    let org_id = org["id"].as_str().unwrap().to_owned();
+    let project = json(&["projects", "create", "--org", &org_id, "web"]);
+    let project_id = project["id"].as_str().unwrap().to_owned();
+    let key = json(&[
+        "keys",
+        "create",
+        "--project",
+        &project_id,
+        "--model",
+        "gpt-4o-mini",
+        "prod",
+    ]);
+    let secret = key["key"].as_str().unwrap().to_owned();
+    let key_id = key["id"].as_str().unwrap().to_owned();
+    let status = |token: String, model: &'static str| {
+        let req = stack
+            .http
+            .post(stack.url("/v1/chat/completions"))
+            .bearer_auth(token)
+            .json(&body(model, "hi"));
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    // Usable at once (the ingress applied the announcement), within its scope.
+    let mut code = 0;
+    for _ in 0..100 {
+        code = status(secret.clone(), "gpt-4o-mini").await;
+        if code == 200 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(code, 200);
+    assert_eq!(status(secret.clone(), "claude-sonnet-4-5").await, 403);
+    // The table view names the key by its prefix, never its secret.
+    let table = admin_cli(base, &["keys", "list", "--project", &project_id]);
+    assert!(
+        table.starts_with("ID") && table.contains(key["prefix"].as_str().unwrap()),
+        "{table}"
+    );
+    assert!(!table.contains(&secret), "{table}");
+    // An admin token is no API key, and an API key no admin token.
+    let resp = stack
+        .http
+        .post(stack.url("/v1/chat/completions"))
+        .bearer_auth(ADMIN)
+        .json(&body("gpt-4o-mini", "hi"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    assert!(resp.text().await.unwrap().contains("admin token"));
+    let resp = stack
+        .http
+        .get(stack.url("/admin/v1/whoami"))
+        .bearer_auth(&secret)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    // Revoked from the command line: refused at once.
+    let revoked = json(&["keys", "revoke", &key_id]);
+    assert_eq!(revoked["status"], "revoked");
+    let started = std::time::Instant::now();
+    while status(secret.clone(), "gpt-4o-mini").await != 401 {
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    }
+    let audit = admin_cli(base, &["audit", "list", "--target", &key_id]);
+    assert!(
+        audit.contains("key.revoke") && audit.contains("ops"),
+        "{audit}"
+    );
+    // A wrong token: a clear error, exit status 1.
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args([
+            "admin",
+            "--url",
+            base,
+            "--token",
+            "nope-nope-nope-nope",
+            "orgs",
+            "list",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("401"),
+        "{out:?}"
+    );
 }

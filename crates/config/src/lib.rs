@@ -21,13 +21,14 @@ mod validate;
 pub use env::{EnvSource, MapEnv, ProcessEnv, interpolate};
 pub use error::{ConfigError, ConfigErrors, LoadError};
 pub use raw::{
-    RawAccounting, RawBatch, RawBilling, RawClickhouse, RawConfig, RawHealth, RawKey, RawModel,
-    RawNats, RawPostgres, RawPrice, RawProvider, RawServer, RawTarget, RawTenants,
+    RawAccounting, RawAdminToken, RawBatch, RawBilling, RawClickhouse, RawConfig, RawHealth,
+    RawKey, RawModel, RawNats, RawPostgres, RawPrice, RawProvider, RawServer, RawTarget,
+    RawTenants,
 };
 pub use settings::{
-    AccountingConfig, ApiKey, BatchConfig, ClickhouseConfig, Config, HealthConfig,
-    MAX_RUNNING_BATCHES, ModelRoute, NatsConfig, PROVIDER_KINDS, PostgresConfig, ProviderConfig,
-    ProviderKind, RoutePolicy, Secret, ServerConfig, Target, TenantsConfig,
+    ADMIN_ROLES, AccountingConfig, AdminToken, ApiKey, BatchConfig, ClickhouseConfig, Config,
+    HealthConfig, MAX_RUNNING_BATCHES, ModelRoute, NatsConfig, PROVIDER_KINDS, PostgresConfig,
+    ProviderConfig, ProviderKind, RoutePolicy, Secret, ServerConfig, Target, TenantsConfig,
 };
 
 use std::path::Path;

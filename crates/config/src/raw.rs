@@ -15,6 +15,10 @@ pub struct RawConfig {
     /// Static API keys accepted by the ingress.
     #[serde(default)]
     pub keys: Vec<RawKey>,
+    /// Admin API tokens from the config (local development, or
+    /// `"${SWITCHYARD_ADMIN_TOKEN}"` in production).
+    #[serde(default)]
+    pub admin_tokens: Vec<RawAdminToken>,
     /// Provider entries by name; the name is used in subjects, headers and analytics.
     #[serde(default)]
     pub providers: BTreeMap<String, RawProvider>,
@@ -304,6 +308,21 @@ pub struct RawKey {
     pub name: String,
     /// The bearer token clients send.
     pub key: String,
+}
+
+/// `[[admin_tokens]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdminToken {
+    /// Who this is, as the audit log names it.
+    pub name: String,
+    /// The bearer token.
+    pub token: String,
+    /// `owner`, `admin`, `operator`, `billing` or `viewer`.
+    pub role: String,
+    /// Limits the token to one org (its UUID); none: the whole deployment.
+    #[serde(default)]
+    pub org_id: Option<String>,
 }
 
 /// `[providers.<name>]`.

@@ -42,6 +42,8 @@ pub struct Config {
     pub nats: NatsConfig,
     /// Accepted API keys.
     pub keys: Vec<ApiKey>,
+    /// Admin API tokens from the config.
+    pub admin_tokens: Vec<AdminToken>,
     /// Provider entries by name.
     pub providers: BTreeMap<String, ProviderConfig>,
     /// Model routes by the name clients use.
@@ -230,6 +232,22 @@ pub struct ApiKey {
     pub name: String,
     /// The token.
     pub key: Secret,
+}
+
+/// The roles an admin token may have, from most to least powerful.
+pub const ADMIN_ROLES: &[&str] = &["owner", "admin", "operator", "billing", "viewer"];
+
+/// An admin API token from the config.
+#[derive(Debug, Clone)]
+pub struct AdminToken {
+    /// Who it is (the audit log's actor).
+    pub name: String,
+    /// The bearer token.
+    pub token: Secret,
+    /// One of [`ADMIN_ROLES`].
+    pub role: String,
+    /// The org it is limited to (a UUID), if any.
+    pub org_id: Option<String>,
 }
 
 /// The dialect a provider speaks.

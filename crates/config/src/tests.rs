@@ -34,6 +34,12 @@ fn local_stack_config_is_valid() {
             .iter()
             .any(|k| k.key.expose() == "sk-sy-local-dev")
     );
+    let owner = &config.admin_tokens[0];
+    assert_eq!(
+        (owner.token.expose(), owner.role.as_str()),
+        ("sk-sy-admin-local-dev", "owner")
+    );
+    assert!(config.tenants.is_some() && config.postgres.is_some());
     for model in ["gpt-4o-mini", "gpt-4o"] {
         assert_eq!(config.models[model].targets[0].provider, "openai");
     }
@@ -91,6 +97,27 @@ fn tenants_need_postgres_a_long_pepper_and_a_short_env() {
     assert_eq!(t.key_pepper.expose(), "0123456789abcdef0123456789abcdef");
     assert_eq!((t.key_env.as_str(), t.resync.as_secs()), ("live", 60));
     assert!(!format!("{t:?}").contains("0123456789"));
+}
+
+#[test]
+fn admin_tokens_need_a_known_role_a_long_token_and_an_org_id() {
+    let p = problems(
+        "[[keys]]\nname = \"k\"\nkey = \"sk-shared-key-1234\"\n\
+         [[admin_tokens]]\nname = \"a\"\ntoken = \"short\"\nrole = \"root\"\norg_id = \"acme\"\n\
+         [[admin_tokens]]\nname = \"b\"\ntoken = \"sk-shared-key-1234\"\nrole = \"viewer\"\n",
+    );
+    for field in [
+        "admin_tokens[0].token",
+        "admin_tokens[0].role",
+        "admin_tokens[0].org_id",
+        "admin_tokens[1].token",
+    ] {
+        assert!(p.iter().any(|s| s.starts_with(field)), "{field}: {p:?}");
+    }
+    assert!(
+        !p.iter().any(|s| s.contains("sk-shared")),
+        "tokens are not echoed: {p:?}"
+    );
 }
 
 #[test]

@@ -8,10 +8,10 @@ use url::Url;
 
 use crate::price::{Price, parse_nanos};
 use crate::{
-    AccountingConfig, ApiKey, BatchConfig, ClickhouseConfig, Config, ConfigError, ConfigErrors,
-    HealthConfig, MAX_RUNNING_BATCHES, ModelRoute, NatsConfig, PROVIDER_KINDS, PostgresConfig,
-    ProviderConfig, ProviderKind, RawConfig, RoutePolicy, Secret, ServerConfig, Target,
-    TenantsConfig,
+    AccountingConfig, AdminToken, ApiKey, BatchConfig, ClickhouseConfig, Config, ConfigError,
+    ConfigErrors, HealthConfig, MAX_RUNNING_BATCHES, ModelRoute, NatsConfig, PROVIDER_KINDS,
+    PostgresConfig, ProviderConfig, ProviderKind, RawConfig, RoutePolicy, Secret, ServerConfig,
+    Target, TenantsConfig,
 };
 
 /// The policy keys as written in `[models."<name>"]` or `[routers."<name>"]`.
@@ -200,6 +200,55 @@ impl Config {
             keys.push(ApiKey {
                 name: k.name,
                 key: Secret::new(k.key),
+            });
+        }
+
+        let mut admin_tokens = Vec::new();
+        for (i, t) in raw.admin_tokens.into_iter().enumerate() {
+            let at = |field: &str| format!("admin_tokens[{i}].{field}");
+            if t.name.trim().is_empty() {
+                e.push(ConfigError::new(at("name"), "must not be empty"));
+            }
+            if t.token.len() < 16 {
+                e.push(ConfigError::new(
+                    at("token"),
+                    "must be at least 16 characters",
+                ));
+            }
+            if seen_keys.contains_key(&t.token) {
+                e.push(ConfigError::new(
+                    at("token"),
+                    "the same as an API key: an admin token must not be an API key",
+                ));
+            }
+            if !crate::ADMIN_ROLES.contains(&t.role.as_str()) {
+                e.push(ConfigError::new(
+                    at("role"),
+                    format!("must be one of {}", crate::ADMIN_ROLES.join(", ")),
+                ));
+            }
+            if let Some(org) = &t.org_id
+                && !is_uuid(org)
+            {
+                e.push(ConfigError::new(
+                    at("org_id"),
+                    "must be an org's id (a UUID)",
+                ));
+            }
+            if admin_tokens
+                .iter()
+                .any(|o: &AdminToken| o.token.expose() == t.token)
+            {
+                e.push(ConfigError::new(
+                    at("token"),
+                    "the same as another admin token",
+                ));
+            }
+            admin_tokens.push(AdminToken {
+                name: t.name,
+                token: Secret::new(t.token),
+                role: t.role,
+                org_id: t.org_id,
             });
         }
 
@@ -622,6 +671,7 @@ impl Config {
                 server,
                 nats,
                 keys,
+                admin_tokens,
                 providers,
                 models,
                 routers,
@@ -637,4 +687,16 @@ impl Config {
             Err(ConfigErrors(errors))
         }
     }
+}
+
+/// Whether `s` is a UUID in its usual hyphenated form.
+fn is_uuid(s: &str) -> bool {
+    s.len() == 36
+        && s.char_indices().all(|(i, c)| {
+            if matches!(i, 8 | 13 | 18 | 23) {
+                c == '-'
+            } else {
+                c.is_ascii_hexdigit()
+            }
+        })
 }

@@ -10,13 +10,29 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, PgPool};
 
-/// Who makes an admin write.
+/// Who makes an admin write, and from where.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Actor {
     /// The admin identity (a token's name, or `cli` for local commands).
     pub identity: String,
     /// Its role (`owner`, `admin`, `operator`, `billing`, `viewer`).
     pub role: String,
+    /// The admin API request that made the write, if one did.
+    pub request_id: Option<String>,
+    /// The client's address, if the write came over the network.
+    pub client_ip: Option<String>,
+}
+
+impl Actor {
+    /// An actor with no request or address (a local command, a test).
+    pub fn local(identity: &str, role: &str) -> Self {
+        Actor {
+            identity: identity.to_owned(),
+            role: role.to_owned(),
+            request_id: None,
+            client_ip: None,
+        }
+    }
 }
 
 /// One admin write, as the log keeps it.
@@ -55,31 +71,41 @@ pub enum Broken {
     },
 }
 
-/// The hash of a row: SHA-256(prev || canonical JSON of its content).
-#[allow(clippy::too_many_arguments)]
-fn hash(
-    prev: &[u8],
+/// What a row's hash covers.
+struct Content<'a> {
     seq: i64,
     at_ms: i64,
-    actor: &str,
-    role: &str,
-    action: &str,
-    target_kind: &str,
-    target_id: &str,
-    before: Option<&Value>,
-    after: Option<&Value>,
-) -> [u8; 32] {
-    let content = serde_json::json!([
-        seq,
-        at_ms,
-        actor,
-        role,
-        action,
-        target_kind,
-        target_id,
-        before,
-        after
-    ]);
+    actor: &'a str,
+    role: &'a str,
+    action: &'a str,
+    target_kind: &'a str,
+    target_id: &'a str,
+    before: Option<&'a Value>,
+    after: Option<&'a Value>,
+    request_id: Option<&'a str>,
+    client_ip: Option<&'a str>,
+}
+
+/// The hash of a row: SHA-256(prev || canonical JSON of its content). The
+/// request id and client address join the content when either is present,
+/// so rows written before they existed hash as they did.
+fn hash(prev: &[u8], c: &Content<'_>) -> [u8; 32] {
+    let mut content = vec![
+        serde_json::json!(c.seq),
+        serde_json::json!(c.at_ms),
+        serde_json::json!(c.actor),
+        serde_json::json!(c.role),
+        serde_json::json!(c.action),
+        serde_json::json!(c.target_kind),
+        serde_json::json!(c.target_id),
+        serde_json::json!(c.before),
+        serde_json::json!(c.after),
+    ];
+    if c.request_id.is_some() || c.client_ip.is_some() {
+        content.push(serde_json::json!(c.request_id));
+        content.push(serde_json::json!(c.client_ip));
+    }
+    let content = Value::Array(content);
     let mut h = Sha256::new();
     h.update(prev);
     h.update(content.to_string().as_bytes());
@@ -116,19 +142,24 @@ pub async fn append(
             .await?;
     let h = hash(
         &prev,
-        seq,
-        at_ms,
-        &actor.identity,
-        &actor.role,
-        entry.action,
-        entry.target_kind,
-        &entry.target_id,
-        before.as_ref(),
-        after.as_ref(),
+        &Content {
+            seq,
+            at_ms,
+            actor: &actor.identity,
+            role: &actor.role,
+            action: entry.action,
+            target_kind: entry.target_kind,
+            target_id: &entry.target_id,
+            before: before.as_ref(),
+            after: after.as_ref(),
+            request_id: actor.request_id.as_deref(),
+            client_ip: actor.client_ip.as_deref(),
+        },
     );
     sqlx::query(
         "INSERT INTO audit_log (seq, at_ms, actor, role, action, target_kind, target_id, \
-         before, after, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+         before, after, prev_hash, hash, request_id, client_ip) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
     )
     .bind(seq)
     .bind(at_ms)
@@ -141,35 +172,56 @@ pub async fn append(
     .bind(&after)
     .bind(&prev)
     .bind(&h[..])
+    .bind(&actor.request_id)
+    .bind(&actor.client_ip)
     .execute(&mut *tx)
     .await?;
     Ok(())
 }
 
 /// A stored row.
-#[derive(sqlx::FromRow)]
-struct Row {
-    seq: i64,
-    at_ms: i64,
-    actor: String,
-    role: String,
-    action: String,
-    target_kind: String,
-    target_id: String,
-    before: Option<Value>,
-    after: Option<Value>,
-    prev_hash: Vec<u8>,
-    hash: Vec<u8>,
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+pub struct Row {
+    /// Its place in the chain, from 1.
+    pub seq: i64,
+    /// When (Unix ms).
+    pub at_ms: i64,
+    /// Who.
+    pub actor: String,
+    /// In which role.
+    pub role: String,
+    /// What (`org.create`, `key.revoke`, …).
+    pub action: String,
+    /// What kind of thing.
+    pub target_kind: String,
+    /// Which.
+    pub target_id: String,
+    /// Its values before.
+    pub before: Option<Value>,
+    /// Its values after.
+    pub after: Option<Value>,
+    /// The admin API request, if one.
+    pub request_id: Option<String>,
+    /// The client's address, if one.
+    pub client_ip: Option<String>,
+    /// The previous row's hash.
+    #[serde(skip)]
+    pub prev_hash: Vec<u8>,
+    /// This row's hash.
+    #[serde(skip)]
+    pub hash: Vec<u8>,
 }
+
+/// The columns of [`Row`].
+pub const ROW_COLUMNS: &str = "seq, at_ms, actor, role, action, target_kind, target_id, before, \
+    after, request_id, client_ip, prev_hash, hash";
 
 /// Recomputes the whole chain; `Ok(n)` is the number of rows that verify.
 pub async fn verify(pool: &PgPool) -> Result<Result<u64, Broken>, sqlx::Error> {
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT seq, at_ms, actor, role, action, target_kind, target_id, before, after, \
-         prev_hash, hash FROM audit_log ORDER BY seq",
-    )
-    .fetch_all(pool)
-    .await?;
+    let rows: Vec<Row> =
+        sqlx::query_as(&format!("SELECT {ROW_COLUMNS} FROM audit_log ORDER BY seq"))
+            .fetch_all(pool)
+            .await?;
     let mut prev = vec![0u8; 32];
     for (expected_seq, r) in (1..).zip(rows.iter()) {
         if r.seq != expected_seq {
@@ -177,15 +229,19 @@ pub async fn verify(pool: &PgPool) -> Result<Result<u64, Broken>, sqlx::Error> {
         }
         let h = hash(
             &prev,
-            r.seq,
-            r.at_ms,
-            &r.actor,
-            &r.role,
-            &r.action,
-            &r.target_kind,
-            &r.target_id,
-            r.before.as_ref(),
-            r.after.as_ref(),
+            &Content {
+                seq: r.seq,
+                at_ms: r.at_ms,
+                actor: &r.actor,
+                role: &r.role,
+                action: &r.action,
+                target_kind: &r.target_kind,
+                target_id: &r.target_id,
+                before: r.before.as_ref(),
+                after: r.after.as_ref(),
+                request_id: r.request_id.as_deref(),
+                client_ip: r.client_ip.as_deref(),
+            },
         );
         if r.prev_hash != prev || r.hash != h {
             return Ok(Err(Broken::Row { seq: r.seq }));

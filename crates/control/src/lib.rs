@@ -9,10 +9,14 @@
 //! authenticate), every write with its row in the hash-chained audit log
 //! ([`audit`]) in the same transaction; and the in-memory table the ingress
 //! authenticates from ([`keytable`]: what each key may do, as a [`keytable::Grant`]),
-//! loaded from the store and kept current over NATS ([`feed`]).
+//! loaded from the store and kept current over NATS ([`feed`]); and the admin
+//! API ([`admin`], with its roles) over the store's reads and changes
+//! ([`views`]).
 
+pub mod admin;
 pub mod audit;
 pub mod feed;
 pub mod key;
 pub mod keytable;
 pub mod store;
+pub mod views;

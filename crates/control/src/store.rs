@@ -137,19 +137,10 @@ impl Store {
         pepper: Pepper,
         env: &str,
     ) -> Result<Self, StoreError> {
-        if !key::valid_env(env) {
-            return Err(KeyError::Malformed.into());
-        }
-        let pool = PgPoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await?;
-        Ok(Store {
-            pool,
-            pepper,
-            env: env.to_owned(),
-            notifier: None,
-        })
+        let store = Store::connect_lazy(options, pepper, env)?;
+        // One connection now, so that a wrong URL or password fails here.
+        drop(store.pool.acquire().await?);
+        Ok(store)
     }
 
     /// The same store, announcing every key change it commits on `notifier`
@@ -163,7 +154,7 @@ impl Store {
 
     /// Announces a committed change, if this store announces. A lost
     /// announcement is made good by the tables' periodic resync.
-    async fn announce(&self, notice: KeyNotice) {
+    pub(crate) async fn announce(&self, notice: KeyNotice) {
         if let Some(n) = &self.notifier {
             n.announce(&notice).await;
         }
@@ -172,6 +163,28 @@ impl Store {
     /// The pepper keys are hashed with.
     pub fn pepper(&self) -> &Pepper {
         &self.pepper
+    }
+
+    /// A store that connects on first use (so a process can start while the
+    /// database is away; the first query waits for it).
+    pub fn connect_lazy(
+        options: PgConnectOptions,
+        pepper: Pepper,
+        env: &str,
+    ) -> Result<Self, StoreError> {
+        if !key::valid_env(env) {
+            return Err(KeyError::Malformed.into());
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(std::time::Duration::from_secs(5))
+            .connect_lazy_with(options);
+        Ok(Store {
+            pool,
+            pepper,
+            env: env.to_owned(),
+            notifier: None,
+        })
     }
 
     /// Applies the migrations not applied yet.

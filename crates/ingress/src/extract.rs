@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{FromRequestParts, Request, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
@@ -65,10 +65,6 @@ impl Caller {
     }
 }
 
-/// The client's address, as the connection came (set by `intake::serve`).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Peer(pub std::net::SocketAddr);
-
 /// The request's id, given by [`identify`] (UUIDv7): in every usage row, log
 /// line and `x-switchyard-request-id` header of the request.
 #[derive(Debug, Clone, Copy)]
@@ -83,7 +79,11 @@ pub(crate) async fn identify(
 ) -> Response {
     let request_id = Uuid::now_v7();
     req.extensions_mut().insert(RequestId(request_id));
-    let peer = req.extensions().get::<Peer>().map(|p| p.0.ip());
+    // The client's address, as the connection came (set by `intake::serve`).
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<std::net::SocketAddr>>()
+        .map(|p| p.0.ip());
     match authenticate(&state, req.headers()).and_then(|c| from_allowed_network(c, peer)) {
         Ok(caller) => {
             req.extensions_mut().insert(caller);
@@ -147,6 +147,16 @@ fn authenticate(state: &AppState, headers: &axum::http::HeaderMap) -> Result<Cal
             key_id: name.clone(),
             grant: None,
         });
+    }
+    if state
+        .admin
+        .as_ref()
+        .is_some_and(|a| a.is_admin_token(token))
+    {
+        return Err(ApiError::new(
+            ErrorCode::Unauthenticated,
+            "This is an admin token: it works on /admin/v1 only. Send an API key.",
+        ));
     }
     let incorrect = || ApiError::new(ErrorCode::Unauthenticated, "Incorrect API key provided.");
     let Some(tenants) = &state.tenants else {

@@ -272,7 +272,8 @@ pub(crate) async fn serve(
         let service = tower::ServiceExt::map_request(
             app.clone(),
             move |mut req: axum::http::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(crate::extract::Peer(peer));
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
                 req
             },
         );

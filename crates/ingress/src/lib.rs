@@ -217,9 +217,12 @@ async fn build(config: Arc<Config>, bus: Bus) -> Result<(Router, Arc<AppState>),
             None
         }
     };
-    let tenants = match &config.tenants {
-        Some(_) => Some(tenants::follow(&config, &bus).await?),
-        None => None,
+    let (tenants, admin) = match &config.tenants {
+        Some(_) => {
+            let (keys, admin) = tenants::follow(&config, &bus).await?;
+            (Some(keys), Some(admin))
+        }
+        None => (None, None),
     };
     let limits = Arc::new(intake::Limits::new(&config.server));
     let live = Arc::new(sy_router::live::LiveTable::new(config.health));
@@ -235,6 +238,7 @@ async fn build(config: Arc<Config>, bus: Bus) -> Result<(Router, Arc<AppState>),
             .map(|k| (k.key.expose().to_owned(), k.name.clone()))
             .collect(),
         tenants,
+        admin: admin.clone(),
         routing: std::sync::RwLock::new(Arc::new(crate::state::Routing::from_config(&config))),
         max_body_bytes: config.server.max_body_bytes,
         limits: limits.clone(),
@@ -342,6 +346,7 @@ async fn build(config: Arc<Config>, bus: Bus) -> Result<(Router, Arc<AppState>),
                 .route_layer(identify.clone())
                 .fallback(endpoints::method_not_allowed),
         )
+        .merge(admin.map(sy_control::admin::router).unwrap_or_default())
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(endpoints::readyz))
         .fallback(endpoints::not_found)

@@ -21,6 +21,8 @@ pub(crate) struct AppState {
     pub(crate) keys: HashMap<String, String>,
     /// Tenants' keys, from the control plane (when `[tenants]` is on).
     pub(crate) tenants: Option<Arc<sy_control::feed::LiveKeys>>,
+    /// The admin API (when `[tenants]` is on): its tokens are refused on `/v1`.
+    pub(crate) admin: Option<Arc<sy_control::admin::Admin>>,
     pub(crate) routing: std::sync::RwLock<Arc<Routing>>,
     pub(crate) max_body_bytes: usize,
     /// Bounds on connections and on bodies being received.

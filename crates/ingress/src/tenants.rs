@@ -7,16 +7,23 @@ use std::sync::Arc;
 use sqlx::postgres::PgConnectOptions;
 use sy_bus::Bus;
 use sy_config::Config;
-use sy_control::feed::{self, LiveKeys};
+use sy_control::admin::roles::Role;
+use sy_control::admin::{Admin, AdminToken};
+use sy_control::feed::{self, LiveKeys, Notifier};
 use sy_control::key::Pepper;
 use sy_control::store::Store;
 
 use crate::IngressError;
 
 /// Connects to the control plane, loads every live key and follows their
-/// changes. Fails when `[tenants]` is on and the keys cannot be loaded: an
-/// ingress never serves with a table it could not fill.
-pub(crate) async fn follow(config: &Config, bus: &Bus) -> Result<Arc<LiveKeys>, IngressError> {
+/// changes, and makes the admin API over the same store (its writes
+/// announce key changes to every ingress). Fails when `[tenants]` is on and
+/// the keys cannot be loaded: an ingress never serves with a table it could
+/// not fill.
+pub(crate) async fn follow(
+    config: &Config,
+    bus: &Bus,
+) -> Result<(Arc<LiveKeys>, Arc<Admin>), IngressError> {
     let (Some(tenants), Some(postgres)) = (&config.tenants, &config.postgres) else {
         return Err(IngressError::Tenants("[tenants] needs [postgres]".into()));
     };
@@ -26,6 +33,11 @@ pub(crate) async fn follow(config: &Config, bus: &Bus) -> Result<Arc<LiveKeys>, 
     let store = Store::connect(options, pepper, &tenants.key_env)
         .await
         .map_err(|e| fail(&e))?;
+    let store = store.announcing(Notifier::new(
+        bus.client().clone(),
+        bus.subjects().key_notices(),
+    ));
+    let admin = Admin::new(store.clone(), admin_tokens(config)?);
     let keys = feed::follow(
         store,
         bus.client().clone(),
@@ -34,5 +46,24 @@ pub(crate) async fn follow(config: &Config, bus: &Bus) -> Result<Arc<LiveKeys>, 
     )
     .await
     .map_err(|e| fail(&format!("{e} (has `switchyard migrate` run?)")))?;
-    Ok(keys)
+    Ok((keys, admin))
+}
+
+/// The config's admin tokens (validated there: known roles, UUID org ids).
+fn admin_tokens(config: &Config) -> Result<Vec<AdminToken>, IngressError> {
+    config
+        .admin_tokens
+        .iter()
+        .map(|t| {
+            let role = Role::parse(&t.role)
+                .ok_or_else(|| IngressError::Tenants(format!("admin token role {}", t.role)))?;
+            let org_id = t
+                .org_id
+                .as_deref()
+                .map(uuid::Uuid::parse_str)
+                .transpose()
+                .map_err(|e| IngressError::Tenants(e.to_string()))?;
+            Ok(AdminToken::new(&t.name, t.token.expose(), role, org_id))
+        })
+        .collect()
 }

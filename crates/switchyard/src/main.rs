@@ -20,6 +20,7 @@ use clap::{Parser, Subcommand};
 use sy_bus::Bus;
 use sy_config::{Config, ProcessEnv};
 
+mod admin_cli;
 mod batch_cli;
 mod simulate;
 use tokio_util::sync::CancellationToken;
@@ -55,8 +56,11 @@ enum Command {
     Accounting,
     /// Applies the ClickHouse and PostgreSQL migrations (idempotent).
     Migrate,
-    /// Control-plane tools (tenants; reads `[postgres]`).
+    /// The admin API from the command line (orgs, projects, keys, the audit
+    /// log), over HTTP; `admin audit verify` reads `[postgres]` itself.
     Admin {
+        #[command(flatten)]
+        conn: admin_cli::Connection,
         #[command(subcommand)]
         command: AdminCommand,
     },
@@ -91,6 +95,21 @@ enum Command {
 
 #[derive(Subcommand, Debug)]
 enum AdminCommand {
+    /// Orgs.
+    Orgs {
+        #[command(subcommand)]
+        command: admin_cli::OrgCommand,
+    },
+    /// Projects.
+    Projects {
+        #[command(subcommand)]
+        command: admin_cli::ProjectCommand,
+    },
+    /// API keys.
+    Keys {
+        #[command(subcommand)]
+        command: admin_cli::KeyCommand,
+    },
     /// The audit log.
     Audit {
         #[command(subcommand)]
@@ -103,6 +122,17 @@ enum AuditCommand {
     /// Recomputes the audit log's hash chain from the database itself and
     /// names the first row that does not fit (exit 1).
     Verify,
+    /// The newest audit rows (over the admin API).
+    List {
+        /// Only about this target (an id).
+        #[arg(long)]
+        target: Option<String>,
+        /// Only by this actor.
+        #[arg(long)]
+        actor: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -173,6 +203,29 @@ fn main() -> ExitCode {
             api_key,
             command,
         } => return batch(command, url, api_key),
+        Command::Admin { conn, command } => {
+            let call = match command {
+                AdminCommand::Orgs { command } => admin_cli::Call::Orgs(command),
+                AdminCommand::Projects { command } => admin_cli::Call::Projects(command),
+                AdminCommand::Keys { command } => admin_cli::Call::Keys(command),
+                AdminCommand::Audit {
+                    command:
+                        AuditCommand::List {
+                            target,
+                            actor,
+                            limit,
+                        },
+                } => admin_cli::Call::Audit {
+                    target,
+                    actor,
+                    limit,
+                },
+                AdminCommand::Audit {
+                    command: AuditCommand::Verify,
+                } => return audit_verify(&cli.config),
+            };
+            return admin(&conn, call);
+        }
         _ => cli,
     };
     sy_telemetry::init();
@@ -247,8 +300,10 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         Command::Worker { .. } => "worker",
         Command::Accounting => "accounting",
         Command::Migrate => return migrate(&config).await,
-        Command::Admin { command } => return admin(&config, command).await,
-        Command::Config { .. } | Command::Route { .. } | Command::Batch { .. } => {
+        Command::Config { .. }
+        | Command::Route { .. }
+        | Command::Batch { .. }
+        | Command::Admin { .. } => {
             unreachable!("handled before the runtime starts")
         }
     };
@@ -344,25 +399,50 @@ async fn migrate(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn admin(config: &Config, command: &AdminCommand) -> anyhow::Result<()> {
-    let pg = config
-        .postgres
-        .as_ref()
-        .context("`switchyard admin` needs a [postgres] section in the config")?;
-    match command {
-        AdminCommand::Audit {
-            command: AuditCommand::Verify,
-        } => {
-            let pool = sqlx::PgPool::connect(pg.url.expose())
-                .await
-                .context("connecting to PostgreSQL ([postgres] url)")?;
-            match sy_control::audit::verify(&pool).await? {
-                Ok(n) => writeln!(std::io::stdout(), "The audit chain verifies: {n} rows.")?,
-                Err(broken) => anyhow::bail!("{broken}"),
-            }
+/// `switchyard admin ...` over the admin API.
+fn admin(conn: &admin_cli::Connection, call: admin_cli::Call) -> ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let Some(runtime) = runtime(tokio::runtime::Builder::new_current_thread()) else {
+        return ExitCode::FAILURE;
+    };
+    match runtime.block_on(admin_cli::run(conn, call, &mut std::io::stdout().lock())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
         }
     }
-    Ok(())
+}
+
+/// `switchyard admin audit verify`: the chain, from the database itself
+/// (not through the admin API it is meant to check).
+fn audit_verify(config_path: &std::path::Path) -> ExitCode {
+    let run = async {
+        let config = Config::load(config_path, &ProcessEnv)
+            .with_context(|| format!("loading config {}", config_path.display()))?;
+        let pg = config
+            .postgres
+            .as_ref()
+            .context("`switchyard admin audit verify` needs a [postgres] section in the config")?;
+        let pool = sqlx::PgPool::connect(pg.url.expose())
+            .await
+            .context("connecting to PostgreSQL ([postgres] url)")?;
+        match sy_control::audit::verify(&pool).await? {
+            Ok(n) => writeln!(std::io::stdout(), "The audit chain verifies: {n} rows.")?,
+            Err(broken) => anyhow::bail!("{broken}"),
+        }
+        anyhow::Ok(())
+    };
+    let Some(runtime) = runtime(tokio::runtime::Builder::new_current_thread()) else {
+        return ExitCode::FAILURE;
+    };
+    match runtime.block_on(run) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn watch_signals(shutdown: CancellationToken) {

@@ -10,10 +10,7 @@ use sy_control::key::Pepper;
 use sy_control::store::Store;
 
 pub fn actor() -> Actor {
-    Actor {
-        identity: "test-owner".into(),
-        role: "owner".into(),
-    }
+    Actor::local("test-owner", "owner")
 }
 
 pub fn pepper() -> Pepper {

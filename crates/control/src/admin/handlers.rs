@@ -1,0 +1,604 @@
+//! The admin API's handlers: parse, check the caller may see the target
+//! (another org's things are 404, as if they did not exist), call the store.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Extension, Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::{Admin, AdminError, Caller};
+use crate::store::KeySpec;
+use crate::views::{AuditQuery, Filter, KeyPatch, Page, PageAt, Rename};
+
+type Answer = Result<Response, AdminError>;
+
+/// The longest name accepted, in characters.
+const MAX_NAME: usize = 1024;
+/// The longest grace a rotation may give the old secret: 30 days.
+const MAX_GRACE_SECONDS: u32 = 30 * 24 * 3600;
+/// The most scopes, networks or metadata bytes a key may carry.
+const MAX_LIST: usize = 256;
+const MAX_METADATA_BYTES: usize = 16 * 1024;
+
+fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, AdminError> {
+    if body.is_empty() {
+        return Err(AdminError::invalid("The body must be a JSON object."));
+    }
+    let bad = |e: serde_json::Error| AdminError::invalid(format!("Invalid body: {e}."));
+    let value: Value = serde_json::from_slice(body).map_err(bad)?;
+    if !value.is_object() {
+        return Err(AdminError::invalid(
+            "Invalid body: it must be a JSON object.",
+        ));
+    }
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let at = e.path().to_string();
+        let inner = e.into_inner();
+        if at == "." {
+            bad(inner)
+        } else {
+            AdminError::invalid(format!("Invalid body: '{at}': {inner}."))
+        }
+    })
+}
+
+fn name(field: &str, s: &str) -> Result<(), AdminError> {
+    if s.trim().is_empty() {
+        return Err(AdminError::invalid(format!("'{field}' must not be empty.")));
+    }
+    if s.chars().count() > MAX_NAME {
+        return Err(AdminError::invalid(format!(
+            "'{field}' is longer than {MAX_NAME} characters."
+        )));
+    }
+    // PostgreSQL text cannot hold NUL; every other character is kept as sent.
+    if s.contains('\0') {
+        return Err(AdminError::invalid(format!(
+            "'{field}' must not contain a NUL character."
+        )));
+    }
+    Ok(())
+}
+
+fn status(s: &str) -> Result<(), AdminError> {
+    match s {
+        "active" | "disabled" => Ok(()),
+        _ => Err(AdminError::invalid(
+            "'status' must be \"active\" or \"disabled\".",
+        )),
+    }
+}
+
+fn id_of(raw: &str, what: &str) -> Result<Uuid, AdminError> {
+    Uuid::parse_str(raw).map_err(|_| AdminError::not_found(what))
+}
+
+fn uuid_param(q: &HashMap<String, String>, field: &str) -> Result<Option<Uuid>, AdminError> {
+    q.get(field)
+        .map(|v| {
+            Uuid::parse_str(v)
+                .map_err(|_| AdminError::invalid(format!("'{field}' must be an id (a UUID).")))
+        })
+        .transpose()
+}
+
+fn page_at(q: &HashMap<String, String>) -> Result<PageAt, AdminError> {
+    let limit = match q.get("limit") {
+        None => 20,
+        Some(v) => v
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=100).contains(n))
+            .ok_or_else(|| AdminError::invalid("'limit' must be an integer from 1 to 100."))?,
+    };
+    Ok(PageAt {
+        after: uuid_param(q, "after")?,
+        limit,
+    })
+}
+
+/// The org a list is narrowed to: the caller's own, or the one asked for
+/// (which a caller limited to another org may not ask for).
+fn org_filter(caller: &Caller, asked: Option<Uuid>) -> Result<Option<Uuid>, AdminError> {
+    match (caller.org_id, asked) {
+        (Some(mine), Some(asked)) if mine != asked => Err(AdminError::not_found("org")),
+        (Some(mine), _) => Ok(Some(mine)),
+        (None, asked) => Ok(asked),
+    }
+}
+
+fn list<T: serde::Serialize>(page: Page<T>, id: impl Fn(&T) -> Uuid) -> Response {
+    let last = page.data.last().map(&id);
+    let first = page.data.first().map(&id);
+    Json(json!({
+        "object": "list",
+        "data": page.data,
+        "first_id": first,
+        "last_id": last,
+        "has_more": page.has_more,
+    }))
+    .into_response()
+}
+
+fn created(v: impl serde::Serialize) -> Response {
+    (StatusCode::CREATED, Json(v)).into_response()
+}
+
+pub(super) async fn whoami(Extension(caller): Extension<Caller>) -> Json<Value> {
+    Json(json!({
+        "name": caller.name,
+        "role": caller.role.as_str(),
+        "org_id": caller.org_id,
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewOrg {
+    name: String,
+}
+
+pub(super) async fn create_org(
+    State(admin): State<Arc<Admin>>,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> Answer {
+    let req: NewOrg = parse(&body)?;
+    name("name", &req.name)?;
+    let id = admin.store.create_org(&caller.actor(), &req.name).await?;
+    Ok(created(admin.store.org(id).await?))
+}
+
+pub(super) async fn list_orgs(
+    State(admin): State<Arc<Admin>>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Answer {
+    let filter = Filter {
+        org_id: caller.org_id,
+        project_id: None,
+    };
+    let page = admin.store.orgs(filter, page_at(&q)?).await?;
+    Ok(list(page, |o| o.id))
+}
+
+pub(super) async fn get_org(
+    State(admin): State<Arc<Admin>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Answer {
+    let id = id_of(&id, "org")?;
+    if !caller.sees(id) {
+        return Err(AdminError::not_found("org"));
+    }
+    Ok(Json(admin.store.org(id).await?).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Change {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    status: Option<String>,
+}
+
+impl Change {
+    fn checked(self) -> Result<Rename, AdminError> {
+        if let Some(n) = &self.name {
+            name("name", n)?;
+        }
+        if let Some(s) = &self.status {
+            status(s)?;
+        }
+        Ok(Rename {
+            name: self.name,
+            status: self.status,
+        })
+    }
+}
+
+pub(super) async fn patch_org(
+    State(admin): State<Arc<Admin>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Answer {
+    let id = id_of(&id, "org")?;
+    let change = parse::<Change>(&body)?.checked()?;
+    let org = admin.store.update_org(&caller.actor(), id, &change).await?;
+    Ok(Json(org).into_response())
+}
+
+pub(super) async fn disable_org(
+    State(admin): State<Arc<Admin>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Answer {
+    let id = id_of(&id, "org")?;
+    let change = Rename {
+        name: None,
+        status: Some("disabled".into()),
+    };
+    let org = admin.store.update_org(&caller.actor(), id, &change).await?;
+    Ok(Json(org).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewProject {
+    org_id: Uuid,
+    name: String,
+}
+
+pub(super) async fn create_project(
+    State(admin): State<Arc<Admin>>,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> Answer {
+    let req: NewProject = parse(&body)?;
+    name("name", &req.name)?;
+    if !caller.sees(req.org_id) {
+        return Err(AdminError::not_found("org"));
+    }
+    let id = admin
+        .store
+        .create_project(&caller.actor(), req.org_id, &req.name)
+        .await?;
+    Ok(created(admin.store.project(id).await?))
+}
+
+pub(super) async fn list_projects(
+    State(admin): State<Arc<Admin>>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Answer {
+    let filter = Filter {
+        org_id: org_filter(&caller, uuid_param(&q, "org_id")?)?,
+        project_id: None,
+    };
+    let page = admin.store.projects(filter, page_at(&q)?).await?;
+    Ok(list(page, |p| p.id))
+}
+
+/// The project, if the caller may see it.
+async fn visible_project(
+    admin: &Admin,
+    caller: &Caller,
+    raw: &str,
+) -> Result<crate::views::ProjectView, AdminError> {
+    let id = id_of(raw, "project")?;
+    let project = admin.store.project(id).await?;
+    if !caller.sees(project.org_id) {
+        return Err(AdminError::not_found("project"));
+    }
+    Ok(project)
+}
+
+pub(super) async fn get_project(
+    State(admin): State<Arc<Admin>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Answer {
+    Ok(Json(visible_project(&admin, &caller, &id).await?).into_response())
+}
+
+pub(super) async fn patch_project(
+    State(admin): State<Arc<Admin>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Answer {
+    let project = visible_project(&admin, &caller, &id).await?;
+    let change = parse::<Change>(&body)?.checked()?;
+    let project = admin
+        .store
+        .update_project(&caller.actor(), project.id, &change)
+        .await?;
+    Ok(Json(project).into_response())
+}
+
+pub(super) async fn disable_project(
+    State(admin): State<Arc<Admin>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Answer {
+    let project = visible_project(&admin, &caller, &id).await?;
+    let change = Rename {
+        name: None,
+        status: Some("disabled".into()),
+    };
+    let project = admin
+        .store
+        .update_project(&caller.actor(), project.id, &change)
+        .await?;
+    Ok(Json(project).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Scopes {
+    models: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewKey {
+    project_id: Uuid,
+    name: String,
+    #[serde(default)]
+    scopes: Option<Scopes>,
+    /// Unix seconds.
+    #[serde(default)]
+    expires_at: Option<i64>,
+    #[serde(default)]
+    allowed_cidrs: Option<Vec<String>>,
+    #[serde(default)]
+    metadata: Option<Value>,
+}
+
+fn models(scopes: Scopes) -> Result<Vec<String>, AdminError> {
+    if scopes.models.len() > MAX_LIST {
+        return Err(AdminError::invalid(format!(
+            "'scopes.models' holds more than {MAX_LIST} names."
+        )));
+    }
+    for m in &scopes.models {
+        name("scopes.models[]", m)?;
+    }
+    Ok(scopes.models)
+}
+
+fn cidrs(list: Vec<String>) -> Result<Vec<ipnet::IpNet>, AdminError> {
+    if list.len() > MAX_LIST {
+        return Err(AdminError::invalid(format!(
+            "'allowed_cidrs' holds more than {MAX_LIST} networks."
+        )));
+    }
+    list.iter()
+        .map(|c| {
+            c.parse::<ipnet::IpNet>()
+                .or_else(|_| c.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    AdminError::invalid(format!(
+                        "'allowed_cidrs': '{c}' is not a network like \"10.0.0.0/8\" or an address."
+                    ))
+                })
+        })
+        .collect()
+}
+
+fn metadata(v: Value) -> Result<Value, AdminError> {
+    if !v.is_object() {
+        return Err(AdminError::invalid("'metadata' must be a JSON object."));
+    }
+    if v.to_string().len() > MAX_METADATA_BYTES {
+        return Err(AdminError::invalid(format!(
+            "'metadata' is larger than {MAX_METADATA_BYTES} bytes."
+        )));
+    }
+    if v.to_string().contains("\\u0000") {
+        return Err(AdminError::invalid(
+            "'metadata' must not contain a NUL character.",
+        ));
+    }
+    Ok(v)
+}
+
+fn expiry_ms(secs: i64) -> Result<i64, AdminError> {
+    // Year 1970 to 9999: what PostgreSQL's timestamptz and people both mean.
+    if !(0..=253_402_300_799).contains(&secs) {
+        return Err(AdminError::invalid(
+            "'expires_at' must be a time in Unix seconds.",
+        ));
+    }
+    Ok(secs * 1000)
+}
+
+/// The key, if the caller may see it.
+async fn visible_key(
+    admin: &Admin,
+    caller: &Caller,
+    raw: &str,
+) -> Result<crate::views::KeyView, AdminError> {
+    let id = id_of(raw, "key")?;
+    let key = admin.store.key(id).await?;
+    if !caller.sees(key.org_id) {
+        return Err(AdminError::not_found("key"));
+    }
+    Ok(key)
+}
+
+/// A key's view with its secret: the only answers that ever carry one.
+fn with_secret(view: crate::views::KeyView, key: &str) -> Value {
+    let mut v = serde_json::to_value(view).unwrap_or_else(|_| json!({}));
+    if let Some(o) = v.as_object_mut() {
+        o.insert("key".into(), Value::String(key.to_owned()));
+    }
+    v
+}
+
+pub(super) async fn create_key(
+    State(admin): State<Arc<Admin>>,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> Answer {
+    let req: NewKey = parse(&body)?;
+    name("name", &req.name)?;
+    let spec = KeySpec {
+        name: req.name,
+        models: req.scopes.map(models).transpose()?,
+        expires_at_ms: req.expires_at.map(expiry_ms).transpose()?,
+        allowed_cidrs: cidrs(req.allowed_cidrs.unwrap_or_default())?,
+        metadata: metadata(req.metadata.unwrap_or_else(|| json!({})))?,
+    };
+    let project = admin.store.project(req.project_id).await?;
+    if !caller.sees(project.org_id) {
+        return Err(AdminError::not_found("project"));
+    }
+    let (id, new) = admin
+        .store
+        .create_key(&caller.actor(), project.id, &spec)
+        .await?;
+    let view = admin.store.key(id).await?;
+    Ok(created(with_secret(view, &new.key)))
+}
+
+pub(super) async fn list_keys(
+    State(admin): State<Arc<Admin>>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Answer {
+    let filter = Filter {
+        org_id: org_filter(&caller, uuid_param(&q, "org_id")?)?,
+        project_id: uuid_param(&q, "project_id")?,
+    };
+    let page = admin.store.keys(filter, page_at(&q)?).await?;
+    Ok(list(page, |k| k.id))
+}
+
+pub(super) async fn get_key(
+    State(admin): State<Arc<Admin>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Answer {
+    Ok(Json(visible_key(&admin, &caller, &id).await?).into_response())
+}
+
+/// `null` and absent apart: `Some(None)` is an explicit null.
+fn nullable<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyChange {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    scopes: Option<Option<Scopes>>,
+    #[serde(default, deserialize_with = "nullable")]
+    expires_at: Option<Option<i64>>,
+    #[serde(default)]
+    allowed_cidrs: Option<Vec<String>>,
+    #[serde(default)]
+    metadata: Option<Value>,
+}
+
+pub(super) async fn patch_key(
+    State(admin): State<Arc<Admin>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Answer {
+    let key = visible_key(&admin, &caller, &id).await?;
+    let req: KeyChange = parse(&body)?;
+    if let Some(n) = &req.name {
+        name("name", n)?;
+    }
+    let patch = KeyPatch {
+        name: req.name,
+        models: req.scopes.map(|s| s.map(models).transpose()).transpose()?,
+        expires_at_ms: req
+            .expires_at
+            .map(|e| e.map(expiry_ms).transpose())
+            .transpose()?,
+        allowed_cidrs: req.allowed_cidrs.map(cidrs).transpose()?,
+        metadata: req.metadata.map(metadata).transpose()?,
+    };
+    let key = admin
+        .store
+        .update_key(&caller.actor(), key.id, &patch)
+        .await?;
+    Ok(Json(key).into_response())
+}
+
+pub(super) async fn revoke_key(
+    State(admin): State<Arc<Admin>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Answer {
+    let key = visible_key(&admin, &caller, &id).await?;
+    admin.store.revoke_key(&caller.actor(), key.id).await?;
+    Ok(Json(admin.store.key(key.id).await?).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Rotate {
+    #[serde(default)]
+    grace_seconds: u32,
+}
+
+pub(super) async fn rotate_key(
+    State(admin): State<Arc<Admin>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Answer {
+    let key = visible_key(&admin, &caller, &id).await?;
+    let req: Rotate = if body.is_empty() {
+        Rotate { grace_seconds: 0 }
+    } else {
+        parse(&body)?
+    };
+    if req.grace_seconds > MAX_GRACE_SECONDS {
+        return Err(AdminError::invalid(format!(
+            "'grace_seconds' must be at most {MAX_GRACE_SECONDS} (30 days)."
+        )));
+    }
+    let new = admin
+        .store
+        .rotate_key(&caller.actor(), key.id, req.grace_seconds)
+        .await?;
+    let view = admin.store.key(key.id).await?;
+    Ok(Json(with_secret(view, &new.key)).into_response())
+}
+
+pub(super) async fn audit(
+    State(admin): State<Arc<Admin>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Answer {
+    let limit = match q.get("limit") {
+        None => 50,
+        Some(v) => v
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=500).contains(n))
+            .ok_or_else(|| AdminError::invalid("'limit' must be an integer from 1 to 500."))?,
+    };
+    let before_seq = q
+        .get("before")
+        .map(|v| {
+            v.parse::<i64>()
+                .map_err(|_| AdminError::invalid("'before' must be a row's seq."))
+        })
+        .transpose()?;
+    let query = AuditQuery {
+        before_seq,
+        target_kind: q.get("target_kind").cloned(),
+        target_id: q.get("target_id").cloned(),
+        actor: q.get("actor").cloned(),
+        action: q.get("action").cloned(),
+        limit,
+    };
+    let rows = admin.store.audit_rows(&query).await?;
+    let next = if rows.len() == limit as usize {
+        rows.last().map(|r| r.seq)
+    } else {
+        None
+    };
+    Ok(Json(json!({"object": "list", "data": rows, "next_before": next})).into_response())
+}

@@ -1,0 +1,325 @@
+//! The admin API, `/admin/v1/...`: JSON over HTTP, described by
+//! `schemas/admin-openapi.json`, mounted by the ingress. Every request
+//! authenticates with an admin token (`Authorization: Bearer ...`), which
+//! has a role and a scope (the whole deployment or one org); its route's
+//! need ([`roles::ROUTES`]) is checked before the handler runs. Every write
+//! goes through the store, with its audit row (actor, role, request id,
+//! client address, before and after) in the same transaction.
+//!
+//! An admin token is not an API key: the ingress refuses it on `/v1`.
+
+mod handlers;
+pub mod roles;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::audit::Actor;
+use crate::store::{Store, StoreError};
+use roles::Role;
+
+/// An admin token the deployment accepts (from its config or environment).
+#[derive(Clone)]
+pub struct AdminToken {
+    /// Who it is, as the audit log names it.
+    pub name: String,
+    /// What it may do.
+    pub role: Role,
+    /// The one org it is limited to, if any.
+    pub org_id: Option<Uuid>,
+    /// SHA-256 of the token (compared in constant time).
+    digest: [u8; 32],
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminToken")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .field("org_id", &self.org_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AdminToken {
+    /// A token `token` named `name` with `role`, limited to `org_id` if set.
+    pub fn new(name: &str, token: &str, role: Role, org_id: Option<Uuid>) -> Self {
+        AdminToken {
+            name: name.to_owned(),
+            role,
+            org_id,
+            digest: Sha256::digest(token.as_bytes()).into(),
+        }
+    }
+
+    /// Whether `token` is this one (constant time in the token's content).
+    fn matches(&self, digest: &[u8; 32]) -> bool {
+        self.digest
+            .iter()
+            .zip(digest)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+    }
+}
+
+/// What the admin API works with.
+#[derive(Debug)]
+pub struct Admin {
+    store: Store,
+    tokens: Vec<AdminToken>,
+}
+
+impl Admin {
+    /// The admin API over `store`, accepting `tokens`.
+    pub fn new(store: Store, tokens: Vec<AdminToken>) -> Arc<Self> {
+        Arc::new(Admin { store, tokens })
+    }
+
+    /// Whether `token` is one of the admin tokens (the ingress says so when
+    /// one is sent to `/v1`, where it is refused).
+    pub fn is_admin_token(&self, token: &str) -> bool {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        self.tokens.iter().any(|t| t.matches(&digest))
+    }
+}
+
+/// The identity an admin request runs as.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The token's name.
+    pub name: String,
+    /// Its role.
+    pub role: Role,
+    /// The org it is limited to, if any.
+    pub org_id: Option<Uuid>,
+    /// The request's id (in the audit row and `x-switchyard-request-id`).
+    pub request_id: Uuid,
+    /// The client's address, when known.
+    pub client_ip: Option<String>,
+}
+
+impl Caller {
+    /// The actor its writes are audited as.
+    pub fn actor(&self) -> Actor {
+        Actor {
+            identity: self.name.clone(),
+            role: self.role.as_str().to_owned(),
+            request_id: Some(self.request_id.to_string()),
+            client_ip: self.client_ip.clone(),
+        }
+    }
+
+    /// Whether the caller may see things of `org_id`.
+    pub fn sees(&self, org_id: Uuid) -> bool {
+        self.org_id.is_none_or(|o| o == org_id)
+    }
+}
+
+/// An admin API error: `{"error": {"message", "type", "code"}}`.
+#[derive(Debug, Clone)]
+pub struct AdminError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl AdminError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        AdminError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// A 400.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        AdminError::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+
+    /// A 404 for a `what` that does not exist (or that the caller may not see).
+    pub fn not_found(what: &str) -> Self {
+        AdminError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("No such {what}."),
+        )
+    }
+}
+
+impl From<StoreError> for AdminError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(what) => AdminError::not_found(what),
+            StoreError::Db(sqlx::Error::Database(db))
+                if db.code().as_deref().is_some_and(|c| c.starts_with("22")) =>
+            {
+                // Data the database cannot hold (a value out of range).
+                AdminError::invalid(format!("a value was refused: {}", db.message()))
+            }
+            other => {
+                tracing::warn!(error = %other, "The admin API's store failed.");
+                AdminError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    "The control plane's database is unavailable; retry shortly.",
+                )
+            }
+        }
+    }
+}
+
+impl IntoResponse for AdminError {
+    fn into_response(self) -> Response {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            error: Inner<'a>,
+        }
+        #[derive(Serialize)]
+        struct Inner<'a> {
+            message: &'a str,
+            #[serde(rename = "type")]
+            kind: &'a str,
+            code: &'a str,
+        }
+        let kind = match self.status.as_u16() {
+            401 => "authentication_error",
+            403 => "permission_error",
+            400..=499 => "invalid_request_error",
+            _ => "server_error",
+        };
+        let body = Body {
+            error: Inner {
+                message: &self.message,
+                kind,
+                code: self.code,
+            },
+        };
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+/// The admin routes, to merge into the ingress's router (of any state).
+pub fn router<S: Clone + Send + Sync + 'static>(admin: Arc<Admin>) -> Router<S> {
+    use handlers as h;
+    let authorize = axum::middleware::from_fn_with_state(admin.clone(), authorize);
+    Router::new()
+        .route("/admin/v1/whoami", get(h::whoami))
+        .route("/admin/v1/orgs", post(h::create_org).get(h::list_orgs))
+        .route(
+            "/admin/v1/orgs/{id}",
+            get(h::get_org).patch(h::patch_org).delete(h::disable_org),
+        )
+        .route(
+            "/admin/v1/projects",
+            post(h::create_project).get(h::list_projects),
+        )
+        .route(
+            "/admin/v1/projects/{id}",
+            get(h::get_project)
+                .patch(h::patch_project)
+                .delete(h::disable_project),
+        )
+        .route("/admin/v1/keys", post(h::create_key).get(h::list_keys))
+        .route(
+            "/admin/v1/keys/{id}",
+            get(h::get_key).patch(h::patch_key).delete(h::revoke_key),
+        )
+        .route("/admin/v1/keys/{id}/rotate", post(h::rotate_key))
+        .route("/admin/v1/audit", get(h::audit))
+        .route_layer(authorize)
+        .with_state(admin)
+}
+
+/// Authenticates the admin token and checks its role against the route's
+/// need; the handler runs as the resulting [`Caller`].
+async fn authorize(State(admin): State<Arc<Admin>>, mut req: Request, next: Next) -> Response {
+    let request_id = Uuid::now_v7();
+    let mut resp = match caller(&admin, &req, request_id) {
+        Ok(caller) => {
+            req.extensions_mut().insert(caller);
+            next.run(req).await
+        }
+        Err(e) => e.into_response(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&request_id.to_string()) {
+        resp.headers_mut().insert("x-switchyard-request-id", v);
+    }
+    resp
+}
+
+fn caller(admin: &Admin, req: &Request, request_id: Uuid) -> Result<Caller, AdminError> {
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            AdminError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "Send an admin token as 'Authorization: Bearer TOKEN'.",
+            )
+        })?;
+    let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    let Some(token) = admin.tokens.iter().find(|t| t.matches(&digest)) else {
+        return Err(AdminError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "Incorrect admin token provided (an API key is not an admin token).",
+        ));
+    };
+    let Some(route) = roles::find(req.method(), req.uri().path()) else {
+        // A route the table does not list: refused rather than open.
+        return Err(AdminError::new(
+            StatusCode::FORBIDDEN,
+            "permission_denied",
+            "This endpoint has no permission entry.",
+        ));
+    };
+    if !token.role.can(route.need) {
+        return Err(AdminError::new(
+            StatusCode::FORBIDDEN,
+            "permission_denied",
+            format!(
+                "The '{}' role may not call {} {}.",
+                token.role.as_str(),
+                route.method,
+                route.path
+            ),
+        ));
+    }
+    if route.deployment_only && token.org_id.is_some() {
+        return Err(AdminError::new(
+            StatusCode::FORBIDDEN,
+            "permission_denied",
+            format!(
+                "{} {} needs a token for the whole deployment, not one org's.",
+                route.method, route.path
+            ),
+        ));
+    }
+    let client_ip = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_string());
+    Ok(Caller {
+        name: token.name.clone(),
+        role: token.role,
+        org_id: token.org_id,
+        request_id,
+        client_ip,
+    })
+}

@@ -1,0 +1,206 @@
+//! Who may call which admin endpoint: five roles, each endpoint needing one
+//! capability, and the table of every route. The table is the one place a
+//! route's permission is written: the router is checked against it, the
+//! OpenAPI document is checked against it, and a test walks every route with
+//! every role and compares with the table in docs/admin-api.md.
+
+use axum::http::Method;
+
+/// An admin identity's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Everything.
+    Owner,
+    /// Everything but admin tokens.
+    Admin,
+    /// Keys (and, later, limits and routing overrides); no org or project
+    /// writes, no credentials.
+    Operator,
+    /// Usage (and, later, budgets and balances); reads.
+    Billing,
+    /// Reads only.
+    Viewer,
+}
+
+impl Role {
+    /// Every role, from most to least powerful.
+    pub const ALL: [Role; 5] = [
+        Role::Owner,
+        Role::Admin,
+        Role::Operator,
+        Role::Billing,
+        Role::Viewer,
+    ];
+
+    /// The role a config or database names.
+    pub fn parse(s: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+
+    /// Its name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Owner => "owner",
+            Role::Admin => "admin",
+            Role::Operator => "operator",
+            Role::Billing => "billing",
+            Role::Viewer => "viewer",
+        }
+    }
+
+    /// Whether this role has `need`.
+    pub fn can(self, need: Need) -> bool {
+        use Role::*;
+        match need {
+            Need::Read | Need::Usage => true,
+            Need::Tenants => matches!(self, Owner | Admin),
+            Need::Keys => matches!(self, Owner | Admin | Operator),
+            Need::Audit => matches!(self, Owner | Admin | Viewer),
+        }
+    }
+}
+
+/// What an endpoint needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// Reading orgs, projects and keys.
+    Read,
+    /// Creating, changing and disabling orgs and projects.
+    Tenants,
+    /// Creating, changing, rotating and revoking keys.
+    Keys,
+    /// Reading usage.
+    Usage,
+    /// Reading the audit log.
+    Audit,
+}
+
+/// One admin route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    /// Its method.
+    pub method: &'static str,
+    /// Its path, as axum and the OpenAPI document write it.
+    pub path: &'static str,
+    /// What it needs.
+    pub need: Need,
+    /// Only identities of the whole deployment may call it (not one org's).
+    pub deployment_only: bool,
+}
+
+const fn route(method: &'static str, path: &'static str, need: Need) -> Route {
+    Route {
+        method,
+        path,
+        need,
+        deployment_only: false,
+    }
+}
+
+const fn deployment(method: &'static str, path: &'static str, need: Need) -> Route {
+    Route {
+        method,
+        path,
+        need,
+        deployment_only: true,
+    }
+}
+
+/// Every admin route.
+pub const ROUTES: &[Route] = &[
+    route("GET", "/admin/v1/whoami", Need::Read),
+    deployment("POST", "/admin/v1/orgs", Need::Tenants),
+    route("GET", "/admin/v1/orgs", Need::Read),
+    route("GET", "/admin/v1/orgs/{id}", Need::Read),
+    deployment("PATCH", "/admin/v1/orgs/{id}", Need::Tenants),
+    deployment("DELETE", "/admin/v1/orgs/{id}", Need::Tenants),
+    route("POST", "/admin/v1/projects", Need::Tenants),
+    route("GET", "/admin/v1/projects", Need::Read),
+    route("GET", "/admin/v1/projects/{id}", Need::Read),
+    route("PATCH", "/admin/v1/projects/{id}", Need::Tenants),
+    route("DELETE", "/admin/v1/projects/{id}", Need::Tenants),
+    route("POST", "/admin/v1/keys", Need::Keys),
+    route("GET", "/admin/v1/keys", Need::Read),
+    route("GET", "/admin/v1/keys/{id}", Need::Read),
+    route("PATCH", "/admin/v1/keys/{id}", Need::Keys),
+    route("DELETE", "/admin/v1/keys/{id}", Need::Keys),
+    route("POST", "/admin/v1/keys/{id}/rotate", Need::Keys),
+    deployment("GET", "/admin/v1/audit", Need::Audit),
+];
+
+/// The route for `method` on the request path `path`, if it is an admin
+/// route (`{id}` stands for any one segment).
+pub fn find(method: &Method, path: &str) -> Option<&'static Route> {
+    ROUTES
+        .iter()
+        .find(|r| r.method == method.as_str() && fits(r.path, path))
+}
+
+fn fits(template: &str, path: &str) -> bool {
+    let (mut t, mut p) = (template.split('/'), path.split('/'));
+    loop {
+        match (t.next(), p.next()) {
+            (None, None) => return true,
+            (Some(ts), Some(ps)) if ts.starts_with('{') => {
+                if ps.is_empty() {
+                    return false;
+                }
+            }
+            (Some(ts), Some(ps)) if ts == ps => {}
+            _ => return false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_parse_and_narrow_in_order() {
+        for r in Role::ALL {
+            assert_eq!(Role::parse(r.as_str()), Some(r));
+        }
+        assert_eq!(Role::parse("root"), None);
+        // Each need, by role: the more powerful role can do at least as much.
+        for need in [Need::Read, Need::Tenants, Need::Keys, Need::Usage] {
+            let can: Vec<bool> = Role::ALL.iter().map(|r| r.can(need)).collect();
+            assert!(
+                can.windows(2).take(3).all(|w| w[0] >= w[1]),
+                "{need:?}: {can:?}"
+            );
+        }
+        assert!(!Role::Operator.can(Need::Tenants) && Role::Operator.can(Need::Keys));
+        assert!(!Role::Billing.can(Need::Keys) && Role::Billing.can(Need::Usage));
+        assert!(!Role::Viewer.can(Need::Keys) && Role::Viewer.can(Need::Audit));
+    }
+
+    #[test]
+    fn a_request_path_finds_its_route() {
+        let f = |m: Method, p: &str| find(&m, p).map(|r| r.path);
+        assert_eq!(
+            f(Method::GET, "/admin/v1/keys/abc"),
+            Some("/admin/v1/keys/{id}")
+        );
+        assert_eq!(
+            f(Method::POST, "/admin/v1/keys/abc/rotate"),
+            Some("/admin/v1/keys/{id}/rotate")
+        );
+        assert_eq!(f(Method::POST, "/admin/v1/keys/abc"), None);
+        assert_eq!(f(Method::GET, "/admin/v1/keys/"), None);
+        assert_eq!(f(Method::GET, "/admin/v1/keys/a/b"), None);
+        assert_eq!(f(Method::GET, "/admin/v1/orgs"), Some("/admin/v1/orgs"));
+    }
+
+    #[test]
+    fn every_route_is_listed_once() {
+        for (i, r) in ROUTES.iter().enumerate() {
+            assert!(
+                !ROUTES[..i]
+                    .iter()
+                    .any(|o| o.method == r.method && o.path == r.path),
+                "{r:?}"
+            );
+        }
+    }
+}

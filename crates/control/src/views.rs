@@ -1,0 +1,394 @@
+//! Reading and changing tenants as the admin API shows them: orgs, projects
+//! and keys as JSON-ready views (never a secret or a hash), listed in pages
+//! by id (UUIDv7: creation order), and updated with their audit row in the
+//! same transaction.
+
+use serde::Serialize;
+use serde_json::{Value, json};
+use sqlx::FromRow;
+use uuid::Uuid;
+
+use crate::audit::{self, Actor, Entry};
+use crate::feed::KeyNotice;
+use crate::store::{Store, StoreError};
+
+/// An org as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, FromRow)]
+pub struct OrgView {
+    /// Its id.
+    pub id: Uuid,
+    /// Its name.
+    pub name: String,
+    /// `active` or `disabled`.
+    pub status: String,
+    /// Created, Unix seconds.
+    pub created_at: i64,
+    /// Last changed, Unix seconds.
+    pub updated_at: i64,
+}
+
+/// A project as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, FromRow)]
+pub struct ProjectView {
+    /// Its id.
+    pub id: Uuid,
+    /// Its org.
+    pub org_id: Uuid,
+    /// Its name.
+    pub name: String,
+    /// `active` or `disabled`.
+    pub status: String,
+    /// Created, Unix seconds.
+    pub created_at: i64,
+    /// Last changed, Unix seconds.
+    pub updated_at: i64,
+}
+
+/// A key as the admin API shows it: never the secret, never its hash.
+#[derive(Debug, Clone, PartialEq, Serialize, FromRow)]
+pub struct KeyView {
+    /// Its id (the same across rotations).
+    pub id: Uuid,
+    /// Its project.
+    pub project_id: Uuid,
+    /// The project's org.
+    pub org_id: Uuid,
+    /// Its name.
+    pub name: String,
+    /// What identifies it in listings: `sy_<env>_<public id>`.
+    pub prefix: String,
+    /// `active` or `revoked`.
+    pub status: String,
+    /// `{"models": [...]}`, or `{}` for every model.
+    pub scopes: Value,
+    /// Client networks it may be used from; empty: any.
+    pub allowed_cidrs: Vec<String>,
+    /// Free-form data.
+    pub metadata: Value,
+    /// When it stops working, Unix seconds, if ever.
+    pub expires_at: Option<i64>,
+    /// Until when the previous secret of a rotation works, Unix seconds.
+    pub previous_valid_until: Option<i64>,
+    /// Created, Unix seconds.
+    pub created_at: i64,
+    /// Last changed, Unix seconds.
+    pub updated_at: i64,
+}
+
+/// One page of a list, in id order.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Page<T> {
+    /// The items.
+    pub data: Vec<T>,
+    /// Whether more follow the last one.
+    pub has_more: bool,
+}
+
+/// Where a page starts and how long it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageAt {
+    /// Items with ids after this one.
+    pub after: Option<Uuid>,
+    /// At most this many (1 to 100).
+    pub limit: u32,
+}
+
+impl<T> Page<T> {
+    fn of(mut rows: Vec<T>, limit: u32) -> Self {
+        let has_more = rows.len() > limit as usize;
+        rows.truncate(limit as usize);
+        Page {
+            data: rows,
+            has_more,
+        }
+    }
+}
+
+/// Which items a list shows: an org's, a project's, or all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Filter {
+    /// Only this org's.
+    pub org_id: Option<Uuid>,
+    /// Only this project's.
+    pub project_id: Option<Uuid>,
+}
+
+const ORG: &str = "SELECT id, name, status, extract(epoch FROM created_at)::bigint AS created_at, \
+    extract(epoch FROM updated_at)::bigint AS updated_at FROM orgs";
+const PROJECT: &str = "SELECT id, org_id, name, status, \
+    extract(epoch FROM created_at)::bigint AS created_at, \
+    extract(epoch FROM updated_at)::bigint AS updated_at FROM projects";
+const KEY: &str = "SELECT k.id, k.project_id, p.org_id, k.name, \
+    'sy_' || k.env || '_' || k.public_id AS prefix, k.status, k.scopes, k.allowed_cidrs, \
+    k.metadata, extract(epoch FROM k.expires_at)::bigint AS expires_at, \
+    extract(epoch FROM k.previous_valid_until)::bigint AS previous_valid_until, \
+    extract(epoch FROM k.created_at)::bigint AS created_at, \
+    extract(epoch FROM k.updated_at)::bigint AS updated_at \
+    FROM api_keys k JOIN projects p ON p.id = k.project_id";
+
+/// A change to an org or a project (fields left out stay as they are).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rename {
+    /// A new name.
+    pub name: Option<String>,
+    /// `active` or `disabled`.
+    pub status: Option<String>,
+}
+
+/// A change to a key (fields left out stay as they are).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct KeyPatch {
+    /// A new name.
+    pub name: Option<String>,
+    /// New scopes: `Some(None)` lifts them, `Some(Some(models))` sets them.
+    pub models: Option<Option<Vec<String>>>,
+    /// A new expiry (Unix ms), or `Some(None)` for never.
+    pub expires_at_ms: Option<Option<i64>>,
+    /// New allowed networks.
+    pub allowed_cidrs: Option<Vec<ipnet::IpNet>>,
+    /// New metadata.
+    pub metadata: Option<Value>,
+}
+
+impl Store {
+    /// One org.
+    pub async fn org(&self, id: Uuid) -> Result<OrgView, StoreError> {
+        sqlx::query_as(&format!("{ORG} WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?
+            .ok_or(StoreError::NotFound("org"))
+    }
+
+    /// A page of orgs (only `filter.org_id` when set).
+    pub async fn orgs(&self, filter: Filter, at: PageAt) -> Result<Page<OrgView>, StoreError> {
+        let rows = sqlx::query_as(&format!(
+            "{ORG} WHERE ($1::uuid IS NULL OR id > $1) AND ($2::uuid IS NULL OR id = $2) \
+             ORDER BY id LIMIT $3"
+        ))
+        .bind(at.after)
+        .bind(filter.org_id)
+        .bind(i64::from(at.limit) + 1)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(Page::of(rows, at.limit))
+    }
+
+    /// One project.
+    pub async fn project(&self, id: Uuid) -> Result<ProjectView, StoreError> {
+        sqlx::query_as(&format!("{PROJECT} WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?
+            .ok_or(StoreError::NotFound("project"))
+    }
+
+    /// A page of projects.
+    pub async fn projects(
+        &self,
+        filter: Filter,
+        at: PageAt,
+    ) -> Result<Page<ProjectView>, StoreError> {
+        let rows = sqlx::query_as(&format!(
+            "{PROJECT} WHERE ($1::uuid IS NULL OR id > $1) AND ($2::uuid IS NULL OR org_id = $2) \
+             AND ($3::uuid IS NULL OR id = $3) ORDER BY id LIMIT $4"
+        ))
+        .bind(at.after)
+        .bind(filter.org_id)
+        .bind(filter.project_id)
+        .bind(i64::from(at.limit) + 1)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(Page::of(rows, at.limit))
+    }
+
+    /// One key.
+    pub async fn key(&self, id: Uuid) -> Result<KeyView, StoreError> {
+        sqlx::query_as(&format!("{KEY} WHERE k.id = $1"))
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?
+            .ok_or(StoreError::NotFound("key"))
+    }
+
+    /// A page of keys.
+    pub async fn keys(&self, filter: Filter, at: PageAt) -> Result<Page<KeyView>, StoreError> {
+        let rows = sqlx::query_as(&format!(
+            "{KEY} WHERE ($1::uuid IS NULL OR k.id > $1) AND ($2::uuid IS NULL OR p.org_id = $2) \
+             AND ($3::uuid IS NULL OR k.project_id = $3) ORDER BY k.id LIMIT $4"
+        ))
+        .bind(at.after)
+        .bind(filter.org_id)
+        .bind(filter.project_id)
+        .bind(i64::from(at.limit) + 1)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(Page::of(rows, at.limit))
+    }
+
+    /// Renames or disables (re-enables) an org; a status change reloads every
+    /// ingress's keys (the org's keys stop or start working).
+    pub async fn update_org(
+        &self,
+        actor: &Actor,
+        id: Uuid,
+        change: &Rename,
+    ) -> Result<OrgView, StoreError> {
+        self.update_owner(actor, "org", id, change).await?;
+        self.org(id).await
+    }
+
+    /// Renames or disables (re-enables) a project.
+    pub async fn update_project(
+        &self,
+        actor: &Actor,
+        id: Uuid,
+        change: &Rename,
+    ) -> Result<ProjectView, StoreError> {
+        self.update_owner(actor, "project", id, change).await?;
+        self.project(id).await
+    }
+
+    async fn update_owner(
+        &self,
+        actor: &Actor,
+        kind: &'static str,
+        id: Uuid,
+        change: &Rename,
+    ) -> Result<(), StoreError> {
+        let table = if kind == "org" { "orgs" } else { "projects" };
+        let mut tx = self.pool().begin().await?;
+        let before: Option<(String, String)> = sqlx::query_as(&format!(
+            "SELECT name, status FROM {table} WHERE id = $1 FOR UPDATE"
+        ))
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((name, status)) = before else {
+            return Err(StoreError::NotFound(kind));
+        };
+        let new_name = change.name.clone().unwrap_or_else(|| name.clone());
+        let new_status = change.status.clone().unwrap_or_else(|| status.clone());
+        sqlx::query(&format!(
+            "UPDATE {table} SET name = $2, status = $3, updated_at = now() WHERE id = $1"
+        ))
+        .bind(id)
+        .bind(&new_name)
+        .bind(&new_status)
+        .execute(&mut *tx)
+        .await?;
+        let action = format!("{kind}.update");
+        let entry = Entry {
+            action: &action,
+            target_kind: kind,
+            target_id: id.to_string(),
+            before: Some(json!({"id": id, "name": name, "status": status})),
+            after: Some(json!({"id": id, "name": new_name, "status": new_status})),
+        };
+        audit::append(&mut tx, actor, entry).await?;
+        tx.commit().await?;
+        if new_status != status {
+            self.announce(KeyNotice::All).await;
+        }
+        Ok(())
+    }
+
+    /// Changes a key's name, scopes, expiry, networks or metadata.
+    pub async fn update_key(
+        &self,
+        actor: &Actor,
+        id: Uuid,
+        patch: &KeyPatch,
+    ) -> Result<KeyView, StoreError> {
+        let before = self.key(id).await?;
+        let mut tx = self.pool().begin().await?;
+        let scopes = patch.models.as_ref().map(|m| match m {
+            Some(models) => json!({ "models": models }),
+            None => json!({}),
+        });
+        let cidrs: Option<Vec<String>> = patch
+            .allowed_cidrs
+            .as_ref()
+            .map(|c| c.iter().map(ToString::to_string).collect());
+        let (set_expiry, expiry) = match patch.expires_at_ms {
+            Some(e) => (true, e.map(|ms| ms as f64)),
+            None => (false, None),
+        };
+        let done = sqlx::query(
+            "UPDATE api_keys SET name = coalesce($2, name), scopes = coalesce($3, scopes), \
+             allowed_cidrs = coalesce($4, allowed_cidrs), metadata = coalesce($5, metadata), \
+             expires_at = CASE WHEN $6 THEN to_timestamp($7::float8 / 1000) ELSE expires_at END, \
+             updated_at = now() WHERE id = $1 AND status = 'active'",
+        )
+        .bind(id)
+        .bind(&patch.name)
+        .bind(&scopes)
+        .bind(&cidrs)
+        .bind(&patch.metadata)
+        .bind(set_expiry)
+        .bind(expiry)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound("key"));
+        }
+        let after: KeyView = sqlx::query_as(&format!("{KEY} WHERE k.id = $1"))
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let entry = Entry {
+            action: "key.update",
+            target_kind: "key",
+            target_id: id.to_string(),
+            before: Some(serde_json::to_value(&before).unwrap_or(Value::Null)),
+            after: Some(serde_json::to_value(&after).unwrap_or(Value::Null)),
+        };
+        audit::append(&mut tx, actor, entry).await?;
+        tx.commit().await?;
+        let public_id = after
+            .prefix
+            .rsplit('_')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        self.announce(KeyNotice::Changed { public_id }).await;
+        Ok(after)
+    }
+
+    /// A page of the audit log, newest first, filtered.
+    pub async fn audit_rows(&self, q: &AuditQuery) -> Result<Vec<audit::Row>, StoreError> {
+        let rows = sqlx::query_as(&format!(
+            "SELECT {} FROM audit_log WHERE ($1::bigint IS NULL OR seq < $1) \
+             AND ($2::text IS NULL OR target_kind = $2) AND ($3::text IS NULL OR target_id = $3) \
+             AND ($4::text IS NULL OR actor = $4) AND ($5::text IS NULL OR action = $5) \
+             ORDER BY seq DESC LIMIT $6",
+            audit::ROW_COLUMNS
+        ))
+        .bind(q.before_seq)
+        .bind(&q.target_kind)
+        .bind(&q.target_id)
+        .bind(&q.actor)
+        .bind(&q.action)
+        .bind(i64::from(q.limit))
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows)
+    }
+}
+
+/// Which audit rows to show.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditQuery {
+    /// Rows before this one (the next page of a newest-first list).
+    pub before_seq: Option<i64>,
+    /// Only about this kind of thing.
+    pub target_kind: Option<String>,
+    /// Only about this thing.
+    pub target_id: Option<String>,
+    /// Only by this actor.
+    pub actor: Option<String>,
+    /// Only this action.
+    pub action: Option<String>,
+    /// At most this many.
+    pub limit: u32,
+}

@@ -1,0 +1,731 @@
+//! The admin API over HTTP against a real PostgreSQL: every endpoint with
+//! every role against the table in docs/admin-api.md, the OpenAPI document
+//! against the routes, the flows (create, list, change, rotate, revoke, the
+//! audit log), isolation between orgs, hostile strings and malformed requests.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+
+use reqwest::Method;
+use serde_json::{Value, json};
+use sy_control::admin::roles::{ROUTES, Role};
+use sy_control::admin::{self, Admin, AdminToken};
+use sy_control::store::Store;
+use uuid::Uuid;
+
+const OWNER: &str = "root-token-0000000001";
+
+fn token_of(role: Role) -> String {
+    format!("test-{}-token-0001", role.as_str())
+}
+
+/// The org-scoped admin token of org `org`.
+fn scoped_token() -> &'static str {
+    "test-org-admin-token-0001"
+}
+
+struct Api {
+    base: String,
+    http: reqwest::Client,
+    store: Store,
+}
+
+impl Api {
+    /// The admin API on a port of its own, with a token per role and an
+    /// org-scoped admin token for `scoped_org` (if given).
+    async fn start(scoped_org: Option<Uuid>) -> Api {
+        let store = common::store().await;
+        Api::serve(store, scoped_org).await
+    }
+
+    async fn serve(store: Store, scoped_org: Option<Uuid>) -> Api {
+        let mut tokens: Vec<AdminToken> = Role::ALL
+            .into_iter()
+            .map(|r| AdminToken::new(r.as_str(), &token_of(r), r, None))
+            .collect();
+        tokens.push(AdminToken::new("root", OWNER, Role::Owner, None));
+        if let Some(org) = scoped_org {
+            tokens.push(AdminToken::new(
+                "org-admin",
+                scoped_token(),
+                Role::Admin,
+                Some(org),
+            ));
+        }
+        let app = admin::router::<()>(Admin::new(store.clone(), tokens));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .await
+            .unwrap();
+        });
+        Api {
+            base: format!("http://{addr}"),
+            http: sy_test_support::http(),
+            store,
+        }
+    }
+
+    async fn call(
+        &self,
+        token: &str,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        // Every answer of an admin route names its request (a path that is
+        // no route is answered before any of it runs).
+        assert!(
+            resp.headers().contains_key("x-switchyard-request-id") || path == "/admin/v1/secrets",
+            "{path}"
+        );
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn ok(&self, method: Method, path: &str, body: Option<Value>) -> Value {
+        let (status, v) = self.call(OWNER, method, path, body).await;
+        assert!((200..300).contains(&status), "{path}: {status} {v}");
+        v
+    }
+}
+
+/// The "who may call what" table of docs/admin-api.md: (method path) →
+/// allowed per role (owner, admin, operator, billing, viewer) and for an
+/// org-scoped token.
+fn docs_table() -> Vec<(String, [bool; 5], bool)> {
+    let text =
+        std::fs::read_to_string(sy_test_support::repo_root().join("docs/admin-api.md")).unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("| `") && l.contains("/admin/v1"))
+        .map(|l| {
+            let cells: Vec<&str> = l
+                .split('|')
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .collect();
+            assert_eq!(cells.len(), 7, "{l}");
+            let endpoint = cells[0].trim_matches('`').to_owned();
+            let yes = |c: &str| match c {
+                "yes" | "own org" => true,
+                "no" => false,
+                other => panic!("{other} in {l}"),
+            };
+            let roles = [
+                yes(cells[1]),
+                yes(cells[2]),
+                yes(cells[3]),
+                yes(cells[4]),
+                yes(cells[5]),
+            ];
+            (endpoint, roles, yes(cells[6]))
+        })
+        .collect()
+}
+
+fn openapi_operations() -> BTreeSet<String> {
+    let doc: Value = serde_json::from_str(
+        &std::fs::read_to_string(sy_test_support::repo_root().join("schemas/admin-openapi.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let mut ops = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            assert!(op["operationId"].is_string(), "{method} {path}");
+            ops.insert(format!("{} {path}", method.to_uppercase()));
+        }
+    }
+    ops
+}
+
+#[tokio::test]
+async fn the_openapi_document_the_docs_table_and_the_routes_agree() {
+    let routes: BTreeSet<String> = ROUTES
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert_eq!(
+        openapi_operations(),
+        routes,
+        "schemas/admin-openapi.json vs the routes"
+    );
+    let table: BTreeSet<String> = docs_table().into_iter().map(|(e, _, _)| e).collect();
+    assert_eq!(table, routes, "docs/admin-api.md vs the routes");
+    // Every listed route is served: without a token it is 401, never 404 or 405.
+    let api = Api::start(None).await;
+    for r in ROUTES {
+        let path = r.path.replace("{id}", &Uuid::now_v7().to_string());
+        let method = Method::from_bytes(r.method.as_bytes()).unwrap();
+        let resp = api
+            .http
+            .request(method, format!("{}{path}", api.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 401, "{} {}", r.method, r.path);
+    }
+    // And a path the table does not list is not served.
+    let (status, _) = api
+        .call(OWNER, Method::GET, "/admin/v1/secrets", None)
+        .await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn every_endpoint_answers_every_role_as_the_docs_table_says() {
+    let store = common::store().await;
+    let actor = common::actor();
+    let org = store.create_org(&actor, "A").await.unwrap();
+    let api = Api::serve(store, Some(org)).await;
+    let mut tokens: Vec<(String, String)> = Role::ALL
+        .into_iter()
+        .map(|r| (r.as_str().to_owned(), token_of(r)))
+        .collect();
+    tokens.push(("org-scoped".into(), scoped_token().to_owned()));
+    let mut wrong = Vec::new();
+    for (endpoint, roles, scoped) in docs_table() {
+        let (method, path) = endpoint.split_once(' ').unwrap();
+        for (i, (who, token)) in tokens.iter().enumerate() {
+            // Fresh things of org A for each call, so that a permitted write
+            // has something to act on.
+            let project = api.store.create_project(&actor, org, "p").await.unwrap();
+            let (key, _) = api
+                .store
+                .create_key(&actor, project, &sy_control::store::KeySpec::named("k"))
+                .await
+                .unwrap();
+            let id = match path {
+                p if p.starts_with("/admin/v1/orgs/") => org,
+                p if p.starts_with("/admin/v1/projects/") => project,
+                _ => key,
+            };
+            let body = match (method, path) {
+                ("POST", "/admin/v1/orgs") => Some(json!({"name": "x"})),
+                ("POST", "/admin/v1/projects") => Some(json!({"org_id": org, "name": "x"})),
+                ("POST", "/admin/v1/keys") => Some(json!({"project_id": project, "name": "x"})),
+                ("POST", _) => Some(json!({"grace_seconds": 0})),
+                ("PATCH", _) => Some(json!({"name": "renamed"})),
+                _ => None,
+            };
+            let url = path.replace("{id}", &id.to_string());
+            let method = Method::from_bytes(method.as_bytes()).unwrap();
+            let (status, v) = api.call(token, method, &url, body).await;
+            let allowed = if i < 5 { roles[i] } else { scoped };
+            let refused = status == 403;
+            if refused == allowed || status == 401 || (allowed && !(200..300).contains(&status)) {
+                wrong.push(format!("{endpoint} as {who}: {status} {v}"));
+            }
+            // Re-enable what a permitted DELETE disabled, for the next caller.
+            if url.starts_with("/admin/v1/orgs/") {
+                api.ok(Method::PATCH, &url, Some(json!({"status": "active"})))
+                    .await;
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
+#[tokio::test]
+async fn keys_are_created_shown_once_listed_changed_rotated_and_revoked_with_audit_rows() {
+    let api = Api::start(None).await;
+    let org = api
+        .ok(
+            Method::POST,
+            "/admin/v1/orgs",
+            Some(json!({"name": "Acme"})),
+        )
+        .await;
+    let org_id = org["id"].as_str().unwrap().to_owned();
+    assert_eq!(org["status"], "active");
+    let project = api
+        .ok(
+            Method::POST,
+            "/admin/v1/projects",
+            Some(json!({"org_id": org_id, "name": "web"})),
+        )
+        .await;
+    let project_id = project["id"].as_str().unwrap().to_owned();
+    let created = api
+        .ok(
+            Method::POST,
+            "/admin/v1/keys",
+            Some(json!({"project_id": project_id, "name": "prod",
+                "scopes": {"models": ["gpt-4o-mini"]}, "allowed_cidrs": ["10.0.0.0/8", "192.0.2.7"],
+                "expires_at": 4_000_000_000i64, "metadata": {"team": "search"}})),
+        )
+        .await;
+    let key_id = created["id"].as_str().unwrap().to_owned();
+    let secret = created["key"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with(created["prefix"].as_str().unwrap()));
+    assert_eq!(created["org_id"], org_id.as_str());
+    assert_eq!(created["scopes"], json!({"models": ["gpt-4o-mini"]}));
+    assert_eq!(
+        created["allowed_cidrs"],
+        json!(["10.0.0.0/8", "192.0.2.7/32"])
+    );
+    assert_eq!(created["expires_at"], 4_000_000_000i64);
+    // Shown once: no other answer holds the secret.
+    let got = api
+        .ok(Method::GET, &format!("/admin/v1/keys/{key_id}"), None)
+        .await;
+    assert!(got.get("key").is_none());
+    let listed = api
+        .ok(
+            Method::GET,
+            &format!("/admin/v1/keys?project_id={project_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(listed["data"].as_array().unwrap().len(), 1);
+    assert!(!listed.to_string().contains(&secret[secret.len() - 20..]));
+    // A change: scope lifted, expiry removed, renamed.
+    let changed = api
+        .ok(
+            Method::PATCH,
+            &format!("/admin/v1/keys/{key_id}"),
+            Some(json!({"name": "prod-2", "scopes": null, "expires_at": null})),
+        )
+        .await;
+    assert_eq!(
+        (changed["name"].as_str(), &changed["scopes"]),
+        (Some("prod-2"), &json!({}))
+    );
+    assert!(changed["expires_at"].is_null());
+    assert_eq!(
+        changed["allowed_cidrs"], created["allowed_cidrs"],
+        "fields left out stay"
+    );
+    // Rotation: same id and prefix, a new secret, the old one in grace.
+    let rotated = api
+        .ok(
+            Method::POST,
+            &format!("/admin/v1/keys/{key_id}/rotate"),
+            Some(json!({"grace_seconds": 60})),
+        )
+        .await;
+    assert_eq!(
+        (rotated["id"].as_str(), rotated["prefix"].as_str()),
+        (Some(key_id.as_str()), created["prefix"].as_str())
+    );
+    assert_ne!(rotated["key"], created["key"]);
+    assert!(rotated["previous_valid_until"].as_i64().is_some());
+    let owner_of = |k: &str| {
+        let k = k.to_owned();
+        let s = api.store.clone();
+        async move {
+            s.authenticate(&k)
+                .await
+                .unwrap()
+                .map(|o| o.key_id.to_string())
+        }
+    };
+    assert_eq!(owner_of(&secret).await, Some(key_id.clone()));
+    assert_eq!(
+        owner_of(rotated["key"].as_str().unwrap()).await,
+        Some(key_id.clone())
+    );
+    let revoked = api
+        .ok(Method::DELETE, &format!("/admin/v1/keys/{key_id}"), None)
+        .await;
+    assert_eq!(revoked["status"], "revoked");
+    assert_eq!(owner_of(rotated["key"].as_str().unwrap()).await, None);
+    // Pagination in creation order.
+    for i in 0..3 {
+        api.ok(
+            Method::POST,
+            "/admin/v1/orgs",
+            Some(json!({"name": format!("org {i}")})),
+        )
+        .await;
+    }
+    let first = api.ok(Method::GET, "/admin/v1/orgs?limit=2", None).await;
+    assert_eq!(
+        (
+            first["data"].as_array().unwrap().len(),
+            first["has_more"].as_bool()
+        ),
+        (2, Some(true))
+    );
+    assert_eq!(first["data"][0]["id"], org_id.as_str());
+    let after = first["last_id"].as_str().unwrap();
+    let second = api
+        .ok(
+            Method::GET,
+            &format!("/admin/v1/orgs?limit=2&after={after}"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (
+            second["data"].as_array().unwrap().len(),
+            second["has_more"].as_bool()
+        ),
+        (2, Some(false))
+    );
+    // The audit log: every write, newest first, with who, the request and the address.
+    let audit = api
+        .ok(
+            Method::GET,
+            &format!("/admin/v1/audit?target_id={key_id}"),
+            None,
+        )
+        .await;
+    let actions: Vec<&str> = audit["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        ["key.revoke", "key.rotate", "key.update", "key.create"]
+    );
+    for row in audit["data"].as_array().unwrap() {
+        assert_eq!(
+            (row["actor"].as_str(), row["role"].as_str()),
+            (Some("root"), Some("owner"))
+        );
+        assert_eq!(row["client_ip"], "127.0.0.1");
+        assert!(Uuid::parse_str(row["request_id"].as_str().unwrap()).is_ok());
+    }
+    let all = api.ok(Method::GET, "/admin/v1/audit?limit=500", None).await;
+    assert!(
+        !all.to_string().contains(&secret[secret.len() - 20..]),
+        "no secret in the audit log"
+    );
+    // org, project, key (create, update, rotate, revoke), three more orgs.
+    assert_eq!(
+        sy_control::audit::verify(api.store.pool()).await.unwrap(),
+        Ok(9)
+    );
+    // Disabling the org stops its keys; the audit log says who.
+    let k2 = api
+        .ok(
+            Method::POST,
+            "/admin/v1/keys",
+            Some(json!({"project_id": project_id, "name": "k2"})),
+        )
+        .await;
+    api.ok(Method::DELETE, &format!("/admin/v1/orgs/{org_id}"), None)
+        .await;
+    assert_eq!(owner_of(k2["key"].as_str().unwrap()).await, None);
+}
+
+#[tokio::test]
+async fn an_org_scoped_token_sees_and_changes_only_its_own_org() {
+    let store = common::store().await;
+    let actor = common::actor();
+    let a = store.create_org(&actor, "A").await.unwrap();
+    let b = store.create_org(&actor, "B").await.unwrap();
+    let pb = store.create_project(&actor, b, "b").await.unwrap();
+    let (kb, _) = store
+        .create_key(&actor, pb, &sy_control::store::KeySpec::named("b"))
+        .await
+        .unwrap();
+    let api = Api::serve(store, Some(a)).await;
+    let t = scoped_token();
+    let (status, who) = api.call(t, Method::GET, "/admin/v1/whoami", None).await;
+    assert_eq!(
+        (status, who["org_id"].as_str()),
+        (200, Some(a.to_string().as_str()))
+    );
+    let (_, orgs) = api.call(t, Method::GET, "/admin/v1/orgs", None).await;
+    assert_eq!(orgs["data"].as_array().unwrap().len(), 1);
+    assert_eq!(orgs["data"][0]["id"], a.to_string());
+    for path in [
+        format!("/admin/v1/orgs/{b}"),
+        format!("/admin/v1/projects/{pb}"),
+        format!("/admin/v1/keys/{kb}"),
+    ] {
+        let (status, _) = api.call(t, Method::GET, &path, None).await;
+        assert_eq!(status, 404, "{path}");
+    }
+    let (status, _) = api
+        .call(t, Method::DELETE, &format!("/admin/v1/keys/{kb}"), None)
+        .await;
+    assert_eq!(status, 404);
+    let (status, _) = api
+        .call(
+            t,
+            Method::GET,
+            &format!("/admin/v1/projects?org_id={b}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+    let (status, _) = api
+        .call(
+            t,
+            Method::POST,
+            "/admin/v1/projects",
+            Some(json!({"org_id": b, "name": "x"})),
+        )
+        .await;
+    assert_eq!(status, 404);
+    let (_, keys) = api.call(t, Method::GET, "/admin/v1/keys", None).await;
+    assert_eq!(keys["data"].as_array().unwrap().len(), 0, "{keys}");
+    // In its own org it works.
+    let (status, p) = api
+        .call(
+            t,
+            Method::POST,
+            "/admin/v1/projects",
+            Some(json!({"org_id": a, "name": "mine"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{p}");
+    let (status, k) = api
+        .call(
+            t,
+            Method::POST,
+            "/admin/v1/keys",
+            Some(json!({"project_id": p["id"], "name": "k"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{k}");
+    assert_eq!(
+        api.store.key(kb).await.unwrap().status,
+        "active",
+        "org B's key untouched"
+    );
+}
+
+#[tokio::test]
+async fn hostile_strings_are_kept_verbatim_and_malformed_requests_get_clear_400s() {
+    let api = Api::start(None).await;
+    let long = "長".repeat(1024);
+    let hostile = [
+        "'; DROP TABLE orgs; --",
+        "Robert'); DELETE FROM api_keys WHERE ('1'='1",
+        "<script>alert(1)</script>",
+        "\u{1}\u{1b}[31mred\u{7f}\t\r\n",
+        "\u{202e}gnp.exe \u{1f600} Ω ﷽",
+        "%s%n%x {{}} ${HOME} $(reboot)",
+        long.as_str(),
+    ];
+    for name in hostile {
+        let org = api
+            .ok(Method::POST, "/admin/v1/orgs", Some(json!({"name": name})))
+            .await;
+        assert_eq!(org["name"], name);
+        let id = org["id"].as_str().unwrap();
+        let again = api
+            .ok(Method::GET, &format!("/admin/v1/orgs/{id}"), None)
+            .await;
+        assert_eq!(again["name"], name);
+        let p = api
+            .ok(
+                Method::POST,
+                "/admin/v1/projects",
+                Some(json!({"org_id": id, "name": name})),
+            )
+            .await;
+        let k = api
+            .ok(
+                Method::POST,
+                "/admin/v1/keys",
+                Some(json!({"project_id": p["id"], "name": name,
+                "scopes": {"models": [name]}, "metadata": {name: name}})),
+            )
+            .await;
+        assert_eq!(
+            (&k["name"], &k["scopes"]["models"][0], &k["metadata"][name]),
+            (&json!(name), &json!(name), &json!(name))
+        );
+        let audit = api
+            .ok(
+                Method::GET,
+                &format!("/admin/v1/audit?target_id={id}&actor=root"),
+                None,
+            )
+            .await;
+        assert_eq!(audit["data"][0]["after"]["name"], name);
+    }
+    // The tables are all still there.
+    let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM orgs")
+        .fetch_one(api.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(n, hostile.len() as i64);
+    let org = api
+        .ok(Method::POST, "/admin/v1/orgs", Some(json!({"name": "o"})))
+        .await;
+    let p = api
+        .ok(
+            Method::POST,
+            "/admin/v1/projects",
+            Some(json!({"org_id": org["id"], "name": "p"})),
+        )
+        .await;
+    let k = api
+        .ok(
+            Method::POST,
+            "/admin/v1/keys",
+            Some(json!({"project_id": p["id"], "name": "k"})),
+        )
+        .await;
+    let key_path = format!("/admin/v1/keys/{}", k["id"].as_str().unwrap());
+    let rotate_path = format!("{key_path}/rotate");
+    let org_path = format!("/admin/v1/orgs/{}", org["id"].as_str().unwrap());
+    let bad: Vec<(Method, &str, Value, &str)> = vec![
+        (Method::POST, "/admin/v1/orgs", json!({}), "name"),
+        (
+            Method::POST,
+            "/admin/v1/orgs",
+            json!({"name": ""}),
+            "'name' must not be empty",
+        ),
+        (
+            Method::POST,
+            "/admin/v1/orgs",
+            json!({"name": "a\u{0}b"}),
+            "NUL",
+        ),
+        (
+            Method::POST,
+            "/admin/v1/orgs",
+            json!({"name": "x".repeat(1025)}),
+            "longer than 1024",
+        ),
+        (
+            Method::POST,
+            "/admin/v1/orgs",
+            json!({"name": "x", "plan": "gold"}),
+            "unknown field `plan`",
+        ),
+        (
+            Method::POST,
+            "/admin/v1/orgs",
+            json!(["name"]),
+            "Invalid body",
+        ),
+        (
+            Method::POST,
+            "/admin/v1/projects",
+            json!({"org_id": "not-a-uuid", "name": "x"}),
+            "org_id",
+        ),
+        (
+            Method::POST,
+            "/admin/v1/keys",
+            json!({"project_id": p["id"], "name": "x", "allowed_cidrs": ["10.0.0.0/33"]}),
+            "10.0.0.0/33",
+        ),
+        (
+            Method::POST,
+            "/admin/v1/keys",
+            json!({"project_id": p["id"], "name": "x", "expires_at": -5}),
+            "expires_at",
+        ),
+        (
+            Method::POST,
+            "/admin/v1/keys",
+            json!({"project_id": p["id"], "name": "x", "metadata": [1]}),
+            "metadata",
+        ),
+        (
+            Method::POST,
+            "/admin/v1/keys",
+            json!({"project_id": p["id"], "name": "x", "scopes": {"model": []}}),
+            "unknown field `model`",
+        ),
+        (
+            Method::PATCH,
+            &key_path,
+            json!({"status": "revoked"}),
+            "unknown field `status`",
+        ),
+        (
+            Method::POST,
+            &rotate_path,
+            json!({"grace_seconds": 2_592_001}),
+            "grace_seconds",
+        ),
+        (
+            Method::POST,
+            &rotate_path,
+            json!({"grace_seconds": -1}),
+            "Invalid body",
+        ),
+        (
+            Method::PATCH,
+            &org_path,
+            json!({"status": "paused"}),
+            "status",
+        ),
+    ];
+    for (method, path, body, says) in bad {
+        let (status, v) = api
+            .call(OWNER, method.clone(), path, Some(body.clone()))
+            .await;
+        assert_eq!(status, 400, "{method} {path} {body}: {v}");
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.contains(says), "{body}: {message}");
+    }
+    // Not JSON at all.
+    let resp = api
+        .http
+        .post(format!("{}/admin/v1/orgs", api.base))
+        .bearer_auth(OWNER)
+        .body("{name: 'x'")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    for q in ["limit=0", "limit=101", "limit=x", "after=nope", "org_id=1"] {
+        let (status, v) = api
+            .call(OWNER, Method::GET, &format!("/admin/v1/projects?{q}"), None)
+            .await;
+        assert_eq!(status, 400, "{q}: {v}");
+    }
+    let (status, _) = api
+        .call(OWNER, Method::GET, "/admin/v1/keys/not-a-uuid", None)
+        .await;
+    assert_eq!(status, 404);
+    let (status, v) = api
+        .call(OWNER, Method::GET, "/admin/v1/audit?actor=a%00b", None)
+        .await;
+    assert_eq!(status, 400, "{v}");
+    // A key is not an admin token, and a wrong token is refused.
+    let (status, v) = api
+        .call(
+            k["key"].as_str().unwrap(),
+            Method::GET,
+            "/admin/v1/whoami",
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, v["error"]["type"].as_str()),
+        (401, Some("authentication_error"))
+    );
+    assert_eq!(
+        sy_control::audit::verify(api.store.pool())
+            .await
+            .unwrap()
+            .map(|n| n > 0),
+        Ok(true)
+    );
+}

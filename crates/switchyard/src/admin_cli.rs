@@ -1,0 +1,441 @@
+//! `switchyard admin orgs|projects|keys|audit ...`: the admin API from the
+//! command line, over HTTP (`--url`, `--token` or `SWITCHYARD_ADMIN_TOKEN`).
+//! Tables for people by default, the API's JSON with `--json`.
+//! (`switchyard admin audit verify` reads the database itself; see main.rs.)
+
+use std::io::Write;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+
+/// Where the admin API is and who calls it.
+#[derive(Args, Debug, Clone)]
+pub struct Connection {
+    /// The ingress serving the admin API.
+    #[arg(
+        long,
+        env = "SWITCHYARD_URL",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    pub url: String,
+    /// The admin token.
+    #[arg(
+        long,
+        env = "SWITCHYARD_ADMIN_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
+    pub token: Option<String>,
+    /// Print the API's JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum OrgCommand {
+    /// Creates an org.
+    Create { name: String },
+    /// Lists orgs.
+    List {
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Disables an org (its keys stop working everywhere).
+    Disable { id: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ProjectCommand {
+    /// Creates a project in an org.
+    Create {
+        /// The org.
+        #[arg(long)]
+        org: String,
+        name: String,
+    },
+    /// Lists projects.
+    List {
+        /// Only this org's.
+        #[arg(long)]
+        org: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Disables a project (its keys stop working everywhere).
+    Disable { id: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyCommand {
+    /// Creates an API key and prints its secret (shown this once).
+    Create {
+        /// The project.
+        #[arg(long)]
+        project: String,
+        name: String,
+        /// A model or router the key may name (repeatable; none: every one).
+        #[arg(long = "model")]
+        models: Vec<String>,
+        /// A client network the key may be used from (repeatable; none: any).
+        #[arg(long = "cidr")]
+        cidrs: Vec<String>,
+        /// When it stops working, Unix seconds.
+        #[arg(long)]
+        expires_at: Option<i64>,
+    },
+    /// Lists keys (never their secrets).
+    List {
+        /// Only this project's.
+        #[arg(long)]
+        project: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Prints one key.
+    Get { id: String },
+    /// Revokes a key: refused on every ingress within a second.
+    Revoke { id: String },
+    /// A new secret for the key (printed once); the old one works for --grace seconds.
+    Rotate {
+        id: String,
+        #[arg(long, default_value_t = 0)]
+        grace: u32,
+    },
+}
+
+/// One admin call.
+#[derive(Debug)]
+pub enum Call {
+    Orgs(OrgCommand),
+    Projects(ProjectCommand),
+    Keys(KeyCommand),
+    /// The newest audit rows, filtered by target id and actor.
+    Audit {
+        target: Option<String>,
+        actor: Option<String>,
+        limit: u32,
+    },
+}
+
+struct Api {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Api {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("calling {}", self.base))?;
+        let status = resp.status();
+        let text = resp.text().await.context("reading the answer")?;
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        if !status.is_success() {
+            let message = v["error"]["message"]
+                .as_str()
+                .map_or_else(|| v.to_string(), str::to_owned);
+            bail!("{status}: {message}");
+        }
+        Ok(v)
+    }
+}
+
+/// Runs one admin call; prints its answer to `out`.
+pub async fn run(conn: &Connection, call: Call, out: &mut impl Write) -> anyhow::Result<()> {
+    use reqwest::Method;
+    let token = conn
+        .token
+        .clone()
+        .context("an admin token is needed: --token or SWITCHYARD_ADMIN_TOKEN")?;
+    let api = Api {
+        http: reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .build()
+            .context("making the HTTP client")?,
+        base: conn.url.trim_end_matches('/').to_owned(),
+        token,
+    };
+    let q = |pairs: &[(&str, Option<&str>)]| {
+        let parts: Vec<String> = pairs
+            .iter()
+            .filter_map(|(k, v)| v.map(|v| format!("{k}={}", urlencode(v))))
+            .collect();
+        if parts.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", parts.join("&"))
+        }
+    };
+    let (v, shape) = match call {
+        Call::Orgs(OrgCommand::Create { name }) => (
+            api.call(Method::POST, "/admin/v1/orgs", Some(json!({"name": name})))
+                .await?,
+            Shape::Org,
+        ),
+        Call::Orgs(OrgCommand::List { limit }) => (
+            api.call(Method::GET, &format!("/admin/v1/orgs?limit={limit}"), None)
+                .await?,
+            Shape::Org,
+        ),
+        Call::Orgs(OrgCommand::Disable { id }) => (
+            api.call(
+                Method::DELETE,
+                &format!("/admin/v1/orgs/{}", urlencode(&id)),
+                None,
+            )
+            .await?,
+            Shape::Org,
+        ),
+        Call::Projects(ProjectCommand::Create { org, name }) => (
+            api.call(
+                Method::POST,
+                "/admin/v1/projects",
+                Some(json!({"org_id": org, "name": name})),
+            )
+            .await?,
+            Shape::Project,
+        ),
+        Call::Projects(ProjectCommand::List { org, limit }) => {
+            let limit = limit.to_string();
+            let path = format!(
+                "/admin/v1/projects{}",
+                q(&[("org_id", org.as_deref()), ("limit", Some(&limit))])
+            );
+            (api.call(Method::GET, &path, None).await?, Shape::Project)
+        }
+        Call::Projects(ProjectCommand::Disable { id }) => (
+            api.call(
+                Method::DELETE,
+                &format!("/admin/v1/projects/{}", urlencode(&id)),
+                None,
+            )
+            .await?,
+            Shape::Project,
+        ),
+        Call::Keys(KeyCommand::Create {
+            project,
+            name,
+            models,
+            cidrs,
+            expires_at,
+        }) => {
+            let mut body = json!({"project_id": project, "name": name});
+            if !models.is_empty() {
+                body["scopes"] = json!({ "models": models });
+            }
+            if !cidrs.is_empty() {
+                body["allowed_cidrs"] = json!(cidrs);
+            }
+            if let Some(e) = expires_at {
+                body["expires_at"] = json!(e);
+            }
+            (
+                api.call(Method::POST, "/admin/v1/keys", Some(body)).await?,
+                Shape::NewKey,
+            )
+        }
+        Call::Keys(KeyCommand::List { project, limit }) => {
+            let limit = limit.to_string();
+            let path = format!(
+                "/admin/v1/keys{}",
+                q(&[("project_id", project.as_deref()), ("limit", Some(&limit))])
+            );
+            (api.call(Method::GET, &path, None).await?, Shape::Key)
+        }
+        Call::Keys(KeyCommand::Get { id }) => (
+            api.call(
+                Method::GET,
+                &format!("/admin/v1/keys/{}", urlencode(&id)),
+                None,
+            )
+            .await?,
+            Shape::Key,
+        ),
+        Call::Keys(KeyCommand::Revoke { id }) => (
+            api.call(
+                Method::DELETE,
+                &format!("/admin/v1/keys/{}", urlencode(&id)),
+                None,
+            )
+            .await?,
+            Shape::Key,
+        ),
+        Call::Keys(KeyCommand::Rotate { id, grace }) => (
+            api.call(
+                Method::POST,
+                &format!("/admin/v1/keys/{}/rotate", urlencode(&id)),
+                Some(json!({"grace_seconds": grace})),
+            )
+            .await?,
+            Shape::NewKey,
+        ),
+        Call::Audit {
+            target,
+            actor,
+            limit,
+        } => {
+            let limit = limit.to_string();
+            let path = format!(
+                "/admin/v1/audit{}",
+                q(&[
+                    ("target_id", target.as_deref()),
+                    ("actor", actor.as_deref()),
+                    ("limit", Some(&limit)),
+                ])
+            );
+            (api.call(Method::GET, &path, None).await?, Shape::Audit)
+        }
+    };
+    if conn.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+    } else {
+        print_table(&v, shape, out)?;
+    }
+    Ok(())
+}
+
+/// What kind of thing an answer holds.
+#[derive(Debug, Clone, Copy)]
+enum Shape {
+    Org,
+    Project,
+    Key,
+    NewKey,
+    Audit,
+}
+
+impl Shape {
+    fn columns(self) -> &'static [&'static str] {
+        match self {
+            Shape::Org => &["id", "name", "status"],
+            Shape::Project => &["id", "org_id", "name", "status"],
+            Shape::Key | Shape::NewKey => &["id", "prefix", "name", "status", "project_id"],
+            Shape::Audit => &["seq", "actor", "role", "action", "target_kind", "target_id"],
+        }
+    }
+}
+
+fn cell(v: &Value) -> String {
+    match v {
+        Value::String(s) => s
+            .chars()
+            .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+            .collect(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+/// The rows of a list answer (or the one object), as a table.
+fn print_table(v: &Value, shape: Shape, out: &mut impl Write) -> anyhow::Result<()> {
+    let rows: Vec<&Value> = match v.get("data").and_then(Value::as_array) {
+        Some(items) => items.iter().collect(),
+        None => vec![v],
+    };
+    let cols = shape.columns();
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| cols.iter().map(|c| cell(&r[*c])).collect())
+        .collect();
+    let widths: Vec<usize> = cols
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            cells
+                .iter()
+                .map(|r| r[i].chars().count())
+                .chain([c.len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |values: Vec<String>| {
+        values
+            .iter()
+            .zip(&widths)
+            .map(|(v, w)| format!("{v:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    writeln!(
+        out,
+        "{}",
+        line(cols.iter().map(|c| c.to_uppercase()).collect())
+    )?;
+    for r in cells {
+        writeln!(out, "{}", line(r))?;
+    }
+    if let Shape::NewKey = shape
+        && let Some(key) = v["key"].as_str()
+    {
+        writeln!(out)?;
+        writeln!(out, "key: {key}")?;
+        writeln!(
+            out,
+            "(shown this once: store it now; Switchyard keeps only its hash)"
+        )?;
+    }
+    if v.get("has_more").and_then(Value::as_bool) == Some(true) {
+        writeln!(out, "(more: raise --limit)")?;
+    }
+    Ok(())
+}
+
+/// Percent-encodes everything but unreserved characters.
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_list_prints_as_a_table_and_a_new_key_shows_its_secret_once() {
+        let v = json!({"object": "list", "has_more": true, "data": [
+            {"id": "1", "name": "Acme\u{1b}[31m", "status": "active"},
+            {"id": "22", "name": null, "status": "disabled"}]});
+        let mut out = Vec::new();
+        print_table(&v, Shape::Org, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text,
+            "ID  NAME       STATUS\n1   Acme\u{fffd}[31m  active\n22  -          disabled\n(more: raise --limit)\n"
+        );
+        let k = json!({"id": "k", "prefix": "sy_live_x", "name": "n", "status": "active",
+            "project_id": "p", "key": "sy_live_x_secret_c"});
+        let mut out = Vec::new();
+        print_table(&k, Shape::NewKey, &mut out).unwrap();
+        assert!(
+            String::from_utf8(out)
+                .unwrap()
+                .contains("key: sy_live_x_secret_c\n")
+        );
+        assert_eq!(urlencode("a b/ü"), "a%20b%2F%C3%BC");
+    }
+}
