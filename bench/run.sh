@@ -13,16 +13,25 @@
 #   QUICK=1 bench/run.sh    # fewer requests, for a smoke check
 #   SWITCHYARD_BIN=/tmp/old NOTE=before bench/run.sh   # another build of switchyard
 #   SKIP_BUILD=1 ...        # use the release binaries as they are
+#   NO_TENANTS=1 ...        # no PostgreSQL, no tenant's key (for a build from before them)
+#
+# With tenants on (the default) the ingress also authenticates a tenant's key
+# from its in-memory table (PostgreSQL schema "bench", made fresh): the rows
+# "tenant-key" against "switchyard" (the config file's key), interleaved, show
+# what authentication from memory costs.
 set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 started_nats=0
 started_clickhouse=0
+tenants=1
+if [[ -n ${NO_TENANTS:-} ]]; then tenants=0; fi
 cleanup() {
   stop_bench_processes
   if ((started_nats)); then stop_nats; fi
   if ((started_clickhouse)); then stop_clickhouse; fi
+  if ((tenants)); then stop_postgres; fi
 }
 trap cleanup EXIT
 
@@ -30,10 +39,15 @@ if ! port_open 4222; then started_nats=1; fi
 ensure_nats
 if ! port_open 8123; then started_clickhouse=1; fi
 ensure_clickhouse
+if ((tenants)); then
+  ensure_postgres
+  PGPASSWORD=switchyard psql -q -h 127.0.0.1 -U switchyard switchyard \
+    -c "DROP SCHEMA IF EXISTS bench CASCADE" -c "CREATE SCHEMA bench" >/dev/null
+fi
 
 if [[ -z ${SKIP_BUILD:-} ]]; then
   say "Building release binaries"
-  cargo build --release --locked --bin switchyard --bin mock-provider --bin sy-bench --bin sy-accounting-bench --bin sy-classifier-bench
+  cargo build --release --locked --bin switchyard --bin mock-provider --bin sy-bench --bin sy-accounting-bench --bin sy-classifier-bench --bin sy-auth-bench
 fi
 
 bench_ports_free
@@ -47,6 +61,11 @@ listen = "127.0.0.1:18080"
 [nats]
 url = "nats://127.0.0.1:4222"
 namespace = "bench"
+
+# Nothing consumes the usage events here: keep them only briefly, so that runs
+# do not pile them up in JetStream.
+[accounting]
+usage_max_age = "2m"
 
 [[keys]]
 name = "bench"
@@ -66,10 +85,33 @@ targets = [{ provider = "openai", model = "gpt-4o-mini" }]
 [models."claude-bench"]
 targets = [{ provider = "anthropic", model = "claude-bench" }]
 TOML
+if ((tenants)); then
+  cat >>"$conf" <<'TOML'
+
+[postgres]
+url = "postgres://switchyard:switchyard@127.0.0.1:5432/switchyard?options=-c%20search_path%3Dbench"
+
+[tenants]
+key_pepper = "bench pepper, not a secret, 32 bytes or more"
+key_env = "bench"
+
+[[admin_tokens]]
+name = "bench"
+token = "sk-sy-admin-bench-token"
+role = "owner"
+TOML
+  "${SWITCHYARD_BIN:-$TARGET/release/switchyard}" --config "$conf" migrate >/dev/null
+fi
 SWITCHYARD_LOG=warn "${SWITCHYARD_BIN:-$TARGET/release/switchyard}" --config "$conf" all >"$LOG_DIR/bench-switchyard.log" 2>&1 &
 echo $! >"$RUN_DIR/bench-switchyard.pid"
 wait_http http://127.0.0.1:18081/healthz 20
 wait_http http://127.0.0.1:18080/readyz 30 || { tail -20 "$LOG_DIR/bench-switchyard.log" >&2; exit 1; }
+if ((tenants)); then
+  admin=("${SWITCHYARD_BIN:-$TARGET/release/switchyard}" admin --url http://127.0.0.1:18080 --token sk-sy-admin-bench-token --json)
+  org=$("${admin[@]}" orgs create bench | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+  project=$("${admin[@]}" projects create --org "$org" bench | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+  tenant_key=$("${admin[@]}" keys create --project "$project" --model gpt-4o-mini bench | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
+fi
 
 scale=1
 if [[ -n ${QUICK:-} ]]; then scale=10; fi
@@ -87,6 +129,21 @@ run switchyard "$via" 1 3000 300
 say "Non-streamed, concurrency 64"
 run direct "$direct" 64 20000 2000
 run switchyard "$via" 64 20000 2000
+if ((tenants)); then
+  say "Authentication from memory: the config's key and a tenant's key, interleaved"
+  for _ in 1 2; do
+    run direct "$direct" 1 3000 300
+    run switchyard "$via" 1 3000 300
+    run direct "$direct" 1 3000 300
+    run tenant-key "$via" 1 3000 300 --key "$tenant_key"
+  done
+  for _ in 1 2 3 4; do
+    run direct "$direct" 64 20000 2000
+    run switchyard "$via" 64 20000 2000
+    run direct "$direct" 64 20000 2000
+    run tenant-key "$via" 64 20000 2000 --key "$tenant_key"
+  done
+fi
 say "Streamed, concurrency 1"
 run direct "$direct" 1 2000 200 --stream
 run switchyard "$via" 1 2000 200 --stream
@@ -105,6 +162,9 @@ run direct "$direct" 1 3000 300
 run messages-to-openai "$vmsg" 1 3000 300 --api messages
 run direct "$direct" 1 2000 200 --stream
 run messages-to-openai "$vmsg" 1 2000 200 --api messages --stream
+
+say "Authentication from memory: cost per lookup (in-process, 100,000 keys)"
+"$TARGET/release/sy-auth-bench" --iterations $((200000 / scale)) | tee -a "$tmp.acct"
 
 say "Classifier: cost per prompt (in-process)"
 "$TARGET/release/sy-classifier-bench" --iterations $((20000 / scale)) | tee -a "$tmp.acct"
