@@ -8,7 +8,8 @@
 //! literal `${`). Every problem is reported with its key path
 //! (`providers.openai.base_url: not a URL`), all at once, by [`Config::load`];
 //! `switchyard config check` prints them. The JSON Schema of the file is
-//! `schemas/config.schema.json`. No I/O beyond reading the file.
+//! `schemas/config.schema.json`. No I/O beyond reading the file (and
+//! `credentials.master_key_file` when set).
 
 mod env;
 mod error;
@@ -21,14 +22,15 @@ mod validate;
 pub use env::{EnvSource, MapEnv, ProcessEnv, interpolate};
 pub use error::{ConfigError, ConfigErrors, LoadError};
 pub use raw::{
-    RawAccounting, RawAdminToken, RawBatch, RawBilling, RawClickhouse, RawConfig, RawHealth,
-    RawKey, RawModel, RawNats, RawPostgres, RawPrice, RawProvider, RawServer, RawTarget,
+    RawAccounting, RawAdminToken, RawBatch, RawBilling, RawClickhouse, RawConfig, RawCredentials,
+    RawHealth, RawKey, RawModel, RawNats, RawPostgres, RawPrice, RawProvider, RawServer, RawTarget,
     RawTenants,
 };
 pub use settings::{
     ADMIN_ROLES, AccountingConfig, AdminToken, ApiKey, BatchConfig, ClickhouseConfig, Config,
-    HealthConfig, MAX_RUNNING_BATCHES, ModelRoute, NatsConfig, PROVIDER_KINDS, PostgresConfig,
-    ProviderConfig, ProviderKind, RoutePolicy, Secret, ServerConfig, Target, TenantsConfig,
+    CredentialsConfig, HealthConfig, MAX_RUNNING_BATCHES, ModelRoute, NatsConfig, PROVIDER_KINDS,
+    PostgresConfig, ProviderConfig, ProviderKind, RoutePolicy, Secret, ServerConfig, Target,
+    TenantsConfig,
 };
 
 use std::path::Path;

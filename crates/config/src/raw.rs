@@ -40,6 +40,9 @@ pub struct RawConfig {
     /// Tenants' API keys from the control plane (needs `[postgres]`).
     #[serde(default)]
     pub tenants: Option<RawTenants>,
+    /// Provider credentials in the control plane, sealed under a master key.
+    #[serde(default)]
+    pub credentials: Option<RawCredentials>,
     /// The accounting consumer.
     #[serde(default)]
     pub accounting: RawAccounting,
@@ -146,6 +149,29 @@ impl Default for RawBilling {
 pub struct RawPostgres {
     /// Connection URL, e.g. "postgres://switchyard:...@127.0.0.1:5432/switchyard".
     pub url: String,
+}
+
+/// `[credentials]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCredentials {
+    /// The master key (32 bytes, hex or base64), e.g. `"${SWITCHYARD_MASTER_KEY}"`.
+    #[serde(default)]
+    pub master_key: Option<String>,
+    /// Or a file holding it.
+    #[serde(default)]
+    pub master_key_file: Option<String>,
+    /// Its version (new seals carry it).
+    #[serde(default = "default_master_key_version")]
+    pub master_key_version: i32,
+    /// Older master keys by version, still opening what they sealed until
+    /// everything is re-sealed.
+    #[serde(default)]
+    pub previous_master_keys: BTreeMap<String, String>,
+}
+
+fn default_master_key_version() -> i32 {
+    1
 }
 
 /// `[tenants]`.

@@ -58,6 +58,8 @@ pub struct Config {
     pub postgres: Option<PostgresConfig>,
     /// Tenants' API keys from the control plane, if on.
     pub tenants: Option<TenantsConfig>,
+    /// Provider credentials' master keys, if configured.
+    pub credentials: Option<CredentialsConfig>,
     /// The accounting consumer.
     pub accounting: AccountingConfig,
     /// Live target health.
@@ -153,6 +155,16 @@ pub struct TenantsConfig {
     pub key_env: String,
     /// Time between full reloads of the key table.
     pub resync: std::time::Duration,
+}
+
+/// `[credentials]`, validated: the master keys provider credentials are
+/// sealed with (each 32 bytes, as its text: hex or base64).
+#[derive(Debug, Clone)]
+pub struct CredentialsConfig {
+    /// The current master key's version and text.
+    pub current: (i32, Secret),
+    /// Older versions still able to open what they sealed.
+    pub previous: Vec<(i32, Secret)>,
 }
 
 /// `[clickhouse]`, validated.

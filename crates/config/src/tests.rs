@@ -121,6 +121,36 @@ fn admin_tokens_need_a_known_role_a_long_token_and_an_org_id() {
 }
 
 #[test]
+fn credentials_need_a_32_byte_master_key_and_postgres() {
+    let p = problems(
+        "[credentials]\nmaster_key = \"too-short\"\nmaster_key_version = 0\n\
+         [credentials.previous_master_keys]\nx = \"also-bad\"\n",
+    );
+    for field in [
+        "credentials.master_key",
+        "credentials.master_key_version",
+        "credentials.previous_master_keys.x",
+        "credentials:",
+    ] {
+        assert!(p.iter().any(|s| s.starts_with(field)), "{field}: {p:?}");
+    }
+    assert!(!p.iter().any(|s| s.contains("too-short")), "{p:?}");
+    let hex = "ab".repeat(32);
+    let c = Config::from_toml(
+        &format!(
+            "[postgres]\nurl = \"postgres://u@h/d\"\n[credentials]\nmaster_key = \"${{MK}}\"\n\
+             master_key_version = 2\n[credentials.previous_master_keys]\n1 = \"{hex}\"\n"
+        ),
+        &env(&[("MK", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=")]),
+    )
+    .unwrap();
+    let creds = c.credentials.unwrap();
+    assert_eq!(creds.current.0, 2);
+    assert_eq!(creds.previous[0].0, 1);
+    assert!(!format!("{creds:?}").contains(&hex));
+}
+
+#[test]
 fn prices_markup_and_clickhouse_are_validated() {
     let p = problems(
         r#"

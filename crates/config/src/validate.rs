@@ -9,9 +9,9 @@ use url::Url;
 use crate::price::{Price, parse_nanos};
 use crate::{
     AccountingConfig, AdminToken, ApiKey, BatchConfig, ClickhouseConfig, Config, ConfigError,
-    ConfigErrors, HealthConfig, MAX_RUNNING_BATCHES, ModelRoute, NatsConfig, PROVIDER_KINDS,
-    PostgresConfig, ProviderConfig, ProviderKind, RawConfig, RoutePolicy, Secret, ServerConfig,
-    Target, TenantsConfig,
+    ConfigErrors, CredentialsConfig, HealthConfig, MAX_RUNNING_BATCHES, ModelRoute, NatsConfig,
+    PROVIDER_KINDS, PostgresConfig, ProviderConfig, ProviderKind, RawConfig, RoutePolicy, Secret,
+    ServerConfig, Target, TenantsConfig,
 };
 
 /// The policy keys as written in `[models."<name>"]` or `[routers."<name>"]`.
@@ -557,6 +557,72 @@ impl Config {
                 resync: std::time::Duration::from_secs(t.resync_seconds),
             })
         });
+        let credentials = raw.credentials.and_then(|c| {
+            let mut ok = true;
+            let text = match (c.master_key, c.master_key_file) {
+                (Some(k), None) => Some(k),
+                (None, Some(path)) => match std::fs::read_to_string(&path) {
+                    Ok(k) => Some(k.trim().to_owned()),
+                    Err(err) => {
+                        e.push(ConfigError::new(
+                            "credentials.master_key_file",
+                            format!("cannot read {path}: {err}"),
+                        ));
+                        None
+                    }
+                },
+                _ => {
+                    e.push(ConfigError::new(
+                        "credentials",
+                        "set exactly one of master_key and master_key_file",
+                    ));
+                    None
+                }
+            };
+            if let Some(t) = &text
+                && !is_master_key(t)
+            {
+                ok = false;
+                e.push(ConfigError::new(
+                    "credentials.master_key",
+                    "must be 32 bytes as 64 hex digits or base64 (e.g. `openssl rand -base64 32`)",
+                ));
+            }
+            if c.master_key_version < 1 {
+                ok = false;
+                e.push(ConfigError::new(
+                    "credentials.master_key_version",
+                    "must be at least 1",
+                ));
+            }
+            let mut previous = Vec::new();
+            for (v, k) in c.previous_master_keys {
+                match v.parse::<i32>() {
+                    Ok(n) if n >= 1 && n != c.master_key_version && is_master_key(&k) => {
+                        previous.push((n, Secret::new(k)));
+                    }
+                    _ => {
+                        ok = false;
+                        e.push(ConfigError::new(
+                            format!("credentials.previous_master_keys.{v}"),
+                            "must be a version (a number other than the current one) of a 32-byte key",
+                        ));
+                    }
+                }
+            }
+            if !has_postgres {
+                ok = false;
+                e.push(ConfigError::new(
+                    "credentials",
+                    "needs [postgres]: credentials live in the control plane's database",
+                ));
+            }
+            let text = text?;
+            ok.then(|| CredentialsConfig {
+                current: (c.master_key_version, Secret::new(text)),
+                previous,
+            })
+        });
         if raw.accounting.max_rows == 0 {
             e.push(ConfigError::new(
                 "accounting.max_rows",
@@ -679,6 +745,7 @@ impl Config {
                 clickhouse,
                 postgres,
                 tenants,
+                credentials,
                 accounting,
                 health,
                 batch,
@@ -699,4 +766,14 @@ fn is_uuid(s: &str) -> bool {
                 c.is_ascii_hexdigit()
             }
         })
+}
+
+/// Whether `s` is 32 bytes written as 64 hex digits or as base64.
+fn is_master_key(s: &str) -> bool {
+    use base64::Engine;
+    let s = s.trim();
+    (s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()))
+        || base64::engine::general_purpose::STANDARD
+            .decode(s)
+            .is_ok_and(|b| b.len() == 32)
 }

@@ -15,8 +15,10 @@
 
 pub mod admin;
 pub mod audit;
+pub mod credentials;
 pub mod feed;
 pub mod key;
 pub mod keytable;
+pub mod sealed;
 pub mod store;
 pub mod views;

@@ -54,6 +54,9 @@ pub enum StoreError {
     /// A key could not be made.
     #[error(transparent)]
     Key(#[from] KeyError),
+    /// A credential could not be sealed or opened.
+    #[error(transparent)]
+    Sealed(#[from] crate::sealed::SealError),
     /// The NATS feed of key changes could not be followed.
     #[error("key feed: {0}")]
     Feed(String),

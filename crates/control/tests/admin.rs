@@ -27,6 +27,11 @@ fn scoped_token() -> &'static str {
     "test-org-admin-token-0001"
 }
 
+/// The master keys the test's admin API seals with.
+fn keyring() -> sy_control::sealed::Keyring {
+    sy_control::sealed::Keyring::new((1, [5u8; 32]), &[])
+}
+
 struct Api {
     base: String,
     http: reqwest::Client,
@@ -55,7 +60,11 @@ impl Api {
                 Some(org),
             ));
         }
-        let app = admin::router::<()>(Admin::new(store.clone(), tokens));
+        let credentials = admin::Credentials {
+            keys: keyring(),
+            providers: ["openai".to_owned(), "anthropic".to_owned()].into(),
+        };
+        let app = admin::router::<()>(Admin::new(store.clone(), tokens, Some(credentials)));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
@@ -215,15 +224,25 @@ async fn every_endpoint_answers_every_role_as_the_docs_table_says() {
                 .create_key(&actor, project, &sy_control::store::KeySpec::named("k"))
                 .await
                 .unwrap();
+            let credential = api
+                .store
+                .set_credential(&actor, &keyring(), Some(org), "openai", "sk-org-a")
+                .await
+                .unwrap()
+                .id;
             let id = match path {
                 p if p.starts_with("/admin/v1/orgs/") => org,
                 p if p.starts_with("/admin/v1/projects/") => project,
+                p if p.starts_with("/admin/v1/credentials/") => credential,
                 _ => key,
             };
             let body = match (method, path) {
                 ("POST", "/admin/v1/orgs") => Some(json!({"name": "x"})),
                 ("POST", "/admin/v1/projects") => Some(json!({"org_id": org, "name": "x"})),
                 ("POST", "/admin/v1/keys") => Some(json!({"project_id": project, "name": "x"})),
+                ("POST", "/admin/v1/credentials") => {
+                    Some(json!({"provider": "openai", "org_id": org, "api_key": "sk-x"}))
+                }
                 ("POST", _) => Some(json!({"grace_seconds": 0})),
                 ("PATCH", _) => Some(json!({"name": "renamed"})),
                 _ => None,
@@ -728,4 +747,187 @@ async fn hostile_strings_are_kept_verbatim_and_malformed_requests_get_clear_400s
             .map(|n| n > 0),
         Ok(true)
     );
+}
+
+#[tokio::test]
+async fn credentials_are_set_sealed_listed_by_org_and_never_returned() {
+    let store = common::store().await;
+    let actor = common::actor();
+    let a = store.create_org(&actor, "A").await.unwrap();
+    let b = store.create_org(&actor, "B").await.unwrap();
+    let api = Api::serve(store, Some(a)).await;
+    let secret = "sk-global-secret-0123456789";
+    let (status, global) = api
+        .call(
+            OWNER,
+            Method::POST,
+            "/admin/v1/credentials",
+            Some(json!({"provider": "openai", "api_key": secret})),
+        )
+        .await;
+    assert_eq!(status, 200, "{global}");
+    assert!(global["org_id"].is_null() && global["key_version"] == 1);
+    assert_eq!(global["fingerprint"].as_str().unwrap().len(), 12);
+    // An org's token sets its own org's key (bring your own key); it cannot
+    // set another org's, nor see the global one.
+    let t = scoped_token();
+    let (status, own) = api
+        .call(
+            t,
+            Method::POST,
+            "/admin/v1/credentials",
+            Some(json!({"provider": "openai", "api_key": "sk-org-a-secret"})),
+        )
+        .await;
+    assert_eq!(
+        (status, own["org_id"].as_str()),
+        (200, Some(a.to_string().as_str()))
+    );
+    let (status, _) = api
+        .call(
+            t,
+            Method::POST,
+            "/admin/v1/credentials",
+            Some(json!({"provider": "openai", "org_id": b, "api_key": "x"})),
+        )
+        .await;
+    assert_eq!(status, 404);
+    let (status, _) = api
+        .call(
+            t,
+            Method::GET,
+            &format!("/admin/v1/credentials/{}", global["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+    let (_, mine) = api
+        .call(t, Method::GET, "/admin/v1/credentials", None)
+        .await;
+    assert_eq!(mine["data"].as_array().unwrap().len(), 1);
+    // Setting again replaces (one row per org and provider), with a new fingerprint.
+    let again = api
+        .ok(
+            Method::POST,
+            "/admin/v1/credentials",
+            Some(json!({"provider": "openai", "api_key": "sk-global-rotated"})),
+        )
+        .await;
+    assert_eq!(again["id"], global["id"]);
+    assert_ne!(again["fingerprint"], global["fingerprint"]);
+    let all = api.ok(Method::GET, "/admin/v1/credentials", None).await;
+    assert_eq!(all["data"].as_array().unwrap().len(), 2);
+    // Bad input: an unknown provider, an empty or control-laden key.
+    for body in [
+        json!({"provider": "nope", "api_key": "x"}),
+        json!({"provider": "openai", "api_key": "  "}),
+        json!({"provider": "openai", "api_key": "a\nb"}),
+    ] {
+        let (status, v) = api
+            .call(
+                OWNER,
+                Method::POST,
+                "/admin/v1/credentials",
+                Some(body.clone()),
+            )
+            .await;
+        assert_eq!(status, 400, "{body}: {v}");
+    }
+    // Nothing any answer, row or audit entry holds is the secret.
+    let audit = api.ok(Method::GET, "/admin/v1/audit?limit=500", None).await;
+    let (rows,): (String,) =
+        sqlx::query_as("SELECT string_agg(row_to_json(c)::text, ' ') FROM provider_credentials c")
+            .fetch_one(api.store.pool())
+            .await
+            .unwrap();
+    for text in [audit.to_string(), rows, all.to_string()] {
+        for s in [secret, "sk-org-a-secret", "sk-global-rotated"] {
+            assert!(!text.contains(s), "{s} in {text}");
+        }
+    }
+    // They open with the master key, each bound to its org and provider.
+    let opened = api.store.open_credentials(&keyring()).await.unwrap();
+    let mut pairs: Vec<(Option<Uuid>, &str)> = opened
+        .iter()
+        .map(|o| (o.org_id, o.secret.as_str()))
+        .collect();
+    pairs.sort();
+    assert_eq!(
+        pairs,
+        vec![(None, "sk-global-rotated"), (Some(a), "sk-org-a-secret")]
+    );
+    let (status, _) = api
+        .call(
+            OWNER,
+            Method::DELETE,
+            &format!("/admin/v1/credentials/{}", own["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        api.store.open_credentials(&keyring()).await.unwrap().len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_master_key_rotation_reseals_every_credential_while_both_versions_open() {
+    let store = common::store().await;
+    let actor = common::actor();
+    let org = store.create_org(&actor, "A").await.unwrap();
+    let v1 = sy_control::sealed::Keyring::new((1, [1u8; 32]), &[]);
+    for provider in ["openai", "anthropic", "gemini"] {
+        store
+            .set_credential(&actor, &v1, None, provider, &format!("sk-{provider}"))
+            .await
+            .unwrap();
+        store
+            .set_credential(
+                &actor,
+                &v1,
+                Some(org),
+                provider,
+                &format!("sk-org-{provider}"),
+            )
+            .await
+            .unwrap();
+    }
+    let v2 = sy_control::sealed::Keyring::new((2, [2u8; 32]), &[(1, [1u8; 32])]);
+    // Half-way: some rows under each version; both open with the new keyring.
+    assert_eq!(store.reseal_credentials(&v2, 2).await.unwrap(), 2);
+    assert_eq!(store.open_credentials(&v2).await.unwrap().len(), 6);
+    assert!(
+        store.open_credentials(&v1).await.is_err(),
+        "the old keyring cannot open v2 rows"
+    );
+    assert_eq!(store.reseal_credentials(&v2, 100).await.unwrap(), 4);
+    assert_eq!(store.reseal_credentials(&v2, 100).await.unwrap(), 0);
+    let versions: Vec<(i32,)> =
+        sqlx::query_as("SELECT DISTINCT key_version FROM provider_credentials")
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(versions, vec![(2,)]);
+    // Done: the old key can go.
+    let only_v2 = sy_control::sealed::Keyring::new((2, [2u8; 32]), &[]);
+    let opened = store.open_credentials(&only_v2).await.unwrap();
+    assert!(
+        opened
+            .iter()
+            .any(|o| o.org_id == Some(org) && o.secret == "sk-org-gemini")
+    );
+    // A ciphertext copied onto another org's row does not open there.
+    sqlx::query(
+        "UPDATE provider_credentials SET ciphertext = g.ciphertext, nonce = g.nonce \
+         FROM provider_credentials g WHERE g.org_id IS NULL AND g.provider = 'openai' \
+         AND provider_credentials.org_id IS NOT NULL AND provider_credentials.provider = 'openai'",
+    )
+    .execute(store.pool())
+    .await
+    .unwrap();
+    assert!(matches!(
+        store.open_credentials(&only_v2).await,
+        Err(sy_control::store::StoreError::Sealed(_))
+    ));
 }

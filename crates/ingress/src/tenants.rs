@@ -8,9 +8,10 @@ use sqlx::postgres::PgConnectOptions;
 use sy_bus::Bus;
 use sy_config::Config;
 use sy_control::admin::roles::Role;
-use sy_control::admin::{Admin, AdminToken};
+use sy_control::admin::{Admin, AdminToken, Credentials};
 use sy_control::feed::{self, LiveKeys, Notifier};
 use sy_control::key::Pepper;
+use sy_control::sealed::{self, Keyring};
 use sy_control::store::Store;
 
 use crate::IngressError;
@@ -37,7 +38,14 @@ pub(crate) async fn follow(
         bus.client().clone(),
         bus.subjects().key_notices(),
     ));
-    let admin = Admin::new(store.clone(), admin_tokens(config)?);
+    let credentials = keyring(config)?.map(|keys| Credentials {
+        keys,
+        providers: config.providers.keys().cloned().collect(),
+    });
+    if let Some(c) = &credentials {
+        tokio::spawn(reseal(store.clone(), c.keys.clone(), tenants.resync));
+    }
+    let admin = Admin::new(store.clone(), admin_tokens(config)?, credentials);
     let keys = feed::follow(
         store,
         bus.client().clone(),
@@ -47,6 +55,46 @@ pub(crate) async fn follow(
     .await
     .map_err(|e| fail(&format!("{e} (has `switchyard migrate` run?)")))?;
     Ok((keys, admin))
+}
+
+/// The master keys provider credentials are sealed with, if configured.
+pub(crate) fn keyring(config: &Config) -> Result<Option<Keyring>, IngressError> {
+    let Some(c) = &config.credentials else {
+        return Ok(None);
+    };
+    let key = |text: &sy_config::Secret| {
+        sealed::parse_key(text.expose()).map_err(|e| IngressError::Tenants(e.to_string()))
+    };
+    let previous = c
+        .previous
+        .iter()
+        .map(|(v, k)| Ok((*v, key(k)?)))
+        .collect::<Result<Vec<_>, IngressError>>()?;
+    Ok(Some(Keyring::new(
+        (c.current.0, key(&c.current.1)?),
+        &previous,
+    )))
+}
+
+/// Re-seals, under the current master key, every credential sealed under an
+/// older one: at start, then every `every` (a master key rotation goes on
+/// while the deployment serves; rows are re-sealed one short transaction at
+/// a time, and both versions open meanwhile).
+async fn reseal(store: Store, keys: Keyring, every: std::time::Duration) {
+    loop {
+        match store.reseal_credentials(&keys, 1_000).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                credentials = n,
+                version = keys.current_version(),
+                "Re-sealed provider credentials under the current master key."
+            ),
+            Err(error) => {
+                tracing::warn!(%error, "Re-sealing provider credentials failed; retrying.")
+            }
+        }
+        tokio::time::sleep(every).await;
+    }
 }
 
 /// The config's admin tokens (validated there: known roles, UUID org ids).

@@ -105,12 +105,35 @@ pub enum KeyCommand {
     },
 }
 
+#[derive(Subcommand, Debug)]
+pub enum CredentialCommand {
+    /// Sets a provider's credential (global, or one org's), read from
+    /// standard input so it stays out of the shell's history.
+    Set {
+        /// The provider entry (config name).
+        #[arg(long)]
+        provider: String,
+        /// The org (none: global).
+        #[arg(long)]
+        org: Option<String>,
+    },
+    /// Lists credentials' metadata (never a secret).
+    List {
+        /// Only this org's.
+        #[arg(long)]
+        org: Option<String>,
+    },
+    /// Deletes a credential.
+    Delete { id: String },
+}
+
 /// One admin call.
 #[derive(Debug)]
 pub enum Call {
     Orgs(OrgCommand),
     Projects(ProjectCommand),
     Keys(KeyCommand),
+    Credentials(CredentialCommand),
     /// The newest audit rows, filtered by target id and actor.
     Audit {
         target: Option<String>,
@@ -285,6 +308,34 @@ pub async fn run(conn: &Connection, call: Call, out: &mut impl Write) -> anyhow:
             .await?,
             Shape::NewKey,
         ),
+        Call::Credentials(CredentialCommand::Set { provider, org }) => {
+            let mut secret = String::new();
+            std::io::stdin()
+                .read_line(&mut secret)
+                .context("reading the credential from standard input")?;
+            let mut body = json!({"provider": provider, "api_key": secret.trim()});
+            if let Some(org) = org {
+                body["org_id"] = json!(org);
+            }
+            (
+                api.call(Method::POST, "/admin/v1/credentials", Some(body))
+                    .await?,
+                Shape::Credential,
+            )
+        }
+        Call::Credentials(CredentialCommand::List { org }) => {
+            let path = format!("/admin/v1/credentials{}", q(&[("org_id", org.as_deref())]));
+            (api.call(Method::GET, &path, None).await?, Shape::Credential)
+        }
+        Call::Credentials(CredentialCommand::Delete { id }) => (
+            api.call(
+                Method::DELETE,
+                &format!("/admin/v1/credentials/{}", urlencode(&id)),
+                None,
+            )
+            .await?,
+            Shape::Credential,
+        ),
         Call::Audit {
             target,
             actor,
@@ -317,6 +368,7 @@ enum Shape {
     Project,
     Key,
     NewKey,
+    Credential,
     Audit,
 }
 
@@ -326,6 +378,7 @@ impl Shape {
             Shape::Org => &["id", "name", "status"],
             Shape::Project => &["id", "org_id", "name", "status"],
             Shape::Key | Shape::NewKey => &["id", "prefix", "name", "status", "project_id"],
+            Shape::Credential => &["id", "provider", "org_id", "key_version", "fingerprint"],
             Shape::Audit => &["seq", "actor", "role", "action", "target_kind", "target_id"],
         }
     }

@@ -110,6 +110,11 @@ enum AdminCommand {
         #[command(subcommand)]
         command: admin_cli::KeyCommand,
     },
+    /// Provider credentials (sealed; never shown).
+    Credentials {
+        #[command(subcommand)]
+        command: admin_cli::CredentialCommand,
+    },
     /// The audit log.
     Audit {
         #[command(subcommand)]
@@ -208,6 +213,7 @@ fn main() -> ExitCode {
                 AdminCommand::Orgs { command } => admin_cli::Call::Orgs(command),
                 AdminCommand::Projects { command } => admin_cli::Call::Projects(command),
                 AdminCommand::Keys { command } => admin_cli::Call::Keys(command),
+                AdminCommand::Credentials { command } => admin_cli::Call::Credentials(command),
                 AdminCommand::Audit {
                     command:
                         AuditCommand::List {

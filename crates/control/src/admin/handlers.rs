@@ -602,3 +602,97 @@ pub(super) async fn audit(
     };
     Ok(Json(json!({"object": "list", "data": rows, "next_before": next})).into_response())
 }
+
+/// The credentials setup, or a 503 saying what is missing.
+fn sealing(admin: &Admin) -> Result<&super::Credentials, AdminError> {
+    admin.credentials.as_ref().ok_or_else(|| {
+        AdminError::not_configured(
+            "Provider credentials need a master key: [credentials] master_key in the config.",
+        )
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewCredential {
+    provider: String,
+    #[serde(default)]
+    org_id: Option<Uuid>,
+    api_key: String,
+}
+
+pub(super) async fn set_credential(
+    State(admin): State<Arc<Admin>>,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> Answer {
+    let setup = sealing(&admin)?;
+    let req: NewCredential = parse(&body)?;
+    if !setup.providers.contains(&req.provider) {
+        return Err(AdminError::invalid(format!(
+            "'provider': no provider entry '{}' in the config.",
+            req.provider
+        )));
+    }
+    let secret = req.api_key.trim();
+    if secret.is_empty() || secret.len() > 4096 || secret.chars().any(char::is_control) {
+        return Err(AdminError::invalid(
+            "'api_key' must be 1 to 4096 characters, none of them control characters.",
+        ));
+    }
+    // An org's token sets its own org's credential; a global one needs the deployment.
+    let org_id = match (caller.org_id, req.org_id) {
+        (Some(mine), None) => Some(mine),
+        (Some(mine), Some(asked)) if asked != mine => return Err(AdminError::not_found("org")),
+        (_, asked) => asked,
+    };
+    let view = admin
+        .store
+        .set_credential(&caller.actor(), &setup.keys, org_id, &req.provider, secret)
+        .await?;
+    Ok(Json(view).into_response())
+}
+
+pub(super) async fn list_credentials(
+    State(admin): State<Arc<Admin>>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Answer {
+    sealing(&admin)?;
+    let org = org_filter(&caller, uuid_param(&q, "org_id")?)?;
+    let data = admin.store.credentials(org).await?;
+    Ok(Json(json!({"object": "list", "data": data, "has_more": false})).into_response())
+}
+
+async fn visible_credential(
+    admin: &Admin,
+    caller: &Caller,
+    raw: &str,
+) -> Result<crate::credentials::CredentialView, AdminError> {
+    sealing(admin)?;
+    let id = id_of(raw, "credential")?;
+    let c = admin.store.credential(id).await?;
+    // A global credential is the deployment's; an org's token does not see it.
+    if caller.org_id.is_some() && c.org_id != caller.org_id {
+        return Err(AdminError::not_found("credential"));
+    }
+    Ok(c)
+}
+
+pub(super) async fn get_credential(
+    State(admin): State<Arc<Admin>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Answer {
+    Ok(Json(visible_credential(&admin, &caller, &id).await?).into_response())
+}
+
+pub(super) async fn delete_credential(
+    State(admin): State<Arc<Admin>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Answer {
+    let c = visible_credential(&admin, &caller, &id).await?;
+    admin.store.delete_credential(&caller.actor(), c.id).await?;
+    Ok(Json(json!({"id": c.id, "deleted": true})).into_response())
+}

@@ -72,17 +72,36 @@ impl AdminToken {
     }
 }
 
+/// What provider credentials are sealed with, and which providers exist.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    /// The master keys.
+    pub keys: crate::sealed::Keyring,
+    /// The provider entries a credential may be set for (config names).
+    pub providers: std::collections::BTreeSet<String>,
+}
+
 /// What the admin API works with.
 #[derive(Debug)]
 pub struct Admin {
     store: Store,
     tokens: Vec<AdminToken>,
+    credentials: Option<Credentials>,
 }
 
 impl Admin {
-    /// The admin API over `store`, accepting `tokens`.
-    pub fn new(store: Store, tokens: Vec<AdminToken>) -> Arc<Self> {
-        Arc::new(Admin { store, tokens })
+    /// The admin API over `store`, accepting `tokens`; provider credentials
+    /// are served when `credentials` is given (a master key is configured).
+    pub fn new(
+        store: Store,
+        tokens: Vec<AdminToken>,
+        credentials: Option<Credentials>,
+    ) -> Arc<Self> {
+        Arc::new(Admin {
+            store,
+            tokens,
+            credentials,
+        })
     }
 
     /// Whether `token` is one of the admin tokens (the ingress says so when
@@ -145,6 +164,11 @@ impl AdminError {
     /// A 400.
     pub fn invalid(message: impl Into<String>) -> Self {
         AdminError::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+
+    /// A 503: the deployment is not set up for this.
+    pub fn not_configured(message: impl Into<String>) -> Self {
+        AdminError::new(StatusCode::SERVICE_UNAVAILABLE, "not_configured", message)
     }
 
     /// A 404 for a `what` that does not exist (or that the caller may not see).
@@ -237,6 +261,14 @@ pub fn router<S: Clone + Send + Sync + 'static>(admin: Arc<Admin>) -> Router<S> 
         )
         .route("/admin/v1/keys/{id}/rotate", post(h::rotate_key))
         .route("/admin/v1/audit", get(h::audit))
+        .route(
+            "/admin/v1/credentials",
+            post(h::set_credential).get(h::list_credentials),
+        )
+        .route(
+            "/admin/v1/credentials/{id}",
+            get(h::get_credential).delete(h::delete_credential),
+        )
         .route_layer(authorize)
         .with_state(admin)
 }

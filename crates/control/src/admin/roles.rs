@@ -56,6 +56,7 @@ impl Role {
             Need::Tenants => matches!(self, Owner | Admin),
             Need::Keys => matches!(self, Owner | Admin | Operator),
             Need::Audit => matches!(self, Owner | Admin | Viewer),
+            Need::Credentials => matches!(self, Owner | Admin),
         }
     }
 }
@@ -73,6 +74,8 @@ pub enum Need {
     Usage,
     /// Reading the audit log.
     Audit,
+    /// Setting, listing and deleting provider credentials (never reading one).
+    Credentials,
 }
 
 /// One admin route.
@@ -126,6 +129,10 @@ pub const ROUTES: &[Route] = &[
     route("DELETE", "/admin/v1/keys/{id}", Need::Keys),
     route("POST", "/admin/v1/keys/{id}/rotate", Need::Keys),
     deployment("GET", "/admin/v1/audit", Need::Audit),
+    route("POST", "/admin/v1/credentials", Need::Credentials),
+    route("GET", "/admin/v1/credentials", Need::Credentials),
+    route("GET", "/admin/v1/credentials/{id}", Need::Credentials),
+    route("DELETE", "/admin/v1/credentials/{id}", Need::Credentials),
 ];
 
 /// The route for `method` on the request path `path`, if it is an admin
@@ -173,6 +180,7 @@ mod tests {
         assert!(!Role::Operator.can(Need::Tenants) && Role::Operator.can(Need::Keys));
         assert!(!Role::Billing.can(Need::Keys) && Role::Billing.can(Need::Usage));
         assert!(!Role::Viewer.can(Need::Keys) && Role::Viewer.can(Need::Audit));
+        assert!(!Role::Operator.can(Need::Credentials) && Role::Admin.can(Need::Credentials));
     }
 
     #[test]
