@@ -47,6 +47,10 @@ pub struct StackOptions {
     pub openai_extra: &'static str,
     /// Whole sections appended to the config (e.g. `[postgres]` and `[tenants]`).
     pub sections: String,
+    /// The key the `openai` mock requires (none: any).
+    pub openai_mock_key: Option<&'static str>,
+    /// `SWITCHYARD_LOG` of the switchyard processes.
+    pub log: &'static str,
 }
 
 impl Default for StackOptions {
@@ -69,6 +73,8 @@ impl Default for StackOptions {
             server_extra: "",
             openai_extra: "",
             sections: String::new(),
+            openai_mock_key: None,
+            log: "warn",
         }
     }
 }
@@ -94,16 +100,18 @@ pub struct Stack {
     dispatcher: std::sync::Mutex<Option<Child>>,
     /// The accounting process of a split stack.
     others: Vec<Child>,
+    /// `SWITCHYARD_LOG` of its processes.
+    log: &'static str,
     _dir: tempfile::TempDir,
 }
 
 /// Starts `switchyard --config PATH <args>` with warnings logged to a pipe.
-fn switchyard(path: &std::path::Path, args: &[&str]) -> Child {
+fn switchyard(path: &std::path::Path, args: &[&str], log: &str) -> Child {
     Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .arg("--config")
         .arg(path)
         .args(args)
-        .env("SWITCHYARD_LOG", "warn")
+        .env("SWITCHYARD_LOG", log)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -116,10 +124,16 @@ impl Stack {
     }
 
     pub async fn start_with(opts: StackOptions) -> Stack {
-        let mock =
-            MockProvider::start(MockOptions::new("openai").with_defaults(opts.mock_defaults))
+        let mock = {
+            let mock = MockOptions::new("openai").with_defaults(opts.mock_defaults);
+            let mock = match opts.openai_mock_key {
+                Some(k) => mock.with_api_key(k),
+                None => mock,
+            };
+            MockProvider::start(mock)
                 .await
-                .expect("starting the mock provider");
+                .expect("starting the mock provider")
+        };
         let mut dialect_mocks = Vec::new();
         for name in ["anthropic", "gemini", "cohere", "vllm"] {
             let m = MockProvider::start(MockOptions::new(name).with_defaults(opts.mock_defaults))
@@ -363,7 +377,7 @@ targets = [{{ provider = "openai", model = "gpt-4.1-2025" }}]
             (true, false) => &["ingress"],
             (_, true) => &["ingress", "--no-dispatcher"],
         };
-        let child = switchyard(&path, role);
+        let child = switchyard(&path, role, opts.log);
         let mut stack = Stack {
             mock,
             dialect_mocks,
@@ -378,6 +392,7 @@ targets = [{{ provider = "openai", model = "gpt-4.1-2025" }}]
             workers: std::sync::Mutex::new(Vec::new()),
             dispatcher: std::sync::Mutex::new(None),
             others: Vec::new(),
+            log: opts.log,
             _dir: dir,
         };
         if opts.split_dispatcher {
@@ -386,7 +401,9 @@ targets = [{{ provider = "openai", model = "gpt-4.1-2025" }}]
         }
         if split > 0 {
             if stack.clickhouse.is_some() {
-                stack.others.push(switchyard(&path, &["accounting"]));
+                stack
+                    .others
+                    .push(switchyard(&path, &["accounting"], opts.log));
             }
             for _ in 0..split {
                 stack.start_worker();
@@ -438,7 +455,7 @@ targets = [{{ provider = "openai", model = "gpt-4.1-2025" }}]
         let path = self._dir.path().join(format!("ingress-{port}.toml"));
         std::fs::write(&path, text).unwrap();
         self.others
-            .push(switchyard(&path, &["ingress", "--no-dispatcher"]));
+            .push(switchyard(&path, &["ingress", "--no-dispatcher"], self.log));
         let base = format!("http://127.0.0.1:{port}");
         for _ in 0..400 {
             if let Ok(r) = self.http.get(format!("{base}/readyz")).send().await
@@ -486,7 +503,8 @@ targets = [{{ provider = "openai", model = "gpt-4.1-2025" }}]
 
     /// Starts the batch dispatcher process (split_dispatcher).
     pub fn start_dispatcher(&self) {
-        *self.dispatcher.lock().unwrap() = Some(switchyard(&self.config_path, &["dispatcher"]));
+        *self.dispatcher.lock().unwrap() =
+            Some(switchyard(&self.config_path, &["dispatcher"], self.log));
     }
 
     /// kill -9 of the batch dispatcher process, waiting for it to die.
@@ -504,7 +522,7 @@ targets = [{{ provider = "openai", model = "gpt-4.1-2025" }}]
     /// Starts one more worker process; returns its index.
     pub fn start_worker(&self) -> usize {
         let mut w = self.workers.lock().unwrap();
-        w.push(Some(switchyard(&self.config_path, &["worker"])));
+        w.push(Some(switchyard(&self.config_path, &["worker"], self.log)));
         w.len() - 1
     }
 
@@ -537,6 +555,18 @@ targets = [{{ provider = "openai", model = "gpt-4.1-2025" }}]
             .unwrap()
             .success();
         assert!(ok, "kill {signal} {pid}");
+    }
+
+    /// Stops the ingress (or `all`) process and returns what it logged.
+    pub fn stop_and_read_log(&mut self) -> String {
+        let mut child = self.child.take().expect("running");
+        let _ = child.kill();
+        let _ = child.wait();
+        let mut log = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = e.read_to_string(&mut log);
+        }
+        log
     }
 
     /// Waits for the ingress (or `all`) process to exit.

@@ -485,3 +485,107 @@ async fn the_admin_api_on_the_ingress_and_its_cli_make_keys_that_work_at_once() 
         "{out:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_org_calls_with_its_own_credential_and_no_other_org_can_use_it() {
+    use sy_control::store::KeySpec;
+    let (store, sections) = tenants_store("k").await;
+    let master = "ab".repeat(32);
+    let sections = format!(
+        "{sections}\n[credentials]\nmaster_key = \"{master}\"\n\n[[admin_tokens]]\nname = \"ops\"\ntoken = \"{ADMIN}\"\nrole = \"owner\"\n"
+    );
+    let actor = owner();
+    let mut keys = Vec::new();
+    for name in ["A", "B"] {
+        let org = store.create_org(&actor, name).await.unwrap();
+        let project = store.create_project(&actor, org, "p").await.unwrap();
+        let (_, k) = store
+            .create_key(&actor, project, &KeySpec::named("k"))
+            .await
+            .unwrap();
+        keys.push((org, k.key));
+    }
+    let byok = "sk-byok-org-a-0123456789";
+    let mut stack = Stack::start_with(StackOptions {
+        sections,
+        openai_mock_key: Some(byok),
+        log: "info",
+        ..Default::default()
+    })
+    .await;
+    let chat = |key: String| {
+        let req = stack
+            .http
+            .post(stack.url("/v1/chat/completions"))
+            .bearer_auth(key)
+            .json(&body("gpt-4o-mini", "hi"));
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    let eventually_ok = |key: String| async move {
+        for _ in 0..200 {
+            if chat(key.clone()).await == 200 {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        false
+    };
+    let set = |org: Option<uuid::Uuid>| {
+        let mut b = serde_json::json!({"provider": "openai", "api_key": byok});
+        if let Some(o) = org {
+            b["org_id"] = serde_json::json!(o);
+        }
+        let req = stack
+            .http
+            .post(stack.url("/admin/v1/credentials"))
+            .bearer_auth(ADMIN)
+            .json(&b);
+        async move {
+            let resp = req.send().await.unwrap();
+            assert_eq!(resp.status(), 200);
+            let v: serde_json::Value = resp.json().await.unwrap();
+            assert!(!v.to_string().contains(byok));
+            v
+        }
+    };
+    // Nobody has the key the provider wants yet.
+    assert_ne!(chat(keys[0].1.clone()).await, 200);
+    // Org A brings its own: A's calls carry it, B's do not.
+    let own = set(Some(keys[0].0)).await;
+    assert!(
+        eventually_ok(keys[0].1.clone()).await,
+        "org A with its own key"
+    );
+    assert_ne!(
+        chat(keys[1].1.clone()).await,
+        200,
+        "org B must not use org A's key"
+    );
+    // A global credential serves every org without its own.
+    set(None).await;
+    assert!(
+        eventually_ok(keys[1].1.clone()).await,
+        "org B with the global key"
+    );
+    // A's deleted: A falls back to the global one.
+    let resp = stack
+        .http
+        .delete(stack.url(&format!(
+            "/admin/v1/credentials/{}",
+            own["id"].as_str().unwrap()
+        )))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(eventually_ok(keys[0].1.clone()).await);
+    // No log line of the process holds the credential.
+    let log = stack.stop_and_read_log();
+    assert!(
+        log.contains("Loaded the API key table"),
+        "the log was captured: {log}"
+    );
+    assert!(!log.contains(byok), "{log}");
+    assert!(!log.contains(&master), "{log}");
+}

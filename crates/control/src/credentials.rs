@@ -2,6 +2,9 @@
 //! secret), listed as metadata, deleted, opened for the processes that call
 //! providers, and re-sealed under a new master key while everything runs.
 
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
 use serde::Serialize;
 use serde_json::json;
 use sqlx::FromRow;
@@ -76,6 +79,128 @@ impl SealedRow {
 const VIEW: &str = "SELECT id, org_id, provider, key_version, fingerprint, \
     extract(epoch FROM created_at)::bigint AS created_at, \
     extract(epoch FROM updated_at)::bigint AS updated_at FROM provider_credentials";
+
+/// Every credential in the database at `pool`, opened.
+pub async fn open_all(pool: &sqlx::PgPool, keys: &Keyring) -> Result<Vec<Opened>, StoreError> {
+    let rows: Vec<SealedRow> = sqlx::query_as(
+        "SELECT id, org_id, provider, key_version, nonce, ciphertext FROM provider_credentials",
+    )
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Opened {
+                org_id: r.org_id,
+                provider: r.provider.clone(),
+                secret: r.open(keys)?,
+            })
+        })
+        .collect()
+}
+
+/// Secrets by org (none: global), then by provider.
+type ByOrg = HashMap<Option<Uuid>, HashMap<String, Arc<str>>>;
+
+/// The opened credentials a process calls providers with, by org and
+/// provider; kept current by [`follow`].
+#[derive(Default)]
+pub struct CredentialTable {
+    /// By org (none: global), then by provider.
+    by: RwLock<ByOrg>,
+}
+
+impl std::fmt::Debug for CredentialTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n: usize = self
+            .by
+            .read()
+            .map_or(0, |m| m.values().map(HashMap::len).sum());
+        write!(f, "CredentialTable({n} credentials)")
+    }
+}
+
+impl CredentialTable {
+    /// The secret a call of `org_id` to `provider` uses: the org's own, else
+    /// the global one; none: the provider entry's from the config.
+    pub fn resolve(&self, org_id: Option<Uuid>, provider: &str) -> Option<Arc<str>> {
+        let by = self.by.read().unwrap_or_else(|p| p.into_inner());
+        let of = |org: Option<Uuid>| by.get(&org).and_then(|m| m.get(provider));
+        org_id
+            .and_then(|o| of(Some(o)))
+            .or_else(|| of(None))
+            .cloned()
+    }
+
+    fn replace(&self, opened: Vec<Opened>) {
+        let mut map = ByOrg::new();
+        for o in opened {
+            map.entry(o.org_id)
+                .or_default()
+                .insert(o.provider, Arc::from(o.secret.as_str()));
+        }
+        *self.by.write().unwrap_or_else(|p| p.into_inner()) = map;
+    }
+}
+
+/// Loads every credential from `pool` (failing if they cannot be opened: a
+/// worker must not call an org's provider with someone else's key), then
+/// reloads them whenever one is announced on `subject`, after a reconnect,
+/// and every `resync`, in a task that ends when the table is dropped.
+pub async fn follow(
+    pool: sqlx::PgPool,
+    keys: Keyring,
+    client: async_nats::Client,
+    subject: String,
+    resync: std::time::Duration,
+) -> Result<Arc<CredentialTable>, StoreError> {
+    let mut sub = client
+        .subscribe(subject)
+        .await
+        .map_err(|e| StoreError::Feed(e.to_string()))?;
+    let table = Arc::new(CredentialTable::default());
+    table.replace(open_all(&pool, &keys).await?);
+    let weak = Arc::downgrade(&table);
+    tokio::spawn(async move {
+        use futures::StreamExt;
+        let stats = client.statistics();
+        let connects = || stats.connects.load(std::sync::atomic::Ordering::Relaxed);
+        let mut seen = connects();
+        let mut since = std::time::Duration::ZERO;
+        let tick = std::time::Duration::from_secs(1);
+        loop {
+            let reload = tokio::select! {
+                msg = sub.next() => {
+                    if msg.is_none() {
+                        return;
+                    }
+                    true
+                }
+                () = tokio::time::sleep(tick) => {
+                    since += tick;
+                    let now = connects();
+                    let reconnected = now != seen;
+                    seen = now;
+                    reconnected || since >= resync
+                }
+            };
+            let Some(table) = weak.upgrade() else {
+                return;
+            };
+            if reload {
+                match open_all(&pool, &keys).await {
+                    Ok(opened) => {
+                        table.replace(opened);
+                        since = std::time::Duration::ZERO;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "Reloading provider credentials failed; retrying.");
+                    }
+                }
+            }
+        }
+    });
+    Ok(table)
+}
 
 impl Store {
     fn fingerprint(&self, secret: &str) -> String {
@@ -159,6 +284,7 @@ impl Store {
         };
         audit::append(&mut tx, actor, entry).await?;
         tx.commit().await?;
+        self.announce_credentials().await;
         self.credential(id).await
     }
 
@@ -203,25 +329,13 @@ impl Store {
         };
         audit::append(&mut tx, actor, entry).await?;
         tx.commit().await?;
+        self.announce_credentials().await;
         Ok(())
     }
 
     /// Every credential, opened (for a process that calls providers).
     pub async fn open_credentials(&self, keys: &Keyring) -> Result<Vec<Opened>, StoreError> {
-        let rows: Vec<SealedRow> = sqlx::query_as(
-            "SELECT id, org_id, provider, key_version, nonce, ciphertext FROM provider_credentials",
-        )
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Opened {
-                    org_id: r.org_id,
-                    provider: r.provider.clone(),
-                    secret: r.open(keys)?,
-                })
-            })
-            .collect()
+        open_all(self.pool(), keys).await
     }
 
     /// Re-seals, under the keyring's current master key, up to `batch`

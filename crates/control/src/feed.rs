@@ -45,17 +45,45 @@ pub enum KeyNotice {
     All,
 }
 
-/// Announces the store's committed key changes.
+/// Announces the store's committed key and credential changes.
 #[derive(Debug, Clone)]
 pub struct Notifier {
     client: async_nats::Client,
     subject: String,
+    credentials_subject: Option<String>,
 }
 
 impl Notifier {
-    /// Announces on `subject` (`Subjects::key_notices`) over `client`.
+    /// Announces key changes on `subject` (`Subjects::key_notices`) over `client`.
     pub fn new(client: async_nats::Client, subject: String) -> Self {
-        Notifier { client, subject }
+        Notifier {
+            client,
+            subject,
+            credentials_subject: None,
+        }
+    }
+
+    /// The same, also announcing credential changes on `subject`
+    /// (`Subjects::credential_notices`): every worker reloads its credentials.
+    pub fn with_credentials(self, subject: String) -> Self {
+        Notifier {
+            credentials_subject: Some(subject),
+            ..self
+        }
+    }
+
+    /// Says that the credentials changed (they are reloaded whole).
+    pub async fn announce_credentials(&self) {
+        let Some(subject) = &self.credentials_subject else {
+            return;
+        };
+        let sent = match self.client.publish(subject.clone(), "{}".into()).await {
+            Ok(()) => self.client.flush().await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(error) = sent {
+            tracing::warn!(%error, "Announcing a credential change failed; workers apply it at their next resync.");
+        }
     }
 
     /// Publishes `notice` and waits until the server has it. A failure is

@@ -73,6 +73,19 @@ pub fn parse_key(text: &str) -> Result<[u8; 32], SealError> {
     bytes.try_into().map_err(|_| SealError::BadKey)
 }
 
+/// The keyring a `[credentials]` section describes.
+pub fn keyring_of(config: &sy_config::CredentialsConfig) -> Result<Keyring, SealError> {
+    let previous = config
+        .previous
+        .iter()
+        .map(|(v, k)| Ok((*v, parse_key(k.expose())?)))
+        .collect::<Result<Vec<_>, SealError>>()?;
+    Ok(Keyring::new(
+        (config.current.0, parse_key(config.current.1.expose())?),
+        &previous,
+    ))
+}
+
 /// What a sealed value is bound to: its org (none: global) and provider.
 pub fn binding(org_id: Option<uuid::Uuid>, provider: &str) -> String {
     match org_id {

@@ -163,6 +163,13 @@ impl Store {
         }
     }
 
+    /// Announces that the credentials changed, if this store announces.
+    pub(crate) async fn announce_credentials(&self) {
+        if let Some(n) = &self.notifier {
+            n.announce_credentials().await;
+        }
+    }
+
     /// The pepper keys are hashed with.
     pub fn pepper(&self) -> &Pepper {
         &self.pepper

@@ -34,10 +34,10 @@ pub(crate) async fn follow(
     let store = Store::connect(options, pepper, &tenants.key_env)
         .await
         .map_err(|e| fail(&e))?;
-    let store = store.announcing(Notifier::new(
-        bus.client().clone(),
-        bus.subjects().key_notices(),
-    ));
+    let store = store.announcing(
+        Notifier::new(bus.client().clone(), bus.subjects().key_notices())
+            .with_credentials(bus.subjects().credential_notices()),
+    );
     let credentials = keyring(config)?.map(|keys| Credentials {
         keys,
         providers: config.providers.keys().cloned().collect(),
@@ -59,21 +59,12 @@ pub(crate) async fn follow(
 
 /// The master keys provider credentials are sealed with, if configured.
 pub(crate) fn keyring(config: &Config) -> Result<Option<Keyring>, IngressError> {
-    let Some(c) = &config.credentials else {
-        return Ok(None);
-    };
-    let key = |text: &sy_config::Secret| {
-        sealed::parse_key(text.expose()).map_err(|e| IngressError::Tenants(e.to_string()))
-    };
-    let previous = c
-        .previous
-        .iter()
-        .map(|(v, k)| Ok((*v, key(k)?)))
-        .collect::<Result<Vec<_>, IngressError>>()?;
-    Ok(Some(Keyring::new(
-        (c.current.0, key(&c.current.1)?),
-        &previous,
-    )))
+    config
+        .credentials
+        .as_ref()
+        .map(sealed::keyring_of)
+        .transpose()
+        .map_err(|e| IngressError::Tenants(e.to_string()))
 }
 
 /// Re-seals, under the current master key, every credential sealed under an

@@ -31,6 +31,12 @@ impl Subjects {
         format!("{}.control.keys", self.ns)
     }
 
+    /// Where the control plane announces that provider credentials changed
+    /// (core NATS): every worker reloads them.
+    pub fn credential_notices(&self) -> String {
+        format!("{}.control.credentials", self.ns)
+    }
+
     /// Where the ingress publishes a request for `provider` on `route` (both tokens).
     pub fn request(&self, provider: &str, route: &str) -> String {
         format!("{}.req.{provider}.{route}", self.ns)

@@ -53,6 +53,53 @@ pub(crate) fn headers(
     Ok(headers)
 }
 
+/// How a dialect sends its credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Auth {
+    /// `Authorization: Bearer KEY`.
+    Bearer,
+    /// `<header>: KEY`.
+    Header(&'static str),
+}
+
+impl Auth {
+    /// The header carrying `key`.
+    pub(crate) fn header(self, key: &str) -> (HeaderName, String) {
+        match self {
+            Auth::Bearer => (http::header::AUTHORIZATION, format!("Bearer {key}")),
+            Auth::Header(name) => (HeaderName::from_static(name), key.to_owned()),
+        }
+    }
+}
+
+/// The entry's credential header, if it has a key.
+pub(crate) fn entry_credential(
+    config: &ProviderConfig,
+    auth: Auth,
+) -> Option<(HeaderName, String)> {
+    config.api_key.as_ref().map(|k| auth.header(k.expose()))
+}
+
+/// The headers of one call: the entry's, with the call's own credential in
+/// place of the entry's when it has one (marked sensitive).
+pub(crate) fn call_headers<'a>(
+    base: &'a HeaderMap,
+    auth: Auth,
+    cx: &crate::CallContext,
+) -> Result<std::borrow::Cow<'a, HeaderMap>, ProviderError> {
+    let Some(key) = &cx.credential else {
+        return Ok(std::borrow::Cow::Borrowed(base));
+    };
+    let (name, value) = auth.header(&key.0);
+    let mut v = HeaderValue::from_str(&value).map_err(|_| {
+        ProviderError::Protocol("the credential is not a valid header value".into())
+    })?;
+    v.set_sensitive(true);
+    let mut headers = base.clone();
+    headers.insert(name, v);
+    Ok(std::borrow::Cow::Owned(headers))
+}
+
 /// A header value from config text.
 pub(crate) fn header_value(v: &str) -> Result<HeaderValue, ProviderError> {
     HeaderValue::from_str(v).map_err(|_| ProviderError::Protocol(format!("bad header value {v:?}")))

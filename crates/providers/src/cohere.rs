@@ -8,7 +8,6 @@
 
 use futures::StreamExt;
 use http::HeaderMap;
-use http::header::AUTHORIZATION;
 use serde_json::{Map, Value, json};
 use sy_config::{ProviderConfig, ProviderKind};
 use sy_protocol::TokenUsage;
@@ -36,10 +35,7 @@ pub struct CohereAdapter {
 impl CohereAdapter {
     /// Builds the adapter for a provider entry.
     pub fn from_config(config: &ProviderConfig) -> Result<Self, ProviderError> {
-        let credential = config
-            .api_key
-            .as_ref()
-            .map(|k| (AUTHORIZATION, format!("Bearer {}", k.expose())));
+        let credential = call::entry_credential(config, call::Auth::Bearer);
         Ok(CohereAdapter {
             client: call::client(config)?,
             url: format!("{}/chat", config.base_url.as_str().trim_end_matches('/')),
@@ -60,8 +56,14 @@ impl Provider for CohereAdapter {
     ) -> Result<ChunkStream, ProviderError> {
         let wire = to_wire(req, &cx.upstream_model, cx.stream)?;
         let body = serde_json::to_vec(&wire).map_err(|e| ProviderError::Protocol(e.to_string()))?;
-        let resp =
-            call::post_json(&self.client, &self.url, &self.headers, body, read_error).await?;
+        let resp = call::post_json(
+            &self.client,
+            &self.url,
+            call::call_headers(&self.headers, call::Auth::Bearer, cx)?.as_ref(),
+            body,
+            read_error,
+        )
+        .await?;
         if cx.stream {
             Ok(call::sse_stream(resp, CohereDecoder::default()))
         } else {
@@ -88,7 +90,14 @@ impl Provider for CohereAdapter {
         }
         let body = serde_json::to_vec(&wire).map_err(|e| ProviderError::Protocol(e.to_string()))?;
         let url = self.url.replace("/chat", "/embed");
-        let resp = call::post_json(&self.client, &url, &self.headers, body, read_error).await?;
+        let resp = call::post_json(
+            &self.client,
+            &url,
+            call::call_headers(&self.headers, call::Auth::Bearer, cx)?.as_ref(),
+            body,
+            read_error,
+        )
+        .await?;
         let v: Value = call::json(&call::body(resp).await?)?;
         let vectors: Vec<Vec<f32>> = serde_json::from_value(v["embeddings"]["float"].clone())
             .map_err(|e| ProviderError::Protocol(format!("Cohere embeddings: {e}")))?;

@@ -11,7 +11,6 @@ use std::collections::HashMap;
 
 use futures::StreamExt;
 use http::HeaderMap;
-use http::header::HeaderName;
 use serde_json::{Map, Value, json};
 use sy_config::{ProviderConfig, ProviderKind};
 use sy_protocol::TokenUsage;
@@ -36,15 +35,13 @@ pub struct GeminiAdapter {
     headers: HeaderMap,
 }
 
+/// Gemini's API key header.
+const AUTH: call::Auth = call::Auth::Header("x-goog-api-key");
+
 impl GeminiAdapter {
     /// Builds the adapter for a provider entry.
     pub fn from_config(config: &ProviderConfig) -> Result<Self, ProviderError> {
-        let credential = config.api_key.as_ref().map(|k| {
-            (
-                HeaderName::from_static("x-goog-api-key"),
-                k.expose().to_owned(),
-            )
-        });
+        let credential = call::entry_credential(config, AUTH);
         Ok(GeminiAdapter {
             client: call::client(config)?,
             base: config.base_url.as_str().trim_end_matches('/').to_owned(),
@@ -73,7 +70,14 @@ impl Provider for GeminiAdapter {
         } else {
             format!("{}/models/{}:generateContent", self.base, cx.upstream_model)
         };
-        let resp = call::post_json(&self.client, &url, &self.headers, body, read_error).await?;
+        let resp = call::post_json(
+            &self.client,
+            &url,
+            call::call_headers(&self.headers, AUTH, cx)?.as_ref(),
+            body,
+            read_error,
+        )
+        .await?;
         if cx.stream {
             Ok(call::sse_stream(resp, GeminiDecoder::default()))
         } else {
@@ -111,7 +115,14 @@ impl Provider for GeminiAdapter {
             "{}/models/{}:batchEmbedContents",
             self.base, cx.upstream_model
         );
-        let resp = call::post_json(&self.client, &url, &self.headers, body, read_error).await?;
+        let resp = call::post_json(
+            &self.client,
+            &url,
+            call::call_headers(&self.headers, AUTH, cx)?.as_ref(),
+            body,
+            read_error,
+        )
+        .await?;
         let v: Value = call::json(&call::body(resp).await?)?;
         let vectors = v["embeddings"]
             .as_array()

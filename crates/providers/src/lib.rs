@@ -55,6 +55,19 @@ pub struct CallContext {
     pub upstream_model: String,
     /// Stream the answer.
     pub stream: bool,
+    /// The credential to call with instead of the entry's own (an org's
+    /// key, or one from the control plane); none: the entry's.
+    pub credential: Option<Credential>,
+}
+
+/// A provider secret for one call; printed as `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credential(pub std::sync::Arc<str>);
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Credential(***)")
+    }
 }
 
 /// An embeddings answer: one vector per input, in input order.

@@ -5,7 +5,6 @@
 use futures::StreamExt;
 
 use http::HeaderMap;
-use http::header::{AUTHORIZATION, HeaderName};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use sy_config::{ProviderConfig, ProviderKind};
@@ -32,21 +31,22 @@ pub struct OpenAiAdapter {
     base: String,
     api_version: Option<String>,
     headers: HeaderMap,
+    auth: call::Auth,
 }
 
 impl OpenAiAdapter {
     /// Builds the adapter for a provider entry (OpenAI-compatible or Azure OpenAI).
     pub fn from_config(config: &ProviderConfig) -> Result<Self, ProviderError> {
         let azure = config.kind == ProviderKind::AzureOpenAi;
-        let credential = config.api_key.as_ref().map(|key| {
-            if azure {
-                (HeaderName::from_static("api-key"), key.expose().to_owned())
-            } else {
-                (AUTHORIZATION, format!("Bearer {}", key.expose()))
-            }
-        });
+        let auth = if azure {
+            call::Auth::Header("api-key")
+        } else {
+            call::Auth::Bearer
+        };
+        let credential = call::entry_credential(config, auth);
         Ok(OpenAiAdapter {
             kind: config.kind,
+            auth,
             client: call::client(config)?,
             base: config.base_url.as_str().trim_end_matches('/').to_owned(),
             api_version: azure.then(|| config.api_version.clone().unwrap_or_default()),
@@ -114,7 +114,7 @@ impl Provider for OpenAiAdapter {
         let resp = call::post_json(
             &self.client,
             &self.url(&cx.upstream_model, "chat/completions"),
-            &self.headers,
+            call::call_headers(&self.headers, self.auth, cx)?.as_ref(),
             Self::body(req, cx)?,
             read_error,
         )
@@ -141,7 +141,7 @@ impl Provider for OpenAiAdapter {
         let resp = call::post_json(
             &self.client,
             &self.url(&cx.upstream_model, "embeddings"),
-            &self.headers,
+            call::call_headers(&self.headers, self.auth, cx)?.as_ref(),
             body,
             read_error,
         )
@@ -409,6 +409,7 @@ mod tests {
         let cx = CallContext {
             upstream_model: "gpt-4o".into(),
             stream: false,
+            credential: None,
         };
         let wire: Value = serde_json::from_slice(&OpenAiAdapter::body(&req, &cx).unwrap()).unwrap();
         assert_eq!(
@@ -435,6 +436,7 @@ mod tests {
         let cx = CallContext {
             upstream_model: "gpt-4o-2024".into(),
             stream: true,
+            credential: None,
         };
         let wire: Value = serde_json::from_slice(&OpenAiAdapter::body(&req, &cx).unwrap()).unwrap();
         assert!(wire.get("x_switchyard_thinking_budget").is_none());
@@ -446,6 +448,7 @@ mod tests {
         let plain = CallContext {
             upstream_model: "m".into(),
             stream: false,
+            credential: None,
         };
         let wire: Value =
             serde_json::from_slice(&OpenAiAdapter::body(&req, &plain).unwrap()).unwrap();
@@ -465,7 +468,7 @@ mod tests {
             "https://res.openai.azure.com/openai/deployments/my-gpt4o/chat/completions?api-version=2024-10-21"
         );
         assert_eq!(a.headers["api-key"], "k-1");
-        assert!(a.headers.get(AUTHORIZATION).is_none());
+        assert!(a.headers.get(http::header::AUTHORIZATION).is_none());
         let config = sy_config::Config::from_toml(
             "[providers.o]\nkind = \"openai\"\napi_key = \"k-2\"\n",
             &sy_config::MapEnv::default(),
@@ -476,7 +479,7 @@ mod tests {
             o.url("gpt-4o", "embeddings"),
             "https://api.openai.com/v1/embeddings"
         );
-        assert_eq!(o.headers[AUTHORIZATION], "Bearer k-2");
+        assert_eq!(o.headers[http::header::AUTHORIZATION], "Bearer k-2");
     }
 
     #[test]

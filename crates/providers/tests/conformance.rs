@@ -49,6 +49,7 @@ fn cx(stream: bool) -> CallContext {
     CallContext {
         upstream_model: "upstream-model".into(),
         stream,
+        credential: None,
     }
 }
 
@@ -370,4 +371,28 @@ async fn collect_embed_err(p: &AnyProvider, text: &str) -> ProviderError {
         extra: Default::default(),
     };
     p.embed(&req, &cx(false)).await.unwrap_err()
+}
+
+#[tokio::test]
+async fn a_calls_own_credential_replaces_the_entrys_in_every_dialect() {
+    for kind in KINDS {
+        // The mock wants the org's key; the entry holds another.
+        let mock = MockProvider::start(MockOptions::new("p").with_api_key("sk-org-own"))
+            .await
+            .unwrap();
+        let p = adapter_of(kind, &mock.base_url_for(kind));
+        let entry = p.chat(&request("hi"), &cx(false)).await;
+        assert!(
+            entry.is_err(),
+            "{kind}: the entry's key must be refused here"
+        );
+        let own = CallContext {
+            credential: Some(sy_providers::Credential("sk-org-own".into())),
+            ..cx(false)
+        };
+        let mut s = p.chat(&request("hi"), &own).await.unwrap();
+        assert!(s.next().await.unwrap().is_ok(), "{kind}");
+        // Printing a call's context never shows its secret.
+        assert!(!format!("{own:?}").contains("sk-org-own"), "{kind}");
+    }
 }

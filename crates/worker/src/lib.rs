@@ -72,10 +72,46 @@ pub enum WorkerError {
     /// The bus failed during setup.
     #[error(transparent)]
     Bus(#[from] sy_bus::BusError),
+    /// The control plane's provider credentials could not be loaded.
+    #[error("provider credentials: {0}")]
+    Credentials(String),
 }
 
 /// How long in-flight requests may take to finish after shutdown is asked.
 const DRAIN_GRACE: Duration = Duration::from_secs(30);
+
+/// The control plane's provider credentials, loaded and followed, when
+/// `[credentials]` is on. A worker that cannot open them does not start: it
+/// would call an org's provider with someone else's key.
+async fn credentials(
+    config: &Config,
+    bus: &Bus,
+) -> Result<Option<Arc<sy_control::credentials::CredentialTable>>, WorkerError> {
+    let (Some(c), Some(pg)) = (&config.credentials, &config.postgres) else {
+        return Ok(None);
+    };
+    let fail = |e: &dyn std::fmt::Display| WorkerError::Credentials(e.to_string());
+    let keys = sy_control::sealed::keyring_of(c).map_err(|e| fail(&e))?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy(pg.url.expose())
+        .map_err(|e| fail(&e))?;
+    let resync = config
+        .tenants
+        .as_ref()
+        .map_or(Duration::from_secs(60), |t| t.resync);
+    let table = sy_control::credentials::follow(
+        pool,
+        keys,
+        bus.client().clone(),
+        bus.subjects().credential_notices(),
+        resync,
+    )
+    .await
+    .map_err(|e| fail(&e))?;
+    Ok(Some(table))
+}
 
 /// Serves `providers` (all configured ones when empty) until `shutdown` fires,
 /// then stops pulling and waits for in-flight requests (up to a grace period).
@@ -141,6 +177,7 @@ pub async fn run(
             true
         }
     });
+    let credentials = credentials(&config, &bus).await?;
     let all_providers = Arc::new(config.providers.clone());
     let tracker = TaskTracker::new();
     let ack_wait = config.nats.ack_wait;
@@ -162,6 +199,7 @@ pub async fn run(
             unsettled: Default::default(),
             done: done.clone(),
             in_hand: Default::default(),
+            credentials: credentials.clone(),
         });
         // Batch items come from their own stream and consumer, whose cap keeps
         // a running batch from crowding out interactive requests.

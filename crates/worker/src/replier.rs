@@ -33,6 +33,9 @@ pub(crate) struct Replier<'a> {
     /// event) instead of being stored with the final frame.
     pub(crate) deferred: bool,
     pub(crate) unsettled: &'a std::sync::Mutex<std::collections::HashSet<uuid::Uuid>>,
+    /// The credential this call uses instead of the entry's (an org's own
+    /// or a global one from the control plane), if any.
+    pub(crate) credential: Option<sy_providers::Credential>,
 }
 
 impl<'a> Replier<'a> {
@@ -46,6 +49,15 @@ impl<'a> Replier<'a> {
             held: Vec::new(),
             deferred: false,
             unsettled: &cx.unsettled,
+            credential: cx.credentials.as_ref().and_then(|table| {
+                let org = env
+                    .org_id
+                    .as_deref()
+                    .and_then(|o| uuid::Uuid::parse_str(o).ok());
+                table
+                    .resolve(org, &cx.provider.name)
+                    .map(sy_providers::Credential)
+            }),
         }
     }
 
@@ -146,6 +158,7 @@ impl<'a> Replier<'a> {
         let cx = CallContext {
             upstream_model: self.env.upstream_model.clone(),
             stream: false,
+            credential: self.credential.clone(),
         };
         state.reached_provider = true;
         let emb = match adapter.embed(req, &cx).await {
@@ -215,6 +228,7 @@ impl<'a> Replier<'a> {
         let cx = CallContext {
             upstream_model: env.upstream_model.clone(),
             stream: stream_mode,
+            credential: self.credential.clone(),
         };
         // A continued stream: the target continues the text as an assistant
         // prefill when it can, else answers anew and is spliced.

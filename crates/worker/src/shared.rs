@@ -34,6 +34,9 @@ pub(crate) struct Shared {
     pub done: Arc<crate::done::DoneMarks>,
     /// Request messages this process is handling now (by message id).
     pub in_hand: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Provider credentials from the control plane (an org's own, or global),
+    /// when `[credentials]` is on; the entry's own key otherwise.
+    pub credentials: Option<Arc<sy_control::credentials::CredentialTable>>,
 }
 
 /// A message in hand; forgotten when dropped.

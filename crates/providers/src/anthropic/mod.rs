@@ -41,13 +41,13 @@ pub struct AnthropicAdapter {
     default_max_tokens: u32,
 }
 
+/// Anthropic's API key header.
+const AUTH: call::Auth = call::Auth::Header("x-api-key");
+
 impl AnthropicAdapter {
     /// Builds the adapter for a provider entry.
     pub fn from_config(config: &ProviderConfig) -> Result<Self, ProviderError> {
-        let credential = config
-            .api_key
-            .as_ref()
-            .map(|k| (HeaderName::from_static("x-api-key"), k.expose().to_owned()));
+        let credential = call::entry_credential(config, AUTH);
         let mut headers = call::headers(config, credential)?;
         let version = config.api_version.as_deref().unwrap_or("2023-06-01");
         headers.insert(
@@ -78,8 +78,14 @@ impl Provider for AnthropicAdapter {
     ) -> Result<ChunkStream, ProviderError> {
         let wire = to_wire(req, &cx.upstream_model, cx.stream, self.default_max_tokens)?;
         let body = serde_json::to_vec(&wire).map_err(|e| ProviderError::Protocol(e.to_string()))?;
-        let resp =
-            call::post_json(&self.client, &self.url, &self.headers, body, read_error).await?;
+        let resp = call::post_json(
+            &self.client,
+            &self.url,
+            call::call_headers(&self.headers, AUTH, cx)?.as_ref(),
+            body,
+            read_error,
+        )
+        .await?;
         if cx.stream {
             Ok(call::sse_stream(resp, AnthropicDecoder::default()))
         } else {
