@@ -589,3 +589,81 @@ async fn an_org_calls_with_its_own_credential_and_no_other_org_can_use_it() {
     assert!(!log.contains(byok), "{log}");
     assert!(!log.contains(&master), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_and_batches_belong_to_the_project_and_no_other_org_sees_them() {
+    use sy_control::store::KeySpec;
+    let (store, sections) = tenants_store("f").await;
+    let actor = owner();
+    let a = store.create_org(&actor, "A").await.unwrap();
+    let pa = store.create_project(&actor, a, "a").await.unwrap();
+    let (_, a1) = store
+        .create_key(&actor, pa, &KeySpec::named("a1"))
+        .await
+        .unwrap();
+    let (_, a2) = store
+        .create_key(&actor, pa, &KeySpec::named("a2"))
+        .await
+        .unwrap();
+    let b = store.create_org(&actor, "B").await.unwrap();
+    let pb = store.create_project(&actor, b, "b").await.unwrap();
+    let (_, b1) = store
+        .create_key(&actor, pb, &KeySpec::named("b1"))
+        .await
+        .unwrap();
+    let stack = Stack::start_with(StackOptions {
+        sections,
+        ..Default::default()
+    })
+    .await;
+    let line = r#"{"custom_id":"q1","method":"POST","url":"/v1/chat/completions","body":{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}}"#;
+    let up = crate::batch::upload(&stack, &a1.key, format!("{line}\n").into_bytes()).await;
+    assert_eq!(up.status(), 200);
+    let file_id = up.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let made = crate::batch::create(&stack, &a1.key, &file_id).await;
+    assert_eq!(made.status(), 200);
+    let batch_id = made.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let get = |key: String, path: String| {
+        let req = stack.http.get(stack.url(&path)).bearer_auth(key);
+        async move {
+            let r = req.send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let paths = [
+        format!("/v1/files/{file_id}"),
+        format!("/v1/files/{file_id}/content"),
+        format!("/v1/batches/{batch_id}"),
+    ];
+    // Another key of the same project shares them.
+    for p in &paths {
+        assert_eq!(get(a2.key.clone(), p.clone()).await.0, 200, "{p}");
+    }
+    let (_, list) = get(a2.key.clone(), "/v1/batches".into()).await;
+    assert!(list.contains(&batch_id), "{list}");
+    // Another org's key sees nothing of them, not even that they exist.
+    for p in &paths {
+        assert_eq!(get(b1.key.clone(), p.clone()).await.0, 404, "{p}");
+    }
+    let (_, files) = get(b1.key.clone(), "/v1/files".into()).await;
+    assert!(!files.contains(&file_id), "{files}");
+    let (_, list) = get(b1.key.clone(), "/v1/batches".into()).await;
+    assert!(!list.contains(&batch_id), "{list}");
+    let cancel = stack
+        .http
+        .post(stack.url(&format!("/v1/batches/{batch_id}/cancel")))
+        .bearer_auth(&b1.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancel.status(), 404);
+    // Nor can it start a batch from org A's file.
+    let theirs = crate::batch::create(&stack, &b1.key, &file_id).await;
+    assert_eq!(theirs.status(), 404);
+}

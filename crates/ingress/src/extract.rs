@@ -45,6 +45,15 @@ pub(crate) struct Caller {
 }
 
 impl Caller {
+    /// Who the caller's files and batches belong to: a tenant key's project
+    /// (every key of the project shares them), or a file key's name.
+    pub(crate) fn owner(&self) -> String {
+        match &self.grant {
+            Some(g) => format!("project:{}", g.owner.project_id),
+            None => self.key_id.clone(),
+        }
+    }
+
     /// Whether the caller may name `model`; a 403 naming the scope if not.
     pub(crate) fn may_use(&self, model: &str) -> Result<(), ApiError> {
         match &self.grant {

@@ -283,8 +283,13 @@ impl BatchObject {
 pub struct BatchRecord {
     /// What the API returns.
     pub batch: BatchObject,
-    /// The API key's name that owns the batch.
+    /// The API key that made the batch (its items run under it, as it is now).
     pub key_id: String,
+    /// Who the batch and its files belong to: a tenant key's project
+    /// (`project:<id>`), or a config file key's name; empty in records made
+    /// before projects owned batches, which belong to `key_id`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub owner: String,
     /// Completion webhook.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook_url: Option<String>,
@@ -294,6 +299,17 @@ pub struct BatchRecord {
     /// `<ns>.batch.done.<id>` was published (and the webhook called or given up).
     #[serde(default)]
     pub announced: bool,
+}
+
+impl BatchRecord {
+    /// Who the batch belongs to.
+    pub fn owner(&self) -> &str {
+        if self.owner.is_empty() {
+            &self.key_id
+        } else {
+            &self.owner
+        }
+    }
 }
 
 /// Where an item sits in its batch; set on the envelope of a batch item. Its

@@ -564,7 +564,12 @@ async fn create_native(
             line: None,
         });
     }
-    if state.caller_by_key_id(&job.key_id).is_none() {
+    let caller = state.caller_by_key_id(&job.key_id);
+    // Files and the batch belong to the key's project (or the file key).
+    let owner = caller
+        .as_ref()
+        .map_or_else(|| job.key_id.clone(), crate::extract::Caller::owner);
+    if caller.is_none() {
         fail(
             &mut problem,
             "invalid_key",
@@ -589,7 +594,7 @@ async fn create_native(
                 format!("{id}_input.jsonl"),
                 "batch",
             );
-            stores.put_file(&file, &job.key_id, &data).await?;
+            stores.put_file(&file, &owner, &data).await?;
             file.id
         }
         _ => {
@@ -603,7 +608,7 @@ async fn create_native(
         }
     };
     if problem.is_none() {
-        match stores.file(&input_file_id, &job.key_id).await? {
+        match stores.file(&input_file_id, &owner).await? {
             None => fail(
                 &mut problem,
                 "invalid_input_file",
@@ -631,6 +636,7 @@ async fn create_native(
     let record = BatchRecord {
         batch,
         key_id: job.key_id.clone(),
+        owner,
         webhook_url: job.webhook_url.clone(),
         runner: None,
         announced: false,

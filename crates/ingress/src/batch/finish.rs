@@ -145,7 +145,7 @@ pub(super) async fn finalize(
             format!("{id}_{what}.jsonl"),
             "batch_output",
         );
-        tryo!(stores.put_file(&file, &record.key_id, data).await);
+        tryo!(stores.put_file(&file, record.owner(), data).await);
         *slot = Some(file.id);
     }
     let [(output_file_id, _, _), (error_file_id, _, _)] = files;

@@ -62,29 +62,30 @@ pub(crate) fn unreadable(e: &axum::extract::multipart::MultipartError, what: &st
     }
 }
 
-/// A file of `key_id`'s, or 404 (whether it does not exist or is another key's).
+/// A file of `owner`'s (a project, or a file key), or 404 (whether it does
+/// not exist or is another owner's).
 pub(crate) async fn owned_file(
     state: &AppState,
     id: &str,
-    key_id: &str,
+    owner: &str,
 ) -> Result<FileObject, ApiError> {
     stores(state)?
-        .file(id, key_id)
+        .file(id, owner)
         .await
         .map_err(storage_error)?
         .ok_or_else(|| no_such("File", id))
 }
 
-/// A batch of `key_id`'s and its revision, or 404.
+/// A batch of `owner`'s and its revision, or 404.
 pub(crate) async fn owned(
     state: &AppState,
     id: &str,
-    key_id: &str,
+    owner: &str,
 ) -> Result<(BatchRecord, u64), ApiError> {
     stores(state)?
         .record(id)
         .await
         .map_err(storage_error)?
-        .filter(|(r, _)| r.key_id == key_id)
+        .filter(|(r, _)| r.owner() == owner)
         .ok_or_else(|| no_such("Batch", id))
 }

@@ -157,7 +157,7 @@ impl Stores {
         }
     }
 
-    /// Stores a file owned by `key_id`.
+    /// Stores a file owned by `key_id` (a project, or a file key).
     pub async fn put_file(
         &self,
         file: &FileObject,
@@ -182,7 +182,7 @@ impl Stores {
             .map_err(|e| e.to_string())
     }
 
-    /// A file's object, if it exists and belongs to `key_id`.
+    /// A file's object, if it exists and belongs to `key_id` (a project, or a file key).
     pub async fn file(&self, id: &str, key_id: &str) -> Result<Option<FileObject>, String> {
         if !valid_id(id) {
             return Ok(None);

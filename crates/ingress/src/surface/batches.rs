@@ -37,12 +37,13 @@ struct CreateBatch {
 /// `POST /v1/batches`.
 pub(crate) async fn create(
     State(state): State<Arc<AppState>>,
-    Caller { key_id, .. }: Caller,
+    caller: Caller,
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Result<Response, ApiError> {
     // The key was checked before a byte of the body was read.
-    let key_id = key_id.as_str();
+    let owner = caller.owner();
+    let key_id = caller.key_id.as_str();
     crate::intake::check_content_type(&headers)?;
     let body = crate::intake::read_body(state.max_body_bytes, &headers, body).await?;
     let stores = stores(&state)?;
@@ -63,7 +64,7 @@ pub(crate) async fn create(
         webhook_url: req.webhook_url,
     };
     crate::batch::check_job(&job, &stores.config.webhook_allow)?;
-    let file = owned_file(&state, &req.input_file_id, key_id)
+    let file = owned_file(&state, &req.input_file_id, &owner)
         .await
         .map_err(|e| ApiError {
             param: Some("input_file_id".into()),
@@ -93,6 +94,7 @@ pub(crate) async fn create(
     let record = BatchRecord {
         batch,
         key_id: key_id.to_owned(),
+        owner,
         webhook_url: job.webhook_url.clone(),
         runner: None,
         announced: false,
@@ -110,21 +112,21 @@ pub(crate) async fn create(
 /// `GET /v1/batches/{id}`.
 pub(crate) async fn get(
     State(state): State<Arc<AppState>>,
-    Caller { key_id, .. }: Caller,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let key_id = key_id.as_str();
-    let (record, _) = owned(&state, &id, key_id).await?;
+    let owner = caller.owner();
+    let (record, _) = owned(&state, &id, &owner).await?;
     Ok(json(StatusCode::OK, &record.batch))
 }
 
 /// `GET /v1/batches?limit=&after=`: newest first.
 pub(crate) async fn list(
     State(state): State<Arc<AppState>>,
-    Caller { key_id, .. }: Caller,
+    caller: Caller,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let key_id = key_id.as_str();
+    let owner = caller.owner();
     let stores = stores(&state)?;
     let limit = match params.get("limit") {
         None => 20,
@@ -154,7 +156,7 @@ pub(crate) async fn list(
         let Some((r, _)) = stores.record(&k).await.map_err(storage_error)? else {
             continue;
         };
-        if r.key_id != key_id {
+        if r.owner() != owner {
             continue;
         }
         if data.len() == limit {
@@ -179,13 +181,13 @@ pub(crate) async fn list(
 /// the batch ends `cancelled` with partial files.
 pub(crate) async fn cancel(
     State(state): State<Arc<AppState>>,
-    Caller { key_id, .. }: Caller,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let key_id = key_id.as_str();
+    let owner = caller.owner();
     let stores = stores(&state)?;
     for _ in 0..20 {
-        let (mut record, revision) = owned(&state, &id, key_id).await?;
+        let (mut record, revision) = owned(&state, &id, &owner).await?;
         match record.batch.status {
             BatchStatus::Validating | BatchStatus::InProgress => {}
             BatchStatus::Cancelling | BatchStatus::Cancelled => {

@@ -21,12 +21,12 @@ use crate::state::AppState;
 /// `POST /v1/files`.
 pub(crate) async fn upload(
     State(state): State<Arc<AppState>>,
-    Caller { key_id, .. }: Caller,
+    caller: Caller,
     headers: HeaderMap,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Result<Response, ApiError> {
     crate::intake::check_encoding(&headers)?;
-    upload_inner(&state, &key_id, multipart).await
+    upload_inner(&state, &caller.owner(), multipart).await
 }
 
 async fn upload_inner(
@@ -123,10 +123,11 @@ async fn upload_inner(
 /// `GET /v1/files`.
 pub(crate) async fn list_files(
     State(state): State<Arc<AppState>>,
-    Caller { key_id, .. }: Caller,
+    caller: Caller,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let key_id = key_id.as_str();
+    let owner = caller.owner();
+    let key_id = owner.as_str();
     let stores = stores(&state)?;
     let mut list = stores
         .files
@@ -155,10 +156,11 @@ pub(crate) async fn list_files(
 /// `GET /v1/files/{id}`.
 pub(crate) async fn get_file(
     State(state): State<Arc<AppState>>,
-    Caller { key_id, .. }: Caller,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let key_id = key_id.as_str();
+    let owner = caller.owner();
+    let key_id = owner.as_str();
     let f = owned_file(&state, &id, key_id).await?;
     Ok(json(StatusCode::OK, &f))
 }
@@ -166,10 +168,11 @@ pub(crate) async fn get_file(
 /// `GET /v1/files/{id}/content`.
 pub(crate) async fn file_content(
     State(state): State<Arc<AppState>>,
-    Caller { key_id, .. }: Caller,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let key_id = key_id.as_str();
+    let owner = caller.owner();
+    let key_id = owner.as_str();
     owned_file(&state, &id, key_id).await?;
     let data = stores(&state)?
         .file_content(&id)
@@ -189,10 +192,11 @@ pub(crate) async fn file_content(
 /// `DELETE /v1/files/{id}`.
 pub(crate) async fn delete_file(
     State(state): State<Arc<AppState>>,
-    Caller { key_id, .. }: Caller,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let key_id = key_id.as_str();
+    let owner = caller.owner();
+    let key_id = owner.as_str();
     owned_file(&state, &id, key_id).await?;
     stores(&state)?
         .files
