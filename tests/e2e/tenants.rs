@@ -150,6 +150,9 @@ async fn refusal(resp: reqwest::Response) -> (u16, String, String) {
 async fn tenant_keys_authenticate_from_memory_and_are_held_to_scope_network_and_expiry() {
     use sy_control::store::KeySpec;
     let (store, sections) = tenants_store("e").await;
+    let sections = format!(
+        "{sections}\n[[admin_tokens]]\nname = \"ops\"\ntoken = \"{ADMIN}\"\nrole = \"viewer\"\n"
+    );
     let actor = owner();
     let org = store.create_org(&actor, "Acme").await.unwrap();
     let project = store.create_project(&actor, org, "web").await.unwrap();
@@ -293,6 +296,27 @@ async fn tenant_keys_authenticate_from_memory_and_are_held_to_scope_network_and_
         .await
         .unwrap();
     assert_eq!(usage["key_id"], plain_id.to_string(), "{usage}");
+    // The admin API sees any tenant's usage: the org's, grouped by key.
+    let admin: serde_json::Value = stack
+        .http
+        .get(stack.url(&format!("/admin/v1/usage?org_id={org}&group_by=key")))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let groups = admin["data"].as_array().unwrap();
+    let plain_group = groups
+        .iter()
+        .find(|g| g["group"] == plain_id.to_string())
+        .unwrap_or_else(|| panic!("{admin}"));
+    assert_eq!(plain_group["attempts"], 2, "{admin}");
+    assert!(
+        !groups.iter().any(|g| g["group"] == "test"),
+        "the development key is no org's: {admin}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

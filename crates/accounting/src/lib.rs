@@ -22,7 +22,7 @@ mod usage_query;
 pub use consumer::{CONSUMER, run};
 pub use migrate::{MIGRATIONS, migrate};
 pub use row::RequestRow;
-pub use usage_query::{GroupBy, UsageGroup, usage_for_key};
+pub use usage_query::{GroupBy, UsageGroup, UsageScope, parse_instant, usage, usage_for_key};
 
 use sy_config::ClickhouseConfig;
 

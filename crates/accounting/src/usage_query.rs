@@ -1,4 +1,5 @@
-//! `GET /v1/usage`: a key's own usage and cost, grouped by model or by day.
+//! Usage and cost from the `requests` table, grouped: `GET /v1/usage` (a
+//! key's own) and `GET /admin/v1/usage` (any org's, project's or key's).
 
 use serde::{Deserialize, Serialize};
 use sy_config::ClickhouseConfig;
@@ -13,6 +14,37 @@ pub enum GroupBy {
     Model,
     /// By UTC day.
     Day,
+    /// By org (admin API).
+    Org,
+    /// By project (admin API).
+    Project,
+    /// By API key (admin API).
+    Key,
+}
+
+impl GroupBy {
+    /// The grouping a query names (`model`, `day`, `org`, `project`, `key`).
+    pub fn parse(s: &str) -> Option<GroupBy> {
+        Some(match s {
+            "model" => GroupBy::Model,
+            "day" => GroupBy::Day,
+            "org" => GroupBy::Org,
+            "project" => GroupBy::Project,
+            "key" => GroupBy::Key,
+            _ => return None,
+        })
+    }
+}
+
+/// Whose usage: every filter given must match (none given: everyone's).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UsageScope<'a> {
+    /// Only this org's rows.
+    pub org_id: Option<&'a str>,
+    /// Only this project's rows.
+    pub project_id: Option<&'a str>,
+    /// Only this key's rows.
+    pub key_id: Option<&'a str>,
 }
 
 /// One group's usage; money as exact decimal strings in USD.
@@ -46,9 +78,27 @@ pub async fn usage_for_key(
     end: u32,
     group_by: GroupBy,
 ) -> Result<Vec<UsageGroup>, AccountingError> {
+    let scope = UsageScope {
+        key_id: Some(key_id),
+        ..UsageScope::default()
+    };
+    usage(config, scope, start, end, group_by).await
+}
+
+/// The usage `scope` covers with `start <= ts < end` (Unix seconds), grouped.
+pub async fn usage(
+    config: &ClickhouseConfig,
+    scope: UsageScope<'_>,
+    start: u32,
+    end: u32,
+    group_by: GroupBy,
+) -> Result<Vec<UsageGroup>, AccountingError> {
     let group = match group_by {
         GroupBy::Model => "model",
         GroupBy::Day => "toString(toDate(ts))",
+        GroupBy::Org => "org_id",
+        GroupBy::Project => "project_id",
+        GroupBy::Key => "key_id",
     };
     let sql = format!(
         "SELECT {group} AS g, uniqExact(request_id) AS requests, count() AS attempts, \
@@ -58,15 +108,83 @@ pub async fn usage_for_key(
          toString(sum(ifNull(billed, toDecimal64(0, 9)))) AS billed_total, \
          sum(isNull(cost)) AS unpriced \
          FROM {db}.requests FINAL \
-         WHERE key_id = ? AND ts >= toDateTime(?) AND ts < toDateTime(?) \
+         WHERE (? = 0 OR org_id = ?) AND (? = 0 OR project_id = ?) AND (? = 0 OR key_id = ?) \
+         AND ts >= toDateTime(?) AND ts < toDateTime(?) \
          GROUP BY g ORDER BY g",
         db = config.database
     );
+    let filter = |f: Option<&str>| (u8::from(f.is_some()), f.unwrap_or_default().to_owned());
+    let (org_on, org) = filter(scope.org_id);
+    let (project_on, project) = filter(scope.project_id);
+    let (key_on, key) = filter(scope.key_id);
     Ok(client(config)
         .query(&sql)
-        .bind(key_id)
+        .bind(org_on)
+        .bind(org)
+        .bind(project_on)
+        .bind(project)
+        .bind(key_on)
+        .bind(key)
         .bind(start)
         .bind(end)
         .fetch_all::<UsageGroup>()
         .await?)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// `YYYY-MM-DD` (UTC midnight) or Unix seconds.
+pub fn parse_instant(text: &str) -> Option<u32> {
+    if let Ok(secs) = text.parse::<u32>() {
+        return Some(secs);
+    }
+    let mut parts = text.splitn(3, '-');
+    let (y, m, d) = (parts.next()?, parts.next()?, parts.next()?);
+    if y.len() != 4 || m.len() != 2 || d.len() != 2 {
+        return None;
+    }
+    let (y, m, d): (i64, i64, i64) = (y.parse().ok()?, m.parse().ok()?, d.parse().ok()?);
+    let days_in_month = match m {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
+        2 => 28,
+        _ => return None,
+    };
+    if !(1970..=2105).contains(&y) || !(1..=days_in_month).contains(&d) {
+        return None;
+    }
+    u32::try_from(days_from_civil(y, m, d) * 86_400).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instants_parse_dates_and_seconds() {
+        assert_eq!(parse_instant("1970-01-01"), Some(0));
+        assert_eq!(parse_instant("2026-11-23"), Some(1_795_392_000));
+        assert_eq!(parse_instant("2024-02-29"), Some(1_709_164_800));
+        assert_eq!(parse_instant("1795392000"), Some(1_795_392_000));
+        for bad in [
+            "2023-02-29",
+            "2026-13-01",
+            "2026-1-1",
+            "yesterday",
+            "",
+            "-5",
+        ] {
+            assert_eq!(parse_instant(bad), None, "{bad}");
+        }
+    }
 }

@@ -27,6 +27,19 @@ fn scoped_token() -> &'static str {
     "test-org-admin-token-0001"
 }
 
+/// A fresh, migrated ClickHouse database on the shared server.
+async fn clickhouse() -> sy_config::ClickhouseConfig {
+    sy_test_support::require_clickhouse().await;
+    let c = sy_config::ClickhouseConfig {
+        url: sy_test_support::clickhouse_url().parse().unwrap(),
+        database: sy_test_support::unique_database(),
+        user: "default".into(),
+        password: None,
+    };
+    sy_accounting::migrate(&c).await.unwrap();
+    c
+}
+
 /// The master keys the test's admin API seals with.
 fn keyring() -> sy_control::sealed::Keyring {
     sy_control::sealed::Keyring::new((1, [5u8; 32]), &[])
@@ -64,7 +77,12 @@ impl Api {
             keys: keyring(),
             providers: ["openai".to_owned(), "anthropic".to_owned()].into(),
         };
-        let app = admin::router::<()>(Admin::new(store.clone(), tokens, Some(credentials)));
+        let app = admin::router::<()>(Admin::new(
+            store.clone(),
+            tokens,
+            Some(credentials),
+            Some(clickhouse().await),
+        ));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {

@@ -45,7 +45,12 @@ pub(crate) async fn follow(
     if let Some(c) = &credentials {
         tokio::spawn(reseal(store.clone(), c.keys.clone(), tenants.resync));
     }
-    let admin = Admin::new(store.clone(), admin_tokens(config)?, credentials);
+    let admin = Admin::new(
+        store.clone(),
+        admin_tokens(config)?,
+        credentials,
+        config.clickhouse.clone(),
+    );
     let keys = feed::follow(
         store,
         bus.client().clone(),

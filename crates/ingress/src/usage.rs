@@ -5,48 +5,13 @@ use std::collections::HashMap;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use sy_accounting::{GroupBy, UsageGroup};
+use sy_accounting::{GroupBy, UsageGroup, parse_instant};
 use sy_config::ClickhouseConfig;
 use sy_protocol::{ErrorCode, now_unix_ms};
 
 use crate::error::ApiError;
 
 const DEFAULT_DAYS: u64 = 30;
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// `YYYY-MM-DD` (UTC midnight) or Unix seconds.
-pub fn parse_instant(text: &str) -> Option<u32> {
-    if let Ok(secs) = text.parse::<u32>() {
-        return Some(secs);
-    }
-    let mut parts = text.splitn(3, '-');
-    let (y, m, d) = (parts.next()?, parts.next()?, parts.next()?);
-    if y.len() != 4 || m.len() != 2 || d.len() != 2 {
-        return None;
-    }
-    let (y, m, d): (i64, i64, i64) = (y.parse().ok()?, m.parse().ok()?, d.parse().ok()?);
-    let days_in_month = match m {
-        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
-        4 | 6 | 9 | 11 => 30,
-        2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
-        2 => 28,
-        _ => return None,
-    };
-    if !(1970..=2105).contains(&y) || !(1..=days_in_month).contains(&d) {
-        return None;
-    }
-    u32::try_from(days_from_civil(y, m, d) * 86_400).ok()
-}
 
 #[derive(Serialize)]
 struct Body<'a> {
@@ -129,27 +94,4 @@ pub async fn usage(
         body,
     )
         .into_response())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn instants_parse_dates_and_seconds() {
-        assert_eq!(parse_instant("1970-01-01"), Some(0));
-        assert_eq!(parse_instant("2026-11-23"), Some(1_795_392_000));
-        assert_eq!(parse_instant("2024-02-29"), Some(1_709_164_800));
-        assert_eq!(parse_instant("1795392000"), Some(1_795_392_000));
-        for bad in [
-            "2023-02-29",
-            "2026-13-01",
-            "2026-1-1",
-            "yesterday",
-            "",
-            "-5",
-        ] {
-            assert_eq!(parse_instant(bad), None, "{bad}");
-        }
-    }
 }

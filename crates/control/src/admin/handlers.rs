@@ -696,3 +696,67 @@ pub(super) async fn delete_credential(
     admin.store.delete_credential(&caller.actor(), c.id).await?;
     Ok(Json(json!({"id": c.id, "deleted": true})).into_response())
 }
+
+/// `GET /admin/v1/usage?org_id&project_id&key_id&start&end&group_by`: any
+/// tenant's usage and cost from ClickHouse; an org's token sees its own org's.
+pub(super) async fn usage(
+    State(admin): State<Arc<Admin>>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Answer {
+    let Some(ch) = &admin.clickhouse else {
+        return Err(AdminError::not_configured(
+            "Usage needs [clickhouse] in the config.",
+        ));
+    };
+    for k in q.keys() {
+        if !matches!(
+            k.as_str(),
+            "org_id" | "project_id" | "key_id" | "start" | "end" | "group_by"
+        ) {
+            return Err(AdminError::invalid(format!(
+                "Unknown parameter '{k}'; use org_id, project_id, key_id, start, end and group_by."
+            )));
+        }
+    }
+    let org = org_filter(&caller, uuid_param(&q, "org_id")?)?.map(|o| o.to_string());
+    let project = uuid_param(&q, "project_id")?.map(|p| p.to_string());
+    // A key's id is a UUID (tenants) or a config key's name.
+    let key = q.get("key_id").cloned();
+    let now = u32::try_from(sy_protocol::now_unix_ms() / 1000).unwrap_or(u32::MAX);
+    let instant = |name: &str, default: u32| match q.get(name) {
+        None => Ok(default),
+        Some(v) => sy_accounting::parse_instant(v).ok_or_else(|| {
+            AdminError::invalid(format!(
+                "'{name}' must be a date like 2026-11-01 or Unix seconds."
+            ))
+        }),
+    };
+    let end = instant("end", now.saturating_add(1))?;
+    let start = instant("start", end.saturating_sub(30 * 86_400))?;
+    if start >= end {
+        return Err(AdminError::invalid("'start' must be before 'end'."));
+    }
+    let group_by = match q.get("group_by") {
+        None => sy_accounting::GroupBy::Model,
+        Some(g) => sy_accounting::GroupBy::parse(g).ok_or_else(|| {
+            AdminError::invalid("'group_by' must be model, day, org, project or key.")
+        })?,
+    };
+    let scope = sy_accounting::UsageScope {
+        org_id: org.as_deref(),
+        project_id: project.as_deref(),
+        key_id: key.as_deref(),
+    };
+    let data = sy_accounting::usage(ch, scope, start, end, group_by)
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "An admin usage query failed.");
+            AdminError::not_configured("Usage could not be read; retry shortly.")
+        })?;
+    Ok(Json(json!({
+        "object": "list", "org_id": org, "project_id": project, "key_id": key,
+        "start": start, "end": end, "group_by": group_by, "data": data,
+    }))
+    .into_response())
+}

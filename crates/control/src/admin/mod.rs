@@ -87,20 +87,24 @@ pub struct Admin {
     store: Store,
     tokens: Vec<AdminToken>,
     credentials: Option<Credentials>,
+    clickhouse: Option<sy_config::ClickhouseConfig>,
 }
 
 impl Admin {
     /// The admin API over `store`, accepting `tokens`; provider credentials
-    /// are served when `credentials` is given (a master key is configured).
+    /// are served when `credentials` is given (a master key is configured),
+    /// usage when `clickhouse` is.
     pub fn new(
         store: Store,
         tokens: Vec<AdminToken>,
         credentials: Option<Credentials>,
+        clickhouse: Option<sy_config::ClickhouseConfig>,
     ) -> Arc<Self> {
         Arc::new(Admin {
             store,
             tokens,
             credentials,
+            clickhouse,
         })
     }
 
@@ -261,6 +265,7 @@ pub fn router<S: Clone + Send + Sync + 'static>(admin: Arc<Admin>) -> Router<S> 
         )
         .route("/admin/v1/keys/{id}/rotate", post(h::rotate_key))
         .route("/admin/v1/audit", get(h::audit))
+        .route("/admin/v1/usage", get(h::usage))
         .route(
             "/admin/v1/credentials",
             post(h::set_credential).get(h::list_credentials),

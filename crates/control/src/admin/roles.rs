@@ -129,6 +129,7 @@ pub const ROUTES: &[Route] = &[
     route("DELETE", "/admin/v1/keys/{id}", Need::Keys),
     route("POST", "/admin/v1/keys/{id}/rotate", Need::Keys),
     deployment("GET", "/admin/v1/audit", Need::Audit),
+    route("GET", "/admin/v1/usage", Need::Usage),
     route("POST", "/admin/v1/credentials", Need::Credentials),
     route("GET", "/admin/v1/credentials", Need::Credentials),
     route("GET", "/admin/v1/credentials/{id}", Need::Credentials),
