@@ -691,3 +691,72 @@ async fn files_and_batches_belong_to_the_project_and_no_other_org_sees_them() {
     let theirs = crate::batch::create(&stack, &b1.key, &file_id).await;
     assert_eq!(theirs.status(), 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_key_rotation_reseals_every_credential_while_requests_keep_flowing() {
+    use sy_control::store::KeySpec;
+    let (store, sections) = tenants_store("m").await;
+    let actor = owner();
+    let org = store.create_org(&actor, "A").await.unwrap();
+    let project = store.create_project(&actor, org, "p").await.unwrap();
+    let (_, key) = store
+        .create_key(&actor, project, &KeySpec::named("k"))
+        .await
+        .unwrap();
+    // Sealed under version 1 before the deployment moves to version 2.
+    let (old, new) = ("11".repeat(32), "22".repeat(32));
+    let v1 =
+        sy_control::sealed::Keyring::new((1, sy_control::sealed::parse_key(&old).unwrap()), &[]);
+    let secret = "sk-rotation-test-0123456789";
+    for provider in ["openai", "anthropic", "gemini", "cohere"] {
+        store
+            .set_credential(&actor, &v1, None, provider, secret)
+            .await
+            .unwrap();
+        store
+            .set_credential(&actor, &v1, Some(org), provider, secret)
+            .await
+            .unwrap();
+    }
+    let sections = format!(
+        "{sections}\n[credentials]\nmaster_key = \"{new}\"\nmaster_key_version = 2\n\
+         [credentials.previous_master_keys]\n1 = \"{old}\"\n"
+    );
+    let stack = Stack::start_with(StackOptions {
+        sections,
+        openai_mock_key: Some(secret),
+        ..Default::default()
+    })
+    .await;
+    // Requests flow the whole time; every one is answered with the org's key.
+    let started = std::time::Instant::now();
+    let mut served = 0;
+    loop {
+        let resp = stack
+            .http
+            .post(stack.url("/v1/chat/completions"))
+            .bearer_auth(&key.key)
+            .json(&body("gpt-4o-mini", "hi"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+        served += 1;
+        let (left,): (i64,) =
+            sqlx::query_as("SELECT count(*) FROM provider_credentials WHERE key_version <> 2")
+                .fetch_one(store.pool())
+                .await
+                .unwrap();
+        if left == 0 && served >= 20 {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{left} rows left"
+        );
+    }
+    // Every row opens with version 2 alone now: version 1 can go.
+    let v2 =
+        sy_control::sealed::Keyring::new((2, sy_control::sealed::parse_key(&new).unwrap()), &[]);
+    assert_eq!(store.open_credentials(&v2).await.unwrap().len(), 8);
+}
