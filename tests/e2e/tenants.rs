@@ -459,6 +459,25 @@ async fn the_admin_api_on_the_ingress_and_its_cli_make_keys_that_work_at_once() 
         "{table}"
     );
     assert!(!table.contains(&secret), "{table}");
+    // An owner issues a token from the database; it works at once, with its role.
+    let issued = json(&["tokens", "create", "--role", "viewer", "ci"]);
+    let viewer = issued["token"].as_str().unwrap().to_owned();
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["admin", "--url", base, "--token", &viewer, "orgs", "list"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&org_id));
+    let resp = stack
+        .http
+        .post(stack.url("/v1/chat/completions"))
+        .bearer_auth(&viewer)
+        .json(&body("gpt-4o-mini", "hi"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    assert!(resp.text().await.unwrap().contains("admin token"));
     // An admin token is no API key, and an API key no admin token.
     let resp = stack
         .http

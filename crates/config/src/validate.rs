@@ -530,11 +530,12 @@ impl Config {
             if t.key_env.is_empty()
                 || t.key_env.len() > 8
                 || !t.key_env.bytes().all(|b| b.is_ascii_lowercase())
+                || t.key_env == "admin"
             {
                 ok = false;
                 e.push(ConfigError::new(
                     "tenants.key_env",
-                    "must be 1 to 8 lowercase letters, like \"live\" or \"test\"",
+                    "must be 1 to 8 lowercase letters, like \"live\" or \"test\" (not \"admin\": admin tokens' own)",
                 ));
             }
             if t.resync_seconds == 0 {

@@ -14,6 +14,7 @@
 //! ([`views`]).
 
 pub mod admin;
+pub mod admin_tokens;
 pub mod audit;
 pub mod credentials;
 pub mod feed;

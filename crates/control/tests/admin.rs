@@ -22,9 +22,9 @@ fn token_of(role: Role) -> String {
     format!("test-{}-token-0001", role.as_str())
 }
 
-/// The org-scoped admin token of org `org`.
+/// The org-scoped owner token (of the org `Api::serve` is given).
 fn scoped_token() -> &'static str {
-    "test-org-admin-token-0001"
+    "test-org-owner-token-0001"
 }
 
 /// A fresh, migrated ClickHouse database on the shared server.
@@ -67,9 +67,9 @@ impl Api {
         tokens.push(AdminToken::new("root", OWNER, Role::Owner, None));
         if let Some(org) = scoped_org {
             tokens.push(AdminToken::new(
-                "org-admin",
+                "org-owner",
                 scoped_token(),
-                Role::Admin,
+                Role::Owner,
                 Some(org),
             ));
         }
@@ -248,7 +248,15 @@ async fn every_endpoint_answers_every_role_as_the_docs_table_says() {
                 .await
                 .unwrap()
                 .id;
+            let admin_token = api
+                .store
+                .create_admin_token(&actor, "t", "viewer", Some(org))
+                .await
+                .unwrap()
+                .0
+                .id;
             let id = match path {
+                p if p.starts_with("/admin/v1/admin-tokens/") => admin_token,
                 p if p.starts_with("/admin/v1/orgs/") => org,
                 p if p.starts_with("/admin/v1/projects/") => project,
                 p if p.starts_with("/admin/v1/credentials/") => credential,
@@ -258,6 +266,9 @@ async fn every_endpoint_answers_every_role_as_the_docs_table_says() {
                 ("POST", "/admin/v1/orgs") => Some(json!({"name": "x"})),
                 ("POST", "/admin/v1/projects") => Some(json!({"org_id": org, "name": "x"})),
                 ("POST", "/admin/v1/keys") => Some(json!({"project_id": project, "name": "x"})),
+                ("POST", "/admin/v1/admin-tokens") => {
+                    Some(json!({"name": "t", "role": "viewer", "org_id": org}))
+                }
                 ("POST", "/admin/v1/credentials") => {
                     Some(json!({"provider": "openai", "org_id": org, "api_key": "sk-x"}))
                 }
@@ -948,4 +959,83 @@ async fn a_master_key_rotation_reseals_every_credential_while_both_versions_open
         store.open_credentials(&only_v2).await,
         Err(sy_control::store::StoreError::Sealed(_))
     ));
+}
+
+#[tokio::test]
+async fn owners_issue_admin_tokens_that_work_until_revoked() {
+    let store = common::store().await;
+    let org = store.create_org(&common::actor(), "A").await.unwrap();
+    let api = Api::serve(store, Some(org)).await;
+    let issued = api
+        .ok(
+            Method::POST,
+            "/admin/v1/admin-tokens",
+            Some(json!({"name": "ci", "role": "operator"})),
+        )
+        .await;
+    let token = issued["token"].as_str().unwrap().to_owned();
+    assert!(
+        token.starts_with(issued["prefix"].as_str().unwrap()) && token.starts_with("sy_admin_")
+    );
+    let (status, who) = api
+        .call(&token, Method::GET, "/admin/v1/whoami", None)
+        .await;
+    assert_eq!(
+        (status, who["role"].as_str(), who["name"].as_str()),
+        (200, Some("operator"), Some("ci"))
+    );
+    // Its role holds: an operator may not create orgs.
+    let (status, _) = api
+        .call(
+            &token,
+            Method::POST,
+            "/admin/v1/orgs",
+            Some(json!({"name": "x"})),
+        )
+        .await;
+    assert_eq!(status, 403);
+    // No listing and no table row holds the token.
+    let listed = api.ok(Method::GET, "/admin/v1/admin-tokens", None).await;
+    assert!(!listed.to_string().contains(&token[token.len() - 20..]));
+    let (rows,): (String,) =
+        sqlx::query_as("SELECT string_agg(row_to_json(t)::text, ' ') FROM admin_tokens t")
+            .fetch_one(api.store.pool())
+            .await
+            .unwrap();
+    assert!(!rows.contains(&token[token.len() - 20..]));
+    // An org's owner issues its own org's tokens only; an admin issues none.
+    let (status, _) = api
+        .call(
+            &token_of(Role::Admin),
+            Method::POST,
+            "/admin/v1/admin-tokens",
+            Some(json!({"name": "x", "role": "viewer"})),
+        )
+        .await;
+    assert_eq!(status, 403);
+    // Revoked: refused on its next request; a mistyped one too.
+    let id = issued["id"].as_str().unwrap();
+    api.ok(
+        Method::DELETE,
+        &format!("/admin/v1/admin-tokens/{id}"),
+        None,
+    )
+    .await;
+    let (status, _) = api
+        .call(&token, Method::GET, "/admin/v1/whoami", None)
+        .await;
+    assert_eq!(status, 401);
+    let (status, v) = api
+        .call("sy_admin_nope", Method::GET, "/admin/v1/whoami", None)
+        .await;
+    assert_eq!(status, 401, "{v}");
+    let (status, v) = api
+        .call(
+            OWNER,
+            Method::POST,
+            "/admin/v1/admin-tokens",
+            Some(json!({"name": "x", "role": "root"})),
+        )
+        .await;
+    assert_eq!(status, 400, "{v}");
 }

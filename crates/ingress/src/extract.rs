@@ -157,10 +157,11 @@ fn authenticate(state: &AppState, headers: &axum::http::HeaderMap) -> Result<Cal
             grant: None,
         });
     }
-    if state
-        .admin
-        .as_ref()
-        .is_some_and(|a| a.is_admin_token(token))
+    if token.starts_with("sy_admin_")
+        || state
+            .admin
+            .as_ref()
+            .is_some_and(|a| a.is_admin_token(token))
     {
         return Err(ApiError::new(
             ErrorCode::Unauthenticated,

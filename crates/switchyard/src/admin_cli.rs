@@ -127,9 +127,28 @@ pub enum CredentialCommand {
     Delete { id: String },
 }
 
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Issues an admin token (owners only) and prints it (shown this once).
+    Create {
+        /// `owner`, `admin`, `operator`, `billing` or `viewer`.
+        #[arg(long)]
+        role: String,
+        /// Limits the token to one org.
+        #[arg(long)]
+        org: Option<String>,
+        name: String,
+    },
+    /// Lists admin tokens issued from the database (never the tokens).
+    List,
+    /// Revokes an admin token: refused from its next request on.
+    Revoke { id: String },
+}
+
 /// One admin call.
 #[derive(Debug)]
 pub enum Call {
+    Tokens(TokenCommand),
     Orgs(OrgCommand),
     Projects(ProjectCommand),
     Keys(KeyCommand),
@@ -308,6 +327,31 @@ pub async fn run(conn: &Connection, call: Call, out: &mut impl Write) -> anyhow:
             .await?,
             Shape::NewKey,
         ),
+        Call::Tokens(TokenCommand::Create { role, org, name }) => {
+            let mut body = json!({"name": name, "role": role});
+            if let Some(org) = org {
+                body["org_id"] = json!(org);
+            }
+            (
+                api.call(Method::POST, "/admin/v1/admin-tokens", Some(body))
+                    .await?,
+                Shape::NewToken,
+            )
+        }
+        Call::Tokens(TokenCommand::List) => (
+            api.call(Method::GET, "/admin/v1/admin-tokens", None)
+                .await?,
+            Shape::Token,
+        ),
+        Call::Tokens(TokenCommand::Revoke { id }) => (
+            api.call(
+                Method::DELETE,
+                &format!("/admin/v1/admin-tokens/{}", urlencode(&id)),
+                None,
+            )
+            .await?,
+            Shape::Token,
+        ),
         Call::Credentials(CredentialCommand::Set { provider, org }) => {
             let mut secret = String::new();
             std::io::stdin()
@@ -368,6 +412,8 @@ enum Shape {
     Project,
     Key,
     NewKey,
+    Token,
+    NewToken,
     Credential,
     Audit,
 }
@@ -378,6 +424,7 @@ impl Shape {
             Shape::Org => &["id", "name", "status"],
             Shape::Project => &["id", "org_id", "name", "status"],
             Shape::Key | Shape::NewKey => &["id", "prefix", "name", "status", "project_id"],
+            Shape::Token | Shape::NewToken => &["id", "prefix", "name", "role", "org_id", "status"],
             Shape::Credential => &["id", "provider", "org_id", "key_version", "fingerprint"],
             Shape::Audit => &["seq", "actor", "role", "action", "target_kind", "target_id"],
         }

@@ -110,6 +110,11 @@ enum AdminCommand {
         #[command(subcommand)]
         command: admin_cli::KeyCommand,
     },
+    /// Admin tokens issued from the database (owners only).
+    Tokens {
+        #[command(subcommand)]
+        command: admin_cli::TokenCommand,
+    },
     /// Provider credentials (sealed; never shown).
     Credentials {
         #[command(subcommand)]
@@ -214,6 +219,7 @@ fn main() -> ExitCode {
                 AdminCommand::Projects { command } => admin_cli::Call::Projects(command),
                 AdminCommand::Keys { command } => admin_cli::Call::Keys(command),
                 AdminCommand::Credentials { command } => admin_cli::Call::Credentials(command),
+                AdminCommand::Tokens { command } => admin_cli::Call::Tokens(command),
                 AdminCommand::Audit {
                     command:
                         AuditCommand::List {

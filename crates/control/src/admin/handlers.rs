@@ -760,3 +760,63 @@ pub(super) async fn usage(
     }))
     .into_response())
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewAdminToken {
+    name: String,
+    role: String,
+    #[serde(default)]
+    org_id: Option<Uuid>,
+}
+
+pub(super) async fn create_admin_token(
+    State(admin): State<Arc<Admin>>,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> Answer {
+    let req: NewAdminToken = parse(&body)?;
+    name("name", &req.name)?;
+    if super::roles::Role::parse(&req.role).is_none() {
+        return Err(AdminError::invalid(
+            "'role' must be owner, admin, operator, billing or viewer.",
+        ));
+    }
+    // An org's owner issues tokens for its own org only.
+    let org_id = match (caller.org_id, req.org_id) {
+        (Some(mine), None) => Some(mine),
+        (Some(mine), Some(asked)) if asked != mine => return Err(AdminError::not_found("org")),
+        (_, asked) => asked,
+    };
+    let (view, new) = admin
+        .store
+        .create_admin_token(&caller.actor(), &req.name, &req.role, org_id)
+        .await?;
+    let mut v = serde_json::to_value(view).unwrap_or_else(|_| json!({}));
+    if let Some(o) = v.as_object_mut() {
+        o.insert("token".into(), Value::String(new.key));
+    }
+    Ok(created(v))
+}
+
+pub(super) async fn list_admin_tokens(
+    State(admin): State<Arc<Admin>>,
+    Extension(caller): Extension<Caller>,
+) -> Answer {
+    let data = admin.store.admin_tokens(caller.org_id).await?;
+    Ok(Json(json!({"object": "list", "data": data, "has_more": false})).into_response())
+}
+
+pub(super) async fn revoke_admin_token(
+    State(admin): State<Arc<Admin>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Answer {
+    let id = id_of(&id, "admin token")?;
+    let token = admin.store.admin_token(id).await?;
+    if caller.org_id.is_some() && token.org_id != caller.org_id {
+        return Err(AdminError::not_found("admin token"));
+    }
+    admin.store.revoke_admin_token(&caller.actor(), id).await?;
+    Ok(Json(admin.store.admin_token(id).await?).into_response())
+}

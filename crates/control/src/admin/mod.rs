@@ -267,6 +267,14 @@ pub fn router<S: Clone + Send + Sync + 'static>(admin: Arc<Admin>) -> Router<S> 
         .route("/admin/v1/audit", get(h::audit))
         .route("/admin/v1/usage", get(h::usage))
         .route(
+            "/admin/v1/admin-tokens",
+            post(h::create_admin_token).get(h::list_admin_tokens),
+        )
+        .route(
+            "/admin/v1/admin-tokens/{id}",
+            axum::routing::delete(h::revoke_admin_token),
+        )
+        .route(
             "/admin/v1/credentials",
             post(h::set_credential).get(h::list_credentials),
         )
@@ -282,7 +290,14 @@ pub fn router<S: Clone + Send + Sync + 'static>(admin: Arc<Admin>) -> Router<S> 
 /// need; the handler runs as the resulting [`Caller`].
 async fn authorize(State(admin): State<Arc<Admin>>, mut req: Request, next: Next) -> Response {
     let request_id = Uuid::now_v7();
-    let mut resp = match caller(&admin, &req, request_id) {
+    // What authorizing needs, read before the first await (a request is not
+    // shared across threads).
+    let asked = read_request(&req);
+    let caller = match asked {
+        Ok(asked) => caller(&admin, asked, request_id).await,
+        Err(e) => Err(e),
+    };
+    let mut resp = match caller {
         Ok(caller) => {
             req.extensions_mut().insert(caller);
             next.run(req).await
@@ -295,7 +310,14 @@ async fn authorize(State(admin): State<Arc<Admin>>, mut req: Request, next: Next
     resp
 }
 
-fn caller(admin: &Admin, req: &Request, request_id: Uuid) -> Result<Caller, AdminError> {
+/// What authorizing reads from a request.
+struct Asked {
+    token: String,
+    route: Option<&'static roles::Route>,
+    client_ip: Option<String>,
+}
+
+fn read_request(req: &Request) -> Result<Asked, AdminError> {
     let token = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -303,6 +325,7 @@ fn caller(admin: &Admin, req: &Request, request_id: Uuid) -> Result<Caller, Admi
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
         .filter(|t| !t.is_empty())
+        .map(str::to_owned)
         .ok_or_else(|| {
             AdminError::new(
                 StatusCode::UNAUTHORIZED,
@@ -310,15 +333,42 @@ fn caller(admin: &Admin, req: &Request, request_id: Uuid) -> Result<Caller, Admi
                 "Send an admin token as 'Authorization: Bearer TOKEN'.",
             )
         })?;
+    Ok(Asked {
+        token,
+        route: roles::find(req.method(), req.uri().path()),
+        client_ip: req
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip().to_string()),
+    })
+}
+
+/// Who a token is: a config token (compared in constant time), else a live
+/// token issued from the database.
+async fn identity(
+    admin: &Admin,
+    token: &str,
+) -> Result<Option<(String, Role, Option<Uuid>)>, AdminError> {
     let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-    let Some(token) = admin.tokens.iter().find(|t| t.matches(&digest)) else {
+    if let Some(t) = admin.tokens.iter().find(|t| t.matches(&digest)) {
+        return Ok(Some((t.name.clone(), t.role, t.org_id)));
+    }
+    if !token.starts_with("sy_admin_") {
+        return Ok(None);
+    }
+    let owner = admin.store.admin_token_owner(token).await?;
+    Ok(owner.and_then(|o| Role::parse(&o.role).map(|r| (o.name, r, o.org_id))))
+}
+
+async fn caller(admin: &Admin, asked: Asked, request_id: Uuid) -> Result<Caller, AdminError> {
+    let Some((name, role, org_id)) = identity(admin, &asked.token).await? else {
         return Err(AdminError::new(
             StatusCode::UNAUTHORIZED,
             "unauthenticated",
             "Incorrect admin token provided (an API key is not an admin token).",
         ));
     };
-    let Some(route) = roles::find(req.method(), req.uri().path()) else {
+    let Some(route) = asked.route else {
         // A route the table does not list: refused rather than open.
         return Err(AdminError::new(
             StatusCode::FORBIDDEN,
@@ -326,19 +376,19 @@ fn caller(admin: &Admin, req: &Request, request_id: Uuid) -> Result<Caller, Admi
             "This endpoint has no permission entry.",
         ));
     };
-    if !token.role.can(route.need) {
+    if !role.can(route.need) {
         return Err(AdminError::new(
             StatusCode::FORBIDDEN,
             "permission_denied",
             format!(
                 "The '{}' role may not call {} {}.",
-                token.role.as_str(),
+                role.as_str(),
                 route.method,
                 route.path
             ),
         ));
     }
-    if route.deployment_only && token.org_id.is_some() {
+    if route.deployment_only && org_id.is_some() {
         return Err(AdminError::new(
             StatusCode::FORBIDDEN,
             "permission_denied",
@@ -348,15 +398,11 @@ fn caller(admin: &Admin, req: &Request, request_id: Uuid) -> Result<Caller, Admi
             ),
         ));
     }
-    let client_ip = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip().to_string());
     Ok(Caller {
-        name: token.name.clone(),
-        role: token.role,
-        org_id: token.org_id,
+        name,
+        role,
+        org_id,
         request_id,
-        client_ip,
+        client_ip: asked.client_ip,
     })
 }

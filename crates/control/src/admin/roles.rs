@@ -57,6 +57,7 @@ impl Role {
             Need::Keys => matches!(self, Owner | Admin | Operator),
             Need::Audit => matches!(self, Owner | Admin | Viewer),
             Need::Credentials => matches!(self, Owner | Admin),
+            Need::AdminTokens => matches!(self, Owner),
         }
     }
 }
@@ -76,6 +77,8 @@ pub enum Need {
     Audit,
     /// Setting, listing and deleting provider credentials (never reading one).
     Credentials,
+    /// Issuing, listing and revoking admin tokens.
+    AdminTokens,
 }
 
 /// One admin route.
@@ -134,6 +137,9 @@ pub const ROUTES: &[Route] = &[
     route("GET", "/admin/v1/credentials", Need::Credentials),
     route("GET", "/admin/v1/credentials/{id}", Need::Credentials),
     route("DELETE", "/admin/v1/credentials/{id}", Need::Credentials),
+    route("POST", "/admin/v1/admin-tokens", Need::AdminTokens),
+    route("GET", "/admin/v1/admin-tokens", Need::AdminTokens),
+    route("DELETE", "/admin/v1/admin-tokens/{id}", Need::AdminTokens),
 ];
 
 /// The route for `method` on the request path `path`, if it is an admin
@@ -182,6 +188,7 @@ mod tests {
         assert!(!Role::Billing.can(Need::Keys) && Role::Billing.can(Need::Usage));
         assert!(!Role::Viewer.can(Need::Keys) && Role::Viewer.can(Need::Audit));
         assert!(!Role::Operator.can(Need::Credentials) && Role::Admin.can(Need::Credentials));
+        assert!(Role::Owner.can(Need::AdminTokens) && !Role::Admin.can(Need::AdminTokens));
     }
 
     #[test]
