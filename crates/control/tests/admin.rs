@@ -273,6 +273,9 @@ async fn every_endpoint_answers_every_role_as_the_docs_table_says() {
                     Some(json!({"provider": "openai", "org_id": org, "api_key": "sk-x"}))
                 }
                 ("POST", _) => Some(json!({"grace_seconds": 0})),
+                ("PATCH", p) if p.starts_with("/admin/v1/credentials/") => {
+                    Some(json!({"api_key": "sk-new"}))
+                }
                 ("PATCH", _) => Some(json!({"name": "renamed"})),
                 _ => None,
             };
@@ -834,6 +837,17 @@ async fn credentials_are_set_sealed_listed_by_org_and_never_returned() {
         .call(t, Method::GET, "/admin/v1/credentials", None)
         .await;
     assert_eq!(mine["data"].as_array().unwrap().len(), 1);
+    // PATCH replaces the secret of one credential.
+    let (status, patched) = api
+        .call(
+            t,
+            Method::PATCH,
+            &format!("/admin/v1/credentials/{}", own["id"].as_str().unwrap()),
+            Some(json!({"api_key": "sk-org-a-secret-2"})),
+        )
+        .await;
+    assert_eq!((status, &patched["id"]), (200, &own["id"]));
+    assert_ne!(patched["fingerprint"], own["fingerprint"]);
     // Setting again replaces (one row per org and provider), with a new fingerprint.
     let again = api
         .ok(
@@ -883,7 +897,7 @@ async fn credentials_are_set_sealed_listed_by_org_and_never_returned() {
     pairs.sort();
     assert_eq!(
         pairs,
-        vec![(None, "sk-global-rotated"), (Some(a), "sk-org-a-secret")]
+        vec![(None, "sk-global-rotated"), (Some(a), "sk-org-a-secret-2")]
     );
     let (status, _) = api
         .call(

@@ -634,12 +634,7 @@ pub(super) async fn set_credential(
             req.provider
         )));
     }
-    let secret = req.api_key.trim();
-    if secret.is_empty() || secret.len() > 4096 || secret.chars().any(char::is_control) {
-        return Err(AdminError::invalid(
-            "'api_key' must be 1 to 4096 characters, none of them control characters.",
-        ));
-    }
+    let secret = provider_secret(&req.api_key)?;
     // An org's token sets its own org's credential; a global one needs the deployment.
     let org_id = match (caller.org_id, req.org_id) {
         (Some(mine), None) => Some(mine),
@@ -685,6 +680,40 @@ pub(super) async fn get_credential(
     Path(id): Path<String>,
 ) -> Answer {
     Ok(Json(visible_credential(&admin, &caller, &id).await?).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CredentialChange {
+    api_key: String,
+}
+
+/// Checks a provider secret as a client sent it.
+fn provider_secret(raw: &str) -> Result<&str, AdminError> {
+    let secret = raw.trim();
+    if secret.is_empty() || secret.len() > 4096 || secret.chars().any(char::is_control) {
+        return Err(AdminError::invalid(
+            "'api_key' must be 1 to 4096 characters, none of them control characters.",
+        ));
+    }
+    Ok(secret)
+}
+
+pub(super) async fn patch_credential(
+    State(admin): State<Arc<Admin>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Answer {
+    let c = visible_credential(&admin, &caller, &id).await?;
+    let setup = sealing(&admin)?;
+    let req: CredentialChange = parse(&body)?;
+    let secret = provider_secret(&req.api_key)?;
+    let view = admin
+        .store
+        .set_credential(&caller.actor(), &setup.keys, c.org_id, &c.provider, secret)
+        .await?;
+    Ok(Json(view).into_response())
 }
 
 pub(super) async fn delete_credential(

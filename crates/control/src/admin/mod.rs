@@ -280,7 +280,9 @@ pub fn router<S: Clone + Send + Sync + 'static>(admin: Arc<Admin>) -> Router<S> 
         )
         .route(
             "/admin/v1/credentials/{id}",
-            get(h::get_credential).delete(h::delete_credential),
+            get(h::get_credential)
+                .patch(h::patch_credential)
+                .delete(h::delete_credential),
         )
         .route_layer(authorize)
         .with_state(admin)

@@ -136,6 +136,7 @@ pub const ROUTES: &[Route] = &[
     route("POST", "/admin/v1/credentials", Need::Credentials),
     route("GET", "/admin/v1/credentials", Need::Credentials),
     route("GET", "/admin/v1/credentials/{id}", Need::Credentials),
+    route("PATCH", "/admin/v1/credentials/{id}", Need::Credentials),
     route("DELETE", "/admin/v1/credentials/{id}", Need::Credentials),
     route("POST", "/admin/v1/admin-tokens", Need::AdminTokens),
     route("GET", "/admin/v1/admin-tokens", Need::AdminTokens),
