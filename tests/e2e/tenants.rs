@@ -122,6 +122,19 @@ async fn tenants_store(prefix: &str) -> (sy_control::store::Store, String) {
     (store, sections)
 }
 
+/// A new org with one project and one key of that project: (org, project, key).
+async fn org_with_key(
+    store: &sy_control::store::Store,
+    name: &str,
+) -> (uuid::Uuid, uuid::Uuid, sy_control::key::NewKey) {
+    let actor = owner();
+    let org = store.create_org(&actor, name).await.unwrap();
+    let project = store.create_project(&actor, org, "p").await.unwrap();
+    let spec = sy_control::store::KeySpec::named("k");
+    let (_, key) = store.create_key(&actor, project, &spec).await.unwrap();
+    (org, project, key)
+}
+
 fn owner() -> sy_control::audit::Actor {
     sy_control::audit::Actor::local("e2e", "owner")
 }
@@ -531,21 +544,14 @@ async fn the_admin_api_on_the_ingress_and_its_cli_make_keys_that_work_at_once() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_org_calls_with_its_own_credential_and_no_other_org_can_use_it() {
-    use sy_control::store::KeySpec;
     let (store, sections) = tenants_store("k").await;
     let master = "ab".repeat(32);
     let sections = format!(
         "{sections}\n[credentials]\nmaster_key = \"{master}\"\n\n[[admin_tokens]]\nname = \"ops\"\ntoken = \"{ADMIN}\"\nrole = \"owner\"\n"
     );
-    let actor = owner();
     let mut keys = Vec::new();
     for name in ["A", "B"] {
-        let org = store.create_org(&actor, name).await.unwrap();
-        let project = store.create_project(&actor, org, "p").await.unwrap();
-        let (_, k) = store
-            .create_key(&actor, project, &KeySpec::named("k"))
-            .await
-            .unwrap();
+        let (org, _, k) = org_with_key(&store, name).await;
         keys.push((org, k.key));
     }
     let byok = "sk-byok-org-a-0123456789";
@@ -637,23 +643,12 @@ async fn an_org_calls_with_its_own_credential_and_no_other_org_can_use_it() {
 async fn files_and_batches_belong_to_the_project_and_no_other_org_sees_them() {
     use sy_control::store::KeySpec;
     let (store, sections) = tenants_store("f").await;
-    let actor = owner();
-    let a = store.create_org(&actor, "A").await.unwrap();
-    let pa = store.create_project(&actor, a, "a").await.unwrap();
-    let (_, a1) = store
-        .create_key(&actor, pa, &KeySpec::named("a1"))
-        .await
-        .unwrap();
+    let (_, pa, a1) = org_with_key(&store, "A").await;
     let (_, a2) = store
-        .create_key(&actor, pa, &KeySpec::named("a2"))
+        .create_key(&owner(), pa, &KeySpec::named("a2"))
         .await
         .unwrap();
-    let b = store.create_org(&actor, "B").await.unwrap();
-    let pb = store.create_project(&actor, b, "b").await.unwrap();
-    let (_, b1) = store
-        .create_key(&actor, pb, &KeySpec::named("b1"))
-        .await
-        .unwrap();
+    let (_, _, b1) = org_with_key(&store, "B").await;
     let stack = Stack::start_with(StackOptions {
         sections,
         ..Default::default()
@@ -713,15 +708,9 @@ async fn files_and_batches_belong_to_the_project_and_no_other_org_sees_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_key_rotation_reseals_every_credential_while_requests_keep_flowing() {
-    use sy_control::store::KeySpec;
     let (store, sections) = tenants_store("m").await;
     let actor = owner();
-    let org = store.create_org(&actor, "A").await.unwrap();
-    let project = store.create_project(&actor, org, "p").await.unwrap();
-    let (_, key) = store
-        .create_key(&actor, project, &KeySpec::named("k"))
-        .await
-        .unwrap();
+    let (org, _, key) = org_with_key(&store, "A").await;
     // Sealed under version 1 before the deployment moves to version 2.
     let (old, new) = ("11".repeat(32), "22".repeat(32));
     let v1 =

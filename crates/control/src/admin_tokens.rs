@@ -100,11 +100,7 @@ impl Store {
 
     /// One admin token's view.
     pub async fn admin_token(&self, id: Uuid) -> Result<AdminTokenView, StoreError> {
-        sqlx::query_as(&format!("{VIEW} WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(self.pool())
-            .await?
-            .ok_or(StoreError::NotFound("admin token"))
+        crate::views::one_by_id(self, VIEW, id, "admin token").await
     }
 
     /// Every admin token's view: all, or one org's.
@@ -112,12 +108,7 @@ impl Store {
         &self,
         org_id: Option<Uuid>,
     ) -> Result<Vec<AdminTokenView>, StoreError> {
-        Ok(sqlx::query_as(&format!(
-            "{VIEW} WHERE ($1::uuid IS NULL OR org_id = $1) ORDER BY id"
-        ))
-        .bind(org_id)
-        .fetch_all(self.pool())
-        .await?)
+        crate::views::all_of_org(self, VIEW, org_id).await
     }
 
     /// Revokes an admin token: refused from its next request on.

@@ -290,11 +290,7 @@ impl Store {
 
     /// One credential's metadata.
     pub async fn credential(&self, id: Uuid) -> Result<CredentialView, StoreError> {
-        sqlx::query_as(&format!("{VIEW} WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(self.pool())
-            .await?
-            .ok_or(StoreError::NotFound("credential"))
+        crate::views::one_by_id(self, VIEW, id, "credential").await
     }
 
     /// Every credential's metadata: all, or one org's (`Some(org)`) only.
@@ -302,12 +298,7 @@ impl Store {
         &self,
         org_id: Option<Uuid>,
     ) -> Result<Vec<CredentialView>, StoreError> {
-        Ok(sqlx::query_as(&format!(
-            "{VIEW} WHERE ($1::uuid IS NULL OR org_id = $1) ORDER BY id"
-        ))
-        .bind(org_id)
-        .fetch_all(self.pool())
-        .await?)
+        crate::views::all_of_org(self, VIEW, org_id).await
     }
 
     /// Deletes a credential (calls fall back to the global one, then the

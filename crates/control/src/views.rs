@@ -150,14 +150,45 @@ pub struct KeyPatch {
     pub metadata: Option<Value>,
 }
 
+/// The row `select` (a `SELECT … FROM t` without a `WHERE`) has for `id`,
+/// or `NotFound(what)`.
+pub(crate) async fn one_by_id<T>(
+    store: &Store,
+    select: &str,
+    id: Uuid,
+    what: &'static str,
+) -> Result<T, StoreError>
+where
+    T: for<'r> FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+{
+    sqlx::query_as(&format!("{select} WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(store.pool())
+        .await?
+        .ok_or(StoreError::NotFound(what))
+}
+
+/// Every row `select` has (of `org_id` when given), in id order.
+pub(crate) async fn all_of_org<T>(
+    store: &Store,
+    select: &str,
+    org_id: Option<Uuid>,
+) -> Result<Vec<T>, StoreError>
+where
+    T: for<'r> FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+{
+    Ok(sqlx::query_as(&format!(
+        "{select} WHERE ($1::uuid IS NULL OR org_id = $1) ORDER BY id"
+    ))
+    .bind(org_id)
+    .fetch_all(store.pool())
+    .await?)
+}
+
 impl Store {
     /// One org.
     pub async fn org(&self, id: Uuid) -> Result<OrgView, StoreError> {
-        sqlx::query_as(&format!("{ORG} WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(self.pool())
-            .await?
-            .ok_or(StoreError::NotFound("org"))
+        one_by_id(self, ORG, id, "org").await
     }
 
     /// A page of orgs (only `filter.org_id` when set).
@@ -176,11 +207,7 @@ impl Store {
 
     /// One project.
     pub async fn project(&self, id: Uuid) -> Result<ProjectView, StoreError> {
-        sqlx::query_as(&format!("{PROJECT} WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(self.pool())
-            .await?
-            .ok_or(StoreError::NotFound("project"))
+        one_by_id(self, PROJECT, id, "project").await
     }
 
     /// A page of projects.
