@@ -1,4 +1,5 @@
-//! The admin API's handlers: parse, check the caller may see the target
+//! The admin API's handlers for tenants (orgs, projects, keys) and what
+//! every handler shares: parse, check the caller may see the target
 //! (another org's things are 404, as if they did not exist), call the store.
 
 use std::collections::HashMap;
@@ -16,9 +17,9 @@ use uuid::Uuid;
 
 use super::{Admin, AdminError, Caller};
 use crate::store::KeySpec;
-use crate::views::{AuditQuery, Filter, KeyPatch, Page, PageAt, Rename};
+use crate::views::{Filter, KeyPatch, Page, PageAt, Rename};
 
-type Answer = Result<Response, AdminError>;
+pub(super) type Answer = Result<Response, AdminError>;
 
 /// The longest name accepted, in characters.
 const MAX_NAME: usize = 1024;
@@ -28,7 +29,7 @@ const MAX_GRACE_SECONDS: u32 = 30 * 24 * 3600;
 const MAX_LIST: usize = 256;
 const MAX_METADATA_BYTES: usize = 16 * 1024;
 
-fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, AdminError> {
+pub(super) fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, AdminError> {
     if body.is_empty() {
         return Err(AdminError::invalid("The body must be a JSON object."));
     }
@@ -50,7 +51,7 @@ fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, AdminError> {
     })
 }
 
-fn name(field: &str, s: &str) -> Result<(), AdminError> {
+pub(super) fn name(field: &str, s: &str) -> Result<(), AdminError> {
     if s.trim().is_empty() {
         return Err(AdminError::invalid(format!("'{field}' must not be empty.")));
     }
@@ -77,11 +78,14 @@ fn status(s: &str) -> Result<(), AdminError> {
     }
 }
 
-fn id_of(raw: &str, what: &str) -> Result<Uuid, AdminError> {
+pub(super) fn id_of(raw: &str, what: &str) -> Result<Uuid, AdminError> {
     Uuid::parse_str(raw).map_err(|_| AdminError::not_found(what))
 }
 
-fn uuid_param(q: &HashMap<String, String>, field: &str) -> Result<Option<Uuid>, AdminError> {
+pub(super) fn uuid_param(
+    q: &HashMap<String, String>,
+    field: &str,
+) -> Result<Option<Uuid>, AdminError> {
     q.get(field)
         .map(|v| {
             Uuid::parse_str(v)
@@ -107,7 +111,7 @@ fn page_at(q: &HashMap<String, String>) -> Result<PageAt, AdminError> {
 
 /// The org a list is narrowed to: the caller's own, or the one asked for
 /// (which a caller limited to another org may not ask for).
-fn org_filter(caller: &Caller, asked: Option<Uuid>) -> Result<Option<Uuid>, AdminError> {
+pub(super) fn org_filter(caller: &Caller, asked: Option<Uuid>) -> Result<Option<Uuid>, AdminError> {
     match (caller.org_id, asked) {
         (Some(mine), Some(asked)) if mine != asked => Err(AdminError::not_found("org")),
         (Some(mine), _) => Ok(Some(mine)),
@@ -128,7 +132,7 @@ fn list<T: serde::Serialize>(page: Page<T>, id: impl Fn(&T) -> Uuid) -> Response
     .into_response()
 }
 
-fn created(v: impl serde::Serialize) -> Response {
+pub(super) fn created(v: impl serde::Serialize) -> Response {
     (StatusCode::CREATED, Json(v)).into_response()
 }
 
@@ -565,287 +569,4 @@ pub(super) async fn rotate_key(
         .await?;
     let view = admin.store.key(key.id).await?;
     Ok(Json(with_secret(view, &new.key)).into_response())
-}
-
-pub(super) async fn audit(
-    State(admin): State<Arc<Admin>>,
-    Query(q): Query<HashMap<String, String>>,
-) -> Answer {
-    let limit = match q.get("limit") {
-        None => 50,
-        Some(v) => v
-            .parse::<u32>()
-            .ok()
-            .filter(|n| (1..=500).contains(n))
-            .ok_or_else(|| AdminError::invalid("'limit' must be an integer from 1 to 500."))?,
-    };
-    let before_seq = q
-        .get("before")
-        .map(|v| {
-            v.parse::<i64>()
-                .map_err(|_| AdminError::invalid("'before' must be a row's seq."))
-        })
-        .transpose()?;
-    let query = AuditQuery {
-        before_seq,
-        target_kind: q.get("target_kind").cloned(),
-        target_id: q.get("target_id").cloned(),
-        actor: q.get("actor").cloned(),
-        action: q.get("action").cloned(),
-        limit,
-    };
-    let rows = admin.store.audit_rows(&query).await?;
-    let next = if rows.len() == limit as usize {
-        rows.last().map(|r| r.seq)
-    } else {
-        None
-    };
-    Ok(Json(json!({"object": "list", "data": rows, "next_before": next})).into_response())
-}
-
-/// The credentials setup, or a 503 saying what is missing.
-fn sealing(admin: &Admin) -> Result<&super::Credentials, AdminError> {
-    admin.credentials.as_ref().ok_or_else(|| {
-        AdminError::not_configured(
-            "Provider credentials need a master key: [credentials] master_key in the config.",
-        )
-    })
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewCredential {
-    provider: String,
-    #[serde(default)]
-    org_id: Option<Uuid>,
-    api_key: String,
-}
-
-pub(super) async fn set_credential(
-    State(admin): State<Arc<Admin>>,
-    Extension(caller): Extension<Caller>,
-    body: Bytes,
-) -> Answer {
-    let setup = sealing(&admin)?;
-    let req: NewCredential = parse(&body)?;
-    if !setup.providers.contains(&req.provider) {
-        return Err(AdminError::invalid(format!(
-            "'provider': no provider entry '{}' in the config.",
-            req.provider
-        )));
-    }
-    let secret = provider_secret(&req.api_key)?;
-    // An org's token sets its own org's credential; a global one needs the deployment.
-    let org_id = match (caller.org_id, req.org_id) {
-        (Some(mine), None) => Some(mine),
-        (Some(mine), Some(asked)) if asked != mine => return Err(AdminError::not_found("org")),
-        (_, asked) => asked,
-    };
-    let view = admin
-        .store
-        .set_credential(&caller.actor(), &setup.keys, org_id, &req.provider, secret)
-        .await?;
-    Ok(Json(view).into_response())
-}
-
-pub(super) async fn list_credentials(
-    State(admin): State<Arc<Admin>>,
-    Extension(caller): Extension<Caller>,
-    Query(q): Query<HashMap<String, String>>,
-) -> Answer {
-    sealing(&admin)?;
-    let org = org_filter(&caller, uuid_param(&q, "org_id")?)?;
-    let data = admin.store.credentials(org).await?;
-    Ok(Json(json!({"object": "list", "data": data, "has_more": false})).into_response())
-}
-
-async fn visible_credential(
-    admin: &Admin,
-    caller: &Caller,
-    raw: &str,
-) -> Result<crate::credentials::CredentialView, AdminError> {
-    sealing(admin)?;
-    let id = id_of(raw, "credential")?;
-    let c = admin.store.credential(id).await?;
-    // A global credential is the deployment's; an org's token does not see it.
-    if caller.org_id.is_some() && c.org_id != caller.org_id {
-        return Err(AdminError::not_found("credential"));
-    }
-    Ok(c)
-}
-
-pub(super) async fn get_credential(
-    State(admin): State<Arc<Admin>>,
-    Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
-) -> Answer {
-    Ok(Json(visible_credential(&admin, &caller, &id).await?).into_response())
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CredentialChange {
-    api_key: String,
-}
-
-/// Checks a provider secret as a client sent it.
-fn provider_secret(raw: &str) -> Result<&str, AdminError> {
-    let secret = raw.trim();
-    if secret.is_empty() || secret.len() > 4096 || secret.chars().any(char::is_control) {
-        return Err(AdminError::invalid(
-            "'api_key' must be 1 to 4096 characters, none of them control characters.",
-        ));
-    }
-    Ok(secret)
-}
-
-pub(super) async fn patch_credential(
-    State(admin): State<Arc<Admin>>,
-    Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
-    body: Bytes,
-) -> Answer {
-    let c = visible_credential(&admin, &caller, &id).await?;
-    let setup = sealing(&admin)?;
-    let req: CredentialChange = parse(&body)?;
-    let secret = provider_secret(&req.api_key)?;
-    let view = admin
-        .store
-        .set_credential(&caller.actor(), &setup.keys, c.org_id, &c.provider, secret)
-        .await?;
-    Ok(Json(view).into_response())
-}
-
-pub(super) async fn delete_credential(
-    State(admin): State<Arc<Admin>>,
-    Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
-) -> Answer {
-    let c = visible_credential(&admin, &caller, &id).await?;
-    admin.store.delete_credential(&caller.actor(), c.id).await?;
-    Ok(Json(json!({"id": c.id, "deleted": true})).into_response())
-}
-
-/// `GET /admin/v1/usage?org_id&project_id&key_id&start&end&group_by`: any
-/// tenant's usage and cost from ClickHouse; an org's token sees its own org's.
-pub(super) async fn usage(
-    State(admin): State<Arc<Admin>>,
-    Extension(caller): Extension<Caller>,
-    Query(q): Query<HashMap<String, String>>,
-) -> Answer {
-    let Some(ch) = &admin.clickhouse else {
-        return Err(AdminError::not_configured(
-            "Usage needs [clickhouse] in the config.",
-        ));
-    };
-    for k in q.keys() {
-        if !matches!(
-            k.as_str(),
-            "org_id" | "project_id" | "key_id" | "start" | "end" | "group_by"
-        ) {
-            return Err(AdminError::invalid(format!(
-                "Unknown parameter '{k}'; use org_id, project_id, key_id, start, end and group_by."
-            )));
-        }
-    }
-    let org = org_filter(&caller, uuid_param(&q, "org_id")?)?.map(|o| o.to_string());
-    let project = uuid_param(&q, "project_id")?.map(|p| p.to_string());
-    // A key's id is a UUID (tenants) or a config key's name.
-    let key = q.get("key_id").cloned();
-    let now = u32::try_from(sy_protocol::now_unix_ms() / 1000).unwrap_or(u32::MAX);
-    let instant = |name: &str, default: u32| match q.get(name) {
-        None => Ok(default),
-        Some(v) => sy_accounting::parse_instant(v).ok_or_else(|| {
-            AdminError::invalid(format!(
-                "'{name}' must be a date like 2026-11-01 or Unix seconds."
-            ))
-        }),
-    };
-    let end = instant("end", now.saturating_add(1))?;
-    let start = instant("start", end.saturating_sub(30 * 86_400))?;
-    if start >= end {
-        return Err(AdminError::invalid("'start' must be before 'end'."));
-    }
-    let group_by = match q.get("group_by") {
-        None => sy_accounting::GroupBy::Model,
-        Some(g) => sy_accounting::GroupBy::parse(g).ok_or_else(|| {
-            AdminError::invalid("'group_by' must be model, day, org, project or key.")
-        })?,
-    };
-    let scope = sy_accounting::UsageScope {
-        org_id: org.as_deref(),
-        project_id: project.as_deref(),
-        key_id: key.as_deref(),
-    };
-    let data = sy_accounting::usage(ch, scope, start, end, group_by)
-        .await
-        .map_err(|e| {
-            tracing::warn!(error = %e, "An admin usage query failed.");
-            AdminError::not_configured("Usage could not be read; retry shortly.")
-        })?;
-    Ok(Json(json!({
-        "object": "list", "org_id": org, "project_id": project, "key_id": key,
-        "start": start, "end": end, "group_by": group_by, "data": data,
-    }))
-    .into_response())
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewAdminToken {
-    name: String,
-    role: String,
-    #[serde(default)]
-    org_id: Option<Uuid>,
-}
-
-pub(super) async fn create_admin_token(
-    State(admin): State<Arc<Admin>>,
-    Extension(caller): Extension<Caller>,
-    body: Bytes,
-) -> Answer {
-    let req: NewAdminToken = parse(&body)?;
-    name("name", &req.name)?;
-    if super::roles::Role::parse(&req.role).is_none() {
-        return Err(AdminError::invalid(
-            "'role' must be owner, admin, operator, billing or viewer.",
-        ));
-    }
-    // An org's owner issues tokens for its own org only.
-    let org_id = match (caller.org_id, req.org_id) {
-        (Some(mine), None) => Some(mine),
-        (Some(mine), Some(asked)) if asked != mine => return Err(AdminError::not_found("org")),
-        (_, asked) => asked,
-    };
-    let (view, new) = admin
-        .store
-        .create_admin_token(&caller.actor(), &req.name, &req.role, org_id)
-        .await?;
-    let mut v = serde_json::to_value(view).unwrap_or_else(|_| json!({}));
-    if let Some(o) = v.as_object_mut() {
-        o.insert("token".into(), Value::String(new.key));
-    }
-    Ok(created(v))
-}
-
-pub(super) async fn list_admin_tokens(
-    State(admin): State<Arc<Admin>>,
-    Extension(caller): Extension<Caller>,
-) -> Answer {
-    let data = admin.store.admin_tokens(caller.org_id).await?;
-    Ok(Json(json!({"object": "list", "data": data, "has_more": false})).into_response())
-}
-
-pub(super) async fn revoke_admin_token(
-    State(admin): State<Arc<Admin>>,
-    Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
-) -> Answer {
-    let id = id_of(&id, "admin token")?;
-    let token = admin.store.admin_token(id).await?;
-    if caller.org_id.is_some() && token.org_id != caller.org_id {
-        return Err(AdminError::not_found("admin token"));
-    }
-    admin.store.revoke_admin_token(&caller.actor(), id).await?;
-    Ok(Json(admin.store.admin_token(id).await?).into_response())
 }

@@ -9,6 +9,7 @@
 //! An admin token is not an API key: the ingress refuses it on `/v1`.
 
 mod handlers;
+mod operations;
 pub mod roles;
 
 use std::net::SocketAddr;
@@ -240,6 +241,7 @@ impl IntoResponse for AdminError {
 /// The admin routes, to merge into the ingress's router (of any state).
 pub fn router<S: Clone + Send + Sync + 'static>(admin: Arc<Admin>) -> Router<S> {
     use handlers as h;
+    use operations as o;
     let authorize = axum::middleware::from_fn_with_state(admin.clone(), authorize);
     Router::new()
         .route("/admin/v1/whoami", get(h::whoami))
@@ -264,25 +266,25 @@ pub fn router<S: Clone + Send + Sync + 'static>(admin: Arc<Admin>) -> Router<S> 
             get(h::get_key).patch(h::patch_key).delete(h::revoke_key),
         )
         .route("/admin/v1/keys/{id}/rotate", post(h::rotate_key))
-        .route("/admin/v1/audit", get(h::audit))
-        .route("/admin/v1/usage", get(h::usage))
+        .route("/admin/v1/audit", get(o::audit))
+        .route("/admin/v1/usage", get(o::usage))
         .route(
             "/admin/v1/admin-tokens",
-            post(h::create_admin_token).get(h::list_admin_tokens),
+            post(o::create_admin_token).get(o::list_admin_tokens),
         )
         .route(
             "/admin/v1/admin-tokens/{id}",
-            axum::routing::delete(h::revoke_admin_token),
+            axum::routing::delete(o::revoke_admin_token),
         )
         .route(
             "/admin/v1/credentials",
-            post(h::set_credential).get(h::list_credentials),
+            post(o::set_credential).get(o::list_credentials),
         )
         .route(
             "/admin/v1/credentials/{id}",
-            get(h::get_credential)
-                .patch(h::patch_credential)
-                .delete(h::delete_credential),
+            get(o::get_credential)
+                .patch(o::patch_credential)
+                .delete(o::delete_credential),
         )
         .route_layer(authorize)
         .with_state(admin)
