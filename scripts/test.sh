@@ -15,6 +15,7 @@ cleanup() {
   if ((started_nats)); then stop_nats; fi
   if ((started_clickhouse)); then stop_clickhouse; fi
   stop_postgres
+  stop_redis
 }
 trap cleanup EXIT
 
@@ -25,7 +26,9 @@ ensure_nats
 if ! port_open 8123; then started_clickhouse=1; fi
 ensure_clickhouse
 ensure_postgres
+ensure_redis
 export SY_POSTGRES_URL="${SY_POSTGRES_URL:-$SY_POSTGRES_URL_DEFAULT}"
+export SY_REDIS_URL="${SY_REDIS_URL:-$SY_REDIS_URL_DEFAULT}"
 export SY_TEST_NATS_URL="${SY_TEST_NATS_URL:-nats://127.0.0.1:4222}"
 export SY_TEST_CLICKHOUSE_URL="${SY_TEST_CLICKHOUSE_URL:-http://127.0.0.1:8123}"
 

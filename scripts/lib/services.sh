@@ -194,3 +194,38 @@ stop_postgres() {
     rm -f "$marker"
   fi
 }
+
+# The local and test Redis (limits and budgets).
+SY_REDIS_URL_DEFAULT="redis://127.0.0.1:6379"
+
+# ensure_redis: Redis 7 on 127.0.0.1:6379 (Debian's redis-server, installed when
+# missing), unless something already answers there. Ours keeps no data on disk.
+ensure_redis() {
+  if port_open 6379; then return 0; fi
+  if ! command -v redis-server >/dev/null 2>&1; then
+    say "Installing redis-server from Debian"
+    apt-get update -qq
+    # No service start from the package: this script starts (and stops) its own.
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+    rm -f /usr/sbin/policy-rc.d
+  fi
+  if port_open 6379; then return 0; fi
+  say "Starting Redis on 127.0.0.1:6379"
+  mkdir -p "$STATE_DIR/redis"
+  redis-server --bind 127.0.0.1 --port 6379 --dir "$STATE_DIR/redis" --save "" \
+    --appendonly no --daemonize no >>"$LOG_DIR/redis.log" 2>&1 &
+  echo $! >"$RUN_DIR/redis.pid"
+  local deadline=$((SECONDS + 20))
+  until port_open 6379; do
+    if ((SECONDS >= deadline)); then
+      echo "Redis did not start; see $LOG_DIR/redis.log" >&2
+      return 1
+    fi
+    sleep 0.1
+  done
+}
+
+# stop_redis: stops Redis if (and only if) we started it.
+stop_redis() { stop_pidfile "$RUN_DIR/redis.pid" redis-server; }

@@ -35,6 +35,11 @@ pub fn postgres_url() -> String {
         .unwrap_or_else(|_| "postgres://switchyard:switchyard@127.0.0.1:5432/switchyard".into())
 }
 
+/// The Redis the tests use (`SY_REDIS_URL`, set by scripts/test.sh).
+pub fn redis_url() -> String {
+    std::env::var("SY_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
 /// A database name no other test uses: `test_` and 12 hex digits.
 pub fn unique_database() -> String {
     format!("test_{}", &uuid::Uuid::new_v4().simple().to_string()[..12])

@@ -1,0 +1,315 @@
+//! Rate limits shared by every ingress replica, in Redis (issue 17; this is
+//! its first slice: the engine, not yet called by admission).
+//!
+//! A request is checked against every **scope** that applies to it (its key,
+//! project, org, and each of their per-model limits) in **one** Redis call, a
+//! server-side script, all or nothing: a request refused by one scope takes
+//! nothing from the others. Time is the Redis server's (`TIME`), never the
+//! ingress's, so replicas with skewed clocks count alike.
+//!
+//! - **Requests and tokens per minute** are GCRA buckets over a one-minute
+//!   window: a full minute's worth may come at once, then the allowance
+//!   refills continuously. Tokens are reserved at admission (estimated input
+//!   plus `max_tokens`) and [`Limiter::settle`] moves the bucket to what was
+//!   really used, once per request id (a redelivered usage event does not
+//!   settle twice).
+//! - **Concurrency** is a set of leases (request id → expiry): a request holds
+//!   one while it runs, [`Limiter::renew`] extends it while it streams,
+//!   [`Limiter::release`] ends it, and a lease whose process died expires by
+//!   itself, so no key stays stuck at its limit.
+//!
+//! Keys of one org share a Redis Cluster hash slot (`{<org>}`), so the script
+//! may touch all of a request's scopes.
+
+use redis::Script;
+use redis::aio::ConnectionManager;
+
+/// Why the limiter could not answer (Redis away or refusing).
+#[derive(Debug, thiserror::Error)]
+#[error("redis: {0}")]
+pub struct LimitError(#[from] redis::RedisError);
+
+/// Limits of one scope; `None` is no limit of that kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Requests per minute.
+    pub rpm: Option<u32>,
+    /// Tokens per minute.
+    pub tpm: Option<u32>,
+    /// Requests in flight at once.
+    pub concurrency: Option<u32>,
+}
+
+/// One scope a request counts against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scope {
+    /// What the client is told, e.g. `key sy_live_ab12…` or `org 0193… model gpt-4o`.
+    pub name: String,
+    /// The Redis key prefix of its buckets, e.g. `sy:lim:{<org>}:key:<id>`.
+    pub prefix: String,
+    /// Its limits.
+    pub limits: Limits,
+}
+
+impl Scope {
+    /// A scope of `org` (every scope of an org shares its hash slot), named
+    /// `kind`/`id` (`key`, `project`, `org`, each optionally `…:model:<m>`).
+    pub fn of_org(org: &str, kind: &str, id: &str, name: String, limits: Limits) -> Self {
+        Scope {
+            name,
+            prefix: format!("sy:lim:{{{org}}}:{kind}:{id}"),
+            limits,
+        }
+    }
+
+    fn keys(&self) -> [String; 3] {
+        [
+            format!("{}:rpm", self.prefix),
+            format!("{}:tpm", self.prefix),
+            format!("{}:conc", self.prefix),
+        ]
+    }
+}
+
+/// Which limit refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Requests per minute.
+    Requests,
+    /// Tokens per minute.
+    Tokens,
+    /// Requests in flight.
+    Concurrency,
+}
+
+/// What one scope has left after an admission (for the rate-limit headers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Remaining {
+    /// Requests left this minute (none: no request limit).
+    pub requests: Option<u32>,
+    /// Until the request bucket is full again, ms.
+    pub requests_reset_ms: u64,
+    /// Tokens left this minute (none: no token limit).
+    pub tokens: Option<u32>,
+    /// Until the token bucket is full again, ms.
+    pub tokens_reset_ms: u64,
+}
+
+/// The limiter's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Admitted: every scope was debited. What each has left, in scope order.
+    Admitted(Vec<Remaining>),
+    /// Refused by the scope at `scope` (its index); nothing was taken.
+    Refused {
+        /// Which scope (index into the scopes given).
+        scope: usize,
+        /// Which of its limits.
+        kind: Kind,
+        /// When to try again, ms (none: never: the request alone is larger
+        /// than a minute's tokens).
+        retry_after_ms: Option<u64>,
+    },
+}
+
+/// One request as the limiter sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ask<'a> {
+    /// Its id (the lease's and the settlement's).
+    pub request_id: &'a str,
+    /// Tokens to reserve (estimated input + `max_tokens`).
+    pub tokens: u32,
+    /// How long its concurrency lease lasts unless renewed, ms.
+    pub lease_ms: u64,
+}
+
+/// The limits engine over one Redis connection (multiplexed, reconnecting).
+#[derive(Clone)]
+pub struct Limiter {
+    conn: ConnectionManager,
+    admit: Script,
+    settle: Script,
+}
+
+impl std::fmt::Debug for Limiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Limiter")
+    }
+}
+
+impl Limiter {
+    /// Connects to the Redis at `url` (`redis://host:port[/db]`).
+    pub async fn connect(url: &str) -> Result<Self, LimitError> {
+        let client = redis::Client::open(url)?;
+        let conn = ConnectionManager::new(client).await?;
+        Ok(Limiter {
+            conn,
+            admit: Script::new(include_str!("admit.lua")),
+            settle: Script::new(include_str!("settle.lua")),
+        })
+    }
+
+    /// Admits `ask` against every one of `scopes`, or refuses it, in one
+    /// round trip (the script is sent by its hash; once, in full, after a
+    /// Redis restart).
+    pub async fn admit(&self, ask: Ask<'_>, scopes: &[Scope]) -> Result<Decision, LimitError> {
+        let mut inv = self.admit.prepare_invoke();
+        for s in scopes {
+            for k in s.keys() {
+                inv.key(k);
+            }
+        }
+        inv.arg(ask.request_id).arg(ask.tokens).arg(ask.lease_ms);
+        for s in scopes {
+            let l = s.limits;
+            inv.arg(l.rpm.unwrap_or(0))
+                .arg(l.tpm.unwrap_or(0))
+                .arg(l.concurrency.unwrap_or(0));
+        }
+        let out: Vec<i64> = inv.invoke_async(&mut self.conn.clone()).await?;
+        Ok(decode(&out, scopes.len()))
+    }
+
+    /// Settles `request_id`'s reservation of `reserved` tokens to `used`, in
+    /// every scope with a token limit; false when it was settled before.
+    pub async fn settle(
+        &self,
+        request_id: &str,
+        scopes: &[Scope],
+        reserved: u32,
+        used: u32,
+    ) -> Result<bool, LimitError> {
+        let mut inv = self.settle.prepare_invoke();
+        // The marker lives beside the first scope (same hash slot).
+        let marker = scopes.first().map_or_else(
+            || format!("sy:lim:settled:{request_id}"),
+            |s| format!("{}:settled:{request_id}", s.prefix),
+        );
+        inv.key(marker);
+        for s in scopes {
+            inv.key(format!("{}:tpm", s.prefix));
+        }
+        inv.arg(reserved).arg(used);
+        for s in scopes {
+            inv.arg(s.limits.tpm.unwrap_or(0));
+        }
+        let done: i64 = inv.invoke_async(&mut self.conn.clone()).await?;
+        Ok(done == 1)
+    }
+
+    /// Extends `request_id`'s concurrency leases by `lease_ms` from now.
+    pub async fn renew(
+        &self,
+        request_id: &str,
+        scopes: &[Scope],
+        lease_ms: u64,
+    ) -> Result<(), LimitError> {
+        let now_ms = server_ms(&mut self.conn.clone()).await?;
+        let mut pipe = redis::pipe();
+        for s in scopes.iter().filter(|s| s.limits.concurrency.is_some()) {
+            let key = format!("{}:conc", s.prefix);
+            pipe.cmd("ZADD")
+                .arg(&key)
+                .arg("XX")
+                .arg(now_ms + lease_ms)
+                .arg(request_id)
+                .ignore();
+            pipe.cmd("PEXPIRE").arg(&key).arg(lease_ms + 1000).ignore();
+        }
+        pipe.query_async::<()>(&mut self.conn.clone()).await?;
+        Ok(())
+    }
+
+    /// Ends `request_id`'s concurrency leases (on every ending of the request).
+    pub async fn release(&self, request_id: &str, scopes: &[Scope]) -> Result<(), LimitError> {
+        let mut pipe = redis::pipe();
+        for s in scopes.iter().filter(|s| s.limits.concurrency.is_some()) {
+            pipe.cmd("ZREM")
+                .arg(format!("{}:conc", s.prefix))
+                .arg(request_id)
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut self.conn.clone()).await?;
+        Ok(())
+    }
+}
+
+/// The Redis server's clock, ms.
+async fn server_ms(conn: &mut ConnectionManager) -> Result<u64, LimitError> {
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(conn).await?;
+    Ok(secs * 1000 + micros / 1000)
+}
+
+/// The script's answer as a [`Decision`].
+fn decode(out: &[i64], scopes: usize) -> Decision {
+    let at = |i: usize| out.get(i).copied().unwrap_or(0);
+    if at(0) != 1 {
+        let kind = match at(2) {
+            1 => Kind::Requests,
+            2 => Kind::Tokens,
+            _ => Kind::Concurrency,
+        };
+        let retry = at(3);
+        return Decision::Refused {
+            scope: usize::try_from(at(1) - 1).unwrap_or(0),
+            kind,
+            retry_after_ms: u64::try_from(retry).ok(),
+        };
+    }
+    let count = |v: i64| u32::try_from(v).ok();
+    let ms = |v: i64| u64::try_from(v).unwrap_or(0);
+    Decision::Admitted(
+        (0..scopes)
+            .map(|i| {
+                let b = 1 + i * 4;
+                Remaining {
+                    requests: count(at(b)),
+                    requests_reset_ms: ms(at(b + 1)),
+                    tokens: count(at(b + 2)),
+                    tokens_reset_ms: ms(at(b + 3)),
+                }
+            })
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_decode_into_decisions() {
+        assert_eq!(
+            decode(&[0, 2, 3, 150], 2),
+            Decision::Refused {
+                scope: 1,
+                kind: Kind::Concurrency,
+                retry_after_ms: Some(150)
+            }
+        );
+        assert_eq!(
+            decode(&[0, 1, 2, -1], 1),
+            Decision::Refused {
+                scope: 0,
+                kind: Kind::Tokens,
+                retry_after_ms: None
+            }
+        );
+        assert_eq!(
+            decode(&[1, 9, 600, -1, 0], 1),
+            Decision::Admitted(vec![Remaining {
+                requests: Some(9),
+                requests_reset_ms: 600,
+                tokens: None,
+                tokens_reset_ms: 0
+            }])
+        );
+    }
+
+    #[test]
+    fn scopes_of_one_org_share_a_hash_slot() {
+        let s = Scope::of_org("o1", "key", "k1", "key k1".into(), Limits::default());
+        assert_eq!(s.keys()[0], "sy:lim:{o1}:key:k1:rpm");
+        assert!(s.keys().iter().all(|k| k.contains("{o1}")));
+    }
+}

@@ -1,0 +1,220 @@
+//! The limits engine against a real Redis (scripts/test.sh starts one;
+//! `SY_REDIS_URL` names it). Each test uses an org of its own (a fresh id), so
+//! its buckets are its own.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+use std::time::{Duration, Instant};
+
+use sy_limits::{Ask, Decision, Kind, Limiter, Limits, Scope};
+
+async fn limiter() -> Limiter {
+    Limiter::connect(&sy_test_support::redis_url())
+        .await
+        .unwrap_or_else(|e| panic!("cannot reach Redis ({e}); run scripts/test.sh"))
+}
+
+fn org() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+fn scope(org: &str, kind: &str, limits: Limits) -> Scope {
+    Scope::of_org(org, kind, "x", format!("{kind} x"), limits)
+}
+
+fn ask(id: &str, tokens: u32) -> Ask<'_> {
+    Ask {
+        request_id: id,
+        tokens,
+        lease_ms: 60_000,
+    }
+}
+
+fn admitted(d: &Decision) -> bool {
+    matches!(d, Decision::Admitted(_))
+}
+
+#[tokio::test]
+async fn exactly_the_limit_is_admitted_from_many_concurrent_callers() {
+    let l = limiter().await;
+    let o = org();
+    let rpm = Limits {
+        rpm: Some(100),
+        ..Limits::default()
+    };
+    let scopes = vec![scope(&o, "key", rpm)];
+    let tasks: Vec<_> = (0..600)
+        .map(|i| {
+            let (l, scopes) = (l.clone(), scopes.clone());
+            tokio::spawn(async move {
+                let id = format!("r{i}");
+                l.admit(ask(&id, 0), &scopes).await.unwrap()
+            })
+        })
+        .collect();
+    let mut yes = 0;
+    for t in tasks {
+        if admitted(&t.await.unwrap()) {
+            yes += 1;
+        }
+    }
+    assert_eq!(yes, 100);
+}
+
+#[tokio::test]
+async fn a_request_refused_by_one_scope_takes_nothing_from_the_others() {
+    let l = limiter().await;
+    let o = org();
+    let tight = scope(
+        &o,
+        "key",
+        Limits {
+            rpm: Some(2),
+            ..Limits::default()
+        },
+    );
+    let wide = scope(
+        &o,
+        "org",
+        Limits {
+            rpm: Some(10),
+            tpm: Some(10_000),
+            concurrency: Some(5),
+        },
+    );
+    let both = vec![wide.clone(), tight.clone()];
+    for i in 0..2 {
+        assert!(admitted(
+            &l.admit(ask(&format!("a{i}"), 100), &both).await.unwrap()
+        ));
+    }
+    for i in 0..5 {
+        let d = l.admit(ask(&format!("b{i}"), 100), &both).await.unwrap();
+        assert!(
+            matches!(
+                d,
+                Decision::Refused {
+                    scope: 1,
+                    kind: Kind::Requests,
+                    ..
+                }
+            ),
+            "{d:?}"
+        );
+    }
+    // The wide scope saw two requests, not seven: 8 left this minute.
+    let Decision::Admitted(left) = l.admit(ask("c", 100), &[wide]).await.unwrap() else {
+        panic!("the wide scope alone admits");
+    };
+    assert_eq!(left[0].requests, Some(7));
+    assert_eq!(left[0].tokens, Some(10_000 - 300));
+}
+
+#[tokio::test]
+async fn concurrency_leases_are_released_renewed_and_expire_by_themselves() {
+    let l = limiter().await;
+    let o = org();
+    let limits = Limits {
+        concurrency: Some(3),
+        ..Limits::default()
+    };
+    let scopes = vec![scope(&o, "key", limits)];
+    let short = |id: &'static str| Ask {
+        request_id: id,
+        tokens: 0,
+        lease_ms: 300,
+    };
+    for id in ["r1", "r2", "r3"] {
+        assert!(admitted(&l.admit(short(id), &scopes).await.unwrap()));
+    }
+    let d = l.admit(short("r4"), &scopes).await.unwrap();
+    let Decision::Refused {
+        kind: Kind::Concurrency,
+        retry_after_ms: Some(wait),
+        ..
+    } = d
+    else {
+        panic!("{d:?}");
+    };
+    assert!(wait <= 300, "{wait}");
+    // One ends: one more fits.
+    l.release("r1", &scopes).await.unwrap();
+    assert!(admitted(&l.admit(short("r4"), &scopes).await.unwrap()));
+    // r2 keeps streaming (renewed); r3 and r4 belong to a process that died.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    l.renew("r2", &scopes, 1_000).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // r3 and r4 expired, r2 holds: two fit, not three.
+    assert!(admitted(&l.admit(short("r5"), &scopes).await.unwrap()));
+    assert!(admitted(&l.admit(short("r6"), &scopes).await.unwrap()));
+    assert!(!admitted(&l.admit(short("r7"), &scopes).await.unwrap()));
+}
+
+#[tokio::test]
+async fn tokens_are_reserved_then_settled_to_what_was_used_once() {
+    let l = limiter().await;
+    let o = org();
+    let limits = Limits {
+        tpm: Some(2_000),
+        ..Limits::default()
+    };
+    let scopes = vec![scope(&o, "key", limits)];
+    assert!(admitted(&l.admit(ask("a", 1_000), &scopes).await.unwrap()));
+    assert!(admitted(&l.admit(ask("b", 1_000), &scopes).await.unwrap()));
+    assert!(!admitted(&l.admit(ask("c", 1_000), &scopes).await.unwrap()));
+    // "a" used 100 of its 1,000: 900 come back, once.
+    assert!(l.settle("a", &scopes, 1_000, 100).await.unwrap());
+    assert!(
+        !l.settle("a", &scopes, 1_000, 100).await.unwrap(),
+        "a redelivery settles nothing"
+    );
+    assert!(admitted(&l.admit(ask("c", 800), &scopes).await.unwrap()));
+    assert!(!admitted(&l.admit(ask("d", 200), &scopes).await.unwrap()));
+    // A request larger than a minute's tokens never fits, and says so.
+    let d = l.admit(ask("huge", 2_001), &scopes).await.unwrap();
+    assert!(
+        matches!(
+            d,
+            Decision::Refused {
+                kind: Kind::Tokens,
+                retry_after_ms: None,
+                ..
+            }
+        ),
+        "{d:?}"
+    );
+}
+
+#[tokio::test]
+async fn retry_after_says_when_the_next_request_is_admitted() {
+    let l = limiter().await;
+    let o = org();
+    // 600 per minute: one every 100 ms once the burst is spent.
+    let limits = Limits {
+        rpm: Some(600),
+        ..Limits::default()
+    };
+    let scopes = vec![scope(&o, "key", limits)];
+    for i in 0..600 {
+        assert!(admitted(
+            &l.admit(ask(&format!("r{i}"), 0), &scopes).await.unwrap()
+        ));
+    }
+    let d = l.admit(ask("next", 0), &scopes).await.unwrap();
+    let Decision::Refused {
+        retry_after_ms: Some(wait),
+        ..
+    } = d
+    else {
+        panic!("{d:?}");
+    };
+    assert!(wait <= 100, "{wait}");
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_millis(wait)).await;
+    let mut tries = 0;
+    while !admitted(&l.admit(ask("next", 0), &scopes).await.unwrap()) {
+        tries += 1;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Admitted at the time it said, give or take the clock's grain.
+    assert!(tries <= 2, "{tries} retries after {:?}", started.elapsed());
+}
