@@ -21,6 +21,10 @@ pub struct OrgView {
     pub name: String,
     /// `active` or `disabled`.
     pub status: String,
+    /// Its rate limits: `{"rpm", "tpm", "concurrency"}`, each optional.
+    pub limits: Value,
+    /// Its rate limits per model: `{"<model>": {...}}`.
+    pub model_limits: Value,
     /// Created, Unix seconds.
     pub created_at: i64,
     /// Last changed, Unix seconds.
@@ -38,6 +42,10 @@ pub struct ProjectView {
     pub name: String,
     /// `active` or `disabled`.
     pub status: String,
+    /// Its rate limits: `{"rpm", "tpm", "concurrency"}`, each optional.
+    pub limits: Value,
+    /// Its rate limits per model: `{"<model>": {...}}`.
+    pub model_limits: Value,
     /// Created, Unix seconds.
     pub created_at: i64,
     /// Last changed, Unix seconds.
@@ -65,6 +73,10 @@ pub struct KeyView {
     pub allowed_cidrs: Vec<String>,
     /// Free-form data.
     pub metadata: Value,
+    /// Its rate limits: `{"rpm", "tpm", "concurrency"}`, each optional.
+    pub limits: Value,
+    /// Its rate limits per model: `{"<model>": {...}}`.
+    pub model_limits: Value,
     /// When it stops working, Unix seconds, if ever.
     pub expires_at: Option<i64>,
     /// Until when the previous secret of a rotation works, Unix seconds.
@@ -113,18 +125,31 @@ pub struct Filter {
     pub project_id: Option<Uuid>,
 }
 
-const ORG: &str = "SELECT id, name, status, extract(epoch FROM created_at)::bigint AS created_at, \
+const ORG: &str = "SELECT id, name, status, limits, model_limits, \
+    extract(epoch FROM created_at)::bigint AS created_at, \
     extract(epoch FROM updated_at)::bigint AS updated_at FROM orgs";
-const PROJECT: &str = "SELECT id, org_id, name, status, \
+const PROJECT: &str = "SELECT id, org_id, name, status, limits, model_limits, \
     extract(epoch FROM created_at)::bigint AS created_at, \
     extract(epoch FROM updated_at)::bigint AS updated_at FROM projects";
 const KEY: &str = "SELECT k.id, k.project_id, p.org_id, k.name, \
     'sy_' || k.env || '_' || k.public_id AS prefix, k.status, k.scopes, k.allowed_cidrs, \
-    k.metadata, extract(epoch FROM k.expires_at)::bigint AS expires_at, \
+    k.metadata, k.limits, k.model_limits, \
+    extract(epoch FROM k.expires_at)::bigint AS expires_at, \
     extract(epoch FROM k.previous_valid_until)::bigint AS previous_valid_until, \
     extract(epoch FROM k.created_at)::bigint AS created_at, \
     extract(epoch FROM k.updated_at)::bigint AS updated_at \
     FROM api_keys k JOIN projects p ON p.id = k.project_id";
+
+/// Whose limits to set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitTarget {
+    /// An org's.
+    Org(Uuid),
+    /// A project's.
+    Project(Uuid),
+    /// A key's.
+    Key(Uuid),
+}
 
 /// A change to an org or a project (fields left out stay as they are).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -380,6 +405,62 @@ impl Store {
             .to_owned();
         self.announce(KeyNotice::Changed { public_id }).await;
         Ok(after)
+    }
+
+    /// Sets the rate limits of an org, project or key (`limits` and
+    /// `model_limits`, each replacing what was there when given); every
+    /// ingress applies them at once.
+    pub async fn set_limits(
+        &self,
+        actor: &Actor,
+        target: LimitTarget,
+        limits: Option<&Value>,
+        model_limits: Option<&Value>,
+    ) -> Result<(), StoreError> {
+        let (table, kind, id) = match target {
+            LimitTarget::Org(id) => ("orgs", "org", id),
+            LimitTarget::Project(id) => ("projects", "project", id),
+            LimitTarget::Key(id) => ("api_keys", "key", id),
+        };
+        let mut tx = self.pool().begin().await?;
+        let before: Option<(Value, Value)> = sqlx::query_as(&format!(
+            "SELECT limits, model_limits FROM {table} WHERE id = $1 FOR UPDATE"
+        ))
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((old_limits, old_models)) = before else {
+            return Err(StoreError::NotFound(kind));
+        };
+        let new_limits = limits.cloned().unwrap_or_else(|| old_limits.clone());
+        let new_models = model_limits.cloned().unwrap_or_else(|| old_models.clone());
+        sqlx::query(&format!(
+            "UPDATE {table} SET limits = $2, model_limits = $3, updated_at = now() WHERE id = $1"
+        ))
+        .bind(id)
+        .bind(&new_limits)
+        .bind(&new_models)
+        .execute(&mut *tx)
+        .await?;
+        let action = format!("{kind}.limits");
+        let entry = Entry {
+            action: &action,
+            target_kind: kind,
+            target_id: id.to_string(),
+            before: Some(json!({"limits": old_limits, "model_limits": old_models})),
+            after: Some(json!({"limits": new_limits, "model_limits": new_models})),
+        };
+        audit::append(&mut tx, actor, entry).await?;
+        tx.commit().await?;
+        match target {
+            LimitTarget::Key(id) => {
+                let key = self.key(id).await?;
+                let public_id = key.prefix.rsplit('_').next().unwrap_or_default().to_owned();
+                self.announce(KeyNotice::Changed { public_id }).await;
+            }
+            _ => self.announce(KeyNotice::All).await,
+        }
+        Ok(())
     }
 
     /// A page of the audit log, newest first, filtered.

@@ -1053,3 +1053,85 @@ async fn owners_issue_admin_tokens_that_work_until_revoked() {
         .await;
     assert_eq!(status, 400, "{v}");
 }
+
+#[tokio::test]
+async fn rate_limits_are_set_on_orgs_projects_and_keys_checked_and_audited() {
+    let api = Api::start(None).await;
+    let org = api
+        .ok(
+            Method::POST,
+            "/admin/v1/orgs",
+            Some(json!({"name": "A", "limits": {"rpm": 600, "tpm": 100000},
+            "model_limits": {"gpt-4o": {"rpm": 60}}})),
+        )
+        .await;
+    assert_eq!(org["limits"], json!({"rpm": 600, "tpm": 100000}));
+    assert_eq!(org["model_limits"], json!({"gpt-4o": {"rpm": 60}}));
+    let project = api
+        .ok(
+            Method::POST,
+            "/admin/v1/projects",
+            Some(json!({"org_id": org["id"], "name": "p", "limits": {"concurrency": 20}})),
+        )
+        .await;
+    assert_eq!(project["limits"], json!({"concurrency": 20}));
+    let key = api
+        .ok(
+            Method::POST,
+            "/admin/v1/keys",
+            Some(json!({"project_id": project["id"], "name": "k"})),
+        )
+        .await;
+    assert_eq!(
+        (&key["limits"], &key["model_limits"]),
+        (&json!({}), &json!({}))
+    );
+    let key_path = format!("/admin/v1/keys/{}", key["id"].as_str().unwrap());
+    let changed = api
+        .ok(
+            Method::PATCH,
+            &key_path,
+            Some(json!({"limits": {"rpm": 10}})),
+        )
+        .await;
+    assert_eq!(changed["limits"], json!({"rpm": 10}));
+    assert_eq!(
+        changed["name"], "k",
+        "a change of limits alone leaves the rest"
+    );
+    // Out of range, unknown kinds, too many models: 400 naming the field.
+    for (body, says) in [
+        (json!({"limits": {"rpm": 0}}), "limits.rpm"),
+        (json!({"limits": {"rps": 5}}), "unknown field `rps`"),
+        (json!({"limits": {"tpm": -1}}), "Invalid body"),
+        (
+            json!({"model_limits": {"gpt-4o": {"concurrency": 2000000000}}}),
+            "model_limits.gpt-4o.concurrency",
+        ),
+    ] {
+        let (status, v) = api
+            .call(OWNER, Method::PATCH, &key_path, Some(body.clone()))
+            .await;
+        assert_eq!(status, 400, "{body}: {v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(says),
+            "{body}: {v}"
+        );
+    }
+    let audit = api
+        .ok(
+            Method::GET,
+            &format!("/admin/v1/audit?target_id={}", key["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    let actions: Vec<&str> = audit["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["key.limits", "key.create"]);
+    assert_eq!(audit["data"][0]["after"]["limits"], json!({"rpm": 10}));
+    assert_eq!(audit["data"][0]["before"]["limits"], json!({}));
+}

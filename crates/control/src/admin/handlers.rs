@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use super::{Admin, AdminError, Caller};
 use crate::store::KeySpec;
-use crate::views::{Filter, KeyPatch, Page, PageAt, Rename};
+use crate::views::{Filter, KeyPatch, LimitTarget, Page, PageAt, Rename};
 
 pub(super) type Answer = Result<Response, AdminError>;
 
@@ -136,6 +136,89 @@ pub(super) fn created(v: impl serde::Serialize) -> Response {
     (StatusCode::CREATED, Json(v)).into_response()
 }
 
+/// One scope's rate limits as the admin API takes them.
+#[derive(Debug, Clone, Copy, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+struct LimitSet {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rpm: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tpm: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    concurrency: Option<u32>,
+}
+
+/// The most models one scope may list limits for.
+const MAX_MODEL_LIMITS: usize = 256;
+
+/// Per-model limits as the admin API takes them.
+type ModelLimits = std::collections::BTreeMap<String, LimitSet>;
+
+/// `limits` and `model_limits` as a request gave them.
+struct LimitFields {
+    limits: Option<LimitSet>,
+    model_limits: Option<ModelLimits>,
+}
+
+impl LimitFields {
+    fn checked(&self) -> Result<(Option<Value>, Option<Value>), AdminError> {
+        let one = |at: &str, l: &LimitSet| -> Result<Value, AdminError> {
+            for (field, v) in [
+                ("rpm", l.rpm),
+                ("tpm", l.tpm),
+                ("concurrency", l.concurrency),
+            ] {
+                if v.is_some_and(|n| n == 0 || n > 1_000_000_000) {
+                    return Err(AdminError::invalid(format!(
+                        "'{at}.{field}' must be from 1 to 1000000000 (leave it out for no limit)."
+                    )));
+                }
+            }
+            Ok(serde_json::to_value(l).unwrap_or_else(|_| json!({})))
+        };
+        let limits = self.limits.as_ref().map(|l| one("limits", l)).transpose()?;
+        let models = match &self.model_limits {
+            None => None,
+            Some(m) if m.len() > MAX_MODEL_LIMITS => {
+                return Err(AdminError::invalid(format!(
+                    "'model_limits' holds more than {MAX_MODEL_LIMITS} models."
+                )));
+            }
+            Some(m) => {
+                let mut out = serde_json::Map::new();
+                for (model, l) in m {
+                    name("model_limits key", model)?;
+                    out.insert(model.clone(), one(&format!("model_limits.{model}"), l)?);
+                }
+                Some(Value::Object(out))
+            }
+        };
+        Ok((limits, models))
+    }
+
+    fn given(&self) -> bool {
+        self.limits.is_some() || self.model_limits.is_some()
+    }
+}
+
+/// Sets the limits `fields` give on `target`, if they give any.
+async fn apply_limits(
+    admin: &Admin,
+    caller: &Caller,
+    target: crate::views::LimitTarget,
+    fields: &LimitFields,
+) -> Result<(), AdminError> {
+    if !fields.given() {
+        return Ok(());
+    }
+    let (limits, models) = fields.checked()?;
+    admin
+        .store
+        .set_limits(&caller.actor(), target, limits.as_ref(), models.as_ref())
+        .await?;
+    Ok(())
+}
+
 pub(super) async fn whoami(Extension(caller): Extension<Caller>) -> Json<Value> {
     Json(json!({
         "name": caller.name,
@@ -148,6 +231,10 @@ pub(super) async fn whoami(Extension(caller): Extension<Caller>) -> Json<Value> 
 #[serde(deny_unknown_fields)]
 struct NewOrg {
     name: String,
+    #[serde(default)]
+    limits: Option<LimitSet>,
+    #[serde(default)]
+    model_limits: Option<ModelLimits>,
 }
 
 pub(super) async fn create_org(
@@ -157,7 +244,13 @@ pub(super) async fn create_org(
 ) -> Answer {
     let req: NewOrg = parse(&body)?;
     name("name", &req.name)?;
+    let limits = LimitFields {
+        limits: req.limits,
+        model_limits: req.model_limits,
+    };
+    limits.checked()?;
     let id = admin.store.create_org(&caller.actor(), &req.name).await?;
+    apply_limits(&admin, &caller, LimitTarget::Org(id), &limits).await?;
     Ok(created(admin.store.org(id).await?))
 }
 
@@ -193,20 +286,32 @@ struct Change {
     name: Option<String>,
     #[serde(default)]
     status: Option<String>,
+    #[serde(default)]
+    limits: Option<LimitSet>,
+    #[serde(default)]
+    model_limits: Option<ModelLimits>,
 }
 
 impl Change {
-    fn checked(self) -> Result<Rename, AdminError> {
+    fn checked(self) -> Result<(Rename, LimitFields), AdminError> {
         if let Some(n) = &self.name {
             name("name", n)?;
         }
         if let Some(s) = &self.status {
             status(s)?;
         }
-        Ok(Rename {
-            name: self.name,
-            status: self.status,
-        })
+        let limits = LimitFields {
+            limits: self.limits,
+            model_limits: self.model_limits,
+        };
+        limits.checked()?;
+        Ok((
+            Rename {
+                name: self.name,
+                status: self.status,
+            },
+            limits,
+        ))
     }
 }
 
@@ -217,8 +322,17 @@ pub(super) async fn patch_org(
     body: Bytes,
 ) -> Answer {
     let id = id_of(&id, "org")?;
-    let change = parse::<Change>(&body)?.checked()?;
-    let org = admin.store.update_org(&caller.actor(), id, &change).await?;
+    let (change, limits) = parse::<Change>(&body)?.checked()?;
+    // A change of limits alone writes only its own audit row.
+    let mut org = if change == Rename::default() && limits.given() {
+        admin.store.org(id).await?
+    } else {
+        admin.store.update_org(&caller.actor(), id, &change).await?
+    };
+    if limits.given() {
+        apply_limits(&admin, &caller, LimitTarget::Org(id), &limits).await?;
+        org = admin.store.org(id).await?;
+    }
     Ok(Json(org).into_response())
 }
 
@@ -241,6 +355,10 @@ pub(super) async fn disable_org(
 struct NewProject {
     org_id: Uuid,
     name: String,
+    #[serde(default)]
+    limits: Option<LimitSet>,
+    #[serde(default)]
+    model_limits: Option<ModelLimits>,
 }
 
 pub(super) async fn create_project(
@@ -250,6 +368,11 @@ pub(super) async fn create_project(
 ) -> Answer {
     let req: NewProject = parse(&body)?;
     name("name", &req.name)?;
+    let limits = LimitFields {
+        limits: req.limits,
+        model_limits: req.model_limits,
+    };
+    limits.checked()?;
     if !caller.sees(req.org_id) {
         return Err(AdminError::not_found("org"));
     }
@@ -257,6 +380,7 @@ pub(super) async fn create_project(
         .store
         .create_project(&caller.actor(), req.org_id, &req.name)
         .await?;
+    apply_limits(&admin, &caller, LimitTarget::Project(id), &limits).await?;
     Ok(created(admin.store.project(id).await?))
 }
 
@@ -302,11 +426,19 @@ pub(super) async fn patch_project(
     body: Bytes,
 ) -> Answer {
     let project = visible_project(&admin, &caller, &id).await?;
-    let change = parse::<Change>(&body)?.checked()?;
-    let project = admin
-        .store
-        .update_project(&caller.actor(), project.id, &change)
-        .await?;
+    let (change, limits) = parse::<Change>(&body)?.checked()?;
+    let mut project = if change == Rename::default() && limits.given() {
+        project
+    } else {
+        admin
+            .store
+            .update_project(&caller.actor(), project.id, &change)
+            .await?
+    };
+    if limits.given() {
+        apply_limits(&admin, &caller, LimitTarget::Project(project.id), &limits).await?;
+        project = admin.store.project(project.id).await?;
+    }
     Ok(Json(project).into_response())
 }
 
@@ -347,6 +479,10 @@ struct NewKey {
     allowed_cidrs: Option<Vec<String>>,
     #[serde(default)]
     metadata: Option<Value>,
+    #[serde(default)]
+    limits: Option<LimitSet>,
+    #[serde(default)]
+    model_limits: Option<ModelLimits>,
 }
 
 fn models(scopes: Scopes) -> Result<Vec<String>, AdminError> {
@@ -437,6 +573,11 @@ pub(super) async fn create_key(
 ) -> Answer {
     let req: NewKey = parse(&body)?;
     name("name", &req.name)?;
+    let limits = LimitFields {
+        limits: req.limits,
+        model_limits: req.model_limits,
+    };
+    limits.checked()?;
     let spec = KeySpec {
         name: req.name,
         models: req.scopes.map(models).transpose()?,
@@ -452,6 +593,7 @@ pub(super) async fn create_key(
         .store
         .create_key(&caller.actor(), project.id, &spec)
         .await?;
+    apply_limits(&admin, &caller, LimitTarget::Key(id), &limits).await?;
     let view = admin.store.key(id).await?;
     Ok(created(with_secret(view, &new.key)))
 }
@@ -499,6 +641,10 @@ struct KeyChange {
     allowed_cidrs: Option<Vec<String>>,
     #[serde(default)]
     metadata: Option<Value>,
+    #[serde(default)]
+    limits: Option<LimitSet>,
+    #[serde(default)]
+    model_limits: Option<ModelLimits>,
 }
 
 pub(super) async fn patch_key(
@@ -512,6 +658,11 @@ pub(super) async fn patch_key(
     if let Some(n) = &req.name {
         name("name", n)?;
     }
+    let limits = LimitFields {
+        limits: req.limits,
+        model_limits: req.model_limits,
+    };
+    limits.checked()?;
     let patch = KeyPatch {
         name: req.name,
         models: req.scopes.map(|s| s.map(models).transpose()).transpose()?,
@@ -522,10 +673,18 @@ pub(super) async fn patch_key(
         allowed_cidrs: req.allowed_cidrs.map(cidrs).transpose()?,
         metadata: req.metadata.map(metadata).transpose()?,
     };
-    let key = admin
-        .store
-        .update_key(&caller.actor(), key.id, &patch)
-        .await?;
+    let mut key = if patch == KeyPatch::default() && limits.given() {
+        key
+    } else {
+        admin
+            .store
+            .update_key(&caller.actor(), key.id, &patch)
+            .await?
+    };
+    if limits.given() {
+        apply_limits(&admin, &caller, LimitTarget::Key(key.id), &limits).await?;
+        key = admin.store.key(key.id).await?;
+    }
     Ok(Json(key).into_response())
 }
 
