@@ -25,16 +25,101 @@ pub struct Grant {
     pub models: Option<Box<[String]>>,
     /// The client networks it may be used from; empty means any.
     pub allowed_cidrs: Box<[IpNet]>,
+    /// The rate limits of its key, project and org.
+    pub limits: TenantLimits,
+}
+
+/// One scope's rate limits: its own, and per model.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScopeLimits {
+    /// For every request of the scope.
+    pub all: sy_limits::Limits,
+    /// For the requests of one model (the name the client asked for).
+    pub models: std::collections::BTreeMap<String, sy_limits::Limits>,
+}
+
+impl ScopeLimits {
+    /// From the stored `limits` and `model_limits` JSON (a value that does
+    /// not read, from a hand edit, counts as no limit).
+    pub fn from_json(limits: &serde_json::Value, models: &serde_json::Value) -> Self {
+        let one = |v: &serde_json::Value| {
+            let n = |k: &str| {
+                v.get(k)
+                    .and_then(serde_json::Value::as_u64)
+                    .and_then(|n| u32::try_from(n).ok())
+            };
+            sy_limits::Limits {
+                rpm: n("rpm"),
+                tpm: n("tpm"),
+                concurrency: n("concurrency"),
+            }
+        };
+        ScopeLimits {
+            all: one(limits),
+            models: models
+                .as_object()
+                .map(|m| m.iter().map(|(k, v)| (k.clone(), one(v))).collect())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// The rate limits a key's requests count against.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TenantLimits {
+    /// The key's.
+    pub key: ScopeLimits,
+    /// Its project's.
+    pub project: ScopeLimits,
+    /// Its org's.
+    pub org: ScopeLimits,
 }
 
 impl Grant {
-    /// A grant for any model, from anywhere.
+    /// A grant for any model, from anywhere, without limits.
     pub fn unrestricted(owner: KeyOwner) -> Self {
         Grant {
             owner,
             models: None,
             allowed_cidrs: Box::new([]),
+            limits: TenantLimits::default(),
         }
+    }
+
+    /// The scopes a request for `model` counts against: the key's, project's
+    /// and org's limits, and each one's limits for `model`, leaving out
+    /// scopes without any limit.
+    pub fn scopes(&self, model: &str) -> Vec<sy_limits::Scope> {
+        let o = &self.owner;
+        let org = o.org_id.to_string();
+        let empty = sy_limits::Limits::default();
+        let mut out = Vec::new();
+        for (kind, id, limits) in [
+            ("key", o.key_id, &self.limits.key),
+            ("project", o.project_id, &self.limits.project),
+            ("org", o.org_id, &self.limits.org),
+        ] {
+            let id = id.to_string();
+            if limits.all != empty {
+                out.push(sy_limits::Scope::of_org(
+                    &org,
+                    kind,
+                    &id,
+                    format!("{kind} {id}"),
+                    limits.all,
+                ));
+            }
+            if let Some(m) = limits.models.get(model).filter(|m| **m != empty) {
+                out.push(sy_limits::Scope::of_org(
+                    &org,
+                    &format!("{kind}-model"),
+                    &format!("{id}:{model}"),
+                    format!("{kind} {id} model {model}"),
+                    *m,
+                ));
+            }
+        }
+        out
     }
 
     /// Whether the key may name `model` (a model or a router).
@@ -117,6 +202,12 @@ struct Row {
     expires_at_ms: Option<i64>,
     scopes: serde_json::Value,
     allowed_cidrs: Vec<String>,
+    key_limits: serde_json::Value,
+    key_model_limits: serde_json::Value,
+    project_limits: serde_json::Value,
+    project_model_limits: serde_json::Value,
+    org_limits: serde_json::Value,
+    org_model_limits: serde_json::Value,
 }
 
 impl Row {
@@ -146,6 +237,11 @@ impl Row {
             },
             models,
             allowed_cidrs,
+            limits: TenantLimits {
+                key: ScopeLimits::from_json(&self.key_limits, &self.key_model_limits),
+                project: ScopeLimits::from_json(&self.project_limits, &self.project_model_limits),
+                org: ScopeLimits::from_json(&self.org_limits, &self.org_model_limits),
+            },
         };
         let entry = KeyEntry {
             grant: Arc::new(grant),
@@ -162,7 +258,10 @@ const LIVE_KEYS: &str = "SELECT k.public_id, k.id AS key_id, p.id AS project_id,
         k.secret_hash, k.previous_hash, \
         (extract(epoch FROM k.previous_valid_until) * 1000)::bigint AS previous_until_ms, \
         (extract(epoch FROM k.expires_at) * 1000)::bigint AS expires_at_ms, \
-        k.scopes, k.allowed_cidrs \
+        k.scopes, k.allowed_cidrs, \
+        k.limits AS key_limits, k.model_limits AS key_model_limits, \
+        p.limits AS project_limits, p.model_limits AS project_model_limits, \
+        o.limits AS org_limits, o.model_limits AS org_model_limits \
     FROM api_keys k JOIN projects p ON p.id = k.project_id JOIN orgs o ON o.id = p.org_id \
     WHERE k.status = 'active' AND p.status = 'active' AND o.status = 'active'";
 
@@ -326,6 +425,49 @@ mod tests {
         assert_eq!(t.authenticate(&p, &new.key, 0), Err(Refused::Unknown));
         assert!(t.is_empty());
         assert_eq!(t.grant_of(who.key_id), None);
+    }
+
+    #[test]
+    fn a_grant_names_the_scopes_with_limits_for_a_model() {
+        let who = owner();
+        let mut g = Grant::unrestricted(who);
+        assert!(g.scopes("gpt-4o").is_empty(), "no limits, no scopes");
+        let rpm = |n| sy_limits::Limits {
+            rpm: Some(n),
+            ..sy_limits::Limits::default()
+        };
+        g.limits.key.all = rpm(10);
+        g.limits.org.all = rpm(1000);
+        g.limits.project.models.insert("gpt-4o".into(), rpm(50));
+        let names = |m: &str| -> Vec<String> { g.scopes(m).into_iter().map(|s| s.name).collect() };
+        assert_eq!(
+            names("gpt-4o"),
+            vec![
+                format!("key {}", who.key_id),
+                format!("project {} model gpt-4o", who.project_id),
+                format!("org {}", who.org_id),
+            ]
+        );
+        assert_eq!(
+            names("claude").len(),
+            2,
+            "the per-model scope holds for its model only"
+        );
+        // Every scope of a request shares the org's hash slot.
+        let tag = format!("{{{}}}", who.org_id);
+        assert!(g.scopes("gpt-4o").iter().all(|s| s.prefix.contains(&tag)));
+    }
+
+    #[test]
+    fn stored_limits_read_and_bad_ones_count_as_none() {
+        let l = ScopeLimits::from_json(
+            &serde_json::json!({"rpm": 5, "tpm": "lots", "concurrency": -1}),
+            &serde_json::json!({"m": {"tpm": 100}, "bad": 3}),
+        );
+        assert_eq!(l.all.rpm, Some(5));
+        assert_eq!((l.all.tpm, l.all.concurrency), (None, None));
+        assert_eq!(l.models["m"].tpm, Some(100));
+        assert_eq!(l.models["bad"], sy_limits::Limits::default());
     }
 
     #[test]

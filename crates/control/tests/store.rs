@@ -336,3 +336,44 @@ async fn a_keys_scopes_networks_and_expiry_reach_the_table() {
     );
     assert!(!after.contains(&k.key[k.key.len() - 20..]), "{after}");
 }
+
+#[tokio::test]
+async fn the_key_table_carries_the_limits_of_the_key_its_project_and_its_org() {
+    use serde_json::json;
+    use sy_control::views::LimitTarget;
+    let s = store().await;
+    let org = s.create_org(&actor(), "Acme").await.unwrap();
+    let project = s.create_project(&actor(), org, "p").await.unwrap();
+    let (id, k) = s
+        .create_key(&actor(), project, &KeySpec::named("k"))
+        .await
+        .unwrap();
+    s.set_limits(
+        &actor(),
+        LimitTarget::Org(org),
+        Some(&json!({"rpm": 600})),
+        None,
+    )
+    .await
+    .unwrap();
+    s.set_limits(
+        &actor(),
+        LimitTarget::Key(id),
+        Some(&json!({"concurrency": 2})),
+        Some(&json!({"gpt-4o": {"tpm": 1000}})),
+    )
+    .await
+    .unwrap();
+    let table = KeyTable::load(&s).await.unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let grant = table.authenticate(&pepper(), &k.key, now).unwrap();
+    assert_eq!(grant.limits.org.all.rpm, Some(600));
+    assert_eq!(grant.limits.key.all.concurrency, Some(2));
+    assert_eq!(grant.limits.key.models["gpt-4o"].tpm, Some(1000));
+    assert_eq!(grant.limits.project, Default::default());
+    assert_eq!(grant.scopes("gpt-4o").len(), 3);
+    assert_eq!(grant.scopes("other").len(), 2);
+}
