@@ -157,20 +157,26 @@ fn authenticate(state: &AppState, headers: &axum::http::HeaderMap) -> Result<Cal
             grant: None,
         });
     }
-    if token.starts_with("sy_admin_")
-        || state
-            .admin
-            .as_ref()
-            .is_some_and(|a| a.is_admin_token(token))
-    {
-        return Err(ApiError::new(
-            ErrorCode::Unauthenticated,
-            "This is an admin token: it works on /admin/v1 only. Send an API key.",
-        ));
-    }
+    // Only a refused token is checked for being an admin token: the hot
+    // path (a file key, a tenant's key) pays nothing for it.
+    let refused = |e: ApiError| {
+        let admin_token = token.starts_with("sy_admin_")
+            || state
+                .admin
+                .as_ref()
+                .is_some_and(|a| a.is_admin_token(token));
+        if admin_token {
+            ApiError::new(
+                ErrorCode::Unauthenticated,
+                "This is an admin token: it works on /admin/v1 only. Send an API key.",
+            )
+        } else {
+            e
+        }
+    };
     let incorrect = || ApiError::new(ErrorCode::Unauthenticated, "Incorrect API key provided.");
     let Some(tenants) = &state.tenants else {
-        return Err(incorrect());
+        return Err(refused(incorrect()));
     };
     let now_ms = i64::try_from(now_unix_ms()).unwrap_or(i64::MAX);
     match tenants.authenticate(token, now_ms) {
@@ -178,12 +184,14 @@ fn authenticate(state: &AppState, headers: &axum::http::HeaderMap) -> Result<Cal
             key_id: grant.owner.key_id.to_string(),
             grant: Some(grant),
         }),
-        Err(Refused::Unknown | Refused::Malformed(KeyError::Malformed)) => Err(incorrect()),
+        Err(Refused::Unknown | Refused::Malformed(KeyError::Malformed)) => {
+            Err(refused(incorrect()))
+        }
         // A checksum miss is a typo (or a made-up key); an expired key, expired.
-        Err(why) => Err(ApiError::new(
+        Err(why) => Err(refused(ApiError::new(
             ErrorCode::Unauthenticated,
             format!("Incorrect API key provided: {why}."),
-        )),
+        ))),
     }
 }
 
