@@ -135,6 +135,43 @@ async fn org_with_key(
     (org, project, key)
 }
 
+/// The status of a chat completion for `model` with `key`.
+async fn chat_status(stack: &Stack, key: &str, model: &str) -> u16 {
+    stack
+        .http
+        .post(stack.url("/v1/chat/completions"))
+        .bearer_auth(key)
+        .json(&body(model, "hi"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// Whether `key` is served within 2 s (a change announced to the ingress,
+/// or to the workers, on its way).
+async fn served_soon(stack: &Stack, key: &str) -> bool {
+    for _ in 0..200 {
+        if chat_status(stack, key, "gpt-4o-mini").await == 200 {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    false
+}
+
+/// Whether `key` is refused (401) within a second.
+async fn refused_within_a_second(stack: &Stack, key: &str) -> bool {
+    let started = std::time::Instant::now();
+    while chat_status(stack, key, "gpt-4o-mini").await != 401 {
+        if started.elapsed() > std::time::Duration::from_secs(1) {
+            return false;
+        }
+    }
+    true
+}
+
 fn owner() -> sy_control::audit::Actor {
     sy_control::audit::Actor::local("e2e", "owner")
 }
@@ -446,25 +483,9 @@ async fn the_admin_api_on_the_ingress_and_its_cli_make_keys_that_work_at_once() 
     ]);
     let secret = key["key"].as_str().unwrap().to_owned();
     let key_id = key["id"].as_str().unwrap().to_owned();
-    let status = |token: String, model: &'static str| {
-        let req = stack
-            .http
-            .post(stack.url("/v1/chat/completions"))
-            .bearer_auth(token)
-            .json(&body(model, "hi"));
-        async move { req.send().await.unwrap().status().as_u16() }
-    };
     // Usable at once (the ingress applied the announcement), within its scope.
-    let mut code = 0;
-    for _ in 0..100 {
-        code = status(secret.clone(), "gpt-4o-mini").await;
-        if code == 200 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    assert_eq!(code, 200);
-    assert_eq!(status(secret.clone(), "claude-sonnet-4-5").await, 403);
+    assert!(served_soon(&stack, &secret).await);
+    assert_eq!(chat_status(&stack, &secret, "claude-sonnet-4-5").await, 403);
     // The table view names the key by its prefix, never its secret.
     let table = admin_cli(base, &["keys", "list", "--project", &project_id]);
     assert!(
@@ -481,27 +502,20 @@ async fn the_admin_api_on_the_ingress_and_its_cli_make_keys_that_work_at_once() 
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains(&org_id));
-    let resp = stack
-        .http
-        .post(stack.url("/v1/chat/completions"))
-        .bearer_auth(&viewer)
-        .json(&body("gpt-4o-mini", "hi"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 401);
-    assert!(resp.text().await.unwrap().contains("admin token"));
-    // An admin token is no API key, and an API key no admin token.
-    let resp = stack
-        .http
-        .post(stack.url("/v1/chat/completions"))
-        .bearer_auth(ADMIN)
-        .json(&body("gpt-4o-mini", "hi"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 401);
-    assert!(resp.text().await.unwrap().contains("admin token"));
+    // An admin token (from the database or the config) is no API key, and
+    // an API key no admin token.
+    for token in [viewer.as_str(), ADMIN] {
+        let resp = stack
+            .http
+            .post(stack.url("/v1/chat/completions"))
+            .bearer_auth(token)
+            .json(&body("gpt-4o-mini", "hi"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 401);
+        assert!(resp.text().await.unwrap().contains("admin token"));
+    }
     let resp = stack
         .http
         .get(stack.url("/admin/v1/whoami"))
@@ -513,15 +527,18 @@ async fn the_admin_api_on_the_ingress_and_its_cli_make_keys_that_work_at_once() 
     // Revoked from the command line: refused at once.
     let revoked = json(&["keys", "revoke", &key_id]);
     assert_eq!(revoked["status"], "revoked");
-    let started = std::time::Instant::now();
-    while status(secret.clone(), "gpt-4o-mini").await != 401 {
-        assert!(started.elapsed() < std::time::Duration::from_secs(1));
-    }
+    assert!(refused_within_a_second(&stack, &secret).await);
     let audit = admin_cli(base, &["audit", "list", "--target", &key_id]);
     assert!(
         audit.contains("key.revoke") && audit.contains("ops"),
         "{audit}"
     );
+    // Disabling the org stops every key under it on the ingress at once.
+    let other = json(&["keys", "create", "--project", &project_id, "second"]);
+    let other = other["key"].as_str().unwrap().to_owned();
+    assert!(served_soon(&stack, &other).await);
+    json(&["orgs", "disable", &org_id]);
+    assert!(refused_within_a_second(&stack, &other).await);
     // A wrong token: a clear error, exit status 1.
     let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .args([
@@ -562,23 +579,6 @@ async fn an_org_calls_with_its_own_credential_and_no_other_org_can_use_it() {
         ..Default::default()
     })
     .await;
-    let chat = |key: String| {
-        let req = stack
-            .http
-            .post(stack.url("/v1/chat/completions"))
-            .bearer_auth(key)
-            .json(&body("gpt-4o-mini", "hi"));
-        async move { req.send().await.unwrap().status().as_u16() }
-    };
-    let eventually_ok = |key: String| async move {
-        for _ in 0..200 {
-            if chat(key.clone()).await == 200 {
-                return true;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-        false
-    };
     let set = |org: Option<uuid::Uuid>| {
         let mut b = serde_json::json!({"provider": "openai", "api_key": byok});
         if let Some(o) = org {
@@ -598,22 +598,22 @@ async fn an_org_calls_with_its_own_credential_and_no_other_org_can_use_it() {
         }
     };
     // Nobody has the key the provider wants yet.
-    assert_ne!(chat(keys[0].1.clone()).await, 200);
+    assert_ne!(chat_status(&stack, &keys[0].1, "gpt-4o-mini").await, 200);
     // Org A brings its own: A's calls carry it, B's do not.
     let own = set(Some(keys[0].0)).await;
     assert!(
-        eventually_ok(keys[0].1.clone()).await,
+        served_soon(&stack, &keys[0].1).await,
         "org A with its own key"
     );
     assert_ne!(
-        chat(keys[1].1.clone()).await,
+        chat_status(&stack, &keys[1].1, "gpt-4o-mini").await,
         200,
         "org B must not use org A's key"
     );
     // A global credential serves every org without its own.
     set(None).await;
     assert!(
-        eventually_ok(keys[1].1.clone()).await,
+        served_soon(&stack, &keys[1].1).await,
         "org B with the global key"
     );
     // A's deleted: A falls back to the global one.
@@ -628,7 +628,7 @@ async fn an_org_calls_with_its_own_credential_and_no_other_org_can_use_it() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    assert!(eventually_ok(keys[0].1.clone()).await);
+    assert!(served_soon(&stack, &keys[0].1).await);
     // No log line of the process holds the credential.
     let log = stack.stop_and_read_log();
     assert!(

@@ -154,14 +154,18 @@ const MAX_MODEL_LIMITS: usize = 256;
 /// Per-model limits as the admin API takes them.
 type ModelLimits = std::collections::BTreeMap<String, LimitSet>;
 
-/// `limits` and `model_limits` as a request gave them.
+/// `limits` and `model_limits` as a request gave them, checked, as the JSON
+/// the store keeps (none: not given).
 struct LimitFields {
-    limits: Option<LimitSet>,
-    model_limits: Option<ModelLimits>,
+    limits: Option<Value>,
+    model_limits: Option<Value>,
 }
 
 impl LimitFields {
-    fn checked(&self) -> Result<(Option<Value>, Option<Value>), AdminError> {
+    fn checked(
+        limits: Option<LimitSet>,
+        model_limits: Option<ModelLimits>,
+    ) -> Result<Self, AdminError> {
         let one = |at: &str, l: &LimitSet| -> Result<Value, AdminError> {
             for (field, v) in [
                 ("rpm", l.rpm),
@@ -176,8 +180,8 @@ impl LimitFields {
             }
             Ok(serde_json::to_value(l).unwrap_or_else(|_| json!({})))
         };
-        let limits = self.limits.as_ref().map(|l| one("limits", l)).transpose()?;
-        let models = match &self.model_limits {
+        let limits = limits.as_ref().map(|l| one("limits", l)).transpose()?;
+        let models = match &model_limits {
             None => None,
             Some(m) if m.len() > MAX_MODEL_LIMITS => {
                 return Err(AdminError::invalid(format!(
@@ -193,7 +197,10 @@ impl LimitFields {
                 Some(Value::Object(out))
             }
         };
-        Ok((limits, models))
+        Ok(LimitFields {
+            limits,
+            model_limits: models,
+        })
     }
 
     fn given(&self) -> bool {
@@ -211,10 +218,14 @@ async fn apply_limits(
     if !fields.given() {
         return Ok(());
     }
-    let (limits, models) = fields.checked()?;
     admin
         .store
-        .set_limits(&caller.actor(), target, limits.as_ref(), models.as_ref())
+        .set_limits(
+            &caller.actor(),
+            target,
+            fields.limits.as_ref(),
+            fields.model_limits.as_ref(),
+        )
         .await?;
     Ok(())
 }
@@ -244,11 +255,7 @@ pub(super) async fn create_org(
 ) -> Answer {
     let req: NewOrg = parse(&body)?;
     name("name", &req.name)?;
-    let limits = LimitFields {
-        limits: req.limits,
-        model_limits: req.model_limits,
-    };
-    limits.checked()?;
+    let limits = LimitFields::checked(req.limits, req.model_limits)?;
     let id = admin.store.create_org(&caller.actor(), &req.name).await?;
     apply_limits(&admin, &caller, LimitTarget::Org(id), &limits).await?;
     Ok(created(admin.store.org(id).await?))
@@ -300,11 +307,7 @@ impl Change {
         if let Some(s) = &self.status {
             status(s)?;
         }
-        let limits = LimitFields {
-            limits: self.limits,
-            model_limits: self.model_limits,
-        };
-        limits.checked()?;
+        let limits = LimitFields::checked(self.limits, self.model_limits)?;
         Ok((
             Rename {
                 name: self.name,
@@ -368,11 +371,7 @@ pub(super) async fn create_project(
 ) -> Answer {
     let req: NewProject = parse(&body)?;
     name("name", &req.name)?;
-    let limits = LimitFields {
-        limits: req.limits,
-        model_limits: req.model_limits,
-    };
-    limits.checked()?;
+    let limits = LimitFields::checked(req.limits, req.model_limits)?;
     if !caller.sees(req.org_id) {
         return Err(AdminError::not_found("org"));
     }
@@ -573,11 +572,7 @@ pub(super) async fn create_key(
 ) -> Answer {
     let req: NewKey = parse(&body)?;
     name("name", &req.name)?;
-    let limits = LimitFields {
-        limits: req.limits,
-        model_limits: req.model_limits,
-    };
-    limits.checked()?;
+    let limits = LimitFields::checked(req.limits, req.model_limits)?;
     let spec = KeySpec {
         name: req.name,
         models: req.scopes.map(models).transpose()?,
@@ -658,11 +653,7 @@ pub(super) async fn patch_key(
     if let Some(n) = &req.name {
         name("name", n)?;
     }
-    let limits = LimitFields {
-        limits: req.limits,
-        model_limits: req.model_limits,
-    };
-    limits.checked()?;
+    let limits = LimitFields::checked(req.limits, req.model_limits)?;
     let patch = KeyPatch {
         name: req.name,
         models: req.scopes.map(|s| s.map(models).transpose()).transpose()?,

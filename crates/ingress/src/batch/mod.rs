@@ -157,15 +157,15 @@ impl Stores {
         }
     }
 
-    /// Stores a file owned by `key_id` (a project, or a file key).
+    /// Stores a file owned by `owner` (a project, or a file key).
     pub async fn put_file(
         &self,
         file: &FileObject,
-        key_id: &str,
+        owner: &str,
         data: &[u8],
     ) -> Result<(), String> {
         let mut metadata = HashMap::new();
-        metadata.insert("owner".to_owned(), key_id.to_owned());
+        metadata.insert("owner".to_owned(), owner.to_owned());
         metadata.insert("purpose".to_owned(), file.purpose.clone());
         metadata.insert("filename".to_owned(), file.filename.clone());
         metadata.insert("created_at".to_owned(), file.created_at.to_string());
@@ -182,15 +182,15 @@ impl Stores {
             .map_err(|e| e.to_string())
     }
 
-    /// A file's object, if it exists and belongs to `key_id` (a project, or a file key).
-    pub async fn file(&self, id: &str, key_id: &str) -> Result<Option<FileObject>, String> {
+    /// A file's object, if it exists and belongs to `owner` (a project, or a file key).
+    pub async fn file(&self, id: &str, owner: &str) -> Result<Option<FileObject>, String> {
         if !valid_id(id) {
             return Ok(None);
         }
         match self.files.info(id).await {
             Ok(info) if !info.deleted => {
                 let f = FileObject::from_info(&info);
-                Ok((info.metadata.get("owner").map(String::as_str) == Some(key_id)).then_some(f))
+                Ok((info.metadata.get("owner").map(String::as_str) == Some(owner)).then_some(f))
             }
             Ok(_) => Ok(None),
             Err(e) if e.kind() == async_nats::jetstream::object_store::InfoErrorKind::NotFound => {

@@ -31,7 +31,7 @@ pub(crate) async fn upload(
 
 async fn upload_inner(
     state: &AppState,
-    key_id: &str,
+    owner: &str,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Result<Response, ApiError> {
     let stores = stores(state)?;
@@ -113,10 +113,10 @@ async fn upload_inner(
     let (filename, data) = file.ok_or_else(|| ApiError::invalid("file", "Missing 'file'."))?;
     let object = FileObject::new(new_id("file-"), data.len() as u64, filename, "batch");
     stores
-        .put_file(&object, key_id, &data)
+        .put_file(&object, owner, &data)
         .await
         .map_err(storage_error)?;
-    tracing::info!(file = %object.id, bytes = object.bytes, key = key_id, "File stored.");
+    tracing::info!(file = %object.id, bytes = object.bytes, owner, "File stored.");
     Ok(json(StatusCode::OK, &object))
 }
 
@@ -127,7 +127,6 @@ pub(crate) async fn list_files(
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let owner = caller.owner();
-    let key_id = owner.as_str();
     let stores = stores(&state)?;
     let mut list = stores
         .files
@@ -138,7 +137,7 @@ pub(crate) async fn list_files(
     use futures::StreamExt;
     while let Some(info) = list.next().await {
         let info = info.map_err(|e| storage_error(e.to_string()))?;
-        if info.deleted || info.metadata.get("owner").map(String::as_str) != Some(key_id) {
+        if info.deleted || info.metadata.get("owner").map(String::as_str) != Some(owner.as_str()) {
             continue;
         }
         let f = FileObject::from_info(&info);
@@ -159,9 +158,7 @@ pub(crate) async fn get_file(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let owner = caller.owner();
-    let key_id = owner.as_str();
-    let f = owned_file(&state, &id, key_id).await?;
+    let f = owned_file(&state, &id, &caller.owner()).await?;
     Ok(json(StatusCode::OK, &f))
 }
 
@@ -171,9 +168,7 @@ pub(crate) async fn file_content(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let owner = caller.owner();
-    let key_id = owner.as_str();
-    owned_file(&state, &id, key_id).await?;
+    owned_file(&state, &id, &caller.owner()).await?;
     let data = stores(&state)?
         .file_content(&id)
         .await
@@ -195,9 +190,7 @@ pub(crate) async fn delete_file(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let owner = caller.owner();
-    let key_id = owner.as_str();
-    owned_file(&state, &id, key_id).await?;
+    owned_file(&state, &id, &caller.owner()).await?;
     stores(&state)?
         .files
         .delete(&id)
