@@ -12,4 +12,5 @@ done
 stop_nats
 stop_clickhouse
 stop_postgres
+stop_redis
 say "Stopped what deploy/local/up.sh started."

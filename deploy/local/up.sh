@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Brings up the whole local stack: NATS (JetStream), ClickHouse (usage rows),
-# PostgreSQL (tenants and keys),
+# PostgreSQL (tenants and keys), Redis (rate limits),
 # mock providers `openai`, `anthropic`, `gemini`, `cohere` and `vllm` on 8081-8085, and `switchyard all`
 # (ingress, workers, accounting) on 8080, then prints a curl example. Idempotent: whatever already answers is left alone; only what
 # this script starts is recorded for deploy/local/down.sh to stop.
@@ -15,6 +15,7 @@ TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 ensure_nats
 ensure_clickhouse
 ensure_postgres
+ensure_redis
 
 say "Building Switchyard (release)"
 cargo build --release --locked --bin switchyard --bin mock-provider

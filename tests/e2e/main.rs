@@ -15,6 +15,7 @@ mod embeddings;
 mod hostile;
 mod idempotency;
 mod intake;
+mod limits;
 mod load;
 mod resilience;
 mod restart;

@@ -713,6 +713,7 @@ pub fn envelope(
         fallback_on_refusal: false,
         watchdogs: Default::default(),
         batch: None,
+        limits: None,
     }
 }
 

@@ -105,7 +105,7 @@ async fn admin_audit_verify_checks_the_chain_in_the_database_and_names_an_edited
 
 /// The control plane's store on a schema of its own, migrated, and the
 /// config sections that point a stack at it.
-async fn tenants_store(prefix: &str) -> (sy_control::store::Store, String) {
+pub(crate) async fn tenants_store(prefix: &str) -> (sy_control::store::Store, String) {
     let (_, _, scoped) = fresh_schema(prefix).await;
     let pepper = "a test pepper of at least thirty-two bytes";
     let store = sy_control::store::Store::connect(
@@ -172,7 +172,7 @@ async fn refused_within_a_second(stack: &Stack, key: &str) -> bool {
     true
 }
 
-fn owner() -> sy_control::audit::Actor {
+pub(crate) fn owner() -> sy_control::audit::Actor {
     sy_control::audit::Actor::local("e2e", "owner")
 }
 
@@ -181,7 +181,7 @@ fn now_ms() -> i64 {
 }
 
 /// The error body's OpenAI `type` and `code`, or Anthropic's `type`.
-async fn refusal(resp: reqwest::Response) -> (u16, String, String) {
+pub(crate) async fn refusal(resp: reqwest::Response) -> (u16, String, String) {
     let status = resp.status().as_u16();
     let v: serde_json::Value = resp.json().await.unwrap();
     let e = &v["error"];
@@ -433,10 +433,10 @@ async fn a_revoked_key_is_refused_by_a_second_ingress_within_a_second() {
     assert!(p99 < std::time::Duration::from_secs(1), "p99 {p99:?}");
 }
 
-const ADMIN: &str = "sk-sy-admin-e2e-token-1";
+pub(crate) const ADMIN: &str = "sk-sy-admin-e2e-token-1";
 
 /// `switchyard admin --url URL --token ADMIN <args>`: stdout, or a panic with stderr.
-fn admin_cli(url: &str, args: &[&str]) -> String {
+pub(crate) fn admin_cli(url: &str, args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .args(["admin", "--url", url, "--token", ADMIN])
         .args(args)

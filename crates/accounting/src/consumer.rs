@@ -35,6 +35,10 @@ pub async fn run(
         config: ch_config,
         // An insert that outlives the ack wait races its own redelivery; give up earlier.
         timeout: config.accounting.ack_wait / 2,
+        limiter: match &config.redis {
+            Some(r) => Some(sy_limits::Limiter::connect_or_retry(r.url.expose().to_owned()).await),
+            None => None,
+        },
     };
     let max_rows = config.accounting.max_rows;
     let max_wait = config.accounting.max_wait;
@@ -138,6 +142,8 @@ struct Writer {
     table: String,
     config: ClickhouseConfig,
     timeout: Duration,
+    /// Settles token reservations (when `[redis]` is configured).
+    limiter: Option<Arc<std::sync::OnceLock<sy_limits::Limiter>>>,
 }
 
 impl Writer {
@@ -153,6 +159,7 @@ impl Writer {
         match result {
             Ok(inserted) => {
                 tracing::debug!(inserted, "Usage rows inserted.");
+                self.settle(batch).await;
                 for (_, acker, _) in batch.drain(..) {
                     if let Err(e) = acker.ack().await {
                         tracing::warn!(error = %e, "Acking a usage event failed; it will be redelivered and skipped.");
@@ -163,6 +170,56 @@ impl Writer {
                 tracing::warn!(error = %e, rows = batch.len(), "Inserting usage rows failed; they stay in the stream.");
                 self.nak_all(batch).await;
             }
+        }
+    }
+
+    /// Settles the token reservations of the batch's requests to the tokens
+    /// their attempts used (each once: a redelivered event settles nothing).
+    /// A failure leaves a reservation standing until its bucket refills (a
+    /// minute at most), never blocks accounting.
+    async fn settle(&self, batch: &[(UsageEvent, Acker, bool)]) {
+        let Some(slot) = &self.limiter else {
+            return;
+        };
+        let tickets = batch.iter().filter(|(e, _, _)| e.limits.is_some()).count();
+        if tickets == 0 {
+            return;
+        }
+        let Some(limiter) = slot.get() else {
+            tracing::warn!(
+                tickets,
+                "Redis is not connected: token reservations are not settled."
+            );
+            return;
+        };
+        let settles = batch.iter().filter_map(|(e, _, _)| {
+            let ticket = e.limits.as_ref()?;
+            let t = &e.tokens;
+            let used =
+                t.input_tokens + t.cached_input_tokens + t.cache_write_tokens + t.output_tokens;
+            let request_id = e.request_id.to_string();
+            Some(async move {
+                limiter
+                    .settle(sy_limits::Settlement {
+                        request_id: &request_id,
+                        attempt_id: &e.event_id,
+                        buckets: &ticket.buckets,
+                        reserved: ticket.reserved_tokens,
+                        used: u32::try_from(used).unwrap_or(u32::MAX),
+                    })
+                    .await
+            })
+        });
+        let failed = futures::future::join_all(settles)
+            .await
+            .into_iter()
+            .filter(Result::is_err)
+            .count();
+        if failed > 0 {
+            tracing::warn!(
+                failed,
+                "Settling token reservations failed; they lapse within a minute."
+            );
         }
     }
 

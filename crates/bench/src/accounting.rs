@@ -89,6 +89,7 @@ fn event(i: usize) -> UsageEvent {
         fallback_reason: None,
         client_disconnected: false,
         batch_id: None,
+        limits: None,
     }
 }
 

@@ -23,14 +23,14 @@ pub use env::{EnvSource, MapEnv, ProcessEnv, interpolate};
 pub use error::{ConfigError, ConfigErrors, LoadError};
 pub use raw::{
     RawAccounting, RawAdminToken, RawBatch, RawBilling, RawClickhouse, RawConfig, RawCredentials,
-    RawHealth, RawKey, RawModel, RawNats, RawPostgres, RawPrice, RawProvider, RawServer, RawTarget,
-    RawTenants,
+    RawHealth, RawKey, RawLimitDefaults, RawLimitSet, RawLimits, RawModel, RawNats, RawPostgres,
+    RawPrice, RawProvider, RawRedis, RawServer, RawTarget, RawTenants,
 };
 pub use settings::{
     ADMIN_ROLES, AccountingConfig, AdminToken, ApiKey, BatchConfig, ClickhouseConfig, Config,
-    CredentialsConfig, HealthConfig, MAX_RUNNING_BATCHES, ModelRoute, NatsConfig, PROVIDER_KINDS,
-    PostgresConfig, ProviderConfig, ProviderKind, RoutePolicy, Secret, ServerConfig, Target,
-    TenantsConfig,
+    CredentialsConfig, HealthConfig, LimitSet, LimitsConfig, MAX_LIMIT, MAX_RUNNING_BATCHES,
+    ModelRoute, NatsConfig, PROVIDER_KINDS, PostgresConfig, ProviderConfig, ProviderKind,
+    RedisConfig, RoutePolicy, Secret, ServerConfig, Target, TenantsConfig,
 };
 
 use std::path::Path;

@@ -40,6 +40,12 @@ pub struct RawConfig {
     /// Tenants' API keys from the control plane (needs `[postgres]`).
     #[serde(default)]
     pub tenants: Option<RawTenants>,
+    /// Where rate limits are counted.
+    #[serde(default)]
+    pub redis: Option<RawRedis>,
+    /// How rate limits are applied.
+    #[serde(default)]
+    pub limits: RawLimits,
     /// Provider credentials in the control plane, sealed under a master key.
     #[serde(default)]
     pub credentials: Option<RawCredentials>,
@@ -334,6 +340,68 @@ pub struct RawKey {
     pub name: String,
     /// The bearer token clients send.
     pub key: String,
+    /// Its rate limits (needs `[redis]`); `[limits.defaults.key]` when absent.
+    #[serde(default)]
+    pub limits: Option<RawLimitSet>,
+}
+
+/// `[redis]`: where rate limits are counted (every ingress replica shares it).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedis {
+    /// `redis://host:port[/db]` (or `rediss://`).
+    pub url: String,
+}
+
+/// One scope's rate limits; an absent one is no limit of that kind.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimitSet {
+    /// Requests per minute.
+    pub rpm: Option<u64>,
+    /// Tokens per minute.
+    pub tpm: Option<u64>,
+    /// Requests in flight at once.
+    pub concurrency: Option<u64>,
+}
+
+/// `[limits]`: how rate limits are applied (the limits themselves are each
+/// key's, project's and org's, set through the admin API).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLimits {
+    /// How long a request's concurrency lease lasts unless renewed (it is
+    /// renewed while the request runs; a dead process's expires).
+    pub lease_seconds: u64,
+    /// Output tokens reserved for a request that sets no `max_tokens`.
+    pub reserve_output_tokens: u64,
+    /// The same, per model name clients use.
+    pub reserve_output_tokens_by_model: BTreeMap<String, u64>,
+    /// Limits for scopes that have none of their own.
+    pub defaults: RawLimitDefaults,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        RawLimits {
+            lease_seconds: 30,
+            reserve_output_tokens: 1024,
+            reserve_output_tokens_by_model: BTreeMap::new(),
+            defaults: RawLimitDefaults::default(),
+        }
+    }
+}
+
+/// `[limits.defaults]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimitDefaults {
+    /// For every key (tenants' and the config file's) without limits of its own.
+    pub key: Option<RawLimitSet>,
+    /// For every project without limits of its own.
+    pub project: Option<RawLimitSet>,
+    /// For every org without limits of its own.
+    pub org: Option<RawLimitSet>,
 }
 
 /// `[[admin_tokens]]`.

@@ -58,6 +58,10 @@ pub struct Config {
     pub postgres: Option<PostgresConfig>,
     /// Tenants' API keys from the control plane, if on.
     pub tenants: Option<TenantsConfig>,
+    /// Where rate limits are counted, if anywhere (without it no limit is enforced).
+    pub redis: Option<RedisConfig>,
+    /// How rate limits are applied.
+    pub limits: LimitsConfig,
     /// Provider credentials' master keys, if configured.
     pub credentials: Option<CredentialsConfig>,
     /// The accounting consumer.
@@ -244,6 +248,69 @@ pub struct ApiKey {
     pub name: String,
     /// The token.
     pub key: Secret,
+    /// Its rate limits, if it has its own.
+    pub limits: Option<LimitSet>,
+}
+
+/// `[redis]`, validated.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// `redis://…` (may hold a password).
+    pub url: Secret,
+}
+
+/// One scope's rate limits; `None` is no limit of that kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LimitSet {
+    /// Requests per minute.
+    pub rpm: Option<u32>,
+    /// Tokens per minute.
+    pub tpm: Option<u32>,
+    /// Requests in flight at once.
+    pub concurrency: Option<u32>,
+}
+
+/// Largest rate limit of any kind (the admin API's bound too).
+pub const MAX_LIMIT: u64 = 1_000_000_000;
+
+/// `[limits]`, validated.
+#[derive(Debug, Clone)]
+pub struct LimitsConfig {
+    /// A concurrency lease's life between renewals.
+    pub lease: std::time::Duration,
+    /// Output tokens reserved for a request without `max_tokens`.
+    pub reserve_output_tokens: u32,
+    /// The same per model (the name clients use).
+    pub reserve_output_tokens_by_model: BTreeMap<String, u32>,
+    /// Limits of keys without their own.
+    pub default_key: LimitSet,
+    /// Limits of projects without their own.
+    pub default_project: LimitSet,
+    /// Limits of orgs without their own.
+    pub default_org: LimitSet,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            lease: std::time::Duration::from_secs(30),
+            reserve_output_tokens: 1024,
+            reserve_output_tokens_by_model: BTreeMap::new(),
+            default_key: LimitSet::default(),
+            default_project: LimitSet::default(),
+            default_org: LimitSet::default(),
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// Output tokens to reserve for a request to `model` without `max_tokens`.
+    pub fn reserve_output_for(&self, model: &str) -> u32 {
+        self.reserve_output_tokens_by_model
+            .get(model)
+            .copied()
+            .unwrap_or(self.reserve_output_tokens)
+    }
 }
 
 /// The roles an admin token may have, from most to least powerful.

@@ -499,3 +499,42 @@ fn connection_and_body_limits_have_defaults_and_are_checked() {
         assert!(paths.contains(&expected), "{expected} missing from {p:?}");
     }
 }
+
+#[test]
+fn rate_limits_need_redis_and_bounded_values() {
+    let p = problems(
+        "[limits]\nlease_seconds = 0\nreserve_output_tokens = 0\n[limits.defaults.key]\nrpm = 0\ntpm = 5000000000\n\
+         [[keys]]\nname = \"a\"\nkey = \"sk-aaaaaaaa\"\nlimits = { concurrency = 0 }\n",
+    );
+    for field in [
+        "limits.lease_seconds",
+        "limits.reserve_output_tokens",
+        "limits.defaults.key.rpm",
+        "limits.defaults.key.tpm",
+        "keys[0].limits.concurrency",
+    ] {
+        assert!(p.iter().any(|s| s.starts_with(field)), "{field}: {p:?}");
+    }
+    let p = problems("[redis]\nurl = \"http://127.0.0.1:6379\"\n");
+    assert!(p.iter().any(|s| s.starts_with("redis.url")), "{p:?}");
+    // Limits anywhere without [redis] would not be enforced: refused.
+    let p = problems("[[keys]]\nname = \"a\"\nkey = \"sk-aaaaaaaa\"\nlimits = { rpm = 5 }\n");
+    assert!(p.iter().any(|s| s.contains("need [redis]")), "{p:?}");
+    let c = Config::from_toml(
+        "[redis]\nurl = \"redis://:${PW}@127.0.0.1:6379/2\"\n\
+         [limits]\nreserve_output_tokens_by_model = { \"gpt-4o\" = 4096 }\n\
+         [limits.defaults.org]\ntpm = 100000\n\
+         [[keys]]\nname = \"a\"\nkey = \"sk-aaaaaaaa\"\nlimits = { rpm = 5 }\n",
+        &env(&[("PW", "hunter2")]),
+    )
+    .unwrap();
+    assert!(
+        !format!("{:?}", c.redis).contains("hunter2"),
+        "the URL is a secret"
+    );
+    assert_eq!(c.limits.lease, std::time::Duration::from_secs(30));
+    assert_eq!(c.limits.reserve_output_for("gpt-4o"), 4096);
+    assert_eq!(c.limits.reserve_output_for("other"), 1024);
+    assert_eq!(c.limits.default_org.tpm, Some(100_000));
+    assert_eq!(c.keys[0].limits.and_then(|l| l.rpm), Some(5));
+}

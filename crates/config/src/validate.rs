@@ -13,6 +13,7 @@ use crate::{
     PROVIDER_KINDS, PostgresConfig, ProviderConfig, ProviderKind, RawConfig, RoutePolicy, Secret,
     ServerConfig, Target, TenantsConfig,
 };
+use crate::{LimitSet, LimitsConfig, MAX_LIMIT, RedisConfig};
 
 /// The policy keys as written in `[models."<name>"]` or `[routers."<name>"]`.
 pub(crate) struct RawPolicy<'a> {
@@ -197,9 +198,13 @@ impl Config {
                     format!("same key as keys[{first}]"),
                 ));
             }
+            let limits = k
+                .limits
+                .map(|l| limit_set(e, &format!("keys[{i}].limits"), l));
             keys.push(ApiKey {
                 name: k.name,
                 key: Secret::new(k.key),
+                limits,
             });
         }
 
@@ -518,6 +523,21 @@ impl Config {
                 None
             }
         });
+        let redis = raw.redis.and_then(|r| match Url::parse(&r.url) {
+            Ok(url) if matches!(url.scheme(), "redis" | "rediss") && url.has_host() => {
+                Some(RedisConfig {
+                    url: Secret::new(r.url),
+                })
+            }
+            _ => {
+                e.push(ConfigError::new(
+                    "redis.url",
+                    "not a Redis URL like \"redis://127.0.0.1:6379\"",
+                ));
+                None
+            }
+        });
+        let limits = limits_config(e, raw.limits, redis.is_some(), &keys);
         let tenants = raw.tenants.and_then(|t| {
             let mut ok = true;
             if t.key_pepper.len() < 32 {
@@ -746,6 +766,8 @@ impl Config {
                 clickhouse,
                 postgres,
                 tenants,
+                redis,
+                limits,
                 credentials,
                 accounting,
                 health,
@@ -755,6 +777,90 @@ impl Config {
             Err(ConfigErrors(errors))
         }
     }
+}
+
+/// One scope's limits, each within 1..=[`MAX_LIMIT`].
+fn limit_set(e: &mut Vec<ConfigError>, at: &str, l: crate::raw::RawLimitSet) -> LimitSet {
+    let mut one = |kind: &str, v: Option<u64>| {
+        v.and_then(|v| match u32::try_from(v) {
+            Ok(n) if (1..=MAX_LIMIT).contains(&v) => Some(n),
+            _ => {
+                e.push(ConfigError::new(
+                    format!("{at}.{kind}"),
+                    format!("must be from 1 to {MAX_LIMIT} (leave it out for no limit)"),
+                ));
+                None
+            }
+        })
+    };
+    LimitSet {
+        rpm: one("rpm", l.rpm),
+        tpm: one("tpm", l.tpm),
+        concurrency: one("concurrency", l.concurrency),
+    }
+}
+
+/// `[limits]`, checked; limits anywhere in the file need `[redis]`.
+fn limits_config(
+    e: &mut Vec<ConfigError>,
+    raw: crate::raw::RawLimits,
+    has_redis: bool,
+    keys: &[ApiKey],
+) -> LimitsConfig {
+    let mut tokens = |at: &str, v: u64| match u32::try_from(v) {
+        Ok(n) if (1..=MAX_LIMIT).contains(&v) => n,
+        _ => {
+            e.push(ConfigError::new(
+                at.to_owned(),
+                format!("must be from 1 to {MAX_LIMIT}"),
+            ));
+            1
+        }
+    };
+    let reserve_output_tokens = tokens("limits.reserve_output_tokens", raw.reserve_output_tokens);
+    let reserve_output_tokens_by_model = raw
+        .reserve_output_tokens_by_model
+        .into_iter()
+        .map(|(m, v)| {
+            let n = tokens(&format!("limits.reserve_output_tokens_by_model.{m}"), v);
+            (m, n)
+        })
+        .collect();
+    if raw.lease_seconds == 0 || raw.lease_seconds > 3600 {
+        e.push(ConfigError::new(
+            "limits.lease_seconds",
+            "must be from 1 to 3600",
+        ));
+    }
+    let d = raw.defaults;
+    let mut default = |kind: &str, l: Option<crate::raw::RawLimitSet>| {
+        l.map(|l| limit_set(e, &format!("limits.defaults.{kind}"), l))
+            .unwrap_or_default()
+    };
+    let config = LimitsConfig {
+        lease: std::time::Duration::from_secs(raw.lease_seconds.clamp(1, 3600)),
+        reserve_output_tokens,
+        reserve_output_tokens_by_model,
+        default_key: default("key", d.key),
+        default_project: default("project", d.project),
+        default_org: default("org", d.org),
+    };
+    let none = LimitSet::default();
+    let any_limit = [
+        config.default_key,
+        config.default_project,
+        config.default_org,
+    ]
+    .iter()
+    .any(|l| *l != none)
+        || keys.iter().any(|k| k.limits.is_some_and(|l| l != none));
+    if any_limit && !has_redis {
+        e.push(ConfigError::new(
+            "limits",
+            "rate limits need [redis]: every ingress replica counts them there",
+        ));
+    }
+    config
 }
 
 /// Whether `s` is a UUID in its usual hyphenated form.

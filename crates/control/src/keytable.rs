@@ -75,6 +75,17 @@ pub struct TenantLimits {
     pub org: ScopeLimits,
 }
 
+/// Limits for scopes that have none of their own (`[limits.defaults]`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DefaultLimits {
+    /// For a key without limits.
+    pub key: sy_limits::Limits,
+    /// For a project without limits.
+    pub project: sy_limits::Limits,
+    /// For an org without limits.
+    pub org: sy_limits::Limits,
+}
+
 impl Grant {
     /// A grant for any model, from anywhere, without limits.
     pub fn unrestricted(owner: KeyOwner) -> Self {
@@ -87,26 +98,36 @@ impl Grant {
     }
 
     /// The scopes a request for `model` counts against: the key's, project's
-    /// and org's limits, and each one's limits for `model`, leaving out
-    /// scopes without any limit.
-    pub fn scopes(&self, model: &str) -> Vec<sy_limits::Scope> {
+    /// and org's limits (`defaults`' where one has none of its own), and each
+    /// one's limits for `model`, leaving out scopes without any limit.
+    pub fn scopes(&self, model: &str, defaults: &DefaultLimits) -> Vec<sy_limits::Scope> {
         let o = &self.owner;
         let org = o.org_id.to_string();
         let empty = sy_limits::Limits::default();
         let mut out = Vec::new();
-        for (kind, id, limits) in [
-            ("key", o.key_id, &self.limits.key),
-            ("project", o.project_id, &self.limits.project),
-            ("org", o.org_id, &self.limits.org),
+        for (kind, id, limits, default) in [
+            ("key", o.key_id, &self.limits.key, defaults.key),
+            (
+                "project",
+                o.project_id,
+                &self.limits.project,
+                defaults.project,
+            ),
+            ("org", o.org_id, &self.limits.org, defaults.org),
         ] {
             let id = id.to_string();
-            if limits.all != empty {
+            let all = if limits.all == empty {
+                default
+            } else {
+                limits.all
+            };
+            if all != empty {
                 out.push(sy_limits::Scope::of_org(
                     &org,
                     kind,
                     &id,
                     format!("{kind} {id}"),
-                    limits.all,
+                    all,
                 ));
             }
             if let Some(m) = limits.models.get(model).filter(|m| **m != empty) {
@@ -431,7 +452,10 @@ mod tests {
     fn a_grant_names_the_scopes_with_limits_for_a_model() {
         let who = owner();
         let mut g = Grant::unrestricted(who);
-        assert!(g.scopes("gpt-4o").is_empty(), "no limits, no scopes");
+        assert!(
+            g.scopes("gpt-4o", &DefaultLimits::default()).is_empty(),
+            "no limits, no scopes"
+        );
         let rpm = |n| sy_limits::Limits {
             rpm: Some(n),
             ..sy_limits::Limits::default()
@@ -439,7 +463,12 @@ mod tests {
         g.limits.key.all = rpm(10);
         g.limits.org.all = rpm(1000);
         g.limits.project.models.insert("gpt-4o".into(), rpm(50));
-        let names = |m: &str| -> Vec<String> { g.scopes(m).into_iter().map(|s| s.name).collect() };
+        let names = |m: &str| -> Vec<String> {
+            g.scopes(m, &DefaultLimits::default())
+                .into_iter()
+                .map(|s| s.name)
+                .collect()
+        };
         assert_eq!(
             names("gpt-4o"),
             vec![
@@ -455,7 +484,30 @@ mod tests {
         );
         // Every scope of a request shares the org's hash slot.
         let tag = format!("{{{}}}", who.org_id);
-        assert!(g.scopes("gpt-4o").iter().all(|s| s.prefix.contains(&tag)));
+        assert!(
+            g.scopes("gpt-4o", &DefaultLimits::default())
+                .iter()
+                .all(|s| s.prefix.contains(&tag))
+        );
+        // Defaults hold for a scope without limits of its own, not over one's own.
+        let defaults = DefaultLimits {
+            key: rpm(1),
+            project: rpm(2),
+            org: rpm(3),
+        };
+        let with: Vec<_> = g
+            .scopes("claude", &defaults)
+            .into_iter()
+            .map(|s| (s.name, s.limits.rpm))
+            .collect();
+        assert_eq!(
+            with,
+            vec![
+                (format!("key {}", who.key_id), Some(10)),
+                (format!("project {}", who.project_id), Some(2)),
+                (format!("org {}", who.org_id), Some(1000)),
+            ]
+        );
     }
 
     #[test]

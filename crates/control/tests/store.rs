@@ -374,6 +374,6 @@ async fn the_key_table_carries_the_limits_of_the_key_its_project_and_its_org() {
     assert_eq!(grant.limits.key.all.concurrency, Some(2));
     assert_eq!(grant.limits.key.models["gpt-4o"].tpm, Some(1000));
     assert_eq!(grant.limits.project, Default::default());
-    assert_eq!(grant.scopes("gpt-4o").len(), 3);
-    assert_eq!(grant.scopes("other").len(), 2);
+    assert_eq!(grant.scopes("gpt-4o", &Default::default()).len(), 3);
+    assert_eq!(grant.scopes("other", &Default::default()).len(), 2);
 }

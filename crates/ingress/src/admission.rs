@@ -157,6 +157,7 @@ pub(crate) fn admit(
         fallback_on_refusal: policy.fallback_on_refusal,
         watchdogs: policy.watchdogs,
         batch,
+        limits: None,
     };
     Ok(Admitted {
         envelope,

@@ -118,6 +118,7 @@ fn envelope(surface: ApiSurface, body: &[u8]) -> Option<RequestEnvelope> {
             index: 0,
             custom_id: "c".into(),
         }),
+        limits: None,
     })
 }
 

@@ -16,6 +16,8 @@ pub struct ApiError {
     pub param: Option<String>,
     /// Seconds to wait before retrying (429/503).
     pub retry_after_secs: Option<u64>,
+    /// More response headers (e.g. the rate-limit headers of a 429).
+    pub headers: Vec<(axum::http::HeaderName, HeaderValue)>,
 }
 
 impl ApiError {
@@ -28,6 +30,7 @@ impl ApiError {
             message: message.into(),
             param: None,
             retry_after_secs: None,
+            headers: Vec::new(),
         }
     }
 
@@ -140,6 +143,9 @@ impl ApiError {
         if let Some(secs) = self.retry_after_secs {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        for (name, value) in self.headers {
+            resp.headers_mut().insert(name, value);
         }
         resp.extensions_mut().insert(self.code);
         resp

@@ -100,8 +100,41 @@ async fn chat(
         },
     )
     .map_err(|(e, class)| (e, None, class))?;
+    // Rate limits: one Redis round trip, after everything that can refuse a
+    // request for free and before it costs anything.
+    let granted = match &state.rate_limits {
+        Some(r) => r
+            .admit(caller, &admitted.envelope, body.len())
+            .await
+            .map_err(|e| (e, None, admitted.class))?,
+        None => Default::default(),
+    };
+    let mut admitted = admitted;
+    admitted.envelope.limits = granted.ticket;
+    let headroom = granted.headroom;
+    // Every answer, error or not, says how much of its limits is left.
+    match answer(state, surface, request_id, admitted, granted.lease).await {
+        Ok(mut resp) => {
+            headroom.apply(surface, resp.headers_mut());
+            Ok(resp)
+        }
+        Err((mut e, start, class)) => {
+            e.headers.extend(headroom.headers(surface));
+            Err((e, start, class))
+        }
+    }
+}
+
+/// Publishes an admitted request and answers it from its reply frames.
+async fn answer(
+    state: &Arc<AppState>,
+    surface: ApiSurface,
+    request_id: Uuid,
+    admitted: admission::Admitted,
+    lease: Option<crate::ratelimit::Lease>,
+) -> Result<Response, ChatError> {
     let admission::Admitted {
-        envelope,
+        mut envelope,
         class,
         route_header,
         base64,
@@ -118,6 +151,9 @@ async fn chat(
         .register(request_id, sy_protocol::REPLY_BUFFER_FRAMES);
     if let Err(e) = state.bus.publish_request(&envelope).await {
         drop(rx);
+        if let (Some(r), Some(ticket)) = (&state.rate_limits, envelope.limits.take()) {
+            r.give_back(request_id, ticket);
+        }
         let err = match e {
             BusError::PayloadTooLarge => ApiError::new(
                 ErrorCode::PayloadTooLarge,
@@ -154,6 +190,7 @@ async fn chat(
     }
     tracing::trace!("Request published.");
     let mut pending = Pending::new(rx, state.bus.clone(), deadline);
+    pending.hold(lease);
     let first = pending.next().await.map_err(|e| (e, None, class))?;
     tracing::trace!("First frame received.");
     let start = start_of(&first).cloned();

@@ -25,6 +25,7 @@ mod flow;
 mod idempotency;
 mod intake;
 mod live;
+mod ratelimit;
 mod relay;
 mod reload;
 mod respond;
@@ -249,6 +250,7 @@ async fn build(config: Arc<Config>, bus: Bus) -> Result<(Router, Arc<AppState>),
         live: live.clone(),
         idempotency,
         batches,
+        rate_limits: ratelimit::RateLimits::start(&config).await,
     });
     let file_limit = usize::try_from(config.batch.max_file_bytes)
         .unwrap_or(usize::MAX)

@@ -25,6 +25,8 @@ pub struct Pending {
     request_id: Uuid,
     finished: bool,
     cancel_reason: CancelReason,
+    /// The request's concurrency lease, released when this is dropped.
+    lease: Option<crate::ratelimit::Lease>,
 }
 
 impl Pending {
@@ -38,7 +40,13 @@ impl Pending {
             bus,
             finished: false,
             cancel_reason: CancelReason::ClientDisconnected,
+            lease: None,
         }
+    }
+
+    /// Holds the request's concurrency lease until the answer ends.
+    pub(crate) fn hold(&mut self, lease: Option<crate::ratelimit::Lease>) {
+        self.lease = lease;
     }
 
     /// The next frame in order. A lost or reordered frame, a cut-off receiver

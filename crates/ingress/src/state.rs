@@ -36,6 +36,8 @@ pub(crate) struct AppState {
     pub(crate) idempotency: Option<async_nats::jetstream::kv::Store>,
     /// Batch records and files; none if NATS refused to create them.
     pub(crate) batches: Option<Arc<batch::Stores>>,
+    /// Rate limits in Redis (when `[redis]` is configured).
+    pub(crate) rate_limits: Option<Arc<crate::ratelimit::RateLimits>>,
 }
 
 impl AppState {

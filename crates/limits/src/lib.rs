@@ -1,5 +1,6 @@
-//! Rate limits shared by every ingress replica, in Redis (issue 17; this is
-//! its first slice: the engine, not yet called by admission).
+//! Rate limits shared by every ingress replica, in Redis (issue 17): the
+//! engine the ingress's admission calls and the accounting consumer settles
+//! with (docs/limits.md).
 //!
 //! A request is checked against every **scope** that applies to it (its key,
 //! project, org, and each of their per-model limits) in **one** Redis call, a
@@ -21,8 +22,15 @@
 //! Keys of one org share a Redis Cluster hash slot (`{<org>}`), so the script
 //! may touch all of a request's scopes.
 
+use std::sync::{Arc, OnceLock};
+
 use redis::Script;
 use redis::aio::ConnectionManager;
+
+/// How long connecting to Redis may take.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
+/// How long one call to Redis may take before it counts as failed.
+pub const RESPONSE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Why the limiter could not answer (Redis away or refusing).
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +131,31 @@ pub struct Ask<'a> {
     pub lease_ms: u64,
 }
 
+/// One attempt's tokens to settle against its request's reservation.
+#[derive(Debug, Clone, Copy)]
+pub struct Settlement<'a> {
+    /// The request (its reservation is given back once).
+    pub request_id: &'a str,
+    /// The attempt (its use is taken once), e.g. the usage event's id.
+    pub attempt_id: &'a str,
+    /// The token buckets the request was admitted against: each scope's key
+    /// prefix and tokens per minute ([`token_buckets`]).
+    pub buckets: &'a [(String, u32)],
+    /// Tokens reserved at admission.
+    pub reserved: u32,
+    /// Tokens this attempt used.
+    pub used: u32,
+}
+
+/// The token buckets among `scopes` (those with a tokens-per-minute limit),
+/// as a request's settlement names them.
+pub fn token_buckets(scopes: &[Scope]) -> Vec<(String, u32)> {
+    scopes
+        .iter()
+        .filter_map(|s| s.limits.tpm.map(|t| (s.prefix.clone(), t)))
+        .collect()
+}
+
 /// The limits engine over one Redis connection (multiplexed, reconnecting).
 #[derive(Clone)]
 pub struct Limiter {
@@ -139,14 +172,53 @@ impl std::fmt::Debug for Limiter {
 
 impl Limiter {
     /// Connects to the Redis at `url` (`redis://host:port[/db]`).
+    ///
+    /// Sockets have `TCP_NODELAY`; a connection attempt gives up after
+    /// [`CONNECT_TIMEOUT`] and a call after [`RESPONSE_TIMEOUT`], so a Redis
+    /// that hangs costs a request that much, never more (the connection is
+    /// re-established on a later call).
     pub async fn connect(url: &str) -> Result<Self, LimitError> {
         let client = redis::Client::open(url)?;
-        let conn = ConnectionManager::new(client).await?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(CONNECT_TIMEOUT)
+            .set_response_timeout(RESPONSE_TIMEOUT)
+            .set_number_of_retries(1)
+            .set_max_delay(100);
+        let conn = ConnectionManager::new_with_config(client, config).await?;
         Ok(Limiter {
             conn,
             admit: Script::new(include_str!("admit.lua")),
             settle: Script::new(include_str!("settle.lua")),
         })
+    }
+
+    /// A limiter in a slot: connected now when Redis answers, else the slot
+    /// stays empty while the connection is retried in the background (a
+    /// Redis down at start delays nothing; callers decide what an empty
+    /// slot means).
+    pub async fn connect_or_retry(url: String) -> Arc<OnceLock<Limiter>> {
+        let slot = Arc::new(OnceLock::new());
+        match Limiter::connect(&url).await {
+            Ok(l) => {
+                let _ = slot.set(l);
+                return slot;
+            }
+            Err(e) => tracing::warn!(error = %e, "Cannot reach Redis for rate limits; retrying."),
+        }
+        let filled = slot.clone();
+        tokio::spawn(async move {
+            let mut backoff = std::time::Duration::from_millis(100);
+            loop {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(2));
+                if let Ok(l) = Limiter::connect(&url).await {
+                    let _ = filled.set(l);
+                    tracing::info!("Connected to Redis for rate limits.");
+                    return;
+                }
+            }
+        });
+        slot
     }
 
     /// Admits `ask` against every one of `scopes`, or refuses it, in one
@@ -170,28 +242,25 @@ impl Limiter {
         Ok(decode(&out, scopes.len()))
     }
 
-    /// Settles `request_id`'s reservation of `reserved` tokens to `used`, in
-    /// every scope with a token limit; false when it was settled before.
-    pub async fn settle(
-        &self,
-        request_id: &str,
-        scopes: &[Scope],
-        reserved: u32,
-        used: u32,
-    ) -> Result<bool, LimitError> {
+    /// Settles one attempt of a request: gives back its reservation of
+    /// `reserved` tokens (once per request) and takes the `used` tokens of
+    /// this attempt (once per `attempt_id`), in each token bucket of
+    /// `buckets` (see [`token_buckets`]). False when both were settled before
+    /// (a redelivered usage event).
+    pub async fn settle(&self, s: Settlement<'_>) -> Result<bool, LimitError> {
+        let Some((first, _)) = s.buckets.first() else {
+            return Ok(false);
+        };
         let mut inv = self.settle.prepare_invoke();
-        // The marker lives beside the first scope (same hash slot).
-        let marker = scopes.first().map_or_else(
-            || format!("sy:lim:settled:{request_id}"),
-            |s| format!("{}:settled:{request_id}", s.prefix),
-        );
-        inv.key(marker);
-        for s in scopes {
-            inv.key(format!("{}:tpm", s.prefix));
+        // The markers live beside the first bucket (same hash slot).
+        inv.key(format!("{first}:settled:{}", s.request_id));
+        inv.key(format!("{first}:used:{}", s.attempt_id));
+        for (prefix, _) in s.buckets {
+            inv.key(format!("{prefix}:tpm"));
         }
-        inv.arg(reserved).arg(used);
-        for s in scopes {
-            inv.arg(s.limits.tpm.unwrap_or(0));
+        inv.arg(s.reserved).arg(s.used);
+        for (_, tpm) in s.buckets {
+            inv.arg(*tpm);
         }
         let done: i64 = inv.invoke_async(&mut self.conn.clone()).await?;
         Ok(done == 1)

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use sy_limits::{Ask, Decision, Kind, Limiter, Limits, Scope};
+use sy_limits::{Ask, Decision, Kind, Limiter, Limits, Scope, Settlement};
 
 async fn limiter() -> Limiter {
     Limiter::connect(&sy_test_support::redis_url())
@@ -162,9 +162,17 @@ async fn tokens_are_reserved_then_settled_to_what_was_used_once() {
     assert!(admitted(&l.admit(ask("b", 1_000), &scopes).await.unwrap()));
     assert!(!admitted(&l.admit(ask("c", 1_000), &scopes).await.unwrap()));
     // "a" used 100 of its 1,000: 900 come back, once.
-    assert!(l.settle("a", &scopes, 1_000, 100).await.unwrap());
+    let buckets = sy_limits::token_buckets(&scopes);
+    let settle = |attempt_id| Settlement {
+        request_id: "a",
+        attempt_id,
+        buckets: &buckets,
+        reserved: 1_000,
+        used: 100,
+    };
+    assert!(l.settle(settle("a-1")).await.unwrap());
     assert!(
-        !l.settle("a", &scopes, 1_000, 100).await.unwrap(),
+        !l.settle(settle("a-1")).await.unwrap(),
         "a redelivery settles nothing"
     );
     assert!(admitted(&l.admit(ask("c", 800), &scopes).await.unwrap()));
@@ -182,6 +190,34 @@ async fn tokens_are_reserved_then_settled_to_what_was_used_once() {
         ),
         "{d:?}"
     );
+}
+
+#[tokio::test]
+async fn every_attempt_of_a_request_that_fell_back_is_taken_and_its_reservation_given_back_once() {
+    let l = limiter().await;
+    let o = org();
+    let limits = Limits {
+        tpm: Some(1_000),
+        ..Limits::default()
+    };
+    let scopes = vec![scope(&o, "key", limits), scope(&o, "org", limits)];
+    let buckets = sy_limits::token_buckets(&scopes);
+    assert!(admitted(&l.admit(ask("r", 1_000), &scopes).await.unwrap()));
+    let settle = |attempt_id, used| Settlement {
+        request_id: "r",
+        attempt_id,
+        buckets: &buckets,
+        reserved: 1_000,
+        used,
+    };
+    // Events may come in any order and more than once.
+    assert!(l.settle(settle("r-2", 300)).await.unwrap());
+    assert!(l.settle(settle("r-1", 100)).await.unwrap());
+    assert!(!l.settle(settle("r-2", 300)).await.unwrap());
+    assert!(!l.settle(settle("r-1", 100)).await.unwrap());
+    // 400 used of the minute's 1,000, in both scopes.
+    assert!(!admitted(&l.admit(ask("big", 650), &scopes).await.unwrap()));
+    assert!(admitted(&l.admit(ask("fits", 600), &scopes).await.unwrap()));
 }
 
 #[tokio::test]

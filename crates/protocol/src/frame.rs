@@ -106,6 +106,22 @@ pub struct RequestEnvelope {
     /// (not sent to `reply_to`), and it travels on the batch request stream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch: Option<crate::batch::BatchItem>,
+    /// The tokens this request reserved from its token-per-minute limits, for
+    /// the accounting consumer to settle to what it really used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<LimitTicket>,
+}
+
+/// What a request reserved from token limits at admission: settled to the
+/// tokens really used when its usage events are consumed (once per request
+/// for the reservation, once per attempt for what the attempt used).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimitTicket {
+    /// Tokens reserved in every bucket below.
+    pub reserved_tokens: u32,
+    /// The token buckets debited: each scope's Redis key prefix and its
+    /// tokens-per-minute limit.
+    pub buckets: Vec<(String, u32)>,
 }
 
 /// Watchdog limits in milliseconds; unset ones are the target's.

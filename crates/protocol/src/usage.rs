@@ -164,6 +164,9 @@ pub struct UsageEvent {
     /// The batch this call ran for (billed at the batch price multiplier).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch_id: Option<String>,
+    /// The request's token reservation, to settle (not a ClickHouse column).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<crate::LimitTicket>,
 }
 
 impl UsageEvent {

@@ -44,6 +44,69 @@ pub enum OrgCommand {
     },
     /// Disables an org (its keys stop working everywhere).
     Disable { id: String },
+    /// Sets an org's rate limits (every key of the org counts against them).
+    Limits {
+        id: String,
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
+}
+
+/// Rate limits to set on an org, project or key (docs/limits.md). The kinds
+/// given replace the scope's limits (or, with `--model`, its limits for that
+/// model); `--clear` removes them.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct LimitArgs {
+    /// Requests per minute.
+    #[arg(long)]
+    pub rpm: Option<u64>,
+    /// Tokens per minute.
+    #[arg(long)]
+    pub tpm: Option<u64>,
+    /// Requests in flight at once.
+    #[arg(long)]
+    pub concurrency: Option<u64>,
+    /// Only for requests naming this model (or router).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Remove the limits (the model's with `--model`) instead.
+    #[arg(long, conflicts_with_all = ["rpm", "tpm", "concurrency"])]
+    pub clear: bool,
+}
+
+impl LimitArgs {
+    /// The `PATCH` body: `limits`, or `model_limits` with `current` (the
+    /// scope's model limits now) changed for one model.
+    fn body(&self, current: Option<&Value>) -> anyhow::Result<Value> {
+        let mut set = serde_json::Map::new();
+        for (k, v) in [
+            ("rpm", self.rpm),
+            ("tpm", self.tpm),
+            ("concurrency", self.concurrency),
+        ] {
+            if let Some(v) = v {
+                set.insert(k.into(), json!(v));
+            }
+        }
+        if set.is_empty() && !self.clear {
+            anyhow::bail!("name a limit (--rpm, --tpm, --concurrency) or --clear");
+        }
+        Ok(match &self.model {
+            None => json!({ "limits": set }),
+            Some(m) => {
+                let mut all = current
+                    .and_then(Value::as_object)
+                    .cloned()
+                    .unwrap_or_default();
+                if self.clear {
+                    all.remove(m);
+                } else {
+                    all.insert(m.clone(), Value::Object(set));
+                }
+                json!({ "model_limits": all })
+            }
+        })
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -65,6 +128,12 @@ pub enum ProjectCommand {
     },
     /// Disables a project (its keys stop working everywhere).
     Disable { id: String },
+    /// Sets a project's rate limits (every key of the project counts against them).
+    Limits {
+        id: String,
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -102,6 +171,12 @@ pub enum KeyCommand {
         id: String,
         #[arg(long, default_value_t = 0)]
         grace: u32,
+    },
+    /// Sets a key's rate limits.
+    Limits {
+        id: String,
+        #[command(flatten)]
+        limits: LimitArgs,
     },
 }
 
@@ -168,6 +243,18 @@ struct Api {
 }
 
 impl Api {
+    /// PATCHes the limits of the org, project or key `id` (`kind` is the
+    /// path's word); a model's limits are merged into its others.
+    async fn set_limits(&self, kind: &str, id: &str, args: &LimitArgs) -> anyhow::Result<Value> {
+        let path = format!("/admin/v1/{kind}/{}", urlencode(id));
+        let current = match &args.model {
+            Some(_) => Some(self.call(reqwest::Method::GET, &path, None).await?),
+            None => None,
+        };
+        let body = args.body(current.as_ref().map(|c| &c["model_limits"]))?;
+        self.call(reqwest::Method::PATCH, &path, Some(body)).await
+    }
+
     async fn call(
         &self,
         method: reqwest::Method,
@@ -318,6 +405,16 @@ pub async fn run(conn: &Connection, call: Call, out: &mut impl Write) -> anyhow:
             .await?,
             Shape::Key,
         ),
+        Call::Orgs(OrgCommand::Limits { id, limits }) => {
+            (api.set_limits("orgs", &id, &limits).await?, Shape::Org)
+        }
+        Call::Projects(ProjectCommand::Limits { id, limits }) => (
+            api.set_limits("projects", &id, &limits).await?,
+            Shape::Project,
+        ),
+        Call::Keys(KeyCommand::Limits { id, limits }) => {
+            (api.set_limits("keys", &id, &limits).await?, Shape::Key)
+        }
         Call::Keys(KeyCommand::Rotate { id, grace }) => (
             api.call(
                 Method::POST,

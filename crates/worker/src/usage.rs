@@ -134,6 +134,7 @@ pub(crate) fn event(
         fallback_reason: call.reason.clone(),
         client_disconnected: ended == Ended::Cancelled,
         batch_id: env.batch.as_ref().map(|b| b.batch_id.clone()),
+        limits: env.limits.clone(),
     }
 }
 

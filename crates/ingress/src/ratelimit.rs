@@ -1,0 +1,538 @@
+//! Rate limits at admission (issue 17): every scope a request counts against
+//! (its key, project and org, and their limits for the model asked for) is
+//! checked and debited in one Redis call (`sy-limits`), after the request is
+//! parsed, routed and built and before it is published. A refusal is a 429
+//! in the client's format naming the scope and the limit, with `Retry-After`;
+//! an admitted request carries the rate-limit headers of its tightest scope,
+//! holds a concurrency lease until it ends (renewed while it runs), and
+//! carries its token reservation in the envelope for the accounting consumer
+//! to settle.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::http::{HeaderName, HeaderValue};
+use sy_config::{Config, LimitSet, LimitsConfig};
+use sy_control::keytable::DefaultLimits;
+use sy_limits::{Ask, Decision, Kind, Limiter, Limits, Remaining, Scope};
+use sy_protocol::{ApiSurface, ErrorCode, LimitTicket, RequestEnvelope, now_unix_ms};
+
+use crate::error::ApiError;
+use crate::extract::Caller;
+
+/// Rate limits of one ingress process: the Redis connection (made in the
+/// background, so a Redis that is down at start delays nothing) and what the
+/// config says about limits.
+pub(crate) struct RateLimits {
+    limiter: Arc<OnceLock<Limiter>>,
+    config: LimitsConfig,
+    defaults: DefaultLimits,
+    /// The config file's keys' limits, by key name (their own or the default).
+    file_keys: HashMap<String, Limits>,
+    /// What the config file's keys count under in Redis, as an org: one per
+    /// deployment (its NATS namespace), its own hash slot.
+    file_keys_org: String,
+    /// When the last "limits not enforced" warning was logged (Unix ms).
+    warned_unix_ms: AtomicU64,
+}
+
+/// What admission took from the limits: the headers to answer with, the
+/// lease the request holds while it runs, and its token reservation.
+#[derive(Default)]
+pub(crate) struct Granted {
+    pub headroom: Headroom,
+    pub lease: Option<Lease>,
+    pub ticket: Option<LimitTicket>,
+}
+
+fn limits_of(l: LimitSet) -> Limits {
+    Limits {
+        rpm: l.rpm,
+        tpm: l.tpm,
+        concurrency: l.concurrency,
+    }
+}
+
+impl RateLimits {
+    /// The process's rate limits, when `[redis]` is configured: connected
+    /// now, or (Redis away) retried in the background.
+    pub(crate) async fn start(config: &Config) -> Option<Arc<RateLimits>> {
+        let redis = config.redis.as_ref()?;
+        let c = &config.limits;
+        let limits = Arc::new(RateLimits {
+            limiter: Limiter::connect_or_retry(redis.url.expose().to_owned()).await,
+            config: c.clone(),
+            defaults: DefaultLimits {
+                key: limits_of(c.default_key),
+                project: limits_of(c.default_project),
+                org: limits_of(c.default_org),
+            },
+            file_keys: config
+                .keys
+                .iter()
+                .map(|k| (k.name.clone(), limits_of(k.limits.unwrap_or(c.default_key))))
+                .collect(),
+            file_keys_org: format!("config:{}", config.nats.namespace),
+            warned_unix_ms: AtomicU64::new(0),
+        });
+        Some(limits)
+    }
+
+    /// The scopes `caller`'s request for `model` counts against.
+    fn scopes(&self, caller: &Caller, model: &str) -> Vec<Scope> {
+        match &caller.grant {
+            Some(g) => g.scopes(model, &self.defaults),
+            None => match self.file_keys.get(&caller.key_id) {
+                Some(l) if *l != Limits::default() => vec![Scope::of_org(
+                    &self.file_keys_org,
+                    "key",
+                    &caller.key_id,
+                    format!("key {}", caller.key_id),
+                    *l,
+                )],
+                _ => Vec::new(),
+            },
+        }
+    }
+
+    /// Tokens a request reserves: the estimate of its input plus what it may
+    /// write (`max_tokens`, or the configured default, for each of `n`).
+    fn tokens_to_reserve(&self, env: &RequestEnvelope, body_len: usize) -> u32 {
+        let total = if env.embeddings.is_some() {
+            // About four bytes a token; the body bounds the input from above.
+            body_len as u64 / 4
+        } else {
+            let r = &env.request;
+            let output = r
+                .max_completion_tokens
+                .or(r.max_tokens)
+                .unwrap_or_else(|| self.config.reserve_output_for(&env.model));
+            crate::route::estimate_input_tokens(r)
+                + u64::from(output) * u64::from(r.n.unwrap_or(1).max(1))
+        };
+        u32::try_from(total).unwrap_or(u32::MAX)
+    }
+
+    /// Checks and debits every scope of `caller`'s request in one round trip.
+    /// A refusal is a 429 naming the scope and the limit; when Redis cannot
+    /// answer, the request goes through unlimited (logged).
+    pub(crate) async fn admit(
+        &self,
+        caller: &Caller,
+        envelope: &RequestEnvelope,
+        body_len: usize,
+    ) -> Result<Granted, ApiError> {
+        let scopes = self.scopes(caller, &envelope.model);
+        if scopes.is_empty() {
+            return Ok(Granted::default());
+        }
+        let Some(limiter) = self.limiter.get() else {
+            self.not_enforced("Redis is not connected yet");
+            return Ok(Granted::default());
+        };
+        let request_id = envelope.request_id.to_string();
+        let tokens = self.tokens_to_reserve(envelope, body_len);
+        let lease_ms = self.config.lease.as_millis() as u64;
+        let ask = Ask {
+            request_id: &request_id,
+            tokens,
+            lease_ms,
+        };
+        match limiter.admit(ask, &scopes).await {
+            Ok(Decision::Admitted(remaining)) => {
+                let headroom = Headroom::of(&scopes, &remaining);
+                let buckets = sy_limits::token_buckets(&scopes);
+                let ticket = (!buckets.is_empty()).then_some(LimitTicket {
+                    reserved_tokens: tokens,
+                    buckets,
+                });
+                let leased: Vec<Scope> = scopes
+                    .into_iter()
+                    .filter(|s| s.limits.concurrency.is_some())
+                    .collect();
+                let lease = (!leased.is_empty())
+                    .then(|| Lease::hold(limiter.clone(), request_id, leased, self.config.lease));
+                Ok(Granted {
+                    headroom,
+                    lease,
+                    ticket,
+                })
+            }
+            Ok(Decision::Refused {
+                scope,
+                kind,
+                retry_after_ms,
+            }) => Err(refusal(
+                envelope.api,
+                &scopes[scope],
+                kind,
+                retry_after_ms,
+                tokens,
+            )),
+            Err(e) => {
+                self.not_enforced(&e.to_string());
+                Ok(Granted::default())
+            }
+        }
+    }
+
+    /// Gives back the tokens a request reserved but never used (it was not
+    /// published), off the request path.
+    pub(crate) fn give_back(&self, request_id: uuid::Uuid, ticket: LimitTicket) {
+        let Some(limiter) = self.limiter.get().cloned() else {
+            return;
+        };
+        tokio::spawn(async move {
+            let id = request_id.to_string();
+            let settlement = sy_limits::Settlement {
+                request_id: &id,
+                attempt_id: &format!("{id}-unpublished"),
+                buckets: &ticket.buckets,
+                reserved: ticket.reserved_tokens,
+                used: 0,
+            };
+            if let Err(e) = limiter.settle(settlement).await {
+                tracing::debug!(error = %e, "Giving back an unpublished request's tokens failed.");
+            }
+        });
+    }
+
+    /// Logs, at most every ten seconds, that limits are not enforced now.
+    fn not_enforced(&self, why: &str) {
+        let now = now_unix_ms();
+        let last = self.warned_unix_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= 10_000
+            && self
+                .warned_unix_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(why, "Rate limits are not enforced: Redis cannot answer.");
+        }
+    }
+}
+
+/// The 429 for a request refused by `scope`'s `kind` limit.
+fn refusal(
+    surface: ApiSurface,
+    scope: &Scope,
+    kind: Kind,
+    retry_after_ms: Option<u64>,
+    tokens: u32,
+) -> ApiError {
+    let l = scope.limits;
+    let (what, limit) = match kind {
+        Kind::Requests => ("requests per minute", l.rpm),
+        Kind::Tokens => ("tokens per minute", l.tpm),
+        Kind::Concurrency => ("requests in flight", l.concurrency),
+    };
+    let limit = limit.unwrap_or(0);
+    let Some(ms) = retry_after_ms else {
+        // Larger than a minute's tokens: waiting does not help.
+        return ApiError {
+            param: Some("max_tokens".into()),
+            ..ApiError::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "This request needs about {tokens} tokens, more than the {limit} {what} the {} allows: \
+                     lower max_tokens or shorten the input.",
+                    scope.name
+                ),
+            )
+        };
+    };
+    let secs = ms.div_ceil(1000).max(1);
+    let mut headers = vec![(
+        HeaderName::from_static("retry-after-ms"),
+        HeaderValue::from(ms),
+    )];
+    // The refusing limit's headers: nothing left until it resets.
+    let empty = Some((limit, 0, ms));
+    let room = match kind {
+        Kind::Requests => Headroom {
+            requests: empty,
+            tokens: None,
+        },
+        Kind::Tokens => Headroom {
+            requests: None,
+            tokens: empty,
+        },
+        Kind::Concurrency => Headroom::default(),
+    };
+    headers.extend(room.headers(surface));
+    ApiError {
+        retry_after_secs: Some(secs),
+        headers,
+        ..ApiError::new(
+            ErrorCode::RateLimited,
+            format!(
+                "Rate limit reached for {}: {limit} {what}. Retry in {:.1} s.",
+                scope.name,
+                ms as f64 / 1000.0
+            ),
+        )
+    }
+}
+
+/// The rate-limit headers of an admitted request: for requests and for
+/// tokens, the scope with the least left (where one has such a limit).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Headroom {
+    /// Limit, remaining, and ms until the bucket is full again.
+    pub requests: Option<(u32, u32, u64)>,
+    pub tokens: Option<(u32, u32, u64)>,
+}
+
+impl Headroom {
+    fn of(scopes: &[Scope], remaining: &[Remaining]) -> Headroom {
+        let mut h = Headroom::default();
+        let tighter = |cur: Option<(u32, u32, u64)>, new: (u32, u32, u64)| match cur {
+            Some(c) if c.1 <= new.1 => Some(c),
+            _ => Some(new),
+        };
+        for (s, r) in scopes.iter().zip(remaining) {
+            if let (Some(limit), Some(left)) = (s.limits.rpm, r.requests) {
+                h.requests = tighter(h.requests, (limit, left, r.requests_reset_ms));
+            }
+            if let (Some(limit), Some(left)) = (s.limits.tpm, r.tokens) {
+                h.tokens = tighter(h.tokens, (limit, left, r.tokens_reset_ms));
+            }
+        }
+        h
+    }
+
+    /// The headers in `surface`'s convention: OpenAI's `x-ratelimit-*`
+    /// (resets as durations like `6m0s`), or Anthropic's
+    /// `anthropic-ratelimit-*` on `/v1/messages` (resets as RFC 3339 times).
+    pub(crate) fn headers(&self, surface: ApiSurface) -> Vec<(HeaderName, HeaderValue)> {
+        let anthropic = surface == ApiSurface::Messages;
+        let mut out = Vec::new();
+        for (kind, v) in [("requests", self.requests), ("tokens", self.tokens)] {
+            let Some((limit, left, reset_ms)) = v else {
+                continue;
+            };
+            let reset = if anthropic {
+                let at = std::time::UNIX_EPOCH + Duration::from_millis(now_unix_ms() + reset_ms);
+                humantime::format_rfc3339_seconds(at).to_string()
+            } else {
+                go_duration(reset_ms)
+            };
+            let names: [String; 3] = if anthropic {
+                [
+                    format!("anthropic-ratelimit-{kind}-limit"),
+                    format!("anthropic-ratelimit-{kind}-remaining"),
+                    format!("anthropic-ratelimit-{kind}-reset"),
+                ]
+            } else {
+                [
+                    format!("x-ratelimit-limit-{kind}"),
+                    format!("x-ratelimit-remaining-{kind}"),
+                    format!("x-ratelimit-reset-{kind}"),
+                ]
+            };
+            let values = [
+                HeaderValue::from(limit),
+                HeaderValue::from(left),
+                HeaderValue::from_str(&reset).unwrap_or(HeaderValue::from_static("0s")),
+            ];
+            for (name, value) in names.into_iter().zip(values) {
+                if let Ok(name) = HeaderName::try_from(name) {
+                    out.push((name, value));
+                }
+            }
+        }
+        out
+    }
+
+    /// Adds [`Headroom::headers`] to a response's.
+    pub(crate) fn apply(&self, surface: ApiSurface, headers: &mut axum::http::HeaderMap) {
+        for (name, value) in self.headers(surface) {
+            headers.insert(name, value);
+        }
+    }
+}
+
+/// A duration as OpenAI's reset headers write it (Go's format): `20ms`,
+/// `1s`, `1.5s`, `6m0s`, `1m30.25s`.
+pub(crate) fn go_duration(ms: u64) -> String {
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let (mins, secs, frac) = (ms / 60_000, (ms / 1000) % 60, ms % 1000);
+    let secs = if frac == 0 {
+        secs.to_string()
+    } else {
+        let f = format!("{frac:03}");
+        format!("{secs}.{}", f.trim_end_matches('0'))
+    };
+    if mins > 0 {
+        format!("{mins}m{secs}s")
+    } else {
+        format!("{secs}s")
+    }
+}
+
+/// A request's concurrency leases: renewed while it runs, released when it
+/// is dropped (on every ending: answered, failed, cancelled, timed out). If
+/// the process dies, the leases expire by themselves.
+pub(crate) struct Lease {
+    limiter: Limiter,
+    request_id: String,
+    scopes: Arc<[Scope]>,
+    renew: tokio::task::AbortHandle,
+}
+
+impl Lease {
+    fn hold(limiter: Limiter, request_id: String, scopes: Vec<Scope>, lease: Duration) -> Lease {
+        let scopes: Arc<[Scope]> = scopes.into();
+        let renew = {
+            let (limiter, id, scopes) = (limiter.clone(), request_id.clone(), scopes.clone());
+            let every = lease / 3;
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    if let Err(e) = limiter.renew(&id, &scopes, lease.as_millis() as u64).await {
+                        tracing::debug!(error = %e, "Renewing a concurrency lease failed.");
+                    }
+                }
+            })
+            .abort_handle()
+        };
+        Lease {
+            limiter,
+            request_id,
+            scopes,
+            renew,
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.renew.abort();
+        let (limiter, id, scopes) = (
+            self.limiter.clone(),
+            std::mem::take(&mut self.request_id),
+            self.scopes.clone(),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = limiter.release(&id, &scopes).await {
+                tracing::debug!(error = %e, "Releasing a concurrency lease failed; it expires by itself.");
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resets_are_written_as_openai_writes_them() {
+        assert_eq!(go_duration(20), "20ms");
+        assert_eq!(go_duration(1000), "1s");
+        assert_eq!(go_duration(1500), "1.5s");
+        assert_eq!(go_duration(360_000), "6m0s");
+        assert_eq!(go_duration(90_250), "1m30.25s");
+    }
+
+    fn scope(rpm: Option<u32>, tpm: Option<u32>) -> Scope {
+        Scope::of_org(
+            "o",
+            "key",
+            "k",
+            "key k".into(),
+            Limits {
+                rpm,
+                tpm,
+                concurrency: None,
+            },
+        )
+    }
+
+    #[test]
+    fn the_headers_name_the_tightest_scope_of_each_kind() {
+        let scopes = [scope(Some(100), None), scope(Some(1000), Some(5000))];
+        let remaining = [
+            Remaining {
+                requests: Some(40),
+                requests_reset_ms: 36_000,
+                tokens: None,
+                tokens_reset_ms: 0,
+            },
+            Remaining {
+                requests: Some(900),
+                requests_reset_ms: 6_000,
+                tokens: Some(4000),
+                tokens_reset_ms: 12_000,
+            },
+        ];
+        let h = Headroom::of(&scopes, &remaining);
+        assert_eq!(h.requests, Some((100, 40, 36_000)));
+        assert_eq!(h.tokens, Some((5000, 4000, 12_000)));
+        let mut openai = axum::http::HeaderMap::new();
+        h.apply(ApiSurface::ChatCompletions, &mut openai);
+        assert_eq!(openai["x-ratelimit-limit-requests"], "100");
+        assert_eq!(openai["x-ratelimit-remaining-requests"], "40");
+        assert_eq!(openai["x-ratelimit-reset-requests"], "36s");
+        assert_eq!(openai["x-ratelimit-reset-tokens"], "12s");
+        let mut anthropic = axum::http::HeaderMap::new();
+        h.apply(ApiSurface::Messages, &mut anthropic);
+        assert_eq!(anthropic["anthropic-ratelimit-tokens-remaining"], "4000");
+        let reset = anthropic["anthropic-ratelimit-requests-reset"]
+            .to_str()
+            .unwrap();
+        let at = humantime::parse_rfc3339(reset).unwrap();
+        let in_ms = at
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        assert!(in_ms.abs_diff(now_unix_ms() + 36_000) <= 1_000, "{reset}");
+        assert!(!anthropic.contains_key("x-ratelimit-limit-requests"));
+    }
+
+    #[test]
+    fn a_refusal_names_the_scope_and_the_limit_and_when_to_retry() {
+        let s = scope(Some(100), None);
+        let e = refusal(
+            ApiSurface::ChatCompletions,
+            &s,
+            Kind::Requests,
+            Some(1_200),
+            10,
+        );
+        assert_eq!(e.status.as_u16(), 429);
+        assert_eq!(e.retry_after_secs, Some(2));
+        let header = |name: &str| {
+            e.headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.to_str().unwrap().to_owned())
+        };
+        assert_eq!(header("retry-after-ms").as_deref(), Some("1200"));
+        assert_eq!(
+            header("x-ratelimit-remaining-requests").as_deref(),
+            Some("0")
+        );
+        assert_eq!(
+            header("x-ratelimit-reset-requests").as_deref(),
+            Some("1.2s")
+        );
+        assert!(
+            e.message.contains("key k") && e.message.contains("100 requests per minute"),
+            "{}",
+            e.message
+        );
+        let never = refusal(
+            ApiSurface::Messages,
+            &scope(None, Some(50)),
+            Kind::Tokens,
+            None,
+            80,
+        );
+        assert_eq!(never.retry_after_secs, None);
+        assert!(never.message.contains("80 tokens"), "{}", never.message);
+    }
+}

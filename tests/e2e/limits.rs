@@ -1,0 +1,340 @@
+//! Rate limits end to end: a tenant's key with limits in PostgreSQL, counted
+//! in the real Redis by the real `switchyard` binary: the rate-limit headers
+//! on every answer (OpenAI's and Anthropic's), 429s naming the scope and the
+//! limit with `Retry-After`, concurrency leases released when clients go
+//! away, and token reservations settled by the accounting consumer.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use sy_control::views::LimitTarget;
+
+use crate::stack::{Stack, StackOptions, body};
+use crate::tenants::{owner, refusal, tenants_store};
+
+/// A stack over a fresh control-plane schema and the test Redis, with one
+/// key whose own limits are `limits`: (stack, the key, its id).
+async fn stack_with_key_limits(
+    limits: serde_json::Value,
+    clickhouse: bool,
+) -> (Stack, String, uuid::Uuid) {
+    let (store, sections) = tenants_store("l").await;
+    let actor = owner();
+    let org = store.create_org(&actor, "Acme").await.unwrap();
+    let project = store.create_project(&actor, org, "p").await.unwrap();
+    let spec = sy_control::store::KeySpec::named("k");
+    let (key_id, key) = store.create_key(&actor, project, &spec).await.unwrap();
+    store
+        .set_limits(&actor, LimitTarget::Key(key_id), Some(&limits), None)
+        .await
+        .unwrap();
+    let sections = format!(
+        "{sections}\n[redis]\nurl = \"{}\"\n",
+        sy_test_support::redis_url()
+    );
+    let stack = Stack::start_with(StackOptions {
+        sections,
+        clickhouse,
+        ..Default::default()
+    })
+    .await;
+    (stack, key.key, key_id)
+}
+
+fn header(resp: &reqwest::Response, name: &str) -> Option<String> {
+    resp.headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap().to_owned())
+}
+
+async fn chat(stack: &Stack, key: &str, body: &serde_json::Value) -> reqwest::Response {
+    stack
+        .http
+        .post(stack.url("/v1/chat/completions"))
+        .bearer_auth(key)
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keys_limits_give_headers_then_429s_and_its_leases_end_with_their_clients() {
+    let (stack, key, key_id) =
+        stack_with_key_limits(json!({"rpm": 6, "concurrency": 2}), false).await;
+
+    // 1. Non-streamed: OpenAI's headers, one request taken of six.
+    let r = chat(&stack, &key, &body("gpt-4o-mini", "hi")).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        header(&r, "x-ratelimit-limit-requests").as_deref(),
+        Some("6")
+    );
+    assert_eq!(
+        header(&r, "x-ratelimit-remaining-requests").as_deref(),
+        Some("5")
+    );
+    let reset = header(&r, "x-ratelimit-reset-requests").unwrap();
+    assert!(reset.ends_with('s'), "{reset}");
+    assert!(
+        header(&r, "x-ratelimit-limit-tokens").is_none(),
+        "no tpm set"
+    );
+
+    // 2. Streamed: the same headers on the event stream.
+    let mut streamed = body("gpt-4o-mini", "hi");
+    streamed["stream"] = json!(true);
+    let r = chat(&stack, &key, &streamed).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        header(&r, "x-ratelimit-remaining-requests").as_deref(),
+        Some("4")
+    );
+    assert!(r.text().await.unwrap().contains("[DONE]"));
+
+    // 3. Anthropic's Messages: Anthropic's headers, the reset as a time.
+    let r = stack
+        .http
+        .post(stack.url("/v1/messages"))
+        .header("x-api-key", &key)
+        .json(&json!({"model": "gpt-4o-mini", "max_tokens": 50,
+                      "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        header(&r, "anthropic-ratelimit-requests-limit").as_deref(),
+        Some("6")
+    );
+    assert_eq!(
+        header(&r, "anthropic-ratelimit-requests-remaining").as_deref(),
+        Some("3")
+    );
+    let at = header(&r, "anthropic-ratelimit-requests-reset").unwrap();
+    assert!(humantime::parse_rfc3339(&at).is_ok(), "{at}");
+    assert!(header(&r, "x-ratelimit-limit-requests").is_none());
+
+    // 4. Two in flight (one waiting for its first token, one mid-stream):
+    //    a third is refused for concurrency, taking nothing from the rpm.
+    let slow = |prompt: &'static str| {
+        let (http, url, key) = (
+            stack.http.clone(),
+            stack.url("/v1/chat/completions"),
+            key.clone(),
+        );
+        tokio::spawn(async move {
+            let mut b = body("gpt-4o-mini", prompt);
+            b["stream"] = json!(true);
+            let mut r = http
+                .post(url)
+                .bearer_auth(key)
+                .json(&b)
+                .send()
+                .await
+                .unwrap();
+            // Read a little, then hang on until aborted.
+            let _ = r.chunk().await;
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        })
+    };
+    let waiting = slow("[[mock:ttft_ms=20000]] slow to start");
+    let streaming = slow("[[mock:tokens=400,delay_ms=100]] slow to finish");
+    // Both are admitted within milliseconds of being sent.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let refused = chat(&stack, &key, &body("gpt-4o-mini", "hi")).await;
+    assert_eq!(refused.status(), 429, "a third served beside two in flight");
+    assert!(header(&refused, "retry-after").is_some());
+    let (status, kind, text) = refusal(refused).await;
+    assert_eq!((status, kind.as_str()), (429, "rate_limit_error"));
+    assert!(
+        text.contains(&format!("key {key_id}")) && text.contains("2 requests in flight"),
+        "{text}"
+    );
+
+    // 5. The clients go away: their leases end at once.
+    waiting.abort();
+    streaming.abort();
+    let started = Instant::now();
+    let served = loop {
+        let r = chat(&stack, &key, &body("gpt-4o-mini", "hi")).await;
+        if r.status() == 200 {
+            break r;
+        }
+        assert_eq!(r.status(), 429);
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "the leases of aborted requests were not released"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        header(&served, "x-ratelimit-remaining-requests").as_deref(),
+        Some("0"),
+        "six taken: three answered, two aborted, this one"
+    );
+
+    // 6. Over the rpm: 429 naming the limit, Retry-After within the 10 s a
+    //    request takes to come back at six a minute.
+    let r = chat(&stack, &key, &body("gpt-4o-mini", "hi")).await;
+    assert_eq!(r.status(), 429);
+    let wait: u64 = header(&r, "retry-after").unwrap().parse().unwrap();
+    assert!((1..=10).contains(&wait), "{wait}");
+    assert_eq!(
+        header(&r, "x-ratelimit-remaining-requests").as_deref(),
+        Some("0")
+    );
+    let (_, _, text) = refusal(r).await;
+    assert!(text.contains("6 requests per minute"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_reservations_are_settled_to_what_was_used_by_the_accounting_consumer() {
+    let (stack, key, _) = stack_with_key_limits(json!({"tpm": 10000}), true).await;
+    let mut b = body("gpt-4o-mini", "hi");
+    b["max_tokens"] = json!(2000);
+    let remaining = |r: &reqwest::Response| -> i64 {
+        header(r, "x-ratelimit-remaining-tokens")
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let r = chat(&stack, &key, &b).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        header(&r, "x-ratelimit-limit-tokens").as_deref(),
+        Some("10000")
+    );
+    let first = remaining(&r);
+    assert!(
+        (7900..8000).contains(&first),
+        "about 2,000 reserved: {first}"
+    );
+    // Once the usage row is in ClickHouse, its reservation has been settled
+    // to the few tokens the mock used.
+    let c = stack.clickhouse.as_ref().unwrap();
+    let client = sy_accounting::client(c);
+    let until = Instant::now() + Duration::from_secs(15);
+    loop {
+        let n: u64 = client
+            .query(&format!("SELECT count() FROM {}.requests", c.database))
+            .fetch_one()
+            .await
+            .unwrap();
+        if n >= 1 {
+            break;
+        }
+        assert!(Instant::now() < until, "no usage row");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = chat(&stack, &key, &b).await;
+    assert_eq!(r.status(), 200);
+    let second = remaining(&r);
+    // Unsettled, the second would leave about 6,000 (plus what refilled).
+    assert!(
+        second > first - 500,
+        "the first request's unused reservation did not come back: {first} then {second}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_set_from_the_command_line_hold_at_once() {
+    use crate::tenants::{ADMIN, admin_cli};
+    let (_, sections) = tenants_store("c").await;
+    let sections = format!(
+        "{sections}\n[[admin_tokens]]\nname = \"ops\"\ntoken = \"{ADMIN}\"\nrole = \"owner\"\n\n[redis]\nurl = \"{}\"\n",
+        sy_test_support::redis_url()
+    );
+    let stack = Stack::start_with(StackOptions {
+        sections,
+        ..Default::default()
+    })
+    .await;
+    let base = stack.url("");
+    let base = base.trim_end_matches('/');
+    let json = |args: &[&str]| -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        serde_json::from_str(&admin_cli(base, &all)).unwrap()
+    };
+    let org = json(&["orgs", "create", "Acme"]);
+    let project = json(&[
+        "projects",
+        "create",
+        "--org",
+        org["id"].as_str().unwrap(),
+        "web",
+    ]);
+    let key = json(&[
+        "keys",
+        "create",
+        "--project",
+        project["id"].as_str().unwrap(),
+        "k",
+    ]);
+    let (secret, id) = (key["key"].as_str().unwrap(), key["id"].as_str().unwrap());
+    let hi = body("gpt-4o-mini", "hi");
+    // The new key reaches the ingress over NATS within milliseconds.
+    let until = Instant::now() + Duration::from_secs(2);
+    while chat(&stack, secret, &hi).await.status() != 200 {
+        assert!(Instant::now() < until, "the new key never worked");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let view = json(&["keys", "limits", id, "--rpm", "2"]);
+    assert_eq!(view["limits"], json!({"rpm": 2}));
+    // The change reaches the ingress over NATS within milliseconds; requests
+    // before it count against nothing.
+    let until = Instant::now() + Duration::from_secs(2);
+    loop {
+        let r = chat(&stack, secret, &hi).await;
+        if header(&r, "x-ratelimit-limit-requests").as_deref() == Some("2") {
+            assert_eq!(
+                header(&r, "x-ratelimit-remaining-requests").as_deref(),
+                Some("1")
+            );
+            break;
+        }
+        assert!(Instant::now() < until, "the new limit never arrived");
+    }
+    assert_eq!(chat(&stack, secret, &hi).await.status(), 200);
+    assert_eq!(chat(&stack, secret, &hi).await.status(), 429);
+
+    // Per-model limits merge, one model at a time; --clear removes.
+    json(&[
+        "keys",
+        "limits",
+        id,
+        "--model",
+        "gpt-4o-mini",
+        "--tpm",
+        "5000",
+    ]);
+    let view = json(&["keys", "limits", id, "--model", "gpt-4o", "--rpm", "7"]);
+    assert_eq!(
+        view["model_limits"],
+        json!({"gpt-4o-mini": {"tpm": 5000}, "gpt-4o": {"rpm": 7}})
+    );
+    let view = json(&["keys", "limits", id, "--model", "gpt-4o", "--clear"]);
+    assert_eq!(view["model_limits"], json!({"gpt-4o-mini": {"tpm": 5000}}));
+    let view = json(&["keys", "limits", id, "--clear"]);
+    assert_eq!(view["limits"], json!({}));
+    // Project and org limits are set the same way.
+    let p = json(&[
+        "projects",
+        "limits",
+        project["id"].as_str().unwrap(),
+        "--concurrency",
+        "3",
+    ]);
+    assert_eq!(p["limits"], json!({"concurrency": 3}));
+    let o = json(&[
+        "orgs",
+        "limits",
+        org["id"].as_str().unwrap(),
+        "--tpm",
+        "100000",
+    ]);
+    assert_eq!(o["limits"], json!({"tpm": 100000}));
+}
