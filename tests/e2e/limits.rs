@@ -338,3 +338,163 @@ async fn limits_set_from_the_command_line_hold_at_once() {
     ]);
     assert_eq!(o["limits"], json!({"tpm": 100000}));
 }
+
+/// A process killed when dropped.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A Redis of the test's own on a free port (this test stops it).
+fn private_redis(port: u16) -> Killed {
+    let child = std::process::Command::new("redis-server")
+        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server (scripts/test.sh installs it)");
+    let until = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < until, "redis-server did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Killed(child)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until `/readyz` at `base` says `want` (or fails after 3 s).
+async fn readyz_says(http: &reqwest::Client, base: &str, want: &str) -> String {
+    let until = Instant::now() + Duration::from_secs(3);
+    loop {
+        let text = http
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if text.contains(want) {
+            return text;
+        }
+        assert!(
+            Instant::now() < until,
+            "/readyz never said {want:?}: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_gone_each_ingress_counts_its_share_and_redis_counts_again_when_back() {
+    let port = free_port();
+    let redis = private_redis(port);
+    let (store, sections) = tenants_store("d").await;
+    let actor = owner();
+    let org = store.create_org(&actor, "Acme").await.unwrap();
+    let project = store.create_project(&actor, org, "p").await.unwrap();
+    let spec = sy_control::store::KeySpec::named("k");
+    let (key_id, key) = store.create_key(&actor, project, &spec).await.unwrap();
+    store
+        .set_limits(
+            &actor,
+            LimitTarget::Key(key_id),
+            Some(&json!({"rpm": 20, "concurrency": 4})),
+            None,
+        )
+        .await
+        .unwrap();
+    let mut stack = Stack::start_with(StackOptions {
+        sections: format!("{sections}\n[redis]\nurl = \"redis://127.0.0.1:{port}\"\n"),
+        ..Default::default()
+    })
+    .await;
+    let other = stack.start_other_ingress().await;
+    let base = stack.url("");
+    let bases = [base.trim_end_matches('/').to_owned(), other.clone()];
+    let http = stack.http.clone();
+    let send = |base: &str| {
+        http.post(format!("{base}/v1/chat/completions"))
+            .bearer_auth(&key.key)
+            .json(&body("gpt-4o-mini", "hi"))
+            .send()
+    };
+    let r = send(&bases[0]).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        header(&r, "x-ratelimit-remaining-requests").as_deref(),
+        Some("19")
+    );
+
+    // Redis dies: within a second both replicas say so (even one without
+    // traffic), and each counts half of the limit itself.
+    drop(redis);
+    for b in &bases {
+        let text = readyz_says(&http, b, "each of 2 ingress replicas").await;
+        assert!(text.starts_with("ready; degraded"), "{text}");
+    }
+    for b in &bases {
+        let mut served = 0;
+        for _ in 0..15 {
+            let r = send(b).await.unwrap();
+            match r.status().as_u16() {
+                200 => {
+                    served += 1;
+                    assert_eq!(
+                        header(&r, "x-ratelimit-limit-requests").as_deref(),
+                        Some("10"),
+                        "the replica's share"
+                    );
+                }
+                429 => {
+                    let (_, _, text) = refusal(r).await;
+                    assert!(text.contains("10 requests per minute"), "{text}");
+                }
+                other => panic!("{other} while Redis is away"),
+            }
+        }
+        assert_eq!(served, 10, "{b} served more or less than its share");
+    }
+
+    // Redis is back (empty): both count there again, nothing stuck.
+    let _redis = private_redis(port);
+    for b in &bases {
+        let text = readyz_says(&http, b, "ready").await;
+        let until = Instant::now() + Duration::from_secs(3);
+        let mut text = text;
+        while text != "ready" {
+            assert!(Instant::now() < until, "still degraded: {text}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            text = http
+                .get(format!("{b}/readyz"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+        }
+    }
+    let r = send(&bases[1]).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        header(&r, "x-ratelimit-limit-requests").as_deref(),
+        Some("20")
+    );
+    assert_eq!(
+        header(&r, "x-ratelimit-remaining-requests").as_deref(),
+        Some("19"),
+        "a fresh Redis counts from zero"
+    );
+}

@@ -17,7 +17,11 @@ use crate::{admission, classify, extract, route, usage};
 
 pub(crate) async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     if state.bus.is_connected() {
-        (StatusCode::OK, "ready").into_response()
+        // Serving; say so when rate limits are counted locally (Redis away).
+        match state.rate_limits.as_ref().and_then(|r| r.degraded_detail()) {
+            Some(detail) => (StatusCode::OK, format!("ready; {detail}")).into_response(),
+            None => (StatusCode::OK, "ready").into_response(),
+        }
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "NATS is not connected").into_response()
     }

@@ -25,6 +25,7 @@ mod flow;
 mod idempotency;
 mod intake;
 mod live;
+mod presence;
 mod ratelimit;
 mod relay;
 mod reload;
@@ -229,6 +230,7 @@ async fn build(config: Arc<Config>, bus: Bus) -> Result<(Router, Arc<AppState>),
     let live = Arc::new(sy_router::live::LiveTable::new(config.health));
     live::start(&bus, &live, config.providers.keys().cloned().collect()).await?;
     live::follow_overrides(&bus, &live);
+    let rate_limits = ratelimit::RateLimits::start(&config, &bus, &ingress_id).await;
     let state = Arc::new(AppState {
         bus,
         replies,
@@ -250,7 +252,7 @@ async fn build(config: Arc<Config>, bus: Bus) -> Result<(Router, Arc<AppState>),
         live: live.clone(),
         idempotency,
         batches,
-        rate_limits: ratelimit::RateLimits::start(&config).await,
+        rate_limits,
     });
     let file_limit = usize::try_from(config.batch.max_file_bytes)
         .unwrap_or(usize::MAX)

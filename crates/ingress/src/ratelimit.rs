@@ -16,17 +16,25 @@ use std::time::Duration;
 use axum::http::{HeaderName, HeaderValue};
 use sy_config::{Config, LimitSet, LimitsConfig};
 use sy_control::keytable::DefaultLimits;
+use sy_limits::local::LocalLimiter;
 use sy_limits::{Ask, Decision, Kind, Limiter, Limits, Remaining, Scope};
 use sy_protocol::{ApiSurface, ErrorCode, LimitTicket, RequestEnvelope, now_unix_ms};
 
 use crate::error::ApiError;
 use crate::extract::Caller;
+use crate::presence::Replicas;
 
 /// Rate limits of one ingress process: the Redis connection (made in the
-/// background, so a Redis that is down at start delays nothing) and what the
-/// config says about limits.
+/// background, so a Redis that is down at start delays nothing), the local
+/// fallback for while Redis is away, and what the config says about limits.
 pub(crate) struct RateLimits {
     limiter: Arc<OnceLock<Limiter>>,
+    /// Counts this process's share of each limit while Redis is away.
+    local: Arc<LocalLimiter>,
+    /// Live ingress replicas (the shares' divisor).
+    replicas: Arc<Replicas>,
+    /// Since when Redis has not answered (Unix ms; 0: it answers).
+    degraded_since_ms: Arc<AtomicU64>,
     config: LimitsConfig,
     defaults: DefaultLimits,
     /// The config file's keys' limits, by key name (their own or the default).
@@ -34,8 +42,6 @@ pub(crate) struct RateLimits {
     /// What the config file's keys count under in Redis, as an org: one per
     /// deployment (its NATS namespace), its own hash slot.
     file_keys_org: String,
-    /// When the last "limits not enforced" warning was logged (Unix ms).
-    warned_unix_ms: AtomicU64,
 }
 
 /// What admission took from the limits: the headers to answer with, the
@@ -58,11 +64,24 @@ fn limits_of(l: LimitSet) -> Limits {
 impl RateLimits {
     /// The process's rate limits, when `[redis]` is configured: connected
     /// now, or (Redis away) retried in the background.
-    pub(crate) async fn start(config: &Config) -> Option<Arc<RateLimits>> {
+    pub(crate) async fn start(
+        config: &Config,
+        bus: &sy_bus::Bus,
+        ingress_id: &str,
+    ) -> Option<Arc<RateLimits>> {
         let redis = config.redis.as_ref()?;
         let c = &config.limits;
+        let limiter = Limiter::connect_or_retry(redis.url.expose().to_owned()).await;
+        let degraded_since_ms = Arc::new(AtomicU64::new(if limiter.get().is_some() {
+            0
+        } else {
+            now_unix_ms()
+        }));
         let limits = Arc::new(RateLimits {
-            limiter: Limiter::connect_or_retry(redis.url.expose().to_owned()).await,
+            limiter,
+            local: Arc::new(LocalLimiter::default()),
+            replicas: crate::presence::start(bus, ingress_id).await,
+            degraded_since_ms,
             config: c.clone(),
             defaults: DefaultLimits {
                 key: limits_of(c.default_key),
@@ -75,8 +94,8 @@ impl RateLimits {
                 .map(|k| (k.name.clone(), limits_of(k.limits.unwrap_or(c.default_key))))
                 .collect(),
             file_keys_org: format!("config:{}", config.nats.namespace),
-            warned_unix_ms: AtomicU64::new(0),
         });
+        probe(&limits);
         Some(limits)
     }
 
@@ -116,8 +135,8 @@ impl RateLimits {
     }
 
     /// Checks and debits every scope of `caller`'s request in one round trip.
-    /// A refusal is a 429 naming the scope and the limit; when Redis cannot
-    /// answer, the request goes through unlimited (logged).
+    /// A refusal is a 429 naming the scope and the limit. While Redis cannot
+    /// answer, this process counts its share of each limit itself.
     pub(crate) async fn admit(
         &self,
         caller: &Caller,
@@ -128,53 +147,129 @@ impl RateLimits {
         if scopes.is_empty() {
             return Ok(Granted::default());
         }
-        let Some(limiter) = self.limiter.get() else {
-            self.not_enforced("Redis is not connected yet");
-            return Ok(Granted::default());
-        };
         let request_id = envelope.request_id.to_string();
         let tokens = self.tokens_to_reserve(envelope, body_len);
-        let lease_ms = self.config.lease.as_millis() as u64;
         let ask = Ask {
             request_id: &request_id,
             tokens,
-            lease_ms,
+            lease_ms: self.config.lease.as_millis() as u64,
         };
-        match limiter.admit(ask, &scopes).await {
-            Ok(Decision::Admitted(remaining)) => {
-                let headroom = Headroom::of(&scopes, &remaining);
-                let buckets = sy_limits::token_buckets(&scopes);
-                let ticket = (!buckets.is_empty()).then_some(LimitTicket {
-                    reserved_tokens: tokens,
-                    buckets,
-                });
+        let limiter = match self.limiter.get() {
+            Some(l) if !self.degraded() => l,
+            _ => return self.admit_locally(ask, scopes, envelope.api),
+        };
+        let decision = match limiter.admit(ask, &scopes).await {
+            Ok(d) => d,
+            Err(e) => {
+                self.degrade(&e.to_string());
+                return self.admit_locally(ask, scopes, envelope.api);
+            }
+        };
+        let remaining = match decision {
+            Decision::Admitted(remaining) => remaining,
+            Decision::Refused {
+                scope,
+                kind,
+                retry_after_ms,
+            } => {
+                return Err(refusal(
+                    envelope.api,
+                    &scopes[scope],
+                    kind,
+                    retry_after_ms,
+                    tokens,
+                ));
+            }
+        };
+        let headroom = Headroom::of(&scopes, &remaining);
+        let buckets = sy_limits::token_buckets(&scopes);
+        let ticket = (!buckets.is_empty()).then_some(LimitTicket {
+            reserved_tokens: tokens,
+            buckets,
+        });
+        let leased: Vec<Scope> = scopes
+            .into_iter()
+            .filter(|s| s.limits.concurrency.is_some())
+            .collect();
+        let lease = (!leased.is_empty())
+            .then(|| Lease::hold(limiter.clone(), request_id, leased, self.config.lease));
+        Ok(Granted {
+            headroom,
+            lease,
+            ticket,
+        })
+    }
+
+    /// Admission while Redis is away: this process's share of each limit
+    /// (the limit ÷ live replicas), counted here. Nothing to settle.
+    fn admit_locally(
+        &self,
+        ask: Ask<'_>,
+        scopes: Vec<Scope>,
+        surface: ApiSurface,
+    ) -> Result<Granted, ApiError> {
+        let replicas = self.replicas.count();
+        match self.local.admit(ask, &scopes, replicas) {
+            Decision::Admitted(remaining) => {
+                let shared: Vec<Scope> = scopes.iter().map(|s| shared(s, replicas)).collect();
                 let leased: Vec<Scope> = scopes
                     .into_iter()
                     .filter(|s| s.limits.concurrency.is_some())
                     .collect();
-                let lease = (!leased.is_empty())
-                    .then(|| Lease::hold(limiter.clone(), request_id, leased, self.config.lease));
+                let lease = (!leased.is_empty()).then(|| Lease::Local {
+                    local: self.local.clone(),
+                    scopes: leased,
+                });
                 Ok(Granted {
-                    headroom,
+                    headroom: Headroom::of(&shared, &remaining),
                     lease,
-                    ticket,
+                    ticket: None,
                 })
             }
-            Ok(Decision::Refused {
+            Decision::Refused {
                 scope,
                 kind,
                 retry_after_ms,
-            }) => Err(refusal(
-                envelope.api,
-                &scopes[scope],
+            } => Err(refusal(
+                surface,
+                &shared(&scopes[scope], replicas),
                 kind,
                 retry_after_ms,
-                tokens,
+                ask.tokens,
             )),
-            Err(e) => {
-                self.not_enforced(&e.to_string());
-                Ok(Granted::default())
-            }
+        }
+    }
+
+    /// Whether Redis is away now (limits counted locally).
+    pub(crate) fn degraded(&self) -> bool {
+        self.degraded_since_ms.load(Ordering::Relaxed) != 0
+    }
+
+    /// `/readyz`'s word on limits: none when Redis answers.
+    pub(crate) fn degraded_detail(&self) -> Option<String> {
+        let since = self.degraded_since_ms.load(Ordering::Relaxed);
+        (since != 0).then(|| {
+            format!(
+                "degraded: Redis has not answered for {} s; rate limits are counted by each of {} ingress replicas \
+                 (each limit divided among them)",
+                now_unix_ms().saturating_sub(since) / 1000,
+                self.replicas.count()
+            )
+        })
+    }
+
+    /// Redis failed: count locally from now on until it answers a probe.
+    fn degrade(&self, why: &str) {
+        if self
+            .degraded_since_ms
+            .compare_exchange(0, now_unix_ms(), Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            tracing::warn!(
+                why,
+                replicas = self.replicas.count(),
+                "Redis cannot answer: rate limits are counted locally, each limit divided among the live ingress replicas."
+            );
         }
     }
 
@@ -198,20 +293,51 @@ impl RateLimits {
             }
         });
     }
+}
 
-    /// Logs, at most every ten seconds, that limits are not enforced now.
-    fn not_enforced(&self, why: &str) {
-        let now = now_unix_ms();
-        let last = self.warned_unix_ms.load(Ordering::Relaxed);
-        if now.saturating_sub(last) >= 10_000
-            && self
-                .warned_unix_ms
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            tracing::warn!(why, "Rate limits are not enforced: Redis cannot answer.");
-        }
+/// `scope` as this replica counts it while Redis is away: each limit its share.
+fn shared(scope: &Scope, replicas: u32) -> Scope {
+    let l = scope.limits;
+    let part = |v: Option<u32>| v.map(|v| sy_limits::local::share(v, replicas));
+    Scope {
+        limits: Limits {
+            rpm: part(l.rpm),
+            tpm: part(l.tpm),
+            concurrency: part(l.concurrency),
+        },
+        ..scope.clone()
     }
+}
+
+/// Asks Redis whether it answers: every second while it does (so an idle
+/// replica notices an outage too), every 250 ms while it does not. When it
+/// answers again, Redis counts again (the local buckets are forgotten). Ends
+/// when the rate limits are dropped.
+fn probe(limits: &Arc<RateLimits>) {
+    let weak = Arc::downgrade(limits);
+    tokio::spawn(async move {
+        loop {
+            let degraded = match weak.upgrade() {
+                Some(l) => l.degraded(),
+                None => return,
+            };
+            let pause = if degraded { 250 } else { 1000 };
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+            let Some(l) = weak.upgrade() else { return };
+            let Some(limiter) = l.limiter.get().cloned() else {
+                continue;
+            };
+            match (limiter.ping().await, l.degraded()) {
+                (Ok(()), true) => {
+                    l.local.forget_rates();
+                    l.degraded_since_ms.store(0, Ordering::Relaxed);
+                    tracing::info!("Redis answers again: rate limits are counted there.");
+                }
+                (Err(e), false) => l.degrade(&e.to_string()),
+                _ => {}
+            }
+        }
+    });
 }
 
 /// The 429 for a request refused by `scope`'s `kind` limit.
@@ -374,14 +500,21 @@ pub(crate) fn go_duration(ms: u64) -> String {
     }
 }
 
-/// A request's concurrency leases: renewed while it runs, released when it
-/// is dropped (on every ending: answered, failed, cancelled, timed out). If
-/// the process dies, the leases expire by themselves.
-pub(crate) struct Lease {
-    limiter: Limiter,
-    request_id: String,
-    scopes: Arc<[Scope]>,
-    renew: tokio::task::AbortHandle,
+/// A request's concurrency leases: in Redis, renewed while it runs and
+/// released when it is dropped (on every ending: answered, failed, cancelled,
+/// timed out; if the process dies, they expire by themselves); or, while
+/// Redis is away, this process's in-flight slots, given back when dropped.
+pub(crate) enum Lease {
+    Redis {
+        limiter: Limiter,
+        request_id: String,
+        scopes: Arc<[Scope]>,
+        renew: tokio::task::AbortHandle,
+    },
+    Local {
+        local: Arc<LocalLimiter>,
+        scopes: Vec<Scope>,
+    },
 }
 
 impl Lease {
@@ -400,7 +533,7 @@ impl Lease {
             })
             .abort_handle()
         };
-        Lease {
+        Lease::Redis {
             limiter,
             request_id,
             scopes,
@@ -411,17 +544,24 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.renew.abort();
-        let (limiter, id, scopes) = (
-            self.limiter.clone(),
-            std::mem::take(&mut self.request_id),
-            self.scopes.clone(),
-        );
-        tokio::spawn(async move {
-            if let Err(e) = limiter.release(&id, &scopes).await {
-                tracing::debug!(error = %e, "Releasing a concurrency lease failed; it expires by itself.");
+        match self {
+            Lease::Redis {
+                limiter,
+                request_id,
+                scopes,
+                renew,
+            } => {
+                renew.abort();
+                let (limiter, id, scopes) =
+                    (limiter.clone(), std::mem::take(request_id), scopes.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = limiter.release(&id, &scopes).await {
+                        tracing::debug!(error = %e, "Releasing a concurrency lease failed; it expires by itself.");
+                    }
+                });
             }
-        });
+            Lease::Local { local, scopes } => local.release(scopes),
+        }
     }
 }
 

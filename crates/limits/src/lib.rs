@@ -22,6 +22,8 @@
 //! Keys of one org share a Redis Cluster hash slot (`{<org>}`), so the script
 //! may touch all of a request's scopes.
 
+pub mod local;
+
 use std::sync::{Arc, OnceLock};
 
 use redis::Script;
@@ -264,6 +266,14 @@ impl Limiter {
         }
         let done: i64 = inv.invoke_async(&mut self.conn.clone()).await?;
         Ok(done == 1)
+    }
+
+    /// Whether Redis answers now (a `PING`; reconnects if it must).
+    pub async fn ping(&self) -> Result<(), LimitError> {
+        redis::cmd("PING")
+            .query_async::<()>(&mut self.conn.clone())
+            .await?;
+        Ok(())
     }
 
     /// Extends `request_id`'s concurrency leases by `lease_ms` from now.

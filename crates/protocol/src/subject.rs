@@ -31,6 +31,12 @@ impl Subjects {
         format!("{}.control.keys", self.ns)
     }
 
+    /// Where every ingress says it is alive, once a second (core NATS): each
+    /// counts the live replicas, to share rate limits while Redis is away.
+    pub fn ingress_alive(&self) -> String {
+        format!("{}.ingress.alive", self.ns)
+    }
+
     /// Where the control plane announces that provider credentials changed
     /// (core NATS): every worker reloads them.
     pub fn credential_notices(&self) -> String {
