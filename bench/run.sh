@@ -14,11 +14,16 @@
 #   SWITCHYARD_BIN=/tmp/old NOTE=before bench/run.sh   # another build of switchyard
 #   SKIP_BUILD=1 ...        # use the release binaries as they are
 #   NO_TENANTS=1 ...        # no PostgreSQL, no tenant's key (for a build from before them)
+#   NO_LIMITS=1 ...         # no Redis, no rate-limited key (for a build from before them)
 #
 # With tenants on (the default) the ingress also authenticates a tenant's key
 # from its in-memory table (PostgreSQL schema "bench", made fresh): the rows
 # "tenant-key" against "switchyard" (the config file's key), interleaved, show
-# what authentication from memory costs.
+# what authentication from memory costs. With limits on (the default, needs
+# tenants) a second tenant's key has RPM, TPM and concurrency limits in Redis
+# (high enough never to refuse): the rows "limited-key" against "tenant-key",
+# interleaved, show what the limits cost, and Redis's own CPU per request is
+# read from its INFO before and after.
 set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -26,12 +31,15 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 started_nats=0
 started_clickhouse=0
 tenants=1
-if [[ -n ${NO_TENANTS:-} ]]; then tenants=0; fi
+limits=1
+if [[ -n ${NO_TENANTS:-} ]]; then tenants=0; limits=0; fi
+if [[ -n ${NO_LIMITS:-} ]]; then limits=0; fi
 cleanup() {
   stop_bench_processes
   if ((started_nats)); then stop_nats; fi
   if ((started_clickhouse)); then stop_clickhouse; fi
   if ((tenants)); then stop_postgres; fi
+  if ((limits)); then stop_redis; fi
 }
 trap cleanup EXIT
 
@@ -44,6 +52,7 @@ if ((tenants)); then
   PGPASSWORD=switchyard psql -q -h 127.0.0.1 -U switchyard switchyard \
     -c "DROP SCHEMA IF EXISTS bench CASCADE" -c "CREATE SCHEMA bench" >/dev/null
 fi
+if ((limits)); then ensure_redis; fi
 
 if [[ -z ${SKIP_BUILD:-} ]]; then
   say "Building release binaries"
@@ -102,6 +111,9 @@ role = "owner"
 TOML
   "${SWITCHYARD_BIN:-$TARGET/release/switchyard}" --config "$conf" migrate >/dev/null
 fi
+if ((limits)); then
+  printf '\n[redis]\nurl = "redis://127.0.0.1:6379"\n' >>"$conf"
+fi
 SWITCHYARD_LOG=warn "${SWITCHYARD_BIN:-$TARGET/release/switchyard}" --config "$conf" all >"$LOG_DIR/bench-switchyard.log" 2>&1 &
 echo $! >"$RUN_DIR/bench-switchyard.pid"
 wait_http http://127.0.0.1:18081/healthz 20
@@ -112,6 +124,15 @@ if ((tenants)); then
   project=$("${admin[@]}" projects create --org "$org" bench | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
   tenant_key=$("${admin[@]}" keys create --project "$project" --model gpt-4o-mini bench | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
 fi
+if ((limits)); then
+  limited=$("${admin[@]}" keys create --project "$project" --model gpt-4o-mini limited)
+  limited_key=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["key"])' "$limited")
+  limited_id=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["id"])' "$limited")
+  "${admin[@]}" keys limits "$limited_id" --rpm 1000000000 --tpm 1000000000 --concurrency 100000 >/dev/null
+fi
+redis_cpu() { # seconds of CPU Redis has used (user + system)
+  redis-cli -p 6379 info cpu | tr -d '\r' | awk -F: '/^used_cpu_(sys|user):/{s+=$2} END {printf "%.6f", s}'
+}
 
 scale=1
 if [[ -n ${QUICK:-} ]]; then scale=10; fi
@@ -143,6 +164,24 @@ if ((tenants)); then
     run direct "$direct" 64 20000 2000
     run tenant-key "$via" 64 20000 2000 --key "$tenant_key"
   done
+fi
+if ((limits)); then
+  say "Rate limits in Redis: a tenant's key without limits and one with RPM, TPM and concurrency, interleaved"
+  limited_requests=0
+  cpu_before=$(redis_cpu)
+  for _ in 1 2; do
+    run tenant-key "$via" 1 3000 300 --key "$tenant_key"
+    run limited-key "$via" 1 3000 300 --key "$limited_key"
+    limited_requests=$((limited_requests + 3300 / scale))
+  done
+  for _ in 1 2 3 4; do
+    run tenant-key "$via" 64 20000 2000 --key "$tenant_key"
+    run limited-key "$via" 64 20000 2000 --key "$limited_key"
+    limited_requests=$((limited_requests + 22000 / scale))
+  done
+  cpu_after=$(redis_cpu)
+  python3 -c 'import sys; b,a,n=map(float,sys.argv[1:]); print(f"{{\"label\": \"redis-cpu\", \"requests\": {int(n)}, \"redis_cpu_us_per_request\": {(a-b)/n*1e6:.2f}}}")' \
+    "$cpu_before" "$cpu_after" "$limited_requests" | tee -a "$tmp.acct"
 fi
 say "Streamed, concurrency 1"
 run direct "$direct" 1 2000 200 --stream

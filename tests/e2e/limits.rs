@@ -17,7 +17,7 @@ use crate::tenants::{owner, refusal, tenants_store};
 async fn stack_with_key_limits(
     limits: serde_json::Value,
     clickhouse: bool,
-) -> (Stack, String, uuid::Uuid) {
+) -> (Stack, String, uuid::Uuid, uuid::Uuid) {
     let (store, sections) = tenants_store("l").await;
     let actor = owner();
     let org = store.create_org(&actor, "Acme").await.unwrap();
@@ -38,7 +38,18 @@ async fn stack_with_key_limits(
         ..Default::default()
     })
     .await;
-    (stack, key.key, key_id)
+    (stack, key.key, key_id, org)
+}
+
+/// How many leases a key holds in Redis now.
+async fn leases_held(org: uuid::Uuid, key_id: uuid::Uuid) -> usize {
+    let client = redis::Client::open(sy_test_support::redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("ZCARD")
+        .arg(format!("sy:lim:{{{org}}}:key:{key_id}:conc"))
+        .query_async(&mut conn)
+        .await
+        .unwrap()
 }
 
 fn header(resp: &reqwest::Response, name: &str) -> Option<String> {
@@ -60,7 +71,7 @@ async fn chat(stack: &Stack, key: &str, body: &serde_json::Value) -> reqwest::Re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_keys_limits_give_headers_then_429s_and_its_leases_end_with_their_clients() {
-    let (stack, key, key_id) =
+    let (stack, key, key_id, org) =
         stack_with_key_limits(json!({"rpm": 6, "concurrency": 2}), false).await;
 
     // 1. Non-streamed: OpenAI's headers, one request taken of six.
@@ -138,10 +149,23 @@ async fn a_keys_limits_give_headers_then_429s_and_its_leases_end_with_their_clie
             tokio::time::sleep(Duration::from_secs(60)).await;
         })
     };
+    // (The answers above have ended; their leases go with the next batch.)
+    let until = Instant::now() + Duration::from_secs(5);
+    while leases_held(org, key_id).await > 0 {
+        assert!(Instant::now() < until, "ended requests kept their leases");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let waiting = slow("[[mock:ttft_ms=20000]] slow to start");
     let streaming = slow("[[mock:tokens=400,delay_ms=100]] slow to finish");
-    // Both are admitted within milliseconds of being sent.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Both hold their leases (admitted, in flight).
+    let until = Instant::now() + Duration::from_secs(5);
+    while leases_held(org, key_id).await < 2 {
+        assert!(
+            Instant::now() < until,
+            "the slow requests were never admitted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let refused = chat(&stack, &key, &body("gpt-4o-mini", "hi")).await;
     assert_eq!(refused.status(), 429, "a third served beside two in flight");
     assert!(header(&refused, "retry-after").is_some());
@@ -190,7 +214,7 @@ async fn a_keys_limits_give_headers_then_429s_and_its_leases_end_with_their_clie
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_reservations_are_settled_to_what_was_used_by_the_accounting_consumer() {
-    let (stack, key, _) = stack_with_key_limits(json!({"tpm": 10000}), true).await;
+    let (stack, key, _, _) = stack_with_key_limits(json!({"tpm": 10000}), true).await;
     let mut b = body("gpt-4o-mini", "hi");
     b["max_tokens"] = json!(2000);
     let remaining = |r: &reqwest::Response| -> i64 {

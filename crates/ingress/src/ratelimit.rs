@@ -16,6 +16,7 @@ use std::time::Duration;
 use axum::http::{HeaderName, HeaderValue};
 use sy_config::{Config, LimitSet, LimitsConfig};
 use sy_control::keytable::DefaultLimits;
+use sy_limits::leases::LeaseBook;
 use sy_limits::local::LocalLimiter;
 use sy_limits::{Ask, Decision, Kind, Limiter, Limits, Remaining, Scope};
 use sy_protocol::{ApiSurface, ErrorCode, LimitTicket, RequestEnvelope, now_unix_ms};
@@ -31,6 +32,8 @@ pub(crate) struct RateLimits {
     limiter: Arc<OnceLock<Limiter>>,
     /// Counts this process's share of each limit while Redis is away.
     local: Arc<LocalLimiter>,
+    /// This process's leases in Redis (once Redis is connected).
+    leases: OnceLock<Arc<LeaseBook>>,
     /// Live ingress replicas (the shares' divisor).
     replicas: Arc<Replicas>,
     /// Since when Redis has not answered (Unix ms; 0: it answers).
@@ -80,6 +83,7 @@ impl RateLimits {
         let limits = Arc::new(RateLimits {
             limiter,
             local: Arc::new(LocalLimiter::default()),
+            leases: OnceLock::new(),
             replicas: crate::presence::start(bus, ingress_id).await,
             degraded_since_ms,
             config: c.clone(),
@@ -155,7 +159,11 @@ impl RateLimits {
             lease_ms: self.config.lease.as_millis() as u64,
         };
         let limiter = match self.limiter.get() {
-            Some(l) if !self.degraded() => l,
+            Some(l) if !self.degraded() => {
+                self.leases
+                    .get_or_init(|| LeaseBook::start(l.clone(), self.config.lease));
+                l
+            }
             _ => return self.admit_locally(ask, scopes, envelope.api),
         };
         let decision = match limiter.admit(ask, &scopes).await {
@@ -187,12 +195,18 @@ impl RateLimits {
             reserved_tokens: tokens,
             buckets,
         });
-        let leased: Vec<Scope> = scopes
-            .into_iter()
-            .filter(|s| s.limits.concurrency.is_some())
-            .collect();
-        let lease = (!leased.is_empty())
-            .then(|| Lease::hold(limiter.clone(), request_id, leased, self.config.lease));
+        let keys = sy_limits::lease_keys(&scopes);
+        let lease = match (&keys[..], self.leases.get()) {
+            ([], _) | (_, None) => None,
+            (_, Some(book)) => {
+                book.hold(&request_id, &keys);
+                Some(Lease::Redis {
+                    book: book.clone(),
+                    request_id,
+                    keys,
+                })
+            }
+        };
         Ok(Granted {
             headroom,
             lease,
@@ -402,6 +416,34 @@ fn refusal(
     }
 }
 
+/// OpenAI's rate-limit headers: limit, remaining, reset, for requests then tokens.
+const OPENAI_HEADERS: [[&str; 3]; 2] = [
+    [
+        "x-ratelimit-limit-requests",
+        "x-ratelimit-remaining-requests",
+        "x-ratelimit-reset-requests",
+    ],
+    [
+        "x-ratelimit-limit-tokens",
+        "x-ratelimit-remaining-tokens",
+        "x-ratelimit-reset-tokens",
+    ],
+];
+
+/// Anthropic's, in the same order.
+const ANTHROPIC_HEADERS: [[&str; 3]; 2] = [
+    [
+        "anthropic-ratelimit-requests-limit",
+        "anthropic-ratelimit-requests-remaining",
+        "anthropic-ratelimit-requests-reset",
+    ],
+    [
+        "anthropic-ratelimit-tokens-limit",
+        "anthropic-ratelimit-tokens-remaining",
+        "anthropic-ratelimit-tokens-reset",
+    ],
+];
+
 /// The rate-limit headers of an admitted request: for requests and for
 /// tokens, the scope with the least left (where one has such a limit).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -435,7 +477,12 @@ impl Headroom {
     pub(crate) fn headers(&self, surface: ApiSurface) -> Vec<(HeaderName, HeaderValue)> {
         let anthropic = surface == ApiSurface::Messages;
         let mut out = Vec::new();
-        for (kind, v) in [("requests", self.requests), ("tokens", self.tokens)] {
+        let names = if anthropic {
+            &ANTHROPIC_HEADERS
+        } else {
+            &OPENAI_HEADERS
+        };
+        for (names, v) in names.iter().zip([self.requests, self.tokens]) {
             let Some((limit, left, reset_ms)) = v else {
                 continue;
             };
@@ -445,28 +492,13 @@ impl Headroom {
             } else {
                 go_duration(reset_ms)
             };
-            let names: [String; 3] = if anthropic {
-                [
-                    format!("anthropic-ratelimit-{kind}-limit"),
-                    format!("anthropic-ratelimit-{kind}-remaining"),
-                    format!("anthropic-ratelimit-{kind}-reset"),
-                ]
-            } else {
-                [
-                    format!("x-ratelimit-limit-{kind}"),
-                    format!("x-ratelimit-remaining-{kind}"),
-                    format!("x-ratelimit-reset-{kind}"),
-                ]
-            };
             let values = [
                 HeaderValue::from(limit),
                 HeaderValue::from(left),
                 HeaderValue::from_str(&reset).unwrap_or(HeaderValue::from_static("0s")),
             ];
-            for (name, value) in names.into_iter().zip(values) {
-                if let Ok(name) = HeaderName::try_from(name) {
-                    out.push((name, value));
-                }
+            for (name, value) in names.iter().zip(values) {
+                out.push((HeaderName::from_static(name), value));
             }
         }
         out
@@ -500,16 +532,16 @@ pub(crate) fn go_duration(ms: u64) -> String {
     }
 }
 
-/// A request's concurrency leases: in Redis, renewed while it runs and
-/// released when it is dropped (on every ending: answered, failed, cancelled,
-/// timed out; if the process dies, they expire by themselves); or, while
-/// Redis is away, this process's in-flight slots, given back when dropped.
+/// A request's concurrency leases: in Redis (renewed with every live lease
+/// of the process while it runs, released with the next batch when it is
+/// dropped: on every ending, answered, failed, cancelled or timed out; if
+/// the process dies, they expire by themselves); or, while Redis is away,
+/// this process's in-flight slots, given back when dropped.
 pub(crate) enum Lease {
     Redis {
-        limiter: Limiter,
+        book: Arc<LeaseBook>,
         request_id: String,
-        scopes: Arc<[Scope]>,
-        renew: tokio::task::AbortHandle,
+        keys: Vec<String>,
     },
     Local {
         local: Arc<LocalLimiter>,
@@ -517,49 +549,14 @@ pub(crate) enum Lease {
     },
 }
 
-impl Lease {
-    fn hold(limiter: Limiter, request_id: String, scopes: Vec<Scope>, lease: Duration) -> Lease {
-        let scopes: Arc<[Scope]> = scopes.into();
-        let renew = {
-            let (limiter, id, scopes) = (limiter.clone(), request_id.clone(), scopes.clone());
-            let every = lease / 3;
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(every).await;
-                    if let Err(e) = limiter.renew(&id, &scopes, lease.as_millis() as u64).await {
-                        tracing::debug!(error = %e, "Renewing a concurrency lease failed.");
-                    }
-                }
-            })
-            .abort_handle()
-        };
-        Lease::Redis {
-            limiter,
-            request_id,
-            scopes,
-            renew,
-        }
-    }
-}
-
 impl Drop for Lease {
     fn drop(&mut self) {
         match self {
             Lease::Redis {
-                limiter,
+                book,
                 request_id,
-                scopes,
-                renew,
-            } => {
-                renew.abort();
-                let (limiter, id, scopes) =
-                    (limiter.clone(), std::mem::take(request_id), scopes.clone());
-                tokio::spawn(async move {
-                    if let Err(e) = limiter.release(&id, &scopes).await {
-                        tracing::debug!(error = %e, "Releasing a concurrency lease failed; it expires by itself.");
-                    }
-                });
-            }
+                keys,
+            } => book.end(request_id, keys),
             Lease::Local { local, scopes } => local.release(scopes),
         }
     }

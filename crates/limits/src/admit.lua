@@ -55,8 +55,14 @@ for i = 1, n do
   end
   if conc > 0 then
     local key = KEYS[(i - 1) * 3 + 3]
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', now_ms)
-    if redis.call('ZSCORE', key, id) == false and redis.call('ZCARD', key) >= conc then
+    -- Expired leases (of processes that died) are dropped only when they
+    -- could make a difference: at the limit.
+    local n = redis.call('ZCARD', key)
+    if n >= conc then
+      redis.call('ZREMRANGEBYSCORE', key, '-inf', now_ms)
+      n = redis.call('ZCARD', key)
+    end
+    if n >= conc then
       local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
       local wait = 1000
       if first[2] then wait = math.max(1, tonumber(first[2]) - now_ms) end

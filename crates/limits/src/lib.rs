@@ -22,8 +22,10 @@
 //! Keys of one org share a Redis Cluster hash slot (`{<org>}`), so the script
 //! may touch all of a request's scopes.
 
+pub mod leases;
 pub mod local;
 
+use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 use redis::Script;
@@ -283,17 +285,33 @@ impl Limiter {
         scopes: &[Scope],
         lease_ms: u64,
     ) -> Result<(), LimitError> {
-        let now_ms = server_ms(&mut self.conn.clone()).await?;
+        let keys = lease_keys(scopes);
+        let mut by_key: HashMap<&str, Vec<&str>> = HashMap::new();
+        for k in &keys {
+            by_key.entry(k).or_default().push(request_id);
+        }
+        self.renew_many(&by_key, lease_ms).await
+    }
+
+    /// Extends every lease of `by_key` (lease set → request ids) by
+    /// `lease_ms` from now, in one pipeline (one `ZADD XX` per set).
+    pub async fn renew_many(
+        &self,
+        by_key: &HashMap<&str, Vec<&str>>,
+        lease_ms: u64,
+    ) -> Result<(), LimitError> {
+        if by_key.is_empty() {
+            return Ok(());
+        }
+        let until = server_ms(&mut self.conn.clone()).await? + lease_ms;
         let mut pipe = redis::pipe();
-        for s in scopes.iter().filter(|s| s.limits.concurrency.is_some()) {
-            let key = format!("{}:conc", s.prefix);
-            pipe.cmd("ZADD")
-                .arg(&key)
-                .arg("XX")
-                .arg(now_ms + lease_ms)
-                .arg(request_id)
-                .ignore();
-            pipe.cmd("PEXPIRE").arg(&key).arg(lease_ms + 1000).ignore();
+        for (key, ids) in by_key {
+            let cmd = pipe.cmd("ZADD").arg(key).arg("XX");
+            for id in ids {
+                cmd.arg(until).arg(id);
+            }
+            cmd.ignore();
+            pipe.cmd("PEXPIRE").arg(key).arg(lease_ms + 1000).ignore();
         }
         pipe.query_async::<()>(&mut self.conn.clone()).await?;
         Ok(())
@@ -301,16 +319,36 @@ impl Limiter {
 
     /// Ends `request_id`'s concurrency leases (on every ending of the request).
     pub async fn release(&self, request_id: &str, scopes: &[Scope]) -> Result<(), LimitError> {
+        let keys = lease_keys(scopes);
+        let mut by_key: HashMap<&str, Vec<&str>> = HashMap::new();
+        for k in &keys {
+            by_key.entry(k).or_default().push(request_id);
+        }
+        self.release_many(&by_key).await
+    }
+
+    /// Ends every lease of `by_key` (lease set → request ids) in one
+    /// pipeline (one `ZREM` per set).
+    pub async fn release_many(&self, by_key: &HashMap<&str, Vec<&str>>) -> Result<(), LimitError> {
+        if by_key.is_empty() {
+            return Ok(());
+        }
         let mut pipe = redis::pipe();
-        for s in scopes.iter().filter(|s| s.limits.concurrency.is_some()) {
-            pipe.cmd("ZREM")
-                .arg(format!("{}:conc", s.prefix))
-                .arg(request_id)
-                .ignore();
+        for (key, ids) in by_key {
+            pipe.cmd("ZREM").arg(key).arg(ids).ignore();
         }
         pipe.query_async::<()>(&mut self.conn.clone()).await?;
         Ok(())
     }
+}
+
+/// The concurrency lease sets among `scopes` (those with a concurrency limit).
+pub fn lease_keys(scopes: &[Scope]) -> Vec<String> {
+    scopes
+        .iter()
+        .filter(|s| s.limits.concurrency.is_some())
+        .map(|s| format!("{}:conc", s.prefix))
+        .collect()
 }
 
 /// The Redis server's clock, ms.
