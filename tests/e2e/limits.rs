@@ -25,7 +25,15 @@ async fn stack_with_key_limits(
     let spec = sy_control::store::KeySpec::named("k");
     let (key_id, key) = store.create_key(&actor, project, &spec).await.unwrap();
     store
-        .set_limits(&actor, LimitTarget::Key(key_id), Some(&limits), None)
+        .set_limits(
+            &actor,
+            LimitTarget::Key(key_id),
+            &sy_control::views::LimitChange {
+                limits: Some(limits.clone()),
+                model_limits: None,
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
     let sections = format!(
@@ -361,6 +369,55 @@ async fn limits_set_from_the_command_line_hold_at_once() {
         "100000",
     ]);
     assert_eq!(o["limits"], json!({"tpm": 100000}));
+    // Budgets: set, shown canonical, removed; a project's lowering switch.
+    let k = json(&[
+        "keys",
+        "limits",
+        id,
+        "--budget-usd",
+        "12.50",
+        "--period",
+        "day",
+    ]);
+    assert_eq!(k["budget"], json!({"usd": "12.5", "period": "day"}));
+    assert_eq!(
+        k["limits"],
+        json!({}),
+        "a budget leaves the limits as they were"
+    );
+    let k = json(&["keys", "limits", id, "--no-budget"]);
+    assert_eq!(k["budget"], serde_json::Value::Null);
+    let p = json(&[
+        "projects",
+        "limits",
+        project["id"].as_str().unwrap(),
+        "--budget-usd",
+        "100",
+        "--lower-max-tokens",
+        "false",
+    ]);
+    assert_eq!(p["budget"], json!({"usd": "100", "period": "month"}));
+    assert_eq!(p["lower_max_tokens"], json!(false));
+    // A budget the API cannot take is refused, naming the field.
+    let bad = stack
+        .http
+        .patch(stack.url(&format!("/admin/v1/keys/{id}")))
+        .bearer_auth(ADMIN)
+        .json(&json!({"budget": {"usd": "1.2345678"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    assert!(bad.text().await.unwrap().contains("'usd'"));
+    let bad = stack
+        .http
+        .patch(stack.url(&format!("/admin/v1/orgs/{}", org["id"].as_str().unwrap())))
+        .bearer_auth(ADMIN)
+        .json(&json!({"lower_max_tokens": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
 }
 
 /// A process killed when dropped.
@@ -434,8 +491,11 @@ async fn with_redis_gone_each_ingress_counts_its_share_and_redis_counts_again_wh
         .set_limits(
             &actor,
             LimitTarget::Key(key_id),
-            Some(&json!({"rpm": 20, "concurrency": 4})),
-            None,
+            &sy_control::views::LimitChange {
+                limits: Some(json!({"rpm": 20, "concurrency": 4})),
+                model_limits: None,
+                ..Default::default()
+            },
         )
         .await
         .unwrap();
@@ -521,4 +581,118 @@ async fn with_redis_gone_each_ingress_counts_its_share_and_redis_counts_again_wh
         Some("19"),
         "a fresh Redis counts from zero"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_holds_under_concurrent_streams_and_aborts_and_its_402s_say_why() {
+    let (store, sections) = tenants_store("b").await;
+    let actor = owner();
+    let org = store.create_org(&actor, "Acme").await.unwrap();
+    let project = store.create_project(&actor, org, "p").await.unwrap();
+    let spec = sy_control::store::KeySpec::named("k");
+    let (key_id, key) = store.create_key(&actor, project, &spec).await.unwrap();
+    // $0.002: a request of max_tokens 100 may cost up to about $0.0001
+    // (output at $0.72 a million with the markup, the body's bytes as input).
+    store
+        .set_limits(
+            &actor,
+            LimitTarget::Key(key_id),
+            &sy_control::views::LimitChange {
+                budget: Some(json!({"usd": "0.002", "period": "day"})),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let stack = Stack::start_with(StackOptions {
+        sections: format!(
+            "{sections}\n[redis]\nurl = \"{}\"\n",
+            sy_test_support::redis_url()
+        ),
+        clickhouse: true,
+        ..Default::default()
+    })
+    .await;
+    let url = stack.url("/v1/chat/completions");
+    let mut tasks = Vec::new();
+    for i in 0..300u32 {
+        let (http, url, key) = (stack.http.clone(), url.clone(), key.key.clone());
+        tasks.push(tokio::spawn(async move {
+            let b = json!({"model": "gpt-4o-mini", "stream": true, "max_tokens": 100,
+                           "messages": [{"role": "user", "content": "[[mock:tokens=40,delay_ms=2]] hi"}]});
+            let r = http.post(url).bearer_auth(key).json(&b).send().await.unwrap();
+            let status = r.status().as_u16();
+            let warned = r.headers().contains_key("x-switchyard-budget-remaining");
+            let lowered = r.headers().contains_key("x-switchyard-max-tokens-lowered");
+            let body = if i % 5 == 0 && status == 200 {
+                // One in five goes away mid-stream.
+                drop(r);
+                String::new()
+            } else {
+                r.text().await.unwrap()
+            };
+            (status, warned, lowered, body)
+        }));
+    }
+    let mut served = 0;
+    let (mut warned, mut lowered) = (false, false);
+    let mut refusal_body = None;
+    for t in tasks {
+        let (status, w, l, body) = t.await.unwrap();
+        warned |= w;
+        lowered |= l;
+        match status {
+            200 => served += 1,
+            402 => refusal_body = Some(body),
+            other => panic!("{other}: {body}"),
+        }
+    }
+    assert!(served > 0, "nothing was served");
+    assert!(warned, "no answer warned that 80 % of the budget was used");
+    let refused: serde_json::Value = serde_json::from_str(&refusal_body.expect("no 402")).unwrap();
+    assert_eq!(refused["error"]["type"], "insufficient_quota");
+    assert_eq!(refused["error"]["code"], "budget_exceeded");
+    let message = refused["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("Budget exceeded for key {key_id}"))
+            && message.contains("$0.002 a day")
+            && message.contains("held by requests in flight")
+            && message.contains("T00:00:00Z"),
+        "{message}"
+    );
+    // Every attempt's row reaches ClickHouse; together they cost at most the budget.
+    let c = stack.clickhouse.as_ref().unwrap();
+    let client = sy_accounting::client(c);
+    let until = Instant::now() + Duration::from_secs(20);
+    let billed: i64 = loop {
+        let (rows, billed): (u64, String) = client
+            .query(&format!(
+                "SELECT count(), toString(sum(assumeNotNull(billed))) FROM {}.requests FINAL",
+                c.database
+            ))
+            .fetch_one()
+            .await
+            .unwrap();
+        if rows >= served {
+            break sy_config::price::parse_nanos(&billed).unwrap();
+        }
+        assert!(Instant::now() < until, "{rows} rows of {served}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    println!(
+        "budget 2,000,000 nano-USD: {served} of 300 served, {billed} billed, lowered: {lowered}"
+    );
+    assert!(billed > 0);
+    assert!(
+        billed <= 2_000_000,
+        "spent {billed} nano-USD of a 2,000,000 budget ({served} served, lowered: {lowered})"
+    );
+    // Over the budget, even one small request is refused with 402.
+    let r = chat(&stack, &key.key, &body("gpt-4o-mini", "hi")).await;
+    if r.status() == 200 {
+        // The holds of aborted streams were still being settled; the spend
+        // in ClickHouse is what counts above.
+        return;
+    }
+    assert_eq!(r.status(), 402);
 }

@@ -173,10 +173,11 @@ impl Writer {
         }
     }
 
-    /// Settles the token reservations of the batch's requests to the tokens
-    /// their attempts used (each once: a redelivered event settles nothing).
-    /// A failure leaves a reservation standing until its bucket refills (a
-    /// minute at most), never blocks accounting.
+    /// Settles the reservations of the batch's requests to the tokens their
+    /// attempts used and what they were billed (each once: a redelivered
+    /// event settles nothing). A failure leaves a reservation standing until
+    /// it lapses (a token bucket refills within a minute; a budget's hold is
+    /// swept when the request's deadline has passed), never blocks accounting.
     async fn settle(&self, batch: &[(UsageEvent, Acker, bool)]) {
         let Some(slot) = &self.limiter else {
             return;
@@ -201,11 +202,14 @@ impl Writer {
             Some(async move {
                 limiter
                     .settle(sy_limits::Settlement {
+                        org: &ticket.org,
                         request_id: &request_id,
                         attempt_id: &e.event_id,
                         buckets: &ticket.buckets,
                         reserved: ticket.reserved_tokens,
                         used: u32::try_from(used).unwrap_or(u32::MAX),
+                        budgets: &ticket.budgets,
+                        billed_nanos: e.billed_nanos.unwrap_or(0),
                     })
                     .await
             })

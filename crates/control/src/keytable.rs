@@ -27,6 +27,67 @@ pub struct Grant {
     pub allowed_cidrs: Box<[IpNet]>,
     /// The rate limits of its key, project and org.
     pub limits: TenantLimits,
+    /// The budgets of its key, project and org (nano-USD and period).
+    pub budgets: TenantBudgets,
+    /// Its project lowers `max_tokens` to what the budgets can pay for
+    /// (else a request they cannot pay for in full is refused).
+    pub lower_max_tokens: bool,
+}
+
+/// The budgets a key's requests count against: its own, its project's and
+/// its org's, each a cap in nano-USD and its period.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TenantBudgets {
+    /// The key's.
+    pub key: Option<(i64, sy_limits::Period)>,
+    /// Its project's.
+    pub project: Option<(i64, sy_limits::Period)>,
+    /// Its org's.
+    pub org: Option<(i64, sy_limits::Period)>,
+}
+
+/// A stored budget (`{"usd": "12.50", "period": "month"}`) as nano-USD and a
+/// period; none for none (or one that does not read: an edit by hand).
+pub fn budget_of(v: Option<&serde_json::Value>) -> Option<(i64, sy_limits::Period)> {
+    let v = v?;
+    let nanos = usd_to_nanos(v.get("usd")?.as_str()?)?;
+    let period = match v.get("period").and_then(|p| p.as_str()) {
+        Some("day") => sy_limits::Period::Day,
+        Some("none") => sy_limits::Period::None,
+        _ => sy_limits::Period::Month,
+    };
+    Some((nanos, period))
+}
+
+/// `"12.50"` as nano-USD; none unless a plain decimal with at most six decimals.
+pub fn usd_to_nanos(s: &str) -> Option<i64> {
+    let (whole, frac) = s.split_once('.').unwrap_or((s, ""));
+    if whole.is_empty()
+        || !whole.bytes().all(|b| b.is_ascii_digit())
+        || frac.len() > 6
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    let whole: i64 = whole.parse().ok()?;
+    let frac: i64 = if frac.is_empty() {
+        0
+    } else {
+        format!("{frac:0<9}").parse().ok()?
+    };
+    whole.checked_mul(1_000_000_000)?.checked_add(frac)
+}
+
+/// Nano-USD as the shortest decimal USD (`12.5`, `0.000001`).
+pub fn nanos_to_usd(n: i64) -> String {
+    let sign = if n < 0 { "-" } else { "" };
+    let n = n.unsigned_abs();
+    let (whole, frac) = (n / 1_000_000_000, n % 1_000_000_000);
+    if frac == 0 {
+        return format!("{sign}{whole}");
+    }
+    let f = format!("{frac:09}");
+    format!("{sign}{whole}.{}", f.trim_end_matches('0'))
 }
 
 /// One scope's rate limits: its own, and per model.
@@ -94,7 +155,28 @@ impl Grant {
             models: None,
             allowed_cidrs: Box::new([]),
             limits: TenantLimits::default(),
+            budgets: TenantBudgets::default(),
+            lower_max_tokens: true,
         }
+    }
+
+    /// The budgets a request counts against: the key's, project's and org's
+    /// that are set (all under the org's hash slot).
+    pub fn budgets(&self) -> Vec<sy_limits::Budget> {
+        let o = &self.owner;
+        let org = o.org_id.to_string();
+        [
+            ("key", o.key_id, self.budgets.key),
+            ("project", o.project_id, self.budgets.project),
+            ("org", o.org_id, self.budgets.org),
+        ]
+        .into_iter()
+        .filter_map(|(kind, id, b)| {
+            b.map(|(nanos, period)| {
+                sy_limits::Budget::of_org(&org, kind, &id.to_string(), nanos, period)
+            })
+        })
+        .collect()
     }
 
     /// The scopes a request for `model` counts against: the key's, project's
@@ -229,6 +311,10 @@ struct Row {
     project_model_limits: serde_json::Value,
     org_limits: serde_json::Value,
     org_model_limits: serde_json::Value,
+    key_budget: Option<serde_json::Value>,
+    project_budget: Option<serde_json::Value>,
+    org_budget: Option<serde_json::Value>,
+    lower_max_tokens: bool,
 }
 
 impl Row {
@@ -263,6 +349,12 @@ impl Row {
                 project: ScopeLimits::from_json(&self.project_limits, &self.project_model_limits),
                 org: ScopeLimits::from_json(&self.org_limits, &self.org_model_limits),
             },
+            budgets: TenantBudgets {
+                key: budget_of(self.key_budget.as_ref()),
+                project: budget_of(self.project_budget.as_ref()),
+                org: budget_of(self.org_budget.as_ref()),
+            },
+            lower_max_tokens: self.lower_max_tokens,
         };
         let entry = KeyEntry {
             grant: Arc::new(grant),
@@ -282,7 +374,9 @@ const LIVE_KEYS: &str = "SELECT k.public_id, k.id AS key_id, p.id AS project_id,
         k.scopes, k.allowed_cidrs, \
         k.limits AS key_limits, k.model_limits AS key_model_limits, \
         p.limits AS project_limits, p.model_limits AS project_model_limits, \
-        o.limits AS org_limits, o.model_limits AS org_model_limits \
+        o.limits AS org_limits, o.model_limits AS org_model_limits, \
+        k.budget AS key_budget, p.budget AS project_budget, o.budget AS org_budget, \
+        p.lower_max_tokens \
     FROM api_keys k JOIN projects p ON p.id = k.project_id JOIN orgs o ON o.id = p.org_id \
     WHERE k.status = 'active' AND p.status = 'active' AND o.status = 'active'";
 

@@ -25,6 +25,8 @@ pub struct OrgView {
     pub limits: Value,
     /// Its rate limits per model: `{"<model>": {...}}`.
     pub model_limits: Value,
+    /// Its budget: `{"usd": "12.50", "period": "month"}`, or null.
+    pub budget: Option<Value>,
     /// Created, Unix seconds.
     pub created_at: i64,
     /// Last changed, Unix seconds.
@@ -46,6 +48,11 @@ pub struct ProjectView {
     pub limits: Value,
     /// Its rate limits per model: `{"<model>": {...}}`.
     pub model_limits: Value,
+    /// Its budget: `{"usd": "12.50", "period": "month"}`, or null.
+    pub budget: Option<Value>,
+    /// Whether a request its budgets cannot pay for in full gets a lower
+    /// `max_tokens` (else 402).
+    pub lower_max_tokens: bool,
     /// Created, Unix seconds.
     pub created_at: i64,
     /// Last changed, Unix seconds.
@@ -77,6 +84,8 @@ pub struct KeyView {
     pub limits: Value,
     /// Its rate limits per model: `{"<model>": {...}}`.
     pub model_limits: Value,
+    /// Its budget: `{"usd": "12.50", "period": "month"}`, or null.
+    pub budget: Option<Value>,
     /// When it stops working, Unix seconds, if ever.
     pub expires_at: Option<i64>,
     /// Until when the previous secret of a rotation works, Unix seconds.
@@ -125,15 +134,15 @@ pub struct Filter {
     pub project_id: Option<Uuid>,
 }
 
-const ORG: &str = "SELECT id, name, status, limits, model_limits, \
+const ORG: &str = "SELECT id, name, status, limits, model_limits, budget, \
     extract(epoch FROM created_at)::bigint AS created_at, \
     extract(epoch FROM updated_at)::bigint AS updated_at FROM orgs";
-const PROJECT: &str = "SELECT id, org_id, name, status, limits, model_limits, \
+const PROJECT: &str = "SELECT id, org_id, name, status, limits, model_limits, budget, lower_max_tokens, \
     extract(epoch FROM created_at)::bigint AS created_at, \
     extract(epoch FROM updated_at)::bigint AS updated_at FROM projects";
 const KEY: &str = "SELECT k.id, k.project_id, p.org_id, k.name, \
     'sy_' || k.env || '_' || k.public_id AS prefix, k.status, k.scopes, k.allowed_cidrs, \
-    k.metadata, k.limits, k.model_limits, \
+    k.metadata, k.limits, k.model_limits, k.budget, \
     extract(epoch FROM k.expires_at)::bigint AS expires_at, \
     extract(epoch FROM k.previous_valid_until)::bigint AS previous_valid_until, \
     extract(epoch FROM k.created_at)::bigint AS created_at, \
@@ -149,6 +158,30 @@ pub enum LimitTarget {
     Project(Uuid),
     /// A key's.
     Key(Uuid),
+}
+
+/// A change of an org's, project's or key's limits (fields left out stay as
+/// they are), as checked JSON.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LimitChange {
+    /// `{"rpm", "tpm", "concurrency"}`.
+    pub limits: Option<Value>,
+    /// `{"<model>": {...}}`.
+    pub model_limits: Option<Value>,
+    /// `{"usd", "period"}`, or null to remove it.
+    pub budget: Option<Value>,
+    /// A project's: lower `max_tokens` to what its budgets can pay for.
+    pub lower_max_tokens: Option<bool>,
+}
+
+impl LimitChange {
+    /// Whether it changes anything.
+    pub fn given(&self) -> bool {
+        self.limits.is_some()
+            || self.model_limits.is_some()
+            || self.budget.is_some()
+            || self.lower_max_tokens.is_some()
+    }
 }
 
 /// A change to an org or a project (fields left out stay as they are).
@@ -407,48 +440,76 @@ impl Store {
         Ok(after)
     }
 
-    /// Sets the rate limits of an org, project or key (`limits` and
-    /// `model_limits`, each replacing what was there when given); every
+    /// Sets the rate limits and budget of an org, project or key (`limits`,
+    /// `model_limits` and `budget`, each replacing what was there when given;
+    /// a null `budget` removes it; `lower_max_tokens` for a project); every
     /// ingress applies them at once.
     pub async fn set_limits(
         &self,
         actor: &Actor,
         target: LimitTarget,
-        limits: Option<&Value>,
-        model_limits: Option<&Value>,
+        change: &LimitChange,
     ) -> Result<(), StoreError> {
         let (table, kind, id) = match target {
             LimitTarget::Org(id) => ("orgs", "org", id),
             LimitTarget::Project(id) => ("projects", "project", id),
             LimitTarget::Key(id) => ("api_keys", "key", id),
         };
+        let lower = if kind == "project" {
+            "lower_max_tokens"
+        } else {
+            "true"
+        };
         let mut tx = self.pool().begin().await?;
-        let before: Option<(Value, Value)> = sqlx::query_as(&format!(
-            "SELECT limits, model_limits FROM {table} WHERE id = $1 FOR UPDATE"
+        let before: Option<(Value, Value, Option<Value>, bool)> = sqlx::query_as(&format!(
+            "SELECT limits, model_limits, budget, {lower} FROM {table} WHERE id = $1 FOR UPDATE"
         ))
         .bind(id)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some((old_limits, old_models)) = before else {
+        let Some((old_limits, old_models, old_budget, old_lower)) = before else {
             return Err(StoreError::NotFound(kind));
         };
-        let new_limits = limits.cloned().unwrap_or_else(|| old_limits.clone());
-        let new_models = model_limits.cloned().unwrap_or_else(|| old_models.clone());
+        let new_limits = change.limits.clone().unwrap_or_else(|| old_limits.clone());
+        let new_models = change
+            .model_limits
+            .clone()
+            .unwrap_or_else(|| old_models.clone());
+        let new_budget = match &change.budget {
+            Some(Value::Null) => None,
+            Some(b) => Some(b.clone()),
+            None => old_budget.clone(),
+        };
+        let new_lower = change.lower_max_tokens.unwrap_or(old_lower);
+        let set_lower = if kind == "project" {
+            ", lower_max_tokens = $5"
+        } else {
+            ""
+        };
         sqlx::query(&format!(
-            "UPDATE {table} SET limits = $2, model_limits = $3, updated_at = now() WHERE id = $1"
+            "UPDATE {table} SET limits = $2, model_limits = $3, budget = $4{set_lower}, updated_at = now() WHERE id = $1"
         ))
         .bind(id)
         .bind(&new_limits)
         .bind(&new_models)
+        .bind(&new_budget)
+        .bind(new_lower)
         .execute(&mut *tx)
         .await?;
         let action = format!("{kind}.limits");
+        let state = |l: &Value, m: &Value, b: &Option<Value>, lower: bool| {
+            let mut v = json!({"limits": l, "model_limits": m, "budget": b});
+            if kind == "project" {
+                v["lower_max_tokens"] = json!(lower);
+            }
+            v
+        };
         let entry = Entry {
             action: &action,
             target_kind: kind,
             target_id: id.to_string(),
-            before: Some(json!({"limits": old_limits, "model_limits": old_models})),
-            after: Some(json!({"limits": new_limits, "model_limits": new_models})),
+            before: Some(state(&old_limits, &old_models, &old_budget, old_lower)),
+            after: Some(state(&new_limits, &new_models, &new_budget, new_lower)),
         };
         audit::append(&mut tx, actor, entry).await?;
         tx.commit().await?;

@@ -351,16 +351,22 @@ async fn the_key_table_carries_the_limits_of_the_key_its_project_and_its_org() {
     s.set_limits(
         &actor(),
         LimitTarget::Org(org),
-        Some(&json!({"rpm": 600})),
-        None,
+        &sy_control::views::LimitChange {
+            limits: Some(json!({"rpm": 600})),
+            model_limits: None,
+            ..Default::default()
+        },
     )
     .await
     .unwrap();
     s.set_limits(
         &actor(),
         LimitTarget::Key(id),
-        Some(&json!({"concurrency": 2})),
-        Some(&json!({"gpt-4o": {"tpm": 1000}})),
+        &sy_control::views::LimitChange {
+            limits: Some(json!({"concurrency": 2})),
+            model_limits: Some(json!({"gpt-4o": {"tpm": 1000}})),
+            ..Default::default()
+        },
     )
     .await
     .unwrap();

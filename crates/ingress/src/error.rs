@@ -55,6 +55,7 @@ impl ApiError {
     fn openai_type(&self) -> &'static str {
         match self.status.as_u16() {
             401 => "authentication_error",
+            402 => "insufficient_quota",
             403 => "permission_error",
             429 => "rate_limit_error",
             400..=499 => "invalid_request_error",
@@ -103,6 +104,7 @@ impl ApiError {
     pub fn anthropic_value(&self) -> serde_json::Value {
         let kind = match self.anthropic_status().as_u16() {
             401 => "authentication_error",
+            402 => "billing_error",
             403 => "permission_error",
             404 => "not_found_error",
             413 => "request_too_large",

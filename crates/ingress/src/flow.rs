@@ -102,14 +102,14 @@ async fn chat(
     .map_err(|(e, class)| (e, None, class))?;
     // Rate limits: one Redis round trip, after everything that can refuse a
     // request for free and before it costs anything.
+    let mut admitted = admitted;
     let granted = match &state.rate_limits {
         Some(r) => r
-            .admit(caller, &admitted.envelope, body.len())
+            .admit(caller, &mut admitted.envelope, body.len())
             .await
             .map_err(|e| (e, None, admitted.class))?,
         None => Default::default(),
     };
-    let mut admitted = admitted;
     admitted.envelope.limits = granted.ticket;
     let headroom = granted.headroom;
     // Every answer, error or not, says how much of its limits is left.

@@ -42,6 +42,10 @@ pub(crate) struct RateLimits {
     defaults: DefaultLimits,
     /// The config file's keys' limits, by key name (their own or the default).
     file_keys: HashMap<String, Limits>,
+    /// Each target's price (nano-USD per million tokens), for budgets.
+    prices: HashMap<(String, String), sy_config::price::Price>,
+    /// The markup on provider cost, parts per billion.
+    markup_ppb: i64,
     /// What the config file's keys count under in Redis, as an org: one per
     /// deployment (its NATS namespace), its own hash slot.
     file_keys_org: String,
@@ -98,6 +102,16 @@ impl RateLimits {
                 .map(|k| (k.name.clone(), limits_of(k.limits.unwrap_or(c.default_key))))
                 .collect(),
             file_keys_org: format!("config:{}", config.nats.namespace),
+            prices: config
+                .providers
+                .iter()
+                .flat_map(|(name, p)| {
+                    p.prices
+                        .iter()
+                        .map(move |(model, price)| ((name.clone(), model.clone()), *price))
+                })
+                .collect(),
+            markup_ppb: config.markup_ppb,
         });
         probe(&limits);
         Some(limits)
@@ -123,32 +137,66 @@ impl RateLimits {
     /// Tokens a request reserves: the estimate of its input plus what it may
     /// write (`max_tokens`, or the configured default, for each of `n`).
     fn tokens_to_reserve(&self, env: &RequestEnvelope, body_len: usize) -> u32 {
-        let total = if env.embeddings.is_some() {
+        let input = if env.embeddings.is_some() {
             // About four bytes a token; the body bounds the input from above.
             body_len as u64 / 4
         } else {
-            let r = &env.request;
-            let output = r
-                .max_completion_tokens
-                .or(r.max_tokens)
-                .unwrap_or_else(|| self.config.reserve_output_for(&env.model));
-            crate::route::estimate_input_tokens(r)
-                + u64::from(output) * u64::from(r.n.unwrap_or(1).max(1))
+            crate::route::estimate_input_tokens(&env.request)
         };
-        u32::try_from(total).unwrap_or(u32::MAX)
+        u32::try_from(input + u64::from(output_tokens(env, &self.config))).unwrap_or(u32::MAX)
     }
 
-    /// Checks and debits every scope of `caller`'s request in one round trip.
-    /// A refusal is a 429 naming the scope and the limit. While Redis cannot
-    /// answer, this process counts its share of each limit itself.
+    /// The org `caller`'s requests count under in Redis.
+    fn org_of(&self, caller: &Caller) -> String {
+        match &caller.grant {
+            Some(g) => g.owner.org_id.to_string(),
+            None => self.file_keys_org.clone(),
+        }
+    }
+
+    /// What a request may cost at most: the input estimate and one output
+    /// token, each at the dearest of its targets, with the markup; none when
+    /// a target has no price (nothing can be reserved for it).
+    fn prices_of(&self, env: &RequestEnvelope) -> Result<(f64, f64), String> {
+        let targets = std::iter::once((env.provider.as_str(), env.upstream_model.as_str())).chain(
+            env.fallback
+                .iter()
+                .map(|t| (t.provider.as_str(), t.upstream_model.as_str())),
+        );
+        let (mut input, mut output) = (0f64, 0f64);
+        for (provider, model) in targets {
+            let Some(p) = self.prices.get(&(provider.to_owned(), model.to_owned())) else {
+                return Err(format!("{provider}/{model}"));
+            };
+            // Prices are nano-USD per million tokens; the markup in parts per billion.
+            let markup = 1.0 + self.markup_ppb as f64 / 1e9;
+            input = input.max(p.input.max(p.cache_write) as f64 * markup / 1e6);
+            output = output.max(p.output as f64 * markup / 1e6);
+        }
+        Ok((input, output))
+    }
+
+    /// Checks and debits every scope of `caller`'s request, and reserves its
+    /// largest cost against its budgets, in one round trip. A rate limit's
+    /// refusal is a 429 naming the scope and the limit, a budget's a 402.
+    /// While Redis cannot answer, this process counts its share of each rate
+    /// limit itself, and a request under a budget is refused (never overspend).
+    /// A request whose budgets cannot pay for its `max_tokens` may have it
+    /// lowered (its project's choice) in `envelope`.
     pub(crate) async fn admit(
         &self,
         caller: &Caller,
-        envelope: &RequestEnvelope,
+        envelope: &mut RequestEnvelope,
         body_len: usize,
     ) -> Result<Granted, ApiError> {
         let scopes = self.scopes(caller, &envelope.model);
-        if scopes.is_empty() {
+        let budgets = caller
+            .grant
+            .as_ref()
+            .filter(|_| envelope.batch.is_none())
+            .map(|g| g.budgets())
+            .unwrap_or_default();
+        if scopes.is_empty() && budgets.is_empty() {
             return Ok(Granted::default());
         }
         let request_id = envelope.request_id.to_string();
@@ -164,12 +212,51 @@ impl RateLimits {
                     .get_or_init(|| LeaseBook::start(l.clone(), self.config.lease));
                 l
             }
+            _ if !budgets.is_empty() => return Err(budgets_unavailable()),
             _ => return self.admit_locally(ask, scopes, envelope.api),
         };
-        let decision = match limiter.admit(ask, &scopes).await {
+        let org = self.org_of(caller);
+        let output_tokens = output_tokens(envelope, &self.config);
+        let spend = match budgets.is_empty() {
+            true => None,
+            false => {
+                let (input_price, output_price) = self.prices_of(envelope).map_err(|target| {
+                    ApiError::new(
+                        ErrorCode::PermissionDenied,
+                        format!(
+                            "No price is configured for {target}: under a budget, only priced models can be used."
+                        ),
+                    )
+                })?;
+                // An upper bound of the input, never an estimate: a token is
+                // at least a byte, so the body's bytes bound every prompt.
+                let input_tokens = u32::try_from(body_len).unwrap_or(u32::MAX);
+                let hold_ms = envelope
+                    .deadline_unix_ms
+                    .saturating_sub(now_unix_ms())
+                    .saturating_add(60_000);
+                Some((input_price * f64::from(input_tokens), output_price, hold_ms))
+            }
+        };
+        let spend = spend.map(|(input, per_token, hold_ms)| sy_limits::Spend {
+            org: &org,
+            budgets: &budgets,
+            input_nanos: input.ceil() as i64,
+            output_token_nanos: per_token,
+            output_tokens,
+            min_output_tokens: match caller.grant.as_ref().is_some_and(|g| g.lower_max_tokens) {
+                true => MIN_LOWERED_OUTPUT_TOKENS,
+                false => 0,
+            },
+            hold_ms,
+        });
+        let (decision, room) = match limiter.admit_spend(ask, &scopes, spend.as_ref()).await {
             Ok(d) => d,
             Err(e) => {
                 self.degrade(&e.to_string());
+                if !budgets.is_empty() {
+                    return Err(budgets_unavailable());
+                }
                 return self.admit_locally(ask, scopes, envelope.api);
             }
         };
@@ -188,12 +275,33 @@ impl RateLimits {
                     tokens,
                 ));
             }
+            Decision::OverBudget(over) => {
+                let needs = spend.map_or(0, |s| {
+                    s.input_nanos + (s.output_token_nanos * f64::from(output_tokens)).ceil() as i64
+                });
+                return Err(over_budget(&budgets[over.budget], &over, needs));
+            }
         };
-        let headroom = Headroom::of(&scopes, &remaining);
+        let mut headroom = Headroom::of(&scopes, &remaining);
+        if let Some(room) = room {
+            if room.output_tokens < output_tokens {
+                lower_max_tokens(envelope, room.output_tokens);
+                headroom.lowered_to = Some(room.output_tokens);
+            }
+            // Warn once 80 % of the tightest budget is used.
+            if room.left_nanos.saturating_mul(5) <= room.limit_nanos {
+                headroom.budget_left_nanos = Some(room.left_nanos.max(0));
+            }
+        }
         let buckets = sy_limits::token_buckets(&scopes);
-        let ticket = (!buckets.is_empty()).then_some(LimitTicket {
+        let ticket = (!buckets.is_empty() || !budgets.is_empty()).then(|| LimitTicket {
+            org,
             reserved_tokens: tokens,
             buckets,
+            budgets: budgets
+                .iter()
+                .map(|b| (b.key.clone(), b.period.as_code()))
+                .collect(),
         });
         let keys = sy_limits::lease_keys(&scopes);
         let lease = match (&keys[..], self.leases.get()) {
@@ -251,6 +359,8 @@ impl RateLimits {
                 retry_after_ms,
                 ask.tokens,
             )),
+            // The local counts hold no budget.
+            Decision::OverBudget(_) => Err(budgets_unavailable()),
         }
     }
 
@@ -287,8 +397,8 @@ impl RateLimits {
         }
     }
 
-    /// Gives back the tokens a request reserved but never used (it was not
-    /// published), off the request path.
+    /// Gives back what a request reserved but never used (it was not
+    /// published): its tokens and its budgets' hold, off the request path.
     pub(crate) fn give_back(&self, request_id: uuid::Uuid, ticket: LimitTicket) {
         let Some(limiter) = self.limiter.get().cloned() else {
             return;
@@ -296,17 +406,91 @@ impl RateLimits {
         tokio::spawn(async move {
             let id = request_id.to_string();
             let settlement = sy_limits::Settlement {
+                org: &ticket.org,
                 request_id: &id,
                 attempt_id: &format!("{id}-unpublished"),
                 buckets: &ticket.buckets,
                 reserved: ticket.reserved_tokens,
                 used: 0,
+                budgets: &ticket.budgets,
+                billed_nanos: 0,
             };
             if let Err(e) = limiter.settle(settlement).await {
                 tracing::debug!(error = %e, "Giving back an unpublished request's tokens failed.");
             }
         });
     }
+}
+
+/// The fewest output tokens a lowered `max_tokens` may leave; below that,
+/// the request is refused instead.
+const MIN_LOWERED_OUTPUT_TOKENS: u32 = 16;
+
+/// Output tokens a request may write: `max_completion_tokens` or
+/// `max_tokens`, or the configured default, for each of `n`; none for
+/// embeddings.
+fn output_tokens(env: &RequestEnvelope, config: &LimitsConfig) -> u32 {
+    if env.embeddings.is_some() {
+        return 0;
+    }
+    let r = &env.request;
+    let each = r
+        .max_completion_tokens
+        .or(r.max_tokens)
+        .unwrap_or_else(|| config.reserve_output_for(&env.model));
+    each.saturating_mul(r.n.unwrap_or(1).max(1))
+}
+
+/// Lowers a request's output limit to `tokens` in all (the field the client
+/// used, `max_tokens` when it used none).
+fn lower_max_tokens(env: &mut RequestEnvelope, tokens: u32) {
+    let n = env.request.n.unwrap_or(1).max(1);
+    let each = (tokens / n).max(1);
+    let r = &mut env.request;
+    if r.max_completion_tokens.is_some() {
+        r.max_completion_tokens = Some(each);
+    } else {
+        r.max_tokens = Some(each);
+    }
+}
+
+/// Budgets cannot be checked (Redis away): refused, never overspent.
+fn budgets_unavailable() -> ApiError {
+    ApiError {
+        retry_after_secs: Some(1),
+        ..ApiError::new(
+            ErrorCode::Overloaded,
+            "Budgets cannot be checked right now (their store is unreachable); retry shortly.",
+        )
+    }
+}
+
+/// The 402 for a request `budget` cannot pay for (`needs` nano-USD at most).
+fn over_budget(budget: &sy_limits::Budget, over: &sy_limits::OverBudget, needs: i64) -> ApiError {
+    use sy_control::keytable::nanos_to_usd;
+    let period = match budget.period {
+        sy_limits::Period::Day => " a day",
+        sy_limits::Period::Month => " a month",
+        sy_limits::Period::None => "",
+    };
+    let resets = over.resets_unix_s.map_or_else(String::new, |s| {
+        let at = std::time::UNIX_EPOCH + Duration::from_secs(s);
+        format!(
+            " It starts again at {}.",
+            humantime::format_rfc3339_seconds(at)
+        )
+    });
+    ApiError::new(
+        ErrorCode::BudgetExceeded,
+        format!(
+            "Budget exceeded for {}: ${}{period}, ${} spent, ${} held by requests in flight; this request may cost up to ${}.{resets}",
+            budget.name,
+            nanos_to_usd(over.limit_nanos),
+            nanos_to_usd(over.spent_nanos),
+            nanos_to_usd(over.held_nanos),
+            nanos_to_usd(needs),
+        ),
+    )
 }
 
 /// `scope` as this replica counts it while Redis is away: each limit its share.
@@ -393,11 +577,11 @@ fn refusal(
     let room = match kind {
         Kind::Requests => Headroom {
             requests: empty,
-            tokens: None,
+            ..Headroom::default()
         },
         Kind::Tokens => Headroom {
-            requests: None,
             tokens: empty,
+            ..Headroom::default()
         },
         Kind::Concurrency => Headroom::default(),
     };
@@ -451,6 +635,10 @@ pub(crate) struct Headroom {
     /// Limit, remaining, and ms until the bucket is full again.
     pub requests: Option<(u32, u32, u64)>,
     pub tokens: Option<(u32, u32, u64)>,
+    /// What the tightest budget has left, once 80 % of it is used.
+    pub budget_left_nanos: Option<i64>,
+    /// The output limit the budgets lowered the request to.
+    pub lowered_to: Option<u32>,
 }
 
 impl Headroom {
@@ -500,6 +688,17 @@ impl Headroom {
             for (name, value) in names.iter().zip(values) {
                 out.push((HeaderName::from_static(name), value));
             }
+        }
+        if let Some(left) = self.budget_left_nanos
+            && let Ok(v) = HeaderValue::from_str(&sy_control::keytable::nanos_to_usd(left))
+        {
+            out.push((HeaderName::from_static("x-switchyard-budget-remaining"), v));
+        }
+        if let Some(n) = self.lowered_to {
+            out.push((
+                HeaderName::from_static("x-switchyard-max-tokens-lowered"),
+                HeaderValue::from(n),
+            ));
         }
         out
     }

@@ -1,33 +1,103 @@
 -- Admits one request against every scope that applies to it, all or nothing,
 -- on the Redis server's clock (crates/limits/src/lib.rs documents the model).
 --
--- KEYS: per scope, three keys: its request bucket, its token bucket and its
---       concurrency lease set.
--- ARGV: [1] request id, [2] tokens to reserve, [3] lease ms, then per scope:
---       rpm, tpm, concurrency (0: no such limit).
+-- KEYS: per rate scope, three keys: its request bucket, its token bucket and
+--       its concurrency lease set; then, when budgets apply, the org's
+--       reservations (hash) and their expiries (sorted set), then one hash per
+--       budget (fields p: period id, spent, held; nano-USD).
+-- ARGV: [1] request id, [2] tokens to reserve, [3] lease ms, [4] rate scopes
+--       n, then per rate scope: rpm, tpm, concurrency (0: no such limit); then
+--       budgets: count nb, input cost (nano-USD), cost per output token
+--       (nano-USD), output tokens asked, fewest output tokens worth lowering
+--       to (0: never lower), reservation ms, then per budget: its limit
+--       (nano-USD) and period (0 none, 1 UTC day, 2 UTC month).
 --
 -- Request and token limits are GCRA over a one-minute window: each bucket
 -- keeps its theoretical arrival time (TAT, microseconds); a cost c moves it
 -- c * (60 s / limit) ahead, and is allowed while TAT - now stays within the
 -- minute. Concurrency is a sorted set of leases (request id, expiry ms).
+-- A budget holds what was spent in its period and what requests in flight
+-- reserved; a request reserves its largest cost against every budget, or, if
+-- one cannot pay and lowering is allowed, as many output tokens as all can.
 --
--- Returns {1, per scope: rem_req, reset_req_ms, rem_tok, reset_tok_ms} when
--- admitted, or {0, scope (1-based), kind (1 rpm, 2 tpm, 3 concurrency),
--- retry_after_ms} when refused (and then nothing was taken from any scope).
+-- Returns {1, per rate scope: rem_req, reset_req_ms, rem_tok, reset_tok_ms,
+-- then output tokens granted (-1: no budget), budget left after it, that
+-- budget's limit} when admitted, or {0, scope (1-based), kind (1 rpm, 2 tpm,
+-- 3 concurrency), retry_after_ms} when a rate limit refused, or {0, budget
+-- (1-based), 4, spent, held, limit, period end (Unix s, 0: none)} when a
+-- budget refused (and then nothing was taken from any scope).
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local now_ms = math.floor(now / 1000)
 local WINDOW = 60000000
+
+-- Days since 1970-01-01 to (year, month), and back (proleptic Gregorian).
+local function civil(z)
+  z = z + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local m = mp < 10 and mp + 3 or mp - 9
+  local y = yoe + era * 400
+  if m <= 2 then y = y + 1 end
+  return y, m
+end
+local function days_from_civil(y, m)
+  if m <= 2 then y = y - 1 end
+  local era = math.floor(y / 400)
+  local yoe = y - era * 400
+  local mp = m > 2 and m - 3 or m + 9
+  local doy = math.floor((153 * mp + 2) / 5)
+  local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
+  return era * 146097 + doe - 719468
+end
+-- A budget period's id at Unix second `secs`, and when it ends (Unix s).
+local function period_id(period, secs)
+  local day = math.floor(secs / 86400)
+  if period == 1 then return 'd' .. day end
+  if period == 2 then
+    local y, m = civil(day)
+    return 'm' .. (y * 12 + m - 1)
+  end
+  return 'all'
+end
+local function period_end(period, secs)
+  local day = math.floor(secs / 86400)
+  if period == 1 then return (day + 1) * 86400 end
+  if period == 2 then
+    local y, m = civil(day)
+    if m == 12 then y, m = y + 1, 1 else m = m + 1 end
+    return days_from_civil(y, m) * 86400
+  end
+  return 0
+end
+-- Gives back what reservation `rid` holds (if its budgets are still in the
+-- period it was made in) and forgets it.
+local function release(res_key, resx_key, rid)
+  local rec = redis.call('HGET', res_key, rid)
+  if rec then
+    local amount = tonumber(string.match(rec, '^(%d+)'))
+    for key, pid in string.gmatch(rec, ';([^=;]+)=([^;]+)') do
+      if redis.call('HGET', key, 'p') == pid then
+        redis.call('HINCRBY', key, 'held', -amount)
+      end
+    end
+    redis.call('HDEL', res_key, rid)
+  end
+  redis.call('ZREM', resx_key, rid)
+end
 local id = ARGV[1]
 local tokens = tonumber(ARGV[2])
 local lease_ms = tonumber(ARGV[3])
-local n = #KEYS / 3
+local n = tonumber(ARGV[4])
 
 local plan = {}
 for i = 1, n do
-  local rpm = tonumber(ARGV[3 + (i - 1) * 3 + 1])
-  local tpm = tonumber(ARGV[3 + (i - 1) * 3 + 2])
-  local conc = tonumber(ARGV[3 + (i - 1) * 3 + 3])
+  local rpm = tonumber(ARGV[4 + (i - 1) * 3 + 1])
+  local tpm = tonumber(ARGV[4 + (i - 1) * 3 + 2])
+  local conc = tonumber(ARGV[4 + (i - 1) * 3 + 3])
   local p = {}
   if rpm > 0 then
     local step = WINDOW / rpm
@@ -57,12 +127,12 @@ for i = 1, n do
     local key = KEYS[(i - 1) * 3 + 3]
     -- Expired leases (of processes that died) are dropped only when they
     -- could make a difference: at the limit.
-    local n = redis.call('ZCARD', key)
-    if n >= conc then
+    local leased = redis.call('ZCARD', key)
+    if leased >= conc then
       redis.call('ZREMRANGEBYSCORE', key, '-inf', now_ms)
-      n = redis.call('ZCARD', key)
+      leased = redis.call('ZCARD', key)
     end
-    if n >= conc then
+    if leased >= conc then
       local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
       local wait = 1000
       if first[2] then wait = math.max(1, tonumber(first[2]) - now_ms) end
@@ -71,6 +141,60 @@ for i = 1, n do
     p.conc = key
   end
   plan[i] = p
+end
+
+-- Budgets: checked after every rate limit, before anything is taken.
+local b0 = 4 + n * 3 + 1
+local nb = tonumber(ARGV[b0] or '0')
+local budgets = {}
+local out_tokens = -1
+local cost = 0
+local room, tight = nil, 0
+local res_key, resx_key
+if nb > 0 then
+  local in_cost = tonumber(ARGV[b0 + 1])
+  local per_tok = tonumber(ARGV[b0 + 2])
+  out_tokens = tonumber(ARGV[b0 + 3])
+  local min_out = tonumber(ARGV[b0 + 4])
+  res_key = KEYS[n * 3 + 1]
+  resx_key = KEYS[n * 3 + 2]
+  -- The sweeper: reservations past their time (a request whose usage never
+  -- came) give back what they held, before anyone is refused for them.
+  local expired = redis.call('ZRANGEBYSCORE', resx_key, '-inf', now_ms, 'LIMIT', 0, 100)
+  for _, rid in ipairs(expired) do
+    release(res_key, resx_key, rid)
+  end
+  local secs = tonumber(t[1])
+  for j = 1, nb do
+    local key = KEYS[n * 3 + 2 + j]
+    local limit = tonumber(ARGV[b0 + 5 + (j - 1) * 2 + 1])
+    local period = tonumber(ARGV[b0 + 5 + (j - 1) * 2 + 2])
+    local pid = period_id(period, secs)
+    local h = redis.call('HMGET', key, 'p', 'spent', 'held')
+    local spent, held = 0, 0
+    if h[1] == pid then
+      spent = tonumber(h[2] or '0')
+      held = tonumber(h[3] or '0')
+    end
+    budgets[j] = {key = key, pid = pid, fresh = h[1] ~= pid, period = period}
+    local left = limit - spent - held
+    if room == nil or left < room then
+      room, tight = left, j
+      budgets.spent, budgets.held, budgets.limit = spent, held, limit
+    end
+  end
+  cost = in_cost + math.ceil(per_tok * out_tokens)
+  if cost > room and min_out > 0 and per_tok > 0 then
+    local afford = math.floor((room - in_cost) / per_tok)
+    if afford >= min_out and afford < out_tokens then
+      out_tokens = afford
+      cost = in_cost + math.ceil(per_tok * out_tokens)
+    end
+  end
+  if cost > room then
+    local p = budgets[tight].period
+    return {0, tight, 4, budgets.spent, budgets.held, budgets.limit, period_end(p, secs)}
+  end
 end
 
 local out = {1}
@@ -97,5 +221,33 @@ for i = 1, n do
     redis.call('ZADD', p.conc, now_ms + lease_ms, id)
     redis.call('PEXPIRE', p.conc, lease_ms + 1000)
   end
+end
+if nb > 0 then
+  local res_ms = tonumber(ARGV[b0 + 5])
+  local rec = string.format('%d', cost)
+  for j = 1, nb do
+    local b = budgets[j]
+    if b.fresh then
+      redis.call('HSET', b.key, 'p', b.pid, 'spent', 0, 'held', cost)
+    else
+      redis.call('HINCRBY', b.key, 'held', cost)
+    end
+    -- A period's budget outlives its period by a day; one without a period stays.
+    if b.period == 1 then
+      redis.call('PEXPIRE', b.key, 2 * 86400000)
+    elseif b.period == 2 then
+      redis.call('PEXPIRE', b.key, 33 * 86400000)
+    end
+    rec = rec .. ';' .. b.key .. '=' .. b.pid
+  end
+  redis.call('HSET', res_key, id, rec)
+  redis.call('ZADD', resx_key, now_ms + res_ms, id)
+  table.insert(out, out_tokens)
+  table.insert(out, room - cost)
+  table.insert(out, budgets.limit)
+else
+  table.insert(out, -1)
+  table.insert(out, 0)
+  table.insert(out, 0)
 end
 return out

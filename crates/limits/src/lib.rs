@@ -112,6 +112,8 @@ pub struct Remaining {
 pub enum Decision {
     /// Admitted: every scope was debited. What each has left, in scope order.
     Admitted(Vec<Remaining>),
+    /// Refused by a budget; nothing was taken.
+    OverBudget(OverBudget),
     /// Refused by the scope at `scope` (its index); nothing was taken.
     Refused {
         /// Which scope (index into the scopes given).
@@ -122,6 +124,123 @@ pub enum Decision {
         /// than a minute's tokens).
         retry_after_ms: Option<u64>,
     },
+}
+
+/// How often a budget starts again (UTC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Period {
+    /// Never: a total.
+    #[default]
+    None,
+    /// Every UTC day.
+    Day,
+    /// Every UTC calendar month.
+    Month,
+}
+
+impl Period {
+    fn code(self) -> u8 {
+        match self {
+            Period::None => 0,
+            Period::Day => 1,
+            Period::Month => 2,
+        }
+    }
+
+    /// From the code the ticket carries (0 none, 1 day, 2 month).
+    pub fn from_code(c: u8) -> Period {
+        match c {
+            1 => Period::Day,
+            2 => Period::Month,
+            _ => Period::None,
+        }
+    }
+
+    /// The code the ticket carries.
+    pub fn as_code(self) -> u8 {
+        self.code()
+    }
+}
+
+/// A spending cap of one scope (an org, a project or a key) in nano-USD.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Budget {
+    /// What the client is told, e.g. `project 0193…`.
+    pub name: String,
+    /// Its Redis hash (`sy:bud:{<org>}:<kind>:<id>`): the period, what was
+    /// spent in it, what requests in flight hold.
+    pub key: String,
+    /// The cap, nano-USD.
+    pub limit_nanos: i64,
+    /// When it starts again.
+    pub period: Period,
+}
+
+impl Budget {
+    /// The budget of `org`'s `kind` `id` (same hash slot as its rate scopes).
+    pub fn of_org(org: &str, kind: &str, id: &str, limit_nanos: i64, period: Period) -> Self {
+        Budget {
+            name: format!("{kind} {id}"),
+            key: format!("sy:bud:{{{org}}}:{kind}:{id}"),
+            limit_nanos,
+            period,
+        }
+    }
+}
+
+/// What a request may spend: its largest cost, reserved against every budget
+/// that applies.
+#[derive(Debug, Clone, Copy)]
+pub struct Spend<'a> {
+    /// The org (whose reservations these are).
+    pub org: &'a str,
+    /// Every budget that applies.
+    pub budgets: &'a [Budget],
+    /// The input's cost, nano-USD (estimate, at the dearest target).
+    pub input_nanos: i64,
+    /// The cost of one output token, nano-USD (at the dearest target).
+    pub output_token_nanos: f64,
+    /// Output tokens asked for (`max_tokens`, or the reservation default).
+    pub output_tokens: u32,
+    /// Fewest output tokens worth lowering `max_tokens` to when the budget
+    /// cannot pay for all (0: never lower: refuse).
+    pub min_output_tokens: u32,
+    /// How long the reservation holds before the sweeper gives it back.
+    pub hold_ms: u64,
+}
+
+/// A request admitted within its budgets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BudgetRoom {
+    /// Output tokens it may write (lower than asked when lowered).
+    pub output_tokens: u32,
+    /// What the tightest budget has left after this reservation, nano-USD.
+    pub left_nanos: i64,
+    /// That budget's cap, nano-USD.
+    pub limit_nanos: i64,
+}
+
+/// A request refused by a budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OverBudget {
+    /// Which budget (index into those given).
+    pub budget: usize,
+    /// Spent in the period, nano-USD.
+    pub spent_nanos: i64,
+    /// Held by requests in flight, nano-USD.
+    pub held_nanos: i64,
+    /// The cap, nano-USD.
+    pub limit_nanos: i64,
+    /// When the period starts again (Unix s); none for a budget without one.
+    pub resets_unix_s: Option<u64>,
+}
+
+/// The keys of `org`'s reservations: the hash and the expiry set.
+fn reservation_keys(org: &str) -> [String; 2] {
+    [
+        format!("sy:bud:{{{org}}}:res"),
+        format!("sy:bud:{{{org}}}:resx"),
+    ]
 }
 
 /// One request as the limiter sees it.
@@ -135,9 +254,11 @@ pub struct Ask<'a> {
     pub lease_ms: u64,
 }
 
-/// One attempt's tokens to settle against its request's reservation.
+/// One attempt's tokens and cost to settle against its request's reservation.
 #[derive(Debug, Clone, Copy)]
 pub struct Settlement<'a> {
+    /// The org the request counted under (every key is in its hash slot).
+    pub org: &'a str,
     /// The request (its reservation is given back once).
     pub request_id: &'a str,
     /// The attempt (its use is taken once), e.g. the usage event's id.
@@ -149,6 +270,10 @@ pub struct Settlement<'a> {
     pub reserved: u32,
     /// Tokens this attempt used.
     pub used: u32,
+    /// The budgets the request reserved from: each one's key and period code.
+    pub budgets: &'a [(String, u8)],
+    /// What this attempt is billed, nano-USD.
+    pub billed_nanos: i64,
 }
 
 /// The token buckets among `scopes` (those with a tokens-per-minute limit),
@@ -229,18 +354,56 @@ impl Limiter {
     /// round trip (the script is sent by its hash; once, in full, after a
     /// Redis restart).
     pub async fn admit(&self, ask: Ask<'_>, scopes: &[Scope]) -> Result<Decision, LimitError> {
+        Ok(self.admit_spend(ask, scopes, None).await?.0)
+    }
+
+    /// Admits `ask` against every one of `scopes` and, with `spend`, reserves
+    /// its largest cost against every budget, all in one round trip, all or
+    /// nothing. With budgets, an admitted request's [`BudgetRoom`] says how
+    /// many output tokens it may write and what the tightest budget has left.
+    pub async fn admit_spend(
+        &self,
+        ask: Ask<'_>,
+        scopes: &[Scope],
+        spend: Option<&Spend<'_>>,
+    ) -> Result<(Decision, Option<BudgetRoom>), LimitError> {
         let mut inv = self.admit.prepare_invoke();
         for s in scopes {
             for k in s.keys() {
                 inv.key(k);
             }
         }
-        inv.arg(ask.request_id).arg(ask.tokens).arg(ask.lease_ms);
+        inv.arg(ask.request_id)
+            .arg(ask.tokens)
+            .arg(ask.lease_ms)
+            .arg(scopes.len());
         for s in scopes {
             let l = s.limits;
             inv.arg(l.rpm.unwrap_or(0))
                 .arg(l.tpm.unwrap_or(0))
                 .arg(l.concurrency.unwrap_or(0));
+        }
+        match spend.filter(|s| !s.budgets.is_empty()) {
+            None => {
+                inv.arg(0);
+            }
+            Some(sp) => {
+                for k in reservation_keys(sp.org) {
+                    inv.key(k);
+                }
+                for b in sp.budgets {
+                    inv.key(&b.key);
+                }
+                inv.arg(sp.budgets.len())
+                    .arg(sp.input_nanos)
+                    .arg(format!("{:.6}", sp.output_token_nanos))
+                    .arg(sp.output_tokens)
+                    .arg(sp.min_output_tokens)
+                    .arg(sp.hold_ms);
+                for b in sp.budgets {
+                    inv.arg(b.limit_nanos).arg(b.period.code());
+                }
+            }
         }
         let out: Vec<i64> = inv.invoke_async(&mut self.conn.clone()).await?;
         Ok(decode(&out, scopes.len()))
@@ -252,19 +415,33 @@ impl Limiter {
     /// `buckets` (see [`token_buckets`]). False when both were settled before
     /// (a redelivered usage event).
     pub async fn settle(&self, s: Settlement<'_>) -> Result<bool, LimitError> {
-        let Some((first, _)) = s.buckets.first() else {
+        if s.buckets.is_empty() && s.budgets.is_empty() {
             return Ok(false);
-        };
+        }
         let mut inv = self.settle.prepare_invoke();
-        // The markers live beside the first bucket (same hash slot).
-        inv.key(format!("{first}:settled:{}", s.request_id));
-        inv.key(format!("{first}:used:{}", s.attempt_id));
+        // Every key is the org's (one hash slot).
+        let slot = format!("sy:lim:{{{}}}", s.org);
+        inv.key(format!("{slot}:settled:{}", s.request_id));
+        inv.key(format!("{slot}:used:{}", s.attempt_id));
+        for k in reservation_keys(s.org) {
+            inv.key(k);
+        }
         for (prefix, _) in s.buckets {
             inv.key(format!("{prefix}:tpm"));
         }
-        inv.arg(s.reserved).arg(s.used);
+        for (key, _) in s.budgets {
+            inv.key(key);
+        }
+        inv.arg(s.reserved)
+            .arg(s.used)
+            .arg(s.buckets.len())
+            .arg(s.request_id)
+            .arg(s.billed_nanos);
         for (_, tpm) in s.buckets {
             inv.arg(*tpm);
+        }
+        for (_, period) in s.budgets {
+            inv.arg(*period);
         }
         let done: i64 = inv.invoke_async(&mut self.conn.clone()).await?;
         Ok(done == 1)
@@ -358,36 +535,57 @@ async fn server_ms(conn: &mut ConnectionManager) -> Result<u64, LimitError> {
 }
 
 /// The script's answer as a [`Decision`].
-fn decode(out: &[i64], scopes: usize) -> Decision {
+fn decode(out: &[i64], scopes: usize) -> (Decision, Option<BudgetRoom>) {
     let at = |i: usize| out.get(i).copied().unwrap_or(0);
     if at(0) != 1 {
+        let index = usize::try_from(at(1) - 1).unwrap_or(0);
         let kind = match at(2) {
             1 => Kind::Requests,
             2 => Kind::Tokens,
-            _ => Kind::Concurrency,
+            3 => Kind::Concurrency,
+            _ => {
+                return (
+                    Decision::OverBudget(OverBudget {
+                        budget: index,
+                        spent_nanos: at(3),
+                        held_nanos: at(4),
+                        limit_nanos: at(5),
+                        resets_unix_s: u64::try_from(at(6)).ok().filter(|s| *s > 0),
+                    }),
+                    None,
+                );
+            }
         };
         let retry = at(3);
-        return Decision::Refused {
-            scope: usize::try_from(at(1) - 1).unwrap_or(0),
-            kind,
-            retry_after_ms: u64::try_from(retry).ok(),
-        };
+        return (
+            Decision::Refused {
+                scope: index,
+                kind,
+                retry_after_ms: u64::try_from(retry).ok(),
+            },
+            None,
+        );
     }
     let count = |v: i64| u32::try_from(v).ok();
     let ms = |v: i64| u64::try_from(v).unwrap_or(0);
-    Decision::Admitted(
-        (0..scopes)
-            .map(|i| {
-                let b = 1 + i * 4;
-                Remaining {
-                    requests: count(at(b)),
-                    requests_reset_ms: ms(at(b + 1)),
-                    tokens: count(at(b + 2)),
-                    tokens_reset_ms: ms(at(b + 3)),
-                }
-            })
-            .collect(),
-    )
+    let remaining = (0..scopes)
+        .map(|i| {
+            let b = 1 + i * 4;
+            Remaining {
+                requests: count(at(b)),
+                requests_reset_ms: ms(at(b + 1)),
+                tokens: count(at(b + 2)),
+                tokens_reset_ms: ms(at(b + 3)),
+            }
+        })
+        .collect();
+    let b = 1 + scopes * 4;
+    let room = u32::try_from(at(b)).ok().map(|output_tokens| BudgetRoom {
+        output_tokens,
+        left_nanos: at(b + 1),
+        limit_nanos: at(b + 2),
+    });
+    (Decision::Admitted(remaining), room)
 }
 
 #[cfg(test)]
@@ -397,7 +595,7 @@ mod tests {
     #[test]
     fn answers_decode_into_decisions() {
         assert_eq!(
-            decode(&[0, 2, 3, 150], 2),
+            decode(&[0, 2, 3, 150], 2).0,
             Decision::Refused {
                 scope: 1,
                 kind: Kind::Concurrency,
@@ -405,7 +603,7 @@ mod tests {
             }
         );
         assert_eq!(
-            decode(&[0, 1, 2, -1], 1),
+            decode(&[0, 1, 2, -1], 1).0,
             Decision::Refused {
                 scope: 0,
                 kind: Kind::Tokens,
@@ -413,7 +611,7 @@ mod tests {
             }
         );
         assert_eq!(
-            decode(&[1, 9, 600, -1, 0], 1),
+            decode(&[1, 9, 600, -1, 0, -1, 0, 0], 1).0,
             Decision::Admitted(vec![Remaining {
                 requests: Some(9),
                 requests_reset_ms: 600,

@@ -1,39 +1,122 @@
--- Settles one attempt's tokens against a request's reservation, once each.
+-- Settles one attempt of a request, once each: its tokens against the
+-- token buckets it reserved from, and its billed cost against its budgets.
 --
--- KEYS: [1] the request's settle marker, [2] the attempt's marker, then the
---       token bucket of each scope.
--- ARGV: [1] tokens reserved, [2] tokens the attempt used, then per scope its
---       tpm (0: none).
+-- KEYS: [1] the request's settle marker, [2] the attempt's marker, [3] the
+--       org's reservations (hash), [4] their expiries (sorted set), then the
+--       token bucket of each rate scope, then each budget's hash.
+-- ARGV: [1] tokens reserved, [2] tokens the attempt used, [3] token buckets
+--       nt, [4] request id, [5] the attempt's billed cost (nano-USD), then
+--       per token bucket its tpm, then per budget its period (0 none, 1 UTC
+--       day, 2 UTC month).
 --
--- The reservation is given back once per request (the first of its attempts'
--- usage events to arrive), and each attempt's use is taken once (a request
--- that fell back has several attempts, each really used). So each bucket's
--- TAT moves by (used - reserved) for the first event and by used for the
--- others: back when fewer were used (never before now), ahead when more.
--- Returns 1 when it settled something, 0 when both were settled before (a
--- redelivered usage event).
-local give_back = redis.call('SET', KEYS[1], '1', 'NX', 'PX', 3600000) ~= false
-local take = redis.call('SET', KEYS[2], '1', 'NX', 'PX', 3600000) ~= false
+-- The reservation (tokens and money) is given back once per request (the
+-- first of its attempts' usage events to arrive), and each attempt's use is
+-- taken once (a request that fell back has several attempts, each really
+-- used). Token buckets move by (used - reserved) for the first event and by
+-- used for the others: back when fewer were used (never before now), ahead
+-- when more. Budgets release the request's hold and add what it cost to the
+-- period it ends in. Returns 1 when it settled something, 0 when both were
+-- settled before (a redelivered usage event).
+local give_back = redis.call('SET', KEYS[1], '1', 'NX', 'PX', 600000) ~= false
+local take = redis.call('SET', KEYS[2], '1', 'NX', 'PX', 600000) ~= false
 if not give_back and not take then
   return 0
 end
-local delta = 0
-if give_back then delta = delta - tonumber(ARGV[1]) end
-if take then delta = delta + tonumber(ARGV[2]) end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local WINDOW = 60000000
-for i = 3, #KEYS do
-  local tpm = tonumber(ARGV[i])
+local nt = tonumber(ARGV[3])
+
+-- Days since 1970-01-01 to (year, month), and back (proleptic Gregorian).
+local function civil(z)
+  z = z + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local m = mp < 10 and mp + 3 or mp - 9
+  local y = yoe + era * 400
+  if m <= 2 then y = y + 1 end
+  return y, m
+end
+local function days_from_civil(y, m)
+  if m <= 2 then y = y - 1 end
+  local era = math.floor(y / 400)
+  local yoe = y - era * 400
+  local mp = m > 2 and m - 3 or m + 9
+  local doy = math.floor((153 * mp + 2) / 5)
+  local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
+  return era * 146097 + doe - 719468
+end
+-- A budget period's id at Unix second `secs`, and when it ends (Unix s).
+local function period_id(period, secs)
+  local day = math.floor(secs / 86400)
+  if period == 1 then return 'd' .. day end
+  if period == 2 then
+    local y, m = civil(day)
+    return 'm' .. (y * 12 + m - 1)
+  end
+  return 'all'
+end
+
+-- Gives back what reservation `rid` holds (if its budgets are still in the
+-- period it was made in) and forgets it.
+local function release(res_key, resx_key, rid)
+  local rec = redis.call('HGET', res_key, rid)
+  if rec then
+    local amount = tonumber(string.match(rec, '^(%d+)'))
+    for key, pid in string.gmatch(rec, ';([^=;]+)=([^;]+)') do
+      if redis.call('HGET', key, 'p') == pid then
+        redis.call('HINCRBY', key, 'held', -amount)
+      end
+    end
+    redis.call('HDEL', res_key, rid)
+  end
+  redis.call('ZREM', resx_key, rid)
+end
+
+local delta = 0
+if give_back then delta = delta - tonumber(ARGV[1]) end
+if take then delta = delta + tonumber(ARGV[2]) end
+for i = 1, nt do
+  local key = KEYS[4 + i]
+  local tpm = tonumber(ARGV[5 + i])
   if tpm > 0 and delta ~= 0 then
-    local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
+    local tat = tonumber(redis.call('GET', key) or '0')
     -- More used than reserved is owed from now on (an expired bucket was full).
     if delta > 0 then tat = math.max(tat, now) end
     local new = math.max(tat + delta * WINDOW / tpm, now)
     if new > now then
-      redis.call('SET', KEYS[i], string.format('%.0f', new), 'PX', 61000)
+      redis.call('SET', key, string.format('%.0f', new), 'PX', 61000)
     else
-      redis.call('DEL', KEYS[i])
+      redis.call('DEL', key)
+    end
+  end
+end
+
+local nbud = #KEYS - 4 - nt
+if nbud > 0 then
+  if give_back then
+    release(KEYS[3], KEYS[4], ARGV[4])
+  end
+  local billed = tonumber(ARGV[5])
+  if take and billed > 0 then
+    local secs = tonumber(t[1])
+    for j = 1, nbud do
+      local key = KEYS[4 + nt + j]
+      local period = tonumber(ARGV[5 + nt + j])
+      local pid = period_id(period, secs)
+      if redis.call('HGET', key, 'p') == pid then
+        redis.call('HINCRBY', key, 'spent', billed)
+      else
+        redis.call('HSET', key, 'p', pid, 'spent', billed, 'held', 0)
+        if period == 1 then
+          redis.call('PEXPIRE', key, 2 * 86400000)
+        elseif period == 2 then
+          redis.call('PEXPIRE', key, 33 * 86400000)
+        end
+      end
     end
   end
 end

@@ -164,11 +164,14 @@ async fn tokens_are_reserved_then_settled_to_what_was_used_once() {
     // "a" used 100 of its 1,000: 900 come back, once.
     let buckets = sy_limits::token_buckets(&scopes);
     let settle = |attempt_id| Settlement {
+        org: &o,
         request_id: "a",
         attempt_id,
         buckets: &buckets,
         reserved: 1_000,
         used: 100,
+        budgets: &[],
+        billed_nanos: 0,
     };
     assert!(l.settle(settle("a-1")).await.unwrap());
     assert!(
@@ -204,11 +207,14 @@ async fn every_attempt_of_a_request_that_fell_back_is_taken_and_its_reservation_
     let buckets = sy_limits::token_buckets(&scopes);
     assert!(admitted(&l.admit(ask("r", 1_000), &scopes).await.unwrap()));
     let settle = |attempt_id, used| Settlement {
+        org: &o,
         request_id: "r",
         attempt_id,
         buckets: &buckets,
         reserved: 1_000,
         used,
+        budgets: &[],
+        billed_nanos: 0,
     };
     // Events may come in any order and more than once.
     assert!(l.settle(settle("r-2", 300)).await.unwrap());
@@ -253,4 +259,145 @@ async fn retry_after_says_when_the_next_request_is_admitted() {
     }
     // Admitted at the time it said, give or take the clock's grain.
     assert!(tries <= 2, "{tries} retries after {:?}", started.elapsed());
+}
+
+fn budget(o: &str, kind: &str, usd_nanos: i64) -> sy_limits::Budget {
+    sy_limits::Budget::of_org(o, kind, "b", usd_nanos, sy_limits::Period::Month)
+}
+
+fn spend<'a>(
+    o: &'a str,
+    budgets: &'a [sy_limits::Budget],
+    out: u32,
+    lower: u32,
+) -> sy_limits::Spend<'a> {
+    sy_limits::Spend {
+        org: o,
+        budgets,
+        input_nanos: 100,
+        output_token_nanos: 10.0,
+        output_tokens: out,
+        min_output_tokens: lower,
+        hold_ms: 60_000,
+    }
+}
+
+#[tokio::test]
+async fn budgets_reserve_the_largest_cost_then_settle_to_what_was_billed_once() {
+    let l = limiter().await;
+    let o = org();
+    // $0.000002 = 2,000 nano-USD; a request may cost 100 + 10 × 50 = 600.
+    let budgets = vec![budget(&o, "key", 2_000), budget(&o, "org", 1_000_000)];
+    let admit = |id: &'static str| {
+        let (l, o, b) = (l.clone(), o.clone(), budgets.clone());
+        async move {
+            l.admit_spend(ask(id, 0), &[], Some(&spend(&o, &b, 50, 0)))
+                .await
+                .unwrap()
+        }
+    };
+    for id in ["a", "b", "c"] {
+        let (d, room) = admit(id).await;
+        assert!(admitted(&d), "{id}: {d:?}");
+        assert_eq!(room.unwrap().output_tokens, 50);
+    }
+    // 1,800 held: a fourth cannot be paid for, and says why.
+    let (d, _) = admit("d").await;
+    let Decision::OverBudget(over) = d else {
+        panic!("{d:?}")
+    };
+    assert_eq!(
+        (
+            over.budget,
+            over.spent_nanos,
+            over.held_nanos,
+            over.limit_nanos
+        ),
+        (0, 0, 1_800, 2_000)
+    );
+    // A monthly budget starts again at the first of next month, 00:00 UTC.
+    let resets = over.resets_unix_s.unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(resets > now && resets <= now + 31 * 86_400, "{resets}");
+    assert_eq!(resets % 86_400, 0);
+    let text =
+        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(resets))
+            .to_string();
+    assert!(text.ends_with("-01T00:00:00Z"), "{text}");
+    // "a" cost 150: its 600 are given back and 150 spent, once.
+    let keys: Vec<(String, u8)> = budgets
+        .iter()
+        .map(|b| (b.key.clone(), b.period.as_code()))
+        .collect();
+    let settle = |attempt_id| Settlement {
+        org: &o,
+        request_id: "a",
+        attempt_id,
+        buckets: &[],
+        reserved: 0,
+        used: 0,
+        budgets: &keys,
+        billed_nanos: 150,
+    };
+    assert!(l.settle(settle("a-1")).await.unwrap());
+    assert!(!l.settle(settle("a-1")).await.unwrap());
+    // 150 spent + 1,200 held: 650 left, one more fits.
+    assert!(admitted(&admit("d").await.0));
+    assert!(!admitted(&admit("e").await.0));
+}
+
+#[tokio::test]
+async fn a_budget_that_cannot_pay_for_max_tokens_lowers_it_or_refuses() {
+    let l = limiter().await;
+    let o = org();
+    let budgets = vec![budget(&o, "project", 1_000)];
+    // Asks for 200 output tokens (2,100 nano-USD): only 90 can be paid for.
+    let (d, room) = l
+        .admit_spend(ask("r", 0), &[], Some(&spend(&o, &budgets, 200, 16)))
+        .await
+        .unwrap();
+    assert!(admitted(&d), "{d:?}");
+    let room = room.unwrap();
+    assert_eq!(room.output_tokens, 90);
+    assert_eq!(room.left_nanos, 0);
+    // Nothing left: refused, lowering or not.
+    let (d, _) = l
+        .admit_spend(ask("s", 0), &[], Some(&spend(&o, &budgets, 200, 16)))
+        .await
+        .unwrap();
+    assert!(matches!(d, Decision::OverBudget(_)), "{d:?}");
+}
+
+#[tokio::test]
+async fn a_reservation_never_settled_is_swept_when_it_lapses() {
+    let l = limiter().await;
+    let o = org();
+    let budgets = vec![budget(&o, "key", 1_000)];
+    let short = sy_limits::Spend {
+        hold_ms: 200,
+        ..spend(&o, &budgets, 50, 0)
+    };
+    assert!(admitted(
+        &l.admit_spend(ask("lost", 0), &[], Some(&short))
+            .await
+            .unwrap()
+            .0
+    ));
+    assert!(!admitted(
+        &l.admit_spend(ask("next", 0), &[], Some(&short))
+            .await
+            .unwrap()
+            .0
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The lost request's hold lapsed: the next admission sweeps it first.
+    assert!(admitted(
+        &l.admit_spend(ask("next", 0), &[], Some(&short))
+            .await
+            .unwrap()
+            .0
+    ));
 }

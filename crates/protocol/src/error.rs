@@ -28,6 +28,8 @@ pub enum ErrorCode {
     UnsupportedMediaType,
     /// A rate limit said no; `Retry-After` says when to come back (429).
     RateLimited,
+    /// A budget cannot pay for the request (402).
+    BudgetExceeded,
     /// The provider failed; its status when it means something to the client, else 502.
     ProviderError,
     /// The provider is overloaded (Anthropic's 529, a 503); retry later (503).
@@ -62,6 +64,7 @@ impl ErrorCode {
             ErrorCode::RequestTimeout => 408,
             ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::RateLimited => 429,
+            ErrorCode::BudgetExceeded => 402,
             ErrorCode::ProviderError => 502,
             ErrorCode::ProviderTimeout | ErrorCode::DeadlineExceeded => 504,
             ErrorCode::BusUnavailable | ErrorCode::Overloaded => 503,
@@ -82,6 +85,7 @@ impl ErrorCode {
             ErrorCode::RequestTimeout => "request_timeout",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::BudgetExceeded => "budget_exceeded",
             ErrorCode::ProviderError => "provider_error",
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::ContextLengthExceeded => "context_length_exceeded",
@@ -111,6 +115,7 @@ mod tests {
             ErrorCode::PermissionDenied,
             ErrorCode::ModelNotFound,
             ErrorCode::RateLimited,
+            ErrorCode::BudgetExceeded,
             ErrorCode::DeadlineExceeded,
             ErrorCode::BusUnavailable,
         ] {

@@ -112,16 +112,24 @@ pub struct RequestEnvelope {
     pub limits: Option<LimitTicket>,
 }
 
-/// What a request reserved from token limits at admission: settled to the
-/// tokens really used when its usage events are consumed (once per request
-/// for the reservation, once per attempt for what the attempt used).
+/// What a request reserved from token limits and budgets at admission:
+/// settled to the tokens really used and the cost really billed when its
+/// usage events are consumed (once per request for the reservation, once per
+/// attempt for what the attempt used).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LimitTicket {
+    /// The org the request counted under (its keys' hash slot).
+    pub org: String,
     /// Tokens reserved in every bucket below.
     pub reserved_tokens: u32,
     /// The token buckets debited: each scope's Redis key prefix and its
     /// tokens-per-minute limit.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub buckets: Vec<(String, u32)>,
+    /// The budgets the request's largest cost was reserved from: each one's
+    /// Redis key and period (0 none, 1 UTC day, 2 UTC month).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub budgets: Vec<(String, u8)>,
 }
 
 /// Watchdog limits in milliseconds; unset ones are the target's.

@@ -72,6 +72,18 @@ pub struct LimitArgs {
     /// Remove the limits (the model's with `--model`) instead.
     #[arg(long, conflicts_with_all = ["rpm", "tpm", "concurrency"])]
     pub clear: bool,
+    /// A budget in USD, e.g. 12.50.
+    #[arg(long, conflicts_with = "no_budget")]
+    pub budget_usd: Option<String>,
+    /// The budget's period: day, month (the default) or none.
+    #[arg(long, requires = "budget_usd")]
+    pub period: Option<String>,
+    /// Remove the budget.
+    #[arg(long)]
+    pub no_budget: bool,
+    /// A project's: lower max_tokens to what its budgets can pay for (true), or refuse with 402 (false).
+    #[arg(long)]
+    pub lower_max_tokens: Option<bool>,
 }
 
 impl LimitArgs {
@@ -88,10 +100,45 @@ impl LimitArgs {
                 set.insert(k.into(), json!(v));
             }
         }
-        if set.is_empty() && !self.clear {
-            anyhow::bail!("name a limit (--rpm, --tpm, --concurrency) or --clear");
+        let budget = match (&self.budget_usd, self.no_budget) {
+            (Some(usd), _) => {
+                Some(json!({"usd": usd, "period": self.period.as_deref().unwrap_or("month")}))
+            }
+            (None, true) => Some(Value::Null),
+            (None, false) => None,
+        };
+        let mut body = if set.is_empty() && !self.clear {
+            if budget.is_none() && self.lower_max_tokens.is_none() {
+                anyhow::bail!(
+                    "name a limit (--rpm, --tpm, --concurrency), --clear, a budget (--budget-usd, --no-budget) or --lower-max-tokens"
+                );
+            }
+            json!({})
+        } else {
+            self.limits_body(current)
+        };
+        if let Some(b) = budget {
+            body["budget"] = b;
         }
-        Ok(match &self.model {
+        if let Some(l) = self.lower_max_tokens {
+            body["lower_max_tokens"] = json!(l);
+        }
+        Ok(body)
+    }
+
+    /// The `limits` or `model_limits` part of the body.
+    fn limits_body(&self, current: Option<&Value>) -> Value {
+        let mut set = serde_json::Map::new();
+        for (k, v) in [
+            ("rpm", self.rpm),
+            ("tpm", self.tpm),
+            ("concurrency", self.concurrency),
+        ] {
+            if let Some(v) = v {
+                set.insert(k.into(), json!(v));
+            }
+        }
+        match &self.model {
             None => json!({ "limits": set }),
             Some(m) => {
                 let mut all = current
@@ -105,7 +152,7 @@ impl LimitArgs {
                 }
                 json!({ "model_limits": all })
             }
-        })
+        }
     }
 }
 

@@ -16,8 +16,9 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::{Admin, AdminError, Caller};
+use crate::keytable::{nanos_to_usd, usd_to_nanos};
 use crate::store::KeySpec;
-use crate::views::{Filter, KeyPatch, LimitTarget, Page, PageAt, Rename};
+use crate::views::{Filter, KeyPatch, LimitChange, LimitTarget, Page, PageAt, Rename};
 
 pub(super) type Answer = Result<Response, AdminError>;
 
@@ -154,18 +155,52 @@ const MAX_MODEL_LIMITS: usize = 256;
 /// Per-model limits as the admin API takes them.
 type ModelLimits = std::collections::BTreeMap<String, LimitSet>;
 
-/// `limits` and `model_limits` as a request gave them, checked, as the JSON
-/// the store keeps (none: not given).
-struct LimitFields {
-    limits: Option<Value>,
-    model_limits: Option<Value>,
+/// `limits`, `model_limits`, `budget` and `lower_max_tokens` as a request
+/// gave them, checked, as the JSON the store keeps (none: not given).
+struct LimitFields;
+
+/// The largest budget, USD (a billion).
+const MAX_BUDGET_USD: i64 = 1_000_000_000;
+
+/// A budget as the admin API takes it: `{"usd": "12.50", "period": "month"}`
+/// (`day`, `month` or `none`; `month` when left out), checked and in its
+/// canonical form; a null removes the budget.
+fn checked_budget(v: &Value) -> Result<Value, AdminError> {
+    if v.is_null() {
+        return Ok(Value::Null);
+    }
+    let bad = |why: &str| AdminError::invalid(format!("'budget' {why}"));
+    let obj = v.as_object().ok_or_else(|| {
+        bad("must be an object like {\"usd\": \"12.50\", \"period\": \"month\"}, or null.")
+    })?;
+    if let Some(k) = obj.keys().find(|k| !matches!(k.as_str(), "usd" | "period")) {
+        return Err(bad(&format!(
+            "has an unknown field '{k}' (it takes 'usd' and 'period')."
+        )));
+    }
+    let usd = match obj.get("usd") {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        _ => return Err(bad("needs 'usd', an amount like \"12.50\".")),
+    };
+    let nanos = usd_to_nanos(&usd)
+        .filter(|n| *n > 0 && *n <= MAX_BUDGET_USD * 1_000_000_000)
+        .ok_or_else(|| bad(&format!("'usd' must be an amount from 0.000001 to {MAX_BUDGET_USD} with at most six decimals, not '{usd}'.")))?;
+    let period = match obj.get("period") {
+        None => "month",
+        Some(Value::String(p)) if matches!(p.as_str(), "day" | "month" | "none") => p.as_str(),
+        Some(_) => return Err(bad("'period' must be \"day\", \"month\" or \"none\".")),
+    };
+    Ok(json!({"usd": nanos_to_usd(nanos), "period": period}))
 }
 
 impl LimitFields {
     fn checked(
         limits: Option<LimitSet>,
         model_limits: Option<ModelLimits>,
-    ) -> Result<Self, AdminError> {
+        budget: Option<Value>,
+        lower_max_tokens: Option<bool>,
+    ) -> Result<LimitChange, AdminError> {
         let one = |at: &str, l: &LimitSet| -> Result<Value, AdminError> {
             for (field, v) in [
                 ("rpm", l.rpm),
@@ -197,15 +232,18 @@ impl LimitFields {
                 Some(Value::Object(out))
             }
         };
-        Ok(LimitFields {
+        Ok(LimitChange {
             limits,
             model_limits: models,
+            budget: budget.as_ref().map(checked_budget).transpose()?,
+            lower_max_tokens,
         })
     }
+}
 
-    fn given(&self) -> bool {
-        self.limits.is_some() || self.model_limits.is_some()
-    }
+/// A field that is present (even as null) is `Some`; an absent one `None`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
 }
 
 /// Sets the limits `fields` give on `target`, if they give any.
@@ -213,19 +251,14 @@ async fn apply_limits(
     admin: &Admin,
     caller: &Caller,
     target: crate::views::LimitTarget,
-    fields: &LimitFields,
+    fields: &LimitChange,
 ) -> Result<(), AdminError> {
     if !fields.given() {
         return Ok(());
     }
     admin
         .store
-        .set_limits(
-            &caller.actor(),
-            target,
-            fields.limits.as_ref(),
-            fields.model_limits.as_ref(),
-        )
+        .set_limits(&caller.actor(), target, fields)
         .await?;
     Ok(())
 }
@@ -246,6 +279,8 @@ struct NewOrg {
     limits: Option<LimitSet>,
     #[serde(default)]
     model_limits: Option<ModelLimits>,
+    #[serde(default, deserialize_with = "present")]
+    budget: Option<Value>,
 }
 
 pub(super) async fn create_org(
@@ -255,7 +290,7 @@ pub(super) async fn create_org(
 ) -> Answer {
     let req: NewOrg = parse(&body)?;
     name("name", &req.name)?;
-    let limits = LimitFields::checked(req.limits, req.model_limits)?;
+    let limits = LimitFields::checked(req.limits, req.model_limits, req.budget, None)?;
     let id = admin.store.create_org(&caller.actor(), &req.name).await?;
     apply_limits(&admin, &caller, LimitTarget::Org(id), &limits).await?;
     Ok(created(admin.store.org(id).await?))
@@ -297,17 +332,32 @@ struct Change {
     limits: Option<LimitSet>,
     #[serde(default)]
     model_limits: Option<ModelLimits>,
+    #[serde(default, deserialize_with = "present")]
+    budget: Option<Value>,
+    #[serde(default)]
+    lower_max_tokens: Option<bool>,
 }
 
 impl Change {
-    fn checked(self) -> Result<(Rename, LimitFields), AdminError> {
+    /// The change, checked; `lower_max_tokens` is a project's alone.
+    fn checked(self, project: bool) -> Result<(Rename, LimitChange), AdminError> {
+        if !project && self.lower_max_tokens.is_some() {
+            return Err(AdminError::invalid(
+                "'lower_max_tokens' is a project's setting.".to_owned(),
+            ));
+        }
         if let Some(n) = &self.name {
             name("name", n)?;
         }
         if let Some(s) = &self.status {
             status(s)?;
         }
-        let limits = LimitFields::checked(self.limits, self.model_limits)?;
+        let limits = LimitFields::checked(
+            self.limits,
+            self.model_limits,
+            self.budget,
+            self.lower_max_tokens,
+        )?;
         Ok((
             Rename {
                 name: self.name,
@@ -325,7 +375,7 @@ pub(super) async fn patch_org(
     body: Bytes,
 ) -> Answer {
     let id = id_of(&id, "org")?;
-    let (change, limits) = parse::<Change>(&body)?.checked()?;
+    let (change, limits) = parse::<Change>(&body)?.checked(false)?;
     // A change of limits alone writes only its own audit row.
     let mut org = if change == Rename::default() && limits.given() {
         admin.store.org(id).await?
@@ -362,6 +412,10 @@ struct NewProject {
     limits: Option<LimitSet>,
     #[serde(default)]
     model_limits: Option<ModelLimits>,
+    #[serde(default, deserialize_with = "present")]
+    budget: Option<Value>,
+    #[serde(default)]
+    lower_max_tokens: Option<bool>,
 }
 
 pub(super) async fn create_project(
@@ -371,7 +425,12 @@ pub(super) async fn create_project(
 ) -> Answer {
     let req: NewProject = parse(&body)?;
     name("name", &req.name)?;
-    let limits = LimitFields::checked(req.limits, req.model_limits)?;
+    let limits = LimitFields::checked(
+        req.limits,
+        req.model_limits,
+        req.budget,
+        req.lower_max_tokens,
+    )?;
     if !caller.sees(req.org_id) {
         return Err(AdminError::not_found("org"));
     }
@@ -425,7 +484,7 @@ pub(super) async fn patch_project(
     body: Bytes,
 ) -> Answer {
     let project = visible_project(&admin, &caller, &id).await?;
-    let (change, limits) = parse::<Change>(&body)?.checked()?;
+    let (change, limits) = parse::<Change>(&body)?.checked(true)?;
     let mut project = if change == Rename::default() && limits.given() {
         project
     } else {
@@ -482,6 +541,8 @@ struct NewKey {
     limits: Option<LimitSet>,
     #[serde(default)]
     model_limits: Option<ModelLimits>,
+    #[serde(default, deserialize_with = "present")]
+    budget: Option<Value>,
 }
 
 fn models(scopes: Scopes) -> Result<Vec<String>, AdminError> {
@@ -572,7 +633,7 @@ pub(super) async fn create_key(
 ) -> Answer {
     let req: NewKey = parse(&body)?;
     name("name", &req.name)?;
-    let limits = LimitFields::checked(req.limits, req.model_limits)?;
+    let limits = LimitFields::checked(req.limits, req.model_limits, req.budget, None)?;
     let spec = KeySpec {
         name: req.name,
         models: req.scopes.map(models).transpose()?,
@@ -640,6 +701,8 @@ struct KeyChange {
     limits: Option<LimitSet>,
     #[serde(default)]
     model_limits: Option<ModelLimits>,
+    #[serde(default, deserialize_with = "present")]
+    budget: Option<Value>,
 }
 
 pub(super) async fn patch_key(
@@ -653,7 +716,7 @@ pub(super) async fn patch_key(
     if let Some(n) = &req.name {
         name("name", n)?;
     }
-    let limits = LimitFields::checked(req.limits, req.model_limits)?;
+    let limits = LimitFields::checked(req.limits, req.model_limits, req.budget, None)?;
     let patch = KeyPatch {
         name: req.name,
         models: req.scopes.map(|s| s.map(models).transpose()).transpose()?,
