@@ -13,29 +13,44 @@ use crate::stack::{Stack, StackOptions, body};
 use crate::tenants::{owner, refusal, tenants_store};
 
 /// A stack over a fresh control-plane schema and the test Redis, with one
-/// key whose own limits are `limits`: (stack, the key, its id).
+/// key whose own limits are `limits`: (stack, the key, its id, its org).
 async fn stack_with_key_limits(
     limits: serde_json::Value,
     clickhouse: bool,
 ) -> (Stack, String, uuid::Uuid, uuid::Uuid) {
+    let (stack, mut keys, org) = stack_with_keys(&[limits], clickhouse).await;
+    let (key, id) = keys.remove(0);
+    (stack, key, id, org)
+}
+
+/// A stack over a fresh control-plane schema and the test Redis, with one key
+/// of one org per entry of `limits`, each with those limits: (stack, each
+/// key and its id, the org).
+async fn stack_with_keys(
+    limits: &[serde_json::Value],
+    clickhouse: bool,
+) -> (Stack, Vec<(String, uuid::Uuid)>, uuid::Uuid) {
     let (store, sections) = tenants_store("l").await;
     let actor = owner();
     let org = store.create_org(&actor, "Acme").await.unwrap();
     let project = store.create_project(&actor, org, "p").await.unwrap();
-    let spec = sy_control::store::KeySpec::named("k");
-    let (key_id, key) = store.create_key(&actor, project, &spec).await.unwrap();
-    store
-        .set_limits(
-            &actor,
-            LimitTarget::Key(key_id),
-            &sy_control::views::LimitChange {
-                limits: Some(limits.clone()),
-                model_limits: None,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let mut keys = Vec::new();
+    for (i, l) in limits.iter().enumerate() {
+        let spec = sy_control::store::KeySpec::named(&format!("k{i}"));
+        let (key_id, key) = store.create_key(&actor, project, &spec).await.unwrap();
+        store
+            .set_limits(
+                &actor,
+                LimitTarget::Key(key_id),
+                &sy_control::views::LimitChange {
+                    limits: Some(l.clone()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        keys.push((key.key, key_id));
+    }
     let sections = format!(
         "{sections}\n[redis]\nurl = \"{}\"\n",
         sy_test_support::redis_url()
@@ -46,7 +61,7 @@ async fn stack_with_key_limits(
         ..Default::default()
     })
     .await;
-    (stack, key.key, key_id, org)
+    (stack, keys, org)
 }
 
 /// How many leases a key holds in Redis now.
@@ -695,4 +710,138 @@ async fn a_budget_holds_under_concurrent_streams_and_aborts_and_its_402s_say_why
         return;
     }
     assert_eq!(r.status(), 402);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_ingresses_admit_exactly_the_rpm_and_never_more_than_the_concurrency() {
+    let (mut stack, keys, org) =
+        stack_with_keys(&[json!({"rpm": 100}), json!({"concurrency": 10})], false).await;
+    let second = stack.start_other_ingress().await;
+    let third = stack.start_other_ingress().await;
+    let first = stack.url("");
+    let bases = [first.trim_end_matches('/').to_owned(), second, third];
+    let (rpm_key, _) = keys[0].clone();
+    let (conc_key, conc_id) = keys[1].clone();
+
+    // 1. RPM 100: 600 concurrent requests over three replicas. Exactly 100
+    //    are admitted, plus what the bucket refilled while they ran (100 a
+    //    minute: under two a second).
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..600 {
+        let (http, url, key) = (
+            stack.http.clone(),
+            format!("{}/v1/chat/completions", bases[i % 3]),
+            rpm_key.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            http.post(url)
+                .bearer_auth(key)
+                .json(&body("gpt-4o-mini", "hi"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }));
+    }
+    let mut admitted = 0u64;
+    for t in tasks {
+        match t.await.unwrap() {
+            200 => admitted += 1,
+            429 => {}
+            other => panic!("{other}"),
+        }
+    }
+    let refilled = (started.elapsed().as_secs_f64() * 100.0 / 60.0).ceil() as u64;
+    println!(
+        "RPM 100 over three ingresses: {admitted} of 600 admitted in {:?}",
+        started.elapsed()
+    );
+    assert!(
+        (100..=100 + refilled).contains(&admitted),
+        "{admitted} admitted of RPM 100 ({refilled} refilled in {:?})",
+        started.elapsed()
+    );
+
+    // 2. Concurrency 10: 60 clients over three replicas, each retrying a
+    //    refusal until served; never more than 10 in flight (sampled from
+    //    Redis and counted by the clients), and all 60 served in the end.
+    let open = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let most_open = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..60 {
+        let (http, url, key) = (
+            stack.http.clone(),
+            format!("{}/v1/chat/completions", bases[i % 3]),
+            conc_key.clone(),
+        );
+        let (open, most_open) = (open.clone(), most_open.clone());
+        tasks.push(tokio::spawn(async move {
+            use std::sync::atomic::Ordering::SeqCst;
+            let b = json!({"model": "gpt-4o-mini", "stream": true,
+                           "messages": [{"role": "user", "content": "[[mock:tokens=10,delay_ms=10]] hi"}]});
+            loop {
+                let r = http.post(&url).bearer_auth(&key).json(&b).send().await.unwrap();
+                if r.status() == 429 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+                assert_eq!(r.status(), 200);
+                let now = open.fetch_add(1, SeqCst) + 1;
+                most_open.fetch_max(now, SeqCst);
+                let text = r.text().await.unwrap();
+                open.fetch_sub(1, SeqCst);
+                assert!(text.contains("[DONE]"));
+                return;
+            }
+        }));
+    }
+    let mut most_leased = 0;
+    while tasks.iter().any(|t| !t.is_finished()) {
+        most_leased = most_leased.max(leases_held(org, conc_id).await);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let most_open = most_open.load(std::sync::atomic::Ordering::SeqCst);
+    println!(
+        "concurrency 10 over three ingresses: at most {most_leased} leased, {most_open} streaming"
+    );
+    assert!(most_leased <= 10, "{most_leased} leases held at once");
+    assert!(most_open <= 10, "{most_open} answers streaming at once");
+    assert!(
+        most_leased >= 5,
+        "the limit was never approached ({most_leased})"
+    );
+
+    // 3. Fifty clients go away mid-stream on all three: every lease comes
+    //    back at once and the key serves again.
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let (http, url, key) = (
+            stack.http.clone(),
+            format!("{}/v1/chat/completions", bases[i % 3]),
+            conc_key.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let b = json!({"model": "gpt-4o-mini", "stream": true,
+                           "messages": [{"role": "user", "content": "[[mock:tokens=200,delay_ms=50]] hi"}]});
+            if let Ok(mut r) = http.post(&url).bearer_auth(&key).json(&b).send().await {
+                let _ = r.chunk().await;
+            }
+            // Dropped here: the client goes away.
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let until = Instant::now() + Duration::from_secs(3);
+    while leases_held(org, conc_id).await > 0 {
+        assert!(Instant::now() < until, "aborted streams kept their leases");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = chat(&stack, &conc_key, &body("gpt-4o-mini", "hi")).await;
+    assert_eq!(r.status(), 200);
 }
