@@ -845,3 +845,112 @@ async fn three_ingresses_admit_exactly_the_rpm_and_never_more_than_the_concurren
     let r = chat(&stack, &conc_key, &body("gpt-4o-mini", "hi")).await;
     assert_eq!(r.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budgets_are_reconciled_from_the_usage_rows_when_redis_drifts_or_forgets() {
+    let (store, sections) = tenants_store("r").await;
+    let actor = owner();
+    let org = store.create_org(&actor, "Acme").await.unwrap();
+    let project = store.create_project(&actor, org, "p").await.unwrap();
+    let spec = sy_control::store::KeySpec::named("k");
+    let (key_id, key) = store.create_key(&actor, project, &spec).await.unwrap();
+    store
+        .set_limits(
+            &actor,
+            LimitTarget::Key(key_id),
+            &sy_control::views::LimitChange {
+                budget: Some(json!({"usd": "10", "period": "month"})),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let stack = Stack::start_with(StackOptions {
+        sections: format!(
+            "{sections}\n[redis]\nurl = \"{}\"\n\n[limits]\nreconcile_seconds = 1\n",
+            sy_test_support::redis_url()
+        ),
+        clickhouse: true,
+        ..Default::default()
+    })
+    .await;
+    for _ in 0..3 {
+        assert_eq!(
+            chat(&stack, &key.key, &body("gpt-4o-mini", "hi"))
+                .await
+                .status(),
+            200
+        );
+    }
+    // The truth: the rows' billed sum.
+    let c = stack.clickhouse.as_ref().unwrap();
+    let client = sy_accounting::client(c);
+    let until = Instant::now() + Duration::from_secs(15);
+    let truth = loop {
+        let (rows, billed): (u64, String) = client
+            .query(&format!(
+                "SELECT count(), toString(sum(assumeNotNull(billed))) FROM {}.requests FINAL",
+                c.database
+            ))
+            .fetch_one()
+            .await
+            .unwrap();
+        if rows >= 3 {
+            break sy_config::price::parse_nanos(&billed).unwrap();
+        }
+        assert!(Instant::now() < until, "{rows} rows");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(truth > 0);
+    let redis = redis::Client::open(sy_test_support::redis_url()).unwrap();
+    let conn = redis.get_multiplexed_async_connection().await.unwrap();
+    let mut writer = conn.clone();
+    let budget_key = format!("sy:bud:{{{org}}}:key:{key_id}");
+    let spent = |mut conn: redis::aio::MultiplexedConnection| {
+        let key = budget_key.clone();
+        async move {
+            let v: Option<i64> = redis::cmd("HGET")
+                .arg(&key)
+                .arg("spent")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            v
+        }
+    };
+    let settles_to = |want: i64, what: &'static str| {
+        let (conn, spent) = (conn.clone(), &spent);
+        async move {
+            let until = Instant::now() + Duration::from_secs(5);
+            loop {
+                let now = spent(conn.clone()).await;
+                if now == Some(want) {
+                    return;
+                }
+                assert!(
+                    Instant::now() < until,
+                    "{what}: spent {now:?}, truth {want}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    // Settled from the usage events: Redis agrees with the rows.
+    settles_to(truth, "settlement").await;
+    // Drift (a settlement lost): healed from the rows within a round or two.
+    let _: () = redis::cmd("HSET")
+        .arg(&budget_key)
+        .arg("spent")
+        .arg(1)
+        .query_async(&mut writer)
+        .await
+        .unwrap();
+    settles_to(truth, "drift").await;
+    // Redis forgot the budget (a restart without persistence): rebuilt.
+    let _: () = redis::cmd("DEL")
+        .arg(&budget_key)
+        .query_async(&mut writer)
+        .await
+        .unwrap();
+    settles_to(truth, "lost").await;
+}

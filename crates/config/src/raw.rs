@@ -379,6 +379,9 @@ pub struct RawLimits {
     pub reserve_output_tokens_by_model: BTreeMap<String, u64>,
     /// Limits for scopes that have none of their own.
     pub defaults: RawLimitDefaults,
+    /// Seconds between rounds setting each budget's spend to what the usage
+    /// rows in ClickHouse say.
+    pub reconcile_seconds: u64,
 }
 
 impl Default for RawLimits {
@@ -388,6 +391,7 @@ impl Default for RawLimits {
             reserve_output_tokens: 1024,
             reserve_output_tokens_by_model: BTreeMap::new(),
             defaults: RawLimitDefaults::default(),
+            reconcile_seconds: 30,
         }
     }
 }

@@ -288,6 +288,8 @@ pub struct LimitsConfig {
     pub default_project: LimitSet,
     /// Limits of orgs without their own.
     pub default_org: LimitSet,
+    /// Time between budget reconciliations from ClickHouse.
+    pub reconcile: std::time::Duration,
 }
 
 impl Default for LimitsConfig {
@@ -299,6 +301,7 @@ impl Default for LimitsConfig {
             default_key: LimitSet::default(),
             default_project: LimitSet::default(),
             default_org: LimitSet::default(),
+            reconcile: std::time::Duration::from_secs(30),
         }
     }
 }

@@ -503,11 +503,12 @@ fn connection_and_body_limits_have_defaults_and_are_checked() {
 #[test]
 fn rate_limits_need_redis_and_bounded_values() {
     let p = problems(
-        "[limits]\nlease_seconds = 0\nreserve_output_tokens = 0\n[limits.defaults.key]\nrpm = 0\ntpm = 5000000000\n\
+        "[limits]\nlease_seconds = 0\nreconcile_seconds = 0\nreserve_output_tokens = 0\n[limits.defaults.key]\nrpm = 0\ntpm = 5000000000\n\
          [[keys]]\nname = \"a\"\nkey = \"sk-aaaaaaaa\"\nlimits = { concurrency = 0 }\n",
     );
     for field in [
         "limits.lease_seconds",
+        "limits.reconcile_seconds",
         "limits.reserve_output_tokens",
         "limits.defaults.key.rpm",
         "limits.defaults.key.tpm",
@@ -533,6 +534,7 @@ fn rate_limits_need_redis_and_bounded_values() {
         "the URL is a secret"
     );
     assert_eq!(c.limits.lease, std::time::Duration::from_secs(30));
+    assert_eq!(c.limits.reconcile, std::time::Duration::from_secs(30));
     assert_eq!(c.limits.reserve_output_for("gpt-4o"), 4096);
     assert_eq!(c.limits.reserve_output_for("other"), 1024);
     assert_eq!(c.limits.default_org.tpm, Some(100_000));

@@ -826,6 +826,12 @@ fn limits_config(
             (m, n)
         })
         .collect();
+    if raw.reconcile_seconds == 0 || raw.reconcile_seconds > 86_400 {
+        e.push(ConfigError::new(
+            "limits.reconcile_seconds",
+            "must be from 1 to 86400",
+        ));
+    }
     if raw.lease_seconds == 0 || raw.lease_seconds > 3600 {
         e.push(ConfigError::new(
             "limits.lease_seconds",
@@ -844,6 +850,7 @@ fn limits_config(
         default_key: default("key", d.key),
         default_project: default("project", d.project),
         default_org: default("org", d.org),
+        reconcile: std::time::Duration::from_secs(raw.reconcile_seconds.clamp(1, 86_400)),
     };
     let none = LimitSet::default();
     let any_limit = [

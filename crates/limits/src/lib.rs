@@ -160,6 +160,45 @@ impl Period {
     pub fn as_code(self) -> u8 {
         self.code()
     }
+
+    /// The period holding Unix second `secs`: its id as the scripts name it
+    /// (`d<day>`, `m<year × 12 + month − 1>`, `all`) and its first second.
+    pub fn at(self, secs: u64) -> (String, u64) {
+        let day = secs / 86_400;
+        match self {
+            Period::None => ("all".to_owned(), 0),
+            Period::Day => (format!("d{day}"), day * 86_400),
+            Period::Month => {
+                let (y, m) = civil(day as i64);
+                let first = days_from_civil(y, m) as u64 * 86_400;
+                (format!("m{}", y * 12 + m - 1), first)
+            }
+        }
+    }
+}
+
+/// Days since 1970-01-01 to (year, month) (proleptic Gregorian).
+fn civil(z: i64) -> (i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m)
+}
+
+/// The first day of `y`-`m`, as days since 1970-01-01.
+fn days_from_civil(y: i64, m: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
 }
 
 /// A spending cap of one scope (an org, a project or a key) in nano-USD.
@@ -291,6 +330,7 @@ pub struct Limiter {
     conn: ConnectionManager,
     admit: Script,
     settle: Script,
+    reconcile: Script,
 }
 
 impl std::fmt::Debug for Limiter {
@@ -318,6 +358,7 @@ impl Limiter {
             conn,
             admit: Script::new(include_str!("admit.lua")),
             settle: Script::new(include_str!("settle.lua")),
+            reconcile: Script::new(include_str!("reconcile.lua")),
         })
     }
 
@@ -445,6 +486,21 @@ impl Limiter {
         }
         let done: i64 = inv.invoke_async(&mut self.conn.clone()).await?;
         Ok(done == 1)
+    }
+
+    /// Sets `budget`'s spend in the period `pid` (see [`Period::at`]) to
+    /// `truth` nano-USD (what the usage rows say), keeping what requests in
+    /// flight hold; returns the drift (truth − what Redis had).
+    pub async fn reconcile(
+        &self,
+        budget_key: &str,
+        period: Period,
+        pid: &str,
+        truth: i64,
+    ) -> Result<i64, LimitError> {
+        let mut inv = self.reconcile.prepare_invoke();
+        inv.key(budget_key).arg(period.code()).arg(pid).arg(truth);
+        Ok(inv.invoke_async(&mut self.conn.clone()).await?)
     }
 
     /// Whether Redis answers now (a `PING`; reconnects if it must).
@@ -619,6 +675,16 @@ mod tests {
                 tokens_reset_ms: 0
             }])
         );
+    }
+
+    #[test]
+    fn periods_are_named_and_start_as_the_scripts_have_them() {
+        // 2026-12-05T06:00:00Z; 2024-02-29T12:00:00Z.
+        let (id, first) = Period::Month.at(1_796_450_400);
+        assert_eq!((id.as_str(), first), ("m24323", 1_796_083_200));
+        assert_eq!(Period::Day.at(1_796_450_400).1, 1_796_428_800);
+        assert_eq!(Period::Month.at(1_709_208_000).1, 1_706_745_600);
+        assert_eq!(Period::None.at(5), ("all".to_owned(), 0));
     }
 
     #[test]

@@ -340,7 +340,10 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
             sy_ingress::run_roles(config, Some(cli.config.clone()), bus, shutdown, roles).await?
         }
         Command::Worker { providers } => sy_worker::run(config, bus, providers, shutdown).await?,
-        Command::Accounting => sy_accounting::run(config, bus, shutdown).await?,
+        Command::Accounting => {
+            let _reconcile = AbortOnDrop(sy_control::reconcile::start(&config).await);
+            sy_accounting::run(config, bus, shutdown).await?
+        }
         Command::All => {
             let worker = tokio::spawn(sy_worker::run(
                 config.clone(),
@@ -348,6 +351,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
                 Vec::new(),
                 shutdown.clone(),
             ));
+            let _reconcile = AbortOnDrop(sy_control::reconcile::start(&config).await);
             let accounting = config.clickhouse.is_some().then(|| {
                 tokio::spawn(sy_accounting::run(
                     config.clone(),
@@ -478,4 +482,15 @@ async fn watch_signals(shutdown: CancellationToken) {
     let _ = ctrl_c.await;
     tracing::info!("Shutdown requested, draining.");
     shutdown.cancel();
+}
+
+/// Stops a background task when dropped.
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(h) = &self.0 {
+            h.abort();
+        }
+    }
 }

@@ -1,0 +1,170 @@
+//! Budgets reconciled from the truth: every budget's spend in its current
+//! period, as Redis counts it (settled from usage events), is checked against
+//! what ClickHouse's exactly-once usage rows say and set to it. A Redis that
+//! lost its data, a settlement that failed, or batch items (billed but not
+//! admitted against budgets) all heal within one round (default 30 s). The
+//! drift of each round is logged per budget (and returned, for tests).
+//!
+//! A settlement that lands after its rows were counted here is counted twice
+//! until the next round lowers it again: the error is on the safe side (a
+//! budget looks fuller than it is for one round), never an overspend.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use serde_json::Value;
+use sqlx::FromRow;
+use sy_config::ClickhouseConfig;
+use sy_limits::Limiter;
+use uuid::Uuid;
+
+use crate::keytable::budget_of;
+use crate::store::{Store, StoreError};
+
+/// Why a round failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// The control plane's database.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// ClickHouse.
+    #[error("clickhouse: {0}")]
+    Clickhouse(#[from] clickhouse::error::Error),
+    /// Redis.
+    #[error(transparent)]
+    Limits(#[from] sy_limits::LimitError),
+}
+
+/// One budget's drift in one round.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drift {
+    /// `key <id>`, `project <id>` or `org <id>`.
+    pub budget: String,
+    /// The truth minus what Redis had as spent, nano-USD.
+    pub drift_nanos: i64,
+    /// The truth, nano-USD.
+    pub spent_nanos: i64,
+}
+
+#[derive(FromRow)]
+struct BudgetRow {
+    kind: String,
+    id: Uuid,
+    org_id: Uuid,
+    budget: Value,
+}
+
+const BUDGETS: &str = "SELECT 'org' AS kind, id, id AS org_id, budget FROM orgs WHERE budget IS NOT NULL \
+    UNION ALL SELECT 'project', id, org_id, budget FROM projects WHERE budget IS NOT NULL \
+    UNION ALL SELECT 'key', k.id, p.org_id, k.budget FROM api_keys k JOIN projects p ON p.id = k.project_id \
+        WHERE k.budget IS NOT NULL";
+
+/// One round at Unix second `now_s`: every budget's spend set to the truth.
+pub async fn once(
+    store: &Store,
+    ch: &ClickhouseConfig,
+    limiter: &Limiter,
+    now_s: u64,
+) -> Result<Vec<Drift>, ReconcileError> {
+    let rows: Vec<BudgetRow> = sqlx::query_as(BUDGETS)
+        .fetch_all(store.pool())
+        .await
+        .map_err(StoreError::from)?;
+    let client = sy_accounting::client(ch);
+    let mut drifts = Vec::new();
+    for row in rows {
+        let Some((_, period)) = budget_of(Some(&row.budget)) else {
+            continue;
+        };
+        let column = match row.kind.as_str() {
+            "org" => "org_id",
+            "project" => "project_id",
+            _ => "key_id",
+        };
+        let (pid, first) = period.at(now_s);
+        let sql = format!(
+            "SELECT toString(sum(assumeNotNull(billed))) FROM {}.requests FINAL \
+             WHERE {column} = ? AND ts >= toDateTime(?)",
+            ch.database
+        );
+        let text: String = client
+            .query(&sql)
+            .bind(row.id.to_string())
+            .bind(first)
+            .fetch_one()
+            .await?;
+        let truth = sy_config::price::parse_nanos(&text).unwrap_or(0);
+        let b = sy_limits::Budget::of_org(
+            &row.org_id.to_string(),
+            &row.kind,
+            &row.id.to_string(),
+            0,
+            period,
+        );
+        let drift = limiter.reconcile(&b.key, period, &pid, truth).await?;
+        if drift != 0 {
+            tracing::info!(budget = %b.name, drift_nanos = drift, spent_nanos = truth, "Budget reconciled from the usage rows.");
+        }
+        drifts.push(Drift {
+            budget: b.name,
+            drift_nanos: drift,
+            spent_nanos: truth,
+        });
+    }
+    Ok(drifts)
+}
+
+/// Reconciles every `every` until the task is dropped (rounds are skipped
+/// while Redis is not connected; a failed round is logged and retried at the
+/// next).
+pub async fn run(
+    store: Store,
+    ch: ClickhouseConfig,
+    limiter: Arc<OnceLock<Limiter>>,
+    every: Duration,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(l) = limiter.get() else { continue };
+        let now_s = sy_protocol::now_unix_ms() / 1000;
+        match once(&store, &ch, l, now_s).await {
+            Ok(d) => {
+                let drifted = d.iter().filter(|d| d.drift_nanos != 0).count();
+                tracing::debug!(budgets = d.len(), drifted, "Budgets reconciled.");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Reconciling budgets failed; retried at the next round.")
+            }
+        }
+    }
+}
+
+/// Starts reconciling when the config has what it takes (`[tenants]`,
+/// `[postgres]`, `[clickhouse]` and `[redis]`): the accounting component
+/// runs it beside the consumer. The task ends when the handle is aborted.
+pub async fn start(config: &sy_config::Config) -> Option<tokio::task::JoinHandle<()>> {
+    use std::str::FromStr;
+    let (tenants, postgres) = (config.tenants.as_ref()?, config.postgres.as_ref()?);
+    let (ch, redis) = (config.clickhouse.clone()?, config.redis.as_ref()?);
+    let pepper = crate::key::Pepper::new(tenants.key_pepper.expose().as_bytes()).ok()?;
+    let options = match sqlx::postgres::PgConnectOptions::from_str(postgres.url.expose()) {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::warn!(error = %e, "No budget reconciliation: the PostgreSQL URL does not parse.");
+            return None;
+        }
+    };
+    let store = match Store::connect_lazy(options, pepper, &tenants.key_env) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "No budget reconciliation: no PostgreSQL pool.");
+            return None;
+        }
+    };
+    let limiter = Limiter::connect_or_retry(redis.url.expose().to_owned()).await;
+    let every = config.limits.reconcile;
+    tracing::info!(?every, "Reconciling budgets from the usage rows.");
+    Some(tokio::spawn(run(store, ch, limiter, every)))
+}
