@@ -433,6 +433,27 @@ async fn limits_set_from_the_command_line_hold_at_once() {
         .await
         .unwrap();
     assert_eq!(bad.status(), 400);
+    // Prepaid balances: an org made prepaid, credited once per reference.
+    let org_id = org["id"].as_str().unwrap();
+    let o = json(&["orgs", "prepaid", org_id, "true"]);
+    assert_eq!(o["prepaid"], json!(true));
+    let b = json(&["orgs", "credit", org_id, "--usd", "5", "--ref", "pay_1"]);
+    assert_eq!(
+        (b["balance_usd"].as_str(), b["credited"].as_bool()),
+        (Some("5"), Some(true))
+    );
+    let b = json(&["orgs", "credit", org_id, "--usd", "5", "--ref", "pay_1"]);
+    assert_eq!(
+        (b["balance_usd"].as_str(), b["credited"].as_bool()),
+        (Some("5"), Some(false))
+    );
+    let b = json(&["orgs", "credit", org_id, "--usd", "-0.5", "--ref", "fix_1"]);
+    assert_eq!(b["balance_usd"], "4.5");
+    let b = json(&["orgs", "balance", org_id]);
+    assert_eq!(
+        (b["credited_usd"].as_str(), b["debited_usd"].as_str()),
+        (Some("4.5"), Some("0"))
+    );
 }
 
 /// A process killed when dropped.
@@ -953,4 +974,124 @@ async fn budgets_are_reconciled_from_the_usage_rows_when_redis_drifts_or_forgets
         .await
         .unwrap();
     settles_to(truth, "lost").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prepaid_org_spends_its_balance_down_to_402_and_the_ledger_adds_up() {
+    let (store, sections) = tenants_store("p").await;
+    let actor = owner();
+    let org = store.create_org(&actor, "Acme").await.unwrap();
+    let project = store.create_project(&actor, org, "p").await.unwrap();
+    let spec = sy_control::store::KeySpec::named("k");
+    let (_, key) = store.create_key(&actor, project, &spec).await.unwrap();
+    store
+        .set_limits(
+            &actor,
+            LimitTarget::Org(org),
+            &sy_control::views::LimitChange {
+                prepaid: Some(true),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    // $0.0002: a few requests' worth.
+    let (b, fresh) = store
+        .credit(&actor, org, 200_000, "topup-1", "first")
+        .await
+        .unwrap();
+    assert!(fresh && b.prepaid);
+    assert_eq!(b.balance_nanos, 200_000);
+    let stack = Stack::start_with(StackOptions {
+        sections: format!(
+            "{sections}\n[redis]\nurl = \"{}\"\n",
+            sy_test_support::redis_url()
+        ),
+        clickhouse: true,
+        ..Default::default()
+    })
+    .await;
+    let store = store.announcing(sy_control::feed::Notifier::new(
+        sy_test_support::nats().await,
+        sy_protocol::Subjects::new(&stack.namespace).key_notices(),
+    ));
+    let mut b = body("gpt-4o-mini", "[[mock:tokens=16]] hi");
+    b["max_tokens"] = json!(20);
+    let mut served = 0;
+    let refused = loop {
+        let r = chat(&stack, &key.key, &b).await;
+        match r.status().as_u16() {
+            200 => served += 1,
+            402 => break r,
+            other => panic!("{other}"),
+        }
+        assert!(served < 100, "the balance never ran out");
+    };
+    assert!(served >= 2, "served {served}");
+    let (_, kind, text) = refusal(refused).await;
+    assert_eq!(kind, "insufficient_quota");
+    assert!(
+        text.contains("budget_exceeded")
+            && text.contains("Not enough prepaid balance")
+            && text.contains("Top up"),
+        "{text}"
+    );
+    // The ledger debits every billed attempt once, never below zero, and the
+    // stored balance is the sum of its rows.
+    let c = stack.clickhouse.as_ref().unwrap();
+    let client = sy_accounting::client(c);
+    let until = Instant::now() + Duration::from_secs(15);
+    let (billed, balance) = loop {
+        let (rows, billed): (u64, String) = client
+            .query(&format!(
+                "SELECT count(), toString(sum(assumeNotNull(billed))) FROM {}.requests FINAL",
+                c.database
+            ))
+            .fetch_one()
+            .await
+            .unwrap();
+        let billed = sy_config::price::parse_nanos(&billed).unwrap_or(0);
+        let balance = store.balance(org).await.unwrap();
+        if rows >= served && balance.debited_nanos == billed {
+            break (billed, balance);
+        }
+        assert!(
+            Instant::now() < until,
+            "{rows} rows, {balance:?}, billed {billed}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(balance.balance_nanos >= 0, "{balance:?}");
+    assert_eq!(balance.balance_nanos, 200_000 - billed);
+    let (rows_sum,): (i64,) = sqlx::query_as(
+        "SELECT COALESCE(sum(amount_nanos), 0)::bigint FROM ledger WHERE org_id = $1",
+    )
+    .bind(org)
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        rows_sum, balance.balance_nanos,
+        "stored balance vs the ledger's rows"
+    );
+    // A top-up credited twice is credited once; then requests pass again.
+    let (_, again) = store
+        .credit(&actor, org, 200_000, "topup-1", "retry")
+        .await
+        .unwrap();
+    assert!(!again);
+    let (after, fresh) = store
+        .credit(&actor, org, 1_000_000, "topup-2", "")
+        .await
+        .unwrap();
+    assert!(fresh);
+    assert_eq!(after.balance_nanos, balance.balance_nanos + 1_000_000);
+    let until = Instant::now() + Duration::from_secs(3);
+    while chat(&stack, &key.key, &b).await.status() != 200 {
+        assert!(
+            Instant::now() < until,
+            "the top-up never reached the ingress"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -4,7 +4,11 @@ use std::path::PathBuf;
 use super::*;
 
 fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+    // At run time first: the compile-time value names wherever this was
+    // last built (another checkout when several share one target dir).
+    let manifest = std::env::var("CARGO_MANIFEST_DIR")
+        .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned());
+    PathBuf::from(manifest).join("../..")
 }
 
 fn env(pairs: &[(&str, &str)]) -> MapEnv {

@@ -32,6 +32,9 @@ pub struct Grant {
     /// Its project lowers `max_tokens` to what the budgets can pay for
     /// (else a request they cannot pay for in full is refused).
     pub lower_max_tokens: bool,
+    /// For a prepaid org: everything credited to it, nano-USD (its requests
+    /// are admitted against credited − spent).
+    pub prepaid_credit: Option<i64>,
 }
 
 /// The budgets a key's requests count against: its own, its project's and
@@ -157,6 +160,7 @@ impl Grant {
             limits: TenantLimits::default(),
             budgets: TenantBudgets::default(),
             lower_max_tokens: true,
+            prepaid_credit: None,
         }
     }
 
@@ -176,6 +180,12 @@ impl Grant {
                 sy_limits::Budget::of_org(&org, kind, &id.to_string(), nanos, period)
             })
         })
+        .chain(self.prepaid_credit.map(|credited| sy_limits::Budget {
+            name: format!("the prepaid balance of org {org}"),
+            key: crate::ledger::balance_key(&org),
+            limit_nanos: credited,
+            period: sy_limits::Period::None,
+        }))
         .collect()
     }
 
@@ -315,6 +325,8 @@ struct Row {
     project_budget: Option<serde_json::Value>,
     org_budget: Option<serde_json::Value>,
     lower_max_tokens: bool,
+    prepaid: bool,
+    org_credited_nanos: i64,
 }
 
 impl Row {
@@ -355,6 +367,7 @@ impl Row {
                 org: budget_of(self.org_budget.as_ref()),
             },
             lower_max_tokens: self.lower_max_tokens,
+            prepaid_credit: self.prepaid.then_some(self.org_credited_nanos),
         };
         let entry = KeyEntry {
             grant: Arc::new(grant),
@@ -376,8 +389,9 @@ const LIVE_KEYS: &str = "SELECT k.public_id, k.id AS key_id, p.id AS project_id,
         p.limits AS project_limits, p.model_limits AS project_model_limits, \
         o.limits AS org_limits, o.model_limits AS org_model_limits, \
         k.budget AS key_budget, p.budget AS project_budget, o.budget AS org_budget, \
-        p.lower_max_tokens \
+        p.lower_max_tokens, o.prepaid, COALESCE(ob.credited_nanos, 0) AS org_credited_nanos \
     FROM api_keys k JOIN projects p ON p.id = k.project_id JOIN orgs o ON o.id = p.org_id \
+    LEFT JOIN org_balances ob ON ob.org_id = o.id \
     WHERE k.status = 'active' AND p.status = 'active' AND o.status = 'active'";
 
 impl KeyTable {

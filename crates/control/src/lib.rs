@@ -20,6 +20,7 @@ pub mod credentials;
 pub mod feed;
 pub mod key;
 pub mod keytable;
+pub mod ledger;
 pub mod reconcile;
 pub mod sealed;
 pub mod store;

@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde_json::Value;
 use sqlx::FromRow;
 use sy_config::ClickhouseConfig;
-use sy_limits::Limiter;
+use sy_limits::{Limiter, Period};
 use uuid::Uuid;
 
 use crate::keytable::budget_of;
@@ -101,7 +101,9 @@ pub async fn once(
             0,
             period,
         );
-        let drift = limiter.reconcile(&b.key, period, &pid, truth).await?;
+        let drift = limiter
+            .reconcile(&b.key, period, &pid, truth, false)
+            .await?;
         if drift != 0 {
             tracing::info!(budget = %b.name, drift_nanos = drift, spent_nanos = truth, "Budget reconciled from the usage rows.");
         }
@@ -109,6 +111,29 @@ pub async fn once(
             budget: b.name,
             drift_nanos: drift,
             spent_nanos: truth,
+        });
+    }
+    // Prepaid balances: what the ledger debited (written after settlement,
+    // so it may lag: it only ever raises Redis's count).
+    let balances: Vec<(Uuid, i64)> = sqlx::query_as(
+        "SELECT o.id, COALESCE(b.debited_nanos, 0) FROM orgs o \
+         LEFT JOIN org_balances b ON b.org_id = o.id WHERE o.prepaid",
+    )
+    .fetch_all(store.pool())
+    .await
+    .map_err(StoreError::from)?;
+    for (org, debited) in balances {
+        let key = crate::ledger::balance_key(&org.to_string());
+        let drift = limiter
+            .reconcile(&key, Period::None, "all", debited, true)
+            .await?;
+        if drift != 0 {
+            tracing::info!(org = %org, drift_nanos = drift, "Prepaid balance reconciled from the ledger.");
+        }
+        drifts.push(Drift {
+            budget: format!("the prepaid balance of org {org}"),
+            drift_nanos: drift,
+            spent_nanos: debited,
         });
     }
     Ok(drifts)

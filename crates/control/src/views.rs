@@ -27,6 +27,8 @@ pub struct OrgView {
     pub model_limits: Value,
     /// Its budget: `{"usd": "12.50", "period": "month"}`, or null.
     pub budget: Option<Value>,
+    /// Whether its requests are admitted against its prepaid balance.
+    pub prepaid: bool,
     /// Created, Unix seconds.
     pub created_at: i64,
     /// Last changed, Unix seconds.
@@ -134,7 +136,7 @@ pub struct Filter {
     pub project_id: Option<Uuid>,
 }
 
-const ORG: &str = "SELECT id, name, status, limits, model_limits, budget, \
+const ORG: &str = "SELECT id, name, status, limits, model_limits, budget, prepaid, \
     extract(epoch FROM created_at)::bigint AS created_at, \
     extract(epoch FROM updated_at)::bigint AS updated_at FROM orgs";
 const PROJECT: &str = "SELECT id, org_id, name, status, limits, model_limits, budget, lower_max_tokens, \
@@ -172,6 +174,8 @@ pub struct LimitChange {
     pub budget: Option<Value>,
     /// A project's: lower `max_tokens` to what its budgets can pay for.
     pub lower_max_tokens: Option<bool>,
+    /// An org's: admit its requests against its prepaid balance.
+    pub prepaid: Option<bool>,
 }
 
 impl LimitChange {
@@ -181,6 +185,7 @@ impl LimitChange {
             || self.model_limits.is_some()
             || self.budget.is_some()
             || self.lower_max_tokens.is_some()
+            || self.prepaid.is_some()
     }
 }
 
@@ -455,10 +460,10 @@ impl Store {
             LimitTarget::Project(id) => ("projects", "project", id),
             LimitTarget::Key(id) => ("api_keys", "key", id),
         };
-        let lower = if kind == "project" {
-            "lower_max_tokens"
-        } else {
-            "true"
+        let lower = match kind {
+            "project" => "lower_max_tokens",
+            "org" => "prepaid",
+            _ => "true",
         };
         let mut tx = self.pool().begin().await?;
         let before: Option<(Value, Value, Option<Value>, bool)> = sqlx::query_as(&format!(
@@ -480,11 +485,14 @@ impl Store {
             Some(b) => Some(b.clone()),
             None => old_budget.clone(),
         };
-        let new_lower = change.lower_max_tokens.unwrap_or(old_lower);
-        let set_lower = if kind == "project" {
-            ", lower_max_tokens = $5"
-        } else {
-            ""
+        let new_lower = match kind {
+            "project" => change.lower_max_tokens.unwrap_or(old_lower),
+            _ => change.prepaid.unwrap_or(old_lower),
+        };
+        let set_lower = match kind {
+            "project" => ", lower_max_tokens = $5",
+            "org" => ", prepaid = $5",
+            _ => "",
         };
         sqlx::query(&format!(
             "UPDATE {table} SET limits = $2, model_limits = $3, budget = $4{set_lower}, updated_at = now() WHERE id = $1"
@@ -499,8 +507,10 @@ impl Store {
         let action = format!("{kind}.limits");
         let state = |l: &Value, m: &Value, b: &Option<Value>, lower: bool| {
             let mut v = json!({"limits": l, "model_limits": m, "budget": b});
-            if kind == "project" {
-                v["lower_max_tokens"] = json!(lower);
+            match kind {
+                "project" => v["lower_max_tokens"] = json!(lower),
+                "org" => v["prepaid"] = json!(lower),
+                _ => {}
             }
             v
         };

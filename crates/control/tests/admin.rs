@@ -272,6 +272,9 @@ async fn every_endpoint_answers_every_role_as_the_docs_table_says() {
                 ("POST", "/admin/v1/credentials") => {
                     Some(json!({"provider": "openai", "org_id": org, "api_key": "sk-x"}))
                 }
+                ("POST", p) if p.ends_with("/credits") => {
+                    Some(json!({"usd": "1", "ref": Uuid::now_v7().to_string()}))
+                }
                 ("POST", _) => Some(json!({"grace_seconds": 0})),
                 ("PATCH", p) if p.starts_with("/admin/v1/credentials/") => {
                     Some(json!({"api_key": "sk-new"}))
@@ -289,8 +292,12 @@ async fn every_endpoint_answers_every_role_as_the_docs_table_says() {
             }
             // Re-enable what a permitted DELETE disabled, for the next caller.
             if url.starts_with("/admin/v1/orgs/") {
-                api.ok(Method::PATCH, &url, Some(json!({"status": "active"})))
-                    .await;
+                api.ok(
+                    Method::PATCH,
+                    &format!("/admin/v1/orgs/{org}"),
+                    Some(json!({"status": "active"})),
+                )
+                .await;
             }
         }
     }

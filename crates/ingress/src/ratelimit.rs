@@ -480,6 +480,19 @@ fn over_budget(budget: &sy_limits::Budget, over: &sy_limits::OverBudget, needs: 
             humantime::format_rfc3339_seconds(at)
         )
     });
+    if budget.key.contains(":balance:") {
+        return ApiError::new(
+            ErrorCode::BudgetExceeded,
+            format!(
+                "Not enough prepaid balance in {}: ${} left, ${} of it held by requests in flight; \
+                 this request may cost up to ${}. Top up to continue.",
+                budget.name.trim_start_matches("the prepaid balance of "),
+                nanos_to_usd(over.limit_nanos - over.spent_nanos),
+                nanos_to_usd(over.held_nanos),
+                nanos_to_usd(needs),
+            ),
+        );
+    }
     ApiError::new(
         ErrorCode::BudgetExceeded,
         format!(

@@ -490,16 +490,22 @@ impl Limiter {
 
     /// Sets `budget`'s spend in the period `pid` (see [`Period::at`]) to
     /// `truth` nano-USD (what the usage rows say), keeping what requests in
-    /// flight hold; returns the drift (truth − what Redis had).
+    /// flight hold (with `raise_only`, a truth below Redis's is ignored);
+    /// returns the drift (truth − what Redis had).
     pub async fn reconcile(
         &self,
         budget_key: &str,
         period: Period,
         pid: &str,
         truth: i64,
+        raise_only: bool,
     ) -> Result<i64, LimitError> {
         let mut inv = self.reconcile.prepare_invoke();
-        inv.key(budget_key).arg(period.code()).arg(pid).arg(truth);
+        inv.key(budget_key)
+            .arg(period.code())
+            .arg(pid)
+            .arg(truth)
+            .arg(u8::from(raise_only));
         Ok(inv.invoke_async(&mut self.conn.clone()).await?)
     }
 

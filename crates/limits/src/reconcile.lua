@@ -4,7 +4,8 @@
 -- KEYS: [1] the budget's hash (fields p: period id, spent, held).
 -- ARGV: [1] period (0 none, 1 UTC day, 2 UTC month), [2] the period id the
 --       truth is for, [3] the truth: what the period's rows were billed
---       (nano-USD).
+--       (nano-USD), [4] 1 to only ever raise the spend (a truth that may lag
+--       behind Redis, like a ledger written after settlement).
 --
 -- Returns the drift (truth - what Redis held as spent; 0: none). A period id
 -- other than the one in Redis (a new period, or a Redis that lost the
@@ -23,6 +24,9 @@ if h[1] ~= ARGV[2] then
   return truth - 0
 end
 local spent = tonumber(h[2] or '0')
+if ARGV[4] == '1' and truth < spent then
+  return 0
+end
 if spent ~= truth then
   redis.call('HSET', KEYS[1], 'spent', truth)
 end

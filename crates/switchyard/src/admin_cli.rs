@@ -50,6 +50,28 @@ pub enum OrgCommand {
         #[command(flatten)]
         limits: LimitArgs,
     },
+    /// Makes an org prepaid (its requests spend its balance), or not.
+    Prepaid {
+        id: String,
+        /// true or false.
+        #[arg(action = clap::ArgAction::Set)]
+        on: bool,
+    },
+    /// Credits an org's prepaid balance (a negative amount adjusts it down),
+    /// once per reference.
+    Credit {
+        id: String,
+        /// USD, e.g. 25.00.
+        #[arg(long, allow_hyphen_values = true)]
+        usd: String,
+        /// The payment's reference: the same one credits once.
+        #[arg(long = "ref")]
+        reference: String,
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+    /// Prints an org's prepaid balance.
+    Balance { id: String },
 }
 
 /// Rate limits to set on an org, project or key (docs/limits.md). The kinds
@@ -452,6 +474,38 @@ pub async fn run(conn: &Connection, call: Call, out: &mut impl Write) -> anyhow:
             .await?,
             Shape::Key,
         ),
+        Call::Orgs(OrgCommand::Prepaid { id, on }) => (
+            api.call(
+                Method::PATCH,
+                &format!("/admin/v1/orgs/{}", urlencode(&id)),
+                Some(json!({ "prepaid": on })),
+            )
+            .await?,
+            Shape::Org,
+        ),
+        Call::Orgs(OrgCommand::Credit {
+            id,
+            usd,
+            reference,
+            note,
+        }) => (
+            api.call(
+                Method::POST,
+                &format!("/admin/v1/orgs/{}/credits", urlencode(&id)),
+                Some(json!({ "usd": usd, "ref": reference, "note": note })),
+            )
+            .await?,
+            Shape::Balance,
+        ),
+        Call::Orgs(OrgCommand::Balance { id }) => (
+            api.call(
+                Method::GET,
+                &format!("/admin/v1/orgs/{}/balance", urlencode(&id)),
+                None,
+            )
+            .await?,
+            Shape::Balance,
+        ),
         Call::Orgs(OrgCommand::Limits { id, limits }) => {
             (api.set_limits("orgs", &id, &limits).await?, Shape::Org)
         }
@@ -560,6 +614,7 @@ enum Shape {
     NewToken,
     Credential,
     Audit,
+    Balance,
 }
 
 impl Shape {
@@ -571,6 +626,13 @@ impl Shape {
             Shape::Token | Shape::NewToken => &["id", "prefix", "name", "role", "org_id", "status"],
             Shape::Credential => &["id", "provider", "org_id", "key_version", "fingerprint"],
             Shape::Audit => &["seq", "actor", "role", "action", "target_kind", "target_id"],
+            Shape::Balance => &[
+                "org_id",
+                "prepaid",
+                "balance_usd",
+                "credited_usd",
+                "debited_usd",
+            ],
         }
     }
 }

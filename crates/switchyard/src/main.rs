@@ -342,6 +342,11 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         Command::Worker { providers } => sy_worker::run(config, bus, providers, shutdown).await?,
         Command::Accounting => {
             let _reconcile = AbortOnDrop(sy_control::reconcile::start(&config).await);
+            let _ledger = AbortOnDrop(sy_control::ledger::start(
+                &config,
+                bus.jetstream().clone(),
+                bus.subjects().usage_stream(),
+            ));
             sy_accounting::run(config, bus, shutdown).await?
         }
         Command::All => {
@@ -352,6 +357,11 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
                 shutdown.clone(),
             ));
             let _reconcile = AbortOnDrop(sy_control::reconcile::start(&config).await);
+            let _ledger = AbortOnDrop(sy_control::ledger::start(
+                &config,
+                bus.jetstream().clone(),
+                bus.subjects().usage_stream(),
+            ));
             let accounting = config.clickhouse.is_some().then(|| {
                 tokio::spawn(sy_accounting::run(
                     config.clone(),

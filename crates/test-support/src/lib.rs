@@ -107,7 +107,12 @@ pub fn free_port() -> u16 {
 
 /// The repository root (tests run from a crate directory).
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+    // The running test's crate (cargo and nextest set it at run time); the
+    // compile-time value names wherever this crate was last built, which is
+    // another checkout when several share one target dir.
+    let manifest = std::env::var("CARGO_MANIFEST_DIR")
+        .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned());
+    PathBuf::from(manifest).join("../..")
 }
 
 /// The `nats-server` binary tests start.

@@ -237,6 +237,7 @@ impl LimitFields {
             model_limits: models,
             budget: budget.as_ref().map(checked_budget).transpose()?,
             lower_max_tokens,
+            prepaid: None,
         })
     }
 }
@@ -336,28 +337,38 @@ struct Change {
     budget: Option<Value>,
     #[serde(default)]
     lower_max_tokens: Option<bool>,
+    #[serde(default)]
+    prepaid: Option<bool>,
 }
 
 impl Change {
-    /// The change, checked; `lower_max_tokens` is a project's alone.
+    /// The change, checked; `lower_max_tokens` is a project's alone,
+    /// `prepaid` an org's.
     fn checked(self, project: bool) -> Result<(Rename, LimitChange), AdminError> {
         if !project && self.lower_max_tokens.is_some() {
             return Err(AdminError::invalid(
                 "'lower_max_tokens' is a project's setting.".to_owned(),
             ));
         }
+        if project && self.prepaid.is_some() {
+            return Err(AdminError::invalid(
+                "'prepaid' is an org's setting.".to_owned(),
+            ));
+        }
+        let prepaid = self.prepaid;
         if let Some(n) = &self.name {
             name("name", n)?;
         }
         if let Some(s) = &self.status {
             status(s)?;
         }
-        let limits = LimitFields::checked(
+        let mut limits = LimitFields::checked(
             self.limits,
             self.model_limits,
             self.budget,
             self.lower_max_tokens,
         )?;
+        limits.prepaid = prepaid;
         Ok((
             Rename {
                 name: self.name,

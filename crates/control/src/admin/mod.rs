@@ -260,6 +260,8 @@ pub fn router<S: Clone + Send + Sync + 'static>(admin: Arc<Admin>) -> Router<S> 
                 .patch(h::patch_project)
                 .delete(h::disable_project),
         )
+        .route("/admin/v1/orgs/{id}/credits", post(o::credit_org))
+        .route("/admin/v1/orgs/{id}/balance", get(o::org_balance))
         .route("/admin/v1/keys", post(h::create_key).get(h::list_keys))
         .route(
             "/admin/v1/keys/{id}",

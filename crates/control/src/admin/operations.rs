@@ -298,3 +298,97 @@ pub(super) async fn revoke_admin_token(
     admin.store.revoke_admin_token(&caller.actor(), id).await?;
     Ok(Json(admin.store.admin_token(id).await?).into_response())
 }
+
+/// A credit (or, negative, an adjustment) to an org's prepaid balance.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewCredit {
+    /// USD, e.g. `"25.00"`; negative for an adjustment down.
+    usd: Value,
+    /// The caller's reference: crediting the same reference again credits nothing.
+    #[serde(rename = "ref")]
+    reference: String,
+    #[serde(default)]
+    note: String,
+}
+
+/// An org's balance as the admin API shows it.
+fn balance_view(org: Uuid, b: &crate::ledger::Balance) -> Value {
+    use crate::keytable::nanos_to_usd;
+    json!({
+        "org_id": org,
+        "prepaid": b.prepaid,
+        "balance_usd": nanos_to_usd(b.balance_nanos),
+        "credited_usd": nanos_to_usd(b.credited_nanos),
+        "debited_usd": nanos_to_usd(b.debited_nanos),
+    })
+}
+
+pub(super) async fn credit_org(
+    State(admin): State<Arc<Admin>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Answer {
+    let org = id_of(&id, "org")?;
+    if !caller.sees(org) {
+        return Err(AdminError::not_found("org"));
+    }
+    let req: NewCredit = parse(&body)?;
+    let text = match &req.usd {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        _ => {
+            return Err(AdminError::invalid(
+                "'usd' must be an amount like \"25.00\".",
+            ));
+        }
+    };
+    let (negative, digits) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text.as_str()),
+    };
+    let nanos = crate::keytable::usd_to_nanos(digits)
+        .filter(|n| *n > 0 && *n <= 1_000_000_000 * 1_000_000_000)
+        .map(|n| if negative { -n } else { n })
+        .ok_or_else(|| {
+            AdminError::invalid(format!(
+                "'usd' must be a non-zero amount of at most 10^9 USD with at most six decimals, not '{text}'."
+            ))
+        })?;
+    if req.reference.is_empty()
+        || req.reference.len() > 200
+        || req.reference.chars().any(char::is_control)
+    {
+        return Err(AdminError::invalid(
+            "'ref' must be 1 to 200 characters without control characters.",
+        ));
+    }
+    if req.note.len() > 1000 {
+        return Err(AdminError::invalid("'note' holds at most 1000 bytes."));
+    }
+    let (balance, fresh) = admin
+        .store
+        .credit(&caller.actor(), org, nanos, &req.reference, &req.note)
+        .await?;
+    let mut v = balance_view(org, &balance);
+    v["credited"] = json!(fresh);
+    Ok(if fresh {
+        created(v)
+    } else {
+        Json(v).into_response()
+    })
+}
+
+pub(super) async fn org_balance(
+    State(admin): State<Arc<Admin>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Answer {
+    let org = id_of(&id, "org")?;
+    if !caller.sees(org) {
+        return Err(AdminError::not_found("org"));
+    }
+    let b = admin.store.balance(org).await?;
+    Ok(Json(balance_view(org, &b)).into_response())
+}

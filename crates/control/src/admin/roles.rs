@@ -16,7 +16,7 @@ pub enum Role {
     /// Keys (and, later, limits and routing overrides); no org or project
     /// writes, no credentials.
     Operator,
-    /// Usage (and, later, budgets and balances); reads.
+    /// Usage and crediting prepaid balances; reads.
     Billing,
     /// Reads only.
     Viewer,
@@ -58,6 +58,7 @@ impl Role {
             Need::Audit => matches!(self, Owner | Admin | Viewer),
             Need::Credentials => matches!(self, Owner | Admin),
             Need::AdminTokens => matches!(self, Owner),
+            Need::Balances => matches!(self, Owner | Admin | Billing),
         }
     }
 }
@@ -79,6 +80,8 @@ pub enum Need {
     Credentials,
     /// Issuing, listing and revoking admin tokens.
     AdminTokens,
+    /// Crediting prepaid balances.
+    Balances,
 }
 
 /// One admin route.
@@ -120,6 +123,8 @@ pub const ROUTES: &[Route] = &[
     route("GET", "/admin/v1/orgs/{id}", Need::Read),
     deployment("PATCH", "/admin/v1/orgs/{id}", Need::Tenants),
     deployment("DELETE", "/admin/v1/orgs/{id}", Need::Tenants),
+    deployment("POST", "/admin/v1/orgs/{id}/credits", Need::Balances),
+    route("GET", "/admin/v1/orgs/{id}/balance", Need::Read),
     route("POST", "/admin/v1/projects", Need::Tenants),
     route("GET", "/admin/v1/projects", Need::Read),
     route("GET", "/admin/v1/projects/{id}", Need::Read),
