@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use sy_control::views::LimitTarget;
+use sy_control::views::{LimitChange, LimitTarget};
 
 use crate::stack::{Stack, StackOptions, body};
 use crate::tenants::{owner, refusal, tenants_store};
@@ -30,38 +30,105 @@ async fn stack_with_keys(
     limits: &[serde_json::Value],
     clickhouse: bool,
 ) -> (Stack, Vec<(String, uuid::Uuid)>, uuid::Uuid) {
-    let (store, sections) = tenants_store("l").await;
+    let changes: Vec<LimitChange> = limits
+        .iter()
+        .map(|l| LimitChange {
+            limits: Some(l.clone()),
+            ..Default::default()
+        })
+        .collect();
+    let t = tenant(&changes, LimitChange::default(), "", clickhouse).await;
+    (t.stack, t.keys, t.org)
+}
+
+/// One org of a fresh control-plane schema with its own limits (`org`), one
+/// key per entry of `keys` with its limits, and a stack (with `sections`;
+/// the test Redis unless they name one) serving them.
+struct Tenant {
+    stack: Stack,
+    store: sy_control::store::Store,
+    org: uuid::Uuid,
+    keys: Vec<(String, uuid::Uuid)>,
+}
+
+async fn tenant(
+    keys: &[LimitChange],
+    org_change: LimitChange,
+    sections: &str,
+    clickhouse: bool,
+) -> Tenant {
+    let (store, tenants) = tenants_store("l").await;
     let actor = owner();
     let org = store.create_org(&actor, "Acme").await.unwrap();
     let project = store.create_project(&actor, org, "p").await.unwrap();
-    let mut keys = Vec::new();
-    for (i, l) in limits.iter().enumerate() {
+    if org_change.given() {
+        store
+            .set_limits(&actor, LimitTarget::Org(org), &org_change)
+            .await
+            .unwrap();
+    }
+    let mut made = Vec::new();
+    for (i, change) in keys.iter().enumerate() {
         let spec = sy_control::store::KeySpec::named(&format!("k{i}"));
         let (key_id, key) = store.create_key(&actor, project, &spec).await.unwrap();
         store
-            .set_limits(
-                &actor,
-                LimitTarget::Key(key_id),
-                &sy_control::views::LimitChange {
-                    limits: Some(l.clone()),
-                    ..Default::default()
-                },
-            )
+            .set_limits(&actor, LimitTarget::Key(key_id), change)
             .await
             .unwrap();
-        keys.push((key.key, key_id));
+        made.push((key.key, key_id));
     }
-    let sections = format!(
-        "{sections}\n[redis]\nurl = \"{}\"\n",
-        sy_test_support::redis_url()
-    );
+    let redis = if sections.contains("[redis]") {
+        String::new()
+    } else {
+        format!("\n[redis]\nurl = \"{}\"\n", sy_test_support::redis_url())
+    };
     let stack = Stack::start_with(StackOptions {
-        sections,
+        sections: format!("{tenants}{redis}\n{sections}"),
         clickhouse,
         ..Default::default()
     })
     .await;
-    (stack, keys, org)
+    let store = store.announcing(sy_control::feed::Notifier::new(
+        sy_test_support::nats().await,
+        sy_protocol::Subjects::new(&stack.namespace).key_notices(),
+    ));
+    Tenant {
+        stack,
+        store,
+        org,
+        keys: made,
+    }
+}
+
+/// A key change setting only a budget.
+fn budget(usd: &str, period: &str) -> LimitChange {
+    LimitChange {
+        budget: Some(json!({"usd": usd, "period": period})),
+        ..Default::default()
+    }
+}
+
+/// Waits until the stack's ClickHouse holds at least `rows` usage rows;
+/// what they were billed, nano-USD.
+async fn billed_rows(stack: &Stack, rows: u64) -> i64 {
+    let c = stack.clickhouse.as_ref().unwrap();
+    let client = sy_accounting::client(c);
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (n, billed): (u64, String) = client
+            .query(&format!(
+                "SELECT count(), toString(sum(assumeNotNull(billed))) FROM {}.requests FINAL",
+                c.database
+            ))
+            .fetch_one()
+            .await
+            .unwrap();
+        if n >= rows {
+            return sy_config::price::parse_nanos(&billed).unwrap_or(0);
+        }
+        assert!(Instant::now() < until, "{n} rows of {rows}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// How many leases a key holds in Redis now.
@@ -287,7 +354,7 @@ async fn token_reservations_are_settled_to_what_was_used_by_the_accounting_consu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_set_from_the_command_line_hold_at_once() {
-    use crate::tenants::{ADMIN, admin_cli};
+    use crate::tenants::{ADMIN, admin_json};
     let (_, sections) = tenants_store("c").await;
     let sections = format!(
         "{sections}\n[[admin_tokens]]\nname = \"ops\"\ntoken = \"{ADMIN}\"\nrole = \"owner\"\n\n[redis]\nurl = \"{}\"\n",
@@ -300,11 +367,7 @@ async fn limits_set_from_the_command_line_hold_at_once() {
     .await;
     let base = stack.url("");
     let base = base.trim_end_matches('/');
-    let json = |args: &[&str]| -> serde_json::Value {
-        let mut all = args.to_vec();
-        all.push("--json");
-        serde_json::from_str(&admin_cli(base, &all)).unwrap()
-    };
+    let json = |args: &[&str]| admin_json(base, args);
     let org = json(&["orgs", "create", "Acme"]);
     let project = json(&[
         "projects",
@@ -517,36 +580,26 @@ async fn readyz_says(http: &reqwest::Client, base: &str, want: &str) -> String {
 async fn with_redis_gone_each_ingress_counts_its_share_and_redis_counts_again_when_back() {
     let port = free_port();
     let redis = private_redis(port);
-    let (store, sections) = tenants_store("d").await;
-    let actor = owner();
-    let org = store.create_org(&actor, "Acme").await.unwrap();
-    let project = store.create_project(&actor, org, "p").await.unwrap();
-    let spec = sy_control::store::KeySpec::named("k");
-    let (key_id, key) = store.create_key(&actor, project, &spec).await.unwrap();
-    store
-        .set_limits(
-            &actor,
-            LimitTarget::Key(key_id),
-            &sy_control::views::LimitChange {
-                limits: Some(json!({"rpm": 20, "concurrency": 4})),
-                model_limits: None,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    let mut stack = Stack::start_with(StackOptions {
-        sections: format!("{sections}\n[redis]\nurl = \"redis://127.0.0.1:{port}\"\n"),
-        ..Default::default()
-    })
+    let Tenant {
+        mut stack, keys, ..
+    } = tenant(
+        &[LimitChange {
+            limits: Some(json!({"rpm": 20, "concurrency": 4})),
+            ..Default::default()
+        }],
+        LimitChange::default(),
+        &format!("[redis]\nurl = \"redis://127.0.0.1:{port}\"\n"),
+        false,
+    )
     .await;
+    let key = keys[0].0.clone();
     let other = stack.start_other_ingress().await;
     let base = stack.url("");
     let bases = [base.trim_end_matches('/').to_owned(), other.clone()];
     let http = stack.http.clone();
     let send = |base: &str| {
         http.post(format!("{base}/v1/chat/completions"))
-            .bearer_auth(&key.key)
+            .bearer_auth(&key)
             .json(&body("gpt-4o-mini", "hi"))
             .send()
     };
@@ -621,38 +674,15 @@ async fn with_redis_gone_each_ingress_counts_its_share_and_redis_counts_again_wh
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_budget_holds_under_concurrent_streams_and_aborts_and_its_402s_say_why() {
-    let (store, sections) = tenants_store("b").await;
-    let actor = owner();
-    let org = store.create_org(&actor, "Acme").await.unwrap();
-    let project = store.create_project(&actor, org, "p").await.unwrap();
-    let spec = sy_control::store::KeySpec::named("k");
-    let (key_id, key) = store.create_key(&actor, project, &spec).await.unwrap();
     // $0.002: a request of max_tokens 100 may cost up to about $0.0001
     // (output at $0.72 a million with the markup, the body's bytes as input).
-    store
-        .set_limits(
-            &actor,
-            LimitTarget::Key(key_id),
-            &sy_control::views::LimitChange {
-                budget: Some(json!({"usd": "0.002", "period": "day"})),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    let stack = Stack::start_with(StackOptions {
-        sections: format!(
-            "{sections}\n[redis]\nurl = \"{}\"\n",
-            sy_test_support::redis_url()
-        ),
-        clickhouse: true,
-        ..Default::default()
-    })
-    .await;
+    let Tenant { stack, keys, .. } =
+        tenant(&[budget("0.002", "day")], LimitChange::default(), "", true).await;
+    let (key, key_id) = keys[0].clone();
     let url = stack.url("/v1/chat/completions");
     let mut tasks = Vec::new();
     for i in 0..300u32 {
-        let (http, url, key) = (stack.http.clone(), url.clone(), key.key.clone());
+        let (http, url, key) = (stack.http.clone(), url.clone(), key.clone());
         tasks.push(tokio::spawn(async move {
             let b = json!({"model": "gpt-4o-mini", "stream": true, "max_tokens": 100,
                            "messages": [{"role": "user", "content": "[[mock:tokens=40,delay_ms=2]] hi"}]});
@@ -697,24 +727,7 @@ async fn a_budget_holds_under_concurrent_streams_and_aborts_and_its_402s_say_why
         "{message}"
     );
     // Every attempt's row reaches ClickHouse; together they cost at most the budget.
-    let c = stack.clickhouse.as_ref().unwrap();
-    let client = sy_accounting::client(c);
-    let until = Instant::now() + Duration::from_secs(20);
-    let billed: i64 = loop {
-        let (rows, billed): (u64, String) = client
-            .query(&format!(
-                "SELECT count(), toString(sum(assumeNotNull(billed))) FROM {}.requests FINAL",
-                c.database
-            ))
-            .fetch_one()
-            .await
-            .unwrap();
-        if rows >= served {
-            break sy_config::price::parse_nanos(&billed).unwrap();
-        }
-        assert!(Instant::now() < until, "{rows} rows of {served}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let billed = billed_rows(&stack, served).await;
     println!(
         "budget 2,000,000 nano-USD: {served} of 300 served, {billed} billed, lowered: {lowered}"
     );
@@ -724,7 +737,7 @@ async fn a_budget_holds_under_concurrent_streams_and_aborts_and_its_402s_say_why
         "spent {billed} nano-USD of a 2,000,000 budget ({served} served, lowered: {lowered})"
     );
     // Over the budget, even one small request is refused with 402.
-    let r = chat(&stack, &key.key, &body("gpt-4o-mini", "hi")).await;
+    let r = chat(&stack, &key, &body("gpt-4o-mini", "hi")).await;
     if r.status() == 200 {
         // The holds of aborted streams were still being settled; the spend
         // in ClickHouse is what counts above.
@@ -869,59 +882,26 @@ async fn three_ingresses_admit_exactly_the_rpm_and_never_more_than_the_concurren
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn budgets_are_reconciled_from_the_usage_rows_when_redis_drifts_or_forgets() {
-    let (store, sections) = tenants_store("r").await;
-    let actor = owner();
-    let org = store.create_org(&actor, "Acme").await.unwrap();
-    let project = store.create_project(&actor, org, "p").await.unwrap();
-    let spec = sy_control::store::KeySpec::named("k");
-    let (key_id, key) = store.create_key(&actor, project, &spec).await.unwrap();
-    store
-        .set_limits(
-            &actor,
-            LimitTarget::Key(key_id),
-            &sy_control::views::LimitChange {
-                budget: Some(json!({"usd": "10", "period": "month"})),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    let stack = Stack::start_with(StackOptions {
-        sections: format!(
-            "{sections}\n[redis]\nurl = \"{}\"\n\n[limits]\nreconcile_seconds = 1\n",
-            sy_test_support::redis_url()
-        ),
-        clickhouse: true,
-        ..Default::default()
-    })
+    let Tenant {
+        stack, keys, org, ..
+    } = tenant(
+        &[budget("10", "month")],
+        LimitChange::default(),
+        "[limits]\nreconcile_seconds = 1\n",
+        true,
+    )
     .await;
+    let (key, key_id) = keys[0].clone();
     for _ in 0..3 {
         assert_eq!(
-            chat(&stack, &key.key, &body("gpt-4o-mini", "hi"))
+            chat(&stack, &key, &body("gpt-4o-mini", "hi"))
                 .await
                 .status(),
             200
         );
     }
     // The truth: the rows' billed sum.
-    let c = stack.clickhouse.as_ref().unwrap();
-    let client = sy_accounting::client(c);
-    let until = Instant::now() + Duration::from_secs(15);
-    let truth = loop {
-        let (rows, billed): (u64, String) = client
-            .query(&format!(
-                "SELECT count(), toString(sum(assumeNotNull(billed))) FROM {}.requests FINAL",
-                c.database
-            ))
-            .fetch_one()
-            .await
-            .unwrap();
-        if rows >= 3 {
-            break sy_config::price::parse_nanos(&billed).unwrap();
-        }
-        assert!(Instant::now() < until, "{rows} rows");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let truth = billed_rows(&stack, 3).await;
     assert!(truth > 0);
     let redis = redis::Client::open(sy_test_support::redis_url()).unwrap();
     let conn = redis.get_multiplexed_async_connection().await.unwrap();
@@ -978,48 +958,47 @@ async fn budgets_are_reconciled_from_the_usage_rows_when_redis_drifts_or_forgets
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prepaid_org_spends_its_balance_down_to_402_and_the_ledger_adds_up() {
-    let (store, sections) = tenants_store("p").await;
+    let Tenant {
+        stack,
+        store,
+        org,
+        keys,
+    } = tenant(
+        &[LimitChange::default()],
+        LimitChange {
+            prepaid: Some(true),
+            ..Default::default()
+        },
+        "",
+        true,
+    )
+    .await;
+    let key = keys[0].0.clone();
     let actor = owner();
-    let org = store.create_org(&actor, "Acme").await.unwrap();
-    let project = store.create_project(&actor, org, "p").await.unwrap();
-    let spec = sy_control::store::KeySpec::named("k");
-    let (_, key) = store.create_key(&actor, project, &spec).await.unwrap();
-    store
-        .set_limits(
-            &actor,
-            LimitTarget::Org(org),
-            &sy_control::views::LimitChange {
-                prepaid: Some(true),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    // $0.0002: a few requests' worth.
+    // $0.0002: a few requests' worth (every ingress learns a credit at once).
     let (b, fresh) = store
         .credit(&actor, org, 200_000, "topup-1", "first")
         .await
         .unwrap();
     assert!(fresh && b.prepaid);
     assert_eq!(b.balance_nanos, 200_000);
-    let stack = Stack::start_with(StackOptions {
-        sections: format!(
-            "{sections}\n[redis]\nurl = \"{}\"\n",
-            sy_test_support::redis_url()
-        ),
-        clickhouse: true,
-        ..Default::default()
-    })
-    .await;
-    let store = store.announcing(sy_control::feed::Notifier::new(
-        sy_test_support::nats().await,
-        sy_protocol::Subjects::new(&stack.namespace).key_notices(),
-    ));
+    let until = Instant::now() + Duration::from_secs(3);
+    while chat(&stack, &key, &body("gpt-4o-mini", "[[mock:tokens=1]] hi"))
+        .await
+        .status()
+        != 200
+    {
+        assert!(
+            Instant::now() < until,
+            "the credit never reached the ingress"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let mut b = body("gpt-4o-mini", "[[mock:tokens=16]] hi");
     b["max_tokens"] = json!(20);
     let mut served = 0;
     let refused = loop {
-        let r = chat(&stack, &key.key, &b).await;
+        let r = chat(&stack, &key, &b).await;
         match r.status().as_u16() {
             200 => served += 1,
             402 => break r,
@@ -1038,27 +1017,14 @@ async fn a_prepaid_org_spends_its_balance_down_to_402_and_the_ledger_adds_up() {
     );
     // The ledger debits every billed attempt once, never below zero, and the
     // stored balance is the sum of its rows.
-    let c = stack.clickhouse.as_ref().unwrap();
-    let client = sy_accounting::client(c);
     let until = Instant::now() + Duration::from_secs(15);
     let (billed, balance) = loop {
-        let (rows, billed): (u64, String) = client
-            .query(&format!(
-                "SELECT count(), toString(sum(assumeNotNull(billed))) FROM {}.requests FINAL",
-                c.database
-            ))
-            .fetch_one()
-            .await
-            .unwrap();
-        let billed = sy_config::price::parse_nanos(&billed).unwrap_or(0);
+        let billed = billed_rows(&stack, served + 1).await;
         let balance = store.balance(org).await.unwrap();
-        if rows >= served && balance.debited_nanos == billed {
+        if balance.debited_nanos == billed {
             break (billed, balance);
         }
-        assert!(
-            Instant::now() < until,
-            "{rows} rows, {balance:?}, billed {billed}"
-        );
+        assert!(Instant::now() < until, "{balance:?}, billed {billed}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(balance.balance_nanos >= 0, "{balance:?}");
@@ -1087,7 +1053,7 @@ async fn a_prepaid_org_spends_its_balance_down_to_402_and_the_ledger_adds_up() {
     assert!(fresh);
     assert_eq!(after.balance_nanos, balance.balance_nanos + 1_000_000);
     let until = Instant::now() + Duration::from_secs(3);
-    while chat(&stack, &key.key, &b).await.status() != 200 {
+    while chat(&stack, &key, &b).await.status() != 200 {
         assert!(
             Instant::now() < until,
             "the top-up never reached the ingress"

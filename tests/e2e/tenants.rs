@@ -433,6 +433,13 @@ async fn a_revoked_key_is_refused_by_a_second_ingress_within_a_second() {
     assert!(p99 < std::time::Duration::from_secs(1), "p99 {p99:?}");
 }
 
+/// `switchyard admin … --json` as JSON.
+pub(crate) fn admin_json(url: &str, args: &[&str]) -> serde_json::Value {
+    let mut all = args.to_vec();
+    all.push("--json");
+    serde_json::from_str(&admin_cli(url, &all)).unwrap()
+}
+
 pub(crate) const ADMIN: &str = "sk-sy-admin-e2e-token-1";
 
 /// `switchyard admin --url URL --token ADMIN <args>`: stdout, or a panic with stderr.
@@ -463,11 +470,7 @@ async fn the_admin_api_on_the_ingress_and_its_cli_make_keys_that_work_at_once() 
     .await;
     let base = stack.url("");
     let base = base.trim_end_matches('/');
-    let json = |args: &[&str]| -> serde_json::Value {
-        let mut all = args.to_vec();
-        all.push("--json");
-        serde_json::from_str(&admin_cli(base, &all)).unwrap()
-    };
+    let json = |args: &[&str]| admin_json(base, args);
     let org = json(&["orgs", "create", "Acme"]);
     let org_id = org["id"].as_str().unwrap().to_owned();
     let project = json(&["projects", "create", "--org", &org_id, "web"]);

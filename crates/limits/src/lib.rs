@@ -356,8 +356,8 @@ impl Limiter {
         let conn = ConnectionManager::new_with_config(client, config).await?;
         Ok(Limiter {
             conn,
-            admit: Script::new(include_str!("admit.lua")),
-            settle: Script::new(include_str!("settle.lua")),
+            admit: Script::new(&[include_str!("budget.lua"), include_str!("admit.lua")].concat()),
+            settle: Script::new(&[include_str!("budget.lua"), include_str!("settle.lua")].concat()),
             reconcile: Script::new(include_str!("reconcile.lua")),
         })
     }

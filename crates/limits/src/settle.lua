@@ -27,54 +27,6 @@ local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local WINDOW = 60000000
 local nt = tonumber(ARGV[3])
 
--- Days since 1970-01-01 to (year, month), and back (proleptic Gregorian).
-local function civil(z)
-  z = z + 719468
-  local era = math.floor(z / 146097)
-  local doe = z - era * 146097
-  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
-  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
-  local mp = math.floor((5 * doy + 2) / 153)
-  local m = mp < 10 and mp + 3 or mp - 9
-  local y = yoe + era * 400
-  if m <= 2 then y = y + 1 end
-  return y, m
-end
-local function days_from_civil(y, m)
-  if m <= 2 then y = y - 1 end
-  local era = math.floor(y / 400)
-  local yoe = y - era * 400
-  local mp = m > 2 and m - 3 or m + 9
-  local doy = math.floor((153 * mp + 2) / 5)
-  local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
-  return era * 146097 + doe - 719468
-end
--- A budget period's id at Unix second `secs`, and when it ends (Unix s).
-local function period_id(period, secs)
-  local day = math.floor(secs / 86400)
-  if period == 1 then return 'd' .. day end
-  if period == 2 then
-    local y, m = civil(day)
-    return 'm' .. (y * 12 + m - 1)
-  end
-  return 'all'
-end
-
--- Gives back what reservation `rid` holds (if its budgets are still in the
--- period it was made in) and forgets it.
-local function release(res_key, resx_key, rid)
-  local rec = redis.call('HGET', res_key, rid)
-  if rec then
-    local amount = tonumber(string.match(rec, '^(%d+)'))
-    for key, pid in string.gmatch(rec, ';([^=;]+)=([^;]+)') do
-      if redis.call('HGET', key, 'p') == pid then
-        redis.call('HINCRBY', key, 'held', -amount)
-      end
-    end
-    redis.call('HDEL', res_key, rid)
-  end
-  redis.call('ZREM', resx_key, rid)
-end
 
 local delta = 0
 if give_back then delta = delta - tonumber(ARGV[1]) end
