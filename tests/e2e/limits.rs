@@ -476,6 +476,19 @@ async fn limits_set_from_the_command_line_hold_at_once() {
     ]);
     assert_eq!(p["budget"], json!({"usd": "100", "period": "month"}));
     assert_eq!(p["lower_max_tokens"], json!(false));
+    let p = json(&[
+        "projects",
+        "limits",
+        project["id"].as_str().unwrap(),
+        "--session-budget-usd",
+        "0.50",
+    ]);
+    assert_eq!(p["session_budget"], json!({"usd": "0.5", "period": "none"}));
+    assert_eq!(
+        p["budget"],
+        json!({"usd": "100", "period": "month"}),
+        "left as it was"
+    );
     // A budget the API cannot take is refused, naming the field.
     let bad = stack
         .http
@@ -982,21 +995,18 @@ async fn a_prepaid_org_spends_its_balance_down_to_402_and_the_ledger_adds_up() {
         .unwrap();
     assert!(fresh && b.prepaid);
     assert_eq!(b.balance_nanos, 200_000);
+    let mut b = body("gpt-4o-mini", "[[mock:tokens=16]] hi");
+    b["max_tokens"] = json!(20);
+    // Until the credit reaches the ingress, the balance is empty (402).
     let until = Instant::now() + Duration::from_secs(3);
-    while chat(&stack, &key, &body("gpt-4o-mini", "[[mock:tokens=1]] hi"))
-        .await
-        .status()
-        != 200
-    {
+    while chat(&stack, &key, &b).await.status() != 200 {
         assert!(
             Instant::now() < until,
             "the credit never reached the ingress"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let mut b = body("gpt-4o-mini", "[[mock:tokens=16]] hi");
-    b["max_tokens"] = json!(20);
-    let mut served = 0;
+    let mut served = 1;
     let refused = loop {
         let r = chat(&stack, &key, &b).await;
         match r.status().as_u16() {
@@ -1019,7 +1029,7 @@ async fn a_prepaid_org_spends_its_balance_down_to_402_and_the_ledger_adds_up() {
     // stored balance is the sum of its rows.
     let until = Instant::now() + Duration::from_secs(15);
     let (billed, balance) = loop {
-        let billed = billed_rows(&stack, served + 1).await;
+        let billed = billed_rows(&stack, served).await;
         let balance = store.balance(org).await.unwrap();
         if balance.debited_nanos == billed {
             break (billed, balance);
@@ -1060,4 +1070,59 @@ async fn a_prepaid_org_spends_its_balance_down_to_402_and_the_ledger_adds_up() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_cap_stops_one_looping_session_and_no_other() {
+    let Tenant {
+        stack, store, keys, ..
+    } = tenant(&[LimitChange::default()], LimitChange::default(), "", false).await;
+    let (key, key_id) = keys[0].clone();
+    let project = store.key(key_id).await.unwrap().project_id;
+    store
+        .set_limits(
+            &owner(),
+            LimitTarget::Project(project),
+            &LimitChange {
+                session_budget: Some(json!({"usd": "0.0001"})),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let mut b = body("gpt-4o-mini", "hi");
+    b["max_tokens"] = json!(20);
+    let send = |session: Option<String>| {
+        let mut r = stack
+            .http
+            .post(stack.url("/v1/chat/completions"))
+            .bearer_auth(&key)
+            .json(&b);
+        if let Some(s) = session {
+            r = r.header("x-switchyard-session", s);
+        }
+        r.send()
+    };
+    // An agent loops in session "agent-a": stopped by its cap (each request
+    // holds up to about $0.00003 until settled; nothing settles here).
+    let mut refused = None;
+    for _ in 0..50 {
+        let r = send(Some("agent-a".into())).await.unwrap();
+        if r.status() == 402 {
+            refused = Some(r);
+            break;
+        }
+        assert_eq!(r.status(), 200);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (status, kind, text) = refusal(refused.expect("the session was never capped")).await;
+    assert_eq!((status, kind.as_str()), (402, "insufficient_quota"));
+    assert!(text.contains("session 'agent-a'"), "{text}");
+    // Another session, and requests in none, go on.
+    assert_eq!(send(Some("agent-b".into())).await.unwrap().status(), 200);
+    assert_eq!(send(None).await.unwrap().status(), 200);
+    // A session name that is not one is the client's error.
+    let r = send(Some("x".repeat(300))).await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("x-switchyard-session"));
 }

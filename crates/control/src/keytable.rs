@@ -35,6 +35,8 @@ pub struct Grant {
     /// For a prepaid org: everything credited to it, nano-USD (its requests
     /// are admitted against credited − spent).
     pub prepaid_credit: Option<i64>,
+    /// Its project's cap on what one `x-switchyard-session` may spend, nano-USD.
+    pub session_budget: Option<i64>,
 }
 
 /// The budgets a key's requests count against: its own, its project's and
@@ -161,7 +163,25 @@ impl Grant {
             budgets: TenantBudgets::default(),
             lower_max_tokens: true,
             prepaid_credit: None,
+            session_budget: None,
         }
+    }
+
+    /// The budget of the session `session` (what the client named in
+    /// `x-switchyard-session`) when its project caps sessions: its key is
+    /// the project's and a digest of the name (any text is safe in it).
+    pub fn session_budget(&self, session: &str) -> Option<sy_limits::Budget> {
+        use sha2::Digest;
+        let limit = self.session_budget?;
+        let o = &self.owner;
+        let digest = sha2::Sha256::digest(session.as_bytes());
+        let id: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
+        Some(sy_limits::Budget {
+            name: format!("session '{session}'"),
+            key: format!("sy:bud:{{{}}}:session:{}:{id}", o.org_id, o.project_id),
+            limit_nanos: limit,
+            period: sy_limits::Period::Session,
+        })
     }
 
     /// The budgets a request counts against: the key's, project's and org's
@@ -327,6 +347,7 @@ struct Row {
     lower_max_tokens: bool,
     prepaid: bool,
     org_credited_nanos: i64,
+    session_budget: Option<serde_json::Value>,
 }
 
 impl Row {
@@ -368,6 +389,7 @@ impl Row {
             },
             lower_max_tokens: self.lower_max_tokens,
             prepaid_credit: self.prepaid.then_some(self.org_credited_nanos),
+            session_budget: budget_of(self.session_budget.as_ref()).map(|(nanos, _)| nanos),
         };
         let entry = KeyEntry {
             grant: Arc::new(grant),
@@ -389,7 +411,8 @@ const LIVE_KEYS: &str = "SELECT k.public_id, k.id AS key_id, p.id AS project_id,
         p.limits AS project_limits, p.model_limits AS project_model_limits, \
         o.limits AS org_limits, o.model_limits AS org_model_limits, \
         k.budget AS key_budget, p.budget AS project_budget, o.budget AS org_budget, \
-        p.lower_max_tokens, o.prepaid, COALESCE(ob.credited_nanos, 0) AS org_credited_nanos \
+        p.lower_max_tokens, o.prepaid, COALESCE(ob.credited_nanos, 0) AS org_credited_nanos, \
+        p.session_budget \
     FROM api_keys k JOIN projects p ON p.id = k.project_id JOIN orgs o ON o.id = p.org_id \
     LEFT JOIN org_balances ob ON ob.org_id = o.id \
     WHERE k.status = 'active' AND p.status = 'active' AND o.status = 'active'";

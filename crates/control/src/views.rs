@@ -55,6 +55,9 @@ pub struct ProjectView {
     /// Whether a request its budgets cannot pay for in full gets a lower
     /// `max_tokens` (else 402).
     pub lower_max_tokens: bool,
+    /// What the requests of one `x-switchyard-session` may spend together:
+    /// `{"usd": "1.00", "period": "none"}`, or null.
+    pub session_budget: Option<Value>,
     /// Created, Unix seconds.
     pub created_at: i64,
     /// Last changed, Unix seconds.
@@ -139,7 +142,7 @@ pub struct Filter {
 const ORG: &str = "SELECT id, name, status, limits, model_limits, budget, prepaid, \
     extract(epoch FROM created_at)::bigint AS created_at, \
     extract(epoch FROM updated_at)::bigint AS updated_at FROM orgs";
-const PROJECT: &str = "SELECT id, org_id, name, status, limits, model_limits, budget, lower_max_tokens, \
+const PROJECT: &str = "SELECT id, org_id, name, status, limits, model_limits, budget, lower_max_tokens, session_budget, \
     extract(epoch FROM created_at)::bigint AS created_at, \
     extract(epoch FROM updated_at)::bigint AS updated_at FROM projects";
 const KEY: &str = "SELECT k.id, k.project_id, p.org_id, k.name, \
@@ -176,6 +179,8 @@ pub struct LimitChange {
     pub lower_max_tokens: Option<bool>,
     /// An org's: admit its requests against its prepaid balance.
     pub prepaid: Option<bool>,
+    /// A project's session cap (`{"usd", "period": "none"}`), or null to remove it.
+    pub session_budget: Option<Value>,
 }
 
 impl LimitChange {
@@ -186,6 +191,7 @@ impl LimitChange {
             || self.budget.is_some()
             || self.lower_max_tokens.is_some()
             || self.prepaid.is_some()
+            || self.session_budget.is_some()
     }
 }
 
@@ -504,6 +510,14 @@ impl Store {
         .bind(new_lower)
         .execute(&mut *tx)
         .await?;
+        if let (LimitTarget::Project(_), Some(session)) = (target, &change.session_budget) {
+            let session = (!session.is_null()).then_some(session);
+            sqlx::query("UPDATE projects SET session_budget = $2 WHERE id = $1")
+                .bind(id)
+                .bind(session)
+                .execute(&mut *tx)
+                .await?;
+        }
         let action = format!("{kind}.limits");
         let state = |l: &Value, m: &Value, b: &Option<Value>, lower: bool| {
             let mut v = json!({"limits": l, "model_limits": m, "budget": b});
@@ -519,7 +533,13 @@ impl Store {
             target_kind: kind,
             target_id: id.to_string(),
             before: Some(state(&old_limits, &old_models, &old_budget, old_lower)),
-            after: Some(state(&new_limits, &new_models, &new_budget, new_lower)),
+            after: Some({
+                let mut after = state(&new_limits, &new_models, &new_budget, new_lower);
+                if let Some(session) = &change.session_budget {
+                    after["session_budget"] = session.clone();
+                }
+                after
+            }),
         };
         audit::append(&mut tx, actor, entry).await?;
         tx.commit().await?;

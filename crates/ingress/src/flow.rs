@@ -103,9 +103,11 @@ async fn chat(
     // Rate limits: one Redis round trip, after everything that can refuse a
     // request for free and before it costs anything.
     let mut admitted = admitted;
+    let session =
+        crate::ratelimit::session_of(&parts.headers).map_err(|e| (e, None, admitted.class))?;
     let granted = match &state.rate_limits {
         Some(r) => r
-            .admit(caller, &mut admitted.envelope, body.len())
+            .admit(caller, &mut admitted.envelope, body.len(), session)
             .await
             .map_err(|e| (e, None, admitted.class))?,
         None => Default::default(),

@@ -188,13 +188,18 @@ impl RateLimits {
         caller: &Caller,
         envelope: &mut RequestEnvelope,
         body_len: usize,
+        session: Option<&str>,
     ) -> Result<Granted, ApiError> {
         let scopes = self.scopes(caller, &envelope.model);
         let budgets = caller
             .grant
             .as_ref()
             .filter(|_| envelope.batch.is_none())
-            .map(|g| g.budgets())
+            .map(|g| {
+                let mut b = g.budgets();
+                b.extend(session.and_then(|s| g.session_budget(s)));
+                b
+            })
             .unwrap_or_default();
         if scopes.is_empty() && budgets.is_empty() {
             return Ok(Granted::default());
@@ -422,6 +427,21 @@ impl RateLimits {
     }
 }
 
+/// The session a request names (`x-switchyard-session`), if any: 1 to 200
+/// printable characters, else a 400.
+pub(crate) fn session_of(headers: &axum::http::HeaderMap) -> Result<Option<&str>, ApiError> {
+    let Some(v) = headers.get(sy_protocol::header::SESSION) else {
+        return Ok(None);
+    };
+    match v.to_str() {
+        Ok(s) if !s.is_empty() && s.len() <= 200 && !s.chars().any(char::is_control) => Ok(Some(s)),
+        _ => Err(ApiError::invalid(
+            sy_protocol::header::SESSION,
+            "The session must be 1 to 200 printable ASCII characters.",
+        )),
+    }
+}
+
 /// The fewest output tokens a lowered `max_tokens` may leave; below that,
 /// the request is refused instead.
 const MIN_LOWERED_OUTPUT_TOKENS: u32 = 16;
@@ -472,6 +492,7 @@ fn over_budget(budget: &sy_limits::Budget, over: &sy_limits::OverBudget, needs: 
         sy_limits::Period::Day => " a day",
         sy_limits::Period::Month => " a month",
         sy_limits::Period::None => "",
+        sy_limits::Period::Session => " for the session",
     };
     let resets = over.resets_unix_s.map_or_else(String::new, |s| {
         let at = std::time::UNIX_EPOCH + Duration::from_secs(s);

@@ -10,7 +10,8 @@
 --       budgets: count nb, input cost (nano-USD), cost per output token
 --       (nano-USD), output tokens asked, fewest output tokens worth lowering
 --       to (0: never lower), reservation ms, then per budget: its limit
---       (nano-USD) and period (0 none, 1 UTC day, 2 UTC month).
+--       (nano-USD) and period (0 none, 1 UTC day, 2 UTC month, 3 a session:
+--       none, forgotten a day after its last request).
 --
 -- Request and token limits are GCRA over a one-minute window: each bucket
 -- keeps its theoretical arrival time (TAT, microseconds); a cost c moves it
@@ -180,6 +181,8 @@ if nb > 0 then
       redis.call('PEXPIRE', b.key, 2 * 86400000)
     elseif b.period == 2 then
       redis.call('PEXPIRE', b.key, 33 * 86400000)
+    elseif b.period == 3 then
+      redis.call('PEXPIRE', b.key, 86400000)
     end
     rec = rec .. ';' .. b.key .. '=' .. b.pid
   end

@@ -136,6 +136,8 @@ pub enum Period {
     Day,
     /// Every UTC calendar month.
     Month,
+    /// A session's: no period; forgotten a day after its last request.
+    Session,
 }
 
 impl Period {
@@ -144,6 +146,7 @@ impl Period {
             Period::None => 0,
             Period::Day => 1,
             Period::Month => 2,
+            Period::Session => 3,
         }
     }
 
@@ -152,6 +155,7 @@ impl Period {
         match c {
             1 => Period::Day,
             2 => Period::Month,
+            3 => Period::Session,
             _ => Period::None,
         }
     }
@@ -166,7 +170,7 @@ impl Period {
     pub fn at(self, secs: u64) -> (String, u64) {
         let day = secs / 86_400;
         match self {
-            Period::None => ("all".to_owned(), 0),
+            Period::None | Period::Session => ("all".to_owned(), 0),
             Period::Day => (format!("d{day}"), day * 86_400),
             Period::Month => {
                 let (y, m) = civil(day as i64);

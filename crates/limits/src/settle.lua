@@ -67,6 +67,8 @@ if nbud > 0 then
           redis.call('PEXPIRE', key, 2 * 86400000)
         elseif period == 2 then
           redis.call('PEXPIRE', key, 33 * 86400000)
+        elseif period == 3 then
+          redis.call('PEXPIRE', key, 86400000)
         end
       end
     end

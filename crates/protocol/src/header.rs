@@ -14,3 +14,7 @@ pub const CLASS: &str = "x-switchyard-class";
 pub const TASK_TYPE: &str = "x-switchyard-task-type";
 /// The smart route that served the request (`model: "auto"`), or the model route.
 pub const ROUTE: &str = "x-switchyard-route";
+
+/// Request: puts the request under its project's session cap, with every
+/// other request naming the same session (`x-switchyard-session: agent-42`).
+pub const SESSION: &str = "x-switchyard-session";

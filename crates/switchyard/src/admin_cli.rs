@@ -106,6 +106,12 @@ pub struct LimitArgs {
     /// A project's: lower max_tokens to what its budgets can pay for (true), or refuse with 402 (false).
     #[arg(long)]
     pub lower_max_tokens: Option<bool>,
+    /// A project's cap on what one x-switchyard-session may spend, USD.
+    #[arg(long, conflicts_with = "no_session_budget")]
+    pub session_budget_usd: Option<String>,
+    /// Remove a project's session cap.
+    #[arg(long)]
+    pub no_session_budget: bool,
 }
 
 impl LimitArgs {
@@ -130,7 +136,11 @@ impl LimitArgs {
             (None, false) => None,
         };
         let mut body = if set.is_empty() && !self.clear {
-            if budget.is_none() && self.lower_max_tokens.is_none() {
+            if budget.is_none()
+                && self.lower_max_tokens.is_none()
+                && self.session_budget_usd.is_none()
+                && !self.no_session_budget
+            {
                 anyhow::bail!(
                     "name a limit (--rpm, --tpm, --concurrency), --clear, a budget (--budget-usd, --no-budget) or --lower-max-tokens"
                 );
@@ -144,6 +154,11 @@ impl LimitArgs {
         }
         if let Some(l) = self.lower_max_tokens {
             body["lower_max_tokens"] = json!(l);
+        }
+        match (&self.session_budget_usd, self.no_session_budget) {
+            (Some(usd), _) => body["session_budget"] = json!({ "usd": usd }),
+            (None, true) => body["session_budget"] = Value::Null,
+            (None, false) => {}
         }
         Ok(body)
     }

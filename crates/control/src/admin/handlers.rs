@@ -194,6 +194,24 @@ fn checked_budget(v: &Value) -> Result<Value, AdminError> {
     Ok(json!({"usd": nanos_to_usd(nanos), "period": period}))
 }
 
+/// A session cap as the admin API takes it: `{"usd": "1.00"}` (no period:
+/// a session's requests together), or null to remove it.
+fn checked_session_budget(v: &Value) -> Result<Value, AdminError> {
+    if v.get("period").is_some_and(|p| p != "none") {
+        return Err(AdminError::invalid(
+            "'session_budget' has no period (a session's requests together).",
+        ));
+    }
+    let mut v = checked_budget(v).map_err(|e| AdminError {
+        message: e.message.replacen("'budget'", "'session_budget'", 1),
+        ..e
+    })?;
+    if let Some(o) = v.as_object_mut() {
+        o.insert("period".into(), json!("none"));
+    }
+    Ok(v)
+}
+
 impl LimitFields {
     fn checked(
         limits: Option<LimitSet>,
@@ -238,6 +256,7 @@ impl LimitFields {
             budget: budget.as_ref().map(checked_budget).transpose()?,
             lower_max_tokens,
             prepaid: None,
+            session_budget: None,
         })
     }
 }
@@ -339,6 +358,8 @@ struct Change {
     lower_max_tokens: Option<bool>,
     #[serde(default)]
     prepaid: Option<bool>,
+    #[serde(default, deserialize_with = "present")]
+    session_budget: Option<Value>,
 }
 
 impl Change {
@@ -355,7 +376,17 @@ impl Change {
                 "'prepaid' is an org's setting.".to_owned(),
             ));
         }
+        if !project && self.session_budget.is_some() {
+            return Err(AdminError::invalid(
+                "'session_budget' is a project's setting.".to_owned(),
+            ));
+        }
         let prepaid = self.prepaid;
+        let session_budget = self
+            .session_budget
+            .as_ref()
+            .map(checked_session_budget)
+            .transpose()?;
         if let Some(n) = &self.name {
             name("name", n)?;
         }
@@ -369,6 +400,7 @@ impl Change {
             self.lower_max_tokens,
         )?;
         limits.prepaid = prepaid;
+        limits.session_budget = session_budget;
         Ok((
             Rename {
                 name: self.name,
@@ -427,6 +459,8 @@ struct NewProject {
     budget: Option<Value>,
     #[serde(default)]
     lower_max_tokens: Option<bool>,
+    #[serde(default, deserialize_with = "present")]
+    session_budget: Option<Value>,
 }
 
 pub(super) async fn create_project(
@@ -436,12 +470,17 @@ pub(super) async fn create_project(
 ) -> Answer {
     let req: NewProject = parse(&body)?;
     name("name", &req.name)?;
-    let limits = LimitFields::checked(
+    let mut limits = LimitFields::checked(
         req.limits,
         req.model_limits,
         req.budget,
         req.lower_max_tokens,
     )?;
+    limits.session_budget = req
+        .session_budget
+        .as_ref()
+        .map(checked_session_budget)
+        .transpose()?;
     if !caller.sees(req.org_id) {
         return Err(AdminError::not_found("org"));
     }
