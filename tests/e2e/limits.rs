@@ -596,16 +596,20 @@ async fn with_redis_gone_each_ingress_counts_its_share_and_redis_counts_again_wh
     let Tenant {
         mut stack, keys, ..
     } = tenant(
-        &[LimitChange {
-            limits: Some(json!({"rpm": 20, "concurrency": 4})),
-            ..Default::default()
-        }],
+        &[
+            LimitChange {
+                limits: Some(json!({"rpm": 20, "concurrency": 4})),
+                ..Default::default()
+            },
+            budget("100", "month"),
+        ],
         LimitChange::default(),
         &format!("[redis]\nurl = \"redis://127.0.0.1:{port}\"\n"),
         false,
     )
     .await;
     let key = keys[0].0.clone();
+    let budgeted = keys[1].0.clone();
     let other = stack.start_other_ingress().await;
     let base = stack.url("");
     let bases = [base.trim_end_matches('/').to_owned(), other.clone()];
@@ -653,6 +657,24 @@ async fn with_redis_gone_each_ingress_counts_its_share_and_redis_counts_again_wh
         assert_eq!(served, 10, "{b} served more or less than its share");
     }
 
+    // A key under a budget is refused meanwhile (never overspend): 503,
+    // retry in a second.
+    let r = http
+        .post(format!("{}/v1/chat/completions", bases[1]))
+        .bearer_auth(&budgeted)
+        .json(&body("gpt-4o-mini", "hi"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(header(&r, "retry-after").as_deref(), Some("1"));
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("Budgets cannot be checked")
+    );
+
     // Redis is back (empty): both count there again, nothing stuck.
     let _redis = private_redis(port);
     for b in &bases {
@@ -678,11 +700,20 @@ async fn with_redis_gone_each_ingress_counts_its_share_and_redis_counts_again_wh
         header(&r, "x-ratelimit-limit-requests").as_deref(),
         Some("20")
     );
+
     assert_eq!(
         header(&r, "x-ratelimit-remaining-requests").as_deref(),
         Some("19"),
         "a fresh Redis counts from zero"
     );
+    let r = http
+        .post(format!("{}/v1/chat/completions", bases[0]))
+        .bearer_auth(&budgeted)
+        .json(&body("gpt-4o-mini", "hi"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "budgets are checked again");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1125,4 +1156,58 @@ async fn a_session_cap_stops_one_looping_session_and_no_other() {
     let r = send(Some("x".repeat(300))).await.unwrap();
     assert_eq!(r.status(), 400);
     assert!(r.text().await.unwrap().contains("x-switchyard-session"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_max_tokens_set_a_token_limit_is_never_overshot() {
+    let (stack, key, _, _) = stack_with_key_limits(json!({"tpm": 2000}), true).await;
+    // Each request reserves its input (about 4 tokens) and max_tokens 100.
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..40 {
+        let (http, url, key) = (
+            stack.http.clone(),
+            stack.url("/v1/chat/completions"),
+            key.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let b = json!({"model": "gpt-4o-mini", "max_tokens": 100,
+                           "messages": [{"role": "user", "content": "[[mock:tokens=16]] hi"}]});
+            http.post(url)
+                .bearer_auth(key)
+                .json(&b)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }));
+    }
+    let mut admitted = 0u64;
+    for t in tasks {
+        match t.await.unwrap() {
+            200 => admitted += 1,
+            429 => {}
+            other => panic!("{other}"),
+        }
+    }
+    // What the minute allows, plus what refilled while they ran.
+    let allowance = 2000 + (started.elapsed().as_secs_f64() * 2000.0 / 60.0).ceil() as u64;
+    assert!(
+        admitted >= 1 && admitted * 104 <= allowance,
+        "{admitted} admitted"
+    );
+    // What they really used is within the limit.
+    billed_rows(&stack, admitted).await;
+    let c = stack.clickhouse.as_ref().unwrap();
+    let used: u64 = sy_accounting::client(c)
+        .query(&format!(
+            "SELECT toUInt64(sum(input_tokens + cached_input_tokens + output_tokens)) FROM {}.requests FINAL",
+            c.database
+        ))
+        .fetch_one()
+        .await
+        .unwrap();
+    assert!(used <= allowance, "{used} tokens used of {allowance}");
+    println!("TPM 2000 with max_tokens 100: {admitted} of 40 admitted, {used} tokens used");
 }
