@@ -92,11 +92,41 @@ async fn tenant(
         sy_test_support::nats().await,
         sy_protocol::Subjects::new(&stack.namespace).key_notices(),
     ));
+    // With accounting on, budgets wait for the first reconciliation round.
+    let budgeted = keys.iter().any(|k| k.budget.is_some())
+        || org_change.budget.is_some()
+        || org_change.prepaid == Some(true);
+    if clickhouse && budgeted {
+        wait_ready(org).await;
+    }
     Tenant {
         stack,
         store,
         org,
         keys: made,
+    }
+}
+
+/// Waits until a reconciliation round has restored `org`'s budgets into the
+/// test Redis (admission refuses them until then).
+async fn wait_ready(org: uuid::Uuid) {
+    let client = redis::Client::open(sy_test_support::redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let n: i64 = redis::cmd("EXISTS")
+            .arg(sy_limits::ready_key(&org.to_string()))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if n == 1 {
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "the org's budgets were never restored"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -998,6 +1028,39 @@ async fn budgets_are_reconciled_from_the_usage_rows_when_redis_drifts_or_forgets
         .await
         .unwrap();
     settles_to(truth, "lost").await;
+    // Redis lost everything (its markers too): budgeted requests are refused
+    // (503) until the next round restores them, which starts at once.
+    for key in [
+        sy_limits::ready_key(&org.to_string()),
+        sy_limits::RECONCILED_KEY.to_owned(),
+    ] {
+        let _: () = redis::cmd("DEL")
+            .arg(key)
+            .query_async(&mut writer)
+            .await
+            .unwrap();
+    }
+    let _: () = redis::cmd("DEL")
+        .arg(&budget_key)
+        .query_async(&mut writer)
+        .await
+        .unwrap();
+    let r = chat(&stack, &key, &body("gpt-4o-mini", "hi")).await;
+    let refused = r.status() == 503;
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = chat(&stack, &key, &body("gpt-4o-mini", "hi")).await;
+        if r.status() == 200 {
+            break;
+        }
+        assert_eq!(r.status(), 503);
+        assert!(Instant::now() < until, "the budgets were never restored");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        refused || spent(conn.clone()).await.is_some(),
+        "a budget was used before it was restored"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -72,7 +72,9 @@ pub async fn once(
         .map_err(StoreError::from)?;
     let client = sy_accounting::client(ch);
     let mut drifts = Vec::new();
+    let mut orgs = std::collections::BTreeSet::new();
     for row in rows {
+        orgs.insert(row.org_id);
         let Some((_, period)) = budget_of(Some(&row.budget)) else {
             continue;
         };
@@ -123,6 +125,7 @@ pub async fn once(
     .await
     .map_err(StoreError::from)?;
     for (org, debited) in balances {
+        orgs.insert(org);
         let key = crate::ledger::balance_key(&org.to_string());
         let drift = limiter
             .reconcile(&key, Period::None, "all", debited, true)
@@ -136,23 +139,59 @@ pub async fn once(
             spent_nanos: debited,
         });
     }
+    // Every org's budgets are restored into this Redis: admission may
+    // reserve against them (it refuses until then, after a data loss).
+    for org in orgs {
+        limiter.mark_ready(&org.to_string()).await?;
+    }
+    limiter.reconciled(true).await?;
     Ok(drifts)
 }
 
-/// Reconciles every `every` until the task is dropped (rounds are skipped
-/// while Redis is not connected; a failed round is logged and retried at the
-/// next).
+/// Reconciles every `every`, and at once when the control plane announces a
+/// change (a new budget, a credit) or when Redis has lost its data (checked
+/// every second), until the task is dropped. Rounds wait while Redis is not
+/// connected; a failed round is logged and retried.
 pub async fn run(
     store: Store,
     ch: ClickhouseConfig,
     limiter: Arc<OnceLock<Limiter>>,
     every: Duration,
+    notices: Option<async_nats::Subscriber>,
 ) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    use futures::StreamExt;
+    let mut notices = notices;
+    let mut next = tokio::time::Instant::now();
     loop {
-        tick.tick().await;
-        let Some(l) = limiter.get() else { continue };
+        let wake = async {
+            match notices.as_mut() {
+                Some(n) => {
+                    n.next().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            () = tokio::time::sleep_until(next) => {}
+            () = wake => {
+                // Let a burst of changes land before one round.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            () = tokio::time::sleep(Duration::from_secs(1)) => {
+                // A Redis that lost its data has no end-of-round marker.
+                let lost = match limiter.get() {
+                    Some(l) => !l.reconciled(false).await.unwrap_or(true),
+                    None => false,
+                };
+                if !lost {
+                    continue;
+                }
+            }
+        }
+        let Some(l) = limiter.get() else {
+            next = tokio::time::Instant::now() + Duration::from_secs(1);
+            continue;
+        };
         let now_s = sy_protocol::now_unix_ms() / 1000;
         match once(&store, &ch, l, now_s).await {
             Ok(d) => {
@@ -163,13 +202,18 @@ pub async fn run(
                 tracing::warn!(error = %e, "Reconciling budgets failed; retried at the next round.")
             }
         }
+        next = tokio::time::Instant::now() + every;
     }
 }
 
 /// Starts reconciling when the config has what it takes (`[tenants]`,
 /// `[postgres]`, `[clickhouse]` and `[redis]`): the accounting component
 /// runs it beside the consumer. The task ends when the handle is aborted.
-pub async fn start(config: &sy_config::Config) -> Option<tokio::task::JoinHandle<()>> {
+pub async fn start(
+    config: &sy_config::Config,
+    nats: &async_nats::Client,
+    key_notices: String,
+) -> Option<tokio::task::JoinHandle<()>> {
     use std::str::FromStr;
     let (tenants, postgres) = (config.tenants.as_ref()?, config.postgres.as_ref()?);
     let (ch, redis) = (config.clickhouse.clone()?, config.redis.as_ref()?);
@@ -191,5 +235,12 @@ pub async fn start(config: &sy_config::Config) -> Option<tokio::task::JoinHandle
     let limiter = Limiter::connect_or_retry(redis.url.expose().to_owned()).await;
     let every = config.limits.reconcile;
     tracing::info!(?every, "Reconciling budgets from the usage rows.");
-    Some(tokio::spawn(run(store, ch, limiter, every)))
+    let notices = match nats.subscribe(key_notices).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "Budgets are reconciled on a timer only: no control-plane notices.");
+            None
+        }
+    };
+    Some(tokio::spawn(run(store, ch, limiter, every, notices)))
 }

@@ -46,6 +46,9 @@ pub(crate) struct RateLimits {
     prices: HashMap<(String, String), sy_config::price::Price>,
     /// The markup on provider cost, parts per billion.
     markup_ppb: i64,
+    /// Reconciliation runs (the accounting component has ClickHouse and the
+    /// control plane): budgets wait for their org to be restored into Redis.
+    require_ready: bool,
     /// What the config file's keys count under in Redis, as an org: one per
     /// deployment (its NATS namespace), its own hash slot.
     file_keys_org: String,
@@ -112,6 +115,9 @@ impl RateLimits {
                 })
                 .collect(),
             markup_ppb: config.markup_ppb,
+            require_ready: config.clickhouse.is_some()
+                && config.postgres.is_some()
+                && config.tenants.is_some(),
         });
         probe(&limits);
         Some(limits)
@@ -254,6 +260,7 @@ impl RateLimits {
                 false => 0,
             },
             hold_ms,
+            require_ready: self.require_ready,
         });
         let (decision, room) = match limiter.admit_spend(ask, &scopes, spend.as_ref()).await {
             Ok(d) => d,
@@ -279,6 +286,15 @@ impl RateLimits {
                     retry_after_ms,
                     tokens,
                 ));
+            }
+            Decision::NotReady => {
+                return Err(ApiError {
+                    retry_after_secs: Some(1),
+                    ..ApiError::new(
+                        ErrorCode::Overloaded,
+                        "Budgets are being restored from the usage records; retry shortly.",
+                    )
+                });
             }
             Decision::OverBudget(over) => {
                 let needs = spend.map_or(0, |s| {
@@ -365,7 +381,7 @@ impl RateLimits {
                 ask.tokens,
             )),
             // The local counts hold no budget.
-            Decision::OverBudget(_) => Err(budgets_unavailable()),
+            Decision::OverBudget(_) | Decision::NotReady => Err(budgets_unavailable()),
         }
     }
 

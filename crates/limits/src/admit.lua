@@ -3,13 +3,15 @@
 --
 -- KEYS: per rate scope, three keys: its request bucket, its token bucket and
 --       its concurrency lease set; then, when budgets apply, the org's
---       reservations (hash) and their expiries (sorted set), then one hash per
+--       reservations (hash), their expiries (sorted set) and its
+--       "reconciled" marker, then one hash per
 --       budget (fields p: period id, spent, held; nano-USD).
 -- ARGV: [1] request id, [2] tokens to reserve, [3] lease ms, [4] rate scopes
 --       n, then per rate scope: rpm, tpm, concurrency (0: no such limit); then
 --       budgets: count nb, input cost (nano-USD), cost per output token
 --       (nano-USD), output tokens asked, fewest output tokens worth lowering
---       to (0: never lower), reservation ms, then per budget: its limit
+--       to (0: never lower), reservation ms, 1 to require the org's
+--       "reconciled" marker, then per budget: its limit
 --       (nano-USD) and period (0 none, 1 UTC day, 2 UTC month, 3 a session:
 --       none, forgotten a day after its last request).
 --
@@ -26,7 +28,8 @@
 -- budget's limit} when admitted, or {0, scope (1-based), kind (1 rpm, 2 tpm,
 -- 3 concurrency), retry_after_ms} when a rate limit refused, or {0, budget
 -- (1-based), 4, spent, held, limit, period end (Unix s, 0: none)} when a
--- budget refused (and then nothing was taken from any scope).
+-- budget refused, or {0, 0, 5} when the org's budgets are not restored yet
+-- (and then nothing was taken from any scope).
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local now_ms = math.floor(now / 1000)
@@ -102,6 +105,11 @@ if nb > 0 then
   local min_out = tonumber(ARGV[b0 + 4])
   res_key = KEYS[n * 3 + 1]
   resx_key = KEYS[n * 3 + 2]
+  -- Until the usage records have restored the org's budgets into this Redis
+  -- (a reconciliation round marks it), nothing can be reserved against them.
+  if ARGV[b0 + 6] == '1' and redis.call('EXISTS', KEYS[n * 3 + 3]) == 0 then
+    return {0, 0, 5}
+  end
   -- The sweeper: reservations past their time (a request whose usage never
   -- came) give back what they held, before anyone is refused for them.
   local expired = redis.call('ZRANGEBYSCORE', resx_key, '-inf', now_ms, 'LIMIT', 0, 100)
@@ -110,9 +118,9 @@ if nb > 0 then
   end
   local secs = tonumber(t[1])
   for j = 1, nb do
-    local key = KEYS[n * 3 + 2 + j]
-    local limit = tonumber(ARGV[b0 + 5 + (j - 1) * 2 + 1])
-    local period = tonumber(ARGV[b0 + 5 + (j - 1) * 2 + 2])
+    local key = KEYS[n * 3 + 3 + j]
+    local limit = tonumber(ARGV[b0 + 6 + (j - 1) * 2 + 1])
+    local period = tonumber(ARGV[b0 + 6 + (j - 1) * 2 + 2])
     local pid = period_id(period, secs)
     local h = redis.call('HMGET', key, 'p', 'spent', 'held')
     local spent, held = 0, 0

@@ -114,6 +114,9 @@ pub enum Decision {
     Admitted(Vec<Remaining>),
     /// Refused by a budget; nothing was taken.
     OverBudget(OverBudget),
+    /// The org's budgets are not restored into Redis yet (after a data
+    /// loss); nothing was taken.
+    NotReady,
     /// Refused by the scope at `scope` (its index); nothing was taken.
     Refused {
         /// Which scope (index into the scopes given).
@@ -250,7 +253,20 @@ pub struct Spend<'a> {
     pub min_output_tokens: u32,
     /// How long the reservation holds before the sweeper gives it back.
     pub hold_ms: u64,
+    /// Refuse (as [`Decision::NotReady`]) until a reconciliation round has
+    /// restored the org's budgets into this Redis (see [`ready_key`]).
+    pub require_ready: bool,
 }
+
+/// The marker a reconciliation round sets once it has restored `org`'s
+/// budgets into Redis (a Redis that lost its data has none).
+pub fn ready_key(org: &str) -> String {
+    format!("sy:bud:{{{org}}}:ready")
+}
+
+/// The marker set at the end of every reconciliation round: a Redis without
+/// it lost its data (or was never reconciled).
+pub const RECONCILED_KEY: &str = "sy:bud:reconciled";
 
 /// A request admitted within its budgets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -436,6 +452,7 @@ impl Limiter {
                 for k in reservation_keys(sp.org) {
                     inv.key(k);
                 }
+                inv.key(ready_key(sp.org));
                 for b in sp.budgets {
                     inv.key(&b.key);
                 }
@@ -444,7 +461,8 @@ impl Limiter {
                     .arg(format!("{:.6}", sp.output_token_nanos))
                     .arg(sp.output_tokens)
                     .arg(sp.min_output_tokens)
-                    .arg(sp.hold_ms);
+                    .arg(sp.hold_ms)
+                    .arg(u8::from(sp.require_ready));
                 for b in sp.budgets {
                     inv.arg(b.limit_nanos).arg(b.period.code());
                 }
@@ -511,6 +529,35 @@ impl Limiter {
             .arg(truth)
             .arg(u8::from(raise_only));
         Ok(inv.invoke_async(&mut self.conn.clone()).await?)
+    }
+
+    /// Marks `org`'s budgets as restored into this Redis.
+    pub async fn mark_ready(&self, org: &str) -> Result<(), LimitError> {
+        redis::cmd("SET")
+            .arg(ready_key(org))
+            .arg(1)
+            .query_async::<()>(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+
+    /// Sets (`done`) or reads the end-of-round marker: false when this Redis
+    /// has not been reconciled since it last lost its data.
+    pub async fn reconciled(&self, done: bool) -> Result<bool, LimitError> {
+        let mut conn = self.conn.clone();
+        if done {
+            redis::cmd("SET")
+                .arg(RECONCILED_KEY)
+                .arg(1)
+                .query_async::<()>(&mut conn)
+                .await?;
+            return Ok(true);
+        }
+        let n: i64 = redis::cmd("EXISTS")
+            .arg(RECONCILED_KEY)
+            .query_async(&mut conn)
+            .await?;
+        Ok(n == 1)
     }
 
     /// Whether Redis answers now (a `PING`; reconnects if it must).
@@ -604,6 +651,9 @@ async fn server_ms(conn: &mut ConnectionManager) -> Result<u64, LimitError> {
 fn decode(out: &[i64], scopes: usize) -> (Decision, Option<BudgetRoom>) {
     let at = |i: usize| out.get(i).copied().unwrap_or(0);
     if at(0) != 1 {
+        if at(2) == 5 {
+            return (Decision::NotReady, None);
+        }
         let index = usize::try_from(at(1) - 1).unwrap_or(0);
         let kind = match at(2) {
             1 => Kind::Requests,

@@ -279,6 +279,7 @@ fn spend<'a>(
         output_tokens: out,
         min_output_tokens: lower,
         hold_ms: 60_000,
+        require_ready: false,
     }
 }
 
@@ -369,6 +370,29 @@ async fn a_budget_that_cannot_pay_for_max_tokens_lowers_it_or_refuses() {
         .await
         .unwrap();
     assert!(matches!(d, Decision::OverBudget(_)), "{d:?}");
+}
+
+#[tokio::test]
+async fn budgets_wait_for_their_org_to_be_restored_when_asked_to() {
+    let l = limiter().await;
+    let o = org();
+    let budgets = vec![budget(&o, "key", 1_000_000)];
+    let strict = sy_limits::Spend {
+        require_ready: true,
+        ..spend(&o, &budgets, 50, 0)
+    };
+    let (d, _) = l
+        .admit_spend(ask("r", 0), &[], Some(&strict))
+        .await
+        .unwrap();
+    assert_eq!(d, Decision::NotReady);
+    l.mark_ready(&o).await.unwrap();
+    assert!(admitted(
+        &l.admit_spend(ask("r", 0), &[], Some(&strict))
+            .await
+            .unwrap()
+            .0
+    ));
 }
 
 #[tokio::test]

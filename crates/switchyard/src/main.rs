@@ -341,7 +341,10 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Worker { providers } => sy_worker::run(config, bus, providers, shutdown).await?,
         Command::Accounting => {
-            let _reconcile = AbortOnDrop(sy_control::reconcile::start(&config).await);
+            let _reconcile = AbortOnDrop(
+                sy_control::reconcile::start(&config, bus.client(), bus.subjects().key_notices())
+                    .await,
+            );
             let _ledger = AbortOnDrop(sy_control::ledger::start(
                 &config,
                 bus.jetstream().clone(),
@@ -356,7 +359,10 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
                 Vec::new(),
                 shutdown.clone(),
             ));
-            let _reconcile = AbortOnDrop(sy_control::reconcile::start(&config).await);
+            let _reconcile = AbortOnDrop(
+                sy_control::reconcile::start(&config, bus.client(), bus.subjects().key_notices())
+                    .await,
+            );
             let _ledger = AbortOnDrop(sy_control::ledger::start(
                 &config,
                 bus.jetstream().clone(),
