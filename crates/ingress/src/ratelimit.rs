@@ -160,22 +160,36 @@ impl RateLimits {
         }
     }
 
-    /// What a request may cost at most: the input estimate and one output
-    /// token, each at the dearest of its targets, with the markup; none when
-    /// a target has no price (nothing can be reserved for it).
-    fn prices_of(&self, env: &RequestEnvelope) -> Result<(f64, f64), String> {
-        let targets = std::iter::once((env.provider.as_str(), env.upstream_model.as_str())).chain(
-            env.fallback
-                .iter()
-                .map(|t| (t.provider.as_str(), t.upstream_model.as_str())),
-        );
+    /// What a request may cost at most per input and per output token: each
+    /// at the dearest of its targets, with the markup. Under a budget only
+    /// priced targets are used: fallbacks without a price are dropped from
+    /// the envelope; the first target without one is an error naming it.
+    fn prices_of(&self, env: &mut RequestEnvelope) -> Result<(f64, f64), String> {
+        let price = |provider: &str, model: &str| {
+            self.prices
+                .get(&(provider.to_owned(), model.to_owned()))
+                .copied()
+        };
+        let Some(first) = price(&env.provider, &env.upstream_model) else {
+            return Err(format!("{}/{}", env.provider, env.upstream_model));
+        };
+        let before = env.fallback.len();
+        env.fallback
+            .retain(|t| price(&t.provider, &t.upstream_model).is_some());
+        if env.fallback.len() < before {
+            tracing::debug!(
+                dropped = before - env.fallback.len(),
+                "Unpriced fallbacks dropped under a budget."
+            );
+        }
+        // Prices are nano-USD per million tokens; the markup in parts per billion.
+        let markup = 1.0 + self.markup_ppb as f64 / 1e9;
         let (mut input, mut output) = (0f64, 0f64);
-        for (provider, model) in targets {
-            let Some(p) = self.prices.get(&(provider.to_owned(), model.to_owned())) else {
-                return Err(format!("{provider}/{model}"));
-            };
-            // Prices are nano-USD per million tokens; the markup in parts per billion.
-            let markup = 1.0 + self.markup_ppb as f64 / 1e9;
+        let fallbacks = env
+            .fallback
+            .iter()
+            .filter_map(|t| price(&t.provider, &t.upstream_model));
+        for p in std::iter::once(first).chain(fallbacks) {
             input = input.max(p.input.max(p.cache_write) as f64 * markup / 1e6);
             output = output.max(p.output as f64 * markup / 1e6);
         }
@@ -235,7 +249,7 @@ impl RateLimits {
                     ApiError::new(
                         ErrorCode::PermissionDenied,
                         format!(
-                            "No price is configured for {target}: under a budget, only priced models can be used."
+                            "No price is configured for {target}: under a budget, only priced targets can be used."
                         ),
                     )
                 })?;
