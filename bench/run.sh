@@ -23,7 +23,8 @@
 # tenants) a second tenant's key has RPM, TPM and concurrency limits in Redis
 # (high enough never to refuse): the rows "limited-key" against "tenant-key",
 # interleaved, show what the limits cost, and Redis's own CPU per request is
-# read from its INFO before and after.
+# read from its INFO before and after; a third key with the same limits and a
+# budget (rows "budgeted-key" against "limited-key") shows what budgets add.
 set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -88,6 +89,10 @@ base_url = "http://127.0.0.1:18081/v1"
 kind = "anthropic"
 base_url = "http://127.0.0.1:18081/v1"
 
+[providers.openai.prices."gpt-4o-mini"]
+input = "0.15"
+output = "0.60"
+
 [models."gpt-4o-mini"]
 targets = [{ provider = "openai", model = "gpt-4o-mini" }]
 
@@ -129,6 +134,11 @@ if ((limits)); then
   limited_key=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["key"])' "$limited")
   limited_id=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["id"])' "$limited")
   "${admin[@]}" keys limits "$limited_id" --rpm 1000000000 --tpm 1000000000 --concurrency 100000 >/dev/null
+  budgeted=$("${admin[@]}" keys create --project "$project" --model gpt-4o-mini budgeted)
+  budgeted_key=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["key"])' "$budgeted")
+  budgeted_id=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["id"])' "$budgeted")
+  "${admin[@]}" keys limits "$budgeted_id" --rpm 1000000000 --tpm 1000000000 --concurrency 100000 \
+    --budget-usd 1000000000 --period month >/dev/null
 fi
 redis_cpu() { # seconds of CPU Redis has used (user + system)
   redis-cli -p 6379 info cpu | tr -d '\r' | awk -F: '/^used_cpu_(sys|user):/{s+=$2} END {printf "%.6f", s}'
@@ -180,6 +190,15 @@ if ((limits)); then
     limited_requests=$((limited_requests + 22000 / scale))
   done
   cpu_after=$(redis_cpu)
+  say "Budgets: the rate-limited key, and the same limits with a budget, interleaved"
+  for _ in 1 2; do
+    run limited-key "$via" 1 3000 300 --key "$limited_key"
+    run budgeted-key "$via" 1 3000 300 --key "$budgeted_key"
+  done
+  for _ in 1 2; do
+    run limited-key "$via" 64 20000 2000 --key "$limited_key"
+    run budgeted-key "$via" 64 20000 2000 --key "$budgeted_key"
+  done
   python3 -c 'import sys; b,a,n=map(float,sys.argv[1:]); print(f"{{\"label\": \"redis-cpu\", \"requests\": {int(n)}, \"redis_cpu_us_per_request\": {(a-b)/n*1e6:.2f}}}")' \
     "$cpu_before" "$cpu_after" "$limited_requests" | tee -a "$tmp.acct"
 fi
