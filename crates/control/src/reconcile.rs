@@ -163,21 +163,39 @@ pub async fn run(
     let mut notices = notices;
     let mut next = tokio::time::Instant::now();
     loop {
-        let wake = async {
+        /// What woke the loop.
+        enum Wake {
+            Timer,
+            Notice,
+            NoticesEnded,
+            Check,
+        }
+        let notice = async {
             match notices.as_mut() {
-                Some(n) => {
-                    n.next().await;
-                }
-                None => std::future::pending::<()>().await,
+                Some(n) => match n.next().await {
+                    Some(_) => Wake::Notice,
+                    None => Wake::NoticesEnded,
+                },
+                None => std::future::pending::<Wake>().await,
             }
         };
-        tokio::select! {
-            () = tokio::time::sleep_until(next) => {}
-            () = wake => {
-                // Let a burst of changes land before one round.
-                tokio::time::sleep(Duration::from_millis(50)).await;
+        let woke = tokio::select! {
+            () = tokio::time::sleep_until(next) => Wake::Timer,
+            w = notice => w,
+            () = tokio::time::sleep(Duration::from_secs(1)) => Wake::Check,
+        };
+        match woke {
+            Wake::Timer => {}
+            // Let a burst of changes land before one round.
+            Wake::Notice => tokio::time::sleep(Duration::from_millis(50)).await,
+            Wake::NoticesEnded => {
+                tracing::warn!(
+                    "Control-plane notices ended: budgets are reconciled on a timer only."
+                );
+                notices = None;
+                continue;
             }
-            () = tokio::time::sleep(Duration::from_secs(1)) => {
+            Wake::Check => {
                 // A Redis that lost its data has no end-of-round marker.
                 let lost = match limiter.get() {
                     Some(l) => !l.reconciled(false).await.unwrap_or(true),
