@@ -130,6 +130,46 @@ async fn wait_ready(org: uuid::Uuid) {
     }
 }
 
+/// Sends `n` chat requests with `key` and `body` at once, the i-th to
+/// `bases[i % bases.len()]`; how many were admitted (200; the others must
+/// be 429s).
+async fn admitted_of(
+    stack: &Stack,
+    bases: &[String],
+    key: &str,
+    body: &serde_json::Value,
+    n: usize,
+) -> u64 {
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let (http, url, key, body) = (
+            stack.http.clone(),
+            format!("{}/v1/chat/completions", bases[i % bases.len()]),
+            key.to_owned(),
+            body.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            http.post(url)
+                .bearer_auth(key)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }));
+    }
+    let mut admitted = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            200 => admitted += 1,
+            429 => {}
+            other => panic!("{other}"),
+        }
+    }
+    admitted
+}
+
 /// A key change setting only a budget.
 fn budget(usd: &str, period: &str) -> LimitChange {
     LimitChange {
@@ -835,32 +875,7 @@ async fn three_ingresses_admit_exactly_the_rpm_and_never_more_than_the_concurren
     //    are admitted, plus what the bucket refilled while they ran (100 a
     //    minute: under two a second).
     let started = Instant::now();
-    let mut tasks = Vec::new();
-    for i in 0..600 {
-        let (http, url, key) = (
-            stack.http.clone(),
-            format!("{}/v1/chat/completions", bases[i % 3]),
-            rpm_key.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            http.post(url)
-                .bearer_auth(key)
-                .json(&body("gpt-4o-mini", "hi"))
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        }));
-    }
-    let mut admitted = 0u64;
-    for t in tasks {
-        match t.await.unwrap() {
-            200 => admitted += 1,
-            429 => {}
-            other => panic!("{other}"),
-        }
-    }
+    let admitted = admitted_of(&stack, &bases, &rpm_key, &body("gpt-4o-mini", "hi"), 600).await;
     let refilled = (started.elapsed().as_secs_f64() * 100.0 / 60.0).ceil() as u64;
     println!(
         "RPM 100 over three ingresses: {admitted} of 600 admitted in {:?}",
@@ -1226,34 +1241,11 @@ async fn with_max_tokens_set_a_token_limit_is_never_overshot() {
     let (stack, key, _, _) = stack_with_key_limits(json!({"tpm": 2000}), true).await;
     // Each request reserves its input (about 4 tokens) and max_tokens 100.
     let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..40 {
-        let (http, url, key) = (
-            stack.http.clone(),
-            stack.url("/v1/chat/completions"),
-            key.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            let b = json!({"model": "gpt-4o-mini", "max_tokens": 100,
-                           "messages": [{"role": "user", "content": "[[mock:tokens=16]] hi"}]});
-            http.post(url)
-                .bearer_auth(key)
-                .json(&b)
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        }));
-    }
-    let mut admitted = 0u64;
-    for t in tasks {
-        match t.await.unwrap() {
-            200 => admitted += 1,
-            429 => {}
-            other => panic!("{other}"),
-        }
-    }
+    let b = json!({"model": "gpt-4o-mini", "max_tokens": 100,
+                   "messages": [{"role": "user", "content": "[[mock:tokens=16]] hi"}]});
+    let base = stack.url("");
+    let bases = [base.trim_end_matches('/').to_owned()];
+    let admitted = admitted_of(&stack, &bases, &key, &b, 40).await;
     // What the minute allows, plus what refilled while they ran.
     let allowance = 2000 + (started.elapsed().as_secs_f64() * 2000.0 / 60.0).ceil() as u64;
     assert!(

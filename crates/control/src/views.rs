@@ -466,19 +466,21 @@ impl Store {
             LimitTarget::Project(id) => ("projects", "project", id),
             LimitTarget::Key(id) => ("api_keys", "key", id),
         };
-        let lower = match kind {
+        // The kind's own switch: a project's `lower_max_tokens`, an org's
+        // `prepaid` (a key has none: a constant stands in).
+        let flag = match kind {
             "project" => "lower_max_tokens",
             "org" => "prepaid",
             _ => "true",
         };
         let mut tx = self.pool().begin().await?;
         let before: Option<(Value, Value, Option<Value>, bool)> = sqlx::query_as(&format!(
-            "SELECT limits, model_limits, budget, {lower} FROM {table} WHERE id = $1 FOR UPDATE"
+            "SELECT limits, model_limits, budget, {flag} FROM {table} WHERE id = $1 FOR UPDATE"
         ))
         .bind(id)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some((old_limits, old_models, old_budget, old_lower)) = before else {
+        let Some((old_limits, old_models, old_budget, old_flag)) = before else {
             return Err(StoreError::NotFound(kind));
         };
         let new_limits = change.limits.clone().unwrap_or_else(|| old_limits.clone());
@@ -491,23 +493,23 @@ impl Store {
             Some(b) => Some(b.clone()),
             None => old_budget.clone(),
         };
-        let new_lower = match kind {
-            "project" => change.lower_max_tokens.unwrap_or(old_lower),
-            _ => change.prepaid.unwrap_or(old_lower),
+        let new_flag = match kind {
+            "project" => change.lower_max_tokens.unwrap_or(old_flag),
+            _ => change.prepaid.unwrap_or(old_flag),
         };
-        let set_lower = match kind {
+        let set_flag = match kind {
             "project" => ", lower_max_tokens = $5",
             "org" => ", prepaid = $5",
             _ => "",
         };
         sqlx::query(&format!(
-            "UPDATE {table} SET limits = $2, model_limits = $3, budget = $4{set_lower}, updated_at = now() WHERE id = $1"
+            "UPDATE {table} SET limits = $2, model_limits = $3, budget = $4{set_flag}, updated_at = now() WHERE id = $1"
         ))
         .bind(id)
         .bind(&new_limits)
         .bind(&new_models)
         .bind(&new_budget)
-        .bind(new_lower)
+        .bind(new_flag)
         .execute(&mut *tx)
         .await?;
         if let (LimitTarget::Project(_), Some(session)) = (target, &change.session_budget) {
@@ -519,11 +521,11 @@ impl Store {
                 .await?;
         }
         let action = format!("{kind}.limits");
-        let state = |l: &Value, m: &Value, b: &Option<Value>, lower: bool| {
+        let state = |l: &Value, m: &Value, b: &Option<Value>, flag: bool| {
             let mut v = json!({"limits": l, "model_limits": m, "budget": b});
             match kind {
-                "project" => v["lower_max_tokens"] = json!(lower),
-                "org" => v["prepaid"] = json!(lower),
+                "project" => v["lower_max_tokens"] = json!(flag),
+                "org" => v["prepaid"] = json!(flag),
                 _ => {}
             }
             v
@@ -532,9 +534,9 @@ impl Store {
             action: &action,
             target_kind: kind,
             target_id: id.to_string(),
-            before: Some(state(&old_limits, &old_models, &old_budget, old_lower)),
+            before: Some(state(&old_limits, &old_models, &old_budget, old_flag)),
             after: Some({
-                let mut after = state(&new_limits, &new_models, &new_budget, new_lower);
+                let mut after = state(&new_limits, &new_models, &new_budget, new_flag);
                 if let Some(session) = &change.session_budget {
                     after["session_budget"] = session.clone();
                 }

@@ -153,21 +153,17 @@ local out = {1}
 for i = 1, n do
   local p = plan[i]
   local ttl = 61000
-  if p.req then
-    redis.call('SET', KEYS[(i - 1) * 3 + 1], string.format('%.0f', p.req), 'PX', ttl)
-    table.insert(out, math.floor((WINDOW - (p.req - now)) / p.req_step))
-    table.insert(out, math.ceil((p.req - now) / 1000))
-  else
-    table.insert(out, -1)
-    table.insert(out, 0)
-  end
-  if p.tok then
-    redis.call('SET', KEYS[(i - 1) * 3 + 2], string.format('%.0f', p.tok), 'PX', ttl)
-    table.insert(out, math.floor((WINDOW - (p.tok - now)) / p.tok_step))
-    table.insert(out, math.ceil((p.tok - now) / 1000))
-  else
-    table.insert(out, -1)
-    table.insert(out, 0)
+  -- Each bucket: its new TAT, then what is left and when it is full again.
+  for k, b in ipairs({{p.req, p.req_step}, {p.tok, p.tok_step}}) do
+    local tat, step = b[1], b[2]
+    if tat then
+      redis.call('SET', KEYS[(i - 1) * 3 + k], string.format('%.0f', tat), 'PX', ttl)
+      table.insert(out, math.floor((WINDOW - (tat - now)) / step))
+      table.insert(out, math.ceil((tat - now) / 1000))
+    else
+      table.insert(out, -1)
+      table.insert(out, 0)
+    end
   end
   if p.conc then
     redis.call('ZADD', p.conc, now_ms + lease_ms, id)
