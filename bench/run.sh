@@ -15,6 +15,7 @@
 #   SKIP_BUILD=1 ...        # use the release binaries as they are
 #   NO_TENANTS=1 ...        # no PostgreSQL, no tenant's key (for a build from before them)
 #   NO_LIMITS=1 ...         # no Redis, no rate-limited key (for a build from before them)
+#   ONLY=limits ...         # only the rate-limit and budget rows (and sy-limits-bench)
 #
 # With tenants on (the default) the ingress also authenticates a tenant's key
 # from its in-memory table (PostgreSQL schema "bench", made fresh): the rows
@@ -57,7 +58,7 @@ if ((limits)); then ensure_redis; fi
 
 if [[ -z ${SKIP_BUILD:-} ]]; then
   say "Building release binaries"
-  cargo build --release --locked --bin switchyard --bin mock-provider --bin sy-bench --bin sy-accounting-bench --bin sy-classifier-bench --bin sy-auth-bench
+  cargo build --release --locked --bin switchyard --bin mock-provider --bin sy-bench --bin sy-accounting-bench --bin sy-classifier-bench --bin sy-auth-bench --bin sy-limits-bench
 fi
 
 bench_ports_free
@@ -154,13 +155,17 @@ run() { # label url concurrency requests warmup [--stream]
 }
 direct=http://127.0.0.1:18081/v1/chat/completions
 via=http://127.0.0.1:18080/v1/chat/completions
+all=1
+if [[ ${ONLY:-} == limits ]]; then all=0; fi
+if ((all)); then
 say "Non-streamed, concurrency 1"
 run direct "$direct" 1 3000 300
 run switchyard "$via" 1 3000 300
 say "Non-streamed, concurrency 64"
 run direct "$direct" 64 20000 2000
 run switchyard "$via" 64 20000 2000
-if ((tenants)); then
+fi
+if ((tenants && all)); then
   say "Authentication from memory: the config's key and a tenant's key, interleaved"
   for _ in 1 2; do
     run direct "$direct" 1 3000 300
@@ -178,6 +183,7 @@ fi
 if ((limits)); then
   say "Rate limits in Redis: a tenant's key without limits and one with RPM, TPM and concurrency, interleaved"
   limited_requests=0
+  redis-cli -p 6379 config resetstat >/dev/null
   cpu_before=$(redis_cpu)
   for _ in 1 2; do
     run tenant-key "$via" 1 3000 300 --key "$tenant_key"
@@ -190,6 +196,15 @@ if ((limits)); then
     limited_requests=$((limited_requests + 22000 / scale))
   done
   cpu_after=$(redis_cpu)
+  redis_calls=$(redis-cli -p 6379 info commandstats | tr -d '\r' | python3 -c '
+import json, sys
+calls = {}
+for line in sys.stdin:
+    if line.startswith("cmdstat_"):
+        name, _, stats = line[8:].strip().partition(":")
+        fields = dict(kv.split("=") for kv in stats.split(","))
+        calls[name] = [int(fields["calls"]), float(fields["usec_per_call"])]
+print(json.dumps(calls))')
   say "Budgets: the rate-limited key, and the same limits with a budget, interleaved"
   for _ in 1 2; do
     run limited-key "$via" 1 3000 300 --key "$limited_key"
@@ -199,9 +214,16 @@ if ((limits)); then
     run limited-key "$via" 64 20000 2000 --key "$limited_key"
     run budgeted-key "$via" 64 20000 2000 --key "$budgeted_key"
   done
-  python3 -c 'import sys; b,a,n=map(float,sys.argv[1:]); print(f"{{\"label\": \"redis-cpu\", \"requests\": {int(n)}, \"redis_cpu_us_per_request\": {(a-b)/n*1e6:.2f}}}")' \
-    "$cpu_before" "$cpu_after" "$limited_requests" | tee -a "$tmp.acct"
+  python3 -c '
+import json, sys
+b, a, n = map(float, sys.argv[1:4])
+calls = {k: {"per_request": round(c / n, 2), "usec_per_call": u} for k, (c, u) in json.loads(sys.argv[4]).items()}
+print(json.dumps({"label": "redis-cpu", "requests": int(n), "redis_cpu_us_per_request": round((a - b) / n * 1e6, 2), "commands": calls}))' \
+    "$cpu_before" "$cpu_after" "$limited_requests" "$redis_calls" | tee -a "$tmp.acct"
+  say "Admission alone: one client, one call at a time (sy-limits-bench)"
+  "$TARGET/release/sy-limits-bench" --iterations $((20000 / scale)) | tee -a "$tmp.acct"
 fi
+if ((all)); then
 say "Streamed, concurrency 1"
 run direct "$direct" 1 2000 200 --stream
 run switchyard "$via" 1 2000 200 --stream
@@ -229,6 +251,7 @@ say "Classifier: cost per prompt (in-process)"
 
 say "Accounting: throughput, lag at 1,000 events/s, token estimate cost"
 "$TARGET/release/sy-accounting-bench" --events $((200000 / scale)) --seconds $((10 / scale + 1)) 2>/dev/null | tee -a "$tmp.acct"
+fi
 
 {
   echo "{\"machine\": \"$(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(uname -r)\", \"date\": \"$(date -u +%FT%TZ)\", \"commit\": \"$(git rev-parse --short HEAD 2>/dev/null || echo none)\", \"binary\": \"${SWITCHYARD_BIN:-release}\", \"note\": \"${NOTE:-}\"}"

@@ -22,6 +22,7 @@
 //! Keys of one org share a Redis Cluster hash slot (`{<org>}`), so the script
 //! may touch all of a request's scopes.
 
+mod direct;
 pub mod leases;
 pub mod local;
 
@@ -348,7 +349,10 @@ pub fn token_buckets(scopes: &[Scope]) -> Vec<(String, u32)> {
 #[derive(Clone)]
 pub struct Limiter {
     conn: ConnectionManager,
+    /// The admission's own connections (none over TLS: the multiplexed one).
+    direct: Option<Arc<direct::Direct>>,
     admit: Script,
+    admit_source: Arc<str>,
     settle: Script,
     reconcile: Script,
 }
@@ -373,10 +377,19 @@ impl Limiter {
             .set_response_timeout(RESPONSE_TIMEOUT)
             .set_number_of_retries(1)
             .set_max_delay(100);
+        let direct = direct::Direct::new(
+            client.get_connection_info(),
+            CONNECT_TIMEOUT,
+            RESPONSE_TIMEOUT,
+        )
+        .map(Arc::new);
         let conn = ConnectionManager::new_with_config(client, config).await?;
+        let admit_source = [include_str!("budget.lua"), include_str!("admit.lua")].concat();
         Ok(Limiter {
             conn,
-            admit: Script::new(&[include_str!("budget.lua"), include_str!("admit.lua")].concat()),
+            direct,
+            admit: Script::new(&admit_source),
+            admit_source: admit_source.into(),
             settle: Script::new(&[include_str!("budget.lua"), include_str!("settle.lua")].concat()),
             reconcile: Script::new(include_str!("reconcile.lua")),
         })
@@ -428,48 +441,76 @@ impl Limiter {
         scopes: &[Scope],
         spend: Option<&Spend<'_>>,
     ) -> Result<(Decision, Option<BudgetRoom>), LimitError> {
-        let mut inv = self.admit.prepare_invoke();
+        let mut keys: Vec<String> = Vec::with_capacity(scopes.len() * 3 + 4);
+        let mut args: Vec<String> = Vec::with_capacity(5 + scopes.len() * 3 + 10);
         for s in scopes {
-            for k in s.keys() {
-                inv.key(k);
-            }
+            keys.extend(s.keys());
         }
-        inv.arg(ask.request_id)
-            .arg(ask.tokens)
-            .arg(ask.lease_ms)
-            .arg(scopes.len());
+        args.extend([
+            ask.request_id.to_owned(),
+            ask.tokens.to_string(),
+            ask.lease_ms.to_string(),
+            scopes.len().to_string(),
+        ]);
         for s in scopes {
             let l = s.limits;
-            inv.arg(l.rpm.unwrap_or(0))
-                .arg(l.tpm.unwrap_or(0))
-                .arg(l.concurrency.unwrap_or(0));
+            args.extend([
+                l.rpm.unwrap_or(0).to_string(),
+                l.tpm.unwrap_or(0).to_string(),
+                l.concurrency.unwrap_or(0).to_string(),
+            ]);
         }
         match spend.filter(|s| !s.budgets.is_empty()) {
-            None => {
-                inv.arg(0);
-            }
+            None => args.push("0".to_owned()),
             Some(sp) => {
-                for k in reservation_keys(sp.org) {
-                    inv.key(k);
-                }
-                inv.key(ready_key(sp.org));
+                keys.extend(reservation_keys(sp.org));
+                keys.push(ready_key(sp.org));
+                keys.extend(sp.budgets.iter().map(|b| b.key.clone()));
+                args.extend([
+                    sp.budgets.len().to_string(),
+                    sp.input_nanos.to_string(),
+                    format!("{:.6}", sp.output_token_nanos),
+                    sp.output_tokens.to_string(),
+                    sp.min_output_tokens.to_string(),
+                    sp.hold_ms.to_string(),
+                    u8::from(sp.require_ready).to_string(),
+                ]);
                 for b in sp.budgets {
-                    inv.key(&b.key);
-                }
-                inv.arg(sp.budgets.len())
-                    .arg(sp.input_nanos)
-                    .arg(format!("{:.6}", sp.output_token_nanos))
-                    .arg(sp.output_tokens)
-                    .arg(sp.min_output_tokens)
-                    .arg(sp.hold_ms)
-                    .arg(u8::from(sp.require_ready));
-                for b in sp.budgets {
-                    inv.arg(b.limit_nanos).arg(b.period.code());
+                    args.extend([b.limit_nanos.to_string(), b.period.code().to_string()]);
                 }
             }
         }
-        let out: Vec<i64> = inv.invoke_async(&mut self.conn.clone()).await?;
+        let out: Vec<i64> = redis::from_redis_value(&self.run_admit(&keys, &args).await?)?;
         Ok(decode(&out, scopes.len()))
+    }
+
+    /// Runs the admission script by its hash (in full once after a Redis
+    /// restart), on a direct connection when there is one.
+    async fn run_admit(
+        &self,
+        keys: &[String],
+        args: &[String],
+    ) -> Result<redis::Value, LimitError> {
+        let call = |verb: &str, script: &str| {
+            let mut cmd = redis::cmd(verb);
+            cmd.arg(script).arg(keys.len()).arg(keys).arg(args);
+            cmd
+        };
+        let by_hash = call("EVALSHA", self.admit.get_hash());
+        let first = match &self.direct {
+            Some(d) => d.query(&by_hash.get_packed_command()).await,
+            None => Ok(by_hash.query_async(&mut self.conn.clone()).await?),
+        };
+        match first {
+            Err(LimitError(e)) if e.kind() == redis::ErrorKind::NoScriptError => {
+                let in_full = call("EVAL", &self.admit_source);
+                match &self.direct {
+                    Some(d) => d.query(&in_full.get_packed_command()).await,
+                    None => Ok(in_full.query_async(&mut self.conn.clone()).await?),
+                }
+            }
+            other => other,
+        }
     }
 
     /// Settles one attempt of a request: gives back its reservation of

@@ -425,3 +425,47 @@ async fn a_reservation_never_settled_is_swept_when_it_lapses() {
             .0
     ));
 }
+
+/// What one admission of `id` against `scope` leaves of its requests.
+async fn requests_left(l: &Limiter, scope: &Scope, id: &str) -> u32 {
+    match l
+        .admit(ask(id, 0), std::slice::from_ref(scope))
+        .await
+        .unwrap()
+    {
+        Decision::Admitted(rem) => rem[0].requests.unwrap(),
+        other => panic!("refused: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn an_abandoned_admission_never_hands_its_answer_to_the_next_and_a_flushed_script_is_sent_again()
+ {
+    let l = limiter().await;
+    let o = org();
+    let per_minute = |rpm| Limits {
+        rpm: Some(rpm),
+        ..Limits::default()
+    };
+    let hundred = scope(&o, "key", per_minute(100));
+    let fifty = scope(&o, "project", per_minute(50));
+    assert_eq!(requests_left(&l, &hundred, "a").await, 99);
+    // Abandoned after it was sent (a client that went away): its connection
+    // is dropped with it, so its late answer is read by no one.
+    for i in 0..20 {
+        let id = format!("gone-{i}");
+        let call = l.admit(ask(&id, 0), std::slice::from_ref(&hundred));
+        let _ = tokio::time::timeout(Duration::from_micros(1), call).await;
+    }
+    assert_eq!(requests_left(&l, &fifty, "b").await, 49);
+    assert_eq!(requests_left(&l, &fifty, "c").await, 48);
+    // After a SCRIPT FLUSH (or a Redis restart) the script is sent in full once.
+    let client = redis::Client::open(sy_test_support::redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(requests_left(&l, &fifty, "d").await, 47);
+}
