@@ -57,6 +57,21 @@ async fn tenant(
     sections: &str,
     clickhouse: bool,
 ) -> Tenant {
+    let opts = StackOptions {
+        clickhouse,
+        ..Default::default()
+    };
+    tenant_with(keys, org_change, sections, opts).await
+}
+
+/// [`tenant`] on a stack with `opts` (its `sections` are replaced).
+async fn tenant_with(
+    keys: &[LimitChange],
+    org_change: LimitChange,
+    sections: &str,
+    opts: StackOptions,
+) -> Tenant {
+    let clickhouse = opts.clickhouse;
     let (store, tenants) = tenants_store("l").await;
     let actor = owner();
     let org = store.create_org(&actor, "Acme").await.unwrap();
@@ -84,8 +99,7 @@ async fn tenant(
     };
     let stack = Stack::start_with(StackOptions {
         sections: format!("{tenants}{redis}\n{sections}"),
-        clickhouse,
-        ..Default::default()
+        ..opts
     })
     .await;
     let store = store.announcing(sy_control::feed::Notifier::new(
@@ -97,7 +111,7 @@ async fn tenant(
         || org_change.budget.is_some()
         || org_change.prepaid == Some(true);
     if clickhouse && budgeted {
-        wait_ready(org).await;
+        wait_ready(&redis_of(sections), org).await;
     }
     Tenant {
         stack,
@@ -107,10 +121,19 @@ async fn tenant(
     }
 }
 
+/// The Redis `sections` name (`[redis] url`), else the test Redis.
+fn redis_of(sections: &str) -> String {
+    sections
+        .split("[redis]")
+        .nth(1)
+        .and_then(|r| r.split('"').nth(1))
+        .map_or_else(sy_test_support::redis_url, str::to_owned)
+}
+
 /// Waits until a reconciliation round has restored `org`'s budgets into the
-/// test Redis (admission refuses them until then).
-async fn wait_ready(org: uuid::Uuid) {
-    let client = redis::Client::open(sy_test_support::redis_url()).unwrap();
+/// Redis at `url` (admission refuses them until then).
+async fn wait_ready(url: &str, org: uuid::Uuid) {
+    let client = redis::Client::open(url).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let until = Instant::now() + Duration::from_secs(10);
     loop {
@@ -1265,4 +1288,264 @@ async fn with_max_tokens_set_a_token_limit_is_never_overshot() {
         .unwrap();
     assert!(used <= allowance, "{used} tokens used of {allowance}");
     println!("TPM 2000 with max_tokens 100: {admitted} of 40 admitted, {used} tokens used");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_thousand_aborts_and_processes_killed_mid_stream_the_key_serves_its_concurrency_again()
+ {
+    let Tenant {
+        mut stack,
+        org,
+        keys,
+        ..
+    } = tenant_with(
+        &[LimitChange {
+            limits: Some(json!({"concurrency": 10})),
+            ..Default::default()
+        }],
+        LimitChange::default(),
+        "[limits]\nlease_seconds = 3\n",
+        StackOptions {
+            split_workers: 1,
+            ack_wait: "2s",
+            ..Default::default()
+        },
+    )
+    .await;
+    let (key, key_id) = keys[0].clone();
+    let other = stack.start_other_ingress().await;
+    let bases = [stack.url("").trim_end_matches('/').to_owned(), other];
+    // A stream of `prompt` through `base`: its status, and once admitted
+    // the response, read up to its first chunk.
+    let open = |base: &str, prompt: &str| {
+        let (http, url, key) = (
+            stack.http.clone(),
+            format!("{base}/v1/chat/completions"),
+            key.clone(),
+        );
+        let mut b = body("gpt-4o-mini", prompt);
+        b["stream"] = json!(true);
+        async move {
+            let mut r = http.post(url).bearer_auth(key).json(&b).send().await?;
+            if r.status() == 200 {
+                r.chunk().await?;
+            }
+            Ok::<_, reqwest::Error>(r)
+        }
+    };
+
+    // 1,000 clients that go away mid-stream, 20 at a time over both
+    // ingresses: never more than 10 in flight.
+    let (mut aborted, mut peak) = (0, 0);
+    while aborted < 1000 {
+        let round: Vec<_> = (0..20)
+            .map(|i| tokio::spawn(open(&bases[i % 2], "[[mock:tokens=50,delay_ms=20]] go")))
+            .collect();
+        let mut held = Vec::new();
+        for t in round {
+            let r = t.await.unwrap().unwrap();
+            match r.status().as_u16() {
+                200 => held.push(r),
+                429 => {}
+                other => panic!("{other}"),
+            }
+        }
+        assert!(held.len() <= 10, "{} admitted at once", held.len());
+        peak = peak.max(leases_held(org, key_id).await);
+        aborted += held.len();
+        drop(held);
+    }
+    assert!(peak <= 10, "{peak} leases held at once");
+    assert!(peak > 0, "leases were sampled while held");
+    let until = Instant::now() + Duration::from_secs(3);
+    while leases_held(org, key_id).await > 0 {
+        assert!(Instant::now() < until, "aborted requests kept their leases");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // Ten streams in flight through the second ingress; it and the worker
+    // serving them are killed outright. The dead ingress's leases expire by
+    // themselves within the lease (3 s).
+    let slow: Vec<_> = (0..10)
+        .map(|_| tokio::spawn(open(&bases[1], "[[mock:tokens=200,delay_ms=50]] stay")))
+        .collect();
+    let mut streaming = Vec::new();
+    for t in slow {
+        let r = t.await.unwrap().unwrap();
+        assert_eq!(r.status(), 200);
+        streaming.push(r);
+    }
+    assert_eq!(leases_held(org, key_id).await, 10);
+    stack.signal_worker(0, "-KILL");
+    stack.kill_other_ingress(0);
+    let killed = Instant::now();
+    stack.start_worker();
+    let refused = chat(&stack, &key, &body("gpt-4o-mini", "hi")).await;
+    assert_eq!(
+        refused.status(),
+        429,
+        "the dead ingress's leases still count"
+    );
+    drop(streaming);
+    let admitted = loop {
+        let n = admitted_of(&stack, &bases[..1], &key, &body("gpt-4o-mini", "hi"), 10).await;
+        if n == 10 {
+            break killed.elapsed();
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(6),
+            "the key was still at its limit {:?} after the kill ({n} of 10 admitted)",
+            killed.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    println!(
+        "aborted {aborted}, peak {peak} in flight; ten admitted again {admitted:?} after the kill"
+    );
+    assert!(
+        admitted >= Duration::from_secs(1),
+        "{admitted:?}: leases were dropped, not expired"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_max_tokens_a_token_limit_is_overshot_by_one_request_at_most_and_the_next_pay() {
+    let Tenant { stack, keys, .. } = tenant(
+        &[LimitChange {
+            limits: Some(json!({"tpm": 1000})),
+            ..Default::default()
+        }],
+        LimitChange::default(),
+        "[limits]\nreserve_output_tokens = 20\n",
+        true,
+    )
+    .await;
+    let key = keys[0].0.clone();
+    // No max_tokens: each reserves its input and 20, and writes 200.
+    let b = body("gpt-4o-mini", "[[mock:tokens=200]] hi");
+    let started = Instant::now();
+    let mut admitted = 0;
+    let refused = loop {
+        let r = chat(&stack, &key, &b).await;
+        if r.status() == 429 {
+            break r;
+        }
+        assert_eq!(r.status(), 200);
+        admitted += 1;
+        assert!(admitted < 20, "never refused");
+        // One client, one request at a time: each is settled before the next.
+        billed_rows(&stack, admitted).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let allowance = 1000 + (started.elapsed().as_secs_f64() * 1000.0 / 60.0).ceil() as u64;
+    let c = stack.clickhouse.as_ref().unwrap();
+    let (used, one): (u64, u64) = sy_accounting::client(c)
+        .query(&format!(
+            "SELECT toUInt64(sum(input_tokens + output_tokens)), toUInt64(max(input_tokens + output_tokens)) FROM {}.requests FINAL",
+            c.database
+        ))
+        .fetch_one()
+        .await
+        .unwrap();
+    println!("TPM 1000 without max_tokens: {admitted} admitted, {used} tokens used of {allowance}");
+    assert!(
+        admitted >= 4,
+        "refused early: {admitted} admitted, {used} used"
+    );
+    assert!(
+        used <= allowance + one,
+        "{used} used: more than one request ({one}) over {allowance}"
+    );
+    // The bucket ran ahead by what was written: the next request waits for it.
+    let wait: u64 = header(&refused, "retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+}
+
+/// A $1.00 budget and 1,000 streamed requests at once through three ingress
+/// processes, one client in five going away mid-stream; with `stop_redis`,
+/// the budget's Redis dies while they run. What ClickHouse bills is at most
+/// the budget either way.
+async fn a_dollar_budget_over_a_thousand_streams(stop_redis: bool) {
+    let port = free_port();
+    let redis = private_redis(port);
+    let Tenant {
+        mut stack, keys, ..
+    } = tenant(
+        &[budget("1.00", "day")],
+        LimitChange::default(),
+        &format!("[redis]\nurl = \"redis://127.0.0.1:{port}\"\n"),
+        true,
+    )
+    .await;
+    let key = keys[0].0.clone();
+    let bases = [
+        stack.url("").trim_end_matches('/').to_owned(),
+        stack.start_other_ingress().await,
+        stack.start_other_ingress().await,
+    ];
+    // Claude Sonnet at $15 a million output tokens: 100 tokens cost about
+    // $0.0015 with the markup, so 1,000 would spend about $1.50.
+    let tasks: Vec<_> = (0..1000u32)
+        .map(|i| {
+            let (http, url, key) = (
+                stack.http.clone(),
+                format!("{}/v1/chat/completions", bases[i as usize % 3]),
+                key.clone(),
+            );
+            tokio::spawn(async move {
+                let b = json!({"model": "claude-sonnet-4-5", "stream": true, "max_tokens": 100,
+                               "messages": [{"role": "user", "content": "[[mock:tokens=100,delay_ms=3]] hi"}]});
+                let r = http.post(url).bearer_auth(key).json(&b).send().await.unwrap();
+                let status = r.status().as_u16();
+                if status == 200 && i % 5 == 0 {
+                    drop(r);
+                } else {
+                    let _ = r.bytes().await;
+                }
+                status
+            })
+        })
+        .collect();
+    let mut redis = Some(redis);
+    if stop_redis {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        redis = None;
+    }
+    let mut by_status = std::collections::BTreeMap::new();
+    for t in tasks {
+        *by_status.entry(t.await.unwrap()).or_insert(0u64) += 1;
+    }
+    drop(redis);
+    let served = by_status.get(&200).copied().unwrap_or(0);
+    for status in by_status.keys() {
+        assert!([200, 402, 503].contains(status), "{by_status:?}");
+        assert!(stop_redis || *status != 503, "{by_status:?}");
+    }
+    let billed = billed_rows(&stack, served).await;
+    println!("$1.00 budget, Redis stopped: {stop_redis}: {by_status:?}, billed {billed} nano-USD");
+    assert!(served > 0, "{by_status:?}");
+    assert!(
+        billed <= 1_000_000_000,
+        "spent {billed} nano-USD of $1.00: {by_status:?}"
+    );
+    if !stop_redis {
+        assert!(
+            by_status.contains_key(&402),
+            "the budget never refused: {by_status:?}"
+        );
+        assert!(
+            billed >= 500_000_000,
+            "only {billed} nano-USD spent of $1.00"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dollar_budget_holds_over_a_thousand_streams_from_three_ingresses() {
+    a_dollar_budget_over_a_thousand_streams(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dollar_budget_holds_when_its_redis_stops_mid_test() {
+    a_dollar_budget_over_a_thousand_streams(true).await;
 }

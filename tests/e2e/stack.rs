@@ -491,6 +491,14 @@ targets = [{{ provider = "openai", model = "gpt-4.1-2025" }}]
         panic!("switchyard did not become ready at {}", self.base);
     }
 
+    /// kill -9 of the `i`-th ingress started by [`Stack::start_other_ingress`],
+    /// waiting for it to die.
+    pub fn kill_other_ingress(&mut self, i: usize) {
+        let child = &mut self.others[i];
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
     /// Requests the mocks of every provider received in total.
     pub fn upstream_requests(&self) -> u64 {
         self.mock.stats().requests

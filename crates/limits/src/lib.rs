@@ -351,6 +351,8 @@ pub struct Limiter {
     conn: ConnectionManager,
     /// The admission's own connections (none over TLS: the multiplexed one).
     direct: Option<Arc<direct::Direct>>,
+    /// Admissions of this process waiting for Redis now.
+    waiting: Arc<std::sync::atomic::AtomicUsize>,
     admit: Script,
     admit_source: Arc<str>,
     settle: Script,
@@ -388,6 +390,7 @@ impl Limiter {
         Ok(Limiter {
             conn,
             direct,
+            waiting: Arc::default(),
             admit: Script::new(&admit_source),
             admit_source: admit_source.into(),
             settle: Script::new(&[include_str!("budget.lua"), include_str!("settle.lua")].concat()),
@@ -485,7 +488,10 @@ impl Limiter {
     }
 
     /// Runs the admission script by its hash (in full once after a Redis
-    /// restart), on a direct connection when there is one.
+    /// restart). An admission that is alone takes a direct connection (the
+    /// least latency: no hand-off between tasks); while others wait, it
+    /// joins them on the multiplexed connection, whose commands share
+    /// Redis's reads and writes (the least CPU, on both sides, under load).
     async fn run_admit(
         &self,
         keys: &[String],
@@ -496,15 +502,17 @@ impl Limiter {
             cmd.arg(script).arg(keys.len()).arg(keys).arg(args);
             cmd
         };
+        let waiting = Waiting::enter(&self.waiting);
+        let direct = self.direct.as_ref().filter(|_| waiting.alone);
         let by_hash = call("EVALSHA", self.admit.get_hash());
-        let first = match &self.direct {
+        let first = match direct {
             Some(d) => d.query(&by_hash.get_packed_command()).await,
             None => Ok(by_hash.query_async(&mut self.conn.clone()).await?),
         };
         match first {
             Err(LimitError(e)) if e.kind() == redis::ErrorKind::NoScriptError => {
                 let in_full = call("EVAL", &self.admit_source);
-                match &self.direct {
+                match direct {
                     Some(d) => d.query(&in_full.get_packed_command()).await,
                     None => Ok(in_full.query_async(&mut self.conn.clone()).await?),
                 }
@@ -670,6 +678,29 @@ impl Limiter {
         }
         pipe.query_async::<()>(&mut self.conn.clone()).await?;
         Ok(())
+    }
+}
+
+/// One admission counted among those waiting for Redis while it lives.
+struct Waiting<'a> {
+    count: &'a std::sync::atomic::AtomicUsize,
+    /// No other admission was waiting when it came.
+    alone: bool,
+}
+
+impl<'a> Waiting<'a> {
+    fn enter(count: &'a std::sync::atomic::AtomicUsize) -> Self {
+        let before = count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Waiting {
+            count,
+            alone: before == 0,
+        }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 
