@@ -1465,6 +1465,7 @@ async fn without_max_tokens_a_token_limit_is_overshot_by_one_request_at_most_and
 /// processes, one client in five going away mid-stream; with `stop_redis`,
 /// the budget's Redis dies while they run. What ClickHouse bills is at most
 /// the budget either way.
+#[allow(clippy::print_stdout)] // the test's figures, as the tests print theirs
 async fn a_dollar_budget_over_a_thousand_streams(stop_redis: bool) {
     let port = free_port();
     let redis = private_redis(port);
