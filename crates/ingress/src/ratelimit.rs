@@ -38,6 +38,8 @@ pub(crate) struct RateLimits {
     replicas: Arc<Replicas>,
     /// Since when Redis has not answered (Unix ms; 0: it answers).
     degraded_since_ms: Arc<AtomicU64>,
+    /// A failed call is being checked with a `PING`.
+    checking: Arc<std::sync::atomic::AtomicBool>,
     config: LimitsConfig,
     defaults: DefaultLimits,
     /// The config file's keys' limits, by key name (their own or the default).
@@ -93,6 +95,7 @@ impl RateLimits {
             leases: OnceLock::new(),
             replicas: crate::presence::start(bus, ingress_id).await,
             degraded_since_ms,
+            checking: Arc::default(),
             config: c.clone(),
             defaults: DefaultLimits {
                 key: limits_of(c.default_key),
@@ -279,7 +282,7 @@ impl RateLimits {
         let (decision, room) = match limiter.admit_spend(ask, &scopes, spend.as_ref()).await {
             Ok(d) => d,
             Err(e) => {
-                self.degrade(&e.to_string());
+                self.suspect(limiter, e.to_string());
                 if !budgets.is_empty() {
                     return Err(budgets_unavailable());
                 }
@@ -419,17 +422,31 @@ impl RateLimits {
 
     /// Redis failed: count locally from now on until it answers a probe.
     fn degrade(&self, why: &str) {
-        if self
-            .degraded_since_ms
-            .compare_exchange(0, now_unix_ms(), Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-        {
-            tracing::warn!(
-                why,
-                replicas = self.replicas.count(),
-                "Redis cannot answer: rate limits are counted locally, each limit divided among the live ingress replicas."
-            );
+        degrade(&self.degraded_since_ms, &self.replicas, why);
+    }
+
+    /// A call to Redis failed: this request is answered without it, and a
+    /// `PING` says whether Redis is away (then every request is, until it
+    /// answers again) or that one call was slow (a box short of CPU for a
+    /// moment must not turn every budget away for a quarter of a second).
+    fn suspect(&self, limiter: &Limiter, why: String) {
+        if self.degraded() || self.checking.swap(true, Ordering::AcqRel) {
+            return;
         }
+        let (limiter, since, replicas, checking) = (
+            limiter.clone(),
+            self.degraded_since_ms.clone(),
+            self.replicas.clone(),
+            self.checking.clone(),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = limiter.ping().await {
+                degrade(&since, &replicas, &format!("{why}; then {e}"));
+            } else {
+                tracing::debug!(why, "One call to Redis failed; Redis answers.");
+            }
+            checking.store(false, Ordering::Release);
+        });
     }
 
     /// Gives back what a request reserved but never used (it was not
@@ -454,6 +471,20 @@ impl RateLimits {
                 tracing::debug!(error = %e, "Giving back an unpublished request's tokens failed.");
             }
         });
+    }
+}
+
+/// Marks Redis as away (since now) unless it already is, and says so.
+fn degrade(since: &AtomicU64, replicas: &Replicas, why: &str) {
+    if since
+        .compare_exchange(0, now_unix_ms(), Ordering::Relaxed, Ordering::Relaxed)
+        .is_ok()
+    {
+        tracing::warn!(
+            why,
+            replicas = replicas.count(),
+            "Redis cannot answer: rate limits are counted locally, each limit divided among the live ingress replicas."
+        );
     }
 }
 
@@ -665,30 +696,30 @@ fn refusal(
 }
 
 /// OpenAI's rate-limit headers: limit, remaining, reset, for requests then tokens.
-const OPENAI_HEADERS: [[&str; 3]; 2] = [
+static OPENAI_HEADERS: [[HeaderName; 3]; 2] = [
     [
-        "x-ratelimit-limit-requests",
-        "x-ratelimit-remaining-requests",
-        "x-ratelimit-reset-requests",
+        HeaderName::from_static("x-ratelimit-limit-requests"),
+        HeaderName::from_static("x-ratelimit-remaining-requests"),
+        HeaderName::from_static("x-ratelimit-reset-requests"),
     ],
     [
-        "x-ratelimit-limit-tokens",
-        "x-ratelimit-remaining-tokens",
-        "x-ratelimit-reset-tokens",
+        HeaderName::from_static("x-ratelimit-limit-tokens"),
+        HeaderName::from_static("x-ratelimit-remaining-tokens"),
+        HeaderName::from_static("x-ratelimit-reset-tokens"),
     ],
 ];
 
 /// Anthropic's, in the same order.
-const ANTHROPIC_HEADERS: [[&str; 3]; 2] = [
+static ANTHROPIC_HEADERS: [[HeaderName; 3]; 2] = [
     [
-        "anthropic-ratelimit-requests-limit",
-        "anthropic-ratelimit-requests-remaining",
-        "anthropic-ratelimit-requests-reset",
+        HeaderName::from_static("anthropic-ratelimit-requests-limit"),
+        HeaderName::from_static("anthropic-ratelimit-requests-remaining"),
+        HeaderName::from_static("anthropic-ratelimit-requests-reset"),
     ],
     [
-        "anthropic-ratelimit-tokens-limit",
-        "anthropic-ratelimit-tokens-remaining",
-        "anthropic-ratelimit-tokens-reset",
+        HeaderName::from_static("anthropic-ratelimit-tokens-limit"),
+        HeaderName::from_static("anthropic-ratelimit-tokens-remaining"),
+        HeaderName::from_static("anthropic-ratelimit-tokens-reset"),
     ],
 ];
 
@@ -728,7 +759,7 @@ impl Headroom {
     /// `anthropic-ratelimit-*` on `/v1/messages` (resets as RFC 3339 times).
     pub(crate) fn headers(&self, surface: ApiSurface) -> Vec<(HeaderName, HeaderValue)> {
         let anthropic = surface == ApiSurface::Messages;
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(8);
         let names = if anthropic {
             &ANTHROPIC_HEADERS
         } else {
@@ -750,7 +781,7 @@ impl Headroom {
                 HeaderValue::from_str(&reset).unwrap_or(HeaderValue::from_static("0s")),
             ];
             for (name, value) in names.iter().zip(values) {
-                out.push((HeaderName::from_static(name), value));
+                out.push((name.clone(), value));
             }
         }
         if let Some(left) = self.budget_left_nanos
@@ -769,7 +800,9 @@ impl Headroom {
 
     /// Adds [`Headroom::headers`] to a response's.
     pub(crate) fn apply(&self, surface: ApiSurface, headers: &mut axum::http::HeaderMap) {
-        for (name, value) in self.headers(surface) {
+        let these = self.headers(surface);
+        headers.reserve(these.len());
+        for (name, value) in these {
             headers.insert(name, value);
         }
     }

@@ -483,7 +483,7 @@ impl Limiter {
                 }
             }
         }
-        let out: Vec<i64> = redis::from_redis_value(&self.run_admit(&keys, &args).await?)?;
+        let out = self.run_admit(&keys, &args).await?;
         Ok(decode(&out, scopes.len()))
     }
 
@@ -492,11 +492,7 @@ impl Limiter {
     /// least latency: no hand-off between tasks); while others wait, it
     /// joins them on the multiplexed connection, whose commands share
     /// Redis's reads and writes (the least CPU, on both sides, under load).
-    async fn run_admit(
-        &self,
-        keys: &[String],
-        args: &[String],
-    ) -> Result<redis::Value, LimitError> {
+    async fn run_admit(&self, keys: &[String], args: &[String]) -> Result<Vec<i64>, LimitError> {
         let call = |verb: &str, script: &str| {
             let mut cmd = redis::cmd(verb);
             cmd.arg(script).arg(keys.len()).arg(keys).arg(args);
@@ -506,15 +502,22 @@ impl Limiter {
         let direct = self.direct.as_ref().filter(|_| waiting.alone);
         let by_hash = call("EVALSHA", self.admit.get_hash());
         let first = match direct {
-            Some(d) => d.query(&by_hash.get_packed_command()).await,
-            None => Ok(by_hash.query_async(&mut self.conn.clone()).await?),
+            Some(d) => direct::integers(&d.query(&by_hash.get_packed_command(), 1).await?),
+            // Not `?`: a NOSCRIPT must reach the match below.
+            None => by_hash
+                .query_async(&mut self.conn.clone())
+                .await
+                .map_err(LimitError::from),
         };
         match first {
             Err(LimitError(e)) if e.kind() == redis::ErrorKind::NoScriptError => {
                 let in_full = call("EVAL", &self.admit_source);
                 match direct {
-                    Some(d) => d.query(&in_full.get_packed_command()).await,
-                    None => Ok(in_full.query_async(&mut self.conn.clone()).await?),
+                    Some(d) => direct::integers(&d.query(&in_full.get_packed_command(), 1).await?),
+                    None => in_full
+                        .query_async(&mut self.conn.clone())
+                        .await
+                        .map_err(LimitError::from),
                 }
             }
             other => other,
@@ -676,8 +679,14 @@ impl Limiter {
         for (key, ids) in by_key {
             pipe.cmd("ZREM").arg(key).arg(ids).ignore();
         }
-        pipe.query_async::<()>(&mut self.conn.clone()).await?;
-        Ok(())
+        // On a direct connection: this runs once per request at low load.
+        match &self.direct {
+            Some(d) => {
+                let answers = d.query(&pipe.get_packed_pipeline(), by_key.len()).await?;
+                direct::first_error(&answers).map_or(Ok(()), Err)
+            }
+            None => Ok(pipe.query_async::<()>(&mut self.conn.clone()).await?),
+        }
     }
 }
 

@@ -468,4 +468,18 @@ async fn an_abandoned_admission_never_hands_its_answer_to_the_next_and_a_flushed
         .await
         .unwrap();
     assert_eq!(requests_left(&l, &fifty, "d").await, 47);
+    // And so it is for admissions that come together (all but the first go
+    // on the shared connection).
+    redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    let together = (0..20).map(|i| {
+        let (l, fifty) = (l.clone(), fifty.clone());
+        async move { requests_left(&l, &fifty, &format!("t{i}")).await }
+    });
+    let mut left = futures::future::join_all(together).await;
+    left.sort_unstable();
+    assert_eq!(left, (27..47).collect::<Vec<u32>>());
 }
