@@ -1550,3 +1550,73 @@ async fn a_dollar_budget_holds_over_a_thousand_streams_from_three_ingresses() {
 async fn a_dollar_budget_holds_when_its_redis_stops_mid_test() {
     a_dollar_budget_over_a_thousand_streams(true).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_items_spend_from_the_same_budget_and_fail_with_its_402_when_it_is_spent() {
+    // $0.002 a day; each item writes 400 tokens (about $0.00029 with the
+    // markup), so 40 items would cost about $0.012.
+    let Tenant { stack, keys, .. } =
+        tenant(&[budget("0.002", "day")], LimitChange::default(), "", true).await;
+    let (key, key_id) = keys[0].clone();
+    let lines: Vec<String> = (0..40)
+        .map(|i| {
+            crate::batch::line(
+                &format!("item-{i}"),
+                "gpt-4o-mini",
+                &format!("[[mock:tokens=400]] item {i}"),
+            )
+        })
+        .collect();
+    let file: serde_json::Value = crate::batch::upload(&stack, &key, lines.join("\n").into_bytes())
+        .await
+        .json()
+        .await
+        .unwrap();
+    let r = crate::batch::create(&stack, &key, file["id"].as_str().unwrap()).await;
+    assert_eq!(r.status(), 200);
+    let id = r.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let done = crate::batch::wait_end_as(&stack, &key, &id, Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let completed = done["request_counts"]["completed"].as_u64().unwrap();
+    let failed = done["request_counts"]["failed"].as_u64().unwrap();
+    assert_eq!(completed + failed, 40, "{done}");
+    assert!(completed > 0 && failed > 0, "{done}");
+    // The failed items say which budget and why, as a 402 would.
+    let errors = crate::batch::get(
+        &stack,
+        &key,
+        &format!(
+            "/v1/files/{}/content",
+            done["error_file_id"].as_str().unwrap()
+        ),
+    )
+    .await
+    .text()
+    .await
+    .unwrap();
+    for l in errors.lines() {
+        let l: serde_json::Value = serde_json::from_str(l).unwrap();
+        assert_eq!(l["response"]["status_code"], 402, "{l}");
+        let e = &l["response"]["body"]["error"];
+        assert_eq!(e["code"], "budget_exceeded", "{l}");
+        assert!(
+            e["message"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("Budget exceeded for key {key_id}")),
+            "{l}"
+        );
+    }
+    // What the completed items were billed is within the budget.
+    let billed = billed_rows(&stack, completed).await;
+    println!(
+        "batch under a $0.002 budget: {completed} completed, {failed} refused, {billed} nano-USD billed"
+    );
+    assert!(billed <= 2_000_000, "spent {billed} nano-USD of 2,000,000");
+    // Items waited while others held the budget rather than fail: it was
+    // spent until less than one item's largest cost (about 760,000) was left.
+    assert!(billed >= 1_000_000, "only {billed} nano-USD spent before items failed");
+}

@@ -213,11 +213,15 @@ impl RateLimits {
         body_len: usize,
         session: Option<&str>,
     ) -> Result<Granted, ApiError> {
-        let scopes = self.scopes(caller, &envelope.model);
+        // A batch item is paced by its batch (`[batch]`), not by the key's
+        // rate limits; its cost counts against the budgets like any request's.
+        let scopes = match envelope.batch {
+            None => self.scopes(caller, &envelope.model),
+            Some(_) => Vec::new(),
+        };
         let budgets = caller
             .grant
             .as_ref()
-            .filter(|_| envelope.batch.is_none())
             .map(|g| {
                 let mut b = g.budgets();
                 b.extend(session.and_then(|s| g.session_budget(s)));
@@ -272,7 +276,11 @@ impl RateLimits {
             input_nanos: input.ceil() as i64,
             output_token_nanos: per_token,
             output_tokens,
-            min_output_tokens: match caller.grant.as_ref().is_some_and(|g| g.lower_max_tokens) {
+            // A batch item runs as asked or waits: it is not cut short
+            // because others hold the budget for a moment.
+            min_output_tokens: match envelope.batch.is_none()
+                && caller.grant.as_ref().is_some_and(|g| g.lower_max_tokens)
+            {
                 true => MIN_LOWERED_OUTPUT_TOKENS,
                 false => 0,
             },
@@ -317,6 +325,17 @@ impl RateLimits {
                 let needs = spend.map_or(0, |s| {
                     s.input_nanos + (s.output_token_nanos * f64::from(output_tokens)).ceil() as i64
                 });
+                if envelope.batch.is_some()
+                    && over.spent_nanos.saturating_add(needs) <= over.limit_nanos
+                {
+                    // What is spent leaves room: the item waits for the
+                    // requests in flight to settle (the dispatcher sends it
+                    // again), rather than fail.
+                    return Err(ApiError::new(
+                        ErrorCode::Overloaded,
+                        "The budget is held by requests in flight; the item waits.",
+                    ));
+                }
                 return Err(over_budget(&budgets[over.budget], &over, needs));
             }
         };

@@ -116,6 +116,11 @@ if nb > 0 then
   for _, rid in ipairs(expired) do
     release(res_key, resx_key, rid)
   end
+  -- A request admitted again under the same id (a batch item sent again
+  -- after its dispatcher restarted) holds one reservation, not two.
+  if redis.call('HEXISTS', res_key, id) == 1 then
+    release(res_key, resx_key, id)
+  end
   local secs = tonumber(t[1])
   for j = 1, nb do
     local key = KEYS[n * 3 + 3 + j]

@@ -302,6 +302,10 @@ async fn budgets_reserve_the_largest_cost_then_settle_to_what_was_billed_once() 
         assert!(admitted(&d), "{id}: {d:?}");
         assert_eq!(room.unwrap().output_tokens, 50);
     }
+    // Admitted again under its id (a batch item sent again), "a" still
+    // holds one reservation, not two.
+    let (d, _) = admit("a").await;
+    assert!(admitted(&d), "again: {d:?}");
     // 1,800 held: a fourth cannot be paid for, and says why.
     let (d, _) = admit("d").await;
     let Decision::OverBudget(over) = d else {

@@ -389,11 +389,16 @@ async fn drive(
                 index: i as u32,
                 custom_id: lines[i].custom_id.clone(),
             };
-            if let Err(e) =
-                dispatch(state, surface, &record, &lines[i].body, item, expires_ms).await
-            {
-                tracing::warn!(error = %e, "Dispatching a batch item failed; retrying.");
-                break;
+            match dispatch(state, surface, &record, &lines[i].body, item, expires_ms).await {
+                Ok(()) => {}
+                Err(NotYet::Budget(why)) => {
+                    tracing::debug!(why, "A batch item waits for its budget.");
+                    break;
+                }
+                Err(NotYet::Bus(e)) => {
+                    tracing::warn!(error = %e, "Dispatching a batch item failed; retrying.");
+                    break;
+                }
             }
             in_flight.insert(i as u32);
             next += 1;
@@ -508,9 +513,12 @@ fn surface_of(endpoint: &str) -> ApiSurface {
     }
 }
 
-/// Routes one item like an interactive request and queues it; an item that
-/// fails before a provider would be called (a bad body, an unknown model) gets
-/// its error stored as its result right away.
+/// Routes one item like an interactive request, reserves its largest cost
+/// against its key's budgets (never lowering its `max_tokens`), and queues it; an item that fails before a
+/// provider would be called (a bad body, an unknown model, over its budget)
+/// gets its error stored as its result right away. An error here (the bus,
+/// budgets that cannot be checked now, or a budget held by requests in
+/// flight) leaves the item to be sent again.
 async fn dispatch(
     state: &AppState,
     surface: ApiSurface,
@@ -518,7 +526,14 @@ async fn dispatch(
     body: &serde_json::value::RawValue,
     item: BatchItem,
     expires_ms: u64,
-) -> Result<(), sy_bus::BusError> {
+) -> Result<(), NotYet> {
+    let stored = |result: BatchResult| async move {
+        state
+            .bus
+            .publish_batch_result(&result)
+            .await
+            .map_err(NotYet::Bus)
+    };
     let request_id = item.request_id();
     // The batch runs under its key as the key is now: a revoked key's
     // items fail, a narrowed scope holds.
@@ -527,7 +542,7 @@ async fn dispatch(
             ErrorCode::Unauthenticated,
             "The batch's API key was revoked or removed.",
         );
-        return state.bus.publish_batch_result(&error_result(item, e)).await;
+        return stored(error_result(item, e)).await;
     };
     let admission = Admission {
         request_id,
@@ -537,13 +552,39 @@ async fn dispatch(
         deadline_unix_ms: expires_ms,
         batch: Some(item.clone()),
     };
-    match admit(state, surface, body.get().as_bytes(), admission) {
-        Ok(p) => state.bus.publish_request(&p.envelope).await,
+    let body = body.get().as_bytes();
+    let mut envelope = match admit(state, surface, body, admission) {
+        Ok(p) => p.envelope,
         Err((e, _)) => {
-            let result = error_result(item, FrameError::new(e.code, e.message));
-            state.bus.publish_batch_result(&result).await
+            return stored(error_result(item, FrameError::new(e.code, e.message))).await;
+        }
+    };
+    if let Some(limits) = &state.rate_limits {
+        match limits.admit(&caller, &mut envelope, body.len(), None).await {
+            Ok(granted) => envelope.limits = granted.ticket,
+            // Budgets that cannot be checked now (their store is away, or
+            // being restored): the item waits and is sent again.
+            Err(e) if e.code == ErrorCode::Overloaded => return Err(NotYet::Budget(e.message)),
+            Err(e) => {
+                return stored(error_result(item, FrameError::new(e.code, e.message))).await;
+            }
         }
     }
+    if let Err(e) = state.bus.publish_request(&envelope).await {
+        if let (Some(r), Some(ticket)) = (&state.rate_limits, envelope.limits.take()) {
+            r.give_back(envelope.request_id, ticket);
+        }
+        return Err(NotYet::Bus(e));
+    }
+    Ok(())
+}
+
+/// Why an item was not sent (it is sent again later).
+enum NotYet {
+    /// The bus did not take it (or its result).
+    Bus(sy_bus::BusError),
+    /// Its budgets cannot be checked now, or are held by requests in flight.
+    Budget(String),
 }
 
 /// Creates the record of a job submitted on the bus (the HTTP API creates its
