@@ -1618,5 +1618,8 @@ async fn batch_items_spend_from_the_same_budget_and_fail_with_its_402_when_it_is
     assert!(billed <= 2_000_000, "spent {billed} nano-USD of 2,000,000");
     // Items waited while others held the budget rather than fail: it was
     // spent until less than one item's largest cost (about 760,000) was left.
-    assert!(billed >= 1_000_000, "only {billed} nano-USD spent before items failed");
+    assert!(
+        billed >= 1_000_000,
+        "only {billed} nano-USD spent before items failed"
+    );
 }

@@ -1,8 +1,9 @@
 -- Admits one request against every scope that applies to it, all or nothing,
 -- on the Redis server's clock (crates/limits/src/lib.rs documents the model).
 --
--- KEYS: per rate scope, three keys: its request bucket, its token bucket and
---       its concurrency lease set; then, when budgets apply, the org's
+-- KEYS: per rate scope, two keys: its buckets (one string: the request
+--       bucket's TAT, ':', the token bucket's; one GET and one SET for both)
+--       and its concurrency lease set; then, when budgets apply, the org's
 --       reservations (hash), their expiries (sorted set) and its
 --       "reconciled" marker, then one hash per
 --       budget (fields p: period id, spent, held; nano-USD).
@@ -18,7 +19,8 @@
 -- Request and token limits are GCRA over a one-minute window: each bucket
 -- keeps its theoretical arrival time (TAT, microseconds); a cost c moves it
 -- c * (60 s / limit) ahead, and is allowed while TAT - now stays within the
--- minute. Concurrency is a sorted set of leases (request id, expiry ms).
+-- minute (a bucket without a limit keeps 0). Concurrency is a sorted set of
+-- leases (request id, expiry ms).
 -- A budget holds what was spent in its period and what requests in flight
 -- reserved; a request reserves its largest cost against every budget, or, if
 -- one cannot pay and lowering is allowed, as many output tokens as all can.
@@ -46,10 +48,19 @@ for i = 1, n do
   local tpm = tonumber(ARGV[4 + (i - 1) * 3 + 2])
   local conc = tonumber(ARGV[4 + (i - 1) * 3 + 3])
   local p = {}
+  local tat_req, tat_tok = 0, 0
+  if rpm > 0 or tpm > 0 then
+    local v = redis.call('GET', KEYS[(i - 1) * 2 + 1])
+    if v then
+      local a, b = string.match(v, '^([%d.]+):([%d.]+)$')
+      tat_req, tat_tok = tonumber(a) or 0, tonumber(b) or 0
+    end
+    p.buckets = KEYS[(i - 1) * 2 + 1]
+    p.req, p.tok = tat_req, tat_tok
+  end
   if rpm > 0 then
     local step = WINDOW / rpm
-    local tat = tonumber(redis.call('GET', KEYS[(i - 1) * 3 + 1]) or '0')
-    local new = math.max(tat, now) + step
+    local new = math.max(tat_req, now) + step
     if new - now > WINDOW then
       return {0, i, 1, math.ceil((new - now - WINDOW) / 1000)}
     end
@@ -58,8 +69,7 @@ for i = 1, n do
   end
   if tpm > 0 and tokens > 0 then
     local step = WINDOW / tpm
-    local tat = tonumber(redis.call('GET', KEYS[(i - 1) * 3 + 2]) or '0')
-    local new = math.max(tat, now) + step * tokens
+    local new = math.max(tat_tok, now) + step * tokens
     if new - now > WINDOW then
       if tokens > tpm then
         -- More than a minute's tokens: it never fits.
@@ -71,7 +81,7 @@ for i = 1, n do
     p.tok_step = step
   end
   if conc > 0 then
-    local key = KEYS[(i - 1) * 3 + 3]
+    local key = KEYS[(i - 1) * 2 + 2]
     -- Expired leases (of processes that died) are dropped only when they
     -- could make a difference: at the limit.
     local leased = redis.call('ZCARD', key)
@@ -103,11 +113,11 @@ if nb > 0 then
   local per_tok = tonumber(ARGV[b0 + 2])
   out_tokens = tonumber(ARGV[b0 + 3])
   local min_out = tonumber(ARGV[b0 + 4])
-  res_key = KEYS[n * 3 + 1]
-  resx_key = KEYS[n * 3 + 2]
+  res_key = KEYS[n * 2 + 1]
+  resx_key = KEYS[n * 2 + 2]
   -- Until the usage records have restored the org's budgets into this Redis
   -- (a reconciliation round marks it), nothing can be reserved against them.
-  if ARGV[b0 + 6] == '1' and redis.call('EXISTS', KEYS[n * 3 + 3]) == 0 then
+  if ARGV[b0 + 6] == '1' and redis.call('EXISTS', KEYS[n * 2 + 3]) == 0 then
     return {0, 0, 5}
   end
   -- The sweeper: reservations past their time (a request whose usage never
@@ -123,7 +133,7 @@ if nb > 0 then
   end
   local secs = tonumber(t[1])
   for j = 1, nb do
-    local key = KEYS[n * 3 + 3 + j]
+    local key = KEYS[n * 2 + 3 + j]
     local limit = tonumber(ARGV[b0 + 6 + (j - 1) * 2 + 1])
     local period = tonumber(ARGV[b0 + 6 + (j - 1) * 2 + 2])
     local pid = period_id(period, secs)
@@ -157,12 +167,14 @@ end
 local out = {1}
 for i = 1, n do
   local p = plan[i]
-  local ttl = 61000
-  -- Each bucket: its new TAT, then what is left and when it is full again.
-  for k, b in ipairs({{p.req, p.req_step}, {p.tok, p.tok_step}}) do
+  -- Both buckets' new TATs (a minute and a second at most ahead of now).
+  if p.buckets then
+    redis.call('SET', p.buckets, string.format('%.0f:%.0f', p.req, p.tok), 'PX', 61000)
+  end
+  -- Each bucket: what is left and when it is full again.
+  for _, b in ipairs({{p.req, p.req_step}, {p.tok, p.tok_step}}) do
     local tat, step = b[1], b[2]
-    if tat then
-      redis.call('SET', KEYS[(i - 1) * 3 + k], string.format('%.0f', tat), 'PX', ttl)
+    if step then
       table.insert(out, math.floor((WINDOW - (tat - now)) / step))
       table.insert(out, math.ceil((tat - now) / 1000))
     else

@@ -75,10 +75,10 @@ impl Scope {
         }
     }
 
-    fn keys(&self) -> [String; 3] {
+    /// Its buckets (request and token TATs in one string) and its lease set.
+    fn keys(&self) -> [String; 2] {
         [
-            format!("{}:rpm", self.prefix),
-            format!("{}:tpm", self.prefix),
+            format!("{}:rt", self.prefix),
             format!("{}:conc", self.prefix),
         ]
     }
@@ -444,7 +444,7 @@ impl Limiter {
         scopes: &[Scope],
         spend: Option<&Spend<'_>>,
     ) -> Result<(Decision, Option<BudgetRoom>), LimitError> {
-        let mut keys: Vec<String> = Vec::with_capacity(scopes.len() * 3 + 4);
+        let mut keys: Vec<String> = Vec::with_capacity(scopes.len() * 2 + 4);
         let mut args: Vec<String> = Vec::with_capacity(5 + scopes.len() * 3 + 10);
         for s in scopes {
             keys.extend(s.keys());
@@ -542,7 +542,7 @@ impl Limiter {
             inv.key(k);
         }
         for (prefix, _) in s.buckets {
-            inv.key(format!("{prefix}:tpm"));
+            inv.key(format!("{prefix}:rt"));
         }
         for (key, _) in s.budgets {
             inv.key(key);
@@ -831,7 +831,7 @@ mod tests {
     #[test]
     fn scopes_of_one_org_share_a_hash_slot() {
         let s = Scope::of_org("o1", "key", "k1", "key k1".into(), Limits::default());
-        assert_eq!(s.keys()[0], "sy:lim:{o1}:key:k1:rpm");
+        assert_eq!(s.keys()[0], "sy:lim:{o1}:key:k1:rt");
         assert!(s.keys().iter().all(|k| k.contains("{o1}")));
     }
 }

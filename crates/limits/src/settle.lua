@@ -3,7 +3,9 @@
 --
 -- KEYS: [1] the request's settle marker, [2] the attempt's marker, [3] the
 --       org's reservations (hash), [4] their expiries (sorted set), then the
---       token bucket of each rate scope, then each budget's hash.
+--       buckets of each rate scope with a token limit (the string
+--       "<request TAT>:<token TAT>" the admission writes), then each
+--       budget's hash.
 -- ARGV: [1] tokens reserved, [2] tokens the attempt used, [3] token buckets
 --       nt, [4] request id, [5] the attempt's billed cost (nano-USD), then
 --       per token bucket its tpm, then per budget its period (0 none, 1 UTC
@@ -35,15 +37,18 @@ for i = 1, nt do
   local key = KEYS[4 + i]
   local tpm = tonumber(ARGV[5 + i])
   if tpm > 0 and delta ~= 0 then
-    local tat = tonumber(redis.call('GET', key) or '0')
+    local req, tat = '0', 0
+    local v = redis.call('GET', key)
+    if v then
+      local a, b = string.match(v, '^([%d.]+):([%d.]+)$')
+      req, tat = a or '0', tonumber(b) or 0
+    end
     -- More used than reserved is owed from now on (an expired bucket was full).
     if delta > 0 then tat = math.max(tat, now) end
     local new = math.max(tat + delta * WINDOW / tpm, now)
-    if new > now then
-      redis.call('SET', key, string.format('%.0f', new), 'PX', 61000)
-    else
-      redis.call('DEL', key)
-    end
+    -- The request bucket's TAT is kept as it is; the key lives a minute
+    -- and a second past the later of the two.
+    redis.call('SET', key, req .. ':' .. string.format('%.0f', new), 'PX', 61000)
   end
 end
 
