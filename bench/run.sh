@@ -16,6 +16,8 @@
 #   NO_TENANTS=1 ...        # no PostgreSQL, no tenant's key (for a build from before them)
 #   NO_LIMITS=1 ...         # no Redis, no rate-limited key (for a build from before them)
 #   ONLY=limits ...         # only the rate-limit and budget rows (and sy-limits-bench)
+#   CALLGRIND=1 ...         # and, last, instructions per request of the tenant key
+#                           # with and without limits (switchyard under callgrind)
 #
 # With tenants on (the default) the ingress also authenticates a tenant's key
 # from its in-memory table (PostgreSQL schema "bench", made fresh): the rows
@@ -222,6 +224,46 @@ print(json.dumps({"label": "redis-cpu", "requests": int(n), "redis_cpu_us_per_re
     "$cpu_before" "$cpu_after" "$limited_requests" "$redis_calls" | tee -a "$tmp.acct"
   say "Admission alone: one client, one call at a time (sy-limits-bench)"
   "$TARGET/release/sy-limits-bench" --iterations $((20000 / scale)) | tee -a "$tmp.acct"
+fi
+callgrind_limits() { # instructions per request, whole switchyard process, without and with limits
+  stop_pidfile "$RUN_DIR/bench-switchyard.pid" switchyard
+  local dir pid n=$((1000 / scale))
+  dir=$(mktemp -d)
+  SWITCHYARD_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$dir/cg.%p" \
+    "${SWITCHYARD_BIN:-$TARGET/release/switchyard}" --config "$conf" all >"$LOG_DIR/bench-callgrind.log" 2>&1 &
+  pid=$!
+  echo "$pid" >"$RUN_DIR/bench-switchyard.pid"
+  wait_http http://127.0.0.1:18080/readyz 300
+  for k in "$tenant_key" "$limited_key" "$tenant_key" "$limited_key"; do
+    "$TARGET/release/sy-bench" --label warm --url "$via" --concurrency 1 --requests 100 --warmup 0 --key "$k" >/dev/null
+    callgrind_control -z "$pid" >/dev/null
+    "$TARGET/release/sy-bench" --label callgrind --url "$via" --concurrency 1 --requests "$n" --warmup 0 --key "$k" >/dev/null
+    callgrind_control -d "$pid" >/dev/null
+  done
+  stop_pidfile "$RUN_DIR/bench-switchyard.pid" switchyard
+  python3 - "$dir" "$n" <<'PY'
+import glob, json, re, subprocess, sys
+d, n = sys.argv[1], int(sys.argv[2])
+def total(f):
+    out = subprocess.run(["callgrind_annotate", f], capture_output=True, text=True).stdout
+    return int(re.search(r"([\d,]+) \(100.0%\)\s+PROGRAM TOTALS", out).group(1).replace(",", ""))
+parts = sorted(glob.glob(d + "/cg.*.[0-9]*"), key=lambda f: int(f.rsplit(".", 1)[1]))[-4:]
+per = [total(f) / n for f in parts]
+print(json.dumps({"label": "callgrind", "requests": n,
+                  "instructions_per_request_without_limits": round((per[0] + per[2]) / 2),
+                  "instructions_per_request_limited": round((per[1] + per[3]) / 2),
+                  "added": round((per[1] + per[3] - per[0] - per[2]) / 2)}))
+PY
+  rm -rf "$dir"
+}
+if ((limits)) && [[ -n ${CALLGRIND:-} ]]; then
+  say "Instructions per request, without limits and limited (callgrind)"
+  callgrind_limits | tee -a "$tmp.acct"
+  if ((all)); then
+    SWITCHYARD_LOG=warn "${SWITCHYARD_BIN:-$TARGET/release/switchyard}" --config "$conf" all >"$LOG_DIR/bench-switchyard.log" 2>&1 &
+    echo $! >"$RUN_DIR/bench-switchyard.pid"
+    wait_http http://127.0.0.1:18080/readyz 30
+  fi
 fi
 if ((all)); then
 say "Streamed, concurrency 1"
