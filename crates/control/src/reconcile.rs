@@ -1,9 +1,9 @@
 //! Budgets reconciled from the truth: every budget's spend in its current
 //! period, as Redis counts it (settled from usage events), is checked against
-//! what ClickHouse's exactly-once usage rows say and set to it. A Redis that
-//! lost its data, a settlement that failed, or batch items (billed but not
-//! admitted against budgets) all heal within one round (default 30 s). The
-//! drift of each round is logged per budget (and returned, for tests).
+//! what ClickHouse's exactly-once usage rows say and set to it, all of them
+//! from one query a round. A Redis that lost its data, or a settlement that
+//! failed, heals within one round (default 30 s). The drift of each round is
+//! logged per budget (and returned, for tests).
 //!
 //! A settlement that lands after its rows were counted here is counted twice
 //! until the next round lowers it again: the error is on the safe side (a
@@ -59,6 +59,97 @@ const BUDGETS: &str = "SELECT 'org' AS kind, id, id AS org_id, budget FROM orgs 
     UNION ALL SELECT 'key', k.id, p.org_id, k.budget FROM api_keys k JOIN projects p ON p.id = k.project_id \
         WHERE k.budget IS NOT NULL";
 
+/// What the usage rows say each budgeted key, project and org spent in the
+/// periods that hold now: one ClickHouse query for every budget (per key,
+/// project and org: since the start of today, of this month, and ever).
+#[derive(Default)]
+struct Spent {
+    /// (column, id) → nano-USD billed today, this month, ever.
+    by: std::collections::HashMap<(&'static str, Uuid), [i64; 3]>,
+}
+
+#[derive(clickhouse::Row, serde::Deserialize)]
+struct SpentRow {
+    key_id: String,
+    project_id: String,
+    org_id: String,
+    today: String,
+    month: String,
+    ever: String,
+}
+
+impl Spent {
+    async fn fetch(
+        ch: &ClickhouseConfig,
+        rows: &[BudgetRow],
+        now_s: u64,
+    ) -> Result<Spent, ReconcileError> {
+        let ids = |kind: &str| {
+            let list: Vec<String> = rows
+                .iter()
+                .filter(|r| r.kind == kind)
+                .map(|r| format!("'{}'", r.id)) // a UUID: nothing to escape
+                .collect();
+            match list.is_empty() {
+                true => "''".to_owned(),
+                false => list.join(","),
+            }
+        };
+        if rows.is_empty() {
+            return Ok(Spent::default());
+        }
+        let (_, day) = Period::Day.at(now_s);
+        let (_, month) = Period::Month.at(now_s);
+        let sql = format!(
+            "SELECT key_id, project_id, org_id, \
+             toString(sumIf(assumeNotNull(billed), ts >= toDateTime({day}))) AS today, \
+             toString(sumIf(assumeNotNull(billed), ts >= toDateTime({month}))) AS month, \
+             toString(sum(assumeNotNull(billed))) AS ever \
+             FROM {}.requests FINAL \
+             WHERE key_id IN ({}) OR project_id IN ({}) OR org_id IN ({}) \
+             GROUP BY key_id, project_id, org_id",
+            ch.database,
+            ids("key"),
+            ids("project"),
+            ids("org"),
+        );
+        let found: Vec<SpentRow> = sy_accounting::client(ch).query(&sql).fetch_all().await?;
+        let mut spent = Spent::default();
+        let nanos = |t: &str| sy_config::price::parse_nanos(t).unwrap_or(0);
+        for r in found {
+            let sums = [nanos(&r.today), nanos(&r.month), nanos(&r.ever)];
+            for (column, id) in [
+                ("key", &r.key_id),
+                ("project", &r.project_id),
+                ("org", &r.org_id),
+            ] {
+                if let Ok(id) = id.parse::<Uuid>() {
+                    let total = spent.by.entry((column, id)).or_default();
+                    for (t, s) in total.iter_mut().zip(sums) {
+                        *t += s;
+                    }
+                }
+            }
+        }
+        Ok(spent)
+    }
+
+    /// What `kind` `id` spent in `period`'s current period.
+    fn of(&self, kind: &str, id: Uuid, period: Period) -> i64 {
+        let column = match kind {
+            "org" => "org",
+            "project" => "project",
+            _ => "key",
+        };
+        let at = match period {
+            Period::Day => 0,
+            Period::Month => 1,
+            Period::None | Period::Session => 2,
+        };
+        self.by.get(&(column, id)).map_or(0, |s| s[at])
+    }
+}
+
 /// One round at Unix second `now_s`: every budget's spend set to the truth.
 pub async fn once(
     store: &Store,
@@ -70,7 +161,7 @@ pub async fn once(
         .fetch_all(store.pool())
         .await
         .map_err(StoreError::from)?;
-    let client = sy_accounting::client(ch);
+    let spent = Spent::fetch(ch, &rows, now_s).await?;
     let mut drifts = Vec::new();
     let mut orgs = std::collections::BTreeSet::new();
     for row in rows {
@@ -78,24 +169,8 @@ pub async fn once(
         let Some((_, period)) = budget_of(Some(&row.budget)) else {
             continue;
         };
-        let column = match row.kind.as_str() {
-            "org" => "org_id",
-            "project" => "project_id",
-            _ => "key_id",
-        };
-        let (pid, first) = period.at(now_s);
-        let sql = format!(
-            "SELECT toString(sum(assumeNotNull(billed))) FROM {}.requests FINAL \
-             WHERE {column} = ? AND ts >= toDateTime(?)",
-            ch.database
-        );
-        let text: String = client
-            .query(&sql)
-            .bind(row.id.to_string())
-            .bind(first)
-            .fetch_one()
-            .await?;
-        let truth = sy_config::price::parse_nanos(&text).unwrap_or(0);
+        let (pid, _) = period.at(now_s);
+        let truth = spent.of(&row.kind, row.id, period);
         let b = sy_limits::Budget::of_org(
             &row.org_id.to_string(),
             &row.kind,
