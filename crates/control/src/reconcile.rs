@@ -79,42 +79,56 @@ struct SpentRow {
 }
 
 impl Spent {
+    /// Budgets asked about in one query at most (ClickHouse bounds a
+    /// query's size: 256 KiB by default; 1,000 ids take about 40 KiB).
+    const CHUNK: usize = 1000;
+
     async fn fetch(
         ch: &ClickhouseConfig,
         rows: &[BudgetRow],
         now_s: u64,
     ) -> Result<Spent, ReconcileError> {
-        let ids = |kind: &str| {
-            let list: Vec<String> = rows
-                .iter()
-                .filter(|r| r.kind == kind)
-                .map(|r| format!("'{}'", r.id)) // a UUID: nothing to escape
-                .collect();
-            match list.is_empty() {
-                true => "''".to_owned(),
-                false => list.join(","),
-            }
-        };
-        if rows.is_empty() {
-            return Ok(Spent::default());
-        }
         let (_, day) = Period::Day.at(now_s);
         let (_, month) = Period::Month.at(now_s);
-        let sql = format!(
-            "SELECT key_id, project_id, org_id, \
-             toString(sumIf(assumeNotNull(billed), ts >= toDateTime({day}))) AS today, \
-             toString(sumIf(assumeNotNull(billed), ts >= toDateTime({month}))) AS month, \
-             toString(sum(assumeNotNull(billed))) AS ever \
-             FROM {}.requests FINAL \
-             WHERE key_id IN ({}) OR project_id IN ({}) OR org_id IN ({}) \
-             GROUP BY key_id, project_id, org_id",
-            ch.database,
-            ids("key"),
-            ids("project"),
-            ids("org"),
-        );
-        let found: Vec<SpentRow> = sy_accounting::client(ch).query(&sql).fetch_all().await?;
+        let client = sy_accounting::client(ch);
         let mut spent = Spent::default();
+        for chunk in rows.chunks(Self::CHUNK) {
+            let asked: std::collections::HashSet<(&str, Uuid)> =
+                chunk.iter().map(|r| (column_of(&r.kind), r.id)).collect();
+            let ids = |column: &str| {
+                let list: Vec<String> = chunk
+                    .iter()
+                    .filter(|r| column_of(&r.kind) == column)
+                    .map(|r| format!("'{}'", r.id)) // a UUID: nothing to escape
+                    .collect();
+                match list.is_empty() {
+                    true => "''".to_owned(),
+                    false => list.join(","),
+                }
+            };
+            let sql = format!(
+                "SELECT key_id, project_id, org_id, \
+                 toString(sumIf(assumeNotNull(billed), ts >= toDateTime({day}))) AS today, \
+                 toString(sumIf(assumeNotNull(billed), ts >= toDateTime({month}))) AS month, \
+                 toString(sum(assumeNotNull(billed))) AS ever \
+                 FROM {}.requests FINAL \
+                 WHERE key_id IN ({}) OR project_id IN ({}) OR org_id IN ({}) \
+                 GROUP BY key_id, project_id, org_id",
+                ch.database,
+                ids("key"),
+                ids("project"),
+                ids("org"),
+            );
+            let found: Vec<SpentRow> = client.query(&sql).fetch_all().await?;
+            spent.add(&asked, &found);
+        }
+        Ok(spent)
+    }
+
+    /// Adds the rows one query found to what it was `asked` about (only
+    /// that: a row of a key asked in this query may be of an org asked in
+    /// another).
+    fn add(&mut self, asked: &std::collections::HashSet<(&str, Uuid)>, found: &[SpentRow]) {
         let nanos = |t: &str| sy_config::price::parse_nanos(t).unwrap_or(0);
         for r in found {
             let sums = [nanos(&r.today), nanos(&r.month), nanos(&r.ever)];
@@ -123,30 +137,36 @@ impl Spent {
                 ("project", &r.project_id),
                 ("org", &r.org_id),
             ] {
-                if let Ok(id) = id.parse::<Uuid>() {
-                    let total = spent.by.entry((column, id)).or_default();
-                    for (t, s) in total.iter_mut().zip(sums) {
-                        *t += s;
-                    }
+                let Ok(id) = id.parse::<Uuid>() else { continue };
+                if !asked.contains(&(column, id)) {
+                    continue;
+                }
+                let total = self.by.entry((column, id)).or_default();
+                for (t, s) in total.iter_mut().zip(sums) {
+                    *t += s;
                 }
             }
         }
-        Ok(spent)
     }
 
     /// What `kind` `id` spent in `period`'s current period.
     fn of(&self, kind: &str, id: Uuid, period: Period) -> i64 {
-        let column = match kind {
-            "org" => "org",
-            "project" => "project",
-            _ => "key",
-        };
+        let column = column_of(kind);
         let at = match period {
             Period::Day => 0,
             Period::Month => 1,
             Period::None | Period::Session => 2,
         };
         self.by.get(&(column, id)).map_or(0, |s| s[at])
+    }
+}
+
+/// The name a budget's kind has in [`Spent`] (`key`, `project`, `org`).
+fn column_of(kind: &str) -> &'static str {
+    match kind {
+        "org" => "org",
+        "project" => "project",
+        _ => "key",
     }
 }
 
@@ -336,4 +356,53 @@ pub async fn start(
         }
     };
     Some(tokio::spawn(run(store, ch, limiter, every, notices)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(key: Uuid, project: Uuid, org: Uuid, today: &str, month: &str, ever: &str) -> SpentRow {
+        SpentRow {
+            key_id: key.to_string(),
+            project_id: project.to_string(),
+            org_id: org.to_string(),
+            today: today.into(),
+            month: month.into(),
+            ever: ever.into(),
+        }
+    }
+
+    #[test]
+    fn each_budget_gets_its_rows_once_whichever_query_asked_for_it() {
+        let (k1, k2, p, o) = (
+            Uuid::new_v4(),
+            Uuid::new_v4(),
+            Uuid::new_v4(),
+            Uuid::new_v4(),
+        );
+        let rows = [
+            row(k1, p, o, "0.000001", "0.000002", "0.000003"),
+            row(k2, p, o, "0.00001", "0.00002", "0.00003"),
+        ];
+        let mut spent = Spent::default();
+        // First query: key k1 and the project; both rows come back (the
+        // project matches both), the org is not asked about here.
+        let asked = [("key", k1), ("project", p)].into_iter().collect();
+        spent.add(&asked, &rows);
+        // Second query: the org; the same rows come back again.
+        let asked = [("org", o)].into_iter().collect();
+        spent.add(&asked, &rows);
+        assert_eq!(spent.of("key", k1, Period::Day), 1_000);
+        assert_eq!(spent.of("key", k1, Period::Month), 2_000);
+        assert_eq!(spent.of("key", k1, Period::None), 3_000);
+        assert_eq!(
+            spent.of("key", k2, Period::None),
+            0,
+            "k2 was not asked about"
+        );
+        assert_eq!(spent.of("project", p, Period::Month), 22_000);
+        assert_eq!(spent.of("org", o, Period::Day), 11_000, "once, not twice");
+        assert_eq!(spent.of("org", o, Period::None), 33_000);
+    }
 }
