@@ -4,7 +4,7 @@
 //! leases are released in batches by one task (one `ZREM` per lease set with
 //! every request id that ended since the last batch), off the request path.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -17,7 +17,7 @@ use crate::Limiter;
 pub struct LeaseBook {
     lease: Duration,
     /// Lease set → request ids holding a lease there.
-    live: Mutex<HashMap<String, Vec<String>>>,
+    live: Mutex<HashMap<String, HashSet<String>>>,
     /// Ended leases not released yet: (lease set, request id).
     ended: Mutex<Vec<(String, String)>>,
     wake: Notify,
@@ -57,7 +57,7 @@ impl LeaseBook {
         for k in keys {
             live.entry(k.clone())
                 .or_default()
-                .push(request_id.to_owned());
+                .insert(request_id.to_owned());
         }
     }
 
@@ -67,7 +67,7 @@ impl LeaseBook {
             let mut live = locked(&self.live);
             for k in keys {
                 if let Some(ids) = live.get_mut(k) {
-                    ids.retain(|id| id != request_id);
+                    ids.remove(request_id);
                     if ids.is_empty() {
                         live.remove(k);
                     }
