@@ -13,3 +13,72 @@ pub mod order;
 pub mod stripe;
 
 pub use order::{Decision, Order, OrderStatus, Provider, Rejection};
+
+/// What a payment provider's (authenticated) event says about money.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PaymentEvent {
+    /// A payment for an order completed.
+    Paid {
+        /// The provider's event id: stored once, so a replay does nothing.
+        event_id: String,
+        /// The order it pays (the id Switchyard gave the provider).
+        order_id: String,
+        /// In the currency's minor units, as the provider counts them.
+        amount: i64,
+        /// Lowercase ISO code.
+        currency: String,
+        /// The provider's payment (Stripe's PaymentIntent `pi_…`).
+        payment: String,
+    },
+    /// Money went back: a refund (`refund`: `amount` is what was refunded in
+    /// all so far) or a chargeback (`amount` is what it takes).
+    Reversed {
+        /// The provider's event id.
+        event_id: String,
+        /// The provider's payment (how the order is found).
+        payment: String,
+        /// Minor units.
+        amount: i64,
+        /// Lowercase ISO code.
+        currency: String,
+        /// A refund (cumulative) or a chargeback.
+        refund: bool,
+    },
+    /// Anything else: stored, not acted on.
+    Other {
+        /// The provider's event id.
+        event_id: String,
+        /// Its type.
+        kind: String,
+    },
+}
+
+impl PaymentEvent {
+    /// The provider's event id.
+    pub fn event_id(&self) -> &str {
+        match self {
+            PaymentEvent::Paid { event_id, .. }
+            | PaymentEvent::Reversed { event_id, .. }
+            | PaymentEvent::Other { event_id, .. } => event_id,
+        }
+    }
+}
+
+impl Provider {
+    /// Its name as stored (`stripe`, `yookassa`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::Stripe => "stripe",
+            Provider::Yookassa => "yookassa",
+        }
+    }
+
+    /// From its stored name.
+    pub fn from_name(name: &str) -> Option<Provider> {
+        match name {
+            "stripe" => Some(Provider::Stripe),
+            "yookassa" => Some(Provider::Yookassa),
+            _ => None,
+        }
+    }
+}

@@ -12,6 +12,8 @@ use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::Sha256;
 
+use crate::PaymentEvent as Event;
+
 /// Stripe's libraries' default tolerance, seconds.
 pub const DEFAULT_TOLERANCE_SECS: u64 = 300;
 
@@ -108,54 +110,17 @@ fn decode_hex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// What a (verified) Stripe event says about money.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Event {
-    /// A payment for an order completed: `checkout.session.completed` (paid),
-    /// `checkout.session.async_payment_succeeded`, `payment_intent.succeeded`.
-    Paid {
-        /// The event's id (`evt_…`): stored once, so a replay does nothing.
-        event_id: String,
-        /// The order it pays: the Checkout Session's `client_reference_id`,
-        /// or the PaymentIntent's `metadata.order_id`.
-        order_id: String,
-        /// In the currency's minor units, as Stripe counts them.
-        amount: i64,
-        /// Lowercase ISO code, as Stripe writes it.
-        currency: String,
-        /// Stripe's payment (the PaymentIntent `pi_…` when named).
-        payment: String,
-    },
-    /// Money went back: `charge.refunded` (what was refunded so far, in
-    /// all) or `charge.dispute.created` (a chargeback of `amount`).
-    Reversed {
-        /// The event's id.
-        event_id: String,
-        /// The PaymentIntent of the charge (how the order is found).
-        payment: String,
-        /// Refunded in all so far, or disputed, in minor units.
-        amount: i64,
-        /// Lowercase ISO code.
-        currency: String,
-        /// A refund (`true`: `amount` is cumulative) or a dispute.
-        refund: bool,
-    },
-    /// Anything else (or a completed Checkout Session not paid yet): stored,
-    /// not acted on.
-    Other {
-        /// The event's id.
-        event_id: String,
-        /// Its `type`.
-        kind: String,
-    },
-}
-
 /// Why an event's body cannot be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unreadable Stripe event: {0}")]
 pub struct EventError(pub String);
 
-/// Reads a verified event's body.
+/// Reads a verified event's body: `checkout.session.completed` (paid) and
+/// `checkout.session.async_payment_succeeded` pay the order in
+/// `client_reference_id`, `payment_intent.succeeded` the one in
+/// `metadata.order_id`; `charge.refunded` says what was refunded in all,
+/// `charge.dispute.created` what a chargeback takes (both name the charge's
+/// `payment_intent`); anything else is kept, not acted on.
 pub fn parse_event(body: &[u8]) -> Result<Event, EventError> {
     let v: Value = serde_json::from_slice(body).map_err(|e| EventError(e.to_string()))?;
     let text = |v: &Value, field: &str| -> Option<String> {

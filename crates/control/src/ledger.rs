@@ -107,7 +107,7 @@ impl Store {
 
 /// Writes one ledger row and moves the stored balance with it, unless the
 /// reference was written before; true when it wrote.
-async fn entry(
+pub(crate) async fn entry(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     org: Uuid,
     kind: &str,

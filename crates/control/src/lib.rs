@@ -21,6 +21,7 @@ pub mod feed;
 pub mod key;
 pub mod keytable;
 pub mod ledger;
+pub mod payments;
 pub mod reconcile;
 pub mod sealed;
 pub mod store;
