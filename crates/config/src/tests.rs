@@ -522,6 +522,15 @@ fn rate_limits_need_redis_and_bounded_values() {
     }
     let p = problems("[redis]\nurl = \"http://127.0.0.1:6379\"\n");
     assert!(p.iter().any(|s| s.starts_with("redis.url")), "{p:?}");
+    let p = problems("[redis]\nurl = \"redis+unix://\"\n");
+    assert!(p.iter().any(|s| s.starts_with("redis.url")), "{p:?}");
+    for ok in [
+        "redis+unix:///run/redis/redis.sock",
+        "unix:///tmp/redis.sock?db=2",
+    ] {
+        let c = Config::from_toml(&format!("[redis]\nurl = \"{ok}\"\n"), &env(&[]));
+        assert!(c.is_ok_and(|c| c.redis.is_some()), "{ok}");
+    }
     // Limits anywhere without [redis] would not be enforced: refused.
     let p = problems("[[keys]]\nname = \"a\"\nkey = \"sk-aaaaaaaa\"\nlimits = { rpm = 5 }\n");
     assert!(p.iter().any(|s| s.contains("need [redis]")), "{p:?}");

@@ -524,7 +524,13 @@ impl Config {
             }
         });
         let redis = raw.redis.and_then(|r| match Url::parse(&r.url) {
-            Ok(url) if matches!(url.scheme(), "redis" | "rediss") && url.has_host() => {
+            // TCP (`redis://`, `rediss://`), or a Unix socket on this machine
+            // (`redis+unix:///run/redis.sock`, `unix://…`).
+            Ok(url)
+                if (matches!(url.scheme(), "redis" | "rediss") && url.has_host())
+                    || (matches!(url.scheme(), "redis+unix" | "unix")
+                        && url.path().len() > 1) =>
+            {
                 Some(RedisConfig {
                     url: Secret::new(r.url),
                 })
@@ -532,7 +538,7 @@ impl Config {
             _ => {
                 e.push(ConfigError::new(
                     "redis.url",
-                    "not a Redis URL like \"redis://127.0.0.1:6379\"",
+                    "not a Redis URL like \"redis://127.0.0.1:6379\" or \"redis+unix:///run/redis.sock\"",
                 ));
                 None
             }
