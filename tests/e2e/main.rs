@@ -6,6 +6,7 @@
 mod accounting;
 mod bad_input;
 mod batch;
+mod billing;
 mod cancel;
 mod chat;
 mod config_check;

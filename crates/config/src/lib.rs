@@ -24,13 +24,14 @@ pub use error::{ConfigError, ConfigErrors, LoadError};
 pub use raw::{
     RawAccounting, RawAdminToken, RawBatch, RawBilling, RawClickhouse, RawConfig, RawCredentials,
     RawHealth, RawKey, RawLimitDefaults, RawLimitSet, RawLimits, RawModel, RawNats, RawPostgres,
-    RawPrice, RawProvider, RawRedis, RawServer, RawTarget, RawTenants,
+    RawPrice, RawProvider, RawRedis, RawServer, RawStripe, RawTarget, RawTenants,
 };
 pub use settings::{
-    ADMIN_ROLES, AccountingConfig, AdminToken, ApiKey, BatchConfig, ClickhouseConfig, Config,
-    CredentialsConfig, HealthConfig, LimitSet, LimitsConfig, MAX_LIMIT, MAX_RUNNING_BATCHES,
-    ModelRoute, NatsConfig, PROVIDER_KINDS, PostgresConfig, ProviderConfig, ProviderKind,
-    RedisConfig, RoutePolicy, Secret, ServerConfig, Target, TenantsConfig,
+    ADMIN_ROLES, AccountingConfig, AdminToken, ApiKey, BatchConfig, BillingConfig,
+    ClickhouseConfig, Config, CredentialsConfig, HealthConfig, LimitSet, LimitsConfig, MAX_LIMIT,
+    MAX_RUNNING_BATCHES, ModelRoute, NatsConfig, PROVIDER_KINDS, PostgresConfig, ProviderConfig,
+    ProviderKind, RedisConfig, RoutePolicy, Secret, ServerConfig, StripeConfig, Target,
+    TenantsConfig,
 };
 
 use std::path::Path;

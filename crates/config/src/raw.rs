@@ -139,12 +139,15 @@ impl Default for RawHealth {
 pub struct RawBilling {
     /// Markup on provider cost in percent, a decimal string like "20" or "7.5".
     pub markup_percent: String,
+    /// `[billing.stripe]`: Stripe's webhooks (issue 18).
+    pub stripe: Option<RawStripe>,
 }
 
 impl Default for RawBilling {
     fn default() -> Self {
         RawBilling {
             markup_percent: "0".into(),
+            stripe: None,
         }
     }
 }
@@ -343,6 +346,17 @@ pub struct RawKey {
     /// Its rate limits (needs `[redis]`); `[limits.defaults.key]` when absent.
     #[serde(default)]
     pub limits: Option<RawLimitSet>,
+}
+
+/// `[billing.stripe]`: Stripe's webhooks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStripe {
+    /// The endpoint's signing secrets (`whsec_…`): one, or two while one is
+    /// rolled.
+    pub webhook_secrets: Vec<String>,
+    /// How far a signature's timestamp may be from now, seconds (300).
+    pub tolerance_seconds: Option<u64>,
 }
 
 /// `[redis]`: where rate limits are counted (every ingress replica shares it).

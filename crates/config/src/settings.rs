@@ -60,6 +60,8 @@ pub struct Config {
     pub tenants: Option<TenantsConfig>,
     /// Where rate limits are counted, if anywhere (without it no limit is enforced).
     pub redis: Option<RedisConfig>,
+    /// `[billing]`: payment providers (none: no webhook is taken).
+    pub billing: BillingConfig,
     /// How rate limits are applied.
     pub limits: LimitsConfig,
     /// Provider credentials' master keys, if configured.
@@ -250,6 +252,22 @@ pub struct ApiKey {
     pub key: Secret,
     /// Its rate limits, if it has its own.
     pub limits: Option<LimitSet>,
+}
+
+/// `[billing]`, validated.
+#[derive(Debug, Clone, Default)]
+pub struct BillingConfig {
+    /// `[billing.stripe]`, if Stripe's webhooks are taken.
+    pub stripe: Option<StripeConfig>,
+}
+
+/// `[billing.stripe]`, validated.
+#[derive(Debug, Clone)]
+pub struct StripeConfig {
+    /// The endpoint's signing secrets (at least one).
+    pub webhook_secrets: Vec<Secret>,
+    /// How far a signature's timestamp may be from now.
+    pub tolerance: std::time::Duration,
 }
 
 /// `[redis]`, validated.

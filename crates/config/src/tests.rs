@@ -553,3 +553,31 @@ fn rate_limits_need_redis_and_bounded_values() {
     assert_eq!(c.limits.default_org.tpm, Some(100_000));
     assert_eq!(c.keys[0].limits.and_then(|l| l.rpm), Some(5));
 }
+
+#[test]
+fn stripe_webhooks_need_a_secret_a_sane_tolerance_and_the_control_plane() {
+    let p = problems("[billing.stripe]\nwebhook_secrets = []\ntolerance_seconds = 0\n");
+    for field in [
+        "billing.stripe.webhook_secrets",
+        "billing.stripe.tolerance_seconds",
+        "billing.stripe: needs [postgres] and [tenants]",
+    ] {
+        assert!(p.iter().any(|s| s.starts_with(field)), "{field}: {p:?}");
+    }
+    let c = Config::from_toml(
+        "[postgres]\nurl = \"postgres://u@127.0.0.1/s\"\n\
+         [tenants]\nkey_pepper = \"0123456789abcdef0123456789abcdef\"\n\
+         [billing]\nmarkup_percent = \"10\"\n\
+         [billing.stripe]\nwebhook_secrets = [\"${OLD}\", \"whsec_new_secret_0001\"]\n",
+        &env(&[("OLD", "whsec_old_secret_0001")]),
+    )
+    .unwrap();
+    let stripe = c.billing.stripe.unwrap();
+    assert_eq!(stripe.webhook_secrets.len(), 2);
+    assert_eq!(stripe.webhook_secrets[0].expose(), "whsec_old_secret_0001");
+    assert_eq!(stripe.tolerance, std::time::Duration::from_secs(300));
+    assert!(
+        !format!("{stripe:?}").contains("whsec"),
+        "secrets are never printed"
+    );
+}

@@ -544,6 +544,7 @@ impl Config {
             }
         });
         let limits = limits_config(e, raw.limits, redis.is_some(), &keys);
+        let billing = billing_config(e, raw.billing.stripe, has_postgres && raw.tenants.is_some());
         let tenants = raw.tenants.and_then(|t| {
             let mut ok = true;
             if t.key_pepper.len() < 32 {
@@ -773,6 +774,7 @@ impl Config {
                 postgres,
                 tenants,
                 redis,
+                billing,
                 limits,
                 credentials,
                 accounting,
@@ -782,6 +784,51 @@ impl Config {
         } else {
             Err(ConfigErrors(errors))
         }
+    }
+}
+
+/// `[billing]`, checked: Stripe's webhooks need a secret and the control
+/// plane (`[postgres]` and `[tenants]`: orders and events are kept there).
+fn billing_config(
+    e: &mut Vec<ConfigError>,
+    raw: Option<crate::raw::RawStripe>,
+    has_control_plane: bool,
+) -> crate::BillingConfig {
+    let Some(stripe) = raw else {
+        return crate::BillingConfig::default();
+    };
+    let mut ok = true;
+    if stripe.webhook_secrets.is_empty() || stripe.webhook_secrets.iter().any(|s| s.len() < 16) {
+        ok = false;
+        e.push(ConfigError::new(
+            "billing.stripe.webhook_secrets",
+            "one or two of the endpoint's signing secrets (whsec_…), each at least 16 characters",
+        ));
+    }
+    let tolerance = stripe.tolerance_seconds.unwrap_or(300);
+    if !(1..=3600).contains(&tolerance) {
+        ok = false;
+        e.push(ConfigError::new(
+            "billing.stripe.tolerance_seconds",
+            "between 1 and 3600",
+        ));
+    }
+    if !has_control_plane {
+        ok = false;
+        e.push(ConfigError::new(
+            "billing.stripe",
+            "needs [postgres] and [tenants] (orders and payment events are kept there)",
+        ));
+    }
+    crate::BillingConfig {
+        stripe: ok.then(|| crate::StripeConfig {
+            webhook_secrets: stripe
+                .webhook_secrets
+                .into_iter()
+                .map(Secret::new)
+                .collect(),
+            tolerance: std::time::Duration::from_secs(tolerance),
+        }),
     }
 }
 

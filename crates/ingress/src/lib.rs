@@ -350,6 +350,12 @@ async fn build(config: Arc<Config>, bus: Bus) -> Result<(Router, Arc<AppState>),
                 .route_layer(identify.clone())
                 .fallback(endpoints::method_not_allowed),
         )
+        .merge(match (&admin, &config.billing.stripe) {
+            (Some(a), Some(stripe)) => {
+                sy_control::payments::stripe_webhooks(a.store().clone(), stripe)
+            }
+            _ => axum::Router::new(),
+        })
         .merge(admin.map(sy_control::admin::router).unwrap_or_default())
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(endpoints::readyz))

@@ -92,6 +92,11 @@ pub struct Admin {
 }
 
 impl Admin {
+    /// The control plane's store it serves.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// The admin API over `store`, accepting `tokens`; provider credentials
     /// are served when `credentials` is given (a master key is configured),
     /// usage when `clickhouse` is.

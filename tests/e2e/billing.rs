@@ -1,0 +1,125 @@
+//! Billing end to end (issue 18): Stripe's webhook on the real ingress over a
+//! real PostgreSQL: a signed payment credits its order once however often it
+//! is delivered; unsigned, mis-signed and stale deliveries are refused and
+//! stored nowhere; a signed event that does not match its order credits
+//! nothing and says why; money back before its payment is asked for again.
+
+use serde_json::{Value, json};
+use sy_billing::Provider;
+use sy_control::payments::NewOrder;
+
+use crate::stack::{Stack, StackOptions};
+use crate::tenants::{owner, tenants_store};
+
+const SECRET: &str = "whsec_e2e_secret_0123456789";
+
+fn session_completed(event: &str, order: &str, amount: i64) -> Vec<u8> {
+    json!({"id": event, "type": "checkout.session.completed", "data": {"object": {
+        "id": "cs_1", "object": "checkout.session", "client_reference_id": order,
+        "amount_total": amount, "currency": "usd", "payment_status": "paid",
+        "payment_intent": format!("pi_{order}")}}})
+    .to_string()
+    .into_bytes()
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+async fn deliver(stack: &Stack, body: &[u8], signature: Option<String>) -> (u16, Value) {
+    let mut req = stack
+        .http
+        .post(stack.url("/webhooks/stripe"))
+        .header("content-type", "application/json")
+        .body(body.to_vec());
+    if let Some(s) = signature {
+        req = req.header("stripe-signature", s);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_stripe_payment_credits_its_order_once_and_nothing_else_credits() {
+    let (store, tenants) = tenants_store("bill").await;
+    let org = store.create_org(&owner(), "Acme").await.unwrap();
+    let order = |amount| NewOrder {
+        org,
+        provider: Provider::Stripe,
+        amount,
+        currency: "usd",
+        credit_nanos: 10_000_000_000,
+    };
+    let ord = store.create_order(&owner(), order(1000)).await.unwrap().id;
+    let later = store.create_order(&owner(), order(1000)).await.unwrap().id;
+    let stack = Stack::start_with(StackOptions {
+        sections: format!("{tenants}\n[billing.stripe]\nwebhook_secrets = [\"{SECRET}\"]\n"),
+        ..Default::default()
+    })
+    .await;
+    let balance = || async { store.balance(org).await.unwrap().balance_nanos };
+
+    // Refused before anything is read: no signature, a wrong one, a stale one.
+    let body = session_completed("evt_1", &ord, 1000);
+    let forged = sy_billing::stripe::sign(&body, "whsec_someone_else_entirely", now());
+    let stale = sy_billing::stripe::sign(&body, SECRET, now() - 3600);
+    for (signature, why) in [
+        (None, "missing or malformed"),
+        (Some(forged), "no signature matches"),
+        (Some(stale), "beyond the tolerance"),
+    ] {
+        let (status, v) = deliver(&stack, &body, signature).await;
+        assert_eq!(status, 400, "{v}");
+        assert_eq!(v["error"]["type"], "invalid_signature");
+        assert!(v["error"]["message"].as_str().unwrap().contains(why), "{v}");
+    }
+    assert_eq!(balance().await, 0);
+
+    // The genuine delivery credits once, however often it comes.
+    for i in 0..10 {
+        let signed = sy_billing::stripe::sign(&body, SECRET, now());
+        let (status, v) = deliver(&stack, &body, Some(signed)).await;
+        assert_eq!(status, 200, "{v}");
+        let want = if i == 0 { "credited" } else { "replayed" };
+        assert_eq!(v["outcome"], want, "{v}");
+    }
+    assert_eq!(balance().await, 10_000_000_000);
+
+    // Signed, but not for what the order is: nothing, with the reason.
+    let short = session_completed("evt_2", &later, 999);
+    let signed = sy_billing::stripe::sign(&short, SECRET, now());
+    let (status, v) = deliver(&stack, &short, Some(signed)).await;
+    assert_eq!(
+        (status, v["outcome"].as_str()),
+        (200, Some("rejected")),
+        "{v}"
+    );
+    assert!(v["reason"].as_str().unwrap().contains("is for 1000"), "{v}");
+    assert_eq!(balance().await, 10_000_000_000);
+
+    // Money back for a payment not seen yet: Stripe is asked to send it again.
+    let refund = json!({"id": "evt_3", "type": "charge.refunded", "data": {"object": {
+        "id": "ch_9", "payment_intent": "pi_unseen", "amount_refunded": 100, "currency": "usd"}}})
+    .to_string()
+    .into_bytes();
+    let signed = sy_billing::stripe::sign(&refund, SECRET, now());
+    let (status, v) = deliver(&stack, &refund, Some(signed)).await;
+    assert_eq!(status, 503, "{v}");
+    // A refund of the paid order debits what came back.
+    let refund = json!({"id": "evt_4", "type": "charge.refunded", "data": {"object": {
+        "id": "ch_1", "payment_intent": format!("pi_{ord}"), "amount_refunded": 250, "currency": "usd"}}})
+    .to_string()
+    .into_bytes();
+    let signed = sy_billing::stripe::sign(&refund, SECRET, now());
+    let (status, v) = deliver(&stack, &refund, Some(signed)).await;
+    assert_eq!(
+        (status, v["outcome"].as_str()),
+        (200, Some("debited")),
+        "{v}"
+    );
+    assert_eq!(balance().await, 7_500_000_000);
+}
