@@ -56,6 +56,9 @@ async fn a_signed_stripe_payment_credits_its_order_once_and_nothing_else_credits
     };
     let ord = store.create_order(&owner(), order(1000)).await.unwrap().id;
     let later = store.create_order(&owner(), order(1000)).await.unwrap().id;
+    let project = store.create_project(&owner(), org, "p").await.unwrap();
+    let spec = sy_control::store::KeySpec::named("k");
+    let (_, key) = store.create_key(&owner(), project, &spec).await.unwrap();
     let stack = Stack::start_with(StackOptions {
         sections: format!("{tenants}\n[billing.stripe]\nwebhook_secrets = [\"{SECRET}\"]\n"),
         ..Default::default()
@@ -122,4 +125,27 @@ async fn a_signed_stripe_payment_credits_its_order_once_and_nothing_else_credits
         "{v}"
     );
     assert_eq!(balance().await, 7_500_000_000);
+
+    // The org's keys see its balance; a key from the config file has no org.
+    let read = |key: String| {
+        let (http, url) = (stack.http.clone(), stack.url("/v1/billing/balance"));
+        async move {
+            let r = http.get(url).bearer_auth(key).send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, v) = read(key.key.clone()).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["org_id"], org.to_string());
+    assert_eq!(v["currency"], "usd");
+    assert_eq!(v["balance_micros"], 7_500_000);
+    let (status, v) = read(crate::stack::KEY.to_owned()).await;
+    assert_eq!(status, 404, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("belongs to none"),
+        "{v}"
+    );
 }

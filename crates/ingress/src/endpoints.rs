@@ -70,6 +70,36 @@ pub(crate) async fn get_usage(
     }
 }
 
+/// `GET /v1/billing/balance`: the prepaid balance of the caller's org (a
+/// tenant's key; a key from the config file belongs to no org).
+pub(crate) async fn get_balance(
+    State(state): State<Arc<AppState>>,
+    caller: extract::Caller,
+) -> Response {
+    let (Some(admin), Some(grant)) = (&state.admin, &caller.grant) else {
+        return ApiError::new(
+            ErrorCode::NotFound,
+            "Balances are kept per org; this key belongs to none.",
+        )
+        .into_response();
+    };
+    let org = grant.owner.org_id;
+    match admin.store().balance(org).await {
+        Ok(b) => axum::Json(sy_control::admin::balance_view(org, &b)).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "Reading a balance failed.");
+            ApiError {
+                retry_after_secs: Some(1),
+                ..ApiError::new(
+                    ErrorCode::Overloaded,
+                    "The balance cannot be read right now; retry shortly.",
+                )
+            }
+            .into_response()
+        }
+    }
+}
+
 pub(crate) async fn route_explain(
     State(state): State<Arc<AppState>>,
     _: extract::Caller,

@@ -345,6 +345,12 @@ async fn build(config: Arc<Config>, bus: Bus) -> Result<(Router, Arc<AppState>),
                 .fallback(endpoints::method_not_allowed),
         )
         .route(
+            "/v1/billing/balance",
+            get(endpoints::get_balance)
+                .route_layer(identify.clone())
+                .fallback(endpoints::method_not_allowed),
+        )
+        .route(
             "/v1/usage",
             get(endpoints::get_usage)
                 .route_layer(identify.clone())

@@ -10,6 +10,7 @@
 
 mod handlers;
 mod operations;
+pub use operations::balance_view;
 pub mod roles;
 
 use std::net::SocketAddr;

@@ -312,11 +312,15 @@ struct NewCredit {
     note: String,
 }
 
-/// An org's balance as the admin API shows it.
-fn balance_view(org: Uuid, b: &crate::ledger::Balance) -> Value {
+/// An org's balance as the admin API (and, for the caller's own org,
+/// `GET /v1/billing/balance`) shows it: micro-USD as an integer (rounded
+/// down), and the exact figures as decimal USD strings.
+pub fn balance_view(org: Uuid, b: &crate::ledger::Balance) -> Value {
     use crate::keytable::nanos_to_usd;
     json!({
         "org_id": org,
+        "currency": "usd",
+        "balance_micros": b.balance_nanos.div_euclid(1000),
         "prepaid": b.prepaid,
         "balance_usd": nanos_to_usd(b.balance_nanos),
         "credited_usd": nanos_to_usd(b.credited_nanos),
