@@ -149,3 +149,65 @@ async fn a_signed_stripe_payment_credits_its_order_once_and_nothing_else_credits
         "{v}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_orgs_keys_read_its_month_of_usage_and_billing() {
+    let (store, tenants) = tenants_store("busage").await;
+    let org = store.create_org(&owner(), "Acme").await.unwrap();
+    let project = store.create_project(&owner(), org, "p").await.unwrap();
+    let spec = sy_control::store::KeySpec::named("k");
+    let (_, key) = store.create_key(&owner(), project, &spec).await.unwrap();
+    let stack = Stack::start_with(StackOptions {
+        sections: tenants,
+        clickhouse: true,
+        ..Default::default()
+    })
+    .await;
+    for _ in 0..2 {
+        let r = stack
+            .http
+            .post(stack.url("/v1/chat/completions"))
+            .bearer_auth(&key.key)
+            .json(&crate::stack::body("gpt-4o-mini", "hi"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let get = |key: String, query: &'static str| {
+        let (http, url) = (
+            stack.http.clone(),
+            stack.url(&format!("/v1/billing/usage{query}")),
+        );
+        async move {
+            let r = http.get(url).bearer_auth(key).send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    // This month so far, by model, once the rows are in ClickHouse.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let v = loop {
+        let (status, v) = get(key.key.clone(), "").await;
+        assert_eq!(status, 200, "{v}");
+        if v["data"][0]["requests"] == 2 {
+            break v;
+        }
+        assert!(std::time::Instant::now() < until, "{v}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(v["org_id"], org.to_string());
+    assert_eq!(v["data"][0]["group"], "gpt-4o-mini");
+    assert_ne!(v["data"][0]["billed"], "0", "{v}");
+    let (status, v) = get(key.key.clone(), "?period=2020-01&group_by=project").await;
+    assert_eq!(
+        (status, v["data"].as_array().map(Vec::len)),
+        (200, Some(0)),
+        "{v}"
+    );
+    assert_eq!(v["start"], 1_577_836_800);
+    let (status, v) = get(key.key.clone(), "?period=2020-13").await;
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(v["error"]["param"], "period");
+    let (status, _) = get(crate::stack::KEY.to_owned(), "").await;
+    assert_eq!(status, 404);
+}

@@ -100,6 +100,27 @@ pub(crate) async fn get_balance(
     }
 }
 
+/// `GET /v1/billing/usage?period=YYYY-MM`: the caller's org's month so far
+/// (a tenant's key; a key from the config file belongs to no org).
+pub(crate) async fn get_org_usage(
+    State(state): State<Arc<AppState>>,
+    caller: extract::Caller,
+    axum::extract::Query(params): axum::extract::Query<HashMap<String, String>>,
+) -> Response {
+    let Some(grant) = &caller.grant else {
+        return ApiError::new(
+            ErrorCode::NotFound,
+            "Usage by org is kept per org; this key belongs to none (GET /v1/usage has its own).",
+        )
+        .into_response();
+    };
+    let org = grant.owner.org_id.to_string();
+    match usage::org_usage(state.clickhouse.as_ref(), &org, &params).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
 pub(crate) async fn route_explain(
     State(state): State<Arc<AppState>>,
     _: extract::Caller,

@@ -95,3 +95,144 @@ pub async fn usage(
     )
         .into_response())
 }
+
+/// `YYYY-MM` as the Unix seconds of its first day and of the next month's.
+fn month_bounds(period: &str) -> Option<(u32, u32)> {
+    let (y, m) = period.split_once('-')?;
+    let (y, m): (u32, u32) = (y.parse().ok()?, m.parse().ok()?);
+    if period.len() != 7 || !(1970..=9999).contains(&y) || !(1..=12).contains(&m) {
+        return None;
+    }
+    let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+    Some((
+        parse_instant(&format!("{y:04}-{m:02}-01"))?,
+        parse_instant(&format!("{ny:04}-{nm:02}-01"))?,
+    ))
+}
+
+#[derive(Serialize)]
+struct OrgBody<'a> {
+    object: &'static str,
+    org_id: &'a str,
+    period: String,
+    start: u32,
+    end: u32,
+    group_by: GroupBy,
+    data: Vec<UsageGroup>,
+}
+
+/// `GET /v1/billing/usage?period=YYYY-MM&group_by=model|day|project|key`: the
+/// caller's org's usage and what it was billed in a calendar month (UTC; the
+/// current one so far by default).
+pub async fn org_usage(
+    clickhouse: Option<&ClickhouseConfig>,
+    org_id: &str,
+    params: &HashMap<String, String>,
+) -> Result<Response, ApiError> {
+    let Some(ch) = clickhouse else {
+        return Err(ApiError::new(
+            ErrorCode::NotFound,
+            "Usage is not available: this Switchyard has no [clickhouse] configured.",
+        ));
+    };
+    for k in params.keys() {
+        if !matches!(k.as_str(), "period" | "group_by") {
+            return Err(ApiError::invalid(
+                k.clone(),
+                format!("Unknown parameter '{k}'; use period and group_by."),
+            ));
+        }
+    }
+    let now = u32::try_from(now_unix_ms() / 1000).unwrap_or(u32::MAX);
+    let period = match params.get("period") {
+        Some(p) => p.clone(),
+        None => {
+            let day = i64::from(now / 86_400);
+            let (y, m) = civil_month(day);
+            format!("{y:04}-{m:02}")
+        }
+    };
+    let (start, end) = month_bounds(&period).ok_or_else(|| {
+        ApiError::invalid(
+            "period",
+            format!("'period' must be a month like 2026-11, not '{period}'."),
+        )
+    })?;
+    let group_by = match params.get("group_by").map(String::as_str) {
+        None | Some("model") => GroupBy::Model,
+        Some("day") => GroupBy::Day,
+        Some("project") => GroupBy::Project,
+        Some("key") => GroupBy::Key,
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "group_by",
+                format!("'group_by' must be 'model', 'day', 'project' or 'key', not '{other}'."),
+            ));
+        }
+    };
+    let scope = sy_accounting::UsageScope {
+        org_id: Some(org_id),
+        ..Default::default()
+    };
+    let data = sy_accounting::usage(ch, scope, start, end, group_by)
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "Usage query failed.");
+            ApiError::new(
+                ErrorCode::Internal,
+                "Usage could not be read; retry shortly.",
+            )
+        })?;
+    let body = serde_json::to_vec(&OrgBody {
+        object: "list",
+        org_id,
+        period,
+        start,
+        end,
+        group_by,
+        data,
+    })
+    .unwrap_or_default();
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response())
+}
+
+/// Days since 1970-01-01 to (year, month).
+fn civil_month(z: i64) -> (i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m)
+}
+
+#[cfg(test)]
+mod month_tests {
+    use super::{civil_month, month_bounds};
+
+    #[test]
+    fn a_month_is_its_first_second_to_the_next_months() {
+        assert_eq!(
+            month_bounds("2026-12"),
+            Some((1_796_083_200, 1_798_761_600))
+        );
+        assert_eq!(
+            month_bounds("2024-02").map(|(s, e)| (e - s) / 86_400),
+            Some(29)
+        );
+        for bad in ["2026-13", "2026-00", "26-01", "2026-1", "2026-011", "x"] {
+            assert_eq!(month_bounds(bad), None, "{bad}");
+        }
+        assert_eq!(civil_month(1_796_083_200 / 86_400), (2026, 12));
+        assert_eq!(civil_month(0), (1970, 1));
+    }
+}
