@@ -29,20 +29,8 @@ pub async fn usage(
     key_id: &str,
     params: &HashMap<String, String>,
 ) -> Result<Response, ApiError> {
-    let Some(ch) = clickhouse else {
-        return Err(ApiError::new(
-            ErrorCode::NotFound,
-            "Usage is not available: this Switchyard has no [clickhouse] configured.",
-        ));
-    };
-    for k in params.keys() {
-        if !matches!(k.as_str(), "start" | "end" | "group_by") {
-            return Err(ApiError::invalid(
-                k.clone(),
-                format!("Unknown parameter '{k}'; use start, end and group_by."),
-            ));
-        }
-    }
+    let ch = configured(clickhouse)?;
+    known(params, &["start", "end", "group_by"])?;
     let now = u32::try_from(now_unix_ms() / 1000).unwrap_or(u32::MAX);
     let instant = |name: &str, default: u32| match params.get(name) {
         None => Ok(default),
@@ -70,30 +58,55 @@ pub async fn usage(
     };
     let data = sy_accounting::usage_for_key(ch, key_id, start, end, group_by)
         .await
-        .map_err(|e| {
-            tracing::warn!(error = %e, "Usage query failed.");
-            ApiError::new(
-                ErrorCode::Internal,
-                "Usage could not be read; retry shortly.",
-            )
-        })?;
-    let body = serde_json::to_vec(&Body {
+        .map_err(query_failed)?;
+    Ok(json(&Body {
         object: "list",
         key_id,
         start,
         end,
         group_by,
         data,
+    }))
+}
+
+/// The ClickHouse usage is read from, or the error saying there is none.
+fn configured(clickhouse: Option<&ClickhouseConfig>) -> Result<&ClickhouseConfig, ApiError> {
+    clickhouse.ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::NotFound,
+            "Usage is not available: this Switchyard has no [clickhouse] configured.",
+        )
     })
-    .unwrap_or_default();
-    Ok((
+}
+
+/// Refuses a parameter not among `names`, naming them.
+fn known(params: &HashMap<String, String>, names: &[&str]) -> Result<(), ApiError> {
+    match params.keys().find(|k| !names.contains(&k.as_str())) {
+        Some(k) => Err(ApiError::invalid(
+            k.clone(),
+            format!("Unknown parameter '{k}'; use {}.", names.join(", ")),
+        )),
+        None => Ok(()),
+    }
+}
+
+fn query_failed(e: sy_accounting::AccountingError) -> ApiError {
+    tracing::warn!(error = %e, "Usage query failed.");
+    ApiError::new(
+        ErrorCode::Internal,
+        "Usage could not be read; retry shortly.",
+    )
+}
+
+fn json<T: Serialize>(body: &T) -> Response {
+    (
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         )],
-        body,
+        serde_json::to_vec(body).unwrap_or_default(),
     )
-        .into_response())
+        .into_response()
 }
 
 /// `YYYY-MM` as the Unix seconds of its first day and of the next month's.
@@ -129,26 +142,13 @@ pub async fn org_usage(
     org_id: &str,
     params: &HashMap<String, String>,
 ) -> Result<Response, ApiError> {
-    let Some(ch) = clickhouse else {
-        return Err(ApiError::new(
-            ErrorCode::NotFound,
-            "Usage is not available: this Switchyard has no [clickhouse] configured.",
-        ));
-    };
-    for k in params.keys() {
-        if !matches!(k.as_str(), "period" | "group_by") {
-            return Err(ApiError::invalid(
-                k.clone(),
-                format!("Unknown parameter '{k}'; use period and group_by."),
-            ));
-        }
-    }
+    let ch = configured(clickhouse)?;
+    known(params, &["period", "group_by"])?;
     let now = u32::try_from(now_unix_ms() / 1000).unwrap_or(u32::MAX);
     let period = match params.get("period") {
         Some(p) => p.clone(),
         None => {
-            let day = i64::from(now / 86_400);
-            let (y, m) = civil_month(day);
+            let (y, m) = sy_limits::year_month(u64::from(now));
             format!("{y:04}-{m:02}")
         }
     };
@@ -176,14 +176,8 @@ pub async fn org_usage(
     };
     let data = sy_accounting::usage(ch, scope, start, end, group_by)
         .await
-        .map_err(|e| {
-            tracing::warn!(error = %e, "Usage query failed.");
-            ApiError::new(
-                ErrorCode::Internal,
-                "Usage could not be read; retry shortly.",
-            )
-        })?;
-    let body = serde_json::to_vec(&OrgBody {
+        .map_err(query_failed)?;
+    Ok(json(&OrgBody {
         object: "list",
         org_id,
         period,
@@ -191,33 +185,12 @@ pub async fn org_usage(
         end,
         group_by,
         data,
-    })
-    .unwrap_or_default();
-    Ok((
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        body,
-    )
-        .into_response())
-}
-
-/// Days since 1970-01-01 to (year, month).
-fn civil_month(z: i64) -> (i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m)
+    }))
 }
 
 #[cfg(test)]
 mod month_tests {
-    use super::{civil_month, month_bounds};
+    use super::month_bounds;
 
     #[test]
     fn a_month_is_its_first_second_to_the_next_months() {
@@ -232,7 +205,6 @@ mod month_tests {
         for bad in ["2026-13", "2026-00", "26-01", "2026-1", "2026-011", "x"] {
             assert_eq!(month_bounds(bad), None, "{bad}");
         }
-        assert_eq!(civil_month(1_796_083_200 / 86_400), (2026, 12));
-        assert_eq!(civil_month(0), (1970, 1));
+        assert_eq!(sy_limits::year_month(1_796_083_200), (2026, 12));
     }
 }

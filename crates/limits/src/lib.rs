@@ -185,6 +185,11 @@ impl Period {
     }
 }
 
+/// The (year, month) of Unix second `secs`, UTC (proleptic Gregorian).
+pub fn year_month(secs: u64) -> (i64, i64) {
+    civil((secs / 86_400) as i64)
+}
+
 /// Days since 1970-01-01 to (year, month) (proleptic Gregorian).
 fn civil(z: i64) -> (i64, i64) {
     let z = z + 719_468;
