@@ -96,6 +96,18 @@ pub enum Rejection {
 
 impl Order {
     fn matches(&self, from: Provider, amount: i64, currency: &str) -> Result<(), Rejection> {
+        self.same_provider_and_currency(from, currency)?;
+        if amount != self.amount {
+            return Err(Rejection::WrongAmount {
+                order: self.id.clone(),
+                expected: self.amount,
+                paid: amount,
+            });
+        }
+        Ok(())
+    }
+
+    fn same_provider_and_currency(&self, from: Provider, currency: &str) -> Result<(), Rejection> {
         if self.provider != from {
             return Err(Rejection::WrongProvider {
                 order: self.id.clone(),
@@ -108,13 +120,6 @@ impl Order {
                 order: self.id.clone(),
                 expected: self.currency.clone(),
                 paid: currency.to_ascii_lowercase(),
-            });
-        }
-        if amount != self.amount {
-            return Err(Rejection::WrongAmount {
-                order: self.id.clone(),
-                expected: self.amount,
-                paid: amount,
             });
         }
         Ok(())
@@ -150,20 +155,7 @@ pub fn reversed(
     cumulative: bool,
 ) -> Result<Decision, Rejection> {
     let order = order.ok_or_else(|| Rejection::UnknownOrder(id.to_owned()))?;
-    if order.provider != from {
-        return Err(Rejection::WrongProvider {
-            order: order.id.clone(),
-            made_for: order.provider,
-            from,
-        });
-    }
-    if !order.currency.eq_ignore_ascii_case(currency) {
-        return Err(Rejection::WrongCurrency {
-            order: order.id.clone(),
-            expected: order.currency.clone(),
-            paid: currency.to_ascii_lowercase(),
-        });
-    }
+    order.same_provider_and_currency(from, currency)?;
     if order.status != OrderStatus::Paid {
         return Err(Rejection::NotPaid(order.id.clone()));
     }
