@@ -15,6 +15,7 @@
 mod dialect;
 mod directives;
 mod server;
+mod stripe;
 
 pub use dialect::vector as embedding_vector;
 pub use directives::{DirectiveError, Directives, extract, resolve};
