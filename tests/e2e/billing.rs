@@ -211,3 +211,148 @@ async fn an_orgs_keys_read_its_month_of_usage_and_billing() {
     let (status, _) = get(crate::stack::KEY.to_owned(), "").await;
     assert_eq!(status, 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customer_tops_up_through_stripe_checkout_and_the_paid_session_credits_once() {
+    let (store, tenants) = tenants_store("topup").await;
+    let org = store.create_org(&owner(), "Acme").await.unwrap();
+    let project = store.create_project(&owner(), org, "p").await.unwrap();
+    let spec = sy_control::store::KeySpec::named("k");
+    let (_, key) = store.create_key(&owner(), project, &spec).await.unwrap();
+    // Stripe's API is the Stripe-like mock.
+    let stripe =
+        sy_mock_provider::MockProvider::start(sy_mock_provider::MockOptions::new("stripe"))
+            .await
+            .unwrap();
+    let stack = Stack::start_with(StackOptions {
+        sections: format!(
+            "{tenants}\n[billing.stripe]\nwebhook_secrets = [\"{SECRET}\"]\n\
+             api_base = \"http://{}\"\nsecret_key = \"sk_test_e2e\"\n",
+            stripe.addr()
+        ),
+        ..Default::default()
+    })
+    .await;
+    let top_up = |key: String, body: String| {
+        let (http, url) = (stack.http.clone(), stack.url("/v1/billing/topups"));
+        async move {
+            let r = http
+                .post(url)
+                .bearer_auth(key)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let balance = || async { store.balance(org).await.unwrap().balance_nanos };
+
+    // What cannot be an order is refused in the OpenAI error format; no order is made.
+    for (body, status, says) in [
+        (
+            r#"{"provider":"paypal","amount":1500,"currency":"usd"}"#,
+            400,
+            "'provider'",
+        ),
+        (
+            r#"{"provider":"stripe","amount":10,"currency":"usd"}"#,
+            400,
+            "'amount'",
+        ),
+        (
+            r#"{"provider":"stripe","amount":-1500,"currency":"usd"}"#,
+            400,
+            "'amount'",
+        ),
+        (
+            r#"{"provider":"stripe","amount":1500,"currency":"eur"}"#,
+            400,
+            "'currency'",
+        ),
+        (
+            r#"{"provider":"stripe","amount":1500,"currency":"usd","org_id":"x"}"#,
+            400,
+            "org_id",
+        ),
+        (
+            r#"{"provider":"stripe","amount":"1500","currency":"usd"}"#,
+            400,
+            "Invalid body",
+        ),
+        ("[1,2]", 400, "JSON object"),
+        (
+            r#"{"provider":"yookassa","amount":1500,"currency":"usd"}"#,
+            503,
+            "YooKassa",
+        ),
+    ] {
+        let (got, v) = top_up(key.key.clone(), body.to_owned()).await;
+        assert_eq!(got, status, "{body}: {v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(says),
+            "{body}: {v}"
+        );
+    }
+    let (got, v) = top_up(
+        crate::stack::KEY.to_owned(),
+        r#"{"provider":"stripe","amount":1500,"currency":"usd"}"#.to_owned(),
+    )
+    .await;
+    assert_eq!(got, 404, "a key from the config file has no org: {v}");
+
+    // A $15.00 order and its Checkout page; nothing is credited before it is paid.
+    let (got, order) = top_up(
+        key.key.clone(),
+        r#"{"provider":"stripe","amount":1500,"currency":"usd"}"#.to_owned(),
+    )
+    .await;
+    assert_eq!(got, 201, "{order}");
+    assert_eq!(order["org_id"], org.to_string());
+    assert_eq!(order["status"], "pending");
+    assert_eq!(
+        (order["amount"].as_i64(), order["currency"].as_str()),
+        (Some(1500), Some("usd"))
+    );
+    let id = order["order_id"].as_str().unwrap();
+    let url = order["payment_url"].as_str().unwrap();
+    assert!(
+        url.starts_with(&format!("http://{}/", stripe.addr())),
+        "{order}"
+    );
+    let stored = store.order(id).await.unwrap().unwrap();
+    assert_eq!((stored.org_id, stored.amount), (org, 1500));
+    assert!(
+        stored
+            .payment_ref
+            .as_deref()
+            .unwrap()
+            .starts_with("cs_test_"),
+        "{stored:?}"
+    );
+    assert_eq!(balance().await, 0);
+
+    // Paying it: Stripe's signed checkout.session.completed credits $15 once,
+    // however often the page is paid again.
+    let pay = format!(
+        "{url}?webhook={}&secret={SECRET}",
+        stack.url("/webhooks/stripe")
+    );
+    for _ in 0..3 {
+        let r = stack.http.post(&pay).send().await.unwrap();
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["webhook_status"], 200, "{v}");
+    }
+    assert_eq!(balance().await, 15 * 1_000_000_000);
+    let r = stack
+        .http
+        .get(stack.url("/v1/billing/balance"))
+        .bearer_auth(&key.key)
+        .send()
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["balance_micros"], 15_000_000, "{v}");
+    assert_eq!(store.order(id).await.unwrap().unwrap().status, "paid");
+}

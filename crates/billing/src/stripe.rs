@@ -327,3 +327,108 @@ mod tests {
         }
     }
 }
+
+/// Stripe's API, for what Switchyard asks of it: Checkout Sessions.
+#[derive(Debug, Clone)]
+pub struct Checkout {
+    /// `https://api.stripe.com` (or a mock's address).
+    pub api_base: String,
+    /// The account's secret key (`sk_…`).
+    pub secret_key: String,
+    /// Where the payer lands after paying.
+    pub success_url: String,
+    /// Where the payer lands after giving up.
+    pub cancel_url: String,
+}
+
+/// A Checkout Session made for an order.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct Session {
+    /// `cs_…`.
+    pub id: String,
+    /// Where the payer pays.
+    pub url: String,
+}
+
+/// Why Stripe did not make a session.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckoutError {
+    /// Stripe could not be reached, or answered something unreadable.
+    #[error("Stripe could not be reached: {0}")]
+    Unreachable(String),
+    /// Stripe refused (its message).
+    #[error("Stripe refused: {0}")]
+    Refused(String),
+}
+
+impl Checkout {
+    /// Makes the Checkout Session paying `order_id` (`amount` minor units of
+    /// `currency`); the order's id is the idempotency key (asking twice makes
+    /// one session), the session's `client_reference_id` and its
+    /// PaymentIntent's `metadata.order_id` (how the webhook finds the order).
+    pub async fn session(
+        &self,
+        http: &reqwest::Client,
+        order_id: &str,
+        amount: i64,
+        currency: &str,
+    ) -> Result<Session, CheckoutError> {
+        let form = [
+            ("mode", "payment".to_owned()),
+            ("client_reference_id", order_id.to_owned()),
+            ("success_url", self.success_url.clone()),
+            ("cancel_url", self.cancel_url.clone()),
+            ("line_items[0][quantity]", "1".to_owned()),
+            ("line_items[0][price_data][currency]", currency.to_owned()),
+            ("line_items[0][price_data][unit_amount]", amount.to_string()),
+            (
+                "line_items[0][price_data][product_data][name]",
+                "Balance top-up".to_owned(),
+            ),
+            ("metadata[order_id]", order_id.to_owned()),
+            (
+                "payment_intent_data[metadata][order_id]",
+                order_id.to_owned(),
+            ),
+        ];
+        let body: String = form
+            .iter()
+            .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+            .collect::<Vec<_>>()
+            .join("&");
+        let r = http
+            .post(format!(
+                "{}/v1/checkout/sessions",
+                self.api_base.trim_end_matches('/')
+            ))
+            .bearer_auth(&self.secret_key)
+            .header("idempotency-key", order_id)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| CheckoutError::Unreachable(e.to_string()))?;
+        let ok = r.status().is_success();
+        let v: Value = r
+            .json()
+            .await
+            .map_err(|e| CheckoutError::Unreachable(e.to_string()))?;
+        if !ok {
+            let message = v["error"]["message"].as_str().unwrap_or("no message");
+            return Err(CheckoutError::Refused(message.to_owned()));
+        }
+        serde_json::from_value(v).map_err(|e| CheckoutError::Unreachable(e.to_string()))
+    }
+}
+
+/// Percent-encodes a form value (RFC 3986 unreserved characters kept).
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -30,8 +30,8 @@ pub use settings::{
     ADMIN_ROLES, AccountingConfig, AdminToken, ApiKey, BatchConfig, BillingConfig,
     ClickhouseConfig, Config, CredentialsConfig, HealthConfig, LimitSet, LimitsConfig, MAX_LIMIT,
     MAX_RUNNING_BATCHES, ModelRoute, NatsConfig, PROVIDER_KINDS, PostgresConfig, ProviderConfig,
-    ProviderKind, RedisConfig, RoutePolicy, Secret, ServerConfig, StripeConfig, Target,
-    TenantsConfig,
+    ProviderKind, RedisConfig, RoutePolicy, Secret, ServerConfig, StripeCheckoutConfig,
+    StripeConfig, Target, TenantsConfig,
 };
 
 use std::path::Path;

@@ -357,6 +357,15 @@ pub struct RawStripe {
     pub webhook_secrets: Vec<String>,
     /// How far a signature's timestamp may be from now, seconds (300).
     pub tolerance_seconds: Option<u64>,
+    /// Stripe's API (`https://api.stripe.com`; a mock's address in tests).
+    pub api_base: Option<String>,
+    /// The account's secret key (`sk_…`); without it no top-up is made
+    /// through Stripe (its webhooks are still taken).
+    pub secret_key: Option<String>,
+    /// Where the payer lands after paying.
+    pub success_url: Option<String>,
+    /// Where the payer lands after giving up.
+    pub cancel_url: Option<String>,
 }
 
 /// `[redis]`: where rate limits are counted (every ingress replica shares it).

@@ -268,6 +268,21 @@ pub struct StripeConfig {
     pub webhook_secrets: Vec<Secret>,
     /// How far a signature's timestamp may be from now.
     pub tolerance: std::time::Duration,
+    /// Top-ups through Stripe Checkout, when a secret key is configured.
+    pub checkout: Option<StripeCheckoutConfig>,
+}
+
+/// `[billing.stripe]`'s API settings, for top-ups.
+#[derive(Debug, Clone)]
+pub struct StripeCheckoutConfig {
+    /// Stripe's API base URL.
+    pub api_base: String,
+    /// The account's secret key.
+    pub secret_key: Secret,
+    /// Where the payer lands after paying.
+    pub success_url: String,
+    /// Where the payer lands after giving up.
+    pub cancel_url: String,
 }
 
 /// `[redis]`, validated.

@@ -581,3 +581,38 @@ fn stripe_webhooks_need_a_secret_a_sane_tolerance_and_the_control_plane() {
         "secrets are never printed"
     );
 }
+
+#[test]
+fn stripe_top_ups_need_a_secret_key_and_http_urls() {
+    let base = "[postgres]\nurl = \"postgres://u@127.0.0.1/s\"\n\
+                [tenants]\nkey_pepper = \"0123456789abcdef0123456789abcdef\"\n\
+                [billing.stripe]\nwebhook_secrets = [\"whsec_new_secret_0001\"]\n";
+    let c = Config::from_toml(base, &env(&[])).unwrap();
+    assert!(
+        c.billing.stripe.unwrap().checkout.is_none(),
+        "no key, no top-ups"
+    );
+    let c = Config::from_toml(
+        &format!("{base}secret_key = \"${{KEY}}\"\nsuccess_url = \"https://acme.test/ok\"\n"),
+        &env(&[("KEY", "sk_test_abc")]),
+    )
+    .unwrap();
+    let stripe = c.billing.stripe.unwrap();
+    let checkout = stripe.checkout.as_ref().unwrap();
+    assert_eq!(checkout.api_base, "https://api.stripe.com");
+    assert_eq!(checkout.secret_key.expose(), "sk_test_abc");
+    assert_eq!(
+        checkout.cancel_url, "https://acme.test/ok",
+        "cancel defaults to success"
+    );
+    assert!(
+        !format!("{stripe:?}").contains("sk_test_abc"),
+        "never printed"
+    );
+    let p = problems(&format!(
+        "{base}secret_key = \"sk_x\"\napi_base = \"ftp://stripe\"\ncancel_url = \"nowhere\"\n"
+    ));
+    for field in ["billing.stripe.api_base", "billing.stripe.cancel_url"] {
+        assert!(p.iter().any(|s| s.starts_with(field)), "{field}: {p:?}");
+    }
+}

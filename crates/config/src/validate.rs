@@ -820,6 +820,33 @@ fn billing_config(
             "needs [postgres] and [tenants] (orders and payment events are kept there)",
         ));
     }
+    let url_ok = |u: &str| Url::parse(u).is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
+    let api_base = stripe
+        .api_base
+        .unwrap_or_else(|| "https://api.stripe.com".to_owned());
+    let success_url = stripe
+        .success_url
+        .unwrap_or_else(|| "https://example.com/billing/done".to_owned());
+    let cancel_url = stripe.cancel_url.unwrap_or_else(|| success_url.clone());
+    for (field, u) in [
+        ("api_base", &api_base),
+        ("success_url", &success_url),
+        ("cancel_url", &cancel_url),
+    ] {
+        if !url_ok(u) {
+            ok = false;
+            e.push(ConfigError::new(
+                format!("billing.stripe.{field}"),
+                "an http:// or https:// URL",
+            ));
+        }
+    }
+    let checkout = stripe.secret_key.map(|key| crate::StripeCheckoutConfig {
+        api_base,
+        secret_key: Secret::new(key),
+        success_url,
+        cancel_url,
+    });
     crate::BillingConfig {
         stripe: ok.then(|| crate::StripeConfig {
             webhook_secrets: stripe
@@ -828,6 +855,7 @@ fn billing_config(
                 .map(Secret::new)
                 .collect(),
             tolerance: std::time::Duration::from_secs(tolerance),
+            checkout,
         }),
     }
 }

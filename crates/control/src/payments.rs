@@ -139,6 +139,21 @@ impl Store {
         Ok(order)
     }
 
+    /// Records the provider's reference of `order`'s payment (a Checkout
+    /// Session until the payment itself is known); never replaces one the
+    /// payment already set.
+    pub async fn set_payment_ref(&self, order: &str, reference: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE payment_orders SET payment_ref = $2 \
+             WHERE id = $1 AND status = 'pending' AND payment_ref IS NULL",
+        )
+        .bind(order)
+        .bind(reference)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
     /// The order `id`, if there is one.
     pub async fn order(&self, id: &str) -> Result<Option<StoredOrder>, StoreError> {
         Ok(sqlx::query_as(&format!(

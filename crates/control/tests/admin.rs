@@ -77,15 +77,30 @@ impl Api {
             keys: keyring(),
             providers: ["openai".to_owned(), "anthropic".to_owned()].into(),
         };
-        let app = admin::router::<()>(Admin::new(
-            store.clone(),
-            tokens,
-            Some(credentials),
-            Some(clickhouse().await),
-        ));
+        // Top-ups go to a Stripe-like mock (kept alive with the server).
+        let stripe =
+            sy_mock_provider::MockProvider::start(sy_mock_provider::MockOptions::new("stripe"))
+                .await
+                .unwrap();
+        let checkout = sy_billing::stripe::Checkout {
+            api_base: format!("http://{}", stripe.addr()),
+            secret_key: "sk_test_admin".into(),
+            success_url: "http://127.0.0.1/done".into(),
+            cancel_url: "http://127.0.0.1/done".into(),
+        };
+        let app = admin::router::<()>(
+            Admin::new(
+                store.clone(),
+                tokens,
+                Some(credentials),
+                Some(clickhouse().await),
+            )
+            .with_checkout(sy_test_support::http(), checkout),
+        );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
+            let _stripe = stripe;
             axum::serve(
                 listener,
                 app.into_make_service_with_connect_info::<SocketAddr>(),
@@ -274,6 +289,9 @@ async fn every_endpoint_answers_every_role_as_the_docs_table_says() {
                 }
                 ("POST", p) if p.ends_with("/credits") => {
                     Some(json!({"usd": "1", "ref": Uuid::now_v7().to_string()}))
+                }
+                ("POST", p) if p.ends_with("/topups") => {
+                    Some(json!({"provider": "stripe", "amount": 1000, "currency": "usd"}))
                 }
                 ("POST", _) => Some(json!({"grace_seconds": 0})),
                 ("PATCH", p) if p.starts_with("/admin/v1/credentials/") => {

@@ -100,6 +100,45 @@ pub(crate) async fn get_balance(
     }
 }
 
+/// `POST /v1/billing/topups {provider, amount, currency}`: a top-up order for
+/// the caller's org and where to pay it, as the admin API's
+/// `POST /admin/v1/orgs/{id}/topups` makes it (a tenant's key; the order is
+/// audited under `key:<id>`). Making an order moves no money: the balance is
+/// credited only when the payment provider confirms the payment.
+pub(crate) async fn create_topup(
+    State(state): State<Arc<AppState>>,
+    caller: extract::Caller,
+    extract::RequestId(request_id): extract::RequestId,
+    req: Request,
+) -> Response {
+    let (Some(admin), Some(grant)) = (&state.admin, &caller.grant) else {
+        return ApiError::new(
+            ErrorCode::NotFound,
+            "Balances are kept per org; this key belongs to none.",
+        )
+        .into_response();
+    };
+    let (parts, body) = req.into_parts();
+    let body = match check_content_type(&parts.headers) {
+        Ok(()) => read_body(state.max_body_bytes, &parts.headers, body).await,
+        Err(e) => Err(e),
+    };
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    let actor = sy_control::audit::Actor {
+        identity: format!("key:{}", caller.key_id),
+        role: "key".into(),
+        request_id: Some(request_id.to_string()),
+        client_ip: None,
+    };
+    match sy_control::admin::top_up(admin, &actor, grant.owner.org_id, &body).await {
+        Ok(order) => (StatusCode::CREATED, axum::Json(order)).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
 /// `GET /v1/billing/usage?period=YYYY-MM`: the caller's org's month so far
 /// (a tenant's key; a key from the config file belongs to no org).
 pub(crate) async fn get_org_usage(

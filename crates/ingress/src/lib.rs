@@ -351,6 +351,12 @@ async fn build(config: Arc<Config>, bus: Bus) -> Result<(Router, Arc<AppState>),
                 .fallback(endpoints::method_not_allowed),
         )
         .route(
+            "/v1/billing/topups",
+            post(endpoints::create_topup)
+                .route_layer(identify.clone())
+                .fallback(endpoints::method_not_allowed),
+        )
+        .route(
             "/v1/billing/usage",
             get(endpoints::get_org_usage)
                 .route_layer(identify.clone())

@@ -10,7 +10,7 @@
 
 mod handlers;
 mod operations;
-pub use operations::balance_view;
+pub use operations::{balance_view, top_up};
 pub mod roles;
 
 use std::net::SocketAddr;
@@ -84,12 +84,14 @@ pub struct Credentials {
 }
 
 /// What the admin API works with.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Admin {
     store: Store,
     tokens: Vec<AdminToken>,
     credentials: Option<Credentials>,
     clickhouse: Option<sy_config::ClickhouseConfig>,
+    /// Top-ups through Stripe Checkout (a secret key is configured).
+    checkout: Option<(reqwest::Client, sy_billing::stripe::Checkout)>,
 }
 
 impl Admin {
@@ -112,7 +114,20 @@ impl Admin {
             tokens,
             credentials,
             clickhouse,
+            checkout: None,
         })
+    }
+
+    /// The same, making top-ups through Stripe Checkout with `checkout` and
+    /// `http` (a client of the process's).
+    pub fn with_checkout(
+        self: Arc<Self>,
+        http: reqwest::Client,
+        checkout: sy_billing::stripe::Checkout,
+    ) -> Arc<Self> {
+        let mut admin = Arc::unwrap_or_clone(self);
+        admin.checkout = Some((http, checkout));
+        Arc::new(admin)
     }
 
     /// Whether `token` is one of the admin tokens (the ingress says so when
@@ -180,6 +195,11 @@ impl AdminError {
     /// A 503: the deployment is not set up for this.
     pub fn not_configured(message: impl Into<String>) -> Self {
         AdminError::new(StatusCode::SERVICE_UNAVAILABLE, "not_configured", message)
+    }
+
+    /// A 502: a payment provider refused or could not be reached.
+    pub fn provider_failed(message: impl Into<String>) -> Self {
+        AdminError::new(StatusCode::BAD_GATEWAY, "payment_provider_error", message)
     }
 
     /// A 404 for a `what` that does not exist (or that the caller may not see).
@@ -267,6 +287,7 @@ pub fn router<S: Clone + Send + Sync + 'static>(admin: Arc<Admin>) -> Router<S> 
                 .delete(h::disable_project),
         )
         .route("/admin/v1/orgs/{id}/credits", post(o::credit_org))
+        .route("/admin/v1/orgs/{id}/topups", post(o::create_topup))
         .route("/admin/v1/orgs/{id}/balance", get(o::org_balance))
         .route("/admin/v1/keys", post(h::create_key).get(h::list_keys))
         .route(

@@ -299,6 +299,102 @@ pub(super) async fn revoke_admin_token(
     Ok(Json(admin.store.admin_token(id).await?).into_response())
 }
 
+/// A top-up to make: `amount` in the currency's minor units.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewTopup {
+    provider: String,
+    amount: i64,
+    currency: String,
+}
+
+/// Smallest and largest top-up, in cents (Stripe's minimum is $0.50).
+const TOPUP_CENTS: std::ops::RangeInclusive<i64> = 50..=100_000_000;
+
+/// `POST /admin/v1/orgs/{id}/topups {provider, amount, currency}`: an order
+/// bound to one provider, amount and currency, and where to pay it. USD only
+/// until exchange rates are configured; the order credits its amount once its
+/// payment is confirmed by the provider's webhook.
+pub(super) async fn create_topup(
+    State(admin): State<Arc<Admin>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Answer {
+    let org = id_of(&id, "org")?;
+    if !caller.sees(org) {
+        return Err(AdminError::not_found("org"));
+    }
+    Ok(created(top_up(&admin, &caller.actor(), org, &body).await?))
+}
+
+/// Makes a top-up order for `org` from a `{provider, amount, currency}` body
+/// and asks its payment provider where to pay it: the admin API's
+/// `POST /admin/v1/orgs/{id}/topups` and a customer's `POST /v1/billing/topups`
+/// (`actor` is who asked, for the audit log).
+pub async fn top_up(
+    admin: &Admin,
+    actor: &crate::audit::Actor,
+    org: Uuid,
+    body: &Bytes,
+) -> Result<Value, AdminError> {
+    let req: NewTopup = parse(body)?;
+    match req.provider.as_str() {
+        "stripe" => {}
+        "yookassa" => {
+            return Err(AdminError::not_configured(
+                "Top-ups through YooKassa are not available yet.",
+            ));
+        }
+        other => {
+            return Err(AdminError::invalid(format!(
+                "'provider' must be \"stripe\" or \"yookassa\", not '{other}'."
+            )));
+        }
+    }
+    if !req.currency.eq_ignore_ascii_case("usd") {
+        return Err(AdminError::invalid(format!(
+            "'currency' must be \"usd\" (other currencies need exchange rates), not '{}'.",
+            req.currency
+        )));
+    }
+    if !TOPUP_CENTS.contains(&req.amount) {
+        return Err(AdminError::invalid(format!(
+            "'amount' is in cents, from {} to {}, not {}.",
+            TOPUP_CENTS.start(),
+            TOPUP_CENTS.end(),
+            req.amount
+        )));
+    }
+    let Some((http, checkout)) = &admin.checkout else {
+        return Err(AdminError::not_configured(
+            "Top-ups through Stripe need [billing.stripe] secret_key in the config.",
+        ));
+    };
+    let new = crate::payments::NewOrder {
+        org,
+        provider: sy_billing::Provider::Stripe,
+        amount: req.amount,
+        currency: "usd",
+        // A cent is 10,000,000 nano-USD.
+        credit_nanos: req.amount * 10_000_000,
+    };
+    let order = admin.store.create_order(actor, new).await?;
+    let session = checkout
+        .session(http, &order.id, order.amount, &order.currency)
+        .await
+        .map_err(|e| {
+            tracing::warn!(order = %order.id, error = %e, "Stripe did not make a Checkout Session.");
+            AdminError::provider_failed(format!("{e} (order {} stays unpaid)", order.id))
+        })?;
+    admin.store.set_payment_ref(&order.id, &session.id).await?;
+    Ok(json!({
+        "order_id": order.id, "org_id": org, "provider": "stripe",
+        "amount": order.amount, "currency": order.currency,
+        "status": order.status, "payment_url": session.url,
+    }))
+}
+
 /// A credit (or, negative, an adjustment) to an org's prepaid balance.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

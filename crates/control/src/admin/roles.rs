@@ -124,6 +124,7 @@ pub const ROUTES: &[Route] = &[
     deployment("PATCH", "/admin/v1/orgs/{id}", Need::Tenants),
     deployment("DELETE", "/admin/v1/orgs/{id}", Need::Tenants),
     deployment("POST", "/admin/v1/orgs/{id}/credits", Need::Balances),
+    route("POST", "/admin/v1/orgs/{id}/topups", Need::Balances),
     route("GET", "/admin/v1/orgs/{id}/balance", Need::Read),
     route("POST", "/admin/v1/projects", Need::Tenants),
     route("GET", "/admin/v1/projects", Need::Read),
