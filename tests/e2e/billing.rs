@@ -213,13 +213,13 @@ async fn an_orgs_keys_read_its_month_of_usage_and_billing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_customer_tops_up_through_stripe_checkout_and_the_paid_session_credits_once() {
+async fn a_customer_tops_up_through_stripe_or_yookassa_and_each_paid_order_credits_once() {
     let (store, tenants) = tenants_store("topup").await;
     let org = store.create_org(&owner(), "Acme").await.unwrap();
     let project = store.create_project(&owner(), org, "p").await.unwrap();
     let spec = sy_control::store::KeySpec::named("k");
     let (_, key) = store.create_key(&owner(), project, &spec).await.unwrap();
-    // Stripe's API is the Stripe-like mock.
+    // Stripe's and YooKassa's APIs are the mock (it answers both).
     let stripe =
         sy_mock_provider::MockProvider::start(sy_mock_provider::MockOptions::new("stripe"))
             .await
@@ -227,8 +227,11 @@ async fn a_customer_tops_up_through_stripe_checkout_and_the_paid_session_credits
     let stack = Stack::start_with(StackOptions {
         sections: format!(
             "{tenants}\n[billing.stripe]\nwebhook_secrets = [\"{SECRET}\"]\n\
-             api_base = \"http://{}\"\nsecret_key = \"sk_test_e2e\"\n",
-            stripe.addr()
+             api_base = \"http://{addr}\"\nsecret_key = \"sk_test_e2e\"\n\
+             [billing.yookassa]\nshop_id = \"100500\"\nsecret_key = \"test_e2e\"\n\
+             api_base = \"http://{addr}\"\nnotification_ips = [\"127.0.0.1/32\"]\n\
+             [billing.exchange_rates]\nrub = \"0.0125\"\n",
+            addr = stripe.addr()
         ),
         ..Default::default()
     })
@@ -283,9 +286,9 @@ async fn a_customer_tops_up_through_stripe_checkout_and_the_paid_session_credits
         ),
         ("[1,2]", 400, "JSON object"),
         (
-            r#"{"provider":"yookassa","amount":1500,"currency":"usd"}"#,
-            503,
-            "YooKassa",
+            r#"{"provider":"yookassa","amount":1500,"currency":"eur"}"#,
+            400,
+            "usd, rub",
         ),
     ] {
         let (got, v) = top_up(key.key.clone(), body.to_owned()).await;
@@ -355,4 +358,36 @@ async fn a_customer_tops_up_through_stripe_checkout_and_the_paid_session_credits
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["balance_micros"], 15_000_000, "{v}");
     assert_eq!(store.order(id).await.unwrap().unwrap().status, "paid");
+
+    // 1,500 roubles through YooKassa at $0.0125: $18.75 more, once, although
+    // YooKassa's notification comes three times.
+    let (got, order) = top_up(
+        key.key.clone(),
+        r#"{"provider":"yookassa","amount":150000,"currency":"rub"}"#.to_owned(),
+    )
+    .await;
+    assert_eq!(got, 201, "{order}");
+    assert_eq!(
+        (order["provider"].as_str(), order["currency"].as_str()),
+        (Some("yookassa"), Some("rub"))
+    );
+    let url = order["payment_url"].as_str().unwrap();
+    assert!(
+        url.starts_with(&format!("http://{}/mock/yookassa/pay/", stripe.addr())),
+        "{order}"
+    );
+    let pay = format!("{url}?webhook={}", stack.url("/webhooks/yookassa"));
+    for _ in 0..3 {
+        let v: Value = stack
+            .http
+            .post(&pay)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["webhook_status"], 200, "{v}");
+    }
+    assert_eq!(balance().await, 15 * 1_000_000_000 + 18_750_000_000);
 }

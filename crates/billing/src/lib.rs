@@ -1,18 +1,34 @@
 //! Billing (issue 18): what payment providers tell Switchyard, checked before
-//! anything is credited. This first slice holds the Stripe side that needs no
-//! network: the webhook signature, what an event says, and whether it may
-//! credit the order it names (docs/billing.md). Price versions, plans,
-//! orders, YooKassa, the webhook endpoints and invoices come next.
+//! anything is credited: Stripe's webhook signature and events and its
+//! Checkout Sessions (`stripe`), YooKassa's payments, re-read before they are
+//! believed (`yookassa`), money in minor units and what it credits
+//! (`money`), and whether an event may move money for the order it names
+//! (`order`; docs/billing.md). Price versions, plans and invoices come next.
 //!
 //! Nothing here trusts a payment provider's message on its own: a Stripe
 //! event is acted on only when its signature verifies under one of the
-//! endpoint's secrets, within the tolerance window, and when it names an
-//! order made for Stripe with the same amount and currency.
+//! endpoint's secrets, within the tolerance window; a YooKassa notification
+//! only for what its payment says when read back from YooKassa's API; and
+//! either only for an order made for that provider with the same amount and
+//! currency.
 
+pub mod money;
 pub mod order;
 pub mod stripe;
+pub mod yookassa;
 
 pub use order::{Decision, Order, OrderStatus, Provider, Rejection};
+
+/// The HTTP client for payment providers' APIs: TCP_NODELAY, a 20 s
+/// timeout, rustls with the ring provider (installed if none is yet).
+pub fn http_client() -> Result<reqwest::Client, String> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .timeout(std::time::Duration::from_secs(20))
+        .build()
+        .map_err(|e| format!("an HTTP client for payment providers: {e}"))
+}
 
 /// What a payment provider's (authenticated) event says about money.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -31,7 +31,7 @@ pub use settings::{
     ClickhouseConfig, Config, CredentialsConfig, HealthConfig, LimitSet, LimitsConfig, MAX_LIMIT,
     MAX_RUNNING_BATCHES, ModelRoute, NatsConfig, PROVIDER_KINDS, PostgresConfig, ProviderConfig,
     ProviderKind, RedisConfig, RoutePolicy, Secret, ServerConfig, StripeCheckoutConfig,
-    StripeConfig, Target, TenantsConfig,
+    StripeConfig, Target, TenantsConfig, YOOKASSA_NOTIFICATION_RANGES, YookassaConfig,
 };
 
 use std::path::Path;

@@ -141,6 +141,11 @@ pub struct RawBilling {
     pub markup_percent: String,
     /// `[billing.stripe]`: Stripe's webhooks (issue 18).
     pub stripe: Option<RawStripe>,
+    /// `[billing.yookassa]`: YooKassa's payments and notifications.
+    pub yookassa: Option<RawYookassa>,
+    /// `[billing.exchange_rates]`: USD per unit of each other currency a
+    /// top-up may be made in, decimal strings (`rub = "0.0125"`).
+    pub exchange_rates: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for RawBilling {
@@ -148,8 +153,29 @@ impl Default for RawBilling {
         RawBilling {
             markup_percent: "0".into(),
             stripe: None,
+            yookassa: None,
+            exchange_rates: Default::default(),
         }
     }
+}
+
+/// `[billing.yookassa]`: YooKassa's API and notifications.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawYookassa {
+    /// The shop's id (the API's Basic auth user).
+    pub shop_id: String,
+    /// The shop's secret key (`live_…`/`test_…`).
+    pub secret_key: String,
+    /// YooKassa's API (`https://api.yookassa.ru`; a mock's in tests).
+    pub api_base: Option<String>,
+    /// Where the payer lands after paying.
+    pub return_url: Option<String>,
+    /// Where notifications may come from (YooKassa's published ranges).
+    pub notification_ips: Option<Vec<String>>,
+    /// Proxies in front of the ingress whose `X-Forwarded-For` is believed.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 /// `[postgres]`.

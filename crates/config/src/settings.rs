@@ -259,6 +259,41 @@ pub struct ApiKey {
 pub struct BillingConfig {
     /// `[billing.stripe]`, if Stripe's webhooks are taken.
     pub stripe: Option<StripeConfig>,
+    /// `[billing.yookassa]`, if YooKassa is used.
+    pub yookassa: Option<YookassaConfig>,
+    /// Nano-USD per major unit of each currency besides USD that top-ups may
+    /// be made in (lowercase codes).
+    pub exchange_rates: std::collections::BTreeMap<String, i64>,
+}
+
+/// The addresses YooKassa sends notifications from (its documentation,
+/// "Incoming notifications": IP authentication), the default of
+/// `[billing.yookassa] notification_ips`.
+pub const YOOKASSA_NOTIFICATION_RANGES: [&str; 7] = [
+    "185.71.76.0/27",
+    "185.71.77.0/27",
+    "77.75.153.0/25",
+    "77.75.156.11/32",
+    "77.75.156.35/32",
+    "77.75.154.128/25",
+    "2a02:5180::/32",
+];
+
+/// `[billing.yookassa]`, validated.
+#[derive(Debug, Clone)]
+pub struct YookassaConfig {
+    /// YooKassa's API base URL.
+    pub api_base: String,
+    /// The shop's id.
+    pub shop_id: String,
+    /// The shop's secret key.
+    pub secret_key: Secret,
+    /// Where the payer lands after paying.
+    pub return_url: String,
+    /// Where notifications may come from.
+    pub notification_ips: Vec<ipnet::IpNet>,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// `[billing.stripe]`, validated.

@@ -616,3 +616,60 @@ fn stripe_top_ups_need_a_secret_key_and_http_urls() {
         assert!(p.iter().any(|s| s.starts_with(field)), "{field}: {p:?}");
     }
 }
+
+#[test]
+fn yookassa_needs_a_shop_and_a_key_and_takes_notifications_from_its_ranges() {
+    let base = "[postgres]\nurl = \"postgres://u@127.0.0.1/s\"\n\
+                [tenants]\nkey_pepper = \"0123456789abcdef0123456789abcdef\"\n";
+    let c = Config::from_toml(
+        &format!(
+            "{base}[billing.yookassa]\nshop_id = \"100500\"\nsecret_key = \"${{YK}}\"\n\
+             [billing.exchange_rates]\nrub = \"0.0125\"\nkzt = \"0.002\"\n"
+        ),
+        &env(&[("YK", "live_secret_0001")]),
+    )
+    .unwrap();
+    let y = c.billing.yookassa.as_ref().unwrap();
+    assert_eq!(y.api_base, "https://api.yookassa.ru");
+    assert_eq!(y.secret_key.expose(), "live_secret_0001");
+    assert_eq!(
+        y.notification_ips.len(),
+        crate::YOOKASSA_NOTIFICATION_RANGES.len()
+    );
+    let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+    assert!(
+        y.notification_ips
+            .iter()
+            .any(|n| n.contains(&ip("77.75.156.35")))
+    );
+    assert!(
+        !y.notification_ips
+            .iter()
+            .any(|n| n.contains(&ip("127.0.0.1")))
+    );
+    assert!(
+        !format!("{y:?}").contains("live_secret_0001"),
+        "never printed"
+    );
+    assert_eq!(c.billing.exchange_rates["rub"], 12_500_000);
+    assert_eq!(c.billing.exchange_rates["kzt"], 2_000_000);
+
+    let p = problems(
+        "[billing.yookassa]\nshop_id = \"\"\nsecret_key = \"k\"\nreturn_url = \"mailto:x\"\n\
+         notification_ips = [\"185.71.76.0/33\"]\ntrusted_proxies = [\"proxy\"]\n\
+         [billing.exchange_rates]\nRUB = \"0.01\"\nusd = \"1\"\neur = \"-1\"\njpy = \"0\"\n",
+    );
+    for field in [
+        "billing.yookassa: needs [postgres] and [tenants]",
+        "billing.yookassa.shop_id",
+        "billing.yookassa.return_url",
+        "billing.yookassa.notification_ips[0]",
+        "billing.yookassa.trusted_proxies[0]",
+        "billing.exchange_rates.RUB",
+        "billing.exchange_rates.usd",
+        "billing.exchange_rates.eur",
+        "billing.exchange_rates.jpy",
+    ] {
+        assert!(p.iter().any(|s| s.starts_with(field)), "{field}: {p:?}");
+    }
+}

@@ -544,7 +544,7 @@ impl Config {
             }
         });
         let limits = limits_config(e, raw.limits, redis.is_some(), &keys);
-        let billing = billing_config(e, raw.billing.stripe, has_postgres && raw.tenants.is_some());
+        let billing = billing_config(e, raw.billing, has_postgres && raw.tenants.is_some());
         let tenants = raw.tenants.and_then(|t| {
             let mut ok = true;
             if t.key_pepper.len() < 32 {
@@ -726,23 +726,8 @@ impl Config {
         if b.max_deliver == 0 {
             e.push(ConfigError::new("batch.max_deliver", "must be at least 1"));
         }
-        let webhook_allow = b
-            .webhook_allow
-            .iter()
-            .enumerate()
-            .filter_map(|(i, n)| {
-                let net = n
-                    .parse::<ipnet::IpNet>()
-                    .or_else(|_| n.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
-                net.map_err(|_| {
-                    e.push(ConfigError::new(
-                        format!("batch.webhook_allow[{i}]"),
-                        format!("'{n}' is not a network like \"10.1.0.0/16\" or an address"),
-                    ))
-                })
-                .ok()
-            })
-            .collect();
+        let webhook_allow =
+            networks(e, "batch.webhook_allow", &b.webhook_allow).unwrap_or_default();
         let batch = BatchConfig {
             max_file_bytes: b.max_file_bytes.max(1),
             max_lines: b.max_lines.max(1),
@@ -791,12 +776,144 @@ impl Config {
 /// plane (`[postgres]` and `[tenants]`: orders and events are kept there).
 fn billing_config(
     e: &mut Vec<ConfigError>,
-    raw: Option<crate::raw::RawStripe>,
+    raw: crate::raw::RawBilling,
     has_control_plane: bool,
 ) -> crate::BillingConfig {
-    let Some(stripe) = raw else {
-        return crate::BillingConfig::default();
+    let mut exchange_rates = std::collections::BTreeMap::new();
+    for (code, rate) in raw.exchange_rates {
+        let at = format!("billing.exchange_rates.{code}");
+        if code.len() != 3 || !code.bytes().all(|b| b.is_ascii_lowercase()) || code == "usd" {
+            e.push(ConfigError::new(
+                at,
+                "a lowercase ISO 4217 code other than usd (e.g. rub)",
+            ));
+            continue;
+        }
+        match parse_nanos(&rate).filter(|n| *n > 0) {
+            Some(n) => {
+                exchange_rates.insert(code, n);
+            }
+            None => e.push(ConfigError::new(
+                at,
+                "USD per unit, a positive decimal string like \"0.0125\"",
+            )),
+        }
+    }
+    let yookassa = raw
+        .yookassa
+        .and_then(|y| yookassa_config(e, y, has_control_plane));
+    let stripe = raw
+        .stripe
+        .and_then(|s| stripe_config(e, s, has_control_plane));
+    crate::BillingConfig {
+        stripe,
+        yookassa,
+        exchange_rates,
+    }
+}
+
+/// Networks like `"10.0.0.0/8"` or single addresses; an error at `at[i]`.
+fn networks(e: &mut Vec<ConfigError>, at: &str, list: &[String]) -> Option<Vec<ipnet::IpNet>> {
+    let mut ok = true;
+    let nets = list
+        .iter()
+        .enumerate()
+        .filter_map(|(i, n)| {
+            let net = n
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| n.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+            net.map_err(|_| {
+                ok = false;
+                e.push(ConfigError::new(
+                    format!("{at}[{i}]"),
+                    format!("'{n}' is not a network like \"10.1.0.0/16\" or an address"),
+                ))
+            })
+            .ok()
+        })
+        .collect();
+    ok.then_some(nets)
+}
+
+/// `[billing.yookassa]`, checked: a shop, a secret, URLs, sender networks.
+fn yookassa_config(
+    e: &mut Vec<ConfigError>,
+    y: crate::raw::RawYookassa,
+    has_control_plane: bool,
+) -> Option<crate::YookassaConfig> {
+    let mut ok = true;
+    if !has_control_plane {
+        ok = false;
+        e.push(ConfigError::new(
+            "billing.yookassa",
+            "needs [postgres] and [tenants] (orders and payment events are kept there)",
+        ));
+    }
+    for (field, v) in [("shop_id", &y.shop_id), ("secret_key", &y.secret_key)] {
+        if v.is_empty() {
+            ok = false;
+            e.push(ConfigError::new(
+                format!("billing.yookassa.{field}"),
+                "required (e.g. \"${YOOKASSA_SECRET_KEY}\")",
+            ));
+        }
+    }
+    let api_base = y
+        .api_base
+        .unwrap_or_else(|| "https://api.yookassa.ru".to_owned());
+    let return_url = y
+        .return_url
+        .unwrap_or_else(|| "https://example.com/billing/done".to_owned());
+    for (field, u) in [("api_base", &api_base), ("return_url", &return_url)] {
+        if !http_url(u) {
+            ok = false;
+            e.push(ConfigError::new(
+                format!("billing.yookassa.{field}"),
+                "an http:// or https:// URL",
+            ));
+        }
+    }
+    let ips = y.notification_ips.unwrap_or_else(|| {
+        crate::YOOKASSA_NOTIFICATION_RANGES
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect()
+    });
+    if ips.is_empty() {
+        ok = false;
+        e.push(ConfigError::new(
+            "billing.yookassa.notification_ips",
+            "at least one network (YooKassa's published ranges by default)",
+        ));
+    }
+    let notification_ips = networks(e, "billing.yookassa.notification_ips", &ips);
+    let trusted_proxies = networks(e, "billing.yookassa.trusted_proxies", &y.trusted_proxies);
+    let (Some(notification_ips), Some(trusted_proxies), true) =
+        (notification_ips, trusted_proxies, ok)
+    else {
+        return None;
     };
+    Some(crate::YookassaConfig {
+        api_base,
+        shop_id: y.shop_id,
+        secret_key: Secret::new(y.secret_key),
+        return_url,
+        notification_ips,
+        trusted_proxies,
+    })
+}
+
+/// An http:// or https:// URL.
+fn http_url(u: &str) -> bool {
+    Url::parse(u).is_ok_and(|u| matches!(u.scheme(), "http" | "https"))
+}
+
+/// `[billing.stripe]`, checked.
+fn stripe_config(
+    e: &mut Vec<ConfigError>,
+    stripe: crate::raw::RawStripe,
+    has_control_plane: bool,
+) -> Option<crate::StripeConfig> {
     let mut ok = true;
     if stripe.webhook_secrets.is_empty() || stripe.webhook_secrets.iter().any(|s| s.len() < 16) {
         ok = false;
@@ -820,7 +937,6 @@ fn billing_config(
             "needs [postgres] and [tenants] (orders and payment events are kept there)",
         ));
     }
-    let url_ok = |u: &str| Url::parse(u).is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
     let api_base = stripe
         .api_base
         .unwrap_or_else(|| "https://api.stripe.com".to_owned());
@@ -833,7 +949,7 @@ fn billing_config(
         ("success_url", &success_url),
         ("cancel_url", &cancel_url),
     ] {
-        if !url_ok(u) {
+        if !http_url(u) {
             ok = false;
             e.push(ConfigError::new(
                 format!("billing.stripe.{field}"),
@@ -847,17 +963,15 @@ fn billing_config(
         success_url,
         cancel_url,
     });
-    crate::BillingConfig {
-        stripe: ok.then(|| crate::StripeConfig {
-            webhook_secrets: stripe
-                .webhook_secrets
-                .into_iter()
-                .map(Secret::new)
-                .collect(),
-            tolerance: std::time::Duration::from_secs(tolerance),
-            checkout,
-        }),
-    }
+    ok.then(|| crate::StripeConfig {
+        webhook_secrets: stripe
+            .webhook_secrets
+            .into_iter()
+            .map(Secret::new)
+            .collect(),
+        tolerance: std::time::Duration::from_secs(tolerance),
+        checkout,
+    })
 }
 
 /// One scope's limits, each within 1..=[`MAX_LIMIT`].

@@ -26,3 +26,4 @@ pub mod reconcile;
 pub mod sealed;
 pub mod store;
 pub mod views;
+pub mod webhooks;

@@ -17,6 +17,55 @@ use crate::feed::KeyNotice;
 use crate::ledger::entry;
 use crate::store::{Store, StoreError};
 
+/// How top-ups are paid: the payment providers' APIs this deployment is set
+/// up for, one HTTP client for them, and what each currency credits.
+#[derive(Debug, Clone)]
+pub struct Topups {
+    /// For the providers' APIs (TCP_NODELAY, 20 s timeout).
+    pub http: reqwest::Client,
+    /// Stripe Checkout (`[billing.stripe] secret_key`).
+    pub stripe: Option<sy_billing::stripe::Checkout>,
+    /// YooKassa (`[billing.yookassa]`).
+    pub yookassa: Option<sy_billing::yookassa::Client>,
+    /// USD and `[billing.exchange_rates]`.
+    pub rates: sy_billing::money::Rates,
+}
+
+impl Topups {
+    /// From the config; none when no provider can make a payment.
+    pub fn from_config(billing: &sy_config::BillingConfig) -> Result<Option<Topups>, String> {
+        let stripe = billing
+            .stripe
+            .as_ref()
+            .and_then(|s| s.checkout.as_ref())
+            .map(|c| sy_billing::stripe::Checkout {
+                api_base: c.api_base.clone(),
+                secret_key: c.secret_key.expose().to_owned(),
+                success_url: c.success_url.clone(),
+                cancel_url: c.cancel_url.clone(),
+            });
+        let yookassa = billing.yookassa.as_ref().map(yookassa_client);
+        if stripe.is_none() && yookassa.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(Topups {
+            http: sy_billing::http_client()?,
+            stripe,
+            yookassa,
+            rates: sy_billing::money::Rates::new(billing.exchange_rates.clone()),
+        }))
+    }
+}
+
+pub(crate) fn yookassa_client(c: &sy_config::YookassaConfig) -> sy_billing::yookassa::Client {
+    sy_billing::yookassa::Client {
+        api_base: c.api_base.clone(),
+        shop_id: c.shop_id.clone(),
+        secret_key: c.secret_key.expose().to_owned(),
+        return_url: c.return_url.clone(),
+    }
+}
+
 /// A top-up order to make.
 #[derive(Debug, Clone, Copy)]
 pub struct NewOrder<'a> {
@@ -369,98 +418,5 @@ impl Store {
             None => q,
         };
         Ok(q.fetch_optional(&mut **tx).await?)
-    }
-}
-
-/// Stripe's webhook endpoint, `POST /webhooks/stripe` (no API key: Stripe
-/// signs it). The signature is checked over the raw body before anything
-/// is read; an event that does not verify is refused (400) and never stored
-/// (its id is not to be trusted: storing it could block the genuine event).
-/// A verified event is applied once ([`Store::apply_payment`]): 200 with what
-/// came of it, rejections included (Stripe need not send those again); 503
-/// when it should come again later (money back before its payment, or the
-/// database away), which Stripe does by itself.
-pub fn stripe_webhooks<S: Clone + Send + Sync + 'static>(
-    store: Store,
-    config: &sy_config::StripeConfig,
-) -> axum::Router<S> {
-    let hook = std::sync::Arc::new(StripeHook {
-        store,
-        secrets: config
-            .webhook_secrets
-            .iter()
-            .map(|s| s.expose().to_owned())
-            .collect(),
-        tolerance_secs: config.tolerance.as_secs(),
-    });
-    axum::Router::new().route(
-        "/webhooks/stripe",
-        axum::routing::post(stripe_webhook).with_state(hook),
-    )
-}
-
-struct StripeHook {
-    store: Store,
-    secrets: Vec<String>,
-    tolerance_secs: u64,
-}
-
-async fn stripe_webhook(
-    axum::extract::State(hook): axum::extract::State<std::sync::Arc<StripeHook>>,
-    headers: axum::http::HeaderMap,
-    body: axum::body::Bytes,
-) -> axum::response::Response {
-    use axum::http::StatusCode;
-    use axum::response::IntoResponse;
-    let answer = |status: StatusCode, v: serde_json::Value| (status, axum::Json(v)).into_response();
-    let refused = |kind: &str, message: String| {
-        answer(
-            StatusCode::BAD_REQUEST,
-            json!({"error": {"type": kind, "message": message}}),
-        )
-    };
-    let header = headers
-        .get("stripe-signature")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let secrets: Vec<&str> = hook.secrets.iter().map(String::as_str).collect();
-    if let Err(e) = sy_billing::stripe::verify(header, &body, &secrets, now, hook.tolerance_secs) {
-        tracing::warn!(error = %e, "A Stripe webhook was refused: its signature does not verify.");
-        return refused("invalid_signature", e.to_string());
-    }
-    let event = match sy_billing::stripe::parse_event(&body) {
-        Ok(e) => e,
-        Err(e) => {
-            tracing::warn!(error = %e, "A signed Stripe webhook could not be read.");
-            return refused("invalid_event", e.to_string());
-        }
-    };
-    let received = |outcome: &str, extra: serde_json::Value| {
-        let mut v = json!({"received": true, "event": event.event_id(), "outcome": outcome});
-        if let (Some(v), Some(extra)) = (v.as_object_mut(), extra.as_object()) {
-            v.extend(extra.clone());
-        }
-        answer(StatusCode::OK, v)
-    };
-    match hook.store.apply_payment(Provider::Stripe, &event).await {
-        Ok(Applied::Credited { nanos, .. }) => received("credited", json!({"nanos": nanos})),
-        Ok(Applied::Debited { nanos, .. }) => received("debited", json!({"nanos": nanos})),
-        Ok(Applied::Nothing) => received("nothing", json!({})),
-        Ok(Applied::Replayed) => received("replayed", json!({})),
-        Ok(Applied::Rejected(why)) => received("rejected", json!({"reason": why})),
-        Ok(Applied::Later(why)) => answer(
-            StatusCode::SERVICE_UNAVAILABLE,
-            json!({"error": {"type": "not_yet", "message": format!("{why}; send it again later")}}),
-        ),
-        Err(e) => {
-            tracing::error!(error = %e, "A Stripe webhook could not be applied; Stripe sends it again.");
-            answer(
-                StatusCode::SERVICE_UNAVAILABLE,
-                json!({"error": {"type": "unavailable", "message": "The payment store is unavailable; send it again later."}}),
-            )
-        }
     }
 }

@@ -82,11 +82,16 @@ impl Api {
             sy_mock_provider::MockProvider::start(sy_mock_provider::MockOptions::new("stripe"))
                 .await
                 .unwrap();
-        let checkout = sy_billing::stripe::Checkout {
-            api_base: format!("http://{}", stripe.addr()),
-            secret_key: "sk_test_admin".into(),
-            success_url: "http://127.0.0.1/done".into(),
-            cancel_url: "http://127.0.0.1/done".into(),
+        let topups = sy_control::payments::Topups {
+            http: sy_test_support::http(),
+            stripe: Some(sy_billing::stripe::Checkout {
+                api_base: format!("http://{}", stripe.addr()),
+                secret_key: "sk_test_admin".into(),
+                success_url: "http://127.0.0.1/done".into(),
+                cancel_url: "http://127.0.0.1/done".into(),
+            }),
+            yookassa: None,
+            rates: Default::default(),
         };
         let app = admin::router::<()>(
             Admin::new(
@@ -95,7 +100,7 @@ impl Api {
                 Some(credentials),
                 Some(clickhouse().await),
             )
-            .with_checkout(sy_test_support::http(), checkout),
+            .with_topups(topups),
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

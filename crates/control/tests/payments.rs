@@ -44,18 +44,8 @@ fn refund(event: &str, payment: &str, in_all: i64) -> PaymentEvent {
     }
 }
 
-/// The org's stored balance, and the sum of its ledger rows (they must agree).
 async fn balance(store: &Store, org: Uuid) -> i64 {
-    let stored = store.balance(org).await.unwrap().balance_nanos;
-    let (sum,): (i64,) = sqlx::query_as(
-        "SELECT COALESCE(sum(amount_nanos), 0)::bigint FROM ledger WHERE org_id = $1",
-    )
-    .bind(org)
-    .fetch_one(store.pool())
-    .await
-    .unwrap();
-    assert_eq!(stored, sum, "the stored balance is the sum of the ledger");
-    stored
+    common::balance(store, org).await
 }
 
 async fn outcome(store: &Store, event: &str) -> (String, String) {

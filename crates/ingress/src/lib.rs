@@ -369,8 +369,13 @@ async fn build(config: Arc<Config>, bus: Bus) -> Result<(Router, Arc<AppState>),
                 .fallback(endpoints::method_not_allowed),
         )
         .merge(match (&admin, &config.billing.stripe) {
-            (Some(a), Some(stripe)) => {
-                sy_control::payments::stripe_webhooks(a.store().clone(), stripe)
+            (Some(a), Some(stripe)) => sy_control::webhooks::stripe(a.store().clone(), stripe),
+            _ => axum::Router::new(),
+        })
+        .merge(match (&admin, &config.billing.yookassa) {
+            (Some(a), Some(yookassa)) => {
+                sy_control::webhooks::yookassa(a.store().clone(), yookassa)
+                    .map_err(IngressError::Tenants)?
             }
             _ => axum::Router::new(),
         })

@@ -51,24 +51,10 @@ pub(crate) async fn follow(
         credentials,
         config.clickhouse.clone(),
     );
-    if let Some(c) = config
-        .billing
-        .stripe
-        .as_ref()
-        .and_then(|s| s.checkout.as_ref())
+    if let Some(topups) =
+        sy_control::payments::Topups::from_config(&config.billing).map_err(|e| fail(&e))?
     {
-        let checkout = sy_billing::stripe::Checkout {
-            api_base: c.api_base.clone(),
-            secret_key: c.secret_key.expose().to_owned(),
-            success_url: c.success_url.clone(),
-            cancel_url: c.cancel_url.clone(),
-        };
-        let http = reqwest::Client::builder()
-            .tcp_nodelay(true)
-            .timeout(std::time::Duration::from_secs(20))
-            .build()
-            .map_err(|e| fail(&format!("an HTTP client for Stripe: {e}")))?;
-        admin = admin.with_checkout(http, checkout);
+        admin = admin.with_topups(topups);
     }
     let keys = feed::follow(
         store,

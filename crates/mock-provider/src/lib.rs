@@ -16,6 +16,7 @@ mod dialect;
 mod directives;
 mod server;
 mod stripe;
+mod yookassa;
 
 pub use dialect::vector as embedding_vector;
 pub use directives::{DirectiveError, Directives, extract, resolve};

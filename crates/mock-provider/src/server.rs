@@ -158,7 +158,8 @@ impl MockProvider {
             .route("/healthz", get(|| async { "ok" }))
             .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
             .with_state(shared.clone())
-            .merge(crate::stripe::router(format!("http://{addr}")));
+            .merge(crate::stripe::router(format!("http://{addr}")))
+            .merge(crate::yookassa::router(format!("http://{addr}")));
         let listener = listener.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
         });

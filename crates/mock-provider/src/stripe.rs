@@ -175,26 +175,5 @@ async fn pay(
 /// POSTs `body` to `url` (plain HTTP) with Stripe's signature header; the
 /// answer's status.
 async fn deliver(url: &str, signature: &str, body: &str) -> anyhow::Result<u16> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let url = url::Url::parse(url)?;
-    anyhow::ensure!(url.scheme() == "http", "only http:// webhooks");
-    let host = url.host_str().unwrap_or("127.0.0.1").to_owned();
-    let port = url.port().unwrap_or(80);
-    let mut tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
-    let request = format!(
-        "POST {} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n\
-         Stripe-Signature: {signature}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        url.path(),
-        body.len()
-    );
-    tcp.write_all(request.as_bytes()).await?;
-    let mut answer = Vec::new();
-    tcp.read_to_end(&mut answer).await?;
-    let line = String::from_utf8_lossy(&answer);
-    let status = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("no status line"))?;
-    Ok(status)
+    crate::yookassa::post_json(url, &[("Stripe-Signature", signature)], body).await
 }

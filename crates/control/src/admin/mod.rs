@@ -90,8 +90,8 @@ pub struct Admin {
     tokens: Vec<AdminToken>,
     credentials: Option<Credentials>,
     clickhouse: Option<sy_config::ClickhouseConfig>,
-    /// Top-ups through Stripe Checkout (a secret key is configured).
-    checkout: Option<(reqwest::Client, sy_billing::stripe::Checkout)>,
+    /// How top-ups are paid (a payment provider is configured).
+    topups: Option<crate::payments::Topups>,
 }
 
 impl Admin {
@@ -114,19 +114,14 @@ impl Admin {
             tokens,
             credentials,
             clickhouse,
-            checkout: None,
+            topups: None,
         })
     }
 
-    /// The same, making top-ups through Stripe Checkout with `checkout` and
-    /// `http` (a client of the process's).
-    pub fn with_checkout(
-        self: Arc<Self>,
-        http: reqwest::Client,
-        checkout: sy_billing::stripe::Checkout,
-    ) -> Arc<Self> {
+    /// The same, making top-ups through the providers of `topups`.
+    pub fn with_topups(self: Arc<Self>, topups: crate::payments::Topups) -> Arc<Self> {
         let mut admin = Arc::unwrap_or_clone(self);
-        admin.checkout = Some((http, checkout));
+        admin.topups = Some(topups);
         Arc::new(admin)
     }
 

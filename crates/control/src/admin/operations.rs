@@ -308,13 +308,13 @@ struct NewTopup {
     currency: String,
 }
 
-/// Smallest and largest top-up, in cents (Stripe's minimum is $0.50).
-const TOPUP_CENTS: std::ops::RangeInclusive<i64> = 50..=100_000_000;
+/// The smallest and largest top-up, by what it credits: $0.50 (Stripe's
+/// minimum) to $1,000,000.
+const TOPUP_NANOS: std::ops::RangeInclusive<i64> = 500_000_000..=1_000_000_000_000_000;
 
 /// `POST /admin/v1/orgs/{id}/topups {provider, amount, currency}`: an order
-/// bound to one provider, amount and currency, and where to pay it. USD only
-/// until exchange rates are configured; the order credits its amount once its
-/// payment is confirmed by the provider's webhook.
+/// bound to one provider, amount and currency, and where to pay it; the
+/// order credits its amount once the provider confirms the payment.
 pub(super) async fn create_topup(
     State(admin): State<Arc<Admin>>,
     Extension(caller): Extension<Caller>,
@@ -331,67 +331,92 @@ pub(super) async fn create_topup(
 /// Makes a top-up order for `org` from a `{provider, amount, currency}` body
 /// and asks its payment provider where to pay it: the admin API's
 /// `POST /admin/v1/orgs/{id}/topups` and a customer's `POST /v1/billing/topups`
-/// (`actor` is who asked, for the audit log).
+/// (`actor` is who asked, for the audit log). What the order credits is
+/// fixed now: the amount at the configured rate of its currency.
 pub async fn top_up(
     admin: &Admin,
     actor: &crate::audit::Actor,
     org: Uuid,
     body: &Bytes,
 ) -> Result<Value, AdminError> {
+    use sy_billing::Provider;
     let req: NewTopup = parse(body)?;
-    match req.provider.as_str() {
-        "stripe" => {}
-        "yookassa" => {
-            return Err(AdminError::not_configured(
-                "Top-ups through YooKassa are not available yet.",
-            ));
-        }
+    let provider = match req.provider.as_str() {
+        "stripe" => Provider::Stripe,
+        "yookassa" => Provider::Yookassa,
         other => {
             return Err(AdminError::invalid(format!(
                 "'provider' must be \"stripe\" or \"yookassa\", not '{other}'."
             )));
         }
+    };
+    /// Who makes the payment.
+    enum Maker<'a> {
+        Stripe(&'a sy_billing::stripe::Checkout),
+        Yookassa(&'a sy_billing::yookassa::Client),
     }
-    if !req.currency.eq_ignore_ascii_case("usd") {
+    let topups = admin.topups.as_ref();
+    let maker = topups.and_then(|t| match provider {
+        Provider::Stripe => t.stripe.as_ref().map(Maker::Stripe),
+        Provider::Yookassa => t.yookassa.as_ref().map(Maker::Yookassa),
+    });
+    let (Some(t), Some(maker)) = (topups, maker) else {
+        return Err(AdminError::not_configured(match provider {
+            Provider::Stripe => {
+                "Top-ups through Stripe need [billing.stripe] secret_key in the config."
+            }
+            Provider::Yookassa => "Top-ups through YooKassa need [billing.yookassa] in the config.",
+        }));
+    };
+    let currency = req.currency.to_ascii_lowercase();
+    let Some(credit_nanos) = t.rates.credit_nanos(req.amount, &currency) else {
         return Err(AdminError::invalid(format!(
-            "'currency' must be \"usd\" (other currencies need exchange rates), not '{}'.",
+            "'currency' must be one of {} (others need [billing.exchange_rates]), not '{}'.",
+            t.rates.currencies().join(", "),
             req.currency
         )));
-    }
-    if !TOPUP_CENTS.contains(&req.amount) {
+    };
+    if !TOPUP_NANOS.contains(&credit_nanos) {
         return Err(AdminError::invalid(format!(
-            "'amount' is in cents, from {} to {}, not {}.",
-            TOPUP_CENTS.start(),
-            TOPUP_CENTS.end(),
-            req.amount
+            "'amount' is in the currency's minor units (cents, kopecks) and must come to \
+             $0.50 to $1,000,000; {} {currency} comes to ${}.",
+            req.amount,
+            crate::keytable::nanos_to_usd(credit_nanos)
         )));
     }
-    let Some((http, checkout)) = &admin.checkout else {
-        return Err(AdminError::not_configured(
-            "Top-ups through Stripe need [billing.stripe] secret_key in the config.",
-        ));
-    };
     let new = crate::payments::NewOrder {
         org,
-        provider: sy_billing::Provider::Stripe,
+        provider,
         amount: req.amount,
-        currency: "usd",
-        // A cent is 10,000,000 nano-USD.
-        credit_nanos: req.amount * 10_000_000,
+        currency: &currency,
+        credit_nanos,
     };
     let order = admin.store.create_order(actor, new).await?;
-    let session = checkout
-        .session(http, &order.id, order.amount, &order.currency)
-        .await
-        .map_err(|e| {
-            tracing::warn!(order = %order.id, error = %e, "Stripe did not make a Checkout Session.");
-            AdminError::provider_failed(format!("{e} (order {} stays unpaid)", order.id))
-        })?;
-    admin.store.set_payment_ref(&order.id, &session.id).await?;
+    let unpaid = |e: &dyn std::fmt::Display| {
+        tracing::warn!(order = %order.id, error = %e, "A payment provider did not make a payment.");
+        AdminError::provider_failed(format!("{e} (order {} stays unpaid)", order.id))
+    };
+    let (reference, url) = match maker {
+        Maker::Stripe(checkout) => {
+            let s = checkout
+                .session(&t.http, &order.id, order.amount, &order.currency)
+                .await
+                .map_err(|e| unpaid(&e))?;
+            (s.id, s.url)
+        }
+        Maker::Yookassa(client) => {
+            let p = client
+                .create_payment(&t.http, &order.id, order.amount, &order.currency)
+                .await
+                .map_err(|e| unpaid(&e))?;
+            (p.id, p.confirmation_url.unwrap_or_default())
+        }
+    };
+    admin.store.set_payment_ref(&order.id, &reference).await?;
     Ok(json!({
-        "order_id": order.id, "org_id": org, "provider": "stripe",
+        "order_id": order.id, "org_id": org, "provider": provider.as_str(),
         "amount": order.amount, "currency": order.currency,
-        "status": order.status, "payment_url": session.url,
+        "status": order.status, "payment_url": url,
     }))
 }
 

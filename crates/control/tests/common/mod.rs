@@ -34,3 +34,18 @@ pub async fn store() -> Store {
     store.migrate().await.unwrap();
     store
 }
+
+/// `org`'s stored balance, checked against the sum of its ledger rows (the
+/// balance invariant: they must agree).
+pub async fn balance(store: &Store, org: uuid::Uuid) -> i64 {
+    let stored = store.balance(org).await.unwrap().balance_nanos;
+    let (sum,): (i64,) = sqlx::query_as(
+        "SELECT COALESCE(sum(amount_nanos), 0)::bigint FROM ledger WHERE org_id = $1",
+    )
+    .bind(org)
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(stored, sum, "the stored balance is the sum of the ledger");
+    stored
+}
