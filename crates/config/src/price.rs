@@ -1,6 +1,8 @@
 //! Prices and cost arithmetic in exact fixed point: nano-USD (10⁻⁹ USD) integers.
 
+#[cfg(test)]
 use sy_protocol::TokenUsage;
+pub use sy_protocol::price::{Price, Units};
 
 /// Parses a non-negative decimal like `"0.15"` or `"2"` into nano-units (×10⁹).
 /// At most nine fractional digits; no exponent, no sign, no float on the way.
@@ -30,28 +32,41 @@ pub fn format_nanos(nanos: i64) -> String {
     format!("{sign}{}.{:09}", n / 1_000_000_000, n % 1_000_000_000)
 }
 
-/// A model's price, in nano-USD per million tokens of each class.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Price {
-    /// Uncached input tokens.
-    pub input: i64,
-    /// Input tokens read from the cache.
-    pub cached_input: i64,
-    /// Input tokens written to the cache.
-    pub cache_write: i64,
-    /// Output tokens (reasoning included).
-    pub output: i64,
-}
-
-impl Price {
-    /// The cost of `tokens`, nano-USD, rounded half up once at the end.
-    pub fn cost_nanos(&self, tokens: &TokenUsage) -> i64 {
-        let sum = i128::from(tokens.input_tokens) * i128::from(self.input)
-            + i128::from(tokens.cached_input_tokens) * i128::from(self.cached_input)
-            + i128::from(tokens.cache_write_tokens) * i128::from(self.cache_write)
-            + i128::from(tokens.output_tokens) * i128::from(self.output);
-        i64::try_from((sum + 500_000) / 1_000_000).unwrap_or(i64::MAX)
+/// A price from its decimal strings (USD per million tokens; USD per request
+/// or image); each field that is not a non-negative decimal is named.
+pub fn from_raw(rp: &crate::RawPrice) -> Result<Price, Vec<&'static str>> {
+    let mut bad = Vec::new();
+    let mut field = |name: &'static str, v: &str| {
+        parse_nanos(v).unwrap_or_else(|| {
+            bad.push(name);
+            0
+        })
+    };
+    let input = field("input", &rp.input);
+    let output = field("output", &rp.output);
+    let mut or = |name: &'static str, v: &Option<String>, default: i64| {
+        v.as_deref().map_or(default, |v| field(name, v))
+    };
+    let cached_input = or("cached_input", &rp.cached_input, input);
+    let cache_write = or("cache_write", &rp.cache_write, input);
+    let cache_write_1h = or("cache_write_1h", &rp.cache_write_1h, cache_write);
+    let reasoning_output = or("reasoning_output", &rp.reasoning_output, output);
+    // Per-unit prices are USD per unit, parsed to nano-USD per unit.
+    let per_request = or("per_request", &rp.per_request, 0);
+    let per_image = or("per_image", &rp.per_image, 0);
+    if !bad.is_empty() {
+        return Err(bad);
     }
+    Ok(Price {
+        input,
+        cached_input,
+        cache_write,
+        cache_write_1h,
+        output,
+        reasoning_output,
+        per_request,
+        per_image,
+    })
 }
 
 /// Applies a markup in parts per billion (10⁹ = +100 %) to a cost, rounding half up.
@@ -86,12 +101,7 @@ mod tests {
     #[test]
     fn cost_is_the_price_tables_arithmetic() {
         // gpt-4o-mini-like: $0.15 in, $0.075 cached, $0.60 out per million.
-        let p = Price {
-            input: 150_000_000,
-            cached_input: 75_000_000,
-            cache_write: 150_000_000,
-            output: 600_000_000,
-        };
+        let p = Price::per_token(150_000_000, 75_000_000, 150_000_000, 600_000_000);
         let t = TokenUsage {
             input_tokens: 1_000,
             cached_input_tokens: 2_000,
@@ -101,12 +111,7 @@ mod tests {
         // 1000×0.15 + 2000×0.075 + 500×0.60 = 150 + 150 + 300 = 600 µ$ per… per million → 0.0006 $.
         assert_eq!(p.cost_nanos(&t), 600_000);
         // Sub-nano amounts round half up once: 1 token at $0.0015/M = 1.5 nano$ → 2.
-        let tiny = Price {
-            input: 1_500_000,
-            cached_input: 0,
-            cache_write: 0,
-            output: 0,
-        };
+        let tiny = Price::per_token(1_500_000, 0, 0, 0);
         assert_eq!(
             tiny.cost_nanos(&TokenUsage {
                 input_tokens: 1,
@@ -116,5 +121,64 @@ mod tests {
         );
         assert_eq!(apply_markup(600_000, 200_000_000), 720_000);
         assert_eq!(apply_markup(600_000, 0), 600_000);
+    }
+
+    #[test]
+    fn every_token_class_and_unit_has_its_own_price() {
+        // Claude-like: $3 in, $0.30 cached, $3.75 (5 min) and $6 (1 h) cache
+        // writes, $15 out, $20 reasoning (made up), $0.01 a request, $0.002 an image.
+        let p = Price {
+            input: 3_000_000_000,
+            cached_input: 300_000_000,
+            cache_write: 3_750_000_000,
+            cache_write_1h: 6_000_000_000,
+            output: 15_000_000_000,
+            reasoning_output: 20_000_000_000,
+            per_request: 10_000_000,
+            per_image: 2_000_000,
+        };
+        let one = |f: fn(&mut TokenUsage)| {
+            let mut t = TokenUsage::default();
+            f(&mut t);
+            p.cost_nanos(&t)
+        };
+        // A million tokens of each class alone costs its price.
+        assert_eq!(one(|t| t.input_tokens = 1_000_000), 3_000_000_000);
+        assert_eq!(one(|t| t.cached_input_tokens = 1_000_000), 300_000_000);
+        assert_eq!(one(|t| t.cache_write_tokens = 1_000_000), 3_750_000_000);
+        let hour = |t: &mut TokenUsage| {
+            t.cache_write_tokens = 1_000_000;
+            t.cache_write_1h_tokens = 1_000_000;
+        };
+        assert_eq!(one(hour), 6_000_000_000);
+        assert_eq!(one(|t| t.output_tokens = 1_000_000), 15_000_000_000);
+        let thinking = |t: &mut TokenUsage| {
+            t.output_tokens = 1_000_000;
+            t.reasoning_tokens = 1_000_000;
+        };
+        assert_eq!(one(thinking), 20_000_000_000);
+        // Together, with a request and three images: the sum.
+        let t = TokenUsage {
+            input_tokens: 1_000,
+            cached_input_tokens: 2_000,
+            cache_write_tokens: 400,
+            cache_write_1h_tokens: 100,
+            output_tokens: 500,
+            reasoning_tokens: 200,
+        };
+        let units = Units {
+            requests: 1,
+            images: 3,
+        };
+        // 3000 + 600 + 300×3.75 + 100×6 + 300×15 + 200×20 = 13,825 µ$ → 13,825,000 n$.
+        assert_eq!(p.cost_nanos(&t), 13_825_000);
+        assert_eq!(p.cost_of(&t, units), 13_825_000 + 10_000_000 + 6_000_000);
+        // A report of more 1-hour writes or reasoning than there are is capped.
+        let odd = TokenUsage {
+            cache_write_1h_tokens: 9,
+            reasoning_tokens: 9,
+            ..TokenUsage::default()
+        };
+        assert_eq!(p.cost_nanos(&odd), 0);
     }
 }

@@ -536,8 +536,10 @@ pub struct RawProvider {
     pub models: BTreeMap<String, crate::routing::RawModelInfo>,
 }
 
-/// `[providers.<name>.prices."<model>"]`: USD per million tokens, as decimal strings.
-#[derive(Debug, Clone, Deserialize)]
+/// `[providers.<name>.prices."<model>"]`: USD per million tokens, as decimal
+/// strings (and USD per request or image). Also a price version's entry in
+/// the admin API.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawPrice {
     /// Uncached input tokens, e.g. "0.15".
@@ -545,11 +547,24 @@ pub struct RawPrice {
     /// Output tokens, e.g. "0.60".
     pub output: String,
     /// Input tokens read from the cache; the input price when unset.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cached_input: Option<String>,
-    /// Input tokens written to the cache; the input price when unset.
-    #[serde(default)]
+    /// Input tokens written to the cache (for five minutes); the input price
+    /// when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_write: Option<String>,
+    /// Input tokens written to the cache for an hour; `cache_write` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write_1h: Option<String>,
+    /// Reasoning output tokens; `output` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_output: Option<String>,
+    /// USD per request that reaches the provider (none when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_request: Option<String>,
+    /// USD per image in the request (none when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_image: Option<String>,
 }
 
 /// `[models.<name>]`.

@@ -6,7 +6,7 @@ use std::time::Duration;
 use sy_protocol::{is_valid_token, route_token};
 use url::Url;
 
-use crate::price::{Price, parse_nanos};
+use crate::price::parse_nanos;
 use crate::{
     AccountingConfig, AdminToken, ApiKey, BatchConfig, ClickhouseConfig, Config, ConfigError,
     ConfigErrors, CredentialsConfig, HealthConfig, MAX_RUNNING_BATCHES, ModelRoute, NatsConfig,
@@ -357,34 +357,19 @@ impl Config {
             let api_key = p.api_key.filter(|k| !k.is_empty()).map(Secret::new);
             let mut prices = BTreeMap::new();
             for (model, rp) in p.prices {
-                let mut field = |f: &str, v: &str| {
-                    parse_nanos(v).unwrap_or_else(|| {
-                        e.push(ConfigError::new(
-                            format!("providers.{name}.prices.\"{model}\".{f}"),
-                            "not a non-negative decimal like \"0.15\" (USD per million tokens)",
-                        ));
-                        0
-                    })
-                };
-                let input = field("input", &rp.input);
-                let output = field("output", &rp.output);
-                let cached_input = rp
-                    .cached_input
-                    .as_deref()
-                    .map_or(input, |v| field("cached_input", v));
-                let cache_write = rp
-                    .cache_write
-                    .as_deref()
-                    .map_or(input, |v| field("cache_write", v));
-                prices.insert(
-                    model,
-                    Price {
-                        input,
-                        cached_input,
-                        cache_write,
-                        output,
-                    },
-                );
+                match crate::price::from_raw(&rp) {
+                    Ok(price) => {
+                        prices.insert(model, price);
+                    }
+                    Err(fields) => {
+                        for f in fields {
+                            e.push(ConfigError::new(
+                                format!("providers.{name}.prices.\"{model}\".{f}"),
+                                "not a non-negative decimal like \"0.15\" (USD per million tokens, or per request or image)",
+                            ));
+                        }
+                    }
+                }
             }
             let model_facts = crate::routing::model_infos(&name, p.models, e);
             providers.insert(

@@ -280,6 +280,20 @@ pub struct Usage {
     /// Prompt tokens written to the cache.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_creation_input_tokens: Option<u64>,
+    /// The cache writes by how long they are kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_creation: Option<CacheCreation>,
+}
+
+/// `usage.cache_creation`: cache writes by time to live.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheCreation {
+    /// Kept five minutes.
+    #[serde(default)]
+    pub ephemeral_5m_input_tokens: u64,
+    /// Kept an hour.
+    #[serde(default)]
+    pub ephemeral_1h_input_tokens: u64,
 }
 
 impl Usage {
@@ -293,6 +307,7 @@ impl Usage {
         self.cache_creation_input_tokens = later
             .cache_creation_input_tokens
             .or(self.cache_creation_input_tokens);
+        self.cache_creation = later.cache_creation.or(self.cache_creation);
     }
 
     /// As Switchyard's token classes.
@@ -301,6 +316,10 @@ impl Usage {
             input_tokens: self.input_tokens.unwrap_or(0),
             cached_input_tokens: self.cache_read_input_tokens.unwrap_or(0),
             cache_write_tokens: self.cache_creation_input_tokens.unwrap_or(0),
+            cache_write_1h_tokens: self.cache_creation.map_or(0, |c| {
+                c.ephemeral_1h_input_tokens
+                    .min(self.cache_creation_input_tokens.unwrap_or(0))
+            }),
             output_tokens: self.output_tokens.unwrap_or(0),
             reasoning_tokens: 0,
         }
@@ -319,6 +338,12 @@ impl Usage {
                 output_tokens: Some(u.output_tokens),
                 cache_read_input_tokens: Some(u.cached_input_tokens),
                 cache_creation_input_tokens: Some(u.cache_write_tokens),
+                cache_creation: (u.cache_write_1h_tokens > 0).then_some(CacheCreation {
+                    ephemeral_5m_input_tokens: u
+                        .cache_write_tokens
+                        .saturating_sub(u.cache_write_1h_tokens),
+                    ephemeral_1h_input_tokens: u.cache_write_1h_tokens,
+                }),
             },
         }
     }

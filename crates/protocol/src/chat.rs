@@ -72,6 +72,23 @@ pub struct ChatRequest {
 }
 
 impl ChatRequest {
+    /// How many image parts the messages carry (what a per-image price
+    /// counts).
+    pub fn image_count(&self) -> u64 {
+        self.messages
+            .iter()
+            .filter_map(|m| match &m.content {
+                Some(Content::Parts(parts)) => Some(
+                    parts
+                        .iter()
+                        .filter(|p| matches!(p, ContentPart::ImageUrl { .. }))
+                        .count() as u64,
+                ),
+                _ => None,
+            })
+            .sum()
+    }
+
     /// A request with only a model: what an embeddings envelope carries in `request`.
     pub fn model_only(model: &str) -> Self {
         ChatRequest {

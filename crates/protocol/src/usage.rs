@@ -19,6 +19,10 @@ pub struct TokenUsage {
     /// Prompt tokens written to the provider's cache (where billed separately).
     #[serde(default)]
     pub cache_write_tokens: u64,
+    /// The part of `cache_write_tokens` kept for an hour (Anthropic's
+    /// 1-hour cache, priced apart from the 5-minute one).
+    #[serde(default)]
+    pub cache_write_1h_tokens: u64,
     /// Output tokens, reasoning included.
     #[serde(default)]
     pub output_tokens: u64,
@@ -45,6 +49,7 @@ impl TokenUsage {
             input_tokens: prompt - cached - cache_write,
             cached_input_tokens: cached,
             cache_write_tokens: cache_write,
+            cache_write_1h_tokens: 0,
             output_tokens: output,
             reasoning_tokens: reasoning.min(output),
         }

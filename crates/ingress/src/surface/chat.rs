@@ -383,6 +383,7 @@ mod tests {
             input_tokens: 10,
             cached_input_tokens: 100,
             cache_write_tokens: 20,
+            cache_write_1h_tokens: 0,
             output_tokens: 7,
             reasoning_tokens: 3,
         };
