@@ -69,6 +69,26 @@ pub fn from_raw(rp: &crate::RawPrice) -> Result<Price, Vec<&'static str>> {
     })
 }
 
+/// A price as decimal strings again (the shortest that parse back to it).
+pub fn to_raw(p: &Price) -> crate::RawPrice {
+    let d = |n: i64| {
+        let s = format_nanos(n);
+        let s = s.trim_end_matches('0');
+        s.strip_suffix('.').unwrap_or(s).to_owned()
+    };
+    let opt = |n: i64, default: i64| (n != default).then(|| d(n));
+    crate::RawPrice {
+        input: d(p.input),
+        output: d(p.output),
+        cached_input: opt(p.cached_input, p.input),
+        cache_write: opt(p.cache_write, p.input),
+        cache_write_1h: opt(p.cache_write_1h, p.cache_write),
+        reasoning_output: opt(p.reasoning_output, p.output),
+        per_request: opt(p.per_request, 0),
+        per_image: opt(p.per_image, 0),
+    }
+}
+
 /// Applies a markup in parts per billion (10⁹ = +100 %) to a cost, rounding half up.
 pub fn apply_markup(cost_nanos: i64, markup_ppb: i64) -> i64 {
     let billed = i128::from(cost_nanos) * (1_000_000_000 + i128::from(markup_ppb));
@@ -121,6 +141,25 @@ mod tests {
         );
         assert_eq!(apply_markup(600_000, 200_000_000), 720_000);
         assert_eq!(apply_markup(600_000, 0), 600_000);
+    }
+
+    #[test]
+    fn a_price_reads_back_from_its_decimal_strings() {
+        let p = Price {
+            input: 150_000_000,
+            cached_input: 75_000_000,
+            cache_write: 150_000_000,
+            cache_write_1h: 300_000_000,
+            output: 2_000_000_000,
+            reasoning_output: 2_000_000_000,
+            per_request: 1,
+            per_image: 0,
+        };
+        let raw = to_raw(&p);
+        assert_eq!((raw.input.as_str(), raw.output.as_str()), ("0.15", "2"));
+        assert_eq!(raw.cache_write, None, "the default is not written");
+        assert_eq!(raw.per_request.as_deref(), Some("0.000000001"));
+        assert_eq!(from_raw(&raw), Ok(p));
     }
 
     #[test]

@@ -132,6 +132,14 @@ impl LiveKeys {
         table.grant_of(key_id)
     }
 
+    /// The price versions (reloaded with the whole table).
+    pub fn prices(&self) -> Arc<crate::pricing::PriceBook> {
+        self.table
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .prices()
+    }
+
     /// How many live keys there are.
     pub fn len(&self) -> usize {
         self.table.read().unwrap_or_else(|p| p.into_inner()).len()

@@ -37,6 +37,8 @@ pub struct Grant {
     pub prepaid_credit: Option<i64>,
     /// Its project's cap on what one `x-switchyard-session` may spend, nano-USD.
     pub session_budget: Option<i64>,
+    /// Its org's plan and multipliers over provider cost.
+    pub pricing: crate::pricing::OrgPricing,
 }
 
 /// The budgets a key's requests count against: its own, its project's and
@@ -164,6 +166,7 @@ impl Grant {
             lower_max_tokens: true,
             prepaid_credit: None,
             session_budget: None,
+            pricing: crate::pricing::OrgPricing::default(),
         }
     }
 
@@ -321,6 +324,8 @@ pub enum KeyChange {
 pub struct KeyTable {
     by_public_id: HashMap<String, KeyEntry>,
     by_key_id: HashMap<Uuid, Arc<Grant>>,
+    /// The price versions, loaded with the keys.
+    prices: Arc<crate::pricing::PriceBook>,
 }
 
 #[derive(FromRow)]
@@ -348,6 +353,11 @@ struct Row {
     prepaid: bool,
     org_credited_nanos: i64,
     session_budget: Option<serde_json::Value>,
+    plan: Option<String>,
+    org_multiplier_ppb: Option<i64>,
+    org_model_multipliers: serde_json::Value,
+    plan_multiplier_ppb: Option<i64>,
+    plan_model_multipliers: Option<serde_json::Value>,
 }
 
 impl Row {
@@ -390,6 +400,15 @@ impl Row {
             lower_max_tokens: self.lower_max_tokens,
             prepaid_credit: self.prepaid.then_some(self.org_credited_nanos),
             session_budget: budget_of(self.session_budget.as_ref()).map(|(nanos, _)| nanos),
+            pricing: crate::pricing::OrgPricing::from_columns(
+                self.plan,
+                self.org_multiplier_ppb,
+                &self.org_model_multipliers,
+                self.plan_multiplier_ppb,
+                self.plan_model_multipliers
+                    .as_ref()
+                    .unwrap_or(&serde_json::Value::Null),
+            ),
         };
         let entry = KeyEntry {
             grant: Arc::new(grant),
@@ -412,16 +431,21 @@ const LIVE_KEYS: &str = "SELECT k.public_id, k.id AS key_id, p.id AS project_id,
         o.limits AS org_limits, o.model_limits AS org_model_limits, \
         k.budget AS key_budget, p.budget AS project_budget, o.budget AS org_budget, \
         p.lower_max_tokens, o.prepaid, COALESCE(ob.credited_nanos, 0) AS org_credited_nanos, \
-        p.session_budget \
+        p.session_budget, o.plan, o.multiplier_ppb AS org_multiplier_ppb, \
+        o.model_multipliers AS org_model_multipliers, pl.multiplier_ppb AS plan_multiplier_ppb, \
+        pl.model_multipliers AS plan_model_multipliers \
     FROM api_keys k JOIN projects p ON p.id = k.project_id JOIN orgs o ON o.id = p.org_id \
-    LEFT JOIN org_balances ob ON ob.org_id = o.id \
+    LEFT JOIN org_balances ob ON ob.org_id = o.id LEFT JOIN plans pl ON pl.name = o.plan \
     WHERE k.status = 'active' AND p.status = 'active' AND o.status = 'active'";
 
 impl KeyTable {
     /// Every live key in the store: active, of an active project and org.
     pub async fn load(store: &Store) -> Result<Self, StoreError> {
         let rows: Vec<Row> = sqlx::query_as(LIVE_KEYS).fetch_all(store.pool()).await?;
-        let mut table = KeyTable::default();
+        let mut table = KeyTable {
+            prices: crate::pricing::PriceBook::load(store).await?,
+            ..KeyTable::default()
+        };
         for row in rows {
             let (public_id, entry) = row.into_entry();
             table.apply(KeyChange::Upsert { public_id, entry });
@@ -451,6 +475,11 @@ impl KeyTable {
     /// key's grant after the request that made it is gone).
     pub fn grant_of(&self, key_id: Uuid) -> Option<Arc<Grant>> {
         self.by_key_id.get(&key_id).cloned()
+    }
+
+    /// The price versions loaded with the keys.
+    pub fn prices(&self) -> Arc<crate::pricing::PriceBook> {
+        self.prices.clone()
     }
 
     /// How many live keys the table holds.

@@ -22,6 +22,7 @@ pub mod key;
 pub mod keytable;
 pub mod ledger;
 pub mod payments;
+pub mod pricing;
 pub mod reconcile;
 pub mod sealed;
 pub mod store;

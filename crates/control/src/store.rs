@@ -60,6 +60,12 @@ pub enum StoreError {
     /// The NATS feed of key changes could not be followed.
     #[error("key feed: {0}")]
     Feed(String),
+    /// What was asked cannot be (a price, a multiplier, a name), and why.
+    #[error("{0}")]
+    Invalid(String),
+    /// What was asked conflicts with what is there, and why.
+    #[error("{0}")]
+    Conflict(String),
 }
 
 /// Whose a key is.

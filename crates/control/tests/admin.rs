@@ -298,6 +298,17 @@ async fn every_endpoint_answers_every_role_as_the_docs_table_says() {
                 ("POST", p) if p.ends_with("/topups") => {
                     Some(json!({"provider": "stripe", "amount": 1000, "currency": "usd"}))
                 }
+                ("POST", "/admin/v1/prices") => Some(json!({"set": {
+                    "openai/gpt-x": {"input": "1", "output": "2"}}})),
+                ("POST", "/admin/v1/plans") => Some(json!({
+                    "name": format!("n{}", &Uuid::now_v7().simple().to_string()[..20]),
+                    "multiplier": "1.2"})),
+                ("PUT", p) if p.ends_with("/pricing") => {
+                    Some(json!({"plan": null, "multiplier": "1.1"}))
+                }
+                ("PATCH", p) if p.starts_with("/admin/v1/plans/") => {
+                    Some(json!({"multiplier": "1.3"}))
+                }
                 ("POST", _) => Some(json!({"grace_seconds": 0})),
                 ("PATCH", p) if p.starts_with("/admin/v1/credentials/") => {
                     Some(json!({"api_key": "sk-new"}))
@@ -305,7 +316,23 @@ async fn every_endpoint_answers_every_role_as_the_docs_table_says() {
                 ("PATCH", _) => Some(json!({"name": "renamed"})),
                 _ => None,
             };
-            let url = path.replace("{id}", &id.to_string());
+            // A fresh plan for the plan routes (a permitted DELETE takes it).
+            let plan = format!("p{}", Uuid::now_v7().simple());
+            api.store
+                .create_plan(
+                    &actor,
+                    &sy_control::pricing::Plan {
+                        name: plan[..30].to_owned(),
+                        multiplier_ppb: 1_100_000_000,
+                        model_multipliers: Default::default(),
+                    },
+                )
+                .await
+                .unwrap();
+            let url = path
+                .replace("{id}", &id.to_string())
+                .replace("{name}", &plan[..30])
+                .replace("{version}", "current");
             let method = Method::from_bytes(method.as_bytes()).unwrap();
             let (status, v) = api.call(token, method, &url, body).await;
             let allowed = if i < 5 { roles[i] } else { scoped };

@@ -51,6 +51,20 @@ pub(crate) async fn follow(
         credentials,
         config.clickhouse.clone(),
     );
+    // Price version 0: the config file's prices, for the admin API.
+    let base_prices = config
+        .providers
+        .values()
+        .flat_map(|p| {
+            p.prices.iter().map(|(model, price)| {
+                (
+                    format!("{}/{model}", p.name),
+                    sy_config::price::to_raw(price),
+                )
+            })
+        })
+        .collect();
+    admin = admin.with_base_prices(base_prices);
     if let Some(topups) =
         sy_control::payments::Topups::from_config(&config.billing).map_err(|e| fail(&e))?
     {

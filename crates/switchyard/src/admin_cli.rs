@@ -72,6 +72,120 @@ pub enum OrgCommand {
     },
     /// Prints an org's prepaid balance.
     Balance { id: String },
+    /// Prints an org's plan and multipliers.
+    Pricing { id: String },
+    /// Puts an org on a plan (or none) with its own multipliers, replacing
+    /// what it had.
+    SetPricing {
+        id: String,
+        /// The plan; none: the config's markup.
+        #[arg(long)]
+        plan: Option<String>,
+        /// The org's own default multiplier (wins over its plan's), e.g. 1.1.
+        #[arg(long)]
+        multiplier: Option<String>,
+        /// The org's own multiplier for one upstream model: MODEL=MULTIPLIER
+        /// (repeatable).
+        #[arg(long = "model", value_name = "MODEL=MULTIPLIER")]
+        models: Vec<String>,
+    },
+}
+
+/// `switchyard admin prices …`: the versioned price table (docs/billing.md).
+#[derive(Subcommand, Debug)]
+pub enum PriceCommand {
+    /// Lists the price versions and the one in effect now.
+    List,
+    /// Prints one version's prices (a number, 0 for the config's, or current).
+    Show {
+        #[arg(default_value = "current")]
+        version: String,
+    },
+    /// Makes a new version with one model's price set (USD per million
+    /// tokens; per request or image: USD each).
+    Set {
+        /// "<provider>/<upstream model>".
+        key: String,
+        #[arg(long)]
+        input: String,
+        #[arg(long)]
+        output: String,
+        #[arg(long)]
+        cached_input: Option<String>,
+        #[arg(long)]
+        cache_write: Option<String>,
+        #[arg(long)]
+        cache_write_1h: Option<String>,
+        #[arg(long)]
+        reasoning_output: Option<String>,
+        #[arg(long)]
+        per_request: Option<String>,
+        #[arg(long)]
+        per_image: Option<String>,
+        #[command(flatten)]
+        when: VersionArgs,
+    },
+    /// Makes a new version without one model's price.
+    Remove {
+        key: String,
+        #[command(flatten)]
+        when: VersionArgs,
+    },
+}
+
+/// When a new price version takes effect, and why.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct VersionArgs {
+    /// Unix seconds; now when absent.
+    #[arg(long)]
+    pub effective_at: Option<i64>,
+    #[arg(long, default_value = "")]
+    pub note: String,
+}
+
+/// `switchyard admin plans …`.
+#[derive(Subcommand, Debug)]
+pub enum PlanCommand {
+    /// Lists plans.
+    List,
+    /// Prints one plan.
+    Show { name: String },
+    /// Makes a plan.
+    Create {
+        name: String,
+        /// Over provider cost, e.g. 1.2.
+        #[arg(long)]
+        multiplier: String,
+        /// MODEL=MULTIPLIER (repeatable).
+        #[arg(long = "model", value_name = "MODEL=MULTIPLIER")]
+        models: Vec<String>,
+    },
+    /// Changes a plan's multipliers (--model replaces its per-model ones).
+    Update {
+        name: String,
+        #[arg(long)]
+        multiplier: Option<String>,
+        /// MODEL=MULTIPLIER (repeatable).
+        #[arg(long = "model", value_name = "MODEL=MULTIPLIER")]
+        models: Vec<String>,
+        /// Remove every per-model multiplier.
+        #[arg(long)]
+        clear_models: bool,
+    },
+    /// Deletes a plan no org is on.
+    Delete { name: String },
+}
+
+/// `MODEL=MULTIPLIER` pairs as a JSON object.
+fn model_multipliers(pairs: &[String]) -> anyhow::Result<Value> {
+    let mut out = serde_json::Map::new();
+    for p in pairs {
+        let Some((model, m)) = p.rsplit_once('=') else {
+            bail!("--model takes MODEL=MULTIPLIER, not '{p}'");
+        };
+        out.insert(model.to_owned(), json!(m));
+    }
+    Ok(Value::Object(out))
 }
 
 /// Rate limits to set on an org, project or key (docs/limits.md). The kinds
@@ -312,6 +426,8 @@ pub enum Call {
     Projects(ProjectCommand),
     Keys(KeyCommand),
     Credentials(CredentialCommand),
+    Prices(PriceCommand),
+    Plans(PlanCommand),
     /// The newest audit rows, filtered by target id and actor.
     Audit {
         target: Option<String>,
@@ -521,6 +637,143 @@ pub async fn run(conn: &Connection, call: Call, out: &mut impl Write) -> anyhow:
             .await?,
             Shape::Balance,
         ),
+        Call::Orgs(OrgCommand::Pricing { id }) => (
+            api.call(
+                Method::GET,
+                &format!("/admin/v1/orgs/{}/pricing", urlencode(&id)),
+                None,
+            )
+            .await?,
+            Shape::OrgPricing,
+        ),
+        Call::Orgs(OrgCommand::SetPricing {
+            id,
+            plan,
+            multiplier,
+            models,
+        }) => (
+            api.call(
+                Method::PUT,
+                &format!("/admin/v1/orgs/{}/pricing", urlencode(&id)),
+                Some(json!({"plan": plan, "multiplier": multiplier,
+                            "model_multipliers": model_multipliers(&models)?})),
+            )
+            .await?,
+            Shape::OrgPricing,
+        ),
+        Call::Prices(PriceCommand::List) => (
+            api.call(Method::GET, "/admin/v1/prices", None).await?,
+            Shape::PriceVersion,
+        ),
+        Call::Prices(PriceCommand::Show { version }) => {
+            let v = api
+                .call(
+                    Method::GET,
+                    &format!("/admin/v1/prices/{}", urlencode(&version)),
+                    None,
+                )
+                .await?;
+            (price_rows(v), Shape::Price)
+        }
+        Call::Prices(PriceCommand::Set {
+            key,
+            input,
+            output,
+            cached_input,
+            cache_write,
+            cache_write_1h,
+            reasoning_output,
+            per_request,
+            per_image,
+            when,
+        }) => {
+            let mut price = json!({"input": input, "output": output});
+            for (k, v) in [
+                ("cached_input", cached_input),
+                ("cache_write", cache_write),
+                ("cache_write_1h", cache_write_1h),
+                ("reasoning_output", reasoning_output),
+                ("per_request", per_request),
+                ("per_image", per_image),
+            ] {
+                if let Some(v) = v {
+                    price[k] = json!(v);
+                }
+            }
+            let body = json!({"effective_at": when.effective_at, "note": when.note,
+                              "set": {key: price}});
+            let v = api
+                .call(Method::POST, "/admin/v1/prices", Some(body))
+                .await?;
+            (v, Shape::PriceVersion)
+        }
+        Call::Prices(PriceCommand::Remove { key, when }) => {
+            let body = json!({"effective_at": when.effective_at, "note": when.note,
+                              "remove": [key]});
+            let v = api
+                .call(Method::POST, "/admin/v1/prices", Some(body))
+                .await?;
+            (v, Shape::PriceVersion)
+        }
+        Call::Plans(PlanCommand::List) => (
+            api.call(Method::GET, "/admin/v1/plans", None).await?,
+            Shape::Plan,
+        ),
+        Call::Plans(PlanCommand::Show { name }) => (
+            api.call(
+                Method::GET,
+                &format!("/admin/v1/plans/{}", urlencode(&name)),
+                None,
+            )
+            .await?,
+            Shape::Plan,
+        ),
+        Call::Plans(PlanCommand::Create {
+            name,
+            multiplier,
+            models,
+        }) => (
+            api.call(
+                Method::POST,
+                "/admin/v1/plans",
+                Some(json!({"name": name, "multiplier": multiplier,
+                            "model_multipliers": model_multipliers(&models)?})),
+            )
+            .await?,
+            Shape::Plan,
+        ),
+        Call::Plans(PlanCommand::Update {
+            name,
+            multiplier,
+            models,
+            clear_models,
+        }) => {
+            let mut body = json!({});
+            if let Some(m) = multiplier {
+                body["multiplier"] = json!(m);
+            }
+            if clear_models || !models.is_empty() {
+                body["model_multipliers"] = model_multipliers(&models)?;
+            }
+            (
+                api.call(
+                    Method::PATCH,
+                    &format!("/admin/v1/plans/{}", urlencode(&name)),
+                    Some(body),
+                )
+                .await?,
+                Shape::Plan,
+            )
+        }
+        Call::Plans(PlanCommand::Delete { name }) => (
+            api.call(
+                Method::DELETE,
+                &format!("/admin/v1/plans/{}", urlencode(&name)),
+                None,
+            )
+            .await?,
+            Shape::Plan,
+        ),
         Call::Orgs(OrgCommand::Limits { id, limits }) => {
             (api.set_limits("orgs", &id, &limits).await?, Shape::Org)
         }
@@ -630,6 +883,27 @@ enum Shape {
     Credential,
     Audit,
     Balance,
+    OrgPricing,
+    PriceVersion,
+    Price,
+    Plan,
+}
+
+/// A price version's prices as table rows.
+fn price_rows(v: Value) -> Value {
+    let rows: Vec<Value> = v["prices"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(key, p)| {
+                    let mut row = p.clone();
+                    row["model"] = json!(key);
+                    row
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    json!({"data": rows})
 }
 
 impl Shape {
@@ -648,6 +922,20 @@ impl Shape {
                 "credited_usd",
                 "debited_usd",
             ],
+            Shape::OrgPricing => &["org_id", "plan", "multiplier", "plan_multiplier"],
+            Shape::PriceVersion => &["version", "effective_at", "models", "note"],
+            Shape::Price => &[
+                "model",
+                "input",
+                "output",
+                "cached_input",
+                "cache_write",
+                "cache_write_1h",
+                "reasoning_output",
+                "per_request",
+                "per_image",
+            ],
+            Shape::Plan => &["name", "multiplier", "model_multipliers"],
         }
     }
 }

@@ -120,6 +120,16 @@ enum AdminCommand {
         #[command(subcommand)]
         command: admin_cli::CredentialCommand,
     },
+    /// Price versions (docs/billing.md).
+    Prices {
+        #[command(subcommand)]
+        command: admin_cli::PriceCommand,
+    },
+    /// Plans: multipliers over provider cost.
+    Plans {
+        #[command(subcommand)]
+        command: admin_cli::PlanCommand,
+    },
     /// The audit log.
     Audit {
         #[command(subcommand)]
@@ -220,6 +230,8 @@ fn main() -> ExitCode {
                 AdminCommand::Keys { command } => admin_cli::Call::Keys(command),
                 AdminCommand::Credentials { command } => admin_cli::Call::Credentials(command),
                 AdminCommand::Tokens { command } => admin_cli::Call::Tokens(command),
+                AdminCommand::Prices { command } => admin_cli::Call::Prices(command),
+                AdminCommand::Plans { command } => admin_cli::Call::Plans(command),
                 AdminCommand::Audit {
                     command:
                         AuditCommand::List {

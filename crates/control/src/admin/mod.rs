@@ -10,6 +10,7 @@
 
 mod handlers;
 mod operations;
+mod pricing;
 pub use operations::{balance_view, top_up};
 pub mod roles;
 
@@ -92,6 +93,8 @@ pub struct Admin {
     clickhouse: Option<sy_config::ClickhouseConfig>,
     /// How top-ups are paid (a payment provider is configured).
     topups: Option<crate::payments::Topups>,
+    /// Price version 0: the config file's prices, by "<provider>/<model>".
+    base_prices: std::collections::BTreeMap<String, sy_config::RawPrice>,
 }
 
 impl Admin {
@@ -115,7 +118,19 @@ impl Admin {
             credentials,
             clickhouse,
             topups: None,
+            base_prices: std::collections::BTreeMap::new(),
         })
+    }
+
+    /// The same, with `prices` (the config file's, by
+    /// `"<provider>/<model>"`) as price version 0.
+    pub fn with_base_prices(
+        self: Arc<Self>,
+        prices: std::collections::BTreeMap<String, sy_config::RawPrice>,
+    ) -> Arc<Self> {
+        let mut admin = Arc::unwrap_or_clone(self);
+        admin.base_prices = prices;
+        Arc::new(admin)
     }
 
     /// The same, making top-ups through the providers of `topups`.
@@ -211,6 +226,10 @@ impl From<StoreError> for AdminError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound(what) => AdminError::not_found(what),
+            StoreError::Invalid(why) => AdminError::invalid(format!("{why}.")),
+            StoreError::Conflict(why) => {
+                AdminError::new(StatusCode::CONFLICT, "conflict", format!("{why}."))
+            }
             StoreError::Db(sqlx::Error::Database(db))
                 if db.code().as_deref().is_some_and(|c| c.starts_with("22")) =>
             {
@@ -263,6 +282,7 @@ impl IntoResponse for AdminError {
 pub fn router<S: Clone + Send + Sync + 'static>(admin: Arc<Admin>) -> Router<S> {
     use handlers as h;
     use operations as o;
+    use pricing as p;
     let authorize = axum::middleware::from_fn_with_state(admin.clone(), authorize);
     Router::new()
         .route("/admin/v1/whoami", get(h::whoami))
@@ -284,6 +304,20 @@ pub fn router<S: Clone + Send + Sync + 'static>(admin: Arc<Admin>) -> Router<S> 
         .route("/admin/v1/orgs/{id}/credits", post(o::credit_org))
         .route("/admin/v1/orgs/{id}/topups", post(o::create_topup))
         .route("/admin/v1/orgs/{id}/balance", get(o::org_balance))
+        .route(
+            "/admin/v1/orgs/{id}/pricing",
+            get(p::get_org_pricing).put(p::put_org_pricing),
+        )
+        .route(
+            "/admin/v1/prices",
+            get(p::list_prices).post(p::create_prices),
+        )
+        .route("/admin/v1/prices/{version}", get(p::get_prices))
+        .route("/admin/v1/plans", get(p::list_plans).post(p::create_plan))
+        .route(
+            "/admin/v1/plans/{name}",
+            get(p::get_plan).patch(p::patch_plan).delete(p::delete_plan),
+        )
         .route("/admin/v1/keys", post(h::create_key).get(h::list_keys))
         .route(
             "/admin/v1/keys/{id}",

@@ -59,6 +59,7 @@ impl Role {
             Need::Credentials => matches!(self, Owner | Admin),
             Need::AdminTokens => matches!(self, Owner),
             Need::Balances => matches!(self, Owner | Admin | Billing),
+            Need::Pricing => matches!(self, Owner | Admin | Billing),
         }
     }
 }
@@ -82,6 +83,8 @@ pub enum Need {
     AdminTokens,
     /// Crediting prepaid balances.
     Balances,
+    /// Making price versions and plans, and putting orgs on plans.
+    Pricing,
 }
 
 /// One admin route.
@@ -126,6 +129,16 @@ pub const ROUTES: &[Route] = &[
     deployment("POST", "/admin/v1/orgs/{id}/credits", Need::Balances),
     route("POST", "/admin/v1/orgs/{id}/topups", Need::Balances),
     route("GET", "/admin/v1/orgs/{id}/balance", Need::Read),
+    route("GET", "/admin/v1/orgs/{id}/pricing", Need::Read),
+    deployment("PUT", "/admin/v1/orgs/{id}/pricing", Need::Pricing),
+    deployment("GET", "/admin/v1/prices", Need::Read),
+    deployment("POST", "/admin/v1/prices", Need::Pricing),
+    deployment("GET", "/admin/v1/prices/{version}", Need::Read),
+    deployment("GET", "/admin/v1/plans", Need::Read),
+    deployment("POST", "/admin/v1/plans", Need::Pricing),
+    deployment("GET", "/admin/v1/plans/{name}", Need::Read),
+    deployment("PATCH", "/admin/v1/plans/{name}", Need::Pricing),
+    deployment("DELETE", "/admin/v1/plans/{name}", Need::Pricing),
     route("POST", "/admin/v1/projects", Need::Tenants),
     route("GET", "/admin/v1/projects", Need::Read),
     route("GET", "/admin/v1/projects/{id}", Need::Read),
