@@ -722,6 +722,7 @@ pub fn envelope(
         watchdogs: Default::default(),
         batch: None,
         limits: None,
+        pricing: None,
     }
 }
 

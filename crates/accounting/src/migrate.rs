@@ -25,6 +25,11 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         "0004_batch.sql",
         include_str!("../../../migrations/clickhouse/0004_batch.sql"),
     ),
+    (
+        5,
+        "0005_pricing.sql",
+        include_str!("../../../migrations/clickhouse/0005_pricing.sql"),
+    ),
 ];
 
 /// The statements of a migration file for database `db`: comment lines dropped

@@ -66,6 +66,8 @@ pub struct RequestRow {
     pub cached_input_tokens: u64,
     /// Cache-write tokens.
     pub cache_write_tokens: u64,
+    /// The 1-hour part of the cache writes.
+    pub cache_write_1h_tokens: u64,
     /// Output tokens.
     pub output_tokens: u64,
     /// Reasoning part of output.
@@ -90,6 +92,13 @@ pub struct RequestRow {
     pub client_disconnected: u8,
     /// The batch the call ran for, or empty.
     pub batch_id: String,
+    /// The price-table version it was priced under (0: the config's).
+    pub price_version: u32,
+    /// The org's plan, or empty.
+    pub plan: String,
+    /// Decimal(18, 9) as its raw nano value: billed over cost; NULL when
+    /// the event does not say (an older worker's).
+    pub multiplier: Option<i64>,
 }
 
 fn ms32(v: u64) -> u32 {
@@ -135,6 +144,7 @@ impl From<&UsageEvent> for RequestRow {
             input_tokens: e.tokens.input_tokens,
             cached_input_tokens: e.tokens.cached_input_tokens,
             cache_write_tokens: e.tokens.cache_write_tokens,
+            cache_write_1h_tokens: e.tokens.cache_write_1h_tokens,
             output_tokens: e.tokens.output_tokens,
             reasoning_tokens: e.tokens.reasoning_tokens,
             input_tokens_source: e.input_tokens_source.as_str().to_owned(),
@@ -147,6 +157,9 @@ impl From<&UsageEvent> for RequestRow {
             fallback_reason: e.fallback_reason.clone().unwrap_or_default(),
             client_disconnected: u8::from(e.client_disconnected),
             batch_id: e.batch_id.clone().unwrap_or_default(),
+            price_version: e.price_version.unwrap_or(0),
+            plan: e.plan.clone().unwrap_or_default(),
+            multiplier: e.multiplier_ppb,
         }
     }
 }

@@ -612,7 +612,8 @@ impl Store {
 struct Book {
     version: u32,
     effective_at_ms: i64,
-    prices: HashMap<(String, String), Price>,
+    /// Provider → upstream model → price (looked up without allocating).
+    prices: HashMap<String, HashMap<String, Price>>,
 }
 
 /// Every price version in memory, to price a request by when it was
@@ -633,15 +634,17 @@ impl PriceBook {
             .map(|v| Book {
                 version: v.version,
                 effective_at_ms: v.effective_at_ms,
-                prices: v
-                    .prices
-                    .iter()
-                    .filter_map(|(key, raw)| {
-                        let (provider, model) = key.split_once('/')?;
-                        let price = sy_config::price::from_raw(raw).ok()?;
-                        Some(((provider.to_owned(), model.to_owned()), price))
-                    })
-                    .collect(),
+                prices: v.prices.iter().fold(HashMap::new(), |mut all, (key, raw)| {
+                    let parsed = key
+                        .split_once('/')
+                        .zip(sy_config::price::from_raw(raw).ok());
+                    if let Some(((provider, model), price)) = parsed {
+                        all.entry(provider.to_owned())
+                            .or_insert_with(HashMap::new)
+                            .insert(model.to_owned(), price);
+                    }
+                    all
+                }),
             })
             .collect();
         books.sort_by_key(|b| (b.effective_at_ms, b.version));
@@ -672,7 +675,8 @@ impl PriceBook {
         let book = self.versions.get(i.checked_sub(1)?)?;
         let price = book
             .prices
-            .get(&(provider.to_owned(), model.to_owned()))
+            .get(provider)
+            .and_then(|m| m.get(model))
             .copied();
         Some((book.version, price))
     }

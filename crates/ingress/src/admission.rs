@@ -129,7 +129,7 @@ pub(crate) fn admit(
         Some(_) => String::new(),
         None => state.bus.subjects().reply(&state.ingress_id, request_id),
     };
-    let envelope = RequestEnvelope {
+    let mut envelope = RequestEnvelope {
         request_id,
         attempt: 1,
         ingress_id: state.ingress_id.clone(),
@@ -158,7 +158,9 @@ pub(crate) fn admit(
         watchdogs: policy.watchdogs,
         batch,
         limits: None,
+        pricing: None,
     };
+    crate::pricing::price_targets(state, caller, &mut envelope);
     Ok(Admitted {
         envelope,
         class,
@@ -236,11 +238,13 @@ fn decide(
         provider: chosen.provider.clone(),
         upstream_model: chosen.model.clone(),
         rank: choice.rank,
+        pricing: None,
     })
     .chain(decision.order[1..].iter().map(|&i| FallbackTarget {
         provider: decision.candidates[i].provider.clone(),
         upstream_model: decision.candidates[i].model.clone(),
         rank: i as u32 + 1,
+        pricing: None,
     }))
     .collect();
     Ok(Decision {

@@ -119,6 +119,7 @@ fn envelope(surface: ApiSurface, body: &[u8]) -> Option<RequestEnvelope> {
             custom_id: "c".into(),
         }),
         limits: None,
+        pricing: None,
     })
 }
 

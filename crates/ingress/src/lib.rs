@@ -26,6 +26,7 @@ mod idempotency;
 mod intake;
 mod live;
 mod presence;
+mod pricing;
 mod ratelimit;
 mod relay;
 mod reload;
@@ -249,6 +250,7 @@ async fn build(config: Arc<Config>, bus: Bus) -> Result<(Router, Arc<AppState>),
         clickhouse: config.clickhouse.clone(),
         classifier: Arc::new(classifier),
         providers: config.providers.clone(),
+        markup_ppb: config.markup_ppb,
         live: live.clone(),
         idempotency,
         batches,

@@ -44,10 +44,6 @@ pub(crate) struct RateLimits {
     defaults: DefaultLimits,
     /// The config file's keys' limits, by key name (their own or the default).
     file_keys: HashMap<String, Limits>,
-    /// Each target's price (nano-USD per million tokens), for budgets.
-    prices: HashMap<(String, String), sy_config::price::Price>,
-    /// The markup on provider cost, parts per billion.
-    markup_ppb: i64,
     /// Reconciliation runs (the accounting component has ClickHouse and the
     /// control plane): budgets wait for their org to be restored into Redis.
     require_ready: bool,
@@ -108,16 +104,6 @@ impl RateLimits {
                 .map(|k| (k.name.clone(), limits_of(k.limits.unwrap_or(c.default_key))))
                 .collect(),
             file_keys_org: format!("config:{}", config.nats.namespace),
-            prices: config
-                .providers
-                .iter()
-                .flat_map(|(name, p)| {
-                    p.prices
-                        .iter()
-                        .map(move |(model, price)| ((name.clone(), model.clone()), *price))
-                })
-                .collect(),
-            markup_ppb: config.markup_ppb,
             require_ready: config.clickhouse.is_some()
                 && config.postgres.is_some()
                 && config.tenants.is_some(),
@@ -163,40 +149,46 @@ impl RateLimits {
         }
     }
 
-    /// What a request may cost at most per input and per output token: each
-    /// at the dearest of its targets, with the markup. Under a budget only
-    /// priced targets are used: fallbacks without a price are dropped from
-    /// the envelope; the first target without one is an error naming it.
-    fn prices_of(&self, env: &mut RequestEnvelope) -> Result<(f64, f64), String> {
-        let price = |provider: &str, model: &str| {
-            self.prices
-                .get(&(provider.to_owned(), model.to_owned()))
-                .copied()
+    /// What a request may cost at most per input and per output token, and
+    /// per request (its per-request and per-image prices): each at the
+    /// dearest of its targets, priced and multiplied as admission fixed it
+    /// in the envelope, as the worker will bill. Under a budget only priced
+    /// targets are used: fallbacks without a price are dropped from the
+    /// envelope; the first target without one is an error naming it.
+    fn prices_of(env: &mut RequestEnvelope) -> Result<(f64, f64, i64), String> {
+        let priced = |p: &Option<sy_protocol::Pricing>| {
+            p.as_ref()
+                .and_then(|p| p.price.map(|price| (price, p.multiplier_ppb)))
         };
-        let Some(first) = price(&env.provider, &env.upstream_model) else {
+        let Some(first) = priced(&env.pricing) else {
             return Err(format!("{}/{}", env.provider, env.upstream_model));
         };
         let before = env.fallback.len();
-        env.fallback
-            .retain(|t| price(&t.provider, &t.upstream_model).is_some());
+        env.fallback.retain(|t| priced(&t.pricing).is_some());
         if env.fallback.len() < before {
             tracing::debug!(
                 dropped = before - env.fallback.len(),
                 "Unpriced fallbacks dropped under a budget."
             );
         }
-        // Prices are nano-USD per million tokens; the markup in parts per billion.
-        let markup = 1.0 + self.markup_ppb as f64 / 1e9;
-        let (mut input, mut output) = (0f64, 0f64);
-        let fallbacks = env
-            .fallback
-            .iter()
-            .filter_map(|t| price(&t.provider, &t.upstream_model));
-        for p in std::iter::once(first).chain(fallbacks) {
-            input = input.max(p.input.max(p.cache_write) as f64 * markup / 1e6);
-            output = output.max(p.output as f64 * markup / 1e6);
+        // What admission fixed per target: nano-USD per million tokens and
+        // per unit, and the multiplier in parts per billion (as the worker
+        // bills).
+        let images = env.request.image_count();
+        let (mut input, mut output, mut fixed) = (0f64, 0f64, 0i64);
+        let fallbacks = env.fallback.iter().filter_map(|t| priced(&t.pricing));
+        for (p, multiplier) in std::iter::once(first).chain(fallbacks) {
+            let m = multiplier as f64 / 1e9;
+            let per_input = p.input.max(p.cache_write).max(p.cache_write_1h);
+            input = input.max(per_input as f64 * m / 1e6);
+            output = output.max(p.output.max(p.reasoning_output) as f64 * m / 1e6);
+            let units = p.per_request.saturating_add(
+                p.per_image
+                    .saturating_mul(i64::try_from(images).unwrap_or(0)),
+            );
+            fixed = fixed.max(sy_config::price::scale(units, multiplier));
         }
-        Ok((input, output))
+        Ok((input, output, fixed))
     }
 
     /// Checks and debits every scope of `caller`'s request, and reserves its
@@ -252,7 +244,7 @@ impl RateLimits {
         let spend = match budgets.is_empty() {
             true => None,
             false => {
-                let (input_price, output_price) = self.prices_of(envelope).map_err(|target| {
+                let (input_price, output_price, fixed) = Self::prices_of(envelope).map_err(|target| {
                     ApiError::new(
                         ErrorCode::PermissionDenied,
                         format!(
@@ -267,7 +259,8 @@ impl RateLimits {
                     .deadline_unix_ms
                     .saturating_sub(now_unix_ms())
                     .saturating_add(60_000);
-                Some((input_price * f64::from(input_tokens), output_price, hold_ms))
+                let input = input_price * f64::from(input_tokens) + fixed as f64;
+                Some((input, output_price, hold_ms))
             }
         };
         let spend = spend.map(|(input, per_token, hold_ms)| sy_limits::Spend {

@@ -80,6 +80,7 @@ pub(crate) fn fixed_order(state: &AppState, route: &ModelRoute) -> Vec<FallbackT
             provider: t.provider.clone(),
             upstream_model: t.model.clone(),
             rank: i as u32 + 1,
+            pricing: None,
         })
         .partition(|t| live.unhealthy(&t.provider, &t.upstream_model).is_none());
     healthy.extend(sick);

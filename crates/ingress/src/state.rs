@@ -31,6 +31,9 @@ pub(crate) struct AppState {
     pub(crate) clickhouse: Option<sy_config::ClickhouseConfig>,
     pub(crate) classifier: Arc<sy_classifier::Classifier>,
     pub(crate) providers: std::collections::BTreeMap<String, sy_config::ProviderConfig>,
+    /// `[billing] markup_percent` in parts per billion: what an org without
+    /// a plan or multipliers pays over cost.
+    pub(crate) markup_ppb: i64,
     pub(crate) live: Arc<sy_router::live::LiveTable>,
     /// The `Idempotency-Key` store; none if NATS refused to create it.
     pub(crate) idempotency: Option<async_nats::jetstream::kv::Store>,

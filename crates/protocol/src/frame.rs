@@ -110,6 +110,10 @@ pub struct RequestEnvelope {
     /// the accounting consumer to settle to what it really used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<LimitTicket>,
+    /// What this attempt's target is billed at (none from an older ingress:
+    /// the worker's config prices and markup).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pricing: Option<Pricing>,
 }
 
 /// What a request reserved from token limits and budgets at admission:
@@ -190,6 +194,28 @@ pub struct FallbackTarget {
     pub upstream_model: String,
     /// Its position in the route's target list, from 1.
     pub rank: u32,
+    /// What it is billed at, fixed at admission.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pricing: Option<Pricing>,
+}
+
+/// How an attempt on a target is billed, fixed when the request is admitted:
+/// the price-table version in effect when it was received, the target's
+/// price under it, and the org's multiplier over cost. The worker bills
+/// `cost × multiplier` with exactly these; admission reserves budgets with
+/// the same.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pricing {
+    /// The price-table version (0: the config file's prices).
+    pub version: u32,
+    /// Billed = cost × this / 10⁹.
+    pub multiplier_ppb: i64,
+    /// The org's plan, if it is on one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<String>,
+    /// The target's price; none: unpriced (its cost is unknown, never free).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price: Option<crate::price::Price>,
 }
 
 /// How a request's target was chosen.

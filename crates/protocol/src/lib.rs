@@ -37,7 +37,7 @@ mod usage;
 pub use error::ErrorCode;
 pub use frame::{
     ApiSurface, Cancel, CancelReason, ChunkFrame, EnvelopeHead, FallbackTarget, FinalFrame,
-    FrameError, LimitTicket, MidStream, ReplyFrame, RequestEnvelope, ResponseMeta, Resume,
+    FrameError, LimitTicket, MidStream, Pricing, ReplyFrame, RequestEnvelope, ResponseMeta, Resume,
     RouteChoice, StartInfo, Watchdogs,
 };
 pub use live::{ForcedState, Observation, Outcome, TargetOverride};

@@ -20,8 +20,8 @@ pub struct TokenUsage {
     #[serde(default)]
     pub cache_write_tokens: u64,
     /// The part of `cache_write_tokens` kept for an hour (Anthropic's
-    /// 1-hour cache, priced apart from the 5-minute one).
-    #[serde(default)]
+    /// 1-hour cache, priced apart from the 5-minute one); not written when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub cache_write_1h_tokens: u64,
     /// Output tokens, reasoning included.
     #[serde(default)]
@@ -154,6 +154,16 @@ pub struct UsageEvent {
     /// What the tenant is billed, nano-USD; absent when the price is unknown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub billed_nanos: Option<i64>,
+    /// The price-table version the call was priced under (0: the config
+    /// file's prices); absent in events of older workers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price_version: Option<u32>,
+    /// The multiplier billed over cost, parts per billion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multiplier_ppb: Option<i64>,
+    /// The org's plan, if it is on one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<String>,
     /// Time in the queue: dispatched − received.
     pub queue_wait_ms: u64,
     /// Time to first token from dispatch, if a token came.
@@ -233,4 +243,8 @@ impl TokenSource {
             TokenSource::None => "none",
         }
     }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }

@@ -62,6 +62,7 @@ pub(crate) async fn fall_back(
     out.attempt = attempt + 1;
     out.provider.clone_from(&next.provider);
     out.upstream_model.clone_from(&next.upstream_model);
+    out.pricing.clone_from(&next.pricing);
     out.fallback = env.fallback[i + 1..].to_vec();
     out.fallback_reason = Some(reason);
     if resume.is_some() {

@@ -14,7 +14,7 @@ use std::time::Duration;
 use async_nats::jetstream::AckKind;
 use async_nats::jetstream::message::Acker;
 use sy_bus::Bus;
-use sy_config::price::{apply_markup, scale};
+use sy_config::price::scale;
 use sy_protocol::{
     ErrorCode, Observation, Outcome, RequestEnvelope, TokenSource, TokenUsage, UsageEvent,
     UsageStatus, now_unix_ms,
@@ -77,11 +77,23 @@ pub(crate) fn event(
     } else {
         (TokenUsage::default(), TokenSource::None)
     };
-    let cost = cx
-        .provider
-        .prices
-        .get(&env.upstream_model)
-        .map(|p| p.cost_nanos(&tokens));
+    // Priced once, here: with what admission fixed for this target (the
+    // version in effect when the request came, the org's multiplier), or,
+    // from an older ingress, this worker's config prices and markup.
+    let units = sy_config::price::Units {
+        requests: u64::from(source != TokenSource::None),
+        images: env.request.image_count(),
+    };
+    let (price, version, multiplier_ppb, plan) = match &env.pricing {
+        Some(p) => (p.price, p.version, p.multiplier_ppb, p.plan.clone()),
+        None => (
+            cx.provider.prices.get(&env.upstream_model).copied(),
+            0,
+            1_000_000_000 + cx.markup_ppb,
+            None,
+        ),
+    };
+    let cost = price.map(|p| p.cost_of(&tokens, units));
     let error_code = match (status, &state.error) {
         (_, Some(e)) => Some(e.code),
         (UsageStatus::Expired, None) => Some(ErrorCode::DeadlineExceeded),
@@ -119,13 +131,16 @@ pub(crate) fn event(
         output_tokens_source: source,
         cost_nanos: cost,
         billed_nanos: cost.map(|c| {
-            let billed = apply_markup(c, cx.markup_ppb);
+            let billed = scale(c, multiplier_ppb);
             if env.batch.is_some() {
                 scale(billed, cx.batch_price_ppb)
             } else {
                 billed
             }
         }),
+        price_version: Some(version),
+        multiplier_ppb: Some(multiplier_ppb),
+        plan,
         queue_wait_ms: dispatched_unix_ms.saturating_sub(env.received_unix_ms),
         ttft_ms: state
             .first_token_unix_ms
