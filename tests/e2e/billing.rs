@@ -391,3 +391,176 @@ async fn a_customer_tops_up_through_stripe_or_yookassa_and_each_paid_order_credi
     }
     assert_eq!(balance().await, 15 * 1_000_000_000 + 18_750_000_000);
 }
+
+/// One request's row: its price version, plan, multiplier (decimal),
+/// tokens, cost and billed (nano-USD).
+#[derive(Debug, clickhouse::Row, serde::Deserialize)]
+struct PricedRow {
+    price_version: u32,
+    plan: String,
+    multiplier: String,
+    input_tokens: u64,
+    output_tokens: u64,
+    cost: String,
+    billed: String,
+}
+
+async fn priced_row(stack: &Stack, request_id: &str) -> PricedRow {
+    let c = stack.clickhouse.as_ref().unwrap();
+    let client = sy_accounting::client(c);
+    let sql = format!(
+        "SELECT price_version, plan, toString(assumeNotNull(multiplier)) AS multiplier, \
+         input_tokens, output_tokens, toString(assumeNotNull(cost)) AS cost, \
+         toString(assumeNotNull(billed)) AS billed FROM {}.requests FINAL \
+         WHERE request_id = toUUID('{request_id}')",
+        c.database
+    );
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if let Ok(row) = client.query(&sql).fetch_one::<PricedRow>().await {
+            return row;
+        }
+        assert!(std::time::Instant::now() < until, "no row for {request_id}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+fn nanos(decimal: &str) -> i64 {
+    sy_config::price::parse_nanos(decimal).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_rows_keep_the_price_version_they_were_priced_under_and_the_orgs_multiplier() {
+    use crate::tenants::{ADMIN, admin_cli};
+    let (store, tenants) = tenants_store("price").await;
+    let org = store.create_org(&owner(), "Acme").await.unwrap();
+    let project = store.create_project(&owner(), org, "p").await.unwrap();
+    let spec = sy_control::store::KeySpec::named("k");
+    let (_, key) = store.create_key(&owner(), project, &spec).await.unwrap();
+    let stack = Stack::start_with(StackOptions {
+        sections: format!(
+            "{tenants}\n[[admin_tokens]]\nname = \"ops\"\ntoken = \"{ADMIN}\"\nrole = \"owner\"\n"
+        ),
+        clickhouse: true,
+        ..Default::default()
+    })
+    .await;
+    let url = stack.base.clone();
+    let cli = |args: &[&str]| admin_cli(&url, args);
+    let org_id = org.to_string();
+    // Version 1: $1 in, $2 out per million; plan "pro": ×1.5, ×2 for gpt-4o-mini.
+    cli(&[
+        "prices",
+        "set",
+        "openai/gpt-4o-mini",
+        "--input",
+        "1",
+        "--output",
+        "2",
+    ]);
+    cli(&[
+        "plans",
+        "create",
+        "pro",
+        "--multiplier",
+        "1.5",
+        "--model",
+        "gpt-4o-mini=2",
+    ]);
+    cli(&["orgs", "set-pricing", &org_id, "--plan", "pro"]);
+    let shown = cli(&["--json", "orgs", "pricing", &org_id]);
+    assert!(
+        shown.contains("\"plan\": \"pro\"") || shown.contains("\"plan\":\"pro\""),
+        "{shown}"
+    );
+
+    let ask = |text: &'static str| {
+        let (http, url, key) = (
+            stack.http.clone(),
+            stack.url("/v1/chat/completions"),
+            key.key.clone(),
+        );
+        async move {
+            let r = http
+                .post(url)
+                .bearer_auth(key)
+                .json(&crate::stack::body("gpt-4o-mini", text))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            r.headers()["x-switchyard-request-id"]
+                .to_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    // The key table reloads when the change is announced: within a moment.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let a = ask("first").await;
+    let row_a = priced_row(&stack, &a).await;
+    let cost_a = row_a.input_tokens as i64 * 1_000 + row_a.output_tokens as i64 * 2_000;
+    assert_eq!(
+        (
+            row_a.price_version,
+            row_a.plan.as_str(),
+            nanos(&row_a.multiplier)
+        ),
+        (1, "pro", 2_000_000_000),
+        "{row_a:?}"
+    );
+    assert_eq!(nanos(&row_a.cost), cost_a, "{row_a:?}");
+    assert_eq!(nanos(&row_a.billed), cost_a * 2, "{row_a:?}");
+
+    // The plan without its model multiplier: its default, ×1.5.
+    cli(&["plans", "update", "pro", "--clear-models"]);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let b = ask("second").await;
+    let row_b = priced_row(&stack, &b).await;
+    let cost_b = row_b.input_tokens as i64 * 1_000 + row_b.output_tokens as i64 * 2_000;
+    assert_eq!(
+        (row_b.price_version, nanos(&row_b.multiplier)),
+        (1, 1_500_000_000)
+    );
+    assert_eq!(nanos(&row_b.billed), cost_b * 3 / 2, "{row_b:?}");
+
+    // Version 2: $3 in, $4 out. New requests are priced under it; the rows
+    // priced under version 1 keep their price.
+    cli(&[
+        "prices",
+        "set",
+        "openai/gpt-4o-mini",
+        "--input",
+        "3",
+        "--output",
+        "4",
+        "--note",
+        "dearer",
+    ]);
+    let listed = cli(&["prices", "list"]);
+    assert!(listed.contains("dearer"), "{listed}");
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let c = ask("third").await;
+    let row_c = priced_row(&stack, &c).await;
+    assert_eq!(row_c.price_version, 2, "{row_c:?}");
+    assert_eq!(
+        nanos(&row_c.cost),
+        row_c.input_tokens as i64 * 3_000 + row_c.output_tokens as i64 * 4_000
+    );
+    let again = priced_row(&stack, &a).await;
+    assert_eq!(
+        (again.price_version, nanos(&again.cost)),
+        (1, cost_a),
+        "yesterday's price holds"
+    );
+    // Every change is in the audit log.
+    let audit = cli(&["audit", "list", "--limit", "50"]);
+    for action in [
+        "price_version.create",
+        "plan.create",
+        "plan.update",
+        "org.pricing",
+    ] {
+        assert!(audit.contains(action), "{action}: {audit}");
+    }
+}

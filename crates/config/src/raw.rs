@@ -567,6 +567,22 @@ pub struct RawPrice {
     pub per_image: Option<String>,
 }
 
+impl RawPrice {
+    /// Input and output prices only (every other class at its default).
+    pub fn new(input: &str, output: &str) -> Self {
+        RawPrice {
+            input: input.to_owned(),
+            output: output.to_owned(),
+            cached_input: None,
+            cache_write: None,
+            cache_write_1h: None,
+            reasoning_output: None,
+            per_request: None,
+            per_image: None,
+        }
+    }
+}
+
 /// `[models.<name>]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -687,16 +687,7 @@ mod tests {
     use super::*;
 
     fn raw(input: &str, output: &str) -> RawPrice {
-        RawPrice {
-            input: input.into(),
-            output: output.into(),
-            cached_input: None,
-            cache_write: None,
-            cache_write_1h: None,
-            reasoning_output: None,
-            per_request: None,
-            per_image: None,
-        }
+        RawPrice::new(input, output)
     }
 
     fn version(n: u32, at: i64, input: &str) -> PriceVersion {

@@ -14,16 +14,7 @@ use sy_control::pricing::{NewPriceVersion, Plan, PriceBook};
 use sy_control::store::StoreError;
 
 fn price(input: &str, output: &str) -> RawPrice {
-    RawPrice {
-        input: input.into(),
-        output: output.into(),
-        cached_input: None,
-        cache_write: None,
-        cache_write_1h: None,
-        reasoning_output: None,
-        per_request: None,
-        per_image: None,
-    }
+    RawPrice::new(input, output)
 }
 
 fn set(key: &str, p: RawPrice) -> NewPriceVersion {
