@@ -137,7 +137,10 @@ async fn stripe_webhook(
 ///    move money: a payment that is not `succeeded` credits nothing and is
 ///    not stored (its genuine notification still credits when it comes);
 /// 3. the event from the answer is applied once, under
-///    `payment.succeeded:<payment id>` / `refund.succeeded:<refund id>`.
+///    `payment.succeeded:<payment id>` / `refund.succeeded:<refund id>`; a
+///    refund first applies its payment (as read back), so it never waits for
+///    the payment's own notification; a refund of a payment that is not a
+///    top-up (no `metadata.order_id`) is ignored.
 ///
 /// YooKassa sends a notification again for 24 hours until it gets a 200:
 /// 503 when YooKassa's API or the database cannot be reached.
@@ -236,11 +239,31 @@ async fn yookassa_webhook(State(hook): State<Arc<YookassaHook>>, req: Request) -
             .await
             .map(|p| (yookassa::paid_event(&p), p.status)),
         Notice::Refund { id } => match hook.client.refund(&hook.http, id).await {
-            Ok(r) => hook
-                .client
-                .payment(&hook.http, &r.payment_id)
-                .await
-                .map(|p| (yookassa::refund_event(&r, &p), r.status)),
+            Ok(r) => match hook.client.payment(&hook.http, &r.payment_id).await {
+                Ok(p) if p.order_id.is_none() => {
+                    // A refund of a payment Switchyard did not make (a shop
+                    // shared with other sales): not ours, not stored.
+                    return answer(
+                        StatusCode::OK,
+                        json!({"received": true, "outcome": "ignored",
+                               "reason": "the payment is not a top-up"}),
+                    );
+                }
+                Ok(p) => {
+                    // The payment as YooKassa has it is known to have
+                    // succeeded: apply it first (a replay if it was), so a
+                    // refund that overtakes its payment's notification never
+                    // waits for it.
+                    if let Some(paid) = yookassa::paid_event(&p) {
+                        let result = hook.store.apply_payment(Provider::Yookassa, &paid).await;
+                        if result.is_err() {
+                            return applied(Provider::Yookassa, paid.event_id(), result);
+                        }
+                    }
+                    Ok((yookassa::refund_event(&r, &p), r.status))
+                }
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         },
     };
