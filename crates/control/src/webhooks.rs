@@ -139,8 +139,9 @@ async fn stripe_webhook(
 /// 3. the event from the answer is applied once, under
 ///    `payment.succeeded:<payment id>` / `refund.succeeded:<refund id>`; a
 ///    refund first applies its payment (as read back), so it never waits for
-///    the payment's own notification; a refund of a payment that is not a
-///    top-up (no `metadata.order_id`) is ignored.
+///    the payment's own notification; a payment (or refund) that is not a
+///    top-up (no `metadata.order_id`: a shop shared with other sales) is
+///    ignored and not stored.
 ///
 /// YooKassa sends a notification again for 24 hours until it gets a 200:
 /// 503 when YooKassa's API or the database cannot be reached.
@@ -193,6 +194,16 @@ fn sender(peer: Option<IpAddr>, headers: &HeaderMap, proxies: &[IpNet]) -> Optio
     Some(ip)
 }
 
+/// The answer about a payment (or its refund) Switchyard did not make: a
+/// shop shared with other sales. Not ours, not stored.
+fn not_a_top_up() -> Response {
+    answer(
+        StatusCode::OK,
+        json!({"received": true, "outcome": "ignored",
+               "reason": "the payment is not a top-up"}),
+    )
+}
+
 async fn yookassa_webhook(State(hook): State<Arc<YookassaHook>>, req: Request) -> Response {
     let peer = req
         .extensions()
@@ -233,22 +244,13 @@ async fn yookassa_webhook(State(hook): State<Arc<YookassaHook>>, req: Request) -
                 json!({"received": true, "event": event, "outcome": "ignored"}),
             );
         }
-        Notice::Payment { id, .. } => hook
-            .client
-            .payment(&hook.http, id)
-            .await
-            .map(|p| (yookassa::paid_event(&p), p.status)),
+        Notice::Payment { id, .. } => match hook.client.payment(&hook.http, id).await {
+            Ok(p) if p.order_id.is_none() => return not_a_top_up(),
+            read => read.map(|p| (yookassa::paid_event(&p), p.status)),
+        },
         Notice::Refund { id } => match hook.client.refund(&hook.http, id).await {
             Ok(r) => match hook.client.payment(&hook.http, &r.payment_id).await {
-                Ok(p) if p.order_id.is_none() => {
-                    // A refund of a payment Switchyard did not make (a shop
-                    // shared with other sales): not ours, not stored.
-                    return answer(
-                        StatusCode::OK,
-                        json!({"received": true, "outcome": "ignored",
-                               "reason": "the payment is not a top-up"}),
-                    );
-                }
+                Ok(p) if p.order_id.is_none() => return not_a_top_up(),
                 Ok(p) => {
                     // The payment as YooKassa has it is known to have
                     // succeeded: apply it first (a replay if it was), so a

@@ -409,6 +409,14 @@ async fn a_refund_that_overtakes_its_payment_applies_both_and_others_refunds_are
         .send()
         .await
         .unwrap();
+    let (status, v) = s
+        .notify(&s.hook, "payment.succeeded", json!({"id": other}))
+        .await;
+    assert_eq!(
+        (status, v["outcome"].as_str()),
+        (200, Some("ignored")),
+        "{v}"
+    );
     let v = s.mock("refund", &other, "&amount=100").await;
     assert_eq!(v["webhook_status"], 200, "{v}");
     let refund = v["object"].as_str().unwrap().to_owned();
