@@ -15,14 +15,18 @@ const ZERO_DECIMAL: [&str; 16] = [
 /// Nano-USD in one US dollar.
 pub const NANOS_PER_USD: i64 = 1_000_000_000;
 
-/// How many decimals `currency`'s minor unit has (2, or 0 for the yen and
-/// the other zero-decimal currencies).
+/// ISO 4217 currencies counted in thousandths (as Stripe counts them).
+const THREE_DECIMAL: [&str; 5] = ["bhd", "jod", "kwd", "omr", "tnd"];
+
+/// How many decimals `currency`'s minor unit has (2; 0 for the yen and the
+/// other zero-decimal currencies; 3 for the dinars and the rial counted in
+/// thousandths).
 pub fn exponent(currency: &str) -> u32 {
-    if ZERO_DECIMAL
-        .iter()
-        .any(|c| c.eq_ignore_ascii_case(currency))
-    {
+    let is = |list: &[&str]| list.iter().any(|c| c.eq_ignore_ascii_case(currency));
+    if is(&ZERO_DECIMAL) {
         0
+    } else if is(&THREE_DECIMAL) {
+        3
     } else {
         2
     }
@@ -144,5 +148,9 @@ mod tests {
         assert_eq!(rates.credit_nanos(100, "eur"), None, "no rate, no credit");
         assert_eq!(rates.credit_nanos(i64::MAX, "usd"), None, "too large");
         assert_eq!(rates.currencies(), ["usd", "rub"]);
+        // A Kuwaiti dinar is 1,000 fils: 10.000 KWD at $3.25 is $32.50.
+        let kwd = Rates::new([("kwd".to_owned(), 3_250_000_000)].into());
+        assert_eq!(kwd.credit_nanos(10_000, "kwd"), Some(32_500_000_000));
+        assert_eq!(to_decimal(10_000, "kwd"), "10.000");
     }
 }

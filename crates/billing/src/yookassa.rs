@@ -64,6 +64,8 @@ pub struct Refund {
     pub payment_id: String,
     /// `pending`, `succeeded` or `canceled`.
     pub status: String,
+    /// What it gives back, minor units (0 when unreadable).
+    pub amount: i64,
 }
 
 /// Why YooKassa's API did not answer what was asked.
@@ -189,6 +191,7 @@ pub fn parse_refund(v: &Value) -> Result<Refund, String> {
         id: text("id").ok_or("no id")?,
         payment_id: text("payment_id").ok_or("no payment_id")?,
         status: text("status").ok_or("no status")?,
+        amount: amount(&v["amount"]).map_or(0, |(n, _)| n),
     })
 }
 
@@ -210,7 +213,10 @@ pub fn paid_event(p: &Payment) -> Option<PaymentEvent> {
 /// was refunded in all so far (so refunds seen in any order, or twice, debit
 /// what came back, once). None unless the refund `succeeded` and is of `p`.
 pub fn refund_event(r: &Refund, p: &Payment) -> Option<PaymentEvent> {
-    (r.status == "succeeded" && r.payment_id == p.id).then(|| PaymentEvent::Reversed {
+    // A payment that does not show this refund yet (read a moment too
+    // early) is no answer: the caller asks again rather than debit less.
+    let shown = p.refunded >= r.amount;
+    (r.status == "succeeded" && r.payment_id == p.id && shown).then(|| PaymentEvent::Reversed {
         event_id: format!("refund.succeeded:{}", r.id),
         payment: p.id.clone(),
         amount: p.refunded,
@@ -376,6 +382,15 @@ mod tests {
             refund_event(&other, &p),
             None,
             "a refund of another payment"
+        );
+        let early = Refund {
+            amount: 99_999_999,
+            ..r.clone()
+        };
+        assert_eq!(
+            refund_event(&early, &p),
+            None,
+            "not shown by its payment yet"
         );
         let pending = Refund {
             status: "pending".into(),

@@ -341,9 +341,17 @@ impl Store {
                 )
             }
             (Ok(Decision::Debit(minor)), Some(o)) => {
-                // In proportion to what the order credited.
-                let nanos = (i128::from(minor) * i128::from(o.credit_nanos)
-                    / i128::from(o.amount.max(1))) as i64;
+                // In proportion to what the order credited, rounded up and
+                // counted on the running total: what came back in all is
+                // debited to the nano, never in the payer's favour, and all
+                // of it never more than the order credited.
+                let share = |reversed: i64| -> i128 {
+                    let whole = i128::from(reversed) * i128::from(o.credit_nanos);
+                    let amount = i128::from(o.amount.max(1));
+                    (whole + amount - 1) / amount
+                };
+                let nanos = i64::try_from(share(o.reversed + minor) - share(o.reversed))
+                    .unwrap_or(i64::MAX);
                 let reference = format!("{}:event:{}", o.provider, event.event_id());
                 let note = format!("{kind} {minor} {} of order {}", o.currency, o.id);
                 entry(&mut tx, o.org_id, "adjustment", -nanos, &reference, &note).await?;

@@ -262,6 +262,15 @@ async fn yookassa_webhook(State(hook): State<Arc<YookassaHook>>, req: Request) -
                             return applied(Provider::Yookassa, paid.event_id(), result);
                         }
                     }
+                    if r.status == "succeeded" && p.refunded < r.amount {
+                        // Read a moment too early: YooKassa sends it again.
+                        return refused(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "not_yet",
+                            "YooKassa's payment does not show this refund yet; send it again later"
+                                .into(),
+                        );
+                    }
                     Ok((yookassa::refund_event(&r, &p), r.status))
                 }
                 Err(e) => Err(e),
@@ -301,6 +310,17 @@ async fn yookassa_webhook(State(hook): State<Arc<YookassaHook>>, req: Request) -
         }
     };
     let result = hook.store.apply_payment(Provider::Yookassa, &event).await;
+    if let (PaymentEvent::Reversed { .. }, Ok(Applied::Later(why))) = (&event, &result) {
+        // Its payment succeeded at YooKassa and was applied above, so an
+        // order still unpaid is one whose payment was rejected (another
+        // amount, another provider's order): money back for it moves
+        // nothing here, and asking again would not change that.
+        return answer(
+            StatusCode::OK,
+            json!({"received": true, "event": event.event_id(), "outcome": "nothing",
+                   "reason": why}),
+        );
+    }
     applied(Provider::Yookassa, event.event_id(), result)
 }
 

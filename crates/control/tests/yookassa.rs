@@ -316,6 +316,9 @@ async fn a_yookassa_payment_not_matching_its_order_credits_nothing_and_says_why(
         .unwrap();
         assert_eq!(outcome, "rejected");
         assert!(reason.contains(why), "{reason}");
+        // Its refund moves nothing and is not asked for again (200).
+        let v = s.mock("refund", &p.id, "&amount=100").await;
+        assert_eq!(v["webhook_status"], 200, "{v}");
     }
     assert_eq!(s.balance().await, 0);
 

@@ -80,9 +80,12 @@ pub(crate) fn event(
     // Priced once, here: with what admission fixed for this target (the
     // version in effect when the request came, the org's multiplier), or,
     // from an older ingress, this worker's config prices and markup.
+    // Per-unit prices only for an attempt the provider worked on (its tokens
+    // were counted): a fallback's failed attempts are not billed the images.
+    let worked = source != TokenSource::None;
     let units = sy_config::price::Units {
-        requests: u64::from(source != TokenSource::None),
-        images: env.request.image_count(),
+        requests: u64::from(worked),
+        images: if worked { env.request.image_count() } else { 0 },
     };
     let (price, version, multiplier_ppb, plan) = match &env.pricing {
         Some(p) => (p.price, p.version, p.multiplier_ppb, p.plan.clone()),
