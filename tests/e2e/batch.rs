@@ -256,12 +256,18 @@ async fn a_batch_answers_every_item_once_in_input_order_with_failures_in_the_err
         );
         usage_sum += body["usage"]["total_tokens"].as_u64().unwrap();
         let i: usize = l["custom_id"].as_str().unwrap()[4..].parse().unwrap();
-        let expected_model = if i % 5 == 1 {
-            "claude-sonnet-4-5"
+        if i % 5 == 1 {
+            // Failed on openai: answered by the chain's next target.
+            assert_eq!(body["model"], "claude-sonnet-4-5", "{l}");
         } else {
-            "gpt-4o-mini"
-        };
-        assert_eq!(body["model"], expected_model, "{l}");
+            // The first target, unless three of the failing items ended in a
+            // row first and took it out for its cool-down ([health]
+            // failure_threshold = 3): then the next target answers.
+            assert!(
+                ["gpt-4o-mini", "claude-sonnet-4-5"].contains(&body["model"].as_str().unwrap()),
+                "{l}"
+            );
+        }
     }
     for l in &err {
         assert_eq!(l["response"]["status_code"], 502, "{l}");

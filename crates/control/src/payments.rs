@@ -188,6 +188,18 @@ impl Store {
         Ok(order)
     }
 
+    /// How many of `org`'s orders made in the last hour are still unpaid.
+    pub async fn recent_unpaid_orders(&self, org: Uuid) -> Result<i64, StoreError> {
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM payment_orders WHERE org_id = $1 AND status = 'pending' \
+             AND created_at > now() - interval '1 hour'",
+        )
+        .bind(org)
+        .fetch_one(self.pool())
+        .await?;
+        Ok(n)
+    }
+
     /// Records the provider's reference of `order`'s payment (a Checkout
     /// Session until the payment itself is known); never replaces one the
     /// payment already set.

@@ -322,6 +322,24 @@ async fn a_yookassa_payment_not_matching_its_order_credits_nothing_and_says_why(
     }
     assert_eq!(s.balance().await, 0);
 
+    // Unpaid orders are capped per org and hour (each one is a provider call).
+    let body = json!({"provider": "yookassa", "amount": 150_000, "currency": "rub"});
+    let mut made = 0;
+    let refused = loop {
+        match s.top_up(body.clone()).await {
+            Ok(_) => made += 1,
+            Err(e) => break e,
+        }
+        assert!(made <= 20, "no cap");
+    };
+    // The two orders above are unpaid too.
+    assert_eq!(made, 20 - 2, "{refused}");
+    assert!(
+        refused.contains("TOO_MANY_REQUESTS") || refused.contains("429"),
+        "{refused}"
+    );
+    assert!(refused.contains("not paid yet"), "{refused}");
+
     // What cannot be a YooKassa top-up is refused before anything is made.
     for (body, says) in [
         (

@@ -202,6 +202,11 @@ impl AdminError {
         AdminError::new(StatusCode::BAD_REQUEST, "invalid_request", message)
     }
 
+    /// A 429: too many of something at once.
+    pub fn too_many(message: impl Into<String>) -> Self {
+        AdminError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
+    }
+
     /// A 503: the deployment is not set up for this.
     pub fn not_configured(message: impl Into<String>) -> Self {
         AdminError::new(StatusCode::SERVICE_UNAVAILABLE, "not_configured", message)

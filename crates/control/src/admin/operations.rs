@@ -312,6 +312,9 @@ struct NewTopup {
 /// minimum) to $1,000,000.
 const TOPUP_NANOS: std::ops::RangeInclusive<i64> = 500_000_000..=1_000_000_000_000_000;
 
+/// How many unpaid top-ups an org may make in an hour.
+pub const MAX_UNPAID_ORDERS_PER_HOUR: i64 = 20;
+
 /// `POST /admin/v1/orgs/{id}/topups {provider, amount, currency}`: an order
 /// bound to one provider, amount and currency, and where to pay it; the
 /// order credits its amount once the provider confirms the payment.
@@ -391,6 +394,14 @@ pub async fn top_up(
         currency: &currency,
         credit_nanos,
     };
+    // Each order is a call to the provider's API, shared by every tenant:
+    // one org cannot make more than a few unpaid ones an hour.
+    let unpaid = admin.store.recent_unpaid_orders(org).await?;
+    if unpaid >= MAX_UNPAID_ORDERS_PER_HOUR {
+        return Err(AdminError::too_many(format!(
+            "This org made {unpaid} top-ups in the last hour that are not paid yet; pay one or retry later."
+        )));
+    }
     let order = admin.store.create_order(actor, new).await?;
     let unpaid = |e: &dyn std::fmt::Display| {
         tracing::warn!(order = %order.id, error = %e, "A payment provider did not make a payment.");
