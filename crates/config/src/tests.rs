@@ -672,4 +672,14 @@ fn yookassa_needs_a_shop_and_a_key_and_takes_notifications_from_its_ranges() {
     ] {
         assert!(p.iter().any(|s| s.starts_with(field)), "{field}: {p:?}");
     }
+    let p = problems(&format!(
+        "{base}[billing.yookassa]\nshop_id = \"1\"\nsecret_key = \"k\"\n\
+         notification_ips = [\"185.71.76.0/27\", \"0.0.0.0/0\"]\ntrusted_proxies = [\"::/0\"]\n"
+    ));
+    for field in [
+        "billing.yookassa.notification_ips[1]",
+        "billing.yookassa.trusted_proxies[0]",
+    ] {
+        assert!(p.iter().any(|s| s.starts_with(field)), "{field}: {p:?}");
+    }
 }

@@ -873,6 +873,20 @@ fn yookassa_config(
     }
     let notification_ips = networks(e, "billing.yookassa.notification_ips", &ips);
     let trusted_proxies = networks(e, "billing.yookassa.trusted_proxies", &y.trusted_proxies);
+    // A network as wide as a whole address family lets anyone send (or
+    // claim to forward) a notification: never what is meant.
+    for (field, nets) in [
+        ("notification_ips", &notification_ips),
+        ("trusted_proxies", &trusted_proxies),
+    ] {
+        if let Some(i) = nets.iter().flatten().position(|n| n.prefix_len() < 8) {
+            ok = false;
+            e.push(ConfigError::new(
+                format!("billing.yookassa.{field}[{i}]"),
+                "too wide (fewer than 8 prefix bits): list the sender's or the proxy's own networks",
+            ));
+        }
+    }
     let (Some(notification_ips), Some(trusted_proxies), true) =
         (notification_ips, trusted_proxies, ok)
     else {
