@@ -391,11 +391,9 @@ impl Checkout {
                 order_id.to_owned(),
             ),
         ];
-        let body: String = form
-            .iter()
-            .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
-            .collect::<Vec<_>>()
-            .join("&");
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(&form)
+            .finish();
         let r = http
             .post(format!(
                 "{}/v1/checkout/sessions",
@@ -419,16 +417,4 @@ impl Checkout {
         }
         serde_json::from_value(v).map_err(|e| CheckoutError::Unreachable(e.to_string()))
     }
-}
-
-/// Percent-encodes a form value (RFC 3986 unreserved characters kept).
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }

@@ -226,20 +226,24 @@ fn models_json(models: &BTreeMap<String, i64>) -> Value {
     json!(models)
 }
 
-fn plan_view(p: &Plan) -> Value {
-    json!({
-        "name": p.name,
-        "multiplier": format_multiplier(p.multiplier_ppb),
-        "model_multipliers": p.model_multipliers.iter()
-            .map(|(m, v)| (m.clone(), json!(format_multiplier(*v))))
-            .collect::<serde_json::Map<_, _>>(),
-    })
+/// Multipliers by model as the admin API and the audit log show them
+/// (decimal strings).
+pub fn multipliers_view(models: &BTreeMap<String, i64>) -> Value {
+    models
+        .iter()
+        .map(|(m, v)| (m.clone(), json!(format_multiplier(*v))))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
 }
 
 impl Plan {
     /// As the admin API shows it (multipliers as decimal strings).
     pub fn view(&self) -> Value {
-        plan_view(self)
+        json!({
+            "name": self.name,
+            "multiplier": format_multiplier(self.multiplier_ppb),
+            "model_multipliers": multipliers_view(&self.model_multipliers),
+        })
     }
 }
 
@@ -418,7 +422,7 @@ impl Store {
             target_kind: "plan",
             target_id: plan.name.clone(),
             before: None,
-            after: Some(plan_view(plan)),
+            after: Some(plan.view()),
         };
         audit::append(&mut tx, actor, e).await?;
         tx.commit().await?;
@@ -469,8 +473,8 @@ impl Store {
             action: "plan.update",
             target_kind: "plan",
             target_id: name.to_owned(),
-            before: Some(plan_view(&before)),
-            after: Some(plan_view(&after)),
+            before: Some(before.view()),
+            after: Some(after.view()),
         };
         audit::append(&mut tx, actor, e).await?;
         tx.commit().await?;
@@ -506,7 +510,7 @@ impl Store {
             action: "plan.delete",
             target_kind: "plan",
             target_id: name.to_owned(),
-            before: Some(plan_view(&before)),
+            before: Some(before.view()),
             after: None,
         };
         audit::append(&mut tx, actor, e).await?;
@@ -585,9 +589,7 @@ impl Store {
         }
         let view = |p: &Option<String>, m: Option<i64>, models: &BTreeMap<String, i64>| {
             json!({"plan": p, "multiplier": m.map(format_multiplier),
-                   "model_multipliers": models.iter()
-                       .map(|(k, v)| (k.clone(), json!(format_multiplier(*v))))
-                       .collect::<serde_json::Map<_, _>>()})
+                   "model_multipliers": multipliers_view(models)})
         };
         let e = Entry {
             action: "org.pricing",

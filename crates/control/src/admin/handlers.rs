@@ -83,6 +83,16 @@ pub(super) fn id_of(raw: &str, what: &str) -> Result<Uuid, AdminError> {
     Uuid::parse_str(raw).map_err(|_| AdminError::not_found(what))
 }
 
+/// The org `raw` names, if the caller may see it (else 404, as if it did
+/// not exist).
+pub(super) fn visible_org(caller: &Caller, raw: &str) -> Result<Uuid, AdminError> {
+    let org = id_of(raw, "org")?;
+    if !caller.sees(org) {
+        return Err(AdminError::not_found("org"));
+    }
+    Ok(org)
+}
+
 pub(super) fn uuid_param(
     q: &HashMap<String, String>,
     field: &str,
@@ -334,10 +344,7 @@ pub(super) async fn get_org(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Answer {
-    let id = id_of(&id, "org")?;
-    if !caller.sees(id) {
-        return Err(AdminError::not_found("org"));
-    }
+    let id = visible_org(&caller, &id)?;
     Ok(Json(admin.store.org(id).await?).into_response())
 }
 

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::handlers::{Answer, created, id_of, name, org_filter, parse, uuid_param};
+use super::handlers::{Answer, created, id_of, name, org_filter, parse, uuid_param, visible_org};
 use super::{Admin, AdminError, Caller};
 use crate::views::AuditQuery;
 
@@ -324,10 +324,7 @@ pub(super) async fn create_topup(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Answer {
-    let org = id_of(&id, "org")?;
-    if !caller.sees(org) {
-        return Err(AdminError::not_found("org"));
-    }
+    let org = visible_org(&caller, &id)?;
     Ok(created(top_up(&admin, &caller.actor(), org, &body).await?))
 }
 
@@ -466,10 +463,7 @@ pub(super) async fn credit_org(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Answer {
-    let org = id_of(&id, "org")?;
-    if !caller.sees(org) {
-        return Err(AdminError::not_found("org"));
-    }
+    let org = visible_org(&caller, &id)?;
     let req: NewCredit = parse(&body)?;
     let text = match &req.usd {
         Value::String(s) => s.clone(),
@@ -521,10 +515,7 @@ pub(super) async fn org_balance(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Answer {
-    let org = id_of(&id, "org")?;
-    if !caller.sees(org) {
-        return Err(AdminError::not_found("org"));
-    }
+    let org = visible_org(&caller, &id)?;
     let b = admin.store.balance(org).await?;
     Ok(Json(balance_view(org, &b)).into_response())
 }

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use sy_config::RawPrice;
 
-use super::handlers::{Answer, created, id_of, parse};
+use super::handlers::{Answer, created, id_of, parse, visible_org};
 use super::{Admin, AdminError, Caller};
 use crate::pricing::{
     NewPriceVersion, OrgPricing, Plan, PriceVersion, format_multiplier, parse_multiplier,
@@ -246,11 +246,7 @@ pub(super) async fn delete_plan(
 
 /// An org's pricing as the admin API shows it.
 pub fn org_pricing_view(org: uuid::Uuid, p: &OrgPricing) -> Value {
-    let models = |m: &BTreeMap<String, i64>| {
-        m.iter()
-            .map(|(k, v)| (k.clone(), json!(format_multiplier(*v))))
-            .collect::<serde_json::Map<_, _>>()
-    };
+    let models = crate::pricing::multipliers_view;
     json!({
         "org_id": org,
         "plan": p.plan,
@@ -267,10 +263,7 @@ pub(super) async fn get_org_pricing(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Answer {
-    let org = id_of(&id, "org")?;
-    if !caller.sees(org) {
-        return Err(AdminError::not_found("org"));
-    }
+    let org = visible_org(&caller, &id)?;
     let p = admin.store.org_pricing(org).await?;
     Ok(Json(org_pricing_view(org, &p)).into_response())
 }
