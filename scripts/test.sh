@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: formatting, lints, unit, integration and end-to-end
-# tests, and the official openai SDK conformance run. Installs and starts what is
-# missing first (idempotently) and stops only what it started.
+# tests, and the official openai SDK conformance run; then, over every schema the
+# tests left in PostgreSQL, that each prepaid balance is its ledger's sum
+# (tests/sql/ledger_invariant.sql). Installs and starts what is missing first
+# (idempotently) and stops only what it started.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -44,3 +46,6 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --locked --no-fail-fast
 fi
+
+say "the prepaid ledger's invariant, after the whole suite"
+psql "$SY_POSTGRES_URL" -v ON_ERROR_STOP=1 -q -f tests/sql/ledger_invariant.sql

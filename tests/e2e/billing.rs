@@ -564,3 +564,294 @@ async fn usage_rows_keep_the_price_version_they_were_priced_under_and_the_orgs_m
         assert!(audit.contains(action), "{action}: {audit}");
     }
 }
+
+/// `switchyard billing invoice --url URL --token ADMIN <args>`, run.
+fn invoice_run(url: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["billing", "invoice", "--url", url, "--token"])
+        .arg(crate::tenants::ADMIN)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// [`invoice_run`]'s output, or a panic with what it said.
+fn invoice_cli(url: &str, args: &[&str]) -> Vec<u8> {
+    let out = invoice_run(url, args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+#[derive(Debug, clickhouse::Row, serde::Deserialize)]
+struct MonthSums {
+    attempts: u64,
+    input: u64,
+    output: u64,
+    total_cost: String,
+    total_billed: String,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_orgs_month_is_invoiced_from_its_rows_and_its_ledger_the_same_every_time() {
+    use crate::tenants::{ADMIN, admin_cli};
+    let (store, tenants) = tenants_store("invoice").await;
+    let org = store.create_org(&owner(), "Acme").await.unwrap();
+    let spec = sy_control::store::KeySpec::named("k");
+    let web = store.create_project(&owner(), org, "web").await.unwrap();
+    let mobile = store.create_project(&owner(), org, "mobile").await.unwrap();
+    let (_, web_key) = store.create_key(&owner(), web, &spec).await.unwrap();
+    let (_, mobile_key) = store.create_key(&owner(), mobile, &spec).await.unwrap();
+    let stripe =
+        sy_mock_provider::MockProvider::start(sy_mock_provider::MockOptions::new("stripe"))
+            .await
+            .unwrap();
+    let stack = Stack::start_with(StackOptions {
+        sections: format!(
+            "{tenants}\n[[admin_tokens]]\nname = \"ops\"\ntoken = \"{ADMIN}\"\nrole = \"owner\"\n\
+             [billing.stripe]\nwebhook_secrets = [\"{SECRET}\"]\n\
+             api_base = \"http://{addr}\"\nsecret_key = \"sk_test_e2e\"\n\
+             [redis]\nurl = \"{redis}\"\n",
+            addr = stripe.addr(),
+            redis = sy_test_support::redis_url()
+        ),
+        clickhouse: true,
+        ..Default::default()
+    })
+    .await;
+    let base = stack.base.clone();
+    let org_id = org.to_string();
+    // A prepaid org (its balance is held in Redis while requests run) with
+    // $5 to start with.
+    admin_cli(&base, &["orgs", "prepaid", &org_id, "true"]);
+    admin_cli(
+        &base,
+        &["orgs", "credit", &org_id, "--usd", "5", "--ref", "opening"],
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let ask = |key: String| {
+        let (http, url) = (stack.http.clone(), stack.url("/v1/chat/completions"));
+        async move {
+            let r = http
+                .post(url)
+                .bearer_auth(key)
+                .json(&crate::stack::body("gpt-4o-mini", "hi"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+        }
+    };
+    ask(web_key.key.clone()).await;
+    ask(mobile_key.key.clone()).await;
+
+    // A $12.00 top-up through Stripe in the middle of the month.
+    let r = stack
+        .http
+        .post(stack.url(&format!("/admin/v1/orgs/{org_id}/topups")))
+        .bearer_auth(ADMIN)
+        .json(&json!({"provider": "stripe", "amount": 1200, "currency": "usd"}))
+        .send()
+        .await
+        .unwrap();
+    let order: Value = r.json().await.unwrap();
+    let order_id = order["order_id"].as_str().unwrap().to_owned();
+    let pay = format!(
+        "{}?webhook={}&secret={SECRET}",
+        order["payment_url"].as_str().unwrap(),
+        stack.url("/webhooks/stripe")
+    );
+    let before = utc_now();
+    let v: Value = stack
+        .http
+        .post(&pay)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["webhook_status"], 200, "{v}");
+    let after = utc_now();
+    ask(web_key.key.clone()).await;
+
+    // Every attempt in ClickHouse and debited from the balance, then the month so far.
+    let ch = stack.clickhouse.as_ref().unwrap();
+    let sums_sql = format!(
+        "SELECT count() AS attempts, sum(input_tokens) AS input, sum(output_tokens) AS output, \
+         toString(sum(ifNull(cost, toDecimal64(0, 9)))) AS total_cost, \
+         toString(sum(ifNull(billed, toDecimal64(0, 9)))) AS total_billed \
+         FROM {}.requests FINAL WHERE org_id = '{org_id}'",
+        ch.database
+    );
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let sums = loop {
+        let sums: MonthSums = sy_accounting::client(ch)
+            .query(&sums_sql)
+            .fetch_one()
+            .await
+            .unwrap();
+        let (debits,): (i64,) =
+            sqlx::query_as("SELECT count(*) FROM ledger WHERE org_id = $1 AND kind = 'debit'")
+                .bind(org)
+                .fetch_one(store.pool())
+                .await
+                .unwrap();
+        if sums.attempts == 3 && debits == 3 {
+            break sums;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "{sums:?}, {debits} debits"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    let (y, m) = sy_limits::year_month(now());
+    let period = format!("{y:04}-{m:02}");
+    let args = ["--org", org_id.as_str(), "--period", period.as_str()];
+    let json_bytes = invoice_cli(&base, &args);
+    let v: Value = serde_json::from_slice(&json_bytes).unwrap();
+    assert_eq!(
+        (v["status"].as_str(), v["period"].as_str()),
+        (Some("open"), Some(period.as_str()))
+    );
+    // Totals are ClickHouse's sums over the org's rows.
+    let t = &v["totals"];
+    assert_eq!(
+        (t["requests"].as_u64(), t["attempts"].as_u64()),
+        (Some(3), Some(sums.attempts))
+    );
+    assert_eq!(t["tokens"]["input"].as_u64(), Some(sums.input));
+    assert_eq!(t["tokens"]["output"].as_u64(), Some(sums.output));
+    let decimal = |s: &str| sy_billing::invoice::nanos_of_decimal(s).unwrap();
+    assert_eq!(
+        decimal(t["cost_usd"].as_str().unwrap()),
+        decimal(&sums.total_cost)
+    );
+    assert_eq!(
+        decimal(t["billed_usd"].as_str().unwrap()),
+        decimal(&sums.total_billed)
+    );
+    assert!(decimal(&sums.total_billed) > 0, "{sums:?}");
+    // One line per project (same model, version and multiplier), with names.
+    let names: Vec<&str> = v["projects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["project_name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.len(), 2, "{v:#}");
+    assert!(
+        names.contains(&"web") && names.contains(&"mobile"),
+        "{names:?}"
+    );
+    // The balance: nothing before the month; the opening credit and the
+    // top-up, with its time; every attempt debited; the end is the ledger's sum.
+    let b = &v["balance"];
+    assert_eq!(b["start_usd"], "0.000000000");
+    assert_eq!(b["credits_usd"], "17.000000000");
+    assert_eq!(b["debits"], 3);
+    assert_eq!(
+        decimal(b["debited_usd"].as_str().unwrap()),
+        decimal(&sums.total_billed)
+    );
+    let stored = crate::tenants::ledger_balance(&store, org).await;
+    assert_eq!(decimal(b["end_usd"].as_str().unwrap()), i128::from(stored));
+    let topup = v["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["reference"] == format!("stripe:order:{order_id}"))
+        .unwrap_or_else(|| panic!("{v:#}"));
+    assert_eq!(topup["amount_usd"], "12.000000000");
+    let at = topup["time"].as_str().unwrap();
+    assert!(
+        before.as_str() <= at && at <= after.as_str(),
+        "{before} <= {at} <= {after}"
+    );
+
+    // Made again: the same bytes, JSON and CSV, from the CLI and the API.
+    assert_eq!(invoice_cli(&base, &args), json_bytes);
+    let csv_args = [&args[..], &["--format", "csv"]].concat();
+    let csv = invoice_cli(&base, &csv_args);
+    assert_eq!(invoice_cli(&base, &csv_args), csv);
+    let r = stack
+        .http
+        .get(stack.url(&format!(
+            "/admin/v1/orgs/{org_id}/invoices/{period}?format=csv"
+        )))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["content-type"], "text/csv; charset=utf-8");
+    assert_eq!(r.bytes().await.unwrap().to_vec(), csv);
+    let text = String::from_utf8(csv).unwrap();
+    assert!(text.contains(",credit,"), "{text}");
+    assert!(
+        text.contains(&format!(",12.000000000,stripe:order:{order_id},")),
+        "{text}"
+    );
+    // --output writes the same bytes to a file.
+    let file = std::env::temp_dir().join(format!("sy-invoice-{org_id}.json"));
+    let out = invoice_cli(
+        &base,
+        &[&args[..], &["--output", file.to_str().unwrap()]].concat(),
+    );
+    assert!(out.is_empty());
+    assert_eq!(std::fs::read(&file).unwrap(), json_bytes);
+    let _ = std::fs::remove_file(&file);
+
+    // Not a month, a month not begun, a format it has not: 400 in the admin
+    // API's error format, and the CLI says so and fails.
+    for (path, says) in [
+        (
+            format!("/admin/v1/orgs/{org_id}/invoices/2026-13"),
+            "'period'",
+        ),
+        (
+            format!("/admin/v1/orgs/{org_id}/invoices/2100-01"),
+            "not begun",
+        ),
+        (
+            format!("/admin/v1/orgs/{org_id}/invoices/{period}?format=xml"),
+            "'format'",
+        ),
+        (
+            format!("/admin/v1/orgs/{org_id}/invoices/{period}?from=1"),
+            "Unknown parameter",
+        ),
+    ] {
+        let r = stack
+            .http
+            .get(stack.url(&path))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{path}");
+        let e: Value = r.json().await.unwrap();
+        assert!(
+            e["error"]["message"].as_str().unwrap().contains(says),
+            "{path}: {e}"
+        );
+    }
+    let failed = invoice_run(&base, &["--org", &org_id, "--period", "2026-13"]);
+    assert!(!failed.status.success());
+    assert!(
+        String::from_utf8_lossy(&failed.stderr).contains("400"),
+        "{failed:?}"
+    );
+}
+
+/// Now, UTC, as the ledger's entries print it (`2026-11-14T10:22:31.123456Z`).
+fn utc_now() -> String {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let secs = sy_billing::invoice::rfc3339(u32::try_from(d.as_secs()).unwrap());
+    format!("{}.{:06}Z", secs.trim_end_matches('Z'), d.subsec_micros())
+}

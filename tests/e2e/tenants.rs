@@ -172,6 +172,15 @@ async fn refused_within_a_second(stack: &Stack, key: &str) -> bool {
     true
 }
 
+/// `org`'s stored balance, checked against the sum of its ledger rows (the
+/// ledger invariant: they must agree).
+pub(crate) async fn ledger_balance(store: &sy_control::store::Store, org: uuid::Uuid) -> i64 {
+    let stored = store.balance(org).await.unwrap().balance_nanos;
+    let sum = store.ledger_sum(org).await.unwrap();
+    assert_eq!(stored, sum, "the stored balance is the sum of the ledger");
+    stored
+}
+
 pub(crate) fn owner() -> sy_control::audit::Actor {
     sy_control::audit::Actor::local("e2e", "owner")
 }

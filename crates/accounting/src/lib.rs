@@ -10,19 +10,24 @@
 //! A redelivered event whose row is already stored is skipped, and the table is a
 //! ReplacingMergeTree on (request_id, attempt), so nothing is counted twice.
 //! [`migrate`] applies `migrations/clickhouse/*.sql` in order, recording each;
-//! [`usage_for_key`] answers `GET /v1/usage` for the ingress.
+//! [`usage_for_key`] answers `GET /v1/usage` for the ingress, [`invoice_rows`]
+//! an org's invoice lines.
 //!
 //! [`UsageEvent`]: sy_protocol::UsageEvent
 
 mod consumer;
+mod invoice_query;
 mod migrate;
 mod row;
 mod usage_query;
 
 pub use consumer::{CONSUMER, run};
+pub use invoice_query::{InvoiceRow, invoice_rows};
 pub use migrate::{MIGRATIONS, migrate};
 pub use row::RequestRow;
-pub use usage_query::{GroupBy, UsageGroup, UsageScope, parse_instant, usage, usage_for_key};
+pub use usage_query::{
+    GroupBy, UsageGroup, UsageScope, month_bounds, parse_instant, usage, usage_for_key,
+};
 
 use sy_config::ClickhouseConfig;
 

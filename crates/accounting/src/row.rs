@@ -3,7 +3,7 @@ use sy_protocol::UsageEvent;
 use uuid::Uuid;
 
 /// One row of `switchyard.requests`, in column order (RowBinary).
-#[derive(Debug, Clone, PartialEq, clickhouse::Row, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, clickhouse::Row, Serialize)]
 pub struct RequestRow {
     /// Received time, Unix seconds (DateTime).
     pub ts: u32,

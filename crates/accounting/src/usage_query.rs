@@ -166,9 +166,44 @@ pub fn parse_instant(text: &str) -> Option<u32> {
     u32::try_from(days_from_civil(y, m, d) * 86_400).ok()
 }
 
+/// `YYYY-MM` as the Unix seconds of its first day and of the next month's
+/// (UTC); none unless a month from 1970-01 to 2105-11.
+pub fn month_bounds(period: &str) -> Option<(u32, u32)> {
+    let (y, m) = period.split_once('-')?;
+    if period.len() != 7 || y.len() != 4 || m.len() != 2 {
+        return None;
+    }
+    let (y, m): (u32, u32) = (y.parse().ok()?, m.parse().ok()?);
+    if !(1..=12).contains(&m) {
+        return None;
+    }
+    let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+    Some((
+        parse_instant(&format!("{y:04}-{m:02}-01"))?,
+        parse_instant(&format!("{ny:04}-{nm:02}-01"))?,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_month_is_its_first_second_to_the_next_months() {
+        assert_eq!(
+            month_bounds("2026-12"),
+            Some((1_796_083_200, 1_798_761_600))
+        );
+        assert_eq!(
+            month_bounds("2024-02").map(|(s, e)| (e - s) / 86_400),
+            Some(29)
+        );
+        for bad in [
+            "2026-13", "2026-00", "26-01", "2026-1", "2026-011", "x", "1969-12", "+026-01",
+        ] {
+            assert_eq!(month_bounds(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn instants_parse_dates_and_seconds() {

@@ -3,7 +3,9 @@
 //! Checkout Sessions (`stripe`), YooKassa's payments, re-read before they are
 //! believed (`yookassa`), money in minor units and what it credits
 //! (`money`), and whether an event may move money for the order it names
-//! (`order`; docs/billing.md). Price versions, plans and invoices come next.
+//! (`order`; docs/billing.md), and an org's monthly invoice rendered the
+//! same way every time (`invoice`). Price versions and plans live in
+//! `sy_protocol::price` and `sy_control::pricing`.
 //!
 //! Nothing here trusts a payment provider's message on its own: a Stripe
 //! event is acted on only when its signature verifies under one of the
@@ -12,6 +14,7 @@
 //! either only for an order made for that provider with the same amount and
 //! currency.
 
+pub mod invoice;
 pub mod money;
 pub mod order;
 pub mod stripe;

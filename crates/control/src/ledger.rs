@@ -53,6 +53,19 @@ impl Store {
         b.ok_or(StoreError::NotFound("org"))
     }
 
+    /// The sum of `org`'s ledger rows: its balance recomputed from scratch
+    /// (the stored one must equal it; tests/sql/ledger_invariant.sql checks
+    /// every org's).
+    pub async fn ledger_sum(&self, org: Uuid) -> Result<i64, StoreError> {
+        let (sum,): (i64,) = sqlx::query_as(
+            "SELECT COALESCE(sum(amount_nanos), 0)::bigint FROM ledger WHERE org_id = $1",
+        )
+        .bind(org)
+        .fetch_one(self.pool())
+        .await?;
+        Ok(sum)
+    }
+
     /// Credits `org` with `nanos` (negative: an adjustment down), once per
     /// `reference`; audited. Returns the balance and whether this call
     /// credited (false: that reference was credited before). Every ingress

@@ -18,6 +18,7 @@ pub mod admin_tokens;
 pub mod audit;
 pub mod credentials;
 pub mod feed;
+pub mod invoices;
 pub mod key;
 pub mod keytable;
 pub mod ledger;

@@ -27,19 +27,6 @@ fn scoped_token() -> &'static str {
     "test-org-owner-token-0001"
 }
 
-/// A fresh, migrated ClickHouse database on the shared server.
-async fn clickhouse() -> sy_config::ClickhouseConfig {
-    sy_test_support::require_clickhouse().await;
-    let c = sy_config::ClickhouseConfig {
-        url: sy_test_support::clickhouse_url().parse().unwrap(),
-        database: sy_test_support::unique_database(),
-        user: "default".into(),
-        password: None,
-    };
-    sy_accounting::migrate(&c).await.unwrap();
-    c
-}
-
 /// The master keys the test's admin API seals with.
 fn keyring() -> sy_control::sealed::Keyring {
     sy_control::sealed::Keyring::new((1, [5u8; 32]), &[])
@@ -98,7 +85,7 @@ impl Api {
                 store.clone(),
                 tokens,
                 Some(credentials),
-                Some(clickhouse().await),
+                Some(common::clickhouse().await),
             )
             .with_topups(topups),
         );
@@ -332,7 +319,8 @@ async fn every_endpoint_answers_every_role_as_the_docs_table_says() {
             let url = path
                 .replace("{id}", &id.to_string())
                 .replace("{name}", &plan[..30])
-                .replace("{version}", "current");
+                .replace("{version}", "current")
+                .replace("{period}", "2020-01");
             let method = Method::from_bytes(method.as_bytes()).unwrap();
             let (status, v) = api.call(token, method, &url, body).await;
             let allowed = if i < 5 { roles[i] } else { scoped };

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use sy_accounting::{GroupBy, UsageGroup, parse_instant};
+use sy_accounting::{GroupBy, UsageGroup, month_bounds, parse_instant};
 use sy_config::ClickhouseConfig;
 use sy_protocol::{ErrorCode, now_unix_ms};
 
@@ -109,20 +109,6 @@ fn json<T: Serialize>(body: &T) -> Response {
         .into_response()
 }
 
-/// `YYYY-MM` as the Unix seconds of its first day and of the next month's.
-fn month_bounds(period: &str) -> Option<(u32, u32)> {
-    let (y, m) = period.split_once('-')?;
-    let (y, m): (u32, u32) = (y.parse().ok()?, m.parse().ok()?);
-    if period.len() != 7 || !(1970..=9999).contains(&y) || !(1..=12).contains(&m) {
-        return None;
-    }
-    let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
-    Some((
-        parse_instant(&format!("{y:04}-{m:02}-01"))?,
-        parse_instant(&format!("{ny:04}-{nm:02}-01"))?,
-    ))
-}
-
 #[derive(Serialize)]
 struct OrgBody<'a> {
     object: &'static str,
@@ -186,25 +172,4 @@ pub async fn org_usage(
         group_by,
         data,
     }))
-}
-
-#[cfg(test)]
-mod month_tests {
-    use super::month_bounds;
-
-    #[test]
-    fn a_month_is_its_first_second_to_the_next_months() {
-        assert_eq!(
-            month_bounds("2026-12"),
-            Some((1_796_083_200, 1_798_761_600))
-        );
-        assert_eq!(
-            month_bounds("2024-02").map(|(s, e)| (e - s) / 86_400),
-            Some(29)
-        );
-        for bad in ["2026-13", "2026-00", "26-01", "2026-1", "2026-011", "x"] {
-            assert_eq!(month_bounds(bad), None, "{bad}");
-        }
-        assert_eq!(sy_limits::year_month(1_796_083_200), (2026, 12));
-    }
 }

@@ -436,6 +436,23 @@ pub enum Call {
     },
 }
 
+/// `switchyard billing invoice`.
+#[derive(Args, Debug)]
+pub struct InvoiceArgs {
+    /// The org's id.
+    #[arg(long)]
+    pub org: String,
+    /// The month, e.g. 2026-11 (UTC).
+    #[arg(long)]
+    pub period: String,
+    /// `json` or `csv`.
+    #[arg(long, default_value = "json")]
+    pub format: String,
+    /// Writes it to this file instead of standard output.
+    #[arg(long)]
+    pub output: Option<std::path::PathBuf>,
+}
+
 struct Api {
     http: reqwest::Client,
     base: String,
@@ -443,6 +460,21 @@ struct Api {
 }
 
 impl Api {
+    fn new(conn: &Connection) -> anyhow::Result<Api> {
+        let token = conn
+            .token
+            .clone()
+            .context("an admin token is needed: --token or SWITCHYARD_ADMIN_TOKEN")?;
+        Ok(Api {
+            http: reqwest::Client::builder()
+                .tcp_nodelay(true)
+                .build()
+                .context("making the HTTP client")?,
+            base: conn.url.trim_end_matches('/').to_owned(),
+            token,
+        })
+    }
+
     /// PATCHes the limits of the org, project or key `id` (`kind` is the
     /// path's word); a model's limits are merged into its others.
     async fn set_limits(&self, kind: &str, id: &str, args: &LimitArgs) -> anyhow::Result<Value> {
@@ -461,6 +493,19 @@ impl Api {
         path: &str,
         body: Option<Value>,
     ) -> anyhow::Result<Value> {
+        let bytes = self.bytes(method, path, body).await?;
+        let text = String::from_utf8_lossy(&bytes);
+        Ok(serde_json::from_str(&text).unwrap_or_else(|_| Value::String(text.into_owned())))
+    }
+
+    /// The answer's body as it came; an error status is an error with the
+    /// API's message.
+    async fn bytes(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Vec<u8>> {
         let mut req = self
             .http
             .request(method, format!("{}{path}", self.base))
@@ -473,33 +518,48 @@ impl Api {
             .await
             .with_context(|| format!("calling {}", self.base))?;
         let status = resp.status();
-        let text = resp.text().await.context("reading the answer")?;
-        let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        let bytes = resp.bytes().await.context("reading the answer")?;
         if !status.is_success() {
+            let text = String::from_utf8_lossy(&bytes);
+            let v: Value =
+                serde_json::from_str(&text).unwrap_or_else(|_| Value::String(text.into_owned()));
             let message = v["error"]["message"]
                 .as_str()
                 .map_or_else(|| v.to_string(), str::to_owned);
             bail!("{status}: {message}");
         }
-        Ok(v)
+        Ok(bytes.to_vec())
+    }
+}
+
+/// `switchyard billing invoice`: an org's invoice for a month, the API's
+/// bytes as they came, to `--output` or `out`.
+pub async fn invoice(
+    conn: &Connection,
+    a: &InvoiceArgs,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let path = format!(
+        "/admin/v1/orgs/{}/invoices/{}?format={}",
+        urlencode(&a.org),
+        urlencode(&a.period),
+        urlencode(&a.format)
+    );
+    let bytes = Api::new(conn)?
+        .bytes(reqwest::Method::GET, &path, None)
+        .await?;
+    match &a.output {
+        Some(file) => {
+            std::fs::write(file, &bytes).with_context(|| format!("writing {}", file.display()))
+        }
+        None => out.write_all(&bytes).context("writing the invoice"),
     }
 }
 
 /// Runs one admin call; prints its answer to `out`.
 pub async fn run(conn: &Connection, call: Call, out: &mut impl Write) -> anyhow::Result<()> {
     use reqwest::Method;
-    let token = conn
-        .token
-        .clone()
-        .context("an admin token is needed: --token or SWITCHYARD_ADMIN_TOKEN")?;
-    let api = Api {
-        http: reqwest::Client::builder()
-            .tcp_nodelay(true)
-            .build()
-            .context("making the HTTP client")?,
-        base: conn.url.trim_end_matches('/').to_owned(),
-        token,
-    };
+    let api = Api::new(conn)?;
     let q = |pairs: &[(&str, Option<&str>)]| {
         let parts: Vec<String> = pairs
             .iter()

@@ -4,7 +4,8 @@
 //! `[clickhouse]` configured, accounting, in one process with one NATS
 //! connection), `ingress [--no-dispatcher]`, `dispatcher`,
 //! `worker [--providers a,b]`, `accounting`, `migrate`, `config check [PATH]`,
-//! `route simulate`, and the Batches API client `batch submit|status|list|cancel|results`. The config
+//! `route simulate`, the Batches API client `batch submit|status|list|cancel|results`,
+//! and over the admin API `admin ...` and `billing invoice`. The config
 //! file comes from `--config` or `SWITCHYARD_CONFIG`; the ingress reloads its
 //! routing table (models and routers) from it on SIGHUP or when it changes.
 //! Startup errors are printed with their causes and exit non-zero; SIGINT/SIGTERM
@@ -63,6 +64,13 @@ enum Command {
         conn: admin_cli::Connection,
         #[command(subcommand)]
         command: AdminCommand,
+    },
+    /// Billing documents over the admin API (docs/billing.md).
+    Billing {
+        #[command(flatten)]
+        conn: admin_cli::Connection,
+        #[command(subcommand)]
+        command: BillingCommand,
     },
     /// Workers only.
     Worker {
@@ -135,6 +143,13 @@ enum AdminCommand {
         #[command(subcommand)]
         command: AuditCommand,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum BillingCommand {
+    /// An org's invoice for a month (JSON or CSV), byte for byte what
+    /// `GET /admin/v1/orgs/{id}/invoices/{period}` serves.
+    Invoice(admin_cli::InvoiceArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -248,7 +263,17 @@ fn main() -> ExitCode {
                     command: AuditCommand::Verify,
                 } => return audit_verify(&cli.config),
             };
-            return admin(&conn, call);
+            return over_http(admin_cli::run(&conn, call, &mut std::io::stdout().lock()));
+        }
+        Command::Billing {
+            conn,
+            command: BillingCommand::Invoice(args),
+        } => {
+            return over_http(admin_cli::invoice(
+                &conn,
+                &args,
+                &mut std::io::stdout().lock(),
+            ));
         }
         _ => cli,
     };
@@ -327,7 +352,8 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         Command::Config { .. }
         | Command::Route { .. }
         | Command::Batch { .. }
-        | Command::Admin { .. } => {
+        | Command::Admin { .. }
+        | Command::Billing { .. } => {
             unreachable!("handled before the runtime starts")
         }
     };
@@ -400,6 +426,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Migrate
         | Command::Admin { .. }
+        | Command::Billing { .. }
         | Command::Config { .. }
         | Command::Route { .. }
         | Command::Batch { .. } => {
@@ -444,12 +471,13 @@ async fn migrate(config: &Config) -> anyhow::Result<()> {
 }
 
 /// `switchyard admin ...` over the admin API.
-fn admin(conn: &admin_cli::Connection, call: admin_cli::Call) -> ExitCode {
+/// Runs one call of the admin API's client on a runtime of its own.
+fn over_http(call: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let Some(runtime) = runtime(tokio::runtime::Builder::new_current_thread()) else {
         return ExitCode::FAILURE;
     };
-    match runtime.block_on(admin_cli::run(conn, call, &mut std::io::stdout().lock())) {
+    match runtime.block_on(call) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -309,6 +309,7 @@ pub fn router<S: Clone + Send + Sync + 'static>(admin: Arc<Admin>) -> Router<S> 
         .route("/admin/v1/orgs/{id}/credits", post(o::credit_org))
         .route("/admin/v1/orgs/{id}/topups", post(o::create_topup))
         .route("/admin/v1/orgs/{id}/balance", get(o::org_balance))
+        .route("/admin/v1/orgs/{id}/invoices/{period}", get(o::org_invoice))
         .route(
             "/admin/v1/orgs/{id}/pricing",
             get(p::get_org_pricing).put(p::put_org_pricing),

@@ -519,3 +519,63 @@ pub(super) async fn org_balance(
     let b = admin.store.balance(org).await?;
     Ok(Json(balance_view(org, &b)).into_response())
 }
+
+/// `GET /admin/v1/orgs/{id}/invoices/{period}?format=json|csv`: the org's
+/// invoice for a month (docs/billing.md), the same bytes every time it is
+/// made from the same rows.
+pub(super) async fn org_invoice(
+    State(admin): State<Arc<Admin>>,
+    Extension(caller): Extension<Caller>,
+    Path((id, period)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Answer {
+    use crate::invoices::InvoiceError;
+    use axum::http::header;
+    let org = visible_org(&caller, &id)?;
+    if let Some(k) = q.keys().find(|k| k.as_str() != "format") {
+        return Err(AdminError::invalid(format!(
+            "Unknown parameter '{}'; use format.",
+            k.chars().take(40).collect::<String>()
+        )));
+    }
+    let csv = match q.get("format").map(String::as_str) {
+        None | Some("json") => false,
+        Some("csv") => true,
+        Some(_) => return Err(AdminError::invalid("'format' must be json or csv.")),
+    };
+    let Some(ch) = &admin.clickhouse else {
+        return Err(AdminError::not_configured(
+            "Invoices need [clickhouse] in the config.",
+        ));
+    };
+    let now = u32::try_from(sy_protocol::now_unix_ms() / 1000).unwrap_or(u32::MAX);
+    let invoice = crate::invoices::invoice(&admin.store, ch, org, &period, now)
+        .await
+        .map_err(|e| match e {
+            InvoiceError::BadPeriod(_) | InvoiceError::NotBegun(_) => {
+                AdminError::invalid(format!("{e}."))
+            }
+            InvoiceError::Store(s) => s.into(),
+            InvoiceError::Usage(_) | InvoiceError::Figure(_) => {
+                tracing::warn!(error = %e, "An invoice could not be made.");
+                AdminError::not_configured("Usage could not be read; retry shortly.")
+            }
+        })?;
+    Ok(if csv {
+        let file = format!("attachment; filename=\"invoice-{org}-{period}.csv\"");
+        (
+            [
+                (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),
+                (header::CONTENT_DISPOSITION, file),
+            ],
+            invoice.to_csv(),
+        )
+            .into_response()
+    } else {
+        (
+            [(header::CONTENT_TYPE, "application/json")],
+            invoice.to_json(),
+        )
+            .into_response()
+    })
+}

@@ -129,6 +129,7 @@ pub const ROUTES: &[Route] = &[
     deployment("POST", "/admin/v1/orgs/{id}/credits", Need::Balances),
     route("POST", "/admin/v1/orgs/{id}/topups", Need::Balances),
     route("GET", "/admin/v1/orgs/{id}/balance", Need::Read),
+    route("GET", "/admin/v1/orgs/{id}/invoices/{period}", Need::Usage),
     route("GET", "/admin/v1/orgs/{id}/pricing", Need::Read),
     deployment("PUT", "/admin/v1/orgs/{id}/pricing", Need::Pricing),
     deployment("GET", "/admin/v1/prices", Need::Read),

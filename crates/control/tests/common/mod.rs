@@ -39,13 +39,20 @@ pub async fn store() -> Store {
 /// balance invariant: they must agree).
 pub async fn balance(store: &Store, org: uuid::Uuid) -> i64 {
     let stored = store.balance(org).await.unwrap().balance_nanos;
-    let (sum,): (i64,) = sqlx::query_as(
-        "SELECT COALESCE(sum(amount_nanos), 0)::bigint FROM ledger WHERE org_id = $1",
-    )
-    .bind(org)
-    .fetch_one(store.pool())
-    .await
-    .unwrap();
+    let sum = store.ledger_sum(org).await.unwrap();
     assert_eq!(stored, sum, "the stored balance is the sum of the ledger");
     stored
+}
+
+/// A fresh, migrated ClickHouse database on the shared server.
+pub async fn clickhouse() -> sy_config::ClickhouseConfig {
+    sy_test_support::require_clickhouse().await;
+    let c = sy_config::ClickhouseConfig {
+        url: sy_test_support::clickhouse_url().parse().unwrap(),
+        database: sy_test_support::unique_database(),
+        user: "default".into(),
+        password: None,
+    };
+    sy_accounting::migrate(&c).await.unwrap();
+    c
 }
