@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: formatting, lints, unit, integration and end-to-end
-# tests, and the official openai SDK conformance run; then, over every schema the
-# tests left in PostgreSQL, that each prepaid balance is its ledger's sum
+# tests, and the official openai SDK conformance run; then, over every schema this
+# run's tests made in PostgreSQL, that each prepaid balance is its ledger's sum
 # (tests/sql/ledger_invariant.sql). Installs and starts what is missing first
 # (idempotently) and stops only what it started.
 set -euo pipefail
@@ -40,6 +40,9 @@ cargo fmt --all -- --check
 say "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+# The schemas there before the tests: the ledger check below reads only this run's.
+schemas_before=$(psql "$SY_POSTGRES_URL" -qtAX -c "SELECT coalesce(string_agg(nspname, ','), '') FROM pg_namespace")
+
 say "tests"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast
@@ -48,4 +51,5 @@ else
 fi
 
 say "the prepaid ledger's invariant, after the whole suite"
-psql "$SY_POSTGRES_URL" -v ON_ERROR_STOP=1 -q -f tests/sql/ledger_invariant.sql
+psql "$SY_POSTGRES_URL" -v ON_ERROR_STOP=1 -q -v before="$schemas_before" \
+  -f tests/sql/ledger_invariant.sql

@@ -58,15 +58,26 @@ def main():
                 sys.exit(1)
         print(f"ran {len(queries)} analytics queries")
         # The invoice's queries (crates/accounting/sql/), with their parameters
-        # (org_id, start, end) filled in: the rows above have no org.
+        # (org_id, start, end) filled in: the two rows above have no org. What
+        # each must give: its rows, each of that many columns (the Rust side
+        # reads them by position), and the distinct requests' count.
+        expected = {
+            "invoice_lines.sql": (2, 17, None),
+            "invoice_requests.sql": (1, 1, "2"),
+        }
         for path in sorted(glob.glob(os.path.join(root, "crates/accounting/sql/*.sql"))):
+            name = os.path.basename(path)
             q = " ".join(statements(open(path).read()))
             for value in ["''", "0", "4000000000"]:
                 q = q.replace("?", value, 1)
-            if not str(run(s, q)).strip():
-                print(f"FAILED: no rows\n{q}", file=sys.stderr)
+            rows = [r.split("\t") for r in str(run(s, q)).rstrip("\n").split("\n") if r]
+            n_rows, n_cols, value = expected[name]
+            if len(rows) != n_rows or any(len(r) != n_cols for r in rows) or (
+                value is not None and rows[0][0] != value
+            ):
+                print(f"FAILED: {name} gave {rows}\n{q}", file=sys.stderr)
                 sys.exit(1)
-            print("ran", os.path.basename(path))
+            print("ran", name)
 
 
 if __name__ == "__main__":

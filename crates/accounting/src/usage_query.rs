@@ -173,6 +173,9 @@ pub fn month_bounds(period: &str) -> Option<(u32, u32)> {
     if period.len() != 7 || y.len() != 4 || m.len() != 2 {
         return None;
     }
+    if !y.bytes().chain(m.bytes()).all(|b| b.is_ascii_digit()) {
+        return None;
+    }
     let (y, m): (u32, u32) = (y.parse().ok()?, m.parse().ok()?);
     if !(1..=12).contains(&m) {
         return None;

@@ -22,7 +22,7 @@ pub const SETTLE_SECS: u32 = 3600;
 /// Why there is no invoice.
 #[derive(Debug, thiserror::Error)]
 pub enum InvoiceError {
-    /// Not a month like `2026-11`.
+    /// Not a month like `2026-11` (from 1970-01 to 2105-11).
     #[error("'period' must be a month like 2026-11, not '{0}'")]
     BadPeriod(String),
     /// The month has not begun.
@@ -71,15 +71,21 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         let (start, end) = (f64::from(start), f64::from(end));
+        // The balance now, less what was written since each bound: only the
+        // rows from the month's start on are read (ledger_org_time), never
+        // the org's whole history of debits.
         let t: Totals = sqlx::query_as(
             "SELECT \
-             COALESCE(SUM(amount_nanos) FILTER (WHERE created_at < to_timestamp($2)), 0)::bigint AS balance_start, \
-             COALESCE(SUM(amount_nanos) FILTER (WHERE created_at < to_timestamp($3)), 0)::bigint AS balance_end, \
-             COUNT(*) FILTER (WHERE kind = 'debit' AND created_at >= to_timestamp($2) \
-                 AND created_at < to_timestamp($3)) AS debits, \
-             COALESCE(-SUM(amount_nanos) FILTER (WHERE kind = 'debit' AND created_at >= to_timestamp($2) \
-                 AND created_at < to_timestamp($3)), 0)::bigint AS debited \
-             FROM ledger WHERE org_id = $1",
+             (b.now - COALESCE(SUM(l.amount_nanos) FILTER (WHERE l.created_at >= to_timestamp($2)), 0))::bigint \
+                 AS balance_start, \
+             (b.now - COALESCE(SUM(l.amount_nanos) FILTER (WHERE l.created_at >= to_timestamp($3)), 0))::bigint \
+                 AS balance_end, \
+             COUNT(l.seq) FILTER (WHERE l.kind = 'debit' AND l.created_at < to_timestamp($3)) AS debits, \
+             COALESCE(-SUM(l.amount_nanos) FILTER (WHERE l.kind = 'debit' \
+                 AND l.created_at < to_timestamp($3)), 0)::bigint AS debited \
+             FROM (SELECT COALESCE((SELECT balance_nanos FROM org_balances WHERE org_id = $1), 0) AS now) b \
+             LEFT JOIN ledger l ON l.org_id = $1 AND l.created_at >= to_timestamp($2) \
+             GROUP BY b.now",
         )
         .bind(org)
         .bind(start)
@@ -124,6 +130,17 @@ impl Store {
     }
 }
 
+/// `period`'s bounds (Unix seconds), unless it is not a month that has begun
+/// by `now`.
+pub fn period(period: &str, now: u32) -> Result<(u32, u32), InvoiceError> {
+    let (start, end) = sy_accounting::month_bounds(period)
+        .ok_or_else(|| InvoiceError::BadPeriod(period.chars().take(40).collect()))?;
+    if start > now {
+        return Err(InvoiceError::NotBegun(period.to_owned()));
+    }
+    Ok((start, end))
+}
+
 /// `org`'s invoice for `period` (`YYYY-MM`, UTC) as of `now` (Unix seconds).
 pub async fn invoice(
     store: &Store,
@@ -132,11 +149,7 @@ pub async fn invoice(
     period: &str,
     now: u32,
 ) -> Result<Invoice, InvoiceError> {
-    let (start, end) = sy_accounting::month_bounds(period)
-        .ok_or_else(|| InvoiceError::BadPeriod(period.chars().take(40).collect()))?;
-    if start > now {
-        return Err(InvoiceError::NotBegun(period.to_owned()));
-    }
+    let (start, end) = self::period(period, now)?;
     let name = store.org(org).await?.name;
     let (rows, requests) =
         sy_accounting::invoice_rows(clickhouse, &org.to_string(), start, end).await?;

@@ -470,8 +470,7 @@ async fn migrate(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `switchyard admin ...` over the admin API.
-/// Runs one call of the admin API's client on a runtime of its own.
+/// `switchyard admin ...` and `switchyard billing ...`: runs one call of the admin API's client on a runtime of its own.
 fn over_http(call: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let Some(runtime) = runtime(tokio::runtime::Builder::new_current_thread()) else {

@@ -217,6 +217,12 @@ impl AdminError {
         AdminError::new(StatusCode::BAD_GATEWAY, "payment_provider_error", message)
     }
 
+    /// A 500: something Switchyard read is not what it wrote (a bug, not
+    /// worth retrying).
+    pub fn internal(message: impl Into<String>) -> Self {
+        AdminError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+
     /// A 404 for a `what` that does not exist (or that the caller may not see).
     pub fn not_found(what: &str) -> Self {
         AdminError::new(

@@ -543,12 +543,16 @@ pub(super) async fn org_invoice(
         Some("csv") => true,
         Some(_) => return Err(AdminError::invalid("'format' must be json or csv.")),
     };
+    let now = u32::try_from(sy_protocol::now_unix_ms() / 1000).unwrap_or(u32::MAX);
+    // The period first: a bad one is the caller's mistake whatever is configured.
+    if let Err(e) = crate::invoices::period(&period, now) {
+        return Err(AdminError::invalid(format!("{e}.")));
+    }
     let Some(ch) = &admin.clickhouse else {
         return Err(AdminError::not_configured(
             "Invoices need [clickhouse] in the config.",
         ));
     };
-    let now = u32::try_from(sy_protocol::now_unix_ms() / 1000).unwrap_or(u32::MAX);
     let invoice = crate::invoices::invoice(&admin.store, ch, org, &period, now)
         .await
         .map_err(|e| match e {
@@ -556,9 +560,13 @@ pub(super) async fn org_invoice(
                 AdminError::invalid(format!("{e}."))
             }
             InvoiceError::Store(s) => s.into(),
-            InvoiceError::Usage(_) | InvoiceError::Figure(_) => {
+            InvoiceError::Usage(_) => {
                 tracing::warn!(error = %e, "An invoice could not be made.");
                 AdminError::not_configured("Usage could not be read; retry shortly.")
+            }
+            InvoiceError::Figure(_) => {
+                tracing::error!(error = %e, "An invoice could not be made.");
+                AdminError::internal("The usage rows hold a figure that is not a decimal.")
             }
         })?;
     Ok(if csv {
