@@ -18,6 +18,7 @@ mod idempotency;
 mod intake;
 mod limits;
 mod load;
+mod metrics;
 mod resilience;
 mod restart;
 mod routing;

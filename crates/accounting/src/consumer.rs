@@ -167,6 +167,7 @@ impl Writer {
                 }
             }
             Err(e) => {
+                sy_telemetry::metrics::get().accounting_insert_errors.inc();
                 tracing::warn!(error = %e, rows = batch.len(), "Inserting usage rows failed; they stay in the stream.");
                 self.nak_all(batch).await;
             }
@@ -251,6 +252,15 @@ impl Writer {
             return Ok(0);
         }
         insert.end().await?;
+        let m = sy_telemetry::metrics::get();
+        m.accounting_rows.inc_by(n as u64);
+        let now = sy_protocol::now_unix_ms();
+        for (event, _, _) in batch {
+            if !stored.contains(&event.event_id) {
+                let lag = now.saturating_sub(event.received_unix_ms);
+                m.accounting_lag.observe(lag as f64 / 1000.0);
+            }
+        }
         Ok(n)
     }
 

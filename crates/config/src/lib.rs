@@ -23,20 +23,40 @@ pub use env::{EnvSource, MapEnv, ProcessEnv, interpolate};
 pub use error::{ConfigError, ConfigErrors, LoadError};
 pub use raw::{
     RawAccounting, RawAdminToken, RawBatch, RawBilling, RawClickhouse, RawConfig, RawCredentials,
-    RawHealth, RawKey, RawLimitDefaults, RawLimitSet, RawLimits, RawModel, RawNats, RawPostgres,
-    RawPrice, RawProvider, RawRedis, RawServer, RawStripe, RawTarget, RawTenants,
+    RawHealth, RawKey, RawLimitDefaults, RawLimitSet, RawLimits, RawMetrics, RawModel, RawNats,
+    RawPostgres, RawPrice, RawProvider, RawRedis, RawServer, RawStripe, RawTarget, RawTenants,
 };
 pub use settings::{
     ADMIN_ROLES, AccountingConfig, AdminToken, ApiKey, BatchConfig, BillingConfig,
     ClickhouseConfig, Config, CredentialsConfig, HealthConfig, LimitSet, LimitsConfig, MAX_LIMIT,
-    MAX_RUNNING_BATCHES, ModelRoute, NatsConfig, PROVIDER_KINDS, PostgresConfig, ProviderConfig,
-    ProviderKind, RedisConfig, RoutePolicy, Secret, ServerConfig, StripeCheckoutConfig,
-    StripeConfig, Target, TenantsConfig, YOOKASSA_NOTIFICATION_RANGES, YookassaConfig,
+    MAX_RUNNING_BATCHES, MetricsConfig, ModelRoute, NatsConfig, PROVIDER_KINDS, PostgresConfig,
+    ProviderConfig, ProviderKind, RedisConfig, RoutePolicy, Secret, ServerConfig,
+    StripeCheckoutConfig, StripeConfig, Target, TenantsConfig, YOOKASSA_NOTIFICATION_RANGES,
+    YookassaConfig,
 };
 
 use std::path::Path;
 
 impl Config {
+    /// Every model name the config knows: its models and routers (`auto`,
+    /// `auto:<name>`), the models' targets' upstream models, the providers' priced
+    /// and described models. What a metric's model label may be.
+    pub fn model_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        names.extend(self.models.keys().cloned());
+        for route in self.models.values() {
+            names.extend(route.targets.iter().map(|t| t.model.clone()));
+        }
+        names.extend(self.routers.keys().cloned());
+        for p in self.providers.values() {
+            names.extend(p.prices.keys().cloned());
+            names.extend(p.models.keys().cloned());
+        }
+        names.sort();
+        names.dedup();
+        names
+    }
+
     /// Reads, interpolates, parses and validates the file at `path`.
     pub fn load(path: &Path, env: &dyn EnvSource) -> Result<Config, LoadError> {
         let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {

@@ -58,6 +58,22 @@ pub struct RawConfig {
     /// Batch jobs (the Files and Batches API, `<ns>.batch.submit`).
     #[serde(default)]
     pub batch: RawBatch,
+    /// Prometheus metrics (`GET /metrics`).
+    #[serde(default)]
+    pub metrics: RawMetrics,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawMetrics {
+    /// Where a worker, accounting or dispatcher process serves `GET /metrics`
+    /// (`127.0.0.1:9464`); none: it serves none. The ingress serves it on its
+    /// own port.
+    pub listen: Option<String>,
+    /// A bearer token `GET /metrics` must carry; none: anyone who reaches the
+    /// port may read it.
+    pub token: Option<String>,
 }
 
 /// `[batch]`.

@@ -72,6 +72,17 @@ pub struct Config {
     pub health: HealthConfig,
     /// Batch jobs.
     pub batch: BatchConfig,
+    /// Prometheus metrics.
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`, validated.
+#[derive(Debug, Clone, Default)]
+pub struct MetricsConfig {
+    /// Where a non-ingress process serves `GET /metrics`.
+    pub listen: Option<std::net::SocketAddr>,
+    /// The bearer token `GET /metrics` needs, if any.
+    pub token: Option<Secret>,
 }
 
 /// `[batch]`, validated.

@@ -406,6 +406,26 @@ window = 65
 }
 
 #[test]
+fn metrics_listen_is_an_address_and_its_token_is_long() {
+    let c = Config::from_toml(
+        "[metrics]\nlisten = \"127.0.0.1:9464\"\ntoken = \"0123456789abcdef\"\n",
+        &env(&[]),
+    )
+    .unwrap();
+    assert_eq!(c.metrics.listen, Some("127.0.0.1:9464".parse().unwrap()));
+    assert_eq!(
+        c.metrics.token.as_ref().map(|t| t.expose()),
+        Some("0123456789abcdef")
+    );
+    let none = Config::from_toml("", &env(&[])).unwrap();
+    assert!(none.metrics.listen.is_none() && none.metrics.token.is_none());
+    let bad = problems("[metrics]\nlisten = \"localhost\"\ntoken = \"short\"\n");
+    for want in ["metrics.listen", "metrics.token"] {
+        assert!(bad.iter().any(|p| p.starts_with(want)), "{want}: {bad:?}");
+    }
+}
+
+#[test]
 fn batch_settings_and_their_defaults() {
     let text = r#"
 [providers.p]

@@ -13,7 +13,7 @@ use crate::{
     PROVIDER_KINDS, PostgresConfig, ProviderConfig, ProviderKind, RawConfig, RoutePolicy, Secret,
     ServerConfig, Target, TenantsConfig,
 };
-use crate::{LimitSet, LimitsConfig, MAX_LIMIT, RedisConfig};
+use crate::{LimitSet, LimitsConfig, MAX_LIMIT, MetricsConfig, RedisConfig};
 
 /// The policy keys as written in `[models."<name>"]` or `[routers."<name>"]`.
 pub(crate) struct RawPolicy<'a> {
@@ -713,6 +713,29 @@ impl Config {
         }
         let webhook_allow =
             networks(e, "batch.webhook_allow", &b.webhook_allow).unwrap_or_default();
+        let metrics = MetricsConfig {
+            listen: raw.metrics.listen.as_deref().and_then(|l| {
+                l.parse()
+                    .map_err(|_| {
+                        e.push(ConfigError::new(
+                            "metrics.listen",
+                            "must be an address and port like 127.0.0.1:9464",
+                        ));
+                    })
+                    .ok()
+            }),
+            token: match raw.metrics.token.as_deref() {
+                None | Some("") => None,
+                Some(t) if t.len() < 16 => {
+                    e.push(ConfigError::new(
+                        "metrics.token",
+                        "must be at least 16 characters (or left out)",
+                    ));
+                    None
+                }
+                Some(t) => Some(Secret::new(t.to_owned())),
+            },
+        };
         let batch = BatchConfig {
             max_file_bytes: b.max_file_bytes.max(1),
             max_lines: b.max_lines.max(1),
@@ -750,6 +773,7 @@ impl Config {
                 accounting,
                 health,
                 batch,
+                metrics,
             })
         } else {
             Err(ConfigErrors(errors))

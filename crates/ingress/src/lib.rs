@@ -25,6 +25,7 @@ mod flow;
 mod idempotency;
 mod intake;
 mod live;
+pub mod metrics;
 mod presence;
 mod pricing;
 mod ratelimit;
@@ -243,7 +244,10 @@ async fn build(config: Arc<Config>, bus: Bus) -> Result<(Router, Arc<AppState>),
             .collect(),
         tenants,
         admin: admin.clone(),
-        routing: std::sync::RwLock::new(Arc::new(crate::state::Routing::from_config(&config))),
+        routing: std::sync::RwLock::new(Arc::new({
+            sy_telemetry::metrics::set_vocabulary(config.model_names());
+            crate::state::Routing::from_config(&config)
+        })),
         max_body_bytes: config.server.max_body_bytes,
         limits: limits.clone(),
         request_timeout: config.server.request_timeout,
@@ -255,6 +259,7 @@ async fn build(config: Arc<Config>, bus: Bus) -> Result<(Router, Arc<AppState>),
         idempotency,
         batches,
         rate_limits,
+        metrics_token: config.metrics.token.clone(),
     });
     let file_limit = usize::try_from(config.batch.max_file_bytes)
         .unwrap_or(usize::MAX)
@@ -384,11 +389,13 @@ async fn build(config: Arc<Config>, bus: Bus) -> Result<(Router, Arc<AppState>),
         .merge(admin.map(sy_control::admin::router).unwrap_or_default())
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(endpoints::readyz))
+        .route(metrics::PATH, get(metrics::serve))
         .fallback(endpoints::not_found)
         .layer(axum::middleware::from_fn(extract::json_errors))
         .layer(axum::middleware::from_fn(move |req, next| {
             intake::guard_bodies(limits.clone(), req, next)
         }))
+        .layer(axum::middleware::from_fn(metrics::observe))
         .with_state(state.clone());
     Ok((app, state))
 }

@@ -77,6 +77,7 @@ async fn reload(state: &AppState, path: &Path, why: &str) {
         return;
     }
     let table = Arc::new(Routing::from_config(&config));
+    sy_telemetry::metrics::set_vocabulary(config.model_names());
     match state.routing.write() {
         Ok(mut t) => *t = table,
         Err(poisoned) => *poisoned.into_inner() = table,

@@ -41,6 +41,8 @@ pub(crate) struct AppState {
     pub(crate) batches: Option<Arc<batch::Stores>>,
     /// Rate limits in Redis (when `[redis]` is configured).
     pub(crate) rate_limits: Option<Arc<crate::ratelimit::RateLimits>>,
+    /// The bearer token `GET /metrics` needs (`[metrics] token`), if any.
+    pub(crate) metrics_token: Option<sy_config::Secret>,
 }
 
 impl AppState {

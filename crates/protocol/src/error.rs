@@ -72,6 +72,32 @@ impl ErrorCode {
         }
     }
 
+    /// Whose failure it is, in the closed vocabulary of the metrics'
+    /// `error_type` label: `caller` (the request), `policy` (a limit, a
+    /// budget, a scope), `provider`, or `internal` (Switchyard's own).
+    pub fn error_type(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidRequest
+            | ErrorCode::Unauthenticated
+            | ErrorCode::ModelNotFound
+            | ErrorCode::NotFound
+            | ErrorCode::MethodNotAllowed
+            | ErrorCode::PayloadTooLarge
+            | ErrorCode::RequestTimeout
+            | ErrorCode::UnsupportedMediaType
+            | ErrorCode::ContextLengthExceeded => "caller",
+            ErrorCode::PermissionDenied | ErrorCode::RateLimited | ErrorCode::BudgetExceeded => {
+                "policy"
+            }
+            ErrorCode::ProviderError
+            | ErrorCode::Overloaded
+            | ErrorCode::ContentFiltered
+            | ErrorCode::ProviderTimeout
+            | ErrorCode::DeadlineExceeded => "provider",
+            ErrorCode::BusUnavailable | ErrorCode::Internal => "internal",
+        }
+    }
+
     /// The snake_case name, as on the wire and in metric labels.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -362,6 +362,18 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         .with_context(|| format!("connecting to NATS at {}", config.nats.url))?;
     let shutdown = CancellationToken::new();
     tokio::spawn(watch_signals(shutdown.clone()));
+    sy_telemetry::metrics::set_vocabulary(config.model_names());
+    // A process without the ingress's port serves its metrics on
+    // `[metrics] listen`, when set.
+    let serves_http = matches!(cli.command, Command::Ingress { .. } | Command::All);
+    if let (Some(addr), false) = (config.metrics.listen, serves_http) {
+        let (token, bus, shutdown) = (config.metrics.token.clone(), bus.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(e) = sy_ingress::metrics::listen(addr, token, bus, shutdown).await {
+                tracing::error!(error = %e, %addr, "Serving /metrics failed.");
+            }
+        });
+    }
     match cli.command {
         Command::Ingress { no_dispatcher } => {
             let roles = sy_ingress::Roles {

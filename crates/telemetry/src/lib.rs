@@ -1,13 +1,15 @@
-//! Logging setup shared by every Switchyard binary.
+//! Logging and metrics shared by every Switchyard binary.
 //!
 //! [`init`] installs a `tracing` subscriber writing to stderr, filtered by
 //! `SWITCHYARD_LOG` (an `EnvFilter` directive such as `info` or
 //! `sy_ingress=debug,info`), else `RUST_LOG` as every Rust program reads it,
 //! else `info`, and formatted as text, or as one JSON
-//! object per line when `SWITCHYARD_LOG_FORMAT=json`. Metric names will live here
-//! as constants (`sy_telemetry::metrics`) once metrics are exported.
+//! object per line when `SWITCHYARD_LOG_FORMAT=json`. [`metrics`] holds the
+//! process's Prometheus metrics.
 
 use tracing_subscriber::EnvFilter;
+
+pub mod metrics;
 
 /// Installs the global subscriber; a second call is a no-op.
 pub fn init() {

@@ -34,6 +34,7 @@ mod done;
 mod failover;
 mod failure;
 mod handle;
+mod metrics;
 mod replier;
 mod shared;
 mod splice;

@@ -1,0 +1,120 @@
+//! The ingress's metrics (issue 19): every answer counted by route, status
+//! class and error type, and the time to its headers, by a middleware around
+//! the whole router; `GET /metrics` renders the process's registry
+//! (`sy_telemetry::metrics`), behind `[metrics] token` when one is set.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use sy_protocol::ErrorCode;
+use sy_telemetry::metrics;
+
+use crate::state::AppState;
+
+/// The path the metrics are served on.
+pub const PATH: &str = "/metrics";
+
+/// Counts the answer and times its headers. The route label is the matched
+/// route's template (an unknown path is `unmatched`), so no path a client
+/// invents adds a series.
+pub(crate) async fn observe(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str)
+        .to_owned();
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    if route == PATH {
+        return resp;
+    }
+    let status = resp.status();
+    let error_type = match resp.extensions().get::<ErrorCode>() {
+        Some(code) => code.error_type(),
+        None if status.is_client_error() => "caller",
+        None if status.is_server_error() => "internal",
+        None => "none",
+    };
+    let m = metrics::get();
+    m.requests
+        .get_or_create(&[
+            ("route", route.clone()),
+            ("status", metrics::status_class(status.as_u16()).to_owned()),
+            ("error_type", error_type.to_owned()),
+        ])
+        .inc();
+    m.response_start
+        .get_or_create(&[("route", route)])
+        .observe(started.elapsed().as_secs_f64());
+    resp
+}
+
+/// `GET /metrics`: the Prometheus text.
+pub(crate) async fn serve(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    render(
+        state.metrics_token.as_ref().map(|t| t.expose()),
+        req.headers(),
+        state.bus.is_connected(),
+    )
+}
+
+/// The metrics as an answer to a request with `headers`: 401 unless it
+/// carries `token` (when there is one). `connected` is the process's NATS
+/// connection, read as it is scraped.
+pub fn render(token: Option<&str>, headers: &axum::http::HeaderMap, connected: bool) -> Response {
+    if let Some(token) = token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !given.is_some_and(|g| same(g.as_bytes(), token.as_bytes())) {
+            return (
+                StatusCode::UNAUTHORIZED,
+                "metrics need the [metrics] token\n",
+            )
+                .into_response();
+        }
+    }
+    metrics::get().nats_connected.set(i64::from(connected));
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(metrics::CONTENT_TYPE),
+        )],
+        metrics::render(),
+    )
+        .into_response()
+}
+
+/// Whether `a` and `b` are equal, in time that depends on their lengths only.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
+}
+
+/// Serves `GET /metrics` (and `GET /healthz`) on `addr` for a process that
+/// has no ingress (a worker, accounting, a dispatcher), until `shutdown`.
+pub async fn listen(
+    addr: std::net::SocketAddr,
+    token: Option<sy_config::Secret>,
+    bus: sy_bus::Bus,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> std::io::Result<()> {
+    let app = axum::Router::new()
+        .route(
+            PATH,
+            axum::routing::get(move |headers: axum::http::HeaderMap| {
+                let (token, connected) = (token.clone(), bus.is_connected());
+                async move { render(token.as_ref().map(|t| t.expose()), &headers, connected) }
+            }),
+        )
+        .route("/healthz", axum::routing::get(|| async { "ok" }));
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "Serving /metrics.");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}

@@ -1,0 +1,270 @@
+//! Prometheus metrics (issue 19): one registry per process, rendered by
+//! `GET /metrics` in the Prometheus text format (docs/operations.md lists
+//! every metric).
+//!
+//! Labels are bounded by construction: a route is one of the ingress's route
+//! templates, a status a class (`2xx`), an error type a closed vocabulary
+//! ([`ErrorType`]), a provider one of the config's entries, and a model one
+//! of the names the config knows ([`set_vocabulary`]); anything else is
+//! `other`. Never a key, tenant or user: per-tenant views come from
+//! ClickHouse. So junk model names and ten thousand keys add no series.
+
+use std::collections::HashSet;
+use std::sync::{OnceLock, RwLock};
+
+use prometheus_client::encoding::prometheus_text;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+/// The content type of [`render`]'s text.
+pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
+
+type Labels3 = [(&'static str, String); 3];
+type Labels4 = [(&'static str, String); 4];
+
+/// Every metric of the process.
+pub struct Metrics {
+    registry: Registry,
+    /// Requests answered by the ingress: route, status class, error type.
+    pub requests: Family<Labels3, Counter>,
+    /// Received → response headers (for a stream: its first event), by route.
+    pub response_start: Family<[(&'static str, String); 1], Histogram>,
+    /// Tokens per attempt: operation, provider, model, token type. Labels
+    /// carry the OpenTelemetry GenAI names with `_` for `.`.
+    pub token_usage: Family<Labels4, Histogram>,
+    /// Provider call → end of its answer: operation, provider, model, error type.
+    pub request_duration: Family<Labels4, Histogram>,
+    /// Provider call → first token: operation, provider, model.
+    pub time_to_first_token: Family<Labels3, Histogram>,
+    /// (End − first token) / (output tokens − 1): operation, provider, model.
+    pub time_per_output_token: Family<Labels3, Histogram>,
+    /// Attempts by provider, model, outcome (`ok`, `error`) and why they were
+    /// made (`first`, `retry`, `fallback`).
+    pub attempts: Family<Labels4, Counter>,
+    /// Usage rows inserted into ClickHouse.
+    pub accounting_rows: Counter,
+    /// ClickHouse inserts that failed (their events come back).
+    pub accounting_insert_errors: Counter,
+    /// Received → stored in ClickHouse, per usage event, seconds.
+    pub accounting_lag: Histogram,
+    /// 1 while the process's NATS connection is up.
+    pub nats_connected: Gauge,
+}
+
+fn seconds_buckets() -> Histogram {
+    // 1 ms … ~65 s.
+    Histogram::new([
+        0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0,
+    ])
+}
+
+fn fine_seconds_buckets() -> Histogram {
+    // 0.1 ms … 10 s: per-token times and the gateway's own latency.
+    Histogram::new([
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        10.0,
+    ])
+}
+
+fn token_buckets() -> Histogram {
+    // The OpenTelemetry GenAI convention's advice: 1, 4, 16, … 4^12.
+    Histogram::new((0..13).map(|i| 4f64.powi(i)))
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let requests = Family::<Labels3, Counter>::default();
+        registry.register(
+            "switchyard_requests",
+            "Requests answered by the ingress, by route, status class and error type",
+            requests.clone(),
+        );
+        let response_start =
+            Family::<[(&'static str, String); 1], Histogram, fn() -> Histogram>::new_with_constructor(
+                fine_seconds_buckets,
+            );
+        registry.register_with_unit(
+            "switchyard_response_start",
+            "Request received to response headers (a stream's first event), by route",
+            Unit::Seconds,
+            response_start.clone(),
+        );
+        let token_usage =
+            Family::<Labels4, Histogram, fn() -> Histogram>::new_with_constructor(token_buckets);
+        registry.register(
+            "gen_ai_client_token_usage",
+            "Tokens per provider call, by token type (input, output)",
+            token_usage.clone(),
+        );
+        let request_duration =
+            Family::<Labels4, Histogram, fn() -> Histogram>::new_with_constructor(seconds_buckets);
+        registry.register_with_unit(
+            "gen_ai_server_request_duration",
+            "Provider call to the end of its answer",
+            Unit::Seconds,
+            request_duration.clone(),
+        );
+        let time_to_first_token =
+            Family::<Labels3, Histogram, fn() -> Histogram>::new_with_constructor(seconds_buckets);
+        registry.register_with_unit(
+            "gen_ai_server_time_to_first_token",
+            "Provider call to its first token",
+            Unit::Seconds,
+            time_to_first_token.clone(),
+        );
+        let time_per_output_token =
+            Family::<Labels3, Histogram, fn() -> Histogram>::new_with_constructor(
+                fine_seconds_buckets,
+            );
+        registry.register_with_unit(
+            "gen_ai_server_time_per_output_token",
+            "Time per output token after the first",
+            Unit::Seconds,
+            time_per_output_token.clone(),
+        );
+        let attempts = Family::<Labels4, Counter>::default();
+        registry.register(
+            "switchyard_attempts",
+            "Provider calls by provider, model, outcome and reason (first, retry, fallback)",
+            attempts.clone(),
+        );
+        let accounting_rows = Counter::default();
+        registry.register(
+            "switchyard_accounting_rows",
+            "Usage rows inserted into ClickHouse",
+            accounting_rows.clone(),
+        );
+        let accounting_insert_errors = Counter::default();
+        registry.register(
+            "switchyard_accounting_insert_errors",
+            "ClickHouse inserts that failed (their events are delivered again)",
+            accounting_insert_errors.clone(),
+        );
+        let accounting_lag = seconds_buckets();
+        registry.register_with_unit(
+            "switchyard_accounting_lag",
+            "A request received to its usage row stored",
+            Unit::Seconds,
+            accounting_lag.clone(),
+        );
+        let nats_connected = Gauge::default();
+        registry.register(
+            "switchyard_nats_connected",
+            "1 while the process's NATS connection is up",
+            nats_connected.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            response_start,
+            token_usage,
+            request_duration,
+            time_to_first_token,
+            time_per_output_token,
+            attempts,
+            accounting_rows,
+            accounting_insert_errors,
+            accounting_lag,
+            nats_connected,
+        }
+    }
+}
+
+/// The process's metrics.
+pub fn get() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}
+
+/// Every metric in the Prometheus text format (version 0.0.4).
+pub fn render() -> String {
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_text::encode(&mut out, &get().registry);
+    out
+}
+
+fn vocabulary() -> &'static RwLock<HashSet<String>> {
+    static NAMES: OnceLock<RwLock<HashSet<String>>> = OnceLock::new();
+    NAMES.get_or_init(Default::default)
+}
+
+/// The names a model label may take (the config's models, routers,
+/// providers' models and targets); replaces the last set. Called at start
+/// and when the routing table reloads.
+pub fn set_vocabulary(names: impl IntoIterator<Item = String>) {
+    let set: HashSet<String> = names.into_iter().collect();
+    if let Ok(mut v) = vocabulary().write() {
+        *v = set;
+    }
+}
+
+/// `name` as a label value: itself when the config knows it, else `other`.
+pub fn model_label(name: &str) -> String {
+    match vocabulary().read() {
+        Ok(v) if v.contains(name) => name.to_owned(),
+        _ => "other".to_owned(),
+    }
+}
+
+/// An HTTP status as its class (`2xx` … `5xx`).
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_models_are_other_and_the_text_names_every_metric() {
+        set_vocabulary(["gpt-4o-mini".to_owned(), "auto".to_owned()]);
+        assert_eq!(model_label("gpt-4o-mini"), "gpt-4o-mini");
+        assert_eq!(model_label("junk-model-7"), "other");
+        let m = get();
+        m.requests
+            .get_or_create(&[
+                ("route", "/v1/chat/completions".into()),
+                ("status", status_class(429).into()),
+                ("error_type", "policy".into()),
+            ])
+            .inc();
+        m.time_to_first_token
+            .get_or_create(&[
+                ("gen_ai_operation_name", "chat".into()),
+                ("gen_ai_provider_name", "openai".into()),
+                ("gen_ai_request_model", model_label("junk")),
+            ])
+            .observe(0.25);
+        let text = render();
+        assert!(
+            text.contains(
+                "switchyard_requests_total{route=\"/v1/chat/completions\",status=\"4xx\",error_type=\"policy\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("gen_ai_server_time_to_first_token_seconds_bucket{"),
+            "{text}"
+        );
+        assert!(text.contains("gen_ai_request_model=\"other\""), "{text}");
+        // A family shows once it has a series; a metric without labels always.
+        for name in [
+            "switchyard_accounting_rows_total",
+            "switchyard_accounting_lag_seconds",
+            "switchyard_nats_connected",
+        ] {
+            assert!(text.contains(&format!("# TYPE {name}")), "{name}: {text}");
+        }
+    }
+}

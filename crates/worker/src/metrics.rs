@@ -1,0 +1,81 @@
+//! The worker's metrics (issue 19): each attempt's usage event, as it is
+//! published, in the OpenTelemetry GenAI metrics (tokens, duration, time to
+//! first token, time per output token) and Switchyard's attempts by outcome
+//! and reason. Labels: the provider entry, the model when the config knows
+//! it (else `other`), closed vocabularies for the rest.
+
+use sy_protocol::{ApiSurface, UsageEvent};
+use sy_telemetry::metrics;
+
+/// Records `e` (one attempt).
+pub(crate) fn observe(e: &UsageEvent) {
+    let m = metrics::get();
+    let op = match e.api {
+        ApiSurface::Embeddings => "embeddings",
+        _ => "chat",
+    };
+    let provider = e.provider.clone();
+    let model = metrics::model_label(&e.upstream_model);
+    let reason = if e.fallback_reason.is_some() {
+        "fallback"
+    } else if e.attempt > 1 {
+        "retry"
+    } else {
+        "first"
+    };
+    m.attempts
+        .get_or_create(&[
+            ("provider", provider.clone()),
+            ("model", model.clone()),
+            ("outcome", e.status.as_str().to_owned()),
+            ("reason", reason.to_owned()),
+        ])
+        .inc();
+    let three = [
+        ("gen_ai_operation_name", op.to_owned()),
+        ("gen_ai_provider_name", provider.clone()),
+        ("gen_ai_request_model", model.clone()),
+    ];
+    let error = e.error_code.map_or("none", |c| c.error_type());
+    let secs = |ms: u64| ms as f64 / 1000.0;
+    m.request_duration
+        .get_or_create(&[
+            three[0].clone(),
+            three[1].clone(),
+            three[2].clone(),
+            ("error_type", error.to_owned()),
+        ])
+        .observe(secs(
+            e.finished_unix_ms.saturating_sub(e.dispatched_unix_ms),
+        ));
+    if let Some(first) = e.first_token_unix_ms {
+        m.time_to_first_token
+            .get_or_create(&three)
+            .observe(secs(first.saturating_sub(e.dispatched_unix_ms)));
+        let out = e.tokens.output_tokens;
+        if out > 1 {
+            let after = secs(e.finished_unix_ms.saturating_sub(first));
+            m.time_per_output_token
+                .get_or_create(&three)
+                .observe(after / (out - 1) as f64);
+        }
+    }
+    for (kind, n) in [
+        (
+            "input",
+            e.tokens.input_tokens + e.tokens.cached_input_tokens + e.tokens.cache_write_tokens,
+        ),
+        ("output", e.tokens.output_tokens),
+    ] {
+        if n > 0 {
+            m.token_usage
+                .get_or_create(&[
+                    three[0].clone(),
+                    three[1].clone(),
+                    three[2].clone(),
+                    ("gen_ai_token_type", kind.to_owned()),
+                ])
+                .observe(n as f64);
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! `GET /metrics` on a running stack (issue 19): Prometheus text with the
+//! GenAI and Switchyard metrics of real traffic, and series that stay
+//! bounded however many keys and junk model names the traffic carries.
+
+use futures::StreamExt;
+
+use crate::stack::{KEY, Stack, StackOptions, body};
+
+/// Series (sample lines) in a Prometheus text exposition.
+fn series(text: &str) -> usize {
+    text.lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_keys_and_fifty_junk_models_stay_under_five_thousand_series() {
+    let stack = Stack::start_with(StackOptions::default()).await;
+    // Real answers: streamed and not, so every GenAI metric has a series.
+    for stream in [false, true] {
+        let mut b = body("gpt-4o-mini", "hello there, how are you");
+        b["stream"] = stream.into();
+        let r = stack
+            .http
+            .post(stack.url("/v1/chat/completions"))
+            .bearer_auth(KEY)
+            .json(&b)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let _ = r.bytes().await.unwrap();
+    }
+    // 10,000 keys nobody issued and 50 model names nobody configured.
+    let url = stack.url("/v1/chat/completions");
+    let sent = futures::stream::iter(0..10_050u32)
+        .map(|i| {
+            let (http, url) = (stack.http.clone(), url.clone());
+            async move {
+                let (key, model) = if i < 10_000 {
+                    (format!("sk-junk-key-{i:05}"), "gpt-4o-mini".to_owned())
+                } else {
+                    (KEY.to_owned(), format!("junk-model-{i}"))
+                };
+                let r = http
+                    .post(url)
+                    .bearer_auth(key)
+                    .json(&body(&model, "hi"))
+                    .send()
+                    .await
+                    .unwrap();
+                r.status().as_u16()
+            }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<u16>>()
+        .await;
+    assert_eq!(sent.iter().filter(|s| **s == 401).count(), 10_000);
+    assert_eq!(sent.iter().filter(|s| **s == 404).count(), 50);
+
+    // The worker's GenAI metrics come with the usage event, a moment after
+    // the answer.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let text = loop {
+        let r = stack.http.get(stack.url("/metrics")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(
+            r.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/plain; version=0.0.4"),
+        );
+        let text = r.text().await.unwrap();
+        if text.contains("gen_ai_server_time_per_output_token_seconds_count") {
+            break text;
+        }
+        assert!(std::time::Instant::now() < until, "{text}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let n = series(&text);
+    assert!(n < 5_000, "{n} series");
+    assert!(!text.contains("junk-model"), "a junk model name is a label");
+    assert!(!text.contains("sk-junk-key"), "a key is a label");
+    for line in [
+        "switchyard_requests_total{route=\"/v1/chat/completions\",status=\"2xx\",error_type=\"none\"} 2",
+        "switchyard_requests_total{route=\"/v1/chat/completions\",status=\"4xx\",error_type=\"caller\"} 10050",
+        "switchyard_nats_connected 1",
+    ] {
+        assert!(text.contains(line), "{line}\n{text}");
+    }
+    for name in [
+        "gen_ai_client_token_usage_bucket{gen_ai_operation_name=\"chat\",gen_ai_provider_name=\"openai\",gen_ai_request_model=\"gpt-4o-mini\",gen_ai_token_type=\"output\"",
+        "gen_ai_server_request_duration_seconds_count{gen_ai_operation_name=\"chat\",gen_ai_provider_name=\"openai\",gen_ai_request_model=\"gpt-4o-mini\",error_type=\"none\"} 2",
+        "gen_ai_server_time_to_first_token_seconds_count{",
+        "switchyard_attempts_total{provider=\"openai\",model=\"gpt-4o-mini\",outcome=\"ok\",reason=\"first\"} 2",
+        "switchyard_response_start_seconds_count{route=\"/v1/chat/completions\"} 10052",
+    ] {
+        assert!(text.contains(name), "{name}\n{text}");
+    }
+    // An unknown path is one series, whatever the path.
+    for p in ["/nope/1", "/nope/2", "/v1/nope"] {
+        let _ = stack.http.get(stack.url(p)).send().await.unwrap();
+    }
+    let text = stack
+        .http
+        .get(stack.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains(
+            "switchyard_requests_total{route=\"unmatched\",status=\"4xx\",error_type=\"caller\"} 3"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("/nope"), "{text}");
+}
+
+/// The ingress's metrics and a worker process's (on `[metrics] listen`),
+/// both behind the token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_behind_a_token_need_it_and_a_worker_serves_its_own() {
+    let token = "metrics-token-0123456789";
+    let port = sy_test_support::free_port();
+    let stack = Stack::start_with(StackOptions {
+        sections: format!("[metrics]\ntoken = \"{token}\"\nlisten = \"127.0.0.1:{port}\"\n"),
+        ..Default::default()
+    })
+    .await;
+    let get = |t: Option<&'static str>| {
+        let (http, url) = (stack.http.clone(), stack.url("/metrics"));
+        async move {
+            let mut req = http.get(url);
+            if let Some(t) = t {
+                req = req.bearer_auth(t);
+            }
+            req.send().await.unwrap().status().as_u16()
+        }
+    };
+    assert_eq!(get(None).await, 401);
+    assert_eq!(get(Some("metrics-token-0123456780")).await, 401);
+    assert_eq!(get(Some(token)).await, 200);
+
+    // `switchyard all` serves them on its own port only; a worker process
+    // on `listen`.
+    stack.start_worker();
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let text = loop {
+        if let Ok(r) = stack.http.get(&url).bearer_auth(token).send().await
+            && r.status() == 200
+        {
+            break r.text().await.unwrap();
+        }
+        assert!(std::time::Instant::now() < until, "no /metrics on {url}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(text.contains("switchyard_nats_connected 1"), "{text}");
+    let r = stack.http.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+}
