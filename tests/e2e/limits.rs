@@ -393,6 +393,25 @@ async fn a_keys_limits_give_headers_then_429s_and_its_leases_end_with_their_clie
     );
     let (_, _, text) = refusal(r).await;
     assert!(text.contains("6 requests per minute"), "{text}");
+
+    // 7. /metrics counts each refusal by the scope's kind and the limit, never
+    //    by the key.
+    let metrics = stack
+        .http
+        .get(stack.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for series in [
+        "switchyard_limit_refusals_total{scope=\"key\",limit=\"concurrency\"}",
+        "switchyard_limit_refusals_total{scope=\"key\",limit=\"requests\"}",
+    ] {
+        assert!(metrics.contains(series), "{series}\n{metrics}");
+    }
+    assert!(!metrics.contains(&key_id.to_string()), "a key is a label");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1171,16 +1190,23 @@ async fn a_prepaid_org_spends_its_balance_down_to_402_and_the_ledger_adds_up() {
     };
     assert!(balance.balance_nanos >= 0, "{balance:?}");
     assert_eq!(balance.balance_nanos, 200_000 - billed);
-    let (rows_sum,): (i64,) = sqlx::query_as(
-        "SELECT COALESCE(sum(amount_nanos), 0)::bigint FROM ledger WHERE org_id = $1",
-    )
-    .bind(org)
-    .fetch_one(store.pool())
-    .await
-    .unwrap();
     assert_eq!(
-        rows_sum, balance.balance_nanos,
+        store.ledger_sum(org).await.unwrap(),
+        balance.balance_nanos,
         "stored balance vs the ledger's rows"
+    );
+    let metrics = stack
+        .http
+        .get(stack.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("switchyard_budget_refusals_total{budget=\"balance\"}"),
+        "{metrics}"
     );
     // A top-up credited twice is credited once; then requests pass again.
     let (_, again) = store

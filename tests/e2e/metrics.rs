@@ -71,7 +71,11 @@ async fn ten_thousand_keys_and_fifty_junk_models_stay_under_five_thousand_series
                 .starts_with("text/plain; version=0.0.4"),
         );
         let text = r.text().await.unwrap();
-        if text.contains("gen_ai_server_time_per_output_token_seconds_count") {
+        if text.contains("gen_ai_server_time_per_output_token_seconds_count")
+            && text.contains("switchyard_queue_depth{provider=\"openai\"}")
+            && text
+                .contains("switchyard_target_healthy{provider=\"openai\",model=\"gpt-4o-mini\"} 1")
+        {
             break text;
         }
         assert!(std::time::Instant::now() < until, "{text}");
@@ -94,6 +98,8 @@ async fn ten_thousand_keys_and_fifty_junk_models_stay_under_five_thousand_series
         "gen_ai_server_time_to_first_token_seconds_count{",
         "switchyard_attempts_total{provider=\"openai\",model=\"gpt-4o-mini\",outcome=\"ok\",reason=\"first\"} 2",
         "switchyard_response_start_seconds_count{route=\"/v1/chat/completions\"} 10052",
+        "switchyard_added_latency_seconds_count{surface=\"chat_completions\",stream=\"false\"} 1",
+        "switchyard_added_latency_seconds_count{surface=\"chat_completions\",stream=\"true\"} 1",
     ] {
         assert!(text.contains(name), "{name}\n{text}");
     }
@@ -161,4 +167,104 @@ async fn metrics_behind_a_token_need_it_and_a_worker_serves_its_own() {
     assert!(text.contains("switchyard_nats_connected 1"), "{text}");
     let r = stack.http.get(&url).send().await.unwrap();
     assert_eq!(r.status(), 401);
+}
+
+/// Metric names a PromQL text or rules file refers to: the `gen_ai_*` and
+/// `switchyard_*` words that are not label names.
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    const LABELS: [&str; 4] = [
+        "gen_ai_operation_name",
+        "gen_ai_provider_name",
+        "gen_ai_request_model",
+        "gen_ai_token_type",
+    ];
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("switchyard_") || w.starts_with("gen_ai_"))
+        .filter(|w| !LABELS.contains(w))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Whether `/metrics` (`text`) has `name`: a family's `# TYPE` line, or one
+/// of a histogram's `_bucket`, `_sum`, `_count`.
+fn listed(text: &str, name: &str) -> bool {
+    let family = |n: &str| text.contains(&format!("# TYPE {n} "));
+    family(name)
+        || ["_bucket", "_sum", "_count"].iter().any(|s| {
+            name.strip_suffix(s)
+                .is_some_and(|base| text.contains(&format!("# TYPE {base} histogram")))
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_the_dashboards_and_alerts_query_is_in_metrics_and_the_spend_sql_runs() {
+    let stack = Stack::start_with(StackOptions {
+        clickhouse: true,
+        ..Default::default()
+    })
+    .await;
+    let text = stack
+        .http
+        .get(stack.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let root = sy_test_support::repo_root();
+    let mut dashboards = 0;
+    let mut checked = std::collections::BTreeSet::new();
+    let dir = root.join("deploy/grafana/dashboards");
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let d: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        dashboards += 1;
+        assert!(d["uid"].is_string() && d["title"].is_string(), "{path:?}");
+        let panels = d["panels"].as_array().unwrap();
+        assert!(!panels.is_empty(), "{path:?}");
+        for p in panels {
+            for t in p["targets"].as_array().unwrap() {
+                if let Some(expr) = t["expr"].as_str() {
+                    let names = metric_names(expr);
+                    assert!(!names.is_empty(), "{path:?}: {expr}");
+                    for n in names {
+                        assert!(listed(&text, &n), "{path:?} queries {n}, not in /metrics");
+                        checked.insert(n);
+                    }
+                }
+                if let Some(sql) = t["rawSql"].as_str() {
+                    // Grafana's macro, and the test's own database.
+                    let ch = stack.clickhouse.as_ref().unwrap();
+                    let sql = sql
+                        .replace("$__timeFilter(ts)", "ts >= now() - 86400")
+                        .replace("switchyard.", &format!("{}.", ch.database));
+                    let r = stack
+                        .http
+                        .post(ch.url.as_str())
+                        .body(sql.clone())
+                        .send()
+                        .await
+                        .unwrap();
+                    let status = r.status();
+                    assert!(
+                        status.is_success(),
+                        "{path:?}: {sql}: {}",
+                        r.text().await.unwrap()
+                    );
+                }
+            }
+        }
+    }
+    assert!(dashboards >= 5, "{dashboards} dashboards");
+    let alerts = std::fs::read_to_string(root.join("deploy/prometheus/alerts.yml")).unwrap();
+    let names = metric_names(&alerts);
+    assert!(names.len() >= 5, "{names:?}");
+    for n in names {
+        assert!(listed(&text, &n), "alerts.yml queries {n}, not in /metrics");
+        checked.insert(n);
+    }
+    // And the dashboards cover most of what there is.
+    assert!(checked.len() >= 12, "{checked:?}");
 }

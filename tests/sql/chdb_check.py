@@ -1,5 +1,5 @@
-"""Applies every ClickHouse migration and runs every query of docs/analytics.md
-and crates/accounting/sql/ on current ClickHouse, in-process through PyPI's chdb-core.
+"""Applies every ClickHouse migration and runs every query of docs/analytics.md,
+crates/accounting/sql/ and the Grafana dashboards' SQL on current ClickHouse, in-process through PyPI's chdb-core.
 
 Run by the e2e test `accounting::schema_and_queries_run_on_current_clickhouse`:
     python tests/sql/chdb_check.py REPO_ROOT
@@ -78,6 +78,16 @@ def main():
                 print(f"FAILED: {name} gave {rows}\n{q}", file=sys.stderr)
                 sys.exit(1)
             print("ran", name)
+        # The Grafana spend dashboard's SQL (deploy/grafana/dashboards), with
+        # Grafana's time macro filled in.
+        import json
+
+        for path in sorted(glob.glob(os.path.join(root, "deploy/grafana/dashboards/*.json"))):
+            for panel in json.load(open(path))["panels"]:
+                for target in panel.get("targets", []):
+                    if "rawSql" in target:
+                        run(s, target["rawSql"].replace("$__timeFilter(ts)", "ts >= now() - 86400"))
+            print("ran the SQL of", os.path.basename(path))
 
 
 if __name__ == "__main__":

@@ -77,6 +77,7 @@ async fn chat(
     req: Request,
 ) -> Result<Response, ChatError> {
     let received_unix_ms = now_unix_ms();
+    let received = std::time::Instant::now();
     let (parts, body) = req.into_parts();
     let caller = parts.extensions.get::<extract::Caller>().ok_or_else(|| {
         let e = ApiError::new(ErrorCode::Internal, "the request was not authenticated");
@@ -115,7 +116,16 @@ async fn chat(
     admitted.envelope.limits = granted.ticket;
     let headroom = granted.headroom;
     // Every answer, error or not, says how much of its limits is left.
-    match answer(state, surface, request_id, admitted, granted.lease).await {
+    match answer(
+        state,
+        surface,
+        request_id,
+        admitted,
+        granted.lease,
+        received,
+    )
+    .await
+    {
         Ok(mut resp) => {
             headroom.apply(surface, resp.headers_mut());
             Ok(resp)
@@ -134,6 +144,7 @@ async fn answer(
     request_id: Uuid,
     admitted: admission::Admitted,
     lease: Option<crate::ratelimit::Lease>,
+    received: std::time::Instant,
 ) -> Result<Response, ChatError> {
     let admission::Admitted {
         mut envelope,
@@ -196,6 +207,9 @@ async fn answer(
     let first = pending.next().await.map_err(|e| (e, None, class))?;
     tracing::trace!("First frame received.");
     let start = start_of(&first).cloned();
+    if let Some(s) = &start {
+        added_latency(surface, stream, s, received);
+    }
     let names = answer_meta(start.as_ref(), request_id, &envelope.upstream_model);
     if let ReplyFrame::Final(f) = &first
         && let Some(e) = &f.error
@@ -219,4 +233,33 @@ async fn answer(
         resp.headers_mut().insert(hdr::ROUTE, v);
     }
     Ok(resp)
+}
+
+/// Records what Switchyard added before the first frame of an answer its
+/// first attempt gave (a retry's or a fallback's earlier attempts are not the
+/// gateway's own cost): the time since the request came less the worker's
+/// time from its provider call to that frame.
+fn added_latency(
+    surface: ApiSurface,
+    stream: bool,
+    start: &StartInfo,
+    received: std::time::Instant,
+) {
+    let Some(upstream_us) = start.upstream_us.filter(|_| start.attempt == 1) else {
+        return;
+    };
+    let ours = received.elapsed().as_micros() as f64 - upstream_us as f64;
+    let surface = match surface {
+        ApiSurface::ChatCompletions => "chat_completions",
+        ApiSurface::Messages => "messages",
+        ApiSurface::Responses => "responses",
+        ApiSurface::Embeddings => "embeddings",
+    };
+    sy_telemetry::metrics::get()
+        .added_latency
+        .get_or_create(&[
+            ("surface", surface.to_owned()),
+            ("stream", stream.to_string()),
+        ])
+        .observe(ours.max(0.0) / 1e6);
 }

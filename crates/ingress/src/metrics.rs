@@ -53,8 +53,29 @@ pub(crate) async fn observe(req: Request, next: Next) -> Response {
     resp
 }
 
-/// `GET /metrics`: the Prometheus text.
+/// `GET /metrics`: the Prometheus text, with the live routing state (each
+/// provider's queue, each target's breaker) read as it is scraped.
 pub(crate) async fn serve(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let m = metrics::get();
+    let live = state.live.snapshot(sy_protocol::now_unix_ms());
+    for p in &live.providers {
+        let provider = [("provider", p.provider.clone())];
+        let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        m.queue_depth
+            .get_or_create(&provider)
+            .set(gauge(p.load.queued));
+        m.in_flight
+            .get_or_create(&provider)
+            .set(gauge(p.load.in_flight));
+    }
+    for t in &live.targets {
+        m.target_healthy
+            .get_or_create(&[
+                ("provider", t.provider.clone()),
+                ("model", metrics::model_label(&t.model)),
+            ])
+            .set(i64::from(t.healthy));
+    }
     render(
         state.metrics_token.as_ref().map(|t| t.expose()),
         req.headers(),

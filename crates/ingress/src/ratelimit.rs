@@ -558,15 +558,40 @@ fn budgets_unavailable() -> ApiError {
     }
 }
 
+/// A scope's kind from its Redis prefix (`sy:lim:{<org>}:<kind>:<id>`) as a
+/// metric label: `key`, `project`, `org`, or a model's limit of one of them
+/// (`key_model`, …); `other` for anything else.
+fn scope_kind(prefix: &str) -> &'static str {
+    let rest = prefix.split_once("}:").map_or(prefix, |(_, r)| r);
+    match rest.split(':').next().unwrap_or("") {
+        "key" => "key",
+        "project" => "project",
+        "org" => "org",
+        "key-model" => "key_model",
+        "project-model" => "project_model",
+        "org-model" => "org_model",
+        _ => "other",
+    }
+}
+
 /// The 402 for a request `budget` cannot pay for (`needs` nano-USD at most).
 fn over_budget(budget: &sy_limits::Budget, over: &sy_limits::OverBudget, needs: i64) -> ApiError {
     use sy_control::keytable::nanos_to_usd;
-    let period = match budget.period {
-        sy_limits::Period::Day => " a day",
-        sy_limits::Period::Month => " a month",
-        sy_limits::Period::None => "",
-        sy_limits::Period::Session => " for the session",
+    let (period, label) = match budget.period {
+        sy_limits::Period::Day => (" a day", "day"),
+        sy_limits::Period::Month => (" a month", "month"),
+        sy_limits::Period::None => ("", "none"),
+        sy_limits::Period::Session => (" for the session", "session"),
     };
+    let label = if budget.key.contains(":balance:") {
+        "balance"
+    } else {
+        label
+    };
+    sy_telemetry::metrics::get()
+        .budget_refusals
+        .get_or_create(&[("budget", label.to_owned())])
+        .inc();
     let resets = over.resets_unix_s.map_or_else(String::new, |s| {
         let at = std::time::UNIX_EPOCH + Duration::from_secs(s);
         format!(
@@ -654,11 +679,18 @@ fn refusal(
     tokens: u32,
 ) -> ApiError {
     let l = scope.limits;
-    let (what, limit) = match kind {
-        Kind::Requests => ("requests per minute", l.rpm),
-        Kind::Tokens => ("tokens per minute", l.tpm),
-        Kind::Concurrency => ("requests in flight", l.concurrency),
+    let (what, limit, label) = match kind {
+        Kind::Requests => ("requests per minute", l.rpm, "requests"),
+        Kind::Tokens => ("tokens per minute", l.tpm, "tokens"),
+        Kind::Concurrency => ("requests in flight", l.concurrency, "concurrency"),
     };
+    sy_telemetry::metrics::get()
+        .limit_refusals
+        .get_or_create(&[
+            ("scope", scope_kind(&scope.prefix).to_owned()),
+            ("limit", label.to_owned()),
+        ])
+        .inc();
     let limit = limit.unwrap_or(0);
     let Some(ms) = retry_after_ms else {
         // Larger than a minute's tokens: waiting does not help.
@@ -881,6 +913,19 @@ mod tests {
         assert_eq!(go_duration(1500), "1.5s");
         assert_eq!(go_duration(360_000), "6m0s");
         assert_eq!(go_duration(90_250), "1m30.25s");
+    }
+
+    #[test]
+    fn a_scopes_kind_is_a_closed_label() {
+        let of =
+            |kind: &str, id: &str| Scope::of_org("o1", kind, id, String::new(), Limits::default());
+        assert_eq!(scope_kind(&of("key", "k1").prefix), "key");
+        assert_eq!(
+            scope_kind(&of("org-model", "o1:gpt-4o").prefix),
+            "org_model"
+        );
+        assert_eq!(scope_kind(&of("team", "t").prefix), "other");
+        assert_eq!(scope_kind("garbage"), "other");
     }
 
     fn scope(rpm: Option<u32>, tpm: Option<u32>) -> Scope {

@@ -303,6 +303,11 @@ pub struct StartInfo {
     pub response: ResponseMeta,
     /// Which attempt produced this reply.
     pub attempt: u32,
+    /// Microseconds from this attempt's provider call to this frame, by the
+    /// worker's clock: what the ingress subtracts from its own time to the
+    /// first frame to know what Switchyard added (`switchyard_added_latency`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_us: Option<u64>,
 }
 
 /// A piece of the answer: one or more choice deltas.

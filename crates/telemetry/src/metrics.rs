@@ -22,6 +22,8 @@ use prometheus_client::registry::{Registry, Unit};
 /// The content type of [`render`]'s text.
 pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 
+type Labels1 = [(&'static str, String); 1];
+type Labels2 = [(&'static str, String); 2];
 type Labels3 = [(&'static str, String); 3];
 type Labels4 = [(&'static str, String); 4];
 
@@ -31,7 +33,12 @@ pub struct Metrics {
     /// Requests answered by the ingress: route, status class, error type.
     pub requests: Family<Labels3, Counter>,
     /// Received → response headers (for a stream: its first event), by route.
-    pub response_start: Family<[(&'static str, String); 1], Histogram>,
+    pub response_start: Family<Labels1, Histogram>,
+    /// What Switchyard added before the first frame of an answer its first
+    /// attempt gave: the ingress's time from the request to that frame less
+    /// the worker's time from its provider call to it; by surface and
+    /// stream.
+    pub added_latency: Family<Labels2, Histogram>,
     /// Tokens per attempt: operation, provider, model, token type. Labels
     /// carry the OpenTelemetry GenAI names with `_` for `.`.
     pub token_usage: Family<Labels4, Histogram>,
@@ -44,6 +51,21 @@ pub struct Metrics {
     /// Attempts by provider, model, outcome (`ok`, `error`) and why they were
     /// made (`first`, `retry`, `fallback`).
     pub attempts: Family<Labels4, Counter>,
+    /// Requests a rate limit refused: the scope's kind (`key`, `project`,
+    /// `org`, each optionally `_model`) and the limit (`requests`, `tokens`,
+    /// `concurrency`).
+    pub limit_refusals: Family<Labels2, Counter>,
+    /// Requests a budget refused: `balance` (prepaid) or the budget's period
+    /// (`day`, `month`, `none`, `session`).
+    pub budget_refusals: Family<Labels1, Counter>,
+    /// Requests waiting for a worker, per provider (the ingress's view of
+    /// the provider's JetStream consumer, read at each scrape).
+    pub queue_depth: Family<Labels1, Gauge>,
+    /// Requests taken by workers and not finished, per provider.
+    pub in_flight: Family<Labels1, Gauge>,
+    /// 1 while routers may pick a target (its breaker closed), per provider
+    /// and model; 0 while it is skipped.
+    pub target_healthy: Family<Labels2, Gauge>,
     /// Usage rows inserted into ClickHouse.
     pub accounting_rows: Counter,
     /// ClickHouse inserts that failed (their events come back).
@@ -83,15 +105,23 @@ impl Metrics {
             "Requests answered by the ingress, by route, status class and error type",
             requests.clone(),
         );
-        let response_start =
-            Family::<[(&'static str, String); 1], Histogram, fn() -> Histogram>::new_with_constructor(
-                fine_seconds_buckets,
-            );
+        let response_start = Family::<Labels1, Histogram, fn() -> Histogram>::new_with_constructor(
+            fine_seconds_buckets,
+        );
         registry.register_with_unit(
             "switchyard_response_start",
             "Request received to response headers (a stream's first event), by route",
             Unit::Seconds,
             response_start.clone(),
+        );
+        let added_latency = Family::<Labels2, Histogram, fn() -> Histogram>::new_with_constructor(
+            fine_seconds_buckets,
+        );
+        registry.register_with_unit(
+            "switchyard_added_latency",
+            "What Switchyard added before an answer's first frame (its time less the provider's)",
+            Unit::Seconds,
+            added_latency.clone(),
         );
         let token_usage =
             Family::<Labels4, Histogram, fn() -> Histogram>::new_with_constructor(token_buckets);
@@ -132,6 +162,36 @@ impl Metrics {
             "Provider calls by provider, model, outcome and reason (first, retry, fallback)",
             attempts.clone(),
         );
+        let limit_refusals = Family::<Labels2, Counter>::default();
+        registry.register(
+            "switchyard_limit_refusals",
+            "Requests a rate limit refused (429), by the scope's kind and the limit",
+            limit_refusals.clone(),
+        );
+        let budget_refusals = Family::<Labels1, Counter>::default();
+        registry.register(
+            "switchyard_budget_refusals",
+            "Requests a budget or a prepaid balance refused (402)",
+            budget_refusals.clone(),
+        );
+        let queue_depth = Family::<Labels1, Gauge>::default();
+        registry.register(
+            "switchyard_queue_depth",
+            "Requests waiting for a worker, per provider",
+            queue_depth.clone(),
+        );
+        let in_flight = Family::<Labels1, Gauge>::default();
+        registry.register(
+            "switchyard_in_flight",
+            "Requests taken by workers and not finished, per provider",
+            in_flight.clone(),
+        );
+        let target_healthy = Family::<Labels2, Gauge>::default();
+        registry.register(
+            "switchyard_target_healthy",
+            "1 while routers may pick the target, 0 while its breaker keeps it out",
+            target_healthy.clone(),
+        );
         let accounting_rows = Counter::default();
         registry.register(
             "switchyard_accounting_rows",
@@ -161,11 +221,17 @@ impl Metrics {
             registry,
             requests,
             response_start,
+            added_latency,
             token_usage,
             request_duration,
             time_to_first_token,
             time_per_output_token,
             attempts,
+            limit_refusals,
+            budget_refusals,
+            queue_depth,
+            in_flight,
+            target_healthy,
             accounting_rows,
             accounting_insert_errors,
             accounting_lag,
@@ -180,11 +246,39 @@ pub fn get() -> &'static Metrics {
     METRICS.get_or_init(Metrics::new)
 }
 
+/// Every metric family as Prometheus names it, with its type: what
+/// [`render`] always lists (a family without a series yet as its `# TYPE`
+/// line alone), so dashboards and alert rules can be checked against it.
+pub const FAMILIES: &[(&str, &str)] = &[
+    ("switchyard_requests_total", "counter"),
+    ("switchyard_response_start_seconds", "histogram"),
+    ("switchyard_added_latency_seconds", "histogram"),
+    ("gen_ai_client_token_usage", "histogram"),
+    ("gen_ai_server_request_duration_seconds", "histogram"),
+    ("gen_ai_server_time_to_first_token_seconds", "histogram"),
+    ("gen_ai_server_time_per_output_token_seconds", "histogram"),
+    ("switchyard_attempts_total", "counter"),
+    ("switchyard_limit_refusals_total", "counter"),
+    ("switchyard_budget_refusals_total", "counter"),
+    ("switchyard_queue_depth", "gauge"),
+    ("switchyard_in_flight", "gauge"),
+    ("switchyard_target_healthy", "gauge"),
+    ("switchyard_accounting_rows_total", "counter"),
+    ("switchyard_accounting_insert_errors_total", "counter"),
+    ("switchyard_accounting_lag_seconds", "histogram"),
+    ("switchyard_nats_connected", "gauge"),
+];
+
 /// Every metric in the Prometheus text format (version 0.0.4).
 pub fn render() -> String {
     let mut out = String::new();
     // Writing into a String cannot fail.
     let _ = prometheus_text::encode(&mut out, &get().registry);
+    for (name, kind) in FAMILIES {
+        if !out.contains(&format!("# TYPE {name} ")) {
+            out.push_str(&format!("# TYPE {name} {kind}\n"));
+        }
+    }
     out
 }
 
@@ -258,13 +352,15 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("gen_ai_request_model=\"other\""), "{text}");
-        // A family shows once it has a series; a metric without labels always.
-        for name in [
-            "switchyard_accounting_rows_total",
-            "switchyard_accounting_lag_seconds",
-            "switchyard_nats_connected",
-        ] {
-            assert!(text.contains(&format!("# TYPE {name}")), "{name}: {text}");
+        // Every family is listed, with a series or not; and FAMILIES is
+        // every family there is.
+        for (name, kind) in FAMILIES {
+            assert!(
+                text.contains(&format!("# TYPE {name} {kind}\n")),
+                "{name}: {text}"
+            );
         }
+        let types = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
+        assert_eq!(types, FAMILIES.len(), "{text}");
     }
 }

@@ -36,6 +36,8 @@ pub(crate) struct Replier<'a> {
     /// The credential this call uses instead of the entry's (an org's own
     /// or a global one from the control plane), if any.
     pub(crate) credential: Option<sy_providers::Credential>,
+    /// When this attempt's call began (the replier is made just before it).
+    pub(crate) started: std::time::Instant,
 }
 
 impl<'a> Replier<'a> {
@@ -46,6 +48,7 @@ impl<'a> Replier<'a> {
             provider: &cx.provider.name,
             attempt,
             seq: env.resume.as_ref().map_or(0, |r| r.seq),
+            started: std::time::Instant::now(),
             held: Vec::new(),
             deferred: false,
             unsettled: &cx.unsettled,
@@ -67,6 +70,9 @@ impl<'a> Replier<'a> {
             upstream_model: self.env.upstream_model.clone(),
             response: meta.unwrap_or_default(),
             attempt: self.attempt,
+            upstream_us: Some(
+                u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            ),
         }
     }
 

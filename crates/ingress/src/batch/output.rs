@@ -90,6 +90,7 @@ mod tests {
                 ..ResponseMeta::default()
             },
             attempt: 1,
+            upstream_us: None,
         }
     }
 
