@@ -100,6 +100,23 @@ async fn a_failing_primary_is_retried_then_the_fallback_answers() {
         rows[2].fallback_reason,
         "openai/gpt-4o-mini failed: provider_error"
     );
+    // /metrics counts the three attempts by why they were made.
+    let metrics = stack
+        .http
+        .get(stack.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for series in [
+        "switchyard_attempts_total{provider=\"openai\",model=\"gpt-4o-mini\",outcome=\"error\",reason=\"first\"} 1\n",
+        "switchyard_attempts_total{provider=\"openai\",model=\"gpt-4o-mini\",outcome=\"error\",reason=\"retry\"} 1\n",
+        "switchyard_attempts_total{provider=\"anthropic\",model=\"claude-sonnet-4-5\",outcome=\"ok\",reason=\"fallback\"} 1\n",
+    ] {
+        assert!(metrics.contains(series), "{series}{metrics}");
+    }
 
     // Streamed: the client sees one clean stream from the fallback.
     let mut b = body("chain", "stream [[mock:status=503,only=openai]]");

@@ -257,7 +257,7 @@ impl Writer {
         let now = sy_protocol::now_unix_ms();
         for (event, _, _) in batch {
             if !stored.contains(&event.event_id) {
-                let lag = now.saturating_sub(event.received_unix_ms);
+                let lag = now.saturating_sub(event.finished_unix_ms);
                 m.accounting_lag.observe(lag as f64 / 1000.0);
             }
         }

@@ -77,7 +77,6 @@ async fn chat(
     req: Request,
 ) -> Result<Response, ChatError> {
     let received_unix_ms = now_unix_ms();
-    let received = std::time::Instant::now();
     let (parts, body) = req.into_parts();
     let caller = parts.extensions.get::<extract::Caller>().ok_or_else(|| {
         let e = ApiError::new(ErrorCode::Internal, "the request was not authenticated");
@@ -87,6 +86,8 @@ async fn chat(
     let body = read_body(state.max_body_bytes, &parts.headers, body)
         .await
         .map_err(|e| (e, None, None))?;
+    // What Switchyard adds is counted from here: the client's upload is not.
+    let received = std::time::Instant::now();
     let admitted = admission::admit(
         state,
         surface,
@@ -207,14 +208,14 @@ async fn answer(
     let first = pending.next().await.map_err(|e| (e, None, class))?;
     tracing::trace!("First frame received.");
     let start = start_of(&first).cloned();
-    if let Some(s) = &start {
-        added_latency(surface, stream, s, received);
-    }
     let names = answer_meta(start.as_ref(), request_id, &envelope.upstream_model);
     if let ReplyFrame::Final(f) = &first
         && let Some(e) = &f.error
     {
         return Err((ApiError::from_frame(e), start, class));
+    }
+    if let Some(s) = &start {
+        added_latency(surface, stream, s, received);
     }
     let resp = match (surface, stream) {
         (ApiSurface::Messages, true) => {
@@ -237,8 +238,9 @@ async fn answer(
 
 /// Records what Switchyard added before the first frame of an answer its
 /// first attempt gave (a retry's or a fallback's earlier attempts are not the
-/// gateway's own cost): the time since the request came less the worker's
-/// time from its provider call to that frame.
+/// gateway's own cost; an error has no provider time to subtract): the time
+/// since the request's body was read less the worker's time from its
+/// provider call to that frame.
 fn added_latency(
     surface: ApiSurface,
     stream: bool,

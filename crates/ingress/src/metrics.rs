@@ -54,13 +54,27 @@ pub(crate) async fn observe(req: Request, next: Next) -> Response {
 }
 
 /// `GET /metrics`: the Prometheus text, with the live routing state (each
-/// provider's queue, each target's breaker) read as it is scraped.
+/// configured provider's queue while its reading is fresh, each target's
+/// breaker) read as it is scraped.
 pub(crate) async fn serve(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let token = state.metrics_token.as_ref().map(|t| t.expose());
+    if let Some(refused) = refuse(token, req.headers()) {
+        return refused;
+    }
     let m = metrics::get();
-    let live = state.live.snapshot(sy_protocol::now_unix_ms());
-    for p in &live.providers {
+    let now = sy_protocol::now_unix_ms();
+    let live = state.live.snapshot(now);
+    // Set afresh each time: a provider gone from the config, or whose
+    // reading went stale, drops out instead of keeping its last value.
+    m.queue_depth.clear();
+    m.in_flight.clear();
+    m.target_healthy.clear();
+    let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    for p in live.providers.iter().filter(|p| {
+        state.providers.contains_key(&p.provider)
+            && now.saturating_sub(p.load.read_unix_ms) <= sy_router::live::LOAD_FRESH_MS
+    }) {
         let provider = [("provider", p.provider.clone())];
-        let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         m.queue_depth
             .get_or_create(&provider)
             .set(gauge(p.load.queued));
@@ -68,7 +82,11 @@ pub(crate) async fn serve(State(state): State<Arc<AppState>>, req: Request) -> R
             .get_or_create(&provider)
             .set(gauge(p.load.in_flight));
     }
-    for t in &live.targets {
+    for t in live
+        .targets
+        .iter()
+        .filter(|t| state.providers.contains_key(&t.provider))
+    {
         m.target_healthy
             .get_or_create(&[
                 ("provider", t.provider.clone()),
@@ -76,10 +94,25 @@ pub(crate) async fn serve(State(state): State<Arc<AppState>>, req: Request) -> R
             ])
             .set(i64::from(t.healthy));
     }
-    render(
-        state.metrics_token.as_ref().map(|t| t.expose()),
-        req.headers(),
-        state.bus.is_connected(),
+    render(None, req.headers(), state.bus.is_connected())
+}
+
+/// The 401 for a request without `token` (when there is one).
+fn refuse(token: Option<&str>, headers: &axum::http::HeaderMap) -> Option<Response> {
+    let token = token?;
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if given.is_some_and(|g| same(g.as_bytes(), token.as_bytes())) {
+        return None;
+    }
+    Some(
+        (
+            StatusCode::UNAUTHORIZED,
+            "metrics need the [metrics] token\n",
+        )
+            .into_response(),
     )
 }
 
@@ -87,18 +120,8 @@ pub(crate) async fn serve(State(state): State<Arc<AppState>>, req: Request) -> R
 /// carries `token` (when there is one). `connected` is the process's NATS
 /// connection, read as it is scraped.
 pub fn render(token: Option<&str>, headers: &axum::http::HeaderMap, connected: bool) -> Response {
-    if let Some(token) = token {
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if !given.is_some_and(|g| same(g.as_bytes(), token.as_bytes())) {
-            return (
-                StatusCode::UNAUTHORIZED,
-                "metrics need the [metrics] token\n",
-            )
-                .into_response();
-        }
+    if let Some(refused) = refuse(token, headers) {
+        return refused;
     }
     metrics::get().nats_connected.set(i64::from(connected));
     (

@@ -48,8 +48,9 @@ pub struct Metrics {
     pub time_to_first_token: Family<Labels3, Histogram>,
     /// (End − first token) / (output tokens − 1): operation, provider, model.
     pub time_per_output_token: Family<Labels3, Histogram>,
-    /// Attempts by provider, model, outcome (`ok`, `error`) and why they were
-    /// made (`first`, `retry`, `fallback`).
+    /// Attempts by provider, model, outcome (`ok`, `error`, `cancelled`,
+    /// `cut_off`, `expired`) and why they were made (`first`, `retry`,
+    /// `fallback`).
     pub attempts: Family<Labels4, Counter>,
     /// Requests a rate limit refused: the scope's kind (`key`, `project`,
     /// `org`, each optionally `_model`) and the limit (`requests`, `tokens`,
@@ -70,7 +71,7 @@ pub struct Metrics {
     pub accounting_rows: Counter,
     /// ClickHouse inserts that failed (their events come back).
     pub accounting_insert_errors: Counter,
-    /// Received → stored in ClickHouse, per usage event, seconds.
+    /// An attempt's end → its row stored in ClickHouse, seconds.
     pub accounting_lag: Histogram,
     /// 1 while the process's NATS connection is up.
     pub nats_connected: Gauge,
@@ -207,7 +208,7 @@ impl Metrics {
         let accounting_lag = seconds_buckets();
         registry.register_with_unit(
             "switchyard_accounting_lag",
-            "A request received to its usage row stored",
+            "An attempt's end to its usage row stored",
             Unit::Seconds,
             accounting_lag.clone(),
         );

@@ -331,6 +331,7 @@ async fn serve(
         }
         let error = match (ended, state.error.take()) {
             (Ended::Done, Some(e)) => {
+                crate::metrics::observe(&event);
                 usage::publish(&cx.bus, &event, acker).await;
                 e
             }
@@ -423,6 +424,9 @@ async fn finish(cx: &Shared, env: &RequestEnvelope, event: &UsageEvent, acker: &
         let message_id = UsageEvent::event_id_of(env.request_id, env.attempt);
         cx.done.answered(&message_id, event).await;
     }
+    // Counted here, where the attempt ends: a redelivered request that was
+    // finished already publishes its event again, but is not counted again.
+    crate::metrics::observe(event);
     usage::publish(&cx.bus, event, acker).await;
     interactive
 }

@@ -16,12 +16,13 @@ pub(crate) fn observe(e: &UsageEvent) {
     };
     let provider = e.provider.clone();
     let model = metrics::model_label(&e.upstream_model);
-    let reason = if e.fallback_reason.is_some() {
-        "fallback"
-    } else if e.attempt > 1 {
-        "retry"
-    } else {
-        "first"
+    // A retry on the same target says "retry after <code>"; a fallback names
+    // the target that failed.
+    let reason = match e.fallback_reason.as_deref() {
+        Some(r) if r.starts_with("retry after ") => "retry",
+        Some(_) => "fallback",
+        None if e.attempt > 1 => "retry",
+        None => "first",
     };
     m.attempts
         .get_or_create(&[
@@ -48,7 +49,9 @@ pub(crate) fn observe(e: &UsageEvent) {
         .observe(secs(
             e.finished_unix_ms.saturating_sub(e.dispatched_unix_ms),
         ));
-    if let Some(first) = e.first_token_unix_ms {
+    // Time to first token and per output token mean something for a stream
+    // only (a whole answer's first token is its last).
+    if let Some(first) = e.first_token_unix_ms.filter(|_| e.stream) {
         m.time_to_first_token
             .get_or_create(&three)
             .observe(secs(first.saturating_sub(e.dispatched_unix_ms)));

@@ -187,7 +187,6 @@ const PUBLISH_FOR: Duration = Duration::from_secs(60);
 /// progress meanwhile (so it is not redelivered and called again). An event that
 /// still cannot be stored is logged whole at error level: an operator must act.
 pub(crate) async fn publish(bus: &Bus, event: &UsageEvent, acker: &Acker) {
-    crate::metrics::observe(event);
     let until = tokio::time::Instant::now() + PUBLISH_FOR;
     let mut backoff = Duration::from_millis(50);
     loop {
