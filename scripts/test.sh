@@ -29,6 +29,7 @@ if ! port_open 8123; then started_clickhouse=1; fi
 ensure_clickhouse
 ensure_postgres
 ensure_redis
+ensure_prometheus_bin
 export SY_POSTGRES_URL="${SY_POSTGRES_URL:-$SY_POSTGRES_URL_DEFAULT}"
 export SY_REDIS_URL="${SY_REDIS_URL:-$SY_REDIS_URL_DEFAULT}"
 export SY_TEST_NATS_URL="${SY_TEST_NATS_URL:-nats://127.0.0.1:4222}"

@@ -227,5 +227,19 @@ ensure_redis() {
   done
 }
 
+# ensure_prometheus_bin: Debian's prometheus and promtool, installed (never
+# started here: the metrics tests start their own on a port of their own).
+ensure_prometheus_bin() {
+  if command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; then
+    return 0
+  fi
+  say "Installing prometheus from Debian"
+  apt-get update -qq
+  printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+  chmod +x /usr/sbin/policy-rc.d
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  rm -f /usr/sbin/policy-rc.d
+}
+
 # stop_redis: stops Redis if (and only if) we started it.
 stop_redis() { stop_pidfile "$RUN_DIR/redis.pid" redis-server; }

@@ -289,6 +289,29 @@ async fn a_batch_answers_every_item_once_in_input_order_with_failures_in_the_err
         (billed - expected).abs() <= 2e-9 * ok_rows as f64,
         "billed {billed} vs cost {cost} × 1.2 × 0.5"
     );
+    // /metrics counts the batch and its items by outcome.
+    let metrics = stack
+        .http
+        .get(stack.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for series in [
+        "switchyard_batches_total{status=\"completed\"} 1\n".to_owned(),
+        format!(
+            "switchyard_batch_items_total{{outcome=\"completed\"}} {}\n",
+            expect_out.len()
+        ),
+        format!(
+            "switchyard_batch_items_total{{outcome=\"failed\"}} {}\n",
+            err.len()
+        ),
+    ] {
+        assert!(metrics.contains(&series), "{series}{metrics}");
+    }
     // Listed for its owner, newest first.
     let list: Value = get(&stack, KEY, "/v1/batches?limit=5")
         .await

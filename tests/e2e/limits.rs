@@ -1078,6 +1078,19 @@ async fn budgets_are_reconciled_from_the_usage_rows_when_redis_drifts_or_forgets
         .await
         .unwrap();
     settles_to(truth, "drift").await;
+    let metrics = stack
+        .http
+        .get(stack.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("switchyard_budget_drifts_total{budget=\"budget\"}"),
+        "the correction is counted: {metrics}"
+    );
     // Redis forgot the budget (a restart without persistence): rebuilt.
     let _: () = redis::cmd("DEL")
         .arg(&budget_key)

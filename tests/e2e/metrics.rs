@@ -275,7 +275,7 @@ async fn every_metric_the_dashboards_and_alerts_query_is_in_metrics_and_the_spen
             }
         }
     }
-    assert!(dashboards >= 5, "{dashboards} dashboards");
+    assert!(dashboards >= 6, "{dashboards} dashboards");
     let alerts = std::fs::read_to_string(root.join("deploy/prometheus/alerts.yml")).unwrap();
     let names = metric_names(&alerts);
     assert!(names.len() >= 5, "{names:?}");
@@ -285,4 +285,116 @@ async fn every_metric_the_dashboards_and_alerts_query_is_in_metrics_and_the_spen
     }
     // And the dashboards cover most of what there is.
     assert!(checked.len() >= 12, "{checked:?}");
+}
+
+/// A child process killed when dropped.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Debian's Prometheus (scripts/test.sh installs it) scrapes a running stack
+/// with the alert rules loaded, and answers a query for the request counter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_prometheus_scrapes_the_stack_and_loads_the_alert_rules() {
+    use std::process::Command;
+    let root = sy_test_support::repo_root();
+    let rules = root.join("deploy/prometheus/alerts.yml");
+    let check = Command::new("promtool")
+        .arg("check")
+        .arg("rules")
+        .arg(&rules)
+        .output()
+        .expect("promtool (Debian's prometheus package; scripts/test.sh installs it)");
+    assert!(check.status.success(), "{check:?}");
+
+    let stack = Stack::start_with(StackOptions::default()).await;
+    for _ in 0..3 {
+        let r = stack
+            .http
+            .post(stack.url("/v1/chat/completions"))
+            .bearer_auth(KEY)
+            .json(&body("gpt-4o-mini", "hi"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let target = stack.base.trim_start_matches("http://").to_owned();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\n\
+             scrape_configs:\n  - job_name: switchyard\n    static_configs:\n      - targets: [\"{target}\"]\n",
+            rules.display()
+        ),
+    )
+    .unwrap();
+    let checked = Command::new("promtool")
+        .arg("check")
+        .arg("config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(checked.status.success(), "{checked:?}");
+    let port = sy_test_support::free_port();
+    let _prometheus = Child(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("prometheus (Debian's package; scripts/test.sh installs it)"),
+    );
+    let api = format!("http://127.0.0.1:{port}/api/v1");
+    let query = |q: &'static str| {
+        let (http, url) = (stack.http.clone(), format!("{api}/query"));
+        async move {
+            let q: String = url::form_urlencoded::byte_serialize(q.as_bytes()).collect();
+            let r = http.get(format!("{url}?query={q}")).send().await.ok()?;
+            r.json::<serde_json::Value>().await.ok()
+        }
+    };
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let answer = loop {
+        if let Some(v) =
+            query("sum(switchyard_requests_total{route=\"/v1/chat/completions\",status=\"2xx\"})")
+                .await
+            && v["data"]["result"][0]["value"][1] == "3"
+        {
+            break v;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "Prometheus never saw the requests"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    };
+    assert_eq!(answer["status"], "success");
+    let up = query("up{job=\"switchyard\"}").await.unwrap();
+    assert_eq!(up["data"]["result"][0]["value"][1], "1", "{up}");
+    let loaded: serde_json::Value = stack
+        .http
+        .get(format!("{api}/rules"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let n = loaded["data"]["groups"][0]["rules"]
+        .as_array()
+        .map_or(0, Vec::len);
+    assert_eq!(n, 7, "{loaded}");
 }

@@ -35,6 +35,16 @@ pub enum ReconcileError {
     Limits(#[from] sy_limits::LimitError),
 }
 
+/// Counts a corrected drift of `kind` (`budget` or `balance`) in the metrics.
+fn drifted(kind: &str, drift_nanos: i64) {
+    let m = sy_telemetry::metrics::get();
+    let label = [("budget", kind.to_owned())];
+    m.budget_drifts.get_or_create(&label).inc();
+    m.budget_drift_nanos
+        .get_or_create(&label)
+        .inc_by(drift_nanos.unsigned_abs());
+}
+
 /// One budget's drift in one round.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Drift {
@@ -202,6 +212,7 @@ pub async fn once(
             .reconcile(&b.key, period, &pid, truth, false)
             .await?;
         if drift != 0 {
+            drifted("budget", drift);
             tracing::info!(budget = %b.name, drift_nanos = drift, spent_nanos = truth, "Budget reconciled from the usage rows.");
         }
         drifts.push(Drift {
@@ -226,6 +237,7 @@ pub async fn once(
             .reconcile(&key, Period::None, "all", debited, true)
             .await?;
         if drift != 0 {
+            drifted("balance", drift);
             tracing::info!(org = %org, drift_nanos = drift, "Prepaid balance reconciled from the ledger.");
         }
         drifts.push(Drift {

@@ -15,7 +15,7 @@ use std::sync::{OnceLock, RwLock};
 use prometheus_client::encoding::prometheus_text;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+pub use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
@@ -67,6 +67,18 @@ pub struct Metrics {
     /// 1 while routers may pick a target (its breaker closed), per provider
     /// and model; 0 while it is skipped.
     pub target_healthy: Family<Labels2, Gauge>,
+    /// Budgets (and prepaid balances) the reconciler found Redis's count
+    /// off from the usage rows (the ledger), by `budget` (`budget`,
+    /// `balance`).
+    pub budget_drifts: Family<Labels1, Counter>,
+    /// How far off, nano-USD, summed (either way).
+    pub budget_drift_nanos: Family<Labels1, Counter>,
+    /// Batches that ended, by final status.
+    pub batches: Family<Labels1, Counter>,
+    /// Items of ended batches, by outcome (`completed`, `failed`).
+    pub batch_items: Family<Labels1, Counter>,
+    /// Batches this dispatcher is running now.
+    pub batches_running: Gauge,
     /// Usage rows inserted into ClickHouse.
     pub accounting_rows: Counter,
     /// ClickHouse inserts that failed (their events come back).
@@ -193,6 +205,36 @@ impl Metrics {
             "1 while routers may pick the target, 0 while its breaker keeps it out",
             target_healthy.clone(),
         );
+        let budget_drifts = Family::<Labels1, Counter>::default();
+        registry.register(
+            "switchyard_budget_drifts",
+            "Budgets and prepaid balances whose Redis count the reconciler corrected",
+            budget_drifts.clone(),
+        );
+        let budget_drift_nanos = Family::<Labels1, Counter>::default();
+        registry.register(
+            "switchyard_budget_drift_nanos",
+            "How far the corrected counts were off, nano-USD, either way",
+            budget_drift_nanos.clone(),
+        );
+        let batches = Family::<Labels1, Counter>::default();
+        registry.register(
+            "switchyard_batches",
+            "Batches that ended, by final status",
+            batches.clone(),
+        );
+        let batch_items = Family::<Labels1, Counter>::default();
+        registry.register(
+            "switchyard_batch_items",
+            "Items of ended batches, by outcome",
+            batch_items.clone(),
+        );
+        let batches_running = Gauge::default();
+        registry.register(
+            "switchyard_batches_running",
+            "Batches this dispatcher is running now",
+            batches_running.clone(),
+        );
         let accounting_rows = Counter::default();
         registry.register(
             "switchyard_accounting_rows",
@@ -233,6 +275,11 @@ impl Metrics {
             queue_depth,
             in_flight,
             target_healthy,
+            budget_drifts,
+            budget_drift_nanos,
+            batches,
+            batch_items,
+            batches_running,
             accounting_rows,
             accounting_insert_errors,
             accounting_lag,
@@ -264,6 +311,11 @@ pub const FAMILIES: &[(&str, &str)] = &[
     ("switchyard_queue_depth", "gauge"),
     ("switchyard_in_flight", "gauge"),
     ("switchyard_target_healthy", "gauge"),
+    ("switchyard_budget_drifts_total", "counter"),
+    ("switchyard_budget_drift_nanos_total", "counter"),
+    ("switchyard_batches_total", "counter"),
+    ("switchyard_batch_items_total", "counter"),
+    ("switchyard_batches_running", "gauge"),
     ("switchyard_accounting_rows_total", "counter"),
     ("switchyard_accounting_insert_errors_total", "counter"),
     ("switchyard_accounting_lag_seconds", "histogram"),

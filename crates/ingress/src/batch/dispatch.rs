@@ -188,6 +188,10 @@ async fn answer_exhausted(state: Arc<AppState>, shutdown: CancellationToken) {
 }
 
 async fn job(state: Arc<AppState>, stores: Arc<Stores>, msg: Message, stop: CancellationToken) {
+    let running = &sy_telemetry::metrics::get().batches_running;
+    running.inc();
+    // Down again however the job ends.
+    let _running = Running(running);
     let (seq, delivered) = msg
         .info()
         .map(|i| (i.stream_sequence, i.delivered))
@@ -683,4 +687,13 @@ async fn create_native(
         announced: false,
     };
     Ok(stores.create(&record).await?.map(|rev| (record, rev)))
+}
+
+/// Counts a batch job out of `switchyard_batches_running` when dropped.
+struct Running<'a>(&'a sy_telemetry::metrics::Gauge);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }

@@ -176,6 +176,15 @@ pub(super) async fn finalize(
         failed = counts.failed,
         "Batch ended."
     );
+    let m = sy_telemetry::metrics::get();
+    m.batches
+        .get_or_create(&[("status", status.as_str().to_owned())])
+        .inc();
+    for (outcome, n) in [("completed", counts.completed), ("failed", counts.failed)] {
+        m.batch_items
+            .get_or_create(&[("outcome", outcome.to_owned())])
+            .inc_by(n);
+    }
     if let Err(e) = state.bus.purge_batch_results(id).await {
         tracing::warn!(error = %e, "Purging batch results failed; they expire on their own.");
     }
