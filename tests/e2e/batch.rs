@@ -290,15 +290,7 @@ async fn a_batch_answers_every_item_once_in_input_order_with_failures_in_the_err
         "billed {billed} vs cost {cost} × 1.2 × 0.5"
     );
     // /metrics counts the batch and its items by outcome.
-    let metrics = stack
-        .http
-        .get(stack.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = stack.metrics().await;
     for series in [
         "switchyard_batches_total{status=\"completed\"} 1\n".to_owned(),
         format!(

@@ -396,15 +396,7 @@ async fn a_keys_limits_give_headers_then_429s_and_its_leases_end_with_their_clie
 
     // 7. /metrics counts each refusal by the scope's kind and the limit, never
     //    by the key.
-    let metrics = stack
-        .http
-        .get(stack.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = stack.metrics().await;
     for series in [
         "switchyard_limit_refusals_total{scope=\"key\",limit=\"concurrency\"}",
         "switchyard_limit_refusals_total{scope=\"key\",limit=\"requests\"}",
@@ -1078,15 +1070,7 @@ async fn budgets_are_reconciled_from_the_usage_rows_when_redis_drifts_or_forgets
         .await
         .unwrap();
     settles_to(truth, "drift").await;
-    let metrics = stack
-        .http
-        .get(stack.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = stack.metrics().await;
     assert!(
         metrics.contains("switchyard_budget_drifts_total{budget=\"budget\"}"),
         "the correction is counted: {metrics}"
@@ -1208,15 +1192,7 @@ async fn a_prepaid_org_spends_its_balance_down_to_402_and_the_ledger_adds_up() {
         balance.balance_nanos,
         "stored balance vs the ledger's rows"
     );
-    let metrics = stack
-        .http
-        .get(stack.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = stack.metrics().await;
     assert!(
         metrics.contains("switchyard_budget_refusals_total{budget=\"balance\"}"),
         "{metrics}"

@@ -125,15 +125,7 @@ async fn ten_thousand_keys_and_fifty_junk_models_stay_under_five_thousand_series
     for p in ["/nope/1", "/nope/2", "/v1/nope"] {
         let _ = stack.http.get(stack.url(p)).send().await.unwrap();
     }
-    let text = stack
-        .http
-        .get(stack.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = stack.metrics().await;
     assert!(
         text.contains(
             "switchyard_requests_total{route=\"unmatched\",status=\"4xx\",error_type=\"caller\"} 3"
@@ -221,15 +213,7 @@ async fn every_metric_the_dashboards_and_alerts_query_is_in_metrics_and_the_spen
         ..Default::default()
     })
     .await;
-    let text = stack
-        .http
-        .get(stack.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = stack.metrics().await;
     let root = sy_test_support::repo_root();
     let mut dashboards = 0;
     let mut checked = std::collections::BTreeSet::new();

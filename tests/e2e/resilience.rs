@@ -101,15 +101,7 @@ async fn a_failing_primary_is_retried_then_the_fallback_answers() {
         "openai/gpt-4o-mini failed: provider_error"
     );
     // /metrics counts the three attempts by why they were made.
-    let metrics = stack
-        .http
-        .get(stack.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = stack.metrics().await;
     for series in [
         "switchyard_attempts_total{provider=\"openai\",model=\"gpt-4o-mini\",outcome=\"error\",reason=\"first\"} 1\n",
         "switchyard_attempts_total{provider=\"openai\",model=\"gpt-4o-mini\",outcome=\"error\",reason=\"retry\"} 1\n",

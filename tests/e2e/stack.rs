@@ -597,6 +597,18 @@ targets = [{{ provider = "openai", model = "gpt-4.1-2025" }}]
         format!("{}{path}", self.base)
     }
 
+    /// `GET /metrics` of the stack's ingress: the Prometheus text.
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// A chat completion request with the test key and a JSON body.
     /// `POST /v1/messages` as an Anthropic client sends it.
     pub fn messages(&self, body: &Value) -> reqwest::RequestBuilder {
