@@ -869,9 +869,5 @@ async fn an_orgs_month_is_invoiced_from_its_rows_and_its_ledger_the_same_every_t
 
 /// Now, UTC, as the ledger's entries print it (`2026-11-14T10:22:31.123456Z`).
 fn utc_now() -> String {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap();
-    let secs = sy_billing::invoice::rfc3339(u32::try_from(d.as_secs()).unwrap());
-    format!("{}.{:06}Z", secs.trim_end_matches('Z'), d.subsec_micros())
+    humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string()
 }

@@ -554,24 +554,8 @@ pub fn nanos_of_decimal(text: &str) -> Option<i128> {
 
 /// Unix seconds as `YYYY-MM-DDTHH:MM:SSZ`.
 pub fn rfc3339(unix: u32) -> String {
-    let days = i64::from(unix / 86_400);
-    let secs = unix % 86_400;
-    // Civil from days (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::from(unix));
+    humantime::format_rfc3339_seconds(at).to_string()
 }
 
 #[derive(Serialize)]

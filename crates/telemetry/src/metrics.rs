@@ -4,7 +4,7 @@
 //!
 //! Labels are bounded by construction: a route is one of the ingress's route
 //! templates, a status a class (`2xx`), an error type a closed vocabulary
-//! ([`ErrorType`]), a provider one of the config's entries, and a model one
+//! (`sy_protocol::ErrorCode::error_type`), a provider one of the config's entries, and a model one
 //! of the names the config knows ([`set_vocabulary`]); anything else is
 //! `other`. Never a key, tenant or user: per-tenant views come from
 //! ClickHouse. So junk model names and ten thousand keys add no series.
@@ -17,7 +17,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 pub use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::{Registry, Unit};
+use prometheus_client::registry::{Metric, Registry, Unit};
 
 /// The content type of [`render`]'s text.
 pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
@@ -30,6 +30,10 @@ type Labels4 = [(&'static str, String); 4];
 /// Every metric of the process.
 pub struct Metrics {
     registry: Registry,
+    /// Every family as Prometheus names it, with its type: what [`render`]
+    /// always lists (a family without a series yet as its `# TYPE` line
+    /// alone), so dashboards and alert rules can be checked against it.
+    families: Vec<(String, &'static str)>,
     /// Requests answered by the ingress: route, status class, error type.
     pub requests: Family<Labels3, Counter>,
     /// Received → response headers (for a stream: its first event), by route.
@@ -109,159 +113,190 @@ fn token_buckets() -> Histogram {
     Histogram::new((0..13).map(|i| 4f64.powi(i)))
 }
 
+/// How a family is registered and what Prometheus calls it.
+#[derive(Clone, Copy)]
+enum Kind {
+    /// Exposed as `<name>_total`.
+    Counter,
+    Gauge,
+    Histogram,
+    /// A histogram of seconds: exposed as `<name>_seconds`.
+    Seconds,
+}
+
+/// Registers families and remembers each one's exposed name and type.
+struct Builder {
+    registry: Registry,
+    families: Vec<(String, &'static str)>,
+}
+
+impl Builder {
+    fn add<M: Metric + Clone>(&mut self, name: &str, help: &str, kind: Kind, metric: M) -> M {
+        let (exposed, type_) = match kind {
+            Kind::Counter => (format!("{name}_total"), "counter"),
+            Kind::Gauge => (name.to_owned(), "gauge"),
+            Kind::Histogram => (name.to_owned(), "histogram"),
+            Kind::Seconds => (format!("{name}_seconds"), "histogram"),
+        };
+        match kind {
+            Kind::Seconds => {
+                self.registry
+                    .register_with_unit(name, help, Unit::Seconds, metric.clone());
+            }
+            _ => self.registry.register(name, help, metric.clone()),
+        }
+        self.families.push((exposed, type_));
+        metric
+    }
+}
+
 impl Metrics {
     fn new() -> Metrics {
-        let mut registry = Registry::default();
-        let requests = Family::<Labels3, Counter>::default();
-        registry.register(
+        let mut b = Builder {
+            registry: Registry::default(),
+            families: Vec::new(),
+        };
+        let requests = b.add(
             "switchyard_requests",
             "Requests answered by the ingress, by route, status class and error type",
-            requests.clone(),
+            Kind::Counter,
+            Family::<Labels3, Counter>::default(),
         );
-        let response_start = Family::<Labels1, Histogram, fn() -> Histogram>::new_with_constructor(
-            fine_seconds_buckets,
-        );
-        registry.register_with_unit(
+        let response_start = b.add(
             "switchyard_response_start",
             "Request received to response headers (a stream's first event), by route",
-            Unit::Seconds,
-            response_start.clone(),
+            Kind::Seconds,
+            Family::<Labels1, Histogram, fn() -> Histogram>::new_with_constructor(
+                fine_seconds_buckets,
+            ),
         );
-        let added_latency = Family::<Labels2, Histogram, fn() -> Histogram>::new_with_constructor(
-            fine_seconds_buckets,
-        );
-        registry.register_with_unit(
+        let added_latency = b.add(
             "switchyard_added_latency",
             "What Switchyard added before an answer's first frame (its time less the provider's)",
-            Unit::Seconds,
-            added_latency.clone(),
+            Kind::Seconds,
+            Family::<Labels2, Histogram, fn() -> Histogram>::new_with_constructor(
+                fine_seconds_buckets,
+            ),
         );
-        let token_usage =
-            Family::<Labels4, Histogram, fn() -> Histogram>::new_with_constructor(token_buckets);
-        registry.register(
+        let token_usage = b.add(
             "gen_ai_client_token_usage",
             "Tokens per provider call, by token type (input, output)",
-            token_usage.clone(),
+            Kind::Histogram,
+            Family::<Labels4, Histogram, fn() -> Histogram>::new_with_constructor(token_buckets),
         );
-        let request_duration =
-            Family::<Labels4, Histogram, fn() -> Histogram>::new_with_constructor(seconds_buckets);
-        registry.register_with_unit(
+        let request_duration = b.add(
             "gen_ai_server_request_duration",
             "Provider call to the end of its answer",
-            Unit::Seconds,
-            request_duration.clone(),
+            Kind::Seconds,
+            Family::<Labels4, Histogram, fn() -> Histogram>::new_with_constructor(seconds_buckets),
         );
-        let time_to_first_token =
-            Family::<Labels3, Histogram, fn() -> Histogram>::new_with_constructor(seconds_buckets);
-        registry.register_with_unit(
+        let time_to_first_token = b.add(
             "gen_ai_server_time_to_first_token",
             "Provider call to its first token",
-            Unit::Seconds,
-            time_to_first_token.clone(),
+            Kind::Seconds,
+            Family::<Labels3, Histogram, fn() -> Histogram>::new_with_constructor(seconds_buckets),
         );
-        let time_per_output_token =
-            Family::<Labels3, Histogram, fn() -> Histogram>::new_with_constructor(
-                fine_seconds_buckets,
-            );
-        registry.register_with_unit(
+        let time_per_output_token = b.add(
             "gen_ai_server_time_per_output_token",
             "Time per output token after the first",
-            Unit::Seconds,
-            time_per_output_token.clone(),
+            Kind::Seconds,
+            Family::<Labels3, Histogram, fn() -> Histogram>::new_with_constructor(
+                fine_seconds_buckets,
+            ),
         );
-        let attempts = Family::<Labels4, Counter>::default();
-        registry.register(
+        let attempts = b.add(
             "switchyard_attempts",
             "Provider calls by provider, model, outcome and reason (first, retry, fallback)",
-            attempts.clone(),
+            Kind::Counter,
+            Family::<Labels4, Counter>::default(),
         );
-        let limit_refusals = Family::<Labels2, Counter>::default();
-        registry.register(
+        let limit_refusals = b.add(
             "switchyard_limit_refusals",
             "Requests a rate limit refused (429), by the scope's kind and the limit",
-            limit_refusals.clone(),
+            Kind::Counter,
+            Family::<Labels2, Counter>::default(),
         );
-        let budget_refusals = Family::<Labels1, Counter>::default();
-        registry.register(
+        let budget_refusals = b.add(
             "switchyard_budget_refusals",
             "Requests a budget or a prepaid balance refused (402)",
-            budget_refusals.clone(),
+            Kind::Counter,
+            Family::<Labels1, Counter>::default(),
         );
-        let queue_depth = Family::<Labels1, Gauge>::default();
-        registry.register(
+        let queue_depth = b.add(
             "switchyard_queue_depth",
             "Requests waiting for a worker, per provider",
-            queue_depth.clone(),
+            Kind::Gauge,
+            Family::<Labels1, Gauge>::default(),
         );
-        let in_flight = Family::<Labels1, Gauge>::default();
-        registry.register(
+        let in_flight = b.add(
             "switchyard_in_flight",
             "Requests taken by workers and not finished, per provider",
-            in_flight.clone(),
+            Kind::Gauge,
+            Family::<Labels1, Gauge>::default(),
         );
-        let target_healthy = Family::<Labels2, Gauge>::default();
-        registry.register(
+        let target_healthy = b.add(
             "switchyard_target_healthy",
             "1 while routers may pick the target, 0 while its breaker keeps it out",
-            target_healthy.clone(),
+            Kind::Gauge,
+            Family::<Labels2, Gauge>::default(),
         );
-        let budget_drifts = Family::<Labels1, Counter>::default();
-        registry.register(
+        let budget_drifts = b.add(
             "switchyard_budget_drifts",
             "Budgets and prepaid balances whose Redis count the reconciler corrected",
-            budget_drifts.clone(),
+            Kind::Counter,
+            Family::<Labels1, Counter>::default(),
         );
-        let budget_drift_nanos = Family::<Labels1, Counter>::default();
-        registry.register(
+        let budget_drift_nanos = b.add(
             "switchyard_budget_drift_nanos",
             "How far the corrected counts were off, nano-USD, either way",
-            budget_drift_nanos.clone(),
+            Kind::Counter,
+            Family::<Labels1, Counter>::default(),
         );
-        let batches = Family::<Labels1, Counter>::default();
-        registry.register(
+        let batches = b.add(
             "switchyard_batches",
             "Batches that ended, by final status",
-            batches.clone(),
+            Kind::Counter,
+            Family::<Labels1, Counter>::default(),
         );
-        let batch_items = Family::<Labels1, Counter>::default();
-        registry.register(
+        let batch_items = b.add(
             "switchyard_batch_items",
             "Items of ended batches, by outcome",
-            batch_items.clone(),
+            Kind::Counter,
+            Family::<Labels1, Counter>::default(),
         );
-        let batches_running = Gauge::default();
-        registry.register(
+        let batches_running = b.add(
             "switchyard_batches_running",
             "Batches this dispatcher is running now",
-            batches_running.clone(),
+            Kind::Gauge,
+            Gauge::default(),
         );
-        let accounting_rows = Counter::default();
-        registry.register(
+        let accounting_rows = b.add(
             "switchyard_accounting_rows",
             "Usage rows inserted into ClickHouse",
-            accounting_rows.clone(),
+            Kind::Counter,
+            Counter::default(),
         );
-        let accounting_insert_errors = Counter::default();
-        registry.register(
+        let accounting_insert_errors = b.add(
             "switchyard_accounting_insert_errors",
             "ClickHouse inserts that failed (their events are delivered again)",
-            accounting_insert_errors.clone(),
+            Kind::Counter,
+            Counter::default(),
         );
-        let accounting_lag = seconds_buckets();
-        registry.register_with_unit(
+        let accounting_lag = b.add(
             "switchyard_accounting_lag",
             "An attempt's end to its usage row stored",
-            Unit::Seconds,
-            accounting_lag.clone(),
+            Kind::Seconds,
+            seconds_buckets(),
         );
-        let nats_connected = Gauge::default();
-        registry.register(
+        let nats_connected = b.add(
             "switchyard_nats_connected",
             "1 while the process's NATS connection is up",
-            nats_connected.clone(),
+            Kind::Gauge,
+            Gauge::default(),
         );
         Metrics {
-            registry,
+            registry: b.registry,
+            families: b.families,
             requests,
             response_start,
             added_latency,
@@ -294,40 +329,13 @@ pub fn get() -> &'static Metrics {
     METRICS.get_or_init(Metrics::new)
 }
 
-/// Every metric family as Prometheus names it, with its type: what
-/// [`render`] always lists (a family without a series yet as its `# TYPE`
-/// line alone), so dashboards and alert rules can be checked against it.
-pub const FAMILIES: &[(&str, &str)] = &[
-    ("switchyard_requests_total", "counter"),
-    ("switchyard_response_start_seconds", "histogram"),
-    ("switchyard_added_latency_seconds", "histogram"),
-    ("gen_ai_client_token_usage", "histogram"),
-    ("gen_ai_server_request_duration_seconds", "histogram"),
-    ("gen_ai_server_time_to_first_token_seconds", "histogram"),
-    ("gen_ai_server_time_per_output_token_seconds", "histogram"),
-    ("switchyard_attempts_total", "counter"),
-    ("switchyard_limit_refusals_total", "counter"),
-    ("switchyard_budget_refusals_total", "counter"),
-    ("switchyard_queue_depth", "gauge"),
-    ("switchyard_in_flight", "gauge"),
-    ("switchyard_target_healthy", "gauge"),
-    ("switchyard_budget_drifts_total", "counter"),
-    ("switchyard_budget_drift_nanos_total", "counter"),
-    ("switchyard_batches_total", "counter"),
-    ("switchyard_batch_items_total", "counter"),
-    ("switchyard_batches_running", "gauge"),
-    ("switchyard_accounting_rows_total", "counter"),
-    ("switchyard_accounting_insert_errors_total", "counter"),
-    ("switchyard_accounting_lag_seconds", "histogram"),
-    ("switchyard_nats_connected", "gauge"),
-];
-
 /// Every metric in the Prometheus text format (version 0.0.4).
 pub fn render() -> String {
     let mut out = String::new();
     // Writing into a String cannot fail.
-    let _ = prometheus_text::encode(&mut out, &get().registry);
-    for (name, kind) in FAMILIES {
+    let m = get();
+    let _ = prometheus_text::encode(&mut out, &m.registry);
+    for (name, kind) in &m.families {
         if !out.contains(&format!("# TYPE {name} ")) {
             out.push_str(&format!("# TYPE {name} {kind}\n"));
         }
@@ -405,8 +413,32 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("gen_ai_request_model=\"other\""), "{text}");
-        // Every family is listed, with a series or not; and FAMILIES is
-        // every family there is.
+        // Every family is listed, with a series or not, under the name
+        // Prometheus gives it; and these are every family there is.
+        const FAMILIES: &[(&str, &str)] = &[
+            ("switchyard_requests_total", "counter"),
+            ("switchyard_response_start_seconds", "histogram"),
+            ("switchyard_added_latency_seconds", "histogram"),
+            ("gen_ai_client_token_usage", "histogram"),
+            ("gen_ai_server_request_duration_seconds", "histogram"),
+            ("gen_ai_server_time_to_first_token_seconds", "histogram"),
+            ("gen_ai_server_time_per_output_token_seconds", "histogram"),
+            ("switchyard_attempts_total", "counter"),
+            ("switchyard_limit_refusals_total", "counter"),
+            ("switchyard_budget_refusals_total", "counter"),
+            ("switchyard_queue_depth", "gauge"),
+            ("switchyard_in_flight", "gauge"),
+            ("switchyard_target_healthy", "gauge"),
+            ("switchyard_budget_drifts_total", "counter"),
+            ("switchyard_budget_drift_nanos_total", "counter"),
+            ("switchyard_batches_total", "counter"),
+            ("switchyard_batch_items_total", "counter"),
+            ("switchyard_batches_running", "gauge"),
+            ("switchyard_accounting_rows_total", "counter"),
+            ("switchyard_accounting_insert_errors_total", "counter"),
+            ("switchyard_accounting_lag_seconds", "histogram"),
+            ("switchyard_nats_connected", "gauge"),
+        ];
         for (name, kind) in FAMILIES {
             assert!(
                 text.contains(&format!("# TYPE {name} {kind}\n")),
@@ -415,5 +447,6 @@ mod tests {
         }
         let types = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
         assert_eq!(types, FAMILIES.len(), "{text}");
+        assert_eq!(m.families.len(), FAMILIES.len());
     }
 }
