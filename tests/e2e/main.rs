@@ -26,4 +26,5 @@ mod schema;
 mod sdk;
 mod stack;
 mod tenants;
+mod traces;
 mod usage;

@@ -30,6 +30,11 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         "0005_pricing.sql",
         include_str!("../../../migrations/clickhouse/0005_pricing.sql"),
     ),
+    (
+        6,
+        "0006_trace.sql",
+        include_str!("../../../migrations/clickhouse/0006_trace.sql"),
+    ),
 ];
 
 /// The statements of a migration file for database `db`: comment lines dropped

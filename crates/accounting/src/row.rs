@@ -99,6 +99,8 @@ pub struct RequestRow {
     /// Decimal(18, 9) as its raw nano value: billed over cost; NULL when
     /// the event does not say (an older worker's).
     pub multiplier: Option<i64>,
+    /// The request's OpenTelemetry trace id, or empty.
+    pub trace_id: String,
 }
 
 fn ms32(v: u64) -> u32 {
@@ -160,6 +162,7 @@ impl From<&UsageEvent> for RequestRow {
             price_version: e.price_version.unwrap_or(0),
             plan: e.plan.clone().unwrap_or_default(),
             multiplier: e.multiplier_ppb,
+            trace_id: e.trace_id.clone().unwrap_or_default(),
         }
     }
 }

@@ -93,6 +93,7 @@ fn event(i: usize) -> UsageEvent {
         client_disconnected: false,
         batch_id: None,
         limits: None,
+        trace_id: None,
     }
 }
 

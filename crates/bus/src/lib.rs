@@ -280,9 +280,25 @@ impl Bus {
         msg_id: &str,
         payload: Bytes,
     ) -> Result<(), BusError> {
+        self.publish_stored_with(subject, msg_id, None, payload)
+            .await
+    }
+
+    /// Publishes to a stream with `msg_id` (deduplicated) and, when given,
+    /// the W3C `traceparent` header, and waits for the stream's ack.
+    async fn publish_stored_with(
+        &self,
+        subject: String,
+        msg_id: &str,
+        traceparent: Option<&str>,
+        payload: Bytes,
+    ) -> Result<(), BusError> {
         BusError::check_subject(&subject)?;
         let mut headers = HeaderMap::new();
         headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id);
+        if let Some(tp) = traceparent {
+            headers.insert(sy_protocol::header::TRACEPARENT, tp);
+        }
         let ack = self
             .js
             .publish_with_headers(subject, headers, payload)
@@ -347,11 +363,24 @@ impl Bus {
     /// Publishes a request to its provider's subject and waits for JetStream to
     /// store it. The request id is the `Nats-Msg-Id`, so a repeated publish is dropped.
     /// A batch item goes to the batch request stream (`<ns>.breq.<provider>.<batch>`).
-    pub async fn publish_request(&self, envelope: &RequestEnvelope) -> Result<(), BusError> {
+    /// `traceparent` (the publishing span's) rides in the message's headers.
+    pub async fn publish_request(
+        &self,
+        envelope: &RequestEnvelope,
+        traceparent: Option<&str>,
+    ) -> Result<(), BusError> {
         if !self.is_connected() {
             return Err(BusError::Unavailable);
         }
-        let subject = match &envelope.batch {
+        let subject = self.request_subject(envelope);
+        let msg_id = UsageEvent::event_id_of(envelope.request_id, envelope.attempt);
+        self.publish_stored_with(subject, &msg_id, traceparent, encode(envelope)?)
+            .await
+    }
+
+    /// The subject [`Bus::publish_request`] publishes `envelope` to.
+    pub fn request_subject(&self, envelope: &RequestEnvelope) -> String {
+        match &envelope.batch {
             Some(item) => self
                 .subjects
                 .batch_request(&envelope.provider, &item.batch_id),
@@ -359,10 +388,7 @@ impl Bus {
                 &envelope.provider,
                 &sy_protocol::route_token(&envelope.model),
             ),
-        };
-        let msg_id = UsageEvent::event_id_of(envelope.request_id, envelope.attempt);
-        self.publish_stored(subject, &msg_id, encode(envelope)?)
-            .await
+        }
     }
 
     /// Publishes one reply frame on core NATS (no ack; the ingress checks `seq`).

@@ -23,16 +23,17 @@ pub use env::{EnvSource, MapEnv, ProcessEnv, interpolate};
 pub use error::{ConfigError, ConfigErrors, LoadError};
 pub use raw::{
     RawAccounting, RawAdminToken, RawBatch, RawBilling, RawClickhouse, RawConfig, RawCredentials,
-    RawHealth, RawKey, RawLimitDefaults, RawLimitSet, RawLimits, RawMetrics, RawModel, RawNats,
-    RawPostgres, RawPrice, RawProvider, RawRedis, RawServer, RawStripe, RawTarget, RawTenants,
+    RawHealth, RawKey, RawLimitDefaults, RawLimitSet, RawLimits, RawLog, RawMetrics, RawModel,
+    RawNats, RawPostgres, RawPrice, RawProvider, RawRedis, RawServer, RawStripe, RawTarget,
+    RawTenants, RawTracing,
 };
 pub use settings::{
     ADMIN_ROLES, AccountingConfig, AdminToken, ApiKey, BatchConfig, BillingConfig,
-    ClickhouseConfig, Config, CredentialsConfig, HealthConfig, LimitSet, LimitsConfig, MAX_LIMIT,
-    MAX_RUNNING_BATCHES, MetricsConfig, ModelRoute, NatsConfig, PROVIDER_KINDS, PostgresConfig,
-    ProviderConfig, ProviderKind, RedisConfig, RoutePolicy, Secret, ServerConfig,
-    StripeCheckoutConfig, StripeConfig, Target, TenantsConfig, YOOKASSA_NOTIFICATION_RANGES,
-    YookassaConfig,
+    ClickhouseConfig, Config, CredentialsConfig, HealthConfig, LimitSet, LimitsConfig, LogConfig,
+    MAX_LIMIT, MAX_RUNNING_BATCHES, MetricsConfig, ModelRoute, NatsConfig, PROVIDER_KINDS,
+    PostgresConfig, ProviderConfig, ProviderKind, RedisConfig, RoutePolicy, Secret, ServerConfig,
+    StripeCheckoutConfig, StripeConfig, TRACE_PROTOCOLS, Target, TenantsConfig, TracingConfig,
+    YOOKASSA_NOTIFICATION_RANGES, YookassaConfig,
 };
 
 use std::path::Path;

@@ -61,6 +61,45 @@ pub struct RawConfig {
     /// Prometheus metrics (`GET /metrics`).
     #[serde(default)]
     pub metrics: RawMetrics,
+    /// OpenTelemetry traces exported over OTLP.
+    #[serde(default)]
+    pub tracing: RawTracing,
+    /// The process's log lines.
+    #[serde(default)]
+    pub log: RawLog,
+}
+
+/// `[tracing]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTracing {
+    /// On or off; none: on when `OTEL_EXPORTER_OTLP_ENDPOINT` or
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set.
+    pub enabled: Option<bool>,
+    /// The OTLP/HTTP traces URL (`http://127.0.0.1:4318/v1/traces`); none:
+    /// the standard `OTEL_EXPORTER_OTLP_*` variables, else that default.
+    pub endpoint: Option<String>,
+    /// `http/protobuf` or `http/json`; none: `OTEL_EXPORTER_OTLP_PROTOCOL`,
+    /// else `http/protobuf`.
+    pub protocol: Option<String>,
+    /// The share of new traces kept, 0 to 1 (a continued trace follows its
+    /// caller's decision).
+    pub sample_ratio: Option<f64>,
+    /// Whether prompts and answers are recorded on the provider-call spans.
+    pub record_content: bool,
+    /// The traces' `service.name`; none: `OTEL_SERVICE_NAME`, else `switchyard`.
+    pub service_name: Option<String>,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLog {
+    /// `text` or `json` (one object a line); `SWITCHYARD_LOG_FORMAT` wins.
+    pub format: Option<String>,
+    /// An `EnvFilter` directive (`info`, `sy_worker=debug,info`);
+    /// `SWITCHYARD_LOG`, then `RUST_LOG`, win.
+    pub level: Option<String>,
 }
 
 /// `[metrics]`.

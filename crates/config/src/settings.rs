@@ -74,6 +74,52 @@ pub struct Config {
     pub batch: BatchConfig,
     /// Prometheus metrics.
     pub metrics: MetricsConfig,
+    /// OpenTelemetry traces.
+    pub tracing: TracingConfig,
+    /// Log lines.
+    pub log: LogConfig,
+}
+
+/// `[tracing]`, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TracingConfig {
+    /// On, off, or (none) on when an OTLP endpoint variable is set.
+    pub enabled: Option<bool>,
+    /// The OTLP/HTTP traces URL, if the config names one.
+    pub endpoint: Option<String>,
+    /// `http/protobuf` or `http/json`, if the config names one.
+    pub protocol: Option<String>,
+    /// The share of new traces kept, 0 to 1.
+    pub sample_ratio: f64,
+    /// Whether prompts and answers are recorded on provider-call spans.
+    pub record_content: bool,
+    /// The traces' `service.name`, if the config names one.
+    pub service_name: Option<String>,
+}
+
+impl Default for TracingConfig {
+    fn default() -> Self {
+        TracingConfig {
+            enabled: None,
+            endpoint: None,
+            protocol: None,
+            sample_ratio: 1.0,
+            record_content: false,
+            service_name: None,
+        }
+    }
+}
+
+/// The OTLP protocols Switchyard exports with.
+pub const TRACE_PROTOCOLS: [&str; 2] = ["http/protobuf", "http/json"];
+
+/// `[log]`, validated.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LogConfig {
+    /// One JSON object a line instead of text.
+    pub json: bool,
+    /// The filter directive, if the config names one.
+    pub level: Option<String>,
 }
 
 /// `[metrics]`, validated.

@@ -426,6 +426,35 @@ fn metrics_listen_is_an_address_and_its_token_is_long() {
 }
 
 #[test]
+fn tracing_and_log_settings_are_checked() {
+    let c = Config::from_toml(
+        "[tracing]\nenabled = true\nendpoint = \"http://127.0.0.1:4318/v1/traces\"\nprotocol = \"http/json\"\nsample_ratio = 0.25\n[log]\nformat = \"json\"\nlevel = \"debug\"\n",
+        &env(&[]),
+    )
+    .unwrap();
+    assert_eq!(c.tracing.enabled, Some(true));
+    assert_eq!(c.tracing.protocol.as_deref(), Some("http/json"));
+    assert_eq!(c.tracing.sample_ratio, 0.25);
+    assert!(!c.tracing.record_content);
+    assert!(c.log.json);
+    assert_eq!(c.log.level.as_deref(), Some("debug"));
+    let none = Config::from_toml("", &env(&[])).unwrap();
+    assert_eq!(none.tracing, crate::TracingConfig::default());
+    assert!(!none.log.json);
+    let bad = problems(
+        "[tracing]\nendpoint = \"localhost:4318\"\nprotocol = \"grpc\"\nsample_ratio = 1.5\n[log]\nformat = \"xml\"\n",
+    );
+    for want in [
+        "tracing.endpoint",
+        "tracing.protocol",
+        "tracing.sample_ratio",
+        "log.format",
+    ] {
+        assert!(bad.iter().any(|p| p.starts_with(want)), "{want}: {bad:?}");
+    }
+}
+
+#[test]
 fn batch_settings_and_their_defaults() {
     let text = r#"
 [providers.p]

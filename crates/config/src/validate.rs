@@ -13,7 +13,9 @@ use crate::{
     PROVIDER_KINDS, PostgresConfig, ProviderConfig, ProviderKind, RawConfig, RoutePolicy, Secret,
     ServerConfig, Target, TenantsConfig,
 };
-use crate::{LimitSet, LimitsConfig, MAX_LIMIT, MetricsConfig, RedisConfig};
+use crate::{
+    LimitSet, LimitsConfig, LogConfig, MAX_LIMIT, MetricsConfig, RedisConfig, TracingConfig,
+};
 
 /// The policy keys as written in `[models."<name>"]` or `[routers."<name>"]`.
 pub(crate) struct RawPolicy<'a> {
@@ -736,6 +738,18 @@ impl Config {
                 Some(t) => Some(Secret::new(t.to_owned())),
             },
         };
+        let tracing = tracing_config(e, &raw.tracing);
+        let log = LogConfig {
+            json: match raw.log.format.as_deref() {
+                None | Some("text") => false,
+                Some("json") => true,
+                Some(_) => {
+                    e.push(ConfigError::new("log.format", "must be text or json"));
+                    false
+                }
+            },
+            level: raw.log.level.clone().filter(|l| !l.trim().is_empty()),
+        };
         let batch = BatchConfig {
             max_file_bytes: b.max_file_bytes.max(1),
             max_lines: b.max_lines.max(1),
@@ -774,10 +788,46 @@ impl Config {
                 health,
                 batch,
                 metrics,
+                tracing,
+                log,
             })
         } else {
             Err(ConfigErrors(errors))
         }
+    }
+}
+
+/// `[tracing]`, checked: an endpoint is an http(s) URL, the protocol one
+/// Switchyard exports with (gRPC is not built in), the ratio within 0 to 1.
+fn tracing_config(e: &mut Vec<ConfigError>, t: &crate::RawTracing) -> TracingConfig {
+    let endpoint = t.endpoint.clone().filter(|u| !u.is_empty());
+    if let Some(u) = &endpoint
+        && !Url::parse(u).is_ok_and(|u| matches!(u.scheme(), "http" | "https"))
+    {
+        e.push(ConfigError::new(
+            "tracing.endpoint",
+            "must be an http(s) URL like http://127.0.0.1:4318/v1/traces",
+        ));
+    }
+    if let Some(p) = &t.protocol
+        && !crate::TRACE_PROTOCOLS.contains(&p.as_str())
+    {
+        e.push(ConfigError::new(
+            "tracing.protocol",
+            "must be http/protobuf or http/json (gRPC is not built in)",
+        ));
+    }
+    let sample_ratio = t.sample_ratio.unwrap_or(1.0);
+    if !(0.0..=1.0).contains(&sample_ratio) {
+        e.push(ConfigError::new("tracing.sample_ratio", "must be 0 to 1"));
+    }
+    TracingConfig {
+        enabled: t.enabled,
+        endpoint,
+        protocol: t.protocol.clone(),
+        sample_ratio: sample_ratio.clamp(0.0, 1.0),
+        record_content: t.record_content,
+        service_name: t.service_name.clone().filter(|s| !s.is_empty()),
     }
 }
 

@@ -39,8 +39,16 @@ pub(crate) async fn embeddings_handler(
     handle(state, ApiSurface::Embeddings, req).await
 }
 
-#[tracing::instrument(name = "ingress.request", skip_all, fields(request_id, api = ?surface, model, stream))]
+#[tracing::instrument(name = "ingress.request", skip_all, fields(request_id, api = ?surface, model, stream, trace_id))]
 pub(crate) async fn handle(state: Arc<AppState>, surface: ApiSurface, req: Request) -> Response {
+    // Every log line of the request names its trace (when tracing is on).
+    if let Some(id) = req
+        .extensions()
+        .get::<sy_telemetry::trace::Span>()
+        .and_then(|s| s.trace_id())
+    {
+        tracing::Span::current().record("trace_id", id);
+    }
     if req.headers().contains_key(idempotency::HEADER) {
         return idempotency::serve(state, surface, req, move |state, req| {
             handle_once(state, surface, req)
@@ -117,12 +125,18 @@ async fn chat(
     admitted.envelope.limits = granted.ticket;
     let headroom = granted.headroom;
     // Every answer, error or not, says how much of its limits is left.
+    let trace = parts
+        .extensions
+        .get::<sy_telemetry::trace::Span>()
+        .cloned()
+        .unwrap_or_default();
     match answer(
         state,
         surface,
         request_id,
         admitted,
         granted.lease,
+        trace,
         received,
     )
     .await
@@ -145,6 +159,7 @@ async fn answer(
     request_id: Uuid,
     admitted: admission::Admitted,
     lease: Option<crate::ratelimit::Lease>,
+    trace: sy_telemetry::trace::Span,
     received: std::time::Instant,
 ) -> Result<Response, ChatError> {
     let admission::Admitted {
@@ -163,7 +178,17 @@ async fn answer(
     let rx = state
         .replies
         .register(request_id, sy_protocol::REPLY_BUFFER_FRAMES);
-    if let Err(e) = state.bus.publish_request(&envelope).await {
+    // The queue hop is a span of its own; the worker's continues it.
+    let publish = trace.producer(
+        &state.bus.request_subject(&envelope),
+        &sy_protocol::UsageEvent::event_id_of(request_id, envelope.attempt),
+    );
+    let published = state
+        .bus
+        .publish_request(&envelope, publish.traceparent().as_deref())
+        .await;
+    publish.end();
+    if let Err(e) = published {
         drop(rx);
         if let (Some(r), Some(ticket)) = (&state.rate_limits, envelope.limits.take()) {
             r.give_back(request_id, ticket);
@@ -207,6 +232,7 @@ async fn answer(
     pending.hold(lease);
     let first = pending.next().await.map_err(|e| (e, None, class))?;
     tracing::trace!("First frame received.");
+    trace.event("switchyard.first_frame", &[]);
     let start = start_of(&first).cloned();
     let names = answer_meta(start.as_ref(), request_id, &envelope.upstream_model);
     if let ReplyFrame::Final(f) = &first

@@ -11,7 +11,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sy_protocol::ErrorCode;
-use sy_telemetry::metrics;
+use sy_telemetry::{metrics, trace};
 
 use crate::state::AppState;
 
@@ -21,13 +21,28 @@ pub const PATH: &str = "/metrics";
 /// Counts the answer and times its headers. The route label is the matched
 /// route's template (an unknown path is `unmatched`), so no path a client
 /// invents adds a series.
-pub(crate) async fn observe(req: Request, next: Next) -> Response {
+///
+/// With tracing on, it also opens the request's `SERVER` span (continuing a
+/// client's `traceparent`), hands it to the handler as a request extension,
+/// and ends it with the answer's body.
+pub(crate) async fn observe(mut req: Request, next: Next) -> Response {
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map_or("unmatched", MatchedPath::as_str)
         .to_owned();
     let started = Instant::now();
+    let span = if trace::enabled() && !UNTRACED.contains(&route.as_str()) {
+        let parent = req
+            .headers()
+            .get(trace::TRACEPARENT)
+            .and_then(|v| v.to_str().ok());
+        let span = trace::Span::server(req.method().as_str(), &route, parent);
+        req.extensions_mut().insert(span.clone());
+        span
+    } else {
+        trace::Span::off()
+    };
     let resp = next.run(req).await;
     if route == PATH {
         return resp;
@@ -38,6 +53,17 @@ pub(crate) async fn observe(req: Request, next: Next) -> Response {
         None if status.is_client_error() => "caller",
         None if status.is_server_error() => "internal",
         None => "none",
+    };
+    let resp = if span.is_on() {
+        span.set_i64("http.response.status_code", i64::from(status.as_u16()));
+        if status.is_client_error() || status.is_server_error() {
+            span.fail(error_type);
+        }
+        // The span ends when the body does: a stream's last event, or the
+        // client going away.
+        resp.map(|body| axum::body::Body::new(SpanBody { body, _span: span }))
+    } else {
+        resp
     };
     let m = metrics::get();
     m.requests
@@ -51,6 +77,35 @@ pub(crate) async fn observe(req: Request, next: Next) -> Response {
         .get_or_create(&[("route", route)])
         .observe(started.elapsed().as_secs_f64());
     resp
+}
+
+/// Routes that open no span: probes and scrapes.
+const UNTRACED: [&str; 3] = [PATH, "/healthz", "/readyz"];
+
+/// A response body that holds its request's span until it is dropped.
+struct SpanBody {
+    body: axum::body::Body,
+    _span: trace::Span,
+}
+
+impl http_body::Body for SpanBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// `GET /metrics`: the Prometheus text, with the live routing state (each

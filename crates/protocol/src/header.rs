@@ -18,3 +18,7 @@ pub const ROUTE: &str = "x-switchyard-route";
 /// Request: puts the request under its project's session cap, with every
 /// other request naming the same session (`x-switchyard-session: agent-42`).
 pub const SESSION: &str = "x-switchyard-session";
+
+/// The W3C trace context, continued from a client's request and carried in
+/// the headers of a request's NATS messages (issue 19).
+pub const TRACEPARENT: &str = "traceparent";

@@ -182,6 +182,10 @@ pub struct UsageEvent {
     /// The request's token reservation, to settle (not a ClickHouse column).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<crate::LimitTicket>,
+    /// The request's OpenTelemetry trace (32 lowercase hex digits), when
+    /// tracing is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 impl UsageEvent {

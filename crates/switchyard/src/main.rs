@@ -277,11 +277,14 @@ fn main() -> ExitCode {
         }
         _ => cli,
     };
-    sy_telemetry::init();
     let Some(runtime) = runtime(tokio::runtime::Builder::new_multi_thread()) else {
         return ExitCode::FAILURE;
     };
-    match runtime.block_on(serve(cli)) {
+    let served = runtime.block_on(serve(cli));
+    // The last spans, exported outside the runtime (the exporter blocks).
+    drop(runtime);
+    sy_telemetry::trace::shutdown();
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "Switchyard stopped.");
@@ -341,6 +344,14 @@ fn config_check(path: &std::path::Path) -> ExitCode {
 async fn serve(cli: Cli) -> anyhow::Result<()> {
     let config = Config::load(&cli.config, &ProcessEnv)
         .with_context(|| format!("loading config {}", cli.config.display()))?;
+    sy_telemetry::init(&config.log);
+    // The exporter's HTTP client needs the process's TLS provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    if sy_telemetry::trace::init(&config.tracing)
+        .map_err(|e| anyhow::anyhow!("starting the trace exporter: {e}"))?
+    {
+        tracing::info!("Exporting traces over OTLP.");
+    }
     let config = Arc::new(config);
     let role = match &cli.command {
         Command::All => "all",

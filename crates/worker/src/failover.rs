@@ -2,6 +2,7 @@
 
 use sy_protocol::{ErrorCode, FallbackTarget, FrameError, RequestEnvelope, Resume, now_unix_ms};
 use sy_router::Live;
+use sy_telemetry::trace;
 
 use crate::replier::Replier;
 use crate::shared::Shared;
@@ -18,6 +19,7 @@ pub(crate) async fn fall_back(
     error: &FrameError,
     reason: String,
     resume: Option<Resume>,
+    trace: &trace::Span,
 ) {
     let resume = resume.or_else(|| env.resume.clone());
     // The client's stream continues at `resume.seq` (or starts at 0).
@@ -72,7 +74,23 @@ pub(crate) async fn fall_back(
         choice.rank = next.rank;
     }
     tracing::debug!(to = %next.provider, model = %next.upstream_model, "Falling back.");
-    if let Err(e) = cx.bus.publish_request(&out).await {
+    // The next worker's span is a child of this one's: one trace throughout.
+    trace.event(
+        "switchyard.fallback",
+        &[
+            ("switchyard.fallback.provider", &next.provider),
+            ("switchyard.fallback.model", &next.upstream_model),
+            (
+                "switchyard.fallback.reason",
+                out.fallback_reason.as_deref().unwrap_or_default(),
+            ),
+        ],
+    );
+    if let Err(e) = cx
+        .bus
+        .publish_request(&out, trace.traceparent().as_deref())
+        .await
+    {
         tracing::warn!(error = %e, "Could not hand the request to its fallback.");
         fail(error.clone()).await;
     }

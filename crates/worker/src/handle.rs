@@ -15,6 +15,7 @@ use sy_protocol::{
     Resume, UsageEvent, UsageStatus, now_unix_ms,
 };
 use sy_router::Live;
+use sy_telemetry::trace;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -44,13 +45,37 @@ pub(crate) async fn handle(cx: Arc<Shared>, msg: jetstream::Message) {
             return;
         }
     };
-    let span = tracing::debug_span!(
-        "worker.request",
-        request_id = %env.request_id,
-        provider = %cx.provider.name,
-        model = %env.upstream_model,
-        attempt = env.attempt,
-    );
+    // The request's trace continues from the publisher's span.
+    let parent = msg
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(sy_protocol::header::TRACEPARENT))
+        .map(|v| v.as_str());
+    let trace = if trace::enabled() {
+        trace::Span::consumer(msg.subject.as_str(), parent, &env.request_id.to_string())
+    } else {
+        trace::Span::off()
+    };
+    // Traced, every log line of the request names its trace, so the span is
+    // kept at the level logs are written at; untraced, it costs nothing
+    // unless debug logging is on.
+    let span = match trace.trace_id() {
+        Some(trace_id) => tracing::info_span!(
+            "worker.request",
+            request_id = %env.request_id,
+            provider = %cx.provider.name,
+            model = %env.upstream_model,
+            attempt = env.attempt,
+            trace_id,
+        ),
+        None => tracing::debug_span!(
+            "worker.request",
+            request_id = %env.request_id,
+            provider = %cx.provider.name,
+            model = %env.upstream_model,
+            attempt = env.attempt,
+        ),
+    };
     // The message's identity: a fallback's republish is another message.
     let message_id = UsageEvent::event_id_of(env.request_id, env.attempt);
     async move {
@@ -117,8 +142,9 @@ pub(crate) async fn handle(cx: Arc<Shared>, msg: jetstream::Message) {
                 error: Some(error.clone()),
                 ..AttemptState::default()
             };
+            trace.event("switchyard.expired", &[]);
             let call = Call::first(first_attempt, &env, dispatched_unix_ms);
-            let event = usage::event(&cx, &env, &call, &state, Ended::Expired);
+            let event = usage::event(&cx, &env, &call, &state, Ended::Expired, &trace);
             Replier::new(&cx, &env, first_attempt)
                 .fail_billed(error, &event)
                 .await;
@@ -129,14 +155,22 @@ pub(crate) async fn handle(cx: Arc<Shared>, msg: jetstream::Message) {
                 &env,
                 &acker,
                 &running,
-                first_attempt,
-                dispatched_unix_ms,
+                (first_attempt, dispatched_unix_ms),
+                &trace,
             )
             .await;
         } else {
             tracing::debug!("Request was cancelled before a worker took it.");
             let call = Call::first(first_attempt, &env, dispatched_unix_ms);
-            let event = usage::event(&cx, &env, &call, &AttemptState::default(), Ended::Cancelled);
+            trace.event("switchyard.cancelled", &[]);
+            let event = usage::event(
+                &cx,
+                &env,
+                &call,
+                &AttemptState::default(),
+                Ended::Cancelled,
+                &trace,
+            );
             marked = finish(&cx, &env, &event, &acker).await;
         }
         let unsettled = env.batch.is_some()
@@ -212,8 +246,8 @@ async fn serve(
     env: &RequestEnvelope,
     acker: &Acker,
     running: &crate::cancel::RunningGuard,
-    first_attempt: u32,
-    dispatched_unix_ms: u64,
+    (first_attempt, dispatched_unix_ms): (u32, u64),
+    trace: &trace::Span,
 ) -> bool {
     let cancelled = running.token();
     // Why a cancel came: a client cut off for reading too slowly is not one
@@ -256,7 +290,7 @@ async fn serve(
     {
         let reason = format!("{}/{} {why}", cx.provider.name, env.upstream_model);
         let error = FrameError::new(ErrorCode::Overloaded, reason.clone());
-        fall_back(cx, env, call.attempt, &error, reason, None).await;
+        fall_back(cx, env, call.attempt, &error, reason, None, trace).await;
         return false;
     }
     loop {
@@ -316,7 +350,8 @@ async fn serve(
         // A batch item's frames are stored only with its final frame: a failed
         // attempt sent nothing, and the next one starts afresh.
         let sent = if env.batch.is_some() { 0 } else { replier.seq };
-        let event = usage::event(cx, env, &call, &state, ended);
+        let event = usage::event(cx, env, &call, &state, ended, trace);
+        crate::metrics::trace_call(trace, &cx.provider, env, &event, &state.content);
         // A batch item's answer is stored together with its usage event.
         replier.settle(&event).await;
         if event.status != UsageStatus::Ok {
@@ -371,7 +406,7 @@ async fn serve(
                     "mid-stream recovery: {}/{} failed after output: {code}",
                     cx.provider.name, env.upstream_model
                 );
-                fall_back(cx, env, call.attempt, &error, reason, Some(resume)).await;
+                fall_back(cx, env, call.attempt, &error, reason, Some(resume), trace).await;
                 return false;
             }
             replier.fail(error).await;
@@ -384,7 +419,7 @@ async fn serve(
                 else {
                     let reason =
                         format!("{}/{} failed: {code}", cx.provider.name, env.upstream_model);
-                    fall_back(cx, env, call.attempt, &error, reason, None).await;
+                    fall_back(cx, env, call.attempt, &error, reason, None, trace).await;
                     return false;
                 };
                 tracing::debug!(
@@ -404,7 +439,7 @@ async fn serve(
             }
             Next::Fallback => {
                 let reason = format!("{}/{} failed: {code}", cx.provider.name, env.upstream_model);
-                fall_back(cx, env, call.attempt, &error, reason, None).await;
+                fall_back(cx, env, call.attempt, &error, reason, None, trace).await;
                 return false;
             }
             Next::Final => {

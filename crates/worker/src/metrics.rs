@@ -4,8 +4,8 @@
 //! and reason. Labels: the provider entry, the model when the config knows
 //! it (else `other`), closed vocabularies for the rest.
 
-use sy_protocol::{ApiSurface, UsageEvent};
-use sy_telemetry::metrics;
+use sy_protocol::{ApiSurface, RequestEnvelope, UsageEvent};
+use sy_telemetry::{metrics, trace};
 
 /// Records `e` (one attempt).
 pub(crate) fn observe(e: &UsageEvent) {
@@ -80,5 +80,71 @@ pub(crate) fn observe(e: &UsageEvent) {
                 ])
                 .observe(n as f64);
         }
+    }
+}
+
+/// Records one provider call (an attempt that reached for the provider) as a
+/// `CLIENT` span of the request's trace: named `chat {model}`, with the
+/// GenAI attributes from its usage event, and the prompt and answer only
+/// when `[tracing] record_content` is on.
+pub(crate) fn trace_call(
+    trace: &trace::Span,
+    provider: &sy_config::ProviderConfig,
+    env: &RequestEnvelope,
+    e: &UsageEvent,
+    answer: &str,
+) {
+    if !trace.is_on() {
+        return;
+    }
+    let content = trace::records_content().then(|| {
+        let prompt = match &env.embeddings {
+            Some(input) => serde_json::to_string(input),
+            None => serde_json::to_string(&env.request.messages),
+        };
+        (prompt.unwrap_or_default(), answer.to_owned())
+    });
+    let host = provider.base_url.host_str();
+    trace.call(&trace::Call {
+        operation: match e.api {
+            ApiSurface::Embeddings => "embeddings",
+            _ => "chat",
+        },
+        provider_name: genai_provider(provider.kind, host.unwrap_or_default()),
+        provider: &e.provider,
+        request_model: &e.upstream_model,
+        response_model: e.served_model.as_deref(),
+        input_tokens: e.tokens.input_tokens
+            + e.tokens.cached_input_tokens
+            + e.tokens.cache_write_tokens,
+        output_tokens: e.tokens.output_tokens,
+        finish_reason: e.finish_reason.as_deref(),
+        error_type: e.error_code.map(|c| c.as_str()),
+        status: e.status.as_str(),
+        attempt: e.attempt,
+        reason: e.fallback_reason.as_deref(),
+        server_address: host,
+        started: trace::unix_ms(e.dispatched_unix_ms),
+        first_token: e.first_token_unix_ms.map(trace::unix_ms),
+        ended: trace::unix_ms(e.finished_unix_ms),
+        content,
+    });
+}
+
+/// The OpenTelemetry `gen_ai.provider.name` of a provider entry: its
+/// dialect's, or for an OpenAI-compatible one the well-known service its
+/// host names (`openai` otherwise, as the conventions say for
+/// OpenAI-compatible endpoints).
+fn genai_provider(kind: sy_config::ProviderKind, host: &str) -> &'static str {
+    use sy_config::ProviderKind::*;
+    match kind {
+        Anthropic => "anthropic",
+        Gemini => "gcp.gemini",
+        Cohere => "cohere",
+        AzureOpenAi => "azure.ai.openai",
+        OpenAiCompatible if host.ends_with("deepseek.com") => "deepseek",
+        OpenAiCompatible if host.ends_with("mistral.ai") => "mistral_ai",
+        OpenAiCompatible if host.ends_with("groq.com") => "groq",
+        OpenAiCompatible => "openai",
     }
 }

@@ -44,6 +44,7 @@ pub(crate) fn event(
     call: &Call,
     state: &AttemptState,
     ended: Ended,
+    trace: &sy_telemetry::trace::Span,
 ) -> UsageEvent {
     let dispatched_unix_ms = call.started_unix_ms;
     let finished = state.ended_unix_ms.unwrap_or_else(now_unix_ms);
@@ -103,6 +104,7 @@ pub(crate) fn event(
         _ => None,
     };
     UsageEvent {
+        trace_id: trace.trace_id(),
         event_id: UsageEvent::event_id_of(env.request_id, call.attempt),
         request_id: env.request_id,
         attempt: call.attempt,

@@ -574,7 +574,7 @@ async fn dispatch(
             }
         }
     }
-    if let Err(e) = state.bus.publish_request(&envelope).await {
+    if let Err(e) = state.bus.publish_request(&envelope, None).await {
         if let (Some(r), Some(ticket)) = (&state.rate_limits, envelope.limits.take()) {
             r.give_back(envelope.request_id, ticket);
         }
