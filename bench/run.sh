@@ -16,6 +16,8 @@
 #   NO_TENANTS=1 ...        # no PostgreSQL, no tenant's key (for a build from before them)
 #   NO_LIMITS=1 ...         # no Redis, no rate-limited key (for a build from before them)
 #   ONLY=limits ...         # only the rate-limit and budget rows (and sy-limits-bench)
+#   ONLY=tracing ...        # only the tracing rows
+#   NO_TRACING=1 ...        # no traced switchyard (for a build from before traces)
 #   CALLGRIND=1 ...         # and, last, instructions per request of the tenant key
 #                           # with and without limits (switchyard under callgrind)
 #
@@ -28,6 +30,10 @@
 # interleaved, show what the limits cost, and Redis's own CPU per request is
 # read from its INFO before and after; a third key with the same limits and a
 # budget (rows "budgeted-key" against "limited-key") shows what budgets add.
+# With tracing (the default) a second switchyard (18082, namespace
+# "bench-traced") exports every span over OTLP/HTTP to the mock's /v1/traces:
+# the rows "traced" against "switchyard", interleaved, show what tracing on
+# costs; "switchyard" itself runs with tracing off.
 set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -158,7 +164,11 @@ run() { # label url concurrency requests warmup [--stream]
 direct=http://127.0.0.1:18081/v1/chat/completions
 via=http://127.0.0.1:18080/v1/chat/completions
 all=1
-if [[ ${ONLY:-} == limits ]]; then all=0; fi
+if [[ -n ${ONLY:-} ]]; then all=0; fi
+tracing=1
+if [[ -n ${NO_TRACING:-} || (-n ${ONLY:-} && ${ONLY:-} != tracing) ]]; then tracing=0; fi
+limit_rows=$limits
+if [[ ${ONLY:-} == tracing ]]; then limit_rows=0; fi
 if ((all)); then
 say "Non-streamed, concurrency 1"
 run direct "$direct" 1 3000 300
@@ -182,7 +192,7 @@ if ((tenants && all)); then
     run tenant-key "$via" 64 20000 2000 --key "$tenant_key"
   done
 fi
-if ((limits)); then
+if ((limit_rows)); then
   say "Rate limits in Redis: a tenant's key without limits and one with RPM, TPM and concurrency, interleaved"
   limited_requests=0
   redis-cli -p 6379 config resetstat >/dev/null
@@ -256,7 +266,7 @@ print(json.dumps({"label": "callgrind", "requests": n,
 PY
   rm -rf "$dir"
 }
-if ((limits)) && [[ -n ${CALLGRIND:-} ]]; then
+if ((limit_rows)) && [[ -n ${CALLGRIND:-} ]]; then
   say "Instructions per request, without limits and limited (callgrind)"
   callgrind_limits | tee -a "$tmp.acct"
   if ((all)); then
@@ -264,6 +274,34 @@ if ((limits)) && [[ -n ${CALLGRIND:-} ]]; then
     echo $! >"$RUN_DIR/bench-switchyard.pid"
     wait_http http://127.0.0.1:18080/readyz 30
   fi
+fi
+if ((tracing)); then
+  # The same config in a namespace of its own, on 18082, with every span
+  # exported to the mock (which counts and discards them).
+  traced_conf="$STATE_DIR/bench-traced.toml"
+  sed -e 's/^listen = "127.0.0.1:18080"/listen = "127.0.0.1:18082"/' \
+    -e 's/^namespace = "bench"/namespace = "bench-traced"/' "$conf" >"$traced_conf"
+  printf '\n[tracing]\nenabled = true\nendpoint = "http://127.0.0.1:18081/v1/traces"\n' >>"$traced_conf"
+  SWITCHYARD_LOG=warn "${SWITCHYARD_BIN:-$TARGET/release/switchyard}" --config "$traced_conf" all >"$LOG_DIR/bench-traced.log" 2>&1 &
+  echo $! >"$RUN_DIR/bench-traced.pid"
+  wait_http http://127.0.0.1:18082/readyz 30 || { tail -20 "$LOG_DIR/bench-traced.log" >&2; exit 1; }
+  traced=http://127.0.0.1:18082/v1/chat/completions
+  say "Tracing: off (switchyard) and on, exporting every span (traced), interleaved"
+  exports_before=$(curl -s http://127.0.0.1:18081/mock/stats | python3 -c 'import json,sys; print(json.load(sys.stdin)["trace_exports"])')
+  for _ in 1 2; do
+    run switchyard "$via" 1 3000 300
+    run traced "$traced" 1 3000 300
+  done
+  for _ in 1 2; do
+    run switchyard "$via" 64 20000 2000
+    run traced "$traced" 64 20000 2000
+  done
+  run switchyard "$via" 1 2000 200 --stream
+  run traced "$traced" 1 2000 200 --stream
+  sleep 6 # the batch processor's last export
+  exports_after=$(curl -s http://127.0.0.1:18081/mock/stats | python3 -c 'import json,sys; print(json.load(sys.stdin)["trace_exports"])')
+  echo "{\"label\": \"trace-exports\", \"exports\": $((exports_after - exports_before))}" | tee -a "$tmp.acct"
+  stop_pidfile "$RUN_DIR/bench-traced.pid" switchyard
 fi
 if ((all)); then
 say "Streamed, concurrency 1"

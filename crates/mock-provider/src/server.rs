@@ -86,6 +86,10 @@ pub struct MockStats {
     pub cancelled: u64,
     /// Faults applied (status, cut, hang).
     pub faults: u64,
+    /// OTLP/HTTP trace exports received on `/v1/traces` (the mock doubles
+    /// as a collector that discards what it gets, for the bench).
+    #[serde(default)]
+    pub trace_exports: u64,
 }
 
 #[derive(Default)]
@@ -95,6 +99,7 @@ struct Counters {
     cancelled: AtomicU64,
     faults: AtomicU64,
     ids: AtomicU64,
+    trace_exports: AtomicU64,
 }
 
 impl Counters {
@@ -104,6 +109,7 @@ impl Counters {
             completed: self.completed.load(Ordering::SeqCst),
             cancelled: self.cancelled.load(Ordering::SeqCst),
             faults: self.faults.load(Ordering::SeqCst),
+            trace_exports: self.trace_exports.load(Ordering::SeqCst),
         }
     }
 }
@@ -153,6 +159,7 @@ impl MockProvider {
             .route("/embeddings", post(openai_embed))
             .route("/v2/embed", post(cohere_embed))
             .route("/v1/models", get(models))
+            .route("/v1/traces", post(traces))
             .route("/mock/stats", get(stats))
             .route("/mock/reset", post(reset))
             .route("/healthz", get(|| async { "ok" }))
@@ -219,13 +226,27 @@ impl Drop for MockProvider {
     }
 }
 
+/// `POST /v1/traces`: an OTLP/HTTP export, counted and discarded (an empty
+/// body is the empty `ExportTraceServiceResponse` in either encoding's
+/// success).
+async fn traces(State(s): State<Arc<Shared>>) -> StatusCode {
+    s.counters.trace_exports.fetch_add(1, Ordering::SeqCst);
+    StatusCode::OK
+}
+
 async fn stats(State(s): State<Arc<Shared>>) -> Response {
     axum::Json(s.counters.snapshot()).into_response()
 }
 
 async fn reset(State(s): State<Arc<Shared>>) -> StatusCode {
     let c = &s.counters;
-    for a in [&c.requests, &c.completed, &c.cancelled, &c.faults] {
+    for a in [
+        &c.requests,
+        &c.completed,
+        &c.cancelled,
+        &c.faults,
+        &c.trace_exports,
+    ] {
         a.store(0, Ordering::SeqCst);
     }
     *s.since.lock().unwrap_or_else(|e| e.into_inner()) = tokio::time::Instant::now();
