@@ -30,6 +30,7 @@ ensure_clickhouse
 ensure_postgres
 ensure_redis
 ensure_prometheus_bin
+ensure_deploy_tools
 export SY_POSTGRES_URL="${SY_POSTGRES_URL:-$SY_POSTGRES_URL_DEFAULT}"
 export SY_REDIS_URL="${SY_REDIS_URL:-$SY_REDIS_URL_DEFAULT}"
 export SY_TEST_NATS_URL="${SY_TEST_NATS_URL:-nats://127.0.0.1:4222}"

@@ -241,5 +241,36 @@ ensure_prometheus_bin() {
   rm -f /usr/sbin/policy-rc.d
 }
 
+# ensure_deploy_tools: what the deploy-file checks run, all offline: Debian's
+# docker-compose (its `config` parses and resolves the compose file without a
+# Docker engine), kubectl (its built-in kustomize renders the manifests; this
+# machine image has it, Debian's kubernetes-client otherwise) and PyPI's
+# kubernetes-validate (the Kubernetes API schemas, shipped in the wheel) in the
+# venv. Never starts anything.
+ensure_deploy_tools() {
+  ensure_venv
+  local missing=()
+  command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+  command -v kubectl >/dev/null 2>&1 || missing+=(kubectl)
+  if ((${#missing[@]})); then
+    say "Installing ${missing[*]} from Debian"
+    apt-get update -qq
+    local pkgs=()
+    for m in "${missing[@]}"; do
+      if [[ $m == kubectl ]] && ! apt-cache show kubectl >/dev/null 2>&1; then
+        pkgs+=(kubernetes-client)
+      else
+        pkgs+=("$m")
+      fi
+    done
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
+  fi
+  if [[ ! -x $VENV/bin/kubernetes-validate ]]; then
+    say "Installing kubernetes-validate into $VENV"
+    "$VENV/bin/pip" install -q --disable-pip-version-check kubernetes-validate
+  fi
+  export SY_KUBERNETES_VALIDATE="$VENV/bin/kubernetes-validate"
+}
+
 # stop_redis: stops Redis if (and only if) we started it.
 stop_redis() { stop_pidfile "$RUN_DIR/redis.pid" redis-server; }

@@ -11,6 +11,7 @@ mod cancel;
 mod chat;
 mod config_check;
 mod crash;
+mod deploy;
 mod dialects;
 mod embeddings;
 mod hostile;

@@ -177,6 +177,16 @@ async fn metrics_behind_a_token_need_it_and_a_worker_serves_its_own() {
     assert!(text.contains("switchyard_nats_connected 1"), "{text}");
     let r = stack.http.get(&url).send().await.unwrap();
     assert_eq!(r.status(), 401);
+    // The probes Kubernetes and Compose use (deploy/), without the token.
+    for probe in ["healthz", "readyz"] {
+        let r = stack
+            .http
+            .get(format!("http://127.0.0.1:{port}/{probe}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "/{probe}");
+    }
 }
 
 /// Metric names a PromQL text or rules file refers to: the `gen_ai_*` and

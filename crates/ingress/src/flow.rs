@@ -179,10 +179,14 @@ async fn answer(
         .replies
         .register(request_id, sy_protocol::REPLY_BUFFER_FRAMES);
     // The queue hop is a span of its own; the worker's continues it.
-    let publish = trace.producer(
-        &state.bus.request_subject(&envelope),
-        &sy_protocol::UsageEvent::event_id_of(request_id, envelope.attempt),
-    );
+    let publish = if trace.is_on() {
+        trace.producer(
+            &state.bus.request_subject(&envelope),
+            &sy_protocol::UsageEvent::event_id_of(request_id, envelope.attempt),
+        )
+    } else {
+        sy_telemetry::trace::Span::off()
+    };
     let published = state
         .bus
         .publish_request(&envelope, publish.traceparent().as_deref())

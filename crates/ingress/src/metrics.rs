@@ -194,14 +194,17 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
 }
 
-/// Serves `GET /metrics` (and `GET /healthz`) on `addr` for a process that
-/// has no ingress (a worker, accounting, a dispatcher), until `shutdown`.
+/// Serves `GET /metrics`, `GET /healthz` (the process answers) and
+/// `GET /readyz` (it is connected to NATS; 503 otherwise) on `addr` for a
+/// process that has no ingress (a worker, accounting, a dispatcher), until
+/// `shutdown`.
 pub async fn listen(
     addr: std::net::SocketAddr,
     token: Option<sy_config::Secret>,
     bus: sy_bus::Bus,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> std::io::Result<()> {
+    let ready_bus = bus.clone();
     let app = axum::Router::new()
         .route(
             PATH,
@@ -210,7 +213,20 @@ pub async fn listen(
                 async move { render(token.as_ref().map(|t| t.expose()), &headers, connected) }
             }),
         )
-        .route("/healthz", axum::routing::get(|| async { "ok" }));
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            axum::routing::get(move || {
+                let connected = ready_bus.is_connected();
+                async move {
+                    if connected {
+                        (StatusCode::OK, "ok\n")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "not connected to NATS\n")
+                    }
+                }
+            }),
+        );
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "Serving /metrics.");
     axum::serve(listener, app)

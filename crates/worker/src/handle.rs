@@ -46,12 +46,12 @@ pub(crate) async fn handle(cx: Arc<Shared>, msg: jetstream::Message) {
         }
     };
     // The request's trace continues from the publisher's span.
-    let parent = msg
-        .headers
-        .as_ref()
-        .and_then(|h| h.get(sy_protocol::header::TRACEPARENT))
-        .map(|v| v.as_str());
     let trace = if trace::enabled() {
+        let parent = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(sy_protocol::header::TRACEPARENT))
+            .map(|v| v.as_str());
         trace::Span::consumer(msg.subject.as_str(), parent, &env.request_id.to_string())
     } else {
         trace::Span::off()
