@@ -9,6 +9,7 @@ mod batch;
 mod billing;
 mod cancel;
 mod chat;
+mod cluster;
 mod config_check;
 mod crash;
 mod deploy;

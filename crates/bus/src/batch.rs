@@ -96,17 +96,18 @@ impl Bus {
         max_age: Duration,
     ) -> Result<object_store::ObjectStore, BusError> {
         let bucket = self.subjects.files_bucket();
-        let created = self
-            .js
-            .create_object_store(object_store::Config {
-                bucket: bucket.clone(),
-                description: Some("Switchyard batch input and output files".into()),
-                max_age,
-                storage: stream::StorageType::File,
-                num_replicas: self.config.replicas,
-                ..Default::default()
-            })
-            .await;
+        let config = object_store::Config {
+            bucket: bucket.clone(),
+            description: Some("Switchyard batch input and output files".into()),
+            max_age,
+            storage: stream::StorageType::File,
+            num_replicas: self.config.replicas,
+            ..Default::default()
+        };
+        let created = crate::set_up(&format!("object store {bucket}"), || {
+            self.admin.create_object_store(config.clone())
+        })
+        .await;
         match created {
             Ok(store) => Ok(store),
             // Created before with other settings: use it as it is.

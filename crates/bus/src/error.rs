@@ -12,6 +12,14 @@ pub enum BusError {
         #[source]
         source: Box<async_nats::ConnectError>,
     },
+    /// A `[nats] url` that names no server.
+    #[error("not a NATS server URL: {url}: {reason}")]
+    BadUrl {
+        /// The URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
     /// The connection is down, or JetStream did not confirm in time.
     #[error("NATS is unavailable")]
     Unavailable,

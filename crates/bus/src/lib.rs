@@ -38,12 +38,75 @@ const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 pub struct Bus {
     client: Client,
     js: jetstream::Context,
+    /// For setup (streams, buckets, consumers): a longer timeout than a
+    /// publish's, since a replicated stream's creation waits for its peers.
+    admin: jetstream::Context,
     subjects: Subjects,
     config: NatsConfig,
 }
 
+/// How long a setup call (a stream, a bucket, a consumer) may wait for
+/// JetStream's answer.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long setup keeps trying while JetStream is not ready (a cluster
+/// electing its leaders, a replicated stream finding its peers).
+const SETUP_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Runs a setup call, again with backoff while JetStream answers that it is
+/// not ready (a time-out, no leader yet, too few peers up) for at most
+/// [`SETUP_PATIENCE`]; any other error is final at once.
+async fn set_up<T, E, F, Fut>(what: &str, mut call: F) -> Result<T, BusError>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let until = tokio::time::Instant::now() + SETUP_PATIENCE;
+    let mut wait = Duration::from_millis(200);
+    loop {
+        match call().await {
+            Ok(v) => return Ok(v),
+            Err(e) => {
+                let text = e.to_string();
+                let transient = [
+                    "timed out",
+                    "temporarily unavailable",
+                    "no suitable peers",
+                    "no responders",
+                    "insufficient resources",
+                ]
+                .iter()
+                .any(|t| text.to_ascii_lowercase().contains(t));
+                if !transient || tokio::time::Instant::now() + wait >= until {
+                    return Err(BusError::Setup(format!("{what}: {text}")));
+                }
+                tracing::warn!(what, error = %text, "JetStream is not ready; trying again.");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// The servers of a `[nats] url`: one URL, or several separated by commas
+/// (the seeds of a cluster; the client learns the others from them and
+/// reconnects to any).
+fn servers(url: &str) -> Result<Vec<async_nats::ServerAddr>, BusError> {
+    url.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| {
+            u.parse().map_err(|e: std::io::Error| BusError::BadUrl {
+                url: u.to_owned(),
+                reason: e.to_string(),
+            })
+        })
+        .collect()
+}
+
 impl Bus {
-    /// Connects to `config.url`. The first connect must succeed; later losses are
+    /// Connects to `config.url` (one server or a comma-separated list). The first connect must succeed; later losses are
     /// retried forever in the background (requests meanwhile fail fast with
     /// [`BusError::Unavailable`]) and subscriptions come back on their own.
     pub async fn connect(config: &NatsConfig, name: &str) -> Result<Bus, BusError> {
@@ -65,7 +128,7 @@ impl Bus {
                     other => tracing::debug!(event = %other, "NATS event."),
                 }
             })
-            .connect(config.url.as_str())
+            .connect(servers(&config.url)?)
             .await
             .map_err(|source| BusError::Connect {
                 url: config.url.clone(),
@@ -78,12 +141,21 @@ impl Bus {
     pub fn from_client(client: Client, config: &NatsConfig) -> Bus {
         let mut js = jetstream::new(client.clone());
         js.set_timeout(config.publish_timeout);
+        let mut admin = jetstream::new(client.clone());
+        admin.set_timeout(SETUP_TIMEOUT.max(config.publish_timeout));
         Bus {
             client,
             js,
+            admin,
             subjects: Subjects::new(&config.namespace),
             config: config.clone(),
         }
+    }
+
+    /// How long the ingress publishes a request again while JetStream cannot
+    /// store it (`[nats] publish_retry`).
+    pub fn publish_retry(&self) -> Duration {
+        self.config.publish_retry
     }
 
     /// The underlying connection.
@@ -176,18 +248,19 @@ impl Bus {
         description: &str,
         max_age: Duration,
     ) -> Result<jetstream::kv::Store, BusError> {
-        self.js
-            .create_or_update_key_value(jetstream::kv::Config {
-                bucket: bucket.clone(),
-                description: description.to_owned(),
-                history: 1,
-                max_age,
-                storage: stream::StorageType::File,
-                num_replicas: self.config.replicas,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| BusError::Setup(format!("bucket {bucket}: {e}")))
+        let config = jetstream::kv::Config {
+            bucket: bucket.clone(),
+            description: description.to_owned(),
+            history: 1,
+            max_age,
+            storage: stream::StorageType::File,
+            num_replicas: self.config.replicas,
+            ..Default::default()
+        };
+        set_up(&format!("bucket {bucket}"), || {
+            self.admin.create_or_update_key_value(config.clone())
+        })
+        .await
     }
 
     /// Stores a target override (its key is checked like a subject).
@@ -258,10 +331,10 @@ impl Bus {
             description: Some(description.to_owned()),
             ..Default::default()
         };
-        self.js
-            .create_or_update_stream(config)
-            .await
-            .map_err(|e| BusError::Setup(format!("stream {name}: {e}")))?;
+        set_up(&format!("stream {name}"), || {
+            self.admin.create_or_update_stream(config.clone())
+        })
+        .await?;
         Ok(())
     }
 
@@ -340,24 +413,24 @@ impl Bus {
         max_deliver: i64,
         description: String,
     ) -> Result<consumer::PullConsumer, BusError> {
-        let stream = self
-            .js
-            .get_stream(&stream)
-            .await
-            .map_err(|e| BusError::Setup(format!("stream {stream}: {e}")))?;
-        stream
-            .create_consumer(consumer::pull::Config {
-                durable_name: Some(name.clone()),
-                filter_subject: filter,
-                ack_policy: consumer::AckPolicy::Explicit,
-                ack_wait: self.config.ack_wait,
-                max_deliver,
-                max_ack_pending: i64::from(max_ack_pending),
-                description: Some(description),
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| BusError::Setup(format!("consumer {name}: {e}")))
+        let stream = set_up(&format!("stream {stream}"), || {
+            self.admin.get_stream(&stream)
+        })
+        .await?;
+        let config = consumer::pull::Config {
+            durable_name: Some(name.clone()),
+            filter_subject: filter,
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: self.config.ack_wait,
+            max_deliver,
+            max_ack_pending: i64::from(max_ack_pending),
+            description: Some(description),
+            ..Default::default()
+        };
+        set_up(&format!("consumer {name}"), || {
+            stream.create_consumer(config.clone())
+        })
+        .await
     }
 
     /// Publishes a request to its provider's subject and waits for JetStream to

@@ -398,6 +398,9 @@ pub struct RawNats {
     pub max_deliver: i64,
     /// How long the ingress waits for JetStream to confirm a publish.
     pub publish_timeout: String,
+    /// How long the ingress publishes a request again while JetStream cannot
+    /// store it ("0s": answer 503 at once).
+    pub publish_retry: String,
     /// Replicas of the streams (1 on a single server).
     pub replicas: usize,
 }
@@ -411,6 +414,7 @@ impl Default for RawNats {
             ack_wait: "30s".into(),
             max_deliver: 3,
             publish_timeout: "2s".into(),
+            publish_retry: "0s".into(),
             replicas: 1,
         }
     }

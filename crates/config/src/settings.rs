@@ -296,6 +296,9 @@ pub struct NatsConfig {
     pub max_deliver: i64,
     /// Wait for a publish ack at most this long.
     pub publish_timeout: Duration,
+    /// How long the ingress publishes a request again while JetStream cannot
+    /// store it (zero: it answers 503 at once).
+    pub publish_retry: Duration,
     /// Stream replicas.
     pub replicas: usize,
 }

@@ -157,11 +157,15 @@ impl Config {
             ));
         }
 
-        if !raw.nats.url.starts_with("nats://")
-            && !raw.nats.url.starts_with("tls://")
-            && Url::parse(&raw.nats.url).is_err()
-        {
-            e.push(ConfigError::new("nats.url", "not a NATS URL"));
+        // One server, or a cluster's seeds separated by commas.
+        if raw.nats.url.split(',').any(|u| {
+            let u = u.trim();
+            !u.starts_with("nats://") && !u.starts_with("tls://") && Url::parse(u).is_err()
+        }) {
+            e.push(ConfigError::new(
+                "nats.url",
+                "not a NATS URL (or comma-separated URLs)",
+            ));
         }
         if !is_valid_token(&raw.nats.namespace) {
             e.push(ConfigError::new(
@@ -179,6 +183,11 @@ impl Config {
             request_max_age: duration("nats.request_max_age", &raw.nats.request_max_age, e),
             ack_wait: duration("nats.ack_wait", &raw.nats.ack_wait, e),
             publish_timeout: duration("nats.publish_timeout", &raw.nats.publish_timeout, e),
+            // Zero is a setting here: no retry.
+            publish_retry: match raw.nats.publish_retry.trim() {
+                "0" | "0s" => Duration::ZERO,
+                text => duration("nats.publish_retry", text, e),
+            },
             max_deliver: raw.nats.max_deliver,
             replicas: raw.nats.replicas,
             url: raw.nats.url,

@@ -205,6 +205,172 @@ impl Drop for NatsServer {
     }
 }
 
+/// A throw-away three-node NATS JetStream cluster on free loopback ports,
+/// each node storing in a temp dir of its own. A node can be killed (SIGKILL)
+/// and started again with its port and store, like a crashed server that
+/// comes back. Killed when dropped.
+pub struct NatsCluster {
+    nodes: Vec<ClusterNode>,
+    dir: tempfile::TempDir,
+}
+
+struct ClusterNode {
+    child: Option<Child>,
+    port: u16,
+    cluster_port: u16,
+    monitor_port: u16,
+}
+
+impl NatsCluster {
+    /// Starts three nodes and waits until JetStream has a meta leader (a
+    /// stream with three replicas can be made).
+    pub async fn start() -> NatsCluster {
+        let dir = tempfile::tempdir().expect("creating a temp dir for the NATS cluster");
+        let nodes = (0..3)
+            .map(|_| ClusterNode {
+                child: None,
+                port: free_port(),
+                cluster_port: free_port(),
+                monitor_port: free_port(),
+            })
+            .collect();
+        let mut cluster = NatsCluster { nodes, dir };
+        for i in 0..3 {
+            cluster.spawn(i);
+        }
+        for i in 0..3 {
+            cluster.wait_listening(i).await;
+        }
+        cluster.wait_jetstream().await;
+        cluster
+    }
+
+    /// Every node's client URL, comma-separated (a `[nats] url` of seeds).
+    pub fn url(&self) -> String {
+        (0..self.nodes.len())
+            .map(|i| self.node_url(i))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Node `i`'s client URL.
+    pub fn node_url(&self, i: usize) -> String {
+        format!("nats://127.0.0.1:{}", self.nodes[i].port)
+    }
+
+    /// Node `i`'s monitoring URL (`/healthz`, `/jsz`).
+    pub fn monitor_url(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.nodes[i].monitor_port)
+    }
+
+    /// Kills node `i` (SIGKILL: like a crash).
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts node `i` again on its ports and store; waits until it listens.
+    pub async fn restart(&mut self, i: usize) {
+        self.kill(i);
+        self.spawn(i);
+        self.wait_listening(i).await;
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let routes: Vec<String> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, n)| format!("\"nats-route://127.0.0.1:{}\"", n.cluster_port))
+            .collect();
+        let n = &self.nodes[i];
+        let conf = self.dir.path().join(format!("n{i}.conf"));
+        std::fs::write(
+            &conf,
+            format!(
+                "server_name: n{i}\nlisten: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\nmax_payload: 8MB\n\
+                 jetstream {{ store_dir: \"{}\", max_file_store: 256MB, max_memory_store: 64MB }}\n\
+                 cluster {{ name: switchyard-test, listen: 127.0.0.1:{}, routes: [{}] }}\n",
+                n.port,
+                n.monitor_port,
+                self.dir.path().join(format!("js{i}")).display(),
+                n.cluster_port,
+                routes.join(", ")
+            ),
+        )
+        .expect("writing a node's config");
+        let bin = nats_server_bin();
+        let child = Command::new(&bin)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start {} (SY_NATS_SERVER_BIN): {e}. Run scripts/test.sh, which installs it.",
+                    bin.display()
+                )
+            });
+        self.nodes[i].child = Some(child);
+    }
+
+    async fn wait_listening(&self, i: usize) {
+        for _ in 0..400 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.nodes[i].port)).is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("NATS node {i} did not come up");
+    }
+
+    /// Waits until JetStream is ready on every live node (`/healthz?js-enabled-only`
+    /// then a meta leader: `/jsz` names one).
+    pub async fn wait_jetstream(&self) {
+        let http = http();
+        let until = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut ready = true;
+            for i in (0..self.nodes.len()).filter(|&i| self.nodes[i].child.is_some()) {
+                let jsz = http
+                    .get(format!("{}/jsz", self.monitor_url(i)))
+                    .send()
+                    .await
+                    .ok();
+                let leader = match jsz {
+                    Some(r) => r
+                        .json::<serde_json::Value>()
+                        .await
+                        .ok()
+                        .and_then(|v| v["meta_cluster"]["leader"].as_str().map(str::to_owned)),
+                    None => None,
+                };
+                ready &= leader.is_some_and(|l| !l.is_empty());
+            }
+            if ready {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < until,
+                "the NATS cluster has no JetStream meta leader after 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
+    }
+}
+
 /// An HTTP client for tests (installs the TLS crypto provider reqwest needs).
 pub fn http() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();

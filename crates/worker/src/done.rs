@@ -73,20 +73,49 @@ impl DoneMarks {
                 return;
             }
         };
-        if let Err(e) = store.put(key, value.into()).await {
-            tracing::warn!(error = %e, "Writing the completion mark failed; a redelivery would run again.");
+        let value: bytes::Bytes = value.into();
+        let mut wait = MARK_RETRY_FIRST;
+        loop {
+            match store.put(key, value.clone()).await {
+                Ok(_) => return,
+                // A bucket whose leader is being elected (a cluster node
+                // died) answers again within seconds: a mark is worth the wait.
+                Err(e) if wait <= MARK_RETRY_LAST => {
+                    tracing::debug!(error = %e, ?wait, "Writing the completion mark failed; trying again.");
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "Writing the completion mark failed; a redelivery would run again.");
+                    return;
+                }
+            }
         }
     }
 
     /// Marks message `key` finished unless it is marked already.
     pub(crate) async fn finished(&self, key: &str) {
         let Some(store) = &self.0 else { return };
-        match store.create(key, bytes::Bytes::new()).await {
-            Ok(_) => {}
-            Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "Writing the completion mark failed; a redelivery would run again.");
+        let mut wait = MARK_RETRY_FIRST;
+        loop {
+            match store.create(key, bytes::Bytes::new()).await {
+                Ok(_) => return,
+                Err(e) if e.kind() == CreateErrorKind::AlreadyExists => return,
+                Err(e) if wait <= MARK_RETRY_LAST => {
+                    tracing::debug!(error = %e, ?wait, "Writing the completion mark failed; trying again.");
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "Writing the completion mark failed; a redelivery would run again.");
+                    return;
+                }
             }
         }
     }
 }
+
+/// A completion mark that could not be written is tried again after 100 ms,
+/// then twice as long each time up to 1.6 s (3.1 s in all).
+const MARK_RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(100);
+const MARK_RETRY_LAST: std::time::Duration = std::time::Duration::from_millis(1600);
