@@ -17,6 +17,50 @@ use sy_mock_provider::{MockOptions, MockProvider};
 use sy_test_support as support;
 
 const KEY: &str = "sk-sy-cluster-dev";
+const LIMITED: &str = "sk-sy-cluster-limited";
+const CHAT: &str = "/v1/chat/completions";
+
+/// Starts a batch of `n` chat items through `base`; its id.
+async fn start_batch(http: &reqwest::Client, base: &str, n: usize) -> String {
+    let lines: Vec<String> = (0..n)
+        .map(|i| {
+            json!({
+                "custom_id": format!("item-{i}"),
+                "method": "POST",
+                "url": CHAT,
+                "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": format!("cluster batch item {i}")}]},
+            })
+            .to_string()
+        })
+        .collect();
+    let form = reqwest::multipart::Form::new()
+        .text("purpose", "batch")
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(lines.join("\n").into_bytes()).file_name("in.jsonl"),
+        );
+    let file: serde_json::Value = http
+        .post(format!("{base}/v1/files"))
+        .bearer_auth(KEY)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let batch: serde_json::Value = http
+        .post(format!("{base}/v1/batches"))
+        .bearer_auth(KEY)
+        .json(&json!({"input_file_id": file["id"], "endpoint": CHAT, "completion_window": "24h"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    batch["id"].as_str().expect("a batch id").to_owned()
+}
 
 /// One Switchyard process of the cluster, with deploy/cluster/switchyard.toml
 /// and its addresses from the environment, as deploy/cluster/up.sh runs it.
@@ -170,6 +214,9 @@ async fn a_cluster_loses_a_nats_node_and_an_ingress_under_load_and_loses_nothing
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // A batch runs through the whole disturbance (the dispatcher is in ingress 1).
+    let batch_id = start_batch(&http, &bases[0], 20).await;
+
     // Steady load: 40 requests a second, alternately to each ingress, for 14 s.
     // At 3 s NATS node 0 dies, at 5 s ingress 2; node 0 returns at 8 s,
     // ingress 2 at 9 s.
@@ -180,6 +227,7 @@ async fn a_cluster_loses_a_nats_node_and_an_ingress_under_load_and_loses_nothing
     let mut killed_ingress_at = None;
     let mut back_ingress_at = None;
     let mut events = Vec::new();
+    let mut limited_ok: Vec<String> = Vec::new();
     for i in 0..total {
         let due = Duration::from_millis(25 * i as u64);
         if let Some(left) = due.checked_sub(started.elapsed()) {
@@ -189,6 +237,50 @@ async fn a_cluster_loses_a_nats_node_and_an_ingress_under_load_and_loses_nothing
         if i == 120 {
             nats.kill(0);
             events.push(format!("{:.1} s: NATS node 0 killed", t.as_secs_f64()));
+        }
+        if i == 140 {
+            // Just after the node died: 45 requests of the limited key at
+            // once, split between the two ingresses; 30 a minute go through.
+            let limited_at = Instant::now();
+            let sends = (0..45).map(|j| {
+                let url = format!("{}{CHAT}", bases[j % 2]);
+                let http = http.clone();
+                async move {
+                    http.post(&url)
+                        .bearer_auth(LIMITED)
+                        .json(&json!({
+                            "model": "gpt-4o-mini",
+                            "messages": [{"role": "user", "content": format!("cluster limited {j}")}],
+                        }))
+                        .send()
+                        .await
+                        .map(|r| (r.status().as_u16(), r.headers().get("x-switchyard-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned)))
+                }
+            });
+            let results = futures::future::join_all(sends).await;
+            let admitted: Vec<String> = results
+                .iter()
+                .filter_map(|r| match r {
+                    Ok((200, id)) => id.clone(),
+                    _ => None,
+                })
+                .collect();
+            let refused = results.iter().filter(|r| matches!(r, Ok((429, _)))).count();
+            let took = limited_at.elapsed();
+            events.push(format!(
+                "{:.1} s: limited key: {} admitted, {refused} refused (429) of 45 in {} ms",
+                t.as_secs_f64(),
+                admitted.len(),
+                took.as_millis()
+            ));
+            // GCRA at 30 a minute lets 30 through at once and one more every 2 s.
+            let allowed = 30 + took.as_secs() as usize / 2;
+            assert!(
+                admitted.len() >= 30 && admitted.len() <= allowed && admitted.len() + refused == 45,
+                "limited key: {} admitted, {refused} refused in {took:?}",
+                admitted.len()
+            );
+            limited_ok = admitted;
         }
         if i == 200 {
             ingresses[1].kill();
@@ -323,12 +415,12 @@ async fn a_cluster_loses_a_nats_node_and_an_ingress_under_load_and_loses_nothing
         let rows: Vec<(String, u64)> = ch
             .query(&format!(
                 "SELECT toString(request_id), count() FROM {database}.requests FINAL \
-                 WHERE status = 'ok' GROUP BY request_id"
+                 WHERE status = 'ok' AND batch_id = '' GROUP BY request_id"
             ))
             .fetch_all()
             .await
             .unwrap();
-        if rows.len() >= ok.len() || Instant::now() > until {
+        if rows.len() >= ok.len() + limited_ok.len() || Instant::now() > until {
             break rows;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -337,9 +429,16 @@ async fn a_cluster_loses_a_nats_node_and_an_ingress_under_load_and_loses_nothing
     for (i, id, _) in &ok {
         assert_eq!(rows.get(id), Some(&1), "request {i} ({id}): ok usage rows");
     }
+    for id in &limited_ok {
+        assert_eq!(
+            rows.get(id),
+            Some(&1),
+            "limited request {id}: ok usage rows"
+        );
+    }
     // Rows for requests nobody saw answered (in flight at the killed
     // ingress) are the provider calls made for them, billed once each.
-    let unseen = rows.len() - ok.len();
+    let unseen = rows.len() - ok.len() - limited_ok.len();
     assert!(
         unseen <= failed.len(),
         "{unseen} ok rows for {} failed requests",
@@ -349,6 +448,52 @@ async fn a_cluster_loses_a_nats_node_and_an_ingress_under_load_and_loses_nothing
         "usage rows: {} ok, {unseen} of them for requests the client saw fail",
         rows.len()
     );
+    // The batch completed every item once: one ok row and one provider call each.
+    let until = Instant::now() + Duration::from_secs(60);
+    let batch = loop {
+        let b: serde_json::Value = http
+            .get(format!("{}/v1/batches/{batch_id}", bases[0]))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if b["status"] == "completed" || Instant::now() > until {
+            break b;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(batch["status"], "completed", "{batch}");
+    assert_eq!(batch["request_counts"]["completed"], 20, "{batch}");
+    for i in 0..20 {
+        let prompt = format!("cluster batch item {i}");
+        assert_eq!(
+            openai.calls_for(&prompt) + anthropic.calls_for(&prompt),
+            1,
+            "{prompt}"
+        );
+    }
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let n: u64 = ch
+            .query(&format!(
+                "SELECT count() FROM {database}.requests FINAL WHERE status = 'ok' AND batch_id = '{batch_id}'"
+            ))
+            .fetch_one()
+            .await
+            .unwrap();
+        if n == 20 {
+            break;
+        }
+        assert!(
+            n < 20 && Instant::now() < until,
+            "{n} ok usage rows for the 20 batch items"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!("batch {batch_id}: 20 of 20 items completed, each one call and one row");
     let _ = ch
         .query(&format!("DROP DATABASE IF EXISTS {database}"))
         .execute()
