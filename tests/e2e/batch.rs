@@ -301,8 +301,22 @@ async fn a_batch_answers_every_item_once_in_input_order_with_failures_in_the_err
             "switchyard_batch_items_total{{outcome=\"failed\"}} {}\n",
             err.len()
         ),
+        // The job ended: nothing of it is left running or pending.
+        "switchyard_batches_running 0\n".to_owned(),
+        "switchyard_batch_items_pending 0\n".to_owned(),
     ] {
         assert!(metrics.contains(&series), "{series}{metrics}");
+    }
+    // Every usage event is in ClickHouse: the accounting consumer, read
+    // every 5 s, holds none.
+    let until = Instant::now() + Duration::from_secs(15);
+    loop {
+        let metrics = stack.metrics().await;
+        if metrics.contains("switchyard_accounting_pending 0\n") {
+            break;
+        }
+        assert!(Instant::now() < until, "{metrics}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
     // Listed for its owner, newest first.
     let list: Value = get(&stack, KEY, "/v1/batches?limit=5")

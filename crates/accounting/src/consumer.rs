@@ -44,6 +44,7 @@ pub async fn run(
     let max_wait = config.accounting.max_wait;
     let ack_wait = config.accounting.ack_wait;
     tracing::info!(max_rows, ?max_wait, "Accounting started.");
+    let _pending = AbortOnDrop(tokio::spawn(watch_pending(bus.clone())));
     let mut backoff = Duration::from_millis(100);
     loop {
         match consume(&bus, &writer, max_rows, max_wait, ack_wait, &shutdown).await {
@@ -57,6 +58,38 @@ pub async fn run(
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
+    }
+}
+
+/// Sets `switchyard_accounting_pending` from the shared consumer's info every
+/// 5 s: the events JetStream holds for it, delivered or not, unacknowledged.
+async fn watch_pending(bus: Bus) {
+    let mut every = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        every.tick().await;
+        let info = match bus
+            .jetstream()
+            .get_stream(bus.subjects().usage_stream())
+            .await
+        {
+            Ok(stream) => stream.consumer_info(CONSUMER).await.ok(),
+            Err(_) => None,
+        };
+        if let Some(info) = info {
+            let pending = info.num_pending.saturating_add(info.num_ack_pending as u64);
+            sy_telemetry::metrics::get()
+                .accounting_pending
+                .set(i64::try_from(pending).unwrap_or(i64::MAX));
+        }
+    }
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

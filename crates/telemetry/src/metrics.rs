@@ -89,6 +89,10 @@ pub struct Metrics {
     pub accounting_insert_errors: Counter,
     /// An attempt's end → its row stored in ClickHouse, seconds.
     pub accounting_lag: Histogram,
+    /// Usage events JetStream holds that no accounting process stored yet.
+    pub accounting_pending: Gauge,
+    /// Items of the batches this dispatcher runs that have not ended yet.
+    pub batch_items_pending: Gauge,
     /// 1 while the process's NATS connection is up.
     pub nats_connected: Gauge,
 }
@@ -288,6 +292,18 @@ impl Metrics {
             Kind::Seconds,
             seconds_buckets(),
         );
+        let accounting_pending = b.add(
+            "switchyard_accounting_pending",
+            "Usage events waiting in JetStream for ClickHouse (the accounting consumer's pending and unacknowledged), read every 5 s",
+            Kind::Gauge,
+            Gauge::default(),
+        );
+        let batch_items_pending = b.add(
+            "switchyard_batch_items_pending",
+            "Items of the batches this dispatcher runs that have not ended yet",
+            Kind::Gauge,
+            Gauge::default(),
+        );
         let nats_connected = b.add(
             "switchyard_nats_connected",
             "1 while the process's NATS connection is up",
@@ -318,6 +334,8 @@ impl Metrics {
             accounting_rows,
             accounting_insert_errors,
             accounting_lag,
+            accounting_pending,
+            batch_items_pending,
             nats_connected,
         }
     }
@@ -437,6 +455,8 @@ mod tests {
             ("switchyard_accounting_rows_total", "counter"),
             ("switchyard_accounting_insert_errors_total", "counter"),
             ("switchyard_accounting_lag_seconds", "histogram"),
+            ("switchyard_accounting_pending", "gauge"),
+            ("switchyard_batch_items_pending", "gauge"),
             ("switchyard_nats_connected", "gauge"),
         ];
         for (name, kind) in FAMILIES {

@@ -127,6 +127,23 @@ pub fn nats_server_bin() -> PathBuf {
     PathBuf::from("nats-server")
 }
 
+/// Starts `nats-server -c conf`, output discarded.
+fn spawn_nats_server(conf: &std::path::Path) -> Child {
+    let bin = nats_server_bin();
+    Command::new(&bin)
+        .arg("-c")
+        .arg(conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot start {} (SY_NATS_SERVER_BIN): {e}. Run scripts/test.sh, which installs it.",
+                bin.display()
+            )
+        })
+}
+
 /// A throw-away nats-server with JetStream, on a free port, storing in a temp dir.
 /// Stopping and starting it again keeps its port and its JetStream state, like a
 /// real server restart. Killed when dropped.
@@ -175,19 +192,7 @@ impl NatsServer {
             ),
         )
         .expect("writing nats.conf");
-        let bin = nats_server_bin();
-        let child = Command::new(&bin)
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start {} (SY_NATS_SERVER_BIN): {e}. Run scripts/test.sh, which installs it.",
-                    bin.display()
-                )
-            });
+        let child = spawn_nats_server(&conf);
         self.child = Some(child);
         for _ in 0..200 {
             if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
@@ -302,19 +307,7 @@ impl NatsCluster {
             ),
         )
         .expect("writing a node's config");
-        let bin = nats_server_bin();
-        let child = Command::new(&bin)
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start {} (SY_NATS_SERVER_BIN): {e}. Run scripts/test.sh, which installs it.",
-                    bin.display()
-                )
-            });
+        let child = spawn_nats_server(&conf);
         self.nodes[i].child = Some(child);
     }
 

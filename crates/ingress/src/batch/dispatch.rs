@@ -372,6 +372,7 @@ async fn drive(
     let mut in_flight: HashSet<u32> = HashSet::new();
     let mut next = 0usize;
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + TICK, TICK);
+    let mut progress = Progress { counted: 0 };
     if record.batch.status == BatchStatus::Cancelling {
         stopping = Some(Stop::Cancelled);
         stop_by = now_unix_ms() + STOP_GRACE.as_millis() as u64;
@@ -443,6 +444,8 @@ async fn drive(
                     cancel_in_flight(state, id, &lines, &in_flight).await;
                 }
                 now.batch.request_counts = counts(&done);
+                let c = &now.batch.request_counts;
+                progress.left(c.total.saturating_sub(c.completed + c.failed));
                 if tryo!(stores.save(&now, rev).await).is_some() {
                     record = now;
                 }
@@ -687,6 +690,30 @@ async fn create_native(
         announced: false,
     };
     Ok(stores.create(&record).await?.map(|rev| (record, rev)))
+}
+
+/// This job's share of `switchyard_batch_items_pending`: the items it has
+/// not ended, as of its last tick; given back when it is dropped.
+struct Progress {
+    counted: i64,
+}
+
+impl Progress {
+    fn left(&mut self, items: u64) {
+        let items = i64::try_from(items).unwrap_or(i64::MAX);
+        sy_telemetry::metrics::get()
+            .batch_items_pending
+            .inc_by(items - self.counted);
+        self.counted = items;
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        sy_telemetry::metrics::get()
+            .batch_items_pending
+            .dec_by(self.counted);
+    }
 }
 
 /// Counts a batch job out of `switchyard_batches_running` when dropped.
