@@ -111,6 +111,8 @@ def check_compose():
     if len(workers) < 2:
         fail(f"compose runs {len(workers)} workers, wants two")
     for name, s in ours.items():
+        if s.get("read_only") is not True or "ALL" not in (s.get("cap_drop") or []):
+            fail(f"compose service {name} has a writable root filesystem or capabilities")
         cmd = s.get("command") or []
         if not cmd or cmd[0] not in SUBCOMMANDS:
             fail(f"compose service {name} runs {cmd}, not a switchyard subcommand")
@@ -129,7 +131,7 @@ def check_compose():
             src = v.split(":")[0] if isinstance(v, str) else v.get("source", "")
             if src.startswith("/") and not os.path.exists(src):
                 fail(f"compose service {name} mounts {src}, which does not exist")
-    ok(f"compose: {len(ours)} switchyard services after the migrations and healthy servers; mounts exist")
+    ok(f"compose: {len(ours)} switchyard services, read-only without capabilities, after the migrations and healthy servers; mounts exist")
     env = services["ingress"]["environment"]
     config_check(os.path.join(d, "switchyard.toml"), env)
     prom = yaml.safe_load(open(os.path.join(d, "prometheus.yml")))

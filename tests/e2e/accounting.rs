@@ -169,6 +169,54 @@ async fn the_same_event_published_twice_is_counted_once() {
     assert_eq!(daily, 1);
 }
 
+/// `switchyard_accounting_pending` reads the shared consumer: the events
+/// JetStream holds for it that no accounting process stored yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_events_are_what_the_accounting_consumer_has_not_stored() {
+    let namespace = sy_test_support::unique_namespace();
+    let config = sy_config::Config::from_toml(
+        &format!(
+            "[nats]\nurl = \"{}\"\nnamespace = \"{namespace}\"\n",
+            sy_test_support::nats_url()
+        ),
+        &sy_config::MapEnv::default(),
+    )
+    .unwrap();
+    let bus = sy_bus::Bus::from_client(sy_test_support::nats().await, &config.nats);
+    assert_eq!(
+        sy_accounting::pending_events(&bus).await,
+        None,
+        "no stream yet"
+    );
+    bus.ensure_usage_stream(Duration::from_secs(600))
+        .await
+        .unwrap();
+    let js = bus.jetstream();
+    let stream = js.get_stream(bus.subjects().usage_stream()).await.unwrap();
+    stream
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some(sy_accounting::CONSUMER.into()),
+            ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(sy_accounting::pending_events(&bus).await, Some(0));
+    for i in 0..3 {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            async_nats::header::NATS_MESSAGE_ID,
+            format!("pending-{i}").as_str(),
+        );
+        js.publish_with_headers(bus.subjects().usage(), headers, "{}".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    assert_eq!(sy_accounting::pending_events(&bus).await, Some(3));
+}
+
 /// Every `sql` block of docs/analytics.md runs on real rows and returns some.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_documented_analytics_query_runs_on_real_rows() {

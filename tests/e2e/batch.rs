@@ -508,6 +508,22 @@ async fn cancel_stops_dispatching_cancels_items_in_flight_and_writes_partial_fil
     let id = b["id"].as_str().unwrap();
     // Let some items finish first.
     wait_completed(&stack, id, 8, Duration::from_secs(20)).await;
+    // The running job's items not ended yet show in /metrics (each tick).
+    let pending = |m: &str| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("switchyard_batch_items_pending "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        let m = stack.metrics().await;
+        if let Some(p) = pending(&m).filter(|&p| p > 0) {
+            assert!(p <= n as u64 - 8, "{p} pending of {n} with 8 done");
+            break;
+        }
+        assert!(Instant::now() < until, "no pending items in /metrics:\n{m}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let r = stack
         .http
         .post(stack.url(&format!("/v1/batches/{id}/cancel")))
@@ -521,6 +537,15 @@ async fn cancel_stops_dispatching_cancels_items_in_flight_and_writes_partial_fil
     assert!(c["cancelling_at"].as_u64().is_some());
     let done = wait_end(&stack, id, Duration::from_secs(30)).await;
     assert_eq!(done["status"], "cancelled");
+    // Ended, it gives its count back (the job's guard, however it ends).
+    let until = Instant::now() + Duration::from_secs(5);
+    while pending(&stack.metrics().await) != Some(0) {
+        assert!(
+            Instant::now() < until,
+            "the cancelled job's items still pending"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let completed = done["request_counts"]["completed"].as_u64().unwrap();
     assert!(completed >= 8 && completed < n as u64 / 2, "{done}");
     let out = file_lines(&stack, done["output_file_id"].as_str()).await;

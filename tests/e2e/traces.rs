@@ -174,7 +174,10 @@ async fn one_request_is_one_trace_across_the_queue_hop_retries_and_fallbacks() {
     assert_eq!(resp.status(), 404);
     let spans = collector
         .trace(client_trace, |s| {
-            by_kind(s, CLIENT).len() >= 3 && !by_kind(s, SERVER).is_empty()
+            by_kind(s, CLIENT).len() >= 3
+                && by_kind(s, CONSUMER).len() >= 2
+                && !by_kind(s, PRODUCER).is_empty()
+                && !by_kind(s, SERVER).is_empty()
         })
         .await;
     let names: Vec<_> = spans

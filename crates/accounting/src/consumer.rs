@@ -67,21 +67,25 @@ async fn watch_pending(bus: Bus) {
     let mut every = tokio::time::interval(Duration::from_secs(5));
     loop {
         every.tick().await;
-        let info = match bus
-            .jetstream()
-            .get_stream(bus.subjects().usage_stream())
-            .await
-        {
-            Ok(stream) => stream.consumer_info(CONSUMER).await.ok(),
-            Err(_) => None,
-        };
-        if let Some(info) = info {
-            let pending = info.num_pending.saturating_add(info.num_ack_pending as u64);
+        if let Some(pending) = pending_events(&bus).await {
             sy_telemetry::metrics::get()
                 .accounting_pending
                 .set(i64::try_from(pending).unwrap_or(i64::MAX));
         }
     }
+}
+
+/// The usage events JetStream holds for the accounting consumer, delivered
+/// or not, not yet acknowledged; `None` while the stream or the consumer
+/// cannot be read.
+pub async fn pending_events(bus: &Bus) -> Option<u64> {
+    let stream = bus
+        .jetstream()
+        .get_stream(bus.subjects().usage_stream())
+        .await
+        .ok()?;
+    let info = stream.consumer_info(CONSUMER).await.ok()?;
+    Some(info.num_pending.saturating_add(info.num_ack_pending as u64))
 }
 
 /// Aborts a background task when dropped.

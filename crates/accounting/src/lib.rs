@@ -21,7 +21,7 @@ mod migrate;
 mod row;
 mod usage_query;
 
-pub use consumer::{CONSUMER, run};
+pub use consumer::{CONSUMER, pending_events, run};
 pub use invoice_query::{InvoiceRow, invoice_rows};
 pub use migrate::{MIGRATIONS, migrate};
 pub use row::RequestRow;

@@ -299,22 +299,20 @@ impl Bus {
         &self,
         max_running: u32,
     ) -> Result<consumer::PullConsumer, BusError> {
-        let stream = self
-            .js
-            .get_stream(self.subjects.batch_jobs_stream())
-            .await
-            .map_err(|e| BusError::Setup(format!("batch jobs stream: {e}")))?;
+        let jobs = self.subjects.batch_jobs_stream();
+        let stream = crate::set_up("batch jobs stream", || self.admin.get_stream(&jobs)).await?;
         let name = self.subjects.dispatcher_consumer();
-        stream
-            .create_consumer(consumer::pull::Config {
-                durable_name: Some(name.clone()),
-                ack_policy: consumer::AckPolicy::Explicit,
-                ack_wait: JOB_ACK_WAIT,
-                max_ack_pending: i64::from(max_running),
-                description: Some("Switchyard batch dispatchers".into()),
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| BusError::Setup(format!("consumer {name}: {e}")))
+        let config = consumer::pull::Config {
+            durable_name: Some(name.clone()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: JOB_ACK_WAIT,
+            max_ack_pending: i64::from(max_running),
+            description: Some("Switchyard batch dispatchers".into()),
+            ..Default::default()
+        };
+        crate::set_up(&format!("consumer {name}"), || {
+            stream.create_consumer(config.clone())
+        })
+        .await
     }
 }

@@ -69,15 +69,7 @@ where
             Ok(v) => return Ok(v),
             Err(e) => {
                 let text = e.to_string();
-                let transient = [
-                    "timed out",
-                    "temporarily unavailable",
-                    "no suitable peers",
-                    "no responders",
-                    "insufficient resources",
-                ]
-                .iter()
-                .any(|t| text.to_ascii_lowercase().contains(t));
+                let transient = is_transient(&text);
                 if !transient || tokio::time::Instant::now() + wait >= until {
                     return Err(BusError::Setup(format!("{what}: {text}")));
                 }
@@ -87,6 +79,25 @@ where
             }
         }
     }
+}
+
+/// Whether a JetStream setup error says "not ready yet" rather than "no":
+/// a time-out, JetStream not (yet) answering on this server, a cluster
+/// without a leader or without enough peers up, or a stream just made that
+/// the server does not list yet. async-nats gives these as text only across
+/// its error types; a storage limit ("insufficient resources") is final.
+fn is_transient(text: &str) -> bool {
+    let text = text.to_ascii_lowercase();
+    [
+        "timed out",
+        "jetstream unavailable",
+        "temporarily unavailable",
+        "no suitable peers",
+        "no responders",
+        "resource does not exist",
+    ]
+    .iter()
+    .any(|t| text.contains(t))
 }
 
 /// The servers of a `[nats] url`: one URL, or several separated by commas
@@ -150,12 +161,6 @@ impl Bus {
             subjects: Subjects::new(&config.namespace),
             config: config.clone(),
         }
-    }
-
-    /// How long the ingress publishes a request again while JetStream cannot
-    /// store it (`[nats] publish_retry`).
-    pub fn publish_retry(&self) -> Duration {
-        self.config.publish_retry
     }
 
     /// The underlying connection.
@@ -449,6 +454,37 @@ impl Bus {
         let msg_id = UsageEvent::event_id_of(envelope.request_id, envelope.attempt);
         self.publish_stored_with(subject, &msg_id, traceparent, encode(envelope)?)
             .await
+    }
+
+    /// [`Bus::publish_request`], again while JetStream cannot store the
+    /// request (the connection lost, no stream answering while a new leader
+    /// is elected after a node died), until `[nats] publish_retry` has passed
+    /// or `deadline`, backing off from 50 ms to 1 s. Every try has the same
+    /// `Nats-Msg-Id`, so a try that was stored but whose ack was lost is not
+    /// stored twice (the retry is shorter than the duplicate window).
+    pub async fn publish_request_retrying(
+        &self,
+        envelope: &RequestEnvelope,
+        traceparent: Option<&str>,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), BusError> {
+        let until = (tokio::time::Instant::now() + self.config.publish_retry).min(deadline);
+        let mut wait = Duration::from_millis(50);
+        loop {
+            match self.publish_request(envelope, traceparent).await {
+                Err(BusError::Unavailable | BusError::NoStream)
+                    if tokio::time::Instant::now() + wait < until =>
+                {
+                    tracing::debug!(
+                        ?wait,
+                        "JetStream did not store the request; publishing it again."
+                    );
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(1));
+                }
+                done => return done,
+            }
+        }
     }
 
     /// The subject [`Bus::publish_request`] publishes `envelope` to.

@@ -183,10 +183,20 @@ impl Config {
             request_max_age: duration("nats.request_max_age", &raw.nats.request_max_age, e),
             ack_wait: duration("nats.ack_wait", &raw.nats.ack_wait, e),
             publish_timeout: duration("nats.publish_timeout", &raw.nats.publish_timeout, e),
-            // Zero is a setting here: no retry.
+            // Zero is a setting here: no retry. Longer than the request
+            // stream's 120 s duplicate window, a retry could store it twice.
             publish_retry: match raw.nats.publish_retry.trim() {
                 "0" | "0s" => Duration::ZERO,
-                text => duration("nats.publish_retry", text, e),
+                text => {
+                    let d = duration("nats.publish_retry", text, e);
+                    if d >= Duration::from_secs(60) {
+                        e.push(ConfigError::new(
+                            "nats.publish_retry",
+                            "must be under 60s (the request stream drops a repeat within 120 s only)",
+                        ));
+                    }
+                    d
+                }
             },
             max_deliver: raw.nats.max_deliver,
             replicas: raw.nats.replicas,

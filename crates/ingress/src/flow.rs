@@ -187,8 +187,13 @@ async fn answer(
     } else {
         sy_telemetry::trace::Span::off()
     };
-    let published =
-        publish_request(state, &envelope, publish.traceparent().as_deref(), deadline).await;
+    let published = state
+        .bus
+        .publish_request_retrying(&envelope, publish.traceparent().as_deref(), deadline)
+        .await;
+    if published.is_err() {
+        publish.fail("internal");
+    }
     publish.end();
     if let Err(e) = published {
         drop(rx);
@@ -262,39 +267,6 @@ async fn answer(
         resp.headers_mut().insert(hdr::ROUTE, v);
     }
     Ok(resp)
-}
-
-/// Publishes `envelope`; while JetStream cannot store it (the connection
-/// lost, no stream answering while a new leader is elected after a node
-/// died), publishes it
-/// again for `[nats] publish_retry`, within the request's `deadline`, backing
-/// off from 50 ms to 1 s. Every try has the same `Nats-Msg-Id`, so a try that
-/// was stored but whose ack was lost is not stored twice.
-async fn publish_request(
-    state: &AppState,
-    envelope: &sy_protocol::RequestEnvelope,
-    traceparent: Option<&str>,
-    deadline: tokio::time::Instant,
-) -> Result<(), BusError> {
-    let until = (tokio::time::Instant::now() + state.bus.publish_retry()).min(deadline);
-    let mut wait = std::time::Duration::from_millis(50);
-    loop {
-        match state.bus.publish_request(envelope, traceparent).await {
-            // "No stream" is also what a cluster answers while the stream's
-            // leader is being elected.
-            Err(BusError::Unavailable | BusError::NoStream)
-                if tokio::time::Instant::now() + wait < until =>
-            {
-                tracing::debug!(
-                    ?wait,
-                    "JetStream did not store the request; publishing it again."
-                );
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(std::time::Duration::from_secs(1));
-            }
-            done => return done,
-        }
-    }
 }
 
 /// Records what Switchyard added before the first frame of an answer its

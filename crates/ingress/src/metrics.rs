@@ -56,8 +56,12 @@ pub(crate) async fn observe(mut req: Request, next: Next) -> Response {
     };
     let resp = if span.is_on() {
         span.set_i64("http.response.status_code", i64::from(status.as_u16()));
-        if status.is_client_error() || status.is_server_error() {
+        // HTTP conventions: a 4xx is the caller's, not the server span's
+        // failure (its error.type says which); a 5xx fails the span.
+        if status.is_server_error() {
             span.fail(error_type);
+        } else if status.is_client_error() {
+            span.set("error.type", error_type);
         }
         // The span ends when the body does: a stream's last event, or the
         // client going away.

@@ -84,8 +84,13 @@ pub fn init(config: &TracingConfig) -> Result<bool, String> {
     };
     let mut exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
-        .with_protocol(protocol)
-        .with_timeout(Duration::from_secs(10));
+        .with_protocol(protocol);
+    // The SDK reads OTEL_EXPORTER_OTLP_(TRACES_)TIMEOUT when nothing is set here.
+    if var("OTEL_EXPORTER_OTLP_TIMEOUT").is_none()
+        && var("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT").is_none()
+    {
+        exporter = exporter.with_timeout(Duration::from_secs(10));
+    }
     if let Some(endpoint) = &config.endpoint {
         exporter = exporter.with_endpoint(endpoint.clone());
     }

@@ -86,9 +86,13 @@ pub(crate) async fn fall_back(
             ),
         ],
     );
+    // Within the request's deadline, and again while a stream elects its
+    // leader (`[nats] publish_retry`), as the ingress does.
+    let deadline = tokio::time::Instant::now()
+        + std::time::Duration::from_millis(env.deadline_unix_ms.saturating_sub(now_unix_ms()));
     if let Err(e) = cx
         .bus
-        .publish_request(&out, trace.traceparent().as_deref())
+        .publish_request_retrying(&out, trace.traceparent().as_deref(), deadline)
         .await
     {
         tracing::warn!(error = %e, "Could not hand the request to its fallback.");
