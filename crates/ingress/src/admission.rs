@@ -129,6 +129,13 @@ pub(crate) fn admit(
         Some(_) => String::new(),
         None => state.bus.subjects().reply(&state.ingress_id, request_id),
     };
+    // What the provider sees of the client's identities is per tenant.
+    let (mut request, mut embeddings) = (request, embeddings);
+    let scope = || match &caller.grant {
+        Some(g) => g.owner.org_id.to_string(),
+        None => format!("key:{}", caller.key_id),
+    };
+    crate::pseudonym::apply(scope, &mut request, embeddings.as_mut());
     let mut envelope = RequestEnvelope {
         request_id,
         attempt: 1,

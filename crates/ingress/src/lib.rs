@@ -28,6 +28,7 @@ mod live;
 pub mod metrics;
 mod presence;
 mod pricing;
+mod pseudonym;
 mod ratelimit;
 mod relay;
 mod reload;
