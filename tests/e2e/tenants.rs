@@ -780,3 +780,57 @@ async fn a_master_key_rotation_reseals_every_credential_while_requests_keep_flow
         sy_control::sealed::Keyring::new((2, sy_control::sealed::parse_key(&new).unwrap()), &[]);
     assert_eq!(store.open_credentials(&v2).await.unwrap().len(), 8);
 }
+
+/// What a provider sees of a client's end users and prompt-cache keys is per
+/// tenant (issue 20): the same `user` and `prompt_cache_key` from two callers
+/// reach the provider as two different pseudonyms, from one caller as the
+/// same one, and never as the client sent them; Anthropic's
+/// `metadata.user_id` likewise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_callers_never_share_a_provider_identity_or_prompt_cache_key() {
+    use crate::stack::{KEY, OTHER_KEY, Stack};
+    let stack = Stack::start().await;
+    let send = |key: &'static str, model: &'static str, prompt: &'static str| {
+        let stack = &stack;
+        async move {
+            let r = stack
+                .http
+                .post(stack.url("/v1/chat/completions"))
+                .bearer_auth(key)
+                .json(&serde_json::json!({
+                    "model": model,
+                    "messages": [{"role": "user", "content": prompt}],
+                    "user": "alice@example.com",
+                    "prompt_cache_key": "shared-cache-key",
+                }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+        }
+    };
+    send(KEY, "gpt-4o-mini", "ids one").await;
+    send(OTHER_KEY, "gpt-4o-mini", "ids two").await;
+    send(KEY, "gpt-4o-mini", "ids three").await;
+    let one = stack.mock.identities_for("ids one");
+    let two = stack.mock.identities_for("ids two");
+    let three = stack.mock.identities_for("ids three");
+    assert_eq!(one.len(), 2, "user and prompt_cache_key: {one:?}");
+    assert_eq!(one, three, "one caller: the same identities every time");
+    for (a, b) in one.iter().zip(&two) {
+        assert_ne!(a, b, "two callers share an identity at the provider");
+    }
+    for id in one.iter().chain(&two) {
+        assert!(id.starts_with("sy-") && id.len() == 35, "{id}");
+    }
+    // Anthropic: `user` becomes metadata.user_id, pseudonymous too.
+    send(KEY, "claude-sonnet-4-5", "ids four").await;
+    let anthropic = stack
+        .dialect_mocks
+        .iter()
+        .find(|(n, _)| *n == "anthropic")
+        .map(|(_, m)| m)
+        .unwrap();
+    let four = anthropic.identities_for("ids four");
+    assert_eq!(four, [one[0].clone()], "{four:?}");
+}

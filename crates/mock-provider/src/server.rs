@@ -125,6 +125,10 @@ struct Shared {
     /// Chat calls per prompt (the last user message without directives), for
     /// tests that prove a request was never run twice.
     prompt_calls: std::sync::Mutex<HashMap<String, u64>>,
+    /// The identities each prompt's calls named (`user`, `prompt_cache_key`,
+    /// `safety_identifier`, Anthropic's `metadata.user_id`), for tests that
+    /// check what a provider sees of a tenant's end users.
+    prompt_identities: std::sync::Mutex<HashMap<String, Vec<String>>>,
 }
 
 /// A running mock; the server stops when this is dropped.
@@ -147,6 +151,7 @@ impl MockProvider {
             since: std::sync::Mutex::new(tokio::time::Instant::now()),
             cached_prefixes: std::sync::Mutex::default(),
             prompt_calls: std::sync::Mutex::default(),
+            prompt_identities: std::sync::Mutex::default(),
         });
         let app = Router::new()
             .route("/v1/chat/completions", post(openai))
@@ -214,6 +219,15 @@ impl MockProvider {
             .unwrap_or(0)
     }
 
+    /// The identity fields the calls with `prompt` carried, in call order.
+    pub fn identities_for(&self, prompt: &str) -> Vec<String> {
+        self.shared
+            .prompt_identities
+            .lock()
+            .map(|m| m.get(prompt).cloned().unwrap_or_default())
+            .unwrap_or_default()
+    }
+
     /// Stops serving.
     pub async fn shutdown(self) {
         self.task.abort();
@@ -255,6 +269,10 @@ async fn reset(State(s): State<Arc<Shared>>) -> StatusCode {
         .unwrap_or_else(|e| e.into_inner())
         .clear();
     s.prompt_calls
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clear();
+    s.prompt_identities
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .clear();
@@ -540,6 +558,21 @@ async fn serve(
         && (calls.len() < COUNTED_PROMPTS || calls.contains_key(&prompt))
     {
         *calls.entry(prompt.clone()).or_default() += 1;
+    }
+    let named: Vec<String> = [
+        &req["user"],
+        &req["prompt_cache_key"],
+        &req["safety_identifier"],
+        &req["metadata"]["user_id"],
+    ]
+    .iter()
+    .filter_map(|v| v.as_str().map(str::to_owned))
+    .collect();
+    if !named.is_empty()
+        && let Ok(mut ids) = shared.prompt_identities.lock()
+        && (ids.len() < COUNTED_PROMPTS || ids.contains_key(&prompt))
+    {
+        ids.entry(prompt.clone()).or_default().extend(named);
     }
     let d = match directives(&shared, dialect, &headers, &blocks) {
         Ok(d) => d,
