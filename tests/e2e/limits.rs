@@ -6,6 +6,7 @@
 
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use serde_json::json;
 use sy_control::views::{LimitChange, LimitTarget};
 
@@ -1641,4 +1642,97 @@ async fn batch_items_spend_from_the_same_budget_and_fail_with_its_402_when_it_is
         billed >= 1_000_000,
         "only {billed} nano-USD spent before items failed"
     );
+}
+
+/// The value of the `series` line in Prometheus text, 0 when absent.
+fn series_value(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_keys_requests_come_from_allowances_and_its_budget_settles_to_what_was_billed() {
+    // Generous limits and a $100 budget: the ingress takes allowances and
+    // admits most requests without a Redis call; every limit and the budget
+    // still count every request, and once the requests are settled and the
+    // allowances lapse, nothing stays held.
+    let change = LimitChange {
+        limits: Some(json!({"rpm": 100_000, "tpm": 100_000_000, "concurrency": 10_000})),
+        budget: Some(json!({"usd": "100", "period": "month"})),
+        ..Default::default()
+    };
+    let Tenant {
+        stack, keys, org, ..
+    } = tenant(&[change], LimitChange::default(), "", true).await;
+    let (key, key_id) = keys[0].clone();
+    let n = 400usize;
+    let url = stack.url("/v1/chat/completions");
+    let answers: Vec<(u16, Option<String>)> = futures::stream::iter(0..n)
+        .map(|i| {
+            let (http, url, key) = (stack.http.clone(), url.clone(), key.clone());
+            async move {
+                let b = json!({"model": "gpt-4o-mini", "max_tokens": 50, "stream": i % 2 == 0,
+                               "messages": [{"role": "user", "content": format!("[[mock:tokens=10]] n{i}")}]});
+                let r = http.post(url).bearer_auth(key).json(&b).send().await.unwrap();
+                let remaining = header(&r, "x-ratelimit-remaining-requests");
+                let status = r.status().as_u16();
+                let _ = r.text().await.unwrap();
+                (status, remaining)
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    for (status, remaining) in &answers {
+        assert_eq!(*status, 200);
+        let left: u32 = remaining
+            .as_deref()
+            .expect("rate-limit headers")
+            .parse()
+            .unwrap();
+        assert!(left <= 100_000 && left >= 100_000 - 2 * n as u32, "{left}");
+    }
+    let metrics = stack.metrics().await;
+    let from_allowances = series_value(
+        &metrics,
+        "switchyard_limit_admissions_total{path=\"allowance\"}",
+    );
+    let by_redis = series_value(
+        &metrics,
+        "switchyard_limit_admissions_total{path=\"redis\"}",
+    );
+    assert_eq!(from_allowances + by_redis, n as f64, "{metrics}");
+    assert!(
+        from_allowances >= n as f64 / 2.0,
+        "{from_allowances} of {n} from allowances"
+    );
+    // Every request billed once; the budget's spend comes to the rows' sum
+    // and nothing stays held (settled requests, allowances given back).
+    let billed = billed_rows(&stack, n as u64).await;
+    assert!(billed > 0);
+    let client = redis::Client::open(sy_test_support::redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let budget_key = format!("sy:bud:{{{org}}}:key:{key_id}");
+    let until = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (spent, held): (Option<i64>, Option<i64>) = redis::cmd("HMGET")
+            .arg(&budget_key)
+            .arg("spent")
+            .arg("held")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if spent == Some(billed) && held == Some(0) {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "budget spent {spent:?} (rows {billed}), held {held:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The pool's slots go back with the key's leases: none held by requests.
+    assert!(leases_held(org, key_id).await <= 64);
 }

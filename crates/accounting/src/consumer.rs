@@ -248,6 +248,7 @@ impl Writer {
                         used: u32::try_from(used).unwrap_or(u32::MAX),
                         budgets: &ticket.budgets,
                         billed_nanos: e.billed_nanos.unwrap_or(0),
+                        allowance: ticket.allowance.as_ref().map(|(id, n)| (id.as_str(), *n)),
                     })
                     .await
             })

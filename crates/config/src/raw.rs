@@ -490,6 +490,9 @@ pub struct RawLimits {
     /// Seconds between rounds setting each budget's spend to what the usage
     /// rows in ClickHouse say.
     pub reconcile_seconds: u64,
+    /// Busy keys' requests admitted from allowances each ingress holds
+    /// (docs/limits.md "Allowances"); off: every request asks Redis.
+    pub allowances: bool,
 }
 
 impl Default for RawLimits {
@@ -500,6 +503,7 @@ impl Default for RawLimits {
             reserve_output_tokens_by_model: BTreeMap::new(),
             defaults: RawLimitDefaults::default(),
             reconcile_seconds: 30,
+            allowances: true,
         }
     }
 }

@@ -418,6 +418,8 @@ pub struct LimitsConfig {
     pub default_org: LimitSet,
     /// Time between budget reconciliations from ClickHouse.
     pub reconcile: std::time::Duration,
+    /// Busy keys' requests are admitted from allowances (docs/limits.md).
+    pub allowances: bool,
 }
 
 impl Default for LimitsConfig {
@@ -430,6 +432,7 @@ impl Default for LimitsConfig {
             default_project: LimitSet::default(),
             default_org: LimitSet::default(),
             reconcile: std::time::Duration::from_secs(30),
+            allowances: true,
         }
     }
 }

@@ -1138,6 +1138,7 @@ fn limits_config(
         default_project: default("project", d.project),
         default_org: default("org", d.org),
         reconcile: std::time::Duration::from_secs(raw.reconcile_seconds.clamp(1, 86_400)),
+        allowances: raw.allowances,
     };
     let none = LimitSet::default();
     let any_limit = [

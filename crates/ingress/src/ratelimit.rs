@@ -16,6 +16,7 @@ use std::time::Duration;
 use axum::http::{HeaderName, HeaderValue};
 use sy_config::{Config, LimitSet, LimitsConfig};
 use sy_control::keytable::DefaultLimits;
+use sy_limits::allowance::{Allowances, Want};
 use sy_limits::leases::LeaseBook;
 use sy_limits::local::LocalLimiter;
 use sy_limits::{Ask, Decision, Kind, Limiter, Limits, Remaining, Scope};
@@ -34,6 +35,12 @@ pub(crate) struct RateLimits {
     local: Arc<LocalLimiter>,
     /// This process's leases in Redis (once Redis is connected).
     leases: OnceLock<Arc<LeaseBook>>,
+    /// Busy keys' allowances (once Redis is connected; `[limits] allowances`).
+    allowances: OnceLock<Arc<Allowances>>,
+    /// This ingress (its allowances' ids).
+    ingress_id: String,
+    /// Admissions by path: from an allowance, by Redis, by the local share.
+    admitted: [sy_telemetry::metrics::Counter; 3],
     /// Live ingress replicas (the shares' divisor).
     replicas: Arc<Replicas>,
     /// Since when Redis has not answered (Unix ms; 0: it answers).
@@ -89,6 +96,14 @@ impl RateLimits {
             limiter,
             local: Arc::new(LocalLimiter::default()),
             leases: OnceLock::new(),
+            allowances: OnceLock::new(),
+            ingress_id: ingress_id.to_owned(),
+            admitted: ["allowance", "redis", "local"].map(|path| {
+                sy_telemetry::metrics::get()
+                    .limit_admissions
+                    .get_or_create(&[("path", path.to_owned())])
+                    .clone()
+            }),
             replicas: crate::presence::start(bus, ingress_id).await,
             degraded_since_ms,
             checking: Arc::default(),
@@ -280,6 +295,41 @@ impl RateLimits {
             hold_ms,
             require_ready: self.require_ready,
         });
+        if self.config.allowances
+            && session.is_none()
+            && envelope.batch.is_none()
+            && let Some(book) = self.leases.get()
+        {
+            let allowances = self.allowances.get_or_init(|| {
+                Allowances::start(
+                    limiter.clone(),
+                    book.clone(),
+                    &self.ingress_id,
+                    self.require_ready,
+                )
+            });
+            let want = Want {
+                tokens,
+                money: spend.as_ref().map(|s| largest_cost(s, output_tokens)),
+                hold_ms: spend.as_ref().map_or(0, |s| s.hold_ms),
+                replicas: self.replicas.count(),
+            };
+            let set = format!("{}\u{0}{}", caller.key_id, envelope.model);
+            if let Some(drawn) = allowances.draw(&set, &scopes, &budgets, &org, want) {
+                let mut headroom = Headroom::of(&scopes, &drawn.remaining);
+                if let Some((left, limit)) = drawn.budget
+                    && left.saturating_mul(5) <= limit
+                {
+                    headroom.budget_left_nanos = Some(left.max(0));
+                }
+                self.admitted[0].inc();
+                return Ok(Granted {
+                    headroom,
+                    lease: drawn.slot.map(Lease::Pool),
+                    ticket: ticket(org, tokens, &scopes, &budgets, drawn.money),
+                });
+            }
+        }
         let (decision, room) = match limiter.admit_spend(ask, &scopes, spend.as_ref()).await {
             Ok(d) => d,
             Err(e) => {
@@ -315,9 +365,7 @@ impl RateLimits {
                 });
             }
             Decision::OverBudget(over) => {
-                let needs = spend.map_or(0, |s| {
-                    s.input_nanos + (s.output_token_nanos * f64::from(output_tokens)).ceil() as i64
-                });
+                let needs = spend.map_or(0, |s| largest_cost(&s, output_tokens));
                 if envelope.batch.is_some()
                     && over.spent_nanos.saturating_add(needs) <= over.limit_nanos
                 {
@@ -332,6 +380,7 @@ impl RateLimits {
                 return Err(over_budget(&budgets[over.budget], &over, needs));
             }
         };
+        self.admitted[1].inc();
         let mut headroom = Headroom::of(&scopes, &remaining);
         if let Some(room) = room {
             if room.output_tokens < output_tokens {
@@ -343,16 +392,7 @@ impl RateLimits {
                 headroom.budget_left_nanos = Some(room.left_nanos.max(0));
             }
         }
-        let buckets = sy_limits::token_buckets(&scopes);
-        let ticket = (!buckets.is_empty() || !budgets.is_empty()).then(|| LimitTicket {
-            org,
-            reserved_tokens: tokens,
-            buckets,
-            budgets: budgets
-                .iter()
-                .map(|b| (b.key.clone(), b.period.as_code()))
-                .collect(),
-        });
+        let ticket = ticket(org, tokens, &scopes, &budgets, None);
         let keys = sy_limits::lease_keys(&scopes);
         let lease = match (&keys[..], self.leases.get()) {
             ([], _) | (_, None) => None,
@@ -383,6 +423,7 @@ impl RateLimits {
         let replicas = self.replicas.count();
         match self.local.admit(ask, &scopes, replicas) {
             Decision::Admitted(remaining) => {
+                self.admitted[2].inc();
                 let shared: Vec<Scope> = scopes.iter().map(|s| shared(s, replicas)).collect();
                 let leased: Vec<Scope> = scopes
                     .into_iter()
@@ -478,6 +519,7 @@ impl RateLimits {
                 used: 0,
                 budgets: &ticket.budgets,
                 billed_nanos: 0,
+                allowance: ticket.allowance.as_ref().map(|(id, n)| (id.as_str(), *n)),
             };
             if let Err(e) = limiter.settle(settlement).await {
                 tracing::debug!(error = %e, "Giving back an unpublished request's tokens failed.");
@@ -545,6 +587,35 @@ fn lower_max_tokens(env: &mut RequestEnvelope, tokens: u32) {
     } else {
         r.max_tokens = Some(each);
     }
+}
+
+/// What a request may cost at most: its input's bound and every output
+/// token it may write (as the admission script reckons it).
+fn largest_cost(s: &sy_limits::Spend<'_>, output_tokens: u32) -> i64 {
+    s.input_nanos + (s.output_token_nanos * f64::from(output_tokens)).ceil() as i64
+}
+
+/// What an admitted request carries for its settlement: its token
+/// reservation in each token bucket, its budgets, and the allowance its
+/// money was drawn from; none when there is nothing to settle.
+fn ticket(
+    org: String,
+    tokens: u32,
+    scopes: &[Scope],
+    budgets: &[sy_limits::Budget],
+    allowance: Option<(String, i64)>,
+) -> Option<LimitTicket> {
+    let buckets = sy_limits::token_buckets(scopes);
+    (!buckets.is_empty() || !budgets.is_empty()).then(|| LimitTicket {
+        org,
+        reserved_tokens: tokens,
+        buckets,
+        budgets: budgets
+            .iter()
+            .map(|b| (b.key.clone(), b.period.as_code()))
+            .collect(),
+        allowance,
+    })
 }
 
 /// Budgets cannot be checked (Redis away): refused, never overspent.
@@ -887,6 +958,9 @@ pub(crate) enum Lease {
         local: Arc<LocalLimiter>,
         scopes: Vec<Scope>,
     },
+    /// A slot of the pool its allowance's process holds (given back to the
+    /// pool when dropped).
+    Pool(#[allow(dead_code)] sy_limits::allowance::Slot),
 }
 
 impl Drop for Lease {
@@ -898,6 +972,7 @@ impl Drop for Lease {
                 keys,
             } => book.end(request_id, keys),
             Lease::Local { local, scopes } => local.release(scopes),
+            Lease::Pool(_) => {}
         }
     }
 }

@@ -58,3 +58,25 @@ local function release(res_key, resx_key, rid)
   end
   redis.call('ZREM', resx_key, rid)
 end
+-- Gives back `part` of what reservation `rid` holds (an allowance's: what a
+-- request drawn from it reserved, or what it never lent), at most what it
+-- still holds, and forgets it once it holds nothing. A reservation already
+-- swept gives back nothing: the sweeper gave back all it held.
+local function release_part(res_key, resx_key, rid, part)
+  local rec = redis.call('HGET', res_key, rid)
+  if not rec then return end
+  local amount = tonumber(string.match(rec, '^(%d+)'))
+  local give = math.min(part, amount)
+  if give <= 0 then return end
+  for key, pid in string.gmatch(rec, ';([^=;]+)=([^;]+)') do
+    if redis.call('HGET', key, 'p') == pid then
+      redis.call('HINCRBY', key, 'held', -give)
+    end
+  end
+  if give >= amount then
+    redis.call('HDEL', res_key, rid)
+    redis.call('ZREM', resx_key, rid)
+  else
+    redis.call('HSET', res_key, rid, string.format('%d', amount - give) .. string.match(rec, '^%d+(.*)$'))
+  end
+end

@@ -22,6 +22,7 @@
 //! Keys of one org share a Redis Cluster hash slot (`{<org>}`), so the script
 //! may touch all of a request's scopes.
 
+pub mod allowance;
 mod direct;
 pub mod leases;
 pub mod local;
@@ -339,6 +340,9 @@ pub struct Settlement<'a> {
     pub budgets: &'a [(String, u8)],
     /// What this attempt is billed, nano-USD.
     pub billed_nanos: i64,
+    /// The allowance the request drew its money from and how much (none: it
+    /// reserved for itself, under its own id).
+    pub allowance: Option<(&'a str, i64)>,
 }
 
 /// The token buckets among `scopes` (those with a tokens-per-minute limit),
@@ -362,6 +366,7 @@ pub struct Limiter {
     admit_source: Arc<str>,
     settle: Script,
     reconcile: Script,
+    allow: Script,
 }
 
 impl std::fmt::Debug for Limiter {
@@ -400,6 +405,7 @@ impl Limiter {
             admit_source: admit_source.into(),
             settle: Script::new(&[include_str!("budget.lua"), include_str!("settle.lua")].concat()),
             reconcile: Script::new(include_str!("reconcile.lua")),
+            allow: Script::new(&[include_str!("budget.lua"), include_str!("allow.lua")].concat()),
         })
     }
 
@@ -552,11 +558,14 @@ impl Limiter {
         for (key, _) in s.budgets {
             inv.key(key);
         }
+        let (allowance, drawn) = s.allowance.unwrap_or(("", 0));
         inv.arg(s.reserved)
             .arg(s.used)
             .arg(s.buckets.len())
             .arg(s.request_id)
-            .arg(s.billed_nanos);
+            .arg(s.billed_nanos)
+            .arg(allowance)
+            .arg(drawn);
         for (_, tpm) in s.buckets {
             inv.arg(*tpm);
         }

@@ -7,9 +7,10 @@
 --       "<request TAT>:<token TAT>" the admission writes), then each
 --       budget's hash.
 -- ARGV: [1] tokens reserved, [2] tokens the attempt used, [3] token buckets
---       nt, [4] request id, [5] the attempt's billed cost (nano-USD), then
---       per token bucket its tpm, then per budget its period (0 none, 1 UTC
---       day, 2 UTC month).
+--       nt, [4] request id, [5] the attempt's billed cost (nano-USD), [6] the
+--       allowance the request drew from ('' when it reserved for itself),
+--       [7] what it drew from it (nano-USD), then per token bucket its tpm,
+--       then per budget its period (0 none, 1 UTC day, 2 UTC month).
 --
 -- The reservation (tokens and money) is given back once per request (the
 -- first of its attempts' usage events to arrive), and each attempt's use is
@@ -35,7 +36,7 @@ if give_back then delta = delta - tonumber(ARGV[1]) end
 if take then delta = delta + tonumber(ARGV[2]) end
 for i = 1, nt do
   local key = KEYS[4 + i]
-  local tpm = tonumber(ARGV[5 + i])
+  local tpm = tonumber(ARGV[7 + i])
   if tpm > 0 and delta ~= 0 then
     local req, tat = '0', 0
     local v = redis.call('GET', key)
@@ -55,14 +56,18 @@ end
 local nbud = #KEYS - 4 - nt
 if nbud > 0 then
   if give_back then
-    release(KEYS[3], KEYS[4], ARGV[4])
+    if ARGV[6] ~= '' then
+      release_part(KEYS[3], KEYS[4], ARGV[6], tonumber(ARGV[7]))
+    else
+      release(KEYS[3], KEYS[4], ARGV[4])
+    end
   end
   local billed = tonumber(ARGV[5])
   if take and billed > 0 then
     local secs = tonumber(t[1])
     for j = 1, nbud do
       local key = KEYS[4 + nt + j]
-      local period = tonumber(ARGV[5 + nt + j])
+      local period = tonumber(ARGV[7 + nt + j])
       local pid = period_id(period, secs)
       if redis.call('HGET', key, 'p') == pid then
         redis.call('HINCRBY', key, 'spent', billed)

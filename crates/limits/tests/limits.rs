@@ -172,6 +172,7 @@ async fn tokens_are_reserved_then_settled_to_what_was_used_once() {
         used: 100,
         budgets: &[],
         billed_nanos: 0,
+        allowance: None,
     };
     assert!(l.settle(settle("a-1")).await.unwrap());
     assert!(
@@ -215,6 +216,7 @@ async fn every_attempt_of_a_request_that_fell_back_is_taken_and_its_reservation_
         used,
         budgets: &[],
         billed_nanos: 0,
+        allowance: None,
     };
     // Events may come in any order and more than once.
     assert!(l.settle(settle("r-2", 300)).await.unwrap());
@@ -346,6 +348,7 @@ async fn budgets_reserve_the_largest_cost_then_settle_to_what_was_billed_once() 
         used: 0,
         budgets: &keys,
         billed_nanos: 150,
+        allowance: None,
     };
     assert!(l.settle(settle("a-1")).await.unwrap());
     assert!(!l.settle(settle("a-1")).await.unwrap());

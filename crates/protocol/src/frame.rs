@@ -134,6 +134,10 @@ pub struct LimitTicket {
     /// Redis key and period (0 none, 1 UTC day, 2 UTC month).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub budgets: Vec<(String, u8)>,
+    /// The allowance the request's money was drawn from (its reservation id
+    /// in Redis) and how much, nano-USD; none when it reserved for itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowance: Option<(String, i64)>,
 }
 
 /// Watchdog limits in milliseconds; unset ones are the target's.

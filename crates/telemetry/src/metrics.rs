@@ -13,7 +13,7 @@ use std::collections::HashSet;
 use std::sync::{OnceLock, RwLock};
 
 use prometheus_client::encoding::prometheus_text;
-use prometheus_client::metrics::counter::Counter;
+pub use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 pub use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
@@ -60,6 +60,10 @@ pub struct Metrics {
     /// `org`, each optionally `_model`) and the limit (`requests`, `tokens`,
     /// `concurrency`).
     pub limit_refusals: Family<Labels2, Counter>,
+    /// Requests admitted under limits or budgets, by how: `allowance` (from
+    /// what the ingress held, no Redis call), `redis` (one script call),
+    /// `local` (Redis away: this replica's share).
+    pub limit_admissions: Family<Labels1, Counter>,
     /// Requests a budget refused: `balance` (prepaid) or the budget's period
     /// (`day`, `month`, `none`, `session`).
     pub budget_refusals: Family<Labels1, Counter>,
@@ -220,6 +224,12 @@ impl Metrics {
             Kind::Counter,
             Family::<Labels2, Counter>::default(),
         );
+        let limit_admissions = b.add(
+            "switchyard_limit_admissions",
+            "Requests admitted under limits or budgets, by path (allowance, redis, local)",
+            Kind::Counter,
+            Family::<Labels1, Counter>::default(),
+        );
         let budget_refusals = b.add(
             "switchyard_budget_refusals",
             "Requests a budget or a prepaid balance refused (402)",
@@ -322,6 +332,7 @@ impl Metrics {
             time_per_output_token,
             attempts,
             limit_refusals,
+            limit_admissions,
             budget_refusals,
             queue_depth,
             in_flight,
@@ -443,6 +454,7 @@ mod tests {
             ("gen_ai_server_time_per_output_token_seconds", "histogram"),
             ("switchyard_attempts_total", "counter"),
             ("switchyard_limit_refusals_total", "counter"),
+            ("switchyard_limit_admissions_total", "counter"),
             ("switchyard_budget_refusals_total", "counter"),
             ("switchyard_queue_depth", "gauge"),
             ("switchyard_in_flight", "gauge"),
