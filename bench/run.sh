@@ -17,7 +17,10 @@
 #   NO_LIMITS=1 ...         # no Redis, no rate-limited key (for a build from before them)
 #   ONLY=limits ...         # only the rate-limit and budget rows (and sy-limits-bench)
 #   ONLY=tracing ...        # only the tracing rows
+#   ONLY=callgrind ...      # only the instruction counts of the limit keys
+#                           # (CALLGRIND_KEEP=dir keeps callgrind's files)
 #   NO_TRACING=1 ...        # no traced switchyard (for a build from before traces)
+#   CPU=1 ...               # and CPU per request of each process on the path, per row
 #   CALLGRIND=1 ...         # and, last, instructions per request of the tenant key
 #                           # with and without limits (switchyard under callgrind)
 #
@@ -29,7 +32,8 @@
 # (high enough never to refuse): the rows "limited-key" against "tenant-key",
 # interleaved, show what the limits cost, and Redis's own CPU per request is
 # read from its INFO before and after; a third key with the same limits and a
-# budget (rows "budgeted-key" against "limited-key") shows what budgets add.
+# budget (rows "budgeted-key" against "tenant-key", interleaved) shows what
+# limits and a budget together cost.
 # With tracing (the default) a second switchyard (18082, namespace
 # "bench-traced") exports every span over OTLP/HTTP to the mock's /v1/traces:
 # the rows "traced" against "switchyard", interleaved, show what tracing on
@@ -157,9 +161,36 @@ scale=1
 if [[ -n ${QUICK:-} ]]; then scale=10; fi
 out="bench/results/$(date -u +%Y-%m-%d).jsonl"
 tmp=$(mktemp)
+cpu_ticks() { # CPU clock ticks (user + system) of each long-lived process on the path, as JSON
+  python3 -c '
+import json, os
+ticks = {}
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+    except OSError:
+        continue
+    name = stat[stat.index("(") + 1:stat.rindex(")")]
+    fields = stat[stat.rindex(")") + 2:].split()
+    if name in ("switchyard", "nats-server", "redis-server", "mock-provider"):
+        ticks[name] = ticks.get(name, 0) + int(fields[11]) + int(fields[12])
+print(json.dumps(ticks))'
+}
 run() { # label url concurrency requests warmup [--stream]
+  local before
+  if [[ -n ${CPU:-} ]]; then before=$(cpu_ticks); fi
   "$TARGET/release/sy-bench" --label "$1" --url "$2" --concurrency "$3" \
     --requests $(($4 / scale)) --warmup $(($5 / scale)) "${@:6}" | tee -a "$tmp"
+  if [[ -n ${CPU:-} ]]; then
+    python3 -c '
+import json, os, sys
+b, a = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+n, hz = int(sys.argv[5]), os.sysconf("SC_CLK_TCK")
+per = {k: round((a[k] - b.get(k, 0)) / hz / n * 1e6, 1) for k in a}
+per["total"] = round(sum(per.values()), 1)
+print(json.dumps({"label": sys.argv[3] + "-cpu", "concurrency": int(sys.argv[4]), "requests": n, "cpu_us_per_request": per}))' \
+      "$before" "$(cpu_ticks)" "$1" "$3" $((($4 + $5) / scale)) | tee -a "$tmp.acct"
+  fi
 }
 direct=http://127.0.0.1:18081/v1/chat/completions
 via=http://127.0.0.1:18080/v1/chat/completions
@@ -169,6 +200,8 @@ tracing=1
 if [[ -n ${NO_TRACING:-} || (-n ${ONLY:-} && ${ONLY:-} != tracing) ]]; then tracing=0; fi
 limit_rows=$limits
 if [[ ${ONLY:-} == tracing ]]; then limit_rows=0; fi
+timed_rows=1
+if [[ ${ONLY:-} == callgrind ]]; then timed_rows=0; CALLGRIND=1; fi
 if ((all)); then
 say "Non-streamed, concurrency 1"
 run direct "$direct" 1 3000 300
@@ -192,7 +225,7 @@ if ((tenants && all)); then
     run tenant-key "$via" 64 20000 2000 --key "$tenant_key"
   done
 fi
-if ((limit_rows)); then
+if ((limit_rows && timed_rows)); then
   say "Rate limits in Redis: a tenant's key without limits and one with RPM, TPM and concurrency, interleaved"
   limited_requests=0
   redis-cli -p 6379 config resetstat >/dev/null
@@ -217,13 +250,13 @@ for line in sys.stdin:
         fields = dict(kv.split("=") for kv in stats.split(","))
         calls[name] = [int(fields["calls"]), float(fields["usec_per_call"])]
 print(json.dumps(calls))')
-  say "Budgets: the rate-limited key, and the same limits with a budget, interleaved"
+  say "Budgets: a tenant's key without limits, and the same limits as above with a budget, interleaved"
   for _ in 1 2; do
-    run limited-key "$via" 1 3000 300 --key "$limited_key"
+    run tenant-key "$via" 1 3000 300 --key "$tenant_key"
     run budgeted-key "$via" 1 3000 300 --key "$budgeted_key"
   done
-  for _ in 1 2; do
-    run limited-key "$via" 64 20000 2000 --key "$limited_key"
+  for _ in 1 2 3 4; do
+    run tenant-key "$via" 64 20000 2000 --key "$tenant_key"
     run budgeted-key "$via" 64 20000 2000 --key "$budgeted_key"
   done
   python3 -c '
@@ -235,7 +268,7 @@ print(json.dumps({"label": "redis-cpu", "requests": int(n), "redis_cpu_us_per_re
   say "Admission alone: one client, one call at a time (sy-limits-bench)"
   "$TARGET/release/sy-limits-bench" --iterations $((20000 / scale)) | tee -a "$tmp.acct"
 fi
-callgrind_limits() { # instructions per request, whole switchyard process, without and with limits
+callgrind_limits() { # instructions per request, whole switchyard process: no limits, limits, limits and a budget
   stop_pidfile "$RUN_DIR/bench-switchyard.pid" switchyard
   local dir pid n=$((1000 / scale))
   dir=$(mktemp -d)
@@ -244,25 +277,30 @@ callgrind_limits() { # instructions per request, whole switchyard process, witho
   pid=$!
   echo "$pid" >"$RUN_DIR/bench-switchyard.pid"
   wait_http http://127.0.0.1:18080/readyz 300
-  for k in "$tenant_key" "$limited_key" "$tenant_key" "$limited_key"; do
+  for k in "$tenant_key" "$limited_key" "$budgeted_key" "$tenant_key" "$limited_key" "$budgeted_key"; do
     "$TARGET/release/sy-bench" --label warm --url "$via" --concurrency 1 --requests 100 --warmup 0 --key "$k" >/dev/null
     callgrind_control -z "$pid" >/dev/null
     "$TARGET/release/sy-bench" --label callgrind --url "$via" --concurrency 1 --requests "$n" --warmup 0 --key "$k" >/dev/null
     callgrind_control -d "$pid" >/dev/null
   done
   stop_pidfile "$RUN_DIR/bench-switchyard.pid" switchyard
+  if [[ -n ${CALLGRIND_KEEP:-} ]]; then mkdir -p "$CALLGRIND_KEEP" && cp "$dir"/cg.* "$CALLGRIND_KEEP"/; fi
   python3 - "$dir" "$n" <<'PY'
 import glob, json, re, subprocess, sys
 d, n = sys.argv[1], int(sys.argv[2])
 def total(f):
     out = subprocess.run(["callgrind_annotate", f], capture_output=True, text=True).stdout
     return int(re.search(r"([\d,]+) \(100.0%\)\s+PROGRAM TOTALS", out).group(1).replace(",", ""))
-parts = sorted(glob.glob(d + "/cg.*.[0-9]*"), key=lambda f: int(f.rsplit(".", 1)[1]))[-4:]
+parts = sorted(glob.glob(d + "/cg.*.[0-9]*"), key=lambda f: int(f.rsplit(".", 1)[1]))[-6:]
 per = [total(f) / n for f in parts]
 print(json.dumps({"label": "callgrind", "requests": n,
-                  "instructions_per_request_without_limits": round((per[0] + per[2]) / 2),
-                  "instructions_per_request_limited": round((per[1] + per[3]) / 2),
-                  "added": round((per[1] + per[3] - per[0] - per[2]) / 2)}))
+                  "runs_without_limits": [round(per[0]), round(per[3])],
+                  "runs_limited": [round(per[1]), round(per[4])],
+                  "runs_budgeted": [round(per[2]), round(per[5])],
+                  "instructions_per_request_without_limits": round((per[0] + per[3]) / 2),
+                  "instructions_per_request_limited": round((per[1] + per[4]) / 2),
+                  "instructions_per_request_budgeted": round((per[2] + per[5]) / 2),
+                  "added": round((per[1] + per[4] - per[0] - per[3]) / 2)}))
 PY
   rm -rf "$dir"
 }

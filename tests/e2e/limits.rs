@@ -1692,7 +1692,10 @@ async fn a_busy_keys_requests_come_from_allowances_and_its_budget_settles_to_wha
             .expect("rate-limit headers")
             .parse()
             .unwrap();
-        assert!(left <= 100_000 && left >= 100_000 - 2 * n as u32, "{left}");
+        // What Redis says, plus (from an allowance) its part not used yet;
+        // another allowance's unused part is counted as taken until it goes
+        // back.
+        assert!((95_000..100_000).contains(&left), "{left}");
     }
     let metrics = stack.metrics().await;
     let from_allowances = series_value(
