@@ -135,7 +135,12 @@ pub(crate) fn admit(
         Some(g) => g.owner.org_id.to_string(),
         None => format!("key:{}", caller.key_id),
     };
-    crate::pseudonym::apply(scope, &mut request, embeddings.as_mut());
+    crate::pseudonym::apply(
+        &state.identity_secret,
+        scope,
+        &mut request,
+        embeddings.as_mut(),
+    );
     let mut envelope = RequestEnvelope {
         request_id,
         attempt: 1,

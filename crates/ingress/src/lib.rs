@@ -261,6 +261,7 @@ async fn build(config: Arc<Config>, bus: Bus) -> Result<(Router, Arc<AppState>),
         batches,
         rate_limits,
         metrics_token: config.metrics.token.clone(),
+        identity_secret: crate::pseudonym::IdentitySecret::of(&config),
     });
     let file_limit = usize::try_from(config.batch.max_file_bytes)
         .unwrap_or(usize::MAX)

@@ -43,6 +43,8 @@ pub(crate) struct AppState {
     pub(crate) rate_limits: Option<Arc<crate::ratelimit::RateLimits>>,
     /// The bearer token `GET /metrics` needs (`[metrics] token`), if any.
     pub(crate) metrics_token: Option<sy_config::Secret>,
+    /// What the identities a provider sees are keyed with.
+    pub(crate) identity_secret: crate::pseudonym::IdentitySecret,
 }
 
 impl AppState {

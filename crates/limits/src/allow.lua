@@ -22,7 +22,8 @@
 -- Returns {granted (1/0), requests (-1: no request limit), tokens (-1: no
 -- token limit), money (-1: no budget), slots added, then per rate scope
 -- rem_req, reset_req_ms, rem_tok, reset_tok_ms after the grant, then the
--- tightest budget's left after it and its limit}.
+-- tightest budget's left after it and its limit, then ms until the first of
+-- the budgets' periods ends (-1: none ends)}.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local now_ms = math.floor(now / 1000)
@@ -94,6 +95,7 @@ if has_tok and tk < t_min then grant = false end
 
 local m = -1
 local room, limit_of_tightest = 0, 0
+local period_ends = -1
 local budgets = {}
 if nb > 0 then
   local b = a + 9
@@ -108,6 +110,11 @@ if nb > 0 then
   local expired = redis.call('ZRANGEBYSCORE', resx_key, '-inf', now_ms, 'LIMIT', 0, 100)
   for _, rid in ipairs(expired) do
     release(res_key, resx_key, rid)
+  end
+  -- An id already there (another run of a process with the same name)
+  -- gives back what it holds rather than be overwritten.
+  if redis.call('HEXISTS', res_key, id) == 1 then
+    release(res_key, resx_key, id)
   end
   if need_ready and redis.call('EXISTS', KEYS[n * 2 + 3]) == 0 then
     grant = false
@@ -127,6 +134,10 @@ if nb > 0 then
       held = tonumber(h[3] or '0')
     end
     budgets[j] = {key = key, pid = pid, fresh = h[1] ~= pid, period = period}
+    local ends = period_end(period, secs)
+    if ends > 0 and (period_ends == -1 or ends * 1000 - now_ms < period_ends) then
+      period_ends = ends * 1000 - now_ms
+    end
     local left = limit - spent - held
     if room == nil or left < room then
       room, limit_of_tightest = left, limit
@@ -201,4 +212,5 @@ for i = 1, n do
 end
 table.insert(out, room)
 table.insert(out, limit_of_tightest)
+table.insert(out, period_ends)
 return out

@@ -67,8 +67,11 @@ fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct Allowances {
     limiter: Limiter,
     leases: Arc<LeaseBook>,
-    /// Allowance ids: `al:<process>:<n>`.
+    /// Allowance ids: `al:<process>:<boot>:<n>` (`boot` tells two runs of
+    /// one process name apart).
     prefix: String,
+    /// When the pools' slots were last renewed.
+    renewed: Mutex<Instant>,
     next: AtomicU64,
     require_ready: bool,
     sets: Mutex<HashMap<String, Arc<Set>>>,
@@ -111,6 +114,8 @@ struct State {
     last: Option<Instant>,
     /// No ask before this (after a refusal or a failure).
     not_before: Option<Instant>,
+    /// No more slots asked for before this (after none were granted).
+    grow_not_before: Option<Instant>,
     /// The slots held (lease ids) and how many are in use.
     slots: Vec<String>,
     in_use: usize,
@@ -120,6 +125,9 @@ struct State {
 struct Allowance {
     id: String,
     at: Instant,
+    /// No request may draw from it from then on: a second after it was
+    /// asked for, or when a budget's period ends, whichever comes first.
+    expires: Instant,
     /// What it holds (none: no such limit applies).
     requests: Option<u64>,
     tokens: Option<u64>,
@@ -168,16 +176,19 @@ impl Allowance {
             .iter()
             .zip(&self.remaining)
             .map(|(s, r)| {
-                let step = |limit: Option<u32>| 60_000 / u64::from(limit.unwrap_or(1).max(1));
+                // Ms the unused part stands for in a bucket of `limit` a minute.
+                let ms = |n: u64, limit: Option<u32>| {
+                    (n as f64 * 60_000.0 / f64::from(limit.unwrap_or(1).max(1))) as u64
+                };
                 Remaining {
                     requests: r.requests.map(|n| n.saturating_add(req as u32)),
                     requests_reset_ms: r
                         .requests_reset_ms
-                        .saturating_sub(elapsed + req * step(s.limits.rpm)),
+                        .saturating_sub(elapsed + ms(req, s.limits.rpm)),
                     tokens: r.tokens.map(|n| n.saturating_add(tok as u32)),
                     tokens_reset_ms: r
                         .tokens_reset_ms
-                        .saturating_sub(elapsed + tok * step(s.limits.tpm)),
+                        .saturating_sub(elapsed + ms(tok, s.limits.tpm)),
                 }
             })
             .collect()
@@ -231,7 +242,8 @@ impl Allowances {
         let book = Arc::new(Allowances {
             limiter,
             leases,
-            prefix: format!("al:{process}:"),
+            prefix: format!("al:{process}:{:x}:", boot_nonce()),
+            renewed: Mutex::new(Instant::now()),
             next: AtomicU64::new(1),
             require_ready,
             sets: Mutex::new(HashMap::new()),
@@ -262,7 +274,7 @@ impl Allowances {
         let mut drawn = None;
         if let Some(a) = st.current.as_mut()
             && slot_free
-            && now.saturating_duration_since(a.at) < VALID
+            && now < a.expires
             && a.fits(u64::from(want.tokens), want.money)
         {
             a.used_req += 1;
@@ -290,7 +302,10 @@ impl Allowances {
                 Some(a) => {
                     a.half_drawn()
                         || now.saturating_duration_since(a.at) * 2 >= VALID
-                        || (needs_slot && st.in_use * 4 >= st.slots.len() * 3)
+                        || now >= a.expires
+                        || (needs_slot
+                            && st.grow_not_before.is_none_or(|t| now >= t)
+                            && st.in_use * 4 >= st.slots.len() * 3)
                 }
             };
         drop(st);
@@ -351,7 +366,8 @@ impl Allowances {
             };
             let tokens = st.max_tokens.max(1);
             let money = st.max_money.max(1);
-            let slots = match (give_back_only, set.lease_keys.is_empty()) {
+            let grow = st.grow_not_before.is_none_or(|t| sent >= t);
+            let slots = match (give_back_only || !grow, set.lease_keys.is_empty()) {
                 (false, false) => {
                     let want = (st.peak * 2).max(st.in_use + 4).max(4);
                     want.saturating_sub(st.slots.len()).min(256)
@@ -381,10 +397,20 @@ impl Allowances {
         let mut st = locked(&set.state);
         match answer {
             Ok(a) => {
+                for j in 1..=a.slots {
+                    st.slots.push(format!("{}:{j}", call.id));
+                }
+                if call.slots > 0 && a.slots == 0 {
+                    st.grow_not_before = Some(Instant::now() + BACK_OFF);
+                }
                 if a.granted {
+                    let until = a
+                        .period_ends_ms
+                        .map_or(VALID, |ms| VALID.min(Duration::from_millis(ms)));
                     let new = Allowance {
                         id,
                         at: sent,
+                        expires: sent + until,
                         requests: a.requests,
                         tokens: a.tokens,
                         money: a.money,
@@ -397,21 +423,35 @@ impl Allowances {
                     if let Some(old) = st.current.replace(new) {
                         st.give_back(old);
                     }
+                    // Without a slot to admit with, a set with a
+                    // concurrency limit cannot use it: back at once.
+                    if !set.lease_keys.is_empty()
+                        && st.slots.is_empty()
+                        && let Some(unusable) = st.current.take()
+                    {
+                        st.give_back(unusable);
+                        st.not_before = Some(Instant::now() + BACK_OFF);
+                    }
                 } else if !give_back_only {
                     st.not_before = Some(Instant::now() + BACK_OFF);
-                }
-                for j in 1..=a.slots {
-                    let slot = format!("{}:{j}", call.id);
-                    self.leases.hold(&slot, &set.lease_keys);
-                    st.slots.push(slot);
                 }
             }
             Err(e) => {
                 // What was to be given back is not sent again: if the call
                 // ran, it was given back; if not, it stays taken (never
-                // given back twice).
+                // given back twice). What the call may have granted is
+                // given back: its money with the next call (nothing drew
+                // from it; a reservation that is not there gives back
+                // nothing), its slots now.
                 tracing::debug!(error = %e, "Asking for an allowance failed.");
                 st.not_before = Some(Instant::now() + BACK_OFF);
+                if !set.budgets.is_empty() && !give_back_only {
+                    st.back_money.push((call.id.clone(), i64::MAX));
+                }
+                for j in 1..=call.slots {
+                    self.leases
+                        .end(&format!("{}:{j}", call.id), &set.lease_keys);
+                }
             }
         }
         drop(st);
@@ -495,10 +535,55 @@ async fn tend(book: Weak<Allowances>) {
         if !done.is_empty() {
             locked(&b.retired).retain(|s| !done.iter().any(|d| Arc::ptr_eq(s, d)));
         }
+        b.renew_slots(now, &live, &retired);
     }
 }
 
 impl Allowances {
+    /// Every third of the lease, sets every pool's slots to last another
+    /// lease from now, adding any that Redis no longer has (it restarted
+    /// without its data): a pool never admits with slots Redis does not
+    /// count. Slots given back are not in any pool by then.
+    fn renew_slots(&self, now: Instant, live: &[(String, Arc<Set>)], retired: &[Arc<Set>]) {
+        let lease = self.leases.lease();
+        {
+            let mut last = locked(&self.renewed);
+            if now.saturating_duration_since(*last) < lease / 3 {
+                return;
+            }
+            *last = now;
+        }
+        let mut by_key: HashMap<String, Vec<String>> = HashMap::new();
+        for set in live.iter().map(|(_, s)| s).chain(retired) {
+            let st = locked(&set.state);
+            if st.slots.is_empty() {
+                continue;
+            }
+            for key in &set.lease_keys {
+                by_key
+                    .entry(key.clone())
+                    .or_default()
+                    .extend(st.slots.iter().cloned());
+            }
+        }
+        if by_key.is_empty() {
+            return;
+        }
+        let limiter = self.limiter.clone();
+        tokio::spawn(async move {
+            let by_key: HashMap<&str, Vec<&str>> = by_key
+                .iter()
+                .map(|(k, ids)| (k.as_str(), ids.iter().map(String::as_str).collect()))
+                .collect();
+            if let Err(e) = limiter
+                .restore_leases(&by_key, lease.as_millis() as u64)
+                .await
+            {
+                tracing::debug!(error = %e, "Renewing the pools' slots failed; renewed at the next round.");
+            }
+        });
+    }
+
     /// Tends one set; true when it holds nothing and can be forgotten.
     fn tend_one(self: &Arc<Self>, set: &Arc<Set>, now: Instant, retired: bool) -> bool {
         let mut st = locked(&set.state);
@@ -509,7 +594,7 @@ impl Allowances {
         let lapsed = st
             .current
             .as_ref()
-            .is_some_and(|a| retired || now.saturating_duration_since(a.at) >= VALID);
+            .is_some_and(|a| retired || now >= a.expires);
         if lapsed && let Some(old) = st.current.take() {
             st.give_back(old);
         }
@@ -564,6 +649,17 @@ struct Answer {
     slots: usize,
     remaining: Vec<Remaining>,
     budget: Option<(i64, i64)>,
+    /// Ms until the first of the budgets' periods ends.
+    period_ends_ms: Option<u64>,
+}
+
+/// A number that differs between two runs of one process (its ids must not
+/// meet a previous run's in Redis).
+fn boot_nonce() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    (t.as_nanos() as u64) ^ (u64::from(std::process::id()) << 32)
 }
 
 impl Limiter {
@@ -634,6 +730,7 @@ impl Limiter {
             slots: usize::try_from(at(4)).unwrap_or(0),
             remaining,
             budget: (!set.budgets.is_empty()).then_some((at(b), at(b + 1))),
+            period_ends_ms: some(at(b + 2)),
         })
     }
 }

@@ -673,6 +673,28 @@ impl Limiter {
         Ok(())
     }
 
+    /// Sets every lease of `by_key` (lease set → ids) to end `lease_ms` from
+    /// now, adding those the set no longer has, in one pipeline (an
+    /// allowance pool's slots: held until given back, whatever Redis lost).
+    pub async fn restore_leases(
+        &self,
+        by_key: &HashMap<&str, Vec<&str>>,
+        lease_ms: u64,
+    ) -> Result<(), LimitError> {
+        let until = server_ms(&mut self.conn.clone()).await? + lease_ms;
+        let mut pipe = redis::pipe();
+        for (key, ids) in by_key {
+            let cmd = pipe.cmd("ZADD").arg(key);
+            for id in ids {
+                cmd.arg(until).arg(id);
+            }
+            cmd.ignore();
+            pipe.cmd("PEXPIRE").arg(key).arg(lease_ms + 1000).ignore();
+        }
+        pipe.query_async::<()>(&mut self.conn.clone()).await?;
+        Ok(())
+    }
+
     /// Ends `request_id`'s concurrency leases (on every ending of the request).
     pub async fn release(&self, request_id: &str, scopes: &[Scope]) -> Result<(), LimitError> {
         let keys = lease_keys(scopes);

@@ -311,3 +311,87 @@ async fn a_pools_slots_are_leases_in_redis_for_every_request_it_admits() {
         held.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pools_slots_come_back_into_a_redis_that_lost_them() {
+    let l = limiter().await;
+    let o = org();
+    let s = scope(
+        &o,
+        Limits {
+            concurrency: Some(100_000),
+            ..Limits::default()
+        },
+    );
+    let scopes = vec![s.clone()];
+    // A 3 s lease: the pools' slots are renewed every second.
+    let leases = LeaseBook::start(l.clone(), Duration::from_secs(3));
+    let book = Allowances::start(l.clone(), leases, "p1", false);
+    let mut held = Vec::new();
+    let start = Instant::now();
+    while held.len() < 20 {
+        assert!(start.elapsed() < Duration::from_secs(5), "no slots");
+        if let Some(d) = book.draw("k\0m", &scopes, &[], &o, want(0, None, 1)) {
+            held.push(d.slot.expect("a slot"));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // Redis forgets every lease (a restart without its data).
+    let mut r = redis().await;
+    let key = format!("{}:conc", s.prefix);
+    redis::cmd("DEL")
+        .arg(&key)
+        .query_async::<()>(&mut r)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1_600)).await;
+    let leased: usize = redis::cmd("ZCARD")
+        .arg(&key)
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert!(
+        leased >= held.len(),
+        "{leased} leases back in Redis for {} requests in flight",
+        held.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_key_with_a_small_concurrency_asks_redis_for_every_request() {
+    // RPM leaves room for allowances, but 20 in flight is too few for a pool
+    // (4 slots would be more than 1/16 of it): every request holds a lease
+    // of its own, none is admitted from memory.
+    let l = limiter().await;
+    let o = org();
+    let s = scope(
+        &o,
+        Limits {
+            rpm: Some(100_000),
+            concurrency: Some(20),
+            ..Limits::default()
+        },
+    );
+    let scopes = vec![s.clone()];
+    let book = process(&l, "p1");
+    for i in 0..300 {
+        if i % 50 == 0 {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        assert!(
+            book.draw("k\0m", &scopes, &[], &o, want(0, None, 1))
+                .is_none(),
+            "request {i} admitted from memory under a concurrency of 20"
+        );
+    }
+    let mut r = redis().await;
+    let leased: usize = redis::cmd("ZCARD")
+        .arg(format!("{}:conc", s.prefix))
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert_eq!(
+        leased, 0,
+        "no pool slot may be held under a concurrency of 20"
+    );
+}
