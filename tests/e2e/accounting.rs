@@ -228,6 +228,7 @@ async fn every_documented_analytics_query_runs_on_real_rows() {
     ] {
         let _ = stack
             .chat(&body("gpt-4o-mini", prompt))
+            .header("x-switchyard-tags", "feature=search, tier=free")
             .send()
             .await
             .unwrap()
@@ -727,4 +728,104 @@ async fn cache_breakpoints_reach_anthropic_and_its_cache_is_billed() {
     .await;
     assert_eq!(writes, written + cached[1], "both prefixes written once");
     assert_eq!(reads, written + cached[1], "and read once each");
+}
+
+/// Tags from the header and the body's `metadata` reach every attempt's row
+/// (sorted, the header winning); malformed or too many tags are a 400 in
+/// the client's format, before anything is published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tags_from_the_header_and_metadata_are_on_the_row_and_bad_ones_are_refused() {
+    let stack = accounting_stack().await;
+    let mut b = body("gpt-4o-mini", "tagged [[mock:tokens=3]]");
+    b["metadata"] = serde_json::json!({"experiment": "b", "tier": "pro"});
+    let r = stack
+        .chat(&b)
+        .header("x-switchyard-tags", "feature=search, tier=free")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let id = r.headers()["x-switchyard-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    // Messages: tags from the header alone.
+    let m = stack
+        .http
+        .post(stack.url("/v1/messages"))
+        .bearer_auth(crate::stack::KEY)
+        .header("x-switchyard-tags", "feature=chat")
+        .json(
+            &serde_json::json!({"model": "gpt-4o-mini", "max_tokens": 10,
+            "messages": [{"role": "user", "content": "hi [[mock:tokens=2]]"}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(m.status(), 200);
+    assert_eq!(wait_rows(&stack, 2).await, 2);
+    let (client, db) = ch(&stack);
+    let (keys, values): (String, String) = client
+        .query(&format!(
+            "SELECT arrayStringConcat(tag_keys, ','), arrayStringConcat(tag_values, ',') \
+             FROM {db}.requests FINAL WHERE request_id = ?"
+        ))
+        .bind(id.as_str())
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(keys, "experiment,feature,tier");
+    assert_eq!(values, "b,search,free");
+    let by_feature: Vec<(String, u64)> = client
+        .query(&format!(
+            "SELECT tag_values[indexOf(tag_keys, 'feature')] AS f, count() AS n \
+             FROM {db}.requests FINAL GROUP BY f ORDER BY f"
+        ))
+        .fetch_all()
+        .await
+        .unwrap();
+    assert_eq!(
+        by_feature,
+        [("chat".to_owned(), 1), ("search".to_owned(), 1)]
+    );
+
+    // Refused, naming where the bad tag came from, in each client's format.
+    let bad = |tags: String| {
+        stack
+            .chat(&body("gpt-4o-mini", "refused"))
+            .header("x-switchyard-tags", tags)
+            .send()
+    };
+    let r = bad("feature".into()).await.unwrap();
+    assert_eq!(r.status(), 400);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["param"], "x-switchyard-tags");
+    let many: Vec<String> = (0..17).map(|i| format!("k{i}=v")).collect();
+    let r = bad(many.join(",")).await.unwrap();
+    assert_eq!(r.status(), 400);
+    let mut b = body("gpt-4o-mini", "refused");
+    b["metadata"] = serde_json::json!({"n": 7});
+    let r = stack.chat(&b).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["param"], "metadata");
+    let m = stack
+        .http
+        .post(stack.url("/v1/messages"))
+        .bearer_auth(crate::stack::KEY)
+        .header("x-switchyard-tags", "bad key=1")
+        .json(
+            &serde_json::json!({"model": "gpt-4o-mini", "max_tokens": 10,
+            "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(m.status(), 400);
+    let e: Value = m.json().await.unwrap();
+    assert_eq!(e["type"], "error");
+    assert_eq!(e["error"]["type"], "invalid_request_error");
+    // Nothing refused was published: still two rows.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(wait_rows(&stack, 2).await, 2);
 }

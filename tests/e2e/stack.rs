@@ -735,6 +735,7 @@ pub fn envelope(
         batch: None,
         limits: None,
         pricing: None,
+        tags: Vec::new(),
     }
 }
 

@@ -39,12 +39,13 @@ def main():
             print("applied", os.path.basename(path))
         run(s, """INSERT INTO switchyard.requests
             (ts, event_id, request_id, attempt, received_ms, key_id, provider, model, upstream_model,
-             status, input_tokens, cached_input_tokens, output_tokens, cost, billed, latency_ms, ttft_ms)
+             status, input_tokens, cached_input_tokens, output_tokens, cost, billed, latency_ms, ttft_ms,
+             tag_keys, tag_values)
             VALUES
             (now(), 'a-1', '01a20713-2ed0-75fd-9bf5-cd1cdf72af26', 1, 1, 'k1', 'openai', 'gpt-4o-mini', 'gpt-4o-mini',
-             'ok', 10, 2, 16, 0.0000105, 0.0000126, 12, 5),
+             'ok', 10, 2, 16, 0.0000105, 0.0000126, 12, 5, ['feature', 'tier'], ['search', 'free']),
             (now(), 'b-1', '01a20713-2ed0-75fd-9bf5-cd1cdf72af27', 1, 2, 'k2', 'openai', 'gpt-4.1', 'gpt-4.1',
-             'error', 0, 0, 0, NULL, NULL, 3, NULL)""")
+             'error', 0, 0, 0, NULL, NULL, 3, NULL, [], [])""")
         rolled = str(run(s, "SELECT sum(requests), sum(unpriced) FROM switchyard.daily_spend")).split()
         if rolled != ["2", "1"]:
             print(f"FAILED: daily roll-up gave {rolled}", file=sys.stderr)

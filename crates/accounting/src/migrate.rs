@@ -35,6 +35,11 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         "0006_trace.sql",
         include_str!("../../../migrations/clickhouse/0006_trace.sql"),
     ),
+    (
+        7,
+        "0007_tags.sql",
+        include_str!("../../../migrations/clickhouse/0007_tags.sql"),
+    ),
 ];
 
 /// The statements of a migration file for database `db`: comment lines dropped

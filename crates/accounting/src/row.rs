@@ -101,6 +101,9 @@ pub struct RequestRow {
     pub multiplier: Option<i64>,
     /// The request's OpenTelemetry trace id, or empty.
     pub trace_id: String,
+    /// The request's tags' keys, sorted, and their values in the same order.
+    pub tag_keys: Vec<String>,
+    pub tag_values: Vec<String>,
 }
 
 fn ms32(v: u64) -> u32 {
@@ -163,6 +166,8 @@ impl From<&UsageEvent> for RequestRow {
             plan: e.plan.clone().unwrap_or_default(),
             multiplier: e.multiplier_ppb,
             trace_id: e.trace_id.clone().unwrap_or_default(),
+            tag_keys: e.tags.iter().map(|(k, _)| k.clone()).collect(),
+            tag_values: e.tags.iter().map(|(_, v)| v.clone()).collect(),
         }
     }
 }

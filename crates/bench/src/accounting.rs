@@ -94,6 +94,7 @@ fn event(i: usize) -> UsageEvent {
         batch_id: None,
         limits: None,
         trace_id: None,
+        tags: Vec::new(),
     }
 }
 

@@ -129,6 +129,8 @@ pub(crate) fn admit(
         Some(_) => String::new(),
         None => state.bus.subjects().reply(&state.ingress_id, request_id),
     };
+    // Tags, from the header and the body's metadata (validated: a 400 here).
+    let tags = crate::tags::of(hints.tags, Some(&request)).map_err(|e| (e, class))?;
     // What the provider sees of the client's identities is per tenant.
     let (mut request, mut embeddings) = (request, embeddings);
     let scope = || match &caller.grant {
@@ -171,6 +173,7 @@ pub(crate) fn admit(
         batch,
         limits: None,
         pricing: None,
+        tags,
     };
     crate::pricing::price_targets(state, caller, &mut envelope);
     Ok(Admitted {
@@ -409,6 +412,7 @@ targets = [{{ provider = "openai", model = "gpt-4o-mini" }}]
         let hints = Hints {
             class: Some("code"),
             task_type: None,
+            tags: None,
         };
         let a = admit(
             &state,
@@ -428,6 +432,7 @@ targets = [{{ provider = "openai", model = "gpt-4o-mini" }}]
         let bad = Hints {
             class: Some("poetry"),
             task_type: None,
+            tags: None,
         };
         let (e, _) = admit(
             &state,

@@ -22,6 +22,9 @@ pub(crate) struct Hints<'a> {
     pub class: Option<&'a str>,
     /// A task type named by the client (mapped to a class when known).
     pub task_type: Option<&'a str>,
+    /// `x-switchyard-tags` as sent (a value that is not text reads as an
+    /// invalid tag).
+    pub tags: Option<&'a str>,
 }
 
 impl<'a> Hints<'a> {
@@ -31,6 +34,9 @@ impl<'a> Hints<'a> {
         Hints {
             class: headers.get(hdr::CLASS).map(|v| v.to_str().unwrap_or("")),
             task_type: headers.get(hdr::TASK_TYPE).and_then(|v| v.to_str().ok()),
+            tags: headers
+                .get(crate::tags::HEADER)
+                .map(|v| v.to_str().unwrap_or("\u{1}")),
         }
     }
 }

@@ -36,6 +36,7 @@ mod respond;
 mod route;
 mod state;
 pub mod surface;
+mod tags;
 mod tenants;
 mod usage;
 mod validate;

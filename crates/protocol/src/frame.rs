@@ -114,6 +114,10 @@ pub struct RequestEnvelope {
     /// the worker's config prices and markup).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pricing: Option<Pricing>,
+    /// The client's tags (`x-switchyard-tags`, `metadata`), sorted by key;
+    /// every attempt's usage row carries them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<(String, String)>,
 }
 
 /// What a request reserved from token limits and budgets at admission:

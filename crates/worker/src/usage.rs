@@ -105,6 +105,7 @@ pub(crate) fn event(
     };
     UsageEvent {
         trace_id: trace.trace_id(),
+        tags: env.tags.clone(),
         event_id: UsageEvent::event_id_of(env.request_id, call.attempt),
         request_id: env.request_id,
         attempt: call.attempt,

@@ -1,0 +1,172 @@
+//! Request tags (issue 20): labels a client puts on a request (a feature, a
+//! customer tier, an experiment) so spend and latency can be cut by them in
+//! ClickHouse. They come from the `x-switchyard-tags: k=v,k=v` header and
+//! from the string values of the body's `metadata` object (OpenAI's field);
+//! the header wins for a key given in both. Bounded and validated: a
+//! malformed tag is a 400 naming where it came from, before anything is
+//! published. The body's `metadata` is passed on to the provider as before.
+
+use serde_json::Value;
+use sy_protocol::chat::ChatRequest;
+
+use crate::error::ApiError;
+
+/// The header.
+pub(crate) const HEADER: &str = "x-switchyard-tags";
+/// Most tags a request may carry (OpenAI allows 16 metadata pairs).
+pub(crate) const MAX_TAGS: usize = 16;
+/// Longest key, in characters (OpenAI's metadata limit).
+pub(crate) const MAX_KEY_CHARS: usize = 64;
+/// Longest value, in characters (OpenAI's metadata limit).
+pub(crate) const MAX_VALUE_CHARS: usize = 512;
+
+/// A tag key: 1 to 64 of `A-Z a-z 0-9 _ - . :`.
+fn valid_key(k: &str) -> bool {
+    !k.is_empty()
+        && k.chars().count() <= MAX_KEY_CHARS
+        && k.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
+}
+
+/// A tag value: up to 512 characters, none of them a control character.
+fn valid_value(v: &str) -> bool {
+    v.chars().count() <= MAX_VALUE_CHARS && !v.chars().any(char::is_control)
+}
+
+fn bad(param: &str, message: String) -> ApiError {
+    ApiError::invalid(param, message)
+}
+
+/// The tags of a request, sorted by key: the header's (`k=v,k=v`) over the
+/// body's `metadata` string values. None given: empty (nothing allocated).
+pub(crate) fn of(
+    header: Option<&str>,
+    request: Option<&ChatRequest>,
+) -> Result<Vec<(String, String)>, ApiError> {
+    let metadata = request.and_then(|r| r.extra.get("metadata"));
+    if header.is_none() && metadata.is_none() {
+        return Ok(Vec::new());
+    }
+    let mut tags = std::collections::BTreeMap::new();
+    match metadata {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(m)) => {
+            for (k, v) in m {
+                let Value::String(v) = v else {
+                    return Err(bad(
+                        "metadata",
+                        format!("metadata['{k}'] must be a string: metadata values are tags."),
+                    ));
+                };
+                if !valid_key(k) || !valid_value(v) {
+                    return Err(bad(
+                        "metadata",
+                        format!(
+                            "Invalid metadata tag '{}': keys are 1 to {MAX_KEY_CHARS} of A-Z, a-z, 0-9, _, -, . and :; \
+                             values at most {MAX_VALUE_CHARS} characters without control characters.",
+                            k.chars().take(80).collect::<String>()
+                        ),
+                    ));
+                }
+                tags.insert(k.clone(), v.clone());
+            }
+        }
+        Some(_) => {
+            return Err(bad(
+                "metadata",
+                "metadata must be an object of strings.".into(),
+            ));
+        }
+    }
+    if let Some(h) = header {
+        for part in h.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let Some((k, v)) = part.split_once('=') else {
+                return Err(bad(
+                    HEADER,
+                    format!(
+                        "Tags are key=value pairs separated by commas; '{}' has no '='.",
+                        part.chars().take(80).collect::<String>()
+                    ),
+                ));
+            };
+            let (k, v) = (k.trim(), v.trim());
+            if !valid_key(k) || !valid_value(v) {
+                return Err(bad(
+                    HEADER,
+                    format!(
+                        "Invalid tag '{}': keys are 1 to {MAX_KEY_CHARS} of A-Z, a-z, 0-9, _, -, . and :; \
+                         values at most {MAX_VALUE_CHARS} characters without control characters.",
+                        k.chars().take(80).collect::<String>()
+                    ),
+                ));
+            }
+            tags.insert(k.to_owned(), v.to_owned());
+        }
+    }
+    if tags.len() > MAX_TAGS {
+        return Err(bad(
+            match header {
+                Some(_) => HEADER,
+                None => "metadata",
+            },
+            format!(
+                "A request carries at most {MAX_TAGS} tags; this one has {}.",
+                tags.len()
+            ),
+        ));
+    }
+    Ok(tags.into_iter().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn chat(v: Value) -> ChatRequest {
+        serde_json::from_value(v).expect("a chat request")
+    }
+
+    #[test]
+    fn the_header_and_metadata_give_sorted_tags_the_header_winning() {
+        let r =
+            chat(json!({"model": "m", "messages": [], "metadata": {"tier": "pro", "exp": "b"}}));
+        let tags = of(Some("feature=search, tier=free"), Some(&r)).unwrap();
+        assert_eq!(
+            tags,
+            vec![
+                ("exp".to_owned(), "b".to_owned()),
+                ("feature".to_owned(), "search".to_owned()),
+                ("tier".to_owned(), "free".to_owned()),
+            ]
+        );
+        assert!(
+            of(None, Some(&chat(json!({"model": "m", "messages": []}))))
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            of(Some("a="), None).unwrap(),
+            vec![("a".to_owned(), String::new())]
+        );
+    }
+
+    #[test]
+    fn malformed_or_too_many_tags_are_refused_naming_where_they_came_from() {
+        let e = of(Some("feature"), None).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some(HEADER));
+        assert_eq!(e.status.as_u16(), 400);
+        assert!(of(Some("bad key=x"), None).is_err());
+        assert!(of(Some(&format!("k={}", "v".repeat(513))), None).is_err());
+        let many: Vec<String> = (0..17).map(|i| format!("k{i}=v")).collect();
+        let e = of(Some(&many.join(",")), None).unwrap_err();
+        assert!(e.message.contains("at most 16"), "{}", e.message);
+        let r = chat(json!({"model": "m", "messages": [], "metadata": {"n": 7}}));
+        let e = of(None, Some(&r)).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("metadata"));
+        let r = chat(json!({"model": "m", "messages": [], "metadata": ["x"]}));
+        assert!(of(None, Some(&r)).is_err());
+        let r = chat(json!({"model": "m", "messages": [], "metadata": {"k": "line\nbreak"}}));
+        assert!(of(None, Some(&r)).is_err());
+    }
+}
