@@ -788,6 +788,49 @@ async fn tags_from_the_header_and_metadata_are_on_the_row_and_bad_ones_are_refus
         by_feature,
         [("chat".to_owned(), 1), ("search".to_owned(), 1)]
     );
+    // The key's own usage grouped by a tag's value.
+    let usage = |q: &'static str| {
+        stack
+            .http
+            .get(stack.url(&format!("/v1/usage{q}")))
+            .bearer_auth(crate::stack::KEY)
+            .send()
+    };
+    let v: Value = usage("?group_by=tag:feature")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["group_by"], "tag:feature");
+    let groups: Vec<(&str, u64)> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            (
+                g["group"].as_str().unwrap(),
+                g["requests"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(groups, [("chat", 1), ("search", 1)]);
+    let v: Value = usage("?group_by=tag:tier")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let tiers: Vec<&str> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["group"].as_str().unwrap())
+        .collect();
+    // The Messages call had no tier: grouped as ''.
+    assert_eq!(tiers, ["", "free"]);
+    let r = usage("?group_by=tag:bad%20key").await.unwrap();
+    assert_eq!(r.status(), 400);
 
     // Refused, naming where the bad tag came from, in each client's format.
     let bad = |tags: String| {

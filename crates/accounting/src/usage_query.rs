@@ -6,9 +6,10 @@ use sy_config::ClickhouseConfig;
 
 use crate::{AccountingError, client};
 
-/// How to group usage.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+/// How to group usage. Written as the query names it: `model`, `day`,
+/// `org`, `project`, `key`, or `tag:<key>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub enum GroupBy {
     /// By the model the client asked for.
     Model,
@@ -20,10 +21,33 @@ pub enum GroupBy {
     Project,
     /// By API key (admin API).
     Key,
+    /// By the value of one tag (`tag:feature`; rows without it: `""`).
+    Tag(String),
+}
+
+impl From<GroupBy> for String {
+    fn from(g: GroupBy) -> String {
+        match g {
+            GroupBy::Model => "model".into(),
+            GroupBy::Day => "day".into(),
+            GroupBy::Org => "org".into(),
+            GroupBy::Project => "project".into(),
+            GroupBy::Key => "key".into(),
+            GroupBy::Tag(k) => format!("tag:{k}"),
+        }
+    }
+}
+
+impl TryFrom<String> for GroupBy {
+    type Error = String;
+    fn try_from(s: String) -> Result<GroupBy, String> {
+        GroupBy::parse(&s).ok_or_else(|| format!("unknown grouping '{s}'"))
+    }
 }
 
 impl GroupBy {
-    /// The grouping a query names (`model`, `day`, `org`, `project`, `key`).
+    /// The grouping a query names (`model`, `day`, `org`, `project`, `key`,
+    /// `tag:<key>` with a tag key of 1 to 64 of `A-Z a-z 0-9 _ - . :`).
     pub fn parse(s: &str) -> Option<GroupBy> {
         Some(match s {
             "model" => GroupBy::Model,
@@ -31,7 +55,15 @@ impl GroupBy {
             "org" => GroupBy::Org,
             "project" => GroupBy::Project,
             "key" => GroupBy::Key,
-            _ => return None,
+            _ => {
+                let key = s.strip_prefix("tag:")?;
+                let valid = !key.is_empty()
+                    && key.len() <= 64
+                    && key.bytes().all(|b| {
+                        b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':')
+                    });
+                return valid.then(|| GroupBy::Tag(key.to_owned()));
+            }
         })
     }
 }
@@ -93,12 +125,14 @@ pub async fn usage(
     end: u32,
     group_by: GroupBy,
 ) -> Result<Vec<UsageGroup>, AccountingError> {
-    let group = match group_by {
+    let group = match &group_by {
         GroupBy::Model => "model",
         GroupBy::Day => "toString(toDate(ts))",
         GroupBy::Org => "org_id",
         GroupBy::Project => "project_id",
         GroupBy::Key => "key_id",
+        // The tag's value, '' for rows without it (the key is bound).
+        GroupBy::Tag(_) => "tag_values[indexOf(tag_keys, ?)]",
     };
     let sql = format!(
         "SELECT {group} AS g, uniqExact(request_id) AS requests, count() AS attempts, \
@@ -117,8 +151,11 @@ pub async fn usage(
     let (org_on, org) = filter(scope.org_id);
     let (project_on, project) = filter(scope.project_id);
     let (key_on, key) = filter(scope.key_id);
-    Ok(client(config)
-        .query(&sql)
+    let mut query = client(config).query(&sql);
+    if let GroupBy::Tag(tag) = &group_by {
+        query = query.bind(tag.as_str());
+    }
+    Ok(query
         .bind(org_on)
         .bind(org)
         .bind(project_on)

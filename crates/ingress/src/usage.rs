@@ -1,4 +1,4 @@
-//! `GET /v1/usage?start=…&end=…&group_by=model|day`: the calling key's own usage.
+//! `GET /v1/usage?start=…&end=…&group_by=model|day|tag:<key>`: the calling key's own usage.
 
 use std::collections::HashMap;
 
@@ -47,16 +47,18 @@ pub async fn usage(
         return Err(ApiError::invalid("start", "'start' must be before 'end'."));
     }
     let group_by = match params.get("group_by").map(String::as_str) {
-        None | Some("model") => GroupBy::Model,
-        Some("day") => GroupBy::Day,
-        Some(other) => {
-            return Err(ApiError::invalid(
-                "group_by",
-                format!("'group_by' must be 'model' or 'day', not '{other}'."),
-            ));
-        }
+        None => GroupBy::Model,
+        Some(g) => match GroupBy::parse(g) {
+            Some(g @ (GroupBy::Model | GroupBy::Day | GroupBy::Tag(_))) => g,
+            _ => {
+                return Err(ApiError::invalid(
+                    "group_by",
+                    format!("'group_by' must be 'model', 'day' or 'tag:<key>', not '{g}'."),
+                ));
+            }
+        },
     };
-    let data = sy_accounting::usage_for_key(ch, key_id, start, end, group_by)
+    let data = sy_accounting::usage_for_key(ch, key_id, start, end, group_by.clone())
         .await
         .map_err(query_failed)?;
     Ok(json(&Body {
@@ -145,22 +147,24 @@ pub async fn org_usage(
         )
     })?;
     let group_by = match params.get("group_by").map(String::as_str) {
-        None | Some("model") => GroupBy::Model,
-        Some("day") => GroupBy::Day,
-        Some("project") => GroupBy::Project,
-        Some("key") => GroupBy::Key,
-        Some(other) => {
-            return Err(ApiError::invalid(
-                "group_by",
-                format!("'group_by' must be 'model', 'day', 'project' or 'key', not '{other}'."),
-            ));
-        }
+        None => GroupBy::Model,
+        Some(g) => match GroupBy::parse(g) {
+            Some(GroupBy::Org) | None => {
+                return Err(ApiError::invalid(
+                    "group_by",
+                    format!(
+                        "'group_by' must be 'model', 'day', 'project', 'key' or 'tag:<key>', not '{g}'."
+                    ),
+                ));
+            }
+            Some(g) => g,
+        },
     };
     let scope = sy_accounting::UsageScope {
         org_id: Some(org_id),
         ..Default::default()
     };
-    let data = sy_accounting::usage(ch, scope, start, end, group_by)
+    let data = sy_accounting::usage(ch, scope, start, end, group_by.clone())
         .await
         .map_err(query_failed)?;
     Ok(json(&OrgBody {

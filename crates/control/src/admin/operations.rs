@@ -218,7 +218,7 @@ pub(super) async fn usage(
     let group_by = match q.get("group_by") {
         None => sy_accounting::GroupBy::Model,
         Some(g) => sy_accounting::GroupBy::parse(g).ok_or_else(|| {
-            AdminError::invalid("'group_by' must be model, day, org, project or key.")
+            AdminError::invalid("'group_by' must be model, day, org, project, key or tag:<key>.")
         })?,
     };
     let scope = sy_accounting::UsageScope {
@@ -226,7 +226,7 @@ pub(super) async fn usage(
         project_id: project.as_deref(),
         key_id: key.as_deref(),
     };
-    let data = sy_accounting::usage(ch, scope, start, end, group_by)
+    let data = sy_accounting::usage(ch, scope, start, end, group_by.clone())
         .await
         .map_err(|e| {
             tracing::warn!(error = %e, "An admin usage query failed.");
