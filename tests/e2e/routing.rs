@@ -440,3 +440,47 @@ async fn fastest_follows_live_latency_and_skips_failing_and_saturated_targets() 
         .unwrap();
     assert_eq!(resp.status(), 401);
 }
+
+/// A route that requires a tag takes the requests that carry it (from the
+/// header or the body's metadata), in explain and in the real request, and
+/// no other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_that_requires_a_tag_serves_requests_tagged_so() {
+    let stack = Stack::start().await;
+    let prompt = "Write a Python function that merges two sorted lists.";
+    let explain = |tags: Option<&'static str>, b: Value| {
+        let mut r = stack
+            .http
+            .post(stack.url("/v1/route/explain"))
+            .bearer_auth(crate::stack::KEY)
+            .json(&b);
+        if let Some(t) = tags {
+            r = r.header("x-switchyard-tags", t);
+        }
+        r.send()
+    };
+    let v: Value = explain(Some("tier=free"), body("auto", prompt))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["route"], "free-tier", "{v}");
+    let v: Value = explain(Some("tier=pro"), body("auto", prompt))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["route"], "code", "{v}");
+    // The real request, tagged in its metadata.
+    let mut b = body("auto", prompt);
+    b["metadata"] = serde_json::json!({"tier": "free"});
+    let resp = stack.chat(&b).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-switchyard-route"], "free-tier");
+    assert_eq!(resp.headers()["x-switchyard-provider"], "openai");
+    // A malformed tag is refused by explain too.
+    let r = explain(Some("tier"), body("auto", prompt)).await.unwrap();
+    assert_eq!(r.status(), 400);
+}

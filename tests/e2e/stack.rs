@@ -252,6 +252,12 @@ context_window = 200000
 [routers.auto]
 strategy = "balanced"
 
+# Requests tagged tier=free (x-switchyard-tags or metadata) go to the cheap target.
+[[routers.auto.routes]]
+name = "free-tier"
+tags = {{ tier = "free" }}
+targets = [{{ provider = "openai", model = "gpt-4o-mini" }}]
+
 [[routers.auto.routes]]
 name = "code"
 classes = ["code"]

@@ -83,6 +83,10 @@ pub struct RawRoute {
     /// Task types it matches (none: any).
     #[serde(default)]
     pub task_types: Vec<String>,
+    /// Tags the request must carry, each with this value (none: any), e.g.
+    /// `tags = { tier = "free" }`.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
     /// Overrides the router's strategy.
     #[serde(default)]
     pub strategy: Option<String>,
@@ -176,6 +180,8 @@ pub struct RouteConfig {
     pub classes: Vec<String>,
     /// Task types matched (empty: any).
     pub task_types: Vec<String>,
+    /// Tags the request must carry with these values (empty: any).
+    pub tags: Vec<(String, String)>,
     /// How it picks.
     pub strategy: Strategy,
     /// Candidates, in fallback order.
@@ -183,11 +189,16 @@ pub struct RouteConfig {
 }
 
 impl RouteConfig {
-    /// True when the route takes requests of `class` and `task_type`.
-    pub fn matches(&self, class: &str, task_type: Option<&str>) -> bool {
+    /// True when the route takes requests of `class` and `task_type` that
+    /// carry `tags` (sorted by key or not).
+    pub fn matches(&self, class: &str, task_type: Option<&str>, tags: &[(String, String)]) -> bool {
         (self.classes.is_empty() || self.classes.iter().any(|c| c == class))
             && (self.task_types.is_empty()
                 || task_type.is_some_and(|t| self.task_types.iter().any(|x| x == t)))
+            && self
+                .tags
+                .iter()
+                .all(|(k, v)| tags.iter().any(|(tk, tv)| tk == k && tv == v))
     }
 }
 
@@ -319,11 +330,28 @@ pub(crate) fn routers(
                     ));
                 }
             }
-            if i + 1 == n && (!route.classes.is_empty() || !route.task_types.is_empty()) {
+            if i + 1 == n
+                && (!route.classes.is_empty()
+                    || !route.task_types.is_empty()
+                    || !route.tags.is_empty())
+            {
                 e.push(ConfigError::new(
                     rat("classes"),
-                    "the last route must match every request (no classes, no task_types)",
+                    "the last route must match every request (no classes, no task_types, no tags)",
                 ));
+            }
+            for (k, v) in &route.tags {
+                let key_ok = !k.is_empty()
+                    && k.len() <= 64
+                    && k.bytes().all(|b| {
+                        b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':')
+                    });
+                if !key_ok || v.chars().count() > 512 || v.chars().any(char::is_control) {
+                    e.push(ConfigError::new(
+                        rat(&format!("tags.{k}")),
+                        "tag keys are 1 to 64 of A-Z, a-z, 0-9, _, -, . and :; values at most 512 characters",
+                    ));
+                }
             }
             let s = strategy(route.strategy.as_deref(), rat("strategy"), e).unwrap_or(default);
             if route.targets.is_empty() {
@@ -350,6 +378,7 @@ pub(crate) fn routers(
                 name: route.name,
                 classes: route.classes,
                 task_types: route.task_types,
+                tags: route.tags.into_iter().collect(),
                 strategy: s,
                 targets: route
                     .targets

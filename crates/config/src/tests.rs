@@ -732,3 +732,49 @@ fn yookassa_needs_a_shop_and_a_key_and_takes_notifications_from_its_ranges() {
         assert!(p.iter().any(|s| s.starts_with(field)), "{field}: {p:?}");
     }
 }
+
+#[test]
+fn a_route_may_require_tags_but_the_last_may_not_and_keys_are_checked() {
+    let ok = r#"
+[providers.p]
+kind = "openai"
+[[routers.auto.routes]]
+name = "free"
+tags = { tier = "free", "exp.v2" = "b" }
+targets = [{ provider = "p", model = "x" }]
+[[routers.auto.routes]]
+name = "all"
+targets = [{ provider = "p", model = "y" }]
+"#;
+    let c = Config::from_toml(ok, &env(&[])).unwrap();
+    let free = &c.routers["auto"].routes[0];
+    let tags = |t: &[(&str, &str)]| -> Vec<(String, String)> {
+        t.iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    };
+    assert!(free.matches(
+        "code",
+        None,
+        &tags(&[("exp.v2", "b"), ("tier", "free"), ("x", "y")])
+    ));
+    assert!(!free.matches("code", None, &tags(&[("tier", "free")])));
+    assert!(!free.matches("code", None, &[]));
+    let bad = problems(
+        r#"
+[providers.p]
+kind = "openai"
+[[routers.auto.routes]]
+name = "odd"
+tags = { "bad key" = "x" }
+targets = [{ provider = "p", model = "x" }]
+[[routers.auto.routes]]
+name = "last"
+tags = { tier = "free" }
+targets = [{ provider = "p", model = "y" }]
+"#,
+    );
+    let all = bad.join("\n");
+    assert!(all.contains("tags.bad key"), "{all}");
+    assert!(all.contains("no tags"), "{all}");
+}

@@ -98,7 +98,10 @@ pub(crate) fn admit(
                 .class,
         )
     };
-    let decision = decide(state, &request, class, request_id).map_err(|e| (e, class))?;
+    // Tags, from the header and the body's metadata (validated: a 400 here);
+    // a router's routes may require some.
+    let tags = crate::tags::of(hints.tags, Some(&request)).map_err(|e| (e, class))?;
+    let decision = decide(state, &request, class, request_id, &tags).map_err(|e| (e, class))?;
     let Decision {
         route_name,
         route_header,
@@ -129,8 +132,6 @@ pub(crate) fn admit(
         Some(_) => String::new(),
         None => state.bus.subjects().reply(&state.ingress_id, request_id),
     };
-    // Tags, from the header and the body's metadata (validated: a 400 here).
-    let tags = crate::tags::of(hints.tags, Some(&request)).map_err(|e| (e, class))?;
     // What the provider sees of the client's identities is per tenant.
     let (mut request, mut embeddings) = (request, embeddings);
     let scope = || match &caller.grant {
@@ -191,6 +192,7 @@ fn decide(
     request: &sy_protocol::chat::ChatRequest,
     class: Option<sy_classifier::Class>,
     request_id: Uuid,
+    tags: &[(String, String)],
 ) -> Result<Decision, ApiError> {
     let routing = state.routing();
     let Some(router) = routing.routers.get(&request.model) else {
@@ -218,7 +220,7 @@ fn decide(
             ),
         ));
     };
-    let decision = route::decide(state, router, request, c, request_id);
+    let decision = route::decide(state, router, request, c, request_id, tags);
     let Some(chosen) = decision.chosen() else {
         let why: Vec<String> = decision
             .candidates

@@ -173,7 +173,8 @@ pub(crate) async fn route_explain(
         let request = admission::parse_request(ApiSurface::ChatCompletions, &body)?;
         let hints = admission::Hints::from_headers(&parts.headers);
         let prediction = classify::decide(&state.classifier, &hints, &request)?;
-        route::explain(&state, &request, &prediction, request_id)
+        let tags = crate::tags::of(hints.tags, Some(&request))?;
+        route::explain(&state, &request, &prediction, request_id, &tags)
     }
     .await;
     match result {

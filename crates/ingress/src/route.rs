@@ -51,10 +51,12 @@ pub(crate) fn decide(
     req: &ChatRequest,
     class: Class,
     request_id: Uuid,
+    tags: &[(String, String)],
 ) -> Decision {
     let r = RouteRequest {
         class: class.as_str(),
         task_type: task_type(req),
+        tags,
         input_tokens: estimate_input_tokens(req),
         output_tokens: expected_output_tokens(req),
     };
@@ -121,6 +123,7 @@ pub(crate) fn explain(
     req: &ChatRequest,
     p: &Prediction,
     request_id: Uuid,
+    tags: &[(String, String)],
 ) -> Result<Value, ApiError> {
     let probabilities: serde_json::Map<String, Value> = CLASSES
         .iter()
@@ -142,7 +145,7 @@ pub(crate) fn explain(
     });
     let routing = state.routing();
     if let Some(router) = routing.routers.get(&req.model) {
-        let d = decide(state, router, req, p.class, request_id);
+        let d = decide(state, router, req, p.class, request_id, tags);
         let pick = |i: &usize| json!({"provider": d.candidates[*i].provider, "model": d.candidates[*i].model});
         doc["router"] = json!(d.router);
         doc["route"] = json!(d.route);

@@ -22,6 +22,8 @@ pub struct RouteRequest<'a> {
     pub class: &'a str,
     /// The client's task type, if any.
     pub task_type: Option<&'a str>,
+    /// The client's tags (routes may require some).
+    pub tags: &'a [(String, String)],
     /// Estimated prompt tokens.
     pub input_tokens: u64,
     /// Expected output tokens (`max_tokens`, or a default).
@@ -119,7 +121,7 @@ pub fn decide(
     let route = router
         .routes
         .iter()
-        .find(|r| r.matches(req.class, req.task_type))
+        .find(|r| r.matches(req.class, req.task_type, req.tags))
         .or_else(|| router.routes.last());
     let Some(route) = route else {
         return Decision {
@@ -271,6 +273,11 @@ quality = { simple = 0.95, complex = 0.95 }
 strategy = "balanced"
 balance = { cost = 1, latency = 0, quality = 2 }
 [[routers.auto.routes]]
+name = "free-tier"
+tags = { tier = "free" }
+strategy = "cheapest"
+targets = [{ provider = "cheap", model = "mini" }]
+[[routers.auto.routes]]
 name = "canary"
 classes = ["code"]
 strategy = "weighted"
@@ -298,6 +305,7 @@ targets = [{ provider = "cheap", model = "mini" }, { provider = "strong", model 
         RouteRequest {
             class,
             task_type: None,
+            tags: &[],
             input_tokens: 100,
             output_tokens: 100,
         }
@@ -327,6 +335,24 @@ targets = [{ provider = "cheap", model = "mini" }, { provider = "strong", model 
 
     fn chosen(d: &Decision) -> &str {
         &d.chosen().unwrap().provider
+    }
+
+    #[test]
+    fn a_route_that_requires_a_tag_takes_only_requests_carrying_it() {
+        let c = config();
+        let r = &c.routers["auto"];
+        let decide_with = |tags: &[(String, String)]| {
+            let q = RouteRequest {
+                tags,
+                ..req("code")
+            };
+            decide(r, &c.providers, &q, &NoLive, &mut || 0.5).route
+        };
+        let free = [("tier".to_owned(), "free".to_owned())];
+        assert_eq!(decide_with(&free), "free-tier");
+        let pro = [("tier".to_owned(), "pro".to_owned())];
+        assert_eq!(decide_with(&pro), "canary");
+        assert_eq!(decide_with(&[]), "canary");
     }
 
     #[test]

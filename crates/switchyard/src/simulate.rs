@@ -92,6 +92,7 @@ pub fn run(
         let r = RouteRequest {
             class: class.as_str(),
             task_type: None,
+            tags: &[],
             input_tokens: sy_ingress::estimate_input_tokens(&req),
             output_tokens: sy_ingress::expected_output_tokens(&req),
         };
