@@ -4,6 +4,5 @@
 -- `feature` tag ('' when it has none). Parallel arrays rather than a Map
 -- because ClickHouse 18.16 has no Map type; runs there and on current releases.
 ALTER TABLE switchyard.requests
-    ADD COLUMN tag_keys Array(String);
-ALTER TABLE switchyard.requests
+    ADD COLUMN tag_keys Array(String),
     ADD COLUMN tag_values Array(String)

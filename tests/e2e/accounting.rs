@@ -846,12 +846,6 @@ async fn tags_from_the_header_and_metadata_are_on_the_row_and_bad_ones_are_refus
     let many: Vec<String> = (0..17).map(|i| format!("k{i}=v")).collect();
     let r = bad(many.join(",")).await.unwrap();
     assert_eq!(r.status(), 400);
-    let mut b = body("gpt-4o-mini", "refused");
-    b["metadata"] = serde_json::json!({"n": 7});
-    let r = stack.chat(&b).send().await.unwrap();
-    assert_eq!(r.status(), 400);
-    let e: Value = r.json().await.unwrap();
-    assert_eq!(e["error"]["param"], "metadata");
     let m = stack
         .http
         .post(stack.url("/v1/messages"))
@@ -871,4 +865,25 @@ async fn tags_from_the_header_and_metadata_are_on_the_row_and_bad_ones_are_refus
     // Nothing refused was published: still two rows.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(wait_rows(&stack, 2).await, 2);
+    // Metadata that is not a tag is the provider's business, never refused:
+    // served, with only its valid entries as tags.
+    let mut b = body("gpt-4o-mini", "served [[mock:tokens=2]]");
+    b["metadata"] = serde_json::json!({"n": 7, "customer id": "x", "exp": "c"});
+    let r = stack.chat(&b).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let id = r.headers()["x-switchyard-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(wait_rows(&stack, 3).await, 3);
+    let (keys, _): (String, String) = client
+        .query(&format!(
+            "SELECT arrayStringConcat(tag_keys, ','), arrayStringConcat(tag_values, ',') \
+             FROM {db}.requests FINAL WHERE request_id = ?"
+        ))
+        .bind(id.as_str())
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(keys, "exp");
 }

@@ -37,55 +37,56 @@ fn bad(param: &str, message: String) -> ApiError {
     ApiError::invalid(param, message)
 }
 
-/// The tags of a request, sorted by key: the header's (`k=v,k=v`) over the
-/// body's `metadata` string values. None given: empty (nothing allocated).
+/// A key as an error message shows it (at most 80 characters).
+fn shown(k: &str) -> String {
+    k.chars().take(80).collect()
+}
+
+/// The tags of a request, sorted by key: the header's (`k=v,k=v`, strict:
+/// a malformed one or more than 16 is a 400), then the body's `metadata`
+/// string values that are valid tags, up to 16 in all (metadata is the
+/// client's own for the provider too: what is not a tag there is left out
+/// of the tags, never refused). None given: empty (nothing allocated).
 pub(crate) fn of(
     header: Option<&str>,
     request: Option<&ChatRequest>,
 ) -> Result<Vec<(String, String)>, ApiError> {
-    let metadata = request.and_then(|r| r.extra.get("metadata"));
+    let metadata = match request.and_then(|r| r.extra.get("metadata")) {
+        Some(Value::Object(m)) if !m.is_empty() => Some(m),
+        _ => None,
+    };
     if header.is_none() && metadata.is_none() {
         return Ok(Vec::new());
     }
     let mut tags = std::collections::BTreeMap::new();
-    match metadata {
-        None | Some(Value::Null) => {}
-        Some(Value::Object(m)) => {
-            for (k, v) in m {
-                let Value::String(v) = v else {
-                    return Err(bad(
-                        "metadata",
-                        format!("metadata['{k}'] must be a string: metadata values are tags."),
-                    ));
-                };
-                if !valid_key(k) || !valid_value(v) {
-                    return Err(bad(
-                        "metadata",
-                        format!(
-                            "Invalid metadata tag '{}': keys are 1 to {MAX_KEY_CHARS} of A-Z, a-z, 0-9, _, -, . and :; \
-                             values at most {MAX_VALUE_CHARS} characters without control characters.",
-                            k.chars().take(80).collect::<String>()
-                        ),
-                    ));
-                }
-                tags.insert(k.clone(), v.clone());
-            }
-        }
-        Some(_) => {
+    if let Some(h) = header {
+        if h.chars().any(|c| !c.is_ascii() || c.is_ascii_control()) {
             return Err(bad(
-                "metadata",
-                "metadata must be an object of strings.".into(),
+                HEADER,
+                "Tags must be visible ASCII: key=value pairs separated by commas.".into(),
             ));
         }
-    }
-    if let Some(h) = header {
-        for part in h.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let parts: Vec<&str> = h
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .collect();
+        if parts.len() > MAX_TAGS {
+            return Err(bad(
+                HEADER,
+                format!(
+                    "A request carries at most {MAX_TAGS} tags; this one has {}.",
+                    parts.len()
+                ),
+            ));
+        }
+        for part in parts {
             let Some((k, v)) = part.split_once('=') else {
                 return Err(bad(
                     HEADER,
                     format!(
                         "Tags are key=value pairs separated by commas; '{}' has no '='.",
-                        part.chars().take(80).collect::<String>()
+                        shown(part)
                     ),
                 ));
             };
@@ -95,25 +96,31 @@ pub(crate) fn of(
                     HEADER,
                     format!(
                         "Invalid tag '{}': keys are 1 to {MAX_KEY_CHARS} of A-Z, a-z, 0-9, _, -, . and :; \
-                         values at most {MAX_VALUE_CHARS} characters without control characters.",
-                        k.chars().take(80).collect::<String>()
+                         values at most {MAX_VALUE_CHARS} characters.",
+                        shown(k)
                     ),
                 ));
             }
             tags.insert(k.to_owned(), v.to_owned());
         }
     }
-    if tags.len() > MAX_TAGS {
-        return Err(bad(
-            match header {
-                Some(_) => HEADER,
-                None => "metadata",
-            },
-            format!(
-                "A request carries at most {MAX_TAGS} tags; this one has {}.",
-                tags.len()
-            ),
-        ));
+    if let Some(m) = metadata {
+        // In key order, so which ones fit under the cap does not depend on
+        // the body's order.
+        let mut valid: Vec<(&String, &String)> = m
+            .iter()
+            .filter_map(|(k, v)| match v {
+                Value::String(v) if valid_key(k) && valid_value(v) => Some((k, v)),
+                _ => None,
+            })
+            .collect();
+        valid.sort_unstable();
+        for (k, v) in valid {
+            if tags.len() >= MAX_TAGS {
+                break;
+            }
+            tags.entry(k.clone()).or_insert_with(|| v.clone());
+        }
     }
     Ok(tags.into_iter().collect())
 }
@@ -161,12 +168,31 @@ mod tests {
         let many: Vec<String> = (0..17).map(|i| format!("k{i}=v")).collect();
         let e = of(Some(&many.join(",")), None).unwrap_err();
         assert!(e.message.contains("at most 16"), "{}", e.message);
-        let r = chat(json!({"model": "m", "messages": [], "metadata": {"n": 7}}));
-        let e = of(None, Some(&r)).unwrap_err();
-        assert_eq!(e.param.as_deref(), Some("metadata"));
+        let e = of(Some("tier=fr\u{e9}e"), None).unwrap_err();
+        assert!(e.message.contains("visible ASCII"), "{}", e.message);
+    }
+
+    #[test]
+    fn metadata_gives_what_is_a_tag_and_is_never_refused() {
+        // Metadata is the client's own for the provider: entries that are not
+        // tags are left out, never refused.
+        let r = chat(json!({"model": "m", "messages": [], "metadata": {
+            "n": 7, "customer id": "x", "note": "line\nbreak", "tier": "free"}}));
+        assert_eq!(
+            of(None, Some(&r)).unwrap(),
+            vec![("tier".to_owned(), "free".to_owned())]
+        );
         let r = chat(json!({"model": "m", "messages": [], "metadata": ["x"]}));
-        assert!(of(None, Some(&r)).is_err());
-        let r = chat(json!({"model": "m", "messages": [], "metadata": {"k": "line\nbreak"}}));
-        assert!(of(None, Some(&r)).is_err());
+        assert!(of(None, Some(&r)).unwrap().is_empty());
+        // Sixteen at most in all, the header's first, then metadata's in key order.
+        let mut m = serde_json::Map::new();
+        for i in 10..30 {
+            m.insert(format!("k{i}"), json!("v"));
+        }
+        let r = chat(json!({"model": "m", "messages": [], "metadata": m}));
+        let tags = of(Some("a=1"), Some(&r)).unwrap();
+        assert_eq!(tags.len(), 16);
+        assert_eq!(tags[0], ("a".to_owned(), "1".to_owned()));
+        assert_eq!(tags[15].0, "k24");
     }
 }

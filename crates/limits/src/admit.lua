@@ -189,26 +189,7 @@ for i = 1, n do
 end
 if nb > 0 then
   local res_ms = tonumber(ARGV[b0 + 5])
-  local rec = string.format('%d', cost)
-  for j = 1, nb do
-    local b = budgets[j]
-    if b.fresh then
-      redis.call('HSET', b.key, 'p', b.pid, 'spent', 0, 'held', cost)
-    else
-      redis.call('HINCRBY', b.key, 'held', cost)
-    end
-    -- A period's budget outlives its period by a day; one without a period stays.
-    if b.period == 1 then
-      redis.call('PEXPIRE', b.key, 2 * 86400000)
-    elseif b.period == 2 then
-      redis.call('PEXPIRE', b.key, 33 * 86400000)
-    elseif b.period == 3 then
-      redis.call('PEXPIRE', b.key, 86400000)
-    end
-    rec = rec .. ';' .. b.key .. '=' .. b.pid
-  end
-  redis.call('HSET', res_key, id, rec)
-  redis.call('ZADD', resx_key, now_ms + res_ms, id)
+  reserve(res_key, resx_key, id, budgets, nb, cost, now_ms + res_ms)
   table.insert(out, out_tokens)
   table.insert(out, room - cost)
   table.insert(out, budgets.limit)

@@ -146,25 +146,7 @@ if nb > 0 then
   m = math.min(m_ask, math.floor(math.max(room, 0) / D))
   if m < m_min then grant = false end
   if grant then
-    local rec = string.format('%d', m)
-    for j = 1, nb do
-      local bj = budgets[j]
-      if bj.fresh then
-        redis.call('HSET', bj.key, 'p', bj.pid, 'spent', 0, 'held', m)
-      else
-        redis.call('HINCRBY', bj.key, 'held', m)
-      end
-      if bj.period == 1 then
-        redis.call('PEXPIRE', bj.key, 2 * 86400000)
-      elseif bj.period == 2 then
-        redis.call('PEXPIRE', bj.key, 33 * 86400000)
-      elseif bj.period == 3 then
-        redis.call('PEXPIRE', bj.key, 86400000)
-      end
-      rec = rec .. ';' .. bj.key .. '=' .. bj.pid
-    end
-    redis.call('HSET', res_key, id, rec)
-    redis.call('ZADD', resx_key, now_ms + res_ms, id)
+    reserve(res_key, resx_key, id, budgets, nb, m, now_ms + res_ms)
     room = room - m
   end
 end

@@ -80,3 +80,32 @@ local function release_part(res_key, resx_key, rid, part)
     redis.call('HSET', res_key, rid, string.format('%d', amount - give) .. string.match(rec, '^%d+(.*)$'))
   end
 end
+-- A period's budget outlives its period by a day (a session's is forgotten a
+-- day after its last request); one without a period stays.
+local function keep(key, period)
+  if period == 1 then
+    redis.call('PEXPIRE', key, 2 * 86400000)
+  elseif period == 2 then
+    redis.call('PEXPIRE', key, 33 * 86400000)
+  elseif period == 3 then
+    redis.call('PEXPIRE', key, 86400000)
+  end
+end
+-- Holds `amount` against each of `budgets` (nb of them; each {key, pid,
+-- fresh, period} as read: a fresh one starts its period) and records it as
+-- reservation `id`, swept at `until_ms`.
+local function reserve(res_key, resx_key, id, budgets, nb, amount, until_ms)
+  local rec = string.format('%d', amount)
+  for j = 1, nb do
+    local b = budgets[j]
+    if b.fresh then
+      redis.call('HSET', b.key, 'p', b.pid, 'spent', 0, 'held', amount)
+    else
+      redis.call('HINCRBY', b.key, 'held', amount)
+    end
+    keep(b.key, b.period)
+    rec = rec .. ';' .. b.key .. '=' .. b.pid
+  end
+  redis.call('HSET', res_key, id, rec)
+  redis.call('ZADD', resx_key, until_ms, id)
+end

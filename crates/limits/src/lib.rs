@@ -650,27 +650,14 @@ impl Limiter {
     }
 
     /// Extends every lease of `by_key` (lease set → request ids) by
-    /// `lease_ms` from now, in one pipeline (one `ZADD XX` per set).
+    /// `lease_ms` from now, in one pipeline (one `ZADD XX` per set: a lease
+    /// released meanwhile stays released).
     pub async fn renew_many(
         &self,
         by_key: &HashMap<&str, Vec<&str>>,
         lease_ms: u64,
     ) -> Result<(), LimitError> {
-        if by_key.is_empty() {
-            return Ok(());
-        }
-        let until = server_ms(&mut self.conn.clone()).await? + lease_ms;
-        let mut pipe = redis::pipe();
-        for (key, ids) in by_key {
-            let cmd = pipe.cmd("ZADD").arg(key).arg("XX");
-            for id in ids {
-                cmd.arg(until).arg(id);
-            }
-            cmd.ignore();
-            pipe.cmd("PEXPIRE").arg(key).arg(lease_ms + 1000).ignore();
-        }
-        pipe.query_async::<()>(&mut self.conn.clone()).await?;
-        Ok(())
+        self.set_leases(by_key, lease_ms, true).await
     }
 
     /// Sets every lease of `by_key` (lease set → ids) to end `lease_ms` from
@@ -681,10 +668,26 @@ impl Limiter {
         by_key: &HashMap<&str, Vec<&str>>,
         lease_ms: u64,
     ) -> Result<(), LimitError> {
+        self.set_leases(by_key, lease_ms, false).await
+    }
+
+    /// One `ZADD` per set (`XX`: existing members only) and its `PEXPIRE`.
+    async fn set_leases(
+        &self,
+        by_key: &HashMap<&str, Vec<&str>>,
+        lease_ms: u64,
+        existing_only: bool,
+    ) -> Result<(), LimitError> {
+        if by_key.is_empty() {
+            return Ok(());
+        }
         let until = server_ms(&mut self.conn.clone()).await? + lease_ms;
         let mut pipe = redis::pipe();
         for (key, ids) in by_key {
             let cmd = pipe.cmd("ZADD").arg(key);
+            if existing_only {
+                cmd.arg("XX");
+            }
             for id in ids {
                 cmd.arg(until).arg(id);
             }

@@ -73,13 +73,7 @@ if nbud > 0 then
         redis.call('HINCRBY', key, 'spent', billed)
       else
         redis.call('HSET', key, 'p', pid, 'spent', billed, 'held', 0)
-        if period == 1 then
-          redis.call('PEXPIRE', key, 2 * 86400000)
-        elseif period == 2 then
-          redis.call('PEXPIRE', key, 33 * 86400000)
-        elseif period == 3 then
-          redis.call('PEXPIRE', key, 86400000)
-        end
+        keep(key, period)
       end
     end
   end

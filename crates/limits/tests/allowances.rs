@@ -72,6 +72,34 @@ async fn one(
     (matches!(d, Decision::Admitted(_)), false)
 }
 
+/// `n` requests of a busy set admitted from its pool, each holding a slot.
+async fn slots(
+    book: &Arc<Allowances>,
+    scopes: &[Scope],
+    o: &str,
+    n: usize,
+) -> Vec<sy_limits::allowance::Slot> {
+    let mut held = Vec::new();
+    let start = Instant::now();
+    while held.len() < n {
+        assert!(start.elapsed() < Duration::from_secs(5), "no slots");
+        if let Some(d) = book.draw("k\0m", scopes, &[], o, want(0, None, 1)) {
+            held.push(d.slot.expect("a slot"));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    held
+}
+
+/// How many leases `scope`'s lease set holds in Redis.
+async fn leases_in(scope: &Scope) -> usize {
+    redis::cmd("ZCARD")
+        .arg(format!("{}:conc", scope.prefix))
+        .query_async(&mut redis().await)
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_busy_processes_never_admit_more_than_the_limit_and_leave_little_unused() {
     let l = limiter().await;
@@ -290,21 +318,8 @@ async fn a_pools_slots_are_leases_in_redis_for_every_request_it_admits() {
     );
     let scopes = vec![s.clone()];
     let book = process(&l, "p1");
-    let mut held = Vec::new();
-    let start = Instant::now();
-    while held.len() < 20 {
-        assert!(start.elapsed() < Duration::from_secs(5), "no slots");
-        if let Some(d) = book.draw("k\0m", &scopes, &[], &o, want(0, None, 1)) {
-            held.push(d.slot.expect("a slot"));
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    let mut r = redis().await;
-    let leased: usize = redis::cmd("ZCARD")
-        .arg(format!("{}:conc", s.prefix))
-        .query_async(&mut r)
-        .await
-        .unwrap();
+    let held = slots(&book, &scopes, &o, 20).await;
+    let leased = leases_in(&s).await;
     assert!(
         leased >= held.len(),
         "{leased} leases in Redis for {} requests in flight",
@@ -327,29 +342,15 @@ async fn a_pools_slots_come_back_into_a_redis_that_lost_them() {
     // A 3 s lease: the pools' slots are renewed every second.
     let leases = LeaseBook::start(l.clone(), Duration::from_secs(3));
     let book = Allowances::start(l.clone(), leases, "p1", false);
-    let mut held = Vec::new();
-    let start = Instant::now();
-    while held.len() < 20 {
-        assert!(start.elapsed() < Duration::from_secs(5), "no slots");
-        if let Some(d) = book.draw("k\0m", &scopes, &[], &o, want(0, None, 1)) {
-            held.push(d.slot.expect("a slot"));
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    let held = slots(&book, &scopes, &o, 20).await;
     // Redis forgets every lease (a restart without its data).
-    let mut r = redis().await;
-    let key = format!("{}:conc", s.prefix);
     redis::cmd("DEL")
-        .arg(&key)
-        .query_async::<()>(&mut r)
+        .arg(format!("{}:conc", s.prefix))
+        .query_async::<()>(&mut redis().await)
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(1_600)).await;
-    let leased: usize = redis::cmd("ZCARD")
-        .arg(&key)
-        .query_async(&mut r)
-        .await
-        .unwrap();
+    let leased = leases_in(&s).await;
     assert!(
         leased >= held.len(),
         "{leased} leases back in Redis for {} requests in flight",
@@ -384,12 +385,7 @@ async fn a_busy_key_with_a_small_concurrency_asks_redis_for_every_request() {
             "request {i} admitted from memory under a concurrency of 20"
         );
     }
-    let mut r = redis().await;
-    let leased: usize = redis::cmd("ZCARD")
-        .arg(format!("{}:conc", s.prefix))
-        .query_async(&mut r)
-        .await
-        .unwrap();
+    let leased = leases_in(&s).await;
     assert_eq!(
         leased, 0,
         "no pool slot may be held under a concurrency of 20"
