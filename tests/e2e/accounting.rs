@@ -765,17 +765,13 @@ async fn tags_from_the_header_and_metadata_are_on_the_row_and_bad_ones_are_refus
     assert_eq!(m.status(), 200);
     assert_eq!(wait_rows(&stack, 2).await, 2);
     let (client, db) = ch(&stack);
-    let (keys, values): (String, String) = client
-        .query(&format!(
-            "SELECT arrayStringConcat(tag_keys, ','), arrayStringConcat(tag_values, ',') \
-             FROM {db}.requests FINAL WHERE request_id = ?"
-        ))
-        .bind(id.as_str())
-        .fetch_one()
-        .await
-        .unwrap();
-    assert_eq!(keys, "experiment,feature,tier");
-    assert_eq!(values, "b,search,free");
+    assert_eq!(
+        row_tags(&stack, &id).await,
+        (
+            "experiment,feature,tier".to_owned(),
+            "b,search,free".to_owned()
+        )
+    );
     let by_feature: Vec<(String, u64)> = client
         .query(&format!(
             "SELECT tag_values[indexOf(tag_keys, 'feature')] AS f, count() AS n \
@@ -876,14 +872,19 @@ async fn tags_from_the_header_and_metadata_are_on_the_row_and_bad_ones_are_refus
         .unwrap()
         .to_owned();
     assert_eq!(wait_rows(&stack, 3).await, 3);
-    let (keys, _): (String, String) = client
+    assert_eq!(row_tags(&stack, &id).await.0, "exp");
+}
+
+/// The tags on `request_id`'s row: its keys and its values, comma-joined.
+async fn row_tags(stack: &Stack, request_id: &str) -> (String, String) {
+    let (client, db) = ch(stack);
+    client
         .query(&format!(
             "SELECT arrayStringConcat(tag_keys, ','), arrayStringConcat(tag_values, ',') \
              FROM {db}.requests FINAL WHERE request_id = ?"
         ))
-        .bind(id.as_str())
+        .bind(request_id)
         .fetch_one()
         .await
-        .unwrap();
-    assert_eq!(keys, "exp");
+        .unwrap()
 }

@@ -466,17 +466,24 @@ pub(crate) fn admin_cli(url: &str, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_admin_api_on_the_ingress_and_its_cli_make_keys_that_work_at_once() {
-    let (_, sections) = tenants_store("c").await;
+/// A stack over a fresh control-plane schema (`prefix`) whose config holds
+/// the owner admin token [`ADMIN`]; with ClickHouse when asked.
+async fn owner_stack(prefix: &str, clickhouse: bool) -> Stack {
+    let (_, sections) = tenants_store(prefix).await;
     let sections = format!(
         "{sections}\n[[admin_tokens]]\nname = \"ops\"\ntoken = \"{ADMIN}\"\nrole = \"owner\"\n"
     );
-    let stack = Stack::start_with(StackOptions {
+    Stack::start_with(StackOptions {
         sections,
+        clickhouse,
         ..Default::default()
     })
-    .await;
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_on_the_ingress_and_its_cli_make_keys_that_work_at_once() {
+    let stack = owner_stack("c", false).await;
     let base = stack.url("");
     let base = base.trim_end_matches('/');
     let json = |args: &[&str]| admin_json(base, args);
@@ -833,4 +840,108 @@ async fn two_callers_never_share_a_provider_identity_or_prompt_cache_key() {
         .unwrap();
     let four = anthropic.identities_for("ids four");
     assert_eq!(four, [one[0].clone()], "{four:?}");
+}
+
+/// A key's default tags (set through the CLI and the admin API) reach the
+/// usage rows of its requests under the tags a request names itself; bad
+/// tags are refused by the admin API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keys_default_tags_are_on_its_rows_under_the_requests_own() {
+    let stack = owner_stack("g", true).await;
+    let base = stack.url("");
+    let base = base.trim_end_matches('/');
+    let json = |args: &[&str]| admin_json(base, args);
+    let org = json(&["orgs", "create", "Acme"]);
+    let project = json(&[
+        "projects",
+        "create",
+        "--org",
+        org["id"].as_str().unwrap(),
+        "web",
+    ]);
+    let key = json(&[
+        "keys",
+        "create",
+        "--project",
+        project["id"].as_str().unwrap(),
+        "--tag",
+        "team=search",
+        "--tag",
+        "tier=pro",
+        "tagged",
+    ]);
+    assert_eq!(
+        key["tags"],
+        serde_json::json!({"team": "search", "tier": "pro"})
+    );
+    let secret = key["key"].as_str().unwrap().to_owned();
+    let key_id = key["id"].as_str().unwrap().to_owned();
+    assert!(served_soon(&stack, &secret).await);
+    let resp = stack
+        .http
+        .post(stack.url("/v1/chat/completions"))
+        .bearer_auth(&secret)
+        .header("x-switchyard-tags", "tier=free")
+        .json(&body("gpt-4o-mini", "tagged by its key"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let ch = stack.clickhouse.as_ref().unwrap();
+    let client = sy_accounting::client(ch);
+    let sql = format!(
+        "SELECT arrayStringConcat(tag_keys, ','), arrayStringConcat(tag_values, ',') \
+         FROM {}.requests FINAL WHERE key_id = '{key_id}' AND request_id = ?",
+        ch.database
+    );
+    let id = resp.headers()["x-switchyard-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let mut row = None;
+    for _ in 0..150 {
+        let rows: Vec<(String, String)> = client
+            .query(&sql)
+            .bind(id.as_str())
+            .fetch_all()
+            .await
+            .unwrap();
+        if let Some(r) = rows.into_iter().next() {
+            row = Some(r);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // The request's own tier wins; the key's team fills in.
+    assert_eq!(
+        row,
+        Some(("team,tier".to_owned(), "search,free".to_owned()))
+    );
+    // The admin API refuses tags that are not tags.
+    let http = &stack.http;
+    for bad in [
+        serde_json::json!({"bad key": "x"}),
+        serde_json::json!({"n": 7}),
+        serde_json::json!(["x"]),
+    ] {
+        let r = http
+            .patch(stack.url(&format!("/admin/v1/keys/{key_id}")))
+            .bearer_auth(ADMIN)
+            .json(&serde_json::json!({ "tags": bad }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+    }
+    let r: serde_json::Value = http
+        .patch(stack.url(&format!("/admin/v1/keys/{key_id}")))
+        .bearer_auth(ADMIN)
+        .json(&serde_json::json!({"tags": {"team": "ads"}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["tags"], serde_json::json!({"team": "ads"}));
 }

@@ -57,12 +57,7 @@ impl GroupBy {
             "key" => GroupBy::Key,
             _ => {
                 let key = s.strip_prefix("tag:")?;
-                let valid = !key.is_empty()
-                    && key.len() <= 64
-                    && key.bytes().all(|b| {
-                        b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':')
-                    });
-                return valid.then(|| GroupBy::Tag(key.to_owned()));
+                return sy_protocol::tag::valid_key(key).then(|| GroupBy::Tag(key.to_owned()));
             }
         })
     }

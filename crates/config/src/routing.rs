@@ -341,15 +341,10 @@ pub(crate) fn routers(
                 ));
             }
             for (k, v) in &route.tags {
-                let key_ok = !k.is_empty()
-                    && k.len() <= 64
-                    && k.bytes().all(|b| {
-                        b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':')
-                    });
-                if !key_ok || v.chars().count() > 512 || v.chars().any(char::is_control) {
+                if !sy_protocol::tag::valid_key(k) || !sy_protocol::tag::valid_value(v) {
                     e.push(ConfigError::new(
                         rat(&format!("tags.{k}")),
-                        "tag keys are 1 to 64 of A-Z, a-z, 0-9, _, -, . and :; values at most 512 characters",
+                        format!("tag {}", sy_protocol::tag::RULES),
                     ));
                 }
             }

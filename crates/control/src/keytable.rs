@@ -39,6 +39,9 @@ pub struct Grant {
     pub session_budget: Option<i64>,
     /// Its org's plan and multipliers over provider cost.
     pub pricing: crate::pricing::OrgPricing,
+    /// The key's default tags, sorted by key: each of its requests carries
+    /// them under the tags the request names itself.
+    pub tags: Vec<(String, String)>,
 }
 
 /// The budgets a key's requests count against: its own, its project's and
@@ -167,6 +170,7 @@ impl Grant {
             prepaid_credit: None,
             session_budget: None,
             pricing: crate::pricing::OrgPricing::default(),
+            tags: Vec::new(),
         }
     }
 
@@ -340,6 +344,7 @@ struct Row {
     expires_at_ms: Option<i64>,
     scopes: serde_json::Value,
     allowed_cidrs: Vec<String>,
+    tags: serde_json::Value,
     key_limits: serde_json::Value,
     key_model_limits: serde_json::Value,
     project_limits: serde_json::Value,
@@ -398,6 +403,22 @@ impl Row {
                 org: budget_of(self.org_budget.as_ref()),
             },
             lower_max_tokens: self.lower_max_tokens,
+            // The store accepts only valid tags; anything else (an edit by
+            // hand) is left out.
+            tags: self
+                .tags
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .filter_map(|(k, v)| {
+                            let v = v.as_str()?;
+                            (sy_protocol::tag::valid_key(k) && sy_protocol::tag::valid_value(v))
+                                .then(|| (k.clone(), v.to_owned()))
+                        })
+                        .take(sy_protocol::tag::MAX_TAGS)
+                        .collect()
+                })
+                .unwrap_or_default(),
             prepaid_credit: self.prepaid.then_some(self.org_credited_nanos),
             session_budget: budget_of(self.session_budget.as_ref()).map(|(nanos, _)| nanos),
             pricing: crate::pricing::OrgPricing::from_columns(
@@ -425,7 +446,7 @@ const LIVE_KEYS: &str = "SELECT k.public_id, k.id AS key_id, p.id AS project_id,
         k.secret_hash, k.previous_hash, \
         (extract(epoch FROM k.previous_valid_until) * 1000)::bigint AS previous_until_ms, \
         (extract(epoch FROM k.expires_at) * 1000)::bigint AS expires_at_ms, \
-        k.scopes, k.allowed_cidrs, \
+        k.scopes, k.allowed_cidrs, k.tags, \
         k.limits AS key_limits, k.model_limits AS key_model_limits, \
         p.limits AS project_limits, p.model_limits AS project_model_limits, \
         o.limits AS org_limits, o.model_limits AS org_model_limits, \

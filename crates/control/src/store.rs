@@ -92,6 +92,8 @@ pub struct KeySpec {
     pub allowed_cidrs: Vec<IpNet>,
     /// Free-form data kept with it (a JSON object).
     pub metadata: serde_json::Value,
+    /// Its default tags (a JSON object of strings).
+    pub tags: serde_json::Value,
 }
 
 impl KeySpec {
@@ -103,6 +105,7 @@ impl KeySpec {
             expires_at_ms: None,
             allowed_cidrs: Vec::new(),
             metadata: json!({}),
+            tags: json!({}),
         }
     }
 
@@ -274,8 +277,8 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let done = sqlx::query(
             "INSERT INTO api_keys (id, project_id, name, env, public_id, secret_hash, \
-                                   scopes, allowed_cidrs, metadata, expires_at) \
-             SELECT $1, id, $3, $4, $5, $6, $7, $8, $9, to_timestamp($10::float8 / 1000) \
+                                   scopes, allowed_cidrs, metadata, expires_at, tags) \
+             SELECT $1, id, $3, $4, $5, $6, $7, $8, $9, to_timestamp($10::float8 / 1000), $11 \
              FROM projects WHERE id = $2",
         )
         .bind(id)
@@ -288,6 +291,7 @@ impl Store {
         .bind(spec.cidrs())
         .bind(&spec.metadata)
         .bind(spec.expires_at_ms.map(|ms| ms as f64))
+        .bind(&spec.tags)
         .execute(&mut *tx)
         .await?;
         if done.rows_affected() == 0 {
@@ -301,7 +305,7 @@ impl Store {
             after: Some(
                 json!({"id": id, "project_id": project_id, "name": spec.name,
                 "public_id": new.public_id, "status": "active", "scopes": spec.scopes(),
-                "allowed_cidrs": spec.cidrs(), "metadata": spec.metadata,
+                "allowed_cidrs": spec.cidrs(), "metadata": spec.metadata, "tags": spec.tags,
                 "expires_at_ms": spec.expires_at_ms}),
             ),
         };

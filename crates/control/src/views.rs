@@ -85,6 +85,8 @@ pub struct KeyView {
     pub allowed_cidrs: Vec<String>,
     /// Free-form data.
     pub metadata: Value,
+    /// Its default tags: `{"<key>": "<value>"}`.
+    pub tags: Value,
     /// Its rate limits: `{"rpm", "tpm", "concurrency"}`, each optional.
     pub limits: Value,
     /// Its rate limits per model: `{"<model>": {...}}`.
@@ -147,7 +149,7 @@ const PROJECT: &str = "SELECT id, org_id, name, status, limits, model_limits, bu
     extract(epoch FROM updated_at)::bigint AS updated_at FROM projects";
 const KEY: &str = "SELECT k.id, k.project_id, p.org_id, k.name, \
     'sy_' || k.env || '_' || k.public_id AS prefix, k.status, k.scopes, k.allowed_cidrs, \
-    k.metadata, k.limits, k.model_limits, k.budget, \
+    k.metadata, k.tags, k.limits, k.model_limits, k.budget, \
     extract(epoch FROM k.expires_at)::bigint AS expires_at, \
     extract(epoch FROM k.previous_valid_until)::bigint AS previous_valid_until, \
     extract(epoch FROM k.created_at)::bigint AS created_at, \
@@ -217,6 +219,8 @@ pub struct KeyPatch {
     pub allowed_cidrs: Option<Vec<ipnet::IpNet>>,
     /// New metadata.
     pub metadata: Option<Value>,
+    /// New default tags (a JSON object of strings).
+    pub tags: Option<Value>,
 }
 
 /// The row `select` (a `SELECT … FROM t` without a `WHERE`) has for `id`,
@@ -414,6 +418,7 @@ impl Store {
             "UPDATE api_keys SET name = coalesce($2, name), scopes = coalesce($3, scopes), \
              allowed_cidrs = coalesce($4, allowed_cidrs), metadata = coalesce($5, metadata), \
              expires_at = CASE WHEN $6 THEN to_timestamp($7::float8 / 1000) ELSE expires_at END, \
+             tags = coalesce($8, tags), \
              updated_at = now() WHERE id = $1 AND status = 'active'",
         )
         .bind(id)
@@ -423,6 +428,7 @@ impl Store {
         .bind(&patch.metadata)
         .bind(set_expiry)
         .bind(expiry)
+        .bind(&patch.tags)
         .execute(&mut *tx)
         .await?;
         if done.rows_affected() == 0 {

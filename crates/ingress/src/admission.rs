@@ -100,7 +100,8 @@ pub(crate) fn admit(
     };
     // Tags, from the header and the body's metadata (validated: a 400 here);
     // a router's routes may require some.
-    let tags = crate::tags::of(hints.tags, Some(&request)).map_err(|e| (e, class))?;
+    let defaults = caller.grant.as_ref().map_or(&[][..], |g| &g.tags[..]);
+    let tags = crate::tags::of(hints.tags, Some(&request), defaults).map_err(|e| (e, class))?;
     let decision = decide(state, &request, class, request_id, &tags).map_err(|e| (e, class))?;
     let Decision {
         route_name,

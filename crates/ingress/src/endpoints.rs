@@ -162,7 +162,7 @@ pub(crate) async fn get_org_usage(
 
 pub(crate) async fn route_explain(
     State(state): State<Arc<AppState>>,
-    _: extract::Caller,
+    caller: extract::Caller,
     extract::RequestId(request_id): extract::RequestId,
     req: Request,
 ) -> Response {
@@ -173,7 +173,8 @@ pub(crate) async fn route_explain(
         let request = admission::parse_request(ApiSurface::ChatCompletions, &body)?;
         let hints = admission::Hints::from_headers(&parts.headers);
         let prediction = classify::decide(&state.classifier, &hints, &request)?;
-        let tags = crate::tags::of(hints.tags, Some(&request))?;
+        let defaults = caller.grant.as_ref().map_or(&[][..], |g| &g.tags[..]);
+        let tags = crate::tags::of(hints.tags, Some(&request), defaults)?;
         route::explain(&state, &request, &prediction, request_id, &tags)
     }
     .await;

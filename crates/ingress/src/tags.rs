@@ -13,25 +13,8 @@ use crate::error::ApiError;
 
 /// The header.
 pub(crate) const HEADER: &str = "x-switchyard-tags";
-/// Most tags a request may carry (OpenAI allows 16 metadata pairs).
-pub(crate) const MAX_TAGS: usize = 16;
-/// Longest key, in characters (OpenAI's metadata limit).
-pub(crate) const MAX_KEY_CHARS: usize = 64;
-/// Longest value, in characters (OpenAI's metadata limit).
-pub(crate) const MAX_VALUE_CHARS: usize = 512;
 
-/// A tag key: 1 to 64 of `A-Z a-z 0-9 _ - . :`.
-fn valid_key(k: &str) -> bool {
-    !k.is_empty()
-        && k.chars().count() <= MAX_KEY_CHARS
-        && k.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
-}
-
-/// A tag value: up to 512 characters, none of them a control character.
-fn valid_value(v: &str) -> bool {
-    v.chars().count() <= MAX_VALUE_CHARS && !v.chars().any(char::is_control)
-}
+use sy_protocol::tag::{MAX_KEY_CHARS, MAX_TAGS, MAX_VALUE_CHARS, valid_key, valid_value};
 
 fn bad(param: &str, message: String) -> ApiError {
     ApiError::invalid(param, message)
@@ -44,19 +27,21 @@ fn shown(k: &str) -> String {
 
 /// The tags of a request, sorted by key: the header's (`k=v,k=v`, strict:
 /// a malformed one or more than 16 is a 400), then the body's `metadata`
-/// string values that are valid tags, up to 16 in all (metadata is the
-/// client's own for the provider too: what is not a tag there is left out
-/// of the tags, never refused). None given: empty (nothing allocated).
+/// string values that are valid tags, then the key's `defaults`, up to 16 in
+/// all (metadata is the client's own for the provider too: what is not a tag
+/// there is left out of the tags, never refused). None given: empty.
 pub(crate) fn of(
     header: Option<&str>,
     request: Option<&ChatRequest>,
+    defaults: &[(String, String)],
 ) -> Result<Vec<(String, String)>, ApiError> {
     let metadata = match request.and_then(|r| r.extra.get("metadata")) {
         Some(Value::Object(m)) if !m.is_empty() => Some(m),
         _ => None,
     };
     if header.is_none() && metadata.is_none() {
-        return Ok(Vec::new());
+        // Already sorted, valid and at most 16 (the key table's).
+        return Ok(defaults.to_vec());
     }
     let mut tags = std::collections::BTreeMap::new();
     if let Some(h) = header {
@@ -122,6 +107,12 @@ pub(crate) fn of(
             tags.entry(k.clone()).or_insert_with(|| v.clone());
         }
     }
+    for (k, v) in defaults {
+        if tags.len() >= MAX_TAGS {
+            break;
+        }
+        tags.entry(k.clone()).or_insert_with(|| v.clone());
+    }
     Ok(tags.into_iter().collect())
 }
 
@@ -138,7 +129,7 @@ mod tests {
     fn the_header_and_metadata_give_sorted_tags_the_header_winning() {
         let r =
             chat(json!({"model": "m", "messages": [], "metadata": {"tier": "pro", "exp": "b"}}));
-        let tags = of(Some("feature=search, tier=free"), Some(&r)).unwrap();
+        let tags = of(Some("feature=search, tier=free"), Some(&r), &[]).unwrap();
         assert_eq!(
             tags,
             vec![
@@ -148,27 +139,31 @@ mod tests {
             ]
         );
         assert!(
-            of(None, Some(&chat(json!({"model": "m", "messages": []}))))
-                .unwrap()
-                .is_empty()
+            of(
+                None,
+                Some(&chat(json!({"model": "m", "messages": []}))),
+                &[]
+            )
+            .unwrap()
+            .is_empty()
         );
         assert_eq!(
-            of(Some("a="), None).unwrap(),
+            of(Some("a="), None, &[]).unwrap(),
             vec![("a".to_owned(), String::new())]
         );
     }
 
     #[test]
     fn malformed_or_too_many_tags_are_refused_naming_where_they_came_from() {
-        let e = of(Some("feature"), None).unwrap_err();
+        let e = of(Some("feature"), None, &[]).unwrap_err();
         assert_eq!(e.param.as_deref(), Some(HEADER));
         assert_eq!(e.status.as_u16(), 400);
-        assert!(of(Some("bad key=x"), None).is_err());
-        assert!(of(Some(&format!("k={}", "v".repeat(513))), None).is_err());
+        assert!(of(Some("bad key=x"), None, &[]).is_err());
+        assert!(of(Some(&format!("k={}", "v".repeat(513))), None, &[]).is_err());
         let many: Vec<String> = (0..17).map(|i| format!("k{i}=v")).collect();
-        let e = of(Some(&many.join(",")), None).unwrap_err();
+        let e = of(Some(&many.join(",")), None, &[]).unwrap_err();
         assert!(e.message.contains("at most 16"), "{}", e.message);
-        let e = of(Some("tier=fr\u{e9}e"), None).unwrap_err();
+        let e = of(Some("tier=fr\u{e9}e"), None, &[]).unwrap_err();
         assert!(e.message.contains("visible ASCII"), "{}", e.message);
     }
 
@@ -179,20 +174,37 @@ mod tests {
         let r = chat(json!({"model": "m", "messages": [], "metadata": {
             "n": 7, "customer id": "x", "note": "line\nbreak", "tier": "free"}}));
         assert_eq!(
-            of(None, Some(&r)).unwrap(),
+            of(None, Some(&r), &[]).unwrap(),
             vec![("tier".to_owned(), "free".to_owned())]
         );
         let r = chat(json!({"model": "m", "messages": [], "metadata": ["x"]}));
-        assert!(of(None, Some(&r)).unwrap().is_empty());
+        assert!(of(None, Some(&r), &[]).unwrap().is_empty());
         // Sixteen at most in all, the header's first, then metadata's in key order.
         let mut m = serde_json::Map::new();
         for i in 10..30 {
             m.insert(format!("k{i}"), json!("v"));
         }
         let r = chat(json!({"model": "m", "messages": [], "metadata": m}));
-        let tags = of(Some("a=1"), Some(&r)).unwrap();
+        let tags = of(Some("a=1"), Some(&r), &[]).unwrap();
         assert_eq!(tags.len(), 16);
         assert_eq!(tags[0], ("a".to_owned(), "1".to_owned()));
         assert_eq!(tags[15].0, "k24");
+    }
+
+    #[test]
+    fn a_keys_default_tags_fill_in_under_the_requests_own() {
+        let defaults = vec![
+            ("team".to_owned(), "search".to_owned()),
+            ("tier".to_owned(), "pro".to_owned()),
+        ];
+        assert_eq!(of(None, None, &defaults).unwrap(), defaults);
+        let tags = of(Some("tier=free"), None, &defaults).unwrap();
+        assert_eq!(
+            tags,
+            vec![
+                ("team".to_owned(), "search".to_owned()),
+                ("tier".to_owned(), "free".to_owned()),
+            ]
+        );
     }
 }

@@ -351,6 +351,9 @@ pub enum KeyCommand {
         /// When it stops working, Unix seconds.
         #[arg(long)]
         expires_at: Option<i64>,
+        /// A default tag of its requests, KEY=VALUE (repeatable).
+        #[arg(long = "tag", value_name = "KEY=VALUE")]
+        tags: Vec<String>,
     },
     /// Lists keys (never their secrets).
     List {
@@ -623,8 +626,19 @@ pub async fn run(conn: &Connection, call: Call, out: &mut impl Write) -> anyhow:
             models,
             cidrs,
             expires_at,
+            tags,
         }) => {
             let mut body = json!({"project_id": project, "name": name});
+            if !tags.is_empty() {
+                let mut m = serde_json::Map::new();
+                for t in &tags {
+                    let Some((k, v)) = t.split_once('=') else {
+                        anyhow::bail!("--tag takes KEY=VALUE, not '{t}'");
+                    };
+                    m.insert(k.to_owned(), json!(v));
+                }
+                body["tags"] = Value::Object(m);
+            }
             if !models.is_empty() {
                 body["scopes"] = json!({ "models": models });
             }

@@ -595,6 +595,8 @@ struct NewKey {
     #[serde(default)]
     metadata: Option<Value>,
     #[serde(default)]
+    tags: Option<Value>,
+    #[serde(default)]
     limits: Option<LimitSet>,
     #[serde(default)]
     model_limits: Option<ModelLimits>,
@@ -650,6 +652,36 @@ fn metadata(v: Value) -> Result<Value, AdminError> {
     Ok(v)
 }
 
+/// A key's default tags: an object of at most 16 string values, each a valid
+/// tag (docs/analytics.md).
+fn tags(v: Value) -> Result<Value, AdminError> {
+    use sy_protocol::tag;
+    let Some(m) = v.as_object() else {
+        return Err(AdminError::invalid(
+            "'tags' must be a JSON object of strings.",
+        ));
+    };
+    if m.len() > tag::MAX_TAGS {
+        return Err(AdminError::invalid(format!(
+            "'tags' holds more than {} tags.",
+            tag::MAX_TAGS
+        )));
+    }
+    for (k, x) in m {
+        match x.as_str() {
+            Some(s) if tag::valid_key(k) && tag::valid_value(s) => {}
+            _ => {
+                return Err(AdminError::invalid(format!(
+                    "'tags': '{}' is not a tag: values are strings; {}.",
+                    k.chars().take(80).collect::<String>(),
+                    tag::RULES
+                )));
+            }
+        }
+    }
+    Ok(v)
+}
+
 fn expiry_ms(secs: i64) -> Result<i64, AdminError> {
     // Year 1970 to 9999: what PostgreSQL's timestamptz and people both mean.
     if !(0..=253_402_300_799).contains(&secs) {
@@ -697,6 +729,7 @@ pub(super) async fn create_key(
         expires_at_ms: req.expires_at.map(expiry_ms).transpose()?,
         allowed_cidrs: cidrs(req.allowed_cidrs.unwrap_or_default())?,
         metadata: metadata(req.metadata.unwrap_or_else(|| json!({})))?,
+        tags: tags(req.tags.unwrap_or_else(|| json!({})))?,
     };
     let project = admin.store.project(req.project_id).await?;
     if !caller.sees(project.org_id) {
@@ -755,6 +788,8 @@ struct KeyChange {
     #[serde(default)]
     metadata: Option<Value>,
     #[serde(default)]
+    tags: Option<Value>,
+    #[serde(default)]
     limits: Option<LimitSet>,
     #[serde(default)]
     model_limits: Option<ModelLimits>,
@@ -783,6 +818,7 @@ pub(super) async fn patch_key(
             .transpose()?,
         allowed_cidrs: req.allowed_cidrs.map(cidrs).transpose()?,
         metadata: req.metadata.map(metadata).transpose()?,
+        tags: req.tags.map(tags).transpose()?,
     };
     let mut key = if patch == KeyPatch::default() && limits.given() {
         key
