@@ -45,6 +45,7 @@ pub use error::ApiError;
 pub use relay::{Aggregate, AggregatedCall, AggregatedChoice, Pending, StreamEncoder, answer_meta};
 pub use route::{estimate_input_tokens, expected_output_tokens};
 pub use surface::chat::{SseEncoder, parse_chat};
+pub use tags::of_body as body_tags;
 pub use validate::validate_chat;
 
 use std::sync::Arc;

@@ -116,6 +116,14 @@ pub(crate) fn of(
     Ok(tags.into_iter().collect())
 }
 
+/// The tags a chat request's body gives (its `metadata` entries that are
+/// valid tags, at most 16), as routing sees them without headers or a key
+/// (`switchyard route simulate`).
+pub fn of_body(request: &ChatRequest) -> Vec<(String, String)> {
+    // Without a header nothing can be refused.
+    of(None, Some(request), &[]).unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,6 +197,12 @@ mod tests {
         assert_eq!(tags.len(), 16);
         assert_eq!(tags[0], ("a".to_owned(), "1".to_owned()));
         assert_eq!(tags[15].0, "k24");
+    }
+
+    #[test]
+    fn a_body_alone_gives_its_metadata_tags() {
+        let r = chat(json!({"model": "m", "messages": [], "metadata": {"tier": "free", "n": 1}}));
+        assert_eq!(of_body(&r), vec![("tier".to_owned(), "free".to_owned())]);
     }
 
     #[test]

@@ -89,10 +89,11 @@ pub fn run(
         let req: ChatRequest = serde_json::from_value(body)
             .with_context(|| format!("{}:{}: not a chat request", input.display(), i + 1))?;
         let class = classifier.classify(&req).class;
+        let tags = sy_ingress::body_tags(&req);
         let r = RouteRequest {
             class: class.as_str(),
             task_type: None,
-            tags: &[],
+            tags: &tags,
             input_tokens: sy_ingress::estimate_input_tokens(&req),
             output_tokens: sy_ingress::expected_output_tokens(&req),
         };
