@@ -1,7 +1,10 @@
 //! Rate limits at admission (issue 17): every scope a request counts against
 //! (its key, project and org, and their limits for the model asked for) is
 //! checked and debited in one Redis call (`sy-limits`), after the request is
-//! parsed, routed and built and before it is published. A refusal is a 429
+//! parsed, routed and built and before it is published; a busy key's
+//! requests are admitted instead from the allowance this process took for
+//! them ahead of time, with no Redis call (`sy_limits::allowance`,
+//! docs/limits.md "Allowances"). A refusal is a 429
 //! in the client's format naming the scope and the limit, with `Retry-After`;
 //! an admitted request carries the rate-limit headers of its tightest scope,
 //! holds a concurrency lease until it ends (renewed while it runs), and
