@@ -120,34 +120,18 @@ if nb > 0 then
   if ARGV[b0 + 6] == '1' and redis.call('EXISTS', KEYS[n * 2 + 3]) == 0 then
     return {0, 0, 5}
   end
-  -- The sweeper: reservations past their time (a request whose usage never
-  -- came) give back what they held, before anyone is refused for them.
-  local expired = redis.call('ZRANGEBYSCORE', resx_key, '-inf', now_ms, 'LIMIT', 0, 100)
-  for _, rid in ipairs(expired) do
-    release(res_key, resx_key, rid)
-  end
-  -- A request admitted again under the same id (a batch item sent again
-  -- after its dispatcher restarted) holds one reservation, not two.
-  if redis.call('HEXISTS', res_key, id) == 1 then
-    release(res_key, resx_key, id)
-  end
+  -- Lapsed reservations go back first; a request admitted again under the
+  -- same id (a batch item sent again after its dispatcher restarted) holds
+  -- one reservation, not two.
+  sweep(res_key, resx_key, now_ms, id)
   local secs = tonumber(t[1])
+  budgets = read_budgets(n * 2 + 3, b0 + 6, nb, secs)
   for j = 1, nb do
-    local key = KEYS[n * 2 + 3 + j]
-    local limit = tonumber(ARGV[b0 + 6 + (j - 1) * 2 + 1])
-    local period = tonumber(ARGV[b0 + 6 + (j - 1) * 2 + 2])
-    local pid = period_id(period, secs)
-    local h = redis.call('HMGET', key, 'p', 'spent', 'held')
-    local spent, held = 0, 0
-    if h[1] == pid then
-      spent = tonumber(h[2] or '0')
-      held = tonumber(h[3] or '0')
-    end
-    budgets[j] = {key = key, pid = pid, fresh = h[1] ~= pid, period = period}
-    local left = limit - spent - held
+    local bj = budgets[j]
+    local left = bj.limit - bj.spent - bj.held
     if room == nil or left < room then
       room, tight = left, j
-      budgets.spent, budgets.held, budgets.limit = spent, held, limit
+      budgets.spent, budgets.held, budgets.limit = bj.spent, bj.held, bj.limit
     end
   end
   cost = in_cost + math.ceil(per_tok * out_tokens)

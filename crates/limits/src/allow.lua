@@ -107,34 +107,20 @@ if nb > 0 then
   for r = 1, nr do
     release_part(res_key, resx_key, ARGV[b + 5 + (r - 1) * 2 + 1], tonumber(ARGV[b + 5 + (r - 1) * 2 + 2]))
   end
-  local expired = redis.call('ZRANGEBYSCORE', resx_key, '-inf', now_ms, 'LIMIT', 0, 100)
-  for _, rid in ipairs(expired) do
-    release(res_key, resx_key, rid)
-  end
   -- An id already there (another run of a process with the same name)
   -- gives back what it holds rather than be overwritten.
-  if redis.call('HEXISTS', res_key, id) == 1 then
-    release(res_key, resx_key, id)
-  end
+  sweep(res_key, resx_key, now_ms, id)
   if need_ready and redis.call('EXISTS', KEYS[n * 2 + 3]) == 0 then
     grant = false
   end
   local l0 = b + 5 + nr * 2
   local secs = tonumber(t[1])
   room = nil
+  budgets = read_budgets(n * 2 + 3, l0, nb, secs)
   for j = 1, nb do
-    local key = KEYS[n * 2 + 3 + j]
-    local limit = tonumber(ARGV[l0 + (j - 1) * 2 + 1])
-    local period = tonumber(ARGV[l0 + (j - 1) * 2 + 2])
-    local pid = period_id(period, secs)
-    local h = redis.call('HMGET', key, 'p', 'spent', 'held')
-    local spent, held = 0, 0
-    if h[1] == pid then
-      spent = tonumber(h[2] or '0')
-      held = tonumber(h[3] or '0')
-    end
-    budgets[j] = {key = key, pid = pid, fresh = h[1] ~= pid, period = period}
-    local ends = period_end(period, secs)
+    local bj = budgets[j]
+    local spent, held, limit = bj.spent, bj.held, bj.limit
+    local ends = period_end(bj.period, secs)
     if ends > 0 and (period_ends == -1 or ends * 1000 - now_ms < period_ends) then
       period_ends = ends * 1000 - now_ms
     end

@@ -109,3 +109,37 @@ local function reserve(res_key, resx_key, id, budgets, nb, amount, until_ms)
   redis.call('HSET', res_key, id, rec)
   redis.call('ZADD', resx_key, until_ms, id)
 end
+-- Before a new reservation `id`: reservations past their time (a request
+-- whose usage never came) give back what they held, 100 at most a call,
+-- before anyone is refused for them; and what `id` itself already holds is
+-- given back (one reservation per id, never two).
+local function sweep(res_key, resx_key, now_ms, id)
+  local expired = redis.call('ZRANGEBYSCORE', resx_key, '-inf', now_ms, 'LIMIT', 0, 100)
+  for _, rid in ipairs(expired) do
+    release(res_key, resx_key, rid)
+  end
+  if redis.call('HEXISTS', res_key, id) == 1 then
+    release(res_key, resx_key, id)
+  end
+end
+-- Reads `nb` budgets: their hashes from KEYS[k0 + j], limit and period from
+-- ARGV[a0 + 2j - 1] and ARGV[a0 + 2j], at Unix second `secs`. Each is
+-- {key, pid, fresh (a new period), period, spent, held, limit}.
+local function read_budgets(k0, a0, nb, secs)
+  local out = {}
+  for j = 1, nb do
+    local key = KEYS[k0 + j]
+    local limit = tonumber(ARGV[a0 + (j - 1) * 2 + 1])
+    local period = tonumber(ARGV[a0 + (j - 1) * 2 + 2])
+    local pid = period_id(period, secs)
+    local h = redis.call('HMGET', key, 'p', 'spent', 'held')
+    local spent, held = 0, 0
+    if h[1] == pid then
+      spent = tonumber(h[2] or '0')
+      held = tonumber(h[3] or '0')
+    end
+    out[j] = {key = key, pid = pid, fresh = h[1] ~= pid, period = period,
+              spent = spent, held = held, limit = limit}
+  end
+  return out
+end
