@@ -91,6 +91,13 @@ in the message. gpt-4o-mini falls back openai -> anthropic -> vllm; watch it hap
     -H 'Authorization: Bearer sk-sy-local-dev' -H 'Content-Type: application/json' \
     -d '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hi [[mock:status=500,only=openai]]"}]}'
 
+The response cache (docs/cache.md): the same request again is answered from Redis,
+byte for byte, with no provider call (x-switchyard-cache: miss, then hit):
+
+  for i in 1 2; do curl -si http://127.0.0.1:8080/v1/chat/completions \
+    -H 'Authorization: Bearer sk-sy-local-dev' -H 'x-switchyard-cache: use' -H 'Content-Type: application/json' \
+    -d '{"model":"gpt-4o-mini","temperature":0,"messages":[{"role":"user","content":"Cache me"}]}' | grep -i '^x-switchyard-cache'; done
+
 A batch, from the repository root (OpenAI's Batches API; the openai SDK works too):
 
   for i in 1 2 3; do echo '{"custom_id":"q'$i'","method":"POST","url":"/v1/chat/completions","body":{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Question '$i'"}]}}'; done > /tmp/batch.jsonl

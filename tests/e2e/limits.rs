@@ -594,6 +594,31 @@ async fn limits_set_from_the_command_line_hold_at_once() {
         json!({"usd": "100", "period": "month"}),
         "left as it was"
     );
+    // The response cache, a project's setting: on, off, or the config's.
+    let pid = project["id"].as_str().unwrap();
+    assert_eq!(p["cache"], serde_json::Value::Null);
+    let p = json(&["projects", "limits", pid, "--cache", "on"]);
+    assert_eq!(p["cache"], json!(true));
+    let p = json(&["projects", "limits", pid, "--cache", "default"]);
+    assert_eq!(p["cache"], serde_json::Value::Null);
+    // A plan's price of a cache hit.
+    let plan = json(&[
+        "plans",
+        "create",
+        "cachey",
+        "--multiplier",
+        "1.1",
+        "--cache-hit-multiplier",
+        "0.1",
+    ]);
+    assert_eq!(plan["cache_hit_multiplier"], json!("0.1"));
+    let plan = json(&[
+        "plans",
+        "update",
+        "cachey",
+        "--default-cache-hit-multiplier",
+    ]);
+    assert_eq!(plan["cache_hit_multiplier"], serde_json::Value::Null);
     // A budget the API cannot take is refused, naming the field.
     let bad = stack
         .http
@@ -614,6 +639,15 @@ async fn limits_set_from_the_command_line_hold_at_once() {
         .await
         .unwrap();
     assert_eq!(bad.status(), 400);
+    let bad = stack
+        .http
+        .patch(stack.url(&format!("/admin/v1/orgs/{}", org["id"].as_str().unwrap())))
+        .bearer_auth(ADMIN)
+        .json(&json!({"cache": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400, "the cache is a project's setting");
     // Prepaid balances: an org made prepaid, credited once per reference.
     let org_id = org["id"].as_str().unwrap();
     let o = json(&["orgs", "prepaid", org_id, "true"]);
@@ -638,7 +672,7 @@ async fn limits_set_from_the_command_line_hold_at_once() {
 }
 
 /// A process killed when dropped.
-struct Killed(std::process::Child);
+pub(crate) struct Killed(std::process::Child);
 
 impl Drop for Killed {
     fn drop(&mut self) {
@@ -648,7 +682,7 @@ impl Drop for Killed {
 }
 
 /// A Redis of the test's own on a free port (this test stops it).
-fn private_redis(port: u16) -> Killed {
+pub(crate) fn private_redis(port: u16) -> Killed {
     let child = std::process::Command::new("redis-server")
         .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
         .args(["--save", "", "--appendonly", "no"])
@@ -663,7 +697,7 @@ fn private_redis(port: u16) -> Killed {
     Killed(child)
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

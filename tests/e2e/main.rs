@@ -7,6 +7,7 @@ mod accounting;
 mod bad_input;
 mod batch;
 mod billing;
+mod cache;
 mod cancel;
 mod chat;
 mod cluster;

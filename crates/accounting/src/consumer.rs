@@ -234,8 +234,13 @@ impl Writer {
         let settles = batch.iter().filter_map(|(e, _, _)| {
             let ticket = e.limits.as_ref()?;
             let t = &e.tokens;
-            let used =
-                t.input_tokens + t.cached_input_tokens + t.cache_write_tokens + t.output_tokens;
+            // A cache hit's tokens are the stored answer's: no provider
+            // produced them, so they take nothing from a tokens-per-minute limit.
+            let used = if e.cache_hit {
+                0
+            } else {
+                t.input_tokens + t.cached_input_tokens + t.cache_write_tokens + t.output_tokens
+            };
             let request_id = e.request_id.to_string();
             Some(async move {
                 limiter

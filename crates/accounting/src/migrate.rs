@@ -40,6 +40,11 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         "0007_tags.sql",
         include_str!("../../../migrations/clickhouse/0007_tags.sql"),
     ),
+    (
+        8,
+        "0008_cache.sql",
+        include_str!("../../../migrations/clickhouse/0008_cache.sql"),
+    ),
 ];
 
 /// The statements of a migration file for database `db`: comment lines dropped

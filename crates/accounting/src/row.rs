@@ -104,6 +104,8 @@ pub struct RequestRow {
     /// The request's tags' keys, sorted, and their values in the same order.
     pub tag_keys: Vec<String>,
     pub tag_values: Vec<String>,
+    /// 1: answered from the response cache.
+    pub cache_hit: u8,
 }
 
 fn ms32(v: u64) -> u32 {
@@ -168,6 +170,7 @@ impl From<&UsageEvent> for RequestRow {
             trace_id: e.trace_id.clone().unwrap_or_default(),
             tag_keys: e.tags.iter().map(|(k, _)| k.clone()).collect(),
             tag_values: e.tags.iter().map(|(_, v)| v.clone()).collect(),
+            cache_hit: u8::from(e.cache_hit),
         }
     }
 }

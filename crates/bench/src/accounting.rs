@@ -95,6 +95,7 @@ fn event(i: usize) -> UsageEvent {
         limits: None,
         trace_id: None,
         tags: Vec::new(),
+        cache_hit: false,
     }
 }
 

@@ -11,6 +11,7 @@
 //! `schemas/config.schema.json`. No I/O beyond reading the file (and
 //! `credentials.master_key_file` when set).
 
+pub mod cache;
 mod env;
 mod error;
 pub mod price;
@@ -19,6 +20,7 @@ pub mod routing;
 mod settings;
 mod validate;
 
+pub use cache::{CacheConfig, RawCache};
 pub use env::{EnvSource, MapEnv, ProcessEnv, interpolate};
 pub use error::{ConfigError, ConfigErrors, LoadError};
 pub use raw::{

@@ -46,6 +46,9 @@ pub struct RawConfig {
     /// How rate limits are applied.
     #[serde(default)]
     pub limits: RawLimits,
+    /// `[cache]`: the exact response cache.
+    #[serde(default)]
+    pub cache: crate::cache::RawCache,
     /// Provider credentials in the control plane, sealed under a master key.
     #[serde(default)]
     pub credentials: Option<RawCredentials>,

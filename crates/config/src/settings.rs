@@ -64,6 +64,8 @@ pub struct Config {
     pub billing: BillingConfig,
     /// How rate limits are applied.
     pub limits: LimitsConfig,
+    /// The exact response cache, when on.
+    pub cache: Option<crate::cache::CacheConfig>,
     /// Provider credentials' master keys, if configured.
     pub credentials: Option<CredentialsConfig>,
     /// The accounting consumer.

@@ -554,6 +554,36 @@ fn connection_and_body_limits_have_defaults_and_are_checked() {
 }
 
 #[test]
+fn the_cache_needs_redis_known_models_and_bounded_settings() {
+    let p = problems(
+        "[cache]\nenabled = true\nttl = \"2d\"\nmax_ttl = \"1d\"\nmodels = [\"nope\"]\n\
+         max_temperature = 3.0\nmax_entry_bytes = 0\nhit_multiplier = \"-1\"\n",
+    );
+    for field in [
+        "cache.enabled",
+        "cache.ttl",
+        "cache.models.nope",
+        "cache.max_temperature",
+        "cache.max_entry_bytes",
+        "cache.hit_multiplier",
+    ] {
+        assert!(p.iter().any(|s| s.starts_with(field)), "{field}: {p:?}");
+    }
+    // Off (the default), nothing is checked and there is no cache.
+    let c = Config::from_toml("[cache]\nmodels = [\"nope\"]\n", &env(&[])).unwrap();
+    assert!(c.cache.is_none());
+    let c = Config::from_toml(
+        "[redis]\nurl = \"redis://127.0.0.1:6379\"\n[cache]\nenabled = true\nhit_multiplier = \"0.25\"\n",
+        &env(&[]),
+    )
+    .unwrap();
+    let cache = c.cache.unwrap();
+    assert_eq!(cache.hit_multiplier_ppb, 250_000_000);
+    assert_eq!(cache.ttl, std::time::Duration::from_secs(3600));
+    assert!(!cache.store_tool_calls && !cache.store_length && !cache.share_across_projects);
+}
+
+#[test]
 fn rate_limits_need_redis_and_bounded_values() {
     let p = problems(
         "[limits]\nlease_seconds = 0\nreconcile_seconds = 0\nreserve_output_tokens = 0\n[limits.defaults.key]\nrpm = 0\ntpm = 5000000000\n\

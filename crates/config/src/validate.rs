@@ -550,6 +550,9 @@ impl Config {
             }
         });
         let limits = limits_config(e, raw.limits, redis.is_some(), &keys);
+        let cache = crate::cache::cache_config(e, raw.cache, redis.is_some(), &|name| {
+            models.contains_key(name) || routers.contains_key(name)
+        });
         let billing = billing_config(e, raw.billing, has_postgres && raw.tenants.is_some());
         let tenants = raw.tenants.and_then(|t| {
             let mut ok = true;
@@ -802,6 +805,7 @@ impl Config {
                 redis,
                 billing,
                 limits,
+                cache,
                 credentials,
                 accounting,
                 health,

@@ -42,6 +42,9 @@ pub struct Grant {
     /// The key's default tags, sorted by key: each of its requests carries
     /// them under the tags the request names itself.
     pub tags: Vec<(String, String)>,
+    /// Its project turns the response cache on (true) or off (false) for
+    /// its requests; none: the config's `[cache] models` decide.
+    pub cache: Option<bool>,
 }
 
 /// The budgets a key's requests count against: its own, its project's and
@@ -171,6 +174,7 @@ impl Grant {
             session_budget: None,
             pricing: crate::pricing::OrgPricing::default(),
             tags: Vec::new(),
+            cache: None,
         }
     }
 
@@ -363,6 +367,8 @@ struct Row {
     org_model_multipliers: serde_json::Value,
     plan_multiplier_ppb: Option<i64>,
     plan_model_multipliers: Option<serde_json::Value>,
+    project_cache: Option<bool>,
+    plan_cache_hit_ppb: Option<i64>,
 }
 
 impl Row {
@@ -421,6 +427,7 @@ impl Row {
                 .unwrap_or_default(),
             prepaid_credit: self.prepaid.then_some(self.org_credited_nanos),
             session_budget: budget_of(self.session_budget.as_ref()).map(|(nanos, _)| nanos),
+            cache: self.project_cache,
             pricing: crate::pricing::OrgPricing::from_columns(
                 self.plan,
                 self.org_multiplier_ppb,
@@ -429,6 +436,7 @@ impl Row {
                 self.plan_model_multipliers
                     .as_ref()
                     .unwrap_or(&serde_json::Value::Null),
+                self.plan_cache_hit_ppb,
             ),
         };
         let entry = KeyEntry {
@@ -454,7 +462,8 @@ const LIVE_KEYS: &str = "SELECT k.public_id, k.id AS key_id, p.id AS project_id,
         p.lower_max_tokens, o.prepaid, COALESCE(ob.credited_nanos, 0) AS org_credited_nanos, \
         p.session_budget, o.plan, o.multiplier_ppb AS org_multiplier_ppb, \
         o.model_multipliers AS org_model_multipliers, pl.multiplier_ppb AS plan_multiplier_ppb, \
-        pl.model_multipliers AS plan_model_multipliers \
+        pl.model_multipliers AS plan_model_multipliers, p.cache AS project_cache, \
+        pl.cache_hit_multiplier_ppb AS plan_cache_hit_ppb \
     FROM api_keys k JOIN projects p ON p.id = k.project_id JOIN orgs o ON o.id = p.org_id \
     LEFT JOIN org_balances ob ON ob.org_id = o.id LEFT JOIN plans pl ON pl.name = o.plan \
     WHERE k.status = 'active' AND p.status = 'active' AND o.status = 'active'";

@@ -75,6 +75,9 @@ pub struct Plan {
     pub multiplier_ppb: i64,
     /// Per upstream model, parts per billion.
     pub model_multipliers: BTreeMap<String, i64>,
+    /// What a response-cache hit is billed, ppb of what the request would
+    /// have been billed; none: the config's `[cache] hit_multiplier`.
+    pub cache_hit_multiplier_ppb: Option<i64>,
 }
 
 /// An org's plan and its own multipliers.
@@ -90,6 +93,9 @@ pub struct OrgPricing {
     pub plan_multiplier_ppb: Option<i64>,
     /// Its plan's multipliers per upstream model, ppb.
     pub plan_model_multipliers: BTreeMap<String, i64>,
+    /// What its plan bills a response-cache hit, ppb of what the request
+    /// would have been billed; none: the config's `[cache] hit_multiplier`.
+    pub cache_hit_ppb: Option<i64>,
 }
 
 impl OrgPricing {
@@ -113,6 +119,7 @@ impl OrgPricing {
         model_multipliers: &Value,
         plan_multiplier_ppb: Option<i64>,
         plan_model_multipliers: &Value,
+        cache_hit_ppb: Option<i64>,
     ) -> Self {
         OrgPricing {
             plan,
@@ -120,6 +127,7 @@ impl OrgPricing {
             model_multipliers: ppb_map(model_multipliers),
             plan_multiplier_ppb,
             plan_model_multipliers: ppb_map(plan_model_multipliers),
+            cache_hit_ppb,
         }
     }
 }
@@ -195,6 +203,7 @@ struct PlanRow {
     name: String,
     multiplier_ppb: i64,
     model_multipliers: Value,
+    cache_hit_multiplier_ppb: Option<i64>,
 }
 
 impl From<PlanRow> for Plan {
@@ -203,8 +212,17 @@ impl From<PlanRow> for Plan {
             name: r.name,
             multiplier_ppb: r.multiplier_ppb,
             model_multipliers: ppb_map(&r.model_multipliers),
+            cache_hit_multiplier_ppb: r.cache_hit_multiplier_ppb,
         }
     }
+}
+
+/// Checks a cache-hit multiplier: 0 (hits free) to 1000.
+fn check_cache_hit(ppb: Option<i64>) -> Result<(), StoreError> {
+    if ppb.is_some_and(|m| !(0..=MAX_MULTIPLIER_PPB).contains(&m)) {
+        return Err(invalid("'cache_hit_multiplier' must be 0 to 1000".into()));
+    }
+    Ok(())
 }
 
 /// Checks `models` (model → multiplier in ppb).
@@ -243,6 +261,7 @@ impl Plan {
             "name": self.name,
             "multiplier": format_multiplier(self.multiplier_ppb),
             "model_multipliers": multipliers_view(&self.model_multipliers),
+            "cache_hit_multiplier": self.cache_hit_multiplier_ppb.map(format_multiplier),
         })
     }
 }
@@ -362,7 +381,7 @@ impl Store {
     /// Every plan, by name.
     pub async fn plans(&self) -> Result<Vec<Plan>, StoreError> {
         let rows: Vec<PlanRow> = sqlx::query_as(
-            "SELECT name, multiplier_ppb, model_multipliers FROM plans ORDER BY name",
+            "SELECT name, multiplier_ppb, model_multipliers, cache_hit_multiplier_ppb FROM plans ORDER BY name",
         )
         .fetch_all(self.pool())
         .await?;
@@ -372,7 +391,7 @@ impl Store {
     /// The plan `name`.
     pub async fn plan(&self, name: &str) -> Result<Plan, StoreError> {
         let row: Option<PlanRow> = sqlx::query_as(
-            "SELECT name, multiplier_ppb, model_multipliers FROM plans WHERE name = $1",
+            "SELECT name, multiplier_ppb, model_multipliers, cache_hit_multiplier_ppb FROM plans WHERE name = $1",
         )
         .bind(name)
         .fetch_optional(self.pool())
@@ -401,14 +420,16 @@ impl Store {
             ));
         }
         check_models(&plan.model_multipliers)?;
+        check_cache_hit(plan.cache_hit_multiplier_ppb)?;
         let mut tx = self.pool().begin().await?;
         let made = sqlx::query(
-            "INSERT INTO plans (name, multiplier_ppb, model_multipliers) VALUES ($1, $2, $3) \
-             ON CONFLICT (name) DO NOTHING",
+            "INSERT INTO plans (name, multiplier_ppb, model_multipliers, cache_hit_multiplier_ppb) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO NOTHING",
         )
         .bind(&plan.name)
         .bind(plan.multiplier_ppb)
         .bind(models_json(&plan.model_multipliers))
+        .bind(plan.cache_hit_multiplier_ppb)
         .execute(&mut *tx)
         .await?;
         if made.rows_affected() == 0 {
@@ -437,7 +458,9 @@ impl Store {
         name: &str,
         multiplier_ppb: Option<i64>,
         model_multipliers: Option<BTreeMap<String, i64>>,
+        cache_hit_multiplier_ppb: Option<Option<i64>>,
     ) -> Result<Plan, StoreError> {
+        check_cache_hit(cache_hit_multiplier_ppb.flatten())?;
         if multiplier_ppb.is_some_and(|m| !(1..=MAX_MULTIPLIER_PPB).contains(&m)) {
             return Err(invalid(
                 "'multiplier' must be above 0 and at most 1000".into(),
@@ -448,7 +471,7 @@ impl Store {
         }
         let mut tx = self.pool().begin().await?;
         let row: Option<PlanRow> = sqlx::query_as(
-            "SELECT name, multiplier_ppb, model_multipliers FROM plans WHERE name = $1 FOR UPDATE",
+            "SELECT name, multiplier_ppb, model_multipliers, cache_hit_multiplier_ppb FROM plans WHERE name = $1 FOR UPDATE",
         )
         .bind(name)
         .fetch_optional(&mut *tx)
@@ -459,14 +482,17 @@ impl Store {
             multiplier_ppb: multiplier_ppb.unwrap_or(before.multiplier_ppb),
             model_multipliers: model_multipliers
                 .unwrap_or_else(|| before.model_multipliers.clone()),
+            cache_hit_multiplier_ppb: cache_hit_multiplier_ppb
+                .unwrap_or(before.cache_hit_multiplier_ppb),
         };
         sqlx::query(
-            "UPDATE plans SET multiplier_ppb = $2, model_multipliers = $3, updated_at = now() \
-             WHERE name = $1",
+            "UPDATE plans SET multiplier_ppb = $2, model_multipliers = $3, \
+             cache_hit_multiplier_ppb = $4, updated_at = now() WHERE name = $1",
         )
         .bind(name)
         .bind(after.multiplier_ppb)
         .bind(models_json(&after.model_multipliers))
+        .bind(after.cache_hit_multiplier_ppb)
         .execute(&mut *tx)
         .await?;
         let e = Entry {
@@ -486,7 +512,7 @@ impl Store {
     pub async fn delete_plan(&self, actor: &Actor, name: &str) -> Result<(), StoreError> {
         let mut tx = self.pool().begin().await?;
         let before = sqlx::query_as::<_, PlanRow>(
-            "SELECT name, multiplier_ppb, model_multipliers FROM plans WHERE name = $1 FOR UPDATE",
+            "SELECT name, multiplier_ppb, model_multipliers, cache_hit_multiplier_ppb FROM plans WHERE name = $1 FOR UPDATE",
         )
         .bind(name)
         .fetch_optional(&mut *tx)
@@ -527,10 +553,12 @@ impl Store {
             own_models: Value,
             plan_ppb: Option<i64>,
             plan_models: Option<Value>,
+            plan_cache_hit: Option<i64>,
         }
         let row: Option<OrgRow> = sqlx::query_as(
             "SELECT o.plan, o.multiplier_ppb AS own, o.model_multipliers AS own_models, \
-             pl.multiplier_ppb AS plan_ppb, pl.model_multipliers AS plan_models \
+             pl.multiplier_ppb AS plan_ppb, pl.model_multipliers AS plan_models, \
+             pl.cache_hit_multiplier_ppb AS plan_cache_hit \
              FROM orgs o LEFT JOIN plans pl ON pl.name = o.plan WHERE o.id = $1",
         )
         .bind(org)
@@ -543,6 +571,7 @@ impl Store {
             &r.own_models,
             r.plan_ppb,
             &r.plan_models.unwrap_or(Value::Null),
+            r.plan_cache_hit,
         ))
     }
 
@@ -729,6 +758,7 @@ mod tests {
             &json!({"gpt-4o": 900_000_000}),
             Some(1_200_000_000),
             &json!({"gpt-4o": 1_500_000_000, "o3": 2_000_000_000}),
+            None,
         );
         assert_eq!(
             p.multiplier("gpt-4o"),

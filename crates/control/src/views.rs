@@ -58,6 +58,9 @@ pub struct ProjectView {
     /// What the requests of one `x-switchyard-session` may spend together:
     /// `{"usd": "1.00", "period": "none"}`, or null.
     pub session_budget: Option<Value>,
+    /// The response cache for its requests: on (true), off (false), or as
+    /// the config's `[cache] models` say (null).
+    pub cache: Option<bool>,
     /// Created, Unix seconds.
     pub created_at: i64,
     /// Last changed, Unix seconds.
@@ -144,7 +147,7 @@ pub struct Filter {
 const ORG: &str = "SELECT id, name, status, limits, model_limits, budget, prepaid, \
     extract(epoch FROM created_at)::bigint AS created_at, \
     extract(epoch FROM updated_at)::bigint AS updated_at FROM orgs";
-const PROJECT: &str = "SELECT id, org_id, name, status, limits, model_limits, budget, lower_max_tokens, session_budget, \
+const PROJECT: &str = "SELECT id, org_id, name, status, limits, model_limits, budget, lower_max_tokens, session_budget, cache, \
     extract(epoch FROM created_at)::bigint AS created_at, \
     extract(epoch FROM updated_at)::bigint AS updated_at FROM projects";
 const KEY: &str = "SELECT k.id, k.project_id, p.org_id, k.name, \
@@ -183,6 +186,8 @@ pub struct LimitChange {
     pub prepaid: Option<bool>,
     /// A project's session cap (`{"usd", "period": "none"}`), or null to remove it.
     pub session_budget: Option<Value>,
+    /// A project's response cache: on, off, or null (the config decides).
+    pub cache: Option<Option<bool>>,
 }
 
 impl LimitChange {
@@ -194,6 +199,7 @@ impl LimitChange {
             || self.lower_max_tokens.is_some()
             || self.prepaid.is_some()
             || self.session_budget.is_some()
+            || self.cache.is_some()
     }
 }
 
@@ -526,6 +532,13 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
+        if let (LimitTarget::Project(_), Some(cache)) = (target, change.cache) {
+            sqlx::query("UPDATE projects SET cache = $2 WHERE id = $1")
+                .bind(id)
+                .bind(cache)
+                .execute(&mut *tx)
+                .await?;
+        }
         let action = format!("{kind}.limits");
         let state = |l: &Value, m: &Value, b: &Option<Value>, flag: bool| {
             let mut v = json!({"limits": l, "model_limits": m, "budget": b});
@@ -545,6 +558,9 @@ impl Store {
                 let mut after = state(&new_limits, &new_models, &new_budget, new_flag);
                 if let Some(session) = &change.session_budget {
                     after["session_budget"] = session.clone();
+                }
+                if let Some(cache) = change.cache {
+                    after["cache"] = json!(cache);
                 }
                 after
             }),

@@ -312,6 +312,7 @@ async fn every_endpoint_answers_every_role_as_the_docs_table_says() {
                         name: plan[..30].to_owned(),
                         multiplier_ppb: 1_100_000_000,
                         model_multipliers: Default::default(),
+                        cache_hit_multiplier_ppb: None,
                     },
                 )
                 .await

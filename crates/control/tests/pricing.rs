@@ -136,6 +136,7 @@ async fn plans_and_an_orgs_own_multipliers_reach_its_keys_grants() {
         name: "pro".into(),
         multiplier_ppb: 1_200_000_000,
         model_multipliers: [("o3".to_owned(), 2_000_000_000)].into(),
+        cache_hit_multiplier_ppb: Some(250_000_000),
     };
     store.create_plan(&actor, &pro).await.unwrap();
     assert!(matches!(
@@ -196,12 +197,18 @@ async fn plans_and_an_orgs_own_multipliers_reach_its_keys_grants() {
     let g = grant(key).await;
     assert_eq!(g.pricing.multiplier("gpt-4o"), Some(900_000_000));
     assert_eq!(g.pricing.multiplier("o3"), Some(1_100_000_000));
+    assert_eq!(
+        g.pricing.cache_hit_ppb,
+        Some(250_000_000),
+        "the plan's hit price"
+    );
     // A plan change reaches its orgs; a plan orgs are on cannot go.
     store
-        .update_plan(&actor, "pro", None, Some(BTreeMap::new()))
+        .update_plan(&actor, "pro", None, Some(BTreeMap::new()), Some(None))
         .await
         .unwrap();
     assert!(grant(key).await.pricing.plan_model_multipliers.is_empty());
+    assert_eq!(grant(key).await.pricing.cache_hit_ppb, None);
     assert!(matches!(
         store.delete_plan(&actor, "pro").await,
         Err(StoreError::Conflict(_))

@@ -124,6 +124,22 @@ async fn chat(
     };
     admitted.envelope.limits = granted.ticket;
     let headroom = granted.headroom;
+    // The response cache: after limits (a hit counts as a request), before
+    // anything is published.
+    let cache = match &state.cache {
+        Some(c) => {
+            let d = crate::cache::Directives::of(&parts.headers)
+                .map_err(|e| (e, None, admitted.class))?;
+            c.plan(
+                d,
+                caller,
+                &mut admitted.envelope,
+                &admitted.route_header,
+                admitted.base64,
+            )
+        }
+        None => crate::cache::Plan::Off,
+    };
     // Every answer, error or not, says how much of its limits is left.
     let trace = parts
         .extensions
@@ -138,6 +154,7 @@ async fn chat(
         granted.lease,
         trace,
         received,
+        (cache, caller),
     )
     .await
     {
@@ -152,7 +169,9 @@ async fn chat(
     }
 }
 
-/// Publishes an admitted request and answers it from its reply frames.
+/// Publishes an admitted request and answers it from its reply frames (or
+/// from the response cache).
+#[allow(clippy::too_many_arguments)]
 async fn answer(
     state: &Arc<AppState>,
     surface: ApiSurface,
@@ -161,6 +180,7 @@ async fn answer(
     lease: Option<crate::ratelimit::Lease>,
     trace: sy_telemetry::trace::Span,
     received: std::time::Instant,
+    (cache, caller): (crate::cache::Plan, &extract::Caller),
 ) -> Result<Response, ChatError> {
     let admission::Admitted {
         mut envelope,
@@ -171,6 +191,23 @@ async fn answer(
     let span = tracing::Span::current();
     span.record("model", tracing::field::display(&envelope.request.model));
     span.record("stream", envelope.request.is_stream());
+    if let (Some(c), crate::cache::Plan::On(ask)) = (&state.cache, &cache)
+        && let Some(entry) = c.lookup(ask).await
+    {
+        // The hit's usage row is stored before it is answered: a hit that
+        // cannot be recorded is served as a miss.
+        let event = c.hit_event(&entry, caller, &envelope, trace.trace_id());
+        match state.bus.publish_usage(&event).await {
+            Ok(()) => {
+                let resp =
+                    with_headers(crate::cache::hit_response(&entry), request_id, None, class);
+                return Ok(with_route(resp, &route_header));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "A cache hit's usage could not be stored; answering uncached.");
+            }
+        }
+    }
     let deadline = tokio::time::Instant::now() + state.request_timeout;
     let stream = envelope.request.is_stream();
     let include_usage = envelope.request.wants_stream_usage();
@@ -250,23 +287,33 @@ async fn answer(
     if let Some(s) = &start {
         added_latency(surface, stream, s, received);
     }
+    let tap = match (&state.cache, &cache) {
+        (Some(c), crate::cache::Plan::On(ask)) => c.tap(ask, &envelope, start.as_ref()),
+        _ => None,
+    };
     let resp = match (surface, stream) {
         (ApiSurface::Messages, true) => {
-            sse_response(pending, first, messages::MessagesEncoder::new(names))
+            sse_response(pending, first, messages::MessagesEncoder::new(names), tap)
         }
         (ApiSurface::Responses, true) => {
-            sse_response(pending, first, responses::ResponsesEncoder::new(names))
+            sse_response(pending, first, responses::ResponsesEncoder::new(names), tap)
         }
-        (_, true) => sse_response(pending, first, SseEncoder::new(names, include_usage)),
-        (surface, false) => json_response(surface, pending, first, &names, base64)
+        (_, true) => sse_response(pending, first, SseEncoder::new(names, include_usage), tap),
+        (surface, false) => json_response(surface, pending, first, &names, base64, tap)
             .await
             .map_err(|e| (e, start.clone(), class))?,
     };
     let mut resp = with_headers(resp, request_id, start.as_ref(), class);
-    if let Ok(v) = HeaderValue::from_str(&route_header) {
+    crate::cache::mark(&mut resp, &cache);
+    Ok(with_route(resp, &route_header))
+}
+
+/// Names the route that served in `x-switchyard-route`.
+fn with_route(mut resp: Response, route: &str) -> Response {
+    if let Ok(v) = HeaderValue::from_str(route) {
         resp.headers_mut().insert(hdr::ROUTE, v);
     }
-    Ok(resp)
+    resp
 }
 
 /// Records what Switchyard added before the first frame of an answer its

@@ -15,6 +15,7 @@
 
 mod admission;
 pub mod batch;
+mod cache;
 mod classify;
 mod endpoints;
 #[cfg(test)]
@@ -236,6 +237,19 @@ async fn build(config: Arc<Config>, bus: Bus) -> Result<(Router, Arc<AppState>),
     live::start(&bus, &live, config.providers.keys().cloned().collect()).await?;
     live::follow_overrides(&bus, &live);
     let rate_limits = ratelimit::RateLimits::start(&config, &bus, &ingress_id).await;
+    let identity_secret = crate::pseudonym::IdentitySecret::of(&config);
+    let cache = config
+        .cache
+        .clone()
+        .zip(rate_limits.clone())
+        .map(|(c, limits)| {
+            Arc::new(cache::ResponseCache::new(
+                c,
+                identity_secret.derive("switchyard response cache"),
+                limits,
+                &config.nats.namespace,
+            ))
+        });
     let state = Arc::new(AppState {
         bus,
         replies,
@@ -263,7 +277,8 @@ async fn build(config: Arc<Config>, bus: Bus) -> Result<(Router, Arc<AppState>),
         batches,
         rate_limits,
         metrics_token: config.metrics.token.clone(),
-        identity_secret: crate::pseudonym::IdentitySecret::of(&config),
+        identity_secret,
+        cache,
     });
     let file_limit = usize::try_from(config.batch.max_file_bytes)
         .unwrap_or(usize::MAX)

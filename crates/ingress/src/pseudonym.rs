@@ -44,6 +44,16 @@ impl IdentitySecret {
         }
         IdentitySecret(h.finalize().into())
     }
+
+    /// A secret of its own for `purpose`, derived from this one.
+    pub(crate) fn derive(&self, purpose: &str) -> [u8; 32] {
+        <Hmac<Sha256> as Mac>::new_from_slice(&self.0)
+            .expect("HMAC takes any key length")
+            .chain_update(purpose.as_bytes())
+            .finalize()
+            .into_bytes()
+            .into()
+    }
 }
 
 /// `value` as a provider sees it from `scope`: `sy-` and 32 hex digits of

@@ -459,6 +459,11 @@ impl RateLimits {
     }
 
     /// Whether Redis is away now (limits counted locally).
+    /// The Redis connection's slot (filled once Redis answered).
+    pub(crate) fn limiter_slot(&self) -> Arc<OnceLock<Limiter>> {
+        self.limiter.clone()
+    }
+
     pub(crate) fn degraded(&self) -> bool {
         self.degraded_since_ms.load(Ordering::Relaxed) != 0
     }

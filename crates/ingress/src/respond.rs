@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use sy_protocol::{ApiSurface, ErrorCode, ReplyFrame, StartInfo, header as hdr};
 use uuid::Uuid;
 
+use crate::cache::Tap;
 use crate::error::ApiError;
 use crate::relay::{Aggregate, Pending, StreamEncoder};
 use crate::surface::{chat, embeddings, messages, responses};
@@ -57,12 +58,21 @@ pub(crate) async fn json_response(
     first: ReplyFrame,
     names: &ResponseMeta,
     base64: bool,
+    tap: Option<Tap>,
 ) -> Result<Response, ApiError> {
     let mut frames = vec![first];
     while !matches!(frames.last(), Some(ReplyFrame::Final(_))) {
         frames.push(pending.next().await?);
     }
+    let tap = tap.map(|mut t| {
+        frames.iter().for_each(|f| t.frame(f));
+        (t, frames.last().cloned())
+    });
     let body = answer_body(surface, frames, names, base64)?;
+    if let Some((mut t, Some(last))) = tap {
+        t.bytes(&body);
+        t.finish(&last, "application/json");
+    }
     Ok((
         [(
             header::CONTENT_TYPE,
@@ -125,6 +135,8 @@ struct SseState<E> {
     encoder: E,
     first: Option<ReplyFrame>,
     done: bool,
+    /// Records the stream for the response cache.
+    tap: Option<Tap>,
 }
 
 /// A streamed answer: each frame encoded as it arrives, in the surface's events.
@@ -132,12 +144,14 @@ pub(crate) fn sse_response<E: StreamEncoder>(
     pending: Pending,
     first: ReplyFrame,
     encoder: E,
+    tap: Option<Tap>,
 ) -> Response {
     let state = SseState {
         pending,
         encoder,
         first: Some(first),
         done: false,
+        tap,
     };
     let events = futures::stream::unfold(state, |mut st| async move {
         if st.done {
@@ -147,7 +161,7 @@ pub(crate) fn sse_response<E: StreamEncoder>(
             Some(f) => Ok(f),
             None => st.pending.next().await,
         };
-        let bytes = match frame {
+        let bytes = match &frame {
             Ok(ReplyFrame::Chunk(c)) => {
                 if let Some(start) = &c.start {
                     // The first frame's names are the encoder's already; a
@@ -169,9 +183,18 @@ pub(crate) fn sse_response<E: StreamEncoder>(
             }
             Err(e) => {
                 st.done = true;
-                st.encoder.error(&e)
+                st.encoder.error(e)
             }
         };
+        if let (Some(t), Ok(f)) = (st.tap.as_mut(), &frame) {
+            t.frame(f);
+            t.bytes(&bytes);
+        }
+        if st.done
+            && let (Some(t), Ok(f)) = (st.tap.take(), &frame)
+        {
+            t.finish(f, "text/event-stream");
+        }
         Some((Ok::<_, Infallible>(bytes), st))
     });
     (

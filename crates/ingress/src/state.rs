@@ -45,6 +45,8 @@ pub(crate) struct AppState {
     pub(crate) metrics_token: Option<sy_config::Secret>,
     /// What the identities a provider sees are keyed with.
     pub(crate) identity_secret: crate::pseudonym::IdentitySecret,
+    /// The response cache (when `[cache]` is on).
+    pub(crate) cache: Option<Arc<crate::cache::ResponseCache>>,
 }
 
 impl AppState {

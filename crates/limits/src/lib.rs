@@ -23,6 +23,7 @@
 //! may touch all of a request's scopes.
 
 pub mod allowance;
+pub mod cache;
 mod direct;
 pub mod leases;
 pub mod local;

@@ -480,7 +480,7 @@ impl Dialect {
                             "logprobs": null, "finish_reason": "tool_calls"}),
                         None => json!({"index": i, "message": {"role": "assistant",
                             "content": plan.text(i).concat(), "refusal": null},
-                            "logprobs": null, "finish_reason": "stop"}),
+                            "logprobs": null, "finish_reason": plan.d.finish.as_deref().unwrap_or("stop")}),
                     })
                     .collect();
                 json!({"id": plan.id(), "object": "chat.completion", "created": plan.created, "model": plan.model,
@@ -600,9 +600,8 @@ fn openai_events(plan: &Plan) -> Vec<(Bytes, bool)> {
                 out.push((chunk(json!([{"index": i, "delta": {"content": t}, "logprobs": null, "finish_reason": null}])), true));
             }
             out.push((
-                chunk(
-                    json!([{"index": i, "delta": {}, "logprobs": null, "finish_reason": "stop"}]),
-                ),
+                chunk(json!([{"index": i, "delta": {}, "logprobs": null,
+                        "finish_reason": plan.d.finish.as_deref().unwrap_or("stop")}])),
                 false,
             ));
         }

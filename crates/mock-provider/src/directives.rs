@@ -33,6 +33,9 @@ pub struct Directives {
     pub fail_for: Option<Duration>,
     /// Answer with a call to this tool.
     pub tool_call: Option<String>,
+    /// The finish reason of a text answer (OpenAI dialect): `stop` (the
+    /// default), `length` or `content_filter`.
+    pub finish: Option<String>,
     /// Report this many of the prompt tokens as read from the cache.
     pub cached_tokens: Option<u64>,
     /// Report this many of the prompt tokens as written to the cache (Anthropic).
@@ -61,6 +64,7 @@ impl Directives {
             tokens,
             cut_after,
             tool_call,
+            finish,
             cached_tokens,
             cache_write,
             error,
@@ -131,6 +135,14 @@ pub fn parse_list(text: &str, instance: &str) -> Result<Option<Directives>, Dire
                 }
                 d.tool_call = Some(value.to_owned());
             }
+            "finish" => match value {
+                "stop" | "length" | "content_filter" => d.finish = Some(value.to_owned()),
+                v => {
+                    return Err(DirectiveError(format!(
+                        "mock directive finish: '{v}' is not stop, length or content_filter"
+                    )));
+                }
+            },
             "cached_tokens" => d.cached_tokens = Some(num(value)?),
             "cache_write" => d.cache_write = Some(num(value)?),
             "error" => match value {

@@ -19,6 +19,11 @@ pub const ROUTE: &str = "x-switchyard-route";
 /// other request naming the same session (`x-switchyard-session: agent-42`).
 pub const SESSION: &str = "x-switchyard-session";
 
+/// Request: `use`, `refresh` or `bypass` the response cache (with
+/// `max-age=<s>`, `ttl=<s>`, `any-temperature`). Response: `hit`, `miss` or
+/// `bypass`.
+pub const CACHE: &str = "x-switchyard-cache";
+
 /// The W3C trace context, continued from a client's request and carried in
 /// the headers of a request's NATS messages (issue 19).
 pub const TRACEPARENT: &str = "traceparent";

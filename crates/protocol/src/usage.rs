@@ -189,6 +189,10 @@ pub struct UsageEvent {
     /// The request's tags, sorted by key.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<(String, String)>,
+    /// Answered from the response cache: no provider was called (its cost
+    /// is 0; it is billed at the plan's cache-hit multiplier).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cache_hit: bool,
 }
 
 impl UsageEvent {

@@ -159,6 +159,9 @@ pub enum PlanCommand {
         /// MODEL=MULTIPLIER (repeatable).
         #[arg(long = "model", value_name = "MODEL=MULTIPLIER")]
         models: Vec<String>,
+        /// What a response-cache hit is billed, as a fraction of a miss (e.g. 0.1).
+        #[arg(long)]
+        cache_hit_multiplier: Option<String>,
     },
     /// Changes a plan's multipliers (--model replaces its per-model ones).
     Update {
@@ -171,6 +174,12 @@ pub enum PlanCommand {
         /// Remove every per-model multiplier.
         #[arg(long)]
         clear_models: bool,
+        /// What a response-cache hit is billed, as a fraction of a miss (e.g. 0.1).
+        #[arg(long, conflicts_with = "default_cache_hit_multiplier")]
+        cache_hit_multiplier: Option<String>,
+        /// Bill hits at the config's [cache] hit_multiplier again.
+        #[arg(long)]
+        default_cache_hit_multiplier: bool,
     },
     /// Deletes a plan no org is on.
     Delete { name: String },
@@ -226,6 +235,9 @@ pub struct LimitArgs {
     /// Remove a project's session cap.
     #[arg(long)]
     pub no_session_budget: bool,
+    /// A project's response cache: on, off, or default (the config's [cache] models).
+    #[arg(long, value_parser = ["on", "off", "default"])]
+    pub cache: Option<String>,
 }
 
 impl LimitArgs {
@@ -254,9 +266,10 @@ impl LimitArgs {
                 && self.lower_max_tokens.is_none()
                 && self.session_budget_usd.is_none()
                 && !self.no_session_budget
+                && self.cache.is_none()
             {
                 anyhow::bail!(
-                    "name a limit (--rpm, --tpm, --concurrency), --clear, a budget (--budget-usd, --no-budget) or --lower-max-tokens"
+                    "name a limit (--rpm, --tpm, --concurrency), --clear, a budget (--budget-usd, --no-budget), --lower-max-tokens or --cache"
                 );
             }
             json!({})
@@ -268,6 +281,12 @@ impl LimitArgs {
         }
         if let Some(l) = self.lower_max_tokens {
             body["lower_max_tokens"] = json!(l);
+        }
+        match self.cache.as_deref() {
+            Some("on") => body["cache"] = json!(true),
+            Some("off") => body["cache"] = json!(false),
+            Some(_) => body["cache"] = Value::Null,
+            None => {}
         }
         match (&self.session_budget_usd, self.no_session_budget) {
             (Some(usd), _) => body["session_budget"] = json!({ "usd": usd }),
@@ -806,12 +825,14 @@ pub async fn run(conn: &Connection, call: Call, out: &mut impl Write) -> anyhow:
             name,
             multiplier,
             models,
+            cache_hit_multiplier,
         }) => (
             api.call(
                 Method::POST,
                 "/admin/v1/plans",
                 Some(json!({"name": name, "multiplier": multiplier,
-                            "model_multipliers": model_multipliers(&models)?})),
+                            "model_multipliers": model_multipliers(&models)?,
+                            "cache_hit_multiplier": cache_hit_multiplier})),
             )
             .await?,
             Shape::Plan,
@@ -821,10 +842,17 @@ pub async fn run(conn: &Connection, call: Call, out: &mut impl Write) -> anyhow:
             multiplier,
             models,
             clear_models,
+            cache_hit_multiplier,
+            default_cache_hit_multiplier,
         }) => {
             let mut body = json!({});
             if let Some(m) = multiplier {
                 body["multiplier"] = json!(m);
+            }
+            if let Some(m) = cache_hit_multiplier {
+                body["cache_hit_multiplier"] = json!(m);
+            } else if default_cache_hit_multiplier {
+                body["cache_hit_multiplier"] = Value::Null;
             }
             if clear_models || !models.is_empty() {
                 body["model_multipliers"] = model_multipliers(&models)?;

@@ -64,6 +64,14 @@ pub struct Metrics {
     /// what the ingress held, no Redis call), `redis` (one script call),
     /// `local` (Redis away: this replica's share).
     pub limit_admissions: Family<Labels1, Counter>,
+    /// Response cache lookups by result: `hit`, `miss`, `bypass` (the
+    /// request said so, or cannot be cached), `error` (Redis did not answer:
+    /// served uncached).
+    pub cache_lookups: Family<Labels1, Counter>,
+    /// Answers the response cache was offered, by outcome: `stored`, or why
+    /// not (`error`, `length`, `tool_calls`, `temperature`, `too_large`,
+    /// `incomplete`, `unavailable`).
+    pub cache_stores: Family<Labels1, Counter>,
     /// Requests a budget refused: `balance` (prepaid) or the budget's period
     /// (`day`, `month`, `none`, `session`).
     pub budget_refusals: Family<Labels1, Counter>,
@@ -230,6 +238,18 @@ impl Metrics {
             Kind::Counter,
             Family::<Labels1, Counter>::default(),
         );
+        let cache_lookups = b.add(
+            "switchyard_cache_lookups",
+            "Response cache lookups by result (hit, miss, bypass, error)",
+            Kind::Counter,
+            Family::<Labels1, Counter>::default(),
+        );
+        let cache_stores = b.add(
+            "switchyard_cache_stores",
+            "Answers offered to the response cache, by outcome (stored, or why not)",
+            Kind::Counter,
+            Family::<Labels1, Counter>::default(),
+        );
         let budget_refusals = b.add(
             "switchyard_budget_refusals",
             "Requests a budget or a prepaid balance refused (402)",
@@ -333,6 +353,8 @@ impl Metrics {
             attempts,
             limit_refusals,
             limit_admissions,
+            cache_lookups,
+            cache_stores,
             budget_refusals,
             queue_depth,
             in_flight,
@@ -455,6 +477,8 @@ mod tests {
             ("switchyard_attempts_total", "counter"),
             ("switchyard_limit_refusals_total", "counter"),
             ("switchyard_limit_admissions_total", "counter"),
+            ("switchyard_cache_lookups_total", "counter"),
+            ("switchyard_cache_stores_total", "counter"),
             ("switchyard_budget_refusals_total", "counter"),
             ("switchyard_queue_depth", "gauge"),
             ("switchyard_in_flight", "gauge"),

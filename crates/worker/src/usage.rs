@@ -106,6 +106,7 @@ pub(crate) fn event(
     UsageEvent {
         trace_id: trace.trace_id(),
         tags: env.tags.clone(),
+        cache_hit: false,
         event_id: UsageEvent::event_id_of(env.request_id, call.attempt),
         request_id: env.request_id,
         attempt: call.attempt,

@@ -267,6 +267,7 @@ impl LimitFields {
             lower_max_tokens,
             prepaid: None,
             session_budget: None,
+            cache: None,
         })
     }
 }
@@ -367,6 +368,8 @@ struct Change {
     prepaid: Option<bool>,
     #[serde(default, deserialize_with = "present")]
     session_budget: Option<Value>,
+    #[serde(default, deserialize_with = "nullable")]
+    cache: Option<Option<bool>>,
 }
 
 impl Change {
@@ -386,6 +389,11 @@ impl Change {
         if !project && self.session_budget.is_some() {
             return Err(AdminError::invalid(
                 "'session_budget' is a project's setting.".to_owned(),
+            ));
+        }
+        if !project && self.cache.is_some() {
+            return Err(AdminError::invalid(
+                "'cache' is a project's setting.".to_owned(),
             ));
         }
         let prepaid = self.prepaid;
@@ -408,6 +416,7 @@ impl Change {
         )?;
         limits.prepaid = prepaid;
         limits.session_budget = session_budget;
+        limits.cache = self.cache;
         Ok((
             Rename {
                 name: self.name,
@@ -468,6 +477,8 @@ struct NewProject {
     lower_max_tokens: Option<bool>,
     #[serde(default, deserialize_with = "present")]
     session_budget: Option<Value>,
+    #[serde(default, deserialize_with = "nullable")]
+    cache: Option<Option<bool>>,
 }
 
 pub(super) async fn create_project(
@@ -488,6 +499,7 @@ pub(super) async fn create_project(
         .as_ref()
         .map(checked_session_budget)
         .transpose()?;
+    limits.cache = req.cache;
     if !caller.sees(req.org_id) {
         return Err(AdminError::not_found("org"));
     }
@@ -766,7 +778,7 @@ pub(super) async fn get_key(
 }
 
 /// `null` and absent apart: `Some(None)` is an explicit null.
-fn nullable<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+pub(crate) fn nullable<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
 where
     D: serde::Deserializer<'de>,
     T: Deserialize<'de>,

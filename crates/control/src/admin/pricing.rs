@@ -167,6 +167,17 @@ fn multiplier(field: &str, m: &str) -> Result<i64, AdminError> {
     })
 }
 
+/// A cache-hit multiplier: "0" (hits free) to "1000".
+fn cache_hit(m: &str) -> Result<i64, AdminError> {
+    sy_config::price::parse_nanos(m)
+        .filter(|n| *n <= 1_000 * 1_000_000_000)
+        .ok_or_else(|| {
+            AdminError::invalid(format!(
+                "'cache_hit_multiplier' must be a decimal from 0 to 1000 (\"0.1\"), not '{m}'."
+            ))
+        })
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NewPlan {
@@ -174,6 +185,8 @@ struct NewPlan {
     multiplier: String,
     #[serde(default)]
     model_multipliers: BTreeMap<String, String>,
+    #[serde(default)]
+    cache_hit_multiplier: Option<String>,
 }
 
 /// `POST /admin/v1/plans {name, multiplier, model_multipliers?}`.
@@ -187,6 +200,11 @@ pub(super) async fn create_plan(
         name: req.name,
         multiplier_ppb: multiplier("multiplier", &req.multiplier)?,
         model_multipliers: multipliers(req.model_multipliers)?,
+        cache_hit_multiplier_ppb: req
+            .cache_hit_multiplier
+            .as_deref()
+            .map(cache_hit)
+            .transpose()?,
     };
     let plan = admin.store.create_plan(&caller.actor(), &plan).await?;
     Ok(created(plan.view()))
@@ -210,6 +228,9 @@ struct PlanPatch {
     multiplier: Option<String>,
     #[serde(default)]
     model_multipliers: Option<BTreeMap<String, String>>,
+    /// A decimal; null: back to the config's.
+    #[serde(default, deserialize_with = "super::handlers::nullable")]
+    cache_hit_multiplier: Option<Option<String>>,
 }
 
 /// `PATCH /admin/v1/plans/{name} {multiplier?, model_multipliers?}`: the
@@ -227,9 +248,14 @@ pub(super) async fn patch_plan(
         .map(|m| multiplier("multiplier", m))
         .transpose()?;
     let models = req.model_multipliers.map(multipliers).transpose()?;
+    let hit = match req.cache_hit_multiplier {
+        None => None,
+        Some(None) => Some(None),
+        Some(Some(v)) => Some(Some(cache_hit(&v)?)),
+    };
     let plan = admin
         .store
-        .update_plan(&caller.actor(), &name, m, models)
+        .update_plan(&caller.actor(), &name, m, models, hit)
         .await?;
     Ok(Json(plan.view()).into_response())
 }
@@ -254,6 +280,7 @@ pub fn org_pricing_view(org: uuid::Uuid, p: &OrgPricing) -> Value {
         "model_multipliers": models(&p.model_multipliers),
         "plan_multiplier": p.plan_multiplier_ppb.map(format_multiplier),
         "plan_model_multipliers": models(&p.plan_model_multipliers),
+        "plan_cache_hit_multiplier": p.cache_hit_ppb.map(format_multiplier),
     })
 }
 
