@@ -11,7 +11,7 @@ TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 
 # Exits when something already listens on the bench's ports.
 bench_ports_free() {
-  for port in 18080 18081 18082; do
+  for port in 18080 18081 18082 18083; do
     if port_open "$port"; then echo "port $port is in use; stop what runs there first" >&2; exit 1; fi
   done
 }
@@ -26,5 +26,6 @@ start_bench_mock() {
 stop_bench_processes() {
   stop_pidfile "$RUN_DIR/bench-switchyard.pid" switchyard
   stop_pidfile "$RUN_DIR/bench-traced.pid" switchyard
+  stop_pidfile "$RUN_DIR/bench-memcache.pid" switchyard
   stop_pidfile "$RUN_DIR/bench-mock.pid" mock-provider
 }

@@ -17,6 +17,7 @@
 #   NO_LIMITS=1 ...         # no Redis, no rate-limited key (for a build from before them)
 #   ONLY=limits ...         # only the rate-limit and budget rows (and sy-limits-bench)
 #   ONLY=tracing ...        # only the tracing rows
+#   ONLY=cache ...          # only the response cache rows (needs limits: Redis)
 #   ONLY=callgrind ...      # only the instruction counts of the limit keys
 #                           # (CALLGRIND_KEEP=dir keeps callgrind's files)
 #   NO_TRACING=1 ...        # no traced switchyard (for a build from before traces)
@@ -130,7 +131,9 @@ TOML
   "${SWITCHYARD_BIN:-$TARGET/release/switchyard}" --config "$conf" migrate >/dev/null
 fi
 if ((limits)); then
-  printf '\n[redis]\nurl = "redis://127.0.0.1:6379"\n' >>"$conf"
+  # The response cache is on for requests that ask (x-switchyard-cache: use);
+  # the other rows do not. Last in the file: the memory-tier copy adds a line.
+  printf '\n[redis]\nurl = "redis://127.0.0.1:6379"\n\n[cache]\nenabled = true\n' >>"$conf"
 fi
 SWITCHYARD_LOG=warn "${SWITCHYARD_BIN:-$TARGET/release/switchyard}" --config "$conf" all >"$LOG_DIR/bench-switchyard.log" 2>&1 &
 echo $! >"$RUN_DIR/bench-switchyard.pid"
@@ -199,7 +202,9 @@ if [[ -n ${ONLY:-} ]]; then all=0; fi
 tracing=1
 if [[ -n ${NO_TRACING:-} || (-n ${ONLY:-} && ${ONLY:-} != tracing) ]]; then tracing=0; fi
 limit_rows=$limits
-if [[ ${ONLY:-} == tracing ]]; then limit_rows=0; fi
+if [[ ${ONLY:-} == tracing || ${ONLY:-} == cache ]]; then limit_rows=0; fi
+cache_rows=0
+if ((limits)) && [[ -z ${ONLY:-} || ${ONLY:-} == cache ]]; then cache_rows=1; fi
 timed_rows=1
 if [[ ${ONLY:-} == callgrind ]]; then timed_rows=0; CALLGRIND=1; fi
 if ((all)); then
@@ -312,6 +317,45 @@ if ((limit_rows)) && [[ -n ${CALLGRIND:-} ]]; then
     echo $! >"$RUN_DIR/bench-switchyard.pid"
     wait_http http://127.0.0.1:18080/readyz 30
   fi
+fi
+if ((cache_rows)); then
+  # The same config with 1,000 entries in each ingress's memory, on 18083.
+  mem_conf="$STATE_DIR/bench-memcache.toml"
+  sed -e 's/^listen = "127.0.0.1:18080"/listen = "127.0.0.1:18083"/' \
+    -e 's/^namespace = "bench"/namespace = "bench-memcache"/' "$conf" >"$mem_conf"
+  printf 'memory_entries = 1000\n' >>"$mem_conf"
+  SWITCHYARD_LOG=warn "${SWITCHYARD_BIN:-$TARGET/release/switchyard}" --config "$mem_conf" all >"$LOG_DIR/bench-memcache.log" 2>&1 &
+  echo $! >"$RUN_DIR/bench-memcache.pid"
+  wait_http http://127.0.0.1:18083/readyz 30 || { tail -20 "$LOG_DIR/bench-memcache.log" >&2; exit 1; }
+  mem=http://127.0.0.1:18083/v1/chat/completions
+  hit=(--key "$tenant_key" --header "x-switchyard-cache: use")
+  miss=(--key "$tenant_key" --header "x-switchyard-cache: use, max-age=0")
+  say "Response cache: hits (Redis, memory) against the direct call; a miss (looked up, too old, called, stored) against no cache"
+  for _ in 1 2; do
+    run direct "$direct" 1 3000 300
+    run cache-hit "$via" 1 3000 300 "${hit[@]}"
+    run direct "$direct" 1 3000 300
+    run cache-hit-memory "$mem" 1 3000 300 "${hit[@]}"
+    run tenant-key "$via" 1 3000 300 --key "$tenant_key"
+    run cache-miss "$via" 1 3000 300 "${miss[@]}"
+  done
+  for _ in 1 2; do
+    run direct "$direct" 1 2000 200 --stream
+    run cache-hit "$via" 1 2000 200 --stream "${hit[@]}"
+  done
+  for _ in 1 2; do
+    run direct "$direct" 64 20000 2000
+    run cache-hit "$via" 64 20000 2000 "${hit[@]}"
+    run tenant-key "$via" 64 20000 2000 --key "$tenant_key"
+    run cache-miss "$via" 64 20000 2000 "${miss[@]}"
+  done
+  # One Redis round trip from a client on this machine, for the miss's bar.
+  redis-benchmark -p 6379 -t get -n $((20000 / scale)) -c 1 --csv 2>/dev/null | python3 -c '
+import csv, json, sys
+rows = list(csv.DictReader(sys.stdin))
+r = rows[-1]
+print(json.dumps({"label": "redis-round-trip", "p50_ms": float(r["p50_latency_ms"]), "p99_ms": float(r["p99_latency_ms"])}))' | tee -a "$tmp.acct"
+  stop_pidfile "$RUN_DIR/bench-memcache.pid" switchyard
 fi
 if ((tracing)); then
   # The same config in a namespace of its own, on 18082, with every span

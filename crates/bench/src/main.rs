@@ -52,6 +52,9 @@ struct Args {
     /// (Anthropic Messages).
     #[arg(long, default_value = "chat")]
     api: String,
+    /// A request header `NAME: VALUE` (repeatable), e.g. `x-switchyard-cache: use`.
+    #[arg(long = "header", value_name = "NAME: VALUE")]
+    headers: Vec<String>,
 }
 
 #[derive(Default)]
@@ -62,15 +65,19 @@ struct Sample {
 
 async fn one(client: &reqwest::Client, args: &Args, body: &[u8]) -> anyhow::Result<Sample> {
     let start = Instant::now();
-    let resp = client
+    let mut req = client
         .post(&args.url)
         .bearer_auth(&args.key)
         .header("x-api-key", &args.key)
         .header("anthropic-version", "2023-06-01")
-        .header("content-type", "application/json")
-        .body(body.to_vec())
-        .send()
-        .await?;
+        .header("content-type", "application/json");
+    for h in &args.headers {
+        let (name, value) = h
+            .split_once(':')
+            .ok_or_else(|| anyhow::anyhow!("--header takes 'NAME: VALUE', not '{h}'"))?;
+        req = req.header(name.trim(), value.trim());
+    }
+    let resp = req.body(body.to_vec()).send().await?;
     anyhow::ensure!(resp.status().is_success(), "status {}", resp.status());
     if !args.stream {
         let bytes = resp.bytes().await?;
