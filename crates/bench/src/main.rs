@@ -102,15 +102,23 @@ async fn one(client: &reqwest::Client, args: &Args, body: &[u8]) -> anyhow::Resu
         let chunk = chunk?;
         if ttft.is_none() {
             seen.extend_from_slice(&chunk);
-            if let Some((pos, needle)) = needles
+            // Every needle in what came so far (a replayed stream comes in
+            // one piece: its empty role delta and its first text together).
+            while let Some((pos, needle)) = needles
                 .iter()
                 .find_map(|n| find(&seen, n).map(|pos| (pos, *n)))
             {
-                if seen.get(pos + needle.len()).is_some_and(|&b| b != b'"') {
-                    ttft = Some(start.elapsed().as_secs_f64() * 1e3);
-                    seen.clear();
-                } else {
-                    seen.drain(..pos + needle.len());
+                match seen.get(pos + needle.len()) {
+                    Some(&b) if b != b'"' => {
+                        ttft = Some(start.elapsed().as_secs_f64() * 1e3);
+                        seen.clear();
+                        break;
+                    }
+                    // The value's first byte has not come yet.
+                    None => break,
+                    Some(_) => {
+                        seen.drain(..pos + needle.len());
+                    }
                 }
             }
         }

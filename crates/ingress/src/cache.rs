@@ -531,6 +531,32 @@ impl ResponseCache {
     }
 }
 
+/// How long a free hit's usage row is retried while NATS does not take it.
+const RECORD_FOR: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Stores a free hit's usage row off the request path, retrying while NATS
+/// is away; one that still cannot be stored is logged whole.
+pub(crate) fn record_later(bus: sy_bus::Bus, event: UsageEvent) {
+    tokio::spawn(async move {
+        let until = tokio::time::Instant::now() + RECORD_FOR;
+        let mut backoff = std::time::Duration::from_millis(50);
+        loop {
+            match bus.publish_usage(&event).await {
+                Ok(()) => return,
+                Err(e) if tokio::time::Instant::now() + backoff < until => {
+                    tracing::debug!(error = %e, "Storing a cache hit's usage failed, retrying.");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(std::time::Duration::from_secs(2));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, event = ?event, "A cache hit's usage row could not be stored.");
+                    return;
+                }
+            }
+        }
+    });
+}
+
 /// The answer a hit replays: the stored bytes, in the stored content type.
 pub(crate) fn hit_response(entry: &Entry) -> Response {
     let mut resp = Response::new(Body::from(entry.body.clone()));

@@ -194,10 +194,17 @@ async fn answer(
     if let (Some(c), crate::cache::Plan::On(ask)) = (&state.cache, &cache)
         && let Some(entry) = c.lookup(ask).await
     {
-        // The hit's usage row is stored before it is answered: a hit that
-        // cannot be recorded is served as a miss.
+        // A billed hit's usage row is stored before it is answered (a hit
+        // that cannot be recorded is served as a miss); a free one's right
+        // after (no money rides on it, and it saves a JetStream round trip).
         let event = c.hit_event(&entry, caller, &envelope, trace.trace_id());
-        match state.bus.publish_usage(&event).await {
+        let recorded = if event.billed_nanos == Some(0) {
+            crate::cache::record_later(state.bus.clone(), event);
+            Ok(())
+        } else {
+            state.bus.publish_usage(&event).await
+        };
+        match recorded {
             Ok(()) => {
                 let resp =
                     with_headers(crate::cache::hit_response(&entry), request_id, None, class);
