@@ -98,6 +98,13 @@ byte for byte, with no provider call (x-switchyard-cache: miss, then hit):
     -H 'Authorization: Bearer sk-sy-local-dev' -H 'x-switchyard-cache: use' -H 'Content-Type: application/json' \
     -d '{"model":"gpt-4o-mini","temperature":0,"messages":[{"role":"user","content":"Cache me"}]}' | grep -i '^x-switchyard-cache'; done
 
+A pipeline (docs/pipelines.md): draft on Cohere, critique on Anthropic, rewrite on OpenAI,
+streamed; x-switchyard-pipeline-run names the run, GET /v1/pipelines/runs/<id> shows its steps:
+
+  curl -si http://127.0.0.1:8080/v1/chat/completions \
+    -H 'Authorization: Bearer sk-sy-local-dev' -H 'Content-Type: application/json' \
+    -d '{"model":"pipeline:blog","stream":true,"messages":[{"role":"user","content":"tides"}]}'
+
 A batch, from the repository root (OpenAI's Batches API; the openai SDK works too):
 
   for i in 1 2 3; do echo '{"custom_id":"q'$i'","method":"POST","url":"/v1/chat/completions","body":{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Question '$i'"}]}}'; done > /tmp/batch.jsonl

@@ -222,6 +222,8 @@ async fn models_endpoint_lists_configured_models() {
             "gemini-embedding-001",
             "gpt-4.1",
             "gpt-4o-mini",
+            "pipeline:blog",
+            "pipeline:sturdy",
             "text-embedding-3-small"
         ]
     );

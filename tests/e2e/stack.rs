@@ -330,6 +330,22 @@ targets = [{{ provider = "openai", model = "gpt-4o-mini" }}]
 
 [models."gpt-4.1"]
 targets = [{{ provider = "openai", model = "gpt-4.1-2025" }}]
+
+# Draft on Cohere, critique on Anthropic, rewrite on OpenAI (pipeline:blog).
+[pipelines.blog]
+description = "Draft, critique, rewrite"
+steps = [
+  {{ name = "draft", model = "command-r-plus", prompt = "Write a short blog post about: {{{{input}}}}" }},
+  {{ name = "critique", model = "claude-sonnet-4-5", system = "You are a demanding editor.", prompt = "Critique this draft about {{{{input}}}}:\n{{{{steps.draft}}}}", max_tokens = 200 }},
+  {{ name = "rewrite", model = "gpt-4o-mini", prompt = "Rewrite the draft using the critique.\nDraft: {{{{steps.draft}}}}\nCritique: {{{{steps.critique}}}}" }},
+]
+
+# A first step whose model falls back (openai, then anthropic, then vllm).
+[pipelines.sturdy]
+steps = [
+  {{ name = "draft", model = "chain", prompt = "Draft: {{{{input}}}}" }},
+  {{ name = "polish", model = "gpt-4o-mini", prompt = "Polish: {{{{steps.draft}}}}" }},
+]
 "#,
             max_body = opts.max_body_bytes,
             timeout = opts.request_timeout,
@@ -742,6 +758,7 @@ pub fn envelope(
         limits: None,
         pricing: None,
         tags: Vec::new(),
+        pipeline: None,
     }
 }
 

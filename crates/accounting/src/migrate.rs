@@ -45,6 +45,11 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         "0008_cache.sql",
         include_str!("../../../migrations/clickhouse/0008_cache.sql"),
     ),
+    (
+        9,
+        "0009_pipelines.sql",
+        include_str!("../../../migrations/clickhouse/0009_pipelines.sql"),
+    ),
 ];
 
 /// The statements of a migration file for database `db`: comment lines dropped

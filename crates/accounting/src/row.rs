@@ -106,6 +106,9 @@ pub struct RequestRow {
     pub tag_values: Vec<String>,
     /// 1: answered from the response cache.
     pub cache_hit: u8,
+    /// The pipeline run this call was a step of, and the step; empty for none.
+    pub pipeline_run: String,
+    pub pipeline_step: String,
 }
 
 fn ms32(v: u64) -> u32 {
@@ -171,6 +174,8 @@ impl From<&UsageEvent> for RequestRow {
             tag_keys: e.tags.iter().map(|(k, _)| k.clone()).collect(),
             tag_values: e.tags.iter().map(|(_, v)| v.clone()).collect(),
             cache_hit: u8::from(e.cache_hit),
+            pipeline_run: e.pipeline_run.clone().unwrap_or_default(),
+            pipeline_step: e.pipeline_step.clone().unwrap_or_default(),
         }
     }
 }

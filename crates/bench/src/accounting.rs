@@ -96,6 +96,8 @@ fn event(i: usize) -> UsageEvent {
         trace_id: None,
         tags: Vec::new(),
         cache_hit: false,
+        pipeline_run: None,
+        pipeline_step: None,
     }
 }
 

@@ -223,6 +223,19 @@ impl Bus {
         .await
     }
 
+    /// The KV bucket of pipeline runs; each is kept for `max_age`.
+    pub async fn pipeline_runs_store(
+        &self,
+        max_age: Duration,
+    ) -> Result<jetstream::kv::Store, BusError> {
+        self.ensure_kv(
+            self.subjects.pipeline_runs_bucket(),
+            "Switchyard pipeline runs: each step's request, model and output",
+            max_age,
+        )
+        .await
+    }
+
     /// The KV bucket of completion marks (the worker's `done` module). Marks
     /// live as long as a request message can: the request stream's `max_age`.
     pub async fn done_store(&self) -> Result<jetstream::kv::Store, BusError> {

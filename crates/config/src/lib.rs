@@ -14,6 +14,7 @@
 pub mod cache;
 mod env;
 mod error;
+pub mod pipeline;
 pub mod price;
 mod raw;
 pub mod routing;
@@ -51,6 +52,7 @@ impl Config {
             names.extend(route.targets.iter().map(|t| t.model.clone()));
         }
         names.extend(self.routers.keys().cloned());
+        names.extend(self.pipelines.keys().map(|p| pipeline::model_name(p)));
         for p in self.providers.values() {
             names.extend(p.prices.keys().cloned());
             names.extend(p.models.keys().cloned());

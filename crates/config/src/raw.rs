@@ -49,6 +49,9 @@ pub struct RawConfig {
     /// `[cache]`: the exact response cache.
     #[serde(default)]
     pub cache: crate::cache::RawCache,
+    /// `[pipelines.<name>]`: multi-step pipelines (`pipeline:<name>`).
+    #[serde(default)]
+    pub pipelines: BTreeMap<String, crate::pipeline::RawPipeline>,
     /// Provider credentials in the control plane, sealed under a master key.
     #[serde(default)]
     pub credentials: Option<RawCredentials>,

@@ -66,6 +66,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// The exact response cache, when on.
     pub cache: Option<crate::cache::CacheConfig>,
+    /// Pipelines by name (clients call `pipeline:<name>`).
+    pub pipelines: BTreeMap<String, crate::pipeline::Pipeline>,
     /// Provider credentials' master keys, if configured.
     pub credentials: Option<CredentialsConfig>,
     /// The accounting consumer.

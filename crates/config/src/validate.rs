@@ -553,6 +553,9 @@ impl Config {
         let cache = crate::cache::cache_config(e, raw.cache, redis.is_some(), &|name| {
             models.contains_key(name) || routers.contains_key(name)
         });
+        let pipelines = crate::pipeline::pipelines(e, raw.pipelines, &|name| {
+            models.contains_key(name) || routers.contains_key(name)
+        });
         let billing = billing_config(e, raw.billing, has_postgres && raw.tenants.is_some());
         let tenants = raw.tenants.and_then(|t| {
             let mut ok = true;
@@ -806,6 +809,7 @@ impl Config {
                 billing,
                 limits,
                 cache,
+                pipelines,
                 credentials,
                 accounting,
                 health,

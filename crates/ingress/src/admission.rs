@@ -67,6 +67,47 @@ pub(crate) fn admit(
     body: &[u8],
     admission: Admission<'_>,
 ) -> Result<Admitted, (ApiError, Option<sy_classifier::Class>)> {
+    let (request, embeddings) = parse(surface, body).map_err(|e| (e, None))?;
+    admission
+        .caller
+        .may_use(&request.model)
+        .map_err(|e| (e, None))?;
+    admit_parsed(state, surface, request, embeddings, admission)
+}
+
+/// A body of `surface` as the canonical request (and, for embeddings, the
+/// embeddings request), validated.
+pub(crate) fn parse(
+    surface: ApiSurface,
+    body: &[u8],
+) -> Result<
+    (
+        sy_protocol::chat::ChatRequest,
+        Option<sy_protocol::embeddings::EmbeddingsRequest>,
+    ),
+    ApiError,
+> {
+    if surface == ApiSurface::Embeddings {
+        validate::check_depth(body)?;
+        let e = embeddings::parse(body)?;
+        Ok((
+            sy_protocol::chat::ChatRequest::model_only(&e.model),
+            Some(e),
+        ))
+    } else {
+        Ok((parse_request(surface, body)?, None))
+    }
+}
+
+/// [`admit`] for a request parsed already whose caller may use its model
+/// (checked by the caller: a pipeline's steps run under the pipeline's grant).
+pub(crate) fn admit_parsed(
+    state: &AppState,
+    surface: ApiSurface,
+    request: sy_protocol::chat::ChatRequest,
+    embeddings: Option<sy_protocol::embeddings::EmbeddingsRequest>,
+    admission: Admission<'_>,
+) -> Result<Admitted, (ApiError, Option<sy_classifier::Class>)> {
     let Admission {
         request_id,
         caller,
@@ -75,17 +116,6 @@ pub(crate) fn admit(
         deadline_unix_ms,
         batch,
     } = admission;
-    let (request, embeddings) = if surface == ApiSurface::Embeddings {
-        validate::check_depth(body).map_err(|e| (e, None))?;
-        let e = embeddings::parse(body).map_err(|e| (e, None))?;
-        (
-            sy_protocol::chat::ChatRequest::model_only(&e.model),
-            Some(e),
-        )
-    } else {
-        (parse_request(surface, body).map_err(|e| (e, None))?, None)
-    };
-    caller.may_use(&request.model).map_err(|e| (e, None))?;
     let base64 = embeddings
         .as_ref()
         .is_some_and(|e| e.encoding_format.as_deref() == Some("base64"));
@@ -176,6 +206,7 @@ pub(crate) fn admit(
         limits: None,
         pricing: None,
         tags,
+        pipeline: None,
     };
     crate::pricing::price_targets(state, caller, &mut envelope);
     Ok(Admitted {

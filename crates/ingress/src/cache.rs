@@ -527,6 +527,8 @@ impl ResponseCache {
             trace_id,
             tags: envelope.tags.clone(),
             cache_hit: true,
+            pipeline_run: None,
+            pipeline_step: None,
         }
     }
 }

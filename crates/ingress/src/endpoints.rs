@@ -59,6 +59,18 @@ pub(crate) async fn list_models(
         .into_response()
 }
 
+/// `GET /v1/pipelines/runs/{id}`: a pipeline run of the caller's project.
+pub(crate) async fn get_pipeline_run(
+    State(state): State<Arc<AppState>>,
+    caller: extract::Caller,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    match crate::pipeline::get_run(&state, &caller, &id).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
 pub(crate) async fn get_usage(
     State(state): State<Arc<AppState>>,
     extract::Caller { key_id, .. }: extract::Caller,

@@ -121,6 +121,7 @@ fn envelope(surface: ApiSurface, body: &[u8]) -> Option<RequestEnvelope> {
         limits: None,
         pricing: None,
         tags: Vec::new(),
+        pipeline: None,
     })
 }
 

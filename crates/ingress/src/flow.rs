@@ -76,7 +76,7 @@ async fn handle_once(state: Arc<AppState>, surface: ApiSurface, req: Request) ->
     }
 }
 
-type ChatError = (ApiError, Option<StartInfo>, Option<sy_classifier::Class>);
+pub(crate) type ChatError = (ApiError, Option<StartInfo>, Option<sy_classifier::Class>);
 
 async fn chat(
     state: &Arc<AppState>,
@@ -96,10 +96,36 @@ async fn chat(
         .map_err(|e| (e, None, None))?;
     // What Switchyard adds is counted from here: the client's upload is not.
     let received = std::time::Instant::now();
-    let admitted = admission::admit(
+    let (request, embeddings) = admission::parse(surface, &body).map_err(|e| (e, None, None))?;
+    let trace = parts
+        .extensions
+        .get::<sy_telemetry::trace::Span>()
+        .cloned()
+        .unwrap_or_default();
+    if embeddings.is_none()
+        && let Some(p) = state.routing().pipelines.get(&request.model).cloned()
+    {
+        return crate::pipeline::run(
+            state,
+            surface,
+            request_id,
+            caller,
+            request,
+            p,
+            &parts.headers,
+            trace,
+            received,
+        )
+        .await;
+    }
+    caller
+        .may_use(&request.model)
+        .map_err(|e| (e, None, None))?;
+    let admitted = admission::admit_parsed(
         state,
         surface,
-        &body,
+        request,
+        embeddings,
         admission::Admission {
             request_id,
             caller,
@@ -141,11 +167,6 @@ async fn chat(
         None => crate::cache::Plan::Off,
     };
     // Every answer, error or not, says how much of its limits is left.
-    let trace = parts
-        .extensions
-        .get::<sy_telemetry::trace::Span>()
-        .cloned()
-        .unwrap_or_default();
     match answer(
         state,
         surface,
@@ -172,7 +193,7 @@ async fn chat(
 /// Publishes an admitted request and answers it from its reply frames (or
 /// from the response cache).
 #[allow(clippy::too_many_arguments)]
-async fn answer(
+pub(crate) async fn answer(
     state: &Arc<AppState>,
     surface: ApiSurface,
     request_id: Uuid,
@@ -244,39 +265,7 @@ async fn answer(
         if let (Some(r), Some(ticket)) = (&state.rate_limits, envelope.limits.take()) {
             r.give_back(request_id, ticket);
         }
-        let err = match e {
-            BusError::PayloadTooLarge => ApiError::new(
-                ErrorCode::PayloadTooLarge,
-                "The request is larger than the message bus accepts.",
-            ),
-            BusError::Unavailable | BusError::NoStream => {
-                if matches!(e, BusError::NoStream) {
-                    // The server lost the stream (e.g. restarted without its store):
-                    // recreate it so the next request goes through.
-                    let bus = state.bus.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = bus.ensure_request_stream().await {
-                            tracing::warn!(error = %e, "Recreating the request stream failed.");
-                        }
-                    });
-                }
-                ApiError {
-                    retry_after_secs: Some(1),
-                    ..ApiError::new(
-                        ErrorCode::BusUnavailable,
-                        "The request queue is unavailable; retry shortly.",
-                    )
-                }
-            }
-            other => {
-                tracing::error!(error = %other, "Publishing a request failed.");
-                ApiError::new(
-                    ErrorCode::BusUnavailable,
-                    "The request could not be queued.",
-                )
-            }
-        };
-        return Err((err, None, class));
+        return Err((queue_error(state, e), None, class));
     }
     tracing::trace!("Request published.");
     let mut pending = Pending::new(rx, state.bus.clone(), deadline);
@@ -321,6 +310,43 @@ fn with_route(mut resp: Response, route: &str) -> Response {
         resp.headers_mut().insert(hdr::ROUTE, v);
     }
     resp
+}
+
+/// The client's error for a request the queue did not take (a stream the
+/// server lost is recreated in the background for the next request).
+pub(crate) fn queue_error(state: &AppState, e: BusError) -> ApiError {
+    match e {
+        BusError::PayloadTooLarge => ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            "The request is larger than the message bus accepts.",
+        ),
+        BusError::Unavailable | BusError::NoStream => {
+            if matches!(e, BusError::NoStream) {
+                // The server lost the stream (e.g. restarted without its store):
+                // recreate it so the next request goes through.
+                let bus = state.bus.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = bus.ensure_request_stream().await {
+                        tracing::warn!(error = %e, "Recreating the request stream failed.");
+                    }
+                });
+            }
+            ApiError {
+                retry_after_secs: Some(1),
+                ..ApiError::new(
+                    ErrorCode::BusUnavailable,
+                    "The request queue is unavailable; retry shortly.",
+                )
+            }
+        }
+        other => {
+            tracing::error!(error = %other, "Publishing a request failed.");
+            ApiError::new(
+                ErrorCode::BusUnavailable,
+                "The request could not be queued.",
+            )
+        }
+    }
 }
 
 /// Records what Switchyard added before the first frame of an answer its

@@ -27,6 +27,7 @@ mod idempotency;
 mod intake;
 mod live;
 pub mod metrics;
+mod pipeline;
 mod presence;
 mod pricing;
 mod pseudonym;
@@ -218,6 +219,13 @@ async fn build(config: Arc<Config>, bus: Bus) -> Result<(Router, Arc<AppState>),
             None
         }
     };
+    let pipeline_runs = match bus.pipeline_runs_store(pipeline::RUN_MAX_AGE).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "No pipeline run store: pipelines run, but their runs cannot be read back.");
+            None
+        }
+    };
     let batches = match batch::Stores::open(&bus, &config.batch).await {
         Ok(s) => Some(Arc::new(s)),
         Err(e) => {
@@ -279,6 +287,7 @@ async fn build(config: Arc<Config>, bus: Bus) -> Result<(Router, Arc<AppState>),
         metrics_token: config.metrics.token.clone(),
         identity_secret,
         cache,
+        pipeline_runs,
     });
     let file_limit = usize::try_from(config.batch.max_file_bytes)
         .unwrap_or(usize::MAX)
@@ -385,6 +394,12 @@ async fn build(config: Arc<Config>, bus: Bus) -> Result<(Router, Arc<AppState>),
         .route(
             "/v1/billing/usage",
             get(endpoints::get_org_usage)
+                .route_layer(identify.clone())
+                .fallback(endpoints::method_not_allowed),
+        )
+        .route(
+            "/v1/pipelines/runs/{id}",
+            get(endpoints::get_pipeline_run)
                 .route_layer(identify.clone())
                 .fallback(endpoints::method_not_allowed),
         )

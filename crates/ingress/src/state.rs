@@ -47,6 +47,8 @@ pub(crate) struct AppState {
     pub(crate) identity_secret: crate::pseudonym::IdentitySecret,
     /// The response cache (when `[cache]` is on).
     pub(crate) cache: Option<Arc<crate::cache::ResponseCache>>,
+    /// Pipeline runs' records; none if NATS refused to create their bucket.
+    pub(crate) pipeline_runs: Option<async_nats::jetstream::kv::Store>,
 }
 
 impl AppState {
@@ -81,6 +83,8 @@ impl AppState {
 pub(crate) struct Routing {
     pub models: HashMap<String, ModelRoute>,
     pub routers: BTreeMap<String, RouterConfig>,
+    /// Pipelines by the model name clients use (`pipeline:<name>`).
+    pub pipelines: HashMap<String, Arc<sy_config::pipeline::Pipeline>>,
     pub model_list: Bytes,
 }
 
@@ -102,7 +106,9 @@ impl Routing {
     pub fn from_config(config: &Config) -> Routing {
         let list = serde_json::json!({
             "object": "list",
-            "data": config.models.keys().chain(config.routers.keys()).map(|m| serde_json::json!({
+            "data": config.models.keys().chain(config.routers.keys()).cloned()
+                .chain(config.pipelines.keys().map(|p| sy_config::pipeline::model_name(p)))
+                .map(|m| serde_json::json!({
                 "id": m, "object": "model", "created": 0, "owned_by": "switchyard"
             })).collect::<Vec<_>>(),
         });
@@ -113,6 +119,11 @@ impl Routing {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             routers: config.routers.clone(),
+            pipelines: config
+                .pipelines
+                .iter()
+                .map(|(name, p)| (sy_config::pipeline::model_name(name), Arc::new(p.clone())))
+                .collect(),
             model_list: Bytes::from(serde_json::to_vec(&list).unwrap_or_default()),
         }
     }

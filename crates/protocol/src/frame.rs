@@ -118,6 +118,9 @@ pub struct RequestEnvelope {
     /// every attempt's usage row carries them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<(String, String)>,
+    /// The pipeline run and step this request is (docs/pipelines.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<PipelineStep>,
 }
 
 /// What a request reserved from token limits and budgets at admission:
@@ -142,6 +145,15 @@ pub struct LimitTicket {
     /// in Redis) and how much, nano-USD; none when it reserved for itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowance: Option<(String, i64)>,
+}
+
+/// A step of a pipeline run: every attempt's usage row names both.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PipelineStep {
+    /// The run's id (a UUID).
+    pub run_id: String,
+    /// The step's name.
+    pub step: String,
 }
 
 /// Watchdog limits in milliseconds; unset ones are the target's.

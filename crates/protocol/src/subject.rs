@@ -109,6 +109,11 @@ impl Subjects {
         format!("{}_DONE", self.stream_prefix)
     }
 
+    /// Name of the KV bucket of pipeline runs (`GET /v1/pipelines/runs/{id}`).
+    pub fn pipeline_runs_bucket(&self) -> String {
+        format!("{}_PIPELINE_RUNS", self.stream_prefix)
+    }
+
     /// Name of the KV bucket remembering `Idempotency-Key`s.
     pub fn idempotency_bucket(&self) -> String {
         format!("{}_IDEMPOTENCY", self.stream_prefix)

@@ -193,6 +193,12 @@ pub struct UsageEvent {
     /// is 0; it is billed at the plan's cache-hit multiplier).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cache_hit: bool,
+    /// The pipeline run this call was a step of (docs/pipelines.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline_run: Option<String>,
+    /// The pipeline step's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline_step: Option<String>,
 }
 
 impl UsageEvent {

@@ -107,6 +107,8 @@ pub(crate) fn event(
         trace_id: trace.trace_id(),
         tags: env.tags.clone(),
         cache_hit: false,
+        pipeline_run: env.pipeline.as_ref().map(|p| p.run_id.clone()),
+        pipeline_step: env.pipeline.as_ref().map(|p| p.step.clone()),
         event_id: UsageEvent::event_id_of(env.request_id, call.attempt),
         request_id: env.request_id,
         attempt: call.attempt,
