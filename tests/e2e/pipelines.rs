@@ -45,7 +45,11 @@ async fn rows(stack: &Stack, run: &str, n: usize) -> Vec<(String, String, String
         if rows.len() >= n {
             return rows;
         }
-        assert!(Instant::now() < until, "{} rows of {n} for run {run}", rows.len());
+        assert!(
+            Instant::now() < until,
+            "{} rows of {n} for run {run}",
+            rows.len()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -95,7 +99,10 @@ async fn a_pipeline_runs_on_three_dialects_links_its_rows_and_shows_its_run_to_i
     let run = resp.headers()[RUN].to_str().unwrap().to_owned();
     assert_eq!(resp.headers()["x-switchyard-provider"], "openai");
     let text = resp.text().await.unwrap();
-    assert!(text.contains("chat.completion.chunk") && text.ends_with("data: [DONE]\n\n"), "{text}");
+    assert!(
+        text.contains("chat.completion.chunk") && text.ends_with("data: [DONE]\n\n"),
+        "{text}"
+    );
     assert_eq!(stack.upstream_requests(), before + 3, "one call per step");
     // The run, for its project: each earlier step's output and who answered.
     let (status, r) = run_of(&stack, mine, &run).await;
@@ -104,7 +111,10 @@ async fn a_pipeline_runs_on_three_dialects_links_its_rows_and_shows_its_run_to_i
     let steps = r["steps"].as_array().unwrap();
     let names: Vec<&str> = steps.iter().map(|s| s["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["draft", "critique", "rewrite"]);
-    let providers: Vec<&str> = steps.iter().map(|s| s["provider"].as_str().unwrap()).collect();
+    let providers: Vec<&str> = steps
+        .iter()
+        .map(|s| s["provider"].as_str().unwrap())
+        .collect();
     assert_eq!(providers, ["cohere", "anthropic", "openai"]);
     for s in &steps[..2] {
         assert_eq!(s["status"], "completed");
@@ -122,7 +132,11 @@ async fn a_pipeline_runs_on_three_dialects_links_its_rows_and_shows_its_run_to_i
         .collect();
     assert_eq!(
         by_step,
-        [("draft", "cohere"), ("critique", "anthropic"), ("rewrite", "openai")]
+        [
+            ("draft", "cohere"),
+            ("critique", "anthropic"),
+            ("rewrite", "openai")
+        ]
     );
 
     // An Anthropic client gets the last step in Messages' shape.
@@ -154,7 +168,10 @@ async fn a_pipeline_runs_on_three_dialects_links_its_rows_and_shows_its_run_to_i
     let failed_run = resp.headers()[RUN].to_str().unwrap().to_owned();
     let e: Value = resp.json().await.unwrap();
     let message = e["error"]["message"].as_str().unwrap();
-    assert!(message.contains("Step 'draft' of pipeline 'blog'"), "{message}");
+    assert!(
+        message.contains("Step 'draft' of pipeline 'blog'"),
+        "{message}"
+    );
     let (_, r) = run_of(&stack, mine, &failed_run).await;
     assert_eq!(r["status"], "failed");
     assert_eq!(r["steps"].as_array().unwrap().len(), 1);
@@ -178,7 +195,71 @@ async fn a_pipeline_runs_on_three_dialects_links_its_rows_and_shows_its_run_to_i
     // Its rows: the failed attempt and the fallback of the first step, then the second.
     let linked = rows(&stack, &sturdy, 3).await;
     assert!(
-        linked.iter().any(|(s, p, st)| s == "draft" && p == "openai" && st == "error"),
+        linked
+            .iter()
+            .any(|(s, p, st)| s == "draft" && p == "openai" && st == "error"),
         "{linked:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_runs_as_a_batch_item_and_a_failed_step_is_the_items_error() {
+    use crate::batch::{create, file_lines, line, upload, wait_end};
+    let stack = Stack::start().await;
+    let lines = [
+        line("blog", "pipeline:blog", "tides"),
+        line("plain", "gpt-4o-mini", "hi"),
+        line(
+            "bad",
+            "pipeline:blog",
+            "tides [[mock:status=500,only=cohere]]",
+        ),
+    ];
+    let before = stack.upstream_requests();
+    let file: Value = upload(&stack, crate::stack::KEY, lines.join("\n").into_bytes())
+        .await
+        .json()
+        .await
+        .unwrap();
+    let created: Value = create(&stack, crate::stack::KEY, file["id"].as_str().unwrap())
+        .await
+        .json()
+        .await
+        .unwrap();
+    let done = wait_end(
+        &stack,
+        created["id"].as_str().unwrap(),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["request_counts"]["completed"], 2, "{done}");
+    assert_eq!(done["request_counts"]["failed"], 1, "{done}");
+    let out = file_lines(&stack, done["output_file_id"].as_str()).await;
+    let ids: Vec<&str> = out
+        .iter()
+        .map(|l| l["custom_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["blog", "plain"]);
+    let body = &out[0]["response"]["body"];
+    assert_eq!(body["object"], "chat.completion", "{body}");
+    assert!(
+        !body["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .is_empty()
+    );
+    let err = file_lines(&stack, done["error_file_id"].as_str()).await;
+    assert_eq!(err.len(), 1);
+    assert_eq!(err[0]["custom_id"], "bad");
+    let message = err[0]["response"]["body"]["error"]["message"]
+        .as_str()
+        .unwrap();
+    assert!(
+        message.contains("Step 'draft' of pipeline 'blog'"),
+        "{message}"
+    );
+    // Three calls for the pipeline, one for the plain item, one (failed) for
+    // the bad item's first step.
+    assert_eq!(stack.upstream_requests(), before + 5);
 }

@@ -58,9 +58,10 @@ pub(crate) struct Admitted {
 }
 
 /// Parses, validates, classifies and routes a body of `surface`: everything the
-/// ingress does before it publishes, the same for HTTP clients and the batch
-/// dispatcher. (Authentication happened before; tenancy, limits, budgets and
-/// caching will plug in here.)
+/// ingress does before it publishes ([`parse`], the key's model scope, then
+/// [`admit_parsed`], as the HTTP flow and the batch dispatcher do them, a
+/// pipeline's model in between).
+#[cfg(test)]
 pub(crate) fn admit(
     state: &AppState,
     surface: ApiSurface,

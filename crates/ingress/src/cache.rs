@@ -176,6 +176,9 @@ pub(crate) struct Ask {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Meta {
     created_unix_ms: u64,
+    /// When it expires (also in Redis): the in-process tier keeps it no longer.
+    #[serde(default)]
+    expires_unix_ms: u64,
     content_type: String,
     provider: String,
     upstream_model: String,
@@ -235,6 +238,8 @@ pub(crate) struct ResponseCache {
     /// The deployment's NATS namespace: the config file's keys of two
     /// deployments sharing a Redis never share entries.
     namespace: String,
+    /// `[billing] markup_percent` in ppb: an org without multipliers pays it.
+    markup_ppb: i64,
     memory: Option<Memory>,
     /// hit, miss, bypass, error.
     lookups: [Counter; 4],
@@ -246,6 +251,7 @@ impl ResponseCache {
         secret: [u8; 32],
         limits: Arc<crate::ratelimit::RateLimits>,
         namespace: &str,
+        markup_ppb: i64,
     ) -> Self {
         let counter = |r: &str| {
             sy_telemetry::metrics::get()
@@ -260,6 +266,7 @@ impl ResponseCache {
             redis: limits.limiter_slot(),
             limits,
             namespace: namespace.to_owned(),
+            markup_ppb,
             lookups: ["hit", "miss", "bypass", "error"].map(counter),
         }
     }
@@ -304,6 +311,7 @@ impl ResponseCache {
             .unwrap_or(self.config.ttl)
             .min(self.config.max_ttl);
         let temperature_ok = d.any_temperature
+            || envelope.embeddings.is_some()
             || envelope.request.temperature.unwrap_or(1.0) <= self.config.max_temperature;
         Plan::On(Ask {
             key: self.key(caller, envelope, route, base64),
@@ -396,7 +404,7 @@ impl ResponseCache {
                 self.lookups[0].inc();
                 let e = Arc::new(e);
                 if let Some(m) = &self.memory {
-                    m.put(&ask.key, e.clone(), ask.ttl_ms);
+                    m.put(&ask.key, e.clone());
                 }
                 Some(e)
             }
@@ -467,7 +475,15 @@ impl ResponseCache {
     ) -> UsageEvent {
         let now = now_unix_ms();
         let pricing = envelope.pricing.as_ref();
-        let multiplier_ppb = pricing.map(|p| p.multiplier_ppb);
+        // The org's multiplier for the model that made the stored answer
+        // (a route's targets may be billed differently).
+        let multiplier_ppb = Some(
+            caller
+                .grant
+                .as_ref()
+                .and_then(|g| g.pricing.multiplier(&entry.meta.upstream_model))
+                .unwrap_or(sy_control::pricing::AT_COST_PPB + self.markup_ppb),
+        );
         let hit_ppb = caller
             .grant
             .as_ref()
@@ -483,9 +499,11 @@ impl ResponseCache {
         };
         let m = &entry.meta;
         UsageEvent {
-            event_id: UsageEvent::event_id_of(envelope.request_id, 1),
+            // Attempt 0: never the id of a provider call's row, not even of
+            // this request's own if the hit falls through to one.
+            event_id: UsageEvent::event_id_of(envelope.request_id, 0),
             request_id: envelope.request_id,
-            attempt: 1,
+            attempt: 0,
             received_unix_ms: envelope.received_unix_ms,
             dispatched_unix_ms: now,
             first_token_unix_ms: Some(now),
@@ -614,12 +632,12 @@ impl Tap {
     /// Looks at a frame before it is encoded.
     pub(crate) fn frame(&mut self, frame: &ReplyFrame) {
         self.frames += 1;
+        // A later start: a fallback continued the answer (stitched from
+        // two attempts; not kept).
+        if self.frames > 1 && crate::respond::start_of(frame).is_some() {
+            self.refuse("incomplete");
+        }
         if let ReplyFrame::Chunk(c) = frame {
-            // A later start: a fallback continued the stream (stitched from
-            // two answers; not kept).
-            if self.frames > 1 && c.start.is_some() {
-                self.refuse("incomplete");
-            }
             for choice in &c.choices {
                 if choice.delta.tool_calls.is_some() {
                     self.tool_calls = true;
@@ -677,6 +695,7 @@ impl Tap {
         let entry = Entry {
             meta: Meta {
                 created_unix_ms: now_unix_ms(),
+                expires_unix_ms: now_unix_ms().saturating_add(self.ttl_ms),
                 content_type: content_type.to_owned(),
                 provider: std::mem::take(&mut self.provider),
                 upstream_model: std::mem::take(&mut self.upstream_model),
@@ -696,7 +715,7 @@ impl Tap {
         tokio::spawn(async move {
             let value = entry.encode();
             if let Some(m) = &cache.memory {
-                m.put(&key, Arc::new(entry), ttl_ms);
+                m.put(&key, Arc::new(entry));
             }
             let Some(redis) = cache.redis() else {
                 return cache.stored("unavailable");
@@ -762,8 +781,8 @@ impl std::io::Write for MacWriter<'_> {
     }
 }
 
-/// The in-process tier: up to `cap` entries, each until its lifetime ends
-/// (the oldest go first when full).
+/// The in-process tier: up to `cap` entries, each until it expires (the
+/// oldest go first when full).
 struct Memory {
     cap: usize,
     inner: Mutex<MemoryInner>,
@@ -771,8 +790,12 @@ struct Memory {
 
 #[derive(Default)]
 struct MemoryInner {
+    /// Key → (its generation, the entry).
     entries: HashMap<String, (u64, Arc<Entry>)>,
-    order: VecDeque<String>,
+    /// Keys in the order they were put, with the generation put: an older
+    /// generation's place in the queue evicts nothing.
+    order: VecDeque<(String, u64)>,
+    generation: u64,
 }
 
 impl Memory {
@@ -789,31 +812,28 @@ impl Memory {
 
     fn get(&self, key: &str) -> Option<Arc<Entry>> {
         let mut m = self.lock();
-        let (expires, entry) = m.entries.get(key)?;
-        if *expires > now_unix_ms() {
+        let (_, entry) = m.entries.get(key)?;
+        if entry.meta.expires_unix_ms > now_unix_ms() {
             return Some(entry.clone());
         }
         m.entries.remove(key);
         None
     }
 
-    fn put(&self, key: &str, entry: Arc<Entry>, ttl_ms: u64) {
-        let expires = now_unix_ms().saturating_add(ttl_ms);
+    fn put(&self, key: &str, entry: Arc<Entry>) {
         let mut m = self.lock();
-        if m.entries.insert(key.to_owned(), (expires, entry)).is_none() {
-            m.order.push_back(key.to_owned());
-        }
-        while m.entries.len() > self.cap {
-            let Some(old) = m.order.pop_front() else {
+        m.generation += 1;
+        let generation = m.generation;
+        m.entries.insert(key.to_owned(), (generation, entry));
+        m.order.push_back((key.to_owned(), generation));
+        let MemoryInner { entries, order, .. } = &mut *m;
+        while entries.len() > self.cap || order.len() > 2 * self.cap {
+            let Some((old, g)) = order.pop_front() else {
                 break;
             };
-            m.entries.remove(&old);
-        }
-        // Keys whose entries expired and were dropped by `get` linger in
-        // `order`; trim them so it stays bounded.
-        if m.order.len() > 2 * self.cap {
-            let MemoryInner { entries, order } = &mut *m;
-            order.retain(|k| entries.contains_key(k));
+            if entries.get(&old).is_some_and(|(current, _)| *current == g) {
+                entries.remove(&old);
+            }
         }
     }
 }
@@ -866,6 +886,7 @@ mod tests {
         let e = Entry {
             meta: Meta {
                 created_unix_ms: 7,
+                expires_unix_ms: 60_007,
                 content_type: "text/event-stream".into(),
                 provider: "openai".into(),
                 upstream_model: "gpt-4o-mini".into(),
@@ -939,10 +960,11 @@ mod tests {
     #[test]
     fn memory_keeps_at_most_its_cap_and_drops_expired_entries() {
         let m = Memory::new(2);
-        let e = || {
+        let e = |ttl_ms: u64| {
             Arc::new(Entry {
                 meta: Meta {
                     created_unix_ms: 0,
+                    expires_unix_ms: now_unix_ms() + ttl_ms,
                     content_type: String::new(),
                     provider: String::new(),
                     upstream_model: String::new(),
@@ -955,12 +977,20 @@ mod tests {
                 body: Bytes::new(),
             })
         };
-        m.put("a", e(), 60_000);
-        m.put("b", e(), 60_000);
-        m.put("c", e(), 60_000);
+        m.put("a", e(60_000));
+        m.put("b", e(60_000));
+        m.put("c", e(60_000));
         assert!(m.get("a").is_none(), "the oldest went");
         assert!(m.get("b").is_some() && m.get("c").is_some());
-        m.put("d", e(), 0);
+        m.put("d", e(0));
         assert!(m.get("d").is_none(), "expired");
+        // A key put again is not evicted by its older place in the queue.
+        let m = Memory::new(2);
+        m.put("x", e(60_000));
+        m.put("y", e(60_000));
+        m.put("x", e(60_000));
+        m.put("z", e(60_000));
+        assert!(m.get("x").is_some(), "x was put again after y");
+        assert!(m.get("y").is_none() && m.get("z").is_some());
     }
 }

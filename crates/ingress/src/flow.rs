@@ -114,7 +114,6 @@ async fn chat(
             p,
             &parts.headers,
             trace,
-            received,
         )
         .await;
     }
@@ -141,6 +140,13 @@ async fn chat(
     let mut admitted = admitted;
     let session =
         crate::ratelimit::session_of(&parts.headers).map_err(|e| (e, None, admitted.class))?;
+    // The cache's directives are checked before limits count the request.
+    let directives = match &state.cache {
+        Some(_) => Some(
+            crate::cache::Directives::of(&parts.headers).map_err(|e| (e, None, admitted.class))?,
+        ),
+        None => None,
+    };
     let granted = match &state.rate_limits {
         Some(r) => r
             .admit(caller, &mut admitted.envelope, body.len(), session)
@@ -152,19 +158,15 @@ async fn chat(
     let headroom = granted.headroom;
     // The response cache: after limits (a hit counts as a request), before
     // anything is published.
-    let cache = match &state.cache {
-        Some(c) => {
-            let d = crate::cache::Directives::of(&parts.headers)
-                .map_err(|e| (e, None, admitted.class))?;
-            c.plan(
-                d,
-                caller,
-                &mut admitted.envelope,
-                &admitted.route_header,
-                admitted.base64,
-            )
-        }
-        None => crate::cache::Plan::Off,
+    let cache = match (&state.cache, directives) {
+        (Some(c), Some(d)) => c.plan(
+            d,
+            caller,
+            &mut admitted.envelope,
+            &admitted.route_header,
+            admitted.base64,
+        ),
+        _ => crate::cache::Plan::Off,
     };
     // Every answer, error or not, says how much of its limits is left.
     match answer(

@@ -256,6 +256,7 @@ async fn build(config: Arc<Config>, bus: Bus) -> Result<(Router, Arc<AppState>),
                 identity_secret.derive("switchyard response cache"),
                 limits,
                 &config.nats.namespace,
+                config.markup_ppb,
             ))
         });
     let state = Arc::new(AppState {

@@ -124,6 +124,8 @@ fn step_request(
         r.tool_choice = None;
         r.response_format = None;
         r.n = None;
+        // What only makes sense with tools goes with them.
+        r.extra.remove("parallel_tool_calls");
     }
     if let Some(cap) = step.max_tokens {
         let client_cap = r.max_completion_tokens.or(r.max_tokens);
@@ -132,6 +134,12 @@ fn step_request(
     }
     if let Some(t) = step.temperature {
         r.temperature = Some(t);
+    }
+    // A thinking budget must stay under the step's output cap.
+    if let (Some(budget), Some(cap)) = (r.thinking_budget, r.max_tokens)
+        && budget >= cap
+    {
+        r.thinking_budget = None;
     }
     r
 }
@@ -147,6 +155,21 @@ fn step_failed(pipeline: &Pipeline, step: &str, e: ApiError) -> ApiError {
     }
 }
 
+/// How a run's last step answers.
+pub(crate) enum Finish<'a> {
+    /// The HTTP client, in its API, streamed if it asked.
+    Client {
+        headers: &'a HeaderMap,
+        trace: sy_telemetry::trace::Span,
+    },
+    /// A batch: the last step is the item (its result goes to the batch, at
+    /// the batch price); the earlier ones run as interactive requests.
+    Batch {
+        item: sy_protocol::batch::BatchItem,
+        expires_ms: u64,
+    },
+}
+
 /// Runs `pipeline` for the client request `client` (already parsed and
 /// validated); answers in `surface`'s format.
 #[allow(clippy::too_many_arguments)]
@@ -159,11 +182,87 @@ pub(crate) async fn run(
     pipeline: Arc<Pipeline>,
     headers: &HeaderMap,
     trace: sy_telemetry::trace::Span,
-    received: std::time::Instant,
 ) -> Result<Response, flow::ChatError> {
+    let finish = Finish::Client { headers, trace };
+    match drive(
+        state, surface, request_id, caller, client, &pipeline, finish,
+    )
+    .await
+    {
+        Ok((Some(resp), _)) => Ok(resp),
+        Ok((None, _)) => Err((
+            ApiError::new(ErrorCode::Internal, "a pipeline answered nothing"),
+            None,
+            None,
+        )),
+        Err(e) => Err(e),
+    }
+}
+
+/// Runs `pipeline` as the batch item `item` (the dispatcher's): the earlier
+/// steps here, the last one published as the item. A step that fails is
+/// the item's result, naming the step.
+pub(crate) async fn run_batch_item(
+    state: Arc<AppState>,
+    surface: ApiSurface,
+    caller: Caller,
+    client: ChatRequest,
+    pipeline: Arc<Pipeline>,
+    item: sy_protocol::batch::BatchItem,
+    expires_ms: u64,
+) {
+    let request_id = item.request_id();
+    let finish = Finish::Batch {
+        item: item.clone(),
+        expires_ms,
+    };
+    if let Err((e, _, _)) = drive(
+        &state, surface, request_id, &caller, client, &pipeline, finish,
+    )
+    .await
+    {
+        let result = crate::batch::dispatch::error_result(
+            item,
+            sy_protocol::FrameError::new(e.code, e.message),
+        );
+        let until = tokio::time::Instant::now() + Duration::from_secs(60);
+        while let Err(e) = state.bus.publish_batch_result(&result).await {
+            if tokio::time::Instant::now() >= until {
+                tracing::error!(error = %e, "A pipeline batch item's failure could not be stored; the batch redispatches it.");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
+
+/// Runs every step; the last one's answer to an HTTP client, if that is
+/// where it goes, and the run's id.
+async fn drive(
+    state: &Arc<AppState>,
+    surface: ApiSurface,
+    request_id: Uuid,
+    caller: &Caller,
+    client: ChatRequest,
+    pipeline: &Pipeline,
+    finish: Finish<'_>,
+) -> Result<(Option<Response>, Uuid), flow::ChatError> {
     caller.may_use(&client.model).map_err(|e| (e, None, None))?;
-    let session = crate::ratelimit::session_of(headers).map_err(|e| (e, None, None))?;
-    let run_id = Uuid::now_v7();
+    let (session, hints) = match &finish {
+        Finish::Client { headers, .. } => (
+            crate::ratelimit::session_of(headers).map_err(|e| (e, None, None))?,
+            Some(*headers),
+        ),
+        Finish::Batch { .. } => (None, None),
+    };
+    // A batch item's ids are its own, the same when it is dispatched again
+    // (a step published twice is one call).
+    let batch_id = matches!(finish, Finish::Batch { .. });
+    let run_id = if batch_id {
+        Uuid::new_v5(&request_id, b"pipeline run")
+    } else {
+        Uuid::now_v7()
+    };
     let input = input_of(&client);
     let mut record = Run {
         id: run_id.to_string(),
@@ -180,10 +279,15 @@ pub(crate) async fn run(
     };
     let mut outputs = Vec::new();
     let n = pipeline.steps.len();
+    let mut finish = Some(finish);
     for (i, step) in pipeline.steps.iter().enumerate() {
         let last = i + 1 == n;
-        let request = step_request(&client, &pipeline, i, &input, &outputs);
-        let step_id = if last { request_id } else { Uuid::now_v7() };
+        let request = step_request(&client, pipeline, i, &input, &outputs);
+        let step_id = match (last, batch_id) {
+            (true, _) => request_id,
+            (false, true) => Uuid::new_v5(&request_id, step.name.as_bytes()),
+            (false, false) => Uuid::now_v7(),
+        };
         let mut done = StepRecord {
             name: step.name.clone(),
             model: step.model.clone(),
@@ -194,18 +298,26 @@ pub(crate) async fn run(
             output: None,
             error: None,
         };
-        let result = run_step(
-            state, surface, step_id, caller, request, headers, session, run_id, step, last, &trace,
-            received,
-        )
-        .await;
-        let failed = |record: &mut Run, mut done: StepRecord, e: &ApiError| {
-            done.error = Some(StepError {
-                code: e.code,
-                message: e.message.clone(),
-            });
-            record.steps.push(done);
-            record.status = "failed".into();
+        let ask = Ask {
+            surface,
+            request_id: step_id,
+            caller,
+            hints,
+            session,
+            run_id,
+            step,
+        };
+        let result = if last {
+            match finish.take() {
+                Some(f) => last_step(state, ask, request, f).await,
+                None => Err((
+                    ApiError::new(ErrorCode::Internal, "a pipeline ran its last step twice"),
+                    None,
+                    None,
+                )),
+            }
+        } else {
+            earlier_step(state, ask, request, batch_id).await
         };
         match result {
             Ok(Outcome::Collected { text, provider }) => {
@@ -217,30 +329,40 @@ pub(crate) async fn run(
                 done.output = Some(text.clone());
                 outputs.push(text);
                 record.steps.push(done);
+                // Each finished step is readable at once.
+                keep(state, &record).await;
             }
             Ok(Outcome::Answered(mut resp)) => {
                 done.status = "answering".into();
-                for (h, v) in [
-                    (sy_protocol::header::PROVIDER, &mut done.provider),
-                    (sy_protocol::header::MODEL, &mut done.upstream_model),
-                ] {
-                    *v = resp
-                        .headers()
-                        .get(h)
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::to_owned);
+                if let Some(resp) = &resp {
+                    for (h, v) in [
+                        (sy_protocol::header::PROVIDER, &mut done.provider),
+                        (sy_protocol::header::MODEL, &mut done.upstream_model),
+                    ] {
+                        *v = resp
+                            .headers()
+                            .get(h)
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_owned);
+                    }
                 }
                 record.steps.push(done);
                 record.status = "completed".into();
                 keep(state, &record).await;
-                name_run(resp.headers_mut(), run_id);
-                return Ok(resp);
+                if let Some(resp) = &mut resp {
+                    name_run(resp.headers_mut(), run_id);
+                }
+                return Ok((resp, run_id));
             }
             Err((e, start, class)) => {
-                let e = step_failed(&pipeline, &step.name, e);
-                failed(&mut record, done, &e);
+                let mut e = step_failed(pipeline, &step.name, e);
+                done.error = Some(StepError {
+                    code: e.code,
+                    message: e.message.clone(),
+                });
+                record.steps.push(done);
+                record.status = "failed".into();
                 keep(state, &record).await;
-                let mut e = e;
                 if let Ok(v) = HeaderValue::from_str(&run_id.to_string()) {
                     e.headers
                         .push((axum::http::HeaderName::from_static(RUN_HEADER), v));
@@ -248,8 +370,6 @@ pub(crate) async fn run(
                 return Err((e, start, class));
             }
         }
-        // Each finished step is readable at once.
-        keep(state, &record).await;
     }
     Err((
         ApiError::new(ErrorCode::Internal, "a pipeline without steps"),
@@ -271,79 +391,164 @@ enum Outcome {
         text: String,
         provider: Option<(String, String)>,
     },
-    /// The last step's answer to the client.
-    Answered(Response),
+    /// The last step's answer to an HTTP client (none: a batch item's, which
+    /// goes to its batch).
+    Answered(Option<Response>),
 }
 
-/// Admits, limits and runs one step.
-#[allow(clippy::too_many_arguments)]
-async fn run_step(
-    state: &Arc<AppState>,
+/// One step to run.
+struct Ask<'a> {
     surface: ApiSurface,
     request_id: Uuid,
-    caller: &Caller,
-    request: ChatRequest,
-    headers: &HeaderMap,
-    session: Option<&str>,
+    caller: &'a Caller,
+    /// The client's headers (hints, tags), for an HTTP client's run.
+    hints: Option<&'a HeaderMap>,
+    session: Option<&'a str>,
     run_id: Uuid,
-    step: &sy_config::pipeline::Step,
-    last: bool,
-    trace: &sy_telemetry::trace::Span,
-    received: std::time::Instant,
-) -> Result<Outcome, flow::ChatError> {
+    step: &'a sy_config::pipeline::Step,
+}
+
+/// Admits a step's request and takes its limits.
+fn admit_step(
+    state: &Arc<AppState>,
+    ask: &Ask<'_>,
+    request: ChatRequest,
+    batch: Option<sy_protocol::batch::BatchItem>,
+    deadline_unix_ms: u64,
+) -> Result<admission::Admitted, (ApiError, Option<sy_classifier::Class>)> {
     let received_unix_ms = now_unix_ms();
-    let size = request
-        .messages
-        .iter()
-        .map(|m| m.text().len())
-        .sum::<usize>();
     let mut admitted = admission::admit_parsed(
         state,
-        surface,
+        ask.surface,
         request,
         None,
         admission::Admission {
-            request_id,
-            caller,
-            hints: admission::Hints::from_headers(headers),
+            request_id: ask.request_id,
+            caller: ask.caller,
+            hints: ask
+                .hints
+                .map(admission::Hints::from_headers)
+                .unwrap_or_default(),
             received_unix_ms,
-            deadline_unix_ms: received_unix_ms + state.request_timeout.as_millis() as u64,
-            batch: None,
+            deadline_unix_ms,
+            batch,
         },
-    )
-    .map_err(|(e, class)| (e, None, class))?;
+    )?;
     admitted.envelope.pipeline = Some(PipelineStep {
-        run_id: run_id.to_string(),
-        step: step.name.clone(),
+        run_id: ask.run_id.to_string(),
+        step: ask.step.name.clone(),
     });
-    let granted = match &state.rate_limits {
-        Some(r) => r
-            .admit(caller, &mut admitted.envelope, size, session)
+    Ok(admitted)
+}
+
+/// The size a step's limits estimate its input from.
+fn size_of(request: &ChatRequest) -> usize {
+    request.messages.iter().map(|m| m.text().len()).sum()
+}
+
+/// Runs an earlier step and collects its text. In a batch, a step its
+/// key's rate limits refuse waits and tries again (a batch waits for its
+/// limits; it does not fail on them).
+async fn earlier_step(
+    state: &Arc<AppState>,
+    ask: Ask<'_>,
+    request: ChatRequest,
+    in_batch: bool,
+) -> Result<Outcome, flow::ChatError> {
+    let size = size_of(&request);
+    loop {
+        let deadline = now_unix_ms() + state.request_timeout.as_millis() as u64;
+        let mut admitted = admit_step(state, &ask, request.clone(), None, deadline)
+            .map_err(|(e, c)| (e, None, c))?;
+        let class = admitted.class;
+        let granted = match &state.rate_limits {
+            Some(r) => match r
+                .admit(ask.caller, &mut admitted.envelope, size, ask.session)
+                .await
+            {
+                Ok(g) => g,
+                Err(e) if in_batch && e.code == ErrorCode::RateLimited => {
+                    let wait = e.retry_after_secs.unwrap_or(1).clamp(1, 60);
+                    tokio::time::sleep(Duration::from_secs(wait)).await;
+                    continue;
+                }
+                Err(e) => return Err((e, None, class)),
+            },
+            None => Default::default(),
+        };
+        admitted.envelope.limits = granted.ticket;
+        return collect(state, admitted.envelope, granted.lease)
             .await
-            .map_err(|e| (e, None, admitted.class))?,
-        None => Default::default(),
-    };
-    admitted.envelope.limits = granted.ticket;
-    if last {
-        let headroom = granted.headroom;
-        let mut resp = flow::answer(
-            state,
-            surface,
-            request_id,
-            admitted,
-            granted.lease,
-            trace.clone(),
-            received,
-            (crate::cache::Plan::Off, caller),
-        )
-        .await?;
-        headroom.apply(surface, resp.headers_mut());
-        return Ok(Outcome::Answered(resp));
+            .map_err(|e| (e, None, class));
     }
-    let class = admitted.class;
-    collect(state, admitted.envelope, granted.lease)
-        .await
-        .map_err(|e| (e, None, class))
+}
+
+/// Runs the last step: to the HTTP client, or as the batch item.
+async fn last_step(
+    state: &Arc<AppState>,
+    ask: Ask<'_>,
+    request: ChatRequest,
+    finish: Finish<'_>,
+) -> Result<Outcome, flow::ChatError> {
+    let size = size_of(&request);
+    match finish {
+        Finish::Client { trace, .. } => {
+            // What Switchyard adds is this step's own time.
+            let received = std::time::Instant::now();
+            let deadline = now_unix_ms() + state.request_timeout.as_millis() as u64;
+            let mut admitted =
+                admit_step(state, &ask, request, None, deadline).map_err(|(e, c)| (e, None, c))?;
+            let granted = match &state.rate_limits {
+                Some(r) => r
+                    .admit(ask.caller, &mut admitted.envelope, size, ask.session)
+                    .await
+                    .map_err(|e| (e, None, admitted.class))?,
+                None => Default::default(),
+            };
+            admitted.envelope.limits = granted.ticket;
+            let headroom = granted.headroom;
+            let mut resp = flow::answer(
+                state,
+                ask.surface,
+                ask.request_id,
+                admitted,
+                granted.lease,
+                trace,
+                received,
+                (crate::cache::Plan::Off, ask.caller),
+            )
+            .await?;
+            headroom.apply(ask.surface, resp.headers_mut());
+            Ok(Outcome::Answered(Some(resp)))
+        }
+        Finish::Batch { item, expires_ms } => {
+            let admitted = admit_step(state, &ask, request, Some(item), expires_ms)
+                .map_err(|(e, c)| (e, None, c))?;
+            let class = admitted.class;
+            let mut envelope = admitted.envelope;
+            // A batch item is paced by its batch, not by the key's rate
+            // limits; its cost counts against the budgets.
+            if let Some(r) = &state.rate_limits {
+                let granted = r
+                    .admit(ask.caller, &mut envelope, size, None)
+                    .await
+                    .map_err(|e| (e, None, class))?;
+                envelope.limits = granted.ticket;
+            }
+            let deadline = tokio::time::Instant::now() + state.request_timeout;
+            if let Err(e) = state
+                .bus
+                .publish_request_retrying(&envelope, None, deadline)
+                .await
+            {
+                if let (Some(r), Some(ticket)) = (&state.rate_limits, envelope.limits.take()) {
+                    r.give_back(envelope.request_id, ticket);
+                }
+                return Err((flow::queue_error(state, e), None, class));
+            }
+            Ok(Outcome::Answered(None))
+        }
+    }
 }
 
 /// Publishes an earlier step and waits for its whole answer's text.

@@ -44,7 +44,8 @@ use uuid::Uuid;
 
 use super::finish::{Outcome, Stop, announce, derived_file_id, finalize};
 use super::{FileObject, Stores, input, now_secs};
-use crate::admission::{Admission, Hints, admit};
+use crate::admission::{Admission, Hints, admit_parsed};
+use crate::error::ApiError;
 use crate::state::AppState;
 
 /// Batches running at once across every dispatcher.
@@ -487,7 +488,7 @@ fn item_of(id: &str, lines: &[input::Line], i: u32) -> BatchItem {
 }
 
 /// An item's result that is only an error.
-fn error_result(item: BatchItem, error: FrameError) -> BatchResult {
+pub(crate) fn error_result(item: BatchItem, error: FrameError) -> BatchResult {
     BatchResult {
         request_id: item.request_id(),
         batch_id: item.batch_id,
@@ -527,7 +528,7 @@ fn surface_of(endpoint: &str) -> ApiSurface {
 /// budgets that cannot be checked now, or a budget held by requests in
 /// flight) leaves the item to be sent again.
 async fn dispatch(
-    state: &AppState,
+    state: &Arc<AppState>,
     surface: ApiSurface,
     record: &BatchRecord,
     body: &serde_json::value::RawValue,
@@ -551,6 +552,32 @@ async fn dispatch(
         );
         return stored(error_result(item, e)).await;
     };
+    let body = body.get().as_bytes();
+    let failed = |e: ApiError| error_result(item.clone(), FrameError::new(e.code, e.message));
+    let (request, embeddings) = match crate::admission::parse(surface, body) {
+        Ok(parsed) => parsed,
+        Err(e) => return stored(failed(e)).await,
+    };
+    // A pipeline runs its earlier steps first (as interactive requests); its
+    // last step is the item. Its result, or its failed step's error, comes
+    // to the batch like any item's.
+    if embeddings.is_none()
+        && let Some(p) = state.routing().pipelines.get(&request.model).cloned()
+    {
+        tokio::spawn(crate::pipeline::run_batch_item(
+            state.clone(),
+            surface,
+            caller,
+            request,
+            p,
+            item,
+            expires_ms,
+        ));
+        return Ok(());
+    }
+    if let Err(e) = caller.may_use(&request.model) {
+        return stored(failed(e)).await;
+    }
     let admission = Admission {
         request_id,
         caller: &caller,
@@ -559,12 +586,9 @@ async fn dispatch(
         deadline_unix_ms: expires_ms,
         batch: Some(item.clone()),
     };
-    let body = body.get().as_bytes();
-    let mut envelope = match admit(state, surface, body, admission) {
+    let mut envelope = match admit_parsed(state, surface, request, embeddings, admission) {
         Ok(p) => p.envelope,
-        Err((e, _)) => {
-            return stored(error_result(item, FrameError::new(e.code, e.message))).await;
-        }
+        Err((e, _)) => return stored(failed(e)).await,
     };
     if let Some(limits) = &state.rate_limits {
         match limits.admit(&caller, &mut envelope, body.len(), None).await {
