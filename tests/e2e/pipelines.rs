@@ -263,3 +263,99 @@ async fn a_pipeline_runs_as_a_batch_item_and_a_failed_step_is_the_items_error() 
     // the bad item's first step.
     assert_eq!(stack.upstream_requests(), before + 5);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_put_through_the_admin_api_serves_at_once_and_goes_when_deleted() {
+    use crate::tenants::ADMIN;
+    let (store, tenants) = tenants_store("pa").await;
+    let actor = owner();
+    let org = store.create_org(&actor, "A").await.unwrap();
+    let p = store.create_project(&actor, org, "p").await.unwrap();
+    let spec = sy_control::store::KeySpec::named("k");
+    let key = store.create_key(&actor, p, &spec).await.unwrap().1.key;
+    let stack = Stack::start_with(StackOptions {
+        sections: format!(
+            "{tenants}\n[[admin_tokens]]\nname = \"ops\"\ntoken = \"{ADMIN}\"\nrole = \"owner\"\n"
+        ),
+        ..Default::default()
+    })
+    .await;
+    let admin = |method: reqwest::Method, body: Option<Value>| {
+        let mut r = stack
+            .http
+            .request(method, stack.url("/admin/v1/pipelines/brief"))
+            .bearer_auth(ADMIN);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        r.send()
+    };
+    // A template that names a later step is refused, saying where.
+    let bad = admin(
+        reqwest::Method::PUT,
+        Some(json!({"steps": [
+        {"name": "a", "model": "gpt-4o-mini", "prompt": "{{steps.b}}"},
+        {"name": "b", "model": "gpt-4o-mini", "prompt": "{{input}}"}]})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(bad.status(), 400);
+    assert!(bad.text().await.unwrap().contains("steps[0].prompt"));
+    let made = admin(reqwest::Method::PUT, Some(json!({"description": "Draft then shorten",
+        "steps": [
+            {"name": "draft", "model": "gpt-4o-mini", "prompt": "Draft: {{input}}"},
+            {"name": "shorten", "model": "claude-sonnet-4-5", "prompt": "Shorten: {{steps.draft}}"}]})))
+    .await
+    .unwrap();
+    assert_eq!(made.status(), 201);
+    let v: Value = made.json().await.unwrap();
+    assert_eq!(v["model"], "pipeline:brief");
+    let chat = |prompt: &'static str| {
+        stack
+            .http
+            .post(stack.url("/v1/chat/completions"))
+            .bearer_auth(&key)
+            .json(&json!({"model": "pipeline:brief",
+                          "messages": [{"role": "user", "content": prompt}]}))
+            .send()
+    };
+    // Every ingress serves it once the key table reloaded (about a second).
+    let until = Instant::now() + Duration::from_secs(10);
+    let resp = loop {
+        let resp = chat("tides").await.unwrap();
+        if resp.status() == 200 || Instant::now() > until {
+            break resp;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-switchyard-provider"], "anthropic");
+    let models = stack
+        .http
+        .get(stack.url("/v1/models"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        models.contains("pipeline:brief") && models.contains("pipeline:blog"),
+        "{models}"
+    );
+    // Deleted: gone from every ingress.
+    assert_eq!(
+        admin(reqwest::Method::DELETE, None).await.unwrap().status(),
+        200
+    );
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = chat("tides").await.unwrap().status();
+        if status == 404 {
+            break;
+        }
+        assert!(Instant::now() < until, "still served: {status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -157,7 +157,7 @@ impl Template {
 /// `[pipelines]`, checked: names of letters, digits, `_` and `-`; 1 to
 /// [`MAX_STEPS`] steps with unique names, each calling a model or router that
 /// exists (`known`), templates that name only earlier steps.
-pub(crate) fn pipelines(
+pub fn validate(
     e: &mut Vec<ConfigError>,
     raw: BTreeMap<String, RawPipeline>,
     known: &dyn Fn(&str) -> bool,

@@ -553,7 +553,7 @@ impl Config {
         let cache = crate::cache::cache_config(e, raw.cache, redis.is_some(), &|name| {
             models.contains_key(name) || routers.contains_key(name)
         });
-        let pipelines = crate::pipeline::pipelines(e, raw.pipelines, &|name| {
+        let pipelines = crate::pipeline::validate(e, raw.pipelines, &|name| {
             models.contains_key(name) || routers.contains_key(name)
         });
         let billing = billing_config(e, raw.billing, has_postgres && raw.tenants.is_some());

@@ -140,6 +140,15 @@ impl LiveKeys {
             .prices()
     }
 
+    /// The pipelines of the admin API, by model name (reloaded with the
+    /// whole table).
+    pub fn pipelines(&self) -> Arc<crate::pipelines::Pipelines> {
+        self.table
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .pipelines()
+    }
+
     /// How many live keys there are.
     pub fn len(&self) -> usize {
         self.table.read().unwrap_or_else(|p| p.into_inner()).len()

@@ -334,6 +334,8 @@ pub struct KeyTable {
     by_key_id: HashMap<Uuid, Arc<Grant>>,
     /// The price versions, loaded with the keys.
     prices: Arc<crate::pricing::PriceBook>,
+    /// The pipelines of the admin API, loaded with the keys.
+    pipelines: Arc<crate::pipelines::Pipelines>,
 }
 
 #[derive(FromRow)]
@@ -474,6 +476,7 @@ impl KeyTable {
         let rows: Vec<Row> = sqlx::query_as(LIVE_KEYS).fetch_all(store.pool()).await?;
         let mut table = KeyTable {
             prices: crate::pricing::PriceBook::load(store).await?,
+            pipelines: Arc::new(store.load_pipelines().await?),
             ..KeyTable::default()
         };
         for row in rows {
@@ -510,6 +513,11 @@ impl KeyTable {
     /// The price versions loaded with the keys.
     pub fn prices(&self) -> Arc<crate::pricing::PriceBook> {
         self.prices.clone()
+    }
+
+    /// The pipelines of the admin API, by model name.
+    pub fn pipelines(&self) -> Arc<crate::pipelines::Pipelines> {
+        self.pipelines.clone()
     }
 
     /// How many live keys the table holds.

@@ -23,6 +23,7 @@ pub mod key;
 pub mod keytable;
 pub mod ledger;
 pub mod payments;
+pub mod pipelines;
 pub mod pricing;
 pub mod reconcile;
 pub mod sealed;

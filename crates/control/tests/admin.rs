@@ -296,6 +296,8 @@ async fn every_endpoint_answers_every_role_as_the_docs_table_says() {
                 ("PATCH", p) if p.starts_with("/admin/v1/plans/") => {
                     Some(json!({"multiplier": "1.3"}))
                 }
+                ("PUT", p) if p.starts_with("/admin/v1/pipelines/") => Some(json!({
+                    "steps": [{"name": "a", "model": "m", "prompt": "Again: {{input}}"}]})),
                 ("POST", _) => Some(json!({"grace_seconds": 0})),
                 ("PATCH", p) if p.starts_with("/admin/v1/credentials/") => {
                     Some(json!({"api_key": "sk-new"}))
@@ -317,9 +319,24 @@ async fn every_endpoint_answers_every_role_as_the_docs_table_says() {
                 )
                 .await
                 .unwrap();
+            // And a fresh pipeline for the pipeline routes.
+            let pipeline = format!("pl{}", Uuid::now_v7().simple());
+            api.store
+                .put_pipeline(
+                    &actor,
+                    &pipeline,
+                    &json!({"steps": [{"name": "a", "model": "m", "prompt": "{{input}}"}]}),
+                )
+                .await
+                .unwrap();
+            let name = if path.starts_with("/admin/v1/pipelines/") {
+                pipeline.as_str()
+            } else {
+                &plan[..30]
+            };
             let url = path
                 .replace("{id}", &id.to_string())
-                .replace("{name}", &plan[..30])
+                .replace("{name}", name)
                 .replace("{version}", "current")
                 .replace("{period}", "2020-01");
             let method = Method::from_bytes(method.as_bytes()).unwrap();

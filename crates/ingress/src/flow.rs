@@ -49,13 +49,18 @@ pub(crate) async fn handle(state: Arc<AppState>, surface: ApiSurface, req: Reque
     {
         tracing::Span::current().record("trace_id", id);
     }
+    // Boxed: the request's whole state machine (tens of kilobytes) is then
+    // made once on the heap instead of being copied into the span's wrapper.
     if req.headers().contains_key(idempotency::HEADER) {
-        return idempotency::serve(state, surface, req, move |state, req| {
-            handle_once(state, surface, req)
-        })
+        return Box::pin(idempotency::serve(
+            state,
+            surface,
+            req,
+            move |state, req| handle_once(state, surface, req),
+        ))
         .await;
     }
-    handle_once(state, surface, req).await
+    Box::pin(handle_once(state, surface, req)).await
 }
 
 async fn handle_once(state: Arc<AppState>, surface: ApiSurface, req: Request) -> Response {
@@ -103,9 +108,11 @@ async fn chat(
         .cloned()
         .unwrap_or_default();
     if embeddings.is_none()
-        && let Some(p) = state.routing().pipelines.get(&request.model).cloned()
+        && let Some(p) = state.pipeline(&request.model)
     {
-        return crate::pipeline::run(
+        // Boxed: a run holds a whole answer's state and more, which would
+        // otherwise make every request's future that much larger to move.
+        return Box::pin(crate::pipeline::run(
             state,
             surface,
             request_id,
@@ -114,7 +121,7 @@ async fn chat(
             p,
             &parts.headers,
             trace,
-        )
+        ))
         .await;
     }
     caller

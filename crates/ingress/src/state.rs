@@ -70,6 +70,18 @@ impl AppState {
         })
     }
 
+    /// The pipeline clients call as `model`, if it is one: the config file's,
+    /// else the admin API's.
+    pub(crate) fn pipeline(&self, model: &str) -> Option<Arc<sy_config::pipeline::Pipeline>> {
+        if !model.starts_with(sy_config::pipeline::PREFIX) {
+            return None;
+        }
+        if let Some(p) = self.routing().pipelines.get(model) {
+            return Some(p.clone());
+        }
+        self.tenants.as_ref()?.pipelines().get(model).cloned()
+    }
+
     /// The routing table now (models and routers); a reload swaps it whole.
     pub(crate) fn routing(&self) -> Arc<Routing> {
         match self.routing.read() {

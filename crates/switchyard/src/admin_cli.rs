@@ -185,6 +185,24 @@ pub enum PlanCommand {
     Delete { name: String },
 }
 
+/// Pipelines declared through the admin API.
+#[derive(Subcommand, Debug)]
+pub enum PipelineCommand {
+    /// Lists them.
+    List,
+    /// Prints one.
+    Show { name: String },
+    /// Creates or replaces one from a JSON file (`{"description"?, "steps": [...]}`).
+    Put {
+        name: String,
+        /// The definition, as JSON (`-` for standard input).
+        #[arg(long)]
+        file: std::path::PathBuf,
+    },
+    /// Deletes one.
+    Delete { name: String },
+}
+
 /// `MODEL=MULTIPLIER` pairs as a JSON object.
 fn model_multipliers(pairs: &[String]) -> anyhow::Result<Value> {
     let mut out = serde_json::Map::new();
@@ -450,6 +468,7 @@ pub enum Call {
     Credentials(CredentialCommand),
     Prices(PriceCommand),
     Plans(PlanCommand),
+    Pipelines(PipelineCommand),
     /// The newest audit rows, filtered by target id and actor.
     Audit {
         target: Option<String>,
@@ -808,6 +827,46 @@ pub async fn run(conn: &Connection, call: Call, out: &mut impl Write) -> anyhow:
                 .await?;
             (v, Shape::PriceVersion)
         }
+        Call::Pipelines(PipelineCommand::List) => (
+            api.call(Method::GET, "/admin/v1/pipelines", None).await?,
+            Shape::Pipeline,
+        ),
+        Call::Pipelines(PipelineCommand::Show { name }) => (
+            api.call(
+                Method::GET,
+                &format!("/admin/v1/pipelines/{}", urlencode(&name)),
+                None,
+            )
+            .await?,
+            Shape::Pipeline,
+        ),
+        Call::Pipelines(PipelineCommand::Put { name, file }) => {
+            let text = if file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin())?
+            } else {
+                std::fs::read_to_string(&file)?
+            };
+            let definition: Value = serde_json::from_str(&text)
+                .map_err(|e| anyhow::anyhow!("{} is not JSON: {e}", file.display()))?;
+            (
+                api.call(
+                    Method::PUT,
+                    &format!("/admin/v1/pipelines/{}", urlencode(&name)),
+                    Some(definition),
+                )
+                .await?,
+                Shape::Pipeline,
+            )
+        }
+        Call::Pipelines(PipelineCommand::Delete { name }) => (
+            api.call(
+                Method::DELETE,
+                &format!("/admin/v1/pipelines/{}", urlencode(&name)),
+                None,
+            )
+            .await?,
+            Shape::Pipeline,
+        ),
         Call::Plans(PlanCommand::List) => (
             api.call(Method::GET, "/admin/v1/plans", None).await?,
             Shape::Plan,
@@ -989,6 +1048,7 @@ enum Shape {
     PriceVersion,
     Price,
     Plan,
+    Pipeline,
 }
 
 /// A price version's prices as table rows.
@@ -1038,6 +1098,7 @@ impl Shape {
                 "per_image",
             ],
             Shape::Plan => &["name", "multiplier", "model_multipliers"],
+            Shape::Pipeline => &["name", "model", "description"],
         }
     }
 }

@@ -138,6 +138,11 @@ enum AdminCommand {
         #[command(subcommand)]
         command: admin_cli::PlanCommand,
     },
+    /// Pipelines clients call as pipeline:<name> (docs/pipelines.md).
+    Pipelines {
+        #[command(subcommand)]
+        command: admin_cli::PipelineCommand,
+    },
     /// The audit log.
     Audit {
         #[command(subcommand)]
@@ -247,6 +252,7 @@ fn main() -> ExitCode {
                 AdminCommand::Tokens { command } => admin_cli::Call::Tokens(command),
                 AdminCommand::Prices { command } => admin_cli::Call::Prices(command),
                 AdminCommand::Plans { command } => admin_cli::Call::Plans(command),
+                AdminCommand::Pipelines { command } => admin_cli::Call::Pipelines(command),
                 AdminCommand::Audit {
                     command:
                         AuditCommand::List {

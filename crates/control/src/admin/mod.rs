@@ -10,6 +10,7 @@
 
 mod handlers;
 mod operations;
+mod pipelines;
 mod pricing;
 pub use operations::{balance_view, top_up};
 pub mod roles;
@@ -325,6 +326,13 @@ pub fn router<S: Clone + Send + Sync + 'static>(admin: Arc<Admin>) -> Router<S> 
             get(p::list_prices).post(p::create_prices),
         )
         .route("/admin/v1/prices/{version}", get(p::get_prices))
+        .route("/admin/v1/pipelines", get(pipelines::list_pipelines))
+        .route(
+            "/admin/v1/pipelines/{name}",
+            get(pipelines::get_pipeline)
+                .put(pipelines::put_pipeline)
+                .delete(pipelines::delete_pipeline),
+        )
         .route("/admin/v1/plans", get(p::list_plans).post(p::create_plan))
         .route(
             "/admin/v1/plans/{name}",

@@ -60,6 +60,7 @@ impl Role {
             Need::AdminTokens => matches!(self, Owner),
             Need::Balances => matches!(self, Owner | Admin | Billing),
             Need::Pricing => matches!(self, Owner | Admin | Billing),
+            Need::Routing => matches!(self, Owner | Admin),
         }
     }
 }
@@ -85,6 +86,8 @@ pub enum Need {
     Balances,
     /// Making price versions and plans, and putting orgs on plans.
     Pricing,
+    /// Declaring pipelines.
+    Routing,
 }
 
 /// One admin route.
@@ -135,6 +138,10 @@ pub const ROUTES: &[Route] = &[
     deployment("GET", "/admin/v1/prices", Need::Read),
     deployment("POST", "/admin/v1/prices", Need::Pricing),
     deployment("GET", "/admin/v1/prices/{version}", Need::Read),
+    deployment("GET", "/admin/v1/pipelines", Need::Read),
+    deployment("GET", "/admin/v1/pipelines/{name}", Need::Read),
+    deployment("PUT", "/admin/v1/pipelines/{name}", Need::Routing),
+    deployment("DELETE", "/admin/v1/pipelines/{name}", Need::Routing),
     deployment("GET", "/admin/v1/plans", Need::Read),
     deployment("POST", "/admin/v1/plans", Need::Pricing),
     deployment("GET", "/admin/v1/plans/{name}", Need::Read),

@@ -562,7 +562,7 @@ async fn dispatch(
     // last step is the item. Its result, or its failed step's error, comes
     // to the batch like any item's.
     if embeddings.is_none()
-        && let Some(p) = state.routing().pipelines.get(&request.model).cloned()
+        && let Some(p) = state.pipeline(&request.model)
     {
         tokio::spawn(crate::pipeline::run_batch_item(
             state.clone(),
