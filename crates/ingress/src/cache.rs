@@ -5,10 +5,11 @@
 //! - **On** for a request when it says `x-switchyard-cache: use` (or
 //!   `refresh`), else when its project turns the cache on, else when its
 //!   model or router is in `[cache] models`; `bypass` always wins.
-//! - **Key**: HMAC-SHA-256 under a salt of the org's (of the project's,
-//!   unless `share_across_projects`), itself keyed with the deployment's
-//!   secret, over the client API, the answer's shape (streamed, usage chunk,
-//!   base64), the route, and the canonical request (every field but those
+//! - **Key**: HMAC-SHA-256 under a secret of the deployment's, over the
+//!   org's id (and the project's, unless `share_across_projects`: the
+//!   entry's salt, length-prefixed), the client API, the answer's shape
+//!   (streamed, usage chunk, base64), the route, and the canonical request
+//!   (every field but those
 //!   that do not change the answer: `user`, `metadata`, `prompt_cache_key`,
 //!   `safety_identifier`, `store`, `service_tier`, the stream flags). Two
 //!   orgs never share an entry and no one can compute another's key.
@@ -20,8 +21,8 @@
 //!   a temperature above `max_temperature` (unless the request opts in with
 //!   `any-temperature`), answers larger than `max_entry_bytes`.
 //! - **A hit** publishes its usage row (`cache_hit`, cost 0, billed at the
-//!   plan's cache-hit multiplier of what a miss would have been billed)
-//!   before it answers, so no hit goes unrecorded.
+//!   plan's cache-hit multiplier of what a miss would have been billed):
+//!   before it answers when it is billed, right after when it is free.
 //! - **Redis away**: the request is served uncached.
 
 use std::collections::{HashMap, VecDeque};
@@ -231,8 +232,9 @@ impl Entry {
 /// The cache of one ingress.
 pub(crate) struct ResponseCache {
     config: CacheConfig,
-    /// The key every org's salt is derived with.
-    secret: [u8; 32],
+    /// HMAC-SHA-256 keyed with the cache's secret, its pads computed once
+    /// (cloned for each request's key).
+    keyed: Hmac<Sha256>,
     redis: Arc<OnceLock<Limiter>>,
     limits: Arc<crate::ratelimit::RateLimits>,
     /// The deployment's NATS namespace: the config file's keys of two
@@ -262,7 +264,7 @@ impl ResponseCache {
         ResponseCache {
             memory: (config.memory_entries > 0).then(|| Memory::new(config.memory_entries)),
             config,
-            secret,
+            keyed: mac(&secret),
             redis: limits.limiter_slot(),
             limits,
             namespace: namespace.to_owned(),
@@ -336,8 +338,9 @@ impl ResponseCache {
             Some(g) => format!("project\0{}\0{}", g.owner.org_id, g.owner.project_id),
             None => format!("key\0{}\0{}", self.namespace, caller.key_id),
         };
-        let salt = mac(&self.secret).chain_update(scope.as_bytes()).finalize();
-        let mut m = mac(&salt.into_bytes());
+        let mut m = self.keyed.clone();
+        m.update(&(scope.len() as u32).to_le_bytes());
+        m.update(scope.as_bytes());
         let surface = match envelope.api {
             ApiSurface::ChatCompletions => "chat",
             ApiSurface::Messages => "messages",
