@@ -536,17 +536,32 @@ async fn last_step(
                 envelope.limits = granted.ticket;
             }
             let deadline = tokio::time::Instant::now() + state.request_timeout;
-            if let Err(e) = state
-                .bus
-                .publish_request_retrying(&envelope, None, deadline)
+            publish(state, &mut envelope, deadline)
                 .await
-            {
-                if let (Some(r), Some(ticket)) = (&state.rate_limits, envelope.limits.take()) {
-                    r.give_back(envelope.request_id, ticket);
-                }
-                return Err((flow::queue_error(state, e), None, class));
-            }
+                .map_err(|e| (e, None, class))?;
             Ok(Outcome::Answered(None))
+        }
+    }
+}
+
+/// Publishes a step's request; one the queue does not take gives back
+/// what its limits reserved.
+async fn publish(
+    state: &AppState,
+    envelope: &mut sy_protocol::RequestEnvelope,
+    deadline: tokio::time::Instant,
+) -> Result<(), ApiError> {
+    match state
+        .bus
+        .publish_request_retrying(envelope, None, deadline)
+        .await
+    {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            if let (Some(r), Some(ticket)) = (&state.rate_limits, envelope.limits.take()) {
+                r.give_back(envelope.request_id, ticket);
+            }
+            Err(flow::queue_error(state, e))
         }
     }
 }
@@ -561,16 +576,7 @@ async fn collect(
     let rx = state
         .replies
         .register(envelope.request_id, sy_protocol::REPLY_BUFFER_FRAMES);
-    if let Err(e) = state
-        .bus
-        .publish_request_retrying(&envelope, None, deadline)
-        .await
-    {
-        if let (Some(r), Some(ticket)) = (&state.rate_limits, envelope.limits.take()) {
-            r.give_back(envelope.request_id, ticket);
-        }
-        return Err(flow::queue_error(state, e));
-    }
+    publish(state, &mut envelope, deadline).await?;
     let mut pending = Pending::new(rx, state.bus.clone(), deadline);
     pending.hold(lease);
     let mut agg = Aggregate::default();
