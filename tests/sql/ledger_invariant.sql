@@ -1,9 +1,9 @@
 -- The prepaid ledger's invariant, checked after the whole test suite (scripts/test.sh)
 -- in every schema this run of the tests made: each org's stored balance, credited
 -- and debited figures are exactly the sums of its ledger rows. Fails (psql exits
--- non-zero) naming the schema and how many orgs disagree. The schemas that were
--- there before the run are passed as a comma-separated psql variable:
---   psql URL -v ON_ERROR_STOP=1 -v before="$BEFORE" -f tests/sql/ledger_invariant.sql
+-- non-zero) naming the schema and how many orgs disagree. The newest schema's OID
+-- before the run is passed as a psql variable (schemas made later have larger OIDs):
+--   psql URL -v ON_ERROR_STOP=1 -v before="$MAX_OID" -f tests/sql/ledger_invariant.sql
 SET sy.before = :'before';
 DO $$
 DECLARE
@@ -14,9 +14,10 @@ DECLARE
     n bigint;
 BEGIN
     FOR s IN
-        SELECT table_schema FROM information_schema.tables
-        WHERE table_name = 'org_balances'
-        AND NOT (table_schema = ANY (string_to_array(current_setting('sy.before'), ',')))
+        SELECT t.table_schema FROM information_schema.tables t
+        JOIN pg_namespace n ON n.nspname = t.table_schema
+        WHERE t.table_name = 'org_balances'
+        AND n.oid::bigint > current_setting('sy.before')::bigint
         ORDER BY 1
     LOOP
         EXECUTE format(
