@@ -730,15 +730,16 @@ impl Limiter {
     }
 }
 
-/// One admission counted among those waiting for Redis while it lives.
-struct Waiting<'a> {
+/// One admission (or cache call) counted among those waiting for Redis
+/// while it lives.
+pub(crate) struct Waiting<'a> {
     count: &'a std::sync::atomic::AtomicUsize,
     /// No other admission was waiting when it came.
-    alone: bool,
+    pub(crate) alone: bool,
 }
 
 impl<'a> Waiting<'a> {
-    fn enter(count: &'a std::sync::atomic::AtomicUsize) -> Self {
+    pub(crate) fn enter(count: &'a std::sync::atomic::AtomicUsize) -> Self {
         let before = count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         Waiting {
             count,
