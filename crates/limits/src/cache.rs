@@ -1,12 +1,13 @@
 //! The response cache's entries in Redis (the ingress decides what is
 //! stored and derives the keys; docs/cache.md): a `GET` on a lookup, a
-//! `SET … PX` on a store, each one round trip. Like an admission, a call
+//! `SET … PX` on a store, each one round trip. Like an admission, a lookup
 //! alone takes one of the direct connections (no task hand-off, its answer
 //! read without the `redis` crate's general parser: the least latency);
 //! while other calls wait it joins them on the multiplexed connection (the
-//! least CPU under load).
+//! least CPU under load). A store is off the request path: always the
+//! multiplexed connection.
 
-use crate::{LimitError, Limiter, Waiting, direct};
+use crate::{LimitError, Limiter, Waiting};
 
 /// Every entry's key starts with this.
 pub const PREFIX: &str = "cache:";
@@ -28,24 +29,20 @@ impl Limiter {
 
     /// Stores `value` at `key` for `ttl_ms`, replacing what was there.
     pub async fn cache_put(&self, key: &str, value: &[u8], ttl_ms: u64) -> Result<(), LimitError> {
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(key).arg(value).arg("PX").arg(ttl_ms.max(1));
-        let waiting = Waiting::enter(&self.waiting);
-        if let Some(d) = self.direct.as_ref().filter(|_| waiting.alone) {
-            let answer = d.query(&cmd.get_packed_command(), 1).await?;
-            return match direct::first_error(&answer) {
-                Some(e) => Err(e),
-                None => Ok(()),
-            };
-        }
-        cmd.query_async::<()>(&mut self.conn.clone()).await?;
+        redis::cmd("SET")
+            .arg(key)
+            .arg(value)
+            .arg("PX")
+            .arg(ttl_ms.max(1))
+            .query_async::<()>(&mut self.conn.clone())
+            .await?;
         Ok(())
     }
 }
 
 /// A `GET`'s answer: a bulk string (the value), a null (none), or an error.
 fn bulk(answer: &[u8]) -> Result<Option<Vec<u8>>, LimitError> {
-    if let Some(e) = direct::first_error(answer) {
+    if let Some(e) = crate::direct::first_error(answer) {
         return Err(e);
     }
     let bad = || {
