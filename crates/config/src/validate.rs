@@ -550,12 +550,9 @@ impl Config {
             }
         });
         let limits = limits_config(e, raw.limits, redis.is_some(), &keys);
-        let cache = crate::cache::cache_config(e, raw.cache, redis.is_some(), &|name| {
-            models.contains_key(name) || routers.contains_key(name)
-        });
-        let pipelines = crate::pipeline::validate(e, raw.pipelines, &|name| {
-            models.contains_key(name) || routers.contains_key(name)
-        });
+        let known = |name: &str| models.contains_key(name) || routers.contains_key(name);
+        let cache = crate::cache::cache_config(e, raw.cache, redis.is_some(), &known);
+        let pipelines = crate::pipeline::validate(e, raw.pipelines, &known);
         let billing = billing_config(e, raw.billing, has_postgres && raw.tenants.is_some());
         let tenants = raw.tenants.and_then(|t| {
             let mut ok = true;

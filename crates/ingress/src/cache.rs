@@ -26,7 +26,7 @@
 //! - **Redis away**: the request is served uncached.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, HeaderValue, header};
@@ -235,7 +235,6 @@ pub(crate) struct ResponseCache {
     /// HMAC-SHA-256 keyed with the cache's secret, its pads computed once
     /// (cloned for each request's key).
     keyed: Hmac<Sha256>,
-    redis: Arc<OnceLock<Limiter>>,
     limits: Arc<crate::ratelimit::RateLimits>,
     /// The deployment's NATS namespace: the config file's keys of two
     /// deployments sharing a Redis never share entries.
@@ -265,7 +264,6 @@ impl ResponseCache {
             memory: (config.memory_entries > 0).then(|| Memory::new(config.memory_entries)),
             config,
             keyed: mac(&secret),
-            redis: limits.limiter_slot(),
             limits,
             namespace: namespace.to_owned(),
             markup_ppb,
@@ -275,10 +273,7 @@ impl ResponseCache {
 
     /// Redis, unless it is known to be away.
     fn redis(&self) -> Option<&Limiter> {
-        if self.limits.degraded() {
-            return None;
-        }
-        self.redis.get()
+        self.limits.redis()
     }
 
     /// Decides what the cache does for an admitted request (and derives its

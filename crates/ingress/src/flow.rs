@@ -261,21 +261,18 @@ pub(crate) async fn answer(
     } else {
         sy_telemetry::trace::Span::off()
     };
-    let published = state
-        .bus
-        .publish_request_retrying(&envelope, publish.traceparent().as_deref(), deadline)
-        .await;
+    let published = publish_request(
+        state,
+        &mut envelope,
+        publish.traceparent().as_deref(),
+        deadline,
+    )
+    .await;
     if published.is_err() {
         publish.fail("internal");
     }
     publish.end();
-    if let Err(e) = published {
-        drop(rx);
-        if let (Some(r), Some(ticket)) = (&state.rate_limits, envelope.limits.take()) {
-            r.give_back(request_id, ticket);
-        }
-        return Err((queue_error(state, e), None, class));
-    }
+    published.map_err(|e| (e, None, class))?;
     tracing::trace!("Request published.");
     let mut pending = Pending::new(rx, state.bus.clone(), deadline);
     pending.hold(lease);
@@ -319,6 +316,27 @@ fn with_route(mut resp: Response, route: &str) -> Response {
         resp.headers_mut().insert(hdr::ROUTE, v);
     }
     resp
+}
+
+/// Publishes an admitted request; one the queue does not take gives back
+/// what its limits reserved, and gets the client's error.
+pub(crate) async fn publish_request(
+    state: &AppState,
+    envelope: &mut sy_protocol::RequestEnvelope,
+    traceparent: Option<&str>,
+    deadline: tokio::time::Instant,
+) -> Result<(), ApiError> {
+    let Err(e) = state
+        .bus
+        .publish_request_retrying(envelope, traceparent, deadline)
+        .await
+    else {
+        return Ok(());
+    };
+    if let (Some(r), Some(ticket)) = (&state.rate_limits, envelope.limits.take()) {
+        r.give_back(envelope.request_id, ticket);
+    }
+    Err(queue_error(state, e))
 }
 
 /// The client's error for a request the queue did not take (a stream the

@@ -441,6 +441,23 @@ fn admit_step(
     Ok(admitted)
 }
 
+/// Counts a step against its key's limits and budgets (none without
+/// `[redis]`); its ticket rides in the envelope.
+async fn limit(
+    state: &AppState,
+    ask: &Ask<'_>,
+    envelope: &mut sy_protocol::RequestEnvelope,
+    size: usize,
+    session: Option<&str>,
+) -> Result<crate::ratelimit::Granted, ApiError> {
+    let mut granted: crate::ratelimit::Granted = match &state.rate_limits {
+        Some(r) => r.admit(ask.caller, envelope, size, session).await?,
+        None => Default::default(),
+    };
+    envelope.limits = granted.ticket.take();
+    Ok(granted)
+}
+
 /// The size a step's limits estimate its input from.
 fn size_of(request: &ChatRequest) -> usize {
     request.messages.iter().map(|m| m.text().len()).sum()
@@ -461,22 +478,15 @@ async fn earlier_step(
         let mut admitted = admit_step(state, &ask, request.clone(), None, deadline)
             .map_err(|(e, c)| (e, None, c))?;
         let class = admitted.class;
-        let granted = match &state.rate_limits {
-            Some(r) => match r
-                .admit(ask.caller, &mut admitted.envelope, size, ask.session)
-                .await
-            {
-                Ok(g) => g,
-                Err(e) if in_batch && e.code == ErrorCode::RateLimited => {
-                    let wait = e.retry_after_secs.unwrap_or(1).clamp(1, 60);
-                    tokio::time::sleep(Duration::from_secs(wait)).await;
-                    continue;
-                }
-                Err(e) => return Err((e, None, class)),
-            },
-            None => Default::default(),
+        let granted = match limit(state, &ask, &mut admitted.envelope, size, ask.session).await {
+            Ok(g) => g,
+            Err(e) if in_batch && e.code == ErrorCode::RateLimited => {
+                let wait = e.retry_after_secs.unwrap_or(1).clamp(1, 60);
+                tokio::time::sleep(Duration::from_secs(wait)).await;
+                continue;
+            }
+            Err(e) => return Err((e, None, class)),
         };
-        admitted.envelope.limits = granted.ticket;
         return collect(state, admitted.envelope, granted.lease)
             .await
             .map_err(|e| (e, None, class));
@@ -498,14 +508,9 @@ async fn last_step(
             let deadline = now_unix_ms() + state.request_timeout.as_millis() as u64;
             let mut admitted =
                 admit_step(state, &ask, request, None, deadline).map_err(|(e, c)| (e, None, c))?;
-            let granted = match &state.rate_limits {
-                Some(r) => r
-                    .admit(ask.caller, &mut admitted.envelope, size, ask.session)
-                    .await
-                    .map_err(|e| (e, None, admitted.class))?,
-                None => Default::default(),
-            };
-            admitted.envelope.limits = granted.ticket;
+            let granted = limit(state, &ask, &mut admitted.envelope, size, ask.session)
+                .await
+                .map_err(|e| (e, None, admitted.class))?;
             let headroom = granted.headroom;
             let mut resp = flow::answer(
                 state,
@@ -528,40 +533,14 @@ async fn last_step(
             let mut envelope = admitted.envelope;
             // A batch item is paced by its batch, not by the key's rate
             // limits; its cost counts against the budgets.
-            if let Some(r) = &state.rate_limits {
-                let granted = r
-                    .admit(ask.caller, &mut envelope, size, None)
-                    .await
-                    .map_err(|e| (e, None, class))?;
-                envelope.limits = granted.ticket;
-            }
+            limit(state, &ask, &mut envelope, size, None)
+                .await
+                .map_err(|e| (e, None, class))?;
             let deadline = tokio::time::Instant::now() + state.request_timeout;
-            publish(state, &mut envelope, deadline)
+            flow::publish_request(state, &mut envelope, None, deadline)
                 .await
                 .map_err(|e| (e, None, class))?;
             Ok(Outcome::Answered(None))
-        }
-    }
-}
-
-/// Publishes a step's request; one the queue does not take gives back
-/// what its limits reserved.
-async fn publish(
-    state: &AppState,
-    envelope: &mut sy_protocol::RequestEnvelope,
-    deadline: tokio::time::Instant,
-) -> Result<(), ApiError> {
-    match state
-        .bus
-        .publish_request_retrying(envelope, None, deadline)
-        .await
-    {
-        Ok(()) => Ok(()),
-        Err(e) => {
-            if let (Some(r), Some(ticket)) = (&state.rate_limits, envelope.limits.take()) {
-                r.give_back(envelope.request_id, ticket);
-            }
-            Err(flow::queue_error(state, e))
         }
     }
 }
@@ -576,7 +555,7 @@ async fn collect(
     let rx = state
         .replies
         .register(envelope.request_id, sy_protocol::REPLY_BUFFER_FRAMES);
-    publish(state, &mut envelope, deadline).await?;
+    flow::publish_request(state, &mut envelope, None, deadline).await?;
     let mut pending = Pending::new(rx, state.bus.clone(), deadline);
     pending.hold(lease);
     let mut agg = Aggregate::default();

@@ -459,9 +459,12 @@ impl RateLimits {
     }
 
     /// Whether Redis is away now (limits counted locally).
-    /// The Redis connection's slot (filled once Redis answered).
-    pub(crate) fn limiter_slot(&self) -> Arc<OnceLock<Limiter>> {
-        self.limiter.clone()
+    /// Redis, unless it is known to be away (or has not answered yet).
+    pub(crate) fn redis(&self) -> Option<&Limiter> {
+        if self.degraded() {
+            return None;
+        }
+        self.limiter.get()
     }
 
     pub(crate) fn degraded(&self) -> bool {
