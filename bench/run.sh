@@ -18,7 +18,8 @@
 #   ONLY=limits ...         # only the rate-limit and budget rows (and sy-limits-bench)
 #   ONLY=tracing ...        # only the tracing rows
 #   ONLY=cache ...          # only the response cache rows (needs limits: Redis)
-#   ONLY=callgrind ...      # only the instruction counts of the limit keys
+#   ONLY=cache CACHE_MEMORY_ONLY=1 ...  # only memory-tier hits against the direct call
+#   ONLY=callgrind ...      # only the instruction counts of the limit keys and a memory-tier cache hit
 #                           # (CALLGRIND_KEEP=dir keeps callgrind's files)
 #   NO_TRACING=1 ...        # no traced switchyard (for a build from before traces)
 #   CPU=1 ...               # and CPU per request of each process on the path, per row
@@ -273,19 +274,30 @@ print(json.dumps({"label": "redis-cpu", "requests": int(n), "redis_cpu_us_per_re
   say "Admission alone: one client, one call at a time (sy-limits-bench)"
   "$TARGET/release/sy-limits-bench" --iterations $((20000 / scale)) | tee -a "$tmp.acct"
 fi
-callgrind_limits() { # instructions per request, whole switchyard process: no limits, limits, limits and a budget
+callgrind_limits() { # instructions per request, whole switchyard process: no limits, limits, limits and a budget, a memory-tier cache hit
   stop_pidfile "$RUN_DIR/bench-switchyard.pid" switchyard
-  local dir pid n=$((1000 / scale))
+  local dir pid n=$((1000 / scale)) cg_conf="$STATE_DIR/bench-callgrind.toml"
   dir=$(mktemp -d)
+  # The bench's config with 1,000 cache entries in memory: requests without
+  # the cache header never look at them.
+  cp "$conf" "$cg_conf" && printf 'memory_entries = 1000\n' >>"$cg_conf"
   SWITCHYARD_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$dir/cg.%p" \
-    "${SWITCHYARD_BIN:-$TARGET/release/switchyard}" --config "$conf" all >"$LOG_DIR/bench-callgrind.log" 2>&1 &
+    "${SWITCHYARD_BIN:-$TARGET/release/switchyard}" --config "$cg_conf" all >"$LOG_DIR/bench-callgrind.log" 2>&1 &
   pid=$!
   echo "$pid" >"$RUN_DIR/bench-switchyard.pid"
   wait_http http://127.0.0.1:18080/readyz 300
-  for k in "$tenant_key" "$limited_key" "$budgeted_key" "$tenant_key" "$limited_key" "$budgeted_key"; do
-    "$TARGET/release/sy-bench" --label warm --url "$via" --concurrency 1 --requests 100 --warmup 0 --key "$k" >/dev/null
+  local round
+  for round in tenant limited budgeted memory-hit tenant limited budgeted memory-hit; do
+    local args=()
+    case $round in
+      tenant) args=(--key "$tenant_key") ;;
+      limited) args=(--key "$limited_key") ;;
+      budgeted) args=(--key "$budgeted_key") ;;
+      memory-hit) args=(--key "$tenant_key" --header "x-switchyard-cache: use") ;;
+    esac
+    "$TARGET/release/sy-bench" --label warm --url "$via" --concurrency 1 --requests 100 --warmup 0 "${args[@]}" >/dev/null
     callgrind_control -z "$pid" >/dev/null
-    "$TARGET/release/sy-bench" --label callgrind --url "$via" --concurrency 1 --requests "$n" --warmup 0 --key "$k" >/dev/null
+    "$TARGET/release/sy-bench" --label callgrind --url "$via" --concurrency 1 --requests "$n" --warmup 0 "${args[@]}" >/dev/null
     callgrind_control -d "$pid" >/dev/null
   done
   stop_pidfile "$RUN_DIR/bench-switchyard.pid" switchyard
@@ -296,16 +308,18 @@ d, n = sys.argv[1], int(sys.argv[2])
 def total(f):
     out = subprocess.run(["callgrind_annotate", f], capture_output=True, text=True).stdout
     return int(re.search(r"([\d,]+) \(100.0%\)\s+PROGRAM TOTALS", out).group(1).replace(",", ""))
-parts = sorted(glob.glob(d + "/cg.*.[0-9]*"), key=lambda f: int(f.rsplit(".", 1)[1]))[-6:]
+parts = sorted(glob.glob(d + "/cg.*.[0-9]*"), key=lambda f: int(f.rsplit(".", 1)[1]))[-8:]
 per = [total(f) / n for f in parts]
 print(json.dumps({"label": "callgrind", "requests": n,
-                  "runs_without_limits": [round(per[0]), round(per[3])],
-                  "runs_limited": [round(per[1]), round(per[4])],
-                  "runs_budgeted": [round(per[2]), round(per[5])],
-                  "instructions_per_request_without_limits": round((per[0] + per[3]) / 2),
-                  "instructions_per_request_limited": round((per[1] + per[4]) / 2),
-                  "instructions_per_request_budgeted": round((per[2] + per[5]) / 2),
-                  "added": round((per[1] + per[4] - per[0] - per[3]) / 2)}))
+                  "runs_without_limits": [round(per[0]), round(per[4])],
+                  "runs_limited": [round(per[1]), round(per[5])],
+                  "runs_budgeted": [round(per[2]), round(per[6])],
+                  "runs_memory_hit": [round(per[3]), round(per[7])],
+                  "instructions_per_request_without_limits": round((per[0] + per[4]) / 2),
+                  "instructions_per_request_limited": round((per[1] + per[5]) / 2),
+                  "instructions_per_request_budgeted": round((per[2] + per[6]) / 2),
+                  "instructions_per_request_memory_hit": round((per[3] + per[7]) / 2),
+                  "added": round((per[1] + per[5] - per[0] - per[4]) / 2)}))
 PY
   rm -rf "$dir"
 }
@@ -330,6 +344,13 @@ if ((cache_rows)); then
   mem=http://127.0.0.1:18083/v1/chat/completions
   hit=(--key "$tenant_key" --header "x-switchyard-cache: use")
   miss=(--key "$tenant_key" --header "x-switchyard-cache: use, max-age=0")
+  if [[ -n ${CACHE_MEMORY_ONLY:-} ]]; then
+    say "Response cache: memory-tier hits against the direct call, interleaved"
+    for _ in 1 2 3 4; do
+      run direct "$direct" 1 3000 300
+      run cache-hit-memory "$mem" 1 3000 300 "${hit[@]}"
+    done
+  else
   say "Response cache: hits (Redis, memory) against the direct call; a miss (looked up, too old, called, stored) against no cache"
   for _ in 1 2; do
     run direct "$direct" 1 3000 300
@@ -349,6 +370,7 @@ if ((cache_rows)); then
     run tenant-key "$via" 64 20000 2000 --key "$tenant_key"
     run cache-miss "$via" 64 20000 2000 "${miss[@]}"
   done
+  fi
   # One Redis round trip from a client on this machine, for the miss's bar.
   redis-benchmark -p 6379 -t get -n $((20000 / scale)) -c 1 --csv 2>/dev/null | python3 -c '
 import csv, json, sys

@@ -130,7 +130,7 @@ async fn consume(
         .messages()
         .await
         .map_err(|e| e.to_string())?;
-    let mut batch: Vec<(UsageEvent, Acker, bool)> = Vec::with_capacity(max_rows);
+    let mut batch: Vec<Pending> = Vec::with_capacity(max_rows);
     loop {
         // The first event of a batch may wait forever; the rest until max_wait
         // after the first arrived.
@@ -161,11 +161,23 @@ async fn consume(
                 }
             };
             let redelivered = msg.info().map(|i| i.delivered > 1).unwrap_or(false);
+            let rows = msg
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(sy_protocol::header::USAGE_ROWS))
+                .is_some();
             let (msg, acker) = msg.split();
-            match sy_protocol::legacy::read_usage_event(&msg.payload) {
-                Ok(event) => batch.push((event, acker, redelivered)),
-                Err(e) => {
-                    tracing::error!(error = %e, "Dropping an unreadable usage event.");
+            let before = batch.len();
+            for event in sy_protocol::legacy::read_usage_events(&msg.payload, rows) {
+                match event {
+                    Ok(event) => batch.push((event, None, redelivered)),
+                    Err(e) => tracing::error!(error = %e, "Dropping an unreadable usage event."),
+                }
+            }
+            // The message is acked (or nak'd) with its last row.
+            match batch.get_mut(before..).and_then(|rows| rows.last_mut()) {
+                Some(last) => last.1 = Some(acker),
+                None => {
                     let _ = acker.ack_with(AckKind::Term).await;
                 }
             }
@@ -173,6 +185,11 @@ async fn consume(
         writer.flush(&mut batch).await;
     }
 }
+
+/// A usage event waiting for its insert, with its message's acker when it
+/// is the message's last event (a message may carry several), and whether
+/// the message was delivered before.
+type Pending = (UsageEvent, Option<Acker>, bool);
 
 struct Writer {
     client: clickhouse::Client,
@@ -186,7 +203,7 @@ struct Writer {
 impl Writer {
     /// Inserts the batch and acks it; on failure naks it with a delay so it comes back.
     #[tracing::instrument(name = "accounting.flush", skip_all, fields(rows = batch.len()))]
-    async fn flush(&self, batch: &mut Vec<(UsageEvent, Acker, bool)>) {
+    async fn flush(&self, batch: &mut Vec<Pending>) {
         if batch.is_empty() {
             return;
         }
@@ -197,7 +214,7 @@ impl Writer {
             Ok(inserted) => {
                 tracing::debug!(inserted, "Usage rows inserted.");
                 self.settle(batch).await;
-                for (_, acker, _) in batch.drain(..) {
+                for acker in batch.drain(..).filter_map(|(_, a, _)| a) {
                     if let Err(e) = acker.ack().await {
                         tracing::warn!(error = %e, "Acking a usage event failed; it will be redelivered and skipped.");
                     }
@@ -216,7 +233,7 @@ impl Writer {
     /// event settles nothing). A failure leaves a reservation standing until
     /// it lapses (a token bucket refills within a minute; a budget's hold is
     /// swept when the request's deadline has passed), never blocks accounting.
-    async fn settle(&self, batch: &[(UsageEvent, Acker, bool)]) {
+    async fn settle(&self, batch: &[Pending]) {
         let Some(slot) = &self.limiter else {
             return;
         };
@@ -271,8 +288,8 @@ impl Writer {
         }
     }
 
-    async fn nak_all(&self, batch: &mut Vec<(UsageEvent, Acker, bool)>) {
-        for (_, acker, _) in batch.drain(..) {
+    async fn nak_all(&self, batch: &mut Vec<Pending>) {
+        for acker in batch.drain(..).filter_map(|(_, a, _)| a) {
             let _ = acker
                 .ack_with(AckKind::Nak(Some(Duration::from_secs(2))))
                 .await;
@@ -280,7 +297,7 @@ impl Writer {
     }
 
     /// Inserts the rows not stored yet; returns how many were inserted.
-    async fn insert(&self, batch: &[(UsageEvent, Acker, bool)]) -> Result<usize, AccountingError> {
+    async fn insert(&self, batch: &[Pending]) -> Result<usize, AccountingError> {
         let stored = self.already_stored(batch).await?;
         let mut insert = self.client.insert::<RequestRow>(&self.table).await?;
         let mut n = 0;
@@ -308,10 +325,7 @@ impl Writer {
     }
 
     /// Event ids of redelivered events whose row exists (inserted, but the ack was lost).
-    async fn already_stored(
-        &self,
-        batch: &[(UsageEvent, Acker, bool)],
-    ) -> Result<HashSet<String>, AccountingError> {
+    async fn already_stored(&self, batch: &[Pending]) -> Result<HashSet<String>, AccountingError> {
         let again: Vec<&UsageEvent> = batch
             .iter()
             .filter(|(_, _, r)| *r)

@@ -363,6 +363,37 @@ impl Bus {
             .await
     }
 
+    /// Publishes several usage events as one message: one JSON object per
+    /// line, `Switchyard-Usage-Rows` saying how many (and
+    /// `Switchyard-Usage-Free` when every one is billed 0), deduplicated by
+    /// `batch_id`; waits for the stream's ack. One message instead of one per
+    /// event: one store and delivery in the server, one wake-up of each
+    /// consumer.
+    pub async fn publish_usage_rows(
+        &self,
+        batch_id: &str,
+        events: &[UsageEvent],
+    ) -> Result<(), BusError> {
+        let subject = self.subjects.usage();
+        BusError::check_subject(&subject)?;
+        let mut payload = Vec::with_capacity(events.len() * 1024);
+        for e in events {
+            serde_json::to_writer(&mut payload, e).map_err(BusError::Encode)?;
+            payload.push(b'\n');
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, batch_id);
+        headers.insert(
+            sy_protocol::header::USAGE_ROWS,
+            events.len().to_string().as_str(),
+        );
+        if events.iter().all(|e| e.billed_nanos == Some(0)) {
+            headers.insert(sy_protocol::header::USAGE_FREE, "1");
+        }
+        self.publish_headers(subject, headers, Bytes::from(payload))
+            .await
+    }
+
     /// Publishes to a stream with `Nats-Msg-Id` = `msg_id` and waits (at most
     /// `publish_timeout`) until JetStream confirms it stored the message.
     async fn publish_stored(
@@ -390,6 +421,17 @@ impl Bus {
         if let Some(tp) = traceparent {
             headers.insert(sy_protocol::header::TRACEPARENT, tp);
         }
+        self.publish_headers(subject, headers, payload).await
+    }
+
+    /// Publishes to a stream with `headers` and waits (at most
+    /// `publish_timeout`) for the stream's ack.
+    async fn publish_headers(
+        &self,
+        subject: String,
+        headers: HeaderMap,
+        payload: Bytes,
+    ) -> Result<(), BusError> {
         let ack = self
             .js
             .publish_with_headers(subject, headers, payload)

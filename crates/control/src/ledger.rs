@@ -199,27 +199,48 @@ async fn consume(store: &Store, js: &jetstream::Context, stream: &str) -> Result
     let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
     while let Some(msg) = messages.next().await {
         let msg = msg.map_err(|e| e.to_string())?;
-        let event = match sy_protocol::legacy::read_usage_event(&msg.payload) {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::error!(error = %e, "Skipping an unreadable usage event.");
-                let _ = msg.ack_with(AckKind::Term).await;
-                continue;
+        let header = |name| msg.headers.as_ref().and_then(|h| h.get(name)).is_some();
+        // Free cache hits' rows, in one message: nothing to debit, unread.
+        if header(sy_protocol::header::USAGE_FREE) {
+            let _ = msg.ack().await;
+            continue;
+        }
+        let rows = header(sy_protocol::header::USAGE_ROWS);
+        let mut failed = false;
+        let mut read = 0;
+        for line in sy_protocol::legacy::usage_lines(&msg.payload, rows) {
+            let event = match sy_protocol::UsageDebit::read(line) {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::error!(error = %e, "Skipping an unreadable usage event.");
+                    continue;
+                }
+            };
+            read += 1;
+            let debit = event.limits.as_ref().and_then(|t| {
+                let org = Uuid::parse_str(&t.org).ok()?;
+                let key = balance_key(&t.org);
+                t.budgets.iter().any(|(k, _)| *k == key).then_some(org)
+            });
+            let billed = event.billed_nanos.unwrap_or(0);
+            // Each debit is written once per event id: a message that comes
+            // back debits only what it did not.
+            if let Some(org) = debit.filter(|_| billed > 0)
+                && let Err(e) = store.debit(org, &event.event_id, billed).await
+            {
+                tracing::warn!(error = %e, "Debiting a usage event failed; it comes back.");
+                failed = true;
+                break;
             }
-        };
-        let debit = event.limits.as_ref().and_then(|t| {
-            let org = Uuid::parse_str(&t.org).ok()?;
-            let key = balance_key(&t.org);
-            t.budgets.iter().any(|(k, _)| *k == key).then_some(org)
-        });
-        let billed = event.billed_nanos.unwrap_or(0);
-        if let Some(org) = debit.filter(|_| billed > 0)
-            && let Err(e) = store.debit(org, &event.event_id, billed).await
-        {
-            tracing::warn!(error = %e, "Debiting a usage event failed; it comes back.");
+        }
+        if failed {
             let _ = msg
                 .ack_with(AckKind::Nak(Some(Duration::from_secs(2))))
                 .await;
+            continue;
+        }
+        if read == 0 {
+            let _ = msg.ack_with(AckKind::Term).await;
             continue;
         }
         if let Err(e) = msg.ack().await {

@@ -242,6 +242,8 @@ pub(crate) struct ResponseCache {
     /// `[billing] markup_percent` in ppb: an org without multipliers pays it.
     markup_ppb: i64,
     memory: Option<Memory>,
+    /// Free hits' usage rows on their way to the usage stream.
+    rows: HitRows,
     /// hit, miss, bypass, error.
     lookups: [Counter; 4],
 }
@@ -253,6 +255,7 @@ impl ResponseCache {
         limits: Arc<crate::ratelimit::RateLimits>,
         namespace: &str,
         markup_ppb: i64,
+        bus: sy_bus::Bus,
     ) -> Self {
         let counter = |r: &str| {
             sy_telemetry::metrics::get()
@@ -267,8 +270,19 @@ impl ResponseCache {
             limits,
             namespace: namespace.to_owned(),
             markup_ppb,
+            rows: HitRows::start(bus),
             lookups: ["hit", "miss", "bypass", "error"].map(counter),
         }
+    }
+
+    /// Stores a free hit's usage row soon after its answer (in a batch).
+    pub(crate) fn record_free(&self, event: UsageEvent) {
+        self.rows.record(event);
+    }
+
+    /// Waits until every free hit's row queued so far was published.
+    pub(crate) async fn flush(&self) {
+        self.rows.flush().await;
     }
 
     /// Redis, unless it is known to be away.
@@ -552,9 +566,146 @@ impl ResponseCache {
 /// How long a free hit's usage row is retried while NATS does not take it.
 const RECORD_FOR: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Stores a free hit's usage row off the request path, retrying while NATS
-/// is away; one that still cannot be stored is logged whole.
-pub(crate) fn record_later(bus: sy_bus::Bus, event: UsageEvent) {
+/// How long free hits' rows wait to go out together. A row stored alone
+/// is a JetStream message of its own, stored and delivered by the server
+/// and read by every usage consumer, and on a busy machine that chain cost
+/// a hit more than its whole lookup; rows of 10 ms go out as a few
+/// messages of many rows (`Switchyard-Usage-Rows`), which the ledger skips
+/// unread (`Switchyard-Usage-Free`: no money in them).
+const HIT_ROWS_WINDOW: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// The most rows in one batch.
+const HIT_ROWS_BATCH: usize = 512;
+
+/// The most rows in one NATS message (a usage event is at most a few kB:
+/// tags and names are bounded; the server takes 1 MB).
+const HIT_ROWS_PER_MESSAGE: usize = 64;
+
+/// Rows waiting for their batch; past this, a row is stored on its own.
+const HIT_ROWS_QUEUED: usize = 16_384;
+
+enum HitRow {
+    Row(Box<UsageEvent>),
+    /// Answered once every row sent before it was published.
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+/// Stores free hits' usage rows off the request path, in batches (at most
+/// `HIT_ROWS_WINDOW` after the answer), each row retried on its own while
+/// NATS does not take it.
+pub(crate) struct HitRows {
+    tx: tokio::sync::mpsc::Sender<HitRow>,
+    bus: sy_bus::Bus,
+}
+
+impl HitRows {
+    /// Starts the task that publishes the batches (it ends once this is
+    /// dropped and every row is out).
+    pub(crate) fn start(bus: sy_bus::Bus) -> HitRows {
+        let (tx, rx) = tokio::sync::mpsc::channel(HIT_ROWS_QUEUED);
+        tokio::spawn(publish_hit_rows(bus.clone(), rx));
+        HitRows { tx, bus }
+    }
+
+    /// Queues a free hit's row (stored on its own when the queue is full).
+    pub(crate) fn record(&self, event: UsageEvent) {
+        use tokio::sync::mpsc::error::TrySendError;
+        match self.tx.try_send(HitRow::Row(Box::new(event))) {
+            Ok(()) => {}
+            Err(TrySendError::Full(HitRow::Row(e)) | TrySendError::Closed(HitRow::Row(e))) => {
+                record_later(self.bus.clone(), *e);
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// Waits until every row queued so far was published (or handed to its
+    /// own retrying task).
+    pub(crate) async fn flush(&self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.tx.send(HitRow::Flush(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+async fn publish_hit_rows(bus: sy_bus::Bus, mut rx: tokio::sync::mpsc::Receiver<HitRow>) {
+    let mut got = Vec::with_capacity(HIT_ROWS_BATCH);
+    let mut rows = Vec::with_capacity(HIT_ROWS_BATCH);
+    let mut flushed = Vec::new();
+    // The last batch was full: more are waiting, no window for them.
+    let mut backlog = false;
+    while rx.recv_many(&mut got, HIT_ROWS_BATCH).await > 0 {
+        // The window fills while this task sleeps: a row sent meanwhile
+        // wakes nothing (only a window's first row does).
+        if !backlog && !got.iter().any(|m| matches!(m, HitRow::Flush(_))) {
+            tokio::time::sleep(HIT_ROWS_WINDOW).await;
+        }
+        loop {
+            for m in got.drain(..) {
+                match m {
+                    HitRow::Row(e) => rows.push(*e),
+                    HitRow::Flush(done) => flushed.push(done),
+                }
+            }
+            if rows.len() >= HIT_ROWS_BATCH {
+                break;
+            }
+            match rx.try_recv() {
+                Ok(m) => got.push(m),
+                Err(_) => break,
+            }
+        }
+        backlog = rows.len() >= HIT_ROWS_BATCH;
+        // A few messages of many rows each, sent together, acked together;
+        // one JetStream did not take is retried on its own (same id: stored
+        // once).
+        let messages: Vec<(String, &[UsageEvent])> = rows
+            .chunks(HIT_ROWS_PER_MESSAGE)
+            .map(|c| (uuid::Uuid::now_v7().simple().to_string(), c))
+            .collect();
+        let sent =
+            futures::future::join_all(messages.iter().map(|(id, c)| bus.publish_usage_rows(id, c)))
+                .await;
+        for ((id, chunk), r) in messages.into_iter().zip(sent) {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "Storing cache hits' usage failed, retrying.");
+                retry_hit_rows(bus.clone(), id, chunk.to_vec());
+            }
+        }
+        rows.clear();
+        for done in flushed.drain(..) {
+            let _ = done.send(());
+        }
+    }
+}
+
+/// Retries one message of free hits' rows while NATS is away; rows that
+/// still cannot be stored are logged whole.
+fn retry_hit_rows(bus: sy_bus::Bus, id: String, rows: Vec<UsageEvent>) {
+    tokio::spawn(async move {
+        let until = tokio::time::Instant::now() + RECORD_FOR;
+        let mut backoff = std::time::Duration::from_millis(50);
+        loop {
+            tokio::time::sleep(backoff).await;
+            match bus.publish_usage_rows(&id, &rows).await {
+                Ok(()) => return,
+                Err(e) if tokio::time::Instant::now() + backoff < until => {
+                    tracing::debug!(error = %e, "Storing cache hits' usage failed, retrying.");
+                    backoff = (backoff * 2).min(std::time::Duration::from_secs(2));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, rows = ?rows, "Cache hits' usage rows could not be stored.");
+                    return;
+                }
+            }
+        }
+    });
+}
+
+/// Stores one free hit's usage row off the request path, retrying while
+/// NATS is away; one that still cannot be stored is logged whole.
+fn record_later(bus: sy_bus::Bus, event: UsageEvent) {
     tokio::spawn(async move {
         let until = tokio::time::Instant::now() + RECORD_FOR;
         let mut backoff = std::time::Duration::from_millis(50);
@@ -990,5 +1141,68 @@ mod tests {
         m.put("z", e(60_000));
         assert!(m.get("x").is_some(), "x was put again after y");
         assert!(m.get("y").is_none() && m.get("z").is_some());
+    }
+
+    /// Free hits' rows wait for their batch; a flush returns once every row
+    /// queued before it is in the usage stream.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn free_hits_rows_are_in_the_usage_stream_once_flushed() {
+        let ns = sy_test_support::unique_namespace();
+        let config = sy_config::Config::from_toml(
+            &format!(
+                "[nats]\nurl = \"{}\"\nnamespace = \"{ns}\"\n",
+                sy_test_support::nats_url()
+            ),
+            &sy_config::MapEnv::default(),
+        )
+        .unwrap();
+        let client = sy_test_support::nats().await;
+        let bus = sy_bus::Bus::from_client(client.clone(), &config.nats);
+        bus.ensure_usage_stream(std::time::Duration::from_secs(600))
+            .await
+            .unwrap();
+        let rows = HitRows::start(bus.clone());
+        let ids: Vec<String> = (0..3)
+            .map(|i| {
+                let request_id = uuid::Uuid::now_v7();
+                let event: UsageEvent = serde_json::from_value(serde_json::json!({
+                    "event_id": UsageEvent::event_id_of(request_id, 0),
+                    "request_id": request_id, "attempt": 0, "received_unix_ms": i,
+                    "dispatched_unix_ms": i, "finished_unix_ms": i, "key_id": "k",
+                    "ingress_id": "i", "worker_id": "", "api": "chat_completions",
+                    "model": "m", "provider": "p", "upstream_model": "m", "stream": false,
+                    "status": "ok", "input_tokens": 7, "cached_input_tokens": 0,
+                    "cache_write_tokens": 0, "output_tokens": 5, "reasoning_tokens": 0,
+                    "input_tokens_source": "provider", "output_tokens_source": "provider",
+                    "queue_wait_ms": 0, "latency_ms": 0, "client_disconnected": false,
+                    "cache_hit": true, "billed_nanos": 0,
+                }))
+                .unwrap();
+                let id = event.event_id.clone();
+                rows.record(event);
+                id
+            })
+            .collect();
+        rows.flush().await;
+        let js = async_nats::jetstream::new(client.clone());
+        let mut stream = js.get_stream(bus.subjects().usage_stream()).await.unwrap();
+        let state = stream.info().await.unwrap().state.clone();
+        assert_eq!(
+            state.messages, 1,
+            "the rows are stored by the flush, together"
+        );
+        let m = stream.get_raw_message(state.last_sequence).await.unwrap();
+        let header = |name| m.headers.get(name).map(|v| v.as_str().to_owned());
+        assert_eq!(header(hdr::USAGE_ROWS).as_deref(), Some("3"));
+        assert_eq!(header(hdr::USAGE_FREE).as_deref(), Some("1"));
+        let mut stored: Vec<String> = sy_protocol::legacy::read_usage_events(&m.payload, true)
+            .map(|e| e.unwrap().event_id)
+            .collect();
+        stored.sort();
+        let mut want = ids;
+        want.sort();
+        assert_eq!(stored, want);
+        drop(rows);
+        sy_test_support::delete_namespace(&client, &ns).await;
     }
 }

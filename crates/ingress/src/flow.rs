@@ -229,7 +229,7 @@ pub(crate) async fn answer(
         // after (no money rides on it, and it saves a JetStream round trip).
         let event = c.hit_event(&entry, caller, &envelope, trace.trace_id());
         let recorded = if event.billed_nanos == Some(0) {
-            crate::cache::record_later(state.bus.clone(), event);
+            c.record_free(event);
             Ok(())
         } else {
             state.bus.publish_usage(&event).await

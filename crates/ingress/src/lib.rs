@@ -157,6 +157,7 @@ pub async fn run_roles(
         reload::spawn(state.clone(), path, shutdown.clone());
     }
     let limits = state.limits.clone();
+    let cache = state.cache.clone();
     let dispatcher = roles
         .dispatcher
         .then(|| tokio::spawn(batch::dispatch::run(state, shutdown.clone())));
@@ -166,16 +167,27 @@ pub async fn run_roles(
     // longer than the drain deadline.
     let serve = intake::serve(listener, app, limits, shutdown.clone());
     tokio::select! {
-        () = serve => Ok(()),
+        () = serve => {}
         () = async {
             shutdown.cancelled().await;
             tokio::time::sleep(DRAIN_DEADLINE).await;
         } => {
             tracing::warn!("Drain deadline passed; closing the responses still open.");
-            Ok(())
         }
     }
+    // Free cache hits' usage rows still waiting for their batch.
+    if let Some(c) = cache
+        && tokio::time::timeout(ROWS_DEADLINE, c.flush())
+            .await
+            .is_err()
+    {
+        tracing::warn!("Cache hits' usage rows were still being stored at shutdown.");
+    }
+    Ok(())
 }
+
+/// How long storing the last free cache hits' usage rows may take at shutdown.
+const ROWS_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Stops the dispatcher task when the ingress returns.
 struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
@@ -257,6 +269,7 @@ async fn build(config: Arc<Config>, bus: Bus) -> Result<(Router, Arc<AppState>),
                 limits,
                 &config.nats.namespace,
                 config.markup_ppb,
+                bus.clone(),
             ))
         });
     let state = Arc::new(AppState {

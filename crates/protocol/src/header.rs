@@ -27,3 +27,12 @@ pub const CACHE: &str = "x-switchyard-cache";
 /// The W3C trace context, continued from a client's request and carried in
 /// the headers of a request's NATS messages (issue 19).
 pub const TRACEPARENT: &str = "traceparent";
+
+/// NATS header of a usage message that carries several usage events, one
+/// JSON object per line; its value says how many. Without it a usage
+/// message is one event.
+pub const USAGE_ROWS: &str = "Switchyard-Usage-Rows";
+
+/// NATS header of a usage message whose events are all billed 0: nothing in
+/// it for the ledger to debit (it skips the message unread).
+pub const USAGE_FREE: &str = "Switchyard-Usage-Free";

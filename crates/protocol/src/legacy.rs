@@ -22,6 +22,21 @@ pub fn read_usage_event(bytes: &[u8]) -> serde_json::Result<UsageEvent> {
     read(bytes, upgrade_usage_event)
 }
 
+/// The usage events of a message: one, or (with
+/// [`crate::header::USAGE_ROWS`]) one per line.
+pub fn read_usage_events(
+    bytes: &[u8],
+    rows: bool,
+) -> impl Iterator<Item = serde_json::Result<UsageEvent>> + '_ {
+    usage_lines(bytes, rows).map(read_usage_event)
+}
+
+/// A usage message's events' JSON: the whole payload, or each non-empty line.
+pub fn usage_lines(bytes: &[u8], rows: bool) -> impl Iterator<Item = &[u8]> {
+    let mut lines = bytes.split(move |b| rows && *b == b'\n');
+    std::iter::from_fn(move || lines.find(|l| !rows || !l.is_empty()))
+}
+
 /// For `#[serde(deserialize_with)]` on an optional usage event stored inside
 /// another message (a batch result).
 pub fn optional_usage_event<'de, D: Deserializer<'de>>(
@@ -119,6 +134,49 @@ mod tests {
         }
         let stored: Stored = serde_json::from_value(json!({"usage": older_event()})).unwrap();
         assert_eq!(stored.usage, Some(e));
+    }
+
+    #[test]
+    fn a_debit_reads_the_ledgers_fields_of_any_event() {
+        let mut e = read_usage_event(&serde_json::to_vec(&older_event()).unwrap()).unwrap();
+        e.billed_nanos = Some(1_234);
+        e.limits = Some(crate::LimitTicket {
+            org: "org-1".into(),
+            reserved_tokens: 5,
+            buckets: vec![("b".into(), 100)],
+            budgets: vec![("bal".into(), 0)],
+            allowance: Some(("al".into(), 7)),
+        });
+        let d = crate::UsageDebit::read(&serde_json::to_vec(&e).unwrap()).unwrap();
+        assert_eq!(d.event_id, e.event_id);
+        assert_eq!(d.billed_nanos, Some(1_234));
+        assert_eq!(d.limits, e.limits);
+        // An older event, without the newer fields, reads too.
+        let d = crate::UsageDebit::read(&serde_json::to_vec(&older_event()).unwrap()).unwrap();
+        assert_eq!(
+            (d.event_id.as_str(), d.billed_nanos, d.limits),
+            ("e-1", None, None)
+        );
+        // Not an event: an error (skipped by the ledger).
+        assert!(crate::UsageDebit::read(br#"{"billed_nanos": 5}"#).is_err());
+    }
+
+    #[test]
+    fn a_usage_message_holds_one_event_or_one_per_line() {
+        let one = serde_json::to_vec(&older_event()).unwrap();
+        let e = read_usage_event(&one).unwrap();
+        let mut two = serde_json::to_vec(&e).unwrap();
+        two.push(b'\n');
+        two.extend_from_slice(&one);
+        two.push(b'\n');
+        let read: Vec<UsageEvent> = read_usage_events(&two, true).map(Result::unwrap).collect();
+        assert_eq!(read, vec![e.clone(), e.clone()]);
+        // Without the rows header the payload is one event: two lines are not.
+        assert_eq!(read_usage_events(&two, false).count(), 1);
+        assert!(read_usage_events(&two, false).next().unwrap().is_err());
+        // A single event is the same message either way.
+        assert_eq!(read_usage_events(&one, false).next().unwrap().unwrap(), e);
+        assert_eq!(read_usage_events(&one, true).count(), 1);
     }
 
     #[test]

@@ -43,7 +43,7 @@ pub use frame::{
 };
 pub use live::{ForcedState, Observation, Outcome, TargetOverride};
 pub use subject::{MAX_SUBJECT_LEN, Subjects, is_valid_subject, is_valid_token, route_token};
-pub use usage::{TokenSource, TokenUsage, UsageEvent, UsageStatus};
+pub use usage::{TokenSource, TokenUsage, UsageDebit, UsageEvent, UsageStatus};
 
 /// Milliseconds since the Unix epoch, the time unit of every timestamp on the bus.
 pub fn now_unix_ms() -> u64 {

@@ -201,6 +201,29 @@ pub struct UsageEvent {
     pub pipeline_step: Option<String>,
 }
 
+/// The part of a [`UsageEvent`] the ledger needs to debit a prepaid org:
+/// read from the same JSON, every other field skipped unparsed (a fraction
+/// of a whole event's decoding, paid for every event of every org). These
+/// fields kept their names in every version of the event.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct UsageDebit {
+    /// The event's dedup key.
+    pub event_id: String,
+    /// What the tenant is billed, nano-USD.
+    #[serde(default)]
+    pub billed_nanos: Option<i64>,
+    /// The request's reservation: the org and the budgets it counted under.
+    #[serde(default)]
+    pub limits: Option<crate::LimitTicket>,
+}
+
+impl UsageDebit {
+    /// Reads the debit's fields of a usage event's JSON.
+    pub fn read(bytes: &[u8]) -> serde_json::Result<UsageDebit> {
+        serde_json::from_slice(bytes)
+    }
+}
+
 impl UsageEvent {
     /// The event id of a request's attempt.
     pub fn event_id_of(request_id: Uuid, attempt: u32) -> String {
