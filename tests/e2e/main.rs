@@ -22,6 +22,7 @@ mod intake;
 mod limits;
 mod load;
 mod metrics;
+mod models;
 mod pipelines;
 mod resilience;
 mod restart;

@@ -249,6 +249,9 @@ quality = {{ simple = 0.9, medium = 0.7, complex = 0.4, code = 0.6, image = 0.5 
 [providers.anthropic.models."claude-sonnet-4-5"]
 context_window = 200000
 
+[providers.openai.models."text-embedding-3-small"]
+serves = ["embeddings"]
+
 [routers.auto]
 strategy = "balanced"
 

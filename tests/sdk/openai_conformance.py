@@ -168,6 +168,16 @@ def main():
 
     models = [m.id for m in client.models.list()]
     check("models.list includes the model", model in models, repr(models))
+    # models.retrieve, with Switchyard's extension kept as an extra field.
+    m = client.models.retrieve(model)
+    extra = (m.model_extra or {}).get("switchyard") or {}
+    check("models.retrieve", m.id == model and m.object == "model", repr(m))
+    check("models.retrieve surfaces", "chat.completions" in extra.get("surfaces", []), repr(extra))
+    try:
+        client.models.retrieve("no-such-model")
+        check("models.retrieve of an unknown model is 404", False)
+    except openai.NotFoundError as e:
+        check("models.retrieve of an unknown model is 404", e.status_code == 404, repr(e))
     print("all checks passed")
 
 

@@ -10,6 +10,11 @@ use crate::ConfigError;
 /// The request classes a route may match (the classifier's).
 pub const CLASSES: [&str; 5] = ["simple", "medium", "complex", "code", "image"];
 
+/// What an upstream model may be declared to serve (`serves`): `chat`
+/// (Chat Completions, Messages and Responses, translated to its dialect)
+/// and `embeddings`.
+pub const SERVES: [&str; 2] = ["chat", "embeddings"];
+
 /// `[providers.<p>.models."<m>"]`: facts about one upstream model.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -17,6 +22,9 @@ pub struct RawModelInfo {
     /// Prompt + output tokens the model accepts.
     #[serde(default)]
     pub context_window: Option<u64>,
+    /// What it serves (of [`SERVES`]); not declared: chat.
+    #[serde(default)]
+    pub serves: Option<Vec<String>>,
     /// Quality per class, 0 to 1 (balanced strategy).
     #[serde(default)]
     pub quality: BTreeMap<String, f64>,
@@ -218,6 +226,8 @@ pub struct RouteTarget {
 pub struct ModelInfo {
     /// Context window in tokens, if known.
     pub context_window: Option<u64>,
+    /// What it serves (of [`SERVES`]), when declared.
+    pub serves: Option<Vec<String>>,
     /// Quality per class, 0 to 1.
     pub quality: BTreeMap<String, f64>,
 }
@@ -242,6 +252,20 @@ pub(crate) fn model_infos(
                 e.push(ConfigError::new(&at, "must be between 0 and 1"));
             }
         }
+        for (i, what) in m.serves.iter().flatten().enumerate() {
+            if !SERVES.contains(&what.as_str()) {
+                e.push(ConfigError::new(
+                    format!("providers.{provider}.models.\"{model}\".serves[{i}]"),
+                    format!("unknown; expected one of {}", SERVES.join(", ")),
+                ));
+            }
+        }
+        if m.serves.as_ref().is_some_and(Vec::is_empty) {
+            e.push(ConfigError::new(
+                format!("providers.{provider}.models.\"{model}\".serves"),
+                "must name at least one of what the model serves",
+            ));
+        }
         if m.context_window == Some(0) {
             e.push(ConfigError::new(
                 format!("providers.{provider}.models.\"{model}\".context_window"),
@@ -252,6 +276,7 @@ pub(crate) fn model_infos(
             model,
             ModelInfo {
                 context_window: m.context_window,
+                serves: m.serves,
                 quality: m.quality,
             },
         );

@@ -554,6 +554,32 @@ fn connection_and_body_limits_have_defaults_and_are_checked() {
 }
 
 #[test]
+fn what_a_model_serves_is_one_of_the_known_apis() {
+    let base = "[providers.openai]\nkind = \"openai\"\n";
+    let p = problems(&format!(
+        "{base}[providers.openai.models.\"a\"]\nserves = [\"chat\", \"telepathy\"]\n\
+         [providers.openai.models.\"b\"]\nserves = []\n"
+    ));
+    assert!(
+        p.iter()
+            .any(|s| s.starts_with("providers.openai.models.\"a\".serves[1]")),
+        "{p:?}"
+    );
+    assert!(
+        p.iter()
+            .any(|s| s.starts_with("providers.openai.models.\"b\".serves")),
+        "{p:?}"
+    );
+    let c = Config::from_toml(
+        &format!("{base}[providers.openai.models.\"e\"]\nserves = [\"embeddings\"]\n"),
+        &env(&[]),
+    )
+    .unwrap();
+    let info = &c.providers["openai"].models["e"];
+    assert_eq!(info.serves.as_deref(), Some(&["embeddings".to_owned()][..]));
+}
+
+#[test]
 fn the_cache_needs_redis_known_models_and_bounded_settings() {
     let p = problems(
         "[cache]\nenabled = true\nttl = \"2d\"\nmax_ttl = \"1d\"\nmodels = [\"nope\"]\n\

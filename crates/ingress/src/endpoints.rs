@@ -45,43 +45,6 @@ pub(crate) async fn method_not_allowed(req: Request) -> ApiError {
     )
 }
 
-pub(crate) async fn list_models(
-    State(state): State<Arc<AppState>>,
-    _: extract::Caller,
-) -> Response {
-    let list = state.routing().model_list.clone();
-    // The admin API's pipelines join the config's models (a name the config
-    // declares is listed once).
-    let extra = state.tenants.as_ref().map(|t| t.pipelines());
-    let body = match extra.filter(|p| !p.is_empty()) {
-        None => list,
-        Some(pipelines) => {
-            let mut v: serde_json::Value = serde_json::from_slice(&list).unwrap_or_default();
-            if let Some(data) = v.get_mut("data").and_then(|d| d.as_array_mut()) {
-                let mut names: Vec<&String> = pipelines
-                    .keys()
-                    .filter(|n| !data.iter().any(|m| m["id"] == n.as_str()))
-                    .collect();
-                names.sort();
-                for n in names {
-                    data.push(serde_json::json!({
-                        "id": n, "object": "model", "created": 0, "owned_by": "switchyard"
-                    }));
-                }
-            }
-            serde_json::to_vec(&v).unwrap_or_default().into()
-        }
-    };
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        body,
-    )
-        .into_response()
-}
-
 /// `GET /v1/pipelines/runs/{id}`: a pipeline run of the caller's project.
 pub(crate) async fn get_pipeline_run(
     State(state): State<Arc<AppState>>,

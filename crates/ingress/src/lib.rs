@@ -27,6 +27,7 @@ mod idempotency;
 mod intake;
 mod live;
 pub mod metrics;
+mod models;
 mod pipeline;
 mod presence;
 mod pricing;
@@ -389,7 +390,13 @@ async fn build(config: Arc<Config>, bus: Bus) -> Result<(Router, Arc<AppState>),
         )
         .route(
             "/v1/models",
-            get(endpoints::list_models)
+            get(models::list)
+                .route_layer(identify.clone())
+                .fallback(endpoints::method_not_allowed),
+        )
+        .route(
+            "/v1/models/{id}",
+            get(models::get)
                 .route_layer(identify.clone())
                 .fallback(endpoints::method_not_allowed),
         )

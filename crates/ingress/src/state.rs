@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use sy_bus::{Bus, ReplyRouter};
 
-use bytes::Bytes;
 use sy_config::routing::RouterConfig;
 use sy_config::{Config, ModelRoute};
 
@@ -97,7 +96,6 @@ pub(crate) struct Routing {
     pub routers: BTreeMap<String, RouterConfig>,
     /// Pipelines by the model name clients use (`pipeline:<name>`).
     pub pipelines: HashMap<String, Arc<sy_config::pipeline::Pipeline>>,
-    pub model_list: Bytes,
 }
 
 impl Routing {
@@ -116,14 +114,6 @@ impl Routing {
     }
 
     pub fn from_config(config: &Config) -> Routing {
-        let list = serde_json::json!({
-            "object": "list",
-            "data": config.models.keys().chain(config.routers.keys()).cloned()
-                .chain(config.pipelines.keys().map(|p| sy_config::pipeline::model_name(p)))
-                .map(|m| serde_json::json!({
-                "id": m, "object": "model", "created": 0, "owned_by": "switchyard"
-            })).collect::<Vec<_>>(),
-        });
         Routing {
             models: config
                 .models
@@ -136,7 +126,6 @@ impl Routing {
                 .iter()
                 .map(|(name, p)| (sy_config::pipeline::model_name(name), Arc::new(p.clone())))
                 .collect(),
-            model_list: Bytes::from(serde_json::to_vec(&list).unwrap_or_default()),
         }
     }
 }
