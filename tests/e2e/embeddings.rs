@@ -144,6 +144,38 @@ async fn bad_embedding_requests_are_refused_before_any_provider() {
             .contains("no embeddings"),
         "{v}"
     );
+    // A model declared to serve chat only is no embeddings model, and one
+    // declared to serve embeddings takes no chat: 400s naming what each
+    // serves, no provider call.
+    let before = stack.mock.stats().requests;
+    let resp = post(json!({"model": "gpt-4o-mini", "input": "x"}))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["param"], "model", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("does not serve embeddings requests; it serves chat"),
+        "{v}"
+    );
+    let resp = stack
+        .chat(&crate::stack::body("text-embedding-3-small", "hi"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let v: Value = resp.json().await.unwrap();
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("does not serve chat requests; it serves embeddings"),
+        "{v}"
+    );
+    assert_eq!(stack.mock.stats().requests, before);
     // Token arrays go to OpenAI-compatible models; Gemini refuses them.
     let resp = post(json!({"model": "text-embedding-3-small", "input": [1, 2, 3]}))
         .await

@@ -244,6 +244,7 @@ markup_percent = "20"
 
 [providers.openai.models."gpt-4o-mini"]
 context_window = 128000
+serves = ["chat"]
 quality = {{ simple = 0.9, medium = 0.7, complex = 0.4, code = 0.6, image = 0.5 }}
 
 [providers.anthropic.models."claude-sonnet-4-5"]

@@ -100,6 +100,53 @@ pub(crate) fn parse(
     }
 }
 
+/// The targets that serve `kind` (`chat`, `embeddings`): a target whose
+/// upstream model declares `serves` without it is no candidate (one that
+/// declares nothing serves anything, as before `serves`); none left is a
+/// 400 naming what the model serves, before any provider is called.
+fn serving(
+    state: &AppState,
+    model: &str,
+    targets: Vec<FallbackTarget>,
+    kind: &str,
+) -> Result<Vec<FallbackTarget>, ApiError> {
+    let declared = |t: &FallbackTarget| {
+        state
+            .providers
+            .get(&t.provider)
+            .and_then(|p| p.models.get(&t.upstream_model))
+            .and_then(|m| m.serves.as_deref())
+    };
+    if targets
+        .iter()
+        .all(|t| declared(t).is_none_or(|s| s.iter().any(|w| w == kind)))
+    {
+        return Ok(targets);
+    }
+    let mut serves: Vec<&str> = targets
+        .iter()
+        .flat_map(|t| declared(t).unwrap_or_default())
+        .map(String::as_str)
+        .collect();
+    serves.sort_unstable();
+    serves.dedup();
+    let kept: Vec<FallbackTarget> = targets
+        .iter()
+        .filter(|t| declared(t).is_none_or(|s| s.iter().any(|w| w == kind)))
+        .cloned()
+        .collect();
+    if kept.is_empty() {
+        return Err(ApiError::invalid(
+            "model",
+            format!(
+                "The model '{model}' does not serve {kind} requests; it serves {}.",
+                serves.join(", ")
+            ),
+        ));
+    }
+    Ok(kept)
+}
+
 /// [`admit`] for a request parsed already whose caller may use its model
 /// (checked by the caller: a pipeline's steps run under the pipeline's grant).
 pub(crate) fn admit_parsed(
@@ -141,6 +188,12 @@ pub(crate) fn admit_parsed(
         choice,
         policy,
     } = decision;
+    let kind = if embeddings.is_some() {
+        "embeddings"
+    } else {
+        "chat"
+    };
+    let targets = serving(state, &route_name, targets, kind).map_err(|e| (e, class))?;
     // Load shedding: skip targets whose queue is full or too slow for the
     // deadline. (Batch items wait in their own queue and are not shed.)
     let (first, fallback) = if batch.is_some() {
