@@ -105,6 +105,14 @@ streamed; x-switchyard-pipeline-run names the run, GET /v1/pipelines/runs/<id> s
     -H 'Authorization: Bearer sk-sy-local-dev' -H 'Content-Type: application/json' \
     -d '{"model":"pipeline:blog","stream":true,"messages":[{"role":"user","content":"tides"}]}'
 
+Rerank (Cohere's and Jina's API; rerank-v3.5 falls back to a vLLM reranker, as
+[[mock:status=500,only=cohere]] in the query shows; GET /v1/models lists what each model serves):
+
+  curl -s http://127.0.0.1:8080/v1/rerank \
+    -H 'Authorization: Bearer sk-sy-local-dev' -H 'Content-Type: application/json' \
+    -d '{"model":"rerank-v3.5","query":"tide tables","top_n":2,"return_documents":true,
+         "documents":["tide tables for the harbour","a recipe for bread","when the tide turns"]}'
+
 A batch, from the repository root (OpenAI's Batches API; the openai SDK works too):
 
   for i in 1 2 3; do echo '{"custom_id":"q'$i'","method":"POST","url":"/v1/chat/completions","body":{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Question '$i'"}]}}'; done > /tmp/batch.jsonl

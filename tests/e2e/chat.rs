@@ -211,6 +211,7 @@ async fn models_endpoint_lists_configured_models() {
             "auto",
             "auto:canary",
             "auto:fast",
+            "bge-reranker-v2-m3",
             "chain",
             "chain-lenient",
             "chain-splice",
@@ -224,10 +225,28 @@ async fn models_endpoint_lists_configured_models() {
             "gpt-4o-mini",
             "pipeline:blog",
             "pipeline:sturdy",
+            "rerank-v3.5",
             "text-embedding-3-small"
         ]
     );
     assert_eq!(v["object"], "list");
+    // A reranker lists the one API it serves, over both its targets.
+    let rerank = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == "rerank-v3.5")
+        .unwrap();
+    assert_eq!(
+        rerank["switchyard"]["surfaces"],
+        json!(["rerank"]),
+        "{rerank}"
+    );
+    assert_eq!(
+        rerank["switchyard"]["targets"].as_array().unwrap().len(),
+        2,
+        "{rerank}"
+    );
 }
 
 #[tokio::test]

@@ -24,6 +24,7 @@ mod load;
 mod metrics;
 mod models;
 mod pipelines;
+mod rerank;
 mod resilience;
 mod restart;
 mod routing;

@@ -103,6 +103,21 @@ async fn bus_messages_match_their_schemas() {
     assert_eq!(resp.status(), 200);
     attempts.push(attempts_of(&resp));
     let _ = resp.bytes().await.unwrap();
+    // A rerank (one frame with the ranking; a search unit on its usage).
+    let resp = stack
+        .http
+        .post(stack.url("/v1/rerank"))
+        .bearer_auth(crate::stack::KEY)
+        .json(
+            &json!({"model": "rerank-v3.5", "query": "a", "documents": ["a", "b"],
+            "return_documents": true, "truncation": false}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    attempts.push(attempts_of(&resp));
+    let _ = resp.bytes().await.unwrap();
     // A cancelled request (one envelope, no observation).
     let envelopes = attempts.iter().sum::<usize>() + 1;
     let _ = stack
@@ -122,9 +137,10 @@ async fn bus_messages_match_their_schemas() {
     let mut failed_observations = 0;
     let mut finals_with_error = 0;
     let mut embedding_frames = 0;
-    // Until every expected message arrived (usually 9 envelopes and 9 usage
-    // events: 8 requests, one of them republished to its fallback; a cancel;
-    // 8 observations: all but the cancelled call), then 1 s more for strays;
+    let mut rerank_frames = 0;
+    // Until every expected message arrived (usually 10 envelopes and 10 usage
+    // events: 9 requests, one of them republished to its fallback; a cancel;
+    // 9 observations: all but the cancelled call), then 1 s more for strays;
     // at most 15 s.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
@@ -158,6 +174,9 @@ async fn bus_messages_match_their_schemas() {
             }
             "reply" => {
                 check::<ReplyFrame>(&frame, &v);
+                if v["type"] == "rerank" {
+                    rerank_frames += 1;
+                }
                 if v["type"] == "final" && v.get("error").is_some() {
                     finals_with_error += 1;
                 }
@@ -186,6 +205,7 @@ async fn bus_messages_match_their_schemas() {
         "one envelope per request, and the fallback's: {attempts:?}"
     );
     assert_eq!(embedding_frames, 2, "one frame per vector");
+    assert_eq!(rerank_frames, 1, "one frame per ranking");
     assert!(seen[1] >= 10, "chunks and finals: {seen:?}");
     assert!(seen[2] >= 1, "the abandoned request was cancelled");
     assert_eq!(seen[3], envelopes, "one usage event per attempt");

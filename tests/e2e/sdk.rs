@@ -1,5 +1,6 @@
-//! The official `openai` and `anthropic` Python SDKs work unchanged against
-//! Switchyard, whichever dialect serves the model, and every call is accounted.
+//! The official `openai`, `anthropic` and `cohere` Python SDKs work unchanged
+//! against Switchyard, whichever dialect serves the model, and every call is
+//! accounted.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -156,6 +157,55 @@ async fn official_anthropic_python_sdk_works_unchanged_against_every_dialect() {
             "usage rows with provider-reported tokens for {p}: {rows:?}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_cohere_python_sdk_reranks_unchanged() {
+    let stack = accounted_stack().await;
+    let targets = [("rerank-v3.5", "cohere"), ("bge-reranker-v2-m3", "vllm")];
+    for (model, provider) in targets {
+        run(
+            "cohere_rerank.py",
+            stack.base.clone(),
+            model,
+            provider,
+            None,
+        )
+        .await;
+    }
+    // Four answered calls each (v2, v1, httpx; the refused one never reached
+    // a provider): Cohere's in search units, the vLLM reranker's in tokens.
+    let ch = stack.clickhouse.as_ref().unwrap();
+    let client = sy_accounting::client(ch);
+    let until = Instant::now() + Duration::from_secs(15);
+    let rows = loop {
+        let rows: Vec<(String, u64, u64, u64)> = client
+            .query(&format!(
+                "SELECT provider, count(), min(search_units), min(input_tokens) FROM {}.requests FINAL \
+                 WHERE api = 'rerank' AND status = 'ok' GROUP BY provider ORDER BY provider",
+                ch.database
+            ))
+            .fetch_all()
+            .await
+            .unwrap();
+        if rows.iter().map(|r| r.1).sum::<u64>() >= 6 || Instant::now() > until {
+            break rows;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let (cohere, vllm) = (&rows[0], &rows[1]);
+    assert_eq!((cohere.0.as_str(), cohere.1), ("cohere", 3), "{rows:?}");
+    assert!(cohere.2 >= 1, "Cohere's rows count search units: {rows:?}");
+    assert_eq!(
+        (vllm.0.as_str(), vllm.1, vllm.2),
+        ("vllm", 3, 0),
+        "{rows:?}"
+    );
+    assert!(
+        vllm.3 > 0,
+        "the vLLM reranker's rows count tokens: {rows:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

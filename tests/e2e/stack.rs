@@ -253,6 +253,21 @@ context_window = 200000
 [providers.openai.models."text-embedding-3-small"]
 serves = ["embeddings"]
 
+[providers.cohere.models."rerank-v3.5"]
+serves = ["rerank"]
+
+[providers.cohere.prices."rerank-v3.5"]
+input = "0"
+output = "0"
+per_search_unit = "0.002"
+
+[providers.vllm.models."bge-reranker-v2-m3"]
+serves = ["rerank"]
+
+[providers.vllm.prices."bge-reranker-v2-m3"]
+input = "0.02"
+output = "0"
+
 [routers.auto]
 strategy = "balanced"
 
@@ -328,6 +343,13 @@ targets = [{{ provider = "gemini", model = "gemini-embedding-001" }}]
 
 [models."embed-v4.0"]
 targets = [{{ provider = "cohere", model = "embed-v4.0" }}]
+
+# Rerank: Cohere first, a self-hosted (vLLM, Jina's shape) reranker behind it.
+[models."rerank-v3.5"]
+targets = [{{ provider = "cohere", model = "rerank-v3.5" }}, {{ provider = "vllm", model = "bge-reranker-v2-m3" }}]
+
+[models."bge-reranker-v2-m3"]
+targets = [{{ provider = "vllm", model = "bge-reranker-v2-m3" }}]
 
 [models."gpt-4o-mini"]
 targets = [{{ provider = "openai", model = "gpt-4o-mini" }}]
@@ -750,6 +772,7 @@ pub fn envelope(
         upstream_model: "gpt-4o-mini".into(),
         request: serde_json::from_value(body("gpt-4o-mini", prompt)).unwrap(),
         embeddings: None,
+        rerank: None,
         class: None,
         choice: None,
         fallback: Vec::new(),

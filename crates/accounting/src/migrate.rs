@@ -50,6 +50,11 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         "0009_pipelines.sql",
         include_str!("../../../migrations/clickhouse/0009_pipelines.sql"),
     ),
+    (
+        10,
+        "0010_rerank.sql",
+        include_str!("../../../migrations/clickhouse/0010_rerank.sql"),
+    ),
 ];
 
 /// The statements of a migration file for database `db`: comment lines dropped

@@ -109,6 +109,8 @@ pub struct RequestRow {
     /// The pipeline run this call was a step of, and the step; empty for none.
     pub pipeline_run: String,
     pub pipeline_step: String,
+    /// A rerank call's search units; 0 for every other call.
+    pub search_units: u64,
 }
 
 fn ms32(v: u64) -> u32 {
@@ -176,6 +178,7 @@ impl From<&UsageEvent> for RequestRow {
             cache_hit: u8::from(e.cache_hit),
             pipeline_run: e.pipeline_run.clone().unwrap_or_default(),
             pipeline_step: e.pipeline_step.clone().unwrap_or_default(),
+            search_units: e.search_units,
         }
     }
 }

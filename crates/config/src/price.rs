@@ -32,8 +32,8 @@ pub fn format_nanos(nanos: i64) -> String {
     format!("{sign}{}.{:09}", n / 1_000_000_000, n % 1_000_000_000)
 }
 
-/// A price from its decimal strings (USD per million tokens; USD per request
-/// or image); each field that is not a non-negative decimal is named.
+/// A price from its decimal strings (USD per million tokens; USD per request,
+/// image or search unit); each field that is not a non-negative decimal is named.
 pub fn from_raw(rp: &crate::RawPrice) -> Result<Price, Vec<&'static str>> {
     let mut bad = Vec::new();
     let mut field = |name: &'static str, v: &str| {
@@ -54,6 +54,7 @@ pub fn from_raw(rp: &crate::RawPrice) -> Result<Price, Vec<&'static str>> {
     // Per-unit prices are USD per unit, parsed to nano-USD per unit.
     let per_request = or("per_request", &rp.per_request, 0);
     let per_image = or("per_image", &rp.per_image, 0);
+    let per_search_unit = or("per_search_unit", &rp.per_search_unit, 0);
     if !bad.is_empty() {
         return Err(bad);
     }
@@ -66,6 +67,7 @@ pub fn from_raw(rp: &crate::RawPrice) -> Result<Price, Vec<&'static str>> {
         reasoning_output,
         per_request,
         per_image,
+        per_search_unit,
     })
 }
 
@@ -86,6 +88,7 @@ pub fn to_raw(p: &Price) -> crate::RawPrice {
         reasoning_output: opt(p.reasoning_output, p.output),
         per_request: opt(p.per_request, 0),
         per_image: opt(p.per_image, 0),
+        per_search_unit: opt(p.per_search_unit, 0),
     }
 }
 
@@ -154,11 +157,13 @@ mod tests {
             reasoning_output: 2_000_000_000,
             per_request: 1,
             per_image: 0,
+            per_search_unit: 2_000_000,
         };
         let raw = to_raw(&p);
         assert_eq!((raw.input.as_str(), raw.output.as_str()), ("0.15", "2"));
         assert_eq!(raw.cache_write, None, "the default is not written");
         assert_eq!(raw.per_request.as_deref(), Some("0.000000001"));
+        assert_eq!(raw.per_search_unit.as_deref(), Some("0.002"));
         assert_eq!(from_raw(&raw), Ok(p));
     }
 
@@ -175,6 +180,7 @@ mod tests {
             reasoning_output: 20_000_000_000,
             per_request: 10_000_000,
             per_image: 2_000_000,
+            per_search_unit: 2_000_000,
         };
         let one = |f: fn(&mut TokenUsage)| {
             let mut t = TokenUsage::default();
@@ -208,10 +214,17 @@ mod tests {
         let units = Units {
             requests: 1,
             images: 3,
+            search_units: 0,
         };
         // 3000 + 600 + 300×3.75 + 100×6 + 300×15 + 200×20 = 13,825 µ$ → 13,825,000 n$.
         assert_eq!(p.cost_nanos(&t), 13_825_000);
         assert_eq!(p.cost_of(&t, units), 13_825_000 + 10_000_000 + 6_000_000);
+        // A rerank call: its search units at their price.
+        let rerank = Units {
+            search_units: 2,
+            ..Units::default()
+        };
+        assert_eq!(p.cost_of(&TokenUsage::default(), rerank), 4_000_000);
         // A report of more 1-hour writes or reasoning than there are is capped.
         let odd = TokenUsage {
             cache_write_1h_tokens: 9,

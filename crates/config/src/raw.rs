@@ -634,6 +634,9 @@ pub struct RawPrice {
     /// USD per image in the request (none when unset).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_image: Option<String>,
+    /// USD per rerank search unit (none when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_search_unit: Option<String>,
 }
 
 impl RawPrice {
@@ -648,6 +651,7 @@ impl RawPrice {
             reasoning_output: None,
             per_request: None,
             per_image: None,
+            per_search_unit: None,
         }
     }
 }

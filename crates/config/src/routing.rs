@@ -11,9 +11,9 @@ use crate::ConfigError;
 pub const CLASSES: [&str; 5] = ["simple", "medium", "complex", "code", "image"];
 
 /// What an upstream model may be declared to serve (`serves`): `chat`
-/// (Chat Completions, Messages and Responses, translated to its dialect)
-/// and `embeddings`.
-pub const SERVES: [&str; 2] = ["chat", "embeddings"];
+/// (Chat Completions, Messages and Responses, translated to its dialect),
+/// `embeddings` and `rerank`.
+pub const SERVES: [&str; 3] = ["chat", "embeddings", "rerank"];
 
 /// `[providers.<p>.models."<m>"]`: facts about one upstream model.
 #[derive(Debug, Clone, Default, Deserialize)]

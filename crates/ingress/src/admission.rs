@@ -15,7 +15,7 @@ use crate::error::ApiError;
 use crate::extract::Caller;
 use crate::state::AppState;
 use crate::surface::chat::parse_chat;
-use crate::surface::{embeddings, messages, responses};
+use crate::surface::{embeddings, messages, rerank, responses};
 use crate::validate::validate_chat;
 use crate::{classify, route, validate};
 
@@ -68,39 +68,60 @@ pub(crate) fn admit(
     body: &[u8],
     admission: Admission<'_>,
 ) -> Result<Admitted, (ApiError, Option<sy_classifier::Class>)> {
-    let (request, embeddings) = parse(surface, body).map_err(|e| (e, None))?;
+    let (request, payload) = parse(surface, body).map_err(|e| (e, None))?;
     admission
         .caller
         .may_use(&request.model)
         .map_err(|e| (e, None))?;
-    admit_parsed(state, surface, request, embeddings, admission)
+    admit_parsed(state, surface, request, payload, admission)
 }
 
-/// A body of `surface` as the canonical request (and, for embeddings, the
-/// embeddings request), validated.
-pub(crate) fn parse(
-    surface: ApiSurface,
-    body: &[u8],
-) -> Result<
-    (
-        sy_protocol::chat::ChatRequest,
-        Option<sy_protocol::embeddings::EmbeddingsRequest>,
-    ),
-    ApiError,
-> {
-    if surface == ApiSurface::Embeddings {
-        validate::check_depth(body)?;
-        let e = embeddings::parse(body)?;
-        Ok((
-            sy_protocol::chat::ChatRequest::model_only(&e.model),
-            Some(e),
-        ))
-    } else {
-        Ok((parse_request(surface, body)?, None))
+/// What a request asks besides a chat: none for chat (every chat surface
+/// reads into the canonical [`ChatRequest`](sy_protocol::chat::ChatRequest)).
+#[derive(Debug)]
+pub(crate) enum Payload {
+    Embeddings(sy_protocol::embeddings::EmbeddingsRequest),
+    Rerank(sy_protocol::rerank::RerankRequest),
+}
+
+impl Payload {
+    /// What a model must serve to take it (the config's `serves`).
+    pub(crate) fn kind(payload: Option<&Payload>) -> &'static str {
+        match payload {
+            None => "chat",
+            Some(Payload::Embeddings(_)) => "embeddings",
+            Some(Payload::Rerank(_)) => "rerank",
+        }
     }
 }
 
-/// The targets that serve `kind` (`chat`, `embeddings`): a target whose
+/// A body of `surface` as the canonical request (and, for the APIs that are
+/// no chat, their own request), validated.
+pub(crate) fn parse(
+    surface: ApiSurface,
+    body: &[u8],
+) -> Result<(sy_protocol::chat::ChatRequest, Option<Payload>), ApiError> {
+    match surface {
+        ApiSurface::Embeddings => {
+            validate::check_depth(body)?;
+            let e = embeddings::parse(body)?;
+            Ok((
+                sy_protocol::chat::ChatRequest::model_only(&e.model),
+                Some(Payload::Embeddings(e)),
+            ))
+        }
+        ApiSurface::Rerank => {
+            let r = rerank::parse(body)?;
+            Ok((
+                sy_protocol::chat::ChatRequest::model_only(&r.model),
+                Some(Payload::Rerank(r)),
+            ))
+        }
+        _ => Ok((parse_request(surface, body)?, None)),
+    }
+}
+
+/// The targets that serve `kind` (`chat`, `embeddings`, `rerank`): a target whose
 /// upstream model declares `serves` without it is no candidate (one that
 /// declares nothing serves anything, as before `serves`); none left is a
 /// 400 naming what the model serves, before any provider is called.
@@ -153,7 +174,7 @@ pub(crate) fn admit_parsed(
     state: &AppState,
     surface: ApiSurface,
     request: sy_protocol::chat::ChatRequest,
-    embeddings: Option<sy_protocol::embeddings::EmbeddingsRequest>,
+    payload: Option<Payload>,
     admission: Admission<'_>,
 ) -> Result<Admitted, (ApiError, Option<sy_classifier::Class>)> {
     let Admission {
@@ -164,10 +185,16 @@ pub(crate) fn admit_parsed(
         deadline_unix_ms,
         batch,
     } = admission;
+    let kind = Payload::kind(payload.as_ref());
+    let (mut embeddings, rerank) = match payload {
+        None => (None, None),
+        Some(Payload::Embeddings(e)) => (Some(e), None),
+        Some(Payload::Rerank(r)) => (None, Some(r)),
+    };
     let base64 = embeddings
         .as_ref()
         .is_some_and(|e| e.encoding_format.as_deref() == Some("base64"));
-    let class = if embeddings.is_some() {
+    let class = if kind != "chat" {
         None
     } else {
         Some(
@@ -180,7 +207,8 @@ pub(crate) fn admit_parsed(
     // a router's routes may require some.
     let defaults = caller.grant.as_ref().map_or(&[][..], |g| &g.tags[..]);
     let tags = crate::tags::of(hints.tags, Some(&request), defaults).map_err(|e| (e, class))?;
-    let decision = decide(state, &request, class, request_id, &tags).map_err(|e| (e, class))?;
+    let decision =
+        decide(state, &request, class, kind, request_id, &tags).map_err(|e| (e, class))?;
     let Decision {
         route_name,
         route_header,
@@ -188,11 +216,6 @@ pub(crate) fn admit_parsed(
         choice,
         policy,
     } = decision;
-    let kind = if embeddings.is_some() {
-        "embeddings"
-    } else {
-        "chat"
-    };
     let targets = serving(state, &route_name, targets, kind).map_err(|e| (e, class))?;
     // Load shedding: skip targets whose queue is full or too slow for the
     // deadline. (Batch items wait in their own queue and are not shed.)
@@ -218,7 +241,7 @@ pub(crate) fn admit_parsed(
         None => state.bus.subjects().reply(&state.ingress_id, request_id),
     };
     // What the provider sees of the client's identities is per tenant.
-    let (mut request, mut embeddings) = (request, embeddings);
+    let mut request = request;
     let scope = || match &caller.grant {
         Some(g) => g.owner.org_id.to_string(),
         None => format!("key:{}", caller.key_id),
@@ -248,6 +271,7 @@ pub(crate) fn admit_parsed(
         upstream_model: model,
         request,
         embeddings,
+        rerank,
         class: class.map(|c| c.as_str().to_owned()),
         choice: Some(choice),
         fallback,
@@ -277,6 +301,7 @@ fn decide(
     state: &AppState,
     request: &sy_protocol::chat::ChatRequest,
     class: Option<sy_classifier::Class>,
+    kind: &str,
     request_id: Uuid,
     tags: &[(String, String)],
 ) -> Result<Decision, ApiError> {
@@ -301,7 +326,7 @@ fn decide(
         return Err(ApiError::invalid(
             "model",
             format!(
-                "'{}' routes chat requests; name an embedding model.",
+                "'{}' routes chat requests; name a model that serves {kind}.",
                 request.model
             ),
         ));

@@ -312,7 +312,9 @@ impl ResponseCache {
         if !on {
             return Plan::Off;
         }
-        if envelope.request.n.is_some_and(|n| n > 1) {
+        // Several choices, and rerank answers (not kept yet: their hits'
+        // rows would need the search units a miss is billed), go uncached.
+        if envelope.request.n.is_some_and(|n| n > 1) || envelope.rerank.is_some() {
             self.lookups[2].inc();
             return Plan::Bypass;
         }
@@ -355,6 +357,7 @@ impl ResponseCache {
             ApiSurface::Messages => "messages",
             ApiSurface::Responses => "responses",
             ApiSurface::Embeddings => "embeddings",
+            ApiSurface::Rerank => "rerank",
         };
         let flags = [
             u8::from(envelope.request.is_stream()),
@@ -514,6 +517,7 @@ impl ResponseCache {
             // Attempt 0: never the id of a provider call's row, not even of
             // this request's own if the hit falls through to one.
             event_id: UsageEvent::event_id_of(envelope.request_id, 0),
+            search_units: 0,
             request_id: envelope.request_id,
             attempt: 0,
             received_unix_ms: envelope.received_unix_ms,
@@ -838,6 +842,7 @@ impl Tap {
             None => (TokenUsage::default(), TokenSource::None),
         };
         let units = sy_protocol::price::Units {
+            search_units: 0,
             requests: 1,
             images: self.images,
         };

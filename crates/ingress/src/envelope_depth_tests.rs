@@ -5,9 +5,6 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 use sy_protocol::{ApiSurface, RequestEnvelope};
 
-use crate::admission::parse_request;
-use crate::surface::embeddings;
-
 /// A JSON value: `wrappers` arrays (`true`) or objects (`false`) around a small tree.
 fn wrapped(wrappers: &[bool], leaf: Value) -> Value {
     wrappers.iter().rev().fold(leaf, |inner, &array| {
@@ -75,19 +72,19 @@ fn bodies(v: &Value) -> Vec<(ApiSurface, Value)> {
                 "parameters": {"type": "object", "properties": {"p": v}}}]}),
         ),
         (ApiSurface::Embeddings, json!({"model": "m", "input": v})),
+        (
+            ApiSurface::Rerank,
+            json!({"model": "m", "query": "q", "documents": ["a"], "x": v}),
+        ),
     ]
 }
 
 fn envelope(surface: ApiSurface, body: &[u8]) -> Option<RequestEnvelope> {
-    let (request, embeddings) = if surface == ApiSurface::Embeddings {
-        crate::validate::check_depth(body).ok()?;
-        let e = embeddings::parse(body).ok()?;
-        (
-            sy_protocol::chat::ChatRequest::model_only(&e.model),
-            Some(e),
-        )
-    } else {
-        (parse_request(surface, body).ok()?, None)
+    let (request, payload) = crate::admission::parse(surface, body).ok()?;
+    let (embeddings, rerank) = match payload {
+        None => (None, None),
+        Some(crate::admission::Payload::Embeddings(e)) => (Some(e), None),
+        Some(crate::admission::Payload::Rerank(r)) => (None, Some(r)),
     };
     Some(RequestEnvelope {
         request_id: uuid::Uuid::now_v7(),
@@ -105,6 +102,7 @@ fn envelope(surface: ApiSurface, body: &[u8]) -> Option<RequestEnvelope> {
         upstream_model: "m".into(),
         request,
         embeddings,
+        rerank,
         class: None,
         choice: None,
         fallback: Vec::new(),

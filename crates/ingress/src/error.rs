@@ -125,6 +125,19 @@ impl ApiError {
                 let body = serde_json::to_vec(&self.anthropic_value()).unwrap_or_default();
                 self.respond(status, body)
             }
+            ApiSurface::Rerank => {
+                // Cohere's `message` on top, and the `error` object of every
+                // other surface beside it.
+                let error: serde_json::Value =
+                    serde_json::from_slice(&self.openai_body()).unwrap_or_default();
+                let body = serde_json::to_vec(&serde_json::json!({
+                    "message": self.message,
+                    "error": error["error"],
+                }))
+                .unwrap_or_default();
+                let status = self.status;
+                self.respond(status, body)
+            }
             _ => {
                 let (status, body) = (self.status, self.openai_body());
                 self.respond(status, body)

@@ -24,10 +24,13 @@ use uuid::Uuid;
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// The client API a path belongs to: errors on `/v1/messages` are Anthropic's.
+/// The client API a path belongs to: errors on `/v1/messages` are
+/// Anthropic's, on `/v1/rerank` and `/v2/rerank` Cohere's.
 pub(crate) fn surface_of_path(path: &str) -> ApiSurface {
     if path.starts_with("/v1/messages") {
         ApiSurface::Messages
+    } else if path == "/v1/rerank" || path == "/v2/rerank" {
+        ApiSurface::Rerank
     } else {
         ApiSurface::ChatCompletions
     }

@@ -39,6 +39,10 @@ pub(crate) async fn embeddings_handler(
     handle(state, ApiSurface::Embeddings, req).await
 }
 
+pub(crate) async fn rerank(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    handle(state, ApiSurface::Rerank, req).await
+}
+
 #[tracing::instrument(name = "ingress.request", skip_all, fields(request_id, api = ?surface, model, stream, trace_id))]
 pub(crate) async fn handle(state: Arc<AppState>, surface: ApiSurface, req: Request) -> Response {
     // Every log line of the request names its trace (when tracing is on).
@@ -101,13 +105,13 @@ async fn chat(
         .map_err(|e| (e, None, None))?;
     // What Switchyard adds is counted from here: the client's upload is not.
     let received = std::time::Instant::now();
-    let (request, embeddings) = admission::parse(surface, &body).map_err(|e| (e, None, None))?;
+    let (request, payload) = admission::parse(surface, &body).map_err(|e| (e, None, None))?;
     let trace = parts
         .extensions
         .get::<sy_telemetry::trace::Span>()
         .cloned()
         .unwrap_or_default();
-    if embeddings.is_none()
+    if payload.is_none()
         && let Some(p) = state.pipeline(&request.model)
     {
         // Boxed: a run holds a whole answer's state and more, which would
@@ -131,7 +135,7 @@ async fn chat(
         state,
         surface,
         request,
-        embeddings,
+        payload,
         admission::Admission {
             request_id,
             caller,
@@ -396,6 +400,7 @@ fn added_latency(
         ApiSurface::Messages => "messages",
         ApiSurface::Responses => "responses",
         ApiSurface::Embeddings => "embeddings",
+        ApiSurface::Rerank => "rerank",
     };
     sy_telemetry::metrics::get()
         .added_latency

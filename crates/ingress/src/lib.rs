@@ -336,6 +336,19 @@ async fn build(config: Arc<Config>, bus: Bus) -> Result<(Router, Arc<AppState>),
                 .fallback(endpoints::method_not_allowed),
         )
         .route(
+            "/v1/rerank",
+            post(flow::rerank)
+                .route_layer(identify.clone())
+                .fallback(endpoints::method_not_allowed),
+        )
+        // Cohere's v2 client posts here; the same API.
+        .route(
+            "/v2/rerank",
+            post(flow::rerank)
+                .route_layer(identify.clone())
+                .fallback(endpoints::method_not_allowed),
+        )
+        .route(
             "/v1/route/explain",
             post(endpoints::route_explain)
                 .route_layer(identify.clone())

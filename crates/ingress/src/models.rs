@@ -131,6 +131,7 @@ fn entry(state: &AppState, routing: &Routing, caller: &Caller, id: &str) -> Opti
             let apis: &[&str] = match *what {
                 "chat" => &CHAT,
                 "embeddings" => &["embeddings"],
+                "rerank" => &["rerank"],
                 _ => &[],
             };
             for api in apis {
@@ -195,6 +196,7 @@ fn pricing(price: &sy_protocol::price::Price, multiplier_ppb: i64) -> Value {
         ("reasoning_output", price.reasoning_output),
         ("per_request", price.per_request),
         ("per_image", price.per_image),
+        ("per_search_unit", price.per_search_unit),
     ] {
         if nanos > 0 {
             let billed = sy_config::price::scale(nanos, multiplier_ppb);

@@ -150,7 +150,14 @@ impl RateLimits {
     /// Tokens a request reserves: the estimate of its input plus what it may
     /// write (`max_tokens`, or the configured default, for each of `n`).
     fn tokens_to_reserve(&self, env: &RequestEnvelope, body_len: usize) -> u32 {
-        let input = if env.embeddings.is_some() {
+        let input = if let Some(r) = &env.rerank {
+            // Each document is read with the query: about four bytes a token.
+            let query = r.query.len() as u64 / 4 + 1;
+            r.documents
+                .iter()
+                .map(|d| query + d.len() as u64 / 4 + 1)
+                .sum()
+        } else if env.embeddings.is_some() {
             // About four bytes a token; the body bounds the input from above.
             body_len as u64 / 4
         } else {
@@ -193,6 +200,12 @@ impl RateLimits {
         // per unit, and the multiplier in parts per billion (as the worker
         // bills).
         let images = env.request.image_count();
+        // A rerank call's search units, as a provider that reports none is
+        // billed (Cohere's rule; Cohere's own count is the same).
+        let search_units = env
+            .rerank
+            .as_ref()
+            .map_or(0, |r| r.estimated_search_units(4));
         let (mut input, mut output, mut fixed) = (0f64, 0f64, 0i64);
         let fallbacks = env.fallback.iter().filter_map(|t| priced(&t.pricing));
         for (p, multiplier) in std::iter::once(first).chain(fallbacks) {
@@ -200,10 +213,16 @@ impl RateLimits {
             let per_input = p.input.max(p.cache_write).max(p.cache_write_1h);
             input = input.max(per_input as f64 * m / 1e6);
             output = output.max(p.output.max(p.reasoning_output) as f64 * m / 1e6);
-            let units = p.per_request.saturating_add(
-                p.per_image
-                    .saturating_mul(i64::try_from(images).unwrap_or(0)),
-            );
+            let units = p
+                .per_request
+                .saturating_add(
+                    p.per_image
+                        .saturating_mul(i64::try_from(images).unwrap_or(0)),
+                )
+                .saturating_add(
+                    p.per_search_unit
+                        .saturating_mul(i64::try_from(search_units).unwrap_or(i64::MAX)),
+                );
             fixed = fixed.max(sy_config::price::scale(units, multiplier));
         }
         Ok((input, output, fixed))
@@ -574,9 +593,9 @@ const MIN_LOWERED_OUTPUT_TOKENS: u32 = 16;
 
 /// Output tokens a request may write: `max_completion_tokens` or
 /// `max_tokens`, or the configured default, for each of `n`; none for
-/// embeddings.
+/// embeddings and rerank.
 fn output_tokens(env: &RequestEnvelope, config: &LimitsConfig) -> u32 {
-    if env.embeddings.is_some() {
+    if env.embeddings.is_some() || env.rerank.is_some() {
         return 0;
     }
     let r = &env.request;

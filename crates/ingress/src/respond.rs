@@ -13,7 +13,7 @@ use uuid::Uuid;
 use crate::cache::Tap;
 use crate::error::ApiError;
 use crate::relay::{Aggregate, Pending, StreamEncoder};
-use crate::surface::{chat, embeddings, messages, responses};
+use crate::surface::{chat, embeddings, messages, rerank, responses};
 use sy_protocol::ResponseMeta;
 
 /// Switchyard's response headers: the request id, the class, and who answered.
@@ -47,6 +47,7 @@ pub(crate) fn start_of(frame: &ReplyFrame) -> Option<&StartInfo> {
     match frame {
         ReplyFrame::Chunk(c) => c.start.as_ref(),
         ReplyFrame::Embedding(e) => e.start.as_ref(),
+        ReplyFrame::Rerank(r) => r.start.as_ref(),
         ReplyFrame::Final(f) => f.start.as_ref(),
     }
 }
@@ -93,11 +94,13 @@ pub(crate) fn answer_body(
 ) -> Result<Vec<u8>, ApiError> {
     let mut agg = Aggregate::default();
     let mut vectors = Vec::new();
+    let mut ranking = None;
     let mut end = None;
     for frame in frames {
         match frame {
             ReplyFrame::Chunk(c) => agg.add(c.choices),
             ReplyFrame::Embedding(e) => vectors.push(e),
+            ReplyFrame::Rerank(r) => ranking = Some(r),
             ReplyFrame::Final(f) => {
                 if let Some(e) = &f.error {
                     return Err(ApiError::from_frame(e));
@@ -126,6 +129,15 @@ pub(crate) fn answer_body(
         ApiSurface::Messages => messages::body(first_choice(agg), names, usage.as_ref()),
         ApiSurface::Responses => responses::body(first_choice(agg), names, usage.as_ref()),
         ApiSurface::Embeddings => embeddings::body(vectors, base64, names, usage.as_ref()),
+        ApiSurface::Rerank => match ranking {
+            Some(r) => rerank::body(r, names, usage.as_ref()),
+            None => {
+                return Err(ApiError::new(
+                    ErrorCode::Internal,
+                    "the rerank answer came without its ranking",
+                ));
+            }
+        },
         _ => chat::body(agg.into_choices(), names, usage.as_ref()),
     })
 }
@@ -171,7 +183,7 @@ pub(crate) fn sse_response<E: StreamEncoder>(
                 st.encoder.chunk(&c.choices)
             }
             // Never in a chat stream.
-            Ok(ReplyFrame::Embedding(_)) => Bytes::new(),
+            Ok(ReplyFrame::Embedding(_) | ReplyFrame::Rerank(_)) => Bytes::new(),
             Ok(ReplyFrame::Final(f)) => {
                 st.done = true;
                 match &f.error {

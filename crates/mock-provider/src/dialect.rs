@@ -105,6 +105,26 @@ pub fn vector(text: &str, dims: usize) -> Vec<f32> {
         .collect()
 }
 
+/// What the mock needs from a rerank request.
+pub struct RerankParsed {
+    pub model: String,
+    pub query: String,
+    pub documents: Vec<String>,
+    pub top_n: Option<usize>,
+}
+
+/// The mock's relevance of `doc` to `query`, in [0, 1): the share of the
+/// query's words the document contains, plus a deterministic hair (at most
+/// 0.001) that orders ties.
+pub fn relevance(query: &str, doc: &str) -> f64 {
+    let words: Vec<String> = query.split_whitespace().map(str::to_lowercase).collect();
+    let doc = doc.to_lowercase();
+    let have = words.iter().filter(|w| doc.contains(w.as_str())).count();
+    let share = have as f64 / (words.len().max(1) as f64 + 0.01);
+    let hair = (crate::seed(&doc, 0) >> 54) as f64 / (1u64 << 10) as f64 / 1000.0;
+    (share * 0.998 + hair).min(0.999_999)
+}
+
 /// Text of a content value: a string, or the text of its text blocks / parts
 /// (tool results included).
 fn text_of(content: &Value) -> String {
@@ -352,6 +372,63 @@ impl Dialect {
                 })
             }
             Dialect::Anthropic => Err("Anthropic has no embeddings API".into()),
+        }
+    }
+
+    /// Parses a rerank request (Cohere `/v2/rerank`; Jina's shape on
+    /// `/v1/rerank` for OpenAI-compatible servers).
+    pub fn parse_rerank(self, req: &Value) -> Result<RerankParsed, String> {
+        let documents = req["documents"]
+            .as_array()
+            .ok_or("documents is required")?
+            .iter()
+            .map(|d| {
+                d.as_str()
+                    .or_else(|| d["text"].as_str())
+                    .map(str::to_owned)
+                    .ok_or_else(|| "each document must be a string".to_owned())
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        match self {
+            Dialect::OpenAi | Dialect::Cohere => Ok(RerankParsed {
+                model: req["model"].as_str().ok_or("model is required")?.to_owned(),
+                query: req["query"].as_str().ok_or("query is required")?.to_owned(),
+                documents,
+                top_n: req["top_n"].as_u64().map(|n| n as usize),
+            }),
+            _ => Err("this dialect has no rerank API".into()),
+        }
+    }
+
+    /// A rerank answer: documents best first (Cohere bills one search unit
+    /// per 100 documents; Jina's shape counts tokens).
+    pub fn rerank_answer(self, p: &RerankParsed) -> Value {
+        let mut ranked: Vec<(usize, f64)> = p
+            .documents
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (i, relevance(&p.query, d)))
+            .collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        if let Some(n) = p.top_n {
+            ranked.truncate(n);
+        }
+        let results: Vec<Value> = ranked
+            .iter()
+            .map(|(i, s)| json!({"index": i, "relevance_score": s}))
+            .collect();
+        let query_words = p.query.split_whitespace().count() as u64;
+        let tokens: u64 = p
+            .documents
+            .iter()
+            .map(|d| query_words + d.split_whitespace().count() as u64)
+            .sum();
+        match self {
+            Dialect::Cohere => json!({"id": "rerank-mock", "results": results,
+                "meta": {"api_version": {"version": "2"},
+                    "billed_units": {"search_units": p.documents.len().div_ceil(100)}}}),
+            _ => json!({"id": "rerank-mock", "model": p.model, "results": results,
+                "usage": {"total_tokens": tokens}}),
         }
     }
 

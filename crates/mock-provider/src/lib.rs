@@ -18,6 +18,7 @@ mod server;
 mod stripe;
 mod yookassa;
 
+pub use dialect::relevance as rerank_relevance;
 pub use dialect::vector as embedding_vector;
 pub use directives::{DirectiveError, Directives, extract, resolve};
 pub use server::{MockOptions, MockProvider, MockStats};

@@ -163,6 +163,9 @@ impl MockProvider {
             .route("/v1/embeddings", post(openai_embed))
             .route("/embeddings", post(openai_embed))
             .route("/v2/embed", post(cohere_embed))
+            .route("/v1/rerank", post(openai_rerank))
+            .route("/rerank", post(openai_rerank))
+            .route("/v2/rerank", post(cohere_rerank))
             .route("/v1/models", get(models))
             .route("/v1/traces", post(traces))
             .route("/mock/stats", get(stats))
@@ -453,6 +456,65 @@ async fn cohere_embed(
     body: ReadBody,
 ) -> Response {
     serve_embed(shared, Dialect::Cohere, headers, None, body).await
+}
+
+async fn openai_rerank(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: ReadBody,
+) -> Response {
+    serve_rerank(shared, Dialect::OpenAi, headers, body).await
+}
+
+async fn cohere_rerank(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: ReadBody,
+) -> Response {
+    serve_rerank(shared, Dialect::Cohere, headers, body).await
+}
+
+/// Rerank: documents ranked by a deterministic relevance; directives in
+/// the query or any document apply (or in the `x-mock` header).
+async fn serve_rerank(
+    shared: Arc<Shared>,
+    dialect: Dialect,
+    headers: HeaderMap,
+    body: ReadBody,
+) -> Response {
+    let req = match admit(&shared, dialect, &headers, None, &body) {
+        Ok(v) => v,
+        Err(resp) => return *resp,
+    };
+    let parsed = match dialect.parse_rerank(&req) {
+        Ok(p) => p,
+        Err(message) => return dialect.error(400, &message, None),
+    };
+    let blocks: Vec<String> = std::iter::once(&parsed.query)
+        .chain(&parsed.documents)
+        .flat_map(|t| extract(t).1)
+        .collect();
+    let d = match directives(&shared, dialect, &headers, &blocks) {
+        Ok(d) => d,
+        Err(resp) => return *resp,
+    };
+    if let Some(status) = d
+        .status
+        .or_else(|| dialect.error_status(d.error.as_deref()))
+    {
+        shared.counters.faults.fetch_add(1, Ordering::SeqCst);
+        return dialect.fault(status, d.error.as_deref(), 0);
+    }
+    if let Some(t) = d.ttft {
+        tokio::time::sleep(t).await;
+    }
+    if d.hang {
+        // Headers never come; the caller's timeout ends it.
+        std::future::pending::<()>().await;
+    }
+    let resp = json_response(StatusCode::OK, &dialect.rerank_answer(&parsed));
+    shared.counters.completed.fetch_add(1, Ordering::SeqCst);
+    resp
 }
 
 /// Counts the request, checks the key the dialect's way and parses the JSON body;

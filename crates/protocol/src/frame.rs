@@ -17,6 +17,8 @@ pub enum ApiSurface {
     Responses,
     /// `POST /v1/embeddings`.
     Embeddings,
+    /// `POST /v1/rerank` (Cohere's and Jina's shape; also `/v2/rerank`).
+    Rerank,
 }
 
 /// The fields of a [`RequestEnvelope`] a worker needs to answer it, read from
@@ -76,6 +78,9 @@ pub struct RequestEnvelope {
     /// An embeddings request (`api` = embeddings).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub embeddings: Option<crate::embeddings::EmbeddingsRequest>,
+    /// A rerank request (`api` = rerank).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rerank: Option<crate::rerank::RerankRequest>,
     /// The request class (classifier or client hint); none for embeddings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub class: Option<String>,
@@ -257,6 +262,8 @@ pub enum ReplyFrame {
     Chunk(ChunkFrame),
     /// One vector of an embeddings answer.
     Embedding(crate::embeddings::EmbeddingFrame),
+    /// A rerank answer's ranking.
+    Rerank(crate::rerank::RerankFrame),
     /// The end of the answer: usage, or an error.
     Final(FinalFrame),
 }
@@ -267,6 +274,7 @@ impl ReplyFrame {
         match self {
             ReplyFrame::Chunk(c) => c.seq,
             ReplyFrame::Embedding(e) => e.seq,
+            ReplyFrame::Rerank(r) => r.seq,
             ReplyFrame::Final(f) => f.seq,
         }
     }

@@ -24,6 +24,7 @@ pub mod header;
 pub mod json;
 pub mod legacy;
 pub mod price;
+pub mod rerank;
 pub mod tag;
 
 /// Reply frames an ingress buffers per request before it cuts off a client that

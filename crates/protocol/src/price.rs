@@ -12,7 +12,8 @@ fn is_zero(v: &i64) -> bool {
 }
 
 /// A model's price: nano-USD per million tokens of each class, and nano-USD
-/// per request and per input image where the model has such prices.
+/// per request, per input image and per rerank search unit where the model
+/// has such prices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Price {
     /// Uncached input tokens.
@@ -34,6 +35,10 @@ pub struct Price {
     /// Each image in the request, nano-USD.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub per_image: i64,
+    /// Each search unit of a rerank call (Cohere's unit: a query with up
+    /// to 100 documents), nano-USD.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub per_search_unit: i64,
 }
 
 /// What is priced per unit rather than per token.
@@ -43,6 +48,8 @@ pub struct Units {
     pub requests: u64,
     /// Images in the request.
     pub images: u64,
+    /// Rerank search units.
+    pub search_units: u64,
 }
 
 impl Price {
@@ -58,6 +65,7 @@ impl Price {
             reasoning_output: output,
             per_request: 0,
             per_image: 0,
+            per_search_unit: 0,
         }
     }
 
@@ -82,7 +90,8 @@ impl Price {
             + n(reasoning) * i128::from(self.reasoning_output);
         let total = (sum + 500_000) / 1_000_000
             + n(units.requests) * i128::from(self.per_request)
-            + n(units.images) * i128::from(self.per_image);
+            + n(units.images) * i128::from(self.per_image)
+            + n(units.search_units) * i128::from(self.per_search_unit);
         i64::try_from(total).unwrap_or(i64::MAX)
     }
 }

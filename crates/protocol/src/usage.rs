@@ -144,6 +144,10 @@ pub struct UsageEvent {
     /// The tokens by class.
     #[serde(flatten)]
     pub tokens: TokenUsage,
+    /// A rerank call's search units (as the provider reported them, else
+    /// estimated); 0 for every other call.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub search_units: u64,
     /// Where the input counts came from.
     pub input_tokens_source: TokenSource,
     /// Where the output counts came from.

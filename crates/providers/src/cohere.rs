@@ -19,8 +19,11 @@ use crate::call::{self, Decoder, Step};
 use crate::error::ErrorBody;
 use crate::sse::SseEvent;
 use crate::translate::{self, unsupported};
-use crate::{CallContext, Chunk, ChunkStream, Embeddings, Provider, ProviderError, ResponseMeta};
+use crate::{
+    CallContext, Chunk, ChunkStream, Embeddings, Provider, ProviderError, Reranked, ResponseMeta,
+};
 use sy_protocol::embeddings::EmbeddingsRequest;
+use sy_protocol::rerank::RerankRequest;
 
 const DIALECT: &str = "Cohere";
 
@@ -113,6 +116,66 @@ impl Provider for CohereAdapter {
             model: None,
         })
     }
+
+    /// `POST {base}/rerank` (v2): documents as texts, `top_n` and
+    /// `max_tokens_per_doc`; billed in search units.
+    async fn rerank(
+        &self,
+        req: &RerankRequest,
+        cx: &CallContext,
+    ) -> Result<Reranked, ProviderError> {
+        let mut wire =
+            json!({"model": cx.upstream_model, "query": req.query, "documents": req.documents});
+        if let Some(n) = req.top_n {
+            wire["top_n"] = json!(n);
+        }
+        if let Some(n) = req.max_tokens_per_doc {
+            wire["max_tokens_per_doc"] = json!(n);
+        }
+        let body = serde_json::to_vec(&wire).map_err(|e| ProviderError::Protocol(e.to_string()))?;
+        let url = self.url.replace("/chat", "/rerank");
+        let resp = call::post_json(
+            &self.client,
+            &url,
+            call::call_headers(&self.headers, call::Auth::Bearer, cx)?.as_ref(),
+            body,
+            read_error,
+        )
+        .await?;
+        from_rerank(&call::body(resp).await?, req)
+    }
+}
+
+/// Cohere's rerank answer (`results` of `index` and `relevance_score`,
+/// `meta.billed_units.search_units`), ranked.
+pub fn from_rerank(raw: &[u8], req: &RerankRequest) -> Result<Reranked, ProviderError> {
+    let v: Value = call::json(raw)?;
+    let results = v["results"]
+        .as_array()
+        .ok_or_else(|| ProviderError::Protocol("no results in Cohere's rerank answer".into()))?
+        .iter()
+        .map(
+            |r| match (r["index"].as_u64(), r["relevance_score"].as_f64()) {
+                (Some(i), Some(s)) => u32::try_from(i)
+                    .map(|i| (i, s))
+                    .map_err(|_| ProviderError::Protocol(format!("a rerank index of {i}"))),
+                _ => Err(ProviderError::Protocol(
+                    "a rerank result without index or relevance_score".into(),
+                )),
+            },
+        )
+        .collect::<Result<Vec<_>, _>>()?;
+    let billed = &v["meta"]["billed_units"];
+    Ok(Reranked {
+        results: crate::ranking(results, req)?,
+        usage: billed["input_tokens"].as_f64().map(|n| TokenUsage {
+            input_tokens: n as u64,
+            ..TokenUsage::default()
+        }),
+        search_units: billed["search_units"].as_f64().map(|n| n.ceil() as u64),
+        model: None,
+        id: v["id"].as_str().map(str::to_owned),
+    })
 }
 
 /// Cohere's error body: `{"message": "..."}` (v2), or an `error` object.

@@ -22,8 +22,11 @@ use crate::call::{self, Decoder, Step};
 use crate::error::ErrorBody;
 use crate::sse::SseEvent;
 use crate::translate::{self, unsupported};
-use crate::{CallContext, Chunk, ChunkStream, Embeddings, Provider, ProviderError, ResponseMeta};
+use crate::{
+    CallContext, Chunk, ChunkStream, Embeddings, Provider, ProviderError, Reranked, ResponseMeta,
+};
 use sy_protocol::embeddings::EmbeddingsRequest;
+use sy_protocol::rerank::RerankRequest;
 
 const DIALECT: &str = "Gemini";
 
@@ -136,6 +139,16 @@ impl Provider for GeminiAdapter {
             usage: None,
             model: None,
         })
+    }
+
+    async fn rerank(
+        &self,
+        _req: &RerankRequest,
+        _cx: &CallContext,
+    ) -> Result<Reranked, ProviderError> {
+        Err(ProviderError::Unsupported(
+            "Gemini has no rerank API; route this model to a Cohere or OpenAI-compatible rerank model".into(),
+        ))
     }
 }
 

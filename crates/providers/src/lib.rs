@@ -10,7 +10,9 @@
 //! ([`anthropic`]), Google Gemini ([`gemini`]) and Cohere v2 ([`cohere`]). Adding
 //! one is one module plus a variant here. [`call`] holds the shared client,
 //! error handling and SSE-to-chunk plumbing, [`sse`] the SSE parser, and
-//! [`translate`] the rules for fields a dialect cannot honour.
+//! [`translate`] the rules for fields a dialect cannot honour. Embeddings
+//! ([`Provider::embed`]) and rerank ([`Provider::rerank`]) are one JSON call
+//! each where the dialect has them.
 //! Dropping a stream (or the future returning it) aborts the upstream request.
 
 pub mod anthropic;
@@ -33,6 +35,7 @@ pub use sy_protocol::ResponseMeta;
 use sy_protocol::TokenUsage;
 use sy_protocol::chat::{ChatRequest, ChoiceDelta};
 use sy_protocol::embeddings::EmbeddingsRequest;
+use sy_protocol::rerank::RerankRequest;
 
 /// A provider's answer as canonical chunks; ends after the last one or an error.
 pub type ChunkStream = BoxStream<'static, Result<Chunk, ProviderError>>;
@@ -81,6 +84,21 @@ pub struct Embeddings {
     pub model: Option<String>,
 }
 
+/// A rerank answer: the documents' indexes and scores, best first.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Reranked {
+    /// `(index, relevance score)`, best first.
+    pub results: Vec<(u32, f64)>,
+    /// Tokens, when the provider bills them (Jina, vLLM).
+    pub usage: Option<TokenUsage>,
+    /// Search units, when the provider bills them (Cohere).
+    pub search_units: Option<u64>,
+    /// The model the provider says answered.
+    pub model: Option<String>,
+    /// The provider's id of the answer.
+    pub id: Option<String>,
+}
+
 /// The contract every adapter meets.
 pub trait Provider: Send + Sync {
     /// Which dialect.
@@ -100,6 +118,14 @@ pub trait Provider: Send + Sync {
         req: &'a EmbeddingsRequest,
         cx: &'a CallContext,
     ) -> impl Future<Output = Result<Embeddings, ProviderError>> + Send + 'a;
+
+    /// Ranks `req`'s documents against its query (a dialect without a
+    /// rerank API answers `Unsupported`).
+    fn rerank<'a>(
+        &'a self,
+        req: &'a RerankRequest,
+        cx: &'a CallContext,
+    ) -> impl Future<Output = Result<Reranked, ProviderError>> + Send + 'a;
 }
 
 /// Every adapter, for dispatch without boxing.
@@ -168,6 +194,107 @@ impl Provider for AnyProvider {
             AnyProvider::Anthropic(a) => a.embed(req, cx).await,
             AnyProvider::Gemini(a) => a.embed(req, cx).await,
             AnyProvider::Cohere(a) => a.embed(req, cx).await,
+        }
+    }
+
+    async fn rerank(
+        &self,
+        req: &RerankRequest,
+        cx: &CallContext,
+    ) -> Result<Reranked, ProviderError> {
+        match self {
+            AnyProvider::OpenAi(a) => a.rerank(req, cx).await,
+            AnyProvider::Anthropic(a) => a.rerank(req, cx).await,
+            AnyProvider::Gemini(a) => a.rerank(req, cx).await,
+            AnyProvider::Cohere(a) => a.rerank(req, cx).await,
+        }
+    }
+}
+
+/// A ranking read from a provider's answer: each index within the
+/// documents and named once, best first, at most `top_n`.
+pub fn ranking(
+    mut results: Vec<(u32, f64)>,
+    req: &RerankRequest,
+) -> Result<Vec<(u32, f64)>, ProviderError> {
+    let n = req.documents.len();
+    let mut seen = vec![false; n];
+    for &(i, score) in &results {
+        let slot = seen.get_mut(i as usize).ok_or_else(|| {
+            ProviderError::Protocol(format!("a rerank result names document {i} of {n}"))
+        })?;
+        if std::mem::replace(slot, true) {
+            return Err(ProviderError::Protocol(format!(
+                "a rerank answer names document {i} twice"
+            )));
+        }
+        if !score.is_finite() {
+            return Err(ProviderError::Protocol(format!(
+                "a rerank score that is no number: {score}"
+            )));
+        }
+    }
+    results.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    if let Some(top) = req.top_n {
+        results.truncate(top as usize);
+    }
+    Ok(results)
+}
+
+#[cfg(test)]
+mod rerank_tests {
+    use super::*;
+
+    fn req(docs: usize, top_n: Option<u32>) -> RerankRequest {
+        RerankRequest {
+            model: "m".into(),
+            query: "q".into(),
+            documents: (0..docs).map(|i| format!("d{i}")).collect(),
+            top_n,
+            return_documents: false,
+            max_tokens_per_doc: None,
+            extra: serde_json::Map::new(),
+        }
+    }
+
+    #[test]
+    fn both_wire_shapes_read_into_one_ranking_best_first() {
+        let cohere = br#"{"id":"r","results":[{"index":0,"relevance_score":0.2},{"index":2,"relevance_score":0.9}],
+            "meta":{"billed_units":{"search_units":1}}}"#;
+        let r = cohere::from_rerank(cohere, &req(3, None)).unwrap();
+        assert_eq!(r.results, [(2, 0.9), (0, 0.2)]);
+        assert_eq!(
+            (r.search_units, r.usage, r.id.as_deref()),
+            (Some(1), None, Some("r"))
+        );
+        let jina = br#"{"model":"bge","usage":{"total_tokens":12},
+            "results":[{"index":1,"relevance_score":0.5,"document":{"text":"d1"}},{"index":0,"relevance_score":0.7}]}"#;
+        let r = openai::from_rerank(jina, &req(2, Some(1))).unwrap();
+        assert_eq!(
+            r.results,
+            [(0, 0.7)],
+            "top_n holds even if the server ignored it"
+        );
+        assert_eq!(r.usage.map(|u| u.input_tokens), Some(12));
+        assert_eq!(r.model.as_deref(), Some("bge"));
+    }
+
+    #[test]
+    fn a_ranking_that_names_no_document_or_one_twice_is_a_protocol_error() {
+        for bad in [
+            &br#"{"results":[{"index":3,"relevance_score":0.1}]}"#[..],
+            br#"{"results":[{"index":0,"relevance_score":0.1},{"index":0,"relevance_score":0.2}]}"#,
+            br#"{"results":[{"index":0}]}"#,
+            br#"{"results":{}}"#,
+        ] {
+            assert!(matches!(
+                openai::from_rerank(bad, &req(2, None)),
+                Err(ProviderError::Protocol(_))
+            ));
+            assert!(matches!(
+                cohere::from_rerank(bad, &req(2, None)),
+                Err(ProviderError::Protocol(_))
+            ));
         }
     }
 }

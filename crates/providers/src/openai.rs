@@ -16,9 +16,12 @@ use sy_protocol::chat::{
 use crate::call::{self, Decoder, Step};
 use crate::error::ErrorBody;
 use crate::sse::SseEvent;
-use crate::{CallContext, Chunk, ChunkStream, Embeddings, Provider, ProviderError, ResponseMeta};
+use crate::{
+    CallContext, Chunk, ChunkStream, Embeddings, Provider, ProviderError, Reranked, ResponseMeta,
+};
 use sy_protocol::TokenUsage;
 use sy_protocol::embeddings::EmbeddingsRequest;
+use sy_protocol::rerank::RerankRequest;
 
 /// The config `kind` of this dialect.
 pub const KIND: &str = "openai_compatible";
@@ -148,6 +151,83 @@ impl Provider for OpenAiAdapter {
         .await?;
         from_embeddings(&call::body(resp).await?)
     }
+
+    /// `POST {base}/rerank` in Jina's shape, which vLLM, Infinity and other
+    /// OpenAI-compatible servers speak (`documents` as texts; the ingress
+    /// adds the documents' texts to the answer itself). Azure OpenAI has no
+    /// rerank API.
+    async fn rerank(
+        &self,
+        req: &RerankRequest,
+        cx: &CallContext,
+    ) -> Result<Reranked, ProviderError> {
+        if self.api_version.is_some() {
+            return Err(ProviderError::Unsupported(
+                "Azure OpenAI has no rerank API; route this model to a Cohere or OpenAI-compatible rerank model".into(),
+            ));
+        }
+        let mut wire = req.extra.clone();
+        wire.insert("model".into(), cx.upstream_model.clone().into());
+        wire.insert("query".into(), req.query.clone().into());
+        wire.insert("documents".into(), req.documents.clone().into());
+        if let Some(n) = req.top_n {
+            wire.insert("top_n".into(), n.into());
+        }
+        wire.insert("return_documents".into(), false.into());
+        let body = serde_json::to_vec(&wire).map_err(|e| ProviderError::Protocol(e.to_string()))?;
+        let resp = call::post_json(
+            &self.client,
+            &self.url(&cx.upstream_model, "rerank"),
+            call::call_headers(&self.headers, self.auth, cx)?.as_ref(),
+            body,
+            read_error,
+        )
+        .await?;
+        from_rerank(&call::body(resp).await?, req)
+    }
+}
+
+/// A Jina-style rerank answer (`results` of `index` and `relevance_score`,
+/// `usage.total_tokens`), ranked.
+pub fn from_rerank(raw: &[u8], req: &RerankRequest) -> Result<Reranked, ProviderError> {
+    #[derive(Deserialize)]
+    struct Wire {
+        results: Vec<Item>,
+        model: Option<String>,
+        id: Option<String>,
+        usage: Option<Tokens>,
+    }
+    #[derive(Deserialize)]
+    struct Item {
+        index: u32,
+        relevance_score: f64,
+    }
+    #[derive(Deserialize)]
+    struct Tokens {
+        #[serde(default)]
+        total_tokens: Option<u64>,
+        #[serde(default)]
+        prompt_tokens: Option<u64>,
+    }
+    let w: Wire = call::json(raw)?;
+    let results = w
+        .results
+        .into_iter()
+        .map(|i| (i.index, i.relevance_score))
+        .collect();
+    Ok(Reranked {
+        results: crate::ranking(results, req)?,
+        usage: w
+            .usage
+            .and_then(|u| u.total_tokens.or(u.prompt_tokens))
+            .map(|n| TokenUsage {
+                input_tokens: n,
+                ..TokenUsage::default()
+            }),
+        search_units: None,
+        model: w.model,
+        id: w.id,
+    })
 }
 
 /// An OpenAI embeddings answer, vectors in input order.

@@ -92,6 +92,8 @@ pub enum OrgCommand {
 }
 
 /// `switchyard admin prices …`: the versioned price table (docs/billing.md).
+// Parsed once per command line: the size of `Set` costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum PriceCommand {
     /// Lists the price versions and the one in effect now.
@@ -102,7 +104,7 @@ pub enum PriceCommand {
         version: String,
     },
     /// Makes a new version with one model's price set (USD per million
-    /// tokens; per request or image: USD each).
+    /// tokens; per request, image or search unit: USD each).
     Set {
         /// "<provider>/<upstream model>".
         key: String,
@@ -122,6 +124,8 @@ pub enum PriceCommand {
         per_request: Option<String>,
         #[arg(long)]
         per_image: Option<String>,
+        #[arg(long)]
+        per_search_unit: Option<String>,
         #[command(flatten)]
         when: VersionArgs,
     },
@@ -797,6 +801,7 @@ pub async fn run(conn: &Connection, call: Call, out: &mut impl Write) -> anyhow:
             reasoning_output,
             per_request,
             per_image,
+            per_search_unit,
             when,
         }) => {
             let mut price = json!({"input": input, "output": output});
@@ -807,6 +812,7 @@ pub async fn run(conn: &Connection, call: Call, out: &mut impl Write) -> anyhow:
                 ("reasoning_output", reasoning_output),
                 ("per_request", per_request),
                 ("per_image", per_image),
+                ("per_search_unit", per_search_unit),
             ] {
                 if let Some(v) = v {
                     price[k] = json!(v);
@@ -1096,6 +1102,7 @@ impl Shape {
                 "reasoning_output",
                 "per_request",
                 "per_image",
+                "per_search_unit",
             ],
             Shape::Plan => &["name", "multiplier", "model_multipliers"],
             Shape::Pipeline => &["name", "model", "description"],

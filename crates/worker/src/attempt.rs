@@ -10,6 +10,8 @@ pub(crate) struct AttemptState {
     pub first_token_unix_ms: Option<u64>,
     pub served_model: Option<String>,
     pub usage: Option<TokenUsage>,
+    /// A rerank call's search units, as the provider reported them.
+    pub search_units: Option<u64>,
     pub finish_reason: Option<String>,
     /// Generated text (content, refusals, tool arguments), for estimates only.
     pub output_text: String,

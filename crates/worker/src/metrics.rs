@@ -12,6 +12,7 @@ pub(crate) fn observe(e: &UsageEvent) {
     let m = metrics::get();
     let op = match e.api {
         ApiSurface::Embeddings => "embeddings",
+        ApiSurface::Rerank => "rerank",
         _ => "chat",
     };
     let provider = e.provider.clone();
@@ -98,9 +99,10 @@ pub(crate) fn trace_call(
         return;
     }
     let content = trace::records_content().then(|| {
-        let prompt = match &env.embeddings {
-            Some(input) => serde_json::to_string(input),
-            None => serde_json::to_string(&env.request.messages),
+        let prompt = match (&env.embeddings, &env.rerank) {
+            (Some(input), _) => serde_json::to_string(input),
+            (None, Some(r)) => serde_json::to_string(r),
+            (None, None) => serde_json::to_string(&env.request.messages),
         };
         (prompt.unwrap_or_default(), answer.to_owned())
     });
@@ -108,6 +110,7 @@ pub(crate) fn trace_call(
     trace.call(&trace::Call {
         operation: match e.api {
             ApiSurface::Embeddings => "embeddings",
+            ApiSurface::Rerank => "rerank",
             _ => "chat",
         },
         provider_name: genai_provider(provider.kind, host.unwrap_or_default()),

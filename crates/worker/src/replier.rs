@@ -9,6 +9,7 @@ use sy_config::ProviderConfig;
 use sy_protocol::TokenUsage;
 use sy_protocol::batch::BatchResult;
 use sy_protocol::embeddings::{EmbeddingFrame, EmbeddingsRequest};
+use sy_protocol::rerank::{RerankFrame, RerankRequest, RerankResult};
 use sy_protocol::{
     ChunkFrame, FinalFrame, FrameError, ReplyFrame, RequestEnvelope, StartInfo, UsageEvent,
     now_unix_ms,
@@ -158,6 +159,7 @@ impl<'a> Replier<'a> {
     pub(crate) async fn run_embeddings(
         &mut self,
         adapter: &AnyProvider,
+        provider: &ProviderConfig,
         req: &EmbeddingsRequest,
         state: &mut AttemptState,
     ) {
@@ -167,7 +169,7 @@ impl<'a> Replier<'a> {
             credential: self.credential.clone(),
         };
         state.reached_provider = true;
-        let emb = match adapter.embed(req, &cx).await {
+        let emb = match self.answer_within(provider, adapter.embed(req, &cx)).await {
             Ok(e) => e,
             Err(e) => return self.provider_failed(e, state).await,
         };
@@ -214,6 +216,89 @@ impl<'a> Replier<'a> {
         self.publish(frame).await;
     }
 
+    /// `call` (a one-shot JSON call: embeddings, rerank), given up after
+    /// the route's or the target's `response_timeout` as a timeout (so the
+    /// request falls back instead of waiting out its deadline).
+    async fn answer_within<T>(
+        &self,
+        provider: &ProviderConfig,
+        call: impl std::future::Future<Output = Result<T, ProviderError>>,
+    ) -> Result<T, ProviderError> {
+        let limit = self
+            .env
+            .watchdogs
+            .response_ms
+            .map_or(provider.response_timeout, Duration::from_millis);
+        tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
+            Err(ProviderError::Timeout(format!(
+                "no answer within {} s",
+                limit.as_secs_f64()
+            )))
+        })
+    }
+
+    /// Ranks the documents and sends the ranking as one frame (each
+    /// document's text with it when asked), then the final frame.
+    pub(crate) async fn run_rerank(
+        &mut self,
+        adapter: &AnyProvider,
+        provider: &ProviderConfig,
+        req: &RerankRequest,
+        state: &mut AttemptState,
+    ) {
+        let cx = CallContext {
+            upstream_model: self.env.upstream_model.clone(),
+            stream: false,
+            credential: self.credential.clone(),
+        };
+        state.reached_provider = true;
+        let ranked = match self.answer_within(provider, adapter.rerank(req, &cx)).await {
+            Ok(r) => r,
+            Err(e) => return self.provider_failed(e, state).await,
+        };
+        state.first_token_unix_ms = Some(now_unix_ms());
+        state.served_model.clone_from(&ranked.model);
+        state.usage = ranked.usage;
+        state.search_units = ranked.search_units;
+        let results = ranked
+            .results
+            .into_iter()
+            .map(|(index, relevance_score)| RerankResult {
+                index,
+                relevance_score,
+                document: req
+                    .return_documents
+                    .then(|| req.documents.get(index as usize).cloned())
+                    .flatten(),
+            })
+            .collect();
+        let meta = ResponseMeta {
+            served_model: ranked.model,
+            response_id: ranked.id,
+            ..ResponseMeta::default()
+        };
+        let start = (self.seq == 0).then(|| self.start_info(Some(meta)));
+        let frame = ReplyFrame::Rerank(RerankFrame {
+            seq: self.seq,
+            start,
+            results,
+            search_units: ranked.search_units.unwrap_or(0),
+        });
+        self.publish(frame).await;
+        let usage = state.usage.unwrap_or_else(|| TokenUsage {
+            input_tokens: crate::tokens::estimate_rerank(&self.env.upstream_model, req),
+            ..TokenUsage::default()
+        });
+        let frame = ReplyFrame::Final(FinalFrame {
+            seq: self.seq,
+            start: None,
+            finish_reason: None,
+            usage: Some(usage),
+            error: None,
+        });
+        self.publish(frame).await;
+    }
+
     /// Calls the provider and relays its answer. Ends with a final frame, except
     /// when the call failed before anything was sent (`seq` still 0): then the
     /// error is in `state` and the caller decides (retry, fallback or final).
@@ -228,7 +313,10 @@ impl<'a> Replier<'a> {
     ) {
         let env = self.env;
         if let Some(req) = &env.embeddings {
-            return self.run_embeddings(adapter, req, state).await;
+            return self.run_embeddings(adapter, provider, req, state).await;
+        }
+        if let Some(req) = &env.rerank {
+            return self.run_rerank(adapter, provider, req, state).await;
         }
         let stream_mode = env.request.is_stream();
         let cx = CallContext {

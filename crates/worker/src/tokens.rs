@@ -4,6 +4,7 @@
 
 use sy_protocol::chat::ChatRequest;
 use sy_protocol::embeddings::EmbeddingsRequest;
+use sy_protocol::rerank::RerankRequest;
 use tiktoken_rs::CoreBPE;
 
 /// Which encoding counts `model`'s tokens: o200k for the GPT-4o/4.1/5 and o-series
@@ -55,6 +56,16 @@ pub fn estimate_embeddings(model: &str, req: &EmbeddingsRequest) -> u64 {
                 .sum()
         }
     }
+}
+
+/// Input tokens of a rerank request: each document is read with the query.
+pub fn estimate_rerank(model: &str, req: &RerankRequest) -> u64 {
+    let bpe = encoder_for(model);
+    let query = bpe.count_ordinary(&req.query) as u64;
+    req.documents
+        .iter()
+        .map(|d| query + bpe.count_ordinary(d) as u64)
+        .sum()
 }
 
 /// Output tokens of generated text.

@@ -65,9 +65,10 @@ pub(crate) fn event(
         && !provider_answered_error
         && (status != UsageStatus::Error || !state.output_text.is_empty())
     {
-        let input = match &env.embeddings {
-            Some(e) => tokens::estimate_embeddings(&env.upstream_model, e),
-            None => tokens::estimate_prompt(&env.upstream_model, &env.request),
+        let input = match (&env.embeddings, &env.rerank) {
+            (Some(e), _) => tokens::estimate_embeddings(&env.upstream_model, e),
+            (None, Some(r)) => tokens::estimate_rerank(&env.upstream_model, r),
+            (None, None) => tokens::estimate_prompt(&env.upstream_model, &env.request),
         };
         let estimated = TokenUsage {
             input_tokens: input,
@@ -84,10 +85,6 @@ pub(crate) fn event(
     // Per-unit prices only for an attempt the provider worked on (its tokens
     // were counted): a fallback's failed attempts are not billed the images.
     let worked = source != TokenSource::None;
-    let units = sy_config::price::Units {
-        requests: u64::from(worked),
-        images: if worked { env.request.image_count() } else { 0 },
-    };
     let (price, version, multiplier_ppb, plan) = match &env.pricing {
         Some(p) => (p.price, p.version, p.multiplier_ppb, p.plan.clone()),
         None => (
@@ -96,6 +93,23 @@ pub(crate) fn event(
             1_000_000_000 + cx.markup_ppb,
             None,
         ),
+    };
+    // A rerank call's search units: the provider's count; else, where the
+    // target is priced per search unit, Cohere's rule applied to the request.
+    let search_units = match (&env.rerank, worked) {
+        (Some(r), true) => state.search_units.unwrap_or_else(|| {
+            if price.is_some_and(|p| p.per_search_unit > 0) {
+                r.estimated_search_units(4)
+            } else {
+                0
+            }
+        }),
+        _ => 0,
+    };
+    let units = sy_config::price::Units {
+        requests: u64::from(worked),
+        images: if worked { env.request.image_count() } else { 0 },
+        search_units,
     };
     let cost = price.map(|p| p.cost_of(&tokens, units));
     let error_code = match (status, &state.error) {
@@ -136,6 +150,7 @@ pub(crate) fn event(
         provider_status: state.error.as_ref().and_then(|e| e.provider_status),
         finish_reason: state.finish_reason.clone(),
         tokens,
+        search_units,
         input_tokens_source: source,
         output_tokens_source: source,
         cost_nanos: cost,

@@ -554,14 +554,14 @@ async fn dispatch(
     };
     let body = body.get().as_bytes();
     let failed = |e: ApiError| error_result(item.clone(), FrameError::new(e.code, e.message));
-    let (request, embeddings) = match crate::admission::parse(surface, body) {
+    let (request, payload) = match crate::admission::parse(surface, body) {
         Ok(parsed) => parsed,
         Err(e) => return stored(failed(e)).await,
     };
     // A pipeline runs its earlier steps first (as interactive requests); its
     // last step is the item. Its result, or its failed step's error, comes
     // to the batch like any item's.
-    if embeddings.is_none()
+    if payload.is_none()
         && let Some(p) = state.pipeline(&request.model)
     {
         tokio::spawn(crate::pipeline::run_batch_item(
@@ -586,7 +586,7 @@ async fn dispatch(
         deadline_unix_ms: expires_ms,
         batch: Some(item.clone()),
     };
-    let mut envelope = match admit_parsed(state, surface, request, embeddings, admission) {
+    let mut envelope = match admit_parsed(state, surface, request, payload, admission) {
         Ok(p) => p.envelope,
         Err((e, _)) => return stored(failed(e)).await,
     };

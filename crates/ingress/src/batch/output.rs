@@ -38,6 +38,7 @@ pub fn line(surface: ApiSurface, result: &BatchResult, base64: bool) -> (Vec<u8>
     let start: Option<&StartInfo> = result.frames.iter().find_map(|f| match f {
         ReplyFrame::Chunk(c) => c.start.as_ref(),
         ReplyFrame::Embedding(e) => e.start.as_ref(),
+        ReplyFrame::Rerank(r) => r.start.as_ref(),
         ReplyFrame::Final(f) => f.start.as_ref(),
     });
     let model = start.map_or("", |s| s.upstream_model.as_str());

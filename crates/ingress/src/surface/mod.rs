@@ -9,4 +9,5 @@ pub mod chat;
 pub mod embeddings;
 pub mod files;
 pub mod messages;
+pub mod rerank;
 pub mod responses;

@@ -27,8 +27,11 @@ use crate::call::{self, Decoder, Step};
 use crate::error::ErrorBody;
 use crate::sse::SseEvent;
 use crate::translate::{self, unsupported};
-use crate::{CallContext, Chunk, ChunkStream, Embeddings, Provider, ProviderError, ResponseMeta};
+use crate::{
+    CallContext, Chunk, ChunkStream, Embeddings, Provider, ProviderError, Reranked, ResponseMeta,
+};
 use sy_protocol::embeddings::EmbeddingsRequest;
+use sy_protocol::rerank::RerankRequest;
 
 const DIALECT: &str = "Anthropic";
 
@@ -101,6 +104,16 @@ impl Provider for AnthropicAdapter {
     ) -> Result<Embeddings, ProviderError> {
         Err(ProviderError::Unsupported(
             "Anthropic has no embeddings API; route this model to an OpenAI-compatible, Gemini or Cohere embedding model".into(),
+        ))
+    }
+
+    async fn rerank(
+        &self,
+        _req: &RerankRequest,
+        _cx: &CallContext,
+    ) -> Result<Reranked, ProviderError> {
+        Err(ProviderError::Unsupported(
+            "Anthropic has no rerank API; route this model to a Cohere or OpenAI-compatible rerank model".into(),
         ))
     }
 }
