@@ -113,6 +113,13 @@ Rerank (Cohere's and Jina's API; rerank-v3.5 falls back to a vLLM reranker, as
     -d '{"model":"rerank-v3.5","query":"tide tables","top_n":2,"return_documents":true,
          "documents":["tide tables for the harbour","a recipe for bread","when the tide turns"]}'
 
+An image (OpenAI's images API; the base64 PNG is in data[0].b64_json, or ask
+"response_format":"url" for a link; large images travel through JetStream's object store):
+
+  curl -s http://127.0.0.1:8080/v1/images/generations \
+    -H 'Authorization: Bearer sk-sy-local-dev' -H 'Content-Type: application/json' \
+    -d '{"model":"gpt-image-1","prompt":"a lighthouse at dusk","size":"64x64"}' | head -c 300; echo
+
 A batch, from the repository root (OpenAI's Batches API; the openai SDK works too):
 
   for i in 1 2 3; do echo '{"custom_id":"q'$i'","method":"POST","url":"/v1/chat/completions","body":{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Question '$i'"}]}}'; done > /tmp/batch.jsonl

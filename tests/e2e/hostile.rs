@@ -22,6 +22,8 @@ fn deep_body(path: &str, depth: usize) -> Value {
             "tools": [{"type": "function", "name": "f",
                 "parameters": {"type": "object", "properties": {"p": v}}}]}),
         "/v1/embeddings" => json!({"model": "text-embedding-3-small", "input": "hi", "x": v}),
+        "/v1/rerank" => json!({"model": "rerank-v3.5", "query": "q", "documents": ["a"], "x": v}),
+        "/v1/images/generations" => json!({"model": "gpt-image-1", "prompt": "p", "x": v}),
         _ => {
             json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "x": v})
         }
@@ -73,6 +75,8 @@ async fn too_deep_bodies_are_refused_at_once_on_every_surface() {
         "/v1/messages",
         "/v1/responses",
         "/v1/embeddings",
+        "/v1/rerank",
+        "/v1/images/generations",
         "/v1/route/explain",
     ] {
         for depth in [limit + 1, 127, 128, 1000] {
@@ -1043,6 +1047,16 @@ async fn wrong_types_trailing_data_and_duplicate_keys_are_refused_on_every_surfa
             with(body("gpt-4o-mini", "hi"), "tool_choice", json!(5)),
             "tool_choice",
         ),
+        (
+            "/v1/rerank",
+            json!({"model": "rerank-v3.5", "query": ["q"], "documents": ["a"]}),
+            "query",
+        ),
+        (
+            "/v1/images/generations",
+            json!({"model": "gpt-image-1", "prompt": "p", "quality": 5}),
+            "quality",
+        ),
     ];
     for (path, b, param) in &cases {
         let (status, v, _) = post(&stack, path, b).await;
@@ -1075,6 +1089,14 @@ async fn wrong_types_trailing_data_and_duplicate_keys_are_refused_on_every_surfa
         (
             "/v1/chat/completions",
             r#"{"model": "gpt-4o-mini", "model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}"#.into(),
+        ),
+        (
+            "/v1/rerank",
+            r#"{"model": "rerank-v3.5", "query": "q", "query": "r", "documents": ["a"]}"#.into(),
+        ),
+        (
+            "/v1/images/generations",
+            r#"{"model": "gpt-image-1", "prompt": "p"} [1]"#.into(),
         ),
     ];
     for (path, text) in &raw {

@@ -18,6 +18,7 @@ mod dialects;
 mod embeddings;
 mod hostile;
 mod idempotency;
+mod images;
 mod intake;
 mod limits;
 mod load;

@@ -11,15 +11,6 @@ use serde_json::{Value, json};
 
 use crate::stack::{Stack, StackOptions};
 
-fn mock<'a>(stack: &'a Stack, name: &str) -> &'a sy_mock_provider::MockProvider {
-    &stack
-        .dialect_mocks
-        .iter()
-        .find(|(n, _)| *n == name)
-        .unwrap()
-        .1
-}
-
 async fn rerank(stack: &Stack, path: &str, body: Value) -> reqwest::Response {
     stack
         .http
@@ -89,7 +80,7 @@ async fn rerank_ranks_through_cohere_and_an_openai_compatible_server_falls_back_
     assert_eq!(v["model"], "bge-reranker-v2-m3");
 
     // Cohere failing: the request falls back to the vLLM reranker.
-    let before = mock(&stack, "cohere").stats().faults;
+    let before = stack.dialect_mock("cohere").stats().faults;
     let resp = rerank(
         &stack,
         "/v1/rerank",
@@ -99,7 +90,7 @@ async fn rerank_ranks_through_cohere_and_an_openai_compatible_server_falls_back_
     .await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["x-switchyard-provider"], "vllm");
-    assert!(mock(&stack, "cohere").stats().faults > before);
+    assert!(stack.dialect_mock("cohere").stats().faults > before);
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["results"].as_array().unwrap().len(), 3, "{v}");
 
@@ -151,12 +142,7 @@ async fn rerank_ranks_through_cohere_and_an_openai_compatible_server_falls_back_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_rerank_requests_are_refused_in_cohere_format_before_any_provider() {
     let stack = Stack::start().await;
-    let calls = |stack: &Stack| {
-        stack.mock.stats().requests
-            + mock(stack, "cohere").stats().requests
-            + mock(stack, "vllm").stats().requests
-    };
-    let before = calls(&stack);
+    let before = stack.upstream_requests();
     let docs = json!(["a", "b"]);
     for (body, param) in [
         (json!({"model": "rerank-v3.5", "documents": docs}), "query"),
@@ -227,7 +213,11 @@ async fn bad_rerank_requests_are_refused_in_cohere_format_before_any_provider() 
     )
     .await;
     assert_eq!(resp.status(), 404);
-    assert_eq!(calls(&stack), before, "a bad rerank reached a provider");
+    assert_eq!(
+        stack.upstream_requests(),
+        before,
+        "a bad rerank reached a provider"
+    );
     // A model with no rerank API that declares nothing: refused by its
     // adapter without an HTTP call, as a 400 naming the dialect.
     let resp = rerank(
@@ -242,6 +232,6 @@ async fn bad_rerank_requests_are_refused_in_cohere_format_before_any_provider() 
         v["message"].as_str().unwrap().contains("no rerank API"),
         "{v}"
     );
-    assert_eq!(calls(&stack), before);
-    assert_eq!(mock(&stack, "anthropic").stats().requests, 0);
+    assert_eq!(stack.upstream_requests(), before);
+    assert_eq!(stack.dialect_mock("anthropic").stats().requests, 0);
 }

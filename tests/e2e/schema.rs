@@ -118,6 +118,18 @@ async fn bus_messages_match_their_schemas() {
     assert_eq!(resp.status(), 200);
     attempts.push(attempts_of(&resp));
     let _ = resp.bytes().await.unwrap();
+    // Images: one small inline, one through the blob store.
+    let resp = stack
+        .http
+        .post(stack.url("/v1/images/generations"))
+        .bearer_auth(crate::stack::KEY)
+        .json(&json!({"model": "gpt-image-1", "prompt": "a", "n": 1, "size": "400x400", "style": "vivid"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    attempts.push(attempts_of(&resp));
+    let _ = resp.bytes().await.unwrap();
     // A cancelled request (one envelope, no observation).
     let envelopes = attempts.iter().sum::<usize>() + 1;
     let _ = stack
@@ -138,9 +150,10 @@ async fn bus_messages_match_their_schemas() {
     let mut finals_with_error = 0;
     let mut embedding_frames = 0;
     let mut rerank_frames = 0;
-    // Until every expected message arrived (usually 10 envelopes and 10 usage
-    // events: 9 requests, one of them republished to its fallback; a cancel;
-    // 9 observations: all but the cancelled call), then 1 s more for strays;
+    let mut blob_frames = 0;
+    // Until every expected message arrived (usually 11 envelopes and 11 usage
+    // events: 10 requests, one of them republished to its fallback; a cancel;
+    // 10 observations: all but the cancelled call), then 1 s more for strays;
     // at most 15 s.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
@@ -177,6 +190,9 @@ async fn bus_messages_match_their_schemas() {
                 if v["type"] == "rerank" {
                     rerank_frames += 1;
                 }
+                if v["type"] == "image" && v["image"].get("blob").is_some() {
+                    blob_frames += 1;
+                }
                 if v["type"] == "final" && v.get("error").is_some() {
                     finals_with_error += 1;
                 }
@@ -206,6 +222,10 @@ async fn bus_messages_match_their_schemas() {
     );
     assert_eq!(embedding_frames, 2, "one frame per vector");
     assert_eq!(rerank_frames, 1, "one frame per ranking");
+    assert_eq!(
+        blob_frames, 1,
+        "a 400×400 image goes through the blob store"
+    );
     assert!(seen[1] >= 10, "chunks and finals: {seen:?}");
     assert!(seen[2] >= 1, "the abandoned request was cancelled");
     assert_eq!(seen[3], envelopes, "one usage event per attempt");

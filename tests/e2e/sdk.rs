@@ -160,6 +160,40 @@ async fn official_anthropic_python_sdk_works_unchanged_against_every_dialect() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_openai_python_sdk_generates_images() {
+    let stack = Stack::start().await;
+    let python = std::env::var("SY_TEST_PYTHON").unwrap_or_else(|_| {
+        sy_test_support::repo_root()
+            .join(".venv/bin/python")
+            .display()
+            .to_string()
+    });
+    let script = sy_test_support::repo_root().join("tests/sdk/openai_images.py");
+    let base = format!("{}/v1", stack.base);
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(&python)
+            .arg(&script)
+            .args(["--base-url", &base, "--api-key", KEY])
+            .args([
+                "--model",
+                "gpt-image-1",
+                "--link-model",
+                "gemini-2.5-flash-image",
+            ])
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {python}: {e}"))
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "openai_images.py failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn official_cohere_python_sdk_reranks_unchanged() {
     let stack = accounted_stack().await;
     let targets = [("rerank-v3.5", "cohere"), ("bge-reranker-v2-m3", "vllm")];

@@ -264,6 +264,28 @@ per_search_unit = "0.002"
 [providers.vllm.models."bge-reranker-v2-m3"]
 serves = ["rerank"]
 
+[providers.openai.models."gpt-image-1"]
+serves = ["images"]
+
+[providers.openai.prices."gpt-image-1"]
+input = "5"
+output = "40"
+
+[providers.vllm.models."flux-schnell"]
+serves = ["images"]
+
+[providers.vllm.prices."flux-schnell"]
+input = "0"
+output = "0"
+per_output_image = "0.003"
+
+[providers.gemini.models."gemini-2.5-flash-image"]
+serves = ["images"]
+
+[providers.gemini.prices."gemini-2.5-flash-image"]
+input = "0.30"
+output = "30"
+
 [providers.vllm.prices."bge-reranker-v2-m3"]
 input = "0.02"
 output = "0"
@@ -350,6 +372,13 @@ targets = [{{ provider = "cohere", model = "rerank-v3.5" }}, {{ provider = "vllm
 
 [models."bge-reranker-v2-m3"]
 targets = [{{ provider = "vllm", model = "bge-reranker-v2-m3" }}]
+
+# Images: OpenAI's model first, a self-hosted OpenAI-compatible one behind it.
+[models."gpt-image-1"]
+targets = [{{ provider = "openai", model = "gpt-image-1" }}, {{ provider = "vllm", model = "flux-schnell" }}]
+
+[models."gemini-2.5-flash-image"]
+targets = [{{ provider = "gemini", model = "gemini-2.5-flash-image" }}]
 
 [models."gpt-4o-mini"]
 targets = [{{ provider = "openai", model = "gpt-4o-mini" }}]
@@ -645,6 +674,15 @@ steps = [
         format!("{}{path}", self.base)
     }
 
+    /// The dialect mock named `name` (`anthropic`, `gemini`, `cohere`, `vllm`).
+    pub fn dialect_mock(&self, name: &str) -> &MockProvider {
+        self.dialect_mocks
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, m)| m)
+            .unwrap_or_else(|| panic!("no dialect mock named {name}"))
+    }
+
     /// `GET /metrics` of the stack's ingress: the Prometheus text.
     pub async fn metrics(&self) -> String {
         self.http
@@ -773,6 +811,7 @@ pub fn envelope(
         request: serde_json::from_value(body("gpt-4o-mini", prompt)).unwrap(),
         embeddings: None,
         rerank: None,
+        images: None,
         class: None,
         choice: None,
         fallback: Vec::new(),

@@ -832,12 +832,7 @@ async fn two_callers_never_share_a_provider_identity_or_prompt_cache_key() {
     }
     // Anthropic: `user` becomes metadata.user_id, pseudonymous too.
     send(KEY, "claude-sonnet-4-5", "ids four").await;
-    let anthropic = stack
-        .dialect_mocks
-        .iter()
-        .find(|(n, _)| *n == "anthropic")
-        .map(|(_, m)| m)
-        .unwrap();
+    let anthropic = stack.dialect_mock("anthropic");
     let four = anthropic.identities_for("ids four");
     assert_eq!(four, [one[0].clone()], "{four:?}");
 }

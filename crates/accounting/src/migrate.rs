@@ -55,6 +55,11 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         "0010_rerank.sql",
         include_str!("../../../migrations/clickhouse/0010_rerank.sql"),
     ),
+    (
+        11,
+        "0011_images.sql",
+        include_str!("../../../migrations/clickhouse/0011_images.sql"),
+    ),
 ];
 
 /// The statements of a migration file for database `db`: comment lines dropped

@@ -111,6 +111,8 @@ pub struct RequestRow {
     pub pipeline_step: String,
     /// A rerank call's search units; 0 for every other call.
     pub search_units: u64,
+    /// An image generation's images; 0 for every other call.
+    pub output_images: u32,
 }
 
 fn ms32(v: u64) -> u32 {
@@ -179,6 +181,7 @@ impl From<&UsageEvent> for RequestRow {
             pipeline_run: e.pipeline_run.clone().unwrap_or_default(),
             pipeline_step: e.pipeline_step.clone().unwrap_or_default(),
             search_units: e.search_units,
+            output_images: u32::try_from(e.output_images).unwrap_or(u32::MAX),
         }
     }
 }

@@ -95,10 +95,25 @@ impl Bus {
         &self,
         max_age: Duration,
     ) -> Result<object_store::ObjectStore, BusError> {
-        let bucket = self.subjects.files_bucket();
+        self.ensure_object_store(
+            self.subjects.files_bucket(),
+            "Switchyard batch input and output files",
+            max_age,
+        )
+        .await
+    }
+
+    /// An object store (created, or opened as it is when it exists with
+    /// other settings).
+    pub(crate) async fn ensure_object_store(
+        &self,
+        bucket: String,
+        description: &str,
+        max_age: Duration,
+    ) -> Result<object_store::ObjectStore, BusError> {
         let config = object_store::Config {
             bucket: bucket.clone(),
-            description: Some("Switchyard batch input and output files".into()),
+            description: Some(description.into()),
             max_age,
             storage: stream::StorageType::File,
             num_replicas: self.config.replicas,

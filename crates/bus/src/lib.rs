@@ -11,10 +11,12 @@
 //! request waiting for it. Messages are JSON (see `sy-protocol` and `schemas/`).
 
 mod batch;
+mod blobs;
 mod error;
 mod reply;
 
 pub use batch::JOB_ACK_WAIT;
+pub use blobs::{BLOB_MAX_AGE, get_blob, put_blob};
 pub use error::BusError;
 pub use reply::{ReplyReceiver, ReplyRouter};
 

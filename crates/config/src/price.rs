@@ -33,7 +33,7 @@ pub fn format_nanos(nanos: i64) -> String {
 }
 
 /// A price from its decimal strings (USD per million tokens; USD per request,
-/// image or search unit); each field that is not a non-negative decimal is named.
+/// image, search unit or generated image); each field that is not a non-negative decimal is named.
 pub fn from_raw(rp: &crate::RawPrice) -> Result<Price, Vec<&'static str>> {
     let mut bad = Vec::new();
     let mut field = |name: &'static str, v: &str| {
@@ -55,6 +55,7 @@ pub fn from_raw(rp: &crate::RawPrice) -> Result<Price, Vec<&'static str>> {
     let per_request = or("per_request", &rp.per_request, 0);
     let per_image = or("per_image", &rp.per_image, 0);
     let per_search_unit = or("per_search_unit", &rp.per_search_unit, 0);
+    let per_output_image = or("per_output_image", &rp.per_output_image, 0);
     if !bad.is_empty() {
         return Err(bad);
     }
@@ -68,6 +69,7 @@ pub fn from_raw(rp: &crate::RawPrice) -> Result<Price, Vec<&'static str>> {
         per_request,
         per_image,
         per_search_unit,
+        per_output_image,
     })
 }
 
@@ -89,6 +91,7 @@ pub fn to_raw(p: &Price) -> crate::RawPrice {
         per_request: opt(p.per_request, 0),
         per_image: opt(p.per_image, 0),
         per_search_unit: opt(p.per_search_unit, 0),
+        per_output_image: opt(p.per_output_image, 0),
     }
 }
 
@@ -158,12 +161,14 @@ mod tests {
             per_request: 1,
             per_image: 0,
             per_search_unit: 2_000_000,
+            per_output_image: 40_000_000,
         };
         let raw = to_raw(&p);
         assert_eq!((raw.input.as_str(), raw.output.as_str()), ("0.15", "2"));
         assert_eq!(raw.cache_write, None, "the default is not written");
         assert_eq!(raw.per_request.as_deref(), Some("0.000000001"));
         assert_eq!(raw.per_search_unit.as_deref(), Some("0.002"));
+        assert_eq!(raw.per_output_image.as_deref(), Some("0.04"));
         assert_eq!(from_raw(&raw), Ok(p));
     }
 
@@ -181,6 +186,7 @@ mod tests {
             per_request: 10_000_000,
             per_image: 2_000_000,
             per_search_unit: 2_000_000,
+            per_output_image: 40_000_000,
         };
         let one = |f: fn(&mut TokenUsage)| {
             let mut t = TokenUsage::default();
@@ -215,6 +221,7 @@ mod tests {
             requests: 1,
             images: 3,
             search_units: 0,
+            output_images: 0,
         };
         // 3000 + 600 + 300×3.75 + 100×6 + 300×15 + 200×20 = 13,825 µ$ → 13,825,000 n$.
         assert_eq!(p.cost_nanos(&t), 13_825_000);
@@ -225,6 +232,12 @@ mod tests {
             ..Units::default()
         };
         assert_eq!(p.cost_of(&TokenUsage::default(), rerank), 4_000_000);
+        // Two generated images at their price.
+        let drawn = Units {
+            output_images: 2,
+            ..Units::default()
+        };
+        assert_eq!(p.cost_of(&TokenUsage::default(), drawn), 80_000_000);
         // A report of more 1-hour writes or reasoning than there are is capped.
         let odd = TokenUsage {
             cache_write_1h_tokens: 9,

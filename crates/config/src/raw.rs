@@ -637,6 +637,9 @@ pub struct RawPrice {
     /// USD per rerank search unit (none when unset).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_search_unit: Option<String>,
+    /// USD per generated image (none when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_output_image: Option<String>,
 }
 
 impl RawPrice {
@@ -652,6 +655,7 @@ impl RawPrice {
             per_request: None,
             per_image: None,
             per_search_unit: None,
+            per_output_image: None,
         }
     }
 }

@@ -12,8 +12,8 @@ pub const CLASSES: [&str; 5] = ["simple", "medium", "complex", "code", "image"];
 
 /// What an upstream model may be declared to serve (`serves`): `chat`
 /// (Chat Completions, Messages and Responses, translated to its dialect),
-/// `embeddings` and `rerank`.
-pub const SERVES: [&str; 3] = ["chat", "embeddings", "rerank"];
+/// `embeddings`, `rerank` and `images` (image generation).
+pub const SERVES: [&str; 4] = ["chat", "embeddings", "rerank", "images"];
 
 /// `[providers.<p>.models."<m>"]`: facts about one upstream model.
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -15,7 +15,7 @@ use crate::error::ApiError;
 use crate::extract::Caller;
 use crate::state::AppState;
 use crate::surface::chat::parse_chat;
-use crate::surface::{embeddings, messages, rerank, responses};
+use crate::surface::{embeddings, images, messages, rerank, responses};
 use crate::validate::validate_chat;
 use crate::{classify, route, validate};
 
@@ -55,6 +55,9 @@ pub(crate) struct Admitted {
     pub route_header: String,
     /// Embeddings answered as base64.
     pub base64: bool,
+    /// Where the client reached this ingress (`scheme://host`), for links
+    /// back to it; none for a batch item or a pipeline's step.
+    pub origin: Option<String>,
 }
 
 /// Parses, validates, classifies and routes a body of `surface`: everything the
@@ -82,6 +85,7 @@ pub(crate) fn admit(
 pub(crate) enum Payload {
     Embeddings(sy_protocol::embeddings::EmbeddingsRequest),
     Rerank(sy_protocol::rerank::RerankRequest),
+    Images(sy_protocol::images::ImagesRequest),
 }
 
 impl Payload {
@@ -91,6 +95,7 @@ impl Payload {
             None => "chat",
             Some(Payload::Embeddings(_)) => "embeddings",
             Some(Payload::Rerank(_)) => "rerank",
+            Some(Payload::Images(_)) => "images",
         }
     }
 }
@@ -115,6 +120,13 @@ pub(crate) fn parse(
             Ok((
                 sy_protocol::chat::ChatRequest::model_only(&r.model),
                 Some(Payload::Rerank(r)),
+            ))
+        }
+        ApiSurface::Images => {
+            let i = images::parse(body)?;
+            Ok((
+                sy_protocol::chat::ChatRequest::model_only(&i.model),
+                Some(Payload::Images(i)),
             ))
         }
         _ => Ok((parse_request(surface, body)?, None)),
@@ -186,10 +198,11 @@ pub(crate) fn admit_parsed(
         batch,
     } = admission;
     let kind = Payload::kind(payload.as_ref());
-    let (mut embeddings, rerank) = match payload {
-        None => (None, None),
-        Some(Payload::Embeddings(e)) => (Some(e), None),
-        Some(Payload::Rerank(r)) => (None, Some(r)),
+    let (mut embeddings, rerank, mut images) = match payload {
+        None => (None, None, None),
+        Some(Payload::Embeddings(e)) => (Some(e), None, None),
+        Some(Payload::Rerank(r)) => (None, Some(r), None),
+        Some(Payload::Images(i)) => (None, None, Some(i)),
     };
     let base64 = embeddings
         .as_ref()
@@ -246,6 +259,9 @@ pub(crate) fn admit_parsed(
         Some(g) => g.owner.org_id.to_string(),
         None => format!("key:{}", caller.key_id),
     };
+    if let Some(user) = images.as_mut().and_then(|i| i.user.as_mut()) {
+        *user = crate::pseudonym::pseudonym(&state.identity_secret, &scope(), user);
+    }
     crate::pseudonym::apply(
         &state.identity_secret,
         scope,
@@ -272,6 +288,7 @@ pub(crate) fn admit_parsed(
         request,
         embeddings,
         rerank,
+        images,
         class: class.map(|c| c.as_str().to_owned()),
         choice: Some(choice),
         fallback,
@@ -292,6 +309,7 @@ pub(crate) fn admit_parsed(
         class,
         route_header,
         base64,
+        origin: None,
     })
 }
 

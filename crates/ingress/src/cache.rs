@@ -312,9 +312,12 @@ impl ResponseCache {
         if !on {
             return Plan::Off;
         }
-        // Several choices, and rerank answers (not kept yet: their hits'
-        // rows would need the search units a miss is billed), go uncached.
-        if envelope.request.n.is_some_and(|n| n > 1) || envelope.rerank.is_some() {
+        // Several choices, rerank answers and images (not kept yet: their
+        // hits' rows would need the units a miss is billed) go uncached.
+        if envelope.request.n.is_some_and(|n| n > 1)
+            || envelope.rerank.is_some()
+            || envelope.images.is_some()
+        {
             self.lookups[2].inc();
             return Plan::Bypass;
         }
@@ -358,6 +361,7 @@ impl ResponseCache {
             ApiSurface::Responses => "responses",
             ApiSurface::Embeddings => "embeddings",
             ApiSurface::Rerank => "rerank",
+            ApiSurface::Images => "images",
         };
         let flags = [
             u8::from(envelope.request.is_stream()),
@@ -518,6 +522,7 @@ impl ResponseCache {
             // this request's own if the hit falls through to one.
             event_id: UsageEvent::event_id_of(envelope.request_id, 0),
             search_units: 0,
+            output_images: 0,
             request_id: envelope.request_id,
             attempt: 0,
             received_unix_ms: envelope.received_unix_ms,
@@ -843,6 +848,7 @@ impl Tap {
         };
         let units = sy_protocol::price::Units {
             search_units: 0,
+            output_images: 0,
             requests: 1,
             images: self.images,
         };

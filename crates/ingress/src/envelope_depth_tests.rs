@@ -76,15 +76,20 @@ fn bodies(v: &Value) -> Vec<(ApiSurface, Value)> {
             ApiSurface::Rerank,
             json!({"model": "m", "query": "q", "documents": ["a"], "x": v}),
         ),
+        (
+            ApiSurface::Images,
+            json!({"model": "m", "prompt": "p", "style": v}),
+        ),
     ]
 }
 
 fn envelope(surface: ApiSurface, body: &[u8]) -> Option<RequestEnvelope> {
     let (request, payload) = crate::admission::parse(surface, body).ok()?;
-    let (embeddings, rerank) = match payload {
-        None => (None, None),
-        Some(crate::admission::Payload::Embeddings(e)) => (Some(e), None),
-        Some(crate::admission::Payload::Rerank(r)) => (None, Some(r)),
+    let (embeddings, rerank, images) = match payload {
+        None => (None, None, None),
+        Some(crate::admission::Payload::Embeddings(e)) => (Some(e), None, None),
+        Some(crate::admission::Payload::Rerank(r)) => (None, Some(r), None),
+        Some(crate::admission::Payload::Images(i)) => (None, None, Some(i)),
     };
     Some(RequestEnvelope {
         request_id: uuid::Uuid::now_v7(),
@@ -103,6 +108,7 @@ fn envelope(surface: ApiSurface, body: &[u8]) -> Option<RequestEnvelope> {
         request,
         embeddings,
         rerank,
+        images,
         class: None,
         choice: None,
         fallback: Vec::new(),

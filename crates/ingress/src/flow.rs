@@ -43,6 +43,10 @@ pub(crate) async fn rerank(State(state): State<Arc<AppState>>, req: Request) -> 
     handle(state, ApiSurface::Rerank, req).await
 }
 
+pub(crate) async fn images(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    handle(state, ApiSurface::Images, req).await
+}
+
 #[tracing::instrument(name = "ingress.request", skip_all, fields(request_id, api = ?surface, model, stream, trace_id))]
 pub(crate) async fn handle(state: Arc<AppState>, surface: ApiSurface, req: Request) -> Response {
     // Every log line of the request names its trace (when tracing is on).
@@ -149,6 +153,9 @@ async fn chat(
     // Rate limits: one Redis round trip, after everything that can refuse a
     // request for free and before it costs anything.
     let mut admitted = admitted;
+    if surface == ApiSurface::Images {
+        admitted.origin = crate::surface::images::origin_of(&parts.headers);
+    }
     let session =
         crate::ratelimit::session_of(&parts.headers).map_err(|e| (e, None, admitted.class))?;
     // The cache's directives are checked before limits count the request.
@@ -221,6 +228,7 @@ pub(crate) async fn answer(
         class,
         route_header,
         base64,
+        origin,
     } = admitted;
     let span = tracing::Span::current();
     span.record("model", tracing::field::display(&envelope.request.model));
@@ -305,6 +313,15 @@ pub(crate) async fn answer(
             sse_response(pending, first, responses::ResponsesEncoder::new(names), tap)
         }
         (_, true) => sse_response(pending, first, SseEncoder::new(names, include_usage), tap),
+        (ApiSurface::Images, false) => crate::surface::images::respond(
+            state,
+            pending,
+            first,
+            envelope.images.as_ref(),
+            origin.as_deref(),
+        )
+        .await
+        .map_err(|e| (e, start.clone(), class))?,
         (surface, false) => json_response(surface, pending, first, &names, base64, tap)
             .await
             .map_err(|e| (e, start.clone(), class))?,
@@ -401,6 +418,7 @@ fn added_latency(
         ApiSurface::Responses => "responses",
         ApiSurface::Embeddings => "embeddings",
         ApiSurface::Rerank => "rerank",
+        ApiSurface::Images => "images",
     };
     sy_telemetry::metrics::get()
         .added_latency

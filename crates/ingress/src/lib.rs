@@ -300,6 +300,8 @@ async fn build(config: Arc<Config>, bus: Bus) -> Result<(Router, Arc<AppState>),
         batches,
         rate_limits,
         metrics_token: config.metrics.token.clone(),
+        image_links_secret: identity_secret.derive("switchyard image links"),
+        blobs: Default::default(),
         identity_secret,
         cache,
         pipeline_runs,
@@ -346,6 +348,18 @@ async fn build(config: Arc<Config>, bus: Bus) -> Result<(Router, Arc<AppState>),
             "/v2/rerank",
             post(flow::rerank)
                 .route_layer(identify.clone())
+                .fallback(endpoints::method_not_allowed),
+        )
+        .route(
+            "/v1/images/generations",
+            post(flow::images)
+                .route_layer(identify.clone())
+                .fallback(endpoints::method_not_allowed),
+        )
+        // A signed link is its own credential: no key.
+        .route(
+            "/v1/images/content/{name}",
+            axum::routing::get(crate::surface::images::content)
                 .fallback(endpoints::method_not_allowed),
         )
         .route(

@@ -132,6 +132,7 @@ fn entry(state: &AppState, routing: &Routing, caller: &Caller, id: &str) -> Opti
                 "chat" => &CHAT,
                 "embeddings" => &["embeddings"],
                 "rerank" => &["rerank"],
+                "images" => &["images.generations"],
                 _ => &[],
             };
             for api in apis {
@@ -197,6 +198,7 @@ fn pricing(price: &sy_protocol::price::Price, multiplier_ppb: i64) -> Value {
         ("per_request", price.per_request),
         ("per_image", price.per_image),
         ("per_search_unit", price.per_search_unit),
+        ("per_output_image", price.per_output_image),
     ] {
         if nanos > 0 {
             let billed = sy_config::price::scale(nanos, multiplier_ppb);

@@ -568,7 +568,7 @@ async fn collect(
                 }
                 agg.add(c.choices);
             }
-            ReplyFrame::Embedding(_) | ReplyFrame::Rerank(_) => {}
+            ReplyFrame::Embedding(_) | ReplyFrame::Rerank(_) | ReplyFrame::Image(_) => {}
             ReplyFrame::Final(f) => {
                 if let Some(e) = &f.error {
                     return Err(ApiError::from_frame(e));

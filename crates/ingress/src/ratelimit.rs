@@ -150,7 +150,11 @@ impl RateLimits {
     /// Tokens a request reserves: the estimate of its input plus what it may
     /// write (`max_tokens`, or the configured default, for each of `n`).
     fn tokens_to_reserve(&self, env: &RequestEnvelope, body_len: usize) -> u32 {
-        let input = if let Some(r) = &env.rerank {
+        let input = if let Some(i) = &env.images {
+            // The prompt, about four bytes a token, and what the images
+            // may cost in output tokens where a provider bills them.
+            i.prompt.len() as u64 / 4 + 1 + u64::from(i.count()) * IMAGE_OUTPUT_TOKENS_RESERVE
+        } else if let Some(r) = &env.rerank {
             // Each document is read with the query: about four bytes a token.
             let query = r.query.len() as u64 / 4 + 1;
             r.documents
@@ -206,6 +210,7 @@ impl RateLimits {
             .rerank
             .as_ref()
             .map_or(0, |r| r.estimated_search_units(4));
+        let drawn = env.images.as_ref().map_or(0, |i| i64::from(i.count()));
         let (mut input, mut output, mut fixed) = (0f64, 0f64, 0i64);
         let fallbacks = env.fallback.iter().filter_map(|t| priced(&t.pricing));
         for (p, multiplier) in std::iter::once(first).chain(fallbacks) {
@@ -222,7 +227,8 @@ impl RateLimits {
                 .saturating_add(
                     p.per_search_unit
                         .saturating_mul(i64::try_from(search_units).unwrap_or(i64::MAX)),
-                );
+                )
+                .saturating_add(p.per_output_image.saturating_mul(drawn));
             fixed = fixed.max(sy_config::price::scale(units, multiplier));
         }
         Ok((input, output, fixed))
@@ -587,6 +593,10 @@ pub(crate) fn session_of(headers: &axum::http::HeaderMap) -> Result<Option<&str>
     }
 }
 
+/// Output tokens an image may cost where a provider bills images in
+/// tokens: gpt-image-1's largest (1536×1024, high quality) is 6,240.
+const IMAGE_OUTPUT_TOKENS_RESERVE: u64 = 6_240;
+
 /// The fewest output tokens a lowered `max_tokens` may leave; below that,
 /// the request is refused instead.
 const MIN_LOWERED_OUTPUT_TOKENS: u32 = 16;
@@ -595,7 +605,7 @@ const MIN_LOWERED_OUTPUT_TOKENS: u32 = 16;
 /// `max_tokens`, or the configured default, for each of `n`; none for
 /// embeddings and rerank.
 fn output_tokens(env: &RequestEnvelope, config: &LimitsConfig) -> u32 {
-    if env.embeddings.is_some() || env.rerank.is_some() {
+    if env.embeddings.is_some() || env.rerank.is_some() || env.images.is_some() {
         return 0;
     }
     let r = &env.request;

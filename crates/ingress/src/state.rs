@@ -48,6 +48,12 @@ pub(crate) struct AppState {
     pub(crate) cache: Option<Arc<crate::cache::ResponseCache>>,
     /// Pipeline runs' records; none if NATS refused to create their bucket.
     pub(crate) pipeline_runs: Option<async_nats::jetstream::kv::Store>,
+    /// The blob store (generated images), opened by the first request
+    /// that needs it.
+    pub(crate) blobs: tokio::sync::OnceCell<async_nats::jetstream::object_store::ObjectStore>,
+    /// What links to generated images are signed with (the same on every
+    /// ingress of one config).
+    pub(crate) image_links_secret: [u8; 32],
 }
 
 impl AppState {

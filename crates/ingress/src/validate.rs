@@ -44,6 +44,43 @@ pub(crate) fn json_object(
     Ok((v, unknown))
 }
 
+/// The fields of a body that must be one JSON object (no deeper than
+/// allowed, no key twice, nothing after it), for the surfaces that read
+/// their fields one by one (rerank, images).
+pub(crate) fn object_fields(
+    body: &[u8],
+) -> Result<serde_json::Map<String, serde_json::Value>, ApiError> {
+    check_depth(body)?;
+    match json_object(body, &[])?.0 {
+        serde_json::Value::Object(fields) => Ok(fields),
+        _ => Err(ApiError::new(
+            sy_protocol::ErrorCode::InvalidRequest,
+            "The request body must be a JSON object.",
+        )),
+    }
+}
+
+/// An optional string field, taken out of `fields`; a 400 naming it when
+/// it is something else.
+pub(crate) fn take_string(
+    fields: &mut serde_json::Map<String, serde_json::Value>,
+    name: &str,
+) -> Result<Option<String>, ApiError> {
+    match fields.remove(name) {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(ApiError::invalid(
+            name,
+            format!("Invalid value for '{name}': it must be a string."),
+        )),
+    }
+}
+
+/// A required field's 400.
+pub(crate) fn missing(name: &str) -> ApiError {
+    ApiError::invalid(name, format!("Missing required parameter: '{name}'."))
+}
+
 /// A JSON value parsed as serde_json parses one, except that an object with
 /// the same key twice, at any depth, is an error (serde_json keeps the last),
 /// as it is for the surfaces parsed into typed structs.

@@ -14,11 +14,20 @@
 
 mod dialect;
 mod directives;
+pub mod png;
 mod server;
 mod stripe;
 mod yookassa;
 
 pub use dialect::relevance as rerank_relevance;
+
+/// The PNG the mock draws for image `index` of `prompt` (directives
+/// removed) at `size` (`WIDTHxHEIGHT`; 32×32 when absent).
+pub fn generated_png(prompt: &str, size: Option<&str>, index: usize) -> Vec<u8> {
+    let (text, _) = extract(prompt);
+    let (w, h) = png::dimensions(size);
+    png::png(w, h, seed(&text, index))
+}
 pub use dialect::vector as embedding_vector;
 pub use directives::{DirectiveError, Directives, extract, resolve};
 pub use server::{MockOptions, MockProvider, MockStats};

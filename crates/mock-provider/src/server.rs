@@ -166,6 +166,9 @@ impl MockProvider {
             .route("/v1/rerank", post(openai_rerank))
             .route("/rerank", post(openai_rerank))
             .route("/v2/rerank", post(cohere_rerank))
+            .route("/v1/images/generations", post(openai_images))
+            .route("/images/generations", post(openai_images))
+            .route("/mock/images/{name}", get(image_file))
             .route("/v1/models", get(models))
             .route("/v1/traces", post(traces))
             .route("/mock/stats", get(stats))
@@ -432,12 +435,25 @@ async fn gemini(
     body: ReadBody,
 ) -> Response {
     let embed = action.ends_with(":batchEmbedContents");
+    // An image model's call: generateContent asking for IMAGE output.
+    let image = action.ends_with(":generateContent")
+        && body.as_ref().is_ok_and(|b| {
+            b.windows(7).any(|w| w == b"\"IMAGE\"")
+                && serde_json::from_slice::<Value>(b).is_ok_and(|v| {
+                    v["generationConfig"]["responseModalities"]
+                        .as_array()
+                        .is_some_and(|m| m.iter().any(|x| x == "IMAGE"))
+                })
+        });
     let target = GeminiTarget {
         action,
         key: query.get("key").cloned(),
     };
     if embed {
         return serve_embed(shared, Dialect::Gemini, headers, Some(target), body).await;
+    }
+    if image {
+        return serve_images(shared, Dialect::Gemini, headers, Some(target), body).await;
     }
     serve(shared, Dialect::Gemini, headers, Some(target), body).await
 }
@@ -456,6 +472,99 @@ async fn cohere_embed(
     body: ReadBody,
 ) -> Response {
     serve_embed(shared, Dialect::Cohere, headers, None, body).await
+}
+
+async fn openai_images(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: ReadBody,
+) -> Response {
+    serve_images(shared, Dialect::OpenAi, headers, None, body).await
+}
+
+/// `GET /mock/images/{seed}x{w}x{h}.png`: the image an OpenAI answer linked.
+async fn image_file(Path(name): Path<String>) -> Response {
+    let parts: Vec<u64> = name
+        .trim_end_matches(".png")
+        .split('x')
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    let [seed, w, h] = parts[..] else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    (
+        [(axum::http::header::CONTENT_TYPE, "image/png")],
+        crate::png::png(w as u32, h as u32, seed),
+    )
+        .into_response()
+}
+
+/// Image generation: `n` PNGs of the asked size (32×32 unless `size`
+/// says), coloured by the prompt; directives in the prompt apply.
+async fn serve_images(
+    shared: Arc<Shared>,
+    dialect: Dialect,
+    headers: HeaderMap,
+    gemini: Option<GeminiTarget>,
+    body: ReadBody,
+) -> Response {
+    use base64::Engine;
+    let req = match admit(&shared, dialect, &headers, gemini.as_ref(), &body) {
+        Ok(v) => v,
+        Err(resp) => return *resp,
+    };
+    let prompt = match dialect {
+        Dialect::Gemini => req["contents"][0]["parts"][0]["text"].as_str(),
+        _ => req["prompt"].as_str(),
+    };
+    let Some(prompt) = prompt else {
+        return dialect.error(400, "prompt is required", None);
+    };
+    let (text, blocks) = extract(prompt);
+    if let Err(resp) = one_shot_directives(&shared, dialect, &headers, &blocks).await {
+        return *resp;
+    }
+    let (w, h) = crate::png::dimensions(req["size"].as_str());
+    let n = req["n"].as_u64().unwrap_or(1).clamp(1, 10) as usize;
+    let words = text.split_whitespace().count() as u64;
+    let b64 = |i: usize| {
+        base64::engine::general_purpose::STANDARD.encode(crate::png::png(
+            w,
+            h,
+            crate::seed(&text, i),
+        ))
+    };
+    let answer = match dialect {
+        Dialect::Gemini => json!({
+            "candidates": [{"content": {"role": "model",
+                "parts": [{"inlineData": {"mimeType": "image/png", "data": b64(0)}}]},
+                "finishReason": "STOP", "index": 0}],
+            "usageMetadata": {"promptTokenCount": words, "candidatesTokenCount": 1290,
+                "totalTokenCount": words + 1290},
+            "modelVersion": gemini.as_ref().map_or("", |g| g.action.split(':').next().unwrap_or("")),
+        }),
+        _ => {
+            let host = headers
+                .get(axum::http::header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("127.0.0.1");
+            let data: Vec<Value> = (0..n)
+                .map(|i| {
+                    if req["response_format"] == "url" {
+                        json!({"url": format!("http://{host}/mock/images/{}x{w}x{h}.png", crate::seed(&text, i))})
+                    } else {
+                        json!({"b64_json": b64(i), "revised_prompt": format!("{text}, drawn")})
+                    }
+                })
+                .collect();
+            json!({"created": 1_700_000_000, "data": data,
+                "usage": {"input_tokens": words, "output_tokens": 100 * n as u64,
+                    "total_tokens": words + 100 * n as u64}})
+        }
+    };
+    let resp = json_response(StatusCode::OK, &answer);
+    shared.counters.completed.fetch_add(1, Ordering::SeqCst);
+    resp
 }
 
 async fn openai_rerank(
@@ -494,23 +603,8 @@ async fn serve_rerank(
         .chain(&parsed.documents)
         .flat_map(|t| extract(t).1)
         .collect();
-    let d = match directives(&shared, dialect, &headers, &blocks) {
-        Ok(d) => d,
-        Err(resp) => return *resp,
-    };
-    if let Some(status) = d
-        .status
-        .or_else(|| dialect.error_status(d.error.as_deref()))
-    {
-        shared.counters.faults.fetch_add(1, Ordering::SeqCst);
-        return dialect.fault(status, d.error.as_deref(), 0);
-    }
-    if let Some(t) = d.ttft {
-        tokio::time::sleep(t).await;
-    }
-    if d.hang {
-        // Headers never come; the caller's timeout ends it.
-        std::future::pending::<()>().await;
+    if let Err(resp) = one_shot_directives(&shared, dialect, &headers, &blocks).await {
+        return *resp;
     }
     let resp = json_response(StatusCode::OK, &dialect.rerank_answer(&parsed));
     shared.counters.completed.fetch_add(1, Ordering::SeqCst);
@@ -564,6 +658,32 @@ fn directives(
         .map_err(|e| Box::new(dialect.error(400, &e.0, None)))
 }
 
+/// The directives of a call answered whole (embeddings, rerank, images):
+/// a fault status is the answer; else waits `ttft_ms`, or forever on
+/// `hang` (the caller's timeout ends it).
+async fn one_shot_directives(
+    shared: &Shared,
+    dialect: Dialect,
+    headers: &HeaderMap,
+    blocks: &[String],
+) -> Result<(), Box<Response>> {
+    let d = directives(shared, dialect, headers, blocks)?;
+    if let Some(status) = d
+        .status
+        .or_else(|| dialect.error_status(d.error.as_deref()))
+    {
+        shared.counters.faults.fetch_add(1, Ordering::SeqCst);
+        return Err(Box::new(dialect.fault(status, d.error.as_deref(), 0)));
+    }
+    if let Some(t) = d.ttft {
+        tokio::time::sleep(t).await;
+    }
+    if d.hang {
+        std::future::pending::<()>().await;
+    }
+    Ok(())
+}
+
 /// Embeddings: deterministic vectors of each text; directives in any text apply.
 async fn serve_embed(
     shared: Arc<Shared>,
@@ -581,19 +701,8 @@ async fn serve_embed(
         Err(message) => return dialect.error(400, &message, None),
     };
     let blocks: Vec<String> = parsed.texts.iter().flat_map(|t| extract(t).1).collect();
-    let d = match directives(&shared, dialect, &headers, &blocks) {
-        Ok(d) => d,
-        Err(resp) => return *resp,
-    };
-    if let Some(status) = d
-        .status
-        .or_else(|| dialect.error_status(d.error.as_deref()))
-    {
-        shared.counters.faults.fetch_add(1, Ordering::SeqCst);
-        return dialect.fault(status, d.error.as_deref(), 0);
-    }
-    if let Some(t) = d.ttft {
-        tokio::time::sleep(t).await;
+    if let Err(resp) = one_shot_directives(&shared, dialect, &headers, &blocks).await {
+        return *resp;
     }
     let resp = json_response(StatusCode::OK, &dialect.embed_answer(&parsed));
     shared.counters.completed.fetch_add(1, Ordering::SeqCst);

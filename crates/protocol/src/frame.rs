@@ -19,6 +19,8 @@ pub enum ApiSurface {
     Embeddings,
     /// `POST /v1/rerank` (Cohere's and Jina's shape; also `/v2/rerank`).
     Rerank,
+    /// `POST /v1/images/generations`.
+    Images,
 }
 
 /// The fields of a [`RequestEnvelope`] a worker needs to answer it, read from
@@ -81,6 +83,9 @@ pub struct RequestEnvelope {
     /// A rerank request (`api` = rerank).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rerank: Option<crate::rerank::RerankRequest>,
+    /// An image generation request (`api` = images).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<crate::images::ImagesRequest>,
     /// The request class (classifier or client hint); none for embeddings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub class: Option<String>,
@@ -264,6 +269,8 @@ pub enum ReplyFrame {
     Embedding(crate::embeddings::EmbeddingFrame),
     /// A rerank answer's ranking.
     Rerank(crate::rerank::RerankFrame),
+    /// One generated image.
+    Image(crate::images::ImageFrame),
     /// The end of the answer: usage, or an error.
     Final(FinalFrame),
 }
@@ -275,6 +282,7 @@ impl ReplyFrame {
             ReplyFrame::Chunk(c) => c.seq,
             ReplyFrame::Embedding(e) => e.seq,
             ReplyFrame::Rerank(r) => r.seq,
+            ReplyFrame::Image(i) => i.seq,
             ReplyFrame::Final(f) => f.seq,
         }
     }

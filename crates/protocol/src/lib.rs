@@ -21,6 +21,7 @@ pub mod embeddings;
 mod error;
 mod frame;
 pub mod header;
+pub mod images;
 pub mod json;
 pub mod legacy;
 pub mod price;

@@ -12,8 +12,8 @@ fn is_zero(v: &i64) -> bool {
 }
 
 /// A model's price: nano-USD per million tokens of each class, and nano-USD
-/// per request, per input image and per rerank search unit where the model
-/// has such prices.
+/// per request, per input image, per rerank search unit and per generated
+/// image where the model has such prices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Price {
     /// Uncached input tokens.
@@ -39,6 +39,9 @@ pub struct Price {
     /// to 100 documents), nano-USD.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub per_search_unit: i64,
+    /// Each image generated, nano-USD.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub per_output_image: i64,
 }
 
 /// What is priced per unit rather than per token.
@@ -50,6 +53,8 @@ pub struct Units {
     pub images: u64,
     /// Rerank search units.
     pub search_units: u64,
+    /// Images generated.
+    pub output_images: u64,
 }
 
 impl Price {
@@ -66,6 +71,7 @@ impl Price {
             per_request: 0,
             per_image: 0,
             per_search_unit: 0,
+            per_output_image: 0,
         }
     }
 
@@ -91,7 +97,8 @@ impl Price {
         let total = (sum + 500_000) / 1_000_000
             + n(units.requests) * i128::from(self.per_request)
             + n(units.images) * i128::from(self.per_image)
-            + n(units.search_units) * i128::from(self.per_search_unit);
+            + n(units.search_units) * i128::from(self.per_search_unit)
+            + n(units.output_images) * i128::from(self.per_output_image);
         i64::try_from(total).unwrap_or(i64::MAX)
     }
 }

@@ -189,6 +189,11 @@ impl Subjects {
         format!("{}_FILES", self.stream_prefix)
     }
 
+    /// Name of the object store of large payloads (generated images).
+    pub fn blobs_bucket(&self) -> String {
+        format!("{}_BLOBS", self.stream_prefix)
+    }
+
     /// Name of the durable consumer of one provider's batch items.
     pub fn batch_worker_consumer(&self, provider: &str) -> String {
         format!("batch-{provider}")

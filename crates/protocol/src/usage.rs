@@ -148,6 +148,9 @@ pub struct UsageEvent {
     /// estimated); 0 for every other call.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub search_units: u64,
+    /// An image generation's images; 0 for every other call.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub output_images: u64,
     /// Where the input counts came from.
     pub input_tokens_source: TokenSource,
     /// Where the output counts came from.

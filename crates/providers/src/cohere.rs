@@ -20,9 +20,11 @@ use crate::error::ErrorBody;
 use crate::sse::SseEvent;
 use crate::translate::{self, unsupported};
 use crate::{
-    CallContext, Chunk, ChunkStream, Embeddings, Provider, ProviderError, Reranked, ResponseMeta,
+    CallContext, Chunk, ChunkStream, Embeddings, Images, Provider, ProviderError, Reranked,
+    ResponseMeta,
 };
 use sy_protocol::embeddings::EmbeddingsRequest;
+use sy_protocol::images::ImagesRequest;
 use sy_protocol::rerank::RerankRequest;
 
 const DIALECT: &str = "Cohere";
@@ -143,6 +145,16 @@ impl Provider for CohereAdapter {
         )
         .await?;
         from_rerank(&call::body(resp).await?, req)
+    }
+
+    async fn images(
+        &self,
+        _req: &ImagesRequest,
+        _cx: &CallContext,
+    ) -> Result<Images, ProviderError> {
+        Err(ProviderError::Unsupported(
+            "Cohere has no image generation API; route this model to an OpenAI-compatible or Gemini image model".into(),
+        ))
     }
 }
 

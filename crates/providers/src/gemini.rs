@@ -23,9 +23,11 @@ use crate::error::ErrorBody;
 use crate::sse::SseEvent;
 use crate::translate::{self, unsupported};
 use crate::{
-    CallContext, Chunk, ChunkStream, Embeddings, Provider, ProviderError, Reranked, ResponseMeta,
+    CallContext, Chunk, ChunkStream, Embeddings, GeneratedImage, Images, Provider, ProviderError,
+    Reranked, ResponseMeta,
 };
 use sy_protocol::embeddings::EmbeddingsRequest;
+use sy_protocol::images::ImagesRequest;
 use sy_protocol::rerank::RerankRequest;
 
 const DIALECT: &str = "Gemini";
@@ -150,6 +152,74 @@ impl Provider for GeminiAdapter {
             "Gemini has no rerank API; route this model to a Cohere or OpenAI-compatible rerank model".into(),
         ))
     }
+
+    /// `generateContent` with `responseModalities: ["IMAGE"]` (Gemini's
+    /// image models): one image per call, so `n` > 1 is refused; `size`,
+    /// `quality` and OpenAI's other image fields have no Gemini spelling
+    /// and are dropped.
+    async fn images(&self, req: &ImagesRequest, cx: &CallContext) -> Result<Images, ProviderError> {
+        if req.count() > 1 {
+            return Err(unsupported(DIALECT, "'n' above 1"));
+        }
+        let wire = json!({
+            "contents": [{"role": "user", "parts": [{"text": req.prompt}]}],
+            "generationConfig": {"responseModalities": ["IMAGE"]},
+        });
+        let body = serde_json::to_vec(&wire).map_err(|e| ProviderError::Protocol(e.to_string()))?;
+        let url = format!("{}/models/{}:generateContent", self.base, cx.upstream_model);
+        let resp = call::post_json(
+            &self.client,
+            &url,
+            call::call_headers(&self.headers, AUTH, cx)?.as_ref(),
+            body,
+            read_error,
+        )
+        .await?;
+        from_images(&call::body(resp).await?)
+    }
+}
+
+/// Gemini's image answer: each `inlineData` part of the first candidate
+/// is an image; usage from `usageMetadata`.
+pub fn from_images(raw: &[u8]) -> Result<Images, ProviderError> {
+    let v: Value = call::json(raw)?;
+    let parts = v["candidates"][0]["content"]["parts"]
+        .as_array()
+        .ok_or_else(|| ProviderError::Protocol("no candidate in Gemini's image answer".into()))?;
+    let images: Vec<GeneratedImage> = parts
+        .iter()
+        .filter_map(|p| {
+            let data = p.get("inlineData").or_else(|| p.get("inline_data"))?;
+            Some(GeneratedImage {
+                b64: data["data"].as_str().map(str::to_owned),
+                content_type: data
+                    .get("mimeType")
+                    .or_else(|| data.get("mime_type"))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
+                ..GeneratedImage::default()
+            })
+        })
+        .collect();
+    if images.is_empty() {
+        let why = v["candidates"][0]["finishReason"]
+            .as_str()
+            .unwrap_or("none");
+        return Err(ProviderError::Protocol(format!(
+            "Gemini's answer holds no image (finish reason {why})"
+        )));
+    }
+    let meta = &v["usageMetadata"];
+    let usage = meta["promptTokenCount"].as_u64().map(|prompt| TokenUsage {
+        input_tokens: prompt,
+        output_tokens: meta["candidatesTokenCount"].as_u64().unwrap_or(0),
+        ..TokenUsage::default()
+    });
+    Ok(Images {
+        images,
+        usage,
+        model: v["modelVersion"].as_str().map(str::to_owned),
+    })
 }
 
 /// Gemini's error body: `{"error":{"code","message","status"}}`.

@@ -35,6 +35,7 @@ pub use sy_protocol::ResponseMeta;
 use sy_protocol::TokenUsage;
 use sy_protocol::chat::{ChatRequest, ChoiceDelta};
 use sy_protocol::embeddings::EmbeddingsRequest;
+use sy_protocol::images::ImagesRequest;
 use sy_protocol::rerank::RerankRequest;
 
 /// A provider's answer as canonical chunks; ends after the last one or an error.
@@ -99,6 +100,30 @@ pub struct Reranked {
     pub id: Option<String>,
 }
 
+/// One generated image: the provider's link, or its bytes as base64.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GeneratedImage {
+    /// The provider's link to it.
+    pub url: Option<String>,
+    /// Its bytes, base64.
+    pub b64: Option<String>,
+    /// Its media type, when known (`image/png`).
+    pub content_type: Option<String>,
+    /// The prompt the provider rewrote the client's into.
+    pub revised_prompt: Option<String>,
+}
+
+/// An image generation answer.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Images {
+    /// The images, in order.
+    pub images: Vec<GeneratedImage>,
+    /// Tokens, when the provider bills them (gpt-image-1, Gemini).
+    pub usage: Option<TokenUsage>,
+    /// The model the provider says answered.
+    pub model: Option<String>,
+}
+
 /// The contract every adapter meets.
 pub trait Provider: Send + Sync {
     /// Which dialect.
@@ -126,6 +151,14 @@ pub trait Provider: Send + Sync {
         req: &'a RerankRequest,
         cx: &'a CallContext,
     ) -> impl Future<Output = Result<Reranked, ProviderError>> + Send + 'a;
+
+    /// Generates images (a dialect without image generation answers
+    /// `Unsupported`).
+    fn images<'a>(
+        &'a self,
+        req: &'a ImagesRequest,
+        cx: &'a CallContext,
+    ) -> impl Future<Output = Result<Images, ProviderError>> + Send + 'a;
 }
 
 /// Every adapter, for dispatch without boxing.
@@ -207,6 +240,15 @@ impl Provider for AnyProvider {
             AnyProvider::Anthropic(a) => a.rerank(req, cx).await,
             AnyProvider::Gemini(a) => a.rerank(req, cx).await,
             AnyProvider::Cohere(a) => a.rerank(req, cx).await,
+        }
+    }
+
+    async fn images(&self, req: &ImagesRequest, cx: &CallContext) -> Result<Images, ProviderError> {
+        match self {
+            AnyProvider::OpenAi(a) => a.images(req, cx).await,
+            AnyProvider::Anthropic(a) => a.images(req, cx).await,
+            AnyProvider::Gemini(a) => a.images(req, cx).await,
+            AnyProvider::Cohere(a) => a.images(req, cx).await,
         }
     }
 }

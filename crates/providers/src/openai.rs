@@ -17,10 +17,12 @@ use crate::call::{self, Decoder, Step};
 use crate::error::ErrorBody;
 use crate::sse::SseEvent;
 use crate::{
-    CallContext, Chunk, ChunkStream, Embeddings, Provider, ProviderError, Reranked, ResponseMeta,
+    CallContext, Chunk, ChunkStream, Embeddings, GeneratedImage, Images, Provider, ProviderError,
+    Reranked, ResponseMeta,
 };
 use sy_protocol::TokenUsage;
 use sy_protocol::embeddings::EmbeddingsRequest;
+use sy_protocol::images::ImagesRequest;
 use sy_protocol::rerank::RerankRequest;
 
 /// The config `kind` of this dialect.
@@ -185,6 +187,83 @@ impl Provider for OpenAiAdapter {
         .await?;
         from_rerank(&call::body(resp).await?, req)
     }
+
+    /// `POST {base}/images/generations` with the client's fields as sent
+    /// (Azure: under the deployment).
+    async fn images(&self, req: &ImagesRequest, cx: &CallContext) -> Result<Images, ProviderError> {
+        let mut wire = req.clone();
+        wire.model.clone_from(&cx.upstream_model);
+        let body = serde_json::to_vec(&wire).map_err(|e| ProviderError::Protocol(e.to_string()))?;
+        let resp = call::post_json(
+            &self.client,
+            &self.url(&cx.upstream_model, "images/generations"),
+            call::call_headers(&self.headers, self.auth, cx)?.as_ref(),
+            body,
+            read_error,
+        )
+        .await?;
+        let format = req
+            .extra
+            .get("output_format")
+            .and_then(Value::as_str)
+            .unwrap_or("png");
+        from_images(&call::body(resp).await?, format)
+    }
+}
+
+/// An OpenAI images answer (`data` of `b64_json` or `url`, and
+/// gpt-image-1's token `usage`); images of `format` (png, jpeg, webp).
+pub fn from_images(raw: &[u8], format: &str) -> Result<Images, ProviderError> {
+    #[derive(Deserialize)]
+    struct Wire {
+        data: Vec<Item>,
+        usage: Option<Tokens>,
+    }
+    #[derive(Deserialize)]
+    struct Item {
+        b64_json: Option<String>,
+        url: Option<String>,
+        revised_prompt: Option<String>,
+    }
+    #[derive(Deserialize)]
+    struct Tokens {
+        #[serde(default)]
+        input_tokens: u64,
+        #[serde(default)]
+        output_tokens: u64,
+    }
+    let w: Wire = call::json(raw)?;
+    if w.data
+        .iter()
+        .any(|i| i.b64_json.is_none() && i.url.is_none())
+    {
+        return Err(ProviderError::Protocol(
+            "an image without b64_json or url".into(),
+        ));
+    }
+    let content_type = match format {
+        "jpeg" | "jpg" => "image/jpeg",
+        "webp" => "image/webp",
+        _ => "image/png",
+    };
+    Ok(Images {
+        images: w
+            .data
+            .into_iter()
+            .map(|i| GeneratedImage {
+                content_type: i.b64_json.is_some().then(|| content_type.to_owned()),
+                url: i.url,
+                b64: i.b64_json,
+                revised_prompt: i.revised_prompt,
+            })
+            .collect(),
+        usage: w.usage.map(|u| TokenUsage {
+            input_tokens: u.input_tokens,
+            output_tokens: u.output_tokens,
+            ..TokenUsage::default()
+        }),
+        model: None,
+    })
 }
 
 /// A Jina-style rerank answer (`results` of `index` and `relevance_score`,

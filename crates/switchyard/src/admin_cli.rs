@@ -104,7 +104,7 @@ pub enum PriceCommand {
         version: String,
     },
     /// Makes a new version with one model's price set (USD per million
-    /// tokens; per request, image or search unit: USD each).
+    /// tokens; per request, image, search unit or generated image: USD each).
     Set {
         /// "<provider>/<upstream model>".
         key: String,
@@ -126,6 +126,8 @@ pub enum PriceCommand {
         per_image: Option<String>,
         #[arg(long)]
         per_search_unit: Option<String>,
+        #[arg(long)]
+        per_output_image: Option<String>,
         #[command(flatten)]
         when: VersionArgs,
     },
@@ -802,6 +804,7 @@ pub async fn run(conn: &Connection, call: Call, out: &mut impl Write) -> anyhow:
             per_request,
             per_image,
             per_search_unit,
+            per_output_image,
             when,
         }) => {
             let mut price = json!({"input": input, "output": output});
@@ -813,6 +816,7 @@ pub async fn run(conn: &Connection, call: Call, out: &mut impl Write) -> anyhow:
                 ("per_request", per_request),
                 ("per_image", per_image),
                 ("per_search_unit", per_search_unit),
+                ("per_output_image", per_output_image),
             ] {
                 if let Some(v) = v {
                     price[k] = json!(v);
@@ -1103,6 +1107,7 @@ impl Shape {
                 "per_request",
                 "per_image",
                 "per_search_unit",
+                "per_output_image",
             ],
             Shape::Plan => &["name", "multiplier", "model_multipliers"],
             Shape::Pipeline => &["name", "model", "description"],

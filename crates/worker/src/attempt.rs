@@ -12,6 +12,8 @@ pub(crate) struct AttemptState {
     pub usage: Option<TokenUsage>,
     /// A rerank call's search units, as the provider reported them.
     pub search_units: Option<u64>,
+    /// An image generation's images sent.
+    pub output_images: u64,
     pub finish_reason: Option<String>,
     /// Generated text (content, refusals, tool arguments), for estimates only.
     pub output_text: String,

@@ -201,6 +201,7 @@ pub async fn run(
             done: done.clone(),
             in_hand: Default::default(),
             credentials: credentials.clone(),
+            blobs: Default::default(),
         });
         // Batch items come from their own stream and consumer, whose cap keeps
         // a running batch from crowding out interactive requests.

@@ -13,6 +13,7 @@ pub(crate) fn observe(e: &UsageEvent) {
     let op = match e.api {
         ApiSurface::Embeddings => "embeddings",
         ApiSurface::Rerank => "rerank",
+        ApiSurface::Images => "image_generation",
         _ => "chat",
     };
     let provider = e.provider.clone();
@@ -99,10 +100,11 @@ pub(crate) fn trace_call(
         return;
     }
     let content = trace::records_content().then(|| {
-        let prompt = match (&env.embeddings, &env.rerank) {
-            (Some(input), _) => serde_json::to_string(input),
-            (None, Some(r)) => serde_json::to_string(r),
-            (None, None) => serde_json::to_string(&env.request.messages),
+        let prompt = match (&env.embeddings, &env.rerank, &env.images) {
+            (Some(input), _, _) => serde_json::to_string(input),
+            (None, Some(r), _) => serde_json::to_string(r),
+            (None, None, Some(i)) => serde_json::to_string(&i.prompt),
+            (None, None, None) => serde_json::to_string(&env.request.messages),
         };
         (prompt.unwrap_or_default(), answer.to_owned())
     });
@@ -111,6 +113,7 @@ pub(crate) fn trace_call(
         operation: match e.api {
             ApiSurface::Embeddings => "embeddings",
             ApiSurface::Rerank => "rerank",
+            ApiSurface::Images => "image_generation",
             _ => "chat",
         },
         provider_name: genai_provider(provider.kind, host.unwrap_or_default()),

@@ -9,6 +9,7 @@ use sy_config::ProviderConfig;
 use sy_protocol::TokenUsage;
 use sy_protocol::batch::BatchResult;
 use sy_protocol::embeddings::{EmbeddingFrame, EmbeddingsRequest};
+use sy_protocol::images::{INLINE_IMAGE_B64_BYTES, ImageData, ImageFrame, ImagesRequest};
 use sy_protocol::rerank::{RerankFrame, RerankRequest, RerankResult};
 use sy_protocol::{
     ChunkFrame, FinalFrame, FrameError, ReplyFrame, RequestEnvelope, StartInfo, UsageEvent,
@@ -39,6 +40,8 @@ pub(crate) struct Replier<'a> {
     pub(crate) credential: Option<sy_providers::Credential>,
     /// When this attempt's call began (the replier is made just before it).
     pub(crate) started: std::time::Instant,
+    /// The blob store, for images too large for a frame.
+    pub(crate) blobs: &'a tokio::sync::OnceCell<async_nats::jetstream::object_store::ObjectStore>,
 }
 
 impl<'a> Replier<'a> {
@@ -51,6 +54,7 @@ impl<'a> Replier<'a> {
             seq: env.resume.as_ref().map_or(0, |r| r.seq),
             started: std::time::Instant::now(),
             held: Vec::new(),
+            blobs: &cx.blobs,
             deferred: false,
             unsettled: &cx.unsettled,
             credential: cx.credentials.as_ref().and_then(|table| {
@@ -163,11 +167,7 @@ impl<'a> Replier<'a> {
         req: &EmbeddingsRequest,
         state: &mut AttemptState,
     ) {
-        let cx = CallContext {
-            upstream_model: self.env.upstream_model.clone(),
-            stream: false,
-            credential: self.credential.clone(),
-        };
+        let cx = self.whole_answer_call();
         state.reached_provider = true;
         let emb = match self.answer_within(provider, adapter.embed(req, &cx)).await {
             Ok(e) => e,
@@ -216,7 +216,16 @@ impl<'a> Replier<'a> {
         self.publish(frame).await;
     }
 
-    /// `call` (a one-shot JSON call: embeddings, rerank), given up after
+    /// The context of a call answered whole (embeddings, rerank, images).
+    fn whole_answer_call(&self) -> CallContext {
+        CallContext {
+            upstream_model: self.env.upstream_model.clone(),
+            stream: false,
+            credential: self.credential.clone(),
+        }
+    }
+
+    /// `call` (a one-shot JSON call: embeddings, rerank, images), given up after
     /// the route's or the target's `response_timeout` as a timeout (so the
     /// request falls back instead of waiting out its deadline).
     async fn answer_within<T>(
@@ -237,6 +246,115 @@ impl<'a> Replier<'a> {
         })
     }
 
+    /// Generates the images and sends one frame per image (a large one's
+    /// bytes in the blob store, named in its frame), then the final frame.
+    pub(crate) async fn run_images(
+        &mut self,
+        adapter: &AnyProvider,
+        provider: &ProviderConfig,
+        req: &ImagesRequest,
+        state: &mut AttemptState,
+    ) {
+        let cx = self.whole_answer_call();
+        state.reached_provider = true;
+        let drawn = match self.answer_within(provider, adapter.images(req, &cx)).await {
+            Ok(d) => d,
+            Err(e) => return self.provider_failed(e, state).await,
+        };
+        if drawn.images.is_empty() || drawn.images.len() > req.count() as usize {
+            let e = ProviderError::Protocol(format!(
+                "{} images for {} asked",
+                drawn.images.len(),
+                req.count()
+            ));
+            return self.provider_failed(e, state).await;
+        }
+        // What the provider made is billed even if storing it fails below.
+        state.served_model.clone_from(&drawn.model);
+        state.usage = drawn.usage;
+        state.output_images = drawn.images.len() as u64;
+        // Large images into the blob store first: a failure there is this
+        // attempt's (retried, or the fallback's), before anything is sent.
+        let mut images = Vec::with_capacity(drawn.images.len());
+        for (i, g) in drawn.images.into_iter().enumerate() {
+            let mut image = ImageData {
+                url: g.url,
+                content_type: g.content_type,
+                revised_prompt: g.revised_prompt,
+                ..ImageData::default()
+            };
+            match g.b64 {
+                Some(b64) if b64.len() > INLINE_IMAGE_B64_BYTES => {
+                    match self
+                        .store_blob(i, &b64, image.content_type.as_deref())
+                        .await
+                    {
+                        Ok(name) => image.blob = Some(name),
+                        Err(e) => return self.provider_failed(e, state).await,
+                    }
+                }
+                b64 => image.b64_json = b64,
+            }
+            images.push(image);
+        }
+        state.first_token_unix_ms = Some(now_unix_ms());
+        let mut meta = Some(ResponseMeta {
+            served_model: drawn.model,
+            ..ResponseMeta::default()
+        });
+        for (i, image) in images.into_iter().enumerate() {
+            let start = (self.seq == 0).then(|| self.start_info(meta.take()));
+            let frame = ReplyFrame::Image(ImageFrame {
+                seq: self.seq,
+                start,
+                index: i as u32,
+                image,
+            });
+            self.publish(frame).await;
+        }
+        let frame = ReplyFrame::Final(FinalFrame {
+            seq: self.seq,
+            start: None,
+            finish_reason: None,
+            usage: state.usage,
+            error: None,
+        });
+        self.publish(frame).await;
+    }
+
+    /// Puts image `index`'s bytes (given as base64) in the blob store under
+    /// a name of this attempt's; returns the name.
+    async fn store_blob(
+        &self,
+        index: usize,
+        b64: &str,
+        content_type: Option<&str>,
+    ) -> Result<String, ProviderError> {
+        use base64::Engine;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map_err(|e| ProviderError::Protocol(format!("an image that is no base64: {e}")))?;
+        let store = self
+            .blobs
+            .get_or_try_init(|| self.bus.blob_store())
+            .await
+            .map_err(|e| ProviderError::Protocol(format!("storing the image failed: {e}")))?;
+        let name = format!(
+            "img-{}-{}-{index}",
+            self.env.request_id.as_simple(),
+            self.attempt
+        );
+        sy_bus::put_blob(
+            store,
+            &name,
+            content_type.unwrap_or("application/octet-stream"),
+            &bytes,
+        )
+        .await
+        .map_err(|e| ProviderError::Protocol(format!("storing the image failed: {e}")))?;
+        Ok(name)
+    }
+
     /// Ranks the documents and sends the ranking as one frame (each
     /// document's text with it when asked), then the final frame.
     pub(crate) async fn run_rerank(
@@ -246,11 +364,7 @@ impl<'a> Replier<'a> {
         req: &RerankRequest,
         state: &mut AttemptState,
     ) {
-        let cx = CallContext {
-            upstream_model: self.env.upstream_model.clone(),
-            stream: false,
-            credential: self.credential.clone(),
-        };
+        let cx = self.whole_answer_call();
         state.reached_provider = true;
         let ranked = match self.answer_within(provider, adapter.rerank(req, &cx)).await {
             Ok(r) => r,
@@ -317,6 +431,9 @@ impl<'a> Replier<'a> {
         }
         if let Some(req) = &env.rerank {
             return self.run_rerank(adapter, provider, req, state).await;
+        }
+        if let Some(req) = &env.images {
+            return self.run_images(adapter, provider, req, state).await;
         }
         let stream_mode = env.request.is_stream();
         let cx = CallContext {

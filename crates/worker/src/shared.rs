@@ -37,6 +37,9 @@ pub(crate) struct Shared {
     /// Provider credentials from the control plane (an org's own, or global),
     /// when `[credentials]` is on; the entry's own key otherwise.
     pub credentials: Option<Arc<sy_control::credentials::CredentialTable>>,
+    /// The blob store (generated images), opened by the first call that
+    /// needs it.
+    pub blobs: tokio::sync::OnceCell<async_nats::jetstream::object_store::ObjectStore>,
 }
 
 /// A message in hand; forgotten when dropped.

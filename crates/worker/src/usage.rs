@@ -65,10 +65,11 @@ pub(crate) fn event(
         && !provider_answered_error
         && (status != UsageStatus::Error || !state.output_text.is_empty())
     {
-        let input = match (&env.embeddings, &env.rerank) {
-            (Some(e), _) => tokens::estimate_embeddings(&env.upstream_model, e),
-            (None, Some(r)) => tokens::estimate_rerank(&env.upstream_model, r),
-            (None, None) => tokens::estimate_prompt(&env.upstream_model, &env.request),
+        let input = match (&env.embeddings, &env.rerank, &env.images) {
+            (Some(e), _, _) => tokens::estimate_embeddings(&env.upstream_model, e),
+            (None, Some(r), _) => tokens::estimate_rerank(&env.upstream_model, r),
+            (None, None, Some(i)) => tokens::estimate_output(&env.upstream_model, &i.prompt),
+            (None, None, None) => tokens::estimate_prompt(&env.upstream_model, &env.request),
         };
         let estimated = TokenUsage {
             input_tokens: input,
@@ -110,6 +111,7 @@ pub(crate) fn event(
         requests: u64::from(worked),
         images: if worked { env.request.image_count() } else { 0 },
         search_units,
+        output_images: state.output_images,
     };
     let cost = price.map(|p| p.cost_of(&tokens, units));
     let error_code = match (status, &state.error) {
@@ -151,6 +153,7 @@ pub(crate) fn event(
         finish_reason: state.finish_reason.clone(),
         tokens,
         search_units,
+        output_images: state.output_images,
         input_tokens_source: source,
         output_tokens_source: source,
         cost_nanos: cost,

@@ -8,6 +8,7 @@ pub mod batches;
 pub mod chat;
 pub mod embeddings;
 pub mod files;
+pub mod images;
 pub mod messages;
 pub mod rerank;
 pub mod responses;

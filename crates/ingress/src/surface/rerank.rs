@@ -8,6 +8,7 @@ use sy_protocol::rerank::{RerankFrame, RerankRequest};
 use sy_protocol::{ResponseMeta, TokenUsage};
 
 use crate::error::ApiError;
+use crate::validate::{missing, object_fields, take_string};
 
 /// Most documents in one request (Cohere's limit).
 pub const MAX_DOCUMENTS: usize = 1000;
@@ -15,31 +16,17 @@ pub const MAX_DOCUMENTS: usize = 1000;
 /// Parses and validates a rerank body. Unknown fields are kept and passed
 /// to OpenAI-compatible providers (Jina's `truncation`, vLLM's options).
 pub fn parse(body: &[u8]) -> Result<RerankRequest, ApiError> {
-    crate::validate::check_depth(body)?;
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let v: Value = serde::Deserialize::deserialize(&mut de).map_err(unparsable)?;
-    de.end().map_err(unparsable)?;
-    let Value::Object(mut fields) = v else {
-        return Err(ApiError::new(
-            sy_protocol::ErrorCode::InvalidRequest,
-            "The request body must be a JSON object of the rerank API.",
-        ));
-    };
-    let model = text(&mut fields, "model")?;
+    let mut fields = object_fields(body)?;
+    let model = take_string(&mut fields, "model")?.ok_or_else(|| missing("model"))?;
     if model.trim().is_empty() {
         return Err(ApiError::invalid("model", "'model' must not be empty."));
     }
-    let query = text(&mut fields, "query")?;
+    let query = take_string(&mut fields, "query")?.ok_or_else(|| missing("query"))?;
     if query.trim().is_empty() {
         return Err(ApiError::invalid("query", "'query' must not be empty."));
     }
     let documents = match fields.remove("documents") {
-        None | Some(Value::Null) => {
-            return Err(ApiError::invalid(
-                "documents",
-                "Missing required parameter: 'documents'.",
-            ));
-        }
+        None | Some(Value::Null) => return Err(missing("documents")),
         Some(Value::Array(items)) => items
             .into_iter()
             .enumerate()
@@ -94,28 +81,6 @@ pub fn parse(body: &[u8]) -> Result<RerankRequest, ApiError> {
         max_tokens_per_doc,
         extra: fields,
     })
-}
-
-fn unparsable(e: serde_json::Error) -> ApiError {
-    ApiError::new(
-        sy_protocol::ErrorCode::InvalidRequest,
-        format!("We could not parse the JSON body of your request: {e}."),
-    )
-}
-
-/// A required string field.
-fn text(fields: &mut Map<String, Value>, name: &str) -> Result<String, ApiError> {
-    match fields.remove(name) {
-        Some(Value::String(s)) => Ok(s),
-        None | Some(Value::Null) => Err(ApiError::invalid(
-            name,
-            format!("Missing required parameter: '{name}'."),
-        )),
-        Some(_) => Err(ApiError::invalid(
-            name,
-            format!("Invalid value for '{name}': it must be a string."),
-        )),
-    }
 }
 
 /// An optional count of at least 1.

@@ -28,9 +28,11 @@ use crate::error::ErrorBody;
 use crate::sse::SseEvent;
 use crate::translate::{self, unsupported};
 use crate::{
-    CallContext, Chunk, ChunkStream, Embeddings, Provider, ProviderError, Reranked, ResponseMeta,
+    CallContext, Chunk, ChunkStream, Embeddings, Images, Provider, ProviderError, Reranked,
+    ResponseMeta,
 };
 use sy_protocol::embeddings::EmbeddingsRequest;
+use sy_protocol::images::ImagesRequest;
 use sy_protocol::rerank::RerankRequest;
 
 const DIALECT: &str = "Anthropic";
@@ -114,6 +116,16 @@ impl Provider for AnthropicAdapter {
     ) -> Result<Reranked, ProviderError> {
         Err(ProviderError::Unsupported(
             "Anthropic has no rerank API; route this model to a Cohere or OpenAI-compatible rerank model".into(),
+        ))
+    }
+
+    async fn images(
+        &self,
+        _req: &ImagesRequest,
+        _cx: &CallContext,
+    ) -> Result<Images, ProviderError> {
+        Err(ProviderError::Unsupported(
+            "Anthropic has no image generation API; route this model to an OpenAI-compatible or Gemini image model".into(),
         ))
     }
 }

@@ -1,0 +1,58 @@
+"""Drives Switchyard's image generation with the official `openai` Python
+SDK, unchanged: `images.generate` as base64 and as links.
+
+Run by the e2e test `sdk::official_openai_python_sdk_generates_images`:
+    python tests/sdk/openai_images.py --base-url URL/v1 --api-key KEY --model MODEL --link-model MODEL
+Exits 0 when every check passes; prints one line per check.
+"""
+
+import argparse
+import base64
+import sys
+
+import httpx
+import openai
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def check(name, cond, detail=""):
+    print(("ok   " if cond else "FAIL ") + name + (f": {detail}" if detail and not cond else ""))
+    if not cond:
+        sys.exit(1)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--base-url", required=True)
+    ap.add_argument("--api-key", required=True)
+    ap.add_argument("--model", required=True, help="an image model answering in base64")
+    ap.add_argument("--link-model", required=True, help="an image model whose bytes the gateway links to")
+    args = ap.parse_args()
+    client = openai.OpenAI(base_url=args.base_url, api_key=args.api_key, max_retries=0)
+
+    r = client.images.generate(model=args.model, prompt="a lighthouse", n=2, size="64x64")
+    check("two images", len(r.data) == 2, r)
+    for i, d in enumerate(r.data):
+        check(f"image {i} is a PNG", base64.b64decode(d.b64_json).startswith(PNG))
+    check("usage tokens", r.usage is not None and r.usage.output_tokens > 0, r.usage)
+
+    big = client.images.generate(model=args.model, prompt="a harbour", size="512x512")
+    check("a large image arrives whole", len(base64.b64decode(big.data[0].b64_json)) > 512 * 512 * 3)
+
+    linked = client.images.generate(model=args.link_model, prompt="tide pools", response_format="url")
+    url = linked.data[0].url
+    check("a link", bool(url) and "/v1/images/content/" in url, url)
+    got = httpx.get(url, timeout=30)
+    check("the link serves the PNG", got.status_code == 200 and got.content.startswith(PNG), got.status_code)
+
+    try:
+        client.images.generate(model=args.model, prompt="p", n=11)
+        check("n 11 refused", False)
+    except openai.BadRequestError as e:
+        check("n 11 refused naming n", e.body.get("param") == "n", e.body)
+    print("all checks passed")
+
+
+if __name__ == "__main__":
+    main()
