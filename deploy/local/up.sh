@@ -120,6 +120,14 @@ An image (OpenAI's images API; the base64 PNG is in data[0].b64_json, or ask
     -H 'Authorization: Bearer sk-sy-local-dev' -H 'Content-Type: application/json' \
     -d '{"model":"gpt-image-1","prompt":"a lighthouse at dusk","size":"64x64"}' | head -c 300; echo
 
+A transcription (a multipart upload; any WAV or MP3 will do, the mock makes up the words;
+this makes two seconds of silence):
+
+  python3 -c 'import wave; w = wave.open("/tmp/hello.wav", "wb"); w.setnchannels(1); w.setsampwidth(2); w.setframerate(16000); w.writeframes(bytes(64000)); w.close()'
+  curl -s http://127.0.0.1:8080/v1/audio/transcriptions \
+    -H 'Authorization: Bearer sk-sy-local-dev' \
+    -F model=whisper-1 -F response_format=srt -F file=@/tmp/hello.wav
+
 A batch, from the repository root (OpenAI's Batches API; the openai SDK works too):
 
   for i in 1 2 3; do echo '{"custom_id":"q'$i'","method":"POST","url":"/v1/chat/completions","body":{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Question '$i'"}]}}'; done > /tmp/batch.jsonl

@@ -228,7 +228,8 @@ async fn models_endpoint_lists_configured_models() {
             "pipeline:blog",
             "pipeline:sturdy",
             "rerank-v3.5",
-            "text-embedding-3-small"
+            "text-embedding-3-small",
+            "whisper-1"
         ]
     );
     assert_eq!(v["object"], "list");

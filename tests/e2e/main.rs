@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod accounting;
+mod audio;
 mod bad_input;
 mod batch;
 mod billing;

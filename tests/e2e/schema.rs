@@ -130,6 +130,25 @@ async fn bus_messages_match_their_schemas() {
     assert_eq!(resp.status(), 200);
     attempts.push(attempts_of(&resp));
     let _ = resp.bytes().await.unwrap();
+    // A transcription (its upload in the blob store, one text frame).
+    let form = reqwest::multipart::Form::new()
+        .text("model", "whisper-1")
+        .text("response_format", "srt")
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(sy_mock_provider::audio::wav(0.5)).file_name("a.wav"),
+        );
+    let resp = stack
+        .http
+        .post(stack.url("/v1/audio/transcriptions"))
+        .bearer_auth(crate::stack::KEY)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    attempts.push(attempts_of(&resp));
+    let _ = resp.bytes().await.unwrap();
     // A cancelled request (one envelope, no observation).
     let envelopes = attempts.iter().sum::<usize>() + 1;
     let _ = stack
@@ -151,9 +170,10 @@ async fn bus_messages_match_their_schemas() {
     let mut embedding_frames = 0;
     let mut rerank_frames = 0;
     let mut blob_frames = 0;
-    // Until every expected message arrived (usually 11 envelopes and 11 usage
-    // events: 10 requests, one of them republished to its fallback; a cancel;
-    // 10 observations: all but the cancelled call), then 1 s more for strays;
+    let mut text_frames = 0;
+    // Until every expected message arrived (usually 12 envelopes and 12 usage
+    // events: 11 requests, one of them republished to its fallback; a cancel;
+    // 11 observations: all but the cancelled call), then 1 s more for strays;
     // at most 15 s.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
@@ -193,6 +213,9 @@ async fn bus_messages_match_their_schemas() {
                 if v["type"] == "image" && v["image"].get("blob").is_some() {
                     blob_frames += 1;
                 }
+                if v["type"] == "text" {
+                    text_frames += 1;
+                }
                 if v["type"] == "final" && v.get("error").is_some() {
                     finals_with_error += 1;
                 }
@@ -226,6 +249,7 @@ async fn bus_messages_match_their_schemas() {
         blob_frames, 1,
         "a 400×400 image goes through the blob store"
     );
+    assert_eq!(text_frames, 1, "a transcript is one text frame");
     assert!(seen[1] >= 10, "chunks and finals: {seen:?}");
     assert!(seen[2] >= 1, "the abandoned request was cancelled");
     assert_eq!(seen[3], envelopes, "one usage event per attempt");

@@ -160,15 +160,18 @@ async fn official_anthropic_python_sdk_works_unchanged_against_every_dialect() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn official_openai_python_sdk_generates_images() {
+async fn official_openai_python_sdk_generates_images_and_transcribes() {
     let stack = Stack::start().await;
+    let audio = std::env::temp_dir().join(format!("sy-sdk-{}.wav", uuid::Uuid::now_v7()));
+    std::fs::write(&audio, sy_mock_provider::audio::wav(2.0)).unwrap();
+    let audio_path = audio.display().to_string();
     let python = std::env::var("SY_TEST_PYTHON").unwrap_or_else(|_| {
         sy_test_support::repo_root()
             .join(".venv/bin/python")
             .display()
             .to_string()
     });
-    let script = sy_test_support::repo_root().join("tests/sdk/openai_images.py");
+    let script = sy_test_support::repo_root().join("tests/sdk/openai_media.py");
     let base = format!("{}/v1", stack.base);
     let out = tokio::task::spawn_blocking(move || {
         Command::new(&python)
@@ -180,14 +183,16 @@ async fn official_openai_python_sdk_generates_images() {
                 "--link-model",
                 "gemini-2.5-flash-image",
             ])
+            .args(["--audio-model", "whisper-1", "--audio", &audio_path])
             .output()
             .unwrap_or_else(|e| panic!("cannot run {python}: {e}"))
     })
     .await
     .unwrap();
+    let _ = std::fs::remove_file(&audio);
     assert!(
         out.status.success(),
-        "openai_images.py failed:\n{}\n{}",
+        "openai_media.py failed:\n{}\n{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );

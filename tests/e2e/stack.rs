@@ -282,6 +282,22 @@ per_output_image = "0.003"
 [providers.gemini.models."gemini-2.5-flash-image"]
 serves = ["images"]
 
+[providers.openai.models."whisper-1"]
+serves = ["transcriptions"]
+
+[providers.openai.prices."whisper-1"]
+input = "0"
+output = "0"
+per_audio_second = "0.0001"
+
+[providers.vllm.models."whisper-large-v3"]
+serves = ["transcriptions"]
+
+[providers.vllm.prices."whisper-large-v3"]
+input = "0"
+output = "0"
+per_audio_second = "0.00003"
+
 [providers.gemini.prices."gemini-2.5-flash-image"]
 input = "0.30"
 output = "30"
@@ -379,6 +395,10 @@ targets = [{{ provider = "openai", model = "gpt-image-1" }}, {{ provider = "vllm
 
 [models."gemini-2.5-flash-image"]
 targets = [{{ provider = "gemini", model = "gemini-2.5-flash-image" }}]
+
+# Speech to text: OpenAI's Whisper, a self-hosted one (vLLM) behind it.
+[models."whisper-1"]
+targets = [{{ provider = "openai", model = "whisper-1" }}, {{ provider = "vllm", model = "whisper-large-v3" }}]
 
 [models."gpt-4o-mini"]
 targets = [{{ provider = "openai", model = "gpt-4o-mini" }}]
@@ -812,6 +832,7 @@ pub fn envelope(
         embeddings: None,
         rerank: None,
         images: None,
+        transcription: None,
         class: None,
         choice: None,
         fallback: Vec::new(),

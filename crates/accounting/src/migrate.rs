@@ -60,6 +60,11 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         "0011_images.sql",
         include_str!("../../../migrations/clickhouse/0011_images.sql"),
     ),
+    (
+        12,
+        "0012_audio.sql",
+        include_str!("../../../migrations/clickhouse/0012_audio.sql"),
+    ),
 ];
 
 /// The statements of a migration file for database `db`: comment lines dropped

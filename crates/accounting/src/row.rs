@@ -113,6 +113,8 @@ pub struct RequestRow {
     pub search_units: u64,
     /// An image generation's images; 0 for every other call.
     pub output_images: u32,
+    /// A transcription's seconds of audio; 0 for every other call.
+    pub audio_seconds: u32,
 }
 
 fn ms32(v: u64) -> u32 {
@@ -182,6 +184,7 @@ impl From<&UsageEvent> for RequestRow {
             pipeline_step: e.pipeline_step.clone().unwrap_or_default(),
             search_units: e.search_units,
             output_images: u32::try_from(e.output_images).unwrap_or(u32::MAX),
+            audio_seconds: u32::try_from(e.audio_seconds).unwrap_or(u32::MAX),
         }
     }
 }

@@ -51,6 +51,7 @@ fn event(i: usize) -> UsageEvent {
         event_id: UsageEvent::event_id_of(request_id, 1),
         search_units: 0,
         output_images: 0,
+        audio_seconds: 0,
         request_id,
         attempt: 1,
         received_unix_ms: now,

@@ -33,7 +33,7 @@ pub fn format_nanos(nanos: i64) -> String {
 }
 
 /// A price from its decimal strings (USD per million tokens; USD per request,
-/// image, search unit or generated image); each field that is not a non-negative decimal is named.
+/// image, search unit, generated image or second of audio); each field that is not a non-negative decimal is named.
 pub fn from_raw(rp: &crate::RawPrice) -> Result<Price, Vec<&'static str>> {
     let mut bad = Vec::new();
     let mut field = |name: &'static str, v: &str| {
@@ -56,6 +56,7 @@ pub fn from_raw(rp: &crate::RawPrice) -> Result<Price, Vec<&'static str>> {
     let per_image = or("per_image", &rp.per_image, 0);
     let per_search_unit = or("per_search_unit", &rp.per_search_unit, 0);
     let per_output_image = or("per_output_image", &rp.per_output_image, 0);
+    let per_audio_second = or("per_audio_second", &rp.per_audio_second, 0);
     if !bad.is_empty() {
         return Err(bad);
     }
@@ -70,6 +71,7 @@ pub fn from_raw(rp: &crate::RawPrice) -> Result<Price, Vec<&'static str>> {
         per_image,
         per_search_unit,
         per_output_image,
+        per_audio_second,
     })
 }
 
@@ -92,6 +94,7 @@ pub fn to_raw(p: &Price) -> crate::RawPrice {
         per_image: opt(p.per_image, 0),
         per_search_unit: opt(p.per_search_unit, 0),
         per_output_image: opt(p.per_output_image, 0),
+        per_audio_second: opt(p.per_audio_second, 0),
     }
 }
 
@@ -162,6 +165,7 @@ mod tests {
             per_image: 0,
             per_search_unit: 2_000_000,
             per_output_image: 40_000_000,
+            per_audio_second: 100_000,
         };
         let raw = to_raw(&p);
         assert_eq!((raw.input.as_str(), raw.output.as_str()), ("0.15", "2"));
@@ -169,6 +173,7 @@ mod tests {
         assert_eq!(raw.per_request.as_deref(), Some("0.000000001"));
         assert_eq!(raw.per_search_unit.as_deref(), Some("0.002"));
         assert_eq!(raw.per_output_image.as_deref(), Some("0.04"));
+        assert_eq!(raw.per_audio_second.as_deref(), Some("0.0001"));
         assert_eq!(from_raw(&raw), Ok(p));
     }
 
@@ -187,6 +192,7 @@ mod tests {
             per_image: 2_000_000,
             per_search_unit: 2_000_000,
             per_output_image: 40_000_000,
+            per_audio_second: 100_000,
         };
         let one = |f: fn(&mut TokenUsage)| {
             let mut t = TokenUsage::default();
@@ -222,6 +228,7 @@ mod tests {
             images: 3,
             search_units: 0,
             output_images: 0,
+            audio_seconds: 0,
         };
         // 3000 + 600 + 300×3.75 + 100×6 + 300×15 + 200×20 = 13,825 µ$ → 13,825,000 n$.
         assert_eq!(p.cost_nanos(&t), 13_825_000);
@@ -238,6 +245,12 @@ mod tests {
             ..Units::default()
         };
         assert_eq!(p.cost_of(&TokenUsage::default(), drawn), 80_000_000);
+        // A minute of audio at $0.006 a minute.
+        let heard = Units {
+            audio_seconds: 60,
+            ..Units::default()
+        };
+        assert_eq!(p.cost_of(&TokenUsage::default(), heard), 6_000_000);
         // A report of more 1-hour writes or reasoning than there are is capped.
         let odd = TokenUsage {
             cache_write_1h_tokens: 9,

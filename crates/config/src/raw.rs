@@ -352,6 +352,8 @@ pub struct RawServer {
     pub listen: String,
     /// Largest accepted request body in bytes.
     pub max_body_bytes: u64,
+    /// Largest accepted upload (a multipart audio body) in bytes.
+    pub max_upload_bytes: u64,
     /// Time a request may take in all, e.g. "120s".
     pub request_timeout: String,
     /// Name of this ingress instance in reply subjects; random when unset.
@@ -376,6 +378,7 @@ impl Default for RawServer {
         RawServer {
             listen: "127.0.0.1:8080".into(),
             max_body_bytes: 4 * 1024 * 1024,
+            max_upload_bytes: 25 * 1024 * 1024,
             request_timeout: "120s".into(),
             ingress_id: None,
             idempotency_window: "24h".into(),
@@ -640,6 +643,9 @@ pub struct RawPrice {
     /// USD per generated image (none when unset).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_output_image: Option<String>,
+    /// USD per second of audio transcribed (none when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_audio_second: Option<String>,
 }
 
 impl RawPrice {
@@ -656,6 +662,7 @@ impl RawPrice {
             per_image: None,
             per_search_unit: None,
             per_output_image: None,
+            per_audio_second: None,
         }
     }
 }

@@ -12,8 +12,9 @@ pub const CLASSES: [&str; 5] = ["simple", "medium", "complex", "code", "image"];
 
 /// What an upstream model may be declared to serve (`serves`): `chat`
 /// (Chat Completions, Messages and Responses, translated to its dialect),
-/// `embeddings`, `rerank` and `images` (image generation).
-pub const SERVES: [&str; 4] = ["chat", "embeddings", "rerank", "images"];
+/// `embeddings`, `rerank`, `images` (image generation) and
+/// `transcriptions` (audio transcriptions and translations).
+pub const SERVES: [&str; 5] = ["chat", "embeddings", "rerank", "images", "transcriptions"];
 
 /// `[providers.<p>.models."<m>"]`: facts about one upstream model.
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -267,6 +267,8 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Largest accepted body.
     pub max_body_bytes: usize,
+    /// Largest accepted upload (multipart audio).
+    pub max_upload_bytes: usize,
     /// Whole-request deadline.
     pub request_timeout: Duration,
     /// This ingress's name in reply subjects, if fixed.

@@ -112,6 +112,7 @@ impl Config {
         let server = ServerConfig {
             listen,
             max_body_bytes: usize::try_from(raw.server.max_body_bytes).unwrap_or(usize::MAX),
+            max_upload_bytes: usize::try_from(raw.server.max_upload_bytes).unwrap_or(usize::MAX),
             request_timeout,
             ingress_id: raw.server.ingress_id,
             idempotency_window: duration(
@@ -154,6 +155,12 @@ impl Config {
             e.push(ConfigError::new(
                 "server.max_body_bytes_in_flight",
                 "must be at least server.max_body_bytes and at most 4294967295",
+            ));
+        }
+        if raw.server.max_upload_bytes == 0 {
+            e.push(ConfigError::new(
+                "server.max_upload_bytes",
+                "must be greater than zero",
             ));
         }
 

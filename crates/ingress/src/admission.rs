@@ -86,6 +86,7 @@ pub(crate) enum Payload {
     Embeddings(sy_protocol::embeddings::EmbeddingsRequest),
     Rerank(sy_protocol::rerank::RerankRequest),
     Images(sy_protocol::images::ImagesRequest),
+    Transcription(sy_protocol::audio::TranscriptionRequest),
 }
 
 impl Payload {
@@ -96,6 +97,7 @@ impl Payload {
             Some(Payload::Embeddings(_)) => "embeddings",
             Some(Payload::Rerank(_)) => "rerank",
             Some(Payload::Images(_)) => "images",
+            Some(Payload::Transcription(_)) => "transcriptions",
         }
     }
 }
@@ -129,6 +131,11 @@ pub(crate) fn parse(
                 Some(Payload::Images(i)),
             ))
         }
+        // Multipart: read by `surface::audio::parse`, not here.
+        ApiSurface::Transcriptions | ApiSurface::Translations => Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "Send the audio as multipart/form-data with fields 'file' and 'model'.",
+        )),
         _ => Ok((parse_request(surface, body)?, None)),
     }
 }
@@ -198,12 +205,14 @@ pub(crate) fn admit_parsed(
         batch,
     } = admission;
     let kind = Payload::kind(payload.as_ref());
-    let (mut embeddings, rerank, mut images) = match payload {
-        None => (None, None, None),
-        Some(Payload::Embeddings(e)) => (Some(e), None, None),
-        Some(Payload::Rerank(r)) => (None, Some(r), None),
-        Some(Payload::Images(i)) => (None, None, Some(i)),
-    };
+    let (mut embeddings, mut rerank, mut images, mut transcription) = (None, None, None, None);
+    match payload {
+        None => {}
+        Some(Payload::Embeddings(e)) => embeddings = Some(e),
+        Some(Payload::Rerank(r)) => rerank = Some(r),
+        Some(Payload::Images(i)) => images = Some(i),
+        Some(Payload::Transcription(t)) => transcription = Some(t),
+    }
     let base64 = embeddings
         .as_ref()
         .is_some_and(|e| e.encoding_format.as_deref() == Some("base64"));
@@ -289,6 +298,7 @@ pub(crate) fn admit_parsed(
         embeddings,
         rerank,
         images,
+        transcription,
         class: class.map(|c| c.as_str().to_owned()),
         choice: Some(choice),
         fallback,

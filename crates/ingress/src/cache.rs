@@ -312,11 +312,13 @@ impl ResponseCache {
         if !on {
             return Plan::Off;
         }
-        // Several choices, rerank answers and images (not kept yet: their
-        // hits' rows would need the units a miss is billed) go uncached.
+        // Several choices, rerank answers, images and transcripts (not kept
+        // yet: their hits' rows would need the units a miss is billed) go
+        // uncached.
         if envelope.request.n.is_some_and(|n| n > 1)
             || envelope.rerank.is_some()
             || envelope.images.is_some()
+            || envelope.transcription.is_some()
         {
             self.lookups[2].inc();
             return Plan::Bypass;
@@ -362,6 +364,8 @@ impl ResponseCache {
             ApiSurface::Embeddings => "embeddings",
             ApiSurface::Rerank => "rerank",
             ApiSurface::Images => "images",
+            ApiSurface::Transcriptions => "transcriptions",
+            ApiSurface::Translations => "translations",
         };
         let flags = [
             u8::from(envelope.request.is_stream()),
@@ -523,6 +527,7 @@ impl ResponseCache {
             event_id: UsageEvent::event_id_of(envelope.request_id, 0),
             search_units: 0,
             output_images: 0,
+            audio_seconds: 0,
             request_id: envelope.request_id,
             attempt: 0,
             received_unix_ms: envelope.received_unix_ms,
@@ -849,6 +854,7 @@ impl Tap {
         let units = sy_protocol::price::Units {
             search_units: 0,
             output_images: 0,
+            audio_seconds: 0,
             requests: 1,
             images: self.images,
         };

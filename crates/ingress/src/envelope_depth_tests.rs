@@ -90,6 +90,8 @@ fn envelope(surface: ApiSurface, body: &[u8]) -> Option<RequestEnvelope> {
         Some(crate::admission::Payload::Embeddings(e)) => (Some(e), None, None),
         Some(crate::admission::Payload::Rerank(r)) => (None, Some(r), None),
         Some(crate::admission::Payload::Images(i)) => (None, None, Some(i)),
+        // Multipart: its fields are flat text.
+        Some(crate::admission::Payload::Transcription(_)) => return None,
     };
     Some(RequestEnvelope {
         request_id: uuid::Uuid::now_v7(),
@@ -109,6 +111,7 @@ fn envelope(surface: ApiSurface, body: &[u8]) -> Option<RequestEnvelope> {
         embeddings,
         rerank,
         images,
+        transcription: None,
         class: None,
         choice: None,
         fallback: Vec::new(),

@@ -47,6 +47,14 @@ pub(crate) async fn images(State(state): State<Arc<AppState>>, req: Request) -> 
     handle(state, ApiSurface::Images, req).await
 }
 
+pub(crate) async fn transcriptions(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    handle(state, ApiSurface::Transcriptions, req).await
+}
+
+pub(crate) async fn translations(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    handle(state, ApiSurface::Translations, req).await
+}
+
 #[tracing::instrument(name = "ingress.request", skip_all, fields(request_id, api = ?surface, model, stream, trace_id))]
 pub(crate) async fn handle(state: Arc<AppState>, surface: ApiSurface, req: Request) -> Response {
     // Every log line of the request names its trace (when tracing is on).
@@ -103,13 +111,37 @@ async fn chat(
         let e = ApiError::new(ErrorCode::Internal, "the request was not authenticated");
         (e, None, None)
     })?;
-    check_content_type(&parts.headers).map_err(|e| (e, None, None))?;
-    let body = read_body(state.max_body_bytes, &parts.headers, body)
+    let upload = matches!(
+        surface,
+        ApiSurface::Transcriptions | ApiSurface::Translations
+    );
+    let limit = if upload {
+        state.max_upload_bytes
+    } else {
+        check_content_type(&parts.headers).map_err(|e| (e, None, None))?;
+        state.max_body_bytes
+    };
+    let body = read_body(limit, &parts.headers, body)
         .await
         .map_err(|e| (e, None, None))?;
     // What Switchyard adds is counted from here: the client's upload is not.
     let received = std::time::Instant::now();
-    let (request, payload) = admission::parse(surface, &body).map_err(|e| (e, None, None))?;
+    let (request, payload, audio) = if upload {
+        let form = crate::surface::audio::parse(
+            &parts.headers,
+            body.clone(),
+            surface == ApiSurface::Translations,
+            request_id,
+        )
+        .await
+        .map_err(|e| (e, None, None))?;
+        let request = sy_protocol::chat::ChatRequest::model_only(&form.request.model);
+        let payload = admission::Payload::Transcription(form.request);
+        (request, Some(payload), Some(form.audio))
+    } else {
+        let (request, payload) = admission::parse(surface, &body).map_err(|e| (e, None, None))?;
+        (request, payload, None)
+    };
     let trace = parts
         .extensions
         .get::<sy_telemetry::trace::Span>()
@@ -174,6 +206,16 @@ async fn chat(
     };
     admitted.envelope.limits = granted.ticket;
     let headroom = granted.headroom;
+    // An upload is stored once its request is admitted and counted, before
+    // the request is queued (its worker reads it from the blob store).
+    if let (Some(audio), Some(t)) = (audio, &admitted.envelope.transcription)
+        && let Err(e) = crate::surface::audio::store(state, t, &audio).await
+    {
+        if let (Some(r), Some(ticket)) = (&state.rate_limits, admitted.envelope.limits.take()) {
+            r.give_back(request_id, ticket);
+        }
+        return Err((e, None, admitted.class));
+    }
     // The response cache: after limits (a hit counts as a request), before
     // anything is published.
     let cache = match (&state.cache, directives) {
@@ -313,6 +355,11 @@ pub(crate) async fn answer(
             sse_response(pending, first, responses::ResponsesEncoder::new(names), tap)
         }
         (_, true) => sse_response(pending, first, SseEncoder::new(names, include_usage), tap),
+        (ApiSurface::Transcriptions | ApiSurface::Translations, _) => {
+            crate::surface::audio::respond(pending, first)
+                .await
+                .map_err(|e| (e, start.clone(), class))?
+        }
         (ApiSurface::Images, false) => crate::surface::images::respond(
             state,
             pending,
@@ -419,6 +466,8 @@ fn added_latency(
         ApiSurface::Embeddings => "embeddings",
         ApiSurface::Rerank => "rerank",
         ApiSurface::Images => "images",
+        ApiSurface::Transcriptions => "transcriptions",
+        ApiSurface::Translations => "translations",
     };
     sy_telemetry::metrics::get()
         .added_latency

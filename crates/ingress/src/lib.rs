@@ -289,6 +289,7 @@ async fn build(config: Arc<Config>, bus: Bus) -> Result<(Router, Arc<AppState>),
             crate::state::Routing::from_config(&config)
         })),
         max_body_bytes: config.server.max_body_bytes,
+        max_upload_bytes: config.server.max_upload_bytes,
         limits: limits.clone(),
         request_timeout: config.server.request_timeout,
         clickhouse: config.clickhouse.clone(),
@@ -347,6 +348,18 @@ async fn build(config: Arc<Config>, bus: Bus) -> Result<(Router, Arc<AppState>),
         .route(
             "/v2/rerank",
             post(flow::rerank)
+                .route_layer(identify.clone())
+                .fallback(endpoints::method_not_allowed),
+        )
+        .route(
+            "/v1/audio/transcriptions",
+            post(flow::transcriptions)
+                .route_layer(identify.clone())
+                .fallback(endpoints::method_not_allowed),
+        )
+        .route(
+            "/v1/audio/translations",
+            post(flow::translations)
                 .route_layer(identify.clone())
                 .fallback(endpoints::method_not_allowed),
         )

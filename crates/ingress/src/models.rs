@@ -133,6 +133,7 @@ fn entry(state: &AppState, routing: &Routing, caller: &Caller, id: &str) -> Opti
                 "embeddings" => &["embeddings"],
                 "rerank" => &["rerank"],
                 "images" => &["images.generations"],
+                "transcriptions" => &["audio.transcriptions", "audio.translations"],
                 _ => &[],
             };
             for api in apis {
@@ -199,6 +200,7 @@ fn pricing(price: &sy_protocol::price::Price, multiplier_ppb: i64) -> Value {
         ("per_image", price.per_image),
         ("per_search_unit", price.per_search_unit),
         ("per_output_image", price.per_output_image),
+        ("per_audio_second", price.per_audio_second),
     ] {
         if nanos > 0 {
             let billed = sy_config::price::scale(nanos, multiplier_ppb);

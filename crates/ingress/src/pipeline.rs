@@ -568,7 +568,10 @@ async fn collect(
                 }
                 agg.add(c.choices);
             }
-            ReplyFrame::Embedding(_) | ReplyFrame::Rerank(_) | ReplyFrame::Image(_) => {}
+            ReplyFrame::Embedding(_)
+            | ReplyFrame::Rerank(_)
+            | ReplyFrame::Image(_)
+            | ReplyFrame::Text(_) => {}
             ReplyFrame::Final(f) => {
                 if let Some(e) = &f.error {
                     return Err(ApiError::from_frame(e));

@@ -211,6 +211,11 @@ impl RateLimits {
             .as_ref()
             .map_or(0, |r| r.estimated_search_units(4));
         let drawn = env.images.as_ref().map_or(0, |i| i64::from(i.count()));
+        // Seconds of audio, from the upload's size at 16 kbit/s (the least
+        // a speech codec uses): more than it is, never less, for a budget.
+        let heard = env.transcription.as_ref().map_or(0, |t| {
+            i64::try_from(t.file.bytes / 2_000 + 1).unwrap_or(i64::MAX)
+        });
         let (mut input, mut output, mut fixed) = (0f64, 0f64, 0i64);
         let fallbacks = env.fallback.iter().filter_map(|t| priced(&t.pricing));
         for (p, multiplier) in std::iter::once(first).chain(fallbacks) {
@@ -228,7 +233,8 @@ impl RateLimits {
                     p.per_search_unit
                         .saturating_mul(i64::try_from(search_units).unwrap_or(i64::MAX)),
                 )
-                .saturating_add(p.per_output_image.saturating_mul(drawn));
+                .saturating_add(p.per_output_image.saturating_mul(drawn))
+                .saturating_add(p.per_audio_second.saturating_mul(heard));
             fixed = fixed.max(sy_config::price::scale(units, multiplier));
         }
         Ok((input, output, fixed))
@@ -605,7 +611,11 @@ const MIN_LOWERED_OUTPUT_TOKENS: u32 = 16;
 /// `max_tokens`, or the configured default, for each of `n`; none for
 /// embeddings and rerank.
 fn output_tokens(env: &RequestEnvelope, config: &LimitsConfig) -> u32 {
-    if env.embeddings.is_some() || env.rerank.is_some() || env.images.is_some() {
+    if env.embeddings.is_some()
+        || env.rerank.is_some()
+        || env.images.is_some()
+        || env.transcription.is_some()
+    {
         return 0;
     }
     let r = &env.request;

@@ -49,6 +49,7 @@ pub(crate) fn start_of(frame: &ReplyFrame) -> Option<&StartInfo> {
         ReplyFrame::Embedding(e) => e.start.as_ref(),
         ReplyFrame::Rerank(r) => r.start.as_ref(),
         ReplyFrame::Image(i) => i.start.as_ref(),
+        ReplyFrame::Text(t) => t.start.as_ref(),
         ReplyFrame::Final(f) => f.start.as_ref(),
     }
 }
@@ -102,8 +103,9 @@ pub(crate) fn answer_body(
             ReplyFrame::Chunk(c) => agg.add(c.choices),
             ReplyFrame::Embedding(e) => vectors.push(e),
             ReplyFrame::Rerank(r) => ranking = Some(r),
-            // Images are answered by `images::respond` (blobs need reading).
-            ReplyFrame::Image(_) => {}
+            // Images are answered by `images::respond` (blobs need reading),
+            // transcripts by `audio::respond`.
+            ReplyFrame::Image(_) | ReplyFrame::Text(_) => {}
             ReplyFrame::Final(f) => {
                 if let Some(e) = &f.error {
                     return Err(ApiError::from_frame(e));
@@ -132,10 +134,10 @@ pub(crate) fn answer_body(
         ApiSurface::Messages => messages::body(first_choice(agg), names, usage.as_ref()),
         ApiSurface::Responses => responses::body(first_choice(agg), names, usage.as_ref()),
         ApiSurface::Embeddings => embeddings::body(vectors, base64, names, usage.as_ref()),
-        ApiSurface::Images => {
+        ApiSurface::Images | ApiSurface::Transcriptions | ApiSurface::Translations => {
             return Err(ApiError::new(
                 ErrorCode::Internal,
-                "images are not answered from frames alone",
+                "images and transcripts are not answered here",
             ));
         }
         ApiSurface::Rerank => match ranking {
@@ -192,9 +194,12 @@ pub(crate) fn sse_response<E: StreamEncoder>(
                 st.encoder.chunk(&c.choices)
             }
             // Never in a chat stream.
-            Ok(ReplyFrame::Embedding(_) | ReplyFrame::Rerank(_) | ReplyFrame::Image(_)) => {
-                Bytes::new()
-            }
+            Ok(
+                ReplyFrame::Embedding(_)
+                | ReplyFrame::Rerank(_)
+                | ReplyFrame::Image(_)
+                | ReplyFrame::Text(_),
+            ) => Bytes::new(),
             Ok(ReplyFrame::Final(f)) => {
                 st.done = true;
                 match &f.error {

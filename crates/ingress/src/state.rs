@@ -24,6 +24,8 @@ pub(crate) struct AppState {
     pub(crate) admin: Option<Arc<sy_control::admin::Admin>>,
     pub(crate) routing: std::sync::RwLock<Arc<Routing>>,
     pub(crate) max_body_bytes: usize,
+    /// The largest multipart upload (audio).
+    pub(crate) max_upload_bytes: usize,
     /// Bounds on connections and on bodies being received.
     pub(crate) limits: Arc<intake::Limits>,
     pub(crate) request_timeout: std::time::Duration,

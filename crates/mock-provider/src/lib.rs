@@ -12,6 +12,7 @@
 //! a disconnect cancelled the upstream call. [`MockProvider::start`] runs it
 //! in-process; the `mock-provider` binary runs the same code.
 
+pub mod audio;
 mod dialect;
 mod directives;
 pub mod png;

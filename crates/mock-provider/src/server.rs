@@ -169,6 +169,10 @@ impl MockProvider {
             .route("/v1/images/generations", post(openai_images))
             .route("/images/generations", post(openai_images))
             .route("/mock/images/{name}", get(image_file))
+            .route("/v1/audio/transcriptions", post(transcriptions))
+            .route("/audio/transcriptions", post(transcriptions))
+            .route("/v1/audio/translations", post(translations))
+            .route("/audio/translations", post(translations))
             .route("/v1/models", get(models))
             .route("/v1/traces", post(traces))
             .route("/mock/stats", get(stats))
@@ -565,6 +569,66 @@ async fn serve_images(
     let resp = json_response(StatusCode::OK, &answer);
     shared.counters.completed.fetch_add(1, Ordering::SeqCst);
     resp
+}
+
+async fn transcriptions(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    form: Result<axum::extract::Multipart, axum::extract::multipart::MultipartRejection>,
+) -> Response {
+    serve_audio(shared, headers, form, false).await
+}
+
+async fn translations(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    form: Result<axum::extract::Multipart, axum::extract::multipart::MultipartRejection>,
+) -> Response {
+    serve_audio(shared, headers, form, true).await
+}
+
+/// Speech to text (OpenAI's multipart API): a transcript of the upload in
+/// the asked format; directives in the `prompt` field (or the header).
+async fn serve_audio(
+    shared: Arc<Shared>,
+    headers: HeaderMap,
+    form: Result<axum::extract::Multipart, axum::extract::multipart::MultipartRejection>,
+    translate: bool,
+) -> Response {
+    let dialect = Dialect::OpenAi;
+    shared.counters.requests.fetch_add(1, Ordering::SeqCst);
+    if let Some(key) = &shared.opts.api_key
+        && !dialect.authorized(&headers, None, key)
+    {
+        return dialect.error(401, "Incorrect API key provided", Some("invalid_api_key"));
+    }
+    let Ok(mut form) = form else {
+        return dialect.error(400, "send multipart/form-data", None);
+    };
+    let (mut audio, mut format, mut prompt, mut model) = (None, None, String::new(), None);
+    while let Ok(Some(field)) = form.next_field().await {
+        match field.name().unwrap_or_default() {
+            "file" => audio = field.bytes().await.ok(),
+            "response_format" => format = field.text().await.ok(),
+            "prompt" => prompt = field.text().await.unwrap_or_default(),
+            "model" => model = field.text().await.ok(),
+            _ => {}
+        }
+    }
+    let (Some(audio), Some(_model)) = (audio, model) else {
+        return dialect.error(400, "file and model are required", None);
+    };
+    let format = format.unwrap_or_else(|| "json".into());
+    if !crate::audio::known_format(&format) {
+        return dialect.error(400, "unknown response_format", None);
+    }
+    let blocks = extract(&prompt).1;
+    if let Err(resp) = one_shot_directives(&shared, dialect, &headers, &blocks).await {
+        return *resp;
+    }
+    let (body, kind) = crate::audio::answer(&audio, &format, translate);
+    shared.counters.completed.fetch_add(1, Ordering::SeqCst);
+    ([(header::CONTENT_TYPE, kind)], body).into_response()
 }
 
 async fn openai_rerank(

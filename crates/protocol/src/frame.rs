@@ -21,6 +21,10 @@ pub enum ApiSurface {
     Rerank,
     /// `POST /v1/images/generations`.
     Images,
+    /// `POST /v1/audio/transcriptions` (multipart).
+    Transcriptions,
+    /// `POST /v1/audio/translations` (multipart).
+    Translations,
 }
 
 /// The fields of a [`RequestEnvelope`] a worker needs to answer it, read from
@@ -86,6 +90,10 @@ pub struct RequestEnvelope {
     /// An image generation request (`api` = images).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub images: Option<crate::images::ImagesRequest>,
+    /// A transcription or translation (`api` = transcriptions,
+    /// translations); its audio is in the blob store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transcription: Option<crate::audio::TranscriptionRequest>,
     /// The request class (classifier or client hint); none for embeddings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub class: Option<String>,
@@ -271,6 +279,8 @@ pub enum ReplyFrame {
     Rerank(crate::rerank::RerankFrame),
     /// One generated image.
     Image(crate::images::ImageFrame),
+    /// A whole answer that is text (a transcript).
+    Text(crate::audio::TextFrame),
     /// The end of the answer: usage, or an error.
     Final(FinalFrame),
 }
@@ -283,6 +293,7 @@ impl ReplyFrame {
             ReplyFrame::Embedding(e) => e.seq,
             ReplyFrame::Rerank(r) => r.seq,
             ReplyFrame::Image(i) => i.seq,
+            ReplyFrame::Text(t) => t.seq,
             ReplyFrame::Final(f) => f.seq,
         }
     }

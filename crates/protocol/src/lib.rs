@@ -15,6 +15,7 @@
 //! batch jobs, records, items and results are in [`batch`].
 
 pub mod anthropic;
+pub mod audio;
 pub mod batch;
 pub mod chat;
 pub mod embeddings;

@@ -12,8 +12,8 @@ fn is_zero(v: &i64) -> bool {
 }
 
 /// A model's price: nano-USD per million tokens of each class, and nano-USD
-/// per request, per input image, per rerank search unit and per generated
-/// image where the model has such prices.
+/// per request, per input image, per rerank search unit, per generated
+/// image and per second of audio where the model has such prices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Price {
     /// Uncached input tokens.
@@ -42,6 +42,9 @@ pub struct Price {
     /// Each image generated, nano-USD.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub per_output_image: i64,
+    /// Each second of audio transcribed or translated (rounded up), nano-USD.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub per_audio_second: i64,
 }
 
 /// What is priced per unit rather than per token.
@@ -55,6 +58,8 @@ pub struct Units {
     pub search_units: u64,
     /// Images generated.
     pub output_images: u64,
+    /// Seconds of audio (rounded up).
+    pub audio_seconds: u64,
 }
 
 impl Price {
@@ -72,6 +77,7 @@ impl Price {
             per_image: 0,
             per_search_unit: 0,
             per_output_image: 0,
+            per_audio_second: 0,
         }
     }
 
@@ -98,7 +104,8 @@ impl Price {
             + n(units.requests) * i128::from(self.per_request)
             + n(units.images) * i128::from(self.per_image)
             + n(units.search_units) * i128::from(self.per_search_unit)
-            + n(units.output_images) * i128::from(self.per_output_image);
+            + n(units.output_images) * i128::from(self.per_output_image)
+            + n(units.audio_seconds) * i128::from(self.per_audio_second);
         i64::try_from(total).unwrap_or(i64::MAX)
     }
 }

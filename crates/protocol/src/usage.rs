@@ -151,6 +151,10 @@ pub struct UsageEvent {
     /// An image generation's images; 0 for every other call.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub output_images: u64,
+    /// A transcription's or translation's seconds of audio (rounded up);
+    /// 0 for every other call.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub audio_seconds: u64,
     /// Where the input counts came from.
     pub input_tokens_source: TokenSource,
     /// Where the output counts came from.

@@ -122,6 +122,14 @@ pub(crate) async fn post_json(
         .send()
         .await
         .map_err(transport)?;
+    success(resp, read_error).await
+}
+
+/// `resp` when its status is a success; else its error, classified.
+async fn success(
+    resp: reqwest::Response,
+    read_error: fn(&[u8]) -> ErrorBody,
+) -> Result<reqwest::Response, ProviderError> {
     let status = resp.status();
     if status.is_success() {
         return Ok(resp);
@@ -134,6 +142,25 @@ pub(crate) async fn post_json(
         &raw,
         retry_after,
     ))
+}
+
+/// Posts a multipart form (an upload); an error status comes back
+/// classified, as [`post_json`]'s.
+pub(crate) async fn post_form(
+    client: &reqwest::Client,
+    url: &str,
+    headers: &HeaderMap,
+    form: reqwest::multipart::Form,
+    read_error: fn(&[u8]) -> ErrorBody,
+) -> Result<reqwest::Response, ProviderError> {
+    let resp = client
+        .post(url)
+        .headers(headers.clone())
+        .multipart(form)
+        .send()
+        .await
+        .map_err(transport)?;
+    success(resp, read_error).await
 }
 
 /// The whole body of a non-streamed answer.

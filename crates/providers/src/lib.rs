@@ -33,6 +33,7 @@ use futures::stream::BoxStream;
 use sy_config::{ProviderConfig, ProviderKind};
 pub use sy_protocol::ResponseMeta;
 use sy_protocol::TokenUsage;
+use sy_protocol::audio::TranscriptionRequest;
 use sy_protocol::chat::{ChatRequest, ChoiceDelta};
 use sy_protocol::embeddings::EmbeddingsRequest;
 use sy_protocol::images::ImagesRequest;
@@ -124,6 +125,19 @@ pub struct Images {
     pub model: Option<String>,
 }
 
+/// A transcript in the format the client asked for.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Transcript {
+    /// The body as the client gets it.
+    pub body: String,
+    /// Its media type.
+    pub content_type: String,
+    /// The audio's length in seconds, when the answer says.
+    pub seconds: Option<f64>,
+    /// Tokens, when the provider bills them (gpt-4o-transcribe).
+    pub usage: Option<TokenUsage>,
+}
+
 /// The contract every adapter meets.
 pub trait Provider: Send + Sync {
     /// Which dialect.
@@ -159,6 +173,21 @@ pub trait Provider: Send + Sync {
         req: &'a ImagesRequest,
         cx: &'a CallContext,
     ) -> impl Future<Output = Result<Images, ProviderError>> + Send + 'a;
+
+    /// Transcribes (or translates) `audio` (a dialect without such an API
+    /// answers `Unsupported`).
+    fn transcribe<'a>(
+        &'a self,
+        req: &'a TranscriptionRequest,
+        audio: Vec<u8>,
+        cx: &'a CallContext,
+    ) -> impl Future<Output = Result<Transcript, ProviderError>> + Send + 'a {
+        let _ = (req, audio, cx);
+        std::future::ready(Err(ProviderError::Unsupported(format!(
+            "{:?} models have no transcription API; route this model to an OpenAI-compatible (Whisper) model",
+            self.kind()
+        ))))
+    }
 }
 
 /// Every adapter, for dispatch without boxing.
@@ -249,6 +278,20 @@ impl Provider for AnyProvider {
             AnyProvider::Anthropic(a) => a.images(req, cx).await,
             AnyProvider::Gemini(a) => a.images(req, cx).await,
             AnyProvider::Cohere(a) => a.images(req, cx).await,
+        }
+    }
+
+    async fn transcribe(
+        &self,
+        req: &TranscriptionRequest,
+        audio: Vec<u8>,
+        cx: &CallContext,
+    ) -> Result<Transcript, ProviderError> {
+        match self {
+            AnyProvider::OpenAi(a) => a.transcribe(req, audio, cx).await,
+            AnyProvider::Anthropic(a) => a.transcribe(req, audio, cx).await,
+            AnyProvider::Gemini(a) => a.transcribe(req, audio, cx).await,
+            AnyProvider::Cohere(a) => a.transcribe(req, audio, cx).await,
         }
     }
 }

@@ -18,9 +18,10 @@ use crate::error::ErrorBody;
 use crate::sse::SseEvent;
 use crate::{
     CallContext, Chunk, ChunkStream, Embeddings, GeneratedImage, Images, Provider, ProviderError,
-    Reranked, ResponseMeta,
+    Reranked, ResponseMeta, Transcript,
 };
 use sy_protocol::TokenUsage;
+use sy_protocol::audio::TranscriptionRequest;
 use sy_protocol::embeddings::EmbeddingsRequest;
 use sy_protocol::images::ImagesRequest;
 use sy_protocol::rerank::RerankRequest;
@@ -209,6 +210,64 @@ impl Provider for OpenAiAdapter {
             .unwrap_or("png");
         from_images(&call::body(resp).await?, format)
     }
+
+    /// `POST {base}/audio/transcriptions` (or `translations`) as a
+    /// multipart form with the client's fields. A client asking for `text`
+    /// is answered from `json` (whose usage says the seconds billed).
+    async fn transcribe(
+        &self,
+        req: &TranscriptionRequest,
+        audio: Vec<u8>,
+        cx: &CallContext,
+    ) -> Result<Transcript, ProviderError> {
+        let asked = req.format();
+        let wire_format = if asked == "text" { "json" } else { asked };
+        let mut part = reqwest::multipart::Part::bytes(audio).file_name(req.file.filename.clone());
+        if let Some(kind) = &req.file.content_type {
+            part = part
+                .mime_str(kind)
+                .map_err(|_| ProviderError::Protocol(format!("bad media type {kind:?}")))?;
+        }
+        let mut form = reqwest::multipart::Form::new()
+            .part("file", part)
+            .text("model", cx.upstream_model.clone())
+            .text("response_format", wire_format.to_owned());
+        for (name, value) in [("language", &req.language), ("prompt", &req.prompt)] {
+            if let Some(v) = value {
+                form = form.text(name, v.clone());
+            }
+        }
+        if let Some(t) = req.temperature {
+            form = form.text("temperature", t.to_string());
+        }
+        for g in &req.timestamp_granularities {
+            form = form.text("timestamp_granularities[]", g.clone());
+        }
+        for (name, value) in &req.extra {
+            let text = match value {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            form = form.text(name.clone(), text);
+        }
+        let path = if req.translate {
+            "audio/translations"
+        } else {
+            "audio/transcriptions"
+        };
+        let resp = call::post_form(
+            &self.client,
+            &self.url(&cx.upstream_model, path),
+            call::call_headers(&self.headers, self.auth, cx)?.as_ref(),
+            form,
+            read_error,
+        )
+        .await?;
+        let raw = call::body(resp).await?;
+        let text = String::from_utf8(raw.to_vec())
+            .map_err(|_| ProviderError::Protocol("a transcript that is not UTF-8".into()))?;
+        from_transcript(text, asked, wire_format)
+    }
 }
 
 /// An OpenAI images answer (`data` of `b64_json` or `url`, and
@@ -264,6 +323,70 @@ pub fn from_images(raw: &[u8], format: &str) -> Result<Images, ProviderError> {
         }),
         model: None,
     })
+}
+
+/// A transcription answer in `wire` format turned into the client's
+/// `asked` one (`text` from `json`), with the seconds and tokens it says.
+pub fn from_transcript(body: String, asked: &str, wire: &str) -> Result<Transcript, ProviderError> {
+    let (mut seconds, mut usage) = (None, None);
+    let body = match wire {
+        "json" | "verbose_json" => {
+            let v: Value = serde_json::from_str(&body).map_err(|e| {
+                ProviderError::Protocol(format!("a transcript that is no JSON: {e}"))
+            })?;
+            let text = v["text"]
+                .as_str()
+                .ok_or_else(|| ProviderError::Protocol("a transcript without text".into()))?;
+            seconds = v["duration"].as_f64();
+            let u = &v["usage"];
+            match u["type"].as_str() {
+                Some("duration") => seconds = seconds.or(u["seconds"].as_f64()),
+                Some("tokens") => {
+                    usage = Some(TokenUsage {
+                        input_tokens: u["input_tokens"].as_u64().unwrap_or(0),
+                        output_tokens: u["output_tokens"].as_u64().unwrap_or(0),
+                        ..TokenUsage::default()
+                    });
+                }
+                _ => {}
+            }
+            if asked == "text" {
+                format!("{text}\n")
+            } else {
+                body
+            }
+        }
+        // The last cue's end is the audio's length, near enough.
+        "srt" | "vtt" => {
+            seconds = last_cue_end(&body);
+            body
+        }
+        _ => body,
+    };
+    let content_type = match asked {
+        "json" | "verbose_json" => "application/json",
+        "vtt" => "text/vtt; charset=utf-8",
+        _ => "text/plain; charset=utf-8",
+    };
+    Ok(Transcript {
+        body,
+        content_type: content_type.to_owned(),
+        seconds,
+        usage,
+    })
+}
+
+/// The end of the last `HH:MM:SS,mmm --> HH:MM:SS,mmm` cue (SRT's comma
+/// or VTT's dot), in seconds.
+fn last_cue_end(body: &str) -> Option<f64> {
+    let line = body.lines().rev().find(|l| l.contains("-->"))?;
+    let end = line.split("-->").nth(1)?.trim();
+    let end = end.split_whitespace().next()?.replace(',', ".");
+    let mut secs = 0.0;
+    for part in end.split(':') {
+        secs = secs * 60.0 + part.parse::<f64>().ok()?;
+    }
+    Some(secs)
 }
 
 /// A Jina-style rerank answer (`results` of `index` and `relevance_score`,

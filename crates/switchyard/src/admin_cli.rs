@@ -104,7 +104,7 @@ pub enum PriceCommand {
         version: String,
     },
     /// Makes a new version with one model's price set (USD per million
-    /// tokens; per request, image, search unit or generated image: USD each).
+    /// tokens; per request, image, search unit, generated image or second of audio: USD each).
     Set {
         /// "<provider>/<upstream model>".
         key: String,
@@ -128,6 +128,8 @@ pub enum PriceCommand {
         per_search_unit: Option<String>,
         #[arg(long)]
         per_output_image: Option<String>,
+        #[arg(long)]
+        per_audio_second: Option<String>,
         #[command(flatten)]
         when: VersionArgs,
     },
@@ -805,6 +807,7 @@ pub async fn run(conn: &Connection, call: Call, out: &mut impl Write) -> anyhow:
             per_image,
             per_search_unit,
             per_output_image,
+            per_audio_second,
             when,
         }) => {
             let mut price = json!({"input": input, "output": output});
@@ -817,6 +820,7 @@ pub async fn run(conn: &Connection, call: Call, out: &mut impl Write) -> anyhow:
                 ("per_image", per_image),
                 ("per_search_unit", per_search_unit),
                 ("per_output_image", per_output_image),
+                ("per_audio_second", per_audio_second),
             ] {
                 if let Some(v) = v {
                     price[k] = json!(v);
@@ -1108,6 +1112,7 @@ impl Shape {
                 "per_image",
                 "per_search_unit",
                 "per_output_image",
+                "per_audio_second",
             ],
             Shape::Plan => &["name", "multiplier", "model_multipliers"],
             Shape::Pipeline => &["name", "model", "description"],

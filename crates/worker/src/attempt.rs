@@ -14,6 +14,8 @@ pub(crate) struct AttemptState {
     pub search_units: Option<u64>,
     /// An image generation's images sent.
     pub output_images: u64,
+    /// A transcription's audio, seconds, when its answer said.
+    pub audio_seconds: Option<f64>,
     pub finish_reason: Option<String>,
     /// Generated text (content, refusals, tool arguments), for estimates only.
     pub output_text: String,

@@ -14,6 +14,7 @@ pub(crate) fn observe(e: &UsageEvent) {
         ApiSurface::Embeddings => "embeddings",
         ApiSurface::Rerank => "rerank",
         ApiSurface::Images => "image_generation",
+        ApiSurface::Transcriptions | ApiSurface::Translations => "speech_to_text",
         _ => "chat",
     };
     let provider = e.provider.clone();
@@ -114,6 +115,7 @@ pub(crate) fn trace_call(
             ApiSurface::Embeddings => "embeddings",
             ApiSurface::Rerank => "rerank",
             ApiSurface::Images => "image_generation",
+            ApiSurface::Transcriptions | ApiSurface::Translations => "speech_to_text",
             _ => "chat",
         },
         provider_name: genai_provider(provider.kind, host.unwrap_or_default()),

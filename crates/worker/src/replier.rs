@@ -7,6 +7,7 @@ use futures::StreamExt;
 use sy_bus::Bus;
 use sy_config::ProviderConfig;
 use sy_protocol::TokenUsage;
+use sy_protocol::audio::{TextFrame, TranscriptionRequest};
 use sy_protocol::batch::BatchResult;
 use sy_protocol::embeddings::{EmbeddingFrame, EmbeddingsRequest};
 use sy_protocol::images::{INLINE_IMAGE_B64_BYTES, ImageData, ImageFrame, ImagesRequest};
@@ -322,6 +323,76 @@ impl<'a> Replier<'a> {
         self.publish(frame).await;
     }
 
+    /// Transcribes (or translates) the uploaded audio, read from the blob
+    /// store, and sends the transcript as one text frame, then the final
+    /// frame.
+    pub(crate) async fn run_transcription(
+        &mut self,
+        adapter: &AnyProvider,
+        provider: &ProviderConfig,
+        req: &TranscriptionRequest,
+        state: &mut AttemptState,
+    ) {
+        let audio = match self.read_blob(&req.file.blob).await {
+            Ok(a) => a,
+            Err(e) => return self.provider_failed(e, state).await,
+        };
+        let cx = self.whole_answer_call();
+        state.reached_provider = true;
+        let heard = match self
+            .answer_within(provider, adapter.transcribe(req, audio, &cx))
+            .await
+        {
+            Ok(t) => t,
+            Err(e) => return self.provider_failed(e, state).await,
+        };
+        state.first_token_unix_ms = Some(now_unix_ms());
+        state.usage = heard.usage;
+        state.audio_seconds = heard.seconds;
+        state.output_text.clone_from(&heard.body);
+        let start = (self.seq == 0).then(|| self.start_info(None));
+        let frame = ReplyFrame::Text(TextFrame {
+            seq: self.seq,
+            start,
+            content_type: heard.content_type,
+            body: heard.body,
+            audio_seconds: heard.seconds,
+        });
+        self.publish(frame).await;
+        let frame = ReplyFrame::Final(FinalFrame {
+            seq: self.seq,
+            start: None,
+            finish_reason: None,
+            usage: state.usage,
+            error: None,
+        });
+        self.publish(frame).await;
+    }
+
+    /// The blob store, opened by the first call that needs it.
+    async fn blob_store(
+        &self,
+    ) -> Result<&async_nats::jetstream::object_store::ObjectStore, sy_bus::BusError> {
+        self.blobs.get_or_try_init(|| self.bus.blob_store()).await
+    }
+
+    /// A blob's bytes (an upload the ingress stored).
+    async fn read_blob(&self, name: &str) -> Result<Vec<u8>, ProviderError> {
+        let store = self
+            .blob_store()
+            .await
+            .map_err(|e| ProviderError::Protocol(format!("reading the upload failed: {e}")))?;
+        match sy_bus::get_blob(store, name).await {
+            Ok(Some((bytes, _))) => Ok(bytes),
+            Ok(None) => Err(ProviderError::Protocol(
+                "the upload is no longer stored".into(),
+            )),
+            Err(e) => Err(ProviderError::Protocol(format!(
+                "reading the upload failed: {e}"
+            ))),
+        }
+    }
+
     /// Puts image `index`'s bytes (given as base64) in the blob store under
     /// a name of this attempt's; returns the name.
     async fn store_blob(
@@ -335,8 +406,7 @@ impl<'a> Replier<'a> {
             .decode(b64)
             .map_err(|e| ProviderError::Protocol(format!("an image that is no base64: {e}")))?;
         let store = self
-            .blobs
-            .get_or_try_init(|| self.bus.blob_store())
+            .blob_store()
             .await
             .map_err(|e| ProviderError::Protocol(format!("storing the image failed: {e}")))?;
         let name = format!(
@@ -434,6 +504,9 @@ impl<'a> Replier<'a> {
         }
         if let Some(req) = &env.images {
             return self.run_images(adapter, provider, req, state).await;
+        }
+        if let Some(req) = &env.transcription {
+            return self.run_transcription(adapter, provider, req, state).await;
         }
         let stream_mode = env.request.is_stream();
         let cx = CallContext {

@@ -69,6 +69,8 @@ pub(crate) fn event(
             (Some(e), _, _) => tokens::estimate_embeddings(&env.upstream_model, e),
             (None, Some(r), _) => tokens::estimate_rerank(&env.upstream_model, r),
             (None, None, Some(i)) => tokens::estimate_output(&env.upstream_model, &i.prompt),
+            // Audio in: no text tokens to count (billed per second).
+            _ if env.transcription.is_some() => 0,
             (None, None, None) => tokens::estimate_prompt(&env.upstream_model, &env.request),
         };
         let estimated = TokenUsage {
@@ -107,11 +109,17 @@ pub(crate) fn event(
         }),
         _ => 0,
     };
+    // Seconds of audio, rounded up, as the answer said them.
+    let audio_seconds = match state.audio_seconds {
+        Some(s) if worked && s.is_finite() && s > 0.0 => s.ceil() as u64,
+        _ => 0,
+    };
     let units = sy_config::price::Units {
         requests: u64::from(worked),
         images: if worked { env.request.image_count() } else { 0 },
         search_units,
         output_images: state.output_images,
+        audio_seconds,
     };
     let cost = price.map(|p| p.cost_of(&tokens, units));
     let error_code = match (status, &state.error) {
@@ -154,6 +162,7 @@ pub(crate) fn event(
         tokens,
         search_units,
         output_images: state.output_images,
+        audio_seconds,
         input_tokens_source: source,
         output_tokens_source: source,
         cost_nanos: cost,

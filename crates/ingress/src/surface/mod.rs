@@ -4,6 +4,7 @@
 //! `batches` serve the stored-file and batch APIs over `batch`'s stores. A new
 //! API is one more module here and one route line in `lib.rs`.
 
+pub mod audio;
 pub mod batches;
 pub mod chat;
 pub mod embeddings;

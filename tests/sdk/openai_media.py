@@ -1,8 +1,10 @@
-"""Drives Switchyard's image generation with the official `openai` Python
-SDK, unchanged: `images.generate` as base64 and as links.
+"""Drives Switchyard's image generation and speech to text with the official
+`openai` Python SDK, unchanged: `images.generate` as base64 and as links,
+`audio.transcriptions.create` and `audio.translations.create`.
 
-Run by the e2e test `sdk::official_openai_python_sdk_generates_images`:
-    python tests/sdk/openai_images.py --base-url URL/v1 --api-key KEY --model MODEL --link-model MODEL
+Run by the e2e test `sdk::official_openai_python_sdk_generates_images_and_transcribes`:
+    python tests/sdk/openai_media.py --base-url URL/v1 --api-key KEY --model MODEL \
+        --link-model MODEL --audio-model MODEL --audio FILE.wav
 Exits 0 when every check passes; prints one line per check.
 """
 
@@ -28,6 +30,8 @@ def main():
     ap.add_argument("--api-key", required=True)
     ap.add_argument("--model", required=True, help="an image model answering in base64")
     ap.add_argument("--link-model", required=True, help="an image model whose bytes the gateway links to")
+    ap.add_argument("--audio-model", required=True, help="a transcription model")
+    ap.add_argument("--audio", required=True, help="a WAV file to transcribe")
     args = ap.parse_args()
     client = openai.OpenAI(base_url=args.base_url, api_key=args.api_key, max_retries=0)
 
@@ -51,6 +55,23 @@ def main():
         check("n 11 refused", False)
     except openai.BadRequestError as e:
         check("n 11 refused naming n", e.body.get("param") == "n", e.body)
+    with open(args.audio, "rb") as f:
+        audio = f.read()
+    t = client.audio.transcriptions.create(model=args.audio_model, file=("hello.wav", audio))
+    check("a transcript", len(t.text.split()) == 8, t)
+    plain = client.audio.transcriptions.create(model=args.audio_model, file=("hello.wav", audio),
+                                               response_format="text")
+    check("a plain-text transcript", plain.strip() == t.text, repr(plain))
+    v = client.audio.transcriptions.create(model=args.audio_model, file=("hello.wav", audio),
+                                           response_format="verbose_json", timestamp_granularities=["segment"])
+    check("verbose_json has the duration", abs(v.duration - 2.0) < 0.01, v)
+    tr = client.audio.translations.create(model=args.audio_model, file=("hallo.wav", audio))
+    check("a translation", tr.text == t.text, tr)
+    try:
+        client.audio.transcriptions.create(model=args.audio_model, file=("notes.txt", b"hi"))
+        check("a text file refused", False)
+    except openai.BadRequestError as e:
+        check("a text file refused naming file", e.body.get("param") == "file", e.body)
     print("all checks passed")
 
 

@@ -1,0 +1,392 @@
+//! `POST /v1/audio/transcriptions` and `/v1/audio/translations`: OpenAI's
+//! speech-to-text API (multipart uploads), served by OpenAI-compatible
+//! Whisper endpoints (OpenAI, Groq, vLLM). The upload goes to the blob
+//! store once the request is admitted (its limits counted); the envelope
+//! names it; the answer is the transcript in the format asked for.
+
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRequest, Multipart};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value};
+use sy_protocol::audio::{TranscriptionRequest, Upload};
+use sy_protocol::{ErrorCode, ReplyFrame};
+
+use crate::error::ApiError;
+use crate::relay::Pending;
+use crate::validate::missing;
+
+/// The audio formats OpenAI's API takes, by file extension.
+pub const AUDIO_EXTENSIONS: [&str; 10] = [
+    "flac", "mp3", "mp4", "mpeg", "mpga", "m4a", "ogg", "oga", "wav", "webm",
+];
+
+/// The answer formats.
+pub const RESPONSE_FORMATS: [&str; 5] = ["json", "text", "srt", "vtt", "verbose_json"];
+
+/// The longest text field (a prompt, a language) the form may carry.
+const MAX_FIELD_CHARS: usize = 8192;
+
+/// A parsed upload: the request (its blob named for `request_id`) and the
+/// audio's bytes, to store once the request is admitted.
+pub(crate) struct Form {
+    pub request: TranscriptionRequest,
+    pub audio: Bytes,
+}
+
+/// Parses a multipart body of `headers`' content type.
+pub(crate) async fn parse(
+    headers: &HeaderMap,
+    body: Bytes,
+    translate: bool,
+    request_id: uuid::Uuid,
+) -> Result<Form, ApiError> {
+    let not_a_form = |why: String| {
+        ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!(
+                "Send the audio as multipart/form-data with fields 'file' and 'model' ({why})."
+            ),
+        )
+    };
+    let mut req = axum::extract::Request::new(Body::from(body));
+    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
+        req.headers_mut().insert(header::CONTENT_TYPE, ct.clone());
+    }
+    let mut form = Multipart::from_request(req, &())
+        .await
+        .map_err(|e| not_a_form(e.body_text()))?;
+    let mut fields = Map::new();
+    let mut granularities = Vec::new();
+    let mut file: Option<(String, Option<String>, Bytes)> = None;
+    loop {
+        let field = match form.next_field().await {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(e) => return Err(not_a_form(e.body_text())),
+        };
+        let name = field.name().unwrap_or_default().to_owned();
+        if name == "file" {
+            let filename = field
+                .file_name()
+                .map(str::to_owned)
+                .ok_or_else(|| ApiError::invalid("file", "'file' must be a file upload."))?;
+            let kind = field.content_type().map(str::to_owned);
+            let bytes = field.bytes().await.map_err(|e| not_a_form(e.body_text()))?;
+            file = Some((filename, kind, bytes));
+            continue;
+        }
+        if field.file_name().is_some() {
+            return Err(ApiError::invalid(
+                name.clone(),
+                format!("'{name}' must be a text field; only 'file' is an upload."),
+            ));
+        }
+        let text = field.text().await.map_err(|e| not_a_form(e.body_text()))?;
+        if text.chars().count() > MAX_FIELD_CHARS {
+            return Err(ApiError::invalid(
+                name.clone(),
+                format!("'{name}' holds at most {MAX_FIELD_CHARS} characters."),
+            ));
+        }
+        if name == "timestamp_granularities[]" || name == "timestamp_granularities" {
+            granularities.push(text);
+        } else if fields.insert(name.clone(), Value::String(text)).is_some() {
+            return Err(ApiError::invalid(
+                name.clone(),
+                format!("'{name}' is given twice."),
+            ));
+        }
+    }
+    let (filename, content_type, audio) = file.ok_or_else(|| missing("file"))?;
+    if audio.is_empty() {
+        return Err(ApiError::invalid("file", "'file' is empty."));
+    }
+    let extension = filename
+        .rsplit_once('.')
+        .map(|(_, e)| e.to_ascii_lowercase())
+        .unwrap_or_default();
+    if !AUDIO_EXTENSIONS.contains(&extension.as_str()) {
+        return Err(ApiError::invalid(
+            "file",
+            format!(
+                "Unsupported file format '{}': send one of {}.",
+                sy_protocol::bounded(&extension, 16),
+                AUDIO_EXTENSIONS.join(", ")
+            ),
+        ));
+    }
+    let mut take = |name: &str| match fields.remove(name) {
+        Some(Value::String(s)) => Some(s),
+        _ => None,
+    };
+    let model = take("model").ok_or_else(|| missing("model"))?;
+    if model.trim().is_empty() {
+        return Err(ApiError::invalid("model", "'model' must not be empty."));
+    }
+    let response_format = take("response_format");
+    if let Some(f) = &response_format
+        && !RESPONSE_FORMATS.contains(&f.as_str())
+    {
+        return Err(ApiError::invalid(
+            "response_format",
+            format!(
+                "'response_format' must be one of {}, not '{}'.",
+                RESPONSE_FORMATS.join(", "),
+                sy_protocol::bounded(f, 32)
+            ),
+        ));
+    }
+    let temperature = match take("temperature") {
+        None => None,
+        Some(t) => match t.trim().parse::<f64>() {
+            Ok(v) if (0.0..=1.0).contains(&v) => Some(v),
+            _ => {
+                return Err(ApiError::invalid(
+                    "temperature",
+                    "'temperature' must be a number from 0 to 1.",
+                ));
+            }
+        },
+    };
+    if let Some(g) = granularities
+        .iter()
+        .find(|g| *g != "word" && *g != "segment")
+    {
+        return Err(ApiError::invalid(
+            "timestamp_granularities[]",
+            format!(
+                "'timestamp_granularities[]' takes 'word' and 'segment', not '{}'.",
+                sy_protocol::bounded(g, 32)
+            ),
+        ));
+    }
+    if !granularities.is_empty() && response_format.as_deref() != Some("verbose_json") {
+        return Err(ApiError::invalid(
+            "timestamp_granularities[]",
+            "'timestamp_granularities[]' needs 'response_format' verbose_json.",
+        ));
+    }
+    let language = take("language");
+    if translate && language.is_some() {
+        return Err(ApiError::invalid(
+            "language",
+            "Translations are into English; 'language' is for transcriptions.",
+        ));
+    }
+    let prompt = take("prompt");
+    if fields.remove("stream").is_some_and(|s| s != "false") {
+        return Err(ApiError::invalid(
+            "stream",
+            "Streamed transcription is not supported; ask without 'stream'.",
+        ));
+    }
+    Ok(Form {
+        request: TranscriptionRequest {
+            model,
+            translate,
+            file: Upload {
+                blob: format!("aud-{}", request_id.as_simple()),
+                filename,
+                content_type,
+                bytes: audio.len() as u64,
+            },
+            response_format,
+            language,
+            prompt,
+            temperature,
+            timestamp_granularities: granularities,
+            extra: fields,
+        },
+        audio,
+    })
+}
+
+/// Stores an admitted request's upload under the name its envelope gives.
+pub(crate) async fn store(
+    state: &crate::state::AppState,
+    req: &TranscriptionRequest,
+    audio: &[u8],
+) -> Result<(), ApiError> {
+    let unavailable = |why: String| ApiError {
+        retry_after_secs: Some(1),
+        ..ApiError::new(
+            ErrorCode::Overloaded,
+            format!("The upload store is unavailable: {why}"),
+        )
+    };
+    let store = state
+        .blobs
+        .get_or_try_init(|| state.bus.blob_store())
+        .await
+        .map_err(|e| unavailable(e.to_string()))?;
+    let kind = req
+        .file
+        .content_type
+        .as_deref()
+        .unwrap_or("application/octet-stream");
+    sy_bus::put_blob(store, &req.file.blob, kind, audio)
+        .await
+        .map_err(|e| unavailable(e.to_string()))
+}
+
+/// Waits for the transcript and answers it with its media type.
+pub(crate) async fn respond(mut pending: Pending, first: ReplyFrame) -> Result<Response, ApiError> {
+    let mut frame = first;
+    let mut text = None;
+    loop {
+        match frame {
+            ReplyFrame::Text(t) => text = Some((t.content_type, t.body)),
+            ReplyFrame::Final(f) => {
+                if let Some(e) = &f.error {
+                    return Err(ApiError::from_frame(e));
+                }
+                break;
+            }
+            _ => {}
+        }
+        frame = pending.next().await?;
+    }
+    let (kind, body) = text.ok_or_else(|| {
+        ApiError::new(ErrorCode::Internal, "the transcript ended without its text")
+    })?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_str(&kind).unwrap_or(HeaderValue::from_static("text/plain")),
+        )],
+        body,
+    )
+        .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn form(parts: &[(&str, Option<&str>, &[u8])]) -> (HeaderMap, Bytes) {
+        let boundary = "sy-boundary";
+        let mut body = Vec::new();
+        for (name, filename, data) in parts {
+            body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
+            match filename {
+                Some(f) => body.extend_from_slice(
+                    format!("Content-Disposition: form-data; name=\"{name}\"; filename=\"{f}\"\r\nContent-Type: audio/wav\r\n\r\n").as_bytes(),
+                ),
+                None => body.extend_from_slice(
+                    format!("Content-Disposition: form-data; name=\"{name}\"\r\n\r\n").as_bytes(),
+                ),
+            }
+            body.extend_from_slice(data);
+            body.extend_from_slice(b"\r\n");
+        }
+        body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_str(&format!("multipart/form-data; boundary={boundary}")).unwrap(),
+        );
+        (h, Bytes::from(body))
+    }
+
+    async fn parsed(parts: &[(&str, Option<&str>, &[u8])]) -> Result<Form, ApiError> {
+        let (h, b) = form(parts);
+        parse(&h, b, false, uuid::Uuid::nil()).await
+    }
+
+    #[tokio::test]
+    async fn a_good_form_parses_with_its_fields() {
+        let f = parsed(&[
+            ("model", None, b"whisper-1"),
+            ("file", Some("a.WAV"), b"RIFFdata"),
+            ("response_format", None, b"verbose_json"),
+            ("timestamp_granularities[]", None, b"word"),
+            ("temperature", None, b"0.2"),
+            ("language", None, b"de"),
+        ])
+        .await
+        .unwrap();
+        assert_eq!(f.request.model, "whisper-1");
+        assert_eq!(f.request.file.filename, "a.WAV");
+        assert_eq!(f.request.file.bytes, 8);
+        assert_eq!(f.request.file.content_type.as_deref(), Some("audio/wav"));
+        assert_eq!(f.request.format(), "verbose_json");
+        assert_eq!(f.request.timestamp_granularities, ["word"]);
+        assert_eq!(f.request.temperature, Some(0.2));
+        assert_eq!(&f.audio[..], b"RIFFdata");
+    }
+
+    #[tokio::test]
+    async fn bad_forms_name_the_field() {
+        let wav: &[u8] = b"RIFF";
+        for (parts, param) in [
+            (vec![("file", Some("a.wav"), wav)], Some("model")),
+            (vec![("model", None, b"m" as &[u8])], Some("file")),
+            (
+                vec![("model", None, b"m" as &[u8]), ("file", Some("a.txt"), wav)],
+                Some("file"),
+            ),
+            (
+                vec![
+                    ("model", None, b"m" as &[u8]),
+                    ("file", Some("a.wav"), b"" as &[u8]),
+                ],
+                Some("file"),
+            ),
+            (
+                vec![
+                    ("model", None, b"m" as &[u8]),
+                    ("file", Some("a.wav"), wav),
+                    ("response_format", None, b"xml"),
+                ],
+                Some("response_format"),
+            ),
+            (
+                vec![
+                    ("model", None, b"m" as &[u8]),
+                    ("file", Some("a.wav"), wav),
+                    ("temperature", None, b"3"),
+                ],
+                Some("temperature"),
+            ),
+            (
+                vec![
+                    ("model", None, b"m" as &[u8]),
+                    ("file", Some("a.wav"), wav),
+                    ("timestamp_granularities[]", None, b"word"),
+                ],
+                Some("timestamp_granularities[]"),
+            ),
+            (
+                vec![
+                    ("model", None, b"m" as &[u8]),
+                    ("model", None, b"n" as &[u8]),
+                    ("file", Some("a.wav"), wav),
+                ],
+                Some("model"),
+            ),
+            (
+                vec![
+                    ("model", None, b"m" as &[u8]),
+                    ("file", Some("a.wav"), wav),
+                    ("prompt", Some("p.txt"), wav),
+                ],
+                Some("prompt"),
+            ),
+        ] {
+            let e = parsed(&parts).await.err().unwrap();
+            assert_eq!(e.param.as_deref(), param, "{parts:?}: {}", e.message);
+        }
+        // Not a form at all.
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        let e = parse(&h, Bytes::from_static(b"{}"), false, uuid::Uuid::nil())
+            .await
+            .err()
+            .unwrap();
+        assert!(e.message.contains("multipart/form-data"), "{}", e.message);
+    }
+}

@@ -1,0 +1,76 @@
+//! Audio transcription and translation requests (OpenAI's
+//! `/v1/audio/transcriptions` and `/v1/audio/translations`, multipart): the
+//! upload travels in the blob store, the envelope names it; the answer is
+//! one text frame in the format the client asked for.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// A file the client uploaded, kept in the blob store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Upload {
+    /// The blob store object holding its bytes.
+    pub blob: String,
+    /// Its name as the client sent it.
+    pub filename: String,
+    /// Its media type as the client said, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    /// Its size.
+    pub bytes: u64,
+}
+
+/// A transcription (`translate` false) or a translation into English.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TranscriptionRequest {
+    /// The model (route) the client asked for.
+    pub model: String,
+    /// Translate into English instead of transcribing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub translate: bool,
+    /// The audio.
+    pub file: Upload,
+    /// `json` (default), `text`, `srt`, `vtt` or `verbose_json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<String>,
+    /// The audio's language (ISO-639-1), for transcriptions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language: Option<String>,
+    /// Text to guide the model's style.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    /// Sampling temperature, 0 to 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    /// `word` and/or `segment` (verbose_json only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub timestamp_granularities: Vec<String>,
+    /// Every other text field, passed through as form fields.
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub extra: Map<String, Value>,
+}
+
+impl TranscriptionRequest {
+    /// The format the client gets: `json` unless it said otherwise.
+    pub fn format(&self) -> &str {
+        self.response_format.as_deref().unwrap_or("json")
+    }
+}
+
+/// A whole answer that is text (a transcript in json, text, srt, vtt or
+/// verbose_json), on the reply subject.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TextFrame {
+    /// Position in the reply (0).
+    pub seq: u32,
+    /// Present on the first frame.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<crate::StartInfo>,
+    /// Its media type (`application/json`, `text/plain`, `text/vtt`, …).
+    pub content_type: String,
+    /// The body, as the client gets it.
+    pub body: String,
+    /// The audio's length in seconds, when known (billed per second).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio_seconds: Option<f64>,
+}

@@ -1,0 +1,242 @@
+//! `POST /v1/audio/transcriptions` and `/v1/audio/translations` through the
+//! stack: multipart uploads into the blob store, each response format,
+//! fallback across Whisper targets, usage rows billed per second, and bad
+//! uploads refused before any provider.
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+use std::time::{Duration, Instant};
+
+use reqwest::multipart::{Form, Part};
+use serde_json::Value;
+use sy_mock_provider::audio::{transcript, wav};
+
+use crate::stack::{Stack, StackOptions};
+
+fn form(model: &str, audio: Vec<u8>, filename: &str) -> Form {
+    Form::new().text("model", model.to_owned()).part(
+        "file",
+        Part::bytes(audio)
+            .file_name(filename.to_owned())
+            .mime_str("audio/wav")
+            .unwrap(),
+    )
+}
+
+async fn send(stack: &Stack, path: &str, form: Form) -> reqwest::Response {
+    stack
+        .http
+        .post(stack.url(path))
+        .bearer_auth(crate::stack::KEY)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_are_transcribed_in_every_format_fall_back_and_are_billed_per_second() {
+    let stack = Stack::start_with(StackOptions {
+        clickhouse: true,
+        ..Default::default()
+    })
+    .await;
+    let audio = wav(2.5);
+    let text = transcript(&audio);
+
+    // json, the default.
+    let resp = send(
+        &stack,
+        "/v1/audio/transcriptions",
+        form("whisper-1", audio.clone(), "hello.wav"),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-switchyard-provider"], "openai");
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["text"], text.as_str(), "{v}");
+
+    // text (asked of the provider as json, whose usage says the seconds),
+    // srt, vtt and verbose_json, each with its media type.
+    for (format, kind, needle) in [
+        ("text", "text/plain; charset=utf-8", format!("{text}\n")),
+        ("srt", "text/plain; charset=utf-8", "00:00:02,500".into()),
+        ("vtt", "text/vtt; charset=utf-8", "WEBVTT".into()),
+        (
+            "verbose_json",
+            "application/json",
+            "\"duration\":2.5".into(),
+        ),
+    ] {
+        let resp = send(
+            &stack,
+            "/v1/audio/transcriptions",
+            form("whisper-1", audio.clone(), "hello.wav").text("response_format", format),
+        )
+        .await;
+        assert_eq!(resp.status(), 200, "{format}");
+        assert_eq!(resp.headers()["content-type"], kind, "{format}");
+        let body = resp.text().await.unwrap();
+        assert!(body.contains(&text), "{format}: {body}");
+        assert!(body.contains(&needle), "{format}: {body}");
+        if format == "text" {
+            assert_eq!(body, needle);
+        }
+    }
+
+    // A translation.
+    let resp = send(
+        &stack,
+        "/v1/audio/translations",
+        form("whisper-1", audio.clone(), "hallo.wav").text("response_format", "verbose_json"),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["task"], "translate", "{v}");
+
+    // OpenAI failing: the self-hosted Whisper transcribes.
+    let resp = send(
+        &stack,
+        "/v1/audio/transcriptions",
+        form("whisper-1", audio.clone(), "hello.wav")
+            .text("prompt", "[[mock:status=500,only=openai]]"),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-switchyard-provider"], "vllm");
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["text"], text.as_str(), "{v}");
+
+    // Usage rows: 2.5 s billed as 3 s, at $0.0001 (OpenAI) or $0.00003
+    // (vLLM) a second, +20 % markup; the failed attempts bill nothing.
+    let ch = stack.clickhouse.as_ref().unwrap();
+    let client = sy_accounting::client(ch);
+    type Row = (String, String, String, u32, Option<i64>, Option<i64>);
+    let nanos = |s: String| sy_config::price::parse_nanos(&s);
+    let until = Instant::now() + Duration::from_secs(15);
+    let rows: Vec<Row> = loop {
+        let raw: Vec<(String, String, String, u32, String, String)> = client
+            .query(&format!(
+                "SELECT api, provider, status, audio_seconds, \
+                 ifNull(toString(cost), ''), ifNull(toString(billed), '') \
+                 FROM {}.requests FINAL WHERE api IN ('transcriptions', 'translations') \
+                 ORDER BY received_ms, attempt",
+                ch.database
+            ))
+            .fetch_all()
+            .await
+            .unwrap();
+        let rows: Vec<Row> = raw
+            .into_iter()
+            .map(|(a, p, s, n, c, b)| (a, p, s, n, nanos(c), nanos(b)))
+            .collect();
+        if rows.iter().filter(|r| r.2 == "ok").count() >= 7 || Instant::now() > until {
+            break rows;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let ok: Vec<&Row> = rows.iter().filter(|r| r.2 == "ok").collect();
+    assert_eq!(ok.len(), 7, "{rows:?}");
+    for r in &ok[..6] {
+        assert_eq!((r.1.as_str(), r.3), ("openai", 3), "{rows:?}");
+        assert_eq!((r.4, r.5), (Some(300_000), Some(360_000)), "{rows:?}");
+    }
+    assert_eq!(ok[5].0, "translations", "{rows:?}");
+    assert_eq!((ok[6].1.as_str(), ok[6].3), ("vllm", 3), "{rows:?}");
+    assert_eq!(
+        (ok[6].4, ok[6].5),
+        (Some(90_000), Some(108_000)),
+        "{rows:?}"
+    );
+    for failed in rows.iter().filter(|r| r.2 != "ok") {
+        assert_eq!((failed.1.as_str(), failed.3), ("openai", 0), "{rows:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_uploads_are_refused_before_any_provider() {
+    let stack = Stack::start_with(StackOptions {
+        server_extra: "max_upload_bytes = 100000",
+        ..Default::default()
+    })
+    .await;
+    let before = stack.upstream_requests();
+    let audio = wav(1.0);
+    let cases: Vec<(Form, u16, &str)> = vec![
+        (
+            Form::new().part("file", Part::bytes(audio.clone()).file_name("a.wav")),
+            400,
+            "model",
+        ),
+        (Form::new().text("model", "whisper-1"), 400, "file"),
+        (form("whisper-1", audio.clone(), "notes.txt"), 400, "file"),
+        (
+            form("whisper-1", audio.clone(), "a.wav").text("response_format", "docx"),
+            400,
+            "response_format",
+        ),
+        (
+            form("whisper-1", audio.clone(), "a.wav").text("temperature", "hot"),
+            400,
+            "temperature",
+        ),
+        // A chat model transcribes nothing.
+        (form("gpt-4o-mini", audio.clone(), "a.wav"), 400, "model"),
+    ];
+    for (f, status, param) in cases {
+        let resp = send(&stack, "/v1/audio/transcriptions", f).await;
+        assert_eq!(resp.status(), status, "{param}");
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(v["error"]["param"], param, "{v}");
+    }
+    // More than max_upload_bytes: 413.
+    let resp = send(
+        &stack,
+        "/v1/audio/transcriptions",
+        form("whisper-1", wav(10.0), "long.wav"),
+    )
+    .await;
+    assert_eq!(resp.status(), 413);
+    // JSON is not an upload.
+    let resp = stack
+        .http
+        .post(stack.url("/v1/audio/transcriptions"))
+        .bearer_auth(crate::stack::KEY)
+        .json(&serde_json::json!({"model": "whisper-1", "file": "a.wav"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let v: Value = resp.json().await.unwrap();
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("multipart/form-data"),
+        "{v}"
+    );
+    assert_eq!(
+        stack.upstream_requests(),
+        before,
+        "a bad upload reached a provider"
+    );
+    // A model whose dialect has no transcription API: refused without a call.
+    let resp = send(
+        &stack,
+        "/v1/audio/transcriptions",
+        form("claude-sonnet-4-5", audio, "a.wav"),
+    )
+    .await;
+    assert_eq!(resp.status(), 400);
+    let v: Value = resp.json().await.unwrap();
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no transcription API"),
+        "{v}"
+    );
+    assert_eq!(stack.upstream_requests(), before);
+}
