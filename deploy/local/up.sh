@@ -128,6 +128,12 @@ this makes two seconds of silence):
     -H 'Authorization: Bearer sk-sy-local-dev' \
     -F model=whisper-1 -F response_format=srt -F file=@/tmp/hello.wav
 
+Speech, streamed as it is made (an MP3 the mock makes up):
+
+  curl -s http://127.0.0.1:8080/v1/audio/speech -o /tmp/hello.mp3 \
+    -H 'Authorization: Bearer sk-sy-local-dev' -H 'Content-Type: application/json' \
+    -d '{"model":"tts-1","voice":"alloy","input":"The tide turns at noon."}'
+
 A batch, from the repository root (OpenAI's Batches API; the openai SDK works too):
 
   for i in 1 2 3; do echo '{"custom_id":"q'$i'","method":"POST","url":"/v1/chat/completions","body":{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Question '$i'"}]}}'; done > /tmp/batch.jsonl

@@ -240,3 +240,182 @@ async fn bad_uploads_are_refused_before_any_provider() {
     );
     assert_eq!(stack.upstream_requests(), before);
 }
+
+async fn speak(stack: &Stack, body: Value) -> reqwest::Response {
+    stack
+        .http
+        .post(stack.url("/v1/audio/speech"))
+        .bearer_auth(crate::stack::KEY)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn speech_streams_as_it_comes_falls_back_ends_cut_streams_as_cut_and_is_billed_per_character()
+{
+    use serde_json::json;
+    use sy_mock_provider::audio::speech_bytes;
+    let stack = Stack::start_with(StackOptions {
+        clickhouse: true,
+        ..Default::default()
+    })
+    .await;
+    let input = "The tide turns at noon.";
+
+    // MP3 by default, byte for byte; a WAV when asked.
+    let resp = speak(
+        &stack,
+        json!({"model": "tts-1", "input": input, "voice": "alloy"}),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "audio/mpeg");
+    assert_eq!(resp.headers()["x-switchyard-provider"], "openai");
+    let mp3 = resp.bytes().await.unwrap();
+    assert_eq!(mp3.to_vec(), speech_bytes(input, "mp3"));
+    let resp = speak(
+        &stack,
+        json!({"model": "tts-1", "input": input, "voice": "alloy", "response_format": "wav"}),
+    )
+    .await;
+    assert_eq!(resp.headers()["content-type"], "audio/wav");
+    assert_eq!(
+        resp.bytes().await.unwrap().to_vec(),
+        speech_bytes(input, "wav")
+    );
+
+    // Streamed: with 150 ms between the mock's chunks, the first bytes
+    // arrive long before the last.
+    let paced = format!("{input} [[mock:delay_ms=150]]");
+    let started = Instant::now();
+    let mut resp = speak(
+        &stack,
+        json!({"model": "tts-1", "input": paced, "voice": "alloy"}),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let mut got = resp.chunk().await.unwrap().unwrap().to_vec();
+    let first_after = started.elapsed();
+    while let Some(c) = resp.chunk().await.unwrap() {
+        got.extend_from_slice(&c);
+    }
+    let all_after = started.elapsed();
+    assert_eq!(got, speech_bytes(&paced, "mp3"));
+    assert!(
+        all_after >= first_after + Duration::from_millis(300),
+        "first {first_after:?}, all {all_after:?}"
+    );
+
+    // OpenAI failing before any audio: the self-hosted voice speaks.
+    let failing = format!("{input} [[mock:status=500,only=openai]]");
+    let resp = speak(
+        &stack,
+        json!({"model": "tts-1", "input": failing, "voice": "alloy"}),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-switchyard-provider"], "vllm");
+    assert_eq!(
+        resp.bytes().await.unwrap().to_vec(),
+        speech_bytes(&failing, "mp3")
+    );
+
+    // Cut after two chunks: the client's transfer fails; it is never a
+    // complete answer, and no other target's audio is spliced on.
+    let cut = format!("{input} [[mock:cut_after=2,delay_ms=100]]");
+    let resp = speak(
+        &stack,
+        json!({"model": "tts-1", "input": cut, "voice": "alloy"}),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert!(resp.bytes().await.is_err(), "a cut stream read as complete");
+
+    // Usage rows: 23 characters at $15 a million (+20 %), the unpriced
+    // fallback with its characters and no cost.
+    let ch = stack.clickhouse.as_ref().unwrap();
+    let client = sy_accounting::client(ch);
+    let until = Instant::now() + Duration::from_secs(15);
+    let rows = loop {
+        let rows: Vec<(String, String, u32, String)> = client
+            .query(&format!(
+                "SELECT provider, status, input_characters, ifNull(toString(billed), '') \
+                 FROM {}.requests FINAL WHERE api = 'speech' ORDER BY received_ms, attempt",
+                ch.database
+            ))
+            .fetch_all()
+            .await
+            .unwrap();
+        if rows.len() >= 6 || Instant::now() > until {
+            break rows;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let ok: Vec<_> = rows.iter().filter(|r| r.1 == "ok").collect();
+    assert_eq!(ok.len(), 4, "{rows:?}");
+    assert_eq!((ok[0].0.as_str(), ok[0].2), ("openai", 23), "{rows:?}");
+    assert_eq!(
+        sy_config::price::parse_nanos(&ok[0].3),
+        Some(414_000),
+        "{rows:?}"
+    );
+    assert_eq!(
+        (ok[3].0.as_str(), ok[3].3.as_str()),
+        ("vllm", ""),
+        "{rows:?}"
+    );
+    let cut_row = rows.last().unwrap();
+    assert_eq!(
+        (cut_row.1.as_str(), cut_row.0.as_str()),
+        ("error", "openai"),
+        "{rows:?}"
+    );
+    assert!(cut_row.2 > 0, "audio was sent before the cut: {rows:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_speech_requests_are_refused_before_any_provider() {
+    use serde_json::json;
+    let stack = Stack::start().await;
+    let before = stack.upstream_requests();
+    for (body, param) in [
+        (json!({"model": "tts-1", "voice": "alloy"}), "input"),
+        (json!({"model": "tts-1", "input": "hi"}), "voice"),
+        (
+            json!({"model": "tts-1", "input": "hi", "voice": 5}),
+            "voice",
+        ),
+        (
+            json!({"model": "tts-1", "input": "x".repeat(4097), "voice": "alloy"}),
+            "input",
+        ),
+        (
+            json!({"model": "tts-1", "input": "hi", "voice": "alloy", "speed": 9}),
+            "speed",
+        ),
+        (
+            json!({"model": "tts-1", "input": "hi", "voice": "alloy", "response_format": "midi"}),
+            "response_format",
+        ),
+        (
+            json!({"model": "tts-1", "input": "hi", "voice": "alloy", "stream_format": "sse"}),
+            "stream_format",
+        ),
+        (
+            json!({"model": "gpt-4o-mini", "input": "hi", "voice": "alloy"}),
+            "model",
+        ),
+    ] {
+        let resp = speak(&stack, body.clone()).await;
+        assert_eq!(resp.status(), 400, "{body}");
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(v["error"]["param"], param, "{body}: {v}");
+    }
+    assert_eq!(
+        stack.upstream_requests(),
+        before,
+        "a bad request reached a provider"
+    );
+}

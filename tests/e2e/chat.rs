@@ -229,6 +229,7 @@ async fn models_endpoint_lists_configured_models() {
             "pipeline:sturdy",
             "rerank-v3.5",
             "text-embedding-3-small",
+            "tts-1",
             "whisper-1"
         ]
     );

@@ -149,6 +149,18 @@ async fn bus_messages_match_their_schemas() {
     assert_eq!(resp.status(), 200);
     attempts.push(attempts_of(&resp));
     let _ = resp.bytes().await.unwrap();
+    // Speech (bytes frames).
+    let resp = stack
+        .http
+        .post(stack.url("/v1/audio/speech"))
+        .bearer_auth(crate::stack::KEY)
+        .json(&json!({"model": "tts-1", "input": "Hello there.", "voice": "alloy"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    attempts.push(attempts_of(&resp));
+    let _ = resp.bytes().await.unwrap();
     // A cancelled request (one envelope, no observation).
     let envelopes = attempts.iter().sum::<usize>() + 1;
     let _ = stack
@@ -171,9 +183,10 @@ async fn bus_messages_match_their_schemas() {
     let mut rerank_frames = 0;
     let mut blob_frames = 0;
     let mut text_frames = 0;
-    // Until every expected message arrived (usually 12 envelopes and 12 usage
-    // events: 11 requests, one of them republished to its fallback; a cancel;
-    // 11 observations: all but the cancelled call), then 1 s more for strays;
+    let mut bytes_frames = 0;
+    // Until every expected message arrived (usually 13 envelopes and 13 usage
+    // events: 12 requests, one of them republished to its fallback; a cancel;
+    // 12 observations: all but the cancelled call), then 1 s more for strays;
     // at most 15 s.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
@@ -216,6 +229,9 @@ async fn bus_messages_match_their_schemas() {
                 if v["type"] == "text" {
                     text_frames += 1;
                 }
+                if v["type"] == "bytes" {
+                    bytes_frames += 1;
+                }
                 if v["type"] == "final" && v.get("error").is_some() {
                     finals_with_error += 1;
                 }
@@ -250,6 +266,7 @@ async fn bus_messages_match_their_schemas() {
         "a 400×400 image goes through the blob store"
     );
     assert_eq!(text_frames, 1, "a transcript is one text frame");
+    assert!(bytes_frames >= 1, "speech comes as bytes frames");
     assert!(seen[1] >= 10, "chunks and finals: {seen:?}");
     assert!(seen[2] >= 1, "the abandoned request was cancelled");
     assert_eq!(seen[3], envelopes, "one usage event per attempt");

@@ -184,6 +184,7 @@ async fn official_openai_python_sdk_generates_images_and_transcribes() {
                 "gemini-2.5-flash-image",
             ])
             .args(["--audio-model", "whisper-1", "--audio", &audio_path])
+            .args(["--speech-model", "tts-1"])
             .output()
             .unwrap_or_else(|e| panic!("cannot run {python}: {e}"))
     })

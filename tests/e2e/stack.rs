@@ -298,6 +298,17 @@ input = "0"
 output = "0"
 per_audio_second = "0.00003"
 
+[providers.openai.models."tts-1"]
+serves = ["speech"]
+
+[providers.openai.prices."tts-1"]
+input = "0"
+output = "0"
+per_character = "0.000015"
+
+[providers.vllm.models."kokoro"]
+serves = ["speech"]
+
 [providers.gemini.prices."gemini-2.5-flash-image"]
 input = "0.30"
 output = "30"
@@ -399,6 +410,10 @@ targets = [{{ provider = "gemini", model = "gemini-2.5-flash-image" }}]
 # Speech to text: OpenAI's Whisper, a self-hosted one (vLLM) behind it.
 [models."whisper-1"]
 targets = [{{ provider = "openai", model = "whisper-1" }}, {{ provider = "vllm", model = "whisper-large-v3" }}]
+
+# Text to speech: OpenAI's, a self-hosted voice (unpriced) behind it.
+[models."tts-1"]
+targets = [{{ provider = "openai", model = "tts-1" }}, {{ provider = "vllm", model = "kokoro" }}]
 
 [models."gpt-4o-mini"]
 targets = [{{ provider = "openai", model = "gpt-4o-mini" }}]
@@ -833,6 +848,7 @@ pub fn envelope(
         rerank: None,
         images: None,
         transcription: None,
+        speech: None,
         class: None,
         choice: None,
         fallback: Vec::new(),

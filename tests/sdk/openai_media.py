@@ -1,10 +1,11 @@
 """Drives Switchyard's image generation and speech to text with the official
 `openai` Python SDK, unchanged: `images.generate` as base64 and as links,
-`audio.transcriptions.create` and `audio.translations.create`.
+`audio.transcriptions.create`, `audio.translations.create` and
+`audio.speech.with_streaming_response.create`.
 
 Run by the e2e test `sdk::official_openai_python_sdk_generates_images_and_transcribes`:
     python tests/sdk/openai_media.py --base-url URL/v1 --api-key KEY --model MODEL \
-        --link-model MODEL --audio-model MODEL --audio FILE.wav
+        --link-model MODEL --audio-model MODEL --audio FILE.wav --speech-model MODEL
 Exits 0 when every check passes; prints one line per check.
 """
 
@@ -32,6 +33,7 @@ def main():
     ap.add_argument("--link-model", required=True, help="an image model whose bytes the gateway links to")
     ap.add_argument("--audio-model", required=True, help="a transcription model")
     ap.add_argument("--audio", required=True, help="a WAV file to transcribe")
+    ap.add_argument("--speech-model", required=True, help="a text-to-speech model")
     args = ap.parse_args()
     client = openai.OpenAI(base_url=args.base_url, api_key=args.api_key, max_retries=0)
 
@@ -72,6 +74,15 @@ def main():
         check("a text file refused", False)
     except openai.BadRequestError as e:
         check("a text file refused naming file", e.body.get("param") == "file", e.body)
+    with client.audio.speech.with_streaming_response.create(
+            model=args.speech_model, voice="alloy", input="The tide turns at noon.") as r:
+        check("speech is audio/mpeg", r.headers.get("content-type") == "audio/mpeg", r.headers)
+        pieces = list(r.iter_bytes())
+    spoken = b"".join(pieces)
+    check("speech streams an MP3", spoken.startswith(b"ID3") and len(spoken) > 9000, len(spoken))
+    wav = client.audio.speech.create(model=args.speech_model, voice="alloy", input="Hi.",
+                                     response_format="wav")
+    check("speech as WAV", wav.content.startswith(b"RIFF"), wav.content[:8])
     print("all checks passed")
 
 

@@ -65,6 +65,11 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         "0012_audio.sql",
         include_str!("../../../migrations/clickhouse/0012_audio.sql"),
     ),
+    (
+        13,
+        "0013_speech.sql",
+        include_str!("../../../migrations/clickhouse/0013_speech.sql"),
+    ),
 ];
 
 /// The statements of a migration file for database `db`: comment lines dropped

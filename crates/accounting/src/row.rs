@@ -115,6 +115,8 @@ pub struct RequestRow {
     pub output_images: u32,
     /// A transcription's seconds of audio; 0 for every other call.
     pub audio_seconds: u32,
+    /// A speech call's characters of input; 0 for every other call.
+    pub input_characters: u32,
 }
 
 fn ms32(v: u64) -> u32 {
@@ -185,6 +187,7 @@ impl From<&UsageEvent> for RequestRow {
             search_units: e.search_units,
             output_images: u32::try_from(e.output_images).unwrap_or(u32::MAX),
             audio_seconds: u32::try_from(e.audio_seconds).unwrap_or(u32::MAX),
+            input_characters: u32::try_from(e.input_characters).unwrap_or(u32::MAX),
         }
     }
 }

@@ -52,6 +52,7 @@ fn event(i: usize) -> UsageEvent {
         search_units: 0,
         output_images: 0,
         audio_seconds: 0,
+        input_characters: 0,
         request_id,
         attempt: 1,
         received_unix_ms: now,

@@ -33,7 +33,7 @@ pub fn format_nanos(nanos: i64) -> String {
 }
 
 /// A price from its decimal strings (USD per million tokens; USD per request,
-/// image, search unit, generated image or second of audio); each field that is not a non-negative decimal is named.
+/// image, search unit, generated image, second of audio or character spoken); each field that is not a non-negative decimal is named.
 pub fn from_raw(rp: &crate::RawPrice) -> Result<Price, Vec<&'static str>> {
     let mut bad = Vec::new();
     let mut field = |name: &'static str, v: &str| {
@@ -57,6 +57,7 @@ pub fn from_raw(rp: &crate::RawPrice) -> Result<Price, Vec<&'static str>> {
     let per_search_unit = or("per_search_unit", &rp.per_search_unit, 0);
     let per_output_image = or("per_output_image", &rp.per_output_image, 0);
     let per_audio_second = or("per_audio_second", &rp.per_audio_second, 0);
+    let per_character = or("per_character", &rp.per_character, 0);
     if !bad.is_empty() {
         return Err(bad);
     }
@@ -72,6 +73,7 @@ pub fn from_raw(rp: &crate::RawPrice) -> Result<Price, Vec<&'static str>> {
         per_search_unit,
         per_output_image,
         per_audio_second,
+        per_character,
     })
 }
 
@@ -95,6 +97,7 @@ pub fn to_raw(p: &Price) -> crate::RawPrice {
         per_search_unit: opt(p.per_search_unit, 0),
         per_output_image: opt(p.per_output_image, 0),
         per_audio_second: opt(p.per_audio_second, 0),
+        per_character: opt(p.per_character, 0),
     }
 }
 
@@ -166,6 +169,7 @@ mod tests {
             per_search_unit: 2_000_000,
             per_output_image: 40_000_000,
             per_audio_second: 100_000,
+            per_character: 15_000,
         };
         let raw = to_raw(&p);
         assert_eq!((raw.input.as_str(), raw.output.as_str()), ("0.15", "2"));
@@ -174,6 +178,7 @@ mod tests {
         assert_eq!(raw.per_search_unit.as_deref(), Some("0.002"));
         assert_eq!(raw.per_output_image.as_deref(), Some("0.04"));
         assert_eq!(raw.per_audio_second.as_deref(), Some("0.0001"));
+        assert_eq!(raw.per_character.as_deref(), Some("0.000015"));
         assert_eq!(from_raw(&raw), Ok(p));
     }
 
@@ -193,6 +198,7 @@ mod tests {
             per_search_unit: 2_000_000,
             per_output_image: 40_000_000,
             per_audio_second: 100_000,
+            per_character: 15_000,
         };
         let one = |f: fn(&mut TokenUsage)| {
             let mut t = TokenUsage::default();
@@ -229,6 +235,7 @@ mod tests {
             search_units: 0,
             output_images: 0,
             audio_seconds: 0,
+            characters: 0,
         };
         // 3000 + 600 + 300×3.75 + 100×6 + 300×15 + 200×20 = 13,825 µ$ → 13,825,000 n$.
         assert_eq!(p.cost_nanos(&t), 13_825_000);
@@ -251,6 +258,12 @@ mod tests {
             ..Units::default()
         };
         assert_eq!(p.cost_of(&TokenUsage::default(), heard), 6_000_000);
+        // A thousand characters spoken at $15 a million.
+        let said = Units {
+            characters: 1_000,
+            ..Units::default()
+        };
+        assert_eq!(p.cost_of(&TokenUsage::default(), said), 15_000_000);
         // A report of more 1-hour writes or reasoning than there are is capped.
         let odd = TokenUsage {
             cache_write_1h_tokens: 9,

@@ -646,6 +646,9 @@ pub struct RawPrice {
     /// USD per second of audio transcribed (none when unset).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_audio_second: Option<String>,
+    /// USD per character of text spoken (none when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_character: Option<String>,
 }
 
 impl RawPrice {
@@ -663,6 +666,7 @@ impl RawPrice {
             per_search_unit: None,
             per_output_image: None,
             per_audio_second: None,
+            per_character: None,
         }
     }
 }

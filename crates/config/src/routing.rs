@@ -13,8 +13,16 @@ pub const CLASSES: [&str; 5] = ["simple", "medium", "complex", "code", "image"];
 /// What an upstream model may be declared to serve (`serves`): `chat`
 /// (Chat Completions, Messages and Responses, translated to its dialect),
 /// `embeddings`, `rerank`, `images` (image generation) and
-/// `transcriptions` (audio transcriptions and translations).
-pub const SERVES: [&str; 5] = ["chat", "embeddings", "rerank", "images", "transcriptions"];
+/// `transcriptions` (audio transcriptions and translations) and `speech`
+/// (text to speech).
+pub const SERVES: [&str; 6] = [
+    "chat",
+    "embeddings",
+    "rerank",
+    "images",
+    "transcriptions",
+    "speech",
+];
 
 /// `[providers.<p>.models."<m>"]`: facts about one upstream model.
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -87,6 +87,7 @@ pub(crate) enum Payload {
     Rerank(sy_protocol::rerank::RerankRequest),
     Images(sy_protocol::images::ImagesRequest),
     Transcription(sy_protocol::audio::TranscriptionRequest),
+    Speech(sy_protocol::audio::SpeechRequest),
 }
 
 impl Payload {
@@ -98,6 +99,7 @@ impl Payload {
             Some(Payload::Rerank(_)) => "rerank",
             Some(Payload::Images(_)) => "images",
             Some(Payload::Transcription(_)) => "transcriptions",
+            Some(Payload::Speech(_)) => "speech",
         }
     }
 }
@@ -129,6 +131,13 @@ pub(crate) fn parse(
             Ok((
                 sy_protocol::chat::ChatRequest::model_only(&i.model),
                 Some(Payload::Images(i)),
+            ))
+        }
+        ApiSurface::Speech => {
+            let s = crate::surface::audio::parse_speech(body)?;
+            Ok((
+                sy_protocol::chat::ChatRequest::model_only(&s.model),
+                Some(Payload::Speech(s)),
             ))
         }
         // Multipart: read by `surface::audio::parse`, not here.
@@ -205,13 +214,15 @@ pub(crate) fn admit_parsed(
         batch,
     } = admission;
     let kind = Payload::kind(payload.as_ref());
-    let (mut embeddings, mut rerank, mut images, mut transcription) = (None, None, None, None);
+    let (mut embeddings, mut rerank, mut images, mut transcription, mut speech) =
+        (None, None, None, None, None);
     match payload {
         None => {}
         Some(Payload::Embeddings(e)) => embeddings = Some(e),
         Some(Payload::Rerank(r)) => rerank = Some(r),
         Some(Payload::Images(i)) => images = Some(i),
         Some(Payload::Transcription(t)) => transcription = Some(t),
+        Some(Payload::Speech(s)) => speech = Some(s),
     }
     let base64 = embeddings
         .as_ref()
@@ -299,6 +310,7 @@ pub(crate) fn admit_parsed(
         rerank,
         images,
         transcription,
+        speech,
         class: class.map(|c| c.as_str().to_owned()),
         choice: Some(choice),
         fallback,

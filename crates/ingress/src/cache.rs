@@ -319,6 +319,7 @@ impl ResponseCache {
             || envelope.rerank.is_some()
             || envelope.images.is_some()
             || envelope.transcription.is_some()
+            || envelope.speech.is_some()
         {
             self.lookups[2].inc();
             return Plan::Bypass;
@@ -366,6 +367,7 @@ impl ResponseCache {
             ApiSurface::Images => "images",
             ApiSurface::Transcriptions => "transcriptions",
             ApiSurface::Translations => "translations",
+            ApiSurface::Speech => "speech",
         };
         let flags = [
             u8::from(envelope.request.is_stream()),
@@ -528,6 +530,7 @@ impl ResponseCache {
             search_units: 0,
             output_images: 0,
             audio_seconds: 0,
+            input_characters: 0,
             request_id: envelope.request_id,
             attempt: 0,
             received_unix_ms: envelope.received_unix_ms,
@@ -855,6 +858,7 @@ impl Tap {
             search_units: 0,
             output_images: 0,
             audio_seconds: 0,
+            characters: 0,
             requests: 1,
             images: self.images,
         };

@@ -80,19 +80,25 @@ fn bodies(v: &Value) -> Vec<(ApiSurface, Value)> {
             ApiSurface::Images,
             json!({"model": "m", "prompt": "p", "style": v}),
         ),
+        (
+            ApiSurface::Speech,
+            json!({"model": "m", "input": "hi", "voice": "alloy", "x": v}),
+        ),
     ]
 }
 
 fn envelope(surface: ApiSurface, body: &[u8]) -> Option<RequestEnvelope> {
     let (request, payload) = crate::admission::parse(surface, body).ok()?;
-    let (embeddings, rerank, images) = match payload {
-        None => (None, None, None),
-        Some(crate::admission::Payload::Embeddings(e)) => (Some(e), None, None),
-        Some(crate::admission::Payload::Rerank(r)) => (None, Some(r), None),
-        Some(crate::admission::Payload::Images(i)) => (None, None, Some(i)),
+    let (mut embeddings, mut rerank, mut images, mut speech) = (None, None, None, None);
+    match payload {
+        None => {}
+        Some(crate::admission::Payload::Embeddings(e)) => embeddings = Some(e),
+        Some(crate::admission::Payload::Rerank(r)) => rerank = Some(r),
+        Some(crate::admission::Payload::Images(i)) => images = Some(i),
+        Some(crate::admission::Payload::Speech(s)) => speech = Some(s),
         // Multipart: its fields are flat text.
         Some(crate::admission::Payload::Transcription(_)) => return None,
-    };
+    }
     Some(RequestEnvelope {
         request_id: uuid::Uuid::now_v7(),
         attempt: 1,
@@ -112,6 +118,7 @@ fn envelope(surface: ApiSurface, body: &[u8]) -> Option<RequestEnvelope> {
         rerank,
         images,
         transcription: None,
+        speech,
         class: None,
         choice: None,
         fallback: Vec::new(),

@@ -55,6 +55,10 @@ pub(crate) async fn translations(State(state): State<Arc<AppState>>, req: Reques
     handle(state, ApiSurface::Translations, req).await
 }
 
+pub(crate) async fn speech(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    handle(state, ApiSurface::Speech, req).await
+}
+
 #[tracing::instrument(name = "ingress.request", skip_all, fields(request_id, api = ?surface, model, stream, trace_id))]
 pub(crate) async fn handle(state: Arc<AppState>, surface: ApiSurface, req: Request) -> Response {
     // Every log line of the request names its trace (when tracing is on).
@@ -355,6 +359,14 @@ pub(crate) async fn answer(
             sse_response(pending, first, responses::ResponsesEncoder::new(names), tap)
         }
         (_, true) => sse_response(pending, first, SseEncoder::new(names, include_usage), tap),
+        (ApiSurface::Speech, _) => crate::surface::audio::speech_response(
+            pending,
+            first,
+            envelope.speech.as_ref().map_or(
+                "audio/mpeg",
+                sy_protocol::audio::SpeechRequest::content_type,
+            ),
+        ),
         (ApiSurface::Transcriptions | ApiSurface::Translations, _) => {
             crate::surface::audio::respond(pending, first)
                 .await
@@ -468,6 +480,7 @@ fn added_latency(
         ApiSurface::Images => "images",
         ApiSurface::Transcriptions => "transcriptions",
         ApiSurface::Translations => "translations",
+        ApiSurface::Speech => "speech",
     };
     sy_telemetry::metrics::get()
         .added_latency

@@ -134,6 +134,7 @@ fn entry(state: &AppState, routing: &Routing, caller: &Caller, id: &str) -> Opti
                 "rerank" => &["rerank"],
                 "images" => &["images.generations"],
                 "transcriptions" => &["audio.transcriptions", "audio.translations"],
+                "speech" => &["audio.speech"],
                 _ => &[],
             };
             for api in apis {
@@ -201,6 +202,7 @@ fn pricing(price: &sy_protocol::price::Price, multiplier_ppb: i64) -> Value {
         ("per_search_unit", price.per_search_unit),
         ("per_output_image", price.per_output_image),
         ("per_audio_second", price.per_audio_second),
+        ("per_character", price.per_character),
     ] {
         if nanos > 0 {
             let billed = sy_config::price::scale(nanos, multiplier_ppb);

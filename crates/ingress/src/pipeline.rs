@@ -571,7 +571,8 @@ async fn collect(
             ReplyFrame::Embedding(_)
             | ReplyFrame::Rerank(_)
             | ReplyFrame::Image(_)
-            | ReplyFrame::Text(_) => {}
+            | ReplyFrame::Text(_)
+            | ReplyFrame::Bytes(_) => {}
             ReplyFrame::Final(f) => {
                 if let Some(e) = &f.error {
                     return Err(ApiError::from_frame(e));

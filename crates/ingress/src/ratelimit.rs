@@ -216,6 +216,9 @@ impl RateLimits {
         let heard = env.transcription.as_ref().map_or(0, |t| {
             i64::try_from(t.file.bytes / 2_000 + 1).unwrap_or(i64::MAX)
         });
+        let said = env.speech.as_ref().map_or(0, |s| {
+            i64::try_from(s.input.chars().count()).unwrap_or(i64::MAX)
+        });
         let (mut input, mut output, mut fixed) = (0f64, 0f64, 0i64);
         let fallbacks = env.fallback.iter().filter_map(|t| priced(&t.pricing));
         for (p, multiplier) in std::iter::once(first).chain(fallbacks) {
@@ -234,7 +237,8 @@ impl RateLimits {
                         .saturating_mul(i64::try_from(search_units).unwrap_or(i64::MAX)),
                 )
                 .saturating_add(p.per_output_image.saturating_mul(drawn))
-                .saturating_add(p.per_audio_second.saturating_mul(heard));
+                .saturating_add(p.per_audio_second.saturating_mul(heard))
+                .saturating_add(p.per_character.saturating_mul(said));
             fixed = fixed.max(sy_config::price::scale(units, multiplier));
         }
         Ok((input, output, fixed))
@@ -615,6 +619,7 @@ fn output_tokens(env: &RequestEnvelope, config: &LimitsConfig) -> u32 {
         || env.rerank.is_some()
         || env.images.is_some()
         || env.transcription.is_some()
+        || env.speech.is_some()
     {
         return 0;
     }

@@ -50,6 +50,7 @@ pub(crate) fn start_of(frame: &ReplyFrame) -> Option<&StartInfo> {
         ReplyFrame::Rerank(r) => r.start.as_ref(),
         ReplyFrame::Image(i) => i.start.as_ref(),
         ReplyFrame::Text(t) => t.start.as_ref(),
+        ReplyFrame::Bytes(b) => b.start.as_ref(),
         ReplyFrame::Final(f) => f.start.as_ref(),
     }
 }
@@ -105,7 +106,7 @@ pub(crate) fn answer_body(
             ReplyFrame::Rerank(r) => ranking = Some(r),
             // Images are answered by `images::respond` (blobs need reading),
             // transcripts by `audio::respond`.
-            ReplyFrame::Image(_) | ReplyFrame::Text(_) => {}
+            ReplyFrame::Image(_) | ReplyFrame::Text(_) | ReplyFrame::Bytes(_) => {}
             ReplyFrame::Final(f) => {
                 if let Some(e) = &f.error {
                     return Err(ApiError::from_frame(e));
@@ -134,7 +135,10 @@ pub(crate) fn answer_body(
         ApiSurface::Messages => messages::body(first_choice(agg), names, usage.as_ref()),
         ApiSurface::Responses => responses::body(first_choice(agg), names, usage.as_ref()),
         ApiSurface::Embeddings => embeddings::body(vectors, base64, names, usage.as_ref()),
-        ApiSurface::Images | ApiSurface::Transcriptions | ApiSurface::Translations => {
+        ApiSurface::Images
+        | ApiSurface::Transcriptions
+        | ApiSurface::Translations
+        | ApiSurface::Speech => {
             return Err(ApiError::new(
                 ErrorCode::Internal,
                 "images and transcripts are not answered here",
@@ -198,7 +202,8 @@ pub(crate) fn sse_response<E: StreamEncoder>(
                 ReplyFrame::Embedding(_)
                 | ReplyFrame::Rerank(_)
                 | ReplyFrame::Image(_)
-                | ReplyFrame::Text(_),
+                | ReplyFrame::Text(_)
+                | ReplyFrame::Bytes(_),
             ) => Bytes::new(),
             Ok(ReplyFrame::Final(f)) => {
                 st.done = true;

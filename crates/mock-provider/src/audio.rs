@@ -116,6 +116,26 @@ pub fn known_format(format: &str) -> bool {
     matches!(format, "json" | "text" | "srt" | "vtt" | "verbose_json")
 }
 
+/// The speech the mock makes of `text` (directives removed) in `format`:
+/// a WAV of 50 ms a character for `wav` and `pcm`, else an MP3-like byte
+/// string (an ID3 tag, then 400 bytes a character drawn from the text).
+pub fn speech_bytes(text: &str, format: &str) -> Vec<u8> {
+    let (text, _) = crate::extract(text);
+    let chars = text.chars().count().max(1);
+    if format == "wav" || format == "pcm" {
+        return wav(chars as f64 * 0.05);
+    }
+    let mut out = b"ID3\x04\x00\x00\x00\x00\x00\x00".to_vec();
+    let mut state = crate::seed(&text, 0);
+    for _ in 0..chars * 400 {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        out.push((state >> 56) as u8);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

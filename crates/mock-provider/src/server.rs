@@ -172,6 +172,8 @@ impl MockProvider {
             .route("/v1/audio/transcriptions", post(transcriptions))
             .route("/audio/transcriptions", post(transcriptions))
             .route("/v1/audio/translations", post(translations))
+            .route("/v1/audio/speech", post(speech))
+            .route("/audio/speech", post(speech))
             .route("/audio/translations", post(translations))
             .route("/v1/models", get(models))
             .route("/v1/traces", post(traces))
@@ -629,6 +631,62 @@ async fn serve_audio(
     let (body, kind) = crate::audio::answer(&audio, &format, translate);
     shared.counters.completed.fetch_add(1, Ordering::SeqCst);
     ([(header::CONTENT_TYPE, kind)], body).into_response()
+}
+
+/// Text to speech: the audio of the input, streamed in 4 KiB chunks;
+/// `delay_ms` paces them, `cut_after` drops the connection after that many,
+/// `status` and `ttft_ms` apply before the first.
+async fn speech(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: ReadBody) -> Response {
+    let dialect = Dialect::OpenAi;
+    let req = match admit(&shared, dialect, &headers, None, &body) {
+        Ok(v) => v,
+        Err(resp) => return *resp,
+    };
+    let Some(input) = req["input"].as_str() else {
+        return dialect.error(400, "input is required", None);
+    };
+    let blocks = extract(input).1;
+    let d = match directives(&shared, dialect, &headers, &blocks) {
+        Ok(d) => d,
+        Err(resp) => return *resp,
+    };
+    if let Err(resp) = one_shot_directives(&shared, dialect, &headers, &blocks).await {
+        return *resp;
+    }
+    let format = req["response_format"].as_str().unwrap_or("mp3");
+    let audio = crate::audio::speech_bytes(input, format);
+    let chunks: Vec<Bytes> = audio.chunks(4096).map(Bytes::copy_from_slice).collect();
+    let (delay, cut) = (d.delay, d.cut_after);
+    let counters = shared.clone();
+    let body = futures::stream::unfold((chunks.into_iter(), 0usize), move |(mut it, n)| {
+        let counters = counters.clone();
+        async move {
+            if cut == Some(n) {
+                counters.counters.faults.fetch_add(1, Ordering::SeqCst);
+                return Some((
+                    Err(std::io::Error::other("cut by a mock directive")),
+                    (it, n + 1),
+                ));
+            }
+            let chunk = it.next()?;
+            if let Some(d) = delay.filter(|_| n > 0) {
+                tokio::time::sleep(d).await;
+            }
+            if it.len() == 0 {
+                counters.counters.completed.fetch_add(1, Ordering::SeqCst);
+            }
+            Some((Ok::<_, std::io::Error>(chunk), (it, n + 1)))
+        }
+    });
+    let kind = match format {
+        "wav" => "audio/wav",
+        "pcm" => "audio/pcm",
+        "opus" => "audio/ogg",
+        "aac" => "audio/aac",
+        "flac" => "audio/flac",
+        _ => "audio/mpeg",
+    };
+    ([(header::CONTENT_TYPE, kind)], Body::from_stream(body)).into_response()
 }
 
 async fn openai_rerank(

@@ -74,3 +74,55 @@ pub struct TextFrame {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audio_seconds: Option<f64>,
 }
+
+/// Text to speech (OpenAI's `/v1/audio/speech`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SpeechRequest {
+    /// The model (route) the client asked for.
+    pub model: String,
+    /// The text to speak.
+    pub input: String,
+    /// The voice: a name, or an object naming a custom one.
+    pub voice: Value,
+    /// `mp3` (default), `opus`, `aac`, `flac`, `wav` or `pcm`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<String>,
+    /// 0.25 to 4.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speed: Option<f64>,
+    /// How to speak (gpt-4o-mini-tts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instructions: Option<String>,
+    /// Every other field, passed through.
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub extra: Map<String, Value>,
+}
+
+impl SpeechRequest {
+    /// The audio's media type for its format.
+    pub fn content_type(&self) -> &'static str {
+        match self.response_format.as_deref().unwrap_or("mp3") {
+            "opus" => "audio/ogg",
+            "aac" => "audio/aac",
+            "flac" => "audio/flac",
+            "wav" => "audio/wav",
+            "pcm" => "audio/pcm",
+            _ => "audio/mpeg",
+        }
+    }
+}
+
+/// Part of a binary answer (speech), in order; base64 on the wire.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BytesFrame {
+    /// Position in the reply, from 0.
+    pub seq: u32,
+    /// Present on the first frame.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<crate::StartInfo>,
+    /// The bytes, base64 (at most [`BYTES_FRAME_MAX`] before encoding).
+    pub data: String,
+}
+
+/// The most bytes one [`BytesFrame`] carries (before base64).
+pub const BYTES_FRAME_MAX: usize = 64 * 1024;

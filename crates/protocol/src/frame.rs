@@ -25,6 +25,8 @@ pub enum ApiSurface {
     Transcriptions,
     /// `POST /v1/audio/translations` (multipart).
     Translations,
+    /// `POST /v1/audio/speech` (audio bytes streamed back).
+    Speech,
 }
 
 /// The fields of a [`RequestEnvelope`] a worker needs to answer it, read from
@@ -94,6 +96,9 @@ pub struct RequestEnvelope {
     /// translations); its audio is in the blob store.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transcription: Option<crate::audio::TranscriptionRequest>,
+    /// A text-to-speech request (`api` = speech).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speech: Option<crate::audio::SpeechRequest>,
     /// The request class (classifier or client hint); none for embeddings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub class: Option<String>,
@@ -281,6 +286,8 @@ pub enum ReplyFrame {
     Image(crate::images::ImageFrame),
     /// A whole answer that is text (a transcript).
     Text(crate::audio::TextFrame),
+    /// Part of a binary answer (speech).
+    Bytes(crate::audio::BytesFrame),
     /// The end of the answer: usage, or an error.
     Final(FinalFrame),
 }
@@ -294,6 +301,7 @@ impl ReplyFrame {
             ReplyFrame::Rerank(r) => r.seq,
             ReplyFrame::Image(i) => i.seq,
             ReplyFrame::Text(t) => t.seq,
+            ReplyFrame::Bytes(b) => b.seq,
             ReplyFrame::Final(f) => f.seq,
         }
     }

@@ -13,7 +13,8 @@ fn is_zero(v: &i64) -> bool {
 
 /// A model's price: nano-USD per million tokens of each class, and nano-USD
 /// per request, per input image, per rerank search unit, per generated
-/// image and per second of audio where the model has such prices.
+/// image, per second of audio and per character spoken where the model has
+/// such prices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Price {
     /// Uncached input tokens.
@@ -45,6 +46,9 @@ pub struct Price {
     /// Each second of audio transcribed or translated (rounded up), nano-USD.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub per_audio_second: i64,
+    /// Each character of text spoken (text to speech), nano-USD.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub per_character: i64,
 }
 
 /// What is priced per unit rather than per token.
@@ -60,6 +64,8 @@ pub struct Units {
     pub output_images: u64,
     /// Seconds of audio (rounded up).
     pub audio_seconds: u64,
+    /// Characters of text spoken.
+    pub characters: u64,
 }
 
 impl Price {
@@ -78,6 +84,7 @@ impl Price {
             per_search_unit: 0,
             per_output_image: 0,
             per_audio_second: 0,
+            per_character: 0,
         }
     }
 
@@ -105,7 +112,8 @@ impl Price {
             + n(units.images) * i128::from(self.per_image)
             + n(units.search_units) * i128::from(self.per_search_unit)
             + n(units.output_images) * i128::from(self.per_output_image)
-            + n(units.audio_seconds) * i128::from(self.per_audio_second);
+            + n(units.audio_seconds) * i128::from(self.per_audio_second)
+            + n(units.characters) * i128::from(self.per_character);
         i64::try_from(total).unwrap_or(i64::MAX)
     }
 }

@@ -155,6 +155,9 @@ pub struct UsageEvent {
     /// 0 for every other call.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub audio_seconds: u64,
+    /// A speech call's characters of input text; 0 for every other call.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub input_characters: u64,
     /// Where the input counts came from.
     pub input_tokens_source: TokenSource,
     /// Where the output counts came from.

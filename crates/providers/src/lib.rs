@@ -33,7 +33,7 @@ use futures::stream::BoxStream;
 use sy_config::{ProviderConfig, ProviderKind};
 pub use sy_protocol::ResponseMeta;
 use sy_protocol::TokenUsage;
-use sy_protocol::audio::TranscriptionRequest;
+use sy_protocol::audio::{SpeechRequest, TranscriptionRequest};
 use sy_protocol::chat::{ChatRequest, ChoiceDelta};
 use sy_protocol::embeddings::EmbeddingsRequest;
 use sy_protocol::images::ImagesRequest;
@@ -41,6 +41,9 @@ use sy_protocol::rerank::RerankRequest;
 
 /// A provider's answer as canonical chunks; ends after the last one or an error.
 pub type ChunkStream = BoxStream<'static, Result<Chunk, ProviderError>>;
+
+/// A binary answer (speech) as it arrives.
+pub type ByteStream = BoxStream<'static, Result<bytes::Bytes, ProviderError>>;
 
 /// One piece of a provider's answer.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -188,6 +191,20 @@ pub trait Provider: Send + Sync {
             self.kind()
         ))))
     }
+
+    /// Speaks `req`'s text, its audio streamed as it comes (a dialect
+    /// without such an API answers `Unsupported`).
+    fn speech<'a>(
+        &'a self,
+        req: &'a SpeechRequest,
+        cx: &'a CallContext,
+    ) -> impl Future<Output = Result<ByteStream, ProviderError>> + Send + 'a {
+        let _ = (req, cx);
+        std::future::ready(Err(ProviderError::Unsupported(format!(
+            "{:?} models have no text-to-speech API; route this model to an OpenAI-compatible one",
+            self.kind()
+        ))))
+    }
 }
 
 /// Every adapter, for dispatch without boxing.
@@ -292,6 +309,19 @@ impl Provider for AnyProvider {
             AnyProvider::Anthropic(a) => a.transcribe(req, audio, cx).await,
             AnyProvider::Gemini(a) => a.transcribe(req, audio, cx).await,
             AnyProvider::Cohere(a) => a.transcribe(req, audio, cx).await,
+        }
+    }
+
+    async fn speech(
+        &self,
+        req: &SpeechRequest,
+        cx: &CallContext,
+    ) -> Result<ByteStream, ProviderError> {
+        match self {
+            AnyProvider::OpenAi(a) => a.speech(req, cx).await,
+            AnyProvider::Anthropic(a) => a.speech(req, cx).await,
+            AnyProvider::Gemini(a) => a.speech(req, cx).await,
+            AnyProvider::Cohere(a) => a.speech(req, cx).await,
         }
     }
 }

@@ -13,6 +13,7 @@ use sy_protocol::chat::{
     ToolCall, ToolCallDelta,
 };
 
+use crate::ByteStream;
 use crate::call::{self, Decoder, Step};
 use crate::error::ErrorBody;
 use crate::sse::SseEvent;
@@ -21,7 +22,7 @@ use crate::{
     Reranked, ResponseMeta, Transcript,
 };
 use sy_protocol::TokenUsage;
-use sy_protocol::audio::TranscriptionRequest;
+use sy_protocol::audio::{SpeechRequest, TranscriptionRequest};
 use sy_protocol::embeddings::EmbeddingsRequest;
 use sy_protocol::images::ImagesRequest;
 use sy_protocol::rerank::RerankRequest;
@@ -267,6 +268,30 @@ impl Provider for OpenAiAdapter {
         let text = String::from_utf8(raw.to_vec())
             .map_err(|_| ProviderError::Protocol("a transcript that is not UTF-8".into()))?;
         from_transcript(text, asked, wire_format)
+    }
+
+    /// `POST {base}/audio/speech` with the client's fields; the audio is
+    /// relayed as it arrives.
+    async fn speech(
+        &self,
+        req: &SpeechRequest,
+        cx: &CallContext,
+    ) -> Result<ByteStream, ProviderError> {
+        let mut wire = req.clone();
+        wire.model.clone_from(&cx.upstream_model);
+        let body = serde_json::to_vec(&wire).map_err(|e| ProviderError::Protocol(e.to_string()))?;
+        let resp = call::post_json(
+            &self.client,
+            &self.url(&cx.upstream_model, "audio/speech"),
+            call::call_headers(&self.headers, self.auth, cx)?.as_ref(),
+            body,
+            read_error,
+        )
+        .await?;
+        Ok(resp
+            .bytes_stream()
+            .map(|r| r.map_err(call::transport))
+            .boxed())
     }
 }
 

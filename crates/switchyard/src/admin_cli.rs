@@ -104,7 +104,7 @@ pub enum PriceCommand {
         version: String,
     },
     /// Makes a new version with one model's price set (USD per million
-    /// tokens; per request, image, search unit, generated image or second of audio: USD each).
+    /// tokens; per request, image, search unit, generated image, second of audio or character: USD each).
     Set {
         /// "<provider>/<upstream model>".
         key: String,
@@ -130,6 +130,8 @@ pub enum PriceCommand {
         per_output_image: Option<String>,
         #[arg(long)]
         per_audio_second: Option<String>,
+        #[arg(long)]
+        per_character: Option<String>,
         #[command(flatten)]
         when: VersionArgs,
     },
@@ -808,6 +810,7 @@ pub async fn run(conn: &Connection, call: Call, out: &mut impl Write) -> anyhow:
             per_search_unit,
             per_output_image,
             per_audio_second,
+            per_character,
             when,
         }) => {
             let mut price = json!({"input": input, "output": output});
@@ -821,6 +824,7 @@ pub async fn run(conn: &Connection, call: Call, out: &mut impl Write) -> anyhow:
                 ("per_search_unit", per_search_unit),
                 ("per_output_image", per_output_image),
                 ("per_audio_second", per_audio_second),
+                ("per_character", per_character),
             ] {
                 if let Some(v) = v {
                     price[k] = json!(v);
@@ -1113,6 +1117,7 @@ impl Shape {
                 "per_search_unit",
                 "per_output_image",
                 "per_audio_second",
+                "per_character",
             ],
             Shape::Plan => &["name", "multiplier", "model_multipliers"],
             Shape::Pipeline => &["name", "model", "description"],

@@ -15,6 +15,7 @@ pub(crate) fn observe(e: &UsageEvent) {
         ApiSurface::Rerank => "rerank",
         ApiSurface::Images => "image_generation",
         ApiSurface::Transcriptions | ApiSurface::Translations => "speech_to_text",
+        ApiSurface::Speech => "text_to_speech",
         _ => "chat",
     };
     let provider = e.provider.clone();
@@ -116,6 +117,7 @@ pub(crate) fn trace_call(
             ApiSurface::Rerank => "rerank",
             ApiSurface::Images => "image_generation",
             ApiSurface::Transcriptions | ApiSurface::Translations => "speech_to_text",
+            ApiSurface::Speech => "text_to_speech",
             _ => "chat",
         },
         provider_name: genai_provider(provider.kind, host.unwrap_or_default()),

@@ -7,7 +7,9 @@ use futures::StreamExt;
 use sy_bus::Bus;
 use sy_config::ProviderConfig;
 use sy_protocol::TokenUsage;
-use sy_protocol::audio::{TextFrame, TranscriptionRequest};
+use sy_protocol::audio::{
+    BYTES_FRAME_MAX, BytesFrame, SpeechRequest, TextFrame, TranscriptionRequest,
+};
 use sy_protocol::batch::BatchResult;
 use sy_protocol::embeddings::{EmbeddingFrame, EmbeddingsRequest};
 use sy_protocol::images::{INLINE_IMAGE_B64_BYTES, ImageData, ImageFrame, ImagesRequest};
@@ -376,6 +378,78 @@ impl<'a> Replier<'a> {
         self.blobs.get_or_try_init(|| self.bus.blob_store()).await
     }
 
+    /// Speaks the text and relays the audio as it arrives, in frames of at
+    /// most [`BYTES_FRAME_MAX`] bytes, then the final frame. The headers
+    /// and first bytes must come within `ttft_timeout`, each later piece
+    /// within `idle_timeout`. A failure after audio reached the client ends
+    /// it with the error: no other target's audio is spliced onto it.
+    pub(crate) async fn run_speech(
+        &mut self,
+        adapter: &AnyProvider,
+        provider: &ProviderConfig,
+        req: &SpeechRequest,
+        state: &mut AttemptState,
+    ) {
+        use base64::Engine;
+        let env = self.env;
+        let limit =
+            |route: Option<u64>, target: Duration| route.map_or(target, Duration::from_millis);
+        let ttft = limit(env.watchdogs.ttft_ms, provider.ttft_timeout);
+        let idle = limit(env.watchdogs.idle_ms, provider.idle_timeout);
+        let cx = self.whole_answer_call();
+        state.reached_provider = true;
+        state.not_plain = true;
+        let silent = |what: &str, limit: Duration| {
+            ProviderError::Timeout(format!("{what} within {} s", limit.as_secs_f64()))
+        };
+        let first_by = tokio::time::Instant::now() + ttft;
+        let mut stream = match tokio::time::timeout_at(first_by, adapter.speech(req, &cx)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return self.provider_failed(e, state).await,
+            Err(_) => return self.provider_failed(silent("no audio", ttft), state).await,
+        };
+        loop {
+            let by = if self.seq == 0 {
+                first_by
+            } else {
+                tokio::time::Instant::now() + idle
+            };
+            let piece = match tokio::time::timeout_at(by, stream.next()).await {
+                Ok(Some(Ok(b))) => b,
+                Ok(Some(Err(e))) => return self.provider_failed(e, state).await,
+                Ok(None) => break,
+                Err(_) if self.seq == 0 => {
+                    return self.provider_failed(silent("no audio", ttft), state).await;
+                }
+                Err(_) => {
+                    let e = silent("the audio stalled: nothing", idle);
+                    return self.provider_failed(e, state).await;
+                }
+            };
+            if state.first_token_unix_ms.is_none() && !piece.is_empty() {
+                state.first_token_unix_ms = Some(now_unix_ms());
+            }
+            for part in piece.chunks(BYTES_FRAME_MAX) {
+                let start = (self.seq == 0).then(|| self.start_info(None));
+                let frame = ReplyFrame::Bytes(BytesFrame {
+                    seq: self.seq,
+                    start,
+                    data: base64::engine::general_purpose::STANDARD.encode(part),
+                });
+                self.publish(frame).await;
+            }
+        }
+        let start = (self.seq == 0).then(|| self.start_info(None));
+        let frame = ReplyFrame::Final(FinalFrame {
+            seq: self.seq,
+            start,
+            finish_reason: None,
+            usage: None,
+            error: None,
+        });
+        self.publish(frame).await;
+    }
+
     /// A blob's bytes (an upload the ingress stored).
     async fn read_blob(&self, name: &str) -> Result<Vec<u8>, ProviderError> {
         let store = self
@@ -507,6 +581,9 @@ impl<'a> Replier<'a> {
         }
         if let Some(req) = &env.transcription {
             return self.run_transcription(adapter, provider, req, state).await;
+        }
+        if let Some(req) = &env.speech {
+            return self.run_speech(adapter, provider, req, state).await;
         }
         let stream_mode = env.request.is_stream();
         let cx = CallContext {

@@ -71,6 +71,10 @@ pub(crate) fn event(
             (None, None, Some(i)) => tokens::estimate_output(&env.upstream_model, &i.prompt),
             // Audio in: no text tokens to count (billed per second).
             _ if env.transcription.is_some() => 0,
+            _ if env.speech.is_some() => tokens::estimate_output(
+                &env.upstream_model,
+                env.speech.as_ref().map_or("", |s| s.input.as_str()),
+            ),
             (None, None, None) => tokens::estimate_prompt(&env.upstream_model, &env.request),
         };
         let estimated = TokenUsage {
@@ -114,12 +118,19 @@ pub(crate) fn event(
         Some(s) if worked && s.is_finite() && s > 0.0 => s.ceil() as u64,
         _ => 0,
     };
+    // Text spoken: billed once the provider sent audio (a stream cut later
+    // was still spoken up to there, and the provider bills it whole).
+    let characters = match &env.speech {
+        Some(s) if worked || state.first_token_unix_ms.is_some() => s.input.chars().count() as u64,
+        _ => 0,
+    };
     let units = sy_config::price::Units {
         requests: u64::from(worked),
         images: if worked { env.request.image_count() } else { 0 },
         search_units,
         output_images: state.output_images,
         audio_seconds,
+        characters,
     };
     let cost = price.map(|p| p.cost_of(&tokens, units));
     let error_code = match (status, &state.error) {
@@ -163,6 +174,7 @@ pub(crate) fn event(
         search_units,
         output_images: state.output_images,
         audio_seconds,
+        input_characters: characters,
         input_tokens_source: source,
         output_tokens_source: source,
         cost_nanos: cost,

@@ -41,6 +41,7 @@ pub fn line(surface: ApiSurface, result: &BatchResult, base64: bool) -> (Vec<u8>
         ReplyFrame::Rerank(r) => r.start.as_ref(),
         ReplyFrame::Image(i) => i.start.as_ref(),
         ReplyFrame::Text(t) => t.start.as_ref(),
+        ReplyFrame::Bytes(b) => b.start.as_ref(),
         ReplyFrame::Final(f) => f.start.as_ref(),
     });
     let model = start.map_or("", |s| s.upstream_model.as_str());

@@ -260,6 +260,144 @@ pub(crate) async fn respond(mut pending: Pending, first: ReplyFrame) -> Result<R
         .into_response())
 }
 
+/// The longest text `/v1/audio/speech` speaks (OpenAI's limit).
+pub const MAX_SPEECH_CHARS: usize = 4096;
+
+/// The audio formats speech comes in.
+pub const SPEECH_FORMATS: [&str; 6] = ["mp3", "opus", "aac", "flac", "wav", "pcm"];
+
+/// Parses and validates a `/v1/audio/speech` body.
+pub fn parse_speech(body: &[u8]) -> Result<sy_protocol::audio::SpeechRequest, ApiError> {
+    use crate::validate::{object_fields, take_string};
+    let mut fields = object_fields(body)?;
+    let model = take_string(&mut fields, "model")?.ok_or_else(|| missing("model"))?;
+    if model.trim().is_empty() {
+        return Err(ApiError::invalid("model", "'model' must not be empty."));
+    }
+    let input = take_string(&mut fields, "input")?.ok_or_else(|| missing("input"))?;
+    if input.trim().is_empty() {
+        return Err(ApiError::invalid("input", "'input' must not be empty."));
+    }
+    if input.chars().count() > MAX_SPEECH_CHARS {
+        return Err(ApiError::invalid(
+            "input",
+            format!("'input' holds at most {MAX_SPEECH_CHARS} characters."),
+        ));
+    }
+    let voice = match fields.remove("voice") {
+        None | Some(Value::Null) => return Err(missing("voice")),
+        Some(Value::String(s)) if !s.trim().is_empty() => Value::String(s),
+        Some(Value::Object(o)) if o.get("id").is_some_and(Value::is_string) => Value::Object(o),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "voice",
+                "'voice' must be a voice's name or an object with its 'id'.",
+            ));
+        }
+    };
+    let response_format = take_string(&mut fields, "response_format")?;
+    if let Some(f) = &response_format
+        && !SPEECH_FORMATS.contains(&f.as_str())
+    {
+        return Err(ApiError::invalid(
+            "response_format",
+            format!(
+                "'response_format' must be one of {}, not '{}'.",
+                SPEECH_FORMATS.join(", "),
+                sy_protocol::bounded(f, 32)
+            ),
+        ));
+    }
+    let speed = match fields.remove("speed") {
+        None | Some(Value::Null) => None,
+        Some(v) => match v.as_f64() {
+            Some(s) if (0.25..=4.0).contains(&s) => Some(s),
+            _ => {
+                return Err(ApiError::invalid(
+                    "speed",
+                    "'speed' must be a number from 0.25 to 4.",
+                ));
+            }
+        },
+    };
+    let instructions = take_string(&mut fields, "instructions")?;
+    if let Some(f) = fields.get("stream_format")
+        && f != "audio"
+    {
+        return Err(ApiError::invalid(
+            "stream_format",
+            "Only 'stream_format' audio is supported: the audio's bytes stream as they come.",
+        ));
+    }
+    Ok(sy_protocol::audio::SpeechRequest {
+        model,
+        input,
+        voice,
+        response_format,
+        speed,
+        instructions,
+        extra: fields,
+    })
+}
+
+/// Streams speech to the client as its frames arrive. A failure after the
+/// first bytes aborts the body (the client sees a cut transfer, never a
+/// complete one).
+pub(crate) fn speech_response(
+    pending: Pending,
+    first: ReplyFrame,
+    content_type: &'static str,
+) -> Response {
+    use base64::Engine;
+    struct State {
+        pending: Pending,
+        first: Option<ReplyFrame>,
+        done: bool,
+    }
+    let state = State {
+        pending,
+        first: Some(first),
+        done: false,
+    };
+    let body = futures::stream::unfold(state, |mut st| async move {
+        loop {
+            if st.done {
+                return None;
+            }
+            let frame = match st.first.take() {
+                Some(f) => Ok(f),
+                None => st.pending.next().await,
+            };
+            let out = match frame {
+                Ok(ReplyFrame::Bytes(b)) => {
+                    match base64::engine::general_purpose::STANDARD.decode(b.data) {
+                        Ok(bytes) => Ok(Bytes::from(bytes)),
+                        Err(e) => Err(std::io::Error::other(format!("an unreadable frame: {e}"))),
+                    }
+                }
+                Ok(ReplyFrame::Final(f)) => {
+                    st.done = true;
+                    match f.error {
+                        None => return None,
+                        Some(e) => Err(std::io::Error::other(e.message)),
+                    }
+                }
+                Ok(_) => continue,
+                Err(e) => Err(std::io::Error::other(e.message)),
+            };
+            if out.is_err() {
+                st.done = true;
+            }
+            return Some((out, st));
+        }
+    });
+    (
+        [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
+        Body::from_stream(body),
+    )
+        .into_response()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
