@@ -304,7 +304,7 @@ async fn speech_streams_as_it_comes_falls_back_ends_cut_streams_as_cut_and_is_bi
     let all_after = started.elapsed();
     assert_eq!(got, speech_bytes(&paced, "mp3"));
     assert!(
-        all_after >= first_after + Duration::from_millis(300),
+        all_after >= first_after + Duration::from_millis(200),
         "first {first_after:?}, all {all_after:?}"
     );
 

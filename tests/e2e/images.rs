@@ -239,3 +239,109 @@ async fn bad_image_requests_are_refused_before_any_provider() {
         "a bad image request reached a provider"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_edits_upload_through_the_blob_store_fall_back_and_refuse_bad_forms() {
+    use reqwest::multipart::{Form, Part};
+    let stack = Stack::start().await;
+    let png = |p: &str| sy_mock_provider::generated_png(p, Some("8x8"), 0);
+    let (a, b, mask) = (png("a"), png("b"), png("m"));
+    let part = |bytes: &Vec<u8>, name: &str| {
+        Part::bytes(bytes.clone())
+            .file_name(name.to_owned())
+            .mime_str("image/png")
+            .unwrap()
+    };
+    let form = |prompt: &str| {
+        Form::new()
+            .text("model", "gpt-image-1")
+            .text("prompt", prompt.to_owned())
+            .text("size", "16x16")
+            .part("image[]", part(&a, "a.png"))
+            .part("image[]", part(&b, "b.png"))
+            .part("mask", part(&mask, "mask.png"))
+    };
+    let send = |f: Form| {
+        stack
+            .http
+            .post(stack.url("/v1/images/edits"))
+            .bearer_auth(crate::stack::KEY)
+            .multipart(f)
+            .send()
+    };
+    // Two images and a mask reach the provider whole; the edit comes back.
+    let prompt = "add a red door";
+    let resp = send(form(prompt)).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-switchyard-provider"], "openai");
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(
+        decoded(&v["data"][0]["b64_json"]),
+        sy_mock_provider::edited_png(prompt, Some("16x16"), 0)
+    );
+    assert_eq!(
+        v["data"][0]["revised_prompt"],
+        format!(
+            "{prompt}, edited from 2 images of {} bytes, masked",
+            a.len() + b.len()
+        )
+    );
+    // OpenAI failing: the self-hosted image model edits.
+    let resp = send(form("add a window [[mock:status=500,only=openai]]"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-switchyard-provider"], "vllm");
+
+    let before = stack.upstream_requests();
+    let base = || Form::new().text("model", "gpt-image-1").text("prompt", "p");
+    for (f, param) in [
+        (base(), "image"),
+        (base().part("image", part(&a, "a.gif")), "image"),
+        (
+            base()
+                .part("image", part(&a, "a.png"))
+                .part("mask", part(&a, "m.jpg")),
+            "mask",
+        ),
+        (
+            base().part("image", part(&a, "a.png")).text("n", "many"),
+            "n",
+        ),
+        (
+            Form::new()
+                .text("model", "gpt-image-1")
+                .part("image", part(&a, "a.png")),
+            "prompt",
+        ),
+    ] {
+        let resp = send(f).await.unwrap();
+        assert_eq!(resp.status(), 400, "{param}");
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(v["error"]["param"], param, "{v}");
+    }
+    assert_eq!(
+        stack.upstream_requests(),
+        before,
+        "a bad edit reached a provider"
+    );
+    // Gemini has no edit API here: refused without a call.
+    let resp = send(
+        Form::new()
+            .text("model", "gemini-2.5-flash-image")
+            .text("prompt", "p")
+            .part("image", part(&a, "a.png")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 400);
+    let v: Value = resp.json().await.unwrap();
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no image edit API"),
+        "{v}"
+    );
+    assert_eq!(stack.upstream_requests(), before);
+}

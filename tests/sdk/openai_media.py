@@ -1,5 +1,6 @@
 """Drives Switchyard's image generation and speech to text with the official
 `openai` Python SDK, unchanged: `images.generate` as base64 and as links,
+`images.edit`,
 `audio.transcriptions.create`, `audio.translations.create` and
 `audio.speech.with_streaming_response.create`.
 
@@ -45,6 +46,11 @@ def main():
 
     big = client.images.generate(model=args.model, prompt="a harbour", size="512x512")
     check("a large image arrives whole", len(base64.b64decode(big.data[0].b64_json)) > 512 * 512 * 3)
+
+    edited = client.images.edit(model=args.model, image=("door.png", base64.b64decode(r.data[0].b64_json)),
+                                prompt="add a red door", size="16x16")
+    check("an edit", base64.b64decode(edited.data[0].b64_json).startswith(PNG), edited)
+    check("the edit saw the upload", "edited from 1 images" in (edited.data[0].revised_prompt or ""), edited)
 
     linked = client.images.generate(model=args.link_model, prompt="tide pools", response_format="url")
     url = linked.data[0].url

@@ -140,11 +140,14 @@ pub(crate) fn parse(
                 Some(Payload::Speech(s)),
             ))
         }
-        // Multipart: read by `surface::audio::parse`, not here.
-        ApiSurface::Transcriptions | ApiSurface::Translations => Err(ApiError::new(
-            ErrorCode::InvalidRequest,
-            "Send the audio as multipart/form-data with fields 'file' and 'model'.",
-        )),
+        // Multipart: read by `surface::audio::parse` and
+        // `surface::images::parse_edit`, not here.
+        ApiSurface::Transcriptions | ApiSurface::Translations | ApiSurface::ImageEdits => {
+            Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                "Send the body as multipart/form-data.",
+            ))
+        }
         _ => Ok((parse_request(surface, body)?, None)),
     }
 }

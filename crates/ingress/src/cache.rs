@@ -365,6 +365,7 @@ impl ResponseCache {
             ApiSurface::Embeddings => "embeddings",
             ApiSurface::Rerank => "rerank",
             ApiSurface::Images => "images",
+            ApiSurface::ImageEdits => "image_edits",
             ApiSurface::Transcriptions => "transcriptions",
             ApiSurface::Translations => "translations",
             ApiSurface::Speech => "speech",

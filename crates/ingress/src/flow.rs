@@ -47,6 +47,10 @@ pub(crate) async fn images(State(state): State<Arc<AppState>>, req: Request) -> 
     handle(state, ApiSurface::Images, req).await
 }
 
+pub(crate) async fn image_edits(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    handle(state, ApiSurface::ImageEdits, req).await
+}
+
 pub(crate) async fn transcriptions(State(state): State<Arc<AppState>>, req: Request) -> Response {
     handle(state, ApiSurface::Transcriptions, req).await
 }
@@ -117,7 +121,7 @@ async fn chat(
     })?;
     let upload = matches!(
         surface,
-        ApiSurface::Transcriptions | ApiSurface::Translations
+        ApiSurface::Transcriptions | ApiSurface::Translations | ApiSurface::ImageEdits
     );
     let limit = if upload {
         state.max_upload_bytes
@@ -130,7 +134,16 @@ async fn chat(
         .map_err(|e| (e, None, None))?;
     // What Switchyard adds is counted from here: the client's upload is not.
     let received = std::time::Instant::now();
-    let (request, payload, audio) = if upload {
+    // A multipart body's files wait in memory until the request is
+    // admitted and counted, then go to the blob store.
+    let (request, payload, uploads) = if surface == ApiSurface::ImageEdits {
+        let form = crate::surface::images::parse_edit(&parts.headers, body.clone(), request_id)
+            .await
+            .map_err(|e| (e, None, None))?;
+        let request = sy_protocol::chat::ChatRequest::model_only(&form.request.model);
+        let payload = admission::Payload::Images(form.request);
+        (request, Some(payload), form.uploads)
+    } else if upload {
         let form = crate::surface::audio::parse(
             &parts.headers,
             body.clone(),
@@ -140,11 +153,12 @@ async fn chat(
         .await
         .map_err(|e| (e, None, None))?;
         let request = sy_protocol::chat::ChatRequest::model_only(&form.request.model);
+        let uploads = vec![(form.request.file.clone(), form.audio)];
         let payload = admission::Payload::Transcription(form.request);
-        (request, Some(payload), Some(form.audio))
+        (request, Some(payload), uploads)
     } else {
         let (request, payload) = admission::parse(surface, &body).map_err(|e| (e, None, None))?;
-        (request, payload, None)
+        (request, payload, Vec::new())
     };
     let trace = parts
         .extensions
@@ -189,7 +203,7 @@ async fn chat(
     // Rate limits: one Redis round trip, after everything that can refuse a
     // request for free and before it costs anything.
     let mut admitted = admitted;
-    if surface == ApiSurface::Images {
+    if matches!(surface, ApiSurface::Images | ApiSurface::ImageEdits) {
         admitted.origin = crate::surface::images::origin_of(&parts.headers);
     }
     let session =
@@ -212,9 +226,7 @@ async fn chat(
     let headroom = granted.headroom;
     // An upload is stored once its request is admitted and counted, before
     // the request is queued (its worker reads it from the blob store).
-    if let (Some(audio), Some(t)) = (audio, &admitted.envelope.transcription)
-        && let Err(e) = crate::surface::audio::store(state, t, &audio).await
-    {
+    if let Err(e) = crate::surface::form::store(state, &uploads).await {
         if let (Some(r), Some(ticket)) = (&state.rate_limits, admitted.envelope.limits.take()) {
             r.give_back(request_id, ticket);
         }
@@ -372,7 +384,7 @@ pub(crate) async fn answer(
                 .await
                 .map_err(|e| (e, start.clone(), class))?
         }
-        (ApiSurface::Images, false) => crate::surface::images::respond(
+        (ApiSurface::Images | ApiSurface::ImageEdits, _) => crate::surface::images::respond(
             state,
             pending,
             first,
@@ -478,6 +490,7 @@ fn added_latency(
         ApiSurface::Embeddings => "embeddings",
         ApiSurface::Rerank => "rerank",
         ApiSurface::Images => "images",
+        ApiSurface::ImageEdits => "image_edits",
         ApiSurface::Transcriptions => "transcriptions",
         ApiSurface::Translations => "translations",
         ApiSurface::Speech => "speech",

@@ -364,6 +364,12 @@ async fn build(config: Arc<Config>, bus: Bus) -> Result<(Router, Arc<AppState>),
                 .fallback(endpoints::method_not_allowed),
         )
         .route(
+            "/v1/images/edits",
+            post(flow::image_edits)
+                .route_layer(identify.clone())
+                .fallback(endpoints::method_not_allowed),
+        )
+        .route(
             "/v1/audio/speech",
             post(flow::speech)
                 .route_layer(identify.clone())

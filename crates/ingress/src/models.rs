@@ -132,7 +132,7 @@ fn entry(state: &AppState, routing: &Routing, caller: &Caller, id: &str) -> Opti
                 "chat" => &CHAT,
                 "embeddings" => &["embeddings"],
                 "rerank" => &["rerank"],
-                "images" => &["images.generations"],
+                "images" => &["images.generations", "images.edits"],
                 "transcriptions" => &["audio.transcriptions", "audio.translations"],
                 "speech" => &["audio.speech"],
                 _ => &[],

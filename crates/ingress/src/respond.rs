@@ -136,6 +136,7 @@ pub(crate) fn answer_body(
         ApiSurface::Responses => responses::body(first_choice(agg), names, usage.as_ref()),
         ApiSurface::Embeddings => embeddings::body(vectors, base64, names, usage.as_ref()),
         ApiSurface::Images
+        | ApiSurface::ImageEdits
         | ApiSurface::Transcriptions
         | ApiSurface::Translations
         | ApiSurface::Speech => {

@@ -22,6 +22,14 @@ mod yookassa;
 
 pub use dialect::relevance as rerank_relevance;
 
+/// The PNG the mock draws for image `index` of an edit of `prompt`
+/// (directives removed) at `size`.
+pub fn edited_png(prompt: &str, size: Option<&str>, index: usize) -> Vec<u8> {
+    let (text, _) = extract(prompt);
+    let (w, h) = png::dimensions(size);
+    png::png(w, h, seed(&format!("edit: {text}"), index))
+}
+
 /// The PNG the mock draws for image `index` of `prompt` (directives
 /// removed) at `size` (`WIDTHxHEIGHT`; 32×32 when absent).
 pub fn generated_png(prompt: &str, size: Option<&str>, index: usize) -> Vec<u8> {

@@ -169,6 +169,8 @@ impl MockProvider {
             .route("/v1/images/generations", post(openai_images))
             .route("/images/generations", post(openai_images))
             .route("/mock/images/{name}", get(image_file))
+            .route("/v1/images/edits", post(image_edits))
+            .route("/images/edits", post(image_edits))
             .route("/v1/audio/transcriptions", post(transcriptions))
             .route("/audio/transcriptions", post(transcriptions))
             .route("/v1/audio/translations", post(translations))
@@ -631,6 +633,73 @@ async fn serve_audio(
     let (body, kind) = crate::audio::answer(&audio, &format, translate);
     shared.counters.completed.fetch_add(1, Ordering::SeqCst);
     ([(header::CONTENT_TYPE, kind)], body).into_response()
+}
+
+/// Image edits (OpenAI's multipart API): PNGs seeded by `edit: <prompt>`,
+/// each with a `revised_prompt` saying how many images (and bytes) and
+/// whether a mask arrived; directives in the prompt apply.
+async fn image_edits(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    form: Result<axum::extract::Multipart, axum::extract::multipart::MultipartRejection>,
+) -> Response {
+    use base64::Engine;
+    let dialect = Dialect::OpenAi;
+    shared.counters.requests.fetch_add(1, Ordering::SeqCst);
+    if let Some(key) = &shared.opts.api_key
+        && !dialect.authorized(&headers, None, key)
+    {
+        return dialect.error(401, "Incorrect API key provided", Some("invalid_api_key"));
+    }
+    let Ok(mut form) = form else {
+        return dialect.error(400, "send multipart/form-data", None);
+    };
+    let (mut images, mut bytes, mut mask, mut prompt, mut size, mut n) =
+        (0usize, 0usize, false, None, None, 1usize);
+    while let Ok(Some(field)) = form.next_field().await {
+        match field.name().unwrap_or_default() {
+            "image" | "image[]" => {
+                images += 1;
+                bytes += field.bytes().await.map_or(0, |b| b.len());
+            }
+            "mask" => mask = field.bytes().await.is_ok_and(|b| !b.is_empty()),
+            "prompt" => prompt = field.text().await.ok(),
+            "size" => size = field.text().await.ok(),
+            "n" => {
+                n = field
+                    .text()
+                    .await
+                    .ok()
+                    .and_then(|t| t.parse().ok())
+                    .unwrap_or(1)
+            }
+            _ => {}
+        }
+    }
+    let (Some(prompt), true) = (prompt, images > 0) else {
+        return dialect.error(400, "image and prompt are required", None);
+    };
+    let (text, blocks) = extract(&prompt);
+    if let Err(resp) = one_shot_directives(&shared, dialect, &headers, &blocks).await {
+        return *resp;
+    }
+    let (w, h) = crate::png::dimensions(size.as_deref());
+    let masked = if mask { ", masked" } else { "" };
+    let data: Vec<Value> = (0..n.clamp(1, 10))
+        .map(|i| {
+            let png = crate::png::png(w, h, crate::seed(&format!("edit: {text}"), i));
+            json!({"b64_json": base64::engine::general_purpose::STANDARD.encode(png),
+                "revised_prompt": format!("{text}, edited from {images} images of {bytes} bytes{masked}")})
+        })
+        .collect();
+    let words = text.split_whitespace().count() as u64;
+    shared.counters.completed.fetch_add(1, Ordering::SeqCst);
+    json_response(
+        StatusCode::OK,
+        &json!({"created": 1_700_000_000, "data": data,
+            "usage": {"input_tokens": words, "output_tokens": 100 * data.len() as u64,
+                "total_tokens": words + 100 * data.len() as u64}}),
+    )
 }
 
 /// Text to speech: the audio of the input, streamed in 4 KiB chunks;

@@ -21,6 +21,8 @@ pub enum ApiSurface {
     Rerank,
     /// `POST /v1/images/generations`.
     Images,
+    /// `POST /v1/images/edits` (multipart).
+    ImageEdits,
     /// `POST /v1/audio/transcriptions` (multipart).
     Transcriptions,
     /// `POST /v1/audio/translations` (multipart).

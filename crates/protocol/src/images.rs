@@ -36,6 +36,20 @@ pub struct ImagesRequest {
     /// Every other field, passed through to OpenAI-compatible providers.
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub extra: Map<String, Value>,
+    /// Set for an edit (`/v1/images/edits`): the images to change and the
+    /// mask, in the blob store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edit: Option<ImageEdit>,
+}
+
+/// What an edit changes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageEdit {
+    /// The images, in the client's order.
+    pub images: Vec<crate::audio::Upload>,
+    /// Where to change them (transparent areas), if given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mask: Option<crate::audio::Upload>,
 }
 
 impl ImagesRequest {

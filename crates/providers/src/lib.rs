@@ -192,6 +192,22 @@ pub trait Provider: Send + Sync {
         ))))
     }
 
+    /// Edits `images` (each upload's record and bytes; the mask last, when
+    /// `req.edit` has one) as `req` asks (a dialect without an edit API
+    /// answers `Unsupported`).
+    fn edit_images<'a>(
+        &'a self,
+        req: &'a ImagesRequest,
+        images: Vec<(sy_protocol::audio::Upload, Vec<u8>)>,
+        cx: &'a CallContext,
+    ) -> impl Future<Output = Result<Images, ProviderError>> + Send + 'a {
+        let _ = (req, images, cx);
+        std::future::ready(Err(ProviderError::Unsupported(format!(
+            "{:?} models have no image edit API; route this model to an OpenAI-compatible image model",
+            self.kind()
+        ))))
+    }
+
     /// Speaks `req`'s text, its audio streamed as it comes (a dialect
     /// without such an API answers `Unsupported`).
     fn speech<'a>(
@@ -309,6 +325,20 @@ impl Provider for AnyProvider {
             AnyProvider::Anthropic(a) => a.transcribe(req, audio, cx).await,
             AnyProvider::Gemini(a) => a.transcribe(req, audio, cx).await,
             AnyProvider::Cohere(a) => a.transcribe(req, audio, cx).await,
+        }
+    }
+
+    async fn edit_images(
+        &self,
+        req: &ImagesRequest,
+        images: Vec<(sy_protocol::audio::Upload, Vec<u8>)>,
+        cx: &CallContext,
+    ) -> Result<Images, ProviderError> {
+        match self {
+            AnyProvider::OpenAi(a) => a.edit_images(req, images, cx).await,
+            AnyProvider::Anthropic(a) => a.edit_images(req, images, cx).await,
+            AnyProvider::Gemini(a) => a.edit_images(req, images, cx).await,
+            AnyProvider::Cohere(a) => a.edit_images(req, images, cx).await,
         }
     }
 

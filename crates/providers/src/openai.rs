@@ -270,6 +270,79 @@ impl Provider for OpenAiAdapter {
         from_transcript(text, asked, wire_format)
     }
 
+    /// `POST {base}/images/edits` as a multipart form: the images as
+    /// `image[]` (one as `image`), the mask, and the client's fields.
+    async fn edit_images(
+        &self,
+        req: &ImagesRequest,
+        images: Vec<(sy_protocol::audio::Upload, Vec<u8>)>,
+        cx: &CallContext,
+    ) -> Result<Images, ProviderError> {
+        let mask_blob = req
+            .edit
+            .as_ref()
+            .and_then(|e| e.mask.as_ref())
+            .map(|m| m.blob.clone());
+        let pictures = images
+            .iter()
+            .filter(|(u, _)| Some(&u.blob) != mask_blob.as_ref())
+            .count();
+        let mut form = reqwest::multipart::Form::new()
+            .text("model", cx.upstream_model.clone())
+            .text("prompt", req.prompt.clone());
+        for (upload, bytes) in images {
+            let name = if Some(&upload.blob) == mask_blob.as_ref() {
+                "mask"
+            } else if pictures > 1 {
+                "image[]"
+            } else {
+                "image"
+            };
+            let mut part =
+                reqwest::multipart::Part::bytes(bytes).file_name(upload.filename.clone());
+            if let Some(kind) = &upload.content_type {
+                part = part
+                    .mime_str(kind)
+                    .map_err(|_| ProviderError::Protocol(format!("bad media type {kind:?}")))?;
+            }
+            form = form.part(name, part);
+        }
+        if let Some(n) = req.n {
+            form = form.text("n", n.to_string());
+        }
+        for (name, value) in [
+            ("size", &req.size),
+            ("quality", &req.quality),
+            ("response_format", &req.response_format),
+            ("user", &req.user),
+        ] {
+            if let Some(v) = value {
+                form = form.text(name, v.clone());
+            }
+        }
+        for (name, value) in &req.extra {
+            let text = match value {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            form = form.text(name.clone(), text);
+        }
+        let resp = call::post_form(
+            &self.client,
+            &self.url(&cx.upstream_model, "images/edits"),
+            call::call_headers(&self.headers, self.auth, cx)?.as_ref(),
+            form,
+            read_error,
+        )
+        .await?;
+        let format = req
+            .extra
+            .get("output_format")
+            .and_then(Value::as_str)
+            .unwrap_or("png");
+        from_images(&call::body(resp).await?, format)
+    }
+
     /// `POST {base}/audio/speech` with the client's fields; the audio is
     /// relayed as it arrives.
     async fn speech(

@@ -13,7 +13,7 @@ pub(crate) fn observe(e: &UsageEvent) {
     let op = match e.api {
         ApiSurface::Embeddings => "embeddings",
         ApiSurface::Rerank => "rerank",
-        ApiSurface::Images => "image_generation",
+        ApiSurface::Images | ApiSurface::ImageEdits => "image_generation",
         ApiSurface::Transcriptions | ApiSurface::Translations => "speech_to_text",
         ApiSurface::Speech => "text_to_speech",
         _ => "chat",
@@ -115,7 +115,7 @@ pub(crate) fn trace_call(
         operation: match e.api {
             ApiSurface::Embeddings => "embeddings",
             ApiSurface::Rerank => "rerank",
-            ApiSurface::Images => "image_generation",
+            ApiSurface::Images | ApiSurface::ImageEdits => "image_generation",
             ApiSurface::Transcriptions | ApiSurface::Translations => "speech_to_text",
             ApiSurface::Speech => "text_to_speech",
             _ => "chat",

@@ -260,7 +260,22 @@ impl<'a> Replier<'a> {
     ) {
         let cx = self.whole_answer_call();
         state.reached_provider = true;
-        let drawn = match self.answer_within(provider, adapter.images(req, &cx)).await {
+        let answer = match &req.edit {
+            None => self.answer_within(provider, adapter.images(req, &cx)).await,
+            Some(edit) => {
+                // The images and the mask, read from the blob store.
+                let mut files = Vec::new();
+                for upload in edit.images.iter().chain(&edit.mask) {
+                    match self.read_blob(&upload.blob).await {
+                        Ok(bytes) => files.push((upload.clone(), bytes)),
+                        Err(e) => return self.provider_failed(e, state).await,
+                    }
+                }
+                self.answer_within(provider, adapter.edit_images(req, files, &cx))
+                    .await
+            }
+        };
+        let drawn = match answer {
             Ok(d) => d,
             Err(e) => return self.provider_failed(e, state).await,
         };

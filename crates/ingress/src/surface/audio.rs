@@ -5,11 +5,10 @@
 //! names it; the answer is the transcript in the format asked for.
 
 use axum::body::{Body, Bytes};
-use axum::extract::{FromRequest, Multipart};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Map, Value};
-use sy_protocol::audio::{TranscriptionRequest, Upload};
+use serde_json::Value;
+use sy_protocol::audio::TranscriptionRequest;
 use sy_protocol::{ErrorCode, ReplyFrame};
 
 use crate::error::ApiError;
@@ -24,11 +23,8 @@ pub const AUDIO_EXTENSIONS: [&str; 10] = [
 /// The answer formats.
 pub const RESPONSE_FORMATS: [&str; 5] = ["json", "text", "srt", "vtt", "verbose_json"];
 
-/// The longest text field (a prompt, a language) the form may carry.
-const MAX_FIELD_CHARS: usize = 8192;
-
 /// A parsed upload: the request (its blob named for `request_id`) and the
-/// audio's bytes, to store once the request is admitted.
+/// audio, to store once the request is admitted.
 pub(crate) struct Form {
     pub request: TranscriptionRequest,
     pub audio: Bytes,
@@ -41,71 +37,25 @@ pub(crate) async fn parse(
     translate: bool,
     request_id: uuid::Uuid,
 ) -> Result<Form, ApiError> {
-    let not_a_form = |why: String| {
-        ApiError::new(
-            ErrorCode::InvalidRequest,
-            format!(
-                "Send the audio as multipart/form-data with fields 'file' and 'model' ({why})."
-            ),
-        )
+    let mut form = crate::surface::form::read(headers, body, &["file"], "the audio").await?;
+    if form.files.len() > 1 {
+        return Err(ApiError::invalid("file", "'file' is given twice."));
+    }
+    let file = form.files.pop().ok_or_else(|| missing("file"))?;
+    let mut fields = form.fields;
+    let granularities: Vec<String> = match fields.remove("timestamp_granularities") {
+        None => Vec::new(),
+        Some(Value::Array(items)) => items
+            .into_iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+        Some(Value::String(s)) => vec![s],
+        Some(_) => Vec::new(),
     };
-    let mut req = axum::extract::Request::new(Body::from(body));
-    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
-        req.headers_mut().insert(header::CONTENT_TYPE, ct.clone());
-    }
-    let mut form = Multipart::from_request(req, &())
-        .await
-        .map_err(|e| not_a_form(e.body_text()))?;
-    let mut fields = Map::new();
-    let mut granularities = Vec::new();
-    let mut file: Option<(String, Option<String>, Bytes)> = None;
-    loop {
-        let field = match form.next_field().await {
-            Ok(Some(f)) => f,
-            Ok(None) => break,
-            Err(e) => return Err(not_a_form(e.body_text())),
-        };
-        let name = field.name().unwrap_or_default().to_owned();
-        if name == "file" {
-            let filename = field
-                .file_name()
-                .map(str::to_owned)
-                .ok_or_else(|| ApiError::invalid("file", "'file' must be a file upload."))?;
-            let kind = field.content_type().map(str::to_owned);
-            let bytes = field.bytes().await.map_err(|e| not_a_form(e.body_text()))?;
-            file = Some((filename, kind, bytes));
-            continue;
-        }
-        if field.file_name().is_some() {
-            return Err(ApiError::invalid(
-                name.clone(),
-                format!("'{name}' must be a text field; only 'file' is an upload."),
-            ));
-        }
-        let text = field.text().await.map_err(|e| not_a_form(e.body_text()))?;
-        if text.chars().count() > MAX_FIELD_CHARS {
-            return Err(ApiError::invalid(
-                name.clone(),
-                format!("'{name}' holds at most {MAX_FIELD_CHARS} characters."),
-            ));
-        }
-        if name == "timestamp_granularities[]" || name == "timestamp_granularities" {
-            granularities.push(text);
-        } else if fields.insert(name.clone(), Value::String(text)).is_some() {
-            return Err(ApiError::invalid(
-                name.clone(),
-                format!("'{name}' is given twice."),
-            ));
-        }
-    }
-    let (filename, content_type, audio) = file.ok_or_else(|| missing("file"))?;
-    if audio.is_empty() {
+    if file.bytes.is_empty() {
         return Err(ApiError::invalid("file", "'file' is empty."));
     }
-    let extension = filename
-        .rsplit_once('.')
-        .map(|(_, e)| e.to_ascii_lowercase())
-        .unwrap_or_default();
+    let extension = file.extension();
     if !AUDIO_EXTENSIONS.contains(&extension.as_str()) {
         return Err(ApiError::invalid(
             "file",
@@ -116,15 +66,12 @@ pub(crate) async fn parse(
             ),
         ));
     }
-    let mut take = |name: &str| match fields.remove(name) {
-        Some(Value::String(s)) => Some(s),
-        _ => None,
-    };
-    let model = take("model").ok_or_else(|| missing("model"))?;
+    let mut take = |name: &str| crate::surface::form::take(&mut fields, name);
+    let model = take("model")?.ok_or_else(|| missing("model"))?;
     if model.trim().is_empty() {
         return Err(ApiError::invalid("model", "'model' must not be empty."));
     }
-    let response_format = take("response_format");
+    let response_format = take("response_format")?;
     if let Some(f) = &response_format
         && !RESPONSE_FORMATS.contains(&f.as_str())
     {
@@ -137,7 +84,7 @@ pub(crate) async fn parse(
             ),
         ));
     }
-    let temperature = match take("temperature") {
+    let temperature = match take("temperature")? {
         None => None,
         Some(t) => match t.trim().parse::<f64>() {
             Ok(v) if (0.0..=1.0).contains(&v) => Some(v),
@@ -167,14 +114,14 @@ pub(crate) async fn parse(
             "'timestamp_granularities[]' needs 'response_format' verbose_json.",
         ));
     }
-    let language = take("language");
+    let language = take("language")?;
     if translate && language.is_some() {
         return Err(ApiError::invalid(
             "language",
             "Translations are into English; 'language' is for transcriptions.",
         ));
     }
-    let prompt = take("prompt");
+    let prompt = take("prompt")?;
     if fields.remove("stream").is_some_and(|s| s != "false") {
         return Err(ApiError::invalid(
             "stream",
@@ -185,12 +132,7 @@ pub(crate) async fn parse(
         request: TranscriptionRequest {
             model,
             translate,
-            file: Upload {
-                blob: format!("aud-{}", request_id.as_simple()),
-                filename,
-                content_type,
-                bytes: audio.len() as u64,
-            },
+            file: file.upload(format!("aud-{}", request_id.as_simple())),
             response_format,
             language,
             prompt,
@@ -198,36 +140,8 @@ pub(crate) async fn parse(
             timestamp_granularities: granularities,
             extra: fields,
         },
-        audio,
+        audio: file.bytes,
     })
-}
-
-/// Stores an admitted request's upload under the name its envelope gives.
-pub(crate) async fn store(
-    state: &crate::state::AppState,
-    req: &TranscriptionRequest,
-    audio: &[u8],
-) -> Result<(), ApiError> {
-    let unavailable = |why: String| ApiError {
-        retry_after_secs: Some(1),
-        ..ApiError::new(
-            ErrorCode::Overloaded,
-            format!("The upload store is unavailable: {why}"),
-        )
-    };
-    let store = state
-        .blobs
-        .get_or_try_init(|| state.bus.blob_store())
-        .await
-        .map_err(|e| unavailable(e.to_string()))?;
-    let kind = req
-        .file
-        .content_type
-        .as_deref()
-        .unwrap_or("application/octet-stream");
-    sy_bus::put_blob(store, &req.file.blob, kind, audio)
-        .await
-        .map_err(|e| unavailable(e.to_string()))
 }
 
 /// Waits for the transcript and answers it with its media type.

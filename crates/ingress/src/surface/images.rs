@@ -30,7 +30,88 @@ pub const MAX_PROMPT_CHARS: usize = 32_000;
 /// Parses and validates an image generation body. Unknown fields are kept
 /// and passed to OpenAI-compatible providers (`style`, `background`, …).
 pub fn parse(body: &[u8]) -> Result<ImagesRequest, ApiError> {
-    let mut fields = object_fields(body)?;
+    from_fields(object_fields(body)?)
+}
+
+/// The image files an edit takes, by extension.
+pub const EDIT_EXTENSIONS: [&str; 4] = ["png", "jpg", "jpeg", "webp"];
+
+/// Most images one edit takes (OpenAI's limit for gpt-image-1).
+pub const MAX_EDIT_IMAGES: usize = 16;
+
+/// An edit's form: the request (its uploads named for `request_id`) and the
+/// files' bytes, to store once the request is admitted.
+pub(crate) struct EditForm {
+    pub request: ImagesRequest,
+    pub uploads: Vec<(sy_protocol::audio::Upload, axum::body::Bytes)>,
+}
+
+/// Parses a `/v1/images/edits` multipart body: `image` (or `image[]`, one
+/// to 16 PNG, JPEG or WebP files), an optional PNG `mask`, and the fields
+/// of a generation as text.
+pub(crate) async fn parse_edit(
+    headers: &HeaderMap,
+    body: axum::body::Bytes,
+    request_id: uuid::Uuid,
+) -> Result<EditForm, ApiError> {
+    let form = crate::surface::form::read(headers, body, &["image", "mask"], "the images").await?;
+    let mut fields = form.fields;
+    // Numbers come as text in a form.
+    if let Some(Value::String(n)) = fields.get("n") {
+        let parsed = n
+            .trim()
+            .parse::<u64>()
+            .map_or_else(|_| Value::String(n.clone()), Value::from);
+        fields.insert("n".into(), parsed);
+    }
+    let mut request = from_fields(fields)?;
+    let (mut images, mut mask) = (Vec::new(), None);
+    for (i, f) in form.files.into_iter().enumerate() {
+        let is_mask = f.field == "mask";
+        let allowed: &[&str] = if is_mask { &["png"] } else { &EDIT_EXTENSIONS };
+        if f.bytes.is_empty() || !allowed.contains(&f.extension().as_str()) {
+            return Err(ApiError::invalid(
+                f.field.clone(),
+                format!(
+                    "'{}' must be a non-empty {} file, not '{}'.",
+                    f.field,
+                    allowed.join(", "),
+                    sy_protocol::bounded(&f.filename, 64)
+                ),
+            ));
+        }
+        if is_mask {
+            if mask.is_some() {
+                return Err(ApiError::invalid("mask", "'mask' is given twice."));
+            }
+            let upload = f.upload(format!("edit-{}-mask", request_id.as_simple()));
+            mask = Some((upload, f.bytes));
+        } else {
+            let upload = f.upload(format!("edit-{}-{i}", request_id.as_simple()));
+            images.push((upload, f.bytes));
+        }
+    }
+    if images.is_empty() {
+        return Err(missing("image"));
+    }
+    if images.len() > MAX_EDIT_IMAGES {
+        return Err(ApiError::invalid(
+            "image",
+            format!("An edit takes at most {MAX_EDIT_IMAGES} images."),
+        ));
+    }
+    request.edit = Some(sy_protocol::images::ImageEdit {
+        images: images.iter().map(|(u, _)| u.clone()).collect(),
+        mask: mask.as_ref().map(|(u, _)| u.clone()),
+    });
+    Ok(EditForm {
+        request,
+        uploads: images.into_iter().chain(mask).collect(),
+    })
+}
+
+/// An image request from its fields (a JSON body's, or a form's).
+fn from_fields(mut fields: Map<String, Value>) -> Result<ImagesRequest, ApiError> {
     let model = take_string(&mut fields, "model")?.ok_or_else(|| missing("model"))?;
     if model.trim().is_empty() {
         return Err(ApiError::invalid("model", "'model' must not be empty."));
@@ -115,6 +196,7 @@ pub fn parse(body: &[u8]) -> Result<ImagesRequest, ApiError> {
         response_format,
         user,
         extra: fields,
+        edit: None,
     })
 }
 

@@ -9,6 +9,7 @@ pub mod batches;
 pub mod chat;
 pub mod embeddings;
 pub mod files;
+pub(crate) mod form;
 pub mod images;
 pub mod messages;
 pub mod rerank;
