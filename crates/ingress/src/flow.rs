@@ -135,21 +135,27 @@ async fn chat(
     // What Switchyard adds is counted from here: the client's upload is not.
     let received = std::time::Instant::now();
     // A multipart body's files wait in memory until the request is
-    // admitted and counted, then go to the blob store.
+    // admitted and counted, then go to the blob store. (The form readers'
+    // and the store's futures are boxed: inline, they would grow every
+    // request's state machine, which is moved whole.)
     let (request, payload, uploads) = if surface == ApiSurface::ImageEdits {
-        let form = crate::surface::images::parse_edit(&parts.headers, body.clone(), request_id)
-            .await
-            .map_err(|e| (e, None, None))?;
+        let form = Box::pin(crate::surface::images::parse_edit(
+            &parts.headers,
+            body.clone(),
+            request_id,
+        ))
+        .await
+        .map_err(|e| (e, None, None))?;
         let request = sy_protocol::chat::ChatRequest::model_only(&form.request.model);
         let payload = admission::Payload::Images(form.request);
         (request, Some(payload), form.uploads)
     } else if upload {
-        let form = crate::surface::audio::parse(
+        let form = Box::pin(crate::surface::audio::parse(
             &parts.headers,
             body.clone(),
             surface == ApiSurface::Translations,
             request_id,
-        )
+        ))
         .await
         .map_err(|e| (e, None, None))?;
         let request = sy_protocol::chat::ChatRequest::model_only(&form.request.model);
@@ -226,7 +232,9 @@ async fn chat(
     let headroom = granted.headroom;
     // An upload is stored once its request is admitted and counted, before
     // the request is queued (its worker reads it from the blob store).
-    if let Err(e) = crate::surface::form::store(state, &uploads).await {
+    if !uploads.is_empty()
+        && let Err(e) = Box::pin(crate::surface::form::store(state, &uploads)).await
+    {
         if let (Some(r), Some(ticket)) = (&state.rate_limits, admitted.envelope.limits.take()) {
             r.give_back(request_id, ticket);
         }
@@ -379,20 +387,23 @@ pub(crate) async fn answer(
                 sy_protocol::audio::SpeechRequest::content_type,
             ),
         ),
+        // Boxed, as the form readers are: rare paths, large futures.
         (ApiSurface::Transcriptions | ApiSurface::Translations, _) => {
-            crate::surface::audio::respond(pending, first)
+            Box::pin(crate::surface::audio::respond(pending, first))
                 .await
                 .map_err(|e| (e, start.clone(), class))?
         }
-        (ApiSurface::Images | ApiSurface::ImageEdits, _) => crate::surface::images::respond(
-            state,
-            pending,
-            first,
-            envelope.images.as_ref(),
-            origin.as_deref(),
-        )
-        .await
-        .map_err(|e| (e, start.clone(), class))?,
+        (ApiSurface::Images | ApiSurface::ImageEdits, _) => {
+            Box::pin(crate::surface::images::respond(
+                state,
+                pending,
+                first,
+                envelope.images.as_ref(),
+                origin.as_deref(),
+            ))
+            .await
+            .map_err(|e| (e, start.clone(), class))?
+        }
         (surface, false) => json_response(surface, pending, first, &names, base64, tap)
             .await
             .map_err(|e| (e, start.clone(), class))?,

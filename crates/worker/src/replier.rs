@@ -588,17 +588,19 @@ impl<'a> Replier<'a> {
         if let Some(req) = &env.embeddings {
             return self.run_embeddings(adapter, provider, req, state).await;
         }
+        // The other APIs' runs are boxed: inline, their futures would grow
+        // every chat call's state machine, which is moved whole.
         if let Some(req) = &env.rerank {
-            return self.run_rerank(adapter, provider, req, state).await;
+            return Box::pin(self.run_rerank(adapter, provider, req, state)).await;
         }
         if let Some(req) = &env.images {
-            return self.run_images(adapter, provider, req, state).await;
+            return Box::pin(self.run_images(adapter, provider, req, state)).await;
         }
         if let Some(req) = &env.transcription {
-            return self.run_transcription(adapter, provider, req, state).await;
+            return Box::pin(self.run_transcription(adapter, provider, req, state)).await;
         }
         if let Some(req) = &env.speech {
-            return self.run_speech(adapter, provider, req, state).await;
+            return Box::pin(self.run_speech(adapter, provider, req, state)).await;
         }
         let stream_mode = env.request.is_stream();
         let cx = CallContext {
