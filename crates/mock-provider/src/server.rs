@@ -591,6 +591,27 @@ async fn translations(
     serve_audio(shared, headers, form, true).await
 }
 
+/// A multipart call (OpenAI's dialect): counted, its key checked, its form
+/// readable; else the dialect's error.
+fn admit_form(
+    shared: &Shared,
+    headers: &HeaderMap,
+    form: Result<axum::extract::Multipart, axum::extract::multipart::MultipartRejection>,
+) -> Result<axum::extract::Multipart, Box<Response>> {
+    let dialect = Dialect::OpenAi;
+    shared.counters.requests.fetch_add(1, Ordering::SeqCst);
+    if let Some(key) = &shared.opts.api_key
+        && !dialect.authorized(headers, None, key)
+    {
+        return Err(Box::new(dialect.error(
+            401,
+            "Incorrect API key provided",
+            Some("invalid_api_key"),
+        )));
+    }
+    form.map_err(|_| Box::new(dialect.error(400, "send multipart/form-data", None)))
+}
+
 /// Speech to text (OpenAI's multipart API): a transcript of the upload in
 /// the asked format; directives in the `prompt` field (or the header).
 async fn serve_audio(
@@ -600,14 +621,9 @@ async fn serve_audio(
     translate: bool,
 ) -> Response {
     let dialect = Dialect::OpenAi;
-    shared.counters.requests.fetch_add(1, Ordering::SeqCst);
-    if let Some(key) = &shared.opts.api_key
-        && !dialect.authorized(&headers, None, key)
-    {
-        return dialect.error(401, "Incorrect API key provided", Some("invalid_api_key"));
-    }
-    let Ok(mut form) = form else {
-        return dialect.error(400, "send multipart/form-data", None);
+    let mut form = match admit_form(&shared, &headers, form) {
+        Ok(f) => f,
+        Err(resp) => return *resp,
     };
     let (mut audio, mut format, mut prompt, mut model) = (None, None, String::new(), None);
     while let Ok(Some(field)) = form.next_field().await {
@@ -645,14 +661,9 @@ async fn image_edits(
 ) -> Response {
     use base64::Engine;
     let dialect = Dialect::OpenAi;
-    shared.counters.requests.fetch_add(1, Ordering::SeqCst);
-    if let Some(key) = &shared.opts.api_key
-        && !dialect.authorized(&headers, None, key)
-    {
-        return dialect.error(401, "Incorrect API key provided", Some("invalid_api_key"));
-    }
-    let Ok(mut form) = form else {
-        return dialect.error(400, "send multipart/form-data", None);
+    let mut form = match admit_form(&shared, &headers, form) {
+        Ok(f) => f,
+        Err(resp) => return *resp,
     };
     let (mut images, mut bytes, mut mask, mut prompt, mut size, mut n) =
         (0usize, 0usize, false, None, None, 1usize);

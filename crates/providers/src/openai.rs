@@ -204,12 +204,7 @@ impl Provider for OpenAiAdapter {
             read_error,
         )
         .await?;
-        let format = req
-            .extra
-            .get("output_format")
-            .and_then(Value::as_str)
-            .unwrap_or("png");
-        from_images(&call::body(resp).await?, format)
+        from_images(&call::body(resp).await?, output_format(req))
     }
 
     /// `POST {base}/audio/transcriptions` (or `translations`) as a
@@ -244,13 +239,7 @@ impl Provider for OpenAiAdapter {
         for g in &req.timestamp_granularities {
             form = form.text("timestamp_granularities[]", g.clone());
         }
-        for (name, value) in &req.extra {
-            let text = match value {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            form = form.text(name.clone(), text);
-        }
+        form = with_fields(form, &req.extra);
         let path = if req.translate {
             "audio/translations"
         } else {
@@ -320,13 +309,7 @@ impl Provider for OpenAiAdapter {
                 form = form.text(name, v.clone());
             }
         }
-        for (name, value) in &req.extra {
-            let text = match value {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            form = form.text(name.clone(), text);
-        }
+        form = with_fields(form, &req.extra);
         let resp = call::post_form(
             &self.client,
             &self.url(&cx.upstream_model, "images/edits"),
@@ -335,12 +318,7 @@ impl Provider for OpenAiAdapter {
             read_error,
         )
         .await?;
-        let format = req
-            .extra
-            .get("output_format")
-            .and_then(Value::as_str)
-            .unwrap_or("png");
-        from_images(&call::body(resp).await?, format)
+        from_images(&call::body(resp).await?, output_format(req))
     }
 
     /// `POST {base}/audio/speech` with the client's fields; the audio is
@@ -366,6 +344,30 @@ impl Provider for OpenAiAdapter {
             .map(|r| r.map_err(call::transport))
             .boxed())
     }
+}
+
+/// The client's other fields as form fields (strings as they are, other
+/// values as JSON text).
+fn with_fields(
+    mut form: reqwest::multipart::Form,
+    extra: &Map<String, Value>,
+) -> reqwest::multipart::Form {
+    for (name, value) in extra {
+        let text = match value {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        form = form.text(name.clone(), text);
+    }
+    form
+}
+
+/// The image format asked for (`output_format`; PNG by default).
+fn output_format(req: &ImagesRequest) -> &str {
+    req.extra
+        .get("output_format")
+        .and_then(Value::as_str)
+        .unwrap_or("png")
 }
 
 /// An OpenAI images answer (`data` of `b64_json` or `url`, and
