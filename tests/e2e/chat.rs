@@ -211,6 +211,7 @@ async fn models_endpoint_lists_configured_models() {
             "auto",
             "auto:canary",
             "auto:fast",
+            "auto:media",
             "bge-reranker-v2-m3",
             "chain",
             "chain-lenient",

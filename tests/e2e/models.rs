@@ -155,6 +155,24 @@ async fn a_key_lists_what_it_may_use_with_surfaces_windows_and_its_orgs_prices()
             ("anthropic", "claude-sonnet-4-5")
         ]
     );
+    // A router serves the kinds its routes take.
+    assert_eq!(
+        auto["switchyard"]["surfaces"],
+        serde_json::json!(["chat.completions", "messages", "responses"])
+    );
+    let (_, media) = get(&stack, &all, "/v1/models/auto:media").await;
+    assert_eq!(
+        media["switchyard"]["surfaces"],
+        serde_json::json!([
+            "images.generations",
+            "images.edits",
+            "audio.transcriptions",
+            "audio.translations",
+            "audio.speech",
+            "rerank"
+        ]),
+        "{media}"
+    );
     let (_, blog) = get(&stack, &all, "/v1/models/pipeline:blog").await;
     assert_eq!(blog["switchyard"]["kind"], "pipeline");
     assert_eq!(

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::stack::{Stack, StackOptions, body, live_entry};
+use crate::stack::{Stack, StackOptions, body, json_of, live_entry};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn class_is_decided_reported_and_recorded() {
@@ -483,4 +483,165 @@ async fn a_route_that_requires_a_tag_serves_requests_tagged_so() {
     // A malformed tag is refused by explain too.
     let r = explain(Some("tier"), body("auto", prompt)).await.unwrap();
     assert_eq!(r.status(), 400);
+}
+
+/// A router routes images, audio and rerank requests like chat: each kind
+/// takes the first route that lists it, ranked by the route's strategy with
+/// per-unit prices, falls back, and says so in explain and the usage row; a
+/// kind no route takes is a 400 before any provider.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routers_route_images_audio_and_rerank_by_kind() {
+    use reqwest::multipart::{Form, Part};
+    let stack = Stack::start_with(StackOptions {
+        clickhouse: true,
+        ..Default::default()
+    })
+    .await;
+    let post = |path: &str| {
+        stack
+            .http
+            .post(stack.url(path))
+            .bearer_auth(crate::stack::KEY)
+    };
+    let h = |r: &reqwest::Response, k: &str| r.headers()[k].to_str().unwrap().to_owned();
+    let upload = || {
+        Form::new().text("model", "auto:media").part(
+            "file",
+            Part::bytes(sy_mock_provider::audio::wav(1.0))
+                .file_name("a.wav")
+                .mime_str("audio/wav")
+                .unwrap(),
+        )
+    };
+
+    // Images: one image from the self-hosted model at $0.003 beats
+    // gpt-image-1's ~1,056 output tokens at $40 a million.
+    let drawing = json!({"model": "auto:media", "prompt": "a red kite", "size": "16x16"});
+    let explained = json_of(post("/v1/route/explain?api=images").json(&drawing)).await;
+    assert_eq!(
+        (&explained["kind"], &explained["class"], &explained["route"]),
+        (&json!("images"), &Value::Null, &json!("pictures")),
+        "{explained}"
+    );
+    assert_eq!(explained["chosen"]["model"], "flux-schnell", "{explained}");
+    assert_eq!(explained["fallback"][0]["model"], "gpt-image-1");
+    assert_eq!(explained["images"], 1);
+    assert_eq!(explained["candidates"][1]["cost_nanos"], 3_000_000);
+    let resp = post("/v1/images/generations")
+        .json(&drawing)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        (
+            h(&resp, "x-switchyard-route"),
+            h(&resp, "x-switchyard-provider")
+        ),
+        ("pictures".to_owned(), "vllm".to_owned())
+    );
+    assert!(resp.headers().get("x-switchyard-class").is_none());
+
+    // Transcriptions: the cheaper Whisper per second; the route's speech
+    // targets are skipped with the reason.
+    let explained = json_of(post("/v1/route/explain?api=transcriptions").multipart(upload())).await;
+    assert_eq!(explained["route"], "voice", "{explained}");
+    assert_eq!(explained["chosen"]["model"], "whisper-large-v3");
+    assert!(explained["estimated_audio_seconds"].as_u64().unwrap() >= 1);
+    let skipped = explained["candidates"][2]["skipped"].as_str().unwrap();
+    assert_eq!(skipped, "serves speech, not transcriptions");
+    let resp = post("/v1/audio/transcriptions")
+        .multipart(upload())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(h(&resp, "x-switchyard-model"), "whisper-large-v3");
+
+    // Speech in the same route: the priced voice before the unpriced one.
+    let resp = post("/v1/audio/speech")
+        .json(&json!({"model": "auto:media", "input": "Hello there.", "voice": "alloy"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        (
+            h(&resp, "x-switchyard-route"),
+            h(&resp, "x-switchyard-model")
+        ),
+        ("voice".to_owned(), "tts-1".to_owned())
+    );
+    assert!(!resp.bytes().await.unwrap().is_empty());
+
+    // Rerank: a few short documents cost less in tokens than a search unit.
+    let resp = post("/v1/rerank")
+        .json(&json!({"model": "auto:media", "query": "fruit", "documents": ["apple", "car"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(h(&resp, "x-switchyard-model"), "bge-reranker-v2-m3");
+
+    // A kind no route takes: 400 in the API's format, no provider called.
+    let before = stack.upstream_requests();
+    let resp = stack
+        .chat(&body("auto:media", "hello"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let v: Value = resp.json().await.unwrap();
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("'auto:media' routes no chat requests (it routes images, rerank, speech, transcriptions)"),
+        "{v}"
+    );
+    let resp = post("/v1/embeddings")
+        .json(&json!({"model": "auto", "input": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["param"], "model", "{v}");
+    assert_eq!(stack.upstream_requests(), before);
+    let resp = post("/v1/route/explain?api=videos")
+        .json(&drawing)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+
+    // The chosen image model failing: the route's next target serves.
+    let resp = post("/v1/images/generations")
+        .json(&json!({"model": "auto:media", "prompt": "a blue kite [[mock:status=500,only=vllm]]", "size": "16x16"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(h(&resp, "x-switchyard-provider"), "openai");
+
+    // The usage rows say which route and strategy chose, and which rank served.
+    let rows: Vec<(String, String, String, String, u8)> = stack
+        .rows_until(
+            "SELECT api, provider, route, strategy, target_rank FROM {db}.requests FINAL \
+             WHERE status = 'ok' ORDER BY received_ms",
+            |r: &[(String, String, String, String, u8)]| r.len() >= 5,
+        )
+        .await;
+    let seen: Vec<(&str, &str, &str, &str, u8)> = rows
+        .iter()
+        .map(|(a, p, r, s, n)| (a.as_str(), p.as_str(), r.as_str(), s.as_str(), *n))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("images", "vllm", "pictures", "cheapest", 2),
+            ("transcriptions", "vllm", "voice", "cheapest", 2),
+            ("speech", "openai", "voice", "cheapest", 3),
+            ("rerank", "vllm", "ranking", "cheapest", 2),
+            ("images", "openai", "pictures", "cheapest", 1),
+        ]
+    );
 }

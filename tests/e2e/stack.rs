@@ -3,7 +3,7 @@
 
 use std::io::Read;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use sy_mock_provider::{MockOptions, MockProvider};
@@ -355,6 +355,25 @@ strategy = "fastest"
 [[routers."auto:fast".routes]]
 name = "all"
 targets = [{{ provider = "openai", model = "gpt-4o-mini" }}, {{ provider = "anthropic", model = "claude-sonnet-4-5" }}, {{ provider = "cohere", model = "command-r-plus" }}]
+
+# Images, audio and rerank by router: each kind's route, cheapest first.
+[routers."auto:media"]
+strategy = "cheapest"
+
+[[routers."auto:media".routes]]
+name = "pictures"
+kinds = ["images"]
+targets = [{{ provider = "openai", model = "gpt-image-1" }}, {{ provider = "vllm", model = "flux-schnell" }}]
+
+[[routers."auto:media".routes]]
+name = "voice"
+kinds = ["transcriptions", "speech"]
+targets = [{{ provider = "openai", model = "whisper-1" }}, {{ provider = "vllm", model = "whisper-large-v3" }}, {{ provider = "openai", model = "tts-1" }}, {{ provider = "vllm", model = "kokoro" }}]
+
+[[routers."auto:media".routes]]
+name = "ranking"
+kinds = ["rerank"]
+targets = [{{ provider = "cohere", model = "rerank-v3.5" }}, {{ provider = "vllm", model = "bge-reranker-v2-m3" }}]
 
 # The classic chain: OpenAI, then Anthropic, then a self-hosted vLLM.
 [models."chain"]
@@ -730,7 +749,6 @@ steps = [
             .unwrap()
     }
 
-    /// A chat completion request with the test key and a JSON body.
     /// `POST /v1/messages` as an Anthropic client sends it.
     pub fn messages(&self, body: &Value) -> reqwest::RequestBuilder {
         self.http
@@ -753,6 +771,27 @@ steps = [
             .unwrap()
     }
 
+    /// Reads `sql` (`{db}` names the stack's ClickHouse database) until
+    /// `done` holds for its rows or 15 s pass, and returns the last read:
+    /// usage rows arrive a batch after their request.
+    pub async fn rows_until<T>(&self, sql: &str, done: impl Fn(&[T]) -> bool) -> Vec<T>
+    where
+        T: clickhouse::RowOwned + clickhouse::RowRead,
+    {
+        let ch = self.clickhouse.as_ref().expect("a stack with ClickHouse");
+        let client = sy_accounting::client(ch);
+        let sql = sql.replace("{db}", &ch.database);
+        let until = Instant::now() + Duration::from_secs(15);
+        loop {
+            let rows: Vec<T> = client.query(&sql).fetch_all().await.unwrap();
+            if done(&rows) || Instant::now() > until {
+                return rows;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// A chat completion request with the test key and a JSON body.
     pub fn chat(&self, body: &Value) -> reqwest::RequestBuilder {
         self.http
             .post(self.url("/v1/chat/completions"))

@@ -1,7 +1,7 @@
 //! `[routers.*]` and per-model facts (`[providers.X.models."m"]`): what the
 //! smart router reads. Validated here; selection lives in `sy-router`.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
@@ -94,7 +94,10 @@ fn one() -> f64 {
 pub struct RawRoute {
     /// Its name (in headers and usage rows).
     pub name: String,
-    /// Classes it matches (none: any).
+    /// What requests it takes (of [`SERVES`]; none: chat).
+    #[serde(default)]
+    pub kinds: Vec<String>,
+    /// Classes it matches (none: any; chat requests only).
     #[serde(default)]
     pub classes: Vec<String>,
     /// Task types it matches (none: any).
@@ -193,6 +196,8 @@ pub struct RouterConfig {
 pub struct RouteConfig {
     /// Its name.
     pub name: String,
+    /// What requests it takes (of [`SERVES`]: `chat`, `images`, …).
+    pub kinds: Vec<String>,
     /// Classes matched (empty: any).
     pub classes: Vec<String>,
     /// Task types matched (empty: any).
@@ -206,10 +211,19 @@ pub struct RouteConfig {
 }
 
 impl RouteConfig {
-    /// True when the route takes requests of `class` and `task_type` that
-    /// carry `tags` (sorted by key or not).
-    pub fn matches(&self, class: &str, task_type: Option<&str>, tags: &[(String, String)]) -> bool {
-        (self.classes.is_empty() || self.classes.iter().any(|c| c == class))
+    /// True when the route takes requests of `kind` (`chat`, `images`, …),
+    /// `class` (chat requests have one), `task_type` that carry `tags`
+    /// (sorted by key or not).
+    pub fn matches(
+        &self,
+        kind: &str,
+        class: Option<&str>,
+        task_type: Option<&str>,
+        tags: &[(String, String)],
+    ) -> bool {
+        self.kinds.iter().any(|k| k == kind)
+            && (self.classes.is_empty()
+                || class.is_some_and(|c| self.classes.iter().any(|x| x == c)))
             && (self.task_types.is_empty()
                 || task_type.is_some_and(|t| self.task_types.iter().any(|x| x == t)))
             && self
@@ -293,10 +307,26 @@ pub(crate) fn model_infos(
     out
 }
 
-/// Validates `[routers]` against the provider entries.
+/// What a route takes: its `kinds`, or chat when it names none.
+fn kinds_of(route: &RawRoute) -> Vec<String> {
+    if route.kinds.is_empty() {
+        vec!["chat".to_owned()]
+    } else {
+        let mut k: Vec<String> = Vec::new();
+        for x in &route.kinds {
+            if !k.contains(x) {
+                k.push(x.clone());
+            }
+        }
+        k
+    }
+}
+
+/// Validates `[routers]` against the provider entries and what their
+/// models are declared to serve.
 pub(crate) fn routers(
     raw: BTreeMap<String, RawRouter>,
-    providers: &HashSet<String>,
+    providers: &BTreeMap<String, crate::ProviderConfig>,
     e: &mut Vec<ConfigError>,
 ) -> BTreeMap<String, RouterConfig> {
     let mut out = BTreeMap::new();
@@ -350,9 +380,30 @@ pub(crate) fn routers(
         }
         .validate(&format!("routers.\"{name}\""), e);
         let mut routes = Vec::new();
-        let n = r.routes.len();
+        // Per kind, the last route taking it (it must take every request).
+        let mut last: BTreeMap<String, usize> = BTreeMap::new();
+        for (i, route) in r.routes.iter().enumerate() {
+            for k in kinds_of(route) {
+                last.insert(k, i);
+            }
+        }
         for (i, route) in r.routes.into_iter().enumerate() {
             let rat = |f: &str| format!("routers.\"{name}\".routes[{i}].{f}");
+            let kinds = kinds_of(&route);
+            for (j, k) in route.kinds.iter().enumerate() {
+                if !SERVES.contains(&k.as_str()) {
+                    e.push(ConfigError::new(
+                        rat(&format!("kinds[{j}]")),
+                        format!("unknown; expected one of {}", SERVES.join(", ")),
+                    ));
+                }
+            }
+            if !route.classes.is_empty() && kinds.iter().any(|k| k != "chat") {
+                e.push(ConfigError::new(
+                    rat("classes"),
+                    "classes sort chat requests only; give the other kinds a route of their own",
+                ));
+            }
             for c in &route.classes {
                 if !CLASSES.contains(&c.as_str()) {
                     e.push(ConfigError::new(
@@ -364,15 +415,17 @@ pub(crate) fn routers(
                     ));
                 }
             }
-            if i + 1 == n
-                && (!route.classes.is_empty()
-                    || !route.task_types.is_empty()
-                    || !route.tags.is_empty())
-            {
-                e.push(ConfigError::new(
-                    rat("classes"),
-                    "the last route must match every request (no classes, no task_types, no tags)",
-                ));
+            let catch_all =
+                route.classes.is_empty() && route.task_types.is_empty() && route.tags.is_empty();
+            for k in kinds.iter().filter(|k| last.get(*k) == Some(&i)) {
+                if !catch_all {
+                    e.push(ConfigError::new(
+                        rat("classes"),
+                        format!(
+                            "the last route taking {k} requests must match every one (no classes, no task_types, no tags)"
+                        ),
+                    ));
+                }
             }
             for (k, v) in &route.tags {
                 if !sy_protocol::tag::valid_key(k) || !sy_protocol::tag::valid_value(v) {
@@ -389,11 +442,40 @@ pub(crate) fn routers(
                     "needs at least one target",
                 ));
             }
+            // What each target is declared to serve (none declared: anything).
+            let mut declared = Vec::new();
             for (j, t) in route.targets.iter().enumerate() {
-                if !providers.contains(&t.provider) {
+                let Some(p) = providers.get(&t.provider) else {
                     e.push(ConfigError::new(
                         rat(&format!("targets[{j}].provider")),
                         format!("no provider named \"{}\" in [providers]", t.provider),
+                    ));
+                    continue;
+                };
+                let serves = p.models.get(&t.model).and_then(|m| m.serves.as_deref());
+                if let Some(s) = serves
+                    && !kinds.iter().any(|k| s.contains(k))
+                {
+                    e.push(ConfigError::new(
+                        rat(&format!("targets[{j}]")),
+                        format!(
+                            "{}/{} serves {}, none of the route's kinds ({})",
+                            t.provider,
+                            t.model,
+                            s.join(", "),
+                            kinds.join(", ")
+                        ),
+                    ));
+                }
+                declared.push(serves);
+            }
+            for k in &kinds {
+                if !declared.is_empty()
+                    && declared.iter().all(|s| s.is_some_and(|s| !s.contains(k)))
+                {
+                    e.push(ConfigError::new(
+                        rat("kinds"),
+                        format!("no target of the route serves {k} requests"),
                     ));
                 }
             }
@@ -405,6 +487,7 @@ pub(crate) fn routers(
             }
             routes.push(RouteConfig {
                 name: route.name,
+                kinds,
                 classes: route.classes,
                 task_types: route.task_types,
                 tags: route.tags.into_iter().collect(),

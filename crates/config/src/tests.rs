@@ -810,12 +810,20 @@ targets = [{ provider = "p", model = "y" }]
             .collect()
     };
     assert!(free.matches(
-        "code",
+        "chat",
+        Some("code"),
         None,
         &tags(&[("exp.v2", "b"), ("tier", "free"), ("x", "y")])
     ));
-    assert!(!free.matches("code", None, &tags(&[("tier", "free")])));
-    assert!(!free.matches("code", None, &[]));
+    assert!(!free.matches("chat", Some("code"), None, &tags(&[("tier", "free")])));
+    assert!(!free.matches("chat", Some("code"), None, &[]));
+    // Routes without kinds take chat requests only.
+    assert!(!free.matches(
+        "images",
+        None,
+        None,
+        &tags(&[("exp.v2", "b"), ("tier", "free")])
+    ));
     let bad = problems(
         r#"
 [providers.p]

@@ -494,8 +494,7 @@ impl Config {
             );
         }
 
-        let provider_names: std::collections::HashSet<String> = providers.keys().cloned().collect();
-        let routers = crate::routing::routers(raw.routers, &provider_names, e);
+        let routers = crate::routing::routers(raw.routers, &providers, e);
 
         let markup_ppb = parse_nanos(&raw.billing.markup_percent)
             .map(|n| n / 100)

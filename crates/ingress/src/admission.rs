@@ -102,6 +102,58 @@ impl Payload {
             Some(Payload::Speech(_)) => "speech",
         }
     }
+
+    /// What a router compares: the request's kind and its estimated size
+    /// (tokens at four bytes each, and the units a per-unit price bills).
+    pub(crate) fn size(
+        payload: Option<&Payload>,
+        request: &sy_protocol::chat::ChatRequest,
+    ) -> route::Size {
+        use sy_protocol::price::Units;
+        let tokens = |s: &str| s.len() as u64 / 4 + 1;
+        let mut output_tokens = 0;
+        let (input_tokens, units) = match payload {
+            None => return route::Size::chat(request),
+            Some(Payload::Embeddings(e)) => (e.input.estimated_tokens(), Units::default()),
+            Some(Payload::Rerank(r)) => (
+                r.estimated_tokens(),
+                Units {
+                    search_units: r.estimated_search_units(4),
+                    ..Units::default()
+                },
+            ),
+            Some(Payload::Images(i)) => {
+                output_tokens = i.expected_output_tokens();
+                (
+                    tokens(&i.prompt),
+                    Units {
+                        output_images: u64::from(i.count()),
+                        ..Units::default()
+                    },
+                )
+            }
+            Some(Payload::Transcription(t)) => (
+                0,
+                Units {
+                    audio_seconds: t.most_seconds(),
+                    ..Units::default()
+                },
+            ),
+            Some(Payload::Speech(s)) => (
+                tokens(&s.input),
+                Units {
+                    characters: s.characters(),
+                    ..Units::default()
+                },
+            ),
+        };
+        route::Size {
+            kind: Payload::kind(payload),
+            input_tokens,
+            output_tokens,
+            units,
+        }
+    }
 }
 
 /// A body of `surface` as the canonical request (and, for the APIs that are
@@ -217,6 +269,7 @@ pub(crate) fn admit_parsed(
         batch,
     } = admission;
     let kind = Payload::kind(payload.as_ref());
+    let size = Payload::size(payload.as_ref(), &request);
     let (mut embeddings, mut rerank, mut images, mut transcription, mut speech) =
         (None, None, None, None, None);
     match payload {
@@ -244,7 +297,7 @@ pub(crate) fn admit_parsed(
     let defaults = caller.grant.as_ref().map_or(&[][..], |g| &g.tags[..]);
     let tags = crate::tags::of(hints.tags, Some(&request), defaults).map_err(|e| (e, class))?;
     let decision =
-        decide(state, &request, class, kind, request_id, &tags).map_err(|e| (e, class))?;
+        decide(state, &request, class, &size, request_id, &tags).map_err(|e| (e, class))?;
     let Decision {
         route_name,
         route_header,
@@ -344,7 +397,7 @@ fn decide(
     state: &AppState,
     request: &sy_protocol::chat::ChatRequest,
     class: Option<sy_classifier::Class>,
-    kind: &str,
+    size: &route::Size,
     request_id: Uuid,
     tags: &[(String, String)],
 ) -> Result<Decision, ApiError> {
@@ -365,16 +418,10 @@ fn decide(
             policy: route.policy,
         });
     };
-    let Some(c) = class else {
-        return Err(ApiError::invalid(
-            "model",
-            format!(
-                "'{}' routes chat requests; name a model that serves {kind}.",
-                request.model
-            ),
-        ));
-    };
-    let decision = route::decide(state, router, request, c, request_id, tags);
+    let decision = route::decide(state, router, request, class, size, request_id, tags);
+    if decision.route.is_empty() {
+        return Err(route::no_route(router, size.kind));
+    }
     let Some(chosen) = decision.chosen() else {
         let why: Vec<String> = decision
             .candidates

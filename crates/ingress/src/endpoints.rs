@@ -158,22 +158,45 @@ pub(crate) async fn get_org_usage(
     }
 }
 
+/// `POST /v1/route/explain[?api=<client API>]`: the routing decision for
+/// the body a client would send to that API (`chat_completions` by
+/// default; `messages`, `responses`, `embeddings`, `rerank`, `images`,
+/// `image_edits`, `transcriptions`, `translations`, `speech`), without
+/// calling a provider.
 pub(crate) async fn route_explain(
     State(state): State<Arc<AppState>>,
     caller: extract::Caller,
     extract::RequestId(request_id): extract::RequestId,
+    axum::extract::Query(params): axum::extract::Query<HashMap<String, String>>,
     req: Request,
 ) -> Response {
     let (parts, body) = req.into_parts();
     let result = async {
-        check_content_type(&parts.headers)?;
-        let body = read_body(state.max_body_bytes, &parts.headers, body).await?;
-        let request = admission::parse_request(ApiSurface::ChatCompletions, &body)?;
+        let surface = match params.get("api") {
+            None => ApiSurface::ChatCompletions,
+            Some(api) => serde_json::from_value(serde_json::Value::String(api.clone()))
+                .map_err(|_| {
+                    ApiError::invalid(
+                        "api",
+                        format!(
+                            "Unknown api '{api}'; expected chat_completions, messages, responses, embeddings, rerank, images, image_edits, transcriptions, translations or speech."
+                        ),
+                    )
+                })?,
+        };
+        let limit = crate::flow::body_limit(&state, surface, &parts.headers)?;
+        let body = read_body(limit, &parts.headers, body).await?;
+        let (request, payload, _uploads) =
+            crate::flow::parse_body(surface, &parts.headers, body, request_id).await?;
         let hints = admission::Hints::from_headers(&parts.headers);
-        let prediction = classify::decide(&state.classifier, &hints, &request)?;
+        let prediction = match payload {
+            None => Some(classify::decide(&state.classifier, &hints, &request)?),
+            Some(_) => None,
+        };
+        let size = admission::Payload::size(payload.as_ref(), &request);
         let defaults = caller.grant.as_ref().map_or(&[][..], |g| &g.tags[..]);
         let tags = crate::tags::of(hints.tags, Some(&request), defaults)?;
-        route::explain(&state, &request, &prediction, request_id, &tags)
+        route::explain(&state, &request, prediction.as_ref(), &size, request_id, &tags)
     }
     .await;
     match result {

@@ -105,6 +105,75 @@ async fn handle_once(state: Arc<AppState>, surface: ApiSurface, req: Request) ->
     }
 }
 
+/// The most a body of `surface` may weigh: uploads have their own limit;
+/// the JSON APIs' content type is checked here.
+pub(crate) fn body_limit(
+    state: &AppState,
+    surface: ApiSurface,
+    headers: &axum::http::HeaderMap,
+) -> Result<usize, ApiError> {
+    if is_upload(surface) {
+        Ok(state.max_upload_bytes)
+    } else {
+        check_content_type(headers)?;
+        Ok(state.max_body_bytes)
+    }
+}
+
+fn is_upload(surface: ApiSurface) -> bool {
+    matches!(
+        surface,
+        ApiSurface::Transcriptions | ApiSurface::Translations | ApiSurface::ImageEdits
+    )
+}
+
+/// Files of a multipart body, to store once the request is admitted.
+pub(crate) type Uploads = Vec<(sy_protocol::audio::Upload, bytes::Bytes)>;
+
+/// A body of `surface`, parsed and validated: the canonical request, what
+/// the APIs that are no chat ask, and a multipart body's files (they wait
+/// in memory until the request is admitted and counted, then go to the
+/// blob store). The form readers' futures are boxed: inline, they would
+/// grow every request's state machine, which is moved whole.
+pub(crate) async fn parse_body(
+    surface: ApiSurface,
+    headers: &axum::http::HeaderMap,
+    body: bytes::Bytes,
+    request_id: Uuid,
+) -> Result<
+    (
+        sy_protocol::chat::ChatRequest,
+        Option<admission::Payload>,
+        Uploads,
+    ),
+    ApiError,
+> {
+    if surface == ApiSurface::ImageEdits {
+        let form = Box::pin(crate::surface::images::parse_edit(
+            headers, body, request_id,
+        ))
+        .await?;
+        let request = sy_protocol::chat::ChatRequest::model_only(&form.request.model);
+        let payload = admission::Payload::Images(form.request);
+        Ok((request, Some(payload), form.uploads))
+    } else if is_upload(surface) {
+        let form = Box::pin(crate::surface::audio::parse(
+            headers,
+            body,
+            surface == ApiSurface::Translations,
+            request_id,
+        ))
+        .await?;
+        let request = sy_protocol::chat::ChatRequest::model_only(&form.request.model);
+        let uploads = vec![(form.request.file.clone(), form.audio)];
+        let payload = admission::Payload::Transcription(form.request);
+        Ok((request, Some(payload), uploads))
+    } else {
+        let (request, payload) = admission::parse(surface, &body)?;
+        Ok((request, payload, Vec::new()))
+    }
+}
+
 pub(crate) type ChatError = (ApiError, Option<StartInfo>, Option<sy_classifier::Class>);
 
 async fn chat(
@@ -119,53 +188,16 @@ async fn chat(
         let e = ApiError::new(ErrorCode::Internal, "the request was not authenticated");
         (e, None, None)
     })?;
-    let upload = matches!(
-        surface,
-        ApiSurface::Transcriptions | ApiSurface::Translations | ApiSurface::ImageEdits
-    );
-    let limit = if upload {
-        state.max_upload_bytes
-    } else {
-        check_content_type(&parts.headers).map_err(|e| (e, None, None))?;
-        state.max_body_bytes
-    };
+    let limit = body_limit(state, surface, &parts.headers).map_err(|e| (e, None, None))?;
     let body = read_body(limit, &parts.headers, body)
         .await
         .map_err(|e| (e, None, None))?;
     // What Switchyard adds is counted from here: the client's upload is not.
     let received = std::time::Instant::now();
-    // A multipart body's files wait in memory until the request is
-    // admitted and counted, then go to the blob store. (The form readers'
-    // and the store's futures are boxed: inline, they would grow every
-    // request's state machine, which is moved whole.)
-    let (request, payload, uploads) = if surface == ApiSurface::ImageEdits {
-        let form = Box::pin(crate::surface::images::parse_edit(
-            &parts.headers,
-            body.clone(),
-            request_id,
-        ))
+    let body_len = body.len();
+    let (request, payload, uploads) = parse_body(surface, &parts.headers, body, request_id)
         .await
         .map_err(|e| (e, None, None))?;
-        let request = sy_protocol::chat::ChatRequest::model_only(&form.request.model);
-        let payload = admission::Payload::Images(form.request);
-        (request, Some(payload), form.uploads)
-    } else if upload {
-        let form = Box::pin(crate::surface::audio::parse(
-            &parts.headers,
-            body.clone(),
-            surface == ApiSurface::Translations,
-            request_id,
-        ))
-        .await
-        .map_err(|e| (e, None, None))?;
-        let request = sy_protocol::chat::ChatRequest::model_only(&form.request.model);
-        let uploads = vec![(form.request.file.clone(), form.audio)];
-        let payload = admission::Payload::Transcription(form.request);
-        (request, Some(payload), uploads)
-    } else {
-        let (request, payload) = admission::parse(surface, &body).map_err(|e| (e, None, None))?;
-        (request, payload, Vec::new())
-    };
     let trace = parts
         .extensions
         .get::<sy_telemetry::trace::Span>()
@@ -223,7 +255,7 @@ async fn chat(
     };
     let granted = match &state.rate_limits {
         Some(r) => r
-            .admit(caller, &mut admitted.envelope, body.len(), session)
+            .admit(caller, &mut admitted.envelope, body_len, session)
             .await
             .map_err(|e| (e, None, admitted.class))?,
         None => Default::default(),

@@ -82,6 +82,8 @@ fn json_response(v: &Value) -> Response {
 
 /// The entry of `id`, if it is a model, router or pipeline.
 fn entry(state: &AppState, routing: &Routing, caller: &Caller, id: &str) -> Option<Value> {
+    // A router takes the kinds its routes name; a model what its targets serve.
+    let mut routed: Option<Vec<&str>> = None;
     let (kind, targets): (&str, Vec<(&str, &str)>) = if let Some(m) = routing.models.get(id) {
         let t = m
             .targets
@@ -90,12 +92,21 @@ fn entry(state: &AppState, routing: &Routing, caller: &Caller, id: &str) -> Opti
         ("model", t.collect())
     } else if let Some(r) = routing.routers.get(id) {
         let mut t: Vec<(&str, &str)> = Vec::new();
-        for target in r.routes.iter().flat_map(|r| &r.targets) {
-            let pair = (target.provider.as_str(), target.model.as_str());
-            if !t.contains(&pair) {
-                t.push(pair);
+        let mut kinds: Vec<&str> = Vec::new();
+        for route in &r.routes {
+            for k in &route.kinds {
+                if !kinds.contains(&k.as_str()) {
+                    kinds.push(k);
+                }
+            }
+            for target in &route.targets {
+                let pair = (target.provider.as_str(), target.model.as_str());
+                if !t.contains(&pair) {
+                    t.push(pair);
+                }
             }
         }
+        routed = Some(kinds);
         ("router", t)
     } else {
         let p = state.pipeline(id)?;
@@ -113,7 +124,7 @@ fn entry(state: &AppState, routing: &Routing, caller: &Caller, id: &str) -> Opti
     let now = i64::try_from(sy_protocol::now_unix_ms()).unwrap_or(i64::MAX);
     let book = state.tenants.as_ref().map(|t| t.prices());
     let org = caller.grant.as_deref().map(|g| &g.pricing);
-    let mut surfaces: Vec<&str> = Vec::new();
+    let mut kinds: Vec<&str> = routed.clone().unwrap_or_default();
     let mut window: Option<u64> = None;
     let mut listed = Vec::with_capacity(targets.len());
     for (provider, model) in targets {
@@ -127,19 +138,10 @@ fn entry(state: &AppState, routing: &Routing, caller: &Caller, id: &str) -> Opti
         } else {
             serves.iter().map(String::as_str).collect()
         };
-        for what in &serves {
-            let apis: &[&str] = match *what {
-                "chat" => &CHAT,
-                "embeddings" => &["embeddings"],
-                "rerank" => &["rerank"],
-                "images" => &["images.generations", "images.edits"],
-                "transcriptions" => &["audio.transcriptions", "audio.translations"],
-                "speech" => &["audio.speech"],
-                _ => &[],
-            };
-            for api in apis {
-                if !surfaces.contains(api) {
-                    surfaces.push(api);
+        if routed.is_none() {
+            for what in &serves {
+                if !kinds.contains(what) {
+                    kinds.push(what);
                 }
             }
         }
@@ -172,6 +174,21 @@ fn entry(state: &AppState, routing: &Routing, caller: &Caller, id: &str) -> Opti
             "pricing": price.map(|p| pricing(&p, multiplier)),
         }));
     }
+    let surfaces: Vec<&str> = kinds
+        .iter()
+        .flat_map(|what| -> &[&str] {
+            match *what {
+                "chat" => &CHAT,
+                "embeddings" => &["embeddings"],
+                "rerank" => &["rerank"],
+                "images" => &["images.generations", "images.edits"],
+                "transcriptions" => &["audio.transcriptions", "audio.translations"],
+                "speech" => &["audio.speech"],
+                _ => &[],
+            }
+        })
+        .copied()
+        .collect();
     Some(json!({
         "id": id, "object": "model", "created": 0, "owned_by": "switchyard",
         "switchyard": {

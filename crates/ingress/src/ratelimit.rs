@@ -155,12 +155,7 @@ impl RateLimits {
             // may cost in output tokens where a provider bills them.
             i.prompt.len() as u64 / 4 + 1 + u64::from(i.count()) * IMAGE_OUTPUT_TOKENS_RESERVE
         } else if let Some(r) = &env.rerank {
-            // Each document is read with the query: about four bytes a token.
-            let query = r.query.len() as u64 / 4 + 1;
-            r.documents
-                .iter()
-                .map(|d| query + d.len() as u64 / 4 + 1)
-                .sum()
+            r.estimated_tokens()
         } else if env.embeddings.is_some() {
             // About four bytes a token; the body bounds the input from above.
             body_len as u64 / 4
@@ -211,14 +206,15 @@ impl RateLimits {
             .as_ref()
             .map_or(0, |r| r.estimated_search_units(4));
         let drawn = env.images.as_ref().map_or(0, |i| i64::from(i.count()));
-        // Seconds of audio, from the upload's size at 16 kbit/s (the least
-        // a speech codec uses): more than it is, never less, for a budget.
-        let heard = env.transcription.as_ref().map_or(0, |t| {
-            i64::try_from(t.file.bytes / 2_000 + 1).unwrap_or(i64::MAX)
-        });
-        let said = env.speech.as_ref().map_or(0, |s| {
-            i64::try_from(s.input.chars().count()).unwrap_or(i64::MAX)
-        });
+        // Seconds of audio: more than it is, never less, for a budget.
+        let heard = env
+            .transcription
+            .as_ref()
+            .map_or(0, |t| i64::try_from(t.most_seconds()).unwrap_or(i64::MAX));
+        let said = env
+            .speech
+            .as_ref()
+            .map_or(0, |s| i64::try_from(s.characters()).unwrap_or(i64::MAX));
         let (mut input, mut output, mut fixed) = (0f64, 0f64, 0i64);
         let fallbacks = env.fallback.iter().filter_map(|t| priced(&t.pricing));
         for (p, multiplier) in std::iter::once(first).chain(fallbacks) {

@@ -1,6 +1,7 @@
 //! `model: "auto"` (and `"auto:<name>"`): the smart router's decision for a
-//! request, and `POST /v1/route/explain`, which shows that decision without
-//! calling a provider.
+//! request of any kind (chat, embeddings, rerank, images, audio), and
+//! `POST /v1/route/explain`, which shows that decision without calling a
+//! provider.
 //!
 //! Live state (health, load, time to first token) comes from the ingress's
 //! [`sy_router::live::LiveTable`], fed by every worker's observations.
@@ -33,6 +34,31 @@ pub fn expected_output_tokens(req: &ChatRequest) -> u64 {
         .map_or(DEFAULT_OUTPUT_TOKENS, u64::from)
 }
 
+/// A request's kind and what it will be billed for, estimated before it
+/// runs: what a router's routes match (`kinds`) and its `cheapest` and
+/// `balanced` strategies compare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Size {
+    /// The config's `serves`: `chat`, `embeddings`, `rerank`, `images`,
+    /// `transcriptions` or `speech`.
+    pub kind: &'static str,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub units: sy_protocol::price::Units,
+}
+
+impl Size {
+    /// A chat request's: its estimated prompt and expected output.
+    pub(crate) fn chat(req: &ChatRequest) -> Size {
+        Size {
+            kind: "chat",
+            input_tokens: estimate_input_tokens(req),
+            output_tokens: expected_output_tokens(req),
+            units: sy_protocol::price::Units::default(),
+        }
+    }
+}
+
 /// A generator seeded by the request id: a request's draw is reproducible.
 fn rng(request_id: Uuid) -> impl FnMut() -> f64 {
     sy_router::seeded_rng(request_id.as_u128() as u64)
@@ -44,21 +70,24 @@ fn task_type(req: &ChatRequest) -> Option<&str> {
         .and_then(|m| m["task_type"].as_str())
 }
 
-/// The router's decision for `req` of `class`.
+/// The router's decision for `req` of `size` (a chat request has a `class`).
 pub(crate) fn decide(
     state: &AppState,
     router: &RouterConfig,
     req: &ChatRequest,
-    class: Class,
+    class: Option<Class>,
+    size: &Size,
     request_id: Uuid,
     tags: &[(String, String)],
 ) -> Decision {
     let r = RouteRequest {
-        class: class.as_str(),
+        kind: size.kind,
+        class: class.map(Class::as_str),
         task_type: task_type(req),
         tags,
-        input_tokens: estimate_input_tokens(req),
-        output_tokens: expected_output_tokens(req),
+        input_tokens: size.input_tokens,
+        output_tokens: size.output_tokens,
+        units: size.units,
     };
     sy_router::decide(
         router,
@@ -117,35 +146,82 @@ pub(crate) fn shed(
     })
 }
 
-/// The explain document for `req`.
+/// A 400 for a router none of whose routes takes `kind` requests, naming
+/// the kinds it takes.
+pub(crate) fn no_route(router: &RouterConfig, kind: &str) -> ApiError {
+    let mut kinds: Vec<&str> = router
+        .routes
+        .iter()
+        .flat_map(|r| r.kinds.iter().map(String::as_str))
+        .collect();
+    kinds.sort_unstable();
+    kinds.dedup();
+    ApiError::invalid(
+        "model",
+        format!(
+            "'{}' routes no {kind} requests (it routes {}); name a model that serves {kind}, or give the router a route with kinds = [\"{kind}\"].",
+            router.name,
+            kinds.join(", ")
+        ),
+    )
+}
+
+/// The explain document for `req` of `size` (a chat request's class
+/// predicted as `p`).
 pub(crate) fn explain(
     state: &AppState,
     req: &ChatRequest,
-    p: &Prediction,
+    p: Option<&Prediction>,
+    size: &Size,
     request_id: Uuid,
     tags: &[(String, String)],
 ) -> Result<Value, ApiError> {
-    let probabilities: serde_json::Map<String, Value> = CLASSES
-        .iter()
-        .zip(p.probs)
-        .map(|(c, x)| {
-            (
-                c.as_str().to_owned(),
-                json!((x * 10_000.0).round() / 10_000.0),
-            )
-        })
-        .collect();
     let mut doc = json!({
-        "class": p.class.as_str(),
-        "class_source": p.source,
-        "probabilities": probabilities,
-        "estimated_input_tokens": estimate_input_tokens(req),
-        "expected_output_tokens": expected_output_tokens(req),
+        "kind": size.kind,
+        "class": p.map(|p| p.class.as_str()),
+        "estimated_input_tokens": size.input_tokens,
+        "expected_output_tokens": size.output_tokens,
         "model": req.model,
     });
+    if let Some(p) = p {
+        let probabilities: serde_json::Map<String, Value> = CLASSES
+            .iter()
+            .zip(p.probs)
+            .map(|(c, x)| {
+                (
+                    c.as_str().to_owned(),
+                    json!((x * 10_000.0).round() / 10_000.0),
+                )
+            })
+            .collect();
+        doc["class_source"] = json!(p.source);
+        doc["probabilities"] = Value::Object(probabilities);
+    }
+    let units = size.units;
+    for (name, n) in [
+        ("estimated_search_units", units.search_units),
+        ("images", units.output_images),
+        ("estimated_audio_seconds", units.audio_seconds),
+        ("characters", units.characters),
+    ] {
+        if n > 0 {
+            doc[name] = json!(n);
+        }
+    }
     let routing = state.routing();
     if let Some(router) = routing.routers.get(&req.model) {
-        let d = decide(state, router, req, p.class, request_id, tags);
+        let d = decide(
+            state,
+            router,
+            req,
+            p.map(|p| p.class),
+            size,
+            request_id,
+            tags,
+        );
+        if d.route.is_empty() {
+            return Err(no_route(router, size.kind));
+        }
         let pick = |i: &usize| json!({"provider": d.candidates[*i].provider, "model": d.candidates[*i].model});
         doc["router"] = json!(d.router);
         doc["route"] = json!(d.route);

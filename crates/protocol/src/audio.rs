@@ -55,6 +55,12 @@ impl TranscriptionRequest {
     pub fn format(&self) -> &str {
         self.response_format.as_deref().unwrap_or("json")
     }
+
+    /// Seconds of audio at most, from the upload's size at 16 kbit/s (the
+    /// least a speech codec uses): more than it is, never less.
+    pub fn most_seconds(&self) -> u64 {
+        self.file.bytes / 2_000 + 1
+    }
 }
 
 /// A whole answer that is text (a transcript in json, text, srt, vtt or
@@ -99,6 +105,11 @@ pub struct SpeechRequest {
 }
 
 impl SpeechRequest {
+    /// Characters to speak (what a per-character price bills).
+    pub fn characters(&self) -> u64 {
+        self.input.chars().count() as u64
+    }
+
     /// The audio's media type for its format.
     pub fn content_type(&self) -> &'static str {
         match self.response_format.as_deref().unwrap_or("mp3") {

@@ -49,6 +49,17 @@ impl EmbeddingInput {
         }
     }
 
+    /// The tokens to embed: counted for token arrays, estimated at four
+    /// bytes a token for texts.
+    pub fn estimated_tokens(&self) -> u64 {
+        match self {
+            EmbeddingInput::One(s) => s.len() as u64 / 4 + 1,
+            EmbeddingInput::Many(v) => v.iter().map(|s| s.len() as u64 / 4 + 1).sum(),
+            EmbeddingInput::Tokens(t) => t.len() as u64,
+            EmbeddingInput::ManyTokens(v) => v.iter().map(|t| t.len() as u64).sum(),
+        }
+    }
+
     /// True when there is nothing to embed.
     pub fn is_empty(&self) -> bool {
         self.len() == 0

@@ -57,6 +57,19 @@ impl ImagesRequest {
     pub fn count(&self) -> u32 {
         self.n.unwrap_or(1).max(1)
     }
+
+    /// The output tokens a provider billing images in tokens (OpenAI's
+    /// gpt-image-1) is likely to charge, per its published square-image
+    /// figures: 272 at `low`, 4,160 at `high`, 1,056 otherwise; times `n`.
+    /// An estimate for choosing a target, never a bound (budgets reserve more).
+    pub fn expected_output_tokens(&self) -> u64 {
+        let each = match self.quality.as_deref() {
+            Some("low") => 272,
+            Some("high" | "hd") => 4_160,
+            _ => 1_056,
+        };
+        each * u64::from(self.count())
+    }
 }
 
 /// One generated image, as it travels: exactly one of `url` (the

@@ -30,6 +30,16 @@ pub struct RerankRequest {
 }
 
 impl RerankRequest {
+    /// The tokens the provider reads, estimated at four bytes a token: each
+    /// document with the query.
+    pub fn estimated_tokens(&self) -> u64 {
+        let query = self.query.len() as u64 / 4 + 1;
+        self.documents
+            .iter()
+            .map(|d| query + d.len() as u64 / 4 + 1)
+            .sum()
+    }
+
     /// Cohere's search units for this request: one per query with up to 100
     /// documents, where a document longer than 500 tokens with the query
     /// counts once per 500 (tokens estimated from `chars_per_token`-sized

@@ -1,5 +1,5 @@
 //! Target selection for smart routes: given a router (`auto`, `auto:<name>`), the
-//! request's class, task type and estimated size, and what is known live about
+//! request's kind (chat, images, …), class, task type and estimated size, and what is known live about
 //! each target (health, load, latency), pick a route, rank its targets by the
 //! route's strategy, skip the ones that cannot serve, and say why.
 //!
@@ -14,12 +14,15 @@ use serde::Serialize;
 use sy_config::ProviderConfig;
 use sy_config::routing::{RouterConfig, Strategy};
 use sy_protocol::TokenUsage;
+use sy_protocol::price::Units;
 
 /// What the router needs to know about a request.
 #[derive(Debug, Clone, Copy)]
 pub struct RouteRequest<'a> {
-    /// The class (classifier or hint).
-    pub class: &'a str,
+    /// What it asks (the config's `serves`: `chat`, `embeddings`, `images`, …).
+    pub kind: &'a str,
+    /// The class (classifier or hint); chat requests only.
+    pub class: Option<&'a str>,
     /// The client's task type, if any.
     pub task_type: Option<&'a str>,
     /// The client's tags (routes may require some).
@@ -28,6 +31,9 @@ pub struct RouteRequest<'a> {
     pub input_tokens: u64,
     /// Expected output tokens (`max_tokens`, or a default).
     pub output_tokens: u64,
+    /// What it will be billed per unit (images drawn, seconds heard,
+    /// characters spoken, search units), estimated.
+    pub units: Units,
 }
 
 /// Live facts about targets, shared by all ingresses.
@@ -80,7 +86,7 @@ pub struct Candidate {
 pub struct Decision {
     /// The router.
     pub router: String,
-    /// The matched route.
+    /// The matched route; empty when no route takes the request's kind.
     pub route: String,
     /// Its strategy.
     pub strategy: &'static str,
@@ -117,12 +123,11 @@ pub fn decide(
     live: &dyn Live,
     rng: &mut dyn FnMut() -> f64,
 ) -> Decision {
-    // Validation guarantees a catch-all last route.
+    // Validation guarantees a catch-all last route for each kind a router takes.
     let route = router
         .routes
         .iter()
-        .find(|r| r.matches(req.class, req.task_type, req.tags))
-        .or_else(|| router.routes.last());
+        .find(|r| r.matches(req.kind, req.class, req.task_type, req.tags));
     let Some(route) = route else {
         return Decision {
             router: router.name.clone(),
@@ -139,15 +144,21 @@ pub fn decide(
             let p = providers.get(&t.provider);
             let info = p.and_then(|p| p.models.get(&t.model));
             let cost_nanos = p.and_then(|p| p.prices.get(&t.model)).map(|price| {
-                price.cost_nanos(&TokenUsage {
-                    input_tokens: req.input_tokens,
-                    output_tokens: req.output_tokens,
-                    ..TokenUsage::default()
-                })
+                price.cost_of(
+                    &TokenUsage {
+                        input_tokens: req.input_tokens,
+                        output_tokens: req.output_tokens,
+                        ..TokenUsage::default()
+                    },
+                    req.units,
+                )
             });
             let window = info.and_then(|i| i.context_window);
             let need = req.input_tokens + req.output_tokens;
-            let skipped = if let Some(why) = live.unhealthy(&t.provider, &t.model) {
+            let serves = info.and_then(|i| i.serves.as_deref());
+            let skipped = if let Some(s) = serves.filter(|s| !s.iter().any(|k| k == req.kind)) {
+                Some(format!("serves {}, not {}", s.join(", "), req.kind))
+            } else if let Some(why) = live.unhealthy(&t.provider, &t.model) {
                 Some(why)
             } else if live.saturated(&t.provider) {
                 Some("at its concurrency cap".to_owned())
@@ -167,7 +178,9 @@ pub fn decide(
                 score: None,
                 cost_nanos,
                 latency_ms: live.latency_ms(&t.provider, &t.model),
-                quality: info.and_then(|i| i.quality.get(req.class).copied()),
+                quality: req
+                    .class
+                    .and_then(|c| info.and_then(|i| i.quality.get(c).copied())),
                 skipped,
             }
         })
@@ -303,11 +316,13 @@ targets = [{ provider = "cheap", model = "mini" }, { provider = "strong", model 
 
     fn req(class: &str) -> RouteRequest<'_> {
         RouteRequest {
-            class,
+            kind: "chat",
+            class: Some(class),
             task_type: None,
             tags: &[],
             input_tokens: 100,
             output_tokens: 100,
+            units: Units::default(),
         }
     }
 
@@ -478,6 +493,129 @@ targets = [{ provider = "cheap", model = "mini" }, { provider = "strong", model 
         assert!(d.chosen().is_none());
     }
 
+    const MEDIA: &str = r#"
+[providers.cheap.prices."draw-a"]
+input = "0"
+output = "0"
+per_output_image = "0.04"
+[providers.cheap.models."draw-a"]
+serves = ["images"]
+[providers.strong.prices."draw-b"]
+per_output_image = "0.01"
+input = "5"
+output = "0"
+[providers.strong.models."draw-b"]
+serves = ["images"]
+[providers.strong.models."say"]
+serves = ["speech"]
+[providers.cheap.models."talk"]
+serves = ["chat"]
+
+[routers."auto:media"]
+strategy = "cheapest"
+[[routers."auto:media".routes]]
+name = "pictures"
+kinds = ["images"]
+targets = [{ provider = "cheap", model = "draw-a" }, { provider = "strong", model = "draw-b" }]
+[[routers."auto:media".routes]]
+name = "everything"
+kinds = ["chat", "speech"]
+targets = [{ provider = "cheap", model = "talk" }, { provider = "strong", model = "say" }]
+"#;
+
+    fn media() -> Config {
+        Config::from_toml(&format!("{CONFIG}\n{MEDIA}"), &MapEnv::default()).unwrap()
+    }
+
+    #[test]
+    fn a_request_of_another_kind_takes_the_first_route_of_its_kind_priced_per_unit() {
+        let c = media();
+        let r = &c.routers["auto:media"];
+        // Four images: 4 × $0.04 against 4 × $0.01 + 10 prompt tokens at $5/M.
+        let images = RouteRequest {
+            kind: "images",
+            class: None,
+            input_tokens: 10,
+            output_tokens: 0,
+            units: Units {
+                output_images: 4,
+                ..Units::default()
+            },
+            ..req("simple")
+        };
+        let d = decide(r, &c.providers, &images, &NoLive, &mut lcg(1));
+        assert_eq!((d.route.as_str(), chosen(&d)), ("pictures", "strong"));
+        assert_eq!(d.candidates[0].cost_nanos, Some(160_000_000));
+        assert_eq!(d.candidates[1].cost_nanos, Some(40_050_000));
+        assert_eq!(d.order, vec![1, 0]);
+        // A chat request never lands on the images route; in a route of
+        // two kinds each request skips the target that does not serve it.
+        let d = decide(r, &c.providers, &req("code"), &NoLive, &mut lcg(1));
+        assert_eq!((d.route.as_str(), chosen(&d)), ("everything", "cheap"));
+        assert_eq!(
+            d.candidates[1].skipped.as_deref(),
+            Some("serves speech, not chat")
+        );
+        assert_eq!(d.order, vec![0]);
+        let speech = RouteRequest {
+            kind: "speech",
+            class: None,
+            ..req("simple")
+        };
+        let d = decide(r, &c.providers, &speech, &NoLive, &mut lcg(1));
+        assert_eq!((d.route.as_str(), chosen(&d)), ("everything", "strong"));
+        assert_eq!(
+            d.candidates[0].skipped.as_deref(),
+            Some("serves chat, not speech")
+        );
+        // No route takes rerank requests: no route, no candidates.
+        let rerank = RouteRequest {
+            kind: "rerank",
+            class: None,
+            ..req("simple")
+        };
+        let d = decide(r, &c.providers, &rerank, &NoLive, &mut lcg(1));
+        assert_eq!((d.route.as_str(), d.candidates.len()), ("", 0));
+        assert!(d.chosen().is_none());
+    }
+
+    #[test]
+    fn route_kinds_are_validated_against_classes_catch_alls_and_what_targets_serve() {
+        let bad = |extra: &str| {
+            Config::from_toml(&format!("{CONFIG}\n{MEDIA}\n{extra}"), &MapEnv::default())
+                .unwrap_err()
+                .to_string()
+        };
+        let one = |route: &str| bad(&format!("[routers.\"auto:z\"]\nroutes = [{route}]"));
+        assert!(
+            one(r#"{ name = "x", kinds = ["video"], targets = [{ provider = "cheap", model = "mini" }] }"#)
+                .contains("kinds[0]: unknown; expected one of chat")
+        );
+        assert!(
+            one(r#"{ name = "x", kinds = ["chat", "images"], classes = ["code"], targets = [{ provider = "cheap", model = "mini" }] }, { name = "y", kinds = ["chat", "images"], targets = [{ provider = "cheap", model = "mini" }] }"#)
+                .contains("classes sort chat requests only")
+        );
+        assert!(
+            one(r#"{ name = "x", kinds = ["images"], targets = [{ provider = "strong", model = "say" }] }"#)
+                .contains("strong/say serves speech, none of the route's kinds (images)")
+        );
+        assert!(
+            one(r#"{ name = "x", kinds = ["images", "speech"], targets = [{ provider = "strong", model = "say" }] }"#)
+                .contains("no target of the route serves images requests")
+        );
+        // The last images route must take every images request, even when
+        // a chat route follows it.
+        let e = one(
+            r#"{ name = "x", kinds = ["images"], tags = { tier = "free" }, targets = [{ provider = "cheap", model = "draw-a" }] }, { name = "y", targets = [{ provider = "cheap", model = "mini" }] }"#,
+        );
+        assert!(
+            e.contains(
+                "routes[0].classes: the last route taking images requests must match every one"
+            ),
+            "{e}"
+        );
+    }
+
     #[test]
     fn router_config_is_validated() {
         let bad = |extra: &str| {
@@ -486,7 +624,7 @@ targets = [{ provider = "cheap", model = "mini" }, { provider = "strong", model 
                 .to_string()
         };
         assert!(bad("[routers.cheapo]\nroutes = [{ name = \"x\", targets = [{ provider = \"cheap\", model = \"mini\" }] }]").contains("auto:<name>"));
-        assert!(bad("[routers.\"auto:x\"]\nroutes = [{ name = \"x\", classes = [\"code\"], targets = [{ provider = \"cheap\", model = \"mini\" }] }]").contains("last route must match every request"));
+        assert!(bad("[routers.\"auto:x\"]\nroutes = [{ name = \"x\", classes = [\"code\"], targets = [{ provider = \"cheap\", model = \"mini\" }] }]").contains("last route taking chat requests must match every one"));
         assert!(bad("[routers.\"auto:y\"]\nstrategy = \"luckiest\"\nroutes = [{ name = \"x\", targets = [{ provider = \"nope\", model = \"m\" }] }]").contains("no provider named"));
     }
 }

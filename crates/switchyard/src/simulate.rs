@@ -91,11 +91,13 @@ pub fn run(
         let class = classifier.classify(&req).class;
         let tags = sy_ingress::body_tags(&req);
         let r = RouteRequest {
-            class: class.as_str(),
+            kind: "chat",
+            class: Some(class.as_str()),
             task_type: None,
             tags: &tags,
             input_tokens: sy_ingress::estimate_input_tokens(&req),
             output_tokens: sy_ingress::expected_output_tokens(&req),
+            units: sy_protocol::price::Units::default(),
         };
         // One reproducible draw per line.
         let mut rng = sy_router::seeded_rng((i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
