@@ -111,32 +111,22 @@ async fn uploads_are_transcribed_in_every_format_fall_back_and_are_billed_per_se
 
     // Usage rows: 2.5 s billed as 3 s, at $0.0001 (OpenAI) or $0.00003
     // (vLLM) a second, +20 % markup; the failed attempts bill nothing.
-    let ch = stack.clickhouse.as_ref().unwrap();
-    let client = sy_accounting::client(ch);
     type Row = (String, String, String, u32, Option<i64>, Option<i64>);
+    type Raw = (String, String, String, u32, String, String);
     let nanos = |s: String| sy_config::price::parse_nanos(&s);
-    let until = Instant::now() + Duration::from_secs(15);
-    let rows: Vec<Row> = loop {
-        let raw: Vec<(String, String, String, u32, String, String)> = client
-            .query(&format!(
-                "SELECT api, provider, status, audio_seconds, \
-                 ifNull(toString(cost), ''), ifNull(toString(billed), '') \
-                 FROM {}.requests FINAL WHERE api IN ('transcriptions', 'translations') \
-                 ORDER BY received_ms, attempt",
-                ch.database
-            ))
-            .fetch_all()
-            .await
-            .unwrap();
-        let rows: Vec<Row> = raw
-            .into_iter()
-            .map(|(a, p, s, n, c, b)| (a, p, s, n, nanos(c), nanos(b)))
-            .collect();
-        if rows.iter().filter(|r| r.2 == "ok").count() >= 7 || Instant::now() > until {
-            break rows;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let raw: Vec<Raw> = stack
+        .rows_until(
+            "SELECT api, provider, status, audio_seconds, \
+             ifNull(toString(cost), ''), ifNull(toString(billed), '') \
+             FROM {db}.requests FINAL WHERE api IN ('transcriptions', 'translations') \
+             ORDER BY received_ms, attempt",
+            |rows: &[Raw]| rows.iter().filter(|r| r.2 == "ok").count() >= 7,
+        )
+        .await;
+    let rows: Vec<Row> = raw
+        .into_iter()
+        .map(|(a, p, s, n, c, b)| (a, p, s, n, nanos(c), nanos(b)))
+        .collect();
     let ok: Vec<&Row> = rows.iter().filter(|r| r.2 == "ok").collect();
     assert_eq!(ok.len(), 7, "{rows:?}");
     for r in &ok[..6] {
@@ -335,24 +325,13 @@ async fn speech_streams_as_it_comes_falls_back_ends_cut_streams_as_cut_and_is_bi
 
     // Usage rows: 23 characters at $15 a million (+20 %), the unpriced
     // fallback with its characters and no cost.
-    let ch = stack.clickhouse.as_ref().unwrap();
-    let client = sy_accounting::client(ch);
-    let until = Instant::now() + Duration::from_secs(15);
-    let rows = loop {
-        let rows: Vec<(String, String, u32, String)> = client
-            .query(&format!(
-                "SELECT provider, status, input_characters, ifNull(toString(billed), '') \
-                 FROM {}.requests FINAL WHERE api = 'speech' ORDER BY received_ms, attempt",
-                ch.database
-            ))
-            .fetch_all()
-            .await
-            .unwrap();
-        if rows.len() >= 6 || Instant::now() > until {
-            break rows;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let rows: Vec<(String, String, u32, String)> = stack
+        .rows_until(
+            "SELECT provider, status, input_characters, ifNull(toString(billed), '') \
+             FROM {db}.requests FINAL WHERE api = 'speech' ORDER BY received_ms, attempt",
+            |rows: &[(String, String, u32, String)]| rows.len() >= 6,
+        )
+        .await;
     let ok: Vec<_> = rows.iter().filter(|r| r.1 == "ok").collect();
     assert_eq!(ok.len(), 4, "{rows:?}");
     assert_eq!((ok[0].0.as_str(), ok[0].2), ("openai", 23), "{rows:?}");

@@ -1,8 +1,6 @@
 //! `POST /v1/embeddings` through the stack to OpenAI-compatible, Gemini and
 //! Cohere embedding models, accounted like chat.
 
-use std::time::{Duration, Instant};
-
 use base64::Engine;
 use serde_json::{Value, json};
 
@@ -72,24 +70,13 @@ async fn every_embedding_dialect_answers_in_openais_format_and_is_accounted() {
     );
 
     // One usage row per call, api = embeddings; Gemini's tokens are estimated.
-    let ch = stack.clickhouse.as_ref().unwrap();
-    let client = sy_accounting::client(ch);
-    let until = Instant::now() + Duration::from_secs(15);
-    let rows: Vec<(String, String, u64, u64)> = loop {
-        let rows: Vec<(String, String, u64, u64)> = client
-            .query(&format!(
-                "SELECT provider, input_tokens_source, input_tokens, output_tokens FROM {}.requests FINAL \
-                 WHERE api = 'embeddings' ORDER BY received_ms",
-                ch.database
-            ))
-            .fetch_all()
-            .await
-            .unwrap();
-        if rows.len() >= 4 || Instant::now() > until {
-            break rows;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let rows: Vec<(String, String, u64, u64)> = stack
+        .rows_until(
+            "SELECT provider, input_tokens_source, input_tokens, output_tokens FROM {db}.requests FINAL \
+             WHERE api = 'embeddings' ORDER BY received_ms",
+            |rows: &[(String, String, u64, u64)]| rows.len() >= 4,
+        )
+        .await;
     assert_eq!(rows.len(), 4, "{rows:?}");
     assert_eq!(rows[0], ("openai".into(), "provider".into(), 6, 0));
     assert_eq!(rows[1].0, "gemini");

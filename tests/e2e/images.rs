@@ -6,8 +6,6 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-use std::time::{Duration, Instant};
-
 use base64::Engine;
 use serde_json::{Value, json};
 
@@ -131,31 +129,21 @@ async fn images_come_back_inline_or_through_the_blob_store_fall_back_and_are_acc
 
     // Usage rows: gpt-image-1 in tokens ($5 in, $40 out a million), the
     // fallback per image ($0.003), Gemini in tokens; +20 % markup.
-    let ch = stack.clickhouse.as_ref().unwrap();
-    let client = sy_accounting::client(ch);
     type Row = (String, String, u32, u64, u64, Option<i64>, Option<i64>);
+    type Raw = (String, String, u32, u64, u64, String, String);
     let nanos = |s: String| sy_config::price::parse_nanos(&s);
-    let until = Instant::now() + Duration::from_secs(15);
-    let rows: Vec<Row> = loop {
-        let raw: Vec<(String, String, u32, u64, u64, String, String)> = client
-            .query(&format!(
-                "SELECT provider, status, output_images, input_tokens, output_tokens, \
-                 ifNull(toString(cost), ''), ifNull(toString(billed), '') \
-                 FROM {}.requests FINAL WHERE api = 'images' ORDER BY received_ms, attempt",
-                ch.database
-            ))
-            .fetch_all()
-            .await
-            .unwrap();
-        let rows: Vec<Row> = raw
-            .into_iter()
-            .map(|(p, s, n, i, o, c, b)| (p, s, n, i, o, nanos(c), nanos(b)))
-            .collect();
-        if rows.iter().filter(|r| r.1 == "ok").count() >= 5 || Instant::now() > until {
-            break rows;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let raw: Vec<Raw> = stack
+        .rows_until(
+            "SELECT provider, status, output_images, input_tokens, output_tokens, \
+             ifNull(toString(cost), ''), ifNull(toString(billed), '') \
+             FROM {db}.requests FINAL WHERE api = 'images' ORDER BY received_ms, attempt",
+            |rows: &[Raw]| rows.iter().filter(|r| r.1 == "ok").count() >= 5,
+        )
+        .await;
+    let rows: Vec<Row> = raw
+        .into_iter()
+        .map(|(p, s, n, i, o, c, b)| (p, s, n, i, o, nanos(c), nanos(b)))
+        .collect();
     let ok: Vec<&Row> = rows.iter().filter(|r| r.1 == "ok").collect();
     assert_eq!(ok.len(), 5, "{rows:?}");
     // Two images, 4 prompt words and 200 output tokens: 20 + 8,000 µ$.

@@ -5,8 +5,6 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-use std::time::{Duration, Instant};
-
 use serde_json::{Value, json};
 
 use crate::stack::{Stack, StackOptions};
@@ -96,31 +94,21 @@ async fn rerank_ranks_through_cohere_and_an_openai_compatible_server_falls_back_
 
     // Usage rows: Cohere's in search units at $0.002 each (+20 % markup),
     // vLLM's in tokens at $0.02 a million; the failed attempts bill nothing.
-    let ch = stack.clickhouse.as_ref().unwrap();
-    let client = sy_accounting::client(ch);
     type Row = (String, String, u64, u64, Option<i64>, Option<i64>);
-    let until = Instant::now() + Duration::from_secs(15);
+    type Raw = (String, String, u64, u64, String, String);
     let nanos = |s: String| sy_config::price::parse_nanos(&s);
-    let rows: Vec<Row> = loop {
-        let raw: Vec<(String, String, u64, u64, String, String)> = client
-            .query(&format!(
-                "SELECT provider, status, search_units, input_tokens, \
-                 ifNull(toString(cost), ''), ifNull(toString(billed), '') \
-                 FROM {}.requests FINAL WHERE api = 'rerank' ORDER BY received_ms, attempt",
-                ch.database
-            ))
-            .fetch_all()
-            .await
-            .unwrap();
-        let rows: Vec<Row> = raw
-            .into_iter()
-            .map(|(p, s, u, t, c, b)| (p, s, u, t, nanos(c), nanos(b)))
-            .collect();
-        if rows.iter().filter(|r| r.1 == "ok").count() >= 3 || Instant::now() > until {
-            break rows;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let raw: Vec<Raw> = stack
+        .rows_until(
+            "SELECT provider, status, search_units, input_tokens, \
+             ifNull(toString(cost), ''), ifNull(toString(billed), '') \
+             FROM {db}.requests FINAL WHERE api = 'rerank' ORDER BY received_ms, attempt",
+            |rows: &[Raw]| rows.iter().filter(|r| r.1 == "ok").count() >= 3,
+        )
+        .await;
+    let rows: Vec<Row> = raw
+        .into_iter()
+        .map(|(p, s, u, t, c, b)| (p, s, u, t, nanos(c), nanos(b)))
+        .collect();
     let ok: Vec<&Row> = rows.iter().filter(|r| r.1 == "ok").collect();
     assert_eq!(ok.len(), 3, "{rows:?}");
     assert_eq!(ok[0].0, "cohere");

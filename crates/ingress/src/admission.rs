@@ -104,16 +104,15 @@ impl Payload {
     }
 
     /// What a router compares: the request's kind and its estimated size
-    /// (tokens at four bytes each, and the units a per-unit price bills).
-    pub(crate) fn size(
-        payload: Option<&Payload>,
-        request: &sy_protocol::chat::ChatRequest,
-    ) -> route::Size {
+    /// (tokens at four bytes each, and the units a per-unit price bills);
+    /// none for chat, whose estimate reads every message and is made only
+    /// when a router asks ([`route::Size::chat`]).
+    pub(crate) fn size(payload: Option<&Payload>) -> Option<route::Size> {
         use sy_protocol::price::Units;
         let tokens = |s: &str| s.len() as u64 / 4 + 1;
         let mut output_tokens = 0;
         let (input_tokens, units) = match payload {
-            None => return route::Size::chat(request),
+            None => return None,
             Some(Payload::Embeddings(e)) => (e.input.estimated_tokens(), Units::default()),
             Some(Payload::Rerank(r)) => (
                 r.estimated_tokens(),
@@ -147,12 +146,12 @@ impl Payload {
                 },
             ),
         };
-        route::Size {
+        Some(route::Size {
             kind: Payload::kind(payload),
             input_tokens,
             output_tokens,
             units,
-        }
+        })
     }
 }
 
@@ -269,7 +268,7 @@ pub(crate) fn admit_parsed(
         batch,
     } = admission;
     let kind = Payload::kind(payload.as_ref());
-    let size = Payload::size(payload.as_ref(), &request);
+    let size = Payload::size(payload.as_ref());
     let (mut embeddings, mut rerank, mut images, mut transcription, mut speech) =
         (None, None, None, None, None);
     match payload {
@@ -297,7 +296,7 @@ pub(crate) fn admit_parsed(
     let defaults = caller.grant.as_ref().map_or(&[][..], |g| &g.tags[..]);
     let tags = crate::tags::of(hints.tags, Some(&request), defaults).map_err(|e| (e, class))?;
     let decision =
-        decide(state, &request, class, &size, request_id, &tags).map_err(|e| (e, class))?;
+        decide(state, &request, class, size, request_id, &tags).map_err(|e| (e, class))?;
     let Decision {
         route_name,
         route_header,
@@ -397,7 +396,7 @@ fn decide(
     state: &AppState,
     request: &sy_protocol::chat::ChatRequest,
     class: Option<sy_classifier::Class>,
-    size: &route::Size,
+    size: Option<route::Size>,
     request_id: Uuid,
     tags: &[(String, String)],
 ) -> Result<Decision, ApiError> {
@@ -418,7 +417,8 @@ fn decide(
             policy: route.policy,
         });
     };
-    let decision = route::decide(state, router, request, class, size, request_id, tags);
+    let size = size.unwrap_or_else(|| route::Size::chat(request));
+    let decision = route::decide(state, router, request, class, &size, request_id, tags);
     if decision.route.is_empty() {
         return Err(route::no_route(router, size.kind));
     }

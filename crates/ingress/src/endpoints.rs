@@ -193,7 +193,8 @@ pub(crate) async fn route_explain(
             None => Some(classify::decide(&state.classifier, &hints, &request)?),
             Some(_) => None,
         };
-        let size = admission::Payload::size(payload.as_ref(), &request);
+        let size = admission::Payload::size(payload.as_ref())
+            .unwrap_or_else(|| route::Size::chat(&request));
         let defaults = caller.grant.as_ref().map_or(&[][..], |g| &g.tags[..]);
         let tags = crate::tags::of(hints.tags, Some(&request), defaults)?;
         route::explain(&state, &request, prediction.as_ref(), &size, request_id, &tags)
