@@ -31,6 +31,7 @@ ensure_postgres
 ensure_redis
 ensure_prometheus_bin
 ensure_deploy_tools
+ensure_browser
 export SY_POSTGRES_URL="${SY_POSTGRES_URL:-$SY_POSTGRES_URL_DEFAULT}"
 export SY_REDIS_URL="${SY_REDIS_URL:-$SY_REDIS_URL_DEFAULT}"
 export SY_TEST_NATS_URL="${SY_TEST_NATS_URL:-nats://127.0.0.1:4222}"

@@ -150,5 +150,8 @@ with the local owner token (a development token: docs/admin-api.md):
   $sy admin keys list
   curl -s http://127.0.0.1:8080/admin/v1/audit -H "Authorization: Bearer $SWITCHYARD_ADMIN_TOKEN"
 
+The operator console (docs/console.md), in a browser: http://127.0.0.1:8080/console
+(sign in with sk-sy-admin-local-dev).
+
  Stop everything this script started with: deploy/local/down.sh
 MSG

@@ -272,5 +272,21 @@ ensure_deploy_tools() {
   export SY_KUBERNETES_VALIDATE="$VENV/bin/kubernetes-validate"
 }
 
+# ensure_browser: Debian's Chromium and ChromeDriver, and Selenium in the venv,
+# for the console's browser test (tests/browser/console.py).
+ensure_browser() {
+  ensure_venv
+  if [[ ! -x /usr/bin/chromium || ! -x /usr/bin/chromedriver ]]; then
+    say "Installing chromium and chromium-driver from Debian"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
+  fi
+  if ! "$VENV/bin/python" -c 'import selenium' 2>/dev/null; then
+    say "Installing selenium into $VENV"
+    "$VENV/bin/pip" install -q --disable-pip-version-check selenium
+  fi
+  export SY_CHROMIUM=/usr/bin/chromium SY_CHROMEDRIVER=/usr/bin/chromedriver
+}
+
 # stop_redis: stops Redis if (and only if) we started it.
 stop_redis() { stop_pidfile "$RUN_DIR/redis.pid" redis-server; }

@@ -13,6 +13,7 @@ mod cancel;
 mod chat;
 mod cluster;
 mod config_check;
+mod console;
 mod crash;
 mod deploy;
 mod dialects;

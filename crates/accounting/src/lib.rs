@@ -15,12 +15,17 @@
 //!
 //! [`UsageEvent`]: sy_protocol::UsageEvent
 
+mod console_query;
 mod consumer;
 mod invoice_query;
 mod migrate;
 mod row;
 mod usage_query;
 
+pub use console_query::{
+    AttemptRow, RequestFilter, TargetTraffic, TrafficPoint, recent_requests, traffic,
+    traffic_by_target,
+};
 pub use consumer::{CONSUMER, pending_events, run};
 pub use invoice_query::{InvoiceRow, invoice_rows};
 pub use migrate::{MIGRATIONS, migrate};

@@ -155,4 +155,22 @@ impl Store {
                 .then_some(TokenOwner { name, role, org_id })
         }))
     }
+
+    /// Who the live token with `public_id` is (a console session's token,
+    /// verified when the session began), if it is still active.
+    pub async fn admin_token_owner_by_public_id(
+        &self,
+        public_id: &str,
+    ) -> Result<Option<TokenOwner>, StoreError> {
+        let row: Option<(String, String, Option<Uuid>)> = sqlx::query_as(
+            "SELECT t.name, t.role, t.org_id FROM admin_tokens t \
+             LEFT JOIN orgs o ON o.id = t.org_id \
+             WHERE t.public_id = $1 AND t.status = 'active' \
+               AND (t.org_id IS NULL OR o.status = 'active')",
+        )
+        .bind(public_id)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(row.map(|(name, role, org_id)| TokenOwner { name, role, org_id }))
+    }
 }

@@ -16,6 +16,8 @@
 pub mod admin;
 pub mod admin_tokens;
 pub mod audit;
+pub mod console;
+pub mod console_sessions;
 pub mod credentials;
 pub mod feed;
 pub mod invoices;

@@ -163,6 +163,15 @@ pub(crate) async fn get_org_usage(
 /// default; `messages`, `responses`, `embeddings`, `rerank`, `images`,
 /// `image_edits`, `transcriptions`, `translations`, `speech`), without
 /// calling a provider.
+/// `GET /console` where no admin API runs (no `[tenants]`): what is missing.
+pub(crate) async fn console_off() -> Response {
+    ApiError::new(
+        ErrorCode::NotFound,
+        "The console needs the admin API: configure [postgres] and [tenants] (docs/console.md).",
+    )
+    .into_response()
+}
+
 pub(crate) async fn route_explain(
     State(state): State<Arc<AppState>>,
     caller: extract::Caller,

@@ -493,6 +493,10 @@ async fn build(config: Arc<Config>, bus: Bus) -> Result<(Router, Arc<AppState>),
             }
             _ => axum::Router::new(),
         })
+        .merge(match &admin {
+            Some(a) => sy_control::console::router(a.clone()),
+            None => axum::Router::new().route("/console", get(endpoints::console_off)),
+        })
         .merge(admin.map(sy_control::admin::router).unwrap_or_default())
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(endpoints::readyz))

@@ -105,18 +105,28 @@ pub(super) fn uuid_param(
         .transpose()
 }
 
-fn page_at(q: &HashMap<String, String>) -> Result<PageAt, AdminError> {
-    let limit = match q.get("limit") {
-        None => 20,
+/// `?limit=`: `default` when absent, else an integer from 1 to `max`.
+pub(super) fn limit_param(
+    q: &HashMap<String, String>,
+    default: u32,
+    max: u32,
+) -> Result<u32, AdminError> {
+    match q.get("limit") {
+        None => Ok(default),
         Some(v) => v
             .parse::<u32>()
             .ok()
-            .filter(|n| (1..=100).contains(n))
-            .ok_or_else(|| AdminError::invalid("'limit' must be an integer from 1 to 100."))?,
-    };
+            .filter(|n| (1..=max).contains(n))
+            .ok_or_else(|| {
+                AdminError::invalid(format!("'limit' must be an integer from 1 to {max}."))
+            }),
+    }
+}
+
+fn page_at(q: &HashMap<String, String>) -> Result<PageAt, AdminError> {
     Ok(PageAt {
         after: uuid_param(q, "after")?,
-        limit,
+        limit: limit_param(q, 20, 100)?,
     })
 }
 

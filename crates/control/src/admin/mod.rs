@@ -7,11 +7,17 @@
 //! client address, before and after) in the same transaction.
 //!
 //! An admin token is not an API key: the ingress refuses it on `/v1`.
+//!
+//! The operator console ([`crate::console`]) calls the same routes with its
+//! session cookie instead of the token: the session names the token that
+//! signed in (looked up again on every call, so the same role applies), and
+//! every write must carry the session's CSRF token in `x-csrf-token`.
 
 mod handlers;
 mod operations;
 mod pipelines;
 mod pricing;
+mod traffic;
 pub use operations::{balance_view, top_up};
 pub mod roles;
 
@@ -198,6 +204,25 @@ impl AdminError {
         }
     }
 
+    /// A 401: no identity, or not a valid one.
+    pub fn unauthenticated(message: impl Into<String>) -> Self {
+        AdminError::new(StatusCode::UNAUTHORIZED, "unauthenticated", message)
+    }
+
+    /// A 403: the identity may not do this.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        AdminError::new(StatusCode::FORBIDDEN, "permission_denied", message)
+    }
+
+    /// A 403: a console write without its session's CSRF token.
+    pub fn csrf_failed() -> Self {
+        AdminError::new(
+            StatusCode::FORBIDDEN,
+            "csrf_failed",
+            "A console write must carry the session's CSRF token in 'x-csrf-token'.",
+        )
+    }
+
     /// A 400.
     pub fn invalid(message: impl Into<String>) -> Self {
         AdminError::new(StatusCode::BAD_REQUEST, "invalid_request", message)
@@ -346,6 +371,8 @@ pub fn router<S: Clone + Send + Sync + 'static>(admin: Arc<Admin>) -> Router<S> 
         .route("/admin/v1/keys/{id}/rotate", post(h::rotate_key))
         .route("/admin/v1/audit", get(o::audit))
         .route("/admin/v1/usage", get(o::usage))
+        .route("/admin/v1/overview", get(traffic::overview))
+        .route("/admin/v1/requests", get(traffic::requests))
         .route(
             "/admin/v1/admin-tokens",
             post(o::create_admin_token).get(o::list_admin_tokens),
@@ -394,29 +421,58 @@ async fn authorize(State(admin): State<Arc<Admin>>, mut req: Request, next: Next
 
 /// What authorizing reads from a request.
 struct Asked {
-    token: String,
+    credential: Credential,
     route: Option<&'static roles::Route>,
     client_ip: Option<String>,
 }
 
+/// How an admin request authenticates.
+enum Credential {
+    /// `Authorization: Bearer TOKEN`.
+    Token(String),
+    /// The console's session cookie, and the CSRF token a write carries.
+    Session {
+        secret: String,
+        csrf: Option<String>,
+        write: bool,
+    },
+}
+
 fn read_request(req: &Request) -> Result<Asked, AdminError> {
-    let token = req
+    let bearer = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
         .filter(|t| !t.is_empty())
-        .map(str::to_owned)
-        .ok_or_else(|| {
-            AdminError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthenticated",
-                "Send an admin token as 'Authorization: Bearer TOKEN'.",
-            )
-        })?;
+        .map(str::to_owned);
+    let credential = match bearer {
+        Some(token) => Credential::Token(token),
+        None => {
+            let secret = crate::console::session_cookie(req.headers()).ok_or_else(|| {
+                AdminError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthenticated",
+                    "Send an admin token as 'Authorization: Bearer TOKEN' (or sign in to the console).",
+                )
+            })?;
+            Credential::Session {
+                secret,
+                csrf: req
+                    .headers()
+                    .get(crate::console::CSRF_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned),
+                write: !matches!(
+                    *req.method(),
+                    axum::http::Method::GET | axum::http::Method::HEAD
+                ),
+            }
+        }
+    };
     Ok(Asked {
-        token,
+        credential,
         route: roles::find(req.method(), req.uri().path()),
         client_ip: req
             .extensions()
@@ -425,31 +481,107 @@ fn read_request(req: &Request) -> Result<Asked, AdminError> {
     })
 }
 
+/// Who an admin identity is: its name, role and org.
+pub(crate) type Identity = (String, Role, Option<Uuid>);
+
 /// Who a token is: a config token (compared in constant time), else a live
-/// token issued from the database.
-async fn identity(
+/// token issued from the database; with how a console session names it.
+pub(crate) async fn identity(
     admin: &Admin,
     token: &str,
-) -> Result<Option<(String, Role, Option<Uuid>)>, AdminError> {
+) -> Result<Option<(Identity, crate::console_sessions::SessionToken)>, AdminError> {
+    use crate::console_sessions::SessionToken;
     let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
     if let Some(t) = admin.tokens.iter().find(|t| t.matches(&digest)) {
-        return Ok(Some((t.name.clone(), t.role, t.org_id)));
+        let reference = SessionToken::Config(hex_of(&digest));
+        return Ok(Some(((t.name.clone(), t.role, t.org_id), reference)));
     }
     if !token.starts_with("sy_admin_") {
         return Ok(None);
     }
     let owner = admin.store.admin_token_owner(token).await?;
-    Ok(owner.and_then(|o| Role::parse(&o.role).map(|r| (o.name, r, o.org_id))))
+    let public_id = crate::key::parse(token)
+        .map(|p| p.public_id.to_owned())
+        .unwrap_or_default();
+    Ok(owner.and_then(|o| {
+        Role::parse(&o.role).map(|r| ((o.name, r, o.org_id), SessionToken::Database(public_id)))
+    }))
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Who the token a console session names is now (none when it was revoked
+/// or left the config).
+pub(crate) async fn session_identity(
+    admin: &Admin,
+    token: &crate::console_sessions::SessionToken,
+) -> Result<Option<Identity>, AdminError> {
+    use crate::console_sessions::SessionToken;
+    match token {
+        SessionToken::Config(hex) => Ok(admin
+            .tokens
+            .iter()
+            .find(|t| {
+                // Constant time in the digest's content.
+                let mine = hex_of(&t.digest);
+                mine.len() == hex.len()
+                    && mine
+                        .bytes()
+                        .zip(hex.bytes())
+                        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                        == 0
+            })
+            .map(|t| (t.name.clone(), t.role, t.org_id))),
+        SessionToken::Database(public_id) => {
+            let owner = admin
+                .store
+                .admin_token_owner_by_public_id(public_id)
+                .await?;
+            Ok(owner.and_then(|o| Role::parse(&o.role).map(|r| (o.name, r, o.org_id))))
+        }
+    }
+}
+
+/// Who a request's credential is, or why not.
+async fn authenticate(admin: &Admin, credential: &Credential) -> Result<Identity, AdminError> {
+    let unauthenticated = AdminError::unauthenticated;
+    match credential {
+        Credential::Token(token) => identity(admin, token)
+            .await?
+            .map(|(who, _)| who)
+            .ok_or_else(|| {
+                unauthenticated(
+                    "Incorrect admin token provided (an API key is not an admin token).",
+                )
+            }),
+        Credential::Session {
+            secret,
+            csrf,
+            write,
+        } => {
+            let session = admin
+                .store
+                .console_session(&crate::console::session_hash(secret))
+                .await?
+                .ok_or_else(|| unauthenticated("The console session has ended; sign in again."))?;
+            if *write && !crate::console::csrf_matches(csrf.as_deref(), &session.csrf) {
+                return Err(AdminError::csrf_failed());
+            }
+            session_identity(admin, &session.token)
+                .await?
+                .ok_or_else(|| {
+                    unauthenticated(
+                        "The admin token of this session is no longer valid; sign in again.",
+                    )
+                })
+        }
+    }
 }
 
 async fn caller(admin: &Admin, asked: Asked, request_id: Uuid) -> Result<Caller, AdminError> {
-    let Some((name, role, org_id)) = identity(admin, &asked.token).await? else {
-        return Err(AdminError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthenticated",
-            "Incorrect admin token provided (an API key is not an admin token).",
-        ));
-    };
+    let (name, role, org_id) = authenticate(admin, &asked.credential).await?;
     let Some(route) = asked.route else {
         // A route the table does not list: refused rather than open.
         return Err(AdminError::new(

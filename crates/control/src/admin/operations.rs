@@ -20,14 +20,7 @@ pub(super) async fn audit(
     State(admin): State<Arc<Admin>>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Answer {
-    let limit = match q.get("limit") {
-        None => 50,
-        Some(v) => v
-            .parse::<u32>()
-            .ok()
-            .filter(|n| (1..=500).contains(n))
-            .ok_or_else(|| AdminError::invalid("'limit' must be an integer from 1 to 500."))?,
-    };
+    let limit = super::handlers::limit_param(&q, 50, 500)?;
     let before_seq = q
         .get("before")
         .map(|v| {

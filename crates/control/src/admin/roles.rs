@@ -160,6 +160,8 @@ pub const ROUTES: &[Route] = &[
     route("POST", "/admin/v1/keys/{id}/rotate", Need::Keys),
     deployment("GET", "/admin/v1/audit", Need::Audit),
     route("GET", "/admin/v1/usage", Need::Usage),
+    route("GET", "/admin/v1/overview", Need::Usage),
+    route("GET", "/admin/v1/requests", Need::Usage),
     route("POST", "/admin/v1/credentials", Need::Credentials),
     route("GET", "/admin/v1/credentials", Need::Credentials),
     route("GET", "/admin/v1/credentials/{id}", Need::Credentials),

@@ -1,0 +1,525 @@
+// Switchyard console: plain JavaScript, no framework, no build step.
+// Every action is a call to the admin API (docs/admin-api.md) with the
+// session cookie; the API enforces the role, the page only hides what the
+// role cannot do. Text from the server is always set as text, never as
+// markup. The CSRF token lives in this module's memory only.
+
+const state = { me: null };
+const main = () => document.getElementById("main");
+
+class ApiError extends Error {
+  constructor(status, message, code) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+// An element: h("a", {href: "#/x", onclick: f}, "text", child, ...).
+function h(tag, attrs = {}, ...kids) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+    else if (k === "text") el.textContent = v;
+    else el.setAttribute(k, v === true ? "" : String(v));
+  }
+  for (const kid of kids.flat()) {
+    if (kid === undefined || kid === null || kid === false) continue;
+    el.append(kid instanceof Node ? kid : document.createTextNode(String(kid)));
+  }
+  return el;
+}
+
+async function api(method, path, body) {
+  const opts = { method, headers: {}, credentials: "same-origin" };
+  if (body !== undefined) {
+    opts.headers["content-type"] = "application/json";
+    opts.body = JSON.stringify(body);
+  }
+  if (method !== "GET" && state.me) opts.headers["x-csrf-token"] = state.me.csrf;
+  const r = await fetch(path, opts);
+  const text = await r.text();
+  let data = null;
+  if (text) {
+    try { data = JSON.parse(text); } catch { data = { error: { message: text } }; }
+  }
+  if (!r.ok) {
+    const err = new ApiError(r.status, (data && data.error && data.error.message) || r.statusText,
+      data && data.error && data.error.code);
+    if (r.status === 401 && path !== "/console/api/session") {
+      state.me = null;
+      showLogin("Your session ended; sign in again.");
+    }
+    throw err;
+  }
+  return data;
+}
+
+function setPage(title, ...content) {
+  const m = main();
+  m.replaceChildren(h("h1", {}, title), ...content);
+  document.title = `${title} · Switchyard console`;
+}
+
+function errorBox(e) {
+  return h("p", { class: "error", role: "alert" }, e instanceof ApiError ? `${e.message} (${e.status})` : String(e));
+}
+
+function table(columns, rows, opts = {}) {
+  const head = h("tr", {}, columns.map((c) => h("th", { scope: "col", class: c.num ? "num" : undefined }, c.title)));
+  const body = rows.map((r) => h("tr", opts.rowAttrs ? opts.rowAttrs(r) : {},
+    columns.map((c) => {
+      const v = c.value(r);
+      return h("td", { class: c.num ? "num" : undefined }, v instanceof Node ? v : (v === null || v === undefined ? "" : String(v)));
+    })));
+  const empty = rows.length ? [] : [h("tr", { class: "empty-row" }, h("td", { class: "empty", colspan: columns.length }, "Nothing here yet."))];
+  return h("div", { class: "table-wrap" }, h("table", { id: opts.id },
+    opts.caption ? h("caption", { class: "status" }, opts.caption) : null,
+    h("thead", {}, head), h("tbody", {}, body, empty)));
+}
+
+function when(secs) {
+  if (!secs) return "";
+  return new Date(secs * 1000).toISOString().replace("T", " ").slice(0, 19);
+}
+
+function usd(s) {
+  const n = Number(s || 0);
+  return n === 0 ? "0" : n < 0.01 ? n.toPrecision(3) : n.toFixed(4);
+}
+
+// ---------- sign in and out ----------
+
+function showLogin(message) {
+  document.getElementById("top").hidden = true;
+  const input = h("input", { id: "token", name: "token", type: "password", autocomplete: "off", required: true });
+  const status = h("p", { class: "error", role: "alert", id: "login-error" }, message || "");
+  const form = h("form", { class: "login", id: "login", onsubmit: async (ev) => {
+    ev.preventDefault();
+    status.textContent = "";
+    try {
+      state.me = await api("POST", "/console/api/session", { token: input.value });
+      input.value = "";
+      start();
+    } catch (e) {
+      status.textContent = e.message;
+    }
+  } },
+  h("h1", {}, "Switchyard console"),
+  h("label", {}, "Admin token", input),
+  h("button", { type: "submit", class: "primary", id: "sign-in" }, "Sign in"),
+  status,
+  h("p", { class: "status" }, "The token is traded for a session cookie; it is not kept in this browser."));
+  main().replaceChildren(form);
+  document.title = "Sign in · Switchyard console";
+  input.focus();
+}
+
+async function signOut() {
+  try { await api("DELETE", "/console/api/session"); } catch { /* ended already */ }
+  state.me = null;
+  showLogin("Signed out.");
+}
+
+// ---------- navigation ----------
+
+const PAGES = [
+  { path: "overview", title: "Overview", show: () => true },
+  { path: "tenants", title: "Tenants", show: () => true },
+  { path: "requests", title: "Requests", show: (me) => me.can.usage },
+  { path: "audit", title: "Audit log", show: (me) => me.can.audit },
+];
+
+function drawNav(current) {
+  const nav = document.getElementById("nav");
+  nav.replaceChildren(...PAGES.filter((p) => p.show(state.me)).map((p) =>
+    h("a", { href: `#/${p.path}`, "aria-current": p.path === current ? "page" : undefined }, p.title)));
+}
+
+async function route() {
+  if (!state.me) return;
+  const parts = (location.hash.replace(/^#\/?/, "") || "overview").split("/").map(decodeURIComponent);
+  drawNav(parts[0]);
+  try {
+    switch (parts[0]) {
+      case "tenants":
+        if (parts[1] === "org" && parts[2]) await orgPage(parts[2]);
+        else if (parts[1] === "project" && parts[2]) await projectPage(parts[2]);
+        else await tenantsPage();
+        break;
+      case "requests":
+        if (parts[1]) await requestPage(parts[1]);
+        else await requestsPage();
+        break;
+      case "audit": await auditPage(); break;
+      default: await overviewPage();
+    }
+  } catch (e) {
+    if (!(e instanceof ApiError && e.status === 401)) main().append(errorBox(e));
+  }
+  main().focus();
+}
+
+async function start() {
+  document.getElementById("top").hidden = false;
+  const me = state.me;
+  document.getElementById("who").textContent = `${me.name} (${me.role}${me.org_id ? ", one org" : ""})`;
+  await route();
+}
+
+// ---------- overview ----------
+
+// A line chart of one or two series over the window [x0, x1], as SVG; a
+// series of one or two points is marked, so that a lone bucket shows.
+function chart(title, points, series, unit, [x0, x1]) {
+  const W = 320, H = 140, L = 44, B = 18, T = 8, R = 8;
+  const values = series.flatMap((s) => points.map(s.value)).filter((v) => v !== null && v !== undefined && !Number.isNaN(v));
+  const max = Math.max(1e-9, ...values);
+  const sx = (t) => L + (x1 === x0 ? (W - L - R) / 2 : ((t - x0) / (x1 - x0)) * (W - L - R));
+  const sy = (v) => H - B - (v / max) * (H - B - T);
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
+  svg.setAttribute("role", "img");
+  svg.setAttribute("aria-label", title);
+  const el = (tag, attrs, text) => {
+    const e = document.createElementNS(ns, tag);
+    for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, String(v));
+    if (text !== undefined) e.textContent = text;
+    svg.append(e);
+    return e;
+  };
+  el("line", { class: "axis", x1: L, y1: H - B, x2: W - R, y2: H - B });
+  el("line", { class: "axis", x1: L, y1: T, x2: L, y2: H - B });
+  el("text", { x: 2, y: T + 8 }, fmt(max, unit));
+  el("text", { x: 2, y: H - B }, "0");
+  const clock = (t) => new Date(t * 1000).toISOString().slice(x1 - x0 > 86400 ? 5 : 11, x1 - x0 > 86400 ? 10 : 16);
+  el("text", { x: L, y: H - 4 }, clock(x0));
+  el("text", { x: W - R - 28, y: H - 4 }, clock(x1));
+  series.forEach((s, i) => {
+    const pts = points.filter((p) => s.value(p) !== null && s.value(p) !== undefined)
+      .map((p) => [sx(p.t).toFixed(1), sy(s.value(p)).toFixed(1)]);
+    el("polyline", { class: `s${i}`, points: pts.map((p) => p.join(",")).join(" ") });
+    if (pts.length < 3) for (const [x, y] of pts) el("circle", { class: `s${i}`, cx: x, cy: y, r: 3 });
+  });
+  const legend = h("div", { class: "legend" }, series.map((s, i) => `${i ? " · " : ""}${i ? "dashed" : "solid"}: ${s.name}`));
+  return h("figure", { class: "chart" }, h("figcaption", {}, title), svg, legend);
+}
+
+function fmt(v, unit) {
+  if (unit === "%") return `${(v * 100).toFixed(1)}%`;
+  if (unit === "$") return `$${v < 1 ? v.toPrecision(2) : v.toFixed(2)}`;
+  return `${v < 10 ? v.toPrecision(2) : Math.round(v)}${unit || ""}`;
+}
+
+async function overviewPage() {
+  const windowSel = h("select", { id: "window", "aria-label": "Window" },
+    ["15m", "1h", "6h", "24h", "7d"].map((w) => h("option", { value: w, selected: w === (state.window || "1h") }, w)));
+  const body = h("div", { id: "overview" }, h("p", { class: "status" }, "Loading…"));
+  windowSel.addEventListener("change", () => { state.window = windowSel.value; overviewPage(); });
+  setPage("Overview", h("form", { class: "inline", onsubmit: (e) => e.preventDefault() },
+    h("label", {}, "Window", windowSel)), body);
+  const v = await api("GET", `/admin/v1/overview?window=${encodeURIComponent(state.window || "1h")}`);
+  const b = v.bucket_seconds;
+  const pts = v.series;
+  // Counts and spend are 0 in a bucket without traffic; latencies have no value there.
+  const byT = new Map(pts.map((p) => [p.t, p]));
+  const every = [];
+  for (let t = v.start; t < v.end; t += b) every.push(byT.get(t) || { t, requests: 0, attempts: 0, failed: 0, billed: "0" });
+  const total = pts.reduce((a, p) => a + p.requests, 0);
+  const span = [v.start, v.end - b];
+  body.replaceChildren(
+    h("p", { class: "status", id: "overview-total" }, `${total} request${total === 1 ? "" : "s"} in the last ${v.window} (buckets of ${b} s).`),
+    h("div", { class: "charts" },
+      chart("Requests per second", every, [{ name: "requests/s", value: (p) => p.requests / b }], "/s", span),
+      chart("Failed attempts", every, [{ name: "failed / attempts", value: (p) => (p.attempts ? p.failed / p.attempts : 0) }], "%", span),
+      chart("Latency (ms)", pts, [{ name: "p50", value: (p) => p.latency_p50_ms }, { name: "p99", value: (p) => p.latency_p99_ms }], " ms", span),
+      chart("Time to first token (ms)", pts, [{ name: "p50", value: (p) => p.ttft_p50_ms }, { name: "p99", value: (p) => p.ttft_p99_ms }], " ms", span),
+      chart("Queue wait: what the hop added (ms)", pts, [{ name: "p50", value: (p) => p.queue_p50_ms }, { name: "p99", value: (p) => p.queue_p99_ms }], " ms", span),
+      chart("Spend per hour (USD)", every, [{ name: "billed/h", value: (p) => Number(p.billed) * 3600 / b }], "$", span)),
+    h("h2", {}, "By provider and model"),
+    table([
+      { title: "Provider", value: (t) => t.provider },
+      { title: "Model", value: (t) => t.model },
+      { title: "Attempts", value: (t) => t.attempts, num: true },
+      { title: "Failed", value: (t) => t.failed, num: true },
+      { title: "p50 ms", value: (t) => Math.round(t.latency_p50_ms), num: true },
+      { title: "p99 ms", value: (t) => Math.round(t.latency_p99_ms), num: true },
+      { title: "Billed USD", value: (t) => usd(t.billed), num: true },
+    ], v.targets, { id: "targets" }));
+}
+
+// ---------- tenants ----------
+
+function statusBadge(s) {
+  return h("span", { class: `badge ${s === "active" ? "good" : "bad"}` }, s);
+}
+
+async function tenantsPage() {
+  const orgs = await api("GET", "/admin/v1/orgs?limit=100");
+  const content = [];
+  if (state.me.can.tenants && !state.me.org_id) {
+    const name = h("input", { id: "new-org-name", required: true, maxlength: 200 });
+    const status = h("span", { class: "status", role: "status" });
+    content.push(h("form", { class: "inline", id: "create-org-form", onsubmit: async (ev) => {
+      ev.preventDefault();
+      try {
+        const org = await api("POST", "/admin/v1/orgs", { name: name.value });
+        location.hash = `#/tenants/org/${org.id}`;
+      } catch (e) { status.textContent = e.message; }
+    } }, h("label", {}, "New org", name), h("button", { type: "submit", class: "primary", id: "create-org" }, "Create org"), status));
+  }
+  content.push(table([
+    { title: "Org", value: (o) => h("a", { href: `#/tenants/org/${o.id}` }, o.name) },
+    { title: "Status", value: (o) => statusBadge(o.status) },
+    { title: "Id", value: (o) => o.id },
+  ], orgs.data, { id: "orgs" }));
+  setPage("Tenants", ...content);
+}
+
+function csv(rows, columns) {
+  const cell = (v) => {
+    const s = v === null || v === undefined ? "" : String(v);
+    return /[",\n]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
+  };
+  return [columns.join(","), ...rows.map((r) => columns.map((c) => cell(r[c])).join(","))].join("\n") + "\n";
+}
+
+function download(name, text) {
+  const url = URL.createObjectURL(new Blob([text], { type: "text/csv" }));
+  const a = h("a", { href: url, download: name });
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 1000);
+}
+
+async function usageSection(params, name) {
+  const box = h("section", { id: "usage" }, h("h2", {}, "Usage, last 30 days"));
+  try {
+    const u = await api("GET", `/admin/v1/usage?${params}&group_by=model`);
+    const cols = ["group", "requests", "attempts", "input_tokens", "output_tokens", "cost", "billed"];
+    box.append(
+      table([
+        { title: "Model", value: (g) => g.group },
+        { title: "Requests", value: (g) => g.requests, num: true },
+        { title: "Input tokens", value: (g) => g.input_tokens, num: true },
+        { title: "Output tokens", value: (g) => g.output_tokens, num: true },
+        { title: "Billed USD", value: (g) => usd(g.billed), num: true },
+      ], u.data, { id: "usage-table" }),
+      h("button", { type: "button", id: "export-csv", onclick: () => download(`${name}-usage.csv`, csv(u.data, cols)) }, "Export CSV"));
+  } catch (e) {
+    box.append(errorBox(e));
+  }
+  return box;
+}
+
+async function orgPage(id) {
+  const org = await api("GET", `/admin/v1/orgs/${encodeURIComponent(id)}`);
+  const projects = await api("GET", `/admin/v1/projects?org_id=${encodeURIComponent(id)}&limit=100`);
+  const content = [h("p", {}, "Status: ", statusBadge(org.status), ` · id ${org.id}`)];
+  if (state.me.can.tenants) {
+    const name = h("input", { id: "new-project-name", required: true, maxlength: 200 });
+    const status = h("span", { class: "status", role: "status" });
+    content.push(h("form", { class: "inline", id: "create-project-form", onsubmit: async (ev) => {
+      ev.preventDefault();
+      try {
+        const p = await api("POST", "/admin/v1/projects", { org_id: id, name: name.value });
+        location.hash = `#/tenants/project/${p.id}`;
+      } catch (e) { status.textContent = e.message; }
+    } }, h("label", {}, "New project", name), h("button", { type: "submit", class: "primary", id: "create-project" }, "Create project"), status));
+  }
+  content.push(h("h2", {}, "Projects"), table([
+    { title: "Project", value: (p) => h("a", { href: `#/tenants/project/${p.id}` }, p.name) },
+    { title: "Status", value: (p) => statusBadge(p.status) },
+    { title: "Id", value: (p) => p.id },
+  ], projects.data, { id: "projects" }));
+  if (state.me.can.usage) content.push(await usageSection(`org_id=${encodeURIComponent(id)}`, "org"));
+  setPage(`Org: ${org.name}`, h("p", {}, h("a", { href: "#/tenants" }, "← Tenants")), ...content);
+}
+
+async function projectPage(id) {
+  const project = await api("GET", `/admin/v1/projects/${encodeURIComponent(id)}`);
+  const keys = await api("GET", `/admin/v1/keys?project_id=${encodeURIComponent(id)}&limit=100`);
+  const content = [h("p", {}, h("a", { href: `#/tenants/org/${project.org_id}` }, "← Org"), ` · project id ${project.id}`)];
+  const secretBox = h("div", { id: "secret-box" });
+  if (state.me.can.keys) {
+    const name = h("input", { id: "new-key-name", required: true, maxlength: 200 });
+    const models = h("input", { id: "new-key-models", placeholder: "all models", maxlength: 2000 });
+    const status = h("span", { class: "status", role: "status" });
+    content.push(h("form", { class: "inline", id: "create-key-form", onsubmit: async (ev) => {
+      ev.preventDefault();
+      const body = { project_id: id, name: name.value };
+      const list = models.value.split(",").map((m) => m.trim()).filter(Boolean);
+      if (list.length) body.scopes = { models: list };
+      try {
+        const k = await api("POST", "/admin/v1/keys", body);
+        await projectPage(id);
+        showSecret(k.key);
+      } catch (e) { status.textContent = e.message; }
+    } }, h("label", {}, "New key", name), h("label", {}, "Models (comma-separated)", models),
+    h("button", { type: "submit", class: "primary", id: "create-key" }, "Create key"), status));
+  }
+  content.push(secretBox, h("h2", {}, "Keys"), table([
+    { title: "Key", value: (k) => k.name },
+    { title: "Prefix", value: (k) => k.prefix },
+    { title: "Status", value: (k) => statusBadge(k.status) },
+    { title: "Models", value: (k) => (k.scopes && k.scopes.models ? k.scopes.models.join(", ") : "all") },
+    { title: "Created", value: (k) => when(k.created_at) },
+    { title: "", value: (k) => (state.me.can.keys && k.status === "active" ? revokeButton(k, id) : "") },
+  ], keys.data, { id: "keys", rowAttrs: (k) => ({ "data-key-id": k.id }) }));
+  if (state.me.can.usage) content.push(await usageSection(`project_id=${encodeURIComponent(id)}`, "project"));
+  setPage(`Project: ${project.name}`, ...content);
+}
+
+function showSecret(secret) {
+  const status = h("span", { class: "status", role: "status", id: "copy-status" });
+  const code = h("code", { id: "new-key-secret" }, secret);
+  document.getElementById("secret-box").replaceChildren(h("div", { class: "secret" },
+    h("strong", {}, "New key (shown once: store it now):"), code,
+    h("button", { type: "button", id: "copy-secret", onclick: async () => {
+      try {
+        await navigator.clipboard.writeText(secret);
+        status.textContent = "Copied.";
+      } catch {
+        // No clipboard access: select the text for the user to copy.
+        const range = document.createRange();
+        range.selectNodeContents(code);
+        const sel = window.getSelection();
+        sel.removeAllRanges();
+        sel.addRange(range);
+        status.textContent = "Selected: press Ctrl+C to copy.";
+      }
+    } }, "Copy"), status));
+}
+
+function revokeButton(k, projectId) {
+  const b = h("button", { type: "button", class: "revoke", "data-key-id": k.id }, "Revoke");
+  b.addEventListener("click", async () => {
+    if (b.dataset.armed !== "1") {
+      b.dataset.armed = "1";
+      b.textContent = "Confirm revoke";
+      b.classList.add("danger");
+      return;
+    }
+    try {
+      await api("DELETE", `/admin/v1/keys/${encodeURIComponent(k.id)}`);
+      await projectPage(projectId);
+    } catch (e) { main().append(errorBox(e)); }
+  });
+  return b;
+}
+
+// ---------- requests ----------
+
+async function requestsPage() {
+  const q = state.requestQuery || {};
+  const field = (name, label) => h("label", {}, label, h("input", { id: `q-${name}`, name, value: q[name] || "", maxlength: 256 }));
+  const results = h("div", { id: "request-results" });
+  const form = h("form", { class: "inline", id: "request-search", onsubmit: async (ev) => {
+    ev.preventDefault();
+    const data = new FormData(form);
+    state.requestQuery = Object.fromEntries([...data.entries()].filter(([, v]) => v));
+    await search();
+  } }, field("request_id", "Request id"), field("key_id", "Key id"), field("model", "Model"),
+  field("status", "Status"), field("tag", "Tag (key=value)"), h("button", { type: "submit", class: "primary", id: "search" }, "Search"));
+  async function search() {
+    const params = new URLSearchParams(state.requestQuery || {});
+    params.set("limit", "100");
+    try {
+      const v = await api("GET", `/admin/v1/requests?${params}`);
+      results.replaceChildren(requestTable(v.data));
+    } catch (e) {
+      results.replaceChildren(errorBox(e));
+    }
+  }
+  setPage("Requests", form, results);
+  await search();
+}
+
+function requestTable(rows) {
+  return table([
+    { title: "When", value: (r) => when(r.ts) },
+    { title: "Request", value: (r) => h("a", { href: `#/requests/${r.request_id}` }, r.request_id) },
+    { title: "#", value: (r) => r.attempt, num: true },
+    { title: "API", value: (r) => r.api },
+    { title: "Model", value: (r) => r.model },
+    { title: "Target", value: (r) => `${r.provider}/${r.upstream_model}` },
+    { title: "Status", value: (r) => h("span", { class: `badge ${r.status === "ok" ? "good" : "bad"}` }, r.status) },
+    { title: "Tokens in/out", value: (r) => `${r.input_tokens}/${r.output_tokens}`, num: true },
+    { title: "Latency ms", value: (r) => r.latency_ms, num: true },
+    { title: "Billed USD", value: (r) => (r.billed ? usd(r.billed) : "—"), num: true },
+    { title: "Key", value: (r) => r.key_id },
+  ], rows, { id: "requests", rowAttrs: (r) => ({ "data-request-id": r.request_id }) });
+}
+
+async function requestPage(id) {
+  const v = await api("GET", `/admin/v1/requests?request_id=${encodeURIComponent(id)}`);
+  const attempts = [...v.data].reverse();
+  const last = attempts[attempts.length - 1];
+  const billed = attempts.reduce((a, r) => a + Number(r.billed || 0), 0);
+  const tags = last.tag_keys.map((k, i) => `${k}=${last.tag_values[i]}`).join(", ");
+  const facts = [
+    ["Outcome", last.status], ["API", last.api], ["Model asked", last.model],
+    ["Class", last.class || "—"], ["Route", last.route ? `${last.route} (${last.strategy})` : "fixed order"],
+    ["Attempts", attempts.length], ["Billed USD", usd(billed)], ["Key", last.key_id],
+    ["Org / project", `${last.org_id || "—"} / ${last.project_id || "—"}`], ["Tags", tags || "—"],
+    ["Trace", last.trace_id || "tracing off"],
+  ];
+  setPage(`Request ${id}`,
+    h("p", {}, h("a", { href: "#/requests" }, "← Requests")),
+    h("dl", { id: "request-facts", class: "facts" }, facts.flatMap(([k, val]) => [h("dt", {}, k), h("dd", {}, String(val))])),
+    h("h2", {}, "Attempts"),
+    table([
+      { title: "#", value: (r) => r.attempt, num: true },
+      { title: "Target", value: (r) => `${r.provider}/${r.upstream_model}` },
+      { title: "Status", value: (r) => r.status },
+      { title: "Error", value: (r) => r.error_code },
+      { title: "Fallback because", value: (r) => r.fallback_reason },
+      { title: "Queue ms", value: (r) => r.queue_wait_ms, num: true },
+      { title: "TTFT ms", value: (r) => (r.ttft_ms === null ? "—" : r.ttft_ms), num: true },
+      { title: "Latency ms", value: (r) => r.latency_ms, num: true },
+      { title: "In/out tokens", value: (r) => `${r.input_tokens}/${r.output_tokens}`, num: true },
+      { title: "Cost USD", value: (r) => (r.cost ? usd(r.cost) : "—"), num: true },
+      { title: "Billed USD", value: (r) => (r.billed ? usd(r.billed) : "—"), num: true },
+    ], attempts, { id: "attempts" }));
+}
+
+// ---------- audit ----------
+
+async function auditPage() {
+  const q = state.auditQuery || {};
+  const field = (name, label) => h("label", {}, label, h("input", { id: `a-${name}`, name, value: q[name] || "", maxlength: 256 }));
+  const results = h("div", { id: "audit-results" });
+  const form = h("form", { class: "inline", onsubmit: async (ev) => {
+    ev.preventDefault();
+    state.auditQuery = Object.fromEntries([...new FormData(form).entries()].filter(([, v]) => v));
+    await load();
+  } }, field("actor", "Actor"), field("action", "Action"), field("target_kind", "Target kind"),
+  h("button", { type: "submit", class: "primary" }, "Filter"));
+  async function load() {
+    const params = new URLSearchParams(state.auditQuery || {});
+    params.set("limit", "100");
+    try {
+      const v = await api("GET", `/admin/v1/audit?${params}`);
+      results.replaceChildren(table([
+        { title: "When", value: (r) => new Date(r.at_ms).toISOString().replace("T", " ").slice(0, 19) },
+        { title: "Actor", value: (r) => `${r.actor} (${r.role})` },
+        { title: "Action", value: (r) => r.action },
+        { title: "Target", value: (r) => `${r.target_kind} ${r.target_id}` },
+        { title: "Request", value: (r) => r.request_id || "" },
+      ], v.data, { id: "audit" }));
+    } catch (e) {
+      results.replaceChildren(errorBox(e));
+    }
+  }
+  setPage("Audit log", form, results);
+  await load();
+}
+
+// ---------- boot ----------
+
+window.addEventListener("hashchange", route);
+document.getElementById("sign-out").addEventListener("click", signOut);
+api("GET", "/console/api/session").then((me) => { state.me = me; start(); }, () => showLogin());
