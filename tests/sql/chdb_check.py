@@ -62,17 +62,28 @@ def main():
         # (org_id, start, end) filled in: the two rows above have no org. What
         # each must give: its rows, each of that many columns (the Rust side
         # reads them by position), and the distinct requests' count.
+        invoice = ["''", "0", "4000000000"]
         expected = {
-            "invoice_lines.sql": (2, 17, None),
-            "invoice_requests.sql": (1, 1, "2"),
+            "invoice_lines.sql": (invoice, 2, 17, None),
+            "invoice_requests.sql": (invoice, 1, 1, "2"),
+            # The console's: both rows in one minute's bucket (two
+            # requests); both targets; the one row tagged tier=free.
+            "console_traffic.sql": (["60", "60", "0", "''", "0", "4000000000"], 1, 11, None),
+            "console_targets.sql": (["0", "''", "0", "4000000000"], 2, 7, None),
+            "console_requests.sql": (
+                ["0", "0", "''", "0", "'00000000-0000-0000-0000-000000000000'", "0", "''", "0", "''",
+                 "0", "''", "1", "'tier'", "'free'", "10"], 1, 27, None),
         }
         for path in sorted(glob.glob(os.path.join(root, "crates/accounting/sql/*.sql"))):
             name = os.path.basename(path)
             q = " ".join(statements(open(path).read()))
-            for value in ["''", "0", "4000000000"]:
-                q = q.replace("?", value, 1)
+            params, n_rows, n_cols, value = expected[name]
+            for param in params:
+                q = q.replace("?", param, 1)
+            if "?" in q:
+                print(f"FAILED: {name} has more parameters than the check fills", file=sys.stderr)
+                sys.exit(1)
             rows = [r.split("\t") for r in str(run(s, q)).rstrip("\n").split("\n") if r]
-            n_rows, n_cols, value = expected[name]
             if len(rows) != n_rows or any(len(r) != n_cols for r in rows) or (
                 value is not None and rows[0][0] != value
             ):

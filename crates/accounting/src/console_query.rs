@@ -11,6 +11,12 @@ use sy_config::ClickhouseConfig;
 
 use crate::{AccountingError, client};
 
+/// The queries (crates/accounting/sql/, checked on current ClickHouse by
+/// tests/sql/chdb_check.py).
+const TRAFFIC: &str = include_str!("../sql/console_traffic.sql");
+const TARGETS: &str = include_str!("../sql/console_targets.sql");
+const REQUESTS: &str = include_str!("../sql/console_requests.sql");
+
 /// One time bucket of traffic (attempts: a fallback's attempts each count).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clickhouse::Row)]
 pub struct TrafficPoint {
@@ -148,18 +154,7 @@ pub async fn traffic(
     end: u32,
     bucket_secs: u32,
 ) -> Result<Vec<TrafficPoint>, AccountingError> {
-    let sql = format!(
-        "SELECT toUInt32(intDiv(toUInt32(ts), ?) * ?) AS t, uniqExact(request_id) AS requests, \
-         count() AS attempts, countIf(status != 'ok') AS failed, \
-         toFloat64(quantile(0.5)(latency_ms)) AS lp50, toFloat64(quantile(0.99)(latency_ms)) AS lp99, \
-         toFloat64(quantile(0.5)(ttft_ms)) AS tp50, toFloat64(quantile(0.99)(ttft_ms)) AS tp99, \
-         toFloat64(quantile(0.5)(queue_wait_ms)) AS qp50, toFloat64(quantile(0.99)(queue_wait_ms)) AS qp99, \
-         toString(sum(ifNull(billed, toDecimal64(0, 9)))) AS billed \
-         FROM {db}.requests FINAL \
-         WHERE (? = 0 OR org_id = ?) AND ts >= toDateTime(?) AND ts < toDateTime(?) \
-         GROUP BY t ORDER BY t",
-        db = config.database
-    );
+    let sql = crate::migrate::statements(TRAFFIC, &config.database).concat();
     let (on, org) = (u8::from(org_id.is_some()), org_id.unwrap_or_default());
     Ok(client(config)
         .query(&sql)
@@ -181,15 +176,7 @@ pub async fn traffic_by_target(
     start: u32,
     end: u32,
 ) -> Result<Vec<TargetTraffic>, AccountingError> {
-    let sql = format!(
-        "SELECT provider, upstream_model, count() AS attempts, countIf(status != 'ok') AS failed, \
-         toFloat64(quantile(0.5)(latency_ms)) AS lp50, toFloat64(quantile(0.99)(latency_ms)) AS lp99, \
-         toString(sum(ifNull(billed, toDecimal64(0, 9)))) AS billed \
-         FROM {db}.requests FINAL \
-         WHERE (? = 0 OR org_id = ?) AND ts >= toDateTime(?) AND ts < toDateTime(?) \
-         GROUP BY provider, upstream_model ORDER BY attempts DESC, provider, upstream_model",
-        db = config.database
-    );
+    let sql = crate::migrate::statements(TARGETS, &config.database).concat();
     let (on, org) = (u8::from(org_id.is_some()), org_id.unwrap_or_default());
     Ok(client(config)
         .query(&sql)
@@ -201,24 +188,12 @@ pub async fn traffic_by_target(
         .await?)
 }
 
-const ATTEMPT_COLUMNS: &str = "toUInt32(ts), request_id, attempt, key_id, org_id, project_id, \
-    api, model, class, route, strategy, provider, upstream_model, stream, status, error_code, \
-    fallback_reason, input_tokens, output_tokens, ifNull(toString(cost), ''), \
-    ifNull(toString(billed), ''), queue_wait_ms, ttft_ms, latency_ms, trace_id, tag_keys, tag_values";
-
 /// The newest attempts `filter` matches, newest first.
 pub async fn recent_requests(
     config: &ClickhouseConfig,
     filter: &RequestFilter,
 ) -> Result<Vec<AttemptRow>, AccountingError> {
-    let sql = format!(
-        "SELECT {ATTEMPT_COLUMNS} FROM {db}.requests FINAL \
-         WHERE ts >= toDateTime(?) AND (? = 0 OR org_id = ?) AND (? = 0 OR request_id = toUUID(?)) \
-         AND (? = 0 OR key_id = ?) AND (? = 0 OR model = ?) AND (? = 0 OR status = ?) \
-         AND (? = 0 OR tag_values[indexOf(tag_keys, ?)] = ?) \
-         ORDER BY received_ms DESC, attempt DESC LIMIT ?",
-        db = config.database
-    );
+    let sql = crate::migrate::statements(REQUESTS, &config.database).concat();
     let on = |f: &Option<String>| (u8::from(f.is_some()), f.clone().unwrap_or_default());
     let (org_on, org) = on(&filter.org_id);
     let (id_on, id) = (
