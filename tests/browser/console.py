@@ -227,8 +227,36 @@ def main():
         wait("the key shown revoked", lambda: "revoked" in c.find(f'#keys tr[data-key-id="{key_id}"]').text)
         wait("the API to refuse the revoked key", lambda: chat(base, secret)[0] == 401, 10)
 
+        # Routing: take a target out (two clicks), see explain route around
+        # it, give it back; explain a request in the playground.
+        c.go("#/routing")
+        row = '#live-targets tr[data-target="openai/gpt-4o-mini"]'
+        wait("the targets", lambda: c.find(row))
+        out = c.find(f'{row} button.force[data-state="off"]')
+        out.click()
+        check(out.text == "Confirm: take out", f"the take-out button reads {out.text!r} after one click")
+        out.click()
+        wait("the target taken out", lambda: "taken out" in c.find(row).text)
+        body = c.find("#explain-body")
+        body.clear()
+        body.send_keys(json.dumps({"model": "chain", "messages": [{"role": "user", "content": "hi"}]}))
+        c.find("#explain-go").click()
+        wait("explain to skip the target taken out",
+             lambda: "anthropic/claude-sonnet-4-5" in c.find("#explain-result dl").text.split("Chosen")[1].split("Fallbacks")[0])
+        back = c.find(f'{row} button.force[data-state="auto"]')
+        back.click()
+        back.click()
+        wait("the target back to its health", lambda: "taken out" not in c.find(row).text)
+        body = c.find("#explain-body")
+        body.clear()
+        body.send_keys(json.dumps({"model": "auto", "messages": [{"role": "user", "content": "Write a Python function that merges two sorted lists."}]}))
+        c.find("#explain-go").click()
+        wait("the playground's candidates", lambda: c.all("#explain-candidates tbody tr:not(.empty-row)"))
+        check("code" in c.find("#explain-result dl").text, "explain did not show the class: " + c.find("#explain-result").text)
+        c.shot("routing")
+
         c.go("#/audit")
-        wait("the audit log", lambda: "org.create" in c.find("#audit").text)
+        wait("the audit log", lambda: "org.create" in c.find("#audit").text and "target.force" in c.find("#audit").text)
         c.shot("audit")
 
         # A phone's screen: nothing wider than the screen but the tables' own scroll.
@@ -257,6 +285,13 @@ def main():
         wait("a project's page for a viewer", lambda: c.find("h1").text.startswith("Project: "))
         check(not c.all("#create-key") and not c.all("button.revoke"), "a viewer sees key buttons")
         c.shot("project-viewer")
+        c.go("#/routing")
+        wait("the targets for a viewer", lambda: c.all("#live-targets tbody tr:not(.empty-row)"))
+        check(not c.all("button.force"), "a viewer sees the force buttons")
+        status, text = c.fetch("GET", "/console/api/session")
+        status, text = c.fetch("PUT", "/admin/v1/targets", json.loads(text)["csrf"],
+                               {"provider": "openai", "model": "gpt-4o-mini", "state": "off"})
+        check(status == 403 and "permission_denied" in text, f"a viewer's force: {status} {text}")
         status, text = c.fetch("GET", "/console/api/session")
         csrf = json.loads(text)["csrf"]
         status, text = c.fetch("POST", "/admin/v1/orgs", csrf, {"name": "by a viewer"})

@@ -413,3 +413,180 @@ async fn the_console_works_in_a_real_browser() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Target state and overrides are the deployment's: a tenant's key is
+/// refused on `/v1/route/targets`; the admin API reads and forces targets
+/// by role, audited, and shows the routing table and explain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn targets_and_routing_are_the_deployments_through_the_admin_api() {
+    let stack = console_stack("rte").await;
+    let admin = |method: reqwest::Method, path: &str, token: &str, body: Option<Value>| {
+        let mut req = stack
+            .http
+            .request(method, stack.url(path))
+            .bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        async move {
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    use reqwest::Method;
+    let (_, org) = admin(
+        Method::POST,
+        "/admin/v1/orgs",
+        ADMIN,
+        Some(json!({"name": "T"})),
+    )
+    .await;
+    let (_, project) = admin(
+        Method::POST,
+        "/admin/v1/projects",
+        ADMIN,
+        Some(json!({"org_id": org["id"], "name": "p"})),
+    )
+    .await;
+    let (_, key) = admin(
+        Method::POST,
+        "/admin/v1/keys",
+        ADMIN,
+        Some(json!({"project_id": project["id"], "name": "k"})),
+    )
+    .await;
+    let tenant = key["key"].as_str().unwrap().to_owned();
+    // The key works (once every ingress learned it), but not on targets.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let r = stack
+            .http
+            .get(stack.url("/v1/route/targets"))
+            .bearer_auth(&tenant)
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 403 || std::time::Instant::now() > until {
+            assert_eq!(r.status(), 403);
+            let v: Value = r.json().await.unwrap();
+            assert_eq!(v["error"]["code"], "permission_denied", "{v}");
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let r = stack
+        .http
+        .put(stack.url("/v1/route/targets"))
+        .bearer_auth(&tenant)
+        .json(&json!({"provider": "openai", "model": "gpt-4o-mini", "state": "off"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = stack
+        .http
+        .get(stack.url("/v1/route/targets"))
+        .bearer_auth(crate::stack::KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the deployment's own key");
+
+    // Forced through the admin API: by role, audited, seen by explain.
+    let off = json!({"provider": "openai", "model": "gpt-4o-mini", "state": "off"});
+    let (status, _) = admin(Method::PUT, "/admin/v1/targets", VIEWER, Some(off.clone())).await;
+    assert_eq!(status, 403);
+    let (status, done) = admin(Method::PUT, "/admin/v1/targets", ADMIN, Some(off)).await;
+    assert_eq!(
+        (status, done["state"].as_str()),
+        (200, Some("off")),
+        "{done}"
+    );
+    assert_eq!(done["by"], "ops");
+    let (_, live) = admin(Method::GET, "/admin/v1/targets", VIEWER, None).await;
+    let row = live["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["provider"] == "openai" && r["model"] == "gpt-4o-mini")
+        .unwrap_or_else(|| panic!("{live}"));
+    assert_eq!(
+        (row["forced"].as_bool(), row["healthy"].as_bool()),
+        (Some(false), Some(false))
+    );
+    let (status, explained) = admin(
+        Method::POST,
+        "/admin/v1/route/explain",
+        VIEWER,
+        Some(json!({"model": "chain", "messages": [{"role": "user", "content": "hi"}]})),
+    )
+    .await;
+    assert_eq!(status, 200, "{explained}");
+    assert_eq!(explained["chosen"]["provider"], "anthropic", "{explained}");
+    let (status, _) = admin(
+        Method::PUT,
+        "/admin/v1/targets",
+        ADMIN,
+        Some(json!({"provider": "openai", "model": "gpt-4o-mini", "state": "auto"})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (_, audit) = admin(
+        Method::GET,
+        "/admin/v1/audit?action=target.force",
+        ADMIN,
+        None,
+    )
+    .await;
+    let rows = audit["data"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{audit}");
+    assert_eq!(rows[0]["target_id"], "openai/gpt-4o-mini");
+    assert_eq!(rows[0]["before"]["forced"], false, "{audit}");
+    for bad in [
+        json!({"provider": "openai", "model": "gpt-4o-mini", "state": "sideways"}),
+        json!({"provider": "openai", "model": "no-such-model", "state": "off"}),
+        json!({"provider": "openai", "model": "gpt-4o-mini"}),
+    ] {
+        let (status, v) = admin(Method::PUT, "/admin/v1/targets", ADMIN, Some(bad.clone())).await;
+        assert_eq!(status, 400, "{bad}: {v}");
+    }
+
+    // The routing table, and explain of another API's body.
+    let (status, table) = admin(Method::GET, "/admin/v1/routing", VIEWER, None).await;
+    assert_eq!(status, 200);
+    let media = table["routers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "auto:media")
+        .unwrap_or_else(|| panic!("{table}"));
+    assert_eq!(media["routes"][0]["kinds"], json!(["images"]));
+    assert!(
+        table["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["name"] == "chain")
+    );
+    let (status, explained) = admin(
+        Method::POST,
+        "/admin/v1/route/explain?api=images",
+        VIEWER,
+        Some(json!({"model": "auto:media", "prompt": "a kite", "size": "16x16"})),
+    )
+    .await;
+    assert_eq!(
+        (status, explained["route"].as_str()),
+        (200, Some("pictures")),
+        "{explained}"
+    );
+    let (status, _) = admin(
+        Method::POST,
+        "/admin/v1/route/explain?api=videos",
+        VIEWER,
+        Some(json!({"model": "auto"})),
+    )
+    .await;
+    assert_eq!(status, 400);
+}

@@ -127,6 +127,7 @@ async function signOut() {
 const PAGES = [
   { path: "overview", title: "Overview", show: () => true },
   { path: "tenants", title: "Tenants", show: () => true },
+  { path: "routing", title: "Routing", show: () => true },
   { path: "requests", title: "Requests", show: (me) => me.can.usage },
   { path: "audit", title: "Audit log", show: (me) => me.can.audit },
 ];
@@ -153,6 +154,7 @@ async function route() {
         else await requestsPage();
         break;
       case "audit": await auditPage(); break;
+      case "routing": await routingPage(); break;
       default: await overviewPage();
     }
   } catch (e) {
@@ -410,6 +412,122 @@ function revokeButton(k, projectId) {
   });
   return b;
 }
+
+// ---------- providers and routing ----------
+
+// A button that asks once more before it acts (the first click arms it).
+function confirmButton(label, confirmLabel, attrs, act) {
+  const b = h("button", { type: "button", ...attrs }, label);
+  b.addEventListener("click", async () => {
+    if (b.dataset.armed !== "1") {
+      b.dataset.armed = "1";
+      b.textContent = confirmLabel;
+      b.classList.add("danger");
+      return;
+    }
+    b.disabled = true;
+    try { await act(); } catch (e) { main().append(errorBox(e)); b.disabled = false; }
+  });
+  return b;
+}
+
+async function routingPage() {
+  const [live, rt] = await Promise.all([api("GET", "/admin/v1/targets"), api("GET", "/admin/v1/routing")]);
+  // Every configured target, with what is known live of it.
+  const seen = new Map();
+  const add = (p, m) => { const k = `${p}/${m}`; if (!seen.has(k)) seen.set(k, { provider: p, model: m }); };
+  for (const m of rt.models) for (const t of m.targets) add(t.provider, t.model);
+  for (const r of rt.routers) for (const route of r.routes) for (const t of route.targets) add(t.provider, t.model);
+  for (const row of live.targets) add(row.provider, row.model);
+  const rows = [...seen.values()].sort((a, b) => `${a.provider}/${a.model}`.localeCompare(`${b.provider}/${b.model}`))
+    .map((t) => ({ ...t, live: live.targets.find((r) => r.provider === t.provider && r.model === t.model) }));
+  const load = new Map(live.providers.map((p) => [p.provider, p.load]));
+  const ms = (v) => (v === null || v === undefined ? "—" : Math.round(v));
+  const force = (t, state) => async () => {
+    await api("PUT", "/admin/v1/targets", { provider: t.provider, model: t.model, state });
+    await routingPage();
+  };
+  const actions = (t) => {
+    if (!state.me.can.routing) return "";
+    const forced = t.live ? t.live.forced : null;
+    const attrs = (what) => ({ class: "force", "data-target": `${t.provider}/${t.model}`, "data-state": what });
+    return h("span", {},
+      forced !== false ? confirmButton("Take out", "Confirm: take out", attrs("off"), force(t, "off")) : null,
+      forced !== true ? confirmButton("Force in", "Confirm: force in", attrs("on"), force(t, "on")) : null,
+      forced !== null && forced !== undefined ? confirmButton("Back to health", "Confirm: back to health", attrs("auto"), force(t, "auto")) : null);
+  };
+  const stateOf = (t) => {
+    if (!t.live) return h("span", { class: "badge" }, "no calls yet");
+    if (t.live.forced === false) return h("span", { class: "badge bad" }, "taken out");
+    if (t.live.forced === true) return h("span", { class: "badge good" }, "forced in");
+    return h("span", { class: `badge ${t.live.healthy ? "good" : "bad"}` }, t.live.healthy ? "healthy" : "breaker open");
+  };
+  const targets = table([
+    { title: "Target", value: (t) => `${t.provider}/${t.model}` },
+    { title: "State", value: stateOf },
+    { title: "TTFT ms", value: (t) => ms(t.live && t.live.ttft_ms), num: true },
+    { title: "Call ms", value: (t) => ms(t.live && t.live.duration_ms), num: true },
+    { title: "OK", value: (t) => (t.live ? t.live.ok : 0), num: true },
+    { title: "Failed", value: (t) => (t.live ? t.live.failed : 0), num: true },
+    { title: "Last error", value: (t) => (t.live && t.live.last_error) || "" },
+    { title: "Load", value: (t) => { const l = load.get(t.provider); return l ? `${l.in_flight}/${l.cap} in flight, ${l.queued} queued` : "—"; } },
+    { title: "", value: actions },
+  ], rows, { id: "live-targets", rowAttrs: (t) => ({ "data-target": `${t.provider}/${t.model}` }) });
+  const models = table([
+    { title: "Model", value: (m) => m.name },
+    { title: "Targets, in order", value: (m) => m.targets.map((t) => `${t.provider}/${t.model}`).join(" → ") },
+    { title: "Mid-stream", value: (m) => m.mid_stream },
+  ], rt.models, { id: "routing-models" });
+  const routers = rt.routers.map((r) => h("section", {}, h("h3", {}, r.name), table([
+    { title: "Route", value: (x) => x.name },
+    { title: "Kinds", value: (x) => x.kinds.join(", ") },
+    { title: "Classes", value: (x) => x.classes.join(", ") || "any" },
+    { title: "Tags", value: (x) => x.tags.join(", ") || "any" },
+    { title: "Strategy", value: (x) => x.strategy },
+    { title: "Targets", value: (x) => x.targets.map((t) => `${t.provider}/${t.model}${x.strategy === "weighted" ? ` ×${t.weight}` : ""}`).join(", ") },
+  ], r.routes)));
+  setPage("Providers and routing",
+    h("h2", {}, "Targets"), targets,
+    h("h2", {}, "Explain a request"), explainForm(rt),
+    h("h2", {}, "Models"), models,
+    h("h2", {}, "Routers"), ...routers);
+}
+
+function explainForm(rt) {
+  const first = rt.routers[0] ? rt.routers[0].name : (rt.models[0] ? rt.models[0].name : "gpt-4o-mini");
+  const apiSel = h("select", { id: "explain-api", name: "api" },
+    ["chat_completions", "messages", "responses", "embeddings", "rerank", "images", "speech"].map((a) => h("option", { value: a }, a)));
+  const body = h("textarea", { id: "explain-body", rows: 6, cols: 60, spellcheck: "false" },
+    JSON.stringify({ model: first, messages: [{ role: "user", content: "Write a Python function that merges two sorted lists." }] }, null, 2));
+  const out = h("div", { id: "explain-result" });
+  const form = h("form", { id: "explain", onsubmit: async (ev) => {
+    ev.preventDefault();
+    let parsed;
+    try { parsed = JSON.parse(body.value); } catch (e) { out.replaceChildren(errorBox(`Not JSON: ${e.message}`)); return; }
+    try {
+      const v = await api("POST", `/admin/v1/route/explain?api=${encodeURIComponent(apiSel.value)}`, parsed);
+      const facts = [["Kind", v.kind], ["Class", v.class || "—"], ["Route", v.route || "—"], ["Strategy", v.strategy],
+        ["Chosen", v.chosen ? `${v.chosen.provider}/${v.chosen.model}` : "none can serve now"],
+        ["Fallbacks", (v.fallback || []).map((t) => `${t.provider}/${t.model}`).join(" → ") || "—"]];
+      out.replaceChildren(
+        h("dl", { class: "facts" }, facts.flatMap(([k, val]) => [h("dt", {}, k), h("dd", {}, String(val))])),
+        v.candidates ? table([
+          { title: "Candidate", value: (c) => `${c.provider}/${c.model}` },
+          { title: "Score", value: (c) => (c.score === null ? "—" : c.score.toFixed(4)), num: true },
+          { title: "Cost USD", value: (c) => (c.cost_nanos === null ? "—" : usd(c.cost_nanos / 1e9)), num: true },
+          { title: "Latency ms", value: (c) => ms0(c.latency_ms), num: true },
+          { title: "Quality", value: (c) => (c.quality === null ? "—" : c.quality), num: true },
+          { title: "Skipped because", value: (c) => c.skipped || "" },
+        ], v.candidates, { id: "explain-candidates" }) : null);
+    } catch (e) {
+      out.replaceChildren(errorBox(e));
+    }
+  } }, h("div", { class: "inline" }, h("label", {}, "API ", apiSel)), h("label", { class: "block" }, "Request body (JSON)", body),
+  h("button", { type: "submit", class: "primary", id: "explain-go" }, "Explain"), out);
+  return form;
+}
+
+function ms0(v) { return v === null || v === undefined ? "—" : Math.round(v); }
 
 // ---------- requests ----------
 

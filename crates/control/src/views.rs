@@ -578,6 +578,15 @@ impl Store {
         Ok(())
     }
 
+    /// Records one admin action that changes nothing in this database (a
+    /// target forced over NATS) in the audit log.
+    pub async fn audit_event(&self, actor: &Actor, entry: Entry<'_>) -> Result<(), StoreError> {
+        let mut tx = self.pool().begin().await?;
+        audit::append(&mut tx, actor, entry).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// A page of the audit log, newest first, filtered.
     pub async fn audit_rows(&self, q: &AuditQuery) -> Result<Vec<audit::Row>, StoreError> {
         let rows = sqlx::query_as(&format!(

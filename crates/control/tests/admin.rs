@@ -16,6 +16,44 @@ use sy_control::admin::{self, Admin, AdminToken};
 use sy_control::store::Store;
 use uuid::Uuid;
 
+/// An ingress's routing as the admin API sees it, with one target `p/m`
+/// (the ingress's own is tested end to end in tests/e2e/console.rs).
+#[derive(Debug)]
+struct OneTarget;
+
+impl admin::routing::Routing for OneTarget {
+    fn targets(&self) -> Value {
+        json!({"targets": [{"provider": "p", "model": "m", "healthy": true, "forced": null}], "providers": []})
+    }
+    fn table(&self) -> Value {
+        json!({"models": [{"name": "m", "targets": [{"provider": "p", "model": "m"}]}], "routers": []})
+    }
+    fn force<'a>(
+        &'a self,
+        provider: &'a str,
+        model: &'a str,
+        state: &'a str,
+        by: &'a str,
+    ) -> admin::routing::BoxFuture<'a, Result<Value, admin::routing::RoutingError>> {
+        Box::pin(async move {
+            if (provider, model) != ("p", "m") {
+                return Err(admin::routing::RoutingError::Invalid(
+                    "no such target".into(),
+                ));
+            }
+            Ok(json!({"provider": provider, "model": model, "state": state, "by": by}))
+        })
+    }
+    fn explain<'a>(
+        &'a self,
+        _: Option<&'a str>,
+        _: &'a axum::http::HeaderMap,
+        _: axum::body::Bytes,
+    ) -> admin::routing::BoxFuture<'a, Result<Value, admin::routing::RoutingError>> {
+        Box::pin(async { Ok(json!({"chosen": {"provider": "p", "model": "m"}})) })
+    }
+}
+
 const OWNER: &str = "root-token-0000000001";
 
 fn token_of(role: Role) -> String {
@@ -80,15 +118,15 @@ impl Api {
             yookassa: None,
             rates: Default::default(),
         };
-        let app = admin::router::<()>(
-            Admin::new(
-                store.clone(),
-                tokens,
-                Some(credentials),
-                Some(common::clickhouse().await),
-            )
-            .with_topups(topups),
-        );
+        let api = Admin::new(
+            store.clone(),
+            tokens,
+            Some(credentials),
+            Some(common::clickhouse().await),
+        )
+        .with_topups(topups);
+        api.lend_routing(std::sync::Arc::new(OneTarget));
+        let app = admin::router::<()>(api);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
@@ -285,6 +323,10 @@ async fn every_endpoint_answers_every_role_as_the_docs_table_says() {
                 ("POST", p) if p.ends_with("/topups") => {
                     Some(json!({"provider": "stripe", "amount": 1000, "currency": "usd"}))
                 }
+                ("PUT", "/admin/v1/targets") => {
+                    Some(json!({"provider": "p", "model": "m", "state": "off"}))
+                }
+                ("POST", "/admin/v1/route/explain") => Some(json!({"model": "m"})),
                 ("POST", "/admin/v1/prices") => Some(json!({"set": {
                     "openai/gpt-x": {"input": "1", "output": "2"}}})),
                 ("POST", "/admin/v1/plans") => Some(json!({

@@ -163,6 +163,51 @@ pub(crate) async fn get_org_usage(
 /// default; `messages`, `responses`, `embeddings`, `rerank`, `images`,
 /// `image_edits`, `transcriptions`, `translations`, `speech`), without
 /// calling a provider.
+/// The client API `?api=` names for explain (Chat Completions when none).
+pub(crate) fn explained_api(api: Option<&str>) -> Result<ApiSurface, ApiError> {
+    match api {
+        None => Ok(ApiSurface::ChatCompletions),
+        Some(api) => serde_json::from_value(serde_json::Value::String(api.to_owned())).map_err(|_| {
+            ApiError::invalid(
+                "api",
+                format!(
+                    "Unknown api '{api}'; expected chat_completions, messages, responses, embeddings, rerank, images, image_edits, transcriptions, translations or speech."
+                ),
+            )
+        }),
+    }
+}
+
+/// The routing decision for `body`, a request of `surface` (explain), with
+/// `defaults` as the caller's default tags.
+pub(crate) async fn explain_body(
+    state: &AppState,
+    surface: ApiSurface,
+    headers: &axum::http::HeaderMap,
+    body: bytes::Bytes,
+    defaults: &[(String, String)],
+    request_id: uuid::Uuid,
+) -> Result<serde_json::Value, ApiError> {
+    let (request, payload, _uploads) =
+        crate::flow::parse_body(surface, headers, body, request_id).await?;
+    let hints = admission::Hints::from_headers(headers);
+    let prediction = match payload {
+        None => Some(classify::decide(&state.classifier, &hints, &request)?),
+        Some(_) => None,
+    };
+    let size =
+        admission::Payload::size(payload.as_ref()).unwrap_or_else(|| route::Size::chat(&request));
+    let tags = crate::tags::of(hints.tags, Some(&request), defaults)?;
+    route::explain(
+        state,
+        &request,
+        prediction.as_ref(),
+        &size,
+        request_id,
+        &tags,
+    )
+}
+
 /// `GET /console` where no admin API runs (no `[tenants]`): what is missing.
 pub(crate) async fn console_off() -> Response {
     ApiError::new(
@@ -181,32 +226,11 @@ pub(crate) async fn route_explain(
 ) -> Response {
     let (parts, body) = req.into_parts();
     let result = async {
-        let surface = match params.get("api") {
-            None => ApiSurface::ChatCompletions,
-            Some(api) => serde_json::from_value(serde_json::Value::String(api.clone()))
-                .map_err(|_| {
-                    ApiError::invalid(
-                        "api",
-                        format!(
-                            "Unknown api '{api}'; expected chat_completions, messages, responses, embeddings, rerank, images, image_edits, transcriptions, translations or speech."
-                        ),
-                    )
-                })?,
-        };
+        let surface = explained_api(params.get("api").map(String::as_str))?;
         let limit = crate::flow::body_limit(&state, surface, &parts.headers)?;
         let body = read_body(limit, &parts.headers, body).await?;
-        let (request, payload, _uploads) =
-            crate::flow::parse_body(surface, &parts.headers, body, request_id).await?;
-        let hints = admission::Hints::from_headers(&parts.headers);
-        let prediction = match payload {
-            None => Some(classify::decide(&state.classifier, &hints, &request)?),
-            Some(_) => None,
-        };
-        let size = admission::Payload::size(payload.as_ref())
-            .unwrap_or_else(|| route::Size::chat(&request));
         let defaults = caller.grant.as_ref().map_or(&[][..], |g| &g.tags[..]);
-        let tags = crate::tags::of(hints.tags, Some(&request), defaults)?;
-        route::explain(&state, &request, prediction.as_ref(), &size, request_id, &tags)
+        explain_body(&state, surface, &parts.headers, body, defaults, request_id).await
     }
     .await;
     match result {

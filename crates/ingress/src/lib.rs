@@ -28,6 +28,7 @@ mod intake;
 mod live;
 pub mod metrics;
 mod models;
+mod operate;
 mod pipeline;
 mod presence;
 mod pricing;
@@ -307,6 +308,11 @@ async fn build(config: Arc<Config>, bus: Bus) -> Result<(Router, Arc<AppState>),
         cache,
         pipeline_runs,
     });
+    // The admin API (and the console) reads and forces targets, shows the
+    // routing table and explains through this ingress.
+    if let Some(a) = &state.admin {
+        a.lend_routing(Arc::new(operate::Lent(Arc::downgrade(&state))));
+    }
     let file_limit = usize::try_from(config.batch.max_file_bytes)
         .unwrap_or(usize::MAX)
         .saturating_add(1 << 20);

@@ -78,8 +78,25 @@ pub(crate) fn follow_overrides(bus: &Bus, table: &Arc<LiveTable>) {
 }
 
 /// `GET /v1/route/targets`: every target's live state and every provider's load.
-pub(crate) async fn targets(State(state): State<Arc<AppState>>, _: Caller) -> Response {
+pub(crate) async fn targets(State(state): State<Arc<AppState>>, caller: Caller) -> Response {
+    if let Err(e) = deployments_own(&caller) {
+        return e.into_response();
+    }
     Json(state.live.snapshot(now_unix_ms())).into_response()
+}
+
+/// Target state and overrides are the deployment's: its own keys (the
+/// config file's) may use `/v1/route/targets`; a tenant's key may not (it
+/// would see other tenants' providers and could take one away from them).
+/// The admin API has the same (`/admin/v1/targets`) with roles and audit.
+fn deployments_own(caller: &Caller) -> Result<(), crate::error::ApiError> {
+    match caller.grant {
+        None => Ok(()),
+        Some(_) => Err(crate::error::ApiError::new(
+            sy_protocol::ErrorCode::PermissionDenied,
+            "Target state and overrides are the deployment's: use the admin API (GET and PUT /admin/v1/targets).",
+        )),
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -96,9 +113,13 @@ pub(crate) struct ForceBody {
 /// lands).
 pub(crate) async fn force(
     State(state): State<Arc<AppState>>,
-    Caller { key_id: by, .. }: Caller,
+    caller: Caller,
     req: axum::extract::Request,
 ) -> Response {
+    if let Err(e) = deployments_own(&caller) {
+        return e.into_response();
+    }
+    let by = caller.key_id;
     let (parts, body) = req.into_parts();
     let result: Result<Response, crate::error::ApiError> = async {
         crate::intake::check_content_type(&parts.headers)?;

@@ -17,6 +17,7 @@ mod handlers;
 mod operations;
 mod pipelines;
 mod pricing;
+pub mod routing;
 mod traffic;
 pub use operations::{balance_view, top_up};
 pub mod roles;
@@ -102,6 +103,8 @@ pub struct Admin {
     topups: Option<crate::payments::Topups>,
     /// Price version 0: the config file's prices, by "<provider>/<model>".
     base_prices: std::collections::BTreeMap<String, sy_config::RawPrice>,
+    /// The routing of the ingress that mounts this API, once it lends it.
+    routing: Arc<std::sync::OnceLock<Arc<dyn routing::Routing>>>,
 }
 
 impl Admin {
@@ -126,7 +129,14 @@ impl Admin {
             clickhouse,
             topups: None,
             base_prices: std::collections::BTreeMap::new(),
+            routing: Arc::default(),
         })
+    }
+
+    /// Lends this API the ingress's routing (live targets, overrides, the
+    /// table, explain); the first call wins.
+    pub fn lend_routing(&self, routing: Arc<dyn routing::Routing>) {
+        let _ = self.routing.set(routing);
     }
 
     /// The same, with `prices` (the config file's, by
@@ -372,6 +382,12 @@ pub fn router<S: Clone + Send + Sync + 'static>(admin: Arc<Admin>) -> Router<S> 
         .route("/admin/v1/audit", get(o::audit))
         .route("/admin/v1/usage", get(o::usage))
         .route("/admin/v1/overview", get(traffic::overview))
+        .route(
+            "/admin/v1/targets",
+            get(routing::targets).put(routing::force),
+        )
+        .route("/admin/v1/routing", get(routing::table))
+        .route("/admin/v1/route/explain", post(routing::explain))
         .route("/admin/v1/requests", get(traffic::requests))
         .route(
             "/admin/v1/admin-tokens",
