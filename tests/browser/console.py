@@ -122,6 +122,7 @@ def main():
     p.add_argument("--owner-token", required=True)
     p.add_argument("--viewer-token", required=True)
     p.add_argument("--screenshots", required=True)
+    p.add_argument("--batch-id", required=True)
     a = p.parse_args()
     base = a.base_url.rstrip("/")
     c = Console(base, a.screenshots)
@@ -187,6 +188,39 @@ def main():
         status, answer = wait("the new key to work", lambda: (lambda r: r if r[0] == 200 else None)(chat(base, secret)), 10)
         check(answer["choices"][0]["message"]["content"], f"an empty answer: {answer}")
 
+        # The key's page: default tags and a budget saved, the secret rotated
+        # with a grace period (both secrets work until it ends).
+        c.go(f"#/tenants/key/{key_id}")
+        c.visible("#key-tags").send_keys("team=console")
+        c.find("#save-key").click()
+        wait("the key's tags saved", lambda: "team=console" in c.find("#key-facts").text)
+        c.visible("#budget-usd").send_keys("5")
+        c.find("#save-limits").click()
+        wait("the budget saved", lambda: "$5 per month" in c.find("#limits-now").text)
+        grace = c.find("#rotate-grace")
+        grace.clear()
+        grace.send_keys("600")
+        c.find("#rotate").click()
+        c.find("#rotate").click()
+        rotated = wait("the rotated secret", lambda: c.find("#new-key-secret").text)
+        check(rotated != secret, "rotation kept the secret")
+        c.shot("key")
+        wait("the rotated secret to work", lambda: chat(base, rotated)[0] == 200, 10)
+        check(chat(base, secret)[0] == 200, "the old secret stopped inside its grace")
+
+        # The org's page: a credit shows in the balance; this month's invoice.
+        c.go(project_hash)
+        wait("the project page", lambda: c.find("h1").text == "Project: web")
+        c.find("main p a").click()
+        wait("the org page", lambda: c.find("h1").text == f"Org: {XSS}")
+        c.visible("#credit-usd").send_keys("10")
+        c.find("#credit-ref").send_keys("console-test-1")
+        c.find("#credit").click()
+        wait("the credit in the balance", lambda: "Balance $10" in c.find("#balance").text)
+        c.find("#show-invoice").click()
+        wait("this month's invoice", lambda: "requests, billed" in c.find("#invoice").text)
+        c.shot("org")
+
         # The request shows in the requests view (usage rows arrive in batches).
         c.go("#/requests")
         c.visible("#q-key_id").send_keys(key_id)
@@ -226,6 +260,7 @@ def main():
         button.click()
         wait("the key shown revoked", lambda: "revoked" in c.find(f'#keys tr[data-key-id="{key_id}"]').text)
         wait("the API to refuse the revoked key", lambda: chat(base, secret)[0] == 401, 10)
+        check(chat(base, rotated)[0] == 401, "the rotated secret outlived the revocation")
 
         # Routing: take a target out (two clicks), see explain route around
         # it, give it back; explain a request in the playground.
@@ -254,6 +289,12 @@ def main():
         wait("the playground's candidates", lambda: c.all("#explain-candidates tbody tr:not(.empty-row)"))
         check("code" in c.find("#explain-result dl").text, "explain did not show the class: " + c.find("#explain-result").text)
         c.shot("routing")
+
+        # The batch made before the test, with its progress.
+        c.go("#/batches")
+        batch_row = wait("the batch", lambda: c.find(f'#batches tr[data-batch-id="{a.batch_id}"]'))
+        check("of 2" in batch_row.text, f"the batch's row: {batch_row.text}")
+        c.shot("batches")
 
         c.go("#/audit")
         wait("the audit log", lambda: "org.create" in c.find("#audit").text and "target.force" in c.find("#audit").text)

@@ -380,6 +380,33 @@ async fn the_overview_and_request_search_read_traffic_from_clickhouse() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_works_in_a_real_browser() {
     let stack = console_stack("web").await;
+    // A batch for the batches page (the config's key, two items).
+    let lines = [
+        crate::batch::line("a", "gpt-4o-mini", "one"),
+        crate::batch::line("b", "gpt-4o-mini", "two"),
+    ];
+    let file: Value =
+        crate::batch::upload(&stack, crate::stack::KEY, lines.join("\n").into_bytes())
+            .await
+            .json()
+            .await
+            .unwrap();
+    let r = crate::batch::create(&stack, crate::stack::KEY, file["id"].as_str().unwrap()).await;
+    assert_eq!(r.status(), 200);
+    let batch: Value = r.json().await.unwrap();
+    let batch_id = batch["id"].as_str().unwrap().to_owned();
+    let listed: Value = stack
+        .http
+        .get(stack.url("/admin/v1/batches"))
+        .bearer_auth(VIEWER)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["data"][0]["id"], batch_id.as_str(), "{listed}");
+    assert_eq!(listed["data"][0]["request_counts"]["total"], 2, "{listed}");
     let python = std::env::var("SY_TEST_PYTHON").unwrap_or_else(|_| {
         sy_test_support::repo_root()
             .join(".venv/bin/python")
@@ -398,6 +425,7 @@ async fn the_console_works_in_a_real_browser() {
         Command::new(&python)
             .arg(&script)
             .args(["--base-url", &base, "--owner-token", ADMIN, "--viewer-token", VIEWER])
+            .args(["--batch-id", &batch_id])
             .args(["--screenshots", &shots])
             .output()
             .unwrap_or_else(|e| {

@@ -129,6 +129,7 @@ const PAGES = [
   { path: "tenants", title: "Tenants", show: () => true },
   { path: "routing", title: "Routing", show: () => true },
   { path: "requests", title: "Requests", show: (me) => me.can.usage },
+  { path: "batches", title: "Batches", show: (me) => !me.org_id },
   { path: "audit", title: "Audit log", show: (me) => me.can.audit },
 ];
 
@@ -147,6 +148,7 @@ async function route() {
       case "tenants":
         if (parts[1] === "org" && parts[2]) await orgPage(parts[2]);
         else if (parts[1] === "project" && parts[2]) await projectPage(parts[2]);
+        else if (parts[1] === "key" && parts[2]) await keyPage(parts[2]);
         else await tenantsPage();
         break;
       case "requests":
@@ -155,6 +157,7 @@ async function route() {
         break;
       case "audit": await auditPage(); break;
       case "routing": await routingPage(); break;
+      case "batches": await batchesPage(); break;
       default: await overviewPage();
     }
   } catch (e) {
@@ -297,23 +300,123 @@ function download(name, text) {
   setTimeout(() => URL.revokeObjectURL(url), 1000);
 }
 
+// Usage of the last 30 days: billed per day as a chart, and a table
+// grouped by model, day, key or a tag's value, with CSV export.
 async function usageSection(params, name) {
   const box = h("section", { id: "usage" }, h("h2", {}, "Usage, last 30 days"));
-  try {
-    const u = await api("GET", `/admin/v1/usage?${params}&group_by=model`);
-    const cols = ["group", "requests", "attempts", "input_tokens", "output_tokens", "cost", "billed"];
-    box.append(
-      table([
-        { title: "Model", value: (g) => g.group },
-        { title: "Requests", value: (g) => g.requests, num: true },
-        { title: "Input tokens", value: (g) => g.input_tokens, num: true },
-        { title: "Output tokens", value: (g) => g.output_tokens, num: true },
-        { title: "Billed USD", value: (g) => usd(g.billed), num: true },
-      ], u.data, { id: "usage-table" }),
-      h("button", { type: "button", id: "export-csv", onclick: () => download(`${name}-usage.csv`, csv(u.data, cols)) }, "Export CSV"));
-  } catch (e) {
-    box.append(errorBox(e));
+  const groupSel = h("select", { id: "usage-group", "aria-label": "Group by" },
+    ["model", "day", "key", "project"].map((g) => h("option", { value: g }, g)));
+  const tagKey = h("input", { id: "usage-tag", placeholder: "or a tag key", maxlength: 64, size: 12 });
+  const out = h("div", {});
+  const cols = ["group", "requests", "attempts", "input_tokens", "output_tokens", "cost", "billed"];
+  async function load() {
+    const group = tagKey.value.trim() ? `tag:${tagKey.value.trim()}` : groupSel.value;
+    try {
+      const [u, days] = await Promise.all([
+        api("GET", `/admin/v1/usage?${params}&group_by=${encodeURIComponent(group)}`),
+        api("GET", `/admin/v1/usage?${params}&group_by=day`),
+      ]);
+      const now = Math.floor(Date.now() / 1000);
+      const points = days.data.map((d) => ({ t: Date.parse(`${d.group}T00:00:00Z`) / 1000, billed: Number(d.billed) }));
+      out.replaceChildren(
+        h("div", { class: "charts" }, chart("Billed per day (USD)", points, [{ name: "billed", value: (p) => p.billed }], "$", [now - 30 * 86400, now])),
+        table([
+          { title: group.startsWith("tag:") ? group : group[0].toUpperCase() + group.slice(1), value: (g) => g.group || "(none)" },
+          { title: "Requests", value: (g) => g.requests, num: true },
+          { title: "Input tokens", value: (g) => g.input_tokens, num: true },
+          { title: "Output tokens", value: (g) => g.output_tokens, num: true },
+          { title: "Billed USD", value: (g) => usd(g.billed), num: true },
+        ], u.data, { id: "usage-table" }),
+        h("button", { type: "button", id: "export-csv", onclick: () => download(`${name}-usage-by-${group.replace(":", "-")}.csv`, csv(u.data, cols)) }, "Export CSV"));
+    } catch (e) {
+      out.replaceChildren(errorBox(e));
+    }
   }
+  box.append(h("form", { class: "inline", onsubmit: (ev) => { ev.preventDefault(); load(); } },
+    h("label", {}, "Group by", groupSel), h("label", {}, "Tag", tagKey), h("button", { type: "submit" }, "Show")), out);
+  await load();
+  return box;
+}
+
+// Rate limits and a budget of an org, project or key (PATCH `path`).
+function limitsForm(obj, path, reload, allowed) {
+  const l = obj.limits || {};
+  const b = obj.budget || {};
+  const field = (id, label, value) => h("label", {}, label, h("input", { id, value: value ?? "", size: 10, inputmode: "decimal" }));
+  const period = h("select", { id: "budget-period" }, ["month", "day", "none"].map((p) => h("option", { value: p, selected: (b.period || "month") === p }, p)));
+  const status = h("span", { class: "status", role: "status" });
+  const facts = `Limits: ${["rpm", "tpm", "concurrency"].map((k) => `${k} ${l[k] ?? "—"}`).join(", ")}; budget: ${obj.budget ? `$${b.usd} per ${b.period}` : "none"}.`;
+  const box = h("section", { id: "limits" }, h("h2", {}, "Limits and budget"), h("p", { id: "limits-now" }, facts));
+  if (!allowed) return box;
+  const form = h("form", { class: "inline", id: "limits-form", onsubmit: async (ev) => {
+    ev.preventDefault();
+    const num = (id) => { const v = document.getElementById(id).value.trim(); return v === "" ? undefined : Number(v); };
+    const limits = {};
+    for (const k of ["rpm", "tpm", "concurrency"]) { const v = num(`limit-${k}`); if (v !== undefined) limits[k] = v; }
+    const usdText = document.getElementById("budget-usd").value.trim();
+    const body = { limits, budget: usdText ? { usd: usdText, period: period.value } : null };
+    try {
+      await api("PATCH", path, body);
+      await reload();
+    } catch (e) { status.textContent = e.message; }
+  } }, field("limit-rpm", "Requests/min", l.rpm), field("limit-tpm", "Tokens/min", l.tpm),
+  field("limit-concurrency", "In flight", l.concurrency), field("budget-usd", "Budget USD", b.usd),
+  h("label", {}, "Per", period), h("button", { type: "submit", id: "save-limits" }, "Save"), status);
+  box.append(form);
+  return box;
+}
+
+// An org's prepaid balance, crediting (deployment billing roles), top-ups
+// and a month's invoice.
+async function billingSection(org) {
+  const box = h("section", { id: "billing" }, h("h2", {}, "Balance and invoices"));
+  try {
+    const bal = await api("GET", `/admin/v1/orgs/${org.id}/balance`);
+    box.append(h("p", { id: "balance" }, `Balance $${bal.balance_usd} (credited $${bal.credited_usd}, debited $${bal.debited_usd})${bal.prepaid ? ", prepaid" : ""}.`));
+  } catch (e) { box.append(errorBox(e)); }
+  const status = h("span", { class: "status", role: "status" });
+  if (state.me.can.balances && !state.me.org_id) {
+    const amount = h("input", { id: "credit-usd", size: 8, inputmode: "decimal", required: true });
+    const ref = h("input", { id: "credit-ref", size: 16, required: true, maxlength: 200 });
+    box.append(h("form", { class: "inline", id: "credit-form", onsubmit: async (ev) => {
+      ev.preventDefault();
+      try {
+        await api("POST", `/admin/v1/orgs/${org.id}/credits`, { usd: amount.value, ref: ref.value });
+        await orgPage(org.id);
+      } catch (e) { status.textContent = e.message; }
+    } }, h("label", {}, "Credit USD", amount), h("label", {}, "Reference (once per payment)", ref),
+    h("button", { type: "submit", id: "credit" }, "Credit")));
+  }
+  if (state.me.can.balances) {
+    const cents = h("input", { id: "topup-usd", size: 8, inputmode: "decimal", required: true });
+    box.append(h("form", { class: "inline", id: "topup-form", onsubmit: async (ev) => {
+      ev.preventDefault();
+      try {
+        const order = await api("POST", `/admin/v1/orgs/${org.id}/topups`, { provider: "stripe", amount: Math.round(Number(cents.value) * 100), currency: "usd" });
+        status.replaceChildren("Pay here: ", h("a", { href: order.payment_url, rel: "noopener noreferrer", target: "_blank" }, order.payment_url));
+      } catch (e) { status.textContent = e.message; }
+    } }, h("label", {}, "Top up USD (Stripe)", cents), h("button", { type: "submit", id: "topup" }, "Top up")));
+  }
+  const month = h("input", { id: "invoice-period", type: "month", value: new Date().toISOString().slice(0, 7), required: true });
+  const inv = h("div", { id: "invoice" });
+  box.append(h("form", { class: "inline", id: "invoice-form", onsubmit: async (ev) => {
+    ev.preventDefault();
+    try {
+      const v = await api("GET", `/admin/v1/orgs/${org.id}/invoices/${month.value}`);
+      inv.replaceChildren(
+        h("p", {}, `${v.period}: ${v.totals.requests} requests, billed $${v.totals.billed_usd}; balance $${v.balance.start_usd} → $${v.balance.end_usd}.`),
+        table([
+          { title: "Project", value: (l) => l.project_name },
+          { title: "Model", value: (l) => `${l.provider}/${l.model}` },
+          { title: "Requests", value: (l) => l.requests, num: true },
+          { title: "Billed USD", value: (l) => l.billed_usd, num: true },
+        ], v.lines, { id: "invoice-lines" }),
+        h("button", { type: "button", onclick: async () => {
+          const r = await fetch(`/admin/v1/orgs/${org.id}/invoices/${month.value}?format=csv`, { credentials: "same-origin" });
+          download(`invoice-${month.value}.csv`, await r.text());
+        } }, "Download CSV"));
+    } catch (e) { inv.replaceChildren(errorBox(e)); }
+  } }, h("label", {}, "Invoice for", month), h("button", { type: "submit", id: "show-invoice" }, "Show"), status), inv);
   return box;
 }
 
@@ -337,6 +440,8 @@ async function orgPage(id) {
     { title: "Status", value: (p) => statusBadge(p.status) },
     { title: "Id", value: (p) => p.id },
   ], projects.data, { id: "projects" }));
+  content.push(limitsForm(org, `/admin/v1/orgs/${encodeURIComponent(id)}`, () => orgPage(id), state.me.can.tenants && !state.me.org_id));
+  content.push(await billingSection(org));
   if (state.me.can.usage) content.push(await usageSection(`org_id=${encodeURIComponent(id)}`, "org"));
   setPage(`Org: ${org.name}`, h("p", {}, h("a", { href: "#/tenants" }, "← Tenants")), ...content);
 }
@@ -364,15 +469,64 @@ async function projectPage(id) {
     h("button", { type: "submit", class: "primary", id: "create-key" }, "Create key"), status));
   }
   content.push(secretBox, h("h2", {}, "Keys"), table([
-    { title: "Key", value: (k) => k.name },
+    { title: "Key", value: (k) => h("a", { href: `#/tenants/key/${k.id}` }, k.name) },
     { title: "Prefix", value: (k) => k.prefix },
     { title: "Status", value: (k) => statusBadge(k.status) },
     { title: "Models", value: (k) => (k.scopes && k.scopes.models ? k.scopes.models.join(", ") : "all") },
     { title: "Created", value: (k) => when(k.created_at) },
     { title: "", value: (k) => (state.me.can.keys && k.status === "active" ? revokeButton(k, id) : "") },
   ], keys.data, { id: "keys", rowAttrs: (k) => ({ "data-key-id": k.id }) }));
+  content.push(limitsForm(project, `/admin/v1/projects/${encodeURIComponent(id)}`, () => projectPage(id), state.me.can.tenants));
   if (state.me.can.usage) content.push(await usageSection(`project_id=${encodeURIComponent(id)}`, "project"));
   setPage(`Project: ${project.name}`, ...content);
+}
+
+// One key: its settings, scopes and tags edited, rotation with grace,
+// revocation, limits and budget, usage.
+async function keyPage(id) {
+  const k = await api("GET", `/admin/v1/keys/${encodeURIComponent(id)}`);
+  const models = k.scopes && k.scopes.models ? k.scopes.models.join(", ") : "";
+  const tags = Object.entries(k.tags || {}).map(([a, b]) => `${a}=${b}`).join(", ");
+  const facts = [["Status", k.status], ["Prefix", k.prefix], ["Models", models || "all"], ["Default tags", tags || "none"],
+    ["Expires", k.expires_at ? when(k.expires_at) : "never"],
+    ["Previous secret valid until", k.previous_valid_until ? when(k.previous_valid_until) : "—"], ["Created", when(k.created_at)]];
+  const content = [h("p", {}, h("a", { href: `#/tenants/project/${k.project_id}` }, "← Project"), ` · key id ${k.id}`),
+    h("dl", { class: "facts", id: "key-facts" }, facts.flatMap(([a, b]) => [h("dt", {}, a), h("dd", {}, String(b))])),
+    h("div", { id: "secret-box" })];
+  if (state.me.can.keys && k.status === "active") {
+    const status = h("span", { class: "status", role: "status" });
+    const scopes = h("input", { id: "key-models", value: models, size: 30, placeholder: "all models" });
+    const tagInput = h("input", { id: "key-tags", value: tags, size: 30, placeholder: "team=search, tier=free" });
+    content.push(h("form", { class: "inline", id: "key-form", onsubmit: async (ev) => {
+      ev.preventDefault();
+      const list = scopes.value.split(",").map((m) => m.trim()).filter(Boolean);
+      const tagMap = {};
+      for (const pair of tagInput.value.split(",").map((t) => t.trim()).filter(Boolean)) {
+        const at = pair.indexOf("=");
+        if (at < 1) { status.textContent = `Tag '${pair}' is not key=value.`; return; }
+        tagMap[pair.slice(0, at).trim()] = pair.slice(at + 1).trim();
+      }
+      try {
+        await api("PATCH", `/admin/v1/keys/${encodeURIComponent(id)}`, { scopes: list.length ? { models: list } : null, tags: tagMap });
+        await keyPage(id);
+      } catch (e) { status.textContent = e.message; }
+    } }, h("label", {}, "Models (comma-separated)", scopes), h("label", {}, "Default tags", tagInput),
+    h("button", { type: "submit", id: "save-key" }, "Save"), status));
+    const grace = h("input", { id: "rotate-grace", value: "3600", size: 8, inputmode: "numeric" });
+    const rotate = confirmButton("Rotate", "Confirm: rotate", { id: "rotate" }, async () => {
+      const r = await api("POST", `/admin/v1/keys/${encodeURIComponent(id)}/rotate`, { grace_seconds: Number(grace.value) });
+      await keyPage(id);
+      showSecret(r.key);
+    });
+    const revoke = confirmButton("Revoke", "Confirm revoke", { id: "revoke-key" }, async () => {
+      await api("DELETE", `/admin/v1/keys/${encodeURIComponent(id)}`);
+      await keyPage(id);
+    });
+    content.push(h("div", { class: "inline" }, h("label", {}, "Grace for the old secret (s) ", grace), rotate, revoke));
+  }
+  content.push(limitsForm(k, `/admin/v1/keys/${encodeURIComponent(id)}`, () => keyPage(id), state.me.can.keys));
+  if (state.me.can.usage) content.push(await usageSection(`key_id=${encodeURIComponent(id)}`, "key"));
+  setPage(`Key: ${k.name}`, ...content);
 }
 
 function showSecret(secret) {
@@ -528,6 +682,28 @@ function explainForm(rt) {
 }
 
 function ms0(v) { return v === null || v === undefined ? "—" : Math.round(v); }
+
+// ---------- batches ----------
+
+async function batchesPage() {
+  const v = await api("GET", "/admin/v1/batches?limit=100");
+  const progress = (b) => {
+    const c = b.request_counts || { total: 0, completed: 0, failed: 0 };
+    const done = c.completed + c.failed;
+    return h("span", {}, h("progress", { max: Math.max(1, c.total), value: done, "aria-label": `${done} of ${c.total}` }),
+      ` ${c.completed} done, ${c.failed} failed of ${c.total}`);
+  };
+  setPage("Batches",
+    h("p", {}, h("button", { type: "button", id: "refresh-batches", onclick: () => batchesPage() }, "Refresh")),
+    table([
+      { title: "Batch", value: (b) => b.id },
+      { title: "Status", value: (b) => h("span", { class: `badge ${b.status === "completed" ? "good" : ["failed", "expired", "cancelled"].includes(b.status) ? "bad" : ""}` }, b.status) },
+      { title: "Endpoint", value: (b) => b.endpoint },
+      { title: "Progress", value: progress },
+      { title: "Created", value: (b) => when(b.created_at) },
+      { title: "Owner", value: (b) => b.owner },
+    ], v.data, { id: "batches", rowAttrs: (b) => ({ "data-batch-id": b.id }) }));
+}
 
 // ---------- requests ----------
 

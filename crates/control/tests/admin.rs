@@ -21,7 +21,7 @@ use uuid::Uuid;
 #[derive(Debug)]
 struct OneTarget;
 
-impl admin::routing::Routing for OneTarget {
+impl admin::ingress::Ingress for OneTarget {
     fn targets(&self) -> Value {
         json!({"targets": [{"provider": "p", "model": "m", "healthy": true, "forced": null}], "providers": []})
     }
@@ -34,22 +34,28 @@ impl admin::routing::Routing for OneTarget {
         model: &'a str,
         state: &'a str,
         by: &'a str,
-    ) -> admin::routing::BoxFuture<'a, Result<Value, admin::routing::RoutingError>> {
+    ) -> admin::ingress::BoxFuture<'a, Result<Value, admin::ingress::IngressError>> {
         Box::pin(async move {
             if (provider, model) != ("p", "m") {
-                return Err(admin::routing::RoutingError::Invalid(
+                return Err(admin::ingress::IngressError::Invalid(
                     "no such target".into(),
                 ));
             }
             Ok(json!({"provider": provider, "model": model, "state": state, "by": by}))
         })
     }
+    fn batches(
+        &self,
+        _: usize,
+    ) -> admin::ingress::BoxFuture<'_, Result<Value, admin::ingress::IngressError>> {
+        Box::pin(async { Ok(json!({"object": "list", "data": [], "has_more": false})) })
+    }
     fn explain<'a>(
         &'a self,
         _: Option<&'a str>,
         _: &'a axum::http::HeaderMap,
         _: axum::body::Bytes,
-    ) -> admin::routing::BoxFuture<'a, Result<Value, admin::routing::RoutingError>> {
+    ) -> admin::ingress::BoxFuture<'a, Result<Value, admin::ingress::IngressError>> {
         Box::pin(async { Ok(json!({"chosen": {"provider": "p", "model": "m"}})) })
     }
 }
@@ -125,7 +131,7 @@ impl Api {
             Some(common::clickhouse().await),
         )
         .with_topups(topups);
-        api.lend_routing(std::sync::Arc::new(OneTarget));
+        api.lend(std::sync::Arc::new(OneTarget));
         let app = admin::router::<()>(api);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

@@ -311,7 +311,7 @@ async fn build(config: Arc<Config>, bus: Bus) -> Result<(Router, Arc<AppState>),
     // The admin API (and the console) reads and forces targets, shows the
     // routing table and explains through this ingress.
     if let Some(a) = &state.admin {
-        a.lend_routing(Arc::new(operate::Lent(Arc::downgrade(&state))));
+        a.lend(Arc::new(operate::Lent(Arc::downgrade(&state))));
     }
     let file_limit = usize::try_from(config.batch.max_file_bytes)
         .unwrap_or(usize::MAX)

@@ -1,6 +1,6 @@
 //! What the admin API (and so the operator console) reads and changes of
-//! this ingress's routing: live target state, overrides, the routing table
-//! and explain ([`sy_control::admin::routing::Routing`]). Held weakly: the
+//! this ingress: live target state, overrides, the routing table, explain
+//! and batches ([`sy_control::admin::ingress::Ingress`]). Held weakly: the
 //! admin API lives inside the state it lends from.
 
 use std::sync::{Arc, Weak};
@@ -8,24 +8,24 @@ use std::sync::{Arc, Weak};
 use axum::body::Bytes;
 use axum::http::HeaderMap;
 use serde_json::{Value, json};
-use sy_control::admin::routing::{BoxFuture, Routing, RoutingError};
+use sy_control::admin::ingress::{BoxFuture, Ingress, IngressError};
 use sy_protocol::now_unix_ms;
 
 use crate::state::AppState;
 
-/// The ingress's routing, lent to its admin API.
+/// The ingress's state, lent to its admin API.
 #[derive(Debug)]
 pub(crate) struct Lent(pub Weak<AppState>);
 
 impl Lent {
-    fn state(&self) -> Result<Arc<AppState>, RoutingError> {
+    fn state(&self) -> Result<Arc<AppState>, IngressError> {
         self.0
             .upgrade()
-            .ok_or_else(|| RoutingError::Unavailable("The ingress is shutting down.".into()))
+            .ok_or_else(|| IngressError::Unavailable("The ingress is shutting down.".into()))
     }
 }
 
-impl Routing for Lent {
+impl Ingress for Lent {
     fn targets(&self) -> Value {
         match self.0.upgrade() {
             Some(state) => {
@@ -79,17 +79,17 @@ impl Routing for Lent {
         model: &'a str,
         forced: &'a str,
         by: &'a str,
-    ) -> BoxFuture<'a, Result<Value, RoutingError>> {
+    ) -> BoxFuture<'a, Result<Value, IngressError>> {
         Box::pin(async move {
             let state = self.state()?;
             let forced: sy_protocol::ForcedState =
                 serde_json::from_value(Value::String(forced.to_owned())).map_err(|_| {
-                    RoutingError::Invalid("'state' must be off, on or auto.".into())
+                    IngressError::Invalid("'state' must be off, on or auto.".into())
                 })?;
             // Only a configured target: anything else would be a key in the
             // override bucket that nothing reads.
             if !state.routing().serves(provider, model) {
-                return Err(RoutingError::Invalid(
+                return Err(IngressError::Invalid(
                     "No configured route sends requests to that provider and model.".into(),
                 ));
             }
@@ -101,7 +101,7 @@ impl Routing for Lent {
                 at_unix_ms: now_unix_ms(),
             };
             state.bus.put_override(&o).await.map_err(|_| {
-                RoutingError::Unavailable(
+                IngressError::Unavailable(
                     "The target override could not be stored; retry shortly.".into(),
                 )
             })?;
@@ -112,15 +112,38 @@ impl Routing for Lent {
         })
     }
 
+    fn batches(&self, limit: usize) -> BoxFuture<'_, Result<Value, IngressError>> {
+        Box::pin(async move {
+            let state = self.state()?;
+            let stores = state.batches.as_ref().ok_or_else(|| {
+                IngressError::Unavailable("Batch storage is not available.".into())
+            })?;
+            let (records, has_more) = stores
+                .newest(limit, None, |_| true)
+                .await
+                .map_err(IngressError::Unavailable)?;
+            let data: Vec<Value> = records
+                .into_iter()
+                .map(|r| {
+                    let mut v = serde_json::to_value(&r.batch).unwrap_or_default();
+                    v["key_id"] = json!(r.key_id);
+                    v["owner"] = json!(r.owner());
+                    v
+                })
+                .collect();
+            Ok(json!({"object": "list", "data": data, "has_more": has_more}))
+        })
+    }
+
     fn explain<'a>(
         &'a self,
         api: Option<&'a str>,
         headers: &'a HeaderMap,
         body: Bytes,
-    ) -> BoxFuture<'a, Result<Value, RoutingError>> {
+    ) -> BoxFuture<'a, Result<Value, IngressError>> {
         Box::pin(async move {
             let state = self.state()?;
-            let invalid = |e: crate::error::ApiError| RoutingError::Invalid(e.message);
+            let invalid = |e: crate::error::ApiError| IngressError::Invalid(e.message);
             let surface = crate::endpoints::explained_api(api).map_err(invalid)?;
             crate::endpoints::explain_body(
                 &state,

@@ -14,10 +14,10 @@
 //! every write must carry the session's CSRF token in `x-csrf-token`.
 
 mod handlers;
+pub mod ingress;
 mod operations;
 mod pipelines;
 mod pricing;
-pub mod routing;
 mod traffic;
 pub use operations::{balance_view, top_up};
 pub mod roles;
@@ -103,8 +103,8 @@ pub struct Admin {
     topups: Option<crate::payments::Topups>,
     /// Price version 0: the config file's prices, by "<provider>/<model>".
     base_prices: std::collections::BTreeMap<String, sy_config::RawPrice>,
-    /// The routing of the ingress that mounts this API, once it lends it.
-    routing: Arc<std::sync::OnceLock<Arc<dyn routing::Routing>>>,
+    /// What the ingress that mounts this API lends it, once it does.
+    ingress: Arc<std::sync::OnceLock<Arc<dyn ingress::Ingress>>>,
 }
 
 impl Admin {
@@ -129,14 +129,14 @@ impl Admin {
             clickhouse,
             topups: None,
             base_prices: std::collections::BTreeMap::new(),
-            routing: Arc::default(),
+            ingress: Arc::default(),
         })
     }
 
-    /// Lends this API the ingress's routing (live targets, overrides, the
-    /// table, explain); the first call wins.
-    pub fn lend_routing(&self, routing: Arc<dyn routing::Routing>) {
-        let _ = self.routing.set(routing);
+    /// Lends this API what the ingress holds (live targets, overrides, the
+    /// routing table, explain, batches); the first call wins.
+    pub fn lend(&self, ingress: Arc<dyn ingress::Ingress>) {
+        let _ = self.ingress.set(ingress);
     }
 
     /// The same, with `prices` (the config file's, by
@@ -384,10 +384,11 @@ pub fn router<S: Clone + Send + Sync + 'static>(admin: Arc<Admin>) -> Router<S> 
         .route("/admin/v1/overview", get(traffic::overview))
         .route(
             "/admin/v1/targets",
-            get(routing::targets).put(routing::force),
+            get(ingress::targets).put(ingress::force),
         )
-        .route("/admin/v1/routing", get(routing::table))
-        .route("/admin/v1/route/explain", post(routing::explain))
+        .route("/admin/v1/routing", get(ingress::table))
+        .route("/admin/v1/route/explain", post(ingress::explain))
+        .route("/admin/v1/batches", get(ingress::batches))
         .route("/admin/v1/requests", get(traffic::requests))
         .route(
             "/admin/v1/admin-tokens",

@@ -166,6 +166,7 @@ pub const ROUTES: &[Route] = &[
     deployment("PUT", "/admin/v1/targets", Need::Routing),
     route("GET", "/admin/v1/routing", Need::Read),
     route("POST", "/admin/v1/route/explain", Need::Read),
+    deployment("GET", "/admin/v1/batches", Need::Read),
     route("POST", "/admin/v1/credentials", Need::Credentials),
     route("GET", "/admin/v1/credentials", Need::Credentials),
     route("GET", "/admin/v1/credentials/{id}", Need::Credentials),

@@ -116,6 +116,44 @@ impl Stores {
         tokio::time::sleep_until(slot).await;
     }
 
+    /// The newest `limit` records (ids before `after`, when given) that
+    /// `keep` keeps, newest first, and whether more are kept beyond them.
+    pub async fn newest(
+        &self,
+        limit: usize,
+        after: Option<&str>,
+        keep: impl Fn(&BatchRecord) -> bool,
+    ) -> Result<(Vec<BatchRecord>, bool), String> {
+        use futures::StreamExt;
+        let mut keys: Vec<String> = self
+            .records
+            .keys()
+            .await
+            .map_err(|e| e.to_string())?
+            .filter_map(|k| async move { k.ok() })
+            .collect()
+            .await;
+        // Ids are time-ordered: newest first.
+        keys.sort_by(|a, b| b.cmp(a));
+        if let Some(after) = after {
+            keys.retain(|k| k.as_str() < after);
+        }
+        let mut data = Vec::new();
+        for k in keys {
+            let Some((r, _)) = self.record(&k).await? else {
+                continue;
+            };
+            if !keep(&r) {
+                continue;
+            }
+            if data.len() == limit {
+                return Ok((data, true));
+            }
+            data.push(r);
+        }
+        Ok((data, false))
+    }
+
     /// A batch record and its revision.
     pub async fn record(&self, id: &str) -> Result<Option<(BatchRecord, u64)>, String> {
         if !valid_id(id) {

@@ -136,35 +136,13 @@ pub(crate) async fn list(
             .filter(|l| (1..=100).contains(l))
             .ok_or_else(|| ApiError::invalid("limit", "limit must be 1 to 100."))?,
     };
-    use futures::StreamExt;
-    let mut keys: Vec<String> = stores
-        .records
-        .keys()
+    let (records, has_more) = stores
+        .newest(limit, params.get("after").map(String::as_str), |r| {
+            r.owner() == owner
+        })
         .await
-        .map_err(|e| storage_error(e.to_string()))?
-        .filter_map(|k| async move { k.ok() })
-        .collect()
-        .await;
-    // Ids are time-ordered: newest first.
-    keys.sort_by(|a, b| b.cmp(a));
-    if let Some(after) = params.get("after") {
-        keys.retain(|k| k.as_str() < after.as_str());
-    }
-    let mut data = Vec::new();
-    let mut has_more = false;
-    for k in keys {
-        let Some((r, _)) = stores.record(&k).await.map_err(storage_error)? else {
-            continue;
-        };
-        if r.owner() != owner {
-            continue;
-        }
-        if data.len() == limit {
-            has_more = true;
-            break;
-        }
-        data.push(r.batch);
-    }
+        .map_err(storage_error)?;
+    let data: Vec<_> = records.into_iter().map(|r| r.batch).collect();
     Ok(json(
         StatusCode::OK,
         &serde_json::json!({

@@ -1,10 +1,11 @@
-//! Routing for operators (and the console): every target's live state
+//! Ingress for operators (and the console): every target's live state
 //! (`GET /admin/v1/targets`), forcing one off, on or back to its health
 //! (`PUT /admin/v1/targets`, audited), the routing table
 //! (`GET /admin/v1/routing`) and the routing decision for a request body
-//! without calling a provider (`POST /admin/v1/route/explain`). The state
-//! lives in the ingress that mounts the admin API, which lends it through
-//! [`Routing`]; without one (the admin API on its own), these answer 503.
+//! without calling a provider (`POST /admin/v1/route/explain`), and the
+//! batches with their progress (`GET /admin/v1/batches`). The state lives
+//! in the ingress (and NATS), which lends it through [`Ingress`]; without
+//! one (the admin API on its own), these answer 503.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -23,29 +24,29 @@ use super::handlers::{Answer, parse};
 use super::{Admin, AdminError, Caller};
 use crate::audit::Entry;
 
-/// A boxed future, for [`Routing`]'s methods.
+/// A boxed future, for [`Ingress`]'s methods.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// Why [`Routing`] refused.
+/// Why [`Ingress`] refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RoutingError {
+pub enum IngressError {
     /// The request is wrong (400), with why.
     Invalid(String),
     /// The bus or the ingress could not do it now (503).
     Unavailable(String),
 }
 
-impl From<RoutingError> for AdminError {
-    fn from(e: RoutingError) -> Self {
+impl From<IngressError> for AdminError {
+    fn from(e: IngressError) -> Self {
         match e {
-            RoutingError::Invalid(m) => AdminError::invalid(m),
-            RoutingError::Unavailable(m) => AdminError::not_configured(m),
+            IngressError::Invalid(m) => AdminError::invalid(m),
+            IngressError::Unavailable(m) => AdminError::not_configured(m),
         }
     }
 }
 
-/// What the ingress lends the admin API of its routing.
-pub trait Routing: Send + Sync + std::fmt::Debug {
+/// What the ingress lends the admin API.
+pub trait Ingress: Send + Sync + std::fmt::Debug {
     /// Every target's live state and every provider's load.
     fn targets(&self) -> Value;
     /// The routing table in effect: models and routers.
@@ -58,7 +59,7 @@ pub trait Routing: Send + Sync + std::fmt::Debug {
         model: &'a str,
         state: &'a str,
         by: &'a str,
-    ) -> BoxFuture<'a, Result<Value, RoutingError>>;
+    ) -> BoxFuture<'a, Result<Value, IngressError>>;
     /// The routing decision for `body`, a request of client API `api`
     /// (`chat_completions` when none), without calling a provider.
     fn explain<'a>(
@@ -66,25 +67,26 @@ pub trait Routing: Send + Sync + std::fmt::Debug {
         api: Option<&'a str>,
         headers: &'a HeaderMap,
         body: Bytes,
-    ) -> BoxFuture<'a, Result<Value, RoutingError>>;
+    ) -> BoxFuture<'a, Result<Value, IngressError>>;
+    /// The newest `limit` batches of every key, with their progress and
+    /// owner.
+    fn batches(&self, limit: usize) -> BoxFuture<'_, Result<Value, IngressError>>;
 }
 
-fn routing(admin: &Admin) -> Result<Arc<dyn Routing>, AdminError> {
-    admin.routing.get().cloned().ok_or_else(|| {
-        AdminError::not_configured(
-            "Routing is served by an ingress; this admin API runs without one.",
-        )
+fn ingress(admin: &Admin) -> Result<Arc<dyn Ingress>, AdminError> {
+    admin.ingress.get().cloned().ok_or_else(|| {
+        AdminError::not_configured("This is served by an ingress; this admin API runs without one.")
     })
 }
 
 /// `GET /admin/v1/targets`.
 pub(super) async fn targets(State(admin): State<Arc<Admin>>) -> Answer {
-    Ok(Json(routing(&admin)?.targets()).into_response())
+    Ok(Json(ingress(&admin)?.targets()).into_response())
 }
 
 /// `GET /admin/v1/routing`.
 pub(super) async fn table(State(admin): State<Arc<Admin>>) -> Answer {
-    Ok(Json(routing(&admin)?.table()).into_response())
+    Ok(Json(ingress(&admin)?.table()).into_response())
 }
 
 #[derive(Deserialize)]
@@ -105,7 +107,7 @@ pub(super) async fn force(
     if !matches!(f.state.as_str(), "off" | "on" | "auto") {
         return Err(AdminError::invalid("'state' must be off, on or auto."));
     }
-    let routing = routing(&admin)?;
+    let routing = ingress(&admin)?;
     let before = routing.targets();
     let done = routing
         .force(&f.provider, &f.model, &f.state, &caller.name)
@@ -138,9 +140,24 @@ pub(super) async fn explain(
             "Unknown parameter '{k}'; use api."
         )));
     }
-    let routing = routing(&admin)?;
+    let routing = ingress(&admin)?;
     let doc = routing
         .explain(q.get("api").map(String::as_str), &headers, body)
         .await?;
     Ok(Json(doc).into_response())
+}
+
+/// `GET /admin/v1/batches?limit=` (1 to 200, default 50): newest first.
+pub(super) async fn batches(
+    State(admin): State<Arc<Admin>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Answer {
+    if let Some(k) = q.keys().find(|k| k.as_str() != "limit") {
+        return Err(AdminError::invalid(format!(
+            "Unknown parameter '{k}'; use limit."
+        )));
+    }
+    let limit = super::handlers::limit_param(&q, 50, 200)?;
+    let list = ingress(&admin)?.batches(limit as usize).await?;
+    Ok(Json(list).into_response())
 }
