@@ -236,6 +236,9 @@ def main():
         wait("the request's page", lambda: request_id in c.find("h1").text)
         attempts = c.all("#attempts tbody tr")
         check(len(attempts) == 1 and "openai/gpt-4o-mini" in attempts[0].text, "the attempt: " + " | ".join(r.text for r in attempts))
+        link = c.find("#trace-link")
+        check(link.get_attribute("href") == f"http://traces.example/trace/{link.text}" and len(link.text) == 32,
+              f"the trace link: {link.get_attribute('href')}")
         c.shot("request")
 
         # And in the overview.

@@ -10,13 +10,15 @@ use crate::stack::{Stack, StackOptions};
 use crate::tenants::{ADMIN, tenants_store};
 
 const VIEWER: &str = "sk-sy-viewer-e2e-token-1";
+const TRACES: &str = "http://traces.example/trace/{trace_id}";
 
-/// A stack with tenants, ClickHouse, an owner token ([`ADMIN`]) and a
-/// viewer token ([`VIEWER`]).
+/// A stack with tenants, ClickHouse, an owner token ([`ADMIN`]), a viewer
+/// token ([`VIEWER`]) and traces (to a closed port: only their ids matter
+/// here) with a viewer the console links to.
 async fn console_stack(prefix: &str) -> Stack {
     let (_, sections) = tenants_store(prefix).await;
     let sections = format!(
-        "{sections}\n[[admin_tokens]]\nname = \"ops\"\ntoken = \"{ADMIN}\"\nrole = \"owner\"\n\n[[admin_tokens]]\nname = \"watcher\"\ntoken = \"{VIEWER}\"\nrole = \"viewer\"\n"
+        "{sections}\n[[admin_tokens]]\nname = \"ops\"\ntoken = \"{ADMIN}\"\nrole = \"owner\"\n\n[[admin_tokens]]\nname = \"watcher\"\ntoken = \"{VIEWER}\"\nrole = \"viewer\"\n\n[tracing]\nenabled = true\nendpoint = \"http://127.0.0.1:9/v1/traces\"\nviewer_url = \"{TRACES}\"\n"
     );
     Stack::start_with(StackOptions {
         sections,
@@ -149,6 +151,7 @@ async fn console_sessions_need_csrf_for_writes_end_on_sign_out_and_pages_carry_a
     .await;
     assert_eq!((status, me["role"].as_str()), (200, Some("owner")), "{me}");
     assert_eq!(me["can"]["tenants"], true);
+    assert_eq!(me["trace_viewer"], TRACES);
     let (status, _) = call(&stack, Method::GET, "/admin/v1/orgs", &cookie, None, None).await;
     assert_eq!(status, 200);
     let org = Some(json!({"name": "Console Co"}));

@@ -95,6 +95,9 @@ pub struct RawTracing {
     pub record_content: bool,
     /// The traces' `service.name`; none: `OTEL_SERVICE_NAME`, else `switchyard`.
     pub service_name: Option<String>,
+    /// Where a trace is seen, with `{trace_id}` for its id (Jaeger:
+    /// `http://127.0.0.1:16686/trace/{trace_id}`): the console links to it.
+    pub viewer_url: Option<String>,
 }
 
 /// `[log]`.

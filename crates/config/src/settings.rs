@@ -99,6 +99,8 @@ pub struct TracingConfig {
     pub record_content: bool,
     /// The traces' `service.name`, if the config names one.
     pub service_name: Option<String>,
+    /// A trace viewer's URL with `{trace_id}`, for the console's links.
+    pub viewer_url: Option<String>,
 }
 
 impl Default for TracingConfig {
@@ -110,6 +112,7 @@ impl Default for TracingConfig {
             sample_ratio: 1.0,
             record_content: false,
             service_name: None,
+            viewer_url: None,
         }
     }
 }

@@ -436,18 +436,28 @@ fn tracing_and_log_settings_are_checked() {
     assert_eq!(c.tracing.protocol.as_deref(), Some("http/json"));
     assert_eq!(c.tracing.sample_ratio, 0.25);
     assert!(!c.tracing.record_content);
+    let viewer = Config::from_toml(
+        "[tracing]\nviewer_url = \"http://127.0.0.1:16686/trace/{trace_id}\"\n",
+        &env(&[]),
+    )
+    .unwrap();
+    assert_eq!(
+        viewer.tracing.viewer_url.as_deref(),
+        Some("http://127.0.0.1:16686/trace/{trace_id}")
+    );
     assert!(c.log.json);
     assert_eq!(c.log.level.as_deref(), Some("debug"));
     let none = Config::from_toml("", &env(&[])).unwrap();
     assert_eq!(none.tracing, crate::TracingConfig::default());
     assert!(!none.log.json);
     let bad = problems(
-        "[tracing]\nendpoint = \"localhost:4318\"\nprotocol = \"grpc\"\nsample_ratio = 1.5\n[log]\nformat = \"xml\"\n",
+        "[tracing]\nendpoint = \"localhost:4318\"\nprotocol = \"grpc\"\nsample_ratio = 1.5\nviewer_url = \"http://jaeger:16686/trace/\"\n[log]\nformat = \"xml\"\n",
     );
     for want in [
         "tracing.endpoint",
         "tracing.protocol",
         "tracing.sample_ratio",
+        "tracing.viewer_url",
         "log.format",
     ] {
         assert!(bad.iter().any(|p| p.starts_with(want)), "{want}: {bad:?}");

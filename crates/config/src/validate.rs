@@ -847,6 +847,16 @@ fn tracing_config(e: &mut Vec<ConfigError>, t: &crate::RawTracing) -> TracingCon
             "must be http/protobuf or http/json (gRPC is not built in)",
         ));
     }
+    let viewer_url = t.viewer_url.clone().filter(|u| !u.is_empty());
+    if let Some(u) = &viewer_url
+        && (!u.contains("{trace_id}")
+            || !Url::parse(u).is_ok_and(|u| matches!(u.scheme(), "http" | "https")))
+    {
+        e.push(ConfigError::new(
+            "tracing.viewer_url",
+            "must be an http(s) URL with {trace_id}, like http://127.0.0.1:16686/trace/{trace_id}",
+        ));
+    }
     let sample_ratio = t.sample_ratio.unwrap_or(1.0);
     if !(0.0..=1.0).contains(&sample_ratio) {
         e.push(ConfigError::new("tracing.sample_ratio", "must be 0 to 1"));
@@ -858,6 +868,7 @@ fn tracing_config(e: &mut Vec<ConfigError>, t: &crate::RawTracing) -> TracingCon
         sample_ratio: sample_ratio.clamp(0.0, 1.0),
         record_content: t.record_content,
         service_name: t.service_name.clone().filter(|s| !s.is_empty()),
+        viewer_url,
     }
 }
 

@@ -748,6 +748,14 @@ function requestTable(rows) {
   ], rows, { id: "requests", rowAttrs: (r) => ({ "data-request-id": r.request_id }) });
 }
 
+// The request's trace: a link to the configured viewer, else its id.
+function traceLink(traceId) {
+  if (!traceId) return "tracing off";
+  const viewer = state.me.trace_viewer;
+  if (!viewer) return traceId;
+  return h("a", { id: "trace-link", href: viewer.replace("{trace_id}", encodeURIComponent(traceId)), rel: "noopener noreferrer", target: "_blank" }, traceId);
+}
+
 async function requestPage(id) {
   const v = await api("GET", `/admin/v1/requests?request_id=${encodeURIComponent(id)}`);
   const attempts = [...v.data].reverse();
@@ -759,11 +767,11 @@ async function requestPage(id) {
     ["Class", last.class || "—"], ["Route", last.route ? `${last.route} (${last.strategy})` : "fixed order"],
     ["Attempts", attempts.length], ["Billed USD", usd(billed)], ["Key", last.key_id],
     ["Org / project", `${last.org_id || "—"} / ${last.project_id || "—"}`], ["Tags", tags || "—"],
-    ["Trace", last.trace_id || "tracing off"],
+    ["Trace", traceLink(last.trace_id)],
   ];
   setPage(`Request ${id}`,
     h("p", {}, h("a", { href: "#/requests" }, "← Requests")),
-    h("dl", { id: "request-facts", class: "facts" }, facts.flatMap(([k, val]) => [h("dt", {}, k), h("dd", {}, String(val))])),
+    h("dl", { id: "request-facts", class: "facts" }, facts.flatMap(([k, val]) => [h("dt", {}, k), h("dd", {}, val instanceof Node ? val : String(val))])),
     h("h2", {}, "Attempts"),
     table([
       { title: "#", value: (r) => r.attempt, num: true },

@@ -165,6 +165,7 @@ fn abilities(role: Role) -> serde_json::Value {
 }
 
 fn session_view(
+    admin: &Admin,
     (name, role, org_id): &crate::admin::Identity,
     csrf: &str,
     expires_at: i64,
@@ -172,6 +173,7 @@ fn session_view(
     json!({
         "name": name, "role": role.as_str(), "org_id": org_id,
         "csrf": csrf, "expires_at": expires_at, "can": abilities(*role),
+        "trace_viewer": admin.trace_viewer(),
     })
 }
 
@@ -236,7 +238,7 @@ async fn sign_in(State(admin): State<Arc<Admin>>, headers: HeaderMap, body: Byte
     tracing::info!(identity = %who.0, role = who.1.as_str(), "A console session began.");
     let mut resp = (
         StatusCode::CREATED,
-        axum::Json(session_view(&who, &csrf, expires_at)),
+        axum::Json(session_view(&admin, &who, &csrf, expires_at)),
     )
         .into_response();
     resp.headers_mut()
@@ -256,7 +258,13 @@ async fn whoami(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response
     };
     match crate::admin::session_identity(&admin, &session.token).await {
         Ok(Some(who)) => guarded(
-            axum::Json(session_view(&who, &session.csrf, session.expires_at)).into_response(),
+            axum::Json(session_view(
+                &admin,
+                &who,
+                &session.csrf,
+                session.expires_at,
+            ))
+            .into_response(),
         ),
         Ok(None) => unauthenticated("The admin token of this session is no longer valid."),
         Err(e) => guarded(e.into_response()),

@@ -64,7 +64,9 @@ pub(crate) async fn follow(
             })
         })
         .collect();
-    admin = admin.with_base_prices(base_prices);
+    admin = admin
+        .with_base_prices(base_prices)
+        .with_trace_viewer(config.tracing.viewer_url.clone());
     if let Some(topups) =
         sy_control::payments::Topups::from_config(&config.billing).map_err(|e| fail(&e))?
     {

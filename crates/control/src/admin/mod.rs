@@ -103,6 +103,8 @@ pub struct Admin {
     topups: Option<crate::payments::Topups>,
     /// Price version 0: the config file's prices, by "<provider>/<model>".
     base_prices: std::collections::BTreeMap<String, sy_config::RawPrice>,
+    /// A trace viewer's URL with `{trace_id}`, for the console's links.
+    trace_viewer: Option<String>,
     /// What the ingress that mounts this API lends it, once it does.
     ingress: Arc<std::sync::OnceLock<Arc<dyn ingress::Ingress>>>,
 }
@@ -130,7 +132,21 @@ impl Admin {
             topups: None,
             base_prices: std::collections::BTreeMap::new(),
             ingress: Arc::default(),
+            trace_viewer: None,
         })
+    }
+
+    /// The same, with a trace viewer's URL (`{trace_id}` in it) the
+    /// console links requests to.
+    pub fn with_trace_viewer(self: Arc<Self>, url: Option<String>) -> Arc<Self> {
+        let mut admin = Arc::unwrap_or_clone(self);
+        admin.trace_viewer = url;
+        Arc::new(admin)
+    }
+
+    /// The trace viewer's URL, if configured.
+    pub fn trace_viewer(&self) -> Option<&str> {
+        self.trace_viewer.as_deref()
     }
 
     /// Lends this API what the ingress holds (live targets, overrides, the
