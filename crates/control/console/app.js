@@ -127,7 +127,7 @@ async function signOut() {
 const PAGES = [
   { path: "overview", title: "Overview", show: () => true },
   { path: "tenants", title: "Tenants", show: () => true },
-  { path: "routing", title: "Routing", show: () => true },
+  { path: "routing", title: "Routing", show: (me) => !me.org_id },
   { path: "requests", title: "Requests", show: (me) => me.can.usage },
   { path: "batches", title: "Batches", show: (me) => !me.org_id },
   { path: "audit", title: "Audit log", show: (me) => me.can.audit },
@@ -285,7 +285,9 @@ async function tenantsPage() {
 
 function csv(rows, columns) {
   const cell = (v) => {
-    const s = v === null || v === undefined ? "" : String(v);
+    let s = v === null || v === undefined ? "" : String(v);
+    // A tenant's text that a spreadsheet would run as a formula is kept as text.
+    if (/^[=+\-@\t\r]/.test(s) && !/^-?\d/.test(s)) s = `'${s}`;
     return /[",\n]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
   };
   return [columns.join(","), ...rows.map((r) => columns.map((c) => cell(r[c])).join(","))].join("\n") + "\n";
