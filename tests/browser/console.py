@@ -303,6 +303,34 @@ def main():
         wait("the audit log", lambda: "org.create" in c.find("#audit").text and "target.force" in c.find("#audit").text)
         c.shot("audit")
 
+        # Access: an admin token made here shows its secret once and, revoked,
+        # signs nobody in; a provider credential is sealed, listed by its
+        # fingerprint only, and deleted.
+        c.go("#/access")
+        c.visible("#new-token-name").send_keys("made-here")
+        c.find("#create-token").click()
+        made = wait("the new admin token", lambda: c.find("#new-key-secret").text)
+        check(made.startswith("sy_admin_"), f"the admin token: {made[:12]}")
+        c.visible("#cred-provider").send_keys("anthropic")
+        c.find("#cred-key").send_keys("sk-console-test-0123456789")
+        c.find("#set-credential").click()
+        wait("the credential listed", lambda: "anthropic" in c.find("#credentials").text)
+        check("sk-console-test" not in c.find("main").text, "the credential's key is shown")
+        c.shot("access")
+        revoke = wait("the made token's revoke button",
+                      lambda: [b for b in c.all("button.revoke-token")
+                               if "made-here" in b.find_element(By.XPATH, "./ancestor::tr").text][0])
+        revoke.click()
+        revoke.click()
+        wait("the made token revoked", lambda: not [b for b in c.all("button.revoke-token")
+                                                     if "made-here" in b.find_element(By.XPATH, "./ancestor::tr").text])
+        delete = c.find("button.delete-credential")
+        delete.click()
+        delete.click()
+        wait("the credential deleted", lambda: "anthropic" not in c.find("#credentials").text)
+        status, _ = c.fetch("POST", "/console/api/session", None, {"token": made})
+        check(status == 401, f"a revoked admin token signed in: {status}")
+
         # A phone's screen: nothing wider than the screen but the tables' own scroll.
         d.set_window_size(390, 844)
         c.go("#/tenants")

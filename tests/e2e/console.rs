@@ -17,8 +17,9 @@ const TRACES: &str = "http://traces.example/trace/{trace_id}";
 /// here) with a viewer the console links to.
 async fn console_stack(prefix: &str) -> Stack {
     let (_, sections) = tenants_store(prefix).await;
+    let master = "cd".repeat(32);
     let sections = format!(
-        "{sections}\n[[admin_tokens]]\nname = \"ops\"\ntoken = \"{ADMIN}\"\nrole = \"owner\"\n\n[[admin_tokens]]\nname = \"watcher\"\ntoken = \"{VIEWER}\"\nrole = \"viewer\"\n\n[tracing]\nenabled = true\nendpoint = \"http://127.0.0.1:9/v1/traces\"\nviewer_url = \"{TRACES}\"\n"
+        "{sections}\n[[admin_tokens]]\nname = \"ops\"\ntoken = \"{ADMIN}\"\nrole = \"owner\"\n\n[[admin_tokens]]\nname = \"watcher\"\ntoken = \"{VIEWER}\"\nrole = \"viewer\"\n\n[credentials]\nmaster_key = \"{master}\"\n\n[tracing]\nenabled = true\nendpoint = \"http://127.0.0.1:9/v1/traces\"\nviewer_url = \"{TRACES}\"\n"
     );
     Stack::start_with(StackOptions {
         sections,
@@ -200,6 +201,20 @@ async fn console_sessions_need_csrf_for_writes_end_on_sign_out_and_pages_carry_a
     )
     .await;
     assert_eq!(audit["data"][0]["actor"], "ops", "{audit}");
+    let (_, audit) = call(
+        &stack,
+        Method::GET,
+        "/admin/v1/audit?action=console.sign_in",
+        &cookie,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(audit["data"][0]["actor"], "ops", "{audit}");
+    assert_eq!(
+        audit["data"][0]["target_kind"], "console_session",
+        "{audit}"
+    );
 
     // A viewer's session: the role holds whatever the page shows.
     let (viewer, viewer_csrf) = sign_in(&stack, VIEWER).await;
@@ -254,6 +269,16 @@ async fn console_sessions_need_csrf_for_writes_end_on_sign_out_and_pages_carry_a
     assert_eq!(status, 204);
     let (status, _) = call(&stack, Method::GET, "/admin/v1/orgs", &cookie, None, None).await;
     assert_eq!(status, 401);
+    let (_, audit) = call(
+        &stack,
+        Method::GET,
+        "/admin/v1/audit?action=console.sign_out",
+        &viewer,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(audit["data"][0]["actor"], "ops", "{audit}");
 
     // A database token's session ends when the token is revoked.
     let r = stack

@@ -130,6 +130,7 @@ const PAGES = [
   { path: "routing", title: "Routing", show: (me) => !me.org_id },
   { path: "requests", title: "Requests", show: (me) => me.can.usage },
   { path: "batches", title: "Batches", show: (me) => !me.org_id },
+  { path: "access", title: "Access", show: (me) => me.can.credentials || me.can.admin_tokens },
   { path: "audit", title: "Audit log", show: (me) => me.can.audit },
 ];
 
@@ -158,6 +159,7 @@ async function route() {
       case "audit": await auditPage(); break;
       case "routing": await routingPage(); break;
       case "batches": await batchesPage(); break;
+      case "access": await accessPage(); break;
       default: await overviewPage();
     }
   } catch (e) {
@@ -390,14 +392,17 @@ async function billingSection(org) {
     h("button", { type: "submit", id: "credit" }, "Credit")));
   }
   if (state.me.can.balances) {
-    const cents = h("input", { id: "topup-usd", size: 8, inputmode: "decimal", required: true });
+    const cents = h("input", { id: "topup-amount", size: 8, inputmode: "decimal", required: true });
+    const via = h("select", { id: "topup-provider" },
+      h("option", { value: "stripe" }, "Stripe, USD"), h("option", { value: "yookassa" }, "YooKassa, RUB"));
     box.append(h("form", { class: "inline", id: "topup-form", onsubmit: async (ev) => {
       ev.preventDefault();
+      const currency = via.value === "yookassa" ? "rub" : "usd";
       try {
-        const order = await api("POST", `/admin/v1/orgs/${org.id}/topups`, { provider: "stripe", amount: Math.round(Number(cents.value) * 100), currency: "usd" });
+        const order = await api("POST", `/admin/v1/orgs/${org.id}/topups`, { provider: via.value, amount: Math.round(Number(cents.value) * 100), currency });
         status.replaceChildren("Pay here: ", h("a", { href: order.payment_url, rel: "noopener noreferrer", target: "_blank" }, order.payment_url));
       } catch (e) { status.textContent = e.message; }
-    } }, h("label", {}, "Top up USD (Stripe)", cents), h("button", { type: "submit", id: "topup" }, "Top up")));
+    } }, h("label", {}, "Top up", cents), h("label", {}, "Through", via), h("button", { type: "submit", id: "topup" }, "Top up")));
   }
   const month = h("input", { id: "invoice-period", type: "month", value: new Date().toISOString().slice(0, 7), required: true });
   const inv = h("div", { id: "invoice" });
@@ -684,6 +689,75 @@ function explainForm(rt) {
 }
 
 function ms0(v) { return v === null || v === undefined ? "—" : Math.round(v); }
+
+// ---------- access: admin tokens and provider credentials ----------
+
+async function accessPage() {
+  const content = [];
+  if (state.me.can.admin_tokens) {
+    const tokens = await api("GET", "/admin/v1/admin-tokens");
+    const name = h("input", { id: "new-token-name", required: true, maxlength: 200 });
+    const role = h("select", { id: "new-token-role" }, ["viewer", "billing", "operator", "admin", "owner"].map((r) => h("option", { value: r }, r)));
+    const status = h("span", { class: "status", role: "status" });
+    content.push(h("h2", {}, "Admin tokens"),
+      h("form", { class: "inline", id: "create-token-form", onsubmit: async (ev) => {
+        ev.preventDefault();
+        try {
+          const body = { name: name.value, role: role.value };
+          if (state.me.org_id) body.org_id = state.me.org_id;
+          const t = await api("POST", "/admin/v1/admin-tokens", body);
+          await accessPage();
+          showSecret(t.token);
+        } catch (e) { status.textContent = e.message; }
+      } }, h("label", {}, "Name", name), h("label", {}, "Role", role), h("button", { type: "submit", class: "primary", id: "create-token" }, "Create token"), status),
+      h("div", { id: "secret-box" }),
+      table([
+        { title: "Name", value: (t) => t.name },
+        { title: "Role", value: (t) => t.role },
+        { title: "Org", value: (t) => t.org_id || "deployment" },
+        { title: "Prefix", value: (t) => t.prefix },
+        { title: "Status", value: (t) => statusBadge(t.status) },
+        { title: "Created", value: (t) => when(t.created_at) },
+        { title: "", value: (t) => (t.status === "active" ? confirmButton("Revoke", "Confirm revoke", { class: "revoke-token", "data-token-id": t.id }, async () => {
+          await api("DELETE", `/admin/v1/admin-tokens/${encodeURIComponent(t.id)}`);
+          await accessPage();
+        }) : "") },
+      ], tokens.data, { id: "admin-tokens" }));
+  }
+  if (state.me.can.credentials) {
+    const creds = await api("GET", "/admin/v1/credentials").catch((e) => ({ error: e }));
+    content.push(h("h2", {}, "Provider credentials"));
+    if (creds.error) {
+      content.push(errorBox(creds.error));
+    } else {
+      const provider = h("input", { id: "cred-provider", required: true, maxlength: 100, placeholder: "openai" });
+      const key = h("input", { id: "cred-key", type: "password", required: true, autocomplete: "off", maxlength: 4000 });
+      const status = h("span", { class: "status", role: "status" });
+      content.push(h("form", { class: "inline", id: "cred-form", onsubmit: async (ev) => {
+        ev.preventDefault();
+        const body = { provider: provider.value, api_key: key.value };
+        if (state.me.org_id) body.org_id = state.me.org_id;
+        try {
+          await api("POST", "/admin/v1/credentials", body);
+          key.value = "";
+          await accessPage();
+        } catch (e) { status.textContent = e.message; }
+      } }, h("label", {}, "Provider", provider), h("label", {}, "API key (sealed; never shown again)", key),
+      h("button", { type: "submit", class: "primary", id: "set-credential" }, "Set"), status),
+      table([
+        { title: "Provider", value: (c) => c.provider },
+        { title: "Org", value: (c) => c.org_id || "all (global)" },
+        { title: "Fingerprint", value: (c) => c.fingerprint },
+        { title: "Updated", value: (c) => when(c.updated_at) },
+        { title: "", value: (c) => confirmButton("Delete", "Confirm delete", { class: "delete-credential" }, async () => {
+          await api("DELETE", `/admin/v1/credentials/${encodeURIComponent(c.id)}`);
+          await accessPage();
+        }) },
+      ], creds.data, { id: "credentials" }));
+    }
+  }
+  setPage("Access", ...content);
+}
 
 // ---------- batches ----------
 

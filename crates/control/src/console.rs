@@ -194,6 +194,25 @@ fn same_origin(headers: &HeaderMap) -> bool {
     host.is_some() && origin_host == host
 }
 
+/// Records a session's start or end in the audit log.
+async fn audit_session(
+    admin: &Admin,
+    (name, role, _): &crate::admin::Identity,
+    hash: &[u8; 32],
+    action: &str,
+) -> Result<(), AdminError> {
+    let id: String = hash[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let actor = crate::audit::Actor::local(name, role.as_str());
+    let entry = crate::audit::Entry {
+        action,
+        target_kind: "console_session",
+        target_id: id,
+        before: None,
+        after: None,
+    };
+    Ok(admin.store().audit_event(&actor, entry).await?)
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SignIn {
@@ -236,6 +255,11 @@ async fn sign_in(State(admin): State<Arc<Admin>>, headers: HeaderMap, body: Byte
         Err(e) => return guarded(AdminError::from(e).into_response()),
     };
     tracing::info!(identity = %who.0, role = who.1.as_str(), "A console session began.");
+    // Audited, under the session's id (the first 16 hex digits of its
+    // hash: enough to tell sessions apart, nothing to sign in with).
+    if let Err(e) = audit_session(&admin, &who, &session_hash(&secret), "console.sign_in").await {
+        return guarded(e.into_response());
+    }
     let mut resp = (
         StatusCode::CREATED,
         axum::Json(session_view(&admin, &who, &csrf, expires_at)),
@@ -288,6 +312,11 @@ async fn sign_out(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Respon
     }
     if let Err(e) = admin.store().end_console_session(&hash).await {
         return guarded(AdminError::from(e).into_response());
+    }
+    if let Ok(Some(who)) = crate::admin::session_identity(&admin, &session.token).await
+        && let Err(e) = audit_session(&admin, &who, &hash, "console.sign_out").await
+    {
+        return guarded(e.into_response());
     }
     let mut resp = StatusCode::NO_CONTENT.into_response();
     resp.headers_mut()
