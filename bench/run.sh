@@ -20,6 +20,7 @@
 #   ONLY=cache ...          # only the response cache rows (needs limits: Redis)
 #   ONLY=cache CACHE_MEMORY_ONLY=1 ...  # only memory-tier hits against the direct call
 #   ONLY=callgrind ...      # only the instruction counts of the limit keys and a memory-tier cache hit
+#   ONLY=hop ...            # only the bare JetStream hop and Switchyard beside it (non-streamed, c=1 and 64)
 #                           # (CALLGRIND_KEEP=dir keeps callgrind's files)
 #   NO_TRACING=1 ...        # no traced switchyard (for a build from before traces)
 #   CPU=1 ...               # and CPU per request of each process on the path, per row
@@ -203,16 +204,22 @@ if [[ -n ${ONLY:-} ]]; then all=0; fi
 tracing=1
 if [[ -n ${NO_TRACING:-} || (-n ${ONLY:-} && ${ONLY:-} != tracing) ]]; then tracing=0; fi
 limit_rows=$limits
-if [[ ${ONLY:-} == tracing || ${ONLY:-} == cache ]]; then limit_rows=0; fi
+if [[ ${ONLY:-} == tracing || ${ONLY:-} == cache || ${ONLY:-} == hop ]]; then limit_rows=0; fi
 cache_rows=0
 if ((limits)) && [[ -z ${ONLY:-} || ${ONLY:-} == cache ]]; then cache_rows=1; fi
 timed_rows=1
 if [[ ${ONLY:-} == callgrind ]]; then timed_rows=0; CALLGRIND=1; fi
-if ((all)); then
-say "Non-streamed, concurrency 1"
+hop() { # label concurrency requests warmup: the bare JetStream hop (sy-bench --hop)
+  "$TARGET/release/sy-bench" --hop --nats nats://127.0.0.1:4222 --label "$1" --concurrency "$2" \
+    --requests $(($3 / scale)) --warmup $(($4 / scale)) | tee -a "$tmp.acct"
+}
+if ((all)) || [[ ${ONLY:-} == hop ]]; then
+say "Non-streamed, concurrency 1, and the bare JetStream hop"
+hop hop 1 3000 300
 run direct "$direct" 1 3000 300
 run switchyard "$via" 1 3000 300
-say "Non-streamed, concurrency 64"
+say "Non-streamed, concurrency 64, and the bare JetStream hop"
+hop hop 64 20000 2000
 run direct "$direct" 64 20000 2000
 run switchyard "$via" 64 20000 2000
 fi
@@ -455,6 +462,24 @@ for d, v in zip(rows[0::2], rows[1::2]):
     p50d, p50v = num(d[key + "50_ms"]), num(v[key + "50_ms"])
     p99d, p99v = num(d[key + "99_ms"]), num(v[key + "99_ms"])
     print(f"| {path} | {mode} | {d['concurrency']} | {p50d:.3f} | {p50v:.3f} | {p50v - p50d:+.3f} | {p99d:.3f} | {p99v:.3f} | {p99v - p99d:+.3f} | {d['rps']:.0f} | {v['rps']:.0f} | {d['errors']}/{v['errors']} |")
+PY
+python3 - "$tmp" "$tmp.acct" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+extra = [json.loads(l) for l in open(sys.argv[2])] if __import__("os").path.exists(sys.argv[2]) else []
+hops = {h["concurrency"]: h for h in extra if h.get("mode") == "hop"}
+if hops:
+    print()
+    print("Against the bare JetStream hop (issue 23's goals: added p50 <= 1.25x the hop's, p99 <= 1.5x; rps >= 25 % of the hop's at c=64):")
+    print()
+    print("| conc | hop p50 | added p50 | ratio | hop p99 | added p99 | ratio | hop rps | switchyard rps | share |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for d, v in zip(rows[0::2], rows[1::2]):
+        h = hops.get(d["concurrency"])
+        if h is None or d["stream"] or v["label"] != "switchyard":
+            continue
+        a50, a99 = v["p50_ms"] - d["p50_ms"], v["p99_ms"] - d["p99_ms"]
+        print(f"| {d['concurrency']} | {h['p50_ms']:.3f} | {a50:+.3f} | {a50 / h['p50_ms']:.2f}x | {h['p99_ms']:.3f} | {a99:+.3f} | {a99 / h['p99_ms']:.2f}x | {h['rps']:.0f} | {v['rps']:.0f} | {100 * v['rps'] / h['rps']:.1f} % |")
 PY
 rm -f "$tmp" "$tmp.acct"
 echo "Raw results appended to $out" >&2

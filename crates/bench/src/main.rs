@@ -5,6 +5,10 @@
 //! send → first content token and send → `[DONE]` (streamed). Prints one JSON
 //! line with percentiles and throughput. bench/run.sh runs it against the mock
 //! directly and through Switchyard, in one run, to measure the added latency.
+//! With `--hop --nats URL` it measures the bare JetStream hop instead
+//! ([`hop`]), the reference the added latency is compared with.
+
+mod hop;
 
 use std::io::Write;
 use std::sync::Arc;
@@ -22,8 +26,19 @@ use serde_json::json;
 )]
 struct Args {
     /// Full URL of the chat completions endpoint.
+    #[arg(long, required_unless_present = "hop")]
+    url: Option<String>,
+    /// Measure the bare JetStream hop (publish with ack to a work-queue
+    /// stream, a pull consumer answers on a core-NATS reply subject)
+    /// against `--nats` instead of an HTTP endpoint.
     #[arg(long)]
-    url: String,
+    hop: bool,
+    /// The NATS server of `--hop`.
+    #[arg(long, default_value = "nats://127.0.0.1:4222")]
+    nats: String,
+    /// The payload of each hop, bytes (about a short chat's envelope).
+    #[arg(long, default_value_t = 1024)]
+    hop_bytes: usize,
     /// Bearer key.
     #[arg(long, default_value = "sk-sy-local-dev")]
     key: String,
@@ -66,7 +81,7 @@ struct Sample {
 async fn one(client: &reqwest::Client, args: &Args, body: &[u8]) -> anyhow::Result<Sample> {
     let start = Instant::now();
     let mut req = client
-        .post(&args.url)
+        .post(args.url.as_deref().unwrap_or_default())
         .bearer_auth(&args.key)
         .header("x-api-key", &args.key)
         .header("anthropic-version", "2023-06-01")
@@ -149,6 +164,19 @@ fn round(x: f64) -> f64 {
 async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let args = Arc::new(Args::parse());
+    if args.hop {
+        let line = hop::run(
+            &args.nats,
+            args.concurrency,
+            args.requests,
+            args.warmup,
+            args.hop_bytes,
+            &args.label,
+        )
+        .await?;
+        writeln!(std::io::stdout().lock(), "{line}")?;
+        return Ok(());
+    }
     let client = reqwest::Client::builder()
         .tcp_nodelay(true)
         .pool_max_idle_per_host(args.concurrency.max(1) * 2)
