@@ -158,11 +158,6 @@ pub(crate) async fn get_org_usage(
     }
 }
 
-/// `POST /v1/route/explain[?api=<client API>]`: the routing decision for
-/// the body a client would send to that API (`chat_completions` by
-/// default; `messages`, `responses`, `embeddings`, `rerank`, `images`,
-/// `image_edits`, `transcriptions`, `translations`, `speech`), without
-/// calling a provider.
 /// The client API `?api=` names for explain (Chat Completions when none).
 pub(crate) fn explained_api(api: Option<&str>) -> Result<ApiSurface, ApiError> {
     match api {
@@ -217,6 +212,11 @@ pub(crate) async fn console_off() -> Response {
     .into_response()
 }
 
+/// `POST /v1/route/explain[?api=<client API>]`: the routing decision for
+/// the body a client would send to that API (`chat_completions` by
+/// default; `messages`, `responses`, `embeddings`, `rerank`, `images`,
+/// `image_edits`, `transcriptions`, `translations`, `speech`), without
+/// calling a provider.
 pub(crate) async fn route_explain(
     State(state): State<Arc<AppState>>,
     caller: extract::Caller,
