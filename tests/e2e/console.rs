@@ -388,6 +388,13 @@ async fn the_overview_and_request_search_read_traffic_from_clickhouse() {
     assert_eq!(status, 404);
     let (status, _) = get("/admin/v1/requests?status=ok&model=chain&limit=1".into()).await;
     assert_eq!(status, 200);
+    // A tag the rows do not carry matches none of them, even with an empty value.
+    let (status, none) = get("/admin/v1/requests?tag=absent=".into()).await;
+    assert_eq!(
+        (status, none["data"].as_array().map(Vec::len)),
+        (200, Some(0)),
+        "{none}"
+    );
 
     // Bad parameters are 400s naming what is wrong.
     for bad in [

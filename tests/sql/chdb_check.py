@@ -72,7 +72,7 @@ def main():
             "console_targets.sql": (["0", "''", "0", "4000000000"], 2, 7, None),
             "console_requests.sql": (
                 ["0", "0", "''", "0", "'00000000-0000-0000-0000-000000000000'", "0", "''", "0", "''",
-                 "0", "''", "1", "'tier'", "'free'", "10"], 1, 27, None),
+                 "0", "''", "1", "'tier'", "'tier'", "'free'", "10"], 1, 27, None),
         }
         for path in sorted(glob.glob(os.path.join(root, "crates/accounting/sql/*.sql"))):
             name = os.path.basename(path)

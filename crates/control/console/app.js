@@ -289,7 +289,7 @@ function csv(rows, columns) {
   const cell = (v) => {
     let s = v === null || v === undefined ? "" : String(v);
     // A tenant's text that a spreadsheet would run as a formula is kept as text.
-    if (/^[=+\-@\t\r]/.test(s) && !/^-?\d/.test(s)) s = `'${s}`;
+    if (/^[=+\-@\t\r]/.test(s) && !/^-?\d+(\.\d+)?$/.test(s)) s = `'${s}`;
     return /[",\n]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
   };
   return [columns.join(","), ...rows.map((r) => columns.map((c) => cell(r[c])).join(","))].join("\n") + "\n";
@@ -420,6 +420,7 @@ async function billingSection(org) {
         ], v.lines, { id: "invoice-lines" }),
         h("button", { type: "button", onclick: async () => {
           const r = await fetch(`/admin/v1/orgs/${org.id}/invoices/${month.value}?format=csv`, { credentials: "same-origin" });
+          if (!r.ok) { inv.append(errorBox(new ApiError(r.status, "The invoice's CSV could not be read."))); return; }
           download(`invoice-${month.value}.csv`, await r.text());
         } }, "Download CSV"));
     } catch (e) { inv.replaceChildren(errorBox(e)); }

@@ -182,16 +182,24 @@ fn unauthenticated(message: &str) -> Response {
 }
 
 /// A write from another site is refused: a browser sends `Origin` with
-/// every POST and DELETE, and it must be this host.
-fn same_origin(headers: &HeaderMap) -> bool {
+/// every POST and DELETE, and it must be this host (the `Host` header, or
+/// the URI's authority over HTTP/2), default ports aside.
+fn same_origin(headers: &HeaderMap, uri: &axum::http::Uri) -> bool {
     let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
         return true;
     };
-    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
-    let origin_host = origin
-        .strip_prefix("https://")
-        .or_else(|| origin.strip_prefix("http://"));
-    host.is_some() && origin_host == host
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| uri.authority().map(|a| a.as_str()));
+    let Some((scheme, origin_host)) = origin.split_once("://") else {
+        return false;
+    };
+    let bare = |h: &str| -> String {
+        let default = if scheme == "https" { ":443" } else { ":80" };
+        h.strip_suffix(default).unwrap_or(h).to_ascii_lowercase()
+    };
+    host.is_some_and(|h| bare(h) == bare(origin_host))
 }
 
 /// Records a session's start or end in the audit log.
@@ -220,12 +228,17 @@ struct SignIn {
 }
 
 /// `POST /console/api/session {"token"}`: a session for an admin token.
-async fn sign_in(State(admin): State<Arc<Admin>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn sign_in(
+    State(admin): State<Arc<Admin>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let json_body = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|t| t.starts_with("application/json"));
-    if !json_body || !same_origin(&headers) {
+    if !json_body || !same_origin(&headers, &uri) {
         // A cross-site form cannot send JSON, and a page elsewhere has
         // another origin: neither signs anyone in.
         return guarded(
@@ -296,7 +309,11 @@ async fn whoami(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response
 }
 
 /// `DELETE /console/api/session` (with the CSRF token): signs out.
-async fn sign_out(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response {
+async fn sign_out(
+    State(admin): State<Arc<Admin>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Response {
     let Some(secret) = session_cookie(&headers) else {
         return unauthenticated("Not signed in.");
     };
@@ -307,7 +324,7 @@ async fn sign_out(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Respon
         Err(e) => return guarded(AdminError::from(e).into_response()),
     };
     let sent = headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok());
-    if !csrf_matches(sent, &session.csrf) || !same_origin(&headers) {
+    if !csrf_matches(sent, &session.csrf) || !same_origin(&headers, &uri) {
         return guarded(AdminError::csrf_failed().into_response());
     }
     if let Err(e) = admin.store().end_console_session(&hash).await {
@@ -353,18 +370,35 @@ mod tests {
         assert!(!csrf_matches(Some("to"), "tok"));
         assert!(!csrf_matches(None, "tok"));
         let mut h = HeaderMap::new();
+        let plain = axum::http::Uri::from_static("/console/api/session");
         h.insert(header::HOST, HeaderValue::from_static("gw.example:8080"));
-        assert!(same_origin(&h));
+        assert!(same_origin(&h, &plain));
         h.insert(
             header::ORIGIN,
             HeaderValue::from_static("http://gw.example:8080"),
         );
-        assert!(same_origin(&h));
+        assert!(same_origin(&h, &plain));
         h.insert(
             header::ORIGIN,
             HeaderValue::from_static("https://evil.example"),
         );
-        assert!(!same_origin(&h));
+        assert!(!same_origin(&h, &plain));
+        // Default ports aside; HTTP/2's authority when there is no Host.
+        let mut tls = HeaderMap::new();
+        tls.insert(header::HOST, HeaderValue::from_static("gw.example:443"));
+        tls.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://gw.example"),
+        );
+        assert!(same_origin(&tls, &plain));
+        let mut h2 = HeaderMap::new();
+        h2.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://gw.example"),
+        );
+        let full = axum::http::Uri::from_static("https://gw.example/console/api/session");
+        assert!(same_origin(&h2, &full));
+        assert!(!same_origin(&h2, &plain));
     }
 
     #[test]

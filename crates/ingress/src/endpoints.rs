@@ -230,7 +230,12 @@ pub(crate) async fn route_explain(
         let limit = crate::flow::body_limit(&state, surface, &parts.headers)?;
         let body = read_body(limit, &parts.headers, body).await?;
         let defaults = caller.grant.as_ref().map_or(&[][..], |g| &g.tags[..]);
-        explain_body(&state, surface, &parts.headers, body, defaults, request_id).await
+        let doc = explain_body(&state, surface, &parts.headers, body, defaults, request_id).await?;
+        // A key explains only what it may ask for (its model scope).
+        if let Some(model) = doc["model"].as_str() {
+            caller.may_use(model)?;
+        }
+        Ok::<_, ApiError>(doc)
     }
     .await;
     match result {

@@ -526,7 +526,7 @@ pub(crate) async fn identity(
     use crate::console_sessions::SessionToken;
     let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
     if let Some(t) = admin.tokens.iter().find(|t| t.matches(&digest)) {
-        let reference = SessionToken::Config(hex_of(&digest));
+        let reference = SessionToken::Config(config_ref(admin, &digest));
         return Ok(Some(((t.name.clone(), t.role, t.org_id), reference)));
     }
     if !token.starts_with("sy_admin_") {
@@ -545,6 +545,13 @@ fn hex_of(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// How a console session names a config token: keyed with the pepper, so
+/// that reading the sessions table does not allow guessing a weak token
+/// offline.
+fn config_ref(admin: &Admin, digest: &[u8; 32]) -> String {
+    hex_of(&admin.store.pepper().hash(&hex_of(digest)))
+}
+
 /// Who the token a console session names is now (none when it was revoked
 /// or left the config).
 pub(crate) async fn session_identity(
@@ -557,8 +564,8 @@ pub(crate) async fn session_identity(
             .tokens
             .iter()
             .find(|t| {
-                // Constant time in the digest's content.
-                let mine = hex_of(&t.digest);
+                // Constant time in the reference's content.
+                let mine = config_ref(admin, &t.digest);
                 mine.len() == hex.len()
                     && mine
                         .bytes()
