@@ -198,15 +198,7 @@ async fn bad_uploads_are_refused_before_any_provider() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), 400);
-    let v: Value = resp.json().await.unwrap();
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("multipart/form-data"),
-        "{v}"
-    );
+    crate::stack::refused(resp, 400, "multipart/form-data").await;
     assert_eq!(
         stack.upstream_requests(),
         before,
@@ -219,15 +211,7 @@ async fn bad_uploads_are_refused_before_any_provider() {
         form("claude-sonnet-4-5", audio, "a.wav"),
     )
     .await;
-    assert_eq!(resp.status(), 400);
-    let v: Value = resp.json().await.unwrap();
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("no transcription API"),
-        "{v}"
-    );
+    crate::stack::refused(resp, 400, "no transcription API").await;
     assert_eq!(stack.upstream_requests(), before);
 }
 

@@ -122,15 +122,7 @@ async fn bad_embedding_requests_are_refused_before_any_provider() {
     let resp = post(json!({"model": "claude-sonnet-4-5", "input": "x"}))
         .await
         .unwrap();
-    assert_eq!(resp.status(), 400);
-    let v: Value = resp.json().await.unwrap();
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("no embeddings"),
-        "{v}"
-    );
+    crate::stack::refused(resp, 400, "no embeddings").await;
     // A model declared to serve chat only is no embeddings model, and one
     // declared to serve embeddings takes no chat: 400s naming what each
     // serves, no provider call.
@@ -153,15 +145,12 @@ async fn bad_embedding_requests_are_refused_before_any_provider() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), 400);
-    let v: Value = resp.json().await.unwrap();
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("does not serve chat requests; it serves embeddings"),
-        "{v}"
-    );
+    crate::stack::refused(
+        resp,
+        400,
+        "does not serve chat requests; it serves embeddings",
+    )
+    .await;
     assert_eq!(stack.mock.stats().requests, before);
     // Token arrays go to OpenAI-compatible models; Gemini refuses them.
     let resp = post(json!({"model": "text-embedding-3-small", "input": [1, 2, 3]}))

@@ -110,15 +110,7 @@ async fn a_running_mark_left_by_a_dead_ingress_is_released() {
             .send()
     };
     let resp = send().await.unwrap();
-    assert_eq!(resp.status(), 409);
-    let v: Value = resp.json().await.unwrap();
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("abandoned"),
-        "{v}"
-    );
+    crate::stack::refused(resp, 409, "abandoned").await;
     let resp = send().await.unwrap();
     assert_eq!(resp.status(), 200, "the retry after the release runs");
     assert_eq!(stack.mock.stats().requests, 1);

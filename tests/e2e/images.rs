@@ -194,15 +194,7 @@ async fn bad_image_requests_are_refused_before_any_provider() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), 400);
-    let v: Value = resp.json().await.unwrap();
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("does not serve chat requests; it serves images"),
-        "{v}"
-    );
+    crate::stack::refused(resp, 400, "does not serve chat requests; it serves images").await;
     // Gemini draws one image a call.
     let resp = generate(
         &stack,
@@ -212,15 +204,7 @@ async fn bad_image_requests_are_refused_before_any_provider() {
     assert_eq!(resp.status(), 400);
     // Anthropic has no image generation: its adapter refuses, no HTTP call.
     let resp = generate(&stack, json!({"model": "claude-sonnet-4-5", "prompt": "p"})).await;
-    assert_eq!(resp.status(), 400);
-    let v: Value = resp.json().await.unwrap();
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("no image generation API"),
-        "{v}"
-    );
+    crate::stack::refused(resp, 400, "no image generation API").await;
     assert_eq!(
         stack.upstream_requests(),
         before,
@@ -322,14 +306,6 @@ async fn image_edits_upload_through_the_blob_store_fall_back_and_refuse_bad_form
     )
     .await
     .unwrap();
-    assert_eq!(resp.status(), 400);
-    let v: Value = resp.json().await.unwrap();
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("no image edit API"),
-        "{v}"
-    );
+    crate::stack::refused(resp, 400, "no image edit API").await;
     assert_eq!(stack.upstream_requests(), before);
 }

@@ -854,6 +854,16 @@ pub async fn json_of(r: reqwest::RequestBuilder) -> Value {
 }
 
 /// A one-message chat body.
+/// Asserts `resp` is an error of `status` whose message contains `needle`;
+/// its body.
+pub async fn refused(resp: reqwest::Response, status: u16, needle: &str) -> Value {
+    assert_eq!(resp.status(), status);
+    let v: Value = resp.json().await.unwrap();
+    let message = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains(needle), "{v}");
+    v
+}
+
 pub fn body(model: &str, prompt: &str) -> Value {
     json!({"model": model, "messages": [{"role": "user", "content": prompt}]})
 }

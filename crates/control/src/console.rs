@@ -283,15 +283,27 @@ async fn sign_in(
     guarded(resp)
 }
 
+/// The live session of a request's cookie and its hash, or the 401 to answer.
+async fn live_session(
+    admin: &Admin,
+    headers: &HeaderMap,
+) -> Result<([u8; 32], crate::console_sessions::ConsoleSession), Response> {
+    let secret = session_cookie(headers).ok_or_else(|| unauthenticated("Not signed in."))?;
+    let hash = session_hash(&secret);
+    match admin.store().console_session(&hash).await {
+        Ok(Some(s)) => Ok((hash, s)),
+        Ok(None) => Err(unauthenticated(
+            "The console session has ended; sign in again.",
+        )),
+        Err(e) => Err(guarded(AdminError::from(e).into_response())),
+    }
+}
+
 /// `GET /console/api/session`: who the session is, and its CSRF token.
 async fn whoami(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response {
-    let Some(secret) = session_cookie(&headers) else {
-        return unauthenticated("Not signed in.");
-    };
-    let session = match admin.store().console_session(&session_hash(&secret)).await {
-        Ok(Some(s)) => s,
-        Ok(None) => return unauthenticated("The console session has ended; sign in again."),
-        Err(e) => return guarded(AdminError::from(e).into_response()),
+    let (_, session) = match live_session(&admin, &headers).await {
+        Ok(found) => found,
+        Err(resp) => return resp,
     };
     match crate::admin::session_identity(&admin, &session.token).await {
         Ok(Some(who)) => guarded(
@@ -314,14 +326,9 @@ async fn sign_out(
     uri: axum::http::Uri,
     headers: HeaderMap,
 ) -> Response {
-    let Some(secret) = session_cookie(&headers) else {
-        return unauthenticated("Not signed in.");
-    };
-    let hash = session_hash(&secret);
-    let session = match admin.store().console_session(&hash).await {
-        Ok(Some(s)) => s,
-        Ok(None) => return unauthenticated("The console session has ended."),
-        Err(e) => return guarded(AdminError::from(e).into_response()),
+    let (hash, session) = match live_session(&admin, &headers).await {
+        Ok(found) => found,
+        Err(resp) => return resp,
     };
     let sent = headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok());
     if !csrf_matches(sent, &session.csrf) || !same_origin(&headers, &uri) {
