@@ -20,8 +20,10 @@
 #   ONLY=cache ...          # only the response cache rows (needs limits: Redis)
 #   ONLY=cache CACHE_MEMORY_ONLY=1 ...  # only memory-tier hits against the direct call
 #   ONLY=callgrind ...      # only the instruction counts of the limit keys and a memory-tier cache hit
-#   ONLY=hop ...            # only the bare JetStream hop and Switchyard beside it (non-streamed, c=1 and 64)
 #                           # (CALLGRIND_KEEP=dir keeps callgrind's files)
+#   ONLY=hop ...            # only the bare JetStream hop and Switchyard beside it (non-streamed, c=1 and 64,
+#                           # the config's key and every feature on), and where the time goes (stages)
+#   BENCH_RESULTS=file ...  # append the raw results there (default bench/results/<UTC date>.jsonl)
 #   NO_TRACING=1 ...        # no traced switchyard (for a build from before traces)
 #   CPU=1 ...               # and CPU per request of each process on the path, per row
 #   CALLGRIND=1 ...         # and, last, instructions per request of the tenant key
@@ -73,7 +75,11 @@ if ((limits)); then ensure_redis; fi
 
 if [[ -z ${SKIP_BUILD:-} ]]; then
   say "Building release binaries"
-  cargo build --release --locked --bin switchyard --bin mock-provider --bin sy-bench --bin sy-accounting-bench --bin sy-classifier-bench --bin sy-auth-bench --bin sy-limits-bench
+  if [[ -n ${BUILD_ONLY_CALLGRIND:-} ]]; then
+    cargo build --release --locked --bin switchyard --bin mock-provider --bin sy-bench
+  else
+    cargo build --release --locked --bin switchyard --bin mock-provider --bin sy-bench --bin sy-accounting-bench --bin sy-classifier-bench --bin sy-auth-bench --bin sy-limits-bench
+  fi
 fi
 
 bench_ports_free
@@ -88,10 +94,14 @@ listen = "127.0.0.1:18080"
 url = "nats://127.0.0.1:4222"
 namespace = "bench"
 
-# Nothing consumes the usage events here: keep them only briefly, so that runs
-# do not pile them up in JetStream.
+# The accounting consumer runs in the same process, into ClickHouse's database
+# "bench" (made fresh); usage events are kept only briefly all the same.
 [accounting]
 usage_max_age = "2m"
+
+[clickhouse]
+url = "http://127.0.0.1:8123"
+database = "bench"
 
 [[keys]]
 name = "bench"
@@ -130,8 +140,9 @@ name = "bench"
 token = "sk-sy-admin-bench-token"
 role = "owner"
 TOML
-  "${SWITCHYARD_BIN:-$TARGET/release/switchyard}" --config "$conf" migrate >/dev/null
 fi
+curl -sf http://127.0.0.1:8123/ --data-binary 'DROP DATABASE IF EXISTS bench' >/dev/null
+"${SWITCHYARD_BIN:-$TARGET/release/switchyard}" --config "$conf" migrate >/dev/null
 if ((limits)); then
   # The response cache is on for requests that ask (x-switchyard-cache: use);
   # the other rows do not. Last in the file: the memory-tier copy adds a line.
@@ -164,7 +175,7 @@ redis_cpu() { # seconds of CPU Redis has used (user + system)
 
 scale=1
 if [[ -n ${QUICK:-} ]]; then scale=10; fi
-out="bench/results/$(date -u +%Y-%m-%d).jsonl"
+out="${BENCH_RESULTS:-bench/results/$(date -u +%Y-%m-%d).jsonl}"
 tmp=$(mktemp)
 cpu_ticks() { # CPU clock ticks (user + system) of each long-lived process on the path, as JSON
   python3 -c '
@@ -213,15 +224,30 @@ hop() { # label concurrency requests warmup: the bare JetStream hop (sy-bench --
   "$TARGET/release/sy-bench" --hop --nats nats://127.0.0.1:4222 --label "$1" --concurrency "$2" \
     --requests $(($3 / scale)) --warmup $(($4 / scale)) | tee -a "$tmp.acct"
 }
+# Every feature on: a tenant's key from PostgreSQL with RPM, TPM and
+# concurrency limits and a budget in Redis (the config's key without them
+# where there are no limits), metrics and accounting into ClickHouse.
+all_on=()
+if ((limits)); then
+  all_on=(--key "$budgeted_key")
+elif ((tenants)); then
+  all_on=(--key "$tenant_key")
+fi
 if ((all)) || [[ ${ONLY:-} == hop ]]; then
-say "Non-streamed, concurrency 1, and the bare JetStream hop"
+say "Non-streamed, concurrency 1, and the bare JetStream hop; where the time goes"
 hop hop 1 3000 300
 run direct "$direct" 1 3000 300
 run switchyard "$via" 1 3000 300
+run direct "$direct" 1 3000 300
+run all-on "$via" 1 3000 300 "${all_on[@]}"
+"$TARGET/release/sy-bench" --label stages --url "$via" --concurrency 1 --requests $((3000 / scale)) \
+  --warmup $((300 / scale)) --stages "${all_on[@]}" | tee -a "$tmp.acct"
 say "Non-streamed, concurrency 64, and the bare JetStream hop"
 hop hop 64 20000 2000
 run direct "$direct" 64 20000 2000
 run switchyard "$via" 64 20000 2000
+run direct "$direct" 64 20000 2000
+run all-on "$via" 64 20000 2000 "${all_on[@]}"
 fi
 if ((tenants && all)); then
   say "Authentication from memory: the config's key and a tenant's key, interleaved"
@@ -288,11 +314,15 @@ callgrind_limits() { # instructions per request, whole switchyard process: no li
   # The bench's config with 1,000 cache entries in memory: requests without
   # the cache header never look at them.
   cp "$conf" "$cg_conf" && printf 'memory_entries = 1000\n' >>"$cg_conf"
-  SWITCHYARD_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$dir/cg.%p" \
+  # Counting starts after startup (callgrind_control -i on below): uncounted,
+  # the start-up (password hashing of every PostgreSQL connection among it)
+  # runs several times faster under valgrind and keeps inside its time-outs.
+  SWITCHYARD_LOG=warn valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$dir/cg.%p" \
     "${SWITCHYARD_BIN:-$TARGET/release/switchyard}" --config "$cg_conf" all >"$LOG_DIR/bench-callgrind.log" 2>&1 &
   pid=$!
   echo "$pid" >"$RUN_DIR/bench-switchyard.pid"
-  wait_http http://127.0.0.1:18080/readyz 300
+  wait_http http://127.0.0.1:18080/readyz 300 || { grep -v '^==' "$LOG_DIR/bench-callgrind.log" | tail -5 >&2; exit 1; }
+  callgrind_control -i on "$pid" >/dev/null 2>&1
   local round
   for round in tenant limited budgeted memory-hit tenant limited budgeted memory-hit; do
     local args=()
@@ -303,9 +333,15 @@ callgrind_limits() { # instructions per request, whole switchyard process: no li
       memory-hit) args=(--key "$tenant_key" --header "x-switchyard-cache: use") ;;
     esac
     "$TARGET/release/sy-bench" --label warm --url "$via" --concurrency 1 --requests 100 --warmup 0 "${args[@]}" >/dev/null
-    callgrind_control -z "$pid" >/dev/null
-    "$TARGET/release/sy-bench" --label callgrind --url "$via" --concurrency 1 --requests "$n" --warmup 0 "${args[@]}" >/dev/null
-    callgrind_control -d "$pid" >/dev/null
+    callgrind_control -z "$pid" >/dev/null 2>&1
+    local line
+    line=$("$TARGET/release/sy-bench" --label "callgrind-$round" --url "$via" --concurrency 1 --requests "$n" --warmup 0 "${args[@]}")
+    # A round with refused requests would count the refusals' cost.
+    if [[ $line != *'"errors":0,'* ]]; then
+      echo "callgrind round $round had errors: $line" >&2
+      exit 1
+    fi
+    callgrind_control -d "$pid" >/dev/null 2>&1
   done
   stop_pidfile "$RUN_DIR/bench-switchyard.pid" switchyard
   if [[ -n ${CALLGRIND_KEEP:-} ]]; then mkdir -p "$CALLGRIND_KEEP" && cp "$dir"/cg.* "$CALLGRIND_KEEP"/; fi
@@ -472,14 +508,30 @@ if hops:
     print()
     print("Against the bare JetStream hop (issue 23's goals: added p50 <= 1.25x the hop's, p99 <= 1.5x; rps >= 25 % of the hop's at c=64):")
     print()
-    print("| conc | hop p50 | added p50 | ratio | hop p99 | added p99 | ratio | hop rps | switchyard rps | share |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| row | conc | hop p50 | added p50 | ratio | hop p99 | added p99 | ratio | hop rps | switchyard rps | share |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for d, v in zip(rows[0::2], rows[1::2]):
         h = hops.get(d["concurrency"])
-        if h is None or d["stream"] or v["label"] != "switchyard":
+        if h is None or d["stream"] or v["label"] not in ("switchyard", "all-on"):
             continue
         a50, a99 = v["p50_ms"] - d["p50_ms"], v["p99_ms"] - d["p99_ms"]
-        print(f"| {d['concurrency']} | {h['p50_ms']:.3f} | {a50:+.3f} | {a50 / h['p50_ms']:.2f}x | {h['p99_ms']:.3f} | {a99:+.3f} | {a99 / h['p99_ms']:.2f}x | {h['rps']:.0f} | {v['rps']:.0f} | {100 * v['rps'] / h['rps']:.1f} % |")
+        print(f"| {v['label']} | {d['concurrency']} | {h['p50_ms']:.3f} | {a50:+.3f} | {a50 / h['p50_ms']:.2f}x | {h['p99_ms']:.3f} | {a99:+.3f} | {a99 / h['p99_ms']:.2f}x | {h['rps']:.0f} | {v['rps']:.0f} | {100 * v['rps'] / h['rps']:.1f} % |")
+PY
+python3 - "$tmp.acct" <<'PY'
+import json, os, sys
+if not os.path.exists(sys.argv[1]):
+    sys.exit()
+for row in (json.loads(l) for l in open(sys.argv[1])):
+    if "stages" not in row:
+        continue
+    print()
+    print(f"Where the time goes (every feature on, concurrency {row['concurrency']}, {row['requests']} requests; "
+          f"client p50 {row['p50_ms']:.3f} ms; `ack` lies within `queue`, `total` is the ingress's):")
+    print()
+    print("| stage | p50 ms | mean ms |")
+    print("|---|---|---|")
+    for s in row["stages"]:
+        print(f"| {s['stage']} | {s['p50_ms']:.3f} | {s['mean_ms']:.3f} |")
 PY
 rm -f "$tmp" "$tmp.acct"
 echo "Raw results appended to $out" >&2

@@ -2,7 +2,9 @@
 # Runs the whole test suite: formatting, lints, unit, integration and end-to-end
 # tests, and the official openai SDK conformance run; then, over every schema this
 # run's tests made in PostgreSQL, that each prepaid balance is its ledger's sum
-# (tests/sql/ledger_invariant.sql). Installs and starts what is missing first
+# (tests/sql/ledger_invariant.sql); last, the instruction-count guard
+# (bench/instructions.sh: a release build counted under callgrind against
+# bench/instructions.json). Installs and starts what is missing first
 # (idempotently) and stops only what it started.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -59,3 +61,6 @@ fi
 say "the prepaid ledger's invariant, after the whole suite"
 psql "$SY_POSTGRES_URL" -v ON_ERROR_STOP=1 -q -v before="$schemas_before" \
   -f tests/sql/ledger_invariant.sql
+
+say "instructions per request against the committed baseline (bench/instructions.sh)"
+bash bench/instructions.sh

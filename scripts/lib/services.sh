@@ -288,5 +288,15 @@ ensure_browser() {
   export SY_CHROMIUM=/usr/bin/chromium SY_CHROMEDRIVER=/usr/bin/chromedriver
 }
 
+# ensure_valgrind: Debian's valgrind (callgrind_annotate and callgrind_control
+# with it), for the instruction-count guard (bench/instructions.sh).
+ensure_valgrind() {
+  if ! command -v valgrind >/dev/null 2>&1 || ! command -v callgrind_annotate >/dev/null 2>&1; then
+    say "Installing valgrind from Debian"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends valgrind >/dev/null
+  fi
+}
+
 # stop_redis: stops Redis if (and only if) we started it.
 stop_redis() { stop_pidfile "$RUN_DIR/redis.pid" redis-server; }

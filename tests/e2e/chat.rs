@@ -293,3 +293,82 @@ async fn stream_cut_by_the_provider_ends_with_an_error_event() {
     assert_eq!(last["error"]["code"], "provider_error");
     assert!(!streamed_content(&data, 0).is_empty());
 }
+
+/// The stages of an answer's `Server-Timing`, in order.
+fn stages_of(resp: &reqwest::Response) -> Vec<(String, f64)> {
+    resp.headers()[header::SERVER_TIMING]
+        .to_str()
+        .unwrap()
+        .split(", ")
+        .map(|e| {
+            let (name, dur) = e.split_once(";dur=").unwrap();
+            (name.to_owned(), dur.parse().unwrap())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_client_that_asks_is_told_where_its_requests_time_went() {
+    let stack = Stack::start().await;
+    // Not asked: no stages.
+    let resp = stack.chat(&body("gpt-4o-mini", "hi")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().get(header::SERVER_TIMING).is_none());
+    for stream in [false, true] {
+        let mut b = body("gpt-4o-mini", "Where did the time go? [[mock:ttft_ms=60]]");
+        b["stream"] = json!(stream);
+        let resp = stack
+            .chat(&b)
+            .header(header::TIMING, "stages")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let stages = stages_of(&resp);
+        let names: Vec<&str> = stages.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "intake",
+                "auth",
+                "body",
+                "parse",
+                "admit",
+                "limits",
+                "prepare",
+                "serialise",
+                "worker_decode",
+                "worker_setup",
+                "provider",
+                "queue",
+                "ack",
+                "relay",
+                "total"
+            ],
+            "stream: {stream}"
+        );
+        let of = |n: &str| stages.iter().find(|(m, _)| m == n).unwrap().1;
+        // The provider's time is the worker's (the mock waited 60 ms before
+        // its first token), not the queue's.
+        assert!(of("provider") >= 60.0, "{stages:?}");
+        assert!(of("queue") < 60.0, "{stages:?}");
+        assert!(of("ack") <= of("queue") + of("provider"), "{stages:?}");
+        let added: f64 = stages
+            .iter()
+            .filter(|(n, _)| n != "ack" && n != "total")
+            .map(|(_, d)| d)
+            .sum();
+        assert!((added - of("total")).abs() < 0.01, "{stages:?}");
+        // The answer itself is whole.
+        if stream {
+            let data = sse_data(resp).await;
+            assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+        } else {
+            let v: Value = resp.json().await.unwrap();
+            assert_eq!(
+                content(&v),
+                reply_text("Where did the time go?", DEFAULT_TOKENS, 0)
+            );
+        }
+    }
+}

@@ -911,6 +911,7 @@ pub fn envelope(
         pricing: None,
         tags: Vec::new(),
         pipeline: None,
+        timing: false,
     }
 }
 

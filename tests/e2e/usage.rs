@@ -28,8 +28,15 @@ async fn events(stack: &Stack, expected: usize) -> Vec<UsageEvent> {
         .messages()
         .await
         .unwrap();
+    // A worker stores the events that wait together in one message.
     while let Some(Ok(msg)) = batch.next().await {
-        out.push(serde_json::from_slice(&msg.payload).unwrap());
+        let rows = msg
+            .headers
+            .as_ref()
+            .is_some_and(|h| h.get(sy_protocol::header::USAGE_ROWS).is_some());
+        for line in sy_protocol::legacy::usage_lines(&msg.payload, rows) {
+            out.push(serde_json::from_slice(line).unwrap());
+        }
     }
     out
 }

@@ -6,9 +6,13 @@
 //! line with percentiles and throughput. bench/run.sh runs it against the mock
 //! directly and through Switchyard, in one run, to measure the added latency.
 //! With `--hop --nats URL` it measures the bare JetStream hop instead
-//! ([`hop`]), the reference the added latency is compared with.
+//! ([`hop`]), the reference the added latency is compared with. With
+//! `--stages` every request asks Switchyard where its time went
+//! (`x-switchyard-timing: stages`) and the line carries each stage's median
+//! and mean from the `Server-Timing` answers ([`stages`]).
 
 mod hop;
+mod stages;
 
 use std::io::Write;
 use std::sync::Arc;
@@ -70,12 +74,17 @@ struct Args {
     /// A request header `NAME: VALUE` (repeatable), e.g. `x-switchyard-cache: use`.
     #[arg(long = "header", value_name = "NAME: VALUE")]
     headers: Vec<String>,
+    /// Ask for each request's stages and report them (`Server-Timing`).
+    #[arg(long)]
+    stages: bool,
 }
 
 #[derive(Default)]
 struct Sample {
     total_ms: f64,
     ttft_ms: Option<f64>,
+    /// The answer's `Server-Timing` (with `--stages`).
+    timing: Option<String>,
 }
 
 async fn one(client: &reqwest::Client, args: &Args, body: &[u8]) -> anyhow::Result<Sample> {
@@ -92,14 +101,23 @@ async fn one(client: &reqwest::Client, args: &Args, body: &[u8]) -> anyhow::Resu
             .ok_or_else(|| anyhow::anyhow!("--header takes 'NAME: VALUE', not '{h}'"))?;
         req = req.header(name.trim(), value.trim());
     }
+    if args.stages {
+        req = req.header("x-switchyard-timing", "stages");
+    }
     let resp = req.body(body.to_vec()).send().await?;
     anyhow::ensure!(resp.status().is_success(), "status {}", resp.status());
+    let timing = resp
+        .headers()
+        .get("server-timing")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     if !args.stream {
         let bytes = resp.bytes().await?;
         anyhow::ensure!(!bytes.is_empty(), "empty body");
         return Ok(Sample {
             total_ms: start.elapsed().as_secs_f64() * 1e3,
             ttft_ms: None,
+            timing,
         });
     }
     let mut ttft = None;
@@ -141,6 +159,7 @@ async fn one(client: &reqwest::Client, args: &Args, body: &[u8]) -> anyhow::Resu
     Ok(Sample {
         total_ms: start.elapsed().as_secs_f64() * 1e3,
         ttft_ms: ttft,
+        timing,
     })
 }
 
@@ -249,6 +268,13 @@ async fn main() -> anyhow::Result<()> {
     if args.stream {
         line["ttft_p50_ms"] = json!(round(pct(&ttft, 0.50)));
         line["ttft_p99_ms"] = json!(round(pct(&ttft, 0.99)));
+    }
+    if args.stages {
+        let timed: Vec<(f64, &str)> = samples
+            .iter()
+            .map(|s| (s.total_ms, s.timing.as_deref().unwrap_or_default()))
+            .collect();
+        line["stages"] = stages::summary(&timed)?;
     }
     writeln!(std::io::stdout().lock(), "{line}")?;
     Ok(())

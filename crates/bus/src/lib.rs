@@ -376,23 +376,40 @@ impl Bus {
         batch_id: &str,
         events: &[UsageEvent],
     ) -> Result<(), BusError> {
-        let subject = self.subjects.usage();
-        BusError::check_subject(&subject)?;
         let mut payload = Vec::with_capacity(events.len() * 1024);
         for e in events {
             serde_json::to_writer(&mut payload, e).map_err(BusError::Encode)?;
             payload.push(b'\n');
         }
+        let free = events.iter().all(|e| e.billed_nanos == Some(0));
+        self.publish_usage_payload(batch_id, events.len(), free, Bytes::from(payload))
+            .await
+    }
+
+    /// [`Bus::publish_usage_rows`] of events serialised already: `rows`
+    /// JSON objects, one per line, `free` when every one is billed 0.
+    pub async fn publish_usage_payload(
+        &self,
+        batch_id: &str,
+        rows: usize,
+        free: bool,
+        payload: Bytes,
+    ) -> Result<(), BusError> {
+        let subject = self.subjects.usage();
+        BusError::check_subject(&subject)?;
         let mut headers = HeaderMap::new();
         headers.insert(async_nats::header::NATS_MESSAGE_ID, batch_id);
-        headers.insert(
-            sy_protocol::header::USAGE_ROWS,
-            events.len().to_string().as_str(),
-        );
-        if events.iter().all(|e| e.billed_nanos == Some(0)) {
+        headers.insert(sy_protocol::header::USAGE_ROWS, rows.to_string().as_str());
+        if free {
             headers.insert(sy_protocol::header::USAGE_FREE, "1");
         }
-        self.publish_headers(subject, headers, Bytes::from(payload))
+        self.publish_headers(subject, headers, payload).await
+    }
+
+    /// [`Bus::publish_usage`] of an event serialised already (`json`), with
+    /// its id.
+    pub async fn publish_usage_json(&self, event_id: &str, json: Bytes) -> Result<(), BusError> {
+        self.publish_stored(self.subjects.usage(), event_id, json)
             .await
     }
 
@@ -504,12 +521,23 @@ impl Bus {
         envelope: &RequestEnvelope,
         traceparent: Option<&str>,
     ) -> Result<(), BusError> {
+        self.publish_encoded(envelope, encode_request(envelope)?, traceparent)
+            .await
+    }
+
+    /// [`Bus::publish_request`] of `envelope` serialised already (`payload`).
+    async fn publish_encoded(
+        &self,
+        envelope: &RequestEnvelope,
+        payload: Bytes,
+        traceparent: Option<&str>,
+    ) -> Result<(), BusError> {
         if !self.is_connected() {
             return Err(BusError::Unavailable);
         }
         let subject = self.request_subject(envelope);
         let msg_id = UsageEvent::event_id_of(envelope.request_id, envelope.attempt);
-        self.publish_stored_with(subject, &msg_id, traceparent, encode(envelope)?)
+        self.publish_stored_with(subject, &msg_id, traceparent, payload)
             .await
     }
 
@@ -525,10 +553,27 @@ impl Bus {
         traceparent: Option<&str>,
         deadline: tokio::time::Instant,
     ) -> Result<(), BusError> {
+        let payload = encode_request(envelope)?;
+        self.publish_encoded_retrying(envelope, payload, traceparent, deadline)
+            .await
+    }
+
+    /// [`Bus::publish_request_retrying`] of `envelope` serialised already
+    /// ([`encode_request`]): every try sends the same bytes.
+    pub async fn publish_encoded_retrying(
+        &self,
+        envelope: &RequestEnvelope,
+        payload: Bytes,
+        traceparent: Option<&str>,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), BusError> {
         let until = (tokio::time::Instant::now() + self.config.publish_retry).min(deadline);
         let mut wait = Duration::from_millis(50);
         loop {
-            match self.publish_request(envelope, traceparent).await {
+            match self
+                .publish_encoded(envelope, payload.clone(), traceparent)
+                .await
+            {
                 Err(BusError::Unavailable | BusError::NoStream)
                     if tokio::time::Instant::now() + wait < until =>
                 {
@@ -632,6 +677,11 @@ pub(crate) async fn publish_cancel(
         .publish(subjects.cancel(cancel.request_id), encode(cancel)?)
         .await
         .map_err(|e| BusError::Publish(e.to_string()))
+}
+
+/// A request envelope as [`Bus::publish_encoded_retrying`] sends it.
+pub fn encode_request(envelope: &RequestEnvelope) -> Result<Bytes, BusError> {
+    encode(envelope)
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Bytes, BusError> {

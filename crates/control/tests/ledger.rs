@@ -12,23 +12,11 @@ use sy_protocol::UsageEvent;
 
 /// A usage event billed `billed` nano-USD against `org`'s balance.
 fn billed(org: uuid::Uuid, billed: i64) -> UsageEvent {
-    let request_id = uuid::Uuid::now_v7();
     let org = org.to_string();
-    serde_json::from_value(serde_json::json!({
-        "event_id": UsageEvent::event_id_of(request_id, 1),
-        "request_id": request_id, "attempt": 1, "received_unix_ms": 1,
-        "dispatched_unix_ms": 1, "finished_unix_ms": 2, "key_id": "k",
-        "ingress_id": "i", "worker_id": "w", "api": "chat_completions",
-        "model": "m", "provider": "p", "upstream_model": "m", "stream": false,
-        "status": "ok", "input_tokens": 7, "cached_input_tokens": 0,
-        "cache_write_tokens": 0, "output_tokens": 5, "reasoning_tokens": 0,
-        "input_tokens_source": "provider", "output_tokens_source": "provider",
-        "queue_wait_ms": 0, "latency_ms": 1, "client_disconnected": false,
-        "billed_nanos": billed,
-        "limits": {"org": org, "reserved_tokens": 12,
-                   "budgets": [[sy_control::ledger::balance_key(&org), 0]]},
-    }))
-    .unwrap()
+    let mut event = sy_test_support::usage_event_json(billed);
+    event["limits"] = serde_json::json!({"org": org, "reserved_tokens": 12,
+                   "budgets": [[sy_control::ledger::balance_key(&org), 0]]});
+    serde_json::from_value(event).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -379,6 +379,7 @@ pub(crate) fn admit_parsed(
         pricing: None,
         tags,
         pipeline: None,
+        timing: false,
     };
     crate::pricing::price_targets(state, caller, &mut envelope);
     Ok(Admitted {

@@ -136,6 +136,7 @@ fn envelope(surface: ApiSurface, body: &[u8]) -> Option<RequestEnvelope> {
         pricing: None,
         tags: Vec::new(),
         pipeline: None,
+        timing: false,
     })
 }
 

@@ -89,6 +89,8 @@ pub(crate) async fn identify(
     mut req: Request,
     next: Next,
 ) -> Response {
+    let arrived = req.extensions().get::<crate::stages::Arrived>().copied();
+    let mut stages = crate::stages::Stages::asked(req.headers(), arrived);
     let request_id = Uuid::now_v7();
     req.extensions_mut().insert(RequestId(request_id));
     // The client's address, as the connection came (set by `intake::serve`).
@@ -99,6 +101,10 @@ pub(crate) async fn identify(
     match authenticate(&state, req.headers()).and_then(|c| from_allowed_network(c, peer)) {
         Ok(caller) => {
             req.extensions_mut().insert(caller);
+            if let Some(mut s) = stages.take() {
+                s.mark("auth");
+                req.extensions_mut().insert(s);
+            }
             next.run(req).await
         }
         Err(e) => {

@@ -16,6 +16,7 @@ use crate::error::ApiError;
 use crate::intake::{check_content_type, read_body};
 use crate::relay::{Pending, answer_meta};
 use crate::respond::{json_response, sse_response, start_of, with_headers};
+use crate::stages::{self, Stages};
 use crate::state::AppState;
 use crate::surface::{chat::SseEncoder, messages, responses};
 use crate::{admission, extract, idempotency};
@@ -183,7 +184,8 @@ async fn chat(
     req: Request,
 ) -> Result<Response, ChatError> {
     let received_unix_ms = now_unix_ms();
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    let mut stages = parts.extensions.remove::<Stages>();
     let caller = parts.extensions.get::<extract::Caller>().ok_or_else(|| {
         let e = ApiError::new(ErrorCode::Internal, "the request was not authenticated");
         (e, None, None)
@@ -194,10 +196,12 @@ async fn chat(
         .map_err(|e| (e, None, None))?;
     // What Switchyard adds is counted from here: the client's upload is not.
     let received = std::time::Instant::now();
+    stages::mark(&mut stages, "body");
     let body_len = body.len();
     let (request, payload, uploads) = parse_body(surface, &parts.headers, body, request_id)
         .await
         .map_err(|e| (e, None, None))?;
+    stages::mark(&mut stages, "parse");
     let trace = parts
         .extensions
         .get::<sy_telemetry::trace::Span>()
@@ -238,9 +242,11 @@ async fn chat(
         },
     )
     .map_err(|(e, class)| (e, None, class))?;
+    stages::mark(&mut stages, "admit");
     // Rate limits: one Redis round trip, after everything that can refuse a
     // request for free and before it costs anything.
     let mut admitted = admitted;
+    admitted.envelope.timing = stages.is_some();
     if matches!(surface, ApiSurface::Images | ApiSurface::ImageEdits) {
         admitted.origin = crate::surface::images::origin_of(&parts.headers);
     }
@@ -262,6 +268,7 @@ async fn chat(
     };
     admitted.envelope.limits = granted.ticket;
     let headroom = granted.headroom;
+    stages::mark(&mut stages, "limits");
     // An upload is stored once its request is admitted and counted, before
     // the request is queued (its worker reads it from the blob store).
     if !uploads.is_empty()
@@ -292,7 +299,7 @@ async fn chat(
         admitted,
         granted.lease,
         trace,
-        received,
+        (received, stages),
         (cache, caller),
     )
     .await
@@ -318,7 +325,7 @@ pub(crate) async fn answer(
     admitted: admission::Admitted,
     lease: Option<crate::ratelimit::Lease>,
     trace: sy_telemetry::trace::Span,
-    received: std::time::Instant,
+    (received, mut stages): (std::time::Instant, Option<Stages>),
     (cache, caller): (crate::cache::Plan, &extract::Caller),
 ) -> Result<Response, ChatError> {
     let admission::Admitted {
@@ -371,25 +378,39 @@ pub(crate) async fn answer(
     } else {
         sy_telemetry::trace::Span::off()
     };
-    let published = publish_request(
-        state,
-        &mut envelope,
-        publish.traceparent().as_deref(),
-        deadline,
-    )
-    .await;
+    stages::mark(&mut stages, "prepare");
+    let published = match sy_bus::encode_request(&envelope) {
+        Ok(payload) => {
+            if let Some(s) = &mut stages {
+                s.sent();
+            }
+            publish_encoded(
+                state,
+                &mut envelope,
+                payload,
+                publish.traceparent().as_deref(),
+                deadline,
+            )
+            .await
+        }
+        Err(e) => Err(not_queued(state, &mut envelope, e)),
+    };
     if published.is_err() {
         publish.fail("internal");
     }
     publish.end();
     published.map_err(|e| (e, None, class))?;
     tracing::trace!("Request published.");
+    stages::mark(&mut stages, "ack");
     let mut pending = Pending::new(rx, state.bus.clone(), deadline);
     pending.hold(lease);
     let first = pending.next().await.map_err(|e| (e, None, class))?;
     tracing::trace!("First frame received.");
     trace.event("switchyard.first_frame", &[]);
     let start = start_of(&first).cloned();
+    if let Some(s) = &mut stages {
+        s.first_frame(start.as_ref());
+    }
     let names = answer_meta(start.as_ref(), request_id, &envelope.upstream_model);
     if let ReplyFrame::Final(f) = &first
         && let Some(e) = &f.error
@@ -442,6 +463,9 @@ pub(crate) async fn answer(
     };
     let mut resp = with_headers(resp, request_id, start.as_ref(), class);
     crate::cache::mark(&mut resp, &cache);
+    if let Some(v) = stages.as_mut().and_then(Stages::header) {
+        resp.headers_mut().insert(hdr::SERVER_TIMING, v);
+    }
     Ok(with_route(resp, &route_header))
 }
 
@@ -461,17 +485,41 @@ pub(crate) async fn publish_request(
     traceparent: Option<&str>,
     deadline: tokio::time::Instant,
 ) -> Result<(), ApiError> {
-    let Err(e) = state
+    match sy_bus::encode_request(envelope) {
+        Ok(payload) => publish_encoded(state, envelope, payload, traceparent, deadline).await,
+        Err(e) => Err(not_queued(state, envelope, e)),
+    }
+}
+
+/// [`publish_request`] of an envelope serialised already (`payload`).
+async fn publish_encoded(
+    state: &AppState,
+    envelope: &mut sy_protocol::RequestEnvelope,
+    payload: bytes::Bytes,
+    traceparent: Option<&str>,
+    deadline: tokio::time::Instant,
+) -> Result<(), ApiError> {
+    match state
         .bus
-        .publish_request_retrying(envelope, traceparent, deadline)
+        .publish_encoded_retrying(envelope, payload, traceparent, deadline)
         .await
-    else {
-        return Ok(());
-    };
+    {
+        Ok(()) => Ok(()),
+        Err(e) => Err(not_queued(state, envelope, e)),
+    }
+}
+
+/// A request the queue did not take gives back what its limits reserved;
+/// the client's error.
+fn not_queued(
+    state: &AppState,
+    envelope: &mut sy_protocol::RequestEnvelope,
+    e: BusError,
+) -> ApiError {
     if let (Some(r), Some(ticket)) = (&state.rate_limits, envelope.limits.take()) {
         r.give_back(envelope.request_id, ticket);
     }
-    Err(queue_error(state, e))
+    queue_error(state, e)
 }
 
 /// The client's error for a request the queue did not take (a stream the

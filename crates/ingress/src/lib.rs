@@ -38,6 +38,7 @@ mod relay;
 mod reload;
 mod respond;
 mod route;
+mod stages;
 mod state;
 pub mod surface;
 mod tags;

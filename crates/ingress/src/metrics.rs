@@ -32,6 +32,10 @@ pub(crate) async fn observe(mut req: Request, next: Next) -> Response {
         .map_or("unmatched", MatchedPath::as_str)
         .to_owned();
     let started = Instant::now();
+    if req.headers().contains_key(sy_protocol::header::TIMING) {
+        // Where the time went starts here, the first layer of the router.
+        req.extensions_mut().insert(crate::stages::Arrived(started));
+    }
     let span = if trace::enabled() && !UNTRACED.contains(&route.as_str()) {
         let parent = req
             .headers()

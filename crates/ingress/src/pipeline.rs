@@ -519,7 +519,7 @@ async fn last_step(
                 admitted,
                 granted.lease,
                 trace,
-                received,
+                (received, None),
                 (crate::cache::Plan::Off, ask.caller),
             )
             .await?;

@@ -146,6 +146,11 @@ pub struct RequestEnvelope {
     /// The pipeline run and step this request is (docs/pipelines.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pipeline: Option<PipelineStep>,
+    /// The client asked where its request's time went
+    /// (`x-switchyard-timing: stages`): the worker says what it spent in the
+    /// first frame's [`StartInfo::stages`].
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub timing: bool,
 }
 
 /// What a request reserved from token limits and budgets at admission:
@@ -365,6 +370,23 @@ pub struct StartInfo {
     /// first frame to know what Switchyard added (`switchyard_added_latency`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream_us: Option<u64>,
+    /// The worker's own stages before the provider call, when the envelope
+    /// asked for them ([`RequestEnvelope::timing`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stages: Option<WorkerStages>,
+}
+
+/// What a worker spent on a request before its provider call, by its own
+/// clock, in microseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerStages {
+    /// Reading the envelope of the pulled message.
+    pub decode_us: u64,
+    /// From the envelope read to the attempt's start: the redelivery and
+    /// cancel checks and the target's health (and earlier attempts, on a
+    /// retry). `upstream_us` counts from there, the provider's request built
+    /// included.
+    pub setup_us: u64,
 }
 
 /// A piece of the answer: one or more choice deltas.

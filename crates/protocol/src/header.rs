@@ -24,6 +24,13 @@ pub const SESSION: &str = "x-switchyard-session";
 /// `bypass`.
 pub const CACHE: &str = "x-switchyard-cache";
 
+/// Request: `stages` asks for where the request's time went, answered in a
+/// `Server-Timing` response header (docs/BENCHMARKS.md, "Where the time
+/// goes"); any other value is ignored.
+pub const TIMING: &str = "x-switchyard-timing";
+/// Response: the stages of a request that asked with [`TIMING`].
+pub const SERVER_TIMING: &str = "server-timing";
+
 /// The W3C trace context, continued from a client's request and carried in
 /// the headers of a request's NATS messages (issue 19).
 pub const TRACEPARENT: &str = "traceparent";

@@ -42,7 +42,7 @@ pub use error::ErrorCode;
 pub use frame::{
     ApiSurface, Cancel, CancelReason, ChunkFrame, EnvelopeHead, FallbackTarget, FinalFrame,
     FrameError, LimitTicket, MidStream, PipelineStep, Pricing, ReplyFrame, RequestEnvelope,
-    ResponseMeta, Resume, RouteChoice, StartInfo, Watchdogs,
+    ResponseMeta, Resume, RouteChoice, StartInfo, Watchdogs, WorkerStages,
 };
 pub use live::{ForcedState, Observation, Outcome, TargetOverride};
 pub use subject::{MAX_SUBJECT_LEN, Subjects, is_valid_subject, is_valid_token, route_token};

@@ -98,6 +98,24 @@ pub async fn delete_namespace(client: &async_nats::Client, namespace: &str) {
 }
 
 /// A TCP port free right now on 127.0.0.1.
+/// A usage event's JSON (a fresh request, attempt 1, chat, status ok, 7 + 5
+/// provider tokens) billed `billed` nano-USD, for tests that store events.
+pub fn usage_event_json(billed: i64) -> serde_json::Value {
+    let request_id = uuid::Uuid::now_v7();
+    serde_json::json!({
+        "event_id": format!("{}-1", request_id.as_simple()),
+        "request_id": request_id, "attempt": 1, "received_unix_ms": 1,
+        "dispatched_unix_ms": 1, "finished_unix_ms": 2, "key_id": "k",
+        "ingress_id": "i", "worker_id": "w", "api": "chat_completions",
+        "model": "m", "provider": "p", "upstream_model": "m", "stream": false,
+        "status": "ok", "input_tokens": 7, "cached_input_tokens": 0,
+        "cache_write_tokens": 0, "output_tokens": 5, "reasoning_tokens": 0,
+        "input_tokens_source": "provider", "output_tokens_source": "provider",
+        "queue_wait_ms": 0, "latency_ms": 1, "client_disconnected": false,
+        "billed_nanos": billed,
+    })
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

@@ -34,6 +34,7 @@ const ATTEMPT_STRIDE: u32 = 16;
 /// Handles one pulled message from start to ack.
 pub(crate) async fn handle(cx: Arc<Shared>, msg: jetstream::Message) {
     let dispatched_unix_ms = now_unix_ms();
+    let pulled = std::time::Instant::now();
     let delivered = msg.info().map_or(1, |i| i.delivered.max(1));
     let (msg, acker) = msg.split();
     let env: RequestEnvelope = match sy_protocol::legacy::read_envelope(&msg.payload) {
@@ -45,6 +46,7 @@ pub(crate) async fn handle(cx: Arc<Shared>, msg: jetstream::Message) {
             return;
         }
     };
+    let read = std::time::Instant::now();
     // The request's trace continues from the publisher's span.
     let trace = if trace::enabled() {
         let parent = msg
@@ -100,7 +102,7 @@ pub(crate) async fn handle(cx: Arc<Shared>, msg: jetstream::Message) {
             // Finished before; only the ack was lost (a reconnect, a crash).
             tracing::debug!(delivered, "Redelivered request was finished already; acked without a call.");
             if let Some(event) = event {
-                usage::publish(&cx.bus, &event, &acker).await;
+                usage::publish(&cx.usage, &event, &acker).await;
             }
             let _ = acker.ack().await;
             return;
@@ -114,7 +116,7 @@ pub(crate) async fn handle(cx: Arc<Shared>, msg: jetstream::Message) {
                 Ok(Some(stored)) => {
                     tracing::debug!(batch = %item.batch_id, index = item.index, "Batch item already answered.");
                     if let Some(event) = stored {
-                        usage::publish(&cx.bus, &event, &acker).await;
+                        usage::publish(&cx.usage, &event, &acker).await;
                     }
                     let _ = acker.ack().await;
                     return;
@@ -155,7 +157,7 @@ pub(crate) async fn handle(cx: Arc<Shared>, msg: jetstream::Message) {
                 &env,
                 &acker,
                 &running,
-                (first_attempt, dispatched_unix_ms),
+                (first_attempt, dispatched_unix_ms, (pulled, read)),
                 &trace,
             )
             .await;
@@ -246,7 +248,11 @@ async fn serve(
     env: &RequestEnvelope,
     acker: &Acker,
     running: &crate::cancel::RunningGuard,
-    (first_attempt, dispatched_unix_ms): (u32, u64),
+    (first_attempt, dispatched_unix_ms, pulled): (
+        u32,
+        u64,
+        (std::time::Instant, std::time::Instant),
+    ),
     trace: &trace::Span,
 ) -> bool {
     let cancelled = running.token();
@@ -300,6 +306,7 @@ async fn serve(
         let mut state = AttemptState::default();
         let mut replier = Replier::new(cx, env, call.attempt);
         replier.deferred = true;
+        replier.pulled = env.timing.then_some(pulled);
         let ended = {
             let run = replier.run(&cx.adapter, &cx.provider, &mut state);
             tokio::pin!(run);
@@ -367,7 +374,7 @@ async fn serve(
         let error = match (ended, state.error.take()) {
             (Ended::Done, Some(e)) => {
                 crate::metrics::observe(&event);
-                usage::publish(&cx.bus, &event, acker).await;
+                usage::publish(&cx.usage, &event, acker).await;
                 e
             }
             (Ended::Expired, _) if env.batch.is_some() => {
@@ -462,7 +469,7 @@ async fn finish(cx: &Shared, env: &RequestEnvelope, event: &UsageEvent, acker: &
     // Counted here, where the attempt ends: a redelivered request that was
     // finished already publishes its event again, but is not counted again.
     crate::metrics::observe(event);
-    usage::publish(&cx.bus, event, acker).await;
+    usage::publish(&cx.usage, event, acker).await;
     interactive
 }
 

@@ -40,6 +40,7 @@ mod shared;
 mod splice;
 pub mod tokens;
 mod usage;
+mod usage_sink;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -151,6 +152,7 @@ pub async fn run(
     );
     let cancels = CancelRegistry::start(&bus).await?;
     let done = Arc::new(done::DoneMarks::open(&bus).await);
+    let usage = usage_sink::UsageSink::start(bus.clone());
     // Live health from every worker's calls (this one's included), so that a
     // target another worker found dead is not called while a fallback can serve.
     let live = Arc::new(sy_router::live::LiveTable::new(config.health));
@@ -199,6 +201,7 @@ pub async fn run(
             batch_max_deliver: config.batch.max_deliver,
             unsettled: Default::default(),
             done: done.clone(),
+            usage: usage.clone(),
             in_hand: Default::default(),
             credentials: credentials.clone(),
             blobs: Default::default(),
@@ -309,7 +312,10 @@ async fn pull(
     let per_pull = max_in_flight.clamp(1, 256) as usize;
     sy_bus::pull_each(&consumer, per_pull, shutdown.cancelled(), |msg| {
         let cx = cx.clone();
-        tracker.spawn(async move { handle::handle(cx, msg).await });
+        // Boxed first: a request's future is some 25 KB, which the task
+        // would otherwise copy twice on its way into the runtime (callgrind:
+        // 55 k instructions per request; boxed, one copy).
+        tracker.spawn(Box::pin(handle::handle(cx, msg)));
     })
     .await
 }

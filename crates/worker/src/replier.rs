@@ -24,6 +24,10 @@ use crate::attempt::AttemptState;
 use crate::shared::Shared;
 use crate::splice::Fit;
 
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
 /// Publishes one request's frames in order (a batch item's: stores them all
 /// with the final frame as its result).
 pub(crate) struct Replier<'a> {
@@ -43,6 +47,9 @@ pub(crate) struct Replier<'a> {
     pub(crate) credential: Option<sy_providers::Credential>,
     /// When this attempt's call began (the replier is made just before it).
     pub(crate) started: std::time::Instant,
+    /// When the message was pulled and when its envelope was read, for a
+    /// request that asked where its time went (`RequestEnvelope::timing`).
+    pub(crate) pulled: Option<(std::time::Instant, std::time::Instant)>,
     /// The blob store, for images too large for a frame.
     pub(crate) blobs: &'a tokio::sync::OnceCell<async_nats::jetstream::object_store::ObjectStore>,
 }
@@ -56,6 +63,7 @@ impl<'a> Replier<'a> {
             attempt,
             seq: env.resume.as_ref().map_or(0, |r| r.seq),
             started: std::time::Instant::now(),
+            pulled: None,
             held: Vec::new(),
             blobs: &cx.blobs,
             deferred: false,
@@ -78,9 +86,11 @@ impl<'a> Replier<'a> {
             upstream_model: self.env.upstream_model.clone(),
             response: meta.unwrap_or_default(),
             attempt: self.attempt,
-            upstream_us: Some(
-                u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX),
-            ),
+            upstream_us: Some(micros(self.started.elapsed())),
+            stages: self.pulled.map(|(pulled, read)| sy_protocol::WorkerStages {
+                decode_us: micros(read.saturating_duration_since(pulled)),
+                setup_us: micros(self.started.saturating_duration_since(read)),
+            }),
         }
     }
 

@@ -32,6 +32,8 @@ pub(crate) struct Shared {
     pub unsettled: std::sync::Mutex<std::collections::HashSet<uuid::Uuid>>,
     /// Completion marks of interactive requests (see `done`).
     pub done: Arc<crate::done::DoneMarks>,
+    /// Where usage events are stored (by group commit, see `usage_sink`).
+    pub usage: crate::usage_sink::UsageSink,
     /// Request messages this process is handling now (by message id).
     pub in_hand: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Provider credentials from the control plane (an org's own, or global),

@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use async_nats::jetstream::AckKind;
 use async_nats::jetstream::message::Acker;
-use sy_bus::Bus;
 use sy_config::price::scale;
 use sy_protocol::{
     ErrorCode, Observation, Outcome, RequestEnvelope, TokenSource, TokenUsage, UsageEvent,
@@ -23,6 +22,7 @@ use sy_protocol::{
 use crate::attempt::{AttemptState, Call};
 use crate::shared::Shared;
 use crate::tokens;
+use crate::usage_sink::UsageSink;
 
 /// How an attempt ended, from the worker's point of view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -231,11 +231,11 @@ const PUBLISH_FOR: Duration = Duration::from_secs(60);
 /// Publishes the event, retrying while NATS is away and keeping the request in
 /// progress meanwhile (so it is not redelivered and called again). An event that
 /// still cannot be stored is logged whole at error level: an operator must act.
-pub(crate) async fn publish(bus: &Bus, event: &UsageEvent, acker: &Acker) {
+pub(crate) async fn publish(sink: &UsageSink, event: &UsageEvent, acker: &Acker) {
     let until = tokio::time::Instant::now() + PUBLISH_FOR;
     let mut backoff = Duration::from_millis(50);
     loop {
-        match bus.publish_usage(event).await {
+        match sink.store(event).await {
             Ok(()) => return,
             Err(e) if tokio::time::Instant::now() + backoff < until => {
                 tracing::warn!(error = %e, "Publishing a usage event failed, retrying.");

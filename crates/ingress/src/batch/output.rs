@@ -95,6 +95,7 @@ mod tests {
             },
             attempt: 1,
             upstream_us: None,
+            stages: None,
         }
     }
 
