@@ -62,18 +62,10 @@ impl DoneMarks {
         }
     }
 
-    /// Marks message `key` answered by the attempt of `event`; waits until
-    /// JetStream stored the mark.
-    pub(crate) async fn answered(&self, key: &str, event: &UsageEvent) {
+    /// Marks message `key` answered by the attempt whose usage event is
+    /// `value` (its JSON); waits until JetStream stored the mark.
+    pub(crate) async fn answered(&self, key: &str, value: bytes::Bytes) {
         let Some(store) = &self.0 else { return };
-        let value = match serde_json::to_vec(event) {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::warn!(error = %e, "Cannot encode the completion mark.");
-                return;
-            }
-        };
-        let value: bytes::Bytes = value.into();
         let mut wait = MARK_RETRY_FIRST;
         loop {
             match store.put(key, value.clone()).await {

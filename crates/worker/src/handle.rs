@@ -462,14 +462,22 @@ async fn serve(
 /// True when the mark was the ending's (a batch item has none).
 async fn finish(cx: &Shared, env: &RequestEnvelope, event: &UsageEvent, acker: &Acker) -> bool {
     let interactive = env.batch.is_none();
+    // Serialised once: the completion mark holds what the usage stream gets.
+    let json = match crate::usage_sink::encode(event) {
+        Ok(json) => json,
+        Err(e) => {
+            tracing::error!(error = %e, event_id = %event.event_id, "Usage event lost: it does not serialise.");
+            return false;
+        }
+    };
     if interactive {
         let message_id = UsageEvent::event_id_of(env.request_id, env.attempt);
-        cx.done.answered(&message_id, event).await;
+        cx.done.answered(&message_id, json.clone()).await;
     }
     // Counted here, where the attempt ends: a redelivered request that was
     // finished already publishes its event again, but is not counted again.
     crate::metrics::observe(event);
-    usage::publish(&cx.usage, event, acker).await;
+    usage::publish_encoded(&cx.usage, event, json, acker).await;
     interactive
 }
 

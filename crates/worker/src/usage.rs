@@ -232,10 +232,25 @@ const PUBLISH_FOR: Duration = Duration::from_secs(60);
 /// progress meanwhile (so it is not redelivered and called again). An event that
 /// still cannot be stored is logged whole at error level: an operator must act.
 pub(crate) async fn publish(sink: &UsageSink, event: &UsageEvent, acker: &Acker) {
+    match crate::usage_sink::encode(event) {
+        Ok(json) => publish_encoded(sink, event, json, acker).await,
+        Err(e) => {
+            tracing::error!(error = %e, event_id = %event.event_id, "Usage event lost: it does not serialise.")
+        }
+    }
+}
+
+/// [`publish`] of `event` serialised already (`json`).
+pub(crate) async fn publish_encoded(
+    sink: &UsageSink,
+    event: &UsageEvent,
+    json: bytes::Bytes,
+    acker: &Acker,
+) {
     let until = tokio::time::Instant::now() + PUBLISH_FOR;
     let mut backoff = Duration::from_millis(50);
     loop {
-        match sink.store(event).await {
+        match sink.store(event, json.clone()).await {
             Ok(()) => return,
             Err(e) if tokio::time::Instant::now() + backoff < until => {
                 tracing::warn!(error = %e, "Publishing a usage event failed, retrying.");

@@ -24,7 +24,7 @@ const MAX_BYTES: usize = 256 * 1024;
 /// One event on its way: its JSON, its id, whether it is billed 0, and who
 /// waits for the store.
 struct Pending {
-    json: Vec<u8>,
+    json: Bytes,
     event_id: String,
     free: bool,
     stored: oneshot::Sender<Result<(), String>>,
@@ -42,9 +42,9 @@ impl UsageSink {
         UsageSink(tx)
     }
 
-    /// Stores `event`; returns once JetStream has it (or the store failed).
-    pub(crate) async fn store(&self, event: &UsageEvent) -> Result<(), String> {
-        let json = serde_json::to_vec(event).map_err(|e| e.to_string())?;
+    /// Stores `event`, serialised already as `json` ([`encode`]); returns
+    /// once JetStream has it (or the store failed).
+    pub(crate) async fn store(&self, event: &UsageEvent, json: Bytes) -> Result<(), String> {
         let (stored, done) = oneshot::channel();
         self.0
             .send(Pending {
@@ -57,6 +57,11 @@ impl UsageSink {
         done.await
             .unwrap_or_else(|_| Err("the usage sink has stopped".to_owned()))
     }
+}
+
+/// A usage event as the sink stores it (and the completion mark holds it).
+pub(crate) fn encode(event: &UsageEvent) -> serde_json::Result<Bytes> {
+    serde_json::to_vec(event).map(Bytes::from)
 }
 
 async fn run(bus: Bus, mut rx: mpsc::UnboundedReceiver<Pending>) {
@@ -84,7 +89,7 @@ async fn run(bus: Bus, mut rx: mpsc::UnboundedReceiver<Pending>) {
 async fn store(bus: &Bus, group: &[Pending]) -> Result<(), BusError> {
     match group {
         [one] => {
-            bus.publish_usage_json(&one.event_id, Bytes::copy_from_slice(&one.json))
+            bus.publish_usage_json(&one.event_id, one.json.clone())
                 .await
         }
         _ => {
@@ -135,10 +140,12 @@ mod tests {
         let sink = UsageSink::start(bus.clone());
         // Alone: its own message, no rows header.
         let alone = event(5);
-        sink.store(&alone).await.expect("stored");
+        sink.store(&alone, encode(&alone).expect("json"))
+            .await
+            .expect("stored");
         // 200 at once, half of them free: they wait for each other's store.
         let many: Vec<UsageEvent> = (0..200).map(|i| event(i % 2)).collect();
-        let stores = many.iter().map(|e| sink.store(e));
+        let stores = many.iter().map(|e| sink.store(e, encode(e).expect("json")));
         for r in futures::future::join_all(stores).await {
             r.expect("stored");
         }
