@@ -242,6 +242,14 @@ run direct "$direct" 1 3000 300
 run all-on "$via" 1 3000 300 "${all_on[@]}"
 "$TARGET/release/sy-bench" --label stages --url "$via" --concurrency 1 --requests $((3000 / scale)) \
   --warmup $((300 / scale)) --stages "${all_on[@]}" | tee -a "$tmp.acct"
+# The same with 5 ms between requests: what each request leaves behind (its
+# completion mark and usage stored, the accounting consumer's insert, the
+# observations) is done before the next one comes, so it does not compete
+# with it for the two cores.
+run direct-idle "$direct" 1 1000 100 --gap-ms 5
+run all-on-idle "$via" 1 1000 100 --gap-ms 5 "${all_on[@]}"
+"$TARGET/release/sy-bench" --label stages-idle --url "$via" --concurrency 1 --requests $((1000 / scale)) \
+  --warmup $((100 / scale)) --gap-ms 5 --stages "${all_on[@]}" | tee -a "$tmp.acct"
 say "Non-streamed, concurrency 64, and the bare JetStream hop"
 hop hop 64 20000 2000
 run direct "$direct" 64 20000 2000
@@ -512,7 +520,7 @@ if hops:
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for d, v in zip(rows[0::2], rows[1::2]):
         h = hops.get(d["concurrency"])
-        if h is None or d["stream"] or v["label"] not in ("switchyard", "all-on"):
+        if h is None or d["stream"] or v["label"] not in ("switchyard", "all-on", "all-on-idle"):
             continue
         a50, a99 = v["p50_ms"] - d["p50_ms"], v["p99_ms"] - d["p99_ms"]
         print(f"| {v['label']} | {d['concurrency']} | {h['p50_ms']:.3f} | {a50:+.3f} | {a50 / h['p50_ms']:.2f}x | {h['p99_ms']:.3f} | {a99:+.3f} | {a99 / h['p99_ms']:.2f}x | {h['rps']:.0f} | {v['rps']:.0f} | {100 * v['rps'] / h['rps']:.1f} % |")
@@ -525,7 +533,8 @@ for row in (json.loads(l) for l in open(sys.argv[1])):
     if "stages" not in row:
         continue
     print()
-    print(f"Where the time goes (every feature on, concurrency {row['concurrency']}, {row['requests']} requests; "
+    idle = ", 5 ms between requests" if row["label"].endswith("-idle") else ""
+    print(f"Where the time goes (every feature on, concurrency {row['concurrency']}{idle}, {row['requests']} requests; "
           f"client p50 {row['p50_ms']:.3f} ms; `ack` lies within `queue`, `total` is the ingress's):")
     print()
     print("| stage | p50 ms | mean ms |")

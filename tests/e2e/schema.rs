@@ -10,6 +10,18 @@ use sy_test_support::{eventually, repo_root};
 
 use crate::stack::{Stack, body};
 
+/// A usage message's events: the whole payload, or one per line when the
+/// rows header says so.
+fn usage_rows(msg: &async_nats::Message) -> Vec<Value> {
+    let rows = msg
+        .headers
+        .as_ref()
+        .is_some_and(|h| h.get(sy_protocol::header::USAGE_ROWS).is_some());
+    sy_protocol::legacy::usage_lines(&msg.payload, rows)
+        .map(|l| serde_json::from_slice(l).unwrap_or(Value::Null))
+        .collect()
+}
+
 fn validator(name: &str) -> jsonschema::Validator {
     let text = std::fs::read_to_string(repo_root().join("schemas").join(name)).unwrap();
     jsonschema::validator_for(&serde_json::from_str(&text).unwrap()).unwrap()
@@ -66,7 +78,13 @@ async fn bus_messages_match_their_schemas() {
         // A fallback: the envelope is republished to the next target.
         body("chain", "fall back [[mock:status=500,only=openai]]"),
     ] {
-        let resp = stack.chat(&b).send().await.unwrap();
+        // Asking for the stages puts them in the envelope and the frames too.
+        let resp = stack
+            .chat(&b)
+            .header(sy_protocol::header::TIMING, "stages")
+            .send()
+            .await
+            .unwrap();
         assert!(
             resp.status() == 200 || resp.status() == 429,
             "unexpected status {}",
@@ -242,8 +260,11 @@ async fn bus_messages_match_their_schemas() {
                 seen[2] += 1;
             }
             "usage" => {
-                check::<UsageEvent>(&usage, &v);
-                seen[3] += 1;
+                // A worker stores the events that wait together as one message.
+                for v in usage_rows(&msg) {
+                    check::<UsageEvent>(&usage, &v);
+                    seen[3] += 1;
+                }
             }
             "live" => {
                 check::<Observation>(&observation, &v);
@@ -370,9 +391,13 @@ async fn batch_messages_match_their_schemas() {
         } else if subject.starts_with(&format!("{ns}.batch.done.")) {
             check::<BatchDone>(&dones, &v);
             seen[3] += 1;
-        } else if subject == format!("{ns}.usage") && v.get("batch_id").is_some() {
-            check::<UsageEvent>(&usage, &v);
-            seen[4] += 1;
+        } else if subject == format!("{ns}.usage") {
+            for v in usage_rows(&msg) {
+                if v.get("batch_id").is_some() {
+                    check::<UsageEvent>(&usage, &v);
+                    seen[4] += 1;
+                }
+            }
         }
     }
     assert_eq!(seen[..4], [1, 2, 2, 1], "job, items, results, announcement");

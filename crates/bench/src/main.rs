@@ -77,6 +77,11 @@ struct Args {
     /// Ask for each request's stages and report them (`Server-Timing`).
     #[arg(long)]
     stages: bool,
+    /// Each worker waits this long after an answer before its next request
+    /// (what a request leaves behind, e.g. its usage stored, is then done
+    /// before the next one comes). Throughput is then not the server's.
+    #[arg(long, default_value_t = 0)]
+    gap_ms: u64,
 }
 
 #[derive(Default)]
@@ -235,6 +240,9 @@ async fn main() -> anyhow::Result<()> {
                 match one(&client, &args, &body).await {
                     Ok(s) => samples.push(s),
                     Err(_) => errors += 1,
+                }
+                if args.gap_ms > 0 {
+                    tokio::time::sleep(Duration::from_millis(args.gap_ms)).await;
                 }
             }
             (samples, errors)
