@@ -28,13 +28,17 @@ trap 'rm -f "$results"' EXIT
 # servers) it leaves running. A run that could not count (switchyard did not
 # start under valgrind in time, a round had refused requests: bench/run.sh
 # says which) is run once more before the guard gives up.
+# The build first, once: a count that is run again must count this build.
+if [[ -z ${SKIP_BUILD:-} ]]; then
+  cargo build --release --locked --bin switchyard --bin mock-provider --bin sy-bench
+fi
 count() {
-  SY_STATE_DIR="$ROOT/.local/bench" BUILD_ONLY_CALLGRIND=1 BENCH_RESULTS="$results" ONLY=callgrind \
+  SY_STATE_DIR="$ROOT/.local/bench" SKIP_BUILD=1 BENCH_RESULTS="$results" ONLY=callgrind \
     bash bench/run.sh >/dev/null
 }
 if ! count; then
   echo "bench/instructions.sh: the count failed; once more" >&2
-  SKIP_BUILD=1 count
+  count
 fi
 python3 - "$results" bench/instructions.json <<'PY'
 import json, sys

@@ -75,11 +75,7 @@ if ((limits)); then ensure_redis; fi
 
 if [[ -z ${SKIP_BUILD:-} ]]; then
   say "Building release binaries"
-  if [[ -n ${BUILD_ONLY_CALLGRIND:-} ]]; then
-    cargo build --release --locked --bin switchyard --bin mock-provider --bin sy-bench
-  else
-    cargo build --release --locked --bin switchyard --bin mock-provider --bin sy-bench --bin sy-accounting-bench --bin sy-classifier-bench --bin sy-auth-bench --bin sy-limits-bench
-  fi
+  cargo build --release --locked --bin switchyard --bin mock-provider --bin sy-bench --bin sy-accounting-bench --bin sy-classifier-bench --bin sy-auth-bench --bin sy-limits-bench
 fi
 
 bench_ports_free

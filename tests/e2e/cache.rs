@@ -22,10 +22,17 @@ struct Answer {
     cache: String,
     request_id: String,
     body: Vec<u8>,
+    /// `Server-Timing` (every request here asks for its stages).
+    timing: String,
 }
 
 async fn send(stack: &Stack, path: &str, key: &str, body: &Value, cache: Option<&str>) -> Answer {
-    let mut req = stack.http.post(stack.url(path)).bearer_auth(key).json(body);
+    let mut req = stack
+        .http
+        .post(stack.url(path))
+        .bearer_auth(key)
+        .header(hdr::TIMING, "stages")
+        .json(body);
     if let Some(c) = cache {
         req = req.header(hdr::CACHE, c);
     }
@@ -39,10 +46,11 @@ async fn send(stack: &Stack, path: &str, key: &str, body: &Value, cache: Option<
             .map(|v| v.to_str().unwrap().to_owned())
             .unwrap_or_default()
     };
-    let (status, cache, request_id) = (
+    let (status, cache, request_id, timing) = (
         resp.status().as_u16(),
         header(hdr::CACHE),
         header(hdr::REQUEST_ID),
+        header(hdr::SERVER_TIMING),
     );
     let body = resp.bytes().await.unwrap().to_vec();
     Answer {
@@ -50,6 +58,7 @@ async fn send(stack: &Stack, path: &str, key: &str, body: &Value, cache: Option<
         cache,
         request_id,
         body,
+        timing,
     }
 }
 
@@ -81,6 +90,15 @@ async fn miss_then_hit(stack: &Stack, path: &str, key: &str, body: &Value) -> (A
         "a hit replays the answer byte for byte"
     );
     assert_eq!(stack.upstream_requests(), before + 1, "one provider call");
+    // Where the time went: the miss's includes its provider call, the hit's
+    // ends with its lookup and answer.
+    assert!(first.timing.contains("provider;dur="), "{}", first.timing);
+    assert!(!second.timing.contains("provider"), "{}", second.timing);
+    assert!(
+        second.timing.contains("limits;dur=") && second.timing.contains("relay;dur="),
+        "{}",
+        second.timing
+    );
     (first, second)
 }
 

@@ -160,12 +160,12 @@ async fn consume(
                     return Err("usage message stream ended".into());
                 }
             };
-            let redelivered = msg.info().map(|i| i.delivered > 1).unwrap_or(false);
-            let rows = msg
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(sy_protocol::header::USAGE_ROWS))
-                .is_some();
+            let header = |name| msg.headers.as_ref().and_then(|h| h.get(name)).is_some();
+            // An event stored again (by a worker finishing a redelivered
+            // request) is looked for first, as a redelivered message is.
+            let redelivered = msg.info().map(|i| i.delivered > 1).unwrap_or(false)
+                || header(sy_protocol::header::USAGE_AGAIN);
+            let rows = header(sy_protocol::header::USAGE_ROWS);
             let (msg, acker) = msg.split();
             let before = batch.len();
             for event in sy_protocol::legacy::read_usage_events(&msg.payload, rows) {

@@ -406,6 +406,18 @@ impl Bus {
         self.publish_headers(subject, headers, payload).await
     }
 
+    /// Stores `event` again, alone, deduplicated by its id and marked
+    /// `Switchyard-Usage-Again` (its first store may have been in a message
+    /// of several events, which JetStream cannot match it with).
+    pub async fn publish_usage_again(&self, event: &UsageEvent) -> Result<(), BusError> {
+        let subject = self.subjects.usage();
+        BusError::check_subject(&subject)?;
+        let mut headers = HeaderMap::new();
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, event.event_id.as_str());
+        headers.insert(sy_protocol::header::USAGE_AGAIN, "1");
+        self.publish_headers(subject, headers, encode(event)?).await
+    }
+
     /// [`Bus::publish_usage`] of an event serialised already (`json`), with
     /// its id.
     pub async fn publish_usage_json(&self, event_id: &str, json: Bytes) -> Result<(), BusError> {

@@ -353,8 +353,12 @@ pub(crate) async fn answer(
         };
         match recorded {
             Ok(()) => {
-                let resp =
+                let mut resp =
                     with_headers(crate::cache::hit_response(&entry), request_id, None, class);
+                // A hit's stages end with its lookup and answer (`relay`).
+                if let Some(v) = stages.as_mut().and_then(Stages::header) {
+                    resp.headers_mut().insert(hdr::SERVER_TIMING, v);
+                }
                 return Ok(with_route(resp, &route_header));
             }
             Err(e) => {

@@ -86,7 +86,11 @@ impl Stages {
             self.spent.push(("worker_decode", micros(w.decode_us)));
             self.spent.push(("worker_setup", micros(w.setup_us)));
             self.spent.push(("provider", micros(upstream_us)));
-            queue = queue.saturating_sub(micros(w.decode_us + w.setup_us + upstream_us));
+            let worker_us = w
+                .decode_us
+                .saturating_add(w.setup_us)
+                .saturating_add(upstream_us);
+            queue = queue.saturating_sub(micros(worker_us));
         }
         self.spent.push(("queue", queue));
         if let Some(a) = acked {

@@ -40,6 +40,11 @@ pub const TRACEPARENT: &str = "traceparent";
 /// message is one event.
 pub const USAGE_ROWS: &str = "Switchyard-Usage-Rows";
 
+/// NATS header of a usage message that stores an event again (a redelivered
+/// request that was finished already): the event may be stored already in
+/// another message, so its consumers look before they count it.
+pub const USAGE_AGAIN: &str = "Switchyard-Usage-Again";
+
 /// NATS header of a usage message whose events are all billed 0: nothing in
 /// it for the ledger to debit (it skips the message unread).
 pub const USAGE_FREE: &str = "Switchyard-Usage-Free";

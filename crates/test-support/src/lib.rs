@@ -97,7 +97,6 @@ pub async fn delete_namespace(client: &async_nats::Client, namespace: &str) {
     }
 }
 
-/// A TCP port free right now on 127.0.0.1.
 /// A usage event's JSON (a fresh request, attempt 1, chat, status ok, 7 + 5
 /// provider tokens) billed `billed` nano-USD, for tests that store events.
 pub fn usage_event_json(billed: i64) -> serde_json::Value {
@@ -116,6 +115,7 @@ pub fn usage_event_json(billed: i64) -> serde_json::Value {
     })
 }
 
+/// A TCP port free right now on 127.0.0.1.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

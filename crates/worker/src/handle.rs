@@ -102,7 +102,7 @@ pub(crate) async fn handle(cx: Arc<Shared>, msg: jetstream::Message) {
             // Finished before; only the ack was lost (a reconnect, a crash).
             tracing::debug!(delivered, "Redelivered request was finished already; acked without a call.");
             if let Some(event) = event {
-                usage::publish(&cx.usage, &event, &acker).await;
+                usage::publish_again(&cx.bus, &event, &acker).await;
             }
             let _ = acker.ack().await;
             return;
@@ -116,7 +116,7 @@ pub(crate) async fn handle(cx: Arc<Shared>, msg: jetstream::Message) {
                 Ok(Some(stored)) => {
                     tracing::debug!(batch = %item.batch_id, index = item.index, "Batch item already answered.");
                     if let Some(event) = stored {
-                        usage::publish(&cx.usage, &event, &acker).await;
+                        usage::publish_again(&cx.bus, &event, &acker).await;
                     }
                     let _ = acker.ack().await;
                     return;

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::AckKind;
 use async_nats::jetstream::message::Acker;
+use sy_bus::Bus;
 use sy_config::price::scale;
 use sy_protocol::{
     ErrorCode, Observation, Outcome, RequestEnvelope, TokenSource, TokenUsage, UsageEvent,
@@ -226,10 +227,14 @@ pub(crate) fn observation(event: &UsageEvent, ended: Ended) -> Option<Observatio
 }
 
 /// How long a worker keeps trying to store a usage event before it gives up.
-const PUBLISH_FOR: Duration = Duration::from_secs(60);
+pub(crate) const PUBLISH_FOR: Duration = Duration::from_secs(60);
 
-/// Publishes the event, retrying while NATS is away and keeping the request in
-/// progress meanwhile (so it is not redelivered and called again). An event that
+/// How often a request waiting for its usage event to be stored says it is
+/// still in progress (so it is not redelivered and called again).
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// Stores the event (by group commit, see `usage_sink`), keeping the request
+/// in progress meanwhile. The sink retries for [`PUBLISH_FOR`]; an event that
 /// still cannot be stored is logged whole at error level: an operator must act.
 pub(crate) async fn publish(sink: &UsageSink, event: &UsageEvent, acker: &Acker) {
     match crate::usage_sink::encode(event) {
@@ -247,10 +252,33 @@ pub(crate) async fn publish_encoded(
     json: bytes::Bytes,
     acker: &Acker,
 ) {
+    let stored = sink.store(event, json);
+    tokio::pin!(stored);
+    let result = loop {
+        tokio::select! {
+            r = &mut stored => break r,
+            () = tokio::time::sleep(PROGRESS_EVERY) => {
+                let _ = acker.ack_with(AckKind::Progress).await;
+            }
+        }
+    };
+    if let Err(e) = result {
+        tracing::error!(
+            error = %e,
+            event = %serde_json::to_string(event).unwrap_or_default(),
+            "Usage event lost: could not store it in JetStream."
+        );
+    }
+}
+
+/// Stores the event of a redelivered request that was finished already,
+/// again and alone ([`Bus::publish_usage_again`]), retrying while NATS is
+/// away and keeping the request in progress meanwhile.
+pub(crate) async fn publish_again(bus: &Bus, event: &UsageEvent, acker: &Acker) {
     let until = tokio::time::Instant::now() + PUBLISH_FOR;
     let mut backoff = Duration::from_millis(50);
     loop {
-        match sink.store(event, json.clone()).await {
+        match bus.publish_usage_again(event).await {
             Ok(()) => return,
             Err(e) if tokio::time::Instant::now() + backoff < until => {
                 tracing::warn!(error = %e, "Publishing a usage event failed, retrying.");

@@ -5,10 +5,17 @@
 //! message deduplicated by its event id; under load, one store, one delivery
 //! to each consumer and one ack stand for many requests. Each request still
 //! waits until its event is stored before it acks its request message, so
-//! every usage event is in JetStream before its request is acked. The
-//! consumers (accounting, ledger, limits' settlement) keep one of each event
-//! id, so an event stored again in another grouping after a lost ack is
-//! counted once.
+//! every usage event is in JetStream before its request is acked. A message
+//! NATS does not take is sent again as it was (same events, same
+//! `Nats-Msg-Id`: `rows-<first event id>-<n>-<hash of every id>`), so
+//! JetStream drops a repeat whose first try was stored but whose ack was
+//! lost, for up to a minute, while the waiting requests stay in progress. An
+//! event stored again by a worker finishing a redelivered request goes alone,
+//! marked `Switchyard-Usage-Again`, and the consumers look for it before they
+//! count it (ClickHouse by event id; the ledger and limits' settlement keep
+//! one of each event id anyway).
+
+use std::time::Duration;
 
 use bytes::Bytes;
 use sy_bus::{Bus, BusError};
@@ -78,35 +85,100 @@ async fn run(bus: Bus, mut rx: mpsc::UnboundedReceiver<Pending>) {
                 Err(_) => break,
             }
         }
-        let result = store(&bus, &group).await.map_err(|e| e.to_string());
+        let result = store_retrying(&bus, &group).await;
         for p in group.drain(..) {
             let _ = p.stored.send(result.clone());
         }
     }
 }
 
-/// Stores `group`: one event as its own message, several as rows of one.
-async fn store(bus: &Bus, group: &[Pending]) -> Result<(), BusError> {
-    match group {
-        [one] => {
-            bus.publish_usage_json(&one.event_id, one.json.clone())
-                .await
-        }
-        _ => {
-            let mut payload =
-                Vec::with_capacity(group.iter().map(|p| p.json.len() + 1).sum::<usize>());
-            for p in group {
-                payload.extend_from_slice(&p.json);
-                payload.push(b'\n');
+/// Stores `group`, the same message again while NATS will not take it (so
+/// JetStream drops a repeat whose first try was stored but not acked), for
+/// at most `PUBLISH_FOR`.
+async fn store_retrying(bus: &Bus, group: &[Pending]) -> Result<(), String> {
+    let message = Message::of(group);
+    let until = tokio::time::Instant::now() + crate::usage::PUBLISH_FOR;
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match message.store(bus).await {
+            Ok(()) => return Ok(()),
+            Err(e) if tokio::time::Instant::now() + backoff < until => {
+                tracing::warn!(error = %e, events = group.len(), "Storing usage events failed, retrying.");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
             }
-            // The same grouping stored again is dropped by JetStream; another
-            // grouping is kept once per event id by the consumers.
-            let id = format!("rows-{}-{}", group[0].event_id, group.len());
-            let free = group.iter().all(|p| p.free);
-            bus.publish_usage_payload(&id, group.len(), free, Bytes::from(payload))
-                .await
+            Err(e) => return Err(e.to_string()),
         }
     }
+}
+
+/// One usage message: an event alone, or several as rows.
+enum Message {
+    Alone {
+        event_id: String,
+        json: Bytes,
+    },
+    Rows {
+        id: String,
+        rows: usize,
+        free: bool,
+        payload: Bytes,
+    },
+}
+
+impl Message {
+    fn of(group: &[Pending]) -> Message {
+        if let [one] = group {
+            return Message::Alone {
+                event_id: one.event_id.clone(),
+                json: one.json.clone(),
+            };
+        }
+        let mut payload = Vec::with_capacity(group.iter().map(|p| p.json.len() + 1).sum::<usize>());
+        for p in group {
+            payload.extend_from_slice(&p.json);
+            payload.push(b'\n');
+        }
+        Message::Rows {
+            id: group_id(group),
+            rows: group.len(),
+            free: group.iter().all(|p| p.free),
+            payload: Bytes::from(payload),
+        }
+    }
+
+    async fn store(&self, bus: &Bus) -> Result<(), BusError> {
+        match self {
+            Message::Alone { event_id, json } => {
+                bus.publish_usage_json(event_id, json.clone()).await
+            }
+            Message::Rows {
+                id,
+                rows,
+                free,
+                payload,
+            } => {
+                bus.publish_usage_payload(id, *rows, *free, payload.clone())
+                    .await
+            }
+        }
+    }
+}
+
+/// A group's `Nats-Msg-Id`: its first event's id, its size and a hash of
+/// every member's id, so that only the same group is deduplicated as a repeat.
+fn group_id(group: &[Pending]) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for p in group {
+        p.event_id.hash(&mut h);
+    }
+    format!(
+        "rows-{}-{}-{:016x}",
+        group.first().map_or("", |p| p.event_id.as_str()),
+        group.len(),
+        h.finish()
+    )
 }
 
 #[cfg(test)]
