@@ -405,7 +405,9 @@ pub(crate) async fn answer(
     publish.end();
     published.map_err(|e| (e, None, class))?;
     tracing::trace!("Request published.");
-    stages::mark(&mut stages, "ack");
+    if let Some(s) = &mut stages {
+        s.acked();
+    }
     let mut pending = Pending::new(rx, state.bus.clone(), deadline);
     pending.hold(lease);
     let first = pending.next().await.map_err(|e| (e, None, class))?;

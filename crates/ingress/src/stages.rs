@@ -29,6 +29,8 @@ pub(crate) struct Stages {
     spent: Vec<(&'static str, Duration)>,
     /// When the request was handed to the bus (the serialised envelope).
     sent: Option<Instant>,
+    /// The store's round trip (within `queue`, reported after it).
+    ack: Option<Duration>,
 }
 
 impl Stages {
@@ -49,6 +51,7 @@ impl Stages {
                 last: now,
                 spent,
                 sent: None,
+                ack: None,
             }
         })
     }
@@ -66,19 +69,16 @@ impl Stages {
         self.sent = Some(self.last);
     }
 
+    /// JetStream acked the request: the store's round trip, within `queue`.
+    pub(crate) fn acked(&mut self) {
+        self.ack = self.sent.map(|s| s.elapsed());
+    }
+
     /// Ends the wait for the first frame, split by the worker's stages in
     /// `start` (when it sent them).
     pub(crate) fn first_frame(&mut self, start: Option<&StartInfo>) {
         let now = Instant::now();
         let since_sent = self.sent.map_or(Duration::ZERO, |s| now - s);
-        // `ack` was marked as a stage of its own; it lies within `queue`.
-        let acked = self
-            .spent
-            .iter()
-            .rev()
-            .find(|(n, _)| *n == "ack")
-            .map(|(_, d)| *d);
-        self.spent.retain(|(n, _)| *n != "ack");
         let worker = start.and_then(|s| Some((s.stages?, s.upstream_us?)));
         let mut queue = since_sent;
         if let Some((w, upstream_us)) = worker {
@@ -93,7 +93,7 @@ impl Stages {
             queue = queue.saturating_sub(micros(worker_us));
         }
         self.spent.push(("queue", queue));
-        if let Some(a) = acked {
+        if let Some(a) = self.ack {
             self.spent.push(("ack", a));
         }
         self.last = now;
@@ -158,7 +158,7 @@ mod tests {
         s.mark("parse");
         s.sent();
         std::thread::sleep(Duration::from_millis(2));
-        s.mark("ack");
+        s.acked();
         std::thread::sleep(Duration::from_millis(30));
         let start = StartInfo {
             provider: "p".into(),
