@@ -21,8 +21,9 @@
 #   ONLY=cache CACHE_MEMORY_ONLY=1 ...  # only memory-tier hits against the direct call
 #   ONLY=callgrind ...      # only the instruction counts of the limit keys and a memory-tier cache hit
 #                           # (CALLGRIND_KEEP=dir keeps callgrind's files)
-#   ONLY=hop ...            # only the bare JetStream hop and Switchyard beside it (non-streamed, c=1 and 64,
-#                           # the config's key and every feature on), and where the time goes (stages)
+#   ONLY=hop ...            # only the bare JetStream hop and Switchyard beside it (non-streamed and streamed
+#                           # with 20 chunks, c=1 and 64, the config's key, every feature on, and "model":
+#                           # "auto"), where the time goes (stages), and each process's memory (rss)
 #   BENCH_RESULTS=file ...  # append the raw results there (default bench/results/<UTC date>.jsonl)
 #   NO_TRACING=1 ...        # no traced switchyard (for a build from before traces)
 #   CPU=1 ...               # and CPU per request of each process on the path, per row
@@ -118,8 +119,29 @@ output = "0.60"
 [models."gpt-4o-mini"]
 targets = [{ provider = "openai", model = "gpt-4o-mini" }]
 
+[providers.anthropic.prices."claude-bench"]
+input = "0.25"
+output = "1.25"
+
 [models."claude-bench"]
 targets = [{ provider = "anthropic", model = "claude-bench" }]
+
+# "model": "auto" (the rows "auto"): the classifier's class picks the route,
+# the cheapest priced target of it answers (the OpenAI mock's).
+[routers.auto]
+strategy = "cheapest"
+
+[[routers.auto.routes]]
+name = "code"
+classes = ["code"]
+targets = [{ provider = "openai", model = "gpt-4o-mini" }]
+
+[[routers.auto.routes]]
+name = "everything-else"
+targets = [
+  { provider = "openai", model = "gpt-4o-mini" },
+  { provider = "anthropic", model = "claude-bench" },
+]
 TOML
 if ((tenants)); then
   cat >>"$conf" <<'TOML'
@@ -164,6 +186,21 @@ if ((limits)); then
   budgeted_id=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["id"])' "$budgeted")
   "${admin[@]}" keys limits "$budgeted_id" --rpm 1000000000 --tpm 1000000000 --concurrency 100000 \
     --budget-usd 1000000000 --period month >/dev/null
+  # The same limits and budget, for "model": "auto" (the rows "auto").
+  routed=$("${admin[@]}" keys create --project "$project" --model auto routed)
+  routed_key=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["key"])' "$routed")
+  routed_id=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["id"])' "$routed")
+  "${admin[@]}" keys limits "$routed_id" --rpm 1000000000 --tpm 1000000000 --concurrency 100000 \
+    --budget-usd 1000000000 --period month >/dev/null
+  # Its requests are refused (503) until a reconciliation round has marked
+  # the new org's budgets in Redis (the change starts one within ~50 ms).
+  for _ in $(seq 100); do
+    if "$TARGET/release/sy-bench" --label ready --url http://127.0.0.1:18080/v1/chat/completions --concurrency 1 \
+      --requests 1 --warmup 0 --key "$budgeted_key" | grep -q '"errors":0,'; then
+      break
+    fi
+    sleep 0.1
+  done
 fi
 redis_cpu() { # seconds of CPU Redis has used (user + system)
   redis-cli -p 6379 info cpu | tr -d '\r' | awk -F: '/^used_cpu_(sys|user):/{s+=$2} END {printf "%.6f", s}'
@@ -188,21 +225,22 @@ for pid in filter(str.isdigit, os.listdir("/proc")):
         ticks[name] = ticks.get(name, 0) + int(fields[11]) + int(fields[12])
 print(json.dumps(ticks))'
 }
-run() { # label url concurrency requests warmup [--stream]
-  local before
-  if [[ -n ${CPU:-} ]]; then before=$(cpu_ticks); fi
-  "$TARGET/release/sy-bench" --label "$1" --url "$2" --concurrency "$3" \
-    --requests $(($4 / scale)) --warmup $(($5 / scale)) "${@:6}" | tee -a "$tmp"
-  if [[ -n ${CPU:-} ]]; then
-    python3 -c '
+cpu_row() { # ticks-before label concurrency requests: CPU per request of each process since, as JSON
+  python3 -c '
 import json, os, sys
 b, a = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 n, hz = int(sys.argv[5]), os.sysconf("SC_CLK_TCK")
 per = {k: round((a[k] - b.get(k, 0)) / hz / n * 1e6, 1) for k in a}
 per["total"] = round(sum(per.values()), 1)
 print(json.dumps({"label": sys.argv[3] + "-cpu", "concurrency": int(sys.argv[4]), "requests": n, "cpu_us_per_request": per}))' \
-      "$before" "$(cpu_ticks)" "$1" "$3" $((($4 + $5) / scale)) | tee -a "$tmp.acct"
-  fi
+    "$1" "$(cpu_ticks)" "$2" "$3" "$4" | tee -a "$tmp.acct"
+}
+run() { # label url concurrency requests warmup [--stream]
+  local before
+  if [[ -n ${CPU:-} ]]; then before=$(cpu_ticks); fi
+  "$TARGET/release/sy-bench" --label "$1" --url "$2" --concurrency "$3" \
+    --requests $(($4 / scale)) --warmup $(($5 / scale)) "${@:6}" | tee -a "$tmp"
+  if [[ -n ${CPU:-} ]]; then cpu_row "$before" "$1" "$3" $((($4 + $5) / scale)); fi
 }
 direct=http://127.0.0.1:18081/v1/chat/completions
 via=http://127.0.0.1:18080/v1/chat/completions
@@ -217,18 +255,41 @@ if ((limits)) && [[ -z ${ONLY:-} || ${ONLY:-} == cache ]]; then cache_rows=1; fi
 timed_rows=1
 if [[ ${ONLY:-} == callgrind ]]; then timed_rows=0; CALLGRIND=1; fi
 hop() { # label concurrency requests warmup: the bare JetStream hop (sy-bench --hop)
+  local before
+  if [[ -n ${CPU:-} ]]; then before=$(cpu_ticks); fi
   "$TARGET/release/sy-bench" --hop --nats nats://127.0.0.1:4222 --label "$1" --concurrency "$2" \
     --requests $(($3 / scale)) --warmup $(($4 / scale)) | tee -a "$tmp.acct"
+  if [[ -n ${CPU:-} ]]; then cpu_row "$before" "$1" "$2" $((($3 + $4) / scale)); fi
 }
 # Every feature on: a tenant's key from PostgreSQL with RPM, TPM and
 # concurrency limits and a budget in Redis (the config's key without them
 # where there are no limits), metrics and accounting into ClickHouse.
 all_on=()
+auto=(--model auto)
 if ((limits)); then
   all_on=(--key "$budgeted_key")
+  auto=(--model auto --key "$routed_key")
 elif ((tenants)); then
   all_on=(--key "$tenant_key")
 fi
+# Streamed rows against the hop: 20 chunks an answer.
+stream20=(--stream --prompt "Say something short. [[mock:tokens=20]]")
+rss() { # label: resident memory of each process on the path now and at its peak, MB, as JSON
+  python3 - "$1" <<'PY'
+import json, os, sys
+out = {"label": sys.argv[1] + "-rss"}
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        status = dict(l.split(":", 1) for l in open(f"/proc/{pid}/status") if ":" in l)
+    except OSError:
+        continue
+    name = status.get("Name", "").strip()
+    if name in ("switchyard", "nats-server", "mock-provider"):
+        mb = lambda k: round(int(status.get(k, "0 kB").split()[0]) / 1024, 1)
+        out.setdefault(name, []).append({"rss_mb": mb("VmRSS"), "peak_mb": mb("VmHWM")})
+print(json.dumps(out))
+PY
+}
 if ((all)) || [[ ${ONLY:-} == hop ]]; then
 say "Non-streamed, concurrency 1, and the bare JetStream hop; where the time goes"
 hop hop 1 3000 300
@@ -252,6 +313,22 @@ run direct "$direct" 64 20000 2000
 run switchyard "$via" 64 20000 2000
 run direct "$direct" 64 20000 2000
 run all-on "$via" 64 20000 2000 "${all_on[@]}"
+run direct "$direct" 64 20000 2000
+run auto "$via" 64 20000 2000 "${auto[@]}"
+rss c64 | tee -a "$tmp.acct"
+say "Model auto (classifier and router), concurrency 1"
+run direct "$direct" 1 3000 300
+run auto "$via" 1 3000 300 "${auto[@]}"
+say "Streamed (20 chunks), concurrency 1 and 64, against the same hop"
+run direct "$direct" 1 2000 200 "${stream20[@]}"
+run switchyard "$via" 1 2000 200 "${stream20[@]}"
+run direct "$direct" 1 2000 200 "${stream20[@]}"
+run all-on "$via" 1 2000 200 "${stream20[@]}" "${all_on[@]}"
+run direct "$direct" 64 10000 1000 "${stream20[@]}"
+run switchyard "$via" 64 10000 1000 "${stream20[@]}"
+run direct "$direct" 64 10000 1000 "${stream20[@]}"
+run all-on "$via" 64 10000 1000 "${stream20[@]}" "${all_on[@]}"
+rss c64-stream | tee -a "$tmp.acct"
 fi
 if ((tenants && all)); then
   say "Authentication from memory: the config's key and a tenant's key, interleaved"
@@ -336,13 +413,26 @@ callgrind_limits() { # instructions per request, whole switchyard process: no li
       budgeted) args=(--key "$budgeted_key") ;;
       memory-hit) args=(--key "$tenant_key" --header "x-switchyard-cache: use") ;;
     esac
-    "$TARGET/release/sy-bench" --label warm --url "$via" --concurrency 1 --requests 100 --warmup 0 "${args[@]}" >/dev/null
+    # Warm up until every request of a warm-up is answered: a budgeted key
+    # is refused (503) until a reconciliation round has marked its org's
+    # budgets restored, which the process started under valgrind does first
+    # (slowly), unless the one before it did.
+    local line tries=0
+    until line=$("$TARGET/release/sy-bench" --label warm --url "$via" --concurrency 1 --requests 100 --warmup 0 "${args[@]}") &&
+      [[ $line == *'"errors":0,'* ]]; do
+      if ((++tries == 30)); then
+        echo "callgrind round $round: the warm-up still had errors after 30 tries: $line" >&2
+        grep -v '^==' "$LOG_DIR/bench-callgrind.log" | tail -5 >&2
+        exit 1
+      fi
+      sleep 2
+    done
     callgrind_control -z "$pid" >/dev/null 2>&1
-    local line
     line=$("$TARGET/release/sy-bench" --label "callgrind-$round" --url "$via" --concurrency 1 --requests "$n" --warmup 0 "${args[@]}")
     # A round with refused requests would count the refusals' cost.
     if [[ $line != *'"errors":0,'* ]]; then
       echo "callgrind round $round had errors: $line" >&2
+      grep -v '^==' "$LOG_DIR/bench-callgrind.log" | tail -5 >&2
       exit 1
     fi
     callgrind_control -d "$pid" >/dev/null 2>&1
@@ -516,10 +606,14 @@ if hops:
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for d, v in zip(rows[0::2], rows[1::2]):
         h = hops.get(d["concurrency"])
-        if h is None or d["stream"] or v["label"] not in ("switchyard", "all-on", "all-on-idle"):
+        if h is None or v["label"] not in ("switchyard", "all-on", "all-on-idle", "auto"):
             continue
-        a50, a99 = v["p50_ms"] - d["p50_ms"], v["p99_ms"] - d["p99_ms"]
-        print(f"| {v['label']} | {d['concurrency']} | {h['p50_ms']:.3f} | {a50:+.3f} | {a50 / h['p50_ms']:.2f}x | {h['p99_ms']:.3f} | {a99:+.3f} | {a99 / h['p99_ms']:.2f}x | {h['rps']:.0f} | {v['rps']:.0f} | {100 * v['rps'] / h['rps']:.1f} % |")
+        # Streamed: the added time to the first token against the hop.
+        key, label = ("ttft_p", v["label"] + " (stream, TTFT)") if d["stream"] else ("p", v["label"])
+        if d.get(key + "50_ms") is None or v.get(key + "50_ms") is None:
+            continue
+        a50, a99 = v[key + "50_ms"] - d[key + "50_ms"], v[key + "99_ms"] - d[key + "99_ms"]
+        print(f"| {label} | {d['concurrency']} | {h['p50_ms']:.3f} | {a50:+.3f} | {a50 / h['p50_ms']:.2f}x | {h['p99_ms']:.3f} | {a99:+.3f} | {a99 / h['p99_ms']:.2f}x | {h['rps']:.0f} | {v['rps']:.0f} | {100 * v['rps'] / h['rps']:.1f} % |")
 PY
 python3 - "$tmp.acct" <<'PY'
 import json, os, sys
@@ -537,6 +631,17 @@ for row in (json.loads(l) for l in open(sys.argv[1])):
     print("|---|---|---|")
     for s in row["stages"]:
         print(f"| {s['stage']} | {s['p50_ms']:.3f} | {s['mean_ms']:.3f} |")
+PY
+python3 - "$tmp.acct" <<'PY'
+import json, os, sys
+if not os.path.exists(sys.argv[1]):
+    sys.exit()
+for row in (json.loads(l) for l in open(sys.argv[1])):
+    if not row.get("label", "").endswith("-rss"):
+        continue
+    procs = ", ".join(f"{name} {p['rss_mb']:.0f} MB (peak {p['peak_mb']:.0f})"
+                      for name, ps in sorted(row.items()) if name != "label" for p in ps)
+    print(f"\nMemory after the {row['label'][:-4]} rows: {procs}")
 PY
 rm -f "$tmp" "$tmp.acct"
 echo "Raw results appended to $out" >&2

@@ -110,7 +110,11 @@ async fn measure(
         .await?;
     let responder = client.clone();
     let worker = tokio::spawn(async move {
-        while let Some(Ok(msg)) = messages.next().await {
+        // An error from the pull (a heartbeat missed while the box is busy)
+        // is not the end of the stream: stopping there left every later hop
+        // waiting out its 30 s time-out (a bench run hung at concurrency 64).
+        while let Some(next) = messages.next().await {
+            let Ok(msg) = next else { continue };
             let reply = msg
                 .headers
                 .as_ref()

@@ -110,7 +110,14 @@ async fn one(client: &reqwest::Client, args: &Args, body: &[u8]) -> anyhow::Resu
         req = req.header("x-switchyard-timing", "stages");
     }
     let resp = req.body(body.to_vec()).send().await?;
-    anyhow::ensure!(resp.status().is_success(), "status {}", resp.status());
+    if !resp.status().is_success() {
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        anyhow::bail!(
+            "status {status}: {}",
+            text.chars().take(300).collect::<String>()
+        );
+    }
     let timing = resp
         .headers()
         .get("server-timing")
@@ -236,24 +243,30 @@ async fn main() -> anyhow::Result<()> {
         tasks.push(tokio::spawn(async move {
             let mut samples = Vec::new();
             let mut errors = 0usize;
+            let mut first_error = None;
             while next.fetch_add(1, Ordering::Relaxed) < args.requests {
                 match one(&client, &args, &body).await {
                     Ok(s) => samples.push(s),
-                    Err(_) => errors += 1,
+                    Err(e) => {
+                        errors += 1;
+                        first_error.get_or_insert_with(|| format!("{e:#}"));
+                    }
                 }
                 if args.gap_ms > 0 {
                     tokio::time::sleep(Duration::from_millis(args.gap_ms)).await;
                 }
             }
-            (samples, errors)
+            (samples, errors, first_error)
         }));
     }
     let mut samples = Vec::new();
     let mut errors = 0;
+    let mut first_error = None;
     for t in tasks {
-        let (s, e) = t.await?;
+        let (s, e, f) = t.await?;
         samples.extend(s);
         errors += e;
+        first_error = first_error.or(f);
     }
     let elapsed = started.elapsed().as_secs_f64();
     let mut total: Vec<f64> = samples.iter().map(|s| s.total_ms).collect();
@@ -276,6 +289,9 @@ async fn main() -> anyhow::Result<()> {
     if args.stream {
         line["ttft_p50_ms"] = json!(round(pct(&ttft, 0.50)));
         line["ttft_p99_ms"] = json!(round(pct(&ttft, 0.99)));
+    }
+    if let Some(e) = first_error {
+        line["first_error"] = json!(e);
     }
     if args.stages {
         let timed: Vec<(f64, &str)> = samples

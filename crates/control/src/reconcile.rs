@@ -255,10 +255,18 @@ pub async fn once(
     Ok(drifts)
 }
 
+/// The wait before a failed round is tried again; it doubles with each
+/// failure in a row, up to the period.
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+
 /// Reconciles every `every`, and at once when the control plane announces a
 /// change (a new budget, a credit) or when Redis has lost its data (checked
 /// every second), until the task is dropped. Rounds wait while Redis is not
-/// connected; a failed round is logged and retried.
+/// connected; a failed round is logged and tried again after 1 s, then 2 s,
+/// 4 s… up to `every`: until a round has marked an org's budgets restored,
+/// its budgeted requests are refused (after a data loss, or for an org whose
+/// first budget was just set), so one slow Redis or ClickHouse answer must
+/// not hold them up for a whole period.
 pub async fn run(
     store: Store,
     ch: ClickhouseConfig,
@@ -269,6 +277,7 @@ pub async fn run(
     use futures::StreamExt;
     let mut notices = notices;
     let mut next = tokio::time::Instant::now();
+    let mut retry = RETRY_FIRST;
     loop {
         /// What woke the loop.
         enum Wake {
@@ -322,12 +331,16 @@ pub async fn run(
             Ok(d) => {
                 let drifted = d.iter().filter(|d| d.drift_nanos != 0).count();
                 tracing::debug!(budgets = d.len(), drifted, "Budgets reconciled.");
+                retry = RETRY_FIRST;
+                next = tokio::time::Instant::now() + every;
             }
             Err(e) => {
-                tracing::warn!(error = %e, "Reconciling budgets failed; retried at the next round.")
+                let wait = retry.min(every);
+                tracing::warn!(error = %e, retry_in = ?wait, "Reconciling budgets failed; tried again soon.");
+                retry = retry.saturating_mul(2);
+                next = tokio::time::Instant::now() + wait;
             }
         }
-        next = tokio::time::Instant::now() + every;
     }
 }
 
