@@ -144,8 +144,7 @@ pub async fn run(
     bus.ensure_batch_streams().await?;
     bus.ensure_usage_stream(config.accounting.usage_max_age)
         .await?;
-    // Tokenizers load once per process, off the async runtime, before traffic needs them.
-    tokio::task::spawn_blocking(tokens::warm_up);
+    // Tokenizers load when an estimate first needs one (crate::tokens).
     let worker_id = format!(
         "worker-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..12]

@@ -1,11 +1,38 @@
 //! Token estimates for attempts whose provider reported no usage (a stream cut
-//! short, a client disconnect, a provider without usage). Encoders are loaded
-//! once per process ([`warm_up`] at start, off the async runtime), never per request.
+//! short, a client disconnect, a provider without usage). Each encoder is
+//! loaded once per process, when first needed (150-250 ms, off the async
+//! runtime's worker thread), never per request: most processes never need one,
+//! and the two together hold some 70 MB (a worker's memory at rest was 89 MB
+//! with both loaded at start, 19 MB without).
 
+use std::sync::OnceLock;
 use sy_protocol::chat::ChatRequest;
 use sy_protocol::embeddings::EmbeddingsRequest;
 use sy_protocol::rerank::RerankRequest;
+
 use tiktoken_rs::CoreBPE;
+
+static O200K: OnceLock<&'static CoreBPE> = OnceLock::new();
+static CL100K: OnceLock<&'static CoreBPE> = OnceLock::new();
+
+/// The encoder in `cell`, loaded by `load` the first time. On a worker thread
+/// of a multi-threaded runtime the load runs in `block_in_place`: the
+/// thread's other tasks move to another worker meanwhile.
+fn loaded(
+    cell: &'static OnceLock<&'static CoreBPE>,
+    load: fn() -> &'static CoreBPE,
+) -> &'static CoreBPE {
+    if let Some(bpe) = cell.get() {
+        return bpe;
+    }
+    let init = || *cell.get_or_init(load);
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(init)
+        }
+        _ => init(),
+    }
+}
 
 /// Which encoding counts `model`'s tokens: o200k for the GPT-4o/4.1/5 and o-series
 /// families, cl100k for GPT-4 and GPT-3.5; o200k as the approximation for every
@@ -16,16 +43,17 @@ pub fn encoder_for(model: &str) -> &'static CoreBPE {
         || m.starts_with("gpt-3.5")
         || m.starts_with("text-embedding");
     if cl100k {
-        tiktoken_rs::cl100k_base_singleton()
+        loaded(&CL100K, tiktoken_rs::cl100k_base_singleton)
     } else {
-        tiktoken_rs::o200k_base_singleton()
+        loaded(&O200K, tiktoken_rs::o200k_base_singleton)
     }
 }
 
-/// Loads every encoder (150-250 ms each); call once at start on a blocking thread.
+/// Loads every encoder now (150-250 ms each), for a measurement that must not
+/// count the load; not needed otherwise.
 pub fn warm_up() {
-    let _ = tiktoken_rs::o200k_base_singleton();
-    let _ = tiktoken_rs::cl100k_base_singleton();
+    let _ = loaded(&O200K, tiktoken_rs::o200k_base_singleton);
+    let _ = loaded(&CL100K, tiktoken_rs::cl100k_base_singleton);
 }
 
 /// Prompt tokens as OpenAI counts chat input: each message's text plus 3 tokens of
@@ -90,6 +118,29 @@ mod tests {
         assert_eq!(encoder_for("gpt-4-turbo") as *const CoreBPE, cl100k);
         assert_eq!(encoder_for("gpt-3.5-turbo") as *const CoreBPE, cl100k);
         assert_eq!(encoder_for("claude-sonnet-4-5") as *const CoreBPE, o200k);
+    }
+
+    #[test]
+    fn encoders_load_on_first_need_on_either_kind_of_runtime() {
+        // On a multi-threaded runtime's worker: loaded in `block_in_place`.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        let n = rt.block_on(async {
+            tokio::spawn(async { estimate_output("gpt-4-turbo", "Hello world") })
+                .await
+                .unwrap()
+        });
+        assert_eq!(n, 2);
+        assert!(CL100K.get().is_some());
+        // On a current-thread runtime (where `block_in_place` would panic).
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let n = rt.block_on(async { estimate_output("gpt-4o", "Hello world") });
+        assert_eq!(n, 2);
+        assert!(O200K.get().is_some());
     }
 
     #[test]
