@@ -194,13 +194,20 @@ if ((limits)); then
     --budget-usd 1000000000 --period month >/dev/null
   # Its requests are refused (503) until a reconciliation round has marked
   # the new org's budgets in Redis (the change starts one within ~50 ms).
+  ready=0
   for _ in $(seq 100); do
     if "$TARGET/release/sy-bench" --label ready --url http://127.0.0.1:18080/v1/chat/completions --concurrency 1 \
       --requests 1 --warmup 0 --key "$budgeted_key" | grep -q '"errors":0,'; then
+      ready=1
       break
     fi
     sleep 0.1
   done
+  if ((!ready)); then
+    echo "the budgeted key is still refused after 100 tries" >&2
+    tail -5 "$LOG_DIR/bench-switchyard.log" >&2
+    exit 1
+  fi
 fi
 redis_cpu() { # seconds of CPU Redis has used (user + system)
   redis-cli -p 6379 info cpu | tr -d '\r' | awk -F: '/^used_cpu_(sys|user):/{s+=$2} END {printf "%.6f", s}'

@@ -114,7 +114,10 @@ async fn measure(
         // is not the end of the stream: stopping there left every later hop
         // waiting out its 30 s time-out (a bench run hung at concurrency 64).
         while let Some(next) = messages.next().await {
-            let Ok(msg) = next else { continue };
+            let Ok(msg) = next else {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            };
             let reply = msg
                 .headers
                 .as_ref()

@@ -1,15 +1,16 @@
 //! Token estimates for attempts whose provider reported no usage (a stream cut
 //! short, a client disconnect, a provider without usage). Each encoder is
-//! loaded once per process, when first needed (150-250 ms, off the async
-//! runtime's worker thread), never per request: most processes never need one,
-//! and the two together hold some 70 MB (a worker's memory at rest was 89 MB
-//! with both loaded at start, 19 MB without).
+//! loaded once per process, when first needed (150-250 ms; a runtime worker
+//! thread hands its other tasks to another first), never per request: most
+//! processes never need one, and the two together hold some 70 MB (a worker's
+//! memory at rest was 89 MB with both loaded at start, 19 MB without). The
+//! first embeddings or rerank answer that needs an estimate is that much later.
 
 use std::sync::OnceLock;
+
 use sy_protocol::chat::ChatRequest;
 use sy_protocol::embeddings::EmbeddingsRequest;
 use sy_protocol::rerank::RerankRequest;
-
 use tiktoken_rs::CoreBPE;
 
 static O200K: OnceLock<&'static CoreBPE> = OnceLock::new();
@@ -25,7 +26,13 @@ fn loaded(
     if let Some(bpe) = cell.get() {
         return bpe;
     }
-    let init = || *cell.get_or_init(load);
+    let init = || {
+        *cell.get_or_init(|| {
+            let bpe = load();
+            tracing::info!("A tokenizer was loaded for a token estimate (held from now on).");
+            bpe
+        })
+    };
     match tokio::runtime::Handle::try_current() {
         Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
             tokio::task::block_in_place(init)
@@ -120,6 +127,8 @@ mod tests {
         assert_eq!(encoder_for("claude-sonnet-4-5") as *const CoreBPE, o200k);
     }
 
+    // Each test runs in a process of its own under nextest (the suite's
+    // runner), so the loads below are the first.
     #[test]
     fn encoders_load_on_first_need_on_either_kind_of_runtime() {
         // On a multi-threaded runtime's worker: loaded in `block_in_place`.
