@@ -27,13 +27,7 @@ async fn a_failed_round_is_tried_again_within_seconds_not_a_period_later() {
         .await
         .unwrap();
     // A ClickHouse database not made yet: the rounds fail until it is.
-    sy_test_support::require_clickhouse().await;
-    let ch = sy_config::ClickhouseConfig {
-        url: sy_test_support::clickhouse_url().parse().unwrap(),
-        database: sy_test_support::unique_database(),
-        user: "default".into(),
-        password: None,
-    };
+    let ch = common::clickhouse_unmade().await;
     let limiter = sy_limits::Limiter::connect_or_retry(sy_test_support::redis_url()).await;
     let redis = redis::Client::open(sy_test_support::redis_url()).unwrap();
     let mut conn = redis.get_multiplexed_async_connection().await.unwrap();

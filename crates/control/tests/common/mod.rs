@@ -46,13 +46,18 @@ pub async fn balance(store: &Store, org: uuid::Uuid) -> i64 {
 
 /// A fresh, migrated ClickHouse database on the shared server.
 pub async fn clickhouse() -> sy_config::ClickhouseConfig {
+    let c = clickhouse_unmade().await;
+    sy_accounting::migrate(&c).await.unwrap();
+    c
+}
+
+/// A fresh database name on the shared ClickHouse server, not made yet.
+pub async fn clickhouse_unmade() -> sy_config::ClickhouseConfig {
     sy_test_support::require_clickhouse().await;
-    let c = sy_config::ClickhouseConfig {
+    sy_config::ClickhouseConfig {
         url: sy_test_support::clickhouse_url().parse().unwrap(),
         database: sy_test_support::unique_database(),
         user: "default".into(),
         password: None,
-    };
-    sy_accounting::migrate(&c).await.unwrap();
-    c
+    }
 }
