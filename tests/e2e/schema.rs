@@ -204,7 +204,8 @@ async fn bus_messages_match_their_schemas() {
     let mut bytes_frames = 0;
     // Until every expected message arrived (usually 13 envelopes and 13 usage
     // events: 12 requests, one of them republished to its fallback; a cancel;
-    // 12 observations: all but the cancelled call), then 1 s more for strays;
+    // 12 observations, successes summed per target: all but the cancelled
+    // call), then 1 s more for strays;
     // at most 15 s.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
@@ -271,7 +272,8 @@ async fn bus_messages_match_their_schemas() {
                 if v["outcome"] == "failed" {
                     failed_observations += 1;
                 }
-                seen[4] += 1;
+                // Successes come summed per target (`calls`, absent for one).
+                seen[4] += v["calls"].as_u64().map_or(1, |n| n as usize);
             }
             other => panic!("unexpected subject kind {other} ({})", msg.subject),
         }

@@ -43,9 +43,12 @@ impl Outcome {
     }
 }
 
-/// One attempt's result, broadcast by the worker on `<ns>.live.<provider>`
-/// (core NATS, at most once) after every call it made. Each ingress folds these
-/// into its live view of the targets: health, time to first token.
+/// One attempt's result, or a summary of one worker's successful calls to one
+/// target, broadcast by the worker on `<ns>.live.<provider>` (core NATS, at
+/// most once). A failure goes out as soon as its call ends; successes are
+/// summed per target and go out together (`calls` of them) within a tenth of
+/// a second. Each ingress folds these into its live view of the targets:
+/// health, time to first token.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Observation {
     /// The provider entry.
@@ -59,13 +62,28 @@ pub struct Observation {
     /// The error, when it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_code: Option<ErrorCode>,
-    /// From the worker taking the request to the first token, when one came.
+    /// From the worker taking the request to the first token, when one came
+    /// (a summary: the mean over its calls of this, or of `duration_ms` for a
+    /// call without a first token).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttft_ms: Option<u64>,
-    /// From the worker taking the request to the end of the call.
+    /// From the worker taking the request to the end of the call (a summary:
+    /// the mean).
     pub duration_ms: u64,
-    /// When the call ended.
+    /// When the call ended (a summary: its latest call).
     pub at_unix_ms: u64,
+    /// How many calls this says the same of: 1 for a single call (then left
+    /// out), more for a summary of successes.
+    #[serde(default = "one_call", skip_serializing_if = "is_one_call")]
+    pub calls: u32,
+}
+
+fn one_call() -> u32 {
+    1
+}
+
+fn is_one_call(n: &u32) -> bool {
+    *n == 1
 }
 
 /// An operator's word on a target, kept in the KV bucket `<NS>_TARGETS` (one

@@ -38,6 +38,9 @@ pub struct TargetLive {
     pub unhealthy_until_unix_ms: Option<u64>,
     /// The latest failure's code.
     pub last_error: Option<ErrorCode>,
+    /// When the latest failure's call ended (Unix ms, the worker's clock):
+    /// successes that ended before it do not heal the target.
+    pub last_failed_unix_ms: Option<u64>,
     /// The last calls, newest in bit 0 (1 = failed).
     #[serde(skip)]
     pub recent: u64,
@@ -107,10 +110,6 @@ pub struct LiveTable {
     load: RwLock<HashMap<String, Load>>,
 }
 
-fn ewma(old: Option<f64>, x: f64) -> f64 {
-    old.map_or(x, |o| o + EWMA_ALPHA * (x - o))
-}
-
 impl LiveTable {
     /// An empty table with these health rules.
     pub fn new(health: HealthConfig) -> Self {
@@ -120,7 +119,15 @@ impl LiveTable {
         }
     }
 
-    /// Folds in one call's result, received at `now_ms`.
+    /// Folds in one call's result, or a summary of `o.calls` successes,
+    /// received at `now_ms`.
+    ///
+    /// Successes arrive late (a worker sums them for up to
+    /// a tenth of a second) and out of order with other workers' failures, so
+    /// a success heals the target (clears its failure count and cool-down)
+    /// only if its call ended no earlier than the latest failure's: a late
+    /// summary of calls made before a failure must not reopen a target that
+    /// failed after them.
     pub fn observe(&self, o: &Observation, now_ms: u64) {
         if o.outcome == Outcome::Neutral {
             return;
@@ -133,21 +140,34 @@ impl LiveTable {
             .or_default();
         t.last_seen_unix_ms = now_ms;
         let window = self.health.window.clamp(1, 64);
-        t.recent = (t.recent << 1) | u64::from(o.outcome == Outcome::Failed);
-        t.recent_calls = (t.recent_calls + 1).min(window);
+        let n = o.calls.max(1);
+        // A summary's calls are all successes: `n` zero bits (a failure is one call).
+        let shifted = if n >= 64 { 0 } else { t.recent << n };
+        t.recent = shifted | u64::from(o.outcome == Outcome::Failed);
+        t.recent_calls = t.recent_calls.saturating_add(n).min(window);
         match o.outcome {
             Outcome::Ok => {
-                t.ok += 1;
-                t.consecutive_failures = 0;
-                t.unhealthy_until_unix_ms = None;
+                t.ok += u64::from(n);
+                if t.last_failed_unix_ms.is_none_or(|f| o.at_unix_ms >= f) {
+                    t.consecutive_failures = 0;
+                    t.unhealthy_until_unix_ms = None;
+                }
+                // As if each of the `n` calls had taken the mean.
+                let weight = 1.0 - (1.0 - EWMA_ALPHA).powi(i32::try_from(n).unwrap_or(i32::MAX));
+                let toward =
+                    |old: Option<f64>, x: f64| Some(old.map_or(x, |v| v + weight * (x - v)));
                 let first = o.ttft_ms.unwrap_or(o.duration_ms);
-                t.ttft_ms = Some(ewma(t.ttft_ms, first as f64));
-                t.duration_ms = Some(ewma(t.duration_ms, o.duration_ms as f64));
+                t.ttft_ms = toward(t.ttft_ms, first as f64);
+                t.duration_ms = toward(t.duration_ms, o.duration_ms as f64);
             }
             Outcome::Failed => {
                 t.failed += 1;
                 t.consecutive_failures = t.consecutive_failures.saturating_add(1);
                 t.last_error = o.error_code;
+                t.last_failed_unix_ms = Some(
+                    t.last_failed_unix_ms
+                        .map_or(o.at_unix_ms, |f| f.max(o.at_unix_ms)),
+                );
                 let mask = if window == 64 {
                     u64::MAX
                 } else {
@@ -357,7 +377,76 @@ mod tests {
             ttft_ms: Some(ttft),
             duration_ms: ttft * 2,
             at_unix_ms: 0,
+            calls: 1,
         }
+    }
+
+    /// `calls` successes summed, the latest ending at `at`.
+    fn summary(calls: u32, ttft: u64, at: u64) -> Observation {
+        Observation {
+            calls,
+            at_unix_ms: at,
+            ..obs("a", Outcome::Ok, ttft)
+        }
+    }
+
+    /// A failure ending at `at`.
+    fn failure(at: u64) -> Observation {
+        Observation {
+            at_unix_ms: at,
+            ..obs("a", Outcome::Failed, 0)
+        }
+    }
+
+    #[test]
+    fn a_summary_of_successes_counts_as_that_many_calls() {
+        let t = table();
+        t.observe(&obs("a", Outcome::Ok, 100), 1);
+        // Three calls at a mean of 200 ms move the average as three calls of
+        // 200 would: 100 + (1 − 0.7³) × 100.
+        t.observe(&summary(3, 200, 5), 6);
+        let want = 100.0 + (1.0 - 0.7f64.powi(3)) * 100.0;
+        assert!((t.at(6).latency_ms("a", "m").unwrap() - want).abs() < 1e-9);
+        let row = &t.snapshot(6).targets[0];
+        assert_eq!(row.state.ok, 4);
+        // The window holds the summary's calls as successes: two failures in
+        // the last calls are 2 of a full window, not 2 of 3.
+        let flappy = LiveTable::new(HealthConfig {
+            failure_threshold: 100,
+            window: 4,
+            min_calls: 4,
+            error_rate: 0.5,
+            cool_down: Duration::from_secs(10),
+        });
+        flappy.observe(&summary(3, 10, 1), 1);
+        flappy.observe(&failure(2), 2);
+        assert_eq!(flappy.at(2).unhealthy("a", "m"), None, "1 of 4 failed");
+        flappy.observe(&failure(3), 3);
+        assert!(flappy.at(3).unhealthy("a", "m").is_some(), "2 of 4 failed");
+        flappy.observe(&summary(64, 10, 4), 4);
+        assert_eq!(flappy.at(4).unhealthy("a", "m"), None);
+        flappy.observe(&failure(5), 5);
+        assert_eq!(flappy.at(5).unhealthy("a", "m"), None, "1 of 4 failed");
+    }
+
+    #[test]
+    fn a_late_summary_of_calls_that_ended_before_a_failure_does_not_heal() {
+        let t = table();
+        for at in [1_000, 1_001, 1_002] {
+            t.observe(&failure(at), 1_010);
+        }
+        assert!(t.at(1_010).unhealthy("a", "m").is_some());
+        // Another worker's successes, all before the last failure, arrive after it.
+        t.observe(&summary(5, 10, 1_001), 1_050);
+        assert!(
+            t.at(1_050).unhealthy("a", "m").is_some(),
+            "calls that ended before the failure say nothing about after it"
+        );
+        assert_eq!(t.snapshot(1_050).targets[0].state.ok, 5, "still counted");
+        // One that ended at or after it heals.
+        t.observe(&summary(2, 10, 1_002), 1_060);
+        assert_eq!(t.at(1_060).unhealthy("a", "m"), None);
+        assert_eq!(t.snapshot(1_060).targets[0].state.consecutive_failures, 0);
     }
 
     fn table() -> LiveTable {

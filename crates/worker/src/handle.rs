@@ -365,11 +365,8 @@ async fn serve(
             tracing::debug!(status = event.status.as_str(), "Attempt did not complete.");
         }
         if let Some(o) = usage::observation(&event, ended) {
-            // At most once: a lost observation only delays what routers learn.
             cx.live.observe(&o, now_unix_ms());
-            if let Err(e) = cx.bus.publish_observation(&o).await {
-                tracing::debug!(error = %e, "Live observation not sent.");
-            }
+            cx.observations.send(o).await;
         }
         let error = match (ended, state.error.take()) {
             (Ended::Done, Some(e)) => {

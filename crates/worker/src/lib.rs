@@ -15,7 +15,8 @@
 //! handed to the next target of the request's order (republished), or, after
 //! output reached the client, continued there (mid-stream recovery); every call
 //! broadcasts an [`Observation`](sy_protocol::Observation) that feeds every
-//! process's breakers (see `handle` and docs/reliability.md).
+//! process's breakers: failures at once, successes summed per target every
+//! tenth of a second (see `handle`, `observations` and docs/reliability.md).
 //!
 //! Batch items come through a second consumer per provider, `batch-<provider>`
 //! on `<ns>.breq.<provider>.>`, capped by the provider's `batch_concurrency`.
@@ -35,6 +36,7 @@ mod failover;
 mod failure;
 mod handle;
 mod metrics;
+mod observations;
 mod replier;
 mod shared;
 mod splice;
@@ -179,6 +181,7 @@ pub async fn run(
             true
         }
     });
+    let observations_out = observations::Observations::start(bus.clone(), worker_id.clone());
     let credentials = credentials(&config, &bus).await?;
     let all_providers = Arc::new(config.providers.clone());
     let tracker = TaskTracker::new();
@@ -196,6 +199,7 @@ pub async fn run(
             markup_ppb: config.markup_ppb,
             all_providers: all_providers.clone(),
             live: live.clone(),
+            observations: observations_out.clone(),
             batch_price_ppb: config.batch.price_multiplier_ppb,
             batch_max_deliver: config.batch.max_deliver,
             unsettled: Default::default(),
@@ -239,6 +243,8 @@ pub async fn run(
             "Worker stopped with requests in flight; JetStream will redeliver them."
         );
     }
+    // The successes still summed go out with the worker.
+    observations_out.flush().await;
     Ok(())
 }
 

@@ -24,6 +24,8 @@ pub(crate) struct Shared {
     pub all_providers: Arc<BTreeMap<String, ProviderConfig>>,
     /// Live target health, shared with every ingress through observations.
     pub live: Arc<LiveTable>,
+    /// What this worker's calls say about their targets, on their way to the others.
+    pub observations: Arc<crate::observations::Observations>,
     /// Billed price of a batch item relative to an interactive call, ppb.
     pub batch_price_ppb: i64,
     /// Deliveries of a batch item before JetStream gives it up (`[batch] max_deliver`).

@@ -223,6 +223,7 @@ pub(crate) fn observation(event: &UsageEvent, ended: Ended) -> Option<Observatio
             .finished_unix_ms
             .saturating_sub(event.dispatched_unix_ms),
         at_unix_ms: event.finished_unix_ms,
+        calls: 1,
     })
 }
 
