@@ -186,6 +186,9 @@ async fn consume(
     }
 }
 
+/// Settlements sent to Redis at once (see [`Writer::settle`]).
+const SETTLE_IN_FLIGHT: usize = 32;
+
 /// A usage event waiting for its insert, with its message's acker when it
 /// is the message's last event (a message may carry several), and whether
 /// the message was delivered before.
@@ -275,11 +278,22 @@ impl Writer {
                     .await
             })
         });
-        let failed = futures::future::join_all(settles)
-            .await
-            .into_iter()
-            .filter(Result::is_err)
-            .count();
+        // A bounded number at a time on the one connection (pipelined): a
+        // batch of thousands of rows at once held a command and its reply
+        // for each, tens of MB at the peak.
+        let mut settles = settles;
+        let mut failed = 0;
+        loop {
+            let some: Vec<_> = settles.by_ref().take(SETTLE_IN_FLIGHT).collect();
+            if some.is_empty() {
+                break;
+            }
+            failed += futures::future::join_all(some)
+                .await
+                .into_iter()
+                .filter(Result::is_err)
+                .count();
+        }
         if failed > 0 {
             tracing::warn!(
                 failed,
