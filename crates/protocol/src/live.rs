@@ -45,10 +45,11 @@ impl Outcome {
 
 /// One attempt's result, or a summary of one worker's successful calls to one
 /// target, broadcast by the worker on `<ns>.live.<provider>` (core NATS, at
-/// most once). A failure goes out as soon as its call ends; successes are
-/// summed per target and go out together (`calls` of them) within a tenth of
-/// a second. Each ingress folds these into its live view of the targets:
-/// health, time to first token.
+/// most once). A failure goes out as soon as its call ends; successes to a
+/// target whose recent calls all succeeded are summed and go out together
+/// (`calls` of them) within a tenth of a second, others one by one. Each
+/// ingress folds these into its live view of the targets: health, time to
+/// first token.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Observation {
     /// The provider entry.

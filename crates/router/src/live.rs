@@ -185,6 +185,25 @@ impl LiveTable {
         }
     }
 
+    /// Whether the target's last calls (the health window) all succeeded:
+    /// then a worker may send its successes summed (`Observation::calls`)
+    /// without changing what any table concludes. Once one of them failed,
+    /// each call is sent on its own again, so that consecutive failures are
+    /// counted between the successes as they happened.
+    pub fn quiet(&self, provider: &str, model: &str) -> bool {
+        let targets = self.targets.read().unwrap_or_else(|e| e.into_inner());
+        let window = self.health.window.clamp(1, 64);
+        let mask = if window == 64 {
+            u64::MAX
+        } else {
+            (1u64 << window) - 1
+        };
+        targets
+            .get(provider)
+            .and_then(|m| m.get(model))
+            .is_some_and(|t| t.recent & mask == 0 && t.consecutive_failures == 0)
+    }
+
     /// An operator forced the target off (`Some(false)`), on (`Some(true)`), or
     /// back to its health (`None`).
     pub fn force(&self, provider: &str, model: &str, forced: Option<bool>) {
@@ -427,6 +446,26 @@ mod tests {
         assert_eq!(flappy.at(4).unhealthy("a", "m"), None);
         flappy.observe(&failure(5), 5);
         assert_eq!(flappy.at(5).unhealthy("a", "m"), None, "1 of 4 failed");
+    }
+
+    #[test]
+    fn a_target_is_quiet_while_its_window_holds_no_failure() {
+        let t = LiveTable::new(HealthConfig {
+            window: 4,
+            ..HealthConfig::default()
+        });
+        assert!(!t.quiet("a", "m"), "never seen");
+        t.observe(&obs("a", Outcome::Ok, 10), 1);
+        assert!(t.quiet("a", "m"));
+        t.observe(&failure(2), 2);
+        assert!(!t.quiet("a", "m"));
+        for at in 3..6 {
+            t.observe(&summary(1, 10, at), at);
+            assert!(!t.quiet("a", "m"), "the failure is still in the window");
+        }
+        t.observe(&summary(1, 10, 6), 6);
+        assert!(t.quiet("a", "m"), "four successes since");
+        assert!(!t.quiet("a", "other"));
     }
 
     #[test]

@@ -366,7 +366,8 @@ async fn serve(
         }
         if let Some(o) = usage::observation(&event, ended) {
             cx.live.observe(&o, now_unix_ms());
-            cx.observations.send(o).await;
+            let quiet = cx.live.quiet(&o.provider, &o.model);
+            cx.observations.send(o, quiet).await;
         }
         let error = match (ended, state.error.take()) {
             (Ended::Done, Some(e)) => {

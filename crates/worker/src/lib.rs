@@ -15,8 +15,8 @@
 //! handed to the next target of the request's order (republished), or, after
 //! output reached the client, continued there (mid-stream recovery); every call
 //! broadcasts an [`Observation`](sy_protocol::Observation) that feeds every
-//! process's breakers: failures at once, successes summed per target every
-//! tenth of a second (see `handle`, `observations` and docs/reliability.md).
+//! process's breakers: failures at once, successes to a quiet target summed
+//! every tenth of a second (see `handle`, `observations` and docs/reliability.md).
 //!
 //! Batch items come through a second consumer per provider, `batch-<provider>`
 //! on `<ns>.breq.<provider>.>`, capped by the provider's `batch_concurrency`.

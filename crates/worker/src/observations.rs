@@ -1,16 +1,20 @@
 //! What this worker's calls say about their targets, sent to every ingress
 //! and worker (`<ns>.live.<provider>`, core NATS, at most once).
 //!
-//! A failure goes out as soon as its call ends: it may close a target. The
-//! successes are summed per target and go out together every
-//! [`FLUSH_EVERY`], one message (`calls` of them, mean times, the latest
-//! end) however many calls answered in that time: under load one publish
-//! and one delivery to each subscriber stand for hundreds of calls instead
-//! of one each. A receiver folds a summary in as that many successes and
-//! lets it heal a target only if its latest call ended no earlier than the
-//! target's latest failure (`sy_router::live::LiveTable::observe`), so a
-//! summary that arrives after a failure it preceded does not reopen the
-//! target. This worker's own table has each call at once.
+//! A failure goes out as soon as its call ends: it may close a target. While
+//! a target is quiet (the last calls of its health window all succeeded, as
+//! this worker's table, fed by every worker, says), its successes are summed
+//! and go out together every [`FLUSH_EVERY`], one message (`calls` of them,
+//! mean times, the latest end) however many calls answered in that time:
+//! under load one publish and one delivery to each subscriber stand for
+//! hundreds of calls instead of one each. Once a call to it failed anywhere,
+//! each success goes out on its own again, and a failure sends the target's
+//! summed successes first, so every table counts consecutive failures
+//! between the successes as they came. A receiver folds a summary in as that
+//! many successes and lets it heal a target only if its latest call ended
+//! no earlier than the target's latest failure
+//! (`sy_router::live::LiveTable::observe`). This worker's own table has each
+//! call at once.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -61,13 +65,29 @@ impl Observations {
         me
     }
 
-    /// Sends `o`: a failure now, a success with the next flush.
-    pub(crate) async fn send(&self, o: Observation) {
-        if o.outcome == Outcome::Ok {
+    /// Sends `o`: a success to a `quiet` target with the next flush, anything
+    /// else now, after the successes to its target summed so far.
+    pub(crate) async fn send(&self, o: Observation, quiet: bool) {
+        if o.outcome == Outcome::Ok && quiet {
             self.add(o);
-        } else {
-            self.publish(&o).await;
+            return;
         }
+        let before = {
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            pending
+                .get_mut(&o.provider)
+                .and_then(|models| models.remove(&o.model))
+        };
+        if let Some(sum) = before {
+            let s = summary(
+                o.provider.clone(),
+                o.model.clone(),
+                self.worker_id.clone(),
+                sum,
+            );
+            self.publish(&s).await;
+        }
+        self.publish(&o).await;
     }
 
     fn add(&self, o: Observation) {
@@ -181,19 +201,26 @@ mod tests {
         client.flush().await.expect("flush");
         let out = Observations::start(bus, "w1".into());
         let sent = Instant::now();
-        out.send(seen("p", "a", Outcome::Ok, Some(10), 40, 1_000))
+        out.send(seen("p", "a", Outcome::Ok, Some(10), 40, 1_000), true)
             .await;
-        out.send(seen("p", "a", Outcome::Ok, None, 30, 3_000)).await;
-        out.send(seen("p", "a", Outcome::Ok, Some(50), 60, 2_000))
+        out.send(seen("p", "a", Outcome::Ok, None, 30, 3_000), true)
             .await;
-        out.send(seen("q", "b", Outcome::Ok, Some(7), 9, 500)).await;
-        out.send(seen("p", "a", Outcome::Failed, None, 5, 2_500))
+        out.send(seen("p", "a", Outcome::Ok, Some(50), 60, 2_000), true)
+            .await;
+        out.send(seen("q", "b", Outcome::Ok, Some(7), 9, 500), true)
+            .await;
+        out.send(seen("p", "c", Outcome::Failed, None, 5, 2_500), true)
             .await;
         let first = next(&mut live).await;
         assert_eq!(
-            (first.outcome, first.calls, first.at_unix_ms),
-            (Outcome::Failed, 1, 2_500),
-            "the failure first, alone: {first:?}"
+            (
+                first.model.as_str(),
+                first.outcome,
+                first.calls,
+                first.at_unix_ms
+            ),
+            ("c", Outcome::Failed, 1, 2_500),
+            "the failure first, alone (no success to its target waited): {first:?}"
         );
         let mut summaries = [next(&mut live).await, next(&mut live).await];
         summaries.sort_by(|x, y| x.provider.cmp(&y.provider));
@@ -228,6 +255,40 @@ mod tests {
                 .await
                 .is_err(),
             "no second summary"
+        );
+        // A failure to a target with successes waiting sends them first; a
+        // success to a target that is not quiet goes out at once, alone.
+        out.send(seen("p", "a", Outcome::Ok, Some(10), 20, 4_000), true)
+            .await;
+        out.send(seen("p", "a", Outcome::Ok, Some(30), 40, 4_001), true)
+            .await;
+        out.send(seen("p", "a", Outcome::Failed, None, 5, 4_002), true)
+            .await;
+        out.send(seen("p", "a", Outcome::Ok, Some(8), 9, 4_003), false)
+            .await;
+        let got = [
+            next(&mut live).await,
+            next(&mut live).await,
+            next(&mut live).await,
+        ];
+        let said: Vec<_> = got
+            .iter()
+            .map(|o| (o.outcome, o.calls, o.at_unix_ms))
+            .collect();
+        assert_eq!(
+            said,
+            [
+                (Outcome::Ok, 2, 4_001),
+                (Outcome::Failed, 1, 4_002),
+                (Outcome::Ok, 1, 4_003)
+            ],
+            "{got:?}"
+        );
+        assert!(
+            tokio::time::timeout(FLUSH_EVERY * 3, live.next())
+                .await
+                .is_err(),
+            "nothing left to flush"
         );
     }
 }
