@@ -54,6 +54,19 @@ pub struct TargetLive {
     pub last_seen_unix_ms: u64,
 }
 
+impl TargetLive {
+    /// Whether the last calls of a `window` all succeeded and no failure
+    /// streak is open (see [`LiveTable::quiet`]).
+    fn quiet(&self, window: u32) -> bool {
+        self.recent & last_calls(window) == 0 && self.consecutive_failures == 0
+    }
+}
+
+/// The bits of `recent` that hold the last `n` calls.
+fn last_calls(n: u32) -> u64 {
+    if n >= 64 { u64::MAX } else { (1u64 << n) - 1 }
+}
+
 /// A provider's load, from its worker pool's consumer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Load {
@@ -128,9 +141,12 @@ impl LiveTable {
     /// only if its call ended no earlier than the latest failure's: a late
     /// summary of calls made before a failure must not reopen a target that
     /// failed after them.
-    pub fn observe(&self, o: &Observation, now_ms: u64) {
+    ///
+    /// Returns whether the target is [quiet](LiveTable::quiet) now (false
+    /// for a neutral result, which is not folded in).
+    pub fn observe(&self, o: &Observation, now_ms: u64) -> bool {
         if o.outcome == Outcome::Neutral {
-            return;
+            return false;
         }
         let mut targets = self.targets.write().unwrap_or_else(|e| e.into_inner());
         let t = targets
@@ -168,12 +184,7 @@ impl LiveTable {
                     t.last_failed_unix_ms
                         .map_or(o.at_unix_ms, |f| f.max(o.at_unix_ms)),
                 );
-                let mask = if window == 64 {
-                    u64::MAX
-                } else {
-                    (1u64 << window) - 1
-                };
-                let failed = (t.recent & mask).count_ones();
+                let failed = (t.recent & last_calls(window)).count_ones();
                 let flapping = t.recent_calls >= self.health.min_calls
                     && f64::from(failed) >= self.health.error_rate * f64::from(t.recent_calls);
                 if t.consecutive_failures >= self.health.failure_threshold || flapping {
@@ -183,6 +194,7 @@ impl LiveTable {
             }
             Outcome::Neutral => {}
         }
+        t.quiet(window)
     }
 
     /// Whether the target's last calls (the health window) all succeeded:
@@ -193,15 +205,10 @@ impl LiveTable {
     pub fn quiet(&self, provider: &str, model: &str) -> bool {
         let targets = self.targets.read().unwrap_or_else(|e| e.into_inner());
         let window = self.health.window.clamp(1, 64);
-        let mask = if window == 64 {
-            u64::MAX
-        } else {
-            (1u64 << window) - 1
-        };
         targets
             .get(provider)
             .and_then(|m| m.get(model))
-            .is_some_and(|t| t.recent & mask == 0 && t.consecutive_failures == 0)
+            .is_some_and(|t| t.quiet(window))
     }
 
     /// An operator forced the target off (`Some(false)`), on (`Some(true)`), or
@@ -344,14 +351,9 @@ impl Live for LiveAt<'_> {
                     format!("{} consecutive failures", t.consecutive_failures)
                 } else {
                     let window = t.recent_calls;
-                    let mask = if window >= 64 {
-                        u64::MAX
-                    } else {
-                        (1u64 << window) - 1
-                    };
                     format!(
                         "{} of the last {window} calls failed",
-                        (t.recent & mask).count_ones()
+                        (t.recent & last_calls(window)).count_ones()
                     )
                 };
                 Some(format!(
@@ -455,9 +457,12 @@ mod tests {
             ..HealthConfig::default()
         });
         assert!(!t.quiet("a", "m"), "never seen");
-        t.observe(&obs("a", Outcome::Ok, 10), 1);
+        assert!(
+            t.observe(&obs("a", Outcome::Ok, 10), 1),
+            "observe says so too"
+        );
         assert!(t.quiet("a", "m"));
-        t.observe(&failure(2), 2);
+        assert!(!t.observe(&failure(2), 2));
         assert!(!t.quiet("a", "m"));
         for at in 3..6 {
             t.observe(&summary(1, 10, at), at);

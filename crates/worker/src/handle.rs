@@ -365,8 +365,7 @@ async fn serve(
             tracing::debug!(status = event.status.as_str(), "Attempt did not complete.");
         }
         if let Some(o) = usage::observation(&event, ended) {
-            cx.live.observe(&o, now_unix_ms());
-            let quiet = cx.live.quiet(&o.provider, &o.model);
+            let quiet = cx.live.observe(&o, now_unix_ms());
             cx.observations.send(o, quiet).await;
         }
         let error = match (ended, state.error.take()) {

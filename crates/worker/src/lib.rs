@@ -324,3 +324,19 @@ async fn pull(
     })
     .await
 }
+
+/// A bus on the shared test NATS in a namespace of its own, and its client.
+#[cfg(test)]
+async fn test_bus() -> (Bus, async_nats::Client) {
+    let ns = sy_test_support::unique_namespace();
+    let config = sy_config::Config::from_toml(
+        &format!(
+            "[nats]\nurl = \"{}\"\nnamespace = \"{ns}\"\n",
+            sy_test_support::nats_url()
+        ),
+        &sy_config::MapEnv::default(),
+    )
+    .expect("config");
+    let client = sy_test_support::nats().await;
+    (Bus::from_client(client.clone(), &config.nats), client)
+}

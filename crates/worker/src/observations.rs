@@ -186,17 +186,7 @@ mod tests {
     /// times and the latest end; a failure goes out at once, ahead of them.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn successes_go_out_summed_per_target_and_failures_at_once() {
-        let ns = sy_test_support::unique_namespace();
-        let config = sy_config::Config::from_toml(
-            &format!(
-                "[nats]\nurl = \"{}\"\nnamespace = \"{ns}\"\n",
-                sy_test_support::nats_url()
-            ),
-            &sy_config::MapEnv::default(),
-        )
-        .expect("config");
-        let client = sy_test_support::nats().await;
-        let bus = Bus::from_client(client.clone(), &config.nats);
+        let (bus, client) = crate::test_bus().await;
         let mut live = bus.subscribe_live().await.expect("subscription");
         client.flush().await.expect("flush");
         let out = Observations::start(bus, "w1".into());

@@ -195,17 +195,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn events_that_wait_together_are_stored_in_one_message_each_once() {
-        let ns = sy_test_support::unique_namespace();
-        let config = sy_config::Config::from_toml(
-            &format!(
-                "[nats]\nurl = \"{}\"\nnamespace = \"{ns}\"\n",
-                sy_test_support::nats_url()
-            ),
-            &sy_config::MapEnv::default(),
-        )
-        .expect("config");
-        let client = sy_test_support::nats().await;
-        let bus = Bus::from_client(client.clone(), &config.nats);
+        let (bus, client) = crate::test_bus().await;
         bus.ensure_usage_stream(Duration::from_secs(600))
             .await
             .expect("usage stream");
