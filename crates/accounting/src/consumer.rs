@@ -280,19 +280,27 @@ impl Writer {
         });
         // A bounded number at a time on the one connection (pipelined): a
         // batch of thousands of rows at once held a command and its reply
-        // for each, tens of MB at the peak.
+        // for each, tens of MB at the peak. When a whole slice fails, Redis
+        // is away: the rest are not tried (each slice would wait out the
+        // response time-out, holding up the next batch) and lapse.
         let mut settles = settles;
         let mut failed = 0;
         loop {
             let some: Vec<_> = settles.by_ref().take(SETTLE_IN_FLIGHT).collect();
-            if some.is_empty() {
+            let tried = some.len();
+            if tried == 0 {
                 break;
             }
-            failed += futures::future::join_all(some)
+            let lost = futures::future::join_all(some)
                 .await
                 .into_iter()
                 .filter(Result::is_err)
                 .count();
+            failed += lost;
+            if lost == tried {
+                failed += settles.count();
+                break;
+            }
         }
         if failed > 0 {
             tracing::warn!(
